@@ -1,0 +1,23 @@
+"""Platform adapters: the only code that knows a chat platform.
+
+An adapter turns a Card into the platform's message and posts it; it turns platform
+events into CommandRequests. Nothing platform-specific leaves this package.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..models import Card, ChannelRef, PostResult
+from .console import ConsoleAdapter
+
+
+class Adapter(Protocol):
+    platform: str
+
+    async def post(self, channel: ChannelRef, card: Card) -> PostResult:
+        """Send one card to one channel. Platform refusals are PostResult(ok=False); bugs raise."""
+        ...
+
+
+__all__ = ["Adapter", "ConsoleAdapter"]

@@ -1,0 +1,53 @@
+"""Console adapter: cards as readable text on stdout, for local runs and the CLI."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import unicodedata
+from typing import TextIO
+
+from ..models import Card, ChannelRef, PostResult, Reply
+
+WIDTH = 88
+
+
+def terminal_safe(text: str) -> str:
+    """Drop control characters (ESC and friends), so outside text cannot drive the terminal."""
+    return "".join(c for c in text if c == "\n" or unicodedata.category(c)[0] != "C")
+
+
+def render_card(card: Card, channel: ChannelRef | None = None) -> str:
+    """A card as plain text. Pure."""
+    head = f"[{channel.key}] " if channel else ""
+    lines = [f"{head}{card.title}", f"  {card.authors}"]
+    meta = [f"arXiv:{card.paper_id}"]
+    if card.upvotes is not None:
+        meta.append(f"▲ {card.upvotes}")
+    lines.append("  " + " · ".join(meta))
+    lines += textwrap.wrap(card.body, WIDTH, initial_indent="  ", subsequent_indent="  ")
+    lines += [f"  {link.label}: {link.url}" for link in card.links]
+    if card.reason:
+        lines.append(f"  Matched {card.reason}")
+    return terminal_safe("\n".join(lines))
+
+
+def render_reply(reply: Reply) -> str:
+    parts = [terminal_safe(reply.text)]
+    parts += [render_card(card) for card in reply.cards]
+    return "\n\n".join(p for p in parts if p)
+
+
+class ConsoleAdapter:
+    platform = "console"
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream
+        self.posted = 0
+
+    async def post(self, channel: ChannelRef, card: Card) -> PostResult:
+        stream = self.stream or sys.stdout
+        stream.write("─" * 40 + "\n" + render_card(card, channel) + "\n")
+        stream.flush()
+        self.posted += 1
+        return PostResult(ok=True, message_id=f"console-{self.posted}")

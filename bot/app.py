@@ -1,0 +1,165 @@
+"""Wiring: build the store, HTTP client, sources, poller, dispatcher and adapters from a Config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import datetime, timedelta
+from typing import Callable, TextIO
+
+import schedule
+
+import handlers
+from storage import Store
+
+from .adapters import Adapter, ConsoleAdapter
+from .clock import utcnow
+from .config import Config
+from .dispatch import DispatchReport, Dispatcher
+from .models import CommandRequest, Reply
+from .poller import Poller, SourceReport
+from .sources import ArxivSource, HuggingFaceSource, Source, make_client
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 30.0  # seconds before the first retry of a failing source
+DISPATCH_EVERY = 30  # seconds between outbox sweeps (retries of failed posts)
+
+
+class App:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stdout: TextIO | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        adapters: dict[str, Adapter] | None = None,
+    ):
+        self.config = config
+        self.clock = clock
+        self.store = Store(config.storage_path)
+        self.http = make_client(config.http_timeout)
+        self.sources: list[Source] = []
+        if config.huggingface.enabled:
+            self.sources.append(HuggingFaceSource(self.http, config.huggingface.base_url, config.max_response_bytes))
+        if config.arxiv.enabled:
+            self.sources.append(
+                ArxivSource(self.http, config.arxiv.base_url, config.arxiv.categories, config.max_response_bytes)
+            )
+        self.adapters: dict[str, Adapter] = adapters if adapters is not None else {"console": ConsoleAdapter(stdout)}
+        self.poller = Poller(self.store, clock)
+        self.dispatcher = Dispatcher(self.store, self.adapters, clock)
+        self.context = handlers.Context(self.store, config, clock)
+        released = self.store.release_unfinished()
+        if released:
+            log.warning("%d deliveries were interrupted mid-send last time; they will be sent again", released)
+
+    def interval(self, source: Source) -> float:
+        cfg = self.config.huggingface if source.name == "huggingface" else self.config.arxiv
+        return cfg.interval_minutes * 60
+
+    def handle_command(self, request: CommandRequest) -> Reply:
+        return handlers.handle(self.context, request)
+
+    async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:
+        """One full cycle: every enabled source, then the outbox."""
+        reports = [await self.poller.poll(source) for source in self.sources]
+        return reports, await self.dispatcher.dispatch()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        self.store.close()
+
+    async def run(self, stop: asyncio.Event, tick: float = 1.0) -> None:
+        """Poll each source on its interval and deliver, until `stop` is set."""
+        runner = _Runner(self)
+        await runner.run(stop, tick)
+
+
+class _Runner:
+    """The long-running loop: `schedule` ticked from the event loop, one task per poll."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self.scheduler = schedule.Scheduler()
+        self.running: dict[str, asyncio.Task] = {}
+        self.retry_at: dict[str, datetime] = {}
+        self.tasks: set[asyncio.Task] = set()
+
+    async def run(self, stop: asyncio.Event, tick: float) -> None:
+        for source in self.app.sources:
+            self.scheduler.every(self.app.interval(source)).seconds.do(self._safe, self._start_poll, source)
+        self.scheduler.every(5).seconds.do(self._safe, self._retry_due)
+        self.scheduler.every(DISPATCH_EVERY).seconds.do(self._safe, self._start_dispatch)
+        if not self.app.sources:
+            log.warning("every source is disabled in the config: nothing will be polled")
+        for source in self.app.sources:
+            self._start_poll(source)
+        while not stop.is_set():
+            self.scheduler.run_pending()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=tick)
+            except asyncio.TimeoutError:
+                pass
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    @staticmethod
+    def _safe(job: Callable, *args) -> None:
+        # A failing job must never stop schedule's run_pending() for the others.
+        try:
+            job(*args)
+        except Exception:
+            log.exception("scheduled job %s failed", getattr(job, "__name__", job))
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def _start_poll(self, source: Source) -> None:
+        if source.name in self.running and not self.running[source.name].done():
+            return  # still polling: skip this tick rather than pile up requests
+        if source.name in self.retry_at and self.retry_at[source.name] > self.app.clock():
+            return  # backing off after a failure; _retry_due will start it
+        self.running[source.name] = self._spawn(self._poll(source))
+
+    def _retry_due(self) -> None:
+        now = self.app.clock()
+        for source in self.app.sources:
+            due = self.retry_at.get(source.name)
+            if due is not None and due <= now:
+                del self.retry_at[source.name]
+                self._start_poll(source)
+
+    def _start_dispatch(self) -> None:
+        self._spawn(self._dispatch())
+
+    async def _poll(self, source: Source) -> None:
+        report = await self.app.poller.poll(source)
+        if report.ok:
+            self.retry_at.pop(source.name, None)
+            log.info(report.line())
+        else:
+            delay = backoff_seconds(report.failures, self.app.interval(source))
+            self.retry_at[source.name] = self.app.clock() + timedelta(seconds=delay)
+            log.warning("%s: poll failed (%d in a row); retrying in %.0fs", source.name, report.failures, delay)
+        await self._dispatch()
+
+    async def _dispatch(self) -> None:
+        try:
+            report = await self.app.dispatcher.dispatch()
+        except Exception:
+            log.exception("delivery sweep failed")
+            return
+        if report.sent or report.failed or report.retrying:
+            log.info(report.line())
+
+
+def backoff_seconds(failures: int, interval: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter, never longer than the source's own interval."""
+    base = min(RETRY_FIRST * 2 ** max(failures - 1, 0), interval)
+    return base * (rng or random).uniform(0.8, 1.2)

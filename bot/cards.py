@@ -1,0 +1,56 @@
+"""Platform-neutral paper cards; every length bound lives here, in one place."""
+
+from __future__ import annotations
+
+from .models import Card, Link, Paper
+
+TITLE_MAX = 250
+AUTHORS_SHOWN = 3
+AUTHORS_MAX = 200
+BODY_MAX = 600
+REASON_MAX = 300
+
+
+def shorten(text: str, limit: int) -> str:
+    """Cut `text` to at most `limit` characters, at a word boundary, marking the cut with '…'."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if text[limit - 1] != " " and " " in cut[limit // 2 :]:  # do not split a word
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:.-") + "…"
+
+
+def short_authors(authors: tuple[str, ...]) -> str:
+    if not authors:
+        return "unknown authors"
+    shown = ", ".join(authors[:AUTHORS_SHOWN])
+    rest = len(authors) - AUTHORS_SHOWN
+    if rest > 0:
+        shown += f" and {rest} other{'s' if rest > 1 else ''}"
+    return shorten(shown, AUTHORS_MAX)
+
+
+def card_for(paper: Paper, reason: str | None = None) -> Card:
+    """The card for `paper`; `reason` says why a channel gets it (None for lookups)."""
+    links = [Link("arXiv", paper.abs_url), Link("PDF", paper.pdf_url)]
+    if paper.upvotes is not None or paper.thumbnail or paper.ai_summary:
+        links.append(Link("Hugging Face", paper.hf_url))
+    if paper.github:
+        links.append(Link("Code", paper.github))
+    if paper.project_page and paper.project_page != paper.github:
+        links.append(Link("Project page", paper.project_page))
+    body = paper.ai_summary or paper.summary or "(no abstract)"
+    return Card(
+        paper_id=paper.id,
+        title=shorten(paper.title, TITLE_MAX),
+        url=paper.abs_url,
+        authors=short_authors(paper.authors),
+        body=shorten(body, BODY_MAX),
+        links=tuple(links),
+        upvotes=paper.upvotes,
+        reason=shorten(reason, REASON_MAX) if reason else None,
+        thumbnail=paper.thumbnail,
+        source=paper.source,
+    )

@@ -1,0 +1,202 @@
+"""Configuration: one TOML file, validated at start-up; secrets only from the environment.
+
+Where the file comes from: `--config PATH`, else `$PAPERS_BOT_CONFIG`, else `./config.toml`
+if present, else the built-in defaults. Unknown keys and wrong types fail with a message
+that names the key. Tokens are never read from the file and never printed: `Secrets`
+hides its values in repr().
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+_CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _url(value: str) -> str | None:
+    if not re.match(r"^https?://[^\s/]+", value):
+        return "must be an http:// or https:// URL"
+    return None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _categories(value: list) -> str | None:
+    if not value:
+        return "must list at least one arXiv category"
+    bad = [c for c in value if not isinstance(c, str) or not _CATEGORY.match(c)]
+    return f"not arXiv categories: {bad!r} (expected forms like 'cs.LG')" if bad else None
+
+
+def _level(value: str) -> str | None:
+    return None if value.upper() in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}"
+
+
+# section -> key -> (type, default, extra check). The single source of truth for keys;
+# config.example.toml documents every one of them (a test keeps that true).
+SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]]] = {
+    "storage": {
+        "path": (str, "papers-bot.db", None),
+    },
+    "sources.huggingface": {
+        "enabled": (bool, True, None),
+        "base_url": (str, "https://huggingface.co", _url),
+        "interval_minutes": (float, 30.0, _positive),
+    },
+    "sources.arxiv": {
+        "enabled": (bool, True, None),
+        "categories": (list, ["cs.LG", "cs.CL", "cs.CV", "cs.AI", "stat.ML"], _categories),
+        "base_url": (str, "https://rss.arxiv.org", _url),
+        "interval_minutes": (float, 60.0, _positive),
+    },
+    "http": {
+        "timeout_seconds": (float, 20.0, _positive),
+        "max_response_mb": (float, 20.0, _positive),
+    },
+    "limits": {
+        "max_subscriptions_per_channel": (int, 50, _positive),
+    },
+    "logging": {
+        "level": (str, "INFO", _level),
+    },
+}
+
+SECRET_NAMES = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "DISCORD_TOKEN")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    enabled: bool
+    base_url: str
+    interval_minutes: float
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Platform tokens from the environment. repr() never shows a value."""
+
+    values: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
+        env = os.environ if env is None else env
+        return cls({k: env[k] for k in SECRET_NAMES if env.get(k)})
+
+    def get(self, name: str) -> str | None:
+        return self.values.get(name)
+
+    def __repr__(self) -> str:
+        return f"Secrets(set={sorted(self.values)})"
+
+
+@dataclass(frozen=True)
+class Config:
+    storage_path: str
+    huggingface: SourceConfig
+    arxiv: SourceConfig
+    http_timeout: float
+    max_response_bytes: int
+    max_subscriptions_per_channel: int
+    log_level: str
+    secrets: Secrets = field(default_factory=Secrets)
+    source_file: str | None = None
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, dict]:
+    """Split the TOML tree into {"section.sub": {key: value}} for the known sections."""
+    sections: dict[str, dict] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if not isinstance(value, dict):
+            raise ConfigError(f"unknown key {name!r}")
+        leaves = {k: v for k, v in value.items() if not isinstance(v, dict)}
+        children = {k: v for k, v in value.items() if isinstance(v, dict)}
+        if leaves or name in SCHEMA:
+            sections[name] = leaves
+        if children:
+            sections.update(_flatten(children, f"{name}."))
+    return sections
+
+
+def _check(section: str, key: str, value: Any) -> Any:
+    expected, _default, extra = SCHEMA[section][key]
+    where = f"[{section}] {key}"
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"{where} must be a {expected.__name__}, got {type(value).__name__}")
+    if extra is not None and (problem := extra(value)):
+        raise ConfigError(f"{where} {problem}")
+    return value
+
+
+def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | None = None) -> Config:
+    values = {s: {k: spec[1] for k, spec in keys.items()} for s, keys in SCHEMA.items()}
+    for section, items in _flatten(data).items():
+        for key in items:
+            if any(word in key.lower() for word in ("token", "secret", "password")):
+                raise ConfigError(
+                    f"[{section}] {key}: secrets are never read from the config file; "
+                    f"set them in the environment ({', '.join(SECRET_NAMES)})"
+                )
+        if section not in SCHEMA:
+            known = ", ".join(f"[{s}]" for s in SCHEMA)
+            raise ConfigError(f"unknown section [{section}] (known: {known})")
+        for key, value in items.items():
+            if key not in SCHEMA[section]:
+                known = ", ".join(SCHEMA[section])
+                raise ConfigError(f"unknown key {key!r} in [{section}] (known: {known})")
+            values[section][key] = _check(section, key, value)
+    hf, ax = values["sources.huggingface"], values["sources.arxiv"]
+    return Config(
+        storage_path=values["storage"]["path"],
+        huggingface=SourceConfig(hf["enabled"], hf["base_url"].rstrip("/"), hf["interval_minutes"]),
+        arxiv=SourceConfig(
+            ax["enabled"], ax["base_url"].rstrip("/"), ax["interval_minutes"], tuple(ax["categories"])
+        ),
+        http_timeout=values["http"]["timeout_seconds"],
+        max_response_bytes=int(values["http"]["max_response_mb"] * 1024 * 1024),
+        max_subscriptions_per_channel=values["limits"]["max_subscriptions_per_channel"],
+        log_level=values["logging"]["level"].upper(),
+        secrets=secrets if secrets is not None else Secrets.from_env(),
+        source_file=source_file,
+    )
+
+
+def find_config_file(explicit: str | None, env: dict[str, str] | None = None) -> Path | None:
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("PAPERS_BOT_CONFIG"):
+        return Path(env["PAPERS_BOT_CONFIG"])
+    default = Path("config.toml")
+    return default if default.is_file() else None
+
+
+def load_config(explicit: str | None = None, env: dict[str, str] | None = None) -> Config:
+    path = find_config_file(explicit, env)
+    secrets = Secrets.from_env(env)
+    if path is None:
+        return parse_config({}, secrets)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse_config(data, secrets, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,91 @@
+"""Dispatch: send due outbox rows through the adapter of their platform, record the result."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+from storage import Store
+
+from .adapters import Adapter
+from .cards import card_for
+from .clock import utcnow
+from .models import Delivery, PostResult
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+BACKOFF_BASE = timedelta(seconds=30)
+BACKOFF_MAX = timedelta(hours=1)
+
+
+@dataclass
+class DispatchReport:
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    waiting: int = 0  # due, but no adapter for their platform is running
+
+    def line(self) -> str:
+        text = f"delivered: {self.sent} sent, {self.retrying} to retry, {self.failed} failed"
+        return text + (f", {self.waiting} waiting for an adapter" if self.waiting else "")
+
+
+def retry_delay(attempts: int) -> timedelta:
+    return min(BACKOFF_BASE * (2 ** max(attempts - 1, 0)), BACKOFF_MAX)
+
+
+class Dispatcher:
+    def __init__(self, store: Store, adapters: dict[str, Adapter], clock: Callable[[], datetime] = utcnow):
+        self.store = store
+        self.adapters = adapters
+        self.clock = clock
+        self._warned: set[str] = set()
+
+    async def dispatch(self) -> DispatchReport:
+        report = DispatchReport()
+        for delivery in self.store.due_deliveries(self.clock()):
+            adapter = self.adapters.get(delivery.channel.platform)
+            if adapter is None:
+                report.waiting += 1
+                if delivery.channel.platform not in self._warned:
+                    self._warned.add(delivery.channel.platform)
+                    log.warning(
+                        "no %s adapter is running: deliveries to %s channels wait in the outbox",
+                        delivery.channel.platform, delivery.channel.platform,
+                    )
+                continue
+            if not self.store.claim_delivery(delivery.id):
+                continue
+            result = await self._send(adapter, delivery)
+            self._record(delivery, result, report)
+        return report
+
+    async def _send(self, adapter: Adapter, delivery: Delivery) -> PostResult:
+        paper = self.store.get_paper(delivery.paper_id)
+        if paper is None:
+            return PostResult(ok=False, error="paper missing from storage", retryable=False)
+        try:
+            return await adapter.post(delivery.channel, card_for(paper, delivery.reason))
+        except Exception as exc:  # an adapter bug must not stop the other deliveries
+            log.exception("posting %s to %s raised", delivery.paper_id, delivery.channel)
+            return PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
+
+    def _record(self, delivery: Delivery, result: PostResult, report: DispatchReport) -> None:
+        now = self.clock()
+        if result.ok:
+            self.store.mark_sent(delivery.id, result.message_id, now)
+            report.sent += 1
+            log.info("posted %s to %s", delivery.paper_id, delivery.channel)
+            return
+        attempts = delivery.attempts + 1
+        if result.retryable and attempts < MAX_ATTEMPTS:
+            self.store.mark_failed(delivery.id, result.error or "unknown error", now + retry_delay(attempts))
+            report.retrying += 1
+            log.warning("posting %s to %s failed (%s); will retry", delivery.paper_id, delivery.channel, result.error)
+        else:
+            self.store.mark_failed(delivery.id, result.error or "unknown error", None)
+            report.failed += 1
+            log.error("gave up posting %s to %s: %s", delivery.paper_id, delivery.channel, result.error)

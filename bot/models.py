@@ -1,0 +1,151 @@
+"""Value objects: the only things that cross module seams.
+
+No Slack dict or discord.py object ever appears here; adapters translate these
+into platform payloads and platform events into these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+PLATFORMS = ("console", "slack", "discord")
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One paper, keyed by its version-less arXiv id (the same key from every source)."""
+
+    id: str
+    title: str
+    summary: str
+    authors: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    source: str = ""  # "hf" or "arxiv": where this record was listed
+    published: datetime | None = None  # arXiv submission/publication time
+    listed_on: date | None = None  # the day of the listing it came from
+    upvotes: int | None = None  # Hugging Face upvotes, None when unknown
+    thumbnail: str | None = None
+    github: str | None = None
+    project_page: str | None = None
+    ai_summary: str | None = None
+    is_update: bool = False  # arXiv "replace" announcement: an old paper revised
+
+    @property
+    def abs_url(self) -> str:
+        return f"https://arxiv.org/abs/{self.id}"
+
+    @property
+    def pdf_url(self) -> str:
+        return f"https://arxiv.org/pdf/{self.id}"
+
+    @property
+    def hf_url(self) -> str:
+        return f"https://huggingface.co/papers/{self.id}"
+
+
+@dataclass(frozen=True)
+class ChannelRef:
+    """A chat channel: `console:NAME`, `slack:CHANNEL_ID` or `discord:CHANNEL_ID`."""
+
+    platform: str
+    channel_id: str
+
+    @property
+    def key(self) -> str:
+        """The storage key; one format, defined once."""
+        return f"{self.platform}:{self.channel_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> ChannelRef:
+        platform, sep, channel_id = text.strip().partition(":")
+        platform = platform.lower()
+        if not sep or platform not in PLATFORMS or not channel_id:
+            raise ValueError(
+                f"bad channel {text!r}: use console:NAME, slack:CHANNEL_ID or discord:CHANNEL_ID"
+            )
+        if len(channel_id) > 80 or not all(c.isalnum() or c in "-_." for c in channel_id):
+            raise ValueError(f"bad channel id {channel_id!r}: letters, digits, '-', '_', '.' only")
+        return cls(platform, channel_id)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: int
+    channel: ChannelRef
+    query: str  # normalized form, as the user is shown it
+    created_by: str
+    created_at: datetime
+    delivered: int = 0
+
+
+@dataclass(frozen=True)
+class Match:
+    """One subscription matching one paper, with the terms that made it match."""
+
+    subscription_id: int
+    channel: ChannelRef
+    query: str
+    terms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Link:
+    label: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Card:
+    """A platform-neutral paper card; texts are plain and already bounded by cards.py."""
+
+    paper_id: str
+    title: str
+    url: str
+    authors: str
+    body: str
+    links: tuple[Link, ...] = ()
+    upvotes: int | None = None
+    reason: str | None = None  # why it matched, e.g. 'matched "diffusion"'
+    thumbnail: str | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One outbox row: a paper owed to a channel."""
+
+    id: int
+    paper_id: str
+    channel: ChannelRef
+    reason: str
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class PostResult:
+    ok: bool
+    message_id: str | None = None
+    error: str | None = None
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    """What every front-end (Slack, Discord, CLI) turns a /papers command into."""
+
+    channel: ChannelRef
+    user_id: str
+    text: str
+    can_manage: bool = True  # set by the adapter from platform permissions
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    cards: tuple[Card, ...] = field(default_factory=tuple)
+    ephemeral: bool = True
+    ok: bool = True

@@ -1,0 +1,69 @@
+"""Poller: fetch a source, store what is new, match it, queue deliveries. Never raises."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+from storage import Store
+
+from .clock import utcnow
+from .errors import SourceError
+from .matching import KeywordMatcher
+from .sources import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceReport:
+    source: str
+    ok: bool
+    listed: int = 0
+    new: int = 0
+    queued: int = 0
+    error: str | None = None
+    failures: int = 0  # consecutive failures, this one included
+
+    def line(self) -> str:
+        if not self.ok:
+            return f"{self.source}: FAILED: {self.error}"
+        return f"{self.source}: {self.listed} listed, {self.new} new, {self.queued} queued for delivery"
+
+
+class Poller:
+    def __init__(self, store: Store, clock: Callable[[], datetime] = utcnow):
+        self.store = store
+        self.clock = clock
+
+    async def poll(self, source: Source) -> SourceReport:
+        try:
+            papers = await source.fetch()
+        except SourceError as exc:
+            return self._failed(source.name, exc.reason)
+        except Exception as exc:  # a parser bug must not stop the bot or the other sources
+            log.exception("%s: unexpected error while fetching", source.name)
+            return self._failed(source.name, f"unexpected error: {type(exc).__name__}: {exc}")
+        now = self.clock()
+        new = self.store.add_papers(papers, now)
+        # Only papers stored just now are matched, so a subscription never receives
+        # papers stored before it was created.
+        matcher = KeywordMatcher(self.store.subscriptions())
+        queued = 0
+        for paper in new:
+            if paper.is_update:  # a revised old paper is stored, never announced as news
+                continue
+            matches = matcher.match(paper)
+            if matches:
+                queued += self.store.enqueue(paper.id, matches, now)
+        self.store.record_source_success(source.name, now, len(papers))
+        if not papers:
+            log.info("%s: empty listing (normal on weekends and holidays)", source.name)
+        return SourceReport(source.name, True, listed=len(papers), new=len(new), queued=queued)
+
+    def _failed(self, name: str, reason: str) -> SourceReport:
+        failures = self.store.record_source_failure(name, self.clock(), reason)
+        log.warning("%s: %s", name, reason)
+        return SourceReport(name, False, error=reason, failures=failures)

@@ -1,0 +1,33 @@
+"""arXiv identifiers: one canonical, version-less key for every form a source uses.
+
+Forms seen in the wild: `2606.13677`, `2606.13677v1`, `arXiv:2604.21952v1`,
+`oai:arXiv.org:2604.21952v1`, `https://arxiv.org/abs/2606.13677v1`,
+`http://arxiv.org/pdf/2606.13677v2`, `https://huggingface.co/papers/2606.13677`,
+old style `astro-ph/0601001v1` and `math.NA/0601001`.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NEW = r"\d{4}\.\d{4,5}"
+_OLD = r"[a-z][a-z-]*(?:\.[A-Z]{2})?/\d{7}"
+_ID = re.compile(rf"(?<![\w.])({_NEW}|{_OLD})(?:v\d+)?(?![\w.])")
+_EXACT = re.compile(rf"^({_NEW}|{_OLD})(?:v\d+)?$")
+
+
+def canonical_arxiv_id(text: str) -> str | None:
+    """Return the version-less arXiv id found in `text` (an id, URL or OAI id), else None."""
+    text = text.strip()
+    for prefix in ("oai:arXiv.org:", "arXiv:", "arxiv:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    exact = _EXACT.match(text)
+    if exact:
+        return exact.group(1)
+    found = _ID.search(text)
+    return found.group(1) if found else None
+
+
+def is_arxiv_id(text: str) -> bool:
+    return bool(_EXACT.match(text.strip()))

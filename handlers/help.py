@@ -1,0 +1,25 @@
+"""help: usage built from the handlers' docstrings."""
+
+from __future__ import annotations
+
+from bot.models import CommandRequest, Reply
+
+from .base import COMMANDS, Context, command, error
+
+
+@command("help", "help [command]")
+def help_command(ctx: Context, req: CommandRequest, args: str) -> Reply:
+    """List the commands, or explain one.
+
+    Example: `/papers help subscribe`.
+    """
+    name = args.strip().lower()
+    if name:
+        cmd = COMMANDS.get(name)
+        if cmd is None:
+            shown = name if len(name) <= 30 else name[:30] + "…"
+            return error(f"There is no command `{shown}`. Try `/papers help`.")
+        return Reply(f"`/papers {cmd.usage}`\n{cmd.details}")
+    lines = ["papers-bot posts new machine-learning papers that match this channel's subscriptions.", ""]
+    lines += [f"`/papers {cmd.usage}` · {cmd.summary}" for cmd in COMMANDS.values()]
+    return Reply("\n".join(lines))

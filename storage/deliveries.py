@@ -1,0 +1,96 @@
+"""The outbox: deliveries are written before anything is sent, one row per paper x channel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlite_utils import Database
+
+from bot.models import ChannelRef, Delivery, Match
+
+from .db import iso
+
+
+class DeliveriesMixin:
+    db: Database
+
+    def enqueue(self, paper_id: str, matches: list[Match], now: datetime) -> int:
+        """Queue `paper_id` for every channel among `matches`; returns how many rows were new.
+
+        Several subscriptions of one channel matching one paper make one delivery whose
+        reason names them all. A channel that already has this paper gets nothing new.
+        """
+        by_channel: dict[ChannelRef, list[Match]] = {}
+        for match in matches:
+            by_channel.setdefault(match.channel, []).append(match)
+        created = 0
+        stamp = iso(now)
+        with self.db.atomic():
+            for channel, channel_matches in by_channel.items():
+                reason = ", ".join(_describe(m) for m in channel_matches)
+                cursor = self.db.execute(
+                    """INSERT OR IGNORE INTO deliveries (paper_id, channel, reason, next_attempt_at, created_at)
+                       VALUES (?, ?, ?, ?, ?)""",
+                    [paper_id, channel.key, reason[:500], stamp, stamp],
+                )
+                if cursor.rowcount == 0:
+                    continue
+                created += 1
+                for m in channel_matches:
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO delivery_matches (delivery_id, subscription_id) VALUES (?, ?)",
+                        [cursor.lastrowid, m.subscription_id],
+                    )
+        return created
+
+    def due_deliveries(self, now: datetime, platforms: set[str] | None = None, limit: int = 500) -> list[Delivery]:
+        rows = self.db.execute(
+            """SELECT id, paper_id, channel, reason, attempts FROM deliveries
+                WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?""",
+            [iso(now), limit],
+        ).fetchall()
+        deliveries = [
+            Delivery(id=r[0], paper_id=r[1], channel=ChannelRef(*r[2].split(":", 1)), reason=r[3], attempts=r[4])
+            for r in rows
+        ]
+        if platforms is not None:
+            deliveries = [d for d in deliveries if d.channel.platform in platforms]
+        return deliveries
+
+    def claim_delivery(self, delivery_id: int) -> bool:
+        """Mark a pending delivery as being sent; False if someone else claimed it first."""
+        cursor = self.db.execute(
+            "UPDATE deliveries SET status = 'sending', attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
+            [delivery_id],
+        )
+        return cursor.rowcount == 1
+
+    def mark_sent(self, delivery_id: int, message_id: str | None, now: datetime) -> None:
+        self.db.execute(
+            "UPDATE deliveries SET status = 'sent', message_id = ?, sent_at = ?, error = NULL WHERE id = ?",
+            [message_id, iso(now), delivery_id],
+        )
+
+    def mark_failed(self, delivery_id: int, error: str, retry_at: datetime | None) -> None:
+        """Record a failed attempt: back to pending until `retry_at`, or failed for good if None."""
+        if retry_at is None:
+            self.db.execute(
+                "UPDATE deliveries SET status = 'failed', error = ? WHERE id = ?", [error[:500], delivery_id]
+            )
+        else:
+            self.db.execute(
+                "UPDATE deliveries SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
+                [error[:500], iso(retry_at), delivery_id],
+            )
+
+    def release_unfinished(self) -> int:
+        """After a crash, deliveries left 'sending' go back to pending (sent at least once)."""
+        return self.db.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'sending'").rowcount
+
+    def delivery_counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
+        return {status: count for status, count in rows}
+
+
+def _describe(match: Match) -> str:
+    return f'#{match.subscription_id} "{match.query}"'

@@ -1,0 +1,79 @@
+"""Schema, changed only through migrations (applied at start-up, each in a transaction)."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("papers-bot")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE papers (
+            id TEXT PRIMARY KEY,          -- version-less arXiv id, the cross-source key
+            title TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            authors TEXT NOT NULL,        -- JSON array of names
+            categories TEXT NOT NULL,     -- JSON array of arXiv categories
+            sources TEXT NOT NULL,        -- comma-joined: where it was listed ("arxiv,hf")
+            published TEXT,
+            listed_on TEXT,               -- date of the first listing it was seen in
+            upvotes INTEGER,
+            thumbnail TEXT,
+            github TEXT,
+            project_page TEXT,
+            ai_summary TEXT,
+            is_update INTEGER NOT NULL DEFAULT 0,  -- first seen as an arXiv replacement
+            first_seen TEXT NOT NULL,     -- when this bot stored it; subscriptions only get later papers
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX papers_first_seen ON papers(first_seen);
+
+        CREATE TABLE subscriptions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused, so "unsubscribe 3" is unambiguous
+            channel TEXT NOT NULL,                  -- ChannelRef.key
+            query TEXT NOT NULL,                    -- normalized query
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            UNIQUE (channel, query)
+        );
+
+        CREATE TABLE deliveries (                   -- the outbox: one row per paper x channel
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            paper_id TEXT NOT NULL REFERENCES papers(id),
+            channel TEXT NOT NULL,
+            reason TEXT NOT NULL,                   -- why it matched, shown on the card
+            status TEXT NOT NULL DEFAULT 'pending', -- pending | sending | sent | failed
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            message_id TEXT,                        -- platform message id once sent
+            error TEXT,
+            created_at TEXT NOT NULL,
+            sent_at TEXT,
+            UNIQUE (paper_id, channel)
+        );
+        CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
+
+        CREATE TABLE delivery_matches (             -- which subscriptions a delivery answers
+            delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+            subscription_id INTEGER NOT NULL,
+            PRIMARY KEY (delivery_id, subscription_id)
+        );
+        CREATE INDEX delivery_matches_sub ON delivery_matches(subscription_id);
+
+        CREATE TABLE source_state (
+            source TEXT PRIMARY KEY,
+            last_attempt TEXT,
+            last_success TEXT,
+            last_error TEXT,
+            last_error_at TEXT,
+            consecutive_failures INTEGER NOT NULL DEFAULT 0,
+            last_count INTEGER
+        );
+        """
+    )
+    # Full-text search over stored papers, kept in step by triggers.
+    db["papers"].enable_fts(["title", "summary", "authors"], create_triggers=True, tokenize="porter")

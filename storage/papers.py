@@ -1,0 +1,85 @@
+"""Papers: insert-or-enrich, lookup."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlite_utils import Database
+
+from bot.models import Paper
+
+from .db import iso, parse_day, parse_iso
+
+# Fields a later listing may fill in (Hugging Face adds these to a paper arXiv announced).
+_ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary")
+
+
+class PapersMixin:
+    db: Database
+
+    def add_papers(self, papers: list[Paper], now: datetime) -> list[Paper]:
+        """Store papers; return those this bot had never stored before (in input order).
+
+        A paper already stored (from another source, or an earlier poll) is enriched with
+        the fields it lacked and its upvotes refreshed, but is not new.
+        """
+        new: list[Paper] = []
+        stamp = iso(now)
+        with self.db.atomic():
+            for paper in papers:
+                row = self.db.execute("SELECT sources FROM papers WHERE id = ?", [paper.id]).fetchone()
+                if row is None:
+                    self.db.execute(
+                        """INSERT INTO papers (id, title, summary, authors, categories, sources, published,
+                               listed_on, upvotes, thumbnail, github, project_page, ai_summary, is_update,
+                               first_seen, updated_at)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                        [
+                            paper.id, paper.title, paper.summary, json.dumps(paper.authors),
+                            json.dumps(paper.categories), paper.source,
+                            iso(paper.published) if paper.published else None,
+                            paper.listed_on.isoformat() if paper.listed_on else None,
+                            paper.upvotes, paper.thumbnail, paper.github, paper.project_page,
+                            paper.ai_summary, int(paper.is_update), stamp, stamp,
+                        ],
+                    )
+                    new.append(paper)
+                    continue
+                sources = sorted(set(filter(None, row[0].split(","))) | {paper.source})
+                updates = {k: getattr(paper, k) for k in _ENRICH if getattr(paper, k) is not None}
+                assignments = ", ".join(f"{k} = ?" for k in updates)
+                self.db.execute(
+                    f"UPDATE papers SET {assignments}{', ' if updates else ''}sources = ?, updated_at = ? WHERE id = ?",
+                    [*updates.values(), ",".join(sources), stamp, paper.id],
+                )
+        return new
+
+    def get_paper(self, paper_id: str) -> Paper | None:
+        row = self.db.execute("SELECT * FROM papers WHERE id = ?", [paper_id]).fetchone()
+        if row is None:
+            return None
+        columns = [d[0] for d in self.db.execute("SELECT * FROM papers LIMIT 0").description]
+        return _paper(dict(zip(columns, row)))
+
+    def count_papers(self) -> int:
+        return self.db.execute("SELECT count(*) FROM papers").fetchone()[0]
+
+
+def _paper(row: dict) -> Paper:
+    return Paper(
+        id=row["id"],
+        title=row["title"],
+        summary=row["summary"],
+        authors=tuple(json.loads(row["authors"])),
+        categories=tuple(json.loads(row["categories"])),
+        source=row["sources"].split(",")[0],
+        published=parse_iso(row["published"]),
+        listed_on=parse_day(row["listed_on"]),
+        upvotes=row["upvotes"],
+        thumbnail=row["thumbnail"],
+        github=row["github"],
+        project_page=row["project_page"],
+        ai_summary=row["ai_summary"],
+        is_update=bool(row["is_update"]),
+    )

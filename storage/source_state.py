@@ -1,0 +1,47 @@
+"""Per-source health: last success, last error, consecutive failures."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlite_utils import Database
+
+from .db import iso, parse_iso
+
+
+class SourceStateMixin:
+    db: Database
+
+    def record_source_success(self, source: str, now: datetime, count: int) -> None:
+        self.db.execute(
+            """INSERT INTO source_state (source, last_attempt, last_success, consecutive_failures, last_count)
+               VALUES (?, ?, ?, 0, ?)
+               ON CONFLICT(source) DO UPDATE SET last_attempt = excluded.last_attempt,
+                   last_success = excluded.last_success, consecutive_failures = 0,
+                   last_count = excluded.last_count""",
+            [source, iso(now), iso(now), count],
+        )
+
+    def record_source_failure(self, source: str, now: datetime, error: str) -> int:
+        """Record a failure; returns the number of consecutive failures so far."""
+        self.db.execute(
+            """INSERT INTO source_state (source, last_attempt, last_error, last_error_at, consecutive_failures)
+               VALUES (?, ?, ?, ?, 1)
+               ON CONFLICT(source) DO UPDATE SET last_attempt = excluded.last_attempt,
+                   last_error = excluded.last_error, last_error_at = excluded.last_error_at,
+                   consecutive_failures = consecutive_failures + 1""",
+            [source, iso(now), error[:500], iso(now)],
+        )
+        return self.db.execute(
+            "SELECT consecutive_failures FROM source_state WHERE source = ?", [source]
+        ).fetchone()[0]
+
+    def source_state(self, source: str) -> dict | None:
+        cursor = self.db.execute("SELECT * FROM source_state WHERE source = ?", [source])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        state = dict(zip([d[0] for d in cursor.description], row))
+        for key in ("last_attempt", "last_success", "last_error_at"):
+            state[key] = parse_iso(state[key])
+        return state

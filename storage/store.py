@@ -1,0 +1,25 @@
+"""Store: every read and write of the bot's SQLite database, named by intent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .db import open_database
+from .deliveries import DeliveriesMixin
+from .papers import PapersMixin
+from .source_state import SourceStateMixin
+from .subscriptions import SubscriptionsMixin
+
+
+class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin):
+    """One connection, used from the bot's one event-loop thread."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self.db = open_database(path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from bot.config import Secrets, parse_config
+from storage import Store
+
+from .fakes import FakeHTTPServer
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: datetime = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)):
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs) -> None:
+        self.now += timedelta(**kwargs)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "bot.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def server():
+    with FakeHTTPServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    def make(**sections):
+        data = {"storage": {"path": str(tmp_path / "bot.db")}}
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        return parse_config(data, Secrets({}))
+
+    return make

@@ -1,0 +1,147 @@
+"""Fakes for every outside service. Servers bind to 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from bot.errors import SourceError
+from bot.models import Card, ChannelRef, Paper, PostResult
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+@dataclass
+class Canned:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    delay: float = 0.0
+    headers: dict = field(default_factory=dict)
+
+
+class FakeHTTPServer:
+    """A scriptable HTTP server on 127.0.0.1:<random port>.
+
+    `server.route("/api/daily_papers", Canned(...), Canned(...))` answers the first request
+    with the first response, and so on; the last one repeats. Requests are recorded.
+    """
+
+    def __init__(self):
+        self.routes: dict[str, list[Canned]] = {}
+        self.requests: list[tuple[str, str, dict]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                fake.requests.append((path, self.path, dict(self.headers)))
+                queue = fake.routes.get(path)
+                if not queue:
+                    canned = Canned(404, b'{"error":"Not Found"}')
+                else:
+                    canned = queue.pop(0) if len(queue) > 1 else queue[0]
+                if canned.delay:
+                    time.sleep(canned.delay)
+                try:
+                    self.send_response(canned.status)
+                    self.send_header("Content-Type", canned.content_type)
+                    self.send_header("Content-Length", str(len(canned.body)))
+                    for key, value in canned.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(canned.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout tests)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def route(self, path: str, *responses: Canned) -> None:
+        self.routes[path] = list(responses)
+
+    def paths(self) -> list[str]:
+        return [r[0] for r in self.requests]
+
+    def __enter__(self) -> FakeHTTPServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def hf_json(name: str = "hf_daily_papers_2024-10-25.json") -> Canned:
+    return Canned(body=fixture(name))
+
+
+def rss(name: str = "arxiv_rss_synthetic.xml") -> Canned:
+    return Canned(body=fixture(name), content_type="application/rss+xml")
+
+
+def paper(paper_id: str, title: str = "A synthetic paper", summary: str = "Synthetic abstract.", **kw) -> Paper:
+    """A clearly synthetic Paper for unit tests."""
+    return Paper(id=paper_id, title=title, summary=summary, source=kw.pop("source", "arxiv"), **kw)
+
+
+class FakeSource:
+    """A scriptable Source: `.papers` to list, or `.fail_with(exc)`."""
+
+    def __init__(self, name: str = "fake", papers: list[Paper] | None = None):
+        self.name = name
+        self.papers = papers or []
+        self.error: Exception | None = None
+        self.calls = 0
+
+    def fail_with(self, error: Exception | None) -> None:
+        self.error = error
+
+    async def fetch(self) -> list[Paper]:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return list(self.papers)
+
+
+def source_error(message: str = "cannot reach http://127.0.0.1:9 (ConnectError)") -> SourceError:
+    return SourceError("fake", message)
+
+
+class RecordingAdapter:
+    """Keeps what it was asked to post; scriptable results."""
+
+    def __init__(self, platform: str = "console", results: list[PostResult] | None = None):
+        self.platform = platform
+        self.posts: list[tuple[ChannelRef, Card]] = []
+        self.results = list(results or [])
+
+    async def post(self, channel: ChannelRef, card: Card) -> PostResult:
+        self.posts.append((channel, card))
+        if self.results:
+            result = self.results.pop(0)
+            if isinstance(result, Exception):
+                raise result
+            return result
+        return PostResult(ok=True, message_id=f"m{len(self.posts)}")
+
+
+def json_body(data) -> bytes:
+    return json.dumps(data).encode()

@@ -1,0 +1,108 @@
+"""The long-running loop: schedule ticked from the event loop, backoff, clean stop."""
+
+import asyncio
+import io
+import logging
+import random
+
+from bot.app import App, _Runner, backoff_seconds
+from bot.cli import RedactSecrets
+from bot.config import Secrets, parse_config
+from bot.models import ChannelRef, CommandRequest
+
+from .fakes import Canned, hf_json
+
+
+def make_app(tmp_path, server, clock=None, out=None):
+    config = parse_config(
+        {
+            "storage": {"path": str(tmp_path / "bot.db")},
+            "sources": {
+                "huggingface": {"base_url": server.url},
+                "arxiv": {"enabled": False},
+            },
+        },
+        Secrets({}),
+    )
+    kwargs = {"stdout": out or io.StringIO()}
+    if clock is not None:
+        kwargs["clock"] = clock
+    return App(config, **kwargs)
+
+
+async def wait_for(predicate, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_run_polls_at_start_delivers_and_stops(tmp_path, server):
+    server.route("/api/daily_papers", hf_json())
+    out = io.StringIO()
+    app = make_app(tmp_path, server, out=out)
+    app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "subscribe diffusion"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop, tick=0.01))
+    await wait_for(lambda: out.getvalue().count("[console:ml]") == 2)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    await app.aclose()
+    assert "SMITE: Segment Me In TimE" in out.getvalue()
+    assert server.paths() == ["/api/daily_papers"]
+
+
+async def test_a_failing_source_is_retried_with_backoff_then_recovers(tmp_path, server, clock, caplog):
+    server.route("/api/daily_papers", Canned(status=500, body=b""), hf_json())
+    app = make_app(tmp_path, server, clock=clock)
+    runner = _Runner(app)
+    (source,) = app.sources
+    runner._start_poll(source)
+    await wait_for(lambda: source.name in runner.retry_at)
+    await asyncio.gather(*runner.tasks)
+    assert "poll failed (1 in a row); retrying in" in caplog.text
+    runner._start_poll(source)  # the regular interval firing during backoff does nothing
+    runner._retry_due()  # nor does the retry check before the time
+    assert len(server.requests) == 1
+    clock.advance(seconds=60)
+    runner._retry_due()
+    await wait_for(lambda: len(server.requests) == 2 and not runner.tasks)
+    assert source.name not in runner.retry_at
+    assert app.store.source_state("huggingface")["consecutive_failures"] == 0
+    await app.aclose()
+
+
+async def test_a_failing_job_does_not_stop_the_others(tmp_path, server, caplog):
+    app = make_app(tmp_path, server)
+    runner = _Runner(app)
+    ran = []
+
+    def broken():
+        raise RuntimeError("job bug")
+
+    runner.scheduler.every(1).seconds.do(runner._safe, broken)
+    runner.scheduler.every(1).seconds.do(runner._safe, lambda: ran.append(1))
+    runner.scheduler.run_all()
+    assert ran == [1] and "scheduled job broken failed" in caplog.text
+    await app.aclose()
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped():
+    rng = random.Random(7)
+    delays = [backoff_seconds(n, 3600, rng) for n in range(1, 8)]
+    assert 24 <= delays[0] <= 36 and 48 <= delays[1] <= 72 and 96 <= delays[2] <= 144
+    assert backoff_seconds(50, 600, rng) <= 720  # never much beyond the poll interval
+
+
+def test_tokens_never_reach_the_log(caplog):
+    token = "xoxb-1234567890-secret"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactSecrets([token]))
+    logger = logging.getLogger("test.redact")
+    logger.addHandler(handler)
+    try:
+        logger.error("slack said invalid_auth for %s", token)
+    finally:
+        logger.removeHandler(handler)
+    assert token not in stream.getvalue() and "[redacted]" in stream.getvalue()

@@ -1,0 +1,23 @@
+from bot.adapters.console import render_card, render_reply, terminal_safe
+from bot.cards import card_for
+from bot.models import ChannelRef, Reply
+
+from .fakes import paper
+
+
+def test_escape_sequences_from_outside_text_are_removed():
+    assert terminal_safe("ok\x1b[2J\x07 title\u202e") == "ok[2J title"
+
+
+def test_card_rendering_is_terminal_safe_and_complete():
+    card = card_for(paper("2410.00001", "Evil \x1b]0;pwned\x07 title", upvotes=7), '#2 "x"')
+    text = render_card(card, ChannelRef("console", "ml"))
+    assert "\x1b" not in text and "\x07" not in text
+    assert text.splitlines()[0] == "[console:ml] Evil ]0;pwned title"
+    assert "arXiv:2410.00001 · ▲ 7" in text
+    assert "Hugging Face: https://huggingface.co/papers/2410.00001" in text
+
+
+def test_reply_rendering_includes_cards():
+    reply = Reply("Found 1:", cards=(card_for(paper("2410.00001", "T")),))
+    assert render_reply(reply).startswith("Found 1:\n\nT\n")

@@ -1,0 +1,85 @@
+import io
+from datetime import timedelta
+
+from bot.adapters import ConsoleAdapter
+from bot.dispatch import MAX_ATTEMPTS, Dispatcher, retry_delay
+from bot.models import ChannelRef, Match, PostResult
+
+from .fakes import RecordingAdapter, paper
+
+ML = ChannelRef("console", "ml")
+SLACK = ChannelRef("slack", "C1")
+
+
+def queue(store, clock, paper_id="2410.00001", channel=ML, title="Latent Diffusion"):
+    store.add_papers([paper(paper_id, title, authors=("Ada Example",))], clock())
+    store.enqueue(paper_id, [Match(1, channel, "diffusion", ("diffusion",))], clock())
+
+
+async def test_due_deliveries_are_posted_as_cards_and_marked_sent(store, clock):
+    queue(store, clock)
+    adapter = RecordingAdapter()
+    report = await Dispatcher(store, {"console": adapter}, clock).dispatch()
+    assert report.sent == 1 and report.line() == "delivered: 1 sent, 0 to retry, 0 failed"
+    (channel, card), = adapter.posts
+    assert channel == ML and card.title == "Latent Diffusion" and card.reason == '#1 "diffusion"'
+    assert store.delivery_counts() == {"sent": 1}
+    assert store.db.execute("SELECT message_id FROM deliveries").fetchone()[0] == "m1"
+    assert (await Dispatcher(store, {"console": adapter}, clock).dispatch()).sent == 0  # never twice
+
+
+async def test_console_adapter_prints_a_readable_card(store, clock):
+    queue(store, clock)
+    out = io.StringIO()
+    await Dispatcher(store, {"console": ConsoleAdapter(out)}, clock).dispatch()
+    text = out.getvalue()
+    assert "[console:ml] Latent Diffusion" in text
+    assert "Ada Example" in text and "arXiv: https://arxiv.org/abs/2410.00001" in text
+    assert 'Matched #1 "diffusion"' in text
+
+
+async def test_retryable_failures_back_off_then_succeed(store, clock):
+    queue(store, clock)
+    adapter = RecordingAdapter(results=[PostResult(ok=False, error="HTTP 503", retryable=True)])
+    dispatcher = Dispatcher(store, {"console": adapter}, clock)
+    first = await dispatcher.dispatch()
+    assert first.retrying == 1
+    assert (await dispatcher.dispatch()).sent == 0  # not due yet
+    clock.advance(seconds=retry_delay(1).total_seconds())
+    assert (await dispatcher.dispatch()).sent == 1
+    assert len(adapter.posts) == 2
+
+
+async def test_permanent_failures_and_too_many_attempts_give_up(store, clock):
+    queue(store, clock, "2410.00001")
+    queue(store, clock, "2410.00002")
+    results = [PostResult(ok=False, error="channel_not_found", retryable=False)]
+    results += [PostResult(ok=False, error="HTTP 500", retryable=True)] * MAX_ATTEMPTS
+    adapter = RecordingAdapter(results=results)
+    dispatcher = Dispatcher(store, {"console": adapter}, clock)
+    for _ in range(MAX_ATTEMPTS):
+        await dispatcher.dispatch()
+        clock.advance(hours=2)
+    assert store.delivery_counts() == {"failed": 2}
+    assert len(adapter.posts) == 1 + MAX_ATTEMPTS
+
+
+async def test_an_adapter_exception_becomes_a_retry(store, clock, caplog):
+    queue(store, clock)
+    adapter = RecordingAdapter(results=[RuntimeError("boom")])
+    report = await Dispatcher(store, {"console": adapter}, clock).dispatch()
+    assert report.retrying == 1 and "raised" in caplog.text
+
+
+async def test_deliveries_without_an_adapter_wait_in_the_outbox(store, clock, caplog):
+    queue(store, clock, channel=SLACK)
+    report = await Dispatcher(store, {"console": RecordingAdapter()}, clock).dispatch()
+    assert report.waiting == 1 and "no slack adapter is running" in caplog.text
+    assert "1 waiting for an adapter" in report.line()
+    assert len(store.due_deliveries(clock())) == 1
+
+
+def test_retry_delay_grows_and_is_capped():
+    assert retry_delay(1) == timedelta(seconds=30)
+    assert retry_delay(2) == timedelta(seconds=60)
+    assert retry_delay(20) == timedelta(hours=1)

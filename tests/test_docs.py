@@ -1,0 +1,44 @@
+"""The docs stay true: every command in the README, every config key in the example."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import handlers
+from bot.config import SCHEMA, Secrets, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_chat_command_is_documented_in_the_readme():
+    for name, cmd in handlers.COMMANDS.items():
+        assert f"| `{cmd.usage}` |" in README, f"README lacks a row for `{cmd.usage}`"
+
+
+def test_every_cli_action_is_documented():
+    for action in ("run", "poll", "command --channel REF --user ID"):
+        assert f"`papers-bot {action}" in README
+
+
+def test_every_config_key_is_in_the_example_with_its_default():
+    example = tomllib.loads((ROOT / "config.example.toml").read_text())
+    for section, keys in SCHEMA.items():
+        node = example
+        for part in section.split("."):
+            assert part in node, f"config.example.toml lacks [{section}]"
+            node = node[part]
+        for key, (_type, default, _check) in keys.items():
+            assert key in node, f"config.example.toml lacks [{section}] {key}"
+            assert node[key] == default, f"[{section}] {key}: example {node[key]!r} != default {default!r}"
+    parse_config(example, Secrets({}))  # and the example is a valid config
+
+
+def test_readme_quick_start_has_two_commands_and_ci_runs_the_test_one():
+    start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)\n```", start, re.DOTALL)
+    assert len(blocks) == 2
+    run, test = blocks
+    assert run.endswith("papers-bot run") and test.endswith("python -m pytest")
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test in ci_lines

@@ -1,0 +1,76 @@
+from datetime import datetime, timezone
+
+from bot.models import ChannelRef
+from bot.poller import Poller
+
+from .fakes import FakeSource, paper, source_error
+
+ML = ChannelRef("console", "ml")
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+
+
+async def test_new_matching_papers_are_queued(store, clock):
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    source = FakeSource(papers=[paper("2410.00001", "Latent Diffusion"), paper("2410.00002", "Agents")])
+    report = await Poller(store, clock).poll(source)
+    assert (report.ok, report.listed, report.new, report.queued) == (True, 2, 2, 1)
+    assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.00001"]
+    assert report.line() == "fake: 2 listed, 2 new, 1 queued for delivery"
+
+
+async def test_papers_stored_before_a_subscription_are_never_sent_to_it(store, clock):
+    source = FakeSource(papers=[paper("2410.00001", "Latent Diffusion")])
+    poller = Poller(store, clock)
+    await poller.poll(source)
+    clock.advance(hours=1)
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    source.papers.append(paper("2410.00002", "Video diffusion"))
+    report = await poller.poll(source)
+    assert report.new == 1 and report.queued == 1
+    assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.00002"]
+
+
+async def test_the_same_paper_from_two_sources_is_queued_once(store, clock):
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    poller = Poller(store, clock)
+    arxiv = FakeSource("arxiv", [paper("2410.00001", "Diffusion", source="arxiv")])
+    hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="hf", upvotes=5)])
+    assert (await poller.poll(arxiv)).queued == 1
+    assert (await poller.poll(hf)).queued == 0
+    assert len(store.due_deliveries(clock())) == 1
+    assert store.get_paper("2410.00001").upvotes == 5
+
+
+async def test_replacements_are_stored_but_not_announced(store, clock):
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    source = FakeSource(papers=[paper("2009.13987", "Old diffusion paper", is_update=True)])
+    report = await Poller(store, clock).poll(source)
+    assert report.new == 1 and report.queued == 0
+    assert store.get_paper("2009.13987") is not None
+
+
+async def test_a_failing_source_is_reported_and_counted(store, clock):
+    source = FakeSource()
+    source.fail_with(source_error("HTTP 500 from http://127.0.0.1:1"))
+    poller = Poller(store, clock)
+    first = await poller.poll(source)
+    second = await poller.poll(source)
+    assert not first.ok and first.error == "HTTP 500 from http://127.0.0.1:1"
+    assert second.failures == 2
+    assert first.line() == "fake: FAILED: HTTP 500 from http://127.0.0.1:1"
+    source.fail_with(None)
+    assert (await poller.poll(source)).ok
+    assert store.source_state("fake")["consecutive_failures"] == 0
+
+
+async def test_an_unexpected_exception_in_a_source_does_not_escape(store, clock, caplog):
+    source = FakeSource()
+    source.fail_with(KeyError("surprise"))
+    report = await Poller(store, clock).poll(source)
+    assert not report.ok and "unexpected error: KeyError" in report.error
+    assert "unexpected error while fetching" in caplog.text
+
+
+async def test_empty_listing_is_normal(store, clock):
+    report = await Poller(store, clock).poll(FakeSource(papers=[]))
+    assert report.ok and report.listed == 0

@@ -1,0 +1,130 @@
+from datetime import datetime, timedelta, timezone
+
+from bot.models import ChannelRef, Match
+from storage import Store
+from storage.migrations import migrations
+
+from .fakes import paper
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+ML = ChannelRef("console", "ml")
+CV = ChannelRef("slack", "C123")
+
+
+def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
+    path = tmp_path / "db.sqlite"
+    first = Store(path)
+    first.add_papers([paper("2410.00001")], T0)
+    first.close()
+    again = Store(path)
+    assert [m.name for m in migrations.applied(again.db)] == ["m001_initial"]
+    assert again.count_papers() == 1
+    assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert again.integrity_ok()
+    again.close()
+
+
+def test_add_papers_returns_only_new_ones_and_round_trips(store):
+    p = paper("2410.00001", "Title", "Abstract", authors=("A", "B"), categories=("cs.LG",), upvotes=None)
+    assert store.add_papers([p], T0) == [p]
+    assert store.add_papers([p], T0 + timedelta(hours=1)) == []
+    stored = store.get_paper("2410.00001")
+    assert (stored.title, stored.authors, stored.categories, stored.source) == ("Title", ("A", "B"), ("cs.LG",), "arxiv")
+    assert store.get_paper("2410.99999") is None
+
+
+def test_a_later_hf_listing_enriches_an_arxiv_paper(store):
+    store.add_papers([paper("2410.00001", "From arXiv", source="arxiv")], T0)
+    hf = paper("2410.00001", "From HF", source="hf", upvotes=12, github="https://github.com/a/b", ai_summary="AI")
+    assert store.add_papers([hf], T0) == []
+    stored = store.get_paper("2410.00001")
+    assert stored.title == "From arXiv"  # the first listing's text stays
+    assert (stored.upvotes, stored.github, stored.ai_summary) == (12, "https://github.com/a/b", "AI")
+    assert store.db.execute("SELECT sources FROM papers").fetchone()[0] == "arxiv,hf"
+    store.add_papers([paper("2410.00001", source="hf", upvotes=30)], T0)
+    assert store.get_paper("2410.00001").upvotes == 30  # upvotes are refreshed
+
+
+def test_full_text_index_follows_the_papers_table(store):
+    store.add_papers([paper("2410.00001", "Latent diffusion", "denoising"), paper("2410.00002", "Agents")], T0)
+    rows = store.db.execute("SELECT rowid FROM papers_fts WHERE papers_fts MATCH 'diffusion'").fetchall()
+    assert len(rows) == 1
+
+
+def test_subscriptions_are_idempotent_per_channel(store):
+    s1, created = store.add_subscription(ML, "diffusion", "u1", T0)
+    assert created and s1.id == 1 and s1.channel == ML and s1.created_at == T0
+    again, created_again = store.add_subscription(ML, "diffusion", "u2", T0)
+    assert not created_again and again.id == s1.id
+    other, created_other = store.add_subscription(CV, "diffusion", "u2", T0)
+    assert created_other and other.id == 2
+    assert [s.query for s in store.subscriptions(ML)] == ["diffusion"]
+    assert store.count_subscriptions(ML) == 1 and len(store.subscriptions()) == 2
+
+
+def test_a_channel_cannot_remove_another_channels_subscription(store):
+    sub, _ = store.add_subscription(ML, "diffusion", "u1", T0)
+    assert store.remove_subscription(CV, sub.id) is None
+    assert store.remove_subscription(ML, sub.id).query == "diffusion"
+    assert store.subscriptions(ML) == []
+    # ids are never reused
+    assert store.add_subscription(ML, "agents", "u1", T0)[0].id == sub.id + 1
+
+
+def _match(sub_id, channel, query):
+    return Match(sub_id, channel, query, tuple(query.split()))
+
+
+def test_one_delivery_per_paper_and_channel(store):
+    store.add_papers([paper("2410.00001")], T0)
+    matches = [_match(1, ML, "diffusion"), _match(2, ML, "video"), _match(3, CV, "diffusion")]
+    assert store.enqueue("2410.00001", matches, T0) == 2
+    assert store.enqueue("2410.00001", matches, T0) == 0  # never twice
+    due = store.due_deliveries(T0)
+    assert [(d.channel, d.reason) for d in due] == [(ML, '#1 "diffusion", #2 "video"'), (CV, '#3 "diffusion"')]
+
+
+def test_delivery_lifecycle(store):
+    store.add_papers([paper("2410.00001")], T0)
+    sub, _ = store.add_subscription(ML, "diffusion", "u1", T0)
+    store.enqueue("2410.00001", [_match(sub.id, ML, "diffusion")], T0)
+    (delivery,) = store.due_deliveries(T0)
+    assert store.claim_delivery(delivery.id)
+    assert not store.claim_delivery(delivery.id)  # claimed once only
+    assert store.due_deliveries(T0) == []
+    store.mark_failed(delivery.id, "HTTP 500", T0 + timedelta(minutes=1))
+    assert store.due_deliveries(T0) == []
+    (retry,) = store.due_deliveries(T0 + timedelta(minutes=1))
+    assert retry.attempts == 1
+    store.claim_delivery(retry.id)
+    store.mark_sent(retry.id, "ts-1", T0)
+    assert store.delivery_counts() == {"sent": 1}
+    assert store.subscriptions(ML)[0].delivered == 1
+
+
+def test_unfinished_sends_are_released_after_a_crash(store):
+    store.add_papers([paper("2410.00001")], T0)
+    store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
+    (delivery,) = store.due_deliveries(T0)
+    store.claim_delivery(delivery.id)
+    assert store.release_unfinished() == 1
+    assert len(store.due_deliveries(T0)) == 1
+
+
+def test_failed_for_good_is_not_due_again(store):
+    store.add_papers([paper("2410.00001")], T0)
+    store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
+    (delivery,) = store.due_deliveries(T0)
+    store.mark_failed(delivery.id, "channel_not_found", None)
+    assert store.due_deliveries(T0 + timedelta(days=1)) == []
+    assert store.delivery_counts() == {"failed": 1}
+
+
+def test_source_state_counts_consecutive_failures(store):
+    assert store.source_state("arxiv") is None
+    assert store.record_source_failure("arxiv", T0, "HTTP 503") == 1
+    assert store.record_source_failure("arxiv", T0, "HTTP 503") == 2
+    store.record_source_success("arxiv", T0 + timedelta(minutes=5), 42)
+    state = store.source_state("arxiv")
+    assert state["consecutive_failures"] == 0 and state["last_count"] == 42
+    assert state["last_error"] == "HTTP 503" and state["last_success"] == T0 + timedelta(minutes=5)
