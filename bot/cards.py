@@ -7,7 +7,7 @@ from .models import Card, Link, Paper
 TITLE_MAX = 250
 AUTHORS_SHOWN = 3
 AUTHORS_MAX = 200
-BODY_MAX = 600
+BODY_MAX = 420
 REASON_MAX = 300
 
 

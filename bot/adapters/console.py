@@ -25,7 +25,7 @@ def render_card(card: Card, channel: ChannelRef | None = None) -> str:
     if card.upvotes is not None:
         meta.append(f"▲ {card.upvotes}")
     lines.append("  " + " · ".join(meta))
-    lines += textwrap.wrap(card.body, WIDTH, initial_indent="  ", subsequent_indent="  ")
+    lines += textwrap.wrap(card.body, WIDTH, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False)
     lines += [f"  {link.label}: {link.url}" for link in card.links]
     if card.reason:
         lines.append(f"  Matched {card.reason}")
