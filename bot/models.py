@@ -29,6 +29,7 @@ class Paper:
     github: str | None = None
     project_page: str | None = None
     ai_summary: str | None = None
+    organization: str | None = None  # Hugging Face organization, "Full Name (name)"
     is_update: bool = False  # arXiv "replace" announcement: an old paper revised
 
     @property

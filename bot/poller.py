@@ -10,8 +10,8 @@ from typing import Callable
 from storage import Store
 
 from .clock import utcnow
-from .errors import SourceError
-from .matching import KeywordMatcher
+from .errors import QueryError, SourceError
+from .matching import IndexedMatcher
 from .sources import Source
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,27 @@ class Poller:
     def __init__(self, store: Store, clock: Callable[[], datetime] = utcnow):
         self.store = store
         self.clock = clock
+        self.matcher = IndexedMatcher()
+
+    def sync_subscriptions(self) -> None:
+        """Bring the engine in step with storage: add new subscriptions, drop removed ones.
+
+        Commands may run in another process (`papers-bot command`), so storage is the
+        truth; the engine is updated by difference, never rebuilt.
+        """
+        current = self.store.subscription_ids()
+        known = self.matcher.ids()
+        for gone in known - current:
+            self.matcher.remove(gone)
+        new = current - known
+        if not new:
+            return
+        for sub in self.store.subscriptions_for_matching(None if not known else new):
+            if sub.id in new:
+                try:
+                    self.matcher.add(sub)
+                except QueryError as exc:  # stored by an older version with other rules
+                    log.error("subscription #%s (%r) cannot be parsed, skipped: %s", sub.id, sub.query, exc)
 
     async def poll(self, source: Source) -> SourceReport:
         try:
@@ -50,12 +71,12 @@ class Poller:
         new = self.store.add_papers(papers, now)
         # Only papers stored just now are matched, so a subscription never receives
         # papers stored before it was created.
-        matcher = KeywordMatcher(self.store.subscriptions())
+        self.sync_subscriptions()
         queued = 0
         for paper in new:
             if paper.is_update:  # a revised old paper is stored, never announced as news
                 continue
-            matches = matcher.match(paper)
+            matches = self.matcher.match(paper)
             if matches:
                 queued += self.store.enqueue(paper.id, matches, now)
         self.store.record_source_success(source.name, now, len(papers))

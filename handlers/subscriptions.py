@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from bot.errors import QueryError
-from bot.matching import normalize_query
+from bot.query import normalize_query
 from bot.models import CommandRequest, Reply
 
 from .base import COMMANDS, Context, command, error
 
 
-@command("subscribe", "subscribe <words>", manage=True)
+@command("subscribe", "subscribe <query>", manage=True)
 def subscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
-    """Post new papers whose title or abstract contains all of these words.
+    """Post new papers that match a query to this channel.
 
-    Matching ignores case and finds words inside hyphenated compounds: `diffusion`
-    matches "Diffusion-based". Only papers that arrive after you subscribe are posted.
-    Example: `/papers subscribe diffusion` or `/papers subscribe language agents`.
+    Words match title or abstract, ignoring case and plurals, also inside hyphenated
+    compounds (`diffusion` matches "Diffusion-based"). Combine them:
+    `"large language model"` (phrase), `diffus*` (prefix), `a b` (both), `a OR b`,
+    `-a` (exclude), `( )`, `title:x`, `abstract:x`, `author:"Yann LeCun"`, `cat:cs.CL`,
+    `org:google`, `upvotes>=20`, `source:hf` or `source:arxiv`.
+    Only papers that arrive after you subscribe are posted.
+    Example: `/papers subscribe "diffusion model" -video upvotes>=10`.
     """
     try:
         query = normalize_query(args)
@@ -28,11 +32,8 @@ def subscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
             return error(f"This channel already has {limit} subscriptions, the limit. Remove one with `unsubscribe <id>`.")
     sub, created = ctx.store.add_subscription(req.channel, query, req.user_id, ctx.clock())
     if not created:
-        return Reply(f'This channel is already subscribed to "{sub.query}" (#{sub.id}).')
-    return Reply(
-        f'Subscribed this channel to "{sub.query}" (#{sub.id}). '
-        "New papers whose title or abstract contain every one of these words will be posted here."
-    )
+        return Reply(f"This channel is already subscribed to `{sub.query}` (#{sub.id}).")
+    return Reply(f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here.")
 
 
 @command("unsubscribe", "unsubscribe <id>", manage=True)
@@ -51,7 +52,7 @@ def unsubscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
     removed = ctx.store.remove_subscription(req.channel, int(raw))
     if removed is None:
         return error(f"This channel has no subscription #{int(raw)}. See `/papers list`.", cmd)
-    return Reply(f'Unsubscribed #{removed.id} "{removed.query}". Papers already posted stay where they are.')
+    return Reply(f"Unsubscribed #{removed.id} `{removed.query}`. Papers already posted stay where they are.")
 
 
 @command("list", "list")
@@ -66,6 +67,6 @@ def list_subscriptions(ctx: Context, req: CommandRequest, args: str) -> Reply:
     lines = [f"Subscriptions of this channel ({len(subs)}):"]
     for sub in subs:
         lines.append(
-            f'#{sub.id} "{sub.query}" · since {sub.created_at:%Y-%m-%d} · {sub.delivered} posted'
+            f"#{sub.id} `{sub.query}` · since {sub.created_at:%Y-%m-%d} · {sub.delivered} posted"
         )
     return Reply("\n".join(lines))

@@ -27,7 +27,7 @@ class DeliveriesMixin:
         stamp = iso(now)
         with self.db.atomic():
             for channel, channel_matches in by_channel.items():
-                reason = ", ".join(_describe(m) for m in channel_matches)
+                reason = "; ".join(_describe(m) for m in channel_matches)
                 cursor = self.db.execute(
                     """INSERT OR IGNORE INTO deliveries (paper_id, channel, reason, next_attempt_at, created_at)
                        VALUES (?, ?, ?, ?, ?)""",
@@ -93,4 +93,5 @@ class DeliveriesMixin:
 
 
 def _describe(match: Match) -> str:
-    return f'#{match.subscription_id} "{match.query}"'
+    why = f": {', '.join(match.terms)}" if match.terms else ""
+    return f"#{match.subscription_id} `{match.query}`{why}"

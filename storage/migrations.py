@@ -77,3 +77,9 @@ def m001_initial(db: Database) -> None:
     )
     # Full-text search over stored papers, kept in step by triggers.
     db["papers"].enable_fts(["title", "summary", "authors"], create_triggers=True, tokenize="porter")
+
+
+@migrations()
+def m002_paper_organization(db: Database) -> None:
+    # The Hugging Face organization a paper is listed under, for org: queries.
+    db.execute("ALTER TABLE papers ADD COLUMN organization TEXT")

@@ -12,7 +12,7 @@ from bot.models import Paper
 from .db import iso, parse_day, parse_iso
 
 # Fields a later listing may fill in (Hugging Face adds these to a paper arXiv announced).
-_ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary")
+_ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary", "organization")
 
 
 class PapersMixin:
@@ -32,16 +32,16 @@ class PapersMixin:
                 if row is None:
                     self.db.execute(
                         """INSERT INTO papers (id, title, summary, authors, categories, sources, published,
-                               listed_on, upvotes, thumbnail, github, project_page, ai_summary, is_update,
-                               first_seen, updated_at)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                               listed_on, upvotes, thumbnail, github, project_page, ai_summary, organization,
+                               is_update, first_seen, updated_at)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                         [
                             paper.id, paper.title, paper.summary, json.dumps(paper.authors),
                             json.dumps(paper.categories), paper.source,
                             iso(paper.published) if paper.published else None,
                             paper.listed_on.isoformat() if paper.listed_on else None,
                             paper.upvotes, paper.thumbnail, paper.github, paper.project_page,
-                            paper.ai_summary, int(paper.is_update), stamp, stamp,
+                            paper.ai_summary, paper.organization, int(paper.is_update), stamp, stamp,
                         ],
                     )
                     new.append(paper)
@@ -81,5 +81,6 @@ def _paper(row: dict) -> Paper:
         github=row["github"],
         project_page=row["project_page"],
         ai_summary=row["ai_summary"],
+        organization=row["organization"],
         is_update=bool(row["is_update"]),
     )

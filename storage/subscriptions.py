@@ -57,6 +57,22 @@ class SubscriptionsMixin:
             rows = self.db.execute(_SELECT + " WHERE s.channel = ? ORDER BY s.id", [channel.key]).fetchall()
         return [_subscription(row) for row in rows]
 
+    def subscriptions_for_matching(self, ids: set[int] | None = None) -> list[Subscription]:
+        """Subscriptions without their delivery counts (cheap enough for a million rows)."""
+        sql = "SELECT id, channel, query, created_by, created_at, 0 FROM subscriptions"
+        if ids is None:
+            return [_subscription(row) for row in self.db.execute(sql)]
+        found: list[Subscription] = []
+        wanted = sorted(ids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = self.db.execute(f"{sql} WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            found += [_subscription(row) for row in rows]
+        return found
+
+    def subscription_ids(self) -> set[int]:
+        return {row[0] for row in self.db.execute("SELECT id FROM subscriptions")}
+
     def count_subscriptions(self, channel: ChannelRef) -> int:
         return self.db.execute("SELECT count(*) FROM subscriptions WHERE channel = ?", [channel.key]).fetchone()[0]
 

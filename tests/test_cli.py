@@ -58,7 +58,7 @@ def expected_titles(word: str) -> set[str]:
 
 def test_subscribe_then_poll_prints_exactly_the_matching_papers_once(capsys, config_file):
     code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", "console:ml", "--user", "u1", "subscribe diffusion")
-    assert code == 0 and 'Subscribed this channel to "diffusion" (#1)' in out
+    assert code == 0 and 'Subscribed this channel to `diffusion` (#1)' in out
 
     code, out, err = cli(capsys, "--config", config_file, "poll")
     assert code == 0
@@ -78,7 +78,7 @@ def test_subscribe_then_poll_prints_exactly_the_matching_papers_once(capsys, con
     assert "huggingface: 6 listed, 0 new, 0 queued" in out
 
     code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", "console:ml", "--user", "u1", "list")
-    assert '#1 "diffusion"' in out and "3 posted" in out
+    assert '#1 `diffusion`' in out and "3 posted" in out
 
 
 def test_a_failing_source_does_not_stop_the_other(capsys, config_file, server):

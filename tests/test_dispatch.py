@@ -13,7 +13,7 @@ SLACK = ChannelRef("slack", "C1")
 
 def queue(store, clock, paper_id="2410.00001", channel=ML, title="Latent Diffusion"):
     store.add_papers([paper(paper_id, title, authors=("Ada Example",))], clock())
-    store.enqueue(paper_id, [Match(1, channel, "diffusion", ("diffusion",))], clock())
+    store.enqueue(paper_id, [Match(1, channel, "diffusion", ("diffusion in title",))], clock())
 
 
 async def test_due_deliveries_are_posted_as_cards_and_marked_sent(store, clock):
@@ -22,7 +22,7 @@ async def test_due_deliveries_are_posted_as_cards_and_marked_sent(store, clock):
     report = await Dispatcher(store, {"console": adapter}, clock).dispatch()
     assert report.sent == 1 and report.line() == "delivered: 1 sent, 0 to retry, 0 failed"
     (channel, card), = adapter.posts
-    assert channel == ML and card.title == "Latent Diffusion" and card.reason == '#1 "diffusion"'
+    assert channel == ML and card.title == "Latent Diffusion" and card.reason == "#1 `diffusion`: diffusion in title"
     assert store.delivery_counts() == {"sent": 1}
     assert store.db.execute("SELECT message_id FROM deliveries").fetchone()[0] == "m1"
     assert (await Dispatcher(store, {"console": adapter}, clock).dispatch()).sent == 0  # never twice
@@ -35,7 +35,7 @@ async def test_console_adapter_prints_a_readable_card(store, clock):
     text = out.getvalue()
     assert "[console:ml] Latent Diffusion" in text
     assert "Ada Example" in text and "arXiv: https://arxiv.org/abs/2410.00001" in text
-    assert 'Matched #1 "diffusion"' in text
+    assert "Matched #1 `diffusion`: diffusion in title" in text
 
 
 async def test_retryable_failures_back_off_then_succeed(store, clock):

@@ -18,7 +18,7 @@ def run(ctx, text, channel=ML, can_manage=True):
 
 def test_subscribe_echoes_the_normalized_query_and_an_id(ctx):
     reply = run(ctx, "subscribe  Diffusion ")
-    assert reply.ok and reply.text.startswith('Subscribed this channel to "diffusion" (#1).')
+    assert reply.ok and reply.text.startswith("Subscribed this channel to `diffusion` (#1).")
     assert [s.query for s in ctx.store.subscriptions(ML)] == ["diffusion"]
 
 
@@ -33,14 +33,17 @@ def test_subscribe_twice_is_idempotent(ctx):
     "text, message",
     [
         ("subscribe", "the query is empty"),
-        ("subscribe ?!", "no words"),
-        ("subscribe " + "a" * 300, "the limit is 200"),
+        ("subscribe ?!", '"?!" has no letters or digits at column 1'),
+        ("subscribe " + "a" * 600, "the limit is 500"),
+        ('subscribe "large language', "unclosed quote at column 1"),
+        ("subscribe titel:x", 'unknown field "titel" (did you mean title?)'),
+        ("subscribe -video", "a query must include something"),
     ],
 )
 def test_subscribe_errors_say_why_and_show_usage(ctx, text, message):
     reply = run(ctx, text)
     assert not reply.ok and message in reply.text
-    assert "Usage: `/papers subscribe <words>`" in reply.text
+    assert "Usage: `/papers subscribe <query>`" in reply.text
     assert ctx.store.subscriptions(ML) == []  # nothing half-written
 
 
@@ -56,7 +59,7 @@ def test_subscription_limit_per_channel(ctx):
 def test_unsubscribe_by_number(ctx):
     run(ctx, "subscribe diffusion")
     reply = run(ctx, "unsubscribe #1")
-    assert reply.ok and reply.text.startswith('Unsubscribed #1 "diffusion".')
+    assert reply.ok and reply.text.startswith("Unsubscribed #1 `diffusion`.")
     assert ctx.store.subscriptions(ML) == []
 
 
@@ -85,11 +88,11 @@ def test_unsubscribe_cannot_touch_another_channel(ctx):
 def test_list_shows_ids_queries_and_counts(ctx):
     assert "no subscriptions" in run(ctx, "list").text
     run(ctx, "subscribe diffusion")
-    run(ctx, "subscribe language agents")
+    run(ctx, "subscribe Language AND agents")
     text = run(ctx, "list").text
     assert 'Subscriptions of this channel (2):' in text
-    assert '#1 "diffusion" · since 2026-11-27 · 0 posted' in text
-    assert '#2 "language agents"' in text
+    assert '#1 `diffusion` · since 2026-11-27 · 0 posted' in text
+    assert '#2 `language agents`' in text
 
 
 def test_changes_need_the_manage_right_but_lookups_do_not(ctx):
@@ -109,7 +112,7 @@ def test_help_lists_every_command_from_docstrings(ctx):
 
 def test_help_for_one_command_and_unknown_ones(ctx):
     detail = run(ctx, "help subscribe").text
-    assert detail.startswith("`/papers subscribe <words>`") and "Diffusion-based" in detail
+    assert detail.startswith("`/papers subscribe <query>`") and "upvotes>=20" in detail
     assert "There is no command `nope`" in run(ctx, "help nope").text
 
 

@@ -1,82 +1,181 @@
+"""Evaluation of every language form, explanations, and the indexed engine against the naive loop."""
+
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.errors import QueryError
-from bot.matching import KeywordMatcher, normalize_query, words
-from bot.models import ChannelRef, Subscription
+from bot.matching import IndexedMatcher, NaiveMatcher, PaperView, anchors, evaluate
+from bot.models import ChannelRef, Paper, Subscription
+from bot.query import normalize_query, parse_query
 
 from .fakes import paper
 
 ML = ChannelRef("console", "ml")
 CV = ChannelRef("console", "cv")
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+PAPER = paper(
+    "2410.18538",
+    "SMITE: Segment Me In TimE with Diffusion-based Models",
+    "We employ a pre-trained text to image diffusion model supplemented with large language models.",
+    authors=("Amirhossein Alimohammadi", "Yann A. LeCun", "Émile Borel"),
+    categories=("cs.CV", "cs.LG"),
+    source="hf",
+    upvotes=25,
+    organization="Google DeepMind (google)",
+)
 
 
 def sub(sub_id, query, channel=ML):
-    return Subscription(sub_id, channel, normalize_query(query), "u1", datetime(2026, 1, 1, tzinfo=timezone.utc))
+    return Subscription(sub_id, channel, normalize_query(query), "u1", T0)
 
 
-def test_words_split_on_hyphens_and_punctuation_and_fold_case():
-    assert words("Diffusion-based LLM_agents, (fast)!") == ["diffusion", "based", "llm", "agents", "fast"]
-    assert words("ＦＵＬＬＷＩＤＴＨ Straße") == ["fullwidth", "strasse"]
+def check(query):
+    return evaluate(parse_query(query), PaperView(PAPER))
 
 
 @pytest.mark.parametrize(
-    "title, summary, query, expected",
+    "query, hits",
     [
-        ("Latent Diffusion Models", "", "diffusion", True),
-        ("Diffusion-based planning", "", "diffusion", True),
-        ("", "we use a DIFFUSION prior", "diffusion", True),
-        ("Diffusions everywhere", "", "diffusion", False),  # whole words only, in this version
-        ("Confusion matrices", "", "diffusion", False),
-        ("Language agents", "for the web", "language agents", True),
-        ("Language models", "with web agents", "agents language", True),  # any order, title or abstract
-        ("Language models", "", "language agents", False),  # every word is needed
+        ("diffusion", ["diffusion in title"]),  # inside the compound "Diffusion-based"
+        ("DIFFUSION", ["diffusion in title"]),
+        ("model", ["model in title"]),  # model ~ Models
+        ("languages", ["languages in abstract"]),  # languages ~ language
+        ('"large language model"', ['"large language model" in abstract']),
+        ('"text to image"', ['"text to image" in abstract']),
+        ("text-to-image", ['"text to image" in abstract']),
+        ("segm*", ["segment in title"]),
+        ("segment diffusion", ["segment in title", "diffusion in title"]),
+        ("segment AND image", ["segment in title", "image in abstract"]),
+        ("robots OR diffusion", ["diffusion in title"]),
+        ("robots | image", ["image in abstract"]),
+        ("diffusion -video", ["diffusion in title"]),
+        ("diffusion NOT robots", ["diffusion in title"]),
+        ("(robots OR image) segment", ["image in abstract", "segment in title"]),
+        ("title:segment", ["segment in title"]),
+        ("abstract:supplemented", ["supplemented in abstract"]),
+        ('title:"segment me"', ['"segment me" in title']),
+        ('author:"Yann LeCun"', ["author Yann A. LeCun"]),  # middle initial ignored
+        ("author:lecun", ["author Yann A. LeCun"]),
+        ("author:emile", None),  # a first name alone does not name the author
+        ('author:"Emile Borel"', ["author Émile Borel"]),  # accents ignored
+        ("cat:cs.CV", ["category cs.cv"]),
+        ("cat:cs", ["category cs"]),
+        ("org:google", ["org Google DeepMind (google)"]),
+        ('org:"google deepmind"', ["org Google DeepMind (google)"]),
+        ("upvotes>=20", ["25 upvotes"]),
+        ("upvotes>25", None),
+        ("upvotes=25", ["25 upvotes"]),
+        ("source:hf", ["listed on Hugging Face"]),
+        ("source:arxiv", None),
+        ("diffusions", ["diffusions in title"]),
+        ("confusion", None),
+        ("title:image", None),  # image is in the abstract only
+        ("abstract:segment", None),
+        ('"language large"', None),  # phrases are ordered
+        ("diffusion -image", None),
+        ("robots OR video", None),
+        ("author:lecun upvotes>=30", None),
     ],
 )
-def test_all_words_must_appear_as_words(title, summary, query, expected):
-    matcher = KeywordMatcher([sub(1, query)])
-    assert bool(matcher.match(paper("2410.00001", title, summary))) is expected
+def test_every_form_matches_as_documented(query, hits):
+    assert check(query) == hits
 
 
-def test_match_names_the_subscription_channel_and_terms():
-    matcher = KeywordMatcher([sub(1, "Diffusion"), sub(2, "video diffusion", CV), sub(3, "robots")])
-    matches = matcher.match(paper("2410.00001", "Video Diffusion-based editing"))
+def test_engine_explains_each_match_per_subscription():
+    engine = IndexedMatcher([sub(1, "diffusion"), sub(2, "video diffusion", CV), sub(3, "segment upvotes>=20", CV)])
+    matches = engine.match(PAPER)
     assert [(m.subscription_id, m.channel, m.terms) for m in matches] == [
-        (1, ML, ("diffusion",)),
-        (2, CV, ("video", "diffusion")),
+        (1, ML, ("diffusion in title",)),
+        (3, CV, ("segment in title", "25 upvotes")),
     ]
 
 
-def test_subscriptions_can_be_added_and_removed_at_run_time():
-    matcher = KeywordMatcher()
-    p = paper("2410.00001", "Diffusion")
-    assert matcher.match(p) == []
-    matcher.add(sub(7, "diffusion"))
-    assert [m.subscription_id for m in matcher.match(p)] == [7]
-    matcher.remove(7)
-    matcher.remove(99)  # unknown ids are ignored
-    assert matcher.match(p) == []
+def test_subscriptions_are_added_and_removed_without_a_rebuild():
+    engine = IndexedMatcher()
+    assert engine.match(PAPER) == []
+    engine.add(sub(7, "diffusion"))
+    engine.add(sub(8, "diffusion", CV))  # the same query in two channels shares one entry
+    assert [m.subscription_id for m in engine.match(PAPER)] == [7, 8]
+    engine.remove(7)
+    assert [m.subscription_id for m in engine.match(PAPER)] == [8]
+    engine.remove(8)
+    engine.remove(99)
+    assert engine.match(PAPER) == [] and len(engine) == 0
+    assert engine._index == {} and engine._entries == {}
 
 
-@pytest.mark.parametrize(
-    "text, normalized",
-    [("Diffusion", "diffusion"), ("  Large   LANGUAGE models ", "large language models"), ("llm llm", "llm")],
+def test_unanchorable_queries_are_always_evaluated():
+    assert anchors(parse_query("upvotes>=20")) is None
+    assert anchors(parse_query("upvotes>=20 -video")) is None
+    assert anchors(parse_query("diffusion upvotes>=20")) == {"w:diffusion"}
+    assert anchors(parse_query("a1 OR upvotes>=3")) is None
+    engine = IndexedMatcher([sub(1, "upvotes>=20")])
+    assert [m.subscription_id for m in engine.match(PAPER)] == [1]
+
+
+def test_anchor_prefers_the_most_specific_term():
+    assert anchors(parse_query("the diffusion")) == {"w:diffusion"}
+    assert anchors(parse_query("(a1 OR b2) segmentation")) == {"w:segmentation"}
+    assert anchors(parse_query('"large language model"')) == {"w:language"}
+
+
+# ---- engine == naive, on random queries and papers ---------------------------------------
+
+VOCAB = ["diffusion", "model", "models", "language", "large", "agent", "agents", "video", "image",
+         "segment", "robot", "robotics", "vision", "text", "to", "graph", "learning", "reward"]
+
+_words = st.lists(st.sampled_from(VOCAB), min_size=0, max_size=12).map(" ".join)
+_hyphen = st.tuples(st.sampled_from(VOCAB), st.sampled_from(VOCAB)).map("-".join)
+
+
+@st.composite
+def papers(draw):
+    return Paper(
+        id="2410.00001",
+        title=draw(st.one_of(_words, _hyphen)),
+        summary=draw(_words),
+        authors=tuple(draw(st.lists(st.sampled_from(["Yann LeCun", "Yann A. LeCun", "Ada Lovelace", "Émile Borel"]), max_size=3))),
+        categories=tuple(draw(st.lists(st.sampled_from(["cs.CV", "cs.LG", "stat.ML"]), max_size=2))),
+        source=draw(st.sampled_from(["hf", "arxiv"])),
+        upvotes=draw(st.one_of(st.none(), st.integers(0, 60))),
+        organization=draw(st.sampled_from([None, "Google (google)", "Meta AI (facebook)"])),
+    )
+
+
+_atom = st.one_of(
+    st.sampled_from(VOCAB),
+    st.sampled_from(VOCAB).map(lambda w: f"title:{w}"),
+    st.sampled_from(VOCAB).map(lambda w: f"abstract:{w}"),
+    st.sampled_from(VOCAB).filter(lambda w: len(w) >= 3).map(lambda w: f"{w[:3]}*"),
+    st.tuples(st.sampled_from(VOCAB), st.sampled_from(VOCAB)).map(lambda t: f'"{t[0]} {t[1]}"'),
+    st.sampled_from(['author:"Yann LeCun"', "author:lecun", "author:borel", "cat:cs.CV", "cat:cs", "cat:stat",
+                     "org:google", "source:hf", "source:arxiv", "upvotes>=10", "upvotes<5"]),
 )
-def test_queries_are_normalized(text, normalized):
-    assert normalize_query(text) == normalized
 
 
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("", "the query is empty"),
-        ("   ", "the query is empty"),
-        ("!!! ---", "no words"),
-        ("x" * 201, "the limit is 200"),
-        (" ".join(f"w{i}" for i in range(21)), "21 words; the limit is 20"),
-    ],
-)
-def test_bad_queries_are_refused_with_a_reason(text, message):
-    with pytest.raises(QueryError, match=message):
-        normalize_query(text)
+@st.composite
+def query_texts(draw, depth=2):
+    if depth == 0 or draw(st.booleans()):
+        atom = draw(_atom)
+        return f"-{atom}" if draw(st.integers(0, 3)) == 0 else atom
+    parts = draw(st.lists(query_texts(depth=depth - 1), min_size=2, max_size=3))
+    text = draw(st.sampled_from([" ", " OR "])).join(parts)
+    return f"({text})"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(query_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4))
+def test_engine_and_naive_loop_agree(texts, paper_list):
+    subs = []
+    for i, text in enumerate(texts, start=1):
+        try:
+            subs.append(Subscription(i, ML if i % 2 else CV, normalize_query(text), "u", T0))
+        except QueryError:
+            pass
+    engine, naive = IndexedMatcher(subs), NaiveMatcher(subs)
+    for p in paper_list:
+        assert engine.match(p) == naive.match(p)

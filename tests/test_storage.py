@@ -17,7 +17,7 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
     first.add_papers([paper("2410.00001")], T0)
     first.close()
     again = Store(path)
-    assert [m.name for m in migrations.applied(again.db)] == ["m001_initial"]
+    assert [m.name for m in migrations.applied(again.db)] == ["m001_initial", "m002_paper_organization"]
     assert again.count_papers() == 1
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert again.integrity_ok()
@@ -72,7 +72,7 @@ def test_a_channel_cannot_remove_another_channels_subscription(store):
 
 
 def _match(sub_id, channel, query):
-    return Match(sub_id, channel, query, tuple(query.split()))
+    return Match(sub_id, channel, query, tuple(f"{w} in title" for w in query.split()))
 
 
 def test_one_delivery_per_paper_and_channel(store):
@@ -81,7 +81,10 @@ def test_one_delivery_per_paper_and_channel(store):
     assert store.enqueue("2410.00001", matches, T0) == 2
     assert store.enqueue("2410.00001", matches, T0) == 0  # never twice
     due = store.due_deliveries(T0)
-    assert [(d.channel, d.reason) for d in due] == [(ML, '#1 "diffusion", #2 "video"'), (CV, '#3 "diffusion"')]
+    assert [(d.channel, d.reason) for d in due] == [
+        (ML, "#1 `diffusion`: diffusion in title; #2 `video`: video in title"),
+        (CV, "#3 `diffusion`: diffusion in title"),
+    ]
 
 
 def test_delivery_lifecycle(store):

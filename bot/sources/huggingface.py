@@ -86,7 +86,18 @@ def parse_item(item: object) -> Paper:
         github=_http_url(paper.get("githubRepo")),
         project_page=_http_url(paper.get("projectPage")),
         ai_summary=clean_text(paper.get("ai_summary"), 2000) or None,
+        organization=_organization(paper.get("organization") or item.get("organization")),
     )
+
+
+def _organization(value: object) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    name = clean_text(value.get("name"), 100)
+    full = clean_text(value.get("fullname"), 200)
+    if full and name and full.casefold() != name.casefold():
+        return f"{full} ({name})"
+    return full or name or None
 
 
 def _datetime(value: object) -> datetime | None:

@@ -1,0 +1,348 @@
+"""The subscription query language: parse, validate, and print in normalized form.
+
+    diffusion                     the word (simple inflections: model ~ models), title or abstract
+    "large language model"        the phrase: consecutive words
+    diffus*                       prefix (at least 3 letters)
+    a b, a AND b                  both
+    a OR b, a | b                 either
+    -a, NOT a                     exclude
+    ( ... )                       grouping
+    title:x  abstract:x           field-scoped word, phrase or prefix
+    author:"Yann LeCun"           author (accents and middle initials ignored)
+    cat:cs.CL  org:x              arXiv category, Hugging Face organization
+    upvotes>=20                   Hugging Face upvote threshold (also >, <=, <, =)
+    source:hf  source:arxiv       where the paper was listed
+
+No regular expressions: user patterns could backtrack catastrophically. A query is a
+tree of tuples (cheap to keep a million of them in memory):
+
+    ("word", field, stem, text)     field: "any" | "title" | "abstract"
+    ("phrase", field, stems, text)
+    ("prefix", field, prefix)
+    ("author", name_tokens, text)
+    ("cat", category)  ("org", tokens, text)  ("source", name)
+    ("upvotes", op, number)
+    ("and", children)  ("or", children)  ("not", child)
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+import unicodedata
+from dataclasses import dataclass
+
+from .errors import QueryError
+
+MAX_QUERY_CHARS = 500
+MAX_TERMS = 50
+MIN_PREFIX = 3
+FIELDS = ("title", "abstract", "author", "cat", "org", "source", "upvotes")
+SOURCES = ("hf", "arxiv")
+_WORD = re.compile(r"[^\W_]+")
+_UPVOTES = re.compile(r"^upvotes(>=|<=|>|<|=)(\d{1,9})$", re.IGNORECASE)
+_OPS = {"and": "AND", "or": "OR", "not": "NOT"}
+
+
+# ---- words -----------------------------------------------------------------------------
+
+def fold(text: str) -> str:
+    """Case-fold and strip accents: 'Émile' -> 'emile', 'ＧＰＴ' -> 'gpt'."""
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def raw_words(text: str) -> list[str]:
+    """Folded words; hyphens and punctuation separate words ('Diffusion-based' -> 2 words)."""
+    return _WORD.findall(fold(text))
+
+
+def stem(word: str) -> str:
+    """A deliberately light stemmer for plurals: models->model, queries->query, boxes->box."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith("es") and word[-3] in "sxz":
+        return word[:-2]
+    if len(word) > 4 and word.endswith(("ches", "shes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def name_tokens(name: str) -> tuple[str, ...]:
+    """Author name tokens without initials: 'Yann A. LeCun' -> ('yann', 'lecun')."""
+    return tuple(t for t in raw_words(name) if len(t) > 1)
+
+
+# ---- lexer -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "(" ")" "OR" "AND" "NOT" "TERM" "PHRASE"
+    text: str
+    column: int  # 1-based, for error messages
+    field: str | None = None  # for TERM/PHRASE written as field:value
+
+
+def tokenize(text: str) -> list[Token]:
+    tokens: list[Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c in "()":
+            tokens.append(Token(c, c, i + 1))
+            i += 1
+        elif c == "|":
+            tokens.append(Token("OR", c, i + 1))
+            i += 1
+        elif c == '"':
+            end = text.find('"', i + 1)
+            if end < 0:
+                raise QueryError(f"unclosed quote at column {i + 1}")
+            tokens.append(Token("PHRASE", text[i + 1:end], i + 1))
+            i = end + 1
+        elif c == "-" and i + 1 < n and not text[i + 1].isspace() and text[i + 1] not in ")|":
+            tokens.append(Token("NOT", "-", i + 1))
+            i += 1
+        else:
+            start = i
+            while i < n and not text[i].isspace() and text[i] not in '()|"':
+                i += 1
+            word = text[start:i]
+            if word.endswith(":") and i < n and text[i] == '"':  # field:"a phrase"
+                end = text.find('"', i + 1)
+                if end < 0:
+                    raise QueryError(f"unclosed quote at column {i + 1}")
+                tokens.append(Token("PHRASE", text[i + 1:end], start + 1, field=word[:-1].lower()))
+                i = end + 1
+            elif word.upper() in ("AND", "OR", "NOT"):
+                tokens.append(Token(word.upper(), word, start + 1))
+            else:
+                tokens.append(Token("TERM", word, start + 1))
+    return tokens
+
+
+# ---- parser ----------------------------------------------------------------------------
+
+class _Parser:
+    def __init__(self, tokens: list[Token]):
+        self.tokens = tokens
+        self.pos = 0
+        self.terms = 0
+
+    def peek(self) -> Token | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> Token:
+        token = self.tokens[self.pos]
+        self.pos += 1
+        return token
+
+    def parse(self) -> tuple:
+        node = self.or_expr()
+        extra = self.peek()
+        if extra is not None:  # only a stray ")" can be left over
+            raise QueryError(f"unexpected ) at column {extra.column} (no matching '(')")
+        return node
+
+    def or_expr(self) -> tuple:
+        first = self.peek()
+        if first is not None and first.kind == "OR":
+            raise QueryError(f"OR needs a term on both sides (column {first.column})")
+        children = [self.and_expr()]
+        while (token := self.peek()) is not None and token.kind == "OR":
+            self.take()
+            after = self.peek()
+            if after is None or after.kind in ("OR", ")", "AND"):
+                raise QueryError(f"OR needs a term on both sides (column {token.column})")
+            children.append(self.and_expr())
+        return _combine("or", children)
+
+    def and_expr(self) -> tuple:
+        children = [self.unary()]
+        while (token := self.peek()) is not None and token.kind not in ("OR", ")"):
+            if token.kind == "AND":
+                self.take()
+                after = self.peek()
+                if after is None or after.kind in ("OR", ")", "AND"):
+                    raise QueryError(f"AND needs a term on both sides (column {token.column})")
+            children.append(self.unary())
+        return _combine("and", children)
+
+    def unary(self) -> tuple:
+        token = self.peek()
+        if token is None:
+            raise QueryError("the query ends too early")
+        if token.kind == "NOT":
+            self.take()
+            after = self.peek()
+            if after is None or after.kind in ("OR", ")", "AND"):
+                raise QueryError(f"NOT needs a term after it (column {token.column})")
+            return ("not", self.unary())
+        if token.kind == "AND":
+            raise QueryError(f"AND needs a term on both sides (column {token.column})")
+        if token.kind == "(":
+            self.take()
+            if (inner := self.peek()) is not None and inner.kind == ")":
+                raise QueryError(f"empty parentheses at column {token.column}")
+            node = self.or_expr()
+            close = self.peek()
+            if close is None or close.kind != ")":
+                raise QueryError(f"unclosed ( at column {token.column}")
+            self.take()
+            return node
+        if token.kind == ")":
+            raise QueryError(f"unexpected ) at column {token.column} (no matching '(')")
+        self.take()
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            raise QueryError(f"the query has more than {MAX_TERMS} terms")
+        return _term(token)
+
+
+def _combine(kind: str, children: list[tuple]) -> tuple:
+    """Build an and/or node, flattening nested ones of the same kind: (a b) c == a b c."""
+    if len(children) == 1:
+        return children[0]
+    flat: list[tuple] = []
+    for child in children:
+        flat.extend(child[1] if child[0] == kind else (child,))
+    return (kind, tuple(flat))
+
+
+def _unknown_field(name: str, column: int) -> QueryError:
+    close = difflib.get_close_matches(name, FIELDS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else f" (fields: {', '.join(FIELDS)})"
+    return QueryError(f'unknown field "{name}"{hint} at column {column}')
+
+
+def _text_node(field: str, text: str, column: int, quoted: bool) -> tuple:
+    """A word, phrase or prefix in `field` ("any", "title" or "abstract")."""
+    if not quoted and text.endswith("*"):
+        stem_text = text.rstrip("*")
+        words = raw_words(stem_text)
+        if len(words) != 1 or "*" in stem_text:
+            raise QueryError(f"a prefix is one word followed by * (column {column})")
+        if len(words[0]) < MIN_PREFIX:
+            raise QueryError(f"a prefix needs at least {MIN_PREFIX} letters before * (column {column})")
+        return ("prefix", field, sys.intern(words[0]))
+    words = raw_words(text)
+    if not words:
+        what = "an empty phrase" if quoted else f'"{text}" has no letters or digits'
+        raise QueryError(f"{what} at column {column}")
+    if len(words) == 1:
+        return ("word", field, sys.intern(stem(words[0])), sys.intern(words[0]))
+    # A quoted phrase, or a hyphenated compound such as text-to-image: consecutive words.
+    return ("phrase", field, tuple(sys.intern(stem(w)) for w in words), " ".join(words))
+
+
+def _term(token: Token) -> tuple:
+    text, column = token.text, token.column
+    field = token.field
+    if token.kind == "TERM":
+        upvotes = _UPVOTES.match(text)
+        if upvotes:
+            return ("upvotes", upvotes.group(1), int(upvotes.group(2)))
+        if text.lower().startswith("upvotes"):
+            raise QueryError(f"upvotes needs a comparison and a number, e.g. upvotes>=20 (column {column})")
+        name, sep, value = text.partition(":")
+        if sep and name and not name.isdigit():
+            field, text = name.lower(), value
+            if not text:
+                raise QueryError(f"{field}: needs a value (column {column})")
+    if field is None:
+        return _text_node("any", text, column, token.kind == "PHRASE")
+    if field not in FIELDS or field == "upvotes":
+        raise _unknown_field(field, column)
+    quoted = token.kind == "PHRASE"
+    if field in ("title", "abstract"):
+        return _text_node(field, text, column, quoted)
+    if field == "author":
+        tokens = name_tokens(text)
+        if not tokens:
+            raise QueryError(f"author: needs a name (column {column})")
+        return ("author", tokens, " ".join(tokens))
+    if field == "org":
+        tokens = tuple(raw_words(text))
+        if not tokens:
+            raise QueryError(f"org: needs a name (column {column})")
+        return ("org", tokens, " ".join(tokens))
+    if field == "cat":
+        value = fold(text).strip()
+        if not re.match(r"^[a-z-]+(\.[a-z-]+)?$", value):
+            raise QueryError(f'"{text}" is not an arXiv category like cs.CL (column {column})')
+        return ("cat", sys.intern(value))
+    value = text.lower()
+    if value not in SOURCES:
+        raise QueryError(f"source must be hf or arxiv, not \"{text}\" (column {column})")
+    return ("source", value)
+
+
+def includes_something(node: tuple) -> bool:
+    """False for queries that can only exclude, such as `-video`: they match nearly everything."""
+    kind = node[0]
+    if kind == "not":
+        return False
+    if kind == "and":
+        return any(includes_something(c) for c in node[1])
+    if kind == "or":
+        return all(includes_something(c) for c in node[1])
+    return True
+
+
+def parse_query(text: str) -> tuple:
+    """Parse a query into its tree; raises QueryError with a message that points at the problem."""
+    text = text.strip()
+    if not text:
+        raise QueryError("the query is empty: give one or more words, e.g. `subscribe diffusion`")
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryError(f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
+    node = _Parser(tokenize(text)).parse()
+    if not includes_something(node):
+        raise QueryError("a query must include something, not only exclude: `-video` alone would match almost every paper")
+    return node
+
+
+# ---- printing --------------------------------------------------------------------------
+
+def _quote(text: str) -> str:
+    return f'"{text}"'
+
+
+def render(node: tuple, parent: str = "") -> str:
+    """The normalized form users are shown; parsing it gives back the same tree."""
+    kind = node[0]
+    if kind == "word":
+        # A word that reads as an operator or a field keyword is quoted to stay a word.
+        text = _quote(node[3]) if node[3].upper() in _OPS.values() or node[3].startswith("upvotes") else node[3]
+        return text if node[1] == "any" else f"{node[1]}:{text}"
+    if kind == "phrase":
+        return _quote(node[3]) if node[1] == "any" else f"{node[1]}:{_quote(node[3])}"
+    if kind == "prefix":
+        return f"{node[2]}*" if node[1] == "any" else f"{node[1]}:{node[2]}*"
+    if kind == "author":
+        return f"author:{_quote(node[2])}"
+    if kind == "org":
+        return f"org:{_quote(node[2])}" if len(node[1]) > 1 else f"org:{node[2]}"
+    if kind == "cat":
+        return f"cat:{node[1]}"
+    if kind == "source":
+        return f"source:{node[1]}"
+    if kind == "upvotes":
+        return f"upvotes{node[1]}{node[2]}"
+    if kind == "not":
+        inner = render(node[1], "not")
+        return f"-{inner}"
+    joiner = " " if kind == "and" else " OR "
+    text = joiner.join(render(child, kind) for child in node[1])
+    needs_parens = (kind == "or" and parent in ("and", "not")) or (kind == "and" and parent == "not")
+    return f"({text})" if needs_parens else text
+
+
+def normalize_query(text: str) -> str:
+    """Parse and print back: the canonical text stored and shown for a subscription."""
+    return render(parse_query(text))
