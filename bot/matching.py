@@ -11,6 +11,7 @@ everything; it is the reference the engine is tested and benchmarked against.
 
 from __future__ import annotations
 
+import bisect
 import operator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,6 +19,10 @@ from typing import Iterable, Protocol
 
 from .models import ChannelRef, Match, Paper, Subscription
 from .query import MIN_PREFIX, fold, name_tokens, parse_query, raw_words, stem
+
+# Prefix queries are indexed under their first 3 to 6 letters: longer anchors select fewer
+# candidates, and a paper offers every such prefix of its words.
+PREFIX_ANCHOR_MAX = 6
 
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "=": operator.eq}
 
@@ -43,30 +48,38 @@ class PaperView:
         self.cats = frozenset(fold(c) for c in paper.categories)
 
     @cached_property
-    def keys(self) -> set[str]:
-        """Every index key this paper can satisfy (see `anchors`)."""
-        keys = {"w:" + s for s in self.any_set}
-        keys.update("p:" + w[:MIN_PREFIX] for field in self.raw_set.values() for w in field if len(w) >= MIN_PREFIX)
-        keys.update("a:" + t for tokens in self.authors for t in tokens)
+    def sorted_words(self) -> dict[str, list[str]]:
+        """Per field, its distinct words in order: a prefix is found by bisection."""
+        return {name: sorted(words) for name, words in self.raw_set.items()}
+
+    @cached_property
+    def all_raw(self) -> frozenset[str]:
+        return self.raw_set["title"] | self.raw_set["abstract"]
+
+    @cached_property
+    def meta_keys(self) -> set[str]:
+        """The index keys of authors, organization, categories and source."""
+        keys = {"a:" + t for tokens in self.authors for t in tokens}
         keys.update("o:" + t for t in self.org)
         keys.update("c:" + c for c in self.cats)
         keys.update("c:" + c.split(".")[0] for c in self.cats)
         keys.add("s:" + self.paper.source)
         return keys
 
-    def sets(self, scope: str) -> Iterable[tuple[str, frozenset]]:
-        if scope in ("any", "title"):
-            yield "title", self.title_set
-        if scope in ("any", "abstract"):
-            yield "abstract", self.abstract_set
 
-
-def _has_phrase(words: list[str], phrase: tuple[str, ...]) -> bool:
+def _has_phrase(words: list[str], words_set: frozenset[str], phrase: tuple[str, ...]) -> bool:
+    if not words_set.issuperset(phrase):  # cheap rejection before looking at positions
+        return False
     first, size = phrase[0], len(phrase)
-    for i, w in enumerate(words):
-        if w == first and tuple(words[i:i + size]) == phrase:
-            return True
-    return False
+    start = 0
+    try:
+        while True:
+            i = words.index(first, start)
+            if tuple(words[i:i + size]) == phrase:
+                return True
+            start = i + 1
+    except ValueError:
+        return False
 
 
 def _author_matches(query: tuple[str, ...], author: tuple[str, ...]) -> bool:
@@ -80,22 +93,26 @@ def _author_matches(query: tuple[str, ...], author: tuple[str, ...]) -> bool:
 def evaluate(node: tuple, view: PaperView) -> list[str] | None:
     """None if `view` does not satisfy `node`; else what matched where (may be empty for NOT)."""
     kind = node[0]
-    if kind == "word":
-        for name, words in view.sets(node[1]):
-            if node[2] in words:
-                return [f"{node[3]} in {name}"]
+    if kind == "word":  # the hot path: most queries are words; test sets before building text
+        scope, word = node[1], node[2]
+        if scope != "abstract" and word in view.title_set:
+            return [f"{node[3]} in title"]
+        if scope != "title" and word in view.abstract_set:
+            return [f"{node[3]} in abstract"]
         return None
     if kind == "phrase":
-        for name, words in (("title", view.title), ("abstract", view.abstract)):
-            if node[1] in ("any", name) and _has_phrase(words, node[2]):
+        for name, words, words_set in (("title", view.title, view.title_set),
+                                       ("abstract", view.abstract, view.abstract_set)):
+            if node[1] in ("any", name) and _has_phrase(words, words_set, node[2]):
                 return [f'"{node[3]}" in {name}']
         return None
     if kind == "prefix":
-        for name, words in view.raw_set.items():
+        prefix = node[2]
+        for name, words in view.sorted_words.items():
             if node[1] in ("any", name):
-                for w in words:
-                    if w.startswith(node[2]):
-                        return [f"{w} in {name}"]
+                i = bisect.bisect_left(words, prefix)
+                if i < len(words) and words[i].startswith(prefix):
+                    return [f"{words[i]} in {name}"]
         return None
     if kind == "and":
         hits: list[str] = []
@@ -147,7 +164,7 @@ def anchors(node: tuple) -> frozenset[str] | None:
     if kind == "phrase":
         return frozenset(["w:" + max(node[2], key=len)])  # the longest word is usually the rarest
     if kind == "prefix":
-        return frozenset(["p:" + node[2][:MIN_PREFIX]])
+        return frozenset(["p:" + node[2][:PREFIX_ANCHOR_MAX]])
     if kind == "author":
         return frozenset(["a:" + node[1][-1]])
     if kind == "org":
@@ -166,11 +183,22 @@ def anchors(node: tuple) -> frozenset[str] | None:
                 return None
             keys |= child_keys
         return frozenset(keys)
-    # "and": one child's anchors are enough; prefer the fewest, most specific keys.
+    # "and": one child's anchors are enough; prefer the most selective.
     options = [a for a in (anchors(c) for c in node[1]) if a is not None]
     if not options:
         return None
-    return min(options, key=lambda keys: (len(keys), -max(map(len, keys))))
+    return min(options, key=_cost)
+
+
+# Categories, organizations and sources are shared by a large share of all papers: a query
+# anchored on one of them would be a candidate for most papers. Words, phrases, prefixes
+# and authors are selective; among them, longer is usually rarer.
+_COARSE = ("c:", "o:", "s:")
+
+
+def _cost(keys: frozenset[str]) -> tuple[int, int, int]:
+    coarse = sum(key.startswith(_COARSE) for key in keys)
+    return coarse, len(keys), -min(map(len, keys))
 
 
 class Matcher(Protocol):
@@ -190,6 +218,32 @@ class _Entry:
     node: tuple
     keys: frozenset[str] | None
     subs: dict[int, ChannelRef] = field(default_factory=dict)
+    # For the commonest shape, words anywhere (`diffusion`, `language agents`): the words'
+    # (stem, text) pairs, decided by set lookups without walking the tree.
+    words: tuple[tuple[str, str], ...] | None = None
+
+
+def _plain_words(node: tuple) -> tuple[tuple[str, str], ...] | None:
+    if node[0] == "word" and node[1] == "any":
+        return ((node[2], node[3]),)
+    if node[0] == "and" and all(c[0] == "word" and c[1] == "any" for c in node[1]):
+        return tuple((c[2], c[3]) for c in node[1])
+    return None
+
+
+def _evaluate_entry(entry: _Entry, view: PaperView) -> list[str] | None:
+    if entry.words is None:
+        return evaluate(entry.node, view)
+    title, abstract = view.title_set, view.abstract_set
+    hits = []
+    for word, text in entry.words:
+        if word in title:
+            hits.append(f"{text} in title")
+        elif word in abstract:
+            hits.append(f"{text} in abstract")
+        else:
+            return None
+    return hits
 
 
 class NaiveMatcher:
@@ -222,7 +276,11 @@ class IndexedMatcher:
     def __init__(self, subscriptions: Iterable[Subscription] = ()):
         self._entries: dict[str, _Entry] = {}  # query text -> entry
         self._by_sub: dict[int, str] = {}  # subscription id -> query text
-        self._index: dict[str, set[str]] = {}  # anchor key -> query texts
+        # anchor -> query texts, in three tables so that a paper's words are looked up
+        # as they are, without building a key string for each:
+        self._words: dict[str, set[str]] = {}  # "w:" anchors, by stem
+        self._prefixes: dict[int, dict[str, set[str]]] = {}  # "p:" anchors, by length, by prefix
+        self._index: dict[str, set[str]] = {}  # the other anchors (authors, categories, ...)
         self._always: set[str] = set()  # query texts with no anchor
         for subscription in subscriptions:
             self.add(subscription)
@@ -239,12 +297,13 @@ class IndexedMatcher:
         entry = self._entries.get(query)
         if entry is None:
             node = parse_query(query)
-            entry = self._entries[query] = _Entry(node, anchors(node))
+            entry = self._entries[query] = _Entry(node, anchors(node), words=_plain_words(node))
             if entry.keys is None:
                 self._always.add(query)
             else:
                 for key in entry.keys:
-                    self._index.setdefault(key, set()).add(query)
+                    table, name = self._table(key)
+                    table.setdefault(name, set()).add(query)
         entry.subs[subscription.id] = subscription.channel
         self._by_sub[subscription.id] = query
 
@@ -261,15 +320,39 @@ class IndexedMatcher:
             self._always.discard(query)
             return
         for key in entry.keys:
-            bucket = self._index[key]
+            table, name = self._table(key)
+            bucket = table[name]
             bucket.discard(query)
             if not bucket:
-                del self._index[key]
+                del table[name]
+                if key.startswith("p:") and not table:
+                    del self._prefixes[len(name)]
+
+    def _table(self, key: str) -> tuple[dict[str, set[str]], str]:
+        if key.startswith("w:"):
+            return self._words, key[2:]
+        if key.startswith("p:"):
+            return self._prefixes.setdefault(len(key) - 2, {}), key[2:]
+        return self._index, key
+
+    def is_empty(self) -> bool:
+        return not (self._entries or self._words or self._prefixes or self._index or self._always)
 
     def candidates(self, view: PaperView) -> set[str]:
         found = set(self._always)
+        words = self._words
+        for word in view.any_set:
+            bucket = words.get(word)
+            if bucket:
+                found |= bucket
+        for size, table in self._prefixes.items():
+            for word in view.all_raw:
+                if len(word) >= size:
+                    bucket = table.get(word[:size])
+                    if bucket:
+                        found |= bucket
         index = self._index
-        for key in view.keys:
+        for key in view.meta_keys:
             bucket = index.get(key)
             if bucket:
                 found |= bucket
@@ -278,11 +361,13 @@ class IndexedMatcher:
     def match(self, paper: Paper) -> list[Match]:
         view = PaperView(paper)
         found = []
+        entries = self._entries
         for query in self.candidates(view):
-            entry = self._entries[query]
-            hits = evaluate(entry.node, view)
+            entry = entries[query]
+            hits = _evaluate_entry(entry, view)
             if hits is not None:
                 terms = tuple(hits)
-                found.extend(Match(sub_id, channel, query, terms) for sub_id, channel in entry.subs.items())
-        found.sort(key=lambda m: m.subscription_id)
+                for sub_id, channel in entry.subs.items():
+                    found.append(Match(sub_id, channel, query, terms))
+        found.sort()  # by subscription id: ids are unique, so the tuple order is decided there
         return found

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import NamedTuple
 
 PLATFORMS = ("console", "slack", "discord")
 
@@ -83,9 +84,12 @@ class Subscription:
     delivered: int = 0
 
 
-@dataclass(frozen=True)
-class Match:
-    """One subscription matching one paper, with the terms that made it match."""
+class Match(NamedTuple):
+    """One subscription matching one paper, with the terms that made it match.
+
+    A NamedTuple rather than a dataclass: the engine makes one per match, hundreds per
+    paper, and a tuple is several times cheaper to create.
+    """
 
     subscription_id: int
     channel: ChannelRef

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +59,10 @@ class Poller:
                     self.matcher.add(sub)
                 except QueryError as exc:  # stored by an older version with other rules
                     log.error("subscription #%s (%r) cannot be parsed, skipped: %s", sub.id, sub.query, exc)
+        if len(new) > 10_000:
+            # Millions of long-lived query tuples would otherwise be rescanned by every full
+            # garbage collection while papers are matched (measured: about 2x slower).
+            gc.freeze()
 
     async def poll(self, source: Source) -> SourceReport:
         try:

@@ -28,6 +28,7 @@ tree of tuples (cheap to keep a million of them in memory):
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import sys
 import unicodedata
@@ -49,6 +50,8 @@ _OPS = {"and": "AND", "or": "OR", "not": "NOT"}
 
 def fold(text: str) -> str:
     """Case-fold and strip accents: 'Émile' -> 'emile', 'ＧＰＴ' -> 'gpt'."""
+    if text.isascii():  # most titles and abstracts: nothing to decompose
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
@@ -58,6 +61,7 @@ def raw_words(text: str) -> list[str]:
     return _WORD.findall(fold(text))
 
 
+@functools.lru_cache(maxsize=200_000)
 def stem(word: str) -> str:
     """A deliberately light stemmer for plurals: models->model, queries->query, boxes->box."""
     if len(word) > 4 and word.endswith("ies"):

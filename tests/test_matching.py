@@ -105,7 +105,7 @@ def test_subscriptions_are_added_and_removed_without_a_rebuild():
     engine.remove(8)
     engine.remove(99)
     assert engine.match(PAPER) == [] and len(engine) == 0
-    assert engine._index == {} and engine._entries == {}
+    assert engine.is_empty()
 
 
 def test_unanchorable_queries_are_always_evaluated():

@@ -1,0 +1,219 @@
+"""Matching benchmark: the indexed engine against the naive loop, on a synthetic workload.
+
+    python -m bench.matching --subscriptions 100000 --papers 2000 --seed 1
+
+Workload (all synthetic, fixed by --seed): a vocabulary of 50,000 made-up words with Zipf
+frequencies (s = 1.07); titles of about 10 and abstracts of about 250 words drawn from
+it; authors, categories, organizations, sources and upvotes drawn from small pools.
+Queries mix single words, 2-3 word conjunctions, phrases, OR groups, exclusions,
+prefixes, field scopes, authors, categories, organizations, sources and upvote
+thresholds. Query words are drawn with Zipf weights from below the 3,000 most frequent
+words (--topic-skip): each subscription then matches about 0.3% of papers, some six
+papers of a 2,000-paper day, which is what a kept subscription looks like. Frequent
+words make every subscription match more papers, and the engine's work grows with the
+number of matches.
+
+The naive loop (every subscription evaluated against every paper, the same evaluator)
+runs on a sample of the papers (--naive-sample) and is scaled to the whole set; the
+script asserts that on that sample both produce identical matches. Last line: one JSON
+object with the figures. Figures, not assertions on speed: see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import gc
+import itertools
+import json
+import random
+import resource
+import sys
+import time
+from datetime import datetime, timezone
+
+from bot.matching import IndexedMatcher, PaperView, evaluate
+from bot.models import ChannelRef, Match, Paper, Subscription
+from bot.query import normalize_query
+
+VOCAB_SIZE = 50_000
+ZIPF_S = 1.07
+SKIP_TOP = 3000
+CATEGORIES = ["cs.LG", "cs.CL", "cs.CV", "cs.AI", "stat.ML", "cs.RO", "cs.IR", "eess.IV", "math.OC", "q-bio.NC"]
+ORGS = [None, None, None, "Google (google)", "Meta AI (facebook)", "Alibaba Qwen (qwen)", "NVIDIA (nvidia)",
+        "Allen Institute for AI (allenai)", "Microsoft (microsoft)"]
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "vi", "zo", "be", "di", "fu", "go", "ha", "ji", "ku", "pa",
+             "re", "si", "to", "wa", "xe", "yo", "an", "el", "in", "on", "ur", "ex", "ol", "is"]
+
+
+def make_vocabulary(rng: random.Random) -> list[str]:
+    words: set[str] = set()
+    while len(words) < VOCAB_SIZE:
+        words.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 5))))
+    ordered = sorted(words)  # a set's order depends on PYTHONHASHSEED; the workload must not
+    rng.shuffle(ordered)
+    return ordered
+
+
+class Zipf:
+    def __init__(self, items: list[str], rng: random.Random, offset: int = 0):
+        self.items = items[offset:]
+        weights = [1 / (rank + offset + 1) ** ZIPF_S for rank in range(len(self.items))]
+        self.cumulative = list(itertools.accumulate(weights))
+        self.rng = rng
+
+    def draw(self, k: int = 1) -> list[str]:
+        total = self.cumulative[-1]
+        return [self.items[bisect.bisect(self.cumulative, self.rng.random() * total)] for _ in range(k)]
+
+
+def make_authors(rng: random.Random, n: int = 5000) -> list[str]:
+    first = ["Ada", "Yann", "Wei", "Maria", "Emile", "Sanjay", "Olga", "Kenji", "Lena", "Tomás", "Amir", "Zoe"]
+    return [f"{rng.choice(first)} {rng.choice('ABCDEFGH')}. {''.join(rng.choice(SYLLABLES) for _ in range(3)).title()}"
+            for _ in range(n)]
+
+
+def make_papers(n: int, vocab: Zipf, authors: list[str], rng: random.Random) -> list[Paper]:
+    papers = []
+    for i in range(n):
+        papers.append(
+            Paper(
+                id=f"2699.{i:05d}",
+                title=" ".join(vocab.draw(rng.randint(6, 14))).capitalize(),
+                summary=" ".join(vocab.draw(rng.randint(200, 300))) + ".",
+                authors=tuple(rng.sample(authors, rng.randint(1, 8))),
+                categories=tuple(rng.sample(CATEGORIES, rng.randint(1, 3))),
+                source=rng.choice(["hf", "arxiv", "arxiv"]),
+                upvotes=rng.choice([None, rng.randint(0, 5), rng.randint(0, 200)]),
+                organization=rng.choice(ORGS),
+            )
+        )
+    return papers
+
+
+def make_query(topic: Zipf, authors: list[str], rng: random.Random) -> str:
+    w = topic.draw
+    kind = rng.random()
+    if kind < 0.30:
+        return w()[0]
+    if kind < 0.45:
+        return " ".join(w(rng.randint(2, 3)))
+    if kind < 0.55:
+        return f'"{" ".join(w(2))}"'
+    if kind < 0.65:
+        a, b, c = w(3)
+        return f"({a} OR {b}) {c}"
+    if kind < 0.72:
+        a, b = w(2)
+        return f"{a} -{b}"
+    if kind < 0.77:
+        # Like transformer*: the made-up words are syllable strings, so cutting letters off
+        # one would make a prefix that far more words share than a real stem does.
+        return f"{w()[0]}*"
+    if kind < 0.84:
+        return f"title:{w()[0]}"
+    if kind < 0.89:
+        author = rng.choice(authors).split()
+        return f'author:"{author[0]} {author[-1]}"'
+    if kind < 0.93:
+        return f"{w()[0]} cat:{rng.choice(CATEGORIES)}"
+    if kind < 0.96:
+        return f"{w()[0]} org:{rng.choice([o for o in ORGS if o]).split('(')[1].rstrip(')')}"
+    if kind < 0.98:
+        return f"{w()[0]} upvotes>={rng.randint(1, 50)}"
+    return f"{w()[0]} source:{rng.choice(['hf', 'arxiv'])}"
+
+
+def make_subscriptions(n: int, topic: Zipf, authors: list[str], rng: random.Random) -> list[Subscription]:
+    created = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    channels = [ChannelRef("slack", f"C{i:06d}") for i in range(max(1, n // 20))]
+    return [
+        Subscription(i, rng.choice(channels), normalize_query(make_query(topic, authors, rng)), "bench", created)
+        for i in range(1, n + 1)
+    ]
+
+
+def naive_match(subs: list[tuple[Subscription, tuple]], paper: Paper) -> list[Match]:
+    """Every subscription evaluated against the paper: what the engine must avoid."""
+    view = PaperView(paper)
+    found = []
+    for sub, node in subs:
+        hits = evaluate(node, view)
+        if hits is not None:
+            found.append(Match(sub.id, sub.channel, sub.query, tuple(hits)))
+    return found
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument("--papers", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--naive-sample", type=int, default=20, help="papers the naive loop runs on")
+    parser.add_argument("--topic-skip", type=int, default=SKIP_TOP,
+                        help="query words skip this many most frequent words (higher: fewer matches)")
+    args = parser.parse_args(argv)
+
+    rng = random.Random(args.seed)
+    vocabulary = make_vocabulary(rng)
+    words = Zipf(vocabulary, rng)
+    topics = Zipf(vocabulary, rng, offset=args.topic_skip)
+    authors = make_authors(rng)
+    papers = make_papers(args.papers, words, authors, rng)
+    subs = make_subscriptions(args.subscriptions, topics, authors, rng)
+    print(f"workload: {len(subs)} subscriptions ({len(set(s.query for s in subs))} distinct), "
+          f"{len(papers)} papers", file=sys.stderr)
+
+    started = time.perf_counter()
+    engine = IndexedMatcher(subs)
+    build_s = time.perf_counter() - started
+    gc.freeze()  # as the bot does after loading subscriptions: see Poller.sync_subscriptions
+
+    sample = min(args.naive_sample, len(papers))
+    kept: list[list[Match]] = []  # only the sample's matches are kept, for the comparison;
+    matches = 0  # the bot, too, hands each paper's matches to the outbox and drops them
+    started = time.perf_counter()
+    for i, paper in enumerate(papers):
+        found = engine.match(paper)
+        matches += len(found)
+        if i < sample:
+            kept.append(found)
+    match_s = time.perf_counter() - started
+
+    # The naive loop shares the engine's parsed trees, so it costs time, not memory.
+    nodes = {query: entry.node for query, entry in engine._entries.items()}
+    naive_subs = [(s, nodes[s.query]) for s in subs]
+    started = time.perf_counter()
+    naive_results = [naive_match(naive_subs, p) for p in papers[:sample]]
+    naive_sample_s = time.perf_counter() - started
+    for paper, got, expected in zip(papers, kept, naive_results):
+        assert got == expected, f"engine and naive loop disagree on {paper.id}"
+    naive_s = naive_sample_s * len(papers) / sample if sample else 0.0
+
+    figures = {
+        "subscriptions": len(subs),
+        "distinct_queries": len(nodes),
+        "papers": len(papers),
+        "matches": matches,
+        "matches_per_paper": round(matches / len(papers), 1),
+        "topic_skip": args.topic_skip,
+        "build_s": round(build_s, 3),
+        "match_s": round(match_s, 3),
+        "papers_per_s": round(len(papers) / match_s, 1),
+        "naive_s": round(naive_s, 3),
+        "naive_sampled_papers": sample,
+        "naive_scaled_from_sample": sample < len(papers),
+        "speedup": round(naive_s / match_s, 1) if match_s else None,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "seed": args.seed,
+    }
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
