@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--papers", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--naive-sample", type=int, default=20, help="papers the naive loop runs on")
+    parser.add_argument("--history", type=int, default=1000,
+                        help="stored papers whose word counts guide the index (the bot uses its last 1,000)")
     parser.add_argument("--topic-skip", type=int, default=SKIP_TOP,
                         help="query words skip this many most frequent words (higher: fewer matches)")
     args = parser.parse_args(argv)
@@ -164,12 +166,13 @@ def main(argv: list[str] | None = None) -> dict:
     topics = Zipf(vocabulary, rng, offset=args.topic_skip)
     authors = make_authors(rng)
     papers = make_papers(args.papers, words, authors, rng)
+    history = make_papers(args.history, words, authors, rng)  # what the bot has stored already
     subs = make_subscriptions(args.subscriptions, topics, authors, rng)
     print(f"workload: {len(subs)} subscriptions ({len(set(s.query for s in subs))} distinct), "
           f"{len(papers)} papers", file=sys.stderr)
 
     started = time.perf_counter()
-    engine = IndexedMatcher(subs)
+    engine = IndexedMatcher(subs, papers=history)
     build_s = time.perf_counter() - started
     gc.freeze()  # as the bot does after loading subscriptions: see Poller.sync_subscriptions
 
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         "matches": matches,
         "matches_per_paper": round(matches / len(papers), 1),
         "topic_skip": args.topic_skip,
+        "history_papers": len(history),
         "build_s": round(build_s, 3),
         "match_s": round(match_s, 3),
         "papers_per_s": round(len(papers) / match_s, 1),

@@ -15,7 +15,8 @@ import bisect
 import operator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Protocol
+from collections import Counter
+from typing import Iterable, Mapping, Protocol
 
 from .models import ChannelRef, Match, Paper, Subscription
 from .query import MIN_PREFIX, fold, name_tokens, parse_query, raw_words, stem
@@ -156,13 +157,18 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
     raise ValueError(f"unknown query node {kind!r}")
 
 
-def anchors(node: tuple) -> frozenset[str] | None:
-    """Index keys such that any paper matching `node` has at least one of them; None if none exist."""
+def anchors(node: tuple, counts: Mapping[str, int] | None = None) -> frozenset[str] | None:
+    """Index keys such that any paper matching `node` has at least one of them; None if none exist.
+
+    `counts` (word stem -> in how many recent papers it appeared) picks the rarest word of
+    a phrase or a conjunction; without it, the longest word stands in for the rarest.
+    """
     kind = node[0]
     if kind == "word":
         return frozenset(["w:" + node[2]])
     if kind == "phrase":
-        return frozenset(["w:" + max(node[2], key=len)])  # the longest word is usually the rarest
+        rarest = min(node[2], key=lambda w: (counts.get(w, 0), -len(w))) if counts else max(node[2], key=len)
+        return frozenset(["w:" + rarest])
     if kind == "prefix":
         return frozenset(["p:" + node[2][:PREFIX_ANCHOR_MAX]])
     if kind == "author":
@@ -178,16 +184,16 @@ def anchors(node: tuple) -> frozenset[str] | None:
     if kind == "or":
         keys: set[str] = set()
         for child in node[1]:
-            child_keys = anchors(child)
+            child_keys = anchors(child, counts)
             if child_keys is None:
                 return None
             keys |= child_keys
         return frozenset(keys)
     # "and": one child's anchors are enough; prefer the most selective.
-    options = [a for a in (anchors(c) for c in node[1]) if a is not None]
+    options = [a for a in (anchors(c, counts) for c in node[1]) if a is not None]
     if not options:
         return None
-    return min(options, key=_cost)
+    return min(options, key=lambda keys: _cost(keys, counts))
 
 
 # Categories, organizations and sources are shared by a large share of all papers: a query
@@ -196,9 +202,10 @@ def anchors(node: tuple) -> frozenset[str] | None:
 _COARSE = ("c:", "o:", "s:")
 
 
-def _cost(keys: frozenset[str]) -> tuple[int, int, int]:
+def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, int, int, int]:
     coarse = sum(key.startswith(_COARSE) for key in keys)
-    return coarse, len(keys), -min(map(len, keys))
+    seen = sum(counts.get(key[2:], 0) for key in keys if key.startswith("w:")) if counts else 0
+    return coarse, seen, len(keys), -min(map(len, keys))
 
 
 class Matcher(Protocol):
@@ -273,7 +280,11 @@ class NaiveMatcher:
 class IndexedMatcher:
     """The engine: candidates from an inverted index of query anchors, then exact evaluation."""
 
-    def __init__(self, subscriptions: Iterable[Subscription] = ()):
+    def __init__(self, subscriptions: Iterable[Subscription] = (), *, papers: Iterable[Paper] = ()):
+        """`papers`: recent papers whose word counts help pick each query's rarest anchor."""
+        self.counts: Counter[str] = Counter()
+        for paper in papers:
+            self.counts.update(PaperView(paper).any_set)
         self._entries: dict[str, _Entry] = {}  # query text -> entry
         self._by_sub: dict[int, str] = {}  # subscription id -> query text
         # anchor -> query texts, in three tables so that a paper's words are looked up
@@ -297,7 +308,7 @@ class IndexedMatcher:
         entry = self._entries.get(query)
         if entry is None:
             node = parse_query(query)
-            entry = self._entries[query] = _Entry(node, anchors(node), words=_plain_words(node))
+            entry = self._entries[query] = _Entry(node, anchors(node, self.counts), words=_plain_words(node))
             if entry.keys is None:
                 self._always.add(query)
             else:

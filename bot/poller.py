@@ -17,6 +17,8 @@ from .sources import Source
 
 log = logging.getLogger(__name__)
 
+HISTORY_FOR_ANCHORS = 1000
+
 
 @dataclass
 class SourceReport:
@@ -48,6 +50,9 @@ class Poller:
         """
         current = self.store.subscription_ids()
         known = self.matcher.ids()
+        if not known and current:
+            # First load: recent papers' word counts let the index anchor on rare words.
+            self.matcher = IndexedMatcher(papers=self.store.recent_papers(HISTORY_FOR_ANCHORS))
         for gone in known - current:
             self.matcher.remove(gone)
         new = current - known

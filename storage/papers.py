@@ -62,6 +62,12 @@ class PapersMixin:
         columns = [d[0] for d in self.db.execute("SELECT * FROM papers LIMIT 0").description]
         return _paper(dict(zip(columns, row)))
 
+    def recent_papers(self, limit: int) -> list[Paper]:
+        """The papers stored last, newest first."""
+        cursor = self.db.execute("SELECT * FROM papers ORDER BY first_seen DESC, id LIMIT ?", [limit])
+        columns = [d[0] for d in cursor.description]
+        return [_paper(dict(zip(columns, row))) for row in cursor]
+
     def count_papers(self) -> int:
         return self.db.execute("SELECT count(*) FROM papers").fetchone()[0]
 
