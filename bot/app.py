@@ -17,6 +17,7 @@ from .adapters import Adapter, ConsoleAdapter
 from .clock import utcnow
 from .config import Config
 from .dispatch import DispatchReport, Dispatcher
+from .lookup import PaperLookup
 from .models import CommandRequest, Reply
 from .poller import Poller, SourceReport
 from .sources import ArxivSource, HuggingFaceSource, Source, make_client
@@ -50,7 +51,8 @@ class App:
         self.adapters: dict[str, Adapter] = adapters if adapters is not None else {"console": ConsoleAdapter(stdout)}
         self.poller = Poller(self.store, clock)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock)
-        self.context = handlers.Context(self.store, config, clock)
+        self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url, config.max_response_bytes)
+        self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
         released = self.store.release_unfinished()
         if released:
             log.warning("%d deliveries were interrupted mid-send last time; they will be sent again", released)
@@ -59,13 +61,26 @@ class App:
         cfg = self.config.huggingface if source.name == "huggingface" else self.config.arxiv
         return cfg.interval_minutes * 60
 
-    def handle_command(self, request: CommandRequest) -> Reply:
-        return handlers.handle(self.context, request)
+    async def handle_command(self, request: CommandRequest) -> Reply:
+        """Run a /papers command; what it queued (a backfill, a resume) is sent right away."""
+        reply = await handlers.handle(self.context, request)
+        if reply.queued:
+            await self.dispatcher.dispatch()
+        return reply
+
+    async def deliver(self) -> DispatchReport:
+        """Send what is due: instant cards, then digests."""
+        report = await self.dispatcher.dispatch()
+        digests = await self.dispatcher.dispatch_digests()
+        report.sent += digests.sent
+        report.retrying += digests.retrying
+        report.waiting += digests.waiting
+        return report
 
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:
         """One full cycle: every enabled source, then the outbox."""
         reports = [await self.poller.poll(source) for source in self.sources]
-        return reports, await self.dispatcher.dispatch()
+        return reports, await self.deliver()
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -151,7 +166,7 @@ class _Runner:
 
     async def _dispatch(self) -> None:
         try:
-            report = await self.app.dispatcher.dispatch()
+            report = await self.app.deliver()
         except Exception:
             log.exception("delivery sweep failed")
             return

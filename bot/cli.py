@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _command(config: Config, request: CommandRequest) -> int:
     app = App(config)
     try:
-        reply = app.handle_command(request)
+        reply = await app.handle_command(request)
     finally:
         await app.aclose()
     print(render_reply(reply))

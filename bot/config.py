@@ -58,6 +58,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
         "categories": (list, ["cs.LG", "cs.CL", "cs.CV", "cs.AI", "stat.ML"], _categories),
         "base_url": (str, "https://rss.arxiv.org", _url),
         "interval_minutes": (float, 60.0, _positive),
+        "api_url": (str, "https://export.arxiv.org/api/query", _url),
     },
     "http": {
         "timeout_seconds": (float, 20.0, _positive),
@@ -65,6 +66,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
     },
     "limits": {
         "max_subscriptions_per_channel": (int, 50, _positive),
+        "commands_per_minute": (int, 20, _positive),
     },
     "logging": {
         "level": (str, "INFO", _level),
@@ -80,6 +82,7 @@ class SourceConfig:
     base_url: str
     interval_minutes: float
     categories: tuple[str, ...] = ()
+    api_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Config:
     http_timeout: float
     max_response_bytes: int
     max_subscriptions_per_channel: int
+    commands_per_minute: int
     log_level: str
     secrets: Secrets = field(default_factory=Secrets)
     source_file: str | None = None
@@ -163,11 +167,12 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
         storage_path=values["storage"]["path"],
         huggingface=SourceConfig(hf["enabled"], hf["base_url"].rstrip("/"), hf["interval_minutes"]),
         arxiv=SourceConfig(
-            ax["enabled"], ax["base_url"].rstrip("/"), ax["interval_minutes"], tuple(ax["categories"])
+            ax["enabled"], ax["base_url"].rstrip("/"), ax["interval_minutes"], tuple(ax["categories"]), ax["api_url"]
         ),
         http_timeout=values["http"]["timeout_seconds"],
         max_response_bytes=int(values["http"]["max_response_mb"] * 1024 * 1024),
         max_subscriptions_per_channel=values["limits"]["max_subscriptions_per_channel"],
+        commands_per_minute=values["limits"]["commands_per_minute"],
         log_level=values["logging"]["level"].upper(),
         secrets=secrets if secrets is not None else Secrets.from_env(),
         source_file=source_file,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -12,7 +12,8 @@ from storage import Store
 from .adapters import Adapter
 from .cards import card_for
 from .clock import utcnow
-from .models import Delivery, PostResult
+from .digest import digest_due
+from .models import ChannelSettings, Delivery, Digest, PostResult
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,50 @@ class Dispatcher:
             result = await self._send(adapter, delivery)
             self._record(delivery, result, report)
         return report
+
+    async def dispatch_digests(self) -> DispatchReport:
+        """Send every digest that is due: one message per channel with all it is owed."""
+        report = DispatchReport()
+        now = self.clock()
+        for settings in self.store.digest_channels():
+            due = digest_due(settings, now)
+            if due is None:
+                continue
+            adapter = self.adapters.get(settings.channel.platform)
+            if adapter is None:
+                report.waiting += 1
+                continue
+            await self._send_digest(adapter, settings, due, report)
+        return report
+
+    async def _send_digest(self, adapter: Adapter, settings: ChannelSettings, due: datetime,
+                           report: DispatchReport) -> None:
+        pending = [d for d in self.store.pending_for_channel(settings.channel) if self.store.claim_delivery(d.id)]
+        cards = []
+        for delivery in pending:
+            paper = self.store.get_paper(delivery.paper_id)
+            if paper is not None:
+                cards.append(card_for(paper, delivery.reason))
+        if cards:
+            title = f"{len(cards)} new paper{'s' if len(cards) != 1 else ''} for this channel"
+            try:
+                result = await adapter.post_digest(Digest(settings.channel, title, tuple(cards)))
+            except Exception as exc:
+                log.exception("digest for %s raised", settings.channel)
+                result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
+            if not result.ok:
+                # Nothing is lost: the rows go back to pending and the digest is tried again.
+                for delivery in pending:
+                    self.store.mark_failed(delivery.id, result.error or "digest failed", self.clock())
+                report.retrying += len(pending)
+                log.warning("digest for %s failed (%s); will retry", settings.channel, result.error)
+                return
+            for delivery in pending:
+                self.store.mark_sent(delivery.id, result.message_id, self.clock())
+            report.sent += len(pending)
+            log.info("posted a digest of %d papers to %s", len(pending), settings.channel)
+        # Due with nothing to send still moves the schedule on, so it fires once per slot.
+        self.store.save_channel_settings(replace(settings, last_digest_at=due), settings.updated_at or due)
 
     async def _send(self, adapter: Adapter, delivery: Delivery) -> PostResult:
         paper = self.store.get_paper(delivery.paper_id)

@@ -119,6 +119,42 @@ class Card:
     source: str = ""
 
 
+DIGEST_MODES = ("instant", "daily", "weekly")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """How a channel receives papers: instant cards or a digest at a local time; paused or not."""
+
+    channel: ChannelRef
+    mode: str = "instant"  # instant | daily | weekly
+    digest_time: str = "09:00"  # HH:MM, local to `timezone`
+    digest_day: str = "mon"  # for weekly digests
+    timezone: str = "UTC"
+    paused: bool = False
+    last_digest_at: datetime | None = None  # when the previous digest went out (or was due)
+    updated_at: datetime | None = None
+
+    def describe(self) -> str:
+        if self.mode == "daily":
+            text = f"a daily digest at {self.digest_time} ({self.timezone})"
+        elif self.mode == "weekly":
+            text = f"a weekly digest on {self.digest_day.title()} at {self.digest_time} ({self.timezone})"
+        else:
+            text = f"instant cards (time zone {self.timezone})"
+        return text + (", paused" if self.paused else "")
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Many matched papers in one message."""
+
+    channel: ChannelRef
+    title: str
+    cards: tuple[Card, ...]
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One outbox row: a paper owed to a channel."""
@@ -154,3 +190,4 @@ class Reply:
     cards: tuple[Card, ...] = field(default_factory=tuple)
     ephemeral: bool = True
     ok: bool = True
+    queued: int = 0  # deliveries the command put in the outbox (e.g. --backfill): send them now

@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Callable
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Awaitable, Callable, Union
 
 from bot.clock import utcnow
 from bot.config import Config
+from bot.lookup import PaperLookup
 from bot.models import CommandRequest, Reply
 from storage import Store
 
 MAX_COMMAND_CHARS = 1000
+
+
+class RateLimiter:
+    """At most `limit` commands per user in any 60 seconds (a sliding window)."""
+
+    def __init__(self, limit: int, clock: Callable[[], datetime]):
+        self.limit = limit
+        self.clock = clock
+        self.recent: dict[str, deque[datetime]] = {}
+
+    def wait_seconds(self, user: str) -> int:
+        """0 if the user may run a command now (and count it), else how long to wait."""
+        now = self.clock()
+        window = self.recent.setdefault(user, deque())
+        while window and now - window[0] >= timedelta(minutes=1):
+            window.popleft()
+        if len(window) >= self.limit:
+            return max(1, int((window[0] + timedelta(minutes=1) - now).total_seconds() + 0.999))
+        window.append(now)
+        return 0
 
 
 @dataclass
@@ -20,9 +42,15 @@ class Context:
     store: Store
     config: Config
     clock: Callable[[], datetime] = utcnow
+    lookup: PaperLookup | None = None  # for `show` of papers not stored yet
+    limiter: RateLimiter | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.limiter is None:
+            self.limiter = RateLimiter(self.config.commands_per_minute, self.clock)
 
 
-Handler = Callable[[Context, CommandRequest, str], Reply]
+Handler = Callable[[Context, CommandRequest, str], Union[Reply, Awaitable[Reply]]]
 
 
 @dataclass(frozen=True)
@@ -55,22 +83,37 @@ def command(name: str, usage: str, *, manage: bool = False) -> Callable[[Handler
     return register
 
 
-def error(message: str, cmd: Command | None = None) -> Reply:
+def error(message: str, cmd: Command | str | None = None) -> Reply:
+    """A one-line reason, and the usage of the command when there is one."""
+    if isinstance(cmd, str):
+        cmd = COMMANDS[cmd]
     text = message if cmd is None else f"{message}\nUsage: `/papers {cmd.usage}`"
     return Reply(text=text, ok=False)
 
 
-def handle(ctx: Context, request: CommandRequest) -> Reply:
+def shown(text: str, limit: int = 40) -> str:
+    """User text quoted back in a reply: bounded, one line."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def handle(ctx: Context, request: CommandRequest) -> Reply:
     """Run one /papers command. Never raises for bad input: every problem is a Reply."""
     text = request.text.strip()
     if len(text) > MAX_COMMAND_CHARS:
         return error(f"That command is {len(text)} characters long; the limit is {MAX_COMMAND_CHARS}.")
+    wait = ctx.limiter.wait_seconds(request.user_id)
+    if wait:
+        return error(
+            f"You are sending commands too fast: the limit is {ctx.limiter.limit} a minute. "
+            f"Try again in {wait} seconds."
+        )
     verb, _, rest = text.partition(" ")
     verb = verb.lower() or "help"
     cmd = COMMANDS.get(verb)
     if cmd is None:
-        shown = verb if len(verb) <= 30 else verb[:30] + "…"
-        return error(f"Unknown command `{shown}`. Try `/papers help`.")
+        return error(f"Unknown command `{shown(verb, 30)}`. Try `/papers help`.")
     if cmd.manage and not request.can_manage:
         return error(f"You need the right to manage this channel to use `{cmd.name}`.")
-    return cmd.func(ctx, request, rest.strip())
+    reply = cmd.func(ctx, request, rest.strip())
+    return await reply if inspect.isawaitable(reply) else reply

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.models import CommandRequest, Reply
 
-from .base import COMMANDS, Context, command, error
+from .base import COMMANDS, Context, command, error, shown
 
 
 @command("help", "help [command]")
@@ -17,8 +17,7 @@ def help_command(ctx: Context, req: CommandRequest, args: str) -> Reply:
     if name:
         cmd = COMMANDS.get(name)
         if cmd is None:
-            shown = name if len(name) <= 30 else name[:30] + "…"
-            return error(f"There is no command `{shown}`. Try `/papers help`.")
+            return error(f"There is no command `{shown(name, 30)}`. Try `/papers help`.")
         return Reply(f"`/papers {cmd.usage}`\n{cmd.details}")
     lines = ["papers-bot posts new machine-learning papers that match this channel's subscriptions.", ""]
     lines += [f"`/papers {cmd.usage}` · {cmd.summary}" for cmd in COMMANDS.values()]

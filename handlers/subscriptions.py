@@ -1,15 +1,57 @@
-"""subscribe / unsubscribe / list: a channel's keyword subscriptions."""
+"""subscribe / preview / unsubscribe / list: a channel's subscriptions."""
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 from bot.errors import QueryError
-from bot.query import normalize_query
-from bot.models import CommandRequest, Reply
+from bot.matching import PaperView, evaluate
+from bot.models import CommandRequest, Match, Paper, Reply
+from bot.query import parse_query, render
 
-from .base import COMMANDS, Context, command, error
+from .base import Context, command, error, shown
+
+ESTIMATE_DAYS = 30
+ESTIMATE_MAX_PAPERS = 20_000  # the newest ones, when more were stored in that window
+EXAMPLES = 3
+MAX_BACKFILL = 20
+_BACKFILL = re.compile(r"(?:^|\s)--backfill(?:\s+(\S+)|\s*$)")
 
 
-@command("subscribe", "subscribe <query>", manage=True)
+def _history(ctx: Context, node: tuple) -> tuple[list[tuple[Paper, list[str]]], int]:
+    """Stored papers of the last 30 days that `node` matches (newest first), and how many were read."""
+    papers = ctx.store.papers_listed_since(ctx.clock() - timedelta(days=ESTIMATE_DAYS), ESTIMATE_MAX_PAPERS)
+    found = []
+    for paper in papers:
+        if paper.is_update:
+            continue
+        hits = evaluate(node, PaperView(paper))
+        if hits is not None:
+            found.append((paper, hits))
+    return found, len(papers)
+
+
+def _estimate(matched: list[tuple[Paper, list[str]]], scanned: int) -> str:
+    if scanned == 0:
+        return f"No papers were stored in the last {ESTIMATE_DAYS} days to estimate from yet."
+    more = "+" if scanned >= ESTIMATE_MAX_PAPERS else ""
+    text = (f"In the last {ESTIMATE_DAYS} days it would have matched {len(matched)} of "
+            f"{scanned:,}{more} stored papers")
+    if not matched:
+        return text + "."
+    examples = "\n".join(f"• {p.title[:150]} (arXiv:{p.id})" for p, _ in matched[:EXAMPLES])
+    return f"{text}, for example:\n{examples}"
+
+
+def _parse(ctx: Context, text: str, name: str) -> tuple | Reply:
+    try:
+        return parse_query(text)
+    except QueryError as exc:
+        return error(f"Cannot {name}: {exc}.", name)
+
+
+@command("subscribe", "subscribe <query> [--backfill N]", manage=True)
 def subscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
     """Post new papers that match a query to this channel.
 
@@ -18,55 +60,92 @@ def subscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
     `"large language model"` (phrase), `diffus*` (prefix), `a b` (both), `a OR b`,
     `-a` (exclude), `( )`, `title:x`, `abstract:x`, `author:"Yann LeCun"`, `cat:cs.CL`,
     `org:google`, `upvotes>=20`, `source:hf` or `source:arxiv`.
-    Only papers that arrive after you subscribe are posted.
+    Only papers that arrive after you subscribe are posted; `--backfill N` also posts
+    the N most recent stored matches now (at most 20).
     Example: `/papers subscribe "diffusion model" -video upvotes>=10`.
     """
-    try:
-        query = normalize_query(args)
-    except QueryError as exc:
-        return error(f"Cannot subscribe: {exc}.", COMMANDS["subscribe"])
+    backfill = 0
+    option = _BACKFILL.search(args)
+    if option:
+        value = option.group(1) or ""
+        if not value.isdecimal() or not 1 <= int(value) <= MAX_BACKFILL:
+            return error(f"--backfill needs a number from 1 to {MAX_BACKFILL}, not `{shown(value, 20)}`.", "subscribe")
+        backfill = int(value)
+        args = (args[: option.start()] + " " + args[option.end():]).strip()
+    node = _parse(ctx, args, "subscribe")
+    if isinstance(node, Reply):
+        return node
+    query = render(node)
     limit = ctx.config.max_subscriptions_per_channel
-    if ctx.store.count_subscriptions(req.channel) >= limit:
-        existing = {s.query: s for s in ctx.store.subscriptions(req.channel)}
-        if query not in existing:
-            return error(f"This channel already has {limit} subscriptions, the limit. Remove one with `unsubscribe <id>`.")
+    existing = {s.query: s for s in ctx.store.subscriptions(req.channel)}
+    if query not in existing and len(existing) >= limit:
+        return error(f"This channel already has {limit} subscriptions, the limit. Remove one with `unsubscribe <id>`.")
     sub, created = ctx.store.add_subscription(req.channel, query, req.user_id, ctx.clock())
-    if not created:
-        return Reply(f"This channel is already subscribed to `{sub.query}` (#{sub.id}).")
-    return Reply(f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here.")
+    if created:
+        head = f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here."
+    else:
+        head = f"This channel is already subscribed to `{sub.query}` (#{sub.id})."
+    matched, scanned = _history(ctx, node)
+    text = f"{head}\n{_estimate(matched, scanned)}"
+    queued = 0
+    if backfill:
+        now = ctx.clock()
+        for paper, hits in matched[:backfill]:
+            queued += ctx.store.enqueue(paper.id, [Match(sub.id, req.channel, sub.query, tuple(hits))], now)
+        already = min(backfill, len(matched)) - queued
+        text += f"\nBackfill: posting {queued} recent match{'es' if queued != 1 else ''} now"
+        text += f" ({already} already posted here)." if already else "."
+    return Reply(text, queued=queued)
 
 
-@command("unsubscribe", "unsubscribe <id>", manage=True)
-def unsubscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
-    """Stop a subscription of this channel, by its number from `list`.
+@command("preview", "preview <query>")
+def preview(ctx: Context, req: CommandRequest, args: str) -> Reply:
+    """Show what a query would have matched recently, without subscribing.
 
-    Example: `/papers unsubscribe 3`.
+    Example: `/papers preview "world model" robot*`.
     """
-    cmd = COMMANDS["unsubscribe"]
-    raw = args.removeprefix("#")
+    node = _parse(ctx, args, "preview")
+    if isinstance(node, Reply):
+        return node
+    matched, scanned = _history(ctx, node)
+    return Reply(f"`{render(node)}`: {_estimate(matched, scanned)}")
+
+
+@command("unsubscribe", "unsubscribe <id or all>", manage=True)
+def unsubscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
+    """Stop a subscription of this channel by its number from `list`, or all of them.
+
+    Example: `/papers unsubscribe 3` or `/papers unsubscribe all`.
+    """
+    raw = args.removeprefix("#").strip()
     if not raw:
-        return error("Which subscription? Give its number from `/papers list`.", cmd)
+        return error("Which subscription? Give its number from `/papers list`, or `all`.", "unsubscribe")
+    if raw.lower() == "all":
+        removed = ctx.store.remove_all_subscriptions(req.channel)
+        if not removed:
+            return Reply("This channel has no subscriptions to remove.")
+        names = ", ".join(f"#{s.id} `{s.query}`" for s in removed[:10])
+        more = f" and {len(removed) - 10} more" if len(removed) > 10 else ""
+        return Reply(f"Unsubscribed all {len(removed)}: {names}{more}.")
     if not raw.isdecimal() or len(raw) > 12:
-        shown = args if len(args) <= 30 else args[:30] + "…"
-        return error(f"`{shown}` is not a subscription number.", cmd)
+        return error(f"`{shown(args, 30)}` is not a subscription number.", "unsubscribe")
     removed = ctx.store.remove_subscription(req.channel, int(raw))
     if removed is None:
-        return error(f"This channel has no subscription #{int(raw)}. See `/papers list`.", cmd)
+        return error(f"This channel has no subscription #{int(raw)}. See `/papers list`.", "unsubscribe")
     return Reply(f"Unsubscribed #{removed.id} `{removed.query}`. Papers already posted stay where they are.")
 
 
 @command("list", "list")
 def list_subscriptions(ctx: Context, req: CommandRequest, args: str) -> Reply:
-    """Show this channel's subscriptions with their numbers.
+    """Show this channel's subscriptions, their numbers and how papers are delivered.
 
     Example: `/papers list`.
     """
+    settings = ctx.store.channel_settings(req.channel)
     subs = ctx.store.subscriptions(req.channel)
     if not subs:
-        return Reply("This channel has no subscriptions. Add one with `/papers subscribe <words>`.")
-    lines = [f"Subscriptions of this channel ({len(subs)}):"]
+        return Reply("This channel has no subscriptions. Add one with `/papers subscribe <query>`.")
+    lines = [f"Subscriptions of this channel ({len(subs)}), delivered as {settings.describe()}:"]
     for sub in subs:
-        lines.append(
-            f"#{sub.id} `{sub.query}` · since {sub.created_at:%Y-%m-%d} · {sub.delivered} posted"
-        )
+        lines.append(f"#{sub.id} `{sub.query}` · since {sub.created_at:%Y-%m-%d} · {sub.delivered} posted")
     return Reply("\n".join(lines))

@@ -43,19 +43,38 @@ class DeliveriesMixin:
                     )
         return created
 
-    def due_deliveries(self, now: datetime, platforms: set[str] | None = None, limit: int = 500) -> list[Delivery]:
+    def due_deliveries(self, now: datetime, limit: int = 500) -> list[Delivery]:
+        """Pending deliveries to send one by one: not paused, not waiting for a digest."""
         rows = self.db.execute(
-            """SELECT id, paper_id, channel, reason, attempts FROM deliveries
-                WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?""",
+            """SELECT d.id, d.paper_id, d.channel, d.reason, d.attempts FROM deliveries d
+                 LEFT JOIN channels c ON c.channel = d.channel
+                WHERE d.status = 'pending' AND d.next_attempt_at <= ?
+                  AND coalesce(c.paused, 0) = 0 AND coalesce(c.mode, 'instant') = 'instant'
+                ORDER BY d.id LIMIT ?""",
             [iso(now), limit],
         ).fetchall()
-        deliveries = [
-            Delivery(id=r[0], paper_id=r[1], channel=ChannelRef(*r[2].split(":", 1)), reason=r[3], attempts=r[4])
-            for r in rows
-        ]
-        if platforms is not None:
-            deliveries = [d for d in deliveries if d.channel.platform in platforms]
-        return deliveries
+        return [_delivery(r) for r in rows]
+
+    def pending_for_channel(self, channel: ChannelRef, limit: int = 1000) -> list[Delivery]:
+        """Everything this channel is still owed, oldest first (a digest's contents)."""
+        rows = self.db.execute(
+            """SELECT id, paper_id, channel, reason, attempts FROM deliveries
+                WHERE channel = ? AND status = 'pending' ORDER BY id LIMIT ?""",
+            [channel.key, limit],
+        ).fetchall()
+        return [_delivery(r) for r in rows]
+
+    def count_pending(self, channel: ChannelRef | None = None) -> int:
+        if channel is None:
+            return self.db.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
+        return self.db.execute(
+            "SELECT count(*) FROM deliveries WHERE status = 'pending' AND channel = ?", [channel.key]
+        ).fetchone()[0]
+
+    def last_sent_at(self, channel: ChannelRef | None = None) -> datetime | None:
+        sql = "SELECT max(sent_at) FROM deliveries WHERE status = 'sent'"
+        row = self.db.execute(sql + (" AND channel = ?" if channel else ""), [channel.key] if channel else []).fetchone()
+        return datetime.fromisoformat(row[0]) if row[0] else None
 
     def claim_delivery(self, delivery_id: int) -> bool:
         """Mark a pending delivery as being sent; False if someone else claimed it first."""
@@ -90,6 +109,10 @@ class DeliveriesMixin:
     def delivery_counts(self) -> dict[str, int]:
         rows = self.db.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
         return {status: count for status, count in rows}
+
+
+def _delivery(row) -> Delivery:
+    return Delivery(id=row[0], paper_id=row[1], channel=ChannelRef(*row[2].split(":", 1)), reason=row[3], attempts=row[4])
 
 
 def _describe(match: Match) -> str:

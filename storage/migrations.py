@@ -83,3 +83,26 @@ def m001_initial(db: Database) -> None:
 def m002_paper_organization(db: Database) -> None:
     # The Hugging Face organization a paper is listed under, for org: queries.
     db.execute("ALTER TABLE papers ADD COLUMN organization TEXT")
+
+
+@migrations()
+def m003_channels_and_lookups(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE channels (                      -- per-channel delivery settings
+            channel TEXT PRIMARY KEY,                -- ChannelRef.key
+            mode TEXT NOT NULL DEFAULT 'instant',    -- instant | daily | weekly
+            digest_time TEXT NOT NULL DEFAULT '09:00',
+            digest_day TEXT NOT NULL DEFAULT 'mon',
+            timezone TEXT NOT NULL DEFAULT 'UTC',
+            paused INTEGER NOT NULL DEFAULT 0,
+            last_digest_at TEXT,
+            updated_at TEXT NOT NULL
+        );
+        -- 1 once a source listing included the paper; 0 for papers stored by a lookup
+        -- (/papers show), so that a later listing still delivers them to subscribers.
+        ALTER TABLE papers ADD COLUMN listed INTEGER NOT NULL DEFAULT 1;
+        CREATE INDEX papers_listed_on ON papers(listed_on);
+        CREATE INDEX deliveries_channel ON deliveries(channel, status);
+        """
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlite_utils import Database
 
@@ -18,23 +18,24 @@ _ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary", "orga
 class PapersMixin:
     db: Database
 
-    def add_papers(self, papers: list[Paper], now: datetime) -> list[Paper]:
-        """Store papers; return those this bot had never stored before (in input order).
+    def add_papers(self, papers: list[Paper], now: datetime, *, listed: bool = True) -> list[Paper]:
+        """Store papers; return those no source had listed before (in input order).
 
-        A paper already stored (from another source, or an earlier poll) is enriched with
-        the fields it lacked and its upvotes refreshed, but is not new.
+        A paper already listed (by another source, or an earlier poll) is enriched with the
+        fields it lacked and its upvotes refreshed, but is not new. `listed=False` stores
+        papers fetched for a lookup: a later listing of them still counts as new.
         """
         new: list[Paper] = []
         stamp = iso(now)
         with self.db.atomic():
             for paper in papers:
-                row = self.db.execute("SELECT sources FROM papers WHERE id = ?", [paper.id]).fetchone()
+                row = self.db.execute("SELECT sources, listed FROM papers WHERE id = ?", [paper.id]).fetchone()
                 if row is None:
                     self.db.execute(
                         """INSERT INTO papers (id, title, summary, authors, categories, sources, published,
                                listed_on, upvotes, thumbnail, github, project_page, ai_summary, organization,
-                               is_update, first_seen, updated_at)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                               is_update, first_seen, updated_at, listed)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                         [
                             paper.id, paper.title, paper.summary, json.dumps(paper.authors),
                             json.dumps(paper.categories), paper.source,
@@ -42,10 +43,15 @@ class PapersMixin:
                             paper.listed_on.isoformat() if paper.listed_on else None,
                             paper.upvotes, paper.thumbnail, paper.github, paper.project_page,
                             paper.ai_summary, paper.organization, int(paper.is_update), stamp, stamp,
+                            int(listed),
                         ],
                     )
-                    new.append(paper)
+                    if listed:
+                        new.append(paper)
                     continue
+                if listed and not row[1]:  # first listed now, after a lookup stored it
+                    self.db.execute("UPDATE papers SET listed = 1, first_seen = ? WHERE id = ?", [stamp, paper.id])
+                    new.append(paper)
                 sources = sorted(set(filter(None, row[0].split(","))) | {paper.source})
                 updates = {k: getattr(paper, k) for k in _ENRICH if getattr(paper, k) is not None}
                 assignments = ", ".join(f"{k} = ?" for k in updates)
@@ -62,11 +68,43 @@ class PapersMixin:
         columns = [d[0] for d in self.db.execute("SELECT * FROM papers LIMIT 0").description]
         return _paper(dict(zip(columns, row)))
 
-    def recent_papers(self, limit: int) -> list[Paper]:
-        """The papers stored last, newest first."""
-        cursor = self.db.execute("SELECT * FROM papers ORDER BY first_seen DESC, id LIMIT ?", [limit])
+    def papers_listed_since(self, since: datetime, limit: int) -> list[Paper]:
+        """Listed papers stored since `since`, newest first."""
+        return self._papers(
+            "SELECT * FROM papers WHERE listed = 1 AND first_seen >= ? ORDER BY first_seen DESC, id LIMIT ?",
+            [iso(since), limit],
+        )
+
+    def search_papers(self, words: list[str], limit: int) -> list[Paper]:
+        """Full-text search (FTS5, bm25 ranking): papers containing every word, else any word."""
+        if not words:
+            return []
+        quoted = [f'"{w}"' for w in words]  # quoted: user text is never FTS5 syntax
+        for expression in (" ".join(quoted), " OR ".join(quoted)):
+            found = self._papers(
+                """SELECT papers.* FROM papers_fts JOIN papers ON papers.rowid = papers_fts.rowid
+                    WHERE papers_fts MATCH ? ORDER BY papers_fts.rank LIMIT ?""",
+                [expression, limit],
+            )
+            if found or len(words) == 1:
+                return found
+        return []
+
+    def trending_papers(self, since: date, limit: int) -> list[Paper]:
+        return self._papers(
+            """SELECT * FROM papers WHERE upvotes IS NOT NULL AND listed_on >= ?
+                ORDER BY upvotes DESC, id LIMIT ?""",
+            [since.isoformat(), limit],
+        )
+
+    def _papers(self, sql: str, params: list) -> list[Paper]:
+        cursor = self.db.execute(sql, params)
         columns = [d[0] for d in cursor.description]
         return [_paper(dict(zip(columns, row))) for row in cursor]
+
+    def recent_papers(self, limit: int) -> list[Paper]:
+        """The papers stored last, newest first."""
+        return self._papers("SELECT * FROM papers ORDER BY first_seen DESC, id LIMIT ?", [limit])
 
     def count_papers(self) -> int:
         return self.db.execute("SELECT count(*) FROM papers").fetchone()[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .channels import ChannelsMixin
 from .db import open_database
 from .deliveries import DeliveriesMixin
 from .papers import PapersMixin
@@ -11,7 +12,7 @@ from .source_state import SourceStateMixin
 from .subscriptions import SubscriptionsMixin
 
 
-class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin):
+class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin):
     """One connection, used from the bot's one event-loop thread."""
 
     def __init__(self, path: str | Path):

@@ -73,6 +73,12 @@ class SubscriptionsMixin:
     def subscription_ids(self) -> set[int]:
         return {row[0] for row in self.db.execute("SELECT id FROM subscriptions")}
 
+    def remove_all_subscriptions(self, channel: ChannelRef) -> list[Subscription]:
+        with self.db.atomic():
+            removed = self.subscriptions(channel)
+            self.db.execute("DELETE FROM subscriptions WHERE channel = ?", [channel.key])
+            return removed
+
     def count_subscriptions(self, channel: ChannelRef) -> int:
         return self.db.execute("SELECT count(*) FROM subscriptions WHERE channel = ?", [channel.key]).fetchone()[0]
 

@@ -41,7 +41,7 @@ async def test_run_polls_at_start_delivers_and_stops(tmp_path, server):
     server.route("/api/daily_papers", hf_json())
     out = io.StringIO()
     app = make_app(tmp_path, server, out=out)
-    app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "subscribe diffusion"))
+    await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "subscribe diffusion"))
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop, tick=0.01))
     await wait_for(lambda: out.getvalue().count("[console:ml]") == 2)

@@ -116,7 +116,7 @@ def test_config_errors_are_one_clear_line(capsys, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[sources.arxiv]\ncategorys = []\n")
     code, out, err = cli(capsys, "--config", str(bad), "poll")
-    assert code == 2 and err.strip() == f"papers-bot: config error: {bad}: unknown key 'categorys' in [sources.arxiv] (known: enabled, categories, base_url, interval_minutes)"
+    assert code == 2 and err.strip() == f"papers-bot: config error: {bad}: unknown key 'categorys' in [sources.arxiv] (known: enabled, categories, base_url, interval_minutes, api_url)"
 
 
 def test_no_action_prints_help(capsys):

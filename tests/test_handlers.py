@@ -1,3 +1,5 @@
+import asyncio
+
 import pytest
 
 import handlers
@@ -9,11 +11,11 @@ OTHER = ChannelRef("discord", "123")
 
 @pytest.fixture
 def ctx(store, make_config, clock):
-    return handlers.Context(store, make_config(limits={"max_subscriptions_per_channel": 3}), clock)
+    return handlers.Context(store, make_config(limits={"max_subscriptions_per_channel": 3, "commands_per_minute": 1000}), clock)
 
 
 def run(ctx, text, channel=ML, can_manage=True):
-    return handlers.handle(ctx, CommandRequest(channel, "u1", text, can_manage))
+    return asyncio.run(handlers.handle(ctx, CommandRequest(channel, "u1", text, can_manage)))
 
 
 def test_subscribe_echoes_the_normalized_query_and_an_id(ctx):
@@ -43,7 +45,7 @@ def test_subscribe_twice_is_idempotent(ctx):
 def test_subscribe_errors_say_why_and_show_usage(ctx, text, message):
     reply = run(ctx, text)
     assert not reply.ok and message in reply.text
-    assert "Usage: `/papers subscribe <query>`" in reply.text
+    assert "Usage: `/papers subscribe <query> [--backfill N]`" in reply.text
     assert ctx.store.subscriptions(ML) == []  # nothing half-written
 
 
@@ -66,7 +68,7 @@ def test_unsubscribe_by_number(ctx):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("unsubscribe", "Which subscription?"),
+        ("unsubscribe", "Which subscription? Give its number from `/papers list`, or `all`."),
         ("unsubscribe three", "`three` is not a subscription number"),
         ("unsubscribe -1", "is not a subscription number"),
         ("unsubscribe 99999999999999999999", "is not a subscription number"),
@@ -75,7 +77,7 @@ def test_unsubscribe_by_number(ctx):
 )
 def test_unsubscribe_errors(ctx, text, message):
     reply = run(ctx, text)
-    assert not reply.ok and message in reply.text and "Usage: `/papers unsubscribe <id>`" in reply.text
+    assert not reply.ok and message in reply.text and "Usage: `/papers unsubscribe <id or all>`" in reply.text
 
 
 def test_unsubscribe_cannot_touch_another_channel(ctx):
@@ -86,11 +88,11 @@ def test_unsubscribe_cannot_touch_another_channel(ctx):
 
 
 def test_list_shows_ids_queries_and_counts(ctx):
-    assert "no subscriptions" in run(ctx, "list").text
+    assert "no subscriptions" in run(ctx, "list").text.lower()
     run(ctx, "subscribe diffusion")
     run(ctx, "subscribe Language AND agents")
     text = run(ctx, "list").text
-    assert 'Subscriptions of this channel (2):' in text
+    assert "Subscriptions of this channel (2), delivered as instant cards (time zone UTC):" in text
     assert '#1 `diffusion` · since 2026-11-27 · 0 posted' in text
     assert '#2 `language agents`' in text
 
@@ -112,7 +114,7 @@ def test_help_lists_every_command_from_docstrings(ctx):
 
 def test_help_for_one_command_and_unknown_ones(ctx):
     detail = run(ctx, "help subscribe").text
-    assert detail.startswith("`/papers subscribe <query>`") and "upvotes>=20" in detail
+    assert detail.startswith("`/papers subscribe <query> [--backfill N]`") and "upvotes>=20" in detail
     assert "There is no command `nope`" in run(ctx, "help nope").text
 
 

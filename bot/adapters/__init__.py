@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..models import Card, ChannelRef, PostResult
+from ..models import Card, ChannelRef, Digest, PostResult
 from .console import ConsoleAdapter
 
 
@@ -17,6 +17,10 @@ class Adapter(Protocol):
 
     async def post(self, channel: ChannelRef, card: Card) -> PostResult:
         """Send one card to one channel. Platform refusals are PostResult(ok=False); bugs raise."""
+        ...
+
+    async def post_digest(self, digest: Digest) -> PostResult:
+        """Send many papers as one message."""
         ...
 
 

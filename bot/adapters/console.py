@@ -7,7 +7,7 @@ import textwrap
 import unicodedata
 from typing import TextIO
 
-from ..models import Card, ChannelRef, PostResult, Reply
+from ..models import Card, ChannelRef, Digest, PostResult, Reply
 
 WIDTH = 88
 
@@ -32,6 +32,17 @@ def render_card(card: Card, channel: ChannelRef | None = None) -> str:
     return terminal_safe("\n".join(lines))
 
 
+def render_digest(digest: Digest) -> str:
+    """A digest as a compact list. Pure."""
+    lines = [f"[{digest.channel.key}] {digest.title}"]
+    for card in digest.cards:
+        votes = f" ▲ {card.upvotes}" if card.upvotes is not None else ""
+        lines.append(f"• {card.title} ({card.url}){votes}")
+        if card.reason:
+            lines.append(f"    Matched {card.reason}")
+    return terminal_safe("\n".join(lines))
+
+
 def render_reply(reply: Reply) -> str:
     parts = [terminal_safe(reply.text)]
     parts += [render_card(card) for card in reply.cards]
@@ -48,6 +59,13 @@ class ConsoleAdapter:
     async def post(self, channel: ChannelRef, card: Card) -> PostResult:
         stream = self.stream or sys.stdout
         stream.write("─" * 40 + "\n" + render_card(card, channel) + "\n")
+        stream.flush()
+        self.posted += 1
+        return PostResult(ok=True, message_id=f"console-{self.posted}")
+
+    async def post_digest(self, digest: Digest) -> PostResult:
+        stream = self.stream or sys.stdout
+        stream.write("─" * 40 + "\n" + render_digest(digest) + "\n")
         stream.flush()
         self.posted += 1
         return PostResult(ok=True, message_id=f"console-{self.posted}")

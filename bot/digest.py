@@ -1,0 +1,69 @@
+"""When digests are due: pure functions of the channel settings and the time."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from .models import WEEKDAYS, ChannelSettings
+
+_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_time(text: str) -> str | None:
+    """'9:05' -> '09:05'; None if it is not a 24-hour time."""
+    found = _TIME.match(text.strip())
+    return f"{int(found.group(1)):02d}:{found.group(2)}" if found else None
+
+
+def parse_weekday(text: str) -> str | None:
+    text = text.strip().lower()[:3]
+    return text if text in WEEKDAYS else None
+
+
+def zone(name: str) -> ZoneInfo | None:
+    """The time zone called `name` (IANA, e.g. Europe/Berlin), or None if there is none."""
+    if not name or len(name) > 64 or ".." in name or name.startswith("/"):
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def suggest_zones(name: str, limit: int = 3) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, sorted(available_timezones()), n=limit, cutoff=0.6)
+
+
+def next_digest(settings: ChannelSettings, after: datetime) -> datetime:
+    """The first scheduled digest time strictly after `after` (returned in UTC)."""
+    tz = zone(settings.timezone) or timezone.utc
+    hour, minute = map(int, settings.digest_time.split(":"))
+    local = after.astimezone(tz)
+    candidate = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    step = timedelta(days=1)
+    for _ in range(9):  # at most a week and a bit ahead
+        if candidate > local and (settings.mode != "weekly" or WEEKDAYS[candidate.weekday()] == settings.digest_day):
+            # Re-localize: the wall-clock time is what the user asked for, across DST changes.
+            naive = candidate.replace(tzinfo=None)
+            return naive.replace(tzinfo=tz).astimezone(timezone.utc)
+        candidate = (candidate.replace(tzinfo=None) + step).replace(tzinfo=tz)
+    raise AssertionError("no digest time found within nine days")
+
+
+def digest_due(settings: ChannelSettings, now: datetime) -> datetime | None:
+    """The scheduled time of a digest that is due now, or None.
+
+    The schedule counts from the previous digest, or from when the digest was set up,
+    so turning digests on never sends one for the past.
+    """
+    if settings.mode == "instant" or settings.paused:
+        return None
+    since = settings.last_digest_at or settings.updated_at
+    if since is None:
+        return None
+    due = next_digest(settings, since)
+    return due if due <= now else None

@@ -1,0 +1,89 @@
+"""On-demand paper lookups for `/papers show`: Hugging Face first, then the arXiv API."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import logging
+from datetime import datetime, timezone
+
+import feedparser
+import httpx
+
+from .errors import SourceError
+from .models import Paper
+from .sources.base import clean_text, get_bytes
+from .sources.huggingface import parse_item
+from .sources.ids import canonical_arxiv_id
+
+log = logging.getLogger(__name__)
+
+
+class PaperLookup:
+    def __init__(self, client: httpx.AsyncClient, hf_base_url: str, arxiv_api_url: str, max_bytes: int = 5 * 1024 * 1024):
+        self.client = client
+        self.hf_base_url = hf_base_url.rstrip("/")
+        self.arxiv_api_url = arxiv_api_url
+        self.max_bytes = max_bytes
+
+    async def fetch(self, paper_id: str) -> Paper | None:
+        """The paper with this arXiv id, or None if both services say they do not know it.
+
+        Raises SourceError when a service could not be asked (network, server errors).
+        """
+        errors = []
+        for fetch in (self._from_huggingface, self._from_arxiv):
+            try:
+                paper = await fetch(paper_id)
+            except SourceError as exc:
+                errors.append(str(exc))
+                continue
+            if paper is not None:
+                return paper
+        if errors:  # "unknown" only when every service that answered said so
+            raise SourceError("lookup", "; ".join(errors))
+        return None
+
+    async def _from_huggingface(self, paper_id: str) -> Paper | None:
+        url = f"{self.hf_base_url}/api/papers/{paper_id}"
+        try:
+            body = await get_bytes(self.client, "huggingface", url, max_bytes=self.max_bytes)
+        except SourceError as exc:
+            if "HTTP 404" in exc.reason:  # Hugging Face never indexed this paper
+                return None
+            raise
+        try:
+            return parse_item(json.loads(body))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SourceError("huggingface", f"unreadable paper {paper_id}: {exc}") from None
+
+    async def _from_arxiv(self, paper_id: str) -> Paper | None:
+        body = await get_bytes(self.client, "arxiv", self.arxiv_api_url, params={"id_list": paper_id},
+                               max_bytes=self.max_bytes)
+        return parse_api_entry(body, paper_id)
+
+
+def parse_api_entry(body: bytes, paper_id: str) -> Paper | None:
+    """The entry for `paper_id` in an arXiv API (Atom) response; None if there is none."""
+    feed = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
+    if not feed.version:
+        raise SourceError("arxiv", "API response is not an Atom feed")
+    for entry in feed.entries:
+        entry_id = str(entry.get("id") or "")
+        if "/api/errors" in entry_id:  # arXiv reports errors as a feed with one entry
+            raise SourceError("arxiv", f"API error: {clean_text(entry.get('summary'), 200)}", retryable=False)
+        if canonical_arxiv_id(entry_id) != paper_id:
+            continue
+        published = entry.get("published_parsed")
+        when = datetime.fromtimestamp(calendar.timegm(published), timezone.utc) if published else None
+        return Paper(
+            id=paper_id,
+            title=clean_text(entry.get("title"), 1000),
+            summary=clean_text(entry.get("summary")),
+            authors=tuple(clean_text(a.get("name"), 200) for a in entry.get("authors") or [] if a.get("name")),
+            categories=tuple(t["term"] for t in entry.get("tags") or [] if t.get("term")),
+            source="arxiv",
+            published=when,
+            listed_on=when.date() if when else None,
+        )
+    return None

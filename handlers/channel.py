@@ -1,0 +1,135 @@
+"""digest / timezone / pause / resume / status: how and whether a channel gets papers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from bot.digest import digest_due, next_digest, parse_time, parse_weekday, suggest_zones, zone
+from bot.models import ChannelSettings, CommandRequest, Reply
+
+from .base import Context, command, error, shown
+
+
+def _save(ctx: Context, settings: ChannelSettings) -> ChannelSettings:
+    return ctx.store.save_channel_settings(settings, ctx.clock())
+
+
+@command("digest", "digest off / daily HH:MM / weekly DAY HH:MM", manage=True)
+def digest(ctx: Context, req: CommandRequest, args: str) -> Reply:
+    """Choose instant cards (off) or one digest message a day or a week, at a local time.
+
+    Times are in the channel's time zone (see `timezone`). Everything matched since the
+    previous digest goes into the next one.
+    Example: `/papers digest daily 09:00` or `/papers digest weekly mon 09:00`.
+    """
+    parts = args.lower().split()
+    settings = ctx.store.channel_settings(req.channel)
+    if parts == ["off"]:
+        saved = _save(ctx, replace(settings, mode="instant"))
+        return Reply(f"Digests are off: this channel gets {saved.describe()}.")
+    if len(parts) == 2 and parts[0] == "daily":
+        day, time = settings.digest_day, parse_time(parts[1])
+    elif len(parts) == 3 and parts[0] == "weekly":
+        day, time = parse_weekday(parts[1]), parse_time(parts[2])
+        if day is None:
+            return error(f"`{shown(parts[1], 20)}` is not a weekday (mon, tue, ... sun).", "digest")
+    else:
+        return error("Say `off`, `daily HH:MM` or `weekly DAY HH:MM`.", "digest")
+    if time is None:
+        return error(f"`{shown(parts[-1], 20)}` is not a 24-hour time like 09:00.", "digest")
+    # The schedule starts now: no digest for times already past.
+    saved = _save(ctx, replace(settings, mode=parts[0], digest_day=day, digest_time=time, last_digest_at=ctx.clock()))
+    first = next_digest(saved, ctx.clock())
+    local = first.astimezone(zone(saved.timezone))
+    return Reply(f"This channel now gets {saved.describe()}. First one: {local:%a %Y-%m-%d %H:%M} {saved.timezone}.")
+
+
+@command("timezone", "timezone <Area/City>", manage=True)
+def timezone_command(ctx: Context, req: CommandRequest, args: str) -> Reply:
+    """Set the channel's time zone for digests (an IANA name).
+
+    Example: `/papers timezone Europe/Berlin`.
+    """
+    name = args.strip()
+    if not name:
+        settings = ctx.store.channel_settings(req.channel)
+        return error(f"Which time zone? This channel uses {settings.timezone}.", "timezone")
+    if zone(name) is None:
+        close = suggest_zones(name)
+        hint = f" Did you mean {', '.join(close)}?" if close else " Use a name like Europe/Berlin or America/New_York."
+        return error(f"`{shown(name, 40)}` is not a time zone.{hint}", "timezone")
+    settings = ctx.store.channel_settings(req.channel)
+    saved = _save(ctx, replace(settings, timezone=name))
+    return Reply(f"Time zone set to {name}: this channel gets {saved.describe()}.")
+
+
+@command("pause", "pause", manage=True)
+def pause(ctx: Context, req: CommandRequest, args: str) -> Reply:
+    """Stop posting to this channel for now; matches are kept and posted on `resume`.
+
+    Example: `/papers pause`.
+    """
+    settings = ctx.store.channel_settings(req.channel)
+    if settings.paused:
+        return Reply("This channel is already paused. `/papers resume` restarts it.")
+    _save(ctx, replace(settings, paused=True))
+    return Reply("Paused. New matches are kept and will be posted after `/papers resume`.")
+
+
+@command("resume", "resume", manage=True)
+def resume(ctx: Context, req: CommandRequest, args: str) -> Reply:
+    """Restart posting to this channel after `pause`, with what matched meanwhile.
+
+    Example: `/papers resume`.
+    """
+    settings = ctx.store.channel_settings(req.channel)
+    if not settings.paused:
+        return Reply("This channel is not paused.")
+    _save(ctx, replace(settings, paused=False))
+    waiting = ctx.store.count_pending(req.channel)
+    how = "in the next digest" if settings.mode != "instant" else "now"
+    return Reply(f"Resumed. {waiting} paper{'s' if waiting != 1 else ''} matched while paused will be posted {how}.",
+                 queued=waiting if settings.mode == "instant" else 0)
+
+
+def _ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "never"
+    seconds = int((now - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return "just now"
+
+
+@command("status", "status")
+def status(ctx: Context, req: CommandRequest, args: str) -> Reply:
+    """Health of the sources, the delivery queue, and this channel's settings.
+
+    Example: `/papers status`.
+    """
+    now = ctx.clock()
+    lines = ["Sources:"]
+    for name, cfg in (("huggingface", ctx.config.huggingface), ("arxiv", ctx.config.arxiv)):
+        if not cfg.enabled:
+            lines.append(f"• {name}: disabled")
+            continue
+        state = ctx.store.source_state(name) or {}
+        line = f"• {name}: last success {_ago(state.get('last_success'), now)}"
+        if state.get("consecutive_failures"):
+            line += f"; failing ({state['consecutive_failures']} in a row): {state['last_error']}"
+        if state.get("last_attempt"):
+            upcoming = state["last_attempt"] + timedelta(minutes=cfg.interval_minutes)
+            line += f"; next poll {'due now' if upcoming <= now else 'in ' + _ago(now, upcoming).replace(' ago', '')}"
+        lines.append(line)
+    settings = ctx.store.channel_settings(req.channel)
+    lines.append(f"Queue: {ctx.store.count_pending()} deliveries pending, {ctx.store.count_pending(req.channel)} for this channel; "
+                 f"last post here {_ago(ctx.store.last_sent_at(req.channel), now)}.")
+    subs = ctx.store.count_subscriptions(req.channel)
+    lines.append(f"This channel: {subs} subscription{'s' if subs != 1 else ''}, {settings.describe()}.")
+    due = digest_due(settings, now)
+    if settings.mode != "instant" and not settings.paused:
+        upcoming = due or next_digest(settings, settings.last_digest_at or now)
+        lines.append(f"Next digest: {upcoming.astimezone(zone(settings.timezone)):%a %Y-%m-%d %H:%M} {settings.timezone}.")
+    return Reply("\n".join(lines))

@@ -1,0 +1,57 @@
+"""Per-channel settings: delivery mode, digest time, time zone, paused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from sqlite_utils import Database
+
+from bot.models import ChannelRef, ChannelSettings
+
+from .db import iso, parse_iso
+
+_COLUMNS = "channel, mode, digest_time, digest_day, timezone, paused, last_digest_at, updated_at"
+
+
+class ChannelsMixin:
+    db: Database
+
+    def channel_settings(self, channel: ChannelRef) -> ChannelSettings:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM channels WHERE channel = ?", [channel.key]).fetchone()
+        return _settings(row) if row else ChannelSettings(channel)
+
+    def save_channel_settings(self, settings: ChannelSettings, now: datetime) -> ChannelSettings:
+        saved = replace(settings, updated_at=now)
+        self.db.execute(
+            f"""INSERT INTO channels ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(channel) DO UPDATE SET mode = excluded.mode, digest_time = excluded.digest_time,
+                    digest_day = excluded.digest_day, timezone = excluded.timezone, paused = excluded.paused,
+                    last_digest_at = excluded.last_digest_at, updated_at = excluded.updated_at""",
+            [
+                saved.channel.key, saved.mode, saved.digest_time, saved.digest_day, saved.timezone,
+                int(saved.paused), iso(saved.last_digest_at) if saved.last_digest_at else None, iso(now),
+            ],
+        )
+        return saved
+
+    def digest_channels(self) -> list[ChannelSettings]:
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM channels WHERE mode != 'instant' AND paused = 0 ORDER BY channel")
+        return [_settings(row) for row in rows]
+
+    def all_channel_settings(self) -> list[ChannelSettings]:
+        return [_settings(row) for row in self.db.execute(f"SELECT {_COLUMNS} FROM channels ORDER BY channel")]
+
+
+def _settings(row) -> ChannelSettings:
+    platform, _, channel_id = row[0].partition(":")
+    return ChannelSettings(
+        channel=ChannelRef(platform, channel_id),
+        mode=row[1],
+        digest_time=row[2],
+        digest_day=row[3],
+        timezone=row[4],
+        paused=bool(row[5]),
+        last_digest_at=parse_iso(row[6]),
+        updated_at=parse_iso(row[7]),
+    )

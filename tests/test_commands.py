@@ -1,0 +1,271 @@
+"""The full /papers command set beyond subscribe/unsubscribe/list/help (see test_handlers.py)."""
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+
+import handlers
+from bot.lookup import PaperLookup
+from bot.models import ChannelRef, CommandRequest
+from bot.sources import make_client
+
+from .fakes import Canned, fixture, paper
+
+ML = ChannelRef("console", "ml")
+
+
+@pytest.fixture
+def ctx(store, make_config, clock):
+    return handlers.Context(store, make_config(limits={"commands_per_minute": 1000}), clock)
+
+
+def run(ctx, text, channel=ML, can_manage=True, user="u1"):
+    return asyncio.run(handlers.handle(ctx, CommandRequest(channel, user, text, can_manage)))
+
+
+def stock(store, clock):
+    """Synthetic stored history: listed over the last days."""
+    papers = [
+        paper("2411.00001", "Latent diffusion for video", "We denoise frames.", upvotes=40, listed_on=clock().date()),
+        paper("2411.00002", "Diffusion policies for robots", "Robots learn.", upvotes=5,
+              listed_on=clock().date() - timedelta(days=3)),
+        paper("2411.00003", "Speculative decoding at scale", "Faster LLM inference with drafts.", upvotes=90,
+              listed_on=clock().date() - timedelta(days=20)),
+        paper("2411.00004", "Graph networks", "Message passing.", listed_on=clock().date()),
+    ]
+    for i, p in enumerate(papers):
+        store.add_papers([p], clock() - timedelta(hours=len(papers) - i))
+    store.add_papers([paper("2001.00005", "Old diffusion paper", is_update=True)], clock())
+    return papers
+
+
+# ---- subscribe estimate, preview, backfill -------------------------------------------------
+
+def test_preview_estimates_from_stored_history_without_subscribing(ctx, clock):
+    stock(ctx.store, clock)
+    reply = run(ctx, "preview Diffusion")
+    assert reply.ok
+    assert reply.text.startswith("`diffusion`: In the last 30 days it would have matched 2 of 5 stored papers")
+    assert "• Diffusion policies for robots (arXiv:2411.00002)" in reply.text
+    assert "• Latent diffusion for video (arXiv:2411.00001)" in reply.text
+    assert "Old diffusion" not in reply.text  # replacements are not news
+    assert ctx.store.subscriptions(ML) == []
+
+
+def test_preview_with_nothing_stored_and_bad_queries(ctx):
+    assert "No papers were stored in the last 30 days" in run(ctx, "preview diffusion").text
+    bad = run(ctx, 'preview "open')
+    assert not bad.ok and "Cannot preview: unclosed quote at column 1." in bad.text
+    assert "Usage: `/papers preview <query>`" in bad.text
+
+
+def test_subscribe_reports_the_estimate(ctx, clock):
+    stock(ctx.store, clock)
+    reply = run(ctx, "subscribe diffusion")
+    assert "Subscribed this channel to `diffusion` (#1)" in reply.text
+    assert "would have matched 2 of 5 stored papers" in reply.text
+    assert reply.queued == 0 and ctx.store.count_pending() == 0  # no history is posted
+
+
+def test_backfill_queues_the_most_recent_matches_once(ctx, clock):
+    stock(ctx.store, clock)
+    reply = run(ctx, "subscribe diffusion --backfill 1")
+    assert reply.queued == 1 and "Backfill: posting 1 recent match now." in reply.text
+    (delivery,) = ctx.store.due_deliveries(clock())
+    assert delivery.paper_id == "2411.00002"  # the newest match
+    again = run(ctx, "subscribe --backfill 5 diffusion")
+    assert again.queued == 1 and "(1 already posted here)" in again.text
+    assert ctx.store.count_pending(ML) == 2
+
+
+@pytest.mark.parametrize("text", ["subscribe diffusion --backfill", "subscribe diffusion --backfill 0",
+                                  "subscribe diffusion --backfill 21", "subscribe diffusion --backfill lots"])
+def test_backfill_needs_a_small_number(ctx, text):
+    reply = run(ctx, text)
+    assert not reply.ok and "--backfill needs a number from 1 to 20" in reply.text
+    assert ctx.store.subscriptions(ML) == []
+
+
+def test_unsubscribe_all_names_what_was_removed(ctx):
+    assert run(ctx, "unsubscribe all").text == "This channel has no subscriptions to remove."
+    run(ctx, "subscribe diffusion")
+    run(ctx, "subscribe agents")
+    run(ctx, "subscribe robots", channel=ChannelRef("console", "other"))
+    reply = run(ctx, "unsubscribe ALL")
+    assert reply.text == "Unsubscribed all 2: #1 `diffusion`, #2 `agents`."
+    assert ctx.store.subscriptions(ML) == [] and len(ctx.store.subscriptions()) == 1
+
+
+# ---- search, trending -------------------------------------------------------------------
+
+def test_search_ranks_stored_papers(ctx, clock):
+    stock(ctx.store, clock)
+    reply = run(ctx, "search diffusion robots")
+    assert reply.ok and [c.paper_id for c in reply.cards] == ["2411.00002"]
+    broad = run(ctx, "search diffusion")
+    assert {c.paper_id for c in broad.cards} >= {"2411.00001", "2411.00002"}
+    either = run(ctx, "search robots decoding")  # no paper has both: any word will do
+    assert {c.paper_id for c in either.cards} == {"2411.00002", "2411.00003"}
+
+
+def test_search_treats_input_as_words_never_as_fts_syntax(ctx, clock):
+    stock(ctx.store, clock)
+    for text in ['search "unbalanced', "search NEAR(a b)", "search title:*", "search AND OR NOT"]:
+        assert run(ctx, text).ok
+    assert "No stored paper matches" in run(ctx, "search zzzqqq").text
+    empty = run(ctx, "search ?!")
+    assert not empty.ok and "Usage: `/papers search <words>`" in empty.text
+
+
+def test_trending_windows(ctx, clock):
+    stock(ctx.store, clock)
+    week = run(ctx, "trending")
+    assert [c.paper_id for c in week.cards] == ["2411.00001", "2411.00002"]  # by upvotes, listed in 7 days
+    assert [c.paper_id for c in run(ctx, "trending month").cards] == ["2411.00003", "2411.00001", "2411.00002"]
+    assert [c.paper_id for c in run(ctx, "trending today").cards] == ["2411.00001"]
+    bad = run(ctx, "trending year")
+    assert not bad.ok and "use today, week or month" in bad.text
+
+
+# ---- show ------------------------------------------------------------------------------
+
+HF_PAPER = json.loads(fixture("hf_daily_papers_2026-03-06_item.json"))[0]["paper"]  # /api/papers/{id} is flat
+
+
+async def show(store, config, clock, server, text):
+    async with make_client(2.0) as client:
+        lookup = PaperLookup(client, server.url, f"{server.url}/api/query")
+        ctx = handlers.Context(store, config, clock, lookup=lookup)
+        return await handlers.handle(ctx, CommandRequest(ML, "u1", text))
+
+
+async def test_show_a_stored_paper_by_any_link_form(store, make_config, clock, server):
+    stock(store, clock)
+    for text in ("show 2411.00001", "show https://arxiv.org/abs/2411.00001v3", "show <https://arxiv.org/pdf/2411.00001>",
+                 "show https://huggingface.co/papers/2411.00001"):
+        reply = await show(store, make_config(), clock, server, text)
+        assert [c.paper_id for c in reply.cards] == ["2411.00001"], text
+    assert server.requests == []
+
+
+async def test_show_fetches_from_hugging_face_and_stores_it(store, make_config, clock, server):
+    server.route("/api/papers/2602.23229", Canned(body=json.dumps(HF_PAPER).encode()))
+    reply = await show(store, make_config(), clock, server, "show 2602.23229")
+    (card,) = reply.cards
+    assert card.title == "Large Multimodal Models as General In-Context Classifiers" and card.upvotes == 10
+    assert store.get_paper("2602.23229").github == "https://github.com/marco-garosi/CIRCLE"
+    # Stored by a lookup, not listed: a later listing still delivers it to subscribers.
+    assert store.add_papers([store.get_paper("2602.23229")], clock()) != []
+
+
+async def test_show_falls_back_to_the_arxiv_api(store, make_config, clock, server):
+    server.route("/api/papers/1111.2011", Canned(status=404, body=b'{"error":"Not Found"}'))
+    server.route("/api/query", Canned(body=fixture("arxiv_api_id_list_1111.2011v2.xml"), content_type="application/atom+xml"))
+    reply = await show(store, make_config(), clock, server, "show arXiv:1111.2011v2")
+    (card,) = reply.cards
+    assert card.title == "Quantum Criticality for Extended Nodes on a Bethe Lattice in the Large Connectivity Limit"
+    assert card.authors == "James M. Murray, Adrian Del Maestro, Zlatko Tesanovic"
+    assert server.requests[-1][1] == "/api/query?id_list=1111.2011"
+
+
+async def test_show_unknown_unreachable_and_bad_ids(store, make_config, clock, server):
+    server.route("/api/papers/2411.99999", Canned(status=404, body=b"{}"))
+    server.route("/api/query", Canned(body=b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>x</title></feed>'))
+    unknown = await show(store, make_config(), clock, server, "show 2411.99999")
+    assert not unknown.ok and "Neither Hugging Face nor arXiv knows a paper 2411.99999" in unknown.text
+    server.route("/api/papers/2411.88888", Canned(status=500, body=b""))
+    server.route("/api/query", Canned(status=503, body=b""))
+    down = await show(store, make_config(), clock, server, "show 2411.88888")
+    assert not down.ok and "Could not look up 2411.88888 right now" in down.text and "HTTP 503" in down.text
+    bad = await show(store, make_config(), clock, server, "show banana")
+    assert not bad.ok and "`banana` is not an arXiv id" in bad.text and "Usage: `/papers show" in bad.text
+
+
+async def test_arxiv_api_error_feed_is_an_error(store, make_config, clock, server):
+    # Synthetic, in the shape of arXiv's documented error response (HTTP 400 with one entry).
+    error_feed = (b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><entry>'
+                  b"<id>https://arxiv.org/api/errors#incorrect_id_format_for_1</id><title>Error</title>"
+                  b"<summary>incorrect id format for 1</summary></entry></feed>")
+    server.route("/api/papers/2411.77777", Canned(status=404, body=b"{}"))
+    server.route("/api/query", Canned(body=error_feed))
+    reply = await show(store, make_config(), clock, server, "show 2411.77777")
+    assert not reply.ok and "Could not look up" in reply.text and "incorrect id format" in reply.text
+
+
+# ---- digest, timezone, pause, resume, status -------------------------------------------------
+
+def test_digest_settings(ctx, clock):
+    reply = run(ctx, "digest daily 9:00")
+    assert reply.text == ("This channel now gets a daily digest at 09:00 (UTC). "
+                          "First one: Sat 2026-11-28 09:00 UTC.")
+    assert run(ctx, "timezone Europe/Berlin").text == (
+        "Time zone set to Europe/Berlin: this channel gets a daily digest at 09:00 (Europe/Berlin).")
+    weekly = run(ctx, "digest weekly Monday 18:30")
+    assert "a weekly digest on Mon at 18:30 (Europe/Berlin)" in weekly.text
+    assert "First one: Mon 2026-11-30 18:30 Europe/Berlin." in weekly.text
+    assert run(ctx, "digest off").text == "Digests are off: this channel gets instant cards (time zone Europe/Berlin)."
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("digest", "Say `off`, `daily HH:MM` or `weekly DAY HH:MM`."),
+        ("digest daily", "Say `off`"),
+        ("digest daily 25:00", "`25:00` is not a 24-hour time"),
+        ("digest weekly someday 09:00", "`someday` is not a weekday"),
+        ("timezone", "Which time zone? This channel uses UTC."),
+        ("timezone Europe/Berln", "`Europe/Berln` is not a time zone. Did you mean Europe/Berlin"),
+        ("timezone ../../etc/passwd", "is not a time zone"),
+    ],
+)
+def test_channel_setting_errors(ctx, text, message):
+    reply = run(ctx, text)
+    assert not reply.ok and message in reply.text and "Usage: `/papers " in reply.text
+
+
+def test_pause_keeps_matches_and_resume_releases_them(ctx, clock):
+    from bot.models import Match
+
+    ctx.store.add_papers([paper("2411.00001")], clock())
+    assert run(ctx, "pause").text.startswith("Paused.")
+    assert run(ctx, "pause").text.startswith("This channel is already paused.")
+    ctx.store.enqueue("2411.00001", [Match(1, ML, "x", ())], clock())
+    assert ctx.store.due_deliveries(clock()) == []  # kept, not sent
+    reply = run(ctx, "resume")
+    assert reply.text == "Resumed. 1 paper matched while paused will be posted now." and reply.queued == 1
+    assert len(ctx.store.due_deliveries(clock())) == 1
+    assert run(ctx, "resume").text == "This channel is not paused."
+
+
+def test_changing_settings_needs_the_manage_right(ctx):
+    for text in ("digest daily 09:00", "timezone Europe/Berlin", "pause", "resume", "unsubscribe all"):
+        reply = run(ctx, text, can_manage=False)
+        assert not reply.ok and "right to manage this channel" in reply.text
+    for text in ("search x", "trending", "status", "preview x", "list", "help"):
+        assert "right to manage" not in run(ctx, text, can_manage=False).text
+
+
+def test_status_reports_sources_queue_and_channel(ctx, clock):
+    ctx.store.record_source_success("huggingface", clock() - timedelta(minutes=10), 20)
+    ctx.store.record_source_failure("arxiv", clock() - timedelta(minutes=2), "HTTP 503 from https://rss.arxiv.org")
+    run(ctx, "subscribe diffusion")
+    run(ctx, "digest daily 09:00")
+    text = run(ctx, "status").text
+    assert "• huggingface: last success 10m ago; next poll in 20m" in text
+    assert "• arxiv: last success never; failing (1 in a row): HTTP 503 from https://rss.arxiv.org; next poll in 58m" in text
+    assert "Queue: 0 deliveries pending, 0 for this channel; last post here never." in text
+    assert "This channel: 1 subscription, a daily digest at 09:00 (UTC)." in text
+    assert "Next digest: Sat 2026-11-28 09:00 UTC." in text
+
+
+def test_per_user_rate_limit(store, make_config, clock):
+    ctx = handlers.Context(store, make_config(limits={"commands_per_minute": 3}), clock)
+    assert all(run(ctx, "help").ok for _ in range(3))
+    refused = run(ctx, "help")
+    assert not refused.ok and refused.text.startswith("You are sending commands too fast: the limit is 3 a minute.")
+    assert "Try again in 60 seconds." in refused.text
+    assert run(ctx, "help", user="someone-else").ok  # per user
+    clock.advance(seconds=61)
+    assert run(ctx, "help").ok
