@@ -10,7 +10,11 @@ import sys
 from typing import Sequence, TextIO
 
 from .adapters.console import render_reply
+from storage import Store
+
 from .app import App
+from .clock import utcnow
+from .sources import make_client
 from .config import Config, ConfigError, load_config
 from .models import ChannelRef, CommandRequest
 
@@ -49,13 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="papers-bot", description="New ML papers from Hugging Face and arXiv, in chat.")
     parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $PAPERS_BOT_CONFIG or ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="action", metavar="{run,poll,command}")
+    sub = parser.add_subparsers(dest="action", metavar="{run,poll,command,backfill,export,import}")
     sub.add_parser("run", help="poll every source on its interval and deliver, until Ctrl-C")
     sub.add_parser("poll", help="one full cycle (every source, then deliveries), then exit")
     cmd = sub.add_parser("command", help="run one /papers command and print the reply")
     cmd.add_argument("--channel", required=True, help="console:NAME, slack:CHANNEL_ID or discord:CHANNEL_ID")
     cmd.add_argument("--user", required=True, help="the user id the command is run as")
     cmd.add_argument("text", nargs="+", help='the command, e.g. "subscribe diffusion"')
+    fill = sub.add_parser("backfill", help="store the past N days of listings (for search and estimates; nothing is posted)")
+    fill.add_argument("--days", type=int, required=True, help="how many days back, 1 to 90")
+    export = sub.add_parser("export", help="print every channel's settings and subscriptions as TOML")
+    export.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    load = sub.add_parser("import", help="load an export: adds missing subscriptions, updates settings")
+    load.add_argument("file", metavar="FILE")
     return parser
 
 
@@ -80,7 +90,72 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_command(config, CommandRequest(channel, args.user, " ".join(args.text))))
     if args.action == "poll":
         return asyncio.run(_poll(config))
+    if args.action == "backfill":
+        if not 1 <= args.days <= 90:
+            print("papers-bot: --days must be from 1 to 90", file=sys.stderr)
+            return 2
+        return asyncio.run(_backfill(config, args.days))
+    if args.action == "export":
+        return _export(config, args.output)
+    if args.action == "import":
+        return _import(config, args.file)
     return _run(config)
+
+
+async def _backfill(config: Config, days: int) -> int:
+    from .admin import backfill
+
+    store = Store(config.storage_path)
+    try:
+        async with make_client(config.http_timeout) as client:
+            now = utcnow()
+            stored = await backfill(
+                store, client, days=days, today=now.date(), now=now,
+                hf_base_url=config.huggingface.base_url if config.huggingface.enabled else None,
+                arxiv_api_url=config.arxiv.api_url if config.arxiv.enabled else None,
+                categories=config.arxiv.categories, max_bytes=config.max_response_bytes,
+            )
+    finally:
+        store.close()
+    print(f"backfill: stored {stored['huggingface']} new papers from Hugging Face and {stored['arxiv']} from arXiv")
+    return 0
+
+
+def _export(config: Config, output: str | None) -> int:
+    from .admin import export_toml
+
+    store = Store(config.storage_path)
+    try:
+        text = export_toml(store, utcnow())
+    finally:
+        store.close()
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _import(config: Config, path: str) -> int:
+    from .admin import ImportError_, import_toml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        print(f"papers-bot: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    store = Store(config.storage_path)
+    try:
+        report = import_toml(store, text, utcnow())
+    except ImportError_ as exc:
+        print(f"papers-bot: {path}: {exc}; nothing was imported", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(report.line())
+    return 0
 
 
 async def _command(config: Config, request: CommandRequest) -> int:

@@ -63,27 +63,38 @@ class PaperLookup:
         return parse_api_entry(body, paper_id)
 
 
-def parse_api_entry(body: bytes, paper_id: str) -> Paper | None:
-    """The entry for `paper_id` in an arXiv API (Atom) response; None if there is none."""
+def parse_api_feed(body: bytes) -> tuple[list[Paper], int]:
+    """The papers of an arXiv API (Atom) response, and the total the query has."""
     feed = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
     if not feed.version:
         raise SourceError("arxiv", "API response is not an Atom feed")
+    papers = []
     for entry in feed.entries:
         entry_id = str(entry.get("id") or "")
         if "/api/errors" in entry_id:  # arXiv reports errors as a feed with one entry
             raise SourceError("arxiv", f"API error: {clean_text(entry.get('summary'), 200)}", retryable=False)
-        if canonical_arxiv_id(entry_id) != paper_id:
+        paper_id = canonical_arxiv_id(entry_id)
+        title = clean_text(entry.get("title"), 1000)
+        if not paper_id or not title:
+            log.warning("arxiv API: skipped an entry without id or title (%r)", entry_id[:80])
             continue
         published = entry.get("published_parsed")
         when = datetime.fromtimestamp(calendar.timegm(published), timezone.utc) if published else None
-        return Paper(
+        papers.append(Paper(
             id=paper_id,
-            title=clean_text(entry.get("title"), 1000),
+            title=title,
             summary=clean_text(entry.get("summary")),
             authors=tuple(clean_text(a.get("name"), 200) for a in entry.get("authors") or [] if a.get("name")),
             categories=tuple(t["term"] for t in entry.get("tags") or [] if t.get("term")),
             source="arxiv",
             published=when,
             listed_on=when.date() if when else None,
-        )
-    return None
+        ))
+    total = feed.feed.get("opensearch_totalresults")
+    return papers, int(total) if str(total or "").isdigit() else len(papers)
+
+
+def parse_api_entry(body: bytes, paper_id: str) -> Paper | None:
+    """The entry for `paper_id` in an arXiv API (Atom) response; None if there is none."""
+    papers, _total = parse_api_feed(body)
+    return next((p for p in papers if p.id == paper_id), None)

@@ -19,6 +19,10 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         self.path = str(path)
         self.db = open_database(path)
 
+    def transaction(self):
+        """All writes inside happen together or not at all."""
+        return self.db.atomic()
+
     def close(self) -> None:
         self.db.close()
 

@@ -45,6 +45,8 @@ class FakeHTTPServer:
                 path = self.path.split("?", 1)[0]
                 fake.requests.append((path, self.path, dict(self.headers)))
                 queue = fake.routes.get(path)
+                if callable(queue):  # a function of the full request path
+                    queue = [queue(self.path)]
                 if not queue:
                     canned = Canned(404, b'{"error":"Not Found"}')
                 else:
@@ -76,6 +78,10 @@ class FakeHTTPServer:
 
     def route(self, path: str, *responses: Canned) -> None:
         self.routes[path] = list(responses)
+
+    def route_fn(self, path: str, answer) -> None:
+        """Answer `path` with `answer(full_path_with_query) -> Canned`."""
+        self.routes[path] = answer
 
     def paths(self) -> list[str]:
         return [r[0] for r in self.requests]

@@ -106,3 +106,15 @@ def test_tokens_never_reach_the_log(caplog):
     finally:
         logger.removeHandler(handler)
     assert token not in stream.getvalue() and "[redacted]" in stream.getvalue()
+
+
+async def test_a_backfill_is_posted_as_part_of_the_command(tmp_path, server):
+    server.route("/api/daily_papers", hf_json())
+    out = io.StringIO()
+    app = make_app(tmp_path, server, out=out)
+    await app.poll_once()  # history, stored before any subscription: nothing posted
+    assert out.getvalue() == ""
+    reply = await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "subscribe diffusion --backfill 5"))
+    assert reply.queued == 2 and "Backfill: posting 2 recent matches now." in reply.text
+    assert out.getvalue().count("[console:ml]") == 2
+    await app.aclose()

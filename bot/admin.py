@@ -1,0 +1,228 @@
+"""Operator tasks: backfill the store with past listings, export and import channel setups."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import tomllib
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from typing import Awaitable, Callable, TextIO
+
+import httpx
+
+from storage import Store
+
+from .digest import parse_time, parse_weekday, zone
+from .errors import QueryError, SourceError
+from .models import DIGEST_MODES, ChannelRef, ChannelSettings, Paper
+from .query import normalize_query
+from .sources.base import get_bytes
+from .sources.huggingface import parse_daily_papers
+from .lookup import parse_api_feed
+
+log = logging.getLogger(__name__)
+
+ARXIV_DELAY = 3.0  # seconds between arXiv API requests (arXiv's terms of use)
+ARXIV_PAGE = 200
+ARXIV_LAG_DAYS = 3  # newer submissions may not be announced yet: the poller brings those
+
+
+# ---- backfill --------------------------------------------------------------------------
+
+class Progress:
+    """A one-line progress bar on a terminal, plain lines elsewhere."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, width: int = 24):
+        self.total, self.done, self.width = max(total, 1), 0, width
+        self.stream = stream or sys.stderr
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        filled = self.width * self.done // self.total
+        bar = "#" * filled + "-" * (self.width - filled)
+        end = "\r" if self.stream.isatty() and self.done < self.total else "\n"
+        self.stream.write(f"backfill [{bar}] {self.done}/{self.total} {label}{end}")
+        self.stream.flush()
+
+
+async def backfill(
+    store: Store,
+    client: httpx.AsyncClient,
+    *,
+    days: int,
+    today: date,
+    now: datetime,
+    hf_base_url: str | None,
+    arxiv_api_url: str | None,
+    categories: tuple[str, ...] = (),
+    progress: Progress | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    max_bytes: int = 20 * 1024 * 1024,
+) -> dict[str, int]:
+    """Store the listings of the `days` days before `today`. Nothing is posted.
+
+    Hugging Face: one daily list per day. arXiv: API pages of the configured categories by
+    submission date, ending a few days back (newer papers are the poller's). Returns the
+    number of newly stored papers per source.
+    """
+    hf_days = [today - timedelta(days=n) for n in range(days, 0, -1)] if hf_base_url else []
+    arxiv_days = [today - timedelta(days=n) for n in range(days, ARXIV_LAG_DAYS - 1, -1)] if arxiv_api_url else []
+    progress = progress or Progress(len(hf_days) + len(arxiv_days))
+    stored = {"huggingface": 0, "arxiv": 0}
+    for day in hf_days:
+        label = f"huggingface {day}"
+        try:
+            body = await get_bytes(client, "huggingface", f"{hf_base_url}/api/daily_papers",
+                                   params={"date": day.isoformat(), "limit": 100}, max_bytes=max_bytes)
+            papers = parse_daily_papers(body)
+        except SourceError as exc:
+            progress.step(f"{label}: failed ({exc.reason})")
+            continue
+        stored["huggingface"] += _store(store, papers, now)
+        progress.step(f"{label}: {len(papers)} listed")
+    for i, day in enumerate(arxiv_days):
+        label = f"arxiv {day}"
+        if i:
+            await sleep(ARXIV_DELAY)
+        try:
+            papers = await _arxiv_day(client, arxiv_api_url, categories, day, sleep, max_bytes)
+        except SourceError as exc:
+            progress.step(f"{label}: failed ({exc.reason})")
+            continue
+        stored["arxiv"] += _store(store, papers, now)
+        progress.step(f"{label}: {len(papers)} submitted")
+    return stored
+
+
+def _store(store: Store, papers: list[Paper], now: datetime) -> int:
+    # History is stored as listed but never matched: subscriptions only get what comes next.
+    return len(store.add_papers(papers, now))
+
+
+async def _arxiv_day(client, api_url, categories, day, sleep, max_bytes) -> list[Paper]:
+    stamp = day.strftime("%Y%m%d")
+    query = "(" + " OR ".join(f"cat:{c}" for c in categories) + f") AND submittedDate:[{stamp}0000 TO {stamp}2359]"
+    papers: list[Paper] = []
+    start = 0
+    while True:
+        params = {"search_query": query, "start": start, "max_results": ARXIV_PAGE,
+                  "sortBy": "submittedDate", "sortOrder": "ascending"}
+        body = await get_bytes(client, "arxiv", api_url, params=params, max_bytes=max_bytes)
+        page, total = parse_api_feed(body)
+        papers += page
+        start += ARXIV_PAGE
+        if not page or start >= total:
+            return papers
+        await sleep(ARXIV_DELAY)
+
+
+# ---- export / import ---------------------------------------------------------------------
+
+def _toml_string(text: str) -> str:
+    # A JSON string is a valid TOML basic string: same quotes, and every escape JSON
+    # emits (\" \\ \n \t \uXXXX ...) is one TOML accepts.
+    return json.dumps(text)
+
+
+def export_toml(store: Store, now: datetime) -> str:
+    """Every channel's settings and subscriptions, as TOML a lab can keep in git."""
+    settings = {s.channel: s for s in store.all_channel_settings()}
+    subs: dict[ChannelRef, list[str]] = {}
+    for sub in store.subscriptions():
+        subs.setdefault(sub.channel, []).append(sub.query)
+    lines = [f"# papers-bot channels and subscriptions, exported {now.isoformat(timespec='seconds')}",
+             "# Load with: papers-bot import FILE (adds what is missing, updates settings)."]
+    for channel in sorted(set(settings) | set(subs), key=lambda c: c.key):
+        s = settings.get(channel, ChannelSettings(channel))
+        lines += ["", "[[channel]]", f"channel = {_toml_string(channel.key)}", f"mode = {_toml_string(s.mode)}",
+                  f"digest_time = {_toml_string(s.digest_time)}", f"digest_day = {_toml_string(s.digest_day)}",
+                  f"timezone = {_toml_string(s.timezone)}", f"paused = {'true' if s.paused else 'false'}",
+                  "subscriptions = ["]
+        lines += [f"    {_toml_string(q)}," for q in subs.get(channel, [])]
+        lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+class ImportError_(ValueError):
+    """A problem in an import file, naming the entry."""
+
+
+@dataclass
+class ImportReport:
+    channels: int = 0
+    added: int = 0
+    present: int = 0
+
+    def line(self) -> str:
+        return (f"imported {self.channels} channel{'s' if self.channels != 1 else ''}: "
+                f"{self.added} subscriptions added, {self.present} already present")
+
+
+_FIELDS = {"channel", "mode", "digest_time", "digest_day", "timezone", "paused", "subscriptions"}
+
+
+def import_toml(store: Store, text: str, now: datetime) -> ImportReport:
+    """Apply an export: all or nothing, and running it twice changes nothing more."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ImportError_(f"not valid TOML: {exc}") from None
+    unknown = set(data) - {"channel"}
+    if unknown:
+        raise ImportError_(f"unknown top-level key {sorted(unknown)[0]!r} (expected [[channel]] tables)")
+    planned = [_check_entry(i, entry) for i, entry in enumerate(data.get("channel", []), start=1)]
+    report = ImportReport(channels=len(planned))
+    with store.transaction():
+        for settings, queries in planned:
+            current = store.channel_settings(settings.channel)
+            if current.mode == settings.mode and current.last_digest_at:
+                settings = replace(settings, last_digest_at=current.last_digest_at)
+            else:
+                settings = replace(settings, last_digest_at=now)  # no digest for the past
+            store.save_channel_settings(settings, now)
+            for query in queries:
+                _, created = store.add_subscription(settings.channel, query, "import", now)
+                report.added += created
+                report.present += not created
+    return report
+
+
+def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str]]:
+    where = f"channel entry {index}"
+    if not isinstance(entry, dict):
+        raise ImportError_(f"{where} is not a table")
+    extra = set(entry) - _FIELDS
+    if extra:
+        raise ImportError_(f"{where}: unknown key {sorted(extra)[0]!r}")
+    try:
+        channel = ChannelRef.parse(str(entry.get("channel", "")))
+    except ValueError as exc:
+        raise ImportError_(f"{where}: {exc}") from None
+    where = f"channel {channel.key}"
+    mode = entry.get("mode", "instant")
+    time = parse_time(str(entry.get("digest_time", "09:00")))
+    day = parse_weekday(str(entry.get("digest_day", "mon")))
+    tz = str(entry.get("timezone", "UTC"))
+    paused = entry.get("paused", False)
+    if mode not in DIGEST_MODES:
+        raise ImportError_(f"{where}: mode must be one of {', '.join(DIGEST_MODES)}")
+    if time is None or day is None:
+        raise ImportError_(f"{where}: digest_time must be HH:MM and digest_day a weekday")
+    if zone(tz) is None:
+        raise ImportError_(f"{where}: unknown time zone {tz!r}")
+    if not isinstance(paused, bool):
+        raise ImportError_(f"{where}: paused must be true or false")
+    queries = entry.get("subscriptions", [])
+    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+        raise ImportError_(f"{where}: subscriptions must be a list of strings")
+    normalized = []
+    for query in queries:
+        try:
+            normalized.append(normalize_query(query))
+        except QueryError as exc:
+            raise ImportError_(f"{where}: subscription {query[:60]!r}: {exc}") from None
+    settings = ChannelSettings(channel, mode=mode, digest_time=time, digest_day=day, timezone=tz, paused=paused)
+    return settings, normalized

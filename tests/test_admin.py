@@ -1,0 +1,166 @@
+"""Operator tasks: backfill, export, import."""
+
+import io
+import json
+from datetime import date, datetime, timezone
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+import bot.admin as admin
+from bot.admin import ImportError_, Progress, backfill, export_toml, import_toml
+from bot.cli import main
+from bot.models import ChannelRef, ChannelSettings
+from bot.query import normalize_query
+from bot.sources import make_client
+from storage import Store
+
+from .fakes import Canned, fixture
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+TODAY = NOW.date()
+
+
+def hf_for_day(path):
+    """The real 2024-10-25 list for one day, an empty weekend list for another, 400 for a third."""
+    day = parse_qs(urlsplit(path).query)["date"][0]
+    if day == "2026-11-27":
+        return Canned(body=fixture("hf_daily_papers_2024-10-25.json"))
+    if day == "2026-11-26":
+        return Canned(status=400, body=b'{"error":"Invalid date"}')
+    return Canned(body=b"[]")
+
+
+def arxiv_page(path):
+    """Synthetic arXiv API pages (documented Atom shape) of 3 results, 2 per page."""
+    query = parse_qs(urlsplit(path).query)
+    start = int(query["start"][0])
+    ids = ["2611.00001", "2611.00002", "2611.00003"][start:start + int(query["max_results"][0])]
+    entries = "".join(
+        f"<entry><id>http://arxiv.org/abs/{i}v1</id><title>Synthetic backfilled paper {i}</title>"
+        f"<summary>Synthetic abstract about diffusion.</summary><published>2026-11-20T10:00:00Z</published>"
+        f"<author><name>Ada Example</name></author><category term='cs.LG'/></entry>"
+        for i in ids
+    )
+    return Canned(body=(
+        '<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom" '
+        'xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/"><title>q</title>'
+        f"<opensearch:totalResults>3</opensearch:totalResults>{entries}</feed>").encode())
+
+
+async def test_backfill_stores_past_days_and_posts_nothing(store, server, monkeypatch):
+    monkeypatch.setattr(admin, "ARXIV_PAGE", 2)
+    server.route_fn("/api/daily_papers", hf_for_day)
+    server.route_fn("/api/query", arxiv_page)
+    store.add_subscription(ChannelRef("console", "ml"), "diffusion", "u1", NOW)
+    out = io.StringIO()
+    sleeps = []
+
+    async def fake_sleep(seconds):
+        sleeps.append(seconds)
+
+    async with make_client(2.0) as client:
+        stored = await backfill(store, client, days=4, today=TODAY, now=NOW, hf_base_url=server.url,
+                                arxiv_api_url=f"{server.url}/api/query", categories=("cs.LG", "cs.CL"),
+                                progress=Progress(6, out), sleep=fake_sleep)
+    assert stored == {"huggingface": 6, "arxiv": 3}
+    assert store.count_pending() == 0  # history is never posted
+    hf_days = [parse_qs(urlsplit(raw).query)["date"][0] for path, raw, _ in server.requests if path == "/api/daily_papers"]
+    assert hf_days == ["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"]  # not today: the poller's
+    arxiv_queries = [parse_qs(urlsplit(raw).query) for path, raw, _ in server.requests if path == "/api/query"]
+    # Two days (4 and 3 days back), two pages each; never newer than three days.
+    assert [q["start"][0] for q in arxiv_queries] == ["0", "2", "0", "2"]
+    assert arxiv_queries[0]["search_query"][0] == "(cat:cs.LG OR cat:cs.CL) AND submittedDate:[202611240000 TO 202611242359]"
+    assert sleeps == [3.0, 3.0, 3.0]  # one arXiv request every 3 seconds
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "backfill [####--------------------] 1/6 huggingface 2026-11-24: 0 listed"
+    assert "huggingface 2026-11-26: failed (HTTP 400 from http://127.0.0.1" in lines[2]
+    assert lines[-1].startswith("backfill [########################] 6/6 arxiv 2026-11-25: 3 submitted")
+
+
+@pytest.fixture
+def setup(store):
+    ml, bots = ChannelRef("console", "ml"), ChannelRef("slack", "C123")
+    for channel, query in ((ml, "diffusion"), (ml, '"large language model" -video'), (bots, 'author:"Yann LeCun"')):
+        store.add_subscription(channel, normalize_query(query), "u1", NOW)
+    store.save_channel_settings(ChannelSettings(bots, mode="weekly", digest_day="fri", digest_time="16:00",
+                                                timezone="Europe/Berlin", paused=True), NOW)
+    return store
+
+
+def test_export_then_import_into_an_empty_store_is_the_same(setup, tmp_path):
+    text = export_toml(setup, NOW)
+    assert '[[channel]]\nchannel = "slack:C123"\nmode = "weekly"' in text
+    assert '    "\\"large language model\\" -video",' in text
+    fresh = Store(tmp_path / "fresh.db")
+    report = import_toml(fresh, text, NOW)
+    assert report.line() == "imported 2 channels: 3 subscriptions added, 0 already present"
+    assert [(s.channel.key, s.query) for s in fresh.subscriptions()] == [(s.channel.key, s.query) for s in setup.subscriptions()]
+    settings = fresh.channel_settings(ChannelRef("slack", "C123"))
+    assert (settings.mode, settings.digest_day, settings.digest_time, settings.timezone, settings.paused) == (
+        "weekly", "fri", "16:00", "Europe/Berlin", True)
+    assert export_toml(fresh, NOW) == text
+    again = import_toml(fresh, text, NOW)  # idempotent
+    assert (again.added, again.present) == (0, 3) and len(fresh.subscriptions()) == 3
+    fresh.close()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[[channel]\n", "not valid TOML"),
+        ('version = 2\n', "unknown top-level key 'version'"),
+        ('[[channel]]\nchannel = "irc:x"\n', "channel entry 1: bad channel 'irc:x'"),
+        ('[[channel]]\nchannel = "console:a"\ncolour = "red"\n', "channel entry 1: unknown key 'colour'"),
+        ('[[channel]]\nchannel = "console:a"\nmode = "hourly"\n', "channel console:a: mode must be one of"),
+        ('[[channel]]\nchannel = "console:a"\ntimezone = "Mars/Base"\n', "unknown time zone 'Mars/Base'"),
+        ('[[channel]]\nchannel = "console:a"\ndigest_time = "25:00"\n', "digest_time must be HH:MM"),
+        ('[[channel]]\nchannel = "console:a"\npaused = "no"\n', "paused must be true or false"),
+        ('[[channel]]\nchannel = "console:a"\nsubscriptions = "diffusion"\n', "must be a list of strings"),
+        ('[[channel]]\nchannel = "console:a"\nsubscriptions = ["ok", "(broken"]\n', "subscription '(broken': unclosed ("),
+    ],
+)
+def test_bad_imports_name_the_entry_and_write_nothing(store, text, message):
+    good = '[[channel]]\nchannel = "console:first"\nsubscriptions = ["diffusion"]\n\n'
+    with pytest.raises(ImportError_) as err:
+        import_toml(store, good + text if text.startswith("[[channel]]\n") else text, NOW)
+    assert message in str(err.value).replace("channel entry 2", "channel entry 1")
+    assert store.subscriptions() == [] and store.all_channel_settings() == []
+
+
+def test_cli_export_and_import(tmp_path, capsys):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "a.db"}"\n')
+    assert main(["--config", str(config), "command", "--channel", "console:ml", "--user", "u", "subscribe diffusion"]) == 0
+    exported = tmp_path / "subs.toml"
+    assert main(["--config", str(config), "export", "--output", str(exported)]) == 0
+    other = tmp_path / "other.toml"
+    other.write_text(f'[storage]\npath = "{tmp_path / "b.db"}"\n')
+    capsys.readouterr()
+    assert main(["--config", str(other), "import", str(exported)]) == 0
+    assert capsys.readouterr().out.strip() == "imported 1 channel: 1 subscriptions added, 0 already present"
+    assert main(["--config", str(other), "export"]) == 0
+    assert 'channel = "console:ml"' in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[channel]]\nchannel = "nope"\n')
+    assert main(["--config", str(other), "import", str(bad)]) == 1
+    assert "nothing was imported" in capsys.readouterr().err
+    assert main(["--config", str(other), "import", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_cli_backfill_checks_days(tmp_path, capsys):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "a.db"}"\n')
+    assert main(["--config", str(config), "backfill", "--days", "0"]) == 2
+    assert "--days must be from 1 to 90" in capsys.readouterr().err
+
+
+def test_cli_backfill_runs_against_the_configured_sources(tmp_path, capsys, server):
+    server.route_fn("/api/daily_papers", hf_for_day)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "a.db"}"\n[sources.huggingface]\nbase_url = "{server.url}"\n'
+                      "[sources.arxiv]\nenabled = false\n")
+    assert main(["--config", str(config), "backfill", "--days", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "backfill: stored 6 new papers from Hugging Face and 0 from arXiv" in captured.out
+    assert "2/2" in captured.err
