@@ -11,6 +11,8 @@ from bot.models import Paper
 
 from .db import iso, parse_day, parse_iso
 
+SEARCH_WINDOW = 5000
+
 # Fields a later listing may fill in (Hugging Face adds these to a paper arXiv announced).
 _ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary", "organization")
 
@@ -75,16 +77,26 @@ class PapersMixin:
             [iso(since), limit],
         )
 
-    def search_papers(self, words: list[str], limit: int) -> list[Paper]:
-        """Full-text search (FTS5, bm25 ranking): papers containing every word, else any word."""
+    def search_papers(self, words: list[str], limit: int, window: int = SEARCH_WINDOW) -> list[Paper]:
+        """Full-text search (FTS5, bm25): papers with every word, else any word.
+
+        Ranking scores every match, so for frequent words only the `window` most recent
+        matches are ranked (FTS5 walks its doclists by rowid cheaply; rowids grow with
+        time). That keeps a search fast at a million papers and favours new work.
+        """
         if not words:
             return []
         quoted = [f'"{w}"' for w in words]  # quoted: user text is never FTS5 syntax
         for expression in (" ".join(quoted), " OR ".join(quoted)):
             found = self._papers(
-                """SELECT papers.* FROM papers_fts JOIN papers ON papers.rowid = papers_fts.rowid
-                    WHERE papers_fts MATCH ? ORDER BY papers_fts.rank LIMIT ?""",
-                [expression, limit],
+                """SELECT papers.* FROM (
+                       SELECT rowid, rank FROM papers_fts
+                        WHERE papers_fts MATCH :q AND rowid >= coalesce(
+                            (SELECT rowid FROM papers_fts WHERE papers_fts MATCH :q
+                              ORDER BY rowid DESC LIMIT 1 OFFSET :window), 0)
+                        ORDER BY rank LIMIT :limit) AS hits
+                   JOIN papers ON papers.rowid = hits.rowid ORDER BY hits.rank""",
+                {"q": expression, "window": window - 1, "limit": limit},
             )
             if found or len(words) == 1:
                 return found
@@ -97,7 +109,7 @@ class PapersMixin:
             [since.isoformat(), limit],
         )
 
-    def _papers(self, sql: str, params: list) -> list[Paper]:
+    def _papers(self, sql: str, params: list | dict) -> list[Paper]:
         cursor = self.db.execute(sql, params)
         columns = [d[0] for d in cursor.description]
         return [_paper(dict(zip(columns, row))) for row in cursor]

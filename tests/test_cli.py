@@ -170,3 +170,24 @@ def test_run_without_network_says_so_keeps_running_and_stops_on_ctrl_c(tmp_path)
     assert f"arxiv: cannot reach http://127.0.0.1:{port}" in err
     assert "retrying in" in err and "stopped" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "text, expected, code",
+    [
+        ("preview diffusion", "`diffusion`: No papers were stored in the last 30 days", 0),
+        ("search diffusion", "No stored paper matches `diffusion`.", 0),
+        ("trending", "No Hugging Face papers with upvotes were listed since", 0),
+        ("digest daily 08:30", "This channel now gets a daily digest at 08:30 (UTC).", 0),
+        ("timezone Asia/Tokyo", "Time zone set to Asia/Tokyo", 0),
+        ("pause", "Paused.", 0),
+        ("resume", "This channel is not paused.", 0),
+        ("status", "Sources:\n• huggingface: last success never", 0),
+        ("unsubscribe all", "This channel has no subscriptions to remove.", 0),
+        ("show nope", "`nope` is not an arXiv id", 1),
+        ("digest hourly", "Say `off`, `daily HH:MM` or `weekly DAY HH:MM`.", 1),
+    ],
+)
+def test_every_command_runs_through_the_cli(capsys, config_file, text, expected, code):
+    got, out, _ = cli(capsys, "--config", config_file, "command", "--channel", "console:ml", "--user", "u1", text)
+    assert got == code and expected in out

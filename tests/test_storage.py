@@ -132,3 +132,14 @@ def test_source_state_counts_consecutive_failures(store):
     state = store.source_state("arxiv")
     assert state["consecutive_failures"] == 0 and state["last_count"] == 42
     assert state["last_error"] == "HTTP 503" and state["last_success"] == T0 + timedelta(minutes=5)
+
+
+def test_search_ranks_within_the_most_recent_matches(store):
+    for i in range(1, 8):
+        store.add_papers([paper(f"2410.0000{i}", f"Diffusion study {i}", "diffusion " * (8 - i))], T0 + timedelta(minutes=i))
+    everything = store.search_papers(["diffusion"], 3)
+    assert [p.id for p in everything] == ["2410.00001", "2410.00002", "2410.00003"]  # most mentions rank first
+    recent = store.search_papers(["diffusion"], 3, window=4)  # only the 4 newest are ranked
+    assert [p.id for p in recent] == ["2410.00004", "2410.00005", "2410.00006"]
+    assert store.search_papers(["diffusion", "nowhere"], 3)[0].id == "2410.00001"  # falls back to any word
+    assert store.search_papers([], 3) == []

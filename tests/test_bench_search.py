@@ -1,0 +1,16 @@
+"""The search benchmark runs at a small size and reports its figures."""
+
+import json
+
+from bench.search import main
+
+
+def test_small_search_benchmark(tmp_path, capsys):
+    figures = main(["--papers", "1500", "--queries", "30", "--words", "40", "--dir", str(tmp_path)])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
+    assert figures["papers"] == 1500
+    assert figures["search_with_results"] > 0 and figures["show_with_results"] == 30
+    for key in ("search_p50_ms", "search_p95_ms", "common_search_p95_ms", "show_p50_ms", "show_p95_ms"):
+        assert figures[key] >= 0
+    again = main(["--papers", "1500", "--queries", "30", "--words", "40", "--dir", str(tmp_path)])
+    assert again["papers"] == 1500  # the store is reused, not filled twice
