@@ -48,7 +48,8 @@ class App:
             self.sources.append(
                 ArxivSource(self.http, config.arxiv.base_url, config.arxiv.categories, config.max_response_bytes)
             )
-        self.adapters: dict[str, Adapter] = adapters if adapters is not None else {"console": ConsoleAdapter(stdout)}
+        self.adapters: dict[str, Adapter] = adapters if adapters is not None else self._default_adapters(stdout)
+        self._frontends: list = []  # things to stop: the Slack HTTP server or socket
         self.poller = Poller(self.store, clock)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock)
         self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url, config.max_response_bytes)
@@ -56,6 +57,33 @@ class App:
         released = self.store.release_unfinished()
         if released:
             log.warning("%d deliveries were interrupted mid-send last time; they will be sent again", released)
+
+    def _default_adapters(self, stdout: TextIO | None) -> dict[str, Adapter]:
+        adapters: dict[str, Adapter] = {"console": ConsoleAdapter(stdout)}
+        token = self.config.secrets.get("SLACK_BOT_TOKEN")
+        if token:
+            from .adapters.slack_adapter import SlackAdapter, make_web_client
+
+            adapters["slack"] = SlackAdapter(make_web_client(token, self.config.slack.api_url))
+        return adapters
+
+    async def start_frontends(self) -> None:
+        """Connect the chat front-ends that have their tokens (only `run` does this)."""
+        slack = self.adapters.get("slack")
+        if slack is not None and hasattr(slack, "client"):
+            from .adapters.slack_adapter import start_slack
+
+            frontend = await start_slack(slack.client, self.config, self.handle_command)
+            if frontend is not None:
+                self._frontends.append(frontend)
+
+    async def stop_frontends(self) -> None:
+        for frontend in self._frontends:
+            try:
+                await frontend.close()
+            except Exception:  # shutting down: report, keep going
+                log.exception("stopping a front-end failed")
+        self._frontends.clear()
 
     def interval(self, source: Source) -> float:
         cfg = self.config.huggingface if source.name == "huggingface" else self.config.arxiv
@@ -88,8 +116,11 @@ class App:
 
     async def run(self, stop: asyncio.Event, tick: float = 1.0) -> None:
         """Poll each source on its interval and deliver, until `stop` is set."""
-        runner = _Runner(self)
-        await runner.run(stop, tick)
+        await self.start_frontends()
+        try:
+            await _Runner(self).run(stop, tick)
+        finally:
+            await self.stop_frontends()
 
 
 class _Runner:

@@ -32,7 +32,7 @@ def short_authors(authors: tuple[str, ...]) -> str:
     return shorten(shown, AUTHORS_MAX)
 
 
-def card_for(paper: Paper, reason: str | None = None) -> Card:
+def card_for(paper: Paper, reason: str | None = None, subscriptions: tuple[tuple[int, str], ...] = ()) -> Card:
     """The card for `paper`; `reason` says why a channel gets it (None for lookups)."""
     links = [Link("arXiv", paper.abs_url), Link("PDF", paper.pdf_url)]
     if paper.upvotes is not None or paper.thumbnail or paper.ai_summary:
@@ -53,4 +53,5 @@ def card_for(paper: Paper, reason: str | None = None) -> Card:
         reason=shorten(reason, REASON_MAX) if reason else None,
         thumbnail=paper.thumbnail,
         source=paper.source,
+        subscriptions=subscriptions,
     )

@@ -68,6 +68,13 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
         "max_subscriptions_per_channel": (int, 50, _positive),
         "commands_per_minute": (int, 20, _positive),
     },
+    "slack": {
+        "mode": (str, "socket", lambda v: None if v in ("socket", "http") else 'must be "socket" or "http"'),
+        "port": (int, 3000, lambda v: None if 1 <= v <= 65535 else "must be a port number"),
+        "api_url": (str, "https://slack.com/api/", _url),
+        "command": (str, "/papers", lambda v: None if re.match(r"^/[a-z0-9_-]{1,31}$", v) else "must look like /papers"),
+        "admins": (list, [], lambda v: None if all(isinstance(u, str) and u for u in v) else "must list Slack user ids"),
+    },
     "logging": {
         "level": (str, "INFO", _level),
     },
@@ -104,6 +111,15 @@ class Secrets:
 
 
 @dataclass(frozen=True)
+class SlackConfig:
+    mode: str = "socket"
+    port: int = 3000
+    api_url: str = "https://slack.com/api/"
+    command: str = "/papers"
+    admins: tuple[str, ...] = ()  # who may change channels; empty: everyone
+
+
+@dataclass(frozen=True)
 class Config:
     storage_path: str
     huggingface: SourceConfig
@@ -115,6 +131,7 @@ class Config:
     log_level: str
     secrets: Secrets = field(default_factory=Secrets)
     source_file: str | None = None
+    slack: SlackConfig = field(default_factory=SlackConfig)
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, dict]:
@@ -176,6 +193,14 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
         log_level=values["logging"]["level"].upper(),
         secrets=secrets if secrets is not None else Secrets.from_env(),
         source_file=source_file,
+        slack=SlackConfig(
+            mode=values["slack"]["mode"],
+            port=values["slack"]["port"],
+            # WebClient joins base_url and the method name: the trailing slash matters.
+            api_url=values["slack"]["api_url"].rstrip("/") + "/",
+            command=values["slack"]["command"],
+            admins=tuple(values["slack"]["admins"]),
+        ),
     )
 
 

@@ -113,7 +113,8 @@ class Dispatcher:
         if paper is None:
             return PostResult(ok=False, error="paper missing from storage", retryable=False)
         try:
-            return await adapter.post(delivery.channel, card_for(paper, delivery.reason))
+            card = card_for(paper, delivery.reason, self.store.delivery_subscriptions(delivery.id))
+            return await adapter.post(delivery.channel, card)
         except Exception as exc:  # an adapter bug must not stop the other deliveries
             log.exception("posting %s to %s raised", delivery.paper_id, delivery.channel)
             return PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
@@ -126,8 +127,20 @@ class Dispatcher:
             log.info("posted %s to %s", delivery.paper_id, delivery.channel)
             return
         attempts = delivery.attempts + 1
+        if result.channel_gone:
+            # Retrying cannot help until someone re-invites the bot: keep the paper, pause
+            # the channel, and say why in /papers status.
+            settings = self.store.channel_settings(delivery.channel)
+            self.store.save_channel_settings(replace(settings, paused=True, paused_reason=result.error), now)
+            self.store.mark_failed(delivery.id, result.error or "channel gone", now)
+            report.failed += 1
+            log.error("paused %s: the platform says %s", delivery.channel, result.error)
+            return
         if result.retryable and attempts < MAX_ATTEMPTS:
-            self.store.mark_failed(delivery.id, result.error or "unknown error", now + retry_delay(attempts))
+            delay = retry_delay(attempts)
+            if result.retry_after:
+                delay = max(delay, timedelta(seconds=result.retry_after))
+            self.store.mark_failed(delivery.id, result.error or "unknown error", now + delay)
             report.retrying += 1
             log.warning("posting %s to %s failed (%s); will retry", delivery.paper_id, delivery.channel, result.error)
         else:

@@ -114,9 +114,10 @@ class Card:
     body: str
     links: tuple[Link, ...] = ()
     upvotes: int | None = None
-    reason: str | None = None  # why it matched, e.g. 'matched "diffusion"'
+    reason: str | None = None  # why it matched, e.g. '#1 `diffusion`: diffusion in title'
     thumbnail: str | None = None
     source: str = ""
+    subscriptions: tuple[tuple[int, str], ...] = ()  # (id, query) of the subscriptions it answers
 
 
 DIGEST_MODES = ("instant", "daily", "weekly")
@@ -133,6 +134,7 @@ class ChannelSettings:
     digest_day: str = "mon"  # for weekly digests
     timezone: str = "UTC"
     paused: bool = False
+    paused_reason: str | None = None  # set when the platform refused the channel
     last_digest_at: datetime | None = None  # when the previous digest went out (or was due)
     updated_at: datetime | None = None
 
@@ -143,7 +145,9 @@ class ChannelSettings:
             text = f"a weekly digest on {self.digest_day.title()} at {self.digest_time} ({self.timezone})"
         else:
             text = f"instant cards (time zone {self.timezone})"
-        return text + (", paused" if self.paused else "")
+        if self.paused:
+            text += f", paused ({self.paused_reason})" if self.paused_reason else ", paused"
+        return text
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,8 @@ class PostResult:
     message_id: str | None = None
     error: str | None = None
     retryable: bool = False
+    retry_after: float | None = None  # seconds the platform asked us to wait (HTTP 429)
+    channel_gone: bool = False  # archived, deleted, or the bot was removed: pause the channel
 
 
 @dataclass(frozen=True)

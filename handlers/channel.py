@@ -86,7 +86,7 @@ def resume(ctx: Context, req: CommandRequest, args: str) -> Reply:
     settings = ctx.store.channel_settings(req.channel)
     if not settings.paused:
         return Reply("This channel is not paused.")
-    _save(ctx, replace(settings, paused=False))
+    _save(ctx, replace(settings, paused=False, paused_reason=None))
     waiting = ctx.store.count_pending(req.channel)
     how = "in the next digest" if settings.mode != "instant" else "now"
     return Reply(f"Resumed. {waiting} paper{'s' if waiting != 1 else ''} matched while paused will be posted {how}.",

@@ -11,7 +11,7 @@ from bot.models import ChannelRef, ChannelSettings
 
 from .db import iso, parse_iso
 
-_COLUMNS = "channel, mode, digest_time, digest_day, timezone, paused, last_digest_at, updated_at"
+_COLUMNS = "channel, mode, digest_time, digest_day, timezone, paused, last_digest_at, updated_at, paused_reason"
 
 
 class ChannelsMixin:
@@ -24,13 +24,15 @@ class ChannelsMixin:
     def save_channel_settings(self, settings: ChannelSettings, now: datetime) -> ChannelSettings:
         saved = replace(settings, updated_at=now)
         self.db.execute(
-            f"""INSERT INTO channels ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            f"""INSERT INTO channels ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(channel) DO UPDATE SET mode = excluded.mode, digest_time = excluded.digest_time,
                     digest_day = excluded.digest_day, timezone = excluded.timezone, paused = excluded.paused,
-                    last_digest_at = excluded.last_digest_at, updated_at = excluded.updated_at""",
+                    last_digest_at = excluded.last_digest_at, updated_at = excluded.updated_at,
+                    paused_reason = excluded.paused_reason""",
             [
                 saved.channel.key, saved.mode, saved.digest_time, saved.digest_day, saved.timezone,
                 int(saved.paused), iso(saved.last_digest_at) if saved.last_digest_at else None, iso(now),
+                saved.paused_reason if saved.paused else None,
             ],
         )
         return saved
@@ -54,4 +56,5 @@ def _settings(row) -> ChannelSettings:
         paused=bool(row[5]),
         last_digest_at=parse_iso(row[6]),
         updated_at=parse_iso(row[7]),
+        paused_reason=row[8],
     )

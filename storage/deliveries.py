@@ -102,6 +102,15 @@ class DeliveriesMixin:
                 [error[:500], iso(retry_at), delivery_id],
             )
 
+    def delivery_subscriptions(self, delivery_id: int) -> tuple[tuple[int, str], ...]:
+        """(id, query) of the subscriptions a delivery answers that still exist."""
+        rows = self.db.execute(
+            """SELECT s.id, s.query FROM delivery_matches m JOIN subscriptions s ON s.id = m.subscription_id
+                WHERE m.delivery_id = ? ORDER BY s.id""",
+            [delivery_id],
+        ).fetchall()
+        return tuple((row[0], row[1]) for row in rows)
+
     def release_unfinished(self) -> int:
         """After a crash, deliveries left 'sending' go back to pending (sent at least once)."""
         return self.db.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'sending'").rowcount

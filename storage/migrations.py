@@ -106,3 +106,9 @@ def m003_channels_and_lookups(db: Database) -> None:
         CREATE INDEX deliveries_channel ON deliveries(channel, status);
         """
     )
+
+
+@migrations()
+def m004_channel_paused_reason(db: Database) -> None:
+    # Why the bot paused a channel itself (the platform said it is gone); NULL for /papers pause.
+    db.execute("ALTER TABLE channels ADD COLUMN paused_reason TEXT")

@@ -151,3 +151,81 @@ class RecordingAdapter:
 
 def json_body(data) -> bytes:
     return json.dumps(data).encode()
+
+
+class FakeSlack:
+    """A fake Slack Web API (and response_url endpoint) on 127.0.0.1.
+
+    `POST /api/<method>` answers `{"ok": true, ...}`; `script(method, (status, body, headers), ...)`
+    queues other answers. Every call is recorded as (method, parsed body, headers).
+    """
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict, dict]] = []
+        self.scripts: dict[str, list[tuple[int, dict, dict]]] = {}
+        self.ts = 1000
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length).decode()
+                if "json" in (self.headers.get("Content-Type") or ""):
+                    body = json.loads(raw or "{}")
+                else:
+                    from urllib.parse import parse_qsl
+
+                    body = dict(parse_qsl(raw))
+                method = self.path.split("?")[0].rsplit("/", 1)[-1]
+                fake.calls.append((method, body, dict(self.headers)))
+                status, answer, headers = fake._answer(method, body)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def _answer(self, method: str, body: dict) -> tuple[int, dict, dict]:
+        queue = self.scripts.get(method)
+        if queue:
+            return queue.pop(0)
+        if method == "auth.test":
+            return 200, {"ok": True, "user_id": "UBOT", "bot_id": "BBOT", "team_id": "T1", "user": "papers"}, {}
+        if method == "chat.postMessage":
+            self.ts += 1
+            return 200, {"ok": True, "channel": body.get("channel"), "ts": f"{self.ts}.000100"}, {}
+        return 200, {"ok": True}, {}
+
+    def script(self, method: str, *answers: tuple[int, dict, dict]) -> None:
+        self.scripts[method] = list(answers)
+
+    def called(self, method: str) -> list[dict]:
+        return [body for name, body, _ in self.calls if name == method]
+
+    @property
+    def api_url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/api/"
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> FakeSlack:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

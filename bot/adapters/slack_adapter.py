@@ -1,0 +1,282 @@
+"""Slack: posting cards through the Web API, and /papers, link unfurls and mentions via slack-bolt.
+
+Everything Slack-shaped stays in this module: bodies, events and SDK errors are turned
+into CommandRequest / PostResult here. One AsyncApp runs on the bot's event loop, in
+Socket Mode (the default: no public URL) or behind our own aiohttp endpoint in HTTP mode,
+where every request's signature and timestamp are checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
+
+from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
+from ..sources.ids import canonical_arxiv_id
+from .slack_render import (
+    ACTION_UNSUBSCRIBE,
+    PAPER_EVENT,
+    card_blocks,
+    card_text,
+    digest_blocks,
+    digest_text,
+    reply_blocks,
+)
+
+log = logging.getLogger(__name__)
+
+# Errors after which posting to the channel cannot work until someone acts.
+CHANNEL_GONE = {"channel_not_found", "is_archived", "not_in_channel", "channel_is_archived"}
+# Errors no retry will fix.
+PERMANENT = CHANNEL_GONE | {"invalid_auth", "not_authed", "token_revoked", "account_inactive", "invalid_blocks",
+                            "msg_too_long", "no_text", "restricted_action", "missing_scope"}
+
+CommandHandler = Callable[[CommandRequest], Awaitable[Reply]]
+
+
+class SlackAdapter:
+    """Posts cards and digests to Slack channels, at most one post a second per channel."""
+
+    platform = "slack"
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        *,
+        min_interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
+        self.client = client
+        self.min_interval = min_interval
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self._last_post: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def post(self, channel: ChannelRef, card: Card) -> PostResult:
+        blocks = [block.to_dict() for block in card_blocks(card, card.subscriptions)]
+        return await self._post(channel.channel_id, text=card_text(card), blocks=blocks,
+                                metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_id": card.paper_id}})
+
+    async def post_digest(self, digest: Digest) -> PostResult:
+        blocks = [block.to_dict() for block in digest_blocks(digest)]
+        ids = ",".join(card.paper_id for card in digest.cards)[:2000]
+        return await self._post(digest.channel.channel_id, text=digest_text(digest), blocks=blocks,
+                                metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_ids": ids}})
+
+    async def _post(self, channel_id: str, **message) -> PostResult:
+        lock = self._locks.setdefault(channel_id, asyncio.Lock())
+        async with lock:  # Slack allows about one message a second per channel
+            wait = self._last_post.get(channel_id, -1e9) + self.min_interval - self.monotonic()
+            if wait > 0:
+                await self.sleep(wait)
+            try:
+                response = await self.client.chat_postMessage(
+                    channel=channel_id, unfurl_links=False, unfurl_media=False, **message
+                )
+            except SlackApiError as exc:
+                return failure(exc)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                return PostResult(ok=False, error=f"cannot reach Slack ({type(exc).__name__})", retryable=True)
+            finally:
+                self._last_post[channel_id] = self.monotonic()
+        return PostResult(ok=True, message_id=str(response.get("ts")))
+
+
+def failure(exc: SlackApiError) -> PostResult:
+    """A Slack error as a PostResult: rate limits and outages retry, a gone channel pauses."""
+    response = exc.response
+    status = getattr(response, "status_code", 0)
+    error = str((response.data or {}).get("error") if isinstance(response.data, dict) else "") or f"HTTP {status}"
+    if status == 429 or error == "ratelimited":
+        retry_after = _retry_after(response.headers)
+        return PostResult(ok=False, error="rate limited by Slack", retryable=True, retry_after=retry_after)
+    return PostResult(ok=False, error=error, retryable=error not in PERMANENT, channel_gone=error in CHANNEL_GONE)
+
+
+def _retry_after(headers) -> float:
+    for key, value in (headers or {}).items():
+        if key.lower() == "retry-after":
+            value = value[0] if isinstance(value, list) else value
+            try:
+                return max(float(value), 1.0)
+            except (TypeError, ValueError):
+                break
+    return 1.0
+
+
+# ---- the bolt app: slash command, link unfurls, mentions, overflow actions ---------------
+
+_MENTION = re.compile(r"<@[A-Z0-9]+>")
+_LINK = re.compile(r"<(https?://[^>|]+)(?:\|[^>]*)?>")
+
+
+def build_bolt_app(
+    client: AsyncWebClient,
+    *,
+    signing_secret: str,
+    on_command: CommandHandler,
+    command: str = "/papers",
+    admins: tuple[str, ...] = (),
+) -> AsyncApp:
+    """The AsyncApp with every listener.
+
+    HTTP requests are verified before they reach it (see `start_http`); Socket Mode
+    requests come over Slack's own authenticated socket.
+    """
+    app = AsyncApp(client=client, signing_secret=signing_secret, request_verification_enabled=False,
+                   process_before_response=False)
+
+    def may_manage(user_id: str) -> bool:
+        return not admins or user_id in admins
+
+    @app.command(command)
+    async def slash_command(ack, body, respond):
+        await ack()  # within Slack's 3 seconds; the work happens after
+        request = CommandRequest(ChannelRef("slack", body["channel_id"]), body["user_id"], body.get("text") or "",
+                                 can_manage=may_manage(body["user_id"]))
+        reply = await on_command(request)
+        await respond(text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
+                      response_type="ephemeral", replace_original=False)
+
+    @app.action(ACTION_UNSUBSCRIBE)
+    async def overflow(ack, body, respond):
+        await ack()
+        value = (body.get("actions") or [{}])[0].get("selected_option", {}).get("value", "")
+        if not value.startswith("unsub:"):
+            return
+        user = body["user"]["id"]
+        channel = body.get("channel", {}).get("id") or body.get("container", {}).get("channel_id")
+        request = CommandRequest(ChannelRef("slack", channel), user, f"unsubscribe {value[6:]}", may_manage(user))
+        reply = await on_command(request)
+        await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
+
+    @app.action(re.compile(r"^papers_link_\d+$"))
+    async def link_button(ack):
+        await ack()  # link buttons open the URL in the browser; nothing to do here
+
+    @app.event("link_shared")
+    async def unfurl(event, client):
+        unfurls = {}
+        for link in event.get("links", [])[:5]:
+            paper_id = canonical_arxiv_id(link.get("url", ""))
+            if paper_id is None:
+                continue
+            reply = await on_command(CommandRequest(ChannelRef("slack", event["channel"]), event.get("user", ""),
+                                                    f"show {paper_id}", can_manage=False))
+            if reply.cards:
+                unfurls[link["url"]] = {"blocks": [b.to_dict() for b in card_blocks(reply.cards[0])]}
+        if unfurls:
+            await client.chat_unfurl(channel=event["channel"], ts=event["message_ts"], unfurls=unfurls)
+
+    @app.event("app_mention")
+    async def mention(event, client):
+        text = _MENTION.sub("", event.get("text", "")).strip()
+        text = _LINK.sub(r"\1", text)
+        if canonical_arxiv_id(text.split()[0] if text else "") and not text.lower().startswith(("search", "show")):
+            text = f"show {text.split()[0]}"
+        request = CommandRequest(ChannelRef("slack", event["channel"]), event.get("user", ""), text or "help",
+                                 can_manage=may_manage(event.get("user", "")))
+        reply = await on_command(request)
+        await client.chat_postMessage(channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
+                                      text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
+                                      unfurl_links=False)
+
+    return app
+
+
+class _Clock:
+    """slack_sdk's SignatureVerifier asks a clock object for now()."""
+
+    def __init__(self, now: Callable[[], float]):
+        self._now = now
+
+    def now(self) -> float:
+        return self._now()
+
+
+def make_web_client(token: str, api_url: str) -> AsyncWebClient:
+    # 429s are handled by the dispatcher (retry after Retry-After, nothing blocks the loop);
+    # connection resets get slack_sdk's one quick retry.
+    return AsyncWebClient(token=token, base_url=api_url, timeout=20)
+
+
+class _Frontend:
+    def __init__(self, close: Callable[[], Awaitable[None]]):
+        self.close = close
+
+
+async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler) -> _Frontend | None:
+    """Start the /papers front-end in the configured mode; None (and a clear log line) if it cannot."""
+    slack = config.slack
+    if slack.mode == "http":
+        secret = config.secrets.get("SLACK_SIGNING_SECRET")
+        if not secret:
+            log.error("Slack HTTP mode needs SLACK_SIGNING_SECRET: /papers commands are off, posting still works")
+            return None
+        app = build_bolt_app(client, signing_secret=secret, on_command=on_command, command=slack.command,
+                             admins=slack.admins)
+        runner = await start_http(app, slack.port, signing_secret=secret)
+        log.info("Slack: listening for /papers on port %d at /slack/events", slack.port)
+        return _Frontend(runner.cleanup)
+    app_token = config.secrets.get("SLACK_APP_TOKEN")
+    if not app_token:
+        log.error("Slack Socket Mode needs SLACK_APP_TOKEN (or set [slack] mode = \"http\"): "
+                  "/papers commands are off, posting still works")
+        return None
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    app = build_bolt_app(client, signing_secret=config.secrets.get("SLACK_SIGNING_SECRET") or "unused-in-socket-mode",
+                         on_command=on_command, command=slack.command, admins=slack.admins)
+    handler = AsyncSocketModeHandler(app, app_token)
+    try:
+        await handler.connect_async()
+    except Exception as exc:  # bad token, no network: say so, keep polling and posting
+        log.error("Slack Socket Mode could not connect (%s): /papers commands are off", type(exc).__name__)
+        return None
+    log.info("Slack: connected in Socket Mode")
+    return _Frontend(handler.close_async)
+
+
+async def start_http(
+    app: AsyncApp,
+    port: int,
+    *,
+    signing_secret: str,
+    host: str = "0.0.0.0",
+    clock: Callable[[], float] | None = None,
+) -> web.AppRunner:
+    """Serve POST /slack/events on our event loop; returns the runner (await runner.cleanup()).
+
+    Every request must carry a valid `X-Slack-Signature` over its raw body, made within
+    the last 5 minutes; anything else gets 401 before bolt (or anything else) sees it.
+    """
+    verifier = SignatureVerifier(signing_secret, **({"clock": _Clock(clock)} if clock else {}))
+
+    async def events(request: web.Request) -> web.Response:
+        body = await request.text()
+        if not verifier.is_valid_request(body, dict(request.headers)):
+            return web.json_response({"error": "invalid request"}, status=401)
+        bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
+        return await to_aiohttp_response(await app.async_dispatch(bolt_request))
+
+    web_app = web.Application(client_max_size=1024 * 1024)
+    web_app.router.add_post("/slack/events", events)
+    runner = web.AppRunner(web_app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+

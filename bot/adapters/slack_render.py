@@ -1,0 +1,126 @@
+"""Slack rendering: cards and digests as Block Kit, built with slack_sdk's models. Pure.
+
+Outside text (titles, abstracts, authors, queries) is escaped for mrkdwn: `&`, `<` and
+`>` become entities, so `<!channel>` or `<@U123>` in a title pings nobody and no link
+can be smuggled in. Every text is cut to Slack's limits.
+"""
+
+from __future__ import annotations
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    Option,
+    OverflowMenuElement,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from ..cards import shorten
+from ..models import Card, Digest, Reply
+
+HEADER_MAX = 150  # header block plain_text
+SECTION_MAX = 3000  # section text
+CONTEXT_MAX = 2000
+BUTTON_MAX = 75
+MAX_BLOCKS = 50
+FALLBACK_MAX = 3000
+DIGEST_LINES_PER_SECTION = 10
+PAPER_EVENT = "papers_bot_paper"  # message metadata event type: the bot knows its own posts
+
+ACTION_UNSUBSCRIBE = "papers_overflow"
+
+
+def escape(text: str) -> str:
+    """Escape outside text for Slack mrkdwn and plain text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _mrkdwn_cut(text: str, limit: int) -> str:
+    """Escape, then cut so that no entity is split and the result fits `limit`."""
+    escaped = escape(text)
+    if len(escaped) <= limit:
+        return escaped
+    cut = shorten(text, limit)
+    while len(escape(cut)) > limit:
+        cut = shorten(cut, len(cut) - max(10, len(escape(cut)) - limit))
+    return escape(cut)
+
+
+def _link(url: str, label: str) -> str:
+    # Our own URLs (arxiv.org, huggingface.co, https links from sources); `|` and `>` would
+    # end the link early, so they are percent-encoded.
+    safe = url.replace("|", "%7C").replace(">", "%3E").replace("<", "%3C")
+    return f"<{safe}|{escape(label)}>"
+
+
+def card_blocks(card: Card, subscriptions: tuple[tuple[int, str], ...] = ()) -> list[Block]:
+    """Header, abstract, facts, buttons (and an overflow to unsubscribe the matching queries)."""
+    blocks: list[Block] = [
+        # Slack decodes the three entities in plain text too: escaping keeps `<!channel>` inert.
+        HeaderBlock(text=PlainTextObject(text=_mrkdwn_cut(card.title, HEADER_MAX), emoji=False)),
+        SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(card.body, SECTION_MAX))),
+    ]
+    facts = [f"*{_mrkdwn_cut(card.authors, 600)}*", f"arXiv:{card.paper_id}"]
+    if card.upvotes is not None:
+        facts.append(f"▲ {card.upvotes} upvotes")
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=" · ".join(facts)[:CONTEXT_MAX])]))
+    if card.reason:
+        reason = _mrkdwn_cut(f"Matched {card.reason}", CONTEXT_MAX)
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=reason)]))
+    buttons = [
+        ButtonElement(text=PlainTextObject(text=link.label[:BUTTON_MAX]), url=link.url,
+                      action_id=f"papers_link_{i}", value=card.paper_id)
+        for i, link in enumerate(card.links[:4])
+    ]
+    elements: list = list(buttons)
+    if subscriptions:
+        options = [
+            Option(text=PlainTextObject(text=shorten(f"Unsubscribe #{sub_id} {query}", BUTTON_MAX)), value=f"unsub:{sub_id}")
+            for sub_id, query in subscriptions[:5]
+        ]
+        elements.append(OverflowMenuElement(action_id=ACTION_UNSUBSCRIBE, options=options))
+    blocks.append(ActionsBlock(elements=elements, block_id=f"paper:{card.paper_id}"[:255]))
+    return blocks
+
+
+def card_text(card: Card) -> str:
+    """The plain-text fallback (notifications, screen readers)."""
+    return _mrkdwn_cut(f"{card.title} — {card.authors} — {card.url}", FALLBACK_MAX)
+
+
+def digest_blocks(digest: Digest) -> list[Block]:
+    """One message: a header, then compact lines of papers, ten to a section."""
+    blocks: list[Block] = [HeaderBlock(text=PlainTextObject(text=_mrkdwn_cut(digest.title, HEADER_MAX), emoji=False))]
+    lines = []
+    for card in digest.cards:
+        votes = f" · ▲ {card.upvotes}" if card.upvotes is not None else ""
+        lines.append(f"• {_link(card.url, shorten(card.title, 200))}{votes}")
+    sections = [lines[i:i + DIGEST_LINES_PER_SECTION] for i in range(0, len(lines), DIGEST_LINES_PER_SECTION)]
+    room = MAX_BLOCKS - 2
+    for chunk in sections[:room]:
+        blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(chunk)[:SECTION_MAX])))
+    if len(sections) > room:
+        rest = sum(len(chunk) for chunk in sections[room:])
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"and {rest} more: see `/papers search`")]))
+    return blocks
+
+
+def digest_text(digest: Digest) -> str:
+    return escape(f"{digest.title}: " + "; ".join(c.title for c in digest.cards))[:FALLBACK_MAX]
+
+
+def reply_blocks(reply: Reply) -> list[Block]:
+    """A command reply: its text (already ours, but quoting user input), then its cards."""
+    blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(reply.text, SECTION_MAX)))]
+    for card in reply.cards:
+        if len(blocks) + 6 > MAX_BLOCKS:
+            break
+        blocks.append(DividerBlock())
+        blocks.extend(card_blocks(card))
+    return blocks

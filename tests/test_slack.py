@@ -1,0 +1,368 @@
+"""Slack: Block Kit cards, posting through slack_sdk to a fake Web API, the bolt app over signed HTTP."""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from datetime import timedelta
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+
+import handlers
+from bot.adapters.slack_adapter import SlackAdapter, build_bolt_app, make_web_client, start_http
+from bot.adapters.slack_render import card_blocks, digest_blocks, escape, reply_blocks
+from bot.cards import card_for
+from bot.dispatch import Dispatcher
+from bot.models import ChannelRef, CommandRequest, Digest, Match, Reply
+from slack_sdk.models.blocks import Block
+from slack_sdk.signature import SignatureVerifier
+
+from .fakes import FakeSlack, paper
+
+C123 = ChannelRef("slack", "C123")
+HOSTILE = paper("2411.00001", "<!channel> & <@U123> *bold* " + "long title " * 30,
+                "An abstract with <https://evil.example|a link> & more. " * 100,
+                authors=("<!here> Mallory",), upvotes=7, github="https://github.com/x/y")
+
+
+@pytest.fixture
+def slack():
+    with FakeSlack() as fake:
+        yield fake
+
+
+def validated(blocks: list[Block]) -> list[dict]:
+    for block in blocks:
+        block.validate_json()  # slack_sdk's own limits (header 150, section 3000, ...)
+    return [b.to_dict() for b in blocks]
+
+
+# ---- rendering ----------------------------------------------------------------------------
+
+def test_escape_neutralizes_mentions_and_links():
+    assert escape("<!channel> & <@U1>") == "&lt;!channel&gt; &amp; &lt;@U1&gt;"
+
+
+def test_card_blocks_are_valid_escaped_and_within_limits():
+    blocks = validated(card_blocks(card_for(HOSTILE, '#3 `diffusion`: diffusion in title'), ((3, "diffusion"),)))
+    text = json.dumps(blocks)
+    assert "<!channel>" not in text and "<@U123>" not in text and "<!here>" not in text and "<https://evil" not in text
+    header, section, facts, reason, actions = blocks
+    assert header["type"] == "header" and len(header["text"]["text"]) <= 150
+    assert section["text"]["type"] == "mrkdwn" and len(section["text"]["text"]) <= 3000
+    assert "&lt;!here&gt; Mallory" in facts["elements"][0]["text"] and "▲ 7 upvotes" in facts["elements"][0]["text"]
+    assert reason["elements"][0]["text"] == "Matched #3 `diffusion`: diffusion in title"
+    buttons = [e for e in actions["elements"] if e["type"] == "button"]
+    assert [b["text"]["text"] for b in buttons] == ["arXiv", "PDF", "Hugging Face", "Code"]
+    assert buttons[0]["url"] == "https://arxiv.org/abs/2411.00001"
+    overflow = [e for e in actions["elements"] if e["type"] == "overflow"][0]
+    assert overflow["options"][0]["value"] == "unsub:3"
+
+
+def test_digest_is_one_message_with_compact_lines():
+    cards = tuple(card_for(paper(f"2411.{i:05d}", f"Paper {i} <b>", upvotes=i)) for i in range(1, 701))
+    blocks = validated(digest_blocks(Digest(C123, "700 new papers for this channel", cards)))
+    assert len(blocks) <= 50
+    assert blocks[1]["text"]["text"].startswith("• <https://arxiv.org/abs/2411.00001|Paper 1 &lt;b&gt;> · ▲ 1")
+    assert blocks[-1]["type"] == "context" and "and 220 more" in blocks[-1]["elements"][0]["text"]
+
+
+def test_reply_blocks_escape_user_text():
+    blocks = validated(reply_blocks(Reply("No stored paper matches `<!channel>`.", cards=(card_for(HOSTILE),))))
+    assert "<!channel>" not in json.dumps(blocks)
+
+
+# ---- posting through the Web API ----------------------------------------------------------
+
+def adapter_for(slack, sleeps=None):
+    async def sleep(seconds):
+        (sleeps if sleeps is not None else []).append(seconds)
+
+    return SlackAdapter(make_web_client("xoxb-test-token", slack.api_url), sleep=sleep)
+
+
+def queue(store, clock, paper_id="2411.00001", channel=C123):
+    store.add_papers([paper(paper_id, f"Diffusion {paper_id}")], clock())
+    sub, _ = store.add_subscription(channel, "diffusion", "U1", clock())
+    store.enqueue(paper_id, [Match(sub.id, channel, sub.query, ("diffusion in title",))], clock())
+
+
+async def test_poll_delivery_posts_block_kit_with_metadata(store, clock, slack):
+    queue(store, clock)
+    report = await Dispatcher(store, {"slack": adapter_for(slack)}, clock).dispatch()
+    assert report.sent == 1
+    (body,) = slack.called("chat.postMessage")
+    assert body["channel"] == "C123" and body["unfurl_links"] is False
+    assert body["metadata"] == {"event_type": "papers_bot_paper", "event_payload": {"paper_id": "2411.00001"}}
+    assert body["text"].startswith("Diffusion 2411.00001")
+    types = [block["type"] for block in body["blocks"]]
+    assert types == ["header", "section", "context", "context", "actions"]
+    for block in body["blocks"]:
+        Block.parse(block).validate_json()  # what Slack receives is what slack_sdk's models accept
+    headers = [h for m, _, h in slack.calls if m == "chat.postMessage"][0]
+    assert headers["Authorization"] == "Bearer xoxb-test-token"
+    assert store.db.execute("SELECT message_id FROM deliveries").fetchone()[0] == "1001.000100"
+
+
+async def test_429_is_retried_after_retry_after_with_nothing_lost(store, clock, slack):
+    slack.script("chat.postMessage", (429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "120"}))
+    queue(store, clock)
+    dispatcher = Dispatcher(store, {"slack": adapter_for(slack)}, clock)
+    first = await dispatcher.dispatch()
+    assert first.retrying == 1 and first.sent == 0
+    clock.advance(seconds=119)
+    assert (await dispatcher.dispatch()).sent == 0  # Slack asked for 120 s
+    clock.advance(seconds=1)
+    assert (await dispatcher.dispatch()).sent == 1
+    assert len(slack.called("chat.postMessage")) == 2 and store.delivery_counts() == {"sent": 1}
+
+
+async def test_posts_to_one_channel_are_paced_one_a_second(store, clock, slack):
+    sleeps = []
+    for i in (1, 2, 3):
+        queue(store, clock, f"2411.0000{i}")
+    await Dispatcher(store, {"slack": adapter_for(slack, sleeps)}, clock).dispatch()
+    assert len(slack.called("chat.postMessage")) == 3
+    assert len(sleeps) == 2 and all(0.5 < s <= 1.0 for s in sleeps)
+
+
+async def test_a_gone_channel_is_paused_and_says_why(store, clock, slack, make_config):
+    slack.script("chat.postMessage", (200, {"ok": False, "error": "is_archived"}, {}))
+    queue(store, clock)
+    dispatcher = Dispatcher(store, {"slack": adapter_for(slack)}, clock)
+    await dispatcher.dispatch()
+    settings = store.channel_settings(C123)
+    assert settings.paused and settings.paused_reason == "is_archived"
+    clock.advance(hours=5)
+    await dispatcher.dispatch()
+    assert len(slack.called("chat.postMessage")) == 1  # no retrying forever
+    assert store.count_pending(C123) == 1  # the paper is kept for when it is back
+    ctx = handlers.Context(store, make_config(), clock)
+    status = await handlers.handle(ctx, CommandRequest(C123, "U1", "status"))
+    assert "paused (is_archived)" in status.text
+
+
+async def test_permanent_and_transient_errors(store, clock, slack):
+    slack.script("chat.postMessage", (200, {"ok": False, "error": "internal_error"}, {}),
+                 (200, {"ok": False, "error": "invalid_auth"}, {}))
+    queue(store, clock)
+    dispatcher = Dispatcher(store, {"slack": adapter_for(slack)}, clock)
+    assert (await dispatcher.dispatch()).retrying == 1
+    clock.advance(minutes=5)
+    assert (await dispatcher.dispatch()).failed == 1
+    assert store.delivery_counts() == {"failed": 1}
+
+
+# ---- the bolt app over HTTP, with request signing ---------------------------------------------
+
+def test_official_slack_signing_vector():
+    body = ("token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V"
+            "&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text="
+            "&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN"
+            "&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c")
+    headers = {"x-slack-request-timestamp": "1531420618",
+               "x-slack-signature": "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"}
+    from bot.adapters.slack_adapter import _Clock
+
+    assert SignatureVerifier("8f742231b10e8888abcd99yyyzzz85a5", clock=_Clock(lambda: 1531420618)).is_valid_request(body, headers)
+    assert not SignatureVerifier("8f742231b10e8888abcd99yyyzzz85a5").is_valid_request(body, headers)  # stale today
+
+
+SECRET = "test-signing-secret"
+
+
+def sign(body: str, timestamp: int, secret: str = SECRET) -> dict:
+    mac = hmac.new(secret.encode(), f"v0:{timestamp}:{body}".encode(), hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": str(timestamp), "X-Slack-Signature": f"v0={mac}",
+            "Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture
+async def bolt(store, make_config, clock, slack, unused_tcp_port):
+    ctx = handlers.Context(store, make_config(), clock)
+
+    async def on_command(request):
+        return await handlers.handle(ctx, request)
+
+    client = make_web_client("xoxb-test-token", slack.api_url)
+    app = build_bolt_app(client, signing_secret=SECRET, on_command=on_command, admins=("UADMIN",))
+    runner = await start_http(app, unused_tcp_port, signing_secret=SECRET, host="127.0.0.1")
+    yield f"http://127.0.0.1:{unused_tcp_port}/slack/events"
+    await runner.cleanup()
+
+
+def command_body(slack, text, user="UADMIN", channel="C123"):
+    return urlencode({"token": "x", "team_id": "T1", "channel_id": channel, "user_id": user, "command": "/papers",
+                      "text": text, "response_url": f"{slack.url}/respond/1", "trigger_id": "1.2.3"})
+
+
+async def post(url, body, headers):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=body.encode(), headers=headers) as response:
+            return response.status, await response.text()
+
+
+async def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_signed_slash_command_subscribes_and_the_reply_arrives(bolt, slack, store):
+    body = command_body(slack, "subscribe diffusion")
+    status, _ = await post(bolt, body, sign(body, int(time.time())))
+    assert status == 200
+    await wait_for(lambda: slack.called("1"))
+    (reply,) = slack.called("1")  # the response_url
+    assert reply["response_type"] == "ephemeral"
+    assert reply["text"].startswith("Subscribed this channel to `diffusion` (#1).")
+    assert [s.query for s in store.subscriptions(C123)] == ["diffusion"]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda body, headers: (body + "&text=subscribe+evil", headers),  # body changed after signing
+        lambda body, headers: (body, {**headers, "X-Slack-Signature": "v0=" + "0" * 64}),
+        lambda body, headers: (body, {k: v for k, v in headers.items() if k != "X-Slack-Signature"}),
+        lambda body, headers: (body, sign(body, int(time.time()) - 301)),  # older than 5 minutes
+        lambda body, headers: (body, sign(body, int(time.time()), secret="another-secret")),
+    ],
+)
+async def test_tampered_or_stale_requests_are_refused(bolt, slack, store, tamper):
+    body = command_body(slack, "subscribe diffusion")
+    body, headers = tamper(body, sign(body, int(time.time())))
+    status, text = await post(bolt, body, headers)
+    assert status == 401
+    await asyncio.sleep(0.2)
+    assert store.subscriptions() == [] and slack.called("1") == []
+
+
+async def test_non_admins_may_look_but_not_change(bolt, slack, store):
+    body = command_body(slack, "subscribe diffusion", user="UOTHER")
+    await post(bolt, body, sign(body, int(time.time())))
+    await wait_for(lambda: slack.called("1"))
+    assert "right to manage this channel" in slack.called("1")[0]["text"]
+    assert store.subscriptions() == []
+
+
+def event_body(event: dict) -> str:
+    return json.dumps({"token": "x", "team_id": "T1", "api_app_id": "A1", "type": "event_callback",
+                       "event_id": "Ev1", "event_time": 1, "event": event})
+
+
+async def test_arxiv_links_are_unfurled_into_cards(bolt, slack, store, clock):
+    store.add_papers([paper("2411.00001", "Latent diffusion <!channel>")], clock())
+    body = event_body({"type": "link_shared", "channel": "C123", "user": "U1", "message_ts": "1.2",
+                       "links": [{"domain": "arxiv.org", "url": "https://arxiv.org/abs/2411.00001v2"},
+                                 {"domain": "example.com", "url": "https://example.com/x"}]})
+    headers = {**sign(body, int(time.time())), "Content-Type": "application/json"}
+    assert (await post(bolt, body, headers))[0] == 200
+    await wait_for(lambda: slack.called("chat.unfurl"))
+    (unfurl,) = slack.called("chat.unfurl")
+    assert unfurl["channel"] == "C123" and unfurl["ts"] == "1.2"
+    unfurls = unfurl["unfurls"] if isinstance(unfurl["unfurls"], dict) else json.loads(unfurl["unfurls"])
+    assert list(unfurls) == ["https://arxiv.org/abs/2411.00001v2"]
+    assert unfurls["https://arxiv.org/abs/2411.00001v2"]["blocks"][0]["text"]["text"] == "Latent diffusion &lt;!channel&gt;"
+
+
+async def test_mentions_answer_in_a_thread(bolt, slack, store, clock):
+    store.add_papers([paper("2411.00001", "Latent diffusion")], clock())
+    body = event_body({"type": "app_mention", "channel": "C123", "user": "U1", "ts": "5.6",
+                       "text": "<@UBOT> <https://arxiv.org/abs/2411.00001>"})
+    headers = {**sign(body, int(time.time())), "Content-Type": "application/json"}
+    await post(bolt, body, headers)
+    await wait_for(lambda: slack.called("chat.postMessage"))
+    (message,) = slack.called("chat.postMessage")
+    assert message["thread_ts"] == "5.6" and message["text"] == "arXiv:2411.00001"
+    assert message["blocks"][2]["text"]["text"] == "Latent diffusion"
+
+
+async def test_overflow_unsubscribes(bolt, slack, store, clock):
+    sub, _ = store.add_subscription(C123, "diffusion", "U1", clock())
+    payload = {"type": "block_actions", "user": {"id": "UADMIN"}, "channel": {"id": "C123"},
+               "team": {"id": "T1"}, "response_url": f"{slack.url}/respond/2", "trigger_id": "1",
+               "actions": [{"type": "overflow", "action_id": "papers_overflow", "block_id": "paper:2411.00001",
+                            "selected_option": {"value": f"unsub:{sub.id}"}}]}
+    body = urlencode({"payload": json.dumps(payload)})
+    assert (await post(bolt, body, sign(body, int(time.time()))))[0] == 200
+    await wait_for(lambda: slack.called("2"))
+    assert slack.called("2")[0]["text"].startswith("Unsubscribed #1 `diffusion`.")
+    assert store.subscriptions(C123) == []
+
+
+def test_cli_subscribe_then_poll_posts_to_the_slack_channel(tmp_path, capsys, slack, server, monkeypatch):
+    from bot.cli import main
+
+    from .fakes import hf_json
+
+    server.route("/api/daily_papers", hf_json())
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "bot.db"}"\n[sources.huggingface]\nbase_url = "{server.url}"\n'
+                      f'[sources.arxiv]\nenabled = false\n[slack]\napi_url = "{slack.api_url}"\n')
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-cli-token-123456")
+    assert main(["--config", str(config), "command", "--channel", "slack:C123", "--user", "U1", "subscribe diffusion"]) == 0
+    assert main(["--config", str(config), "poll"]) == 0
+    out, err = capsys.readouterr()
+    posts = slack.called("chat.postMessage")
+    assert [p["channel"] for p in posts] == ["C123", "C123"]
+    assert {p["metadata"]["event_payload"]["paper_id"] for p in posts} == {"2410.18538", "2410.18977"}
+    assert "delivered: 2 sent" in out
+    assert "xoxb-cli-token-123456" not in out + err
+
+
+async def test_run_serves_http_mode_and_stops(tmp_path, slack, unused_tcp_port, caplog):
+    import logging
+
+    from bot.app import App
+    from bot.config import Secrets, parse_config
+
+    caplog.set_level(logging.INFO)
+    config = parse_config(
+        {"storage": {"path": str(tmp_path / "bot.db")},
+         "sources": {"huggingface": {"enabled": False}, "arxiv": {"enabled": False}},
+         "slack": {"mode": "http", "port": unused_tcp_port, "api_url": slack.api_url}},
+        Secrets({"SLACK_BOT_TOKEN": "xoxb-run", "SLACK_SIGNING_SECRET": SECRET}),
+    )
+    app = App(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop, tick=0.01))
+    url = f"http://127.0.0.1:{unused_tcp_port}/slack/events"
+    await wait_for(lambda: "listening for /papers" in caplog.text)
+    body = command_body(slack, "subscribe diffusion", user="U1")
+    assert (await post(url, body, {"Content-Type": "application/x-www-form-urlencoded"}))[0] == 401
+    assert (await post(url, body, sign(body, int(time.time()))))[0] == 200
+    await wait_for(lambda: slack.called("1"))
+    assert app.store.subscriptions(C123)[0].query == "diffusion"
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    await app.aclose()
+
+
+async def test_socket_mode_without_an_app_token_says_so_and_keeps_posting(tmp_path, slack, caplog):
+    from bot.app import App
+    from bot.config import Secrets, parse_config
+
+    config = parse_config({"storage": {"path": str(tmp_path / "bot.db")}, "slack": {"api_url": slack.api_url}},
+                          Secrets({"SLACK_BOT_TOKEN": "xoxb-run"}))
+    app = App(config)
+    await app.start_frontends()
+    assert "Socket Mode needs SLACK_APP_TOKEN" in caplog.text
+    assert "slack" in app.adapters
+    await app.aclose()
+
+
+def test_the_manifest_declares_what_the_app_uses():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "slack-manifest.yml").read_text()
+    scopes = set(re.findall(r"^\s+- ([a-z_.:]+)\s+#", text, re.MULTILINE))
+    assert scopes == {"commands", "chat:write", "links:read", "links:write", "app_mentions:read"}
+    for needed in ("- command: /papers", "- app_mention", "- link_shared", "is_enabled: true", "- arxiv.org",
+                   "- huggingface.co", "socket_mode_enabled: true"):
+        assert needed in text
