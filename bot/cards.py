@@ -54,4 +54,5 @@ def card_for(paper: Paper, reason: str | None = None, subscriptions: tuple[tuple
         thumbnail=paper.thumbnail,
         source=paper.source,
         subscriptions=subscriptions,
+        categories=paper.categories[:5],
     )

@@ -118,6 +118,7 @@ class Card:
     thumbnail: str | None = None
     source: str = ""
     subscriptions: tuple[tuple[int, str], ...] = ()  # (id, query) of the subscriptions it answers
+    categories: tuple[str, ...] = ()
 
 
 DIGEST_MODES = ("instant", "daily", "weekly")

@@ -41,6 +41,7 @@ class Poller:
         self.store = store
         self.clock = clock
         self.matcher = IndexedMatcher()
+        self._version = 0  # the newest subscription version the engine has seen
 
     def sync_subscriptions(self) -> None:
         """Bring the engine in step with storage: add new subscriptions, drop removed ones.
@@ -50,21 +51,19 @@ class Poller:
         """
         current = self.store.subscription_ids()
         known = self.matcher.ids()
-        if not known and current:
+        if not known and current and not self._version:
             # First load: recent papers' word counts let the index anchor on rare words.
             self.matcher = IndexedMatcher(papers=self.store.recent_papers(HISTORY_FOR_ANCHORS))
         for gone in known - current:
             self.matcher.remove(gone)
-        new = current - known
-        if not new:
-            return
-        for sub in self.store.subscriptions_for_matching(None if not known else new):
-            if sub.id in new:
-                try:
-                    self.matcher.add(sub)
-                except QueryError as exc:  # stored by an older version with other rules
-                    log.error("subscription #%s (%r) cannot be parsed, skipped: %s", sub.id, sub.query, exc)
-        if len(new) > 10_000:
+        changed, self._version = self.store.subscriptions_changed_since(self._version)
+        for sub in changed:
+            try:
+                self.matcher.add(sub)  # replaces the old query of a changed subscription
+            except QueryError as exc:  # stored by an older version with other rules
+                self.matcher.remove(sub.id)
+                log.error("subscription #%s (%r) cannot be parsed, skipped: %s", sub.id, sub.query, exc)
+        if len(changed) > 10_000:
             # Millions of long-lived query tuples would otherwise be rescanned by every full
             # garbage collection while papers are matched (measured: about 2x slower).
             gc.freeze()

@@ -209,13 +209,14 @@ class _Parser:
 
 
 def _combine(kind: str, children: list[tuple]) -> tuple:
-    """Build an and/or node, flattening nested ones of the same kind: (a b) c == a b c."""
-    if len(children) == 1:
-        return children[0]
+    """Build an and/or node, flattening nested ones of the same kind, (a b) c == a b c, and
+    dropping repeated children, a a == a."""
     flat: list[tuple] = []
     for child in children:
-        flat.extend(child[1] if child[0] == kind else (child,))
-    return (kind, tuple(flat))
+        for part in child[1] if child[0] == kind else (child,):
+            if part not in flat:
+                flat.append(part)
+    return flat[0] if len(flat) == 1 else (kind, tuple(flat))
 
 
 def _unknown_field(name: str, column: int) -> QueryError:

@@ -135,6 +135,35 @@ def unsubscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
     return Reply(f"Unsubscribed #{removed.id} `{removed.query}`. Papers already posted stay where they are.")
 
 
+@command("mute", "mute <id> <term>", manage=True)
+def mute(ctx: Context, req: CommandRequest, args: str) -> Reply:
+    """Stop a subscription from matching papers with a term: it gets `-term` added.
+
+    The term is anything a query can hold: a word, a "phrase", `cat:cs.RO`, `author:"..."`.
+    Example: `/papers mute 3 video` or `/papers mute 3 cat:cs.RO`.
+    """
+    number, _, term = args.removeprefix("#").partition(" ")
+    if not number.isdecimal() or len(number) > 12 or not term.strip():
+        return error("Give a subscription number from `/papers list` and a term.", "mute")
+    subscription = ctx.store.get_subscription(int(number))
+    if subscription is None or subscription.channel != req.channel:
+        return error(f"This channel has no subscription #{int(number)}. See `/papers list`.", "mute")
+    try:
+        excluded = parse_query(term)
+        node = parse_query(f"({subscription.query}) -({render(excluded)})")
+    except QueryError as exc:
+        return error(f"Cannot mute `{shown(term)}`: {exc}.", "mute")
+    query = render(node)
+    if query == subscription.query:
+        return Reply(f"#{subscription.id} `{query}` already excludes that.")
+    if len(query) > 500:
+        return error("That would make the query longer than 500 characters.", "mute")
+    if any(s.query == query for s in ctx.store.subscriptions(req.channel)):
+        return error(f"This channel already has a subscription to `{query}`.", "mute")
+    changed = ctx.store.change_subscription_query(req.channel, subscription.id, query)
+    return Reply(f"#{changed.id} is now `{changed.query}`.")
+
+
 @command("list", "list")
 def list_subscriptions(ctx: Context, req: CommandRequest, args: str) -> Reply:
     """Show this channel's subscriptions, their numbers and how papers are delivered.

@@ -112,3 +112,16 @@ def m003_channels_and_lookups(db: Database) -> None:
 def m004_channel_paused_reason(db: Database) -> None:
     # Why the bot paused a channel itself (the platform said it is gone); NULL for /papers pause.
     db.execute("ALTER TABLE channels ADD COLUMN paused_reason TEXT")
+
+
+@migrations()
+def m005_subscription_versions(db: Database) -> None:
+    # Grows with every insert or query change, so the matching engine can pick up exactly
+    # the subscriptions that changed since it last looked.
+    db.executescript(
+        """
+        ALTER TABLE subscriptions ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+        UPDATE subscriptions SET version = id;
+        CREATE INDEX subscriptions_version ON subscriptions(version);
+        """
+    )

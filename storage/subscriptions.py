@@ -10,6 +10,8 @@ from bot.models import ChannelRef, Subscription
 
 from .db import iso, parse_iso
 
+_NEXT_VERSION = "(SELECT coalesce(max(version), 0) + 1 FROM subscriptions)"
+
 _SELECT = """
     SELECT s.id, s.channel, s.query, s.created_by, s.created_at,
            (SELECT count(*) FROM delivery_matches m JOIN deliveries d ON d.id = m.delivery_id
@@ -32,7 +34,8 @@ class SubscriptionsMixin:
             if existing:
                 return self.get_subscription(existing[0]), False
             cursor = self.db.execute(
-                "INSERT INTO subscriptions (channel, query, created_by, created_at) VALUES (?, ?, ?, ?)",
+                f"""INSERT INTO subscriptions (channel, query, created_by, created_at, version)
+                    VALUES (?, ?, ?, ?, {_NEXT_VERSION})""",
                 [channel.key, query, user_id, iso(now)],
             )
             return self.get_subscription(cursor.lastrowid), True
@@ -57,21 +60,28 @@ class SubscriptionsMixin:
             rows = self.db.execute(_SELECT + " WHERE s.channel = ? ORDER BY s.id", [channel.key]).fetchall()
         return [_subscription(row) for row in rows]
 
-    def subscriptions_for_matching(self, ids: set[int] | None = None) -> list[Subscription]:
-        """Subscriptions without their delivery counts (cheap enough for a million rows)."""
-        sql = "SELECT id, channel, query, created_by, created_at, 0 FROM subscriptions"
-        if ids is None:
-            return [_subscription(row) for row in self.db.execute(sql)]
-        found: list[Subscription] = []
-        wanted = sorted(ids)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            rows = self.db.execute(f"{sql} WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
-            found += [_subscription(row) for row in rows]
-        return found
+    def subscriptions_changed_since(self, version: int) -> tuple[list[Subscription], int]:
+        """Subscriptions added or changed after `version` (without delivery counts, cheap
+        enough for a million rows), and the newest version among all."""
+        rows = self.db.execute(
+            "SELECT id, channel, query, created_by, created_at, 0, version FROM subscriptions WHERE version > ?",
+            [version],
+        ).fetchall()
+        newest = max((row[6] for row in rows), default=version)
+        return [_subscription(row) for row in rows], newest
 
     def subscription_ids(self) -> set[int]:
         return {row[0] for row in self.db.execute("SELECT id FROM subscriptions")}
+
+    def change_subscription_query(self, channel: ChannelRef, subscription_id: int, query: str) -> Subscription | None:
+        """Give a subscription of this channel a new query (keeping its id); None if it has no such id."""
+        with self.db.atomic():
+            found = self.get_subscription(subscription_id)
+            if found is None or found.channel != channel:
+                return None
+            self.db.execute(f"UPDATE subscriptions SET query = ?, version = {_NEXT_VERSION} WHERE id = ?",
+                            [query, subscription_id])
+            return self.get_subscription(subscription_id)
 
     def remove_all_subscriptions(self, channel: ChannelRef) -> list[Subscription]:
         with self.db.atomic():

@@ -269,3 +269,25 @@ def test_per_user_rate_limit(store, make_config, clock):
     assert run(ctx, "help", user="someone-else").ok  # per user
     clock.advance(seconds=61)
     assert run(ctx, "help").ok
+
+
+def test_mute_adds_an_exclusion_to_a_subscription(ctx):
+    run(ctx, "subscribe diffusion OR flow")
+    assert run(ctx, "mute 1 video").text == "#1 is now `(diffusion OR flow) -video`."
+    assert run(ctx, "mute #1 cat:cs.RO").text == "#1 is now `(diffusion OR flow) -video -cat:cs.ro`."
+    assert "already excludes that" in run(ctx, "mute 1 video").text
+    run(ctx, "subscribe agents")
+    run(ctx, "subscribe agents -robots")
+    clash = run(ctx, "mute 2 robots")
+    assert not clash.ok and "already has a subscription to `agents -robots`" in clash.text
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("mute", "Give a subscription number"), ("mute 1", "Give a subscription number"),
+     ("mute 9 video", "no subscription #9"), ('mute 1 "open', "Cannot mute `\"open`: unclosed quote")],
+)
+def test_mute_errors(ctx, text, message):
+    run(ctx, "subscribe diffusion")
+    reply = run(ctx, text)
+    assert not reply.ok and message in reply.text and "Usage: `/papers mute <id> <term>`" in reply.text

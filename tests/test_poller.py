@@ -74,3 +74,20 @@ async def test_an_unexpected_exception_in_a_source_does_not_escape(store, clock,
 async def test_empty_listing_is_normal(store, clock):
     report = await Poller(store, clock).poll(FakeSource(papers=[]))
     assert report.ok and report.listed == 0
+
+
+async def test_engine_follows_added_changed_and_removed_subscriptions(store, clock):
+    poller = Poller(store, clock)
+    source = FakeSource(papers=[])
+    sub, _ = store.add_subscription(ML, "diffusion", "u1", clock())
+    await poller.poll(source)
+    source.papers = [paper("2410.00001", "Video diffusion")]
+    assert (await poller.poll(source)).queued == 1
+    store.change_subscription_query(ML, sub.id, "diffusion -video")  # e.g. /papers mute 1 video
+    source.papers = [paper("2410.00002", "Video diffusion again"), paper("2410.00003", "Image diffusion")]
+    await poller.poll(source)
+    assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.00001", "2410.00003"]
+    store.remove_subscription(ML, sub.id)
+    source.papers = [paper("2410.00004", "Image diffusion, more")]
+    assert (await poller.poll(source)).queued == 0
+    assert len(poller.matcher) == 0

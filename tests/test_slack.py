@@ -366,3 +366,19 @@ def test_the_manifest_declares_what_the_app_uses():
     for needed in ("- command: /papers", "- app_mention", "- link_shared", "is_enabled: true", "- arxiv.org",
                    "- huggingface.co", "socket_mode_enabled: true"):
         assert needed in text
+
+
+async def test_overflow_mutes_a_category(bolt, slack, store, clock):
+    sub, _ = store.add_subscription(C123, "diffusion", "U1", clock())
+    blocks = validated(card_blocks(card_for(paper("2411.00001", "T", categories=("cs.RO", "cs.LG")), "x"),
+                                   ((sub.id, sub.query),)))
+    options = blocks[-1]["elements"][-1]["options"]
+    assert [o["value"] for o in options] == ["unsub:1", "mute:1:cat:cs.RO", "mute:1:cat:cs.LG"]
+    payload = {"type": "block_actions", "user": {"id": "UADMIN"}, "channel": {"id": "C123"},
+               "team": {"id": "T1"}, "response_url": f"{slack.url}/respond/3", "trigger_id": "1",
+               "actions": [{"type": "overflow", "action_id": "papers_overflow", "block_id": "paper:2411.00001",
+                            "selected_option": {"value": options[1]["value"]}}]}
+    body = urlencode({"payload": json.dumps(payload)})
+    await post(bolt, body, sign(body, int(time.time())))
+    await wait_for(lambda: slack.called("3"))
+    assert slack.called("3")[0]["text"] == "#1 is now `diffusion -cat:cs.ro`."

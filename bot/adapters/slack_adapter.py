@@ -156,11 +156,17 @@ def build_bolt_app(
     async def overflow(ack, body, respond):
         await ack()
         value = (body.get("actions") or [{}])[0].get("selected_option", {}).get("value", "")
-        if not value.startswith("unsub:"):
+        kind, _, rest = value.partition(":")
+        if kind == "unsub":
+            text = f"unsubscribe {rest}"
+        elif kind == "mute":
+            sub_id, _, term = rest.partition(":")
+            text = f"mute {sub_id} {term}"
+        else:
             return
         user = body["user"]["id"]
         channel = body.get("channel", {}).get("id") or body.get("container", {}).get("channel_id")
-        request = CommandRequest(ChannelRef("slack", channel), user, f"unsubscribe {value[6:]}", may_manage(user))
+        request = CommandRequest(ChannelRef("slack", channel), user, text, may_manage(user))
         reply = await on_command(request)
         await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
 
