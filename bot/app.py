@@ -65,6 +65,12 @@ class App:
             from .adapters.slack_adapter import SlackAdapter, make_web_client
 
             adapters["slack"] = SlackAdapter(make_web_client(token, self.config.slack.api_url))
+        token = self.config.secrets.get("DISCORD_TOKEN")
+        if token:
+            from .adapters.discord_adapter import DiscordAdapter, set_api_base
+
+            set_api_base(self.config.discord.api_base)
+            adapters["discord"] = DiscordAdapter(token)
         return adapters
 
     async def start_frontends(self) -> None:
@@ -76,6 +82,14 @@ class App:
             frontend = await start_slack(slack.client, self.config, self.handle_command)
             if frontend is not None:
                 self._frontends.append(frontend)
+        discord_adapter = self.adapters.get("discord")
+        if discord_adapter is not None and hasattr(discord_adapter, "token"):
+            from .adapters.discord_adapter import start_discord
+
+            summaries = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
+            self._frontends.append(
+                await start_discord(discord_adapter, self.config, self.handle_command, summaries, self.store.subscriptions)
+            )
 
     async def stop_frontends(self) -> None:
         for frontend in self._frontends:
@@ -111,6 +125,10 @@ class App:
         return reports, await self.deliver()
 
     async def aclose(self) -> None:
+        for adapter in self.adapters.values():
+            close = getattr(adapter, "close", None)
+            if close is not None:
+                await close()
         await self.http.aclose()
         self.store.close()
 

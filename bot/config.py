@@ -75,6 +75,11 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
         "command": (str, "/papers", lambda v: None if re.match(r"^/[a-z0-9_-]{1,31}$", v) else "must look like /papers"),
         "admins": (list, [], lambda v: None if all(isinstance(u, str) and u for u in v) else "must list Slack user ids"),
     },
+    "discord": {
+        "api_base": (str, "https://discord.com/api/v10", _url),
+        "dev_guild_id": (int, 0, lambda v: None if v >= 0 else "must be a guild id, or 0 for global commands"),
+        "message_content": (bool, False, None),
+    },
     "logging": {
         "level": (str, "INFO", _level),
     },
@@ -120,6 +125,13 @@ class SlackConfig:
 
 
 @dataclass(frozen=True)
+class DiscordConfig:
+    api_base: str = "https://discord.com/api/v10"
+    dev_guild_id: int = 0  # sync commands to this guild only (instant), 0: globally
+    message_content: bool = False  # privileged intent: card replies to pasted paper links
+
+
+@dataclass(frozen=True)
 class Config:
     storage_path: str
     huggingface: SourceConfig
@@ -132,6 +144,7 @@ class Config:
     secrets: Secrets = field(default_factory=Secrets)
     source_file: str | None = None
     slack: SlackConfig = field(default_factory=SlackConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, dict]:
@@ -200,6 +213,11 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             api_url=values["slack"]["api_url"].rstrip("/") + "/",
             command=values["slack"]["command"],
             admins=tuple(values["slack"]["admins"]),
+        ),
+        discord=DiscordConfig(
+            api_base=values["discord"]["api_base"].rstrip("/"),
+            dev_guild_id=values["discord"]["dev_guild_id"],
+            message_content=values["discord"]["message_content"],
         ),
     )
 

@@ -1,0 +1,313 @@
+"""Discord: posting over REST with discord.py's HTTP client, and the /papers command group.
+
+Posting needs no gateway session (so `papers-bot poll` can deliver): discord.py's
+HTTPClient logs in with the bot token and sends each card with a nonce and
+enforce_nonce, so a retried send returns the first message instead of a duplicate.
+Rate limits are left to discord.py's bucket handling. `run` also connects a
+discord.Client for the slash commands and, with the message-content intent, link cards.
+Nothing discord-shaped leaves this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from typing import Awaitable, Callable, Literal, Optional
+from zoneinfo import available_timezones
+
+import aiohttp
+import discord
+from discord import app_commands
+from discord.http import HTTPClient, Route, handle_message_parameters
+
+from ..models import ChannelRef, CommandRequest, Digest, PostResult, Reply
+from ..sources.ids import canonical_arxiv_id
+from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[CommandRequest], Awaitable[Reply]]
+
+# Discord error codes after which posting to the channel cannot work until someone acts.
+CHANNEL_GONE_CODES = {10003: "unknown channel", 50001: "missing access", 50013: "missing permissions"}
+DEFAULT_API_BASE = "https://discord.com/api/v10"
+
+
+def set_api_base(api_base: str) -> None:
+    """Point discord.py's REST routes at another server (tests, staging). Process-wide."""
+    Route.BASE = api_base.rstrip("/")
+
+
+def nonce_for(channel: ChannelRef, paper_id: str) -> str:
+    """The same paper to the same channel always gets the same nonce (Discord allows 25 chars)."""
+    return "p" + hashlib.sha256(f"{channel.key}|{paper_id}".encode()).hexdigest()[:24]
+
+
+def _link_view(buttons: list[tuple[str, str]]) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for label, url in buttons:
+        view.add_item(discord.ui.Button(style=discord.ButtonStyle.link, label=label, url=url))
+    return view
+
+
+class DiscordAdapter:
+    """Sends cards and digests to channel ids through discord.py's REST client."""
+
+    platform = "discord"
+
+    def __init__(self, token: str, *, max_ratelimit_timeout: float = 60.0):
+        self.token = token
+        self.max_ratelimit_timeout = max_ratelimit_timeout
+        self._http: HTTPClient | None = None
+        self._login = asyncio.Lock()
+
+    async def _client(self) -> HTTPClient:
+        async with self._login:
+            if self._http is None:
+                http = HTTPClient(asyncio.get_running_loop(), max_ratelimit_timeout=self.max_ratelimit_timeout)
+                await http.static_login(self.token)
+                self._http = http
+            return self._http
+
+    async def post(self, channel, card) -> PostResult:
+        return await self._send(
+            channel.channel_id,
+            embeds=[card_embed(card)],
+            view=_link_view(card_buttons(card)),
+            nonce=nonce_for(channel, card.paper_id),
+        )
+
+    async def post_digest(self, digest: Digest) -> PostResult:
+        ids = ",".join(card.paper_id for card in digest.cards)
+        return await self._send(digest.channel.channel_id, embeds=[digest_embed(digest)],
+                                nonce=nonce_for(digest.channel, f"digest:{ids}"))
+
+    async def reply(self, channel_id: str, message_id: str, reply: Reply) -> PostResult:
+        """Answer a message (link cards) with the reply's cards."""
+        reference = discord.MessageReference(message_id=int(message_id), channel_id=int(channel_id),
+                                             fail_if_not_exists=False).to_message_reference_dict()
+        buttons = card_buttons(reply.cards[0]) if len(reply.cards) == 1 else []
+        return await self._send(channel_id, embeds=reply_embeds(reply.cards), view=_link_view(buttons) if buttons else None,
+                                message_reference=reference)
+
+    async def _send(self, channel_id: str, **fields) -> PostResult:
+        try:
+            http = await self._client()
+            params = handle_message_parameters(allowed_mentions=discord.AllowedMentions.none(), **fields)
+            with params:
+                message = await http.send_message(int(channel_id), params=params)
+        except discord.RateLimited as exc:  # longer than we are willing to wait in place
+            return PostResult(ok=False, error="rate limited by Discord", retryable=True, retry_after=exc.retry_after)
+        except discord.HTTPException as exc:
+            gone = CHANNEL_GONE_CODES.get(exc.code)
+            if gone or exc.status in (403, 404):
+                return PostResult(ok=False, error=gone or f"HTTP {exc.status}", channel_gone=True)
+            if exc.status == 401:
+                return PostResult(ok=False, error="the Discord token was refused (HTTP 401)")
+            return PostResult(ok=False, error=f"HTTP {exc.status} from Discord (code {exc.code})",
+                              retryable=exc.status >= 500 or exc.status == 429)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return PostResult(ok=False, error=f"cannot reach Discord ({type(exc).__name__})", retryable=True)
+        return PostResult(ok=True, message_id=str(message["id"]))
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+# ---- slash commands -------------------------------------------------------------------------
+
+WEEKDAY = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_ZONES = sorted(available_timezones())
+
+
+def build_command_group(on_command: CommandHandler, summaries: dict[str, str],
+                        store_subscriptions: Callable[[ChannelRef], list]) -> app_commands.Group:
+    """`/papers <subcommand>`: one subcommand per shared command, typed options.
+
+    Every callback defers (Discord allows 3 seconds for the first answer), runs the shared
+    handler and follows up ephemerally. Changing a channel needs Manage Channels, checked
+    here: Discord's default_member_permissions applies to whole top-level commands only,
+    and /papers also holds the lookups everyone may use.
+    """
+    group = app_commands.Group(name="papers", description="New machine-learning papers in this channel")
+
+    def describe(name: str) -> str:
+        return (summaries.get(name) or name)[:100]
+
+    async def run(interaction: discord.Interaction, text: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        permissions = interaction.permissions
+        request = CommandRequest(
+            ChannelRef("discord", str(interaction.channel_id)), str(interaction.user.id), text,
+            can_manage=bool(permissions and (permissions.manage_channels or permissions.administrator)),
+        )
+        reply = await on_command(request)
+        await interaction.followup.send(content=reply.text[:CONTENT_MAX], embeds=reply_embeds(reply.cards),
+                                        ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+
+    async def subscription_ids(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        subs = store_subscriptions(ChannelRef("discord", str(interaction.channel_id)))
+        choices = [app_commands.Choice(name=f"#{s.id} {s.query}"[:100], value=str(s.id)) for s in subs]
+        choices.append(app_commands.Choice(name="all of them", value="all"))
+        return [c for c in choices if current.lower() in c.name.lower()][:25]
+
+    async def zones(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        wanted = current.lower()
+        return [app_commands.Choice(name=z, value=z) for z in _ZONES if wanted in z.lower()][:25]
+
+    @group.command(name="subscribe", description=describe("subscribe"))
+    @app_commands.describe(query='e.g. diffusion, "large language model" -video, author:"Yann LeCun"',
+                           backfill="also post this many recent matches now (1-20)")
+    async def subscribe(interaction: discord.Interaction, query: str, backfill: Optional[app_commands.Range[int, 1, 20]] = None):
+        await run(interaction, f"subscribe {query}" + (f" --backfill {backfill}" if backfill else ""))
+
+    @group.command(name="preview", description=describe("preview"))
+    async def preview(interaction: discord.Interaction, query: str):
+        await run(interaction, f"preview {query}")
+
+    @group.command(name="unsubscribe", description=describe("unsubscribe"))
+    @app_commands.autocomplete(subscription=subscription_ids)
+    async def unsubscribe(interaction: discord.Interaction, subscription: str):
+        await run(interaction, f"unsubscribe {subscription}")
+
+    @group.command(name="mute", description=describe("mute"))
+    @app_commands.autocomplete(subscription=subscription_ids)
+    async def mute(interaction: discord.Interaction, subscription: str, term: str):
+        await run(interaction, f"mute {subscription} {term}")
+
+    @group.command(name="list", description=describe("list"))
+    async def list_(interaction: discord.Interaction):
+        await run(interaction, "list")
+
+    @group.command(name="search", description=describe("search"))
+    async def search(interaction: discord.Interaction, words: str):
+        await run(interaction, f"search {words}")
+
+    @group.command(name="show", description=describe("show"))
+    async def show(interaction: discord.Interaction, paper: str):
+        await run(interaction, f"show {paper}")
+
+    @group.command(name="trending", description=describe("trending"))
+    async def trending(interaction: discord.Interaction, period: Literal["today", "week", "month"] = "week"):
+        await run(interaction, f"trending {period}")
+
+    @group.command(name="digest", description=describe("digest"))
+    @app_commands.describe(time="HH:MM, in the channel's time zone", day="for weekly digests")
+    async def digest(interaction: discord.Interaction, mode: Literal["off", "daily", "weekly"],
+                     time: Optional[str] = None, day: Optional[WEEKDAY] = None):
+        parts = [mode] + ([day or "mon"] if mode == "weekly" else []) + ([time] if time and mode != "off" else [])
+        await run(interaction, "digest " + " ".join(parts))
+
+    @group.command(name="timezone", description=describe("timezone"))
+    @app_commands.autocomplete(zone=zones)
+    async def timezone(interaction: discord.Interaction, zone: str):
+        await run(interaction, f"timezone {zone}")
+
+    @group.command(name="pause", description=describe("pause"))
+    async def pause(interaction: discord.Interaction):
+        await run(interaction, "pause")
+
+    @group.command(name="resume", description=describe("resume"))
+    async def resume(interaction: discord.Interaction):
+        await run(interaction, "resume")
+
+    @group.command(name="status", description=describe("status"))
+    async def status(interaction: discord.Interaction):
+        await run(interaction, "status")
+
+    @group.command(name="help", description=describe("help"))
+    async def help_(interaction: discord.Interaction, command: Optional[str] = None):
+        await run(interaction, f"help {command or ''}".strip())
+
+    return group
+
+
+_LINKS = re.compile(r"https?://(?:www\.)?(?:arxiv\.org/(?:abs|pdf)/|huggingface\.co/papers/)\S+")
+
+
+def paper_links(text: str) -> list[str]:
+    """Version-less arXiv ids of the arXiv and Hugging Face paper links in a message (at most 3)."""
+    found: list[str] = []
+    for link in _LINKS.findall(text):
+        paper_id = canonical_arxiv_id(link)
+        if paper_id and paper_id not in found:
+            found.append(paper_id)
+    return found[:3]
+
+
+class _Gateway(discord.Client):
+    def __init__(self, *, intents: discord.Intents, group: app_commands.Group, guild_id: int | None,
+                 on_command: CommandHandler, adapter: DiscordAdapter):
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        self.tree = app_commands.CommandTree(self)
+        self.tree.add_command(group)
+        self.guild_id = guild_id
+        self.on_command = on_command
+        self.adapter = adapter
+
+    async def setup_hook(self) -> None:
+        # Guild sync is instant (development); global sync can take up to an hour to show.
+        if self.guild_id:
+            guild = discord.Object(id=self.guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot or not message.content:
+            return
+        await answer_links(self.on_command, self.adapter, str(message.channel.id), str(message.id),
+                           str(message.author.id), message.content)
+
+
+async def answer_links(on_command: CommandHandler, adapter: DiscordAdapter, channel_id: str, message_id: str,
+                       user_id: str, content: str) -> int:
+    """Reply to a message with a card for each arXiv or Hugging Face paper link in it."""
+    cards = []
+    for paper_id in paper_links(content):
+        reply = await on_command(CommandRequest(ChannelRef("discord", channel_id), user_id, f"show {paper_id}",
+                                                can_manage=False))
+        cards.extend(reply.cards)
+    if cards:
+        await adapter.reply(channel_id, message_id, Reply("", cards=tuple(cards)))
+    return len(cards)
+
+
+class _Frontend:
+    def __init__(self, close: Callable[[], Awaitable[None]]):
+        self.close = close
+
+
+async def start_discord(adapter: DiscordAdapter, config, on_command: CommandHandler, summaries: dict[str, str],
+                        store_subscriptions) -> _Frontend:
+    """Connect the gateway for /papers (and link cards with the message-content intent)."""
+    intents = discord.Intents.default()
+    intents.message_content = config.discord.message_content
+    group = build_command_group(on_command, summaries, store_subscriptions)
+    client = _Gateway(intents=intents, group=group, guild_id=config.discord.dev_guild_id or None,
+                      on_command=on_command, adapter=adapter)
+
+    async def connect() -> None:
+        try:
+            await client.start(adapter.token)
+        except discord.LoginFailure:
+            log.error("Discord refused the token: /papers commands are off")
+        except discord.PrivilegedIntentsRequired:
+            log.error("enable the Message Content intent in the Discord developer portal, or set "
+                      "[discord] message_content = false: /papers commands are off")
+        except (aiohttp.ClientError, OSError) as exc:
+            log.error("cannot reach the Discord gateway (%s): /papers commands are off", type(exc).__name__)
+
+    task = asyncio.get_running_loop().create_task(connect())
+
+    async def close() -> None:
+        await client.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    return _Frontend(close)

@@ -1,0 +1,255 @@
+"""Discord: embeds within limits, REST delivery through discord.py to a fake API, the /papers group."""
+
+import json
+from types import SimpleNamespace
+
+import discord
+import pytest
+from discord.http import Route
+
+import handlers
+from bot.adapters.discord_adapter import DiscordAdapter, answer_links, build_command_group, nonce_for, paper_links
+from bot.adapters.discord_render import card_embed, digest_embed, reply_embeds
+from bot.cards import card_for
+from bot.dispatch import Dispatcher
+from bot.models import ChannelRef, CommandRequest, Digest, Match
+
+from .fakes import FakeDiscord, paper
+
+CH = ChannelRef("discord", "123")
+HOSTILE = paper("2411.00001", "@everyone **bold** <@123456789012345678> " + "t" * 400, "x *y* " * 2000,
+                authors=("@here Mallory",), upvotes=7, source="hf",
+                thumbnail="https://cdn-thumbnails.huggingface.co/social-thumbnails/papers/2411.00001.png",
+                github="https://github.com/x/y")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    with FakeDiscord() as server:
+        monkeypatch.setattr(Route, "BASE", server.api_base)  # restored after the test
+        yield server
+
+
+# ---- rendering ----------------------------------------------------------------------------
+
+def test_card_embed_escapes_and_respects_every_limit():
+    embed = card_embed(card_for(HOSTILE, "#1 `x`: x in title"))
+    data = embed.to_dict()
+    assert len(data["title"]) <= 256 and len(data["description"]) <= 4096 and len(embed) <= 6000
+    assert len(data["fields"]) <= 25 and all(len(f["value"]) <= 1024 for f in data["fields"])
+    assert "@everyone" not in data["title"] and "\\*\\*bold\\*\\*" in data["title"]
+    assert "<@123456789012345678>" not in data["title"]
+    assert data["author"]["name"].startswith("@\u200bhere")
+    assert data["color"] == 0xFFD21E  # Hugging Face
+    assert data["thumbnail"]["url"].endswith("2411.00001.png")
+    assert data["url"] == "https://arxiv.org/abs/2411.00001"
+
+
+def test_digest_is_one_embed_within_limits():
+    cards = tuple(card_for(paper(f"2411.{i:05d}", f"Paper {i} *x*", upvotes=i)) for i in range(1, 500))
+    embed = digest_embed(Digest(CH, "499 new papers for this channel", cards))
+    data = embed.to_dict()
+    assert len(data["description"]) <= 4096 and len(embed) <= 6000
+    assert data["description"].startswith("• [Paper 1 \\*x\\*](https://arxiv.org/abs/2411.00001) · ▲ 1")
+    assert data["footer"]["text"].startswith("and ") and "more" in data["footer"]["text"]
+
+
+def test_reply_embeds_stay_within_ten_and_6000():
+    embeds = reply_embeds(tuple(card_for(HOSTILE) for _ in range(15)))
+    assert 1 <= len(embeds) <= 10 and sum(len(e) for e in embeds) <= 6000
+
+
+def test_nonces_are_stable_and_short():
+    assert nonce_for(CH, "2411.00001") == nonce_for(CH, "2411.00001")
+    assert nonce_for(CH, "2411.00001") != nonce_for(ChannelRef("discord", "124"), "2411.00001")
+    assert len(nonce_for(CH, "2411.00001")) <= 25
+
+
+# ---- REST delivery ----------------------------------------------------------------------------
+
+def queue(store, clock, paper_id="2411.00001", title="Latent @everyone diffusion"):
+    store.add_papers([paper(paper_id, title, authors=("Ada",), github="https://github.com/x/y")], clock())
+    sub, _ = store.add_subscription(CH, "diffusion", "42", clock())
+    store.enqueue(paper_id, [Match(sub.id, CH, sub.query, ("diffusion in title",))], clock())
+
+
+async def test_poll_posts_embeds_with_buttons_nonce_and_no_mentions(store, clock, fake):
+    queue(store, clock)
+    adapter = DiscordAdapter("discord-test-token")
+    report = await Dispatcher(store, {"discord": adapter}, clock).dispatch()
+    await adapter.close()
+    assert report.sent == 1
+    ((channel, body),) = fake.posts
+    assert channel == "123"
+    assert body["allowed_mentions"] == {"parse": []}
+    assert body["nonce"] == nonce_for(CH, "2411.00001") and body["enforce_nonce"] is True
+    (embed,) = body["embeds"]
+    assert embed["title"] == "Latent @\u200beveryone diffusion"
+    buttons = body["components"][0]["components"]
+    assert [(b["label"], b["url"], b["style"]) for b in buttons] == [
+        ("arXiv", "https://arxiv.org/abs/2411.00001", 5), ("PDF", "https://arxiv.org/pdf/2411.00001", 5),
+        ("Code", "https://github.com/x/y", 5)]
+    assert store.db.execute("SELECT message_id FROM deliveries").fetchone()[0] == "9001"
+
+
+async def test_a_429_is_retried_by_discord_py_with_nothing_lost(store, clock, fake):
+    fake.script("123", (429, {"message": "You are being rate limited.", "retry_after": 0.2, "global": False},
+                        {"Via": "1.1 google", "Retry-After": "1"}))
+    queue(store, clock)
+    adapter = DiscordAdapter("discord-test-token")
+    report = await Dispatcher(store, {"discord": adapter}, clock).dispatch()
+    await adapter.close()
+    assert report.sent == 1 and len(fake.posts) == 2
+    assert fake.posts[0][1]["nonce"] == fake.posts[1][1]["nonce"]  # a retry can never duplicate
+    assert store.delivery_counts() == {"sent": 1}
+
+
+@pytest.mark.parametrize("status, code, reason", [(404, 10003, "unknown channel"), (403, 50013, "missing permissions")])
+async def test_a_deleted_or_forbidden_channel_is_paused(store, clock, fake, status, code, reason, make_config):
+    fake.script("123", (status, {"message": "nope", "code": code}, {}))
+    queue(store, clock)
+    adapter = DiscordAdapter("discord-test-token")
+    dispatcher = Dispatcher(store, {"discord": adapter}, clock)
+    await dispatcher.dispatch()
+    clock.advance(hours=3)
+    await dispatcher.dispatch()
+    await adapter.close()
+    assert len(fake.posts) == 1
+    assert store.channel_settings(CH).paused_reason == reason
+    ctx = handlers.Context(store, make_config(), clock)
+    assert f"paused ({reason})" in (await handlers.handle(ctx, CommandRequest(CH, "42", "status"))).text
+
+
+async def test_digest_goes_out_as_one_message(store, clock, fake):
+    adapter = DiscordAdapter("discord-test-token")
+    cards = tuple(card_for(paper(f"2411.0000{i}", f"P{i}")) for i in range(1, 4))
+    result = await adapter.post_digest(Digest(CH, "3 new papers for this channel", cards))
+    await adapter.close()
+    assert result.ok and len(fake.posts) == 1
+    assert len(fake.posts[0][1]["embeds"]) == 1 and fake.posts[0][1]["allowed_mentions"] == {"parse": []}
+
+
+async def test_pasted_links_get_a_card_reply(store, clock, fake, make_config):
+    store.add_papers([paper("2411.00001", "Latent diffusion")], clock())
+    ctx = handlers.Context(store, make_config(), clock)
+    adapter = DiscordAdapter("discord-test-token")
+
+    async def on_command(request):
+        return await handlers.handle(ctx, request)
+
+    text = "look: https://arxiv.org/abs/2411.00001v2 and https://example.com"
+    assert paper_links(text) == ["2411.00001"]
+    assert await answer_links(on_command, adapter, "123", "555", "42", text) == 1
+    assert await answer_links(on_command, adapter, "123", "556", "42", "no links here") == 0
+    await adapter.close()
+    ((channel, body),) = fake.posts
+    assert body["message_reference"]["message_id"] == 555 and body["embeds"][0]["title"] == "Latent diffusion"
+    assert body["allowed_mentions"] == {"parse": []}
+
+
+# ---- the /papers command group ------------------------------------------------------------------
+
+class FakeInteraction:
+    """What the group's callbacks use of a discord.Interaction."""
+
+    def __init__(self, manage=True, channel_id=123, user_id=42):
+        self.channel_id = channel_id
+        self.user = SimpleNamespace(id=user_id)
+        self.permissions = discord.Permissions(manage_channels=manage)
+        self.deferred = []
+        self.sent = []
+        self.response = SimpleNamespace(defer=self._defer)
+        self.followup = SimpleNamespace(send=self._send)
+
+    async def _defer(self, **kwargs):
+        self.deferred.append(kwargs)
+
+    async def _send(self, **kwargs):
+        self.sent.append(kwargs)
+
+
+@pytest.fixture
+def group(store, make_config, clock):
+    ctx = handlers.Context(store, make_config(), clock)
+
+    async def on_command(request):
+        return await handlers.handle(ctx, request)
+
+    summaries = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
+    return build_command_group(on_command, summaries, store.subscriptions)
+
+
+def sub_command(group, name):
+    return next(c for c in group.commands if c.name == name)
+
+
+def test_one_subcommand_per_shared_command_with_docstring_descriptions(group):
+    assert {c.name for c in group.commands} == set(handlers.COMMANDS)
+    for command in group.commands:
+        assert command.description == handlers.COMMANDS[command.name].summary[:100]
+    params = {p.name: p for p in sub_command(group, "subscribe").parameters}
+    assert params["query"].required and not params["backfill"].required
+    assert params["backfill"].min_value == 1 and params["backfill"].max_value == 20
+    trending = {p.name: p for p in sub_command(group, "trending").parameters}["period"]
+    assert [c.value for c in trending.choices] == ["today", "week", "month"]
+
+
+async def test_callbacks_defer_then_reach_the_shared_handlers(group, store):
+    interaction = FakeInteraction()
+    await sub_command(group, "subscribe").callback(interaction, query="Diffusion", backfill=None)
+    assert interaction.deferred == [{"ephemeral": True, "thinking": True}]
+    (sent,) = interaction.sent
+    assert sent["ephemeral"] is True and sent["content"].startswith("Subscribed this channel to `diffusion` (#1).")
+    assert sent["allowed_mentions"].everyone is False
+    assert store.subscriptions(CH)[0].query == "diffusion"
+    listing = FakeInteraction()
+    await sub_command(group, "list").callback(listing)
+    assert "#1 `diffusion`" in listing.sent[0]["content"]
+
+
+async def test_changing_a_channel_needs_manage_channels(group, store):
+    interaction = FakeInteraction(manage=False)
+    await sub_command(group, "subscribe").callback(interaction, query="diffusion", backfill=None)
+    assert "right to manage this channel" in interaction.sent[0]["content"] and store.subscriptions() == []
+    lookup = FakeInteraction(manage=False)
+    await sub_command(group, "search").callback(lookup, words="diffusion")
+    assert "right to manage" not in lookup.sent[0]["content"]
+
+
+async def test_digest_options_become_the_shared_syntax(group, store):
+    interaction = FakeInteraction()
+    await sub_command(group, "digest").callback(interaction, mode="weekly", time="18:30", day="fri")
+    assert "a weekly digest on Fri at 18:30 (UTC)" in interaction.sent[0]["content"]
+    off = FakeInteraction()
+    await sub_command(group, "digest").callback(off, mode="off", time=None, day=None)
+    assert off.sent[0]["content"].startswith("Digests are off")
+
+
+async def test_autocomplete_of_subscription_ids_and_time_zones(group, store, clock):
+    store.add_subscription(CH, "diffusion", "42", clock())
+    store.add_subscription(CH, "agents", "42", clock())
+    unsubscribe = sub_command(group, "unsubscribe")
+    choices = await unsubscribe._params["subscription"].autocomplete(FakeInteraction(), "diff")
+    assert [(c.name, c.value) for c in choices] == [("#1 diffusion", "1")]
+    zones = await sub_command(group, "timezone")._params["zone"].autocomplete(FakeInteraction(), "berl")
+    assert [c.value for c in zones] == ["Europe/Berlin"]
+
+
+def test_cli_subscribe_then_poll_posts_to_the_discord_channel(tmp_path, capsys, fake, server, monkeypatch):
+    from bot.cli import main
+
+    from .fakes import hf_json
+
+    server.route("/api/daily_papers", hf_json())
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "bot.db"}"\n[sources.huggingface]\nbase_url = "{server.url}"\n'
+                      f'[sources.arxiv]\nenabled = false\n[discord]\napi_base = "{fake.api_base}"\n')
+    monkeypatch.setenv("DISCORD_TOKEN", "discord-cli-token-123456")
+    assert main(["--config", str(config), "command", "--channel", "discord:123", "--user", "42", "subscribe diffusion"]) == 0
+    assert main(["--config", str(config), "poll"]) == 0
+    out, err = capsys.readouterr()
+    assert [channel for channel, _ in fake.posts] == ["123", "123"]
+    titles = {body["embeds"][0]["title"] for _, body in fake.posts}
+    assert titles == {"SMITE: Segment Me In TimE",
+                      "MotionCLR: Motion Generation and Training-free Editing via Understanding Attention Mechanisms"}
+    assert "delivered: 2 sent" in out and "discord-cli-token-123456" not in out + err
