@@ -50,8 +50,8 @@ class App:
             )
         self.adapters: dict[str, Adapter] = adapters if adapters is not None else self._default_adapters(stdout)
         self._frontends: list = []  # things to stop: the Slack HTTP server or socket
-        self.poller = Poller(self.store, clock)
-        self.dispatcher = Dispatcher(self.store, self.adapters, clock)
+        self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days)
+        self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle)
         self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url, config.max_response_bytes)
         self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
         released = self.store.release_unfinished()

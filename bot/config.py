@@ -38,6 +38,16 @@ def _categories(value: list) -> str | None:
     return f"not arXiv categories: {bad!r} (expected forms like 'cs.LG')" if bad else None
 
 
+def _channel_ok(value: str) -> bool:
+    from .models import ChannelRef
+
+    try:
+        ChannelRef.parse(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _level(value: str) -> str | None:
     return None if value.upper() in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}"
 
@@ -63,6 +73,12 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
     "http": {
         "timeout_seconds": (float, 20.0, _positive),
         "max_response_mb": (float, 20.0, _positive),
+    },
+    "delivery": {
+        "cards_per_cycle": (int, 10, _positive),
+        "max_age_days": (int, 7, _positive),
+        "admin_channel": (str, "", lambda v: None if not v or _channel_ok(v) else "must be like slack:C123 or discord:123"),
+        "source_failure_notice_after": (int, 3, _positive),
     },
     "limits": {
         "max_subscriptions_per_channel": (int, 50, _positive),
@@ -116,6 +132,14 @@ class Secrets:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    cards_per_cycle: int = 10  # per channel and sweep; the rest goes out as one digest
+    max_age_days: int = 7  # papers listed longer ago are stored, not posted
+    admin_channel: str = ""  # where source failure and recovery notices go ("" for none)
+    source_failure_notice_after: int = 3  # consecutive failures before a notice
+
+
+@dataclass(frozen=True)
 class SlackConfig:
     mode: str = "socket"
     port: int = 3000
@@ -145,6 +169,7 @@ class Config:
     source_file: str | None = None
     slack: SlackConfig = field(default_factory=SlackConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, dict]:
@@ -214,6 +239,7 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             command=values["slack"]["command"],
             admins=tuple(values["slack"]["admins"]),
         ),
+        delivery=DeliveryConfig(**values["delivery"]),
         discord=DiscordConfig(
             api_base=values["discord"]["api_base"].rstrip("/"),
             dev_guild_id=values["discord"]["dev_guild_id"],

@@ -13,7 +13,7 @@ from .adapters import Adapter
 from .cards import card_for
 from .clock import utcnow
 from .digest import digest_due
-from .models import ChannelSettings, Delivery, Digest, PostResult
+from .models import ChannelRef, ChannelSettings, Delivery, Digest, PostResult
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +39,45 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, adapters: dict[str, Adapter], clock: Callable[[], datetime] = utcnow):
+    def __init__(self, store: Store, adapters: dict[str, Adapter], clock: Callable[[], datetime] = utcnow,
+                 *, cards_per_cycle: int = 10):
         self.store = store
         self.adapters = adapters
         self.clock = clock
+        self.cards_per_cycle = cards_per_cycle
         self._warned: set[str] = set()
 
     async def dispatch(self) -> DispatchReport:
+        """Send what is due, per channel: up to `cards_per_cycle` cards, the rest as one digest.
+
+        A burst (a big listing day, the catch-up after an outage) therefore reaches a
+        channel as a few cards and one list, never as a flood, and nothing is dropped.
+        """
         report = DispatchReport()
+        by_channel: dict[ChannelRef, list[Delivery]] = {}
         for delivery in self.store.due_deliveries(self.clock()):
-            adapter = self.adapters.get(delivery.channel.platform)
+            by_channel.setdefault(delivery.channel, []).append(delivery)
+        for channel, deliveries in by_channel.items():
+            adapter = self.adapters.get(channel.platform)
             if adapter is None:
-                report.waiting += 1
-                if delivery.channel.platform not in self._warned:
-                    self._warned.add(delivery.channel.platform)
-                    log.warning(
-                        "no %s adapter is running: deliveries to %s channels wait in the outbox",
-                        delivery.channel.platform, delivery.channel.platform,
-                    )
+                report.waiting += len(deliveries)
+                if channel.platform not in self._warned:
+                    self._warned.add(channel.platform)
+                    log.warning("no %s adapter is running: deliveries to %s channels wait in the outbox",
+                                channel.platform, channel.platform)
                 continue
-            if not self.store.claim_delivery(delivery.id):
-                continue
-            result = await self._send(adapter, delivery)
-            self._record(delivery, result, report)
+            for delivery in deliveries[: self.cards_per_cycle]:
+                if not self.store.claim_delivery(delivery.id):
+                    continue
+                result = await self._send(adapter, delivery)
+                self._record(delivery, result, report)
+                if result.channel_gone:
+                    break
+            overflow = deliveries[self.cards_per_cycle:]
+            if overflow and not self.store.channel_settings(channel).paused:
+                claimed = [d for d in overflow if self.store.claim_delivery(d.id)]
+                title = f"{len(claimed)} more new paper{'s' if len(claimed) != 1 else ''} for this channel"
+                await self._post_batch(adapter, channel, claimed, title, report)
         return report
 
     async def dispatch_digests(self) -> DispatchReport:
@@ -82,31 +98,40 @@ class Dispatcher:
     async def _send_digest(self, adapter: Adapter, settings: ChannelSettings, due: datetime,
                            report: DispatchReport) -> None:
         pending = [d for d in self.store.pending_for_channel(settings.channel) if self.store.claim_delivery(d.id)]
+        if pending:
+            title = f"{len(pending)} new paper{'s' if len(pending) != 1 else ''} for this channel"
+            if not await self._post_batch(adapter, settings.channel, pending, title, report):
+                return  # tried again at the next sweep
+        # Due with nothing to send still moves the schedule on, so it fires once per slot.
+        self.store.save_channel_settings(replace(settings, last_digest_at=due), settings.updated_at or due)
+
+    async def _post_batch(self, adapter: Adapter, channel: ChannelRef, claimed: list[Delivery], title: str,
+                          report: DispatchReport) -> bool:
+        """Send claimed deliveries as one digest message; on failure they return to the outbox."""
         cards = []
-        for delivery in pending:
+        for delivery in claimed:
             paper = self.store.get_paper(delivery.paper_id)
             if paper is not None:
                 cards.append(card_for(paper, delivery.reason))
-        if cards:
-            title = f"{len(cards)} new paper{'s' if len(cards) != 1 else ''} for this channel"
-            try:
-                result = await adapter.post_digest(Digest(settings.channel, title, tuple(cards)))
-            except Exception as exc:
-                log.exception("digest for %s raised", settings.channel)
-                result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
-            if not result.ok:
-                # Nothing is lost: the rows go back to pending and the digest is tried again.
-                for delivery in pending:
-                    self.store.mark_failed(delivery.id, result.error or "digest failed", self.clock())
-                report.retrying += len(pending)
-                log.warning("digest for %s failed (%s); will retry", settings.channel, result.error)
-                return
-            for delivery in pending:
-                self.store.mark_sent(delivery.id, result.message_id, self.clock())
-            report.sent += len(pending)
-            log.info("posted a digest of %d papers to %s", len(pending), settings.channel)
-        # Due with nothing to send still moves the schedule on, so it fires once per slot.
-        self.store.save_channel_settings(replace(settings, last_digest_at=due), settings.updated_at or due)
+        try:
+            result = await adapter.post_digest(Digest(channel, title, tuple(cards)))
+        except Exception as exc:
+            log.exception("digest for %s raised", channel)
+            result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
+        now = self.clock()
+        if not result.ok:
+            # Nothing is lost: the rows go back to pending and the digest is tried again.
+            retry_at = now + (timedelta(seconds=result.retry_after) if result.retry_after else BACKOFF_BASE)
+            for delivery in claimed:
+                self.store.mark_failed(delivery.id, result.error or "digest failed", retry_at)
+            report.retrying += len(claimed)
+            log.warning("digest for %s failed (%s); will retry", channel, result.error)
+            return False
+        for delivery in claimed:
+            self.store.mark_sent(delivery.id, result.message_id, now)
+        report.sent += len(claimed)
+        log.info("posted a digest of %d papers to %s", len(claimed), channel)
+        return True
 
     async def _send(self, adapter: Adapter, delivery: Delivery) -> PostResult:
         paper = self.store.get_paper(delivery.paper_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable
 
 from storage import Store
@@ -37,9 +37,10 @@ class SourceReport:
 
 
 class Poller:
-    def __init__(self, store: Store, clock: Callable[[], datetime] = utcnow):
+    def __init__(self, store: Store, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7):
         self.store = store
         self.clock = clock
+        self.max_age = timedelta(days=max_age_days)
         self.matcher = IndexedMatcher()
         self._version = 0  # the newest subscription version the engine has seen
 
@@ -85,6 +86,8 @@ class Poller:
         for paper in new:
             if paper.is_update:  # a revised old paper is stored, never announced as news
                 continue
+            if paper.listed_on and now.date() - paper.listed_on > self.max_age:
+                continue  # listed long ago (a late listing, a backfill): stored, not posted
             matches = self.matcher.match(paper)
             if matches:
                 queued += self.store.enqueue(paper.id, matches, now)

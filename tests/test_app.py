@@ -21,6 +21,7 @@ def make_app(tmp_path, server, clock=None, out=None):
                 "huggingface": {"base_url": server.url},
                 "arxiv": {"enabled": False},
             },
+            "delivery": {"max_age_days": 100000},  # the fixture was listed in 2024
         },
         Secrets({}),
     )

@@ -29,6 +29,8 @@ def config_file(tmp_path, server):
         f'[storage]\npath = "{tmp_path / "bot.db"}"\n'
         f'[sources.huggingface]\nbase_url = "{server.url}"\n'
         f'[sources.arxiv]\nbase_url = "{server.url}"\ncategories = ["cs.CV", "cs.LG"]\n'
+        # The fixtures were listed in 2024; by default papers older than a week are not posted.
+        "[delivery]\nmax_age_days = 100000\n"
     )
     return str(path)
 

@@ -83,3 +83,40 @@ def test_retry_delay_grows_and_is_capped():
     assert retry_delay(1) == timedelta(seconds=30)
     assert retry_delay(2) == timedelta(seconds=60)
     assert retry_delay(20) == timedelta(hours=1)
+
+
+async def test_a_burst_is_capped_per_channel_and_the_rest_is_one_digest(store, clock):
+    for i in range(1, 26):
+        queue(store, clock, f"2410.{i:05d}", title=f"Paper {i}")
+    queue(store, clock, "2410.99999", channel=ChannelRef("console", "other"), title="Elsewhere")
+    adapter = RecordingAdapter()
+    digests = []
+
+    async def post_digest(digest):
+        digests.append(digest)
+        return PostResult(ok=True, message_id="digest-1")
+
+    adapter.post_digest = post_digest
+    report = await Dispatcher(store, {"console": adapter}, clock, cards_per_cycle=10).dispatch()
+    assert report.sent == 26
+    ml_cards = [card.title for channel, card in adapter.posts if channel == ML]
+    assert ml_cards == [f"Paper {i}" for i in range(1, 11)]
+    (digest,) = digests
+    assert digest.channel == ML and digest.title == "15 more new papers for this channel"
+    assert [c.title for c in digest.cards] == [f"Paper {i}" for i in range(11, 26)]
+    assert [card.title for channel, card in adapter.posts if channel != ML] == ["Elsewhere"]
+    assert store.delivery_counts() == {"sent": 26}  # nothing dropped
+
+
+async def test_a_failed_overflow_digest_returns_to_the_outbox(store, clock):
+    for i in range(1, 4):
+        queue(store, clock, f"2410.{i:05d}")
+    adapter = RecordingAdapter()
+
+    async def post_digest(digest):
+        return PostResult(ok=False, error="HTTP 503", retryable=True)
+
+    adapter.post_digest = post_digest
+    report = await Dispatcher(store, {"console": adapter}, clock, cards_per_cycle=1).dispatch()
+    assert report.sent == 1 and report.retrying == 2
+    assert store.count_pending() == 2

@@ -91,3 +91,16 @@ async def test_engine_follows_added_changed_and_removed_subscriptions(store, clo
     source.papers = [paper("2410.00004", "Image diffusion, more")]
     assert (await poller.poll(source)).queued == 0
     assert len(poller.matcher) == 0
+
+
+async def test_papers_listed_long_ago_are_stored_but_not_posted(store, clock):
+    from datetime import timedelta
+
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    today = clock().date()
+    source = FakeSource(papers=[paper("2410.00001", "Diffusion, fresh", listed_on=today - timedelta(days=7)),
+                                paper("2410.00002", "Diffusion, stale", listed_on=today - timedelta(days=8))])
+    report = await Poller(store, clock, max_age_days=7).poll(source)
+    assert report.new == 2 and report.queued == 1
+    assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.00001"]
+    assert store.get_paper("2410.00002") is not None

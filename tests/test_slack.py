@@ -303,7 +303,7 @@ def test_cli_subscribe_then_poll_posts_to_the_slack_channel(tmp_path, capsys, sl
     server.route("/api/daily_papers", hf_json())
     config = tmp_path / "config.toml"
     config.write_text(f'[storage]\npath = "{tmp_path / "bot.db"}"\n[sources.huggingface]\nbase_url = "{server.url}"\n'
-                      f'[sources.arxiv]\nenabled = false\n[slack]\napi_url = "{slack.api_url}"\n')
+                      f'[sources.arxiv]\nenabled = false\n[delivery]\nmax_age_days = 100000\n[slack]\napi_url = "{slack.api_url}"\n')
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-cli-token-123456")
     assert main(["--config", str(config), "command", "--channel", "slack:C123", "--user", "U1", "subscribe diffusion"]) == 0
     assert main(["--config", str(config), "poll"]) == 0
