@@ -13,6 +13,7 @@ from storage import Store
 from .clock import utcnow
 from .errors import QueryError, SourceError
 from .matching import IndexedMatcher
+from .models import Paper
 from .sources import Source
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Poller:
             log.exception("%s: unexpected error while fetching", source.name)
             return self._failed(source.name, f"unexpected error: {type(exc).__name__}: {exc}")
         now = self.clock()
+        before = self.store.paper_snapshot([p.id for p in papers])
         new = self.store.add_papers(papers, now)
         # Only papers stored just now are matched, so a subscription never receives
         # papers stored before it was created.
@@ -91,10 +93,34 @@ class Poller:
             matches = self.matcher.match(paper)
             if matches:
                 queued += self.store.enqueue(paper.id, matches, now)
+        queued += self._recheck(papers, before, now)
         self.store.record_source_success(source.name, now, len(papers))
         if not papers:
             log.info("%s: empty listing (normal on weekends and holidays)", source.name)
         return SourceReport(source.name, True, listed=len(papers), new=len(new), queued=queued)
+
+    def _recheck(self, papers: list[Paper], before: dict, now: datetime) -> int:
+        """Known papers whose upvotes (or organization) changed may now match more queries,
+        such as `upvotes>=50`: deliver them then, once, within max_age_days, and only to
+        subscriptions that already existed when the paper was first stored."""
+        queued = 0
+        for listed in papers:
+            if listed.id not in before:
+                continue
+            upvotes, organization, first_seen = before[listed.id]
+            changed = (listed.upvotes is not None and listed.upvotes != upvotes) or (
+                listed.organization is not None and organization is None)
+            if not changed or now - first_seen > self.max_age:
+                continue
+            paper = self.store.get_paper(listed.id)
+            matches = self.matcher.match(paper) if paper is not None and not paper.is_update else []
+            if not matches:
+                continue
+            existed = self.store.subscriptions_created_by([m.subscription_id for m in matches], first_seen)
+            matches = [m for m in matches if m.subscription_id in existed]
+            if matches:
+                queued += self.store.enqueue(listed.id, matches, now)  # unique per paper x channel: once
+        return queued
 
     def _failed(self, name: str, reason: str) -> SourceReport:
         failures = self.store.record_source_failure(name, self.clock(), reason)

@@ -63,6 +63,18 @@ class PapersMixin:
                 )
         return new
 
+    def paper_snapshot(self, paper_ids: list[str]) -> dict[str, tuple[int | None, str | None, datetime]]:
+        """For the stored ones among `paper_ids`: (upvotes, organization, first_seen)."""
+        found = {}
+        for start in range(0, len(paper_ids), 500):
+            chunk = paper_ids[start:start + 500]
+            rows = self.db.execute(
+                f"SELECT id, upvotes, organization, first_seen FROM papers WHERE listed = 1 AND id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update({row[0]: (row[1], row[2], datetime.fromisoformat(row[3])) for row in rows})
+        return found
+
     def get_paper(self, paper_id: str) -> Paper | None:
         row = self.db.execute("SELECT * FROM papers WHERE id = ?", [paper_id]).fetchone()
         if row is None:

@@ -70,6 +70,16 @@ class SubscriptionsMixin:
         newest = max((row[6] for row in rows), default=version)
         return [_subscription(row) for row in rows], newest
 
+    def subscriptions_created_by(self, ids: list[int], moment: datetime) -> set[int]:
+        """Those of `ids` that existed at `moment`."""
+        if not ids:
+            return set()
+        rows = self.db.execute(
+            f"SELECT id FROM subscriptions WHERE created_at <= ? AND id IN ({', '.join('?' * len(ids))})",
+            [iso(moment), *ids],
+        )
+        return {row[0] for row in rows}
+
     def subscription_ids(self) -> set[int]:
         return {row[0] for row in self.db.execute("SELECT id FROM subscriptions")}
 

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from bot.models import ChannelRef
 from bot.poller import Poller
@@ -104,3 +104,32 @@ async def test_papers_listed_long_ago_are_stored_but_not_posted(store, clock):
     assert report.new == 2 and report.queued == 1
     assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.00001"]
     assert store.get_paper("2410.00002") is not None
+
+
+async def test_a_paper_crossing_an_upvote_threshold_is_delivered_then_once(store, clock):
+    store.add_subscription(ML, "diffusion upvotes>=20", "u1", clock())
+    late, _ = store.add_subscription(ChannelRef("console", "late"), "diffusion", "u1", clock())
+    hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="hf", upvotes=3, listed_on=clock().date())])
+    poller = Poller(store, clock)
+    clock.advance(minutes=1)
+    assert (await poller.poll(hf)).queued == 1  # to #2 only: 3 upvotes are not 20
+    store.add_subscription(ChannelRef("console", "newer"), "diffusion", "u1", clock() + timedelta(hours=1))
+    clock.advance(hours=6)
+    hf.papers = [paper("2410.00001", "Diffusion", source="hf", upvotes=25, listed_on=clock().date())]
+    report = await poller.poll(hf)
+    assert report.new == 0 and report.queued == 1
+    channels = sorted(d.channel.channel_id for d in store.due_deliveries(clock()))
+    assert channels == ["late", "ml"]  # not "newer": it was created after the paper arrived
+    hf.papers = [paper("2410.00001", "Diffusion", source="hf", upvotes=40, listed_on=clock().date())]
+    assert (await poller.poll(hf)).queued == 0  # once
+
+
+async def test_no_upvote_recheck_after_max_age(store, clock):
+    store.add_subscription(ML, "diffusion upvotes>=20", "u1", clock())
+    hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="hf", upvotes=3, listed_on=clock().date())])
+    poller = Poller(store, clock, max_age_days=7)
+    clock.advance(minutes=1)
+    await poller.poll(hf)
+    clock.advance(days=8)
+    hf.papers = [paper("2410.00001", "Diffusion", source="hf", upvotes=90, listed_on=clock().date())]
+    assert (await poller.poll(hf)).queued == 0
