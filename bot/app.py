@@ -18,7 +18,7 @@ from .clock import utcnow
 from .config import Config
 from .dispatch import DispatchReport, Dispatcher
 from .lookup import PaperLookup
-from .models import CommandRequest, Reply
+from .models import ChannelRef, CommandRequest, Reply
 from .poller import Poller, SourceReport
 from .sources import ArxivSource, HuggingFaceSource, Source, make_client
 
@@ -121,8 +121,37 @@ class App:
 
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:
         """One full cycle: every enabled source, then the outbox."""
-        reports = [await self.poller.poll(source) for source in self.sources]
+        reports = []
+        for source in self.sources:
+            report = await self.poller.poll(source)
+            await self.notify(report)
+            reports.append(report)
         return reports, await self.deliver()
+
+    async def notify(self, report: SourceReport) -> None:
+        """Tell the admin channel once when a source keeps failing, and once when it recovers."""
+        cfg = self.config.delivery
+        if not cfg.admin_channel:
+            return
+        if not report.ok and report.failures == cfg.source_failure_notice_after:
+            text = (f"papers-bot: {report.source} has failed {report.failures} times in a row "
+                    f"(last error: {report.error}). Papers from it will arrive when it recovers.")
+        elif report.ok and report.recovered_after >= cfg.source_failure_notice_after:
+            text = f"papers-bot: {report.source} works again, after {report.recovered_after} failed polls."
+        else:
+            return
+        channel = ChannelRef.parse(cfg.admin_channel)
+        adapter = self.adapters.get(channel.platform)
+        if adapter is None:
+            log.warning("no %s adapter for the admin channel %s: %s", channel.platform, channel, text)
+            return
+        try:
+            result = await adapter.post_text(channel, text)
+        except Exception:
+            log.exception("the admin notice to %s failed", channel)
+            return
+        if not result.ok:
+            log.warning("the admin notice to %s failed: %s", channel, result.error)
 
     async def aclose(self) -> None:
         for adapter in self.adapters.values():
@@ -204,6 +233,7 @@ class _Runner:
 
     async def _poll(self, source: Source) -> None:
         report = await self.app.poller.poll(source)
+        await self.app.notify(report)
         if report.ok:
             self.retry_at.pop(source.name, None)
             log.info(report.line())

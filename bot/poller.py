@@ -30,10 +30,14 @@ class SourceReport:
     queued: int = 0
     error: str | None = None
     failures: int = 0  # consecutive failures, this one included
+    not_modified: bool = False  # HTTP 304: nothing new since the last poll
+    recovered_after: int = 0  # failures in a row that this success ended
 
     def line(self) -> str:
         if not self.ok:
             return f"{self.source}: FAILED: {self.error}"
+        if self.not_modified:
+            return f"{self.source}: not modified since the last poll"
         return f"{self.source}: {self.listed} listed, {self.new} new, {self.queued} queued for delivery"
 
 
@@ -71,6 +75,9 @@ class Poller:
             gc.freeze()
 
     async def poll(self, source: Source) -> SourceReport:
+        validators = getattr(source, "validators", None)
+        if validators is not None and not validators:
+            validators.update(self.store.source_validators(source.name))
         try:
             papers = await source.fetch()
         except SourceError as exc:
@@ -79,6 +86,11 @@ class Poller:
             log.exception("%s: unexpected error while fetching", source.name)
             return self._failed(source.name, f"unexpected error: {type(exc).__name__}: {exc}")
         now = self.clock()
+        if papers is None:  # 304: the listing has not changed since the last poll
+            recovered = self.store.record_source_success(source.name, now, 0)
+            return SourceReport(source.name, True, not_modified=True, recovered_after=recovered)
+        if validators is not None:
+            self.store.save_source_validators(source.name, validators)
         before = self.store.paper_snapshot([p.id for p in papers])
         new = self.store.add_papers(papers, now)
         # Only papers stored just now are matched, so a subscription never receives
@@ -94,10 +106,11 @@ class Poller:
             if matches:
                 queued += self.store.enqueue(paper.id, matches, now)
         queued += self._recheck(papers, before, now)
-        self.store.record_source_success(source.name, now, len(papers))
+        recovered = self.store.record_source_success(source.name, now, len(papers))
         if not papers:
             log.info("%s: empty listing (normal on weekends and holidays)", source.name)
-        return SourceReport(source.name, True, listed=len(papers), new=len(new), queued=queued)
+        return SourceReport(source.name, True, listed=len(papers), new=len(new), queued=queued,
+                            recovered_after=recovered)
 
     def _recheck(self, papers: list[Paper], before: dict, now: datetime) -> int:
         """Known papers whose upvotes (or organization) changed may now match more queries,

@@ -125,3 +125,14 @@ def m005_subscription_versions(db: Database) -> None:
         CREATE INDEX subscriptions_version ON subscriptions(version);
         """
     )
+
+
+@migrations()
+def m006_source_validators(db: Database) -> None:
+    # Conditional requests: the validators of the last full response, sent back next time.
+    db.executescript(
+        """
+        ALTER TABLE source_state ADD COLUMN etag TEXT;
+        ALTER TABLE source_state ADD COLUMN last_modified TEXT;
+        """
+    )

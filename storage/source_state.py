@@ -12,7 +12,9 @@ from .db import iso, parse_iso
 class SourceStateMixin:
     db: Database
 
-    def record_source_success(self, source: str, now: datetime, count: int) -> None:
+    def record_source_success(self, source: str, now: datetime, count: int) -> int:
+        """Record a success; returns how many failures in a row it ends (0 if none)."""
+        row = self.db.execute("SELECT consecutive_failures FROM source_state WHERE source = ?", [source]).fetchone()
         self.db.execute(
             """INSERT INTO source_state (source, last_attempt, last_success, consecutive_failures, last_count)
                VALUES (?, ?, ?, 0, ?)
@@ -20,6 +22,20 @@ class SourceStateMixin:
                    last_success = excluded.last_success, consecutive_failures = 0,
                    last_count = excluded.last_count""",
             [source, iso(now), iso(now), count],
+        )
+        return row[0] if row else 0
+
+    def source_validators(self, source: str) -> dict[str, str]:
+        """The ETag / Last-Modified of the source's last full response."""
+        row = self.db.execute("SELECT etag, last_modified FROM source_state WHERE source = ?", [source]).fetchone()
+        found = {"etag": row[0], "last-modified": row[1]} if row else {}
+        return {k: v for k, v in found.items() if v}
+
+    def save_source_validators(self, source: str, validators: dict[str, str]) -> None:
+        self.db.execute(
+            """INSERT INTO source_state (source, etag, last_modified) VALUES (?, ?, ?)
+               ON CONFLICT(source) DO UPDATE SET etag = excluded.etag, last_modified = excluded.last_modified""",
+            [source, validators.get("etag"), validators.get("last-modified")],
         )
 
     def record_source_failure(self, source: str, now: datetime, error: str) -> int:

@@ -140,6 +140,10 @@ class RecordingAdapter:
         self.posts: list[tuple[ChannelRef, Card]] = []
         self.results = list(results or [])
 
+    async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
+        self.posts.append((channel, text))
+        return PostResult(ok=True, message_id=f"t{len(self.posts)}")
+
     async def post(self, channel: ChannelRef, card: Card) -> PostResult:
         self.posts.append((channel, card))
         if self.results:

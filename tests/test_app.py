@@ -119,3 +119,44 @@ async def test_a_backfill_is_posted_as_part_of_the_command(tmp_path, server):
     assert reply.queued == 2 and "Backfill: posting 2 recent matches now." in reply.text
     assert out.getvalue().count("[console:ml]") == 2
     await app.aclose()
+
+
+async def test_admin_channel_hears_once_of_a_failing_source_and_once_of_its_recovery(tmp_path, server):
+    from bot.config import Secrets, parse_config
+
+    from .fakes import RecordingAdapter
+
+    server.route("/api/daily_papers", Canned(status=503, body=b""), Canned(status=503, body=b""),
+                 Canned(status=503, body=b""), Canned(status=503, body=b""), Canned(body=b"[]"))
+    config = parse_config({"storage": {"path": str(tmp_path / "bot.db")},
+                           "sources": {"huggingface": {"base_url": server.url}, "arxiv": {"enabled": False}},
+                           "delivery": {"admin_channel": "console:ops", "source_failure_notice_after": 3}},
+                          Secrets({}))
+    admin = RecordingAdapter()
+    app = App(config, adapters={"console": admin})
+    for _ in range(5):
+        await app.poll_once()
+    await app.aclose()
+    notices = [text for channel, text in admin.posts]
+    assert [c.key for c, _ in admin.posts] == ["console:ops", "console:ops"]
+    assert notices[0].startswith("papers-bot: huggingface has failed 3 times in a row (last error: HTTP 503 from")
+    assert notices[1] == "papers-bot: huggingface works again, after 4 failed polls."
+
+
+async def test_conditional_requests_send_the_validators_back(tmp_path, server):
+    server.route("/api/daily_papers", Canned(body=b"[]", headers={"ETag": '"v1"', "Last-Modified": "Fri, 27 Nov 2026 10:00:00 GMT"}),
+                 Canned(status=304, body=b""))
+    app = make_app(tmp_path, server)
+    first, _ = await app.poll_once()
+    second, _ = await app.poll_once()
+    await app.aclose()
+    assert server.requests[0][2].get("If-None-Match") is None  # never an empty validator
+    assert server.requests[1][2]["If-None-Match"] == '"v1"'
+    assert server.requests[1][2]["If-Modified-Since"] == "Fri, 27 Nov 2026 10:00:00 GMT"
+    assert second[0].line() == "huggingface: not modified since the last poll"
+    # A restarted bot still has them: they are stored.
+    again = make_app(tmp_path, server)
+    server.route("/api/daily_papers", Canned(status=304, body=b""))
+    await again.poll_once()
+    await again.aclose()
+    assert server.requests[-1][2]["If-None-Match"] == '"v1"'

@@ -23,5 +23,9 @@ class Adapter(Protocol):
         """Send many papers as one message."""
         ...
 
+    async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
+        """Send a short notice (ours, but it may quote outside text: escape it)."""
+        ...
+
 
 __all__ = ["Adapter", "ConsoleAdapter"]

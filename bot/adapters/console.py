@@ -63,6 +63,13 @@ class ConsoleAdapter:
         self.posted += 1
         return PostResult(ok=True, message_id=f"console-{self.posted}")
 
+    async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
+        stream = self.stream or sys.stdout
+        stream.write(terminal_safe(f"[{channel.key}] {text}") + "\n")
+        stream.flush()
+        self.posted += 1
+        return PostResult(ok=True, message_id=f"console-{self.posted}")
+
     async def post_digest(self, digest: Digest) -> PostResult:
         stream = self.stream or sys.stdout
         stream.write("─" * 40 + "\n" + render_digest(digest) + "\n")

@@ -24,7 +24,7 @@ from discord.http import HTTPClient, Route, handle_message_parameters
 
 from ..models import ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
-from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds
+from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds, safe
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ class DiscordAdapter:
             view=_link_view(card_buttons(card)),
             nonce=nonce_for(channel, card.paper_id),
         )
+
+    async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
+        return await self._send(channel.channel_id, content=safe(text, CONTENT_MAX))
 
     async def post_digest(self, digest: Digest) -> PostResult:
         ids = ",".join(card.paper_id for card in digest.cards)

@@ -32,6 +32,7 @@ from .slack_render import (
     card_text,
     digest_blocks,
     digest_text,
+    escape,
     reply_blocks,
 )
 
@@ -70,6 +71,9 @@ class SlackAdapter:
         blocks = [block.to_dict() for block in card_blocks(card, card.subscriptions)]
         return await self._post(channel.channel_id, text=card_text(card), blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_id": card.paper_id}})
+
+    async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
+        return await self._post(channel.channel_id, text=escape(text)[:3000])
 
     async def post_digest(self, digest: Digest) -> PostResult:
         blocks = [block.to_dict() for block in digest_blocks(digest)]

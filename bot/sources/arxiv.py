@@ -19,7 +19,7 @@ import httpx
 
 from ..errors import SourceError
 from ..models import Paper
-from .base import clean_text, get_bytes
+from .base import NotModified, clean_text, get_bytes
 from .ids import canonical_arxiv_id
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,15 @@ class ArxivSource:
         self.base_url = base_url.rstrip("/")
         self.categories = categories
         self.max_bytes = max_bytes
+        self.validators: dict[str, str] = {}
 
     async def fetch(self) -> list[Paper]:
         # One request for all categories: arXiv asks for at most one request every 3 s.
         url = f"{self.base_url}/rss/{'+'.join(self.categories)}"
-        body = await get_bytes(self.client, self.name, url, max_bytes=self.max_bytes)
+        try:
+            body = await get_bytes(self.client, self.name, url, max_bytes=self.max_bytes, validators=self.validators)
+        except NotModified:
+            return None
         return parse_rss(body)
 
 

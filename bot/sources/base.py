@@ -17,9 +17,11 @@ USER_AGENT = f"papers-bot/{__version__} (+https://github.com/papers-bot/papers-b
 
 class Source(Protocol):
     name: str
+    validators: dict[str, str]  # ETag / Last-Modified for conditional requests; the poller keeps them
 
-    async def fetch(self) -> list[Paper]:
-        """Return the papers currently listed. Raises SourceError on any failure."""
+    async def fetch(self) -> list[Paper] | None:
+        """Return the papers currently listed, or None when the listing has not changed
+        since the last one (HTTP 304). Raises SourceError on any failure."""
         ...
 
 
@@ -31,6 +33,10 @@ def make_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
+class NotModified(Exception):
+    """The server answered 304: nothing changed since the validators we sent."""
+
+
 async def get_bytes(
     client: httpx.AsyncClient,
     source: str,
@@ -38,10 +44,24 @@ async def get_bytes(
     *,
     params: dict | None = None,
     max_bytes: int = 20 * 1024 * 1024,
+    validators: dict[str, str] | None = None,
 ) -> bytes:
-    """GET `url` and return the body; every failure becomes a SourceError with a clear reason."""
+    """GET `url` and return the body; every failure becomes a SourceError with a clear reason.
+
+    With `validators` (a dict, updated in place) the request is conditional: the stored
+    ETag / Last-Modified are sent (never empty ones), a 304 raises NotModified, and a
+    full answer's validators replace them.
+    """
+    headers = {}
+    if validators:
+        if validators.get("etag"):
+            headers["If-None-Match"] = validators["etag"]
+        if validators.get("last-modified"):
+            headers["If-Modified-Since"] = validators["last-modified"]
     try:
-        async with client.stream("GET", url, params=params) as response:
+        async with client.stream("GET", url, params=params, headers=headers) as response:
+            if response.status_code == 304 and validators:
+                raise NotModified()
             if response.status_code != 200:
                 raise SourceError(source, _status_message(response), retryable=_retryable(response))
             declared = response.headers.get("content-length", "")
@@ -52,6 +72,11 @@ async def get_bytes(
                 body += chunk
                 if len(body) > max_bytes:
                     raise SourceError(source, f"response is over the {max_bytes}-byte limit")
+            if validators is not None:
+                validators.clear()
+                for name in ("etag", "last-modified"):
+                    if response.headers.get(name):
+                        validators[name] = response.headers[name]
             return bytes(body)
     except httpx.TimeoutException:
         raise SourceError(source, f"timed out waiting for {_host(url)}") from None

@@ -17,7 +17,7 @@ import httpx
 
 from ..errors import SourceError
 from ..models import Paper
-from .base import clean_text, get_bytes
+from .base import NotModified, clean_text, get_bytes
 from .ids import canonical_arxiv_id
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,15 @@ class HuggingFaceSource:
         self.client = client
         self.base_url = base_url.rstrip("/")
         self.max_bytes = max_bytes
+        self.validators: dict[str, str] = {}
 
     async def fetch(self) -> list[Paper]:
         url = f"{self.base_url}/api/daily_papers"
-        body = await get_bytes(self.client, self.name, url, params={"limit": 100}, max_bytes=self.max_bytes)
+        try:
+            body = await get_bytes(self.client, self.name, url, params={"limit": 100}, max_bytes=self.max_bytes,
+                                   validators=self.validators)
+        except NotModified:
+            return None
         return parse_daily_papers(body)
 
 
