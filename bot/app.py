@@ -74,7 +74,13 @@ class App:
         return adapters
 
     async def start_frontends(self) -> None:
-        """Connect the chat front-ends that have their tokens (only `run` does this)."""
+        """Connect the chat front-ends that have their tokens, and the metrics server (only `run`)."""
+        if self.config.metrics_port:
+            from .health import start_metrics
+
+            runner = await start_metrics(self.store, self.config, self.config.metrics_port)
+            self._frontends.append(type("Server", (), {"close": staticmethod(runner.cleanup)})())
+            log.info("health and metrics on port %d: /healthz, /metrics", self.config.metrics_port)
         slack = self.adapters.get("slack")
         if slack is not None and hasattr(slack, "client"):
             from .adapters.slack_adapter import start_slack

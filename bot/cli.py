@@ -53,13 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="papers-bot", description="New ML papers from Hugging Face and arXiv, in chat.")
     parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $PAPERS_BOT_CONFIG or ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="action", metavar="{run,poll,command,backfill,export,import}")
+    sub = parser.add_subparsers(dest="action", metavar="{run,poll,command,status,backfill,export,import}")
     sub.add_parser("run", help="poll every source on its interval and deliver, until Ctrl-C")
     sub.add_parser("poll", help="one full cycle (every source, then deliveries), then exit")
     cmd = sub.add_parser("command", help="run one /papers command and print the reply")
     cmd.add_argument("--channel", required=True, help="console:NAME, slack:CHANNEL_ID or discord:CHANNEL_ID")
     cmd.add_argument("--user", required=True, help="the user id the command is run as")
     cmd.add_argument("text", nargs="+", help='the command, e.g. "subscribe diffusion"')
+    sub.add_parser("status", help="sources' health, the delivery queue, and every channel")
     fill = sub.add_parser("backfill", help="store the past N days of listings (for search and estimates; nothing is posted)")
     fill.add_argument("--days", type=int, required=True, help="how many days back, 1 to 90")
     export = sub.add_parser("export", help="print every channel's settings and subscriptions as TOML")
@@ -90,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_command(config, CommandRequest(channel, args.user, " ".join(args.text))))
     if args.action == "poll":
         return asyncio.run(_poll(config))
+    if args.action == "status":
+        return _status(config)
     if args.action == "backfill":
         if not 1 <= args.days <= 90:
             print("papers-bot: --days must be from 1 to 90", file=sys.stderr)
@@ -118,6 +121,18 @@ async def _backfill(config: Config, days: int) -> int:
     finally:
         store.close()
     print(f"backfill: stored {stored['huggingface']} new papers from Hugging Face and {stored['arxiv']} from arXiv")
+    return 0
+
+
+def _status(config: Config) -> int:
+    import handlers
+    from handlers.channel import bot_status
+
+    store = Store(config.storage_path)
+    try:
+        print(bot_status(handlers.Context(store, config)))
+    finally:
+        store.close()
     return 0
 
 

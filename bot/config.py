@@ -96,6 +96,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
         "dev_guild_id": (int, 0, lambda v: None if v >= 0 else "must be a guild id, or 0 for global commands"),
         "message_content": (bool, False, None),
     },
+    "metrics": {
+        "port": (int, 0, lambda v: None if 0 <= v <= 65535 else "must be a port number, or 0 for off"),
+    },
     "logging": {
         "level": (str, "INFO", _level),
     },
@@ -170,6 +173,7 @@ class Config:
     slack: SlackConfig = field(default_factory=SlackConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    metrics_port: int = 0  # 0: no /healthz and /metrics server
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, dict]:
@@ -240,6 +244,7 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             admins=tuple(values["slack"]["admins"]),
         ),
         delivery=DeliveryConfig(**values["delivery"]),
+        metrics_port=values["metrics"]["port"],
         discord=DiscordConfig(
             api_base=values["discord"]["api_base"].rstrip("/"),
             dev_guild_id=values["discord"]["dev_guild_id"],

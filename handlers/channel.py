@@ -103,12 +103,8 @@ def _ago(moment: datetime | None, now: datetime) -> str:
     return "just now"
 
 
-@command("status", "status")
-def status(ctx: Context, req: CommandRequest, args: str) -> Reply:
-    """Health of the sources, the delivery queue, and this channel's settings.
-
-    Example: `/papers status`.
-    """
+def source_lines(ctx: Context) -> list[str]:
+    """Per source: last success, failures and last error, next poll."""
     now = ctx.clock()
     lines = ["Sources:"]
     for name, cfg in (("huggingface", ctx.config.huggingface), ("arxiv", ctx.config.arxiv)):
@@ -123,6 +119,36 @@ def status(ctx: Context, req: CommandRequest, args: str) -> Reply:
             upcoming = state["last_attempt"] + timedelta(minutes=cfg.interval_minutes)
             line += f"; next poll {'due now' if upcoming <= now else 'in ' + _ago(now, upcoming).replace(' ago', '')}"
         lines.append(line)
+    return lines
+
+
+def bot_status(ctx: Context) -> str:
+    """The operator's view (`papers-bot status`): sources, queue, channels."""
+    now = ctx.clock()
+    lines = source_lines(ctx)
+    counts = ctx.store.delivery_counts()
+    lines.append(f"Queue: {counts.get('pending', 0)} pending, {counts.get('sent', 0)} sent, "
+                 f"{counts.get('failed', 0)} failed; last post {_ago(ctx.store.last_sent_at(), now)}.")
+    settings = {s.channel: s for s in ctx.store.all_channel_settings()}
+    subs: dict = {}
+    for sub in ctx.store.subscriptions():
+        subs[sub.channel] = subs.get(sub.channel, 0) + 1
+    lines.append(f"Channels ({len(set(settings) | set(subs))}):")
+    for channel in sorted(set(settings) | set(subs), key=lambda c: c.key):
+        described = settings.get(channel, ChannelSettings(channel)).describe()
+        lines.append(f"• {channel.key}: {subs.get(channel, 0)} subscriptions, {described}, "
+                     f"{ctx.store.count_pending(channel)} pending")
+    return "\n".join(lines)
+
+
+@command("status", "status")
+def status(ctx: Context, req: CommandRequest, args: str) -> Reply:
+    """Health of the sources, the delivery queue, and this channel's settings.
+
+    Example: `/papers status`.
+    """
+    now = ctx.clock()
+    lines = source_lines(ctx)
     settings = ctx.store.channel_settings(req.channel)
     lines.append(f"Queue: {ctx.store.count_pending()} deliveries pending, {ctx.store.count_pending(req.channel)} for this channel; "
                  f"last post here {_ago(ctx.store.last_sent_at(req.channel), now)}.")

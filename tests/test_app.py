@@ -160,3 +160,46 @@ async def test_conditional_requests_send_the_validators_back(tmp_path, server):
     await again.poll_once()
     await again.aclose()
     assert server.requests[-1][2]["If-None-Match"] == '"v1"'
+
+
+async def test_health_and_metrics_endpoints(tmp_path, server, unused_tcp_port):
+    import aiohttp
+
+    from bot.config import Secrets, parse_config
+
+    server.route("/api/daily_papers", Canned(status=500, body=b""))
+    config = parse_config({"storage": {"path": str(tmp_path / "bot.db")},
+                           "sources": {"huggingface": {"base_url": server.url}, "arxiv": {"enabled": False}},
+                           "metrics": {"port": unused_tcp_port},
+                           "delivery": {"source_failure_notice_after": 2}}, Secrets({}))
+    app = App(config, stdout=io.StringIO())
+    await app.start_frontends()
+    base = f"http://127.0.0.1:{unused_tcp_port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/healthz") as response:
+            assert response.status == 200 and (await response.json())["status"] == "ok"
+        await app.poll_once()
+        await app.poll_once()
+        async with session.get(f"{base}/healthz") as response:
+            body = await response.json()
+            assert response.status == 503 and body["sources"]["huggingface"]["consecutive_failures"] == 2
+        async with session.get(f"{base}/metrics") as response:
+            text = await response.text()
+    await app.stop_frontends()
+    await app.aclose()
+    assert 'papers_bot_source_consecutive_failures{source="huggingface"} 2.0' in text
+    assert 'papers_bot_deliveries{status="pending"} 0.0' in text and "papers_bot_papers 0.0" in text
+
+
+def test_status_command_line(tmp_path, capsys):
+    from bot.cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "bot.db"}"\n[sources.arxiv]\nenabled = false\n')
+    main(["--config", str(config), "command", "--channel", "console:ml", "--user", "u", "subscribe diffusion"])
+    capsys.readouterr()
+    assert main(["--config", str(config), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "• huggingface: last success never" in out and "• arxiv: disabled" in out
+    assert "Queue: 0 pending, 0 sent, 0 failed; last post never." in out
+    assert "• console:ml: 1 subscriptions, instant cards (time zone UTC), 0 pending" in out

@@ -123,7 +123,7 @@ def test_config_errors_are_one_clear_line(capsys, tmp_path):
 
 def test_no_action_prints_help(capsys):
     code, out, _ = cli(capsys)
-    assert code == 2 and "{run,poll,command,backfill,export,import}" in out
+    assert code == 2 and "{run,poll,command,status,backfill,export,import}" in out
 
 
 def _closed_port() -> int:

@@ -17,7 +17,7 @@ def test_every_chat_command_is_documented_in_the_readme():
 
 
 def test_every_cli_action_is_documented():
-    for action in ("run", "poll", "command --channel REF --user ID", "backfill --days N", "export", "import FILE"):
+    for action in ("run", "poll", "command --channel REF --user ID", "status", "backfill --days N", "export", "import FILE"):
         assert f"`papers-bot {action}" in README
 
 
