@@ -66,7 +66,7 @@ class PaperLookup:
 def parse_api_feed(body: bytes) -> tuple[list[Paper], int]:
     """The papers of an arXiv API (Atom) response, and the total the query has."""
     feed = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
-    if not feed.version:
+    if not feed.get("version"):
         raise SourceError("arxiv", "API response is not an Atom feed")
     papers = []
     for entry in feed.entries:

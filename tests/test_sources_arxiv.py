@@ -88,3 +88,11 @@ def test_a_paper_listed_twice_in_one_feed_is_returned_once():
     )
     body = b'<rss xmlns:arxiv="http://arxiv.org/schemas/atom" version="2.0"><channel><title>t</title>' + item * 2 + b"</channel></rss>"
     assert len(parse_rss(body)) == 1
+
+
+def test_an_empty_body_is_a_source_error():
+    # Found by tests/test_hostile.py: feedparser gives no `version` at all for b"".
+    import pytest as _pytest
+
+    with _pytest.raises(SourceError, match="not an RSS/Atom feed"):
+        parse_rss(b"")

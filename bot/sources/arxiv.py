@@ -58,7 +58,7 @@ class ArxivSource:
 def parse_rss(body: bytes) -> list[Paper]:
     # Abstracts are plain text, never rendered as HTML here: keep them as written.
     feed = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
-    if not feed.version:
+    if not feed.get("version"):
         reason = getattr(feed.get("bozo_exception"), "getMessage", lambda: "")() or "no RSS or Atom root"
         raise SourceError("arxiv", f"response is not an RSS/Atom feed ({reason})")
     papers: dict[str, Paper] = {}
