@@ -54,9 +54,7 @@ class App:
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle)
         self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url, config.max_response_bytes)
         self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
-        released = self.store.release_unfinished()
-        if released:
-            log.warning("%d deliveries were interrupted mid-send last time; they will be sent again", released)
+        self._recovered = False
 
     def _default_adapters(self, stdout: TextIO | None) -> dict[str, Adapter]:
         adapters: dict[str, Adapter] = {"console": ConsoleAdapter(stdout)}
@@ -113,11 +111,14 @@ class App:
         """Run a /papers command; what it queued (a backfill, a resume) is sent right away."""
         reply = await handlers.handle(self.context, request)
         if reply.queued:
-            await self.dispatcher.dispatch()
+            await self.deliver()
         return reply
 
     async def deliver(self) -> DispatchReport:
-        """Send what is due: instant cards, then digests."""
+        """Send what is due: instant cards, then digests (after settling a crash's leftovers)."""
+        if not self._recovered:
+            self._recovered = True
+            await self.dispatcher.recover()
         report = await self.dispatcher.dispatch()
         digests = await self.dispatcher.dispatch_digests()
         report.sent += digests.sent

@@ -67,7 +67,7 @@ class Dispatcher:
                                 channel.platform, channel.platform)
                 continue
             for delivery in deliveries[: self.cards_per_cycle]:
-                if not self.store.claim_delivery(delivery.id):
+                if not self.store.claim_delivery(delivery.id, self.clock()):
                     continue
                 result = await self._send(adapter, delivery)
                 self._record(delivery, result, report)
@@ -75,10 +75,39 @@ class Dispatcher:
                     break
             overflow = deliveries[self.cards_per_cycle:]
             if overflow and not self.store.channel_settings(channel).paused:
-                claimed = [d for d in overflow if self.store.claim_delivery(d.id)]
+                claimed = [d for d in overflow if self.store.claim_delivery(d.id, self.clock())]
                 title = f"{len(claimed)} more new paper{'s' if len(claimed) != 1 else ''} for this channel"
                 await self._post_batch(adapter, channel, claimed, title, report)
         return report
+
+    async def recover(self) -> tuple[int, int]:
+        """After a crash: settle every delivery left mid-send. Returns (found sent, released).
+
+        Where the platform can tell (Slack: the bot's own message carrying the paper's
+        metadata in the channel's recent history), a message that went out is recorded
+        as sent; everything else goes back to pending. Discord needs no look-up: the
+        resend carries the same nonce, and Discord returns the first message.
+        """
+        found = released = 0
+        for delivery, claimed_at in self.store.unfinished_deliveries():
+            adapter = self.adapters.get(delivery.channel.platform)
+            finder = getattr(adapter, "find_sent", None)
+            message_id = None
+            if finder is not None and claimed_at is not None:
+                try:
+                    message_id = await finder(delivery.channel, delivery.paper_id, claimed_at)
+                except Exception:
+                    log.exception("looking for %s in %s failed; it will be sent again", delivery.paper_id,
+                                  delivery.channel)
+            if message_id:
+                self.store.mark_sent(delivery.id, message_id, self.clock())
+                found += 1
+            else:
+                self.store.release_delivery(delivery.id)
+                released += 1
+        if found or released:
+            log.warning("recovered from an interrupted run: %d deliveries had gone out, %d will be sent", found, released)
+        return found, released
 
     async def dispatch_digests(self) -> DispatchReport:
         """Send every digest that is due: one message per channel with all it is owed."""
@@ -97,7 +126,7 @@ class Dispatcher:
 
     async def _send_digest(self, adapter: Adapter, settings: ChannelSettings, due: datetime,
                            report: DispatchReport) -> None:
-        pending = [d for d in self.store.pending_for_channel(settings.channel) if self.store.claim_delivery(d.id)]
+        pending = [d for d in self.store.pending_for_channel(settings.channel) if self.store.claim_delivery(d.id, self.clock())]
         if pending:
             title = f"{len(pending)} new paper{'s' if len(pending) != 1 else ''} for this channel"
             if not await self._post_batch(adapter, settings.channel, pending, title, report):

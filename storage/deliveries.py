@@ -76,13 +76,25 @@ class DeliveriesMixin:
         row = self.db.execute(sql + (" AND channel = ?" if channel else ""), [channel.key] if channel else []).fetchone()
         return datetime.fromisoformat(row[0]) if row[0] else None
 
-    def claim_delivery(self, delivery_id: int) -> bool:
+    def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> bool:
         """Mark a pending delivery as being sent; False if someone else claimed it first."""
         cursor = self.db.execute(
-            "UPDATE deliveries SET status = 'sending', attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
-            [delivery_id],
+            """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = ?
+                WHERE id = ? AND status = 'pending'""",
+            [iso(now) if now else None, delivery_id],
         )
         return cursor.rowcount == 1
+
+    def unfinished_deliveries(self) -> list[tuple[Delivery, datetime | None]]:
+        """Deliveries a crash left in the middle of sending, with when they were claimed."""
+        rows = self.db.execute(
+            "SELECT id, paper_id, channel, reason, attempts, claimed_at FROM deliveries WHERE status = 'sending'"
+        ).fetchall()
+        return [(_delivery(row), datetime.fromisoformat(row[5]) if row[5] else None) for row in rows]
+
+    def release_delivery(self, delivery_id: int) -> None:
+        """Back to pending: its outcome is unknown and nothing says it was sent."""
+        self.db.execute("UPDATE deliveries SET status = 'pending' WHERE id = ? AND status = 'sending'", [delivery_id])
 
     def mark_sent(self, delivery_id: int, message_id: str | None, now: datetime) -> None:
         self.db.execute(

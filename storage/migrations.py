@@ -136,3 +136,9 @@ def m006_source_validators(db: Database) -> None:
         ALTER TABLE source_state ADD COLUMN last_modified TEXT;
         """
     )
+
+
+@migrations()
+def m007_delivery_claimed_at(db: Database) -> None:
+    # When a send began: after a crash, where to look for a message that may have gone out.
+    db.execute("ALTER TABLE deliveries ADD COLUMN claimed_at TEXT")

@@ -168,19 +168,25 @@ class FakeSlack:
     def __init__(self):
         self.calls: list[tuple[str, dict, dict]] = []
         self.scripts: dict[str, list[tuple[int, dict, dict]]] = {}
+        self.messages: dict[str, list[dict]] = {}  # channel -> what was posted, for conversations.history
+        self.real_ts = False  # True: timestamps from the clock, as Slack's are
         self.ts = 1000
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (slack_sdk reads some methods with GET)
+                self.do_POST()
+
             def do_POST(self):  # noqa: N802
+                from urllib.parse import parse_qsl
+
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode()
                 if "json" in (self.headers.get("Content-Type") or ""):
                     body = json.loads(raw or "{}")
                 else:
-                    from urllib.parse import parse_qsl
-
                     body = dict(parse_qsl(raw))
+                body.update(dict(parse_qsl(self.path.partition("?")[2])))
                 method = self.path.split("?")[0].rsplit("/", 1)[-1]
                 fake.calls.append((method, body, dict(self.headers)))
                 status, answer, headers = fake._answer(method, body)
@@ -208,7 +214,14 @@ class FakeSlack:
             return 200, {"ok": True, "user_id": "UBOT", "bot_id": "BBOT", "team_id": "T1", "user": "papers"}, {}
         if method == "chat.postMessage":
             self.ts += 1
-            return 200, {"ok": True, "channel": body.get("channel"), "ts": f"{self.ts}.000100"}, {}
+            ts = f"{time.time():.6f}" if self.real_ts else f"{self.ts}.000100"
+            self.messages.setdefault(body.get("channel"), []).append({"ts": ts, "text": body.get("text"),
+                                                                      "metadata": body.get("metadata")})
+            return 200, {"ok": True, "channel": body.get("channel"), "ts": ts}, {}
+        if method == "conversations.history":
+            oldest = float(body.get("oldest") or 0)
+            found = [m for m in reversed(self.messages.get(body.get("channel"), [])) if float(m["ts"]) >= oldest]
+            return 200, {"ok": True, "messages": found, "has_more": False}, {}
         return 200, {"ok": True}, {}
 
     def script(self, method: str, *answers: tuple[int, dict, dict]) -> None:

@@ -362,7 +362,8 @@ def test_the_manifest_declares_what_the_app_uses():
 
     text = (Path(__file__).resolve().parent.parent / "slack-manifest.yml").read_text()
     scopes = set(re.findall(r"^\s+- ([a-z_.:]+)\s+#", text, re.MULTILINE))
-    assert scopes == {"commands", "chat:write", "links:read", "links:write", "app_mentions:read"}
+    assert scopes == {"commands", "chat:write", "links:read", "links:write", "app_mentions:read",
+                      "channels:history", "groups:history"}
     for needed in ("- command: /papers", "- app_mention", "- link_shared", "is_enabled: true", "- arxiv.org",
                    "- huggingface.co", "socket_mode_enabled: true"):
         assert needed in text
@@ -382,3 +383,24 @@ async def test_overflow_mutes_a_category(bolt, slack, store, clock):
     await post(bolt, body, sign(body, int(time.time())))
     await wait_for(lambda: slack.called("3"))
     assert slack.called("3")[0]["text"] == "#1 is now `diffusion -cat:cs.ro`."
+
+
+async def test_after_a_crash_a_post_that_went_out_is_not_sent_again(store, clock, slack):
+    slack.real_ts = True
+    clock.now = clock.now.__class__.fromtimestamp(time.time(), clock.now.tzinfo)
+    for paper_id in ("2411.00001", "2411.00002"):
+        queue(store, clock, paper_id)
+    adapter = adapter_for(slack)
+    # The bot claimed both and posted the first; then it was killed before recording it.
+    first, second = store.due_deliveries(clock())
+    assert store.claim_delivery(first.id, clock()) and store.claim_delivery(second.id, clock())
+    card = card_for(store.get_paper(first.paper_id), first.reason)
+    assert (await adapter.post(C123, card)).ok
+    dispatcher = Dispatcher(store, {"slack": adapter}, clock)
+    assert await dispatcher.recover() == (1, 1)
+    await dispatcher.dispatch()
+    posted = [m["metadata"]["event_payload"]["paper_id"] for m in slack.messages["C123"]]
+    assert sorted(posted) == ["2411.00001", "2411.00002"]  # each exactly once
+    assert store.delivery_counts() == {"sent": 2}
+    history = slack.called("conversations.history")[0]
+    assert history["channel"] == "C123" and history["include_all_metadata"] in (True, "true", "1")

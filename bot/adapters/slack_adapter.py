@@ -12,6 +12,7 @@ import asyncio
 import logging
 import re
 import time
+from datetime import datetime
 from typing import Awaitable, Callable
 
 import aiohttp
@@ -71,6 +72,28 @@ class SlackAdapter:
         blocks = [block.to_dict() for block in card_blocks(card, card.subscriptions)]
         return await self._post(channel.channel_id, text=card_text(card), blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_id": card.paper_id}})
+
+    async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:
+        """The ts of our own message about `paper_id` posted since `since`, if there is one.
+
+        Slack has no idempotency key, so after a crash mid-send this is how the bot learns
+        whether the message went out (chat.postMessage carries the paper id as metadata).
+        """
+        cursor = None
+        for _ in range(5):  # at most 1,000 messages back
+            response = await self.client.conversations_history(
+                channel=channel.channel_id, oldest=f"{since.timestamp() - 60:.6f}", limit=200,
+                include_all_metadata=True, **({"cursor": cursor} if cursor else {}))
+            for message in response.get("messages", []):
+                metadata = message.get("metadata") or {}
+                payload = metadata.get("event_payload") or {}
+                if metadata.get("event_type") == PAPER_EVENT and (
+                        payload.get("paper_id") == paper_id or paper_id in str(payload.get("paper_ids", "")).split(",")):
+                    return str(message["ts"])
+            cursor = (response.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+        return None
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
         return await self._post(channel.channel_id, text=escape(text)[:3000])
