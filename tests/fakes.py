@@ -170,6 +170,10 @@ class FakeSlack:
         self.scripts: dict[str, list[tuple[int, dict, dict]]] = {}
         self.messages: dict[str, list[dict]] = {}  # channel -> what was posted, for conversations.history
         self.real_ts = False  # True: timestamps from the clock, as Slack's are
+        self.min_interval = 0.0  # > 0: per-channel rate limit, 429 + Retry-After when exceeded
+        self.last_post: dict[str, float] = {}
+        self.rate_limited = 0
+        self.lock = threading.Lock()
         self.ts = 1000
         fake = self
 
@@ -210,6 +214,14 @@ class FakeSlack:
         queue = self.scripts.get(method)
         if queue:
             return queue.pop(0)
+        if method == "chat.postMessage" and self.min_interval:
+            with self.lock:
+                now = time.monotonic()
+                last = self.last_post.get(body.get("channel"), -1e9)
+                if now - last < self.min_interval:
+                    self.rate_limited += 1
+                    return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"}
+                self.last_post[body.get("channel")] = now
         if method == "auth.test":
             return 200, {"ok": True, "user_id": "UBOT", "bot_id": "BBOT", "team_id": "T1", "user": "papers"}, {}
         if method == "chat.postMessage":
@@ -260,6 +272,12 @@ class FakeDiscord:
     def __init__(self):
         self.posts: list[tuple[str, dict]] = []
         self.scripts: dict[str, list[tuple[int, dict, dict]]] = {}
+        self.messages: dict[str, list[dict]] = {}  # channel -> created messages
+        self.nonces: dict[str, dict] = {}
+        self.min_interval = 0.0  # > 0: per-channel rate limit, 429 with retry_after and Via
+        self.last_post: dict[str, float] = {}
+        self.rate_limited = 0
+        self.lock = threading.Lock()
         self.next_id = 9000
         fake = self
 
@@ -278,6 +296,15 @@ class FakeDiscord:
                 if self.path.endswith("/users/@me"):
                     return self._send(200, {"id": "42", "username": "papers", "discriminator": "0", "avatar": None,
                                             "bot": True, "global_name": None})
+                history = re.search(r"/channels/(\d+)/messages(?:\?(.*))?$", self.path)
+                if history:
+                    from urllib.parse import parse_qs
+
+                    query = parse_qs(history.group(2) or "")
+                    after = int(query.get("after", ["0"])[0])
+                    with fake.lock:
+                        found = [m for m in fake.messages.get(history.group(1), []) if int(m["id"]) > after]
+                    return self._send(200, list(reversed(found))[: int(query.get("limit", ["50"])[0])])
                 return self._send(404, {"message": "404: Not Found", "code": 0})
 
             def do_POST(self):  # noqa: N802
@@ -292,9 +319,26 @@ class FakeDiscord:
                 if queue:
                     status, answer, headers = queue.pop(0)
                     return self._send(status, answer, headers)
-                fake.next_id += 1
-                return self._send(200, {"id": str(fake.next_id), "channel_id": channel, "content": body.get("content") or "",
-                                        "nonce": body.get("nonce")})
+                with fake.lock:
+                    nonce = body.get("nonce")
+                    if nonce and body.get("enforce_nonce") and nonce in fake.nonces:
+                        return self._send(200, fake.nonces[nonce])  # Discord returns the first message
+                    now = time.monotonic()
+                    wait = fake.last_post.get(channel, -1e9) + fake.min_interval - now
+                    if wait > 0:
+                        fake.rate_limited += 1
+                        return self._send(429, {"message": "You are being rate limited.", "retry_after": round(wait, 3),
+                                                "global": False}, {"Via": "1.1 google", "Retry-After": str(int(wait) + 1),
+                                                                   "X-RateLimit-Scope": "user"})
+                    fake.last_post[channel] = now
+                    fake.next_id += 1
+                    message = {"id": str((int(time.time() * 1000) - 1420070400000) << 22 | fake.next_id % 4096),
+                               "channel_id": channel, "content": body.get("content") or "", "nonce": nonce,
+                               "author": {"id": "42"}, "embeds": body.get("embeds") or []}
+                    fake.messages.setdefault(channel, []).append(message)
+                    if nonce:
+                        fake.nonces[nonce] = message
+                return self._send(200, message)
 
             def log_message(self, *args):
                 pass

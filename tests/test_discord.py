@@ -89,7 +89,7 @@ async def test_poll_posts_embeds_with_buttons_nonce_and_no_mentions(store, clock
     assert [(b["label"], b["url"], b["style"]) for b in buttons] == [
         ("arXiv", "https://arxiv.org/abs/2411.00001", 5), ("PDF", "https://arxiv.org/pdf/2411.00001", 5),
         ("Code", "https://github.com/x/y", 5)]
-    assert store.db.execute("SELECT message_id FROM deliveries").fetchone()[0] == "9001"
+    assert store.db.execute("SELECT message_id FROM deliveries").fetchone()[0] == fake.messages["123"][0]["id"]
 
 
 async def test_a_429_is_retried_by_discord_py_with_nothing_lost(store, clock, fake):
@@ -253,3 +253,31 @@ def test_cli_subscribe_then_poll_posts_to_the_discord_channel(tmp_path, capsys, 
     assert titles == {"SMITE: Segment Me In TimE",
                       "MotionCLR: Motion Generation and Training-free Editing via Understanding Attention Mechanisms"}
     assert "delivered: 2 sent" in out and "discord-cli-token-123456" not in out + err
+
+
+async def test_after_a_crash_a_discord_post_that_went_out_is_found(store, clock, fake):
+    from datetime import datetime, timezone
+
+    clock.now = datetime.now(timezone.utc)
+    for paper_id in ("2411.00001", "2411.00002"):
+        queue(store, clock, paper_id)
+    adapter = DiscordAdapter("discord-test-token")
+    first, second = store.due_deliveries(clock())
+    store.claim_delivery(first.id, clock())
+    store.claim_delivery(second.id, clock())
+    assert (await adapter.post(CH, card_for(store.get_paper(first.paper_id)))).ok  # then killed
+    dispatcher = Dispatcher(store, {"discord": adapter}, clock)
+    assert await dispatcher.recover() == (1, 1)
+    await dispatcher.dispatch()
+    await adapter.close()
+    assert sorted(m["embeds"][0]["url"] for m in fake.messages["123"]) == [
+        "https://arxiv.org/abs/2411.00001", "https://arxiv.org/abs/2411.00002"]
+
+
+async def test_a_resend_with_the_same_nonce_returns_the_first_message(fake):
+    adapter = DiscordAdapter("discord-test-token")
+    card = card_for(paper("2411.00001", "Once"))
+    first = await adapter.post(CH, card)
+    again = await adapter.post(CH, card)
+    await adapter.close()
+    assert first.message_id == again.message_id and len(fake.messages["123"]) == 1

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import re
+from datetime import datetime, timedelta
 from typing import Awaitable, Callable, Literal, Optional
 from zoneinfo import available_timezones
 
@@ -62,12 +63,14 @@ class DiscordAdapter:
         self.max_ratelimit_timeout = max_ratelimit_timeout
         self._http: HTTPClient | None = None
         self._login = asyncio.Lock()
+        self.user_id: str | None = None
 
     async def _client(self) -> HTTPClient:
         async with self._login:
             if self._http is None:
                 http = HTTPClient(asyncio.get_running_loop(), max_ratelimit_timeout=self.max_ratelimit_timeout)
-                await http.static_login(self.token)
+                me = await http.static_login(self.token)
+                self.user_id = str(me["id"])
                 self._http = http
             return self._http
 
@@ -81,6 +84,25 @@ class DiscordAdapter:
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
         return await self._send(channel.channel_id, content=safe(text, CONTENT_MAX))
+
+    async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:
+        """The id of our own message about `paper_id` posted since `since`, if there is one.
+
+        A resend with the same nonce is deduplicated by Discord only for a few minutes;
+        after a longer outage, and for digests (whose contents may differ on the next try),
+        the bot reads the channel's recent messages instead.
+        """
+        http = await self._client()
+        after = discord.utils.time_snowflake(since - timedelta(minutes=1))
+        messages = await http.logs_from(int(channel.channel_id), 100, after=after)
+        needle = f"/abs/{paper_id})"
+        for message in messages:
+            if str((message.get("author") or {}).get("id")) != self.user_id:
+                continue
+            for embed in message.get("embeds") or []:
+                if canonical_arxiv_id(str(embed.get("url") or "")) == paper_id or needle in str(embed.get("description") or ""):
+                    return str(message["id"])
+        return None
 
     async def post_digest(self, digest: Digest) -> PostResult:
         ids = ",".join(card.paper_id for card in digest.cards)
