@@ -25,7 +25,6 @@ from .sources import ArxivSource, HuggingFaceSource, Source, make_client
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 30.0  # seconds before the first retry of a failing source
-DISPATCH_EVERY = 30  # seconds between outbox sweeps (retries of failed posts)
 
 
 class App:
@@ -191,7 +190,7 @@ class _Runner:
         for source in self.app.sources:
             self.scheduler.every(self.app.interval(source)).seconds.do(self._safe, self._start_poll, source)
         self.scheduler.every(5).seconds.do(self._safe, self._retry_due)
-        self.scheduler.every(DISPATCH_EVERY).seconds.do(self._safe, self._start_dispatch)
+        self.scheduler.every(self.app.config.delivery.sweep_seconds).seconds.do(self._safe, self._start_dispatch)
         if not self.app.sources:
             log.warning("every source is disabled in the config: nothing will be polled")
         for source in self.app.sources:

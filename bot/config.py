@@ -79,6 +79,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
         "max_age_days": (int, 7, _positive),
         "admin_channel": (str, "", lambda v: None if not v or _channel_ok(v) else "must be like slack:C123 or discord:123"),
         "source_failure_notice_after": (int, 3, _positive),
+        "sweep_seconds": (float, 30.0, _positive),
     },
     "limits": {
         "max_subscriptions_per_channel": (int, 50, _positive),
@@ -140,6 +141,7 @@ class DeliveryConfig:
     max_age_days: int = 7  # papers listed longer ago are stored, not posted
     admin_channel: str = ""  # where source failure and recovery notices go ("" for none)
     source_failure_notice_after: int = 3  # consecutive failures before a notice
+    sweep_seconds: float = 30.0  # how often `run` retries the outbox between polls
 
 
 @dataclass(frozen=True)

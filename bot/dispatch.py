@@ -66,16 +66,25 @@ class Dispatcher:
                     log.warning("no %s adapter is running: deliveries to %s channels wait in the outbox",
                                 channel.platform, channel.platform)
                 continue
-            for delivery in deliveries[: self.cards_per_cycle]:
+            cards = [d for d in deliveries if not d.in_digest]
+            batch = [d for d in deliveries if d.in_digest]
+            if len(cards) > self.cards_per_cycle:
+                # Decided once: the overflow of a burst stays together and goes out as one
+                # digest, however many sweeps rate limits make the cards take.
+                overflow = cards[self.cards_per_cycle:]
+                self.store.move_to_digest([d.id for d in overflow])
+                cards, batch = cards[: self.cards_per_cycle], batch + overflow
+            stopped = False
+            for delivery in cards:
                 if not self.store.claim_delivery(delivery.id, self.clock()):
                     continue
                 result = await self._send(adapter, delivery)
                 self._record(delivery, result, report)
-                if result.channel_gone:
+                if result.channel_gone or result.retry_after is not None:
+                    stopped = True  # the channel is gone, or told us to wait: the rest waits too
                     break
-            overflow = deliveries[self.cards_per_cycle:]
-            if overflow and not self.store.channel_settings(channel).paused:
-                claimed = [d for d in overflow if self.store.claim_delivery(d.id, self.clock())]
+            if batch and not stopped and not self.store.channel_settings(channel).paused:
+                claimed = [d for d in batch if self.store.claim_delivery(d.id, self.clock())]
                 title = f"{len(claimed)} more new paper{'s' if len(claimed) != 1 else ''} for this channel"
                 await self._post_batch(adapter, channel, claimed, title, report)
         return report
@@ -181,6 +190,12 @@ class Dispatcher:
             log.info("posted %s to %s", delivery.paper_id, delivery.channel)
             return
         attempts = delivery.attempts + 1
+        if result.retry_after is not None:
+            # A rate limit is not a failure: wait as long as asked, and never give up for it.
+            self.store.mark_failed(delivery.id, result.error or "rate limited", now + timedelta(seconds=result.retry_after))
+            report.retrying += 1
+            log.info("rate limited posting to %s; retrying in %.0fs", delivery.channel, result.retry_after)
+            return
         if result.channel_gone:
             # Retrying cannot help until someone re-invites the bot: keep the paper, pause
             # the channel, and say why in /papers status.
@@ -191,10 +206,7 @@ class Dispatcher:
             log.error("paused %s: the platform says %s", delivery.channel, result.error)
             return
         if result.retryable and attempts < MAX_ATTEMPTS:
-            delay = retry_delay(attempts)
-            if result.retry_after:
-                delay = max(delay, timedelta(seconds=result.retry_after))
-            self.store.mark_failed(delivery.id, result.error or "unknown error", now + delay)
+            self.store.mark_failed(delivery.id, result.error or "unknown error", now + retry_delay(attempts))
             report.retrying += 1
             log.warning("posting %s to %s failed (%s); will retry", delivery.paper_id, delivery.channel, result.error)
         else:

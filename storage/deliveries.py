@@ -46,7 +46,7 @@ class DeliveriesMixin:
     def due_deliveries(self, now: datetime, limit: int = 500) -> list[Delivery]:
         """Pending deliveries to send one by one: not paused, not waiting for a digest."""
         rows = self.db.execute(
-            """SELECT d.id, d.paper_id, d.channel, d.reason, d.attempts FROM deliveries d
+            """SELECT d.id, d.paper_id, d.channel, d.reason, d.attempts, d.in_digest FROM deliveries d
                  LEFT JOIN channels c ON c.channel = d.channel
                 WHERE d.status = 'pending' AND d.next_attempt_at <= ?
                   AND coalesce(c.paused, 0) = 0 AND coalesce(c.mode, 'instant') = 'instant'
@@ -58,7 +58,7 @@ class DeliveriesMixin:
     def pending_for_channel(self, channel: ChannelRef, limit: int = 1000) -> list[Delivery]:
         """Everything this channel is still owed, oldest first (a digest's contents)."""
         rows = self.db.execute(
-            """SELECT id, paper_id, channel, reason, attempts FROM deliveries
+            """SELECT id, paper_id, channel, reason, attempts, in_digest FROM deliveries
                 WHERE channel = ? AND status = 'pending' ORDER BY id LIMIT ?""",
             [channel.key, limit],
         ).fetchall()
@@ -88,9 +88,15 @@ class DeliveriesMixin:
     def unfinished_deliveries(self) -> list[tuple[Delivery, datetime | None]]:
         """Deliveries a crash left in the middle of sending, with when they were claimed."""
         rows = self.db.execute(
-            "SELECT id, paper_id, channel, reason, attempts, claimed_at FROM deliveries WHERE status = 'sending'"
+            "SELECT id, paper_id, channel, reason, attempts, in_digest, claimed_at FROM deliveries WHERE status = 'sending'"
         ).fetchall()
-        return [(_delivery(row), datetime.fromisoformat(row[5]) if row[5] else None) for row in rows]
+        return [(_delivery(row), datetime.fromisoformat(row[6]) if row[6] else None) for row in rows]
+
+    def move_to_digest(self, delivery_ids: list[int]) -> None:
+        """Make these deliveries part of the channel's next digest message instead of cards."""
+        for start in range(0, len(delivery_ids), 500):
+            chunk = delivery_ids[start:start + 500]
+            self.db.execute(f"UPDATE deliveries SET in_digest = 1 WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
 
     def release_delivery(self, delivery_id: int) -> None:
         """Back to pending: its outcome is unknown and nothing says it was sent."""
@@ -133,7 +139,8 @@ class DeliveriesMixin:
 
 
 def _delivery(row) -> Delivery:
-    return Delivery(id=row[0], paper_id=row[1], channel=ChannelRef(*row[2].split(":", 1)), reason=row[3], attempts=row[4])
+    return Delivery(id=row[0], paper_id=row[1], channel=ChannelRef(*row[2].split(":", 1)), reason=row[3],
+                    attempts=row[4], in_digest=bool(row[5]))
 
 
 def _describe(match: Match) -> str:

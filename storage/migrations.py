@@ -142,3 +142,9 @@ def m006_source_validators(db: Database) -> None:
 def m007_delivery_claimed_at(db: Database) -> None:
     # When a send began: after a crash, where to look for a message that may have gone out.
     db.execute("ALTER TABLE deliveries ADD COLUMN claimed_at TEXT")
+
+
+@migrations()
+def m008_delivery_in_digest(db: Database) -> None:
+    # 1: this delivery is part of a burst's overflow and goes out in one digest message.
+    db.execute("ALTER TABLE deliveries ADD COLUMN in_digest INTEGER NOT NULL DEFAULT 0")

@@ -327,6 +327,10 @@ async def start_discord(adapter: DiscordAdapter, config, on_command: CommandHand
                       "[discord] message_content = false: /papers commands are off")
         except (aiohttp.ClientError, OSError) as exc:
             log.error("cannot reach the Discord gateway (%s): /papers commands are off", type(exc).__name__)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # whatever else the connection raises must not stop posting
+            log.error("the Discord gateway failed (%s: %s): /papers commands are off", type(exc).__name__, exc)
 
     task = asyncio.get_running_loop().create_task(connect())
 

@@ -1,0 +1,221 @@
+"""Fault injection: the real bot, killed with SIGKILL mid-delivery, against rate-limiting fakes.
+
+    python -m bench.faults --rounds 100
+
+Runs `python -m bot run` as a subprocess against a fake Hugging Face listing and fake
+Slack and Discord APIs on 127.0.0.1 that enforce per-channel rate limits with 429s (and,
+like the real ones, Slack message metadata and history, Discord nonces and history).
+Every round lists new (synthetic) papers that all four channels subscribed to, starts
+the bot, waits until delivery is under way, and kills it with SIGKILL at a random moment;
+one round in five the listing is down (HTTP 503) for a while first, so the catch-up is
+tested too. After the rounds a last run delivers what is left. Then it compares what each
+fake received with what should have been: every paper in every channel exactly once.
+SQLite's integrity_check runs after every kill. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tests.fakes import Canned, FakeDiscord, FakeHTTPServer, FakeSlack
+
+SLACK_CHANNELS = ("C0FAULT1", "C0FAULT2")
+DISCORD_CHANNELS = ("9101", "9102")
+SLACK_INTERVAL = 1.2  # the fakes' per-channel limits, in seconds between messages
+DISCORD_INTERVAL = 0.5
+
+
+class Listing:
+    """The fake Hugging Face daily list: synthetic papers, growing round by round."""
+
+    def __init__(self):
+        self.items: list[dict] = []
+        self.down = False
+        self.requests = 0
+
+    def add(self, count: int) -> list[str]:
+        start = len(self.items)
+        today = datetime.now(timezone.utc).strftime("%Y-%m-%dT00:00:00.000Z")
+        ids = []
+        for i in range(start, start + count):
+            paper_id = f"2699.{i:05d}"
+            ids.append(paper_id)
+            self.items.append({"paper": {
+                "id": paper_id, "title": f"Synthetic fault-injection paper {i} on diffusion",
+                "summary": "A synthetic abstract about diffusion, for the fault suite.",
+                "authors": [{"name": "Ada Example", "hidden": False}], "upvotes": i % 7,
+                "publishedAt": today, "submittedOnDailyAt": today, "discussionId": str(i)}})
+        return ids
+
+    def answer(self, path: str) -> Canned:
+        self.requests += 1
+        if self.down:
+            return Canned(status=503, body=b"down for the fault suite")
+        return Canned(body=json.dumps(self.items).encode())
+
+
+def received(slack: FakeSlack, discord: FakeDiscord) -> Counter:
+    """(channel, paper id) -> how many times it reached that channel (cards and digests)."""
+    counts: Counter = Counter()
+    for channel, messages in slack.messages.items():
+        for message in messages:
+            payload = (message.get("metadata") or {}).get("event_payload") or {}
+            ids = [payload["paper_id"]] if payload.get("paper_id") else str(payload.get("paper_ids", "")).split(",")
+            counts.update((f"slack:{channel}", i) for i in ids if i)
+    for channel, messages in discord.messages.items():
+        for message in messages:
+            for embed in message.get("embeds") or []:
+                text = str(embed.get("url") or "") + " " + str(embed.get("description") or "")
+                counts.update((f"discord:{channel}", i) for i in set(re.findall(r"/abs/(\d{4}\.\d{5})", text)))
+    return counts
+
+
+def start_bot(workdir: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=workdir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(workdir / "bot.log", "a"))
+
+
+def integrity(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--papers", type=int, default=12, help="new papers per round")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds the last run may take")
+    parser.add_argument("--keep", metavar="DIR", help="keep the bot's database and log in DIR")
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    root = Path(__file__).resolve().parent.parent
+
+    listing = Listing()
+    with FakeHTTPServer() as hf, FakeSlack() as slack, FakeDiscord() as discord, \
+            tempfile.TemporaryDirectory() as tmp:
+        hf.route_fn("/api/daily_papers", listing.answer)
+        slack.real_ts, slack.min_interval = True, SLACK_INTERVAL
+        discord.min_interval = DISCORD_INTERVAL
+        workdir = Path(tmp)
+        db = workdir / "bot.db"
+        (workdir / "config.toml").write_text(
+            f'[storage]\npath = "{db}"\n'
+            f'[sources.huggingface]\nbase_url = "{hf.url}"\ninterval_minutes = 0.02\n'
+            "[sources.arxiv]\nenabled = false\n"
+            f'[slack]\napi_url = "{slack.api_url}"\n'
+            f'[discord]\napi_base = "{discord.api_base}"\n'
+            "[delivery]\nsweep_seconds = 1\nsource_failure_notice_after = 1000\n"
+            "[logging]\nlevel = \"INFO\"\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "PAPERS_BOT_"))}
+        env.update({"SLACK_BOT_TOKEN": "xoxb-fault-suite", "DISCORD_TOKEN": "fault-suite-token",
+                    "PAPERS_BOT_CONFIG": str(workdir / "config.toml"), "PYTHONPATH": str(root)})
+        channels = [f"slack:{c}" for c in SLACK_CHANNELS] + [f"discord:{c}" for c in DISCORD_CHANNELS]
+        for channel in channels:
+            subprocess.run([sys.executable, "-m", "bot", "command", "--channel", channel, "--user", "fault-suite",
+                            "subscribe diffusion"], cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL)
+
+        expected: set[tuple[str, str]] = set()
+        kills = outages = 0
+        problems: list[str] = []
+        busy_started = time.monotonic()
+        for round_number in range(args.rounds):
+            outage = round_number % 5 == 1
+            if outage:  # the listing is down for a few polls; papers pile up meanwhile
+                listing.down, outages = True, outages + 1
+            ids = listing.add(args.papers)
+            expected.update((channel, paper_id) for channel in channels for paper_id in ids)
+            before = sum(received(slack, discord).values())
+            bot = start_bot(workdir, env)
+            if outage:
+                deadline = time.monotonic() + 15
+                seen = listing.requests
+                while listing.requests < seen + 3 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                listing.down = False
+            deadline = time.monotonic() + 60
+            while sum(received(slack, discord).values()) == before and time.monotonic() < deadline:
+                time.sleep(0.05)  # wait until delivery is under way
+            time.sleep(rng.uniform(0.0, 2.5))
+            bot.send_signal(signal.SIGKILL)
+            bot.wait()
+            kills += 1
+            check = integrity(db)
+            if check != "ok":
+                problems.append(f"round {round_number}: integrity_check says {check}")
+
+        final_started = time.monotonic()
+        bot = start_bot(workdir, env)
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            got = received(slack, discord)
+            if expected <= set(got):
+                break
+            time.sleep(0.2)
+        finished = time.monotonic()
+        time.sleep(2.0)  # anything still going out would show up as a duplicate now
+        bot.send_signal(signal.SIGTERM)
+        try:
+            bot.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            bot.kill()
+            problems.append("the bot did not stop on SIGTERM")
+        check = integrity(db)
+        if check != "ok":
+            problems.append(f"final: integrity_check says {check}")
+        if args.keep:
+            import shutil
+
+            shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
+
+        got = received(slack, discord)
+        lost = sorted(expected - set(got))
+        duplicated = sum(count - 1 for key, count in got.items() if count > 1)
+        unexpected = sorted(set(got) - expected)
+        messages = Counter(channel for channel, _ in
+                           [(f"slack:{c}", m) for c, ms in slack.messages.items() for m in ms]
+                           + [(f"discord:{c}", m) for c, ms in discord.messages.items() for m in ms])
+        ideal = max((count * (SLACK_INTERVAL if channel.startswith("slack") else DISCORD_INTERVAL)
+                     for channel, count in messages.items()), default=0.0)
+        figures = {
+            "rounds": args.rounds,
+            "kills": kills,
+            "outages": outages,
+            "papers": len(listing.items),
+            "channels": len(channels),
+            "expected": len(expected),
+            "delivered": len(expected & set(got)),
+            "lost": len(lost),
+            "duplicated": duplicated,
+            "unexpected": len(unexpected),
+            "messages": sum(messages.values()),
+            "rate_limited_429s": slack.rate_limited + discord.rate_limited,
+            "final_run_s": round(finished - final_started, 1),
+            "total_s": round(finished - busy_started, 1),
+            # Wall time from the first round to the last delivery (restarts, the injected
+            # outage and the kills included) over the time the busiest channel's messages
+            # need at its rate limit.
+            "ratio_to_ideal": round((finished - busy_started) / ideal, 2) if ideal else None,
+            "integrity": "ok" if not any("integrity" in p for p in problems) else "FAILED",
+            "problems": problems[:5] + [f"lost {x}" for x in lost[:5]],
+            "seed": args.seed,
+        }
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()

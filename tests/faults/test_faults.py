@@ -1,0 +1,16 @@
+"""The fault-injection suite at a small size: kill -9 mid-delivery, rate limits, an outage."""
+
+import json
+
+from bench.faults import main
+
+
+def test_nothing_lost_nothing_duplicated_across_kills(capsys):
+    figures = main(["--rounds", "2", "--papers", "12", "--seed", "7", "--timeout", "180"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
+    assert figures["kills"] == 2 and figures["outages"] == 1
+    assert figures["expected"] == 2 * 12 * 4
+    assert figures["lost"] == 0, figures["problems"]
+    assert figures["duplicated"] == 0 and figures["unexpected"] == 0
+    assert figures["integrity"] == "ok" and figures["problems"] == []
+    assert figures["rate_limited_429s"] > 0  # the fakes' limits were hit and honoured
