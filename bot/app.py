@@ -21,6 +21,7 @@ from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
 from .poller import Poller, SourceReport
 from .sources import ArxivSource, HuggingFaceSource, Source, make_client
+from .sources.base import ARXIV_INTERVAL, Pacer
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,20 @@ class App:
         self.store = Store(config.storage_path)
         self.http = make_client(config.http_timeout)
         self.sources: list[Source] = []
+        arxiv_pacer = Pacer(ARXIV_INTERVAL)  # one arXiv request every 3 s, polls and lookups together
         if config.huggingface.enabled:
             self.sources.append(HuggingFaceSource(self.http, config.huggingface.base_url, config.max_response_bytes))
         if config.arxiv.enabled:
             self.sources.append(
-                ArxivSource(self.http, config.arxiv.base_url, config.arxiv.categories, config.max_response_bytes)
+                ArxivSource(self.http, config.arxiv.base_url, config.arxiv.categories, config.max_response_bytes,
+                            pacer=arxiv_pacer)
             )
         self.adapters: dict[str, Adapter] = adapters if adapters is not None else self._default_adapters(stdout)
         self._frontends: list = []  # things to stop: the Slack HTTP server or socket
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle)
-        self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url, config.max_response_bytes)
+        self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url, config.max_response_bytes,
+                                  arxiv_pacer=arxiv_pacer)
         self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
         self._recovered = False
 

@@ -12,7 +12,7 @@ import httpx
 
 from .errors import SourceError
 from .models import Paper
-from .sources.base import clean_text, get_bytes
+from .sources.base import ARXIV_INTERVAL, Pacer, clean_text, get_bytes
 from .sources.huggingface import parse_item
 from .sources.ids import canonical_arxiv_id
 
@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 
 class PaperLookup:
-    def __init__(self, client: httpx.AsyncClient, hf_base_url: str, arxiv_api_url: str, max_bytes: int = 5 * 1024 * 1024):
+    def __init__(self, client: httpx.AsyncClient, hf_base_url: str, arxiv_api_url: str, max_bytes: int = 5 * 1024 * 1024,
+                 arxiv_pacer: Pacer | None = None):
         self.client = client
+        self.arxiv_pacer = arxiv_pacer or Pacer(ARXIV_INTERVAL)  # shared with the arXiv source
         self.hf_base_url = hf_base_url.rstrip("/")
         self.arxiv_api_url = arxiv_api_url
         self.max_bytes = max_bytes
@@ -58,8 +60,9 @@ class PaperLookup:
             raise SourceError("huggingface", f"unreadable paper {paper_id}: {exc}") from None
 
     async def _from_arxiv(self, paper_id: str) -> Paper | None:
-        body = await get_bytes(self.client, "arxiv", self.arxiv_api_url, params={"id_list": paper_id},
-                               max_bytes=self.max_bytes)
+        async with self.arxiv_pacer:
+            body = await get_bytes(self.client, "arxiv", self.arxiv_api_url, params={"id_list": paper_id},
+                                   max_bytes=self.max_bytes)
         return parse_api_entry(body, paper_id)
 
 

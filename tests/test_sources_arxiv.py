@@ -96,3 +96,28 @@ def test_an_empty_body_is_a_source_error():
 
     with _pytest.raises(SourceError, match="not an RSS/Atom feed"):
         parse_rss(b"")
+
+
+async def test_arxiv_requests_keep_three_seconds_apart(server):
+    from bot.lookup import PaperLookup
+    from bot.sources.base import Pacer
+
+    server.route("/rss/cs.LG", rss("arxiv_rss_weekend_synthetic.xml"))
+    server.route("/api/papers/2411.00001", Canned(status=404, body=b"{}"))
+    server.route("/api/query", Canned(body=fixture("arxiv_api_id_list_1111.2011v2.xml")))
+    now = [100.0]
+    waits = []
+
+    async def sleep(seconds):
+        waits.append(round(seconds, 3))
+        now[0] += seconds
+
+    pacer = Pacer(3.0, monotonic=lambda: now[0], sleep=sleep)
+    async with make_client(5.0) as client:
+        source = ArxivSource(client, server.url, ("cs.LG",), pacer=pacer)
+        lookup = PaperLookup(client, server.url, f"{server.url}/api/query", arxiv_pacer=pacer)
+        await source.fetch()
+        now[0] += 1.0
+        await lookup.fetch("2411.00001")
+        await source.fetch()
+    assert waits == [2.0, 3.0]  # one arXiv request every 3 seconds, polls and lookups together

@@ -19,7 +19,7 @@ import httpx
 
 from ..errors import SourceError
 from ..models import Paper
-from .base import NotModified, clean_text, get_bytes
+from .base import ARXIV_INTERVAL, NotModified, Pacer, clean_text, get_bytes
 from .ids import canonical_arxiv_id
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,10 @@ class ArxivSource:
         base_url: str,
         categories: tuple[str, ...],
         max_bytes: int = 20 * 1024 * 1024,
+        pacer: Pacer | None = None,
     ):
         self.client = client
+        self.pacer = pacer or Pacer(ARXIV_INTERVAL)
         self.base_url = base_url.rstrip("/")
         self.categories = categories
         self.max_bytes = max_bytes
@@ -49,7 +51,9 @@ class ArxivSource:
         # One request for all categories: arXiv asks for at most one request every 3 s.
         url = f"{self.base_url}/rss/{'+'.join(self.categories)}"
         try:
-            body = await get_bytes(self.client, self.name, url, max_bytes=self.max_bytes, validators=self.validators)
+            async with self.pacer:
+                body = await get_bytes(self.client, self.name, url, max_bytes=self.max_bytes,
+                                       validators=self.validators)
         except NotModified:
             return None
         return parse_rss(body)

@@ -33,6 +33,33 @@ def make_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
+class Pacer:
+    """At most one request per `interval` seconds, one at a time (arXiv asks for 3 s)."""
+
+    def __init__(self, interval: float, monotonic=None, sleep=None):
+        import asyncio
+        import time
+
+        self.interval = interval
+        self.monotonic = monotonic or time.monotonic
+        self.sleep = sleep or asyncio.sleep
+        self._lock = asyncio.Lock()
+        self._last = float("-inf")
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+        wait = self._last + self.interval - self.monotonic()
+        if wait > 0:
+            await self.sleep(wait)
+
+    async def __aexit__(self, *exc) -> None:
+        self._last = self.monotonic()
+        self._lock.release()
+
+
+ARXIV_INTERVAL = 3.0
+
+
 class NotModified(Exception):
     """The server answered 304: nothing changed since the validators we sent."""
 
