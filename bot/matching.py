@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Iterable, Mapping, Protocol
 
 from .models import ChannelRef, Match, Paper, Subscription
-from .query import MIN_PREFIX, fold, name_tokens, parse_query, raw_words, stem
+from .query import fold, name_tokens, parse_query, raw_words, stem
 
 # Prefix queries are indexed under their first 3 to 6 letters: longer anchors select fewer
 # candidates, and a paper offers every such prefix of its words.

@@ -1,8 +1,7 @@
 """Operator tasks: backfill, export, import."""
 
 import io
-import json
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlsplit
 
 import pytest

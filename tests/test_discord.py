@@ -1,6 +1,5 @@
 """Discord: embeds within limits, REST delivery through discord.py to a fake API, the /papers group."""
 
-import json
 from types import SimpleNamespace
 
 import discord

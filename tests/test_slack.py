@@ -5,7 +5,6 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import timedelta
 from urllib.parse import urlencode
 
 import aiohttp
