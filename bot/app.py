@@ -13,7 +13,7 @@ import schedule
 import handlers
 from storage import Store
 
-from .adapters import Adapter, ConsoleAdapter
+from .adapters import Adapter, ConsoleAdapter, Running
 from .clock import utcnow
 from .config import Config
 from .dispatch import DispatchReport, Dispatcher
@@ -51,7 +51,7 @@ class App:
                             pacer=arxiv_pacer)
             )
         self.adapters: dict[str, Adapter] = adapters if adapters is not None else self._default_adapters(stdout)
-        self._frontends: list = []  # things to stop: the Slack HTTP server or socket
+        self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle)
         self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url, config.max_response_bytes,
@@ -80,7 +80,7 @@ class App:
             from .health import start_metrics
 
             runner = await start_metrics(self.store, self.config, self.config.metrics_port)
-            self._frontends.append(type("Server", (), {"close": staticmethod(runner.cleanup)})())
+            self._frontends.append(Running(runner.cleanup))
             log.info("health and metrics on port %d: /healthz, /metrics", self.config.metrics_port)
         slack = self.adapters.get("slack")
         if slack is not None and hasattr(slack, "client"):

@@ -6,7 +6,7 @@ events into CommandRequests. Nothing platform-specific leaves this package.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol
 
 from ..models import Card, ChannelRef, Digest, PostResult
 from .console import ConsoleAdapter
@@ -28,4 +28,11 @@ class Adapter(Protocol):
         ...
 
 
-__all__ = ["Adapter", "ConsoleAdapter"]
+class Running:
+    """Something `run` started (a server, a socket, a gateway) and must stop at the end."""
+
+    def __init__(self, close: Callable[[], Awaitable[None]]):
+        self.close = close
+
+
+__all__ = ["Adapter", "ConsoleAdapter", "Running"]

@@ -23,6 +23,7 @@ import discord
 from discord import app_commands
 from discord.http import HTTPClient, Route, handle_message_parameters
 
+from . import Running
 from ..models import ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
 from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds, safe
@@ -303,13 +304,8 @@ async def answer_links(on_command: CommandHandler, adapter: DiscordAdapter, chan
     return len(cards)
 
 
-class _Frontend:
-    def __init__(self, close: Callable[[], Awaitable[None]]):
-        self.close = close
-
-
 async def start_discord(adapter: DiscordAdapter, config, on_command: CommandHandler, summaries: dict[str, str],
-                        store_subscriptions) -> _Frontend:
+                        store_subscriptions) -> Running:
     """Connect the gateway for /papers (and link cards with the message-content intent)."""
     intents = discord.Intents.default()
     intents.message_content = config.discord.message_content
@@ -339,4 +335,4 @@ async def start_discord(adapter: DiscordAdapter, config, on_command: CommandHand
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    return _Frontend(close)
+    return Running(close)

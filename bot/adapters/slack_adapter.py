@@ -24,6 +24,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
+from . import Running
 from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
 from .slack_render import (
@@ -247,12 +248,7 @@ def make_web_client(token: str, api_url: str) -> AsyncWebClient:
     return AsyncWebClient(token=token, base_url=api_url, timeout=20)
 
 
-class _Frontend:
-    def __init__(self, close: Callable[[], Awaitable[None]]):
-        self.close = close
-
-
-async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler) -> _Frontend | None:
+async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler) -> Running | None:
     """Start the /papers front-end in the configured mode; None (and a clear log line) if it cannot."""
     slack = config.slack
     if slack.mode == "http":
@@ -264,7 +260,7 @@ async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler
                              admins=slack.admins)
         runner = await start_http(app, slack.port, signing_secret=secret)
         log.info("Slack: listening for /papers on port %d at /slack/events", slack.port)
-        return _Frontend(runner.cleanup)
+        return Running(runner.cleanup)
     app_token = config.secrets.get("SLACK_APP_TOKEN")
     if not app_token:
         log.error("Slack Socket Mode needs SLACK_APP_TOKEN (or set [slack] mode = \"http\"): "
@@ -281,7 +277,7 @@ async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler
         log.error("Slack Socket Mode could not connect (%s): /papers commands are off", type(exc).__name__)
         return None
     log.info("Slack: connected in Socket Mode")
-    return _Frontend(handler.close_async)
+    return Running(handler.close_async)
 
 
 async def start_http(
