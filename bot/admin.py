@@ -17,11 +17,11 @@ from storage import Store
 
 from .digest import parse_time, parse_weekday, zone
 from .errors import QueryError, SourceError
+from .lookup import parse_api_feed
 from .models import DIGEST_MODES, ChannelRef, ChannelSettings, Paper
 from .query import normalize_query
 from .sources.base import get_bytes
 from .sources.huggingface import parse_daily_papers
-from .lookup import parse_api_feed
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from storage import Store
 from .adapters import Adapter, ConsoleAdapter, Running
 from .clock import utcnow
 from .config import Config
-from .dispatch import DispatchReport, Dispatcher
+from .dispatch import Dispatcher, DispatchReport
 from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
 from .poller import Poller, SourceReport

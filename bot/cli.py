@@ -9,14 +9,14 @@ import signal
 import sys
 from typing import Sequence, TextIO
 
-from .adapters.console import render_reply
 from storage import Store
 
+from .adapters.console import render_reply
 from .app import App
 from .clock import utcnow
-from .sources import make_client
 from .config import Config, ConfigError, load_config
 from .models import ChannelRef, CommandRequest
+from .sources import make_client
 
 log = logging.getLogger("bot")
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import bisect
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
-from collections import Counter
 from typing import Iterable, Mapping, Protocol
 
 from .models import ChannelRef, Match, Paper, Subscription

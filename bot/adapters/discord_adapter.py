@@ -23,9 +23,9 @@ import discord
 from discord import app_commands
 from discord.http import HTTPClient, Route, handle_message_parameters
 
-from . import Running
 from ..models import ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
+from . import Running
 from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds, safe
 
 log = logging.getLogger(__name__)

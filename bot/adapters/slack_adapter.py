@@ -24,9 +24,9 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from . import Running
 from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
+from . import Running
 from .slack_render import (
     ACTION_UNSUBSCRIBE,
     PAPER_EVENT,
