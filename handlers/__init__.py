@@ -1,10 +1,10 @@
 """Platform-neutral /papers commands: CommandRequest in, Reply out. No platform SDK here."""
+# ruff: noqa: I001, F401  (the import order below is the order `help` lists the commands in)
 
-# Importing the command modules registers their commands, in the order `help` lists them.
-from . import channel as _channel  # noqa: F401, I001
-from . import help as _help  # noqa: F401, I001
-from . import lookup as _lookup  # noqa: F401, I001
-from . import subscriptions as _subscriptions  # noqa: F401
+from . import subscriptions as _subscriptions
+from . import lookup as _lookup
+from . import channel as _channel
+from . import help as _help
 from .base import COMMANDS, Command, Context, RateLimiter, handle
 
 __all__ = ["COMMANDS", "Command", "Context", "RateLimiter", "handle"]

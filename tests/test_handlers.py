@@ -123,3 +123,8 @@ def test_unknown_and_overlong_commands(ctx):
     assert not reply.ok and "Unknown command `subscrbe`" in reply.text
     long = run(ctx, "x" * 5000)
     assert not long.ok and "the limit is 1000" in long.text
+
+
+def test_help_lists_subscriptions_first_and_help_last():
+    names = list(handlers.COMMANDS)
+    assert names[:2] == ["subscribe", "preview"] and names[-1] == "help"
