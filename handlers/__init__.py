@@ -1,5 +1,6 @@
 """Platform-neutral /papers commands: CommandRequest in, Reply out. No platform SDK here."""
-# ruff: noqa: I001, F401  (the import order below is the order `help` lists the commands in)
+# The import order below is the order `help` lists the commands in.
+# ruff: noqa: I001, F401
 
 from . import subscriptions as _subscriptions
 from . import lookup as _lookup
