@@ -112,3 +112,24 @@ def test_tokens_never_reach_logs_or_replies(tmp_path, caplog, capsys, monkeypatc
     everything = out + err + caplog.text
     assert "invalid_auth" in everything  # the failures were logged...
     assert token not in everything and secret not in everything  # ...without the tokens
+
+
+@FUZZ
+@given(st.lists(hostile_papers, min_size=1, max_size=4))
+def test_hostile_papers_never_crash_a_poll_or_a_delivery(store, clock, papers):
+    import io
+
+    from bot.adapters import ConsoleAdapter
+    from bot.dispatch import Dispatcher
+    from bot.poller import Poller
+
+    from .fakes import FakeSource
+
+    store.add_subscription(ChannelRef("console", "fuzz"), "upvotes>=0 OR diffusion", "u", clock())
+    unique = {p.id + str(i): p for i, p in enumerate(papers)}
+    source = FakeSource(papers=[Paper(**{**p.__dict__, "id": f"2411.{i:05d}"}) for i, p in enumerate(unique.values())])
+    report = asyncio.run(Poller(store, clock).poll(source))
+    assert report.ok
+    out = io.StringIO()
+    delivered = asyncio.run(Dispatcher(store, {"console": ConsoleAdapter(out)}, clock).dispatch())
+    assert delivered.failed == 0 and "\x1b" not in out.getvalue()
