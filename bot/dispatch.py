@@ -18,6 +18,7 @@ from .models import ChannelRef, ChannelSettings, Delivery, Digest, PostResult
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
+DIGEST_MAX = 20  # papers per digest message: what Slack's and Discord's size limits hold in full
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
 
@@ -84,10 +85,25 @@ class Dispatcher:
                     stopped = True  # the channel is gone, or told us to wait: the rest waits too
                     break
             if batch and not stopped and not self.store.channel_settings(channel).paused:
-                claimed = [d for d in batch if self.store.claim_delivery(d.id, self.clock())]
-                title = f"{len(claimed)} more new paper{'s' if len(claimed) != 1 else ''} for this channel"
-                await self._post_batch(adapter, channel, claimed, title, report)
+                await self._post_batches(adapter, channel, batch, "more new paper", report)
         return report
+
+    async def _post_batches(self, adapter: Adapter, channel: ChannelRef, deliveries: list[Delivery], noun: str,
+                            report: DispatchReport) -> bool:
+        """Send deliveries as digest messages of at most DIGEST_MAX papers each.
+
+        A message must show every paper it marks as sent, and platforms bound a message's
+        size, so a large batch becomes several digests. Stops at the first failure (the
+        rest waits in the outbox); True if everything went out.
+        """
+        for start in range(0, len(deliveries), DIGEST_MAX):
+            claimed = [d for d in deliveries[start:start + DIGEST_MAX] if self.store.claim_delivery(d.id, self.clock())]
+            if not claimed:
+                continue
+            title = f"{len(claimed)} {noun}{'s' if len(claimed) != 1 else ''} for this channel"
+            if not await self._post_batch(adapter, channel, claimed, title, report):
+                return False
+        return True
 
     async def recover(self) -> tuple[int, int]:
         """After a crash: settle every delivery left mid-send. Returns (found sent, released).
@@ -135,11 +151,9 @@ class Dispatcher:
 
     async def _send_digest(self, adapter: Adapter, settings: ChannelSettings, due: datetime,
                            report: DispatchReport) -> None:
-        pending = [d for d in self.store.pending_for_channel(settings.channel) if self.store.claim_delivery(d.id, self.clock())]
-        if pending:
-            title = f"{len(pending)} new paper{'s' if len(pending) != 1 else ''} for this channel"
-            if not await self._post_batch(adapter, settings.channel, pending, title, report):
-                return  # tried again at the next sweep
+        pending = self.store.pending_for_channel(settings.channel)
+        if pending and not await self._post_batches(adapter, settings.channel, pending, "new paper", report):
+            return  # the rest is tried again at the next sweep, still in this slot
         # Due with nothing to send still moves the schedule on, so it fires once per slot.
         self.store.save_channel_settings(replace(settings, last_digest_at=due), settings.updated_at or due)
 

@@ -120,3 +120,21 @@ async def test_a_failed_overflow_digest_returns_to_the_outbox(store, clock):
     report = await Dispatcher(store, {"console": adapter}, clock, cards_per_cycle=1).dispatch()
     assert report.sent == 1 and report.retrying == 2
     assert store.count_pending() == 2
+
+
+async def test_a_big_overflow_goes_out_in_digests_that_each_show_every_paper(store, clock):
+    from bot.dispatch import DIGEST_MAX
+
+    for i in range(1, 2 + 2 * DIGEST_MAX + 5):
+        queue(store, clock, f"2410.{i:05d}", title=f"Paper {i}")
+    adapter = RecordingAdapter()
+    digests = []
+
+    async def post_digest(digest):
+        digests.append(digest)
+        return PostResult(ok=True, message_id=f"d{len(digests)}")
+
+    adapter.post_digest = post_digest
+    await Dispatcher(store, {"console": adapter}, clock, cards_per_cycle=1).dispatch()
+    assert [len(d.cards) for d in digests] == [DIGEST_MAX, DIGEST_MAX, 5]
+    assert store.delivery_counts() == {"sent": 2 + 2 * DIGEST_MAX + 4}

@@ -133,3 +133,22 @@ def test_hostile_papers_never_crash_a_poll_or_a_delivery(store, clock, papers):
     out = io.StringIO()
     delivered = asyncio.run(Dispatcher(store, {"console": ConsoleAdapter(out)}, clock).dispatch())
     assert delivered.failed == 0 and "\x1b" not in out.getvalue()
+
+
+def test_a_full_digest_shows_every_paper_on_both_platforms():
+    # A digest marks every paper in it as sent, so every one must be visible in it.
+    from bot.adapters.discord_render import digest_embed
+    from bot.adapters.slack_render import digest_blocks
+    from bot.dispatch import DIGEST_MAX
+    from bot.models import Digest
+
+    worst = "<&>*_~`|@everyone " * 40
+    cards = tuple(card_for(Paper(id=f"2411.{i:05d}", title=worst, summary="", upvotes=10**6)) for i in range(DIGEST_MAX))
+    digest = Digest(ChannelRef("console", "x"), "20 new papers for this channel", cards)
+    slack_text = json.dumps([b.to_dict() for b in digest_blocks(digest)])
+    embed = digest_embed(digest)
+    for i in range(DIGEST_MAX):
+        assert f"/abs/2411.{i:05d}" in slack_text
+        assert f"/abs/2411.{i:05d})" in embed.description
+    assert "more" not in slack_text.split("20 new papers")[1] and embed.footer.text is None
+    assert len(embed.description) <= 4096 and len(embed) <= 6000

@@ -72,7 +72,7 @@ def digest_embed(digest: Digest) -> discord.Embed:
     used = 0
     for card in digest.cards:
         votes = f" · ▲ {card.upvotes}" if card.upvotes is not None else ""
-        line = f"• [{safe(shorten(card.title, 150), 400)}]({card.url}){votes}"
+        line = f"• [{safe(shorten(card.title, 110), 150)}]({card.url}){votes}"
         if used + len(line) + 1 > DESCRIPTION_MAX - 100:
             break
         lines.append(line)

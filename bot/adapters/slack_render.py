@@ -30,7 +30,6 @@ CONTEXT_MAX = 2000
 BUTTON_MAX = 75
 MAX_BLOCKS = 50
 FALLBACK_MAX = 3000
-DIGEST_LINES_PER_SECTION = 10
 PAPER_EVENT = "papers_bot_paper"  # message metadata event type: the bot knows its own posts
 
 ACTION_UNSUBSCRIBE = "papers_overflow"
@@ -104,14 +103,17 @@ def card_text(card: Card) -> str:
 def digest_blocks(digest: Digest) -> list[Block]:
     """One message: a header, then compact lines of papers, ten to a section."""
     blocks: list[Block] = [HeaderBlock(text=PlainTextObject(text=_mrkdwn_cut(digest.title, HEADER_MAX), emoji=False))]
-    lines = []
+    # Sections are filled line by line and never cut: every paper listed is shown.
+    sections: list[list[str]] = [[]]
     for card in digest.cards:
         votes = f" · ▲ {card.upvotes}" if card.upvotes is not None else ""
-        lines.append(f"• {_link(card.url, shorten(card.title, 200))}{votes}")
-    sections = [lines[i:i + DIGEST_LINES_PER_SECTION] for i in range(0, len(lines), DIGEST_LINES_PER_SECTION)]
+        line = f"• {_link(card.url, shorten(card.title, 120))}{votes}"
+        if sections[-1] and len("\n".join(sections[-1] + [line])) > SECTION_MAX:
+            sections.append([])
+        sections[-1].append(line)
     room = MAX_BLOCKS - 2
     for chunk in sections[:room]:
-        blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(chunk)[:SECTION_MAX])))
+        blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(chunk))))
     if len(sections) > room:
         rest = sum(len(chunk) for chunk in sections[room:])
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"and {rest} more: see `/papers search`")]))
