@@ -6,10 +6,11 @@ from bench.faults import main
 
 
 def test_nothing_lost_nothing_duplicated_across_kills(capsys):
-    figures = main(["--rounds", "2", "--papers", "12", "--seed", "7", "--timeout", "180"])
+    # 35 papers a round: 10 cards and an overflow of 25, more than one digest holds.
+    figures = main(["--rounds", "2", "--papers", "35", "--seed", "7", "--timeout", "180"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
     assert figures["kills"] == 2 and figures["outages"] == 1
-    assert figures["expected"] == 2 * 12 * 4
+    assert figures["expected"] == 2 * 35 * 4
     assert figures["lost"] == 0, figures["problems"]
     assert figures["duplicated"] == 0 and figures["unexpected"] == 0
     assert figures["integrity"] == "ok" and figures["problems"] == []
