@@ -129,10 +129,6 @@ class DeliveriesMixin:
         ).fetchall()
         return tuple((row[0], row[1]) for row in rows)
 
-    def release_unfinished(self) -> int:
-        """After a crash, deliveries left 'sending' go back to pending (sent at least once)."""
-        return self.db.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'sending'").rowcount
-
     def delivery_counts(self) -> dict[str, int]:
         rows = self.db.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
         return {status: count for status, count in rows}

@@ -110,9 +110,11 @@ def test_unfinished_sends_are_released_after_a_crash(store):
     store.add_papers([paper("2410.00001")], T0)
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
     (delivery,) = store.due_deliveries(T0)
-    store.claim_delivery(delivery.id)
-    assert store.release_unfinished() == 1
-    assert len(store.due_deliveries(T0)) == 1
+    store.claim_delivery(delivery.id, T0)
+    ((unfinished, claimed_at),) = store.unfinished_deliveries()
+    assert unfinished.id == delivery.id and claimed_at == T0
+    store.release_delivery(delivery.id)
+    assert len(store.due_deliveries(T0)) == 1 and store.unfinished_deliveries() == []
 
 
 def test_failed_for_good_is_not_due_again(store):
