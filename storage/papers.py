@@ -76,11 +76,8 @@ class PapersMixin:
         return found
 
     def get_paper(self, paper_id: str) -> Paper | None:
-        row = self.db.execute("SELECT * FROM papers WHERE id = ?", [paper_id]).fetchone()
-        if row is None:
-            return None
-        columns = [d[0] for d in self.db.execute("SELECT * FROM papers LIMIT 0").description]
-        return _paper(dict(zip(columns, row)))
+        found = self._papers("SELECT * FROM papers WHERE id = ?", [paper_id])
+        return found[0] if found else None
 
     def papers_listed_since(self, since: datetime, limit: int) -> list[Paper]:
         """Listed papers stored since `since`, newest first."""
