@@ -123,10 +123,7 @@ class App:
             self._recovered = True
             await self.dispatcher.recover()
         report = await self.dispatcher.dispatch()
-        digests = await self.dispatcher.dispatch_digests()
-        report.sent += digests.sent
-        report.retrying += digests.retrying
-        report.waiting += digests.waiting
+        report.add(await self.dispatcher.dispatch_digests())
         return report
 
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:

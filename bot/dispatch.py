@@ -30,6 +30,12 @@ class DispatchReport:
     failed: int = 0
     waiting: int = 0  # due, but no adapter for their platform is running
 
+    def add(self, other: DispatchReport) -> None:
+        self.sent += other.sent
+        self.retrying += other.retrying
+        self.failed += other.failed
+        self.waiting += other.waiting
+
     def line(self) -> str:
         text = f"delivered: {self.sent} sent, {self.retrying} to retry, {self.failed} failed"
         return text + (f", {self.waiting} waiting for an adapter" if self.waiting else "")
@@ -49,23 +55,20 @@ class Dispatcher:
         self._warned: set[str] = set()
 
     async def dispatch(self) -> DispatchReport:
-        """Send what is due, per channel: up to `cards_per_cycle` cards, the rest as one digest.
+        """Send what is due, per channel: up to `cards_per_cycle` cards, the rest as digests.
 
         A burst (a big listing day, the catch-up after an outage) therefore reaches a
-        channel as a few cards and one list, never as a flood, and nothing is dropped.
+        channel as a few cards and a list (several, past DIGEST_MAX papers), never as a
+        flood, and nothing is dropped.
         """
         report = DispatchReport()
         by_channel: dict[ChannelRef, list[Delivery]] = {}
         for delivery in self.store.due_deliveries(self.clock()):
             by_channel.setdefault(delivery.channel, []).append(delivery)
         for channel, deliveries in by_channel.items():
-            adapter = self.adapters.get(channel.platform)
+            adapter = self._adapter(channel)
             if adapter is None:
                 report.waiting += len(deliveries)
-                if channel.platform not in self._warned:
-                    self._warned.add(channel.platform)
-                    log.warning("no %s adapter is running: deliveries to %s channels wait in the outbox",
-                                channel.platform, channel.platform)
                 continue
             cards = [d for d in deliveries if not d.in_digest]
             batch = [d for d in deliveries if d.in_digest]
@@ -88,6 +91,15 @@ class Dispatcher:
                 await self._post_batches(adapter, channel, batch, "more new paper", report)
         return report
 
+    def _adapter(self, channel: ChannelRef) -> Adapter | None:
+        """The adapter for the channel's platform; None (said once per platform) if none runs."""
+        adapter = self.adapters.get(channel.platform)
+        if adapter is None and channel.platform not in self._warned:
+            self._warned.add(channel.platform)
+            log.warning("no %s adapter is running: deliveries to %s channels wait in the outbox",
+                        channel.platform, channel.platform)
+        return adapter
+
     async def _post_batches(self, adapter: Adapter, channel: ChannelRef, deliveries: list[Delivery], noun: str,
                             report: DispatchReport) -> bool:
         """Send deliveries as digest messages of at most DIGEST_MAX papers each.
@@ -108,10 +120,10 @@ class Dispatcher:
     async def recover(self) -> tuple[int, int]:
         """After a crash: settle every delivery left mid-send. Returns (found sent, released).
 
-        Where the platform can tell (Slack: the bot's own message carrying the paper's
-        metadata in the channel's recent history), a message that went out is recorded
-        as sent; everything else goes back to pending. Discord needs no look-up: the
-        resend carries the same nonce, and Discord returns the first message.
+        Where the adapter can tell (`find_sent`: on Slack the bot's own message carrying
+        the paper's metadata, on Discord its own message with the paper's link, in the
+        channel's recent history), a message that went out is recorded as sent;
+        everything else goes back to pending.
         """
         found = released = 0
         for delivery, claimed_at in self.store.unfinished_deliveries():
@@ -142,7 +154,7 @@ class Dispatcher:
             due = digest_due(settings, now)
             if due is None:
                 continue
-            adapter = self.adapters.get(settings.channel.platform)
+            adapter = self._adapter(settings.channel)
             if adapter is None:
                 report.waiting += 1
                 continue
