@@ -183,6 +183,12 @@ class Dispatcher:
             log.exception("digest for %s raised", channel)
             result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
         now = self.clock()
+        if result.channel_gone:
+            for delivery in claimed:
+                self.store.mark_failed(delivery.id, result.error or "channel gone", now)
+            self._pause_gone(channel, result.error, now)
+            report.failed += len(claimed)
+            return False
         if not result.ok:
             # Nothing is lost: the rows go back to pending and the digest is tried again.
             retry_at = now + (timedelta(seconds=result.retry_after) if result.retry_after else BACKOFF_BASE)
@@ -196,6 +202,13 @@ class Dispatcher:
         report.sent += len(claimed)
         log.info("posted a digest of %d papers to %s", len(claimed), channel)
         return True
+
+    def _pause_gone(self, channel: ChannelRef, error: str | None, now: datetime) -> None:
+        """Retrying cannot help until someone re-invites the bot: keep the papers (pending),
+        pause the channel, and say why in /papers status."""
+        settings = self.store.channel_settings(channel)
+        self.store.save_channel_settings(replace(settings, paused=True, paused_reason=error), now)
+        log.error("paused %s: the platform says %s", channel, error)
 
     async def _send(self, adapter: Adapter, delivery: Delivery) -> PostResult:
         paper = self.store.get_paper(delivery.paper_id)
@@ -223,13 +236,9 @@ class Dispatcher:
             log.info("rate limited posting to %s; retrying in %.0fs", delivery.channel, result.retry_after)
             return
         if result.channel_gone:
-            # Retrying cannot help until someone re-invites the bot: keep the paper, pause
-            # the channel, and say why in /papers status.
-            settings = self.store.channel_settings(delivery.channel)
-            self.store.save_channel_settings(replace(settings, paused=True, paused_reason=result.error), now)
             self.store.mark_failed(delivery.id, result.error or "channel gone", now)
+            self._pause_gone(delivery.channel, result.error, now)
             report.failed += 1
-            log.error("paused %s: the platform says %s", delivery.channel, result.error)
             return
         if result.retryable and attempts < MAX_ATTEMPTS:
             self.store.mark_failed(delivery.id, result.error or "unknown error", now + retry_delay(attempts))

@@ -143,3 +143,23 @@ async def test_console_renders_a_digest_as_a_list(store, clock, digest_channel):
     assert "[console:ml] 1 new paper for this channel" in text
     assert "• First [31mred (https://arxiv.org/abs/2411.00001)" in text and "\x1b" not in text
     assert 'Matched #1 `x`: x in title' in text
+
+
+async def test_a_digest_to_a_gone_channel_pauses_it_instead_of_retrying_forever(store, clock, digest_channel):
+    calls = []
+
+    async def post_digest(digest):
+        calls.append(digest)
+        return PostResult(ok=False, error="is_archived", channel_gone=True)
+
+    adapter = RecordingAdapter()
+    adapter.post_digest = post_digest
+    dispatcher = Dispatcher(store, {"console": adapter}, clock)
+    match_paper(store, clock, "2411.00001", "First")
+    clock.now = at(2026, 11, 28, 8, 0)
+    assert (await dispatcher.dispatch_digests()).failed == 1
+    settings = store.channel_settings(ML)
+    assert settings.paused and settings.paused_reason == "is_archived"
+    clock.now = at(2026, 12, 5, 8, 0)
+    await dispatcher.dispatch_digests()
+    assert len(calls) == 1 and store.count_pending(ML) == 1  # kept for when it is back
