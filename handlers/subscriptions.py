@@ -44,7 +44,7 @@ def _estimate(matched: list[tuple[Paper, list[str]]], scanned: int) -> str:
     return f"{text}, for example:\n{examples}"
 
 
-def _parse(ctx: Context, text: str, name: str) -> tuple | Reply:
+def _parse(text: str, name: str) -> tuple | Reply:
     try:
         return parse_query(text)
     except QueryError as exc:
@@ -72,7 +72,7 @@ def subscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
             return error(f"--backfill needs a number from 1 to {MAX_BACKFILL}, not `{shown(value, 20)}`.", "subscribe")
         backfill = int(value)
         args = (args[: option.start()] + " " + args[option.end():]).strip()
-    node = _parse(ctx, args, "subscribe")
+    node = _parse(args, "subscribe")
     if isinstance(node, Reply):
         return node
     query = render(node)
@@ -104,7 +104,7 @@ def preview(ctx: Context, req: CommandRequest, args: str) -> Reply:
 
     Example: `/papers preview "world model" robot*`.
     """
-    node = _parse(ctx, args, "preview")
+    node = _parse(args, "preview")
     if isinstance(node, Reply):
         return node
     matched, scanned = _history(ctx, node)
