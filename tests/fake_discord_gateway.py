@@ -71,6 +71,9 @@ class FakeDiscordGateway:
         self.posts: list[tuple[str, dict]] = []  # channel id, body: messages the bot sent
         self.synced: list[list[dict]] = []  # application command syncs
         self.connections: list[str] = []  # the query string of each gateway connection
+        self.paths: list[str] = []  # the path of each gateway connection: /gateway, or /resume (READY's resume URL)
+        self.resumes: list[dict] = []  # RESUME payloads (the "d")
+        self.sessions: list[str] = []  # the session ids READY gave out
         self.identifies: list[dict] = []  # IDENTIFY payloads (the "d")
         self.closed_with: list[int] = []  # close codes this fake sent
         self.heartbeats = 0
@@ -96,6 +99,10 @@ class FakeDiscordGateway:
     def gateway_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/gateway"
 
+    @property
+    def resume_url(self) -> str:  # what READY names for resuming (Discord's differs from the first one too)
+        return f"ws://127.0.0.1:{self.port}/resume"
+
     # ---- driving it from a test ------------------------------------------------------------
 
     def interact(self, subcommand: str, options: dict | None = None, *, permissions: int = 1 << 4) -> str:
@@ -120,6 +127,15 @@ class FakeDiscordGateway:
         asyncio.run_coroutine_threadsafe(self._dispatch_all("INTERACTION_CREATE", data), self._loop).result(5)
         return interaction_token
 
+    def reconnect(self) -> None:
+        """Ask every session to reconnect and resume (op 7 RECONNECT), as Discord does now and then."""
+
+        async def send() -> None:
+            for ws in list(self._sockets):
+                await ws.send_str(json.dumps({"op": 7, "s": None, "t": None, "d": None}))
+
+        asyncio.run_coroutine_threadsafe(send(), self._loop).result(5)
+
     def wait_for(self, predicate, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -142,6 +158,7 @@ class FakeDiscordGateway:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.connections.append(request.query_string)
+        self.paths.append(request.path)
         await ws.send_str(json.dumps({"op": 10, "s": None, "t": None, "d": {"heartbeat_interval": self.heartbeat_ms}}))
         try:
             async for msg in ws:
@@ -162,14 +179,20 @@ class FakeDiscordGateway:
                         self.closed_with.append(self.identify_close)
                         await ws.close(code=self.identify_close, message=b"Closed by the fake.")
                         break
+                    self.sessions.append(f"session-{next(_ids)}")
                     await self._dispatch(ws, "READY", {
                         "v": 10, "user": _user(BOT_ID, "papers", bot=True), "guilds": [], "private_channels": [],
-                        "relationships": [], "session_type": "normal", "session_id": f"session-{next(_ids)}",
-                        "resume_gateway_url": self.gateway_url, "application": {"id": APP_ID, "flags": 0},
+                        "relationships": [], "session_type": "normal", "session_id": self.sessions[-1],
+                        "resume_gateway_url": self.resume_url, "application": {"id": APP_ID, "flags": 0},
                         "shard": [0, 1],
                     })
                     self.ready.set()
                 elif op == 6:
+                    self.resumes.append(data)
+                    if data.get("token") != self.gateway_token:
+                        self.closed_with.append(4004)
+                        await ws.close(code=4004, message=b"Authentication failed.")
+                        break
                     self._sockets[ws] = data.get("seq") or 0
                     await self._dispatch(ws, "RESUMED", {})
         finally:
@@ -183,7 +206,7 @@ class FakeDiscordGateway:
 
     @web.middleware
     async def _record(self, request: web.Request, handler):
-        if request.path != "/gateway":
+        if request.path not in ("/gateway", "/resume"):
             self.requests.append((request.method, request.path_qs))
             bot_auth = not request.path.startswith(("/api/v10/interactions/", "/api/v10/webhooks/"))
             if bot_auth and not self._authorized(request):
@@ -231,6 +254,7 @@ class FakeDiscordGateway:
         app = web.Application(middlewares=[self._record])
         api = "/api/v10"
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/resume", self._gateway)
         app.router.add_get(f"{api}/users/@me", self._me)
         app.router.add_get(f"{api}/oauth2/applications/@me", self._application)
         app.router.add_get(f"{api}/gateway/bot", self._gateway_bot)

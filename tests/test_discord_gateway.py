@@ -120,6 +120,33 @@ async def test_a_slash_command_over_the_gateway_is_deferred_and_answered(fake, u
     assert_no_leaks_or_tracebacks(caplog)
 
 
+@pytest.mark.parametrize("configured_gateway", [False, True], ids=["resume-where-ready-says", "gateway-url-setting"])
+async def test_after_a_reconnect_request_the_session_resumes_and_commands_still_arrive(fake, urls, store, clock,
+                                                                                        make_config, caplog,
+                                                                                        configured_gateway):
+    config = make_config(discord={"api_base": fake.api_base,
+                                  "gateway_url": fake.gateway_url if configured_gateway else ""})
+    adapter = DiscordAdapter(TOKEN)
+    running = await start(store, config, adapter, clock)
+    try:
+        assert await until(fake.ready.is_set)
+        fake.reconnect()  # op 7
+        assert await until(lambda: len(fake.resumes) == 1)
+        await asyncio.sleep(0.05)
+        fake.interact("list")
+        assert await until(lambda: fake.followups)
+    finally:
+        await close_within(running)
+        await adapter.close()
+    assert len(fake.identifies) == 1  # resumed, not identified again
+    assert fake.resumes[0]["session_id"] == fake.sessions[0] and fake.resumes[0]["seq"] == 1  # READY was event 1
+    # READY's resume_gateway_url, unless the config names the one gateway to use.
+    assert fake.paths == ["/gateway", "/gateway" if configured_gateway else "/resume"]
+    assert fake.followups[0]["body"]["content"]  # the reply to /papers list, sent after the resume
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("bot")]
+    assert_no_leaks_or_tracebacks(caplog)
+
+
 def queue_card(store, clock, channel: ChannelRef, paper_id: str = "2411.00001") -> None:
     store.add_papers([paper(paper_id, "Latent diffusion")], clock())
     sub, _ = store.add_subscription(channel, "diffusion", "42", clock())
