@@ -272,3 +272,16 @@ async def test_close_while_logging_in_is_bounded(black_hole, store, clock, make_
     await adapter.close()
     assert_no_leaks_or_tracebacks(caplog)
     assert running.frontend.state == "stopped"
+
+
+async def test_posting_while_discord_is_unreachable_fails_cleanly_without_leaking_sessions(monkeypatch, caplog):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    monkeypatch.setattr(Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
+    adapter = DiscordAdapter(TOKEN)
+    results = [await adapter.post_text(CH, "hello") for _ in range(2)]  # each one tries to log in
+    await adapter.close()
+    assert all(not r.ok and r.retryable and "cannot reach Discord" in r.error for r in results)
+    assert_no_leaks_or_tracebacks(caplog)
