@@ -96,6 +96,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
         "api_base": (str, "https://discord.com/api/v10", _url),
         "dev_guild_id": (int, 0, lambda v: None if v >= 0 else "must be a guild id, or 0 for global commands"),
         "message_content": (bool, False, None),
+        "gateway_url": (str, "", lambda v: None if not v or re.match(r"^wss?://[^\s/]+", v) else "must be a ws:// or wss:// URL, or empty"),
     },
     "metrics": {
         "port": (int, 0, lambda v: None if 0 <= v <= 65535 else "must be a port number, or 0 for off"),
@@ -158,6 +159,7 @@ class DiscordConfig:
     api_base: str = "https://discord.com/api/v10"
     dev_guild_id: int = 0  # sync commands to this guild only (instant), 0: globally
     message_content: bool = False  # privileged intent: card replies to pasted paper links
+    gateway_url: str = ""  # the gateway WebSocket; empty: the one GET /gateway/bot on api_base names
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,7 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             api_base=values["discord"]["api_base"].rstrip("/"),
             dev_guild_id=values["discord"]["dev_guild_id"],
             message_content=values["discord"]["message_content"],
+            gateway_url=values["discord"]["gateway_url"],
         ),
     )
 

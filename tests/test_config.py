@@ -50,6 +50,7 @@ def test_config_file_is_found_by_env_then_cwd(tmp_path, monkeypatch):
         ({"limits": {"max_subscriptions_per_channel": True}}, "must be a int"),
         ({"logging": {"level": "LOUD"}}, "must be one of"),
         ({"version": 2}, "unknown key 'version'"),
+        ({"discord": {"gateway_url": "https://gateway.discord.gg"}}, "[discord] gateway_url must be a ws:// or wss:// URL"),
     ],
 )
 def test_bad_config_names_the_key(data, message):
