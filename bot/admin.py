@@ -48,6 +48,24 @@ class Progress:
         self.stream.flush()
 
 
+@dataclass
+class BackfillReport:
+    stored: dict[str, int]  # newly stored papers per source
+    failed: list[tuple[str, date, str]]  # (source, day, reason) of every day that could not be fetched
+    left_to_poller: list[str]  # what was not asked for, and why
+
+    def lines(self) -> list[str]:
+        out = [f"backfill: stored {self.stored['huggingface']} new papers from Hugging Face "
+               f"and {self.stored['arxiv']} from arXiv"]
+        out += [f"backfill: not fetched: {note}" for note in self.left_to_poller]
+        if self.failed:
+            count = len(self.failed)
+            out.append(f"backfill: {count} day{'s' if count != 1 else ''} failed "
+                       "(run the backfill again to retry; stored papers are never doubled):")
+            out += [f"  {source} {day}: {reason}" for source, day, reason in self.failed]
+        return out
+
+
 async def backfill(
     store: Store,
     client: httpx.AsyncClient,
@@ -61,17 +79,25 @@ async def backfill(
     progress: Progress | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     max_bytes: int = 20 * 1024 * 1024,
-) -> dict[str, int]:
+) -> BackfillReport:
     """Store the listings of the `days` days before `today`. Nothing is posted.
 
     Hugging Face: one daily list per day. arXiv: API pages of the configured categories by
-    submission date, ending a few days back (newer papers are the poller's). Returns the
-    number of newly stored papers per source.
+    submission date, ending a few days back (newer papers are the poller's). Returns what
+    was stored per source, every day that failed with its reason, and what was left out.
     """
     hf_days = [today - timedelta(days=n) for n in range(days, 0, -1)] if hf_base_url else []
     arxiv_days = [today - timedelta(days=n) for n in range(days, ARXIV_LAG_DAYS - 1, -1)] if arxiv_api_url else []
     progress = progress or Progress(len(hf_days) + len(arxiv_days))
-    stored = {"huggingface": 0, "arxiv": 0}
+    report = BackfillReport({"huggingface": 0, "arxiv": 0}, [], [])
+    if hf_base_url:
+        report.left_to_poller.append(f"Hugging Face today ({today}): its list is still growing; the poller "
+                                     "stores it")
+    if arxiv_api_url:
+        first = today - timedelta(days=min(ARXIV_LAG_DAYS - 1, days))
+        report.left_to_poller.append(
+            f"arXiv {first} to {today}: submissions of the last {ARXIV_LAG_DAYS} days may not be announced "
+            "yet, so their lists would be incomplete; the poller stores arXiv's announcements from its RSS feed")
     for day in hf_days:
         label = f"huggingface {day}"
         try:
@@ -79,9 +105,10 @@ async def backfill(
                                    params={"date": day.isoformat(), "limit": 100}, max_bytes=max_bytes)
             papers = parse_daily_papers(body)
         except SourceError as exc:
+            report.failed.append(("huggingface", day, exc.reason))
             progress.step(f"{label}: failed ({exc.reason})")
             continue
-        stored["huggingface"] += _store(store, papers, now)
+        report.stored["huggingface"] += _store(store, papers, now)
         progress.step(f"{label}: {len(papers)} listed")
     for i, day in enumerate(arxiv_days):
         label = f"arxiv {day}"
@@ -90,11 +117,12 @@ async def backfill(
         try:
             papers = await _arxiv_day(client, arxiv_api_url, categories, day, sleep, max_bytes)
         except SourceError as exc:
+            report.failed.append(("arxiv", day, exc.reason))
             progress.step(f"{label}: failed ({exc.reason})")
             continue
-        stored["arxiv"] += _store(store, papers, now)
+        report.stored["arxiv"] += _store(store, papers, now)
         progress.step(f"{label}: {len(papers)} submitted")
-    return stored
+    return report
 
 
 def _store(store: Store, papers: list[Paper], now: datetime) -> int:

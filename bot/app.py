@@ -244,10 +244,18 @@ class _Runner:
         if report.ok:
             self.retry_at.pop(source.name, None)
             log.info(report.line())
+            # The next scheduled run of this source (schedule counts in naive local time).
+            job = next((j for j in self.scheduler.jobs if source in getattr(j.job_func, "args", ())), None)
+            wait = (job.next_run - datetime.now()).total_seconds() if job and job.next_run else self.app.interval(source)
+            next_poll = self.app.clock() + timedelta(seconds=max(wait, 0.0))
         else:
             delay = backoff_seconds(report.failures, self.app.interval(source))
-            self.retry_at[source.name] = self.app.clock() + timedelta(seconds=delay)
+            next_poll = self.retry_at[source.name] = self.app.clock() + timedelta(seconds=delay)
             log.warning("%s: poll failed (%d in a row); retrying in %.0fs", source.name, report.failures, delay)
+        try:  # for `status`: the real next attempt, a retry after a failure being sooner than the interval
+            self.app.store.set_source_next_poll(source.name, next_poll)
+        except Exception as exc:  # the database may be what failed the poll
+            log.warning("%s: could not record the next poll time (%s)", source.name, str(exc)[:200])
         await self._dispatch()
 
     async def _dispatch(self) -> None:

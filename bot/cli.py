@@ -112,7 +112,7 @@ async def _backfill(config: Config, days: int) -> int:
     try:
         async with make_client(config.http_timeout) as client:
             now = utcnow()
-            stored = await backfill(
+            report = await backfill(
                 store, client, days=days, today=now.date(), now=now,
                 hf_base_url=config.huggingface.base_url if config.huggingface.enabled else None,
                 arxiv_api_url=config.arxiv.api_url if config.arxiv.enabled else None,
@@ -120,8 +120,8 @@ async def _backfill(config: Config, days: int) -> int:
             )
     finally:
         store.close()
-    print(f"backfill: stored {stored['huggingface']} new papers from Hugging Face and {stored['arxiv']} from arXiv")
-    return 0
+    print("\n".join(report.lines()))
+    return 1 if report.failed else 0  # a day that failed is a failed backfill (exit 1), each named above
 
 
 def _status(config: Config) -> int:

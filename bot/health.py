@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from storage import Store
 
 from .config import Config
+from .poller import STORAGE_ERROR
 
 SOURCES = ("huggingface", "arxiv")
 
@@ -46,20 +47,41 @@ class StoreCollector:
 
 
 def health(store: Store, config: Config) -> tuple[int, dict]:
-    """503 when every enabled source has failed past the notice threshold, else 200."""
+    """200 "ok", or 503 with the reason in "status":
+
+    - "storage": the last poll of some source failed on the bot's own storage (its
+      database full, read-only or otherwise refusing writes), or the database cannot be
+      read at all; "internal": it failed on a bug after the fetch. Waiting does not fix
+      these; an operator must look.
+    - "failing": every enabled source has failed `source_failure_notice_after` times in a
+      row (one source down is a normal day; all of them means nothing arrives).
+    """
+    faults = dict(getattr(store, "poll_faults", {}))
     sources = {}
-    for name, cfg in (("huggingface", config.huggingface), ("arxiv", config.arxiv)):
-        if cfg.enabled:
-            state = store.source_state(name) or {}
-            sources[name] = {
-                "consecutive_failures": state.get("consecutive_failures") or 0,
-                "last_success": state["last_success"].isoformat() if state.get("last_success") else None,
-                "last_error": state.get("last_error"),
-            }
+    try:
+        for name, cfg in (("huggingface", config.huggingface), ("arxiv", config.arxiv)):
+            if cfg.enabled:
+                state = store.source_state(name) or {}
+                sources[name] = {
+                    "consecutive_failures": state.get("consecutive_failures") or 0,
+                    "last_success": state["last_success"].isoformat() if state.get("last_success") else None,
+                    "last_error": state.get("last_error"),
+                }
+        pending = store.count_pending()
+    except Exception as exc:  # the database itself is the problem
+        return 503, {"status": "storage", "error": f"cannot read the database: {type(exc).__name__}: {exc}"[:300],
+                     "sources": sources}
+    for name, reason in faults.items():
+        entry = sources.setdefault(name, {})
+        entry["own_failure"] = reason  # may not be in the database: it may be what failed
+        entry["last_error"] = reason
     threshold = config.delivery.source_failure_notice_after
-    failing = bool(sources) and all(s["consecutive_failures"] >= threshold for s in sources.values())
-    return (503 if failing else 200), {"status": "failing" if failing else "ok", "sources": sources,
-                                       "pending_deliveries": store.count_pending()}
+    failing = bool(sources) and all(s.get("consecutive_failures", 0) >= threshold for s in sources.values())
+    if faults:
+        status = "storage" if any(r.startswith(STORAGE_ERROR) for r in faults.values()) else "internal"
+    else:
+        status = "failing" if failing else "ok"
+    return (200 if status == "ok" else 503), {"status": status, "sources": sources, "pending_deliveries": pending}
 
 
 async def start_metrics(store: Store, config: Config, port: int, host: str = "0.0.0.0") -> web.AppRunner:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import calendar
-import json
 import logging
-from datetime import datetime, timezone
 
-import feedparser
 import httpx
 
 from .errors import SourceError
 from .models import Paper
-from .sources.base import ARXIV_INTERVAL, Pacer, clean_text, get_bytes
-from .sources.huggingface import parse_item
+from .sources.arxiv import entry_datetime, parse_feed
+from .sources.base import ARXIV_INTERVAL, Pacer, check_paper, clean_text, get_bytes
+from .sources.huggingface import load_json, parse_item
 from .sources.ids import canonical_arxiv_id
 
 log = logging.getLogger(__name__)
@@ -55,9 +52,9 @@ class PaperLookup:
                 return None
             raise
         try:
-            return parse_item(json.loads(body))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SourceError("huggingface", f"unreadable paper {paper_id}: {exc}") from None
+            return parse_item(load_json(body))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise SourceError("huggingface", f"unreadable paper {paper_id}: {str(exc)[:300]}") from None
 
     async def _from_arxiv(self, paper_id: str) -> Paper | None:
         async with self.arxiv_pacer:
@@ -67,34 +64,49 @@ class PaperLookup:
 
 
 def parse_api_feed(body: bytes) -> tuple[list[Paper], int]:
-    """The papers of an arXiv API (Atom) response, and the total the query has."""
-    feed = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
-    if not feed.get("version"):
-        raise SourceError("arxiv", "API response is not an Atom feed")
+    """The papers of an arXiv API (Atom) response, and the total the query has.
+
+    A response that does not parse completely (cut off, not well-formed) is a SourceError:
+    nothing from it is used. An entry without id, title, authors or date is skipped.
+    """
+    feed = parse_feed(body, "API response")
     papers = []
     for entry in feed.entries:
         entry_id = str(entry.get("id") or "")
         if "/api/errors" in entry_id:  # arXiv reports errors as a feed with one entry
             raise SourceError("arxiv", f"API error: {clean_text(entry.get('summary'), 200)}", retryable=False)
-        paper_id = canonical_arxiv_id(entry_id)
-        title = clean_text(entry.get("title"), 1000)
-        if not paper_id or not title:
-            log.warning("arxiv API: skipped an entry without id or title (%r)", entry_id[:80])
-            continue
-        published = entry.get("published_parsed")
-        when = datetime.fromtimestamp(calendar.timegm(published), timezone.utc) if published else None
-        papers.append(Paper(
-            id=paper_id,
-            title=title,
-            summary=clean_text(entry.get("summary")),
-            authors=tuple(clean_text(a.get("name"), 200) for a in entry.get("authors") or [] if a.get("name")),
-            categories=tuple(t["term"] for t in entry.get("tags") or [] if t.get("term")),
-            source="arxiv",
-            published=when,
-            listed_on=when.date() if when else None,
-        ))
+        try:
+            papers.append(_api_paper(entry, entry_id))
+        except ValueError as exc:
+            log.warning("arxiv API: skipped an entry: %s", str(exc)[:300])
     total = feed.feed.get("opensearch_totalresults")
-    return papers, int(total) if str(total or "").isdigit() else len(papers)
+    return papers, int(total) if str(total or "").isdigit() and len(str(total)) < 10 else len(papers)
+
+
+def _api_paper(entry: dict, entry_id: str) -> Paper:
+    paper_id = canonical_arxiv_id(entry_id)
+    if not paper_id:
+        raise ValueError(f"no arXiv id in {entry_id[:80]!r}")
+    title = clean_text(entry.get("title"), 1000)
+    if not title:
+        raise ValueError(f"{paper_id} has no title")
+    authors = tuple(a for a in (clean_text(x.get("name"), 200) for x in entry.get("authors") or []
+                                if isinstance(x, dict)) if a)
+    if not authors:
+        raise ValueError(f"{paper_id} has no authors")
+    when = entry_datetime(entry, paper_id)
+    paper = Paper(
+        id=paper_id,
+        title=title,
+        summary=clean_text(entry.get("summary")),
+        authors=authors,
+        categories=tuple(t["term"] for t in entry.get("tags") or [] if t.get("term")),
+        source="arxiv",
+        published=when,
+        listed_on=when.date(),
+    )
+    check_paper(paper)
+    return paper
 
 
 def parse_api_entry(body: bytes, paper_id: str) -> Paper | None:

@@ -1,9 +1,17 @@
-"""Poller: fetch a source, store what is new, match it, queue deliveries. Never raises."""
+"""Poller: fetch a source, store what is new, match it, queue deliveries. Never raises.
+
+Whatever goes wrong in a poll ends as a failed SourceReport and a recorded source failure
+(so `run` backs off, the admin hears after N failures, `/healthz` and `status` show it):
+the source's own failures (network, HTTP, an unreadable listing) and the bot's own (its
+storage full or read-only, a bug in matching). One malformed item is skipped and logged;
+the rest of its listing is stored and matched.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
@@ -15,10 +23,15 @@ from .errors import QueryError, SourceError
 from .matching import IndexedMatcher
 from .models import Paper
 from .sources import Source
+from .sources.base import bounded_repr, check_paper
 
 log = logging.getLogger(__name__)
 
 HISTORY_FOR_ANCHORS = 1000
+
+# How the reason of a failure that is the bot's own, not the source's, begins.
+STORAGE_ERROR = "storage error: "
+INTERNAL_ERROR = "internal error: "
 
 
 @dataclass
@@ -32,13 +45,15 @@ class SourceReport:
     failures: int = 0  # consecutive failures, this one included
     not_modified: bool = False  # HTTP 304: nothing new since the last poll
     recovered_after: int = 0  # failures in a row that this success ended
+    skipped: int = 0  # malformed items of the listing, skipped (each logged with its reason)
 
     def line(self) -> str:
         if not self.ok:
             return f"{self.source}: FAILED: {self.error}"
         if self.not_modified:
             return f"{self.source}: not modified since the last poll"
-        return f"{self.source}: {self.listed} listed, {self.new} new, {self.queued} queued for delivery"
+        skipped = f" ({self.skipped} malformed skipped, see the log)" if self.skipped else ""
+        return f"{self.source}: {self.listed} listed{skipped}, {self.new} new, {self.queued} queued for delivery"
 
 
 class Poller:
@@ -48,6 +63,7 @@ class Poller:
         self.max_age = timedelta(days=max_age_days)
         self.matcher = IndexedMatcher()
         self._version = 0  # the newest subscription version the engine has seen
+        self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
 
     def sync_subscriptions(self) -> None:
         """Bring the engine in step with storage: add new subscriptions, drop removed ones.
@@ -75,7 +91,24 @@ class Poller:
             gc.freeze()
 
     async def poll(self, source: Source) -> SourceReport:
+        """Poll one source. Never raises: every failure is a failed, recorded SourceReport."""
         validators = getattr(source, "validators", None)
+        try:
+            return await self._poll(source, validators)
+        except Exception as exc:
+            if validators is not None:
+                # The response was not stored: forget its ETag, or the next poll would get a
+                # 304 and never store it. The next poll reloads the stored validators.
+                validators.clear()
+            if isinstance(exc, sqlite3.Error):
+                log.error("%s: poll failed on the bot's own database %s: %s", source.name, self.store.path, exc)
+                reason = f"{STORAGE_ERROR}{type(exc).__name__}: {exc} (database {self.store.path})"
+            else:
+                log.exception("%s: poll failed after the fetch", source.name)
+                reason = f"{INTERNAL_ERROR}{type(exc).__name__}: {exc}"
+            return self._failed(source.name, reason, own=True)
+
+    async def _poll(self, source: Source, validators: dict | None) -> SourceReport:
         if validators is not None and not validators:
             validators.update(self.store.source_validators(source.name))
         try:
@@ -88,29 +121,47 @@ class Poller:
         now = self.clock()
         if papers is None:  # 304: the listing has not changed since the last poll
             recovered = self.store.record_source_success(source.name, now, 0)
-            return SourceReport(source.name, True, not_modified=True, recovered_after=recovered)
-        if validators is not None:
-            self.store.save_source_validators(source.name, validators)
-        before = self.store.paper_snapshot([p.id for p in papers])
-        new = self.store.add_papers(papers, now)
-        # Only papers stored just now are matched, so a subscription never receives
-        # papers stored before it was created.
-        self.sync_subscriptions()
-        queued = 0
-        for paper in new:
-            if paper.is_update:  # a revised old paper is stored, never announced as news
-                continue
-            if paper.listed_on and now.date() - paper.listed_on > self.max_age:
-                continue  # listed long ago (a late listing, a backfill): stored, not posted
-            matches = self.matcher.match(paper)
-            if matches:
-                queued += self.store.enqueue(paper.id, matches, now)
-        queued += self._recheck(papers, before, now)
-        recovered = self.store.record_source_success(source.name, now, len(papers))
+            return self._succeeded(SourceReport(source.name, True, not_modified=True, recovered_after=recovered))
+        valid = self._valid(source.name, papers)
+        skipped = len(getattr(source, "skipped", None) or ()) + len(papers) - len(valid)
+        papers = valid
+        # One transaction: a failure anywhere below (a full disk, a matcher bug) leaves
+        # nothing half-done, so the next poll stores and matches the same papers again.
+        with self.store.transaction():
+            before = self.store.paper_snapshot([p.id for p in papers])
+            new = self.store.add_papers(papers, now)
+            # Only papers stored just now are matched, so a subscription never receives
+            # papers stored before it was created.
+            self.sync_subscriptions()
+            queued = 0
+            for paper in new:
+                if paper.is_update:  # a revised old paper is stored, never announced as news
+                    continue
+                if paper.listed_on and now.date() - paper.listed_on > self.max_age:
+                    continue  # listed long ago (a late listing, a backfill): stored, not posted
+                matches = self.matcher.match(paper)
+                if matches:
+                    queued += self.store.enqueue(paper.id, matches, now)
+            queued += self._recheck(papers, before, now)
+            recovered = self.store.record_source_success(source.name, now, len(papers))
+            if validators is not None:  # only once what they describe is stored
+                self.store.save_source_validators(source.name, validators)
         if not papers:
             log.info("%s: empty listing (normal on weekends and holidays)", source.name)
-        return SourceReport(source.name, True, listed=len(papers), new=len(new), queued=queued,
-                            recovered_after=recovered)
+        return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=len(new), queued=queued,
+                                            recovered_after=recovered, skipped=skipped))
+
+    def _valid(self, name: str, papers: list[Paper]) -> list[Paper]:
+        """The papers that can be stored as they are; each other one is logged once and skipped."""
+        valid = []
+        for paper in papers:
+            try:
+                check_paper(paper)
+            except ValueError as exc:
+                log.warning("%s: skipped paper %s: %s", name, bounded_repr(paper.id), str(exc)[:300])
+                continue
+            valid.append(paper)
+        return valid
 
     def _recheck(self, papers: list[Paper], before: dict, now: datetime) -> int:
         """Known papers whose upvotes (or organization) changed may now match more queries,
@@ -135,7 +186,24 @@ class Poller:
                 queued += self.store.enqueue(listed.id, matches, now)  # unique per paper x channel: once
         return queued
 
-    def _failed(self, name: str, reason: str) -> SourceReport:
-        failures = self.store.record_source_failure(name, self.clock(), reason)
-        log.warning("%s: %s", name, reason)
+    def _succeeded(self, report: SourceReport) -> SourceReport:
+        self._failures.pop(report.source, None)
+        self.store.poll_faults.pop(report.source, None)
+        return report
+
+    def _failed(self, name: str, reason: str, *, own: bool = False) -> SourceReport:
+        """Record a failed poll; `own` when the bot failed (its storage or code), not the source."""
+        reason = reason[:500]
+        failures = self._failures[name] = self._failures.get(name, 0) + 1
+        if own:
+            self.store.poll_faults[name] = reason  # /healthz reads it, even if recording fails below
+        else:
+            self.store.poll_faults.pop(name, None)
+        try:
+            failures = self._failures[name] = self.store.record_source_failure(name, self.clock(), reason)
+        except Exception as exc:  # the database that just failed may well refuse this too
+            log.error("%s: could not record this failure in the database either (%s: %s)",
+                      name, type(exc).__name__, str(exc)[:200])
+        if not own:  # the bot's own failures were logged where they happened
+            log.warning("%s: %s", name, reason)
         return SourceReport(name, False, error=reason, failures=failures)

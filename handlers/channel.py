@@ -115,11 +115,29 @@ def source_lines(ctx: Context) -> list[str]:
         line = f"• {name}: last success {_ago(state.get('last_success'), now)}"
         if state.get("consecutive_failures"):
             line += f"; failing ({state['consecutive_failures']} in a row): {state['last_error']}"
-        if state.get("last_attempt"):
+        # `run` stores its real next attempt (a retry after a failure comes sooner than the
+        # interval); without it, the interval from the last attempt.
+        upcoming = state.get("next_poll")
+        if upcoming is None and state.get("last_attempt"):
             upcoming = state["last_attempt"] + timedelta(minutes=cfg.interval_minutes)
-            line += f"; next poll {'due now' if upcoming <= now else 'in ' + _ago(now, upcoming).replace(' ago', '')}"
+        if upcoming is not None:
+            what = "next retry" if state.get("next_poll") and state.get("consecutive_failures") else "next poll"
+            line += f"; {what} {_when(upcoming, now)}"
         lines.append(line)
     return lines
+
+
+def _when(upcoming: datetime, now: datetime) -> str:
+    """"in 45s", "in 12m", "due now", or overdue (then `run` is probably not running)."""
+    seconds = int((upcoming - now).total_seconds())
+    if seconds > 0:
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if seconds >= size:
+                return f"in {seconds // size}{unit}"
+        return f"in {seconds}s"
+    if seconds > -120:  # `run` checks every few seconds
+        return "due now"
+    return f"overdue since {_ago(upcoming, now)} (is `papers-bot run` running?)"
 
 
 def bot_status(ctx: Context) -> str:

@@ -148,3 +148,10 @@ def m007_delivery_claimed_at(db: Database) -> None:
 def m008_delivery_in_digest(db: Database) -> None:
     # 1: this delivery is part of a burst's overflow and goes out in one digest message.
     db.execute("ALTER TABLE deliveries ADD COLUMN in_digest INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m010_source_next_poll(db: Database) -> None:
+    # When `run` will poll the source next: the interval after a success, the (sooner)
+    # backoff retry after a failure. `status` shows it.
+    db.execute("ALTER TABLE source_state ADD COLUMN next_poll TEXT")

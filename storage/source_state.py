@@ -52,12 +52,20 @@ class SourceStateMixin:
             "SELECT consecutive_failures FROM source_state WHERE source = ?", [source]
         ).fetchone()[0]
 
+    def set_source_next_poll(self, source: str, when: datetime) -> None:
+        """When `run` will next poll the source (after a failure: the backoff retry)."""
+        self.db.execute(
+            """INSERT INTO source_state (source, next_poll) VALUES (?, ?)
+               ON CONFLICT(source) DO UPDATE SET next_poll = excluded.next_poll""",
+            [source, iso(when)],
+        )
+
     def source_state(self, source: str) -> dict | None:
         cursor = self.db.execute("SELECT * FROM source_state WHERE source = ?", [source])
         row = cursor.fetchone()
         if row is None:
             return None
         state = dict(zip([d[0] for d in cursor.description], row))
-        for key in ("last_attempt", "last_success", "last_error_at"):
+        for key in ("last_attempt", "last_success", "last_error_at", "next_poll"):
             state[key] = parse_iso(state[key])
         return state

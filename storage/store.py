@@ -18,6 +18,10 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
     def __init__(self, path: str | Path):
         self.path = str(path)
         self.db = open_database(path)
+        # In memory, set by the poller: sources whose last poll failed on the bot's own side
+        # (this database full or read-only, a bug), even when that could not be written
+        # down. /healthz answers 503 while any is here.
+        self.poll_faults: dict[str, str] = {}
 
     def transaction(self):
         """All writes inside happen together or not at all."""

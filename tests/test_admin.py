@@ -59,10 +59,10 @@ async def test_backfill_stores_past_days_and_posts_nothing(store, server, monkey
         sleeps.append(seconds)
 
     async with make_client(2.0) as client:
-        stored = await backfill(store, client, days=4, today=TODAY, now=NOW, hf_base_url=server.url,
+        report = await backfill(store, client, days=4, today=TODAY, now=NOW, hf_base_url=server.url,
                                 arxiv_api_url=f"{server.url}/api/query", categories=("cs.LG", "cs.CL"),
                                 progress=Progress(6, out), sleep=fake_sleep)
-    assert stored == {"huggingface": 6, "arxiv": 3}
+    assert report.stored == {"huggingface": 6, "arxiv": 3}
     assert store.count_pending() == 0  # history is never posted
     hf_days = [parse_qs(urlsplit(raw).query)["date"][0] for path, raw, _ in server.requests if path == "/api/daily_papers"]
     assert hf_days == ["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"]  # not today: the poller's

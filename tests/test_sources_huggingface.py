@@ -111,7 +111,7 @@ def test_malformed_items_are_skipped_not_fatal(caplog):
     assert "skipped item 0" in caplog.text and "no arXiv id" in caplog.text and "has no title" in caplog.text
 
 
-def test_hidden_authors_odd_types_and_zero_upvotes():
+def test_hidden_authors_odd_types_and_zero_upvotes(caplog):
     body = json.dumps(
         [
             {
@@ -124,10 +124,12 @@ def test_hidden_authors_odd_types_and_zero_upvotes():
                     "githubRepo": "javascript:alert(1)",
                 }
             },
-            {"paper": {"id": "2410.00003", "title": "T", "upvotes": "1.2k", "authors": None}},
+            {"paper": {"id": "2410.00003", "title": "T", "upvotes": None, "authors": None}},
+            {"paper": {"id": "2410.00004", "title": "T", "upvotes": "1.2k"}},  # malformed: skipped, logged
         ]
     ).encode()
     first, second = parse_daily_papers(body)
+    assert "skipped item 2: 2410.00004: upvotes is not a whole number ('1.2k')" in caplog.text
     assert first.id == "2410.00002" and first.title == "Synthetic title wrapped"
     assert first.upvotes == 0  # zero is a count, not "unknown"
     assert first.authors == ("Shown",)

@@ -3,8 +3,10 @@
 Parsed from the raw JSON (not huggingface_hub, which loses the fields that live under
 `paper`): upvotes, githubRepo, projectPage and ai_summary are on `paper`; the list date
 is `paper.submittedOnDailyAt` (absent in older records, where the item's `publishedAt`
-was the real submission time). Optional fields are optional; unknown keys are ignored;
-one malformed item is skipped with a logged reason, not the whole list.
+was the real submission time). Optional fields are optional (absent or null means
+unknown); unknown keys are ignored. A field that is present but malformed (a wrong type, a
+count out of range such as upvotes of 2**70 or -3, a date `datetime` cannot parse or
+represent) makes its item skipped with one logged reason: never the whole list.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import httpx
 
 from ..errors import SourceError
 from ..models import Paper
-from .base import NotModified, clean_text, get_bytes
+from .base import NotModified, bounded_repr, check_count, check_paper, clean_text, get_bytes, parse_iso_datetime
 from .ids import canonical_arxiv_id
 
 log = logging.getLogger(__name__)
@@ -31,21 +33,49 @@ class HuggingFaceSource:
         self.base_url = base_url.rstrip("/")
         self.max_bytes = max_bytes
         self.validators: dict[str, str] = {}
+        self.skipped: list[str] = []  # why items of the last listing were skipped
 
     async def fetch(self) -> list[Paper]:
         url = f"{self.base_url}/api/daily_papers"
+        self.skipped = []
         try:
             body = await get_bytes(self.client, self.name, url, params={"limit": 100}, max_bytes=self.max_bytes,
                                    validators=self.validators)
         except NotModified:
             return None
-        return parse_daily_papers(body)
+        return parse_daily_papers(body, self.skipped)
 
 
-def parse_daily_papers(body: bytes) -> list[Paper]:
+MAX_DIGITS = 30  # longer integer literals are kept as a marker that fails the range checks
+
+
+class _HugeNumber(float):
+    """An integer literal too long to be a real count (Python refuses over 4,300 digits)."""
+
+    def __new__(cls, digits: int):
+        number = super().__new__(cls, "inf")
+        number.digits = digits
+        return number
+
+    def __repr__(self) -> str:
+        return f"a number of {self.digits} digits"
+
+
+def _bounded_int(text: str) -> int | float:
+    digits = len(text.lstrip("-"))
+    return int(text) if digits <= MAX_DIGITS else _HugeNumber(digits)
+
+
+def load_json(body: bytes) -> object:
+    """json.loads, with absurdly long integers kept as a marker the range checks refuse."""
+    return json.loads(body, parse_int=_bounded_int)
+
+
+def parse_daily_papers(body: bytes, skipped: list[str] | None = None) -> list[Paper]:
+    """The papers of a listing; each malformed item is logged (and its reason added to `skipped`)."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = load_json(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise SourceError("huggingface", f"response is not valid JSON ({exc})", retryable=True) from None
     if not isinstance(data, list):
         raise SourceError("huggingface", f"expected a JSON array of papers, got {type(data).__name__}")
@@ -54,45 +84,64 @@ def parse_daily_papers(body: bytes) -> list[Paper]:
         try:
             papers.append(parse_item(item))
         except ValueError as exc:
-            log.warning("huggingface: skipped item %d: %s", index, exc)
+            log.warning("huggingface: skipped item %d: %s", index, str(exc)[:300])
+            if skipped is not None:
+                skipped.append(str(exc)[:300])
     return papers
 
 
 def parse_item(item: object) -> Paper:
-    """One daily_papers item (or a flat /api/papers/{id} object) -> Paper."""
+    """One daily_papers item (or a flat /api/papers/{id} object) -> Paper; ValueError names what is wrong."""
     if not isinstance(item, dict):
         raise ValueError("item is not an object")
     paper = item.get("paper") if isinstance(item.get("paper"), dict) else item
-    paper_id = canonical_arxiv_id(str(paper.get("id") or ""))
+    raw_id = paper.get("id")
+    paper_id = canonical_arxiv_id(raw_id) if isinstance(raw_id, str) else None
     if not paper_id:
-        raise ValueError(f"no arXiv id (got {str(paper.get('id'))[:40]!r})")
-    title = clean_text(item.get("title") or paper.get("title"), 1000)
-    if not title:
-        raise ValueError(f"{paper_id} has no title")
-    authors = tuple(
-        name
-        for author in paper.get("authors") or []
-        if isinstance(author, dict) and not author.get("hidden")
-        for name in [clean_text(author.get("name"), 200)]
-        if name
-    )
-    listed = _date(paper.get("submittedOnDailyAt")) or _date(item.get("publishedAt"))
-    upvotes = paper.get("upvotes")
-    return Paper(
-        id=paper_id,
-        title=title,
-        summary=clean_text(paper.get("summary") or item.get("summary")),
-        authors=authors,
-        source="hf",
-        published=_datetime(paper.get("publishedAt")),
-        listed_on=listed,
-        upvotes=upvotes if isinstance(upvotes, int) and not isinstance(upvotes, bool) and upvotes >= 0 else None,
-        thumbnail=_http_url(item.get("thumbnail")),
-        github=_http_url(paper.get("githubRepo")),
-        project_page=_http_url(paper.get("projectPage")),
-        ai_summary=clean_text(paper.get("ai_summary"), 2000) or None,
-        organization=_organization(paper.get("organization") or item.get("organization")),
-    )
+        raise ValueError(f"no arXiv id (got {bounded_repr(raw_id)})")
+    try:
+        title = clean_text(_text(item, "title") or _text(paper, "title"), 1000)
+        if not title:
+            raise ValueError("has no title")
+        raw_authors = paper.get("authors")
+        if raw_authors is not None and not isinstance(raw_authors, list):
+            raise ValueError(f"authors is not a list ({bounded_repr(raw_authors)})")
+        authors = tuple(
+            name
+            for author in raw_authors or []
+            if isinstance(author, dict) and not author.get("hidden")
+            for name in [clean_text(_text(author, "name"), 200)]
+            if name
+        )
+        listed = (parse_iso_datetime(paper.get("submittedOnDailyAt"), "paper.submittedOnDailyAt")
+                  or parse_iso_datetime(item.get("publishedAt"), "publishedAt"))
+        result = Paper(
+            id=paper_id,
+            title=title,
+            summary=clean_text(_text(paper, "summary") or _text(item, "summary")),
+            authors=authors,
+            source="hf",
+            published=parse_iso_datetime(paper.get("publishedAt"), "paper.publishedAt"),
+            listed_on=listed.date() if listed else None,
+            upvotes=check_count(paper.get("upvotes"), "upvotes"),
+            thumbnail=_http_url(_text(item, "thumbnail")),
+            github=_http_url(_text(paper, "githubRepo")),
+            project_page=_http_url(_text(paper, "projectPage")),
+            ai_summary=clean_text(_text(paper, "ai_summary"), 2000) or None,
+            organization=_organization(paper.get("organization") or item.get("organization")),
+        )
+        check_paper(result)
+    except ValueError as exc:
+        raise ValueError(f"{paper_id}: {exc}") from None
+    return result
+
+
+def _text(obj: dict, key: str) -> str | None:
+    """A string field: None when absent or null, ValueError when it is not a string."""
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{key} is not text ({bounded_repr(value)})")
 
 
 def _organization(value: object) -> str | None:
@@ -103,20 +152,6 @@ def _organization(value: object) -> str | None:
     if full and name and full.casefold() != name.casefold():
         return f"{full} ({name})"
     return full or name or None
-
-
-def _datetime(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _date(value: object) -> date | None:
-    parsed = _datetime(value)
-    return parsed.date() if parsed else None
 
 
 def _http_url(value: object) -> str | None:
