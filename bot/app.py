@@ -116,7 +116,7 @@ class App:
     @staticmethod
     async def _start(name: str, start: Awaitable[T]) -> T | None:
         try:
-            return await asyncio.wait_for(start, FRONTEND_START_SECONDS)
+            return await within(start, FRONTEND_START_SECONDS)
         except asyncio.TimeoutError:
             log.error("%s did not start within %.0fs: it is off; polling and posting go on", name,
                       FRONTEND_START_SECONDS)
@@ -128,7 +128,7 @@ class App:
     async def stop_frontends(self) -> None:
         """Stop every front-end, all at once; none may take more than FRONTEND_STOP_SECONDS."""
         frontends, self._frontends = self._frontends, []
-        results = await asyncio.gather(*(asyncio.wait_for(f.close(), FRONTEND_STOP_SECONDS) for f in frontends),
+        results = await asyncio.gather(*(within(f.close(), FRONTEND_STOP_SECONDS) for f in frontends),
                                        return_exceptions=True)
         for result in results:
             if isinstance(result, asyncio.TimeoutError):
@@ -217,9 +217,27 @@ class App:
             await self.stop_frontends()
 
 
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """`awaitable`'s result, or TimeoutError after `seconds`; a hard bound.
+
+    asyncio.wait_for is not one: on timeout it cancels and then waits for the cancellation to
+    finish, forever if the awaited code swallows it. Here what ignores its cancel is left behind.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        raise asyncio.TimeoutError
+    return task.result()
+
+
 async def _bounded(awaitable: Awaitable, seconds: float, what: str) -> None:
     try:
-        await asyncio.wait_for(awaitable, seconds)
+        await within(awaitable, seconds)
     except asyncio.TimeoutError:
         log.warning("%s took over %.0fs; going on without it", what, seconds)
     except Exception as exc:  # shutting down: report, keep going

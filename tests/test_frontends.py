@@ -136,9 +136,9 @@ async def test_while_the_websocket_is_refused_it_retries_with_backoff_and_logs_a
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("bot")]
     # Once at the first failure, once more at the 10th: never a line per attempt, never a traceback.
     assert len(warnings) == 2, warnings
-    assert re.match(r"Slack Socket Mode: cannot reach 127\.0\.0\.1:\d+ \(connection refused\) \(1 failed attempt\); "
-                    r"retrying in 0s\. /papers waits, posting goes on$", warnings[0])
-    assert "(10 failed attempts in a row)" in warnings[1]
+    assert re.match(r"Slack Socket Mode: cannot reach 127\.0\.0\.1:\d+ \(connection refused\); "
+                    r"retrying in 0s \(/papers waits; posting goes on\)$", warnings[0])
+    assert "; 10 failures in a row, retrying in" in warnings[1]
     assert "Traceback" not in caplog.text and TICKET not in caplog.text
     calls = len(slack.called("apps.connections.open"))
     await asyncio.sleep(0.1)
@@ -220,6 +220,56 @@ async def test_polling_and_delivery_do_not_wait_for_a_front_end_that_never_start
         stop.set()
         await asyncio.wait_for(task, 3)
         await app.aclose()
+
+
+async def test_shutdown_waits_a_bounded_time_for_what_ignores_cancellation(tmp_path, monkeypatch, caplog):
+    import bot.app
+    from bot.adapters import Running
+
+    monkeypatch.setattr(bot.app, "TASKS_STOP_SECONDS", 0.2)
+    monkeypatch.setattr(bot.app, "FRONTEND_STOP_SECONDS", 0.2)
+    fetching = asyncio.Event()
+
+    class Stubborn:
+        name, validators = "huggingface", {}
+
+        async def fetch(self):
+            fetching.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:  # swallows the first cancel; the test loop's last one ends it
+                await asyncio.sleep(60)
+
+    async def close_that_hangs():
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(60)
+
+    config = parse_config({"storage": {"path": str(tmp_path / "bot.db")}}, Secrets({}))
+    app = App(config, stdout=io.StringIO())
+    app.sources = [Stubborn()]
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop, tick=0.01))
+    await asyncio.wait_for(fetching.wait(), 3)
+    app._frontends.append(Running(close_that_hangs))
+    began = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    await app.aclose()
+    assert time.monotonic() - began < 1.5
+    assert "1 polls or deliveries did not stop within 0s; leaving them" in caplog.text
+    assert "a front-end did not stop within 0s; leaving it" in caplog.text
+
+
+def test_the_process_ends_after_the_grace_period_whatever_hangs():
+    code = ("import time; from bot.cli import _exit_anyway_after; _exit_anyway_after(0.2); "
+            "print('waiting', flush=True); time.sleep(30)")
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    assert time.monotonic() - began < 5
+    assert done.returncode == 1 and done.stdout == "waiting\n"
+    assert "still not stopped 0.2s after the signal: exiting now" in done.stderr
 
 
 # ---- the real process and real signals ------------------------------------------------------

@@ -294,10 +294,12 @@ async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler
         socket_client.closed = True  # the supervisor and the SDK's loops stop at their next turn
         task.cancel()
         await asyncio.wait([task], timeout=0.5)
-        try:
-            await asyncio.wait_for(socket_client.close(), 1.0)  # WebSocket close waits 0.5 s at most
-        except Exception as exc:  # stopping: note it, never hang on it
-            log.debug("Slack Socket Mode close: %s", type(exc).__name__)
+        closing = asyncio.ensure_future(socket_client.close())  # a WebSocket close waits 0.5 s at most
+        done, _ = await asyncio.wait({closing}, timeout=1.0)
+        if not done:
+            closing.cancel()
+        elif closing.exception() is not None:  # stopping: note it, never hang on it
+            log.debug("Slack Socket Mode close: %s", type(closing.exception()).__name__)
         if not socket_client.aiohttp_client_session.closed:
             await socket_client.aiohttp_client_session.close()
 
@@ -464,8 +466,8 @@ class _SocketModeSupervisor:
         self._last_reason = reason
         if loud:
             self._warned = True
-            log.warning("Slack Socket Mode: %s (%d failed %s); retrying in %.0fs. /papers waits, posting goes on",
-                        reason, self.failures, "attempt" if self.failures == 1 else "attempts in a row", delay)
+            log.warning("Slack Socket Mode: %s; %sretrying in %.0fs (/papers waits; posting goes on)", reason,
+                        f"{self.failures} failures in a row, " if self.failures > 1 else "", delay)
         else:
             log.debug("Slack Socket Mode: %s (%d in a row); retrying in %.1fs", reason, self.failures, delay)
         return delay
