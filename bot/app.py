@@ -29,7 +29,7 @@ RETRY_FIRST = 30.0  # seconds before the first retry of a failing source
 # Shutdown is bounded: SIGTERM must end the process within 5 s, whatever hangs.
 TASKS_STOP_SECONDS = 1.0  # cancelled polls and sweeps
 FRONTEND_STOP_SECONDS = 2.0  # each front-end's Running.close(), all at once
-CLOSE_SECONDS = 1.0  # each adapter, the HTTP client
+CLOSE_SECONDS = 0.5  # each adapter, the HTTP client
 FRONTEND_START_SECONDS = 10.0  # start functions return at once; this only catches one that does not
 
 T = TypeVar("T")
@@ -118,7 +118,7 @@ class App:
         try:
             return await within(start, FRONTEND_START_SECONDS)
         except asyncio.TimeoutError:
-            log.error("%s did not start within %.0fs: it is off; polling and posting go on", name,
+            log.error("%s did not start within %gs: it is off; polling and posting go on", name,
                       FRONTEND_START_SECONDS)
         except Exception as exc:  # one front-end must never stop the others, or polling
             log.error("%s could not start (%s: %s): it is off; polling and posting go on", name,
@@ -132,7 +132,7 @@ class App:
                                        return_exceptions=True)
         for result in results:
             if isinstance(result, asyncio.TimeoutError):
-                log.warning("a front-end did not stop within %.0fs; leaving it", FRONTEND_STOP_SECONDS)
+                log.warning("a front-end did not stop within %gs; leaving it", FRONTEND_STOP_SECONDS)
             elif isinstance(result, BaseException):  # shutting down: report, keep going
                 log.error("stopping a front-end failed (%s: %s)", type(result).__name__, result)
 
@@ -239,7 +239,7 @@ async def _bounded(awaitable: Awaitable, seconds: float, what: str) -> None:
     try:
         await within(awaitable, seconds)
     except asyncio.TimeoutError:
-        log.warning("%s took over %.0fs; going on without it", what, seconds)
+        log.warning("%s took over %gs; going on without it", what, seconds)
     except Exception as exc:  # shutting down: report, keep going
         log.error("%s failed (%s: %s)", what, type(exc).__name__, exc)
 
@@ -283,7 +283,7 @@ class _Runner:
             if not task.cancelled() and task.exception() is not None:
                 log.error("%s failed while stopping: %s", task.get_name(), task.exception())
         if pending:
-            log.warning("%d polls or deliveries did not stop within %.0fs; leaving them", len(pending),
+            log.warning("%d polls or deliveries did not stop within %gs; leaving them", len(pending),
                         TASKS_STOP_SECONDS)
 
     @staticmethod

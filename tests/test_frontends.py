@@ -191,6 +191,23 @@ async def test_a_hanging_socket_is_given_up_on_after_the_connect_timeout_and_clo
         assert time.monotonic() - began < 1.5
 
 
+async def test_a_front_end_that_cannot_start_is_one_error_and_the_others_start(tmp_path, socket_mode, slack, caplog):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = slack_config(tmp_path, slack, metrics={"port": busy.getsockname()[1]})
+        app = App(config, stdout=io.StringIO())
+        await app.start_frontends()
+        await until(lambda: socket_mode.open_connections == 1)  # Slack started all the same
+        assert re.search(r"^the metrics server could not start \(OSError: .+\): it is off; polling and posting go on$",
+                         "\n".join(r.getMessage() for r in caplog.records), re.MULTILINE)
+        assert "Traceback" not in caplog.text
+        await app.stop_frontends()
+        await app.aclose()
+
+
 async def test_polling_and_delivery_do_not_wait_for_a_front_end_that_never_starts(tmp_path, monkeypatch):
     """Even a start function that breaks the contract (awaits a connection) holds nothing up."""
     import bot.adapters.slack_adapter as slack_adapter
@@ -258,8 +275,8 @@ async def test_shutdown_waits_a_bounded_time_for_what_ignores_cancellation(tmp_p
     await asyncio.wait_for(task, 2)
     await app.aclose()
     assert time.monotonic() - began < 1.5
-    assert "1 polls or deliveries did not stop within 0s; leaving them" in caplog.text
-    assert "a front-end did not stop within 0s; leaving it" in caplog.text
+    assert "1 polls or deliveries did not stop within 0.2s; leaving them" in caplog.text
+    assert "a front-end did not stop within 0.2s; leaving it" in caplog.text
 
 
 def test_the_process_ends_after_the_grace_period_whatever_hangs():
@@ -270,6 +287,21 @@ def test_the_process_ends_after_the_grace_period_whatever_hangs():
     assert time.monotonic() - began < 5
     assert done.returncode == 1 and done.stdout == "waiting\n"
     assert "still not stopped 0.2s after the signal: exiting now" in done.stderr
+
+
+async def test_a_request_cancelled_while_waiting_for_arxivs_pacing_does_not_block_the_next():
+    from bot.sources.base import Pacer
+
+    pacer = Pacer(0.3)
+    async with pacer:
+        pass
+    with pytest.raises(asyncio.TimeoutError):
+        async with asyncio.timeout(0.05):  # a shutdown, a deadline: cancelled inside the 0.3 s wait
+            async with pacer:
+                pass
+    async with asyncio.timeout(1):  # before the fix the lock stayed taken: this waited forever
+        async with pacer:
+            pass
 
 
 # ---- the real process and real signals ------------------------------------------------------
