@@ -271,7 +271,7 @@ def _interruptible(coro: Coroutine[Any, Any, int]) -> int:
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal, sig)
-        except (ValueError, RuntimeError):  # not the main thread (called from a test or a tool)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no POSIX signals
             pass
         return await coro
 
