@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 from datetime import datetime, timedelta
-from typing import Callable, TextIO
+from typing import Awaitable, Callable, TextIO, TypeVar
 
 import schedule
 
@@ -26,6 +26,13 @@ from .sources.base import ARXIV_INTERVAL, Pacer
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 30.0  # seconds before the first retry of a failing source
+# Shutdown is bounded: SIGTERM must end the process within 5 s, whatever hangs.
+TASKS_STOP_SECONDS = 1.0  # cancelled polls and sweeps
+FRONTEND_STOP_SECONDS = 2.0  # each front-end's Running.close(), all at once
+CLOSE_SECONDS = 0.5  # each adapter, the HTTP client
+FRONTEND_START_SECONDS = 10.0  # start functions return at once; this only catches one that does not
+
+T = TypeVar("T")
 
 
 class App:
@@ -75,18 +82,25 @@ class App:
         return adapters
 
     async def start_frontends(self) -> None:
-        """Connect the chat front-ends that have their tokens, and the metrics server (only `run`)."""
+        """Start the chat front-ends that have their tokens, and the metrics server (only `run`).
+
+        Each start function returns a Running at once: connecting, reconnecting with backoff and
+        giving up on a refused token happen in a background task it owns. One that fails or
+        hangs anyway is logged and left off; the others still start.
+        """
         if self.config.metrics_port:
             from .health import start_metrics
 
-            runner = await start_metrics(self.store, self.config, self.config.metrics_port)
-            self._frontends.append(Running(runner.cleanup))
-            log.info("health and metrics on port %d: /healthz, /metrics", self.config.metrics_port)
+            runner = await self._start("the metrics server",
+                                       start_metrics(self.store, self.config, self.config.metrics_port))
+            if runner is not None:
+                self._frontends.append(Running(runner.cleanup))
+                log.info("health and metrics on port %d: /healthz, /metrics", self.config.metrics_port)
         slack = self.adapters.get("slack")
         if slack is not None and hasattr(slack, "client"):
             from .adapters.slack_adapter import start_slack
 
-            frontend = await start_slack(slack.client, self.config, self.handle_command)
+            frontend = await self._start("Slack", start_slack(slack.client, self.config, self.handle_command))
             if frontend is not None:
                 self._frontends.append(frontend)
         discord_adapter = self.adapters.get("discord")
@@ -94,17 +108,33 @@ class App:
             from .adapters.discord_adapter import start_discord
 
             summaries = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
-            self._frontends.append(
-                await start_discord(discord_adapter, self.config, self.handle_command, summaries, self.store.subscriptions)
-            )
+            frontend = await self._start("Discord", start_discord(discord_adapter, self.config, self.handle_command,
+                                                                  summaries, self.store.subscriptions))
+            if frontend is not None:
+                self._frontends.append(frontend)
+
+    @staticmethod
+    async def _start(name: str, start: Awaitable[T]) -> T | None:
+        try:
+            return await within(start, FRONTEND_START_SECONDS)
+        except asyncio.TimeoutError:
+            log.error("%s did not start within %gs: it is off; polling and posting go on", name,
+                      FRONTEND_START_SECONDS)
+        except Exception as exc:  # one front-end must never stop the others, or polling
+            log.error("%s could not start (%s: %s): it is off; polling and posting go on", name,
+                      type(exc).__name__, exc)
+        return None
 
     async def stop_frontends(self) -> None:
-        for frontend in self._frontends:
-            try:
-                await frontend.close()
-            except Exception:  # shutting down: report, keep going
-                log.exception("stopping a front-end failed")
-        self._frontends.clear()
+        """Stop every front-end, all at once; none may take more than FRONTEND_STOP_SECONDS."""
+        frontends, self._frontends = self._frontends, []
+        results = await asyncio.gather(*(within(f.close(), FRONTEND_STOP_SECONDS) for f in frontends),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, asyncio.TimeoutError):
+                log.warning("a front-end did not stop within %gs; leaving it", FRONTEND_STOP_SECONDS)
+            elif isinstance(result, BaseException):  # shutting down: report, keep going
+                log.error("stopping a front-end failed (%s: %s)", type(result).__name__, result)
 
     def interval(self, source: Source) -> float:
         cfg = self.config.huggingface if source.name == "huggingface" else self.config.arxiv
@@ -161,20 +191,57 @@ class App:
             log.warning("the admin notice to %s failed: %s", channel, result.error)
 
     async def aclose(self) -> None:
-        for adapter in self.adapters.values():
-            close = getattr(adapter, "close", None)
-            if close is not None:
-                await close()
-        await self.http.aclose()
-        self.store.close()
+        """Close adapters, the HTTP client and the store; no step may hang (shutdown is bounded)."""
+        try:
+            for adapter in self.adapters.values():
+                close = getattr(adapter, "close", None)
+                if close is not None:
+                    await _bounded(close(), CLOSE_SECONDS, f"closing the {getattr(adapter, 'platform', '?')} adapter")
+            await _bounded(self.http.aclose(), CLOSE_SECONDS, "closing the HTTP client")
+        finally:
+            self.store.close()
 
     async def run(self, stop: asyncio.Event, tick: float = 1.0) -> None:
-        """Poll each source on its interval and deliver, until `stop` is set."""
-        await self.start_frontends()
+        """Poll each source on its interval and deliver, until `stop` is set.
+
+        The front-ends start beside the polling, never before it: nothing waits for them.
+        """
+        starting = asyncio.get_running_loop().create_task(self.start_frontends())
         try:
             await _Runner(self).run(stop, tick)
         finally:
+            starting.cancel()
+            await asyncio.wait([starting], timeout=CLOSE_SECONDS)
+            if starting.done() and not starting.cancelled() and starting.exception() is not None:
+                log.error("starting the front-ends failed: %s", starting.exception())
             await self.stop_frontends()
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """`awaitable`'s result, or TimeoutError after `seconds`; a hard bound.
+
+    asyncio.wait_for is not one: on timeout it cancels and then waits for the cancellation to
+    finish, forever if the awaited code swallows it. Here what ignores its cancel is left behind.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        raise asyncio.TimeoutError
+    return task.result()
+
+
+async def _bounded(awaitable: Awaitable, seconds: float, what: str) -> None:
+    try:
+        await within(awaitable, seconds)
+    except asyncio.TimeoutError:
+        log.warning("%s took over %gs; going on without it", what, seconds)
+    except Exception as exc:  # shutting down: report, keep going
+        log.error("%s failed (%s: %s)", what, type(exc).__name__, exc)
 
 
 class _Runner:
@@ -202,9 +269,22 @@ class _Runner:
                 await asyncio.wait_for(stop.wait(), timeout=tick)
             except asyncio.TimeoutError:
                 pass
-        for task in list(self.tasks):
+        await self._cancel_tasks()
+
+    async def _cancel_tasks(self) -> None:
+        """Cancel the polls and sweeps still running; wait for them TASKS_STOP_SECONDS at most."""
+        tasks = list(self.tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=TASKS_STOP_SECONDS)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s failed while stopping: %s", task.get_name(), task.exception())
+        if pending:
+            log.warning("%d polls or deliveries did not stop within %gs; leaving them", len(pending),
+                        TASKS_STOP_SECONDS)
 
     @staticmethod
     def _safe(job: Callable, *args) -> None:

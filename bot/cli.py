@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
-from typing import Sequence, TextIO
+import threading
+from typing import Any, Coroutine, Sequence, TextIO
 
 from storage import Store
 
@@ -88,16 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"papers-bot: {exc}", file=sys.stderr)
             return 2
-        return asyncio.run(_command(config, CommandRequest(channel, args.user, " ".join(args.text))))
+        return _interruptible(_command(config, CommandRequest(channel, args.user, " ".join(args.text))))
     if args.action == "poll":
-        return asyncio.run(_poll(config))
+        return _interruptible(_poll(config))
     if args.action == "status":
         return _status(config)
     if args.action == "backfill":
         if not 1 <= args.days <= 90:
             print("papers-bot: --days must be from 1 to 90", file=sys.stderr)
             return 2
-        return asyncio.run(_backfill(config, args.days))
+        return _interruptible(_backfill(config, args.days))
     if args.action == "export":
         return _export(config, args.output)
     if args.action == "import":
@@ -201,8 +203,17 @@ def _run(config: Config) -> int:
         app = App(config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+
+        def on_signal() -> None:
+            if stop.is_set():  # a second Ctrl-C: stop waiting for a clean shutdown
+                main_task.cancel()
+                return
+            _exit_anyway_after(SHUTDOWN_SECONDS)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         names = ", ".join(s.name for s in app.sources) or "none"
         log.info("papers-bot running: sources %s; adapters %s; database %s; Ctrl-C stops",
                  names, ", ".join(app.adapters), config.storage_path)
@@ -210,10 +221,63 @@ def _run(config: Config) -> int:
             await app.run(stop)
         finally:
             await app.aclose()
-        log.info("stopped")
 
     try:
         asyncio.run(run())
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+    except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C during shutdown
         pass
+    log.info("stopped")
     return 0
+
+
+# After SIGTERM or Ctrl-C every wait is bounded (see App.run); should something hang anyway
+# (a thread, a blocked call), the process still ends this many seconds after the signal.
+SHUTDOWN_SECONDS = 4.5
+
+
+def _exit_anyway_after(seconds: float) -> None:
+    def expire() -> None:
+        log.error("still not stopped %.1fs after the signal: exiting now", seconds)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # exiting regardless
+                pass
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def _interruptible(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a one-shot command (poll, backfill, command); SIGINT or SIGTERM cancels it.
+
+    Its own cleanup runs (the store is closed; what was already stored stays), then one
+    "stopped" line and the shell's exit code for the signal (130, 143), without a traceback.
+    """
+    received: list[int] = []
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if not received:
+                _exit_anyway_after(SHUTDOWN_SECONDS)
+            received.append(signum)
+            task.cancel()
+
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, on_signal, sig)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no POSIX signals
+            pass
+        return await coro
+
+    try:
+        return asyncio.run(main())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        signum = received[0] if received else signal.SIGINT
+        log.info("stopped (%s)", signal.Signals(signum).name)
+        return 128 + signum

@@ -9,7 +9,11 @@ where every request's signature and timestamp are checked before anything runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
+import os
+import random
 import re
 import time
 from datetime import datetime
@@ -18,10 +22,12 @@ from typing import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
 from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
@@ -248,8 +254,15 @@ def make_web_client(token: str, api_url: str) -> AsyncWebClient:
     return AsyncWebClient(token=token, base_url=api_url, timeout=20)
 
 
-async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler) -> Running | None:
-    """Start the /papers front-end in the configured mode; None (and a clear log line) if it cannot."""
+async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler, *,
+                      retry_first: float = 2.0, retry_max: float = 60.0, connect_timeout: float = 10.0,
+                      check_every: float = 1.0) -> Running | None:
+    """Start the /papers front-end in the configured mode; None (and a clear log line) if it cannot.
+
+    Returns at once: Socket Mode connects in a background task that retries with backoff
+    (see `_SocketModeSupervisor`), so a firewalled or hanging WebSocket never holds up
+    polling, posting or shutdown. `Running.close()` stops it within about two seconds.
+    """
     slack = config.slack
     if slack.mode == "http":
         secret = config.secrets.get("SLACK_SIGNING_SECRET")
@@ -266,18 +279,265 @@ async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler
         log.error("Slack Socket Mode needs SLACK_APP_TOKEN (or set [slack] mode = \"http\"): "
                   "/papers commands are off, posting still works")
         return None
-    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-
     app = build_bolt_app(client, signing_secret=config.secrets.get("SLACK_SIGNING_SECRET") or "unused-in-socket-mode",
                          on_command=on_command, command=slack.command, admins=slack.admins)
-    handler = AsyncSocketModeHandler(app, app_token)
-    try:
-        await handler.connect_async()
-    except Exception as exc:  # bad token, no network: say so, keep polling and posting
-        log.error("Slack Socket Mode could not connect (%s): /papers commands are off", type(exc).__name__)
-        return None
-    log.info("Slack: connected in Socket Mode")
-    return Running(handler.close_async)
+    # The WebSocket URL comes from apps.connections.open on `client`, whose base is [slack] api_url;
+    # nothing else in the Socket Mode client has an address of its own.
+    socket_client = _SocketModeClient(app_token, client, app.logger, connect_timeout=connect_timeout)
+    _BoltSocketModeHandler(app, socket_client)
+    supervisor = _SocketModeSupervisor(socket_client, retry_first=retry_first, retry_max=retry_max,
+                                       check_every=check_every)
+    task = asyncio.get_running_loop().create_task(supervisor.run(), name="slack-socket-mode")
+    log.info("Slack: connecting in Socket Mode (in the background; polling and posting do not wait)")
+
+    async def close() -> None:
+        socket_client.closed = True  # the supervisor and the SDK's loops stop at their next turn
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
+        closing = asyncio.ensure_future(socket_client.close())  # a WebSocket close waits 0.5 s at most
+        done, _ = await asyncio.wait({closing}, timeout=1.0)
+        if not done:
+            closing.cancel()
+        elif closing.exception() is not None:  # stopping: note it, never hang on it
+            log.debug("Slack Socket Mode close: %s", type(closing.exception()).__name__)
+        if not socket_client.aiohttp_client_session.closed:
+            await socket_client.aiohttp_client_session.close()
+
+    return Running(close)
+
+
+# ---- Socket Mode: one bounded connection attempt at a time, retried with backoff --------
+
+# apps.connections.open errors that no retry will fix.
+SOCKET_PERMANENT = PERMANENT | {"not_allowed_token_type", "no_permission", "access_denied", "org_login_required",
+                                "two_factor_setup_required", "ekm_access_denied", "deprecated_endpoint"}
+
+
+class _NoHello(Exception):
+    """The WebSocket opened but Slack's `hello` did not come first."""
+
+
+class _SocketModeClient(SocketModeClient):
+    """slack_sdk's aiohttp Socket Mode client with `connect()` made one bounded attempt.
+
+    slack_sdk's own connect() retries forever, every ping interval, with a full traceback
+    each time and the same (possibly expired) URL; a WebSocket that accepts TCP but never
+    answers holds each attempt for aiohttp's 5-minute default; closing waits up to 10 s for
+    a close frame. Here an attempt (a fresh URL, the handshake, Slack's `hello`) has
+    `connect_timeout` seconds, closing a socket 0.5 s, and `_SocketModeSupervisor` decides
+    when to try again. The SDK's own reconnecting is off; its `disconnect` handling (Slack
+    asking the app to move to a new connection) comes here and makes one attempt.
+    """
+
+    def __init__(self, app_token: str, web_client: AsyncWebClient, logger: logging.Logger, *,
+                 connect_timeout: float, ping_interval: float = 10.0):
+        super().__init__(app_token=app_token, logger=logger, web_client=web_client, auto_reconnect_enabled=False,
+                         ping_interval=ping_interval)
+        self.connect_timeout = connect_timeout
+        self._connect_lock = asyncio.Lock()
+
+    @property
+    def connecting(self) -> bool:
+        return self._connect_lock.locked()
+
+    async def connect(self) -> None:
+        """One attempt at a new connection (replacing the current one); raises on failure."""
+        async with self._connect_lock:
+            if not self.closed:
+                await asyncio.wait_for(self._open(), self.connect_timeout)
+
+    async def ensure_connected(self) -> bool:
+        """Connect unless already connected; True when this call made the connection."""
+        async with self._connect_lock:
+            if self.closed or await self.is_connected():
+                return False
+            await asyncio.wait_for(self._open(), self.connect_timeout)
+            return True
+
+    async def connect_to_new_endpoint(self, force: bool = False) -> None:
+        # The SDK calls this when Slack sends {"type": "disconnect"}: move now, and if that
+        # fails leave it to the supervisor (which sees the connection gone) rather than raise.
+        try:
+            await self.connect()
+        except Exception as exc:
+            self.logger.debug("Socket Mode: moving to a new connection failed (%s)", type(exc).__name__)
+
+    async def disconnect(self) -> None:
+        # slack_sdk's logs "session () has been abandoned" even when there never was one.
+        if self.current_session is not None:
+            await self.current_session.close()
+
+    async def issue_new_wss_url(self) -> str:
+        # No sleeping on `ratelimited` in here: the supervisor waits Retry-After between attempts.
+        response = await self.web_client.apps_connections_open(app_token=self.app_token)
+        return response["url"]
+
+    async def _open(self) -> None:
+        old = self.current_session
+        if old is not None and not old.closed:
+            try:
+                await asyncio.wait_for(old.close(), 1.0)
+            except Exception:  # a broken old socket must not stop the new one
+                pass
+        if self.aiohttp_client_session.closed:
+            self.aiohttp_client_session = aiohttp.ClientSession()
+        self.wss_uri = await self.issue_new_wss_url()  # a fresh one every time: they are single-use
+        extra = {"timeout": aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.5)} \
+            if hasattr(aiohttp, "ClientWSTimeout") else {}
+        session = await self.aiohttp_client_session.ws_connect(
+            self.wss_uri, autoping=False, heartbeat=self.ping_interval, proxy=self.proxy,
+            ssl=self.web_client.ssl if self.web_client.ssl is not None else True, **extra)
+        try:
+            await self._expect_hello(session)
+        except BaseException:
+            await asyncio.shield(session.close())
+            raise
+        self.current_session = session
+        self.stale = False
+        self.last_ping_pong_time = None
+        # What slack_sdk's connect() does once connected: ping, then a new monitor and receiver.
+        await session.ping(f"sdk-ping-pong:{time.time()}".encode())
+        for name, make in (("current_session_monitor", self.monitor_current_session),
+                           ("message_receiver", self.receive_messages)):
+            previous = getattr(self, name)
+            if previous is not None:
+                previous.cancel()
+            setattr(self, name, asyncio.ensure_future(make()))
+
+    async def _expect_hello(self, session) -> None:
+        while True:
+            message = await session.receive()
+            if message.type == aiohttp.WSMsgType.PING:
+                await session.pong(message.data)
+                continue
+            if message.type == aiohttp.WSMsgType.PONG:
+                continue
+            if message.type == aiohttp.WSMsgType.TEXT:
+                try:
+                    kind = json.loads(message.data).get("type")
+                except (ValueError, AttributeError):
+                    kind = None
+                if kind == "hello":
+                    return
+                raise _NoHello(f"Slack sent {str(kind)[:40]!r} before hello")
+            raise _NoHello(f"the WebSocket closed before hello ({aiohttp.WSMsgType(message.type).name})")
+
+
+class _BoltSocketModeHandler(AsyncSocketModeHandler):
+    """bolt's handler (envelope -> AsyncApp -> ack) on our client instead of the one it would build."""
+
+    def __init__(self, app: AsyncApp, client: _SocketModeClient):
+        self.app = app
+        self.app_token = client.app_token
+        self.client = client
+        client.socket_mode_request_listeners.append(self.handle)
+
+
+class _SocketModeSupervisor:
+    """Keeps one Socket Mode connection up, with exponential backoff and jitter between failed
+    attempts; gives up, with one error line, only when Slack refuses the app token.
+
+    Logging stays bounded however long Slack is unreachable: a failure is logged (one line, no
+    traceback) when its reason changes and after 10, 100, 1000 ... attempts, otherwise at DEBUG.
+    A connection that drops within `stable_after` seconds counts as a failure, so a server that
+    accepts and hangs up at once is retried with backoff too, never in a tight loop.
+    """
+
+    def __init__(self, client: _SocketModeClient, *, retry_first: float, retry_max: float,
+                 check_every: float = 1.0, stable_after: float = 60.0, rng=None):
+        self.client = client
+        self.retry_first = retry_first
+        self.retry_max = retry_max
+        self.check_every = check_every
+        self.stable_after = stable_after
+        self.rng = rng or random.Random()
+        self.failures = 0
+        self._last_reason: str | None = None
+        self._warned = False
+
+    def delay(self, retry_after: float = 0.0) -> float:
+        base = min(self.retry_first * 2 ** max(self.failures - 1, 0), self.retry_max)
+        return max(base * self.rng.uniform(0.8, 1.2), retry_after)
+
+    def _failed(self, reason: str, retry_after: float = 0.0) -> float:
+        self.failures += 1
+        delay = self.delay(retry_after)
+        loud = reason != self._last_reason or math.log10(self.failures).is_integer()
+        self._last_reason = reason
+        if loud:
+            self._warned = True
+            log.warning("Slack Socket Mode: %s; %sretrying in %.0fs (/papers waits; posting goes on)", reason,
+                        f"{self.failures} failures in a row, " if self.failures > 1 else "", delay)
+        else:
+            log.debug("Slack Socket Mode: %s (%d in a row); retrying in %.1fs", reason, self.failures, delay)
+        return delay
+
+    def _connected(self, first: bool) -> None:
+        if first:
+            log.info("Slack: connected in Socket Mode")
+        elif self._warned:
+            log.info("Slack: Socket Mode connected again")
+        else:
+            log.debug("Slack: Socket Mode connected again")
+        self._last_reason, self._warned = None, False
+
+    async def run(self) -> None:
+        client = self.client
+        connected_at: float | None = None
+        ever = False
+        while not client.closed:
+            if client.connecting or await client.is_connected():
+                if connected_at is not None and time.monotonic() - connected_at >= self.stable_after:
+                    self.failures = 0
+                await asyncio.sleep(self.check_every)
+                continue
+            if connected_at is not None:  # it was up and now it is not
+                lasted, connected_at = time.monotonic() - connected_at, None
+                if lasted >= self.stable_after:
+                    self.failures = 0
+                    log.info("Slack Socket Mode: the connection was lost; reconnecting")
+                else:
+                    await asyncio.sleep(self._failed("the connection was lost soon after connecting"))
+                    continue
+            try:
+                made = await client.ensure_connected()
+            except SlackApiError as exc:
+                error = str((exc.response.data or {}).get("error") if isinstance(exc.response.data, dict) else "")
+                if error in SOCKET_PERMANENT:
+                    hint = " (SLACK_APP_TOKEN must be an app-level xapp- token with connections:write)" \
+                        if error in ("not_allowed_token_type", "missing_scope", "invalid_auth") else ""
+                    log.error("Slack refused the Socket Mode connection: %s%s. /papers commands are off; "
+                              "posting still works", error, hint)
+                    return
+                retry_after = _retry_after(exc.response.headers) if error == "ratelimited" else 0.0
+                await asyncio.sleep(self._failed(f"apps.connections.open answered {error or 'an error'}",
+                                                 retry_after))
+                continue
+            except asyncio.TimeoutError:
+                await asyncio.sleep(self._failed(f"no connection and hello within {client.connect_timeout:g}s"))
+                continue
+            except Exception as exc:  # network, handshake, protocol: all worth another try later
+                await asyncio.sleep(self._failed(_why(exc)))
+                continue
+            if made or await client.is_connected():
+                connected_at = time.monotonic()
+                self._connected(first=not ever)
+                ever = True
+
+
+def _why(exc: Exception) -> str:
+    """A failed attempt in a few words (never the WebSocket URL: its query is a ticket)."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return f"the WebSocket handshake was refused (HTTP {exc.status})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno = getattr(exc.os_error, "errno", None)
+        reason = os.strerror(errno).lower() if errno else type(exc.os_error).__name__
+        return f"cannot reach {exc.host}:{exc.port} ({reason})"
+    if isinstance(exc, _NoHello):
+        return str(exc)
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        return f"cannot connect ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 async def start_http(

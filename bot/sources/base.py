@@ -53,7 +53,11 @@ class Pacer:
         await self._lock.acquire()
         wait = self._last + self.interval - self.monotonic()
         if wait > 0:
-            await self.sleep(wait)
+            try:
+                await self.sleep(wait)
+            except BaseException:  # cancelled while waiting: __aexit__ will not run, so release here
+                self._lock.release()
+                raise
 
     async def __aexit__(self, *exc) -> None:
         self._last = self.monotonic()
