@@ -1,0 +1,279 @@
+"""Our two small HTTP servers (Slack's POST /slack/events, /healthz + /metrics), hardened.
+
+aiohttp's server has no read timeout of its own for a request's headers and body (its
+`keepalive_timeout` only covers idle keep-alive connections, and in recent releases the
+first request), and no cap on connections. So each server is started here, on the bot's
+event loop, through a thin protocol wrapper that
+
+- closes a connection that has not delivered a whole request (headers and body) within
+  `read_timeout` seconds of connecting or of its previous response (slow or stalled
+  clients, "slowloris"), and
+- takes at most `max_connections` connections at once; beyond that a new connection is
+  accepted and closed at once, so the sockets the bot needs for its sources, Slack and
+  the database are never taken by a flood (the cap is a share of the process's file
+  limit, see `connection_cap`).
+
+Refused requests are not logged one by one: `RejectLog` writes one summary line (counts
+by reason) at most every `interval` seconds, and aiohttp's own tracebacks for malformed
+HTTP go to DEBUG through `QuietServerLog`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+log = logging.getLogger(__name__)
+
+# Slack gives up on a request after 3 seconds; a request that takes longer than this to
+# arrive is either broken or hostile. Generous enough for a slow proxy.
+READ_TIMEOUT = 10.0
+
+
+def connection_cap(share: float = 0.25, ceiling: int = 256) -> int:
+    """How many connections one server may hold: `share` of the file limit, at most `ceiling`.
+
+    With `ulimit -n 256` the Slack endpoint takes at most 64 descriptors and the metrics
+    server 16 (a sixteenth), which leaves the rest for SQLite, httpx and Slack's client.
+    """
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return min(64, ceiling)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return ceiling
+    return max(4, min(ceiling, int(soft * share)))
+
+
+class RejectLog:
+    """Counts refused requests by reason and logs one summary line per `interval` at most."""
+
+    def __init__(self, name: str, *, interval: float = 60.0, logger: logging.Logger = log,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.name = name
+        self.interval = interval
+        self.logger = logger
+        self.monotonic = monotonic
+        self.counts: dict[str, int] = {}
+        self.total = 0  # since start, for tests and curiosity
+        self._last = -1e18
+        self._handle: asyncio.TimerHandle | None = None
+
+    def note(self, reason: str) -> None:
+        """One refused request; `reason` is one of our own fixed strings, never client text."""
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.total += 1
+        if self._handle is not None:
+            return
+        delay = max(0.0, self._last + self.interval - self.monotonic())
+        try:
+            self._handle = asyncio.get_running_loop().call_later(delay, self.flush)
+        except RuntimeError:  # no loop (a unit test): say it now
+            self.flush()
+
+    def flush(self) -> None:
+        self._handle = None
+        if not self.counts:
+            return
+        total = sum(self.counts.values())
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
+        self.counts = {}
+        self._last = self.monotonic()
+        self.logger.warning("%s: refused %d request%s (%s); at most one such line every %g s",
+                            self.name, total, "" if total == 1 else "s", reasons, self.interval)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self.flush()
+
+
+class QuietServerLog:
+    """aiohttp's server logger, minus a traceback for every malformed request a client sends.
+
+    aiohttp logs "Error handling request" with the full traceback at ERROR when it cannot
+    parse a request; those are counted as rejects instead (one line at DEBUG). Anything
+    else, such as a bug in one of our handlers, is logged as before.
+    """
+
+    def __init__(self, rejects: RejectLog, logger: logging.Logger = logging.getLogger("aiohttp.server")):
+        self.rejects = rejects
+        self.logger = logger
+
+    def exception(self, msg, *args, exc_info=True, **kwargs) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.rejects.note("malformed HTTP")
+            self.logger.debug("malformed HTTP request: %.200r", str(exc_info))  # client text: bounded, quoted
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+    def __getattr__(self, name):  # debug, warning, error, isEnabledFor, ...
+        return getattr(self.logger, name)
+
+
+class _Connection(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection: the cap and the read deadline."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol):
+        self.guard = guard
+        self.inner: asyncio.Protocol | None = inner
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        guard = self.guard
+        if len(guard.connections) >= guard.max_connections:
+            self.inner = None
+            guard.rejects.note("too many connections")
+            transport.abort()
+            return
+        self.transport = transport
+        guard.connections[transport] = self
+        self.expect_request()
+        self.inner.connection_made(transport)
+
+    def expect_request(self) -> None:
+        """Start the clock: a whole request must arrive within read_timeout."""
+        self.stop_clock()
+        self._timer = asyncio.get_running_loop().call_later(self.guard.read_timeout, self._expired)
+
+    def stop_clock(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        self.guard.rejects.note("read timeout")
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        self.stop_clock()
+        if self.inner is None:
+            return
+        self.guard.connections.pop(self.transport, None)
+        inner, self.inner = self.inner, None
+        inner.connection_lost(exc)
+
+
+class ConnectionGuard:
+    """The live connections of one server, the cap, and the per-request read deadline."""
+
+    def __init__(self, rejects: RejectLog, *, read_timeout: float, max_connections: int, max_body: int):
+        self.rejects = rejects
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.max_body = max_body
+        self.connections: dict[object, _Connection] = {}
+
+    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: _Connection(self, factory())
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        """Reads the whole body while the connection's clock runs, then stops it for the handler."""
+        connection = self.connections.get(request.transport)
+        if (request.content_length or 0) > self.max_body:  # say so now rather than wait for it
+            self.rejects.note("body too large")
+            raise web.HTTPRequestEntityTooLarge(self.max_body, request.content_length, headers={"Connection": "close"})
+        try:
+            await request.read()
+        except web.HTTPException as exc:  # 413: larger than client_max_size
+            self.rejects.note(f"HTTP {exc.status}")
+            raise
+        except Exception:  # the client went away, or the clock ran out and closed it
+            self.rejects.note("broken body")
+            raise web.HTTPBadRequest() from None
+        if connection is not None:
+            connection.stop_clock()
+        try:
+            return await handler(request)
+        finally:
+            if connection is not None and connection.inner is not None:
+                connection.expect_request()  # the next request on a kept-alive connection
+
+
+class Served:
+    """A running guarded server: `addresses`, `port`, and `await cleanup()`."""
+
+    def __init__(self, runner: web.AppRunner, server: asyncio.AbstractServer, guard: ConnectionGuard):
+        self.runner = runner
+        self.server = server
+        self.guard = guard
+        self.rejects = guard.rejects
+
+    @property
+    def addresses(self) -> list:
+        return [sock.getsockname() for sock in self.server.sockets or ()]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    async def cleanup(self) -> None:
+        self.server.close()
+        for connection in list(self.guard.connections.values()):
+            connection.stop_clock()
+        await self.runner.cleanup()
+        for transport in list(self.guard.connections):
+            transport.abort()
+        self.guard.rejects.close()
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    name: str,
+    read_timeout: float = READ_TIMEOUT,
+    max_connections: int | None = None,
+    reject_interval: float = 60.0,
+    rejects: RejectLog | None = None,
+    max_body: int = 1024 * 1024,
+) -> Served:
+    """Serve `app` on host:port through the guard; `name` prefixes the reject summaries.
+
+    Pass `rejects` to count the handlers' own refusals (bad signatures, ...) in the same lines,
+    and `max_body` equal to the app's client_max_size (a larger Content-Length is refused at once).
+    """
+    rejects = rejects if rejects is not None else RejectLog(name, interval=reject_interval)
+    guard = ConnectionGuard(rejects, read_timeout=read_timeout,
+                            max_connections=max_connections if max_connections is not None else connection_cap(),
+                            max_body=max_body)
+    app.middlewares.insert(0, guard.middleware)
+    # keepalive_timeout and lingering_time: aiohttp's own limits, kept at or below ours.
+    runner = web.AppRunner(app, access_log=None, logger=QuietServerLog(rejects),
+                           keepalive_timeout=read_timeout, lingering_time=min(read_timeout, 0.5),
+                           shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        server = await asyncio.get_running_loop().create_server(guard.wrap(runner.server), host, port,
+                                                                backlog=128, reuse_address=True)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return Served(runner, server, guard)
