@@ -11,7 +11,7 @@ event loop, through a thin protocol wrapper that
 - takes at most `max_connections` connections at once; beyond that a new connection is
   accepted and closed at once, so the sockets the bot needs for its sources, Slack and
   the database are never taken by a flood (the cap is a share of the process's file
-  limit, see `connection_cap`).
+  limit, see `connection_cap`; it is enforced at accept() by `_Listener`).
 
 Refused requests are not logged one by one: `RejectLog` writes one summary line (counts
 by reason) at most every `interval` seconds, and aiohttp's own tracebacks for malformed
@@ -21,7 +21,9 @@ HTTP go to DEBUG through `QuietServerLog`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import time
 from typing import Callable
 
@@ -86,8 +88,8 @@ class RejectLog:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
         self.counts = {}
         self._last = self.monotonic()
-        self.logger.warning("%s: refused %d request%s (%s); at most one such line every %g s",
-                            self.name, total, "" if total == 1 else "s", reasons, self.interval)
+        self.logger.warning("%s: refused %d (%s); one such summary at most every %g s",
+                            self.name, total, reasons, self.interval)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -128,14 +130,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
-        guard = self.guard
-        if len(guard.connections) >= guard.max_connections:
-            self.inner = None
-            guard.rejects.note("too many connections")
-            transport.abort()
-            return
-        self.transport = transport
-        guard.connections[transport] = self
+        self.transport = transport  # counted against the cap since accept() (see _Listener)
+        self.guard.connections[transport] = self
         self.expect_request()
         self.inner.connection_made(transport)
 
@@ -175,6 +171,7 @@ class _Connection(asyncio.Protocol):
         if self.inner is None:
             return
         self.guard.connections.pop(self.transport, None)
+        self.guard.accepted -= 1
         inner, self.inner = self.inner, None
         inner.connection_lost(exc)
 
@@ -188,9 +185,11 @@ class ConnectionGuard:
         self.max_connections = max_connections
         self.max_body = max_body
         self.connections: dict[object, _Connection] = {}
+        self.accepted = 0  # sockets accepted and not yet closed: what the cap counts
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: _Connection(self, factory())
+
 
     @web.middleware
     async def middleware(self, request: web.Request, handler):
@@ -216,25 +215,120 @@ class ConnectionGuard:
                 connection.expect_request()  # the next request on a kept-alive connection
 
 
+# accept() failures that mean "no descriptor or memory right now": wait, then try again.
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class _Listener:
+    """Our own accept loop on one listening socket, so the cap holds at accept() itself.
+
+    asyncio's server accepts up to `backlog` sockets in one go before any protocol runs,
+    so a cap checked in connection_made comes too late: a burst takes 128 descriptors at
+    once. Here a socket over the cap is closed right after accept(), before the next one;
+    and when accept() itself fails for want of descriptors, we pause a second and count it
+    (asyncio logs a traceback for each attempt).
+    """
+
+    BURST = 32  # accepts per readiness event
+
+    def __init__(self, sock: socket.socket, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol]):
+        self.sock = sock
+        self.guard = guard
+        self.factory = factory
+        self.loop = asyncio.get_running_loop()
+        self.tasks: set[asyncio.Task] = set()
+        self._retry: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def start(self) -> None:
+        if not self.closed:
+            self._retry = None
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        guard = self.guard
+        for _ in range(self.BURST):
+            try:
+                conn, _address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    guard.rejects.note("accept() failed: out of file descriptors")
+                    self.loop.remove_reader(self.sock.fileno())
+                    self._retry = self.loop.call_later(1.0, self.start)
+                    return
+                continue  # ECONNABORTED and the like: that client is gone
+            if guard.accepted >= guard.max_connections:
+                guard.rejects.note("too many connections")
+                conn.close()
+                continue
+            guard.accepted += 1
+            conn.setblocking(False)
+            task = self.loop.create_task(self._hand_over(conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _hand_over(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.guard.wrap(self.factory), conn)
+        except BaseException:
+            self.guard.accepted -= 1
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        self.closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for task in self.tasks:
+            task.cancel()
+
+
+def _listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address `host` resolves to (as asyncio does)."""
+    sockets: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, kind, proto, _name, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                     flags=socket.AI_PASSIVE):
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 class Served:
     """A running guarded server: `addresses`, `port`, and `await cleanup()`."""
 
-    def __init__(self, runner: web.AppRunner, server: asyncio.AbstractServer, guard: ConnectionGuard):
+    def __init__(self, runner: web.AppRunner, listeners: list[_Listener], guard: ConnectionGuard):
         self.runner = runner
-        self.server = server
+        self.listeners = listeners
         self.guard = guard
         self.rejects = guard.rejects
-
-    @property
-    def addresses(self) -> list:
-        return [sock.getsockname() for sock in self.server.sockets or ()]
+        self.addresses = [listener.sock.getsockname() for listener in listeners]
 
     @property
     def port(self) -> int:
         return self.addresses[0][1]
 
     async def cleanup(self) -> None:
-        self.server.close()
+        for listener in self.listeners:
+            listener.close()
         for connection in list(self.guard.connections.values()):
             connection.stop_clock()
         await self.runner.cleanup()
@@ -271,9 +365,10 @@ async def serve(
                            shutdown_timeout=2.0)
     await runner.setup()
     try:
-        server = await asyncio.get_running_loop().create_server(guard.wrap(runner.server), host, port,
-                                                                backlog=128, reuse_address=True)
+        listeners = [_Listener(sock, guard, runner.server) for sock in _listening_sockets(host, port, backlog=128)]
     except BaseException:
         await runner.cleanup()
         raise
-    return Served(runner, server, guard)
+    for listener in listeners:
+        listener.start()
+    return Served(runner, listeners, guard)

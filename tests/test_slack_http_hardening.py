@@ -141,6 +141,66 @@ async def test_connections_beyond_the_cap_are_closed_at_once(endpoint, slack, st
         await served.cleanup()
 
 
+LOW_LIMIT_BOT = r"""
+import asyncio, json, logging, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+import httpx
+from bot.adapters.slack_adapter import build_bolt_app, make_web_client, start_http
+
+async def main():
+    async def on_command(request):
+        raise AssertionError
+    app = build_bolt_app(make_web_client("xoxb-x", "http://127.0.0.1:9/"), signing_secret="s", on_command=on_command)
+    served = await start_http(app, 0, signing_secret="s", host="127.0.0.1")
+    print(served.port, served.guard.max_connections, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # the flood is on
+    async with httpx.AsyncClient() as client:  # what the sources do
+        answers = await asyncio.gather(*(client.get(sys.argv[1]) for _ in range(20)), return_exceptions=True)
+    print(json.dumps({"held": len(served.guard.connections),
+                      "ok": sum(getattr(a, "status_code", 0) == 200 for a in answers),
+                      "errors": sorted({type(a).__name__ for a in answers if isinstance(a, Exception)})}), flush=True)
+    await served.cleanup()
+
+asyncio.run(main())
+"""
+
+
+def test_with_a_low_file_limit_a_flood_cannot_starve_the_bots_own_requests(server):
+    """`ulimit -n 128`, 300 connections held open: the bot still reaches its sources, no accept() errors."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .fakes import Canned
+
+    server.route("/api/daily_papers", Canned(200, b"[]"))
+    bot = subprocess.Popen([sys.executable, "-c", LOW_LIMIT_BOT, f"{server.url}/api/daily_papers"],
+                           cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flood = []
+    try:
+        port, cap = map(int, bot.stdout.readline().split())
+        assert cap == 32  # a quarter of 128
+        for _ in range(300):
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.3)  # let the bot accept (and close) what is over the cap
+        bot.stdin.write("go\n")
+        bot.stdin.flush()
+        result = json.loads(bot.stdout.readline())
+        bot.stdin.close()
+        stderr = bot.stderr.read()
+        assert bot.wait(10) == 0, stderr
+    finally:
+        for sock in flood:
+            sock.close()
+        if bot.poll() is None:
+            bot.kill()
+    assert result == {"held": 32, "ok": 20, "errors": []}
+    assert "out of system resource" not in stderr and "Traceback" not in stderr
+    assert stderr.count("\n") <= 2, stderr  # the refusals: one summary line
+
+
 # ---- malformed requests --------------------------------------------------------------------
 
 def _signed(raw: bytes, content_type="application/x-www-form-urlencoded"):
@@ -239,7 +299,7 @@ async def test_a_flood_of_bad_requests_costs_a_bounded_number_of_log_lines(endpo
     assert statuses == [401] * 1000
     no_tracebacks(caplog)
     assert len(caplog.records) <= 3, [r.getMessage() for r in caplog.records]
-    counted = sum(int(m.group(1)) for r in caplog.records if (m := re.search(r"refused (\d+) request", r.getMessage())))
+    counted = sum(int(m.group(1)) for r in caplog.records if (m := re.search(r"refused (\d+) \(", r.getMessage())))
     assert counted == 1000
 
 
