@@ -8,10 +8,11 @@ event loop, through a thin protocol wrapper that
 - closes a connection that has not delivered a whole request (headers and body) within
   `read_timeout` seconds of connecting or of its previous response (slow or stalled
   clients, "slowloris"), and
-- takes at most `max_connections` connections at once; beyond that a new connection is
-  accepted and closed at once, so the sockets the bot needs for its sources, Slack and
-  the database are never taken by a flood (the cap is a share of the process's file
-  limit, see `connection_cap`; it is enforced at accept() by `_Listener`).
+- takes at most `max_connections` connections at once (a share of the process's file
+  limit, see `connection_cap`, enforced at accept() by `_Listener`); beyond that a new
+  connection replaces the oldest one still waiting for its request (or, when all are
+  busy, is closed at once). So the sockets the bot needs for its sources, Slack and
+  the database are never taken by a flood, and slow clients cannot lock Slack out.
 
 Refused requests are not logged one by one: `RejectLog` writes one summary line (counts
 by reason) at most every `interval` seconds, and aiohttp's own tracebacks for malformed
@@ -128,12 +129,26 @@ class _Connection(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = inner
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.counted = True  # against the cap
 
     def connection_made(self, transport) -> None:
         self.transport = transport  # counted against the cap since accept() (see _Listener)
         self.guard.connections[transport] = self
         self.expect_request()
         self.inner.connection_made(transport)
+
+    @property
+    def waiting(self) -> bool:
+        """Still waiting for a whole request (not in a handler): the clock runs."""
+        return self._timer is not None
+
+    def evict(self) -> None:
+        """Close to make room for a new connection; no longer counted from now on."""
+        self.stop_clock()
+        self.guard.connections.pop(self.transport, None)
+        self.guard.accepted -= 1
+        self.counted = False
+        self.transport.abort()
 
     def expect_request(self) -> None:
         """Start the clock: a whole request must arrive within read_timeout."""
@@ -170,8 +185,10 @@ class _Connection(asyncio.Protocol):
         self.stop_clock()
         if self.inner is None:
             return
-        self.guard.connections.pop(self.transport, None)
-        self.guard.accepted -= 1
+        if self.counted:
+            self.guard.connections.pop(self.transport, None)
+            self.guard.accepted -= 1
+            self.counted = False
         inner, self.inner = self.inner, None
         inner.connection_lost(exc)
 
@@ -189,6 +206,20 @@ class ConnectionGuard:
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: _Connection(self, factory())
+
+    def make_room(self) -> bool:
+        """At the cap: close the oldest connection still waiting for its request, if there is one.
+
+        So a client that holds connections open without sending (or sends a byte at a
+        time) cannot lock Slack out: a new connection takes the place of the oldest idle
+        one. Connections whose request is being handled are never closed here.
+        """
+        for connection in self.connections.values():  # oldest first
+            if connection.waiting:
+                self.rejects.note("idle connection closed for a new one")
+                connection.evict()
+                return True
+        return False
 
 
     @web.middleware
@@ -224,9 +255,12 @@ class _Listener:
 
     asyncio's server accepts up to `backlog` sockets in one go before any protocol runs,
     so a cap checked in connection_made comes too late: a burst takes 128 descriptors at
-    once. Here a socket over the cap is closed right after accept(), before the next one;
-    and when accept() itself fails for want of descriptors, we pause a second and count it
-    (asyncio logs a traceback for each attempt).
+    once. Here, at the cap, the oldest connection still waiting for its request is closed
+    to make room (`make_room`), or if every connection is busy in a handler the new socket
+    is closed right after accept(), before the next one: at most max_connections sockets,
+    plus the evicted ones of one burst until the loop closes them. When accept() itself
+    fails for want of descriptors, we pause a second and count it (asyncio logs a
+    traceback for each attempt).
     """
 
     BURST = 32  # accepts per readiness event
@@ -259,7 +293,7 @@ class _Listener:
                     self._retry = self.loop.call_later(1.0, self.start)
                     return
                 continue  # ECONNABORTED and the like: that client is gone
-            if guard.accepted >= guard.max_connections:
+            if guard.accepted >= guard.max_connections and not guard.make_room():
                 guard.rejects.note("too many connections")
                 conn.close()
                 continue

@@ -125,18 +125,44 @@ async def test_slow_partial_connections_are_closed_after_the_read_timeout(endpoi
         await served.cleanup()
 
 
-async def test_connections_beyond_the_cap_are_closed_at_once(endpoint, slack, store, unused_tcp_port):
+async def test_the_connection_cap_holds_and_idle_connections_make_room(endpoint, slack, store, caplog,
+                                                                        unused_tcp_port):
+    caplog.set_level(logging.INFO)
     url, served = await endpoint(read_timeout=5, max_connections=30)
+    port = unused_tcp_port
     try:
-        held = [await asyncio.open_connection("127.0.0.1", unused_tcp_port) for _ in range(30)]
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(30)]
+        for _, writer in held[:10]:  # headers done, body never finished: waiting too
+            writer.write(b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\npayload=")
         await wait_for(lambda: len(served.guard.connections) == 30)
-        extra = [await asyncio.open_connection("127.0.0.1", unused_tcp_port) for _ in range(20)]
-        assert all(await asyncio.gather(*(closed_within(r, 1.0) for r, _ in extra)))
-        assert len(served.guard.connections) == 30
-        for _, writer in held:
-            writer.close()
-        await wait_for(lambda: len(served.guard.connections) == 0)
+        extra = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+        # The 20 oldest waiting connections made room, at once; never more than 30.
+        assert all(await asyncio.gather(*(closed_within(r, 1.0) for r, _ in held[:20])))
+        await wait_for(lambda: len(served.guard.connections) == 30)
+        assert served.guard.accepted == 30
+        # With the cap full of idle connections, Slack still gets through.
         await a_command_is_answered(url, slack)
+        assert [s.query for s in store.subscriptions(C123)] == ["diffusion"]
+        for _, writer in held + extra:
+            writer.close()
+        await wait_for(lambda: served.guard.accepted == 0)
+    finally:
+        await served.cleanup()
+    no_tracebacks(caplog)
+
+
+async def test_when_every_connection_is_busy_a_new_one_is_closed_at_once(endpoint, slack, unused_tcp_port):
+    url, served = await endpoint(read_timeout=5, max_connections=5)
+    try:
+        held = [await asyncio.open_connection("127.0.0.1", unused_tcp_port) for _ in range(5)]
+        await wait_for(lambda: len(served.guard.connections) == 5)
+        for connection in served.guard.connections.values():
+            connection.stop_clock()  # as while a handler runs
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        assert await closed_within(reader, 1.0)
+        assert len(served.guard.connections) == 5 and served.guard.accepted == 5
+        for _, w in held + [(reader, writer)]:
+            w.close()
     finally:
         await served.cleanup()
 
@@ -196,7 +222,7 @@ def test_with_a_low_file_limit_a_flood_cannot_starve_the_bots_own_requests(serve
             sock.close()
         if bot.poll() is None:
             bot.kill()
-    assert result == {"held": 32, "ok": 20, "errors": []}
+    assert result == {"held": 32, "ok": 20, "errors": []}  # the newest 32 of the 300
     assert "out of system resource" not in stderr and "Traceback" not in stderr
     assert stderr.count("\n") <= 2, stderr  # the refusals: one summary line
 
