@@ -6,8 +6,9 @@ first request), and no cap on connections. So each server is started here, on th
 event loop, through a thin protocol wrapper that
 
 - closes a connection that has not delivered a whole request (headers and body) within
-  `read_timeout` seconds of connecting or of its previous response (slow or stalled
-  clients, "slowloris"), and
+  `read_timeout` seconds of connecting or of the first byte of a later request on a
+  kept-alive connection (slow or stalled clients, "slowloris"); a kept-alive connection
+  may sit idle, between requests, for `idle_timeout`; and
 - takes at most `max_connections` connections at once (a share of the process's file
   limit, see `connection_cap`, enforced at accept() by `_Listener`); beyond that a new
   connection replaces the oldest one still waiting for its request (or, when all are
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 # Slack gives up on a request after 3 seconds; a request that takes longer than this to
 # arrive is either broken or hostile. Generous enough for a slow proxy.
 READ_TIMEOUT = 10.0
+# Between two requests on a kept-alive connection. Longer than a reverse proxy keeps an idle
+# upstream connection (nginx: 60 s), so the proxy closes it first and never sends a request
+# on a connection we are closing; an idle connection still makes room at the cap.
+IDLE_TIMEOUT = 75.0
 
 
 def connection_cap(share: float = 0.25, ceiling: int = 256) -> int:
@@ -129,6 +134,7 @@ class _Connection(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = inner
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._idle = False  # between requests on a kept-alive connection
         self.counted = True  # against the cap
 
     def connection_made(self, transport) -> None:
@@ -155,18 +161,28 @@ class _Connection(asyncio.Protocol):
         self.stop_clock()
         self._timer = asyncio.get_running_loop().call_later(self.guard.read_timeout, self._expired)
 
+    def idle(self) -> None:
+        """A response went out: the next request may take idle_timeout to start."""
+        self.stop_clock()
+        self._idle = True
+        self._timer = asyncio.get_running_loop().call_later(self.guard.idle_timeout, self._expired)
+
     def stop_clock(self) -> None:
+        self._idle = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _expired(self) -> None:
         self._timer = None
-        self.guard.rejects.note("read timeout")
+        if not self._idle:  # an idle keep-alive connection closing is no refusal
+            self.guard.rejects.note("read timeout")
         if self.transport is not None:
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self._idle:
+            self.expect_request()  # a new request has begun: it has read_timeout to arrive
         if self.inner is not None:
             self.inner.data_received(data)
 
@@ -196,9 +212,11 @@ class _Connection(asyncio.Protocol):
 class ConnectionGuard:
     """The live connections of one server, the cap, and the per-request read deadline."""
 
-    def __init__(self, rejects: RejectLog, *, read_timeout: float, max_connections: int, max_body: int):
+    def __init__(self, rejects: RejectLog, *, read_timeout: float, max_connections: int, max_body: int,
+                 idle_timeout: float = IDLE_TIMEOUT):
         self.rejects = rejects
         self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.max_body = max_body
         self.connections: dict[object, _Connection] = {}
@@ -243,7 +261,7 @@ class ConnectionGuard:
             return await handler(request)
         finally:
             if connection is not None and connection.inner is not None:
-                connection.expect_request()  # the next request on a kept-alive connection
+                connection.idle()  # until the next request on this kept-alive connection
 
 
 # accept() failures that mean "no descriptor or memory right now": wait, then try again.
@@ -378,6 +396,7 @@ async def serve(
     *,
     name: str,
     read_timeout: float = READ_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
     max_connections: int | None = None,
     reject_interval: float = 60.0,
     rejects: RejectLog | None = None,
@@ -389,13 +408,13 @@ async def serve(
     and `max_body` equal to the app's client_max_size (a larger Content-Length is refused at once).
     """
     rejects = rejects if rejects is not None else RejectLog(name, interval=reject_interval)
-    guard = ConnectionGuard(rejects, read_timeout=read_timeout,
+    guard = ConnectionGuard(rejects, read_timeout=read_timeout, idle_timeout=idle_timeout,
                             max_connections=max_connections if max_connections is not None else connection_cap(),
                             max_body=max_body)
     app.middlewares.insert(0, guard.middleware)
     # keepalive_timeout and lingering_time: aiohttp's own limits, kept at or below ours.
     runner = web.AppRunner(app, access_log=None, logger=QuietServerLog(rejects),
-                           keepalive_timeout=read_timeout, lingering_time=min(read_timeout, 0.5),
+                           keepalive_timeout=idle_timeout, lingering_time=min(read_timeout, 0.5),
                            shutdown_timeout=2.0)
     await runner.setup()
     try:

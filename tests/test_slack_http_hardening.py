@@ -125,6 +125,27 @@ async def test_slow_partial_connections_are_closed_after_the_read_timeout(endpoi
         await served.cleanup()
 
 
+async def test_a_kept_alive_connection_may_idle_between_requests_but_not_dawdle_within_one(endpoint, unused_tcp_port):
+    url, served = await endpoint(read_timeout=0.2, idle_timeout=0.8)
+    request = b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nx=1"
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        for _ in range(2):  # idle longer than read_timeout between requests: still open
+            writer.write(request)
+            assert (await asyncio.wait_for(reader.readline(), 2)).startswith(b"HTTP/1.1 401")
+            await asyncio.wait_for(reader.readuntil(b"invalid request\"}"), 2)
+            await asyncio.sleep(0.35)
+        writer.write(request[:20])  # a request begun: read_timeout again
+        started = time.monotonic()
+        assert await closed_within(reader, 1.0) and time.monotonic() - started < 0.6
+        reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        writer.write(request)
+        await asyncio.wait_for(reader.readuntil(b"invalid request\"}"), 2)
+        assert await closed_within(reader, 1.5)  # idle past idle_timeout: closed
+    finally:
+        await served.cleanup()
+
+
 async def test_the_connection_cap_holds_and_idle_connections_make_room(endpoint, slack, store, caplog,
                                                                         unused_tcp_port):
     caplog.set_level(logging.INFO)
@@ -168,24 +189,42 @@ async def test_when_every_connection_is_busy_a_new_one_is_closed_at_once(endpoin
 
 
 LOW_LIMIT_BOT = r"""
-import asyncio, json, logging, resource, sys
+import asyncio, json, logging, os, resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 import httpx
 from bot.adapters.slack_adapter import build_bolt_app, make_web_client, start_http
 
 async def main():
+    loop = asyncio.get_running_loop()
     async def on_command(request):
         raise AssertionError
     app = build_bolt_app(make_web_client("xoxb-x", "http://127.0.0.1:9/"), signing_secret="s", on_command=on_command)
     served = await start_http(app, 0, signing_secret="s", host="127.0.0.1")
     print(served.port, served.guard.max_connections, flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # the flood is on
+    await loop.run_in_executor(None, sys.stdin.readline)  # 1. the flood is on
     async with httpx.AsyncClient() as client:  # what the sources do
         answers = await asyncio.gather(*(client.get(sys.argv[1]) for _ in range(20)), return_exceptions=True)
     print(json.dumps({"held": len(served.guard.connections),
                       "ok": sum(getattr(a, "status_code", 0) == 200 for a in answers),
                       "errors": sorted({type(a).__name__ for a in answers if isinstance(a, Exception)})}), flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)  # 2. flood gone: now something else takes every descriptor
+    await asyncio.sleep(0.2)
+    hog = []
+    try:
+        while True:
+            hog.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    print("hogged", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)  # connections wait while accept() fails
+    for fd in hog:
+        os.close(fd)
+    for _ in range(40):  # accept() works again after its pause
+        if len(served.guard.connections) == 10:
+            break
+        await asyncio.sleep(0.05)
+    print(json.dumps({"held": len(served.guard.connections)}), flush=True)
     await served.cleanup()
 
 asyncio.run(main())
@@ -193,7 +232,8 @@ asyncio.run(main())
 
 
 def test_with_a_low_file_limit_a_flood_cannot_starve_the_bots_own_requests(server):
-    """`ulimit -n 128`, 300 connections held open: the bot still reaches its sources, no accept() errors."""
+    """`ulimit -n 128`: 300 connections held open, the bot still reaches its sources; and when
+    descriptors run out for another reason, accept() pauses quietly and resumes."""
     import subprocess
     import sys
     from pathlib import Path
@@ -205,15 +245,28 @@ def test_with_a_low_file_limit_a_flood_cannot_starve_the_bots_own_requests(serve
                            cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     flood = []
+
+    def say(line):
+        bot.stdin.write(line + "\n")
+        bot.stdin.flush()
+
     try:
         port, cap = map(int, bot.stdout.readline().split())
         assert cap == 32  # a quarter of 128
         for _ in range(300):
             flood.append(socket.create_connection(("127.0.0.1", port), timeout=5))
         time.sleep(0.3)  # let the bot accept (and close) what is over the cap
-        bot.stdin.write("go\n")
-        bot.stdin.flush()
-        result = json.loads(bot.stdout.readline())
+        say("go")
+        flooded = json.loads(bot.stdout.readline())
+        for sock in flood:
+            sock.close()
+        flood.clear()
+        say("exhaust")
+        assert bot.stdout.readline().strip() == "hogged"
+        flood = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(10)]
+        time.sleep(1.2)  # accept() fails with EMFILE at least once, then retries a second later
+        say("release")
+        recovered = json.loads(bot.stdout.readline())
         bot.stdin.close()
         stderr = bot.stderr.read()
         assert bot.wait(10) == 0, stderr
@@ -222,9 +275,11 @@ def test_with_a_low_file_limit_a_flood_cannot_starve_the_bots_own_requests(serve
             sock.close()
         if bot.poll() is None:
             bot.kill()
-    assert result == {"held": 32, "ok": 20, "errors": []}  # the newest 32 of the 300
+    assert flooded == {"held": 32, "ok": 20, "errors": []}  # the newest 32 of the 300
+    assert recovered == {"held": 10}
     assert "out of system resource" not in stderr and "Traceback" not in stderr
-    assert stderr.count("\n") <= 2, stderr  # the refusals: one summary line
+    assert stderr.count("\n") <= 2, stderr  # the refusals: summary lines
+    assert "out of file descriptors" in stderr
 
 
 # ---- malformed requests --------------------------------------------------------------------

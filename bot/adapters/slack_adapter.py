@@ -26,7 +26,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from ..http_guard import READ_TIMEOUT, RejectLog, Served, serve
+from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
 from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
 from . import Running
@@ -395,6 +395,7 @@ async def start_http(
     host: str = "0.0.0.0",
     clock: Callable[[], float] | None = None,
     read_timeout: float = READ_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
     max_connections: int | None = None,
     reject_log_interval: float = 60.0,
 ) -> Served:
@@ -445,4 +446,5 @@ async def start_http(
     web_app = web.Application(client_max_size=max_body)
     web_app.router.add_post("/slack/events", events)
     return await serve(web_app, host, port, name="Slack HTTP endpoint", read_timeout=read_timeout,
+                       idle_timeout=idle_timeout,
                        max_connections=max_connections, rejects=rejects, max_body=max_body)
