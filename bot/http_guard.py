@@ -116,11 +116,19 @@ class QuietServerLog:
         self.logger = logger
 
     def exception(self, msg, *args, exc_info=True, **kwargs) -> None:
-        if isinstance(exc_info, HttpProcessingError):
-            self.rejects.note("malformed HTTP")
-            self.logger.debug("malformed HTTP request: %.200r", str(exc_info))  # client text: bounded, quoted
-            return
-        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+        if not self._malformed(exc_info):
+            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+    def debug(self, msg, *args, exc_info=None, **kwargs) -> None:
+        if not self._malformed(exc_info):  # a first request with a bad method (TLS, garbage) comes here
+            self.logger.debug(msg, *args, exc_info=exc_info, **kwargs)
+
+    def _malformed(self, exc) -> bool:
+        if not isinstance(exc, HttpProcessingError):
+            return False
+        self.rejects.note("malformed HTTP")
+        self.logger.debug("malformed HTTP request: %.200r", str(exc))  # client text: bounded, quoted
+        return True
 
     def __getattr__(self, name):  # debug, warning, error, isEnabledFor, ...
         return getattr(self.logger, name)
@@ -238,7 +246,6 @@ class ConnectionGuard:
                 connection.evict()
                 return True
         return False
-
 
     @web.middleware
     async def middleware(self, request: web.Request, handler):

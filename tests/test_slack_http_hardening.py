@@ -347,6 +347,8 @@ async def test_malformed_requests_get_400_or_401_without_a_traceback(endpoint, s
     b"POST /slack/events HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
     b"POST /slack/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n" + b"x" * 100,
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 40,  # TLS to the plain-HTTP port
+    b"GET /slack/events HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE / HTTP/1.1\r\n\r\n",  # a bad second request
 ])
 async def test_malformed_http_is_refused_without_a_traceback(endpoint, caplog, unused_tcp_port, raw):
     caplog.set_level(logging.DEBUG)
@@ -360,6 +362,9 @@ async def test_malformed_http_is_refused_without_a_traceback(endpoint, caplog, u
     finally:
         await served.cleanup()
     no_tracebacks(caplog)
+    assert served.rejects.total >= 1  # counted, and summed up in one line
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING][0].startswith(
+        "Slack HTTP endpoint: refused")
 
 
 async def test_a_flood_of_bad_requests_costs_a_bounded_number_of_log_lines(endpoint, caplog):
