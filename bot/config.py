@@ -48,6 +48,20 @@ def _channel_ok(value: str) -> bool:
     return True
 
 
+def _host(value: str) -> str | None:
+    """A bind address: an IPv4 or IPv6 address, or a host name such as localhost."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", value):
+        return None
+    return 'must be an address to listen on, such as "127.0.0.1", "0.0.0.0" or "::"'
+
+
 def _level(value: str) -> str | None:
     return None if value.upper() in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}"
 
@@ -91,6 +105,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
         "api_url": (str, "https://slack.com/api/", _url),
         "command": (str, "/papers", lambda v: None if re.match(r"^/[a-z0-9_-]{1,31}$", v) else "must look like /papers"),
         "admins": (list, [], lambda v: None if all(isinstance(u, str) and u for u in v) else "must list Slack user ids"),
+        "host": (str, "0.0.0.0", _host),
     },
     "discord": {
         "api_base": (str, "https://discord.com/api/v10", _url),
@@ -100,6 +115,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
     },
     "metrics": {
         "port": (int, 0, lambda v: None if 0 <= v <= 65535 else "must be a port number, or 0 for off"),
+        "host": (str, "127.0.0.1", _host),
     },
     "logging": {
         "level": (str, "INFO", _level),
@@ -152,6 +168,7 @@ class SlackConfig:
     api_url: str = "https://slack.com/api/"
     command: str = "/papers"
     admins: tuple[str, ...] = ()  # who may change channels; empty: everyone
+    host: str = "0.0.0.0"  # where HTTP mode listens; Slack (or your reverse proxy) must reach it
 
 
 @dataclass(frozen=True)
@@ -178,6 +195,7 @@ class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     metrics_port: int = 0  # 0: no /healthz and /metrics server
+    metrics_host: str = "127.0.0.1"  # unauthenticated: loopback unless you choose otherwise
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, dict]:
@@ -246,9 +264,11 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             api_url=values["slack"]["api_url"].rstrip("/") + "/",
             command=values["slack"]["command"],
             admins=tuple(values["slack"]["admins"]),
+            host=values["slack"]["host"],
         ),
         delivery=DeliveryConfig(**values["delivery"]),
         metrics_port=values["metrics"]["port"],
+        metrics_host=values["metrics"]["host"],
         discord=DiscordConfig(
             api_base=values["discord"]["api_base"].rstrip("/"),
             dev_guild_id=values["discord"]["dev_guild_id"],

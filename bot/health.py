@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from storage import Store
 
 from .config import Config
+from .http_guard import Served, connection_cap, serve
 from .poller import STORAGE_ERROR
 
 SOURCES = ("huggingface", "arxiv")
@@ -84,7 +85,8 @@ def health(store: Store, config: Config) -> tuple[int, dict]:
     return (200 if status == "ok" else 503), {"status": status, "sources": sources, "pending_deliveries": pending}
 
 
-async def start_metrics(store: Store, config: Config, port: int, host: str = "0.0.0.0") -> web.AppRunner:
+async def start_metrics(store: Store, config: Config, port: int, host: str | None = None) -> Served:
+    """Serve /healthz and /metrics on `host` (default: `[metrics] host`, 127.0.0.1); await .cleanup()."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store, config))
 
@@ -95,10 +97,9 @@ async def start_metrics(store: Store, config: Config, port: int, host: str = "0.
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+    # A scraper or two: a small share of the file limit is plenty.
+    return await serve(app, config.metrics_host if host is None else host, port, name="metrics endpoint",
+                       max_connections=connection_cap(share=1 / 16, ceiling=32), max_body=64 * 1024)

@@ -9,6 +9,7 @@ where every request's signature and timestamp are checked before anything runs.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import math
@@ -24,12 +25,14 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
+from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
 from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
 from . import Running
@@ -158,6 +161,65 @@ _MENTION = re.compile(r"<@[A-Z0-9]+>")
 _LINK = re.compile(r"<(https?://[^>|]+)(?:\|[^>]*)?>")
 
 
+def _text(value) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _id(obj, key: str = "id") -> str | None:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if _text(value) else None
+
+
+def payload_problem(body) -> str | None:
+    """Why a payload our listeners would handle lacks what they need; None if it is fine.
+
+    Only the kinds we listen to are checked (slash commands, block actions, link_shared,
+    app_mention); anything else goes to bolt unchanged. Used before dispatch in HTTP mode
+    and as a bolt middleware for Socket Mode, so a listener never meets a KeyError.
+    """
+    if not isinstance(body, dict):
+        return "not an object"
+    if "command" in body:
+        if not all(_text(body.get(k)) for k in ("command", "channel_id", "user_id", "response_url")):
+            return "slash command without command, channel_id, user_id or response_url"
+        if not isinstance(body.get("text", ""), str):
+            return "slash command text is not a string"
+        return None
+    kind = body.get("type")
+    if kind == "block_actions":
+        actions = body.get("actions")
+        if not _id(body.get("user")):
+            return "block action without a user"
+        if not (isinstance(actions, list) and actions and all(isinstance(a, dict) and _text(a.get("action_id"))
+                                                              for a in actions)):
+            return "block action without actions"
+        if any(a["action_id"] == ACTION_UNSUBSCRIBE for a in actions):
+            if not (_id(body.get("channel")) or _id(body.get("container"), "channel_id")):
+                return "overflow action without a channel"
+            if not _text(body.get("response_url")):
+                return "overflow action without a response_url"
+            if not all(isinstance(a.get("selected_option", {}), dict)
+                       and isinstance(a.get("selected_option", {}).get("value", ""), str) for a in actions):
+                return "overflow action with a malformed selected_option"
+        return None
+    if kind == "event_callback":
+        event = body.get("event")
+        if not (isinstance(event, dict) and _text(event.get("type"))):
+            return "event without a type"
+        if not isinstance(event.get("user", ""), str):
+            return "event user is not a string"
+        if event["type"] == "link_shared":
+            links = event.get("links", [])
+            if not (_text(event.get("channel")) and _text(event.get("message_ts")) and isinstance(links, list)
+                    and all(isinstance(link, dict) and isinstance(link.get("url", ""), str) for link in links)):
+                return "link_shared without channel, message_ts or links"
+        if event["type"] == "app_mention":
+            if not (_text(event.get("channel")) and _text(event.get("ts")) and isinstance(event.get("text", ""), str)
+                    and isinstance(event.get("thread_ts", ""), str)):
+                return "app_mention without channel or ts"
+    return None
+
+
 def build_bolt_app(
     client: AsyncWebClient,
     *,
@@ -177,6 +239,14 @@ def build_bolt_app(
     def may_manage(user_id: str) -> bool:
         return not admins or user_id in admins
 
+    @app.middleware
+    async def refuse_malformed(body, next):
+        problem = payload_problem(body)
+        if problem is not None:  # HTTP mode refuses these before dispatch; this covers Socket Mode
+            log.warning("Slack: ignored a malformed payload (%s)", problem)
+            return BoltResponse(status=400, body={"error": "bad request"})
+        return await next()
+
     @app.command(command)
     async def slash_command(ack, body, respond):
         await ack()  # within Slack's 3 seconds; the work happens after
@@ -189,7 +259,7 @@ def build_bolt_app(
     @app.action(ACTION_UNSUBSCRIBE)
     async def overflow(ack, body, respond):
         await ack()
-        value = (body.get("actions") or [{}])[0].get("selected_option", {}).get("value", "")
+        value = body["actions"][0].get("selected_option", {}).get("value", "")  # shape checked by payload_problem
         kind, _, rest = value.partition(":")
         if kind == "unsub":
             text = f"unsubscribe {rest}"
@@ -199,7 +269,7 @@ def build_bolt_app(
         else:
             return
         user = body["user"]["id"]
-        channel = body.get("channel", {}).get("id") or body.get("container", {}).get("channel_id")
+        channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
         request = CommandRequest(ChannelRef("slack", channel), user, text, may_manage(user))
         reply = await on_command(request)
         await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
@@ -271,8 +341,8 @@ async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler
             return None
         app = build_bolt_app(client, signing_secret=secret, on_command=on_command, command=slack.command,
                              admins=slack.admins)
-        runner = await start_http(app, slack.port, signing_secret=secret)
-        log.info("Slack: listening for /papers on port %d at /slack/events", slack.port)
+        runner = await start_http(app, slack.port, signing_secret=secret, host=slack.host)
+        log.info("Slack: listening for /papers on %s port %d at /slack/events", slack.host, slack.port)
         return Running(runner.cleanup)
     app_token = config.secrets.get("SLACK_APP_TOKEN")
     if not app_token:
@@ -540,6 +610,43 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
+# Slack refuses a timestamp more than 5 minutes from now; a signature seen within that
+# window again is a replay.
+REPLAY_WINDOW = 60 * 5
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
+
+
+class SeenSignatures:
+    """The signatures of the requests already run, each kept until its timestamp is stale.
+
+    Bounded: at most `max_entries` (about 250 bytes each). Only validly signed requests
+    are remembered, so only Slack (or whoever holds the secret) can fill it; 20,000 in
+    5 minutes is far beyond a bot's traffic. When full, new requests are refused (a replay
+    must never get through) until old entries expire.
+    """
+
+    def __init__(self, max_entries: int = 20_000):
+        self.max_entries = max_entries
+        self._expiry: list[tuple[int, str]] = []  # a heap: (last second the signature is valid, signature)
+        self._seen: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first_time(self, signature: str, timestamp: int, now: float) -> bool | None:
+        """True the first time, False for a replay, None when memory is full."""
+        while self._expiry and self._expiry[0][0] < now:
+            self._seen.discard(heapq.heappop(self._expiry)[1])
+        if signature in self._seen:
+            return False
+        if len(self._seen) >= self.max_entries:
+            return None
+        self._seen.add(signature)
+        heapq.heappush(self._expiry, (timestamp + REPLAY_WINDOW + 1, signature))
+        return True
+
+
 async def start_http(
     app: AsyncApp,
     port: int,
@@ -547,25 +654,57 @@ async def start_http(
     signing_secret: str,
     host: str = "0.0.0.0",
     clock: Callable[[], float] | None = None,
-) -> web.AppRunner:
-    """Serve POST /slack/events on our event loop; returns the runner (await runner.cleanup()).
+    read_timeout: float = READ_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
+    max_connections: int | None = None,
+    reject_log_interval: float = 60.0,
+) -> Served:
+    """Serve POST /slack/events on our event loop; returns the server (await served.cleanup()).
 
     Every request must carry a valid `X-Slack-Signature` over its raw body, made within
-    the last 5 minutes; anything else gets 401 before bolt (or anything else) sees it.
+    the last 5 minutes, and not seen before; anything else gets 401 before bolt (or
+    anything else) sees it. A signed body bolt cannot parse, or one without the fields our
+    listeners need, gets 400. Read timeout and connection cap: see bot/http_guard.py.
+    Refusals are counted and summed up in one log line per `reject_log_interval`.
     """
-    verifier = SignatureVerifier(signing_secret, **({"clock": _Clock(clock)} if clock else {}))
+    now = clock or time.time
+    verifier = SignatureVerifier(signing_secret, clock=_Clock(now))
+    seen = SeenSignatures()
+    rejects = RejectLog("Slack HTTP endpoint", interval=reject_log_interval, logger=log)
+
+    def refuse(status: int, reason: str) -> web.Response:
+        rejects.note(reason)
+        return web.json_response({"error": "invalid request" if status == 401 else "bad request"}, status=status)
 
     async def events(request: web.Request) -> web.Response:
-        body = await request.text()
-        if not verifier.is_valid_request(body, dict(request.headers)):
-            return web.json_response({"error": "invalid request"}, status=401)
-        bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        signature = request.headers.get("X-Slack-Signature", "")
+        raw = await request.read()  # already read, within the read timeout, by the guard
+        if not (_TIMESTAMP.fullmatch(timestamp) and _SIGNATURE.fullmatch(signature)):
+            return refuse(401, "missing or malformed signature headers")
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return refuse(400, "body not UTF-8")
+        if not verifier.is_valid(body, timestamp, signature):
+            return refuse(401, "bad signature or stale timestamp")
+        fresh = seen.first_time(signature, int(timestamp), now())
+        if fresh is None:
+            return refuse(503, "replay memory full")
+        if not fresh:
+            return refuse(401, "replayed request")
+        try:
+            bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
+        except Exception as exc:  # bolt parses the body here: invalid JSON, odd shapes
+            log.debug("unparsable signed Slack request: %s", type(exc).__name__)
+            return refuse(400, "payload not parsable")
+        if payload_problem(bolt_request.body) is not None:
+            return refuse(400, "payload missing fields")
         return await to_aiohttp_response(await app.async_dispatch(bolt_request))
 
-    web_app = web.Application(client_max_size=1024 * 1024)
+    max_body = 1024 * 1024  # Slack's payloads are a few kilobytes; a card message's actions, tens
+    web_app = web.Application(client_max_size=max_body)
     web_app.router.add_post("/slack/events", events)
-    runner = web.AppRunner(web_app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
-
+    return await serve(web_app, host, port, name="Slack HTTP endpoint", read_timeout=read_timeout,
+                       idle_timeout=idle_timeout,
+                       max_connections=max_connections, rejects=rejects, max_body=max_body)
