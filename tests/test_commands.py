@@ -144,7 +144,9 @@ async def show(store, config, clock, server, text):
 async def test_show_a_stored_paper_by_any_link_form(store, make_config, clock, server):
     stock(store, clock)
     for text in ("show 2411.00001", "show https://arxiv.org/abs/2411.00001v3", "show <https://arxiv.org/pdf/2411.00001>",
-                 "show https://huggingface.co/papers/2411.00001"):
+                 "show https://huggingface.co/papers/2411.00001", "show arxiv.org/pdf/2411.00001.pdf",
+                 "show https://arxiv.org/pdf/2411.00001v2.pdf", "show https://export.arxiv.org/abs/2411.00001",
+                 "show https://doi.org/10.48550/arXiv.2411.00001", "show https://arxiv.org/abs/2411.00001."):
         reply = await show(store, make_config(), clock, server, text)
         assert [c.paper_id for c in reply.cards] == ["2411.00001"], text
     assert server.requests == []
