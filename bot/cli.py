@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Sequence, TextIO
@@ -103,6 +104,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "import":
         return _import(config, args.file)
     return _run(config)
+
+
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """The `papers-bot` entry point: `main`, quiet when the reader of its output goes away.
+
+    `papers-bot command ... list | head -1` closes the pipe early; that is not an error
+    worth a traceback. Python's recipe: stop writing to stdout (point it at /dev/null, so
+    the flush at exit cannot fail again) and exit as a Unix tool killed by SIGPIPE does.
+    """
+    try:
+        code = main(argv)
+        sys.stdout.flush()  # a closed pipe shows on the final flush as often as on a print
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + getattr(signal, "SIGPIPE", 13)
 
 
 async def _backfill(config: Config, days: int) -> int:
