@@ -54,7 +54,7 @@ _REGEX_IN_TERM = re.compile(
       | \{\d*,?\d*\}         # {2,} {1,3} quantifiers
       | ^\^ | \w\$$          # ^ and $ anchors
       | \w\?\w              # colou?r
-      | ^[+?]               # a quantifier left over after a group: (a|b)+
+      | ^[+?]$ | ^\?\w      # a quantifier left over after a group, (a|b)+; a flag group, (?i)
     """,
     re.VERBOSE,
 )
