@@ -158,6 +158,7 @@ class Digest:
     channel: ChannelRef
     title: str
     cards: tuple[Card, ...]
+    note: str = ""  # shown after the papers: how many more matched than it lists
 
 
 @dataclass(frozen=True)
