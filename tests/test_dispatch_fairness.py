@@ -1,12 +1,13 @@
 """A burst reaches each channel as at most cards_per_cycle cards and one digest, however
 many channels there are and however big the burst; the rest is counted, never a flood."""
 
+import asyncio
 from collections import Counter
 
 import handlers
-from bot.config import parse_config, Secrets
+from bot.config import Secrets, parse_config
 from bot.dispatch import DIGEST_MAX, Dispatcher
-from bot.models import ChannelRef, ChannelSettings, Match, PostResult
+from bot.models import ChannelRef, ChannelSettings, CommandRequest, Match, PostResult
 from handlers.channel import bot_status
 
 from .fakes import RecordingAdapter, paper
@@ -219,3 +220,18 @@ async def test_what_arrives_while_the_digest_is_being_sent_starts_the_next_burst
     assert len(adapter.cards_to(ml)) == 2 * CARDS and [len(d.cards) for d in adapter.digests] == [DIGEST_MAX, 2]
     assert store.delivery_counts() == {"sent": 47 - 5, "overflow": 5}
     assert store.db.execute("SELECT count(*) FROM deliveries WHERE status = 'overflow' AND message_id IS NULL").fetchone()[0] == 0
+
+
+def test_resume_after_a_long_pause_says_what_the_burst_gives(store, clock):
+    ml = ChannelRef("console", "ml")
+    ctx = handlers.Context(store, parse_config({}, Secrets({})), clock=clock)
+    asyncio.run(handlers.handle(ctx, CommandRequest(ml, "u1", "pause")))
+    burst(store, clock, [ml], 500)
+    reply = asyncio.run(handlers.handle(ctx, CommandRequest(ml, "u1", "resume")))
+    assert reply.text == ("Resumed. 500 papers matched while paused: the oldest 10 as cards and 20 in a digest will be "
+                          "posted now; the digest counts the other 470. Narrow busy subscriptions with `/papers mute`.")
+    small = ChannelRef("console", "small")
+    asyncio.run(handlers.handle(ctx, CommandRequest(small, "u1", "pause")))
+    burst(store, clock, [small], 1, start=900)
+    assert asyncio.run(handlers.handle(ctx, CommandRequest(small, "u1", "resume"))).text == (
+        "Resumed. 1 paper matched while paused will be posted now.")
