@@ -199,11 +199,21 @@ class Dispatcher:
             self._pause_gone(channel, result.error, now)
             report.failed += len(claimed)
             return False
-        if not result.ok:
-            # Nothing is lost: the rows go back to pending and the digest is tried again.
-            retry_at = now + (timedelta(seconds=result.retry_after) if result.retry_after else BACKOFF_BASE)
+        attempts = max(d.attempts for d in claimed) + 1
+        if not result.ok and result.retry_after is None and (not result.retryable or attempts >= MAX_ATTEMPTS):
+            # Given up, as for a card: a digest that can never go out must not hold its burst
+            # (and so every later paper of the channel) open.
             for delivery in claimed:
-                self.store.mark_failed(delivery.id, result.error or "digest failed", retry_at)
+                self.store.mark_failed(delivery.id, result.error or "digest failed", None)
+            report.failed += len(claimed)
+            log.error("gave up posting a digest to %s: %s", channel, result.error)
+            return False
+        if not result.ok:
+            # The rows go back to pending and the digest is tried again; a rate limit is
+            # waited out as asked and never given up for.
+            delay = timedelta(seconds=result.retry_after) if result.retry_after is not None else retry_delay(attempts)
+            for delivery in claimed:
+                self.store.mark_failed(delivery.id, result.error or "digest failed", now + delay)
             report.retrying += len(claimed)
             log.warning("digest for %s failed (%s); will retry", channel, result.error)
             return False

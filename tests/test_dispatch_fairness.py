@@ -235,3 +235,31 @@ def test_resume_after_a_long_pause_says_what_the_burst_gives(store, clock):
     burst(store, clock, [small], 1, start=900)
     assert asyncio.run(handlers.handle(ctx, CommandRequest(small, "u1", "resume"))).text == (
         "Resumed. 1 paper matched while paused will be posted now.")
+
+
+async def test_a_digest_that_can_never_go_out_does_not_hold_the_channel(store, clock):
+    # A digest refused for good (or failing MAX_ATTEMPTS times) is given up, as a card would be;
+    # otherwise its burst would stay open and every later paper would only be counted.
+    from bot.dispatch import MAX_ATTEMPTS
+
+    ml = ChannelRef("console", "ml")
+    burst(store, clock, [ml], 40)
+    adapter = Recorder()
+    adapter.digest_results = [PostResult(ok=False, error="invalid_blocks", retryable=False)]
+    dispatcher = Dispatcher(store, {"console": adapter}, clock, cards_per_cycle=CARDS)
+    assert (await dispatcher.dispatch()).failed == DIGEST_MAX
+    burst(store, clock, [ml], 15, start=500)
+    await dispatcher.dispatch()
+    assert len(adapter.cards_to(ml)) == 2 * CARDS  # the next burst has its cards
+    assert [len(d.cards) for d in adapter.digests] == [DIGEST_MAX, 5]
+    assert adapter.digests[1].note.startswith("and 10 more papers matched")  # the first burst's count, still told
+    assert store.delivery_counts() == {"sent": 2 * CARDS + 5, "failed": DIGEST_MAX, "overflow": 10}
+
+    other = ChannelRef("console", "other")
+    burst(store, clock, [other], 12, start=900)
+    adapter.digest_results = [PostResult(ok=False, error="HTTP 500", retryable=True)] * MAX_ATTEMPTS
+    for _ in range(MAX_ATTEMPTS):
+        await dispatcher.dispatch()
+        clock.advance(hours=2)
+    assert store.db.execute("SELECT count(*) FROM deliveries WHERE channel = 'console:other' AND status = 'failed'"
+                            ).fetchone()[0] == 2
