@@ -118,6 +118,7 @@ def console_main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows on the final flush as often as on a print
         return code
     except BrokenPipeError:
+        log.debug("standard output was closed by its reader", exc_info=True)  # with -v, in case it was not stdout
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + getattr(signal, "SIGPIPE", 13)
