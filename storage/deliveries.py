@@ -73,17 +73,19 @@ class DeliveriesMixin:
         ).fetchall()
         return [(ChannelRef(*row[0].split(":", 1)), row[1]) for row in rows]
 
-    def plan_burst(self, channel: ChannelRef, now: datetime, cards: int, digest_max: int) -> tuple[list[Delivery], list[Delivery]]:
+    def plan_burst(self, channel: ChannelRef, now: datetime, cards: int,
+                   digest_max: int) -> tuple[list[Delivery], list[Delivery]]:
         """Decide, once, how a channel's outstanding deliveries go out; return what is due now.
 
         A burst starts when the channel has no digest outstanding: its oldest `cards`
         deliveries are cards, the next `digest_max` its one digest, anything further is
         settled as 'overflow': not posted, counted in that digest ("and N more matched").
         Until that digest is sent the burst goes on: whatever arrives meanwhile joins the
-        digest while it has room, else the overflow, never the cards (once the digest is
-        on its way, its count is written: what arrives then waits for the next burst). No decision is
-        ever revisited, so rate limits may stretch a burst over many sweeps, and it still
-        gives at most `cards` cards and one digest. Returns (due cards, due digest members).
+        digest while it has room, else the overflow, never the cards (once the digest is on
+        its way, its count is written: what arrives then waits for the next burst). No
+        decision is ever revisited, so rate limits may stretch a burst over many sweeps,
+        and it still gives at most `cards` cards and one digest. A platform outage is one
+        burst too. Returns (due cards, due digest members), oldest first.
         """
         key = channel.key
         with self.db.atomic():
@@ -144,7 +146,8 @@ class DeliveriesMixin:
     def unannounced_overflow(self, channel: ChannelRef) -> tuple[int, int]:
         """(how many, highest id) of the channel's overflow no digest has mentioned yet."""
         row = self.db.execute(
-            "SELECT count(*), coalesce(max(id), 0) FROM deliveries WHERE channel = ? AND status = 'overflow' AND message_id IS NULL",
+            """SELECT count(*), coalesce(max(id), 0) FROM deliveries
+                WHERE channel = ? AND status = 'overflow' AND message_id IS NULL""",
             [channel.key],
         ).fetchone()
         return row[0], row[1]

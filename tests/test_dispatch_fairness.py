@@ -78,7 +78,7 @@ async def test_a_huge_burst_is_cards_and_one_digest_and_the_rest_is_counted_once
     assert len(adapter.posts) == CARDS and len(adapter.digests) == 1
     # Settled, not lost: every row accounted for, the overflow tied to the digest that counted it.
     assert store.delivery_counts() == {"sent": CARDS + DIGEST_MAX, "overflow": 2970}
-    assert store.db.execute("SELECT DISTINCT message_id FROM deliveries WHERE status = 'overflow'").fetchall() == [("d1",)]
+    assert overflow_told_in(store, "d1") == 2970
     ctx = handlers.Context(store, parse_config({}, Secrets({})), clock=clock)
     assert "Queue: 0 pending, 30 sent, 0 failed, 2970 not posted (past a burst's cards and digest)" in bot_status(ctx)
 
@@ -94,6 +94,12 @@ async def test_no_channel_is_starved_by_another_channels_backlog(store, clock):
         assert [c.title for c in adapter.cards_to(channel)] == [f"Paper 2411.{i:05d}" for i in range(5000, 5003)]
     assert len(adapter.cards_to(big)) == CARDS and [d.channel for d in adapter.digests] == [big]
     assert store.count_pending() == 0
+
+
+def overflow_told_in(store, message_id):
+    """How many overflow rows the digest `message_id` counted."""
+    return store.db.execute("SELECT count(*) FROM deliveries WHERE status = 'overflow' AND message_id IS ?",
+                            [message_id]).fetchone()[0]
 
 
 def decisions(store):
@@ -138,7 +144,7 @@ async def test_what_arrives_while_a_full_burst_goes_out_is_counted_in_its_digest
     assert max(per_sweep) <= CARDS and len(adapter.digests) == 1
     assert adapter.digests[0].note.startswith("and 14 more papers matched")  # 10 of the burst, 4 since
     assert store.delivery_counts() == {"sent": CARDS + DIGEST_MAX, "overflow": 14}
-    assert store.db.execute("SELECT count(*) FROM deliveries WHERE status = 'overflow' AND message_id = 'd1'").fetchone()[0] == 14
+    assert overflow_told_in(store, "d1") == 14
 
 
 async def test_a_failed_digest_is_retried_as_the_same_one_digest(store, clock):
@@ -153,7 +159,7 @@ async def test_a_failed_digest_is_retried_as_the_same_one_digest(store, clock):
     first, second = adapter.digests
     assert first.cards == second.cards and first.note == second.note != ""
     assert store.delivery_counts() == {"sent": CARDS + DIGEST_MAX, "overflow": 100 - CARDS - DIGEST_MAX}
-    assert store.db.execute("SELECT count(*) FROM deliveries WHERE status = 'overflow' AND message_id = 'd2'").fetchone()[0] == 70
+    assert overflow_told_in(store, "d2") == 70
 
 
 async def test_a_new_burst_after_the_last_one_drained_gets_its_own_cards(store, clock):
@@ -219,7 +225,7 @@ async def test_what_arrives_while_the_digest_is_being_sent_starts_the_next_burst
     await dispatcher.dispatch()
     assert len(adapter.cards_to(ml)) == 2 * CARDS and [len(d.cards) for d in adapter.digests] == [DIGEST_MAX, 2]
     assert store.delivery_counts() == {"sent": 47 - 5, "overflow": 5}
-    assert store.db.execute("SELECT count(*) FROM deliveries WHERE status = 'overflow' AND message_id IS NULL").fetchone()[0] == 0
+    assert overflow_told_in(store, None) == 0
 
 
 def test_resume_after_a_long_pause_says_what_the_burst_gives(store, clock):
