@@ -22,6 +22,7 @@ from .models import DIGEST_MODES, ChannelRef, ChannelSettings, Paper
 from .query import normalize_query
 from .sources.base import get_bytes
 from .sources.huggingface import parse_daily_papers
+from .text import plural
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,8 @@ class ImportReport:
     present: int = 0
 
     def line(self) -> str:
-        return (f"imported {self.channels} channel{'s' if self.channels != 1 else ''}: "
-                f"{self.added} subscriptions added, {self.present} already present")
+        return (f"imported {plural(self.channels, 'channel')}: "
+                f"{plural(self.added, 'subscription')} added, {self.present} already present")
 
 
 _FIELDS = {"channel", "mode", "digest_time", "digest_day", "timezone", "paused", "subscriptions"}

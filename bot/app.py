@@ -22,6 +22,7 @@ from .models import ChannelRef, CommandRequest, Reply
 from .poller import Poller, SourceReport
 from .sources import ArxivSource, HuggingFaceSource, Source, make_client
 from .sources.base import ARXIV_INTERVAL, Pacer
+from .text import plural
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +172,10 @@ class App:
         if not cfg.admin_channel:
             return
         if not report.ok and report.failures == cfg.source_failure_notice_after:
-            text = (f"papers-bot: {report.source} has failed {report.failures} times in a row "
+            text = (f"papers-bot: {report.source} has failed {plural(report.failures, 'time')} in a row "
                     f"(last error: {report.error}). Papers from it will arrive when it recovers.")
         elif report.ok and report.recovered_after >= cfg.source_failure_notice_after:
-            text = f"papers-bot: {report.source} works again, after {report.recovered_after} failed polls."
+            text = f"papers-bot: {report.source} works again, after {plural(report.recovered_after, 'failed poll')}."
         else:
             return
         channel = ChannelRef.parse(cfg.admin_channel)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .models import Card, Link, Paper
+from .text import plural
 
 TITLE_MAX = 250
 AUTHORS_SHOWN = 3
@@ -28,7 +29,7 @@ def short_authors(authors: tuple[str, ...]) -> str:
     shown = ", ".join(authors[:AUTHORS_SHOWN])
     rest = len(authors) - AUTHORS_SHOWN
     if rest > 0:
-        shown += f" and {rest} other{'s' if rest > 1 else ''}"
+        shown += f" and {plural(rest, 'other')}"
     return shorten(shown, AUTHORS_MAX)
 
 

@@ -107,6 +107,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(config)
 
 
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """The `papers-bot` entry point: `main`, quiet when the reader of its output goes away.
+
+    `papers-bot command ... list | head -1` closes the pipe early; that is not an error
+    worth a traceback. Python's recipe: stop writing to stdout (point it at /dev/null, so
+    the flush at exit cannot fail again) and exit as a Unix tool killed by SIGPIPE does.
+    """
+    try:
+        code = main(argv)
+        sys.stdout.flush()  # a closed pipe shows on the final flush as often as on a print
+        return code
+    except BrokenPipeError:
+        log.debug("standard output was closed by its reader", exc_info=True)  # with -v, in case it was not stdout
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + getattr(signal, "SIGPIPE", 13)
+
+
 async def _backfill(config: Config, days: int) -> int:
     from .admin import backfill
 

@@ -154,7 +154,7 @@ class Secrets:
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    cards_per_cycle: int = 10  # per channel and sweep; the rest goes out as one digest
+    cards_per_cycle: int = 10  # per channel and burst; then one digest, which counts the rest
     max_age_days: int = 7  # papers listed longer ago are stored, not posted
     admin_channel: str = ""  # where source failure and recovery notices go ("" for none)
     source_failure_notice_after: int = 3  # consecutive failures before a notice

@@ -8,6 +8,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .models import WEEKDAYS, ChannelSettings
 
+# Papers one digest message lists: what Slack's and Discord's size limits hold in full (a
+# message marks every paper in it as sent, so each must show). A burst or a scheduled digest
+# past that is one message that counts the rest.
+DIGEST_MAX = 20
+
 _TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 

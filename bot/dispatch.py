@@ -12,13 +12,13 @@ from storage import Store
 from .adapters import Adapter
 from .cards import card_for
 from .clock import utcnow
-from .digest import digest_due
+from .digest import DIGEST_MAX, digest_due
 from .models import ChannelRef, ChannelSettings, Delivery, Digest, PostResult
+from .text import plural
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
-DIGEST_MAX = 20  # papers per digest message: what Slack's and Discord's size limits hold in full
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
 
@@ -29,16 +29,19 @@ class DispatchReport:
     retrying: int = 0
     failed: int = 0
     waiting: int = 0  # due, but no adapter for their platform is running
+    overflow: int = 0  # past a burst's cards and digest: counted in the digest, not posted
 
     def add(self, other: DispatchReport) -> None:
         self.sent += other.sent
         self.retrying += other.retrying
         self.failed += other.failed
         self.waiting += other.waiting
+        self.overflow += other.overflow
 
     def line(self) -> str:
         text = f"delivered: {self.sent} sent, {self.retrying} to retry, {self.failed} failed"
-        return text + (f", {self.waiting} waiting for an adapter" if self.waiting else "")
+        text += f", {self.waiting} waiting for an adapter" if self.waiting else ""
+        return text + (f", {self.overflow} over a burst's cap (counted in its digest)" if self.overflow else "")
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -55,29 +58,25 @@ class Dispatcher:
         self._warned: set[str] = set()
 
     async def dispatch(self) -> DispatchReport:
-        """Send what is due, per channel: up to `cards_per_cycle` cards, the rest as digests.
+        """Send what is due, channel by channel: up to `cards_per_cycle` cards, then one digest.
 
-        A burst (a big listing day, the catch-up after an outage) therefore reaches a
-        channel as a few cards and a list (several, past DIGEST_MAX papers), never as a
-        flood, and nothing is dropped.
+        Each channel's outbox is planned on its own (`Store.plan_burst`): a burst (a big
+        listing day, the catch-up after an outage, a resume) reaches a channel as at most
+        `cards_per_cycle` cards and one digest of at most DIGEST_MAX papers, which says how
+        many more matched; those are settled as 'overflow', never posted, never lost from
+        view (`papers-bot status`). However many channels there are, each one is served
+        every sweep, and no channel's backlog delays another's share.
         """
         report = DispatchReport()
-        by_channel: dict[ChannelRef, list[Delivery]] = {}
-        for delivery in self.store.due_deliveries(self.clock()):
-            by_channel.setdefault(delivery.channel, []).append(delivery)
-        for channel, deliveries in by_channel.items():
+        now = self.clock()
+        for channel, due in self.store.due_channels(now):
             adapter = self._adapter(channel)
             if adapter is None:
-                report.waiting += len(deliveries)
+                report.waiting += due
                 continue
-            cards = [d for d in deliveries if not d.in_digest]
-            batch = [d for d in deliveries if d.in_digest]
-            if len(cards) > self.cards_per_cycle:
-                # Decided once: the overflow of a burst stays together and goes out as one
-                # digest, however many sweeps rate limits make the cards take.
-                overflow = cards[self.cards_per_cycle:]
-                self.store.move_to_digest([d.id for d in overflow])
-                cards, batch = cards[: self.cards_per_cycle], batch + overflow
+            before = self.store.unannounced_overflow(channel)[0]
+            cards, batch = self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
+            report.overflow += self.store.unannounced_overflow(channel)[0] - before
             stopped = False
             for delivery in cards:
                 if not self.store.claim_delivery(delivery.id, self.clock()):
@@ -88,7 +87,7 @@ class Dispatcher:
                     stopped = True  # the channel is gone, or told us to wait: the rest waits too
                     break
             if batch and not stopped and not self.store.channel_settings(channel).paused:
-                await self._post_batches(adapter, channel, batch, "more new paper", report)
+                await self._post_digest(adapter, channel, batch, "more new paper", report)
         return report
 
     def _adapter(self, channel: ChannelRef) -> Adapter | None:
@@ -100,22 +99,21 @@ class Dispatcher:
                         channel.platform, channel.platform)
         return adapter
 
-    async def _post_batches(self, adapter: Adapter, channel: ChannelRef, deliveries: list[Delivery], noun: str,
-                            report: DispatchReport) -> bool:
-        """Send deliveries as digest messages of at most DIGEST_MAX papers each.
+    async def _post_digest(self, adapter: Adapter, channel: ChannelRef, deliveries: list[Delivery], noun: str,
+                           report: DispatchReport) -> bool:
+        """Send at most DIGEST_MAX deliveries as one digest message; True if it went out.
 
         A message must show every paper it marks as sent, and platforms bound a message's
-        size, so a large batch becomes several digests. Stops at the first failure (the
-        rest waits in the outbox); True if everything went out.
+        size, hence the limit; the channel's overflow is named by count in the same message.
         """
-        for start in range(0, len(deliveries), DIGEST_MAX):
-            claimed = [d for d in deliveries[start:start + DIGEST_MAX] if self.store.claim_delivery(d.id, self.clock())]
-            if not claimed:
-                continue
-            title = f"{len(claimed)} {noun}{'s' if len(claimed) != 1 else ''} for this channel"
-            if not await self._post_batch(adapter, channel, claimed, title, report):
-                return False
-        return True
+        claimed = [d for d in deliveries[:DIGEST_MAX] if self.store.claim_delivery(d.id, self.clock())]
+        if not claimed:
+            return True
+        more, up_to = self.store.unannounced_overflow(channel)
+        note = (f"and {plural(more, 'more paper')} matched, not posted: narrow the subscriptions "
+                "(/papers list, /papers mute) or look them up with /papers search") if more else ""
+        title = f"{plural(len(claimed), noun)} for this channel"
+        return await self._post_batch(adapter, channel, claimed, title, report, note, up_to if more else None)
 
     async def recover(self) -> tuple[int, int]:
         """After a crash: settle every delivery left mid-send. Returns (found sent, released).
@@ -138,6 +136,11 @@ class Dispatcher:
                                   delivery.channel)
             if message_id:
                 self.store.mark_sent(delivery.id, message_id, self.clock())
+                if delivery.in_digest or self.store.channel_settings(delivery.channel).mode != "instant":
+                    # it went out in a digest, which also said how many more had matched
+                    more, up_to = self.store.unannounced_overflow(delivery.channel)
+                    if more:
+                        self.store.announce_overflow(delivery.channel, up_to, message_id, self.clock())
                 found += 1
             else:
                 self.store.release_delivery(delivery.id)
@@ -163,22 +166,29 @@ class Dispatcher:
 
     async def _send_digest(self, adapter: Adapter, settings: ChannelSettings, due: datetime,
                            report: DispatchReport) -> None:
-        pending = self.store.pending_for_channel(settings.channel)
-        if pending and not await self._post_batches(adapter, settings.channel, pending, "new paper", report):
-            return  # the rest is tried again at the next sweep, still in this slot
+        # One message a slot: past DIGEST_MAX papers, the rest is counted in it, not posted.
+        before = self.store.unannounced_overflow(settings.channel)[0]
+        self.store.hold_back(settings.channel, DIGEST_MAX)
+        report.overflow += self.store.unannounced_overflow(settings.channel)[0] - before
+        pending = self.store.pending_for_channel(settings.channel, DIGEST_MAX)
+        if pending and not await self._post_digest(adapter, settings.channel, pending, "new paper", report):
+            return  # tried again at the next sweep, still in this slot
         # Due with nothing to send still moves the schedule on, so it fires once per slot.
         self.store.save_channel_settings(replace(settings, last_digest_at=due), settings.updated_at or due)
 
     async def _post_batch(self, adapter: Adapter, channel: ChannelRef, claimed: list[Delivery], title: str,
-                          report: DispatchReport) -> bool:
-        """Send claimed deliveries as one digest message; on failure they return to the outbox."""
+                          report: DispatchReport, note: str = "", overflow_up_to: int | None = None) -> bool:
+        """Send claimed deliveries as one digest message; on failure they return to the outbox.
+
+        `note` counts the channel's overflow up to `overflow_up_to`: recorded as announced
+        together with the papers marked sent, or not at all."""
         cards = []
         for delivery in claimed:
             paper = self.store.get_paper(delivery.paper_id)
             if paper is not None:
                 cards.append(card_for(paper, delivery.reason))
         try:
-            result = await adapter.post_digest(Digest(channel, title, tuple(cards)))
+            result = await adapter.post_digest(Digest(channel, title, tuple(cards), note))
         except Exception as exc:
             log.exception("digest for %s raised", channel)
             result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
@@ -189,16 +199,29 @@ class Dispatcher:
             self._pause_gone(channel, result.error, now)
             report.failed += len(claimed)
             return False
-        if not result.ok:
-            # Nothing is lost: the rows go back to pending and the digest is tried again.
-            retry_at = now + (timedelta(seconds=result.retry_after) if result.retry_after else BACKOFF_BASE)
+        attempts = max(d.attempts for d in claimed) + 1
+        if not result.ok and result.retry_after is None and (not result.retryable or attempts >= MAX_ATTEMPTS):
+            # Given up, as for a card: a digest that can never go out must not hold its burst
+            # (and so every later paper of the channel) open.
             for delivery in claimed:
-                self.store.mark_failed(delivery.id, result.error or "digest failed", retry_at)
+                self.store.mark_failed(delivery.id, result.error or "digest failed", None)
+            report.failed += len(claimed)
+            log.error("gave up posting a digest to %s: %s", channel, result.error)
+            return False
+        if not result.ok:
+            # The rows go back to pending and the digest is tried again; a rate limit is
+            # waited out as asked and never given up for.
+            delay = timedelta(seconds=result.retry_after) if result.retry_after is not None else retry_delay(attempts)
+            for delivery in claimed:
+                self.store.mark_failed(delivery.id, result.error or "digest failed", now + delay)
             report.retrying += len(claimed)
             log.warning("digest for %s failed (%s); will retry", channel, result.error)
             return False
-        for delivery in claimed:
-            self.store.mark_sent(delivery.id, result.message_id, now)
+        with self.store.transaction():
+            for delivery in claimed:
+                self.store.mark_sent(delivery.id, result.message_id, now)
+            if overflow_up_to is not None:
+                self.store.announce_overflow(channel, overflow_up_to, result.message_id, now)
         report.sent += len(claimed)
         log.info("posted a digest of %d papers to %s", len(claimed), channel)
         return True

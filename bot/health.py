@@ -37,7 +37,7 @@ class StoreCollector:
                 success.add_metric([name], state["last_success"].timestamp())
         deliveries = GaugeMetricFamily("papers_bot_deliveries", "Outbox rows by status", labels=["status"])
         counts = self.store.delivery_counts()
-        for status in ("pending", "sending", "sent", "failed"):
+        for status in ("pending", "sending", "sent", "failed", "overflow"):
             deliveries.add_metric([status], counts.get(status, 0))
         yield failures
         yield success

@@ -20,6 +20,7 @@ from typing import Iterable, Mapping, Protocol
 
 from .models import ChannelRef, Match, Paper, Subscription
 from .query import fold, name_tokens, parse_query, raw_words, stem
+from .text import plural
 
 # Prefix queries are indexed under their first 3 to 6 letters: longer anchors select fewer
 # candidates, and a paper offers every such prefix of its words.
@@ -152,7 +153,7 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
     if kind == "upvotes":
         upvotes = view.paper.upvotes
         if upvotes is not None and _COMPARE[node[1]](upvotes, node[2]):
-            return [f"{upvotes} upvotes"]
+            return [plural(upvotes, "upvote")]
         return None
     raise ValueError(f"unknown query node {kind!r}")
 

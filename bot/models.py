@@ -158,6 +158,7 @@ class Digest:
     channel: ChannelRef
     title: str
     cards: tuple[Card, ...]
+    note: str = ""  # shown after the papers: how many more matched than it lists
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class Delivery:
     channel: ChannelRef
     reason: str
     attempts: int = 0
-    in_digest: bool = False  # part of a burst's overflow: goes out in one digest, never as a card
+    in_digest: bool = False  # past its burst's cards: goes out in the burst's one digest, never as a card
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,23 @@ SOURCES = ("hf", "arxiv")
 _WORD = re.compile(r"[^\W_]+")
 _UPVOTES = re.compile(r"^upvotes(>=|<=|>|<|=)(\d{1,9})$", re.IGNORECASE)
 _OPS = {"and": "AND", "or": "OR", "not": "NOT"}
+# What gives a term away as a regular expression (or a wildcard inside a word). Hyphens,
+# dots between letters (cs.CL, 1.5B, e.g.), apostrophes, C++, A/B and a final ? are words.
+_REGEX_IN_TERM = re.compile(
+    r"""^/.+/$              # /pattern/
+      | \\                 # \d \w \b \. ...
+      | [.\])\]][*+?]         # .* .+ .? ]+ )*
+      | [\[\]]               # [a-z] character classes
+      | \{\d*,?\d*\}         # {2,} {1,3} quantifiers
+      | ^\^ | \w\$$          # ^ and $ anchors
+      | \w\?\w              # colou?r
+      | ^[+?]$ | ^\?\w      # a quantifier left over after a group, (a|b)+; a flag group, (?i)
+    """,
+    re.VERBOSE,
+)
+# In a quoted phrase brackets and ? are text ("[CLS] token"); these still mean a pattern.
+_REGEX_IN_PHRASE = re.compile(r"^/.+/$ | \\[a-zA-Z.] | [.\])\]][*+?]", re.VERBOSE)
+_REGEX_SYNTAX = re.compile(r"\[[^\]]*\]|\\.|\{[^}]*\}")  # classes, escapes, quantifiers: not words
 
 
 # ---- words -----------------------------------------------------------------------------
@@ -225,9 +242,27 @@ def _unknown_field(name: str, column: int) -> QueryError:
     return QueryError(f'unknown field "{name}"{hint} at column {column}')
 
 
+def _refuse_regex(text: str, column: int, quoted: bool) -> None:
+    """Queries are words, phrases and prefixes; a regular expression is refused, with what
+    to write instead, rather than quietly turned into different words."""
+    if not (_REGEX_IN_PHRASE if quoted else _REGEX_IN_TERM).search(text):
+        return
+    words = [w for w in raw_words(_REGEX_SYNTAX.sub(" ", text)) if len(w) > 1][:4]
+    shown = text if len(text) <= 40 else text[:39] + "…"
+    prefix = f"{words[0][:max(MIN_PREFIX, len(words[0]) - 3)]}*" if words and len(words[0]) >= MIN_PREFIX else "diffus*"
+    if len(words) > 1:
+        instead = f'words ({" ".join(words)}), a phrase ("{" ".join(words)}") or a prefix ({prefix})'
+    elif words:
+        instead = f"the word ({words[0]}) or a prefix ({prefix})"
+    else:
+        instead = f'words, a "quoted phrase" or a prefix such as {prefix}'
+    raise QueryError(f'regular expressions are not supported ("{shown}" at column {column}): write {instead}')
+
+
 def _text_node(field: str, text: str, column: int, quoted: bool) -> tuple:
     """A word, phrase or prefix in `field` ("any", "title" or "abstract")."""
-    if not quoted and text.endswith("*"):
+    _refuse_regex(text, column, quoted)
+    if not quoted and "*" in text:  # diff*sion or *sion would otherwise become other words
         stem_text = text.rstrip("*")
         words = raw_words(stem_text)
         if len(words) != 1 or "*" in stem_text:

@@ -12,6 +12,7 @@ from bot.clock import utcnow
 from bot.config import Config
 from bot.lookup import PaperLookup
 from bot.models import CommandRequest, Reply
+from bot.text import plural
 from storage import Store
 
 MAX_COMMAND_CHARS = 1000
@@ -106,7 +107,7 @@ async def handle(ctx: Context, request: CommandRequest) -> Reply:
     if wait:
         return error(
             f"You are sending commands too fast: the limit is {ctx.limiter.limit} a minute. "
-            f"Try again in {wait} seconds."
+            f"Try again in {plural(wait, 'second')}."
         )
     verb, _, rest = text.partition(" ")
     verb = verb.lower() or "help"

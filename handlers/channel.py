@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from bot.digest import digest_due, next_digest, parse_time, parse_weekday, suggest_zones, zone
+from bot.digest import DIGEST_MAX, digest_due, next_digest, parse_time, parse_weekday, suggest_zones, zone
 from bot.models import ChannelSettings, CommandRequest, Reply
+from bot.text import plural
 
 from .base import Context, command, error, shown
 
@@ -88,9 +89,18 @@ def resume(ctx: Context, req: CommandRequest, args: str) -> Reply:
         return Reply("This channel is not paused.")
     _save(ctx, replace(settings, paused=False, paused_reason=None))
     waiting = ctx.store.count_pending(req.channel)
-    how = "in the next digest" if settings.mode != "instant" else "now"
-    return Reply(f"Resumed. {waiting} paper{'s' if waiting != 1 else ''} matched while paused will be posted {how}.",
-                 queued=waiting if settings.mode == "instant" else 0)
+    instant = settings.mode == "instant"
+    # A burst's limit (bot.dispatch): the oldest as cards, then one digest that counts the rest.
+    cards = ctx.config.delivery.cards_per_cycle if instant else 0
+    room = cards + DIGEST_MAX
+    how = "now" if instant else "in the next digest"
+    if waiting <= room:
+        text = f"Resumed. {plural(waiting, 'paper')} matched while paused will be posted {how}."
+    else:
+        parts = f"{cards} as cards and {DIGEST_MAX} in a digest" if instant else f"{DIGEST_MAX} of them"
+        text = (f"Resumed. {plural(waiting, 'paper')} matched while paused: the oldest {parts} will be posted {how}; "
+                f"the digest counts the other {waiting - room:,}. Narrow busy subscriptions with `/papers mute`.")
+    return Reply(text, queued=waiting if instant else 0)
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
@@ -145,8 +155,9 @@ def bot_status(ctx: Context) -> str:
     now = ctx.clock()
     lines = source_lines(ctx)
     counts = ctx.store.delivery_counts()
+    overflow = f", {counts['overflow']} not posted (past a burst's cards and digest)" if counts.get("overflow") else ""
     lines.append(f"Queue: {counts.get('pending', 0)} pending, {counts.get('sent', 0)} sent, "
-                 f"{counts.get('failed', 0)} failed; last post {_ago(ctx.store.last_sent_at(), now)}.")
+                 f"{counts.get('failed', 0)} failed{overflow}; last post {_ago(ctx.store.last_sent_at(), now)}.")
     settings = {s.channel: s for s in ctx.store.all_channel_settings()}
     subs: dict = {}
     for sub in ctx.store.subscriptions():
@@ -154,7 +165,7 @@ def bot_status(ctx: Context) -> str:
     lines.append(f"Channels ({len(set(settings) | set(subs))}):")
     for channel in sorted(set(settings) | set(subs), key=lambda c: c.key):
         described = settings.get(channel, ChannelSettings(channel)).describe()
-        lines.append(f"• {channel.key}: {subs.get(channel, 0)} subscriptions, {described}, "
+        lines.append(f"• {channel.key}: {plural(subs.get(channel, 0), 'subscription')}, {described}, "
                      f"{ctx.store.count_pending(channel)} pending")
     return "\n".join(lines)
 
@@ -168,10 +179,11 @@ def status(ctx: Context, req: CommandRequest, args: str) -> Reply:
     now = ctx.clock()
     lines = source_lines(ctx)
     settings = ctx.store.channel_settings(req.channel)
-    lines.append(f"Queue: {ctx.store.count_pending()} deliveries pending, {ctx.store.count_pending(req.channel)} for this channel; "
+    lines.append(f"Queue: {plural(ctx.store.count_pending(), 'delivery', 'deliveries')} pending, "
+                 f"{ctx.store.count_pending(req.channel)} for this channel; "
                  f"last post here {_ago(ctx.store.last_sent_at(req.channel), now)}.")
     subs = ctx.store.count_subscriptions(req.channel)
-    lines.append(f"This channel: {subs} subscription{'s' if subs != 1 else ''}, {settings.describe()}.")
+    lines.append(f"This channel: {plural(subs, 'subscription')}, {settings.describe()}.")
     due = digest_due(settings, now)
     if settings.mode != "instant" and not settings.paused:
         upcoming = due or next_digest(settings, settings.last_digest_at or now)

@@ -29,7 +29,8 @@ def search(ctx: Context, req: CommandRequest, args: str) -> Reply:
     if not papers:
         return Reply(f"No stored paper matches `{shown(args)}`.")
     cards = tuple(card_for(p) for p in papers)
-    return Reply(f"Best {len(cards)} stored papers for `{shown(args)}`:", cards=cards)
+    best = "The one stored paper that matches" if len(cards) == 1 else f"Best {len(cards)} stored papers for"
+    return Reply(f"{best} `{shown(args)}`:", cards=cards)
 
 
 @command("show", "show <arXiv id or link>")

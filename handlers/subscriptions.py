@@ -9,6 +9,7 @@ from bot.errors import QueryError
 from bot.matching import PaperView, evaluate
 from bot.models import CommandRequest, Match, Paper, Reply
 from bot.query import parse_query, render
+from bot.text import plural
 
 from .base import Context, command, error, shown
 
@@ -35,9 +36,8 @@ def _history(ctx: Context, node: tuple) -> tuple[list[tuple[Paper, list[str]]], 
 def _estimate(matched: list[tuple[Paper, list[str]]], scanned: int) -> str:
     if scanned == 0:
         return f"No papers were stored in the last {ESTIMATE_DAYS} days to estimate from yet."
-    more = "+" if scanned >= ESTIMATE_MAX_PAPERS else ""
-    text = (f"In the last {ESTIMATE_DAYS} days it would have matched {len(matched)} of "
-            f"{scanned:,}{more} stored papers")
+    stored = f"{scanned:,}+ stored papers" if scanned >= ESTIMATE_MAX_PAPERS else plural(scanned, "stored paper")
+    text = f"In the last {ESTIMATE_DAYS} days it would have matched {len(matched)} of {stored}"
     if not matched:
         return text + "."
     examples = "\n".join(f"• {p.title[:150]} (arXiv:{p.id})" for p, _ in matched[:EXAMPLES])
@@ -79,7 +79,8 @@ def subscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
     limit = ctx.config.max_subscriptions_per_channel
     existing = {s.query: s for s in ctx.store.subscriptions(req.channel)}
     if query not in existing and len(existing) >= limit:
-        return error(f"This channel already has {limit} subscriptions, the limit. Remove one with `unsubscribe <id>`.")
+        return error(f"This channel already has {plural(limit, 'subscription')}, the limit. "
+                     "Remove one with `unsubscribe <id>`.")
     sub, created = ctx.store.add_subscription(req.channel, query, req.user_id, ctx.clock())
     if created:
         head = f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here."
@@ -93,7 +94,7 @@ def subscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
         for paper, hits in matched[:backfill]:
             queued += ctx.store.enqueue(paper.id, [Match(sub.id, req.channel, sub.query, tuple(hits))], now)
         already = min(backfill, len(matched)) - queued
-        text += f"\nBackfill: posting {queued} recent match{'es' if queued != 1 else ''} now"
+        text += f"\nBackfill: posting {plural(queued, 'recent match', 'recent matches')} now"
         text += f" ({already} already posted here)." if already else "."
     return Reply(text, queued=queued)
 

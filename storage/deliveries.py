@@ -12,6 +12,10 @@ from .db import iso
 
 
 class DeliveriesMixin:
+    """Statuses: pending -> sending -> sent | failed; or 'overflow': settled without being
+    posted, because a burst had more than a channel's cards and one digest hold (the digest
+    says how many; message_id names it once it has)."""
+
     db: Database
 
     def enqueue(self, paper_id: str, matches: list[Match], now: datetime) -> int:
@@ -54,6 +58,107 @@ class DeliveriesMixin:
             [iso(now), limit],
         ).fetchall()
         return [_delivery(r) for r in rows]
+
+    def due_channels(self, now: datetime) -> list[tuple[ChannelRef, int]]:
+        """Channels in instant mode, not paused, with deliveries due: (channel, how many), the
+        channel waiting longest first. Each is then planned on its own (`plan_burst`), so no
+        channel's backlog decides what another channel gets."""
+        rows = self.db.execute(
+            """SELECT d.channel, count(*) FROM deliveries d
+                 LEFT JOIN channels c ON c.channel = d.channel
+                WHERE d.status = 'pending' AND d.next_attempt_at <= ?
+                  AND coalesce(c.paused, 0) = 0 AND coalesce(c.mode, 'instant') = 'instant'
+                GROUP BY d.channel ORDER BY min(d.id)""",
+            [iso(now)],
+        ).fetchall()
+        return [(ChannelRef(*row[0].split(":", 1)), row[1]) for row in rows]
+
+    def plan_burst(self, channel: ChannelRef, now: datetime, cards: int,
+                   digest_max: int) -> tuple[list[Delivery], list[Delivery]]:
+        """Decide, once, how a channel's outstanding deliveries go out; return what is due now.
+
+        A burst starts when the channel has no digest outstanding: its oldest `cards`
+        deliveries are cards, the next `digest_max` its one digest, anything further is
+        settled as 'overflow': not posted, counted in that digest ("and N more matched").
+        Until that digest is sent the burst goes on: whatever arrives meanwhile joins the
+        digest while it has room, else the overflow, never the cards (once the digest is on
+        its way, its count is written: what arrives then waits for the next burst). No
+        decision is ever revisited, so rate limits may stretch a burst over many sweeps,
+        and it still gives at most `cards` cards and one digest. A platform outage is one
+        burst too. Returns (due cards, due digest members), oldest first.
+        """
+        key = channel.key
+        with self.db.atomic():
+            in_digest, first_in_digest, digest_in_flight = self.db.execute(
+                """SELECT count(*), min(id), coalesce(max(status = 'sending'), 0) FROM deliveries
+                    WHERE channel = ? AND in_digest = 1 AND status IN ('pending', 'sending')""",
+                [key],
+            ).fetchone()
+            boundary = None  # rows after this id that are neither cards nor (yet) in the digest
+            if digest_in_flight:
+                return [], []  # its "and N more" is written: what came since waits for the next burst
+            if in_digest:
+                boundary = first_in_digest  # a burst going on: its cards are the rows before its digest
+            else:
+                kept = self.db.execute(
+                    """SELECT id FROM deliveries WHERE channel = ? AND in_digest = 0 AND status IN ('pending', 'sending')
+                        ORDER BY id LIMIT ?""",
+                    [key, cards],
+                ).fetchall()
+                if len(kept) == cards:
+                    boundary = kept[-1][0] if kept else 0
+            if boundary is not None:
+                self.db.execute(
+                    """UPDATE deliveries SET in_digest = 1 WHERE id IN (
+                         SELECT id FROM deliveries WHERE channel = ? AND in_digest = 0 AND status = 'pending' AND id > ?
+                          ORDER BY id LIMIT ?)""",
+                    [key, boundary, max(digest_max - in_digest, 0)],
+                )
+                self.db.execute(
+                    """UPDATE deliveries SET status = 'overflow', error = NULL
+                        WHERE channel = ? AND in_digest = 0 AND status = 'pending' AND id > ?""",
+                    [key, boundary],
+                )
+            # A digest holds digest_max: anything past that (an outbox from before this rule) is overflow too.
+            self.db.execute(
+                """UPDATE deliveries SET status = 'overflow', error = NULL WHERE status = 'pending' AND id IN (
+                     SELECT id FROM deliveries WHERE channel = ? AND in_digest = 1 AND status IN ('pending', 'sending')
+                      ORDER BY id LIMIT -1 OFFSET ?)""",
+                [key, digest_max],
+            )
+            rows = self.db.execute(
+                """SELECT id, paper_id, channel, reason, attempts, in_digest FROM deliveries
+                    WHERE channel = ? AND status = 'pending' AND next_attempt_at <= ? ORDER BY in_digest, id LIMIT ?""",
+                [key, iso(now), cards + digest_max],
+            ).fetchall()
+        due = [_delivery(r) for r in rows]
+        return [d for d in due if not d.in_digest], [d for d in due if d.in_digest]
+
+    def hold_back(self, channel: ChannelRef, keep: int) -> None:
+        """A scheduled digest holds `keep` papers: settle the rest of what the channel is owed
+        as 'overflow' (counted in that digest, not posted)."""
+        self.db.execute(
+            """UPDATE deliveries SET status = 'overflow', error = NULL WHERE id IN (
+                 SELECT id FROM deliveries WHERE channel = ? AND status = 'pending' ORDER BY id LIMIT -1 OFFSET ?)""",
+            [channel.key, keep],
+        )
+
+    def unannounced_overflow(self, channel: ChannelRef) -> tuple[int, int]:
+        """(how many, highest id) of the channel's overflow no digest has mentioned yet."""
+        row = self.db.execute(
+            """SELECT count(*), coalesce(max(id), 0) FROM deliveries
+                WHERE channel = ? AND status = 'overflow' AND message_id IS NULL""",
+            [channel.key],
+        ).fetchone()
+        return row[0], row[1]
+
+    def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:
+        """Record the digest that said "and N more" about these overflow rows."""
+        self.db.execute(
+            """UPDATE deliveries SET message_id = ?, sent_at = ?
+                WHERE channel = ? AND status = 'overflow' AND message_id IS NULL AND id <= ?""",
+            [message_id or "", iso(now), channel.key, up_to],
+        )
 
     def pending_for_channel(self, channel: ChannelRef, limit: int = 1000) -> list[Delivery]:
         """Everything this channel is still owed, oldest first (a digest's contents)."""

@@ -137,7 +137,7 @@ def test_cli_export_and_import(tmp_path, capsys):
     other.write_text(f'[storage]\npath = "{tmp_path / "b.db"}"\n')
     capsys.readouterr()
     assert main(["--config", str(other), "import", str(exported)]) == 0
-    assert capsys.readouterr().out.strip() == "imported 1 channel: 1 subscriptions added, 0 already present"
+    assert capsys.readouterr().out.strip() == "imported 1 channel: 1 subscription added, 0 already present"
     assert main(["--config", str(other), "export"]) == 0
     assert 'channel = "console:ml"' in capsys.readouterr().out
     bad = tmp_path / "bad.toml"

@@ -202,4 +202,4 @@ def test_status_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "• huggingface: last success never" in out and "• arxiv: disabled" in out
     assert "Queue: 0 pending, 0 sent, 0 failed; last post never." in out
-    assert "• console:ml: 1 subscriptions, instant cards (time zone UTC), 0 pending" in out
+    assert "• console:ml: 1 subscription, instant cards (time zone UTC), 0 pending" in out

@@ -193,3 +193,23 @@ def test_run_without_network_says_so_keeps_running_and_stops_on_ctrl_c(tmp_path)
 def test_every_command_runs_through_the_cli(capsys, config_file, text, expected, code):
     got, out, _ = cli(capsys, "--config", config_file, "command", "--channel", "console:ml", "--user", "u1", text)
     assert got == code and expected in out
+
+
+@pytest.mark.parametrize("action", [["command", "--channel", "console:ml", "--user", "me", "list"], ["status"], ["export"]])
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, action):
+    # `papers-bot command ... list | head -1`: the reader is gone before the bot writes.
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "bot.db"}"\n')
+    for n in range(3):
+        assert main(["--config", str(config), "command", "--channel", "console:ml", "--user", "me",
+                     f"subscribe topic{n}"]) == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "PAPERS_BOT_"))}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader closed early
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bot", "--config", str(config), *action], cwd=ROOT, env=env,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""  # no BrokenPipeError, no "Exception ignored"
+    assert proc.returncode == 128 + signal.SIGPIPE  # as `cat` or `grep` report it to `set -o pipefail`

@@ -8,7 +8,7 @@ import pytest
 
 import handlers
 from bot.lookup import PaperLookup
-from bot.models import ChannelRef, CommandRequest
+from bot.models import ChannelRef, CommandRequest, Match
 from bot.sources import make_client
 
 from .fakes import Canned, fixture, paper
@@ -144,7 +144,9 @@ async def show(store, config, clock, server, text):
 async def test_show_a_stored_paper_by_any_link_form(store, make_config, clock, server):
     stock(store, clock)
     for text in ("show 2411.00001", "show https://arxiv.org/abs/2411.00001v3", "show <https://arxiv.org/pdf/2411.00001>",
-                 "show https://huggingface.co/papers/2411.00001"):
+                 "show https://huggingface.co/papers/2411.00001", "show arxiv.org/pdf/2411.00001.pdf",
+                 "show https://arxiv.org/pdf/2411.00001v2.pdf", "show https://export.arxiv.org/abs/2411.00001",
+                 "show https://doi.org/10.48550/arXiv.2411.00001", "show https://arxiv.org/abs/2411.00001."):
         reply = await show(store, make_config(), clock, server, text)
         assert [c.paper_id for c in reply.cards] == ["2411.00001"], text
     assert server.requests == []
@@ -291,3 +293,27 @@ def test_mute_errors(ctx, text, message):
     run(ctx, "subscribe diffusion")
     reply = run(ctx, text)
     assert not reply.ok and message in reply.text and "Usage: `/papers mute <id> <term>`" in reply.text
+
+
+# ---- wording -------------------------------------------------------------------------------
+
+def test_counts_agree_with_their_nouns(ctx, clock, make_config):
+    from bot.text import plural
+
+    assert [plural(n, "subscription") for n in (0, 1, 2, 1200)] == [
+        "0 subscriptions", "1 subscription", "2 subscriptions", "1,200 subscriptions"]
+    assert plural(1, "delivery", "deliveries") == "1 delivery" and plural(3, "delivery", "deliveries") == "3 deliveries"
+    stock(ctx.store, clock)
+    assert run(ctx, "search diffusion robots").text.startswith("The one stored paper that matches `diffusion robots`:")
+    assert run(ctx, "search diffusion").text.startswith("Best 3 stored papers for")
+    run(ctx, "subscribe diffusion")
+    status = run(ctx, "status").text
+    assert "This channel: 1 subscription," in status and "Queue: 0 deliveries pending" in status
+    ctx.store.enqueue("2411.00004", [Match(1, ML, "graph", ())], clock())
+    assert "Queue: 1 delivery pending" in run(ctx, "status").text
+    backfill = run(ctx, "subscribe speculative --backfill 5").text
+    assert "Backfill: posting 1 recent match now" in backfill
+    capped = handlers.Context(ctx.store, make_config(limits={"max_subscriptions_per_channel": 1}), clock)
+    capped.store.remove_all_subscriptions(ML)
+    run(capped, "subscribe graph")
+    assert "This channel already has 1 subscription, the limit." in run(capped, "subscribe networks").text

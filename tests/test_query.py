@@ -155,3 +155,55 @@ def test_parser_never_raises_anything_but_its_own_error(text):
         assert str(exc)
     else:
         assert parse_query(render(tree)) == tree
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("/diffusion.*model/", 'regular expressions are not supported ("/diffusion.*model/" at column 1): '
+                               'write words (diffusion model), a phrase ("diffusion model") or a prefix (diffus*)'),
+        ("[a-z]+ing", 'regular expressions are not supported ("[a-z]+ing" at column 1): write the word (ing)'),
+        ("robots diffusion.*model", 'not supported ("diffusion.*model" at column 8)'),
+        (r"\d+ parameters", r'not supported ("\d+" at column 1): write words, a "quoted phrase" or a prefix'),
+        ("^diffusion", 'not supported ("^diffusion" at column 1): write the word (diffusion) or a prefix (diffus*)'),
+        ("model$", 'not supported ("model$" at column 1)'),
+        ("colou?r", "regular expressions are not supported"),
+        ("a{2,}", "regular expressions are not supported"),
+        ("x{3}", "regular expressions are not supported"),
+        ("(foo|bar)+", 'not supported ("+" at column 10)'),
+        ("(?i)diffusion", "regular expressions are not supported"),
+        ('"diffusion.*model"', "regular expressions are not supported"),
+        ("title:/agent.*/", "regular expressions are not supported"),
+        ("diff*sion", "a prefix is one word followed by *"),
+        ("*diffusion", "a prefix is one word followed by *"),
+    ],
+)
+def test_regular_expressions_are_refused_with_what_to_write_instead(query, message):
+    with pytest.raises(QueryError) as err:
+        parse_query(query)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "query, normalized",
+    [
+        ("text-to-image", '"text to image"'),
+        ("cat:cs.CL", "cat:cs.cl"),
+        ("3d", "3d"),
+        ("upvotes>=5", "upvotes>=5"),
+        ("don't", '"don t"'),
+        ("LeCun's", '"lecun s"'),
+        ("C++", "c"),
+        ("GPT-4o", '"gpt 4o"'),
+        ("1.5B", '"1 5b"'),
+        ("Llama-3.1", '"llama 3 1"'),
+        ("e.g.", '"e g"'),
+        ("A/B", '"a b"'),
+        ("what?", "what"),
+        ('"[CLS] token"', '"cls token"'),
+        ("diffus*", "diffus*"),
+        ("title:robot*", "title:robot*"),
+    ],
+)
+def test_what_only_looks_like_regex_syntax_still_works(query, normalized):
+    assert normalize_query(query) == normalized

@@ -40,6 +40,8 @@ def render_digest(digest: Digest) -> str:
         lines.append(f"• {card.title} ({card.url}){votes}")
         if card.reason:
             lines.append(f"    Matched {card.reason}")
+    if digest.note:
+        lines.append(digest.note)
     return terminal_safe("\n".join(lines))
 
 

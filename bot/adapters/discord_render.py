@@ -79,8 +79,8 @@ def digest_embed(digest: Digest) -> discord.Embed:
         used += len(line) + 1
     embed = discord.Embed(title=safe(digest.title, TITLE_MAX), description="\n".join(lines), colour=0x5865F2)
     rest = len(digest.cards) - len(lines)
-    if rest:
-        embed.set_footer(text=f"and {rest} more: see /papers search")
+    if rest or digest.note:
+        embed.set_footer(text=(digest.note or f"and {rest} more: see /papers search")[:FOOTER_MAX])
     return embed
 
 

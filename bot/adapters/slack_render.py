@@ -23,6 +23,7 @@ from slack_sdk.models.blocks import (
 
 from ..cards import shorten
 from ..models import Card, Digest, Reply
+from ..text import plural
 
 HEADER_MAX = 150  # header block plain_text
 SECTION_MAX = 3000  # section text
@@ -67,7 +68,7 @@ def card_blocks(card: Card, subscriptions: tuple[tuple[int, str], ...] = ()) -> 
     ]
     facts = [f"*{_mrkdwn_cut(card.authors, 600)}*", f"arXiv:{card.paper_id}"]
     if card.upvotes is not None:
-        facts.append(f"▲ {card.upvotes} upvotes")
+        facts.append(f"▲ {plural(card.upvotes, 'upvote')}")
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=" · ".join(facts)[:CONTEXT_MAX])]))
     if card.reason:
         reason = _mrkdwn_cut(f"Matched {card.reason}", CONTEXT_MAX)
@@ -117,6 +118,8 @@ def digest_blocks(digest: Digest) -> list[Block]:
     if len(sections) > room:
         rest = sum(len(chunk) for chunk in sections[room:])
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"and {rest} more: see `/papers search`")]))
+    elif digest.note:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_mrkdwn_cut(digest.note, CONTEXT_MAX))]))
     return blocks
 
 

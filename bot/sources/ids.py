@@ -2,8 +2,10 @@
 
 Forms seen in the wild: `2606.13677`, `2606.13677v1`, `arXiv:2604.21952v1`,
 `oai:arXiv.org:2604.21952v1`, `https://arxiv.org/abs/2606.13677v1`,
-`http://arxiv.org/pdf/2606.13677v2`, `https://huggingface.co/papers/2606.13677`,
-old style `astro-ph/0601001v1` and `math.NA/0601001`.
+`http://arxiv.org/pdf/2606.13677v2`, `https://arxiv.org/pdf/2606.13677v2.pdf`,
+`https://export.arxiv.org/abs/2606.13677`, `https://huggingface.co/papers/2606.13677`,
+the DOI `10.48550/arXiv.2606.13677`, old style `astro-ph/0601001v1`, `hep-th/9901001` and
+`math.NA/0601001`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import re
 
 _NEW = r"\d{4}\.\d{4,5}"
 _OLD = r"[a-z][a-z-]*(?:\.[A-Z]{2})?/\d{7}"
-_ID = re.compile(rf"(?<![\w.])({_NEW}|{_OLD})(?:v\d+)?(?![\w.])")
+# Not inside a longer number or word; a ".pdf" or a sentence's full stop may follow, and
+# arXiv's DOI writes "arXiv." before the id.
+_ID = re.compile(rf"(?:(?<![\w.])|(?<=[aA][rR][xX][iI][vV]\.))({_NEW}|{_OLD})(?:v\d+)?(?:\.pdf)?(?!\w|\.\w)")
 _EXACT = re.compile(rf"^({_NEW}|{_OLD})(?:v\d+)?$")
 
 

@@ -6,12 +6,15 @@ from bench.faults import main
 
 
 def test_nothing_lost_nothing_duplicated_across_kills(capsys):
-    # 35 papers a round: 10 cards and an overflow of 25, more than one digest holds.
+    # 35 papers a round: 10 cards, a digest of 20, and 5 past both, settled as overflow.
     figures = main(["--rounds", "2", "--papers", "35", "--seed", "7", "--timeout", "180"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
     assert figures["kills"] == 2 and figures["outages"] == 1
     assert figures["expected"] == 2 * 35 * 4
     assert figures["lost"] == 0, figures["problems"]
+    # Past the cards and the digest: settled, each one counted in the digest it went with.
+    assert figures["overflowed"] > 0 and figures["overflow_unannounced"] == 0
+    assert figures["delivered"] + figures["overflowed"] == figures["expected"]
     assert figures["duplicated"] == 0 and figures["unexpected"] == 0
     assert figures["integrity"] == "ok" and figures["problems"] == []
     assert figures["rate_limited_429s"] > 0  # the fakes' limits were hit and honoured
