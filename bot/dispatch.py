@@ -253,10 +253,12 @@ class Dispatcher:
             return
         attempts = delivery.attempts + 1
         if result.retry_after is not None:
-            # A rate limit is not a failure: wait as long as asked, and never give up for it.
+            # A rate limit (or a refused token) is not a failure of this paper: wait as long as
+            # asked, and never give up for it.
             self.store.mark_failed(delivery.id, result.error or "rate limited", now + timedelta(seconds=result.retry_after))
             report.retrying += 1
-            log.info("rate limited posting to %s; retrying in %.0fs", delivery.channel, result.retry_after)
+            log.info("posting to %s must wait %.0fs: %s", delivery.channel, result.retry_after,
+                     result.error or "rate limited")
             return
         if result.channel_gone:
             self.store.mark_failed(delivery.id, result.error or "channel gone", now)

@@ -149,13 +149,31 @@ async def test_a_gone_channel_is_paused_and_says_why(store, clock, slack, make_c
 
 async def test_permanent_and_transient_errors(store, clock, slack):
     slack.script("chat.postMessage", (200, {"ok": False, "error": "internal_error"}, {}),
-                 (200, {"ok": False, "error": "invalid_auth"}, {}))
+                 (200, {"ok": False, "error": "invalid_blocks"}, {}))
     queue(store, clock)
     dispatcher = Dispatcher(store, {"slack": adapter_for(slack)}, clock)
     assert (await dispatcher.dispatch()).retrying == 1
     clock.advance(minutes=5)
     assert (await dispatcher.dispatch()).failed == 1
     assert store.delivery_counts() == {"failed": 1}
+
+
+@pytest.mark.parametrize("error", ["invalid_auth", "token_revoked"])
+async def test_a_refused_token_keeps_the_papers_waiting_until_it_is_fixed(store, clock, slack, error):
+    # Posting cannot work anywhere until someone fixes SLACK_BOT_TOKEN: that is no reason to give
+    # the paper up. It waits (never counted as an attempt) and goes out once the token works.
+    slack.script("chat.postMessage", *[(200, {"ok": False, "error": error}, {})] * 12,
+                 (200, {"ok": True, "ts": "1.1"}, {}))
+    queue(store, clock)
+    dispatcher = Dispatcher(store, {"slack": adapter_for(slack)}, clock)
+    for _ in range(12):  # more refusals than MAX_ATTEMPTS
+        report = await dispatcher.dispatch()
+        assert report.retrying == 1 and report.failed == 0
+        assert (await dispatcher.dispatch()).retrying == 0  # and it waits, rather than hammering Slack
+        clock.advance(minutes=15)
+    assert store.delivery_counts() == {"pending": 1}
+    assert (await dispatcher.dispatch()).sent == 1
+    assert store.delivery_counts() == {"sent": 1}
 
 
 # ---- the bolt app over HTTP, with request signing ---------------------------------------------

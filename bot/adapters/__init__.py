@@ -28,6 +28,11 @@ class Adapter(Protocol):
         ...
 
 
+# A platform that refuses the bot's token cannot be posted to until someone fixes the token
+# (and restarts the bot): its papers wait in the outbox, tried again this often, never given up.
+TOKEN_REFUSED_WAIT = 900.0
+
+
 class Running:
     """Something `run` started (a server, a socket, a gateway) and must stop at the end."""
 
@@ -35,4 +40,4 @@ class Running:
         self.close = close
 
 
-__all__ = ["Adapter", "ConsoleAdapter", "Running"]
+__all__ = ["TOKEN_REFUSED_WAIT", "Adapter", "ConsoleAdapter", "Running"]

@@ -31,7 +31,7 @@ from discord.http import HTTPClient, Route, handle_message_parameters
 
 from ..models import ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
-from . import Running
+from . import TOKEN_REFUSED_WAIT, Running
 from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds, safe
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ class DiscordAdapter:
             with params:
                 message = await http.send_message(int(channel_id), params=params)
         except discord.LoginFailure:
-            return PostResult(ok=False, error="the Discord token was refused (HTTP 401)")
+            return PostResult(ok=False, error="the Discord token was refused (HTTP 401): check DISCORD_TOKEN",
+                              retryable=True, retry_after=TOKEN_REFUSED_WAIT)
         except discord.RateLimited as exc:  # longer than we are willing to wait in place
             return PostResult(ok=False, error="rate limited by Discord", retryable=True, retry_after=exc.retry_after)
         except discord.HTTPException as exc:

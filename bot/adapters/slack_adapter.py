@@ -35,7 +35,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
 from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
-from . import Running
+from . import TOKEN_REFUSED_WAIT, Running
 from .slack_render import (
     ACTION_UNSUBSCRIBE,
     PAPER_EVENT,
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # Errors after which posting to the channel cannot work until someone acts.
 CHANNEL_GONE = {"channel_not_found", "is_archived", "not_in_channel", "channel_is_archived"}
+# The token itself was refused: nothing can be posted anywhere until it is fixed, so the
+# papers wait (TOKEN_REFUSED_WAIT) rather than being given up.
+TOKEN_REFUSED = {"invalid_auth", "not_authed", "token_revoked", "account_inactive"}
 # Errors no retry will fix.
 PERMANENT = CHANNEL_GONE | {"invalid_auth", "not_authed", "token_revoked", "account_inactive", "invalid_blocks",
                             "msg_too_long", "no_text", "restricted_action", "missing_scope"}
@@ -141,6 +144,9 @@ def failure(exc: SlackApiError) -> PostResult:
     if status == 429 or error == "ratelimited":
         retry_after = _retry_after(response.headers)
         return PostResult(ok=False, error="rate limited by Slack", retryable=True, retry_after=retry_after)
+    if error in TOKEN_REFUSED:
+        return PostResult(ok=False, error=f"Slack refused the bot token ({error}): check SLACK_BOT_TOKEN",
+                          retryable=True, retry_after=TOKEN_REFUSED_WAIT)
     return PostResult(ok=False, error=error, retryable=error not in PERMANENT, channel_gone=error in CHANNEL_GONE)
 
 
