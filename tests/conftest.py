@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -21,6 +22,17 @@ class FakeClock:
 
     def advance(self, **kwargs) -> None:
         self.now += timedelta(**kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """Tests that call the CLI's main() in-process get its stderr handler on the root logger;
+    without this, later tests (and their background tasks) would write to a closed capture."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
