@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -10,9 +11,12 @@ from typing import Awaitable, Callable, Union
 
 from bot.clock import utcnow
 from bot.config import Config
+from bot.errors import StorageBusy, StorageError
 from bot.lookup import PaperLookup
 from bot.models import CommandRequest, Reply
 from storage import Store
+
+log = logging.getLogger(__name__)
 
 MAX_COMMAND_CHARS = 1000
 
@@ -98,7 +102,24 @@ def shown(text: str, limit: int = 40) -> str:
 
 
 async def handle(ctx: Context, request: CommandRequest) -> Reply:
-    """Run one /papers command. Never raises for bad input: every problem is a Reply."""
+    """Run one /papers command. Never raises for bad input: every problem is a Reply.
+
+    A database kept busy by another process past the timeout is a one-line "try again"
+    (each write is one transaction: all of it or nothing was written).
+    """
+    try:
+        return await _handle(ctx, request)
+    except StorageBusy:
+        return Reply(BUSY_REPLY, ok=False)
+    except StorageError as exc:
+        log.error("command %r failed: %s", shown(request.text, 60), exc)
+        return Reply("The bot cannot use its database right now; its operator can see why in the log.", ok=False)
+
+
+BUSY_REPLY = "The bot's database is busy right now. Try again in a few seconds."
+
+
+async def _handle(ctx: Context, request: CommandRequest) -> Reply:
     text = request.text.strip()
     if len(text) > MAX_COMMAND_CHARS:
         return error(f"That command is {len(text)} characters long; the limit is {MAX_COMMAND_CHARS}.")

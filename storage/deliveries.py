@@ -8,7 +8,7 @@ from sqlite_utils import Database
 
 from bot.models import ChannelRef, Delivery, Match
 
-from .db import iso
+from .db import immediate, iso
 
 
 class DeliveriesMixin:
@@ -25,7 +25,7 @@ class DeliveriesMixin:
             by_channel.setdefault(match.channel, []).append(match)
         created = 0
         stamp = iso(now)
-        with self.db.atomic():
+        with immediate(self.db):
             for channel, channel_matches in by_channel.items():
                 reason = "; ".join(_describe(m) for m in channel_matches)
                 cursor = self.db.execute(
