@@ -17,6 +17,7 @@ from .adapters import Adapter, ConsoleAdapter, Running
 from .clock import utcnow
 from .config import Config
 from .dispatch import Dispatcher, DispatchReport
+from .errors import StorageError
 from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
 from .poller import Poller, SourceReport
@@ -26,6 +27,7 @@ from .sources.base import ARXIV_INTERVAL, Pacer
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 30.0  # seconds before the first retry of a failing source
+FILE_CHECK_SECONDS = 2  # how often `run` checks that its database file is still the one it opened
 
 
 class App:
@@ -39,7 +41,7 @@ class App:
     ):
         self.config = config
         self.clock = clock
-        self.store = Store(config.storage_path)
+        self.store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
         self.http = make_client(config.http_timeout)
         self.sources: list[Source] = []
         arxiv_pacer = Pacer(ARXIV_INTERVAL)  # one arXiv request every 3 s, polls and lookups together
@@ -186,12 +188,14 @@ class _Runner:
         self.running: dict[str, asyncio.Task] = {}
         self.retry_at: dict[str, datetime] = {}
         self.tasks: set[asyncio.Task] = set()
+        self.fatal: StorageError | None = None  # why run stopped by itself
 
     async def run(self, stop: asyncio.Event, tick: float) -> None:
         for source in self.app.sources:
             self.scheduler.every(self.app.interval(source)).seconds.do(self._safe, self._start_poll, source)
         self.scheduler.every(5).seconds.do(self._safe, self._retry_due)
         self.scheduler.every(self.app.config.delivery.sweep_seconds).seconds.do(self._safe, self._start_dispatch)
+        self.scheduler.every(FILE_CHECK_SECONDS).seconds.do(self._check_file, stop)
         if not self.app.sources:
             log.warning("every source is disabled in the config: nothing will be polled")
         for source in self.app.sources:
@@ -205,6 +209,16 @@ class _Runner:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _check_file(self, stop: asyncio.Event) -> None:
+        """Stop (with the reason) if the database file was deleted or replaced under the bot."""
+        try:
+            self.app.store.check_file()
+        except StorageError as exc:  # raised by run() once stopped; the command line prints it
+            self.fatal = exc
+            stop.set()
 
     @staticmethod
     def _safe(job: Callable, *args) -> None:
