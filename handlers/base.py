@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections import deque
+import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Awaitable, Callable, Union
 
 from bot.clock import utcnow
@@ -22,23 +22,21 @@ MAX_COMMAND_CHARS = 1000
 
 
 class RateLimiter:
-    """At most `limit` commands per user in any 60 seconds (a sliding window)."""
+    """At most `limit` commands per user in any 60 seconds (a sliding window).
 
-    def __init__(self, limit: int, clock: Callable[[], datetime]):
+    The counts live in the database, so the running bot and every `papers-bot command`
+    process share them.
+    """
+
+    def __init__(self, limit: int, clock: Callable[[], datetime], store: Store):
         self.limit = limit
         self.clock = clock
-        self.recent: dict[str, deque[datetime]] = {}
+        self.store = store
 
     def wait_seconds(self, user: str) -> int:
         """0 if the user may run a command now (and count it), else how long to wait."""
-        now = self.clock()
-        window = self.recent.setdefault(user, deque())
-        while window and now - window[0] >= timedelta(minutes=1):
-            window.popleft()
-        if len(window) >= self.limit:
-            return max(1, int((window[0] + timedelta(minutes=1) - now).total_seconds() + 0.999))
-        window.append(now)
-        return 0
+        wait = self.store.record_command(user, self.clock(), self.limit)
+        return 0 if wait <= 0 else max(1, math.ceil(wait - 0.001))
 
 
 @dataclass
@@ -51,7 +49,7 @@ class Context:
 
     def __post_init__(self) -> None:
         if self.limiter is None:
-            self.limiter = RateLimiter(self.config.commands_per_minute, self.clock)
+            self.limiter = RateLimiter(self.config.commands_per_minute, self.clock, self.store)
 
 
 Handler = Callable[[Context, CommandRequest, str], Union[Reply, Awaitable[Reply]]]

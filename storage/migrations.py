@@ -148,3 +148,19 @@ def m007_delivery_claimed_at(db: Database) -> None:
 def m008_delivery_in_digest(db: Database) -> None:
     # 1: this delivery is part of a burst's overflow and goes out in one digest message.
     db.execute("ALTER TABLE deliveries ADD COLUMN in_digest INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m009_command_log(db: Database) -> None:
+    # When each user ran a command, for the per-user rate limit: shared by every process
+    # (`run` and each `papers-bot command`), pruned to the last minute as it goes.
+    db.executescript(
+        """
+        CREATE TABLE command_log (
+            user TEXT NOT NULL,          -- the user id of the command request
+            at REAL NOT NULL             -- Unix time, seconds
+        );
+        CREATE INDEX command_log_user_at ON command_log(user, at);
+        CREATE INDEX command_log_at ON command_log(at);
+        """
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 from bot.errors import StorageError
 
 from .channels import ChannelsMixin
+from .command_log import CommandLogMixin
 from .db import BUSY_TIMEOUT, immediate, open_database, storage_error
 from .deliveries import DeliveriesMixin
 from .papers import PapersMixin
@@ -17,7 +18,7 @@ from .source_state import SourceStateMixin
 from .subscriptions import SubscriptionsMixin
 
 
-class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin):
+class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin, CommandLogMixin):
     """One connection, used from the bot's one event-loop thread.
 
     Every method turns SQLite's failures into StorageError (StorageBusy when another
