@@ -192,3 +192,33 @@ def test_nested_write_transactions_are_savepoints(store):
                 store.add_subscription(channel, "rolled back", "u1", now)
                 raise RuntimeError("inner fails")
     assert [s.query for s in store.subscriptions()] == ["kept"]
+
+
+async def test_a_command_while_a_digest_goes_out_keeps_its_change(store, clock, make_config):
+    from datetime import datetime, timezone
+
+    from bot.dispatch import Dispatcher
+    from bot.models import ChannelSettings, Match, PostResult
+
+    from .fakes import RecordingAdapter, paper
+
+    ml = ChannelRef("console", "ml")
+    clock.now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    store.save_channel_settings(ChannelSettings(ml, mode="daily", digest_time="09:00", last_digest_at=clock()),
+                                clock())
+    store.add_papers([paper("2411.00001", "First")], clock())
+    store.enqueue("2411.00001", [Match(1, ml, "x", ())], clock())
+    ctx = handlers.Context(store, make_config(limits={"commands_per_minute": 1000}), clock)
+    adapter = RecordingAdapter()
+
+    async def post_digest(digest):  # someone changes the channel while the digest is sent
+        reply = await handlers.handle(ctx, CommandRequest(ml, "u1", "timezone Asia/Tokyo", can_manage=True))
+        assert reply.ok
+        return PostResult(ok=True, message_id="d1")
+
+    adapter.post_digest = post_digest
+    clock.now = datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)
+    assert (await Dispatcher(store, {"console": adapter}, clock).dispatch_digests()).sent == 1
+    settings = store.channel_settings(ml)
+    assert settings.timezone == "Asia/Tokyo"  # not overwritten by the settings read before sending
+    assert settings.last_digest_at == clock()
