@@ -23,11 +23,16 @@ from storage import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# argv: config, channel, user, then command texts. Prints [[exit code, stdout, stderr], ...].
+# argv: go file, config, channel, user, then command texts. Imports, says it is ready
+# (go file + ".<pid>"), waits for the go file so that all workers start at once, then
+# prints [[exit code, stdout, stderr], ...].
 WORKER = textwrap.dedent("""
-    import contextlib, io, json, sys
+    import contextlib, io, json, os, sys, time
     from bot.cli import main
-    config, channel, user, *texts = sys.argv[1:]
+    go, config, channel, user, *texts = sys.argv[1:]
+    open(f"{go}.{os.getpid()}", "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.002)
     results = []
     for text in texts:
         out, err = io.StringIO(), io.StringIO()
@@ -87,9 +92,17 @@ def setup(tmp_path):
 
 
 def _start_workers(config: Path, jobs: list[tuple[str, str, list[str]]]) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", WORKER, str(config), channel, user, *texts],
-                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for channel, user, texts in jobs]
+    """Start the workers; once every one has imported the bot, let them all go at once."""
+    go = config.parent / "go"
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(go), str(config), channel, user, *texts],
+                                cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for channel, user, texts in jobs]
+    deadline = time.monotonic() + 60
+    while len(list(config.parent.glob("go.*"))) < len(workers) and time.monotonic() < deadline:
+        assert all(w.poll() is None for w in workers), "a worker exited before starting"
+        time.sleep(0.01)
+    go.touch()
+    return workers
 
 
 def _results(workers: list[subprocess.Popen]) -> list[list]:
@@ -222,3 +235,30 @@ async def test_a_command_while_a_digest_goes_out_keeps_its_change(store, clock, 
     settings = store.channel_settings(ml)
     assert settings.timezone == "Asia/Tokyo"  # not overwritten by the settings read before sending
     assert settings.last_digest_at == clock()
+
+
+def test_processes_starting_together_on_a_new_database_apply_the_schema_once(tmp_path):
+    db = tmp_path / "new" / "bot.db"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\npath = "{db}"\n[sources.huggingface]\nenabled = false\n'
+                      "[sources.arxiv]\nenabled = false\n")
+    results = _results(_start_workers(config, [("console:ml", f"u{n}", [f"subscribe first{n}"]) for n in range(5)]))
+    for code, reply, problems in results:
+        assert code == 0 and reply.startswith("Subscribed") and "Traceback" not in problems, (reply, problems)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM subscriptions").fetchone()[0] == 5
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations WHERE name = 'm001_initial'").fetchone()[0] == 1
+
+
+def test_import_respects_the_channel_cap_all_or_nothing(store):
+    from datetime import datetime, timezone
+
+    from bot.admin import ImportError_, import_toml
+
+    now = datetime(2026, 11, 27, tzinfo=timezone.utc)
+    store.add_subscription(ChannelRef("console", "ml"), "kept", "u1", now)
+    text = '[[channel]]\nchannel = "console:ml"\nsubscriptions = ["a", "b", "c"]\n'
+    with pytest.raises(ImportError_, match="console:ml would have more than 3 subscriptions"):
+        import_toml(store, text, now, limit=3)
+    assert [s.query for s in store.subscriptions()] == ["kept"]
+    assert import_toml(store, text, now, limit=4).added == 3
