@@ -12,7 +12,11 @@ tested too. After the rounds a last run delivers what is left. Then it compares 
 fake received with what should have been: every paper in every channel exactly once,
 unless the outbox settled it as a burst's overflow (past the cards and the one digest,
 which counts it); an overflowed paper that was posted anyway is a problem.
-SQLite's integrity_check runs after every kill. The last line is one JSON object.
+SQLite's integrity_check runs after every kill. Meanwhile, every round, three command
+processes (subscribe, unsubscribe, mute; several `papers-bot command`s each) run against
+the same database while the bot delivers and is killed; `commands_failed` counts those
+that did not answer as they should, `subscriptions_lost` the replies the database does
+not keep. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -102,6 +106,110 @@ def integrity(db: Path) -> str:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+COMMAND_CHANNELS = ("console:cmd-a", "console:cmd-b")  # their queries match no synthetic paper
+COMMANDS_PER_PROCESS = 4
+
+# A command process: runs `papers-bot command` (the real CLI, a new connection each time)
+# for each (channel, text) pair of its arguments, back to back; prints the replies as JSON.
+COMMAND_WORKER = """
+import contextlib, io, json, sys, traceback
+from bot.cli import main
+args, results = sys.argv[1:], []
+for channel, text in zip(args[::2], args[1::2]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["command", "--channel", channel, "--user", "fault-" + text.split()[0], text])
+        except BaseException:
+            traceback.print_exc()
+            code = -1
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+class Commands:
+    """Concurrent command processes during the kill rounds: one subscribing, one
+    unsubscribing, one muting, each several commands in a row, running while the bot
+    delivers and is killed. What their replies promised is checked against the database
+    at the end."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.live: dict[int, tuple[str, str]] = {}  # id -> (channel, query), as the replies said
+        self.gone: set[int] = set()  # unsubscribed, as the replies said
+        self.count = self.failed = 0
+        self.failures: list[str] = []
+        self.serial = 0
+
+    def start(self, workdir: Path, env: dict, round_number: int) -> list[tuple[subprocess.Popen, list[tuple]]]:
+        subscribe = []
+        for _ in range(COMMANDS_PER_PROCESS):
+            self.serial += 1
+            subscribe.append(("subscribe", self.rng.choice(COMMAND_CHANNELS), f"cmdtopic{self.serial}"))
+        ids = self.rng.sample(sorted(self.live), min(2 * COMMANDS_PER_PROCESS, len(self.live)))
+        half = len(ids) // 2
+        unsubscribe = [("unsubscribe", self.live[i][0], i) for i in ids[:half]]
+        mute = [("mute", self.live[i][0], i, f"noise{round_number}") for i in ids[half:]]
+        started = []
+        for jobs in (subscribe, unsubscribe, mute):
+            if not jobs:
+                continue
+            argv = [part for job in jobs for part in (job[1], " ".join(str(x) for x in (job[0], *job[2:])))]
+            proc = subprocess.Popen([sys.executable, "-c", COMMAND_WORKER, *argv], cwd=workdir, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            started.append((proc, jobs))
+        return started
+
+    def finish(self, started: list[tuple[subprocess.Popen, list[tuple]]]) -> None:
+        for proc, jobs in started:
+            try:
+                out, err = proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            try:
+                results = json.loads(out.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                results = [[-1, "", f"command process failed: {err.strip()[-300:]}"]] * len(jobs)
+            for job, (code, reply, problems) in zip(jobs, results):
+                self.count += 1
+                if not self._record(job, code, reply) or "Traceback" in problems:
+                    self.failed += 1
+                    last = (reply + problems).strip().splitlines() or [""]
+                    self.failures.append(f"{job[0]} {job[2]}: exit {code}: {last[-1][:300]}")
+
+    def _record(self, job: tuple, code: int, out: str) -> bool:
+        kind = job[0]
+        if code != 0:
+            return False
+        if kind == "subscribe":
+            found = re.match(r"Subscribed this channel to `([^`]*)` \(#(\d+)\)", out)
+            if not found or found.group(1) != job[2]:
+                return False
+            self.live[int(found.group(2))] = (job[1], job[2])
+        elif kind == "unsubscribe":
+            if not out.startswith(f"Unsubscribed #{job[2]} "):
+                return False
+            self.live.pop(job[2], None)
+            self.gone.add(job[2])
+        else:
+            found = re.match(rf"#{job[2]} is now `([^`]*)`", out)
+            if not found:
+                return False
+            self.live[job[2]] = (job[1], found.group(1))
+        return True
+
+    def lost(self, db: Path) -> list[str]:
+        """Promises the database does not keep: a subscription (or a mute) missing, an
+        unsubscribed one still there."""
+        with sqlite3.connect(db) as conn:
+            stored = {row[0]: (row[1], row[2]) for row in conn.execute("SELECT id, channel, query FROM subscriptions")}
+        problems = [f"#{i} {want} is {stored.get(i)}" for i, want in sorted(self.live.items()) if stored.get(i) != want]
+        problems += [f"#{i} unsubscribed but still there" for i in sorted(self.gone) if i in stored]
+        return problems
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -128,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
             f'[slack]\napi_url = "{slack.api_url}"\n'
             f'[discord]\napi_base = "{discord.api_base}"\n'
             "[delivery]\nsweep_seconds = 1\nsource_failure_notice_after = 1000\n"
+            "[limits]\ncommands_per_minute = 100000\nmax_subscriptions_per_channel = 100000\n"
             "[logging]\nlevel = \"INFO\"\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "PAPERS_BOT_"))}
         env.update({"SLACK_BOT_TOKEN": "xoxb-fault-suite", "DISCORD_TOKEN": "fault-suite-token",
@@ -137,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
             subprocess.run([sys.executable, "-m", "bot", "command", "--channel", channel, "--user", "fault-suite",
                             "subscribe diffusion"], cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL)
 
+        commands = Commands(random.Random(args.seed + 1))  # its own stream: the kill timings stay as they were
         expected: set[tuple[str, str]] = set()
         kills = outages = 0
         problems: list[str] = []
@@ -158,10 +268,12 @@ def main(argv: list[str] | None = None) -> dict:
             deadline = time.monotonic() + 60
             while sum(received(slack, discord).values()) == before and time.monotonic() < deadline:
                 time.sleep(0.05)  # wait until delivery is under way
+            running_commands = commands.start(workdir, env, round_number)  # while it delivers, and killed
             time.sleep(rng.uniform(0.0, 2.5))
             bot.send_signal(signal.SIGKILL)
             bot.wait()
             kills += 1
+            commands.finish(running_commands)
             check = integrity(db)
             if check != "ok":
                 problems.append(f"round {round_number}: integrity_check says {check}")
@@ -190,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
 
             shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
 
+        subscriptions_lost = commands.lost(db)
+        problems += commands.failures[:5] + subscriptions_lost[:5]
         got = received(slack, discord)
         held = overflowed(db)
         conn = sqlite3.connect(db)
@@ -229,6 +343,9 @@ def main(argv: list[str] | None = None) -> dict:
             # need at its rate limit.
             "ratio_to_ideal": round((finished - busy_started) / ideal, 2) if ideal else None,
             "integrity": "ok" if not any("integrity" in p for p in problems) else "FAILED",
+            "commands": commands.count,
+            "commands_failed": commands.failed,
+            "subscriptions_lost": len(subscriptions_lost),
             "problems": problems[:5] + [f"lost {x}" for x in lost[:5]],
             "seed": args.seed,
         }

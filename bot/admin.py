@@ -193,8 +193,11 @@ class ImportReport:
 _FIELDS = {"channel", "mode", "digest_time", "digest_day", "timezone", "paused", "subscriptions"}
 
 
-def import_toml(store: Store, text: str, now: datetime) -> ImportReport:
-    """Apply an export: all or nothing, and running it twice changes nothing more."""
+def import_toml(store: Store, text: str, now: datetime, *, limit: int | None = None) -> ImportReport:
+    """Apply an export: all or nothing, and running it twice changes nothing more.
+
+    `limit` is [limits] max_subscriptions_per_channel: a channel that would go over it
+    stops the import (checked in the same transaction as the inserts)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -213,7 +216,10 @@ def import_toml(store: Store, text: str, now: datetime) -> ImportReport:
                 settings = replace(settings, last_digest_at=now)  # no digest for the past
             store.save_channel_settings(settings, now)
             for query in queries:
-                _, created = store.add_subscription(settings.channel, query, "import", now)
+                sub, created = store.add_subscription(settings.channel, query, "import", now, limit=limit)
+                if sub is None:
+                    raise ImportError_(f"channel {settings.channel.key} would have more than {limit} subscriptions "
+                                       "([limits] max_subscriptions_per_channel)")
                 report.added += created
                 report.present += not created
     return report

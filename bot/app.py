@@ -17,6 +17,7 @@ from .adapters import Adapter, ConsoleAdapter, Running
 from .clock import utcnow
 from .config import Config
 from .dispatch import Dispatcher, DispatchReport
+from .errors import StorageError
 from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
 from .poller import Poller, SourceReport
@@ -34,6 +35,7 @@ CLOSE_SECONDS = 0.5  # each adapter, the HTTP client
 FRONTEND_START_SECONDS = 10.0  # start functions return at once; this only catches one that does not
 
 T = TypeVar("T")
+FILE_CHECK_SECONDS = 2  # how often `run` checks that its database file is still the one it opened
 
 
 class App:
@@ -47,7 +49,7 @@ class App:
     ):
         self.config = config
         self.clock = clock
-        self.store = Store(config.storage_path)
+        self.store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
         self.http = make_client(config.http_timeout)
         self.sources: list[Source] = []
         arxiv_pacer = Pacer(ARXIV_INTERVAL)  # one arXiv request every 3 s, polls and lookups together
@@ -254,12 +256,14 @@ class _Runner:
         self.running: dict[str, asyncio.Task] = {}
         self.retry_at: dict[str, datetime] = {}
         self.tasks: set[asyncio.Task] = set()
+        self.fatal: StorageError | None = None  # why run stopped by itself
 
     async def run(self, stop: asyncio.Event, tick: float) -> None:
         for source in self.app.sources:
             self.scheduler.every(self.app.interval(source)).seconds.do(self._safe, self._start_poll, source)
         self.scheduler.every(5).seconds.do(self._safe, self._retry_due)
         self.scheduler.every(self.app.config.delivery.sweep_seconds).seconds.do(self._safe, self._start_dispatch)
+        self.scheduler.every(FILE_CHECK_SECONDS).seconds.do(self._check_file, stop)
         if not self.app.sources:
             log.warning("every source is disabled in the config: nothing will be polled")
         for source in self.app.sources:
@@ -271,6 +275,8 @@ class _Runner:
             except asyncio.TimeoutError:
                 pass
         await self._cancel_tasks()
+        if self.fatal is not None:
+            raise self.fatal
 
     async def _cancel_tasks(self) -> None:
         """Cancel the polls and sweeps still running; wait for them TASKS_STOP_SECONDS at most."""
@@ -286,6 +292,14 @@ class _Runner:
         if pending:
             log.warning("%d polls or deliveries did not stop within %gs; leaving them", len(pending),
                         TASKS_STOP_SECONDS)
+
+    def _check_file(self, stop: asyncio.Event) -> None:
+        """Stop (with the reason) if the database file was deleted or replaced under the bot."""
+        try:
+            self.app.store.check_file()
+        except StorageError as exc:  # raised by run() once stopped; the command line prints it
+            self.fatal = exc
+            stop.set()
 
     @staticmethod
     def _safe(job: Callable, *args) -> None:

@@ -17,6 +17,7 @@ from .adapters.console import render_reply
 from .app import App
 from .clock import utcnow
 from .config import Config, ConfigError, load_config
+from .errors import StorageError
 from .models import ChannelRef, CommandRequest
 from .sources import make_client
 
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except StorageError as exc:  # a database that cannot be used: one line naming the file, what to do
+        print(f"papers-bot: {exc}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.action:
@@ -128,7 +137,7 @@ def console_main(argv: Sequence[str] | None = None) -> int:
 async def _backfill(config: Config, days: int) -> int:
     from .admin import backfill
 
-    store = Store(config.storage_path)
+    store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
     try:
         async with make_client(config.http_timeout) as client:
             now = utcnow()
@@ -148,7 +157,7 @@ def _status(config: Config) -> int:
     import handlers
     from handlers.channel import bot_status
 
-    store = Store(config.storage_path)
+    store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
     try:
         print(bot_status(handlers.Context(store, config)))
     finally:
@@ -159,7 +168,7 @@ def _status(config: Config) -> int:
 def _export(config: Config, output: str | None) -> int:
     from .admin import export_toml
 
-    store = Store(config.storage_path)
+    store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
     try:
         text = export_toml(store, utcnow())
     finally:
@@ -181,9 +190,9 @@ def _import(config: Config, path: str) -> int:
     except OSError as exc:
         print(f"papers-bot: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 2
-    store = Store(config.storage_path)
+    store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
     try:
-        report = import_toml(store, text, utcnow())
+        report = import_toml(store, text, utcnow(), limit=config.max_subscriptions_per_channel)
     except ImportError_ as exc:
         print(f"papers-bot: {path}: {exc}; nothing was imported", file=sys.stderr)
         return 1

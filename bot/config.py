@@ -71,6 +71,7 @@ def _level(value: str) -> str | None:
 SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]]] = {
     "storage": {
         "path": (str, "papers-bot.db", None),
+        "busy_timeout_seconds": (float, 10.0, _positive),
     },
     "sources.huggingface": {
         "enabled": (bool, True, None),
@@ -196,6 +197,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     metrics_port: int = 0  # 0: no /healthz and /metrics server
     metrics_host: str = "127.0.0.1"  # unauthenticated: loopback unless you choose otherwise
+    storage_busy_timeout: float = 10.0  # seconds to wait for another process's write lock
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, dict]:
@@ -269,6 +271,7 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
         delivery=DeliveryConfig(**values["delivery"]),
         metrics_port=values["metrics"]["port"],
         metrics_host=values["metrics"]["host"],
+        storage_busy_timeout=values["storage"]["busy_timeout_seconds"],
         discord=DiscordConfig(
             api_base=values["discord"]["api_base"].rstrip("/"),
             dev_guild_id=values["discord"]["dev_guild_id"],

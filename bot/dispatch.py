@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -174,7 +174,8 @@ class Dispatcher:
         if pending and not await self._post_digest(adapter, settings.channel, pending, "new paper", report):
             return  # tried again at the next sweep, still in this slot
         # Due with nothing to send still moves the schedule on, so it fires once per slot.
-        self.store.save_channel_settings(replace(settings, last_digest_at=due), settings.updated_at or due)
+        # Only last_digest_at: a command may have changed the other settings while this was sent.
+        self.store.update_channel_settings(settings.channel, settings.updated_at or due, last_digest_at=due)
 
     async def _post_batch(self, adapter: Adapter, channel: ChannelRef, claimed: list[Delivery], title: str,
                           report: DispatchReport, note: str = "", overflow_up_to: int | None = None) -> bool:
@@ -229,8 +230,7 @@ class Dispatcher:
     def _pause_gone(self, channel: ChannelRef, error: str | None, now: datetime) -> None:
         """Retrying cannot help until someone re-invites the bot: keep the papers (pending),
         pause the channel, and say why in /papers status."""
-        settings = self.store.channel_settings(channel)
-        self.store.save_channel_settings(replace(settings, paused=True, paused_reason=error), now)
+        self.store.update_channel_settings(channel, now, paused=True, paused_reason=error)
         log.error("paused %s: the platform says %s", channel, error)
 
     async def _send(self, adapter: Adapter, delivery: Delivery) -> PostResult:

@@ -3,7 +3,12 @@
     BotError
     ├── ConfigError        bad config file or value; names the key
     ├── SourceError        a source could not be fetched or parsed (expected, reported, retried)
-    └── QueryError         a subscription query that cannot be used (shown to the user)
+    ├── QueryError         a subscription query that cannot be used (shown to the user)
+    └── StorageError       the database file cannot be used: corrupt, read-only, deleted or
+        │                  replaced while running (names the file and what to do; the CLI
+        │                  prints it as one line and exits non-zero)
+        └── StorageBusy    another process held the database past the busy timeout; nothing
+                           of the transaction was written, trying again later works
 
 Expected failures that are not errors (a platform refusing a post, say) are values
 (`PostResult(ok=False)`), not exceptions.
@@ -28,3 +33,15 @@ class SourceError(BotError):
 
 class QueryError(BotError):
     pass
+
+
+class StorageError(BotError):
+    """The database cannot be used; the message names the file and what to do."""
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+class StorageBusy(StorageError):
+    """The database stayed locked by another process for longer than the busy timeout."""

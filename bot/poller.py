@@ -19,7 +19,7 @@ from typing import Callable
 from storage import Store
 
 from .clock import utcnow
-from .errors import QueryError, SourceError
+from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
 from .models import Paper
 from .sources import Source
@@ -100,7 +100,10 @@ class Poller:
                 # The response was not stored: forget its ETag, or the next poll would get a
                 # 304 and never store it. The next poll reloads the stored validators.
                 validators.clear()
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, StorageError):  # the Store's own words: they name the file and what to do
+                log.error("%s: poll failed on the bot's own database: %s", source.name, exc)
+                reason = f"{STORAGE_ERROR}{exc}"
+            elif isinstance(exc, sqlite3.Error):
                 log.error("%s: poll failed on the bot's own database %s: %s", source.name, self.store.path, exc)
                 reason = f"{STORAGE_ERROR}{type(exc).__name__}: {exc} (database {self.store.path})"
             else:

@@ -3,39 +3,41 @@
 from __future__ import annotations
 
 import inspect
-from collections import deque
+import logging
+import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Awaitable, Callable, Union
 
 from bot.clock import utcnow
 from bot.config import Config
+from bot.errors import StorageBusy, StorageError
 from bot.lookup import PaperLookup
 from bot.models import CommandRequest, Reply
 from bot.text import plural
 from storage import Store
 
+log = logging.getLogger(__name__)
+
 MAX_COMMAND_CHARS = 1000
 
 
 class RateLimiter:
-    """At most `limit` commands per user in any 60 seconds (a sliding window)."""
+    """At most `limit` commands per user in any 60 seconds (a sliding window).
 
-    def __init__(self, limit: int, clock: Callable[[], datetime]):
+    The counts live in the database, so the running bot and every `papers-bot command`
+    process share them.
+    """
+
+    def __init__(self, limit: int, clock: Callable[[], datetime], store: Store):
         self.limit = limit
         self.clock = clock
-        self.recent: dict[str, deque[datetime]] = {}
+        self.store = store
 
     def wait_seconds(self, user: str) -> int:
         """0 if the user may run a command now (and count it), else how long to wait."""
-        now = self.clock()
-        window = self.recent.setdefault(user, deque())
-        while window and now - window[0] >= timedelta(minutes=1):
-            window.popleft()
-        if len(window) >= self.limit:
-            return max(1, int((window[0] + timedelta(minutes=1) - now).total_seconds() + 0.999))
-        window.append(now)
-        return 0
+        wait = self.store.record_command(user, self.clock(), self.limit)
+        return 0 if wait <= 0 else max(1, math.ceil(wait - 0.001))
 
 
 @dataclass
@@ -48,7 +50,7 @@ class Context:
 
     def __post_init__(self) -> None:
         if self.limiter is None:
-            self.limiter = RateLimiter(self.config.commands_per_minute, self.clock)
+            self.limiter = RateLimiter(self.config.commands_per_minute, self.clock, self.store)
 
 
 Handler = Callable[[Context, CommandRequest, str], Union[Reply, Awaitable[Reply]]]
@@ -99,7 +101,24 @@ def shown(text: str, limit: int = 40) -> str:
 
 
 async def handle(ctx: Context, request: CommandRequest) -> Reply:
-    """Run one /papers command. Never raises for bad input: every problem is a Reply."""
+    """Run one /papers command. Never raises for bad input: every problem is a Reply.
+
+    A database kept busy by another process past the timeout is a one-line "try again"
+    (each write is one transaction: all of it or nothing was written).
+    """
+    try:
+        return await _handle(ctx, request)
+    except StorageBusy:
+        return Reply(BUSY_REPLY, ok=False)
+    except StorageError as exc:
+        log.error("command %r failed: %s", shown(request.text, 60), exc)
+        return Reply("The bot cannot use its database right now; its operator can see why in the log.", ok=False)
+
+
+BUSY_REPLY = "The bot's database is busy right now. Try again in a few seconds."
+
+
+async def _handle(ctx: Context, request: CommandRequest) -> Reply:
     text = request.text.strip()
     if len(text) > MAX_COMMAND_CHARS:
         return error(f"That command is {len(text)} characters long; the limit is {MAX_COMMAND_CHARS}.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from bot.digest import DIGEST_MAX, digest_due, next_digest, parse_time, parse_weekday, suggest_zones, zone
@@ -12,8 +11,10 @@ from bot.text import plural
 from .base import Context, command, error, shown
 
 
-def _save(ctx: Context, settings: ChannelSettings) -> ChannelSettings:
-    return ctx.store.save_channel_settings(settings, ctx.clock())
+def _update(ctx: Context, req: CommandRequest, **changes) -> tuple[ChannelSettings, ChannelSettings]:
+    """Change only these settings, in one transaction: concurrent commands changing
+    others (a time zone and a digest time, say) both stay."""
+    return ctx.store.update_channel_settings(req.channel, ctx.clock(), **changes)
 
 
 @command("digest", "digest off / daily HH:MM / weekly DAY HH:MM", manage=True)
@@ -25,12 +26,11 @@ def digest(ctx: Context, req: CommandRequest, args: str) -> Reply:
     Example: `/papers digest daily 09:00` or `/papers digest weekly mon 09:00`.
     """
     parts = args.lower().split()
-    settings = ctx.store.channel_settings(req.channel)
     if parts == ["off"]:
-        saved = _save(ctx, replace(settings, mode="instant"))
+        _, saved = _update(ctx, req, mode="instant")
         return Reply(f"Digests are off: this channel gets {saved.describe()}.")
     if len(parts) == 2 and parts[0] == "daily":
-        day, time = settings.digest_day, parse_time(parts[1])
+        day, time = None, parse_time(parts[1])
     elif len(parts) == 3 and parts[0] == "weekly":
         day, time = parse_weekday(parts[1]), parse_time(parts[2])
         if day is None:
@@ -40,7 +40,8 @@ def digest(ctx: Context, req: CommandRequest, args: str) -> Reply:
     if time is None:
         return error(f"`{shown(parts[-1], 20)}` is not a 24-hour time like 09:00.", "digest")
     # The schedule starts now: no digest for times already past.
-    saved = _save(ctx, replace(settings, mode=parts[0], digest_day=day, digest_time=time, last_digest_at=ctx.clock()))
+    days = {"digest_day": day} if day else {}  # daily keeps the weekday a later `weekly` starts from
+    _, saved = _update(ctx, req, mode=parts[0], digest_time=time, last_digest_at=ctx.clock(), **days)
     first = next_digest(saved, ctx.clock())
     local = first.astimezone(zone(saved.timezone))
     return Reply(f"This channel now gets {saved.describe()}. First one: {local:%a %Y-%m-%d %H:%M} {saved.timezone}.")
@@ -60,8 +61,7 @@ def timezone_command(ctx: Context, req: CommandRequest, args: str) -> Reply:
         close = suggest_zones(name)
         hint = f" Did you mean {', '.join(close)}?" if close else " Use a name like Europe/Berlin or America/New_York."
         return error(f"`{shown(name, 40)}` is not a time zone.{hint}", "timezone")
-    settings = ctx.store.channel_settings(req.channel)
-    saved = _save(ctx, replace(settings, timezone=name))
+    _, saved = _update(ctx, req, timezone=name)
     return Reply(f"Time zone set to {name}: this channel gets {saved.describe()}.")
 
 
@@ -71,10 +71,9 @@ def pause(ctx: Context, req: CommandRequest, args: str) -> Reply:
 
     Example: `/papers pause`.
     """
-    settings = ctx.store.channel_settings(req.channel)
-    if settings.paused:
+    before, _ = _update(ctx, req, paused=True)
+    if before.paused:
         return Reply("This channel is already paused. `/papers resume` restarts it.")
-    _save(ctx, replace(settings, paused=True))
     return Reply("Paused. New matches are kept and will be posted after `/papers resume`.")
 
 
@@ -84,10 +83,9 @@ def resume(ctx: Context, req: CommandRequest, args: str) -> Reply:
 
     Example: `/papers resume`.
     """
-    settings = ctx.store.channel_settings(req.channel)
+    settings, _ = _update(ctx, req, paused=False, paused_reason=None)
     if not settings.paused:
         return Reply("This channel is not paused.")
-    _save(ctx, replace(settings, paused=False, paused_reason=None))
     waiting = ctx.store.count_pending(req.channel)
     instant = settings.mode == "instant"
     # A burst's limit (bot.dispatch): the oldest as cards, then one digest that counts the rest.

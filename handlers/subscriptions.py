@@ -77,11 +77,10 @@ def subscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
         return node
     query = render(node)
     limit = ctx.config.max_subscriptions_per_channel
-    existing = {s.query: s for s in ctx.store.subscriptions(req.channel)}
-    if query not in existing and len(existing) >= limit:
+    sub, created = ctx.store.add_subscription(req.channel, query, req.user_id, ctx.clock(), limit=limit)
+    if sub is None:
         return error(f"This channel already has {plural(limit, 'subscription')}, the limit. "
                      "Remove one with `unsubscribe <id>`.")
-    sub, created = ctx.store.add_subscription(req.channel, query, req.user_id, ctx.clock())
     if created:
         head = f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here."
     else:
@@ -146,23 +145,29 @@ def mute(ctx: Context, req: CommandRequest, args: str) -> Reply:
     number, _, term = args.removeprefix("#").partition(" ")
     if not number.isdecimal() or len(number) > 12 or not term.strip():
         return error("Give a subscription number from `/papers list` and a term.", "mute")
-    subscription = ctx.store.get_subscription(int(number))
-    if subscription is None or subscription.channel != req.channel:
-        return error(f"This channel has no subscription #{int(number)}. See `/papers list`.", "mute")
-    try:
-        excluded = parse_query(term)
-        node = parse_query(f"({subscription.query}) -({render(excluded)})")
-    except QueryError as exc:
-        return error(f"Cannot mute `{shown(term)}`: {exc}.", "mute")
-    query = render(node)
-    if query == subscription.query:
-        return Reply(f"#{subscription.id} `{query}` already excludes that.")
-    if len(query) > 500:
-        return error("That would make the query longer than 500 characters.", "mute")
-    if any(s.query == query for s in ctx.store.subscriptions(req.channel)):
-        return error(f"This channel already has a subscription to `{query}`.", "mute")
-    changed = ctx.store.change_subscription_query(req.channel, subscription.id, query)
-    return Reply(f"#{changed.id} is now `{changed.query}`.")
+    for _ in range(5):  # another mute of the same subscription may land in between: build on it
+        subscription = ctx.store.get_subscription(int(number))
+        if subscription is None or subscription.channel != req.channel:
+            return error(f"This channel has no subscription #{int(number)}. See `/papers list`.", "mute")
+        try:
+            excluded = parse_query(term)
+            node = parse_query(f"({subscription.query}) -({render(excluded)})")
+        except QueryError as exc:
+            return error(f"Cannot mute `{shown(term)}`: {exc}.", "mute")
+        query = render(node)
+        if query == subscription.query:
+            return Reply(f"#{subscription.id} `{query}` already excludes that.")
+        if len(query) > 500:
+            return error("That would make the query longer than 500 characters.", "mute")
+        if any(s.query == query for s in ctx.store.subscriptions(req.channel)):
+            return error(f"This channel already has a subscription to `{query}`.", "mute")
+        changed = ctx.store.change_subscription_query(req.channel, subscription.id, query,
+                                                      expected=subscription.query)
+        if changed is None:
+            return error(f"This channel has no subscription #{int(number)}. See `/papers list`.", "mute")
+        if changed.query == query:
+            return Reply(f"#{changed.id} is now `{changed.query}`.")
+    return error("That subscription keeps changing; try again.", "mute")
 
 
 @command("list", "list")

@@ -9,7 +9,7 @@ from sqlite_utils import Database
 
 from bot.models import ChannelRef, ChannelSettings
 
-from .db import iso, parse_iso
+from .db import immediate, iso, parse_iso
 
 _COLUMNS = "channel, mode, digest_time, digest_day, timezone, paused, last_digest_at, updated_at, paused_reason"
 
@@ -36,6 +36,13 @@ class ChannelsMixin:
             ],
         )
         return saved
+
+    def update_channel_settings(self, channel: ChannelRef, now: datetime, **changes) -> tuple[ChannelSettings, ChannelSettings]:
+        """Change some settings of a channel, keeping the others as they are in the database
+        (not as a caller read them earlier): returns (before, after)."""
+        with immediate(self.db):
+            before = self.channel_settings(channel)
+            return before, self.save_channel_settings(replace(before, **changes), now)
 
     def digest_channels(self) -> list[ChannelSettings]:
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM channels WHERE mode != 'instant' AND paused = 0 ORDER BY channel")

@@ -1,27 +1,133 @@
-"""Opening the database: WAL, foreign keys, a busy timeout, migrations applied."""
+"""Opening the database: WAL, foreign keys, a busy timeout, migrations applied.
+
+Every transaction that writes takes SQLite's write lock when it begins (`immediate`),
+never half-way through: under WAL, a deferred transaction that has read and then wants
+to write fails at once with "database is locked" when another process wrote meanwhile,
+whatever the busy timeout. Taking the lock first makes the second process wait its turn.
+"""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
+from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from sqlite_utils import Database
 
+from bot.errors import StorageBusy, StorageError
+
 from .migrations import migrations
 
+BUSY_TIMEOUT = 10.0  # seconds a second process (say `papers-bot command` while `run` polls) waits its turn
 
-def open_database(path: str | Path) -> Database:
-    if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # timeout: a second process (say `papers-bot command` while `run` polls) waits its turn.
-    conn = sqlite3.connect(str(path), timeout=10.0)
+_savepoints = itertools.count(1)
+
+
+def open_database(path: str | Path, *, timeout: float = BUSY_TIMEOUT) -> Database:
+    """Open (or create) the database; a file that cannot be used raises StorageError.
+
+    Checks at once what would otherwise fail later with a traceback: a file that is
+    not a database or is damaged, a file or directory this user cannot write.
+    """
+    memory = str(path) == ":memory:"
+    try:
+        if not memory:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=timeout)
+    except (OSError, sqlite3.Error) as exc:
+        raise storage_error(exc, str(path)) from None
     db = Database(conn)
-    if str(path) != ":memory:":
-        db.enable_wal()
-    db.execute("PRAGMA foreign_keys = ON")
-    migrations.apply(db)
+    try:
+        if not memory:
+            db.enable_wal()
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # "not a database", "malformed"
+        with immediate(db):
+            # A write that changes nothing: a read-only file fails here, not at the first real write.
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute(f"PRAGMA user_version = {int(version)}")
+            if migrations.pending(db):
+                migrations.apply(db)  # inside the lock: two processes starting at once apply them once
+    except sqlite3.Error as exc:
+        conn.close()
+        raise storage_error(exc, str(path)) from None
+    except StorageError:
+        conn.close()
+        raise
     return db
+
+
+@contextmanager
+def immediate(db: Database) -> Iterator[Database]:
+    """A write transaction holding the write lock from its start; all of it or nothing.
+
+    Nested inside another transaction it is a savepoint (the outer one holds the lock).
+    Still locked by another process after the busy timeout: StorageBusy, nothing written.
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        name = f"papers_bot_{next(_savepoints)}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield db
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                conn.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        else:
+            conn.execute(f"RELEASE SAVEPOINT {name}")
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise storage_error(exc, _path(db)) from None
+    try:
+        yield db
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise storage_error(exc, _path(db)) from None
+
+
+def _path(db: Database) -> str:
+    row = db.conn.execute("PRAGMA database_list").fetchone()
+    return row[2] if row and row[2] else ":memory:"
+
+
+def storage_error(exc: BaseException, path: str) -> StorageError:
+    """The one-line StorageError for a failure of SQLite (or the file system) on `path`."""
+    if isinstance(exc, StorageError):
+        return exc
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+        return StorageBusy(f"the database {path} is busy (another papers-bot process is writing); try again", path)
+    if name == "SQLITE_READONLY_DBMOVED":
+        return StorageError(f"the database file {path} was deleted or moved while in use; "
+                            "put it back (or restore a backup) and start papers-bot again", path)
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        return StorageError(f"the database file {path} is read-only: make it and its directory writable "
+                            "by the user running papers-bot, or set [storage] path to a writable place", path)
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or "malformed" in text or "not a database" in text:
+        return StorageError(f"the database file {path} is damaged or not a papers-bot database ({text}): "
+                            "move it aside and restore a backup (without it, papers-bot starts a new, empty one)", path)
+    if name == "SQLITE_FULL":
+        return StorageError(f"the disk holding the database {path} is full: free some space", path)
+    if name.startswith("SQLITE_CANTOPEN") or isinstance(exc, OSError):
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else text
+        return StorageError(f"cannot open the database file {path} ({reason}): check that it and its directory "
+                            "exist and are readable and writable by the user running papers-bot", path)
+    return StorageError(f"the database {path} failed: {text}", path)
 
 
 def iso(moment: datetime) -> str:

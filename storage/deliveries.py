@@ -8,7 +8,7 @@ from sqlite_utils import Database
 
 from bot.models import ChannelRef, Delivery, Match
 
-from .db import iso
+from .db import immediate, iso
 
 
 class DeliveriesMixin:
@@ -29,7 +29,7 @@ class DeliveriesMixin:
             by_channel.setdefault(match.channel, []).append(match)
         created = 0
         stamp = iso(now)
-        with self.db.atomic():
+        with immediate(self.db):
             for channel, channel_matches in by_channel.items():
                 reason = "; ".join(_describe(m) for m in channel_matches)
                 cursor = self.db.execute(
@@ -88,7 +88,7 @@ class DeliveriesMixin:
         burst too. Returns (due cards, due digest members), oldest first.
         """
         key = channel.key
-        with self.db.atomic():
+        with immediate(self.db):
             in_digest, first_in_digest, digest_in_flight = self.db.execute(
                 """SELECT count(*), min(id), coalesce(max(status = 'sending'), 0) FROM deliveries
                     WHERE channel = ? AND in_digest = 1 AND status IN ('pending', 'sending')""",

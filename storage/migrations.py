@@ -151,6 +151,22 @@ def m008_delivery_in_digest(db: Database) -> None:
 
 
 @migrations()
+def m009_command_log(db: Database) -> None:
+    # When each user ran a command, for the per-user rate limit: shared by every process
+    # (`run` and each `papers-bot command`), pruned to the last minute as it goes.
+    db.executescript(
+        """
+        CREATE TABLE command_log (
+            user TEXT NOT NULL,          -- the user id of the command request
+            at REAL NOT NULL             -- Unix time, seconds
+        );
+        CREATE INDEX command_log_user_at ON command_log(user, at);
+        CREATE INDEX command_log_at ON command_log(at);
+        """
+    )
+
+
+@migrations()
 def m010_source_next_poll(db: Database) -> None:
     # When `run` will poll the source next: the interval after a success, the (sooner)
     # backoff retry after a failure. `status` shows it.

@@ -9,7 +9,7 @@ from sqlite_utils import Database
 
 from bot.models import Paper
 
-from .db import iso, parse_day, parse_iso
+from .db import immediate, iso, parse_day, parse_iso
 
 SEARCH_WINDOW = 5000
 
@@ -29,7 +29,7 @@ class PapersMixin:
         """
         new: list[Paper] = []
         stamp = iso(now)
-        with self.db.atomic():
+        with immediate(self.db):
             for paper in papers:
                 row = self.db.execute("SELECT sources, listed FROM papers WHERE id = ?", [paper.id]).fetchone()
                 if row is None:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlite_utils import Database
 
-from .db import iso, parse_iso
+from .db import immediate, iso, parse_iso
 
 
 class SourceStateMixin:
@@ -14,6 +14,10 @@ class SourceStateMixin:
 
     def record_source_success(self, source: str, now: datetime, count: int) -> int:
         """Record a success; returns how many failures in a row it ends (0 if none)."""
+        with immediate(self.db):
+            return self._record_source_success(source, now, count)
+
+    def _record_source_success(self, source: str, now: datetime, count: int) -> int:
         row = self.db.execute("SELECT consecutive_failures FROM source_state WHERE source = ?", [source]).fetchone()
         self.db.execute(
             """INSERT INTO source_state (source, last_attempt, last_success, consecutive_failures, last_count)
@@ -40,6 +44,10 @@ class SourceStateMixin:
 
     def record_source_failure(self, source: str, now: datetime, error: str) -> int:
         """Record a failure; returns the number of consecutive failures so far."""
+        with immediate(self.db):
+            return self._record_source_failure(source, now, error)
+
+    def _record_source_failure(self, source: str, now: datetime, error: str) -> int:
         self.db.execute(
             """INSERT INTO source_state (source, last_attempt, last_error, last_error_at, consecutive_failures)
                VALUES (?, ?, ?, ?, 1)

@@ -2,33 +2,95 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import sqlite3
 from pathlib import Path
 
+from bot.errors import StorageError
+
 from .channels import ChannelsMixin
-from .db import open_database
+from .command_log import CommandLogMixin
+from .db import BUSY_TIMEOUT, immediate, open_database, storage_error
 from .deliveries import DeliveriesMixin
 from .papers import PapersMixin
 from .source_state import SourceStateMixin
 from .subscriptions import SubscriptionsMixin
 
 
-class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin):
-    """One connection, used from the bot's one event-loop thread."""
+class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin, CommandLogMixin):
+    """One connection, used from the bot's one event-loop thread.
 
-    def __init__(self, path: str | Path):
+    Every method turns SQLite's failures into StorageError (StorageBusy when another
+    process kept the database locked past the busy timeout), so callers never see a raw
+    sqlite3 exception.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT):
         self.path = str(path)
-        self.db = open_database(path)
+        self.db = open_database(path, timeout=busy_timeout)
+        self._identity = _identity(self.path)
         # In memory, set by the poller: sources whose last poll failed on the bot's own side
         # (this database full or read-only, a bug), even when that could not be written
         # down. /healthz answers 503 while any is here.
         self.poll_faults: dict[str, str] = {}
 
     def transaction(self):
-        """All writes inside happen together or not at all."""
-        return self.db.atomic()
+        """All writes inside happen together or not at all; the write lock is taken first."""
+        return immediate(self.db)
 
     def close(self) -> None:
         self.db.close()
 
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    def check_file(self) -> None:
+        """Raise StorageError if the database file was deleted or replaced since it was opened.
+
+        SQLite keeps writing to an unlinked file without a word, while the next process to
+        open the path would create a new, empty database: better to stop. One stat call.
+        """
+        if self._identity is None:
+            return
+        try:
+            now = _identity(self.path, strict=True)
+        except FileNotFoundError:
+            raise StorageError(f"the database file {self.path} was deleted while papers-bot was running; "
+                               "restore it (or a backup) and start papers-bot again", self.path) from None
+        except OSError as exc:
+            raise storage_error(exc, self.path) from None
+        if now != self._identity:
+            raise StorageError(f"the database file {self.path} was replaced by another file while papers-bot was "
+                               "running; check which one is right and start papers-bot again", self.path)
+
+
+def _identity(path: str, strict: bool = False) -> tuple[int, int] | None:
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        if strict:
+            raise
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _guarded(func):
+    @functools.wraps(func)
+    def guarded(self, *args, **kwargs):
+        try:
+            return func(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path) from exc
+
+    return guarded
+
+
+# Every public method of the mixins: a raw sqlite3 error becomes a StorageError naming the file.
+for _name in dir(Store):
+    if not _name.startswith("_") and _name not in ("transaction", "close", "check_file"):
+        _attr = getattr(Store, _name)
+        if callable(_attr):
+            setattr(Store, _name, _guarded(_attr))

@@ -8,7 +8,7 @@ from sqlite_utils import Database
 
 from bot.models import ChannelRef, Subscription
 
-from .db import iso, parse_iso
+from .db import immediate, iso, parse_iso
 
 _NEXT_VERSION = "(SELECT coalesce(max(version), 0) + 1 FROM subscriptions)"
 
@@ -24,15 +24,22 @@ class SubscriptionsMixin:
     db: Database
 
     def add_subscription(
-        self, channel: ChannelRef, query: str, user_id: str, now: datetime
-    ) -> tuple[Subscription, bool]:
-        """Subscribe `channel` to `query`; returns (subscription, created). Idempotent per channel."""
-        with self.db.atomic():
+        self, channel: ChannelRef, query: str, user_id: str, now: datetime, *, limit: int | None = None
+    ) -> tuple[Subscription | None, bool]:
+        """Subscribe `channel` to `query`; returns (subscription, created). Idempotent per channel.
+
+        With `limit`, a channel that already has `limit` subscriptions gets no new one:
+        (None, False). The count and the insert are one transaction, so processes adding
+        at the same time never go over it.
+        """
+        with immediate(self.db):
             existing = self.db.execute(
                 "SELECT id FROM subscriptions WHERE channel = ? AND query = ?", [channel.key, query]
             ).fetchone()
             if existing:
                 return self.get_subscription(existing[0]), False
+            if limit is not None and self.count_subscriptions(channel) >= limit:
+                return None, False
             cursor = self.db.execute(
                 f"""INSERT INTO subscriptions (channel, query, created_by, created_at, version)
                     VALUES (?, ?, ?, ?, {_NEXT_VERSION})""",
@@ -46,7 +53,7 @@ class SubscriptionsMixin:
 
     def remove_subscription(self, channel: ChannelRef, subscription_id: int) -> Subscription | None:
         """Remove a subscription of this channel; None when the channel has no such id."""
-        with self.db.atomic():
+        with immediate(self.db):
             found = self.get_subscription(subscription_id)
             if found is None or found.channel != channel:
                 return None
@@ -83,18 +90,30 @@ class SubscriptionsMixin:
     def subscription_ids(self) -> set[int]:
         return {row[0] for row in self.db.execute("SELECT id FROM subscriptions")}
 
-    def change_subscription_query(self, channel: ChannelRef, subscription_id: int, query: str) -> Subscription | None:
-        """Give a subscription of this channel a new query (keeping its id); None if it has no such id."""
-        with self.db.atomic():
+    def change_subscription_query(
+        self, channel: ChannelRef, subscription_id: int, query: str, *, expected: str | None = None
+    ) -> Subscription | None:
+        """Give a subscription of this channel a new query (keeping its id); None if it has no such id.
+
+        With `expected`, only if its query is still that one (the caller built the new
+        query from it). Nothing changes, and the subscription is returned as it is, when it
+        is not, or when another subscription of the channel already has the new query.
+        """
+        with immediate(self.db):
             found = self.get_subscription(subscription_id)
             if found is None or found.channel != channel:
                 return None
+            if expected is not None and found.query != expected:
+                return found
+            if self.db.execute("SELECT 1 FROM subscriptions WHERE channel = ? AND query = ? AND id != ?",
+                               [channel.key, query, subscription_id]).fetchone():
+                return found
             self.db.execute(f"UPDATE subscriptions SET query = ?, version = {_NEXT_VERSION} WHERE id = ?",
                             [query, subscription_id])
             return self.get_subscription(subscription_id)
 
     def remove_all_subscriptions(self, channel: ChannelRef) -> list[Subscription]:
-        with self.db.atomic():
+        with immediate(self.db):
             removed = self.subscriptions(channel)
             self.db.execute("DELETE FROM subscriptions WHERE channel = ?", [channel.key])
             return removed

@@ -174,14 +174,14 @@ async def test_a_read_only_database_fails_the_poll_without_raising(tmp_path, clo
         await app.notify(reports[-1])
     assert [r.ok for r in reports] == [False, False]
     assert [r.failures for r in reports] == [1, 2]  # counted in memory when storage cannot count
-    assert "attempt to write a readonly database" in reports[0].error and reports[0].error.startswith("storage error")
+    assert "is read-only" in reports[0].error and reports[0].error.startswith("storage error")
     assert "could not record this failure in the database either" in caplog.text
     assert [text for _, text in admin.posts] == [
         f"papers-bot: huggingface has failed 2 times in a row (last error: {reports[1].error}). "
         "Papers from it will arrive when it recovers."]
     status, body = health(app.store, cfg)
     assert status == 503 and body["status"] == "storage"
-    assert "readonly" in body["sources"]["huggingface"]["own_failure"]
+    assert "read-only" in body["sources"]["huggingface"]["own_failure"]
     await app.aclose()
 
 

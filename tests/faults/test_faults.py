@@ -18,3 +18,6 @@ def test_nothing_lost_nothing_duplicated_across_kills(capsys):
     assert figures["duplicated"] == 0 and figures["unexpected"] == 0
     assert figures["integrity"] == "ok" and figures["problems"] == []
     assert figures["rate_limited_429s"] > 0  # the fakes' limits were hit and honoured
+    # subscribe, unsubscribe and mute processes ran alongside the bot and its kills
+    assert figures["commands"] == 12 and figures["commands_failed"] == 0, figures["problems"]
+    assert figures["subscriptions_lost"] == 0, figures["problems"]
