@@ -204,8 +204,12 @@ class DeliveriesMixin:
             self.db.execute(f"UPDATE deliveries SET in_digest = 1 WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
 
     def release_delivery(self, delivery_id: int) -> None:
-        """Back to pending: its outcome is unknown and nothing says it was sent."""
-        self.db.execute("UPDATE deliveries SET status = 'pending' WHERE id = ? AND status = 'sending'", [delivery_id])
+        """Back to pending: its outcome is unknown and nothing says it was sent.
+
+        The interrupted attempt is not counted: a crash or a kill is not the paper's fault,
+        and a bot restarted many times must not give up papers (MAX_ATTEMPTS) for it."""
+        self.db.execute("UPDATE deliveries SET status = 'pending', attempts = max(attempts - 1, 0) "
+                        "WHERE id = ? AND status = 'sending'", [delivery_id])
 
     def mark_sent(self, delivery_id: int, message_id: str | None, now: datetime) -> None:
         self.db.execute(

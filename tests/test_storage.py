@@ -117,6 +117,19 @@ def test_unfinished_sends_are_released_after_a_crash(store):
     assert len(store.due_deliveries(T0)) == 1 and store.unfinished_deliveries() == []
 
 
+def test_crashes_mid_send_do_not_use_up_a_papers_attempts(store):
+    # bench.faults found deliveries past MAX_ATTEMPTS after many kills mid-send: a kill is not
+    # the paper's fault, so an interrupted attempt is given back when the delivery is released.
+    store.add_papers([paper("2410.00001")], T0)
+    store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
+    for _ in range(20):
+        (delivery,) = store.due_deliveries(T0)
+        store.claim_delivery(delivery.id, T0)
+        store.release_delivery(delivery.id)
+    (delivery,) = store.due_deliveries(T0)
+    assert delivery.attempts == 0
+
+
 def test_failed_for_good_is_not_due_again(store):
     store.add_papers([paper("2410.00001")], T0)
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
