@@ -42,3 +42,12 @@ def test_readme_quick_start_has_two_commands_and_ci_runs_the_test_one():
     assert run.endswith("papers-bot run") and test.endswith("python -m pytest")
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci_lines
+
+
+def test_every_test_named_by_a_promise_exists():
+    promises = README.split("## What the bot promises", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", promises)
+    assert len(named) >= 10
+    for path, name in named:
+        source = (ROOT / path).read_text()
+        assert re.search(rf"^(async )?def {name}\(", source, re.MULTILINE), f"README names {path}::{name}, which is gone"
