@@ -144,15 +144,26 @@ class App:
         return cfg.interval_minutes * 60
 
     async def handle_command(self, request: CommandRequest) -> Reply:
-        """Run a /papers command; what it queued (a backfill, a resume) is sent right away."""
+        """Run a /papers command; what it queued (a backfill, a resume) is sent right away.
+
+        The command is done once its reply is made: sending what it queued is a bonus, and
+        when that fails (a busy database, a platform down) the next sweep sends it."""
         reply = await handlers.handle(self.context, request)
         if reply.queued:
-            await self.deliver()
+            try:
+                await self.deliver()
+            except StorageError as exc:
+                log.warning("sending what the command queued waits for the next sweep: %s", exc)
+            except Exception:
+                log.exception("sending what the command queued failed; the next sweep sends it")
         return reply
 
     async def deliver(self) -> DispatchReport:
-        """Send what is due: instant cards, then digests (after settling a crash's leftovers)."""
-        if not self._recovered:
+        """Send what is due: instant cards, then digests (after settling a crash's leftovers).
+
+        Leftovers are settled only by the process holding the sender lease: rows another
+        live process (`run`, say, while `papers-bot command` runs) is sending are its own."""
+        if not self._recovered and self.store.hold_sender_lease():
             self._recovered = True
             await self.dispatcher.recover()
         report = await self.dispatcher.dispatch()
@@ -356,6 +367,9 @@ class _Runner:
     async def _dispatch(self) -> None:
         try:
             report = await self.app.deliver()
+        except StorageError as exc:  # busy or broken database: one line; the next sweep tries again
+            log.warning("delivery sweep: %s", exc)
+            return
         except Exception:
             log.exception("delivery sweep failed")
             return

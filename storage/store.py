@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import sqlite3
@@ -34,6 +35,26 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         # (this database full or read-only, a bug), even when that could not be written
         # down. /healthz answers 503 while any is here.
         self.poll_faults: dict[str, str] = {}
+        self._lease: int | None = None  # the open lock file while this process holds the sender lease
+
+    def hold_sender_lease(self) -> bool:
+        """True when this process is (now) the one that settles sends a crash left unfinished.
+
+        Rows in 'sending' belong to whoever claimed them; only when no other live process
+        holds the lease (a `run`, a `poll`, a `command` delivering what it queued) were their
+        senders interrupted. An advisory lock on `<database>.lock`, held until close(); the
+        kernel releases it when a process dies, even by kill -9.
+        """
+        if self._lease is not None or self.path == ":memory:":
+            return True
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lease = fd
+        return True
 
     def transaction(self):
         """All writes inside happen together or not at all; the write lock is taken first."""
@@ -41,6 +62,9 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
 
     def close(self) -> None:
         self.db.close()
+        if self._lease is not None:
+            os.close(self._lease)  # releases the lock
+            self._lease = None
 
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -90,7 +114,7 @@ def _guarded(func):
 
 # Every public method of the mixins: a raw sqlite3 error becomes a StorageError naming the file.
 for _name in dir(Store):
-    if not _name.startswith("_") and _name not in ("transaction", "close", "check_file"):
+    if not _name.startswith("_") and _name not in ("transaction", "close", "check_file", "hold_sender_lease"):
         _attr = getattr(Store, _name)
         if callable(_attr):
             setattr(Store, _name, _guarded(_attr))

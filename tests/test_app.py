@@ -8,9 +8,9 @@ import random
 from bot.app import App, _Runner, backoff_seconds
 from bot.cli import RedactSecrets
 from bot.config import Secrets, parse_config
-from bot.models import ChannelRef, CommandRequest
+from bot.models import ChannelRef, CommandRequest, Match
 
-from .fakes import Canned, hf_json
+from .fakes import Canned, RecordingAdapter, hf_json, paper
 
 
 def make_app(tmp_path, server, clock=None, out=None):
@@ -203,3 +203,37 @@ def test_status_command_line(tmp_path, capsys):
     assert "• huggingface: last success never" in out and "• arxiv: disabled" in out
     assert "Queue: 0 pending, 0 sent, 0 failed; last post never." in out
     assert "• console:ml: 1 subscription, instant cards (time zone UTC), 0 pending" in out
+
+
+async def test_a_command_is_answered_even_when_sending_what_it_queued_fails(tmp_path, make_config, caplog):
+    from bot.errors import StorageBusy
+
+    app = App(make_config(), adapters={"console": RecordingAdapter()})
+    await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "pause", can_manage=True))
+    app.store.add_papers([paper("2410.00001")], app.clock())
+    app.store.enqueue("2410.00001", [Match(1, ChannelRef("console", "ml"), "x", ("x in title",))], app.clock())
+
+    async def busy():
+        raise StorageBusy("the database is busy; try again", app.store.path)
+
+    app.deliver = busy  # the resume itself is stored; only the sending right after fails
+    reply = await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "resume", can_manage=True))
+    assert reply.ok and reply.text.startswith("Resumed.")
+    assert not app.store.channel_settings(ChannelRef("console", "ml")).paused
+    assert "waits for the next sweep" in caplog.text and "Traceback" not in caplog.text
+    await app.aclose()
+
+
+async def test_a_busy_database_during_a_sweep_is_one_line_not_a_traceback(make_config, caplog):
+    from bot.errors import StorageBusy
+
+    app = App(make_config(), adapters={"console": RecordingAdapter()})
+
+    async def busy():
+        raise StorageBusy("the database is busy (another papers-bot process is writing); try again", app.store.path)
+
+    app.deliver = busy
+    await _Runner(app)._dispatch()
+    (record,) = [r for r in caplog.records if r.name == "bot.app"]
+    assert record.levelname == "WARNING" and record.exc_info is None and "busy" in record.getMessage()
+    await app.aclose()

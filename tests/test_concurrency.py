@@ -262,3 +262,38 @@ def test_import_respects_the_channel_cap_all_or_nothing(store):
         import_toml(store, text, now, limit=3)
     assert [s.query for s in store.subscriptions()] == ["kept"]
     assert import_toml(store, text, now, limit=4).added == 3
+
+
+async def test_a_command_never_resends_what_a_running_bot_is_sending(tmp_path, make_config, clock):
+    # `papers-bot command ... resume` runs a delivery sweep of its own. It must not take the
+    # sends another live process (run) has under way for a crash's leftovers and post them again.
+    from bot.app import App
+    from bot.models import Match
+
+    from .fakes import RecordingAdapter, paper
+
+    config = make_config()
+    a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
+    run = App(config, clock=clock, adapters={"console": RecordingAdapter()})
+    await run.handle_command(CommandRequest(b, "u1", "pause", can_manage=True))
+    run.store.add_papers([paper("2410.00001"), paper("2410.00002")], clock())
+    run.store.enqueue("2410.00001", [Match(1, a, "x", ("x in title",))], clock())
+    run.store.enqueue("2410.00002", [Match(2, b, "x", ("x in title",))], clock())
+    (row,) = run.store.db.execute("SELECT id FROM deliveries WHERE channel = ?", [a.key]).fetchall()
+    assert run.store.hold_sender_lease() and run.store.claim_delivery(row[0], clock())  # run is mid-send to a
+
+    other = RecordingAdapter()
+    command = App(config, clock=clock, adapters={"console": other})
+    reply = await command.handle_command(CommandRequest(b, "u1", "resume", can_manage=True))
+    assert reply.ok and reply.queued == 1
+    assert [c.channel_id for c, _ in other.posts] == ["b"]  # what the command queued, and nothing of a's
+    assert run.store.delivery_counts() == {"sending": 1, "sent": 1}  # a's send is still run's
+    await command.aclose()
+
+    await run.aclose()  # run dies mid-send: the next process to deliver settles it, once
+    after = RecordingAdapter()
+    restarted = App(config, clock=clock, adapters={"console": after})
+    await restarted.deliver()
+    assert [c.channel_id for c, _ in after.posts] == ["a"]
+    assert restarted.store.delivery_counts() == {"sent": 2}
+    await restarted.aclose()
