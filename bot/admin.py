@@ -60,8 +60,7 @@ class BackfillReport:
                f"and {self.stored['arxiv']} from arXiv"]
         out += [f"backfill: not fetched: {note}" for note in self.left_to_poller]
         if self.failed:
-            count = len(self.failed)
-            out.append(f"backfill: {count} day{'s' if count != 1 else ''} failed "
+            out.append(f"backfill: {plural(len(self.failed), 'day')} failed "
                        "(run the backfill again to retry; stored papers are never doubled):")
             out += [f"  {source} {day}: {reason}" for source, day, reason in self.failed]
         return out

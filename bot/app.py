@@ -206,12 +206,10 @@ class App:
 
     async def aclose(self) -> None:
         """Close adapters, the HTTP client and the store; no step may hang (shutdown is bounded)."""
-        try:
-            for adapter in self.adapters.values():
-                close = getattr(adapter, "close", None)
-                if close is not None:
-                    await _bounded(close(), CLOSE_SECONDS, f"closing the {getattr(adapter, 'platform', '?')} adapter")
-            await _bounded(self.http.aclose(), CLOSE_SECONDS, "closing the HTTP client")
+        try:  # all at once: CLOSE_SECONDS in total, whatever the number of adapters
+            closing = [_bounded(close(), CLOSE_SECONDS, f"closing the {getattr(adapter, 'platform', '?')} adapter")
+                       for adapter in self.adapters.values() if (close := getattr(adapter, "close", None))]
+            await asyncio.gather(*closing, _bounded(self.http.aclose(), CLOSE_SECONDS, "closing the HTTP client"))
         finally:
             self.store.close()
 

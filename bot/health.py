@@ -6,6 +6,8 @@ has recorded; nothing here keeps counters of its own.
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -13,8 +15,11 @@ from prometheus_client.core import GaugeMetricFamily
 from storage import Store
 
 from .config import Config
+from .errors import StorageError
 from .http_guard import Served, connection_cap, serve
 from .poller import STORAGE_ERROR
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("huggingface", "arxiv")
 
@@ -95,7 +100,12 @@ async def start_metrics(store: Store, config: Config, port: int, host: str | Non
         return web.json_response(body, status=status)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
+        try:
+            body = generate_latest(registry)
+        except StorageError as exc:  # a busy or broken database: say so, no traceback per scrape
+            log.warning("/metrics: %s", exc)
+            return web.json_response({"status": "storage", "error": str(exc)[:300]}, status=503)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_get("/healthz", healthz)

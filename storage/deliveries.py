@@ -197,12 +197,6 @@ class DeliveriesMixin:
         ).fetchall()
         return [(_delivery(row), datetime.fromisoformat(row[6]) if row[6] else None) for row in rows]
 
-    def move_to_digest(self, delivery_ids: list[int]) -> None:
-        """Make these deliveries part of the channel's next digest message instead of cards."""
-        for start in range(0, len(delivery_ids), 500):
-            chunk = delivery_ids[start:start + 500]
-            self.db.execute(f"UPDATE deliveries SET in_digest = 1 WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
-
     def release_delivery(self, delivery_id: int) -> None:
         """Back to pending: its outcome is unknown and nothing says it was sent.
 

@@ -24,7 +24,7 @@ class SourceStateMixin:
                VALUES (?, ?, ?, 0, ?)
                ON CONFLICT(source) DO UPDATE SET last_attempt = excluded.last_attempt,
                    last_success = excluded.last_success, consecutive_failures = 0,
-                   last_count = excluded.last_count""",
+                   last_count = excluded.last_count, next_poll = NULL""",
             [source, iso(now), iso(now), count],
         )
         return row[0] if row else 0
@@ -53,7 +53,7 @@ class SourceStateMixin:
                VALUES (?, ?, ?, ?, 1)
                ON CONFLICT(source) DO UPDATE SET last_attempt = excluded.last_attempt,
                    last_error = excluded.last_error, last_error_at = excluded.last_error_at,
-                   consecutive_failures = consecutive_failures + 1""",
+                   consecutive_failures = consecutive_failures + 1, next_poll = NULL""",
             [source, iso(now), error[:500], iso(now)],
         )
         return self.db.execute(
@@ -61,7 +61,10 @@ class SourceStateMixin:
         ).fetchone()[0]
 
     def set_source_next_poll(self, source: str, when: datetime) -> None:
-        """When `run` will next poll the source (after a failure: the backoff retry)."""
+        """When `run` will next poll the source (after a failure: the backoff retry).
+
+        Every recorded poll clears it (a `papers-bot poll` from cron plans nothing); `run`
+        sets it right after, so status never shows a plan nobody is following."""
         self.db.execute(
             """INSERT INTO source_state (source, next_poll) VALUES (?, ?)
                ON CONFLICT(source) DO UPDATE SET next_poll = excluded.next_poll""",

@@ -191,6 +191,27 @@ async def test_health_and_metrics_endpoints(tmp_path, server, unused_tcp_port):
     assert 'papers_bot_deliveries{status="pending"} 0.0' in text and "papers_bot_papers 0.0" in text
 
 
+async def test_metrics_on_a_broken_database_is_a_503_not_a_traceback(make_config, unused_tcp_port, caplog):
+    import aiohttp
+
+    from bot.errors import StorageBusy
+    from bot.health import start_metrics
+
+    app = App(make_config(metrics={"port": unused_tcp_port}), stdout=io.StringIO())
+
+    def busy(*args, **kwargs):
+        raise StorageBusy("the database is busy (another papers-bot process is writing); try again", app.store.path)
+
+    app.store.delivery_counts = busy
+    served = await start_metrics(app.store, app.config, unused_tcp_port)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{unused_tcp_port}/metrics") as response:
+            assert response.status == 503 and (await response.json())["status"] == "storage"
+    await served.cleanup()
+    await app.aclose()
+    assert not [r for r in caplog.records if r.exc_info] and "busy" in caplog.text
+
+
 def test_status_command_line(tmp_path, capsys):
     from bot.cli import main
 

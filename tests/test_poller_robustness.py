@@ -299,6 +299,12 @@ async def test_status_shows_the_backoff_retry_not_the_interval(tmp_path, clock):
     state = app.store.source_state("huggingface")
     assert (state["next_poll"] - clock()).total_seconds() == app.interval(source) == 30 * 60
     assert source_lines(Context(app.store, cfg, clock))[1].endswith("last success just now; next poll in 30m")
+    # A poll made outside `run` (papers-bot poll from cron) plans nothing: run's old plan is
+    # dropped, not shown as "overdue" forever.
+    clock.advance(hours=2)
+    await app.poller.poll(source)
+    assert app.store.source_state("huggingface")["next_poll"] is None
+    assert source_lines(Context(app.store, cfg, clock))[1].endswith("last success just now; next poll in 30m")
     await app.aclose()
 
 

@@ -29,6 +29,7 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket, ReconnectWebSocket
 from discord.http import HTTPClient, Route, handle_message_parameters
 
+from ..errors import BotError
 from ..models import ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
 from . import TOKEN_REFUSED_WAIT, Running
@@ -196,7 +197,11 @@ def build_command_group(on_command: CommandHandler, summaries: dict[str, str],
                                         ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
     async def subscription_ids(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        subs = store_subscriptions(ChannelRef("discord", str(interaction.channel_id)))
+        try:
+            subs = store_subscriptions(ChannelRef("discord", str(interaction.channel_id)))
+        except BotError as exc:  # a busy database: no suggestions this time, and no traceback
+            log.warning("subscription autocomplete: %s", exc)
+            return []
         choices = [app_commands.Choice(name=f"#{s.id} {s.query}"[:100], value=str(s.id)) for s in subs]
         choices.append(app_commands.Choice(name="all of them", value="all"))
         return [c for c in choices if current.lower() in c.name.lower()][:25]

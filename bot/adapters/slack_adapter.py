@@ -680,7 +680,8 @@ async def start_http(
 
     def refuse(status: int, reason: str) -> web.Response:
         rejects.note(reason)
-        return web.json_response({"error": "invalid request" if status == 401 else "bad request"}, status=status)
+        error = {401: "invalid request", 503: "busy, try again"}.get(status, "bad request")
+        return web.json_response({"error": error}, status=status)
 
     async def events(request: web.Request) -> web.Response:
         timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
