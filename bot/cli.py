@@ -226,21 +226,18 @@ async def _poll(config: Config) -> int:
 
 
 def _run(config: Config) -> int:
-    async def run() -> None:
+    async def run(signals: _Signals) -> None:
         app = App(config)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
 
-        def on_signal() -> None:
+        def on_signal(signum: int) -> None:
             if stop.is_set():  # a second Ctrl-C: stop waiting for a clean shutdown
                 main_task.cancel()
                 return
-            _exit_anyway_after(SHUTDOWN_SECONDS)
             stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
+        signals.attach(asyncio.get_running_loop(), on_signal)
         names = ", ".join(s.name for s in app.sources) or "none"
         log.info("papers-bot running: sources %s; adapters %s; database %s; Ctrl-C stops",
                  names, ", ".join(app.adapters), config.storage_path)
@@ -249,10 +246,11 @@ def _run(config: Config) -> int:
         finally:
             await app.aclose()
 
-    try:
-        asyncio.run(run())
-    except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C during shutdown
-        pass
+    with _Signals() as signals:
+        try:
+            asyncio.run(run(signals))
+        except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C during shutdown
+            pass
     log.info("stopped")
     return 0
 
@@ -285,26 +283,84 @@ def _interruptible(coro: Coroutine[Any, Any, int]) -> int:
     """
     received: list[int] = []
 
-    async def main() -> int:
+    async def main(signals: _Signals) -> int:
         task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
-            if not received:
-                _exit_anyway_after(SHUTDOWN_SECONDS)
             received.append(signum)
             task.cancel()
 
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, on_signal, sig)
-        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no POSIX signals
-            pass
+        signals.attach(asyncio.get_running_loop(), on_signal)
         return await coro
 
-    try:
-        return asyncio.run(main())
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        signum = received[0] if received else signal.SIGINT
-        log.info("stopped (%s)", signal.Signals(signum).name)
-        return 128 + signum
+    with _Signals() as signals:
+        try:
+            return asyncio.run(main(signals))
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            signum = received[0] if received else signal.SIGINT
+            log.info("stopped (%s)", signal.Signals(signum).name)
+            return 128 + signum
+
+
+class _Signals:
+    """SIGINT and SIGTERM, taken by a thread of their own rather than by the event loop.
+
+    The loop may be stuck for seconds in C (SQLite waiting for another process's write
+    lock, up to [storage] busy_timeout_seconds), when neither a loop signal handler nor a
+    Python one can run. Blocked in every thread and collected here with sigtimedwait, the
+    first signal starts the SHUTDOWN_SECONDS watchdog at once, whatever the loop is doing,
+    and each is handed to the loop's handler (or, before there is one, kept for it).
+    Without POSIX signal masks (not Linux or macOS) Python's default handling stays.
+    """
+
+    SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handler = None
+        self._early: list[int] = []
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._previous: set | None = None
+
+    def __enter__(self) -> _Signals:
+        if hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigtimedwait") \
+                and threading.current_thread() is threading.main_thread():
+            self._previous = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+            self._thread = threading.Thread(target=self._wait, name="papers-bot-signals", daemon=True)
+            self._thread.start()
+        return self
+
+    def attach(self, loop: asyncio.AbstractEventLoop, handler) -> None:
+        with self._lock:
+            self._loop, self._handler = loop, handler
+            early, self._early = self._early, []
+        for signum in early:  # came while starting up (opening the database, say)
+            loop.call_soon(handler, signum)
+
+    def _wait(self) -> None:
+        first = True
+        while not self._done.is_set():
+            info = signal.sigtimedwait(self.SIGNALS, 0.2)
+            if info is None:
+                continue
+            if first:
+                first = False
+                _exit_anyway_after(SHUTDOWN_SECONDS)
+            with self._lock:
+                if self._loop is None:
+                    self._early.append(info.si_signo)
+                    continue
+                loop, handler = self._loop, self._handler
+            try:
+                loop.call_soon_threadsafe(handler, info.si_signo)
+            except RuntimeError:  # the loop has closed: stopping already
+                pass
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+        if self._previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._previous)

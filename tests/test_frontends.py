@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -458,3 +459,28 @@ def test_ctrl_c_during_poll_while_a_source_hangs(tmp_path):
         bot = Bot(tmp_path, write_config(tmp_path, sources), "poll")
         bot.wait_until(lambda: sources.requests)
         cleanly_stopped(bot, bot.stop(signal.SIGINT), code=130, line="stopped (SIGINT)")
+
+
+def test_sigterm_while_the_database_is_locked_by_another_process(tmp_path):
+    # The bot's SQLite calls wait in C for another process's write lock (up to
+    # [storage] busy_timeout_seconds): the event loop cannot run then, so the signal is
+    # taken by a thread of its own, whose watchdog ends the process in time anyway.
+    with FakeHTTPServer() as sources:
+        sources.route("/api/daily_papers", Canned(body=fixture("hf_daily_papers_2024-10-25.json"), delay=1.0))
+        config = write_config(tmp_path, sources)
+        text = Path(config).read_text().replace("[storage]\n", "[storage]\nbusy_timeout_seconds = 60\n", 1)
+        Path(config).write_text(text)
+        bot = Bot(tmp_path, config, "run")
+        bot.wait_until(lambda: "papers-bot running" in bot.stderr)
+        holder = sqlite3.connect(tmp_path / "bot.db", timeout=5)
+        holder.execute("BEGIN IMMEDIATE")  # another process writing for a long time
+        try:
+            bot.wait_until(lambda: sources.requests)
+            time.sleep(1.5)  # the listing has arrived: the poll is now waiting for the lock
+            assert bot.proc.poll() is None
+            seconds = bot.stop(signal.SIGTERM)
+        finally:
+            holder.rollback()
+            holder.close()
+    assert seconds < 5, f"took {seconds:.1f}s to stop; stderr:\n{bot.stderr[-3000:]}"
+    assert "still not stopped" in bot.stderr and bot.proc.returncode == 1
