@@ -33,6 +33,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
+_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
 
 # Slack gives up on a request after 3 seconds; a request that takes longer than this to
 # arrive is either broken or hostile. Generous enough for a slow proxy.
@@ -111,7 +112,7 @@ class QuietServerLog:
     else, such as a bug in one of our handlers, is logged as before.
     """
 
-    def __init__(self, rejects: RejectLog, logger: logging.Logger = logging.getLogger("aiohttp.server")):
+    def __init__(self, rejects: RejectLog, logger: logging.Logger = _AIOHTTP_SERVER_LOG):
         self.rejects = rejects
         self.logger = logger
 

@@ -121,7 +121,7 @@ class PapersMixin:
     def _papers(self, sql: str, params: list | dict) -> list[Paper]:
         cursor = self.db.execute(sql, params)
         columns = [d[0] for d in cursor.description]
-        return [_paper(dict(zip(columns, row))) for row in cursor]
+        return [_paper(dict(zip(columns, row, strict=True))) for row in cursor]
 
     def recent_papers(self, limit: int) -> list[Paper]:
         """The papers stored last, newest first."""

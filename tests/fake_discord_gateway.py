@@ -312,7 +312,7 @@ def main() -> None:  # a fake to point a real `papers-bot run` at, by hand
                     name, _, rest = line.partition(" ")
                     option = {"search": "words", "subscribe": "query", "preview": "query", "show": "paper"}.get(name)
                     fake.interact(name, {option: rest} if option and rest else None, permissions=1 << 4)
-                    fake.wait_for(lambda: len(fake.followups) > seen, 10)
+                    fake.wait_for(lambda seen=seen: len(fake.followups) > seen, 10)
                 for item in fake.followups[seen:]:
                     print(json.dumps(item["body"], indent=1)[:2000], flush=True)
                 seen = len(fake.followups)

@@ -12,7 +12,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_every_chat_command_is_documented_in_the_readme():
-    for name, cmd in handlers.COMMANDS.items():
+    for cmd in handlers.COMMANDS.values():
         assert f"| `{cmd.usage}` |" in README, f"README lacks a row for `{cmd.usage}`"
 
 

@@ -9,6 +9,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from slack_sdk.models.blocks import Block
+from slack_sdk.signature import SignatureVerifier
 
 import handlers
 from bot.adapters.slack_adapter import SlackAdapter, build_bolt_app, make_web_client, start_http
@@ -16,8 +18,6 @@ from bot.adapters.slack_render import card_blocks, digest_blocks, escape, reply_
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, CommandRequest, Digest, Match, Reply
-from slack_sdk.models.blocks import Block
-from slack_sdk.signature import SignatureVerifier
 
 from .fakes import FakeSlack, paper
 

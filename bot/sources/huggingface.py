@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date, datetime
 
 import httpx
 
