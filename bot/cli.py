@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Coroutine, Sequence, TextIO
+from typing import Any, Callable, Coroutine, Sequence, TextIO
 
 from storage import Store
 
@@ -230,6 +230,7 @@ def _run(config: Config) -> int:
         app = App(config)
         stop = asyncio.Event()
         main_task = asyncio.current_task()
+        assert main_task is not None  # inside asyncio.run
 
         def on_signal(signum: int) -> None:
             if stop.is_set():  # a second Ctrl-C: stop waiting for a clean shutdown
@@ -285,6 +286,7 @@ def _interruptible(coro: Coroutine[Any, Any, int]) -> int:
 
     async def main(signals: _Signals) -> int:
         task = asyncio.current_task()
+        assert task is not None  # inside asyncio.run
 
         def on_signal(signum: int) -> None:
             received.append(signum)
@@ -317,8 +319,8 @@ class _Signals:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._handler = None
+        # The loop and its handler, set together by attach().
+        self._target: tuple[asyncio.AbstractEventLoop, Callable[[int], object]] | None = None
         self._early: list[int] = []
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -332,9 +334,9 @@ class _Signals:
             self._thread.start()
         return self
 
-    def attach(self, loop: asyncio.AbstractEventLoop, handler) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop, handler: Callable[[int], object]) -> None:
         with self._lock:
-            self._loop, self._handler = loop, handler
+            self._target = (loop, handler)
             early, self._early = self._early, []
         for signum in early:  # came while starting up (opening the database, say)
             loop.call_soon(handler, signum)
@@ -349,10 +351,10 @@ class _Signals:
                 first = False
                 _exit_anyway_after(SHUTDOWN_SECONDS)
             with self._lock:
-                if self._loop is None:
+                if self._target is None:
                     self._early.append(info.si_signo)
                     continue
-                loop, handler = self._loop, self._handler
+                loop, handler = self._target
             try:
                 loop.call_soon_threadsafe(handler, info.si_signo)
             except RuntimeError:  # the loop has closed: stopping already

@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 
@@ -142,9 +142,9 @@ class Secrets:
     values: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
-        env = os.environ if env is None else env
-        return cls({k: env[k] for k in SECRET_NAMES if env.get(k)})
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Secrets:
+        source: Mapping[str, str] = os.environ if env is None else env
+        return cls({k: source[k] for k in SECRET_NAMES if source.get(k)})
 
     def get(self, name: str) -> str | None:
         return self.values.get(name)
@@ -281,12 +281,12 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
     )
 
 
-def find_config_file(explicit: str | None, env: dict[str, str] | None = None) -> Path | None:
-    env = os.environ if env is None else env
+def find_config_file(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    source: Mapping[str, str] = os.environ if env is None else env
     if explicit:
         return Path(explicit)
-    if env.get("PAPERS_BOT_CONFIG"):
-        return Path(env["PAPERS_BOT_CONFIG"])
+    if source.get("PAPERS_BOT_CONFIG"):
+        return Path(source["PAPERS_BOT_CONFIG"])
     default = Path("config.toml")
     return default if default.is_file() else None
 

@@ -7,6 +7,7 @@ has recorded; nothing here keeps counters of its own.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -63,7 +64,7 @@ def health(store: Store, config: Config) -> tuple[int, dict]:
       row (one source down is a normal day; all of them means nothing arrives).
     """
     faults = dict(getattr(store, "poll_faults", {}))
-    sources = {}
+    sources: dict[str, dict[str, Any]] = {}
     try:
         for name, cfg in (("huggingface", config.huggingface), ("arxiv", config.arxiv)):
             if cfg.enabled:

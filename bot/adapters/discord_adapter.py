@@ -30,7 +30,7 @@ from discord.gateway import DiscordWebSocket, ReconnectWebSocket
 from discord.http import HTTPClient, Route, handle_message_parameters
 
 from ..errors import BotError
-from ..models import ChannelRef, CommandRequest, Digest, PostResult, Reply
+from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
 from . import TOKEN_REFUSED_WAIT, Running
 from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds, safe
@@ -385,7 +385,7 @@ class _Gateway(discord.Client):
 async def answer_links(on_command: CommandHandler, adapter: DiscordAdapter, channel_id: str, message_id: str,
                        user_id: str, content: str) -> int:
     """Reply to a message with a card for each arXiv or Hugging Face paper link in it."""
-    cards = []
+    cards: list[Card] = []
     for paper_id in paper_links(content):
         reply = await on_command(CommandRequest(ChannelRef("discord", channel_id), user_id, f"show {paper_id}",
                                                 can_manage=False))
@@ -521,6 +521,4 @@ async def start_discord(adapter: DiscordAdapter, config, on_command: CommandHand
 
     frontend = DiscordFrontend(make_client, adapter.token)
     frontend.start()
-    running = Running(frontend.close)
-    running.frontend = frontend  # for tests and status
-    return running
+    return Running(frontend.close, frontend=frontend)

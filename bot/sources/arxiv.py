@@ -53,7 +53,7 @@ class ArxivSource:
         self.validators: dict[str, str] = {}
         self.skipped: list[str] = []  # why items of the last feed were skipped
 
-    async def fetch(self) -> list[Paper]:
+    async def fetch(self) -> list[Paper] | None:
         self.skipped = []
         # One request for all categories: arXiv asks for at most one request every 3 s.
         url = f"{self.base_url}/rss/{'+'.join(self.categories)}"
