@@ -64,8 +64,8 @@ class App:
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle)
-        self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url, config.max_response_bytes,
-                                  arxiv_pacer=arxiv_pacer)
+        self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url,
+                                  config.max_response_bytes, arxiv_pacer=arxiv_pacer)
         self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
         self._recovered = False
 
@@ -357,7 +357,8 @@ class _Runner:
             log.info(report.line())
             # The next scheduled run of this source (schedule counts in naive local time).
             job = next((j for j in self.scheduler.jobs if source in getattr(j.job_func, "args", ())), None)
-            wait = (job.next_run - datetime.now()).total_seconds() if job and job.next_run else self.app.interval(source)
+            wait = ((job.next_run - datetime.now()).total_seconds() if job and job.next_run
+                    else self.app.interval(source))
             next_poll = self.app.clock() + timedelta(seconds=max(wait, 0.0))
         else:
             delay = backoff_seconds(report.failures, self.app.interval(source))

@@ -53,8 +53,10 @@ def setup_logging(config: Config, verbose: bool, stream: TextIO | None = None) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="papers-bot", description="New ML papers from Hugging Face and arXiv, in chat.")
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $PAPERS_BOT_CONFIG or ./config.toml)")
+    parser = argparse.ArgumentParser(prog="papers-bot",
+                                     description="New ML papers from Hugging Face and arXiv, in chat.")
+    parser.add_argument("--config", metavar="PATH",
+                        help="TOML config file (default: $PAPERS_BOT_CONFIG or ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="action", metavar="{run,poll,command,status,backfill,export,import}")
     sub.add_parser("run", help="poll every source on its interval and deliver, until Ctrl-C")
@@ -64,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--user", required=True, help="the user id the command is run as")
     cmd.add_argument("text", nargs="+", help='the command, e.g. "subscribe diffusion"')
     sub.add_parser("status", help="sources' health, the delivery queue, and every channel")
-    fill = sub.add_parser("backfill", help="store the past N days of listings (for search and estimates; nothing is posted)")
+    fill = sub.add_parser("backfill",
+                          help="store the past N days of listings (for search and estimates; nothing is posted)")
     fill.add_argument("--days", type=int, required=True, help="how many days back, 1 to 90")
     export = sub.add_parser("export", help="print every channel's settings and subscriptions as TOML")
     export.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")

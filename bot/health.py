@@ -33,7 +33,8 @@ class StoreCollector:
         self.config = config
 
     def collect(self):
-        failures = GaugeMetricFamily("papers_bot_source_consecutive_failures", "Failed polls in a row", labels=["source"])
+        failures = GaugeMetricFamily("papers_bot_source_consecutive_failures", "Failed polls in a row",
+                                     labels=["source"])
         success = GaugeMetricFamily("papers_bot_source_last_success_timestamp_seconds",
                                     "When the source last answered", labels=["source"])
         for name in SOURCES:

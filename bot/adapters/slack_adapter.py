@@ -102,7 +102,8 @@ class SlackAdapter:
                 metadata = message.get("metadata") or {}
                 payload = metadata.get("event_payload") or {}
                 if metadata.get("event_type") == PAPER_EVENT and (
-                        payload.get("paper_id") == paper_id or paper_id in str(payload.get("paper_ids", "")).split(",")):
+                        payload.get("paper_id") == paper_id
+                        or paper_id in str(payload.get("paper_ids", "")).split(",")):
                     return str(message["ts"])
             cursor = (response.get("response_metadata") or {}).get("next_cursor")
             if not cursor:
