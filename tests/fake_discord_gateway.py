@@ -122,7 +122,8 @@ class FakeDiscordGateway:
             "authorizing_integration_owners": {"0": GUILD_ID}, "context": 0, "attachment_size_limit": 8388608,
             "data": {"id": "9001", "name": "papers", "type": 1, "guild_id": GUILD_ID,
                      "options": [{"name": subcommand, "type": 1,
-                                  "options": [{"name": k, "type": 3, "value": v} for k, v in (options or {}).items()]}]},
+                                  "options": [{"name": k, "type": 3, "value": v}
+                                              for k, v in (options or {}).items()]}]},
         }
         asyncio.run_coroutine_threadsafe(self._dispatch_all("INTERACTION_CREATE", data), self._loop).result(5)
         return interaction_token

@@ -11,7 +11,8 @@ OTHER = ChannelRef("discord", "123")
 
 @pytest.fixture
 def ctx(store, make_config, clock):
-    return handlers.Context(store, make_config(limits={"max_subscriptions_per_channel": 3, "commands_per_minute": 1000}), clock)
+    limits = {"max_subscriptions_per_channel": 3, "commands_per_minute": 1000}
+    return handlers.Context(store, make_config(limits=limits), clock)
 
 
 def run(ctx, text, channel=ML, can_manage=True):
