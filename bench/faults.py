@@ -172,7 +172,7 @@ class Commands:
                 results = json.loads(out.strip().splitlines()[-1])
             except (ValueError, IndexError):
                 results = [[-1, "", f"command process failed: {err.strip()[-300:]}"]] * len(jobs)
-            for job, (code, reply, problems) in zip(jobs, results):
+            for job, (code, reply, problems) in zip(jobs, results, strict=False):
                 self.count += 1
                 if not self._record(job, code, reply) or "Traceback" in problems:
                     self.failed += 1

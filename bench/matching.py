@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     naive_results = [naive_match(naive_subs, p) for p in papers[:sample]]
     naive_sample_s = time.perf_counter() - started
-    for paper, got, expected in zip(papers, kept, naive_results):
+    for paper, got, expected in zip(papers, kept, naive_results, strict=False):
         assert got == expected, f"engine and naive loop disagree on {paper.id}"
     naive_s = naive_sample_s * len(papers) / sample if sample else 0.0
 

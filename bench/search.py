@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     frequent = Zipf(vocabulary, query_rng, offset=20)
     common = [f"search {' '.join(frequent.draw(query_rng.randint(1, 2)))}" for _ in range(args.queries // 3)]
     total = store.count_papers()
-    shows = [f"show {2601 + i // 100000}.{i % 100000:05d}" for i in (query_rng.randrange(total) for _ in range(args.queries))]
+    shows = [f"show {2601 + i // 100000}.{i % 100000:05d}"
+             for i in (query_rng.randrange(total) for _ in range(args.queries))]
     search = stats("search", *asyncio.run(measure(ctx, searches)))
     common_search = stats("common_search", *asyncio.run(measure(ctx, common)))
     show = stats("show", *asyncio.run(measure(ctx, shows)))

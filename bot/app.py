@@ -64,8 +64,8 @@ class App:
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle)
-        self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url, config.max_response_bytes,
-                                  arxiv_pacer=arxiv_pacer)
+        self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url,
+                                  config.max_response_bytes, arxiv_pacer=arxiv_pacer)
         self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
         self._recovered = False
 
@@ -108,13 +108,17 @@ class App:
                 self._frontends.append(frontend)
         discord_adapter = self.adapters.get("discord")
         if discord_adapter is not None and hasattr(discord_adapter, "token"):
-            from .adapters.discord_adapter import start_discord
+            from .adapters.discord_adapter import DiscordAdapter, start_discord
 
-            summaries = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
-            frontend = await self._start("Discord", start_discord(discord_adapter, self.config, self.handle_command,
-                                                                  summaries, self.store.subscriptions))
-            if frontend is not None:
-                self._frontends.append(frontend)
+            # start_discord drives a DiscordAdapter's own gateway; any other adapter that merely
+            # has a token (a stand-in, say) is posted to, but has no gateway to start.
+            if isinstance(discord_adapter, DiscordAdapter):
+                summaries = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
+                frontend = await self._start("Discord", start_discord(discord_adapter, self.config,
+                                                                      self.handle_command, summaries,
+                                                                      self.store.subscriptions))
+                if frontend is not None:
+                    self._frontends.append(frontend)
 
     @staticmethod
     async def _start(name: str, start: Awaitable[T]) -> T | None:
@@ -268,10 +272,13 @@ class _Runner:
         self.fatal: StorageError | None = None  # why run stopped by itself
 
     async def run(self, stop: asyncio.Event, tick: float) -> None:
+        # schedule's hints say every(int); it takes float seconds, as these intervals are.
         for source in self.app.sources:
-            self.scheduler.every(self.app.interval(source)).seconds.do(self._safe, self._start_poll, source)
+            every = self.app.interval(source)
+            self.scheduler.every(every).seconds.do(self._safe, self._start_poll, source)  # type: ignore[arg-type]  # float ok
         self.scheduler.every(5).seconds.do(self._safe, self._retry_due)
-        self.scheduler.every(self.app.config.delivery.sweep_seconds).seconds.do(self._safe, self._start_dispatch)
+        sweep = self.app.config.delivery.sweep_seconds
+        self.scheduler.every(sweep).seconds.do(self._safe, self._start_dispatch)  # type: ignore[arg-type]  # float ok
         self.scheduler.every(FILE_CHECK_SECONDS).seconds.do(self._check_file, stop)
         if not self.app.sources:
             log.warning("every source is disabled in the config: nothing will be polled")
@@ -350,7 +357,8 @@ class _Runner:
             log.info(report.line())
             # The next scheduled run of this source (schedule counts in naive local time).
             job = next((j for j in self.scheduler.jobs if source in getattr(j.job_func, "args", ())), None)
-            wait = (job.next_run - datetime.now()).total_seconds() if job and job.next_run else self.app.interval(source)
+            wait = ((job.next_run - datetime.now()).total_seconds() if job and job.next_run
+                    else self.app.interval(source))
             next_poll = self.app.clock() + timedelta(seconds=max(wait, 0.0))
         else:
             delay = backoff_seconds(report.failures, self.app.interval(source))

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Coroutine, Sequence, TextIO
+from typing import Any, Callable, Coroutine, Sequence, TextIO
 
 from storage import Store
 
@@ -53,8 +53,10 @@ def setup_logging(config: Config, verbose: bool, stream: TextIO | None = None) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="papers-bot", description="New ML papers from Hugging Face and arXiv, in chat.")
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $PAPERS_BOT_CONFIG or ./config.toml)")
+    parser = argparse.ArgumentParser(prog="papers-bot",
+                                     description="New ML papers from Hugging Face and arXiv, in chat.")
+    parser.add_argument("--config", metavar="PATH",
+                        help="TOML config file (default: $PAPERS_BOT_CONFIG or ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="action", metavar="{run,poll,command,status,backfill,export,import}")
     sub.add_parser("run", help="poll every source on its interval and deliver, until Ctrl-C")
@@ -64,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--user", required=True, help="the user id the command is run as")
     cmd.add_argument("text", nargs="+", help='the command, e.g. "subscribe diffusion"')
     sub.add_parser("status", help="sources' health, the delivery queue, and every channel")
-    fill = sub.add_parser("backfill", help="store the past N days of listings (for search and estimates; nothing is posted)")
+    fill = sub.add_parser("backfill",
+                          help="store the past N days of listings (for search and estimates; nothing is posted)")
     fill.add_argument("--days", type=int, required=True, help="how many days back, 1 to 90")
     export = sub.add_parser("export", help="print every channel's settings and subscriptions as TOML")
     export.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
@@ -230,6 +233,7 @@ def _run(config: Config) -> int:
         app = App(config)
         stop = asyncio.Event()
         main_task = asyncio.current_task()
+        assert main_task is not None  # inside asyncio.run
 
         def on_signal(signum: int) -> None:
             if stop.is_set():  # a second Ctrl-C: stop waiting for a clean shutdown
@@ -285,6 +289,7 @@ def _interruptible(coro: Coroutine[Any, Any, int]) -> int:
 
     async def main(signals: _Signals) -> int:
         task = asyncio.current_task()
+        assert task is not None  # inside asyncio.run
 
         def on_signal(signum: int) -> None:
             received.append(signum)
@@ -317,8 +322,8 @@ class _Signals:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._handler = None
+        # The loop and its handler, set together by attach().
+        self._target: tuple[asyncio.AbstractEventLoop, Callable[[int], object]] | None = None
         self._early: list[int] = []
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -332,9 +337,9 @@ class _Signals:
             self._thread.start()
         return self
 
-    def attach(self, loop: asyncio.AbstractEventLoop, handler) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop, handler: Callable[[int], object]) -> None:
         with self._lock:
-            self._loop, self._handler = loop, handler
+            self._target = (loop, handler)
             early, self._early = self._early, []
         for signum in early:  # came while starting up (opening the database, say)
             loop.call_soon(handler, signum)
@@ -349,10 +354,10 @@ class _Signals:
                 first = False
                 _exit_anyway_after(SHUTDOWN_SECONDS)
             with self._lock:
-                if self._loop is None:
+                if self._target is None:
                     self._early.append(info.si_signo)
                     continue
-                loop, handler = self._loop, self._handler
+                loop, handler = self._target
             try:
                 loop.call_soon_threadsafe(handler, info.si_signo)
             except RuntimeError:  # the loop has closed: stopping already

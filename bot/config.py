@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 
@@ -92,7 +92,8 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
     "delivery": {
         "cards_per_cycle": (int, 10, _positive),
         "max_age_days": (int, 7, _positive),
-        "admin_channel": (str, "", lambda v: None if not v or _channel_ok(v) else "must be like slack:C123 or discord:123"),
+        "admin_channel": (str, "",
+                          lambda v: None if not v or _channel_ok(v) else "must be like slack:C123 or discord:123"),
         "source_failure_notice_after": (int, 3, _positive),
         "sweep_seconds": (float, 30.0, _positive),
     },
@@ -104,15 +105,18 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
         "mode": (str, "socket", lambda v: None if v in ("socket", "http") else 'must be "socket" or "http"'),
         "port": (int, 3000, lambda v: None if 1 <= v <= 65535 else "must be a port number"),
         "api_url": (str, "https://slack.com/api/", _url),
-        "command": (str, "/papers", lambda v: None if re.match(r"^/[a-z0-9_-]{1,31}$", v) else "must look like /papers"),
-        "admins": (list, [], lambda v: None if all(isinstance(u, str) and u for u in v) else "must list Slack user ids"),
+        "command": (str, "/papers",
+                    lambda v: None if re.match(r"^/[a-z0-9_-]{1,31}$", v) else "must look like /papers"),
+        "admins": (list, [],
+                   lambda v: None if all(isinstance(u, str) and u for u in v) else "must list Slack user ids"),
         "host": (str, "0.0.0.0", _host),
     },
     "discord": {
         "api_base": (str, "https://discord.com/api/v10", _url),
         "dev_guild_id": (int, 0, lambda v: None if v >= 0 else "must be a guild id, or 0 for global commands"),
         "message_content": (bool, False, None),
-        "gateway_url": (str, "", lambda v: None if not v or re.match(r"^wss?://[^\s/]+", v) else "must be a ws:// or wss:// URL, or empty"),
+        "gateway_url": (str, "", lambda v: None if not v or re.match(r"^wss?://[^\s/]+", v)
+                        else "must be a ws:// or wss:// URL, or empty"),
     },
     "metrics": {
         "port": (int, 0, lambda v: None if 0 <= v <= 65535 else "must be a port number, or 0 for off"),
@@ -142,9 +146,9 @@ class Secrets:
     values: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
-        env = os.environ if env is None else env
-        return cls({k: env[k] for k in SECRET_NAMES if env.get(k)})
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Secrets:
+        source: Mapping[str, str] = os.environ if env is None else env
+        return cls({k: source[k] for k in SECRET_NAMES if source.get(k)})
 
     def get(self, name: str) -> str | None:
         return self.values.get(name)
@@ -281,12 +285,12 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
     )
 
 
-def find_config_file(explicit: str | None, env: dict[str, str] | None = None) -> Path | None:
-    env = os.environ if env is None else env
+def find_config_file(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    source: Mapping[str, str] = os.environ if env is None else env
     if explicit:
         return Path(explicit)
-    if env.get("PAPERS_BOT_CONFIG"):
-        return Path(env["PAPERS_BOT_CONFIG"])
+    if source.get("PAPERS_BOT_CONFIG"):
+        return Path(source["PAPERS_BOT_CONFIG"])
     default = Path("config.toml")
     return default if default.is_file() else None
 

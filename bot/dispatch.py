@@ -146,7 +146,8 @@ class Dispatcher:
                 self.store.release_delivery(delivery.id)
                 released += 1
         if found or released:
-            log.warning("recovered from an interrupted run: %d deliveries had gone out, %d will be sent", found, released)
+            log.warning("recovered from an interrupted run: %d deliveries had gone out, %d will be sent",
+                        found, released)
         return found, released
 
     async def dispatch_digests(self) -> DispatchReport:
@@ -255,7 +256,8 @@ class Dispatcher:
         if result.retry_after is not None:
             # A rate limit (or a refused token) is not a failure of this paper: wait as long as
             # asked, and never give up for it.
-            self.store.mark_failed(delivery.id, result.error or "rate limited", now + timedelta(seconds=result.retry_after))
+            self.store.mark_failed(delivery.id, result.error or "rate limited",
+                                   now + timedelta(seconds=result.retry_after))
             report.retrying += 1
             log.info("posting to %s must wait %.0fs: %s", delivery.channel, result.retry_after,
                      result.error or "rate limited")

@@ -7,6 +7,7 @@ has recorded; nothing here keeps counters of its own.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -32,7 +33,8 @@ class StoreCollector:
         self.config = config
 
     def collect(self):
-        failures = GaugeMetricFamily("papers_bot_source_consecutive_failures", "Failed polls in a row", labels=["source"])
+        failures = GaugeMetricFamily("papers_bot_source_consecutive_failures", "Failed polls in a row",
+                                     labels=["source"])
         success = GaugeMetricFamily("papers_bot_source_last_success_timestamp_seconds",
                                     "When the source last answered", labels=["source"])
         for name in SOURCES:
@@ -63,7 +65,7 @@ def health(store: Store, config: Config) -> tuple[int, dict]:
       row (one source down is a normal day; all of them means nothing arrives).
     """
     faults = dict(getattr(store, "poll_faults", {}))
-    sources = {}
+    sources: dict[str, dict[str, Any]] = {}
     try:
         for name, cfg in (("huggingface", config.huggingface), ("arxiv", config.arxiv)):
             if cfg.enabled:

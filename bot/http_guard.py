@@ -33,6 +33,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
+_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
 
 # Slack gives up on a request after 3 seconds; a request that takes longer than this to
 # arrive is either broken or hostile. Generous enough for a slow proxy.
@@ -111,7 +112,7 @@ class QuietServerLog:
     else, such as a bug in one of our handlers, is logged as before.
     """
 
-    def __init__(self, rejects: RejectLog, logger: logging.Logger = logging.getLogger("aiohttp.server")):
+    def __init__(self, rejects: RejectLog, logger: logging.Logger = _AIOHTTP_SERVER_LOG):
         self.rejects = rejects
         self.logger = logger
 
@@ -149,6 +150,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # counted against the cap since accept() (see _Listener)
         self.guard.connections[transport] = self
         self.expect_request()
+        assert self.inner is not None  # connection_lost has not run yet
         self.inner.connection_made(transport)
 
     @property
@@ -162,7 +164,8 @@ class _Connection(asyncio.Protocol):
         self.guard.connections.pop(self.transport, None)
         self.guard.accepted -= 1
         self.counted = False
-        self.transport.abort()
+        if self.transport is not None:  # always, for a connection in guard.connections
+            self.transport.abort()
 
     def expect_request(self) -> None:
         """Start the clock: a whole request must arrive within read_timeout."""
@@ -227,7 +230,7 @@ class ConnectionGuard:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.max_body = max_body
-        self.connections: dict[object, _Connection] = {}
+        self.connections: dict[asyncio.Transport | None, _Connection] = {}  # by transport
         self.accepted = 0  # sockets accepted and not yet closed: what the cap counts
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
@@ -251,9 +254,10 @@ class ConnectionGuard:
     async def middleware(self, request: web.Request, handler):
         """Reads the whole body while the connection's clock runs, then stops it for the handler."""
         connection = self.connections.get(request.transport)
-        if (request.content_length or 0) > self.max_body:  # say so now rather than wait for it
+        length = request.content_length or 0
+        if length > self.max_body:  # say so now rather than wait for it
             self.rejects.note("body too large")
-            raise web.HTTPRequestEntityTooLarge(self.max_body, request.content_length, headers={"Connection": "close"})
+            raise web.HTTPRequestEntityTooLarge(self.max_body, length, headers={"Connection": "close"})
         try:
             await request.read()
         except web.HTTPException as exc:  # 413: larger than client_max_size
@@ -392,7 +396,8 @@ class Served:
             connection.stop_clock()
         await self.runner.cleanup()
         for transport in list(self.guard.connections):
-            transport.abort()
+            if transport is not None:  # never a key: connection_made sets it first
+                transport.abort()
         self.guard.rejects.close()
 
 
@@ -424,8 +429,10 @@ async def serve(
                            keepalive_timeout=idle_timeout, lingering_time=min(read_timeout, 0.5),
                            shutdown_timeout=2.0)
     await runner.setup()
+    server = runner.server
+    assert server is not None  # made by setup()
     try:
-        listeners = [_Listener(sock, guard, runner.server) for sock in _listening_sockets(host, port, backlog=128)]
+        listeners = [_Listener(sock, guard, server) for sock in _listening_sockets(host, port, backlog=128)]
     except BaseException:
         await runner.cleanup()
         raise

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class PaperLookup:
-    def __init__(self, client: httpx.AsyncClient, hf_base_url: str, arxiv_api_url: str, max_bytes: int = 5 * 1024 * 1024,
-                 arxiv_pacer: Pacer | None = None):
+    def __init__(self, client: httpx.AsyncClient, hf_base_url: str, arxiv_api_url: str,
+                 max_bytes: int = 5 * 1024 * 1024, arxiv_pacer: Pacer | None = None):
         self.client = client
         self.arxiv_pacer = arxiv_pacer or Pacer(ARXIV_INTERVAL)  # shared with the arXiv source
         self.hf_base_url = hf_base_url.rstrip("/")

@@ -134,7 +134,7 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
     if kind == "not":
         return [] if evaluate(node[1], view) is None else None
     if kind == "author":
-        for author, tokens in zip(view.paper.authors, view.authors):
+        for author, tokens in zip(view.paper.authors, view.authors, strict=True):
             if _author_matches(node[1], tokens):
                 return [f"author {author}"]
         return None

@@ -343,7 +343,8 @@ def parse_query(text: str) -> tuple:
         raise QueryError(f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
     node = _Parser(tokenize(text)).parse()
     if not includes_something(node):
-        raise QueryError("a query must include something, not only exclude: `-video` alone would match almost every paper")
+        raise QueryError("a query must include something, not only exclude: "
+                         "`-video` alone would match almost every paper")
     return node
 
 

@@ -66,11 +66,14 @@ class Command:
     @property
     def summary(self) -> str:
         """First docstring line: what `help` and the platforms' command lists show."""
-        return inspect.getdoc(self.func).splitlines()[0]
+        return self.details.splitlines()[0]
 
     @property
     def details(self) -> str:
-        return inspect.getdoc(self.func)
+        doc = inspect.getdoc(self.func)
+        if not doc:
+            raise TypeError(f"command {self.name!r} has no docstring; help and the command lists need one")
+        return doc
 
 
 COMMANDS: dict[str, Command] = {}
@@ -122,10 +125,12 @@ async def _handle(ctx: Context, request: CommandRequest) -> Reply:
     text = request.text.strip()
     if len(text) > MAX_COMMAND_CHARS:
         return error(f"That command is {len(text)} characters long; the limit is {MAX_COMMAND_CHARS}.")
-    wait = ctx.limiter.wait_seconds(request.user_id)
+    limiter = ctx.limiter
+    assert limiter is not None  # set by Context.__post_init__
+    wait = limiter.wait_seconds(request.user_id)
     if wait:
         return error(
-            f"You are sending commands too fast: the limit is {ctx.limiter.limit} a minute. "
+            f"You are sending commands too fast: the limit is {limiter.limit} a minute. "
             f"Try again in {plural(wait, 'second')}."
         )
     verb, _, rest = text.partition(" ")

@@ -185,5 +185,6 @@ def status(ctx: Context, req: CommandRequest, args: str) -> Reply:
     due = digest_due(settings, now)
     if settings.mode != "instant" and not settings.paused:
         upcoming = due or next_digest(settings, settings.last_digest_at or now)
-        lines.append(f"Next digest: {upcoming.astimezone(zone(settings.timezone)):%a %Y-%m-%d %H:%M} {settings.timezone}.")
+        local = upcoming.astimezone(zone(settings.timezone))
+        lines.append(f"Next digest: {local:%a %Y-%m-%d %H:%M} {settings.timezone}.")
     return Reply("\n".join(lines))

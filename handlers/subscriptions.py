@@ -129,10 +129,10 @@ def unsubscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
         return Reply(f"Unsubscribed all {len(removed)}: {names}{more}.")
     if not raw.isdecimal() or len(raw) > 12:
         return error(f"`{shown(args, 30)}` is not a subscription number.", "unsubscribe")
-    removed = ctx.store.remove_subscription(req.channel, int(raw))
-    if removed is None:
+    gone = ctx.store.remove_subscription(req.channel, int(raw))
+    if gone is None:
         return error(f"This channel has no subscription #{int(raw)}. See `/papers list`.", "unsubscribe")
-    return Reply(f"Unsubscribed #{removed.id} `{removed.query}`. Papers already posted stay where they are.")
+    return Reply(f"Unsubscribed #{gone.id} `{gone.query}`. Papers already posted stay where they are.")
 
 
 @command("mute", "mute <id> <term>", manage=True)

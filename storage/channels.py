@@ -37,7 +37,8 @@ class ChannelsMixin:
         )
         return saved
 
-    def update_channel_settings(self, channel: ChannelRef, now: datetime, **changes) -> tuple[ChannelSettings, ChannelSettings]:
+    def update_channel_settings(self, channel: ChannelRef, now: datetime,
+                                **changes) -> tuple[ChannelSettings, ChannelSettings]:
         """Change some settings of a channel, keeping the others as they are in the database
         (not as a caller read them earlier): returns (before, after)."""
         with immediate(self.db):
@@ -45,7 +46,8 @@ class ChannelsMixin:
             return before, self.save_channel_settings(replace(before, **changes), now)
 
     def digest_channels(self) -> list[ChannelSettings]:
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM channels WHERE mode != 'instant' AND paused = 0 ORDER BY channel")
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM channels WHERE mode != 'instant' AND paused = 0 ORDER BY channel")
         return [_settings(row) for row in rows]
 
     def all_channel_settings(self) -> list[ChannelSettings]:

@@ -101,7 +101,8 @@ class DeliveriesMixin:
                 boundary = first_in_digest  # a burst going on: its cards are the rows before its digest
             else:
                 kept = self.db.execute(
-                    """SELECT id FROM deliveries WHERE channel = ? AND in_digest = 0 AND status IN ('pending', 'sending')
+                    """SELECT id FROM deliveries
+                        WHERE channel = ? AND in_digest = 0 AND status IN ('pending', 'sending')
                         ORDER BY id LIMIT ?""",
                     [key, cards],
                 ).fetchall()
@@ -178,7 +179,8 @@ class DeliveriesMixin:
 
     def last_sent_at(self, channel: ChannelRef | None = None) -> datetime | None:
         sql = "SELECT max(sent_at) FROM deliveries WHERE status = 'sent'"
-        row = self.db.execute(sql + (" AND channel = ?" if channel else ""), [channel.key] if channel else []).fetchone()
+        row = self.db.execute(sql + (" AND channel = ?" if channel else ""),
+                              [channel.key] if channel else []).fetchone()
         return datetime.fromisoformat(row[0]) if row[0] else None
 
     def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> bool:
@@ -193,7 +195,8 @@ class DeliveriesMixin:
     def unfinished_deliveries(self) -> list[tuple[Delivery, datetime | None]]:
         """Deliveries a crash left in the middle of sending, with when they were claimed."""
         rows = self.db.execute(
-            "SELECT id, paper_id, channel, reason, attempts, in_digest, claimed_at FROM deliveries WHERE status = 'sending'"
+            "SELECT id, paper_id, channel, reason, attempts, in_digest, claimed_at FROM deliveries"
+            " WHERE status = 'sending'"
         ).fetchall()
         return [(_delivery(row), datetime.fromisoformat(row[6]) if row[6] else None) for row in rows]
 

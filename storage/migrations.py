@@ -76,7 +76,7 @@ def m001_initial(db: Database) -> None:
         """
     )
     # Full-text search over stored papers, kept in step by triggers.
-    db["papers"].enable_fts(["title", "summary", "authors"], create_triggers=True, tokenize="porter")
+    db.table("papers").enable_fts(["title", "summary", "authors"], create_triggers=True, tokenize="porter")
 
 
 @migrations()

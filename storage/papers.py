@@ -69,7 +69,8 @@ class PapersMixin:
         for start in range(0, len(paper_ids), 500):
             chunk = paper_ids[start:start + 500]
             rows = self.db.execute(
-                f"SELECT id, upvotes, organization, first_seen FROM papers WHERE listed = 1 AND id IN ({', '.join('?' * len(chunk))})",
+                "SELECT id, upvotes, organization, first_seen FROM papers"
+                f" WHERE listed = 1 AND id IN ({', '.join('?' * len(chunk))})",
                 chunk,
             )
             found.update({row[0]: (row[1], row[2], datetime.fromisoformat(row[3])) for row in rows})
@@ -121,7 +122,7 @@ class PapersMixin:
     def _papers(self, sql: str, params: list | dict) -> list[Paper]:
         cursor = self.db.execute(sql, params)
         columns = [d[0] for d in cursor.description]
-        return [_paper(dict(zip(columns, row))) for row in cursor]
+        return [_paper(dict(zip(columns, row, strict=True))) for row in cursor]
 
     def recent_papers(self, limit: int) -> list[Paper]:
         """The papers stored last, newest first."""

@@ -76,7 +76,7 @@ class SourceStateMixin:
         row = cursor.fetchone()
         if row is None:
             return None
-        state = dict(zip([d[0] for d in cursor.description], row))
+        state = dict(zip([d[0] for d in cursor.description], row, strict=True))
         for key in ("last_attempt", "last_success", "last_error_at", "next_poll"):
             state[key] = parse_iso(state[key])
         return state

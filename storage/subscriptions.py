@@ -8,7 +8,7 @@ from sqlite_utils import Database
 
 from bot.models import ChannelRef, Subscription
 
-from .db import immediate, iso, parse_iso
+from .db import immediate, iso
 
 _NEXT_VERSION = "(SELECT coalesce(max(version), 0) + 1 FROM subscriptions)"
 
@@ -45,7 +45,9 @@ class SubscriptionsMixin:
                     VALUES (?, ?, ?, ?, {_NEXT_VERSION})""",
                 [channel.key, query, user_id, iso(now)],
             )
-            return self.get_subscription(cursor.lastrowid), True
+            new_id = cursor.lastrowid
+            assert new_id is not None  # set by every successful INSERT
+            return self.get_subscription(new_id), True
 
     def get_subscription(self, subscription_id: int) -> Subscription | None:
         row = self.db.execute(_SELECT + " WHERE s.id = ?", [subscription_id]).fetchone()
@@ -129,6 +131,6 @@ def _subscription(row) -> Subscription:
         channel=ChannelRef(platform, channel_id),
         query=row[2],
         created_by=row[3],
-        created_at=parse_iso(row[4]),
+        created_at=datetime.fromisoformat(row[4]),  # NOT NULL
         delivered=row[5],
     )

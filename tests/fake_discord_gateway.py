@@ -122,7 +122,8 @@ class FakeDiscordGateway:
             "authorizing_integration_owners": {"0": GUILD_ID}, "context": 0, "attachment_size_limit": 8388608,
             "data": {"id": "9001", "name": "papers", "type": 1, "guild_id": GUILD_ID,
                      "options": [{"name": subcommand, "type": 1,
-                                  "options": [{"name": k, "type": 3, "value": v} for k, v in (options or {}).items()]}]},
+                                  "options": [{"name": k, "type": 3, "value": v}
+                                              for k, v in (options or {}).items()]}]},
         }
         asyncio.run_coroutine_threadsafe(self._dispatch_all("INTERACTION_CREATE", data), self._loop).result(5)
         return interaction_token
@@ -312,7 +313,7 @@ def main() -> None:  # a fake to point a real `papers-bot run` at, by hand
                     name, _, rest = line.partition(" ")
                     option = {"search": "words", "subscribe": "query", "preview": "query", "show": "paper"}.get(name)
                     fake.interact(name, {option: rest} if option and rest else None, permissions=1 << 4)
-                    fake.wait_for(lambda: len(fake.followups) > seen, 10)
+                    fake.wait_for(lambda seen=seen: len(fake.followups) > seen, 10)
                 for item in fake.followups[seen:]:
                     print(json.dumps(item["body"], indent=1)[:2000], flush=True)
                 seen = len(fake.followups)

@@ -327,9 +327,10 @@ class FakeDiscord:
                     wait = fake.last_post.get(channel, -1e9) + fake.min_interval - now
                     if wait > 0:
                         fake.rate_limited += 1
-                        return self._send(429, {"message": "You are being rate limited.", "retry_after": round(wait, 3),
-                                                "global": False}, {"Via": "1.1 google", "Retry-After": str(int(wait) + 1),
-                                                                   "X-RateLimit-Scope": "user"})
+                        return self._send(429, {"message": "You are being rate limited.",
+                                                "retry_after": round(wait, 3), "global": False},
+                                          {"Via": "1.1 google", "Retry-After": str(int(wait) + 1),
+                                           "X-RateLimit-Scope": "user"})
                     fake.last_post[channel] = now
                     fake.next_id += 1
                     message = {"id": str((int(time.time() * 1000) - 1420070400000) << 22 | fake.next_id % 4096),

@@ -64,12 +64,14 @@ async def test_backfill_stores_past_days_and_posts_nothing(store, server, monkey
                                 progress=Progress(6, out), sleep=fake_sleep)
     assert report.stored == {"huggingface": 6, "arxiv": 3}
     assert store.count_pending() == 0  # history is never posted
-    hf_days = [parse_qs(urlsplit(raw).query)["date"][0] for path, raw, _ in server.requests if path == "/api/daily_papers"]
+    hf_days = [parse_qs(urlsplit(raw).query)["date"][0]
+               for path, raw, _ in server.requests if path == "/api/daily_papers"]
     assert hf_days == ["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"]  # not today: the poller's
     arxiv_queries = [parse_qs(urlsplit(raw).query) for path, raw, _ in server.requests if path == "/api/query"]
     # Two days (4 and 3 days back), two pages each; never newer than three days.
     assert [q["start"][0] for q in arxiv_queries] == ["0", "2", "0", "2"]
-    assert arxiv_queries[0]["search_query"][0] == "(cat:cs.LG OR cat:cs.CL) AND submittedDate:[202611240000 TO 202611242359]"
+    assert arxiv_queries[0]["search_query"][0] == \
+        "(cat:cs.LG OR cat:cs.CL) AND submittedDate:[202611240000 TO 202611242359]"
     assert sleeps == [3.0, 3.0, 3.0]  # one arXiv request every 3 seconds
     lines = out.getvalue().splitlines()
     assert lines[0] == "backfill [####--------------------] 1/6 huggingface 2026-11-24: 0 listed"
@@ -94,7 +96,8 @@ def test_export_then_import_into_an_empty_store_is_the_same(setup, tmp_path):
     fresh = Store(tmp_path / "fresh.db")
     report = import_toml(fresh, text, NOW)
     assert report.line() == "imported 2 channels: 3 subscriptions added, 0 already present"
-    assert [(s.channel.key, s.query) for s in fresh.subscriptions()] == [(s.channel.key, s.query) for s in setup.subscriptions()]
+    assert [(s.channel.key, s.query) for s in fresh.subscriptions()] == \
+        [(s.channel.key, s.query) for s in setup.subscriptions()]
     settings = fresh.channel_settings(ChannelRef("slack", "C123"))
     assert (settings.mode, settings.digest_day, settings.digest_time, settings.timezone, settings.paused) == (
         "weekly", "fri", "16:00", "Europe/Berlin", True)
@@ -116,7 +119,8 @@ def test_export_then_import_into_an_empty_store_is_the_same(setup, tmp_path):
         ('[[channel]]\nchannel = "console:a"\ndigest_time = "25:00"\n', "digest_time must be HH:MM"),
         ('[[channel]]\nchannel = "console:a"\npaused = "no"\n', "paused must be true or false"),
         ('[[channel]]\nchannel = "console:a"\nsubscriptions = "diffusion"\n', "must be a list of strings"),
-        ('[[channel]]\nchannel = "console:a"\nsubscriptions = ["ok", "(broken"]\n', "subscription '(broken': unclosed ("),
+        ('[[channel]]\nchannel = "console:a"\nsubscriptions = ["ok", "(broken"]\n',
+         "subscription '(broken': unclosed ("),
     ],
 )
 def test_bad_imports_name_the_entry_and_write_nothing(store, text, message):
@@ -130,7 +134,8 @@ def test_bad_imports_name_the_entry_and_write_nothing(store, text, message):
 def test_cli_export_and_import(tmp_path, capsys):
     config = tmp_path / "config.toml"
     config.write_text(f'[storage]\npath = "{tmp_path / "a.db"}"\n')
-    assert main(["--config", str(config), "command", "--channel", "console:ml", "--user", "u", "subscribe diffusion"]) == 0
+    assert main(["--config", str(config), "command", "--channel", "console:ml", "--user", "u",
+                 "subscribe diffusion"]) == 0
     exported = tmp_path / "subs.toml"
     assert main(["--config", str(config), "export", "--output", str(exported)]) == 0
     other = tmp_path / "other.toml"

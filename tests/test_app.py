@@ -115,7 +115,8 @@ async def test_a_backfill_is_posted_as_part_of_the_command(tmp_path, server):
     app = make_app(tmp_path, server, out=out)
     await app.poll_once()  # history, stored before any subscription: nothing posted
     assert out.getvalue() == ""
-    reply = await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "subscribe diffusion --backfill 5"))
+    reply = await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1",
+                                                    "subscribe diffusion --backfill 5"))
     assert reply.queued == 2 and "Backfill: posting 2 recent matches now." in reply.text
     assert out.getvalue().count("[console:ml]") == 2
     await app.aclose()
@@ -144,7 +145,8 @@ async def test_admin_channel_hears_once_of_a_failing_source_and_once_of_its_reco
 
 
 async def test_conditional_requests_send_the_validators_back(tmp_path, server):
-    server.route("/api/daily_papers", Canned(body=b"[]", headers={"ETag": '"v1"', "Last-Modified": "Fri, 27 Nov 2026 10:00:00 GMT"}),
+    server.route("/api/daily_papers",
+                 Canned(body=b"[]", headers={"ETag": '"v1"', "Last-Modified": "Fri, 27 Nov 2026 10:00:00 GMT"}),
                  Canned(status=304, body=b""))
     app = make_app(tmp_path, server)
     first, _ = await app.poll_once()

@@ -59,7 +59,8 @@ def expected_titles(word: str) -> set[str]:
 
 
 def test_subscribe_then_poll_prints_exactly_the_matching_papers_once(capsys, config_file):
-    code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", "console:ml", "--user", "u1", "subscribe diffusion")
+    code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", "console:ml", "--user", "u1",
+                       "subscribe diffusion")
     assert code == 0 and 'Subscribed this channel to `diffusion` (#1)' in out
 
     code, out, err = cli(capsys, "--config", config_file, "poll")
@@ -89,7 +90,8 @@ def test_a_failing_source_does_not_stop_the_other(capsys, config_file, server):
     code, out, err = cli(capsys, "--config", config_file, "poll")
     assert code == 0
     assert re.search(r"^huggingface: FAILED: HTTP 500 from http://127\.0\.0\.1:\d+$", out, re.MULTILINE)
-    assert set(printed_cards(out)) == {"SMITE: Segment Me In TimE", "Synthetic Diffusion-based Planning for Fixture Robots"}
+    assert set(printed_cards(out)) == {"SMITE: Segment Me In TimE",
+                                       "Synthetic Diffusion-based Planning for Fixture Robots"}
     assert "Traceback" not in err
 
 
@@ -102,7 +104,8 @@ def test_poll_exits_1_when_every_source_fails(capsys, config_file, server):
 
 
 def test_command_errors_exit_1_and_bad_channels_exit_2(capsys, config_file):
-    code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", "console:ml", "--user", "u1", "unsubscribe 5")
+    code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", "console:ml", "--user", "u1",
+                       "unsubscribe 5")
     assert code == 1 and "no subscription #5" in out
     code, _, err = cli(capsys, "--config", config_file, "command", "--channel", "irc:#x", "--user", "u1", "list")
     assert code == 2 and "bad channel 'irc:#x'" in err
@@ -110,7 +113,8 @@ def test_command_errors_exit_1_and_bad_channels_exit_2(capsys, config_file):
 
 def test_channel_refs_of_every_platform_are_accepted(capsys, config_file):
     for ref in ("console:ml", "slack:C123", "discord:123"):
-        code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", ref, "--user", "u1", "subscribe diffusion")
+        code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", ref, "--user", "u1",
+                           "subscribe diffusion")
         assert code == 0 and "(#" in out
 
 
@@ -118,7 +122,9 @@ def test_config_errors_are_one_clear_line(capsys, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[sources.arxiv]\ncategorys = []\n")
     code, out, err = cli(capsys, "--config", str(bad), "poll")
-    assert code == 2 and err.strip() == f"papers-bot: config error: {bad}: unknown key 'categorys' in [sources.arxiv] (known: enabled, categories, base_url, interval_minutes, api_url)"
+    assert code == 2 and err.strip() == (
+        f"papers-bot: config error: {bad}: unknown key 'categorys' in [sources.arxiv] "
+        "(known: enabled, categories, base_url, interval_minutes, api_url)")
 
 
 def test_no_action_prints_help(capsys):
@@ -195,7 +201,8 @@ def test_every_command_runs_through_the_cli(capsys, config_file, text, expected,
     assert got == code and expected in out
 
 
-@pytest.mark.parametrize("action", [["command", "--channel", "console:ml", "--user", "me", "list"], ["status"], ["export"]])
+@pytest.mark.parametrize("action",
+                         [["command", "--channel", "console:ml", "--user", "me", "list"], ["status"], ["export"]])
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, action):
     # `papers-bot command ... list | head -1`: the reader is gone before the bot writes.
     config = tmp_path / "config.toml"

@@ -5,7 +5,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import handlers

@@ -164,7 +164,8 @@ async def test_show_fetches_from_hugging_face_and_stores_it(store, make_config, 
 
 async def test_show_falls_back_to_the_arxiv_api(store, make_config, clock, server):
     server.route("/api/papers/1111.2011", Canned(status=404, body=b'{"error":"Not Found"}'))
-    server.route("/api/query", Canned(body=fixture("arxiv_api_id_list_1111.2011v2.xml"), content_type="application/atom+xml"))
+    server.route("/api/query", Canned(body=fixture("arxiv_api_id_list_1111.2011v2.xml"),
+                                      content_type="application/atom+xml"))
     reply = await show(store, make_config(), clock, server, "show arXiv:1111.2011v2")
     (card,) = reply.cards
     assert card.title == "Quantum Criticality for Extended Nodes on a Bethe Lattice in the Large Connectivity Limit"
@@ -256,7 +257,8 @@ def test_status_reports_sources_queue_and_channel(ctx, clock):
     run(ctx, "digest daily 09:00")
     text = run(ctx, "status").text
     assert "• huggingface: last success 10m ago; next poll in 20m" in text
-    assert "• arxiv: last success never; failing (1 in a row): HTTP 503 from https://rss.arxiv.org; next poll in 58m" in text
+    assert ("• arxiv: last success never; failing (1 in a row): HTTP 503 from https://rss.arxiv.org; "
+            "next poll in 58m") in text
     assert "Queue: 0 deliveries pending, 0 for this channel; last post here never." in text
     assert "This channel: 1 subscription, a daily digest at 09:00 (UTC)." in text
     assert "Next digest: Sat 2026-11-28 09:00 UTC." in text

@@ -41,7 +41,8 @@ def test_config_file_is_found_by_env_then_cwd(tmp_path, monkeypatch):
     [
         ({"storage": {"pth": "x"}}, "unknown key 'pth' in [storage]"),
         ({"storrage": {"path": "x"}}, "unknown section [storrage]"),
-        ({"sources": {"huggingface": {"interval_minutes": "5"}}}, "[sources.huggingface] interval_minutes must be a float"),
+        ({"sources": {"huggingface": {"interval_minutes": "5"}}},
+         "[sources.huggingface] interval_minutes must be a float"),
         ({"sources": {"huggingface": {"enabled": "yes"}}}, "[sources.huggingface] enabled must be a bool"),
         ({"sources": {"arxiv": {"interval_minutes": 0}}}, "must be greater than 0"),
         ({"sources": {"arxiv": {"categories": ["cs.LG", "not a cat"]}}}, "not arXiv categories"),
@@ -50,7 +51,8 @@ def test_config_file_is_found_by_env_then_cwd(tmp_path, monkeypatch):
         ({"limits": {"max_subscriptions_per_channel": True}}, "must be a int"),
         ({"logging": {"level": "LOUD"}}, "must be one of"),
         ({"version": 2}, "unknown key 'version'"),
-        ({"discord": {"gateway_url": "https://gateway.discord.gg"}}, "[discord] gateway_url must be a ws:// or wss:// URL"),
+        ({"discord": {"gateway_url": "https://gateway.discord.gg"}},
+         "[discord] gateway_url must be a ws:// or wss:// URL"),
     ],
 )
 def test_bad_config_names_the_key(data, message):

@@ -242,9 +242,11 @@ def test_cli_subscribe_then_poll_posts_to_the_discord_channel(tmp_path, capsys, 
     server.route("/api/daily_papers", hf_json())
     config = tmp_path / "config.toml"
     config.write_text(f'[storage]\npath = "{tmp_path / "bot.db"}"\n[sources.huggingface]\nbase_url = "{server.url}"\n'
-                      f'[sources.arxiv]\nenabled = false\n[delivery]\nmax_age_days = 100000\n[discord]\napi_base = "{fake.api_base}"\n')
+                      f'[sources.arxiv]\nenabled = false\n[delivery]\nmax_age_days = 100000\n'
+                      f'[discord]\napi_base = "{fake.api_base}"\n')
     monkeypatch.setenv("DISCORD_TOKEN", "discord-cli-token-123456")
-    assert main(["--config", str(config), "command", "--channel", "discord:123", "--user", "42", "subscribe diffusion"]) == 0
+    assert main(["--config", str(config), "command", "--channel", "discord:123", "--user", "42",
+                 "subscribe diffusion"]) == 0
     assert main(["--config", str(config), "poll"]) == 0
     out, err = capsys.readouterr()
     assert [channel for channel, _ in fake.posts] == ["123", "123"]

@@ -187,7 +187,8 @@ async def test_a_refused_token_stops_the_frontend_with_one_error_and_posting_goe
             "the Discord token was refused (HTTP 401): check DISCORD_TOKEN"
         # The paper waits for a fixed token (and a restart), it is not given up.
         assert store.delivery_counts().get("failed", 0) == 0
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("bot.adapters")]
+    errors = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.ERROR and r.name.startswith("bot.adapters")]
     frontend_errors = [e for e in errors if "front-end" in e]
     assert len(frontend_errors) == 1 and "refused the token" in frontend_errors[0], errors
     assert all(u.startswith((fake.url, f"ws://127.0.0.1:{fake.port}/")) for u in urls), urls

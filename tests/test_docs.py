@@ -12,12 +12,13 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_every_chat_command_is_documented_in_the_readme():
-    for name, cmd in handlers.COMMANDS.items():
+    for cmd in handlers.COMMANDS.values():
         assert f"| `{cmd.usage}` |" in README, f"README lacks a row for `{cmd.usage}`"
 
 
 def test_every_cli_action_is_documented():
-    for action in ("run", "poll", "command --channel REF --user ID", "status", "backfill --days N", "export", "import FILE"):
+    for action in ("run", "poll", "command --channel REF --user ID", "status", "backfill --days N", "export",
+                   "import FILE"):
         assert f"`papers-bot {action}" in README
 
 
@@ -50,4 +51,5 @@ def test_every_test_named_by_a_promise_exists():
     assert len(named) >= 10
     for path, name in named:
         source = (ROOT / path).read_text()
-        assert re.search(rf"^(async )?def {name}\(", source, re.MULTILINE), f"README names {path}::{name}, which is gone"
+        assert re.search(rf"^(async )?def {name}\(", source, re.MULTILINE), \
+            f"README names {path}::{name}, which is gone"

@@ -155,7 +155,7 @@ def test_the_backoff_doubles_from_the_first_delay_up_to_the_cap():
     for failures in range(1, 9):
         supervisor.failures = failures
         delays.append(supervisor.delay())
-    for delay, base in zip(delays, [2, 4, 8, 16, 32, 60, 60, 60]):
+    for delay, base in zip(delays, [2, 4, 8, 16, 32, 60, 60, 60], strict=True):
         assert 0.8 * base <= delay <= 1.2 * base
     supervisor.failures = 1
     assert supervisor.delay(retry_after=30.0) == 30.0  # Slack's Retry-After wins when longer

@@ -11,7 +11,8 @@ OTHER = ChannelRef("discord", "123")
 
 @pytest.fixture
 def ctx(store, make_config, clock):
-    return handlers.Context(store, make_config(limits={"max_subscriptions_per_channel": 3, "commands_per_minute": 1000}), clock)
+    limits = {"max_subscriptions_per_channel": 3, "commands_per_minute": 1000}
+    return handlers.Context(store, make_config(limits=limits), clock)
 
 
 def run(ctx, text, channel=ML, can_manage=True):
@@ -107,7 +108,7 @@ def test_changes_need_the_manage_right_but_lookups_do_not(ctx):
 
 def test_help_lists_every_command_from_docstrings(ctx):
     text = run(ctx, "help").text
-    for name, cmd in handlers.COMMANDS.items():
+    for cmd in handlers.COMMANDS.values():
         assert f"`/papers {cmd.usage}` · {cmd.summary}" in text
     assert run(ctx, "").text == text  # a bare /papers shows help
 

@@ -101,7 +101,8 @@ def test_tokens_never_reach_logs_or_replies(tmp_path, caplog, capsys, monkeypatc
     with FakeSlack() as slack:
         slack.script("chat.postMessage", *[(200, {"ok": False, "error": "invalid_auth"}, {})] * 5)
         config = tmp_path / "config.toml"
-        config.write_text(f'[storage]\npath = "{tmp_path / "bot.db"}"\n[sources.huggingface]\nbase_url = "{server.url}"\n'
+        config.write_text(f'[storage]\npath = "{tmp_path / "bot.db"}"\n'
+                          f'[sources.huggingface]\nbase_url = "{server.url}"\n'
                           f'[sources.arxiv]\nenabled = false\n[slack]\napi_url = "{slack.api_url}"\n'
                           '[discord]\napi_base = "http://127.0.0.1:9/api/v10"\n[delivery]\nmax_age_days = 100000\n')
         for channel in ("slack:C1", "discord:1"):
@@ -143,7 +144,8 @@ def test_a_full_digest_shows_every_paper_on_both_platforms():
     from bot.models import Digest
 
     worst = "<&>*_~`|@everyone " * 40
-    cards = tuple(card_for(Paper(id=f"2411.{i:05d}", title=worst, summary="", upvotes=10**6)) for i in range(DIGEST_MAX))
+    cards = tuple(card_for(Paper(id=f"2411.{i:05d}", title=worst, summary="", upvotes=10**6))
+                  for i in range(DIGEST_MAX))
     digest = Digest(ChannelRef("console", "x"), "20 new papers for this channel", cards)
     slack_text = json.dumps([b.to_dict() for b in digest_blocks(digest)])
     embed = digest_embed(digest)

@@ -9,7 +9,8 @@ from bot.query import normalize_query, parse_query, raw_words, render, stem
 
 
 def test_words_fold_case_and_accents_and_split_compounds():
-    assert raw_words("Diffusion-based LLM_agents, Émile (ＧＰＴ)") == ["diffusion", "based", "llm", "agents", "emile", "gpt"]
+    assert raw_words("Diffusion-based LLM_agents, Émile (ＧＰＴ)") == \
+        ["diffusion", "based", "llm", "agents", "emile", "gpt"]
 
 
 @pytest.mark.parametrize(
@@ -35,7 +36,8 @@ def test_light_stemming_of_plurals(word, stemmed):
         ("a1 | b2", ("or", (("word", "any", "a1", "a1"), ("word", "any", "b2", "b2")))),
         ("a1 -b2", ("and", (("word", "any", "a1", "a1"), ("not", ("word", "any", "b2", "b2"))))),
         ("a1 NOT b2", ("and", (("word", "any", "a1", "a1"), ("not", ("word", "any", "b2", "b2"))))),
-        ("(a1 | b2) c3", ("and", (("or", (("word", "any", "a1", "a1"), ("word", "any", "b2", "b2"))), ("word", "any", "c3", "c3")))),
+        ("(a1 | b2) c3", ("and", (("or", (("word", "any", "a1", "a1"), ("word", "any", "b2", "b2"))),
+                                  ("word", "any", "c3", "c3")))),
         ("title:x1", ("word", "title", "x1", "x1")),
         ('abstract:"world model"', ("phrase", "abstract", ("world", "model"), "world model")),
         ("title:robot*", ("prefix", "title", "robot")),

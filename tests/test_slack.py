@@ -9,6 +9,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from slack_sdk.models.blocks import Block
+from slack_sdk.signature import SignatureVerifier
 
 import handlers
 from bot.adapters.slack_adapter import SlackAdapter, build_bolt_app, make_web_client, start_http
@@ -16,8 +18,6 @@ from bot.adapters.slack_render import card_blocks, digest_blocks, escape, reply_
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, CommandRequest, Digest, Match, Reply
-from slack_sdk.models.blocks import Block
-from slack_sdk.signature import SignatureVerifier
 
 from .fakes import FakeSlack, paper
 
@@ -187,7 +187,8 @@ def test_official_slack_signing_vector():
                "x-slack-signature": "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"}
     from bot.adapters.slack_adapter import _Clock
 
-    assert SignatureVerifier("8f742231b10e8888abcd99yyyzzz85a5", clock=_Clock(lambda: 1531420618)).is_valid_request(body, headers)
+    verifier = SignatureVerifier("8f742231b10e8888abcd99yyyzzz85a5", clock=_Clock(lambda: 1531420618))
+    assert verifier.is_valid_request(body, headers)
     assert not SignatureVerifier("8f742231b10e8888abcd99yyyzzz85a5").is_valid_request(body, headers)  # stale today
 
 
@@ -287,7 +288,8 @@ async def test_arxiv_links_are_unfurled_into_cards(bolt, slack, store, clock):
     assert unfurl["channel"] == "C123" and unfurl["ts"] == "1.2"
     unfurls = unfurl["unfurls"] if isinstance(unfurl["unfurls"], dict) else json.loads(unfurl["unfurls"])
     assert list(unfurls) == ["https://arxiv.org/abs/2411.00001v2"]
-    assert unfurls["https://arxiv.org/abs/2411.00001v2"]["blocks"][0]["text"]["text"] == "Latent diffusion &lt;!channel&gt;"
+    unfurl_blocks = unfurls["https://arxiv.org/abs/2411.00001v2"]["blocks"]
+    assert unfurl_blocks[0]["text"]["text"] == "Latent diffusion &lt;!channel&gt;"
 
 
 async def test_mentions_answer_in_a_thread(bolt, slack, store, clock):
@@ -323,9 +325,11 @@ def test_cli_subscribe_then_poll_posts_to_the_slack_channel(tmp_path, capsys, sl
     server.route("/api/daily_papers", hf_json())
     config = tmp_path / "config.toml"
     config.write_text(f'[storage]\npath = "{tmp_path / "bot.db"}"\n[sources.huggingface]\nbase_url = "{server.url}"\n'
-                      f'[sources.arxiv]\nenabled = false\n[delivery]\nmax_age_days = 100000\n[slack]\napi_url = "{slack.api_url}"\n')
+                      f'[sources.arxiv]\nenabled = false\n[delivery]\nmax_age_days = 100000\n'
+                      f'[slack]\napi_url = "{slack.api_url}"\n')
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-cli-token-123456")
-    assert main(["--config", str(config), "command", "--channel", "slack:C123", "--user", "U1", "subscribe diffusion"]) == 0
+    assert main(["--config", str(config), "command", "--channel", "slack:C123", "--user", "U1",
+                 "subscribe diffusion"]) == 0
     assert main(["--config", str(config), "poll"]) == 0
     out, err = capsys.readouterr()
     posts = slack.called("chat.postMessage")

@@ -320,7 +320,8 @@ MALFORMED = {
     "signed block action without user": _signed(_block_action(user=1)),
     "signed block action without actions": _signed(_block_action(actions=1)),
     "signed block action without channel": _signed(_block_action(channel=1)),
-    "signed slash command without channel": _signed(b"command=%2Fpapers&user_id=U1&text=list&response_url=http%3A%2F%2Fx"),
+    "signed slash command without channel":
+        _signed(b"command=%2Fpapers&user_id=U1&text=list&response_url=http%3A%2F%2Fx"),
 }
 
 

@@ -78,7 +78,8 @@ def test_items_without_id_or_with_unknown_type_are_skipped(caplog):
     <item><title>No link</title><description>x</description></item>
     <item><title>Weird</title><link>https://arxiv.org/abs/2410.00009</link><arxiv:announce_type>bogus</arxiv:announce_type></item>
     <item><title>Fine</title><link>https://arxiv.org/abs/2410.00010</link><arxiv:announce_type>new</arxiv:announce_type>
-      <dc:creator xmlns:dc="http://purl.org/dc/elements/1.1/">A. Author</dc:creator><pubDate>Fri, 25 Oct 2024 00:00:00 -0400</pubDate></item>
+      <dc:creator xmlns:dc="http://purl.org/dc/elements/1.1/">A. Author</dc:creator>
+      <pubDate>Fri, 25 Oct 2024 00:00:00 -0400</pubDate></item>
     </channel></rss>"""
     assert [p.id for p in parse_rss(body)] == ["2410.00010"]
     assert "no arXiv id" in caplog.text and "unknown announce type" in caplog.text
@@ -86,10 +87,12 @@ def test_items_without_id_or_with_unknown_type_are_skipped(caplog):
 
 def test_a_paper_listed_twice_in_one_feed_is_returned_once():
     item = (
-        b"<item><title>Twice</title><link>https://arxiv.org/abs/2410.00011</link><author>a@example.org (A. Author)</author>"
+        b"<item><title>Twice</title><link>https://arxiv.org/abs/2410.00011</link>"
+        b"<author>a@example.org (A. Author)</author>"
         b"<pubDate>Fri, 25 Oct 2024 00:00:00 -0400</pubDate><arxiv:announce_type>new</arxiv:announce_type></item>"
     )
-    body = b'<rss xmlns:arxiv="http://arxiv.org/schemas/atom" version="2.0"><channel><title>t</title>' + item * 2 + b"</channel></rss>"
+    body = (b'<rss xmlns:arxiv="http://arxiv.org/schemas/atom" version="2.0"><channel><title>t</title>'
+            + item * 2 + b"</channel></rss>")
     assert len(parse_rss(body)) == 1
 
 

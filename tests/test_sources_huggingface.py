@@ -17,7 +17,8 @@ async def fetch(server, timeout=5.0, max_bytes=20 * 1024 * 1024):
 async def test_real_legacy_response_is_parsed(server):
     server.route("/api/daily_papers", hf_json())
     papers = await fetch(server)
-    assert [p.id for p in papers] == ["2410.17243", "2410.16251", "2410.18538", "2410.18977", "2410.18451", "2410.18362"]
+    assert [p.id for p in papers] == ["2410.17243", "2410.16251", "2410.18538",
+                                      "2410.18977", "2410.18451", "2410.18362"]
     first = papers[0]
     # paper.title is hard-wrapped in this capture; the item title is clean.
     assert first.title == "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss"

@@ -30,7 +30,8 @@ def test_add_papers_returns_only_new_ones_and_round_trips(store):
     assert store.add_papers([p], T0) == [p]
     assert store.add_papers([p], T0 + timedelta(hours=1)) == []
     stored = store.get_paper("2410.00001")
-    assert (stored.title, stored.authors, stored.categories, stored.source) == ("Title", ("A", "B"), ("cs.LG",), "arxiv")
+    assert (stored.title, stored.authors, stored.categories, stored.source) == \
+        ("Title", ("A", "B"), ("cs.LG",), "arxiv")
     assert store.get_paper("2410.99999") is None
 
 
@@ -151,7 +152,8 @@ def test_source_state_counts_consecutive_failures(store):
 
 def test_search_ranks_within_the_most_recent_matches(store):
     for i in range(1, 8):
-        store.add_papers([paper(f"2410.0000{i}", f"Diffusion study {i}", "diffusion " * (8 - i))], T0 + timedelta(minutes=i))
+        store.add_papers([paper(f"2410.0000{i}", f"Diffusion study {i}", "diffusion " * (8 - i))],
+                         T0 + timedelta(minutes=i))
     everything = store.search_papers(["diffusion"], 3)
     assert [p.id for p in everything] == ["2410.00001", "2410.00002", "2410.00003"]  # most mentions rank first
     recent = store.search_papers(["diffusion"], 3, window=4)  # only the 4 newest are ranked

@@ -36,8 +36,9 @@ TOKEN_REFUSED_WAIT = 900.0
 class Running:
     """Something `run` started (a server, a socket, a gateway) and must stop at the end."""
 
-    def __init__(self, close: Callable[[], Awaitable[None]]):
+    def __init__(self, close: Callable[[], Awaitable[None]], frontend: object | None = None):
         self.close = close
+        self.frontend = frontend  # what runs behind it, for tests and status
 
 
 __all__ = ["TOKEN_REFUSED_WAIT", "Adapter", "ConsoleAdapter", "Running"]

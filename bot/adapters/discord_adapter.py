@@ -30,7 +30,7 @@ from discord.gateway import DiscordWebSocket, ReconnectWebSocket
 from discord.http import HTTPClient, Route, handle_message_parameters
 
 from ..errors import BotError
-from ..models import ChannelRef, CommandRequest, Digest, PostResult, Reply
+from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
 from ..sources.ids import canonical_arxiv_id
 from . import TOKEN_REFUSED_WAIT, Running
 from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds, safe
@@ -119,7 +119,8 @@ class DiscordAdapter:
             if str((message.get("author") or {}).get("id")) != self.user_id:
                 continue
             for embed in message.get("embeds") or []:
-                if canonical_arxiv_id(str(embed.get("url") or "")) == paper_id or needle in str(embed.get("description") or ""):
+                if (canonical_arxiv_id(str(embed.get("url") or "")) == paper_id
+                        or needle in str(embed.get("description") or "")):
                     return str(message["id"])
         return None
 
@@ -133,8 +134,8 @@ class DiscordAdapter:
         reference = discord.MessageReference(message_id=int(message_id), channel_id=int(channel_id),
                                              fail_if_not_exists=False).to_message_reference_dict()
         buttons = card_buttons(reply.cards[0]) if len(reply.cards) == 1 else []
-        return await self._send(channel_id, embeds=reply_embeds(reply.cards), view=_link_view(buttons) if buttons else None,
-                                message_reference=reference)
+        return await self._send(channel_id, embeds=reply_embeds(reply.cards),
+                                view=_link_view(buttons) if buttons else None, message_reference=reference)
 
     async def _send(self, channel_id: str, **fields) -> PostResult:
         try:
@@ -213,7 +214,8 @@ def build_command_group(on_command: CommandHandler, summaries: dict[str, str],
     @group.command(name="subscribe", description=describe("subscribe"))
     @app_commands.describe(query='e.g. diffusion, "large language model" -video, author:"Yann LeCun"',
                            backfill="also post this many recent matches now (1-20)")
-    async def subscribe(interaction: discord.Interaction, query: str, backfill: Optional[app_commands.Range[int, 1, 20]] = None):
+    async def subscribe(interaction: discord.Interaction, query: str,
+                        backfill: Optional[app_commands.Range[int, 1, 20]] = None):
         await run(interaction, f"subscribe {query}" + (f" --backfill {backfill}" if backfill else ""))
 
     @group.command(name="preview", description=describe("preview"))
@@ -385,7 +387,7 @@ class _Gateway(discord.Client):
 async def answer_links(on_command: CommandHandler, adapter: DiscordAdapter, channel_id: str, message_id: str,
                        user_id: str, content: str) -> int:
     """Reply to a message with a card for each arXiv or Hugging Face paper link in it."""
-    cards = []
+    cards: list[Card] = []
     for paper_id in paper_links(content):
         reply = await on_command(CommandRequest(ChannelRef("discord", channel_id), user_id, f"show {paper_id}",
                                                 can_manage=False))
@@ -521,6 +523,4 @@ async def start_discord(adapter: DiscordAdapter, config, on_command: CommandHand
 
     frontend = DiscordFrontend(make_client, adapter.token)
     frontend.start()
-    running = Running(frontend.close)
-    running.frontend = frontend  # for tests and status
-    return running
+    return Running(frontend.close, frontend=frontend)

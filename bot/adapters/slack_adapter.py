@@ -18,17 +18,17 @@ import random
 import re
 import time
 from datetime import datetime
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
-from slack_bolt.response import BoltResponse
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
-from slack_sdk.signature import SignatureVerifier
+from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -97,11 +97,13 @@ class SlackAdapter:
             response = await self.client.conversations_history(
                 channel=channel.channel_id, oldest=f"{since.timestamp() - 60:.6f}", limit=200,
                 include_all_metadata=True, **({"cursor": cursor} if cursor else {}))
-            for message in response.get("messages", []):
+            messages: list[dict] = response.get("messages", [])
+            for message in messages:
                 metadata = message.get("metadata") or {}
                 payload = metadata.get("event_payload") or {}
                 if metadata.get("event_type") == PAPER_EVENT and (
-                        payload.get("paper_id") == paper_id or paper_id in str(payload.get("paper_ids", "")).split(",")):
+                        payload.get("paper_id") == paper_id
+                        or paper_id in str(payload.get("paper_ids", "")).split(",")):
                     return str(message["ts"])
             cursor = (response.get("response_metadata") or {}).get("next_cursor")
             if not cursor:
@@ -314,7 +316,7 @@ def build_bolt_app(
     return app
 
 
-class _Clock:
+class _Clock(Clock):
     """slack_sdk's SignatureVerifier asks a clock object for now()."""
 
     def __init__(self, now: Callable[[], float]):
@@ -458,7 +460,7 @@ class _SocketModeClient(SocketModeClient):
         if self.aiohttp_client_session.closed:
             self.aiohttp_client_session = aiohttp.ClientSession()
         self.wss_uri = await self.issue_new_wss_url()  # a fresh one every time: they are single-use
-        extra = {"timeout": aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.5)} \
+        extra: dict[str, Any] = {"timeout": aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.5)} \
             if hasattr(aiohttp, "ClientWSTimeout") else {}
         session = await self.aiohttp_client_session.ws_connect(
             self.wss_uri, autoping=False, heartbeat=self.ping_interval, proxy=self.proxy,
@@ -506,7 +508,8 @@ class _BoltSocketModeHandler(AsyncSocketModeHandler):
         self.app = app
         self.app_token = client.app_token
         self.client = client
-        client.socket_mode_request_listeners.append(self.handle)
+        # bolt hints handle() with the aiohttp SocketModeClient (which ours is), the list the base class.
+        client.socket_mode_request_listeners.append(self.handle)  # type: ignore[arg-type]  # bolt's narrower hint
 
 
 class _SocketModeSupervisor:

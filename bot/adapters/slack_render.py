@@ -83,12 +83,14 @@ def card_blocks(card: Card, subscriptions: tuple[tuple[int, str], ...] = ()) -> 
         # "Unsubscribe this query" for each matching subscription, and "Mute this term":
         # exclude one of the paper's categories from the first one (at most 5 options).
         options = [
-            Option(text=PlainTextObject(text=shorten(f"Unsubscribe #{sub_id} {query}", BUTTON_MAX)), value=f"unsub:{sub_id}")
+            Option(text=PlainTextObject(text=shorten(f"Unsubscribe #{sub_id} {query}", BUTTON_MAX)),
+                   value=f"unsub:{sub_id}")
             for sub_id, query in subscriptions[:3]
         ]
         first = subscriptions[0][0]
         options += [
-            Option(text=PlainTextObject(text=shorten(f"Mute cat:{cat} in #{first}", BUTTON_MAX)), value=f"mute:{first}:cat:{cat}")
+            Option(text=PlainTextObject(text=shorten(f"Mute cat:{cat} in #{first}", BUTTON_MAX)),
+                   value=f"mute:{first}:cat:{cat}")
             for cat in card.categories[: 5 - len(options)]
         ]
         elements.append(OverflowMenuElement(action_id=ACTION_UNSUBSCRIBE, options=options))

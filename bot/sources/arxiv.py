@@ -53,7 +53,7 @@ class ArxivSource:
         self.validators: dict[str, str] = {}
         self.skipped: list[str] = []  # why items of the last feed were skipped
 
-    async def fetch(self) -> list[Paper]:
+    async def fetch(self) -> list[Paper] | None:
         self.skipped = []
         # One request for all categories: arXiv asks for at most one request every 3 s.
         url = f"{self.base_url}/rss/{'+'.join(self.categories)}"
@@ -140,7 +140,8 @@ def entry_datetime(entry: dict, paper_id: str) -> datetime:
     parsed = entry.get("published_parsed")
     if not parsed:
         raw = entry.get("published")
-        raise ValueError(f"{paper_id} has no date" if not raw else f"{paper_id}: date {bounded_repr(raw)} cannot be read")
+        raise ValueError(f"{paper_id} has no date" if not raw
+                         else f"{paper_id}: date {bounded_repr(raw)} cannot be read")
     try:
         moment = datetime.fromtimestamp(calendar.timegm(parsed), timezone.utc)
     except (OverflowError, OSError, ValueError):

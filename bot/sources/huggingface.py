@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date, datetime
 
 import httpx
 
@@ -35,7 +34,7 @@ class HuggingFaceSource:
         self.validators: dict[str, str] = {}
         self.skipped: list[str] = []  # why items of the last listing were skipped
 
-    async def fetch(self) -> list[Paper]:
+    async def fetch(self) -> list[Paper] | None:
         url = f"{self.base_url}/api/daily_papers"
         self.skipped = []
         try:
@@ -51,6 +50,8 @@ MAX_DIGITS = 30  # longer integer literals are kept as a marker that fails the r
 
 class _HugeNumber(float):
     """An integer literal too long to be a real count (Python refuses over 4,300 digits)."""
+
+    digits: int
 
     def __new__(cls, digits: int):
         number = super().__new__(cls, "inf")
@@ -94,7 +95,8 @@ def parse_item(item: object) -> Paper:
     """One daily_papers item (or a flat /api/papers/{id} object) -> Paper; ValueError names what is wrong."""
     if not isinstance(item, dict):
         raise ValueError("item is not an object")
-    paper = item.get("paper") if isinstance(item.get("paper"), dict) else item
+    inner = item.get("paper")
+    paper: dict = inner if isinstance(inner, dict) else item
     raw_id = paper.get("id")
     paper_id = canonical_arxiv_id(raw_id) if isinstance(raw_id, str) else None
     if not paper_id:
