@@ -214,17 +214,18 @@ class DeliveriesMixin:
             [message_id, iso(now), delivery_id],
         )
 
-    def mark_failed(self, delivery_id: int, error: str, retry_at: datetime | None) -> None:
-        """Record a failed attempt: back to pending until `retry_at`, or failed for good if None."""
-        if retry_at is None:
-            self.db.execute(
-                "UPDATE deliveries SET status = 'failed', error = ? WHERE id = ?", [error[:500], delivery_id]
-            )
-        else:
-            self.db.execute(
-                "UPDATE deliveries SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
-                [error[:500], iso(retry_at), delivery_id],
-            )
+    def reschedule_delivery(self, delivery_id: int, error: str, retry_at: datetime) -> None:
+        """Record a failed attempt that will be tried again: back to pending until `retry_at`."""
+        self.db.execute(
+            "UPDATE deliveries SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
+            [error[:500], iso(retry_at), delivery_id],
+        )
+
+    def give_up_delivery(self, delivery_id: int, error: str) -> None:
+        """Record a failed attempt that ends the delivery: failed for good, never tried again."""
+        self.db.execute(
+            "UPDATE deliveries SET status = 'failed', error = ? WHERE id = ?", [error[:500], delivery_id]
+        )
 
     def delivery_subscriptions(self, delivery_id: int) -> tuple[tuple[int, str], ...]:
         """(id, query) of the subscriptions a delivery answers that still exist."""

@@ -97,7 +97,7 @@ def test_delivery_lifecycle(store):
     assert store.claim_delivery(delivery.id)
     assert not store.claim_delivery(delivery.id)  # claimed once only
     assert store.due_deliveries(T0) == []
-    store.mark_failed(delivery.id, "HTTP 500", T0 + timedelta(minutes=1))
+    store.reschedule_delivery(delivery.id, "HTTP 500", T0 + timedelta(minutes=1))
     assert store.due_deliveries(T0) == []
     (retry,) = store.due_deliveries(T0 + timedelta(minutes=1))
     assert retry.attempts == 1
@@ -135,7 +135,7 @@ def test_failed_for_good_is_not_due_again(store):
     store.add_papers([paper("2410.00001")], T0)
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
     (delivery,) = store.due_deliveries(T0)
-    store.mark_failed(delivery.id, "channel_not_found", None)
+    store.give_up_delivery(delivery.id, "channel_not_found")
     assert store.due_deliveries(T0 + timedelta(days=1)) == []
     assert store.delivery_counts() == {"failed": 1}
 
