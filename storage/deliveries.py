@@ -47,18 +47,6 @@ class DeliveriesMixin:
                     )
         return created
 
-    def due_deliveries(self, now: datetime, limit: int = 500) -> list[Delivery]:
-        """Pending deliveries to send one by one: not paused, not waiting for a digest."""
-        rows = self.db.execute(
-            """SELECT d.id, d.paper_id, d.channel, d.reason, d.attempts, d.in_digest FROM deliveries d
-                 LEFT JOIN channels c ON c.channel = d.channel
-                WHERE d.status = 'pending' AND d.next_attempt_at <= ?
-                  AND coalesce(c.paused, 0) = 0 AND coalesce(c.mode, 'instant') = 'instant'
-                ORDER BY d.id LIMIT ?""",
-            [iso(now), limit],
-        ).fetchall()
-        return [_delivery(r) for r in rows]
-
     def due_channels(self, now: datetime) -> list[tuple[ChannelRef, int]]:
         """Channels in instant mode, not paused, with deliveries due: (channel, how many), the
         channel waiting longest first. Each is then planned on its own (`plan_burst`), so no
