@@ -21,7 +21,7 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
     assert len(migrations._migrations) >= 3
     assert again.count_papers() == 1
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert again.integrity_ok()
+    assert again.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     again.close()
 
 
