@@ -16,7 +16,7 @@ import httpx
 from storage import Store
 
 from .digest import parse_time, parse_weekday, zone
-from .errors import QueryError, SourceError
+from .errors import ImportFileError, QueryError, SourceError
 from .lookup import parse_api_feed
 from .models import DIGEST_MODES, ChannelRef, ChannelSettings, Paper
 from .query import normalize_query
@@ -174,10 +174,6 @@ def export_toml(store: Store, now: datetime) -> str:
     return "\n".join(lines) + "\n"
 
 
-class ImportError_(ValueError):
-    """A problem in an import file, naming the entry."""
-
-
 @dataclass
 class ImportReport:
     channels: int = 0
@@ -200,10 +196,10 @@ def import_toml(store: Store, text: str, now: datetime, *, limit: int | None = N
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ImportError_(f"not valid TOML: {exc}") from None
+        raise ImportFileError(f"not valid TOML: {exc}") from None
     unknown = set(data) - {"channel"}
     if unknown:
-        raise ImportError_(f"unknown top-level key {sorted(unknown)[0]!r} (expected [[channel]] tables)")
+        raise ImportFileError(f"unknown top-level key {sorted(unknown)[0]!r} (expected [[channel]] tables)")
     planned = [_check_entry(i, entry) for i, entry in enumerate(data.get("channel", []), start=1)]
     report = ImportReport(channels=len(planned))
     with store.transaction():
@@ -217,7 +213,7 @@ def import_toml(store: Store, text: str, now: datetime, *, limit: int | None = N
             for query in queries:
                 sub, created = store.add_subscription(settings.channel, query, "import", now, limit=limit)
                 if sub is None:
-                    raise ImportError_(f"channel {settings.channel.key} would have more than {limit} subscriptions "
+                    raise ImportFileError(f"channel {settings.channel.key} would have more than {limit} subscriptions "
                                        "([limits] max_subscriptions_per_channel)")
                 report.added += created
                 report.present += not created
@@ -227,14 +223,14 @@ def import_toml(store: Store, text: str, now: datetime, *, limit: int | None = N
 def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str]]:
     where = f"channel entry {index}"
     if not isinstance(entry, dict):
-        raise ImportError_(f"{where} is not a table")
+        raise ImportFileError(f"{where} is not a table")
     extra = set(entry) - _FIELDS
     if extra:
-        raise ImportError_(f"{where}: unknown key {sorted(extra)[0]!r}")
+        raise ImportFileError(f"{where}: unknown key {sorted(extra)[0]!r}")
     try:
         channel = ChannelRef.parse(str(entry.get("channel", "")))
     except ValueError as exc:
-        raise ImportError_(f"{where}: {exc}") from None
+        raise ImportFileError(f"{where}: {exc}") from None
     where = f"channel {channel.key}"
     mode = entry.get("mode", "instant")
     time = parse_time(str(entry.get("digest_time", "09:00")))
@@ -242,21 +238,21 @@ def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str]]
     tz = str(entry.get("timezone", "UTC"))
     paused = entry.get("paused", False)
     if mode not in DIGEST_MODES:
-        raise ImportError_(f"{where}: mode must be one of {', '.join(DIGEST_MODES)}")
+        raise ImportFileError(f"{where}: mode must be one of {', '.join(DIGEST_MODES)}")
     if time is None or day is None:
-        raise ImportError_(f"{where}: digest_time must be HH:MM and digest_day a weekday")
+        raise ImportFileError(f"{where}: digest_time must be HH:MM and digest_day a weekday")
     if zone(tz) is None:
-        raise ImportError_(f"{where}: unknown time zone {tz!r}")
+        raise ImportFileError(f"{where}: unknown time zone {tz!r}")
     if not isinstance(paused, bool):
-        raise ImportError_(f"{where}: paused must be true or false")
+        raise ImportFileError(f"{where}: paused must be true or false")
     queries = entry.get("subscriptions", [])
     if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
-        raise ImportError_(f"{where}: subscriptions must be a list of strings")
+        raise ImportFileError(f"{where}: subscriptions must be a list of strings")
     normalized = []
     for query in queries:
         try:
             normalized.append(normalize_query(query))
         except QueryError as exc:
-            raise ImportError_(f"{where}: subscription {query[:60]!r}: {exc}") from None
+            raise ImportFileError(f"{where}: subscription {query[:60]!r}: {exc}") from None
     settings = ChannelSettings(channel, mode=mode, digest_time=time, digest_day=day, timezone=tz, paused=paused)
     return settings, normalized

@@ -17,7 +17,7 @@ from .adapters.console import render_reply
 from .app import App
 from .clock import utcnow
 from .config import Config, ConfigError, load_config
-from .errors import StorageError
+from .errors import ImportFileError, StorageError
 from .models import ChannelRef, CommandRequest
 from .sources import make_client
 
@@ -185,7 +185,7 @@ def _export(config: Config, output: str | None) -> int:
 
 
 def _import(config: Config, path: str) -> int:
-    from .admin import ImportError_, import_toml
+    from .admin import import_toml
 
     try:
         with open(path, encoding="utf-8") as fh:
@@ -196,7 +196,7 @@ def _import(config: Config, path: str) -> int:
     store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
     try:
         report = import_toml(store, text, utcnow(), limit=config.max_subscriptions_per_channel)
-    except ImportError_ as exc:
+    except ImportFileError as exc:
         print(f"papers-bot: {path}: {exc}; nothing was imported", file=sys.stderr)
         return 1
     finally:

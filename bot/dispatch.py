@@ -197,7 +197,7 @@ class Dispatcher:
         now = self.clock()
         if result.channel_gone:
             for delivery in claimed:
-                self.store.mark_failed(delivery.id, result.error or "channel gone", now)
+                self.store.reschedule_delivery(delivery.id, result.error or "channel gone", now)
             self._pause_gone(channel, result.error, now)
             report.failed += len(claimed)
             return False
@@ -206,7 +206,7 @@ class Dispatcher:
             # Given up, as for a card: a digest that can never go out must not hold its burst
             # (and so every later paper of the channel) open.
             for delivery in claimed:
-                self.store.mark_failed(delivery.id, result.error or "digest failed", None)
+                self.store.give_up_delivery(delivery.id, result.error or "digest failed")
             report.failed += len(claimed)
             log.error("gave up posting a digest to %s: %s", channel, result.error)
             return False
@@ -215,7 +215,7 @@ class Dispatcher:
             # waited out as asked and never given up for.
             delay = timedelta(seconds=result.retry_after) if result.retry_after is not None else retry_delay(attempts)
             for delivery in claimed:
-                self.store.mark_failed(delivery.id, result.error or "digest failed", now + delay)
+                self.store.reschedule_delivery(delivery.id, result.error or "digest failed", now + delay)
             report.retrying += len(claimed)
             log.warning("digest for %s failed (%s); will retry", channel, result.error)
             return False
@@ -256,22 +256,22 @@ class Dispatcher:
         if result.retry_after is not None:
             # A rate limit (or a refused token) is not a failure of this paper: wait as long as
             # asked, and never give up for it.
-            self.store.mark_failed(delivery.id, result.error or "rate limited",
-                                   now + timedelta(seconds=result.retry_after))
+            self.store.reschedule_delivery(delivery.id, result.error or "rate limited",
+                                           now + timedelta(seconds=result.retry_after))
             report.retrying += 1
             log.info("posting to %s must wait %.0fs: %s", delivery.channel, result.retry_after,
                      result.error or "rate limited")
             return
         if result.channel_gone:
-            self.store.mark_failed(delivery.id, result.error or "channel gone", now)
+            self.store.reschedule_delivery(delivery.id, result.error or "channel gone", now)
             self._pause_gone(delivery.channel, result.error, now)
             report.failed += 1
             return
         if result.retryable and attempts < MAX_ATTEMPTS:
-            self.store.mark_failed(delivery.id, result.error or "unknown error", now + retry_delay(attempts))
+            self.store.reschedule_delivery(delivery.id, result.error or "unknown error", now + retry_delay(attempts))
             report.retrying += 1
             log.warning("posting %s to %s failed (%s); will retry", delivery.paper_id, delivery.channel, result.error)
         else:
-            self.store.mark_failed(delivery.id, result.error or "unknown error", None)
+            self.store.give_up_delivery(delivery.id, result.error or "unknown error")
             report.failed += 1
             log.error("gave up posting %s to %s: %s", delivery.paper_id, delivery.channel, result.error)

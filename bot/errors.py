@@ -4,6 +4,8 @@
     ├── ConfigError        bad config file or value; names the key
     ├── SourceError        a source could not be fetched or parsed (expected, reported, retried)
     ├── QueryError         a subscription query that cannot be used (shown to the user)
+    ├── ImportFileError    a problem in an import file (`papers-bot import`); names the entry,
+    │                      and nothing of the file was imported
     └── StorageError       the database file cannot be used: corrupt, read-only, deleted or
         │                  replaced while running (names the file and what to do; the CLI
         │                  prints it as one line and exits non-zero)
@@ -33,6 +35,10 @@ class SourceError(BotError):
 
 class QueryError(BotError):
     pass
+
+
+class ImportFileError(BotError):
+    """A problem in an import file, naming the entry."""
 
 
 class StorageError(BotError):

@@ -16,7 +16,7 @@ import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Mapping, Protocol
+from typing import Iterable, Mapping
 
 from .models import ChannelRef, Match, Paper, Subscription
 from .query import fold, name_tokens, parse_query, raw_words, stem
@@ -207,16 +207,6 @@ def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, 
     coarse = sum(key.startswith(_COARSE) for key in keys)
     seen = sum(counts.get(key[2:], 0) for key in keys if key.startswith("w:")) if counts else 0
     return coarse, seen, len(keys), -min(map(len, keys))
-
-
-class Matcher(Protocol):
-    def add(self, subscription: Subscription) -> None: ...
-
-    def remove(self, subscription_id: int) -> None: ...
-
-    def match(self, paper: Paper) -> list[Match]:
-        """Every subscription that `paper` satisfies, each with what matched where."""
-        ...
 
 
 @dataclass

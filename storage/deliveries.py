@@ -47,18 +47,6 @@ class DeliveriesMixin:
                     )
         return created
 
-    def due_deliveries(self, now: datetime, limit: int = 500) -> list[Delivery]:
-        """Pending deliveries to send one by one: not paused, not waiting for a digest."""
-        rows = self.db.execute(
-            """SELECT d.id, d.paper_id, d.channel, d.reason, d.attempts, d.in_digest FROM deliveries d
-                 LEFT JOIN channels c ON c.channel = d.channel
-                WHERE d.status = 'pending' AND d.next_attempt_at <= ?
-                  AND coalesce(c.paused, 0) = 0 AND coalesce(c.mode, 'instant') = 'instant'
-                ORDER BY d.id LIMIT ?""",
-            [iso(now), limit],
-        ).fetchall()
-        return [_delivery(r) for r in rows]
-
     def due_channels(self, now: datetime) -> list[tuple[ChannelRef, int]]:
         """Channels in instant mode, not paused, with deliveries due: (channel, how many), the
         channel waiting longest first. Each is then planned on its own (`plan_burst`), so no
@@ -214,17 +202,18 @@ class DeliveriesMixin:
             [message_id, iso(now), delivery_id],
         )
 
-    def mark_failed(self, delivery_id: int, error: str, retry_at: datetime | None) -> None:
-        """Record a failed attempt: back to pending until `retry_at`, or failed for good if None."""
-        if retry_at is None:
-            self.db.execute(
-                "UPDATE deliveries SET status = 'failed', error = ? WHERE id = ?", [error[:500], delivery_id]
-            )
-        else:
-            self.db.execute(
-                "UPDATE deliveries SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
-                [error[:500], iso(retry_at), delivery_id],
-            )
+    def reschedule_delivery(self, delivery_id: int, error: str, retry_at: datetime) -> None:
+        """Record a failed attempt that will be tried again: back to pending until `retry_at`."""
+        self.db.execute(
+            "UPDATE deliveries SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
+            [error[:500], iso(retry_at), delivery_id],
+        )
+
+    def give_up_delivery(self, delivery_id: int, error: str) -> None:
+        """Record a failed attempt that ends the delivery: failed for good, never tried again."""
+        self.db.execute(
+            "UPDATE deliveries SET status = 'failed', error = ? WHERE id = ?", [error[:500], delivery_id]
+        )
 
     def delivery_subscriptions(self, delivery_id: int) -> tuple[tuple[int, str], ...]:
         """(id, query) of the subscriptions a delivery answers that still exist."""

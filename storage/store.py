@@ -66,9 +66,6 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
             os.close(self._lease)  # releases the lock
             self._lease = None
 
-    def integrity_ok(self) -> bool:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-
     def check_file(self) -> None:
         """Raise StorageError if the database file was deleted or replaced since it was opened.
 

@@ -11,9 +11,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from bot.errors import SourceError
-from bot.models import Card, ChannelRef, Paper, PostResult
+from bot.models import Card, ChannelRef, Delivery, Paper, PostResult
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def due_now(store, now, cards: int = 1000, digest_max: int = 1000) -> list[Delivery]:
+    """What the dispatcher's path offers now, oldest first: every channel of `due_channels`,
+    each planned with `plan_burst`. With room for all (fewer than `cards` outstanding in a
+    channel) the plan decides nothing: no digest, no overflow, nothing written."""
+    due: list[Delivery] = []
+    for channel, _ in store.due_channels(now):
+        due_cards, due_digest = store.plan_burst(channel, now, cards, digest_max)
+        due += due_cards + due_digest
+    return sorted(due, key=lambda d: d.id)
 
 
 def fixture(name: str) -> bytes:

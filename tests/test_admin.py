@@ -7,8 +7,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 import bot.admin as admin
-from bot.admin import ImportError_, Progress, backfill, export_toml, import_toml
+from bot.admin import Progress, backfill, export_toml, import_toml
 from bot.cli import main
+from bot.errors import ImportFileError
 from bot.models import ChannelRef, ChannelSettings
 from bot.query import normalize_query
 from bot.sources import make_client
@@ -125,7 +126,7 @@ def test_export_then_import_into_an_empty_store_is_the_same(setup, tmp_path):
 )
 def test_bad_imports_name_the_entry_and_write_nothing(store, text, message):
     good = '[[channel]]\nchannel = "console:first"\nsubscriptions = ["diffusion"]\n\n'
-    with pytest.raises(ImportError_) as err:
+    with pytest.raises(ImportFileError) as err:
         import_toml(store, good + text if text.startswith("[[channel]]\n") else text, NOW)
     assert message in str(err.value).replace("channel entry 2", "channel entry 1")
     assert store.subscriptions() == [] and store.all_channel_settings() == []

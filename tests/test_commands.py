@@ -11,7 +11,7 @@ from bot.lookup import PaperLookup
 from bot.models import ChannelRef, CommandRequest, Match
 from bot.sources import make_client
 
-from .fakes import Canned, fixture, paper
+from .fakes import Canned, due_now, fixture, paper
 
 ML = ChannelRef("console", "ml")
 
@@ -73,7 +73,7 @@ def test_backfill_queues_the_most_recent_matches_once(ctx, clock):
     stock(ctx.store, clock)
     reply = run(ctx, "subscribe diffusion --backfill 1")
     assert reply.queued == 1 and "Backfill: posting 1 recent match now." in reply.text
-    (delivery,) = ctx.store.due_deliveries(clock())
+    (delivery,) = due_now(ctx.store, clock())
     assert delivery.paper_id == "2411.00002"  # the newest match
     again = run(ctx, "subscribe --backfill 5 diffusion")
     assert again.queued == 1 and "(1 already posted here)" in again.text
@@ -235,10 +235,10 @@ def test_pause_keeps_matches_and_resume_releases_them(ctx, clock):
     assert run(ctx, "pause").text.startswith("Paused.")
     assert run(ctx, "pause").text.startswith("This channel is already paused.")
     ctx.store.enqueue("2411.00001", [Match(1, ML, "x", ())], clock())
-    assert ctx.store.due_deliveries(clock()) == []  # kept, not sent
+    assert due_now(ctx.store, clock()) == []  # kept, not sent
     reply = run(ctx, "resume")
     assert reply.text == "Resumed. 1 paper matched while paused will be posted now." and reply.queued == 1
-    assert len(ctx.store.due_deliveries(clock())) == 1
+    assert len(due_now(ctx.store, clock())) == 1
     assert run(ctx, "resume").text == "This channel is not paused."
 
 

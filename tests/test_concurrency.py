@@ -253,12 +253,13 @@ def test_processes_starting_together_on_a_new_database_apply_the_schema_once(tmp
 def test_import_respects_the_channel_cap_all_or_nothing(store):
     from datetime import datetime, timezone
 
-    from bot.admin import ImportError_, import_toml
+    from bot.admin import import_toml
+    from bot.errors import ImportFileError
 
     now = datetime(2026, 11, 27, tzinfo=timezone.utc)
     store.add_subscription(ChannelRef("console", "ml"), "kept", "u1", now)
     text = '[[channel]]\nchannel = "console:ml"\nsubscriptions = ["a", "b", "c"]\n'
-    with pytest.raises(ImportError_, match="console:ml would have more than 3 subscriptions"):
+    with pytest.raises(ImportFileError, match="console:ml would have more than 3 subscriptions"):
         import_toml(store, text, now, limit=3)
     assert [s.query for s in store.subscriptions()] == ["kept"]
     assert import_toml(store, text, now, limit=4).added == 3

@@ -13,7 +13,7 @@ from bot.cards import card_for
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, CommandRequest, Digest, Match
 
-from .fakes import FakeDiscord, paper
+from .fakes import FakeDiscord, due_now, paper
 
 CH = ChannelRef("discord", "123")
 HOSTILE = paper("2411.00001", "@everyone **bold** <@123456789012345678> " + "t" * 400, "x *y* " * 2000,
@@ -263,7 +263,7 @@ async def test_after_a_crash_a_discord_post_that_went_out_is_found(store, clock,
     for paper_id in ("2411.00001", "2411.00002"):
         queue(store, clock, paper_id)
     adapter = DiscordAdapter("discord-test-token")
-    first, second = store.due_deliveries(clock())
+    first, second = due_now(store, clock())
     store.claim_delivery(first.id, clock())
     store.claim_delivery(second.id, clock())
     assert (await adapter.post(CH, card_for(store.get_paper(first.paper_id)))).ok  # then killed

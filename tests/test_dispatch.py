@@ -5,7 +5,7 @@ from bot.adapters import ConsoleAdapter
 from bot.dispatch import MAX_ATTEMPTS, Dispatcher, retry_delay
 from bot.models import ChannelRef, Match, PostResult
 
-from .fakes import RecordingAdapter, paper
+from .fakes import RecordingAdapter, due_now, paper
 
 ML = ChannelRef("console", "ml")
 SLACK = ChannelRef("slack", "C1")
@@ -76,7 +76,7 @@ async def test_deliveries_without_an_adapter_wait_in_the_outbox(store, clock, ca
     report = await Dispatcher(store, {"console": RecordingAdapter()}, clock).dispatch()
     assert report.waiting == 1 and "no slack adapter is running" in caplog.text
     assert "1 waiting for an adapter" in report.line()
-    assert len(store.due_deliveries(clock())) == 1
+    assert len(due_now(store, clock())) == 1
 
 
 def test_retry_delay_grows_and_is_capped():

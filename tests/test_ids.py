@@ -1,6 +1,6 @@
 import pytest
 
-from bot.sources.ids import canonical_arxiv_id, is_arxiv_id
+from bot.sources.ids import canonical_arxiv_id
 
 
 @pytest.mark.parametrize(
@@ -38,8 +38,3 @@ def test_every_known_form_gives_the_versionless_id(text, expected):
                                   "2406.12345.6", "x2406.12345", "2406.12345v2.pdfx"])
 def test_text_without_an_arxiv_id_gives_none(text):
     assert canonical_arxiv_id(text) is None
-
-
-def test_is_arxiv_id_accepts_bare_ids_only():
-    assert is_arxiv_id("2406.12345v2")
-    assert not is_arxiv_id("https://arxiv.org/abs/2406.12345")

@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 from bot.models import ChannelRef
 from bot.poller import Poller
 
-from .fakes import FakeSource, paper, source_error
+from .fakes import FakeSource, due_now, paper, source_error
 
 ML = ChannelRef("console", "ml")
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
@@ -14,7 +14,7 @@ async def test_new_matching_papers_are_queued(store, clock):
     source = FakeSource(papers=[paper("2410.00001", "Latent Diffusion"), paper("2410.00002", "Agents")])
     report = await Poller(store, clock).poll(source)
     assert (report.ok, report.listed, report.new, report.queued) == (True, 2, 2, 1)
-    assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.00001"]
+    assert [d.paper_id for d in due_now(store, clock())] == ["2410.00001"]
     assert report.line() == "fake: 2 listed, 2 new, 1 queued for delivery"
 
 
@@ -27,7 +27,7 @@ async def test_papers_stored_before_a_subscription_are_never_sent_to_it(store, c
     source.papers.append(paper("2410.00002", "Video diffusion"))
     report = await poller.poll(source)
     assert report.new == 1 and report.queued == 1
-    assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.00002"]
+    assert [d.paper_id for d in due_now(store, clock())] == ["2410.00002"]
 
 
 async def test_the_same_paper_from_two_sources_is_queued_once(store, clock):
@@ -37,7 +37,7 @@ async def test_the_same_paper_from_two_sources_is_queued_once(store, clock):
     hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="hf", upvotes=5)])
     assert (await poller.poll(arxiv)).queued == 1
     assert (await poller.poll(hf)).queued == 0
-    assert len(store.due_deliveries(clock())) == 1
+    assert len(due_now(store, clock())) == 1
     assert store.get_paper("2410.00001").upvotes == 5
 
 
@@ -86,7 +86,7 @@ async def test_engine_follows_added_changed_and_removed_subscriptions(store, clo
     store.change_subscription_query(ML, sub.id, "diffusion -video")  # e.g. /papers mute 1 video
     source.papers = [paper("2410.00002", "Video diffusion again"), paper("2410.00003", "Image diffusion")]
     await poller.poll(source)
-    assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.00001", "2410.00003"]
+    assert [d.paper_id for d in due_now(store, clock())] == ["2410.00001", "2410.00003"]
     store.remove_subscription(ML, sub.id)
     source.papers = [paper("2410.00004", "Image diffusion, more")]
     assert (await poller.poll(source)).queued == 0
@@ -102,7 +102,7 @@ async def test_papers_listed_long_ago_are_stored_but_not_posted(store, clock):
                                 paper("2410.00002", "Diffusion, stale", listed_on=today - timedelta(days=8))])
     report = await Poller(store, clock, max_age_days=7).poll(source)
     assert report.new == 2 and report.queued == 1
-    assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.00001"]
+    assert [d.paper_id for d in due_now(store, clock())] == ["2410.00001"]
     assert store.get_paper("2410.00002") is not None
 
 
@@ -118,7 +118,7 @@ async def test_a_paper_crossing_an_upvote_threshold_is_delivered_then_once(store
     hf.papers = [paper("2410.00001", "Diffusion", source="hf", upvotes=25, listed_on=clock().date())]
     report = await poller.poll(hf)
     assert report.new == 0 and report.queued == 1
-    channels = sorted(d.channel.channel_id for d in store.due_deliveries(clock()))
+    channels = sorted(d.channel.channel_id for d in due_now(store, clock()))
     assert channels == ["late", "ml"]  # not "newer": it was created after the paper arrived
     hf.papers = [paper("2410.00001", "Diffusion", source="hf", upvotes=40, listed_on=clock().date())]
     assert (await poller.poll(hf)).queued == 0  # once

@@ -29,7 +29,7 @@ from bot.sources import ArxivSource, HuggingFaceSource, make_client
 from bot.sources.base import Pacer
 
 from .drip_server import DripServer
-from .fakes import Canned, FakeSource, RecordingAdapter, fixture, paper, rss
+from .fakes import Canned, FakeSource, RecordingAdapter, due_now, fixture, paper, rss
 
 ML = ChannelRef("console", "ml")
 HF_IDS = ["2410.17243", "2410.16251", "2410.18538", "2410.18977", "2410.18451", "2410.18362"]
@@ -71,7 +71,7 @@ async def test_a_poisoned_hugging_face_item_costs_only_itself(store, clock, serv
     stored = {HF_IDS[i] for i in (0, 2, 5)}
     assert {p.id for p in store.recent_papers(10)} == stored
     # The valid items are matched and queued: SMITE (segment); Skywork-Reward was poisoned.
-    assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.18538"]
+    assert [d.paper_id for d in due_now(store, clock())] == ["2410.18538"]
     skipped = [r.getMessage() for r in caplog.records if "skipped item" in r.getMessage()]
     assert len(skipped) == 3  # once per bad item
     assert "skipped item 1: 2410.16251: upvotes 1180591620717411303424 is out of range" in skipped[0]
@@ -159,7 +159,7 @@ async def test_a_full_disk_is_a_recorded_failure_and_nothing_is_lost(tmp_path, s
         report = await poller.poll(source)
     assert "If-None-Match" not in server.requests[1][2]
     assert report.ok and report.new == 6 and report.recovered_after == 1
-    assert [d.paper_id for d in store.due_deliveries(clock())] == ["2410.18538"]
+    assert [d.paper_id for d in due_now(store, clock())] == ["2410.18538"]
     assert health(store, config(tmp_path))[0] == 200
 
 

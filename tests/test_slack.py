@@ -19,7 +19,7 @@ from bot.cards import card_for
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, CommandRequest, Digest, Match, Reply
 
-from .fakes import FakeSlack, paper
+from .fakes import FakeSlack, due_now, paper
 
 C123 = ChannelRef("slack", "C123")
 HOSTILE = paper("2411.00001", "<!channel> & <@U123> *bold* " + "long title " * 30,
@@ -416,7 +416,7 @@ async def test_after_a_crash_a_post_that_went_out_is_not_sent_again(store, clock
         queue(store, clock, paper_id)
     adapter = adapter_for(slack)
     # The bot claimed both and posted the first; then it was killed before recording it.
-    first, second = store.due_deliveries(clock())
+    first, second = due_now(store, clock())
     assert store.claim_delivery(first.id, clock()) and store.claim_delivery(second.id, clock())
     card = card_for(store.get_paper(first.paper_id), first.reason)
     assert (await adapter.post(C123, card)).ok

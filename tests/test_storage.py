@@ -4,7 +4,7 @@ from bot.models import ChannelRef, Match
 from storage import Store
 from storage.migrations import migrations
 
-from .fakes import paper
+from .fakes import due_now, paper
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 ML = ChannelRef("console", "ml")
@@ -21,7 +21,7 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
     assert len(migrations._migrations) >= 3
     assert again.count_papers() == 1
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert again.integrity_ok()
+    assert again.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     again.close()
 
 
@@ -82,7 +82,7 @@ def test_one_delivery_per_paper_and_channel(store):
     matches = [_match(1, ML, "diffusion"), _match(2, ML, "video"), _match(3, CV, "diffusion")]
     assert store.enqueue("2410.00001", matches, T0) == 2
     assert store.enqueue("2410.00001", matches, T0) == 0  # never twice
-    due = store.due_deliveries(T0)
+    due = due_now(store, T0)
     assert [(d.channel, d.reason) for d in due] == [
         (ML, "#1 `diffusion`: diffusion in title; #2 `video`: video in title"),
         (CV, "#3 `diffusion`: diffusion in title"),
@@ -93,13 +93,13 @@ def test_delivery_lifecycle(store):
     store.add_papers([paper("2410.00001")], T0)
     sub, _ = store.add_subscription(ML, "diffusion", "u1", T0)
     store.enqueue("2410.00001", [_match(sub.id, ML, "diffusion")], T0)
-    (delivery,) = store.due_deliveries(T0)
+    (delivery,) = due_now(store, T0)
     assert store.claim_delivery(delivery.id)
     assert not store.claim_delivery(delivery.id)  # claimed once only
-    assert store.due_deliveries(T0) == []
-    store.mark_failed(delivery.id, "HTTP 500", T0 + timedelta(minutes=1))
-    assert store.due_deliveries(T0) == []
-    (retry,) = store.due_deliveries(T0 + timedelta(minutes=1))
+    assert due_now(store, T0) == []
+    store.reschedule_delivery(delivery.id, "HTTP 500", T0 + timedelta(minutes=1))
+    assert due_now(store, T0) == []
+    (retry,) = due_now(store, T0 + timedelta(minutes=1))
     assert retry.attempts == 1
     store.claim_delivery(retry.id)
     store.mark_sent(retry.id, "ts-1", T0)
@@ -110,12 +110,12 @@ def test_delivery_lifecycle(store):
 def test_unfinished_sends_are_released_after_a_crash(store):
     store.add_papers([paper("2410.00001")], T0)
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
-    (delivery,) = store.due_deliveries(T0)
+    (delivery,) = due_now(store, T0)
     store.claim_delivery(delivery.id, T0)
     ((unfinished, claimed_at),) = store.unfinished_deliveries()
     assert unfinished.id == delivery.id and claimed_at == T0
     store.release_delivery(delivery.id)
-    assert len(store.due_deliveries(T0)) == 1 and store.unfinished_deliveries() == []
+    assert len(due_now(store, T0)) == 1 and store.unfinished_deliveries() == []
 
 
 def test_crashes_mid_send_do_not_use_up_a_papers_attempts(store):
@@ -124,19 +124,19 @@ def test_crashes_mid_send_do_not_use_up_a_papers_attempts(store):
     store.add_papers([paper("2410.00001")], T0)
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
     for _ in range(20):
-        (delivery,) = store.due_deliveries(T0)
+        (delivery,) = due_now(store, T0)
         store.claim_delivery(delivery.id, T0)
         store.release_delivery(delivery.id)
-    (delivery,) = store.due_deliveries(T0)
+    (delivery,) = due_now(store, T0)
     assert delivery.attempts == 0
 
 
 def test_failed_for_good_is_not_due_again(store):
     store.add_papers([paper("2410.00001")], T0)
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
-    (delivery,) = store.due_deliveries(T0)
-    store.mark_failed(delivery.id, "channel_not_found", None)
-    assert store.due_deliveries(T0 + timedelta(days=1)) == []
+    (delivery,) = due_now(store, T0)
+    store.give_up_delivery(delivery.id, "channel_not_found")
+    assert due_now(store, T0 + timedelta(days=1)) == []
     assert store.delivery_counts() == {"failed": 1}
 
 

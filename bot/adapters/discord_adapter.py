@@ -41,7 +41,6 @@ CommandHandler = Callable[[CommandRequest], Awaitable[Reply]]
 
 # Discord error codes after which posting to the channel cannot work until someone acts.
 CHANNEL_GONE_CODES = {10003: "unknown channel", 50001: "missing access", 50013: "missing permissions"}
-DEFAULT_API_BASE = "https://discord.com/api/v10"
 
 
 def set_api_base(api_base: str) -> None:

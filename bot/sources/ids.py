@@ -31,7 +31,3 @@ def canonical_arxiv_id(text: str) -> str | None:
         return exact.group(1)
     found = _ID.search(text)
     return found.group(1) if found else None
-
-
-def is_arxiv_id(text: str) -> bool:
-    return bool(_EXACT.match(text.strip()))
