@@ -101,14 +101,19 @@ def resume(ctx: Context, req: CommandRequest, args: str) -> Reply:
     return Reply(text, queued=waiting if instant else 0)
 
 
+def _span(seconds: int) -> str:
+    """A length of time in its largest whole unit: 3d, 5h, 12m or 45s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _ago(moment: datetime | None, now: datetime) -> str:
     if moment is None:
         return "never"
     seconds = int((now - moment).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return "just now"
+    return "just now" if seconds < 60 else f"{_span(seconds)} ago"
 
 
 def source_lines(ctx: Context) -> list[str]:
@@ -139,10 +144,7 @@ def _when(upcoming: datetime, now: datetime) -> str:
     """"in 45s", "in 12m", "due now", or overdue (then `run` is probably not running)."""
     seconds = int((upcoming - now).total_seconds())
     if seconds > 0:
-        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-            if seconds >= size:
-                return f"in {seconds // size}{unit}"
-        return f"in {seconds}s"
+        return f"in {_span(seconds)}"
     if seconds > -120:  # `run` checks every few seconds
         return "due now"
     return f"overdue since {_ago(upcoming, now)} (is `papers-bot run` running?)"
