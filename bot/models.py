@@ -59,6 +59,12 @@ class ChannelRef:
         return f"{self.platform}:{self.channel_id}"
 
     @classmethod
+    def from_key(cls, key: str) -> ChannelRef:
+        """The inverse of `key`, for what storage wrote (user text goes through `parse`)."""
+        platform, _, channel_id = key.partition(":")
+        return cls(platform, channel_id)
+
+    @classmethod
     def parse(cls, text: str) -> ChannelRef:
         platform, sep, channel_id = text.strip().partition(":")
         platform = platform.lower()

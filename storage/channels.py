@@ -55,9 +55,8 @@ class ChannelsMixin:
 
 
 def _settings(row) -> ChannelSettings:
-    platform, _, channel_id = row[0].partition(":")
     return ChannelSettings(
-        channel=ChannelRef(platform, channel_id),
+        channel=ChannelRef.from_key(row[0]),
         mode=row[1],
         digest_time=row[2],
         digest_day=row[3],

@@ -59,7 +59,7 @@ class DeliveriesMixin:
                 GROUP BY d.channel ORDER BY min(d.id)""",
             [iso(now)],
         ).fetchall()
-        return [(ChannelRef(*row[0].split(":", 1)), row[1]) for row in rows]
+        return [(ChannelRef.from_key(row[0]), row[1]) for row in rows]
 
     def plan_burst(self, channel: ChannelRef, now: datetime, cards: int,
                    digest_max: int) -> tuple[list[Delivery], list[Delivery]]:
@@ -230,7 +230,7 @@ class DeliveriesMixin:
 
 
 def _delivery(row) -> Delivery:
-    return Delivery(id=row[0], paper_id=row[1], channel=ChannelRef(*row[2].split(":", 1)), reason=row[3],
+    return Delivery(id=row[0], paper_id=row[1], channel=ChannelRef.from_key(row[2]), reason=row[3],
                     attempts=row[4], in_digest=bool(row[5]))
 
 

@@ -125,10 +125,9 @@ class SubscriptionsMixin:
 
 
 def _subscription(row) -> Subscription:
-    platform, _, channel_id = row[1].partition(":")
     return Subscription(
         id=row[0],
-        channel=ChannelRef(platform, channel_id),
+        channel=ChannelRef.from_key(row[1]),
         query=row[2],
         created_by=row[3],
         created_at=datetime.fromisoformat(row[4]),  # NOT NULL
