@@ -36,7 +36,9 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.fakes import Canned, FakeDiscord, FakeHTTPServer, FakeSlack
+from fakes.discord import FakeDiscord
+from fakes.http import Canned, FakeHTTPServer
+from fakes.slack import FakeSlack
 
 SLACK_CHANNELS = ("C0FAULT1", "C0FAULT2")
 DISCORD_CHANNELS = ("9101", "9102")

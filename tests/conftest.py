@@ -6,9 +6,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bot.config import Secrets, parse_config
+from fakes.http import FakeHTTPServer
 from storage import Store
-
-from .fakes import FakeHTTPServer
 
 
 class FakeClock:

@@ -13,9 +13,10 @@ from bot.errors import ImportFileError
 from bot.models import ChannelRef, ChannelSettings
 from bot.query import normalize_query
 from bot.sources import make_client
+from fakes.http import Canned
 from storage import Store
 
-from .fakes import Canned, fixture
+from .fakes import fixture
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 TODAY = NOW.date()

@@ -9,8 +9,9 @@ from bot.app import App, _Runner, backoff_seconds
 from bot.cli import RedactSecrets
 from bot.config import Secrets, parse_config
 from bot.models import ChannelRef, CommandRequest, Match
+from fakes.http import Canned
 
-from .fakes import Canned, RecordingAdapter, hf_json, paper
+from .fakes import RecordingAdapter, hf_json, paper
 
 
 def make_app(tmp_path, server, clock=None, out=None):

@@ -14,8 +14,9 @@ import pytest
 
 from bot.cli import main
 from bot.sources.arxiv import parse_rss
+from fakes.http import Canned
 
-from .fakes import Canned, fixture, hf_json, rss
+from .fakes import fixture, hf_json, rss
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,9 @@ import handlers
 from bot.lookup import PaperLookup
 from bot.models import ChannelRef, CommandRequest, Match
 from bot.sources import make_client
+from fakes.http import Canned
 
-from .fakes import Canned, due_now, fixture, paper
+from .fakes import due_now, fixture, paper
 
 ML = ChannelRef("console", "ml")
 

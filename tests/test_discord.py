@@ -12,8 +12,9 @@ from bot.adapters.discord_render import card_embed, digest_embed, reply_embeds
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, CommandRequest, Digest, Match
+from fakes.discord import FakeDiscord
 
-from .fakes import FakeDiscord, due_now, paper
+from .fakes import due_now, paper
 
 CH = ChannelRef("discord", "123")
 HOSTILE = paper("2411.00001", "@everyone **bold** <@123456789012345678> " + "t" * 400, "x *y* " * 2000,

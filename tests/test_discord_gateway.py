@@ -18,8 +18,8 @@ from bot.adapters import discord_adapter
 from bot.adapters.discord_adapter import DiscordAdapter, start_discord
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, Match
+from fakes.discord_gateway import CHANNEL_ID, TOKEN, FakeDiscordGateway
 
-from .fake_discord_gateway import CHANNEL_ID, TOKEN, FakeDiscordGateway
 from .fakes import RecordingAdapter, paper
 
 CH = ChannelRef("discord", CHANNEL_ID)

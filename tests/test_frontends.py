@@ -1,6 +1,6 @@
 """Front-ends start in the background and never hold up polling, delivery or shutdown.
 
-Slack Socket Mode runs against a protocol-level fake (tests/fake_socket_mode.py: hello, envelopes,
+Slack Socket Mode runs against a protocol-level fake (fakes/socket_mode.py: hello, envelopes,
 acks over a real WebSocket, the URL handed out by a fake apps.connections.open). The shutdown
 tests run the real `papers-bot` in a subprocess and send it real signals.
 """
@@ -28,9 +28,10 @@ from bot.adapters.slack_adapter import SlackAdapter, make_web_client, start_slac
 from bot.app import App
 from bot.cli import main
 from bot.config import Secrets, parse_config
+from fakes.http import Canned, FakeHTTPServer
+from fakes.socket_mode import TICKET, FakeSlackSocketMode, FakeSocketMode, HangingServer, closed_port
 
-from .fake_socket_mode import TICKET, FakeSlackSocketMode, FakeSocketMode, HangingServer, closed_port
-from .fakes import Canned, FakeHTTPServer, fixture, hf_json
+from .fakes import fixture, hf_json
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_TOKEN = "xapp-1-fake-app-token"

@@ -90,8 +90,9 @@ def test_no_command_text_crashes_a_handler(store, make_config, text):
 
 def test_tokens_never_reach_logs_or_replies(tmp_path, caplog, capsys, monkeypatch, server):
     from bot.cli import main
+    from fakes.slack import FakeSlack
 
-    from .fakes import FakeSlack, hf_json
+    from .fakes import hf_json
 
     caplog.set_level(logging.DEBUG)
     token, secret = "xoxb-very-secret-token-1234", "discord-very-secret-5678"

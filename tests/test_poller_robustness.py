@@ -27,9 +27,10 @@ from bot.models import ChannelRef
 from bot.poller import Poller
 from bot.sources import ArxivSource, HuggingFaceSource, make_client
 from bot.sources.base import Pacer
+from fakes.drip import DripServer
+from fakes.http import Canned
 
-from .drip_server import DripServer
-from .fakes import Canned, FakeSource, RecordingAdapter, due_now, fixture, paper, rss
+from .fakes import FakeSource, RecordingAdapter, due_now, fixture, paper, rss
 
 ML = ChannelRef("console", "ml")
 HF_IDS = ["2410.17243", "2410.16251", "2410.18538", "2410.18977", "2410.18451", "2410.18362"]

@@ -18,8 +18,9 @@ from bot.adapters.slack_render import card_blocks, digest_blocks, escape, reply_
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, CommandRequest, Digest, Match, Reply
+from fakes.slack import FakeSlack
 
-from .fakes import FakeSlack, due_now, paper
+from .fakes import due_now, paper
 
 C123 = ChannelRef("slack", "C123")
 HOSTILE = paper("2411.00001", "<!channel> & <@U123> *bold* " + "long title " * 30,

@@ -24,8 +24,8 @@ from bot.config import Secrets, parse_config
 from bot.errors import ConfigError
 from bot.health import start_metrics
 from bot.models import ChannelRef
+from fakes.slack import FakeSlack
 
-from .fakes import FakeSlack
 from .test_slack import SECRET, command_body, post, sign, wait_for
 
 C123 = ChannelRef("slack", "C123")
@@ -238,7 +238,7 @@ def test_with_a_low_file_limit_a_flood_cannot_starve_the_bots_own_requests(serve
     import sys
     from pathlib import Path
 
-    from .fakes import Canned
+    from fakes.http import Canned
 
     server.route("/api/daily_papers", Canned(200, b"[]"))
     bot = subprocess.Popen([sys.executable, "-c", LOW_LIMIT_BOT, f"{server.url}/api/daily_papers"],

@@ -3,8 +3,9 @@ import pytest
 from bot.errors import SourceError
 from bot.sources import ArxivSource, make_client
 from bot.sources.arxiv import parse_rss
+from fakes.http import Canned
 
-from .fakes import Canned, fixture, rss
+from .fakes import fixture, rss
 
 
 async def fetch(server, categories=("cs.CV", "cs.LG")):

@@ -5,8 +5,9 @@ import pytest
 from bot.errors import SourceError
 from bot.sources import HuggingFaceSource, make_client
 from bot.sources.huggingface import parse_daily_papers
+from fakes.http import Canned
 
-from .fakes import Canned, fixture, hf_json
+from .fakes import fixture, hf_json
 
 
 async def fetch(server, timeout=5.0, max_bytes=20 * 1024 * 1024):

@@ -11,7 +11,7 @@ REST: login (GET /users/@me, 401 for a wrong token), application info, GET /gate
 and edits of the original response, and channel messages (so cards can be posted too).
 
 It runs its own event loop in a thread, so a test's loop (or a `papers-bot run` in
-another process: `python -m tests.fake_discord_gateway`) talks to it like to a server.
+another process: `python -m fakes.discord_gateway`) talks to it like to a server.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Callable
 
 from aiohttp import WSMsgType, web
 
-from .fakes import FakeSlack
+from .slack import FakeSlack
 
 # Slack's WebSocket URLs carry a one-time ticket in the query: it must never reach a log.
 TICKET = "fake-ticket-0f9e8d7c"

@@ -1,0 +1,112 @@
+"""A fake Slack Web API (and response_url endpoint) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeSlack:
+    """A fake Slack Web API (and response_url endpoint) on 127.0.0.1.
+
+    `POST /api/<method>` answers `{"ok": true, ...}`; `script(method, (status, body, headers), ...)`
+    queues other answers. Every call is recorded as (method, parsed body, headers).
+    """
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict, dict]] = []
+        self.scripts: dict[str, list[tuple[int, dict, dict]]] = {}
+        self.messages: dict[str, list[dict]] = {}  # channel -> what was posted, for conversations.history
+        self.real_ts = False  # True: timestamps from the clock, as Slack's are
+        self.min_interval = 0.0  # > 0: per-channel rate limit, 429 + Retry-After when exceeded
+        self.last_post: dict[str, float] = {}
+        self.rate_limited = 0
+        self.lock = threading.Lock()
+        self.ts = 1000
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (slack_sdk reads some methods with GET)
+                self.do_POST()
+
+            def do_POST(self):  # noqa: N802
+                from urllib.parse import parse_qsl
+
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length).decode()
+                if "json" in (self.headers.get("Content-Type") or ""):
+                    body = json.loads(raw or "{}")
+                else:
+                    body = dict(parse_qsl(raw))
+                body.update(dict(parse_qsl(self.path.partition("?")[2])))
+                method = self.path.split("?")[0].rsplit("/", 1)[-1]
+                fake.calls.append((method, body, dict(self.headers)))
+                status, answer, headers = fake._answer(method, body)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def _answer(self, method: str, body: dict) -> tuple[int, dict, dict]:
+        queue = self.scripts.get(method)
+        if queue:
+            return queue.pop(0)
+        if method == "chat.postMessage" and self.min_interval:
+            with self.lock:
+                now = time.monotonic()
+                last = self.last_post.get(body.get("channel"), -1e9)
+                if now - last < self.min_interval:
+                    self.rate_limited += 1
+                    return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"}
+                self.last_post[body.get("channel")] = now
+        if method == "auth.test":
+            return 200, {"ok": True, "user_id": "UBOT", "bot_id": "BBOT", "team_id": "T1", "user": "papers"}, {}
+        if method == "chat.postMessage":
+            self.ts += 1
+            ts = f"{time.time():.6f}" if self.real_ts else f"{self.ts}.000100"
+            self.messages.setdefault(body.get("channel"), []).append({"ts": ts, "text": body.get("text"),
+                                                                      "metadata": body.get("metadata")})
+            return 200, {"ok": True, "channel": body.get("channel"), "ts": ts}, {}
+        if method == "conversations.history":
+            oldest = float(body.get("oldest") or 0)
+            found = [m for m in reversed(self.messages.get(body.get("channel"), [])) if float(m["ts"]) >= oldest]
+            return 200, {"ok": True, "messages": found, "has_more": False}, {}
+        return 200, {"ok": True}, {}
+
+    def script(self, method: str, *answers: tuple[int, dict, dict]) -> None:
+        self.scripts[method] = list(answers)
+
+    def called(self, method: str) -> list[dict]:
+        return [body for name, body, _ in self.calls if name == method]
+
+    @property
+    def api_url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/api/"
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> FakeSlack:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
