@@ -19,7 +19,7 @@ import inspect
 import logging
 import random
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable, Iterable, Literal, Optional
+from typing import Any, Awaitable, Callable, Literal, Optional
 
 import aiohttp
 import discord
@@ -169,8 +169,7 @@ class DiscordAdapter:
 
 # ---- slash commands -------------------------------------------------------------------------
 
-def build_command_group(on_command: CommandHandler, on_complete: Completer,
-                        commands: Iterable[Command] | None = None) -> app_commands.Group:
+def build_command_group(on_command: CommandHandler, on_complete: Completer) -> app_commands.Group:
     """`/papers <subcommand>`: one subcommand per registered command, its options from the
     command's declared parameters (handlers.Param), descriptions from its docstring.
 
@@ -194,7 +193,7 @@ def build_command_group(on_command: CommandHandler, on_complete: Completer,
         await interaction.followup.send(content=reply.text[:CONTENT_MAX], embeds=reply_embeds(reply.cards),
                                         ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
-    for cmd in handlers.COMMANDS.values() if commands is None else commands:
+    for cmd in handlers.COMMANDS.values():
         group.add_command(_subcommand(cmd, run, on_complete))
     return group
 
