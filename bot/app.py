@@ -113,10 +113,8 @@ class App:
             # start_discord drives a DiscordAdapter's own gateway; any other adapter that merely
             # has a token (a stand-in, say) is posted to, but has no gateway to start.
             if isinstance(discord_adapter, DiscordAdapter):
-                summaries = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
                 frontend = await self._start("Discord", start_discord(discord_adapter, self.config,
-                                                                      self.handle_command, summaries,
-                                                                      self.store.subscriptions))
+                                                                      self.handle_command, self.complete))
                 if frontend is not None:
                     self._frontends.append(frontend)
 
@@ -161,6 +159,10 @@ class App:
             except Exception:
                 log.exception("sending what the command queued failed; the next sweep sends it")
         return reply
+
+    def complete(self, channel: ChannelRef, verb: str, param: str, typed: str) -> list[tuple[str, str]]:
+        """Suggestions while a command's parameter is typed (Discord's autocomplete)."""
+        return handlers.complete(self.context, channel, verb, param, typed)
 
     async def deliver(self) -> DispatchReport:
         """Send what is due: instant cards, then digests (after settling a crash's leftovers).

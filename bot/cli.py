@@ -11,6 +11,7 @@ import sys
 import threading
 from typing import Any, Callable, Coroutine, Sequence, TextIO
 
+import handlers
 from storage import Store
 
 from .adapters.console import render_reply
@@ -102,7 +103,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"papers-bot: {exc}", file=sys.stderr)
             return 2
-        return _interruptible(_command(config, CommandRequest(channel, args.user, " ".join(args.text))))
+        request = handlers.request_from_text(channel, args.user, " ".join(args.text))
+        return _interruptible(_command(config, request))
     if args.action == "poll":
         return _interruptible(_poll(config))
     if args.action == "status":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import NamedTuple
+from typing import Mapping, NamedTuple, Union
 
 PLATFORMS = ("console", "slack", "discord")
 
@@ -189,14 +189,24 @@ class PostResult:
     channel_gone: bool = False  # archived, deleted, or the bot was removed: pause the channel
 
 
+ArgValue = Union[str, int]
+
+
 @dataclass(frozen=True)
 class CommandRequest:
-    """What every front-end (Slack, Discord, CLI) turns a /papers command into."""
+    """What every front-end (Slack, Discord, CLI) turns a /papers command into.
+
+    `args` are named after the command's declared parameters (handlers.base.Param) and
+    checked against them by handlers.handle. Typed front-ends (Discord options, Slack
+    buttons) fill them directly; text front-ends get them from handlers.parse_text.
+    """
 
     channel: ChannelRef
     user_id: str
-    text: str
+    verb: str
+    args: Mapping[str, ArgValue] = field(default_factory=dict)
     can_manage: bool = True  # set by the adapter from platform permissions
+    text: str = ""  # the line as typed, from text front-ends: for the length limit and logs only
 
 
 @dataclass(frozen=True)

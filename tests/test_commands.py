@@ -8,7 +8,7 @@ import pytest
 
 import handlers
 from bot.lookup import PaperLookup
-from bot.models import ChannelRef, CommandRequest, Match
+from bot.models import ChannelRef, Match
 from bot.sources import make_client
 from fakes.http import Canned
 
@@ -23,7 +23,7 @@ def ctx(store, make_config, clock):
 
 
 def run(ctx, text, channel=ML, can_manage=True, user="u1"):
-    return asyncio.run(handlers.handle(ctx, CommandRequest(channel, user, text, can_manage)))
+    return asyncio.run(handlers.handle(ctx, handlers.request_from_text(channel, user, text, can_manage)))
 
 
 def stock(store, clock):
@@ -139,7 +139,7 @@ async def show(store, config, clock, server, text):
     async with make_client(2.0) as client:
         lookup = PaperLookup(client, server.url, f"{server.url}/api/query")
         ctx = handlers.Context(store, config, clock, lookup=lookup)
-        return await handlers.handle(ctx, CommandRequest(ML, "u1", text))
+        return await handlers.handle(ctx, handlers.request_from_text(ML, "u1", text))
 
 
 async def test_show_a_stored_paper_by_any_link_form(store, make_config, clock, server):

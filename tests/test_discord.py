@@ -7,11 +7,11 @@ import pytest
 from discord.http import Route
 
 import handlers
-from bot.adapters.discord_adapter import DiscordAdapter, answer_links, build_command_group, nonce_for, paper_links
+from bot.adapters.discord_adapter import DiscordAdapter, answer_links, build_command_group, nonce_for
 from bot.adapters.discord_render import card_embed, digest_embed, reply_embeds
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
-from bot.models import ChannelRef, CommandRequest, Digest, Match
+from bot.models import ChannelRef, Digest, Match
 from fakes.discord import FakeDiscord
 
 from .fakes import due_now, paper
@@ -117,7 +117,7 @@ async def test_a_deleted_or_forbidden_channel_is_paused(store, clock, fake, stat
     assert len(fake.posts) == 1
     assert store.channel_settings(CH).paused_reason == reason
     ctx = handlers.Context(store, make_config(), clock)
-    assert f"paused ({reason})" in (await handlers.handle(ctx, CommandRequest(CH, "42", "status"))).text
+    assert f"paused ({reason})" in (await handlers.handle(ctx, handlers.request_from_text(CH, "42", "status"))).text
 
 
 async def test_digest_goes_out_as_one_message(store, clock, fake):
@@ -138,7 +138,7 @@ async def test_pasted_links_get_a_card_reply(store, clock, fake, make_config):
         return await handlers.handle(ctx, request)
 
     text = "look: https://arxiv.org/abs/2411.00001v2 and https://example.com"
-    assert paper_links(text) == ["2411.00001"]
+    assert handlers.paper_links(text) == ["2411.00001"]
     assert await answer_links(on_command, adapter, "123", "555", "42", text) == 1
     assert await answer_links(on_command, adapter, "123", "556", "42", "no links here") == 0
     await adapter.close()
@@ -175,8 +175,10 @@ def group(store, make_config, clock):
     async def on_command(request):
         return await handlers.handle(ctx, request)
 
-    summaries = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
-    return build_command_group(on_command, summaries, store.subscriptions)
+    def on_complete(channel, verb, param, typed):
+        return handlers.complete(ctx, channel, verb, param, typed)
+
+    return build_command_group(on_command, on_complete)
 
 
 def sub_command(group, name):

@@ -23,7 +23,6 @@ from fakes.discord_gateway import CHANNEL_ID, TOKEN, FakeDiscordGateway
 from .fakes import RecordingAdapter, paper
 
 CH = ChannelRef("discord", CHANNEL_ID)
-SUMMARIES = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
 
 
 @pytest.fixture
@@ -77,7 +76,10 @@ async def start(store, config, adapter, clock):
         return await handlers.handle(ctx, request)
 
     began = time.monotonic()
-    running = await start_discord(adapter, config, on_command, SUMMARIES, store.subscriptions)
+    def on_complete(channel, verb, param, typed):
+        return handlers.complete(ctx, channel, verb, param, typed)
+
+    running = await start_discord(adapter, config, on_command, on_complete)
     assert time.monotonic() - began < 0.2  # nothing waits for Discord
     return running
 

@@ -32,9 +32,10 @@ from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
+import handlers
+
 from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
 from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
-from ..sources.ids import canonical_arxiv_id
 from . import TOKEN_REFUSED_WAIT, Running
 from .slack_render import (
     ACTION_UNSUBSCRIBE,
@@ -258,8 +259,8 @@ def build_bolt_app(
     @app.command(command)
     async def slash_command(ack, body, respond):
         await ack()  # within Slack's 3 seconds; the work happens after
-        request = CommandRequest(ChannelRef("slack", body["channel_id"]), body["user_id"], body.get("text") or "",
-                                 can_manage=may_manage(body["user_id"]))
+        request = handlers.request_from_text(ChannelRef("slack", body["channel_id"]), body["user_id"],
+                                             body.get("text") or "", can_manage=may_manage(body["user_id"]))
         reply = await on_command(request)
         await respond(text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
                       response_type="ephemeral", replace_original=False)
@@ -270,15 +271,15 @@ def build_bolt_app(
         value = body["actions"][0].get("selected_option", {}).get("value", "")  # shape checked by payload_problem
         kind, _, rest = value.partition(":")
         if kind == "unsub":
-            text = f"unsubscribe {rest}"
+            verb, args = "unsubscribe", {"subscription": rest}
         elif kind == "mute":
             sub_id, _, term = rest.partition(":")
-            text = f"mute {sub_id} {term}"
+            verb, args = "mute", {"subscription": sub_id, "term": term}
         else:
             return
         user = body["user"]["id"]
         channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
-        request = CommandRequest(ChannelRef("slack", channel), user, text, may_manage(user))
+        request = CommandRequest(ChannelRef("slack", channel), user, verb, args, may_manage(user))
         reply = await on_command(request)
         await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
 
@@ -290,11 +291,11 @@ def build_bolt_app(
     async def unfurl(event, client):
         unfurls = {}
         for link in event.get("links", [])[:5]:
-            paper_id = canonical_arxiv_id(link.get("url", ""))
+            paper_id = handlers.paper_in_link(link.get("url", ""))
             if paper_id is None:
                 continue
-            reply = await on_command(CommandRequest(ChannelRef("slack", event["channel"]), event.get("user", ""),
-                                                    f"show {paper_id}", can_manage=False))
+            reply = await on_command(handlers.show_request(ChannelRef("slack", event["channel"]),
+                                                           event.get("user", ""), paper_id))
             if reply.cards:
                 unfurls[link["url"]] = {"blocks": [b.to_dict() for b in card_blocks(reply.cards[0])]}
         if unfurls:
@@ -304,10 +305,8 @@ def build_bolt_app(
     async def mention(event, client):
         text = _MENTION.sub("", event.get("text", "")).strip()
         text = _LINK.sub(r"\1", text)
-        if canonical_arxiv_id(text.split()[0] if text else "") and not text.lower().startswith(("search", "show")):
-            text = f"show {text.split()[0]}"
-        request = CommandRequest(ChannelRef("slack", event["channel"]), event.get("user", ""), text or "help",
-                                 can_manage=may_manage(event.get("user", "")))
+        request = handlers.mention_request(ChannelRef("slack", event["channel"]), event.get("user", ""), text,
+                                           can_manage=may_manage(event.get("user", "")))
         reply = await on_command(request)
         await client.chat_postMessage(channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
                                       text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
