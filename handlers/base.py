@@ -213,7 +213,7 @@ def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
     values: dict[str, ArgValue] = {}
     for name in given:
         if cmd.param(name) is None:
-            return error(f"`{cmd.name}` has no option `{shown(name, 20)}`.", cmd)
+            return error(f"`{cmd.name}` has no option `--{shown(name, 20)}`.", cmd)
     for param in cmd.params:
         value = given.get(param.name)
         if value is not None and param.kind != "int":
@@ -270,6 +270,11 @@ def parse_text(text: str) -> tuple[str, dict[str, str]]:
             if found:
                 values[param.name] = found.group(1) or ""
                 rest = (rest[: found.start()] + " " + rest[found.end():]).strip()
+    # `--word` left over is an option this command does not have (a query never needs one:
+    # `-word` excludes a word): handle() names it, rather than subscribing to `--bogus foo`.
+    unknown = re.search(r"(?:^|\s)--([A-Za-z][\w-]*)", rest)
+    if unknown:
+        values[unknown.group(1)] = ""
     positional = [p for p in cmd.params if not p.option]
     words = list(re.finditer(r"\S+", rest))
     at = 0

@@ -174,7 +174,7 @@ def test_typed_and_text_requests_get_the_same_replies(ctx, store):
     [
         ("subscribe", {"query": "diffusion", "backfill": 25}, "--backfill needs a number from 1 to 20, not `25`."),
         ("subscribe", {"query": "diffusion", "backfill": "many"}, "--backfill needs a number from 1 to 20"),
-        ("subscribe", {"query": "diffusion", "colour": "red"}, "`subscribe` has no option `colour`."),
+        ("subscribe", {"query": "diffusion", "colour": "red"}, "`subscribe` has no option `--colour`."),
         ("search", {}, "What should I search for? Give some words."),
         ("show", {"paper": "  "}, "Which paper? Give an arXiv id or link."),
         ("digest", {"mode": "weekly", "time": "09:00"}, "Say `off`, `daily HH:MM` or `weekly DAY HH:MM`."),
@@ -226,3 +226,13 @@ def test_links_and_mentions_become_show_requests():
     command = handlers.mention_request(ML, "u1", "search 2411.00001", True)
     assert (command.verb, dict(command.args)) == ("search", {"words": "2411.00001"})
     assert handlers.mention_request(ML, "u1", "", True).verb == "help"
+
+
+@pytest.mark.parametrize(
+    "line, option", [("subscribe --bogus foo", "--bogus"), ("preview --backfill 3 diffusion", "--backfill")]
+)
+def test_a_typed_option_the_command_does_not_have_is_refused_not_taken_as_query(ctx, line, option):
+    reply = run(ctx, line)
+    assert not reply.ok and f"has no option `{option}`" in reply.text
+    assert ctx.store.subscriptions(ML) == []
+    assert run(ctx, "subscribe -survey diffusion").ok  # one dash still excludes a word
