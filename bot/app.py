@@ -74,9 +74,9 @@ class App:
         self._recovered = False
 
     async def start_frontends(self) -> None:
-        """Start the chat front-ends that have their tokens, and the metrics server (only `run`).
+        """Start the metrics server and each adapter's front-end (Adapter.start), only in `run`.
 
-        Each start function returns a Running at once: connecting, reconnecting with backoff and
+        Each start returns a Running at once (or None: nothing to start): connecting, reconnecting with backoff and
         giving up on a refused token happen in a background task it owns. One that fails or
         hangs anyway is logged and left off; the others still start.
         """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import io
 import logging
@@ -21,6 +22,14 @@ from .fakes import RecordingAdapter
 
 NOWHERE = "http://127.0.0.1:9/api/v10"  # nothing listens on port 9
 METHODS = ["post", "post_digest", "post_text", "find_sent", "start", "close"]
+
+
+async def until(predicate, attempts: int = 250) -> bool:
+    for _ in range(attempts):
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(predicate())
 
 
 def config_with(tmp_path, secrets: dict[str, str], **sections):
@@ -111,3 +120,64 @@ async def test_a_discord_token_adds_discord_at_its_own_api_base_two_in_one_proce
                                                                              ("111", "the first again")]
     assert [(channel, body["content"]) for channel, body in second.posts] == [("222", "to the second")]
     assert Route.BASE == NOWHERE  # nothing set it
+
+
+# ---- the app uses nothing but the contract --------------------------------------------------
+
+class Started(RecordingAdapter):
+    """A RecordingAdapter with a front-end: start() hands back a Running and keeps on_command."""
+
+    def __init__(self, platform: str):
+        super().__init__(platform)
+        self.on_command = None
+        self.stopped = False
+
+    async def start(self, on_command):
+        from bot.adapters import Running
+
+        self.on_command = on_command
+
+        async def stop() -> None:
+            self.stopped = True
+
+        return Running(stop)
+
+
+async def test_the_app_starts_stops_and_closes_every_adapter_through_the_protocol(make_config):
+    from bot.app import App
+    from bot.models import CommandRequest
+
+    quiet, chatty = RecordingAdapter("console"), Started("chat")
+    app = App(make_config(), adapters={"console": quiet, "chat": chatty})
+    await app.start_frontends()
+    reply = await chatty.on_command(CommandRequest(ChannelRef("chat", "c1"), "u1", "subscribe diffusion"))
+    await app.stop_frontends()
+    await app.aclose()
+    assert "diffusion" in reply.text and chatty.stopped
+    assert quiet.closed and chatty.closed
+
+
+async def test_a_discord_adapter_from_the_factory_answers_slash_commands_at_its_api_base(tmp_path, monkeypatch):
+    """Factory -> App.start_frontends -> gateway -> interaction reply: every request at [discord] api_base,
+    while discord.py's own (process-wide) default base points nowhere."""
+    from bot.app import App
+    from fakes.discord_gateway import TOKEN, FakeDiscordGateway
+
+    monkeypatch.setattr(Route, "BASE", NOWHERE)
+    with FakeDiscordGateway() as fake:
+        config = config_with(tmp_path, {"DISCORD_TOKEN": TOKEN},
+                             discord={"api_base": fake.api_base, "gateway_url": fake.gateway_url})
+        app = App(config, stdout=io.StringIO())
+        assert sorted(app.adapters) == ["console", "discord"]
+        await app.start_frontends()
+        try:
+            frontend = app._frontends[0].frontend
+            assert await until(lambda: frontend.state == "connected")
+            fake.interact("subscribe", {"query": "diffusion"})
+            assert await until(lambda: fake.followups)
+        finally:
+            await app.stop_frontends()
+            await app.aclose()
+    assert fake.callbacks and fake.followups, (fake.requests, fake.callbacks)
+    assert "diffusion" in fake.followups[0]["body"]["content"]
+    assert ("GET", "/api/v10/users/@me") in fake.requests
