@@ -13,7 +13,7 @@ import schedule
 import handlers
 from storage import Store
 
-from .adapters import Adapter, ConsoleAdapter, Running
+from .adapters import Adapter, Running, build_adapters
 from .clock import utcnow
 from .config import Config
 from .dispatch import Dispatcher, DispatchReport
@@ -60,7 +60,9 @@ class App:
                 ArxivSource(self.http, config.arxiv.base_url, config.arxiv.categories, config.max_response_bytes,
                             pacer=arxiv_pacer)
             )
-        self.adapters: dict[str, Adapter] = adapters if adapters is not None else self._default_adapters(stdout)
+        if adapters is None:
+            adapters = build_adapters(config, stdout=stdout, complete=self.complete)
+        self.adapters: dict[str, Adapter] = adapters
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle)
@@ -69,25 +71,10 @@ class App:
         self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
         self._recovered = False
 
-    def _default_adapters(self, stdout: TextIO | None) -> dict[str, Adapter]:
-        adapters: dict[str, Adapter] = {"console": ConsoleAdapter(stdout)}
-        token = self.config.secrets.get("SLACK_BOT_TOKEN")
-        if token:
-            from .adapters.slack_adapter import SlackAdapter, make_web_client
-
-            adapters["slack"] = SlackAdapter(make_web_client(token, self.config.slack.api_url))
-        token = self.config.secrets.get("DISCORD_TOKEN")
-        if token:
-            from .adapters.discord_adapter import DiscordAdapter, set_api_base
-
-            set_api_base(self.config.discord.api_base)
-            adapters["discord"] = DiscordAdapter(token)
-        return adapters
-
     async def start_frontends(self) -> None:
-        """Start the chat front-ends that have their tokens, and the metrics server (only `run`).
+        """Start the metrics server and each adapter's front-end (Adapter.start), only in `run`.
 
-        Each start function returns a Running at once: connecting, reconnecting with backoff and
+        Each start returns a Running at once (or None: nothing to start): connecting, reconnecting with backoff and
         giving up on a refused token happen in a background task it owns. One that fails or
         hangs anyway is logged and left off; the others still start.
         """
@@ -99,24 +86,10 @@ class App:
             if runner is not None:
                 self._frontends.append(Running(runner.cleanup))
                 log.info("health and metrics on port %d: /healthz, /metrics", self.config.metrics_port)
-        slack = self.adapters.get("slack")
-        if slack is not None and hasattr(slack, "client"):
-            from .adapters.slack_adapter import start_slack
-
-            frontend = await self._start("Slack", start_slack(slack.client, self.config, self.handle_command))
+        for adapter in self.adapters.values():
+            frontend = await self._start(adapter.platform.capitalize(), adapter.start(self.handle_command))
             if frontend is not None:
                 self._frontends.append(frontend)
-        discord_adapter = self.adapters.get("discord")
-        if discord_adapter is not None and hasattr(discord_adapter, "token"):
-            from .adapters.discord_adapter import DiscordAdapter, start_discord
-
-            # start_discord drives a DiscordAdapter's own gateway; any other adapter that merely
-            # has a token (a stand-in, say) is posted to, but has no gateway to start.
-            if isinstance(discord_adapter, DiscordAdapter):
-                frontend = await self._start("Discord", start_discord(discord_adapter, self.config,
-                                                                      self.handle_command, self.complete))
-                if frontend is not None:
-                    self._frontends.append(frontend)
 
     @staticmethod
     async def _start(name: str, start: Awaitable[T]) -> T | None:
@@ -213,8 +186,8 @@ class App:
     async def aclose(self) -> None:
         """Close adapters, the HTTP client and the store; no step may hang (shutdown is bounded)."""
         try:  # all at once: CLOSE_SECONDS in total, whatever the number of adapters
-            closing = [_bounded(close(), CLOSE_SECONDS, f"closing the {getattr(adapter, 'platform', '?')} adapter")
-                       for adapter in self.adapters.values() if (close := getattr(adapter, "close", None))]
+            closing = [_bounded(adapter.close(), CLOSE_SECONDS, f"closing the {adapter.platform} adapter")
+                       for adapter in self.adapters.values()]
             await asyncio.gather(*closing, _bounded(self.http.aclose(), CLOSE_SECONDS, "closing the HTTP client"))
         finally:
             self.store.close()

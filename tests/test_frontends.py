@@ -229,8 +229,8 @@ async def test_polling_and_delivery_do_not_wait_for_a_front_end_that_never_start
                                "sources": {"huggingface": {"base_url": server.url}, "arxiv": {"enabled": False}},
                                "delivery": {"max_age_days": 100000}}, Secrets({"SLACK_BOT_TOKEN": BOT_TOKEN}))
         out = io.StringIO()
-        posting_only = SlackAdapter(make_web_client(BOT_TOKEN, f"http://127.0.0.1:{closed_port()}/api/"))
-        app = App(config, stdout=out, adapters={"console": ConsoleAdapter(out), "slack": posting_only})
+        unreachable = SlackAdapter(make_web_client(BOT_TOKEN, f"http://127.0.0.1:{closed_port()}/api/"), config=config)
+        app = App(config, stdout=out, adapters={"console": ConsoleAdapter(out), "slack": unreachable})
         from bot.models import ChannelRef
 
         await app.handle_command(handlers.request_from_text(ChannelRef("console", "ml"), "u1", "subscribe diffusion"))

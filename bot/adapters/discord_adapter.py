@@ -6,20 +6,22 @@ enforce_nonce, so a retried send returns the first message instead of a duplicat
 Rate limits are left to discord.py's bucket handling. `run` also connects a
 discord.Client for the slash commands and, with the message-content intent, link cards:
 in the background, with its own retries (DiscordFrontend), never holding up polling.
-Every address is from the config: REST and interaction replies from [discord] api_base
-(discord.py's Route.BASE, the one process-wide setting), the gateway from
-[discord] gateway_url or GET /gateway/bot. Nothing discord-shaped leaves this module.
+Every address is from the config: REST and interaction replies from [discord] api_base,
+per adapter (see RoutedHTTPClient: discord.py's own Route.BASE, process-wide, is never
+changed), the gateway from [discord] gateway_url or GET /gateway/bot. Nothing
+discord-shaped leaves this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import inspect
 import logging
 import random
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 import aiohttp
 import discord
@@ -27,27 +29,62 @@ import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket, ReconnectWebSocket
 from discord.http import HTTPClient, Route, handle_message_parameters
+from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
 import handlers
 from handlers import Command, Param
 
 from ..models import ArgValue, Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
-from . import TOKEN_REFUSED_WAIT, Running
+from . import TOKEN_REFUSED_WAIT, CommandHandler, Completer, Running
 from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds, safe
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[CommandRequest], Awaitable[Reply]]
-# (channel, verb, parameter, typed so far) -> suggestions as (label, value): handlers.complete
-Completer = Callable[[ChannelRef, str, str, str], list[tuple[str, str]]]
+DEFAULT_API_BASE = "https://discord.com/api/v10"
 
 # Discord error codes after which posting to the channel cannot work until someone acts.
 CHANNEL_GONE_CODES = {10003: "unknown channel", 50001: "missing access", 50013: "missing permissions"}
 
 
-def set_api_base(api_base: str) -> None:
-    """Point discord.py's REST routes at another server (tests, staging). Process-wide."""
-    Route.BASE = api_base.rstrip("/")
+def rebased(route: Route, api_base: str) -> Route:
+    """`route` aimed at `api_base` instead of discord.py's Route.BASE (a copy: routes are not ours).
+
+    discord.py builds every URL, REST and webhook alike, as Route.BASE + path inside its own
+    methods, and Route.BASE is a class attribute: one for the whole process. Rewriting the
+    URL where a request is made instead gives each adapter its own base."""
+    if api_base == Route.BASE or not route.url.startswith(Route.BASE):
+        return route
+    moved = copy.copy(route)
+    moved.url = api_base + route.url[len(Route.BASE):]
+    return moved
+
+
+class RoutedHTTPClient(HTTPClient):
+    """discord.py's REST client, sending every request to `api_base`."""
+
+    def __init__(self, api_base: str, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.api_base = api_base.rstrip("/")
+
+    async def request(self, route: Route, **kwargs: Any) -> Any:
+        return await super().request(rebased(route, self.api_base), **kwargs)
+
+
+class RoutedWebhookAdapter(AsyncWebhookAdapter):
+    """discord.py's webhook requests (interaction replies and follow-ups) sent to `api_base`.
+
+    discord.py takes this adapter from a ContextVar (async_context); the gateway sets it in
+    its own task, which every event task it starts inherits, so no other code sees it."""
+
+    def __init__(self, api_base: str):
+        super().__init__()
+        self.api_base = api_base.rstrip("/")
+
+    async def request(self, route: Route, *args: Any, **kwargs: Any) -> Any:
+        return await super().request(rebased(route, self.api_base), *args, **kwargs)
 
 
 def nonce_for(channel: ChannelRef, paper_id: str) -> str:
@@ -67,9 +104,14 @@ class DiscordAdapter:
 
     platform = "discord"
 
-    def __init__(self, token: str, *, max_ratelimit_timeout: float = 60.0):
+    def __init__(self, token: str, *, api_base: str = DEFAULT_API_BASE, max_ratelimit_timeout: float = 60.0,
+                 config: Config | None = None, complete: Completer | None = None):
         self.token = token
+        self.api_base = api_base.rstrip("/")
         self.max_ratelimit_timeout = max_ratelimit_timeout
+        # What the gateway front-end needs ([discord], autocomplete); config None: posting only.
+        self.config = config
+        self.complete: Completer = complete or (lambda channel, verb, param, typed: [])
         self._http: HTTPClient | None = None
         self._login = asyncio.Lock()
         self.user_id: str | None = None
@@ -80,7 +122,8 @@ class DiscordAdapter:
             if self.refused:
                 raise discord.LoginFailure("the token was refused before")
             if self._http is None:
-                http = HTTPClient(asyncio.get_running_loop(), max_ratelimit_timeout=self.max_ratelimit_timeout)
+                http = RoutedHTTPClient(self.api_base, asyncio.get_running_loop(),
+                                        max_ratelimit_timeout=self.max_ratelimit_timeout)
                 try:
                     me = await http.static_login(self.token)
                 except BaseException as exc:
@@ -94,7 +137,7 @@ class DiscordAdapter:
                 self._http = http
             return self._http
 
-    async def post(self, channel, card) -> PostResult:
+    async def post(self, channel: ChannelRef, card: Card) -> PostResult:
         return await self._send(
             channel.channel_id,
             embeds=[card_embed(card)],
@@ -160,6 +203,12 @@ class DiscordAdapter:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return PostResult(ok=False, error=f"cannot reach Discord ({type(exc).__name__})", retryable=True)
         return PostResult(ok=True, message_id=str(message["id"]))
+
+    async def start(self, on_command: CommandHandler) -> Running | None:
+        """The gateway for /papers (and link cards), connecting in the background (see start_discord)."""
+        if self.config is None:
+            return None
+        return await start_discord(self, self.config, on_command, self.complete)
 
     async def close(self) -> None:
         if self._http is not None:
@@ -261,6 +310,10 @@ class _Gateway(discord.Client):
     def __init__(self, *, intents: discord.Intents, group: app_commands.Group, guild_id: int | None,
                  on_command: CommandHandler, adapter: DiscordAdapter, gateway_url: str = "", sync: bool = True):
         super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        # discord.Client makes a plain HTTPClient (Route.BASE); ours goes to the adapter's api_base.
+        # Nothing has used the first one yet: it opens its session at login.
+        self.http = RoutedHTTPClient(adapter.api_base, self.loop, max_ratelimit_timeout=self.http.max_ratelimit_timeout)
+        self._connection.http = self.http
         self.tree = app_commands.CommandTree(self)
         self.tree.add_command(group)
         self.guild_id = guild_id
@@ -304,6 +357,8 @@ class _Gateway(discord.Client):
         discord.py makes them; any other failure is raised to start_discord, which logs it
         once and backs off.
         """
+        # Interaction replies are webhook requests, made in tasks this one starts (they inherit it).
+        async_context.set(RoutedWebhookAdapter(self.adapter.api_base))
         if self.gateway_url:
             home = yarl.URL(self.gateway_url)
         else:

@@ -18,7 +18,7 @@ import random
 import re
 import time
 from datetime import datetime
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -35,8 +35,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 import handlers
 
 from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
-from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
-from . import TOKEN_REFUSED_WAIT, Running
+from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult
+from . import TOKEN_REFUSED_WAIT, CommandHandler, Running
 from .slack_render import (
     ACTION_UNSUBSCRIBE,
     PAPER_EVENT,
@@ -48,6 +48,9 @@ from .slack_render import (
     reply_blocks,
 )
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 log = logging.getLogger(__name__)
 
 # Errors after which posting to the channel cannot work until someone acts.
@@ -58,8 +61,6 @@ TOKEN_REFUSED = {"invalid_auth", "not_authed", "token_revoked", "account_inactiv
 # Errors no retry will fix.
 PERMANENT = CHANNEL_GONE | {"invalid_auth", "not_authed", "token_revoked", "account_inactive", "invalid_blocks",
                             "msg_too_long", "no_text", "restricted_action", "missing_scope"}
-
-CommandHandler = Callable[[CommandRequest], Awaitable[Reply]]
 
 
 class SlackAdapter:
@@ -74,8 +75,10 @@ class SlackAdapter:
         min_interval: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        config: Config | None = None,
     ):
         self.client = client
+        self.config = config  # [slack] and the secrets, for the front-end; None: posting only
         self.min_interval = min_interval
         self.monotonic = monotonic
         self.sleep = sleep
@@ -119,6 +122,15 @@ class SlackAdapter:
         ids = ",".join(card.paper_id for card in digest.cards)[:2000]
         return await self._post(digest.channel.channel_id, text=digest_text(digest), blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_ids": ids}})
+
+    async def start(self, on_command: CommandHandler) -> Running | None:
+        """/papers, link unfurls and mentions, in the configured mode (see start_slack)."""
+        if self.config is None:
+            return None
+        return await start_slack(self.client, self.config, on_command)
+
+    async def close(self) -> None:
+        return None  # AsyncWebClient opens a session per call: nothing stays open between posts
 
     async def _post(self, channel_id: str, **message) -> PostResult:
         lock = self._locks.setdefault(channel_id, asyncio.Lock())
