@@ -149,7 +149,7 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
             return [f"category {value}"]
         return None
     if kind == "source":
-        return [f"listed on {'Hugging Face' if node[1] == 'hf' else 'arXiv'}"] if view.paper.source == node[1] else None
+        return [f"listed on {_label(node[1])}"] if view.paper.source == node[1] else None
     if kind == "upvotes":
         upvotes = view.paper.upvotes
         if upvotes is not None and _COMPARE[node[1]](upvotes, node[2]):
@@ -373,3 +373,10 @@ class IndexedMatcher:
                     found.append(Match(sub_id, channel, query, terms))
         found.sort()  # by subscription id: ids are unique, so the tuple order is decided there
         return found
+
+
+def _label(source: str) -> str:
+    from . import sources  # the registry, for the source's name for people
+
+    found = sources.spec(source)
+    return found.label if found else source
