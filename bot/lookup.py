@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol, Sequence
 
+from . import sources
 from .errors import SourceError
 from .models import Paper
 
@@ -21,6 +22,10 @@ class OnePaper(Protocol):
 class PaperLookup:
     def __init__(self, sources: Sequence[OnePaper]):
         self.sources = tuple(sources)
+
+    def labels(self) -> tuple[str, ...]:
+        """The names for people of the sources asked, in order ("Hugging Face", "arXiv")."""
+        return tuple(spec.label if (spec := sources.spec(s.name)) else s.name for s in self.sources)
 
     async def fetch(self, paper_id: str) -> Paper | None:
         """The paper with this arXiv id, or None if every source says it does not know it.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable, Mapping
 
+from . import sources
 from .models import ChannelRef, Match, Paper, Subscription
 from .query import fold, name_tokens, parse_query, raw_words, stem
 from .text import plural
@@ -376,7 +377,6 @@ class IndexedMatcher:
 
 
 def _label(source: str) -> str:
-    from . import sources  # the registry, for the source's name for people
-
+    """The source's name for people, from the registry."""
     found = sources.spec(source)
     return found.label if found else source

@@ -34,6 +34,7 @@ import sys
 import unicodedata
 from dataclasses import dataclass
 
+from . import sources
 from .errors import QueryError
 
 MAX_QUERY_CHARS = 500
@@ -315,8 +316,6 @@ def _term(token: Token) -> tuple:
         if not re.match(r"^[a-z-]+(\.[a-z-]+)?$", value):
             raise QueryError(f'"{text}" is not an arXiv category like cs.CL (column {column})')
         return ("cat", sys.intern(value))
-    from . import sources  # the registry; imported here, as it imports the sources' HTTP clients
-
     found = sources.spec(text.lower())
     if found is None:
         names = " or ".join(s.name for s in sources.SOURCES)

@@ -155,6 +155,7 @@ async def test_show_asks_it_after_the_real_sources(registered, tmp_path, server)
     app = App(config, stdout=io.StringIO())
     found = await app.lookup.fetch("2611.00009")  # a disabled source is not polled, but still asked
     await app.aclose()
+    assert app.lookup.labels() == ("Hugging Face", "arXiv", "Synthetic Papers")
     assert found is not None and found.source == "synthetic"
     assert [path for path, _, _ in server.requests] == ["/api/papers/2611.00009", "/api/query", "/paper/2611.00009"]
 
