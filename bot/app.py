@@ -21,8 +21,7 @@ from .errors import StorageError
 from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
 from .poller import Poller, SourceReport
-from .sources import ArxivSource, HuggingFaceSource, Source, make_client
-from .sources.base import ARXIV_INTERVAL, Pacer
+from .sources import Source, connect, make_client
 from .text import plural
 
 log = logging.getLogger(__name__)
@@ -51,23 +50,17 @@ class App:
         self.clock = clock
         self.store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
         self.http = make_client(config.http_timeout)
-        self.sources: list[Source] = []
-        arxiv_pacer = Pacer(ARXIV_INTERVAL)  # one arXiv request every 3 s, polls and lookups together
-        if config.huggingface.enabled:
-            self.sources.append(HuggingFaceSource(self.http, config.huggingface.base_url, config.max_response_bytes))
-        if config.arxiv.enabled:
-            self.sources.append(
-                ArxivSource(self.http, config.arxiv.base_url, config.arxiv.categories, config.max_response_bytes,
-                            pacer=arxiv_pacer)
-            )
+        # One fetcher per registered source, shared by polls and lookups (so arXiv's one
+        # request every 3 s holds for both); the enabled ones are polled.
+        fetchers = connect(self.http, config.sources, config.max_response_bytes)
+        self.sources: list[Source] = [fetchers[name] for name, cfg in config.sources.items() if cfg.enabled]
         if adapters is None:
             adapters = build_adapters(config, stdout=stdout, complete=self.complete)
         self.adapters: dict[str, Adapter] = adapters
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle)
-        self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url,
-                                  config.max_response_bytes, arxiv_pacer=arxiv_pacer)
+        self.lookup = PaperLookup(list(fetchers.values()))
         self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
         self._recovered = False
 
@@ -115,8 +108,7 @@ class App:
                 log.error("stopping a front-end failed (%s: %s)", type(result).__name__, result)
 
     def interval(self, source: Source) -> float:
-        cfg = self.config.huggingface if source.name == "huggingface" else self.config.arxiv
-        return cfg.interval_minutes * 60
+        return self.config.sources[source.name].interval_minutes * 60
 
     async def handle_command(self, request: CommandRequest) -> Reply:
         """Run a /papers command; what it queued (a backfill, a resume) is sent right away.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from bot.digest import DIGEST_MAX, digest_due, next_digest, parse_time, parse_weekday, suggest_zones, zone
-from bot.models import ChannelSettings, CommandRequest, Reply
+from bot.models import ChannelSettings, CommandRequest, Reply, SourceStatus
 from bot.text import plural
 
 from .base import Args, Context, Param, command, error, shown
@@ -131,21 +131,21 @@ def source_lines(ctx: Context) -> list[str]:
     """Per source: last success, failures and last error, next poll."""
     now = ctx.clock()
     lines = ["Sources:"]
-    for name, cfg in (("huggingface", ctx.config.huggingface), ("arxiv", ctx.config.arxiv)):
+    for name, cfg in ctx.config.sources.items():
         if not cfg.enabled:
             lines.append(f"• {name}: disabled")
             continue
-        state = ctx.store.source_state(name) or {}
-        line = f"• {name}: last success {_ago(state.get('last_success'), now)}"
-        if state.get("consecutive_failures"):
-            line += f"; failing ({state['consecutive_failures']} in a row): {state['last_error']}"
+        state = ctx.store.source_state(name) or SourceStatus(name)
+        line = f"• {name}: last success {_ago(state.last_success, now)}"
+        if state.consecutive_failures:
+            line += f"; failing ({state.consecutive_failures} in a row): {state.last_error}"
         # `run` stores its real next attempt (a retry after a failure comes sooner than the
         # interval); without it, the interval from the last attempt.
-        upcoming = state.get("next_poll")
-        if upcoming is None and state.get("last_attempt"):
-            upcoming = state["last_attempt"] + timedelta(minutes=cfg.interval_minutes)
+        upcoming = state.next_poll
+        if upcoming is None and state.last_attempt:
+            upcoming = state.last_attempt + timedelta(minutes=cfg.interval_minutes)
         if upcoming is not None:
-            what = "next retry" if state.get("next_poll") and state.get("consecutive_failures") else "next poll"
+            what = "next retry" if state.next_poll and state.consecutive_failures else "next poll"
             line += f"; {what} {_when(upcoming, now)}"
         lines.append(line)
     return lines

@@ -58,7 +58,7 @@ async def show(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         except SourceError as exc:
             return error(f"Could not look up {paper_id} right now ({exc.reason}). Try again later.")
         if paper is None:
-            return error(f"Neither Hugging Face nor arXiv knows a paper {paper_id}.")
+            return error(f"Neither {' nor '.join(ctx.lookup.labels())} knows a paper {paper_id}.")
         ctx.store.add_papers([paper], ctx.clock(), listed=False)
     return Reply(f"arXiv:{paper.id}", cards=(card_for(paper),))
 

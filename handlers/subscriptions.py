@@ -64,7 +64,7 @@ def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     compounds (`diffusion` matches "Diffusion-based"). Combine them:
     `"large language model"` (phrase), `diffus*` (prefix), `a b` (both), `a OR b`,
     `-a` (exclude), `( )`, `title:x`, `abstract:x`, `author:"Yann LeCun"`, `cat:cs.CL`,
-    `org:google`, `upvotes>=20`, `source:hf` or `source:arxiv`.
+    `org:google`, `upvotes>=20`, `source:huggingface` or `source:arxiv`.
     Only papers that arrive after you subscribe are posted; `--backfill N` also posts
     the N most recent stored matches now (at most 20).
     Example: `/papers subscribe "diffusion model" -video upvotes>=10`.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bot.adapters import CommandHandler, Running
 from bot.errors import SourceError
-from bot.models import Card, ChannelRef, Delivery, Digest, Paper, PostResult
+from bot.models import Card, ChannelRef, Delivery, Digest, Listing, Paper, PostResult, Validators
 from fakes.http import Canned
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -51,15 +51,17 @@ class FakeSource:
         self.papers = papers or []
         self.error: Exception | None = None
         self.calls = 0
+        self.seen: list[Validators] = []  # the validators each fetch was given
 
     def fail_with(self, error: Exception | None) -> None:
         self.error = error
 
-    async def fetch(self) -> list[Paper]:
+    async def fetch(self, validators: Validators = Validators()) -> Listing:  # noqa: B008  (a frozen value)
         self.calls += 1
+        self.seen.append(validators)
         if self.error is not None:
             raise self.error
-        return list(self.papers)
+        return Listing(tuple(self.papers), validators)
 
 
 def source_error(message: str = "cannot reach http://127.0.0.1:9 (ConnectError)") -> SourceError:

@@ -71,7 +71,7 @@ async def test_a_failing_source_is_retried_with_backoff_then_recovers(tmp_path, 
     runner._retry_due()
     await wait_for(lambda: len(server.requests) == 2 and not runner.tasks)
     assert source.name not in runner.retry_at
-    assert app.store.source_state("huggingface")["consecutive_failures"] == 0
+    assert app.store.source_state("huggingface").consecutive_failures == 0
     await app.aclose()
 
 

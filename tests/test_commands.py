@@ -9,7 +9,7 @@ import pytest
 import handlers
 from bot.lookup import PaperLookup
 from bot.models import ChannelRef, Match
-from bot.sources import make_client
+from bot.sources import ArxivSource, HuggingFaceSource, make_client
 from fakes.http import Canned
 
 from .fakes import due_now, fixture, paper
@@ -137,7 +137,8 @@ HF_PAPER = json.loads(fixture("hf_daily_papers_2026-03-06_item.json"))[0]["paper
 
 async def show(store, config, clock, server, text):
     async with make_client(2.0) as client:
-        lookup = PaperLookup(client, server.url, f"{server.url}/api/query")
+        lookup = PaperLookup([HuggingFaceSource(client, server.url),
+                              ArxivSource(client, server.url, ("cs.LG",), api_url=f"{server.url}/api/query")])
         ctx = handlers.Context(store, config, clock, lookup=lookup)
         return await handlers.handle(ctx, handlers.request_from_text(ML, "u1", text))
 

@@ -19,7 +19,7 @@ from .fakes import due_now, paper
 CH = ChannelRef("discord", "123")
 NOWHERE = "http://127.0.0.1:9/api/v10"  # nothing listens on port 9
 HOSTILE = paper("2411.00001", "@everyone **bold** <@123456789012345678> " + "t" * 400, "x *y* " * 2000,
-                authors=("@here Mallory",), upvotes=7, source="hf",
+                authors=("@here Mallory",), upvotes=7, source="huggingface",
                 thumbnail="https://cdn-thumbnails.huggingface.co/social-thumbnails/papers/2411.00001.png",
                 github="https://github.com/x/y")
 

@@ -252,9 +252,9 @@ async def test_shutdown_waits_a_bounded_time_for_what_ignores_cancellation(tmp_p
     fetching = asyncio.Event()
 
     class Stubborn:
-        name, validators = "huggingface", {}
+        name = "huggingface"
 
-        async def fetch(self):
+        async def fetch(self, validators):
             fetching.set()
             try:
                 await asyncio.sleep(60)

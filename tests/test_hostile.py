@@ -59,7 +59,7 @@ hostile_papers = st.builds(
     summary=nasty_text,
     authors=st.lists(nasty_text, max_size=5).map(tuple),
     categories=st.lists(st.sampled_from(["cs.LG", "cs.CV"]), max_size=2).map(tuple),
-    source=st.sampled_from(["hf", "arxiv"]),
+    source=st.sampled_from(["huggingface", "arxiv"]),
     upvotes=st.none() | st.integers(0, 10**6),
 )
 
