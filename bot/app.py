@@ -11,7 +11,7 @@ from typing import Awaitable, Callable, TextIO, TypeVar
 import schedule
 
 import handlers
-from storage import Store
+from storage import Store, StoreContract
 
 from .adapters import Adapter, ConsoleAdapter, Running
 from .clock import utcnow
@@ -49,7 +49,7 @@ class App:
     ):
         self.config = config
         self.clock = clock
-        self.store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
+        self.store: StoreContract = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
         self.http = make_client(config.http_timeout)
         self.sources: list[Source] = []
         arxiv_pacer = Pacer(ARXIV_INTERVAL)  # one arXiv request every 3 s, polls and lookups together
