@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Sequence, TextIO
 
-from storage import Store
+from storage import StoreContract
 
 from .digest import parse_time, parse_weekday, zone
 from .errors import ImportFileError, QueryError, SourceError
@@ -64,7 +64,7 @@ def _label(name: str) -> str:
 
 
 async def backfill(
-    store: Store,
+    store: StoreContract,
     sources: Sequence[PaperSource],
     *,
     days: int,
@@ -97,7 +97,7 @@ async def backfill(
     return report
 
 
-def _store(store: Store, papers: list[Paper], now: datetime) -> int:
+def _store(store: StoreContract, papers: list[Paper], now: datetime) -> int:
     # History is stored as listed but never matched: subscriptions only get what comes next.
     return len(store.add_papers(papers, now))
 
@@ -110,7 +110,7 @@ def _toml_string(text: str) -> str:
     return json.dumps(text)
 
 
-def export_toml(store: Store, now: datetime) -> str:
+def export_toml(store: StoreContract, now: datetime) -> str:
     """Every channel's settings and subscriptions, as TOML a lab can keep in git."""
     settings = {s.channel: s for s in store.all_channel_settings()}
     subs: dict[ChannelRef, list[str]] = {}
@@ -143,7 +143,7 @@ class ImportReport:
 _FIELDS = {"channel", "mode", "digest_time", "digest_day", "timezone", "paused", "subscriptions"}
 
 
-def import_toml(store: Store, text: str, now: datetime, *, limit: int | None = None) -> ImportReport:
+def import_toml(store: StoreContract, text: str, now: datetime, *, limit: int | None = None) -> ImportReport:
     """Apply an export: all or nothing, and running it twice changes nothing more.
 
     `limit` is [limits] max_subscriptions_per_channel: a channel that would go over it
@@ -166,12 +166,12 @@ def import_toml(store: Store, text: str, now: datetime, *, limit: int | None = N
                 settings = replace(settings, last_digest_at=now)  # no digest for the past
             store.save_channel_settings(settings, now)
             for query in queries:
-                sub, created = store.add_subscription(settings.channel, query, "import", now, limit=limit)
-                if sub is None:
+                subscribed = store.add_subscription(settings.channel, query, "import", now, limit=limit)
+                if subscribed.subscription is None:
                     raise ImportFileError(f"channel {settings.channel.key} would have more than {limit} subscriptions "
                                        "([limits] max_subscriptions_per_channel)")
-                report.added += created
-                report.present += not created
+                report.added += subscribed.created
+                report.present += not subscribed.created
     return report
 
 

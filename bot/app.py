@@ -11,7 +11,7 @@ from typing import Awaitable, Callable, TextIO, TypeVar
 import schedule
 
 import handlers
-from storage import Store
+from storage import Store, StoreContract
 
 from .adapters import Adapter, Running, build_adapters
 from .clock import utcnow
@@ -48,7 +48,7 @@ class App:
     ):
         self.config = config
         self.clock = clock
-        self.store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
+        self.store: StoreContract = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
         self.http = make_client(config.http_timeout)
         # One fetcher per registered source, shared by polls and lookups (so arXiv's one
         # request every 3 s holds for both); the enabled ones are polled.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .models import Card, Link, Paper
+from collections.abc import Sequence
+
+from .models import Card, Link, Match, Paper, SubscriptionRef
 from .text import plural
 
 TITLE_MAX = 250
@@ -33,8 +35,20 @@ def short_authors(authors: tuple[str, ...]) -> str:
     return shorten(shown, AUTHORS_MAX)
 
 
-def card_for(paper: Paper, reason: str | None = None, subscriptions: tuple[tuple[int, str], ...] = ()) -> Card:
-    """The card for `paper`; `reason` says why a channel gets it (None for lookups)."""
+def why_matched(matched: Sequence[Match]) -> str | None:
+    """'#1 `diffusion`: diffusion in title; #2 `video`': which subscriptions matched, and on what.
+
+    Queries are shown as code; each renderer escapes the text for its platform."""
+    parts = []
+    for match in matched:
+        terms = f": {', '.join(match.terms)}" if match.terms else ""
+        parts.append(f"#{match.subscription_id} `{match.query}`{terms}")
+    return shorten("; ".join(parts), REASON_MAX) if parts else None
+
+
+def card_for(paper: Paper, matched: Sequence[Match] = (), subscriptions: Sequence[SubscriptionRef] = ()) -> Card:
+    """The card for `paper`; `matched` says why a channel gets it (nothing for lookups), and
+    `subscriptions` are those it answers that still exist (to unsubscribe or mute)."""
     links = [Link("arXiv", paper.abs_url), Link("PDF", paper.pdf_url)]
     if paper.upvotes is not None or paper.thumbnail or paper.ai_summary:
         links.append(Link("Hugging Face", paper.hf_url))
@@ -51,9 +65,9 @@ def card_for(paper: Paper, reason: str | None = None, subscriptions: tuple[tuple
         body=shorten(body, BODY_MAX),
         links=tuple(links),
         upvotes=paper.upvotes,
-        reason=shorten(reason, REASON_MAX) if reason else None,
+        reason=why_matched(matched),
         thumbnail=paper.thumbnail,
         source=paper.source,
-        subscriptions=subscriptions,
+        subscriptions=tuple(subscriptions),
         categories=paper.categories[:5],
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
-from storage import Store
+from storage import StoreContract
 
 from .adapters import Adapter
 from .cards import card_for
@@ -49,7 +49,7 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, adapters: dict[str, Adapter], clock: Callable[[], datetime] = utcnow,
+    def __init__(self, store: StoreContract, adapters: dict[str, Adapter], clock: Callable[[], datetime] = utcnow,
                  *, cards_per_cycle: int = 10):
         self.store = store
         self.adapters = adapters
@@ -69,14 +69,16 @@ class Dispatcher:
         """
         report = DispatchReport()
         now = self.clock()
-        for channel, due in self.store.due_channels(now):
+        for due in self.store.due_channels(now):
+            channel = due.channel
             adapter = self._adapter(channel)
             if adapter is None:
-                report.waiting += due
+                report.waiting += due.due
                 continue
-            before = self.store.unannounced_overflow(channel)[0]
-            cards, batch = self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
-            report.overflow += self.store.unannounced_overflow(channel)[0] - before
+            before = self.store.unannounced_overflow(channel).count
+            plan = self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
+            cards, batch = plan.cards, plan.digest
+            report.overflow += self.store.unannounced_overflow(channel).count - before
             stopped = False
             for delivery in cards:
                 if not self.store.claim_delivery(delivery.id, self.clock()):
@@ -109,7 +111,8 @@ class Dispatcher:
         claimed = [d for d in deliveries[:DIGEST_MAX] if self.store.claim_delivery(d.id, self.clock())]
         if not claimed:
             return True
-        more, up_to = self.store.unannounced_overflow(channel)
+        overflow = self.store.unannounced_overflow(channel)
+        more, up_to = overflow.count, overflow.up_to
         note = (f"and {plural(more, 'more paper')} matched, not posted: narrow the subscriptions "
                 "(/papers list, /papers mute) or look them up with /papers search") if more else ""
         title = f"{plural(len(claimed), noun)} for this channel"
@@ -124,7 +127,8 @@ class Dispatcher:
         everything else (the console cannot tell: None) goes back to pending.
         """
         found = released = 0
-        for delivery, claimed_at in self.store.unfinished_deliveries():
+        for delivery in self.store.unfinished_deliveries():
+            claimed_at = delivery.claimed_at
             adapter = self.adapters.get(delivery.channel.platform)
             message_id = None
             if adapter is not None and claimed_at is not None:
@@ -137,9 +141,9 @@ class Dispatcher:
                 self.store.mark_sent(delivery.id, message_id, self.clock())
                 if delivery.in_digest or self.store.channel_settings(delivery.channel).mode != "instant":
                     # it went out in a digest, which also said how many more had matched
-                    more, up_to = self.store.unannounced_overflow(delivery.channel)
-                    if more:
-                        self.store.announce_overflow(delivery.channel, up_to, message_id, self.clock())
+                    overflow = self.store.unannounced_overflow(delivery.channel)
+                    if overflow.count:
+                        self.store.announce_overflow(delivery.channel, overflow.up_to, message_id, self.clock())
                 found += 1
             else:
                 self.store.release_delivery(delivery.id)
@@ -167,9 +171,9 @@ class Dispatcher:
     async def _send_digest(self, adapter: Adapter, settings: ChannelSettings, due: datetime,
                            report: DispatchReport) -> None:
         # One message a slot: past DIGEST_MAX papers, the rest is counted in it, not posted.
-        before = self.store.unannounced_overflow(settings.channel)[0]
+        before = self.store.unannounced_overflow(settings.channel).count
         self.store.hold_back(settings.channel, DIGEST_MAX)
-        report.overflow += self.store.unannounced_overflow(settings.channel)[0] - before
+        report.overflow += self.store.unannounced_overflow(settings.channel).count - before
         pending = self.store.pending_for_channel(settings.channel, DIGEST_MAX)
         if pending and not await self._post_digest(adapter, settings.channel, pending, "new paper", report):
             return  # tried again at the next sweep, still in this slot
@@ -187,7 +191,7 @@ class Dispatcher:
         for delivery in claimed:
             paper = self.store.get_paper(delivery.paper_id)
             if paper is not None:
-                cards.append(card_for(paper, delivery.reason))
+                cards.append(card_for(paper, delivery.matched))
         try:
             result = await adapter.post_digest(Digest(channel, title, tuple(cards), note))
         except Exception as exc:
@@ -238,7 +242,7 @@ class Dispatcher:
         if paper is None:
             return PostResult(ok=False, error="paper missing from storage", retryable=False)
         try:
-            card = card_for(paper, delivery.reason, self.store.delivery_subscriptions(delivery.id))
+            card = card_for(paper, delivery.matched, self.store.delivery_subscriptions(delivery.id))
             return await adapter.post(delivery.channel, card)
         except Exception as exc:  # an adapter bug must not stop the other deliveries
             log.exception("posting %s to %s raised", delivery.paper_id, delivery.channel)

@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from storage import Store
+from storage import StoreContract
 
 from .config import Config
 from .errors import StorageError
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class StoreCollector:
     """Gauges read from the store when Prometheus scrapes."""
 
-    def __init__(self, store: Store, config: Config):
+    def __init__(self, store: StoreContract, config: Config):
         self.store = store
         self.config = config
 
@@ -43,7 +43,7 @@ class StoreCollector:
         deliveries = GaugeMetricFamily("papers_bot_deliveries", "Outbox rows by status", labels=["status"])
         counts = self.store.delivery_counts()
         for status in ("pending", "sending", "sent", "failed", "overflow"):
-            deliveries.add_metric([status], counts.get(status, 0))
+            deliveries.add_metric([status], getattr(counts, status))
         yield failures
         yield success
         yield deliveries
@@ -52,7 +52,7 @@ class StoreCollector:
         yield GaugeMetricFamily("papers_bot_papers", "Papers stored", value=self.store.count_papers())
 
 
-def health(store: Store, config: Config) -> tuple[int, dict]:
+def health(store: StoreContract, config: Config) -> tuple[int, dict]:
     """200 "ok", or 503 with the reason in "status":
 
     - "storage": the last poll of some source failed on the bot's own storage (its
@@ -90,7 +90,7 @@ def health(store: Store, config: Config) -> tuple[int, dict]:
     return (200 if status == "ok" else 503), {"status": status, "sources": sources, "pending_deliveries": pending}
 
 
-async def start_metrics(store: Store, config: Config, port: int, host: str | None = None) -> Served:
+async def start_metrics(store: StoreContract, config: Config, port: int, host: str | None = None) -> Served:
     """Serve /healthz and /metrics on `host` (default: `[metrics] host`, 127.0.0.1); await .cleanup()."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store, config))

@@ -129,6 +129,31 @@ class Subscription:
     delivered: int = 0
 
 
+@dataclass(frozen=True)
+class SubscriptionRef:
+    """A subscription named by id and (current) query: what a card offers to unsubscribe or mute."""
+
+    id: int
+    query: str
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    """What `add_subscription` did: `created` False when the channel already had this query
+    (`subscription` is that one) or was at its limit (`subscription` is None)."""
+
+    subscription: Subscription | None
+    created: bool
+
+
+@dataclass(frozen=True)
+class SubscriptionChanges:
+    """Subscriptions added or changed after a version, and the newest version among all."""
+
+    subscriptions: list[Subscription]
+    version: int
+
+
 class Match(NamedTuple):
     """One subscription matching one paper, with the terms that made it match.
 
@@ -159,10 +184,10 @@ class Card:
     body: str
     links: tuple[Link, ...] = ()
     upvotes: int | None = None
-    reason: str | None = None  # why it matched, e.g. '#1 `diffusion`: diffusion in title'
+    reason: str | None = None  # why it matched, e.g. '#1 `diffusion`: diffusion in title' (cards.why_matched)
     thumbnail: str | None = None
     source: str = ""
-    subscriptions: tuple[tuple[int, str], ...] = ()  # (id, query) of the subscriptions it answers
+    subscriptions: tuple[SubscriptionRef, ...] = ()  # the subscriptions it answers
     categories: tuple[str, ...] = ()
 
 
@@ -207,15 +232,69 @@ class Digest:
 
 
 @dataclass(frozen=True)
+class SettingsChange:
+    """A channel's settings just before and just after one change."""
+
+    before: ChannelSettings
+    after: ChannelSettings
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One outbox row: a paper owed to a channel."""
 
     id: int
     paper_id: str
     channel: ChannelRef
-    reason: str
+    matched: tuple[Match, ...] = ()  # why: the channel's subscriptions that matched, as they were then
     attempts: int = 0
     in_digest: bool = False  # past its burst's cards: goes out in the burst's one digest, never as a card
+    claimed_at: datetime | None = None  # when its last send began (None if never claimed)
+
+
+@dataclass(frozen=True)
+class DueChannel:
+    """A channel in instant mode, not paused, with `due` deliveries due now."""
+
+    channel: ChannelRef
+    due: int
+
+
+@dataclass(frozen=True)
+class BurstPlan:
+    """What of a channel's burst is due now, oldest first: its cards, and its digest's papers."""
+
+    cards: list[Delivery]
+    digest: list[Delivery]
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """A channel's overflow that no digest has mentioned yet: how many, and the highest id."""
+
+    count: int
+    up_to: int
+
+
+@dataclass(frozen=True)
+class OutboxCounts:
+    """Outbox rows by status."""
+
+    pending: int = 0
+    sending: int = 0
+    sent: int = 0
+    failed: int = 0
+    overflow: int = 0  # settled without being posted: counted in a burst's digest
+
+
+@dataclass(frozen=True)
+class PaperSnapshot:
+    """What of a stored paper a later listing may change, to see whether it did."""
+
+    id: str
+    upvotes: int | None
+    organization: str | None
+    first_seen: datetime
 
 
 @dataclass(frozen=True)

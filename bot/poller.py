@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from storage import Store
+from storage import StoreContract
 
 from .clock import utcnow
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
-from .models import Paper
+from .models import Paper, PaperSnapshot
 from .sources import Source
 from .sources.base import bounded_repr, check_paper
 
@@ -57,7 +57,7 @@ class SourceReport:
 
 
 class Poller:
-    def __init__(self, store: Store, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7):
+    def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7):
         self.store = store
         self.clock = clock
         self.max_age = timedelta(days=max_age_days)
@@ -78,7 +78,8 @@ class Poller:
             self.matcher = IndexedMatcher(papers=self.store.recent_papers(HISTORY_FOR_ANCHORS))
         for gone in known - current:
             self.matcher.remove(gone)
-        changed, self._version = self.store.subscriptions_changed_since(self._version)
+        changes = self.store.subscriptions_changed_since(self._version)
+        changed, self._version = changes.subscriptions, changes.version
         for sub in changed:
             try:
                 self.matcher.add(sub)  # replaces the old query of a changed subscription
@@ -126,7 +127,7 @@ class Poller:
         # One transaction: a failure anywhere below (a full disk, a matcher bug) leaves
         # nothing half-done, so the next poll stores and matches the same papers again.
         with self.store.transaction():
-            before = self.store.paper_snapshot([p.id for p in papers])
+            before = {s.id: s for s in self.store.paper_snapshot([p.id for p in papers])}
             new = self.store.add_papers(papers, now)
             # Only papers stored just now are matched, so a subscription never receives
             # papers stored before it was created.
@@ -161,17 +162,18 @@ class Poller:
             valid.append(paper)
         return valid
 
-    def _recheck(self, papers: list[Paper], before: dict, now: datetime) -> int:
+    def _recheck(self, papers: list[Paper], before: dict[str, PaperSnapshot], now: datetime) -> int:
         """Known papers whose upvotes (or organization) changed may now match more queries,
         such as `upvotes>=50`: deliver them then, once, within max_age_days, and only to
         subscriptions that already existed when the paper was first stored."""
         queued = 0
         for listed in papers:
-            if listed.id not in before:
+            snapshot = before.get(listed.id)
+            if snapshot is None:
                 continue
-            upvotes, organization, first_seen = before[listed.id]
-            changed = (listed.upvotes is not None and listed.upvotes != upvotes) or (
-                listed.organization is not None and organization is None)
+            first_seen = snapshot.first_seen
+            changed = (listed.upvotes is not None and listed.upvotes != snapshot.upvotes) or (
+                listed.organization is not None and snapshot.organization is None)
             if not changed or now - first_seen > self.max_age:
                 continue
             paper = self.store.get_paper(listed.id)

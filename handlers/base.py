@@ -16,7 +16,7 @@ from bot.errors import StorageBusy, StorageError
 from bot.lookup import PaperLookup
 from bot.models import ArgValue, ChannelRef, CommandRequest, Reply
 from bot.text import plural
-from storage import Store
+from storage import StoreContract
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class RateLimiter:
     process share them.
     """
 
-    def __init__(self, limit: int, clock: Callable[[], datetime], store: Store):
+    def __init__(self, limit: int, clock: Callable[[], datetime], store: StoreContract):
         self.limit = limit
         self.clock = clock
         self.store = store
@@ -43,7 +43,7 @@ class RateLimiter:
 
 @dataclass
 class Context:
-    store: Store
+    store: StoreContract
     config: Config
     clock: Callable[[], datetime] = utcnow
     lookup: PaperLookup | None = None  # for `show` of papers not stored yet

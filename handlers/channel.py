@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from bot.digest import DIGEST_MAX, digest_due, next_digest, parse_time, parse_weekday, suggest_zones, zone
-from bot.models import ChannelSettings, CommandRequest, Reply, SourceStatus
+from bot.models import ChannelSettings, CommandRequest, Reply, SettingsChange, SourceStatus
 from bot.text import plural
 
 from .base import Args, Context, Param, command, error, shown
 
 
-def _update(ctx: Context, req: CommandRequest, **changes) -> tuple[ChannelSettings, ChannelSettings]:
+def _update(ctx: Context, req: CommandRequest, **changes) -> SettingsChange:
     """Change only these settings, in one transaction: concurrent commands changing
     others (a time zone and a digest time, say) both stay."""
     return ctx.store.update_channel_settings(req.channel, ctx.clock(), **changes)
@@ -35,7 +35,7 @@ def digest(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """
     mode, day_text, time_text = args.text("mode").lower(), args.text("day"), args.text("time")
     if mode == "off" and not day_text and not time_text:
-        _, saved = _update(ctx, req, mode="instant")
+        saved = _update(ctx, req, mode="instant").after
         return Reply(f"Digests are off: this channel gets {saved.describe()}.")
     if mode == "daily" and time_text and not day_text:
         day = None
@@ -50,7 +50,7 @@ def digest(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         return error(f"`{shown(time_text, 20)}` is not a 24-hour time like 09:00.", "digest")
     # The schedule starts now: no digest for times already past.
     days = {"digest_day": day} if day else {}  # daily keeps the weekday a later `weekly` starts from
-    _, saved = _update(ctx, req, mode=mode, digest_time=time, last_digest_at=ctx.clock(), **days)
+    saved = _update(ctx, req, mode=mode, digest_time=time, last_digest_at=ctx.clock(), **days).after
     first = next_digest(saved, ctx.clock())
     local = first.astimezone(zone(saved.timezone))
     return Reply(f"This channel now gets {saved.describe()}. First one: {local:%a %Y-%m-%d %H:%M} {saved.timezone}.")
@@ -72,7 +72,7 @@ def timezone_command(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         close = suggest_zones(name)
         hint = f" Did you mean {', '.join(close)}?" if close else " Use a name like Europe/Berlin or America/New_York."
         return error(f"`{shown(name, 40)}` is not a time zone.{hint}", "timezone")
-    _, saved = _update(ctx, req, timezone=name)
+    saved = _update(ctx, req, timezone=name).after
     return Reply(f"Time zone set to {name}: this channel gets {saved.describe()}.")
 
 
@@ -82,7 +82,7 @@ def pause(ctx: Context, req: CommandRequest, args: Args) -> Reply:
 
     Example: `/papers pause`.
     """
-    before, _ = _update(ctx, req, paused=True)
+    before = _update(ctx, req, paused=True).before
     if before.paused:
         return Reply("This channel is already paused. `/papers resume` restarts it.")
     return Reply("Paused. New matches are kept and will be posted after `/papers resume`.")
@@ -94,7 +94,7 @@ def resume(ctx: Context, req: CommandRequest, args: Args) -> Reply:
 
     Example: `/papers resume`.
     """
-    settings, _ = _update(ctx, req, paused=False, paused_reason=None)
+    settings = _update(ctx, req, paused=False, paused_reason=None).before
     if not settings.paused:
         return Reply("This channel is not paused.")
     waiting = ctx.store.count_pending(req.channel)
@@ -166,9 +166,9 @@ def bot_status(ctx: Context) -> str:
     now = ctx.clock()
     lines = source_lines(ctx)
     counts = ctx.store.delivery_counts()
-    overflow = f", {counts['overflow']} not posted (past a burst's cards and digest)" if counts.get("overflow") else ""
-    lines.append(f"Queue: {counts.get('pending', 0)} pending, {counts.get('sent', 0)} sent, "
-                 f"{counts.get('failed', 0)} failed{overflow}; last post {_ago(ctx.store.last_sent_at(), now)}.")
+    overflow = f", {counts.overflow} not posted (past a burst's cards and digest)" if counts.overflow else ""
+    lines.append(f"Queue: {counts.pending} pending, {counts.sent} sent, "
+                 f"{counts.failed} failed{overflow}; last post {_ago(ctx.store.last_sent_at(), now)}.")
     settings = {s.channel: s for s in ctx.store.all_channel_settings()}
     subs: dict = {}
     for sub in ctx.store.subscriptions():

@@ -75,11 +75,12 @@ def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         return node
     query = render(node)
     limit = ctx.config.max_subscriptions_per_channel
-    sub, created = ctx.store.add_subscription(req.channel, query, req.user_id, ctx.clock(), limit=limit)
+    subscribed = ctx.store.add_subscription(req.channel, query, req.user_id, ctx.clock(), limit=limit)
+    sub = subscribed.subscription
     if sub is None:
         return error(f"This channel already has {plural(limit, 'subscription')}, the limit. "
                      "Remove one with `unsubscribe <id>`.")
-    if created:
+    if subscribed.created:
         head = f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here."
     else:
         head = f"This channel is already subscribed to `{sub.query}` (#{sub.id})."

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from sqlite_utils import Database
 
-from bot.models import ChannelRef, ChannelSettings
+from bot.models import ChannelRef, ChannelSettings, SettingsChange
 
 from .db import immediate, iso, parse_iso
 
@@ -38,12 +39,12 @@ class ChannelsMixin:
         return saved
 
     def update_channel_settings(self, channel: ChannelRef, now: datetime,
-                                **changes) -> tuple[ChannelSettings, ChannelSettings]:
+                                **changes: Any) -> SettingsChange:
         """Change some settings of a channel, keeping the others as they are in the database
-        (not as a caller read them earlier): returns (before, after)."""
+        (not as a caller read them earlier): returns the settings before and after."""
         with immediate(self.db):
             before = self.channel_settings(channel)
-            return before, self.save_channel_settings(replace(before, **changes), now)
+            return SettingsChange(before, self.save_channel_settings(replace(before, **changes), now))
 
     def digest_channels(self) -> list[ChannelSettings]:
         rows = self.db.execute(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields
 from datetime import datetime
 
 from sqlite_utils import Database
 
-from bot.models import ChannelRef, Delivery, Match
+from bot.models import BurstPlan, ChannelRef, Delivery, DueChannel, Match, OutboxCounts, Overflow, SubscriptionRef
 
-from .db import immediate, iso
+from .db import immediate, iso, parse_iso
+
+_STATUSES = {f.name for f in fields(OutboxCounts)}
+# The columns `_delivery` reads, in its order.
+_COLUMNS = "id, paper_id, channel, matched, attempts, in_digest, claimed_at"
 
 
 class DeliveriesMixin:
@@ -21,8 +27,9 @@ class DeliveriesMixin:
     def enqueue(self, paper_id: str, matches: list[Match], now: datetime) -> int:
         """Queue `paper_id` for every channel among `matches`; returns how many rows were new.
 
-        Several subscriptions of one channel matching one paper make one delivery whose
-        reason names them all. A channel that already has this paper gets nothing new.
+        Several subscriptions of one channel matching one paper make one delivery that
+        keeps them all (`Delivery.matched`: their ids, queries and the terms that matched).
+        A channel that already has this paper gets nothing new.
         """
         by_channel: dict[ChannelRef, list[Match]] = {}
         for match in matches:
@@ -31,11 +38,10 @@ class DeliveriesMixin:
         stamp = iso(now)
         with immediate(self.db):
             for channel, channel_matches in by_channel.items():
-                reason = "; ".join(_describe(m) for m in channel_matches)
                 cursor = self.db.execute(
-                    """INSERT OR IGNORE INTO deliveries (paper_id, channel, reason, next_attempt_at, created_at)
+                    """INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at)
                        VALUES (?, ?, ?, ?, ?)""",
-                    [paper_id, channel.key, reason[:500], stamp, stamp],
+                    [paper_id, channel.key, _matched_json(channel_matches), stamp, stamp],
                 )
                 if cursor.rowcount == 0:
                     continue
@@ -47,8 +53,8 @@ class DeliveriesMixin:
                     )
         return created
 
-    def due_channels(self, now: datetime) -> list[tuple[ChannelRef, int]]:
-        """Channels in instant mode, not paused, with deliveries due: (channel, how many), the
+    def due_channels(self, now: datetime) -> list[DueChannel]:
+        """Channels in instant mode, not paused, with deliveries due (and how many), the
         channel waiting longest first. Each is then planned on its own (`plan_burst`), so no
         channel's backlog decides what another channel gets."""
         rows = self.db.execute(
@@ -59,10 +65,9 @@ class DeliveriesMixin:
                 GROUP BY d.channel ORDER BY min(d.id)""",
             [iso(now)],
         ).fetchall()
-        return [(ChannelRef.from_key(row[0]), row[1]) for row in rows]
+        return [DueChannel(ChannelRef.from_key(row[0]), row[1]) for row in rows]
 
-    def plan_burst(self, channel: ChannelRef, now: datetime, cards: int,
-                   digest_max: int) -> tuple[list[Delivery], list[Delivery]]:
+    def plan_burst(self, channel: ChannelRef, now: datetime, cards: int, digest_max: int) -> BurstPlan:
         """Decide, once, how a channel's outstanding deliveries go out; return what is due now.
 
         A burst starts when the channel has no digest outstanding: its oldest `cards`
@@ -73,7 +78,7 @@ class DeliveriesMixin:
         its way, its count is written: what arrives then waits for the next burst). No
         decision is ever revisited, so rate limits may stretch a burst over many sweeps,
         and it still gives at most `cards` cards and one digest. A platform outage is one
-        burst too. Returns (due cards, due digest members), oldest first.
+        burst too. Returns the due cards and the due digest members, oldest first.
         """
         key = channel.key
         with immediate(self.db):
@@ -84,7 +89,7 @@ class DeliveriesMixin:
             ).fetchone()
             boundary = None  # rows after this id that are neither cards nor (yet) in the digest
             if digest_in_flight:
-                return [], []  # its "and N more" is written: what came since waits for the next burst
+                return BurstPlan([], [])  # its "and N more" is written: what came since waits for the next burst
             if in_digest:
                 boundary = first_in_digest  # a burst going on: its cards are the rows before its digest
             else:
@@ -116,12 +121,12 @@ class DeliveriesMixin:
                 [key, digest_max],
             )
             rows = self.db.execute(
-                """SELECT id, paper_id, channel, reason, attempts, in_digest FROM deliveries
+                f"""SELECT {_COLUMNS} FROM deliveries
                     WHERE channel = ? AND status = 'pending' AND next_attempt_at <= ? ORDER BY in_digest, id LIMIT ?""",
                 [key, iso(now), cards + digest_max],
             ).fetchall()
         due = [_delivery(r) for r in rows]
-        return [d for d in due if not d.in_digest], [d for d in due if d.in_digest]
+        return BurstPlan([d for d in due if not d.in_digest], [d for d in due if d.in_digest])
 
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
         """A scheduled digest holds `keep` papers: settle the rest of what the channel is owed
@@ -132,14 +137,14 @@ class DeliveriesMixin:
             [channel.key, keep],
         )
 
-    def unannounced_overflow(self, channel: ChannelRef) -> tuple[int, int]:
-        """(how many, highest id) of the channel's overflow no digest has mentioned yet."""
+    def unannounced_overflow(self, channel: ChannelRef) -> Overflow:
+        """How many of the channel's overflow rows no digest has mentioned yet, and the highest id."""
         row = self.db.execute(
             """SELECT count(*), coalesce(max(id), 0) FROM deliveries
                 WHERE channel = ? AND status = 'overflow' AND message_id IS NULL""",
             [channel.key],
         ).fetchone()
-        return row[0], row[1]
+        return Overflow(row[0], row[1])
 
     def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:
         """Record the digest that said "and N more" about these overflow rows."""
@@ -152,7 +157,7 @@ class DeliveriesMixin:
     def pending_for_channel(self, channel: ChannelRef, limit: int = 1000) -> list[Delivery]:
         """Everything this channel is still owed, oldest first (a digest's contents)."""
         rows = self.db.execute(
-            """SELECT id, paper_id, channel, reason, attempts, in_digest FROM deliveries
+            f"""SELECT {_COLUMNS} FROM deliveries
                 WHERE channel = ? AND status = 'pending' ORDER BY id LIMIT ?""",
             [channel.key, limit],
         ).fetchall()
@@ -180,13 +185,10 @@ class DeliveriesMixin:
         )
         return cursor.rowcount == 1
 
-    def unfinished_deliveries(self) -> list[tuple[Delivery, datetime | None]]:
-        """Deliveries a crash left in the middle of sending, with when they were claimed."""
-        rows = self.db.execute(
-            "SELECT id, paper_id, channel, reason, attempts, in_digest, claimed_at FROM deliveries"
-            " WHERE status = 'sending'"
-        ).fetchall()
-        return [(_delivery(row), datetime.fromisoformat(row[6]) if row[6] else None) for row in rows]
+    def unfinished_deliveries(self) -> list[Delivery]:
+        """Deliveries a crash left in the middle of sending (`claimed_at`: when that send began), oldest first."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM deliveries WHERE status = 'sending' ORDER BY id").fetchall()
+        return [_delivery(row) for row in rows]
 
     def release_delivery(self, delivery_id: int) -> None:
         """Back to pending: its outcome is unknown and nothing says it was sent.
@@ -215,25 +217,34 @@ class DeliveriesMixin:
             "UPDATE deliveries SET status = 'failed', error = ? WHERE id = ?", [error[:500], delivery_id]
         )
 
-    def delivery_subscriptions(self, delivery_id: int) -> tuple[tuple[int, str], ...]:
-        """(id, query) of the subscriptions a delivery answers that still exist."""
+    def delivery_subscriptions(self, delivery_id: int) -> list[SubscriptionRef]:
+        """The subscriptions a delivery answers that still exist, with their current queries, by id."""
         rows = self.db.execute(
             """SELECT s.id, s.query FROM delivery_matches m JOIN subscriptions s ON s.id = m.subscription_id
                 WHERE m.delivery_id = ? ORDER BY s.id""",
             [delivery_id],
         ).fetchall()
-        return tuple((row[0], row[1]) for row in rows)
+        return [SubscriptionRef(row[0], row[1]) for row in rows]
 
-    def delivery_counts(self) -> dict[str, int]:
+    def delivery_counts(self) -> OutboxCounts:
         rows = self.db.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
-        return {status: count for status, count in rows}
+        return OutboxCounts(**{status: count for status, count in rows if status in _STATUSES})
+
+
+def _matched_json(matches: list[Match]) -> str:
+    """How `deliveries.matched` keeps why a paper matched: facts, never chat text."""
+    return json.dumps([{"id": m.subscription_id, "query": m.query, "terms": list(m.terms)} for m in matches])
+
+
+def _matched(channel: ChannelRef, text: str) -> tuple[Match, ...]:
+    try:
+        return tuple(Match(int(m["id"]), channel, str(m["query"]), tuple(map(str, m["terms"])))
+                     for m in json.loads(text))
+    except (ValueError, TypeError, KeyError):  # not written by _matched_json: the card just says no reason
+        return ()
 
 
 def _delivery(row) -> Delivery:
-    return Delivery(id=row[0], paper_id=row[1], channel=ChannelRef.from_key(row[2]), reason=row[3],
-                    attempts=row[4], in_digest=bool(row[5]))
-
-
-def _describe(match: Match) -> str:
-    why = f": {', '.join(match.terms)}" if match.terms else ""
-    return f"#{match.subscription_id} `{match.query}`{why}"
+    channel = ChannelRef.from_key(row[2])
+    return Delivery(id=row[0], paper_id=row[1], channel=channel, matched=_matched(channel, row[3]),
+                    attempts=row[4], in_digest=bool(row[5]), claimed_at=parse_iso(row[6]))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -181,3 +184,25 @@ def m011_one_name_for_hugging_face(db: Database) -> None:
         """UPDATE papers SET sources = trim(replace(',' || sources || ',', ',hf,', ',huggingface,'), ',')
            WHERE ',' || sources || ',' LIKE '%,hf,%'"""
     )
+
+
+@migrations()
+def m012_delivery_matched_facts(db: Database) -> None:
+    # Why a delivery matched, kept as facts (JSON: [{"id": subscription id, "query": ...,
+    # "terms": [...]}]) instead of the card's text; bot/cards.py words it. The text written
+    # before ("#1 `diffusion`: diffusion in title; #2 `video`") is read back into facts.
+    db.conn.create_function("papers_bot_matched_from_text", 1, _matched_from_text, deterministic=True)
+    db.execute("ALTER TABLE deliveries RENAME COLUMN reason TO matched")
+    db.execute("UPDATE deliveries SET matched = papers_bot_matched_from_text(matched)")
+
+
+_OLD_REASON = re.compile(r"#(\d+) `(.*?)`(?:: (.*?))?(?=; #\d+ `|\Z)", re.DOTALL)
+
+
+def _matched_from_text(text: str | None) -> str:
+    """The facts in a reason text as storage/deliveries.py wrote it up to m012 (cut at 500 characters)."""
+    return json.dumps([
+        {"id": int(found.group(1)), "query": found.group(2),
+         "terms": found.group(3).split(", ") if found.group(3) else []}
+        for found in _OLD_REASON.finditer(text or "")
+    ])

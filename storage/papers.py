@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 from sqlite_utils import Database
 
-from bot.models import Paper
+from bot.models import Paper, PaperSnapshot
 
 from .db import immediate, iso, parse_day, parse_iso
 
@@ -63,9 +63,9 @@ class PapersMixin:
                 )
         return new
 
-    def paper_snapshot(self, paper_ids: list[str]) -> dict[str, tuple[int | None, str | None, datetime]]:
-        """For the stored ones among `paper_ids`: (upvotes, organization, first_seen)."""
-        found = {}
+    def paper_snapshot(self, paper_ids: list[str]) -> list[PaperSnapshot]:
+        """The listed papers stored among `paper_ids` (upvotes, organization, first seen), in no order."""
+        found: list[PaperSnapshot] = []
         for start in range(0, len(paper_ids), 500):
             chunk = paper_ids[start:start + 500]
             rows = self.db.execute(
@@ -73,7 +73,7 @@ class PapersMixin:
                 f" WHERE listed = 1 AND id IN ({', '.join('?' * len(chunk))})",
                 chunk,
             )
-            found.update({row[0]: (row[1], row[2], datetime.fromisoformat(row[3])) for row in rows})
+            found += [PaperSnapshot(row[0], row[1], row[2], datetime.fromisoformat(row[3])) for row in rows]
         return found
 
     def get_paper(self, paper_id: str) -> Paper | None:

@@ -6,7 +6,9 @@ import fcntl
 import functools
 import os
 import sqlite3
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.errors import StorageError
 
@@ -20,7 +22,8 @@ from .subscriptions import SubscriptionsMixin
 
 
 class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin, CommandLogMixin):
-    """One connection, used from the bot's one event-loop thread.
+    """The SQLite implementation of `StoreContract` (storage/contract.py, where each method's
+    contract is written down). One connection, used from the bot's one event-loop thread.
 
     Every method turns SQLite's failures into StorageError (StorageBusy when another
     process kept the database locked past the busy timeout), so callers never see a raw
@@ -47,7 +50,10 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         """
         if self._lease is not None or self.path == ":memory:":
             return True
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise storage_error(exc, self.path + ".lock") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -56,7 +62,7 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         self._lease = fd
         return True
 
-    def transaction(self):
+    def transaction(self) -> AbstractContextManager[object]:
         """All writes inside happen together or not at all; the write lock is taken first."""
         return immediate(self.db)
 
@@ -115,3 +121,10 @@ for _name in dir(Store):
         _attr = getattr(Store, _name)
         if callable(_attr):
             setattr(Store, _name, _guarded(_attr))
+
+
+if TYPE_CHECKING:
+    from .contract import StoreContract
+
+    def _implements_the_contract(store: Store) -> StoreContract:
+        return store  # mypy checks here that Store has every member of StoreContract, with compatible types

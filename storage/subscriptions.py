@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlite_utils import Database
 
-from bot.models import ChannelRef, Subscription
+from bot.models import ChannelRef, Subscribed, Subscription, SubscriptionChanges
 
 from .db import immediate, iso
 
@@ -25,11 +25,12 @@ class SubscriptionsMixin:
 
     def add_subscription(
         self, channel: ChannelRef, query: str, user_id: str, now: datetime, *, limit: int | None = None
-    ) -> tuple[Subscription | None, bool]:
-        """Subscribe `channel` to `query`; returns (subscription, created). Idempotent per channel.
+    ) -> Subscribed:
+        """Subscribe `channel` to `query`; returns the subscription and whether it is new.
+        Idempotent per channel: the same query again returns the existing one, not created.
 
-        With `limit`, a channel that already has `limit` subscriptions gets no new one:
-        (None, False). The count and the insert are one transaction, so processes adding
+        With `limit`, a channel that already has `limit` subscriptions gets no new one
+        (the subscription is None, not created). The count and the insert are one transaction, so processes adding
         at the same time never go over it.
         """
         with immediate(self.db):
@@ -37,9 +38,9 @@ class SubscriptionsMixin:
                 "SELECT id FROM subscriptions WHERE channel = ? AND query = ?", [channel.key, query]
             ).fetchone()
             if existing:
-                return self.get_subscription(existing[0]), False
+                return Subscribed(self.get_subscription(existing[0]), False)
             if limit is not None and self.count_subscriptions(channel) >= limit:
-                return None, False
+                return Subscribed(None, False)
             cursor = self.db.execute(
                 f"""INSERT INTO subscriptions (channel, query, created_by, created_at, version)
                     VALUES (?, ?, ?, ?, {_NEXT_VERSION})""",
@@ -47,7 +48,7 @@ class SubscriptionsMixin:
             )
             new_id = cursor.lastrowid
             assert new_id is not None  # set by every successful INSERT
-            return self.get_subscription(new_id), True
+            return Subscribed(self.get_subscription(new_id), True)
 
     def get_subscription(self, subscription_id: int) -> Subscription | None:
         row = self.db.execute(_SELECT + " WHERE s.id = ?", [subscription_id]).fetchone()
@@ -69,7 +70,7 @@ class SubscriptionsMixin:
             rows = self.db.execute(_SELECT + " WHERE s.channel = ? ORDER BY s.id", [channel.key]).fetchall()
         return [_subscription(row) for row in rows]
 
-    def subscriptions_changed_since(self, version: int) -> tuple[list[Subscription], int]:
+    def subscriptions_changed_since(self, version: int) -> SubscriptionChanges:
         """Subscriptions added or changed after `version` (without delivery counts, cheap
         enough for a million rows), and the newest version among all."""
         rows = self.db.execute(
@@ -77,7 +78,7 @@ class SubscriptionsMixin:
             [version],
         ).fetchall()
         newest = max((row[6] for row in rows), default=version)
-        return [_subscription(row) for row in rows], newest
+        return SubscriptionChanges([_subscription(row) for row in rows], newest)
 
     def subscriptions_created_by(self, ids: list[int], moment: datetime) -> set[int]:
         """Those of `ids` that existed at `moment`."""

@@ -20,9 +20,9 @@ def due_now(store, now, cards: int = 1000, digest_max: int = 1000) -> list[Deliv
     each planned with `plan_burst`. With room for all (fewer than `cards` outstanding in a
     channel) the plan decides nothing: no digest, no overflow, nothing written."""
     due: list[Delivery] = []
-    for channel, _ in store.due_channels(now):
-        due_cards, due_digest = store.plan_burst(channel, now, cards, digest_max)
-        due += due_cards + due_digest
+    for channel in store.due_channels(now):
+        plan = store.plan_burst(channel.channel, now, cards, digest_max)
+        due += plan.cards + plan.digest
     return sorted(due, key=lambda d: d.id)
 
 

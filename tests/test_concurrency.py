@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import handlers
-from bot.models import ChannelRef
+from bot.models import ChannelRef, OutboxCounts
 from storage import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,7 +288,7 @@ async def test_a_command_never_resends_what_a_running_bot_is_sending(tmp_path, m
     reply = await command.handle_command(handlers.request_from_text(b, "u1", "resume", can_manage=True))
     assert reply.ok and reply.queued == 1
     assert [c.channel_id for c, _ in other.posts] == ["b"]  # what the command queued, and nothing of a's
-    assert run.store.delivery_counts() == {"sending": 1, "sent": 1}  # a's send is still run's
+    assert run.store.delivery_counts() == OutboxCounts(sending=1, sent=1)  # a's send is still run's
     await command.aclose()
 
     await run.aclose()  # run dies mid-send: the next process to deliver settles it, once
@@ -296,5 +296,5 @@ async def test_a_command_never_resends_what_a_running_bot_is_sending(tmp_path, m
     restarted = App(config, clock=clock, adapters={"console": after})
     await restarted.deliver()
     assert [c.channel_id for c, _ in after.posts] == ["a"]
-    assert restarted.store.delivery_counts() == {"sent": 2}
+    assert restarted.store.delivery_counts() == OutboxCounts(sent=2)
     await restarted.aclose()

@@ -1,6 +1,6 @@
 from bot.adapters.console import render_card, render_reply, terminal_safe
 from bot.cards import card_for
-from bot.models import ChannelRef, Reply
+from bot.models import ChannelRef, Match, Reply
 
 from .fakes import paper
 
@@ -10,9 +10,12 @@ def test_escape_sequences_from_outside_text_are_removed():
 
 
 def test_card_rendering_is_terminal_safe_and_complete():
-    card = card_for(paper("2410.00001", "Evil \x1b]0;pwned\x07 title", upvotes=7), '#2 "x"')
-    text = render_card(card, ChannelRef("console", "ml"))
+    channel = ChannelRef("console", "ml")
+    card = card_for(paper("2410.00001", "Evil \x1b]0;pwned\x07 title", upvotes=7),
+                    (Match(2, channel, "x\x1b[2J", ("x\x07 in title",)),))
+    text = render_card(card, channel)
     assert "\x1b" not in text and "\x07" not in text
+    assert "Matched #2 `x[2J`: x in title" in text
     assert text.splitlines()[0] == "[console:ml] Evil ]0;pwned title"
     assert "arXiv:2410.00001 · ▲ 7" in text
     assert "Hugging Face: https://huggingface.co/papers/2410.00001" in text

@@ -11,7 +11,7 @@ from bot.adapters.discord_adapter import DiscordAdapter, answer_links, build_com
 from bot.adapters.discord_render import card_embed, digest_embed, reply_embeds
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
-from bot.models import ChannelRef, Digest, Match
+from bot.models import ChannelRef, Digest, Match, OutboxCounts
 from fakes.discord import FakeDiscord
 
 from .fakes import due_now, paper
@@ -36,7 +36,7 @@ def fake(monkeypatch):
 # ---- rendering ----------------------------------------------------------------------------
 
 def test_card_embed_escapes_and_respects_every_limit():
-    embed = card_embed(card_for(HOSTILE, "#1 `x`: x in title"))
+    embed = card_embed(card_for(HOSTILE, (Match(1, CH, "x", ("x in title",)),)))
     data = embed.to_dict()
     assert len(data["title"]) <= 256 and len(data["description"]) <= 4096 and len(embed) <= 6000
     assert len(data["fields"]) <= 25 and all(len(f["value"]) <= 1024 for f in data["fields"])
@@ -72,7 +72,7 @@ def test_nonces_are_stable_and_short():
 
 def queue(store, clock, paper_id="2411.00001", title="Latent @everyone diffusion"):
     store.add_papers([paper(paper_id, title, authors=("Ada",), github="https://github.com/x/y")], clock())
-    sub, _ = store.add_subscription(CH, "diffusion", "42", clock())
+    sub = store.add_subscription(CH, "diffusion", "42", clock()).subscription
     store.enqueue(paper_id, [Match(sub.id, CH, sub.query, ("diffusion in title",))], clock())
 
 
@@ -104,7 +104,7 @@ async def test_a_429_is_retried_by_discord_py_with_nothing_lost(store, clock, fa
     await adapter.close()
     assert report.sent == 1 and len(fake.posts) == 2
     assert fake.posts[0][1]["nonce"] == fake.posts[1][1]["nonce"]  # a retry can never duplicate
-    assert store.delivery_counts() == {"sent": 1}
+    assert store.delivery_counts() == OutboxCounts(sent=1)
 
 
 @pytest.mark.parametrize("status, code, reason", [(404, 10003, "unknown channel"), (403, 50013, "missing permissions")])

@@ -152,7 +152,7 @@ async def test_after_a_reconnect_request_the_session_resumes_and_commands_still_
 
 def queue_card(store, clock, channel: ChannelRef, paper_id: str = "2411.00001") -> None:
     store.add_papers([paper(paper_id, "Latent diffusion")], clock())
-    sub, _ = store.add_subscription(channel, "diffusion", "42", clock())
+    sub = store.add_subscription(channel, "diffusion", "42", clock()).subscription
     store.enqueue(paper_id, [Match(sub.id, channel, sub.query, ("diffusion in title",))], clock())
 
 
@@ -189,7 +189,7 @@ async def test_a_refused_token_stops_the_frontend_with_one_error_and_posting_goe
         assert store.db.execute("SELECT error FROM deliveries WHERE channel LIKE 'discord%'").fetchone()[0] == \
             "the Discord token was refused (HTTP 401): check DISCORD_TOKEN"
         # The paper waits for a fixed token (and a restart), it is not given up.
-        assert store.delivery_counts().get("failed", 0) == 0
+        assert store.delivery_counts().failed == 0
     errors = [r.getMessage() for r in caplog.records
               if r.levelno >= logging.ERROR and r.name.startswith("bot.adapters")]
     frontend_errors = [e for e in errors if "front-end" in e]

@@ -3,7 +3,7 @@ from datetime import timedelta
 
 from bot.adapters import ConsoleAdapter
 from bot.dispatch import MAX_ATTEMPTS, Dispatcher, retry_delay
-from bot.models import ChannelRef, Match, PostResult
+from bot.models import ChannelRef, Match, OutboxCounts, PostResult
 
 from .fakes import RecordingAdapter, due_now, paper
 
@@ -23,7 +23,7 @@ async def test_due_deliveries_are_posted_as_cards_and_marked_sent(store, clock):
     assert report.sent == 1 and report.line() == "delivered: 1 sent, 0 to retry, 0 failed"
     (channel, card), = adapter.posts
     assert channel == ML and card.title == "Latent Diffusion" and card.reason == "#1 `diffusion`: diffusion in title"
-    assert store.delivery_counts() == {"sent": 1}
+    assert store.delivery_counts() == OutboxCounts(sent=1)
     assert store.db.execute("SELECT message_id FROM deliveries").fetchone()[0] == "m1"
     assert (await Dispatcher(store, {"console": adapter}, clock).dispatch()).sent == 0  # never twice
 
@@ -60,7 +60,7 @@ async def test_permanent_failures_and_too_many_attempts_give_up(store, clock):
     for _ in range(MAX_ATTEMPTS):
         await dispatcher.dispatch()
         clock.advance(hours=2)
-    assert store.delivery_counts() == {"failed": 2}
+    assert store.delivery_counts() == OutboxCounts(failed=2)
     assert len(adapter.posts) == 1 + MAX_ATTEMPTS
 
 
@@ -105,7 +105,7 @@ async def test_a_burst_is_capped_per_channel_and_the_rest_is_one_digest(store, c
     assert digest.channel == ML and digest.title == "15 more new papers for this channel"
     assert [c.title for c in digest.cards] == [f"Paper {i}" for i in range(11, 26)]
     assert [card.title for channel, card in adapter.posts if channel != ML] == ["Elsewhere"]
-    assert store.delivery_counts() == {"sent": 26}  # nothing dropped
+    assert store.delivery_counts() == OutboxCounts(sent=26)  # nothing dropped
 
 
 async def test_a_failed_overflow_digest_returns_to_the_outbox(store, clock):
@@ -139,4 +139,4 @@ async def test_a_big_overflow_is_one_digest_that_shows_every_paper_it_marks_sent
     # 1 card, one digest of DIGEST_MAX, and the rest counted in it, not posted (never a flood of digests).
     (digest,) = digests
     assert len(digest.cards) == DIGEST_MAX and digest.note.startswith(f"and {DIGEST_MAX + 5} more papers matched")
-    assert store.delivery_counts() == {"sent": 1 + DIGEST_MAX, "overflow": DIGEST_MAX + 5}
+    assert store.delivery_counts() == OutboxCounts(sent=1 + DIGEST_MAX, overflow=DIGEST_MAX + 5)

@@ -7,7 +7,7 @@ from collections import Counter
 import handlers
 from bot.config import Secrets, parse_config
 from bot.dispatch import DIGEST_MAX, Dispatcher
-from bot.models import ChannelRef, ChannelSettings, Match, PostResult
+from bot.models import ChannelRef, ChannelSettings, Match, OutboxCounts, PostResult
 from handlers.channel import bot_status
 
 from .fakes import RecordingAdapter, paper
@@ -77,7 +77,7 @@ async def test_a_huge_burst_is_cards_and_one_digest_and_the_rest_is_counted_once
         assert (await dispatcher.dispatch()).sent == 0
     assert len(adapter.posts) == CARDS and len(adapter.digests) == 1
     # Settled, not lost: every row accounted for, the overflow tied to the digest that counted it.
-    assert store.delivery_counts() == {"sent": CARDS + DIGEST_MAX, "overflow": 2970}
+    assert store.delivery_counts() == OutboxCounts(sent=CARDS + DIGEST_MAX, overflow=2970)
     assert overflow_told_in(store, "d1") == 2970
     ctx = handlers.Context(store, parse_config({}, Secrets({})), clock=clock)
     assert "Queue: 0 pending, 30 sent, 0 failed, 2970 not posted (past a burst's cards and digest)" in bot_status(ctx)
@@ -124,7 +124,7 @@ async def test_a_rate_limited_burst_is_decided_once(store, clock):
     (digest,) = adapter.digests
     assert [c.title for c in digest.cards] == [f"Paper 2411.{i:05d}" for i in range(CARDS, CARDS + DIGEST_MAX)]
     assert digest.note.startswith("and 5 more papers matched")
-    assert store.delivery_counts() == {"sent": CARDS + DIGEST_MAX, "overflow": 5}
+    assert store.delivery_counts() == OutboxCounts(sent=CARDS + DIGEST_MAX, overflow=5)
 
 
 async def test_what_arrives_while_a_full_burst_goes_out_is_counted_in_its_digest(store, clock):
@@ -143,7 +143,7 @@ async def test_what_arrives_while_a_full_burst_goes_out_is_counted_in_its_digest
         clock.advance(seconds=31)
     assert max(per_sweep) <= CARDS and len(adapter.digests) == 1
     assert adapter.digests[0].note.startswith("and 14 more papers matched")  # 10 of the burst, 4 since
-    assert store.delivery_counts() == {"sent": CARDS + DIGEST_MAX, "overflow": 14}
+    assert store.delivery_counts() == OutboxCounts(sent=CARDS + DIGEST_MAX, overflow=14)
     assert overflow_told_in(store, "d1") == 14
 
 
@@ -158,7 +158,7 @@ async def test_a_failed_digest_is_retried_as_the_same_one_digest(store, clock):
     await dispatcher.dispatch()
     first, second = adapter.digests
     assert first.cards == second.cards and first.note == second.note != ""
-    assert store.delivery_counts() == {"sent": CARDS + DIGEST_MAX, "overflow": 100 - CARDS - DIGEST_MAX}
+    assert store.delivery_counts() == OutboxCounts(sent=CARDS + DIGEST_MAX, overflow=100 - CARDS - DIGEST_MAX)
     assert overflow_told_in(store, "d2") == 70
 
 
@@ -187,7 +187,7 @@ async def test_a_scheduled_digest_is_one_message_too(store, clock):
     assert report.sent == DIGEST_MAX and report.overflow == 75 - DIGEST_MAX and adapter.posts == []
     (digest,) = adapter.digests
     assert digest.title == "20 new papers for this channel" and digest.note.startswith("and 55 more papers matched")
-    assert store.delivery_counts() == {"sent": DIGEST_MAX, "overflow": 55}
+    assert store.delivery_counts() == OutboxCounts(sent=DIGEST_MAX, overflow=55)
 
 
 async def test_an_old_outbox_with_a_long_digest_queue_is_not_a_flood(store, clock):
@@ -201,7 +201,7 @@ async def test_an_old_outbox_with_a_long_digest_queue_is_not_a_flood(store, cloc
     clock.advance(hours=1)
     await dispatcher.dispatch()
     assert adapter.posts == [] and len(adapter.digests) == 1
-    assert store.delivery_counts() == {"sent": DIGEST_MAX, "overflow": 300 - DIGEST_MAX}
+    assert store.delivery_counts() == OutboxCounts(sent=DIGEST_MAX, overflow=300 - DIGEST_MAX)
 
 
 async def test_what_arrives_while_the_digest_is_being_sent_starts_the_next_burst(store, clock):
@@ -224,7 +224,7 @@ async def test_what_arrives_while_the_digest_is_being_sent_starts_the_next_burst
     assert adapter.digests[0].note.startswith("and 5 more papers matched")
     await dispatcher.dispatch()
     assert len(adapter.cards_to(ml)) == 2 * CARDS and [len(d.cards) for d in adapter.digests] == [DIGEST_MAX, 2]
-    assert store.delivery_counts() == {"sent": 47 - 5, "overflow": 5}
+    assert store.delivery_counts() == OutboxCounts(sent=47 - 5, overflow=5)
     assert overflow_told_in(store, None) == 0
 
 
@@ -259,7 +259,7 @@ async def test_a_digest_that_can_never_go_out_does_not_hold_the_channel(store, c
     assert len(adapter.cards_to(ml)) == 2 * CARDS  # the next burst has its cards
     assert [len(d.cards) for d in adapter.digests] == [DIGEST_MAX, 5]
     assert adapter.digests[1].note.startswith("and 10 more papers matched")  # the first burst's count, still told
-    assert store.delivery_counts() == {"sent": 2 * CARDS + 5, "failed": DIGEST_MAX, "overflow": 10}
+    assert store.delivery_counts() == OutboxCounts(sent=2 * CARDS + 5, failed=DIGEST_MAX, overflow=10)
 
     other = ChannelRef("console", "other")
     burst(store, clock, [other], 12, start=900)

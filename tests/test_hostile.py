@@ -13,7 +13,7 @@ from bot.adapters.discord_render import card_embed
 from bot.adapters.slack_render import card_blocks
 from bot.cards import card_for
 from bot.errors import SourceError
-from bot.models import ChannelRef, Paper
+from bot.models import ChannelRef, Match, Paper, SubscriptionRef
 from bot.sources.arxiv import parse_rss
 from bot.sources.huggingface import parse_daily_papers
 
@@ -65,9 +65,10 @@ hostile_papers = st.builds(
 
 
 @FUZZ
-@given(hostile_papers, nasty_text)
-def test_cards_render_within_platform_limits(paper, reason):
-    card = card_for(paper, reason or None, ((1, "x"),))
+@given(hostile_papers, nasty_text, st.lists(nasty_text, max_size=3).map(tuple))
+def test_cards_render_within_platform_limits(paper, query, terms):
+    channel = ChannelRef("slack", "C1")
+    card = card_for(paper, (Match(1, channel, query, terms), Match(2, channel, "x", ())), (SubscriptionRef(1, query),))
     for block in card_blocks(card, card.subscriptions):
         block.validate_json()
     text = json.dumps([b.to_dict() for b in card_blocks(card)])

@@ -79,7 +79,7 @@ async def test_empty_listing_is_normal(store, clock):
 async def test_engine_follows_added_changed_and_removed_subscriptions(store, clock):
     poller = Poller(store, clock)
     source = FakeSource(papers=[])
-    sub, _ = store.add_subscription(ML, "diffusion", "u1", clock())
+    sub = store.add_subscription(ML, "diffusion", "u1", clock()).subscription
     await poller.poll(source)
     source.papers = [paper("2410.00001", "Video diffusion")]
     assert (await poller.poll(source)).queued == 1
@@ -108,7 +108,7 @@ async def test_papers_listed_long_ago_are_stored_but_not_posted(store, clock):
 
 async def test_a_paper_crossing_an_upvote_threshold_is_delivered_then_once(store, clock):
     store.add_subscription(ML, "diffusion upvotes>=20", "u1", clock())
-    late, _ = store.add_subscription(ChannelRef("console", "late"), "diffusion", "u1", clock())
+    store.add_subscription(ChannelRef("console", "late"), "diffusion", "u1", clock())
     hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="huggingface", upvotes=3,
                                           listed_on=clock().date())])
     poller = Poller(store, clock)

@@ -17,7 +17,7 @@ from bot.adapters.slack_adapter import SlackAdapter, build_bolt_app, make_web_cl
 from bot.adapters.slack_render import card_blocks, digest_blocks, escape, reply_blocks
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
-from bot.models import ChannelRef, Digest, Match, Reply
+from bot.models import ChannelRef, Digest, Match, OutboxCounts, Reply, SubscriptionRef
 from fakes.slack import FakeSlack
 
 from .fakes import due_now, paper
@@ -47,7 +47,8 @@ def test_escape_neutralizes_mentions_and_links():
 
 
 def test_card_blocks_are_valid_escaped_and_within_limits():
-    blocks = validated(card_blocks(card_for(HOSTILE, '#3 `diffusion`: diffusion in title'), ((3, "diffusion"),)))
+    blocks = validated(card_blocks(card_for(HOSTILE, (Match(3, C123, "diffusion", ("diffusion in title",)),)),
+                                   (SubscriptionRef(3, "diffusion"),)))
     text = json.dumps(blocks)
     assert "<!channel>" not in text and "<@U123>" not in text and "<!here>" not in text and "<https://evil" not in text
     header, section, facts, reason, actions = blocks
@@ -89,7 +90,7 @@ def adapter_for(slack, sleeps=None):
 
 def queue(store, clock, paper_id="2411.00001", channel=C123):
     store.add_papers([paper(paper_id, f"Diffusion {paper_id}")], clock())
-    sub, _ = store.add_subscription(channel, "diffusion", "U1", clock())
+    sub = store.add_subscription(channel, "diffusion", "U1", clock()).subscription
     store.enqueue(paper_id, [Match(sub.id, channel, sub.query, ("diffusion in title",))], clock())
 
 
@@ -120,7 +121,7 @@ async def test_429_is_retried_after_retry_after_with_nothing_lost(store, clock, 
     assert (await dispatcher.dispatch()).sent == 0  # Slack asked for 120 s
     clock.advance(seconds=1)
     assert (await dispatcher.dispatch()).sent == 1
-    assert len(slack.called("chat.postMessage")) == 2 and store.delivery_counts() == {"sent": 1}
+    assert len(slack.called("chat.postMessage")) == 2 and store.delivery_counts() == OutboxCounts(sent=1)
 
 
 async def test_posts_to_one_channel_are_paced_one_a_second(store, clock, slack):
@@ -156,7 +157,7 @@ async def test_permanent_and_transient_errors(store, clock, slack):
     assert (await dispatcher.dispatch()).retrying == 1
     clock.advance(minutes=5)
     assert (await dispatcher.dispatch()).failed == 1
-    assert store.delivery_counts() == {"failed": 1}
+    assert store.delivery_counts() == OutboxCounts(failed=1)
 
 
 @pytest.mark.parametrize("error", ["invalid_auth", "token_revoked"])
@@ -172,9 +173,9 @@ async def test_a_refused_token_keeps_the_papers_waiting_until_it_is_fixed(store,
         assert report.retrying == 1 and report.failed == 0
         assert (await dispatcher.dispatch()).retrying == 0  # and it waits, rather than hammering Slack
         clock.advance(minutes=15)
-    assert store.delivery_counts() == {"pending": 1}
+    assert store.delivery_counts() == OutboxCounts(pending=1)
     assert (await dispatcher.dispatch()).sent == 1
-    assert store.delivery_counts() == {"sent": 1}
+    assert store.delivery_counts() == OutboxCounts(sent=1)
 
 
 # ---- the bolt app over HTTP, with request signing ---------------------------------------------
@@ -306,7 +307,7 @@ async def test_mentions_answer_in_a_thread(bolt, slack, store, clock):
 
 
 async def test_overflow_unsubscribes(bolt, slack, store, clock):
-    sub, _ = store.add_subscription(C123, "diffusion", "U1", clock())
+    sub = store.add_subscription(C123, "diffusion", "U1", clock()).subscription
     payload = {"type": "block_actions", "user": {"id": "UADMIN"}, "channel": {"id": "C123"},
                "team": {"id": "T1"}, "response_url": f"{slack.url}/respond/2", "trigger_id": "1",
                "actions": [{"type": "overflow", "action_id": "papers_overflow", "block_id": "paper:2411.00001",
@@ -319,7 +320,7 @@ async def test_overflow_unsubscribes(bolt, slack, store, clock):
 
 
 async def test_overflow_mutes_a_category_as_a_typed_request(bolt, slack, store, clock):
-    sub, _ = store.add_subscription(C123, "diffusion", "U1", clock())
+    sub = store.add_subscription(C123, "diffusion", "U1", clock()).subscription
     payload = {"type": "block_actions", "user": {"id": "UADMIN"}, "channel": {"id": "C123"},
                "team": {"id": "T1"}, "response_url": f"{slack.url}/respond/3", "trigger_id": "1",
                "actions": [{"type": "overflow", "action_id": "papers_overflow", "block_id": "paper:2411.00001",
@@ -408,9 +409,9 @@ def test_the_manifest_declares_what_the_app_uses():
 
 
 async def test_overflow_mutes_a_category(bolt, slack, store, clock):
-    sub, _ = store.add_subscription(C123, "diffusion", "U1", clock())
-    blocks = validated(card_blocks(card_for(paper("2411.00001", "T", categories=("cs.RO", "cs.LG")), "x"),
-                                   ((sub.id, sub.query),)))
+    sub = store.add_subscription(C123, "diffusion", "U1", clock()).subscription
+    blocks = validated(card_blocks(card_for(paper("2411.00001", "T", categories=("cs.RO", "cs.LG"))),
+                                   (SubscriptionRef(sub.id, sub.query),)))
     options = blocks[-1]["elements"][-1]["options"]
     assert [o["value"] for o in options] == ["unsub:1", "mute:1:cat:cs.RO", "mute:1:cat:cs.LG"]
     payload = {"type": "block_actions", "user": {"id": "UADMIN"}, "channel": {"id": "C123"},
@@ -432,13 +433,13 @@ async def test_after_a_crash_a_post_that_went_out_is_not_sent_again(store, clock
     # The bot claimed both and posted the first; then it was killed before recording it.
     first, second = due_now(store, clock())
     assert store.claim_delivery(first.id, clock()) and store.claim_delivery(second.id, clock())
-    card = card_for(store.get_paper(first.paper_id), first.reason)
+    card = card_for(store.get_paper(first.paper_id), first.matched)
     assert (await adapter.post(C123, card)).ok
     dispatcher = Dispatcher(store, {"slack": adapter}, clock)
     assert await dispatcher.recover() == (1, 1)
     await dispatcher.dispatch()
     posted = [m["metadata"]["event_payload"]["paper_id"] for m in slack.messages["C123"]]
     assert sorted(posted) == ["2411.00001", "2411.00002"]  # each exactly once
-    assert store.delivery_counts() == {"sent": 2}
+    assert store.delivery_counts() == OutboxCounts(sent=2)
     history = slack.called("conversations.history")[0]
     assert history["channel"] == "C123" and history["include_all_metadata"] in (True, "true", "1")

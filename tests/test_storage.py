@@ -1,6 +1,10 @@
+import json
 from datetime import datetime, timedelta, timezone
 
-from bot.models import ChannelRef, Match, Validators
+from sqlite_utils import Database
+
+from bot.cards import why_matched
+from bot.models import ChannelRef, Match, OutboxCounts, Subscribed, Validators
 from storage import Store
 from storage.migrations import migrations
 
@@ -55,23 +59,24 @@ def test_full_text_index_follows_the_papers_table(store):
 
 
 def test_subscriptions_are_idempotent_per_channel(store):
-    s1, created = store.add_subscription(ML, "diffusion", "u1", T0)
-    assert created and s1.id == 1 and s1.channel == ML and s1.created_at == T0
-    again, created_again = store.add_subscription(ML, "diffusion", "u2", T0)
-    assert not created_again and again.id == s1.id
-    other, created_other = store.add_subscription(CV, "diffusion", "u2", T0)
-    assert created_other and other.id == 2
+    first = store.add_subscription(ML, "diffusion", "u1", T0)
+    s1 = first.subscription
+    assert first.created and s1.id == 1 and s1.channel == ML and s1.created_at == T0
+    again = store.add_subscription(ML, "diffusion", "u2", T0)
+    assert again == Subscribed(s1, created=False)
+    other = store.add_subscription(CV, "diffusion", "u2", T0)
+    assert other.created and other.subscription.id == 2
     assert [s.query for s in store.subscriptions(ML)] == ["diffusion"]
     assert store.count_subscriptions(ML) == 1 and len(store.subscriptions()) == 2
 
 
 def test_a_channel_cannot_remove_another_channels_subscription(store):
-    sub, _ = store.add_subscription(ML, "diffusion", "u1", T0)
+    sub = store.add_subscription(ML, "diffusion", "u1", T0).subscription
     assert store.remove_subscription(CV, sub.id) is None
     assert store.remove_subscription(ML, sub.id).query == "diffusion"
     assert store.subscriptions(ML) == []
     # ids are never reused
-    assert store.add_subscription(ML, "agents", "u1", T0)[0].id == sub.id + 1
+    assert store.add_subscription(ML, "agents", "u1", T0).subscription.id == sub.id + 1
 
 
 def _match(sub_id, channel, query):
@@ -84,15 +89,53 @@ def test_one_delivery_per_paper_and_channel(store):
     assert store.enqueue("2410.00001", matches, T0) == 2
     assert store.enqueue("2410.00001", matches, T0) == 0  # never twice
     due = due_now(store, T0)
-    assert [(d.channel, d.reason) for d in due] == [
-        (ML, "#1 `diffusion`: diffusion in title; #2 `video`: video in title"),
-        (CV, "#3 `diffusion`: diffusion in title"),
+    assert [(d.channel, d.matched) for d in due] == [(ML, tuple(matches[:2])), (CV, (matches[2],))]
+
+
+def test_why_a_delivery_matched_is_kept_as_facts_not_text(store):
+    store.add_papers([paper("2410.00001")], T0)
+    matches = [Match(1, ML, "a `quoted` query; #2 `x`", ("a in title", "cat:cs.LG")), Match(2, ML, "b", ())]
+    store.enqueue("2410.00001", matches, T0)
+    (delivery,) = due_now(store, T0)
+    assert delivery.matched == tuple(matches)
+    stored = json.loads(store.db.execute("SELECT matched FROM deliveries").fetchone()[0])
+    assert stored == [{"id": 1, "query": "a `quoted` query; #2 `x`", "terms": ["a in title", "cat:cs.LG"]},
+                      {"id": 2, "query": "b", "terms": []}]  # facts: no wording, no markup
+
+
+def test_reasons_stored_as_text_before_m012_are_read_back_as_facts(tmp_path):
+    path = tmp_path / "old.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m012_delivery_matched_facts")
+    old.execute("""INSERT INTO papers (id, title, summary, authors, categories, sources, first_seen, updated_at)
+                   VALUES ('2410.00001', 't', 's', '[]', '[]', 'arxiv', '2026-11-27', '2026-11-27')""")
+    reasons = [
+        "#1 `diffusion`: diffusion in title, cat:cs.LG; #2 `video`",
+        "#3 `a `b` c`: a in title",  # a query holding backticks
+        "#4 `q`: q in title; #5 `cut off at five hund",  # cut at 500 characters: the last one is lost
+        "",
     ]
+    for i, reason in enumerate(reasons):
+        old.execute("""INSERT INTO deliveries (paper_id, channel, reason, next_attempt_at, created_at)
+                       VALUES ('2410.00001', ?, ?, '2026-11-27', '2026-11-27')""", [f"console:c{i}", reason])
+    old.close()
+    store = Store(path)
+    matched = {d.channel.channel_id: d.matched for d in due_now(store, T0)}
+    ch = [ChannelRef("console", f"c{i}") for i in range(4)]
+    assert matched == {
+        "c0": (Match(1, ch[0], "diffusion", ("diffusion in title", "cat:cs.LG")), Match(2, ch[0], "video", ())),
+        "c1": (Match(3, ch[1], "a `b` c", ("a in title",)),),
+        "c2": (Match(4, ch[2], "q", ("q in title",)),),
+        "c3": (),
+    }
+    # Cards read as they did when the text was stored.
+    assert [why_matched(matched[f"c{i}"]) for i in range(2)] == reasons[:2]
+    store.close()
 
 
 def test_delivery_lifecycle(store):
     store.add_papers([paper("2410.00001")], T0)
-    sub, _ = store.add_subscription(ML, "diffusion", "u1", T0)
+    sub = store.add_subscription(ML, "diffusion", "u1", T0).subscription
     store.enqueue("2410.00001", [_match(sub.id, ML, "diffusion")], T0)
     (delivery,) = due_now(store, T0)
     assert store.claim_delivery(delivery.id)
@@ -104,7 +147,7 @@ def test_delivery_lifecycle(store):
     assert retry.attempts == 1
     store.claim_delivery(retry.id)
     store.mark_sent(retry.id, "ts-1", T0)
-    assert store.delivery_counts() == {"sent": 1}
+    assert store.delivery_counts() == OutboxCounts(sent=1)
     assert store.subscriptions(ML)[0].delivered == 1
 
 
@@ -113,8 +156,8 @@ def test_unfinished_sends_are_released_after_a_crash(store):
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
     (delivery,) = due_now(store, T0)
     store.claim_delivery(delivery.id, T0)
-    ((unfinished, claimed_at),) = store.unfinished_deliveries()
-    assert unfinished.id == delivery.id and claimed_at == T0
+    (unfinished,) = store.unfinished_deliveries()
+    assert unfinished.id == delivery.id and unfinished.claimed_at == T0 and unfinished.matched == delivery.matched
     store.release_delivery(delivery.id)
     assert len(due_now(store, T0)) == 1 and store.unfinished_deliveries() == []
 
@@ -138,7 +181,7 @@ def test_failed_for_good_is_not_due_again(store):
     (delivery,) = due_now(store, T0)
     store.give_up_delivery(delivery.id, "channel_not_found")
     assert due_now(store, T0 + timedelta(days=1)) == []
-    assert store.delivery_counts() == {"failed": 1}
+    assert store.delivery_counts() == OutboxCounts(failed=1)
 
 
 def test_source_state_counts_consecutive_failures(store):

@@ -22,7 +22,7 @@ from slack_sdk.models.blocks import (
 )
 
 from ..cards import shorten
-from ..models import Card, Digest, Reply
+from ..models import Card, Digest, Reply, SubscriptionRef
 from ..text import plural
 
 HEADER_MAX = 150  # header block plain_text
@@ -59,7 +59,7 @@ def _link(url: str, label: str) -> str:
     return f"<{safe}|{escape(label)}>"
 
 
-def card_blocks(card: Card, subscriptions: tuple[tuple[int, str], ...] = ()) -> list[Block]:
+def card_blocks(card: Card, subscriptions: tuple[SubscriptionRef, ...] = ()) -> list[Block]:
     """Header, abstract, facts, buttons (and an overflow to unsubscribe the matching queries)."""
     blocks: list[Block] = [
         # Slack decodes the three entities in plain text too: escaping keeps `<!channel>` inert.
@@ -83,11 +83,11 @@ def card_blocks(card: Card, subscriptions: tuple[tuple[int, str], ...] = ()) -> 
         # "Unsubscribe this query" for each matching subscription, and "Mute this term":
         # exclude one of the paper's categories from the first one (at most 5 options).
         options = [
-            Option(text=PlainTextObject(text=shorten(f"Unsubscribe #{sub_id} {query}", BUTTON_MAX)),
-                   value=f"unsub:{sub_id}")
-            for sub_id, query in subscriptions[:3]
+            Option(text=PlainTextObject(text=shorten(f"Unsubscribe #{sub.id} {sub.query}", BUTTON_MAX)),
+                   value=f"unsub:{sub.id}")
+            for sub in subscriptions[:3]
         ]
-        first = subscriptions[0][0]
+        first = subscriptions[0].id
         options += [
             Option(text=PlainTextObject(text=shorten(f"Mute cat:{cat} in #{first}", BUTTON_MAX)),
                    value=f"mute:{first}:cat:{cat}")

@@ -1,0 +1,359 @@
+"""What the rest of the bot may ask of storage: the Store's whole public surface.
+
+`storage.Store` (SQLite) implements it; a second implementation (PostgreSQL, say) is
+written against this file alone, and `tests/test_store_contract.py` checks that the two
+name the same methods. The bot (`bot/`, `handlers/`) types against `StoreContract`.
+
+Rules every method keeps, unless its own text says otherwise:
+
+- Values in, values out: arguments and results are the frozen values of `bot/models.py`
+  (or str, int, float, bool, datetime, date, and lists or sets of these); never a dict,
+  never a bare tuple, never a row, a cursor or a driver's object. Nothing returned is
+  chat text: presentation is `bot/cards.py`'s and the handlers'.
+- Errors: any failure of the database becomes `StorageError` (its message names the
+  database and what to do about it); `StorageBusy`, a StorageError, when another process
+  kept the database locked past the busy timeout, and then trying again later works.
+  No driver exception (sqlite3.Error, psycopg.Error, ...) ever reaches a caller.
+- Atomicity: every method that writes is one transaction: all of it or nothing, also
+  when it raises. Writes take the write lock when they begin, so concurrent processes
+  (`papers-bot run` and any number of `papers-bot command`) wait their turn rather than
+  fail half-way, and decisions made from what a method read (a limit, a burst) hold.
+  Inside `transaction()`, methods join the caller's transaction instead.
+- Times: aware datetimes in any zone; stored as UTC to the second (what comes back is
+  UTC, without the microseconds that went in).
+- Channels are identified by `ChannelRef`; a channel needs no row anywhere to exist (its
+  settings default to `ChannelSettings(channel)`).
+- Calls are synchronous and short (milliseconds) and are made from the event loop's one
+  thread; an implementation need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from datetime import date, datetime
+from typing import Any, Protocol
+
+from bot.models import (
+    BurstPlan,
+    ChannelRef,
+    ChannelSettings,
+    Delivery,
+    DueChannel,
+    Match,
+    OutboxCounts,
+    Overflow,
+    Paper,
+    PaperSnapshot,
+    SettingsChange,
+    SourceStatus,
+    Subscribed,
+    Subscription,
+    SubscriptionChanges,
+    SubscriptionRef,
+    Validators,
+)
+
+
+class StoreContract(Protocol):
+    path: str
+    """Where the data lives (a file path, ":memory:", or a database URL), for messages."""
+
+    poll_faults: dict[str, str]
+    """In memory only, not stored: source name -> why its last poll failed on the bot's own
+    side (the database, a bug), even when that could not be written down. The poller sets
+    and clears it; /healthz answers 503 while it is not empty."""
+
+    # ---- the store itself -----------------------------------------------------------------
+
+    def transaction(self) -> AbstractContextManager[object]:
+        """Everything written inside happens together or not at all (an exception inside
+        rolls it all back, and propagates). The write lock is taken when it begins
+        (StorageBusy, nothing written, if another process keeps it past the busy timeout).
+        Nested, it is a savepoint of the outer one. Reads inside see the writes made so far."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection and the sender lease. Nothing may be called after."""
+        ...
+
+    def check_file(self) -> None:
+        """Raise StorageError if the database was deleted or replaced under this process
+        since it was opened (an implementation with no file to check does nothing). Cheap:
+        called every few seconds."""
+        ...
+
+    def hold_sender_lease(self) -> bool:
+        """True when this process is (now) the one allowed to settle deliveries a crash left
+        in 'sending' (`unfinished_deliveries`): no other live process holds the lease. Once
+        held it is kept until close(), and released by the system if the process dies."""
+        ...
+
+    # ---- papers -----------------------------------------------------------------------------
+
+    def add_papers(self, papers: list[Paper], now: datetime, *, listed: bool = True) -> list[Paper]:
+        """Store papers (one transaction); return those no listing had stored before, in input order.
+
+        A paper already stored is not duplicated: the fields it lacked are filled in
+        (upvotes, thumbnail, github, project_page, ai_summary, organization; upvotes are
+        refreshed), its title and abstract stay, the source is added to its sources.
+        `listed=False` stores papers fetched for a lookup: they are not returned as new
+        and not searchable as listed, and a later listing of them still returns them as
+        new. `now` is their first_seen."""
+        ...
+
+    def paper_snapshot(self, paper_ids: list[str]) -> list[PaperSnapshot]:
+        """For the listed papers among `paper_ids` that are stored: their upvotes,
+        organization and first_seen, in no particular order. Any number of ids."""
+        ...
+
+    def get_paper(self, paper_id: str) -> Paper | None:
+        """The stored paper (listed or stored by a lookup), None if there is none.
+        `Paper.source` is the first source that listed it."""
+        ...
+
+    def papers_listed_since(self, since: datetime, limit: int) -> list[Paper]:
+        """Listed papers first stored at or after `since`, newest first (ties by id), at most `limit`."""
+        ...
+
+    def search_papers(self, words: list[str], limit: int, window: int = 5000) -> list[Paper]:
+        """Full-text search over title, abstract and authors: the papers with every word,
+        or, when none has them all, those with any; best match first, at most `limit`.
+
+        Words are plain text, never query syntax of the database (quote them). Stemmed
+        (English: "models" finds "model"). For speed only the `window` most recently
+        stored papers containing a word need to be ranked. No words: []."""
+        ...
+
+    def trending_papers(self, since: date, limit: int) -> list[Paper]:
+        """Papers with upvotes listed on `since` or later, most upvoted first (ties by id)."""
+        ...
+
+    def recent_papers(self, limit: int) -> list[Paper]:
+        """The papers stored last (listed or not), newest first (ties by id)."""
+        ...
+
+    def count_papers(self) -> int:
+        """Every stored paper, listed or not."""
+        ...
+
+    # ---- subscriptions ----------------------------------------------------------------------
+
+    def add_subscription(
+        self, channel: ChannelRef, query: str, user_id: str, now: datetime, *, limit: int | None = None
+    ) -> Subscribed:
+        """Subscribe `channel` to `query` (already normalized), in one transaction.
+
+        The same query again in the same channel returns the existing subscription, not
+        created. With `limit`, a channel that already has `limit` subscriptions gets none
+        (subscription None); the count and the insert are atomic, so processes adding at
+        once never exceed it. Ids are never reused, even after a removal; a new
+        subscription gets a higher id and a higher version than every earlier one."""
+        ...
+
+    def get_subscription(self, subscription_id: int) -> Subscription | None:
+        """With its `delivered` count (deliveries it answers that were sent)."""
+        ...
+
+    def remove_subscription(self, channel: ChannelRef, subscription_id: int) -> Subscription | None:
+        """Remove a subscription of this channel and return it (as it was); None, nothing
+        removed, if the channel has no such id (another channel's id included)."""
+        ...
+
+    def subscriptions(self, channel: ChannelRef | None = None) -> list[Subscription]:
+        """The channel's subscriptions (every channel's, when None) by id, with `delivered` counts."""
+        ...
+
+    def subscriptions_changed_since(self, version: int) -> SubscriptionChanges:
+        """Subscriptions added or whose query changed after `version` (any order; `delivered`
+        is 0, not counted: this must stay cheap for a million rows), and the newest version
+        among them (`version` itself when there are none). Start from 0. Removals are not
+        reported: compare `subscription_ids()`."""
+        ...
+
+    def subscriptions_created_by(self, ids: list[int], moment: datetime) -> set[int]:
+        """Those of `ids` whose subscriptions existed (were created) at `moment`."""
+        ...
+
+    def subscription_ids(self) -> set[int]:
+        """The ids of every subscription of every channel."""
+        ...
+
+    def change_subscription_query(
+        self, channel: ChannelRef, subscription_id: int, query: str, *, expected: str | None = None
+    ) -> Subscription | None:
+        """Give a subscription of this channel a new query, keeping its id, in one transaction.
+
+        None if the channel has no such id. The subscription is returned unchanged when,
+        with `expected`, its query is no longer `expected`, or when another subscription
+        of the channel already has `query`. A change gives it a new, higher version."""
+        ...
+
+    def remove_all_subscriptions(self, channel: ChannelRef) -> list[Subscription]:
+        """Remove every subscription of the channel; return them (by id), as they were."""
+        ...
+
+    def count_subscriptions(self, channel: ChannelRef) -> int:
+        """How many subscriptions the channel has."""
+        ...
+
+    # ---- the outbox -------------------------------------------------------------------------
+    # A delivery is one paper owed to one channel, written before anything is sent. Status:
+    # pending -> sending (claimed) -> sent | failed, or back to pending (retry, release); or
+    # overflow: settled without being posted, counted by a digest. Ids grow with time: "oldest
+    # first" is by id.
+
+    def enqueue(self, paper_id: str, matches: list[Match], now: datetime) -> int:
+        """Owe `paper_id` (stored) to every channel among `matches`, due at `now`; returns how
+        many deliveries are new. One transaction.
+
+        At most one delivery per paper and channel, ever: a channel that already has this
+        paper (in any status) gets nothing, and several matches of one channel make one
+        delivery. The delivery keeps those matches as they are now (`Delivery.matched`: ids,
+        queries, terms, in the order given) and remembers which subscriptions it answers."""
+        ...
+
+    def due_channels(self, now: datetime) -> list[DueChannel]:
+        """Channels in instant mode and not paused with pending deliveries due at `now`, and
+        how many; the channel whose oldest due delivery is oldest first."""
+        ...
+
+    def plan_burst(self, channel: ChannelRef, now: datetime, cards: int, digest_max: int) -> BurstPlan:
+        """Decide, once, how the channel's outstanding deliveries go out; return what is due
+        now. One transaction (two processes never plan the same burst twice).
+
+        A burst begins when the channel has no digest outstanding: its oldest `cards`
+        deliveries are cards, the next `digest_max` its one digest (`Delivery.in_digest`),
+        anything further is settled as overflow. Until that digest is sent the burst goes on:
+        what arrives meanwhile joins the digest while it has room, else the overflow, never
+        the cards. While the digest is being sent (claimed), nothing is due and nothing is
+        decided: what arrived waits for the next burst. Decisions are never revisited. The
+        result holds the due (next attempt at or before `now`) pending cards and digest
+        members, each list oldest first, at most `cards + digest_max` in all."""
+        ...
+
+    def hold_back(self, channel: ChannelRef, keep: int) -> None:
+        """Settle all but the channel's `keep` oldest pending deliveries as overflow (a
+        scheduled digest holds `keep` papers and counts the rest)."""
+        ...
+
+    def unannounced_overflow(self, channel: ChannelRef) -> Overflow:
+        """How many of the channel's overflow deliveries no digest has counted yet, and the
+        highest id among them (0 when none)."""
+        ...
+
+    def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:
+        """Record that the digest `message_id` counted the channel's unannounced overflow up
+        to id `up_to`; later overflow stays unannounced."""
+        ...
+
+    def pending_for_channel(self, channel: ChannelRef, limit: int = 1000) -> list[Delivery]:
+        """The channel's pending deliveries, due or not, oldest first, at most `limit`."""
+        ...
+
+    def count_pending(self, channel: ChannelRef | None = None) -> int:
+        """Pending deliveries of the channel (of every channel, when None), due or not."""
+        ...
+
+    def last_sent_at(self, channel: ChannelRef | None = None) -> datetime | None:
+        """When a delivery to the channel (to any, when None) was last marked sent."""
+        ...
+
+    def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> bool:
+        """pending -> sending, counting an attempt and remembering `now` as `claimed_at`.
+        Atomic: False, nothing changed, if it was not pending (another sender claimed it)."""
+        ...
+
+    def unfinished_deliveries(self) -> list[Delivery]:
+        """Deliveries in 'sending' (oldest first), with `claimed_at`: after a crash, those
+        whose send may or may not have gone out. Only the sender lease's holder may settle
+        them (`mark_sent` or `release_delivery`)."""
+        ...
+
+    def release_delivery(self, delivery_id: int) -> None:
+        """sending -> pending, due as it was, and the interrupted attempt not counted (a
+        crash is not the paper's fault). Nothing happens if it is not 'sending'."""
+        ...
+
+    def mark_sent(self, delivery_id: int, message_id: str | None, now: datetime) -> None:
+        """-> sent (from any status), with the platform's message id and `now`; its error is cleared."""
+        ...
+
+    def reschedule_delivery(self, delivery_id: int, error: str, retry_at: datetime) -> None:
+        """A failed attempt to try again: -> pending, due at `retry_at`, `error` kept (cut to 500 characters)."""
+        ...
+
+    def give_up_delivery(self, delivery_id: int, error: str) -> None:
+        """A failed attempt that ends it: -> failed, never due again, `error` kept (cut to 500 characters)."""
+        ...
+
+    def delivery_subscriptions(self, delivery_id: int) -> list[SubscriptionRef]:
+        """The subscriptions the delivery answers that still exist, with their current queries, by id."""
+        ...
+
+    def delivery_counts(self) -> OutboxCounts:
+        """Deliveries by status, of every channel."""
+        ...
+
+    # ---- channels ---------------------------------------------------------------------------
+
+    def channel_settings(self, channel: ChannelRef) -> ChannelSettings:
+        """The channel's settings; `ChannelSettings(channel)` (the defaults) if never saved."""
+        ...
+
+    def save_channel_settings(self, settings: ChannelSettings, now: datetime) -> ChannelSettings:
+        """Write all of `settings` (insert or replace), `updated_at` = `now`; return what was
+        saved. `paused_reason` is kept only while paused."""
+        ...
+
+    def update_channel_settings(self, channel: ChannelRef, now: datetime, **changes: Any) -> SettingsChange:
+        """Change these fields of the channel's settings (names of ChannelSettings fields),
+        keeping the others as they are in the database at that moment, not as the caller read
+        them earlier: read and write are one transaction, so commands changing different
+        settings at once both stay. Returns the settings before and after."""
+        ...
+
+    def digest_channels(self) -> list[ChannelSettings]:
+        """Settings of the channels in daily or weekly mode that are not paused, by channel key."""
+        ...
+
+    def all_channel_settings(self) -> list[ChannelSettings]:
+        """Every saved channel's settings, by channel key."""
+        ...
+
+    # ---- the per-user command rate limit ----------------------------------------------------
+
+    def record_command(self, user: str, now: datetime, limit: int) -> float:
+        """Count a command by `user` unless they ran `limit` in the 60 seconds before `now`.
+
+        Returns 0.0 when counted, else the seconds (> 0) until the oldest of those leaves
+        the window; nothing is recorded then. Atomic across processes: every process counts
+        the same commands. Old records are pruned as it goes."""
+        ...
+
+    # ---- source health and conditional requests ---------------------------------------------
+
+    def record_source_success(self, source: str, now: datetime, count: int) -> int:
+        """A poll of `source` succeeded with `count` papers; returns how many failures in a
+        row it ends (0 if none). Clears the planned next poll."""
+        ...
+
+    def record_source_failure(self, source: str, now: datetime, error: str) -> int:
+        """A poll of `source` failed; returns the failures in a row so far, this one included.
+        Clears the planned next poll."""
+        ...
+
+    def set_source_next_poll(self, source: str, when: datetime) -> None:
+        """When `run` will next poll `source` (status shows it)."""
+        ...
+
+    def source_state(self, source: str) -> SourceStatus | None:
+        """The source's health record, None if it was never polled."""
+        ...
+
+    def source_validators(self, source: str) -> Validators:
+        """The ETag / Last-Modified of the source's last stored full response (empty Validators if none)."""
+        ...
+
+    def save_source_validators(self, source: str, validators: Validators) -> None:
+        """Keep these validators for the next conditional request to `source`."""
+        ...
