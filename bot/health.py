@@ -62,7 +62,7 @@ def health(store: StoreContract, config: Config) -> tuple[int, dict]:
     - "failing": every enabled source has failed `source_failure_notice_after` times in a
       row (one source down is a normal day; all of them means nothing arrives).
     """
-    faults = dict(getattr(store, "poll_faults", {}))
+    faults = dict(store.poll_faults)
     sources: dict[str, dict[str, Any]] = {}
     try:
         for name, cfg in config.sources.items():

@@ -53,3 +53,37 @@ def test_every_test_named_by_a_promise_exists():
         source = (ROOT / path).read_text()
         assert re.search(rf"^(async )?def {name}\(", source, re.MULTILINE), \
             f"README names {path}::{name}, which is gone"
+
+
+def test_the_architecture_page_names_only_what_exists():
+    """docs/architecture.md names files, modules and values; each must still be there."""
+    import importlib
+
+    import bot.models
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`([^`\s]+)`", page))
+    paths = {n for n in named if re.fullmatch(r"[\w/]+\.(py|md|toml)", n)}
+    paths |= set(re.findall(r"\b((?:bot|handlers|storage|tests|fakes)/[\w/]+\.py)\b", page))
+    for path in paths:
+        assert (ROOT / path).exists() or (ROOT / "bot" / "adapters" / path).exists(), path
+    for dotted in {n for n in named if re.fullmatch(r"(bot|handlers|storage)(\.\w+)+", n)}:
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for attr in parts[cut:]:
+                assert hasattr(obj, attr), dotted
+                obj = getattr(obj, attr)
+            break
+        else:
+            raise AssertionError(dotted)
+    values = re.search(r"\| seam \|.*?\n\n", page, re.DOTALL)
+    assert values
+    crossing = [row.split("|")[3] for row in values.group(0).splitlines()[2:] if row.startswith("|")]
+    assert len(crossing) == 4
+    for name in re.findall(r"`([A-Z]\w+)", " ".join(crossing)):
+        known = hasattr(bot.models, name) or name in ("StorageError", "StorageBusy", "SourceError")
+        assert known, f"docs/architecture.md names {name}, which bot/models.py does not define"
