@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,15 +51,16 @@ def retry_delay(attempts: int) -> timedelta:
 
 class Dispatcher:
     def __init__(self, store: Store, adapters: dict[str, Adapter], clock: Callable[[], datetime] = utcnow,
-                 *, cards_per_cycle: int = 10):
+                 *, cards_per_cycle: int = 10, max_concurrent_channels: int = 50):
         self.store = store
         self.adapters = adapters
         self.clock = clock
         self.cards_per_cycle = cards_per_cycle
+        self.max_concurrent_channels = max(max_concurrent_channels, 1)
         self._warned: set[str] = set()
 
     async def dispatch(self) -> DispatchReport:
-        """Send what is due, channel by channel: up to `cards_per_cycle` cards, then one digest.
+        """Send what is due, channels side by side: each gets up to `cards_per_cycle` cards, then one digest.
 
         Each channel's outbox is planned on its own (`Store.plan_burst`): a burst (a big
         listing day, the catch-up after an outage, a resume) reaches a channel as at most
@@ -66,29 +68,54 @@ class Dispatcher:
         many more matched; those are settled as 'overflow', never posted, never lost from
         view (`papers-bot status`). However many channels there are, each one is served
         every sweep, and no channel's backlog delays another's share.
+
+        Platforms limit posting per channel (Slack about one message a second, Discord what
+        its rate-limit headers say), so a channel's messages go out one after another at that
+        pace, while up to `max_concurrent_channels` channels are served at once, the channel
+        waiting longest first. A channel told to wait (a 429) stops for this sweep; the others
+        go on. Storage calls are short and synchronous, so no two of them interleave; a
+        delivery is claimed before it is sent, so no two tasks (or processes) send it.
         """
         report = DispatchReport()
         now = self.clock()
-        for channel, due in self.store.due_channels(now):
-            adapter = self._adapter(channel)
-            if adapter is None:
-                report.waiting += due
-                continue
-            before = self.store.unannounced_overflow(channel)[0]
-            cards, batch = self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
-            report.overflow += self.store.unannounced_overflow(channel)[0] - before
-            stopped = False
-            for delivery in cards:
-                if not self.store.claim_delivery(delivery.id, self.clock()):
-                    continue
-                result = await self._send(adapter, delivery)
-                self._record(delivery, result, report)
-                if result.channel_gone or result.retry_after is not None:
-                    stopped = True  # the channel is gone, or told us to wait: the rest waits too
-                    break
-            if batch and not stopped and not self.store.channel_settings(channel).paused:
-                await self._post_digest(adapter, channel, batch, "more new paper", report)
+        due = self.store.due_channels(now)
+        queue = iter(due)  # shared by the workers: each channel is taken by exactly one
+        errors: list[Exception] = []
+
+        async def worker() -> None:
+            for channel, count in queue:
+                try:
+                    await self._serve_channel(channel, count, now, report)
+                except Exception as exc:  # e.g. a busy database: the channels in flight finish first
+                    errors.append(exc)
+                if errors:
+                    return
+
+        # Cancelled (shutdown, a kill), gather cancels every worker: rows mid-send stay
+        # 'sending' and `recover` settles them (found sent, or released) at the next start.
+        await asyncio.gather(*(worker() for _ in range(min(self.max_concurrent_channels, len(due)))))
+        if errors:
+            raise errors[0]
         return report
+
+    async def _serve_channel(self, channel: ChannelRef, due: int, now: datetime, report: DispatchReport) -> None:
+        """One channel's share of a sweep: its cards one after another, then its digest."""
+        adapter = self._adapter(channel)
+        if adapter is None:
+            report.waiting += due
+            return
+        before = self.store.unannounced_overflow(channel)[0]
+        cards, batch = self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
+        report.overflow += self.store.unannounced_overflow(channel)[0] - before
+        for delivery in cards:
+            if not self.store.claim_delivery(delivery.id, self.clock()):
+                continue
+            result = await self._send(adapter, delivery)
+            self._record(delivery, result, report)
+            if result.channel_gone or result.retry_after is not None:
+                return  # the channel is gone, or told us to wait: the rest waits too
+        if batch and not self.store.channel_settings(channel).paused:
+            await self._post_digest(adapter, channel, batch, "more new paper", report)
 
     def _adapter(self, channel: ChannelRef) -> Adapter | None:
         """The adapter for the channel's platform; None (said once per platform) if none runs."""
