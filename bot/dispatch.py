@@ -58,6 +58,9 @@ class Dispatcher:
         self.cards_per_cycle = cards_per_cycle
         self.max_concurrent_channels = max(max_concurrent_channels, 1)
         self._warned: set[str] = set()
+        # A channel told to wait (429 Retry-After) is left alone until then, the rest of its
+        # burst included, so the next sweeps do not knock again before the time it gave.
+        self._paused_until: dict[ChannelRef, datetime] = {}
 
     async def dispatch(self) -> DispatchReport:
         """Send what is due, channels side by side: each gets up to `cards_per_cycle` cards, then one digest.
@@ -104,6 +107,9 @@ class Dispatcher:
         if adapter is None:
             report.waiting += due
             return
+        if self._paused_until.get(channel, now) > now:
+            return
+        self._paused_until.pop(channel, None)
         before = self.store.unannounced_overflow(channel)[0]
         cards, batch = self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
         report.overflow += self.store.unannounced_overflow(channel)[0] - before
@@ -112,6 +118,8 @@ class Dispatcher:
                 continue
             result = await self._send(adapter, delivery)
             self._record(delivery, result, report)
+            if result.retry_after is not None:
+                self._paused_until[channel] = self.clock() + timedelta(seconds=result.retry_after)
             if result.channel_gone or result.retry_after is not None:
                 return  # the channel is gone, or told us to wait: the rest waits too
         if batch and not self.store.channel_settings(channel).paused:
