@@ -13,7 +13,8 @@ the same scale. Channels are served --concurrency at a time ([delivery] max_conc
 ideal_s is what the per-channel limits allow with that many channels in flight: a channel's
 --papers messages need (papers - 1) * interval from its first to its last, and then its
 place goes to the next channel, so ceil(channels / concurrency) * (papers - 1) * interval
-(request round trips and the bot's own work count as overhead). Every channel is then checked to have
+(request round trips and the bot's own work count as overhead). ideal_unbounded_s is
+(papers - 1) * interval, every channel at once: what the per-channel limits alone allow. Every channel is then checked to have
 received exactly its papers (lost, duplicated). 429s are counted (count_429).
 Last line: one JSON object. Figures, not assertions: see docs/benchmarks.md.
 """
@@ -85,7 +86,8 @@ def received(fake, platform: str) -> dict[str, list[str]]:
     if platform == "slack":
         return {channel: [m["metadata"]["event_payload"]["paper_id"] for m in messages]
                 for channel, messages in fake.messages.items()}
-    return {channel: [paper_of(json.dumps(m["embeds"])) for m in messages] for channel, messages in fake.messages.items()}
+    return {channel: [paper_of(json.dumps(m["embeds"])) for m in messages]
+            for channel, messages in fake.messages.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "elapsed_s": round(elapsed, 3),
         "ideal_s": round(ideal, 3),
         "ratio_to_ideal": round(elapsed / ideal, 3) if ideal else None,
+        "ideal_unbounded_s": round((args.papers - 1) * args.interval, 3),
         "messages_per_s": round(messages / elapsed, 1) if elapsed else None,
         "count_429": count_429,
         "lost": lost,

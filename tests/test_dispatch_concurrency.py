@@ -58,8 +58,8 @@ def slack_received(slack):
 
 def most_in_flight(post_times):
     """The most channels whose first-to-last post spans overlap (1: served one after another)."""
-    edges = sorted([(times[0], 1) for times in post_times.values()] + [(times[-1], -1) for times in post_times.values()],
-                   key=lambda edge: (edge[0], edge[1]))  # an end before a start at the same instant
+    spans = [(times[0], times[-1]) for times in post_times.values()]
+    edges = sorted([(first, 1) for first, _ in spans] + [(last, -1) for _, last in spans])  # ends first on ties
     most = current = 0
     for _, step in edges:
         current += step
@@ -75,7 +75,7 @@ async def test_twenty_slack_channels_side_by_side_each_at_its_pace(store, slack)
     assert report.sent == 20 * PAPERS and report.retrying == report.failed == 0
     assert slack_received(slack) == {c.channel_id: ids for c in channels}  # each paper once, in order
     for times in slack.post_times.values():  # the fake's own clock: each channel's posts at its pace
-        assert all(later - earlier >= INTERVAL for earlier, later in zip(times, times[1:]))
+        assert all(later - earlier >= INTERVAL for earlier, later in zip(times, times[1:], strict=False))
     assert slack.rate_limited == 0  # the adapter paced itself: no 429 was needed to slow it down
     assert 1 < most_in_flight(slack.post_times) <= 8  # concurrent, and within the bound
 
@@ -102,7 +102,7 @@ async def test_twenty_discord_channels_paced_by_discord_py_from_the_rate_limit_h
                 for channel, messages in discord_api.messages.items()}
     assert received == {c.channel_id: ids for c in channels}
     for times in discord_api.post_times.values():
-        assert all(later - earlier >= INTERVAL for earlier, later in zip(times, times[1:]))
+        assert all(later - earlier >= INTERVAL for earlier, later in zip(times, times[1:], strict=False))
     assert discord_api.rate_limited == 0  # discord.py waited on X-RateLimit-Reset-After instead
     assert most_in_flight(discord_api.post_times) > 1
 
