@@ -14,8 +14,9 @@ ideal_s is what the per-channel limits allow with that many channels in flight: 
 --papers messages need (papers - 1) * interval from its first to its last, and then its
 place goes to the next channel, so ceil(channels / concurrency) * (papers - 1) * interval
 (request round trips and the bot's own work count as overhead). ideal_unbounded_s is
-(papers - 1) * interval, every channel at once: what the per-channel limits alone allow. Every channel is then checked to have
-received exactly its papers (lost, duplicated). 429s are counted (count_429).
+(papers - 1) * interval, every channel at once: what the per-channel limits alone allow.
+Every channel is then checked to have received exactly its papers (lost, duplicated).
+429s are counted (count_429).
 Last line: one JSON object. Figures, not assertions: see docs/benchmarks.md.
 """
 

@@ -6,7 +6,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
+from functools import partial
+from typing import Awaitable, Callable, Sequence
 
 from storage import Store
 
@@ -75,31 +76,38 @@ class Dispatcher:
         Platforms limit posting per channel (Slack about one message a second, Discord what
         its rate-limit headers say), so a channel's messages go out one after another at that
         pace, while up to `max_concurrent_channels` channels are served at once, the channel
-        waiting longest first. A channel told to wait (a 429) stops for this sweep; the others
-        go on. Storage calls are short and synchronous, so no two of them interleave; a
+        waiting longest first. A channel told to wait (a 429's Retry-After) stops, and is left
+        alone until then; the others go on. Storage calls are short and synchronous, so no two of them interleave; a
         delivery is claimed before it is sent, so no two tasks (or processes) send it.
         """
         report = DispatchReport()
         now = self.clock()
-        due = self.store.due_channels(now)
-        queue = iter(due)  # shared by the workers: each channel is taken by exactly one
+        await self._side_by_side([partial(self._serve_channel, channel, due, now, report)
+                                  for channel, due in self.store.due_channels(now)])
+        return report
+
+    async def _side_by_side(self, jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
+        """Run `jobs` (one per channel) at most `max_concurrent_channels` at a time, in order.
+
+        One that raises (a busy database, say) lets the ones in flight finish, starts no
+        more, and its error is raised. Cancelled (shutdown, a kill), every job is: rows
+        mid-send stay 'sending' and `recover` settles them (found sent, or released) at
+        the next start."""
+        queue = iter(jobs)  # shared by the workers: each job is taken by exactly one
         errors: list[Exception] = []
 
         async def worker() -> None:
-            for channel, count in queue:
+            for job in queue:
                 try:
-                    await self._serve_channel(channel, count, now, report)
-                except Exception as exc:  # e.g. a busy database: the channels in flight finish first
+                    await job()
+                except Exception as exc:
                     errors.append(exc)
                 if errors:
                     return
 
-        # Cancelled (shutdown, a kill), gather cancels every worker: rows mid-send stay
-        # 'sending' and `recover` settles them (found sent, or released) at the next start.
-        await asyncio.gather(*(worker() for _ in range(min(self.max_concurrent_channels, len(due)))))
+        await asyncio.gather(*(worker() for _ in range(min(self.max_concurrent_channels, len(jobs)))))
         if errors:
             raise errors[0]
-        return report
 
     async def _serve_channel(self, channel: ChannelRef, due: int, now: datetime, report: DispatchReport) -> None:
         """One channel's share of a sweep: its cards one after another, then its digest."""
@@ -189,6 +197,7 @@ class Dispatcher:
         """Send every digest that is due: one message per channel with all it is owed."""
         report = DispatchReport()
         now = self.clock()
+        jobs: list[Callable[[], Awaitable[None]]] = []
         for settings in self.store.digest_channels():
             due = digest_due(settings, now)
             if due is None:
@@ -197,7 +206,8 @@ class Dispatcher:
             if adapter is None:
                 report.waiting += 1
                 continue
-            await self._send_digest(adapter, settings, due, report)
+            jobs.append(partial(self._send_digest, adapter, settings, due, report))
+        await self._side_by_side(jobs)  # one message per channel: the channels side by side
         return report
 
     async def _send_digest(self, adapter: Adapter, settings: ChannelSettings, due: datetime,
