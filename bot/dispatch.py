@@ -60,8 +60,9 @@ class Dispatcher:
         self.max_concurrent_channels = max(max_concurrent_channels, 1)
         self._warned: set[str] = set()
         # A channel told to wait (429 Retry-After) is left alone until then, the rest of its
-        # burst included, so the next sweeps do not knock again before the time it gave.
-        self._paused_until: dict[ChannelRef, datetime] = {}
+        # burst included, so the next sweeps do not knock again before the time it gave; a
+        # platform (keyed by its name) when the wait is for all its channels (a refused token).
+        self._paused_until: dict[ChannelRef | str, datetime] = {}
 
     async def dispatch(self) -> DispatchReport:
         """Send what is due, channels side by side: each gets up to `cards_per_cycle` cards, then one digest.
@@ -115,23 +116,40 @@ class Dispatcher:
         if adapter is None:
             report.waiting += due
             return
-        if self._paused_until.get(channel, now) > now:
+        if self._waiting(channel, now):
             return
-        self._paused_until.pop(channel, None)
         before = self.store.unannounced_overflow(channel)[0]
         cards, batch = self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
         report.overflow += self.store.unannounced_overflow(channel)[0] - before
         for delivery in cards:
+            if self._waiting(channel.platform, self.clock()):
+                return  # another channel learned that the whole platform must wait
             if not self.store.claim_delivery(delivery.id, self.clock()):
                 continue
             result = await self._send(adapter, delivery)
             self._record(delivery, result, report)
-            if result.retry_after is not None:
-                self._paused_until[channel] = self.clock() + timedelta(seconds=result.retry_after)
+            self._pause(channel, result)
             if result.channel_gone or result.retry_after is not None:
                 return  # the channel is gone, or told us to wait: the rest waits too
-        if batch and not self.store.channel_settings(channel).paused:
+        if batch and not self._waiting(channel.platform, self.clock()) \
+                and not self.store.channel_settings(channel).paused:
             await self._post_digest(adapter, channel, batch, "more new paper", report)
+
+    def _pause(self, channel: ChannelRef, result: PostResult) -> None:
+        """Told to wait (a 429, a refused token): leave the channel, or its platform, alone until then."""
+        if result.retry_after is not None:
+            key: ChannelRef | str = channel.platform if result.platform_wide else channel
+            self._paused_until[key] = self.clock() + timedelta(seconds=result.retry_after)
+
+    def _waiting(self, key: ChannelRef | str, now: datetime) -> bool:
+        """True while a channel, or its platform (a platform's name), must wait: a 429, a refused token."""
+        until = self._paused_until.get(key)
+        if until is not None and until <= now:
+            del self._paused_until[key]
+            until = None
+        if until is not None:
+            return True
+        return isinstance(key, ChannelRef) and self._waiting(key.platform, now)
 
     def _adapter(self, channel: ChannelRef) -> Adapter | None:
         """The adapter for the channel's platform; None (said once per platform) if none runs."""
@@ -206,6 +224,8 @@ class Dispatcher:
             if adapter is None:
                 report.waiting += 1
                 continue
+            if self._waiting(settings.channel, now):
+                continue  # a 429 or a refused token: tried again after the wait, still in this slot
             jobs.append(partial(self._send_digest, adapter, settings, due, report))
         await self._side_by_side(jobs)  # one message per channel: the channels side by side
         return report
@@ -240,6 +260,7 @@ class Dispatcher:
             log.exception("digest for %s raised", channel)
             result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
         now = self.clock()
+        self._pause(channel, result)
         if result.channel_gone:
             for delivery in claimed:
                 self.store.reschedule_delivery(delivery.id, result.error or "channel gone", now)

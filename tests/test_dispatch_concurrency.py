@@ -162,6 +162,45 @@ async def test_an_interrupted_fan_out_loses_nothing_and_doubles_nothing(store, s
     assert store.delivery_counts().get("sent") == 20 * PAPERS
 
 
+async def test_a_refused_token_stops_the_whole_platform_not_each_channel_in_turn(store, slack):
+    channels = slack_channels(10)
+    fill(store, channels)
+    slack.script("chat.postMessage", *[(200, {"ok": False, "error": "invalid_auth"}, {})] * 3)
+    adapter = SlackAdapter(make_web_client("xoxb-test-token", slack.api_url), min_interval=INTERVAL)
+    dispatcher = Dispatcher(store, {"slack": adapter}, cards_per_cycle=PAPERS, max_concurrent_channels=3)
+    report = await dispatcher.dispatch()
+    # The three channels in flight learned it together; the seven others were not tried.
+    assert len(slack.called("chat.postMessage")) == 3 and report.retrying == 3 and report.sent == 0
+    assert sum(store.count_pending(c) for c in channels) == 10 * PAPERS  # nothing lost
+    again = await dispatcher.dispatch()  # and the next sweeps wait too (TOKEN_REFUSED_WAIT)
+    assert again.sent == again.retrying == 0 and len(slack.called("chat.postMessage")) == 3
+
+
+async def test_an_interrupted_discord_fan_out_loses_nothing_and_doubles_nothing(store, discord_api):
+    channels = [ChannelRef("discord", str(500 + n)) for n in range(12)]
+    ids = fill(store, channels)
+    adapter = DiscordAdapter("discord-test-token")
+    sweep = asyncio.create_task(Dispatcher(store, {"discord": adapter}, cards_per_cycle=PAPERS).dispatch())
+    while sum(len(m) for m in discord_api.messages.values()) < 8:
+        await asyncio.sleep(0.005)
+    sweep.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sweep
+    await adapter.close()
+    assert sum(len(m) for m in discord_api.messages.values()) < 12 * PAPERS
+    restarted_adapter = DiscordAdapter("discord-test-token")
+    try:
+        restarted = Dispatcher(store, {"discord": restarted_adapter}, cards_per_cycle=PAPERS)
+        await restarted.recover()
+        await restarted.dispatch()
+    finally:
+        await restarted_adapter.close()
+    got = {channel: Counter(json.dumps(m["embeds"]).split("/abs/")[1][:10] for m in messages)
+           for channel, messages in discord_api.messages.items()}
+    assert got == {c.channel_id: Counter(ids) for c in channels}
+    assert store.delivery_counts().get("sent") == 12 * PAPERS
+
+
 @pytest.mark.parametrize("platform", ["slack", "discord"])
 def test_bench_fanout_small(platform, capsys):
     figures = fanout(["--channels", "6", "--papers", "3", "--platform", platform, "--interval", "0.02"])
