@@ -34,7 +34,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bot.adapters.discord_adapter import DiscordAdapter, set_api_base
+from bot.adapters.discord_adapter import DiscordAdapter
 from bot.adapters.slack_adapter import SlackAdapter, make_web_client
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, Match, Paper
@@ -66,8 +66,7 @@ async def run(args: argparse.Namespace, fake, store: Store, refs: list[ChannelRe
     if args.platform == "slack":
         adapter = SlackAdapter(make_web_client("xoxb-fanout-bench", fake.api_url), min_interval=args.interval)
     else:
-        set_api_base(fake.api_base)
-        adapter = DiscordAdapter("fanout-bench-token")
+        adapter = DiscordAdapter("fanout-bench-token", api_base=fake.api_base)
     dispatcher = Dispatcher(store, {args.platform: adapter}, lambda: NOW, cards_per_cycle=args.papers,
                             max_concurrent_channels=args.concurrency)
     started = time.perf_counter()

@@ -78,8 +78,9 @@ class Dispatcher:
         its rate-limit headers say), so a channel's messages go out one after another at that
         pace, while up to `max_concurrent_channels` channels are served at once, the channel
         waiting longest first. A channel told to wait (a 429's Retry-After) stops, and is left
-        alone until then; the others go on. Storage calls are short and synchronous, so no two of them interleave; a
-        delivery is claimed before it is sent, so no two tasks (or processes) send it.
+        alone until then; the others go on. Storage calls are short and synchronous, so no
+        two of them interleave; a delivery is claimed before it is sent, so no two tasks (or
+        processes) send it.
         """
         report = DispatchReport()
         now = self.clock()
@@ -182,16 +183,15 @@ class Dispatcher:
         Where the adapter can tell (`find_sent`: on Slack the bot's own message carrying
         the paper's metadata, on Discord its own message with the paper's link, in the
         channel's recent history), a message that went out is recorded as sent;
-        everything else goes back to pending.
+        everything else (the console cannot tell: None) goes back to pending.
         """
         found = released = 0
         for delivery, claimed_at in self.store.unfinished_deliveries():
             adapter = self.adapters.get(delivery.channel.platform)
-            finder = getattr(adapter, "find_sent", None)
             message_id = None
-            if finder is not None and claimed_at is not None:
+            if adapter is not None and claimed_at is not None:
                 try:
-                    message_id = await finder(delivery.channel, delivery.paper_id, claimed_at)
+                    message_id = await adapter.find_sent(delivery.channel, delivery.paper_id, claimed_at)
                 except Exception:
                     log.exception("looking for %s in %s failed; it will be sent again", delivery.paper_id,
                                   delivery.channel)

@@ -7,7 +7,6 @@ import json
 from collections import Counter
 
 import pytest
-from discord.http import Route
 
 from bench.fanout import main as fanout
 from bot.adapters.discord_adapter import DiscordAdapter
@@ -32,10 +31,9 @@ def slack():
 
 
 @pytest.fixture
-def discord_api(monkeypatch):
+def discord_api():
     with FakeDiscord() as server:
         server.min_interval = INTERVAL
-        monkeypatch.setattr(Route, "BASE", server.api_base)  # restored after the test
         yield server
 
 
@@ -92,7 +90,7 @@ async def test_one_channel_at_a_time_when_so_configured(store, slack):
 async def test_twenty_discord_channels_paced_by_discord_py_from_the_rate_limit_headers(store, discord_api):
     channels = [ChannelRef("discord", str(500 + n)) for n in range(20)]
     ids = fill(store, channels)
-    adapter = DiscordAdapter("discord-test-token")
+    adapter = DiscordAdapter("discord-test-token", api_base=discord_api.api_base)
     try:
         report = await Dispatcher(store, {"discord": adapter}, cards_per_cycle=PAPERS).dispatch()
     finally:
@@ -129,7 +127,7 @@ async def test_a_long_discord_rate_limit_on_one_channel_stalls_only_that_channel
     ids = fill(store, channels)
     discord_api.script("503", (429, {"message": "You are being rate limited.", "retry_after": 300.0, "global": False},
                                {"Via": "1.1 google", "Retry-After": "300"}))
-    adapter = DiscordAdapter("discord-test-token", max_ratelimit_timeout=60.0)
+    adapter = DiscordAdapter("discord-test-token", api_base=discord_api.api_base, max_ratelimit_timeout=60.0)
     try:
         report = await Dispatcher(store, {"discord": adapter}, cards_per_cycle=PAPERS).dispatch()
     finally:
@@ -179,7 +177,7 @@ async def test_a_refused_token_stops_the_whole_platform_not_each_channel_in_turn
 async def test_an_interrupted_discord_fan_out_loses_nothing_and_doubles_nothing(store, discord_api):
     channels = [ChannelRef("discord", str(500 + n)) for n in range(12)]
     ids = fill(store, channels)
-    adapter = DiscordAdapter("discord-test-token")
+    adapter = DiscordAdapter("discord-test-token", api_base=discord_api.api_base)
     sweep = asyncio.create_task(Dispatcher(store, {"discord": adapter}, cards_per_cycle=PAPERS).dispatch())
     while sum(len(m) for m in discord_api.messages.values()) < 8:
         await asyncio.sleep(0.005)
@@ -188,7 +186,7 @@ async def test_an_interrupted_discord_fan_out_loses_nothing_and_doubles_nothing(
         await sweep
     await adapter.close()
     assert sum(len(m) for m in discord_api.messages.values()) < 12 * PAPERS
-    restarted_adapter = DiscordAdapter("discord-test-token")
+    restarted_adapter = DiscordAdapter("discord-test-token", api_base=discord_api.api_base)
     try:
         restarted = Dispatcher(store, {"discord": restarted_adapter}, cards_per_cycle=PAPERS)
         await restarted.recover()
