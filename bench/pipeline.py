@@ -180,13 +180,13 @@ async def measure(workload: Workload, directory: Path, port: int) -> dict:
             pinger = Pinger(f"http://127.0.0.1:{port}/slack/events", slack.url).start()
             while not pinger.acks:  # the endpoint answers: measuring starts
                 await asyncio.sleep(0.05)
-            watch = LoopWatch(STALL_LOG_MS, record=True, logger=log).start()
+            watch = LoopWatch(STALL_LOG_MS, record=True, profile=True, logger=log).start()
             await asyncio.sleep(1.0)  # the idle loop, for comparison
 
             started = time.perf_counter()
             app.poller.sync_subscriptions()  # on the loop, as the bot's first poll does it
             index_load_s = time.perf_counter() - started
-            await asyncio.sleep(0)
+            await asyncio.sleep(1.0)  # the commands that waited are answered: two stalls, not one
 
             started = time.perf_counter()
             report = await app.poller.poll(BenchSource(workload.papers))
@@ -237,6 +237,7 @@ async def measure(workload: Workload, directory: Path, port: int) -> dict:
         "replies": len(reply_ms),
         "reply_p50_ms": round(statistics.median(reply_ms), 1) if reply_ms else None,
         "reply_max_ms": round(max(reply_ms), 1) if reply_ms else None,
+        "stall_profile_s": watch.profile_top(),
         "fill_s": round(fill_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **{f"workload_{key}": value for key, value in workload.info.items() if not isinstance(value, dict)},

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 import time
 import traceback
+from collections import Counter
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 0.01
 STACK_LINES = 30  # innermost frames kept in the log line
+PROJECT_PACKAGES = ("bot", "storage", "handlers")
 
 
 class LoopWatch:
@@ -36,11 +39,15 @@ class LoopWatch:
     """
 
     def __init__(self, threshold_ms: float = 250.0, *, heartbeat: float = HEARTBEAT_SECONDS,
-                 record: bool = False, logger: logging.Logger = log):
+                 record: bool = False, profile: bool = False, logger: logging.Logger = log):
         self.threshold = threshold_ms / 1000
         self.heartbeat = heartbeat
         self.record = record
         self.log = logger
+        # With `profile`, the loop thread's stack is sampled all through every stall: where
+        # (the project's functions, outer to inner, and the innermost frame) -> samples.
+        self.profile: Counter[str] | None = Counter() if profile else None
+        self.profile_interval = 0.0
         self.samples: list[float] = []  # each heartbeat's lateness, in seconds (when recording)
         self.stalls: list[tuple[float, str]] = []  # (seconds, stack) of each reported stall
         self._last = time.monotonic()
@@ -78,7 +85,7 @@ class LoopWatch:
             self._handle = self._loop.call_later(self.heartbeat, self._beat, now + self.heartbeat)
 
     def _watch(self) -> None:
-        check = max(min(self.threshold / 5, 0.05), 0.005)
+        check = self.profile_interval = max(min(self.threshold / 5, 0.05), 0.005)
         reported: float | None = None  # the heartbeat of the stall already reported
         while not self._stop.wait(check):
             with self._lock:
@@ -94,6 +101,8 @@ class LoopWatch:
                 self.stalls.append((stalled, stack))
                 self.log.warning("event loop stalled for %.0f ms so far (over %.0f ms); the loop thread is at:\n%s",
                                  stalled * 1000, self.threshold * 1000, stack)
+            if reported is not None and self.profile is not None:
+                self.profile[self._where()] += 1
 
     def _stack(self) -> str:
         frame = sys._current_frames().get(self._loop_thread)
@@ -101,6 +110,29 @@ class LoopWatch:
             return "  (the loop thread is gone)"
         lines = traceback.format_stack(frame)
         return "".join(lines[-STACK_LINES:]).rstrip()
+
+    def _where(self) -> str:
+        """`poller._poll > deliveries.enqueue | db.py:execute`: our frames, then the innermost one."""
+        frame = sys._current_frames().get(self._loop_thread)
+        if frame is None:
+            return "?"
+        inner = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_code.co_name}"
+        ours = []
+        while frame is not None:
+            path = frame.f_code.co_filename
+            if any(f"{os.sep}{part}{os.sep}" in path for part in PROJECT_PACKAGES) and path != __file__:
+                ours.append(f"{os.path.basename(path)[:-3]}.{frame.f_code.co_name}")
+            frame = frame.f_back
+        ours.reverse()
+        if len(ours) > 4:
+            ours = [*ours[:2], "...", *ours[-2:]]
+        return f"{' > '.join(ours)} | {inner}"
+
+    def profile_top(self, n: int = 8) -> list[tuple[str, float]]:
+        """The most sampled places during stalls, with the seconds they account for."""
+        if not self.profile:
+            return []
+        return [(where, round(count * self.profile_interval, 2)) for where, count in self.profile.most_common(n)]
 
     # ---- figures for the benchmarks ----
 
