@@ -112,27 +112,24 @@ class LoopWatch:
         return "".join(lines[-STACK_LINES:]).rstrip()
 
     def _where(self) -> str:
-        """`poller._poll > deliveries.enqueue | db.py:execute`: our frames, then the innermost one."""
+        """`poller._poll > deliveries.enqueue | sqlite_utils/db.py:execute`: the project's
+        frames, outer to inner, then the innermost frame of all."""
         frame = sys._current_frames().get(self._loop_thread)
         if frame is None:
             return "?"
-        inner = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_code.co_name}"
+        path = frame.f_code.co_filename
+        inner = f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}:{frame.f_code.co_name}"
         ours = []
         while frame is not None:
             path = frame.f_code.co_filename
             if any(f"{os.sep}{part}{os.sep}" in path for part in PROJECT_PACKAGES) and path != __file__:
                 ours.append(f"{os.path.basename(path)[:-3]}.{frame.f_code.co_name}")
             frame = frame.f_back
-        ours.reverse()
-        if len(ours) > 4:
-            ours = [*ours[:2], "...", *ours[-2:]]
-        return f"{' > '.join(ours)} | {inner}"
+        return f"{' > '.join(reversed(ours))} | {inner}"
 
-    def profile_top(self, n: int = 8) -> list[tuple[str, float]]:
-        """The most sampled places during stalls, with the seconds they account for."""
-        if not self.profile:
-            return []
-        return [(where, round(count * self.profile_interval, 2)) for where, count in self.profile.most_common(n)]
+    def profile_seconds(self) -> dict[str, float]:
+        """Every place sampled during stalls, with the seconds it accounts for, most first."""
+        return {where: count * self.profile_interval for where, count in (self.profile or Counter()).most_common()}
 
     # ---- figures for the benchmarks ----
 

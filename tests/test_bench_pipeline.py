@@ -17,7 +17,8 @@ from bot.query import parse_query
 FIELDS = ("workload", "subscriptions", "distinct_queries", "papers", "history_papers", "new", "queued", "matches",
           "matches_per_paper", "match_rate", "candidates_per_paper", "index_load_s", "poll_s", "papers_per_s",
           "loop_stall_max_ms", "loop_stall_p99_ms", "stalls_over_250ms", "commands", "ack_p50_ms", "ack_max_ms",
-          "acks_over_3s", "acks_failed", "replies", "reply_p50_ms", "reply_max_ms", "peak_rss_mb", "seed")
+          "acks_over_3s", "acks_failed", "replies", "reply_p50_ms", "reply_max_ms", "stall_split_s", "stall_top_s",
+          "peak_rss_mb", "seed")
 
 
 @pytest.mark.parametrize("workload", ["real", "zipf"])

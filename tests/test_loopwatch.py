@@ -37,8 +37,8 @@ async def test_a_stall_is_logged_with_the_stack_of_the_blocking_function(caplog)
     assert watch.max_ms() >= 350
     assert watch.percentile_ms(0.5) <= watch.max_ms()
     # The stall was sampled after it was seen, for the benchmarks' "where the time went".
-    (where, seconds), *_ = watch.profile_top()
-    assert where.endswith("| test_loopwatch.py:hold_the_loop_with_a_blocking_call") and seconds > 0
+    (where, seconds), *_ = watch.profile_seconds().items()
+    assert where.endswith("| tests/test_loopwatch.py:hold_the_loop_with_a_blocking_call") and seconds > 0
 
 
 async def test_an_idle_loop_reports_no_stall(caplog):
