@@ -144,6 +144,27 @@ class Pinger:
             self.acks.append((n, time.perf_counter() - started, 0))
 
 
+def time_parts(app: App) -> dict[str, float]:
+    """Seconds the poll spends in each of its parts, added up call by call (exact, unlike the
+    stall profile's samples): the store's writes, and the matcher."""
+    spent = {"add_papers": 0.0, "match": 0.0, "enqueue": 0.0, "sync_subscriptions": 0.0}
+    owners = {"add_papers": app.store, "match": app.poller.matcher, "enqueue": app.store,
+              "sync_subscriptions": app.poller}
+
+    def timed(name: str, func):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - started
+        return wrapper
+
+    for name, owner in owners.items():
+        setattr(owner, name, timed(name, getattr(owner, name)))
+    return spent
+
+
 # Frames that only pass the work on: a stall is put down to the first frame below them.
 PASSING_ON = {"poller.poll", "poller._poll", "store.guarded"}
 
@@ -154,7 +175,9 @@ def stall_profile(seconds: dict[str, float]) -> dict:
     `stall_split_s`: by the first of the bot's functions below the poll (the enqueue, the
     matcher, add_papers, sync_subscriptions; `db.immediate` right under the poll is the
     commit of its transaction). `stall_top_s`: the innermost of the bot's functions and the
-    innermost frame of all (SQLite calls show as sqlite_utils/db.py:execute).
+    innermost frame of all (SQLite calls show as sqlite_utils/db.py:execute). Samples lean
+    towards calls that release the GIL (SQLite's), where the sampling thread gets it at once,
+    less so with the switch interval LoopWatch sets: `poll_split_s` has exact figures.
     """
     split: dict[str, float] = {}
     top: dict[str, float] = {}
@@ -216,9 +239,11 @@ async def measure(workload: Workload, directory: Path, port: int) -> dict:
             index_load_s = time.perf_counter() - started
             await asyncio.sleep(1.0)  # the commands that waited are answered: two stalls, not one
 
+            split = time_parts(app)
             started = time.perf_counter()
             report = await app.poller.poll(BenchSource(workload.papers))
             poll_s = time.perf_counter() - started
+            split["other"] = poll_s - sum(split.values())
             await asyncio.sleep(1.0)
             watch.stop()
             # The commands still waiting get their answers once the loop is free.
@@ -265,6 +290,7 @@ async def measure(workload: Workload, directory: Path, port: int) -> dict:
         "replies": len(reply_ms),
         "reply_p50_ms": round(statistics.median(reply_ms), 1) if reply_ms else None,
         "reply_max_ms": round(max(reply_ms), 1) if reply_ms else None,
+        "poll_split_s": {k: round(v, 2) for k, v in split.items()},
         **stall_profile(watch.profile_seconds()),
         "fill_s": round(fill_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -17,8 +17,8 @@ from bot.query import parse_query
 FIELDS = ("workload", "subscriptions", "distinct_queries", "papers", "history_papers", "new", "queued", "matches",
           "matches_per_paper", "match_rate", "candidates_per_paper", "index_load_s", "poll_s", "papers_per_s",
           "loop_stall_max_ms", "loop_stall_p99_ms", "stalls_over_250ms", "commands", "ack_p50_ms", "ack_max_ms",
-          "acks_over_3s", "acks_failed", "replies", "reply_p50_ms", "reply_max_ms", "stall_split_s", "stall_top_s",
-          "peak_rss_mb", "seed")
+          "acks_over_3s", "acks_failed", "replies", "reply_p50_ms", "reply_max_ms", "poll_split_s",
+          "stall_split_s", "stall_top_s", "peak_rss_mb", "seed")
 
 
 @pytest.mark.parametrize("workload", ["real", "zipf"])
@@ -40,6 +40,7 @@ def test_a_tiny_pipeline_run_reports_consistent_figures(capsys, workload):
     assert figures["acks_failed"] == 0 and figures["replies"] == figures["commands"]
     assert figures["ack_p50_ms"] <= figures["ack_max_ms"] and figures["reply_p50_ms"] <= figures["reply_max_ms"]
     assert figures["loop_stall_p99_ms"] <= figures["loop_stall_max_ms"]
+    assert set(figures["poll_split_s"]) == {"add_papers", "match", "enqueue", "sync_subscriptions", "other"}
     assert figures["papers_per_s"] == pytest.approx(40 / figures["poll_s"], rel=0.2)  # poll_s is rounded
 
 

@@ -19,6 +19,7 @@ def hold_the_loop_with_a_blocking_call():
 
 async def test_a_stall_is_logged_with_the_stack_of_the_blocking_function(caplog):
     caplog.set_level(logging.WARNING, logger="bot.loopwatch")
+    switch_interval = sys.getswitchinterval()
     watch = LoopWatch(250, record=True, profile=True).start()
     try:
         await asyncio.sleep(0.05)
@@ -39,6 +40,7 @@ async def test_a_stall_is_logged_with_the_stack_of_the_blocking_function(caplog)
     # The stall was sampled after it was seen, for the benchmarks' "where the time went".
     (where, seconds), *_ = watch.profile_seconds().items()
     assert where.endswith("| tests/test_loopwatch.py:hold_the_loop_with_a_blocking_call") and seconds > 0
+    assert sys.getswitchinterval() == switch_interval  # profiling shortened it only while it ran
 
 
 async def test_an_idle_loop_reports_no_stall(caplog):
