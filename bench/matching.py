@@ -83,7 +83,7 @@ def make_papers(n: int, vocab: Zipf, authors: list[str], rng: random.Random) -> 
                 summary=" ".join(vocab.draw(rng.randint(200, 300))) + ".",
                 authors=tuple(rng.sample(authors, rng.randint(1, 8))),
                 categories=tuple(rng.sample(CATEGORIES, rng.randint(1, 3))),
-                source=rng.choice(["hf", "arxiv", "arxiv"]),
+                source=rng.choice(["huggingface", "arxiv", "arxiv"]),
                 upvotes=rng.choice([None, rng.randint(0, 5), rng.randint(0, 200)]),
                 organization=rng.choice(ORGS),
             )
@@ -121,7 +121,7 @@ def make_query(topic: Zipf, authors: list[str], rng: random.Random) -> str:
         return f"{w()[0]} org:{rng.choice([o for o in ORGS if o]).split('(')[1].rstrip(')')}"
     if kind < 0.98:
         return f"{w()[0]} upvotes>={rng.randint(1, 50)}"
-    return f"{w()[0]} source:{rng.choice(['hf', 'arxiv'])}"
+    return f"{w()[0]} source:{rng.choice(['huggingface', 'arxiv'])}"
 
 
 def make_subscriptions(n: int, topic: Zipf, authors: list[str], rng: random.Random) -> list[Subscription]:

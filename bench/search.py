@@ -24,7 +24,7 @@ from pathlib import Path
 
 import handlers
 from bot.config import Secrets, parse_config
-from bot.models import ChannelRef, CommandRequest, Paper
+from bot.models import ChannelRef, Paper
 from storage import Store
 
 from .matching import SKIP_TOP, Zipf, make_authors, make_vocabulary
@@ -64,7 +64,7 @@ async def measure(ctx: handlers.Context, texts: list[str]) -> tuple[list[float],
     timings, answered = [], 0
     for text in texts:
         started = time.perf_counter()
-        reply = await handlers.handle(ctx, CommandRequest(ChannelRef("console", "bench"), "bench", text))
+        reply = await handlers.handle(ctx, handlers.request_from_text(ChannelRef("console", "bench"), "bench", text))
         timings.append((time.perf_counter() - started) * 1000)
         assert reply.ok, reply.text
         answered += bool(reply.cards)

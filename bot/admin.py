@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
 import tomllib
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
-from typing import Awaitable, Callable, TextIO
-
-import httpx
+from datetime import date, datetime
+from typing import Sequence, TextIO
 
 from storage import Store
 
 from .digest import parse_time, parse_weekday, zone
 from .errors import ImportFileError, QueryError, SourceError
-from .lookup import parse_api_feed
 from .models import DIGEST_MODES, ChannelRef, ChannelSettings, Paper
 from .query import normalize_query
-from .sources.base import get_bytes
-from .sources.huggingface import parse_daily_papers
+from .sources import PaperSource, spec
 from .text import plural
 
 log = logging.getLogger(__name__)
-
-ARXIV_DELAY = 3.0  # seconds between arXiv API requests (arXiv's terms of use)
-ARXIV_PAGE = 200
-ARXIV_LAG_DAYS = 3  # newer submissions may not be announced yet: the poller brings those
-
 
 # ---- backfill --------------------------------------------------------------------------
 
@@ -56,8 +46,10 @@ class BackfillReport:
     left_to_poller: list[str]  # what was not asked for, and why
 
     def lines(self) -> list[str]:
-        out = [f"backfill: stored {self.stored['huggingface']} new papers from Hugging Face "
-               f"and {self.stored['arxiv']} from arXiv"]
+        counts = [f"{count} {'new papers ' if not i else ''}from {_label(name)}"
+                  for i, (name, count) in enumerate(self.stored.items())]
+        stored = " and ".join(filter(None, (", ".join(counts[:-1]), counts[-1]))) if counts else "nothing"
+        out = [f"backfill: stored {stored}"]
         out += [f"backfill: not fetched: {note}" for note in self.left_to_poller]
         if self.failed:
             out.append(f"backfill: {plural(len(self.failed), 'day')} failed "
@@ -66,85 +58,48 @@ class BackfillReport:
         return out
 
 
+def _label(name: str) -> str:
+    found = spec(name)
+    return found.label if found else name
+
+
 async def backfill(
     store: Store,
-    client: httpx.AsyncClient,
+    sources: Sequence[PaperSource],
     *,
     days: int,
     today: date,
     now: datetime,
-    hf_base_url: str | None,
-    arxiv_api_url: str | None,
-    categories: tuple[str, ...] = (),
     progress: Progress | None = None,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    max_bytes: int = 20 * 1024 * 1024,
 ) -> BackfillReport:
-    """Store the listings of the `days` days before `today`. Nothing is posted.
+    """Store the listings of the `days` days before `today` from each of `sources`. Nothing is posted.
 
-    Hugging Face: one daily list per day. arXiv: API pages of the configured categories by
-    submission date, ending a few days back (newer papers are the poller's). Returns what
-    was stored per source, every day that failed with its reason, and what was left out.
+    Each source plans its days (Hugging Face: one daily list per day, not today's; arXiv:
+    API pages of the configured categories by submission date, ending a few days back,
+    since newer papers are the poller's) and paces its own requests. Returns what was
+    stored per source, every day that failed with its reason, and what was left out.
     """
-    hf_days = [today - timedelta(days=n) for n in range(days, 0, -1)] if hf_base_url else []
-    arxiv_days = [today - timedelta(days=n) for n in range(days, ARXIV_LAG_DAYS - 1, -1)] if arxiv_api_url else []
-    progress = progress or Progress(len(hf_days) + len(arxiv_days))
-    report = BackfillReport({"huggingface": 0, "arxiv": 0}, [], [])
-    if hf_base_url:
-        report.left_to_poller.append(f"Hugging Face today ({today}): its list is still growing; the poller "
-                                     "stores it")
-    if arxiv_api_url:
-        first = today - timedelta(days=min(ARXIV_LAG_DAYS - 1, days))
-        report.left_to_poller.append(
-            f"arXiv {first} to {today}: submissions of the last {ARXIV_LAG_DAYS} days may not be announced "
-            "yet, so their lists would be incomplete; the poller stores arXiv's announcements from its RSS feed")
-    for day in hf_days:
-        label = f"huggingface {day}"
-        try:
-            body = await get_bytes(client, "huggingface", f"{hf_base_url}/api/daily_papers",
-                                   params={"date": day.isoformat(), "limit": 100}, max_bytes=max_bytes)
-            papers = parse_daily_papers(body)
-        except SourceError as exc:
-            report.failed.append(("huggingface", day, exc.reason))
-            progress.step(f"{label}: failed ({exc.reason})")
-            continue
-        report.stored["huggingface"] += _store(store, papers, now)
-        progress.step(f"{label}: {len(papers)} listed")
-    for i, day in enumerate(arxiv_days):
-        label = f"arxiv {day}"
-        if i:
-            await sleep(ARXIV_DELAY)
-        try:
-            papers = await _arxiv_day(client, arxiv_api_url, categories, day, sleep, max_bytes)
-        except SourceError as exc:
-            report.failed.append(("arxiv", day, exc.reason))
-            progress.step(f"{label}: failed ({exc.reason})")
-            continue
-        report.stored["arxiv"] += _store(store, papers, now)
-        progress.step(f"{label}: {len(papers)} submitted")
+    plans = [(source, source.backfill_plan(days, today)) for source in sources]
+    progress = progress or Progress(sum(len(plan.days) for _, plan in plans))
+    report = BackfillReport({source.name: 0 for source in sources}, [], [])
+    report.left_to_poller += [plan.note for _, plan in plans if plan.note]
+    for source, plan in plans:
+        for day in plan.days:
+            label = f"{source.name} {day}"
+            try:
+                papers = await source.fetch_day(day)
+            except SourceError as exc:
+                report.failed.append((source.name, day, exc.reason))
+                progress.step(f"{label}: failed ({exc.reason})")
+                continue
+            report.stored[source.name] += _store(store, papers, now)
+            progress.step(f"{label}: {len(papers)} {plan.counted}")
     return report
 
 
 def _store(store: Store, papers: list[Paper], now: datetime) -> int:
     # History is stored as listed but never matched: subscriptions only get what comes next.
     return len(store.add_papers(papers, now))
-
-
-async def _arxiv_day(client, api_url, categories, day, sleep, max_bytes) -> list[Paper]:
-    stamp = day.strftime("%Y%m%d")
-    query = "(" + " OR ".join(f"cat:{c}" for c in categories) + f") AND submittedDate:[{stamp}0000 TO {stamp}2359]"
-    papers: list[Paper] = []
-    start = 0
-    while True:
-        params = {"search_query": query, "start": start, "max_results": ARXIV_PAGE,
-                  "sortBy": "submittedDate", "sortOrder": "ascending"}
-        body = await get_bytes(client, "arxiv", api_url, params=params, max_bytes=max_bytes)
-        page, total = parse_api_feed(body)
-        papers += page
-        start += ARXIV_PAGE
-        if not page or start >= total:
-            return papers
-        await sleep(ARXIV_DELAY)
 
 
 # ---- export / import ---------------------------------------------------------------------

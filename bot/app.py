@@ -13,7 +13,7 @@ import schedule
 import handlers
 from storage import Store
 
-from .adapters import Adapter, ConsoleAdapter, Running
+from .adapters import Adapter, Running, build_adapters
 from .clock import utcnow
 from .config import Config
 from .dispatch import Dispatcher, DispatchReport
@@ -21,8 +21,7 @@ from .errors import StorageError
 from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
 from .poller import Poller, SourceReport
-from .sources import ArxivSource, HuggingFaceSource, Source, make_client
-from .sources.base import ARXIV_INTERVAL, Pacer
+from .sources import Source, connect, make_client
 from .text import plural
 
 log = logging.getLogger(__name__)
@@ -51,43 +50,24 @@ class App:
         self.clock = clock
         self.store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
         self.http = make_client(config.http_timeout)
-        self.sources: list[Source] = []
-        arxiv_pacer = Pacer(ARXIV_INTERVAL)  # one arXiv request every 3 s, polls and lookups together
-        if config.huggingface.enabled:
-            self.sources.append(HuggingFaceSource(self.http, config.huggingface.base_url, config.max_response_bytes))
-        if config.arxiv.enabled:
-            self.sources.append(
-                ArxivSource(self.http, config.arxiv.base_url, config.arxiv.categories, config.max_response_bytes,
-                            pacer=arxiv_pacer)
-            )
-        self.adapters: dict[str, Adapter] = adapters if adapters is not None else self._default_adapters(stdout)
+        # One fetcher per registered source, shared by polls and lookups (so arXiv's one
+        # request every 3 s holds for both); the enabled ones are polled.
+        fetchers = connect(self.http, config.sources, config.max_response_bytes)
+        self.sources: list[Source] = [fetchers[name] for name, cfg in config.sources.items() if cfg.enabled]
+        if adapters is None:
+            adapters = build_adapters(config, stdout=stdout, complete=self.complete)
+        self.adapters: dict[str, Adapter] = adapters
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle)
-        self.lookup = PaperLookup(self.http, config.huggingface.base_url, config.arxiv.api_url,
-                                  config.max_response_bytes, arxiv_pacer=arxiv_pacer)
+        self.lookup = PaperLookup(list(fetchers.values()))
         self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
         self._recovered = False
 
-    def _default_adapters(self, stdout: TextIO | None) -> dict[str, Adapter]:
-        adapters: dict[str, Adapter] = {"console": ConsoleAdapter(stdout)}
-        token = self.config.secrets.get("SLACK_BOT_TOKEN")
-        if token:
-            from .adapters.slack_adapter import SlackAdapter, make_web_client
-
-            adapters["slack"] = SlackAdapter(make_web_client(token, self.config.slack.api_url))
-        token = self.config.secrets.get("DISCORD_TOKEN")
-        if token:
-            from .adapters.discord_adapter import DiscordAdapter, set_api_base
-
-            set_api_base(self.config.discord.api_base)
-            adapters["discord"] = DiscordAdapter(token)
-        return adapters
-
     async def start_frontends(self) -> None:
-        """Start the chat front-ends that have their tokens, and the metrics server (only `run`).
+        """Start the metrics server and each adapter's front-end (Adapter.start), only in `run`.
 
-        Each start function returns a Running at once: connecting, reconnecting with backoff and
+        Each start returns a Running at once (or None: nothing to start): connecting, reconnecting with backoff and
         giving up on a refused token happen in a background task it owns. One that fails or
         hangs anyway is logged and left off; the others still start.
         """
@@ -99,26 +79,10 @@ class App:
             if runner is not None:
                 self._frontends.append(Running(runner.cleanup))
                 log.info("health and metrics on port %d: /healthz, /metrics", self.config.metrics_port)
-        slack = self.adapters.get("slack")
-        if slack is not None and hasattr(slack, "client"):
-            from .adapters.slack_adapter import start_slack
-
-            frontend = await self._start("Slack", start_slack(slack.client, self.config, self.handle_command))
+        for adapter in self.adapters.values():
+            frontend = await self._start(adapter.platform.capitalize(), adapter.start(self.handle_command))
             if frontend is not None:
                 self._frontends.append(frontend)
-        discord_adapter = self.adapters.get("discord")
-        if discord_adapter is not None and hasattr(discord_adapter, "token"):
-            from .adapters.discord_adapter import DiscordAdapter, start_discord
-
-            # start_discord drives a DiscordAdapter's own gateway; any other adapter that merely
-            # has a token (a stand-in, say) is posted to, but has no gateway to start.
-            if isinstance(discord_adapter, DiscordAdapter):
-                summaries = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
-                frontend = await self._start("Discord", start_discord(discord_adapter, self.config,
-                                                                      self.handle_command, summaries,
-                                                                      self.store.subscriptions))
-                if frontend is not None:
-                    self._frontends.append(frontend)
 
     @staticmethod
     async def _start(name: str, start: Awaitable[T]) -> T | None:
@@ -144,8 +108,7 @@ class App:
                 log.error("stopping a front-end failed (%s: %s)", type(result).__name__, result)
 
     def interval(self, source: Source) -> float:
-        cfg = self.config.huggingface if source.name == "huggingface" else self.config.arxiv
-        return cfg.interval_minutes * 60
+        return self.config.sources[source.name].interval_minutes * 60
 
     async def handle_command(self, request: CommandRequest) -> Reply:
         """Run a /papers command; what it queued (a backfill, a resume) is sent right away.
@@ -161,6 +124,10 @@ class App:
             except Exception:
                 log.exception("sending what the command queued failed; the next sweep sends it")
         return reply
+
+    def complete(self, channel: ChannelRef, verb: str, param: str, typed: str) -> list[tuple[str, str]]:
+        """Suggestions while a command's parameter is typed (Discord's autocomplete)."""
+        return handlers.complete(self.context, channel, verb, param, typed)
 
     async def deliver(self) -> DispatchReport:
         """Send what is due: instant cards, then digests (after settling a crash's leftovers).
@@ -211,8 +178,8 @@ class App:
     async def aclose(self) -> None:
         """Close adapters, the HTTP client and the store; no step may hang (shutdown is bounded)."""
         try:  # all at once: CLOSE_SECONDS in total, whatever the number of adapters
-            closing = [_bounded(close(), CLOSE_SECONDS, f"closing the {getattr(adapter, 'platform', '?')} adapter")
-                       for adapter in self.adapters.values() if (close := getattr(adapter, "close", None))]
+            closing = [_bounded(adapter.close(), CLOSE_SECONDS, f"closing the {adapter.platform} adapter")
+                       for adapter in self.adapters.values()]
             await asyncio.gather(*closing, _bounded(self.http.aclose(), CLOSE_SECONDS, "closing the HTTP client"))
         finally:
             self.store.close()

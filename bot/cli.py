@@ -11,6 +11,7 @@ import sys
 import threading
 from typing import Any, Callable, Coroutine, Sequence, TextIO
 
+import handlers
 from storage import Store
 
 from .adapters.console import render_reply
@@ -20,7 +21,7 @@ from .config import Config, ConfigError, load_config
 from .errors import ImportFileError, StorageError
 from .loopwatch import start_watchdog
 from .models import ChannelRef, CommandRequest
-from .sources import make_client
+from .sources import connect, make_client
 
 log = logging.getLogger("bot")
 
@@ -103,7 +104,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"papers-bot: {exc}", file=sys.stderr)
             return 2
-        return _interruptible(_command(config, CommandRequest(channel, args.user, " ".join(args.text))))
+        request = handlers.request_from_text(channel, args.user, " ".join(args.text))
+        return _interruptible(_command(config, request))
     if args.action == "poll":
         return _interruptible(_poll(config))
     if args.action == "status":
@@ -145,12 +147,9 @@ async def _backfill(config: Config, days: int) -> int:
     try:
         async with make_client(config.http_timeout) as client:
             now = utcnow()
-            report = await backfill(
-                store, client, days=days, today=now.date(), now=now,
-                hf_base_url=config.huggingface.base_url if config.huggingface.enabled else None,
-                arxiv_api_url=config.arxiv.api_url if config.arxiv.enabled else None,
-                categories=config.arxiv.categories, max_bytes=config.max_response_bytes,
-            )
+            fetchers = connect(client, config.sources, config.max_response_bytes)
+            enabled = [fetchers[name] for name, cfg in config.sources.items() if cfg.enabled]
+            report = await backfill(store, enabled, days=days, today=now.date(), now=now)
     finally:
         store.close()
     print("\n".join(report.lines()))

@@ -15,27 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import sources
 from .errors import ConfigError
+from .sources import SourceConfig
+from .sources.base import url_problem
 
-_CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def _url(value: str) -> str | None:
-    if not re.match(r"^https?://[^\s/]+", value):
-        return "must be an http:// or https:// URL"
-    return None
+_url = url_problem
 
 
 def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than 0"
-
-
-def _categories(value: list) -> str | None:
-    if not value:
-        return "must list at least one arXiv category"
-    bad = [c for c in value if not isinstance(c, str) or not _CATEGORY.match(c)]
-    return f"not arXiv categories: {bad!r} (expected forms like 'cs.LG')" if bad else None
 
 
 def _channel_ok(value: str) -> bool:
@@ -66,24 +58,15 @@ def _level(value: str) -> str | None:
     return None if value.upper() in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}"
 
 
+Schema = dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]]]
+
 # section -> key -> (type, default, extra check). The single source of truth for keys;
-# config.example.toml documents every one of them (a test keeps that true).
-SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]]] = {
+# config.example.toml documents every one of them (a test keeps that true). The
+# [sources.NAME] sections come from the source registry (bot/sources): see schema().
+_SCHEMA: Schema = {
     "storage": {
         "path": (str, "papers-bot.db", None),
         "busy_timeout_seconds": (float, 10.0, _positive),
-    },
-    "sources.huggingface": {
-        "enabled": (bool, True, None),
-        "base_url": (str, "https://huggingface.co", _url),
-        "interval_minutes": (float, 30.0, _positive),
-    },
-    "sources.arxiv": {
-        "enabled": (bool, True, None),
-        "categories": (list, ["cs.LG", "cs.CL", "cs.CV", "cs.AI", "stat.ML"], _categories),
-        "base_url": (str, "https://rss.arxiv.org", _url),
-        "interval_minutes": (float, 60.0, _positive),
-        "api_url": (str, "https://export.arxiv.org/api/query", _url),
     },
     "http": {
         "timeout_seconds": (float, 20.0, _positive),
@@ -130,16 +113,25 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None]
     },
 }
 
+
+
+def schema() -> Schema:
+    """Every section: the fixed ones, and one [sources.NAME] per registered source."""
+    source_sections: Schema = {
+        f"sources.{spec.name}": {
+            "enabled": (bool, True, None),
+            "interval_minutes": (float, spec.interval_minutes, _positive),
+            **spec.settings,
+        }
+        for spec in sources.SOURCES
+    }
+    first, rest = dict(list(_SCHEMA.items())[:1]), dict(list(_SCHEMA.items())[1:])
+    return {**first, **source_sections, **rest}
+
+
+SCHEMA = schema()
+
 SECRET_NAMES = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "DISCORD_TOKEN")
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    enabled: bool
-    base_url: str
-    interval_minutes: float
-    categories: tuple[str, ...] = ()
-    api_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,8 +182,7 @@ class DiscordConfig:
 @dataclass(frozen=True)
 class Config:
     storage_path: str
-    huggingface: SourceConfig
-    arxiv: SourceConfig
+    sources: Mapping[str, SourceConfig]  # [sources.NAME] of every registered source, in registry order
     http_timeout: float
     max_response_bytes: int
     max_subscriptions_per_channel: int
@@ -208,7 +199,7 @@ class Config:
     loop_watchdog_ms: int = 0  # `run` logs event-loop stalls longer than this, with their stack; 0: off
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, dict]:
+def _flatten(data: dict, known: Schema, prefix: str = "") -> dict[str, dict]:
     """Split the TOML tree into {"section.sub": {key: value}} for the known sections."""
     sections: dict[str, dict] = {}
     for key, value in data.items():
@@ -217,15 +208,15 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, dict]:
             raise ConfigError(f"unknown key {name!r}")
         leaves = {k: v for k, v in value.items() if not isinstance(v, dict)}
         children = {k: v for k, v in value.items() if isinstance(v, dict)}
-        if leaves or name in SCHEMA:
+        if leaves or name in known:
             sections[name] = leaves
         if children:
-            sections.update(_flatten(children, f"{name}."))
+            sections.update(_flatten(children, known, f"{name}."))
     return sections
 
 
-def _check(section: str, key: str, value: Any) -> Any:
-    expected, _default, extra = SCHEMA[section][key]
+def _check(known: Schema, section: str, key: str, value: Any) -> Any:
+    expected, _default, extra = known[section][key]
     where = f"[{section}] {key}"
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -237,29 +228,26 @@ def _check(section: str, key: str, value: Any) -> Any:
 
 
 def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | None = None) -> Config:
-    values = {s: {k: spec[1] for k, spec in keys.items()} for s, keys in SCHEMA.items()}
-    for section, items in _flatten(data).items():
+    known = schema()
+    values = {s: {k: spec[1] for k, spec in keys.items()} for s, keys in known.items()}
+    for section, items in _flatten(data, known).items():
         for key in items:
             if any(word in key.lower() for word in ("token", "secret", "password")):
                 raise ConfigError(
                     f"[{section}] {key}: secrets are never read from the config file; "
                     f"set them in the environment ({', '.join(SECRET_NAMES)})"
                 )
-        if section not in SCHEMA:
-            known = ", ".join(f"[{s}]" for s in SCHEMA)
-            raise ConfigError(f"unknown section [{section}] (known: {known})")
+        if section not in known:
+            names = ", ".join(f"[{s}]" for s in known)
+            raise ConfigError(f"unknown section [{section}] (known: {names})")
         for key, value in items.items():
-            if key not in SCHEMA[section]:
-                known = ", ".join(SCHEMA[section])
-                raise ConfigError(f"unknown key {key!r} in [{section}] (known: {known})")
-            values[section][key] = _check(section, key, value)
-    hf, ax = values["sources.huggingface"], values["sources.arxiv"]
+            if key not in known[section]:
+                names = ", ".join(known[section])
+                raise ConfigError(f"unknown key {key!r} in [{section}] (known: {names})")
+            values[section][key] = _check(known, section, key, value)
     return Config(
         storage_path=values["storage"]["path"],
-        huggingface=SourceConfig(hf["enabled"], hf["base_url"].rstrip("/"), hf["interval_minutes"]),
-        arxiv=SourceConfig(
-            ax["enabled"], ax["base_url"].rstrip("/"), ax["interval_minutes"], tuple(ax["categories"]), ax["api_url"]
-        ),
+        sources={spec.name: _source_config(values[f"sources.{spec.name}"]) for spec in sources.SOURCES},
         http_timeout=values["http"]["timeout_seconds"],
         max_response_bytes=int(values["http"]["max_response_mb"] * 1024 * 1024),
         max_subscriptions_per_channel=values["limits"]["max_subscriptions_per_channel"],
@@ -288,6 +276,12 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             gateway_url=values["discord"]["gateway_url"],
         ),
     )
+
+
+def _source_config(values: dict[str, Any]) -> SourceConfig:
+    settings = {key: value.rstrip("/") if key == "base_url" else tuple(value) if isinstance(value, list) else value
+                for key, value in values.items() if key not in ("enabled", "interval_minutes")}
+    return SourceConfig(values["enabled"], values["interval_minutes"], settings)
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:

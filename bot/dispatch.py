@@ -121,16 +121,15 @@ class Dispatcher:
         Where the adapter can tell (`find_sent`: on Slack the bot's own message carrying
         the paper's metadata, on Discord its own message with the paper's link, in the
         channel's recent history), a message that went out is recorded as sent;
-        everything else goes back to pending.
+        everything else (the console cannot tell: None) goes back to pending.
         """
         found = released = 0
         for delivery, claimed_at in self.store.unfinished_deliveries():
             adapter = self.adapters.get(delivery.channel.platform)
-            finder = getattr(adapter, "find_sent", None)
             message_id = None
-            if finder is not None and claimed_at is not None:
+            if adapter is not None and claimed_at is not None:
                 try:
-                    message_id = await finder(delivery.channel, delivery.paper_id, claimed_at)
+                    message_id = await adapter.find_sent(delivery.channel, delivery.paper_id, claimed_at)
                 except Exception:
                     log.exception("looking for %s in %s failed; it will be sent again", delivery.paper_id,
                                   delivery.channel)

@@ -18,12 +18,10 @@ from storage import Store
 from .config import Config
 from .errors import StorageError
 from .http_guard import Served, connection_cap, serve
+from .models import SourceStatus
 from .poller import STORAGE_ERROR
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("huggingface", "arxiv")
-
 
 class StoreCollector:
     """Gauges read from the store when Prometheus scrapes."""
@@ -37,11 +35,11 @@ class StoreCollector:
                                      labels=["source"])
         success = GaugeMetricFamily("papers_bot_source_last_success_timestamp_seconds",
                                     "When the source last answered", labels=["source"])
-        for name in SOURCES:
-            state = self.store.source_state(name) or {}
-            failures.add_metric([name], state.get("consecutive_failures") or 0)
-            if state.get("last_success"):
-                success.add_metric([name], state["last_success"].timestamp())
+        for name in self.config.sources:
+            state = self.store.source_state(name) or SourceStatus(name)
+            failures.add_metric([name], state.consecutive_failures)
+            if state.last_success:
+                success.add_metric([name], state.last_success.timestamp())
         deliveries = GaugeMetricFamily("papers_bot_deliveries", "Outbox rows by status", labels=["status"])
         counts = self.store.delivery_counts()
         for status in ("pending", "sending", "sent", "failed", "overflow"):
@@ -67,13 +65,13 @@ def health(store: Store, config: Config) -> tuple[int, dict]:
     faults = dict(getattr(store, "poll_faults", {}))
     sources: dict[str, dict[str, Any]] = {}
     try:
-        for name, cfg in (("huggingface", config.huggingface), ("arxiv", config.arxiv)):
+        for name, cfg in config.sources.items():
             if cfg.enabled:
-                state = store.source_state(name) or {}
+                state = store.source_state(name) or SourceStatus(name)
                 sources[name] = {
-                    "consecutive_failures": state.get("consecutive_failures") or 0,
-                    "last_success": state["last_success"].isoformat() if state.get("last_success") else None,
-                    "last_error": state.get("last_error"),
+                    "consecutive_failures": state.consecutive_failures,
+                    "last_success": state.last_success.isoformat() if state.last_success else None,
+                    "last_error": state.last_error,
                 }
         pending = store.count_pending()
     except Exception as exc:  # the database itself is the problem

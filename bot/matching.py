@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable, Mapping
 
+from . import sources
 from .models import ChannelRef, Match, Paper, Subscription
 from .query import fold, name_tokens, parse_query, raw_words, stem
 from .text import plural
@@ -149,7 +150,7 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
             return [f"category {value}"]
         return None
     if kind == "source":
-        return [f"listed on {'Hugging Face' if node[1] == 'hf' else 'arXiv'}"] if view.paper.source == node[1] else None
+        return [f"listed on {_label(node[1])}"] if view.paper.source == node[1] else None
     if kind == "upvotes":
         upvotes = view.paper.upvotes
         if upvotes is not None and _COMPARE[node[1]](upvotes, node[2]):
@@ -373,3 +374,9 @@ class IndexedMatcher:
                     found.append(Match(sub_id, channel, query, terms))
         found.sort()  # by subscription id: ids are unique, so the tuple order is decided there
         return found
+
+
+def _label(source: str) -> str:
+    """The source's name for people, from the registry."""
+    found = sources.spec(source)
+    return found.label if found else source

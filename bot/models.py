@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import NamedTuple
+from typing import Mapping, NamedTuple, Union
 
 PLATFORMS = ("console", "slack", "discord")
 
@@ -22,7 +22,7 @@ class Paper:
     summary: str
     authors: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
-    source: str = ""  # "hf" or "arxiv": where this record was listed
+    source: str = ""  # the source's one name ("huggingface", "arxiv"): where this record was listed
     published: datetime | None = None  # arXiv submission/publication time
     listed_on: date | None = None  # the day of the listing it came from
     upvotes: int | None = None  # Hugging Face upvotes, None when unknown
@@ -44,6 +44,45 @@ class Paper:
     @property
     def hf_url(self) -> str:
         return f"https://huggingface.co/papers/{self.id}"
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a conditional GET sends back: the ETag / Last-Modified of the last stored listing.
+
+    Passed into a source's fetch and returned with its Listing; the poller stores the
+    returned ones only once what they describe is stored. Empty ones are never sent."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What one fetch of a source's listing gave: its papers (None when the server answered
+    304, nothing changed), the validators to send next time, and why items were skipped."""
+
+    papers: tuple[Paper, ...] | None
+    validators: Validators = Validators()
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """A source's recorded health (storage's `source_state` row)."""
+
+    source: str
+    last_attempt: datetime | None = None
+    last_success: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    consecutive_failures: int = 0
+    last_count: int | None = None
+    next_poll: datetime | None = None
+    validators: Validators = Validators()
 
 
 @dataclass(frozen=True)
@@ -189,14 +228,24 @@ class PostResult:
     channel_gone: bool = False  # archived, deleted, or the bot was removed: pause the channel
 
 
+ArgValue = Union[str, int]
+
+
 @dataclass(frozen=True)
 class CommandRequest:
-    """What every front-end (Slack, Discord, CLI) turns a /papers command into."""
+    """What every front-end (Slack, Discord, CLI) turns a /papers command into.
+
+    `args` are named after the command's declared parameters (handlers.base.Param) and
+    checked against them by handlers.handle. Typed front-ends (Discord options, Slack
+    buttons) fill them directly; text front-ends get them from handlers.parse_text.
+    """
 
     channel: ChannelRef
     user_id: str
-    text: str
+    verb: str
+    args: Mapping[str, ArgValue] = field(default_factory=dict)
     can_manage: bool = True  # set by the adapter from platform permissions
+    text: str = ""  # the line as typed, from text front-ends: for the length limit and logs only
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Sequence
 
 from storage import Store
 
@@ -92,14 +92,11 @@ class Poller:
 
     async def poll(self, source: Source) -> SourceReport:
         """Poll one source. Never raises: every failure is a failed, recorded SourceReport."""
-        validators = getattr(source, "validators", None)
         try:
-            return await self._poll(source, validators)
+            return await self._poll(source)
         except Exception as exc:
-            if validators is not None:
-                # The response was not stored: forget its ETag, or the next poll would get a
-                # 304 and never store it. The next poll reloads the stored validators.
-                validators.clear()
+            # Nothing of the response was stored, its validators included: the next poll
+            # sends the stored ones, which describe what is stored, and gets it again.
             if isinstance(exc, StorageError):  # the Store's own words: they name the file and what to do
                 log.error("%s: poll failed on the bot's own database: %s", source.name, exc)
                 reason = f"{STORAGE_ERROR}{exc}"
@@ -111,23 +108,21 @@ class Poller:
                 reason = f"{INTERNAL_ERROR}{type(exc).__name__}: {exc}"
             return self._failed(source.name, reason, own=True)
 
-    async def _poll(self, source: Source, validators: dict | None) -> SourceReport:
-        if validators is not None and not validators:
-            validators.update(self.store.source_validators(source.name))
+    async def _poll(self, source: Source) -> SourceReport:
+        validators = self.store.source_validators(source.name)
         try:
-            papers = await source.fetch()
+            listing = await source.fetch(validators)
         except SourceError as exc:
             return self._failed(source.name, exc.reason)
         except Exception as exc:  # a parser bug must not stop the bot or the other sources
             log.exception("%s: unexpected error while fetching", source.name)
             return self._failed(source.name, f"unexpected error: {type(exc).__name__}: {exc}")
         now = self.clock()
-        if papers is None:  # 304: the listing has not changed since the last poll
+        if listing.papers is None:  # 304: the listing has not changed since the last poll
             recovered = self.store.record_source_success(source.name, now, 0)
             return self._succeeded(SourceReport(source.name, True, not_modified=True, recovered_after=recovered))
-        valid = self._valid(source.name, papers)
-        skipped = len(getattr(source, "skipped", None) or ()) + len(papers) - len(valid)
-        papers = valid
+        papers = self._valid(source.name, listing.papers)
+        skipped = len(listing.skipped) + len(listing.papers) - len(papers)
         # One transaction: a failure anywhere below (a full disk, a matcher bug) leaves
         # nothing half-done, so the next poll stores and matches the same papers again.
         with self.store.transaction():
@@ -147,14 +142,14 @@ class Poller:
                     queued += self.store.enqueue(paper.id, matches, now)
             queued += self._recheck(papers, before, now)
             recovered = self.store.record_source_success(source.name, now, len(papers))
-            if validators is not None:  # only once what they describe is stored
-                self.store.save_source_validators(source.name, validators)
+            if listing.validators != validators:  # only once what they describe is stored
+                self.store.save_source_validators(source.name, listing.validators)
         if not papers:
             log.info("%s: empty listing (normal on weekends and holidays)", source.name)
         return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=len(new), queued=queued,
                                             recovered_after=recovered, skipped=skipped))
 
-    def _valid(self, name: str, papers: list[Paper]) -> list[Paper]:
+    def _valid(self, name: str, papers: Sequence[Paper]) -> list[Paper]:
         """The papers that can be stored as they are; each other one is logged once and skipped."""
         valid = []
         for paper in papers:

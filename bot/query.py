@@ -11,7 +11,7 @@
     author:"Yann LeCun"           author (accents and middle initials ignored)
     cat:cs.CL  org:x              arXiv category, Hugging Face organization
     upvotes>=20                   Hugging Face upvote threshold (also >, <=, <, =)
-    source:hf  source:arxiv       where the paper was listed
+    source:huggingface (or hf)  source:arxiv   where the paper was listed (any registered source)
 
 No regular expressions: user patterns could backtrack catastrophically. A query is a
 tree of tuples (cheap to keep a million of them in memory):
@@ -34,13 +34,13 @@ import sys
 import unicodedata
 from dataclasses import dataclass
 
+from . import sources
 from .errors import QueryError
 
 MAX_QUERY_CHARS = 500
 MAX_TERMS = 50
 MIN_PREFIX = 3
 FIELDS = ("title", "abstract", "author", "cat", "org", "source", "upvotes")
-SOURCES = ("hf", "arxiv")
 _WORD = re.compile(r"[^\W_]+")
 _UPVOTES = re.compile(r"^upvotes(>=|<=|>|<|=)(\d{1,9})$", re.IGNORECASE)
 _OPS = {"and": "AND", "or": "OR", "not": "NOT"}
@@ -316,10 +316,11 @@ def _term(token: Token) -> tuple:
         if not re.match(r"^[a-z-]+(\.[a-z-]+)?$", value):
             raise QueryError(f'"{text}" is not an arXiv category like cs.CL (column {column})')
         return ("cat", sys.intern(value))
-    value = text.lower()
-    if value not in SOURCES:
-        raise QueryError(f"source must be hf or arxiv, not \"{text}\" (column {column})")
-    return ("source", value)
+    found = sources.spec(text.lower())
+    if found is None:
+        names = " or ".join(s.name for s in sources.SOURCES)
+        raise QueryError(f"source must be {names}, not \"{text}\" (column {column})")
+    return ("source", found.name)
 
 
 def includes_something(node: tuple) -> bool:

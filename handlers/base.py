@@ -5,15 +5,16 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Awaitable, Callable, Union
+from typing import Awaitable, Callable, Literal, Mapping, Union
 
 from bot.clock import utcnow
 from bot.config import Config
 from bot.errors import StorageBusy, StorageError
 from bot.lookup import PaperLookup
-from bot.models import CommandRequest, Reply
+from bot.models import ArgValue, ChannelRef, CommandRequest, Reply
 from bot.text import plural
 from storage import Store
 
@@ -53,7 +54,56 @@ class Context:
             self.limiter = RateLimiter(self.config.commands_per_minute, self.clock, self.store)
 
 
-Handler = Callable[[Context, CommandRequest, str], Union[Reply, Awaitable[Reply]]]
+Kind = Literal["text", "word", "int"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared argument of a command: what Discord offers as an option, what text maps to.
+
+    kind: "text" is free text, "word" one word (or, last, the rest of the line), "int" a whole
+    number within minimum..maximum. `choices` are offered by Discord; the handler still checks
+    text. `option`: in text it is `--name value`, anywhere. `missing`: the reply when a
+    required value is absent (None: the handler explains it). `complete`: the completion
+    source (see handlers.complete) a platform may offer while typing.
+    """
+
+    name: str
+    description: str
+    kind: Kind = "word"
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    option: bool = False
+    minimum: int | None = None
+    maximum: int | None = None
+    missing: str | None = None
+    complete: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"--{self.name}" if self.option else self.name
+
+
+class Args:
+    """A command's arguments after handle() checked them against its parameters."""
+
+    def __init__(self, values: Mapping[str, ArgValue]):
+        self._values = dict(values)
+
+    def text(self, name: str) -> str:
+        """The value as text, stripped; "" when it was not given."""
+        value = self._values.get(name)
+        return "" if value is None else str(value).strip()
+
+    def number(self, name: str) -> int | None:
+        value = self._values.get(name)
+        return value if isinstance(value, int) else None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+
+Handler = Callable[[Context, CommandRequest, Args], Union[Reply, Awaitable[Reply]]]
 
 
 @dataclass(frozen=True)
@@ -62,6 +112,7 @@ class Command:
     usage: str
     manage: bool  # changes the channel: needs the "manage" right
     func: Handler
+    params: tuple[Param, ...] = ()
 
     @property
     def summary(self) -> str:
@@ -75,15 +126,20 @@ class Command:
             raise TypeError(f"command {self.name!r} has no docstring; help and the command lists need one")
         return doc
 
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
 
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, usage: str, *, manage: bool = False) -> Callable[[Handler], Handler]:
+def command(name: str, usage: str, *params: Param, manage: bool = False) -> Callable[[Handler], Handler]:
     def register(func: Handler) -> Handler:
         if not inspect.getdoc(func):
             raise TypeError(f"command {name!r} needs a docstring: it is the user's help")
-        COMMANDS[name] = Command(name, usage, manage, func)
+        if len({p.name for p in params}) != len(params):
+            raise TypeError(f"command {name!r} declares a parameter twice")
+        COMMANDS[name] = Command(name, usage, manage, func, params)
         return func
 
     return register
@@ -114,17 +170,24 @@ async def handle(ctx: Context, request: CommandRequest) -> Reply:
     except StorageBusy:
         return Reply(BUSY_REPLY, ok=False)
     except StorageError as exc:
-        log.error("command %r failed: %s", shown(request.text, 60), exc)
+        log.error("command %r failed: %s", shown(described(request), 60), exc)
         return Reply("The bot cannot use its database right now; its operator can see why in the log.", ok=False)
 
 
 BUSY_REPLY = "The bot's database is busy right now. Try again in a few seconds."
 
 
+def described(request: CommandRequest) -> str:
+    """The command as typed, or its verb and arguments: for logs."""
+    if request.text:
+        return request.text
+    return " ".join([request.verb] + [f"{name}={value}" for name, value in request.args.items()])
+
+
 async def _handle(ctx: Context, request: CommandRequest) -> Reply:
-    text = request.text.strip()
-    if len(text) > MAX_COMMAND_CHARS:
-        return error(f"That command is {len(text)} characters long; the limit is {MAX_COMMAND_CHARS}.")
+    size = max(len(request.text.strip()), len(request.verb) + sum(len(str(v)) + 1 for v in request.args.values()))
+    if size > MAX_COMMAND_CHARS:
+        return error(f"That command is {size} characters long; the limit is {MAX_COMMAND_CHARS}.")
     limiter = ctx.limiter
     assert limiter is not None  # set by Context.__post_init__
     wait = limiter.wait_seconds(request.user_id)
@@ -133,12 +196,102 @@ async def _handle(ctx: Context, request: CommandRequest) -> Reply:
             f"You are sending commands too fast: the limit is {limiter.limit} a minute. "
             f"Try again in {plural(wait, 'second')}."
         )
-    verb, _, rest = text.partition(" ")
-    verb = verb.lower() or "help"
-    cmd = COMMANDS.get(verb)
+    cmd = COMMANDS.get(request.verb)
     if cmd is None:
-        return error(f"Unknown command `{shown(verb, 30)}`. Try `/papers help`.")
+        return error(f"Unknown command `{shown(request.verb, 30)}`. Try `/papers help`.")
     if cmd.manage and not request.can_manage:
         return error(f"You need the right to manage this channel to use `{cmd.name}`.")
-    reply = cmd.func(ctx, request, rest.strip())
+    args = checked(cmd, request.args)
+    if isinstance(args, Reply):
+        return args
+    reply = cmd.func(ctx, request, args)
     return await reply if inspect.isawaitable(reply) else reply
+
+
+def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
+    """The arguments converted to their declared kinds, or the one-line reason they cannot be."""
+    values: dict[str, ArgValue] = {}
+    for name in given:
+        if cmd.param(name) is None:
+            return error(f"`{cmd.name}` has no option `--{shown(name, 20)}`.", cmd)
+    for param in cmd.params:
+        value = given.get(param.name)
+        if value is not None and param.kind != "int":
+            value = str(value).strip() or None  # a number where text is expected (`unsubscribe 3`) is fine
+        if value is None:
+            if param.required and param.missing is not None:
+                return error(param.missing, cmd)
+            continue
+        if param.kind == "int":
+            number = _number(value)
+            low, high = param.minimum, param.maximum
+            if number is None or (low is not None and number < low) or (high is not None and number > high):
+                span = f" from {low} to {high}" if low is not None and high is not None else ""
+                return error(f"{param.label} needs a number{span}, not `{shown(str(value), 20)}`.", cmd)
+            value = number
+        values[param.name] = value
+    return Args(values)
+
+
+def _number(value: ArgValue) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    value = value.strip()
+    return int(value) if value.isdecimal() and value.isascii() and len(value) <= 12 else None
+
+
+# ---- text front-ends: the one place a command line is taken apart -------------------------
+
+_LEADING = re.compile(r"\s*(\S*)\s*(.*)", re.DOTALL)
+
+
+def parse_text(text: str) -> tuple[str, dict[str, str]]:
+    """`subscribe diffusion --backfill 5` -> ("subscribe", {"query": "diffusion", "backfill": "5"}).
+
+    Options (`--name value`) are taken out first, wherever they are; then each positional
+    parameter takes one word, except the last, which takes the rest of the line as typed.
+    An optional parameter is left out when there are fewer words than parameters left
+    (`digest daily 09:00` has no day). Values stay text: handle() checks and converts
+    them, as it does the typed values of other front-ends. Never fails: an empty line is
+    `help`, an unknown verb has no arguments.
+    """
+    match = _LEADING.match(text)
+    assert match is not None  # the pattern matches any string
+    verb, rest = match.group(1).lower() or "help", match.group(2).strip()
+    cmd = COMMANDS.get(verb)
+    if cmd is None:
+        return verb, {}
+    values: dict[str, str] = {}
+    for param in cmd.params:
+        if param.option:
+            found = re.search(rf"(?:^|\s)--{re.escape(param.name)}(?:\s+(\S+)|\s*$)", rest)
+            if found:
+                values[param.name] = found.group(1) or ""
+                rest = (rest[: found.start()] + " " + rest[found.end():]).strip()
+    # `--word` left over is an option this command does not have (a query never needs one:
+    # `-word` excludes a word): handle() names it, rather than subscribing to `--bogus foo`.
+    unknown = re.search(r"(?:^|\s)--([A-Za-z][\w-]*)", rest)
+    if unknown:
+        values[unknown.group(1)] = ""
+    positional = [p for p in cmd.params if not p.option]
+    words = list(re.finditer(r"\S+", rest))
+    at = 0
+    for n, param in enumerate(positional):
+        if at >= len(words):
+            break
+        if n == len(positional) - 1:
+            values[param.name] = rest[words[at].start():].strip()
+            break
+        if not param.required and len(words) - at < len(positional) - n:
+            continue
+        values[param.name] = words[at].group()
+        at += 1
+    return verb, values
+
+
+def request_from_text(channel: ChannelRef, user_id: str, text: str, can_manage: bool = True) -> CommandRequest:
+    """A typed line (Slack's /papers, a mention, `papers-bot command`) as a CommandRequest."""
+    verb, args = parse_text(text)
+    return CommandRequest(channel, user_id, verb, args, can_manage, text=text)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from bot.digest import DIGEST_MAX, digest_due, next_digest, parse_time, parse_weekday, suggest_zones, zone
-from bot.models import ChannelSettings, CommandRequest, Reply
+from bot.models import ChannelSettings, CommandRequest, Reply, SourceStatus
 from bot.text import plural
 
-from .base import Context, command, error, shown
+from .base import Args, Context, Param, command, error, shown
 
 
 def _update(ctx: Context, req: CommandRequest, **changes) -> tuple[ChannelSettings, ChannelSettings]:
@@ -17,43 +17,54 @@ def _update(ctx: Context, req: CommandRequest, **changes) -> tuple[ChannelSettin
     return ctx.store.update_channel_settings(req.channel, ctx.clock(), **changes)
 
 
-@command("digest", "digest off / daily HH:MM / weekly DAY HH:MM", manage=True)
-def digest(ctx: Context, req: CommandRequest, args: str) -> Reply:
+_DIGEST_FORMS = "Say `off`, `daily HH:MM` or `weekly DAY HH:MM`."
+
+
+@command("digest", "digest off / daily HH:MM / weekly DAY HH:MM",
+         Param("mode", "instant cards (off), or a daily or weekly digest", required=True,
+               choices=("off", "daily", "weekly"), missing=_DIGEST_FORMS),
+         Param("day", "for weekly digests", choices=("mon", "tue", "wed", "thu", "fri", "sat", "sun")),
+         Param("time", "HH:MM, in the channel's time zone"),
+         manage=True)
+def digest(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Choose instant cards (off) or one digest message a day or a week, at a local time.
 
     Times are in the channel's time zone (see `timezone`). Everything matched since the
     previous digest goes into the next one.
     Example: `/papers digest daily 09:00` or `/papers digest weekly mon 09:00`.
     """
-    parts = args.lower().split()
-    if parts == ["off"]:
+    mode, day_text, time_text = args.text("mode").lower(), args.text("day"), args.text("time")
+    if mode == "off" and not day_text and not time_text:
         _, saved = _update(ctx, req, mode="instant")
         return Reply(f"Digests are off: this channel gets {saved.describe()}.")
-    if len(parts) == 2 and parts[0] == "daily":
-        day, time = None, parse_time(parts[1])
-    elif len(parts) == 3 and parts[0] == "weekly":
-        day, time = parse_weekday(parts[1]), parse_time(parts[2])
+    if mode == "daily" and time_text and not day_text:
+        day = None
+    elif mode == "weekly" and time_text and day_text:
+        day = parse_weekday(day_text.lower())
         if day is None:
-            return error(f"`{shown(parts[1], 20)}` is not a weekday (mon, tue, ... sun).", "digest")
+            return error(f"`{shown(day_text, 20)}` is not a weekday (mon, tue, ... sun).", "digest")
     else:
-        return error("Say `off`, `daily HH:MM` or `weekly DAY HH:MM`.", "digest")
+        return error(_DIGEST_FORMS, "digest")
+    time = parse_time(time_text.lower())
     if time is None:
-        return error(f"`{shown(parts[-1], 20)}` is not a 24-hour time like 09:00.", "digest")
+        return error(f"`{shown(time_text, 20)}` is not a 24-hour time like 09:00.", "digest")
     # The schedule starts now: no digest for times already past.
     days = {"digest_day": day} if day else {}  # daily keeps the weekday a later `weekly` starts from
-    _, saved = _update(ctx, req, mode=parts[0], digest_time=time, last_digest_at=ctx.clock(), **days)
+    _, saved = _update(ctx, req, mode=mode, digest_time=time, last_digest_at=ctx.clock(), **days)
     first = next_digest(saved, ctx.clock())
     local = first.astimezone(zone(saved.timezone))
     return Reply(f"This channel now gets {saved.describe()}. First one: {local:%a %Y-%m-%d %H:%M} {saved.timezone}.")
 
 
-@command("timezone", "timezone <Area/City>", manage=True)
-def timezone_command(ctx: Context, req: CommandRequest, args: str) -> Reply:
+@command("timezone", "timezone <Area/City>",
+         Param("zone", "an IANA time zone, e.g. Europe/Berlin", required=True, complete="time zones"),
+         manage=True)
+def timezone_command(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Set the channel's time zone for digests (an IANA name).
 
     Example: `/papers timezone Europe/Berlin`.
     """
-    name = args.strip()
+    name = args.text("zone")
     if not name:
         settings = ctx.store.channel_settings(req.channel)
         return error(f"Which time zone? This channel uses {settings.timezone}.", "timezone")
@@ -66,7 +77,7 @@ def timezone_command(ctx: Context, req: CommandRequest, args: str) -> Reply:
 
 
 @command("pause", "pause", manage=True)
-def pause(ctx: Context, req: CommandRequest, args: str) -> Reply:
+def pause(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Stop posting to this channel for now; matches are kept and posted on `resume`.
 
     Example: `/papers pause`.
@@ -78,7 +89,7 @@ def pause(ctx: Context, req: CommandRequest, args: str) -> Reply:
 
 
 @command("resume", "resume", manage=True)
-def resume(ctx: Context, req: CommandRequest, args: str) -> Reply:
+def resume(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Restart posting to this channel after `pause`, with what matched meanwhile.
 
     Example: `/papers resume`.
@@ -120,21 +131,21 @@ def source_lines(ctx: Context) -> list[str]:
     """Per source: last success, failures and last error, next poll."""
     now = ctx.clock()
     lines = ["Sources:"]
-    for name, cfg in (("huggingface", ctx.config.huggingface), ("arxiv", ctx.config.arxiv)):
+    for name, cfg in ctx.config.sources.items():
         if not cfg.enabled:
             lines.append(f"• {name}: disabled")
             continue
-        state = ctx.store.source_state(name) or {}
-        line = f"• {name}: last success {_ago(state.get('last_success'), now)}"
-        if state.get("consecutive_failures"):
-            line += f"; failing ({state['consecutive_failures']} in a row): {state['last_error']}"
+        state = ctx.store.source_state(name) or SourceStatus(name)
+        line = f"• {name}: last success {_ago(state.last_success, now)}"
+        if state.consecutive_failures:
+            line += f"; failing ({state.consecutive_failures} in a row): {state.last_error}"
         # `run` stores its real next attempt (a retry after a failure comes sooner than the
         # interval); without it, the interval from the last attempt.
-        upcoming = state.get("next_poll")
-        if upcoming is None and state.get("last_attempt"):
-            upcoming = state["last_attempt"] + timedelta(minutes=cfg.interval_minutes)
+        upcoming = state.next_poll
+        if upcoming is None and state.last_attempt:
+            upcoming = state.last_attempt + timedelta(minutes=cfg.interval_minutes)
         if upcoming is not None:
-            what = "next retry" if state.get("next_poll") and state.get("consecutive_failures") else "next poll"
+            what = "next retry" if state.next_poll and state.consecutive_failures else "next poll"
             line += f"; {what} {_when(upcoming, now)}"
         lines.append(line)
     return lines
@@ -171,7 +182,7 @@ def bot_status(ctx: Context) -> str:
 
 
 @command("status", "status")
-def status(ctx: Context, req: CommandRequest, args: str) -> Reply:
+def status(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Health of the sources, the delivery queue, and this channel's settings.
 
     Example: `/papers status`.

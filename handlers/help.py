@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from bot.models import CommandRequest, Reply
 
-from .base import COMMANDS, Context, command, error, shown
+from .base import COMMANDS, Args, Context, Param, command, error, shown
 
 
-@command("help", "help [command]")
-def help_command(ctx: Context, req: CommandRequest, args: str) -> Reply:
+@command("help", "help [command]", Param("command", "a command to explain"))
+def help_command(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """List the commands, or explain one.
 
     Example: `/papers help subscribe`.
     """
-    name = args.strip().lower()
+    name = args.text("command").lower()
     if name:
         cmd = COMMANDS.get(name)
         if cmd is None:

@@ -10,41 +10,45 @@ from bot.models import CommandRequest, Reply
 from bot.query import raw_words
 from bot.sources.ids import canonical_arxiv_id
 
-from .base import Context, command, error, shown
+from .base import Args, Context, Param, command, error, shown
 
 RESULTS = 5
 WINDOWS = {"today": 1, "week": 7, "month": 30}
 
 
-@command("search", "search <words>")
-def search(ctx: Context, req: CommandRequest, args: str) -> Reply:
+@command("search", "search <words>",
+         Param("words", "words to look for", "text", required=True,
+               missing="What should I search for? Give some words."))
+def search(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Find the best 5 stored papers for some words (full-text, ranked).
 
     Example: `/papers search speculative decoding`.
     """
-    words = raw_words(args)[:20]
+    text = args.text("words")
+    words = raw_words(text)[:20]
     if not words:
         return error("What should I search for? Give some words.", "search")
     papers = ctx.store.search_papers(words, RESULTS)
     if not papers:
-        return Reply(f"No stored paper matches `{shown(args)}`.")
+        return Reply(f"No stored paper matches `{shown(text)}`.")
     cards = tuple(card_for(p) for p in papers)
     best = "The one stored paper that matches" if len(cards) == 1 else f"Best {len(cards)} stored papers for"
-    return Reply(f"{best} `{shown(args)}`:", cards=cards)
+    return Reply(f"{best} `{shown(text)}`:", cards=cards)
 
 
-@command("show", "show <arXiv id or link>")
-async def show(ctx: Context, req: CommandRequest, args: str) -> Reply:
+@command("show", "show <arXiv id or link>",
+         Param("paper", "an arXiv id, or an arXiv or Hugging Face link", required=True,
+               missing="Which paper? Give an arXiv id or link."))
+async def show(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Show one paper's card, by arXiv id or arXiv, Hugging Face or PDF link.
 
     Papers the bot has not stored are fetched from Hugging Face or the arXiv API.
     Example: `/papers show 2406.12345` or `/papers show https://arxiv.org/abs/2406.12345v2`.
     """
-    if not args:
-        return error("Which paper? Give an arXiv id or link.", "show")
-    paper_id = canonical_arxiv_id(args.split()[0].strip("<>"))
+    given = args.text("paper")
+    paper_id = canonical_arxiv_id(given.split()[0].strip("<>"))
     if paper_id is None:
-        return error(f"`{shown(args)}` is not an arXiv id or an arXiv/Hugging Face link.", "show")
+        return error(f"`{shown(given)}` is not an arXiv id or an arXiv/Hugging Face link.", "show")
     paper = ctx.store.get_paper(paper_id)
     if paper is None:
         if ctx.lookup is None:
@@ -54,18 +58,18 @@ async def show(ctx: Context, req: CommandRequest, args: str) -> Reply:
         except SourceError as exc:
             return error(f"Could not look up {paper_id} right now ({exc.reason}). Try again later.")
         if paper is None:
-            return error(f"Neither Hugging Face nor arXiv knows a paper {paper_id}.")
+            return error(f"Neither {' nor '.join(ctx.lookup.labels())} knows a paper {paper_id}.")
         ctx.store.add_papers([paper], ctx.clock(), listed=False)
     return Reply(f"arXiv:{paper.id}", cards=(card_for(paper),))
 
 
-@command("trending", "trending [today/week/month]")
-def trending(ctx: Context, req: CommandRequest, args: str) -> Reply:
+@command("trending", "trending [today/week/month]", Param("period", "how far back", choices=tuple(WINDOWS)))
+def trending(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """The most upvoted papers on Hugging Face for a day, week (default) or month.
 
     Example: `/papers trending month`.
     """
-    window = args.strip().lower() or "week"
+    window = args.text("period").lower() or "week"
     if window not in WINDOWS:
         return error(f"`{shown(window, 20)}` is not a period: use today, week or month.", "trending")
     since = ctx.clock().date() - timedelta(days=WINDOWS[window])

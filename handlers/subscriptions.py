@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 from bot.errors import QueryError
@@ -11,13 +10,12 @@ from bot.models import CommandRequest, Match, Paper, Reply
 from bot.query import parse_query, render
 from bot.text import plural
 
-from .base import Context, command, error, shown
+from .base import Args, Context, Param, command, error, shown
 
 ESTIMATE_DAYS = 30
 ESTIMATE_MAX_PAPERS = 20_000  # the newest ones, when more were stored in that window
 EXAMPLES = 3
 MAX_BACKFILL = 20
-_BACKFILL = re.compile(r"(?:^|\s)--backfill(?:\s+(\S+)|\s*$)")
 
 
 def _history(ctx: Context, node: tuple) -> tuple[list[tuple[Paper, list[str]]], int]:
@@ -44,6 +42,9 @@ def _estimate(matched: list[tuple[Paper, list[str]]], scanned: int) -> str:
     return f"{text}, for example:\n{examples}"
 
 
+_MUTE_MISSING = "Give a subscription number from `/papers list` and a term."
+
+
 def _parse(text: str, name: str) -> tuple | Reply:
     try:
         return parse_query(text)
@@ -51,28 +52,25 @@ def _parse(text: str, name: str) -> tuple | Reply:
         return error(f"Cannot {name}: {exc}.", name)
 
 
-@command("subscribe", "subscribe <query> [--backfill N]", manage=True)
-def subscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
+@command("subscribe", "subscribe <query> [--backfill N]",
+         Param("query", 'e.g. diffusion, "large language model" -video, author:"Yann LeCun"', "text", required=True),
+         Param("backfill", f"also post this many recent matches now (1-{MAX_BACKFILL})", "int", option=True,
+               minimum=1, maximum=MAX_BACKFILL),
+         manage=True)
+def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Post new papers that match a query to this channel.
 
     Words match title or abstract, ignoring case and plurals, also inside hyphenated
     compounds (`diffusion` matches "Diffusion-based"). Combine them:
     `"large language model"` (phrase), `diffus*` (prefix), `a b` (both), `a OR b`,
     `-a` (exclude), `( )`, `title:x`, `abstract:x`, `author:"Yann LeCun"`, `cat:cs.CL`,
-    `org:google`, `upvotes>=20`, `source:hf` or `source:arxiv`.
+    `org:google`, `upvotes>=20`, `source:huggingface` or `source:arxiv`.
     Only papers that arrive after you subscribe are posted; `--backfill N` also posts
     the N most recent stored matches now (at most 20).
     Example: `/papers subscribe "diffusion model" -video upvotes>=10`.
     """
-    backfill = 0
-    option = _BACKFILL.search(args)
-    if option:
-        value = option.group(1) or ""
-        if not value.isdecimal() or not 1 <= int(value) <= MAX_BACKFILL:
-            return error(f"--backfill needs a number from 1 to {MAX_BACKFILL}, not `{shown(value, 20)}`.", "subscribe")
-        backfill = int(value)
-        args = (args[: option.start()] + " " + args[option.end():]).strip()
-    node = _parse(args, "subscribe")
+    backfill = args.number("backfill") or 0
+    node = _parse(args.text("query"), "subscribe")
     if isinstance(node, Reply):
         return node
     query = render(node)
@@ -98,28 +96,30 @@ def subscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
     return Reply(text, queued=queued)
 
 
-@command("preview", "preview <query>")
-def preview(ctx: Context, req: CommandRequest, args: str) -> Reply:
+@command("preview", "preview <query>", Param("query", "a query, as for subscribe", "text", required=True))
+def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Show what a query would have matched recently, without subscribing.
 
     Example: `/papers preview "world model" robot*`.
     """
-    node = _parse(args, "preview")
+    node = _parse(args.text("query"), "preview")
     if isinstance(node, Reply):
         return node
     matched, scanned = _history(ctx, node)
     return Reply(f"`{render(node)}`: {_estimate(matched, scanned)}")
 
 
-@command("unsubscribe", "unsubscribe <id or all>", manage=True)
-def unsubscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
+@command("unsubscribe", "unsubscribe <id or all>",
+         Param("subscription", "its number from list, or all", required=True, complete="subscriptions or all",
+               missing="Which subscription? Give its number from `/papers list`, or `all`."),
+         manage=True)
+def unsubscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Stop a subscription of this channel by its number from `list`, or all of them.
 
     Example: `/papers unsubscribe 3` or `/papers unsubscribe all`.
     """
-    raw = args.removeprefix("#").strip()
-    if not raw:
-        return error("Which subscription? Give its number from `/papers list`, or `all`.", "unsubscribe")
+    given = args.text("subscription")
+    raw = given.removeprefix("#").strip()
     if raw.lower() == "all":
         removed = ctx.store.remove_all_subscriptions(req.channel)
         if not removed:
@@ -128,23 +128,27 @@ def unsubscribe(ctx: Context, req: CommandRequest, args: str) -> Reply:
         more = f" and {len(removed) - 10} more" if len(removed) > 10 else ""
         return Reply(f"Unsubscribed all {len(removed)}: {names}{more}.")
     if not raw.isdecimal() or len(raw) > 12:
-        return error(f"`{shown(args, 30)}` is not a subscription number.", "unsubscribe")
+        return error(f"`{shown(given, 30)}` is not a subscription number.", "unsubscribe")
     gone = ctx.store.remove_subscription(req.channel, int(raw))
     if gone is None:
         return error(f"This channel has no subscription #{int(raw)}. See `/papers list`.", "unsubscribe")
     return Reply(f"Unsubscribed #{gone.id} `{gone.query}`. Papers already posted stay where they are.")
 
 
-@command("mute", "mute <id> <term>", manage=True)
-def mute(ctx: Context, req: CommandRequest, args: str) -> Reply:
+@command("mute", "mute <id> <term>",
+         Param("subscription", "its number from list", required=True, complete="subscriptions", missing=_MUTE_MISSING),
+         Param("term", 'a word, "phrase", cat:cs.RO or author:"..." to exclude', "text", required=True,
+               missing=_MUTE_MISSING),
+         manage=True)
+def mute(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Stop a subscription from matching papers with a term: it gets `-term` added.
 
     The term is anything a query can hold: a word, a "phrase", `cat:cs.RO`, `author:"..."`.
     Example: `/papers mute 3 video` or `/papers mute 3 cat:cs.RO`.
     """
-    number, _, term = args.removeprefix("#").partition(" ")
-    if not number.isdecimal() or len(number) > 12 or not term.strip():
-        return error("Give a subscription number from `/papers list` and a term.", "mute")
+    number, term = args.text("subscription").removeprefix("#"), args.text("term")
+    if not number.isdecimal() or len(number) > 12:
+        return error(_MUTE_MISSING, "mute")
     for _ in range(5):  # another mute of the same subscription may land in between: build on it
         subscription = ctx.store.get_subscription(int(number))
         if subscription is None or subscription.channel != req.channel:
@@ -171,7 +175,7 @@ def mute(ctx: Context, req: CommandRequest, args: str) -> Reply:
 
 
 @command("list", "list")
-def list_subscriptions(ctx: Context, req: CommandRequest, args: str) -> Reply:
+def list_subscriptions(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Show this channel's subscriptions, their numbers and how papers are delivered.
 
     Example: `/papers list`.

@@ -171,3 +171,13 @@ def m010_source_next_poll(db: Database) -> None:
     # When `run` will poll the source next: the interval after a success, the (sooner)
     # backoff retry after a failure. `status` shows it.
     db.execute("ALTER TABLE source_state ADD COLUMN next_poll TEXT")
+
+
+@migrations()
+def m011_one_name_for_hugging_face(db: Database) -> None:
+    # A source has one name everywhere: papers listed by Hugging Face said "hf" while its
+    # source_state row, config section and metrics label said "huggingface".
+    db.execute(
+        """UPDATE papers SET sources = trim(replace(',' || sources || ',', ',hf,', ',huggingface,'), ',')
+           WHERE ',' || sources || ',' LIKE '%,hf,%'"""
+    )

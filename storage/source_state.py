@@ -6,6 +6,8 @@ from datetime import datetime
 
 from sqlite_utils import Database
 
+from bot.models import SourceStatus, Validators
+
 from .db import immediate, iso, parse_iso
 
 
@@ -29,17 +31,16 @@ class SourceStateMixin:
         )
         return row[0] if row else 0
 
-    def source_validators(self, source: str) -> dict[str, str]:
-        """The ETag / Last-Modified of the source's last full response."""
+    def source_validators(self, source: str) -> Validators:
+        """The ETag / Last-Modified of the source's last stored full response."""
         row = self.db.execute("SELECT etag, last_modified FROM source_state WHERE source = ?", [source]).fetchone()
-        found = {"etag": row[0], "last-modified": row[1]} if row else {}
-        return {k: v for k, v in found.items() if v}
+        return Validators(row[0] or None, row[1] or None) if row else Validators()
 
-    def save_source_validators(self, source: str, validators: dict[str, str]) -> None:
+    def save_source_validators(self, source: str, validators: Validators) -> None:
         self.db.execute(
             """INSERT INTO source_state (source, etag, last_modified) VALUES (?, ?, ?)
                ON CONFLICT(source) DO UPDATE SET etag = excluded.etag, last_modified = excluded.last_modified""",
-            [source, validators.get("etag"), validators.get("last-modified")],
+            [source, validators.etag or None, validators.last_modified or None],
         )
 
     def record_source_failure(self, source: str, now: datetime, error: str) -> int:
@@ -71,12 +72,15 @@ class SourceStateMixin:
             [source, iso(when)],
         )
 
-    def source_state(self, source: str) -> dict | None:
-        cursor = self.db.execute("SELECT * FROM source_state WHERE source = ?", [source])
-        row = cursor.fetchone()
+    def source_state(self, source: str) -> SourceStatus | None:
+        """The source's recorded health; None when nothing was ever recorded for it."""
+        row = self.db.execute(
+            """SELECT last_attempt, last_success, last_error, last_error_at, consecutive_failures, last_count,
+                      next_poll, etag, last_modified FROM source_state WHERE source = ?""", [source]).fetchone()
         if row is None:
             return None
-        state = dict(zip([d[0] for d in cursor.description], row, strict=True))
-        for key in ("last_attempt", "last_success", "last_error_at", "next_poll"):
-            state[key] = parse_iso(state[key])
-        return state
+        attempt, success, error, error_at, failures, count, next_poll, etag, modified = row
+        return SourceStatus(source, last_attempt=parse_iso(attempt), last_success=parse_iso(success),
+                            last_error=error, last_error_at=parse_iso(error_at),
+                            consecutive_failures=failures or 0, last_count=count, next_poll=parse_iso(next_poll),
+                            validators=Validators(etag or None, modified or None))

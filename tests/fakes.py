@@ -4,10 +4,12 @@ The fake servers themselves live in the top-level `fakes` package (benchmarks us
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
+from bot.adapters import CommandHandler, Running
 from bot.errors import SourceError
-from bot.models import Card, ChannelRef, Delivery, Paper, PostResult
+from bot.models import Card, ChannelRef, Delivery, Digest, Listing, Paper, PostResult, Validators
 from fakes.http import Canned
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -49,15 +51,17 @@ class FakeSource:
         self.papers = papers or []
         self.error: Exception | None = None
         self.calls = 0
+        self.seen: list[Validators] = []  # the validators each fetch was given
 
     def fail_with(self, error: Exception | None) -> None:
         self.error = error
 
-    async def fetch(self) -> list[Paper]:
+    async def fetch(self, validators: Validators = Validators()) -> Listing:  # noqa: B008  (a frozen value)
         self.calls += 1
+        self.seen.append(validators)
         if self.error is not None:
             raise self.error
-        return list(self.papers)
+        return Listing(tuple(self.papers), validators)
 
 
 def source_error(message: str = "cannot reach http://127.0.0.1:9 (ConnectError)") -> SourceError:
@@ -65,12 +69,15 @@ def source_error(message: str = "cannot reach http://127.0.0.1:9 (ConnectError)"
 
 
 class RecordingAdapter:
-    """Keeps what it was asked to post; scriptable results."""
+    """Keeps what it was asked to post; scriptable results. A whole bot.adapters.Adapter
+    (tests/test_adapters.py checks), with no front-end and no history to look in."""
 
     def __init__(self, platform: str = "console", results: list[PostResult] | None = None):
         self.platform = platform
         self.posts: list[tuple[ChannelRef, Card]] = []
+        self.digests: list[Digest] = []
         self.results = list(results or [])
+        self.closed = False
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
         self.posts.append((channel, text))
@@ -85,3 +92,15 @@ class RecordingAdapter:
             return result
         return PostResult(ok=True, message_id=f"m{len(self.posts)}")
 
+    async def post_digest(self, digest: Digest) -> PostResult:
+        self.digests.append(digest)
+        return PostResult(ok=True, message_id=f"d{len(self.digests)}")
+
+    async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:
+        return None
+
+    async def start(self, on_command: CommandHandler) -> Running | None:
+        return None
+
+    async def close(self) -> None:
+        self.closed = True

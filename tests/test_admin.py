@@ -6,13 +6,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-import bot.admin as admin
+import bot.sources.arxiv
 from bot.admin import Progress, backfill, export_toml, import_toml
 from bot.cli import main
 from bot.errors import ImportFileError
 from bot.models import ChannelRef, ChannelSettings
 from bot.query import normalize_query
-from bot.sources import make_client
+from bot.sources import ArxivSource, HuggingFaceSource, make_client
+from bot.sources.base import Pacer
 from fakes.http import Canned
 from storage import Store
 
@@ -50,20 +51,23 @@ def arxiv_page(path):
 
 
 async def test_backfill_stores_past_days_and_posts_nothing(store, server, monkeypatch):
-    monkeypatch.setattr(admin, "ARXIV_PAGE", 2)
+    monkeypatch.setattr(bot.sources.arxiv, "ARXIV_PAGE", 2)
     server.route_fn("/api/daily_papers", hf_for_day)
     server.route_fn("/api/query", arxiv_page)
     store.add_subscription(ChannelRef("console", "ml"), "diffusion", "u1", NOW)
     out = io.StringIO()
     sleeps = []
+    clock = [0.0]  # a monotonic clock that only the pacer's sleeps move
 
     async def fake_sleep(seconds):
         sleeps.append(seconds)
+        clock[0] += seconds
 
     async with make_client(2.0) as client:
-        report = await backfill(store, client, days=4, today=TODAY, now=NOW, hf_base_url=server.url,
-                                arxiv_api_url=f"{server.url}/api/query", categories=("cs.LG", "cs.CL"),
-                                progress=Progress(6, out), sleep=fake_sleep)
+        sources = [HuggingFaceSource(client, server.url),
+                   ArxivSource(client, server.url, ("cs.LG", "cs.CL"), api_url=f"{server.url}/api/query",
+                               pacer=Pacer(3.0, monotonic=lambda: clock[0], sleep=fake_sleep))]
+        report = await backfill(store, sources, days=4, today=TODAY, now=NOW, progress=Progress(6, out))
     assert report.stored == {"huggingface": 6, "arxiv": 3}
     assert store.count_pending() == 0  # history is never posted
     hf_days = [parse_qs(urlsplit(raw).query)["date"][0]
@@ -168,5 +172,5 @@ def test_cli_backfill_runs_against_the_configured_sources(tmp_path, capsys, serv
                       "[sources.arxiv]\nenabled = false\n")
     assert main(["--config", str(config), "backfill", "--days", "2"]) == 0
     captured = capsys.readouterr()
-    assert "backfill: stored 6 new papers from Hugging Face and 0 from arXiv" in captured.out
+    assert "backfill: stored 6 new papers from Hugging Face\n" in captured.out  # arXiv is disabled: not named
     assert "2/2" in captured.err

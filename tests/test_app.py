@@ -5,10 +5,11 @@ import io
 import logging
 import random
 
+import handlers
 from bot.app import App, _Runner, backoff_seconds
 from bot.cli import RedactSecrets
 from bot.config import Secrets, parse_config
-from bot.models import ChannelRef, CommandRequest, Match
+from bot.models import ChannelRef, Match
 from fakes.http import Canned
 
 from .fakes import RecordingAdapter, hf_json, paper
@@ -43,7 +44,7 @@ async def test_run_polls_at_start_delivers_and_stops(tmp_path, server):
     server.route("/api/daily_papers", hf_json())
     out = io.StringIO()
     app = make_app(tmp_path, server, out=out)
-    await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "subscribe diffusion"))
+    await app.handle_command(handlers.request_from_text(ChannelRef("console", "ml"), "u1", "subscribe diffusion"))
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop, tick=0.01))
     await wait_for(lambda: out.getvalue().count("[console:ml]") == 2)
@@ -70,7 +71,7 @@ async def test_a_failing_source_is_retried_with_backoff_then_recovers(tmp_path, 
     runner._retry_due()
     await wait_for(lambda: len(server.requests) == 2 and not runner.tasks)
     assert source.name not in runner.retry_at
-    assert app.store.source_state("huggingface")["consecutive_failures"] == 0
+    assert app.store.source_state("huggingface").consecutive_failures == 0
     await app.aclose()
 
 
@@ -116,7 +117,7 @@ async def test_a_backfill_is_posted_as_part_of_the_command(tmp_path, server):
     app = make_app(tmp_path, server, out=out)
     await app.poll_once()  # history, stored before any subscription: nothing posted
     assert out.getvalue() == ""
-    reply = await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1",
+    reply = await app.handle_command(handlers.request_from_text(ChannelRef("console", "ml"), "u1",
                                                     "subscribe diffusion --backfill 5"))
     assert reply.queued == 2 and "Backfill: posting 2 recent matches now." in reply.text
     assert out.getvalue().count("[console:ml]") == 2
@@ -233,7 +234,7 @@ async def test_a_command_is_answered_even_when_sending_what_it_queued_fails(tmp_
     from bot.errors import StorageBusy
 
     app = App(make_config(), adapters={"console": RecordingAdapter()})
-    await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "pause", can_manage=True))
+    await app.handle_command(handlers.request_from_text(ChannelRef("console", "ml"), "u1", "pause", can_manage=True))
     app.store.add_papers([paper("2410.00001")], app.clock())
     app.store.enqueue("2410.00001", [Match(1, ChannelRef("console", "ml"), "x", ("x in title",))], app.clock())
 
@@ -241,7 +242,8 @@ async def test_a_command_is_answered_even_when_sending_what_it_queued_fails(tmp_
         raise StorageBusy("the database is busy; try again", app.store.path)
 
     app.deliver = busy  # the resume itself is stored; only the sending right after fails
-    reply = await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "resume", can_manage=True))
+    request = handlers.request_from_text(ChannelRef("console", "ml"), "u1", "resume", can_manage=True)
+    reply = await app.handle_command(request)
     assert reply.ok and reply.text.startswith("Resumed.")
     assert not app.store.channel_settings(ChannelRef("console", "ml")).paused
     assert "waits for the next sweep" in caplog.text and "Traceback" not in caplog.text

@@ -125,7 +125,7 @@ def test_config_errors_are_one_clear_line(capsys, tmp_path):
     code, out, err = cli(capsys, "--config", str(bad), "poll")
     assert code == 2 and err.strip() == (
         f"papers-bot: config error: {bad}: unknown key 'categorys' in [sources.arxiv] "
-        "(known: enabled, categories, base_url, interval_minutes, api_url)")
+        "(known: enabled, interval_minutes, categories, base_url, api_url)")
 
 
 def test_no_action_prints_help(capsys):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import handlers
-from bot.models import ChannelRef, CommandRequest
+from bot.models import ChannelRef
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def test_the_window_slides_and_old_rows_are_pruned(store, make_config, clock):
     ctx = handlers.Context(store, make_config(limits={"commands_per_minute": 2}), clock)
 
     def run(user="ada"):
-        return asyncio.run(handlers.handle(ctx, CommandRequest(ChannelRef("console", "ml"), user, "help")))
+        return asyncio.run(handlers.handle(ctx, handlers.request_from_text(ChannelRef("console", "ml"), user, "help")))
 
     assert run().ok
     clock.advance(seconds=30)

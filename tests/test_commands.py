@@ -8,8 +8,8 @@ import pytest
 
 import handlers
 from bot.lookup import PaperLookup
-from bot.models import ChannelRef, CommandRequest, Match
-from bot.sources import make_client
+from bot.models import ChannelRef, Match
+from bot.sources import ArxivSource, HuggingFaceSource, make_client
 from fakes.http import Canned
 
 from .fakes import due_now, fixture, paper
@@ -23,7 +23,7 @@ def ctx(store, make_config, clock):
 
 
 def run(ctx, text, channel=ML, can_manage=True, user="u1"):
-    return asyncio.run(handlers.handle(ctx, CommandRequest(channel, user, text, can_manage)))
+    return asyncio.run(handlers.handle(ctx, handlers.request_from_text(channel, user, text, can_manage)))
 
 
 def stock(store, clock):
@@ -137,9 +137,10 @@ HF_PAPER = json.loads(fixture("hf_daily_papers_2026-03-06_item.json"))[0]["paper
 
 async def show(store, config, clock, server, text):
     async with make_client(2.0) as client:
-        lookup = PaperLookup(client, server.url, f"{server.url}/api/query")
+        lookup = PaperLookup([HuggingFaceSource(client, server.url),
+                              ArxivSource(client, server.url, ("cs.LG",), api_url=f"{server.url}/api/query")])
         ctx = handlers.Context(store, config, clock, lookup=lookup)
-        return await handlers.handle(ctx, CommandRequest(ML, "u1", text))
+        return await handlers.handle(ctx, handlers.request_from_text(ML, "u1", text))
 
 
 async def test_show_a_stored_paper_by_any_link_form(store, make_config, clock, server):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import handlers
-from bot.models import ChannelRef, CommandRequest
+from bot.models import ChannelRef
 from storage import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,7 +164,7 @@ def test_a_database_busy_past_the_timeout_is_a_one_line_try_again(tmp_path, make
     ctx = handlers.Context(store, make_config(limits={"commands_per_minute": 1000}))
     holder = _hold_write_lock(db)
     try:
-        request = CommandRequest(ChannelRef("console", "ml"), "u1", "subscribe diffusion", can_manage=True)
+        request = handlers.request_from_text(ChannelRef("console", "ml"), "u1", "subscribe diffusion", can_manage=True)
         reply = asyncio.run(handlers.handle(ctx, request))
     finally:
         holder.execute("ROLLBACK")
@@ -225,7 +225,7 @@ async def test_a_command_while_a_digest_goes_out_keeps_its_change(store, clock, 
     adapter = RecordingAdapter()
 
     async def post_digest(digest):  # someone changes the channel while the digest is sent
-        reply = await handlers.handle(ctx, CommandRequest(ml, "u1", "timezone Asia/Tokyo", can_manage=True))
+        reply = await handlers.handle(ctx, handlers.request_from_text(ml, "u1", "timezone Asia/Tokyo", can_manage=True))
         assert reply.ok
         return PostResult(ok=True, message_id="d1")
 
@@ -276,7 +276,7 @@ async def test_a_command_never_resends_what_a_running_bot_is_sending(tmp_path, m
     config = make_config()
     a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
     run = App(config, clock=clock, adapters={"console": RecordingAdapter()})
-    await run.handle_command(CommandRequest(b, "u1", "pause", can_manage=True))
+    await run.handle_command(handlers.request_from_text(b, "u1", "pause", can_manage=True))
     run.store.add_papers([paper("2410.00001"), paper("2410.00002")], clock())
     run.store.enqueue("2410.00001", [Match(1, a, "x", ("x in title",))], clock())
     run.store.enqueue("2410.00002", [Match(2, b, "x", ("x in title",))], clock())
@@ -285,7 +285,7 @@ async def test_a_command_never_resends_what_a_running_bot_is_sending(tmp_path, m
 
     other = RecordingAdapter()
     command = App(config, clock=clock, adapters={"console": other})
-    reply = await command.handle_command(CommandRequest(b, "u1", "resume", can_manage=True))
+    reply = await command.handle_command(handlers.request_from_text(b, "u1", "resume", can_manage=True))
     assert reply.ok and reply.queued == 1
     assert [c.channel_id for c, _ in other.posts] == ["b"]  # what the command queued, and nothing of a's
     assert run.store.delivery_counts() == {"sending": 1, "sent": 1}  # a's send is still run's

@@ -8,8 +8,8 @@ def test_defaults_need_no_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = load_config(None, env={})
     assert config.storage_path == "papers-bot.db"
-    assert config.huggingface.base_url == "https://huggingface.co"
-    assert config.arxiv.categories[0] == "cs.LG"
+    assert config.sources["huggingface"]["base_url"] == "https://huggingface.co"
+    assert config.sources["arxiv"]["categories"][0] == "cs.LG"
     assert config.source_file is None
 
 
@@ -21,9 +21,9 @@ def test_file_values_override_defaults(tmp_path):
     )
     config = load_config(str(path), env={})
     assert config.storage_path == "x.db"
-    assert config.huggingface.base_url == "http://127.0.0.1:8000"
-    assert config.huggingface.interval_minutes == 5.0
-    assert config.arxiv.enabled is False and config.arxiv.categories == ("cs.CL",)
+    assert config.sources["huggingface"]["base_url"] == "http://127.0.0.1:8000"
+    assert config.sources["huggingface"].interval_minutes == 5.0
+    assert config.sources["arxiv"].enabled is False and config.sources["arxiv"]["categories"] == ("cs.CL",)
 
 
 def test_config_file_is_found_by_env_then_cwd(tmp_path, monkeypatch):

@@ -7,18 +7,19 @@ import pytest
 from discord.http import Route
 
 import handlers
-from bot.adapters.discord_adapter import DiscordAdapter, answer_links, build_command_group, nonce_for, paper_links
+from bot.adapters.discord_adapter import DiscordAdapter, answer_links, build_command_group, nonce_for
 from bot.adapters.discord_render import card_embed, digest_embed, reply_embeds
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
-from bot.models import ChannelRef, CommandRequest, Digest, Match
+from bot.models import ChannelRef, Digest, Match
 from fakes.discord import FakeDiscord
 
 from .fakes import due_now, paper
 
 CH = ChannelRef("discord", "123")
+NOWHERE = "http://127.0.0.1:9/api/v10"  # nothing listens on port 9
 HOSTILE = paper("2411.00001", "@everyone **bold** <@123456789012345678> " + "t" * 400, "x *y* " * 2000,
-                authors=("@here Mallory",), upvotes=7, source="hf",
+                authors=("@here Mallory",), upvotes=7, source="huggingface",
                 thumbnail="https://cdn-thumbnails.huggingface.co/social-thumbnails/papers/2411.00001.png",
                 github="https://github.com/x/y")
 
@@ -26,7 +27,9 @@ HOSTILE = paper("2411.00001", "@everyone **bold** <@123456789012345678> " + "t" 
 @pytest.fixture
 def fake(monkeypatch):
     with FakeDiscord() as server:
-        monkeypatch.setattr(Route, "BASE", server.api_base)  # restored after the test
+        # Every adapter gets the fake's address as its own api_base; discord.py's process-wide
+        # default points nowhere, so a request that ignored the adapter's base would fail.
+        monkeypatch.setattr(Route, "BASE", NOWHERE)
         yield server
 
 
@@ -75,7 +78,7 @@ def queue(store, clock, paper_id="2411.00001", title="Latent @everyone diffusion
 
 async def test_poll_posts_embeds_with_buttons_nonce_and_no_mentions(store, clock, fake):
     queue(store, clock)
-    adapter = DiscordAdapter("discord-test-token")
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
     report = await Dispatcher(store, {"discord": adapter}, clock).dispatch()
     await adapter.close()
     assert report.sent == 1
@@ -96,7 +99,7 @@ async def test_a_429_is_retried_by_discord_py_with_nothing_lost(store, clock, fa
     fake.script("123", (429, {"message": "You are being rate limited.", "retry_after": 0.2, "global": False},
                         {"Via": "1.1 google", "Retry-After": "1"}))
     queue(store, clock)
-    adapter = DiscordAdapter("discord-test-token")
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
     report = await Dispatcher(store, {"discord": adapter}, clock).dispatch()
     await adapter.close()
     assert report.sent == 1 and len(fake.posts) == 2
@@ -108,7 +111,7 @@ async def test_a_429_is_retried_by_discord_py_with_nothing_lost(store, clock, fa
 async def test_a_deleted_or_forbidden_channel_is_paused(store, clock, fake, status, code, reason, make_config):
     fake.script("123", (status, {"message": "nope", "code": code}, {}))
     queue(store, clock)
-    adapter = DiscordAdapter("discord-test-token")
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
     dispatcher = Dispatcher(store, {"discord": adapter}, clock)
     await dispatcher.dispatch()
     clock.advance(hours=3)
@@ -117,11 +120,11 @@ async def test_a_deleted_or_forbidden_channel_is_paused(store, clock, fake, stat
     assert len(fake.posts) == 1
     assert store.channel_settings(CH).paused_reason == reason
     ctx = handlers.Context(store, make_config(), clock)
-    assert f"paused ({reason})" in (await handlers.handle(ctx, CommandRequest(CH, "42", "status"))).text
+    assert f"paused ({reason})" in (await handlers.handle(ctx, handlers.request_from_text(CH, "42", "status"))).text
 
 
 async def test_digest_goes_out_as_one_message(store, clock, fake):
-    adapter = DiscordAdapter("discord-test-token")
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
     cards = tuple(card_for(paper(f"2411.0000{i}", f"P{i}")) for i in range(1, 4))
     result = await adapter.post_digest(Digest(CH, "3 new papers for this channel", cards))
     await adapter.close()
@@ -132,13 +135,13 @@ async def test_digest_goes_out_as_one_message(store, clock, fake):
 async def test_pasted_links_get_a_card_reply(store, clock, fake, make_config):
     store.add_papers([paper("2411.00001", "Latent diffusion")], clock())
     ctx = handlers.Context(store, make_config(), clock)
-    adapter = DiscordAdapter("discord-test-token")
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
 
     async def on_command(request):
         return await handlers.handle(ctx, request)
 
     text = "look: https://arxiv.org/abs/2411.00001v2 and https://example.com"
-    assert paper_links(text) == ["2411.00001"]
+    assert handlers.paper_links(text) == ["2411.00001"]
     assert await answer_links(on_command, adapter, "123", "555", "42", text) == 1
     assert await answer_links(on_command, adapter, "123", "556", "42", "no links here") == 0
     await adapter.close()
@@ -175,8 +178,10 @@ def group(store, make_config, clock):
     async def on_command(request):
         return await handlers.handle(ctx, request)
 
-    summaries = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
-    return build_command_group(on_command, summaries, store.subscriptions)
+    def on_complete(channel, verb, param, typed):
+        return handlers.complete(ctx, channel, verb, param, typed)
+
+    return build_command_group(on_command, on_complete)
 
 
 def sub_command(group, name):
@@ -263,7 +268,7 @@ async def test_after_a_crash_a_discord_post_that_went_out_is_found(store, clock,
     clock.now = datetime.now(timezone.utc)
     for paper_id in ("2411.00001", "2411.00002"):
         queue(store, clock, paper_id)
-    adapter = DiscordAdapter("discord-test-token")
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
     first, second = due_now(store, clock())
     store.claim_delivery(first.id, clock())
     store.claim_delivery(second.id, clock())
@@ -277,7 +282,7 @@ async def test_after_a_crash_a_discord_post_that_went_out_is_found(store, clock,
 
 
 async def test_a_resend_with_the_same_nonce_returns_the_first_message(fake):
-    adapter = DiscordAdapter("discord-test-token")
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
     card = card_for(paper("2411.00001", "Once"))
     first = await adapter.post(CH, card)
     again = await adapter.post(CH, card)

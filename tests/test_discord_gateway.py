@@ -23,13 +23,13 @@ from fakes.discord_gateway import CHANNEL_ID, TOKEN, FakeDiscordGateway
 from .fakes import RecordingAdapter, paper
 
 CH = ChannelRef("discord", CHANNEL_ID)
-SUMMARIES = {name: cmd.summary for name, cmd in handlers.COMMANDS.items()}
+NOWHERE = "http://127.0.0.1:9/api/v10"  # discord.py's default base, in tests: nothing listens there
 
 
 @pytest.fixture
 def fake(monkeypatch):
     with FakeDiscordGateway() as server:
-        monkeypatch.setattr(Route, "BASE", server.api_base)  # what App does from [discord] api_base
+        monkeypatch.setattr(Route, "BASE", NOWHERE)  # only the adapter's api_base may be used
         yield server
 
 
@@ -77,7 +77,10 @@ async def start(store, config, adapter, clock):
         return await handlers.handle(ctx, request)
 
     began = time.monotonic()
-    running = await start_discord(adapter, config, on_command, SUMMARIES, store.subscriptions)
+    def on_complete(channel, verb, param, typed):
+        return handlers.complete(ctx, channel, verb, param, typed)
+
+    running = await start_discord(adapter, config, on_command, on_complete)
     assert time.monotonic() - began < 0.2  # nothing waits for Discord
     return running
 
@@ -93,7 +96,7 @@ async def test_a_slash_command_over_the_gateway_is_deferred_and_answered(fake, u
                                                                          caplog, configured_gateway):
     config = make_config(discord={"api_base": fake.api_base,
                                   "gateway_url": fake.gateway_url if configured_gateway else ""})
-    adapter = DiscordAdapter(TOKEN)
+    adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
     running = await start(store, config, adapter, clock)
     try:
         assert await until(fake.ready.is_set)
@@ -126,7 +129,7 @@ async def test_after_a_reconnect_request_the_session_resumes_and_commands_still_
                                                                                         configured_gateway):
     config = make_config(discord={"api_base": fake.api_base,
                                   "gateway_url": fake.gateway_url if configured_gateway else ""})
-    adapter = DiscordAdapter(TOKEN)
+    adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
     running = await start(store, config, adapter, clock)
     try:
         assert await until(fake.ready.is_set)
@@ -159,10 +162,10 @@ async def test_a_refused_token_stops_the_frontend_with_one_error_and_posting_goe
     caplog.set_level(logging.INFO)
     # rest-401: the token is wrong everywhere; gateway-4004: REST takes it, the gateway closes with 4004.
     with FakeDiscordGateway(gateway_token="another" if where == "gateway-4004" else None) as fake:
-        monkeypatch.setattr(Route, "BASE", fake.api_base)
+        monkeypatch.setattr(Route, "BASE", NOWHERE)
         token = "wrong-token" if where == "rest-401" else TOKEN
         config = make_config(discord={"api_base": fake.api_base, "gateway_url": fake.gateway_url})
-        adapter = DiscordAdapter(token)
+        adapter = DiscordAdapter(token, api_base=config.discord.api_base)
         running = await start(store, config, adapter, clock)
         assert await until(lambda: any(r.levelno >= logging.ERROR and r.name.startswith("bot.adapters")
                                        for r in caplog.records))
@@ -199,10 +202,10 @@ async def test_a_refused_token_stops_the_frontend_with_one_error_and_posting_goe
 async def test_a_missing_intent_is_one_clear_error_not_a_retry_loop(monkeypatch, store, clock, make_config, caplog,
                                                                     fast_retries):
     with FakeDiscordGateway(identify_close=4014) as fake:  # 4014: disallowed intents
-        monkeypatch.setattr(Route, "BASE", fake.api_base)
+        monkeypatch.setattr(Route, "BASE", NOWHERE)
         config = make_config(discord={"api_base": fake.api_base, "gateway_url": fake.gateway_url,
                                       "message_content": True})
-        adapter = DiscordAdapter(TOKEN)
+        adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
         running = await start(store, config, adapter, clock)
         assert await until(lambda: running.frontend.state == "failed")
         await asyncio.sleep(0.3)
@@ -228,7 +231,7 @@ async def test_a_silent_gateway_does_not_block_start_and_close_is_bounded(fake, 
                                                                           make_config, caplog):
     port = black_hole.getsockname()[1]
     config = make_config(discord={"api_base": fake.api_base, "gateway_url": f"ws://127.0.0.1:{port}/gateway"})
-    adapter = DiscordAdapter(TOKEN)
+    adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
     running = await start(store, config, adapter, clock)
     assert await until(lambda: any(u.startswith(f"ws://127.0.0.1:{port}") for u in urls))
     await asyncio.sleep(0.1)  # inside the WebSocket handshake that never completes
@@ -247,7 +250,7 @@ async def test_an_unreachable_gateway_is_retried_with_backoff_one_line_per_failu
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there: connection refused
     config = make_config(discord={"api_base": fake.api_base, "gateway_url": f"ws://127.0.0.1:{port}/"})
-    adapter = DiscordAdapter(TOKEN)
+    adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
     running = await start(store, config, adapter, clock)
     assert await until(lambda: len([p for m, p in fake.requests if p == "/api/v10/users/@me"]) >= 3)
     await close_within(running)
@@ -265,10 +268,10 @@ async def test_an_unreachable_gateway_is_retried_with_backoff_one_line_per_failu
 
 async def test_close_while_logging_in_is_bounded(black_hole, store, clock, make_config, caplog, monkeypatch):
     port = black_hole.getsockname()[1]
-    monkeypatch.setattr(Route, "BASE", f"http://127.0.0.1:{port}/api/v10")  # REST itself never answers
+    monkeypatch.setattr(Route, "BASE", NOWHERE)
     config = make_config(discord={"api_base": f"http://127.0.0.1:{port}/api/v10",
                                   "gateway_url": f"ws://127.0.0.1:{port}/"})
-    adapter = DiscordAdapter(TOKEN)
+    adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
     running = await start(store, config, adapter, clock)
     await asyncio.sleep(0.2)
     await close_within(running, 2.0)
@@ -282,8 +285,8 @@ async def test_posting_while_discord_is_unreachable_fails_cleanly_without_leakin
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    monkeypatch.setattr(Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
-    adapter = DiscordAdapter(TOKEN)
+    monkeypatch.setattr(Route, "BASE", NOWHERE)
+    adapter = DiscordAdapter(TOKEN, api_base=f"http://127.0.0.1:{port}/api/v10")
     results = [await adapter.post_text(CH, "hello") for _ in range(2)]  # each one tries to log in
     await adapter.close()
     assert all(not r.ok and r.retryable and "cannot reach Discord" in r.error for r in results)

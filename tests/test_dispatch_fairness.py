@@ -7,7 +7,7 @@ from collections import Counter
 import handlers
 from bot.config import Secrets, parse_config
 from bot.dispatch import DIGEST_MAX, Dispatcher
-from bot.models import ChannelRef, ChannelSettings, CommandRequest, Match, PostResult
+from bot.models import ChannelRef, ChannelSettings, Match, PostResult
 from handlers.channel import bot_status
 
 from .fakes import RecordingAdapter, paper
@@ -231,15 +231,15 @@ async def test_what_arrives_while_the_digest_is_being_sent_starts_the_next_burst
 def test_resume_after_a_long_pause_says_what_the_burst_gives(store, clock):
     ml = ChannelRef("console", "ml")
     ctx = handlers.Context(store, parse_config({}, Secrets({})), clock=clock)
-    asyncio.run(handlers.handle(ctx, CommandRequest(ml, "u1", "pause")))
+    asyncio.run(handlers.handle(ctx, handlers.request_from_text(ml, "u1", "pause")))
     burst(store, clock, [ml], 500)
-    reply = asyncio.run(handlers.handle(ctx, CommandRequest(ml, "u1", "resume")))
+    reply = asyncio.run(handlers.handle(ctx, handlers.request_from_text(ml, "u1", "resume")))
     assert reply.text == ("Resumed. 500 papers matched while paused: the oldest 10 as cards and 20 in a digest will be "
                           "posted now; the digest counts the other 470. Narrow busy subscriptions with `/papers mute`.")
     small = ChannelRef("console", "small")
-    asyncio.run(handlers.handle(ctx, CommandRequest(small, "u1", "pause")))
+    asyncio.run(handlers.handle(ctx, handlers.request_from_text(small, "u1", "pause")))
     burst(store, clock, [small], 1, start=900)
-    assert asyncio.run(handlers.handle(ctx, CommandRequest(small, "u1", "resume"))).text == (
+    assert asyncio.run(handlers.handle(ctx, handlers.request_from_text(small, "u1", "resume"))).text == (
         "Resumed. 1 paper matched while paused will be posted now.")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import handlers
 from bot.adapters import ConsoleAdapter
 from bot.adapters.slack_adapter import SlackAdapter, make_web_client, start_slack
 from bot.app import App
@@ -228,11 +229,11 @@ async def test_polling_and_delivery_do_not_wait_for_a_front_end_that_never_start
                                "sources": {"huggingface": {"base_url": server.url}, "arxiv": {"enabled": False}},
                                "delivery": {"max_age_days": 100000}}, Secrets({"SLACK_BOT_TOKEN": BOT_TOKEN}))
         out = io.StringIO()
-        posting_only = SlackAdapter(make_web_client(BOT_TOKEN, f"http://127.0.0.1:{closed_port()}/api/"))
-        app = App(config, stdout=out, adapters={"console": ConsoleAdapter(out), "slack": posting_only})
-        from bot.models import ChannelRef, CommandRequest
+        unreachable = SlackAdapter(make_web_client(BOT_TOKEN, f"http://127.0.0.1:{closed_port()}/api/"), config=config)
+        app = App(config, stdout=out, adapters={"console": ConsoleAdapter(out), "slack": unreachable})
+        from bot.models import ChannelRef
 
-        await app.handle_command(CommandRequest(ChannelRef("console", "ml"), "u1", "subscribe diffusion"))
+        await app.handle_command(handlers.request_from_text(ChannelRef("console", "ml"), "u1", "subscribe diffusion"))
         stop = asyncio.Event()
         task = asyncio.create_task(app.run(stop, tick=0.01))
         await until(lambda: "[console:ml] " in out.getvalue())
@@ -251,9 +252,9 @@ async def test_shutdown_waits_a_bounded_time_for_what_ignores_cancellation(tmp_p
     fetching = asyncio.Event()
 
     class Stubborn:
-        name, validators = "huggingface", {}
+        name = "huggingface"
 
-        async def fetch(self):
+        async def fetch(self, validators):
             fetching.set()
             try:
                 await asyncio.sleep(60)

@@ -3,6 +3,7 @@ import asyncio
 import pytest
 
 import handlers
+from bot.errors import StorageBusy
 from bot.models import ChannelRef, CommandRequest
 
 ML = ChannelRef("console", "ml")
@@ -16,7 +17,7 @@ def ctx(store, make_config, clock):
 
 
 def run(ctx, text, channel=ML, can_manage=True):
-    return asyncio.run(handlers.handle(ctx, CommandRequest(channel, "u1", text, can_manage)))
+    return asyncio.run(handlers.handle(ctx, handlers.request_from_text(channel, "u1", text, can_manage)))
 
 
 def test_subscribe_echoes_the_normalized_query_and_an_id(ctx):
@@ -129,3 +130,109 @@ def test_unknown_and_overlong_commands(ctx):
 def test_help_lists_subscriptions_first_and_help_last():
     names = list(handlers.COMMANDS)
     assert names[:2] == ["subscribe", "preview"] and names[-1] == "help"
+
+
+# ---- the command seam: text parsed once, typed arguments checked once ----------------------
+
+@pytest.mark.parametrize(
+    "text, verb, args",
+    [
+        ("", "help", {}),
+        ("  SUBSCRIBE  diffusion model ", "subscribe", {"query": "diffusion model"}),
+        ("subscribe --backfill 5 \"large  language\" -video", "subscribe",
+         {"query": "\"large  language\" -video", "backfill": "5"}),  # the query as typed, option anywhere
+        ("subscribe diffusion --backfill", "subscribe", {"query": "diffusion", "backfill": ""}),
+        ("mute #3 cat:cs.RO video", "mute", {"subscription": "#3", "term": "cat:cs.RO video"}),
+        ("digest daily 09:00", "digest", {"mode": "daily", "time": "09:00"}),  # too few words: no day
+        ("digest weekly fri 18:30", "digest", {"mode": "weekly", "day": "fri", "time": "18:30"}),
+        ("trending", "trending", {}),
+        ("unsubscribe 1 2", "unsubscribe", {"subscription": "1 2"}),  # the last parameter takes the rest
+        ("pause now please", "pause", {}),
+        ("subscrbe diffusion", "subscrbe", {}),
+    ],
+)
+def test_parse_text_maps_words_to_the_declared_parameters(text, verb, args):
+    assert handlers.parse_text(text) == (verb, args)
+
+
+def typed(ctx, verb, args, channel=ML):
+    return asyncio.run(handlers.handle(ctx, CommandRequest(channel, "u1", verb, args)))
+
+
+def test_typed_and_text_requests_get_the_same_replies(ctx, store):
+    by_text = run(ctx, "subscribe Diffusion --backfill 2", channel=OTHER).text
+    assert typed(ctx, "subscribe", {"query": "Diffusion", "backfill": 2}).text == by_text.replace("(#1)", "(#2)")
+    assert "Backfill: posting 0 recent matches now." in by_text
+    assert typed(ctx, "mute", {"subscription": 2, "term": "video"}).text == "#2 is now `diffusion -video`."
+    assert run(ctx, "mute 2 robot").text == "#2 is now `diffusion -video -robot`."
+    assert typed(ctx, "digest", {"mode": "weekly", "day": "fri", "time": "18:30"}).text == \
+        run(ctx, "digest weekly fri 18:30").text
+
+
+@pytest.mark.parametrize(
+    "verb, args, message",
+    [
+        ("subscribe", {"query": "diffusion", "backfill": 25}, "--backfill needs a number from 1 to 20, not `25`."),
+        ("subscribe", {"query": "diffusion", "backfill": "many"}, "--backfill needs a number from 1 to 20"),
+        ("subscribe", {"query": "diffusion", "colour": "red"}, "`subscribe` has no option `--colour`."),
+        ("search", {}, "What should I search for? Give some words."),
+        ("show", {"paper": "  "}, "Which paper? Give an arXiv id or link."),
+        ("digest", {"mode": "weekly", "time": "09:00"}, "Say `off`, `daily HH:MM` or `weekly DAY HH:MM`."),
+    ],
+)
+def test_typed_arguments_are_checked_against_the_declared_parameters(ctx, verb, args, message):
+    reply = typed(ctx, verb, args)
+    assert not reply.ok and message in reply.text
+    assert f"Usage: `/papers {handlers.COMMANDS[verb].usage}`" in reply.text
+    assert ctx.store.subscriptions(ML) == []
+
+
+def test_every_command_declares_its_parameters_for_the_platforms():
+    for cmd in handlers.COMMANDS.values():
+        for param in cmd.params:
+            assert param.description and len(param.description) <= 100, (cmd.name, param.name)
+            assert param.kind in ("text", "word", "int")
+            assert not param.choices or len(param.choices) <= 25
+        positional = [p for p in cmd.params if not p.option]
+        assert all(p.kind != "text" for p in positional[:-1]), cmd.name  # only the last takes free text
+
+
+def test_completions_come_from_the_declared_source(ctx, clock, monkeypatch):
+    ctx.store.add_subscription(ML, "diffusion", "u1", clock())
+    ctx.store.add_subscription(ML, "agents", "u1", clock())
+    assert handlers.complete(ctx, ML, "unsubscribe", "subscription", "") == [
+        ("#1 diffusion", "1"), ("#2 agents", "2"), ("all of them", "all")]
+    assert handlers.complete(ctx, ML, "mute", "subscription", "AGE") == [("#2 agents", "2")]
+    assert handlers.complete(ctx, ML, "timezone", "zone", "tokyo") == [("Asia/Tokyo", "Asia/Tokyo")]
+    assert handlers.complete(ctx, ML, "search", "words", "x") == []  # nothing to suggest there
+    assert handlers.complete(ctx, ML, "nope", "x", "") == []
+
+    def busy(channel=None):
+        raise StorageBusy("the database is busy; try again", ctx.store.path)
+
+    monkeypatch.setattr(ctx.store, "subscriptions", busy)
+    assert handlers.complete(ctx, ML, "unsubscribe", "subscription", "") == []
+
+
+def test_links_and_mentions_become_show_requests():
+    text = "see https://arxiv.org/abs/2411.00001v2, https://huggingface.co/papers/2411.00002 and https://x.org"
+    assert handlers.paper_links(text) == ["2411.00001", "2411.00002"]
+    assert handlers.paper_in_link("https://arxiv.org/pdf/2411.00003v1") == "2411.00003"
+    assert handlers.paper_in_link("https://example.com") is None
+    show = handlers.show_request(ML, "u1", "2411.00001")
+    assert (show.verb, dict(show.args), show.can_manage) == ("show", {"paper": "2411.00001"}, False)
+    bare = handlers.mention_request(ML, "u1", "https://arxiv.org/abs/2411.00001 please", True)
+    assert (bare.verb, dict(bare.args)) == ("show", {"paper": "https://arxiv.org/abs/2411.00001"})
+    command = handlers.mention_request(ML, "u1", "search 2411.00001", True)
+    assert (command.verb, dict(command.args)) == ("search", {"words": "2411.00001"})
+    assert handlers.mention_request(ML, "u1", "", True).verb == "help"
+
+
+@pytest.mark.parametrize(
+    "line, option", [("subscribe --bogus foo", "--bogus"), ("preview --backfill 3 diffusion", "--backfill")]
+)
+def test_a_typed_option_the_command_does_not_have_is_refused_not_taken_as_query(ctx, line, option):
+    reply = run(ctx, line)
+    assert not reply.ok and f"has no option `{option}`" in reply.text
+    assert ctx.store.subscriptions(ML) == []
+    assert run(ctx, "subscribe -survey diffusion").ok  # one dash still excludes a word

@@ -13,7 +13,7 @@ from bot.adapters.discord_render import card_embed
 from bot.adapters.slack_render import card_blocks
 from bot.cards import card_for
 from bot.errors import SourceError
-from bot.models import ChannelRef, CommandRequest, Paper
+from bot.models import ChannelRef, Paper
 from bot.sources.arxiv import parse_rss
 from bot.sources.huggingface import parse_daily_papers
 
@@ -59,7 +59,7 @@ hostile_papers = st.builds(
     summary=nasty_text,
     authors=st.lists(nasty_text, max_size=5).map(tuple),
     categories=st.lists(st.sampled_from(["cs.LG", "cs.CV"]), max_size=2).map(tuple),
-    source=st.sampled_from(["hf", "arxiv"]),
+    source=st.sampled_from(["huggingface", "arxiv"]),
     upvotes=st.none() | st.integers(0, 10**6),
 )
 
@@ -83,8 +83,8 @@ def test_no_command_text_crashes_a_handler(store, make_config, text):
     ctx = handlers.Context(store, make_config(limits={"commands_per_minute": 10**9}))
     for prefix in ("", "subscribe ", "preview ", "search ", "show ", "unsubscribe ", "mute 1 ", "digest ",
                    "timezone ", "trending ", "help "):
-        reply = asyncio.run(handlers.handle(ctx, CommandRequest(ChannelRef("console", "fuzz"), "u", prefix + text,
-                                                                can_manage=True)))
+        request = handlers.request_from_text(ChannelRef("console", "fuzz"), "u", prefix + text, can_manage=True)
+        reply = asyncio.run(handlers.handle(ctx, request))
         assert isinstance(reply.text, str) and len(reply.text) < 5000
 
 

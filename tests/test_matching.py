@@ -23,7 +23,7 @@ PAPER = paper(
     "We employ a pre-trained text to image diffusion model supplemented with large language models.",
     authors=("Amirhossein Alimohammadi", "Yann A. LeCun", "Émile Borel"),
     categories=("cs.CV", "cs.LG"),
-    source="hf",
+    source="huggingface",
     upvotes=25,
     organization="Google DeepMind (google)",
 )
@@ -141,7 +141,7 @@ def papers(draw):
         authors=tuple(draw(st.lists(st.sampled_from(["Yann LeCun", "Yann A. LeCun", "Ada Lovelace", "Émile Borel"]),
                                     max_size=3))),
         categories=tuple(draw(st.lists(st.sampled_from(["cs.CV", "cs.LG", "stat.ML"]), max_size=2))),
-        source=draw(st.sampled_from(["hf", "arxiv"])),
+        source=draw(st.sampled_from(["huggingface", "arxiv"])),
         upvotes=draw(st.one_of(st.none(), st.integers(0, 60))),
         organization=draw(st.sampled_from([None, "Google (google)", "Meta AI (facebook)"])),
     )

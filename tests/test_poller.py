@@ -34,7 +34,7 @@ async def test_the_same_paper_from_two_sources_is_queued_once(store, clock):
     store.add_subscription(ML, "diffusion", "u1", clock())
     poller = Poller(store, clock)
     arxiv = FakeSource("arxiv", [paper("2410.00001", "Diffusion", source="arxiv")])
-    hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="hf", upvotes=5)])
+    hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="huggingface", upvotes=5)])
     assert (await poller.poll(arxiv)).queued == 1
     assert (await poller.poll(hf)).queued == 0
     assert len(due_now(store, clock())) == 1
@@ -60,7 +60,7 @@ async def test_a_failing_source_is_reported_and_counted(store, clock):
     assert first.line() == "fake: FAILED: HTTP 500 from http://127.0.0.1:1"
     source.fail_with(None)
     assert (await poller.poll(source)).ok
-    assert store.source_state("fake")["consecutive_failures"] == 0
+    assert store.source_state("fake").consecutive_failures == 0
 
 
 async def test_an_unexpected_exception_in_a_source_does_not_escape(store, clock, caplog):
@@ -109,27 +109,29 @@ async def test_papers_listed_long_ago_are_stored_but_not_posted(store, clock):
 async def test_a_paper_crossing_an_upvote_threshold_is_delivered_then_once(store, clock):
     store.add_subscription(ML, "diffusion upvotes>=20", "u1", clock())
     late, _ = store.add_subscription(ChannelRef("console", "late"), "diffusion", "u1", clock())
-    hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="hf", upvotes=3, listed_on=clock().date())])
+    hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="huggingface", upvotes=3,
+                                          listed_on=clock().date())])
     poller = Poller(store, clock)
     clock.advance(minutes=1)
     assert (await poller.poll(hf)).queued == 1  # to #2 only: 3 upvotes are not 20
     store.add_subscription(ChannelRef("console", "newer"), "diffusion", "u1", clock() + timedelta(hours=1))
     clock.advance(hours=6)
-    hf.papers = [paper("2410.00001", "Diffusion", source="hf", upvotes=25, listed_on=clock().date())]
+    hf.papers = [paper("2410.00001", "Diffusion", source="huggingface", upvotes=25, listed_on=clock().date())]
     report = await poller.poll(hf)
     assert report.new == 0 and report.queued == 1
     channels = sorted(d.channel.channel_id for d in due_now(store, clock()))
     assert channels == ["late", "ml"]  # not "newer": it was created after the paper arrived
-    hf.papers = [paper("2410.00001", "Diffusion", source="hf", upvotes=40, listed_on=clock().date())]
+    hf.papers = [paper("2410.00001", "Diffusion", source="huggingface", upvotes=40, listed_on=clock().date())]
     assert (await poller.poll(hf)).queued == 0  # once
 
 
 async def test_no_upvote_recheck_after_max_age(store, clock):
     store.add_subscription(ML, "diffusion upvotes>=20", "u1", clock())
-    hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="hf", upvotes=3, listed_on=clock().date())])
+    hf = FakeSource("huggingface", [paper("2410.00001", "Diffusion", source="huggingface", upvotes=3,
+                                          listed_on=clock().date())])
     poller = Poller(store, clock, max_age_days=7)
     clock.advance(minutes=1)
     await poller.poll(hf)
     clock.advance(days=8)
-    hf.papers = [paper("2410.00001", "Diffusion", source="hf", upvotes=90, listed_on=clock().date())]
+    hf.papers = [paper("2410.00001", "Diffusion", source="huggingface", upvotes=90, listed_on=clock().date())]
     assert (await poller.poll(hf)).queued == 0

@@ -81,7 +81,7 @@ async def test_a_poisoned_hugging_face_item_costs_only_itself(store, clock, serv
     assert "skipped item 4: 2410.18451: paper.publishedAt" in skipped[2]
     assert "cannot be represented in UTC" in skipped[2]
     assert all(len(line) < 400 for line in skipped)  # bounded, whatever the item holds
-    assert store.source_state("huggingface")["consecutive_failures"] == 0
+    assert store.source_state("huggingface").consecutive_failures == 0
 
 
 async def test_a_number_too_long_for_python_costs_only_its_item(store, clock, server, caplog):
@@ -151,10 +151,10 @@ async def test_a_full_disk_is_a_recorded_failure_and_nothing_is_lost(tmp_path, s
         assert not report.ok and report.failures == 1
         assert report.error.startswith("storage error: OperationalError: database or disk is full (database ")
         state = store.source_state("huggingface")
-        assert state["consecutive_failures"] == 1 and state["last_error"] == report.error
+        assert state.consecutive_failures == 1 and state.last_error == report.error
         status, body = health(store, config(tmp_path))
         assert status == 503 and body["status"] == "storage"
-        assert store.source_validators("huggingface") == {}  # the unstored response's ETag is not kept
+        assert not store.source_validators("huggingface")  # the unstored response's ETag is not kept
         # The disk has room again: the next poll asks without the ETag, so it gets (and
         # stores, and matches) the listing instead of a 304.
         report = await poller.poll(source)
@@ -200,7 +200,7 @@ async def test_a_bug_after_the_fetch_rolls_back_and_is_recorded(tmp_path, store,
     real_match, poller.matcher.match = poller.matcher.match, broken
     report = await poller.poll(source)
     assert not report.ok and report.error == "internal error: RuntimeError: matcher bug"
-    assert store.source_state("fake")["consecutive_failures"] == 1
+    assert store.source_state("fake").consecutive_failures == 1
     assert store.get_paper("2410.00001") is None  # not stored half-done: the next poll matches it
     status, body = health(store, config(tmp_path))
     assert status == 503 and body["status"] == "internal" and "matcher bug" in caplog.text
@@ -231,7 +231,7 @@ async def test_a_dripping_source_is_cut_off_at_the_deadline(store, clock):
     assert not report.ok and elapsed < 1.5
     assert report.error == (f"timed out waiting for {url}: no complete response within 0.5s "
                             "(the deadline for the whole request)")
-    assert store.source_state("huggingface")["consecutive_failures"] == 1
+    assert store.source_state("huggingface").consecutive_failures == 1
 
 
 # ---- item 7: a truncated feed gives nothing -------------------------------------------------
@@ -247,7 +247,7 @@ async def test_a_truncated_arxiv_feed_stores_and_posts_nothing(store, clock, ser
     assert report.error.startswith("response is not a complete, well-formed feed (no element found at line ")
     assert report.error.endswith("nothing from it was stored")
     assert store.count_papers() == 0 and store.count_pending() == 0
-    assert store.source_state("arxiv")["consecutive_failures"] == 1
+    assert store.source_state("arxiv").consecutive_failures == 1
 
 
 async def test_the_untruncated_feed_still_parses(server, clock, store):
@@ -265,7 +265,9 @@ async def test_a_truncated_arxiv_api_answer_is_a_failed_lookup(server):
         pass
 
     async with make_client(5.0) as client:
-        lookup = PaperLookup(client, server.url, f"{server.url}/api/query", arxiv_pacer=Pacer(3.0, sleep=no_sleep))
+        arxiv = ArxivSource(client, server.url, ("cs.LG",), pacer=Pacer(3.0, sleep=no_sleep),
+                            api_url=f"{server.url}/api/query")
+        lookup = PaperLookup([HuggingFaceSource(client, server.url), arxiv])
         with pytest.raises(SourceError, match="API response is not a complete, well-formed feed"):
             await lookup.fetch("1111.2011")
         server.route("/api/query", Canned(body=real, content_type="application/atom+xml"))
@@ -286,9 +288,9 @@ async def test_status_shows_the_backoff_retry_not_the_interval(tmp_path, clock):
     runner = _Runner(app)
     await runner._poll(source)
     state = app.store.source_state("huggingface")
-    assert state["next_poll"] == runner.retry_at["huggingface"].replace(microsecond=0)
-    assert 24 <= (state["next_poll"] - clock()).total_seconds() <= 36  # the first retry, not in 30m
-    seconds = int((state["next_poll"] - clock()).total_seconds())
+    assert state.next_poll == runner.retry_at["huggingface"].replace(microsecond=0)
+    assert 24 <= (state.next_poll - clock()).total_seconds() <= 36  # the first retry, not in 30m
+    seconds = int((state.next_poll - clock()).total_seconds())
     assert source_lines(Context(app.store, cfg, clock))[1] == (
         f"• huggingface: last success never; failing (1 in a row): HTTP 503 from http://127.0.0.1:9; "
         f"next retry in {seconds}s")
@@ -300,13 +302,13 @@ async def test_status_shows_the_backoff_retry_not_the_interval(tmp_path, clock):
     source.fail_with(None)
     await runner._poll(source)  # a success: the next poll is the interval away
     state = app.store.source_state("huggingface")
-    assert (state["next_poll"] - clock()).total_seconds() == app.interval(source) == 30 * 60
+    assert (state.next_poll - clock()).total_seconds() == app.interval(source) == 30 * 60
     assert source_lines(Context(app.store, cfg, clock))[1].endswith("last success just now; next poll in 30m")
     # A poll made outside `run` (papers-bot poll from cron) plans nothing: run's old plan is
     # dropped, not shown as "overdue" forever.
     clock.advance(hours=2)
     await app.poller.poll(source)
-    assert app.store.source_state("huggingface")["next_poll"] is None
+    assert app.store.source_state("huggingface").next_poll is None
     assert source_lines(Context(app.store, cfg, clock))[1].endswith("last success just now; next poll in 30m")
     await app.aclose()
 
@@ -336,9 +338,10 @@ async def test_backfill_names_each_failed_day_and_what_it_leaves_to_the_poller(s
         pass
 
     async with make_client(2.0) as client:
-        report = await backfill(store, client, days=4, today=NOW.date(), now=NOW, hf_base_url=server.url,
-                                arxiv_api_url=f"{server.url}/api/query", categories=("cs.LG",),
-                                progress=Progress(6, io.StringIO()), sleep=no_sleep)
+        sources = [HuggingFaceSource(client, server.url),
+                   ArxivSource(client, server.url, ("cs.LG",), pacer=Pacer(3.0, sleep=no_sleep),
+                               api_url=f"{server.url}/api/query")]
+        report = await backfill(store, sources, days=4, today=NOW.date(), now=NOW, progress=Progress(6, io.StringIO()))
     assert [(s, str(d)) for s, d, _ in report.failed] == [("huggingface", "2026-11-26"), ("arxiv", "2026-11-24")]
     assert "HTTP 400" in report.failed[0][2] and "not a complete, well-formed feed" in report.failed[1][2]
     lines = report.lines()

@@ -47,7 +47,8 @@ def test_light_stemming_of_plurals(word, stemmed):
         ("org:google", ("org", ("google",), "google")),
         ("upvotes>=20", ("upvotes", ">=", 20)),
         ("upvotes<5", ("upvotes", "<", 5)),
-        ("source:hf", ("source", "hf")),
+        ("source:huggingface", ("source", "huggingface")),
+        ("source:hf", ("source", "huggingface")),  # the older spelling, in subscriptions made before
         ("SOURCE:arXiv", ("source", "arxiv")),
     ],
 )
@@ -101,7 +102,7 @@ def test_queries_are_echoed_in_normalized_form(query, normalized):
         ("di*", "a prefix needs at least 3 letters before *"),
         ("a*b*", "a prefix is one word followed by *"),
         ("upvotes>=lots", "upvotes needs a comparison and a number"),
-        ("source:reddit", 'source must be hf or arxiv, not "reddit"'),
+        ("source:reddit", 'source must be huggingface or arxiv, not "reddit"'),
         ("cat:!!", "is not an arXiv category"),
         ("title:", "title: needs a value"),
         ('""', "an empty phrase"),

@@ -17,7 +17,7 @@ from bot.adapters.slack_adapter import SlackAdapter, build_bolt_app, make_web_cl
 from bot.adapters.slack_render import card_blocks, digest_blocks, escape, reply_blocks
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
-from bot.models import ChannelRef, CommandRequest, Digest, Match, Reply
+from bot.models import ChannelRef, Digest, Match, Reply
 from fakes.slack import FakeSlack
 
 from .fakes import due_now, paper
@@ -144,7 +144,7 @@ async def test_a_gone_channel_is_paused_and_says_why(store, clock, slack, make_c
     assert len(slack.called("chat.postMessage")) == 1  # no retrying forever
     assert store.count_pending(C123) == 1  # the paper is kept for when it is back
     ctx = handlers.Context(store, make_config(), clock)
-    status = await handlers.handle(ctx, CommandRequest(C123, "U1", "status"))
+    status = await handlers.handle(ctx, handlers.request_from_text(C123, "U1", "status"))
     assert "paused (is_archived)" in status.text
 
 
@@ -316,6 +316,19 @@ async def test_overflow_unsubscribes(bolt, slack, store, clock):
     await wait_for(lambda: slack.called("2"))
     assert slack.called("2")[0]["text"].startswith("Unsubscribed #1 `diffusion`.")
     assert store.subscriptions(C123) == []
+
+
+async def test_overflow_mutes_a_category_as_a_typed_request(bolt, slack, store, clock):
+    sub, _ = store.add_subscription(C123, "diffusion", "U1", clock())
+    payload = {"type": "block_actions", "user": {"id": "UADMIN"}, "channel": {"id": "C123"},
+               "team": {"id": "T1"}, "response_url": f"{slack.url}/respond/3", "trigger_id": "1",
+               "actions": [{"type": "overflow", "action_id": "papers_overflow", "block_id": "paper:2411.00001",
+                            "selected_option": {"value": f"mute:{sub.id}:cat:cs.RO"}}]}
+    body = urlencode({"payload": json.dumps(payload)})
+    assert (await post(bolt, body, sign(body, int(time.time()))))[0] == 200
+    await wait_for(lambda: slack.called("3"))
+    assert slack.called("3")[0]["text"] == "#1 is now `diffusion -cat:cs.ro`."
+    assert store.subscriptions(C123)[0].query == "diffusion -cat:cs.ro"
 
 
 def test_cli_subscribe_then_poll_posts_to_the_slack_channel(tmp_path, capsys, slack, server, monkeypatch):

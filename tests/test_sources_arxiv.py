@@ -10,7 +10,7 @@ from .fakes import fixture, rss
 
 async def fetch(server, categories=("cs.CV", "cs.LG")):
     async with make_client(5.0) as client:
-        return await ArxivSource(client, server.url, categories).fetch()
+        return list((await ArxivSource(client, server.url, categories).fetch()).papers)
 
 
 async def test_one_request_for_all_categories(server):
@@ -107,6 +107,7 @@ def test_an_empty_body_is_a_source_error():
 
 async def test_arxiv_requests_keep_three_seconds_apart(server):
     from bot.lookup import PaperLookup
+    from bot.sources import HuggingFaceSource
     from bot.sources.base import Pacer
 
     server.route("/rss/cs.LG", rss("arxiv_rss_weekend_synthetic.xml"))
@@ -121,8 +122,8 @@ async def test_arxiv_requests_keep_three_seconds_apart(server):
 
     pacer = Pacer(3.0, monotonic=lambda: now[0], sleep=sleep)
     async with make_client(5.0) as client:
-        source = ArxivSource(client, server.url, ("cs.LG",), pacer=pacer)
-        lookup = PaperLookup(client, server.url, f"{server.url}/api/query", arxiv_pacer=pacer)
+        source = ArxivSource(client, server.url, ("cs.LG",), pacer=pacer, api_url=f"{server.url}/api/query")
+        lookup = PaperLookup([HuggingFaceSource(client, server.url), source])  # the bot's one arXiv client
         await source.fetch()
         now[0] += 1.0
         await lookup.fetch("2411.00001")

@@ -12,7 +12,7 @@ from .fakes import fixture, hf_json
 
 async def fetch(server, timeout=5.0, max_bytes=20 * 1024 * 1024):
     async with make_client(timeout) as client:
-        return await HuggingFaceSource(client, server.url, max_bytes).fetch()
+        return list((await HuggingFaceSource(client, server.url, max_bytes).fetch()).papers)
 
 
 async def test_real_legacy_response_is_parsed(server):
@@ -29,7 +29,7 @@ async def test_real_legacy_response_is_parsed(server):
     assert first.thumbnail == "https://cdn-thumbnails.huggingface.co/social-thumbnails/papers/2410.17243.png"
     # Legacy items have no submittedOnDailyAt: the list date comes from the item's publishedAt.
     assert str(first.listed_on) == "2024-10-25"
-    assert first.source == "hf" and first.github is None and first.ai_summary is None
+    assert first.source == "huggingface" and first.github is None and first.ai_summary is None
 
 
 async def test_real_current_item_keeps_fields_that_live_under_paper(server):

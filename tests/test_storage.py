@@ -1,6 +1,6 @@
 from datetime import datetime, timedelta, timezone
 
-from bot.models import ChannelRef, Match
+from bot.models import ChannelRef, Match, Validators
 from storage import Store
 from storage.migrations import migrations
 
@@ -37,13 +37,14 @@ def test_add_papers_returns_only_new_ones_and_round_trips(store):
 
 def test_a_later_hf_listing_enriches_an_arxiv_paper(store):
     store.add_papers([paper("2410.00001", "From arXiv", source="arxiv")], T0)
-    hf = paper("2410.00001", "From HF", source="hf", upvotes=12, github="https://github.com/a/b", ai_summary="AI")
+    hf = paper("2410.00001", "From HF", source="huggingface", upvotes=12, github="https://github.com/a/b",
+               ai_summary="AI")
     assert store.add_papers([hf], T0) == []
     stored = store.get_paper("2410.00001")
     assert stored.title == "From arXiv"  # the first listing's text stays
     assert (stored.upvotes, stored.github, stored.ai_summary) == (12, "https://github.com/a/b", "AI")
-    assert store.db.execute("SELECT sources FROM papers").fetchone()[0] == "arxiv,hf"
-    store.add_papers([paper("2410.00001", source="hf", upvotes=30)], T0)
+    assert store.db.execute("SELECT sources FROM papers").fetchone()[0] == "arxiv,huggingface"
+    store.add_papers([paper("2410.00001", source="huggingface", upvotes=30)], T0)
     assert store.get_paper("2410.00001").upvotes == 30  # upvotes are refreshed
 
 
@@ -146,8 +147,39 @@ def test_source_state_counts_consecutive_failures(store):
     assert store.record_source_failure("arxiv", T0, "HTTP 503") == 2
     store.record_source_success("arxiv", T0 + timedelta(minutes=5), 42)
     state = store.source_state("arxiv")
-    assert state["consecutive_failures"] == 0 and state["last_count"] == 42
-    assert state["last_error"] == "HTTP 503" and state["last_success"] == T0 + timedelta(minutes=5)
+    assert state.consecutive_failures == 0 and state.last_count == 42
+    assert state.last_error == "HTTP 503" and state.last_success == T0 + timedelta(minutes=5)
+    assert state.next_poll is None and state.validators == Validators()
+
+
+def test_source_validators_are_a_value_stored_and_read_back(store):
+    assert store.source_validators("huggingface") == Validators()
+    store.save_source_validators("huggingface", Validators('"v1"', "Fri, 27 Nov 2026 10:00:00 GMT"))
+    assert store.source_validators("huggingface") == Validators('"v1"', "Fri, 27 Nov 2026 10:00:00 GMT")
+    assert store.source_state("huggingface").validators == Validators('"v1"', "Fri, 27 Nov 2026 10:00:00 GMT")
+    store.save_source_validators("huggingface", Validators(etag='"v2"'))  # a response without Last-Modified
+    assert store.source_validators("huggingface") == Validators('"v2"', None)
+
+
+def test_papers_listed_as_hf_by_older_versions_are_renamed_huggingface(tmp_path):
+    # The database of a version that called Hugging Face "hf" in papers.sources: its
+    # schema is this one without m011 (which changes data only), so undo m011 to make one.
+    path = tmp_path / "old.db"
+    old = Store(path)
+    old.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm011_one_name_for_hugging_face'")
+    rows = [("2410.00001", "hf"), ("2410.00002", "arxiv,hf"), ("2410.00003", "arxiv"), ("2410.00004", "hf,arxiv")]
+    for paper_id, sources in rows:
+        old.add_papers([paper(paper_id, f"Paper {paper_id}")], T0)
+        old.db.execute("UPDATE papers SET sources = ? WHERE id = ?", [sources, paper_id])
+    old.db.conn.commit()
+    old.close()
+    store = Store(path)  # migrates
+    stored = dict(store.db.execute("SELECT id, sources FROM papers").fetchall())
+    assert stored == {"2410.00001": "huggingface", "2410.00002": "arxiv,huggingface", "2410.00003": "arxiv",
+                      "2410.00004": "huggingface,arxiv"}
+    assert store.get_paper("2410.00001").source == "huggingface"
+    assert [p.id for p in store.search_papers(["paper"], 5)]  # the full-text index followed the update
+    store.close()
 
 
 def test_search_ranks_within_the_most_recent_matches(store):

@@ -5,9 +5,13 @@ from __future__ import annotations
 import sys
 import textwrap
 import unicodedata
-from typing import TextIO
+from datetime import datetime
+from typing import TYPE_CHECKING, TextIO
 
 from ..models import Card, ChannelRef, Digest, PostResult, Reply
+
+if TYPE_CHECKING:
+    from . import CommandHandler, Running
 
 WIDTH = 88
 
@@ -78,3 +82,12 @@ class ConsoleAdapter:
         stream.flush()
         self.posted += 1
         return PostResult(ok=True, message_id=f"console-{self.posted}")
+
+    async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:
+        return None  # a terminal keeps no history to look in: an interrupted card is printed again
+
+    async def start(self, on_command: CommandHandler) -> Running | None:
+        return None  # commands come from `papers-bot command`, not from a front-end
+
+    async def close(self) -> None:
+        return None  # every write is flushed already; the stream is not ours to close

@@ -6,21 +6,22 @@ enforce_nonce, so a retried send returns the first message instead of a duplicat
 Rate limits are left to discord.py's bucket handling. `run` also connects a
 discord.Client for the slash commands and, with the message-content intent, link cards:
 in the background, with its own retries (DiscordFrontend), never holding up polling.
-Every address is from the config: REST and interaction replies from [discord] api_base
-(discord.py's Route.BASE, the one process-wide setting), the gateway from
-[discord] gateway_url or GET /gateway/bot. Nothing discord-shaped leaves this module.
+Every address is from the config: REST and interaction replies from [discord] api_base,
+per adapter (see RoutedHTTPClient: discord.py's own Route.BASE, process-wide, is never
+changed), the gateway from [discord] gateway_url or GET /gateway/bot. Nothing
+discord-shaped leaves this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
+import inspect
 import logging
 import random
-import re
 from datetime import datetime, timedelta
-from typing import Awaitable, Callable, Literal, Optional
-from zoneinfo import available_timezones
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 import aiohttp
 import discord
@@ -28,24 +29,62 @@ import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket, ReconnectWebSocket
 from discord.http import HTTPClient, Route, handle_message_parameters
+from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
-from ..errors import BotError
-from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
-from ..sources.ids import canonical_arxiv_id
-from . import TOKEN_REFUSED_WAIT, Running
+import handlers
+from handlers import Command, Param
+
+from ..models import ArgValue, Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
+from . import TOKEN_REFUSED_WAIT, CommandHandler, Completer, Running
 from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds, safe
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[CommandRequest], Awaitable[Reply]]
+DEFAULT_API_BASE = "https://discord.com/api/v10"
 
 # Discord error codes after which posting to the channel cannot work until someone acts.
 CHANNEL_GONE_CODES = {10003: "unknown channel", 50001: "missing access", 50013: "missing permissions"}
 
 
-def set_api_base(api_base: str) -> None:
-    """Point discord.py's REST routes at another server (tests, staging). Process-wide."""
-    Route.BASE = api_base.rstrip("/")
+def rebased(route: Route, api_base: str) -> Route:
+    """`route` aimed at `api_base` instead of discord.py's Route.BASE (a copy: routes are not ours).
+
+    discord.py builds every URL, REST and webhook alike, as Route.BASE + path inside its own
+    methods, and Route.BASE is a class attribute: one for the whole process. Rewriting the
+    URL where a request is made instead gives each adapter its own base."""
+    if api_base == Route.BASE or not route.url.startswith(Route.BASE):
+        return route
+    moved = copy.copy(route)
+    moved.url = api_base + route.url[len(Route.BASE):]
+    return moved
+
+
+class RoutedHTTPClient(HTTPClient):
+    """discord.py's REST client, sending every request to `api_base`."""
+
+    def __init__(self, api_base: str, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.api_base = api_base.rstrip("/")
+
+    async def request(self, route: Route, **kwargs: Any) -> Any:
+        return await super().request(rebased(route, self.api_base), **kwargs)
+
+
+class RoutedWebhookAdapter(AsyncWebhookAdapter):
+    """discord.py's webhook requests (interaction replies and follow-ups) sent to `api_base`.
+
+    discord.py takes this adapter from a ContextVar (async_context); the gateway sets it in
+    its own task, which every event task it starts inherits, so no other code sees it."""
+
+    def __init__(self, api_base: str):
+        super().__init__()
+        self.api_base = api_base.rstrip("/")
+
+    async def request(self, route: Route, *args: Any, **kwargs: Any) -> Any:
+        return await super().request(rebased(route, self.api_base), *args, **kwargs)
 
 
 def nonce_for(channel: ChannelRef, paper_id: str) -> str:
@@ -65,9 +104,14 @@ class DiscordAdapter:
 
     platform = "discord"
 
-    def __init__(self, token: str, *, max_ratelimit_timeout: float = 60.0):
+    def __init__(self, token: str, *, api_base: str = DEFAULT_API_BASE, max_ratelimit_timeout: float = 60.0,
+                 config: Config | None = None, complete: Completer | None = None):
         self.token = token
+        self.api_base = api_base.rstrip("/")
         self.max_ratelimit_timeout = max_ratelimit_timeout
+        # What the gateway front-end needs ([discord], autocomplete); config None: posting only.
+        self.config = config
+        self.complete: Completer = complete or (lambda channel, verb, param, typed: [])
         self._http: HTTPClient | None = None
         self._login = asyncio.Lock()
         self.user_id: str | None = None
@@ -78,7 +122,8 @@ class DiscordAdapter:
             if self.refused:
                 raise discord.LoginFailure("the token was refused before")
             if self._http is None:
-                http = HTTPClient(asyncio.get_running_loop(), max_ratelimit_timeout=self.max_ratelimit_timeout)
+                http = RoutedHTTPClient(self.api_base, asyncio.get_running_loop(),
+                                        max_ratelimit_timeout=self.max_ratelimit_timeout)
                 try:
                     me = await http.static_login(self.token)
                 except BaseException as exc:
@@ -92,7 +137,7 @@ class DiscordAdapter:
                 self._http = http
             return self._http
 
-    async def post(self, channel, card) -> PostResult:
+    async def post(self, channel: ChannelRef, card: Card) -> PostResult:
         return await self._send(
             channel.channel_id,
             embeds=[card_embed(card)],
@@ -118,7 +163,7 @@ class DiscordAdapter:
             if str((message.get("author") or {}).get("id")) != self.user_id:
                 continue
             for embed in message.get("embeds") or []:
-                if (canonical_arxiv_id(str(embed.get("url") or "")) == paper_id
+                if (handlers.paper_in_link(str(embed.get("url") or "")) == paper_id
                         or needle in str(embed.get("description") or "")):
                     return str(message["id"])
         return None
@@ -159,6 +204,12 @@ class DiscordAdapter:
             return PostResult(ok=False, error=f"cannot reach Discord ({type(exc).__name__})", retryable=True)
         return PostResult(ok=True, message_id=str(message["id"]))
 
+    async def start(self, on_command: CommandHandler) -> Running | None:
+        """The gateway for /papers (and link cards), connecting in the background (see start_discord)."""
+        if self.config is None:
+            return None
+        return await start_discord(self, self.config, on_command, self.complete)
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
@@ -167,128 +218,74 @@ class DiscordAdapter:
 
 # ---- slash commands -------------------------------------------------------------------------
 
-WEEKDAY = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-_ZONES = sorted(available_timezones())
+def build_command_group(on_command: CommandHandler, on_complete: Completer) -> app_commands.Group:
+    """`/papers <subcommand>`: one subcommand per registered command, its options from the
+    command's declared parameters (handlers.Param), descriptions from its docstring.
 
-
-def build_command_group(on_command: CommandHandler, summaries: dict[str, str],
-                        store_subscriptions: Callable[[ChannelRef], list]) -> app_commands.Group:
-    """`/papers <subcommand>`: one subcommand per shared command, typed options.
-
-    Every callback defers (Discord allows 3 seconds for the first answer), runs the shared
-    handler and follows up ephemerally. Changing a channel needs Manage Channels, checked
-    here: Discord's default_member_permissions applies to whole top-level commands only,
-    and /papers also holds the lookups everyone may use.
+    Every callback defers (Discord allows 3 seconds for the first answer), passes the typed
+    options on as the request's arguments and follows up ephemerally. Changing a channel
+    needs Manage Channels, checked by the handlers from `can_manage`: Discord's
+    default_member_permissions applies to whole top-level commands only, and /papers also
+    holds the lookups everyone may use.
     """
     group = app_commands.Group(name="papers", description="New machine-learning papers in this channel")
 
-    def describe(name: str) -> str:
-        return (summaries.get(name) or name)[:100]
-
-    async def run(interaction: discord.Interaction, text: str) -> None:
+    async def run(interaction: discord.Interaction, verb: str, options: dict[str, Any]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         permissions = interaction.permissions
+        args: dict[str, ArgValue] = {name: value for name, value in options.items() if value is not None}
         request = CommandRequest(
-            ChannelRef("discord", str(interaction.channel_id)), str(interaction.user.id), text,
+            ChannelRef("discord", str(interaction.channel_id)), str(interaction.user.id), verb, args,
             can_manage=bool(permissions and (permissions.manage_channels or permissions.administrator)),
         )
         reply = await on_command(request)
         await interaction.followup.send(content=reply.text[:CONTENT_MAX], embeds=reply_embeds(reply.cards),
                                         ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
-    async def subscription_ids(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        try:
-            subs = store_subscriptions(ChannelRef("discord", str(interaction.channel_id)))
-        except BotError as exc:  # a busy database: no suggestions this time, and no traceback
-            log.warning("subscription autocomplete: %s", exc)
-            return []
-        choices = [app_commands.Choice(name=f"#{s.id} {s.query}"[:100], value=str(s.id)) for s in subs]
-        choices.append(app_commands.Choice(name="all of them", value="all"))
-        return [c for c in choices if current.lower() in c.name.lower()][:25]
-
-    async def zones(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        wanted = current.lower()
-        return [app_commands.Choice(name=z, value=z) for z in _ZONES if wanted in z.lower()][:25]
-
-    @group.command(name="subscribe", description=describe("subscribe"))
-    @app_commands.describe(query='e.g. diffusion, "large language model" -video, author:"Yann LeCun"',
-                           backfill="also post this many recent matches now (1-20)")
-    async def subscribe(interaction: discord.Interaction, query: str,
-                        backfill: Optional[app_commands.Range[int, 1, 20]] = None):
-        await run(interaction, f"subscribe {query}" + (f" --backfill {backfill}" if backfill else ""))
-
-    @group.command(name="preview", description=describe("preview"))
-    async def preview(interaction: discord.Interaction, query: str):
-        await run(interaction, f"preview {query}")
-
-    @group.command(name="unsubscribe", description=describe("unsubscribe"))
-    @app_commands.autocomplete(subscription=subscription_ids)
-    async def unsubscribe(interaction: discord.Interaction, subscription: str):
-        await run(interaction, f"unsubscribe {subscription}")
-
-    @group.command(name="mute", description=describe("mute"))
-    @app_commands.autocomplete(subscription=subscription_ids)
-    async def mute(interaction: discord.Interaction, subscription: str, term: str):
-        await run(interaction, f"mute {subscription} {term}")
-
-    @group.command(name="list", description=describe("list"))
-    async def list_(interaction: discord.Interaction):
-        await run(interaction, "list")
-
-    @group.command(name="search", description=describe("search"))
-    async def search(interaction: discord.Interaction, words: str):
-        await run(interaction, f"search {words}")
-
-    @group.command(name="show", description=describe("show"))
-    async def show(interaction: discord.Interaction, paper: str):
-        await run(interaction, f"show {paper}")
-
-    @group.command(name="trending", description=describe("trending"))
-    async def trending(interaction: discord.Interaction, period: Literal["today", "week", "month"] = "week"):
-        await run(interaction, f"trending {period}")
-
-    @group.command(name="digest", description=describe("digest"))
-    @app_commands.describe(time="HH:MM, in the channel's time zone", day="for weekly digests")
-    async def digest(interaction: discord.Interaction, mode: Literal["off", "daily", "weekly"],
-                     time: Optional[str] = None, day: Optional[WEEKDAY] = None):
-        parts = [mode] + ([day or "mon"] if mode == "weekly" else []) + ([time] if time and mode != "off" else [])
-        await run(interaction, "digest " + " ".join(parts))
-
-    @group.command(name="timezone", description=describe("timezone"))
-    @app_commands.autocomplete(zone=zones)
-    async def timezone(interaction: discord.Interaction, zone: str):
-        await run(interaction, f"timezone {zone}")
-
-    @group.command(name="pause", description=describe("pause"))
-    async def pause(interaction: discord.Interaction):
-        await run(interaction, "pause")
-
-    @group.command(name="resume", description=describe("resume"))
-    async def resume(interaction: discord.Interaction):
-        await run(interaction, "resume")
-
-    @group.command(name="status", description=describe("status"))
-    async def status(interaction: discord.Interaction):
-        await run(interaction, "status")
-
-    @group.command(name="help", description=describe("help"))
-    async def help_(interaction: discord.Interaction, command: Optional[str] = None):
-        await run(interaction, f"help {command or ''}".strip())
-
+    for cmd in handlers.COMMANDS.values():
+        group.add_command(_subcommand(cmd, run, on_complete))
     return group
 
 
-_LINKS = re.compile(r"https?://(?:www\.)?(?:arxiv\.org/(?:abs|pdf)/|huggingface\.co/papers/)\S+")
+def _subcommand(cmd: Command, run, on_complete: Completer) -> app_commands.Command:
+    """One subcommand, its callback's signature built from the declared parameters (discord.py
+    reads the options from the signature)."""
+    verb = cmd.name
+
+    async def callback(interaction: discord.Interaction, **options: Any) -> None:
+        await run(interaction, verb, options)
+
+    params = [inspect.Parameter("interaction", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=discord.Interaction)]
+    params += [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, annotation=_annotation(p),
+                                 default=inspect.Parameter.empty if p.required else None) for p in cmd.params]
+    callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    callback.__discord_app_commands_param_description__ = {  # type: ignore[attr-defined]
+        p.name: p.description[:100] for p in cmd.params}
+    completing = {p.name: _completer(verb, p.name, on_complete) for p in cmd.params if p.complete}
+    if completing:
+        callback = app_commands.autocomplete(**completing)(callback)
+    return app_commands.Command(name=verb, description=cmd.summary[:100], callback=callback)
 
 
-def paper_links(text: str) -> list[str]:
-    """Version-less arXiv ids of the arXiv and Hugging Face paper links in a message (at most 3)."""
-    found: list[str] = []
-    for link in _LINKS.findall(text):
-        paper_id = canonical_arxiv_id(link)
-        if paper_id and paper_id not in found:
-            found.append(paper_id)
-    return found[:3]
+def _annotation(param: Param) -> Any:
+    kind: Any
+    if param.kind == "int":
+        kind = int if param.minimum is None and param.maximum is None else \
+            app_commands.Range[int, param.minimum, param.maximum]
+    elif param.choices:
+        kind = Literal.__getitem__(param.choices)
+    else:
+        kind = str
+    return kind if param.required else Optional[kind]
+
+
+def _completer(verb: str, param: str, on_complete: Completer):
+    async def suggest(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        found = on_complete(ChannelRef("discord", str(interaction.channel_id)), verb, param, current)
+        return [app_commands.Choice(name=label[:100], value=value) for label, value in found][:25]
+
+    return suggest
 
 
 # Gateway close codes after which connecting again cannot help until someone acts.
@@ -313,6 +310,10 @@ class _Gateway(discord.Client):
     def __init__(self, *, intents: discord.Intents, group: app_commands.Group, guild_id: int | None,
                  on_command: CommandHandler, adapter: DiscordAdapter, gateway_url: str = "", sync: bool = True):
         super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        # discord.Client makes a plain HTTPClient (Route.BASE); ours goes to the adapter's api_base.
+        # Nothing has used the first one yet: it opens its session at login.
+        self.http = RoutedHTTPClient(adapter.api_base, self.loop, max_ratelimit_timeout=self.http.max_ratelimit_timeout)
+        self._connection.http = self.http
         self.tree = app_commands.CommandTree(self)
         self.tree.add_command(group)
         self.guild_id = guild_id
@@ -356,6 +357,8 @@ class _Gateway(discord.Client):
         discord.py makes them; any other failure is raised to start_discord, which logs it
         once and backs off.
         """
+        # Interaction replies are webhook requests, made in tasks this one starts (they inherit it).
+        async_context.set(RoutedWebhookAdapter(self.adapter.api_base))
         if self.gateway_url:
             home = yarl.URL(self.gateway_url)
         else:
@@ -387,9 +390,8 @@ async def answer_links(on_command: CommandHandler, adapter: DiscordAdapter, chan
                        user_id: str, content: str) -> int:
     """Reply to a message with a card for each arXiv or Hugging Face paper link in it."""
     cards: list[Card] = []
-    for paper_id in paper_links(content):
-        reply = await on_command(CommandRequest(ChannelRef("discord", channel_id), user_id, f"show {paper_id}",
-                                                can_manage=False))
+    for paper_id in handlers.paper_links(content):
+        reply = await on_command(handlers.show_request(ChannelRef("discord", channel_id), user_id, paper_id))
         cards.extend(reply.cards)
     if cards:
         await adapter.reply(channel_id, message_id, Reply("", cards=tuple(cards)))
@@ -505,8 +507,8 @@ async def _dispose(client: discord.Client) -> None:
     await client.http.close()  # closing twice is harmless; after a timeout it is what closes
 
 
-async def start_discord(adapter: DiscordAdapter, config, on_command: CommandHandler, summaries: dict[str, str],
-                        store_subscriptions) -> Running:
+async def start_discord(adapter: DiscordAdapter, config, on_command: CommandHandler,
+                        on_complete: Completer) -> Running:
     """Connect the gateway for /papers (and link cards with the message-content intent) in the background.
 
     Returns at once; nothing here waits for Discord. The returned Running's close()
@@ -516,7 +518,7 @@ async def start_discord(adapter: DiscordAdapter, config, on_command: CommandHand
     intents.message_content = config.discord.message_content
 
     def make_client(sync: bool) -> _Gateway:
-        group = build_command_group(on_command, summaries, store_subscriptions)
+        group = build_command_group(on_command, on_complete)
         return _Gateway(intents=intents, group=group, guild_id=config.discord.dev_guild_id or None,
                         on_command=on_command, adapter=adapter, gateway_url=config.discord.gateway_url, sync=sync)
 

@@ -21,7 +21,7 @@ TOTAL_MAX = 6000
 EMBEDS_MAX = 10
 CONTENT_MAX = 2000
 
-COLOURS = {"hf": 0xFFD21E, "arxiv": 0xB31B1B}  # Hugging Face yellow, arXiv red
+COLOURS = {"huggingface": 0xFFD21E, "arxiv": 0xB31B1B}  # Hugging Face yellow, arXiv red
 
 
 def safe(text: str, limit: int) -> str:

@@ -18,7 +18,7 @@ import random
 import re
 import time
 from datetime import datetime
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -32,10 +32,11 @@ from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
+import handlers
+
 from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
-from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
-from ..sources.ids import canonical_arxiv_id
-from . import TOKEN_REFUSED_WAIT, Running
+from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult
+from . import TOKEN_REFUSED_WAIT, CommandHandler, Running
 from .slack_render import (
     ACTION_UNSUBSCRIBE,
     PAPER_EVENT,
@@ -47,6 +48,9 @@ from .slack_render import (
     reply_blocks,
 )
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 log = logging.getLogger(__name__)
 
 # Errors after which posting to the channel cannot work until someone acts.
@@ -57,8 +61,6 @@ TOKEN_REFUSED = {"invalid_auth", "not_authed", "token_revoked", "account_inactiv
 # Errors no retry will fix.
 PERMANENT = CHANNEL_GONE | {"invalid_auth", "not_authed", "token_revoked", "account_inactive", "invalid_blocks",
                             "msg_too_long", "no_text", "restricted_action", "missing_scope"}
-
-CommandHandler = Callable[[CommandRequest], Awaitable[Reply]]
 
 
 class SlackAdapter:
@@ -73,8 +75,10 @@ class SlackAdapter:
         min_interval: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        config: Config | None = None,
     ):
         self.client = client
+        self.config = config  # [slack] and the secrets, for the front-end; None: posting only
         self.min_interval = min_interval
         self.monotonic = monotonic
         self.sleep = sleep
@@ -118,6 +122,15 @@ class SlackAdapter:
         ids = ",".join(card.paper_id for card in digest.cards)[:2000]
         return await self._post(digest.channel.channel_id, text=digest_text(digest), blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_ids": ids}})
+
+    async def start(self, on_command: CommandHandler) -> Running | None:
+        """/papers, link unfurls and mentions, in the configured mode (see start_slack)."""
+        if self.config is None:
+            return None
+        return await start_slack(self.client, self.config, on_command)
+
+    async def close(self) -> None:
+        return None  # AsyncWebClient opens a session per call: nothing stays open between posts
 
     async def _post(self, channel_id: str, **message) -> PostResult:
         lock = self._locks.setdefault(channel_id, asyncio.Lock())
@@ -258,8 +271,8 @@ def build_bolt_app(
     @app.command(command)
     async def slash_command(ack, body, respond):
         await ack()  # within Slack's 3 seconds; the work happens after
-        request = CommandRequest(ChannelRef("slack", body["channel_id"]), body["user_id"], body.get("text") or "",
-                                 can_manage=may_manage(body["user_id"]))
+        request = handlers.request_from_text(ChannelRef("slack", body["channel_id"]), body["user_id"],
+                                             body.get("text") or "", can_manage=may_manage(body["user_id"]))
         reply = await on_command(request)
         await respond(text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
                       response_type="ephemeral", replace_original=False)
@@ -270,15 +283,15 @@ def build_bolt_app(
         value = body["actions"][0].get("selected_option", {}).get("value", "")  # shape checked by payload_problem
         kind, _, rest = value.partition(":")
         if kind == "unsub":
-            text = f"unsubscribe {rest}"
+            verb, args = "unsubscribe", {"subscription": rest}
         elif kind == "mute":
             sub_id, _, term = rest.partition(":")
-            text = f"mute {sub_id} {term}"
+            verb, args = "mute", {"subscription": sub_id, "term": term}
         else:
             return
         user = body["user"]["id"]
         channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
-        request = CommandRequest(ChannelRef("slack", channel), user, text, may_manage(user))
+        request = CommandRequest(ChannelRef("slack", channel), user, verb, args, may_manage(user))
         reply = await on_command(request)
         await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
 
@@ -290,11 +303,11 @@ def build_bolt_app(
     async def unfurl(event, client):
         unfurls = {}
         for link in event.get("links", [])[:5]:
-            paper_id = canonical_arxiv_id(link.get("url", ""))
+            paper_id = handlers.paper_in_link(link.get("url", ""))
             if paper_id is None:
                 continue
-            reply = await on_command(CommandRequest(ChannelRef("slack", event["channel"]), event.get("user", ""),
-                                                    f"show {paper_id}", can_manage=False))
+            reply = await on_command(handlers.show_request(ChannelRef("slack", event["channel"]),
+                                                           event.get("user", ""), paper_id))
             if reply.cards:
                 unfurls[link["url"]] = {"blocks": [b.to_dict() for b in card_blocks(reply.cards[0])]}
         if unfurls:
@@ -304,10 +317,8 @@ def build_bolt_app(
     async def mention(event, client):
         text = _MENTION.sub("", event.get("text", "")).strip()
         text = _LINK.sub(r"\1", text)
-        if canonical_arxiv_id(text.split()[0] if text else "") and not text.lower().startswith(("search", "show")):
-            text = f"show {text.split()[0]}"
-        request = CommandRequest(ChannelRef("slack", event["channel"]), event.get("user", ""), text or "help",
-                                 can_manage=may_manage(event.get("user", "")))
+        request = handlers.mention_request(ChannelRef("slack", event["channel"]), event.get("user", ""), text,
+                                           can_manage=may_manage(event.get("user", "")))
         reply = await on_command(request)
         await client.chat_postMessage(channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
                                       text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],

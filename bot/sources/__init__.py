@@ -1,8 +1,36 @@
-"""Paper sources: Hugging Face Daily Papers and arXiv announcement RSS."""
+"""Paper sources, and the registry every other module reads them from.
 
+A source is one module here that defines its fetcher (listing, one paper, a past day)
+and a `SPEC`, plus one line in SOURCES below; its settings are the [sources.NAME]
+section of the config. Wiring, `/healthz`, `/metrics`, `status`, the backfill, `show`
+lookups and `source:` in queries all iterate SOURCES: none of them names a source.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import httpx
+
+from . import arxiv, huggingface
 from .arxiv import ArxivSource
-from .base import Source, make_client
+from .base import BackfillPlan, PaperSource, Source, SourceConfig, SourceSpec, make_client
 from .huggingface import HuggingFaceSource
 from .ids import canonical_arxiv_id
 
-__all__ = ["ArxivSource", "HuggingFaceSource", "Source", "canonical_arxiv_id", "make_client"]
+# In lookup order: `/papers show` asks the first source first.
+SOURCES: tuple[SourceSpec, ...] = (huggingface.SPEC, arxiv.SPEC)
+
+
+def spec(name: str) -> SourceSpec | None:
+    """The registered source called `name` (or one of its aliases), or None."""
+    return next((s for s in SOURCES if name == s.name or name in s.aliases), None)
+
+
+def connect(client: httpx.AsyncClient, configs: Mapping[str, SourceConfig], max_bytes: int) -> dict[str, PaperSource]:
+    """One fetcher per registered source (enabled or not: lookups ask them all), by name."""
+    return {s.name: s.connect(client, configs[s.name], max_bytes) for s in SOURCES}
+
+
+__all__ = ["SOURCES", "ArxivSource", "BackfillPlan", "HuggingFaceSource", "PaperSource", "Source", "SourceConfig",
+           "SourceSpec", "canonical_arxiv_id", "connect", "make_client", "spec"]

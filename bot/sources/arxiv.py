@@ -1,4 +1,9 @@
-"""arXiv announcement RSS: `GET {base_url}/rss/cs.LG+cs.CL+...` (one request per poll).
+"""arXiv: the one module that talks to arXiv, RSS and API alike, through one 3-second pacer.
+
+The listing is the announcement RSS: `GET {base_url}/rss/cs.LG+cs.CL+...` (one request
+per poll). One paper (`/papers show`) and past days (`papers-bot backfill`) come from the
+API at `api_url`. arXiv asks for at most one request every 3 seconds: every request of
+one ArxivSource waits its turn at its Pacer, and the bot builds one ArxivSource.
 
 Items are announced as `new`, `cross` (cross-listed), `replace` or `replace-cross`
 (a new version of an older paper). Replacements come back marked `is_update`, so the
@@ -17,25 +22,46 @@ from __future__ import annotations
 import calendar
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import feedparser
 import httpx
 
 from ..errors import SourceError
-from ..models import Paper
-from .base import ARXIV_INTERVAL, NotModified, Pacer, bounded_repr, check_datetime, check_paper, clean_text, get_bytes
+from ..models import Listing, Paper, Validators
+from .base import (
+    UNCONDITIONAL,
+    BackfillPlan,
+    Pacer,
+    SourceConfig,
+    SourceSpec,
+    bounded_repr,
+    check_datetime,
+    check_paper,
+    clean_text,
+    get_bytes,
+    get_listing,
+    url_problem,
+)
 from .ids import canonical_arxiv_id
 
 log = logging.getLogger(__name__)
+
+NAME = "arxiv"  # the one name: [sources.arxiv], source_state, Paper.source, `source:arxiv`
 
 ANNOUNCE_NEW = ("new", "cross")
 ANNOUNCE_UPDATE = ("replace", "replace-cross")
 _PREAMBLE = re.compile(r"^\s*arXiv:\S+\s+Announce Type:\s*\S+\s*(?:Abstract:\s*)?", re.IGNORECASE)
 
 
+ARXIV_INTERVAL = 3.0  # seconds between requests (arXiv's terms of use)
+ARXIV_PAGE = 200  # API results per request
+ARXIV_LAG_DAYS = 3  # newer submissions may not be announced yet: the poller brings those
+DEFAULT_API_URL = "https://export.arxiv.org/api/query"
+
+
 class ArxivSource:
-    name = "arxiv"
+    name = NAME
 
     def __init__(
         self,
@@ -44,26 +70,83 @@ class ArxivSource:
         categories: tuple[str, ...],
         max_bytes: int = 20 * 1024 * 1024,
         pacer: Pacer | None = None,
+        *,
+        api_url: str = DEFAULT_API_URL,
     ):
         self.client = client
         self.pacer = pacer or Pacer(ARXIV_INTERVAL)
         self.base_url = base_url.rstrip("/")
+        self.api_url = api_url
         self.categories = categories
         self.max_bytes = max_bytes
-        self.validators: dict[str, str] = {}
-        self.skipped: list[str] = []  # why items of the last feed were skipped
 
-    async def fetch(self) -> list[Paper] | None:
-        self.skipped = []
+    async def fetch(self, validators: Validators = UNCONDITIONAL) -> Listing:
         # One request for all categories: arXiv asks for at most one request every 3 s.
         url = f"{self.base_url}/rss/{'+'.join(self.categories)}"
-        try:
-            async with self.pacer:
-                body = await get_bytes(self.client, self.name, url, max_bytes=self.max_bytes,
-                                       validators=self.validators)
-        except NotModified:
-            return None
-        return parse_rss(body, self.skipped)
+        async with self.pacer:
+            body, fresh = await get_listing(self.client, self.name, url, validators, max_bytes=self.max_bytes)
+        if body is None:
+            return Listing(None, fresh)
+        skipped: list[str] = []
+        return Listing(tuple(parse_rss(body, skipped)), fresh, tuple(skipped))
+
+    async def fetch_one(self, paper_id: str) -> Paper | None:
+        return parse_api_entry(await self._api({"id_list": paper_id}), paper_id)
+
+    def backfill_plan(self, days: int, today: date) -> BackfillPlan:
+        first = today - timedelta(days=min(ARXIV_LAG_DAYS - 1, days))
+        return BackfillPlan(
+            tuple(today - timedelta(days=n) for n in range(days, ARXIV_LAG_DAYS - 1, -1)),
+            f"arXiv {first} to {today}: submissions of the last {ARXIV_LAG_DAYS} days may not be announced "
+            "yet, so their lists would be incomplete; the poller stores arXiv's announcements from its RSS feed",
+            counted="submitted")
+
+    async def fetch_day(self, day: date) -> list[Paper]:
+        """Papers of the configured categories submitted on `day`, from API pages."""
+        stamp = day.strftime("%Y%m%d")
+        query = ("(" + " OR ".join(f"cat:{c}" for c in self.categories)
+                 + f") AND submittedDate:[{stamp}0000 TO {stamp}2359]")
+        papers: list[Paper] = []
+        start = 0
+        while True:
+            page, total = parse_api_feed(await self._api({
+                "search_query": query, "start": start, "max_results": ARXIV_PAGE,
+                "sortBy": "submittedDate", "sortOrder": "ascending"}))
+            papers += page
+            start += ARXIV_PAGE
+            if not page or start >= total:
+                return papers
+
+    async def _api(self, params: dict) -> bytes:
+        async with self.pacer:
+            return await get_bytes(self.client, self.name, self.api_url, params=params, max_bytes=self.max_bytes)
+
+
+_CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")
+
+
+def _categories(value: list) -> str | None:
+    if not value:
+        return "must list at least one arXiv category"
+    bad = [c for c in value if not isinstance(c, str) or not _CATEGORY.match(c)]
+    return f"not arXiv categories: {bad!r} (expected forms like 'cs.LG')" if bad else None
+
+
+def _connect(client: httpx.AsyncClient, config: SourceConfig, max_bytes: int) -> ArxivSource:
+    return ArxivSource(client, config["base_url"], tuple(config["categories"]), max_bytes, api_url=config["api_url"])
+
+
+SPEC = SourceSpec(
+    name=NAME,
+    label="arXiv",
+    interval_minutes=60.0,
+    settings={
+        "categories": (list, ["cs.LG", "cs.CL", "cs.CV", "cs.AI", "stat.ML"], _categories),
+        "base_url": (str, "https://rss.arxiv.org", url_problem),
+        "api_url": (str, DEFAULT_API_URL, url_problem),
+    },
+    connect=_connect,
+)
 
 
 # feedparser's notes that do not mean the document was misread.
@@ -77,12 +160,12 @@ def parse_feed(body: bytes, what: str = "response") -> feedparser.FeedParserDict
     error = feed.get("bozo_exception")
     if not feed.get("version"):
         reason = getattr(error, "getMessage", lambda: "")() or "no RSS or Atom root"
-        raise SourceError("arxiv", f"{what} is not an RSS/Atom feed ({reason[:200]})")
+        raise SourceError(NAME, f"{what} is not an RSS/Atom feed ({reason[:200]})")
     if feed.get("bozo") and not isinstance(error, _BENIGN):
         detail = getattr(error, "getMessage", lambda: str(error))() or type(error).__name__
         line = getattr(error, "getLineNumber", lambda: None)()
         where = f" at line {line}" if line else ""
-        raise SourceError("arxiv", f"{what} is not a complete, well-formed feed ({detail[:200]}{where}); "
+        raise SourceError(NAME, f"{what} is not a complete, well-formed feed ({detail[:200]}{where}); "
                                    "nothing from it was stored")
     return feed
 
@@ -126,7 +209,7 @@ def parse_entry(entry: dict) -> Paper:
         summary=summary,
         authors=authors,
         categories=categories,
-        source="arxiv",
+        source=NAME,
         published=published,
         listed_on=published.date(),
         is_update=announce in ANNOUNCE_UPDATE,
@@ -147,3 +230,57 @@ def entry_datetime(entry: dict, paper_id: str) -> datetime:
     except (OverflowError, OSError, ValueError):
         raise ValueError(f"{paper_id}: date {bounded_repr(entry.get('published'))} is out of range") from None
     return check_datetime(moment, f"{paper_id}: date")
+
+
+# ---- the API (Atom): one paper, and past days -------------------------------------------
+
+def parse_api_feed(body: bytes) -> tuple[list[Paper], int]:
+    """The papers of an arXiv API (Atom) response, and the total the query has.
+
+    A response that does not parse completely (cut off, not well-formed) is a SourceError:
+    nothing from it is used. An entry without id, title, authors or date is skipped.
+    """
+    feed = parse_feed(body, "API response")
+    papers = []
+    for entry in feed.entries:
+        entry_id = str(entry.get("id") or "")
+        if "/api/errors" in entry_id:  # arXiv reports errors as a feed with one entry
+            raise SourceError(NAME, f"API error: {clean_text(entry.get('summary'), 200)}", retryable=False)
+        try:
+            papers.append(_api_paper(entry, entry_id))
+        except ValueError as exc:
+            log.warning("arxiv API: skipped an entry: %s", str(exc)[:300])
+    total = feed.feed.get("opensearch_totalresults")
+    return papers, int(total) if str(total or "").isdigit() and len(str(total)) < 10 else len(papers)
+
+
+def _api_paper(entry: dict, entry_id: str) -> Paper:
+    paper_id = canonical_arxiv_id(entry_id)
+    if not paper_id:
+        raise ValueError(f"no arXiv id in {entry_id[:80]!r}")
+    title = clean_text(entry.get("title"), 1000)
+    if not title:
+        raise ValueError(f"{paper_id} has no title")
+    authors = tuple(a for a in (clean_text(x.get("name"), 200) for x in entry.get("authors") or []
+                                if isinstance(x, dict)) if a)
+    if not authors:
+        raise ValueError(f"{paper_id} has no authors")
+    when = entry_datetime(entry, paper_id)
+    paper = Paper(
+        id=paper_id,
+        title=title,
+        summary=clean_text(entry.get("summary")),
+        authors=authors,
+        categories=tuple(t["term"] for t in entry.get("tags") or [] if t.get("term")),
+        source=NAME,
+        published=when,
+        listed_on=when.date(),
+    )
+    check_paper(paper)
+    return paper
+
+
+def parse_api_entry(body: bytes, paper_id: str) -> Paper | None:
+    """The entry for `paper_id` in an arXiv API (Atom) response; None if there is none."""
+    papers, _total = parse_api_feed(body)
+    return next((p for p in papers if p.id == paper_id), None)

@@ -4,28 +4,95 @@ and the range checks every parsed paper passes before it may be stored."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import unicodedata
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import httpx
 
 from .. import __version__
 from ..errors import SourceError
-from ..models import Paper
+from ..models import Listing, Paper, Validators
 
 USER_AGENT = f"papers-bot/{__version__} (+https://github.com/papers-bot/papers-bot)"
 
 
 class Source(Protocol):
-    name: str
-    validators: dict[str, str]  # ETag / Last-Modified for conditional requests; the poller keeps them
+    """A source's listing, as the poller sees it."""
 
-    async def fetch(self) -> list[Paper] | None:
-        """Return the papers currently listed, or None when the listing has not changed
-        since the last one (HTTP 304). Raises SourceError on any failure."""
+    name: str
+
+    async def fetch(self, validators: Validators) -> Listing:
+        """The papers listed now, with the validators to send next time; `Listing.papers`
+        is None when nothing changed since `validators` (HTTP 304). Raises SourceError on
+        any failure. Nothing is kept between calls: the caller stores the returned
+        validators once it has stored the papers."""
         ...
+
+
+class PaperSource(Source, Protocol):
+    """Everything a registered source offers (see bot/sources/__init__.py)."""
+
+    async def fetch_one(self, paper_id: str) -> Paper | None:
+        """The paper with this arXiv id, or None when the source does not know it."""
+        ...
+
+    def backfill_plan(self, days: int, today: date) -> BackfillPlan:
+        """Which of the `days` days before `today` a backfill fetches, and why others are left out."""
+        ...
+
+    async def fetch_day(self, day: date) -> list[Paper]:
+        """The papers the source listed (or had submitted) on `day`."""
+        ...
+
+
+@dataclass(frozen=True)
+class BackfillPlan:
+    days: tuple[date, ...]
+    note: str | None = None  # what is left to the poller, and why
+    counted: str = "listed"  # what a day's count is, for the progress line ("submitted")
+
+
+Setting = tuple[type, Any, Callable[[Any], "str | None"] | None]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One registered source: everything the rest of the bot needs to know about it.
+
+    `name` is the source's one name: its config section [sources.NAME], its source_state
+    row, Paper.source, the metrics label and `source:NAME` in queries."""
+
+    name: str
+    label: str  # for people: "Hugging Face"
+    interval_minutes: float  # the default of [sources.NAME] interval_minutes
+    settings: Mapping[str, Setting]  # the other keys of [sources.NAME]: key -> (type, default, check)
+    connect: Callable[[httpx.AsyncClient, SourceConfig, int], PaperSource]  # (client, config, max_bytes)
+    aliases: tuple[str, ...] = ()  # other spellings `source:` accepts in queries (older subscriptions)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One [sources.NAME] section, checked against its SourceSpec."""
+
+    enabled: bool = True
+    interval_minutes: float = 30.0
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.settings[key]
+
+
+def url_problem(value: str) -> str | None:
+    if not re.match(r"^https?://[^\s/]+", value):
+        return "must be an http:// or https:// URL"
+    return None
+
+
+UNCONDITIONAL = Validators()  # a first request: nothing stored to send back
 
 
 def make_client(timeout: float) -> httpx.AsyncClient:
@@ -40,7 +107,6 @@ class Pacer:
     """At most one request per `interval` seconds, one at a time (arXiv asks for 3 s)."""
 
     def __init__(self, interval: float, monotonic=None, sleep=None):
-        import asyncio
         import time
 
         self.interval = interval
@@ -64,13 +130,6 @@ class Pacer:
         self._lock.release()
 
 
-ARXIV_INTERVAL = 3.0
-
-
-class NotModified(Exception):
-    """The server answered 304: nothing changed since the validators we sent."""
-
-
 async def get_bytes(
     client: httpx.AsyncClient,
     source: str,
@@ -78,29 +137,47 @@ async def get_bytes(
     *,
     params: dict | None = None,
     max_bytes: int = 20 * 1024 * 1024,
-    validators: dict[str, str] | None = None,
 ) -> bytes:
-    """GET `url` and return the body; every failure becomes a SourceError with a clear reason.
+    """GET `url` and return the body; every failure becomes a SourceError with a clear reason."""
+    body, _validators = await _get(client, source, url, params, max_bytes, None)
+    assert body is not None  # only a conditional request can come back empty
+    return body
 
-    The client's timeout is also one deadline for the whole request, body included:
+
+async def get_listing(
+    client: httpx.AsyncClient,
+    source: str,
+    url: str,
+    validators: Validators,
+    *,
+    params: dict | None = None,
+    max_bytes: int = 20 * 1024 * 1024,
+) -> tuple[bytes | None, Validators]:
+    """A conditional GET: the body (None on 304) and the validators to send next time.
+
+    The given ETag / Last-Modified are sent (never empty ones); a 304 keeps them, a full
+    answer brings its own (none if it has none)."""
+    return await _get(client, source, url, params, max_bytes, validators)
+
+
+async def _get(
+    client: httpx.AsyncClient, source: str, url: str, params: dict | None, max_bytes: int,
+    validators: Validators | None,
+) -> tuple[bytes | None, Validators]:
+    """The client's timeout is also one deadline for the whole request, body included:
     httpx's own timeouts apply to each read, so a server dripping a byte a second
-    would otherwise hold the request for as long as it likes.
-
-    With `validators` (a dict, updated in place) the request is conditional: the stored
-    ETag / Last-Modified are sent (never empty ones), a 304 raises NotModified, and a
-    full answer's validators replace them.
-    """
+    would otherwise hold the request for as long as it likes."""
     headers = {}
-    if validators:
-        if validators.get("etag"):
-            headers["If-None-Match"] = validators["etag"]
-        if validators.get("last-modified"):
-            headers["If-Modified-Since"] = validators["last-modified"]
+    if validators is not None:
+        if validators.etag:
+            headers["If-None-Match"] = validators.etag
+        if validators.last_modified:
+            headers["If-Modified-Since"] = validators.last_modified
     deadline = _deadline(client)
     try:
         async with asyncio.timeout(deadline), client.stream("GET", url, params=params, headers=headers) as response:
             if response.status_code == 304 and validators:
-                raise NotModified()
+                return None, validators
             if response.status_code != 200:
                 raise SourceError(source, _status_message(response), retryable=_retryable(response))
             declared = response.headers.get("content-length", "")
@@ -111,12 +188,8 @@ async def get_bytes(
                 body += chunk
                 if len(body) > max_bytes:
                     raise SourceError(source, f"response is over the {max_bytes}-byte limit")
-            if validators is not None:
-                validators.clear()
-                for name in ("etag", "last-modified"):
-                    if response.headers.get(name):
-                        validators[name] = response.headers[name]
-            return bytes(body)
+            fresh = Validators(response.headers.get("etag") or None, response.headers.get("last-modified") or None)
+            return bytes(body), fresh
     except httpx.TimeoutException:
         raise SourceError(source, f"timed out waiting for {_host(url)}") from None
     except TimeoutError:  # the whole-request deadline

@@ -1,5 +1,8 @@
 """Hugging Face Daily Papers: `GET {base_url}/api/daily_papers` (a JSON array of items).
 
+The listing is today's list; `?date=YYYY-MM-DD` gives a past day's (backfill), and
+`GET {base_url}/api/papers/{id}` one paper (a flat object, `/papers show`).
+
 Parsed from the raw JSON (not huggingface_hub, which loses the fields that live under
 `paper`): upvotes, githubRepo, projectPage and ai_summary are on `paper`; the list date
 is `paper.submittedOnDailyAt` (absent in older records, where the item's `publishedAt`
@@ -13,36 +16,84 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import date, timedelta
 
 import httpx
 
 from ..errors import SourceError
-from ..models import Paper
-from .base import NotModified, bounded_repr, check_count, check_paper, clean_text, get_bytes, parse_iso_datetime
+from ..models import Listing, Paper, Validators
+from .base import (
+    UNCONDITIONAL,
+    BackfillPlan,
+    SourceConfig,
+    SourceSpec,
+    bounded_repr,
+    check_count,
+    check_paper,
+    clean_text,
+    get_bytes,
+    get_listing,
+    parse_iso_datetime,
+    url_problem,
+)
 from .ids import canonical_arxiv_id
 
 log = logging.getLogger(__name__)
 
+NAME = "huggingface"  # the one name: [sources.huggingface], source_state, Paper.source, queries
+
 
 class HuggingFaceSource:
-    name = "huggingface"
+    name = NAME
 
     def __init__(self, client: httpx.AsyncClient, base_url: str, max_bytes: int = 20 * 1024 * 1024):
         self.client = client
         self.base_url = base_url.rstrip("/")
         self.max_bytes = max_bytes
-        self.validators: dict[str, str] = {}
-        self.skipped: list[str] = []  # why items of the last listing were skipped
 
-    async def fetch(self) -> list[Paper] | None:
-        url = f"{self.base_url}/api/daily_papers"
-        self.skipped = []
+    async def fetch(self, validators: Validators = UNCONDITIONAL) -> Listing:
+        body, fresh = await get_listing(self.client, self.name, f"{self.base_url}/api/daily_papers", validators,
+                                        params={"limit": 100}, max_bytes=self.max_bytes)
+        if body is None:
+            return Listing(None, fresh)
+        skipped: list[str] = []
+        return Listing(tuple(parse_daily_papers(body, skipped)), fresh, tuple(skipped))
+
+    async def fetch_one(self, paper_id: str) -> Paper | None:
         try:
-            body = await get_bytes(self.client, self.name, url, params={"limit": 100}, max_bytes=self.max_bytes,
-                                   validators=self.validators)
-        except NotModified:
-            return None
-        return parse_daily_papers(body, self.skipped)
+            body = await get_bytes(self.client, self.name, f"{self.base_url}/api/papers/{paper_id}",
+                                   max_bytes=self.max_bytes)
+        except SourceError as exc:
+            if "HTTP 404" in exc.reason:  # Hugging Face never indexed this paper
+                return None
+            raise
+        try:
+            return parse_item(load_json(body))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise SourceError(self.name, f"unreadable paper {paper_id}: {str(exc)[:300]}") from None
+
+    def backfill_plan(self, days: int, today: date) -> BackfillPlan:
+        return BackfillPlan(tuple(today - timedelta(days=n) for n in range(days, 0, -1)),
+                            f"Hugging Face today ({today}): its list is still growing; the poller stores it")
+
+    async def fetch_day(self, day: date) -> list[Paper]:
+        body = await get_bytes(self.client, self.name, f"{self.base_url}/api/daily_papers",
+                               params={"date": day.isoformat(), "limit": 100}, max_bytes=self.max_bytes)
+        return parse_daily_papers(body)
+
+
+def _connect(client: httpx.AsyncClient, config: SourceConfig, max_bytes: int) -> HuggingFaceSource:
+    return HuggingFaceSource(client, config["base_url"], max_bytes)
+
+
+SPEC = SourceSpec(
+    name=NAME,
+    label="Hugging Face",
+    interval_minutes=30.0,
+    settings={"base_url": (str, "https://huggingface.co", url_problem)},
+    connect=_connect,
+    aliases=("hf",),  # `source:hf` in subscriptions made before the name was one
+)
 
 
 MAX_DIGITS = 30  # longer integer literals are kept as a marker that fails the range checks
@@ -77,9 +128,9 @@ def parse_daily_papers(body: bytes, skipped: list[str] | None = None) -> list[Pa
     try:
         data = load_json(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise SourceError("huggingface", f"response is not valid JSON ({exc})", retryable=True) from None
+        raise SourceError(NAME, f"response is not valid JSON ({exc})", retryable=True) from None
     if not isinstance(data, list):
-        raise SourceError("huggingface", f"expected a JSON array of papers, got {type(data).__name__}")
+        raise SourceError(NAME, f"expected a JSON array of papers, got {type(data).__name__}")
     papers: list[Paper] = []
     for index, item in enumerate(data):
         try:
@@ -122,7 +173,7 @@ def parse_item(item: object) -> Paper:
             title=title,
             summary=clean_text(_text(paper, "summary") or _text(item, "summary")),
             authors=authors,
-            source="hf",
+            source=NAME,
             published=parse_iso_datetime(paper.get("publishedAt"), "paper.publishedAt"),
             listed_on=listed.date() if listed else None,
             upvotes=check_count(paper.get("upvotes"), "upvotes"),
