@@ -49,7 +49,7 @@ from bot.app import App
 from bot.config import Secrets, parse_config
 from bot.loopwatch import LoopWatch
 from bot.matching import PaperView
-from bot.models import Paper
+from bot.models import Listing, Paper, Validators
 from fakes.slack import FakeSlack
 from storage import Store
 
@@ -72,8 +72,8 @@ class BenchSource:
     def __init__(self, papers: list[Paper]):
         self.papers = papers
 
-    async def fetch(self) -> list[Paper]:
-        return list(self.papers)
+    async def fetch(self, validators: Validators) -> Listing:
+        return Listing(tuple(self.papers), validators)
 
 
 def fill(path: Path, workload: Workload, now: datetime) -> int:
