@@ -161,7 +161,7 @@ class RealText:
             summary=" ".join(rng.sample(self.sentences, rng.randint(5, 11))),
             authors=tuple(rng.sample(authors, rng.randint(1, 8))),
             categories=tuple(rng.sample(zipf_bench.CATEGORIES, rng.randint(1, 3))),
-            source=rng.choice(["hf", "arxiv", "arxiv"]),
+            source=rng.choice(["huggingface", "arxiv", "arxiv"]),
             upvotes=rng.choice([None, rng.randint(0, 5), rng.randint(0, 200)]),
             organization=rng.choice(zipf_bench.ORGS),
         )
