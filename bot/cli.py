@@ -19,6 +19,7 @@ from .app import App
 from .clock import utcnow
 from .config import Config, ConfigError, load_config
 from .errors import ImportFileError, StorageError
+from .loopwatch import start_watchdog
 from .models import ChannelRef, CommandRequest
 from .sources import connect, make_client
 
@@ -244,9 +245,12 @@ def _run(config: Config) -> int:
         names = ", ".join(s.name for s in app.sources) or "none"
         log.info("papers-bot running: sources %s; adapters %s; database %s; Ctrl-C stops",
                  names, ", ".join(app.adapters), config.storage_path)
+        watchdog = start_watchdog(config.loop_watchdog_ms)
         try:
             await app.run(stop)
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             await app.aclose()
 
     with _Signals() as signals:

@@ -1,0 +1,334 @@
+"""End to end: a poll through the real poller, store and outbox, while slash commands arrive.
+
+    python -m bench.pipeline --subscriptions 100000 --papers 2000 --workload real --seed 1
+
+Builds the bot as `papers-bot run` does (bot.app.App: its SQLite store in a temporary
+directory, its poller, its Slack adapter in HTTP mode with a signing secret, the Web API
+pointed at fakes.slack.FakeSlack), with --subscriptions subscriptions spread over Slack
+channels (20 each) and 1,000 stored papers, all from the chosen workload (bench/workloads.py:
+`zipf` or `real`). Then, on the bot's event loop as `run` would:
+
+1. the first index load (Poller.sync_subscriptions: in the bot, part of its first poll),
+   timed as `index_load_s`;
+2. one poll of a source whose fetch returns the workload's --papers papers at once (fetch
+   excluded): stored, matched and queued in the outbox, timed as `poll_s`;
+   `papers_per_s` is papers / poll_s.
+
+All along, a thread of its own sends a signed `/papers list` to the bot's Slack HTTP
+endpoint every 200 ms (each to its own response_url), from before step 1 to a second
+after step 2, and times the HTTP answer (the ack Slack waits at most 3 s for:
+`ack_p50_ms`, `ack_max_ms`, `acks_over_3s`) and the arrival of the reply at the
+response_url (`reply_p50_ms`, `reply_max_ms`). A 10 ms heartbeat on the loop
+(bot.loopwatch) gives `loop_stall_max_ms` and `loop_stall_p99_ms` (percentiles over
+heartbeats); stalls over 250 ms are logged with the stack that held the loop.
+Last line: one JSON object. Figures, not assertions: see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+
+from bot.app import App
+from bot.config import Secrets, parse_config
+from bot.loopwatch import LoopWatch
+from bot.matching import PaperView
+from bot.models import Listing, Paper, Validators
+from fakes.slack import FakeSlack
+from storage import Store
+
+from .workloads import WORKLOADS, Workload, make_workload
+
+SECRET = "bench-signing-secret"
+PING_EVERY = 0.2
+SLACK_ACK_LIMIT = 3.0
+STALL_LOG_MS = 250
+CANDIDATE_SAMPLE = 200
+
+log = logging.getLogger("bench.pipeline")
+
+
+class BenchSource:
+    """A source whose fetch returns the workload's papers at once: the fetch is not measured."""
+
+    name = "bench"
+
+    def __init__(self, papers: list[Paper]):
+        self.papers = papers
+
+    async def fetch(self, validators: Validators) -> Listing:
+        return Listing(tuple(self.papers), validators)
+
+
+def fill(path: Path, workload: Workload, now: datetime) -> int:
+    """The store before the poll: the workload's history papers and its subscriptions."""
+    store = Store(path)
+    try:
+        store.add_papers(workload.history, now - timedelta(days=1))
+        created = (now - timedelta(days=2)).isoformat()
+        rows = [(sub.channel.key, sub.query, "bench", created, sub.id) for sub in workload.subscriptions()]
+        with store.transaction():
+            store.db.conn.executemany(
+                "INSERT OR IGNORE INTO subscriptions (channel, query, created_by, created_at, version) "
+                "VALUES (?, ?, ?, ?, ?)", rows)
+        return store.db.execute("SELECT count(*) FROM subscriptions").fetchone()[0]
+    finally:
+        store.close()
+
+
+class Pinger:
+    """Signed slash commands every PING_EVERY seconds from a thread and loop of its own."""
+
+    def __init__(self, url: str, respond_base: str):
+        self.url = url
+        self.respond_base = respond_base
+        self.acks: list[tuple[int, float, int]] = []  # (number, seconds, HTTP status)
+        self.sent_at: dict[int, float] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="bench-pinger", daemon=True)
+
+    def start(self) -> Pinger:
+        self._thread.start()
+        return self
+
+    def stop(self, wait: float = 120.0) -> None:
+        self._stop.set()
+        self._thread.join(wait)
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+            tasks = []
+            n = 0
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                tasks.append(asyncio.ensure_future(self._send(session, n)))
+                n += 1
+                next_at += PING_EVERY
+                await asyncio.sleep(max(next_at - time.monotonic(), 0))
+            await asyncio.gather(*tasks)
+
+    async def _send(self, session: aiohttp.ClientSession, n: int) -> None:
+        body = urlencode({"token": "x", "team_id": "T1", "channel_id": "C000000", "user_id": f"U{n % 50}",
+                          "command": "/papers", "text": "list", "trigger_id": f"bench.{n}",
+                          "response_url": f"{self.respond_base}/respond/r{n}"})
+        stamp = str(int(time.time()))
+        mac = hmac.new(SECRET.encode(), f"v0:{stamp}:{body}".encode(), hashlib.sha256).hexdigest()
+        headers = {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={mac}",
+                   "Content-Type": "application/x-www-form-urlencoded"}
+        started = time.perf_counter()
+        self.sent_at[n] = started
+        try:
+            async with session.post(self.url, data=body.encode(), headers=headers) as response:
+                await response.read()
+                self.acks.append((n, time.perf_counter() - started, response.status))
+        except Exception as exc:  # counted: a command Slack would show as failed
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            self.acks.append((n, time.perf_counter() - started, 0))
+
+
+def time_parts(app: App) -> dict[str, float]:
+    """Seconds the poll spends in each of its parts, added up call by call (exact, unlike the
+    stall profile's samples): the store's writes, and the matcher."""
+    spent = {"add_papers": 0.0, "match": 0.0, "enqueue": 0.0, "sync_subscriptions": 0.0}
+    owners = {"add_papers": app.store, "match": app.poller.matcher, "enqueue": app.store,
+              "sync_subscriptions": app.poller}
+
+    def timed(name: str, func):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - started
+        return wrapper
+
+    for name, owner in owners.items():
+        setattr(owner, name, timed(name, getattr(owner, name)))
+    return spent
+
+
+# Frames that only pass the work on: a stall is put down to the first frame below them.
+PASSING_ON = {"poller.poll", "poller._poll", "store.guarded"}
+
+
+def stall_profile(seconds: dict[str, float]) -> dict:
+    """Where the stalls' time went (sampled every 50 ms once a stall passed 250 ms).
+
+    `stall_split_s`: by the first of the bot's functions below the poll (the enqueue, the
+    matcher, add_papers, sync_subscriptions; `db.immediate` right under the poll is the
+    commit of its transaction). `stall_top_s`: the innermost of the bot's functions and the
+    innermost frame of all (SQLite calls show as sqlite_utils/db.py:execute). Samples lean
+    towards calls that release the GIL (SQLite's), where the sampling thread gets it at once,
+    less so with the switch interval LoopWatch sets: `poll_split_s` has exact figures.
+    """
+    split: dict[str, float] = {}
+    top: dict[str, float] = {}
+    for where, s in seconds.items():
+        chain, _, inner = where.partition(" | ")
+        ours = chain.split(" > ") if chain else []
+        first = next((f for f in ours if f not in PASSING_ON), "other")
+        split[first] = split.get(first, 0.0) + s
+        leaf = f"{ours[-1] if ours else '?'} | {inner}"
+        top[leaf] = top.get(leaf, 0.0) + s
+    for where, s in seconds.items():  # the whole profile, for reading
+        print(f"stall {s:7.2f}s  {where}", file=sys.stderr)
+    ordered = sorted(split.items(), key=lambda kv: -kv[1])
+    return {"stall_split_s": {k: round(v, 2) for k, v in ordered},
+            "stall_top_s": [[k, round(v, 2)] for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:6]]}
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def measure(workload: Workload, directory: Path, port: int) -> dict:
+    now = datetime.now(timezone.utc)
+    path = directory / "bench.db"
+    started = time.perf_counter()
+    subscriptions = fill(path, workload, now)
+    fill_s = time.perf_counter() - started
+
+    replies: dict[int, float] = {}
+    with FakeSlack() as slack:
+        answer = slack._answer
+
+        def timed_answer(method: str, body: dict):  # the response_url of command n is /respond/r<n>
+            if method.startswith("r") and method[1:].isdigit():
+                replies[int(method[1:])] = time.perf_counter()
+            return answer(method, body)
+
+        slack._answer = timed_answer  # type: ignore[method-assign]
+        config = parse_config({
+            "storage": {"path": str(path)},
+            "sources": {"huggingface": {"enabled": False}, "arxiv": {"enabled": False}},
+            "slack": {"mode": "http", "port": port, "host": "127.0.0.1", "api_url": slack.api_url},
+            "limits": {"commands_per_minute": 10**9},
+        }, Secrets({"SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SECRET}))
+        app = App(config)
+        try:
+            await app.start_frontends()
+            pinger = Pinger(f"http://127.0.0.1:{port}/slack/events", slack.url).start()
+            while not pinger.acks:  # the endpoint answers: measuring starts
+                await asyncio.sleep(0.05)
+            watch = LoopWatch(STALL_LOG_MS, record=True, profile=True, logger=log).start()
+            await asyncio.sleep(1.0)  # the idle loop, for comparison
+
+            started = time.perf_counter()
+            app.poller.sync_subscriptions()  # on the loop, as the bot's first poll does it
+            index_load_s = time.perf_counter() - started
+            await asyncio.sleep(1.0)  # the commands that waited are answered: two stalls, not one
+
+            split = time_parts(app)
+            started = time.perf_counter()
+            report = await app.poller.poll(BenchSource(workload.papers))
+            poll_s = time.perf_counter() - started
+            split["other"] = poll_s - sum(split.values())
+            await asyncio.sleep(1.0)
+            watch.stop()
+            # The commands still waiting get their answers once the loop is free.
+            await asyncio.get_running_loop().run_in_executor(None, pinger.stop)
+            deadline = time.monotonic() + 30
+            while len(replies) < sum(status == 200 for _, _, status in pinger.acks) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            matcher = app.poller.matcher
+            sample = workload.papers[:CANDIDATE_SAMPLE]
+            candidates = sum(len(matcher.candidates(PaperView(p))) for p in sample) / max(len(sample), 1)
+            matches = app.store.db.execute("SELECT count(*) FROM delivery_matches").fetchone()[0]
+        finally:
+            await app.stop_frontends()
+            await app.aclose()
+
+    if not report.ok:
+        raise SystemExit(f"the poll failed: {report.error}")
+    acks = [seconds * 1000 for _, seconds, status in pinger.acks if status == 200]
+    reply_ms = [(replies[n] - pinger.sent_at[n]) * 1000 for n in replies if n in pinger.sent_at]
+    papers = len(workload.papers)
+    return {
+        "workload": workload.name,
+        "subscriptions": subscriptions,
+        "distinct_queries": len(set(workload.queries)),
+        "papers": papers,
+        "history_papers": len(workload.history),
+        "new": report.new,
+        "queued": report.queued,
+        "matches": matches,
+        "matches_per_paper": round(matches / papers, 1) if papers else 0.0,
+        "match_rate": round(matches / papers / subscriptions, 6) if papers and subscriptions else 0.0,
+        "candidates_per_paper": round(candidates, 1),
+        "index_load_s": round(index_load_s, 3),
+        "poll_s": round(poll_s, 3),
+        "papers_per_s": round(papers / poll_s, 1) if poll_s else 0.0,
+        "loop_stall_max_ms": round(watch.max_ms(), 1),
+        "loop_stall_p99_ms": round(watch.percentile_ms(0.99), 1),
+        "stalls_over_250ms": len(watch.stalls),
+        "commands": len(pinger.acks),
+        "ack_p50_ms": round(statistics.median(acks), 1) if acks else None,
+        "ack_max_ms": round(max(acks), 1) if acks else None,
+        "acks_over_3s": sum(a > SLACK_ACK_LIMIT * 1000 for a in acks),
+        "acks_failed": len(pinger.acks) - len(acks),
+        "replies": len(reply_ms),
+        "reply_p50_ms": round(statistics.median(reply_ms), 1) if reply_ms else None,
+        "reply_max_ms": round(max(reply_ms), 1) if reply_ms else None,
+        "poll_split_s": {k: round(v, 2) for k, v in split.items()},
+        **stall_profile(watch.profile_seconds()),
+        "fill_s": round(fill_s, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **{f"workload_{key}": value for key, value in workload.info.items() if not isinstance(value, dict)},
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument("--papers", type=int, default=1000)
+    parser.add_argument("--workload", choices=WORKLOADS, default="real")
+    parser.add_argument("--history", type=int, default=1000, help="papers stored before the poll")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    started = time.perf_counter()
+    workload = make_workload(args.workload, subscriptions=args.subscriptions, papers=args.papers, seed=args.seed,
+                             history=args.history)
+    print(f"workload {workload.name}: {len(workload.queries)} subscriptions, {len(workload.papers)} papers, "
+          f"made in {time.perf_counter() - started:.1f}s; {workload.info}", file=sys.stderr)
+    random.seed(args.seed)
+    with tempfile.TemporaryDirectory(prefix="papers-bot-bench-pipeline-") as directory:
+        figures = asyncio.run(measure(workload, Path(directory), free_port()))
+    figures["seed"] = args.seed
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
