@@ -79,6 +79,7 @@ _SCHEMA: Schema = {
                           lambda v: None if not v or _channel_ok(v) else "must be like slack:C123 or discord:123"),
         "source_failure_notice_after": (int, 3, _positive),
         "sweep_seconds": (float, 30.0, _positive),
+        "max_concurrent_channels": (int, 50, _positive),
     },
     "limits": {
         "max_subscriptions_per_channel": (int, 50, _positive),
@@ -156,6 +157,7 @@ class DeliveryConfig:
     admin_channel: str = ""  # where source failure and recovery notices go ("" for none)
     source_failure_notice_after: int = 3  # consecutive failures before a notice
     sweep_seconds: float = 30.0  # how often `run` retries the outbox between polls
+    max_concurrent_channels: int = 50  # channels served side by side in a sweep
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
+from functools import partial
+from typing import Awaitable, Callable, Sequence
 
 from storage import StoreContract
 
@@ -50,15 +52,20 @@ def retry_delay(attempts: int) -> timedelta:
 
 class Dispatcher:
     def __init__(self, store: StoreContract, adapters: dict[str, Adapter], clock: Callable[[], datetime] = utcnow,
-                 *, cards_per_cycle: int = 10):
+                 *, cards_per_cycle: int = 10, max_concurrent_channels: int = 50):
         self.store = store
         self.adapters = adapters
         self.clock = clock
         self.cards_per_cycle = cards_per_cycle
+        self.max_concurrent_channels = max(max_concurrent_channels, 1)
         self._warned: set[str] = set()
+        # A channel told to wait (429 Retry-After) is left alone until then, the rest of its
+        # burst included, so the next sweeps do not knock again before the time it gave; a
+        # platform (keyed by its name) when the wait is for all its channels (a refused token).
+        self._paused_until: dict[ChannelRef | str, datetime] = {}
 
     async def dispatch(self) -> DispatchReport:
-        """Send what is due, channel by channel: up to `cards_per_cycle` cards, then one digest.
+        """Send what is due, channels side by side: each gets up to `cards_per_cycle` cards, then one digest.
 
         Each channel's outbox is planned on its own (`Store.plan_burst`): a burst (a big
         listing day, the catch-up after an outage, a resume) reaches a channel as at most
@@ -66,31 +73,85 @@ class Dispatcher:
         many more matched; those are settled as 'overflow', never posted, never lost from
         view (`papers-bot status`). However many channels there are, each one is served
         every sweep, and no channel's backlog delays another's share.
+
+        Platforms limit posting per channel (Slack about one message a second, Discord what
+        its rate-limit headers say), so a channel's messages go out one after another at that
+        pace, while up to `max_concurrent_channels` channels are served at once, the channel
+        waiting longest first. A channel told to wait (a 429's Retry-After) stops, and is left
+        alone until then; the others go on. Storage calls are short and synchronous, so no
+        two of them interleave; a delivery is claimed before it is sent, so no two tasks (or
+        processes) send it.
         """
         report = DispatchReport()
         now = self.clock()
-        for due in self.store.due_channels(now):
-            channel = due.channel
-            adapter = self._adapter(channel)
-            if adapter is None:
-                report.waiting += due.due
-                continue
-            before = self.store.unannounced_overflow(channel).count
-            plan = self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
-            cards, batch = plan.cards, plan.digest
-            report.overflow += self.store.unannounced_overflow(channel).count - before
-            stopped = False
-            for delivery in cards:
-                if not self.store.claim_delivery(delivery.id, self.clock()):
-                    continue
-                result = await self._send(adapter, delivery)
-                self._record(delivery, result, report)
-                if result.channel_gone or result.retry_after is not None:
-                    stopped = True  # the channel is gone, or told us to wait: the rest waits too
-                    break
-            if batch and not stopped and not self.store.channel_settings(channel).paused:
-                await self._post_digest(adapter, channel, batch, "more new paper", report)
+        await self._side_by_side([partial(self._serve_channel, due.channel, due.due, now, report)
+                                  for due in self.store.due_channels(now)])
         return report
+
+    async def _side_by_side(self, jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
+        """Run `jobs` (one per channel) at most `max_concurrent_channels` at a time, in order.
+
+        One that raises (a busy database, say) lets the ones in flight finish, starts no
+        more, and its error is raised. Cancelled (shutdown, a kill), every job is: rows
+        mid-send stay 'sending' and `recover` settles them (found sent, or released) at
+        the next start."""
+        queue = iter(jobs)  # shared by the workers: each job is taken by exactly one
+        errors: list[Exception] = []
+
+        async def worker() -> None:
+            for job in queue:
+                try:
+                    await job()
+                except Exception as exc:
+                    errors.append(exc)
+                if errors:
+                    return
+
+        await asyncio.gather(*(worker() for _ in range(min(self.max_concurrent_channels, len(jobs)))))
+        if errors:
+            raise errors[0]
+
+    async def _serve_channel(self, channel: ChannelRef, due: int, now: datetime, report: DispatchReport) -> None:
+        """One channel's share of a sweep: its cards one after another, then its digest."""
+        adapter = self._adapter(channel)
+        if adapter is None:
+            report.waiting += due
+            return
+        if self._waiting(channel, now):
+            return
+        before = self.store.unannounced_overflow(channel).count
+        plan = self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
+        cards, batch = plan.cards, plan.digest
+        report.overflow += self.store.unannounced_overflow(channel).count - before
+        for delivery in cards:
+            if self._waiting(channel.platform, self.clock()):
+                return  # another channel learned that the whole platform must wait
+            if not self.store.claim_delivery(delivery.id, self.clock()):
+                continue
+            result = await self._send(adapter, delivery)
+            self._record(delivery, result, report)
+            self._pause(channel, result)
+            if result.channel_gone or result.retry_after is not None:
+                return  # the channel is gone, or told us to wait: the rest waits too
+        if batch and not self._waiting(channel.platform, self.clock()) \
+                and not self.store.channel_settings(channel).paused:
+            await self._post_digest(adapter, channel, batch, "more new paper", report)
+
+    def _pause(self, channel: ChannelRef, result: PostResult) -> None:
+        """Told to wait (a 429, a refused token): leave the channel, or its platform, alone until then."""
+        if result.retry_after is not None:
+            key: ChannelRef | str = channel.platform if result.platform_wide else channel
+            self._paused_until[key] = self.clock() + timedelta(seconds=result.retry_after)
+
+    def _waiting(self, key: ChannelRef | str, now: datetime) -> bool:
+        """True while a channel, or its platform (a platform's name), must wait: a 429, a refused token."""
+        until = self._paused_until.get(key)
+        if until is not None and until <= now:
+            del self._paused_until[key]
+            until = None
+        if until is not None:
+            return True
+        return isinstance(key, ChannelRef) and self._waiting(key.platform, now)
 
     def _adapter(self, channel: ChannelRef) -> Adapter | None:
         """The adapter for the channel's platform; None (said once per platform) if none runs."""
@@ -157,6 +218,7 @@ class Dispatcher:
         """Send every digest that is due: one message per channel with all it is owed."""
         report = DispatchReport()
         now = self.clock()
+        jobs: list[Callable[[], Awaitable[None]]] = []
         for settings in self.store.digest_channels():
             due = digest_due(settings, now)
             if due is None:
@@ -165,7 +227,10 @@ class Dispatcher:
             if adapter is None:
                 report.waiting += 1
                 continue
-            await self._send_digest(adapter, settings, due, report)
+            if self._waiting(settings.channel, now):
+                continue  # a 429 or a refused token: tried again after the wait, still in this slot
+            jobs.append(partial(self._send_digest, adapter, settings, due, report))
+        await self._side_by_side(jobs)  # one message per channel: the channels side by side
         return report
 
     async def _send_digest(self, adapter: Adapter, settings: ChannelSettings, due: datetime,
@@ -198,6 +263,7 @@ class Dispatcher:
             log.exception("digest for %s raised", channel)
             result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
         now = self.clock()
+        self._pause(channel, result)
         if result.channel_gone:
             for delivery in claimed:
                 self.store.reschedule_delivery(delivery.id, result.error or "channel gone", now)

@@ -305,6 +305,7 @@ class PostResult:
     retryable: bool = False
     retry_after: float | None = None  # seconds the platform asked us to wait (HTTP 429)
     channel_gone: bool = False  # archived, deleted, or the bot was removed: pause the channel
+    platform_wide: bool = False  # retry_after holds for every channel of the platform (a refused token)
 
 
 ArgValue = Union[str, int]

@@ -14,7 +14,10 @@ class FakeDiscord:
 
     `script(channel_id, (status, body, headers), ...)` queues answers for posts to a
     channel; otherwise a post creates a message. 429s carry `Via`, as Discord's do, so
-    discord.py treats them as rate limits rather than a Cloudflare ban.
+    discord.py treats them as rate limits rather than a Cloudflare ban. With `min_interval`
+    set, every accepted post also carries the X-RateLimit-* headers Discord sends (one
+    message per `min_interval` per channel), which discord.py's limiter waits on before
+    the next post rather than running into the 429.
     """
 
     def __init__(self):
@@ -24,6 +27,7 @@ class FakeDiscord:
         self.nonces: dict[str, dict] = {}
         self.min_interval = 0.0  # > 0: per-channel rate limit, 429 with retry_after and Via
         self.last_post: dict[str, float] = {}
+        self.post_times: dict[str, list[float]] = {}  # channel -> when each post was accepted (monotonic)
         self.rate_limited = 0
         self.lock = threading.Lock()
         self.next_id = 9000
@@ -80,6 +84,7 @@ class FakeDiscord:
                                           {"Via": "1.1 google", "Retry-After": str(int(wait) + 1),
                                            "X-RateLimit-Scope": "user"})
                     fake.last_post[channel] = now
+                    fake.post_times.setdefault(channel, []).append(now)
                     fake.next_id += 1
                     message = {"id": str((int(time.time() * 1000) - 1420070400000) << 22 | fake.next_id % 4096),
                                "channel_id": channel, "content": body.get("content") or "", "nonce": nonce,
@@ -87,7 +92,13 @@ class FakeDiscord:
                     fake.messages.setdefault(channel, []).append(message)
                     if nonce:
                         fake.nonces[nonce] = message
-                return self._send(200, message)
+                limits = {}
+                if fake.min_interval:
+                    limits = {"X-RateLimit-Limit": "1", "X-RateLimit-Remaining": "0",
+                              "X-RateLimit-Reset-After": f"{fake.min_interval:.3f}",
+                              "X-RateLimit-Reset": f"{time.time() + fake.min_interval:.3f}",
+                              "X-RateLimit-Bucket": "channel-messages"}
+                return self._send(200, message, limits)
 
             def log_message(self, *args):
                 pass

@@ -22,6 +22,8 @@ class FakeSlack:
         self.real_ts = False  # True: timestamps from the clock, as Slack's are
         self.min_interval = 0.0  # > 0: per-channel rate limit, 429 + Retry-After when exceeded
         self.last_post: dict[str, float] = {}
+        self.post_times: dict[str, list[float]] = {}  # channel -> when each post was accepted (monotonic)
+        self.retry_after = "1"  # the Retry-After of those 429s (Slack sends whole seconds)
         self.rate_limited = 0
         self.lock = threading.Lock()
         self.ts = 1000
@@ -70,8 +72,9 @@ class FakeSlack:
                 last = self.last_post.get(body.get("channel"), -1e9)
                 if now - last < self.min_interval:
                     self.rate_limited += 1
-                    return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"}
+                    return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": self.retry_after}
                 self.last_post[body.get("channel")] = now
+                self.post_times.setdefault(body.get("channel"), []).append(now)
         if method == "auth.test":
             return 200, {"ok": True, "user_id": "UBOT", "bot_id": "BBOT", "team_id": "T1", "user": "papers"}, {}
         if method == "chat.postMessage":

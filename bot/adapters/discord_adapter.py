@@ -189,7 +189,7 @@ class DiscordAdapter:
                 message = await http.send_message(int(channel_id), params=params)
         except discord.LoginFailure:
             return PostResult(ok=False, error="the Discord token was refused (HTTP 401): check DISCORD_TOKEN",
-                              retryable=True, retry_after=TOKEN_REFUSED_WAIT)
+                              retryable=True, retry_after=TOKEN_REFUSED_WAIT, platform_wide=True)
         except discord.RateLimited as exc:  # longer than we are willing to wait in place
             return PostResult(ok=False, error="rate limited by Discord", retryable=True, retry_after=exc.retry_after)
         except discord.HTTPException as exc:

@@ -161,7 +161,7 @@ def failure(exc: SlackApiError) -> PostResult:
         return PostResult(ok=False, error="rate limited by Slack", retryable=True, retry_after=retry_after)
     if error in TOKEN_REFUSED:
         return PostResult(ok=False, error=f"Slack refused the bot token ({error}): check SLACK_BOT_TOKEN",
-                          retryable=True, retry_after=TOKEN_REFUSED_WAIT)
+                          retryable=True, retry_after=TOKEN_REFUSED_WAIT, platform_wide=True)
     return PostResult(ok=False, error=error, retryable=error not in PERMANENT, channel_gone=error in CHANNEL_GONE)
 
 
