@@ -206,3 +206,22 @@ def _matched_from_text(text: str | None) -> str:
          "terms": found.group(3).split(", ") if found.group(3) else []}
         for found in _OLD_REASON.finditer(text or "")
     ])
+
+
+@migrations()
+def m013_subscriptions_say_huggingface(db: Database) -> None:
+    # Subscriptions keep their query normalized, and since m011 `source:hf` normalizes to
+    # `source:huggingface`: a query stored before would no longer equal its own normal form,
+    # so subscribing to it again would add a second subscription. (Phrases hold no colons, so
+    # `source:hf` in a stored query is always the field.) A channel that already has the
+    # renamed query keeps both rows as they are (OR IGNORE).
+    rows = db.execute("SELECT id, query FROM subscriptions WHERE query LIKE '%source:hf%'").fetchall()
+    for sub_id, query in rows:
+        renamed = _SOURCE_HF.sub("source:huggingface", query)
+        if renamed != query:
+            db.execute("""UPDATE OR IGNORE subscriptions SET query = ?,
+                          version = (SELECT coalesce(max(version), 0) + 1 FROM subscriptions) WHERE id = ?""",
+                       [renamed, sub_id])
+
+
+_SOURCE_HF = re.compile(r"(?<![\w:])source:hf(?![\w:*])")
