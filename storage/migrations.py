@@ -191,6 +191,8 @@ def m012_delivery_matched_facts(db: Database) -> None:
     # Why a delivery matched, kept as facts (JSON: [{"id": subscription id, "query": ...,
     # "terms": [...]}]) instead of the card's text; bot/cards.py words it. The text written
     # before ("#1 `diffusion`: diffusion in title; #2 `video`") is read back into facts.
+    if "matched" in db["deliveries"].columns_dict:
+        return  # a development build recorded this step under another name
     db.conn.create_function("papers_bot_matched_from_text", 1, _matched_from_text, deterministic=True)
     db.execute("ALTER TABLE deliveries RENAME COLUMN reason TO matched")
     db.execute("UPDATE deliveries SET matched = papers_bot_matched_from_text(matched)")
