@@ -8,7 +8,17 @@ from datetime import datetime
 
 from sqlite_utils import Database
 
-from bot.models import BurstPlan, ChannelRef, Delivery, DueChannel, Match, OutboxCounts, Overflow, SubscriptionRef
+from bot.models import (
+    BurstPlan,
+    ChannelRef,
+    Delivery,
+    DueChannel,
+    Match,
+    OutboxCounts,
+    Overflow,
+    PaperMatches,
+    SubscriptionRef,
+)
 
 from .db import immediate, iso, parse_iso
 
@@ -31,27 +41,32 @@ class DeliveriesMixin:
         keeps them all (`Delivery.matched`: their ids, queries and the terms that matched).
         A channel that already has this paper gets nothing new.
         """
-        by_channel: dict[ChannelRef, list[Match]] = {}
-        for match in matches:
-            by_channel.setdefault(match.channel, []).append(match)
-        created = 0
+        return self.enqueue_many([PaperMatches(paper_id, tuple(matches))], now)
+
+    def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
+        """`enqueue` for many papers in one transaction, two statements in all (executemany)."""
+        rows: dict[tuple[str, str], list[Match]] = {}
+        for item in items:
+            for match in item.matches:
+                rows.setdefault((item.paper_id, match.channel.key), []).append(match)
+        if not rows:
+            return 0
         stamp = iso(now)
         with immediate(self.db):
-            for channel, channel_matches in by_channel.items():
-                cursor = self.db.execute(
-                    """INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at)
-                       VALUES (?, ?, ?, ?, ?)""",
-                    [paper_id, channel.key, _matched_json(channel_matches), stamp, stamp],
-                )
-                if cursor.rowcount == 0:
-                    continue
-                created += 1
-                for m in channel_matches:
-                    self.db.execute(
-                        "INSERT OR IGNORE INTO delivery_matches (delivery_id, subscription_id) VALUES (?, ?)",
-                        [cursor.lastrowid, m.subscription_id],
-                    )
-        return created
+            # Under the write lock, ids grow (AUTOINCREMENT): the rows above `last` are the new ones.
+            last = self.db.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0]
+            self.db.conn.executemany(
+                """INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                [(paper_id, key, _matched_json(ms), stamp, stamp) for (paper_id, key), ms in rows.items()],
+            )
+            created = self.db.execute("SELECT id, paper_id, channel FROM deliveries WHERE id > ?", [last]).fetchall()
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO delivery_matches (delivery_id, subscription_id) VALUES (?, ?)",
+                [(delivery_id, m.subscription_id) for delivery_id, paper_id, key in created
+                 for m in rows.get((paper_id, key), ())],
+            )
+        return len(created)
 
     def due_channels(self, now: datetime) -> list[DueChannel]:
         """Channels in instant mode, not paused, with deliveries due (and how many), the
