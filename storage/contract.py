@@ -46,13 +46,13 @@ from bot.models import (
     Paper,
     PaperMatches,
     PaperSnapshot,
-    UnmatchedPaper,
     SettingsChange,
     SourceStatus,
     Subscribed,
     Subscription,
     SubscriptionChanges,
     SubscriptionRef,
+    UnmatchedPaper,
     Validators,
 )
 
