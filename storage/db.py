@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -24,6 +25,15 @@ from .migrations import migrations
 BUSY_TIMEOUT = 10.0  # seconds a second process (say `papers-bot command` while `run` polls) waits its turn
 
 _savepoints = itertools.count(1)
+
+# One turnstile a database file, for the Stores of this process: the event loop's and the
+# poller's worker thread's. A write transaction takes it before SQLite's write lock, so a
+# writer waiting for another thread of this process sleeps on a lock that wakes it the
+# moment the other commits, instead of in SQLite's busy handler, which polls at growing
+# intervals (up to 100 ms) and can miss many short gaps between the worker's transactions.
+# Reentrant: a thread that holds it goes on to SQLite, which answers as it always did.
+_turnstiles: dict[str, threading.RLock] = {}
+_turnstiles_guard = threading.Lock()
 
 
 def open_database(path: str | Path, *, timeout: float = BUSY_TIMEOUT) -> Database:
@@ -40,6 +50,7 @@ def open_database(path: str | Path, *, timeout: float = BUSY_TIMEOUT) -> Databas
     except (OSError, sqlite3.Error) as exc:
         raise storage_error(exc, str(path)) from None
     db = Database(conn)
+    db.papers_bot_timeout = timeout  # type: ignore[attr-defined]  # how long a writer waits its turn
     try:
         if not memory:
             db.enable_wal()
@@ -81,22 +92,46 @@ def immediate(db: Database) -> Iterator[Database]:
         else:
             conn.execute(f"RELEASE SAVEPOINT {name}")
         return
+    turnstile = _turnstile(db)
+    if turnstile is not None and not turnstile.acquire(timeout=getattr(db, "papers_bot_timeout", BUSY_TIMEOUT)):
+        raise storage_error(sqlite3.OperationalError("database is locked"), _path(db))
     try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise storage_error(exc, _path(db)) from None
-    try:
-        yield db
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise storage_error(exc, _path(db)) from None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise storage_error(exc, _path(db)) from None
+        try:
+            yield db
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise storage_error(exc, _path(db)) from None
+    finally:
+        if turnstile is not None:
+            turnstile.release()
+
+
+def write(db: Database, sql: str, params: list | dict) -> sqlite3.Cursor:
+    """One statement that writes, as a transaction of its own (so it waits its turn at the turnstile)."""
+    with immediate(db):
+        return db.execute(sql, params)
+
+
+def _turnstile(db: Database) -> threading.RLock | None:
+    """The turnstile of db's file (None in memory), found once a connection."""
+    found = getattr(db, "papers_bot_turnstile", False)
+    if found is False:
+        path = _path(db)
+        with _turnstiles_guard:
+            found = None if path == ":memory:" else _turnstiles.setdefault(path, threading.RLock())
+        db.papers_bot_turnstile = found  # type: ignore[attr-defined]
+    return found
 
 
 def _path(db: Database) -> str:

@@ -20,7 +20,7 @@ from bot.models import (
     SubscriptionRef,
 )
 
-from .db import immediate, iso, parse_iso
+from .db import immediate, iso, parse_iso, write
 
 _STATUSES = {f.name for f in fields(OutboxCounts)}
 # The columns `_delivery` reads, in its order.
@@ -146,7 +146,8 @@ class DeliveriesMixin:
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
         """A scheduled digest holds `keep` papers: settle the rest of what the channel is owed
         as 'overflow' (counted in that digest, not posted)."""
-        self.db.execute(
+        write(
+            self.db,
             """UPDATE deliveries SET status = 'overflow', error = NULL WHERE id IN (
                  SELECT id FROM deliveries WHERE channel = ? AND status = 'pending' ORDER BY id LIMIT -1 OFFSET ?)""",
             [channel.key, keep],
@@ -163,7 +164,8 @@ class DeliveriesMixin:
 
     def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:
         """Record the digest that said "and N more" about these overflow rows."""
-        self.db.execute(
+        write(
+            self.db,
             """UPDATE deliveries SET message_id = ?, sent_at = ?
                 WHERE channel = ? AND status = 'overflow' AND message_id IS NULL AND id <= ?""",
             [message_id or "", iso(now), channel.key, up_to],
@@ -193,7 +195,8 @@ class DeliveriesMixin:
 
     def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> bool:
         """Mark a pending delivery as being sent; False if someone else claimed it first."""
-        cursor = self.db.execute(
+        cursor = write(
+            self.db,
             """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = ?
                 WHERE id = ? AND status = 'pending'""",
             [iso(now) if now else None, delivery_id],
@@ -210,25 +213,28 @@ class DeliveriesMixin:
 
         The interrupted attempt is not counted: a crash or a kill is not the paper's fault,
         and a bot restarted many times must not give up papers (MAX_ATTEMPTS) for it."""
-        self.db.execute("UPDATE deliveries SET status = 'pending', attempts = max(attempts - 1, 0) "
-                        "WHERE id = ? AND status = 'sending'", [delivery_id])
+        write(self.db, "UPDATE deliveries SET status = 'pending', attempts = max(attempts - 1, 0) "
+                       "WHERE id = ? AND status = 'sending'", [delivery_id])
 
     def mark_sent(self, delivery_id: int, message_id: str | None, now: datetime) -> None:
-        self.db.execute(
+        write(
+            self.db,
             "UPDATE deliveries SET status = 'sent', message_id = ?, sent_at = ?, error = NULL WHERE id = ?",
             [message_id, iso(now), delivery_id],
         )
 
     def reschedule_delivery(self, delivery_id: int, error: str, retry_at: datetime) -> None:
         """Record a failed attempt that will be tried again: back to pending until `retry_at`."""
-        self.db.execute(
+        write(
+            self.db,
             "UPDATE deliveries SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
             [error[:500], iso(retry_at), delivery_id],
         )
 
     def give_up_delivery(self, delivery_id: int, error: str) -> None:
         """Record a failed attempt that ends the delivery: failed for good, never tried again."""
-        self.db.execute(
+        write(
+            self.db,
             "UPDATE deliveries SET status = 'failed', error = ? WHERE id = ?", [error[:500], delivery_id]
         )
 
