@@ -25,6 +25,8 @@ from .migrations import migrations
 BUSY_TIMEOUT = 10.0  # seconds a second process (say `papers-bot command` while `run` polls) waits its turn
 
 _savepoints = itertools.count(1)
+CHECKPOINT_EVERY = 16  # the poller's worker: commits between checkpoints (~16 x 100 pages at most)
+LOOP_AUTOCHECKPOINT_PAGES = 10_000  # other connections: SQLite checkpoints at their commit past this
 
 # One turnstile a database file, for the Stores of this process: the event loop's and the
 # poller's worker thread's. A write transaction takes it before SQLite's write lock, so a
@@ -36,8 +38,14 @@ _turnstiles: dict[str, threading.RLock] = {}
 _turnstiles_guard = threading.Lock()
 
 
-def open_database(path: str | Path, *, timeout: float = BUSY_TIMEOUT) -> Database:
+def open_database(path: str | Path, *, timeout: float = BUSY_TIMEOUT, durable: bool = True) -> Database:
     """Open (or create) the database; a file that cannot be used raises StorageError.
+
+    `durable=False` (the poller's worker connection): its commits are not synced to disk one
+    by one (synchronous=NORMAL, WAL), only at checkpoints and at the next synced commit of any
+    connection. A crash or kill of the process loses nothing; a power cut may lose its last
+    commits, all of them after some point (the WAL keeps its order), together with the
+    listing's validators, which that connection writes last: the next poll stores them again.
 
     Checks at once what would otherwise fail later with a traceback: a file that is
     not a database or is damaged, a file or directory this user cannot write.
@@ -54,6 +62,17 @@ def open_database(path: str | Path, *, timeout: float = BUSY_TIMEOUT) -> Databas
     try:
         if not memory:
             db.enable_wal()
+            if not durable:
+                db.execute("PRAGMA synchronous = NORMAL")
+                # Its commits never checkpoint (copy the WAL into the database file: pages and
+                # a sync, tens of ms) while the turnstile is held; it checkpoints after every
+                # CHECKPOINT_EVERY commits instead (`_tidy_wal`), outside the turnstile.
+                db.execute("PRAGMA wal_autocheckpoint = 0")
+                db.papers_bot_commits = 0  # type: ignore[attr-defined]
+            else:
+                # A connection that may be the event loop's checkpoints only when the WAL is
+                # big (SQLite's default is 1,000 pages): the poller's worker keeps it smaller.
+                db.execute(f"PRAGMA wal_autocheckpoint = {LOOP_AUTOCHECKPOINT_PAGES}")
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # "not a database", "malformed"
         with immediate(db):
@@ -115,6 +134,23 @@ def immediate(db: Database) -> Iterator[Database]:
     finally:
         if turnstile is not None:
             turnstile.release()
+    _tidy_wal(db)
+
+
+def _tidy_wal(db: Database) -> None:
+    """For a connection that does not checkpoint at commit: every CHECKPOINT_EVERY commits, a
+    passive checkpoint (it waits for no one and no one waits for it), outside the turnstile."""
+    commits = getattr(db, "papers_bot_commits", None)
+    if commits is None:
+        return
+    if commits + 1 < CHECKPOINT_EVERY:
+        db.papers_bot_commits = commits + 1  # type: ignore[attr-defined]
+        return
+    db.papers_bot_commits = 0  # type: ignore[attr-defined]
+    try:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error:  # nothing lost: the next one does it
+        return
 
 
 def write(db: Database, sql: str, params: list | dict) -> sqlite3.Cursor:
@@ -125,12 +161,12 @@ def write(db: Database, sql: str, params: list | dict) -> sqlite3.Cursor:
 
 def _turnstile(db: Database) -> threading.RLock | None:
     """The turnstile of db's file (None in memory), found once a connection."""
-    found = getattr(db, "papers_bot_turnstile", False)
-    if found is False:
+    if not hasattr(db, "papers_bot_turnstile"):
         path = _path(db)
         with _turnstiles_guard:
-            found = None if path == ":memory:" else _turnstiles.setdefault(path, threading.RLock())
-        db.papers_bot_turnstile = found  # type: ignore[attr-defined]
+            db.papers_bot_turnstile = (  # type: ignore[attr-defined]
+                None if path == ":memory:" else _turnstiles.setdefault(path, threading.RLock()))
+    found: threading.RLock | None = db.papers_bot_turnstile  # type: ignore[attr-defined]
     return found
 
 
