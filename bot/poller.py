@@ -81,7 +81,7 @@ class Poller:
     """
 
     BATCH = 50  # papers stored a transaction (~20 ms with the full-text index, on a busy machine)
-    ENQUEUE_ROWS = 400  # deliveries queued a transaction (~20 ms)
+    ENQUEUE_ROWS = 200  # deliveries queued a transaction (~10 ms; 2 to 3 times that on a busy machine)
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
                  open_store: Callable[[], StoreContract] | None = None):

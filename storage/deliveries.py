@@ -52,13 +52,14 @@ class DeliveriesMixin:
         if not rows:
             return 0
         stamp = iso(now)
-        with immediate(self.db):
+        values = [(paper_id, key, _matched_json(ms), stamp, stamp) for (paper_id, key), ms in rows.items()]
+        with immediate(self.db):  # as little as can be under the write lock
             # Under the write lock, ids grow (AUTOINCREMENT): the rows above `last` are the new ones.
             last = self.db.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0]
             self.db.conn.executemany(
                 """INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at)
                    VALUES (?, ?, ?, ?, ?)""",
-                [(paper_id, key, _matched_json(ms), stamp, stamp) for (paper_id, key), ms in rows.items()],
+                values,
             )
             created = self.db.execute("SELECT id, paper_id, channel FROM deliveries WHERE id > ?", [last]).fetchall()
             self.db.conn.executemany(
