@@ -227,3 +227,20 @@ def m013_subscriptions_say_huggingface(db: Database) -> None:
 
 
 _SOURCE_HF = re.compile(r"(?<![\w:])source:hf(?![\w:*])")
+
+
+@migrations()
+def m014_unmatched_papers(db: Database) -> None:
+    # A poll stores, matches and queues in short transactions (batches), so that the bot's
+    # other writes are never kept waiting long: a paper stored but not yet matched is
+    # written down here in the transaction that stores it, and taken off in the one that
+    # queues its deliveries. A poll interrupted in between (a crash, a kill, a full disk)
+    # leaves its rows here, and the next poll matches them first.
+    db.executescript(
+        """
+        CREATE TABLE unmatched_papers (
+            paper_id TEXT PRIMARY KEY REFERENCES papers(id),
+            since TEXT NOT NULL  -- only subscriptions created by then receive it
+        );
+        """
+    )

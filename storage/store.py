@@ -30,9 +30,9 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
     sqlite3 exception.
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT):
+    def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT, durable: bool = True):
         self.path = str(path)
-        self.db = open_database(path, timeout=busy_timeout)
+        self.db = open_database(path, timeout=busy_timeout, durable=durable)
         self._identity = _identity(self.path)
         # In memory, set by the poller: sources whose last poll failed on the bot's own side
         # (this database full or read-only, a bug), even when that could not be written

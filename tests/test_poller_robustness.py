@@ -29,6 +29,7 @@ from bot.sources import ArxivSource, HuggingFaceSource, make_client
 from bot.sources.base import Pacer
 from fakes.drip import DripServer
 from fakes.http import Canned
+from storage import Store
 
 from .fakes import FakeSource, RecordingAdapter, due_now, fixture, paper, rss
 
@@ -146,7 +147,7 @@ async def test_a_full_disk_is_a_recorded_failure_and_nothing_is_lost(tmp_path, s
     async with make_client(5.0) as client:
         source = HuggingFaceSource(client, server.url)
         with monkeypatch.context() as patch:
-            patch.setattr(store, "add_papers", disk_full)
+            patch.setattr(Store, "add_papers", disk_full)  # the poll writes through a Store of its own
             report = await poller.poll(source)  # must not raise
         assert not report.ok and report.failures == 1
         assert report.error.startswith("storage error: OperationalError: database or disk is full (database ")
@@ -170,6 +171,14 @@ async def test_a_read_only_database_fails_the_poll_without_raising(tmp_path, clo
     admin = RecordingAdapter()
     app = App(cfg, adapters={"console": admin}, clock=clock)
     app.store.db = Database(sqlite3.connect(f"file:{tmp_path / 'bot.db'}?mode=ro", uri=True))
+
+    def read_only_store() -> Store:  # the poll's own Store, opened in its worker thread
+        worker = Store(tmp_path / "bot.db")
+        worker.db.close()
+        worker.db = Database(sqlite3.connect(f"file:{tmp_path / 'bot.db'}?mode=ro", uri=True))
+        return worker
+
+    app.poller.open_store = read_only_store
     source = FakeSource("huggingface", [paper("2410.00001", "Latent diffusion")])
     reports = []
     for _ in range(2):
@@ -188,7 +197,7 @@ async def test_a_read_only_database_fails_the_poll_without_raising(tmp_path, clo
     await app.aclose()
 
 
-async def test_a_bug_after_the_fetch_rolls_back_and_is_recorded(tmp_path, store, clock, caplog):
+async def test_a_bug_after_the_fetch_is_recorded_and_the_next_poll_finishes_the_work(tmp_path, store, clock, caplog):
     store.add_subscription(ML, "diffusion", "u1", clock())
     poller = Poller(store, clock)
     source = FakeSource(papers=[paper("2410.00001", "Latent diffusion")])
@@ -201,12 +210,14 @@ async def test_a_bug_after_the_fetch_rolls_back_and_is_recorded(tmp_path, store,
     report = await poller.poll(source)
     assert not report.ok and report.error == "internal error: RuntimeError: matcher bug"
     assert store.source_state("fake").consecutive_failures == 1
-    assert store.get_paper("2410.00001") is None  # not stored half-done: the next poll matches it
+    # Stored, and written down as not matched yet: the next poll matches it.
+    assert [u.paper.id for u in store.unmatched_papers(10)] == ["2410.00001"]
     status, body = health(store, config(tmp_path))
     assert status == 503 and body["status"] == "internal" and "matcher bug" in caplog.text
     poller.matcher.match = real_match
     report = await poller.poll(source)
-    assert report.ok and report.queued == 1
+    assert report.ok and report.new == 0 and report.queued == 1
+    assert [d.paper_id for d in due_now(store, clock())] == ["2410.00001"] and not store.unmatched_papers(10)
 
 
 async def test_an_unreadable_database_is_a_503(tmp_path):
