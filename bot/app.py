@@ -78,7 +78,8 @@ class App:
             from .health import start_metrics
 
             runner = await self._start("the metrics server",
-                                       start_metrics(self.store, self.config, self.config.metrics_port))
+                                       start_metrics(self.store, self.config, self.config.metrics_port,
+                                                     faults=self.poller.faults))
             if runner is not None:
                 self._frontends.append(Running(runner.cleanup))
                 log.info("health and metrics on port %d: /healthz, /metrics", self.config.metrics_port)

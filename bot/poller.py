@@ -91,6 +91,9 @@ class Poller:
         self.matcher = IndexedMatcher()
         self._version = 0  # the newest subscription version the engine has seen
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
+        # Sources whose last poll failed on the bot's own side (its database full or read-only,
+        # a bug), even when that could not be written down: /healthz answers 503 while any is here.
+        self.faults: dict[str, str] = {}
         # The worker's Store, opened in the worker thread (by default on the loop's database file).
         self.open_store = open_store or (lambda: Store(store.path, durable=False))
         self._worker_store: StoreContract | None = None
@@ -301,7 +304,7 @@ class Poller:
 
     def _succeeded(self, report: SourceReport) -> SourceReport:
         self._failures.pop(report.source, None)
-        self.store.poll_faults.pop(report.source, None)
+        self.faults.pop(report.source, None)
         return report
 
     def _failed(self, name: str, reason: str, *, own: bool = False) -> SourceReport:
@@ -309,9 +312,9 @@ class Poller:
         reason = reason[:500]
         failures = self._failures[name] = self._failures.get(name, 0) + 1
         if own:
-            self.store.poll_faults[name] = reason  # /healthz reads it, even if recording fails below
+            self.faults[name] = reason  # /healthz reads it, even if recording fails below
         else:
-            self.store.poll_faults.pop(name, None)
+            self.faults.pop(name, None)
         try:
             failures = self._failures[name] = self.store.record_source_failure(name, self.clock(), reason)
         except Exception as exc:  # the database that just failed may well refuse this too

@@ -61,11 +61,6 @@ class StoreContract(Protocol):
     path: str
     """Where the data lives (a file path, ":memory:", or a database URL), for messages."""
 
-    poll_faults: dict[str, str]
-    """In memory only, not stored: source name -> why its last poll failed on the bot's own
-    side (the database, a bug), even when that could not be written down. The poller sets
-    and clears it; /healthz answers 503 while it is not empty."""
-
     # ---- the store itself -----------------------------------------------------------------
 
     def transaction(self) -> AbstractContextManager[object]:

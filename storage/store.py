@@ -34,10 +34,6 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         self.path = str(path)
         self.db = open_database(path, timeout=busy_timeout, durable=durable)
         self._identity = _identity(self.path)
-        # In memory, set by the poller: sources whose last poll failed on the bot's own side
-        # (this database full or read-only, a bug), even when that could not be written
-        # down. /healthz answers 503 while any is here.
-        self.poll_faults: dict[str, str] = {}
         self._lease: int | None = None  # the open lock file while this process holds the sender lease
 
     def hold_sender_lease(self) -> bool:

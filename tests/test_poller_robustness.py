@@ -153,7 +153,7 @@ async def test_a_full_disk_is_a_recorded_failure_and_nothing_is_lost(tmp_path, s
         assert report.error.startswith("storage error: OperationalError: database or disk is full (database ")
         state = store.source_state("huggingface")
         assert state.consecutive_failures == 1 and state.last_error == report.error
-        status, body = health(store, config(tmp_path))
+        status, body = health(store, config(tmp_path), poller.faults)
         assert status == 503 and body["status"] == "storage"
         assert not store.source_validators("huggingface")  # the unstored response's ETag is not kept
         # The disk has room again: the next poll asks without the ETag, so it gets (and
@@ -162,7 +162,7 @@ async def test_a_full_disk_is_a_recorded_failure_and_nothing_is_lost(tmp_path, s
     assert "If-None-Match" not in server.requests[1][2]
     assert report.ok and report.new == 6 and report.recovered_after == 1
     assert [d.paper_id for d in due_now(store, clock())] == ["2410.18538"]
-    assert health(store, config(tmp_path))[0] == 200
+    assert health(store, config(tmp_path), poller.faults)[0] == 200
 
 
 async def test_a_read_only_database_fails_the_poll_without_raising(tmp_path, clock, caplog):
@@ -191,7 +191,7 @@ async def test_a_read_only_database_fails_the_poll_without_raising(tmp_path, clo
     assert [text for _, text in admin.posts] == [
         f"papers-bot: huggingface has failed 2 times in a row (last error: {reports[1].error}). "
         "Papers from it will arrive when it recovers."]
-    status, body = health(app.store, cfg)
+    status, body = health(app.store, cfg, app.poller.faults)
     assert status == 503 and body["status"] == "storage"
     assert "read-only" in body["sources"]["huggingface"]["own_failure"]
     await app.aclose()
@@ -212,7 +212,7 @@ async def test_a_bug_after_the_fetch_is_recorded_and_the_next_poll_finishes_the_
     assert store.source_state("fake").consecutive_failures == 1
     # Stored, and written down as not matched yet: the next poll matches it.
     assert [u.paper.id for u in store.unmatched_papers(10)] == ["2410.00001"]
-    status, body = health(store, config(tmp_path))
+    status, body = health(store, config(tmp_path), poller.faults)
     assert status == 503 and body["status"] == "internal" and "matcher bug" in caplog.text
     poller.matcher.match = real_match
     report = await poller.poll(source)
@@ -224,7 +224,7 @@ async def test_an_unreadable_database_is_a_503(tmp_path):
     cfg = config(tmp_path)
     app = App(cfg)
     app.store.db.close()
-    status, body = health(app.store, cfg)
+    status, body = health(app.store, cfg, app.poller.faults)
     assert status == 503 and body["status"] == "storage" and "cannot read the database" in body["error"]
     app.store.db = Database(sqlite3.connect(":memory:"))
     await app.aclose()
