@@ -308,6 +308,15 @@ class PostResult:
     platform_wide: bool = False  # retry_after holds for every channel of the platform (a refused token)
 
 
+@dataclass(frozen=True)
+class PreviewCandidates:
+    """What `preview` reads: the listed papers of a window that may match a query (newest
+    first; replacements left out) and how many listed papers the window holds in all."""
+
+    papers: list[Paper]
+    stored: int
+
+
 ArgValue = Union[str, int]
 
 

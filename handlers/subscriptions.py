@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from bot.errors import QueryError
@@ -13,28 +14,36 @@ from bot.text import plural
 from .base import Args, Context, Param, command, error, shown
 
 ESTIMATE_DAYS = 30
-ESTIMATE_MAX_PAPERS = 20_000  # the newest ones, when more were stored in that window
 EXAMPLES = 3
 MAX_BACKFILL = 20
 
 
-def _history(ctx: Context, node: tuple) -> tuple[list[tuple[Paper, list[str]]], int]:
-    """Stored papers of the last 30 days that `node` matches (newest first), and how many were read."""
-    papers = ctx.store.papers_listed_since(ctx.clock() - timedelta(days=ESTIMATE_DAYS), ESTIMATE_MAX_PAPERS)
-    found = []
-    for paper in papers:
-        if paper.is_update:
-            continue
-        hits = evaluate(node, PaperView(paper))
-        if hits is not None:
-            found.append((paper, hits))
-    return found, len(papers)
+async def _history(ctx: Context, node: tuple) -> tuple[list[tuple[Paper, list[str]]], int]:
+    """Stored papers of the last 30 days that `node` matches (newest first), and how many
+    listed papers those days hold. All of them, however many: the store narrows to the
+    papers holding the query's required words, the evaluator decides, in a worker thread
+    (with its own connection) so that the event loop is not held."""
+    since = ctx.clock() - timedelta(days=ESTIMATE_DAYS)
+    query = render(node)
+
+    def work() -> tuple[list[tuple[Paper, list[str]]], int]:
+        candidates = ctx.store.preview_candidates(query, since)
+        found = []
+        for paper in candidates.papers:
+            hits = evaluate(node, PaperView(paper))
+            if hits is not None:
+                found.append((paper, hits))
+        return found, candidates.stored
+
+    if ctx.store.reads_off_loop():
+        return await asyncio.to_thread(work)
+    return work()
 
 
 def _estimate(matched: list[tuple[Paper, list[str]]], scanned: int) -> str:
     if scanned == 0:
         return f"No papers were stored in the last {ESTIMATE_DAYS} days to estimate from yet."
-    stored = f"{scanned:,}+ stored papers" if scanned >= ESTIMATE_MAX_PAPERS else plural(scanned, "stored paper")
+    stored = plural(scanned, "stored paper")
     text = f"In the last {ESTIMATE_DAYS} days it would have matched {len(matched)} of {stored}"
     if not matched:
         return text + "."
@@ -57,7 +66,7 @@ def _parse(text: str, name: str) -> tuple | Reply:
          Param("backfill", f"also post this many recent matches now (1-{MAX_BACKFILL})", "int", option=True,
                minimum=1, maximum=MAX_BACKFILL),
          manage=True)
-def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
+async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Post new papers that match a query to this channel.
 
     Words match title or abstract, ignoring case and plurals, also inside hyphenated
@@ -84,7 +93,7 @@ def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         head = f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here."
     else:
         head = f"This channel is already subscribed to `{sub.query}` (#{sub.id})."
-    matched, scanned = _history(ctx, node)
+    matched, scanned = await _history(ctx, node)
     text = f"{head}\n{_estimate(matched, scanned)}"
     queued = 0
     if backfill:
@@ -98,7 +107,7 @@ def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
 
 
 @command("preview", "preview <query>", Param("query", "a query, as for subscribe", "text", required=True))
-def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
+async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Show what a query would have matched recently, without subscribing.
 
     Example: `/papers preview "world model" robot*`.
@@ -106,7 +115,7 @@ def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     node = _parse(args.text("query"), "preview")
     if isinstance(node, Reply):
         return node
-    matched, scanned = _history(ctx, node)
+    matched, scanned = await _history(ctx, node)
     return Reply(f"`{render(node)}`: {_estimate(matched, scanned)}")
 
 

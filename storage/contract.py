@@ -24,7 +24,10 @@ Rules every method keeps, unless its own text says otherwise:
 - Channels are identified by `ChannelRef`; a channel needs no row anywhere to exist (its
   settings default to `ChannelSettings(channel)`).
 - Calls are synchronous and short (milliseconds) and are made from the event loop's one
-  thread; an implementation need not be thread-safe.
+  thread; an implementation need not be thread-safe. Except the reads marked "any
+  thread": when `reads_off_loop()` is true the bot calls them from worker threads
+  (asyncio.to_thread), beside the loop's calls, and each must then use a connection of
+  its own (SQLite's are bound to their thread; WAL lets readers run beside the writer).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from bot.models import (
     Overflow,
     Paper,
     PaperSnapshot,
+    PreviewCandidates,
     SettingsChange,
     SourceStatus,
     Subscribed,
@@ -115,8 +119,30 @@ class StoreContract(Protocol):
         """Listed papers first stored at or after `since`, newest first (ties by id), at most `limit`."""
         ...
 
+    def reads_off_loop(self) -> bool:
+        """True when the "any thread" reads may be called from worker threads (a database
+        file); False when they must be called from the loop's thread (an in-memory one)."""
+        ...
+
+    def preview_candidates(self, query: str, since: datetime) -> PreviewCandidates:
+        """Any thread. For a query (bot/query.py's syntax, valid): the listed papers first
+        stored at or after `since`, replacements (`is_update`) left out, that may match it,
+        newest first (ties by id): every one that does, and as few others as the store can
+        rule out (those lacking a word, phrase, author name part or category the query
+        requires, or holding one it excludes; upvote and source terms it requires). The
+        caller decides with bot.matching.evaluate. No cap, however many are stored.
+        `stored`: every listed paper first stored at or after `since`, replacements too.
+        May first index papers stored since the last call (writes, in short transactions)."""
+        ...
+
+    def index_paper_words(self) -> int:
+        """Any thread. Bring preview's word index up to date with the stored papers (short
+        transactions); how many papers it indexed. preview_candidates does it on its own;
+        this is for doing it ahead, say after a bulk load."""
+        ...
+
     def search_papers(self, words: list[str], limit: int, window: int = 5000) -> list[Paper]:
-        """Full-text search over title, abstract and authors: the papers with every word,
+        """Any thread. Full-text search over title, abstract and authors: the papers with every word,
         or, when none has them all, those with any; best match first, at most `limit`.
 
         Words are plain text, never query syntax of the database (quote them). Stemmed

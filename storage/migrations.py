@@ -206,3 +206,14 @@ def _matched_from_text(text: str | None) -> str:
          "terms": found.group(3).split(", ") if found.group(3) else []}
         for found in _OLD_REASON.finditer(text or "")
     ])
+
+
+@migrations()
+def m013_paper_words(db: Database) -> None:
+    # The exact word index that narrows preview (storage/paper_words.py). It starts empty;
+    # the first preview indexes what is stored, a batch a transaction, off the event loop.
+    # And the listed papers of a window, counted from an index alone.
+    from .paper_words import SCHEMA
+
+    db.executescript(SCHEMA)
+    db.execute("CREATE INDEX papers_listed_first_seen ON papers(first_seen) WHERE listed = 1")

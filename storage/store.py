@@ -6,6 +6,7 @@ import fcntl
 import functools
 import os
 import sqlite3
+import threading
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +33,9 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
 
     def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT):
         self.path = str(path)
+        self.busy_timeout = busy_timeout
         self.db = open_database(path, timeout=busy_timeout)
+        self.owner_thread = threading.get_ident()  # self.db is used from this thread only
         self._identity = _identity(self.path)
         # In memory, set by the poller: sources whose last poll failed on the bot's own side
         # (this database full or read-only, a bug), even when that could not be written
