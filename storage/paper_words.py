@@ -165,7 +165,7 @@ def _fts(node: tuple) -> _Expr | None:
         if not required:
             return None
         text = "(" + " AND ".join(required) + ")"
-        for part in excluded:
-            text = f"({text} NOT {part})"
+        for left_out in excluded:
+            text = f"({text} NOT {left_out})"
         return _Expr(text, exact)
     return None  # not (alone), org, source, upvotes: no word to narrow on
