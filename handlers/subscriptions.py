@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 from bot.errors import QueryError
@@ -17,34 +18,51 @@ ESTIMATE_DAYS = 30
 EXAMPLES = 3
 MAX_BACKFILL = 20
 
+log = logging.getLogger(__name__)
 
-async def _history(ctx: Context, node: tuple) -> tuple[list[tuple[Paper, list[str]]], int]:
-    """Stored papers of the last 30 days that `node` matches (newest first), and how many
-    listed papers those days hold. All of them, however many: the store narrows to the
-    papers holding the query's required words, the evaluator decides, in a worker thread
-    (with its own connection) so that the event loop is not held."""
+
+async def _history(ctx: Context, node: tuple, wanted: int) -> tuple[list[tuple[Paper, list[str]]], int, int]:
+    """Stored papers of the last 30 days that `node` matches (newest first, at least the
+    `wanted` newest), how many it matches, and how many listed papers those days hold.
+
+    Every stored paper counts, however many: the store narrows to the papers that hold
+    the words the query requires, the evaluator decides. When the store's narrowing is
+    exact (words, phrases, categories, their OR and NOT, upvotes, source) it counts the
+    matches itself and the evaluator checks the newest `wanted`. Off the event loop, in a
+    worker thread with its own connection, for a database file.
+    """
     since = ctx.clock() - timedelta(days=ESTIMATE_DAYS)
     query = render(node)
 
-    def work() -> tuple[list[tuple[Paper, list[str]]], int]:
-        candidates = ctx.store.preview_candidates(query, since)
+    def matching(papers: list[Paper]) -> list[tuple[Paper, list[str]]]:
         found = []
-        for paper in candidates.papers:
+        for paper in papers:
             hits = evaluate(node, PaperView(paper))
             if hits is not None:
                 found.append((paper, hits))
-        return found, candidates.stored
+        return found
+
+    def work() -> tuple[list[tuple[Paper, list[str]]], int, int]:
+        candidates = ctx.store.preview_candidates(query, since, wanted)
+        found = matching(candidates.papers)
+        if not candidates.exact:
+            return found, len(found), candidates.stored
+        if len(found) == len(candidates.papers):
+            return found, candidates.count, candidates.stored
+        log.warning("preview: the store's exact narrowing of %r disagrees with the evaluator; evaluating all", query)
+        candidates = ctx.store.preview_candidates(query, since)
+        found = matching(candidates.papers)
+        return found, len(found), candidates.stored
 
     if ctx.store.reads_off_loop():
         return await asyncio.to_thread(work)
     return work()
 
 
-def _estimate(matched: list[tuple[Paper, list[str]]], scanned: int) -> str:
+def _estimate(matched: list[tuple[Paper, list[str]]], count: int, scanned: int) -> str:
     if scanned == 0:
         return f"No papers were stored in the last {ESTIMATE_DAYS} days to estimate from yet."
-    stored = plural(scanned, "stored paper")
-    text = f"In the last {ESTIMATE_DAYS} days it would have matched {len(matched)} of {stored}"
+    text = f"In the last {ESTIMATE_DAYS} days it would have matched {count:,} of {plural(scanned, 'stored paper')}"
     if not matched:
         return text + "."
     examples = "\n".join(f"• {p.title[:150]} (arXiv:{p.id})" for p, _ in matched[:EXAMPLES])
@@ -93,14 +111,14 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         head = f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here."
     else:
         head = f"This channel is already subscribed to `{sub.query}` (#{sub.id})."
-    matched, scanned = await _history(ctx, node)
-    text = f"{head}\n{_estimate(matched, scanned)}"
+    matched, count, scanned = await _history(ctx, node, max(EXAMPLES, backfill))
+    text = f"{head}\n{_estimate(matched, count, scanned)}"
     queued = 0
     if backfill:
         now = ctx.clock()
         for paper, hits in matched[:backfill]:
             queued += ctx.store.enqueue(paper.id, [Match(sub.id, req.channel, sub.query, tuple(hits))], now)
-        already = min(backfill, len(matched)) - queued
+        already = min(backfill, count) - queued
         text += f"\nBackfill: posting {plural(queued, 'recent match', 'recent matches')} now"
         text += f" ({already} already posted here)." if already else "."
     return Reply(text, queued=queued)
@@ -115,8 +133,8 @@ async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     node = _parse(args.text("query"), "preview")
     if isinstance(node, Reply):
         return node
-    matched, scanned = await _history(ctx, node)
-    return Reply(f"`{render(node)}`: {_estimate(matched, scanned)}")
+    matched, count, scanned = await _history(ctx, node, EXAMPLES)
+    return Reply(f"`{render(node)}`: {_estimate(matched, count, scanned)}")
 
 
 @command("unsubscribe", "unsubscribe <id or all>",

@@ -124,13 +124,17 @@ class StoreContract(Protocol):
         file); False when they must be called from the loop's thread (an in-memory one)."""
         ...
 
-    def preview_candidates(self, query: str, since: datetime) -> PreviewCandidates:
+    def preview_candidates(self, query: str, since: datetime, limit: int | None = None) -> PreviewCandidates:
         """Any thread. For a query (bot/query.py's syntax, valid): the listed papers first
         stored at or after `since`, replacements (`is_update`) left out, that may match it,
         newest first (ties by id): every one that does, and as few others as the store can
         rule out (those lacking a word, phrase, author name part or category the query
-        requires, or holding one it excludes; upvote and source terms it requires). The
-        caller decides with bot.matching.evaluate. No cap, however many are stored.
+        requires, or holding one it excludes; upvote, source and organization terms it
+        requires). No cap, however many are stored. When the store decides the query
+        exactly (`exact`; what bot.matching.evaluate would decide: words, phrases,
+        categories, their OR and NOT, upvotes, source) and `limit` is given, only the
+        newest `limit` matches come back and `count` says how many there are; otherwise
+        every candidate, for the caller to decide with bot.matching.evaluate.
         `stored`: every listed paper first stored at or after `since`, replacements too.
         May first index papers stored since the last call (writes, in short transactions)."""
         ...

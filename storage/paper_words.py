@@ -100,6 +100,7 @@ class Narrowing:
     match: str | None = None  # over paper_words; None: no word narrows
     where: list[str] = field(default_factory=list)  # over papers, all required
     params: list[object] = field(default_factory=list)
+    exact: bool = False  # the papers satisfying both are exactly those the query matches
 
 
 @dataclass(frozen=True)
@@ -109,18 +110,36 @@ class _Expr:
 
 
 def narrowing(node: tuple) -> Narrowing:
-    """The narrowing for a query tree (see the module's docstring); always safe to apply."""
-    found = Narrowing()
-    children = node[1] if node[0] == "and" else (node,)
-    for child in children:  # SQL conditions: upvote and source terms the query requires
+    """The narrowing for a query tree (see the module's docstring); always safe to apply.
+
+    `exact` when every term the query requires (the children of its AND, or itself) is
+    one FTS5 or SQL decides exactly: words, phrases, categories, OR and NOT of those,
+    upvotes and source. Author name parts, prefixes and organizations only narrow.
+    """
+    found = Narrowing(exact=True)
+    excludes = False
+    for child in node[1] if node[0] == "and" else (node,):
         if child[0] == "upvotes":
             found.where.append(f"upvotes IS NOT NULL AND upvotes {child[1]} ?")
             found.params.append(child[2])
         elif child[0] == "source":  # a paper's source is the first of its sorted sources
             found.where.append("(sources = ? OR substr(sources, 1, ?) = ?)")
             found.params += [child[1], len(child[1]) + 1, child[1] + ","]
+        elif child[0] == "org":
+            # Each name part, in any case, somewhere in the name: LIKE folds ASCII only, so a
+            # name with other characters is kept for the evaluator to decide.
+            for token in child[1]:
+                found.where.append("(organization LIKE ? OR organization GLOB '*[^ -~]*')")
+                found.params.append(f"%{token}%")  # tokens are letters and digits: no wildcard
+            found.exact = False
+        else:
+            excludes = excludes or child[0] == "not"
+            expr = _fts(child[1] if child[0] == "not" else child)
+            found.exact = found.exact and expr is not None and expr.exact
     expr = _fts(node)
     found.match = expr.text if expr else None
+    if excludes and found.match is None:  # FTS5 applies a NOT only beside a term it requires
+        found.exact = False
     return found
 
 

@@ -120,39 +120,53 @@ class PapersMixin:
         with self._reader() as db:
             return paper_words.index_new(db)
 
-    def preview_candidates(self, query: str, since: datetime) -> PreviewCandidates:
+    def preview_candidates(self, query: str, since: datetime, limit: int | None = None) -> PreviewCandidates:
         narrowing = paper_words.narrowing(parse_query(query))
         with self._reader() as db:
-            return self._preview_candidates(db, narrowing, since)
+            return self._preview_candidates(db, narrowing, since, limit)
 
-    def _preview_candidates(self, db: Database, narrowing: paper_words.Narrowing, since: datetime) -> PreviewCandidates:
+    def _preview_candidates(self, db: Database, narrowing: paper_words.Narrowing, since: datetime,
+                            limit: int | None) -> PreviewCandidates:
         if narrowing.match is not None:
             try:
                 paper_words.index_new(db)
             except StorageBusy:  # locked past the timeout: the rows not indexed yet are read as they are
                 pass
-        window = " AND ".join(["listed = 1", "is_update = 0", "+first_seen >= ?", *narrowing.where])
-        params = [iso(since), *narrowing.params]
         conn = db.conn
         began = not conn.in_transaction
         if began:
-            conn.execute("BEGIN")  # one snapshot: the mark and the rows agree
+            conn.execute("BEGIN")  # one snapshot: the index's mark and the rows agree
         try:
             stored = conn.execute("SELECT count(*) FROM papers WHERE listed = 1 AND first_seen >= ?",
                                   [iso(since)]).fetchone()[0]
-            if narrowing.match is None:
-                sql, all_params = f"SELECT * FROM papers WHERE {window}", params
-            else:
+            conditions = ["listed = 1", "is_update = 0", "first_seen >= ?", *narrowing.where]
+            params = [iso(since), *narrowing.params]
+            exact = narrowing.exact
+            if narrowing.match is not None:
                 mark = conn.execute("SELECT indexed FROM paper_words_state").fetchone()[0]
-                sql = (f"SELECT * FROM papers WHERE {window} AND rowid IN"
-                       " (SELECT rowid FROM paper_words WHERE paper_words MATCH ?)"
-                       f" UNION ALL SELECT * FROM papers WHERE {window} AND rowid > ?")
-                all_params = [*params, narrowing.match, *params, mark]
-            papers = self._papers(f"SELECT * FROM ({sql}) ORDER BY first_seen DESC, id", all_params, db)
+                if conn.execute("SELECT 1 FROM papers WHERE rowid > ? LIMIT 1", [mark]).fetchone():
+                    # Stored since the index's last catch-up (the write lock was busy): these
+                    # are read unnarrowed, and left to the evaluator.
+                    exact = False
+                    conditions.append(
+                        "(rowid > ? OR rowid IN (SELECT rowid FROM paper_words WHERE paper_words MATCH ?))")
+                    params += [mark, narrowing.match]
+                else:
+                    conditions.append("rowid IN (SELECT rowid FROM paper_words WHERE paper_words MATCH ?)")
+                    params.append(narrowing.match)
+                conditions[2] = "+first_seen >= ?"  # the word index narrows more than the date
+            where = " AND ".join(conditions)
+            if exact and limit is not None:
+                count = conn.execute(f"SELECT count(*) FROM papers WHERE {where}", params).fetchone()[0]
+                papers = self._papers(f"SELECT * FROM papers WHERE {where} ORDER BY first_seen DESC, id LIMIT ?",
+                                      [*params, limit], db)
+            else:
+                papers = self._papers(f"SELECT * FROM papers WHERE {where} ORDER BY first_seen DESC, id", params, db)
+                count = len(papers)
         finally:
             if began and conn.in_transaction:
                 conn.execute("COMMIT")
-        return PreviewCandidates(papers, stored)
+        return PreviewCandidates(papers, stored, count, exact)
 
     def search_papers(self, words: list[str], limit: int, window: int = SEARCH_WINDOW) -> list[Paper]:
         """Full-text search (FTS5, bm25): papers with every word, else any word.
