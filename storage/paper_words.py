@@ -15,12 +15,16 @@ papers table for upvote and source terms. Only terms that are certainly required
 the children of an AND, every branch of an OR (an OR with a branch that cannot narrow
 does not narrow at all), and a NOT only when the term it excludes is matched exactly by
 FTS5 (words, phrases, categories). A query with nothing to narrow on scans the window.
+Organization terms narrow by SQL (LIKE). `exact` says when the narrowing decides the
+query by itself (see `narrowing`): then preview counts matches in SQL.
 
 Title, summary, authors and categories never change once a paper is stored (a later
 listing only enriches upvotes, organization and links), so rows are indexed once, by
-rowid, in order: `paper_words_state.indexed` is the last rowid indexed. `index_new` catches
-up in short transactions; readers also scan rows past that mark, so a paper stored a
-moment ago is never missed.
+rowid, in order: `paper_words_state.indexed` is the last rowid indexed. `index_new`
+catches up in short transactions (it tokenizes before taking the write lock); readers
+also read the rows past that mark, unnarrowed, so a paper stored a moment ago is never
+missed. Papers are never deleted, and nothing VACUUMs the database (which could renumber
+rowids; `papers_fts` relies on them as well).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from bot.query import fold, name_tokens, raw_words, stem
 
 from .db import immediate
 
-CATCH_UP_BATCH = 500  # papers indexed per transaction: each holds the write lock ~20-40 ms
+CATCH_UP_BATCH = 200  # papers a transaction: tokenized before it, it holds the write lock a few ms
 _CATEGORY = re.compile(r"^[a-z-]+(\.[a-z-]+)?$")  # what a cat: term can name (bot/query.py)
 
 SCHEMA = """
@@ -68,26 +72,28 @@ def category_tokens(categories: list[str]) -> str:
 
 
 def index_new(db: Database, batch: int = CATCH_UP_BATCH) -> int:
-    """Index the papers stored since the last call, `batch` a transaction; how many were indexed.
+    """Index the papers stored since the last call, `batch` at a time; how many were indexed.
 
-    Each transaction takes the write lock first and reads the mark inside it, so two
-    callers never index a row twice.
+    Papers are read and tokenized without a lock; the write lock is taken only to add
+    them, and the mark is checked inside it, so two callers never index a row twice.
     """
     done = 0
     while True:
+        mark = db.execute("SELECT indexed FROM paper_words_state").fetchone()[0]
+        rows = db.execute(
+            "SELECT rowid, title, summary, authors, categories FROM papers WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            [mark, batch],
+        ).fetchall()
+        if not rows:
+            return done
+        values = [(rowid, stems(title), stems(summary), author_tokens(json.loads(authors)),
+                   category_tokens(json.loads(categories))) for rowid, title, summary, authors, categories in rows]
         with immediate(db):
-            mark = db.execute("SELECT indexed FROM paper_words_state").fetchone()[0]
-            rows = db.execute(
-                "SELECT rowid, title, summary, authors, categories FROM papers WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                [mark, batch],
-            ).fetchall()
+            if db.execute("SELECT indexed FROM paper_words_state").fetchone()[0] != mark:
+                continue  # another caller indexed these meanwhile
             db.conn.executemany(
-                "INSERT INTO paper_words (rowid, title, abstract, authors, cats) VALUES (?, ?, ?, ?, ?)",
-                [(rowid, stems(title), stems(summary), author_tokens(json.loads(authors)),
-                  category_tokens(json.loads(categories))) for rowid, title, summary, authors, categories in rows],
-            )
-            if rows:
-                db.execute("UPDATE paper_words_state SET indexed = ?", [rows[-1][0]])
+                "INSERT INTO paper_words (rowid, title, abstract, authors, cats) VALUES (?, ?, ?, ?, ?)", values)
+            db.execute("UPDATE paper_words_state SET indexed = ?", [rows[-1][0]])
         done += len(rows)
         if len(rows) < batch:
             return done
