@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
 from bot.errors import QueryError
@@ -34,10 +35,14 @@ async def _history(ctx: Context, node: tuple, wanted: int) -> tuple[list[tuple[P
     since = ctx.clock() - timedelta(days=ESTIMATE_DAYS)
     query = render(node)
 
+    # A query without words, phrases or prefixes (author:, org:, cat: ...) never reads the
+    # title or abstract: the evaluator is spared tokenizing them.
+    text_free = not _has_text_terms(node)
+
     def matching(papers: list[Paper]) -> list[tuple[Paper, list[str]]]:
         found = []
         for paper in papers:
-            hits = evaluate(node, PaperView(paper))
+            hits = evaluate(node, PaperView(replace(paper, title="", summary="") if text_free else paper))
             if hits is not None:
                 found.append((paper, hits))
         return found
@@ -57,6 +62,14 @@ async def _history(ctx: Context, node: tuple, wanted: int) -> tuple[list[tuple[P
     if ctx.store.reads_off_loop():
         return await asyncio.to_thread(work)
     return work()
+
+
+def _has_text_terms(node: tuple) -> bool:
+    if node[0] in ("word", "phrase", "prefix"):
+        return True
+    if node[0] in ("and", "or"):
+        return any(_has_text_terms(child) for child in node[1])
+    return node[0] == "not" and _has_text_terms(node[1])
 
 
 def _estimate(matched: list[tuple[Paper, list[str]]], count: int, scanned: int) -> str:
