@@ -42,12 +42,12 @@ from .db import immediate
 CATCH_UP_BATCH = 200  # papers a transaction: tokenized before it, it holds the write lock a few ms
 _CATEGORY = re.compile(r"^[a-z-]+(\.[a-z-]+)?$")  # what a cat: term can name (bot/query.py)
 
-SCHEMA = """
-    CREATE VIRTUAL TABLE paper_words USING fts5(
-        title, abstract, authors, cats, content='', columnsize=0, tokenize="ascii tokenchars '.-'");
-    CREATE TABLE paper_words_state (indexed INTEGER NOT NULL);
-    INSERT INTO paper_words_state (indexed) VALUES (0);
-"""
+SCHEMA = (
+    """CREATE VIRTUAL TABLE IF NOT EXISTS paper_words USING fts5(
+           title, abstract, authors, cats, content='', columnsize=0, tokenize="ascii tokenchars '.-'")""",
+    "CREATE TABLE IF NOT EXISTS paper_words_state (indexed INTEGER NOT NULL)",
+    "INSERT INTO paper_words_state (indexed) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM paper_words_state)",
+)
 
 _COLUMNS = {"any": "{title abstract}", "title": "title", "abstract": "abstract"}
 

@@ -5,6 +5,7 @@ from sqlite_utils import Database
 
 from bot.cards import why_matched
 from bot.models import ChannelRef, Match, OutboxCounts, Subscribed, Validators
+from bot.query import normalize_query
 from storage import Store
 from storage.migrations import migrations
 
@@ -222,6 +223,32 @@ def test_papers_listed_as_hf_by_older_versions_are_renamed_huggingface(tmp_path)
                       "2410.00004": "huggingface,arxiv"}
     assert store.get_paper("2410.00001").source == "huggingface"
     assert [p.id for p in store.search_papers(["paper"], 5)]  # the full-text index followed the update
+    store.close()
+
+
+def test_subscriptions_to_source_hf_by_older_versions_say_huggingface(tmp_path):
+    # Queries are stored normalized, and `source:hf` now normalizes to `source:huggingface`:
+    # a query stored before the rename must read the same, or subscribing to it again makes
+    # a second subscription instead of "already subscribed".
+    path = tmp_path / "old.db"
+    old = Store(path)
+    old.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm013_subscriptions_say_huggingface'")
+    queries = ["source:hf", "diffusion -source:hf", "(source:hf OR cat:cs.cl) video", '"source hf"', "hfx"]
+    for query in queries:
+        old.db.execute("INSERT INTO subscriptions (channel, query, created_by, created_at) VALUES (?, ?, 'u', ?)",
+                       [ML.key, query, T0.isoformat()])
+    for query in ("source:hf", "source:huggingface"):  # both, subscribed across the upgrade: left as they are
+        old.db.execute("INSERT INTO subscriptions (channel, query, created_by, created_at) VALUES (?, ?, 'u', ?)",
+                       [CV.key, query, T0.isoformat()])
+    old.db.conn.commit()
+    old.close()
+    store = Store(path)  # migrates
+    assert [s.query for s in store.subscriptions(ML)] == [normalize_query(q) for q in queries] == [
+        "source:huggingface", "diffusion -source:huggingface", "(source:huggingface OR cat:cs.cl) video",
+        '"source hf"', "hfx"]
+    again = store.add_subscription(ML, normalize_query("source:hf"), "u", T0)
+    assert not again.created and again.subscription.query == "source:huggingface"
+    assert sorted(s.query for s in store.subscriptions(CV)) == ["source:hf", "source:huggingface"]
     store.close()
 
 
