@@ -94,6 +94,8 @@ async def backfill(
                 continue
             report.stored[source.name] += _store(store, papers, now)
             progress.step(f"{label}: {len(papers)} {plan.counted}")
+    if sum(report.stored.values()):
+        store.index_paper_words()  # preview's word index: done here, not by the first preview
     return report
 
 

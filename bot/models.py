@@ -325,6 +325,19 @@ class PostResult:
     platform_wide: bool = False  # retry_after holds for every channel of the platform (a refused token)
 
 
+@dataclass(frozen=True)
+class PreviewCandidates:
+    """What `preview` reads: the listed papers of a window that may match a query (newest
+    first; replacements left out) and how many listed papers the window holds in all.
+    `exact`: the store matched the query exactly, and `papers` are the newest of `count`
+    matches (when not, `papers` are every candidate, and `count` their number)."""
+
+    papers: list[Paper]
+    stored: int
+    count: int
+    exact: bool = False
+
+
 ArgValue = Union[str, int]
 
 

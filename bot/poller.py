@@ -212,6 +212,11 @@ class Poller:
                 recovered = store.record_source_success(source.name, now, len(papers))
                 if listing.validators != validators:  # only once what they describe is stored
                     store.save_source_validators(source.name, listing.validators)
+            if new:  # preview's word index, kept up with here so no preview has a backlog to index
+                try:
+                    store.index_paper_words()
+                except StorageError as exc:  # the next preview indexes them itself
+                    log.warning("%s: indexing new papers for preview failed: %s", source.name, exc)
             return new, queued, recovered
 
         new, queued, recovered = await self._in_worker(work)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from bot.cards import card_for
@@ -19,7 +20,7 @@ WINDOWS = {"today": 1, "week": 7, "month": 30}
 @command("search", "search <words>",
          Param("words", "words to look for", "text", required=True,
                missing="What should I search for? Give some words."))
-def search(ctx: Context, req: CommandRequest, args: Args) -> Reply:
+async def search(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Find the best 5 stored papers for some words (full-text, ranked).
 
     Example: `/papers search speculative decoding`.
@@ -28,7 +29,10 @@ def search(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     words = raw_words(text)[:20]
     if not words:
         return error("What should I search for? Give some words.", "search")
-    papers = ctx.store.search_papers(words, RESULTS)
+    if ctx.store.reads_off_loop():  # ranking can take tens of ms at a million papers: not on the loop
+        papers = await asyncio.to_thread(ctx.store.search_papers, words, RESULTS)
+    else:
+        papers = ctx.store.search_papers(words, RESULTS)
     if not papers:
         return Reply(f"No stored paper matches `{shown(text)}`.")
     cards = tuple(card_for(p) for p in papers)

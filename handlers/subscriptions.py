@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import replace
 from datetime import timedelta
 
 from bot.errors import QueryError
@@ -13,29 +16,66 @@ from bot.text import plural
 from .base import Args, Context, Param, command, error, shown
 
 ESTIMATE_DAYS = 30
-ESTIMATE_MAX_PAPERS = 20_000  # the newest ones, when more were stored in that window
 EXAMPLES = 3
 MAX_BACKFILL = 20
 
-
-def _history(ctx: Context, node: tuple) -> tuple[list[tuple[Paper, list[str]]], int]:
-    """Stored papers of the last 30 days that `node` matches (newest first), and how many were read."""
-    papers = ctx.store.papers_listed_since(ctx.clock() - timedelta(days=ESTIMATE_DAYS), ESTIMATE_MAX_PAPERS)
-    found = []
-    for paper in papers:
-        if paper.is_update:
-            continue
-        hits = evaluate(node, PaperView(paper))
-        if hits is not None:
-            found.append((paper, hits))
-    return found, len(papers)
+log = logging.getLogger(__name__)
 
 
-def _estimate(matched: list[tuple[Paper, list[str]]], scanned: int) -> str:
+async def _history(ctx: Context, node: tuple, wanted: int) -> tuple[list[tuple[Paper, list[str]]], int, int]:
+    """Stored papers of the last 30 days that `node` matches (newest first, at least the
+    `wanted` newest), how many it matches, and how many listed papers those days hold.
+
+    Every stored paper counts, however many: the store narrows to the papers that hold
+    the words the query requires, the evaluator decides. When the store's narrowing is
+    exact (words, phrases, categories, their OR and NOT, upvotes, source) it counts the
+    matches itself and the evaluator checks the newest `wanted`. Off the event loop, in a
+    worker thread with its own connection, for a database file.
+    """
+    since = ctx.clock() - timedelta(days=ESTIMATE_DAYS)
+    query = render(node)
+
+    # A query without words, phrases or prefixes (author:, org:, cat: ...) never reads the
+    # title or abstract: the evaluator is spared tokenizing them.
+    text_free = not _has_text_terms(node)
+
+    def matching(papers: list[Paper]) -> list[tuple[Paper, list[str]]]:
+        found = []
+        for paper in papers:
+            hits = evaluate(node, PaperView(replace(paper, title="", summary="") if text_free else paper))
+            if hits is not None:
+                found.append((paper, hits))
+        return found
+
+    def work() -> tuple[list[tuple[Paper, list[str]]], int, int]:
+        candidates = ctx.store.preview_candidates(query, since, wanted)
+        found = matching(candidates.papers)
+        if not candidates.exact:
+            return found, len(found), candidates.stored
+        if len(found) == len(candidates.papers):
+            return found, candidates.count, candidates.stored
+        log.warning("preview: the store's exact narrowing of %r disagrees with the evaluator; evaluating all", query)
+        candidates = ctx.store.preview_candidates(query, since)
+        found = matching(candidates.papers)
+        return found, len(found), candidates.stored
+
+    if ctx.store.reads_off_loop():
+        return await asyncio.to_thread(work)
+    return work()
+
+
+def _has_text_terms(node: tuple) -> bool:
+    if node[0] in ("word", "phrase", "prefix"):
+        return True
+    if node[0] in ("and", "or"):
+        return any(_has_text_terms(child) for child in node[1])
+    return node[0] == "not" and _has_text_terms(node[1])
+
+
+def _estimate(matched: list[tuple[Paper, list[str]]], count: int, scanned: int) -> str:
     if scanned == 0:
         return f"No papers were stored in the last {ESTIMATE_DAYS} days to estimate from yet."
-    stored = f"{scanned:,}+ stored papers" if scanned >= ESTIMATE_MAX_PAPERS else plural(scanned, "stored paper")
-    text = f"In the last {ESTIMATE_DAYS} days it would have matched {len(matched)} of {stored}"
+    text = f"In the last {ESTIMATE_DAYS} days it would have matched {count:,} of {plural(scanned, 'stored paper')}"
     if not matched:
         return text + "."
     examples = "\n".join(f"• {p.title[:150]} (arXiv:{p.id})" for p, _ in matched[:EXAMPLES])
@@ -57,7 +97,7 @@ def _parse(text: str, name: str) -> tuple | Reply:
          Param("backfill", f"also post this many recent matches now (1-{MAX_BACKFILL})", "int", option=True,
                minimum=1, maximum=MAX_BACKFILL),
          manage=True)
-def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
+async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Post new papers that match a query to this channel.
 
     Words match title or abstract, ignoring case and plurals, also inside hyphenated
@@ -84,21 +124,21 @@ def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         head = f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here."
     else:
         head = f"This channel is already subscribed to `{sub.query}` (#{sub.id})."
-    matched, scanned = _history(ctx, node)
-    text = f"{head}\n{_estimate(matched, scanned)}"
+    matched, count, scanned = await _history(ctx, node, max(EXAMPLES, backfill))
+    text = f"{head}\n{_estimate(matched, count, scanned)}"
     queued = 0
     if backfill:
         now = ctx.clock()
         for paper, hits in matched[:backfill]:
             queued += ctx.store.enqueue(paper.id, [Match(sub.id, req.channel, sub.query, tuple(hits))], now)
-        already = min(backfill, len(matched)) - queued
+        already = min(backfill, count) - queued
         text += f"\nBackfill: posting {plural(queued, 'recent match', 'recent matches')} now"
         text += f" ({already} already posted here)." if already else "."
     return Reply(text, queued=queued)
 
 
 @command("preview", "preview <query>", Param("query", "a query, as for subscribe", "text", required=True))
-def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
+async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Show what a query would have matched recently, without subscribing.
 
     Example: `/papers preview "world model" robot*`.
@@ -106,8 +146,8 @@ def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     node = _parse(args.text("query"), "preview")
     if isinstance(node, Reply):
         return node
-    matched, scanned = _history(ctx, node)
-    return Reply(f"`{render(node)}`: {_estimate(matched, scanned)}")
+    matched, count, scanned = await _history(ctx, node, EXAMPLES)
+    return Reply(f"`{render(node)}`: {_estimate(matched, count, scanned)}")
 
 
 @command("unsubscribe", "unsubscribe <id or all>",

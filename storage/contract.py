@@ -25,7 +25,10 @@ Rules every method keeps, unless its own text says otherwise:
   settings default to `ChannelSettings(channel)`).
 - Calls are synchronous and short (milliseconds). Each Store is used from one thread: the
   event loop's, or the poller's worker thread, which opens a Store of its own on the same
-  database; an implementation need not be thread-safe.
+  database; an implementation need not be thread-safe. Except the reads marked "any
+  thread": when `reads_off_loop()` is true the bot calls them from worker threads
+  (asyncio.to_thread), beside the loop's calls, and each must then use a connection of
+  its own (SQLite's are bound to their thread; WAL lets readers run beside the writer).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from bot.models import (
     Paper,
     PaperMatches,
     PaperSnapshot,
+    PreviewCandidates,
     SettingsChange,
     SourceStatus,
     Subscribed,
@@ -128,8 +132,34 @@ class StoreContract(Protocol):
         """Listed papers first stored at or after `since`, newest first (ties by id), at most `limit`."""
         ...
 
+    def reads_off_loop(self) -> bool:
+        """True when the "any thread" reads may be called from worker threads (a database
+        file); False when they must be called from the loop's thread (an in-memory one)."""
+        ...
+
+    def preview_candidates(self, query: str, since: datetime, limit: int | None = None) -> PreviewCandidates:
+        """Any thread. For a query (bot/query.py's syntax, valid): the listed papers first
+        stored at or after `since`, replacements (`is_update`) left out, that may match it,
+        newest first (ties by id): every one that does, and as few others as the store can
+        rule out (those lacking a word, phrase, author name part or category the query
+        requires, or holding one it excludes; upvote, source and organization terms it
+        requires). No cap, however many are stored. When the store decides the query
+        exactly (`exact`; what bot.matching.evaluate would decide: words, phrases,
+        categories, their OR and NOT, upvotes, source) and `limit` is given, only the
+        newest `limit` matches come back and `count` says how many there are; otherwise
+        every candidate, for the caller to decide with bot.matching.evaluate.
+        `stored`: every listed paper first stored at or after `since`, replacements too.
+        May first index papers stored since the last call (writes, in short transactions)."""
+        ...
+
+    def index_paper_words(self) -> int:
+        """Any thread. Bring preview's word index up to date with the stored papers (short
+        transactions); how many papers it indexed. preview_candidates does it on its own;
+        this is for doing it ahead, say after a bulk load."""
+        ...
+
     def search_papers(self, words: list[str], limit: int, window: int = 5000) -> list[Paper]:
-        """Full-text search over title, abstract and authors: the papers with every word,
+        """Any thread. Full-text search over title, abstract and authors: the papers with every word,
         or, when none has them all, those with any; best match first, at most `limit`.
 
         Words are plain text, never query syntax of the database (quote them). Stemmed

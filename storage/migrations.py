@@ -244,3 +244,15 @@ def m014_unmatched_papers(db: Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m015_paper_words(db: Database) -> None:
+    # The exact word index that narrows preview (storage/paper_words.py). It starts empty;
+    # the first preview indexes what is stored, a batch a transaction, off the event loop.
+    # And the listed papers of a window, counted from an index alone.
+    from .paper_words import SCHEMA
+
+    for statement in SCHEMA:  # IF NOT EXISTS: development builds recorded this step under another name
+        db.execute(statement)
+    db.execute("CREATE INDEX IF NOT EXISTS papers_listed_first_seen ON papers(first_seen) WHERE listed = 1")

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
+from contextlib import contextmanager
 from datetime import date, datetime
+from typing import Iterator
 
 from sqlite_utils import Database
 
-from bot.models import Paper, PaperSnapshot, UnmatchedPaper
+from bot.errors import StorageBusy
+from bot.models import Paper, PaperSnapshot, PreviewCandidates, UnmatchedPaper
+from bot.query import parse_query
 
-from .db import immediate, iso, parse_day, parse_iso
+from . import paper_words
+from .db import immediate, iso, parse_day, parse_iso, storage_error
 
 SEARCH_WINDOW = 5000
 
@@ -19,6 +26,28 @@ _ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary", "orga
 
 class PapersMixin:
     db: Database
+    path: str
+    busy_timeout: float
+    owner_thread: int  # the thread that opened self.db: SQLite connections are bound to theirs
+
+    def reads_off_loop(self) -> bool:
+        return self.path != ":memory:" and not self.path.startswith("file:")
+
+    @contextmanager
+    def _reader(self) -> Iterator[Database]:
+        """The connection for this thread: self.db on its own thread, else one of its own,
+        opened for the call (a file database only: an in-memory one has one connection)."""
+        if threading.get_ident() == self.owner_thread or not self.reads_off_loop():
+            yield self.db
+            return
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path) from None
+        try:
+            yield Database(conn)
+        finally:
+            conn.close()
 
     def add_papers(self, papers: list[Paper], now: datetime, *, listed: bool = True) -> list[Paper]:
         """Store papers; return those no source had listed before (in input order).
@@ -113,6 +142,58 @@ class PapersMixin:
             [iso(since), limit],
         )
 
+    def index_paper_words(self) -> int:
+        with self._reader() as db:
+            return paper_words.index_new(db)
+
+    def preview_candidates(self, query: str, since: datetime, limit: int | None = None) -> PreviewCandidates:
+        narrowing = paper_words.narrowing(parse_query(query))
+        with self._reader() as db:
+            return self._preview_candidates(db, narrowing, since, limit)
+
+    def _preview_candidates(self, db: Database, narrowing: paper_words.Narrowing, since: datetime,
+                            limit: int | None) -> PreviewCandidates:
+        if narrowing.match is not None:
+            try:
+                paper_words.index_new(db)
+            except StorageBusy:  # locked past the timeout: the rows not indexed yet are read as they are
+                pass
+        conn = db.conn
+        began = not conn.in_transaction
+        if began:
+            conn.execute("BEGIN")  # one snapshot: the index's mark and the rows agree
+        try:
+            stored = conn.execute("SELECT count(*) FROM papers WHERE listed = 1 AND first_seen >= ?",
+                                  [iso(since)]).fetchone()[0]
+            conditions = ["listed = 1", "is_update = 0", "first_seen >= ?", *narrowing.where]
+            params = [iso(since), *narrowing.params]
+            exact = narrowing.exact
+            if narrowing.match is not None:
+                mark = conn.execute("SELECT indexed FROM paper_words_state").fetchone()[0]
+                if conn.execute("SELECT 1 FROM papers WHERE rowid > ? LIMIT 1", [mark]).fetchone():
+                    # Stored since the index's last catch-up (the write lock was busy): these
+                    # are read unnarrowed, and left to the evaluator.
+                    exact = False
+                    conditions.append(
+                        "(rowid > ? OR rowid IN (SELECT rowid FROM paper_words WHERE paper_words MATCH ?))")
+                    params += [mark, narrowing.match]
+                else:
+                    conditions.append("rowid IN (SELECT rowid FROM paper_words WHERE paper_words MATCH ?)")
+                    params.append(narrowing.match)
+                conditions[2] = "+first_seen >= ?"  # the word index narrows more than the date
+            where = " AND ".join(conditions)
+            if exact and limit is not None:
+                count = conn.execute(f"SELECT count(*) FROM papers WHERE {where}", params).fetchone()[0]
+                papers = self._papers(f"SELECT * FROM papers WHERE {where} ORDER BY first_seen DESC, id LIMIT ?",
+                                      [*params, limit], db)
+            else:
+                papers = self._papers(f"SELECT * FROM papers WHERE {where} ORDER BY first_seen DESC, id", params, db)
+                count = len(papers)
+        finally:
+            if began and conn.in_transaction:
+                conn.execute("COMMIT")
+        return PreviewCandidates(papers, stored, count, exact)
+
     def search_papers(self, words: list[str], limit: int, window: int = SEARCH_WINDOW) -> list[Paper]:
         """Full-text search (FTS5, bm25): papers with every word, else any word.
 
@@ -123,6 +204,10 @@ class PapersMixin:
         if not words:
             return []
         quoted = [f'"{w}"' for w in words]  # quoted: user text is never FTS5 syntax
+        with self._reader() as db:
+            return self._search(db, quoted, limit, window)
+
+    def _search(self, db: Database, quoted: list[str], limit: int, window: int) -> list[Paper]:
         for expression in (" ".join(quoted), " OR ".join(quoted)):
             found = self._papers(
                 """SELECT papers.* FROM (
@@ -133,8 +218,9 @@ class PapersMixin:
                         ORDER BY rank LIMIT :limit) AS hits
                    JOIN papers ON papers.rowid = hits.rowid ORDER BY hits.rank""",
                 {"q": expression, "window": window - 1, "limit": limit},
+                db,
             )
-            if found or len(words) == 1:
+            if found or len(quoted) == 1:
                 return found
         return []
 
@@ -145,8 +231,8 @@ class PapersMixin:
             [since.isoformat(), limit],
         )
 
-    def _papers(self, sql: str, params: list | dict) -> list[Paper]:
-        cursor = self.db.execute(sql, params)
+    def _papers(self, sql: str, params: list | dict, db: Database | None = None) -> list[Paper]:
+        cursor = (db or self.db).execute(sql, params)
         columns = [d[0] for d in cursor.description]
         return [_paper(dict(zip(columns, row, strict=True))) for row in cursor]
 

@@ -6,6 +6,7 @@ import fcntl
 import functools
 import os
 import sqlite3
+import threading
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +33,10 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
 
     def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT, durable: bool = True):
         self.path = str(path)
+        self.busy_timeout = busy_timeout
+        self.durable = durable
         self.db = open_database(path, timeout=busy_timeout, durable=durable)
+        self.owner_thread = threading.get_ident()  # self.db is used from this thread only
         self._identity = _identity(self.path)
         self._lease: int | None = None  # the open lock file while this process holds the sender lease
 

@@ -81,6 +81,24 @@ def test_backfill_queues_the_most_recent_matches_once(ctx, clock):
     assert ctx.store.count_pending(ML) == 2
 
 
+@pytest.mark.parametrize("query", ["diffusion", "diffus*", "diffusion upvotes>=0", "diffusion -author:nobody",
+                                   'author:"ada lovelace"', "author:lovelace -author:babbage", "cat:cs.cl"])
+def test_preview_counts_every_match_and_shows_the_newest(ctx, clock, query):
+    # Exact narrowings (the store counts) and inexact ones (the evaluator counts) agree.
+    many = [paper(f"2411.{i:05d}", f"Diffusion study {i}", "Denoising.", upvotes=i, authors=("Ada B. Lovelace",),
+                  categories=("cs.CL",)) for i in range(30)]
+    many += [paper(f"2412.{i:05d}", f"Graph study {i}", "Message passing.", authors=("Lovelace Ada", "C. Babbage"))
+             for i in range(12)]
+    for i, p in enumerate(many):
+        ctx.store.add_papers([p], clock() - timedelta(minutes=len(many) - i))
+    reply = run(ctx, f"preview {query}")
+    assert "would have matched 30 of 42 stored papers, for example:" in reply.text
+    assert reply.text.count("• ") == 3 and "• Diffusion study 29 (arXiv:2411.00029)" in reply.text
+    subscribed = run(ctx, f"subscribe {query} --backfill 20")
+    assert subscribed.queued == 20 and "would have matched 30 of 42" in subscribed.text
+    assert {d.paper_id for d in due_now(ctx.store, clock())} == {f"2411.{i:05d}" for i in range(10, 30)}
+
+
 @pytest.mark.parametrize("text", ["subscribe diffusion --backfill", "subscribe diffusion --backfill 0",
                                   "subscribe diffusion --backfill 21", "subscribe diffusion --backfill lots"])
 def test_backfill_needs_a_small_number(ctx, text):
