@@ -553,7 +553,8 @@ class IndexedMatcher:
 
     @staticmethod
     def _matches(hits: Iterable[tuple[_Entry, tuple[str, ...]]]) -> list[Match]:
-        found = [Match(sub_id, channel, entry.query, terms)
+        new = tuple.__new__  # Match's own __new__ is Python code: this is the same tuple, made in C
+        found = [new(Match, (sub_id, channel, entry.query, terms))
                  for entry, terms in hits for sub_id, channel in entry.subs.items()]
         found.sort()  # by subscription id: ids are unique, so the tuple order is decided there
         return found
