@@ -47,8 +47,8 @@ class PaperView:
         self.paper = paper
         self.title_raw = raw_words(paper.title)
         self.abstract_raw = raw_words(paper.summary)
-        self.title = [stem(w) for w in self.title_raw]
-        self.abstract = [stem(w) for w in self.abstract_raw]
+        self.title = list(map(stem, self.title_raw))  # map: no bytecode per word
+        self.abstract = list(map(stem, self.abstract_raw))
         self.title_set = frozenset(self.title)
         self.abstract_set = frozenset(self.abstract)
         self.any_set = self.title_set | self.abstract_set
