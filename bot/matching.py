@@ -485,7 +485,9 @@ class IndexedMatcher:
         if self._prefixes:
             words = view.all_raw
             for size, table in self._prefixes.items():
-                for prefix in table.keys() & {word[:size] for word in words if len(word) >= size}:
+                # Each word cut to `size` letters, in C; a shorter word stays shorter than
+                # every key of this table, so it cannot be mistaken for one.
+                for prefix in table.keys() & set(map(operator.itemgetter(slice(size)), words)):
                     found |= table[prefix]
         passed = []
         for entry in found:
