@@ -58,7 +58,9 @@ class App:
             adapters = build_adapters(config, stdout=stdout, complete=self.complete)
         self.adapters: dict[str, Adapter] = adapters
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
-        self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days)
+        self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days,
+                             open_store=lambda: Store(config.storage_path, busy_timeout=config.storage_busy_timeout,
+                                                      durable=False))
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle,
                                      max_concurrent_channels=config.delivery.max_concurrent_channels)
         self.lookup = PaperLookup(list(fetchers.values()))
@@ -76,7 +78,8 @@ class App:
             from .health import start_metrics
 
             runner = await self._start("the metrics server",
-                                       start_metrics(self.store, self.config, self.config.metrics_port))
+                                       start_metrics(self.store, self.config, self.config.metrics_port,
+                                                     faults=self.poller.faults))
             if runner is not None:
                 self._frontends.append(Running(runner.cleanup))
                 log.info("health and metrics on port %d: /healthz, /metrics", self.config.metrics_port)
@@ -183,6 +186,7 @@ class App:
                        for adapter in self.adapters.values()]
             await asyncio.gather(*closing, _bounded(self.http.aclose(), CLOSE_SECONDS, "closing the HTTP client"))
         finally:
+            self.poller.close()
             self.store.close()
 
     async def run(self, stop: asyncio.Event, tick: float = 1.0) -> None:

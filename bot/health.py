@@ -7,7 +7,7 @@ has recorded; nothing here keeps counters of its own.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -52,7 +52,7 @@ class StoreCollector:
         yield GaugeMetricFamily("papers_bot_papers", "Papers stored", value=self.store.count_papers())
 
 
-def health(store: StoreContract, config: Config) -> tuple[int, dict]:
+def health(store: StoreContract, config: Config, faults: Mapping[str, str] | None = None) -> tuple[int, dict]:
     """200 "ok", or 503 with the reason in "status":
 
     - "storage": the last poll of some source failed on the bot's own storage (its
@@ -61,8 +61,11 @@ def health(store: StoreContract, config: Config) -> tuple[int, dict]:
       these; an operator must look.
     - "failing": every enabled source has failed `source_failure_notice_after` times in a
       row (one source down is a normal day; all of them means nothing arrives).
+
+    `faults` is the poller's (Poller.faults): polls that failed on the bot's own side, in
+    memory, so they count even when the database could not record them.
     """
-    faults = dict(store.poll_faults)
+    faults = dict(faults or {})
     sources: dict[str, dict[str, Any]] = {}
     try:
         for name, cfg in config.sources.items():
@@ -90,13 +93,14 @@ def health(store: StoreContract, config: Config) -> tuple[int, dict]:
     return (200 if status == "ok" else 503), {"status": status, "sources": sources, "pending_deliveries": pending}
 
 
-async def start_metrics(store: StoreContract, config: Config, port: int, host: str | None = None) -> Served:
+async def start_metrics(store: StoreContract, config: Config, port: int, host: str | None = None,
+                        faults: Mapping[str, str] | None = None) -> Served:
     """Serve /healthz and /metrics on `host` (default: `[metrics] host`, 127.0.0.1); await .cleanup()."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store, config))
 
     async def healthz(request: web.Request) -> web.Response:
-        status, body = health(store, config)
+        status, body = health(store, config, faults)
         return web.json_response(body, status=status)
 
     async def metrics(request: web.Request) -> web.Response:

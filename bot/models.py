@@ -298,6 +298,23 @@ class PaperSnapshot:
 
 
 @dataclass(frozen=True)
+class UnmatchedPaper:
+    """A paper a poll stored (or found changed) and has not matched yet: `since`, only
+    subscriptions that existed then may receive it (when it was first stored)."""
+
+    paper: Paper
+    since: datetime
+
+
+@dataclass(frozen=True)
+class PaperMatches:
+    """One paper and the matches to queue it for (`StoreContract.enqueue_many`)."""
+
+    paper_id: str
+    matches: tuple[Match, ...]
+
+
+@dataclass(frozen=True)
 class PostResult:
     ok: bool
     message_id: str | None = None

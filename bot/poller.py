@@ -9,29 +9,38 @@ the rest of its listing is stored and matched.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
-from storage import StoreContract
+from storage import Store, StoreContract
 
 from .clock import utcnow
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
-from .models import Paper, PaperSnapshot
+from .models import Paper, PaperMatches, UnmatchedPaper
 from .sources import Source
 from .sources.base import bounded_repr, check_paper
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 HISTORY_FOR_ANCHORS = 1000
 
 # How the reason of a failure that is the bot's own, not the source's, begins.
 STORAGE_ERROR = "storage error: "
 INTERNAL_ERROR = "internal error: "
+
+
+class PollStopped(Exception):
+    """The poller is closing: the poll under way stops between two batches."""
 
 
 @dataclass
@@ -57,28 +66,57 @@ class SourceReport:
 
 
 class Poller:
-    def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7):
+    """Polls sources; everything after the fetch runs in one worker thread of its own.
+
+    Storing, matching and queueing a listing is seconds of work at scale: on the event loop it
+    would keep every command waiting. The worker thread has its own Store on the same
+    database (a SQLite connection belongs to the thread that opened it), and writes in short
+    transactions (BATCH papers, at most ENQUEUE_ROWS deliveries each) so that a command's
+    own write, which waits for the write lock on the loop's thread, never waits long.
+    Instead of one transaction's all-or-nothing, the papers each batch stores are written
+    down as unmatched in the same transaction, and taken off in the one that queues their
+    deliveries: a poll interrupted in between (a crash, a kill, a full disk, a bug) leaves
+    them written down, and the next poll matches them before anything else. Deliveries are
+    unique per paper and channel, so matching a paper again never posts it twice.
+    """
+
+    BATCH = 50  # papers stored a transaction (~20 ms with the full-text index, on a busy machine)
+    ENQUEUE_ROWS = 200  # deliveries queued a transaction (~10 ms; 2 to 3 times that on a busy machine)
+
+    def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
+                 open_store: Callable[[], StoreContract] | None = None):
         self.store = store
         self.clock = clock
         self.max_age = timedelta(days=max_age_days)
         self.matcher = IndexedMatcher()
         self._version = 0  # the newest subscription version the engine has seen
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
+        # Sources whose last poll failed on the bot's own side (its database full or read-only,
+        # a bug), even when that could not be written down: /healthz answers 503 while any is here.
+        self.faults: dict[str, str] = {}
+        # The worker's Store, opened in the worker thread (by default on the loop's database file).
+        self.open_store = open_store or (lambda: Store(store.path, durable=False))
+        self._worker_store: StoreContract | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller")
+        self._stopping = threading.Event()
+        self.between_batches: Callable[[], None] | None = None  # tests: called in the worker after each batch
 
-    def sync_subscriptions(self) -> None:
+    def sync_subscriptions(self, store: StoreContract | None = None) -> None:
         """Bring the engine in step with storage: add new subscriptions, drop removed ones.
 
         Commands may run in another process (`papers-bot command`), so storage is the
-        truth; the engine is updated by difference, never rebuilt.
+        truth; the engine is updated by difference, never rebuilt. In the bot this runs in
+        the worker thread (`load_index`, and each poll), with the worker's `store`.
         """
-        current = self.store.subscription_ids()
+        store = store or self.store
+        current = store.subscription_ids()
         known = self.matcher.ids()
         if not known and current and not self._version:
             # First load: recent papers' word counts let the index anchor on rare words.
-            self.matcher = IndexedMatcher(papers=self.store.recent_papers(HISTORY_FOR_ANCHORS))
+            self.matcher = IndexedMatcher(papers=store.recent_papers(HISTORY_FOR_ANCHORS))
         for gone in known - current:
             self.matcher.remove(gone)
-        changes = self.store.subscriptions_changed_since(self._version)
+        changes = store.subscriptions_changed_since(self._version)
         changed, self._version = changes.subscriptions, changes.version
         for sub in changed:
             try:
@@ -91,13 +129,50 @@ class Poller:
             # garbage collection while papers are matched (measured: about 2x slower).
             gc.freeze()
 
+    @property
+    def worker_store(self) -> StoreContract | None:
+        """The worker thread's Store, once opened (for the benchmarks: use it from that thread only)."""
+        return self._worker_store
+
+    async def load_index(self) -> None:
+        """Bring the engine in step with storage, in the worker thread (the loop goes on)."""
+        await self._in_worker(lambda store: self.sync_subscriptions(store))
+
+    async def _in_worker(self, work: Callable[[StoreContract], T]) -> T:
+        def run() -> T:
+            if self._worker_store is None:
+                self._worker_store = self.open_store()
+            return work(self._worker_store)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+
+    def close(self) -> None:
+        """Stop after the batch under way (what is left is written down for the next poll);
+        close the worker's Store in its thread. The thread ends once that batch is done."""
+        self._stopping.set()
+
+        def close_store() -> None:
+            if self._worker_store is not None:
+                self._worker_store.close()
+                self._worker_store = None
+
+        try:
+            self._executor.submit(close_store)
+        except RuntimeError:  # already shut down
+            return
+        self._executor.shutdown(wait=False)
+
     async def poll(self, source: Source) -> SourceReport:
         """Poll one source. Never raises: every failure is a failed, recorded SourceReport."""
         try:
             return await self._poll(source)
+        except PollStopped as exc:  # not the source's fault, nor the bot's: nothing to record
+            log.info("%s: %s", source.name, exc)
+            return SourceReport(source.name, False, error=str(exc))
         except Exception as exc:
-            # Nothing of the response was stored, its validators included: the next poll
-            # sends the stored ones, which describe what is stored, and gets it again.
+            # The response's validators are stored only after all of it is: the next poll
+            # sends the stored ones, which describe what is stored, and gets it again; and
+            # it first matches whatever this one stored without matching.
             if isinstance(exc, StorageError):  # the Store's own words: they name the file and what to do
                 log.error("%s: poll failed on the bot's own database: %s", source.name, exc)
                 reason = f"{STORAGE_ERROR}{exc}"
@@ -124,31 +199,96 @@ class Poller:
             return self._succeeded(SourceReport(source.name, True, not_modified=True, recovered_after=recovered))
         papers = self._valid(source.name, listing.papers)
         skipped = len(listing.skipped) + len(listing.papers) - len(papers)
-        # One transaction: a failure anywhere below (a full disk, a matcher bug) leaves
-        # nothing half-done, so the next poll stores and matches the same papers again.
-        with self.store.transaction():
-            before = {s.id: s for s in self.store.paper_snapshot([p.id for p in papers])}
-            new = self.store.add_papers(papers, now)
-            # Only papers stored just now are matched, so a subscription never receives
-            # papers stored before it was created.
-            self.sync_subscriptions()
-            queued = 0
-            for paper in new:
-                if paper.is_update:  # a revised old paper is stored, never announced as news
-                    continue
-                if paper.listed_on and now.date() - paper.listed_on > self.max_age:
-                    continue  # listed long ago (a late listing, a backfill): stored, not posted
-                matches = self.matcher.match(paper)
-                if matches:
-                    queued += self.store.enqueue(paper.id, matches, now)
-            queued += self._recheck(papers, before, now)
-            recovered = self.store.record_source_success(source.name, now, len(papers))
-            if listing.validators != validators:  # only once what they describe is stored
-                self.store.save_source_validators(source.name, listing.validators)
+
+        def work(store: StoreContract) -> tuple[int, int, int]:
+            # Subscriptions first: only papers stored from now on are matched against them.
+            self.sync_subscriptions(store)
+            queued = self._match_unmatched(store, now)  # what an interrupted poll left
+            new = 0
+            for start in range(0, len(papers), self.BATCH):
+                new += self._store_batch(store, papers[start:start + self.BATCH], now)
+                queued += self._match_unmatched(store, now)
+            with store.transaction():
+                recovered = store.record_source_success(source.name, now, len(papers))
+                if listing.validators != validators:  # only once what they describe is stored
+                    store.save_source_validators(source.name, listing.validators)
+            return new, queued, recovered
+
+        new, queued, recovered = await self._in_worker(work)
         if not papers:
             log.info("%s: empty listing (normal on weekends and holidays)", source.name)
-        return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=len(new), queued=queued,
+        return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=new, queued=queued,
                                             recovered_after=recovered, skipped=skipped))
+
+    def _store_batch(self, store: StoreContract, papers: list[Paper], now: datetime) -> int:
+        """Store papers and write down, in the same transaction, those to match: the new ones
+        (but revisions and late listings) and known ones whose upvotes or organization changed,
+        which may now match more queries (`upvotes>=50`): these once, within max_age_days, and
+        only for subscriptions that existed when the paper was first stored."""
+        self._check_stopping()
+        with store.transaction():
+            before = {s.id: s for s in store.paper_snapshot([p.id for p in papers])}
+            new = store.add_papers(papers, now)
+            todo = [UnmatchedPaper(p, now) for p in new if not p.is_update
+                    and not (p.listed_on and now.date() - p.listed_on > self.max_age)]
+            for listed in papers:
+                snapshot = before.get(listed.id)
+                if snapshot is None or now - snapshot.first_seen > self.max_age:
+                    continue
+                if (listed.upvotes is not None and listed.upvotes != snapshot.upvotes) or (
+                        listed.organization is not None and snapshot.organization is None):
+                    todo.append(UnmatchedPaper(listed, snapshot.first_seen))
+            if todo:
+                store.mark_unmatched(todo)
+        return len(new)
+
+    def _match_unmatched(self, store: StoreContract, now: datetime) -> int:
+        """Match the papers written down as unmatched and queue their deliveries, in
+        transactions of at most ENQUEUE_ROWS deliveries; returns how many were new."""
+        queued = 0
+        while True:
+            self._check_stopping()
+            todo = store.unmatched_papers(self.BATCH)
+            if not todo:
+                return queued
+            done: list[str] = []
+            items: list[PaperMatches] = []
+            rows = 0
+            for unmatched in todo:
+                paper = unmatched.paper
+                matches = self.matcher.match(paper) if not paper.is_update else []
+                done.append(paper.id)
+                if matches:
+                    items.append(PaperMatches(paper.id, tuple(matches)))
+                    rows += len(matches)
+                if rows >= self.ENQUEUE_ROWS:
+                    queued += self._queue(store, items, done, todo, now)
+                    done, items, rows = [], [], 0
+            if done:
+                queued += self._queue(store, items, done, todo, now)
+
+    def _queue(self, store: StoreContract, items: list[PaperMatches], done: list[str],
+               todo: list[UnmatchedPaper], now: datetime) -> int:
+        since = {u.paper.id: u.since for u in todo}
+        with store.transaction():
+            kept = []
+            for item in items:
+                # Subscriptions created after the paper was first stored never receive it,
+                # and one removed since the engine loaded it is gone.
+                existed = store.subscriptions_created_by([m.subscription_id for m in item.matches],
+                                                         since[item.paper_id])
+                matches = tuple(m for m in item.matches if m.subscription_id in existed)
+                if matches:
+                    kept.append(PaperMatches(item.paper_id, matches))
+            queued = store.enqueue_many(kept, now)
+            store.settle_unmatched(done)
+        if self.between_batches is not None:
+            self.between_batches()
+        return queued
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise PollStopped("the bot is stopping: the rest of this poll is left to the next one")
 
     def _valid(self, name: str, papers: Sequence[Paper]) -> list[Paper]:
         """The papers that can be stored as they are; each other one is logged once and skipped."""
@@ -162,33 +302,9 @@ class Poller:
             valid.append(paper)
         return valid
 
-    def _recheck(self, papers: list[Paper], before: dict[str, PaperSnapshot], now: datetime) -> int:
-        """Known papers whose upvotes (or organization) changed may now match more queries,
-        such as `upvotes>=50`: deliver them then, once, within max_age_days, and only to
-        subscriptions that already existed when the paper was first stored."""
-        queued = 0
-        for listed in papers:
-            snapshot = before.get(listed.id)
-            if snapshot is None:
-                continue
-            first_seen = snapshot.first_seen
-            changed = (listed.upvotes is not None and listed.upvotes != snapshot.upvotes) or (
-                listed.organization is not None and snapshot.organization is None)
-            if not changed or now - first_seen > self.max_age:
-                continue
-            paper = self.store.get_paper(listed.id)
-            matches = self.matcher.match(paper) if paper is not None and not paper.is_update else []
-            if not matches:
-                continue
-            existed = self.store.subscriptions_created_by([m.subscription_id for m in matches], first_seen)
-            matches = [m for m in matches if m.subscription_id in existed]
-            if matches:
-                queued += self.store.enqueue(listed.id, matches, now)  # unique per paper x channel: once
-        return queued
-
     def _succeeded(self, report: SourceReport) -> SourceReport:
         self._failures.pop(report.source, None)
-        self.store.poll_faults.pop(report.source, None)
+        self.faults.pop(report.source, None)
         return report
 
     def _failed(self, name: str, reason: str, *, own: bool = False) -> SourceReport:
@@ -196,9 +312,9 @@ class Poller:
         reason = reason[:500]
         failures = self._failures[name] = self._failures.get(name, 0) + 1
         if own:
-            self.store.poll_faults[name] = reason  # /healthz reads it, even if recording fails below
+            self.faults[name] = reason  # /healthz reads it, even if recording fails below
         else:
-            self.store.poll_faults.pop(name, None)
+            self.faults.pop(name, None)
         try:
             failures = self._failures[name] = self.store.record_source_failure(name, self.clock(), reason)
         except Exception as exc:  # the database that just failed may well refuse this too

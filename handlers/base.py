@@ -227,7 +227,8 @@ def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
             low, high = param.minimum, param.maximum
             if number is None or (low is not None and number < low) or (high is not None and number > high):
                 span = f" from {low} to {high}" if low is not None and high is not None else ""
-                return error(f"{param.label} needs a number{span}, not `{shown(str(value), 20)}`.", cmd)
+                got = f", not `{shown(str(value), 20)}`" if str(value).strip() else ""
+                return error(f"{param.label} needs a number{span}{got}.", cmd)
             value = number
         values[param.name] = value
     return Args(values)
@@ -265,10 +266,11 @@ def parse_text(text: str) -> tuple[str, dict[str, str]]:
         return verb, {}
     values: dict[str, str] = {}
     for param in cmd.params:
-        if param.option:
-            found = re.search(rf"(?:^|\s)--{re.escape(param.name)}(?:\s+(\S+)|\s*$)", rest)
-            if found:
-                values[param.name] = found.group(1) or ""
+        if param.option:  # `--name value` or `--name=value`; given twice, both values (and refused)
+            option = re.compile(rf"(?:^|\s)--{re.escape(param.name)}(?:(?:=|\s+)(\S+)|\s*$)")
+            while found := option.search(rest):
+                given = found.group(1) or ""
+                values[param.name] = f"{values[param.name]} {given}" if param.name in values else given
                 rest = (rest[: found.start()] + " " + rest[found.end():]).strip()
     # `--word` left over is an option this command does not have (a query never needs one:
     # `-word` excludes a word): handle() names it, rather than subscribing to `--bogus foo`.

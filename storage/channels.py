@@ -10,7 +10,7 @@ from sqlite_utils import Database
 
 from bot.models import ChannelRef, ChannelSettings, SettingsChange
 
-from .db import immediate, iso, parse_iso
+from .db import immediate, iso, parse_iso, write
 
 _COLUMNS = "channel, mode, digest_time, digest_day, timezone, paused, last_digest_at, updated_at, paused_reason"
 
@@ -24,7 +24,8 @@ class ChannelsMixin:
 
     def save_channel_settings(self, settings: ChannelSettings, now: datetime) -> ChannelSettings:
         saved = replace(settings, updated_at=now)
-        self.db.execute(
+        write(
+            self.db,
             f"""INSERT INTO channels ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(channel) DO UPDATE SET mode = excluded.mode, digest_time = excluded.digest_time,
                     digest_day = excluded.digest_day, timezone = excluded.timezone, paused = excluded.paused,

@@ -23,8 +23,9 @@ Rules every method keeps, unless its own text says otherwise:
   UTC, without the microseconds that went in).
 - Channels are identified by `ChannelRef`; a channel needs no row anywhere to exist (its
   settings default to `ChannelSettings(channel)`).
-- Calls are synchronous and short (milliseconds) and are made from the event loop's one
-  thread; an implementation need not be thread-safe.
+- Calls are synchronous and short (milliseconds). Each Store is used from one thread: the
+  event loop's, or the poller's worker thread, which opens a Store of its own on the same
+  database; an implementation need not be thread-safe.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from bot.models import (
     OutboxCounts,
     Overflow,
     Paper,
+    PaperMatches,
     PaperSnapshot,
     SettingsChange,
     SourceStatus,
@@ -50,6 +52,7 @@ from bot.models import (
     Subscription,
     SubscriptionChanges,
     SubscriptionRef,
+    UnmatchedPaper,
     Validators,
 )
 
@@ -57,11 +60,6 @@ from bot.models import (
 class StoreContract(Protocol):
     path: str
     """Where the data lives (a file path, ":memory:", or a database URL), for messages."""
-
-    poll_faults: dict[str, str]
-    """In memory only, not stored: source name -> why its last poll failed on the bot's own
-    side (the database, a bug), even when that could not be written down. The poller sets
-    and clears it; /healthz answers 503 while it is not empty."""
 
     # ---- the store itself -----------------------------------------------------------------
 
@@ -104,6 +102,21 @@ class StoreContract(Protocol):
     def paper_snapshot(self, paper_ids: list[str]) -> list[PaperSnapshot]:
         """For the listed papers among `paper_ids` that are stored: their upvotes,
         organization and first_seen, in no particular order. Any number of ids."""
+        ...
+
+    def mark_unmatched(self, papers: list[UnmatchedPaper]) -> None:
+        """Write down stored papers that are still to be matched, each with the moment after
+        which subscriptions no longer receive it (`since`). A paper already written down keeps
+        its first entry. Made in the transaction that stores the papers, so that a poll
+        interrupted before it queues their deliveries leaves them here for the next one."""
+        ...
+
+    def unmatched_papers(self, limit: int) -> list[UnmatchedPaper]:
+        """At most `limit` of the papers written down and not settled, oldest entry first."""
+        ...
+
+    def settle_unmatched(self, paper_ids: list[str]) -> None:
+        """Take these papers off the unmatched list (their deliveries are queued); unknown ids are ignored."""
         ...
 
     def get_paper(self, paper_id: str) -> Paper | None:
@@ -210,6 +223,11 @@ class StoreContract(Protocol):
         paper (in any status) gets nothing, and several matches of one channel make one
         delivery. The delivery keeps those matches as they are now (`Delivery.matched`: ids,
         queries, terms, in the order given) and remembers which subscriptions it answers."""
+        ...
+
+    def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
+        """`enqueue` for each paper of `items`, all in one transaction; returns how
+        many deliveries are new in all."""
         ...
 
     def due_channels(self, now: datetime) -> list[DueChannel]:

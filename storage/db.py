@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -24,10 +25,27 @@ from .migrations import migrations
 BUSY_TIMEOUT = 10.0  # seconds a second process (say `papers-bot command` while `run` polls) waits its turn
 
 _savepoints = itertools.count(1)
+CHECKPOINT_EVERY = 16  # the poller's worker: commits between checkpoints (~16 x 100 pages at most)
+LOOP_AUTOCHECKPOINT_PAGES = 10_000  # other connections: SQLite checkpoints at their commit past this
+
+# One turnstile a database file, for the Stores of this process: the event loop's and the
+# poller's worker thread's. A write transaction takes it before SQLite's write lock, so a
+# writer waiting for another thread of this process sleeps on a lock that wakes it the
+# moment the other commits, instead of in SQLite's busy handler, which polls at growing
+# intervals (up to 100 ms) and can miss many short gaps between the worker's transactions.
+# Reentrant: a thread that holds it goes on to SQLite, which answers as it always did.
+_turnstiles: dict[str, threading.RLock] = {}
+_turnstiles_guard = threading.Lock()
 
 
-def open_database(path: str | Path, *, timeout: float = BUSY_TIMEOUT) -> Database:
+def open_database(path: str | Path, *, timeout: float = BUSY_TIMEOUT, durable: bool = True) -> Database:
     """Open (or create) the database; a file that cannot be used raises StorageError.
+
+    `durable=False` (the poller's worker connection): its commits are not synced to disk one
+    by one (synchronous=NORMAL, WAL), only at checkpoints and at the next synced commit of any
+    connection. A crash or kill of the process loses nothing; a power cut may lose its last
+    commits, all of them after some point (the WAL keeps its order), together with the
+    listing's validators, which that connection writes last: the next poll stores them again.
 
     Checks at once what would otherwise fail later with a traceback: a file that is
     not a database or is damaged, a file or directory this user cannot write.
@@ -40,9 +58,21 @@ def open_database(path: str | Path, *, timeout: float = BUSY_TIMEOUT) -> Databas
     except (OSError, sqlite3.Error) as exc:
         raise storage_error(exc, str(path)) from None
     db = Database(conn)
+    db.papers_bot_timeout = timeout  # type: ignore[attr-defined]  # how long a writer waits its turn
     try:
         if not memory:
             db.enable_wal()
+            if not durable:
+                db.execute("PRAGMA synchronous = NORMAL")
+                # Its commits never checkpoint (copy the WAL into the database file: pages and
+                # a sync, tens of ms) while the turnstile is held; it checkpoints after every
+                # CHECKPOINT_EVERY commits instead (`_tidy_wal`), outside the turnstile.
+                db.execute("PRAGMA wal_autocheckpoint = 0")
+                db.papers_bot_commits = 0  # type: ignore[attr-defined]
+            else:
+                # A connection that may be the event loop's checkpoints only when the WAL is
+                # big (SQLite's default is 1,000 pages): the poller's worker keeps it smaller.
+                db.execute(f"PRAGMA wal_autocheckpoint = {LOOP_AUTOCHECKPOINT_PAGES}")
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # "not a database", "malformed"
         with immediate(db):
@@ -81,22 +111,63 @@ def immediate(db: Database) -> Iterator[Database]:
         else:
             conn.execute(f"RELEASE SAVEPOINT {name}")
         return
+    turnstile = _turnstile(db)
+    if turnstile is not None and not turnstile.acquire(timeout=getattr(db, "papers_bot_timeout", BUSY_TIMEOUT)):
+        raise storage_error(sqlite3.OperationalError("database is locked"), _path(db))
     try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise storage_error(exc, _path(db)) from None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise storage_error(exc, _path(db)) from None
+        try:
+            yield db
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise storage_error(exc, _path(db)) from None
+    finally:
+        if turnstile is not None:
+            turnstile.release()
+    _tidy_wal(db)
+
+
+def _tidy_wal(db: Database) -> None:
+    """For a connection that does not checkpoint at commit: every CHECKPOINT_EVERY commits, a
+    passive checkpoint (it waits for no one and no one waits for it), outside the turnstile."""
+    commits = getattr(db, "papers_bot_commits", None)
+    if commits is None:
+        return
+    if commits + 1 < CHECKPOINT_EVERY:
+        db.papers_bot_commits = commits + 1  # type: ignore[attr-defined]
+        return
+    db.papers_bot_commits = 0  # type: ignore[attr-defined]
     try:
-        yield db
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise storage_error(exc, _path(db)) from None
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error:  # nothing lost: the next one does it
+        return
+
+
+def write(db: Database, sql: str, params: list | dict) -> sqlite3.Cursor:
+    """One statement that writes, as a transaction of its own (so it waits its turn at the turnstile)."""
+    with immediate(db):
+        return db.execute(sql, params)
+
+
+def _turnstile(db: Database) -> threading.RLock | None:
+    """The turnstile of db's file (None in memory), found once a connection."""
+    if not hasattr(db, "papers_bot_turnstile"):
+        path = _path(db)
+        with _turnstiles_guard:
+            db.papers_bot_turnstile = (  # type: ignore[attr-defined]
+                None if path == ":memory:" else _turnstiles.setdefault(path, threading.RLock()))
+    found: threading.RLock | None = db.papers_bot_turnstile  # type: ignore[attr-defined]
+    return found
 
 
 def _path(db: Database) -> str:

@@ -8,9 +8,19 @@ from datetime import datetime
 
 from sqlite_utils import Database
 
-from bot.models import BurstPlan, ChannelRef, Delivery, DueChannel, Match, OutboxCounts, Overflow, SubscriptionRef
+from bot.models import (
+    BurstPlan,
+    ChannelRef,
+    Delivery,
+    DueChannel,
+    Match,
+    OutboxCounts,
+    Overflow,
+    PaperMatches,
+    SubscriptionRef,
+)
 
-from .db import immediate, iso, parse_iso
+from .db import immediate, iso, parse_iso, write
 
 _STATUSES = {f.name for f in fields(OutboxCounts)}
 # The columns `_delivery` reads, in its order.
@@ -31,27 +41,33 @@ class DeliveriesMixin:
         keeps them all (`Delivery.matched`: their ids, queries and the terms that matched).
         A channel that already has this paper gets nothing new.
         """
-        by_channel: dict[ChannelRef, list[Match]] = {}
-        for match in matches:
-            by_channel.setdefault(match.channel, []).append(match)
-        created = 0
+        return self.enqueue_many([PaperMatches(paper_id, tuple(matches))], now)
+
+    def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
+        """`enqueue` for many papers in one transaction, two statements in all (executemany)."""
+        rows: dict[tuple[str, str], list[Match]] = {}
+        for item in items:
+            for match in item.matches:
+                rows.setdefault((item.paper_id, match.channel.key), []).append(match)
+        if not rows:
+            return 0
         stamp = iso(now)
-        with immediate(self.db):
-            for channel, channel_matches in by_channel.items():
-                cursor = self.db.execute(
-                    """INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at)
-                       VALUES (?, ?, ?, ?, ?)""",
-                    [paper_id, channel.key, _matched_json(channel_matches), stamp, stamp],
-                )
-                if cursor.rowcount == 0:
-                    continue
-                created += 1
-                for m in channel_matches:
-                    self.db.execute(
-                        "INSERT OR IGNORE INTO delivery_matches (delivery_id, subscription_id) VALUES (?, ?)",
-                        [cursor.lastrowid, m.subscription_id],
-                    )
-        return created
+        values = [(paper_id, key, _matched_json(ms), stamp, stamp) for (paper_id, key), ms in rows.items()]
+        with immediate(self.db):  # as little as can be under the write lock
+            # Under the write lock, ids grow (AUTOINCREMENT): the rows above `last` are the new ones.
+            last = self.db.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0]
+            self.db.conn.executemany(
+                """INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                values,
+            )
+            created = self.db.execute("SELECT id, paper_id, channel FROM deliveries WHERE id > ?", [last]).fetchall()
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO delivery_matches (delivery_id, subscription_id) VALUES (?, ?)",
+                [(delivery_id, m.subscription_id) for delivery_id, paper_id, key in created
+                 for m in rows.get((paper_id, key), ())],
+            )
+        return len(created)
 
     def due_channels(self, now: datetime) -> list[DueChannel]:
         """Channels in instant mode, not paused, with deliveries due (and how many), the
@@ -131,7 +147,8 @@ class DeliveriesMixin:
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
         """A scheduled digest holds `keep` papers: settle the rest of what the channel is owed
         as 'overflow' (counted in that digest, not posted)."""
-        self.db.execute(
+        write(
+            self.db,
             """UPDATE deliveries SET status = 'overflow', error = NULL WHERE id IN (
                  SELECT id FROM deliveries WHERE channel = ? AND status = 'pending' ORDER BY id LIMIT -1 OFFSET ?)""",
             [channel.key, keep],
@@ -148,7 +165,8 @@ class DeliveriesMixin:
 
     def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:
         """Record the digest that said "and N more" about these overflow rows."""
-        self.db.execute(
+        write(
+            self.db,
             """UPDATE deliveries SET message_id = ?, sent_at = ?
                 WHERE channel = ? AND status = 'overflow' AND message_id IS NULL AND id <= ?""",
             [message_id or "", iso(now), channel.key, up_to],
@@ -178,7 +196,8 @@ class DeliveriesMixin:
 
     def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> bool:
         """Mark a pending delivery as being sent; False if someone else claimed it first."""
-        cursor = self.db.execute(
+        cursor = write(
+            self.db,
             """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = ?
                 WHERE id = ? AND status = 'pending'""",
             [iso(now) if now else None, delivery_id],
@@ -195,25 +214,28 @@ class DeliveriesMixin:
 
         The interrupted attempt is not counted: a crash or a kill is not the paper's fault,
         and a bot restarted many times must not give up papers (MAX_ATTEMPTS) for it."""
-        self.db.execute("UPDATE deliveries SET status = 'pending', attempts = max(attempts - 1, 0) "
-                        "WHERE id = ? AND status = 'sending'", [delivery_id])
+        write(self.db, "UPDATE deliveries SET status = 'pending', attempts = max(attempts - 1, 0) "
+                       "WHERE id = ? AND status = 'sending'", [delivery_id])
 
     def mark_sent(self, delivery_id: int, message_id: str | None, now: datetime) -> None:
-        self.db.execute(
+        write(
+            self.db,
             "UPDATE deliveries SET status = 'sent', message_id = ?, sent_at = ?, error = NULL WHERE id = ?",
             [message_id, iso(now), delivery_id],
         )
 
     def reschedule_delivery(self, delivery_id: int, error: str, retry_at: datetime) -> None:
         """Record a failed attempt that will be tried again: back to pending until `retry_at`."""
-        self.db.execute(
+        write(
+            self.db,
             "UPDATE deliveries SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
             [error[:500], iso(retry_at), delivery_id],
         )
 
     def give_up_delivery(self, delivery_id: int, error: str) -> None:
         """Record a failed attempt that ends the delivery: failed for good, never tried again."""
-        self.db.execute(
+        write(
+            self.db,
             "UPDATE deliveries SET status = 'failed', error = ? WHERE id = ?", [error[:500], delivery_id]
         )
 

@@ -191,6 +191,8 @@ def m012_delivery_matched_facts(db: Database) -> None:
     # Why a delivery matched, kept as facts (JSON: [{"id": subscription id, "query": ...,
     # "terms": [...]}]) instead of the card's text; bot/cards.py words it. The text written
     # before ("#1 `diffusion`: diffusion in title; #2 `video`") is read back into facts.
+    if "matched" in db["deliveries"].columns_dict:
+        return  # a development build recorded this step under another name
     db.conn.create_function("papers_bot_matched_from_text", 1, _matched_from_text, deterministic=True)
     db.execute("ALTER TABLE deliveries RENAME COLUMN reason TO matched")
     db.execute("UPDATE deliveries SET matched = papers_bot_matched_from_text(matched)")
@@ -206,3 +208,39 @@ def _matched_from_text(text: str | None) -> str:
          "terms": found.group(3).split(", ") if found.group(3) else []}
         for found in _OLD_REASON.finditer(text or "")
     ])
+
+
+@migrations()
+def m013_subscriptions_say_huggingface(db: Database) -> None:
+    # Subscriptions keep their query normalized, and since m011 `source:hf` normalizes to
+    # `source:huggingface`: a query stored before would no longer equal its own normal form,
+    # so subscribing to it again would add a second subscription. (Phrases hold no colons, so
+    # `source:hf` in a stored query is always the field.) A channel that already has the
+    # renamed query keeps both rows as they are (OR IGNORE).
+    rows = db.execute("SELECT id, query FROM subscriptions WHERE query LIKE '%source:hf%'").fetchall()
+    for sub_id, query in rows:
+        renamed = _SOURCE_HF.sub("source:huggingface", query)
+        if renamed != query:
+            db.execute("""UPDATE OR IGNORE subscriptions SET query = ?,
+                          version = (SELECT coalesce(max(version), 0) + 1 FROM subscriptions) WHERE id = ?""",
+                       [renamed, sub_id])
+
+
+_SOURCE_HF = re.compile(r"(?<![\w:])source:hf(?![\w:*])")
+
+
+@migrations()
+def m014_unmatched_papers(db: Database) -> None:
+    # A poll stores, matches and queues in short transactions (batches), so that the bot's
+    # other writes are never kept waiting long: a paper stored but not yet matched is
+    # written down here in the transaction that stores it, and taken off in the one that
+    # queues its deliveries. A poll interrupted in between (a crash, a kill, a full disk)
+    # leaves its rows here, and the next poll matches them first.
+    db.executescript(
+        """
+        CREATE TABLE unmatched_papers (
+            paper_id TEXT PRIMARY KEY REFERENCES papers(id),
+            since TEXT NOT NULL  -- only subscriptions created by then receive it
+        );
+        """
+    )

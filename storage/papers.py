@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 from sqlite_utils import Database
 
-from bot.models import Paper, PaperSnapshot
+from bot.models import Paper, PaperSnapshot, UnmatchedPaper
 
 from .db import immediate, iso, parse_day, parse_iso
 
@@ -75,6 +75,32 @@ class PapersMixin:
             )
             found += [PaperSnapshot(row[0], row[1], row[2], datetime.fromisoformat(row[3])) for row in rows]
         return found
+
+    def mark_unmatched(self, papers: list[UnmatchedPaper]) -> None:
+        """Write down stored papers still to be matched (a paper already down keeps its `since`)."""
+        with immediate(self.db):
+            self.db.conn.executemany("INSERT OR IGNORE INTO unmatched_papers (paper_id, since) VALUES (?, ?)",
+                                [(u.paper.id, iso(u.since)) for u in papers])
+
+    def unmatched_papers(self, limit: int) -> list[UnmatchedPaper]:
+        """Papers written down by `mark_unmatched` and not settled yet, in the order written."""
+        cursor = self.db.execute(
+            """SELECT papers.*, u.since AS unmatched_since FROM unmatched_papers u
+                 JOIN papers ON papers.id = u.paper_id ORDER BY u.rowid LIMIT ?""",
+            [limit],
+        )
+        columns = [d[0] for d in cursor.description]
+        found = []
+        for row in cursor:
+            values = dict(zip(columns, row, strict=True))
+            since = datetime.fromisoformat(values.pop("unmatched_since"))
+            found.append(UnmatchedPaper(_paper(values), since))
+        return found
+
+    def settle_unmatched(self, paper_ids: list[str]) -> None:
+        """These papers are matched and their deliveries queued: take them off the list."""
+        with immediate(self.db):
+            self.db.conn.executemany("DELETE FROM unmatched_papers WHERE paper_id = ?", [(i,) for i in paper_ids])
 
     def get_paper(self, paper_id: str) -> Paper | None:
         found = self._papers("SELECT * FROM papers WHERE id = ?", [paper_id])

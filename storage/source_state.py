@@ -8,7 +8,7 @@ from sqlite_utils import Database
 
 from bot.models import SourceStatus, Validators
 
-from .db import immediate, iso, parse_iso
+from .db import immediate, iso, parse_iso, write
 
 
 class SourceStateMixin:
@@ -37,7 +37,8 @@ class SourceStateMixin:
         return Validators(row[0] or None, row[1] or None) if row else Validators()
 
     def save_source_validators(self, source: str, validators: Validators) -> None:
-        self.db.execute(
+        write(
+            self.db,
             """INSERT INTO source_state (source, etag, last_modified) VALUES (?, ?, ?)
                ON CONFLICT(source) DO UPDATE SET etag = excluded.etag, last_modified = excluded.last_modified""",
             [source, validators.etag or None, validators.last_modified or None],
@@ -66,7 +67,8 @@ class SourceStateMixin:
 
         Every recorded poll clears it (a `papers-bot poll` from cron plans nothing); `run`
         sets it right after, so status never shows a plan nobody is following."""
-        self.db.execute(
+        write(
+            self.db,
             """INSERT INTO source_state (source, next_poll) VALUES (?, ?)
                ON CONFLICT(source) DO UPDATE SET next_poll = excluded.next_poll""",
             [source, iso(when)],

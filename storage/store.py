@@ -30,14 +30,10 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
     sqlite3 exception.
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT):
+    def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT, durable: bool = True):
         self.path = str(path)
-        self.db = open_database(path, timeout=busy_timeout)
+        self.db = open_database(path, timeout=busy_timeout, durable=durable)
         self._identity = _identity(self.path)
-        # In memory, set by the poller: sources whose last poll failed on the bot's own side
-        # (this database full or read-only, a bug), even when that could not be written
-        # down. /healthz answers 503 while any is here.
-        self.poll_faults: dict[str, str] = {}
         self._lease: int | None = None  # the open lock file while this process holds the sender lease
 
     def hold_sender_lease(self) -> bool:

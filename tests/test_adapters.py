@@ -13,7 +13,7 @@ from discord.http import Route
 from bot.adapters import Adapter, ConsoleAdapter, build_adapters
 from bot.adapters.discord_adapter import DiscordAdapter
 from bot.adapters.slack_adapter import SlackAdapter, make_web_client
-from bot.config import Secrets, parse_config
+from bot.config import DiscordConfig, Secrets, parse_config
 from bot.models import ChannelRef
 from fakes.discord import FakeDiscord
 from fakes.slack import FakeSlack
@@ -39,7 +39,7 @@ def config_with(tmp_path, secrets: dict[str, str], **sections):
 def instances(tmp_path):
     return [ConsoleAdapter(io.StringIO()),
             SlackAdapter(make_web_client("xoxb-test", "http://127.0.0.1:9/api/")),
-            DiscordAdapter("discord-test"),
+            DiscordAdapter("discord-test", api_base=DiscordConfig().api_base),
             RecordingAdapter()]
 
 

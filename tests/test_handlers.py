@@ -236,3 +236,20 @@ def test_a_typed_option_the_command_does_not_have_is_refused_not_taken_as_query(
     assert not reply.ok and f"has no option `{option}`" in reply.text
     assert ctx.store.subscriptions(ML) == []
     assert run(ctx, "subscribe -survey diffusion").ok  # one dash still excludes a word
+
+
+@pytest.mark.parametrize("line, message", [
+    ("subscribe robots --backfill 3 --backfill 5", "--backfill needs a number from 1 to 20, not `3 5`."),
+    ("subscribe robots --backfill", "--backfill needs a number from 1 to 20.\n"),
+    ("subscribe robots --backfill=x", "--backfill needs a number from 1 to 20, not `x`."),
+])
+def test_an_option_given_twice_or_without_a_number_is_refused_with_what_was_given(ctx, line, message):
+    reply = run(ctx, line)
+    assert not reply.ok and message in reply.text
+    assert ctx.store.subscriptions(ML) == []
+
+
+def test_an_option_can_be_written_with_an_equals_sign(ctx):
+    reply = run(ctx, "subscribe diffusion --backfill=3")
+    assert reply.ok and "Backfill" in reply.text
+    assert [s.query for s in ctx.store.subscriptions(ML)] == ["diffusion"]

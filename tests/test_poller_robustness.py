@@ -29,6 +29,7 @@ from bot.sources import ArxivSource, HuggingFaceSource, make_client
 from bot.sources.base import Pacer
 from fakes.drip import DripServer
 from fakes.http import Canned
+from storage import Store
 
 from .fakes import FakeSource, RecordingAdapter, due_now, fixture, paper, rss
 
@@ -146,13 +147,13 @@ async def test_a_full_disk_is_a_recorded_failure_and_nothing_is_lost(tmp_path, s
     async with make_client(5.0) as client:
         source = HuggingFaceSource(client, server.url)
         with monkeypatch.context() as patch:
-            patch.setattr(store, "add_papers", disk_full)
+            patch.setattr(Store, "add_papers", disk_full)  # the poll writes through a Store of its own
             report = await poller.poll(source)  # must not raise
         assert not report.ok and report.failures == 1
         assert report.error.startswith("storage error: OperationalError: database or disk is full (database ")
         state = store.source_state("huggingface")
         assert state.consecutive_failures == 1 and state.last_error == report.error
-        status, body = health(store, config(tmp_path))
+        status, body = health(store, config(tmp_path), poller.faults)
         assert status == 503 and body["status"] == "storage"
         assert not store.source_validators("huggingface")  # the unstored response's ETag is not kept
         # The disk has room again: the next poll asks without the ETag, so it gets (and
@@ -161,7 +162,7 @@ async def test_a_full_disk_is_a_recorded_failure_and_nothing_is_lost(tmp_path, s
     assert "If-None-Match" not in server.requests[1][2]
     assert report.ok and report.new == 6 and report.recovered_after == 1
     assert [d.paper_id for d in due_now(store, clock())] == ["2410.18538"]
-    assert health(store, config(tmp_path))[0] == 200
+    assert health(store, config(tmp_path), poller.faults)[0] == 200
 
 
 async def test_a_read_only_database_fails_the_poll_without_raising(tmp_path, clock, caplog):
@@ -170,6 +171,14 @@ async def test_a_read_only_database_fails_the_poll_without_raising(tmp_path, clo
     admin = RecordingAdapter()
     app = App(cfg, adapters={"console": admin}, clock=clock)
     app.store.db = Database(sqlite3.connect(f"file:{tmp_path / 'bot.db'}?mode=ro", uri=True))
+
+    def read_only_store() -> Store:  # the poll's own Store, opened in its worker thread
+        worker = Store(tmp_path / "bot.db")
+        worker.db.close()
+        worker.db = Database(sqlite3.connect(f"file:{tmp_path / 'bot.db'}?mode=ro", uri=True))
+        return worker
+
+    app.poller.open_store = read_only_store
     source = FakeSource("huggingface", [paper("2410.00001", "Latent diffusion")])
     reports = []
     for _ in range(2):
@@ -182,13 +191,13 @@ async def test_a_read_only_database_fails_the_poll_without_raising(tmp_path, clo
     assert [text for _, text in admin.posts] == [
         f"papers-bot: huggingface has failed 2 times in a row (last error: {reports[1].error}). "
         "Papers from it will arrive when it recovers."]
-    status, body = health(app.store, cfg)
+    status, body = health(app.store, cfg, app.poller.faults)
     assert status == 503 and body["status"] == "storage"
     assert "read-only" in body["sources"]["huggingface"]["own_failure"]
     await app.aclose()
 
 
-async def test_a_bug_after_the_fetch_rolls_back_and_is_recorded(tmp_path, store, clock, caplog):
+async def test_a_bug_after_the_fetch_is_recorded_and_the_next_poll_finishes_the_work(tmp_path, store, clock, caplog):
     store.add_subscription(ML, "diffusion", "u1", clock())
     poller = Poller(store, clock)
     source = FakeSource(papers=[paper("2410.00001", "Latent diffusion")])
@@ -201,19 +210,21 @@ async def test_a_bug_after_the_fetch_rolls_back_and_is_recorded(tmp_path, store,
     report = await poller.poll(source)
     assert not report.ok and report.error == "internal error: RuntimeError: matcher bug"
     assert store.source_state("fake").consecutive_failures == 1
-    assert store.get_paper("2410.00001") is None  # not stored half-done: the next poll matches it
-    status, body = health(store, config(tmp_path))
+    # Stored, and written down as not matched yet: the next poll matches it.
+    assert [u.paper.id for u in store.unmatched_papers(10)] == ["2410.00001"]
+    status, body = health(store, config(tmp_path), poller.faults)
     assert status == 503 and body["status"] == "internal" and "matcher bug" in caplog.text
     poller.matcher.match = real_match
     report = await poller.poll(source)
-    assert report.ok and report.queued == 1
+    assert report.ok and report.new == 0 and report.queued == 1
+    assert [d.paper_id for d in due_now(store, clock())] == ["2410.00001"] and not store.unmatched_papers(10)
 
 
 async def test_an_unreadable_database_is_a_503(tmp_path):
     cfg = config(tmp_path)
     app = App(cfg)
     app.store.db.close()
-    status, body = health(app.store, cfg)
+    status, body = health(app.store, cfg, app.poller.faults)
     assert status == 503 and body["status"] == "storage" and "cannot read the database" in body["error"]
     app.store.db = Database(sqlite3.connect(":memory:"))
     await app.aclose()

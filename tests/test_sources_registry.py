@@ -131,7 +131,7 @@ async def test_it_is_polled_on_its_interval_and_reported_everywhere(registered, 
     clock.advance(minutes=1)
     (third,), _ = await app.poll_once()
     assert not third.ok and third.error.startswith("HTTP 503 from")
-    status, body = health(app.store, config)
+    status, body = health(app.store, config, app.poller.faults)
     assert status == 503 and list(body["sources"]) == ["synthetic"]  # its only enabled source is failing
     assert body["sources"]["synthetic"]["consecutive_failures"] == 1
     lines = source_lines(Context(app.store, config, clock))

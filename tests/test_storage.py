@@ -4,7 +4,8 @@ from datetime import datetime, timedelta, timezone
 from sqlite_utils import Database
 
 from bot.cards import why_matched
-from bot.models import ChannelRef, Match, OutboxCounts, Subscribed, Validators
+from bot.models import ChannelRef, Match, OutboxCounts, PaperMatches, Subscribed, UnmatchedPaper, Validators
+from bot.query import normalize_query
 from storage import Store
 from storage.migrations import migrations
 
@@ -225,6 +226,32 @@ def test_papers_listed_as_hf_by_older_versions_are_renamed_huggingface(tmp_path)
     store.close()
 
 
+def test_subscriptions_to_source_hf_by_older_versions_say_huggingface(tmp_path):
+    # Queries are stored normalized, and `source:hf` now normalizes to `source:huggingface`:
+    # a query stored before the rename must read the same, or subscribing to it again makes
+    # a second subscription instead of "already subscribed".
+    path = tmp_path / "old.db"
+    old = Store(path)
+    old.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm013_subscriptions_say_huggingface'")
+    queries = ["source:hf", "diffusion -source:hf", "(source:hf OR cat:cs.cl) video", '"source hf"', "hfx"]
+    for query in queries:
+        old.db.execute("INSERT INTO subscriptions (channel, query, created_by, created_at) VALUES (?, ?, 'u', ?)",
+                       [ML.key, query, T0.isoformat()])
+    for query in ("source:hf", "source:huggingface"):  # both, subscribed across the upgrade: left as they are
+        old.db.execute("INSERT INTO subscriptions (channel, query, created_by, created_at) VALUES (?, ?, 'u', ?)",
+                       [CV.key, query, T0.isoformat()])
+    old.db.conn.commit()
+    old.close()
+    store = Store(path)  # migrates
+    assert [s.query for s in store.subscriptions(ML)] == [normalize_query(q) for q in queries] == [
+        "source:huggingface", "diffusion -source:huggingface", "(source:huggingface OR cat:cs.cl) video",
+        '"source hf"', "hfx"]
+    again = store.add_subscription(ML, normalize_query("source:hf"), "u", T0)
+    assert not again.created and again.subscription.query == "source:huggingface"
+    assert sorted(s.query for s in store.subscriptions(CV)) == ["source:hf", "source:huggingface"]
+    store.close()
+
+
 def test_search_ranks_within_the_most_recent_matches(store):
     for i in range(1, 8):
         store.add_papers([paper(f"2410.0000{i}", f"Diffusion study {i}", "diffusion " * (8 - i))],
@@ -235,3 +262,34 @@ def test_search_ranks_within_the_most_recent_matches(store):
     assert [p.id for p in recent] == ["2410.00004", "2410.00005", "2410.00006"]
     assert store.search_papers(["diffusion", "nowhere"], 3)[0].id == "2410.00001"  # falls back to any word
     assert store.search_papers([], 3) == []
+
+
+def test_enqueue_many_queues_each_paper_once_per_channel_and_keeps_its_subscriptions(store):
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
+    store.add_papers([paper("2410.00001"), paper("2410.00002")], t)
+    assert store.enqueue("2410.00001", [Match(1, a, "x", ())], t) == 1  # already owed to a: nothing new below
+    created = store.enqueue_many([
+        PaperMatches("2410.00001", (Match(1, a, "x", ()), Match(2, b, "y", ("y in title",)), Match(3, b, "z", ()))),
+        PaperMatches("2410.00002", (Match(1, a, "x", ()),)),
+    ], t)
+    assert created == 2
+    rows = store.db.execute("SELECT id, paper_id, channel FROM deliveries ORDER BY id").fetchall()
+    assert [(r[1], r[2]) for r in rows] == [("2410.00001", a.key), ("2410.00001", b.key), ("2410.00002", a.key)]
+    links = store.db.execute("SELECT delivery_id, subscription_id FROM delivery_matches ORDER BY 1, 2").fetchall()
+    assert [tuple(link) for link in links] == [(rows[0][0], 1), (rows[1][0], 2), (rows[1][0], 3), (rows[2][0], 1)]
+    assert store.enqueue_many([], t) == 0
+
+
+def test_unmatched_papers_are_kept_in_order_until_settled(store):
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    papers = [paper("2410.00002", "Two"), paper("2410.00001", "One")]
+    store.add_papers(papers, t)
+    store.mark_unmatched([UnmatchedPaper(papers[0], t), UnmatchedPaper(papers[1], t - timedelta(days=1))])
+    store.mark_unmatched([UnmatchedPaper(papers[0], t + timedelta(days=1))])  # already down: keeps its first since
+    found = store.unmatched_papers(10)
+    assert [(u.paper.id, u.paper.title, u.since) for u in found] == [
+        ("2410.00002", "Two", t), ("2410.00001", "One", t - timedelta(days=1))]
+    assert [u.paper.id for u in store.unmatched_papers(1)] == ["2410.00002"]
+    store.settle_unmatched(["2410.00002", "2410.99999"])
+    assert [u.paper.id for u in store.unmatched_papers(10)] == ["2410.00001"]

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_BASE = "https://discord.com/api/v10"
 
 # Discord error codes after which posting to the channel cannot work until someone acts.
 CHANNEL_GONE_CODES = {10003: "unknown channel", 50001: "missing access", 50013: "missing permissions"}
@@ -104,7 +103,7 @@ class DiscordAdapter:
 
     platform = "discord"
 
-    def __init__(self, token: str, *, api_base: str = DEFAULT_API_BASE, max_ratelimit_timeout: float = 60.0,
+    def __init__(self, token: str, *, api_base: str, max_ratelimit_timeout: float = 60.0,
                  config: Config | None = None, complete: Completer | None = None):
         self.token = token
         self.api_base = api_base.rstrip("/")

@@ -92,7 +92,7 @@ SPEC = SourceSpec(
     interval_minutes=30.0,
     settings={"base_url": (str, "https://huggingface.co", url_problem)},
     connect=_connect,
-    aliases=("hf",),  # `source:hf` in subscriptions made before the name was one
+    aliases=("hf",),  # `source:hf` as typed before the name was one (m013 renamed the stored subscriptions)
 )
 
 

@@ -1,0 +1,184 @@
+"""The poll off the loop: its work runs in a worker thread, in short transactions, and a
+poll interrupted between two of them (an exception, a kill) is finished by the next poll,
+with nothing lost and nothing queued twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from bot.models import ChannelRef
+from bot.poller import Poller
+from storage import Store
+
+from .fakes import FakeSource, paper
+
+ML = ChannelRef("console", "ml")
+CV = ChannelRef("console", "cv")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def listing(n: int = 60) -> list:
+    """n papers: every even one about diffusion (ML's), every third about segmentation (CV's)."""
+    papers = []
+    for i in range(n):
+        words = ["diffusion"] if i % 2 == 0 else []
+        words += ["segmentation"] if i % 3 == 0 else []
+        papers.append(paper(f"2411.{i:05d}", f"Paper {i} on {' and '.join(words) or 'agents'}"))
+    return papers
+
+
+def expected(papers: list) -> set[tuple[str, str]]:
+    pairs = set()
+    for p in papers:
+        if "diffusion" in p.title:
+            pairs.add((p.id, ML.key))
+        if "segmentation" in p.title:
+            pairs.add((p.id, CV.key))
+    return pairs
+
+
+def queued(store: Store) -> list[tuple[str, str]]:
+    return [tuple(row) for row in store.db.execute("SELECT paper_id, channel FROM deliveries ORDER BY id")]
+
+
+def subscribe(store: Store, clock) -> None:
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    store.add_subscription(CV, "segmentation", "u2", clock())
+
+
+def small_batches(poller: Poller) -> Poller:
+    poller.BATCH = 7
+    poller.ENQUEUE_ROWS = 4
+    return poller
+
+
+async def test_commands_run_and_write_on_the_loop_between_the_batches_of_a_poll(store, clock):
+    subscribe(store, clock)
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+    loop = asyncio.get_running_loop()
+    commands: list[float] = []
+
+    async def command() -> None:  # a slash command's own write, on the loop's Store
+        commands.append(store.record_command("u1", clock(), limit=10**6))
+
+    # Called in the worker thread after each committed batch: it waits for the loop to run a
+    # command, which it could not do if the poll held the loop, or the write lock.
+    poller.between_batches = lambda: asyncio.run_coroutine_threadsafe(command(), loop).result(timeout=60)
+    report = await poller.poll(FakeSource(papers=papers))
+    assert report.ok and report.new == 60 and report.queued == len(expected(papers))
+    assert len(commands) >= 60 // 7 and commands == [0.0] * len(commands)  # every one counted, none refused
+    assert set(queued(store)) == expected(papers) and not store.unmatched_papers(100)
+
+
+async def test_a_poll_that_fails_between_batches_is_finished_by_the_next_one(store, clock):
+    subscribe(store, clock)
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+    calls = 0
+
+    def crash_at_the_third_batch() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("killed between batches")
+
+    poller.between_batches = crash_at_the_third_batch
+    source = FakeSource(papers=papers)
+    report = await poller.poll(source)
+    assert not report.ok and "killed between batches" in report.error
+    partly = queued(store)
+    assert 0 < len(partly) < len(expected(papers))
+    assert not store.source_validators("fake")  # the listing's validators wait for all of it
+
+    poller.between_batches = None
+    report = await poller.poll(source)
+    assert report.ok and 0 < report.new < 60 and store.count_papers() == 60  # the rest were new now
+    after = queued(store)
+    assert after[:len(partly)] == partly  # kept, not redone
+    assert len(after) == len(set(after)) and set(after) == expected(papers)
+    assert report.queued == len(expected(papers)) - len(partly)
+    assert not store.unmatched_papers(100)
+
+
+async def test_papers_stored_but_not_matched_when_matching_fails_are_matched_by_the_next_poll(store, clock):
+    subscribe(store, clock)
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+    poller.sync_subscriptions()
+    real_match, seen = poller.matcher.match, []
+
+    def failing_at_paper_20(p):
+        seen.append(p.id)
+        if len(seen) == 20:
+            raise RuntimeError("matcher bug")
+        return real_match(p)
+
+    poller.matcher.match = failing_at_paper_20  # type: ignore[method-assign]
+    source = FakeSource(papers=papers)
+    assert not (await poller.poll(source)).ok
+    left = {u.paper.id for u in store.unmatched_papers(100)}
+    assert left and store.count_papers() < 60  # a batch stored and not matched; later ones not stored
+    poller.matcher.match = real_match  # type: ignore[method-assign]
+    report = await poller.poll(source)
+    assert report.ok and set(queued(store)) == expected(papers) and len(queued(store)) == len(expected(papers))
+    assert not store.unmatched_papers(100)
+
+
+KILLED = textwrap.dedent("""
+    import asyncio, os, sys
+    from datetime import datetime, timezone
+    from bot.poller import Poller
+    from storage import Store
+    from tests.test_poller_batches import listing
+    from tests.fakes import FakeSource
+
+    async def main():
+        store = Store(sys.argv[1])
+        poller = Poller(store, lambda: datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc))
+        poller.BATCH, poller.ENQUEUE_ROWS = 7, 4
+        calls = []
+        def kill():
+            calls.append(1)
+            if len(calls) == 4:
+                os._exit(9)  # as a kill -9 would: no rollback, no cleanup
+        poller.between_batches = kill
+        await poller.poll(FakeSource(papers=listing()))
+    asyncio.run(main())
+""")
+
+
+async def test_a_process_killed_in_the_middle_of_a_poll_loses_nothing(tmp_path, clock):
+    path = tmp_path / "killed.db"
+    store = Store(path)
+    subscribe(store, clock)
+    done = subprocess.run([sys.executable, "-c", KILLED, str(path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 9, done.stderr
+    partly = queued(store)
+    assert 0 < len(partly) < len(expected(listing()))
+    report = await Poller(store, clock).poll(FakeSource(papers=listing()))
+    assert report.ok
+    after = queued(store)
+    assert len(after) == len(set(after)) and set(after) == expected(listing()) and after[:len(partly)] == partly
+    assert not store.unmatched_papers(100)
+    store.close()
+
+
+async def test_closing_the_poller_stops_a_poll_between_batches_and_the_next_one_finishes_it(store, clock):
+    subscribe(store, clock)
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+    poller.between_batches = poller.close  # the bot stops while the poll goes on
+    report = await poller.poll(FakeSource(papers=papers))
+    assert not report.ok and "stopping" in report.error
+    assert store.source_state("fake") is None or store.source_state("fake").consecutive_failures == 0
+    partly = queued(store)
+    assert len(partly) < len(expected(papers))
+    report = await Poller(store, clock).poll(FakeSource(papers=papers))
+    assert report.ok and set(queued(store)) == expected(papers) and len(queued(store)) == len(expected(papers))
