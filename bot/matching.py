@@ -12,16 +12,23 @@ everything; it is the reference the engine is tested and benchmarked against.
 from __future__ import annotations
 
 import bisect
+import gc
+import logging
+import multiprocessing
 import operator
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from . import sources
 from .models import ChannelRef, Match, Paper, Subscription
-from .query import fold, name_tokens, parse_query, raw_words, stem
+from .query import MIN_PREFIX, fold, name_tokens, parse_query, raw_words, stem
 from .text import plural
+
+log = logging.getLogger(__name__)
 
 # Prefix queries are indexed under their first 3 to 6 letters: longer anchors select fewer
 # candidates, and a paper offers every such prefix of its words.
@@ -40,8 +47,8 @@ class PaperView:
         self.paper = paper
         self.title_raw = raw_words(paper.title)
         self.abstract_raw = raw_words(paper.summary)
-        self.title = [stem(w) for w in self.title_raw]
-        self.abstract = [stem(w) for w in self.abstract_raw]
+        self.title = list(map(stem, self.title_raw))  # map: no bytecode per word
+        self.abstract = list(map(stem, self.abstract_raw))
         self.title_set = frozenset(self.title)
         self.abstract_set = frozenset(self.abstract)
         self.any_set = self.title_set | self.abstract_set
@@ -62,11 +69,29 @@ class PaperView:
     @cached_property
     def meta_keys(self) -> set[str]:
         """The index keys of authors, organization, categories and source."""
-        keys = {"a:" + t for tokens in self.authors for t in tokens}
-        keys.update("o:" + t for t in self.org)
-        keys.update("c:" + c for c in self.cats)
-        keys.update("c:" + c.split(".")[0] for c in self.cats)
+        keys = set()
+        for tokens in self.authors:
+            if tokens:
+                last = tokens[-1]
+                keys.add("a:" + last)
+                keys.update([f"a:{last} {t}" for t in tokens[:-1]])
+        keys.update(["o:" + t for t in self.org])
+        keys.update(["c:" + c for c in self.cats])
+        keys.update(["c:" + c.split(".")[0] for c in self.cats])
         keys.add("s:" + self.paper.source)
+        return keys
+
+    @cached_property
+    def features(self) -> set[str]:
+        """Every index key the paper offers, but prefixes: its word stems, `t:` and the stem
+        of each title word, each pair of consecutive stems of a field ("language model"),
+        and the meta keys. A query's anchors and required keys are drawn from the same
+        names (see `requirements`), so a set lookup tells what a query may match."""
+        keys = set(self.any_set)
+        keys.update(["t:" + w for w in self.title_set])
+        for words in (self.title, self.abstract):
+            keys.update([f"{a} {b}" for a, b in zip(words, words[1:], strict=False)])
+        keys |= self.meta_keys
         return keys
 
 
@@ -162,19 +187,21 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
 def anchors(node: tuple, counts: Mapping[str, int] | None = None) -> frozenset[str] | None:
     """Index keys such that any paper matching `node` has at least one of them; None if none exist.
 
-    `counts` (word stem -> in how many recent papers it appeared) picks the rarest word of
-    a phrase or a conjunction; without it, the longest word stands in for the rarest.
+    Keys are `PaperView.features` names, or `p:` and a prefix's first letters. `counts`
+    (key -> in how many recent papers it appeared) picks the rarest pair of a phrase and
+    the rarest child of a conjunction; without it, the longest key stands in for the rarest.
     """
     kind = node[0]
     if kind == "word":
-        return frozenset(["w:" + node[2]])
+        return frozenset(["t:" + node[2] if node[1] == "title" else node[2]])
     if kind == "phrase":
-        rarest = min(node[2], key=lambda w: (counts.get(w, 0), -len(w))) if counts else max(node[2], key=len)
-        return frozenset(["w:" + rarest])
+        options = _pairs(node[2]) + (["t:" + w for w in node[2]] if node[1] == "title" else [])
+        seen = counts or {}
+        return frozenset([min(options, key=lambda k: (seen.get(k, 0), -len(k)))])
     if kind == "prefix":
         return frozenset(["p:" + node[2][:PREFIX_ANCHOR_MAX]])
     if kind == "author":
-        return frozenset(["a:" + node[1][-1]])
+        return frozenset([_author_key(node[1])])
     if kind == "org":
         return frozenset(["o:" + max(node[1], key=len)])
     if kind == "cat":
@@ -198,6 +225,50 @@ def anchors(node: tuple, counts: Mapping[str, int] | None = None) -> frozenset[s
     return min(options, key=lambda keys: _cost(keys, counts))
 
 
+def _pairs(stems: tuple[str, ...]) -> list[str]:
+    """A phrase's consecutive pairs of stems, as `PaperView.features` names them."""
+    return [f"{a} {b}" for a, b in zip(stems, stems[1:], strict=False)]
+
+
+def _author_key(tokens: tuple[str, ...]) -> str:
+    # A paper's author matches only if the family names are equal and the query's first
+    # name part comes before it (see _author_matches); PaperView.meta_keys offers both keys.
+    return f"a:{tokens[-1]} {tokens[0]}" if len(tokens) > 1 else "a:" + tokens[-1]
+
+
+def requirements(node: tuple) -> list[frozenset[str]]:
+    """What any paper matching `node` must offer among its `PaperView.features`: every one
+    of these sets has at least one of them. A cheap, exact-where-it-can necessary test: a
+    query that passes it is then evaluated."""
+    kind = node[0]
+    if kind == "word":
+        return [frozenset(["t:" + node[2] if node[1] == "title" else node[2]])]
+    if kind == "phrase":
+        found = [frozenset([pair]) for pair in _pairs(node[2])]
+        if node[1] == "title":
+            found += [frozenset(["t:" + w]) for w in node[2]]
+        return found
+    if kind == "author":
+        return [frozenset([_author_key(node[1])])]
+    if kind == "org":
+        return [frozenset(["o:" + t]) for t in node[1]]
+    if kind == "cat":
+        return [frozenset(["c:" + node[1]])]
+    if kind == "source":
+        return [frozenset(["s:" + node[1]])]
+    if kind == "and":
+        return [clause for child in node[1] for clause in requirements(child)]
+    if kind == "or":
+        union: set[str] = set()
+        for child in node[1]:
+            clauses = requirements(child)
+            if not clauses:
+                return []
+            union |= min(clauses, key=len)  # the matching child offers that one's keys
+        return [frozenset(union)]
+    return []  # prefix, upvotes, not: nothing required among the features
+
+
 # Categories, organizations and sources are shared by a large share of all papers: a query
 # anchored on one of them would be a candidate for most papers. Words, phrases, prefixes
 # and authors are selective; among them, longer is usually rarer.
@@ -206,20 +277,51 @@ _COARSE = ("c:", "o:", "s:")
 
 def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, int, int, int]:
     coarse = sum(key.startswith(_COARSE) for key in keys)
-    seen = sum(counts.get(key[2:], 0) for key in keys if key.startswith("w:")) if counts else 0
+    seen = sum(counts.get(key, 0) for key in keys) if counts else 0
     return coarse, seen, len(keys), -min(map(len, keys))
 
 
-@dataclass
+def _history_keys(view: PaperView) -> set[str]:
+    """The keys a stored paper counts for: its features and the prefix anchors it offers."""
+    keys = set(view.features)
+    for word in view.all_raw:
+        keys.update(["p:" + word[:size] for size in range(MIN_PREFIX, min(len(word), PREFIX_ANCHOR_MAX) + 1)])
+    return keys
+
+
+@dataclass(eq=False)  # compared and hashed by identity: entries are kept in sets
 class _Entry:
     """One distinct query text, shared by every subscription (in any channel) that uses it."""
 
+    query: str
     node: tuple
     keys: frozenset[str] | None
+    required: frozenset[str]  # features a matching paper has, all of them
+    clauses: tuple[frozenset[str], ...]  # sets of features of which it has at least one each
     subs: dict[int, ChannelRef] = field(default_factory=dict)
+    second: str | None = None  # indexed under its anchor and this other required key
     # For the commonest shape, words anywhere (`diffusion`, `language agents`): the words'
     # (stem, text) pairs, decided by set lookups without walking the tree.
     words: tuple[tuple[str, str], ...] | None = None
+
+
+def _entry(query: str, node: tuple, counts: Mapping[str, int] | None) -> _Entry:
+    words = _plain_words(node)
+    if words is not None:  # the commonest shape, quicker than the general case below (same result)
+        seen = counts or {}
+        anchor = min((w for w, _ in words), key=lambda w: (seen.get(w, 0), -len(w)))
+        return _Entry(query, node, frozenset([anchor]), frozenset(w for w, _ in words), (), words=words)
+    clauses = requirements(node)
+    required = frozenset(key for clause in clauses if len(clause) == 1 for key in clause)
+    wider = tuple(dict.fromkeys(clause for clause in clauses if len(clause) > 1))
+    return _Entry(query, node, anchors(node, counts), required, wider)
+
+
+def _offers_one_of_each(clauses: tuple[frozenset[str], ...], features: set[str]) -> bool:
+    for clause in clauses:
+        if clause.isdisjoint(features):
+            return False
+    return True
 
 
 def _plain_words(node: tuple) -> tuple[tuple[str, str], ...] | None:
@@ -270,21 +372,27 @@ class NaiveMatcher:
 
 
 class IndexedMatcher:
-    """The engine: candidates from an inverted index of query anchors, then exact evaluation."""
+    """The engine: candidates from an inverted index of query anchors, a required-keys
+    filter, then exact evaluation."""
 
     def __init__(self, subscriptions: Iterable[Subscription] = (), *, papers: Iterable[Paper] = ()):
-        """`papers`: recent papers whose word counts help pick each query's rarest anchor."""
+        """`papers`: recent papers whose key counts help pick each query's rarest anchor."""
         self.counts: Counter[str] = Counter()
         for paper in papers:
-            self.counts.update(PaperView(paper).any_set)
+            self.counts.update(_history_keys(PaperView(paper)))
         self._entries: dict[str, _Entry] = {}  # query text -> entry
         self._by_sub: dict[int, str] = {}  # subscription id -> query text
-        # anchor -> query texts, in three tables so that a paper's words are looked up
-        # as they are, without building a key string for each:
-        self._words: dict[str, set[str]] = {}  # "w:" anchors, by stem
-        self._prefixes: dict[int, dict[str, set[str]]] = {}  # "p:" anchors, by length, by prefix
-        self._index: dict[str, set[str]] = {}  # the other anchors (authors, categories, ...)
-        self._always: set[str] = set()  # query texts with no anchor
+        # anchor -> entries: feature keys in one table, looked up with the paper's
+        # features; prefix anchors by length, by prefix, looked up with its words' prefixes.
+        self._keys: dict[str, set[_Entry]] = {}
+        # Entries with one anchor and another required key, by both: on real text a
+        # query's rarest word is still in a few percent of papers, two of them far fewer.
+        self._pairs: dict[str, dict[str, set[_Entry]]] = {}
+        self._prefixes: dict[int, dict[str, set[_Entry]]] = {}
+        self._always: set[_Entry] = set()  # entries with no anchor
+        self._generation = 0  # changes with every add and remove: a forked pool is stale then
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_key: tuple[int, int] = (-1, 0)  # the generation and size it was forked with
         for subscription in subscriptions:
             self.add(subscription)
 
@@ -299,81 +407,184 @@ class IndexedMatcher:
         query = subscription.query
         entry = self._entries.get(query)
         if entry is None:
-            node = parse_query(query)
-            entry = self._entries[query] = _Entry(node, anchors(node, self.counts), words=_plain_words(node))
-            if entry.keys is None:
-                self._always.add(query)
-            else:
-                for key in entry.keys:
-                    table, name = self._table(key)
-                    table.setdefault(name, set()).add(query)
+            entry = _entry(query, parse_query(query), self.counts)
+            self._entries[query] = entry
+            self._index(entry)
         entry.subs[subscription.id] = subscription.channel
         self._by_sub[subscription.id] = query
+        self._generation += 1
 
     def remove(self, subscription_id: int) -> None:
         query = self._by_sub.pop(subscription_id, None)
         if query is None:
             return
+        self._generation += 1
         entry = self._entries[query]
         del entry.subs[subscription_id]
         if entry.subs:
             return
         del self._entries[query]
         if entry.keys is None:
-            self._always.discard(query)
+            self._always.discard(entry)
+            return
+        if entry.second is not None:
+            (anchor,) = entry.keys
+            seconds = self._pairs[anchor]
+            seconds[entry.second].discard(entry)
+            if not seconds[entry.second]:
+                del seconds[entry.second]
+                if not seconds:
+                    del self._pairs[anchor]
             return
         for key in entry.keys:
             table, name = self._table(key)
             bucket = table[name]
-            bucket.discard(query)
+            bucket.discard(entry)
             if not bucket:
                 del table[name]
                 if key.startswith("p:") and not table:
                     del self._prefixes[len(name)]
 
-    def _table(self, key: str) -> tuple[dict[str, set[str]], str]:
-        if key.startswith("w:"):
-            return self._words, key[2:]
+    def _index(self, entry: _Entry) -> None:
+        if entry.keys is None:
+            self._always.add(entry)
+            return
+        if len(entry.keys) == 1:
+            (anchor,) = entry.keys
+            others = entry.required - entry.keys
+            if others and not anchor.startswith("p:"):
+                counts = self.counts
+                entry.second = min(others, key=lambda k: (counts.get(k, 0), -len(k), k))
+                self._pairs.setdefault(anchor, {}).setdefault(entry.second, set()).add(entry)
+                return
+        for key in entry.keys:
+            table, name = self._table(key)
+            table.setdefault(name, set()).add(entry)
+
+    def _table(self, key: str) -> tuple[dict[str, set[_Entry]], str]:
         if key.startswith("p:"):
             return self._prefixes.setdefault(len(key) - 2, {}), key[2:]
-        return self._index, key
+        return self._keys, key
 
     def is_empty(self) -> bool:
-        return not (self._entries or self._words or self._prefixes or self._index or self._always)
+        return not (self._entries or self._keys or self._pairs or self._prefixes or self._always)
 
-    def candidates(self, view: PaperView) -> set[str]:
+    def candidates(self, view: PaperView) -> list[_Entry]:
+        """The entries to evaluate for this paper: anchored on its keys and offered all
+        that they require."""
         found = set(self._always)
-        words = self._words
-        for word in view.any_set:
-            bucket = words.get(word)
-            if bucket:
-                found |= bucket
-        for size, table in self._prefixes.items():
-            for word in view.all_raw:
-                if len(word) >= size:
-                    bucket = table.get(word[:size])
-                    if bucket:
-                        found |= bucket
-        index = self._index
-        for key in view.meta_keys:
-            bucket = index.get(key)
-            if bucket:
-                found |= bucket
+        keys = self._keys
+        features = view.features
+        for key in keys.keys() & features:  # the smaller side is walked, in C
+            found |= keys[key]
+        pairs = self._pairs
+        for key in pairs.keys() & features:
+            seconds = pairs[key]
+            for second in seconds.keys() & features:
+                found |= seconds[second]
+        if self._prefixes:
+            words = view.all_raw
+            for size, table in self._prefixes.items():
+                # Each word cut to `size` letters, in C; a shorter word stays shorter than
+                # every key of this table, so it cannot be mistaken for one.
+                for prefix in table.keys() & set(map(operator.itemgetter(slice(size)), words)):
+                    found |= table[prefix]
+        passed = []
+        for entry in found:
+            if entry.required <= features and (not entry.clauses or _offers_one_of_each(entry.clauses, features)):
+                passed.append(entry)
+        return passed
+
+    def _hits(self, paper: Paper) -> list[tuple[_Entry, tuple[str, ...]]]:
+        view = PaperView(paper)
+        found = []
+        for entry in self.candidates(view):
+            hits = _evaluate_entry(entry, view)
+            if hits is not None:
+                found.append((entry, tuple(hits)))
         return found
 
     def match(self, paper: Paper) -> list[Match]:
-        view = PaperView(paper)
-        found = []
-        entries = self._entries
-        for query in self.candidates(view):
-            entry = entries[query]
-            hits = _evaluate_entry(entry, view)
-            if hits is not None:
-                terms = tuple(hits)
-                for sub_id, channel in entry.subs.items():
-                    found.append(Match(sub_id, channel, query, terms))
+        return self._matches(self._hits(paper))
+
+    def match_many(self, papers: Sequence[Paper], processes: int = 1) -> list[list[Match]]:
+        """Each paper's matches, exactly as `match` gives them, in the order of `papers`.
+
+        With `processes` > 1 and enough papers, worker processes forked from this one
+        match them side by side: they share the index with this process (copy on write,
+        their garbage collector kept off it) instead of loading their own. They are forked
+        on first use and again after subscriptions change, and kept between calls; `close`
+        ends them. Callable from any one thread at a time; a worker that dies makes this
+        call match in-process instead.
+        """
+        if processes <= 1 or len(papers) < 2 * MIN_PAPERS_PER_PROCESS:
+            return [self.match(paper) for paper in papers]
+        size = max(MIN_PAPERS_PER_PROCESS, -(-len(papers) // (4 * processes)))
+        chunks = [papers[i:i + size] for i in range(0, len(papers), size)]
+        try:
+            pool = self._forked_pool(processes)
+            futures = [pool.submit(_match_in_worker, self._generation, chunk) for chunk in chunks]
+            entries = self._entries
+            return [self._matches((entries[query], terms) for query, terms in hits)
+                    for future in futures for hits in future.result()]
+        except (BrokenProcessPool, OSError) as exc:
+            log.warning("matching in worker processes failed (%s: %s); matching in this one", type(exc).__name__, exc)
+            self.close()
+            return [self.match(paper) for paper in papers]
+
+    def _forked_pool(self, processes: int) -> ProcessPoolExecutor:
+        global _FORKED
+        if self._pool is not None and self._pool_key == (self._generation, processes):
+            return self._pool
+        self.close()
+        pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_worker_started)
+        _FORKED = self
+        try:
+            pool.submit(int).result()  # with "fork", every worker starts now, copying the index as it is
+        finally:
+            _FORKED = None
+        self._pool, self._pool_key = pool, (self._generation, processes)
+        return pool
+
+    def close(self) -> None:
+        """End the worker processes of `match_many`, if any."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    @staticmethod
+    def _matches(hits: Iterable[tuple[_Entry, tuple[str, ...]]]) -> list[Match]:
+        new = tuple.__new__  # Match's own __new__ is Python code: this is the same tuple, made in C
+        found = [new(Match, (sub_id, channel, entry.query, terms))
+                 for entry, terms in hits for sub_id, channel in entry.subs.items()]
         found.sort()  # by subscription id: ids are unique, so the tuple order is decided there
         return found
+
+# Fewer papers than this per worker process are matched faster than they are sent to it.
+MIN_PAPERS_PER_PROCESS = 16
+
+# The engine a worker process matches with: set while the workers are forked, and read in
+# their copy of this process's memory (so the index is never pickled or rebuilt).
+_FORKED: IndexedMatcher | None = None
+_WORKER_ENGINE: IndexedMatcher | None = None
+
+
+def _worker_started() -> None:
+    global _WORKER_ENGINE
+    _WORKER_ENGINE = _FORKED
+    # Everything inherited (the index above all) goes to the permanent generation: the
+    # collector never walks it, so its pages stay shared with the parent.
+    gc.freeze()
+
+
+def _match_in_worker(generation: int, papers: Sequence[Paper]) -> list[list[tuple[str, tuple[str, ...]]]]:
+    """In a worker: each paper's matching query texts and terms (plain values: the parent
+    turns them into Matches with its own subscriptions)."""
+    engine = _WORKER_ENGINE
+    if engine is None or engine._generation != generation:
+        raise RuntimeError("worker forked from another version of the index")
+    return [[(entry.query, terms) for entry, terms in engine._hits(paper)] for paper in papers]
 
 
 def _label(source: str) -> str:

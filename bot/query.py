@@ -32,7 +32,7 @@ import functools
 import re
 import sys
 import unicodedata
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import sources
 from .errors import QueryError
@@ -99,8 +99,7 @@ def name_tokens(name: str) -> tuple[str, ...]:
 
 # ---- lexer -----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):  # a tuple: the bot parses every stored query when it starts
     kind: str  # "(" ")" "OR" "AND" "NOT" "TERM" "PHRASE"
     text: str
     column: int  # 1-based, for error messages
@@ -335,6 +334,21 @@ def includes_something(node: tuple) -> bool:
     return True
 
 
+_PLAIN = re.compile(r"[a-z0-9]+(?: [a-z0-9]+)*")
+
+
+def _plain_words(text: str) -> tuple | None:
+    """The tree of the commonest stored form, lowercase words (`language agents`), built
+    without the parser: the same tree it builds. None for anything else."""
+    if not _PLAIN.fullmatch(text):
+        return None
+    words = text.split(" ")
+    if len(words) > MAX_TERMS or any(w in ("and", "or", "not") or w.startswith("upvotes") for w in words):
+        return None
+    children = [("word", "any", sys.intern(stem(w)), sys.intern(w)) for w in words]
+    return _combine("and", children)
+
+
 def parse_query(text: str) -> tuple:
     """Parse a query into its tree; raises QueryError with a message that points at the problem."""
     text = text.strip()
@@ -342,6 +356,9 @@ def parse_query(text: str) -> tuple:
         raise QueryError("the query is empty: give one or more words, e.g. `subscribe diffusion`")
     if len(text) > MAX_QUERY_CHARS:
         raise QueryError(f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
+    plain = _plain_words(text)
+    if plain is not None:
+        return plain
     node = _Parser(tokenize(text)).parse()
     if not includes_something(node):
         raise QueryError("a query must include something, not only exclude: "

@@ -21,3 +21,11 @@ def test_workload_is_fixed_by_the_seed(capsys):
     one = main(["--subscriptions", "300", "--papers", "10", "--seed", "5"])
     two = main(["--subscriptions", "300", "--papers", "10", "--seed", "5"])
     assert (one["matches"], one["distinct_queries"]) == (two["matches"], two["distinct_queries"])
+
+
+def test_real_workload_in_two_processes_agrees_with_the_naive_loop(capsys):
+    figures = main(["--subscriptions", "1500", "--papers", "60", "--seed", "2", "--naive-sample", "60",
+                    "--workload", "real", "--processes", "2"])
+    assert figures["workload"] == "real" and figures["processes"] == 2
+    assert figures["matches"] > 0 and figures["naive_scaled_from_sample"] is False
+    assert figures["pss_with_workers_mb"] > 0

@@ -111,16 +111,21 @@ def test_subscriptions_are_added_and_removed_without_a_rebuild():
 def test_unanchorable_queries_are_always_evaluated():
     assert anchors(parse_query("upvotes>=20")) is None
     assert anchors(parse_query("upvotes>=20 -video")) is None
-    assert anchors(parse_query("diffusion upvotes>=20")) == {"w:diffusion"}
+    assert anchors(parse_query("diffusion upvotes>=20")) == {"diffusion"}
     assert anchors(parse_query("a1 OR upvotes>=3")) is None
     engine = IndexedMatcher([sub(1, "upvotes>=20")])
     assert [m.subscription_id for m in engine.match(PAPER)] == [1]
 
 
 def test_anchor_prefers_the_most_specific_term():
-    assert anchors(parse_query("the diffusion")) == {"w:diffusion"}
-    assert anchors(parse_query("(a1 OR b2) segmentation")) == {"w:segmentation"}
-    assert anchors(parse_query('"large language model"')) == {"w:language"}
+    assert anchors(parse_query("the diffusion")) == {"diffusion"}
+    assert anchors(parse_query("(a1 OR b2) segmentation")) == {"segmentation"}
+    # A phrase is anchored on one pair of consecutive words, the rarest by the counts.
+    assert anchors(parse_query('"large language model"')) == {"large language"}
+    counts = {"large language": 40, "language model": 3}
+    assert anchors(parse_query('"large language model"'), counts) == {"language model"}
+    assert anchors(parse_query('author:"Yann LeCun"')) == {"a:lecun yann"}
+    assert anchors(parse_query("title:segment")) == {"t:segment"}
 
 
 # ---- engine == naive, on random queries and papers ---------------------------------------
@@ -180,3 +185,48 @@ def test_engine_and_naive_loop_agree(texts, paper_list):
     engine, naive = IndexedMatcher(subs), NaiveMatcher(subs)
     for p in paper_list:
         assert engine.match(p) == naive.match(p)
+
+
+# ---- the engine on the benchmarks' workloads, and in worker processes ----------------------
+
+@pytest.mark.parametrize("workload, seed", [("zipf", 1), ("zipf", 2), ("real", 1), ("real", 2)])
+def test_engine_equals_evaluating_every_query_on_the_benchmark_workloads(workload, seed):
+    from bench.workloads import make_workload
+
+    made = make_workload(workload, subscriptions=1500, papers=40, seed=seed, history=200)
+    subs = made.subscriptions()
+    engine = IndexedMatcher(subs, papers=made.history)  # anchors chosen from counts, as in the bot
+    nodes = [(s, parse_query(s.query)) for s in subs]
+    matched = 0
+    for p in made.papers:
+        view = PaperView(p)
+        expected = [(s.id, s.channel, s.query, tuple(hits)) for s, node in nodes
+                    if (hits := evaluate(node, view)) is not None]
+        got = engine.match(p)
+        assert got == expected, p.id
+        matched += len(got)
+    assert matched > 0  # the workload exercises the engine
+
+
+def test_match_many_in_worker_processes_equals_match():
+    from bench.workloads import make_workload
+
+    made = make_workload("zipf", subscriptions=2000, papers=80, seed=4, history=100)
+    engine = IndexedMatcher(made.subscriptions(), papers=made.history)
+    try:
+        one = [engine.match(p) for p in made.papers]
+        assert engine.match_many(made.papers) == one
+        assert engine.match_many(made.papers, processes=2) == one
+        assert sum(map(len, one)) > 0
+        first_pool = engine._pool
+        assert first_pool is not None
+        # A change of subscriptions forks new workers: the old ones hold the old index.
+        top = max(one, key=len)[0]
+        engine.remove(top.subscription_id)
+        again = engine.match_many(made.papers, processes=2)
+        assert engine._pool is not first_pool
+        assert again == [[m for m in found if m.subscription_id != top.subscription_id] for found in one]
+    finally:
+        engine.close()
+    assert engine._pool is None
+    assert engine.match_many(made.papers[:3], processes=2) == one[:3]  # too few papers: in-process

@@ -210,3 +210,27 @@ def test_regular_expressions_are_refused_with_what_to_write_instead(query, messa
 )
 def test_what_only_looks_like_regex_syntax_still_works(query, normalized):
     assert normalize_query(query) == normalized
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["diffusion", "models", "and", "or", "not", "upvotes5", "upvotes", "3d", "a",
+                                 "queries", "boxes", "model", "x1"]), min_size=1, max_size=6))
+def test_lowercase_words_take_a_shortcut_to_the_same_tree(words):
+    from bot.query import _Parser, _plain_words, includes_something, tokenize
+
+    text = " ".join(words)
+    try:
+        node = _Parser(tokenize(text)).parse()
+        expected = node if includes_something(node) else None
+    except QueryError:
+        expected = None
+    shortcut = _plain_words(text)
+    if shortcut is not None:
+        assert shortcut == expected
+    if expected is None:
+        with pytest.raises(QueryError):
+            parse_query(text)
+    else:
+        assert parse_query(text) == expected
+    if not any(w in ("and", "or", "not") or w.startswith("upvotes") for w in words):
+        assert shortcut is not None  # the shortcut is taken where it can be
