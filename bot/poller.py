@@ -139,6 +139,11 @@ class Poller:
         await self._in_worker(lambda store: self.sync_subscriptions(store))
 
     async def _in_worker(self, work: Callable[[StoreContract], T]) -> T:
+        if not self.store.reads_off_loop():
+            # An in-memory database lives in its one connection: another Store would be
+            # another, empty database. Its work is done here, with the loop's Store.
+            return work(self.store)
+
         def run() -> T:
             if self._worker_store is None:
                 self._worker_store = self.open_store()

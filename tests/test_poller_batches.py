@@ -182,3 +182,19 @@ async def test_closing_the_poller_stops_a_poll_between_batches_and_the_next_one_
     assert len(partly) < len(expected(papers))
     report = await Poller(store, clock).poll(FakeSource(papers=papers))
     assert report.ok and set(queued(store)) == expected(papers) and len(queued(store)) == len(expected(papers))
+
+
+async def test_a_poll_on_an_in_memory_store_stores_and_queues_in_that_store(clock):
+    # An in-memory database is private to its connection: a worker's Store of its own
+    # would be another, empty database, and the poll's papers would be lost there.
+    store = Store(":memory:")
+    try:
+        store.add_subscription(ML, "diffusion", "u1", clock())
+        poller = Poller(store, clock)
+        report = await poller.poll(FakeSource(papers=[paper("2410.00001", "Latent Diffusion")]))
+        assert (report.ok, report.new, report.queued) == (True, 1, 1)
+        assert store.get_paper("2410.00001") is not None
+        assert queued(store) == [("2410.00001", ML.key)]
+        poller.close()
+    finally:
+        store.close()
