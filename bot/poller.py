@@ -219,7 +219,9 @@ class Poller:
                     store.save_source_validators(source.name, listing.validators)
             if new:  # preview's word index, kept up with here so no preview has a backlog to index
                 try:
-                    store.index_paper_words()
+                    # Stopped (the bot is closing), the rest is left for later: after an
+                    # upgrade, the first catch-up indexes every stored paper (minutes).
+                    store.index_paper_words(stop=self._stopping.is_set)
                 except StorageError as exc:  # the next preview indexes them itself
                     log.warning("%s: indexing new papers for preview failed: %s", source.name, exc)
             return new, queued, recovered

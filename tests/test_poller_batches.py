@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 from bot.models import ChannelRef
@@ -198,3 +199,30 @@ async def test_a_poll_on_an_in_memory_store_stores_and_queues_in_that_store(cloc
         poller.close()
     finally:
         store.close()
+
+
+async def test_a_poller_closed_while_indexing_a_backlog_for_preview_stops_and_leaves_the_rest(
+        store, clock, monkeypatch):
+    # After an upgrade the first poll with new papers indexes every stored paper for preview
+    # (minutes at a million): closing the bot must not wait for all of it.
+    from storage import paper_words
+
+    store.add_papers([paper(f"2410.{i:05d}", f"Old paper {i} on diffusion") for i in range(40)], clock())
+    monkeypatch.setattr(paper_words, "CATCH_UP_BATCH", 5)
+    poller = Poller(store, clock)
+    tokenized = paper_words.stems
+
+    def stems_then_close(text: str) -> str:  # the bot starts closing while the first batch is tokenized
+        poller._stopping.set()
+        return tokenized(text)
+
+    monkeypatch.setattr(paper_words, "stems", stems_then_close)
+    report = await poller.poll(FakeSource(papers=[paper("2411.00001", "New diffusion paper")]))
+    assert report.ok and report.new == 1
+    indexed = store.db.execute("SELECT indexed FROM paper_words_state").fetchone()[0]
+    assert indexed == 5  # the batch under way, and no more
+    poller.close()
+    # What is left is found all the same, and indexed by the next catch-up.
+    since = clock() - timedelta(days=1)
+    assert store.preview_candidates("diffusion", since).count == 41
+    assert store.db.execute("SELECT indexed FROM paper_words_state").fetchone()[0] == 41
