@@ -268,7 +268,10 @@ class Poller:
             rows = 0
             for unmatched in todo:
                 paper = unmatched.paper
-                matches = self.matcher.match(paper) if not paper.is_update else []
+                # Left by a poll interrupted longer ago than max_age_days (the bot was off):
+                # stored, not posted, as a paper listed that long ago would be.
+                stale = now - unmatched.since > self.max_age
+                matches = self.matcher.match(paper) if not paper.is_update and not stale else []
                 done.append(paper.id)
                 if matches:
                     items.append(PaperMatches(paper.id, tuple(matches)))

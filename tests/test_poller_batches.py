@@ -131,6 +131,25 @@ async def test_papers_stored_but_not_matched_when_matching_fails_are_matched_by_
     assert not store.unmatched_papers(100)
 
 
+async def test_papers_left_unmatched_are_not_posted_once_older_than_max_age_days(store, clock):
+    # [delivery] max_age_days: papers listed longer ago are stored, not posted. A poll
+    # interrupted before matching, then a bot off for longer than that: the next poll
+    # settles what was left without posting it.
+    subscribe(store, clock)
+    papers = listing(20)
+    poller = small_batches(Poller(store, clock, max_age_days=7))
+    poller.between_batches = lambda: (_ for _ in ()).throw(RuntimeError("killed between batches"))
+    assert not (await poller.poll(FakeSource(papers=papers))).ok
+    left = store.unmatched_papers(100)
+    assert left
+    clock.advance(days=8)
+    poller.between_batches = None
+    report = await poller.poll(FakeSource(papers=[]))
+    assert report.ok and report.queued == 0
+    assert not store.unmatched_papers(100)
+    assert not {paper_id for paper_id, _ in queued(store)} & {u.paper.id for u in left}
+
+
 KILLED = textwrap.dedent("""
     import asyncio, os, sys
     from datetime import datetime, timezone
