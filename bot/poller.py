@@ -148,6 +148,11 @@ class Poller:
         await self._in_worker(lambda store: self.sync_subscriptions(store))
 
     async def _in_worker(self, work: Callable[[StoreContract], T]) -> T:
+        if not self.store.reads_off_loop():
+            # An in-memory database lives in its one connection: another Store would be
+            # another, empty database. Its work is done here, with the loop's Store.
+            return work(self.store)
+
         def run() -> T:
             if self._worker_store is None:
                 self._worker_store = self.open_store()
@@ -223,7 +228,9 @@ class Poller:
                     store.save_source_validators(source.name, listing.validators)
             if new:  # preview's word index, kept up with here so no preview has a backlog to index
                 try:
-                    store.index_paper_words()
+                    # Stopped (the bot is closing), the rest is left for later: after an
+                    # upgrade, the first catch-up indexes every stored paper (minutes).
+                    store.index_paper_words(stop=self._stopping.is_set)
                 except StorageError as exc:  # the next preview indexes them itself
                     log.warning("%s: indexing new papers for preview failed: %s", source.name, exc)
             return new, queued, recovered
@@ -270,7 +277,10 @@ class Poller:
             rows = 0
             for unmatched in todo:
                 paper = unmatched.paper
-                matches = self.matcher.match(paper) if not paper.is_update else []
+                # Left by a poll interrupted longer ago than max_age_days (the bot was off):
+                # stored, not posted, as a paper listed that long ago would be.
+                stale = now - unmatched.since > self.max_age
+                matches = self.matcher.match(paper) if not paper.is_update and not stale else []
                 done.append(paper.id)
                 if matches:
                     items.append(PaperMatches(paper.id, tuple(matches)))

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from bot.models import (
     BurstPlan,
@@ -152,10 +152,11 @@ class StoreContract(Protocol):
         May first index papers stored since the last call (writes, in short transactions)."""
         ...
 
-    def index_paper_words(self) -> int:
+    def index_paper_words(self, stop: Callable[[], bool] | None = None) -> int:
         """Any thread. Bring preview's word index up to date with the stored papers (short
         transactions); how many papers it indexed. preview_candidates does it on its own;
-        this is for doing it ahead, say after a bulk load."""
+        this is for doing it ahead, say after a bulk load. `stop` is asked before each
+        transaction: when it says so, the rest is left to the next call."""
         ...
 
     def search_papers(self, words: list[str], limit: int, window: int = 5000) -> list[Paper]:

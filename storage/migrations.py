@@ -235,10 +235,11 @@ def m014_unmatched_papers(db: Database) -> None:
     # other writes are never kept waiting long: a paper stored but not yet matched is
     # written down here in the transaction that stores it, and taken off in the one that
     # queues its deliveries. A poll interrupted in between (a crash, a kill, a full disk)
-    # leaves its rows here, and the next poll matches them first.
+    # leaves its rows here, and the next poll matches them first. IF NOT EXISTS: development
+    # builds recorded this step as m013_unmatched_papers.
     db.executescript(
         """
-        CREATE TABLE unmatched_papers (
+        CREATE TABLE IF NOT EXISTS unmatched_papers (
             paper_id TEXT PRIMARY KEY REFERENCES papers(id),
             since TEXT NOT NULL  -- only subscriptions created by then receive it
         );

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from sqlite_utils import Database
 
@@ -71,14 +72,19 @@ def category_tokens(categories: list[str]) -> str:
     return " ".join(tokens)
 
 
-def index_new(db: Database, batch: int = CATCH_UP_BATCH) -> int:
+def index_new(db: Database, batch: int | None = None, stop: Callable[[], bool] | None = None) -> int:
     """Index the papers stored since the last call, `batch` at a time; how many were indexed.
 
     Papers are read and tokenized without a lock; the write lock is taken only to add
     them, and the mark is checked inside it, so two callers never index a row twice.
+    `stop`, when it says so before a batch, ends the catch-up there (the rest is indexed
+    by the next call; readers read it unnarrowed meanwhile).
     """
+    batch = batch or CATCH_UP_BATCH
     done = 0
     while True:
+        if stop is not None and stop():
+            return done
         mark = db.execute("SELECT indexed FROM paper_words_state").fetchone()[0]
         rows = db.execute(
             "SELECT rowid, title, summary, authors, categories FROM papers WHERE rowid > ? ORDER BY rowid LIMIT ?",

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from datetime import date, datetime
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlite_utils import Database
 
@@ -142,9 +142,9 @@ class PapersMixin:
             [iso(since), limit],
         )
 
-    def index_paper_words(self) -> int:
+    def index_paper_words(self, stop: Callable[[], bool] | None = None) -> int:
         with self._reader() as db:
-            return paper_words.index_new(db)
+            return paper_words.index_new(db, stop=stop)
 
     def preview_candidates(self, query: str, since: datetime, limit: int | None = None) -> PreviewCandidates:
         narrowing = paper_words.narrowing(parse_query(query))

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 from bot.models import ChannelRef
@@ -130,6 +131,25 @@ async def test_papers_stored_but_not_matched_when_matching_fails_are_matched_by_
     assert not store.unmatched_papers(100)
 
 
+async def test_papers_left_unmatched_are_not_posted_once_older_than_max_age_days(store, clock):
+    # [delivery] max_age_days: papers listed longer ago are stored, not posted. A poll
+    # interrupted before matching, then a bot off for longer than that: the next poll
+    # settles what was left without posting it.
+    subscribe(store, clock)
+    papers = listing(20)
+    poller = small_batches(Poller(store, clock, max_age_days=7))
+    poller.between_batches = lambda: (_ for _ in ()).throw(RuntimeError("killed between batches"))
+    assert not (await poller.poll(FakeSource(papers=papers))).ok
+    left = store.unmatched_papers(100)
+    assert left
+    clock.advance(days=8)
+    poller.between_batches = None
+    report = await poller.poll(FakeSource(papers=[]))
+    assert report.ok and report.queued == 0
+    assert not store.unmatched_papers(100)
+    assert not {paper_id for paper_id, _ in queued(store)} & {u.paper.id for u in left}
+
+
 KILLED = textwrap.dedent("""
     import asyncio, os, sys
     from datetime import datetime, timezone
@@ -182,3 +202,46 @@ async def test_closing_the_poller_stops_a_poll_between_batches_and_the_next_one_
     assert len(partly) < len(expected(papers))
     report = await Poller(store, clock).poll(FakeSource(papers=papers))
     assert report.ok and set(queued(store)) == expected(papers) and len(queued(store)) == len(expected(papers))
+
+
+async def test_a_poll_on_an_in_memory_store_stores_and_queues_in_that_store(clock):
+    # An in-memory database is private to its connection: a worker's Store of its own
+    # would be another, empty database, and the poll's papers would be lost there.
+    store = Store(":memory:")
+    try:
+        store.add_subscription(ML, "diffusion", "u1", clock())
+        poller = Poller(store, clock)
+        report = await poller.poll(FakeSource(papers=[paper("2410.00001", "Latent Diffusion")]))
+        assert (report.ok, report.new, report.queued) == (True, 1, 1)
+        assert store.get_paper("2410.00001") is not None
+        assert queued(store) == [("2410.00001", ML.key)]
+        poller.close()
+    finally:
+        store.close()
+
+
+async def test_a_poller_closed_while_indexing_a_backlog_for_preview_stops_and_leaves_the_rest(
+        store, clock, monkeypatch):
+    # After an upgrade the first poll with new papers indexes every stored paper for preview
+    # (minutes at a million): closing the bot must not wait for all of it.
+    from storage import paper_words
+
+    store.add_papers([paper(f"2410.{i:05d}", f"Old paper {i} on diffusion") for i in range(40)], clock())
+    monkeypatch.setattr(paper_words, "CATCH_UP_BATCH", 5)
+    poller = Poller(store, clock)
+    tokenized = paper_words.stems
+
+    def stems_then_close(text: str) -> str:  # the bot starts closing while the first batch is tokenized
+        poller._stopping.set()
+        return tokenized(text)
+
+    monkeypatch.setattr(paper_words, "stems", stems_then_close)
+    report = await poller.poll(FakeSource(papers=[paper("2411.00001", "New diffusion paper")]))
+    assert report.ok and report.new == 1
+    indexed = store.db.execute("SELECT indexed FROM paper_words_state").fetchone()[0]
+    assert indexed == 5  # the batch under way, and no more
+    poller.close()
+    # What is left is found all the same, and indexed by the next catch-up.
+    since = clock() - timedelta(days=1)
+    assert store.preview_candidates("diffusion", since).count == 41
+    assert store.db.execute("SELECT indexed FROM paper_words_state").fetchone()[0] == 41

@@ -226,6 +226,21 @@ def test_papers_listed_as_hf_by_older_versions_are_renamed_huggingface(tmp_path)
     store.close()
 
 
+def test_a_database_of_a_development_build_with_unmatched_papers_under_another_name_opens(tmp_path):
+    # The poll's batches were developed with this step named m013_unmatched_papers: a
+    # database made by that build has the table, and the step recorded under the old name.
+    path = tmp_path / "dev.db"
+    old = Store(path)
+    old.db.execute("UPDATE _sqlite_migrations SET name = 'm013_unmatched_papers' WHERE name = 'm014_unmatched_papers'")
+    old.add_papers([paper("2410.00001", "Diffusion")], T0)
+    old.db.execute("INSERT INTO unmatched_papers (paper_id, since) VALUES ('2410.00001', ?)", [T0.isoformat()])
+    old.db.conn.commit()
+    old.close()
+    store = Store(path)  # migrates
+    assert [u.paper.id for u in store.unmatched_papers(10)] == ["2410.00001"]  # kept for the next poll
+    store.close()
+
+
 def test_subscriptions_to_source_hf_by_older_versions_say_huggingface(tmp_path):
     # Queries are stored normalized, and `source:hf` now normalizes to `source:huggingface`:
     # a query stored before the rename must read the same, or subscribing to it again makes
