@@ -91,6 +91,7 @@ class Poller:
         self.matcher = IndexedMatcher()
         self._version = 0  # the newest subscription version the engine has seen
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
+        self._match_failed: set[str] = set()  # papers the matcher raised on once (retried once, then settled)
         # Sources whose last poll failed on the bot's own side (its database full or read-only,
         # a bug), even when that could not be written down: /healthz answers 503 while any is here.
         self.faults: dict[str, str] = {}
@@ -280,7 +281,18 @@ class Poller:
                 # Left by a poll interrupted longer ago than max_age_days (the bot was off):
                 # stored, not posted, as a paper listed that long ago would be.
                 stale = now - unmatched.since > self.max_age
-                matches = self.matcher.match(paper) if not paper.is_update and not stale else []
+                try:
+                    matches = self.matcher.match(paper) if not paper.is_update and not stale else []
+                except Exception:
+                    # The first time, the poll fails and the next one tries again (from any
+                    # source: leftovers go first). A paper the matcher raises on again is a
+                    # bug, not bad luck: it is stored, not posted, so that it never holds up
+                    # every later poll of every source.
+                    if paper.id not in self._match_failed:
+                        self._match_failed.add(paper.id)
+                        raise
+                    log.exception("%s: matching failed again; the paper is stored and will not be posted", paper.id)
+                    matches = []
                 done.append(paper.id)
                 if matches:
                     items.append(PaperMatches(paper.id, tuple(matches)))

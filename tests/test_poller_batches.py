@@ -245,3 +245,29 @@ async def test_a_poller_closed_while_indexing_a_backlog_for_preview_stops_and_le
     since = clock() - timedelta(days=1)
     assert store.preview_candidates("diffusion", since).count == 41
     assert store.db.execute("SELECT indexed FROM paper_words_state").fetchone()[0] == 41
+
+
+async def test_a_paper_the_matcher_always_fails_on_holds_up_one_poll_not_every_source(store, clock, caplog):
+    subscribe(store, clock)
+    poller = small_batches(Poller(store, clock))
+    poller.sync_subscriptions()
+    real_match = poller.matcher.match
+
+    def broken_on_one(p):
+        if p.id == "2411.00004":
+            raise RuntimeError("matcher bug")
+        return real_match(p)
+
+    poller.matcher.match = broken_on_one  # type: ignore[method-assign]
+    first = listing(10)
+    assert not (await poller.poll(FakeSource("huggingface", papers=first))).ok  # first failure: retried
+    other = [paper(f"2411.9{i:04d}", "Paper on diffusion") for i in range(5)]
+    report = await poller.poll(FakeSource("arxiv", papers=other))  # the leftover fails again: settled
+    assert report.ok
+    assert "2411.00004: matching failed again" in caplog.text
+    assert not store.unmatched_papers(100)
+    assert (await poller.poll(FakeSource("huggingface", papers=first))).ok  # the rest of its listing
+    got = set(queued(store))
+    assert got == expected(first + other) - {("2411.00004", ML.key), ("2411.00004", CV.key)}
+    assert len(queued(store)) == len(got)  # nothing twice
+    assert store.get_paper("2411.00004") is not None  # stored, not posted
