@@ -257,3 +257,11 @@ def m015_paper_words(db: Database) -> None:
     for statement in SCHEMA:  # IF NOT EXISTS: development builds recorded this step under another name
         db.execute(statement)
     db.execute("CREATE INDEX IF NOT EXISTS papers_listed_first_seen ON papers(first_seen) WHERE listed = 1")
+
+
+@migrations()
+def m016_unmatched_paper_source(db: Database) -> None:
+    # The source whose listing brought a paper to be matched: a paper already stored from
+    # another source matches `source:` as that listing showed it, as before the batches.
+    if "source" not in db["unmatched_papers"].columns_dict:
+        db.execute("ALTER TABLE unmatched_papers ADD COLUMN source TEXT")

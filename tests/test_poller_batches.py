@@ -271,3 +271,19 @@ async def test_a_paper_the_matcher_always_fails_on_holds_up_one_poll_not_every_s
     assert got == expected(first + other) - {("2411.00004", ML.key), ("2411.00004", CV.key)}
     assert len(queued(store)) == len(got)  # nothing twice
     assert store.get_paper("2411.00004") is not None  # stored, not posted
+
+
+async def test_a_paper_is_matched_as_the_listing_that_brought_it_shows_it(store, clock):
+    # Stored from arXiv first; then Hugging Face lists it and its upvotes cross the threshold.
+    # Its row says sources "arxiv,huggingface"; the match must see the Hugging Face listing.
+    store.add_subscription(ML, "source:huggingface upvotes>=20", "u1", clock())
+    poller = Poller(store, clock)
+    clock.advance(minutes=1)
+    arxiv = FakeSource("arxiv", [paper("2411.00001", "Diffusion", source="arxiv", listed_on=clock().date())])
+    assert (await poller.poll(arxiv)).queued == 0
+    hf = FakeSource("huggingface", [paper("2411.00001", "Diffusion", source="huggingface", upvotes=3,
+                                          listed_on=clock().date())])
+    assert (await poller.poll(hf)).queued == 0
+    hf.papers = [paper("2411.00001", "Diffusion", source="huggingface", upvotes=25, listed_on=clock().date())]
+    assert (await poller.poll(hf)).queued == 1
+    assert queued(store) == [("2411.00001", ML.key)]
