@@ -6,10 +6,12 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .http import LocalServer
 
 
-class FakeDiscord:
+class FakeDiscord(LocalServer):
     """A fake Discord REST API (v10) on 127.0.0.1: login and channel messages.
 
     `script(channel_id, (status, body, headers), ...)` queues answers for posts to a
@@ -103,22 +105,11 @@ class FakeDiscord:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.serve(Handler)
 
     def script(self, channel: str, *answers: tuple[int, dict, dict]) -> None:
         self.scripts[channel] = list(answers)
 
     @property
     def api_base(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/api/v10"
-
-    def __enter__(self) -> FakeDiscord:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.url}/api/v10"

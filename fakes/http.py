@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 
 @dataclass
@@ -18,7 +19,32 @@ class Canned:
     headers: dict = field(default_factory=dict)
 
 
-class FakeHTTPServer:
+class LocalServer:
+    """An HTTP server on 127.0.0.1:<random port>, in a thread of its own: `with server: ...`."""
+
+    httpd: ThreadingHTTPServer
+    thread: threading.Thread
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FakeHTTPServer(LocalServer):
     """A scriptable HTTP server on 127.0.0.1:<random port>.
 
     `server.route("/api/daily_papers", Canned(...), Canned(...))` answers the first request
@@ -57,14 +83,7 @@ class FakeHTTPServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        self.serve(Handler)
 
     def route(self, path: str, *responses: Canned) -> None:
         self.routes[path] = list(responses)
@@ -75,14 +94,6 @@ class FakeHTTPServer:
 
     def paths(self) -> list[str]:
         return [r[0] for r in self.requests]
-
-    def __enter__(self) -> FakeHTTPServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def json_body(data) -> bytes:

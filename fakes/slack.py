@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .http import LocalServer
 
 
-class FakeSlack:
+class FakeSlack(LocalServer):
     """A fake Slack Web API (and response_url endpoint) on 127.0.0.1.
 
     `POST /api/<method>` answers `{"ok": true, ...}`; `script(method, (status, body, headers), ...)`
@@ -58,9 +60,7 @@ class FakeSlack:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.serve(Handler)
 
     def _answer(self, method: str, body: dict) -> tuple[int, dict, dict]:
         queue = self.scripts.get(method)
@@ -97,19 +97,5 @@ class FakeSlack:
 
     @property
     def api_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/api/"
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> FakeSlack:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.url}/api/"
 
