@@ -449,7 +449,11 @@ class LivePreviews:
             await asyncio.wait(list(self.tasks.values()))
 
     def forget(self, view_id: str) -> None:
+        """The view was submitted: no preview of it is owed any more."""
         self.hashes.pop(view_id, None)
+        for user, edit in list(self.pending.items()):
+            if edit.view_id == view_id:
+                del self.pending[user]
 
     async def _run(self, user: str) -> None:
         try:
