@@ -151,6 +151,29 @@ def test_the_modal_is_valid_block_kit_with_a_dispatching_input_and_escaped_previ
     assert "unclosed quote at column 1" in error["blocks"][1]["text"]["text"]
 
 
+def test_the_preview_fits_slack_limits_at_the_worst_and_cuts_only_whole_lines():
+    from bot.cards import card_for
+
+    worst = tuple(card_for(paper(f"2411.0000{n}", "&<>" * 100, upvotes=10**6)) for n in range(5))
+    form = handlers.subscribe_form(C123, "&" * 500, QueryPreview("&" * 500, normalized="&" * 500,
+                                                                 estimate="&" * 600, examples=worst))
+    view = subscribe_modal(form, '{"channel": "C123"}')
+    view.validate_json()
+    text = view.to_dict()["blocks"][1]["text"]["text"]
+    assert len(text) <= 3000
+    for line in text.split("\n")[2:]:
+        assert line.startswith("• <https://arxiv.org/abs/") and line.endswith("· ▲ 1000000")
+
+
+def test_a_card_title_made_of_entities_is_cut_not_a_crash():
+    from bot.adapters.slack_render import card_blocks
+    from bot.cards import card_for
+
+    blocks = [b.to_dict() for b in card_blocks(card_for(paper("2411.00001", "&" * 300)))]
+    header = blocks[0]["text"]["text"]
+    assert len(header) <= 150 and header.startswith("&amp;" * 20)  # before: IndexError in shorten
+
+
 @pytest.mark.parametrize("metadata", ['{"channel": "C123"}'])
 def test_private_metadata_names_a_channel_or_nothing(metadata):
     assert modal_channel(metadata) == C123
@@ -301,6 +324,7 @@ async def test_a_form_whose_channel_is_not_ours_subscribes_nothing(bot, slack, s
     answer = json.loads((await bot.send(submission(view, "diffusion", private_metadata=metadata)))[1])
     assert answer["response_action"] == "errors" and "lost its channel" in answer["errors"][BLOCK_QUERY]
     await bot.send(edit({**view, "private_metadata": metadata}, "diffusion"))
+    await asyncio.sleep(0.2)
     await bot.idle()
     assert store.subscriptions() == [] and slack.called("views.update") == []
 
@@ -326,7 +350,7 @@ async def test_a_preview_reply_offers_subscribe_which_opens_the_modal_with_its_q
              "response_url": f"{slack.url}/respond/9", "trigger_id": "9.9.9",
              "actions": [{**button, "block_id": ACTION_OPEN_FORM, "action_ts": "1.2"}]}
     assert (await bot.send(click))[0] == 200
-    await wait_for(lambda: slack.called("views.open"))
+    await wait_for(lambda: slack.called("views.update"))  # the fake records views.open before the bot reads it
     await bot.idle()
     (opened,) = slack.called("views.open")
     assert opened["trigger_id"] == "9.9.9"

@@ -51,7 +51,9 @@ def _mrkdwn_cut(text: str, limit: int) -> str:
         return escaped
     cut = shorten(text, limit)
     while len(escape(cut)) > limit:
-        cut = shorten(cut, len(cut) - max(10, len(escape(cut)) - limit))
+        # An escaped character is at most 5 long (&amp;): dropping a fifth of the excess may not be
+        # enough (then again), but never leaves a text of many entities shorter than it must be.
+        cut = shorten(cut, max(1, len(cut) - max(10, -(-(len(escape(cut)) - limit) // 5))))
     return escape(cut)
 
 
@@ -181,8 +183,11 @@ def preview_blocks(form: SubscribeForm) -> list[Block]:
     lines = [f"*Understood as* {_code(preview.normalized, 1000)}", _mrkdwn_cut(preview.estimate, 600)]
     for card in preview.examples[:5]:
         votes = f" · ▲ {card.upvotes}" if card.upvotes is not None else ""
-        lines.append(f"• {_link(card.url, shorten(card.title, 150))}{votes}")
-    return [SectionBlock(block_id=BLOCK_PREVIEW, text=MarkdownTextObject(text="\n".join(lines)[:SECTION_MAX]))]
+        line = f"• {_link(card.url, shorten(card.title, 150))}{votes}"
+        if len("\n".join(lines + [line])) > SECTION_MAX:  # whole lines only: no entity or link is cut
+            break
+        lines.append(line)
+    return [SectionBlock(block_id=BLOCK_PREVIEW, text=MarkdownTextObject(text="\n".join(lines)))]
 
 
 def subscribe_modal(form: SubscribeForm, private_metadata: str, *, opening: bool = True) -> View:
