@@ -375,3 +375,49 @@ async def test_a_slow_subscribe_is_acknowledged_in_time_and_its_result_shown_aft
     assert update["view_id"] == view["id"]
     assert update["view"]["blocks"][0]["text"]["text"].startswith("Subscribed this channel to `diffusion` (#1).")
     assert [s.query for s in store.subscriptions(C123)] == ["diffusion"]
+
+
+# ---- the whole bot, over Socket Mode ----------------------------------------------------------
+
+async def test_over_socket_mode_the_running_bot_opens_previews_and_subscribes(tmp_path):
+    """The App as `papers-bot run` wires it: the slash command, an edit and the submission
+    arrive as Socket Mode envelopes, and the submission's answer travels in the envelope's ack."""
+    import io
+    import uuid
+
+    from bot.app import App
+    from fakes.socket_mode import FakeSlackSocketMode, FakeSocketMode
+
+    from .test_frontends import slack_config, until
+
+    with FakeSocketMode() as socket_mode, FakeSlackSocketMode(socket_mode.url) as slack:
+        app = App(slack_config(tmp_path, slack), stdout=io.StringIO())
+        try:
+            await app.start_frontends()
+            await until(lambda: socket_mode.open_connections == 1)
+            socket_mode.slash_command("subscribe", response_url=f"{slack.url}/commands/reply1", user="U1")
+            await until(lambda: slack.views)
+            view = slack.views["V0001"]
+            assert json.loads(view["private_metadata"]) == {"channel": "C123"}
+
+            def interactive(payload: dict) -> str:
+                envelope = str(uuid.uuid4())
+                socket_mode.send({"envelope_id": envelope, "type": "interactive", "payload": payload,
+                                  "accepts_response_payload": True})
+                return envelope
+
+            interactive(edit(view, '"open', user="U1"))
+            await until(lambda: slack.called("views.update"))
+            assert "unclosed quote at column 1" in preview_text(slack.views["V0001"])
+            refused = interactive(submission(view, '"open', user="U1"))
+            await until(lambda: refused in socket_mode.acks)
+            assert socket_mode.acks[refused]["payload"]["response_action"] == "errors"
+            accepted = interactive(submission(view, "diffusion", user="U1"))
+            await until(lambda: accepted in socket_mode.acks)
+            answer = socket_mode.acks[accepted]["payload"]
+            assert answer["response_action"] == "update"
+            assert answer["view"]["blocks"][0]["text"]["text"].startswith("Subscribed this channel to `diffusion`")
+            assert [(s.channel.key, s.query) for s in app.store.subscriptions()] == [("slack:C123", "diffusion")]
+        finally:
+            await app.stop_frontends()
+            await app.aclose()
