@@ -148,3 +148,20 @@ async def test_the_channel_limit_is_said_on_confirm(bot, fake, store, clock, mak
     assert await until(lambda: followups(fake, token))
     assert "the limit" in followups(fake, token)[0]["body"]["content"]
     assert len(store.subscriptions(CH)) == limit
+
+
+def test_the_preview_embed_escapes_the_query_and_stays_within_discord_limits():
+    import handlers
+    from bot.adapters.discord_render import preview_embed
+    from bot.cards import card_for
+    from bot.models import QueryPreview
+
+    hostile = '@everyone **"' + "x" * 600
+    refused = QueryPreview(hostile, error="unclosed quote at column 12")
+    embed = preview_embed(handlers.subscribe_form(CH, hostile, refused))
+    assert "@\u200beveryone \\*\\*" in embed.description and "unclosed quote at column 12" in embed.description
+    worst = tuple(card_for(paper(f"2411.0000{n}", "*_`|" * 100, upvotes=1)) for n in range(5))
+    embed = preview_embed(handlers.subscribe_form(CH, "q", QueryPreview("q", normalized="*" * 500, estimate="_" * 600,
+                                                                        examples=worst)))
+    assert len(embed.description) <= 4096 and len(embed) <= 6000
+    assert embed.description.count("](https://arxiv.org/abs/") == 5

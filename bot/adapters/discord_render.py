@@ -100,11 +100,11 @@ def preview_embed(form: SubscribeForm) -> discord.Embed:
     change while open): why the query cannot be used, or the query as understood, the
     estimate and the newest matching papers."""
     preview = form.preview
-    if preview is None or preview.error is not None:
-        reason = preview.error if preview is not None else form.waiting
-        typed = preview.query if preview is not None else ""
+    if preview is None:
+        return discord.Embed(title=safe(form.title, TITLE_MAX), description=safe(form.waiting, 1500), colour=0x5865F2)
+    if preview.error is not None:
         return discord.Embed(title=safe(form.title, TITLE_MAX), colour=0xD93F0B,
-                             description=safe(f"Cannot use “{shorten(typed, 600)}”: {reason}", 1500))
+                             description=safe(f"Cannot use “{shorten(preview.query, 600)}”: {preview.error}", 1500))
     lines = [f"**Understood as:** {safe(preview.normalized, 1000)}", safe(preview.estimate, 600)]
     for card in preview.examples[:5]:
         votes = f" · ▲ {card.upvotes}" if card.upvotes is not None else ""
