@@ -356,6 +356,9 @@ class CommandRequest:
     args: Mapping[str, ArgValue] = field(default_factory=dict)
     can_manage: bool = True  # set by the adapter from platform permissions
     text: str = ""  # the line as typed, from text front-ends: for the length limit and logs only
+    # A subscribe form's preview as its query is typed (Slack's modal): not counted against
+    # commands_per_minute (the adapter runs at most one at a time per user); `preview` only.
+    live_preview: bool = False
 
 
 @dataclass(frozen=True)
@@ -365,3 +368,36 @@ class Reply:
     ephemeral: bool = True
     ok: bool = True
     queued: int = 0  # deliveries the command put in the outbox (e.g. --backfill): send them now
+    form: SubscribeForm | None = None  # a subscribe form to show where the platform has forms (see SubscribeForm)
+
+
+@dataclass(frozen=True)
+class QueryPreview:
+    """What a query typed into the subscribe form would have matched: its parse error, or
+    the query as understood, the estimate sentence and the newest matches. Texts are plain
+    (the renderers escape them); `query` is as typed, bounded."""
+
+    query: str
+    normalized: str = ""  # "" when it does not parse
+    error: str | None = None  # why it does not parse, e.g. "unclosed quote at column 11"
+    estimate: str = ""  # "In the last 30 days it would have matched 12 of 2,000 stored papers."
+    examples: tuple[Card, ...] = ()  # the newest matching papers
+
+
+@dataclass(frozen=True)
+class SubscribeForm:
+    """The subscribe form (Slack modal, Discord modal): its words come from handlers, the
+    platforms render it. A reply carries one when `subscribe` was given no query (open
+    it: `ok` is False, `text` says what was missing for platforms without forms) and from
+    `preview` (its `preview` filled in, to update or confirm the form)."""
+
+    channel: ChannelRef  # where submitting subscribes
+    title: str  # at most 24 characters (Slack's limit for a modal title)
+    label: str  # the query field's label
+    placeholder: str
+    hint: str  # a short reminder of the query syntax
+    submit: str  # the submit button
+    max_length: int  # of the query
+    waiting: str  # what the preview says before a query is typed
+    query: str = ""  # the query typed so far
+    preview: QueryPreview | None = None

@@ -190,7 +190,9 @@ async def _handle(ctx: Context, request: CommandRequest) -> Reply:
         return error(f"That command is {size} characters long; the limit is {MAX_COMMAND_CHARS}.")
     limiter = ctx.limiter
     assert limiter is not None  # set by Context.__post_init__
-    wait = limiter.wait_seconds(request.user_id)
+    # A form's live preview is not a command typed: the adapter sends at most one at a time per user.
+    live = request.live_preview and request.verb == "preview"
+    wait = 0 if live else limiter.wait_seconds(request.user_id)
     if wait:
         return error(
             f"You are sending commands too fast: the limit is {limiter.limit} a minute. "

@@ -7,10 +7,11 @@ import logging
 from dataclasses import replace
 from datetime import timedelta
 
+from bot.cards import card_for
 from bot.errors import QueryError
 from bot.matching import PaperView, evaluate
-from bot.models import CommandRequest, Match, Paper, Reply
-from bot.query import parse_query, render
+from bot.models import ChannelRef, CommandRequest, Match, Paper, QueryPreview, Reply, SubscribeForm
+from bot.query import MAX_QUERY_CHARS, parse_query, render
 from bot.text import plural
 
 from .base import Args, Context, Param, command, error, shown
@@ -73,13 +74,29 @@ def _has_text_terms(node: tuple) -> bool:
 
 
 def _estimate(matched: list[tuple[Paper, list[str]]], count: int, scanned: int) -> str:
+    text = _estimate_sentence(count, scanned)
+    if not matched or scanned == 0:
+        return text
+    examples = "\n".join(f"• {p.title[:150]} (arXiv:{p.id})" for p, _ in matched[:EXAMPLES])
+    return f"{text[:-1]}, for example:\n{examples}"
+
+
+def _estimate_sentence(count: int, scanned: int) -> str:
     if scanned == 0:
         return f"No papers were stored in the last {ESTIMATE_DAYS} days to estimate from yet."
-    text = f"In the last {ESTIMATE_DAYS} days it would have matched {count:,} of {plural(scanned, 'stored paper')}"
-    if not matched:
-        return text + "."
-    examples = "\n".join(f"• {p.title[:150]} (arXiv:{p.id})" for p, _ in matched[:EXAMPLES])
-    return f"{text}, for example:\n{examples}"
+    return f"In the last {ESTIMATE_DAYS} days it would have matched {count:,} of {plural(scanned, 'stored paper')}."
+
+
+def subscribe_form(channel: ChannelRef, query: str = "", preview: QueryPreview | None = None) -> SubscribeForm:
+    """The subscribe form's words (platforms render them: a Slack or Discord modal)."""
+    return SubscribeForm(
+        channel=channel, title="Subscribe to papers", label="Query",
+        placeholder='e.g. "diffusion model" -video upvotes>=10',
+        hint='Words match title or abstract. "a phrase", prefix*, a OR b, -exclude, ( ), title:, author:"...", '
+             "cat:cs.CL, org:, upvotes>=N, source:arxiv. New matching papers are posted in this channel.",
+        submit="Subscribe", max_length=MAX_QUERY_CHARS,
+        waiting=f"Type a query: what it would have matched in the last {ESTIMATE_DAYS} days shows here.",
+        query=query[:MAX_QUERY_CHARS], preview=preview)
 
 
 _MUTE_MISSING = "Give a subscription number from `/papers list` and a term."
@@ -93,7 +110,8 @@ def _parse(text: str, name: str) -> tuple | Reply:
 
 
 @command("subscribe", "subscribe <query> [--backfill N]",
-         Param("query", 'e.g. diffusion, "large language model" -video, author:"Yann LeCun"', "text", required=True),
+         Param("query", 'e.g. diffusion, "large language model" -video, author:"Yann LeCun"; none: a form',
+               "text"),
          Param("backfill", f"also post this many recent matches now (1-{MAX_BACKFILL})", "int", option=True,
                minimum=1, maximum=MAX_BACKFILL),
          manage=True)
@@ -108,10 +126,14 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     Only papers that arrive after you subscribe are posted; `--backfill N` also posts
     the N most recent stored matches now (at most 20).
     Example: `/papers subscribe "diffusion model" -video upvotes>=10`.
+    Without a query, Slack and Discord open a form whose preview shows what the query
+    would have matched before you subscribe.
     """
     backfill = args.number("backfill") or 0
     node = _parse(args.text("query"), "subscribe")
     if isinstance(node, Reply):
+        if not args.text("query"):  # nothing typed: where the platform has forms, the form asks for it
+            return replace(node, form=subscribe_form(req.channel))
         return node
     query = render(node)
     limit = ctx.config.max_subscriptions_per_channel
@@ -143,11 +165,18 @@ async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
 
     Example: `/papers preview "world model" robot*`.
     """
-    node = _parse(args.text("query"), "preview")
-    if isinstance(node, Reply):
-        return node
+    typed = args.text("query")
+    node = _parse(typed, "preview")
+    if isinstance(node, Reply):  # the form shows the reason without the usage line
+        reason = node.text.split("\n", 1)[0].removeprefix("Cannot preview: ").rstrip(".")
+        return replace(node, form=subscribe_form(req.channel, typed, QueryPreview(typed[:MAX_QUERY_CHARS],
+                                                                                  error=reason)))
     matched, count, scanned = await _history(ctx, node, EXAMPLES)
-    return Reply(f"`{render(node)}`: {_estimate(matched, count, scanned)}")
+    preview = QueryPreview(typed[:MAX_QUERY_CHARS], normalized=render(node),
+                           estimate=_estimate_sentence(count, scanned),
+                           examples=tuple(card_for(paper) for paper, _ in matched[:EXAMPLES]))
+    text = f"`{render(node)}`: {_estimate(matched, count, scanned)}"
+    return Reply(text, form=subscribe_form(req.channel, typed, preview))
 
 
 @command("unsubscribe", "unsubscribe <id or all>",

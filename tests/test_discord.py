@@ -193,7 +193,7 @@ def test_one_subcommand_per_shared_command_with_docstring_descriptions(group):
     for command in group.commands:
         assert command.description == handlers.COMMANDS[command.name].summary[:100]
     params = {p.name: p for p in sub_command(group, "subscribe").parameters}
-    assert params["query"].required and not params["backfill"].required
+    assert not params["query"].required and not params["backfill"].required  # no query: the subscribe form
     assert params["backfill"].min_value == 1 and params["backfill"].max_value == 20
     trending = {p.name: p for p in sub_command(group, "trending").parameters}["period"]
     assert [c.value for c in trending.choices] == ["today", "week", "month"]

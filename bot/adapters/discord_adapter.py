@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import logging
 import random
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
@@ -34,9 +35,9 @@ from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 import handlers
 from handlers import Command, Param
 
-from ..models import ArgValue, Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
+from ..models import ArgValue, Card, ChannelRef, CommandRequest, Digest, PostResult, Reply, SubscribeForm
 from . import TOKEN_REFUSED_WAIT, CommandHandler, Completer, Running
-from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds, safe
+from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, preview_embed, reply_embeds, safe
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -230,13 +231,13 @@ def build_command_group(on_command: CommandHandler, on_complete: Completer) -> a
     group = app_commands.Group(name="papers", description="New machine-learning papers in this channel")
 
     async def run(interaction: discord.Interaction, verb: str, options: dict[str, Any]) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        permissions = interaction.permissions
         args: dict[str, ArgValue] = {name: value for name, value in options.items() if value is not None}
-        request = CommandRequest(
-            ChannelRef("discord", str(interaction.channel_id)), str(interaction.user.id), verb, args,
-            can_manage=bool(permissions and (permissions.manage_channels or permissions.administrator)),
-        )
+        request = CommandRequest(ChannelRef("discord", str(interaction.channel_id)), str(interaction.user.id), verb,
+                                 args, can_manage=_can_manage(interaction))
+        if verb == "subscribe" and not args:  # no query: the subscribe form (a modal must be the first answer)
+            await open_subscribe_form(interaction, request, on_command)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
         reply = await on_command(request)
         await interaction.followup.send(content=reply.text[:CONTENT_MAX], embeds=reply_embeds(reply.cards),
                                         ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
@@ -244,6 +245,99 @@ def build_command_group(on_command: CommandHandler, on_complete: Completer) -> a
     for cmd in handlers.COMMANDS.values():
         group.add_command(_subcommand(cmd, run, on_complete))
     return group
+
+
+def _can_manage(interaction: discord.Interaction) -> bool:
+    permissions = interaction.permissions
+    return bool(permissions and (permissions.manage_channels or permissions.administrator))
+
+
+# ---- the subscribe form: a modal, then its preview with Confirm / Edit / Cancel ----------------
+
+FORM_TIMEOUT = 900.0  # seconds the modal and the preview's buttons keep working (15 minutes)
+_NO_MENTIONS = discord.AllowedMentions.none()
+
+
+async def open_subscribe_form(interaction: discord.Interaction, request: CommandRequest,
+                              on_command: CommandHandler) -> None:
+    """`/papers subscribe` without a query: the handlers check the right to manage the channel
+    and the rate limit, and give the form; it opens as a modal (the interaction's first and
+    only answer, within Discord's 3 seconds: no preview work happens before it)."""
+    reply = await on_command(request)
+    if reply.form is None:
+        await interaction.response.send_message(reply.text[:CONTENT_MAX], ephemeral=True, allowed_mentions=_NO_MENTIONS)
+        return
+    await interaction.response.send_modal(SubscribeModal(reply.form, on_command))
+
+
+class SubscribeModal(discord.ui.Modal):
+    """The query, in a modal. Discord modals cannot change while open, so submitting shows the
+    preview (ephemeral) with Confirm, Edit and Cancel; Confirm subscribes the channel the form
+    was opened from (kept here, never taken from the submission)."""
+
+    def __init__(self, form: SubscribeForm, on_command: CommandHandler):
+        super().__init__(title=form.title[:45], timeout=FORM_TIMEOUT)
+        self.form = form
+        self.on_command = on_command
+        self.query: discord.ui.TextInput = discord.ui.TextInput(
+            label=form.label[:45], placeholder=form.placeholder[:100], default=form.query[:form.max_length] or None,
+            max_length=form.max_length, required=True)
+        self.add_item(self.query)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        query = (self.query.value or "").strip()
+        reply = await self.on_command(CommandRequest(self.form.channel, str(interaction.user.id), "preview",
+                                                     {"query": query}, can_manage=_can_manage(interaction)))
+        if reply.form is None or reply.form.preview is None:  # refused (the rate limit, a busy database)
+            await interaction.followup.send(content=reply.text[:CONTENT_MAX], ephemeral=True,
+                                            allowed_mentions=_NO_MENTIONS)
+            return
+        form = reply.form
+        await interaction.followup.send(embed=preview_embed(form), view=ConfirmSubscribe(form, self.on_command,
+                                                                                          str(interaction.user.id)),
+                                        ephemeral=True, allowed_mentions=_NO_MENTIONS)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]  # discord.py: Modal.on_error has no item
+        log.exception("Discord: the subscribe form failed", exc_info=error)
+
+
+class ConfirmSubscribe(discord.ui.View):
+    """The preview's buttons: Confirm subscribes exactly as `/papers subscribe <query>` does
+    (rights checked again), Edit reopens the modal with the query, Cancel ends it."""
+
+    def __init__(self, form: SubscribeForm, on_command: CommandHandler, user_id: str):
+        super().__init__(timeout=FORM_TIMEOUT)
+        self.form = form
+        self.on_command = on_command
+        self.user_id = user_id
+        preview = form.preview
+        self.confirm.disabled = preview is None or preview.error is not None
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return str(interaction.user.id) == self.user_id  # the preview is ephemeral: only its owner sees it
+
+    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.defer()  # subscribing includes the estimate: it may take a few seconds
+        self.stop()
+        reply = await self.on_command(CommandRequest(self.form.channel, str(interaction.user.id), "subscribe",
+                                                     {"query": self.form.query}, can_manage=_can_manage(interaction)))
+        await interaction.edit_original_response(content=reply.text[:CONTENT_MAX], embed=None, view=None,
+                                                 allowed_mentions=_NO_MENTIONS)
+
+    @discord.ui.button(label="Edit", style=discord.ButtonStyle.secondary)
+    async def edit(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.send_modal(SubscribeModal(replace(self.form, preview=None), self.on_command))
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="Cancelled: nothing was subscribed.", embed=None, view=None)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception,
+                       item: discord.ui.Item) -> None:
+        log.exception("Discord: the subscribe form's button failed", exc_info=error)
 
 
 def _subcommand(cmd: Command, run, on_complete: Completer) -> app_commands.Command:

@@ -10,7 +10,7 @@ import discord
 from discord.utils import escape_markdown, escape_mentions
 
 from ..cards import shorten
-from ..models import Card, Digest
+from ..models import Card, Digest, SubscribeForm
 
 TITLE_MAX = 256
 DESCRIPTION_MAX = 4096
@@ -93,3 +93,21 @@ def reply_embeds(cards: tuple[Card, ...]) -> list[discord.Embed]:
         embeds.append(embed)
         total += embed_size(embed)
     return embeds
+
+
+def preview_embed(form: SubscribeForm) -> discord.Embed:
+    """The subscribe form's preview, shown after the modal is submitted (Discord modals cannot
+    change while open): why the query cannot be used, or the query as understood, the
+    estimate and the newest matching papers."""
+    preview = form.preview
+    if preview is None:
+        return discord.Embed(title=safe(form.title, TITLE_MAX), description=safe(form.waiting, 1500), colour=0x5865F2)
+    if preview.error is not None:
+        return discord.Embed(title=safe(form.title, TITLE_MAX), colour=0xD93F0B,
+                             description=safe(f"Cannot use “{shorten(preview.query, 600)}”: {preview.error}", 1500))
+    lines = [f"**Understood as:** {safe(preview.normalized, 1000)}", safe(preview.estimate, 600)]
+    for card in preview.examples[:5]:
+        votes = f" · ▲ {card.upvotes}" if card.upvotes is not None else ""
+        lines.append(f"• [{safe(shorten(card.title, 110), 150)}]({card.url}){votes}")
+    return discord.Embed(title=safe(form.title, TITLE_MAX), description="\n".join(lines)[:DESCRIPTION_MAX],
+                         colour=0x5865F2)

@@ -14,15 +14,18 @@ from slack_sdk.models.blocks import (
     ContextBlock,
     DividerBlock,
     HeaderBlock,
+    InputBlock,
     MarkdownTextObject,
     Option,
     OverflowMenuElement,
+    PlainTextInputElement,
     PlainTextObject,
     SectionBlock,
 )
+from slack_sdk.models.views import View
 
 from ..cards import shorten
-from ..models import Card, Digest, Reply, SubscriptionRef
+from ..models import Card, Digest, Reply, SubscribeForm, SubscriptionRef
 from ..text import plural
 
 HEADER_MAX = 150  # header block plain_text
@@ -48,7 +51,9 @@ def _mrkdwn_cut(text: str, limit: int) -> str:
         return escaped
     cut = shorten(text, limit)
     while len(escape(cut)) > limit:
-        cut = shorten(cut, len(cut) - max(10, len(escape(cut)) - limit))
+        # An escaped character is at most 5 long (&amp;): dropping a fifth of the excess may not be
+        # enough (then again), but never leaves a text of many entities shorter than it must be.
+        cut = shorten(cut, max(1, len(cut) - max(10, -(-(len(escape(cut)) - limit) // 5))))
     return escape(cut)
 
 
@@ -132,9 +137,91 @@ def digest_text(digest: Digest) -> str:
 def reply_blocks(reply: Reply) -> list[Block]:
     """A command reply: its text (already ours, but quoting user input), then its cards."""
     blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(reply.text, SECTION_MAX)))]
+    if reply.form is not None and reply.ok:  # a preview: "Subscribe…" opens the form with its query
+        blocks.append(open_form_button(reply.form))
     for card in reply.cards:
         if len(blocks) + 6 > MAX_BLOCKS:
             break
         blocks.append(DividerBlock())
         blocks.extend(card_blocks(card))
     return blocks
+
+
+# ---- the subscribe modal (views.open / views.update) ----------------------------------------
+
+MODAL_SUBSCRIBE = "papers_subscribe"  # the view's callback_id: its view_submission comes back with it
+BLOCK_QUERY = "papers_subscribe_query"  # the input block (errors are shown under it)
+ACTION_QUERY = "papers_subscribe_query_input"  # its element: block_actions as the query is edited
+BLOCK_PREVIEW = "papers_subscribe_preview"
+ACTION_OPEN_FORM = "papers_subscribe_open"  # a "Subscribe…" button that opens the modal
+MODAL_TITLE_MAX = 24  # title, submit and close texts
+PLACEHOLDER_MAX = 150
+HINT_MAX = 2000
+METADATA_MAX = 3000
+ERROR_MAX = 300  # an error shown under the input (response_action: errors)
+
+
+def _plain(text: str, limit: int) -> PlainTextObject:
+    return PlainTextObject(text=_mrkdwn_cut(text, limit) or "…", emoji=False)
+
+
+def _code(text: str, limit: int) -> str:
+    """Outside text as inline code: escaped, bounded, and unable to end the code span."""
+    return f"`{_mrkdwn_cut(' '.join(text.replace('`', chr(0x2019)).split()), limit)}`"
+
+
+def preview_blocks(form: SubscribeForm) -> list[Block]:
+    """What the query typed so far would have matched: the parse error, or the query as
+    understood, the estimate and the newest matching papers."""
+    preview = form.preview
+    if preview is None or not preview.query.strip():
+        waiting = MarkdownTextObject(text=_mrkdwn_cut(form.waiting, CONTEXT_MAX))
+        return [ContextBlock(block_id=BLOCK_PREVIEW, elements=[waiting])]
+    if preview.error is not None:
+        text = f":warning: {_code(preview.query, 600)}: {_mrkdwn_cut(preview.error, 1000)}"
+        return [SectionBlock(block_id=BLOCK_PREVIEW, text=MarkdownTextObject(text=text))]
+    lines = [f"*Understood as* {_code(preview.normalized, 1000)}", _mrkdwn_cut(preview.estimate, 600)]
+    for card in preview.examples[:5]:
+        votes = f" · ▲ {card.upvotes}" if card.upvotes is not None else ""
+        line = f"• {_link(card.url, shorten(card.title, 150))}{votes}"
+        if len("\n".join(lines + [line])) > SECTION_MAX:  # whole lines only: no entity or link is cut
+            break
+        lines.append(line)
+    return [SectionBlock(block_id=BLOCK_PREVIEW, text=MarkdownTextObject(text="\n".join(lines)))]
+
+
+def subscribe_modal(form: SubscribeForm, private_metadata: str, *, opening: bool = True) -> View:
+    """The modal: the query input (a block_actions payload on each edit and on Enter) and
+    its preview. `opening` False (views.update): the input carries no initial value, so what
+    the user is typing stays as it is (same block_id and action_id)."""
+    element = PlainTextInputElement(
+        action_id=ACTION_QUERY, placeholder=_plain(form.placeholder, PLACEHOLDER_MAX), max_length=form.max_length,
+        initial_value=(form.query[:form.max_length] or None) if opening else None, focus_on_load=opening,
+        dispatch_action_config={"trigger_actions_on": ["on_enter_pressed", "on_character_entered"]})
+    blocks: list[Block] = [
+        InputBlock(block_id=BLOCK_QUERY, label=_plain(form.label, 200), element=element, dispatch_action=True,
+                   hint=_plain(form.hint, HINT_MAX)),
+        *preview_blocks(form),
+    ]
+    return View(type="modal", callback_id=MODAL_SUBSCRIBE, title=_plain(form.title, MODAL_TITLE_MAX),
+                submit=_plain(form.submit, MODAL_TITLE_MAX), close=_plain("Cancel", MODAL_TITLE_MAX),
+                private_metadata=private_metadata[:METADATA_MAX], blocks=blocks)
+
+
+def result_modal(title: str, text: str) -> View:
+    """The modal after submitting: the same reply `/papers subscribe <query>` gives."""
+    return View(type="modal", callback_id=MODAL_SUBSCRIBE, title=_plain(title, MODAL_TITLE_MAX),
+                close=_plain("Done", MODAL_TITLE_MAX),
+                blocks=[SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(text, SECTION_MAX)))])
+
+
+def form_error(text: str) -> str:
+    """A reply's reason as an error under the input: its first line (no usage), bounded."""
+    return shorten(text.split("\n", 1)[0], ERROR_MAX)
+
+
+def open_form_button(form: SubscribeForm) -> ActionsBlock:
+    """"Subscribe…" under a preview: opens the modal with the query filled in (the value)."""
+    return ActionsBlock(block_id=ACTION_OPEN_FORM, elements=[
+        ButtonElement(text=PlainTextObject(text=_mrkdwn_cut(form.submit, 70) + "…"), action_id=ACTION_OPEN_FORM,
+                      value=form.query[:form.max_length])])
