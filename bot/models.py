@@ -262,7 +262,8 @@ class DueChannel:
 
 @dataclass(frozen=True)
 class BurstPlan:
-    """What of a channel's burst is due now, oldest first: its cards, and its digest's papers."""
+    """What of a channel's burst is due now, best first (most upvoted, strongest match,
+    newest): its cards, and its digest's papers."""
 
     cards: list[Delivery]
     digest: list[Delivery]
