@@ -182,6 +182,7 @@ def parse_item(item: object) -> Paper:
             project_page=_http_url(_text(paper, "projectPage")),
             ai_summary=clean_text(_text(paper, "ai_summary"), 2000) or None,
             organization=_organization(paper.get("organization") or item.get("organization")),
+            comments=check_count(item.get("numComments", paper.get("numComments")), "numComments"),
         )
         check_paper(result)
     except ValueError as exc:
