@@ -140,3 +140,15 @@ async def test_a_burst_digest_says_how_it_is_ordered(store, clock, platform):
 
 async def _no_sleep(seconds):
     pass
+
+
+async def test_a_thumbnail_slack_cannot_fetch_does_not_cost_the_card(store, clock):
+    queue(store, clock, SLACK)
+    with FakeSlack() as slack:
+        # What Slack answers when it cannot download an image block's image.
+        slack.script("chat.postMessage", (200, {"ok": False, "error": "invalid_blocks"}, {}))
+        adapter = SlackAdapter(make_web_client("xoxb-test-token", slack.api_url), sleep=_no_sleep)
+        assert (await Dispatcher(store, {"slack": adapter}, clock).dispatch()).sent == 1
+        first, second = slack.called("chat.postMessage")
+    assert "accessory" in first["blocks"][1] and "accessory" not in second["blocks"][1]
+    assert second["blocks"][1]["text"]["text"].startswith("*AI summary:*")
