@@ -278,11 +278,13 @@ def m017_ranked_bursts_and_comments(db: Database) -> None:
     # papers.comments: Hugging Face's comment count (numComments), shown on cards.
     if "card" not in db["deliveries"].columns_dict:
         db.execute("ALTER TABLE deliveries ADD COLUMN card INTEGER NOT NULL DEFAULT 0")
+        # Only channels with a digest outstanding, each first row found once (not a subquery a row).
         db.execute(
-            """UPDATE deliveries SET card = 1
-                WHERE in_digest = 0 AND status IN ('pending', 'sending') AND id < (
-                  SELECT min(d.id) FROM deliveries d WHERE d.channel = deliveries.channel
-                     AND d.in_digest = 1 AND d.status IN ('pending', 'sending'))"""
+            """UPDATE deliveries SET card = 1 WHERE id IN (
+                 SELECT d.id FROM (SELECT channel, min(id) AS first FROM deliveries
+                                    WHERE in_digest = 1 AND status IN ('pending', 'sending') GROUP BY channel) b
+                   JOIN deliveries d ON d.channel = b.channel
+                  WHERE d.status IN ('pending', 'sending') AND d.in_digest = 0 AND d.id < b.first)"""
         )
     if "strength" not in db["deliveries"].columns_dict:
         db.execute("ALTER TABLE deliveries ADD COLUMN strength INTEGER")
