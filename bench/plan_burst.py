@@ -97,7 +97,7 @@ def main() -> None:
         store = Store(work)
         steps = [0]
 
-        def tick() -> int:
+        def tick(steps: list[int] = steps) -> int:
             steps[0] += 1
             return 0
 

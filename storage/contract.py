@@ -96,8 +96,9 @@ class StoreContract(Protocol):
         """Store papers (one transaction); return those no listing had stored before, in input order.
 
         A paper already stored is not duplicated: the fields it lacked are filled in
-        (upvotes, thumbnail, github, project_page, ai_summary, organization; upvotes are
-        refreshed), its title and abstract stay, the source is added to its sources.
+        (upvotes, thumbnail, github, project_page, ai_summary, organization, comments;
+        upvotes and comments are refreshed; categories when it has none), its title and
+        abstract stay, the source is added to its sources.
         `listed=False` stores papers fetched for a lookup: they are not returned as new
         and not searchable as listed, and a later listing of them still returns them as
         new. `now` is their first_seen."""
@@ -105,7 +106,7 @@ class StoreContract(Protocol):
 
     def paper_snapshot(self, paper_ids: list[str]) -> list[PaperSnapshot]:
         """For the listed papers among `paper_ids` that are stored: their upvotes,
-        organization and first_seen, in no particular order. Any number of ids."""
+        organization, first_seen and categories, in no particular order. Any number of ids."""
         ...
 
     def mark_unmatched(self, papers: list[UnmatchedPaper]) -> None:

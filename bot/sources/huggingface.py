@@ -6,10 +6,12 @@ The listing is today's list; `?date=YYYY-MM-DD` gives a past day's (backfill), a
 Parsed from the raw JSON (not huggingface_hub, which loses the fields that live under
 `paper`): upvotes, githubRepo, projectPage and ai_summary are on `paper`; the list date
 is `paper.submittedOnDailyAt` (absent in older records, where the item's `publishedAt`
-was the real submission time). Optional fields are optional (absent or null means
-unknown); unknown keys are ignored. A field that is present but malformed (a wrong type, a
-count out of range such as upvotes of 2**70 or -3, a date `datetime` cannot parse or
-represent) makes its item skipped with one logged reason: never the whole list.
+was the real submission time); the comment count is the item's `numComments`. Hugging
+Face gives no arXiv categories: bot/enrich.py asks arXiv for them before matching.
+Optional fields are optional (absent or null means unknown); unknown keys are ignored. A
+field that is present but malformed (a wrong type, a count out of range such as upvotes of
+2**70 or -3, a date `datetime` cannot parse or represent) makes its item skipped with one
+logged reason: never the whole list.
 """
 
 from __future__ import annotations
