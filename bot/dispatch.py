@@ -12,7 +12,7 @@ from typing import Awaitable, Callable, Sequence
 from storage import StoreContract
 
 from .adapters import Adapter
-from .cards import card_for
+from .cards import RANK_ORDER, card_for
 from .clock import utcnow
 from .digest import DIGEST_MAX, digest_due
 from .models import ChannelRef, ChannelSettings, Delivery, Digest, PostResult
@@ -258,7 +258,7 @@ class Dispatcher:
             if paper is not None:
                 cards.append(card_for(paper, delivery.matched))
         try:
-            result = await adapter.post_digest(Digest(channel, title, tuple(cards), note))
+            result = await adapter.post_digest(Digest(channel, title, tuple(cards), note, RANK_ORDER))
         except Exception as exc:
             log.exception("digest for %s raised", channel)
             result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)

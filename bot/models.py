@@ -32,6 +32,7 @@ class Paper:
     ai_summary: str | None = None
     organization: str | None = None  # Hugging Face organization, "Full Name (name)"
     is_update: bool = False  # arXiv "replace" announcement: an old paper revised
+    comments: int | None = None  # Hugging Face comment count (numComments), None when unknown
 
     @property
     def abs_url(self) -> str:
@@ -189,6 +190,12 @@ class Card:
     source: str = ""
     subscriptions: tuple[SubscriptionRef, ...] = ()  # the subscriptions it answers
     categories: tuple[str, ...] = ()
+    organization: str | None = None  # Hugging Face organization, as a label
+    listed_on: date | None = None  # the day of the listing it came from
+    comments: int | None = None  # Hugging Face comments
+    body_label: str = ""  # what `body` is when it is not the abstract: "AI summary"
+    snippet: str | None = None  # the abstract's words around the matched terms the card does not show
+    project_page: str | None = None  # also among `links`; Slack shows it in the facts line
 
 
 DIGEST_MODES = ("instant", "daily", "weekly")
@@ -229,6 +236,7 @@ class Digest:
     title: str
     cards: tuple[Card, ...]
     note: str = ""  # shown after the papers: how many more matched than it lists
+    order: str = ""  # one line under the title: how the papers are ordered
 
 
 @dataclass(frozen=True)
@@ -262,7 +270,8 @@ class DueChannel:
 
 @dataclass(frozen=True)
 class BurstPlan:
-    """What of a channel's burst is due now, oldest first: its cards, and its digest's papers."""
+    """What of a channel's burst is due now, best first (most upvoted, strongest match,
+    newest): its cards, and its digest's papers."""
 
     cards: list[Delivery]
     digest: list[Delivery]
@@ -295,6 +304,7 @@ class PaperSnapshot:
     upvotes: int | None
     organization: str | None
     first_seen: datetime
+    categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

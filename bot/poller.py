@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Sequence, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from storage import Store, StoreContract
 
@@ -84,8 +84,12 @@ class Poller:
     ENQUEUE_ROWS = 200  # deliveries queued a transaction (~10 ms; 2 to 3 times that on a busy machine)
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
-                 open_store: Callable[[], StoreContract] | None = None):
+                 open_store: Callable[[], StoreContract] | None = None,
+                 complete: Callable[[list[Paper]], Awaitable[list[Paper]]] | None = None):
         self.store = store
+        # Before the worker stores and matches a listing: missing metadata filled in, on the
+        # loop (bot.enrich.CategoryFiller: arXiv categories for Hugging Face papers).
+        self.complete = complete
         self.clock = clock
         self.max_age = timedelta(days=max_age_days)
         self.matcher = IndexedMatcher()
@@ -214,6 +218,8 @@ class Poller:
             return self._succeeded(SourceReport(source.name, True, not_modified=True, recovered_after=recovered))
         papers = self._valid(source.name, listing.papers)
         skipped = len(listing.skipped) + len(listing.papers) - len(papers)
+        if self.complete is not None and papers:
+            papers = await self.complete(papers)
 
         def work(store: StoreContract) -> tuple[int, int, int]:
             # Subscriptions first: only papers stored from now on are matched against them.
@@ -258,7 +264,8 @@ class Poller:
                 if snapshot is None or now - snapshot.first_seen > self.max_age:
                     continue
                 if (listed.upvotes is not None and listed.upvotes != snapshot.upvotes) or (
-                        listed.organization is not None and snapshot.organization is None):
+                        listed.organization is not None and snapshot.organization is None) or (
+                        listed.categories and not snapshot.categories):  # filled in late (bot.enrich)
                     todo.append(UnmatchedPaper(listed, snapshot.first_seen))
             if todo:
                 store.mark_unmatched(todo)

@@ -96,8 +96,9 @@ class StoreContract(Protocol):
         """Store papers (one transaction); return those no listing had stored before, in input order.
 
         A paper already stored is not duplicated: the fields it lacked are filled in
-        (upvotes, thumbnail, github, project_page, ai_summary, organization; upvotes are
-        refreshed), its title and abstract stay, the source is added to its sources.
+        (upvotes, thumbnail, github, project_page, ai_summary, organization, comments;
+        upvotes and comments are refreshed; categories when it has none), its title and
+        abstract stay, the source is added to its sources.
         `listed=False` stores papers fetched for a lookup: they are not returned as new
         and not searchable as listed, and a later listing of them still returns them as
         new. `now` is their first_seen."""
@@ -105,7 +106,7 @@ class StoreContract(Protocol):
 
     def paper_snapshot(self, paper_ids: list[str]) -> list[PaperSnapshot]:
         """For the listed papers among `paper_ids` that are stored: their upvotes,
-        organization and first_seen, in no particular order. Any number of ids."""
+        organization, first_seen and categories, in no particular order. Any number of ids."""
         ...
 
     def mark_unmatched(self, papers: list[UnmatchedPaper]) -> None:
@@ -270,19 +271,25 @@ class StoreContract(Protocol):
         """Decide, once, how the channel's outstanding deliveries go out; return what is due
         now. One transaction (two processes never plan the same burst twice).
 
-        A burst begins when the channel has no digest outstanding: its oldest `cards`
-        deliveries are cards, the next `digest_max` its one digest (`Delivery.in_digest`),
-        anything further is settled as overflow. Until that digest is sent the burst goes on:
-        what arrives meanwhile joins the digest while it has room, else the overflow, never
-        the cards. While the digest is being sent (claimed), nothing is due and nothing is
-        decided: what arrived waits for the next burst. Decisions are never revisited. The
-        result holds the due (next attempt at or before `now`) pending cards and digest
-        members, each list oldest first, at most `cards + digest_max` in all."""
+        Deliveries are ranked, best first: the paper's Hugging Face upvotes (unknown
+        last), then how strongly the channel's queries matched (distinct matched terms found
+        in the title, then distinct matched terms), then the newest paper (`published`, else
+        `listed_on`), then the oldest delivery. A burst begins when the channel has no digest
+        outstanding and more undecided deliveries than room for cards: the best fill the
+        `cards` (deliveries made cards earlier and not yet sent count against them), the next
+        `digest_max` its one digest (`Delivery.in_digest`), anything further is settled as
+        overflow. Until that digest is sent the burst goes on: what arrives meanwhile joins
+        the digest while it has room (best first), else the overflow, never the cards. While
+        the digest is being sent (claimed), nothing is due and nothing is decided: what
+        arrived waits for the next burst. Decisions are never revisited. The result holds the
+        due (next attempt at or before `now`) pending cards and digest members, each list
+        best first, at most `cards + digest_max` in all. Its cost follows the channel's own
+        outstanding deliveries, never the whole outbox."""
         ...
 
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
-        """Settle all but the channel's `keep` oldest pending deliveries as overflow (a
-        scheduled digest holds `keep` papers and counts the rest)."""
+        """Settle all but the channel's `keep` best pending deliveries (ranked as in
+        `plan_burst`) as overflow (a scheduled digest holds `keep` papers and counts the rest)."""
         ...
 
     def unannounced_overflow(self, channel: ChannelRef) -> Overflow:
@@ -296,7 +303,8 @@ class StoreContract(Protocol):
         ...
 
     def pending_for_channel(self, channel: ChannelRef, limit: int = 1000) -> list[Delivery]:
-        """The channel's pending deliveries, due or not, oldest first, at most `limit`."""
+        """The channel's pending deliveries, due or not, best first (ranked as in
+        `plan_burst`), at most `limit`."""
         ...
 
     def count_pending(self, channel: ChannelRef | None = None) -> int:

@@ -265,3 +265,28 @@ def m016_unmatched_paper_source(db: Database) -> None:
     # another source matches `source:` as that listing showed it, as before the batches.
     if "source" not in db["unmatched_papers"].columns_dict:
         db.execute("ALTER TABLE unmatched_papers ADD COLUMN source TEXT")
+
+
+@migrations()
+def m017_ranked_bursts_and_comments(db: Database) -> None:
+    # deliveries.card: 1 once a burst plan made the row a card. Bursts rank their rows (best
+    # first, storage/deliveries.py RANKING), so a burst's cards are no longer the rows before its
+    # digest's first id: what was decided is written down. A burst under way in an upgraded
+    # database keeps its cards: the outstanding rows before its digest's first row.
+    # deliveries.strength: how strongly the channel's queries matched (deliveries.match_strength),
+    # written with the row; NULL (rows queued before) is worked out of `matched` when ranking.
+    # papers.comments: Hugging Face's comment count (numComments), shown on cards.
+    if "card" not in db["deliveries"].columns_dict:
+        db.execute("ALTER TABLE deliveries ADD COLUMN card INTEGER NOT NULL DEFAULT 0")
+        # Only channels with a digest outstanding, each first row found once (not a subquery a row).
+        db.execute(
+            """UPDATE deliveries SET card = 1 WHERE id IN (
+                 SELECT d.id FROM (SELECT channel, min(id) AS first FROM deliveries
+                                    WHERE in_digest = 1 AND status IN ('pending', 'sending') GROUP BY channel) b
+                   JOIN deliveries d ON d.channel = b.channel
+                  WHERE d.status IN ('pending', 'sending') AND d.in_digest = 0 AND d.id < b.first)"""
+        )
+    if "strength" not in db["deliveries"].columns_dict:
+        db.execute("ALTER TABLE deliveries ADD COLUMN strength INTEGER")
+    if "comments" not in db["papers"].columns_dict:
+        db.execute("ALTER TABLE papers ADD COLUMN comments INTEGER")

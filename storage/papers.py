@@ -22,7 +22,7 @@ from .db import immediate, iso, parse_day, parse_iso, storage_error
 SEARCH_WINDOW = 5000
 
 # Fields a later listing may fill in (Hugging Face adds these to a paper arXiv announced).
-_ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary", "organization")
+_ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary", "organization", "comments")
 
 
 class PapersMixin:
@@ -66,8 +66,8 @@ class PapersMixin:
                     self.db.execute(
                         """INSERT INTO papers (id, title, summary, authors, categories, sources, published,
                                listed_on, upvotes, thumbnail, github, project_page, ai_summary, organization,
-                               is_update, first_seen, updated_at, listed)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                               is_update, first_seen, updated_at, listed, comments)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                         [
                             paper.id, paper.title, paper.summary, json.dumps(paper.authors),
                             json.dumps(paper.categories), paper.source,
@@ -75,7 +75,7 @@ class PapersMixin:
                             paper.listed_on.isoformat() if paper.listed_on else None,
                             paper.upvotes, paper.thumbnail, paper.github, paper.project_page,
                             paper.ai_summary, paper.organization, int(paper.is_update), stamp, stamp,
-                            int(listed),
+                            int(listed), paper.comments,
                         ],
                     )
                     if listed:
@@ -86,6 +86,9 @@ class PapersMixin:
                     new.append(paper)
                 sources = sorted(set(filter(None, row[0].split(","))) | {paper.source})
                 updates = {k: getattr(paper, k) for k in _ENRICH if getattr(paper, k) is not None}
+                if paper.categories:  # a paper stored without (Hugging Face's) gets arXiv's when known
+                    self.db.execute("UPDATE papers SET categories = ? WHERE id = ? AND categories = '[]'",
+                                    [json.dumps(paper.categories), paper.id])
                 assignments = ", ".join(f"{k} = ?" for k in updates)
                 self.db.execute(
                     f"UPDATE papers SET {assignments}{', ' if updates else ''}sources = ?, updated_at = ? WHERE id = ?",
@@ -94,16 +97,18 @@ class PapersMixin:
         return new
 
     def paper_snapshot(self, paper_ids: list[str]) -> list[PaperSnapshot]:
-        """The listed papers stored among `paper_ids` (upvotes, organization, first seen), in no order."""
+        """The listed papers stored among `paper_ids` (upvotes, organization, first seen,
+        categories), in no order."""
         found: list[PaperSnapshot] = []
         for start in range(0, len(paper_ids), 500):
             chunk = paper_ids[start:start + 500]
             rows = self.db.execute(
-                "SELECT id, upvotes, organization, first_seen FROM papers"
+                "SELECT id, upvotes, organization, first_seen, categories FROM papers"
                 f" WHERE listed = 1 AND id IN ({', '.join('?' * len(chunk))})",
                 chunk,
             )
-            found += [PaperSnapshot(row[0], row[1], row[2], datetime.fromisoformat(row[3])) for row in rows]
+            found += [PaperSnapshot(row[0], row[1], row[2], datetime.fromisoformat(row[3]), tuple(json.loads(row[4])))
+                      for row in rows]
         return found
 
     def mark_unmatched(self, papers: list[UnmatchedPaper]) -> None:
@@ -268,4 +273,5 @@ def _paper(row: dict) -> Paper:
         ai_summary=row["ai_summary"],
         organization=row["organization"],
         is_update=bool(row["is_update"]),
+        comments=row.get("comments"),
     )

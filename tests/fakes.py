@@ -104,3 +104,33 @@ class RecordingAdapter:
 
     async def close(self) -> None:
         self.closed = True
+
+
+def arxiv_id_list(categories: dict[str, tuple[str, ...]]):
+    """A fake arXiv API `id_list` answer (for `FakeHTTPServer.route_fn`): the real Atom
+    response in tests/fixtures, its one entry repeated for each requested id that
+    `categories` knows, with that id and those categories. Ids it does not know are left
+    out, as arXiv leaves out what it does not have."""
+    import re
+    from urllib.parse import parse_qs, urlsplit
+
+    from fakes.http import Canned
+
+    real = fixture("arxiv_api_id_list_1111.2011v2.xml").decode()
+    head, rest = real.split("<entry>", 1)
+    entry, tail = rest.split("</entry>", 1)
+    entry = re.sub(r'\s*<(?:arxiv:primary_category|category) [^>]*/>', "", entry)
+
+    def answer(path: str) -> Canned:
+        query = parse_qs(urlsplit(path).query)
+        ids = [i for i in ",".join(query.get("id_list", [])).split(",") if i]
+        entries = []
+        for paper_id in ids:
+            if paper_id in categories:
+                tags = "".join(f'\n    <category term="{c}" scheme="http://arxiv.org/schemas/atom"/>'
+                               for c in categories[paper_id])
+                entries.append("<entry>" + entry.replace("1111.2011", paper_id) + tags + "\n  </entry>")
+        body = head.replace("<opensearch:totalResults", "<opensearch:totalResults", 1) + "".join(entries) + tail
+        return Canned(body=body.encode(), content_type="application/atom+xml")
+
+    return answer

@@ -42,18 +42,31 @@ def embed_size(embed: discord.Embed) -> int:
 
 
 def card_embed(card: Card) -> discord.Embed:
+    """One embed, at most about 3,600 characters (Discord counts 6,000 a message)."""
+    label = f"**{card.body_label}:** " if card.body_label else ""
     embed = discord.Embed(
         title=safe(card.title, TITLE_MAX),
         url=card.url,
-        description=safe(card.body, 1500),
+        description=label + safe(card.body, 1500),
         colour=COLOURS.get(card.source, 0x5865F2),
     )
     embed.set_author(name=safe(card.authors, AUTHOR_MAX))
     if card.upvotes is not None:
         embed.add_field(name="Upvotes", value=f"▲ {card.upvotes}", inline=True)
+    if card.comments is not None:
+        embed.add_field(name="Comments", value=f"💬 {card.comments}", inline=True)
     embed.add_field(name="arXiv", value=card.paper_id, inline=True)
+    if card.categories:
+        embed.add_field(name="Categories", value=safe(", ".join(card.categories), 200), inline=True)
+    if card.organization:
+        embed.add_field(name="Organization", value=safe(card.organization, 200), inline=True)
+    if card.listed_on:
+        embed.add_field(name="Listed", value=card.listed_on.isoformat(), inline=True)
     if card.reason:
-        embed.add_field(name="Why", value=safe(f"Matched {card.reason}", FIELD_VALUE_MAX), inline=False)
+        why = safe(f"Matched {card.reason}", 500)
+        if card.snippet:
+            why += "\nFrom the abstract: “" + safe(card.snippet, 400) + "”"
+        embed.add_field(name="Why", value=why[:FIELD_VALUE_MAX], inline=False)
     if card.thumbnail:
         embed.set_thumbnail(url=card.thumbnail)
     return embed
@@ -67,7 +80,8 @@ def card_buttons(card: Card) -> list[tuple[str, str]]:
 def digest_embed(digest: Digest) -> discord.Embed:
     """One embed: a line per paper, as many as fit, and how many more there are."""
     lines: list[str] = []
-    used = 0
+    order = f"*{safe(digest.order, 300)}*\n" if digest.order else ""
+    used = len(order)
     for card in digest.cards:
         votes = f" · ▲ {card.upvotes}" if card.upvotes is not None else ""
         line = f"• [{safe(shorten(card.title, 110), 150)}]({card.url}){votes}"
@@ -75,7 +89,8 @@ def digest_embed(digest: Digest) -> discord.Embed:
             break
         lines.append(line)
         used += len(line) + 1
-    embed = discord.Embed(title=safe(digest.title, TITLE_MAX), description="\n".join(lines), colour=0x5865F2)
+    embed = discord.Embed(title=safe(digest.title, TITLE_MAX), description=order + "\n".join(lines),
+                          colour=0x5865F2)
     rest = len(digest.cards) - len(lines)
     if rest or digest.note:
         embed.set_footer(text=(digest.note or f"and {rest} more: see /papers search")[:FOOTER_MAX])

@@ -94,6 +94,15 @@ class SlackAdapter:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def post(self, channel: ChannelRef, card: Card) -> PostResult:
+        result = await self._post_card(channel, card)
+        if not result.ok and result.error == "invalid_blocks" and card.thumbnail:
+            # Slack fetches an image when the message is posted and refuses the whole message
+            # when it cannot (a thumbnail gone, or too big): the card goes out without it.
+            log.warning("Slack refused the card of %s with its thumbnail; posting it without", card.paper_id)
+            result = await self._post_card(channel, replace(card, thumbnail=None))
+        return result
+
+    async def _post_card(self, channel: ChannelRef, card: Card) -> PostResult:
         blocks = [block.to_dict() for block in card_blocks(card, card.subscriptions)]
         return await self._post(channel.channel_id, text=card_text(card), blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_id": card.paper_id}})

@@ -14,6 +14,7 @@ from slack_sdk.models.blocks import (
     ContextBlock,
     DividerBlock,
     HeaderBlock,
+    ImageElement,
     InputBlock,
     MarkdownTextObject,
     Option,
@@ -32,6 +33,8 @@ HEADER_MAX = 150  # header block plain_text
 SECTION_MAX = 3000  # section text
 CONTEXT_MAX = 2000
 BUTTON_MAX = 75
+ALT_TEXT_MAX = 2000
+IMAGE_URL_MAX = 3000
 MAX_BLOCKS = 50
 FALLBACK_MAX = 3000
 PAPER_EVENT = "papers_bot_paper"  # message metadata event type: the bot knows its own posts
@@ -64,20 +67,48 @@ def _link(url: str, label: str) -> str:
     return f"<{safe}|{escape(label)}>"
 
 
-def card_blocks(card: Card, subscriptions: tuple[SubscriptionRef, ...] = ()) -> list[Block]:
-    """Header, abstract, facts, buttons (and an overflow to unsubscribe the matching queries)."""
-    blocks: list[Block] = [
-        # Slack decodes the three entities in plain text too: escaping keeps `<!channel>` inert.
-        HeaderBlock(text=PlainTextObject(text=_mrkdwn_cut(card.title, HEADER_MAX), emoji=False)),
-        SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(card.body, SECTION_MAX))),
-    ]
+def card_facts(card: Card) -> str:
+    """The context line under the abstract: authors, id, counts, organization, categories, date,
+    project page. Outside text escaped; at most CONTEXT_MAX characters."""
     facts = [f"*{_mrkdwn_cut(card.authors, 600)}*", f"arXiv:{card.paper_id}"]
     if card.upvotes is not None:
         facts.append(f"▲ {plural(card.upvotes, 'upvote')}")
-    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=" · ".join(facts)[:CONTEXT_MAX])]))
+    if card.comments is not None:
+        facts.append(f"💬 {plural(card.comments, 'comment')}")
+    if card.organization:
+        facts.append(_mrkdwn_cut(card.organization, 200))
+    if card.categories:
+        facts.append(_mrkdwn_cut(", ".join(card.categories), 200))
+    if card.listed_on:
+        facts.append(f"listed {card.listed_on.isoformat()}")
+    if card.project_page and len(card.project_page) < 1000:
+        facts.append(_link(card.project_page, "Project page"))
+    text = " · ".join(facts)
+    while len(text) > CONTEXT_MAX:  # never cut inside an entity or a link: drop whole facts
+        facts.pop()
+        text = " · ".join(facts)
+    return text
+
+
+def card_blocks(card: Card, subscriptions: tuple[SubscriptionRef, ...] = ()) -> list[Block]:
+    """Header, abstract (or the labelled AI summary) with the thumbnail, facts, why it
+    matched, buttons (and an overflow to unsubscribe the matching queries)."""
+    label = f"*{card.body_label}:* " if card.body_label else ""
+    body = label + _mrkdwn_cut(card.body, SECTION_MAX - len(label))
+    image = None
+    if card.thumbnail and card.thumbnail.startswith("https://") and len(card.thumbnail) <= IMAGE_URL_MAX:
+        image = ImageElement(image_url=card.thumbnail, alt_text=shorten(f"Thumbnail: {card.title}", ALT_TEXT_MAX))
+    blocks: list[Block] = [
+        # Slack decodes the three entities in plain text too: escaping keeps `<!channel>` inert.
+        HeaderBlock(text=PlainTextObject(text=_mrkdwn_cut(card.title, HEADER_MAX), emoji=False)),
+        SectionBlock(text=MarkdownTextObject(text=body), accessory=image),
+    ]
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=card_facts(card))]))
     if card.reason:
-        reason = _mrkdwn_cut(f"Matched {card.reason}", CONTEXT_MAX)
-        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=reason)]))
+        why = [MarkdownTextObject(text=_mrkdwn_cut(f"Matched {card.reason}", CONTEXT_MAX))]
+        if card.snippet:
+            why.append(MarkdownTextObject(text="From the abstract: “" + _mrkdwn_cut(card.snippet, 600) + "”"))
+        blocks.append(ContextBlock(elements=why))
     buttons = [
         ButtonElement(text=PlainTextObject(text=link.label[:BUTTON_MAX]), url=link.url,
                       action_id=f"papers_link_{i}", value=card.paper_id)
@@ -109,8 +140,10 @@ def card_text(card: Card) -> str:
 
 
 def digest_blocks(digest: Digest) -> list[Block]:
-    """One message: a header, then compact lines of papers, ten to a section."""
+    """One message: a header, how it is ordered, then compact lines of papers, ten to a section."""
     blocks: list[Block] = [HeaderBlock(text=PlainTextObject(text=_mrkdwn_cut(digest.title, HEADER_MAX), emoji=False))]
+    if digest.order:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_mrkdwn_cut(digest.order, CONTEXT_MAX))]))
     # Sections are filled line by line and never cut: every paper listed is shown.
     sections: list[list[str]] = [[]]
     for card in digest.cards:
@@ -119,7 +152,7 @@ def digest_blocks(digest: Digest) -> list[Block]:
         if sections[-1] and len("\n".join(sections[-1] + [line])) > SECTION_MAX:
             sections.append([])
         sections[-1].append(line)
-    room = MAX_BLOCKS - 2
+    room = MAX_BLOCKS - len(blocks) - 1
     for chunk in sections[:room]:
         blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(chunk))))
     if len(sections) > room:
