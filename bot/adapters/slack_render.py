@@ -22,7 +22,7 @@ from slack_sdk.models.blocks import (
 )
 
 from ..cards import shorten
-from ..models import Card, Digest, Reply, SubscriptionRef
+from ..models import Card, Digest, Reply, SubscriptionRef, ThreadReply
 from ..text import plural
 
 HEADER_MAX = 150  # header block plain_text
@@ -32,6 +32,7 @@ BUTTON_MAX = 75
 MAX_BLOCKS = 50
 FALLBACK_MAX = 3000
 PAPER_EVENT = "papers_bot_paper"  # message metadata event type: the bot knows its own posts
+FOLLOWUP_EVENT = "papers_bot_followup"  # the same, for a reply in a card's thread (payload: its key)
 
 ACTION_UNSUBSCRIBE = "papers_overflow"
 
@@ -57,6 +58,12 @@ def _link(url: str, label: str) -> str:
     # end the link early, so they are percent-encoded.
     safe = url.replace("|", "%7C").replace(">", "%3E").replace("<", "%3C")
     return f"<{safe}|{escape(label)}>"
+
+
+def thread_reply_text(reply: ThreadReply) -> str:
+    """A reply in a card's thread (mrkdwn): its text escaped and bounded, then its link."""
+    text = _mrkdwn_cut(reply.text, 500)
+    return f"{text}: {_link(reply.link.url, reply.link.label[:100])}" if reply.link else text
 
 
 def card_blocks(card: Card, subscriptions: tuple[SubscriptionRef, ...] = ()) -> list[Block]:
