@@ -81,13 +81,23 @@ class FakeSlack(LocalServer):
             self.ts += 1
             ts = f"{time.time():.6f}" if self.real_ts else f"{self.ts}.000100"
             self.messages.setdefault(body.get("channel"), []).append({"ts": ts, "text": body.get("text"),
-                                                                      "metadata": body.get("metadata")})
+                                                                      "metadata": body.get("metadata"),
+                                                                      "thread_ts": body.get("thread_ts")})
             return 200, {"ok": True, "channel": body.get("channel"), "ts": ts}, {}
         if method == "conversations.history":
             oldest = float(body.get("oldest") or 0)
             found = [m for m in reversed(self.messages.get(body.get("channel"), [])) if float(m["ts"]) >= oldest]
             return 200, {"ok": True, "messages": found, "has_more": False}, {}
+        if method == "conversations.replies":  # the thread's parent, then its replies since `oldest`
+            oldest = float(body.get("oldest") or 0)
+            thread = [m for m in self.messages.get(body.get("channel"), [])
+                      if m["ts"] == body.get("ts") or m.get("thread_ts") == body.get("ts") and float(m["ts"]) >= oldest]
+            return 200, {"ok": True, "messages": thread, "has_more": False}, {}
         return 200, {"ok": True}, {}
+
+    def thread_replies(self, channel: str, ts: str) -> list[dict]:
+        """The replies posted in the thread of message `ts` (chat.postMessage with its thread_ts), in order."""
+        return [m for m in self.messages.get(channel, []) if m.get("thread_ts") == ts]
 
     def script(self, method: str, *answers: tuple[int, dict, dict]) -> None:
         self.scripts[method] = list(answers)

@@ -380,6 +380,7 @@ class StoreContract(Protocol):
         ...
 
     def mark_followup_sent(self, followup_id: int, message_id: str | None, now: datetime) -> None:
+        """It went out: sent, with the reply's message id."""
         ...
 
     def reschedule_followup(self, followup_id: int, error: str, retry_at: datetime) -> None:
