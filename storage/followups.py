@@ -107,27 +107,30 @@ class FollowUpsMixin:
         return before
 
     def due_followups(self, now: datetime, limit: int) -> list[FollowUp]:
-        with immediate(self.db):
-            rows = self.db.execute(
-                f"""SELECT {_COLUMNS}, d.status, coalesce(cf.enabled, 1), {_ALONE}
-                      FROM followups f JOIN deliveries d ON d.id = f.delivery_id
-                      LEFT JOIN channels c ON c.channel = d.channel
-                      LEFT JOIN channel_followups cf ON cf.channel = d.channel
-                     WHERE f.status = 'pending' AND f.next_attempt_at <= ? AND coalesce(c.paused, 0) = 0
-                       AND d.status != 'sending'
-                     ORDER BY f.id LIMIT ?""",
-                [iso(now), limit],
-            ).fetchall()
-            due, skipped = [], []
-            for row in rows:
-                status, enabled, alone = row[9], row[10], row[11]
-                if not enabled:
-                    skipped.append((f"follow-ups turned off in {row[2]}", row[0]))
-                elif status != "sent" or not row[3] or not alone:
-                    skipped.append(("the card was not posted alone", row[0]))
-                else:
-                    due.append(_followup(row))
-            self.db.conn.executemany("UPDATE followups SET status = 'skipped', error = ? WHERE id = ?", skipped)
+        # A read, every sweep; the write lock only when something is to be settled as skipped.
+        rows = self.db.execute(
+            f"""SELECT {_COLUMNS}, d.status, coalesce(cf.enabled, 1), {_ALONE}
+                  FROM followups f JOIN deliveries d ON d.id = f.delivery_id
+                  LEFT JOIN channels c ON c.channel = d.channel
+                  LEFT JOIN channel_followups cf ON cf.channel = d.channel
+                 WHERE f.status = 'pending' AND f.next_attempt_at <= ? AND coalesce(c.paused, 0) = 0
+                   AND d.status != 'sending'
+                 ORDER BY f.id LIMIT ?""",
+            [iso(now), limit],
+        ).fetchall()
+        due, skipped = [], []
+        for row in rows:
+            status, enabled, alone = row[9], row[10], row[11]
+            if not enabled:
+                skipped.append((f"follow-ups turned off in {row[2]}", row[0]))
+            elif status != "sent" or not row[3] or not alone:
+                skipped.append((f"its card was not posted alone (delivery {status})", row[0]))
+            else:
+                due.append(_followup(row))
+        if skipped:
+            with immediate(self.db):
+                self.db.conn.executemany(
+                    "UPDATE followups SET status = 'skipped', error = ? WHERE id = ? AND status = 'pending'", skipped)
         return due
 
     def claim_followup(self, followup_id: int, now: datetime) -> bool:

@@ -136,7 +136,6 @@ async def test_followups_off_means_no_replies(tmp_path, now_clock, slack, discor
     await app.poll_once()
     assert slack_thread(slack) == []  # off: nothing queued, nothing sent
     assert len(discord_replies(discord_api)) == 2  # the other channel has them on (the default)
-    # Turned off after they were queued: dropped, not sent.
     await app.handle_command(handlers.request_from_text(DISCORD, "U1", "followups off"))
     source.papers = [listed(github=GITHUB, upvotes=250)]
     await app.poll_once()
@@ -261,6 +260,24 @@ def test_only_cards_posted_alone_and_recently_get_followups(store, clock):
     store.add_papers([paper(PAPER_ID, github=GITHUB)], clock())
     due = store.due_followups(clock(), 10)
     assert [(f.thread, f.kind) for f in due] == [(ThreadRef(ChannelRef("console", "card"), "m1"), "code")]
+
+
+def test_turned_off_after_queueing_drops_them_and_a_card_being_sent_is_waited_for(store, clock):
+    store.add_papers([paper(PAPER_ID)], clock())
+    card_sent(store, clock, ChannelRef("console", "off"), "m1")
+    sub = store.add_subscription(ChannelRef("console", "busy"), "q", "U1", clock()).subscription
+    store.enqueue(PAPER_ID, [Match(sub.id, sub.channel, sub.query, ())], clock())
+    (busy,) = store.db.execute("SELECT id FROM deliveries WHERE channel = 'console:busy'").fetchone()
+    assert store.claim_delivery(busy, clock())  # its card is being sent as the news comes
+    store.add_papers([paper(PAPER_ID, github=GITHUB)], clock())
+    assert store.set_followups(ChannelRef("console", "off"), False, clock()) is True
+    assert store.due_followups(clock(), 10) == []  # one dropped, one waiting for its card
+    statuses = dict(store.db.execute("SELECT d.channel, f.status FROM followups f JOIN deliveries d "
+                                     "ON d.id = f.delivery_id").fetchall())
+    assert statuses == {"console:off": "skipped", "console:busy": "pending"}
+    store.mark_sent(busy, "m2", clock())
+    (due,) = store.due_followups(clock(), 10)
+    assert due.thread == ThreadRef(ChannelRef("console", "busy"), "m2") and due.kind == "code"
 
 
 async def test_a_rate_limit_is_waited_out_and_a_paused_channel_waits(store, clock, slack):
