@@ -8,12 +8,13 @@ like the real ones, Slack message metadata and history, Discord nonces and histo
 Every round lists new (synthetic) papers that all four channels subscribed to, starts
 the bot, waits until delivery is under way, and kills it with SIGKILL at a random moment;
 one round in five the listing is down (HTTP 503) for a while first, so the catch-up is
-tested too. From the second round on, the oldest papers of the round before get code and
-120 upvotes: their cards owe follow-ups (replies in the card's thread), sent across the
-kills as well. After the rounds a last run delivers what is left. Then it compares what each
-fake received with what should have been: every paper in every channel exactly once,
-unless the outbox settled it as a burst's overflow (past the cards and the one digest,
-which counts it); an overflowed paper that was posted anyway is a problem.
+tested too. Each round, three papers already posted as cards get code and 120 upvotes:
+their cards owe follow-ups (replies in the card's thread), sent across the kills as well.
+After the rounds a last run delivers what is left. Then it compares what each fake
+received with what should have been: every paper in every channel exactly once, unless
+the outbox settled it as a burst's overflow (past the cards and the one digest, which
+counts it); an overflowed paper that was posted anyway is a problem; every follow-up the
+outbox says it sent is in its card's thread once, and nothing else is.
 SQLite's integrity_check runs after every kill. Meanwhile, every round, three command
 processes (subscribe, unsubscribe, mute; several `papers-bot command`s each) run against
 the same database while the bot delivers and is killed; `commands_failed` counts those
@@ -147,12 +148,21 @@ def overflowed(db: Path) -> set[tuple[str, str]]:
         return set(conn.execute("SELECT channel, paper_id FROM deliveries WHERE status = 'overflow'").fetchall())
 
 
+def carded(db: Path) -> set[str]:
+    """The papers posted as a card (not in a digest) to some channel so far."""
+    if not db.exists():
+        return set()
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute(
+            "SELECT DISTINCT paper_id FROM deliveries WHERE status = 'sent' AND in_digest = 0")}
+
+
 def integrity(db: Path) -> str:
     with sqlite3.connect(db) as conn:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
 
 
-UPGRADED_PER_ROUND = 3  # papers of the round before that get code and 120 upvotes (follow-ups)
+UPGRADED_PER_ROUND = 3  # papers posted as cards that get code and 120 upvotes each round (follow-ups)
 COMMAND_CHANNELS = ("console:cmd-a", "console:cmd-b")  # their queries match no synthetic paper
 COMMANDS_PER_PROCESS = 4
 
@@ -295,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         commands = Commands(random.Random(args.seed + 1))  # its own stream: the kill timings stay as they were
         expected: set[tuple[str, str]] = set()
-        ids: list[str] = []  # the papers the round before listed
+        upgraded: set[str] = set()  # papers given code and upvotes (once each)
         kills = outages = 0
         problems: list[str] = []
         busy_started = time.monotonic()
@@ -303,8 +313,10 @@ def main(argv: list[str] | None = None) -> dict:
             outage = round_number % 5 == 1
             if outage:  # the listing is down for a few polls; papers pile up meanwhile
                 listing.down, outages = True, outages + 1
-            # News about the oldest papers of the round before (cards by then, most of them).
-            listing.upgrade(ids[:UPGRADED_PER_ROUND])
+            # News about papers already posted as cards: follow-ups owed, sent across the kills.
+            upgrade = sorted(carded(db) - upgraded)[:UPGRADED_PER_ROUND]
+            listing.upgrade(upgrade)
+            upgraded.update(upgrade)
             ids = listing.add(args.papers)
             expected.update((channel, paper_id) for channel in channels for paper_id in ids)
             before = sum(received(slack, discord).values())

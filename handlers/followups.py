@@ -14,10 +14,11 @@ NEWS = "code released on Hugging Face, a new arXiv version, 50, 100 or 200 upvot
                choices=("on", "off")),
          manage=True)
 def followups(ctx: Context, req: CommandRequest, args: Args) -> Reply:
-    """Replies in a posted card's thread when its paper has news: code released (a GitHub
-    link on Hugging Face), a new arXiv version, 50, 100 or 200 upvotes crossed (one reply
-    for the highest crossed at once). Once per event, for cards of the last 60 days. On
-    unless turned off; without `on` or `off`, says which.
+    """Turn on or off replies in cards' threads when their papers have news (on by default).
+
+    The news: code released (a GitHub link appears on Hugging Face), a new arXiv version,
+    50, 100 or 200 upvotes crossed (one reply for the highest crossed at once). One reply
+    per event and card, for cards of the last 60 days. Without `on` or `off`, says which.
 
     Example: `/papers followups off`.
     """
