@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.models import CommandRequest, Reply
 
-from .base import Args, Context, Param, command
+from .base import Args, Context, Param, command, error, shown
 
 NEWS = "code released on Hugging Face, a new arXiv version, 50, 100 or 200 upvotes crossed"
 
@@ -28,6 +28,8 @@ def followups(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         return Reply(f"Follow-ups are {'on' if on else 'off'} in this channel: "
                      f"{'replies in' if on else 'no replies in'} a card's thread for its news ({NEWS}). "
                      f"`/papers followups {'off' if on else 'on'}` changes it.")
+    if state not in ("on", "off"):
+        return error(f"Say `on` or `off`, not `{shown(state, 20)}`.", "followups")
     on = state == "on"
     before = ctx.store.set_followups(req.channel, on, ctx.clock())
     if on:

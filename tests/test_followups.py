@@ -142,6 +142,12 @@ async def test_followups_off_means_no_replies(tmp_path, now_clock, slack, discor
     assert len(discord_replies(discord_api)) == 2
     assert (await app.handle_command(handlers.request_from_text(SLACK, "U1", "followups"))).text.startswith(
         "Follow-ups are off in this channel")
+    for wrong in ("followups maybe", "followups on extra"):  # neither turns anything on or off
+        reply = await app.handle_command(handlers.request_from_text(DISCORD, "U1", wrong))
+        assert not reply.ok and "Say `on` or `off`" in reply.text
+    assert not app.store.followups_enabled(DISCORD)
+    reply = await app.handle_command(handlers.request_from_text(SLACK, "U1", "followups ON"))
+    assert reply.ok and app.store.followups_enabled(SLACK)
     await app.aclose()
 
 
