@@ -151,6 +151,7 @@ class App:
             await self.dispatcher.recover()
         report = await self.dispatcher.dispatch()
         report.add(await self.dispatcher.dispatch_digests())
+        report.add(await self.dispatcher.dispatch_followups())
         return report
 
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:

@@ -33,6 +33,7 @@ class Paper:
     organization: str | None = None  # Hugging Face organization, "Full Name (name)"
     is_update: bool = False  # arXiv "replace" announcement: an old paper revised
     comments: int | None = None  # Hugging Face comment count (numComments), None when unknown
+    version: int | None = None  # the arXiv version listed (the N of vN), None when the source does not say
 
     @property
     def abs_url(self) -> str:
@@ -322,6 +323,44 @@ class PaperMatches:
 
     paper_id: str
     matches: tuple[Match, ...]
+
+
+@dataclass(frozen=True)
+class ThreadRef:
+    """A message the bot posted, as a thread to reply in: Slack's ts, Discord's message id."""
+
+    channel: ChannelRef
+    message_id: str
+
+
+@dataclass(frozen=True)
+class ThreadReply:
+    """A short reply in a thread: plain `text` (the adapter escapes it) and an optional link.
+
+    `key` names it among the bot's own replies in that thread (`Adapter.find_in_thread`),
+    the same for every attempt: after a crash mid-send it tells one that went out."""
+
+    key: str
+    text: str
+    link: Link | None = None
+
+
+FOLLOWUP_KINDS = ("code", "version", "upvotes")
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """One follow-up outbox row: news about a paper (code, a new arXiv version, an upvote
+    threshold crossed), owed as one reply in the thread of the card that posted it."""
+
+    id: int
+    paper_id: str
+    thread: ThreadRef
+    kind: str  # FOLLOWUP_KINDS
+    value: int = 0  # the version (version), the threshold (upvotes); 0 for code
+    url: str | None = None  # the code's address (code)
+    attempts: int = 0
+    claimed_at: datetime | None = None  # when its last send began (None if never claimed)
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,8 @@ class FakeSlack(LocalServer):
             self.ts += 1
             ts = f"{time.time():.6f}" if self.real_ts else f"{self.ts}.000100"
             self.messages.setdefault(body.get("channel"), []).append({"ts": ts, "text": body.get("text"),
-                                                                      "metadata": body.get("metadata")})
+                                                                      "metadata": body.get("metadata"),
+                                                                      "thread_ts": body.get("thread_ts")})
             return 200, {"ok": True, "channel": body.get("channel"), "ts": ts}, {}
         if method in ("views.open", "views.update"):
             return self._view(method, body)
@@ -92,6 +93,11 @@ class FakeSlack(LocalServer):
             oldest = float(body.get("oldest") or 0)
             found = [m for m in reversed(self.messages.get(body.get("channel"), [])) if float(m["ts"]) >= oldest]
             return 200, {"ok": True, "messages": found, "has_more": False}, {}
+        if method == "conversations.replies":  # the thread's parent, then its replies since `oldest`
+            oldest = float(body.get("oldest") or 0)
+            thread = [m for m in self.messages.get(body.get("channel"), [])
+                      if m["ts"] == body.get("ts") or m.get("thread_ts") == body.get("ts") and float(m["ts"]) >= oldest]
+            return 200, {"ok": True, "messages": thread, "has_more": False}, {}
         return 200, {"ok": True}, {}
 
     def _view(self, method: str, body: dict) -> tuple[int, dict, dict]:
@@ -117,6 +123,10 @@ class FakeSlack(LocalServer):
             stored = {**view, "id": view_id, "hash": f"{self.view_counter}.hash", "state": {"values": {}}}
             self.views[view_id] = stored
         return 200, {"ok": True, "view": stored}, {}
+
+    def thread_replies(self, channel: str, ts: str) -> list[dict]:
+        """The replies posted in the thread of message `ts` (chat.postMessage with its thread_ts), in order."""
+        return [m for m in self.messages.get(channel, []) if m.get("thread_ts") == ts]
 
     def script(self, method: str, *answers: tuple[int, dict, dict]) -> None:
         self.scripts[method] = list(answers)

@@ -43,6 +43,7 @@ from bot.models import (
     ChannelSettings,
     Delivery,
     DueChannel,
+    FollowUp,
     Match,
     OutboxCounts,
     Overflow,
@@ -349,6 +350,53 @@ class StoreContract(Protocol):
 
     def delivery_counts(self) -> OutboxCounts:
         """Deliveries by status, of every channel."""
+        ...
+
+    # ---- follow-ups in the thread (storage/followups.py) -------------------------------------
+    # `add_papers` queues them, in its transaction: for a paper stored before, each event
+    # (github unset -> set; a higher arXiv version, when the stored one is known or the
+    # listing is an arXiv replacement; 50, 100, 200 upvotes crossed, the highest crossed in
+    # one step sent and the lower ones settled as superseded) is one row per card that
+    # posted the paper alone, within the last 60 days, in a channel with follow-ups on
+    # (a card still being sent counts). Never two rows for one card and one event.
+
+    def followups_enabled(self, channel: ChannelRef) -> bool:
+        """Whether the channel gets follow-ups; True when it never said."""
+        ...
+
+    def set_followups(self, channel: ChannelRef, enabled: bool, now: datetime) -> bool:
+        """Turn the channel's follow-ups on or off; returns whether they were on before."""
+        ...
+
+    def due_followups(self, now: datetime, limit: int) -> list[FollowUp]:
+        """At most `limit` pending follow-ups due now, oldest first, of channels not paused.
+        Settles as skipped, rather than return, those of a channel that turned follow-ups
+        off and those whose card did not go out alone (failed, sent again, in a digest); one
+        whose card is still being sent waits."""
+        ...
+
+    def claim_followup(self, followup_id: int, now: datetime) -> bool:
+        """pending -> sending (its `claimed_at` = `now`); False if it was not pending (someone else claimed it)."""
+        ...
+
+    def unfinished_followups(self) -> list[FollowUp]:
+        """Follow-ups a crash left in 'sending', oldest first (for the sender lease's holder)."""
+        ...
+
+    def release_followup(self, followup_id: int) -> None:
+        """sending -> pending, the interrupted attempt not counted: nothing says it went out."""
+        ...
+
+    def mark_followup_sent(self, followup_id: int, message_id: str | None, now: datetime) -> None:
+        """It went out: sent, with the reply's message id."""
+        ...
+
+    def reschedule_followup(self, followup_id: int, error: str, retry_at: datetime) -> None:
+        """A failed attempt to try again: back to pending until `retry_at`."""
+        ...
+
+    def give_up_followup(self, followup_id: int, error: str) -> None:
+        """A failed attempt that ends it: failed for good."""
         ...
 
     # ---- channels ---------------------------------------------------------------------------

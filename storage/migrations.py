@@ -290,3 +290,45 @@ def m017_ranked_bursts_and_comments(db: Database) -> None:
         db.execute("ALTER TABLE deliveries ADD COLUMN strength INTEGER")
     if "comments" not in db["papers"].columns_dict:
         db.execute("ALTER TABLE papers ADD COLUMN comments INTEGER")
+
+
+@migrations()
+def m019_followups(db: Database) -> None:
+    # Follow-ups in the thread: a posted paper's news (code released, a new arXiv version,
+    # 50/100/200 upvotes crossed) owed as one reply in its card's thread. `papers.version`:
+    # the highest arXiv version listed (NULL: no source said). `followups`: their outbox,
+    # written in the transaction that stores the listing, one row per event and card
+    # (UNIQUE: once); statuses as the deliveries' (pending -> sending -> sent | failed),
+    # and 'skipped' (superseded by a higher threshold, or the channel turned them off).
+    # `channel_followups`: a channel's switch; no row is on. Each step checks first, so
+    # that the migration is safe to run on a database a development build already changed.
+    if "version" not in db["papers"].columns_dict:
+        db.execute("ALTER TABLE papers ADD COLUMN version INTEGER")
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS followups (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,  -- the card
+            kind TEXT NOT NULL,                     -- code | version | upvotes
+            value INTEGER NOT NULL DEFAULT 0,       -- the version, the threshold; 0 for code
+            url TEXT,                               -- the code's address
+            status TEXT NOT NULL DEFAULT 'pending', -- pending | sending | sent | failed | skipped
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            claimed_at TEXT,
+            message_id TEXT,                        -- the reply's id once sent
+            error TEXT,
+            created_at TEXT NOT NULL,
+            sent_at TEXT,
+            UNIQUE (delivery_id, kind, value)
+        );
+        CREATE INDEX IF NOT EXISTS followups_due ON followups(status, next_attempt_at);
+        -- Whether a card's message showed its paper alone (a digest's id is on several rows).
+        CREATE INDEX IF NOT EXISTS deliveries_channel_message ON deliveries(channel, message_id);
+        CREATE TABLE IF NOT EXISTS channel_followups (
+            channel TEXT PRIMARY KEY,               -- ChannelRef.key
+            enabled INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        """
+    )

@@ -9,7 +9,18 @@ from pathlib import Path
 
 from bot.adapters import CommandHandler, Running
 from bot.errors import SourceError
-from bot.models import Card, ChannelRef, Delivery, Digest, Listing, Paper, PostResult, Validators
+from bot.models import (
+    Card,
+    ChannelRef,
+    Delivery,
+    Digest,
+    Listing,
+    Paper,
+    PostResult,
+    ThreadRef,
+    ThreadReply,
+    Validators,
+)
 from fakes.http import Canned
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -76,6 +87,8 @@ class RecordingAdapter:
         self.platform = platform
         self.posts: list[tuple[ChannelRef, Card]] = []
         self.digests: list[Digest] = []
+        self.replies: list[tuple[ThreadRef, ThreadReply]] = []  # post_in_thread
+        self.reply_results: list[PostResult | Exception] = []  # scripted results of post_in_thread
         self.results = list(results or [])
         self.closed = False
 
@@ -95,6 +108,18 @@ class RecordingAdapter:
     async def post_digest(self, digest: Digest) -> PostResult:
         self.digests.append(digest)
         return PostResult(ok=True, message_id=f"d{len(self.digests)}")
+
+    async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
+        self.replies.append((thread, reply))
+        if self.reply_results:
+            result = self.reply_results.pop(0)
+            if isinstance(result, Exception):
+                raise result
+            return result
+        return PostResult(ok=True, message_id=f"r{len(self.replies)}")
+
+    async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
+        return None
 
     async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:
         return None

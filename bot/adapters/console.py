@@ -8,7 +8,7 @@ import unicodedata
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
-from ..models import Card, ChannelRef, Digest, PostResult, Reply
+from ..models import Card, ChannelRef, Digest, PostResult, Reply, ThreadRef, ThreadReply
 
 if TYPE_CHECKING:
     from . import CommandHandler, Running
@@ -90,6 +90,17 @@ class ConsoleAdapter:
         stream.flush()
         self.posted += 1
         return PostResult(ok=True, message_id=f"console-{self.posted}")
+
+    async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
+        stream = self.stream or sys.stdout
+        link = f": {reply.link.url}" if reply.link else ""
+        stream.write(terminal_safe(f"[{thread.channel.key}] ↳ {thread.message_id}: {reply.text}{link}") + "\n")
+        stream.flush()
+        self.posted += 1
+        return PostResult(ok=True, message_id=f"console-{self.posted}")
+
+    async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
+        return None  # no history here either: an interrupted reply is printed again
 
     async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:
         return None  # a terminal keeps no history to look in: an interrupted card is printed again

@@ -35,9 +35,29 @@ from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 import handlers
 from handlers import Command, Param
 
-from ..models import ArgValue, Card, ChannelRef, CommandRequest, Digest, PostResult, Reply, SubscribeForm
+from ..models import (
+    ArgValue,
+    Card,
+    ChannelRef,
+    CommandRequest,
+    Digest,
+    PostResult,
+    Reply,
+    SubscribeForm,
+    ThreadRef,
+    ThreadReply,
+)
 from . import TOKEN_REFUSED_WAIT, CommandHandler, Completer, Running
-from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, preview_embed, reply_embeds, safe
+from .discord_render import (
+    CONTENT_MAX,
+    card_buttons,
+    card_embed,
+    digest_embed,
+    preview_embed,
+    reply_embeds,
+    safe,
+    thread_reply_content,
+)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -147,6 +167,30 @@ class DiscordAdapter:
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
         return await self._send(channel.channel_id, content=safe(text, CONTENT_MAX))
+
+    async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
+        """A reply to the card (message_reference; a deleted card fails the reply rather than
+        post it on its own), with a nonce of its key: a resend soon after is the same message."""
+        reference = discord.MessageReference(message_id=int(thread.message_id),
+                                             channel_id=int(thread.channel.channel_id),
+                                             fail_if_not_exists=True).to_message_reference_dict()
+        return await self._send(thread.channel.channel_id, content=thread_reply_content(reply),
+                                message_reference=reference, nonce=nonce_for(thread.channel, f"reply:{reply.key}"))
+
+    async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
+        """Our reply to the card since `since`: a message of ours referencing the card, with
+        the reply's nonce (which Discord does not always return) or its very content."""
+        http = await self._client()
+        after = discord.utils.time_snowflake(since - timedelta(minutes=1))
+        messages = await http.logs_from(int(thread.channel.channel_id), 100, after=after)
+        nonce, content = nonce_for(thread.channel, f"reply:{reply.key}"), thread_reply_content(reply)
+        for message in messages:
+            reference = message.get("message_reference")
+            if (str((message.get("author") or {}).get("id")) == self.user_id
+                    and reference is not None and str(reference.get("message_id")) == thread.message_id
+                    and (message.get("nonce") == nonce or message.get("content") == content)):
+                return str(message["id"])
+        return None
 
     async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:
         """The id of our own message about `paper_id` posted since `since`, if there is one.

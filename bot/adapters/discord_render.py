@@ -6,11 +6,13 @@ sent with allowed_mentions none as well (see discord_adapter).
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import discord
 from discord.utils import escape_markdown, escape_mentions
 
 from ..cards import shorten
-from ..models import Card, Digest, SubscribeForm
+from ..models import Card, Digest, SubscribeForm, ThreadReply
 
 TITLE_MAX = 256
 DESCRIPTION_MAX = 4096
@@ -34,6 +36,15 @@ def safe(text: str, limit: int) -> str:
         cut = shorten(cut, max(1, len(cut) - max(8, len(escaped) - limit)))
         escaped = escape_mentions(escape_markdown(cut))
     return escaped
+
+
+def thread_reply_content(reply: ThreadReply) -> str:
+    """A reply to a card: its text escaped and bounded, then its link (in <>: no preview)."""
+    text = safe(reply.text, 500)
+    if reply.link is None:
+        return text
+    url = "".join(c if c.isprintable() and c not in " <>" else quote(c, safe="") for c in reply.link.url[:1000])
+    return f"{text}: <{url}>"
 
 
 def embed_size(embed: discord.Embed) -> int:

@@ -36,13 +36,24 @@ from slack_sdk.web.async_client import AsyncWebClient
 import handlers
 
 from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
-from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, QueryPreview, SubscribeForm
+from ..models import (
+    Card,
+    ChannelRef,
+    CommandRequest,
+    Digest,
+    PostResult,
+    QueryPreview,
+    SubscribeForm,
+    ThreadRef,
+    ThreadReply,
+)
 from . import TOKEN_REFUSED_WAIT, CommandHandler, Running
 from .slack_render import (
     ACTION_OPEN_FORM,
     ACTION_QUERY,
     ACTION_UNSUBSCRIBE,
     BLOCK_QUERY,
+    FOLLOWUP_EVENT,
     MODAL_SUBSCRIBE,
     PAPER_EVENT,
     card_blocks,
@@ -54,6 +65,7 @@ from .slack_render import (
     reply_blocks,
     result_modal,
     subscribe_modal,
+    thread_reply_text,
 )
 
 if TYPE_CHECKING:
@@ -133,6 +145,30 @@ class SlackAdapter:
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
         return await self._post(channel.channel_id, text=escape(text)[:3000])
+
+    async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
+        """A reply in the card's thread (not sent to the channel), carrying its key as metadata."""
+        return await self._post(thread.channel.channel_id, text=thread_reply_text(reply), thread_ts=thread.message_id,
+                                metadata={"event_type": FOLLOWUP_EVENT, "event_payload": {"key": reply.key}})
+
+    async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
+        """The ts of our `reply` in the card's thread since `since`, known by the key in its
+        metadata (read with conversations.replies: replies are not in the channel's history)."""
+        cursor = None
+        for _ in range(5):  # at most 1,000 replies
+            response = await self.client.conversations_replies(
+                channel=thread.channel.channel_id, ts=thread.message_id, oldest=f"{since.timestamp() - 60:.6f}",
+                limit=200, include_all_metadata=True, **({"cursor": cursor} if cursor else {}))
+            replies: list[dict] = response.get("messages", [])
+            for message in replies:
+                metadata = message.get("metadata") or {}
+                if metadata.get("event_type") == FOLLOWUP_EVENT and (metadata.get("event_payload") or {}).get(
+                        "key") == reply.key and message.get("ts") != thread.message_id:
+                    return str(message["ts"])
+            cursor = (response.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+        return None
 
     async def post_digest(self, digest: Digest) -> PostResult:
         blocks = [block.to_dict() for block in digest_blocks(digest)]

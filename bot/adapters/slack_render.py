@@ -26,7 +26,7 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from ..cards import shorten
-from ..models import Card, Digest, Reply, SubscribeForm, SubscriptionRef
+from ..models import Card, Digest, Reply, SubscribeForm, SubscriptionRef, ThreadReply
 from ..text import plural
 
 HEADER_MAX = 150  # header block plain_text
@@ -38,6 +38,7 @@ IMAGE_URL_MAX = 3000
 MAX_BLOCKS = 50
 FALLBACK_MAX = 3000
 PAPER_EVENT = "papers_bot_paper"  # message metadata event type: the bot knows its own posts
+FOLLOWUP_EVENT = "papers_bot_followup"  # the same, for a reply in a card's thread (payload: its key)
 
 ACTION_UNSUBSCRIBE = "papers_overflow"
 
@@ -65,6 +66,12 @@ def _link(url: str, label: str) -> str:
     # end the link early, so they are percent-encoded.
     safe = url.replace("|", "%7C").replace(">", "%3E").replace("<", "%3C")
     return f"<{safe}|{escape(label)}>"
+
+
+def thread_reply_text(reply: ThreadReply) -> str:
+    """A reply in a card's thread (mrkdwn): its text escaped and bounded, then its link."""
+    text = _mrkdwn_cut(reply.text, 500)
+    return f"{text}: {_link(reply.link.url, reply.link.label[:100])}" if reply.link else text
 
 
 def card_facts(card: Card) -> str:

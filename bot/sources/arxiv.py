@@ -44,7 +44,7 @@ from .base import (
     get_listing,
     url_problem,
 )
-from .ids import canonical_arxiv_id
+from .ids import arxiv_version, canonical_arxiv_id
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +229,21 @@ def parse_entry(entry: dict) -> Paper:
         published=published,
         listed_on=published.date(),
         is_update=announce in ANNOUNCE_UPDATE,
+        version=version_of(paper_id, str(entry.get("id") or ""), str(entry.get("summary") or "")[:100]),
     )
     check_paper(paper)
     return paper
+
+
+def version_of(paper_id: str, *texts: str) -> int | None:
+    """The version these texts give for `paper_id` (the RSS guid `oai:arXiv.org:ID`vN or
+    the description's `arXiv:ID`vN; the API's entry id): the first that names one."""
+    for text in texts:
+        if canonical_arxiv_id(text) == paper_id:
+            version = arxiv_version(text)
+            if version is not None:
+                return version
+    return None
 
 
 def entry_datetime(entry: dict, paper_id: str) -> datetime:
@@ -291,6 +303,7 @@ def _api_paper(entry: dict, entry_id: str) -> Paper:
         source=NAME,
         published=when,
         listed_on=when.date(),
+        version=version_of(paper_id, entry_id),
     )
     check_paper(paper)
     return paper
