@@ -20,6 +20,7 @@ from .dispatch import Dispatcher, DispatchReport
 from .errors import StorageError
 from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
+from .most_saved import dispatch_most_saved
 from .poller import Poller, SourceReport
 from .sources import Source, connect, make_client
 from .text import plural
@@ -143,6 +144,7 @@ class App:
             await self.dispatcher.recover()
         report = await self.dispatcher.dispatch()
         report.add(await self.dispatcher.dispatch_digests())
+        await dispatch_most_saved(self.store, self.adapters, self.clock(), self.config.feedback.most_saved_papers)
         return report
 
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:

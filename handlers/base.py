@@ -54,7 +54,7 @@ class Context:
             self.limiter = RateLimiter(self.config.commands_per_minute, self.clock, self.store)
 
 
-Kind = Literal["text", "word", "int"]
+Kind = Literal["text", "word", "int", "flag"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,10 @@ class Param:
     """One declared argument of a command: what Discord offers as an option, what text maps to.
 
     kind: "text" is free text, "word" one word (or, last, the rest of the line), "int" a whole
-    number within minimum..maximum. `choices` are offered by Discord; the handler still checks
-    text. `option`: in text it is `--name value`, anywhere. `missing`: the reply when a
-    required value is absent (None: the handler explains it). `complete`: the completion
-    source (see handlers.complete) a platform may offer while typing.
+    number within minimum..maximum, "flag" an option without a value (`--me`). `choices` are
+    offered by Discord; the handler still checks text. `option`: in text it is `--name value`,
+    anywhere. `missing`: the reply when a required value is absent (None: the handler explains
+    it). `complete`: the completion source (see handlers.complete) a platform may offer while typing.
     """
 
     name: str
@@ -98,6 +98,10 @@ class Args:
     def number(self, name: str) -> int | None:
         value = self._values.get(name)
         return value if isinstance(value, int) else None
+
+    def flag(self, name: str) -> bool:
+        """True when the flag (`--me`) was given."""
+        return name in self._values
 
     def __contains__(self, name: object) -> bool:
         return name in self._values
@@ -216,6 +220,10 @@ def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
             return error(f"`{cmd.name}` has no option `--{shown(name, 20)}`.", cmd)
     for param in cmd.params:
         value = given.get(param.name)
+        if param.kind == "flag":
+            if value is not None and value is not False and str(value).strip().lower() in _YES:
+                values[param.name] = 1
+            continue
         if value is not None and param.kind != "int":
             value = str(value).strip() or None  # a number where text is expected (`unsubscribe 3`) is fine
         if value is None:
@@ -232,6 +240,9 @@ def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
             value = number
         values[param.name] = value
     return Args(values)
+
+
+_YES = ("", "1", "yes", "true", "on")  # a flag's value: typed `--me` is "", Discord's a boolean
 
 
 def _number(value: ArgValue) -> int | None:
@@ -266,6 +277,12 @@ def parse_text(text: str) -> tuple[str, dict[str, str]]:
         return verb, {}
     values: dict[str, str] = {}
     for param in cmd.params:
+        if param.kind == "flag":  # `--me`: no value
+            flag = re.compile(rf"(?:^|\s)--{re.escape(param.name)}(?=\s|$)")
+            if flag.search(rest):
+                values[param.name] = ""
+                rest = flag.sub(" ", rest).strip()
+            continue
         if param.option:  # `--name value` or `--name=value`; given twice, both values (and refused)
             option = re.compile(rf"(?:^|\s)--{re.escape(param.name)}(?:(?:=|\s+)(\S+)|\s*$)")
             while found := option.search(rest):

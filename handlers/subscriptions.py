@@ -83,6 +83,24 @@ def _estimate(matched: list[tuple[Paper, list[str]]], count: int, scanned: int) 
 
 
 _MUTE_MISSING = "Give a subscription number from `/papers list` and a term."
+ME = Param("me", "mention me on its cards", "flag", option=True)
+OWN_SHOWN = 50
+
+
+def own_subscriptions(ctx: Context, req: CommandRequest) -> Reply:
+    """The caller's subscriptions on this platform: created by them or followed with --me."""
+    subs = ctx.store.own_subscriptions(req.channel.platform, req.user_id, OWN_SHOWN + 1)
+    if not subs:
+        return Reply("You have no subscriptions. `/papers subscribe --me <query>` in a channel, or "
+                     "`/papers subscribe <query>` in a direct message with the bot.")
+    mentioned = {s.id for s in subs if req.user_id in ctx.store.subscribers([s.id])}
+    lines = [f"Your subscriptions ({len(subs) if len(subs) <= OWN_SHOWN else f'more than {OWN_SHOWN}'}):"]
+    for sub in subs[:OWN_SHOWN]:
+        where = "here" if sub.channel == req.channel else f"in {sub.channel.key}"
+        note = " · mentions you" if sub.id in mentioned else ""
+        lines.append(f"#{sub.id} `{sub.query}` · {where}{note} · {sub.delivered} posted")
+    return Reply("\n".join(lines))
+
 
 
 def _parse(text: str, name: str) -> tuple | Reply:
@@ -96,6 +114,7 @@ def _parse(text: str, name: str) -> tuple | Reply:
          Param("query", 'e.g. diffusion, "large language model" -video, author:"Yann LeCun"', "text", required=True),
          Param("backfill", f"also post this many recent matches now (1-{MAX_BACKFILL})", "int", option=True,
                minimum=1, maximum=MAX_BACKFILL),
+         ME,
          manage=True)
 async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Post new papers that match a query to this channel.
@@ -106,7 +125,9 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     `-a` (exclude), `( )`, `title:x`, `abstract:x`, `author:"Yann LeCun"`, `cat:cs.CL`,
     `org:google`, `upvotes>=20`, `source:huggingface` or `source:arxiv`.
     Only papers that arrive after you subscribe are posted; `--backfill N` also posts
-    the N most recent stored matches now (at most 20).
+    the N most recent stored matches now (at most 20). With `--me` its cards mention you
+    (only the people who subscribed with --me are ever mentioned); in a direct message
+    with the bot, subscriptions make your personal feed there.
     Example: `/papers subscribe "diffusion model" -video upvotes>=10`.
     """
     backfill = args.number("backfill") or 0
@@ -120,10 +141,13 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     if sub is None:
         return error(f"This channel already has {plural(limit, 'subscription')}, the limit. "
                      "Remove one with `unsubscribe <id>`.")
+    mentioned = args.flag("me") and ctx.store.add_subscriber(sub.id, req.user_id, ctx.clock())
     if subscribed.created:
         head = f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here."
     else:
         head = f"This channel is already subscribed to `{sub.query}` (#{sub.id})."
+    if args.flag("me"):
+        head += " Its cards mention you." if mentioned else " Its cards already mention you."
     matched, count, scanned = await _history(ctx, node, max(EXAMPLES, backfill))
     text = f"{head}\n{_estimate(matched, count, scanned)}"
     queued = 0
@@ -215,12 +239,16 @@ def mute(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     return error("That subscription keeps changing; try again.", "mute")
 
 
-@command("list", "list")
+@command("list", "list [--me]", Param("me", "your own subscriptions, in every channel", "flag", option=True))
 def list_subscriptions(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Show this channel's subscriptions, their numbers and how papers are delivered.
 
-    Example: `/papers list`.
+    With `--me`: your own subscriptions in every channel (those you created, or whose cards
+    mention you since `subscribe --me`), your direct-message feed included.
+    Example: `/papers list` or `/papers list --me`.
     """
+    if args.flag("me"):
+        return own_subscriptions(ctx, req)
     settings = ctx.store.channel_settings(req.channel)
     subs = ctx.store.subscriptions(req.channel)
     if not subs:

@@ -38,6 +38,9 @@ from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
 from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult
 from . import TOKEN_REFUSED_WAIT, CommandHandler, Running
 from .slack_render import (
+    ACTION_NOT_RELEVANT,
+    ACTION_RUN,
+    ACTION_SAVE,
     ACTION_UNSUBSCRIBE,
     PAPER_EVENT,
     card_blocks,
@@ -45,6 +48,7 @@ from .slack_render import (
     digest_blocks,
     digest_text,
     escape,
+    home_view,
     reply_blocks,
 )
 
@@ -191,6 +195,16 @@ def _id(obj, key: str = "id") -> str | None:
     return value if _text(value) else None
 
 
+def _runs_a_command(action_id: str) -> bool:
+    """The card's Save / Not relevant buttons and a reply's buttons: each runs a command."""
+    return action_id in (ACTION_SAVE, ACTION_NOT_RELEVANT) or action_id.startswith(ACTION_RUN + "_")
+
+
+def _direct(channel_id: str) -> bool:
+    """A direct message with the bot (an IM channel, D...): the person's own feed, theirs to manage."""
+    return channel_id.startswith("D")
+
+
 def payload_problem(body) -> str | None:
     """Why a payload our listeners would handle lacks what they need; None if it is fine.
 
@@ -214,14 +228,16 @@ def payload_problem(body) -> str | None:
         if not (isinstance(actions, list) and actions and all(isinstance(a, dict) and _text(a.get("action_id"))
                                                               for a in actions)):
             return "block action without actions"
-        if any(a["action_id"] == ACTION_UNSUBSCRIBE for a in actions):
+        if any(a["action_id"] == ACTION_UNSUBSCRIBE or _runs_a_command(a["action_id"]) for a in actions):
             if not (_id(body.get("channel")) or _id(body.get("container"), "channel_id")):
-                return "overflow action without a channel"
+                return "card action without a channel"
             if not _text(body.get("response_url")):
-                return "overflow action without a response_url"
+                return "card action without a response_url"
             if not all(isinstance(a.get("selected_option", {}), dict)
                        and isinstance(a.get("selected_option", {}).get("value", ""), str) for a in actions):
                 return "overflow action with a malformed selected_option"
+            if not all(isinstance(a.get("value", ""), str) for a in actions):
+                return "button action with a malformed value"
         return None
     if kind == "event_callback":
         event = body.get("event")
@@ -234,6 +250,9 @@ def payload_problem(body) -> str | None:
             if not (_text(event.get("channel")) and _text(event.get("message_ts")) and isinstance(links, list)
                     and all(isinstance(link, dict) and isinstance(link.get("url", ""), str) for link in links)):
                 return "link_shared without channel, message_ts or links"
+        if event["type"] == "app_home_opened" and not (_text(event.get("user"))
+                                                       and isinstance(event.get("channel", ""), str)):
+            return "app_home_opened without a user"
         if event["type"] == "app_mention":
             if not (_text(event.get("channel")) and _text(event.get("ts")) and isinstance(event.get("text", ""), str)
                     and isinstance(event.get("thread_ts", ""), str)):
@@ -257,8 +276,8 @@ def build_bolt_app(
     app = AsyncApp(client=client, signing_secret=signing_secret, request_verification_enabled=False,
                    process_before_response=False)
 
-    def may_manage(user_id: str) -> bool:
-        return not admins or user_id in admins
+    def may_manage(user_id: str, channel_id: str = "") -> bool:
+        return not admins or user_id in admins or _direct(channel_id)
 
     @app.middleware
     async def refuse_malformed(body, next):
@@ -272,7 +291,8 @@ def build_bolt_app(
     async def slash_command(ack, body, respond):
         await ack()  # within Slack's 3 seconds; the work happens after
         request = handlers.request_from_text(ChannelRef("slack", body["channel_id"]), body["user_id"],
-                                             body.get("text") or "", can_manage=may_manage(body["user_id"]))
+                                             body.get("text") or "",
+                                             can_manage=may_manage(body["user_id"], body["channel_id"]))
         reply = await on_command(request)
         await respond(text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
                       response_type="ephemeral", replace_original=False)
@@ -291,9 +311,47 @@ def build_bolt_app(
             return
         user = body["user"]["id"]
         channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
-        request = CommandRequest(ChannelRef("slack", channel), user, verb, args, may_manage(user))
+        request = CommandRequest(ChannelRef("slack", channel), user, verb, args, may_manage(user, channel))
         reply = await on_command(request)
         await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
+
+    @app.action(re.compile(rf"^({ACTION_SAVE}|{ACTION_NOT_RELEVANT}|{ACTION_RUN}_\d+)$"))
+    async def command_button(ack, body, respond):
+        """Save / Not relevant on a card, or a reply's button (a mute offered): a typed request."""
+        await ack()
+        action = body["actions"][0]  # shape checked by payload_problem
+        value = action.get("value", "")
+        if action["action_id"] in (ACTION_SAVE, ACTION_NOT_RELEVANT):
+            verb = "save" if action["action_id"] == ACTION_SAVE else "not-relevant"
+            args: dict = {"paper": value}
+        else:
+            try:
+                verb, args = json.loads(value)
+            except (ValueError, TypeError):
+                verb, args = "", {}
+            if not (isinstance(verb, str) and isinstance(args, dict)
+                    and all(isinstance(k, str) and isinstance(v, str) for k, v in args.items())):
+                log.warning("Slack: ignored a button with a malformed value")
+                return
+        user = body["user"]["id"]
+        channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
+        reply = await on_command(CommandRequest(ChannelRef("slack", channel), user, verb, args,
+                                                may_manage(user, channel)))
+        await respond(text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
+                      response_type="ephemeral", replace_original=False)
+
+    @app.event("app_home_opened")
+    async def app_home(event, client):
+        """The Home tab: the person's own subscriptions (`list --me`) and reading list (`saved --me`)."""
+        if event.get("tab", "home") != "home":
+            return
+        user = event["user"]
+        channel = ChannelRef("slack", event.get("channel") or user)
+        sections = []
+        for title, verb in (("Your subscriptions", "list"), ("Your reading list", "saved")):
+            reply = await on_command(CommandRequest(channel, user, verb, {"me": 1}, can_manage=False))
+            sections.append((title, reply))
+        await client.views_publish(user_id=user, view=home_view(sections))
 
     @app.action(re.compile(r"^papers_link_\d+$"))
     async def link_button(ack):
@@ -318,7 +376,7 @@ def build_bolt_app(
         text = _MENTION.sub("", event.get("text", "")).strip()
         text = _LINK.sub(r"\1", text)
         request = handlers.mention_request(ChannelRef("slack", event["channel"]), event.get("user", ""), text,
-                                           can_manage=may_manage(event.get("user", "")))
+                                           can_manage=may_manage(event.get("user", ""), event["channel"]))
         reply = await on_command(request)
         await client.chat_postMessage(channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
                                       text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
