@@ -105,10 +105,12 @@ class FakeDiscordGateway:
 
     # ---- driving it from a test ------------------------------------------------------------
 
-    def interact(self, subcommand: str, options: dict | None = None, *, permissions: int = 1 << 4) -> str:
+    def interact(self, subcommand: str, options: dict | None = None, *, permissions: int = 1 << 4,
+                 dm: str | None = None, user_id: str = USER_ID) -> str:
         """Send `/papers <subcommand>` to every identified session; returns the interaction token.
 
-        `permissions` is the member's permission bits (16 = Manage Channels).
+        `permissions` is the member's permission bits (16 = Manage Channels); `dm`, a direct
+        message channel id: sent there, by `user_id`, outside any server.
         """
         interaction_token = f"itoken-{next(_ids)}"
         data = {
@@ -122,11 +124,48 @@ class FakeDiscordGateway:
             "authorizing_integration_owners": {"0": GUILD_ID}, "context": 0, "attachment_size_limit": 8388608,
             "data": {"id": "9001", "name": "papers", "type": 1, "guild_id": GUILD_ID,
                      "options": [{"name": subcommand, "type": 1,
-                                  "options": [{"name": k, "type": 3, "value": v}
+                                  "options": [{"name": k, "type": 5 if isinstance(v, bool) else 3, "value": v}
                                               for k, v in (options or {}).items()]}]},
         }
-        asyncio.run_coroutine_threadsafe(self._dispatch_all("INTERACTION_CREATE", data), self._loop).result(5)
+        self._send_interaction(self._placed(data, dm, user_id))
         return interaction_token
+
+    def click(self, custom_id: str, *, channel_id: str = CHANNEL_ID, permissions: int = 1 << 4,
+              dm: str | None = None, user_id: str = USER_ID) -> str:
+        """Press a button (custom_id) on one of the bot's messages in `channel_id` (or the
+        direct message `dm`): a component interaction. Returns the interaction token."""
+        interaction_token = f"itoken-{next(_ids)}"
+        channel = dm or channel_id
+        data = {
+            "id": snowflake(), "application_id": APP_ID, "type": 3, "token": interaction_token, "version": 1,
+            "guild_id": GUILD_ID, "channel_id": channel,
+            "channel": {"id": channel, "type": 0, "guild_id": GUILD_ID, "name": "papers", "position": 0,
+                        "permission_overwrites": [], "nsfw": False, "parent_id": None},
+            "member": {"user": _user(user_id, "ada"), "roles": [], "joined_at": "2026-01-01T00:00:00+00:00",
+                       "deaf": False, "mute": False, "flags": 0, "permissions": str(permissions)},
+            "app_permissions": str(1 << 11), "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
+            "authorizing_integration_owners": {"0": GUILD_ID}, "context": 0, "attachment_size_limit": 8388608,
+            "message": _message(channel, {"content": ""}, _user(BOT_ID, "papers", bot=True)),
+            "data": {"custom_id": custom_id, "component_type": 2},
+        }
+        self._send_interaction(self._placed(data, dm, user_id))
+        return interaction_token
+
+    @staticmethod
+    def _placed(data: dict, dm: str | None, user_id: str) -> dict:
+        """The interaction as Discord sends it from a server channel, or from a direct message (`dm`)."""
+        data["member"]["user"] = _user(user_id, "ada")
+        if dm is None:
+            return data
+        for key in ("guild_id", "member", "guild_locale"):
+            data.pop(key, None)
+        (data.get("data") or {}).pop("guild_id", None)
+        data.update(channel_id=dm, user=_user(user_id, "ada"), context=1, authorizing_integration_owners={"1": user_id},
+                    channel={"id": dm, "type": 1, "recipients": [_user(user_id, "ada")], "last_message_id": None})
+        return data
+
+    def _send_interaction(self, data: dict) -> None:
+        asyncio.run_coroutine_threadsafe(self._dispatch_all("INTERACTION_CREATE", data), self._loop).result(5)
 
     def reconnect(self) -> None:
         """Ask every session to reconnect and resume (op 7 RECONNECT), as Discord does now and then."""

@@ -110,7 +110,7 @@ def _parse(text: str, name: str) -> tuple | Reply:
         return error(f"Cannot {name}: {exc}.", name)
 
 
-@command("subscribe", "subscribe <query> [--backfill N]",
+@command("subscribe", "subscribe <query> [--backfill N] [--me]",
          Param("query", 'e.g. diffusion, "large language model" -video, author:"Yann LeCun"', "text", required=True),
          Param("backfill", f"also post this many recent matches now (1-{MAX_BACKFILL})", "int", option=True,
                minimum=1, maximum=MAX_BACKFILL),
