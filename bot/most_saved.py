@@ -12,7 +12,7 @@ from storage import StoreContract
 from .adapters import Adapter
 from .cards import card_for
 from .digest import next_digest
-from .models import ChannelSettings, Digest, MostSavedSchedule
+from .models import ChannelSettings, Digest, MostSavedSchedule, PostResult
 from .text import plural
 
 log = logging.getLogger(__name__)
@@ -61,14 +61,11 @@ async def dispatch_most_saved(store: StoreContract, adapters: Mapping[str, Adapt
             result = await adapter.post_digest(digest)
         except Exception as exc:  # an adapter bug must not stop the other channels
             log.exception("most-saved digest for %s raised", schedule.channel)
-            result = None
-            error = f"{type(exc).__name__}"
-        else:
-            error = result.error or ""
-        if result is not None and result.ok:
+            result = PostResult(ok=False, error=type(exc).__name__)
+        if result.ok:
             sent += 1
             log.info("posted the most-saved digest (%d papers) to %s", len(cards), schedule.channel)
         else:
             log.warning("the most-saved digest for %s was not posted (%s); the next comes next week",
-                        schedule.channel, error)
+                        schedule.channel, result.error)
     return sent

@@ -104,20 +104,36 @@ def not_relevant(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         subscription = ctx.store.get_subscription(match.subscription_id)
         if subscription is None or subscription.channel != req.channel:
             continue
-        for term in match.terms:
-            muted = mute_term(term)
-            if muted is None or any(a.args == (("subscription", str(subscription.id)), ("term", muted))
-                                    for a in actions):
-                continue
-            if len(actions) < MUTES_OFFERED:
-                actions.append(Action(shown(f"Mute {muted} in #{subscription.id}", 70), "mute",
-                                      (("subscription", str(subscription.id)), ("term", muted))))
+        for muted in mutable_terms(subscription.query, match.terms, paper.categories):
+            args = (("subscription", str(subscription.id)), ("term", muted))
+            if len(actions) < MUTES_OFFERED and all(a.args != args for a in actions):
+                actions.append(Action(shown(f"Mute {muted} in #{subscription.id}", 70), "mute", args))
                 lines.append(f"• `/papers mute {subscription.id} {muted}` (#{subscription.id} `{subscription.query}`)")
     head = f"Noted: {_title(paper)} is not relevant here."
     if not actions:
-        return Reply(head + " No subscription term of this channel matched it, so there is nothing to mute.")
-    return Reply(head + " To get fewer like it, mute a term that matched:\n" + "\n".join(lines),
-                 actions=tuple(actions))
+        return Reply(head + " It was not posted here by a subscription that a muted term could narrow.")
+    return Reply(head + " To get fewer like it, mute a term that matched (or one of its categories):\n"
+                 + "\n".join(lines), actions=tuple(actions))
+
+
+def mutable_terms(query: str, terms: tuple[str, ...], categories: tuple[str, ...]) -> list[str]:
+    """The matched terms worth muting in `query`, then the paper's categories. A term the query
+    requires (the whole query, or one of its top-level AND parts) is left out: muting it
+    would leave a subscription that can never match again."""
+    try:
+        node = parse_query(query)
+    except Exception:
+        return []
+    required = set(node[1]) if node[0] == "and" else {node}
+    offered: list[str] = []
+    for text in [mute_term(term) for term in terms] + [mute_term(f"category {c}") for c in categories[:5]]:
+        if text is None or text in offered:
+            continue
+        excluded = parse_query(text)  # mute_term checked that it parses
+        if excluded in required or ("not", excluded) in required:
+            continue
+        offered.append(text)
+    return offered
 
 
 def _ago(moment: datetime, now: datetime) -> str:

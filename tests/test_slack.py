@@ -404,8 +404,8 @@ def test_the_manifest_declares_what_the_app_uses():
     scopes = set(re.findall(r"^\s+- ([a-z_.:]+)\s+#", text, re.MULTILINE))
     assert scopes == {"commands", "chat:write", "links:read", "links:write", "app_mentions:read",
                       "channels:history", "groups:history", "im:history"}
-    for needed in ("- command: /papers", "- app_mention", "- link_shared", "- app_home_opened", "home_tab_enabled: true",
-                   "messages_tab_enabled: true", "is_enabled: true", "- arxiv.org",
+    for needed in ("- command: /papers", "- app_mention", "- link_shared", "- app_home_opened",
+                   "home_tab_enabled: true", "messages_tab_enabled: true", "is_enabled: true", "- arxiv.org",
                    "- huggingface.co", "socket_mode_enabled: true"):
         assert needed in text
 

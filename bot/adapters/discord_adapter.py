@@ -125,7 +125,7 @@ def mentions(card: Card) -> tuple[str, list[discord.Object]]:
 
 def request_from_component(interaction: discord.Interaction) -> CommandRequest | None:
     """A press of one of our buttons as a typed request; None for anything else."""
-    data = interaction.data or {}
+    data: Any = interaction.data or {}
     custom_id = str(data.get("custom_id", "")) if isinstance(data, dict) else ""
     if not custom_id.startswith(CUSTOM_ID):
         return None
@@ -308,9 +308,12 @@ def build_command_group(on_command: CommandHandler, on_complete: Completer) -> a
 
 async def send_reply(interaction: discord.Interaction, reply: Reply) -> None:
     """The ephemeral follow-up of a deferred interaction: text, cards, and the reply's buttons."""
-    extra = {"view": _link_view([], actions=reply.actions)} if reply.actions else {}
-    await interaction.followup.send(content=reply.text[:CONTENT_MAX], embeds=reply_embeds(reply.cards),
-                                    ephemeral=True, allowed_mentions=discord.AllowedMentions.none(), **extra)
+    content, embeds, none = reply.text[:CONTENT_MAX], reply_embeds(reply.cards), discord.AllowedMentions.none()
+    if reply.actions:
+        await interaction.followup.send(content=content, embeds=embeds, ephemeral=True, allowed_mentions=none,
+                                        view=_link_view([], actions=reply.actions))
+    else:
+        await interaction.followup.send(content=content, embeds=embeds, ephemeral=True, allowed_mentions=none)
 
 
 async def answer_component(on_command: CommandHandler, interaction: discord.Interaction) -> bool:

@@ -40,7 +40,7 @@ ACTION_UNSUBSCRIBE = "papers_overflow"
 ACTION_SAVE = "papers_save"  # value: the paper id
 ACTION_NOT_RELEVANT = "papers_not_relevant"  # value: the paper id
 ACTION_RUN = "papers_run"  # a Reply's Action; value: JSON [verb, {name: value}]
-_SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
+_SLACK_USER = re.compile(r"[UW][A-Z0-9]{1,20}")
 
 
 def escape(text: str) -> str:
