@@ -105,9 +105,9 @@ def not_relevant(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         if subscription is None or subscription.channel != req.channel:
             continue
         for muted in mutable_terms(subscription.query, match.terms, paper.categories):
-            args = (("subscription", str(subscription.id)), ("term", muted))
-            if len(actions) < MUTES_OFFERED and all(a.args != args for a in actions):
-                actions.append(Action(shown(f"Mute {muted} in #{subscription.id}", 70), "mute", args))
+            offer = (("subscription", str(subscription.id)), ("term", muted))
+            if len(actions) < MUTES_OFFERED and all(a.args != offer for a in actions):
+                actions.append(Action(shown(f"Mute {muted} in #{subscription.id}", 70), "mute", offer))
                 lines.append(f"• `/papers mute {subscription.id} {muted}` (#{subscription.id} `{subscription.query}`)")
     head = f"Noted: {_title(paper)} is not relevant here."
     if not actions:
