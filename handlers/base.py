@@ -117,6 +117,7 @@ class Command:
     manage: bool  # changes the channel: needs the "manage" right
     func: Handler
     params: tuple[Param, ...] = ()
+    open_with: str | None = None  # a flag (`--me`) that lets anyone run it: the command then checks itself
 
     @property
     def summary(self) -> str:
@@ -137,13 +138,16 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, usage: str, *params: Param, manage: bool = False) -> Callable[[Handler], Handler]:
+def command(name: str, usage: str, *params: Param, manage: bool = False,
+            open_with: str | None = None) -> Callable[[Handler], Handler]:
     def register(func: Handler) -> Handler:
         if not inspect.getdoc(func):
             raise TypeError(f"command {name!r} needs a docstring: it is the user's help")
         if len({p.name for p in params}) != len(params):
             raise TypeError(f"command {name!r} declares a parameter twice")
-        COMMANDS[name] = Command(name, usage, manage, func, params)
+        if open_with is not None and not any(p.name == open_with and p.kind == "flag" for p in params):
+            raise TypeError(f"command {name!r}: open_with must name one of its flags")
+        COMMANDS[name] = Command(name, usage, manage, func, params, open_with)
         return func
 
     return register
@@ -203,7 +207,7 @@ async def _handle(ctx: Context, request: CommandRequest) -> Reply:
     cmd = COMMANDS.get(request.verb)
     if cmd is None:
         return error(f"Unknown command `{shown(request.verb, 30)}`. Try `/papers help`.")
-    if cmd.manage and not request.can_manage:
+    if cmd.manage and not request.can_manage and not _flagged(request, cmd.open_with):
         return error(f"You need the right to manage this channel to use `{cmd.name}`.")
     args = checked(cmd, request.args)
     if isinstance(args, Reply):
@@ -243,6 +247,12 @@ def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
 
 
 _YES = ("", "1", "yes", "true", "on")  # a flag's value: typed `--me` is "", Discord's a boolean
+
+
+def _flagged(request: CommandRequest, flag: str | None) -> bool:
+    """The request gives this flag (what `checked` will make of it)."""
+    value = request.args.get(flag) if flag else None
+    return value is not None and value is not False and str(value).strip().lower() in _YES
 
 
 def _number(value: ArgValue) -> int | None:

@@ -115,7 +115,7 @@ def _parse(text: str, name: str) -> tuple | Reply:
          Param("backfill", f"also post this many recent matches now (1-{MAX_BACKFILL})", "int", option=True,
                minimum=1, maximum=MAX_BACKFILL),
          ME,
-         manage=True)
+         manage=True, open_with="me")
 async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Post new papers that match a query to this channel.
 
@@ -135,6 +135,13 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     if isinstance(node, Reply):
         return node
     query = render(node)
+    if not req.can_manage:  # only `--me` gets here without the right: joining what the channel has
+        existing = next((s for s in ctx.store.subscriptions(req.channel) if s.query == query), None)
+        if existing is None or backfill:
+            return error("You need the right to manage this channel to add a subscription or backfill; "
+                         "with `--me` you can join one it has (see `/papers list`).", "subscribe")
+        mentioned = ctx.store.add_subscriber(existing.id, req.user_id, ctx.clock())
+        return Reply(f"#{existing.id} `{existing.query}`: its cards {'now' if mentioned else 'already'} mention you.")
     limit = ctx.config.max_subscriptions_per_channel
     subscribed = ctx.store.add_subscription(req.channel, query, req.user_id, ctx.clock(), limit=limit)
     sub = subscribed.subscription
@@ -174,17 +181,21 @@ async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     return Reply(f"`{render(node)}`: {_estimate(matched, count, scanned)}")
 
 
-@command("unsubscribe", "unsubscribe <id or all>",
+@command("unsubscribe", "unsubscribe <id or all> [--me]",
          Param("subscription", "its number from list, or all", required=True, complete="subscriptions or all",
                missing="Which subscription? Give its number from `/papers list`, or `all`."),
-         manage=True)
+         Param("me", "only stop mentioning me (anyone may)", "flag", option=True),
+         manage=True, open_with="me")
 def unsubscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Stop a subscription of this channel by its number from `list`, or all of them.
 
-    Example: `/papers unsubscribe 3` or `/papers unsubscribe all`.
+    With `--me` the subscriptions stay and only stop mentioning you (no right needed).
+    Example: `/papers unsubscribe 3` or `/papers unsubscribe all` or `/papers unsubscribe 3 --me`.
     """
     given = args.text("subscription")
     raw = given.removeprefix("#").strip()
+    if args.flag("me"):
+        return _unmention(ctx, req, raw, given)
     if raw.lower() == "all":
         removed = ctx.store.remove_all_subscriptions(req.channel)
         if not removed:
@@ -198,6 +209,22 @@ def unsubscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     if gone is None:
         return error(f"This channel has no subscription #{int(raw)}. See `/papers list`.", "unsubscribe")
     return Reply(f"Unsubscribed #{gone.id} `{gone.query}`. Papers already posted stay where they are.")
+
+
+def _unmention(ctx: Context, req: CommandRequest, raw: str, given: str) -> Reply:
+    subs = ctx.store.subscriptions(req.channel)
+    if raw.lower() != "all":
+        if not raw.isdecimal() or len(raw) > 12:
+            return error(f"`{shown(given, 30)}` is not a subscription number.", "unsubscribe")
+        subs = [s for s in subs if s.id == int(raw)]
+        if not subs:
+            return error(f"This channel has no subscription #{int(raw)}. See `/papers list`.", "unsubscribe")
+    gone = [s for s in subs if ctx.store.remove_subscriber(s.id, req.user_id)]
+    if not gone:
+        return Reply("No subscription of this channel mentioned you there." if raw.lower() == "all"
+                     else f"#{subs[0].id} `{subs[0].query}` did not mention you.")
+    return Reply("Stopped mentioning you on " + ", ".join(f"#{s.id} `{s.query}`" for s in gone[:10])
+                 + (f" and {len(gone) - 10} more" if len(gone) > 10 else "") + ". The subscriptions stay.")
 
 
 @command("mute", "mute <id> <term>",

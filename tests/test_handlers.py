@@ -79,7 +79,7 @@ def test_unsubscribe_by_number(ctx):
 )
 def test_unsubscribe_errors(ctx, text, message):
     reply = run(ctx, text)
-    assert not reply.ok and message in reply.text and "Usage: `/papers unsubscribe <id or all>`" in reply.text
+    assert not reply.ok and message in reply.text and "Usage: `/papers unsubscribe <id or all> [--me]`" in reply.text
 
 
 def test_unsubscribe_cannot_touch_another_channel(ctx):

@@ -177,6 +177,22 @@ async def test_removing_a_subscription_removes_its_mentions(ctx, store, clock):
     assert store.subscribers([sub.id]) == []
 
 
+async def test_without_the_manage_right_me_joins_an_existing_subscription_and_leaves_it(ctx, store):
+    await run(ctx, C123, "UADMIN", "subscribe diffusion")
+    refused = await run(ctx, C123, "U1", "subscribe --me video", can_manage=False)
+    assert not refused.ok and "with `--me` you can join one it has" in refused.text
+    assert not (await run(ctx, C123, "U1", "subscribe diffusion", can_manage=False)).ok  # no --me: the right
+    assert not (await run(ctx, C123, "U1", "subscribe --me diffusion --backfill 3", can_manage=False)).ok
+    joined = await run(ctx, C123, "U1", "subscribe --me Diffusion", can_manage=False)
+    assert joined.text == "#1 `diffusion`: its cards now mention you." and store.subscribers([1]) == ["U1"]
+    assert not (await run(ctx, C123, "U1", "unsubscribe 1", can_manage=False)).ok
+    left = await run(ctx, C123, "U1", "unsubscribe all --me", can_manage=False)
+    assert left.text == "Stopped mentioning you on #1 `diffusion`. The subscriptions stay."
+    assert store.subscribers([1]) == [] and [s.query for s in store.subscriptions(C123)] == ["diffusion"]
+    again = await run(ctx, C123, "U1", "unsubscribe 1 --me", can_manage=False)
+    assert again.text == "#1 `diffusion` did not mention you."
+
+
 async def test_list_me_lists_my_subscriptions_across_channels_of_the_platform(ctx, store):
     await run(ctx, C123, "U1", "subscribe --me diffusion")
     await run(ctx, ChannelRef("slack", "C999"), "U2", "subscribe agents")

@@ -309,9 +309,10 @@ def build_command_group(on_command: CommandHandler, on_complete: Completer) -> a
 async def send_reply(interaction: discord.Interaction, reply: Reply) -> None:
     """The ephemeral follow-up of a deferred interaction: text, cards, and the reply's buttons."""
     content, embeds, none = reply.text[:CONTENT_MAX], reply_embeds(reply.cards), discord.AllowedMentions.none()
-    if reply.actions:
+    one = reply.cards[0].paper_id if len(reply.cards) == 1 else None  # one card: its Save / Not relevant
+    if reply.actions or one:
         await interaction.followup.send(content=content, embeds=embeds, ephemeral=True, allowed_mentions=none,
-                                        view=_link_view([], actions=reply.actions))
+                                        view=_link_view([], one, actions=reply.actions))
     else:
         await interaction.followup.send(content=content, embeds=embeds, ephemeral=True, allowed_mentions=none)
 
