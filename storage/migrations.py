@@ -281,6 +281,7 @@ def m018_people_and_feedback(db: Database) -> None:
             PRIMARY KEY (subscription_id, user_id)
         );
         CREATE INDEX IF NOT EXISTS subscription_people_user ON subscription_people(user_id);
+        CREATE INDEX IF NOT EXISTS subscriptions_created_by ON subscriptions(created_by);  -- list --me
         CREATE TABLE IF NOT EXISTS feedback (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             user_id TEXT NOT NULL,

@@ -37,9 +37,11 @@ class PeopleMixin:
         return [row[0] for row in rows]
 
     def own_subscriptions(self, platform: str, user_id: str, limit: int = 100) -> list[Subscription]:
+        # Both sides by index (subscriptions_created_by, subscription_people_user): never a scan
+        # of every subscription, however many channels there are.
         rows = self.db.execute(
-            _SELECT + """ WHERE s.channel LIKE ? AND (s.created_by = ? OR s.id IN
-                             (SELECT subscription_id FROM subscription_people WHERE user_id = ?))
-                          ORDER BY s.id LIMIT ?""",
-            [f"{platform}:%", user_id, user_id, limit]).fetchall()
+            _SELECT + """ WHERE s.id IN (SELECT id FROM subscriptions WHERE created_by = ?
+                                         UNION SELECT subscription_id FROM subscription_people WHERE user_id = ?)
+                            AND s.channel LIKE ? ORDER BY s.id LIMIT ?""",
+            [user_id, user_id, f"{platform}:%", limit]).fetchall()
         return [_subscription(row) for row in rows]

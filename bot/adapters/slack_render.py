@@ -128,7 +128,7 @@ def action_value(action: Action) -> str:
 
 def actions_block(actions: tuple[Action, ...]) -> ActionsBlock:
     return ActionsBlock(block_id="reply_actions", elements=[
-        ButtonElement(text=PlainTextObject(text=shorten(action.label, BUTTON_MAX)), action_id=f"{ACTION_RUN}_{i}",
+        ButtonElement(text=PlainTextObject(text=_mrkdwn_cut(action.label, BUTTON_MAX)), action_id=f"{ACTION_RUN}_{i}",
                       value=action_value(action)[:2000])
         for i, action in enumerate(actions[:5])])
 
