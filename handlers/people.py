@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from bot.digest import parse_time, parse_weekday
+from bot.errors import SourceError
 from bot.models import WEEKDAYS, Action, CommandRequest, MostSavedSchedule, Paper, Reply, SavedPaper
 from bot.query import parse_query
 from bot.sources.ids import canonical_arxiv_id
@@ -30,18 +31,36 @@ def _stored(ctx: Context, args: Args, verb: str) -> Paper | Reply:
     return paper
 
 
+async def _found(ctx: Context, args: Args, verb: str) -> Paper | Reply:
+    """The paper, stored, or fetched and stored as `show` does (for `save <id>` of any paper)."""
+    paper = _stored(ctx, args, verb)
+    if not isinstance(paper, Reply) or ctx.lookup is None or "is not stored here" not in paper.text:
+        return paper
+    paper_id = canonical_arxiv_id(args.text("paper").split()[0].strip("<>"))
+    assert paper_id is not None  # _stored checked it
+    try:
+        fetched = await ctx.lookup.fetch(paper_id)
+    except SourceError as exc:
+        return error(f"Could not look up {paper_id} right now ({exc.reason}). Try again later.")
+    if fetched is None:
+        return error(f"Neither {' nor '.join(ctx.lookup.labels())} knows a paper {paper_id}.")
+    ctx.store.add_papers([fetched], ctx.clock(), listed=False)
+    return fetched
+
+
 def _title(paper: Paper, limit: int = 80) -> str:
     return f"“{shown(paper.title, limit)}” (arXiv:{paper.id})"
 
 
 @command("save", "save <arXiv id or link>", _PAPER)
-def save(ctx: Context, req: CommandRequest, args: Args) -> Reply:
+async def save(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Keep a paper on your reading list and this channel's (what a card's Save button does).
 
-    See them with `/papers saved` (this channel's) or `/papers saved --me` (yours).
+    See them with `/papers saved` (this channel's) or `/papers saved --me` (yours). A paper
+    the bot has not stored is fetched first, as `show` does.
     Example: `/papers save 2406.12345`.
     """
-    paper = _stored(ctx, args, "save")
+    paper = await _found(ctx, args, "save")
     if isinstance(paper, Reply):
         return paper
     feedback = ctx.store.record_feedback(req.user_id, req.channel, paper.id, "save", ctx.clock())
@@ -55,8 +74,9 @@ def save(ctx: Context, req: CommandRequest, args: Args) -> Reply:
 
 @command("unsave", "unsave <arXiv id or link>", _PAPER)
 def unsave(ctx: Context, req: CommandRequest, args: Args) -> Reply:
-    """Take a paper you saved off your reading list (and off this channel's, if nobody else saved it here).
+    """Take a paper you saved here off your reading list.
 
+    It leaves this channel's list too unless someone else saved it here.
     Example: `/papers unsave 2406.12345`.
     """
     paper = _stored(ctx, args, "unsave")
@@ -89,9 +109,10 @@ def mute_term(term: str) -> str | None:
 
 @command("not-relevant", "not-relevant <arXiv id or link>", _PAPER)
 def not_relevant(ctx: Context, req: CommandRequest, args: Args) -> Reply:
-    """Mark a paper as not relevant here (a card's Not relevant button), and get buttons to mute
-    the terms that made it match.
+    """Mark a paper as not relevant here (a card's Not relevant button); offers to mute what matched.
 
+    The reply, only to you, has buttons that mute the terms that made it match (or one of its
+    categories) in the matching subscription, as `mute` does.
     Example: `/papers not-relevant 2406.12345`.
     """
     paper = _stored(ctx, args, "not-relevant")

@@ -24,6 +24,7 @@ from bot.models import ChannelFeedback, ChannelRef, Match
 from bot.most_saved import dispatch_most_saved
 from fakes.discord import FakeDiscord
 from fakes.discord_gateway import CHANNEL_ID, TOKEN, USER_ID, FakeDiscordGateway
+from fakes.http import Canned
 from fakes.slack import FakeSlack
 from storage import Store
 from storage.migrations import migrations
@@ -353,3 +354,12 @@ async def test_the_weekly_most_saved_digest_lists_the_weeks_most_saved_once(ctx,
     assert await dispatch_most_saved(store, adapters, clock(), 10) == 0
     assert (await run(ctx, C123, "U1", "most-saved off")).text == "The weekly most-saved digest is off."
     assert store.most_saved_schedules() == []
+
+
+async def test_save_of_a_paper_not_stored_yet_fetches_it_as_show_does(store, make_config, clock, server):
+    from .test_commands import HF_PAPER, show  # `show` runs any command line with a real lookup
+
+    server.route("/api/papers/2602.23229", Canned(body=json.dumps(HF_PAPER).encode()))
+    reply = await show(store, make_config(), clock, server, "save https://huggingface.co/papers/2602.23229")
+    assert reply.text.startswith("Saved “Large Multimodal Models")
+    assert [s.paper.id for s in store.saved_papers(user_id="u1")] == ["2602.23229"]
