@@ -20,11 +20,19 @@ MUTES_OFFERED = 5
 _PAPER = Param("paper", "an arXiv id or link", required=True, missing="Which paper? Give an arXiv id or link.")
 
 
-def _stored(ctx: Context, args: Args, verb: str) -> Paper | Reply:
+def _paper_id(args: Args, verb: str) -> str | Reply:
     given = args.text("paper")
     paper_id = canonical_arxiv_id(given.split()[0].strip("<>")) if given else None
     if paper_id is None:
         return error(f"`{shown(given)}` is not an arXiv id or an arXiv/Hugging Face link.", verb)
+    return paper_id
+
+
+def _stored(ctx: Context, args: Args, verb: str) -> Paper | Reply:
+    """The stored paper the argument names (feedback is on papers the bot has)."""
+    paper_id = _paper_id(args, verb)
+    if isinstance(paper_id, Reply):
+        return paper_id
     paper = ctx.store.get_paper(paper_id)
     if paper is None:
         return error(f"Paper {paper_id} is not stored here; `/papers show {paper_id}` fetches it.", verb)
@@ -33,11 +41,9 @@ def _stored(ctx: Context, args: Args, verb: str) -> Paper | Reply:
 
 async def _found(ctx: Context, args: Args, verb: str) -> Paper | Reply:
     """The paper, stored, or fetched and stored as `show` does (for `save <id>` of any paper)."""
-    paper = _stored(ctx, args, verb)
-    if not isinstance(paper, Reply) or ctx.lookup is None or "is not stored here" not in paper.text:
-        return paper
-    paper_id = canonical_arxiv_id(args.text("paper").split()[0].strip("<>"))
-    assert paper_id is not None  # _stored checked it
+    paper_id = _paper_id(args, verb)
+    if isinstance(paper_id, Reply) or ctx.lookup is None or ctx.store.get_paper(paper_id) is not None:
+        return _stored(ctx, args, verb)
     try:
         fetched = await ctx.lookup.fetch(paper_id)
     except SourceError as exc:
