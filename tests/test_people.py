@@ -363,3 +363,24 @@ async def test_save_of_a_paper_not_stored_yet_fetches_it_as_show_does(store, mak
     reply = await show(store, make_config(), clock, server, "save https://huggingface.co/papers/2602.23229")
     assert reply.text.startswith("Saved “Large Multimodal Models")
     assert [s.paper.id for s in store.saved_papers(user_id="u1")] == ["2602.23229"]
+
+
+async def test_the_app_sweep_posts_the_most_saved_digest_through_the_fake_slack(make_config, clock, slack):
+    from bot.app import App
+
+    config = make_config()
+    adapter = SlackAdapter(make_web_client("xoxb-test-token", slack.api_url), min_interval=0)
+    app = App(config, clock=clock, adapters={"slack": adapter})
+    try:
+        await app.handle_command(handlers.request_from_text(C123, "U1", "most-saved weekly fri 13:00"))
+        app.store.add_papers([paper(PAPER, "Worth keeping")], clock())
+        await app.handle_command(handlers.request_from_text(C123, "U1", f"save {PAPER}"))
+        await app.deliver()
+        assert slack.called("chat.postMessage") == []  # Friday 12:00: not yet
+        clock.advance(hours=1)
+        await app.deliver()
+        await app.deliver()
+    finally:
+        await app.aclose()
+    (body,) = slack.called("chat.postMessage")
+    assert "Worth keeping" in json.dumps(body["blocks"]) and body["channel"] == "C123"
