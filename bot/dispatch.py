@@ -257,8 +257,9 @@ class Dispatcher:
             paper = self.store.get_paper(delivery.paper_id)
             if paper is not None:
                 cards.append(card_for(paper, delivery.matched))
+        mentions = self.store.subscribers(sorted({m.subscription_id for d in claimed for m in d.matched}))
         try:
-            result = await adapter.post_digest(Digest(channel, title, tuple(cards), note))
+            result = await adapter.post_digest(Digest(channel, title, tuple(cards), note, tuple(mentions)))
         except Exception as exc:
             log.exception("digest for %s raised", channel)
             result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)

@@ -230,6 +230,7 @@ class Digest:
     title: str
     cards: tuple[Card, ...]
     note: str = ""  # shown after the papers: how many more matched than it lists
+    mentions: tuple[str, ...] = ()  # user ids of the --me subscribers of its papers: the only ones pinged
 
 
 @dataclass(frozen=True)

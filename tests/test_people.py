@@ -171,6 +171,28 @@ async def test_discord_cards_allow_only_the_me_subscribers_as_mentions(ctx, stor
     assert feedback == [f"papers:save:{PAPER}", f"papers:not-relevant:{PAPER}"]
 
 
+async def test_a_bursts_digest_mentions_the_me_subscribers_of_its_papers_too(ctx, store, clock, slack, monkeypatch):
+    await run(ctx, C123, "U1", "subscribe --me diffusion")
+    await run(ctx, ChannelRef("discord", "123"), "555", "subscribe --me diffusion")
+    for channel in (C123, ChannelRef("discord", "123")):
+        sub = store.subscriptions(channel)[0]
+        deliver(store, clock, channel, sub, paper_id="2411.00001")
+        deliver(store, clock, channel, sub, paper_id="2411.00002")
+    slack_adapter = SlackAdapter(make_web_client("xoxb-test-token", slack.api_url), min_interval=0)
+    with FakeDiscord() as fake:
+        monkeypatch.setattr(Route, "BASE", "http://127.0.0.1:9/api/v10")
+        discord_adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
+        adapters = {"slack": slack_adapter, "discord": discord_adapter}
+        assert (await Dispatcher(store, adapters, clock, cards_per_cycle=1).dispatch()).sent == 4
+        await discord_adapter.close()
+    card, digest = slack.called("chat.postMessage")
+    assert card["text"].startswith("<@U1> ") and digest["text"].startswith("<@U1> ")
+    assert digest["blocks"][-1]["elements"][0]["text"] == "For <@U1>"
+    (_, card), (_, digest) = fake.posts
+    assert card["content"] == digest["content"] == "<@555>" and digest["embeds"][0]["title"].startswith("1 more")
+    assert [int(u) for u in digest["allowed_mentions"]["users"]] == [555] and digest["allowed_mentions"]["parse"] == []
+
+
 async def test_removing_a_subscription_removes_its_mentions(ctx, store, clock):
     await run(ctx, C123, "U1", "subscribe --me diffusion")
     (sub,) = store.subscriptions(C123)

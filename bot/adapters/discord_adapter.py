@@ -117,10 +117,19 @@ CUSTOM_ID = "papers:"  # our buttons' custom_id prefix: papers:save:ID, papers:n
 _DISCORD_USER = re.compile(r"[0-9]{1,20}")
 
 
-def mentions(card: Card) -> tuple[str, list[discord.Object]]:
+def mentions(item: Card | Digest) -> tuple[str, list[discord.Object]]:
     """The content that mentions the --me subscribers, and them as the only allowed mentions."""
-    users = [user for user in card.mentions[:20] if _DISCORD_USER.fullmatch(user)]
+    users = [user for user in item.mentions[:20] if _DISCORD_USER.fullmatch(user)]
     return " ".join(f"<@{user}>" for user in users), [discord.Object(id=int(user)) for user in users]
+
+
+def _mentioning(item: Card | Digest) -> dict[str, Any]:
+    """The message fields that mention the item's --me subscribers, and allow only them."""
+    content, users = mentions(item)
+    if not users:
+        return {}
+    return {"content": content, "allowed_mentions": discord.AllowedMentions(
+        everyone=False, roles=False, replied_user=False, users=users)}
 
 
 def request_from_component(interaction: discord.Interaction) -> CommandRequest | None:
@@ -195,14 +204,12 @@ class DiscordAdapter:
             return self._http
 
     async def post(self, channel: ChannelRef, card: Card) -> PostResult:
-        content, users = mentions(card)
         return await self._send(
             channel.channel_id,
             embeds=[card_embed(card)],
             view=_link_view(card_buttons(card), card.paper_id),
             nonce=nonce_for(channel, card.paper_id),
-            **({"content": content, "allowed_mentions": discord.AllowedMentions(
-                everyone=False, roles=False, replied_user=False, users=users)} if users else {}),
+            **_mentioning(card),
         )
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
@@ -231,7 +238,7 @@ class DiscordAdapter:
     async def post_digest(self, digest: Digest) -> PostResult:
         ids = ",".join(card.paper_id for card in digest.cards)
         return await self._send(digest.channel.channel_id, embeds=[digest_embed(digest)],
-                                nonce=nonce_for(digest.channel, f"digest:{ids}"))
+                                nonce=nonce_for(digest.channel, f"digest:{ids}"), **_mentioning(digest))
 
     async def reply(self, channel_id: str, message_id: str, reply: Reply) -> PostResult:
         """Answer a message (link cards) with the reply's cards."""

@@ -42,13 +42,16 @@ from .slack_render import (
     ACTION_RUN,
     ACTION_SAVE,
     ACTION_UNSUBSCRIBE,
+    MAX_BLOCKS,
     PAPER_EVENT,
     card_blocks,
     card_text,
     digest_blocks,
+    digest_people_blocks,
     digest_text,
     escape,
     home_view,
+    mentions,
     reply_blocks,
 )
 
@@ -122,9 +125,12 @@ class SlackAdapter:
         return await self._post(channel.channel_id, text=escape(text)[:3000])
 
     async def post_digest(self, digest: Digest) -> PostResult:
-        blocks = [block.to_dict() for block in digest_blocks(digest)]
+        people = digest_people_blocks(digest)
+        blocks = [block.to_dict() for block in digest_blocks(digest)[:MAX_BLOCKS - len(people)] + people]
         ids = ",".join(card.paper_id for card in digest.cards)[:2000]
-        return await self._post(digest.channel.channel_id, text=digest_text(digest), blocks=blocks,
+        who = mentions(digest)
+        text = f"{who} {digest_text(digest)}"[:3000] if who else digest_text(digest)
+        return await self._post(digest.channel.channel_id, text=text, blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_ids": ids}})
 
     async def start(self, on_command: CommandHandler) -> Running | None:

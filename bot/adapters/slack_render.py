@@ -105,9 +105,15 @@ def card_blocks(card: Card, subscriptions: tuple[SubscriptionRef, ...] = ()) -> 
     return blocks + people_blocks(card)
 
 
-def mentions(card: Card) -> str:
+def mentions(item: Card | Digest) -> str:
     """`<@U1> <@U2>`: the people who subscribed with --me; anything not a Slack user id is dropped."""
-    return " ".join(f"<@{user}>" for user in card.mentions[:20] if _SLACK_USER.fullmatch(user))
+    return " ".join(f"<@{user}>" for user in item.mentions[:20] if _SLACK_USER.fullmatch(user))
+
+
+def digest_people_blocks(digest: Digest) -> list[Block]:
+    """The digest's --me subscribers, mentioned (after its papers)."""
+    who = mentions(digest)
+    return [ContextBlock(elements=[MarkdownTextObject(text=f"For {who}")])] if who else []
 
 
 def people_blocks(card: Card) -> list[Block]:
