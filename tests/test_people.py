@@ -300,7 +300,7 @@ async def test_app_home_shows_my_subscriptions_and_reading_list(bolt, slack, sto
     view = slack.home_views["UADMIN"]
     texts = [b["text"]["text"] for b in view["blocks"] if b.get("text")]
     assert texts[0] == "Your subscriptions" and texts[2] == "Your reading list"
-    assert "#1 `diffusion` · in slack:C123" in texts[1] and "#2 `agents` · here" in texts[1]
+    assert "#1 `diffusion` · in slack:C123" in texts[1] and "#2 `agents` · in slack:DUADMIN" in texts[1]
     assert "video" not in texts[1]
     assert "Latent &lt;b&gt;diffusion&lt;/b&gt; · https://arxiv.org/abs/2411.00001" in texts[3]
 

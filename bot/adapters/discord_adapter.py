@@ -94,11 +94,12 @@ def nonce_for(channel: ChannelRef, paper_id: str) -> str:
 
 
 def _link_view(buttons: list[tuple[str, str]], paper_id: str | None = None,
-               actions: tuple[Action, ...] = ()) -> discord.ui.View:
+               actions: tuple[Action, ...] = (), timeout: float | None = None) -> discord.ui.View:
     """Link buttons; with `paper_id`, a second row with Save and Not relevant; `actions`, a
     reply's buttons (each runs a command). Presses come back as component interactions
-    (`_Gateway.on_interaction`), by custom_id."""
-    view = discord.ui.View(timeout=None)
+    (`_Gateway.on_interaction`), by custom_id, whatever became of the view: `timeout` only
+    lets discord.py forget a view it keeps (an interaction follow-up's) after that long."""
+    view = discord.ui.View(timeout=timeout)
     for label, url in buttons:
         view.add_item(discord.ui.Button(style=discord.ButtonStyle.link, label=label, url=url))
     if paper_id is not None:
@@ -113,6 +114,7 @@ def _link_view(buttons: list[tuple[str, str]], paper_id: str | None = None,
     return view
 
 
+REPLY_VIEW_SECONDS = 900.0  # discord.py keeps a follow-up's view this long (then forgets it; presses still work)
 CUSTOM_ID = "papers:"  # our buttons' custom_id prefix: papers:save:ID, papers:not-relevant:ID, papers:run:JSON
 _DISCORD_USER = re.compile(r"[0-9]{1,20}")
 
@@ -319,7 +321,7 @@ async def send_reply(interaction: discord.Interaction, reply: Reply) -> None:
     one = reply.cards[0].paper_id if len(reply.cards) == 1 else None  # one card: its Save / Not relevant
     if reply.actions or one:
         await interaction.followup.send(content=content, embeds=embeds, ephemeral=True, allowed_mentions=none,
-                                        view=_link_view([], one, actions=reply.actions))
+                                        view=_link_view([], one, actions=reply.actions, timeout=REPLY_VIEW_SECONDS))
     else:
         await interaction.followup.send(content=content, embeds=embeds, ephemeral=True, allowed_mentions=none)
 

@@ -352,7 +352,7 @@ def build_bolt_app(
         if event.get("tab", "home") != "home":
             return
         user = event["user"]
-        channel = ChannelRef("slack", event.get("channel") or user)
+        channel = ChannelRef("slack", "app-home")  # no channel of its own: every subscription says where it is
         sections = []
         for title, verb in (("Your subscriptions", "list"), ("Your reading list", "saved")):
             reply = await on_command(CommandRequest(channel, user, verb, {"me": 1}, can_manage=False))
