@@ -21,6 +21,7 @@ from .enrich import CategoryFiller
 from .errors import StorageError
 from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
+from .most_saved import dispatch_most_saved
 from .poller import Poller, SourceReport
 from .sources import ArxivSource, Source, connect, make_client
 from .sources.arxiv import NAME as ARXIV
@@ -152,6 +153,7 @@ class App:
         report = await self.dispatcher.dispatch()
         report.add(await self.dispatcher.dispatch_digests())
         report.add(await self.dispatcher.dispatch_followups())
+        await dispatch_most_saved(self.store, self.adapters, self.clock(), self.config.feedback.most_saved_papers)
         return report
 
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Awaitable, Callable, Sequence
@@ -260,8 +260,9 @@ class Dispatcher:
             paper = self.store.get_paper(delivery.paper_id)
             if paper is not None:
                 cards.append(card_for(paper, delivery.matched))
+        mentions = self.store.subscribers(sorted({m.subscription_id for d in claimed for m in d.matched}))
         try:
-            result = await adapter.post_digest(Digest(channel, title, tuple(cards), note, RANK_ORDER))
+            result = await adapter.post_digest(Digest(channel, title, tuple(cards), note, RANK_ORDER, tuple(mentions)))
         except Exception as exc:
             log.exception("digest for %s raised", channel)
             result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
@@ -312,6 +313,10 @@ class Dispatcher:
             return PostResult(ok=False, error="paper missing from storage", retryable=False)
         try:
             card = card_for(paper, delivery.matched, self.store.delivery_subscriptions(delivery.id))
+            # Those who subscribed with --me are mentioned: only they, never anyone else.
+            mentions = self.store.subscribers(sorted({m.subscription_id for m in delivery.matched}))
+            if mentions:
+                card = replace(card, mentions=tuple(mentions))
             return await adapter.post(delivery.channel, card)
         except Exception as exc:  # an adapter bug must not stop the other deliveries
             log.exception("posting %s to %s raised", delivery.paper_id, delivery.channel)

@@ -197,6 +197,7 @@ class Card:
     body_label: str = ""  # what `body` is when it is not the abstract: "AI summary"
     snippet: str | None = None  # the abstract's words around the matched terms the card does not show
     project_page: str | None = None  # also among `links`; Slack shows it in the facts line
+    mentions: tuple[str, ...] = ()  # user ids of the people who subscribed with --me: the only ones pinged
 
 
 DIGEST_MODES = ("instant", "daily", "weekly")
@@ -238,6 +239,7 @@ class Digest:
     cards: tuple[Card, ...]
     note: str = ""  # shown after the papers: how many more matched than it lists
     order: str = ""  # one line under the title: how the papers are ordered
+    mentions: tuple[str, ...] = ()  # user ids of the --me subscribers of its papers: the only ones pinged
 
 
 @dataclass(frozen=True)
@@ -418,6 +420,7 @@ class Reply:
     ok: bool = True
     queued: int = 0  # deliveries the command put in the outbox (e.g. --backfill): send them now
     form: SubscribeForm | None = None  # a subscribe form to show where the platform has forms (see SubscribeForm)
+    actions: tuple[Action, ...] = ()  # buttons under the reply, each running a command for whoever presses it
 
 
 @dataclass(frozen=True)
@@ -450,3 +453,59 @@ class SubscribeForm:
     waiting: str  # what the preview says before a query is typed
     query: str = ""  # the query typed so far
     preview: QueryPreview | None = None
+
+
+# ---- people and feedback ----------------------------------------------------------------------
+
+FEEDBACK_KINDS = ("save", "not_relevant")
+
+
+@dataclass(frozen=True)
+class Action:
+    """A button that runs one command as whoever presses it (with their rights, rate limit and
+    checks: what comes back from the platform is as untrusted as typed text)."""
+
+    label: str
+    verb: str
+    args: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One press of Save or Not relevant: who, where, which paper, which kind, when.
+    `created` False: that person had already given this feedback on this paper there."""
+
+    user_id: str
+    channel: ChannelRef
+    paper_id: str
+    kind: str  # one of FEEDBACK_KINDS
+    at: datetime
+    created: bool = True
+
+
+@dataclass(frozen=True)
+class SavedPaper:
+    """A paper on a reading list: when it was last saved, and by how many people (in that scope)."""
+
+    paper: Paper
+    saved_at: datetime
+    saves: int = 1
+
+
+@dataclass(frozen=True)
+class ChannelFeedback:
+    """A channel's feedback as paper ids, newest first: what its people saved, and what they
+    marked not relevant (the recommendations read it)."""
+
+    saved: tuple[str, ...] = ()
+    not_relevant: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MostSavedSchedule:
+    """A channel's weekly "most saved" digest: on `day` at `time` in the channel's time zone."""
+
+    channel: ChannelRef
+    day: str = "mon"
+    time: str = "09:00"
+    last_sent_at: datetime | None = None  # the slot last posted (or since when it is on)

@@ -106,16 +106,19 @@ class FakeDiscordGateway:
 
     # ---- driving it from a test ------------------------------------------------------------
 
-    def interact(self, subcommand: str, options: dict | None = None, *, permissions: int = 1 << 4) -> str:
+    def interact(self, subcommand: str, options: dict | None = None, *, permissions: int = 1 << 4,
+                 dm: str | None = None, user_id: str = USER_ID) -> str:
         """Send `/papers <subcommand>` to every identified session; returns the interaction token.
 
-        `permissions` is the member's permission bits (16 = Manage Channels).
+        `permissions` is the member's permission bits (16 = Manage Channels); `dm`, a direct
+        message channel id: sent there, by `user_id`, outside any server.
         """
         return self._interact(2, {"id": "9001", "name": "papers", "type": 1, "guild_id": GUILD_ID,
                                   "options": [{"name": subcommand, "type": 1,
-                                               "options": [{"name": k, "type": 3, "value": v}
+                                               "options": [{"name": k, "type": 5 if isinstance(v, bool) else 3,
+                                                            "value": v}
                                                            for k, v in (options or {}).items()]}]},
-                              permissions=permissions)
+                              permissions=permissions, user_id=user_id, dm=dm)
 
     def submit_modal(self, values: dict[str, str], *, permissions: int = 1 << 4, user_id: str = USER_ID) -> str:
         """Submit the last modal the bot opened (an interaction callback of type 9, MODAL), as
@@ -143,13 +146,22 @@ class FakeDiscordGateway:
         return self._interact(3, {"custom_id": button["custom_id"], "component_type": 2},
                               permissions=permissions, user_id=user_id, message=message)
 
+    def press(self, custom_id: str, *, channel_id: str = CHANNEL_ID, permissions: int = 1 << 4,
+              dm: str | None = None, user_id: str = USER_ID) -> str:
+        """Press a button by its custom_id on one of the bot's messages in `channel_id` (or the
+        direct message `dm`): a component interaction. Returns the interaction token."""
+        channel = dm or channel_id
+        return self._interact(3, {"custom_id": custom_id, "component_type": 2}, permissions=permissions,
+                              user_id=user_id, dm=dm, channel_id=channel,
+                              message=_message(channel, {"content": ""}, _user(BOT_ID, "papers", bot=True)))
+
     def _interact(self, kind: int, data: dict, *, permissions: int, user_id: str = USER_ID,
-                  message: dict | None = None) -> str:
+                  message: dict | None = None, dm: str | None = None, channel_id: str = CHANNEL_ID) -> str:
         interaction_token = f"itoken-{next(_ids)}"
         payload: dict = {
             "id": snowflake(), "application_id": APP_ID, "type": kind, "token": interaction_token, "version": 1,
-            "guild_id": GUILD_ID, "channel_id": CHANNEL_ID,
-            "channel": {"id": CHANNEL_ID, "type": 0, "guild_id": GUILD_ID, "name": "papers", "position": 0,
+            "guild_id": GUILD_ID, "channel_id": channel_id,
+            "channel": {"id": channel_id, "type": 0, "guild_id": GUILD_ID, "name": "papers", "position": 0,
                         "permission_overwrites": [], "nsfw": False, "parent_id": None},
             "member": {"user": _user(user_id, "ada"), "roles": [], "joined_at": "2026-01-01T00:00:00+00:00",
                        "deaf": False, "mute": False, "flags": 0, "permissions": str(permissions)},
@@ -159,8 +171,24 @@ class FakeDiscordGateway:
         }
         if message is not None:
             payload["message"] = message
-        asyncio.run_coroutine_threadsafe(self._dispatch_all("INTERACTION_CREATE", payload), self._loop).result(5)
+        self._send_interaction(self._placed(payload, dm, user_id))
         return interaction_token
+
+    @staticmethod
+    def _placed(data: dict, dm: str | None, user_id: str) -> dict:
+        """The interaction as Discord sends it from a server channel, or from a direct message (`dm`)."""
+        data["member"]["user"] = _user(user_id, "ada")
+        if dm is None:
+            return data
+        for key in ("guild_id", "member", "guild_locale"):
+            data.pop(key, None)
+        (data.get("data") or {}).pop("guild_id", None)
+        data.update(channel_id=dm, user=_user(user_id, "ada"), context=1, authorizing_integration_owners={"1": user_id},
+                    channel={"id": dm, "type": 1, "recipients": [_user(user_id, "ada")], "last_message_id": None})
+        return data
+
+    def _send_interaction(self, data: dict) -> None:
+        asyncio.run_coroutine_threadsafe(self._dispatch_all("INTERACTION_CREATE", data), self._loop).result(5)
 
     def reconnect(self) -> None:
         """Ask every session to reconnect and resume (op 7 RECONNECT), as Discord does now and then."""

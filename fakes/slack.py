@@ -32,6 +32,7 @@ class FakeSlack(LocalServer):
         self.ts = 1000
         self.views: dict[str, dict] = {}  # view id -> the view as last opened or updated, with its id and hash
         self.view_counter = 0
+        self.home_views: dict[str, dict] = {}  # user id -> the App Home view views.publish last set
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,6 +90,13 @@ class FakeSlack(LocalServer):
             return 200, {"ok": True, "channel": body.get("channel"), "ts": ts}, {}
         if method in ("views.open", "views.update"):
             return self._view(method, body)
+        if method == "views.publish":
+            view = body.get("view")
+            view = json.loads(view) if isinstance(view, str) else view
+            if not body.get("user_id") or not isinstance(view, dict) or view.get("type") != "home":
+                return 200, {"ok": False, "error": "invalid_arguments"}, {}
+            self.home_views[body["user_id"]] = view
+            return 200, {"ok": True, "view": {"id": "V1", "type": "home", "blocks": view.get("blocks", [])}}, {}
         if method == "conversations.history":
             oldest = float(body.get("oldest") or 0)
             found = [m for m in reversed(self.messages.get(body.get("channel"), [])) if float(m["ts"]) >= oldest]

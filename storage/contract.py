@@ -39,18 +39,22 @@ from typing import Any, Callable, Protocol
 
 from bot.models import (
     BurstPlan,
+    ChannelFeedback,
     ChannelRef,
     ChannelSettings,
     Delivery,
     DueChannel,
+    Feedback,
     FollowUp,
     Match,
+    MostSavedSchedule,
     OutboxCounts,
     Overflow,
     Paper,
     PaperMatches,
     PaperSnapshot,
     PreviewCandidates,
+    SavedPaper,
     SettingsChange,
     SourceStatus,
     Subscribed,
@@ -461,4 +465,80 @@ class StoreContract(Protocol):
 
     def save_source_validators(self, source: str, validators: Validators) -> None:
         """Keep these validators for the next conditional request to `source`."""
+        ...
+
+    # ---- people: --me subscriptions --------------------------------------------------------
+
+    def add_subscriber(self, subscription_id: int, user_id: str, now: datetime) -> bool:
+        """Mention `user_id` (a platform user id) on the cards of this subscription (`subscribe
+        --me`). False, nothing changed, when they already are or the subscription does not
+        exist. Removing the subscription removes its people."""
+        ...
+
+    def remove_subscriber(self, subscription_id: int, user_id: str) -> bool:
+        """Stop mentioning `user_id` on this subscription's cards; False if they were not."""
+        ...
+
+    def subscribers(self, subscription_ids: list[int]) -> list[str]:
+        """The user ids to mention on a card answering these subscriptions: each once, in the
+        order they subscribed. Only these are ever pinged."""
+        ...
+
+    def own_subscriptions(self, platform: str, user_id: str, limit: int = 100) -> list[Subscription]:
+        """The subscriptions, in channels of `platform`, that `user_id` created or follows with
+        --me (their direct-message feed included), by id, with `delivered` counts; at most `limit`."""
+        ...
+
+    # ---- feedback: Save / Not relevant, reading lists, the "most saved" digest ------------------
+
+    def record_feedback(self, user_id: str, channel: ChannelRef, paper_id: str, kind: str,
+                        now: datetime) -> Feedback:
+        """Record that `user_id` gave feedback `kind` ("save" or "not_relevant") on the stored
+        paper `paper_id` in `channel` at `now`. Once per person, channel, paper and kind: the
+        same press again changes nothing and comes back with `created` False and its first time."""
+        ...
+
+    def remove_feedback(self, user_id: str, channel: ChannelRef | None, paper_id: str, kind: str) -> int:
+        """Take back that person's feedback of that kind on the paper, in `channel` (in every
+        channel when None); how many records went."""
+        ...
+
+    def saved_papers(self, *, channel: ChannelRef | None = None, user_id: str | None = None,
+                     platform: str | None = None, since: datetime | None = None, limit: int = 20,
+                     most_saved: bool = False) -> list[SavedPaper]:
+        """Saved papers, each once, at most `limit`: those saved in `channel`, by `user_id`,
+        in channels of `platform`, at or after `since` (each filter when given). Newest save
+        first; with `most_saved`, most people first, then newest. `saves` counts the people
+        who saved it within the filters; `saved_at` is the newest such save."""
+        ...
+
+    def channel_feedback(self, channel: ChannelRef, limit: int = 1000) -> ChannelFeedback:
+        """The paper ids the channel's people saved, and those they marked not relevant, each
+        once, newest first, at most `limit` of each."""
+        ...
+
+    def delivered_matches(self, channel: ChannelRef, paper_id: str) -> list[Match]:
+        """Why the paper was delivered to the channel (the delivery's matches as they were
+        then); [] if it never was."""
+        ...
+
+    def most_saved_schedule(self, channel: ChannelRef) -> MostSavedSchedule | None:
+        """The channel's weekly "most saved" digest, None when it has none."""
+        ...
+
+    def set_most_saved_schedule(self, channel: ChannelRef, schedule: MostSavedSchedule | None,
+                                now: datetime) -> MostSavedSchedule | None:
+        """Turn the channel's weekly "most saved" digest on (or change it) or, with None, off;
+        returns what it was. The schedule counts from its `last_sent_at`, `now` if None (never
+        a digest for slots already past)."""
+        ...
+
+    def most_saved_schedules(self) -> list[MostSavedSchedule]:
+        """Every channel's "most saved" digest, by channel key."""
+        ...
+
+    def claim_most_saved(self, channel: ChannelRef, slot: datetime) -> bool:
+        """Take the digest of `slot` for sending: True for exactly one caller (any process),
+        when the schedule is on and its last slot is before `slot`; that is recorded at once,
+        so the slot is never posted twice (nor again, if the post then fails)."""
         ...

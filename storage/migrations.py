@@ -293,6 +293,43 @@ def m017_ranked_bursts_and_comments(db: Database) -> None:
 
 
 @migrations()
+def m018_people_and_feedback(db: Database) -> None:
+    # People who subscribed with --me (their cards mention them); Save / Not relevant presses
+    # (who, which channel, which paper, which kind, when: the recommendations' training data);
+    # the channels that get a weekly "most saved" digest. IF NOT EXISTS throughout: idempotent.
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS subscription_people (
+            subscription_id INTEGER NOT NULL REFERENCES subscriptions(id) ON DELETE CASCADE,
+            user_id TEXT NOT NULL,               -- the platform's user id
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (subscription_id, user_id)
+        );
+        CREATE INDEX IF NOT EXISTS subscription_people_user ON subscription_people(user_id);
+        CREATE INDEX IF NOT EXISTS subscriptions_created_by ON subscriptions(created_by);  -- list --me
+        CREATE TABLE IF NOT EXISTS feedback (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id TEXT NOT NULL,
+            channel TEXT NOT NULL,               -- ChannelRef.key where the card was
+            paper_id TEXT NOT NULL REFERENCES papers(id),
+            kind TEXT NOT NULL,                  -- save | not_relevant
+            created_at TEXT NOT NULL,
+            UNIQUE (user_id, channel, paper_id, kind)
+        );
+        CREATE INDEX IF NOT EXISTS feedback_channel ON feedback(channel, kind, created_at);
+        CREATE INDEX IF NOT EXISTS feedback_user ON feedback(user_id, kind, created_at);
+        CREATE TABLE IF NOT EXISTS most_saved_digests (
+            channel TEXT PRIMARY KEY,            -- ChannelRef.key
+            day TEXT NOT NULL,                   -- mon ... sun, in the channel's time zone
+            time TEXT NOT NULL,                  -- HH:MM
+            last_sent_at TEXT,                   -- the slot last posted (or when it was turned on)
+            updated_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+@migrations()
 def m019_followups(db: Database) -> None:
     # Follow-ups in the thread: a posted paper's news (code released, a new arXiv version,
     # 50/100/200 upvotes crossed) owed as one reply in its card's thread. `papers.version`:

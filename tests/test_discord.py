@@ -155,8 +155,9 @@ async def test_pasted_links_get_a_card_reply(store, clock, fake, make_config):
 class FakeInteraction:
     """What the group's callbacks use of a discord.Interaction."""
 
-    def __init__(self, manage=True, channel_id=123, user_id=42):
+    def __init__(self, manage=True, channel_id=123, user_id=42, guild_id=7000):
         self.channel_id = channel_id
+        self.guild_id = guild_id  # None: a direct message with the bot
         self.user = SimpleNamespace(id=user_id)
         self.permissions = discord.Permissions(manage_channels=manage)
         self.deferred = []

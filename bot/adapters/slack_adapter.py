@@ -49,19 +49,26 @@ from ..models import (
 )
 from . import TOKEN_REFUSED_WAIT, CommandHandler, Running
 from .slack_render import (
+    ACTION_NOT_RELEVANT,
     ACTION_OPEN_FORM,
     ACTION_QUERY,
+    ACTION_RUN,
+    ACTION_SAVE,
     ACTION_UNSUBSCRIBE,
     BLOCK_QUERY,
     FOLLOWUP_EVENT,
+    MAX_BLOCKS,
     MODAL_SUBSCRIBE,
     PAPER_EVENT,
     card_blocks,
     card_text,
     digest_blocks,
+    digest_people_blocks,
     digest_text,
     escape,
     form_error,
+    home_view,
+    mentions,
     reply_blocks,
     result_modal,
     subscribe_modal,
@@ -171,9 +178,12 @@ class SlackAdapter:
         return None
 
     async def post_digest(self, digest: Digest) -> PostResult:
-        blocks = [block.to_dict() for block in digest_blocks(digest)]
+        people = digest_people_blocks(digest)
+        blocks = [block.to_dict() for block in digest_blocks(digest)[:MAX_BLOCKS - len(people)] + people]
         ids = ",".join(card.paper_id for card in digest.cards)[:2000]
-        return await self._post(digest.channel.channel_id, text=digest_text(digest), blocks=blocks,
+        who = mentions(digest)
+        text = f"{who} {digest_text(digest)}"[:3000] if who else digest_text(digest)
+        return await self._post(digest.channel.channel_id, text=text, blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_ids": ids}})
 
     async def start(self, on_command: CommandHandler) -> Running | None:
@@ -244,6 +254,16 @@ def _id(obj, key: str = "id") -> str | None:
     return value if _text(value) else None
 
 
+def _runs_a_command(action_id: str) -> bool:
+    """The card's Save / Not relevant buttons and a reply's buttons: each runs a command."""
+    return action_id in (ACTION_SAVE, ACTION_NOT_RELEVANT) or action_id.startswith(ACTION_RUN + "_")
+
+
+def _direct(channel_id: str) -> bool:
+    """A direct message with the bot (an IM channel, D...): the person's own feed, theirs to manage."""
+    return channel_id.startswith("D")
+
+
 def payload_problem(body) -> str | None:
     """Why a payload our listeners would handle lacks what they need; None if it is fine.
 
@@ -271,14 +291,16 @@ def payload_problem(body) -> str | None:
         if not (isinstance(actions, list) and actions and all(isinstance(a, dict) and _text(a.get("action_id"))
                                                               for a in actions)):
             return "block action without actions"
-        if any(a["action_id"] == ACTION_UNSUBSCRIBE for a in actions):
+        if any(a["action_id"] == ACTION_UNSUBSCRIBE or _runs_a_command(a["action_id"]) for a in actions):
             if not (_id(body.get("channel")) or _id(body.get("container"), "channel_id")):
-                return "overflow action without a channel"
+                return "card action without a channel"
             if not _text(body.get("response_url")):
-                return "overflow action without a response_url"
+                return "card action without a response_url"
             if not all(isinstance(a.get("selected_option", {}), dict)
                        and isinstance(a.get("selected_option", {}).get("value", ""), str) for a in actions):
                 return "overflow action with a malformed selected_option"
+            if not all(isinstance(a.get("value", ""), str) for a in actions):
+                return "button action with a malformed value"
         return None
     if kind == "event_callback":
         event = body.get("event")
@@ -291,6 +313,9 @@ def payload_problem(body) -> str | None:
             if not (_text(event.get("channel")) and _text(event.get("message_ts")) and isinstance(links, list)
                     and all(isinstance(link, dict) and isinstance(link.get("url", ""), str) for link in links)):
                 return "link_shared without channel, message_ts or links"
+        if event["type"] == "app_home_opened" and not (_text(event.get("user"))
+                                                       and isinstance(event.get("channel", ""), str)):
+            return "app_home_opened without a user"
         if event["type"] == "app_mention":
             if not (_text(event.get("channel")) and _text(event.get("ts")) and isinstance(event.get("text", ""), str)
                     and isinstance(event.get("thread_ts", ""), str)):
@@ -314,8 +339,8 @@ def build_bolt_app(
     app = AsyncApp(client=client, signing_secret=signing_secret, request_verification_enabled=False,
                    process_before_response=False)
 
-    def may_manage(user_id: str) -> bool:
-        return not admins or user_id in admins
+    def may_manage(user_id: str, channel_id: str = "") -> bool:
+        return not admins or user_id in admins or _direct(channel_id)
 
     @app.middleware
     async def refuse_malformed(body, next):
@@ -329,7 +354,8 @@ def build_bolt_app(
     async def slash_command(ack, body, respond, client):
         await ack()  # within Slack's 3 seconds; the work happens after
         request = handlers.request_from_text(ChannelRef("slack", body["channel_id"]), body["user_id"],
-                                             body.get("text") or "", can_manage=may_manage(body["user_id"]))
+                                             body.get("text") or "",
+                                             can_manage=may_manage(body["user_id"], body["channel_id"]))
         reply = await on_command(request)
         if reply.form is not None and not reply.ok and await open_subscribe_modal(client, body.get("trigger_id"),
                                                                                  reply.form) is not None:
@@ -351,9 +377,47 @@ def build_bolt_app(
             return
         user = body["user"]["id"]
         channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
-        request = CommandRequest(ChannelRef("slack", channel), user, verb, args, may_manage(user))
+        request = CommandRequest(ChannelRef("slack", channel), user, verb, args, may_manage(user, channel))
         reply = await on_command(request)
         await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
+
+    @app.action(re.compile(rf"^({ACTION_SAVE}|{ACTION_NOT_RELEVANT}|{ACTION_RUN}_\d+)$"))
+    async def command_button(ack, body, respond):
+        """Save / Not relevant on a card, or a reply's button (a mute offered): a typed request."""
+        await ack()
+        action = body["actions"][0]  # shape checked by payload_problem
+        value = action.get("value", "")
+        if action["action_id"] in (ACTION_SAVE, ACTION_NOT_RELEVANT):
+            verb = "save" if action["action_id"] == ACTION_SAVE else "not-relevant"
+            args: dict = {"paper": value}
+        else:
+            try:
+                verb, args = json.loads(value)
+            except (ValueError, TypeError):
+                verb, args = "", {}
+            if not (isinstance(verb, str) and isinstance(args, dict)
+                    and all(isinstance(k, str) and isinstance(v, str) for k, v in args.items())):
+                log.warning("Slack: ignored a button with a malformed value")
+                return
+        user = body["user"]["id"]
+        channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
+        reply = await on_command(CommandRequest(ChannelRef("slack", channel), user, verb, args,
+                                                may_manage(user, channel)))
+        await respond(text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
+                      response_type="ephemeral", replace_original=False)
+
+    @app.event("app_home_opened")
+    async def app_home(event, client):
+        """The Home tab: the person's own subscriptions (`list --me`) and reading list (`saved --me`)."""
+        if event.get("tab", "home") != "home":
+            return
+        user = event["user"]
+        channel = ChannelRef("slack", "app-home")  # no channel of its own: every subscription says where it is
+        sections = []
+        for title, verb in (("Your subscriptions", "list"), ("Your reading list", "saved")):
+            reply = await on_command(CommandRequest(channel, user, verb, {"me": 1}, can_manage=False))
+            sections.append((title, reply))
+        await client.views_publish(user_id=user, view=home_view(sections))
 
     add_subscribe_modal(app, on_command, may_manage)
 
@@ -380,7 +444,7 @@ def build_bolt_app(
         text = _MENTION.sub("", event.get("text", "")).strip()
         text = _LINK.sub(r"\1", text)
         request = handlers.mention_request(ChannelRef("slack", event["channel"]), event.get("user", ""), text,
-                                           can_manage=may_manage(event.get("user", "")))
+                                           can_manage=may_manage(event.get("user", ""), event["channel"]))
         reply = await on_command(request)
         await client.chat_postMessage(channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
                                       text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
@@ -543,7 +607,8 @@ class LivePreviews:
                 self.hashes.pop(next(iter(self.hashes)))
 
 
-def add_subscribe_modal(app: AsyncApp, on_command: CommandHandler, may_manage: Callable[[str], bool]) -> LivePreviews:
+def add_subscribe_modal(app: AsyncApp, on_command: CommandHandler,
+                        may_manage: Callable[[str, str], bool]) -> LivePreviews:
     """The subscribe modal's listeners: the "Subscribe…" button, each edit of the query (a live
     preview), and the submission, which subscribes the channel the modal was opened from."""
     previews = LivePreviews(app.client, on_command)
@@ -557,7 +622,7 @@ def add_subscribe_modal(app: AsyncApp, on_command: CommandHandler, may_manage: C
             return
         user = body["user"]["id"]
         reply = await on_command(CommandRequest(ChannelRef("slack", channel), user, "subscribe", {},
-                                                may_manage(user)))  # the manage right, the rate limit
+                                                may_manage(user, channel)))  # the manage right, the rate limit
         button = next((a for a in body["actions"] if a.get("action_id") == ACTION_OPEN_FORM), {})
         query = button.get("value") if isinstance(button.get("value"), str) else ""
         form = replace(reply.form, query=query[:reply.form.max_length]) if reply.form is not None else None
@@ -565,7 +630,8 @@ def add_subscribe_modal(app: AsyncApp, on_command: CommandHandler, may_manage: C
         if opened is None:
             await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
         elif opened.query.strip() and opened.view_id:  # show its preview at once, as if it had just been typed
-            previews.edited(_Edit(opened.view_id, opened.hash, opened.query, opened.channel, user, may_manage(user)))
+            previews.edited(_Edit(opened.view_id, opened.hash, opened.query, opened.channel, user,
+                                    may_manage(user, opened.channel.channel_id)))
 
     @app.action(ACTION_QUERY)
     async def query_edited(ack, body):
@@ -577,7 +643,8 @@ def add_subscribe_modal(app: AsyncApp, on_command: CommandHandler, may_manage: C
             return
         user = body["user"]["id"]
         value = next((a.get("value") or "" for a in body["actions"] if a.get("action_id") == ACTION_QUERY), "")
-        previews.edited(_Edit(view["id"], view.get("hash") or "", value[:1000], channel, user, may_manage(user)))
+        previews.edited(_Edit(view["id"], view.get("hash") or "", value[:1000], channel, user,
+                                  may_manage(user, channel.channel_id)))
 
     @app.view(MODAL_SUBSCRIBE)
     async def submitted(ack, body, client):
@@ -593,7 +660,7 @@ def add_subscribe_modal(app: AsyncApp, on_command: CommandHandler, may_manage: C
         query = value.get("value") if isinstance(value, dict) else None
         user = body["user"]["id"]
         request = CommandRequest(channel, user, "subscribe", {"query": query if isinstance(query, str) else ""},
-                                 may_manage(user))
+                                 may_manage(user, channel.channel_id))
         title = handlers.subscribe_form(channel).title
         task = asyncio.ensure_future(on_command(request))
         done, _ = await asyncio.wait({task}, timeout=ACK_WITHIN)

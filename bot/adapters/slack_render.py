@@ -7,6 +7,9 @@ can be smuggled in. Every text is cut to Slack's limits.
 
 from __future__ import annotations
 
+import json
+import re
+
 from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
@@ -26,7 +29,7 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from ..cards import shorten
-from ..models import Card, Digest, Reply, SubscribeForm, SubscriptionRef, ThreadReply
+from ..models import Action, Card, Digest, Reply, SubscribeForm, SubscriptionRef, ThreadReply
 from ..text import plural
 
 HEADER_MAX = 150  # header block plain_text
@@ -41,6 +44,10 @@ PAPER_EVENT = "papers_bot_paper"  # message metadata event type: the bot knows i
 FOLLOWUP_EVENT = "papers_bot_followup"  # the same, for a reply in a card's thread (payload: its key)
 
 ACTION_UNSUBSCRIBE = "papers_overflow"
+ACTION_SAVE = "papers_save"  # value: the paper id
+ACTION_NOT_RELEVANT = "papers_not_relevant"  # value: the paper id
+ACTION_RUN = "papers_run"  # a Reply's Action; value: JSON [verb, {name: value}]
+_SLACK_USER = re.compile(r"[UW][A-Z0-9]{1,20}")
 
 
 def escape(text: str) -> str:
@@ -138,12 +145,47 @@ def card_blocks(card: Card, subscriptions: tuple[SubscriptionRef, ...] = ()) -> 
         ]
         elements.append(OverflowMenuElement(action_id=ACTION_UNSUBSCRIBE, options=options))
     blocks.append(ActionsBlock(elements=elements, block_id=f"paper:{card.paper_id}"[:255]))
+    return blocks + people_blocks(card)
+
+
+def mentions(item: Card | Digest) -> str:
+    """`<@U1> <@U2>`: the people who subscribed with --me; anything not a Slack user id is dropped."""
+    return " ".join(f"<@{user}>" for user in item.mentions[:20] if _SLACK_USER.fullmatch(user))
+
+
+def digest_people_blocks(digest: Digest) -> list[Block]:
+    """The digest's --me subscribers, mentioned (after its papers)."""
+    who = mentions(digest)
+    return [ContextBlock(elements=[MarkdownTextObject(text=f"For {who}")])] if who else []
+
+
+def people_blocks(card: Card) -> list[Block]:
+    """Who the card is for (the --me subscribers, mentioned), and its Save / Not relevant buttons."""
+    blocks: list[Block] = []
+    if mentions(card):
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"For {mentions(card)}")]))
+    blocks.append(ActionsBlock(block_id=f"feedback:{card.paper_id}"[:255], elements=[
+        ButtonElement(text=PlainTextObject(text="Save"), action_id=ACTION_SAVE, value=card.paper_id),
+        ButtonElement(text=PlainTextObject(text="Not relevant"), action_id=ACTION_NOT_RELEVANT, value=card.paper_id),
+    ]))
     return blocks
 
 
+def action_value(action: Action) -> str:
+    return json.dumps([action.verb, dict(action.args)], separators=(",", ":"))
+
+
+def actions_block(actions: tuple[Action, ...]) -> ActionsBlock:
+    return ActionsBlock(block_id="reply_actions", elements=[
+        ButtonElement(text=PlainTextObject(text=_mrkdwn_cut(action.label, BUTTON_MAX)), action_id=f"{ACTION_RUN}_{i}",
+                      value=action_value(action)[:2000])
+        for i, action in enumerate(actions[:5])])
+
+
 def card_text(card: Card) -> str:
-    """The plain-text fallback (notifications, screen readers)."""
-    return _mrkdwn_cut(f"{card.title} — {card.authors} — {card.url}", FALLBACK_MAX)
+    """The plain-text fallback (notifications, screen readers); it mentions the --me subscribers."""
+    who = mentions(card)
+    return (f"{who} " if who else "") + _mrkdwn_cut(f"{card.title} — {card.authors} — {card.url}", FALLBACK_MAX - 300)
 
 
 def digest_blocks(digest: Digest) -> list[Block]:
@@ -179,12 +221,26 @@ def reply_blocks(reply: Reply) -> list[Block]:
     blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(reply.text, SECTION_MAX)))]
     if reply.form is not None and reply.ok:  # a preview: "Subscribe…" opens the form with its query
         blocks.append(open_form_button(reply.form))
+    if reply.actions:
+        blocks.append(actions_block(reply.actions))
     for card in reply.cards:
-        if len(blocks) + 6 > MAX_BLOCKS:
+        rendered = card_blocks(card)
+        if len(blocks) + 1 + len(rendered) > MAX_BLOCKS:
             break
         blocks.append(DividerBlock())
-        blocks.extend(card_blocks(card))
+        blocks.extend(rendered)
     return blocks
+
+
+def home_view(sections: list[tuple[str, Reply]]) -> dict:
+    """The App Home tab: a header and a reply's text for each section (views.publish's `view`)."""
+    blocks: list[Block] = []
+    for title, reply in sections:
+        if blocks:
+            blocks.append(DividerBlock())
+        blocks.append(HeaderBlock(text=PlainTextObject(text=_mrkdwn_cut(title, HEADER_MAX), emoji=False)))
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(reply.text, SECTION_MAX))))
+    return {"type": "home", "blocks": [block.to_dict() for block in blocks]}
 
 
 # ---- the subscribe modal (views.open / views.update) ----------------------------------------
