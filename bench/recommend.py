@@ -37,6 +37,7 @@ import sys
 import time
 import tomllib
 from collections import Counter
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from bot.models import ChannelRef, Paper, Subscription
 from bot.query import normalize_query, raw_words, stem
 from bot.recommend import Recommender, fit_model, profile
 
-from .workloads import STOPWORDS, RealText, load_seed
+from .workloads import STOPWORDS, RealText, load_seed, real_authors
 
 GROUPS = Path(__file__).resolve().parent / "data" / "recommend-groups.toml"
 MIN_GROUP = 5
@@ -161,14 +162,14 @@ class _Store:
 def speed(subscriptions: int, day: int, fit: int, recent: int, seed: int) -> dict:
     rng = random.Random(seed)
     text = RealText(load_seed())
+    authors = real_authors(rng, 500)
 
     def make(prefix: str, n: int, listed: date) -> list[Paper]:
-        return [Paper(**{**text.paper(f"{prefix}.{i:05d}", rng, ["A B"]).__dict__, "listed_on": listed})
-                for i in range(n)]
+        return [replace(text.paper(f"{prefix}.{i:05d}", rng, authors), listed_on=listed) for i in range(n)]
 
     history = make("2401", fit, NOW.date() - timedelta(days=10))
-    earlier = [Paper(**{**p.__dict__, "listed_on": NOW.date() - timedelta(days=1 + i % 2)})
-               for p in make("2402", recent, NOW.date())]
+    earlier = [replace(p, listed_on=NOW.date() - timedelta(days=1 + i % 2))
+               for i, p in enumerate(make("2402", recent, NOW.date()))]
     papers = make("2403", day, NOW.date())
     store = _Store(history + earlier, earlier)
     recommender = Recommender()

@@ -21,6 +21,7 @@ from .errors import StorageError
 from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
 from .poller import Poller, SourceReport
+from .recommend import Recommender
 from .sources import Source, connect, make_client
 from .text import plural
 
@@ -58,13 +59,15 @@ class App:
             adapters = build_adapters(config, stdout=stdout, complete=self.complete)
         self.adapters: dict[str, Adapter] = adapters
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
+        recommender = Recommender(per_day=config.recommend.per_day, refit_hours=config.recommend.refit_hours,
+                                  fit_papers=config.recommend.fit_papers)
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days,
                              open_store=lambda: Store(config.storage_path, busy_timeout=config.storage_busy_timeout,
-                                                      durable=False))
+                                                      durable=False), recommender=recommender)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle,
                                      max_concurrent_channels=config.delivery.max_concurrent_channels)
         self.lookup = PaperLookup(list(fetchers.values()))
-        self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
+        self.context = handlers.Context(self.store, config, clock, lookup=self.lookup, recommender=recommender)
         self._recovered = False
 
     async def start_frontends(self) -> None:

@@ -35,16 +35,20 @@ import math
 import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from .cards import SIMILAR, shorten
 from .errors import QueryError
 from .models import Match, Paper, Subscription
 from .query import parse_query
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from storage import StoreContract
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +114,8 @@ def paper_text(paper: Paper) -> str:
 def make_vectorizer(documents: int) -> TfidfVectorizer:
     """arxiv-sanity-lite's vectorizer (words and pairs of words, English stop words, sublinear
     tf, l2), with document-frequency cuts that also suit the small corpus of a new bot."""
+    from sklearn.feature_extraction.text import TfidfVectorizer  # imported when first fitted
+
     return TfidfVectorizer(
         strip_accents="unicode", lowercase=True, analyzer="word", stop_words="english",
         token_pattern=r"(?u)\b[a-zA-Z_][a-zA-Z0-9_]+\b", ngram_range=(1, 2), max_features=50_000,
@@ -222,10 +228,20 @@ def _day(paper: Paper) -> date | None:
 class Scored:
     """A paper `preview` shows: its score and the example it is most like."""
 
-    paper_id: str
+    paper: Paper
     score: float
     example: Paper
     example_score: float
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a like: query would have posted from the recent papers."""
+
+    papers: list[Scored]  # the best, best first
+    count: int  # how many reach the threshold and pass the keywords
+    scanned: int  # recent papers scored
+    threshold: float
 
 
 class Recommender:
@@ -254,7 +270,7 @@ class Recommender:
     def __len__(self) -> int:
         return len(self._subs)
 
-    def sync(self, store: object, current: set[int], changed: Sequence[Subscription]) -> list[Subscription]:
+    def sync(self, store: StoreContract, current: set[int], changed: Sequence[Subscription]) -> list[Subscription]:
         """Take the like: subscriptions among `changed` (added, or with a new query), drop
         those no longer `current` (or no longer like:), and return the other ones, for the
         keyword matcher. `store` (a StoreContract) gives the examples' papers."""
@@ -269,8 +285,7 @@ class Recommender:
                     others.append(sub)
                     continue
                 entry = _Sub(sub, like)
-                entry.examples = [p for p in (store.get_paper(i) for i in like.examples)  # type: ignore[attr-defined]
-                                  if p is not None]
+                entry.examples = [p for p in (store.get_paper(i) for i in like.examples) if p is not None]
                 if len(entry.examples) < len(like.examples):
                     log.warning("like: subscription #%s: %d of its examples are not stored", sub.id,
                                 len(like.examples) - len(entry.examples))
@@ -312,12 +327,12 @@ class Recommender:
         with self._lock:
             return self.model is None or now - self.model.fitted_at >= self.refit
 
-    def fit(self, store: object, now: datetime) -> None:
+    def fit(self, store: StoreContract, now: datetime) -> None:
         """Fit the vocabulary and idf on the most recent stored papers, and rebuild every
         profile, threshold and the recent papers' vectors with it. Seconds of work: in a
         worker thread. `store` is a StoreContract."""
-        papers = store.recent_papers(self.fit_papers)  # type: ignore[attr-defined]
-        recent = store.papers_listed_since(now - timedelta(days=PREVIEW_DAYS), MAX_RECENT)  # type: ignore[attr-defined]
+        papers = store.recent_papers(self.fit_papers)
+        recent = store.papers_listed_since(now - timedelta(days=PREVIEW_DAYS), MAX_RECENT)
         with self._lock:
             examples = [p for entry in self._subs.values() for p in entry.examples]
             corpus = papers or examples
@@ -336,7 +351,7 @@ class Recommender:
             log.info("recommendations: fitted on %d papers (%d words and pairs), %d like: subscriptions",
                      len(corpus), len(model.vectorizer.vocabulary_), len(self._subs))
 
-    def ensure_fitted(self, store: object, now: datetime) -> None:
+    def ensure_fitted(self, store: StoreContract, now: datetime) -> None:
         if self.needs_fit(now):
             self.fit(store, now)
 
@@ -408,11 +423,11 @@ class Recommender:
 
     # -- preview --
 
-    def preview(self, store: object, like: LikeQuery, examples: list[Paper], negatives: Sequence[Paper] = (),
-                ) -> tuple[list[Scored], int, float]:
-        """What a like: query would have posted from the recent papers: the ones that
-        reach its threshold and pass its keywords, best first; how many recent papers were
-        scored; and the threshold. `store` gives the candidates' papers for the keywords."""
+    def preview(self, store: StoreContract, like: LikeQuery, examples: list[Paper], shown: int,
+                negatives: Sequence[Paper] = ()) -> Preview:
+        """What a like: query would have posted from the recent papers: those that reach its
+        threshold and pass its keywords, best first (the first `shown` with their papers).
+        `store` gives the papers (for the keywords and those shown)."""
         from .matching import PaperView, evaluate
 
         with self._lock:
@@ -423,23 +438,29 @@ class Recommender:
             vector = profile(rows, negative_rows)
             reference = self._recent.matrix()
             if reference is None:
-                return [], 0, self.floor
+                return Preview([], 0, 0, self._threshold(like, vector))
             threshold = self._threshold(like, vector)
             scores = self.model.scores(reference, vector)
             order = np.argsort(-scores, kind="stable")
             ids = self._recent.ids
-            found = []
+            found: list[Scored] = []
+            count = 0
             for index in order:
                 score = float(scores[index])
                 if score < threshold or math.isnan(score):
                     break
-                if like.keywords is not None:
-                    paper = store.get_paper(ids[index])  # type: ignore[attr-defined]
-                    if paper is None or evaluate(like.keywords, PaperView(paper)) is None:
+                paper = None
+                if like.keywords is not None or len(found) < shown:
+                    paper = store.get_paper(ids[index])
+                    if paper is None:
                         continue
-                example, similarity = _nearest(rows, examples, reference[index])
-                found.append(Scored(ids[index], score, example, similarity))
-            return found, reference.shape[0], threshold
+                    if like.keywords is not None and evaluate(like.keywords, PaperView(paper)) is None:
+                        continue
+                count += 1
+                if paper is not None and len(found) < shown:
+                    example, similarity = _nearest(rows, examples, reference[index])
+                    found.append(Scored(paper, score, example, similarity))
+            return Preview(found, count, reference.shape[0], threshold)
 
 
 def _nearest(rows: sp.csr_matrix, examples: Sequence[Paper], row: sp.csr_matrix) -> tuple[Paper, float]:
