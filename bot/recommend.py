@@ -6,17 +6,18 @@ cat:cs.CL`) filters, the like part scores.
 
 The model, fitted from the bot's own stored papers (nothing is downloaded):
 
-- `Model`: a tf-idf vocabulary and idf (scikit-learn's TfidfVectorizer, words and word
-  pairs of title and abstract, sublinear tf, l2 norm) fitted on the most recent stored
-  papers. Refitted on a schedule (`[recommend] refit_hours`), never per poll.
+- `Model`: a tf-idf vocabulary and idf (scikit-learn's TfidfVectorizer over the words of
+  title and abstract, sublinear tf, l2 norm) fitted on the most recent stored papers.
+  Refitted on a schedule (`[recommend] refit_hours`), never per poll.
 - A profile per subscription: the centroid of its examples' vectors, less a share of the
-  centroid of its negatives when there are any (Rocchio), normalized. A paper's score is
-  its cosine with the profile less GENERIC_WEIGHT times its cosine-like product with the
-  mean of all fitted papers ("how generic it is": a paper about models and data in general
-  is near every profile). That is the profile less a multiple of the corpus mean, as a
-  linear SVM trained against every stored paper learns it, kept apart so that each
-  profile stays sparse (its examples' words): a day of papers is scored for every
-  subscription in one sparse matrix product, and the generic part once per paper.
+  centroid of its negatives when there are any (Rocchio), its PROFILE_TERMS heaviest words
+  kept, normalized. A paper's score is its cosine with the profile less GENERIC_WEIGHT
+  times its product with the mean of all fitted papers ("how generic it is": a paper
+  about models and data in general is near every profile), measured from the average
+  paper's (scores stay on a cosine's scale). That is the profile less a multiple of the
+  corpus mean, as a linear SVM trained against every stored paper learns it, kept apart
+  so that each profile stays sparse: a day of papers is scored for every subscription in
+  one sparse matrix product, and the generic part once per paper.
   `python -m bench.recommend` sets it beside arxiv-sanity-lite's recipe (a linear SVM per
   user over all stored papers) and a keyword baseline.
 - A threshold per subscription: its `score>=` if given (`--min-score`), else the score of
@@ -54,7 +55,8 @@ log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 20
 PER_DAY = 3  # default threshold: about this many papers a day per subscription
-FLOOR = 0.1  # no paper scoring below this is posted by a top-per-day threshold
+FLOOR = 0.03  # a top-per-day threshold is never lower (bench.recommend's set: about an unrelated paper's median)
+PROFILE_TERMS = 100  # a profile keeps its heaviest words: the poll's product is several times cheaper
 NEGATIVE_WEIGHT = 0.5  # Rocchio's share of the negatives' centroid
 GENERIC_WEIGHT = 2.0  # of a paper's product with the mean of the fitted papers (see bench.recommend)
 FIT_PAPERS = 20_000  # the most recent stored papers the vocabulary and idf are fitted on
@@ -112,13 +114,15 @@ def paper_text(paper: Paper) -> str:
 
 
 def make_vectorizer(documents: int) -> TfidfVectorizer:
-    """arxiv-sanity-lite's vectorizer (words and pairs of words, English stop words, sublinear
-    tf, l2), with document-frequency cuts that also suit the small corpus of a new bot."""
+    """arxiv-sanity-lite's vectorizer (English stop words, sublinear tf, l2), with words only
+    (its word pairs make each paper's vector 2.4 times longer, and so the poll's product,
+    for no gain once profiles keep PROFILE_TERMS: bench.recommend) and document-frequency
+    cuts that also suit the small corpus of a new bot."""
     from sklearn.feature_extraction.text import TfidfVectorizer  # imported when first fitted
 
     return TfidfVectorizer(
         strip_accents="unicode", lowercase=True, analyzer="word", stop_words="english",
-        token_pattern=r"(?u)\b[a-zA-Z_][a-zA-Z0-9_]+\b", ngram_range=(1, 2), max_features=50_000,
+        token_pattern=r"(?u)\b[a-zA-Z_][a-zA-Z0-9_]+\b", ngram_range=(1, 1), max_features=50_000,
         norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True,
         min_df=2 if documents >= 1000 else 1, max_df=0.5 if documents >= 20 else 1.0, dtype=np.float32,
     )
@@ -132,14 +136,16 @@ class Model:
     fitted_at: datetime
     papers: int  # how many papers it was fitted on
     mean: np.ndarray  # the mean of the fitted papers' vectors
+    typical: float  # the fitted papers' average product with it
 
     def vectors(self, papers: Sequence[Paper]) -> sp.csr_matrix:
         """One l2-normalized row per paper (float32, CSR)."""
         return sp.csr_matrix(self.vectorizer.transform([paper_text(p) for p in papers]), dtype=np.float32)
 
     def generic(self, rows: sp.csr_matrix) -> np.ndarray:
-        """Each row's product with the mean paper, times GENERIC_WEIGHT: what its scores lose."""
-        return GENERIC_WEIGHT * np.asarray(rows @ self.mean, dtype=np.float32).ravel()
+        """What each row's scores lose: GENERIC_WEIGHT times its product with the mean paper,
+        less that of the average paper (so that scores stay on the scale of a cosine)."""
+        return GENERIC_WEIGHT * (np.asarray(rows @ self.mean, dtype=np.float32).ravel() - self.typical)
 
     def scores(self, rows: sp.csr_matrix, vector: sp.csr_matrix) -> np.ndarray:
         """The rows' scores for one profile (dense, one per row)."""
@@ -150,20 +156,23 @@ def fit_model(papers: Sequence[Paper], now: datetime) -> Model:
     vectorizer = make_vectorizer(len(papers))
     fitted = vectorizer.fit_transform([paper_text(p) for p in papers])
     mean = np.asarray(fitted.mean(axis=0), dtype=np.float32).ravel()
-    return Model(vectorizer, now, len(papers), mean)
+    return Model(vectorizer, now, len(papers), mean, float(np.mean(fitted @ mean)))
 
 
 def profile(positives: sp.csr_matrix, negatives: sp.csr_matrix | None = None,
-            negative_weight: float = NEGATIVE_WEIGHT) -> sp.csr_matrix:
+            negative_weight: float = NEGATIVE_WEIGHT, terms: int | None = PROFILE_TERMS) -> sp.csr_matrix:
     """A subscription's scoring vector (1 x vocabulary, sparse, unit length): the centroid
-    of its positives' rows less `negative_weight` times the centroid of its negatives'."""
-    centroid = np.asarray(positives.mean(axis=0), dtype=np.float32)
+    of its positives' rows less `negative_weight` times the centroid of its negatives',
+    its `terms` heaviest words kept (None: all)."""
+    centroid = np.asarray(positives.mean(axis=0), dtype=np.float32).ravel()
     if negatives is not None and negatives.shape[0]:
-        centroid -= negative_weight * np.asarray(negatives.mean(axis=0), dtype=np.float32)
+        centroid -= negative_weight * np.asarray(negatives.mean(axis=0), dtype=np.float32).ravel()
+    if terms is not None and np.count_nonzero(centroid) > terms:
+        centroid[np.argpartition(-np.abs(centroid), terms)[terms:]] = 0
     norm = float(np.linalg.norm(centroid))
     if norm > 0:
         centroid /= norm
-    return sp.csr_matrix(centroid)
+    return sp.csr_matrix(centroid.reshape(1, -1))
 
 
 def day_threshold(scores: np.ndarray, days: int, per_day: int = PER_DAY, floor: float = FLOOR) -> float:
@@ -258,6 +267,8 @@ class Recommender:
         self._recent = _Recent()
         self._matrix: sp.csr_matrix | None = None  # profiles, one column per scored subscription
         self._columns: list[int] = []  # subscription id of each column
+        self._examples: sp.csr_matrix | None = None  # every column's examples' vectors, stacked
+        self._offsets = np.zeros(1, dtype=np.int64)  # column j's examples: rows offsets[j]:offsets[j + 1]
         self._thresholds = np.zeros(0, dtype=np.float32)
         self._lock = threading.RLock()
 
@@ -311,6 +322,8 @@ class Recommender:
 
     def _threshold(self, like: LikeQuery, vector: sp.csr_matrix, reference: sp.csr_matrix | None = None,
                    days: int | None = None) -> float:
+        """The query's score>=, else the score of its `per_day`-th best recent paper a day
+        (its examples left out), never below the floor."""
         if like.min_score is not None:
             return like.min_score
         if reference is None:
@@ -319,6 +332,9 @@ class Recommender:
         if reference is None or self.model is None:
             return self.floor
         scores = self.model.scores(reference, vector)
+        examples = set(like.examples)
+        if examples & self._recent.known:
+            scores = scores[[i for i, paper_id in enumerate(self._recent.ids) if paper_id not in examples]]
         return day_threshold(scores, days or 1, self.per_day, self.floor)
 
     # -- the model --
@@ -368,6 +384,9 @@ class Recommender:
             columns = [sid for sid, entry in sorted(self._subs.items()) if entry.vector is not None]
             if columns:
                 self._matrix = sp.vstack([self._subs[sid].vector for sid in columns], format="csr").T.tocsr()
+                self._examples = sp.vstack([self._subs[sid].rows for sid in columns], format="csr")
+                sizes = [len(self._subs[sid].examples) for sid in columns]
+                self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
             self._columns = columns
             self._thresholds = np.array([self._subs[sid].threshold for sid in columns], dtype=np.float32)
         return self._matrix, self._columns, self._thresholds
@@ -380,7 +399,7 @@ class Recommender:
             found: list[list[tuple[int, float]]] = [[] for _ in range(rows.shape[0])]
             if matrix is None or rows.shape[0] == 0 or self.model is None:
                 return found
-            product = (rows @ matrix).tocsr()  # papers x subscriptions, sparse
+            product = (rows @ matrix).tocsr()  # papers x subscriptions, sparse: one product for all
             # A pair the product left out (no word in common) scores -generic: below every threshold.
             generic = self.model.generic(rows)
             product.data -= generic[np.repeat(np.arange(rows.shape[0]), np.diff(product.indptr))]
@@ -404,22 +423,43 @@ class Recommender:
             self._recent.add(papers, rows)
             if not self._subs:
                 return [[] for _ in papers]
-            found: list[list[Match]] = []
-            for paper, row, hits in zip(papers, _rows(rows), self.score(rows), strict=True):
-                matches = []
+            pairs: list[tuple[int, int, float]] = []  # (paper index, subscription id, score)
+            for index, (paper, hits) in enumerate(zip(papers, self.score(rows), strict=True)):
                 view: PaperView | None = None
                 for sid, score in hits:
-                    entry = self._subs[sid]
-                    if entry.like.keywords is not None:
+                    like = self._subs[sid].like
+                    if paper.id in like.examples:  # an example is not a recommendation
+                        continue
+                    if like.keywords is not None:
                         view = view or PaperView(paper)
-                        if evaluate(entry.like.keywords, view) is None:
+                        if evaluate(like.keywords, view) is None:
                             continue
-                    assert entry.rows is not None
-                    example, _ = _nearest(entry.rows, entry.examples, row)
-                    sub = entry.subscription
-                    matches.append(Match(sid, sub.channel, sub.query, (similar_fact(example, score),)))
-                found.append(matches)
+                    pairs.append((index, sid, score))
+            found: list[list[Match]] = [[] for _ in papers]
+            for (index, sid, score), example in zip(pairs, self._nearest_examples(rows, pairs), strict=True):
+                sub = self._subs[sid].subscription
+                found[index].append(Match(sid, sub.channel, sub.query, (similar_fact(example, score),)))
             return found
+
+    def _nearest_examples(self, rows: sp.csr_matrix, pairs: list[tuple[int, int, float]]) -> list[Paper]:
+        """For each (paper, subscription) pair, the subscription's example most like the
+        paper: every pair's every example in one row-wise product."""
+        if not pairs or self._examples is None:
+            return []
+        column = {sid: j for j, sid in enumerate(self._columns)}
+        starts = np.array([self._offsets[column[sid]] for _, sid, _ in pairs], dtype=np.int64)
+        sizes = np.array([self._offsets[column[sid] + 1] for _, sid, _ in pairs], dtype=np.int64) - starts
+        segment = np.repeat(np.arange(len(pairs)), sizes)
+        example_rows = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes) + \
+            np.arange(int(sizes.sum()))
+        paper_rows = np.array([index for index, _, _ in pairs], dtype=np.int64)[segment]
+        sims = np.asarray(self._examples[example_rows].multiply(rows[paper_rows]).sum(axis=1)).ravel()
+        found = []
+        for n, (_, sid, _) in enumerate(pairs):
+            start = int(np.searchsorted(segment, n))
+            best = int(np.argmax(sims[start:start + int(sizes[n])]))
+            found.append(self._subs[sid].examples[best])
+        return found
 
     # -- preview --
 
@@ -445,10 +485,13 @@ class Recommender:
             ids = self._recent.ids
             found: list[Scored] = []
             count = 0
+            examples_ids = set(like.examples)
             for index in order:
                 score = float(scores[index])
                 if score < threshold or math.isnan(score):
                     break
+                if ids[index] in examples_ids:  # an example is not a recommendation
+                    continue
                 paper = None
                 if like.keywords is not None or len(found) < shown:
                     paper = store.get_paper(ids[index])
@@ -470,5 +513,3 @@ def _nearest(rows: sp.csr_matrix, examples: Sequence[Paper], row: sp.csr_matrix)
     return examples[best], float(sims[best])
 
 
-def _rows(matrix: sp.csr_matrix) -> list[sp.csr_matrix]:
-    return [matrix[i] for i in range(matrix.shape[0])]
