@@ -193,6 +193,9 @@ class _Sub:
     subscription: Subscription
     like: LikeQuery
     examples: list[Paper] = field(default_factory=list)  # those stored, in the order given
+    # Papers it is not to be like: the channel's "Not relevant" ones, for like:saved (not wired yet:
+    # Store.channel_feedback gives its saved papers as examples and these).
+    negatives: list[Paper] = field(default_factory=list)
     rows: sp.csr_matrix | None = None  # the examples' vectors
     vector: sp.csr_matrix | None = None  # the profile; None: nothing to score with
     threshold: float = FLOOR
@@ -317,7 +320,7 @@ class Recommender:
             entry.rows = entry.vector = None
             return
         entry.rows = self.model.vectors(entry.examples)
-        entry.vector = profile(entry.rows)
+        entry.vector = profile(entry.rows, self.model.vectors(entry.negatives) if entry.negatives else None)
         entry.threshold = self._threshold(entry.like, entry.vector, reference, days)
 
     def _threshold(self, like: LikeQuery, vector: sp.csr_matrix, reference: sp.csr_matrix | None = None,

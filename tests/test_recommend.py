@@ -273,3 +273,12 @@ def test_recommend_settings_are_checked(make_config):
     assert make_config(recommend={"per_day": 5}).recommend.per_day == 5
     with pytest.raises(ConfigError, match="fit_papers"):
         make_config(recommend={"fit_papers": 10})
+
+
+def test_mute_keeps_a_like_subscription_a_like_subscription(ctx, clock):
+    stock(ctx.store, clock)
+    assert run(ctx, f"subscribe {like(EXAMPLES)}").ok
+    reply = run(ctx, "mute 1 video")
+    assert reply.ok and reply.text == f"#1 is now `{like(EXAMPLES)} -video`."
+    assert split_like(parse_query(ctx.store.get_subscription(1).query)).keywords == \
+        ("not", ("word", "any", "video", "video"))

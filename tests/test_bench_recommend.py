@@ -1,0 +1,19 @@
+"""The recommendation benchmark runs at a small size and reports its figures."""
+
+import json
+
+from bench.recommend import main
+
+
+def test_small_recommend_benchmark(capsys):
+    figures = main(["--draws", "2", "--subscriptions", "40", "--day", "60", "--fit", "300", "--recent", "100"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
+    quality, speed = figures["quality"], figures["speed"]
+    assert quality["papers"] == 117 and quality["groups"] == 10
+    for method in ("centroid", "plain_centroid", "svm", "keyword"):
+        assert 0 <= quality[f"{method}_p10"] <= 1 and 0 <= quality[f"{method}_r50"] <= 1
+    # The scorers find a topic's other papers: far more than a random ranking would (10 of 117).
+    assert quality["centroid_r50"] > 0.6 and quality["svm_r50"] > 0.6
+    assert speed["subscriptions"] == 40 and speed["day"] == 60
+    assert speed["pairs"] >= speed["above_threshold"] > 0 and speed["multiplications"] >= speed["pairs"]
+    assert speed["matches"] > 0
