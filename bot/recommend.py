@@ -313,13 +313,17 @@ class Recommender:
         if self._subs.pop(subscription_id, None) is not None:
             self._matrix = None
 
-    def _build(self, entry: _Sub, reference: sp.csr_matrix | None = None, days: int | None = None) -> None:
-        """The entry's profile and threshold, with the current model."""
+    def _build(self, entry: _Sub, reference: sp.csr_matrix | None = None, days: int | None = None,
+               known: dict[str, sp.csr_matrix] | None = None) -> None:
+        """The entry's profile and threshold, with the current model (`known`: vectors by paper id)."""
         assert self.model is not None
         if not entry.examples:
             entry.rows = entry.vector = None
             return
-        entry.rows = self.model.vectors(entry.examples)
+        if known is not None:
+            entry.rows = sp.vstack([known[p.id] for p in entry.examples], format="csr")
+        else:
+            entry.rows = self.model.vectors(entry.examples)
         entry.vector = profile(entry.rows, self.model.vectors(entry.negatives) if entry.negatives else None)
         entry.threshold = self._threshold(entry.like, entry.vector, reference, days)
 
@@ -364,10 +368,13 @@ class Recommender:
                 chunk = recent[start:start + 2000]
                 self._recent.add(chunk, model.vectors(chunk))
             reference, days = self._recent.matrix(), self._recent.day_count()
+            unique = list({p.id: p for entry in self._subs.values() for p in entry.examples}.values())
+            vectors = model.vectors(unique) if unique else None  # one transform for every example
+            known = {p.id: vectors[i] for i, p in enumerate(unique)} if vectors is not None else {}
             for entry in self._subs.values():
-                self._build(entry, reference, days)
+                self._build(entry, reference, days, known)
             self._matrix = None
-            log.info("recommendations: fitted on %d papers (%d words and pairs), %d like: subscriptions",
+            log.info("recommendations: fitted on %d papers (%d words), %d like: subscriptions",
                      len(corpus), len(model.vectorizer.vocabulary_), len(self._subs))
 
     def ensure_fitted(self, store: StoreContract, now: datetime) -> None:

@@ -14,6 +14,6 @@ def test_small_recommend_benchmark(capsys):
         assert 0 <= quality[f"{method}_p10"] <= 1 and 0 <= quality[f"{method}_r50"] <= 1
     # The scorers find a topic's other papers: far more than a random ranking would (10 of 117).
     assert quality["centroid_r50"] > 0.6 and quality["svm_r50"] > 0.6
-    assert speed["subscriptions"] == 40 and speed["day"] == 60
+    assert speed["subscriptions"] == 40 and speed["day"] == 60 and speed["refit_s"] >= 0
     assert speed["pairs"] >= speed["above_threshold"] > 0 and speed["multiplications"] >= speed["pairs"]
     assert speed["matches"] > 0
