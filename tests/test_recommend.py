@@ -282,3 +282,17 @@ def test_mute_keeps_a_like_subscription_a_like_subscription(ctx, clock):
     assert reply.ok and reply.text == f"#1 is now `{like(EXAMPLES)} -video`."
     assert split_like(parse_query(ctx.store.get_subscription(1).query)).keywords == \
         ("not", ("word", "any", "video", "video"))
+
+
+def test_a_hostile_example_title_is_escaped_and_bounded_on_both_platforms():
+    from bot.adapters.discord_render import card_embed
+    from bot.adapters.slack_render import card_blocks
+
+    hostile = replace(EXAMPLES[0], title="<!channel> @everyone *bold* `code` " + "x" * 500)
+    channel = ChannelRef("slack", "C1")
+    card = card_for(NEW_DIFFUSION[0], [Match(1, channel, like(EXAMPLES), (similar_fact(hostile, 0.5),))])
+    assert len(card.reason) <= 300
+    text = json.dumps([b.to_dict() for b in card_blocks(card)])
+    assert "similar to" in text and "<!channel>" not in text
+    embed = card_embed(card)
+    assert "@everyone" not in json.dumps(embed.to_dict()).replace("@\u200beveryone", "")
