@@ -29,7 +29,8 @@ thresholds), `match_many_s` all of what the poll does (vectors, product, thresho
 example each is most like). Counts beside the seconds: `multiplications` in the product,
 `pairs` of paper and subscription it yields. The recombined text has a vocabulary of a few
 thousand words shared by every paper: nearly every pair shares a word, a worse case than
-real listings. Last line: one JSON object.
+real listings; `--workload zipf` takes bench.matching's papers instead (a made-up
+50,000-word Zipf vocabulary: fewer shared words than real text). Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from bot.models import ChannelRef, Paper, Subscription
 from bot.query import normalize_query, raw_words, stem
 from bot.recommend import Recommender, fit_model, profile
 
-from .workloads import STOPWORDS, RealText, load_seed, real_authors
+from .workloads import STOPWORDS, RealText, load_seed, make_workload, real_authors
 
 GROUPS = Path(__file__).resolve().parent / "data" / "recommend-groups.toml"
 MIN_GROUP = 5
@@ -164,13 +165,19 @@ class _Store:
         return self._recent[:limit]
 
 
-def speed(subscriptions: int, day: int, fit: int, recent: int, seed: int) -> dict:
+def speed(subscriptions: int, day: int, fit: int, recent: int, seed: int, workload: str = "real") -> dict:
     rng = random.Random(seed)
-    text = RealText(load_seed())
-    authors = real_authors(rng, 500)
+    if workload == "zipf":  # bench.matching's made-up 50,000-word Zipf vocabulary
+        pool = iter(make_workload("zipf", subscriptions=1, papers=fit + recent + day, seed=seed, history=0).papers)
 
-    def make(prefix: str, n: int, listed: date) -> list[Paper]:
-        return [replace(text.paper(f"{prefix}.{i:05d}", rng, authors), listed_on=listed) for i in range(n)]
+        def make(prefix: str, n: int, listed: date) -> list[Paper]:
+            return [replace(next(pool), id=f"{prefix}.{i:05d}", listed_on=listed) for i in range(n)]
+    else:  # the seed page's sentences recombined
+        text = RealText(load_seed())
+        authors = real_authors(rng, 500)
+
+        def make(prefix: str, n: int, listed: date) -> list[Paper]:
+            return [replace(text.paper(f"{prefix}.{i:05d}", rng, authors), listed_on=listed) for i in range(n)]
 
     history = make("2401", fit, NOW.date() - timedelta(days=10))
     earlier = [replace(p, listed_on=NOW.date() - timedelta(days=1 + i % 2))
@@ -205,7 +212,7 @@ def speed(subscriptions: int, day: int, fit: int, recent: int, seed: int) -> dic
     matches = recommender.match_many(papers)
     match_many_s = time.perf_counter() - started
     matched = sum(len(m) for m in matches)
-    return {"subscriptions": subscriptions, "day": day, "fit_papers": fit, "recent": recent,
+    return {"workload": workload, "subscriptions": subscriptions, "day": day, "fit_papers": fit, "recent": recent,
             "vocabulary": len(recommender.model.vectorizer.vocabulary_) if recommender.model else 0,
             "refit_s": round(fit_s, 2), "profile_matrix_s": round(profiles_s, 2),
             "vectors_s": round(vectors_s, 3), "product_s": round(product_s, 3),
@@ -222,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fit", type=int, default=5000, help="papers the model is fitted on (speed)")
     parser.add_argument("--recent", type=int, default=2000, help="earlier papers for the thresholds (speed)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workload", choices=("real", "zipf"), default="real", help="the papers of the speed part")
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args(argv)
     figures = {"quality": quality(args.draws, args.seed)}
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     for method in METHODS:
         print(f"  {method:15} {q[method + '_p10']:.3f} / {q[method + '_r50']:.3f}")
     if not args.skip_speed:
-        figures["speed"] = speed(args.subscriptions, args.day, args.fit, args.recent, args.seed)
+        figures["speed"] = speed(args.subscriptions, args.day, args.fit, args.recent, args.seed, args.workload)
         s = figures["speed"]
         print(f"speed: {s['subscriptions']} like: subscriptions, a day of {s['day']} papers: vectors "
               f"{s['vectors_s']} s, product+thresholds {s['product_s']} s, match_many {s['match_many_s']} s "

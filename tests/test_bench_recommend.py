@@ -17,3 +17,9 @@ def test_small_recommend_benchmark(capsys):
     assert speed["subscriptions"] == 40 and speed["day"] == 60 and speed["refit_s"] >= 0
     assert speed["pairs"] >= speed["above_threshold"] > 0 and speed["multiplications"] >= speed["pairs"]
     assert speed["matches"] > 0
+
+
+def test_small_recommend_benchmark_on_zipf_papers():
+    figures = main(["--draws", "1", "--subscriptions", "30", "--day", "50", "--fit", "200", "--recent", "50",
+                    "--workload", "zipf"])
+    assert figures["speed"]["workload"] == "zipf" and figures["speed"]["matches"] > 0
