@@ -26,7 +26,8 @@ top 3 a day over --recent earlier papers; `refit_s`: the scheduled refit, model,
 and thresholds), and one day of --day papers: `vectors_s` their
 tf-idf vectors, `product_s` `Recommender.score` (one sparse matrix product and the
 thresholds), `match_many_s` all of what the poll does (vectors, product, thresholds, the
-example each is most like). Counts beside the seconds: `multiplications` in the product,
+example each is most like); `_cpu_s` the process's CPU seconds for the same (less
+inflated than wall time on a busy machine). Counts beside the seconds: `multiplications` in the product,
 `pairs` of paper and subscription it yields. The recombined text has a vocabulary of a few
 thousand words shared by every paper: nearly every pair shares a word, a worse case than
 real listings; `--workload zipf` takes bench.matching's papers instead (a made-up
@@ -199,24 +200,24 @@ def speed(subscriptions: int, day: int, fit: int, recent: int, seed: int, worklo
     started = time.perf_counter()
     rows = recommender.vectors(papers)
     vectors_s = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     scored = recommender.score(rows)
-    product_s = time.perf_counter() - started
+    product_s, product_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     # The work of the product, as counts: the multiplications (each paper word times the
     # profiles that hold it) and the pairs it yields (before thresholds).
     profiles = recommender._profiles()[0]
     held = np.diff(profiles.indptr) if profiles is not None else np.zeros(rows.shape[1])
     multiplications = int(held[rows.indices].sum())
     pairs = int((rows @ profiles).nnz) if profiles is not None else 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     matches = recommender.match_many(papers)
-    match_many_s = time.perf_counter() - started
+    match_many_s, match_many_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     matched = sum(len(m) for m in matches)
     return {"workload": workload, "subscriptions": subscriptions, "day": day, "fit_papers": fit, "recent": recent,
             "vocabulary": len(recommender.model.vectorizer.vocabulary_) if recommender.model else 0,
             "refit_s": round(fit_s, 2), "profile_matrix_s": round(profiles_s, 2),
-            "vectors_s": round(vectors_s, 3), "product_s": round(product_s, 3),
-            "match_many_s": round(match_many_s, 3), "multiplications": multiplications, "pairs": pairs,
+            "vectors_s": round(vectors_s, 3), "product_s": round(product_s, 3), "product_cpu_s": round(product_cpu_s, 3),
+            "match_many_s": round(match_many_s, 3), "match_many_cpu_s": round(match_many_cpu_s, 3), "multiplications": multiplications, "pairs": pairs,
             "above_threshold": sum(len(s) for s in scored),
             "matches": matched, "matches_per_subscription": round(matched / max(1, subscriptions), 2)}
 
