@@ -216,8 +216,10 @@ def speed(subscriptions: int, day: int, fit: int, recent: int, seed: int, worklo
     return {"workload": workload, "subscriptions": subscriptions, "day": day, "fit_papers": fit, "recent": recent,
             "vocabulary": len(recommender.model.vectorizer.vocabulary_) if recommender.model else 0,
             "refit_s": round(fit_s, 2), "profile_matrix_s": round(profiles_s, 2),
-            "vectors_s": round(vectors_s, 3), "product_s": round(product_s, 3), "product_cpu_s": round(product_cpu_s, 3),
-            "match_many_s": round(match_many_s, 3), "match_many_cpu_s": round(match_many_cpu_s, 3), "multiplications": multiplications, "pairs": pairs,
+            "vectors_s": round(vectors_s, 3), "product_s": round(product_s, 3),
+            "product_cpu_s": round(product_cpu_s, 3),
+            "match_many_s": round(match_many_s, 3), "match_many_cpu_s": round(match_many_cpu_s, 3),
+            "multiplications": multiplications, "pairs": pairs,
             "above_threshold": sum(len(s) for s in scored),
             "matches": matched, "matches_per_subscription": round(matched / max(1, subscriptions), 2)}
 
