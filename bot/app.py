@@ -21,7 +21,6 @@ from .errors import StorageError
 from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
 from .poller import Poller, SourceReport
-from .recommend import Recommender
 from .sources import Source, connect, make_client
 from .text import plural
 
@@ -59,6 +58,8 @@ class App:
             adapters = build_adapters(config, stdout=stdout, complete=self.complete)
         self.adapters: dict[str, Adapter] = adapters
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
+        from .recommend import Recommender  # numpy and scipy: only for the running bot
+
         recommender = Recommender(per_day=config.recommend.per_day, refit_hours=config.recommend.refit_hours,
                                   fit_papers=config.recommend.fit_papers)
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days,

@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from storage import Store, StoreContract
 
@@ -25,7 +25,9 @@ from .clock import utcnow
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
 from .models import Match, Paper, PaperMatches, UnmatchedPaper
-from .recommend import Recommender
+
+if TYPE_CHECKING:
+    from .recommend import Recommender
 from .sources import Source
 from .sources.base import bounded_repr, check_paper
 
@@ -90,7 +92,11 @@ class Poller:
         self.clock = clock
         self.max_age = timedelta(days=max_age_days)
         self.matcher = IndexedMatcher()
-        self.recommender = recommender or Recommender()  # like: subscriptions (issue 13)
+        if recommender is None:
+            from .recommend import Recommender  # numpy and scipy: not for every import of the bot
+
+            recommender = Recommender()
+        self.recommender = recommender  # like: subscriptions (issue 13)
         self._version = 0  # the newest subscription version the engine has seen
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
         self._match_failed: set[str] = set()  # papers the matcher raised on once (retried once, then settled)

@@ -41,10 +41,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from .cards import SIMILAR, shorten
-from .errors import QueryError
+from .like import LikeQuery, like_query, similar_fact, split_like
 from .models import Match, Paper, Subscription
-from .query import parse_query
 
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -52,6 +50,9 @@ if TYPE_CHECKING:
     from storage import StoreContract
 
 log = logging.getLogger(__name__)
+
+__all__ = ["LikeQuery", "Model", "Preview", "Recommender", "Scored", "fit_model", "like_query", "profile",
+           "similar_fact", "split_like"]
 
 MAX_EXAMPLES = 20
 PER_DAY = 3  # default threshold: about this many papers a day per subscription
@@ -64,47 +65,6 @@ REFIT_HOURS = 24.0
 PREVIEW_DAYS = 30
 MAX_RECENT = 100_000  # papers whose vectors are kept for preview and thresholds
 TEXT_MAX = 5000  # characters of a paper's abstract read
-
-
-# ---- the like part of a query ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LikeQuery:
-    """The like part of a parsed query: its examples, its `score>=` if any, and the keyword
-    rest (None when there is none), which filters."""
-
-    examples: tuple[str, ...]
-    min_score: float | None
-    keywords: tuple | None
-
-
-def split_like(node: tuple) -> LikeQuery | None:
-    """The like part of a parsed query, None for a keyword query. bot/query.py keeps
-    `like:` and `score>=` at the top level of a query (the root, or its AND)."""
-    children = node[1] if node[0] == "and" else (node,)
-    likes = [c for c in children if c[0] == "like"]
-    if not likes:
-        return None
-    scores = [c[2] for c in children if c[0] == "score"]
-    rest = [c for c in children if c[0] not in ("like", "score")]
-    keywords = None if not rest else rest[0] if len(rest) == 1 else ("and", tuple(rest))
-    return LikeQuery(likes[0][1], scores[0] if scores else None, keywords)
-
-
-def like_query(text: str) -> LikeQuery | None:
-    """`split_like` of a stored query text; None for keyword queries (and unparsable text)."""
-    if "like:" not in text:  # the cheap test first: most queries are keywords
-        return None
-    try:
-        return split_like(parse_query(text))
-    except QueryError:
-        return None
-
-
-def similar_fact(example: Paper, score: float) -> str:
-    """Why a like: subscription matched, as a fact in `Match.terms`; bot/cards.py words it
-    "similar to <example title> (0.42)"."""
-    return f"{SIMILAR}{score:.2f}:{example.id}:{shorten(example.title, 100)}"
 
 
 # ---- the model ---------------------------------------------------------------------------

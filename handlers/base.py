@@ -8,16 +8,18 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Awaitable, Callable, Literal, Mapping, Union
+from typing import TYPE_CHECKING, Awaitable, Callable, Literal, Mapping, Union
 
 from bot.clock import utcnow
 from bot.config import Config
 from bot.errors import StorageBusy, StorageError
 from bot.lookup import PaperLookup
 from bot.models import ArgValue, ChannelRef, CommandRequest, Reply
-from bot.recommend import Recommender
 from bot.text import plural
 from storage import StoreContract
+
+if TYPE_CHECKING:
+    from bot.recommend import Recommender
 
 log = logging.getLogger(__name__)
 

@@ -6,16 +6,20 @@ import asyncio
 import logging
 from dataclasses import replace
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from bot.errors import QueryError, SourceError
+from bot.like import LikeQuery, similar_fact, split_like
 from bot.matching import PaperView, evaluate
 from bot.models import CommandRequest, Match, Paper, Reply
 from bot.query import parse_query, render
-from bot.recommend import PREVIEW_DAYS, LikeQuery, Preview, Recommender, similar_fact, split_like
 from bot.text import plural
 from storage import Store, StoreContract
 
 from .base import Args, Context, Param, command, error, shown
+
+if TYPE_CHECKING:
+    from bot.recommend import Preview
 
 ESTIMATE_DAYS = 30
 EXAMPLES = 3
@@ -110,6 +114,8 @@ async def _like_history(ctx: Context, like: LikeQuery, examples: list[Paper], sh
     """What a like: query would have posted in the last 30 days, off the event loop (for a
     database file: in a worker thread with its own Store). The first use in a process with
     no poller fits the model (seconds)."""
+    from bot.recommend import Recommender  # numpy and scipy; already imported where an App made one
+
     if ctx.recommender is None:
         settings = ctx.config.recommend
         ctx.recommender = Recommender(per_day=settings.per_day, refit_hours=settings.refit_hours,
@@ -135,12 +141,12 @@ async def _like_history(ctx: Context, like: LikeQuery, examples: list[Paper], sh
 
 def _like_estimate(like: LikeQuery, examples: list[Paper], found: Preview, shown: int) -> str:
     if found.scanned == 0:
-        return f"No papers were stored in the last {PREVIEW_DAYS} days to score yet."
+        return f"No papers were stored in the last {ESTIMATE_DAYS} days to score yet."
     named = "; ".join(p.title[:80] for p in examples[:3])
     if len(examples) > 3:
         named += f" and {len(examples) - 3} more"
     how = "its score>=" if like.min_score is not None else "about the best few a day"
-    text = (f"Papers like {plural(len(examples), 'example')} ({named}). In the last {PREVIEW_DAYS} days it would "
+    text = (f"Papers like {plural(len(examples), 'example')} ({named}). In the last {ESTIMATE_DAYS} days it would "
             f"have posted {found.count:,} of {plural(found.scanned, 'stored paper')} "
             f"(score {found.threshold:.2f} or more: {how})")
     if not found.papers:
