@@ -84,7 +84,12 @@ def make_vectorizer(documents: int) -> TfidfVectorizer:
         strip_accents="unicode", lowercase=True, analyzer="word", stop_words="english",
         token_pattern=r"(?u)\b[a-zA-Z_][a-zA-Z0-9_]+\b", ngram_range=(1, 1), max_features=50_000,
         norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True,
-        min_df=2 if documents >= 1000 else 1, max_df=0.5 if documents >= 20 else 1.0, dtype=np.float32,
+        # From 1,000 papers on, a word in fewer than 2 papers, or in more than 10% of them
+        # (arxiv-sanity-lite's max_df), is no feature (the common ones made nearly every paper share
+        # a word with every profile: at 10,000 profiles that halved the pairs the poll's product
+        # yields, bench.recommend). A small corpus keeps more: a topic is a larger share of it.
+        min_df=2 if documents >= 1000 else 1, max_df=0.1 if documents >= 1000 else 0.5 if documents >= 20 else 1.0,
+        dtype=np.float32,
     )
 
 
