@@ -25,11 +25,11 @@ from .clock import utcnow
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
 from .models import Match, Paper, PaperMatches, UnmatchedPaper
+from .sources import Source
+from .sources.base import bounded_repr, check_paper
 
 if TYPE_CHECKING:
     from .recommend import Recommender
-from .sources import Source
-from .sources.base import bounded_repr, check_paper
 
 log = logging.getLogger(__name__)
 
