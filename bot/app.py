@@ -63,17 +63,21 @@ class App:
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
         # arXiv's categories for papers listed without (Hugging Face's), while the arXiv source is
         # enabled: through its one fetcher, and so its one 3-second pacer.
+        from .recommend import Recommender  # numpy and scipy: only for the running bot
+
+        recommender = Recommender(per_day=config.recommend.per_day, refit_hours=config.recommend.refit_hours,
+                                  fit_papers=config.recommend.fit_papers)
         arxiv = fetchers.get(ARXIV)
         filler = CategoryFiller(arxiv, self.store) if isinstance(arxiv, ArxivSource) and config.sources[ARXIV].enabled \
             else None
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days,
                              open_store=lambda: Store(config.storage_path, busy_timeout=config.storage_busy_timeout,
                                                       durable=False),
-                             complete=filler.complete if filler else None)
+                             complete=filler.complete if filler else None, recommender=recommender)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle,
                                      max_concurrent_channels=config.delivery.max_concurrent_channels)
         self.lookup = PaperLookup(list(fetchers.values()))
-        self.context = handlers.Context(self.store, config, clock, lookup=self.lookup)
+        self.context = handlers.Context(self.store, config, clock, lookup=self.lookup, recommender=recommender)
         self._recovered = False
 
     async def start_frontends(self) -> None:

@@ -21,6 +21,8 @@ AI_SUMMARY = "AI summary"
 # How bursts and digests are ordered (storage ranks them: storage/deliveries.py RANKING).
 RANK_ORDER = "Most upvoted first, then the best match (terms in the title, terms matched), then the newest."
 
+SIMILAR = "similar:"  # a like: match's fact in Match.terms: "similar:<score>:<example id>:<example title>"
+
 
 def shorten(text: str, limit: int) -> str:
     """Cut `text` to at most `limit` characters, at a word boundary, marking the cut with '…'."""
@@ -49,7 +51,7 @@ def why_matched(matched: Sequence[Match]) -> str | None:
     Queries are shown as code; each renderer escapes the text for its platform."""
     parts = []
     for match in matched:
-        terms = f": {', '.join(match.terms)}" if match.terms else ""
+        terms = f": {', '.join(map(_term, match.terms))}" if match.terms else ""
         parts.append(f"#{match.subscription_id} `{match.query}`{terms}")
     return shorten("; ".join(parts), REASON_MAX) if parts else None
 
@@ -97,6 +99,28 @@ def abstract_snippet(abstract: str, shown: str, matched: Sequence[Match], limit:
 
 def organization_label(organization: str | None) -> str | None:
     return shorten(organization, ORGANIZATION_MAX) if organization else None
+
+
+def read_similar_fact(term: str) -> tuple[float, str, str] | None:
+    """(score, example id, example title) of a like: match's fact (bot.recommend.similar_fact),
+    None for any other term."""
+    if not term.startswith(SIMILAR):
+        return None
+    score, _, rest = term[len(SIMILAR):].partition(":")
+    example_id, _, title = rest.partition(":")
+    try:
+        return float(score), example_id, title
+    except ValueError:
+        return None
+
+
+def _term(term: str) -> str:
+    """A matched term as people read it: a like: match says which example it is like."""
+    similar = read_similar_fact(term)
+    if similar is None:
+        return term
+    score, example_id, title = similar
+    return f"similar to {title or example_id} ({score:.2f})"
 
 
 def card_for(paper: Paper, matched: Sequence[Match] = (), subscriptions: Sequence[SubscriptionRef] = ()) -> Card:

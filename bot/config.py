@@ -81,6 +81,11 @@ _SCHEMA: Schema = {
         "sweep_seconds": (float, 30.0, _positive),
         "max_concurrent_channels": (int, 50, _positive),
     },
+    "recommend": {
+        "per_day": (int, 3, _positive),
+        "refit_hours": (float, 24.0, _positive),
+        "fit_papers": (int, 20_000, lambda v: None if v >= 100 else "must be at least 100"),
+    },
     "limits": {
         "max_subscriptions_per_channel": (int, 50, _positive),
         "commands_per_minute": (int, 20, _positive),
@@ -174,6 +179,13 @@ class FeedbackConfig:
 
 
 @dataclass(frozen=True)
+class RecommendConfig:
+    per_day: int = 3  # a like: subscription without score>= gets about this many papers a day
+    refit_hours: float = 24.0  # how often the tf-idf vocabulary and idf are fitted again
+    fit_papers: int = 20_000  # on this many of the most recent stored papers
+
+
+@dataclass(frozen=True)
 class SlackConfig:
     mode: str = "socket"
     port: int = 3000
@@ -206,6 +218,7 @@ class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
     metrics_port: int = 0  # 0: no /healthz and /metrics server
     metrics_host: str = "127.0.0.1"  # unauthenticated: loopback unless you choose otherwise
     storage_busy_timeout: float = 10.0  # seconds to wait for another process's write lock
@@ -279,6 +292,7 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
         ),
         delivery=DeliveryConfig(**values["delivery"]),
         feedback=FeedbackConfig(**values["feedback"]),
+        recommend=RecommendConfig(**values["recommend"]),
         metrics_port=values["metrics"]["port"],
         metrics_host=values["metrics"]["host"],
         storage_busy_timeout=values["storage"]["busy_timeout_seconds"],

@@ -17,16 +17,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence, TypeVar
 
 from storage import Store, StoreContract
 
 from .clock import utcnow
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
-from .models import Paper, PaperMatches, UnmatchedPaper
+from .models import Match, Paper, PaperMatches, UnmatchedPaper
 from .sources import Source
 from .sources.base import bounded_repr, check_paper
+
+if TYPE_CHECKING:
+    from .recommend import Recommender
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,8 @@ class Poller:
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
                  open_store: Callable[[], StoreContract] | None = None,
-                 complete: Callable[[list[Paper]], Awaitable[list[Paper]]] | None = None):
+                 complete: Callable[[list[Paper]], Awaitable[list[Paper]]] | None = None,
+                 recommender: Recommender | None = None):
         self.store = store
         # Before the worker stores and matches a listing: missing metadata filled in, on the
         # loop (bot.enrich.CategoryFiller: arXiv categories for Hugging Face papers).
@@ -93,6 +97,11 @@ class Poller:
         self.clock = clock
         self.max_age = timedelta(days=max_age_days)
         self.matcher = IndexedMatcher()
+        if recommender is None:
+            from .recommend import Recommender  # numpy and scipy: not for every import of the bot
+
+            recommender = Recommender()
+        self.recommender = recommender  # like: subscriptions (issue 13)
         self._version = 0  # the newest subscription version the engine has seen
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
         self._match_failed: set[str] = set()  # papers the matcher raised on once (retried once, then settled)
@@ -123,6 +132,10 @@ class Poller:
             self.matcher.remove(gone)
         changes = store.subscriptions_changed_since(self._version)
         changed, self._version = changes.subscriptions, changes.version
+        keyword = self.recommender.sync(store, current, changed)  # it takes the like: ones
+        for sub in changed if len(keyword) < len(changed) else ():
+            self.matcher.remove(sub.id)  # from an earlier query; re-added below if it is keywords
+        changed = keyword
         bulk = len(changed) > 10_000
         if bulk:
             # Building the index makes millions of long-lived objects: each full garbage
@@ -224,6 +237,8 @@ class Poller:
         def work(store: StoreContract) -> tuple[int, int, int]:
             # Subscriptions first: only papers stored from now on are matched against them.
             self.sync_subscriptions(store)
+            if len(self.recommender):  # on its schedule (refit_hours), not per poll
+                self.recommender.ensure_fitted(store, now)
             queued = self._match_unmatched(store, now)  # what an interrupted poll left
             new = 0
             for start in range(0, len(papers), self.BATCH):
@@ -283,6 +298,7 @@ class Poller:
             done: list[str] = []
             items: list[PaperMatches] = []
             rows = 0
+            liked = self._recommended(todo, now)
             for unmatched in todo:
                 paper = unmatched.paper
                 # Left by a poll interrupted longer ago than max_age_days (the bot was off):
@@ -300,6 +316,8 @@ class Poller:
                         raise
                     log.exception("%s: matching failed again; the paper is stored and will not be posted", paper.id)
                     matches = []
+                if paper.id in liked:
+                    matches = sorted([*matches, *liked[paper.id]])
                 done.append(paper.id)
                 if matches:
                     items.append(PaperMatches(paper.id, tuple(matches)))
@@ -309,6 +327,20 @@ class Poller:
                     done, items, rows = [], [], 0
             if done:
                 queued += self._queue(store, items, done, todo, now)
+
+    def _recommended(self, todo: list[UnmatchedPaper], now: datetime) -> dict[str, list[Match]]:
+        """The like: matches of a batch (bot/recommend.py), for the papers that may be posted:
+        one sparse matrix product for the batch. A failure leaves the batch to keyword
+        matches alone (logged): it never holds up the poll."""
+        papers = [u.paper for u in todo if not u.paper.is_update and now - u.since <= self.max_age]
+        if not papers or not len(self.recommender):
+            return {}
+        try:
+            found = self.recommender.match_many(papers)
+        except Exception:
+            log.exception("recommendations failed for %d papers; they get keyword matches only", len(papers))
+            return {}
+        return {paper.id: matches for paper, matches in zip(papers, found, strict=True) if matches}
 
     def _queue(self, store: StoreContract, items: list[PaperMatches], done: list[str],
                todo: list[UnmatchedPaper], now: datetime) -> int:

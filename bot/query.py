@@ -12,6 +12,10 @@
     cat:cs.CL  org:x              arXiv category, Hugging Face organization
     upvotes>=20                   Hugging Face upvote threshold (also >, <=, <, =)
     source:huggingface (or hf)  source:arxiv   where the paper was listed (any registered source)
+    like:2406.12345,2405.00001    papers like these examples (ids or arXiv/Hugging Face links; bare
+                                  ids after a like: term join it); scored by bot/recommend.py, the
+                                  rest of the query filters. Top level only, as is
+    score>=0.3                    a like: query's own threshold (else the top few a day)
 
 No regular expressions: user patterns could backtrack catastrophically. A query is a
 tree of tuples (cheap to keep a million of them in memory):
@@ -22,6 +26,7 @@ tree of tuples (cheap to keep a million of them in memory):
     ("author", name_tokens, text)
     ("cat", category)  ("org", tokens, text)  ("source", name)
     ("upvotes", op, number)
+    ("like", ids)  ("score", ">=", number)     only as the root or its AND's children
     ("and", children)  ("or", children)  ("not", child)
 """
 
@@ -36,11 +41,14 @@ from typing import NamedTuple
 
 from . import sources
 from .errors import QueryError
+from .sources.ids import canonical_arxiv_id
 
 MAX_QUERY_CHARS = 500
 MAX_TERMS = 50
 MIN_PREFIX = 3
-FIELDS = ("title", "abstract", "author", "cat", "org", "source", "upvotes")
+FIELDS = ("title", "abstract", "author", "cat", "org", "source", "upvotes", "like", "score")
+MAX_EXAMPLES = 20  # of a like: query
+_SCORE = re.compile(r"^score>=(0(?:\.\d{1,3})?|1(?:\.0{1,3})?|\.\d{1,3})$", re.IGNORECASE)
 _WORD = re.compile(r"[^\W_]+")
 _UPVOTES = re.compile(r"^upvotes(>=|<=|>|<|=)(\d{1,9})$", re.IGNORECASE)
 _OPS = {"and": "AND", "or": "OR", "not": "NOT"}
@@ -153,6 +161,7 @@ class _Parser:
         self.tokens = tokens
         self.pos = 0
         self.terms = 0
+        self.liking = False  # a like: term was read: bare arXiv ids after it are examples
 
     def peek(self) -> Token | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -221,7 +230,11 @@ class _Parser:
         self.terms += 1
         if self.terms > MAX_TERMS:
             raise QueryError(f"the query has more than {MAX_TERMS} terms")
-        return _term(token)
+        if self.liking and token.kind == "TERM" and (example := _bare_example(token.text)):
+            return ("like", (example,))  # `like:2406.12345 2405.00001`: the second one is an example too
+        node = _term(token)
+        self.liking = self.liking or node[0] == "like"
+        return node
 
 
 def _combine(kind: str, children: list[tuple]) -> tuple:
@@ -288,6 +301,11 @@ def _term(token: Token) -> tuple:
             return ("upvotes", upvotes.group(1), int(upvotes.group(2)))
         if text.lower().startswith("upvotes"):
             raise QueryError(f"upvotes needs a comparison and a number, e.g. upvotes>=20 (column {column})")
+        score = _SCORE.match(text)
+        if score:
+            return ("score", ">=", float(score.group(1)))
+        if text.lower().startswith("score") and not text[5:6].isalnum():
+            raise QueryError(f"score needs >= and a number from 0 to 1, e.g. score>=0.3 (column {column})")
         name, sep, value = text.partition(":")
         if sep and name and not name.isdigit():
             field, text = name.lower(), value
@@ -295,8 +313,10 @@ def _term(token: Token) -> tuple:
                 raise QueryError(f"{field}: needs a value (column {column})")
     if field is None:
         return _text_node("any", text, column, token.kind == "PHRASE")
-    if field not in FIELDS or field == "upvotes":
+    if field not in FIELDS or field in ("upvotes", "score"):
         raise _unknown_field(field, column)
+    if field == "like":
+        return ("like", _examples(text, column))
     quoted = token.kind == "PHRASE"
     if field in ("title", "abstract"):
         return _text_node(field, text, column, quoted)
@@ -320,6 +340,65 @@ def _term(token: Token) -> tuple:
         names = " or ".join(s.name for s in sources.SOURCES)
         raise QueryError(f"source must be {names}, not \"{text}\" (column {column})")
     return ("source", found.name)
+
+
+def _bare_example(text: str) -> str | None:
+    """The arXiv id of a term that is an id or an arXiv/Hugging Face link, not field:value."""
+    if ":" in text and not text.lower().startswith(("http://", "https://", "arxiv:")):
+        return None
+    return canonical_arxiv_id(text)
+
+
+def _examples(text: str, column: int) -> tuple[str, ...]:
+    if text.lower() == "saved":
+        raise QueryError(f"like:saved is not available yet: give arXiv ids, like:2406.12345 (column {column})")
+    found = []
+    for part in text.split(","):
+        example = canonical_arxiv_id(part) if part else None
+        if example is None:
+            shown = part if len(part) <= 40 else part[:39] + "…"
+            raise QueryError(f'like: takes arXiv ids or arXiv/Hugging Face links, not "{shown}" (column {column})')
+        found.append(example)
+    return tuple(found)
+
+
+def _gather_like(node: tuple) -> tuple:
+    """A query with like: terms keeps them, and score>=, at its top level, merged into one
+    like term (its examples in order, once each) first, then score>=, then the keywords."""
+    children = node[1] if node[0] == "and" else (node,)
+    if not _holds(node, ("like",)):
+        if _holds(node, ("score",)):
+            raise QueryError("score>= goes with like: (papers like examples), e.g. like:2406.12345 score>=0.3")
+        return node
+    examples: list[str] = []
+    scores = []
+    rest = []
+    for child in children:
+        if child[0] == "like":
+            examples += [e for e in child[1] if e not in examples]
+        elif child[0] == "score":
+            scores.append(child)
+        else:
+            if _holds(child, ("like", "score")):
+                raise QueryError("like: and score>= go at the top level of a query, "
+                                 "not inside OR, NOT or parentheses")
+            rest.append(child)
+    if len(examples) > MAX_EXAMPLES:
+        raise QueryError(f"like: takes at most {MAX_EXAMPLES} examples, not {len(examples)}")
+    if len(scores) > 1:
+        raise QueryError("give score>= once")
+    merged = [("like", tuple(examples)), *scores, *rest]
+    return merged[0] if len(merged) == 1 else ("and", tuple(merged))
+
+
+def _holds(node: tuple, kinds: tuple[str, ...]) -> bool:
+    """Whether `node` is or holds a term of one of these kinds."""
+    kind = node[0]
+    if kind in kinds:
+        return True
+    if kind in ("and", "or"):
+        return any(_holds(c, kinds) for c in node[1])
+    return kind == "not" and _holds(node[1], kinds)
 
 
 def includes_something(node: tuple) -> bool:
@@ -359,7 +438,7 @@ def parse_query(text: str) -> tuple:
     plain = _plain_words(text)
     if plain is not None:
         return plain
-    node = _Parser(tokenize(text)).parse()
+    node = _gather_like(_Parser(tokenize(text)).parse())
     if not includes_something(node):
         raise QueryError("a query must include something, not only exclude: "
                          "`-video` alone would match almost every paper")
@@ -393,6 +472,10 @@ def render(node: tuple, parent: str = "") -> str:
         return f"source:{node[1]}"
     if kind == "upvotes":
         return f"upvotes{node[1]}{node[2]}"
+    if kind == "like":
+        return "like:" + ",".join(node[1])
+    if kind == "score":
+        return f"score>={node[2]:g}"
     if kind == "not":
         inner = render(node[1], "not")
         return f"-{inner}"

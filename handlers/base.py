@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Awaitable, Callable, Literal, Mapping, Union
+from typing import TYPE_CHECKING, Awaitable, Callable, Literal, Mapping, Union
 
 from bot.clock import utcnow
 from bot.config import Config
@@ -17,6 +17,9 @@ from bot.lookup import PaperLookup
 from bot.models import ArgValue, ChannelRef, CommandRequest, Reply
 from bot.text import plural
 from storage import StoreContract
+
+if TYPE_CHECKING:
+    from bot.recommend import Recommender
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class Context:
     config: Config
     clock: Callable[[], datetime] = utcnow
     lookup: PaperLookup | None = None  # for `show` of papers not stored yet
+    recommender: Recommender | None = None  # like: queries; the poller's (None: one made on first use)
     limiter: RateLimiter | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -81,7 +85,12 @@ class Param:
 
     @property
     def label(self) -> str:
-        return f"--{self.name}" if self.option else self.name
+        return self.flag if self.option else self.name
+
+    @property
+    def flag(self) -> str:
+        """How an option is written in text: `--min-score` for `min_score` (names are identifiers)."""
+        return "--" + self.name.replace("_", "-")
 
 
 class Args:
@@ -296,7 +305,7 @@ def parse_text(text: str) -> tuple[str, dict[str, str]]:
                 rest = flag.sub(" ", rest).strip()
             continue
         if param.option:  # `--name value` or `--name=value`; given twice, both values (and refused)
-            option = re.compile(rf"(?:^|\s)--{re.escape(param.name)}(?:(?:=|\s+)(\S+)|\s*$)")
+            option = re.compile(rf"(?:^|\s){re.escape(param.flag)}(?:(?:=|\s+)(\S+)|\s*$)")
             while found := option.search(rest):
                 given = found.group(1) or ""
                 values[param.name] = f"{values[param.name]} {given}" if param.name in values else given

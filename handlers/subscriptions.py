@@ -6,19 +6,26 @@ import asyncio
 import logging
 from dataclasses import replace
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from bot.cards import card_for
-from bot.errors import QueryError
+from bot.errors import QueryError, SourceError
+from bot.like import LikeQuery, similar_fact, split_like
 from bot.matching import PaperView, evaluate
 from bot.models import ChannelRef, CommandRequest, Match, Paper, QueryPreview, Reply, SubscribeForm
 from bot.query import MAX_QUERY_CHARS, parse_query, render
 from bot.text import plural
+from storage import Store, StoreContract
 
 from .base import Args, Context, Param, command, error, shown
+
+if TYPE_CHECKING:
+    from bot.recommend import Preview
 
 ESTIMATE_DAYS = 30
 EXAMPLES = 3
 MAX_BACKFILL = 20
+LIKE_SHOWN = 10  # papers a like: preview lists, with their scores
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,73 @@ def subscribe_form(channel: ChannelRef, query: str = "", preview: QueryPreview |
         query=query[:MAX_QUERY_CHARS], preview=preview)
 
 
+# ---- like: queries (bot/recommend.py) ------------------------------------------------------
+
+async def _like_examples(ctx: Context, like: LikeQuery, name: str) -> list[Paper] | Reply:
+    """The example papers of a like: query, stored or looked up (and stored) as `show` does."""
+    found = []
+    for paper_id in like.examples:
+        paper = ctx.store.get_paper(paper_id)
+        if paper is None and ctx.lookup is not None:
+            try:
+                paper = await ctx.lookup.fetch(paper_id)
+            except SourceError as exc:
+                return error(f"Could not look up the example {paper_id} right now ({exc.reason}). Try again later.")
+            if paper is not None:
+                ctx.store.add_papers([paper], ctx.clock(), listed=False)
+        if paper is None:
+            known = f"neither {' nor '.join(ctx.lookup.labels())} knows it" if ctx.lookup else "it is not stored"
+            return error(f"Cannot {name}: the example {paper_id} is unknown ({known}).", name)
+        found.append(paper)
+    return found
+
+
+async def _like_history(ctx: Context, like: LikeQuery, examples: list[Paper], shown: int) -> Preview:
+    """What a like: query would have posted in the last 30 days, off the event loop (for a
+    database file: in a worker thread with its own Store). The first use in a process with
+    no poller fits the model (seconds)."""
+    from bot.recommend import Recommender  # numpy and scipy; already imported where an App made one
+
+    if ctx.recommender is None:
+        settings = ctx.config.recommend
+        ctx.recommender = Recommender(per_day=settings.per_day, refit_hours=settings.refit_hours,
+                                      fit_papers=settings.fit_papers)
+    recommender, now = ctx.recommender, ctx.clock()
+
+    def work(store: StoreContract) -> Preview:
+        recommender.ensure_fitted(store, now)
+        return recommender.preview(store, like, examples, shown)
+
+    if not ctx.store.reads_off_loop():
+        return work(ctx.store)
+
+    def in_thread() -> Preview:
+        store = Store(ctx.store.path, busy_timeout=ctx.config.storage_busy_timeout, durable=False)
+        try:
+            return work(store)
+        finally:
+            store.close()
+
+    return await asyncio.to_thread(in_thread)
+
+
+def _like_estimate(like: LikeQuery, examples: list[Paper], found: Preview, shown: int) -> str:
+    if found.scanned == 0:
+        return f"No papers were stored in the last {ESTIMATE_DAYS} days to score yet."
+    named = "; ".join(p.title[:80] for p in examples[:3])
+    if len(examples) > 3:
+        named += f" and {len(examples) - 3} more"
+    how = "its score>=" if like.min_score is not None else "about the best few a day"
+    text = (f"Papers like {plural(len(examples), 'example')} ({named}). In the last {ESTIMATE_DAYS} days it would "
+            f"have posted {found.count:,} of {plural(found.scanned, 'stored paper')} "
+            f"(score {found.threshold:.2f} or more: {how})")
+    if not found.papers:
+        return text + "."
+    lines = [f"• {s.score:.2f} {s.paper.title[:150]} (arXiv:{s.paper.id}), similar to {s.example.title[:60]}"
+             for s in found.papers[:shown]]
+    return f"{text}, best first:\n" + "\n".join(lines)
+
+
 _MUTE_MISSING = "Give a subscription number from `/papers list` and a term."
 ME = Param("me", "mention me on its cards", "flag", option=True)
 OWN_SHOWN = 50
@@ -120,18 +194,31 @@ def own_subscriptions(ctx: Context, req: CommandRequest) -> Reply:
 
 
 
-def _parse(text: str, name: str) -> tuple | Reply:
+def _parse(text: str, name: str, min_score: str = "") -> tuple | Reply:
+    if min_score:  # a like: query's own threshold, kept in the query as score>=
+        try:
+            value = float(min_score)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 1:
+            return error(f"Cannot {name}: --min-score takes a number from 0 to 1, e.g. 0.3.", name)
+        text = f"{text} score>={round(value, 3):g}"
     try:
         return parse_query(text)
     except QueryError as exc:
         return error(f"Cannot {name}: {exc}.", name)
 
 
-@command("subscribe", "subscribe <query> [--backfill N] [--me]",
+_MIN_SCORE = Param("min_score", "for like: queries, post papers scoring at least this (0 to 1), "
+                   "not the best few a day", "word", option=True)
+
+
+@command("subscribe", "subscribe <query> [--backfill N] [--min-score X] [--me]",
          Param("query", 'e.g. diffusion, "large language model" -video, author:"Yann LeCun"; none: a form',
                "text"),
          Param("backfill", f"also post this many recent matches now (1-{MAX_BACKFILL})", "int", option=True,
                minimum=1, maximum=MAX_BACKFILL),
+         _MIN_SCORE,
          ME,
          manage=True, open_with="me")
 async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
@@ -142,6 +229,9 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     `"large language model"` (phrase), `diffus*` (prefix), `a b` (both), `a OR b`,
     `-a` (exclude), `( )`, `title:x`, `abstract:x`, `author:"Yann LeCun"`, `cat:cs.CL`,
     `org:google`, `upvotes>=20`, `source:huggingface` or `source:arxiv`.
+    Papers like examples: `like:2406.12345 2405.00001` (arXiv ids or links, up to 20;
+    the rest of the query filters), about the best 3 a day, or those scoring at least
+    `--min-score 0.3`; cards say which example a paper is like, with its score.
     Only papers that arrive after you subscribe are posted; `--backfill N` also posts
     the N most recent stored matches now (at most 20). With `--me` its cards mention you
     (only the people who subscribed with --me are ever mentioned); in a direct message
@@ -151,11 +241,18 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     would have matched before you subscribe.
     """
     backfill = args.number("backfill") or 0
-    node = _parse(args.text("query"), "subscribe")
+    node = _parse(args.text("query"), "subscribe", args.text("min_score"))
     if isinstance(node, Reply):
         if not args.text("query"):  # nothing typed: where the platform has forms, the form asks for it
             return replace(node, form=subscribe_form(req.channel))
         return node
+    like = split_like(node)
+    examples: list[Paper] = []
+    if like is not None:
+        looked_up = await _like_examples(ctx, like, "subscribe")
+        if isinstance(looked_up, Reply):
+            return looked_up
+        examples = looked_up
     query = render(node)
     if not req.can_manage:  # only `--me` gets here without the right: joining what the channel has
         existing = next((s for s in ctx.store.subscriptions(req.channel) if s.query == query), None)
@@ -177,6 +274,8 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         head = f"This channel is already subscribed to `{sub.query}` (#{sub.id})."
     if args.flag("me"):
         head += " Its cards mention you." if mentioned else " Its cards already mention you."
+    if like is not None:
+        return await _subscribe_like(ctx, req, sub.id, sub.query, head, like, examples, backfill)
     matched, count, scanned = await _history(ctx, node, max(EXAMPLES, backfill))
     text = f"{head}\n{_estimate(matched, count, scanned)}"
     queued = 0
@@ -190,18 +289,43 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     return Reply(text, queued=queued)
 
 
-@command("preview", "preview <query>", Param("query", "a query, as for subscribe", "text", required=True))
+async def _subscribe_like(ctx: Context, req: CommandRequest, sub_id: int, query: str, head: str, like: LikeQuery,
+                          examples: list[Paper], backfill: int) -> Reply:
+    found = await _like_history(ctx, like, examples, max(EXAMPLES, backfill))
+    text = f"{head}\n{_like_estimate(like, examples, found, EXAMPLES)}"
+    queued = 0
+    if backfill:
+        now = ctx.clock()
+        for scored in found.papers[:backfill]:
+            match = Match(sub_id, req.channel, query, (similar_fact(scored.example, scored.score),))
+            queued += ctx.store.enqueue(scored.paper.id, [match], now)
+        already = min(backfill, found.count) - queued
+        text += f"\nBackfill: posting {plural(queued, 'recent match', 'recent matches')} now"
+        text += f" ({already} already posted here)." if already else "."
+    return Reply(text, queued=queued)
+
+
+@command("preview", "preview <query> [--min-score X]",
+         Param("query", "a query, as for subscribe", "text", required=True), _MIN_SCORE)
 async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Show what a query would have matched recently, without subscribing.
 
-    Example: `/papers preview "world model" robot*`.
+    A `like:` query lists the papers it would have posted in the last 30 days, with scores.
+    Example: `/papers preview "world model" robot*` or `/papers preview like:2406.12345`.
     """
     typed = args.text("query")
-    node = _parse(typed, "preview")
+    node = _parse(typed, "preview", args.text("min_score"))
     if isinstance(node, Reply):  # the form shows the reason without the usage line
         reason = node.text.split("\n", 1)[0].removeprefix("Cannot preview: ").rstrip(".")
         return replace(node, form=subscribe_form(req.channel, typed, QueryPreview(typed[:MAX_QUERY_CHARS],
                                                                                   error=reason)))
+    like = split_like(node)
+    if like is not None:
+        examples = await _like_examples(ctx, like, "preview")
+        if isinstance(examples, Reply):
+            return examples
+        found = await _like_history(ctx, like, examples, LIKE_SHOWN)
+        return Reply(f"`{render(node)}`: {_like_estimate(like, examples, found, LIKE_SHOWN)}")
     matched, count, scanned = await _history(ctx, node, EXAMPLES)
     preview = QueryPreview(typed[:MAX_QUERY_CHARS], normalized=render(node),
                            estimate=_estimate_sentence(count, scanned),

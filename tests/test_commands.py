@@ -59,7 +59,7 @@ def test_preview_with_nothing_stored_and_bad_queries(ctx):
     assert "No papers were stored in the last 30 days" in run(ctx, "preview diffusion").text
     bad = run(ctx, 'preview "open')
     assert not bad.ok and "Cannot preview: unclosed quote at column 1." in bad.text
-    assert "Usage: `/papers preview <query>`" in bad.text
+    assert "Usage: `/papers preview <query> [--min-score X]`" in bad.text
 
 
 def test_subscribe_reports_the_estimate(ctx, clock):

@@ -47,7 +47,7 @@ def test_subscribe_twice_is_idempotent(ctx):
 def test_subscribe_errors_say_why_and_show_usage(ctx, text, message):
     reply = run(ctx, text)
     assert not reply.ok and message in reply.text
-    assert "Usage: `/papers subscribe <query> [--backfill N] [--me]`" in reply.text
+    assert "Usage: `/papers subscribe <query> [--backfill N] [--min-score X] [--me]`" in reply.text
     assert ctx.store.subscriptions(ML) == []  # nothing half-written
 
 
@@ -116,7 +116,8 @@ def test_help_lists_every_command_from_docstrings(ctx):
 
 def test_help_for_one_command_and_unknown_ones(ctx):
     detail = run(ctx, "help subscribe").text
-    assert detail.startswith("`/papers subscribe <query> [--backfill N] [--me]`") and "upvotes>=20" in detail
+    assert detail.startswith("`/papers subscribe <query> [--backfill N] [--min-score X] [--me]`")
+    assert "upvotes>=20" in detail
     assert "There is no command `nope`" in run(ctx, "help nope").text
 
 
