@@ -48,7 +48,7 @@ import aiohttp
 from bot.app import App
 from bot.config import Secrets, parse_config
 from bot.loopwatch import LoopWatch
-from bot.matching import PaperView
+from bot.matching import PaperView, compile_query
 from bot.models import Listing, Paper, Validators
 from fakes.slack import FakeSlack
 from storage import Store
@@ -82,11 +82,15 @@ def fill(path: Path, workload: Workload, now: datetime) -> int:
     try:
         store.add_papers(workload.history, now - timedelta(days=1))
         created = (now - timedelta(days=2)).isoformat()
-        rows = [(sub.channel.key, sub.query, "bench", created, sub.id) for sub in workload.subscriptions()]
+        # With their compiled form, as Store.add_subscription (or migration m021) stores it.
+        forms: dict[str, bytes] = {}
+        rows = [(sub.channel.key, sub.query, "bench", created, sub.id,
+                 forms.get(sub.query) or forms.setdefault(sub.query, compile_query(sub.query)))
+                for sub in workload.subscriptions()]
         with store.transaction():
             store.db.conn.executemany(
-                "INSERT OR IGNORE INTO subscriptions (channel, query, created_by, created_at, version) "
-                "VALUES (?, ?, ?, ?, ?)", rows)
+                "INSERT OR IGNORE INTO subscriptions (channel, query, created_by, created_at, version, compiled) "
+                "VALUES (?, ?, ?, ?, ?, ?)", rows)
         return store.db.execute("SELECT count(*) FROM subscriptions").fetchone()[0]
     finally:
         store.close()

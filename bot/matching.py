@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import bisect
 import gc
+import hashlib
+import inspect
 import logging
+import marshal
 import multiprocessing
 import operator
 from collections import Counter
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable, Mapping, Sequence
 
+from . import query as _query_module
 from . import sources
 from .models import ChannelRef, Match, Paper, Subscription
 from .query import MIN_PREFIX, fold, name_tokens, parse_query, raw_words, stem
@@ -88,9 +92,9 @@ class PaperView:
         and the meta keys. A query's anchors and required keys are drawn from the same
         names (see `requirements`), so a set lookup tells what a query may match."""
         keys = set(self.any_set)
-        keys.update(["t:" + w for w in self.title_set])
+        keys.update(map("t:".__add__, self.title_set))  # map: made in C, no bytecode per key
         for words in (self.title, self.abstract):
-            keys.update([f"{a} {b}" for a, b in zip(words, words[1:], strict=False)])
+            keys.update(map(" ".join, zip(words, words[1:], strict=False)))  # "a b", as _pairs names them
         keys |= self.meta_keys
         return keys
 
@@ -276,6 +280,9 @@ _COARSE = ("c:", "o:", "s:")
 
 
 def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, int, int, int]:
+    if len(keys) == 1:  # most options: the same figures, without the generators
+        (key,) = keys
+        return key.startswith(_COARSE), counts.get(key, 0) if counts else 0, 1, -len(key)
     coarse = sum(key.startswith(_COARSE) for key in keys)
     seen = sum(counts.get(key, 0) for key in keys) if counts else 0
     return coarse, seen, len(keys), -min(map(len, keys))
@@ -284,12 +291,16 @@ def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, 
 def _history_keys(view: PaperView) -> set[str]:
     """The keys a stored paper counts for: its features and the prefix anchors it offers."""
     keys = set(view.features)
-    for word in view.all_raw:
-        keys.update(["p:" + word[:size] for size in range(MIN_PREFIX, min(len(word), PREFIX_ANCHOR_MAX) + 1)])
+    words = view.all_raw
+    for size in range(MIN_PREFIX, PREFIX_ANCHOR_MAX + 1):
+        # Each word cut to `size` letters, in C. A word shorter than that gives itself, which
+        # is its own prefix of its own length (counted once per paper all the same), or,
+        # under MIN_PREFIX letters, a key no prefix anchor ever has.
+        keys.update(map("p:".__add__, map(operator.itemgetter(slice(size)), words)))
     return keys
 
 
-@dataclass(eq=False)  # compared and hashed by identity: entries are kept in sets
+@dataclass(eq=False, slots=True)  # compared and hashed by identity: entries are kept in sets
 class _Entry:
     """One distinct query text, shared by every subscription (in any channel) that uses it."""
 
@@ -306,15 +317,74 @@ class _Entry:
 
 
 def _entry(query: str, node: tuple, counts: Mapping[str, int] | None) -> _Entry:
+    return _entry_from(query, _compile(node), counts)
+
+
+def _compile(node: tuple) -> tuple:
+    """What an entry keeps of a query, but its anchors (they depend on the counts of recent
+    papers): (tree, required keys, wider clauses, plain words). Plain values only, so that
+    `marshal` stores it (see `compile_query`)."""
     words = _plain_words(node)
     if words is not None:  # the commonest shape, quicker than the general case below (same result)
-        seen = counts or {}
-        anchor = min((w for w, _ in words), key=lambda w: (seen.get(w, 0), -len(w)))
-        return _Entry(query, node, frozenset([anchor]), frozenset(w for w, _ in words), (), words=words)
+        return (node, tuple(dict.fromkeys(w for w, _ in words)), (), words)
     clauses = requirements(node)
-    required = frozenset(key for clause in clauses if len(clause) == 1 for key in clause)
-    wider = tuple(dict.fromkeys(clause for clause in clauses if len(clause) > 1))
-    return _Entry(query, node, anchors(node, counts), required, wider)
+    required = tuple(dict.fromkeys(key for clause in clauses if len(clause) == 1 for key in clause))
+    wider = tuple(dict.fromkeys(tuple(sorted(clause)) for clause in clauses if len(clause) > 1))
+    return (node, required, wider, None)
+
+
+def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -> _Entry:
+    node, required, wider, words = compiled
+    if words is not None:
+        if len(words) == 1:
+            anchor = words[0][0]
+        else:
+            seen = counts or {}
+            anchor = min([w for w, _ in words], key=lambda w: (seen.get(w, 0), -len(w)))
+        return _Entry(query, node, frozenset([anchor]), frozenset(required), (), words=words)
+    return _Entry(query, node, anchors(node, counts), frozenset(required), tuple(map(frozenset, wider)))
+
+
+# ---- the compiled form of a query, stored with its subscription --------------------------
+#
+# Parsing and compiling 100,000 stored queries is most of the first index load (seconds);
+# reading back their compiled form with `marshal` is a tenth of it. Storage writes
+# `compile_query(query)` beside each subscription's query (when it is stored or changed;
+# migration m021 filled the existing ones), and `IndexedMatcher.add` uses it when its
+# version is this build's. The version is COMPILED_FORMAT and a digest of the code that
+# decides the compiled form (the whole query language module, and `requirements` and
+# `_plain_words` here): any change to them makes every stored form stale, which is then
+# parsed afresh (the same tree as before the change could not be trusted) and stored again
+# (Poller.sync_subscriptions writes back what `take_recompiled` gives). Bump
+# COMPILED_FORMAT for a change the digest cannot see (a Python without source files).
+
+COMPILED_FORMAT = 1
+
+
+def _compiled_version() -> bytes:
+    digest = hashlib.sha256(f"{COMPILED_FORMAT}:{marshal.version}".encode())
+    try:
+        digest.update(inspect.getsource(_query_module).encode())
+        for function in (requirements, _plain_words, _pairs, _author_key, _compile):
+            digest.update(inspect.getsource(function).encode())
+    except (OSError, TypeError):  # no source files: COMPILED_FORMAT alone
+        pass
+    return b"q" + digest.hexdigest()[:7].encode()  # 8 bytes, at the head of every stored form
+
+
+def compile_query(query: str) -> bytes:
+    """The stored compiled form of a (normalized) query; raises QueryError as parse_query does."""
+    return COMPILED_VERSION + marshal.dumps(_compile(parse_query(query)))
+
+
+def load_compiled(blob: bytes | None) -> tuple | None:
+    """The compiled form stored by `compile_query`; None if absent or of another version."""
+    if blob is None or blob[:8] != COMPILED_VERSION:
+        return None
+    try:
+        return marshal.loads(memoryview(blob)[8:])
+    except (ValueError, EOFError, TypeError):  # a damaged value: parsed afresh instead
+        return None
 
 
 def _offers_one_of_each(clauses: tuple[frozenset[str], ...], features: set[str]) -> bool:
@@ -390,6 +460,7 @@ class IndexedMatcher:
         self._pairs: dict[str, dict[str, set[_Entry]]] = {}
         self._prefixes: dict[int, dict[str, set[_Entry]]] = {}
         self._always: set[_Entry] = set()  # entries with no anchor
+        self._recompiled: dict[int, bytes] = {}  # see take_recompiled
         self._generation = 0  # changes with every add and remove: a forked pool is stale then
         self._pool: ProcessPoolExecutor | None = None
         self._pool_key: tuple[int, int] = (-1, 0)  # the generation and size it was forked with
@@ -403,18 +474,32 @@ class IndexedMatcher:
         return set(self._by_sub)
 
     def add(self, subscription: Subscription) -> None:
-        self.remove(subscription.id)
+        if subscription.id in self._by_sub:
+            self.remove(subscription.id)
         query = subscription.query
         entry = self._entries.get(query)
         if entry is None:
-            entry = _entry(query, parse_query(query), self.counts)
+            compiled = load_compiled(subscription.compiled)
+            if compiled is None:  # never stored, or by another version: parsed afresh
+                compiled = _compile(parse_query(query))
+                self._recompiled[subscription.id] = COMPILED_VERSION + marshal.dumps(compiled)
+            entry = _entry_from(query, compiled, self.counts)
             self._entries[query] = entry
             self._index(entry)
+        elif subscription.compiled is None or subscription.compiled[:8] != COMPILED_VERSION:
+            self._recompiled[subscription.id] = compile_query(query)
         entry.subs[subscription.id] = subscription.channel
         self._by_sub[subscription.id] = query
         self._generation += 1
 
+    def take_recompiled(self) -> dict[int, bytes]:
+        """Subscriptions added since the last call whose stored compiled form was missing or
+        stale, with their fresh one (`compile_query`): for storage to keep."""
+        found, self._recompiled = self._recompiled, {}
+        return found
+
     def remove(self, subscription_id: int) -> None:
+        self._recompiled.pop(subscription_id, None)
         query = self._by_sub.pop(subscription_id, None)
         if query is None:
             return
@@ -585,6 +670,9 @@ def _match_in_worker(generation: int, papers: Sequence[Paper]) -> list[list[tupl
     if engine is None or engine._generation != generation:
         raise RuntimeError("worker forked from another version of the index")
     return [[(entry.query, terms) for entry, terms in engine._hits(paper)] for paper in papers]
+
+
+COMPILED_VERSION = _compiled_version()  # here: after every function it digests
 
 
 def _label(source: str) -> str:

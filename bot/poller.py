@@ -138,6 +138,12 @@ class Poller:
                 # about 2x faster), nor kept from being shared by forked workers.
                 gc.freeze()
                 gc.enable()
+        recompiled = self.matcher.take_recompiled()
+        if recompiled:  # stored without a compiled form, or with an older version's: kept for next time
+            try:
+                store.save_compiled_queries(recompiled)
+            except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
+                log.warning("could not store %s compiled queries: %s", len(recompiled), exc)
 
     @property
     def worker_store(self) -> StoreContract | None:
