@@ -59,6 +59,7 @@ class App:
         self.adapters: dict[str, Adapter] = adapters
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days,
+                             match_processes=config.match_processes,
                              open_store=lambda: Store(config.storage_path, busy_timeout=config.storage_busy_timeout,
                                                       durable=False))
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle,

@@ -25,6 +25,7 @@ from .clock import utcnow
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
 from .models import Paper, PaperMatches, UnmatchedPaper
+from .sharded import ShardedMatcher, ShardFailed
 from .sources import Source
 from .sources.base import bounded_repr, check_paper
 
@@ -84,11 +85,13 @@ class Poller:
     ENQUEUE_ROWS = 200  # deliveries queued a transaction (~10 ms; 2 to 3 times that on a busy machine)
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
-                 open_store: Callable[[], StoreContract] | None = None):
+                 open_store: Callable[[], StoreContract] | None = None, match_processes: int = 1):
         self.store = store
         self.clock = clock
         self.max_age = timedelta(days=max_age_days)
-        self.matcher = IndexedMatcher()
+        # >1: the index is split over worker processes (bot/sharded.py), from the first load on.
+        self.match_processes = match_processes
+        self.matcher: IndexedMatcher | ShardedMatcher = IndexedMatcher()
         self._version = 0  # the newest subscription version the engine has seen
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
         self._match_failed: set[str] = set()  # papers the matcher raised on once (retried once, then settled)
@@ -110,11 +113,20 @@ class Poller:
         the worker thread (`load_index`, and each poll), with the worker's `store`.
         """
         store = store or self.store
+        if isinstance(self.matcher, ShardedMatcher) and self.matcher.failed:
+            # A worker process died with its part of the index: load it all again.
+            log.error("%s; loading the index again", self.matcher.failed)
+            self.matcher.close()
+            self.matcher, self._version = IndexedMatcher(), 0
         current = store.subscription_ids()
         known = self.matcher.ids()
         if not known and current and not self._version:
             # First load: recent papers' word counts let the index anchor on rare words.
-            self.matcher = IndexedMatcher(papers=store.recent_papers(HISTORY_FOR_ANCHORS))
+            history = store.recent_papers(HISTORY_FOR_ANCHORS)
+            if self.match_processes > 1:
+                self.matcher = ShardedMatcher(papers=history, processes=self.match_processes)
+            else:
+                self.matcher = IndexedMatcher(papers=history)
         for gone in known - current:
             self.matcher.remove(gone)
         changes = store.subscriptions_changed_since(self._version)
@@ -171,11 +183,13 @@ class Poller:
         """Stop after the batch under way (what is left is written down for the next poll);
         close the worker's Store in its thread. The thread ends once that batch is done."""
         self._stopping.set()
+        matcher = self.matcher
 
         def close_store() -> None:
             if self._worker_store is not None:
                 self._worker_store.close()
                 self._worker_store = None
+            matcher.close()  # the matching worker processes, if any (after the batch: it may use them)
 
         try:
             self._executor.submit(close_store)
@@ -289,6 +303,8 @@ class Poller:
                 stale = now - unmatched.since > self.max_age
                 try:
                     matches = self.matcher.match(paper) if not paper.is_update and not stale else []
+                except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
+                    raise
                 except Exception:
                     # The first time, the poll fails and the next one tries again (from any
                     # source: leftovers go first). A paper the matcher raises on again is a
