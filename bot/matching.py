@@ -310,7 +310,10 @@ class _Entry:
     required: frozenset[str]  # features a matching paper has, all of them
     clauses: tuple[frozenset[str], ...]  # sets of features of which it has at least one each
     subs: dict[int, ChannelRef] = field(default_factory=dict)
-    second: str | None = None  # indexed under its anchor and this other required key
+    # Indexed under each anchor and, below it, each of these: another required key, or else
+    # every key of one of its clauses (`(a OR b) c`: under c, then a and b); a candidate only
+    # for papers with one of its anchors and one of these.
+    second: tuple[str, ...] | None = None
     # For the commonest shape, words anywhere (`diffusion`, `language agents`): the words'
     # (stem, text) pairs, decided by set lookups without walking the tree.
     words: tuple[tuple[str, str], ...] | None = None
@@ -459,6 +462,7 @@ class IndexedMatcher:
         # query's rarest word is still in a few percent of papers, two of them far fewer.
         self._pairs: dict[str, dict[str, set[_Entry]]] = {}
         self._prefixes: dict[int, dict[str, set[_Entry]]] = {}
+        self._prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]] = {}  # by length, prefix, second key
         self._always: set[_Entry] = set()  # entries with no anchor
         self._recompiled: dict[int, bytes] = {}  # see take_recompiled
         self._generation = 0  # changes with every add and remove: a forked pool is stale then
@@ -513,13 +517,18 @@ class IndexedMatcher:
             self._always.discard(entry)
             return
         if entry.second is not None:
-            (anchor,) = entry.keys
-            seconds = self._pairs[anchor]
-            seconds[entry.second].discard(entry)
-            if not seconds[entry.second]:
-                del seconds[entry.second]
-                if not seconds:
-                    del self._pairs[anchor]
+            for anchor in entry.keys:
+                top, name = self._second_level(anchor)
+                level = top[name]
+                for key in entry.second:
+                    bucket = level[key]
+                    bucket.discard(entry)
+                    if not bucket:
+                        del level[key]
+                if not level:
+                    del top[name]
+                    if anchor.startswith("p:") and not top:
+                        del self._prefix_pairs[len(name)]
             return
         for key in entry.keys:
             table, name = self._table(key)
@@ -534,17 +543,40 @@ class IndexedMatcher:
         if entry.keys is None:
             self._always.add(entry)
             return
-        if len(entry.keys) == 1:
-            (anchor,) = entry.keys
-            others = entry.required - entry.keys
-            if others and not anchor.startswith("p:"):
-                counts = self.counts
-                entry.second = min(others, key=lambda k: (counts.get(k, 0), -len(k), k))
-                self._pairs.setdefault(anchor, {}).setdefault(entry.second, set()).add(entry)
-                return
+        seconds = self._seconds(entry)
+        if seconds is not None:
+            entry.second = seconds
+            for anchor in entry.keys:
+                top, name = self._second_level(anchor)
+                level = top.setdefault(name, {})
+                for key in seconds:
+                    level.setdefault(key, set()).add(entry)
+            return
         for key in entry.keys:
             table, name = self._table(key)
             table.setdefault(name, set()).add(entry)
+
+    def _seconds(self, entry: _Entry) -> tuple[str, ...] | None:
+        """The keys of the second level an entry goes under, below each of its anchors, if
+        any: on real text a query's rarest word is still in a few percent of papers, two of
+        them far fewer."""
+        anchors_ = entry.keys or frozenset()
+        others = entry.required - anchors_
+        counts = self.counts
+        if others:  # the rarest other required key
+            return (min(others, key=lambda k: (counts.get(k, 0), -len(k), k)),)
+        # A matching paper has one key of each clause: all those of the rarest clause (but a
+        # clause an anchor is in, which every paper found by that anchor offers).
+        clauses = [clause for clause in entry.clauses if clause.isdisjoint(anchors_)]
+        if clauses:
+            rarest = min(clauses, key=lambda c: (sum(counts.get(k, 0) for k in c), len(c), sorted(c)))
+            return tuple(sorted(rarest))
+        return None
+
+    def _second_level(self, anchor: str) -> tuple[dict[str, dict[str, set[_Entry]]], str]:
+        if anchor.startswith("p:"):
+            return self._prefix_pairs.setdefault(len(anchor) - 2, {}), anchor[2:]
+        return self._pairs, anchor
 
     def _table(self, key: str) -> tuple[dict[str, set[_Entry]], str]:
         if key.startswith("p:"):
@@ -552,7 +584,8 @@ class IndexedMatcher:
         return self._keys, key
 
     def is_empty(self) -> bool:
-        return not (self._entries or self._keys or self._pairs or self._prefixes or self._always)
+        return not (self._entries or self._keys or self._pairs or self._prefixes or self._prefix_pairs
+                    or self._always)
 
     def candidates(self, view: PaperView) -> list[_Entry]:
         """The entries to evaluate for this paper: anchored on its keys and offered all
@@ -567,13 +600,22 @@ class IndexedMatcher:
             seconds = pairs[key]
             for second in seconds.keys() & features:
                 found |= seconds[second]
-        if self._prefixes:
+        if self._prefixes or self._prefix_pairs:
             words = view.all_raw
-            for size, table in self._prefixes.items():
+            for size in self._prefixes.keys() | self._prefix_pairs.keys():
                 # Each word cut to `size` letters, in C; a shorter word stays shorter than
-                # every key of this table, so it cannot be mistaken for one.
-                for prefix in table.keys() & set(map(operator.itemgetter(slice(size)), words)):
-                    found |= table[prefix]
+                # every key of these tables, so it cannot be mistaken for one.
+                cut = set(map(operator.itemgetter(slice(size)), words))
+                table = self._prefixes.get(size)
+                if table:
+                    for prefix in table.keys() & cut:
+                        found |= table[prefix]
+                prefix_pairs = self._prefix_pairs.get(size)
+                if prefix_pairs:
+                    for prefix in prefix_pairs.keys() & cut:
+                        seconds = prefix_pairs[prefix]
+                        for second in seconds.keys() & features:
+                            found |= seconds[second]
         passed = []
         for entry in found:
             if entry.required <= features and (not entry.clauses or _offers_one_of_each(entry.clauses, features)):
