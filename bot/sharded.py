@@ -146,8 +146,13 @@ class ShardedMatcher:
             except BaseException as exc:  # told to the caller below
                 sent.append(exc)
 
+        # One message each (a poll's single papers): no worker is answering anything yet, so
+        # sending here cannot block on one; no thread needed.
         sender = threading.Thread(target=send, name="papers-bot-match-sender", daemon=True)
-        sender.start()
+        if len(chunks) > 1:
+            sender.start()
+        else:
+            send()
         try:
             for chunk in chunks:
                 answers = [self._receive(conn) for conn in self._conns]
@@ -155,7 +160,8 @@ class ShardedMatcher:
         except (OSError, EOFError) as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
         finally:
-            sender.join()
+            if sender.ident is not None:
+                sender.join()
         if sent:
             self._fail(f"{type(sent[0]).__name__}: {sent[0]}")
         return found
