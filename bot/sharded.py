@@ -101,12 +101,14 @@ class ShardedMatcher:
         return not self._shard_of
 
     def add(self, subscription: Subscription) -> None:
-        blob = subscription.compiled
-        if blob is None or blob[:8] != COMPILED_VERSION:
+        stored = subscription.compiled
+        blob = stored if stored is not None and stored[:8] == COMPILED_VERSION else None
+        if blob is None:
             blob = compile_query(subscription.query)  # raises QueryError here, for the caller
-            self._recompiled[subscription.id] = blob
         if subscription.id in self._shard_of:
             self.remove(subscription.id)
+        if blob is not stored:  # parsed here: for storage to keep
+            self._recompiled[subscription.id] = blob
         shard = zlib.crc32(subscription.query.encode()) % len(self._conns)
         self._shard_of[subscription.id] = shard
         self._channels[subscription.id] = subscription.channel

@@ -47,6 +47,8 @@ def test_the_sharded_engine_matches_as_the_one_process_engine(made):
                 engine.remove(sub_id)
             engine.add(Subscription(changed, ChannelRef("slack", "C9"), "model", "u", subs[0].created_at))
             engine.add(Subscription(10**6, ChannelRef("slack", "C9"), '"language model"', "u", subs[0].created_at))
+        # Both were given without a compiled form: parsed here, for storage to keep.
+        assert set(sharded.take_recompiled()) == {changed, 10**6}
         again = [one.match(p) for p in made.papers]
         assert again != expected
         assert sharded.match_many(made.papers) == again
