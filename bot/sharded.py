@@ -172,19 +172,10 @@ class ShardedMatcher:
         new = tuple.__new__  # as IndexedMatcher._matches: the same tuples, made in C
         channels = self._channels
         found = []
-        # Thousands of tuples a paper at a million subscriptions, none in a cycle: without
-        # the collector walking them every 700 allocations (a few ms at most, then back on).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            for i in range(count):
-                merged = [hit for answer in answers for hit in answer[i]]
-                merged.sort()  # runs sorted by subscription id in each worker: merged in one pass
-                found.append([new(Match, (sub_id, channels[sub_id], query, terms))
-                              for sub_id, query, terms in merged])
-        finally:
-            if collecting:
-                gc.enable()
+        for i in range(count):
+            merged = [hit for answer in answers for hit in answer[i]]
+            merged.sort()  # runs sorted by subscription id in each worker: merged in one pass
+            found.append([new(Match, (sub_id, channels[sub_id], query, terms)) for sub_id, query, terms in merged])
         return found
 
     def worker_usage(self) -> list[tuple[float, float]]:
