@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import dataclasses
 import gc
 import itertools
 import json
@@ -33,9 +34,10 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from bot.matching import IndexedMatcher, PaperView, evaluate
+from bot.matching import IndexedMatcher, PaperView, compile_query, evaluate
 from bot.models import ChannelRef, Match, Paper, Subscription
-from bot.query import normalize_query
+from bot.query import normalize_query, parse_query
+from bot.sharded import ShardedMatcher
 
 VOCAB_SIZE = 50_000
 ZIPF_S = 1.07
@@ -180,6 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="zipf: this module's made-up words; real: bench.workloads' recombined abstracts")
     parser.add_argument("--processes", type=int, default=1,
                         help="match with IndexedMatcher.match_many in this many forked processes")
+    parser.add_argument("--shards", type=int, default=0,
+                        help="match with bot.sharded.ShardedMatcher: this many worker processes, each "
+                             "holding part of the index (0: IndexedMatcher in this process)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="subscriptions carry their compiled form, as storage hands them to the bot "
+                             "(made before the clock starts); always on with --shards")
     args = parser.parse_args(argv)
 
     if args.workload == "real":
@@ -200,10 +208,22 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"workload: {len(subs)} subscriptions ({len(set(s.query for s in subs))} distinct), "
           f"{len(papers)} papers", file=sys.stderr)
 
+    if args.compiled or args.shards:
+        forms: dict[str, bytes] = {}
+        subs = [dataclasses.replace(s, compiled=forms.get(s.query) or forms.setdefault(s.query, compile_query(s.query)))
+                for s in subs]
+        del forms
     started = time.perf_counter()
-    engine = IndexedMatcher(subs, papers=history)
+    sharded: ShardedMatcher | None = None
+    if args.shards:
+        sharded = ShardedMatcher(subs, papers=history, processes=args.shards)
+        sharded.worker_usage()  # waits for the workers to have built their parts
+    else:
+        engine = IndexedMatcher(subs, papers=history)
     build_s = time.perf_counter() - started
     gc.freeze()  # as the bot does after loading subscriptions: see Poller.sync_subscriptions
+    if sharded is not None:
+        return _sharded_figures(args, sharded, subs, papers, history, build_s)
 
     sample = min(args.naive_sample, len(papers))
     kept: list[list[Match]] = []  # only the sample's matches are kept, for the comparison;
@@ -261,6 +281,60 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup": round(naive_s / match_s, 1) if match_s else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "pss_with_workers_mb": pss_mb,
+        "seed": args.seed,
+    }
+    print(json.dumps(figures))
+    return figures
+
+
+def _sharded_figures(args: argparse.Namespace, engine: ShardedMatcher, subs: list[Subscription],
+                     papers: list[Paper], history: list[Paper], build_s: float) -> dict:
+    """The sharded engine's run: matched in batches of 200 papers (as a poll would hand them),
+    checked against the naive loop on the sample, with every process's peak memory."""
+    sample = min(args.naive_sample, len(papers))
+    kept: list[list[Match]] = []
+    matches = 0
+    cpu_started, workers_started = time.process_time(), sum(cpu for _, cpu in engine.worker_usage())
+    started = time.perf_counter()
+    for start in range(0, len(papers), 200):
+        for found in engine.match_many(papers[start:start + 200]):
+            matches += len(found)
+            if len(kept) < sample:
+                kept.append(found)
+    match_s = time.perf_counter() - started
+    parent_cpu_s = time.process_time() - cpu_started
+    usage = engine.worker_usage()
+    workers_rss = [rss for rss, _ in usage]
+    engine.close()
+    match_cpu_s = parent_cpu_s + sum(cpu for _, cpu in usage) - workers_started
+    nodes = {s.query: parse_query(s.query) for s in subs[:0]}  # (none kept: parsed for the sample below)
+    naive_subs = [(s, nodes.get(s.query) or nodes.setdefault(s.query, parse_query(s.query))) for s in subs]
+    naive_started = time.perf_counter()
+    naive_results = [naive_match(naive_subs, p) for p in papers[:sample]]
+    naive_s = (time.perf_counter() - naive_started) * len(papers) / sample if sample else 0.0
+    for paper, got, expected in zip(papers, kept, naive_results, strict=False):
+        assert got == expected, f"sharded engine and naive loop disagree on {paper.id}"
+    figures = {
+        "subscriptions": len(subs),
+        "distinct_queries": len(nodes),
+        "papers": len(papers),
+        "matches": matches,
+        "matches_per_paper": round(matches / len(papers), 1),
+        "workload": args.workload,
+        "shards": args.shards,
+        "topic_skip": args.topic_skip,
+        "history_papers": len(history),
+        "build_s": round(build_s, 3),
+        "match_s": round(match_s, 3),
+        "papers_per_s": round(len(papers) / match_s, 1),
+        "match_cpu_s": round(match_cpu_s, 3),
+        "parent_match_cpu_s": round(parent_cpu_s, 3),
+        "naive_s": round(naive_s, 3),
+        "naive_sampled_papers": sample,
+        "speedup": round(naive_s / match_s, 1) if match_s else None,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "worker_peak_rss_mb": [round(r, 1) for r in workers_rss],
+        "total_peak_rss_mb": round(peak_rss_mb() + sum(workers_rss), 1),
         "seed": args.seed,
     }
     print(json.dumps(figures))

@@ -48,8 +48,9 @@ import aiohttp
 from bot.app import App
 from bot.config import Secrets, parse_config
 from bot.loopwatch import LoopWatch
-from bot.matching import PaperView
+from bot.matching import PaperView, compile_query
 from bot.models import Listing, Paper, Validators
+from bot.sharded import ShardedMatcher
 from fakes.slack import FakeSlack
 from storage import Store
 
@@ -82,11 +83,15 @@ def fill(path: Path, workload: Workload, now: datetime) -> int:
     try:
         store.add_papers(workload.history, now - timedelta(days=1))
         created = (now - timedelta(days=2)).isoformat()
-        rows = [(sub.channel.key, sub.query, "bench", created, sub.id) for sub in workload.subscriptions()]
+        # With their compiled form, as Store.add_subscription (or migration m021) stores it.
+        forms: dict[str, bytes] = {}
+        rows = [(sub.channel.key, sub.query, "bench", created, sub.id,
+                 forms.get(sub.query) or forms.setdefault(sub.query, compile_query(sub.query)))
+                for sub in workload.subscriptions()]
         with store.transaction():
             store.db.conn.executemany(
-                "INSERT OR IGNORE INTO subscriptions (channel, query, created_by, created_at, version) "
-                "VALUES (?, ?, ?, ?, ?)", rows)
+                "INSERT OR IGNORE INTO subscriptions (channel, query, created_by, created_at, version, compiled) "
+                "VALUES (?, ?, ?, ?, ?, ?)", rows)
         return store.db.execute("SELECT count(*) FROM subscriptions").fetchone()[0]
     finally:
         store.close()
@@ -212,7 +217,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def measure(workload: Workload, directory: Path, port: int) -> dict:
+async def measure(workload: Workload, directory: Path, port: int, match_processes: int = 1) -> dict:
     now = datetime.now(timezone.utc)
     path = directory / "bench.db"
     started = time.perf_counter()
@@ -234,6 +239,7 @@ async def measure(workload: Workload, directory: Path, port: int) -> dict:
             "sources": {"huggingface": {"enabled": False}, "arxiv": {"enabled": False}},
             "slack": {"mode": "http", "port": port, "host": "127.0.0.1", "api_url": slack.api_url},
             "limits": {"commands_per_minute": 10**9},
+            "matching": {"processes": match_processes},
         }, Secrets({"SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SECRET}))
         app = App(config)
         try:
@@ -263,7 +269,12 @@ async def measure(workload: Workload, directory: Path, port: int) -> dict:
                 await asyncio.sleep(0.1)
             matcher = app.poller.matcher
             sample = workload.papers[:CANDIDATE_SAMPLE]
-            candidates = sum(len(matcher.candidates(PaperView(p))) for p in sample) / max(len(sample), 1)
+            candidates: float | None = None
+            workers_rss: list[float] = []
+            if isinstance(matcher, ShardedMatcher):  # its index is in its workers
+                workers_rss = [rss for rss, _ in matcher.worker_usage()]
+            else:
+                candidates = sum(len(matcher.candidates(PaperView(p))) for p in sample) / max(len(sample), 1)
             matches = app.store.db.execute("SELECT count(*) FROM delivery_matches").fetchone()[0]
         finally:
             await app.stop_frontends()
@@ -285,7 +296,8 @@ async def measure(workload: Workload, directory: Path, port: int) -> dict:
         "matches": matches,
         "matches_per_paper": round(matches / papers, 1) if papers else 0.0,
         "match_rate": round(matches / papers / subscriptions, 6) if papers and subscriptions else 0.0,
-        "candidates_per_paper": round(candidates, 1),
+        "candidates_per_paper": round(candidates, 1) if candidates is not None else None,
+        "match_processes": match_processes,
         "index_load_s": round(index_load_s, 3),
         "poll_s": round(poll_s, 3),
         "papers_per_s": round(papers / poll_s, 1) if poll_s else 0.0,
@@ -304,6 +316,7 @@ async def measure(workload: Workload, directory: Path, port: int) -> dict:
         **stall_profile(watch.profile_seconds()),
         "fill_s": round(fill_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "worker_peak_rss_mb": [round(rss, 1) for rss in workers_rss],
         **{f"workload_{key}": value for key, value in workload.info.items() if not isinstance(value, dict)},
     }
 
@@ -323,6 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workload", choices=WORKLOADS, default="real")
     parser.add_argument("--history", type=int, default=1000, help="papers stored before the poll")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--match-processes", type=int, default=1,
+                        help="[matching] processes: >1 splits the index over that many worker processes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -334,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"made in {time.perf_counter() - started:.1f}s; {workload.info}", file=sys.stderr)
     random.seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="papers-bot-bench-pipeline-") as directory:
-        figures = asyncio.run(measure(workload, Path(directory), free_port()))
+        figures = asyncio.run(measure(workload, Path(directory), free_port(), args.match_processes))
     figures["seed"] = args.seed
     print(json.dumps(figures))
     return figures

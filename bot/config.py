@@ -118,6 +118,9 @@ _SCHEMA: Schema = {
     "logging": {
         "level": (str, "INFO", _level),
     },
+    "matching": {
+        "processes": (int, 1, lambda v: None if 1 <= v <= 64 else "must be from 1 to 64"),
+    },
     "debug": {
         "loop_watchdog_ms": (int, 0, lambda v: None if v >= 0 else "must be 0 (off) or a number of milliseconds"),
     },
@@ -222,6 +225,7 @@ class Config:
     metrics_port: int = 0  # 0: no /healthz and /metrics server
     metrics_host: str = "127.0.0.1"  # unauthenticated: loopback unless you choose otherwise
     storage_busy_timeout: float = 10.0  # seconds to wait for another process's write lock
+    match_processes: int = 1  # >1: the matching index is split over this many worker processes
     loop_watchdog_ms: int = 0  # `run` logs event-loop stalls longer than this, with their stack; 0: off
 
 
@@ -296,6 +300,7 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
         metrics_port=values["metrics"]["port"],
         metrics_host=values["metrics"]["host"],
         storage_busy_timeout=values["storage"]["busy_timeout_seconds"],
+        match_processes=values["matching"]["processes"],
         loop_watchdog_ms=values["debug"]["loop_watchdog_ms"],
         discord=DiscordConfig(
             api_base=values["discord"]["api_base"].rstrip("/"),

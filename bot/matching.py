@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import bisect
 import gc
+import hashlib
+import inspect
 import logging
+import marshal
 import multiprocessing
 import operator
 from collections import Counter
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable, Mapping, Sequence
 
+from . import query as _query_module
 from . import sources
 from .models import ChannelRef, Match, Paper, Subscription
 from .query import MIN_PREFIX, fold, name_tokens, parse_query, raw_words, stem
@@ -88,9 +92,9 @@ class PaperView:
         and the meta keys. A query's anchors and required keys are drawn from the same
         names (see `requirements`), so a set lookup tells what a query may match."""
         keys = set(self.any_set)
-        keys.update(["t:" + w for w in self.title_set])
+        keys.update(map("t:".__add__, self.title_set))  # map: made in C, no bytecode per key
         for words in (self.title, self.abstract):
-            keys.update([f"{a} {b}" for a, b in zip(words, words[1:], strict=False)])
+            keys.update(map(" ".join, zip(words, words[1:], strict=False)))  # "a b", as _pairs names them
         keys |= self.meta_keys
         return keys
 
@@ -276,6 +280,9 @@ _COARSE = ("c:", "o:", "s:")
 
 
 def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, int, int, int]:
+    if len(keys) == 1:  # most options: the same figures, without the generators
+        (key,) = keys
+        return key.startswith(_COARSE), counts.get(key, 0) if counts else 0, 1, -len(key)
     coarse = sum(key.startswith(_COARSE) for key in keys)
     seen = sum(counts.get(key, 0) for key in keys) if counts else 0
     return coarse, seen, len(keys), -min(map(len, keys))
@@ -284,12 +291,16 @@ def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, 
 def _history_keys(view: PaperView) -> set[str]:
     """The keys a stored paper counts for: its features and the prefix anchors it offers."""
     keys = set(view.features)
-    for word in view.all_raw:
-        keys.update(["p:" + word[:size] for size in range(MIN_PREFIX, min(len(word), PREFIX_ANCHOR_MAX) + 1)])
+    words = view.all_raw
+    for size in range(MIN_PREFIX, PREFIX_ANCHOR_MAX + 1):
+        # Each word cut to `size` letters, in C. A word shorter than that gives itself, which
+        # is its own prefix of its own length (counted once per paper all the same), or,
+        # under MIN_PREFIX letters, a key no prefix anchor ever has.
+        keys.update(map("p:".__add__, map(operator.itemgetter(slice(size)), words)))
     return keys
 
 
-@dataclass(eq=False)  # compared and hashed by identity: entries are kept in sets
+@dataclass(eq=False, slots=True)  # compared and hashed by identity: entries are kept in sets
 class _Entry:
     """One distinct query text, shared by every subscription (in any channel) that uses it."""
 
@@ -299,22 +310,84 @@ class _Entry:
     required: frozenset[str]  # features a matching paper has, all of them
     clauses: tuple[frozenset[str], ...]  # sets of features of which it has at least one each
     subs: dict[int, ChannelRef] = field(default_factory=dict)
-    second: str | None = None  # indexed under its anchor and this other required key
+    # Indexed under each anchor and, below it, each of these: another required key, or else
+    # every key of one of its clauses (`(a OR b) c`: under c, then a and b); a candidate only
+    # for papers with one of its anchors and one of these.
+    second: tuple[str, ...] | None = None
     # For the commonest shape, words anywhere (`diffusion`, `language agents`): the words'
     # (stem, text) pairs, decided by set lookups without walking the tree.
     words: tuple[tuple[str, str], ...] | None = None
 
 
 def _entry(query: str, node: tuple, counts: Mapping[str, int] | None) -> _Entry:
+    return _entry_from(query, _compile(node), counts)
+
+
+def _compile(node: tuple) -> tuple:
+    """What an entry keeps of a query, but its anchors (they depend on the counts of recent
+    papers): (tree, required keys, wider clauses, plain words). Plain values only, so that
+    `marshal` stores it (see `compile_query`)."""
     words = _plain_words(node)
     if words is not None:  # the commonest shape, quicker than the general case below (same result)
-        seen = counts or {}
-        anchor = min((w for w, _ in words), key=lambda w: (seen.get(w, 0), -len(w)))
-        return _Entry(query, node, frozenset([anchor]), frozenset(w for w, _ in words), (), words=words)
+        return (node, tuple(dict.fromkeys(w for w, _ in words)), (), words)
     clauses = requirements(node)
-    required = frozenset(key for clause in clauses if len(clause) == 1 for key in clause)
-    wider = tuple(dict.fromkeys(clause for clause in clauses if len(clause) > 1))
-    return _Entry(query, node, anchors(node, counts), required, wider)
+    required = tuple(dict.fromkeys(key for clause in clauses if len(clause) == 1 for key in clause))
+    wider = tuple(dict.fromkeys(tuple(sorted(clause)) for clause in clauses if len(clause) > 1))
+    return (node, required, wider, None)
+
+
+def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -> _Entry:
+    node, required, wider, words = compiled
+    if words is not None:
+        if len(words) == 1:
+            anchor = words[0][0]
+        else:
+            seen = counts or {}
+            anchor = min([w for w, _ in words], key=lambda w: (seen.get(w, 0), -len(w)))
+        return _Entry(query, node, frozenset([anchor]), frozenset(required), (), words=words)
+    return _Entry(query, node, anchors(node, counts), frozenset(required), tuple(map(frozenset, wider)))
+
+
+# ---- the compiled form of a query, stored with its subscription --------------------------
+#
+# Parsing and compiling 100,000 stored queries is most of the first index load (seconds);
+# reading back their compiled form with `marshal` is a tenth of it. Storage writes
+# `compile_query(query)` beside each subscription's query (when it is stored or changed;
+# migration m021 filled the existing ones), and `IndexedMatcher.add` uses it when its
+# version is this build's. The version is COMPILED_FORMAT and a digest of the code that
+# decides the compiled form (the whole query language module, and `requirements` and
+# `_plain_words` here): any change to them makes every stored form stale, which is then
+# parsed afresh (the same tree as before the change could not be trusted) and stored again
+# (Poller.sync_subscriptions writes back what `take_recompiled` gives). Bump
+# COMPILED_FORMAT for a change the digest cannot see (a Python without source files).
+
+COMPILED_FORMAT = 1
+
+
+def _compiled_version() -> bytes:
+    digest = hashlib.sha256(f"{COMPILED_FORMAT}:{marshal.version}".encode())
+    try:
+        digest.update(inspect.getsource(_query_module).encode())
+        for function in (requirements, _plain_words, _pairs, _author_key, _compile):
+            digest.update(inspect.getsource(function).encode())
+    except (OSError, TypeError):  # no source files: COMPILED_FORMAT alone
+        pass
+    return b"q" + digest.hexdigest()[:7].encode()  # 8 bytes, at the head of every stored form
+
+
+def compile_query(query: str) -> bytes:
+    """The stored compiled form of a (normalized) query; raises QueryError as parse_query does."""
+    return COMPILED_VERSION + marshal.dumps(_compile(parse_query(query)))
+
+
+def load_compiled(blob: bytes | None) -> tuple | None:
+    """The compiled form stored by `compile_query`; None if absent or of another version."""
+    if blob is None or blob[:8] != COMPILED_VERSION:
+        return None
+    try:
+        return marshal.loads(memoryview(blob)[8:])
+    except (ValueError, EOFError, TypeError):  # a damaged value: parsed afresh instead
+        return None
 
 
 def _offers_one_of_each(clauses: tuple[frozenset[str], ...], features: set[str]) -> bool:
@@ -389,7 +462,9 @@ class IndexedMatcher:
         # query's rarest word is still in a few percent of papers, two of them far fewer.
         self._pairs: dict[str, dict[str, set[_Entry]]] = {}
         self._prefixes: dict[int, dict[str, set[_Entry]]] = {}
+        self._prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]] = {}  # by length, prefix, second key
         self._always: set[_Entry] = set()  # entries with no anchor
+        self._recompiled: dict[int, bytes] = {}  # see take_recompiled
         self._generation = 0  # changes with every add and remove: a forked pool is stale then
         self._pool: ProcessPoolExecutor | None = None
         self._pool_key: tuple[int, int] = (-1, 0)  # the generation and size it was forked with
@@ -403,18 +478,32 @@ class IndexedMatcher:
         return set(self._by_sub)
 
     def add(self, subscription: Subscription) -> None:
-        self.remove(subscription.id)
+        if subscription.id in self._by_sub:
+            self.remove(subscription.id)
         query = subscription.query
         entry = self._entries.get(query)
         if entry is None:
-            entry = _entry(query, parse_query(query), self.counts)
+            compiled = load_compiled(subscription.compiled)
+            if compiled is None:  # never stored, or by another version: parsed afresh
+                compiled = _compile(parse_query(query))
+                self._recompiled[subscription.id] = COMPILED_VERSION + marshal.dumps(compiled)
+            entry = _entry_from(query, compiled, self.counts)
             self._entries[query] = entry
             self._index(entry)
+        elif subscription.compiled is None or subscription.compiled[:8] != COMPILED_VERSION:
+            self._recompiled[subscription.id] = compile_query(query)
         entry.subs[subscription.id] = subscription.channel
         self._by_sub[subscription.id] = query
         self._generation += 1
 
+    def take_recompiled(self) -> dict[int, bytes]:
+        """Subscriptions added since the last call whose stored compiled form was missing or
+        stale, with their fresh one (`compile_query`): for storage to keep."""
+        found, self._recompiled = self._recompiled, {}
+        return found
+
     def remove(self, subscription_id: int) -> None:
+        self._recompiled.pop(subscription_id, None)
         query = self._by_sub.pop(subscription_id, None)
         if query is None:
             return
@@ -428,13 +517,18 @@ class IndexedMatcher:
             self._always.discard(entry)
             return
         if entry.second is not None:
-            (anchor,) = entry.keys
-            seconds = self._pairs[anchor]
-            seconds[entry.second].discard(entry)
-            if not seconds[entry.second]:
-                del seconds[entry.second]
-                if not seconds:
-                    del self._pairs[anchor]
+            for anchor in entry.keys:
+                top, name = self._second_level(anchor)
+                level = top[name]
+                for key in entry.second:
+                    bucket = level[key]
+                    bucket.discard(entry)
+                    if not bucket:
+                        del level[key]
+                if not level:
+                    del top[name]
+                    if anchor.startswith("p:") and not top:
+                        del self._prefix_pairs[len(name)]
             return
         for key in entry.keys:
             table, name = self._table(key)
@@ -449,17 +543,40 @@ class IndexedMatcher:
         if entry.keys is None:
             self._always.add(entry)
             return
-        if len(entry.keys) == 1:
-            (anchor,) = entry.keys
-            others = entry.required - entry.keys
-            if others and not anchor.startswith("p:"):
-                counts = self.counts
-                entry.second = min(others, key=lambda k: (counts.get(k, 0), -len(k), k))
-                self._pairs.setdefault(anchor, {}).setdefault(entry.second, set()).add(entry)
-                return
+        seconds = self._seconds(entry)
+        if seconds is not None:
+            entry.second = seconds
+            for anchor in entry.keys:
+                top, name = self._second_level(anchor)
+                level = top.setdefault(name, {})
+                for key in seconds:
+                    level.setdefault(key, set()).add(entry)
+            return
         for key in entry.keys:
             table, name = self._table(key)
             table.setdefault(name, set()).add(entry)
+
+    def _seconds(self, entry: _Entry) -> tuple[str, ...] | None:
+        """The keys of the second level an entry goes under, below each of its anchors, if
+        any: on real text a query's rarest word is still in a few percent of papers, two of
+        them far fewer."""
+        anchors_ = entry.keys or frozenset()
+        others = entry.required - anchors_
+        counts = self.counts
+        if others:  # the rarest other required key
+            return (min(others, key=lambda k: (counts.get(k, 0), -len(k), k)),)
+        # A matching paper has one key of each clause: all those of the rarest clause (but a
+        # clause an anchor is in, which every paper found by that anchor offers).
+        clauses = [clause for clause in entry.clauses if clause.isdisjoint(anchors_)]
+        if clauses:
+            rarest = min(clauses, key=lambda c: (sum(counts.get(k, 0) for k in c), len(c), sorted(c)))
+            return tuple(sorted(rarest))
+        return None
+
+    def _second_level(self, anchor: str) -> tuple[dict[str, dict[str, set[_Entry]]], str]:
+        if anchor.startswith("p:"):
+            return self._prefix_pairs.setdefault(len(anchor) - 2, {}), anchor[2:]
+        return self._pairs, anchor
 
     def _table(self, key: str) -> tuple[dict[str, set[_Entry]], str]:
         if key.startswith("p:"):
@@ -467,7 +584,8 @@ class IndexedMatcher:
         return self._keys, key
 
     def is_empty(self) -> bool:
-        return not (self._entries or self._keys or self._pairs or self._prefixes or self._always)
+        return not (self._entries or self._keys or self._pairs or self._prefixes or self._prefix_pairs
+                    or self._always)
 
     def candidates(self, view: PaperView) -> list[_Entry]:
         """The entries to evaluate for this paper: anchored on its keys and offered all
@@ -482,13 +600,22 @@ class IndexedMatcher:
             seconds = pairs[key]
             for second in seconds.keys() & features:
                 found |= seconds[second]
-        if self._prefixes:
+        if self._prefixes or self._prefix_pairs:
             words = view.all_raw
-            for size, table in self._prefixes.items():
+            for size in self._prefixes.keys() | self._prefix_pairs.keys():
                 # Each word cut to `size` letters, in C; a shorter word stays shorter than
-                # every key of this table, so it cannot be mistaken for one.
-                for prefix in table.keys() & set(map(operator.itemgetter(slice(size)), words)):
-                    found |= table[prefix]
+                # every key of these tables, so it cannot be mistaken for one.
+                cut = set(map(operator.itemgetter(slice(size)), words))
+                table = self._prefixes.get(size)
+                if table:
+                    for prefix in table.keys() & cut:
+                        found |= table[prefix]
+                prefix_pairs = self._prefix_pairs.get(size)
+                if prefix_pairs:
+                    for prefix in prefix_pairs.keys() & cut:
+                        seconds = prefix_pairs[prefix]
+                        for second in seconds.keys() & features:
+                            found |= seconds[second]
         passed = []
         for entry in found:
             if entry.required <= features and (not entry.clauses or _offers_one_of_each(entry.clauses, features)):
@@ -585,6 +712,9 @@ def _match_in_worker(generation: int, papers: Sequence[Paper]) -> list[list[tupl
     if engine is None or engine._generation != generation:
         raise RuntimeError("worker forked from another version of the index")
     return [[(entry.query, terms) for entry, terms in engine._hits(paper)] for paper in papers]
+
+
+COMPILED_VERSION = _compiled_version()  # here: after every function it digests
 
 
 def _label(source: str) -> str:

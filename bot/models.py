@@ -129,6 +129,10 @@ class Subscription:
     created_by: str
     created_at: datetime
     delivered: int = 0
+    # The query's compiled form as storage keeps it (bot.matching.compile_query), when read
+    # for the matching engine; None elsewhere. Not part of the value: equal subscriptions
+    # are equal whatever their compiled forms.
+    compiled: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

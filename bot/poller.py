@@ -25,6 +25,7 @@ from .clock import utcnow
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
 from .models import Match, Paper, PaperMatches, UnmatchedPaper
+from .sharded import ShardedMatcher, ShardFailed
 from .sources import Source
 from .sources.base import bounded_repr, check_paper
 
@@ -89,14 +90,16 @@ class Poller:
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
                  open_store: Callable[[], StoreContract] | None = None,
                  complete: Callable[[list[Paper]], Awaitable[list[Paper]]] | None = None,
-                 recommender: Recommender | None = None):
+                 recommender: Recommender | None = None, match_processes: int = 1):
         self.store = store
         # Before the worker stores and matches a listing: missing metadata filled in, on the
         # loop (bot.enrich.CategoryFiller: arXiv categories for Hugging Face papers).
         self.complete = complete
         self.clock = clock
         self.max_age = timedelta(days=max_age_days)
-        self.matcher = IndexedMatcher()
+        # >1: the index is split over worker processes (bot/sharded.py), from the first load on.
+        self.match_processes = match_processes
+        self.matcher: IndexedMatcher | ShardedMatcher = IndexedMatcher()
         if recommender is None:
             from .recommend import Recommender  # numpy and scipy: not for every import of the bot
 
@@ -123,11 +126,20 @@ class Poller:
         the worker thread (`load_index`, and each poll), with the worker's `store`.
         """
         store = store or self.store
+        if isinstance(self.matcher, ShardedMatcher) and self.matcher.failed:
+            # A worker process died with its part of the index: load it all again.
+            log.error("%s; loading the index again", self.matcher.failed)
+            self.matcher.close()
+            self.matcher, self._version = IndexedMatcher(), 0
         current = store.subscription_ids()
         known = self.matcher.ids()
         if not known and current and not self._version:
             # First load: recent papers' word counts let the index anchor on rare words.
-            self.matcher = IndexedMatcher(papers=store.recent_papers(HISTORY_FOR_ANCHORS))
+            history = store.recent_papers(HISTORY_FOR_ANCHORS)
+            if self.match_processes > 1:
+                self.matcher = ShardedMatcher(papers=history, processes=self.match_processes)
+            else:
+                self.matcher = IndexedMatcher(papers=history)
         for gone in known - current:
             self.matcher.remove(gone)
         changes = store.subscriptions_changed_since(self._version)
@@ -155,6 +167,12 @@ class Poller:
                 # about 2x faster), nor kept from being shared by forked workers.
                 gc.freeze()
                 gc.enable()
+        recompiled = self.matcher.take_recompiled()
+        if recompiled:  # stored without a compiled form, or with an older version's: kept for next time
+            try:
+                store.save_compiled_queries(recompiled)
+            except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
+                log.warning("could not store %s compiled queries: %s", len(recompiled), exc)
 
     @property
     def worker_store(self) -> StoreContract | None:
@@ -182,11 +200,13 @@ class Poller:
         """Stop after the batch under way (what is left is written down for the next poll);
         close the worker's Store in its thread. The thread ends once that batch is done."""
         self._stopping.set()
+        matcher = self.matcher
 
         def close_store() -> None:
             if self._worker_store is not None:
                 self._worker_store.close()
                 self._worker_store = None
+            matcher.close()  # the matching worker processes, if any (after the batch: it may use them)
 
         try:
             self._executor.submit(close_store)
@@ -306,6 +326,8 @@ class Poller:
                 stale = now - unmatched.since > self.max_age
                 try:
                     matches = self.matcher.match(paper) if not paper.is_update and not stale else []
+                except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
+                    raise
                 except Exception:
                     # The first time, the poll fails and the next one tries again (from any
                     # source: leftovers go first). A paper the matcher raises on again is a

@@ -215,9 +215,16 @@ class StoreContract(Protocol):
 
     def subscriptions_changed_since(self, version: int) -> SubscriptionChanges:
         """Subscriptions added or whose query changed after `version` (any order; `delivered`
-        is 0, not counted: this must stay cheap for a million rows), and the newest version
+        is 0, not counted: this must stay cheap for a million rows; each with its stored
+        `compiled` form, None where there is none), and the newest version
         among them (`version` itself when there are none). Start from 0. Removals are not
         reported: compare `subscription_ids()`."""
+        ...
+
+    def save_compiled_queries(self, compiled: dict[int, bytes]) -> None:
+        """Keep the compiled form of these subscriptions' queries (by id; `compiled` on the
+        Subscriptions `subscriptions_changed_since` returns), without changing their version.
+        Ids no longer stored are ignored."""
         ...
 
     def subscriptions_created_by(self, ids: list[int], moment: datetime) -> set[int]:

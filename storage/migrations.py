@@ -369,3 +369,29 @@ def m019_followups(db: Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m021_compiled_queries(db: Database) -> None:
+    # Each subscription's query in the matching engine's compiled form (bot.matching.
+    # compile_query: its parsed tree and required keys, marshalled, behind a version), so
+    # that loading the index reads them back instead of parsing every stored query. Filled
+    # here for the subscriptions already stored; one that does not parse stays NULL (the
+    # engine logs and skips it, as before). A form of another version is parsed afresh at
+    # load and stored again (Poller.sync_subscriptions).
+    from bot.errors import QueryError
+    from bot.matching import compile_query
+
+    if "compiled" not in db["subscriptions"].columns_dict:
+        db.execute("ALTER TABLE subscriptions ADD COLUMN compiled BLOB")
+    forms: dict[str, bytes | None] = {}
+    updates = []
+    for sub_id, query in db.execute("SELECT id, query FROM subscriptions WHERE compiled IS NULL").fetchall():
+        if query not in forms:
+            try:
+                forms[query] = compile_query(query)
+            except QueryError:
+                forms[query] = None
+        if forms[query] is not None:
+            updates.append((forms[query], sub_id))
+    db.conn.executemany("UPDATE subscriptions SET compiled = ? WHERE id = ?", updates)

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from sqlite_utils import Database
 
+from bot.errors import QueryError
+from bot.matching import compile_query
 from bot.models import ChannelRef, Subscribed, Subscription, SubscriptionChanges
 
 from .db import immediate, iso
@@ -42,9 +44,9 @@ class SubscriptionsMixin:
             if limit is not None and self.count_subscriptions(channel) >= limit:
                 return Subscribed(None, False)
             cursor = self.db.execute(
-                f"""INSERT INTO subscriptions (channel, query, created_by, created_at, version)
-                    VALUES (?, ?, ?, ?, {_NEXT_VERSION})""",
-                [channel.key, query, user_id, iso(now)],
+                f"""INSERT INTO subscriptions (channel, query, created_by, created_at, version, compiled)
+                    VALUES (?, ?, ?, ?, {_NEXT_VERSION}, ?)""",
+                [channel.key, query, user_id, iso(now), _compiled(query)],
             )
             new_id = cursor.lastrowid
             assert new_id is not None  # set by every successful INSERT
@@ -74,11 +76,33 @@ class SubscriptionsMixin:
         """Subscriptions added or changed after `version` (without delivery counts, cheap
         enough for a million rows), and the newest version among all."""
         rows = self.db.execute(
-            "SELECT id, channel, query, created_by, created_at, 0, version FROM subscriptions WHERE version > ?",
+            "SELECT id, channel, query, created_by, created_at, version, compiled FROM subscriptions WHERE version > ?",
             [version],
         ).fetchall()
-        newest = max((row[6] for row in rows), default=version)
-        return SubscriptionChanges([_subscription(row) for row in rows], newest)
+        newest = max((row[5] for row in rows), default=version)
+        # A million rows: channels and creation times are shared by many, made once each.
+        channels: dict[str, ChannelRef] = {}
+        times: dict[str, datetime] = {}
+        found = []
+        for sub_id, key, query, created_by, created_at, _, compiled in rows:
+            channel = channels.get(key)
+            if channel is None:
+                channel = channels[key] = ChannelRef.from_key(key)
+            moment = times.get(created_at)
+            if moment is None:
+                moment = times[created_at] = datetime.fromisoformat(created_at)
+            found.append(Subscription(sub_id, channel, query, created_by, moment, 0, compiled))
+        return SubscriptionChanges(found, newest)
+
+    def save_compiled_queries(self, compiled: dict[int, bytes]) -> None:
+        """Keep the compiled form of these subscriptions' queries (the matching engine's, for
+        those whose stored one was missing or of an older version). Versions are left as
+        they are: nothing the engine has to pick up changed."""
+        if not compiled:
+            return
+        with immediate(self.db):
+            self.db.conn.executemany("UPDATE subscriptions SET compiled = ? WHERE id = ?",
+                                     [(blob, sub_id) for sub_id, blob in compiled.items()])
 
     def subscriptions_created_by(self, ids: list[int], moment: datetime) -> set[int]:
         """Those of `ids` that existed at `moment`."""
@@ -111,8 +135,9 @@ class SubscriptionsMixin:
             if self.db.execute("SELECT 1 FROM subscriptions WHERE channel = ? AND query = ? AND id != ?",
                                [channel.key, query, subscription_id]).fetchone():
                 return found
-            self.db.execute(f"UPDATE subscriptions SET query = ?, version = {_NEXT_VERSION} WHERE id = ?",
-                            [query, subscription_id])
+            self.db.execute(
+                f"UPDATE subscriptions SET query = ?, compiled = ?, version = {_NEXT_VERSION} WHERE id = ?",
+                [query, _compiled(query), subscription_id])
             return self.get_subscription(subscription_id)
 
     def remove_all_subscriptions(self, channel: ChannelRef) -> list[Subscription]:
@@ -123,6 +148,15 @@ class SubscriptionsMixin:
 
     def count_subscriptions(self, channel: ChannelRef) -> int:
         return self.db.execute("SELECT count(*) FROM subscriptions WHERE channel = ?", [channel.key]).fetchone()[0]
+
+
+def _compiled(query: str) -> bytes | None:
+    """The matching engine's compiled form of a query; None if it does not parse (the
+    engine then parses it, and logs and skips it, itself)."""
+    try:
+        return compile_query(query)
+    except QueryError:
+        return None
 
 
 def _subscription(row) -> Subscription:

@@ -29,3 +29,11 @@ def test_real_workload_in_two_processes_agrees_with_the_naive_loop(capsys):
     assert figures["workload"] == "real" and figures["processes"] == 2
     assert figures["matches"] > 0 and figures["naive_scaled_from_sample"] is False
     assert figures["pss_with_workers_mb"] > 0
+
+
+def test_sharded_engine_in_two_worker_processes_agrees_with_the_naive_loop(capsys):
+    figures = main(["--subscriptions", "1500", "--papers", "60", "--seed", "2", "--naive-sample", "60",
+                    "--workload", "real", "--shards", "2"])
+    assert figures["workload"] == "real" and figures["shards"] == 2
+    assert figures["matches"] > 0 and figures["naive_sampled_papers"] == 60  # every paper checked against it
+    assert len(figures["worker_peak_rss_mb"]) == 2 and all(r > 0 for r in figures["worker_peak_rss_mb"])

@@ -14,7 +14,7 @@ import pytest
 from bot.models import Paper
 from storage import Store, StoreContract
 
-LEAVES = (type(None), bool, int, float, str, datetime, date)
+LEAVES = (type(None), bool, int, float, str, bytes, datetime, date)
 SEQUENCES = (list, set, frozenset)
 
 

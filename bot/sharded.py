@@ -1,0 +1,314 @@
+"""The matching engine split over worker processes, each holding part of the index.
+
+`IndexedMatcher` is pure Python: one process matches on one core. Forking it to match
+papers side by side shares its pages only until they are touched, and in CPython every
+object a worker reads has its reference count written, so the index ends up copied in
+every worker (measured: 3.2 GB at a million subscriptions; docs/benchmarks.md). Here each
+distinct query lives in exactly one of N worker processes (chosen by a checksum of its
+text), which builds and keeps its own `IndexedMatcher` of those queries only: nothing is
+shared, so nothing is copied, the index is in memory once in all, and its load runs on
+every core. A paper is sent to every worker; each answers with the queries of its part
+that match (plain values: query text, terms, subscription ids), and this process makes
+the Matches, in `IndexedMatcher.match`'s order.
+
+Workers are new interpreters (`python -m bot.sharded`, fork and exec by subprocess), not
+forks of this process: the bot's process has threads (the event loop's, the poller's
+worker thread, the HTTP server's), and a fork copies only the thread that forks, with
+whatever locks the others held at that moment (the logging module's, the allocator's,
+sqlite3's): a child can deadlock on its first use of one. Nor multiprocessing's "spawn":
+it runs the parent's main script again in each child. A worker imports this module and
+nothing of the parent's state; it ends when its socket to the parent closes.
+
+Same interface as `IndexedMatcher` for its callers (add, remove, ids, len, match,
+match_many, take_recompiled, close): `add` raises QueryError here, in the caller's process,
+as `IndexedMatcher.add` does (a query without a current compiled form is parsed here, and
+its compiled form sent). Changes are sent in batches before the next match. A worker that
+dies makes every later match raise `ShardFailed`: the caller loads a new engine.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import marshal
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import zlib
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection
+from typing import Iterable, Sequence
+
+from .errors import QueryError
+from .matching import COMPILED_VERSION, IndexedMatcher, compile_query
+from .models import ChannelRef, Match, Paper, Subscription
+
+log = logging.getLogger(__name__)
+
+# Changes are sent to a worker once this many are waiting (or before the next match): a
+# big first load is then built by the workers while this process still reads it.
+SEND_EVERY = 20_000
+# Papers per message: small enough that both workers get work early, big enough that
+# messages cost little per paper.
+PAPERS_PER_MESSAGE = 25
+
+
+class ShardFailed(RuntimeError):
+    """A worker process of the sharded engine died or failed: its part of the index is gone."""
+
+
+class ShardedMatcher:
+    def __init__(self, subscriptions: Iterable[Subscription] = (), *, papers: Iterable[Paper] = (),
+                 processes: int = 2):
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
+        history = list(papers)
+        self._conns: list[Connection] = []
+        self._procs: list[subprocess.Popen] = []
+        for _ in range(processes):
+            ours, theirs = socket.socketpair()
+            # A new interpreter (fork and exec): not a fork of this one; see the module's docstring.
+            proc = subprocess.Popen([sys.executable, "-m", "bot.sharded", str(theirs.fileno())],
+                                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            theirs.close()
+            self._conns.append(Connection(ours.detach()))
+            self._procs.append(proc)
+        self._channels: dict[int, ChannelRef] = {}  # subscription id -> its channel (Matches are made here)
+        self._shard_of: dict[int, int] = {}  # subscription id -> the worker holding its query
+        self._pending: list[list[tuple]] = [[] for _ in range(processes)]
+        self._waiting = 0
+        self._recompiled: dict[int, bytes] = {}
+        self._failed: str | None = None
+        self._send_all(("history", history))
+        for subscription in subscriptions:
+            self.add(subscription)
+
+    @property
+    def failed(self) -> str | None:
+        """Why the engine can no longer match (a worker died), or None."""
+        return self._failed
+
+    def __len__(self) -> int:
+        return len(self._shard_of)
+
+    def ids(self) -> set[int]:
+        return set(self._shard_of)
+
+    def is_empty(self) -> bool:
+        return not self._shard_of
+
+    def add(self, subscription: Subscription) -> None:
+        stored = subscription.compiled
+        blob = stored if stored is not None and stored[:8] == COMPILED_VERSION else None
+        if blob is None:
+            blob = compile_query(subscription.query)  # raises QueryError here, for the caller
+        if subscription.id in self._shard_of:
+            self.remove(subscription.id)
+        if blob is not stored:  # parsed here: for storage to keep
+            self._recompiled[subscription.id] = blob
+        shard = zlib.crc32(subscription.query.encode()) % len(self._conns)
+        self._shard_of[subscription.id] = shard
+        self._channels[subscription.id] = subscription.channel
+        self._queue(shard, ("add", subscription.id, subscription.query, blob))
+
+    def remove(self, subscription_id: int) -> None:
+        self._recompiled.pop(subscription_id, None)
+        shard = self._shard_of.pop(subscription_id, None)
+        if shard is None:
+            return
+        del self._channels[subscription_id]
+        self._queue(shard, ("remove", subscription_id))
+
+    def take_recompiled(self) -> dict[int, bytes]:
+        found, self._recompiled = self._recompiled, {}
+        return found
+
+    def match(self, paper: Paper) -> list[Match]:
+        return self.match_many([paper])[0]
+
+    def match_many(self, papers: Sequence[Paper], processes: int = 1) -> list[list[Match]]:
+        """Each paper's matches, as `IndexedMatcher.match` gives them, in order (`processes`
+        is ignored: this engine always uses its workers)."""
+        self._flush()
+        chunks = [papers[i:i + PAPERS_PER_MESSAGE] for i in range(0, len(papers), PAPERS_PER_MESSAGE)]
+        found: list[list[Match]] = []
+        # The papers are sent from a thread of their own while this one takes the answers:
+        # a worker blocks writing an answer this process does not read yet, and this process
+        # writing a big message to that worker would then block too, each waiting for the other.
+        sent: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                for chunk in chunks:
+                    for conn in self._conns:
+                        conn.send(("match", chunk))
+            except BaseException as exc:  # told to the caller below
+                sent.append(exc)
+
+        # One message each (a poll's single papers): no worker is answering anything yet, so
+        # sending here cannot block on one; no thread needed.
+        sender = threading.Thread(target=send, name="papers-bot-match-sender", daemon=True)
+        if len(chunks) > 1:
+            sender.start()
+        else:
+            send()
+        try:
+            for chunk in chunks:
+                answers = [self._receive(conn) for conn in self._conns]
+                found += self._matches(answers, len(chunk))
+        except (OSError, EOFError) as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+        finally:
+            if sender.ident is not None:
+                sender.join()
+        if sent:
+            self._fail(f"{type(sent[0]).__name__}: {sent[0]}")
+        return found
+
+    def _matches(self, answers: list[list[list[tuple[int, str, tuple[str, ...]]]]], count: int) -> list[list[Match]]:
+        new = tuple.__new__  # as IndexedMatcher._matches: the same tuples, made in C
+        channels = self._channels
+        found = []
+        for i in range(count):
+            merged = [hit for answer in answers for hit in answer[i]]
+            merged.sort()  # runs sorted by subscription id in each worker: merged in one pass
+            found.append([new(Match, (sub_id, channels[sub_id], query, terms)) for sub_id, query, terms in merged])
+        return found
+
+    def worker_usage(self) -> list[tuple[float, float]]:
+        """Each worker's peak resident set size in MB and CPU time so far in seconds, once it
+        has applied every change sent (for the benchmarks)."""
+        self._flush()
+        for conn in self._conns:
+            conn.send(("usage",))
+        return [self._receive(conn) for conn in self._conns]
+
+    def close(self) -> None:
+        """End the worker processes."""
+        for conn in self._conns:
+            try:
+                conn.send(("stop",))
+            except OSError:
+                pass
+            conn.close()
+        for proc in self._procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._conns, self._procs = [], []
+
+    def _queue(self, shard: int, change: tuple) -> None:
+        self._pending[shard].append(change)
+        self._waiting += 1
+        if self._waiting >= SEND_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._failed is not None:
+            raise ShardFailed(self._failed)
+        if not self._waiting:
+            return
+        try:
+            for conn, changes in zip(self._conns, self._pending, strict=True):
+                if changes:
+                    conn.send(("changes", changes))
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+        self._pending = [[] for _ in self._conns]
+        self._waiting = 0
+
+    def _send_all(self, message: tuple) -> None:
+        try:
+            for conn in self._conns:
+                conn.send(message)
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _receive(self, conn: Connection):
+        answer = marshal.loads(conn.recv_bytes())  # plain values: marshal reads them faster than pickle
+        if isinstance(answer, tuple) and answer and answer[0] == "failed":
+            self._fail(answer[1])
+        return answer
+
+    def _fail(self, reason: str) -> None:
+        self._failed = f"a matching worker process failed ({reason}); its part of the index is lost"
+        raise ShardFailed(self._failed)
+
+    def __del__(self) -> None:
+        if self._procs:  # not closed: the workers would end with this process anyway (their socket closes)
+            try:
+                self.close()
+            except Exception:  # at interpreter shutdown, anything may already be gone
+                pass
+
+
+_NO_CHANNEL = ChannelRef("console", "shard")  # workers answer with ids; the channels stay with the parent
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _worker_main(conn: Connection) -> None:
+    """A worker: keeps an IndexedMatcher of its part of the queries, answers match requests."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    engine = IndexedMatcher()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        kind = message[0]
+        try:
+            if kind == "history":
+                engine = IndexedMatcher(papers=message[1])
+            elif kind == "changes":
+                _apply(engine, message[1])
+            elif kind == "match":
+                # Per paper, (subscription id, query, terms) by id: the parent merges sorted runs.
+                answer = []
+                for paper in message[1]:
+                    hits = [(sub_id, entry.query, terms)
+                            for entry, terms in engine._hits(paper) for sub_id in entry.subs]
+                    hits.sort()
+                    answer.append(hits)
+                conn.send_bytes(marshal.dumps(answer))
+            elif kind == "usage":
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                conn.send_bytes(marshal.dumps((usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)))
+            elif kind == "stop":
+                return
+        except Exception as exc:  # told to the parent, which stops using this engine
+            log.exception("matching worker failed")
+            try:
+                conn.send_bytes(marshal.dumps(("failed", f"{type(exc).__name__}: {exc}")))
+            except OSError:
+                return
+
+
+def _apply(engine: IndexedMatcher, changes: list[tuple]) -> None:
+    bulk = len(changes) > 1000
+    if bulk:  # as Poller.sync_subscriptions: no collection scans the index while it is built
+        gc.disable()
+    try:
+        for change in changes:
+            if change[0] == "add":
+                _, sub_id, query, blob = change
+                try:
+                    engine.add(Subscription(sub_id, _NO_CHANNEL, query, "", _EPOCH, 0, blob))
+                except QueryError as exc:  # a damaged stored form of a query that no longer parses
+                    log.error("subscription #%s (%r) cannot be parsed, skipped: %s", sub_id, query, exc)
+            else:
+                engine.remove(change[1])
+        engine.take_recompiled()  # the parent keeps these
+    finally:
+        if bulk:
+            gc.freeze()
+            gc.enable()
+
+
+if __name__ == "__main__":  # a worker: python -m bot.sharded FD
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _worker_main(Connection(int(sys.argv[1])))
