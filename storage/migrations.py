@@ -265,3 +265,18 @@ def m016_unmatched_paper_source(db: Database) -> None:
     # another source matches `source:` as that listing showed it, as before the batches.
     if "source" not in db["unmatched_papers"].columns_dict:
         db.execute("ALTER TABLE unmatched_papers ADD COLUMN source TEXT")
+
+
+@migrations()
+def m020_poll_subscriptions_upto_and_versions(db: Database) -> None:
+    # The newest subscription id when a poll stored a paper for the first time: the
+    # subscriptions up to it receive the paper (UnmatchedPaper.upto). NULL: those created
+    # by `since`, as before.
+    if "upto" not in db["unmatched_papers"].columns_dict:
+        db.execute("ALTER TABLE unmatched_papers ADD COLUMN upto INTEGER")
+    # The highest subscription version ever given (storage/subscriptions.py): removing the
+    # newest subscription no longer hands its version to the next one.
+    db.execute("CREATE TABLE IF NOT EXISTS subscription_version (version INTEGER NOT NULL)")
+    db.execute("""INSERT INTO subscription_version (version)
+                  SELECT coalesce((SELECT max(version) FROM subscriptions), 0)
+                   WHERE NOT EXISTS (SELECT 1 FROM subscription_version)""")

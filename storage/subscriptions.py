@@ -10,7 +10,13 @@ from bot.models import ChannelRef, Subscribed, Subscription, SubscriptionChanges
 
 from .db import immediate, iso
 
-_NEXT_VERSION = "(SELECT coalesce(max(version), 0) + 1 FROM subscriptions)"
+# The version a subscription gets when added or changed: one more than any given before,
+# kept in subscription_version (m020). The newest subscription's own version is not enough:
+# removed, it took the highest version with it, and the next one got the same number again,
+# which the poller's engine (caught up to that version) never loaded.
+_NEXT_VERSION = "(SELECT version FROM subscription_version)"
+_BUMP_VERSION = """UPDATE subscription_version
+                      SET version = max(version, (SELECT coalesce(max(version), 0) FROM subscriptions)) + 1"""
 
 _SELECT = """
     SELECT s.id, s.channel, s.query, s.created_by, s.created_at,
@@ -41,6 +47,7 @@ class SubscriptionsMixin:
                 return Subscribed(self.get_subscription(existing[0]), False)
             if limit is not None and self.count_subscriptions(channel) >= limit:
                 return Subscribed(None, False)
+            self.db.execute(_BUMP_VERSION)
             cursor = self.db.execute(
                 f"""INSERT INTO subscriptions (channel, query, created_by, created_at, version)
                     VALUES (?, ?, ?, ?, {_NEXT_VERSION})""",
@@ -73,22 +80,40 @@ class SubscriptionsMixin:
     def subscriptions_changed_since(self, version: int) -> SubscriptionChanges:
         """Subscriptions added or changed after `version` (without delivery counts, cheap
         enough for a million rows), and the newest version among all."""
+        # First: every version up to this one is committed, so the rows read next hold them all.
+        top = self.subscriptions_version()
         rows = self.db.execute(
             "SELECT id, channel, query, created_by, created_at, 0, version FROM subscriptions WHERE version > ?",
             [version],
         ).fetchall()
-        newest = max((row[6] for row in rows), default=version)
+        newest = max(max((row[6] for row in rows), default=version), top)
         return SubscriptionChanges([_subscription(row) for row in rows], newest)
 
-    def subscriptions_created_by(self, ids: list[int], moment: datetime) -> set[int]:
-        """Those of `ids` that existed at `moment`."""
-        if not ids:
-            return set()
-        rows = self.db.execute(
-            f"SELECT id FROM subscriptions WHERE created_at <= ? AND id IN ({', '.join('?' * len(ids))})",
-            [iso(moment), *ids],
-        )
-        return {row[0] for row in rows}
+    def subscriptions_created_by(self, ids: list[int], moment: datetime, upto: int | None = None) -> set[int]:
+        """Those of `ids` that exist and existed at `moment` (with `upto`: whose id is at most `upto`)."""
+        found: set[int] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            if upto is None:
+                rows = self.db.execute(f"SELECT id FROM subscriptions WHERE created_at <= ? AND id IN ({marks})",
+                                       [iso(moment), *chunk])
+            else:
+                rows = self.db.execute(f"SELECT id FROM subscriptions WHERE id <= ? AND id IN ({marks})",
+                                       [upto, *chunk])
+            found.update(row[0] for row in rows)
+        return found
+
+    def newest_subscription_id(self) -> int:
+        """The highest subscription id ever given (ids grow in the order subscriptions are committed)."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'subscriptions'").fetchone()
+        return int(row[0]) if row else 0
+
+    def subscriptions_version(self) -> int:
+        """The newest subscription version (grows with every subscription added or changed)."""
+        return self.db.execute(
+            "SELECT max(v.version, (SELECT coalesce(max(version), 0) FROM subscriptions)) FROM subscription_version v"
+        ).fetchone()[0]
 
     def subscription_ids(self) -> set[int]:
         return {row[0] for row in self.db.execute("SELECT id FROM subscriptions")}
@@ -111,6 +136,7 @@ class SubscriptionsMixin:
             if self.db.execute("SELECT 1 FROM subscriptions WHERE channel = ? AND query = ? AND id != ?",
                                [channel.key, query, subscription_id]).fetchone():
                 return found
+            self.db.execute(_BUMP_VERSION)
             self.db.execute(f"UPDATE subscriptions SET query = ?, version = {_NEXT_VERSION} WHERE id = ?",
                             [query, subscription_id])
             return self.get_subscription(subscription_id)
