@@ -186,7 +186,10 @@ class Poller:
                 self._writer_store = self.open_store()
             return job(self._writer_store)
 
-        return self._writer.submit(run)
+        try:
+            return self._writer.submit(run)
+        except RuntimeError:  # closed (the writer takes no more work): what is left stays written down
+            raise PollStopped("the bot is stopping: the rest of this poll is left to the next one") from None
 
     def close(self) -> None:
         """Stop after the batch under way (what is left is written down for the next poll);
@@ -266,18 +269,18 @@ class Poller:
                 except BaseException:
                     writes.abandon()  # wait for the transactions under way: none runs into the next poll
                     raise
-            with store.transaction():
-                recovered = store.record_source_success(source.name, now, len(papers))
-                if listing.validators != validators:  # only once what they describe is stored
-                    store.save_source_validators(source.name, listing.validators)
-            if new:  # preview's word index, kept up with here so no preview has a backlog to index
-                try:
-                    # Stopped (the bot is closing), the rest is left for later: after an
-                    # upgrade, the first catch-up indexes every stored paper (minutes).
-                    store.index_paper_words(stop=self._stopping.is_set)
-                except StorageError as exc:  # the next preview indexes them itself
-                    log.warning("%s: indexing new papers for preview failed: %s", source.name, exc)
-            return new, queued, recovered
+                with store.transaction():
+                    recovered = store.record_source_success(source.name, now, len(papers))
+                    if listing.validators != validators:  # only once what they describe is stored
+                        store.save_source_validators(source.name, listing.validators)
+                if new:  # preview's word index, kept up with here so no preview has a backlog to index
+                    try:
+                        # Stopped (the bot is closing), the rest is left for later: after an
+                        # upgrade, the first catch-up indexes every stored paper (minutes).
+                        store.index_paper_words(stop=self._stopping.is_set)
+                    except StorageError as exc:  # the next preview indexes them itself
+                        log.warning("%s: indexing new papers for preview failed: %s", source.name, exc)
+                return new, queued, recovered
 
         new, queued, recovered = await self._in_worker(work)
         if not papers:

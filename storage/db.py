@@ -34,7 +34,58 @@ LOOP_AUTOCHECKPOINT_PAGES = 10_000  # other connections: SQLite checkpoints at t
 # moment the other commits, instead of in SQLite's busy handler, which polls at growing
 # intervals (up to 100 ms) and can miss many short gaps between the worker's transactions.
 # Reentrant: a thread that holds it goes on to SQLite, which answers as it always did.
-_turnstiles: dict[str, threading.RLock] = {}
+#
+# First come, first served: the poller's writer thread commits one transaction after another,
+# and with a plain lock the thread that releases it usually takes it again before a waiter
+# wakes (measured: a slash command's write on the loop waited seconds behind a poll's writes).
+class Turnstile:
+    """A reentrant lock whose waiters get it in the order they came."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
+        self._owner: int | None = None
+        self._depth = 0
+        self._abandoned: set[int] = set()  # tickets whose holders stopped waiting
+
+    def acquire(self, timeout: float = -1) -> bool:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            if not self._cond.wait_for(lambda: self._serving == ticket and self._owner is None,
+                                       None if timeout < 0 else timeout):
+                # Gave up: hand the turn on as if this ticket had come and gone at once.
+                self._abandoned.add(ticket)
+                self._skip_abandoned()
+                self._cond.notify_all()
+                return False
+            self._owner, self._depth = me, 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("release of a turnstile not held by this thread")
+            self._depth -= 1
+            if self._depth:
+                return
+            self._owner = None
+            self._serving += 1
+            self._skip_abandoned()
+            self._cond.notify_all()
+
+    def _skip_abandoned(self) -> None:
+        while self._owner is None and self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+
+
+_turnstiles: dict[str, Turnstile] = {}
 _turnstiles_guard = threading.Lock()
 
 
@@ -159,14 +210,14 @@ def write(db: Database, sql: str, params: list | dict) -> sqlite3.Cursor:
         return db.execute(sql, params)
 
 
-def _turnstile(db: Database) -> threading.RLock | None:
+def _turnstile(db: Database) -> Turnstile | None:
     """The turnstile of db's file (None in memory), found once a connection."""
     if not hasattr(db, "papers_bot_turnstile"):
         path = _path(db)
         with _turnstiles_guard:
             db.papers_bot_turnstile = (  # type: ignore[attr-defined]
-                None if path == ":memory:" else _turnstiles.setdefault(path, threading.RLock()))
-    found: threading.RLock | None = db.papers_bot_turnstile  # type: ignore[attr-defined]
+                None if path == ":memory:" else _turnstiles.setdefault(path, Turnstile()))
+    found: Turnstile | None = db.papers_bot_turnstile  # type: ignore[attr-defined]
     return found
 
 

@@ -44,30 +44,40 @@ class DeliveriesMixin:
         return self.enqueue_many([PaperMatches(paper_id, tuple(matches))], now)
 
     def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
-        """`enqueue` for many papers in one transaction, two statements in all (executemany)."""
-        rows: dict[tuple[str, str], list[Match]] = {}
+        """`enqueue` for many papers in one transaction.
+
+        Everything goes to SQLite as one JSON text, and each statement is one step over all
+        rows: the poller calls this from its writer thread while its worker matches, and a
+        statement run row by row (executemany) gave the GIL up and waited for it back at every
+        row (each wait up to the interpreter's 5 ms switch interval while the matcher runs).
+        """
+        rows: dict[tuple[str, str], list[list]] = {}
+        keys: dict[ChannelRef, str] = {}
         for item in items:
             for match in item.matches:
-                rows.setdefault((item.paper_id, match.channel.key), []).append(match)
+                key = keys.get(match.channel)
+                if key is None:
+                    key = keys[match.channel] = match.channel.key
+                rows.setdefault((item.paper_id, key), []).append([match.subscription_id, match.query,
+                                                                  list(match.terms)])
         if not rows:
             return 0
         stamp = iso(now)
-        values = [(paper_id, key, _matched_json(ms), stamp, stamp) for (paper_id, key), ms in rows.items()]
+        payload = json.dumps([[paper_id, key, matched] for (paper_id, key), matched in rows.items()])
         with immediate(self.db):  # as little as can be under the write lock
             # Under the write lock, ids grow (AUTOINCREMENT): the rows above `last` are the new ones.
             last = self.db.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0]
-            self.db.conn.executemany(
-                """INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at)
-                   VALUES (?, ?, ?, ?, ?)""",
-                values,
+            created = self.db.conn.execute(
+                f"""INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at)
+                    SELECT d.value ->> 0, d.value ->> 1, ({_MATCHED_JSON}), ?, ? FROM json_each(?) d""",
+                [stamp, stamp, payload],
+            ).rowcount
+            self.db.conn.execute(
+                """INSERT OR IGNORE INTO delivery_matches (delivery_id, subscription_id)
+                   SELECT d.id, m.value ->> 'id' FROM deliveries d, json_each(d.matched) m WHERE d.id > ?""",
+                [last],
             )
-            created = self.db.execute("SELECT id, paper_id, channel FROM deliveries WHERE id > ?", [last]).fetchall()
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO delivery_matches (delivery_id, subscription_id) VALUES (?, ?)",
-                [(delivery_id, m.subscription_id) for delivery_id, paper_id, key in created
-                 for m in rows.get((paper_id, key), ())],
-            )
-        return len(created)
+        return created
 
     def due_channels(self, now: datetime) -> list[DueChannel]:
         """Channels in instant mode, not paused, with deliveries due (and how many), the
@@ -253,9 +263,12 @@ class DeliveriesMixin:
         return OutboxCounts(**{status: count for status, count in rows if status in _STATUSES})
 
 
-def _matched_json(matches: list[Match]) -> str:
-    """How `deliveries.matched` keeps why a paper matched: facts, never chat text."""
-    return json.dumps([{"id": m.subscription_id, "query": m.query, "terms": list(m.terms)} for m in matches])
+# How `deliveries.matched` keeps why a paper matched: facts, never chat text. JSON:
+# [{"id": subscription id, "query": its query, "terms": [the terms that matched]}], made in
+# SQL from enqueue_many's [id, query, terms] lists (`d`: one row of its payload).
+_MATCHED_JSON = """SELECT json_group_array(json_object('id', m.value ->> 0, 'query', m.value ->> 1,
+                                                      'terms', json(m.value -> 2)))
+                     FROM json_each(d.value -> 2) m"""
 
 
 def _matched(channel: ChannelRef, text: str) -> tuple[Match, ...]:

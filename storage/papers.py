@@ -137,8 +137,9 @@ class PapersMixin:
 
     def settle_unmatched(self, paper_ids: list[str]) -> None:
         """These papers are matched and their deliveries queued: take them off the list."""
-        with immediate(self.db):
-            self.db.conn.executemany("DELETE FROM unmatched_papers WHERE paper_id = ?", [(i,) for i in paper_ids])
+        with immediate(self.db):  # one statement, one step (see enqueue_many)
+            self.db.execute("DELETE FROM unmatched_papers WHERE paper_id IN (SELECT value FROM json_each(?))",
+                            [json.dumps(paper_ids)])
 
     def get_paper(self, paper_id: str) -> Paper | None:
         found = self._papers("SELECT * FROM papers WHERE id = ?", [paper_id])

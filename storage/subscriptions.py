@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from sqlite_utils import Database
@@ -91,18 +92,17 @@ class SubscriptionsMixin:
 
     def subscriptions_created_by(self, ids: list[int], moment: datetime, upto: int | None = None) -> set[int]:
         """Those of `ids` that exist and existed at `moment` (with `upto`: whose id is at most `upto`)."""
-        found: set[int] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ", ".join("?" * len(chunk))
-            if upto is None:
-                rows = self.db.execute(f"SELECT id FROM subscriptions WHERE created_at <= ? AND id IN ({marks})",
-                                       [iso(moment), *chunk])
-            else:
-                rows = self.db.execute(f"SELECT id FROM subscriptions WHERE id <= ? AND id IN ({marks})",
-                                       [upto, *chunk])
-            found.update(row[0] for row in rows)
-        return found
+        if not ids:
+            return set()
+        # One row (a JSON array), so one step: the poller's writer thread calls this while its
+        # worker matches, and every row fetched would wait for the GIL (see enqueue_many).
+        condition, bound = ("id <= ?", upto) if upto is not None else ("created_at <= ?", iso(moment))
+        row = self.db.execute(
+            f"""SELECT json_group_array(id) FROM subscriptions
+                 WHERE {condition} AND id IN (SELECT value FROM json_each(?))""",
+            [bound, json.dumps(ids)],
+        ).fetchone()
+        return set(json.loads(row[0]))
 
     def newest_subscription_id(self) -> int:
         """The highest subscription id ever given (ids grow in the order subscriptions are committed)."""
