@@ -80,6 +80,13 @@ class Poller:
     deliveries: a poll interrupted in between (a crash, a kill, a full disk, a bug) leaves
     them written down, and the next poll matches them before anything else. Deliveries are
     unique per paper and channel, so matching a paper again never posts it twice.
+
+    The deliveries' transactions run in a second thread, the writer, with a Store of its own,
+    while the worker stores and matches the next papers (SQLite does its work without the GIL).
+    A paper the poll stores for the first time goes to the subscriptions committed before it
+    was stored (`UnmatchedPaper.upto`); the worker loads any subscription added since its last
+    look before it matches a batch, so a subscribe during a poll misses nothing: its --backfill
+    reads the papers stored before it, the poll queues the ones stored after it.
     """
 
     BATCH = 50  # papers stored a transaction (~20 ms with the full-text index, on a busy machine)
@@ -107,7 +114,8 @@ class Poller:
         self._writer_store: StoreContract | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller-writer")
         self._stopping = threading.Event()
-        self.between_batches: Callable[[], None] | None = None  # tests: called in the worker after each batch
+        # Tests: called in the writer thread after each committed transaction of deliveries.
+        self.between_batches: Callable[[], None] | None = None
 
     def sync_subscriptions(self, store: StoreContract | None = None) -> None:
         """Bring the engine in step with storage: add new subscriptions, drop removed ones.
