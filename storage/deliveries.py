@@ -21,6 +21,7 @@ from bot.models import (
 )
 
 from .db import immediate, iso, parse_iso, write
+from .migrations import MATCHED_OR_EMPTY
 
 _STATUSES = {f.name for f in fields(OutboxCounts)}
 # The columns `_delivery` reads, in its order.
@@ -65,19 +66,12 @@ class DeliveriesMixin:
         stamp = iso(now)
         payload = json.dumps([[paper_id, key, matched] for (paper_id, key), matched in rows.items()])
         with immediate(self.db):  # as little as can be under the write lock
-            # Under the write lock, ids grow (AUTOINCREMENT): the rows above `last` are the new ones.
-            last = self.db.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0]
-            created = self.db.conn.execute(
+            return self.db.conn.execute(
                 f"""INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at)
-                    SELECT d.value ->> 0, d.value ->> 1, ({_MATCHED_JSON}), ?, ? FROM json_each(?) d""",
+                    SELECT json_extract(d.value, '$[0]'), json_extract(d.value, '$[1]'), ({_MATCHED_JSON}), ?, ?
+                      FROM json_each(?) d""",
                 [stamp, stamp, payload],
             ).rowcount
-            self.db.conn.execute(
-                """INSERT OR IGNORE INTO delivery_matches (delivery_id, subscription_id)
-                   SELECT d.id, m.value ->> 'id' FROM deliveries d, json_each(d.matched) m WHERE d.id > ?""",
-                [last],
-            )
-        return created
 
     def due_channels(self, now: datetime) -> list[DueChannel]:
         """Channels in instant mode, not paused, with deliveries due (and how many), the
@@ -252,8 +246,9 @@ class DeliveriesMixin:
     def delivery_subscriptions(self, delivery_id: int) -> list[SubscriptionRef]:
         """The subscriptions a delivery answers that still exist, with their current queries, by id."""
         rows = self.db.execute(
-            """SELECT s.id, s.query FROM delivery_matches m JOIN subscriptions s ON s.id = m.subscription_id
-                WHERE m.delivery_id = ? ORDER BY s.id""",
+            f"""SELECT DISTINCT s.id, s.query FROM deliveries d, json_each({MATCHED_OR_EMPTY.format(row="d")}) m
+                  JOIN subscriptions s ON s.id = json_extract(m.value, '$.id')
+                 WHERE d.id = ? ORDER BY s.id""",
             [delivery_id],
         ).fetchall()
         return [SubscriptionRef(row[0], row[1]) for row in rows]
@@ -266,9 +261,10 @@ class DeliveriesMixin:
 # How `deliveries.matched` keeps why a paper matched: facts, never chat text. JSON:
 # [{"id": subscription id, "query": its query, "terms": [the terms that matched]}], made in
 # SQL from enqueue_many's [id, query, terms] lists (`d`: one row of its payload).
-_MATCHED_JSON = """SELECT json_group_array(json_object('id', m.value ->> 0, 'query', m.value ->> 1,
-                                                      'terms', json(m.value -> 2)))
-                     FROM json_each(d.value -> 2) m"""
+_MATCHED_JSON = """SELECT json_group_array(json_object('id', json_extract(m.value, '$[0]'),
+                                                      'query', json_extract(m.value, '$[1]'),
+                                                      'terms', json(json_extract(m.value, '$[2]'))))
+                     FROM json_each(d.value, '$[2]') m"""
 
 
 def _matched(channel: ChannelRef, text: str) -> tuple[Match, ...]:
