@@ -90,7 +90,7 @@ class Poller:
     """
 
     BATCH = 50  # papers stored a transaction (~20 ms with the full-text index, on a busy machine)
-    ENQUEUE_ROWS = 500  # deliveries queued a transaction (see docs/benchmarks.md, "The write path")
+    ENQUEUE_ROWS = 250  # deliveries queued a transaction (see docs/benchmarks.md, "The write path")
     WRITES_AHEAD = 4  # transactions of deliveries handed to the writer thread and not yet committed
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,

@@ -25,11 +25,11 @@ from .migrations import migrations
 BUSY_TIMEOUT = 10.0  # seconds a second process (say `papers-bot command` while `run` polls) waits its turn
 
 _savepoints = itertools.count(1)
-# The poller's connections: commits between checkpoints. A transaction of ENQUEUE_ROWS
-# deliveries writes ~1,000 to 2,000 pages (one a delivery in the outbox's index by channel):
-# every 4 keeps the WAL under LOOP_AUTOCHECKPOINT_PAGES, so the event loop's commit never
-# has a checkpoint to do (it did: the WAL grew past 10,000 pages between two of the worker's).
-CHECKPOINT_EVERY = 4
+# The poller's connections: commits between checkpoints. A transaction of ENQUEUE_ROWS (250)
+# deliveries writes up to ~500 pages (most of them one a delivery in the outbox's index by
+# channel): every 8 keeps the WAL well under LOOP_AUTOCHECKPOINT_PAGES, so the event loop's
+# commit has no checkpoint to do.
+CHECKPOINT_EVERY = 8
 LOOP_AUTOCHECKPOINT_PAGES = 10_000  # other connections: SQLite checkpoints at their commit past this
 BACKGROUND_CACHE_KB = 64 * 1024  # page cache of the poller's connections
 
