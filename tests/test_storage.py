@@ -351,3 +351,43 @@ def test_m020_upgrades_a_database_with_deliveries_and_unmatched_papers(tmp_path)
     again = Store(path)  # opening again applies nothing twice
     assert [(s.id, s.delivered) for s in again.subscriptions(ML)] == [(1, 2), (2, 2), (new.id, 0)]
     again.close()
+
+
+def test_the_write_turnstile_serves_the_loop_first_then_the_others_in_order():
+    # The poller's writer commits one transaction after another: with a plain lock it took the
+    # lock again before a waiting command on the loop woke up, again and again.
+    import threading
+    import time
+
+    from storage.db import Turnstile
+
+    turnstile = Turnstile()
+    assert turnstile.acquire() and turnstile.acquire()  # reentrant
+    turnstile.release()
+    order: list[str] = []
+
+    def waiter(name: str, background: bool) -> threading.Thread:
+        def run() -> None:
+            assert turnstile.acquire(60, background=background)
+            order.append(name)
+            turnstile.release()
+
+        queued = sum(map(len, turnstile._queues))
+        thread = threading.Thread(target=run)
+        thread.start()
+        while sum(map(len, turnstile._queues)) == queued:  # it is waiting: the next one comes after it
+            time.sleep(0.001)
+        return thread
+
+    threads = [waiter("writer 1", True), waiter("writer 2", True), waiter("loop 1", False), waiter("loop 2", False)]
+    gave_up: list[bool] = []
+    quitter = threading.Thread(target=lambda: gave_up.append(turnstile.acquire(0.01)))
+    quitter.start()
+    quitter.join()
+    turnstile.release()
+    for thread in threads:
+        thread.join()
+    assert gave_up == [False]  # timed out, and held up no one
+    assert order == ["loop 1", "loop 2", "writer 1", "writer 2"]
+    assert turnstile.acquire(0) and order  # free again
+    turnstile.release()
