@@ -8,10 +8,13 @@ like the real ones, Slack message metadata and history, Discord nonces and histo
 Every round lists new (synthetic) papers that all four channels subscribed to, starts
 the bot, waits until delivery is under way, and kills it with SIGKILL at a random moment;
 one round in five the listing is down (HTTP 503) for a while first, so the catch-up is
-tested too. After the rounds a last run delivers what is left. Then it compares what each
-fake received with what should have been: every paper in every channel exactly once,
-unless the outbox settled it as a burst's overflow (past the cards and the one digest,
-which counts it); an overflowed paper that was posted anyway is a problem.
+tested too. Each round, three papers already posted as cards get code and 120 upvotes:
+their cards owe follow-ups (replies in the card's thread), sent across the kills as well.
+After the rounds a last run delivers what is left. Then it compares what each fake
+received with what should have been: every paper in every channel exactly once, unless
+the outbox settled it as a burst's overflow (past the cards and the one digest, which
+counts it); an overflowed paper that was posted anyway is a problem; every follow-up the
+outbox says it sent is in its card's thread once, and nothing else is.
 SQLite's integrity_check runs after every kill. Meanwhile, every round, three command
 processes (subscribe, unsubscribe, mute; several `papers-bot command`s each) run against
 the same database while the bot delivers and is killed; `commands_failed` counts those
@@ -68,6 +71,13 @@ class Listing:
                 "publishedAt": today, "submittedOnDailyAt": today, "discussionId": str(i)}})
         return ids
 
+    def upgrade(self, ids: list[str]) -> None:
+        """These papers get code and 120 upvotes: each card of them owes two follow-ups
+        (code, 100 upvotes; 50 is superseded), replies in its thread."""
+        for item in self.items:
+            if item["paper"]["id"] in ids:
+                item["paper"].update(githubRepo=f"https://github.com/fault-suite/{item['paper']['id']}", upvotes=120)
+
     def answer(self, path: str) -> Canned:
         self.requests += 1
         if self.down:
@@ -91,6 +101,41 @@ def received(slack: FakeSlack, discord: FakeDiscord) -> Counter:
     return counts
 
 
+_REPLY_KINDS = ((re.compile(r"Code released\b"), "code"), (re.compile(r"Crossed (\d+) upvotes"), "upvotes"),
+                (re.compile(r"New version v(\d+)"), "version"))
+
+
+def replies(slack: FakeSlack, discord: FakeDiscord) -> Counter:
+    """(channel, the card's message id, kind:value) -> how many follow-up replies reached that thread."""
+    counts: Counter = Counter()
+    for channel, messages in slack.messages.items():
+        for message in messages:
+            metadata = message.get("metadata") or {}
+            if message.get("thread_ts") and metadata.get("event_type") == "papers_bot_followup":
+                key = str((metadata.get("event_payload") or {}).get("key", ""))
+                counts[(f"slack:{channel}", message["thread_ts"], key.split(":", 1)[-1])] += 1
+    for channel, messages in discord.messages.items():
+        for message in messages:
+            card = (message.get("message_reference") or {}).get("message_id")
+            for pattern, kind in _REPLY_KINDS:
+                found = pattern.match(message.get("content") or "")
+                if card and found:
+                    value = found.group(1) if found.groups() else "0"
+                    counts[(f"discord:{channel}", str(card), f"{kind}:{value}")] += 1
+    return counts
+
+
+def owed_replies(db: Path) -> tuple[set[tuple[str, str, str]], int]:
+    """The follow-ups the outbox says went out (as (channel, card message id, kind:value)),
+    and how many are still pending or being sent."""
+    with sqlite3.connect(db) as conn:
+        sent = {(row[0], row[1], f"{row[2]}:{row[3]}") for row in conn.execute(
+            """SELECT d.channel, d.message_id, f.kind, f.value FROM followups f
+                 JOIN deliveries d ON d.id = f.delivery_id WHERE f.status = 'sent'""")}
+        open_rows = conn.execute("SELECT count(*) FROM followups WHERE status IN ('pending', 'sending')").fetchone()[0]
+    return sent, open_rows
+
+
 def start_bot(workdir: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=workdir, env=env,
                             stdout=subprocess.DEVNULL, stderr=open(workdir / "bot.log", "a"))
@@ -103,11 +148,21 @@ def overflowed(db: Path) -> set[tuple[str, str]]:
         return set(conn.execute("SELECT channel, paper_id FROM deliveries WHERE status = 'overflow'").fetchall())
 
 
+def carded(db: Path) -> set[str]:
+    """The papers posted as a card (not in a digest) to some channel so far."""
+    if not db.exists():
+        return set()
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute(
+            "SELECT DISTINCT paper_id FROM deliveries WHERE status = 'sent' AND in_digest = 0")}
+
+
 def integrity(db: Path) -> str:
     with sqlite3.connect(db) as conn:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+UPGRADED_PER_ROUND = 3  # papers posted as cards that get code and 120 upvotes each round (follow-ups)
 COMMAND_CHANNELS = ("console:cmd-a", "console:cmd-b")  # their queries match no synthetic paper
 COMMANDS_PER_PROCESS = 4
 
@@ -250,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         commands = Commands(random.Random(args.seed + 1))  # its own stream: the kill timings stay as they were
         expected: set[tuple[str, str]] = set()
+        upgraded: set[str] = set()  # papers given code and upvotes (once each)
         kills = outages = 0
         problems: list[str] = []
         busy_started = time.monotonic()
@@ -257,6 +313,10 @@ def main(argv: list[str] | None = None) -> dict:
             outage = round_number % 5 == 1
             if outage:  # the listing is down for a few polls; papers pile up meanwhile
                 listing.down, outages = True, outages + 1
+            # News about papers already posted as cards: follow-ups owed, sent across the kills.
+            upgrade = sorted(carded(db) - upgraded)[:UPGRADED_PER_ROUND]
+            listing.upgrade(upgrade)
+            upgraded.update(upgrade)
             ids = listing.add(args.papers)
             expected.update((channel, paper_id) for channel in channels for paper_id in ids)
             before = sum(received(slack, discord).values())
@@ -285,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             got = received(slack, discord)
-            if expected <= set(got) | overflowed(db):
+            if expected <= set(got) | overflowed(db) and owed_replies(db)[1] == 0:
                 break
             time.sleep(0.2)
         finished = time.monotonic()
@@ -313,6 +373,14 @@ def main(argv: list[str] | None = None) -> dict:
             "SELECT count(*) FROM deliveries WHERE status = 'overflow' AND message_id IS NULL").fetchone()[0]
         conn.close()
         lost = sorted(expected - set(got) - held)
+        # Follow-ups: each one the outbox records as sent reached its card's thread exactly
+        # once, and nothing else did (none left pending, none sent twice across the kills).
+        followups_sent, followups_open = owed_replies(db)
+        threads = replies(slack, discord)
+        followups_lost = sorted(followups_sent - set(threads))
+        if followups_open:
+            problems.append(f"{followups_open} follow-ups still pending or being sent")
+        problems += [f"follow-up lost: {x}" for x in followups_lost[:3]]
         if held & set(got):
             problems.append(f"{len(held & set(got))} papers counted as overflow were posted too")
         duplicated = sum(count - 1 for key, count in got.items() if count > 1)
@@ -345,6 +413,11 @@ def main(argv: list[str] | None = None) -> dict:
             # need at its rate limit.
             "ratio_to_ideal": round((finished - busy_started) / ideal, 2) if ideal else None,
             "integrity": "ok" if not any("integrity" in p for p in problems) else "FAILED",
+            "followups": len(followups_sent),
+            "followups_open": followups_open,
+            "followups_lost": len(followups_lost),
+            "followups_duplicated": sum(count - 1 for count in threads.values() if count > 1),
+            "followups_unexpected": len(set(threads) - followups_sent),
             "commands": commands.count,
             "commands_failed": commands.failed,
             "subscriptions_lost": len(subscriptions_lost),

@@ -14,7 +14,7 @@ from storage import StoreContract
 
 from .digest import parse_time, parse_weekday, zone
 from .errors import ImportFileError, QueryError, SourceError
-from .models import DIGEST_MODES, ChannelRef, ChannelSettings, Paper
+from .models import DIGEST_MODES, ChannelRef, ChannelSettings, MostSavedSchedule, Paper
 from .query import normalize_query
 from .sources import PaperSource, spec
 from .text import plural
@@ -118,13 +118,16 @@ def export_toml(store: StoreContract, now: datetime) -> str:
     subs: dict[ChannelRef, list[str]] = {}
     for sub in store.subscriptions():
         subs.setdefault(sub.channel, []).append(sub.query)
+    most_saved = {m.channel: m for m in store.most_saved_schedules()}
     lines = [f"# papers-bot channels and subscriptions, exported {now.isoformat(timespec='seconds')}",
              "# Load with: papers-bot import FILE (adds what is missing, updates settings)."]
-    for channel in sorted(set(settings) | set(subs), key=lambda c: c.key):
+    for channel in sorted(set(settings) | set(subs) | set(most_saved), key=lambda c: c.key):
         s = settings.get(channel, ChannelSettings(channel))
         lines += ["", "[[channel]]", f"channel = {_toml_string(channel.key)}", f"mode = {_toml_string(s.mode)}",
                   f"digest_time = {_toml_string(s.digest_time)}", f"digest_day = {_toml_string(s.digest_day)}",
-                  f"timezone = {_toml_string(s.timezone)}", f"paused = {'true' if s.paused else 'false'}",
+                  f"timezone = {_toml_string(s.timezone)}", f"paused = {'true' if s.paused else 'false'}"]
+        weekly = most_saved.get(channel)  # the weekly most-saved digest: "DAY HH:MM", or "off"
+        lines += [f"most_saved = {_toml_string(f'{weekly.day} {weekly.time}' if weekly else 'off')}",
                   "subscriptions = ["]
         lines += [f"    {_toml_string(q)}," for q in subs.get(channel, [])]
         lines.append("]")
@@ -142,7 +145,7 @@ class ImportReport:
                 f"{plural(self.added, 'subscription')} added, {self.present} already present")
 
 
-_FIELDS = {"channel", "mode", "digest_time", "digest_day", "timezone", "paused", "subscriptions"}
+_FIELDS = {"channel", "mode", "digest_time", "digest_day", "timezone", "paused", "subscriptions", "most_saved"}
 
 
 def import_toml(store: StoreContract, text: str, now: datetime, *, limit: int | None = None) -> ImportReport:
@@ -160,7 +163,10 @@ def import_toml(store: StoreContract, text: str, now: datetime, *, limit: int | 
     planned = [_check_entry(i, entry) for i, entry in enumerate(data.get("channel", []), start=1)]
     report = ImportReport(channels=len(planned))
     with store.transaction():
-        for settings, queries in planned:
+        for settings, queries, weekly in planned:
+            if isinstance(weekly, MostSavedSchedule) or weekly == "off":
+                store.set_most_saved_schedule(settings.channel, weekly if isinstance(weekly, MostSavedSchedule)
+                                              else None, now)
             current = store.channel_settings(settings.channel)
             if current.mode == settings.mode and current.last_digest_at:
                 settings = replace(settings, last_digest_at=current.last_digest_at)
@@ -177,7 +183,7 @@ def import_toml(store: StoreContract, text: str, now: datetime, *, limit: int | 
     return report
 
 
-def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str]]:
+def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str], MostSavedSchedule | str | None]:
     where = f"channel entry {index}"
     if not isinstance(entry, dict):
         raise ImportFileError(f"{where} is not a table")
@@ -212,4 +218,15 @@ def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str]]
         except QueryError as exc:
             raise ImportFileError(f"{where}: subscription {query[:60]!r}: {exc}") from None
     settings = ChannelSettings(channel, mode=mode, digest_time=time, digest_day=day, timezone=tz, paused=paused)
-    return settings, normalized
+    return settings, normalized, _most_saved(where, channel, entry.get("most_saved"))
+
+
+def _most_saved(where: str, channel: ChannelRef, value: object) -> MostSavedSchedule | str | None:
+    """`most_saved = "DAY HH:MM"` or "off"; absent (None): left as it is."""
+    if value is None or value == "off":
+        return value if value is None else "off"
+    day_text, _, time_text = str(value).strip().partition(" ")
+    day, time = parse_weekday(day_text), parse_time(time_text)
+    if not isinstance(value, str) or day is None or time is None:
+        raise ImportFileError(f'{where}: most_saved must be "DAY HH:MM" (like "mon 09:00") or "off"')
+    return MostSavedSchedule(channel, day, time)

@@ -17,11 +17,14 @@ from .adapters import Adapter, Running, build_adapters
 from .clock import utcnow
 from .config import Config
 from .dispatch import Dispatcher, DispatchReport
+from .enrich import CategoryFiller
 from .errors import StorageError
 from .lookup import PaperLookup
 from .models import ChannelRef, CommandRequest, Reply
+from .most_saved import dispatch_most_saved
 from .poller import Poller, SourceReport
-from .sources import Source, connect, make_client
+from .sources import ArxivSource, Source, connect, make_client
+from .sources.arxiv import NAME as ARXIV
 from .text import plural
 
 log = logging.getLogger(__name__)
@@ -58,9 +61,15 @@ class App:
             adapters = build_adapters(config, stdout=stdout, complete=self.complete)
         self.adapters: dict[str, Adapter] = adapters
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
+        # arXiv's categories for papers listed without (Hugging Face's), while the arXiv source is
+        # enabled: through its one fetcher, and so its one 3-second pacer.
+        arxiv = fetchers.get(ARXIV)
+        filler = CategoryFiller(arxiv, self.store) if isinstance(arxiv, ArxivSource) and config.sources[ARXIV].enabled \
+            else None
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days,
                              open_store=lambda: Store(config.storage_path, busy_timeout=config.storage_busy_timeout,
-                                                      durable=False))
+                                                      durable=False),
+                             complete=filler.complete if filler else None)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle,
                                      max_concurrent_channels=config.delivery.max_concurrent_channels)
         self.lookup = PaperLookup(list(fetchers.values()))
@@ -143,6 +152,8 @@ class App:
             await self.dispatcher.recover()
         report = await self.dispatcher.dispatch()
         report.add(await self.dispatcher.dispatch_digests())
+        report.add(await self.dispatcher.dispatch_followups())
+        await dispatch_most_saved(self.store, self.adapters, self.clock(), self.config.feedback.most_saved_papers)
         return report
 
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:

@@ -85,6 +85,10 @@ _SCHEMA: Schema = {
         "max_subscriptions_per_channel": (int, 50, _positive),
         "commands_per_minute": (int, 20, _positive),
     },
+    "feedback": {
+        "saved_shown": (int, 10, lambda v: None if 1 <= v <= 50 else "must be from 1 to 50"),
+        "most_saved_papers": (int, 10, lambda v: None if 1 <= v <= 20 else "must be from 1 to 20"),
+    },
     "slack": {
         "mode": (str, "socket", lambda v: None if v in ("socket", "http") else 'must be "socket" or "http"'),
         "port": (int, 3000, lambda v: None if 1 <= v <= 65535 else "must be a port number"),
@@ -164,6 +168,12 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    saved_shown: int = 10  # papers `/papers saved` lists
+    most_saved_papers: int = 10  # papers in a weekly "most saved" digest
+
+
+@dataclass(frozen=True)
 class SlackConfig:
     mode: str = "socket"
     port: int = 3000
@@ -195,6 +205,7 @@ class Config:
     slack: SlackConfig = field(default_factory=SlackConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     metrics_port: int = 0  # 0: no /healthz and /metrics server
     metrics_host: str = "127.0.0.1"  # unauthenticated: loopback unless you choose otherwise
     storage_busy_timeout: float = 10.0  # seconds to wait for another process's write lock
@@ -267,6 +278,7 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             host=values["slack"]["host"],
         ),
         delivery=DeliveryConfig(**values["delivery"]),
+        feedback=FeedbackConfig(**values["feedback"]),
         metrics_port=values["metrics"]["port"],
         metrics_host=values["metrics"]["host"],
         storage_busy_timeout=values["storage"]["busy_timeout_seconds"],

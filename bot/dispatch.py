@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Awaitable, Callable, Sequence
@@ -12,15 +12,17 @@ from typing import Awaitable, Callable, Sequence
 from storage import StoreContract
 
 from .adapters import Adapter
-from .cards import card_for
+from .cards import RANK_ORDER, card_for
 from .clock import utcnow
 from .digest import DIGEST_MAX, digest_due
-from .models import ChannelRef, ChannelSettings, Delivery, Digest, PostResult
+from .followups import reply_for
+from .models import ChannelRef, ChannelSettings, Delivery, Digest, FollowUp, PostResult
 from .text import plural
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
+FOLLOWUPS_PER_SWEEP = 200  # replies in cards' threads a sweep takes on, of all channels
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
 
@@ -212,6 +214,7 @@ class Dispatcher:
         if found or released:
             log.warning("recovered from an interrupted run: %d deliveries had gone out, %d will be sent",
                         found, released)
+        await self.recover_followups()
         return found, released
 
     async def dispatch_digests(self) -> DispatchReport:
@@ -257,8 +260,9 @@ class Dispatcher:
             paper = self.store.get_paper(delivery.paper_id)
             if paper is not None:
                 cards.append(card_for(paper, delivery.matched))
+        mentions = self.store.subscribers(sorted({m.subscription_id for d in claimed for m in d.matched}))
         try:
-            result = await adapter.post_digest(Digest(channel, title, tuple(cards), note))
+            result = await adapter.post_digest(Digest(channel, title, tuple(cards), note, RANK_ORDER, tuple(mentions)))
         except Exception as exc:
             log.exception("digest for %s raised", channel)
             result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
@@ -309,6 +313,10 @@ class Dispatcher:
             return PostResult(ok=False, error="paper missing from storage", retryable=False)
         try:
             card = card_for(paper, delivery.matched, self.store.delivery_subscriptions(delivery.id))
+            # Those who subscribed with --me are mentioned: only they, never anyone else.
+            mentions = self.store.subscribers(sorted({m.subscription_id for m in delivery.matched}))
+            if mentions:
+                card = replace(card, mentions=tuple(mentions))
             return await adapter.post(delivery.channel, card)
         except Exception as exc:  # an adapter bug must not stop the other deliveries
             log.exception("posting %s to %s raised", delivery.paper_id, delivery.channel)
@@ -344,3 +352,88 @@ class Dispatcher:
             self.store.give_up_delivery(delivery.id, result.error or "unknown error")
             report.failed += 1
             log.error("gave up posting %s to %s: %s", delivery.paper_id, delivery.channel, result.error)
+
+    # ---- follow-ups in the thread ---------------------------------------------------------
+
+    async def dispatch_followups(self) -> DispatchReport:
+        """Send the follow-ups due now: each one reply in its card's thread, claimed before
+        it is sent and marked after, as a card is. Channels side by side, each one's replies
+        one after another (the adapter keeps the platform's pace); a channel told to wait (a
+        429's Retry-After), or whose platform must, is left alone until then, its cards too."""
+        report = DispatchReport()
+        by_channel: dict[ChannelRef, list[FollowUp]] = {}
+        for followup in self.store.due_followups(self.clock(), FOLLOWUPS_PER_SWEEP):
+            by_channel.setdefault(followup.thread.channel, []).append(followup)
+        await self._side_by_side([partial(self._serve_followups, channel, followups, report)
+                                  for channel, followups in by_channel.items()])
+        return report
+
+    async def _serve_followups(self, channel: ChannelRef, followups: list[FollowUp], report: DispatchReport) -> None:
+        adapter = self._adapter(channel)
+        if adapter is None:
+            report.waiting += len(followups)
+            return
+        for followup in followups:
+            if self._waiting(channel, self.clock()):
+                return
+            if not self.store.claim_followup(followup.id, self.clock()):
+                continue
+            try:
+                result = await adapter.post_in_thread(followup.thread, reply_for(followup))
+            except Exception as exc:  # an adapter bug must not stop the other replies
+                log.exception("replying about %s in %s raised", followup.paper_id, channel)
+                result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
+            self._record_followup(followup, result, report)
+            self._pause(channel, result)
+            if result.channel_gone or result.retry_after is not None:
+                return
+
+    def _record_followup(self, followup: FollowUp, result: PostResult, report: DispatchReport) -> None:
+        now = self.clock()
+        what = f"the {followup.kind} follow-up of {followup.paper_id} in {followup.thread.channel}"
+        if result.ok:
+            self.store.mark_followup_sent(followup.id, result.message_id, now)
+            report.sent += 1
+            log.info("posted %s", what)
+        elif result.retry_after is not None:  # a rate limit: waited out, never given up for
+            self.store.reschedule_followup(followup.id, result.error or "rate limited",
+                                           now + timedelta(seconds=result.retry_after))
+            report.retrying += 1
+        elif result.channel_gone:
+            self.store.reschedule_followup(followup.id, result.error or "channel gone", now)
+            self._pause_gone(followup.thread.channel, result.error, now)
+            report.failed += 1
+        elif result.retryable and followup.attempts + 1 < MAX_ATTEMPTS:
+            self.store.reschedule_followup(followup.id, result.error or "unknown error",
+                                           now + retry_delay(followup.attempts + 1))
+            report.retrying += 1
+            log.warning("posting %s failed (%s); will retry", what, result.error)
+        else:
+            self.store.give_up_followup(followup.id, result.error or "unknown error")
+            report.failed += 1
+            log.error("gave up posting %s: %s", what, result.error)
+
+    async def recover_followups(self) -> tuple[int, int]:
+        """After a crash: settle every follow-up left mid-send, as `recover` does deliveries
+        (the adapter's `find_in_thread` tells a reply that went out). Returns (found sent, released)."""
+        found = released = 0
+        for followup in self.store.unfinished_followups():
+            adapter = self.adapters.get(followup.thread.channel.platform)
+            message_id = None
+            if adapter is not None and followup.claimed_at is not None:
+                try:
+                    message_id = await adapter.find_in_thread(followup.thread, reply_for(followup),
+                                                              followup.claimed_at)
+                except Exception:
+                    log.exception("looking for the %s follow-up of %s in %s failed; it will be sent again",
+                                  followup.kind, followup.paper_id, followup.thread.channel)
+            if message_id:
+                self.store.mark_followup_sent(followup.id, message_id, self.clock())
+                found += 1
+            else:
+                self.store.release_followup(followup.id)
+                released += 1
+        if found or released:
+            log.warning("recovered from an interrupted run: %d follow-ups had gone out, %d will be sent",
+                        found, released)
+        return found, released

@@ -32,6 +32,8 @@ class Paper:
     ai_summary: str | None = None
     organization: str | None = None  # Hugging Face organization, "Full Name (name)"
     is_update: bool = False  # arXiv "replace" announcement: an old paper revised
+    comments: int | None = None  # Hugging Face comment count (numComments), None when unknown
+    version: int | None = None  # the arXiv version listed (the N of vN), None when the source does not say
 
     @property
     def abs_url(self) -> str:
@@ -189,6 +191,13 @@ class Card:
     source: str = ""
     subscriptions: tuple[SubscriptionRef, ...] = ()  # the subscriptions it answers
     categories: tuple[str, ...] = ()
+    organization: str | None = None  # Hugging Face organization, as a label
+    listed_on: date | None = None  # the day of the listing it came from
+    comments: int | None = None  # Hugging Face comments
+    body_label: str = ""  # what `body` is when it is not the abstract: "AI summary"
+    snippet: str | None = None  # the abstract's words around the matched terms the card does not show
+    project_page: str | None = None  # also among `links`; Slack shows it in the facts line
+    mentions: tuple[str, ...] = ()  # user ids of the people who subscribed with --me: the only ones pinged
 
 
 DIGEST_MODES = ("instant", "daily", "weekly")
@@ -229,6 +238,8 @@ class Digest:
     title: str
     cards: tuple[Card, ...]
     note: str = ""  # shown after the papers: how many more matched than it lists
+    order: str = ""  # one line under the title: how the papers are ordered
+    mentions: tuple[str, ...] = ()  # user ids of the --me subscribers of its papers: the only ones pinged
 
 
 @dataclass(frozen=True)
@@ -262,7 +273,8 @@ class DueChannel:
 
 @dataclass(frozen=True)
 class BurstPlan:
-    """What of a channel's burst is due now, oldest first: its cards, and its digest's papers."""
+    """What of a channel's burst is due now, best first (most upvoted, strongest match,
+    newest): its cards, and its digest's papers."""
 
     cards: list[Delivery]
     digest: list[Delivery]
@@ -295,6 +307,7 @@ class PaperSnapshot:
     upvotes: int | None
     organization: str | None
     first_seen: datetime
+    categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -317,6 +330,44 @@ class PaperMatches:
 
     paper_id: str
     matches: tuple[Match, ...]
+
+
+@dataclass(frozen=True)
+class ThreadRef:
+    """A message the bot posted, as a thread to reply in: Slack's ts, Discord's message id."""
+
+    channel: ChannelRef
+    message_id: str
+
+
+@dataclass(frozen=True)
+class ThreadReply:
+    """A short reply in a thread: plain `text` (the adapter escapes it) and an optional link.
+
+    `key` names it among the bot's own replies in that thread (`Adapter.find_in_thread`),
+    the same for every attempt: after a crash mid-send it tells one that went out."""
+
+    key: str
+    text: str
+    link: Link | None = None
+
+
+FOLLOWUP_KINDS = ("code", "version", "upvotes")
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """One follow-up outbox row: news about a paper (code, a new arXiv version, an upvote
+    threshold crossed), owed as one reply in the thread of the card that posted it."""
+
+    id: int
+    paper_id: str
+    thread: ThreadRef
+    kind: str  # FOLLOWUP_KINDS
+    value: int = 0  # the version (version), the threshold (upvotes); 0 for code
+    url: str | None = None  # the code's address (code)
+    attempts: int = 0
+    claimed_at: datetime | None = None  # when its last send began (None if never claimed)
 
 
 @dataclass(frozen=True)
@@ -361,6 +412,9 @@ class CommandRequest:
     args: Mapping[str, ArgValue] = field(default_factory=dict)
     can_manage: bool = True  # set by the adapter from platform permissions
     text: str = ""  # the line as typed, from text front-ends: for the length limit and logs only
+    # A subscribe form's preview as its query is typed (Slack's modal): not counted against
+    # commands_per_minute (the adapter runs at most one at a time per user); `preview` only.
+    live_preview: bool = False
 
 
 @dataclass(frozen=True)
@@ -370,3 +424,93 @@ class Reply:
     ephemeral: bool = True
     ok: bool = True
     queued: int = 0  # deliveries the command put in the outbox (e.g. --backfill): send them now
+    form: SubscribeForm | None = None  # a subscribe form to show where the platform has forms (see SubscribeForm)
+    actions: tuple[Action, ...] = ()  # buttons under the reply, each running a command for whoever presses it
+
+
+@dataclass(frozen=True)
+class QueryPreview:
+    """What a query typed into the subscribe form would have matched: its parse error, or
+    the query as understood, the estimate sentence and the newest matches. Texts are plain
+    (the renderers escape them); `query` is as typed, bounded."""
+
+    query: str
+    normalized: str = ""  # "" when it does not parse
+    error: str | None = None  # why it does not parse, e.g. "unclosed quote at column 11"
+    estimate: str = ""  # "In the last 30 days it would have matched 12 of 2,000 stored papers."
+    examples: tuple[Card, ...] = ()  # the newest matching papers
+
+
+@dataclass(frozen=True)
+class SubscribeForm:
+    """The subscribe form (Slack modal, Discord modal): its words come from handlers, the
+    platforms render it. A reply carries one when `subscribe` was given no query (open
+    it: `ok` is False, `text` says what was missing for platforms without forms) and from
+    `preview` (its `preview` filled in, to update or confirm the form)."""
+
+    channel: ChannelRef  # where submitting subscribes
+    title: str  # at most 24 characters (Slack's limit for a modal title)
+    label: str  # the query field's label
+    placeholder: str
+    hint: str  # a short reminder of the query syntax
+    submit: str  # the submit button
+    max_length: int  # of the query
+    waiting: str  # what the preview says before a query is typed
+    query: str = ""  # the query typed so far
+    preview: QueryPreview | None = None
+
+
+# ---- people and feedback ----------------------------------------------------------------------
+
+FEEDBACK_KINDS = ("save", "not_relevant")
+
+
+@dataclass(frozen=True)
+class Action:
+    """A button that runs one command as whoever presses it (with their rights, rate limit and
+    checks: what comes back from the platform is as untrusted as typed text)."""
+
+    label: str
+    verb: str
+    args: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One press of Save or Not relevant: who, where, which paper, which kind, when.
+    `created` False: that person had already given this feedback on this paper there."""
+
+    user_id: str
+    channel: ChannelRef
+    paper_id: str
+    kind: str  # one of FEEDBACK_KINDS
+    at: datetime
+    created: bool = True
+
+
+@dataclass(frozen=True)
+class SavedPaper:
+    """A paper on a reading list: when it was last saved, and by how many people (in that scope)."""
+
+    paper: Paper
+    saved_at: datetime
+    saves: int = 1
+
+
+@dataclass(frozen=True)
+class ChannelFeedback:
+    """A channel's feedback as paper ids, newest first: what its people saved, and what they
+    marked not relevant (the recommendations read it)."""
+
+    saved: tuple[str, ...] = ()
+    not_relevant: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MostSavedSchedule:
+    """A channel's weekly "most saved" digest: on `day` at `time` in the channel's time zone."""
+
+    channel: ChannelRef
+    day: str = "mon"
+    time: str = "09:00"
+    last_sent_at: datetime | None = None  # the slot last posted (or since when it is on)

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from storage import Store, StoreContract
 
@@ -94,8 +94,12 @@ class Poller:
     WRITES_AHEAD = 4  # transactions of deliveries handed to the writer thread and not yet committed
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
-                 open_store: Callable[[], StoreContract] | None = None):
+                 open_store: Callable[[], StoreContract] | None = None,
+                 complete: Callable[[list[Paper]], Awaitable[list[Paper]]] | None = None):
         self.store = store
+        # Before the worker stores and matches a listing: missing metadata filled in, on the
+        # loop (bot.enrich.CategoryFiller: arXiv categories for Hugging Face papers).
+        self.complete = complete
         self.clock = clock
         self.max_age = timedelta(days=max_age_days)
         self.matcher = IndexedMatcher()
@@ -259,6 +263,8 @@ class Poller:
             return self._succeeded(SourceReport(source.name, True, not_modified=True, recovered_after=recovered))
         papers = self._valid(source.name, listing.papers)
         skipped = len(listing.skipped) + len(listing.papers) - len(papers)
+        if self.complete is not None and papers:
+            papers = await self.complete(papers)
 
         def work(store: StoreContract) -> tuple[int, int, int]:
             # No collection during the poll: it makes hundreds of thousands of objects
@@ -315,7 +321,8 @@ class Poller:
                 if snapshot is None or now - snapshot.first_seen > self.max_age:
                     continue
                 if (listed.upvotes is not None and listed.upvotes != snapshot.upvotes) or (
-                        listed.organization is not None and snapshot.organization is None):
+                        listed.organization is not None and snapshot.organization is None) or (
+                        listed.categories and not snapshot.categories):  # filled in late (bot.enrich)
                     todo.append(UnmatchedPaper(listed, snapshot.first_seen))
             if todo:
                 store.mark_unmatched(todo)

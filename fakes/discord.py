@@ -91,6 +91,9 @@ class FakeDiscord(LocalServer):
                     message = {"id": str((int(time.time() * 1000) - 1420070400000) << 22 | fake.next_id % 4096),
                                "channel_id": channel, "content": body.get("content") or "", "nonce": nonce,
                                "author": {"id": "42"}, "embeds": body.get("embeds") or []}
+                    if body.get("message_reference"):  # a reply: Discord returns its reference
+                        message["message_reference"] = body["message_reference"]
+                        message["type"] = 19
                     fake.messages.setdefault(channel, []).append(message)
                     if nonce:
                         fake.nonces[nonce] = message
@@ -106,6 +109,11 @@ class FakeDiscord(LocalServer):
                 pass
 
         self.serve(Handler)
+
+    def replies(self, channel: str, message_id: str) -> list[dict]:
+        """The messages created in `channel` as replies to message `message_id`, in order."""
+        return [m for m in self.messages.get(channel, [])
+                if str((m.get("message_reference") or {}).get("message_id")) == message_id]
 
     def script(self, channel: str, *answers: tuple[int, dict, dict]) -> None:
         self.scripts[channel] = list(answers)

@@ -4,7 +4,8 @@ The gateway speaks just enough of Discord's protocol (v10, JSON, uncompressed fr
 discord.py's Client: op 10 HELLO, op 2 IDENTIFY (a wrong token is closed with 4004
 "Authentication failed", as Discord does), op 1 / op 11 heartbeats, op 6 RESUME, and the
 dispatches READY and INTERACTION_CREATE. `interact("list")` sends a `/papers list`
-application command to every identified session.
+application command to every identified session; `submit_modal` submits the last modal the
+bot opened (MODAL_SUBMIT), `click` presses a button on a message the bot sent.
 
 REST: login (GET /users/@me, 401 for a wrong token), application info, GET /gateway/bot
 (naming this fake's own gateway), command sync, interaction callbacks, webhook follow-ups
@@ -67,7 +68,7 @@ class FakeDiscordGateway:
         self.identify_close = identify_close  # e.g. 4014: close every IDENTIFY with this code
         self.requests: list[tuple[str, str]] = []  # (method, path with query), every REST request
         self.callbacks: list[dict] = []  # interaction callbacks: {"id", "token", "body"}
-        self.followups: list[dict] = []  # {"method", "token", "body"}: follow-ups and edits of @original
+        self.followups: list[dict] = []  # {"method", "token", "body", "message"}: follow-ups and edits of @original
         self.posts: list[tuple[str, dict]] = []  # channel id, body: messages the bot sent
         self.synced: list[list[dict]] = []  # application command syncs
         self.connections: list[str] = []  # the query string of each gateway connection
@@ -105,28 +106,89 @@ class FakeDiscordGateway:
 
     # ---- driving it from a test ------------------------------------------------------------
 
-    def interact(self, subcommand: str, options: dict | None = None, *, permissions: int = 1 << 4) -> str:
+    def interact(self, subcommand: str, options: dict | None = None, *, permissions: int = 1 << 4,
+                 dm: str | None = None, user_id: str = USER_ID) -> str:
         """Send `/papers <subcommand>` to every identified session; returns the interaction token.
 
-        `permissions` is the member's permission bits (16 = Manage Channels).
+        `permissions` is the member's permission bits (16 = Manage Channels); `dm`, a direct
+        message channel id: sent there, by `user_id`, outside any server.
         """
+        return self._interact(2, {"id": "9001", "name": "papers", "type": 1, "guild_id": GUILD_ID,
+                                  "options": [{"name": subcommand, "type": 1,
+                                               "options": [{"name": k, "type": 5 if isinstance(v, bool) else 3,
+                                                            "value": v}
+                                                           for k, v in (options or {}).items()]}]},
+                              permissions=permissions, user_id=user_id, dm=dm)
+
+    def submit_modal(self, values: dict[str, str], *, permissions: int = 1 << 4, user_id: str = USER_ID) -> str:
+        """Submit the last modal the bot opened (an interaction callback of type 9, MODAL), as
+        Discord sends it: INTERACTION_CREATE type 5 (MODAL_SUBMIT) with the modal's custom_id and
+        its components, each text input's value taken from `values` by its label (else empty)."""
+        (modal,) = [c["body"]["data"] for c in self.callbacks if c["body"].get("type") == 9][-1:]
+
+        def filled(component: dict) -> dict:
+            if component.get("type") == 1:
+                return {"type": 1, "components": [filled(c) for c in component.get("components", [])]}
+            if component.get("type") == 18:
+                return {"type": 18, "component": filled(component["component"])}
+            label = component.get("label") or ""
+            return {"type": component["type"], "custom_id": component["custom_id"], "value": values.get(label, "")}
+
+        return self._interact(5, {"custom_id": modal["custom_id"],
+                                  "components": [filled(c) for c in modal.get("components", [])]},
+                              permissions=permissions, user_id=user_id)
+
+    def click(self, message: dict, label: str, *, permissions: int = 1 << 4, user_id: str = USER_ID) -> str:
+        """Click the button labelled `label` on a message the bot sent (INTERACTION_CREATE type 3,
+        MESSAGE_COMPONENT, with the message, as Discord sends it)."""
+        buttons = [b for row in message.get("components") or [] for b in row.get("components", [])]
+        (button,) = [b for b in buttons if b.get("label") == label]
+        return self._interact(3, {"custom_id": button["custom_id"], "component_type": 2},
+                              permissions=permissions, user_id=user_id, message=message)
+
+    def press(self, custom_id: str, *, channel_id: str = CHANNEL_ID, permissions: int = 1 << 4,
+              dm: str | None = None, user_id: str = USER_ID) -> str:
+        """Press a button by its custom_id on one of the bot's messages in `channel_id` (or the
+        direct message `dm`): a component interaction. Returns the interaction token."""
+        channel = dm or channel_id
+        return self._interact(3, {"custom_id": custom_id, "component_type": 2}, permissions=permissions,
+                              user_id=user_id, dm=dm, channel_id=channel,
+                              message=_message(channel, {"content": ""}, _user(BOT_ID, "papers", bot=True)))
+
+    def _interact(self, kind: int, data: dict, *, permissions: int, user_id: str = USER_ID,
+                  message: dict | None = None, dm: str | None = None, channel_id: str = CHANNEL_ID) -> str:
         interaction_token = f"itoken-{next(_ids)}"
-        data = {
-            "id": snowflake(), "application_id": APP_ID, "type": 2, "token": interaction_token, "version": 1,
-            "guild_id": GUILD_ID, "channel_id": CHANNEL_ID,
-            "channel": {"id": CHANNEL_ID, "type": 0, "guild_id": GUILD_ID, "name": "papers", "position": 0,
+        payload: dict = {
+            "id": snowflake(), "application_id": APP_ID, "type": kind, "token": interaction_token, "version": 1,
+            "guild_id": GUILD_ID, "channel_id": channel_id,
+            "channel": {"id": channel_id, "type": 0, "guild_id": GUILD_ID, "name": "papers", "position": 0,
                         "permission_overwrites": [], "nsfw": False, "parent_id": None},
-            "member": {"user": _user(USER_ID, "ada"), "roles": [], "joined_at": "2026-01-01T00:00:00+00:00",
+            "member": {"user": _user(user_id, "ada"), "roles": [], "joined_at": "2026-01-01T00:00:00+00:00",
                        "deaf": False, "mute": False, "flags": 0, "permissions": str(permissions)},
             "app_permissions": str(1 << 11), "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
             "authorizing_integration_owners": {"0": GUILD_ID}, "context": 0, "attachment_size_limit": 8388608,
-            "data": {"id": "9001", "name": "papers", "type": 1, "guild_id": GUILD_ID,
-                     "options": [{"name": subcommand, "type": 1,
-                                  "options": [{"name": k, "type": 3, "value": v}
-                                              for k, v in (options or {}).items()]}]},
+            "data": data,
         }
-        asyncio.run_coroutine_threadsafe(self._dispatch_all("INTERACTION_CREATE", data), self._loop).result(5)
+        if message is not None:
+            payload["message"] = message
+        self._send_interaction(self._placed(payload, dm, user_id))
         return interaction_token
+
+    @staticmethod
+    def _placed(data: dict, dm: str | None, user_id: str) -> dict:
+        """The interaction as Discord sends it from a server channel, or from a direct message (`dm`)."""
+        data["member"]["user"] = _user(user_id, "ada")
+        if dm is None:
+            return data
+        for key in ("guild_id", "member", "guild_locale"):
+            data.pop(key, None)
+        (data.get("data") or {}).pop("guild_id", None)
+        data.update(channel_id=dm, user=_user(user_id, "ada"), context=1, authorizing_integration_owners={"1": user_id},
+                    channel={"id": dm, "type": 1, "recipients": [_user(user_id, "ada")], "last_message_id": None})
+        return data
+
+    def _send_interaction(self, data: dict) -> None:
+        asyncio.run_coroutine_threadsafe(self._dispatch_all("INTERACTION_CREATE", data), self._loop).result(5)
 
     def reconnect(self) -> None:
         """Ask every session to reconnect and resume (op 7 RECONNECT), as Discord does now and then."""
@@ -243,8 +305,10 @@ class FakeDiscordGateway:
 
     async def _followup(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.followups.append({"method": request.method, "token": request.match_info["token"], "body": body})
-        return _json(_message(CHANNEL_ID, body, _user(BOT_ID, "papers", bot=True)))
+        message = _message(CHANNEL_ID, body, _user(BOT_ID, "papers", bot=True))
+        self.followups.append({"method": request.method, "token": request.match_info["token"], "body": body,
+                               "message": message})
+        return _json(message)
 
     async def _post_message(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -15,6 +15,7 @@ class FakeSlack(LocalServer):
 
     `POST /api/<method>` answers `{"ok": true, ...}`; `script(method, (status, body, headers), ...)`
     queues other answers. Every call is recorded as (method, parsed body, headers).
+    views.open / views.update keep the modals (`views`) with their ids and hashes.
     """
 
     def __init__(self):
@@ -29,6 +30,9 @@ class FakeSlack(LocalServer):
         self.rate_limited = 0
         self.lock = threading.Lock()
         self.ts = 1000
+        self.views: dict[str, dict] = {}  # view id -> the view as last opened or updated, with its id and hash
+        self.view_counter = 0
+        self.home_views: dict[str, dict] = {}  # user id -> the App Home view views.publish last set
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,13 +85,56 @@ class FakeSlack(LocalServer):
             self.ts += 1
             ts = f"{time.time():.6f}" if self.real_ts else f"{self.ts}.000100"
             self.messages.setdefault(body.get("channel"), []).append({"ts": ts, "text": body.get("text"),
-                                                                      "metadata": body.get("metadata")})
+                                                                      "metadata": body.get("metadata"),
+                                                                      "thread_ts": body.get("thread_ts")})
             return 200, {"ok": True, "channel": body.get("channel"), "ts": ts}, {}
+        if method in ("views.open", "views.update"):
+            return self._view(method, body)
+        if method == "views.publish":
+            view = body.get("view")
+            view = json.loads(view) if isinstance(view, str) else view
+            if not body.get("user_id") or not isinstance(view, dict) or view.get("type") != "home":
+                return 200, {"ok": False, "error": "invalid_arguments"}, {}
+            self.home_views[body["user_id"]] = view
+            return 200, {"ok": True, "view": {"id": "V1", "type": "home", "blocks": view.get("blocks", [])}}, {}
         if method == "conversations.history":
             oldest = float(body.get("oldest") or 0)
             found = [m for m in reversed(self.messages.get(body.get("channel"), [])) if float(m["ts"]) >= oldest]
             return 200, {"ok": True, "messages": found, "has_more": False}, {}
+        if method == "conversations.replies":  # the thread's parent, then its replies since `oldest`
+            oldest = float(body.get("oldest") or 0)
+            thread = [m for m in self.messages.get(body.get("channel"), [])
+                      if m["ts"] == body.get("ts") or m.get("thread_ts") == body.get("ts") and float(m["ts"]) >= oldest]
+            return 200, {"ok": True, "messages": thread, "has_more": False}, {}
         return 200, {"ok": True}, {}
+
+    def _view(self, method: str, body: dict) -> tuple[int, dict, dict]:
+        """views.open needs a trigger_id; views.update a known view_id and, when given, its
+        current hash (else hash_conflict), as Slack checks. Each change gives a new hash."""
+        view = body.get("view")
+        view = json.loads(view) if isinstance(view, str) else view
+        if not isinstance(view, dict) or view.get("type") != "modal":
+            return 200, {"ok": False, "error": "invalid_arguments"}, {}
+        with self.lock:
+            self.view_counter += 1
+            if method == "views.open":
+                if not body.get("trigger_id"):
+                    return 200, {"ok": False, "error": "invalid_trigger_id"}, {}
+                view_id = f"V{self.view_counter:04d}"
+            else:
+                view_id = body.get("view_id") or ""
+                current = self.views.get(view_id)
+                if current is None:
+                    return 200, {"ok": False, "error": "not_found"}, {}
+                if body.get("hash") and body["hash"] != current["hash"]:
+                    return 200, {"ok": False, "error": "hash_conflict"}, {}
+            stored = {**view, "id": view_id, "hash": f"{self.view_counter}.hash", "state": {"values": {}}}
+            self.views[view_id] = stored
+        return 200, {"ok": True, "view": stored}, {}
+
+    def thread_replies(self, channel: str, ts: str) -> list[dict]:
+        """The replies posted in the thread of message `ts` (chat.postMessage with its thread_ts), in order."""
+        return [m for m in self.messages.get(channel, []) if m.get("thread_ts") == ts]
 
     def script(self, method: str, *answers: tuple[int, dict, dict]) -> None:
         self.scripts[method] = list(answers)

@@ -54,7 +54,7 @@ class Context:
             self.limiter = RateLimiter(self.config.commands_per_minute, self.clock, self.store)
 
 
-Kind = Literal["text", "word", "int"]
+Kind = Literal["text", "word", "int", "flag"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,10 @@ class Param:
     """One declared argument of a command: what Discord offers as an option, what text maps to.
 
     kind: "text" is free text, "word" one word (or, last, the rest of the line), "int" a whole
-    number within minimum..maximum. `choices` are offered by Discord; the handler still checks
-    text. `option`: in text it is `--name value`, anywhere. `missing`: the reply when a
-    required value is absent (None: the handler explains it). `complete`: the completion
-    source (see handlers.complete) a platform may offer while typing.
+    number within minimum..maximum, "flag" an option without a value (`--me`). `choices` are
+    offered by Discord; the handler still checks text. `option`: in text it is `--name value`,
+    anywhere. `missing`: the reply when a required value is absent (None: the handler explains
+    it). `complete`: the completion source (see handlers.complete) a platform may offer while typing.
     """
 
     name: str
@@ -99,6 +99,10 @@ class Args:
         value = self._values.get(name)
         return value if isinstance(value, int) else None
 
+    def flag(self, name: str) -> bool:
+        """True when the flag (`--me`) was given."""
+        return name in self._values
+
     def __contains__(self, name: object) -> bool:
         return name in self._values
 
@@ -113,6 +117,7 @@ class Command:
     manage: bool  # changes the channel: needs the "manage" right
     func: Handler
     params: tuple[Param, ...] = ()
+    open_with: str | None = None  # a flag (`--me`) that lets anyone run it: the command then checks itself
 
     @property
     def summary(self) -> str:
@@ -133,13 +138,16 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, usage: str, *params: Param, manage: bool = False) -> Callable[[Handler], Handler]:
+def command(name: str, usage: str, *params: Param, manage: bool = False,
+            open_with: str | None = None) -> Callable[[Handler], Handler]:
     def register(func: Handler) -> Handler:
         if not inspect.getdoc(func):
             raise TypeError(f"command {name!r} needs a docstring: it is the user's help")
         if len({p.name for p in params}) != len(params):
             raise TypeError(f"command {name!r} declares a parameter twice")
-        COMMANDS[name] = Command(name, usage, manage, func, params)
+        if open_with is not None and not any(p.name == open_with and p.kind == "flag" for p in params):
+            raise TypeError(f"command {name!r}: open_with must name one of its flags")
+        COMMANDS[name] = Command(name, usage, manage, func, params, open_with)
         return func
 
     return register
@@ -190,7 +198,9 @@ async def _handle(ctx: Context, request: CommandRequest) -> Reply:
         return error(f"That command is {size} characters long; the limit is {MAX_COMMAND_CHARS}.")
     limiter = ctx.limiter
     assert limiter is not None  # set by Context.__post_init__
-    wait = limiter.wait_seconds(request.user_id)
+    # A form's live preview is not a command typed: the adapter sends at most one at a time per user.
+    live = request.live_preview and request.verb == "preview"
+    wait = 0 if live else limiter.wait_seconds(request.user_id)
     if wait:
         return error(
             f"You are sending commands too fast: the limit is {limiter.limit} a minute. "
@@ -199,7 +209,7 @@ async def _handle(ctx: Context, request: CommandRequest) -> Reply:
     cmd = COMMANDS.get(request.verb)
     if cmd is None:
         return error(f"Unknown command `{shown(request.verb, 30)}`. Try `/papers help`.")
-    if cmd.manage and not request.can_manage:
+    if cmd.manage and not request.can_manage and not _flagged(request, cmd.open_with):
         return error(f"You need the right to manage this channel to use `{cmd.name}`.")
     args = checked(cmd, request.args)
     if isinstance(args, Reply):
@@ -216,6 +226,10 @@ def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
             return error(f"`{cmd.name}` has no option `--{shown(name, 20)}`.", cmd)
     for param in cmd.params:
         value = given.get(param.name)
+        if param.kind == "flag":
+            if value is not None and value is not False and str(value).strip().lower() in _YES:
+                values[param.name] = 1
+            continue
         if value is not None and param.kind != "int":
             value = str(value).strip() or None  # a number where text is expected (`unsubscribe 3`) is fine
         if value is None:
@@ -232,6 +246,15 @@ def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
             value = number
         values[param.name] = value
     return Args(values)
+
+
+_YES = ("", "1", "yes", "true", "on")  # a flag's value: typed `--me` is "", Discord's a boolean
+
+
+def _flagged(request: CommandRequest, flag: str | None) -> bool:
+    """The request gives this flag (what `checked` will make of it)."""
+    value = request.args.get(flag) if flag else None
+    return value is not None and value is not False and str(value).strip().lower() in _YES
 
 
 def _number(value: ArgValue) -> int | None:
@@ -266,6 +289,12 @@ def parse_text(text: str) -> tuple[str, dict[str, str]]:
         return verb, {}
     values: dict[str, str] = {}
     for param in cmd.params:
+        if param.kind == "flag":  # `--me`: no value
+            flag = re.compile(rf"(?:^|\s)--{re.escape(param.name)}(?=\s|$)")
+            if flag.search(rest):
+                values[param.name] = ""
+                rest = flag.sub(" ", rest).strip()
+            continue
         if param.option:  # `--name value` or `--name=value`; given twice, both values (and refused)
             option = re.compile(rf"(?:^|\s)--{re.escape(param.name)}(?:(?:=|\s+)(\S+)|\s*$)")
             while found := option.search(rest):

@@ -30,7 +30,8 @@ def digest(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Choose instant cards (off) or one digest message a day or a week, at a local time.
 
     Times are in the channel's time zone (see `timezone`). Everything matched since the
-    previous digest goes into the next one.
+    previous digest goes into the next one, best first: most upvoted, then the best match,
+    then the newest (20 at most, the rest counted).
     Example: `/papers digest daily 09:00` or `/papers digest weekly mon 09:00`.
     """
     mode, day_text, time_text = args.text("mode").lower(), args.text("day"), args.text("time")
@@ -99,7 +100,7 @@ def resume(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         return Reply("This channel is not paused.")
     waiting = ctx.store.count_pending(req.channel)
     instant = settings.mode == "instant"
-    # A burst's limit (bot.dispatch): the oldest as cards, then one digest that counts the rest.
+    # A burst's limit (bot.dispatch): the best as cards (most upvoted first), then one digest that counts the rest.
     cards = ctx.config.delivery.cards_per_cycle if instant else 0
     room = cards + DIGEST_MAX
     how = "now" if instant else "in the next digest"
@@ -107,7 +108,8 @@ def resume(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         text = f"Resumed. {plural(waiting, 'paper')} matched while paused will be posted {how}."
     else:
         parts = f"{cards} as cards and {DIGEST_MAX} in a digest" if instant else f"{DIGEST_MAX} of them"
-        text = (f"Resumed. {plural(waiting, 'paper')} matched while paused: the oldest {parts} will be posted {how}; "
+        text = (f"Resumed. {plural(waiting, 'paper')} matched while paused: the best {parts} "
+                f"(most upvoted first) will be posted {how}; "
                 f"the digest counts the other {waiting - room:,}. Narrow busy subscriptions with `/papers mute`.")
     return Reply(text, queued=waiting if instant else 0)
 

@@ -7,10 +7,11 @@ import logging
 from dataclasses import replace
 from datetime import timedelta
 
+from bot.cards import card_for
 from bot.errors import QueryError
 from bot.matching import PaperView, evaluate
-from bot.models import CommandRequest, Match, Paper, Reply
-from bot.query import parse_query, render
+from bot.models import ChannelRef, CommandRequest, Match, Paper, QueryPreview, Reply, SubscribeForm
+from bot.query import MAX_QUERY_CHARS, parse_query, render
 from bot.text import plural
 
 from .base import Args, Context, Param, command, error, shown
@@ -73,16 +74,50 @@ def _has_text_terms(node: tuple) -> bool:
 
 
 def _estimate(matched: list[tuple[Paper, list[str]]], count: int, scanned: int) -> str:
+    text = _estimate_sentence(count, scanned)
+    if not matched or scanned == 0:
+        return text
+    examples = "\n".join(f"• {p.title[:150]} (arXiv:{p.id})" for p, _ in matched[:EXAMPLES])
+    return f"{text[:-1]}, for example:\n{examples}"
+
+
+def _estimate_sentence(count: int, scanned: int) -> str:
     if scanned == 0:
         return f"No papers were stored in the last {ESTIMATE_DAYS} days to estimate from yet."
-    text = f"In the last {ESTIMATE_DAYS} days it would have matched {count:,} of {plural(scanned, 'stored paper')}"
-    if not matched:
-        return text + "."
-    examples = "\n".join(f"• {p.title[:150]} (arXiv:{p.id})" for p, _ in matched[:EXAMPLES])
-    return f"{text}, for example:\n{examples}"
+    return f"In the last {ESTIMATE_DAYS} days it would have matched {count:,} of {plural(scanned, 'stored paper')}."
+
+
+def subscribe_form(channel: ChannelRef, query: str = "", preview: QueryPreview | None = None) -> SubscribeForm:
+    """The subscribe form's words (platforms render them: a Slack or Discord modal)."""
+    return SubscribeForm(
+        channel=channel, title="Subscribe to papers", label="Query",
+        placeholder='e.g. "diffusion model" -video upvotes>=10',
+        hint='Words match title or abstract. "a phrase", prefix*, a OR b, -exclude, ( ), title:, author:"...", '
+             "cat:cs.CL, org:, upvotes>=N, source:arxiv. New matching papers are posted in this channel.",
+        submit="Subscribe", max_length=MAX_QUERY_CHARS,
+        waiting=f"Type a query: what it would have matched in the last {ESTIMATE_DAYS} days shows here.",
+        query=query[:MAX_QUERY_CHARS], preview=preview)
 
 
 _MUTE_MISSING = "Give a subscription number from `/papers list` and a term."
+ME = Param("me", "mention me on its cards", "flag", option=True)
+OWN_SHOWN = 50
+
+
+def own_subscriptions(ctx: Context, req: CommandRequest) -> Reply:
+    """The caller's subscriptions on this platform: created by them or followed with --me."""
+    subs = ctx.store.own_subscriptions(req.channel.platform, req.user_id, OWN_SHOWN + 1)
+    if not subs:
+        return Reply("You have no subscriptions. `/papers subscribe --me <query>` in a channel, or "
+                     "`/papers subscribe <query>` in a direct message with the bot.")
+    mentioned = {s.id for s in subs if req.user_id in ctx.store.subscribers([s.id])}
+    lines = [f"Your subscriptions ({len(subs) if len(subs) <= OWN_SHOWN else f'more than {OWN_SHOWN}'}):"]
+    for sub in subs[:OWN_SHOWN]:
+        where = "here" if sub.channel == req.channel else f"in {sub.channel.key}"
+        note = " · mentions you" if sub.id in mentioned else ""
+        lines.append(f"#{sub.id} `{sub.query}` · {where}{note} · {sub.delivered} posted")
+    return Reply("\n".join(lines))
+
 
 
 def _parse(text: str, name: str) -> tuple | Reply:
@@ -92,11 +127,13 @@ def _parse(text: str, name: str) -> tuple | Reply:
         return error(f"Cannot {name}: {exc}.", name)
 
 
-@command("subscribe", "subscribe <query> [--backfill N]",
-         Param("query", 'e.g. diffusion, "large language model" -video, author:"Yann LeCun"', "text", required=True),
+@command("subscribe", "subscribe <query> [--backfill N] [--me]",
+         Param("query", 'e.g. diffusion, "large language model" -video, author:"Yann LeCun"; none: a form',
+               "text"),
          Param("backfill", f"also post this many recent matches now (1-{MAX_BACKFILL})", "int", option=True,
                minimum=1, maximum=MAX_BACKFILL),
-         manage=True)
+         ME,
+         manage=True, open_with="me")
 async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Post new papers that match a query to this channel.
 
@@ -106,24 +143,40 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     `-a` (exclude), `( )`, `title:x`, `abstract:x`, `author:"Yann LeCun"`, `cat:cs.CL`,
     `org:google`, `upvotes>=20`, `source:huggingface` or `source:arxiv`.
     Only papers that arrive after you subscribe are posted; `--backfill N` also posts
-    the N most recent stored matches now (at most 20).
+    the N most recent stored matches now (at most 20). With `--me` its cards mention you
+    (only the people who subscribed with --me are ever mentioned); in a direct message
+    with the bot, subscriptions make your personal feed there.
     Example: `/papers subscribe "diffusion model" -video upvotes>=10`.
+    Without a query, Slack and Discord open a form whose preview shows what the query
+    would have matched before you subscribe.
     """
     backfill = args.number("backfill") or 0
     node = _parse(args.text("query"), "subscribe")
     if isinstance(node, Reply):
+        if not args.text("query"):  # nothing typed: where the platform has forms, the form asks for it
+            return replace(node, form=subscribe_form(req.channel))
         return node
     query = render(node)
+    if not req.can_manage:  # only `--me` gets here without the right: joining what the channel has
+        existing = next((s for s in ctx.store.subscriptions(req.channel) if s.query == query), None)
+        if existing is None or backfill:
+            return error("You need the right to manage this channel to add a subscription or backfill; "
+                         "with `--me` you can join one it has (see `/papers list`).", "subscribe")
+        mentioned = ctx.store.add_subscriber(existing.id, req.user_id, ctx.clock())
+        return Reply(f"#{existing.id} `{existing.query}`: its cards {'now' if mentioned else 'already'} mention you.")
     limit = ctx.config.max_subscriptions_per_channel
     subscribed = ctx.store.add_subscription(req.channel, query, req.user_id, ctx.clock(), limit=limit)
     sub = subscribed.subscription
     if sub is None:
         return error(f"This channel already has {plural(limit, 'subscription')}, the limit. "
                      "Remove one with `unsubscribe <id>`.")
+    mentioned = args.flag("me") and ctx.store.add_subscriber(sub.id, req.user_id, ctx.clock())
     if subscribed.created:
         head = f"Subscribed this channel to `{sub.query}` (#{sub.id}). Matching new papers will be posted here."
     else:
         head = f"This channel is already subscribed to `{sub.query}` (#{sub.id})."
+    if args.flag("me"):
+        head += " Its cards mention you." if mentioned else " Its cards already mention you."
     matched, count, scanned = await _history(ctx, node, max(EXAMPLES, backfill))
     text = f"{head}\n{_estimate(matched, count, scanned)}"
     queued = 0
@@ -143,24 +196,35 @@ async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
 
     Example: `/papers preview "world model" robot*`.
     """
-    node = _parse(args.text("query"), "preview")
-    if isinstance(node, Reply):
-        return node
+    typed = args.text("query")
+    node = _parse(typed, "preview")
+    if isinstance(node, Reply):  # the form shows the reason without the usage line
+        reason = node.text.split("\n", 1)[0].removeprefix("Cannot preview: ").rstrip(".")
+        return replace(node, form=subscribe_form(req.channel, typed, QueryPreview(typed[:MAX_QUERY_CHARS],
+                                                                                  error=reason)))
     matched, count, scanned = await _history(ctx, node, EXAMPLES)
-    return Reply(f"`{render(node)}`: {_estimate(matched, count, scanned)}")
+    preview = QueryPreview(typed[:MAX_QUERY_CHARS], normalized=render(node),
+                           estimate=_estimate_sentence(count, scanned),
+                           examples=tuple(card_for(paper) for paper, _ in matched[:EXAMPLES]))
+    text = f"`{render(node)}`: {_estimate(matched, count, scanned)}"
+    return Reply(text, form=subscribe_form(req.channel, typed, preview))
 
 
-@command("unsubscribe", "unsubscribe <id or all>",
+@command("unsubscribe", "unsubscribe <id or all> [--me]",
          Param("subscription", "its number from list, or all", required=True, complete="subscriptions or all",
                missing="Which subscription? Give its number from `/papers list`, or `all`."),
-         manage=True)
+         Param("me", "only stop mentioning me (anyone may)", "flag", option=True),
+         manage=True, open_with="me")
 def unsubscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Stop a subscription of this channel by its number from `list`, or all of them.
 
-    Example: `/papers unsubscribe 3` or `/papers unsubscribe all`.
+    With `--me` the subscriptions stay and only stop mentioning you (no right needed).
+    Example: `/papers unsubscribe 3` or `/papers unsubscribe all` or `/papers unsubscribe 3 --me`.
     """
     given = args.text("subscription")
     raw = given.removeprefix("#").strip()
+    if args.flag("me"):
+        return _unmention(ctx, req, raw, given)
     if raw.lower() == "all":
         removed = ctx.store.remove_all_subscriptions(req.channel)
         if not removed:
@@ -174,6 +238,22 @@ def unsubscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     if gone is None:
         return error(f"This channel has no subscription #{int(raw)}. See `/papers list`.", "unsubscribe")
     return Reply(f"Unsubscribed #{gone.id} `{gone.query}`. Papers already posted stay where they are.")
+
+
+def _unmention(ctx: Context, req: CommandRequest, raw: str, given: str) -> Reply:
+    subs = ctx.store.subscriptions(req.channel)
+    if raw.lower() != "all":
+        if not raw.isdecimal() or len(raw) > 12:
+            return error(f"`{shown(given, 30)}` is not a subscription number.", "unsubscribe")
+        subs = [s for s in subs if s.id == int(raw)]
+        if not subs:
+            return error(f"This channel has no subscription #{int(raw)}. See `/papers list`.", "unsubscribe")
+    gone = [s for s in subs if ctx.store.remove_subscriber(s.id, req.user_id)]
+    if not gone:
+        return Reply("No subscription of this channel mentioned you there." if raw.lower() == "all"
+                     else f"#{subs[0].id} `{subs[0].query}` did not mention you.")
+    return Reply("Stopped mentioning you on " + ", ".join(f"#{s.id} `{s.query}`" for s in gone[:10])
+                 + (f" and {len(gone) - 10} more" if len(gone) > 10 else "") + ". The subscriptions stay.")
 
 
 @command("mute", "mute <id> <term>",
@@ -215,12 +295,16 @@ def mute(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     return error("That subscription keeps changing; try again.", "mute")
 
 
-@command("list", "list")
+@command("list", "list [--me]", Param("me", "your own subscriptions, in every channel", "flag", option=True))
 def list_subscriptions(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Show this channel's subscriptions, their numbers and how papers are delivered.
 
-    Example: `/papers list`.
+    With `--me`: your own subscriptions in every channel (those you created, or whose cards
+    mention you since `subscribe --me`), your direct-message feed included.
+    Example: `/papers list` or `/papers list --me`.
     """
+    if args.flag("me"):
+        return own_subscriptions(ctx, req)
     settings = ctx.store.channel_settings(req.channel)
     subs = ctx.store.subscriptions(req.channel)
     if not subs:

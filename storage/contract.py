@@ -39,17 +39,22 @@ from typing import Any, Callable, Protocol
 
 from bot.models import (
     BurstPlan,
+    ChannelFeedback,
     ChannelRef,
     ChannelSettings,
     Delivery,
     DueChannel,
+    Feedback,
+    FollowUp,
     Match,
+    MostSavedSchedule,
     OutboxCounts,
     Overflow,
     Paper,
     PaperMatches,
     PaperSnapshot,
     PreviewCandidates,
+    SavedPaper,
     SettingsChange,
     SourceStatus,
     Subscribed,
@@ -96,8 +101,9 @@ class StoreContract(Protocol):
         """Store papers (one transaction); return those no listing had stored before, in input order.
 
         A paper already stored is not duplicated: the fields it lacked are filled in
-        (upvotes, thumbnail, github, project_page, ai_summary, organization; upvotes are
-        refreshed), its title and abstract stay, the source is added to its sources.
+        (upvotes, thumbnail, github, project_page, ai_summary, organization, comments;
+        upvotes and comments are refreshed; categories when it has none), its title and
+        abstract stay, the source is added to its sources.
         `listed=False` stores papers fetched for a lookup: they are not returned as new
         and not searchable as listed, and a later listing of them still returns them as
         new. `now` is their first_seen."""
@@ -105,7 +111,7 @@ class StoreContract(Protocol):
 
     def paper_snapshot(self, paper_ids: list[str]) -> list[PaperSnapshot]:
         """For the listed papers among `paper_ids` that are stored: their upvotes,
-        organization and first_seen, in no particular order. Any number of ids."""
+        organization, first_seen and categories, in no particular order. Any number of ids."""
         ...
 
     def mark_unmatched(self, papers: list[UnmatchedPaper]) -> None:
@@ -284,19 +290,25 @@ class StoreContract(Protocol):
         """Decide, once, how the channel's outstanding deliveries go out; return what is due
         now. One transaction (two processes never plan the same burst twice).
 
-        A burst begins when the channel has no digest outstanding: its oldest `cards`
-        deliveries are cards, the next `digest_max` its one digest (`Delivery.in_digest`),
-        anything further is settled as overflow. Until that digest is sent the burst goes on:
-        what arrives meanwhile joins the digest while it has room, else the overflow, never
-        the cards. While the digest is being sent (claimed), nothing is due and nothing is
-        decided: what arrived waits for the next burst. Decisions are never revisited. The
-        result holds the due (next attempt at or before `now`) pending cards and digest
-        members, each list oldest first, at most `cards + digest_max` in all."""
+        Deliveries are ranked, best first: the paper's Hugging Face upvotes (unknown
+        last), then how strongly the channel's queries matched (distinct matched terms found
+        in the title, then distinct matched terms), then the newest paper (`published`, else
+        `listed_on`), then the oldest delivery. A burst begins when the channel has no digest
+        outstanding and more undecided deliveries than room for cards: the best fill the
+        `cards` (deliveries made cards earlier and not yet sent count against them), the next
+        `digest_max` its one digest (`Delivery.in_digest`), anything further is settled as
+        overflow. Until that digest is sent the burst goes on: what arrives meanwhile joins
+        the digest while it has room (best first), else the overflow, never the cards. While
+        the digest is being sent (claimed), nothing is due and nothing is decided: what
+        arrived waits for the next burst. Decisions are never revisited. The result holds the
+        due (next attempt at or before `now`) pending cards and digest members, each list
+        best first, at most `cards + digest_max` in all. Its cost follows the channel's own
+        outstanding deliveries, never the whole outbox."""
         ...
 
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
-        """Settle all but the channel's `keep` oldest pending deliveries as overflow (a
-        scheduled digest holds `keep` papers and counts the rest)."""
+        """Settle all but the channel's `keep` best pending deliveries (ranked as in
+        `plan_burst`) as overflow (a scheduled digest holds `keep` papers and counts the rest)."""
         ...
 
     def unannounced_overflow(self, channel: ChannelRef) -> Overflow:
@@ -310,7 +322,8 @@ class StoreContract(Protocol):
         ...
 
     def pending_for_channel(self, channel: ChannelRef, limit: int = 1000) -> list[Delivery]:
-        """The channel's pending deliveries, due or not, oldest first, at most `limit`."""
+        """The channel's pending deliveries, due or not, best first (ranked as in
+        `plan_burst`), at most `limit`."""
         ...
 
     def count_pending(self, channel: ChannelRef | None = None) -> int:
@@ -355,6 +368,53 @@ class StoreContract(Protocol):
 
     def delivery_counts(self) -> OutboxCounts:
         """Deliveries by status, of every channel."""
+        ...
+
+    # ---- follow-ups in the thread (storage/followups.py) -------------------------------------
+    # `add_papers` queues them, in its transaction: for a paper stored before, each event
+    # (github unset -> set; a higher arXiv version, when the stored one is known or the
+    # listing is an arXiv replacement; 50, 100, 200 upvotes crossed, the highest crossed in
+    # one step sent and the lower ones settled as superseded) is one row per card that
+    # posted the paper alone, within the last 60 days, in a channel with follow-ups on
+    # (a card still being sent counts). Never two rows for one card and one event.
+
+    def followups_enabled(self, channel: ChannelRef) -> bool:
+        """Whether the channel gets follow-ups; True when it never said."""
+        ...
+
+    def set_followups(self, channel: ChannelRef, enabled: bool, now: datetime) -> bool:
+        """Turn the channel's follow-ups on or off; returns whether they were on before."""
+        ...
+
+    def due_followups(self, now: datetime, limit: int) -> list[FollowUp]:
+        """At most `limit` pending follow-ups due now, oldest first, of channels not paused.
+        Settles as skipped, rather than return, those of a channel that turned follow-ups
+        off and those whose card did not go out alone (failed, sent again, in a digest); one
+        whose card is still being sent waits."""
+        ...
+
+    def claim_followup(self, followup_id: int, now: datetime) -> bool:
+        """pending -> sending (its `claimed_at` = `now`); False if it was not pending (someone else claimed it)."""
+        ...
+
+    def unfinished_followups(self) -> list[FollowUp]:
+        """Follow-ups a crash left in 'sending', oldest first (for the sender lease's holder)."""
+        ...
+
+    def release_followup(self, followup_id: int) -> None:
+        """sending -> pending, the interrupted attempt not counted: nothing says it went out."""
+        ...
+
+    def mark_followup_sent(self, followup_id: int, message_id: str | None, now: datetime) -> None:
+        """It went out: sent, with the reply's message id."""
+        ...
+
+    def reschedule_followup(self, followup_id: int, error: str, retry_at: datetime) -> None:
+        """A failed attempt to try again: back to pending until `retry_at`."""
+        ...
+
+    def give_up_followup(self, followup_id: int, error: str) -> None:
+        """A failed attempt that ends it: failed for good."""
         ...
 
     # ---- channels ---------------------------------------------------------------------------
@@ -419,4 +479,80 @@ class StoreContract(Protocol):
 
     def save_source_validators(self, source: str, validators: Validators) -> None:
         """Keep these validators for the next conditional request to `source`."""
+        ...
+
+    # ---- people: --me subscriptions --------------------------------------------------------
+
+    def add_subscriber(self, subscription_id: int, user_id: str, now: datetime) -> bool:
+        """Mention `user_id` (a platform user id) on the cards of this subscription (`subscribe
+        --me`). False, nothing changed, when they already are or the subscription does not
+        exist. Removing the subscription removes its people."""
+        ...
+
+    def remove_subscriber(self, subscription_id: int, user_id: str) -> bool:
+        """Stop mentioning `user_id` on this subscription's cards; False if they were not."""
+        ...
+
+    def subscribers(self, subscription_ids: list[int]) -> list[str]:
+        """The user ids to mention on a card answering these subscriptions: each once, in the
+        order they subscribed. Only these are ever pinged."""
+        ...
+
+    def own_subscriptions(self, platform: str, user_id: str, limit: int = 100) -> list[Subscription]:
+        """The subscriptions, in channels of `platform`, that `user_id` created or follows with
+        --me (their direct-message feed included), by id, with `delivered` counts; at most `limit`."""
+        ...
+
+    # ---- feedback: Save / Not relevant, reading lists, the "most saved" digest ------------------
+
+    def record_feedback(self, user_id: str, channel: ChannelRef, paper_id: str, kind: str,
+                        now: datetime) -> Feedback:
+        """Record that `user_id` gave feedback `kind` ("save" or "not_relevant") on the stored
+        paper `paper_id` in `channel` at `now`. Once per person, channel, paper and kind: the
+        same press again changes nothing and comes back with `created` False and its first time."""
+        ...
+
+    def remove_feedback(self, user_id: str, channel: ChannelRef | None, paper_id: str, kind: str) -> int:
+        """Take back that person's feedback of that kind on the paper, in `channel` (in every
+        channel when None); how many records went."""
+        ...
+
+    def saved_papers(self, *, channel: ChannelRef | None = None, user_id: str | None = None,
+                     platform: str | None = None, since: datetime | None = None, limit: int = 20,
+                     most_saved: bool = False) -> list[SavedPaper]:
+        """Saved papers, each once, at most `limit`: those saved in `channel`, by `user_id`,
+        in channels of `platform`, at or after `since` (each filter when given). Newest save
+        first; with `most_saved`, most people first, then newest. `saves` counts the people
+        who saved it within the filters; `saved_at` is the newest such save."""
+        ...
+
+    def channel_feedback(self, channel: ChannelRef, limit: int = 1000) -> ChannelFeedback:
+        """The paper ids the channel's people saved, and those they marked not relevant, each
+        once, newest first, at most `limit` of each."""
+        ...
+
+    def delivered_matches(self, channel: ChannelRef, paper_id: str) -> list[Match]:
+        """Why the paper was delivered to the channel (the delivery's matches as they were
+        then); [] if it never was."""
+        ...
+
+    def most_saved_schedule(self, channel: ChannelRef) -> MostSavedSchedule | None:
+        """The channel's weekly "most saved" digest, None when it has none."""
+        ...
+
+    def set_most_saved_schedule(self, channel: ChannelRef, schedule: MostSavedSchedule | None,
+                                now: datetime) -> MostSavedSchedule | None:
+        """Turn the channel's weekly "most saved" digest on (or change it) or, with None, off;
+        returns what it was. The schedule counts from its `last_sent_at`, `now` if None (never
+        a digest for slots already past)."""
+        ...
+
+    def most_saved_schedules(self) -> list[MostSavedSchedule]:
+        """Every channel's "most saved" digest, by channel key."""
+        ...
+
+    def claim_most_saved(self, channel: ChannelRef, slot: datetime) -> bool:
+        """Take the digest of `slot` for sending: True for exactly one caller (any process),
+        when the schedule is on and its last slot is before `slot`; that is recorded at once,
+        so the slot is never posted twice (nor again, if the post then fails)."""
         ...

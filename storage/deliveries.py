@@ -26,6 +26,21 @@ from .migrations import MATCHED_OR_EMPTY
 _STATUSES = {f.name for f in fields(OutboxCounts)}
 # The columns `_delivery` reads, in its order.
 _COLUMNS = "id, paper_id, channel, matched, attempts, in_digest, claimed_at"
+_D_COLUMNS = ", ".join(f"d.{c.strip()}" for c in _COLUMNS.split(","))
+
+# How a channel's deliveries are ranked, best first (burst cards, digests), as an ORDER BY over
+# `deliveries d JOIN papers p`: Hugging Face upvotes (unknown last); then how strongly the
+# channel's queries matched: terms found in the title, then distinct terms matched (from
+# `deliveries.strength`, which `match_strength` writes with the row; rows queued before m017 work
+# it out of `matched` here); then the newest paper; then the oldest row. Computed when
+# planning (upvotes change), over the channel's own undecided rows only.
+MATCH_STRENGTH = """coalesce(d.strength, CASE WHEN json_valid(d.matched) THEN (
+    SELECT 1000 * min(count(DISTINCT CASE WHEN t.value LIKE '% in title' THEN t.value END), 999)
+           + min(count(DISTINCT t.value), 999)
+      FROM json_each(d.matched) m, json_each(m.value, '$.terms') t
+     WHERE m.type = 'object' AND t.type = 'text') ELSE 0 END)"""
+RANKING = (f"p.upvotes IS NULL, p.upvotes DESC, {MATCH_STRENGTH} DESC, "
+           "coalesce(p.published, p.listed_on) IS NULL, coalesce(p.published, p.listed_on) DESC, d.id")
 
 
 class DeliveriesMixin:
@@ -52,23 +67,24 @@ class DeliveriesMixin:
         statement run row by row (executemany) gave the GIL up and waited for it back at every
         row (each wait up to the interpreter's 5 ms switch interval while the matcher runs).
         """
-        rows: dict[tuple[str, str], list[list]] = {}
+        rows: dict[tuple[str, str], list[Match]] = {}
         keys: dict[ChannelRef, str] = {}
         for item in items:
             for match in item.matches:
                 key = keys.get(match.channel)
                 if key is None:
                     key = keys[match.channel] = match.channel.key
-                rows.setdefault((item.paper_id, key), []).append([match.subscription_id, match.query,
-                                                                  list(match.terms)])
+                rows.setdefault((item.paper_id, key), []).append(match)
         if not rows:
             return 0
         stamp = iso(now)
-        payload = json.dumps([[paper_id, key, matched] for (paper_id, key), matched in rows.items()])
+        payload = json.dumps([[paper_id, key, [[m.subscription_id, m.query, list(m.terms)] for m in ms],
+                               match_strength(ms)] for (paper_id, key), ms in rows.items()])
         with immediate(self.db):  # as little as can be under the write lock
             return self.db.conn.execute(
-                f"""INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at)
-                    SELECT json_extract(d.value, '$[0]'), json_extract(d.value, '$[1]'), ({_MATCHED_JSON}), ?, ?
+                f"""INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
+                    SELECT json_extract(d.value, '$[0]'), json_extract(d.value, '$[1]'), ({_MATCHED_JSON}),
+                           json_extract(d.value, '$[3]'), ?, ?
                       FROM json_each(?) d""",
                 [stamp, stamp, payload],
             ).rowcount
@@ -90,59 +106,69 @@ class DeliveriesMixin:
     def plan_burst(self, channel: ChannelRef, now: datetime, cards: int, digest_max: int) -> BurstPlan:
         """Decide, once, how a channel's outstanding deliveries go out; return what is due now.
 
-        A burst starts when the channel has no digest outstanding: its oldest `cards`
-        deliveries are cards, the next `digest_max` its one digest, anything further is
-        settled as 'overflow': not posted, counted in that digest ("and N more matched").
-        Until that digest is sent the burst goes on: whatever arrives meanwhile joins the
-        digest while it has room, else the overflow, never the cards (once the digest is on
-        its way, its count is written: what arrives then waits for the next burst). No
-        decision is ever revisited, so rate limits may stretch a burst over many sweeps,
-        and it still gives at most `cards` cards and one digest. A platform outage is one
-        burst too. Returns the due cards and the due digest members, oldest first.
+        Rows are taken best first (`RANKING`: most upvoted, then the strongest match, then
+        the newest). A burst starts when the channel has no digest outstanding and more
+        undecided rows than room for cards: the best fill the `cards` (rows already made
+        cards and not yet sent count against them), the next `digest_max` make its one
+        digest, anything further is settled as 'overflow': not posted, counted in that
+        digest ("and N more matched"). Until that digest is sent the burst goes on: whatever
+        arrives meanwhile joins the digest while it has room (best first), else the
+        overflow, never the cards (once the digest is on its way, its count is written: what
+        arrives then waits for the next burst). No decision is ever revisited, so rate
+        limits may stretch a burst over many sweeps, and it still gives at most `cards`
+        cards and one digest. A platform outage is one burst too. Returns the due cards and
+        the due digest members, best first.
+
+        Cheap at any outbox size: every statement reads the channel's own rows through
+        `deliveries_channel` (channel, status), and only the undecided ones are ranked.
         """
         key = channel.key
         with immediate(self.db):
-            in_digest, first_in_digest, digest_in_flight = self.db.execute(
-                """SELECT count(*), min(id), coalesce(max(status = 'sending'), 0) FROM deliveries
-                    WHERE channel = ? AND in_digest = 1 AND status IN ('pending', 'sending')""",
+            in_digest, digest_in_flight = self.db.execute(
+                """SELECT count(*), coalesce(max(status = 'sending'), 0) FROM deliveries
+                    WHERE channel = ? AND status IN ('pending', 'sending') AND in_digest = 1""",
                 [key],
             ).fetchone()
-            boundary = None  # rows after this id that are neither cards nor (yet) in the digest
             if digest_in_flight:
                 return BurstPlan([], [])  # its "and N more" is written: what came since waits for the next burst
-            if in_digest:
-                boundary = first_in_digest  # a burst going on: its cards are the rows before its digest
+            undecided = f"""SELECT d.id FROM deliveries d JOIN papers p ON p.id = d.paper_id
+                             WHERE d.channel = ? AND d.status = 'pending' AND d.in_digest = 0 AND d.card = 0
+                             ORDER BY {RANKING} LIMIT ?"""
+            digest_room = max(digest_max - in_digest, 0)
+            if in_digest:  # a burst going on: its cards are decided; arrivals join the digest, or the overflow
+                room, ranked = 0, self.db.execute(undecided, [key, digest_room]).fetchall()
             else:
-                kept = self.db.execute(
-                    """SELECT id FROM deliveries
-                        WHERE channel = ? AND in_digest = 0 AND status IN ('pending', 'sending')
-                        ORDER BY id LIMIT ?""",
-                    [key, cards],
-                ).fetchall()
-                if len(kept) == cards:
-                    boundary = kept[-1][0] if kept else 0
-            if boundary is not None:
-                self.db.execute(
-                    """UPDATE deliveries SET in_digest = 1 WHERE id IN (
-                         SELECT id FROM deliveries WHERE channel = ? AND in_digest = 0 AND status = 'pending' AND id > ?
-                          ORDER BY id LIMIT ?)""",
-                    [key, boundary, max(digest_max - in_digest, 0)],
-                )
+                # Rows made cards before (not sent yet), and rows mid-send, are cards already.
+                taken = self.db.execute(
+                    """SELECT count(*) FROM deliveries WHERE channel = ? AND status IN ('pending', 'sending')
+                          AND in_digest = 0 AND (card = 1 OR status = 'sending')""",
+                    [key],
+                ).fetchone()[0]
+                room = max(cards - taken, 0)
+                ranked = self.db.execute(undecided, [key, room + digest_room + 1]).fetchall()  # ranked once
+            self.db.conn.executemany("UPDATE deliveries SET card = 1 WHERE id = ?", [r[:1] for r in ranked[:room]])
+            if in_digest or len(ranked) > room:  # more than the cards hold: the digest, then the overflow
+                self.db.conn.executemany("UPDATE deliveries SET in_digest = 1 WHERE id = ?",
+                                         [r[:1] for r in ranked[room:room + digest_room]])
                 self.db.execute(
                     """UPDATE deliveries SET status = 'overflow', error = NULL
-                        WHERE channel = ? AND in_digest = 0 AND status = 'pending' AND id > ?""",
-                    [key, boundary],
+                        WHERE channel = ? AND status = 'pending' AND in_digest = 0 AND card = 0""",
+                    [key],
                 )
             # A digest holds digest_max: anything past that (an outbox from before this rule) is overflow too.
             self.db.execute(
-                """UPDATE deliveries SET status = 'overflow', error = NULL WHERE status = 'pending' AND id IN (
-                     SELECT id FROM deliveries WHERE channel = ? AND in_digest = 1 AND status IN ('pending', 'sending')
-                      ORDER BY id LIMIT -1 OFFSET ?)""",
-                [key, digest_max],
+                f"""UPDATE deliveries SET status = 'overflow', error = NULL
+                     WHERE channel = ? AND status = 'pending' AND id IN (
+                       SELECT d.id FROM deliveries d JOIN papers p ON p.id = d.paper_id
+                        WHERE d.channel = ? AND d.status IN ('pending', 'sending') AND d.in_digest = 1
+                        ORDER BY d.status = 'pending', {RANKING} LIMIT -1 OFFSET ?)""",
+                [key, key, digest_max],
             )
             rows = self.db.execute(
-                f"""SELECT {_COLUMNS} FROM deliveries
-                    WHERE channel = ? AND status = 'pending' AND next_attempt_at <= ? ORDER BY in_digest, id LIMIT ?""",
+                f"""SELECT {_D_COLUMNS} FROM deliveries d JOIN papers p ON p.id = d.paper_id
+                    WHERE d.channel = ? AND d.status = 'pending' AND (d.in_digest = 1 OR d.card = 1)
+                      AND +d.next_attempt_at <= ?  -- "+": through deliveries_channel, not every due row
+                    ORDER BY d.in_digest, {RANKING} LIMIT ?""",
                 [key, iso(now), cards + digest_max],
             ).fetchall()
         due = [_delivery(r) for r in rows]
@@ -150,12 +176,14 @@ class DeliveriesMixin:
 
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
         """A scheduled digest holds `keep` papers: settle the rest of what the channel is owed
-        as 'overflow' (counted in that digest, not posted)."""
+        as 'overflow' (counted in that digest, not posted); the best `keep` stay (`RANKING`)."""
         write(
             self.db,
-            """UPDATE deliveries SET status = 'overflow', error = NULL WHERE id IN (
-                 SELECT id FROM deliveries WHERE channel = ? AND status = 'pending' ORDER BY id LIMIT -1 OFFSET ?)""",
-            [channel.key, keep],
+            f"""UPDATE deliveries SET status = 'overflow', error = NULL
+                 WHERE channel = ? AND status = 'pending' AND id IN (
+                   SELECT d.id FROM deliveries d JOIN papers p ON p.id = d.paper_id
+                    WHERE d.channel = ? AND d.status = 'pending' ORDER BY {RANKING} LIMIT -1 OFFSET ?)""",
+            [channel.key, channel.key, keep],
         )
 
     def unannounced_overflow(self, channel: ChannelRef) -> Overflow:
@@ -177,10 +205,10 @@ class DeliveriesMixin:
         )
 
     def pending_for_channel(self, channel: ChannelRef, limit: int = 1000) -> list[Delivery]:
-        """Everything this channel is still owed, oldest first (a digest's contents)."""
+        """Everything this channel is still owed, best first (`RANKING`: a digest's contents)."""
         rows = self.db.execute(
-            f"""SELECT {_COLUMNS} FROM deliveries
-                WHERE channel = ? AND status = 'pending' ORDER BY id LIMIT ?""",
+            f"""SELECT {_D_COLUMNS} FROM deliveries d JOIN papers p ON p.id = d.paper_id
+                WHERE d.channel = ? AND d.status = 'pending' ORDER BY {RANKING} LIMIT ?""",
             [channel.key, limit],
         ).fetchall()
         return [_delivery(r) for r in rows]
@@ -265,6 +293,15 @@ _MATCHED_JSON = """SELECT json_group_array(json_object('id', json_extract(m.valu
                                                       'query', json_extract(m.value, '$[1]'),
                                                       'terms', json(json_extract(m.value, '$[2]'))))
                      FROM json_each(d.value, '$[2]') m"""
+
+
+def match_strength(matches: list[Match]) -> int:
+    """How strongly a channel's queries matched a paper, for ranking (higher is stronger):
+    1000 x the distinct terms found in the title, plus the distinct terms matched in all.
+    The same number `MATCH_STRENGTH` works out of `matched` for rows stored without it."""
+    terms = {term for match in matches for term in match.terms}
+    in_title = sum(term.endswith(" in title") for term in terms)
+    return 1000 * min(in_title, 999) + min(len(terms), 999)
 
 
 def _matched(channel: ChannelRef, text: str) -> tuple[Match, ...]:

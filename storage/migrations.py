@@ -271,6 +271,110 @@ def m016_unmatched_paper_source(db: Database) -> None:
 
 
 @migrations()
+def m017_ranked_bursts_and_comments(db: Database) -> None:
+    # deliveries.card: 1 once a burst plan made the row a card. Bursts rank their rows (best
+    # first, storage/deliveries.py RANKING), so a burst's cards are no longer the rows before its
+    # digest's first id: what was decided is written down. A burst under way in an upgraded
+    # database keeps its cards: the outstanding rows before its digest's first row.
+    # deliveries.strength: how strongly the channel's queries matched (deliveries.match_strength),
+    # written with the row; NULL (rows queued before) is worked out of `matched` when ranking.
+    # papers.comments: Hugging Face's comment count (numComments), shown on cards.
+    if "card" not in db["deliveries"].columns_dict:
+        db.execute("ALTER TABLE deliveries ADD COLUMN card INTEGER NOT NULL DEFAULT 0")
+        # Only channels with a digest outstanding, each first row found once (not a subquery a row).
+        db.execute(
+            """UPDATE deliveries SET card = 1 WHERE id IN (
+                 SELECT d.id FROM (SELECT channel, min(id) AS first FROM deliveries
+                                    WHERE in_digest = 1 AND status IN ('pending', 'sending') GROUP BY channel) b
+                   JOIN deliveries d ON d.channel = b.channel
+                  WHERE d.status IN ('pending', 'sending') AND d.in_digest = 0 AND d.id < b.first)"""
+        )
+    if "strength" not in db["deliveries"].columns_dict:
+        db.execute("ALTER TABLE deliveries ADD COLUMN strength INTEGER")
+    if "comments" not in db["papers"].columns_dict:
+        db.execute("ALTER TABLE papers ADD COLUMN comments INTEGER")
+
+
+@migrations()
+def m018_people_and_feedback(db: Database) -> None:
+    # People who subscribed with --me (their cards mention them); Save / Not relevant presses
+    # (who, which channel, which paper, which kind, when: the recommendations' training data);
+    # the channels that get a weekly "most saved" digest. IF NOT EXISTS throughout: idempotent.
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS subscription_people (
+            subscription_id INTEGER NOT NULL REFERENCES subscriptions(id) ON DELETE CASCADE,
+            user_id TEXT NOT NULL,               -- the platform's user id
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (subscription_id, user_id)
+        );
+        CREATE INDEX IF NOT EXISTS subscription_people_user ON subscription_people(user_id);
+        CREATE INDEX IF NOT EXISTS subscriptions_created_by ON subscriptions(created_by);  -- list --me
+        CREATE TABLE IF NOT EXISTS feedback (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id TEXT NOT NULL,
+            channel TEXT NOT NULL,               -- ChannelRef.key where the card was
+            paper_id TEXT NOT NULL REFERENCES papers(id),
+            kind TEXT NOT NULL,                  -- save | not_relevant
+            created_at TEXT NOT NULL,
+            UNIQUE (user_id, channel, paper_id, kind)
+        );
+        CREATE INDEX IF NOT EXISTS feedback_channel ON feedback(channel, kind, created_at);
+        CREATE INDEX IF NOT EXISTS feedback_user ON feedback(user_id, kind, created_at);
+        CREATE TABLE IF NOT EXISTS most_saved_digests (
+            channel TEXT PRIMARY KEY,            -- ChannelRef.key
+            day TEXT NOT NULL,                   -- mon ... sun, in the channel's time zone
+            time TEXT NOT NULL,                  -- HH:MM
+            last_sent_at TEXT,                   -- the slot last posted (or when it was turned on)
+            updated_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+@migrations()
+def m019_followups(db: Database) -> None:
+    # Follow-ups in the thread: a posted paper's news (code released, a new arXiv version,
+    # 50/100/200 upvotes crossed) owed as one reply in its card's thread. `papers.version`:
+    # the highest arXiv version listed (NULL: no source said). `followups`: their outbox,
+    # written in the transaction that stores the listing, one row per event and card
+    # (UNIQUE: once); statuses as the deliveries' (pending -> sending -> sent | failed),
+    # and 'skipped' (superseded by a higher threshold, or the channel turned them off).
+    # `channel_followups`: a channel's switch; no row is on. Each step checks first, so
+    # that the migration is safe to run on a database a development build already changed.
+    if "version" not in db["papers"].columns_dict:
+        db.execute("ALTER TABLE papers ADD COLUMN version INTEGER")
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS followups (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,  -- the card
+            kind TEXT NOT NULL,                     -- code | version | upvotes
+            value INTEGER NOT NULL DEFAULT 0,       -- the version, the threshold; 0 for code
+            url TEXT,                               -- the code's address
+            status TEXT NOT NULL DEFAULT 'pending', -- pending | sending | sent | failed | skipped
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            claimed_at TEXT,
+            message_id TEXT,                        -- the reply's id once sent
+            error TEXT,
+            created_at TEXT NOT NULL,
+            sent_at TEXT,
+            UNIQUE (delivery_id, kind, value)
+        );
+        CREATE INDEX IF NOT EXISTS followups_due ON followups(status, next_attempt_at);
+        -- Whether a card's message showed its paper alone (a digest's id is on several rows).
+        CREATE INDEX IF NOT EXISTS deliveries_channel_message ON deliveries(channel, message_id);
+        CREATE TABLE IF NOT EXISTS channel_followups (
+            channel TEXT PRIMARY KEY,               -- ChannelRef.key
+            enabled INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+@migrations()
 def m020_poll_write_path(db: Database) -> None:
     # The newest subscription id when a poll stored a paper for the first time: the
     # subscriptions up to it receive the paper (UnmatchedPaper.upto). NULL: those created

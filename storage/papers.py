@@ -18,14 +18,15 @@ from bot.query import parse_query
 
 from . import paper_words
 from .db import immediate, iso, parse_day, parse_iso, storage_error
+from .followups import FollowUpsMixin, StoredState
 
 SEARCH_WINDOW = 5000
 
 # Fields a later listing may fill in (Hugging Face adds these to a paper arXiv announced).
-_ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary", "organization")
+_ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary", "organization", "comments")
 
 
-class PapersMixin:
+class PapersMixin(FollowUpsMixin):
     db: Database
     path: str
     busy_timeout: float
@@ -58,16 +59,18 @@ class PapersMixin:
         papers fetched for a lookup: a later listing of them still counts as new.
         """
         new: list[Paper] = []
+        changed: list[tuple[StoredState, Paper]] = []  # papers stored before, and how they were
         stamp = iso(now)
         with immediate(self.db):
             for paper in papers:
-                row = self.db.execute("SELECT sources, listed FROM papers WHERE id = ?", [paper.id]).fetchone()
+                row = self.db.execute("SELECT sources, listed, github, version, upvotes FROM papers WHERE id = ?",
+                                      [paper.id]).fetchone()
                 if row is None:
                     self.db.execute(
                         """INSERT INTO papers (id, title, summary, authors, categories, sources, published,
                                listed_on, upvotes, thumbnail, github, project_page, ai_summary, organization,
-                               is_update, first_seen, updated_at, listed)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                               is_update, first_seen, updated_at, listed, comments, version)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                         [
                             paper.id, paper.title, paper.summary, json.dumps(paper.authors),
                             json.dumps(paper.categories), paper.source,
@@ -75,7 +78,7 @@ class PapersMixin:
                             paper.listed_on.isoformat() if paper.listed_on else None,
                             paper.upvotes, paper.thumbnail, paper.github, paper.project_page,
                             paper.ai_summary, paper.organization, int(paper.is_update), stamp, stamp,
-                            int(listed),
+                            int(listed), paper.comments, paper.version,
                         ],
                     )
                     if listed:
@@ -86,24 +89,33 @@ class PapersMixin:
                     new.append(paper)
                 sources = sorted(set(filter(None, row[0].split(","))) | {paper.source})
                 updates = {k: getattr(paper, k) for k in _ENRICH if getattr(paper, k) is not None}
+                if paper.categories:  # a paper stored without (Hugging Face's) gets arXiv's when known
+                    self.db.execute("UPDATE papers SET categories = ? WHERE id = ? AND categories = '[]'",
+                                    [json.dumps(paper.categories), paper.id])
+                if paper.version is not None and paper.version > (row[3] or 0):
+                    updates["version"] = paper.version  # versions only go up
                 assignments = ", ".join(f"{k} = ?" for k in updates)
                 self.db.execute(
                     f"UPDATE papers SET {assignments}{', ' if updates else ''}sources = ?, updated_at = ? WHERE id = ?",
                     [*updates.values(), ",".join(sources), stamp, paper.id],
                 )
+                changed.append((StoredState(github=row[2], version=row[3], upvotes=row[4]), paper))
+            self._queue_followups(changed, now)  # follow-ups in the thread (storage/followups.py)
         return new
 
     def paper_snapshot(self, paper_ids: list[str]) -> list[PaperSnapshot]:
-        """The listed papers stored among `paper_ids` (upvotes, organization, first seen), in no order."""
+        """The listed papers stored among `paper_ids` (upvotes, organization, first seen,
+        categories), in no order."""
         found: list[PaperSnapshot] = []
         for start in range(0, len(paper_ids), 500):
             chunk = paper_ids[start:start + 500]
             rows = self.db.execute(
-                "SELECT id, upvotes, organization, first_seen FROM papers"
+                "SELECT id, upvotes, organization, first_seen, categories FROM papers"
                 f" WHERE listed = 1 AND id IN ({', '.join('?' * len(chunk))})",
                 chunk,
             )
-            found += [PaperSnapshot(row[0], row[1], row[2], datetime.fromisoformat(row[3])) for row in rows]
+            found += [PaperSnapshot(row[0], row[1], row[2], datetime.fromisoformat(row[3]), tuple(json.loads(row[4])))
+                      for row in rows]
         return found
 
     def mark_unmatched(self, papers: list[UnmatchedPaper]) -> None:
@@ -271,4 +283,6 @@ def _paper(row: dict) -> Paper:
         ai_summary=row["ai_summary"],
         organization=row["organization"],
         is_update=bool(row["is_update"]),
+        comments=row.get("comments"),
+        version=row.get("version"),
     )

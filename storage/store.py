@@ -17,12 +17,15 @@ from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
 from .db import BUSY_TIMEOUT, immediate, open_database, storage_error
 from .deliveries import DeliveriesMixin
+from .feedback import FeedbackMixin
 from .papers import PapersMixin
+from .people import PeopleMixin
 from .source_state import SourceStateMixin
 from .subscriptions import SubscriptionsMixin
 
 
-class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin, CommandLogMixin):
+class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin, CommandLogMixin,
+            PeopleMixin, FeedbackMixin):
     """The SQLite implementation of `StoreContract` (storage/contract.py, where each method's
     contract is written down). One connection, used from the bot's one event-loop thread.
 

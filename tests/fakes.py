@@ -9,7 +9,18 @@ from pathlib import Path
 
 from bot.adapters import CommandHandler, Running
 from bot.errors import SourceError
-from bot.models import Card, ChannelRef, Delivery, Digest, Listing, Paper, PostResult, Validators
+from bot.models import (
+    Card,
+    ChannelRef,
+    Delivery,
+    Digest,
+    Listing,
+    Paper,
+    PostResult,
+    ThreadRef,
+    ThreadReply,
+    Validators,
+)
 from fakes.http import Canned
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -76,6 +87,8 @@ class RecordingAdapter:
         self.platform = platform
         self.posts: list[tuple[ChannelRef, Card]] = []
         self.digests: list[Digest] = []
+        self.replies: list[tuple[ThreadRef, ThreadReply]] = []  # post_in_thread
+        self.reply_results: list[PostResult | Exception] = []  # scripted results of post_in_thread
         self.results = list(results or [])
         self.closed = False
 
@@ -96,6 +109,18 @@ class RecordingAdapter:
         self.digests.append(digest)
         return PostResult(ok=True, message_id=f"d{len(self.digests)}")
 
+    async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
+        self.replies.append((thread, reply))
+        if self.reply_results:
+            result = self.reply_results.pop(0)
+            if isinstance(result, Exception):
+                raise result
+            return result
+        return PostResult(ok=True, message_id=f"r{len(self.replies)}")
+
+    async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
+        return None
+
     async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:
         return None
 
@@ -104,3 +129,33 @@ class RecordingAdapter:
 
     async def close(self) -> None:
         self.closed = True
+
+
+def arxiv_id_list(categories: dict[str, tuple[str, ...]]):
+    """A fake arXiv API `id_list` answer (for `FakeHTTPServer.route_fn`): the real Atom
+    response in tests/fixtures, its one entry repeated for each requested id that
+    `categories` knows, with that id and those categories. Ids it does not know are left
+    out, as arXiv leaves out what it does not have."""
+    import re
+    from urllib.parse import parse_qs, urlsplit
+
+    from fakes.http import Canned
+
+    real = fixture("arxiv_api_id_list_1111.2011v2.xml").decode()
+    head, rest = real.split("<entry>", 1)
+    entry, tail = rest.split("</entry>", 1)
+    entry = re.sub(r'\s*<(?:arxiv:primary_category|category) [^>]*/>', "", entry)
+
+    def answer(path: str) -> Canned:
+        query = parse_qs(urlsplit(path).query)
+        ids = [i for i in ",".join(query.get("id_list", [])).split(",") if i]
+        entries = []
+        for paper_id in ids:
+            if paper_id in categories:
+                tags = "".join(f'\n    <category term="{c}" scheme="http://arxiv.org/schemas/atom"/>'
+                               for c in categories[paper_id])
+                entries.append("<entry>" + entry.replace("1111.2011", paper_id) + tags + "\n  </entry>")
+        body = head.replace("<opensearch:totalResults", "<opensearch:totalResults", 1) + "".join(entries) + tail
+        return Canned(body=body.encode(), content_type="application/atom+xml")
+
+    return answer

@@ -21,7 +21,7 @@ from fakes.slack import FakeSlack
 from .fakes import RecordingAdapter
 
 NOWHERE = "http://127.0.0.1:9/api/v10"  # nothing listens on port 9
-METHODS = ["post", "post_digest", "post_text", "find_sent", "start", "close"]
+METHODS = ["post", "post_digest", "post_text", "post_in_thread", "find_sent", "find_in_thread", "start", "close"]
 
 
 async def until(predicate, attempts: int = 250) -> bool:

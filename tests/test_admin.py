@@ -10,7 +10,7 @@ import bot.sources.arxiv
 from bot.admin import Progress, backfill, export_toml, import_toml
 from bot.cli import main
 from bot.errors import ImportFileError
-from bot.models import ChannelRef, ChannelSettings
+from bot.models import ChannelRef, ChannelSettings, MostSavedSchedule
 from bot.query import normalize_query
 from bot.sources import ArxivSource, HuggingFaceSource, make_client
 from bot.sources.base import Pacer
@@ -174,3 +174,19 @@ def test_cli_backfill_runs_against_the_configured_sources(tmp_path, capsys, serv
     captured = capsys.readouterr()
     assert "backfill: stored 6 new papers from Hugging Face\n" in captured.out  # arXiv is disabled: not named
     assert "2/2" in captured.err
+
+
+def test_the_weekly_most_saved_digest_is_exported_and_imported(setup, tmp_path):
+    bots = ChannelRef("slack", "C123")
+    setup.set_most_saved_schedule(bots, MostSavedSchedule(bots, "fri", "16:00"), NOW)
+    text = export_toml(setup, NOW)
+    assert 'channel = "slack:C123"' in text and 'most_saved = "fri 16:00"' in text and 'most_saved = "off"' in text
+    fresh = Store(tmp_path / "fresh.db")
+    import_toml(fresh, text, NOW)
+    assert [(m.channel, m.day, m.time) for m in fresh.most_saved_schedules()] == [(bots, "fri", "16:00")]
+    assert export_toml(fresh, NOW) == text
+    import_toml(fresh, text.replace('most_saved = "fri 16:00"', 'most_saved = "off"'), NOW)
+    assert fresh.most_saved_schedules() == []
+    with pytest.raises(ImportFileError, match="most_saved must be"):
+        import_toml(fresh, text.replace('most_saved = "off"', 'most_saved = "someday"'), NOW)
+    fresh.close()

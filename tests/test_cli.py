@@ -29,7 +29,8 @@ def config_file(tmp_path, server):
     path.write_text(
         f'[storage]\npath = "{tmp_path / "bot.db"}"\n'
         f'[sources.huggingface]\nbase_url = "{server.url}"\n'
-        f'[sources.arxiv]\nbase_url = "{server.url}"\ncategories = ["cs.CV", "cs.LG"]\n'
+        f'[sources.arxiv]\nbase_url = "{server.url}"\napi_url = "{server.url}/api/query"\n'
+        'categories = ["cs.CV", "cs.LG"]\n'
         # The fixtures were listed in 2024; by default papers older than a week are not posted.
         "[delivery]\nmax_age_days = 100000\n"
     )

@@ -155,8 +155,9 @@ async def test_pasted_links_get_a_card_reply(store, clock, fake, make_config):
 class FakeInteraction:
     """What the group's callbacks use of a discord.Interaction."""
 
-    def __init__(self, manage=True, channel_id=123, user_id=42):
+    def __init__(self, manage=True, channel_id=123, user_id=42, guild_id=7000):
         self.channel_id = channel_id
+        self.guild_id = guild_id  # None: a direct message with the bot
         self.user = SimpleNamespace(id=user_id)
         self.permissions = discord.Permissions(manage_channels=manage)
         self.deferred = []
@@ -193,7 +194,7 @@ def test_one_subcommand_per_shared_command_with_docstring_descriptions(group):
     for command in group.commands:
         assert command.description == handlers.COMMANDS[command.name].summary[:100]
     params = {p.name: p for p in sub_command(group, "subscribe").parameters}
-    assert params["query"].required and not params["backfill"].required
+    assert not params["query"].required and not params["backfill"].required  # no query: the subscribe form
     assert params["backfill"].min_value == 1 and params["backfill"].max_value == 20
     trending = {p.name: p for p in sub_command(group, "trending").parameters}["period"]
     assert [c.value for c in trending.choices] == ["today", "week", "month"]

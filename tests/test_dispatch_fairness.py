@@ -234,8 +234,9 @@ def test_resume_after_a_long_pause_says_what_the_burst_gives(store, clock):
     asyncio.run(handlers.handle(ctx, handlers.request_from_text(ml, "u1", "pause")))
     burst(store, clock, [ml], 500)
     reply = asyncio.run(handlers.handle(ctx, handlers.request_from_text(ml, "u1", "resume")))
-    assert reply.text == ("Resumed. 500 papers matched while paused: the oldest 10 as cards and 20 in a digest will be "
-                          "posted now; the digest counts the other 470. Narrow busy subscriptions with `/papers mute`.")
+    assert reply.text == ("Resumed. 500 papers matched while paused: the best 10 as cards and 20 in a digest (most "
+                          "upvoted first) will be posted now; the digest counts the other 470. Narrow busy "
+                          "subscriptions with `/papers mute`.")
     small = ChannelRef("console", "small")
     asyncio.run(handlers.handle(ctx, handlers.request_from_text(small, "u1", "pause")))
     burst(store, clock, [small], 1, start=900)

@@ -47,7 +47,7 @@ def test_subscribe_twice_is_idempotent(ctx):
 def test_subscribe_errors_say_why_and_show_usage(ctx, text, message):
     reply = run(ctx, text)
     assert not reply.ok and message in reply.text
-    assert "Usage: `/papers subscribe <query> [--backfill N]`" in reply.text
+    assert "Usage: `/papers subscribe <query> [--backfill N] [--me]`" in reply.text
     assert ctx.store.subscriptions(ML) == []  # nothing half-written
 
 
@@ -79,7 +79,7 @@ def test_unsubscribe_by_number(ctx):
 )
 def test_unsubscribe_errors(ctx, text, message):
     reply = run(ctx, text)
-    assert not reply.ok and message in reply.text and "Usage: `/papers unsubscribe <id or all>`" in reply.text
+    assert not reply.ok and message in reply.text and "Usage: `/papers unsubscribe <id or all> [--me]`" in reply.text
 
 
 def test_unsubscribe_cannot_touch_another_channel(ctx):
@@ -116,7 +116,7 @@ def test_help_lists_every_command_from_docstrings(ctx):
 
 def test_help_for_one_command_and_unknown_ones(ctx):
     detail = run(ctx, "help subscribe").text
-    assert detail.startswith("`/papers subscribe <query> [--backfill N]`") and "upvotes>=20" in detail
+    assert detail.startswith("`/papers subscribe <query> [--backfill N] [--me]`") and "upvotes>=20" in detail
     assert "There is no command `nope`" in run(ctx, "help nope").text
 
 
@@ -191,7 +191,8 @@ def test_every_command_declares_its_parameters_for_the_platforms():
     for cmd in handlers.COMMANDS.values():
         for param in cmd.params:
             assert param.description and len(param.description) <= 100, (cmd.name, param.name)
-            assert param.kind in ("text", "word", "int")
+            assert param.kind in ("text", "word", "int", "flag")
+            assert param.kind != "flag" or param.option, (cmd.name, param.name)  # a flag is `--name`
             assert not param.choices or len(param.choices) <= 25
         positional = [p for p in cmd.params if not p.option]
         assert all(p.kind != "text" for p in positional[:-1]), cmd.name  # only the last takes free text

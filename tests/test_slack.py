@@ -51,7 +51,8 @@ def test_card_blocks_are_valid_escaped_and_within_limits():
                                    (SubscriptionRef(3, "diffusion"),)))
     text = json.dumps(blocks)
     assert "<!channel>" not in text and "<@U123>" not in text and "<!here>" not in text and "<https://evil" not in text
-    header, section, facts, reason, actions = blocks
+    header, section, facts, reason, actions, feedback = blocks
+    assert [b["action_id"] for b in feedback["elements"]] == ["papers_save", "papers_not_relevant"]
     assert header["type"] == "header" and len(header["text"]["text"]) <= 150
     assert section["text"]["type"] == "mrkdwn" and len(section["text"]["text"]) <= 3000
     assert "&lt;!here&gt; Mallory" in facts["elements"][0]["text"] and "▲ 7 upvotes" in facts["elements"][0]["text"]
@@ -103,7 +104,7 @@ async def test_poll_delivery_posts_block_kit_with_metadata(store, clock, slack):
     assert body["metadata"] == {"event_type": "papers_bot_paper", "event_payload": {"paper_id": "2411.00001"}}
     assert body["text"].startswith("Diffusion 2411.00001")
     types = [block["type"] for block in body["blocks"]]
-    assert types == ["header", "section", "context", "context", "actions"]
+    assert types == ["header", "section", "context", "context", "actions", "actions"]  # links, then Save etc.
     for block in body["blocks"]:
         Block.parse(block).validate_json()  # what Slack receives is what slack_sdk's models accept
     headers = [h for m, _, h in slack.calls if m == "chat.postMessage"][0]
@@ -402,8 +403,9 @@ def test_the_manifest_declares_what_the_app_uses():
     text = (Path(__file__).resolve().parent.parent / "slack-manifest.yml").read_text()
     scopes = set(re.findall(r"^\s+- ([a-z_.:]+)\s+#", text, re.MULTILINE))
     assert scopes == {"commands", "chat:write", "links:read", "links:write", "app_mentions:read",
-                      "channels:history", "groups:history"}
-    for needed in ("- command: /papers", "- app_mention", "- link_shared", "is_enabled: true", "- arxiv.org",
+                      "channels:history", "groups:history", "im:history"}
+    for needed in ("- command: /papers", "- app_mention", "- link_shared", "- app_home_opened",
+                   "home_tab_enabled: true", "messages_tab_enabled: true", "is_enabled: true", "- arxiv.org",
                    "- huggingface.co", "socket_mode_enabled: true"):
         assert needed in text
 
@@ -412,7 +414,8 @@ async def test_overflow_mutes_a_category(bolt, slack, store, clock):
     sub = store.add_subscription(C123, "diffusion", "U1", clock()).subscription
     blocks = validated(card_blocks(card_for(paper("2411.00001", "T", categories=("cs.RO", "cs.LG"))),
                                    (SubscriptionRef(sub.id, sub.query),)))
-    options = blocks[-1]["elements"][-1]["options"]
+    (actions,) = [b for b in blocks if b.get("block_id") == "paper:2411.00001"]
+    options = actions["elements"][-1]["options"]
     assert [o["value"] for o in options] == ["unsub:1", "mute:1:cat:cs.RO", "mute:1:cat:cs.LG"]
     payload = {"type": "block_actions", "user": {"id": "UADMIN"}, "channel": {"id": "C123"},
                "team": {"id": "T1"}, "response_url": f"{slack.url}/respond/3", "trigger_id": "1",

@@ -40,6 +40,7 @@ async def test_real_current_item_keeps_fields_that_live_under_paper(server):
     assert paper.project_page == "https://circle-lmm.github.io/"
     assert paper.ai_summary.startswith("Large Multimodal Models demonstrate superior performance")
     assert paper.upvotes == 10
+    assert paper.comments == 1  # the item's numComments
     assert str(paper.listed_on) == "2026-03-06"  # submittedOnDailyAt, not the arXiv date
     assert str(paper.published.date()) == "2026-02-26"
 
@@ -137,3 +138,17 @@ def test_hidden_authors_odd_types_and_zero_upvotes(caplog):
     assert first.authors == ("Shown",)
     assert first.github is None  # only http(s) links are kept
     assert second.upvotes is None and second.authors == ()
+
+
+def test_comment_counts_are_range_checked(caplog):
+    body = json.dumps([
+        {"paper": {"id": "2410.00001", "title": "T"}, "numComments": 4},
+        {"paper": {"id": "2410.00002", "title": "T"}},  # absent: unknown
+        {"paper": {"id": "2410.00003", "title": "T"}, "numComments": -3},
+        {"paper": {"id": "2410.00004", "title": "T"}, "numComments": 2**70},
+        {"paper": {"id": "2410.00005", "title": "T"}, "numComments": "many"},
+    ]).encode()
+    papers = parse_daily_papers(body)
+    assert [(p.id, p.comments) for p in papers] == [("2410.00001", 4), ("2410.00002", None)]
+    assert "2410.00003: numComments -3 is out of range" in caplog.text
+    assert "2410.00004: numComments" in caplog.text and "2410.00005: numComments is not a whole number" in caplog.text

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, TextIO, runtime_checkable
 
-from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
+from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult, Reply, ThreadRef, ThreadReply
 from .console import ConsoleAdapter
 
 if TYPE_CHECKING:
@@ -48,6 +48,18 @@ class Adapter(Protocol):
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
         """Send a short notice (ours, but it may quote outside text: escape it)."""
+        ...
+
+    async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
+        """Reply in the thread of a message the bot posted (a card): on Slack in its thread
+        (thread_ts), on Discord a reply to it. `reply.text` is plain: escape it. Mentions never ping."""
+        ...
+
+    async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
+        """The id of our own `reply` (known by its key) in `thread`, sent since `since`, or None.
+
+        After a crash mid-send this tells a reply that went out from one that did not; None
+        also where the platform cannot tell (the console): it is sent again."""
         ...
 
     async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:

@@ -8,7 +8,7 @@ import unicodedata
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
-from ..models import Card, ChannelRef, Digest, PostResult, Reply
+from ..models import Card, ChannelRef, Digest, PostResult, Reply, ThreadRef, ThreadReply
 
 if TYPE_CHECKING:
     from . import CommandHandler, Running
@@ -28,17 +28,25 @@ def render_card(card: Card, channel: ChannelRef | None = None) -> str:
     meta = [f"arXiv:{card.paper_id}"]
     if card.upvotes is not None:
         meta.append(f"▲ {card.upvotes}")
+    if card.comments is not None:
+        meta.append(f"{card.comments} comments")
+    meta += [x for x in (card.organization, ", ".join(card.categories)) if x]
+    if card.listed_on:
+        meta.append(f"listed {card.listed_on.isoformat()}")
     lines.append("  " + " · ".join(meta))
-    lines += textwrap.wrap(card.body, WIDTH, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False)
+    body = f"{card.body_label}: {card.body}" if card.body_label else card.body
+    lines += textwrap.wrap(body, WIDTH, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False)
     lines += [f"  {link.label}: {link.url}" for link in card.links]
     if card.reason:
         lines.append(f"  Matched {card.reason}")
+        if card.snippet:
+            lines.append(f"  From the abstract: “{card.snippet}”")
     return terminal_safe("\n".join(lines))
 
 
 def render_digest(digest: Digest) -> str:
     """A digest as a compact list. Pure."""
-    lines = [f"[{digest.channel.key}] {digest.title}"]
+    lines = [f"[{digest.channel.key}] {digest.title}"] + ([digest.order] if digest.order else [])
     for card in digest.cards:
         votes = f" ▲ {card.upvotes}" if card.upvotes is not None else ""
         lines.append(f"• {card.title} ({card.url}){votes}")
@@ -82,6 +90,17 @@ class ConsoleAdapter:
         stream.flush()
         self.posted += 1
         return PostResult(ok=True, message_id=f"console-{self.posted}")
+
+    async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
+        stream = self.stream or sys.stdout
+        link = f": {reply.link.url}" if reply.link else ""
+        stream.write(terminal_safe(f"[{thread.channel.key}] ↳ {thread.message_id}: {reply.text}{link}") + "\n")
+        stream.flush()
+        self.posted += 1
+        return PostResult(ok=True, message_id=f"console-{self.posted}")
+
+    async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
+        return None  # no history here either: an interrupted reply is printed again
 
     async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:
         return None  # a terminal keeps no history to look in: an interrupted card is printed again

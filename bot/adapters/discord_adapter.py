@@ -18,8 +18,11 @@ import asyncio
 import copy
 import hashlib
 import inspect
+import json
 import logging
 import random
+import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
@@ -34,9 +37,30 @@ from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 import handlers
 from handlers import Command, Param
 
-from ..models import ArgValue, Card, ChannelRef, CommandRequest, Digest, PostResult, Reply
+from ..models import (
+    Action,
+    ArgValue,
+    Card,
+    ChannelRef,
+    CommandRequest,
+    Digest,
+    PostResult,
+    Reply,
+    SubscribeForm,
+    ThreadRef,
+    ThreadReply,
+)
 from . import TOKEN_REFUSED_WAIT, CommandHandler, Completer, Running
-from .discord_render import CONTENT_MAX, card_buttons, card_embed, digest_embed, reply_embeds, safe
+from .discord_render import (
+    CONTENT_MAX,
+    card_buttons,
+    card_embed,
+    digest_embed,
+    preview_embed,
+    reply_embeds,
+    safe,
+    thread_reply_content,
+)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -91,11 +115,78 @@ def nonce_for(channel: ChannelRef, paper_id: str) -> str:
     return "p" + hashlib.sha256(f"{channel.key}|{paper_id}".encode()).hexdigest()[:24]
 
 
-def _link_view(buttons: list[tuple[str, str]]) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
+def _link_view(buttons: list[tuple[str, str]], paper_id: str | None = None,
+               actions: tuple[Action, ...] = (), timeout: float | None = None) -> discord.ui.View:
+    """Link buttons; with `paper_id`, a second row with Save and Not relevant; `actions`, a
+    reply's buttons (each runs a command). Presses come back as component interactions
+    (`_Gateway.on_interaction`), by custom_id, whatever became of the view: `timeout` only
+    lets discord.py forget a view it keeps (an interaction follow-up's) after that long."""
+    view = discord.ui.View(timeout=timeout)
     for label, url in buttons:
         view.add_item(discord.ui.Button(style=discord.ButtonStyle.link, label=label, url=url))
+    if paper_id is not None:
+        for label, verb in (("Save", "save"), ("Not relevant", "not-relevant")):
+            view.add_item(discord.ui.Button(style=discord.ButtonStyle.secondary, label=label, row=1,
+                                            custom_id=f"{CUSTOM_ID}{verb}:{paper_id}"[:100]))
+    for action in actions[:5]:
+        custom_id = CUSTOM_ID + "run:" + json.dumps([action.verb, dict(action.args)], separators=(",", ":"))
+        if len(custom_id) <= 100:  # Discord's limit: a longer one is left out rather than cut
+            view.add_item(discord.ui.Button(style=discord.ButtonStyle.secondary, label=action.label[:80],
+                                            custom_id=custom_id, row=2))
     return view
+
+
+REPLY_VIEW_SECONDS = 900.0  # discord.py keeps a follow-up's view this long (then forgets it; presses still work)
+CUSTOM_ID = "papers:"  # our buttons' custom_id prefix: papers:save:ID, papers:not-relevant:ID, papers:run:JSON
+_DISCORD_USER = re.compile(r"[0-9]{1,20}")
+
+
+def mentions(item: Card | Digest) -> tuple[str, list[discord.Object]]:
+    """The content that mentions the --me subscribers, and them as the only allowed mentions."""
+    users = [user for user in item.mentions[:20] if _DISCORD_USER.fullmatch(user)]
+    return " ".join(f"<@{user}>" for user in users), [discord.Object(id=int(user)) for user in users]
+
+
+def _mentioning(item: Card | Digest) -> dict[str, Any]:
+    """The message fields that mention the item's --me subscribers, and allow only them."""
+    content, users = mentions(item)
+    if not users:
+        return {}
+    return {"content": content, "allowed_mentions": discord.AllowedMentions(
+        everyone=False, roles=False, replied_user=False, users=users)}
+
+
+def request_from_component(interaction: discord.Interaction) -> CommandRequest | None:
+    """A press of one of our buttons as a typed request; None for anything else."""
+    data: Any = interaction.data or {}
+    custom_id = str(data.get("custom_id", "")) if isinstance(data, dict) else ""
+    if not custom_id.startswith(CUSTOM_ID):
+        return None
+    kind, _, value = custom_id[len(CUSTOM_ID):].partition(":")
+    args: dict[str, ArgValue]
+    if kind in ("save", "not-relevant"):
+        verb, args = kind, {"paper": value}
+    elif kind == "run":
+        try:
+            verb, args = json.loads(value)
+        except (ValueError, TypeError):
+            return None
+        if not (isinstance(verb, str) and isinstance(args, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in args.items())):
+            return None
+    else:
+        return None
+    return CommandRequest(ChannelRef("discord", str(interaction.channel_id)), str(interaction.user.id), verb, args,
+                          can_manage=_can_manage(interaction))
+
+
+def _can_manage(interaction: discord.Interaction) -> bool:
+    """Manage Channels (or Administrator) in a server; in a direct message with the bot, the
+    person's own feed: theirs."""
+    if interaction.guild_id is None:
+        return True
+    permissions = interaction.permissions
+    return bool(permissions and (permissions.manage_channels or permissions.administrator))
 
 
 class DiscordAdapter:
@@ -140,12 +231,37 @@ class DiscordAdapter:
         return await self._send(
             channel.channel_id,
             embeds=[card_embed(card)],
-            view=_link_view(card_buttons(card)),
+            view=_link_view(card_buttons(card), card.paper_id),
             nonce=nonce_for(channel, card.paper_id),
+            **_mentioning(card),
         )
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
         return await self._send(channel.channel_id, content=safe(text, CONTENT_MAX))
+
+    async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
+        """A reply to the card (message_reference; a deleted card fails the reply rather than
+        post it on its own), with a nonce of its key: a resend soon after is the same message."""
+        reference = discord.MessageReference(message_id=int(thread.message_id),
+                                             channel_id=int(thread.channel.channel_id),
+                                             fail_if_not_exists=True).to_message_reference_dict()
+        return await self._send(thread.channel.channel_id, content=thread_reply_content(reply),
+                                message_reference=reference, nonce=nonce_for(thread.channel, f"reply:{reply.key}"))
+
+    async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
+        """Our reply to the card since `since`: a message of ours referencing the card, with
+        the reply's nonce (which Discord does not always return) or its very content."""
+        http = await self._client()
+        after = discord.utils.time_snowflake(since - timedelta(minutes=1))
+        messages = await http.logs_from(int(thread.channel.channel_id), 100, after=after)
+        nonce, content = nonce_for(thread.channel, f"reply:{reply.key}"), thread_reply_content(reply)
+        for message in messages:
+            reference = message.get("message_reference")
+            if (str((message.get("author") or {}).get("id")) == self.user_id
+                    and reference is not None and str(reference.get("message_id")) == thread.message_id
+                    and (message.get("nonce") == nonce or message.get("content") == content)):
+                return str(message["id"])
+        return None
 
     async def find_sent(self, channel: ChannelRef, paper_id: str, since: datetime) -> str | None:
         """The id of our own message about `paper_id` posted since `since`, if there is one.
@@ -170,20 +286,23 @@ class DiscordAdapter:
     async def post_digest(self, digest: Digest) -> PostResult:
         ids = ",".join(card.paper_id for card in digest.cards)
         return await self._send(digest.channel.channel_id, embeds=[digest_embed(digest)],
-                                nonce=nonce_for(digest.channel, f"digest:{ids}"))
+                                nonce=nonce_for(digest.channel, f"digest:{ids}"), **_mentioning(digest))
 
     async def reply(self, channel_id: str, message_id: str, reply: Reply) -> PostResult:
         """Answer a message (link cards) with the reply's cards."""
         reference = discord.MessageReference(message_id=int(message_id), channel_id=int(channel_id),
                                              fail_if_not_exists=False).to_message_reference_dict()
-        buttons = card_buttons(reply.cards[0]) if len(reply.cards) == 1 else []
+        one = reply.cards[0] if len(reply.cards) == 1 else None
         return await self._send(channel_id, embeds=reply_embeds(reply.cards),
-                                view=_link_view(buttons) if buttons else None, message_reference=reference)
+                                view=_link_view(card_buttons(one), one.paper_id) if one else None,
+                                message_reference=reference)
 
     async def _send(self, channel_id: str, **fields) -> PostResult:
+        # Nobody is pinged, except the --me subscribers a card names (post(), by user id).
+        fields.setdefault("allowed_mentions", discord.AllowedMentions.none())
         try:
             http = await self._client()
-            params = handle_message_parameters(allowed_mentions=discord.AllowedMentions.none(), **fields)
+            params = handle_message_parameters(**fields)
             with params:
                 message = await http.send_message(int(channel_id), params=params)
         except discord.LoginFailure:
@@ -230,20 +349,128 @@ def build_command_group(on_command: CommandHandler, on_complete: Completer) -> a
     group = app_commands.Group(name="papers", description="New machine-learning papers in this channel")
 
     async def run(interaction: discord.Interaction, verb: str, options: dict[str, Any]) -> None:
+        args: dict[str, ArgValue] = {name: value for name, value in options.items()
+                                     if value is not None and value is not False}
+        request = CommandRequest(ChannelRef("discord", str(interaction.channel_id)), str(interaction.user.id), verb,
+                                 args, can_manage=_can_manage(interaction))
+        if verb == "subscribe" and not args:  # no query: the subscribe form (a modal must be the first answer)
+            await open_subscribe_form(interaction, request, on_command)
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        permissions = interaction.permissions
-        args: dict[str, ArgValue] = {name: value for name, value in options.items() if value is not None}
-        request = CommandRequest(
-            ChannelRef("discord", str(interaction.channel_id)), str(interaction.user.id), verb, args,
-            can_manage=bool(permissions and (permissions.manage_channels or permissions.administrator)),
-        )
-        reply = await on_command(request)
-        await interaction.followup.send(content=reply.text[:CONTENT_MAX], embeds=reply_embeds(reply.cards),
-                                        ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+        await send_reply(interaction, await on_command(request))
 
     for cmd in handlers.COMMANDS.values():
         group.add_command(_subcommand(cmd, run, on_complete))
     return group
+
+
+async def send_reply(interaction: discord.Interaction, reply: Reply) -> None:
+    """The ephemeral follow-up of a deferred interaction: text, cards, and the reply's buttons."""
+    content, embeds, none = reply.text[:CONTENT_MAX], reply_embeds(reply.cards), discord.AllowedMentions.none()
+    one = reply.cards[0].paper_id if len(reply.cards) == 1 else None  # one card: its Save / Not relevant
+    if reply.actions or one:
+        await interaction.followup.send(content=content, embeds=embeds, ephemeral=True, allowed_mentions=none,
+                                        view=_link_view([], one, actions=reply.actions, timeout=REPLY_VIEW_SECONDS))
+    else:
+        await interaction.followup.send(content=content, embeds=embeds, ephemeral=True, allowed_mentions=none)
+
+
+async def answer_component(on_command: CommandHandler, interaction: discord.Interaction) -> bool:
+    """A press of Save, Not relevant or a reply's button: run its command, answer ephemerally."""
+    request = request_from_component(interaction)
+    if request is None:
+        return False
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    await send_reply(interaction, await on_command(request))
+    return True
+
+
+# ---- the subscribe form: a modal, then its preview with Confirm / Edit / Cancel ----------------
+
+FORM_TIMEOUT = 900.0  # seconds the modal and the preview's buttons keep working (15 minutes)
+_NO_MENTIONS = discord.AllowedMentions.none()
+
+
+async def open_subscribe_form(interaction: discord.Interaction, request: CommandRequest,
+                              on_command: CommandHandler) -> None:
+    """`/papers subscribe` without a query: the handlers check the right to manage the channel
+    and the rate limit, and give the form; it opens as a modal (the interaction's first and
+    only answer, within Discord's 3 seconds: no preview work happens before it)."""
+    reply = await on_command(request)
+    if reply.form is None:
+        await interaction.response.send_message(reply.text[:CONTENT_MAX], ephemeral=True, allowed_mentions=_NO_MENTIONS)
+        return
+    await interaction.response.send_modal(SubscribeModal(reply.form, on_command))
+
+
+class SubscribeModal(discord.ui.Modal):
+    """The query, in a modal. Discord modals cannot change while open, so submitting shows the
+    preview (ephemeral) with Confirm, Edit and Cancel; Confirm subscribes the channel the form
+    was opened from (kept here, never taken from the submission)."""
+
+    def __init__(self, form: SubscribeForm, on_command: CommandHandler):
+        super().__init__(title=form.title[:45], timeout=FORM_TIMEOUT)
+        self.form = form
+        self.on_command = on_command
+        self.query: discord.ui.TextInput = discord.ui.TextInput(
+            label=form.label[:45], placeholder=form.placeholder[:100], default=form.query[:form.max_length] or None,
+            max_length=form.max_length, required=True)
+        self.add_item(self.query)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        query = (self.query.value or "").strip()
+        reply = await self.on_command(CommandRequest(self.form.channel, str(interaction.user.id), "preview",
+                                                     {"query": query}, can_manage=_can_manage(interaction)))
+        if reply.form is None or reply.form.preview is None:  # refused (the rate limit, a busy database)
+            await interaction.followup.send(content=reply.text[:CONTENT_MAX], ephemeral=True,
+                                            allowed_mentions=_NO_MENTIONS)
+            return
+        form = reply.form
+        await interaction.followup.send(embed=preview_embed(form), view=ConfirmSubscribe(form, self.on_command,
+                                                                                          str(interaction.user.id)),
+                                        ephemeral=True, allowed_mentions=_NO_MENTIONS)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]  # discord.py: Modal.on_error has no item
+        log.exception("Discord: the subscribe form failed", exc_info=error)
+
+
+class ConfirmSubscribe(discord.ui.View):
+    """The preview's buttons: Confirm subscribes exactly as `/papers subscribe <query>` does
+    (rights checked again), Edit reopens the modal with the query, Cancel ends it."""
+
+    def __init__(self, form: SubscribeForm, on_command: CommandHandler, user_id: str):
+        super().__init__(timeout=FORM_TIMEOUT)
+        self.form = form
+        self.on_command = on_command
+        self.user_id = user_id
+        preview = form.preview
+        self.confirm.disabled = preview is None or preview.error is not None
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return str(interaction.user.id) == self.user_id  # the preview is ephemeral: only its owner sees it
+
+    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.defer()  # subscribing includes the estimate: it may take a few seconds
+        self.stop()
+        reply = await self.on_command(CommandRequest(self.form.channel, str(interaction.user.id), "subscribe",
+                                                     {"query": self.form.query}, can_manage=_can_manage(interaction)))
+        await interaction.edit_original_response(content=reply.text[:CONTENT_MAX], embed=None, view=None,
+                                                 allowed_mentions=_NO_MENTIONS)
+
+    @discord.ui.button(label="Edit", style=discord.ButtonStyle.secondary)
+    async def edit(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.send_modal(SubscribeModal(replace(self.form, preview=None), self.on_command))
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="Cancelled: nothing was subscribed.", embed=None, view=None)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception,
+                       item: discord.ui.Item) -> None:
+        log.exception("Discord: the subscribe form's button failed", exc_info=error)
 
 
 def _subcommand(cmd: Command, run, on_complete: Completer) -> app_commands.Command:
@@ -269,7 +496,9 @@ def _subcommand(cmd: Command, run, on_complete: Completer) -> app_commands.Comma
 
 def _annotation(param: Param) -> Any:
     kind: Any
-    if param.kind == "int":
+    if param.kind == "flag":
+        kind = bool
+    elif param.kind == "int":
         kind = int if param.minimum is None and param.maximum is None else \
             app_commands.Range[int, param.minimum, param.maximum]
     elif param.choices:
@@ -339,6 +568,11 @@ class _Gateway(discord.Client):
         if not self.connected:
             log.info("connected to the Discord gateway as %s: /papers commands are on", self.user)
         self.connected = True
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        # Application commands are the tree's; our buttons' presses come here.
+        if interaction.type is discord.InteractionType.component:
+            await answer_component(self.on_command, interaction)
 
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or not message.content:

@@ -6,11 +6,13 @@ sent with allowed_mentions none as well (see discord_adapter).
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import discord
 from discord.utils import escape_markdown, escape_mentions
 
 from ..cards import shorten
-from ..models import Card, Digest
+from ..models import Card, Digest, SubscribeForm, ThreadReply
 
 TITLE_MAX = 256
 DESCRIPTION_MAX = 4096
@@ -36,24 +38,46 @@ def safe(text: str, limit: int) -> str:
     return escaped
 
 
+def thread_reply_content(reply: ThreadReply) -> str:
+    """A reply to a card: its text escaped and bounded, then its link (in <>: no preview)."""
+    text = safe(reply.text, 500)
+    if reply.link is None:
+        return text
+    url = "".join(c if c.isprintable() and c not in " <>" else quote(c, safe="") for c in reply.link.url[:1000])
+    return f"{text}: <{url}>"
+
+
 def embed_size(embed: discord.Embed) -> int:
     """The characters Discord counts towards its 6,000 per message."""
     return len(embed)
 
 
 def card_embed(card: Card) -> discord.Embed:
+    """One embed, at most about 3,600 characters (Discord counts 6,000 a message)."""
+    label = f"**{card.body_label}:** " if card.body_label else ""
     embed = discord.Embed(
         title=safe(card.title, TITLE_MAX),
         url=card.url,
-        description=safe(card.body, 1500),
+        description=label + safe(card.body, 1500),
         colour=COLOURS.get(card.source, 0x5865F2),
     )
     embed.set_author(name=safe(card.authors, AUTHOR_MAX))
     if card.upvotes is not None:
         embed.add_field(name="Upvotes", value=f"▲ {card.upvotes}", inline=True)
+    if card.comments is not None:
+        embed.add_field(name="Comments", value=f"💬 {card.comments}", inline=True)
     embed.add_field(name="arXiv", value=card.paper_id, inline=True)
+    if card.categories:
+        embed.add_field(name="Categories", value=safe(", ".join(card.categories), 200), inline=True)
+    if card.organization:
+        embed.add_field(name="Organization", value=safe(card.organization, 200), inline=True)
+    if card.listed_on:
+        embed.add_field(name="Listed", value=card.listed_on.isoformat(), inline=True)
     if card.reason:
-        embed.add_field(name="Why", value=safe(f"Matched {card.reason}", FIELD_VALUE_MAX), inline=False)
+        why = safe(f"Matched {card.reason}", 500)
+        if card.snippet:
+            why += "\nFrom the abstract: “" + safe(card.snippet, 400) + "”"
+        embed.add_field(name="Why", value=why[:FIELD_VALUE_MAX], inline=False)
     if card.thumbnail:
         embed.set_thumbnail(url=card.thumbnail)
     return embed
@@ -67,7 +91,8 @@ def card_buttons(card: Card) -> list[tuple[str, str]]:
 def digest_embed(digest: Digest) -> discord.Embed:
     """One embed: a line per paper, as many as fit, and how many more there are."""
     lines: list[str] = []
-    used = 0
+    order = f"*{safe(digest.order, 300)}*\n" if digest.order else ""
+    used = len(order)
     for card in digest.cards:
         votes = f" · ▲ {card.upvotes}" if card.upvotes is not None else ""
         line = f"• [{safe(shorten(card.title, 110), 150)}]({card.url}){votes}"
@@ -75,7 +100,8 @@ def digest_embed(digest: Digest) -> discord.Embed:
             break
         lines.append(line)
         used += len(line) + 1
-    embed = discord.Embed(title=safe(digest.title, TITLE_MAX), description="\n".join(lines), colour=0x5865F2)
+    embed = discord.Embed(title=safe(digest.title, TITLE_MAX), description=order + "\n".join(lines),
+                          colour=0x5865F2)
     rest = len(digest.cards) - len(lines)
     if rest or digest.note:
         embed.set_footer(text=(digest.note or f"and {rest} more: see /papers search")[:FOOTER_MAX])
@@ -93,3 +119,21 @@ def reply_embeds(cards: tuple[Card, ...]) -> list[discord.Embed]:
         embeds.append(embed)
         total += embed_size(embed)
     return embeds
+
+
+def preview_embed(form: SubscribeForm) -> discord.Embed:
+    """The subscribe form's preview, shown after the modal is submitted (Discord modals cannot
+    change while open): why the query cannot be used, or the query as understood, the
+    estimate and the newest matching papers."""
+    preview = form.preview
+    if preview is None:
+        return discord.Embed(title=safe(form.title, TITLE_MAX), description=safe(form.waiting, 1500), colour=0x5865F2)
+    if preview.error is not None:
+        return discord.Embed(title=safe(form.title, TITLE_MAX), colour=0xD93F0B,
+                             description=safe(f"Cannot use “{shorten(preview.query, 600)}”: {preview.error}", 1500))
+    lines = [f"**Understood as:** {safe(preview.normalized, 1000)}", safe(preview.estimate, 600)]
+    for card in preview.examples[:5]:
+        votes = f" · ▲ {card.upvotes}" if card.upvotes is not None else ""
+        lines.append(f"• [{safe(shorten(card.title, 110), 150)}]({card.url}){votes}")
+    return discord.Embed(title=safe(form.title, TITLE_MAX), description="\n".join(lines)[:DESCRIPTION_MAX],
+                         colour=0x5865F2)

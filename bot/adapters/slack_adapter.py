@@ -17,6 +17,7 @@ import os
 import random
 import re
 import time
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -35,17 +36,43 @@ from slack_sdk.web.async_client import AsyncWebClient
 import handlers
 
 from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
-from ..models import Card, ChannelRef, CommandRequest, Digest, PostResult
+from ..models import (
+    Card,
+    ChannelRef,
+    CommandRequest,
+    Digest,
+    PostResult,
+    QueryPreview,
+    SubscribeForm,
+    ThreadRef,
+    ThreadReply,
+)
 from . import TOKEN_REFUSED_WAIT, CommandHandler, Running
 from .slack_render import (
+    ACTION_NOT_RELEVANT,
+    ACTION_OPEN_FORM,
+    ACTION_QUERY,
+    ACTION_RUN,
+    ACTION_SAVE,
     ACTION_UNSUBSCRIBE,
+    BLOCK_QUERY,
+    FOLLOWUP_EVENT,
+    MAX_BLOCKS,
+    MODAL_SUBSCRIBE,
     PAPER_EVENT,
     card_blocks,
     card_text,
     digest_blocks,
+    digest_people_blocks,
     digest_text,
     escape,
+    form_error,
+    home_view,
+    mentions,
     reply_blocks,
+    result_modal,
+    subscribe_modal,
+    thread_reply_text,
 )
 
 if TYPE_CHECKING:
@@ -86,6 +113,15 @@ class SlackAdapter:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def post(self, channel: ChannelRef, card: Card) -> PostResult:
+        result = await self._post_card(channel, card)
+        if not result.ok and result.error == "invalid_blocks" and card.thumbnail:
+            # Slack fetches an image when the message is posted and refuses the whole message
+            # when it cannot (a thumbnail gone, or too big): the card goes out without it.
+            log.warning("Slack refused the card of %s with its thumbnail; posting it without", card.paper_id)
+            result = await self._post_card(channel, replace(card, thumbnail=None))
+        return result
+
+    async def _post_card(self, channel: ChannelRef, card: Card) -> PostResult:
         blocks = [block.to_dict() for block in card_blocks(card, card.subscriptions)]
         return await self._post(channel.channel_id, text=card_text(card), blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_id": card.paper_id}})
@@ -117,10 +153,37 @@ class SlackAdapter:
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
         return await self._post(channel.channel_id, text=escape(text)[:3000])
 
+    async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
+        """A reply in the card's thread (not sent to the channel), carrying its key as metadata."""
+        return await self._post(thread.channel.channel_id, text=thread_reply_text(reply), thread_ts=thread.message_id,
+                                metadata={"event_type": FOLLOWUP_EVENT, "event_payload": {"key": reply.key}})
+
+    async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
+        """The ts of our `reply` in the card's thread since `since`, known by the key in its
+        metadata (read with conversations.replies: replies are not in the channel's history)."""
+        cursor = None
+        for _ in range(5):  # at most 1,000 replies
+            response = await self.client.conversations_replies(
+                channel=thread.channel.channel_id, ts=thread.message_id, oldest=f"{since.timestamp() - 60:.6f}",
+                limit=200, include_all_metadata=True, **({"cursor": cursor} if cursor else {}))
+            replies: list[dict] = response.get("messages", [])
+            for message in replies:
+                metadata = message.get("metadata") or {}
+                if metadata.get("event_type") == FOLLOWUP_EVENT and (metadata.get("event_payload") or {}).get(
+                        "key") == reply.key and message.get("ts") != thread.message_id:
+                    return str(message["ts"])
+            cursor = (response.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+        return None
+
     async def post_digest(self, digest: Digest) -> PostResult:
-        blocks = [block.to_dict() for block in digest_blocks(digest)]
+        people = digest_people_blocks(digest)
+        blocks = [block.to_dict() for block in digest_blocks(digest)[:MAX_BLOCKS - len(people)] + people]
         ids = ",".join(card.paper_id for card in digest.cards)[:2000]
-        return await self._post(digest.channel.channel_id, text=digest_text(digest), blocks=blocks,
+        who = mentions(digest)
+        text = f"{who} {digest_text(digest)}"[:3000] if who else digest_text(digest)
+        return await self._post(digest.channel.channel_id, text=text, blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_ids": ids}})
 
     async def start(self, on_command: CommandHandler) -> Running | None:
@@ -191,6 +254,16 @@ def _id(obj, key: str = "id") -> str | None:
     return value if _text(value) else None
 
 
+def _runs_a_command(action_id: str) -> bool:
+    """The card's Save / Not relevant buttons and a reply's buttons: each runs a command."""
+    return action_id in (ACTION_SAVE, ACTION_NOT_RELEVANT) or action_id.startswith(ACTION_RUN + "_")
+
+
+def _direct(channel_id: str) -> bool:
+    """A direct message with the bot (an IM channel, D...): the person's own feed, theirs to manage."""
+    return channel_id.startswith("D")
+
+
 def payload_problem(body) -> str | None:
     """Why a payload our listeners would handle lacks what they need; None if it is fine.
 
@@ -207,6 +280,10 @@ def payload_problem(body) -> str | None:
             return "slash command text is not a string"
         return None
     kind = body.get("type")
+    if kind in ("block_actions", "view_submission"):
+        problem = modal_payload_problem(body)
+        if problem is not None:
+            return problem
     if kind == "block_actions":
         actions = body.get("actions")
         if not _id(body.get("user")):
@@ -214,14 +291,16 @@ def payload_problem(body) -> str | None:
         if not (isinstance(actions, list) and actions and all(isinstance(a, dict) and _text(a.get("action_id"))
                                                               for a in actions)):
             return "block action without actions"
-        if any(a["action_id"] == ACTION_UNSUBSCRIBE for a in actions):
+        if any(a["action_id"] == ACTION_UNSUBSCRIBE or _runs_a_command(a["action_id"]) for a in actions):
             if not (_id(body.get("channel")) or _id(body.get("container"), "channel_id")):
-                return "overflow action without a channel"
+                return "card action without a channel"
             if not _text(body.get("response_url")):
-                return "overflow action without a response_url"
+                return "card action without a response_url"
             if not all(isinstance(a.get("selected_option", {}), dict)
                        and isinstance(a.get("selected_option", {}).get("value", ""), str) for a in actions):
                 return "overflow action with a malformed selected_option"
+            if not all(isinstance(a.get("value", ""), str) for a in actions):
+                return "button action with a malformed value"
         return None
     if kind == "event_callback":
         event = body.get("event")
@@ -234,6 +313,9 @@ def payload_problem(body) -> str | None:
             if not (_text(event.get("channel")) and _text(event.get("message_ts")) and isinstance(links, list)
                     and all(isinstance(link, dict) and isinstance(link.get("url", ""), str) for link in links)):
                 return "link_shared without channel, message_ts or links"
+        if event["type"] == "app_home_opened" and not (_text(event.get("user"))
+                                                       and isinstance(event.get("channel", ""), str)):
+            return "app_home_opened without a user"
         if event["type"] == "app_mention":
             if not (_text(event.get("channel")) and _text(event.get("ts")) and isinstance(event.get("text", ""), str)
                     and isinstance(event.get("thread_ts", ""), str)):
@@ -257,8 +339,8 @@ def build_bolt_app(
     app = AsyncApp(client=client, signing_secret=signing_secret, request_verification_enabled=False,
                    process_before_response=False)
 
-    def may_manage(user_id: str) -> bool:
-        return not admins or user_id in admins
+    def may_manage(user_id: str, channel_id: str = "") -> bool:
+        return not admins or user_id in admins or _direct(channel_id)
 
     @app.middleware
     async def refuse_malformed(body, next):
@@ -269,11 +351,15 @@ def build_bolt_app(
         return await next()
 
     @app.command(command)
-    async def slash_command(ack, body, respond):
+    async def slash_command(ack, body, respond, client):
         await ack()  # within Slack's 3 seconds; the work happens after
         request = handlers.request_from_text(ChannelRef("slack", body["channel_id"]), body["user_id"],
-                                             body.get("text") or "", can_manage=may_manage(body["user_id"]))
+                                             body.get("text") or "",
+                                             can_manage=may_manage(body["user_id"], body["channel_id"]))
         reply = await on_command(request)
+        if reply.form is not None and not reply.ok and await open_subscribe_modal(client, body.get("trigger_id"),
+                                                                                 reply.form) is not None:
+            return  # `subscribe` without a query: the form asks for it
         await respond(text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
                       response_type="ephemeral", replace_original=False)
 
@@ -291,9 +377,49 @@ def build_bolt_app(
             return
         user = body["user"]["id"]
         channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
-        request = CommandRequest(ChannelRef("slack", channel), user, verb, args, may_manage(user))
+        request = CommandRequest(ChannelRef("slack", channel), user, verb, args, may_manage(user, channel))
         reply = await on_command(request)
         await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
+
+    @app.action(re.compile(rf"^({ACTION_SAVE}|{ACTION_NOT_RELEVANT}|{ACTION_RUN}_\d+)$"))
+    async def command_button(ack, body, respond):
+        """Save / Not relevant on a card, or a reply's button (a mute offered): a typed request."""
+        await ack()
+        action = body["actions"][0]  # shape checked by payload_problem
+        value = action.get("value", "")
+        if action["action_id"] in (ACTION_SAVE, ACTION_NOT_RELEVANT):
+            verb = "save" if action["action_id"] == ACTION_SAVE else "not-relevant"
+            args: dict = {"paper": value}
+        else:
+            try:
+                verb, args = json.loads(value)
+            except (ValueError, TypeError):
+                verb, args = "", {}
+            if not (isinstance(verb, str) and isinstance(args, dict)
+                    and all(isinstance(k, str) and isinstance(v, str) for k, v in args.items())):
+                log.warning("Slack: ignored a button with a malformed value")
+                return
+        user = body["user"]["id"]
+        channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
+        reply = await on_command(CommandRequest(ChannelRef("slack", channel), user, verb, args,
+                                                may_manage(user, channel)))
+        await respond(text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
+                      response_type="ephemeral", replace_original=False)
+
+    @app.event("app_home_opened")
+    async def app_home(event, client):
+        """The Home tab: the person's own subscriptions (`list --me`) and reading list (`saved --me`)."""
+        if event.get("tab", "home") != "home":
+            return
+        user = event["user"]
+        channel = ChannelRef("slack", "app-home")  # no channel of its own: every subscription says where it is
+        sections = []
+        for title, verb in (("Your subscriptions", "list"), ("Your reading list", "saved")):
+            reply = await on_command(CommandRequest(channel, user, verb, {"me": 1}, can_manage=False))
+            sections.append((title, reply))
+        await client.views_publish(user_id=user, view=home_view(sections))
+
+    add_subscribe_modal(app, on_command, may_manage)
 
     @app.action(re.compile(r"^papers_link_\d+$"))
     async def link_button(ack):
@@ -318,13 +444,242 @@ def build_bolt_app(
         text = _MENTION.sub("", event.get("text", "")).strip()
         text = _LINK.sub(r"\1", text)
         request = handlers.mention_request(ChannelRef("slack", event["channel"]), event.get("user", ""), text,
-                                           can_manage=may_manage(event.get("user", "")))
+                                           can_manage=may_manage(event.get("user", ""), event["channel"]))
         reply = await on_command(request)
         await client.chat_postMessage(channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
                                       text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
                                       unfurl_links=False)
 
     return app
+
+
+# ---- the subscribe modal: views.open, a live preview through views.update, view_submission ----
+
+ACK_WITHIN = 2.5  # seconds a view_submission may take before it must be acknowledged (Slack allows 3)
+_SLACK_ID = re.compile(r"[A-Z0-9]{2,30}")
+
+
+def modal_metadata(channel: ChannelRef) -> str:
+    """The modal's private_metadata: the channel it was opened from, where submitting subscribes."""
+    return json.dumps({"channel": channel.channel_id})
+
+
+def modal_channel(metadata) -> ChannelRef | None:
+    """The channel in a modal's private_metadata, or None when it is not one we wrote."""
+    try:
+        value = json.loads(metadata) if isinstance(metadata, str) and len(metadata) <= 3000 else None
+    except ValueError:
+        return None
+    channel = value.get("channel") if isinstance(value, dict) else None
+    if not (isinstance(channel, str) and _SLACK_ID.fullmatch(channel)):
+        return None
+    return ChannelRef("slack", channel)
+
+
+def modal_payload_problem(body: dict) -> str | None:
+    """What a subscribe modal's payload lacks (its input's block_actions, its view_submission)."""
+    view = body.get("view")
+    if body.get("type") == "view_submission":
+        if not _id(body.get("user")):
+            return "view submission without a user"
+        if not (isinstance(view, dict) and _text(view.get("id")) and isinstance(view.get("callback_id", ""), str)):
+            return "view submission without a view"
+        state = view.get("state", {})
+        if not (isinstance(state, dict) and isinstance(state.get("values", {}), dict)):
+            return "view submission with a malformed state"
+        return None
+    actions = body.get("actions")
+    if isinstance(actions, list) and any(isinstance(a, dict) and a.get("action_id") == ACTION_QUERY for a in actions):
+        if not (isinstance(view, dict) and _text(view.get("id")) and isinstance(view.get("hash", ""), str)
+                and isinstance(view.get("private_metadata", ""), str)):
+            return "query edit without its view"
+        if not all(isinstance(a, dict) and isinstance(a.get("value") or "", str) for a in actions):
+            return "query edit with a malformed value"
+    return None
+
+
+async def open_subscribe_modal(client: AsyncWebClient, trigger_id, form: SubscribeForm) -> _Edit | None:
+    """Open the subscribe modal (views.open with the interaction's trigger_id): the view opened,
+    as an edit of its query (to preview it), or None if it cannot be opened."""
+    if not _text(trigger_id):
+        return None
+    try:
+        response = await client.views_open(trigger_id=trigger_id,
+                                           view=subscribe_modal(form, modal_metadata(form.channel)))
+    except SlackApiError as exc:  # expired_trigger_id (over 3 seconds), a network hiccup...
+        log.info("Slack: cannot open the subscribe form (%s)", (exc.response.data or {}).get("error")
+                 if isinstance(exc.response.data, dict) else "error")
+        return None
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        log.info("Slack: cannot open the subscribe form (%s)", type(exc).__name__)
+        return None
+    view = response.get("view") or {}
+    view_id, view_hash = view.get("id"), view.get("hash")
+    return _Edit(view_id if isinstance(view_id, str) else "", view_hash if isinstance(view_hash, str) else "",
+                 form.query, form.channel, "", False)
+
+
+class _Edit:
+    """One edit of a subscribe modal's query, as the block_actions payload gave it."""
+
+    __slots__ = ("view_id", "hash", "query", "channel", "user", "can_manage")
+
+    def __init__(self, view_id: str, view_hash: str, query: str, channel: ChannelRef, user: str, can_manage: bool):
+        self.view_id, self.hash, self.query = view_id, view_hash, query
+        self.channel, self.user, self.can_manage = channel, user, can_manage
+
+
+class LivePreviews:
+    """Runs the previews of the subscribe modals as their queries are edited.
+
+    At most one preview runs at a time per user; edits arriving meanwhile replace each
+    other, and only the newest is previewed next, so a fast typist costs one preview at a
+    time and the modal always ends showing the last query typed. Each preview is the
+    `preview` command (its work off the event loop, in handlers) and one views.update.
+    """
+
+    def __init__(self, client: AsyncWebClient, on_command: CommandHandler, max_views: int = 1000):
+        self.client = client
+        self.on_command = on_command
+        self.max_views = max_views
+        self.pending: dict[str, _Edit] = {}  # user -> the newest edit not previewed yet
+        self.tasks: dict[str, asyncio.Task] = {}  # user -> the task previewing their edits
+        self.hashes: dict[str, str] = {}  # view id -> the hash our last views.update of it returned
+        self.updates = 0  # views.update calls made (for tests and logs)
+
+    def edited(self, edit: _Edit) -> None:
+        self.pending[edit.user] = edit
+        if edit.user not in self.tasks:
+            self.tasks[edit.user] = asyncio.get_running_loop().create_task(self._run(edit.user))
+
+    async def idle(self) -> None:
+        """Wait until every preview under way is shown (tests)."""
+        while self.tasks:
+            await asyncio.wait(list(self.tasks.values()))
+
+    def forget(self, view_id: str) -> None:
+        """The view was submitted: no preview of it is owed any more."""
+        self.hashes.pop(view_id, None)
+        for user, edit in list(self.pending.items()):
+            if edit.view_id == view_id:
+                del self.pending[user]
+
+    async def _run(self, user: str) -> None:
+        try:
+            while (edit := self.pending.pop(user, None)) is not None:
+                try:
+                    await self._show(edit)
+                except Exception:  # one failed preview must not end the user's later ones
+                    log.exception("Slack: the subscribe form's preview failed")
+        finally:
+            self.tasks.pop(user, None)
+
+    async def _show(self, edit: _Edit) -> None:
+        query = edit.query.strip()
+        if not query:
+            form = handlers.subscribe_form(edit.channel)
+        else:
+            reply = await self.on_command(CommandRequest(edit.channel, edit.user, "preview", {"query": query},
+                                                         edit.can_manage, live_preview=True))
+            form = reply.form or handlers.subscribe_form(edit.channel, query,
+                                                         QueryPreview(query, error=form_error(reply.text)))
+        if self.pending.get(edit.user) is not None and self.pending[edit.user].view_id == edit.view_id:
+            return  # a newer edit of this view is waiting: show that one instead
+        view = subscribe_modal(form, modal_metadata(edit.channel), opening=False)
+        try:
+            response = await self.client.views_update(view_id=edit.view_id, hash=self.hashes.get(edit.view_id) or
+                                                      edit.hash or None, view=view)
+        except SlackApiError as exc:
+            error = (exc.response.data or {}).get("error") if isinstance(exc.response.data, dict) else None
+            # hash_conflict: the view changed since (a newer edit brings the new hash); not_found: it was closed
+            log.log(logging.DEBUG if error in ("hash_conflict", "not_found") else logging.WARNING,
+                    "Slack: the subscribe form's preview was not shown (%s)", error)
+            return
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("Slack: the subscribe form's preview was not shown (%s)", type(exc).__name__)
+            return
+        self.updates += 1
+        new_hash = (response.get("view") or {}).get("hash")
+        if isinstance(new_hash, str):
+            self.hashes.pop(edit.view_id, None)
+            self.hashes[edit.view_id] = new_hash
+            while len(self.hashes) > self.max_views:  # the oldest views are long closed
+                self.hashes.pop(next(iter(self.hashes)))
+
+
+def add_subscribe_modal(app: AsyncApp, on_command: CommandHandler,
+                        may_manage: Callable[[str, str], bool]) -> LivePreviews:
+    """The subscribe modal's listeners: the "Subscribe…" button, each edit of the query (a live
+    preview), and the submission, which subscribes the channel the modal was opened from."""
+    previews = LivePreviews(app.client, on_command)
+    app.previews = previews  # type: ignore[attr-defined]  # for tests: LivePreviews.idle()
+
+    @app.action(ACTION_OPEN_FORM)
+    async def open_form(ack, body, client, respond):
+        await ack()
+        channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
+        if channel is None or not _SLACK_ID.fullmatch(channel):
+            return
+        user = body["user"]["id"]
+        reply = await on_command(CommandRequest(ChannelRef("slack", channel), user, "subscribe", {},
+                                                may_manage(user, channel)))  # the manage right, the rate limit
+        button = next((a for a in body["actions"] if a.get("action_id") == ACTION_OPEN_FORM), {})
+        query = button.get("value") if isinstance(button.get("value"), str) else ""
+        form = replace(reply.form, query=query[:reply.form.max_length]) if reply.form is not None else None
+        opened = await open_subscribe_modal(client, body.get("trigger_id"), form) if form is not None else None
+        if opened is None:
+            await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
+        elif opened.query.strip() and opened.view_id:  # show its preview at once, as if it had just been typed
+            previews.edited(_Edit(opened.view_id, opened.hash, opened.query, opened.channel, user,
+                                    may_manage(user, opened.channel.channel_id)))
+
+    @app.action(ACTION_QUERY)
+    async def query_edited(ack, body):
+        await ack()
+        view = body["view"]  # shape checked by payload_problem
+        channel = modal_channel(view.get("private_metadata"))
+        if channel is None:
+            log.warning("Slack: ignored an edit of a subscribe form without its channel")
+            return
+        user = body["user"]["id"]
+        value = next((a.get("value") or "" for a in body["actions"] if a.get("action_id") == ACTION_QUERY), "")
+        previews.edited(_Edit(view["id"], view.get("hash") or "", value[:1000], channel, user,
+                                  may_manage(user, channel.channel_id)))
+
+    @app.view(MODAL_SUBSCRIBE)
+    async def submitted(ack, body, client):
+        view = body["view"]  # shape checked by payload_problem
+        previews.forget(view["id"])
+        channel = modal_channel(view.get("private_metadata"))
+        if channel is None:
+            await ack(response_action="errors",
+                      errors={BLOCK_QUERY: "This form has lost its channel: open it again with /papers subscribe."})
+            return
+        field = ((view.get("state") or {}).get("values") or {}).get(BLOCK_QUERY)
+        value = field.get(ACTION_QUERY) if isinstance(field, dict) else None
+        query = value.get("value") if isinstance(value, dict) else None
+        user = body["user"]["id"]
+        request = CommandRequest(channel, user, "subscribe", {"query": query if isinstance(query, str) else ""},
+                                 may_manage(user, channel.channel_id))
+        title = handlers.subscribe_form(channel).title
+        task = asyncio.ensure_future(on_command(request))
+        done, _ = await asyncio.wait({task}, timeout=ACK_WITHIN)
+        if task in done:
+            reply = task.result()
+            if not reply.ok:  # the same reasons `/papers subscribe <query>` gives, under the input
+                await ack(response_action="errors", errors={BLOCK_QUERY: form_error(reply.text)})
+            else:
+                await ack(response_action="update", view=result_modal(title, reply.text))
+            return
+        # Slow (a busy database, a long estimate): answer Slack now, show the result when it comes.
+        await ack(response_action="update", view=result_modal(title, "Subscribing…"))
+        reply = await task
+        try:
+            await client.views_update(view_id=view["id"], view=result_modal(title, reply.text))
+        except (SlackApiError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.info("Slack: the subscribe form's result was not shown (%s)", type(exc).__name__)
+
+    return previews
 
 
 class _Clock(Clock):

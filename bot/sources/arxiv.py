@@ -23,6 +23,7 @@ import calendar
 import logging
 import re
 from datetime import date, datetime, timedelta, timezone
+from typing import Sequence
 
 import feedparser
 import httpx
@@ -43,7 +44,7 @@ from .base import (
     get_listing,
     url_problem,
 )
-from .ids import canonical_arxiv_id
+from .ids import arxiv_version, canonical_arxiv_id
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ _PREAMBLE = re.compile(r"^\s*arXiv:\S+\s+Announce Type:\s*\S+\s*(?:Abstract:\s*)
 
 ARXIV_INTERVAL = 3.0  # seconds between requests (arXiv's terms of use)
 ARXIV_PAGE = 200  # API results per request
+ID_LIST_MAX = 100  # ids per `id_list` request (categories of other sources' papers)
 ARXIV_LAG_DAYS = 3  # newer submissions may not be announced yet: the poller brings those
 DEFAULT_API_URL = "https://export.arxiv.org/api/query"
 
@@ -92,6 +94,20 @@ class ArxivSource:
 
     async def fetch_one(self, paper_id: str) -> Paper | None:
         return parse_api_entry(await self._api({"id_list": paper_id}), paper_id)
+
+    async def categories_of(self, paper_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """arXiv's categories of these papers, by id: API `id_list` requests of at most
+        ID_LIST_MAX ids, each waiting its turn at this source's one pacer. Ids arXiv does not
+        know (or lists without categories) are left out. SourceError when a request fails:
+        the caller keeps what it has."""
+        ids = list(dict.fromkeys(paper_ids))
+        found: dict[str, tuple[str, ...]] = {}
+        for start in range(0, len(ids), ID_LIST_MAX):
+            chunk = ids[start:start + ID_LIST_MAX]
+            papers, _total = parse_api_feed(await self._api({"id_list": ",".join(chunk), "max_results": len(chunk)}))
+            wanted = set(chunk)
+            found.update((p.id, p.categories) for p in papers if p.id in wanted and p.categories)
+        return found
 
     def backfill_plan(self, days: int, today: date) -> BackfillPlan:
         first = today - timedelta(days=min(ARXIV_LAG_DAYS - 1, days))
@@ -213,9 +229,21 @@ def parse_entry(entry: dict) -> Paper:
         published=published,
         listed_on=published.date(),
         is_update=announce in ANNOUNCE_UPDATE,
+        version=version_of(paper_id, str(entry.get("id") or ""), str(entry.get("summary") or "")[:100]),
     )
     check_paper(paper)
     return paper
+
+
+def version_of(paper_id: str, *texts: str) -> int | None:
+    """The version these texts give for `paper_id` (the RSS guid `oai:arXiv.org:ID`vN or
+    the description's `arXiv:ID`vN; the API's entry id): the first that names one."""
+    for text in texts:
+        if canonical_arxiv_id(text) == paper_id:
+            version = arxiv_version(text)
+            if version is not None:
+                return version
+    return None
 
 
 def entry_datetime(entry: dict, paper_id: str) -> datetime:
@@ -275,6 +303,7 @@ def _api_paper(entry: dict, entry_id: str) -> Paper:
         source=NAME,
         published=when,
         listed_on=when.date(),
+        version=version_of(paper_id, entry_id),
     )
     check_paper(paper)
     return paper

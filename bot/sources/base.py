@@ -302,6 +302,8 @@ def check_paper(paper) -> None:
         if not isinstance(values, tuple) or not all(isinstance(v, str) for v in values) or len(values) > 10_000:
             raise ValueError(f"{paper.id}: {field} is not a list of names")
     check_count(paper.upvotes, "upvotes")
+    if paper.version is not None and (not isinstance(paper.version, int) or not 0 < paper.version < 10_000):
+        raise ValueError(f"{paper.id}: version {bounded_repr(paper.version)} is out of range")
     if paper.published is not None:
         if not isinstance(paper.published, datetime):
             raise ValueError(f"{paper.id}: published is not a date")

@@ -6,10 +6,12 @@ The listing is today's list; `?date=YYYY-MM-DD` gives a past day's (backfill), a
 Parsed from the raw JSON (not huggingface_hub, which loses the fields that live under
 `paper`): upvotes, githubRepo, projectPage and ai_summary are on `paper`; the list date
 is `paper.submittedOnDailyAt` (absent in older records, where the item's `publishedAt`
-was the real submission time). Optional fields are optional (absent or null means
-unknown); unknown keys are ignored. A field that is present but malformed (a wrong type, a
-count out of range such as upvotes of 2**70 or -3, a date `datetime` cannot parse or
-represent) makes its item skipped with one logged reason: never the whole list.
+was the real submission time); the comment count is the item's `numComments`. Hugging
+Face gives no arXiv categories: bot/enrich.py asks arXiv for them before matching.
+Optional fields are optional (absent or null means unknown); unknown keys are ignored. A
+field that is present but malformed (a wrong type, a count out of range such as upvotes of
+2**70 or -3, a date `datetime` cannot parse or represent) makes its item skipped with one
+logged reason: never the whole list.
 """
 
 from __future__ import annotations
@@ -182,6 +184,7 @@ def parse_item(item: object) -> Paper:
             project_page=_http_url(_text(paper, "projectPage")),
             ai_summary=clean_text(_text(paper, "ai_summary"), 2000) or None,
             organization=_organization(paper.get("organization") or item.get("organization")),
+            comments=check_count(item.get("numComments", paper.get("numComments")), "numComments"),
         )
         check_paper(result)
     except ValueError as exc:

@@ -31,3 +31,13 @@ def canonical_arxiv_id(text: str) -> str | None:
         return exact.group(1)
     found = _ID.search(text)
     return found.group(1) if found else None
+
+
+_VERSION = re.compile(rf"(?:(?<![\w.])|(?<=[aA][rR][xX][iI][vV]\.))(?:{_NEW}|{_OLD})v(\d{{1,4}})(?:\.pdf)?(?!\w|\.\w)")
+
+
+def arxiv_version(text: str) -> int | None:
+    """The version (the N of `vN`) of the arXiv id in `text`, None when it names none."""
+    found = _VERSION.search(text.strip())
+    version = int(found.group(1)) if found else 0
+    return version if version > 0 else None

@@ -17,6 +17,9 @@ def test_nothing_lost_nothing_duplicated_across_kills(capsys):
     assert figures["delivered"] + figures["overflowed"] == figures["expected"]
     assert figures["duplicated"] == 0 and figures["unexpected"] == 0
     assert figures["integrity"] == "ok" and figures["problems"] == []
+    # Follow-ups (code, 100 upvotes) in the cards' threads: each exactly once across the kills.
+    assert figures["followups"] > 0 and figures["followups_open"] == 0 and figures["followups_lost"] == 0
+    assert figures["followups_duplicated"] == 0 and figures["followups_unexpected"] == 0
     assert figures["rate_limited_429s"] > 0  # the fakes' limits were hit and honoured
     # subscribe, unsubscribe and mute processes ran alongside the bot and its kills
     assert figures["commands"] == 12 and figures["commands_failed"] == 0, figures["problems"]
