@@ -347,6 +347,8 @@ def test_m020_upgrades_a_database_with_deliveries_and_unmatched_papers(tmp_path)
     assert left.upto is None and left.since == datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     new = store.add_subscription(ML, "robots", "u1", T0).subscription
     assert new is not None and store.subscriptions_changed_since(3).subscriptions == [new]
+    index = store.db.execute("SELECT sql FROM sqlite_master WHERE name = 'deliveries_channel_message'").fetchone()[0]
+    assert index.endswith("WHERE message_id IS NOT NULL")  # a new delivery (no message yet) stays out of it
     store.close()
     again = Store(path)  # opening again applies nothing twice
     assert [(s.id, s.delivered) for s in again.subscriptions(ML)] == [(1, 2), (2, 2), (new.id, 0)]
