@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -41,6 +42,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlencode
 
 import aiohttp
@@ -149,19 +151,47 @@ class Pinger:
             self.acks.append((n, time.perf_counter() - started, 0))
 
 
-def time_parts(app: App) -> dict[str, float]:
+def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[], None]]:
     """Seconds the poll spends in each of its parts, added up call by call (exact, unlike the
-    stall profile's samples): the store's writes (the poller's worker Store's), and the matcher."""
-    spent = {"add_papers": 0.0, "match": 0.0, "enqueue": 0.0, "sync_subscriptions": 0.0, "bookkeeping": 0.0}
+    stall profile's samples). The poller's worker thread: storing papers, the matcher, the
+    preview word index, its other store calls ("bookkeeping"), waiting for the writer thread
+    and the rest ("other": commits, checkpoints). The writer thread, at the same time
+    (`write_split_s`): its transactions of deliveries, of which the outbox INSERTs."""
+    spent = {"add_papers": 0.0, "match": 0.0, "sync_subscriptions": 0.0, "index_words": 0.0,
+             "bookkeeping": 0.0, "wait_for_writer": 0.0}
+    writer = {"transactions": 0.0, "enqueue": 0.0}
     worker = app.poller.worker_store or app.store
-    owners = {"add_papers": worker, "match": app.poller.matcher, "enqueue": worker,
-              "sync_subscriptions": app.poller}
-    methods = {"enqueue": "enqueue_many"}
-    # The poll's other store calls: the unmatched list, the snapshot, which subscriptions existed.
-    for name in ("paper_snapshot", "mark_unmatched", "unmatched_papers", "settle_unmatched",
-                 "subscriptions_created_by"):
+    owners: dict[str, object] = {"add_papers": worker, "match": app.poller.matcher,
+                                 "sync_subscriptions": app.poller, "index_words": worker}
+    methods = {"index_words": "index_paper_words"}
+    # The worker's other store calls: the unmatched list, the snapshot, the newest subscription.
+    for name in ("paper_snapshot", "mark_unmatched", "unmatched_papers", "newest_subscription_id",
+                 "subscriptions_version"):
         owners[name] = worker
         methods[name] = name
+
+    def timed_into(into: dict[str, float], key: str, func):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                into[key] += time.perf_counter() - started
+        return wrapper
+
+    from bot import poller as poller_module
+
+    app.poller._queue = timed_into(writer, "transactions", app.poller._queue)  # type: ignore[method-assign]
+    # Class attributes (the writer's Store opens in the poll): put back by `undo`.
+    patched = [(Store, "enqueue_many", writer, "enqueue"), (poller_module._Writes, "_finish_oldest", spent,
+                                                          "wait_for_writer")]
+    originals = [(cls, name, cls.__dict__[name]) for cls, name, _, _ in patched]
+    for cls, name, into, key in patched:
+        setattr(cls, name, timed_into(into, key, getattr(cls, name)))
+
+    def undo() -> None:
+        for cls, name, original in originals:
+            setattr(cls, name, original)
 
     def timed(name: str, func):
         key = name if name in spent else "bookkeeping"
@@ -177,7 +207,7 @@ def time_parts(app: App) -> dict[str, float]:
     for name, owner in owners.items():
         method = methods.get(name, name)
         setattr(owner, method, timed(name, getattr(owner, method)))
-    return spent
+    return spent, writer, undo
 
 
 # Frames that only pass the work on: a stall is put down to the first frame below them.
@@ -208,6 +238,20 @@ def stall_profile(seconds: dict[str, float]) -> dict:
     ordered = sorted(split.items(), key=lambda kv: -kv[1])
     return {"stall_split_s": {k: round(v, 2) for k, v in ordered},
             "stall_top_s": [[k, round(v, 2)] for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:6]]}
+
+
+def full_collections(into: list[float]):
+    """A gc.callbacks entry: the length of each collection of the oldest generation, in seconds."""
+    began: list[float] = []
+
+    def callback(phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            began.append(time.perf_counter())
+        elif began:
+            into.append(time.perf_counter() - began.pop())
+    return callback
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -255,10 +299,17 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             index_load_s = time.perf_counter() - started
             await asyncio.sleep(1.0)  # the commands that waited are answered: two stalls, not one
 
-            split = time_parts(app)
-            started = time.perf_counter()
-            report = await app.poller.poll(BenchSource(workload.papers))
+            split, write_split, undo = time_parts(app)
+            collections: list[float] = []  # garbage collections of the oldest generation during the poll
+            gc.callbacks.append(full_collections(collections))
+            started, cpu_started = time.perf_counter(), time.process_time()
+            try:
+                report = await app.poller.poll(BenchSource(workload.papers))
+            finally:
+                gc.callbacks.pop()
+                undo()
             poll_s = time.perf_counter() - started
+            poll_cpu_s = time.process_time() - cpu_started  # all threads: on a busy machine, the steadier figure
             split["other"] = poll_s - sum(split.values())
             await asyncio.sleep(1.0)
             watch.stop()
@@ -275,7 +326,8 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
                 workers_rss = [rss for rss, _ in matcher.worker_usage()]
             else:
                 candidates = sum(len(matcher.candidates(PaperView(p))) for p in sample) / max(len(sample), 1)
-            matches = app.store.db.execute("SELECT count(*) FROM delivery_matches").fetchone()[0]
+            matches = app.store.db.execute("SELECT coalesce(sum(json_array_length(matched)), 0) FROM deliveries"
+                                           ).fetchone()[0]
         finally:
             await app.stop_frontends()
             await app.aclose()
@@ -301,6 +353,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "index_load_s": round(index_load_s, 3),
         "poll_s": round(poll_s, 3),
         "papers_per_s": round(papers / poll_s, 1) if poll_s else 0.0,
+        "poll_cpu_s": round(poll_cpu_s, 3),
         "loop_stall_max_ms": round(watch.max_ms(), 1),
         "loop_stall_p99_ms": round(watch.percentile_ms(0.99), 1),
         "stalls_over_250ms": len(watch.stalls),
@@ -313,6 +366,9 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "reply_p50_ms": round(statistics.median(reply_ms), 1) if reply_ms else None,
         "reply_max_ms": round(max(reply_ms), 1) if reply_ms else None,
         "poll_split_s": {k: round(v, 2) for k, v in split.items()},
+        "write_split_s": {k: round(v, 2) for k, v in write_split.items()},
+        "full_collections_during_poll": len(collections),
+        "full_collection_max_ms": round(max(collections, default=0.0) * 1000, 1),
         **stall_profile(watch.profile_seconds()),
         "fill_s": round(fill_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -321,6 +321,11 @@ class UnmatchedPaper:
 
     paper: Paper
     since: datetime
+    # A paper a listing brought for the first time: the newest subscription id when it was
+    # stored. Those up to it receive it (they were committed before it: a subscribe during a
+    # poll gets every paper stored after it, and its --backfill sees every one stored before).
+    # None (a known paper re-checked): the subscriptions created by `since`.
+    upto: int | None = None
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ import gc
 import logging
 import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Awaitable, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 from storage import Store, StoreContract
 
@@ -82,10 +84,18 @@ class Poller:
     deliveries: a poll interrupted in between (a crash, a kill, a full disk, a bug) leaves
     them written down, and the next poll matches them before anything else. Deliveries are
     unique per paper and channel, so matching a paper again never posts it twice.
+
+    The deliveries' transactions run in a second thread, the writer, with a Store of its own,
+    while the worker stores and matches the next papers (SQLite does its work without the GIL).
+    A paper the poll stores for the first time goes to the subscriptions committed before it
+    was stored (`UnmatchedPaper.upto`); the worker loads any subscription added since its last
+    look before it matches a batch, so a subscribe during a poll misses nothing: its --backfill
+    reads the papers stored before it, the poll queues the ones stored after it.
     """
 
     BATCH = 50  # papers stored a transaction (~20 ms with the full-text index, on a busy machine)
-    ENQUEUE_ROWS = 200  # deliveries queued a transaction (~10 ms; 2 to 3 times that on a busy machine)
+    ENQUEUE_ROWS = 250  # deliveries queued a transaction (see docs/benchmarks.md, "The write path")
+    WRITES_AHEAD = 4  # transactions of deliveries handed to the writer thread and not yet committed
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
                  open_store: Callable[[], StoreContract] | None = None,
@@ -115,8 +125,13 @@ class Poller:
         self.open_store = open_store or (lambda: Store(store.path, durable=False))
         self._worker_store: StoreContract | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller")
+        # Deliveries are queued by a second thread, with a Store of its own, while the worker
+        # matches the next papers: SQLite releases the GIL, so writing and matching overlap.
+        self._writer_store: StoreContract | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller-writer")
         self._stopping = threading.Event()
-        self.between_batches: Callable[[], None] | None = None  # tests: called in the worker after each batch
+        # Tests: called in the writer thread after each committed transaction of deliveries.
+        self.between_batches: Callable[[], None] | None = None
 
     def sync_subscriptions(self, store: StoreContract | None = None) -> None:
         """Bring the engine in step with storage: add new subscriptions, drop removed ones.
@@ -149,30 +164,33 @@ class Poller:
             self.matcher.remove(sub.id)  # from an earlier query; re-added below if it is keywords
         changed = keyword
         bulk = len(changed) > 10_000
-        if bulk:
-            # Building the index makes millions of long-lived objects: each full garbage
-            # collection on the way would scan all built so far, holding the GIL, and so the
-            # event loop, for up to 0.3 s (measured at 100k). None runs while it is built.
-            gc.disable()
-        try:
-            for sub in changed:
-                try:
-                    self.matcher.add(sub)  # replaces the old query of a changed subscription
-                except QueryError as exc:  # stored by an older version with other rules
-                    self.matcher.remove(sub.id)
-                    log.error("subscription #%s (%r) cannot be parsed, skipped: %s", sub.id, sub.query, exc)
-        finally:
-            if bulk:
-                # The index is rescanned by no later collection either (measured: matching
-                # about 2x faster), nor kept from being shared by forked workers.
-                gc.freeze()
-                gc.enable()
+        # Building the index makes millions of long-lived objects: each full garbage
+        # collection on the way would scan all built so far, holding the GIL, and so the
+        # event loop, for up to 0.3 s (measured at 100k). None runs while it is built.
+        with no_collection(bulk):
+            try:
+                for sub in changed:
+                    try:
+                        self.matcher.add(sub)  # replaces the old query of a changed subscription
+                    except QueryError as exc:  # stored by an older version with other rules
+                        self.matcher.remove(sub.id)
+                        log.error("subscription #%s (%r) cannot be parsed, skipped: %s", sub.id, sub.query, exc)
+            finally:
+                if bulk:
+                    # The index is rescanned by no later collection either (measured: matching
+                    # about 2x faster), nor kept from being shared by forked workers.
+                    gc.freeze()
         recompiled = self.matcher.take_recompiled()
         if recompiled:  # stored without a compiled form, or with an older version's: kept for next time
             try:
                 store.save_compiled_queries(recompiled)
             except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
                 log.warning("could not store %s compiled queries: %s", len(recompiled), exc)
+
+    def _sync_if_changed(self, store: StoreContract) -> None:
+        """Sync when a subscription was added or changed since the last sync (one indexed read)."""
+        if store.subscriptions_version() != self._version:
+            self.sync_subscriptions(store)
 
     @property
     def worker_store(self) -> StoreContract | None:
@@ -196,9 +214,30 @@ class Poller:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
+    def _write(self, job: Callable[[StoreContract], int]) -> Future[int]:
+        """Run `job` in the writer thread with its Store (in order); in memory, here and now."""
+        if not self.store.reads_off_loop():
+            done: Future[int] = Future()
+            try:
+                done.set_result(job(self.store))
+            except BaseException as exc:
+                done.set_exception(exc)
+            return done
+
+        def run() -> int:
+            if self._writer_store is None:
+                self._writer_store = self.open_store()
+            return job(self._writer_store)
+
+        try:
+            return self._writer.submit(run)
+        except RuntimeError:  # closed (the writer takes no more work): what is left stays written down
+            raise PollStopped("the bot is stopping: the rest of this poll is left to the next one") from None
+
     def close(self) -> None:
         """Stop after the batch under way (what is left is written down for the next poll);
-        close the worker's Store in its thread. The thread ends once that batch is done."""
+        close the worker's and the writer's Stores in their threads. The threads end once
+        that batch is done."""
         self._stopping.set()
         matcher = self.matcher
 
@@ -208,11 +247,17 @@ class Poller:
                 self._worker_store = None
             matcher.close()  # the matching worker processes, if any (after the batch: it may use them)
 
-        try:
-            self._executor.submit(close_store)
-        except RuntimeError:  # already shut down
-            return
-        self._executor.shutdown(wait=False)
+        def close_writer_store() -> None:
+            if self._writer_store is not None:
+                self._writer_store.close()
+                self._writer_store = None
+
+        for executor, closing in ((self._writer, close_writer_store), (self._executor, close_store)):
+            try:
+                executor.submit(closing)
+            except RuntimeError:  # already shut down
+                continue
+            executor.shutdown(wait=False)
 
     async def poll(self, source: Source) -> SourceReport:
         """Poll one source. Never raises: every failure is a failed, recorded SourceReport."""
@@ -255,27 +300,36 @@ class Poller:
             papers = await self.complete(papers)
 
         def work(store: StoreContract) -> tuple[int, int, int]:
-            # Subscriptions first: only papers stored from now on are matched against them.
-            self.sync_subscriptions(store)
-            if len(self.recommender):  # on its schedule (refit_hours), not per poll
-                self.recommender.ensure_fitted(store, now)
-            queued = self._match_unmatched(store, now)  # what an interrupted poll left
-            new = 0
-            for start in range(0, len(papers), self.BATCH):
-                new += self._store_batch(store, papers[start:start + self.BATCH], now)
-                queued += self._match_unmatched(store, now)
-            with store.transaction():
-                recovered = store.record_source_success(source.name, now, len(papers))
-                if listing.validators != validators:  # only once what they describe is stored
-                    store.save_source_validators(source.name, listing.validators)
-            if new:  # preview's word index, kept up with here so no preview has a backlog to index
+            # No collection during the poll: it makes hundreds of thousands of objects
+            # (matches), and a full collection scanned them all with the GIL held (the loop
+            # stood still up to ~80 ms). They are freed by reference counting as they are written.
+            with no_collection():
+                self.sync_subscriptions(store)
+                if len(self.recommender):  # on its schedule (refit_hours), not per poll
+                    self.recommender.ensure_fitted(store, now)
+                writes = _Writes(self._write, self.WRITES_AHEAD)
                 try:
-                    # Stopped (the bot is closing), the rest is left for later: after an
-                    # upgrade, the first catch-up indexes every stored paper (minutes).
-                    store.index_paper_words(stop=self._stopping.is_set)
-                except StorageError as exc:  # the next preview indexes them itself
-                    log.warning("%s: indexing new papers for preview failed: %s", source.name, exc)
-            return new, queued, recovered
+                    self._match_unmatched(store, now, writes)  # what an interrupted poll left
+                    new = 0
+                    for start in range(0, len(papers), self.BATCH):
+                        new += self._store_batch(store, papers[start:start + self.BATCH], now)
+                        self._match_unmatched(store, now, writes)
+                    queued = writes.finish()
+                except BaseException:
+                    writes.abandon()  # wait for the transactions under way: none runs into the next poll
+                    raise
+                with store.transaction():
+                    recovered = store.record_source_success(source.name, now, len(papers))
+                    if listing.validators != validators:  # only once what they describe is stored
+                        store.save_source_validators(source.name, listing.validators)
+                if new:  # preview's word index, kept up with here so no preview has a backlog to index
+                    try:
+                        # Stopped (the bot is closing), the rest is left for later: after an
+                        # upgrade, the first catch-up indexes every stored paper (minutes).
+                        store.index_paper_words(stop=self._stopping.is_set)
+                    except StorageError as exc:  # the next preview indexes them itself
+                        log.warning("%s: indexing new papers for preview failed: %s", source.name, exc)
+                return new, queued, recovered
 
         new, queued, recovered = await self._in_worker(work)
         if not papers:
@@ -292,7 +346,10 @@ class Poller:
         with store.transaction():
             before = {s.id: s for s in store.paper_snapshot([p.id for p in papers])}
             new = store.add_papers(papers, now)
-            todo = [UnmatchedPaper(p, now) for p in new if not p.is_update
+            # Under the write lock: the subscriptions up to this id are all committed, and
+            # any committed later gets a higher one (and sees these papers in a --backfill).
+            upto = store.newest_subscription_id()
+            todo = [UnmatchedPaper(p, now, upto) for p in new if not p.is_update
                     and not (p.listed_on and now.date() - p.listed_on > self.max_age)]
             for listed in papers:
                 snapshot = before.get(listed.id)
@@ -306,16 +363,20 @@ class Poller:
                 store.mark_unmatched(todo)
         return len(new)
 
-    def _match_unmatched(self, store: StoreContract, now: datetime) -> int:
-        """Match the papers written down as unmatched and queue their deliveries, in
-        transactions of at most ENQUEUE_ROWS deliveries; returns how many were new."""
-        queued = 0
+    def _match_unmatched(self, store: StoreContract, now: datetime, writes: _Writes) -> None:
+        """Match the papers written down as unmatched and hand their deliveries to the writer
+        thread, in transactions of at most ENQUEUE_ROWS deliveries (each takes its papers off
+        the list). Papers whose transaction is under way are not read again."""
         while True:
             self._check_stopping()
-            todo = store.unmatched_papers(self.BATCH)
+            writes.collect()  # a failed transaction fails the poll here
+            under_way = writes.papers()
+            todo = [u for u in store.unmatched_papers(self.BATCH + len(under_way)) if u.paper.id not in under_way]
             if not todo:
-                return queued
-            done: list[str] = []
+                return
+            # A subscription committed since the last sync receives the papers stored after it.
+            self._sync_if_changed(store)
+            done: list[UnmatchedPaper] = []
             items: list[PaperMatches] = []
             rows = 0
             liked = self._recommended(todo, now)
@@ -340,15 +401,15 @@ class Poller:
                     matches = []
                 if paper.id in liked:
                     matches = sorted([*matches, *liked[paper.id]])
-                done.append(paper.id)
+                done.append(unmatched)
                 if matches:
                     items.append(PaperMatches(paper.id, tuple(matches)))
                     rows += len(matches)
                 if rows >= self.ENQUEUE_ROWS:
-                    queued += self._queue(store, items, done, todo, now)
+                    writes.submit(self._queue_job(items, done, now), {u.paper.id for u in done})
                     done, items, rows = [], [], 0
             if done:
-                queued += self._queue(store, items, done, todo, now)
+                writes.submit(self._queue_job(items, done, now), {u.paper.id for u in done})
 
     def _recommended(self, todo: list[UnmatchedPaper], now: datetime) -> dict[str, list[Match]]:
         """The like: matches of a batch (bot/recommend.py), for the papers that may be posted:
@@ -364,21 +425,31 @@ class Poller:
             return {}
         return {paper.id: matches for paper, matches in zip(papers, found, strict=True) if matches}
 
-    def _queue(self, store: StoreContract, items: list[PaperMatches], done: list[str],
-               todo: list[UnmatchedPaper], now: datetime) -> int:
-        since = {u.paper.id: u.since for u in todo}
+    def _queue_job(self, items: list[PaperMatches], done: list[UnmatchedPaper],
+                   now: datetime) -> Callable[[StoreContract], int]:
+        return lambda store: self._queue(store, items, done, now)
+
+    def _queue(self, store: StoreContract, items: list[PaperMatches], done: list[UnmatchedPaper],
+               now: datetime) -> int:
+        """One transaction (in the writer thread): queue the deliveries, settle their papers."""
+        rule = {u.paper.id: (u.since, u.upto) for u in done}
+        wanted: dict[tuple[datetime, int | None], set[int]] = {}
+        for item in items:
+            wanted.setdefault(rule[item.paper_id], set()).update(m.subscription_id for m in item.matches)
         with store.transaction():
+            # Only subscriptions that existed when the paper was stored receive it (`upto`, or
+            # created by `since` for a re-checked paper), and one removed since is gone. Read
+            # under the write lock: none is removed between this and the insert.
+            receive = {key: store.subscriptions_created_by(sorted(ids), key[0], key[1])
+                       for key, ids in wanted.items()}
             kept = []
             for item in items:
-                # Subscriptions created after the paper was first stored never receive it,
-                # and one removed since the engine loaded it is gone.
-                existed = store.subscriptions_created_by([m.subscription_id for m in item.matches],
-                                                         since[item.paper_id])
+                existed = receive[rule[item.paper_id]]
                 matches = tuple(m for m in item.matches if m.subscription_id in existed)
                 if matches:
-                    kept.append(PaperMatches(item.paper_id, matches))
+                    kept.append(PaperMatches(item.paper_id, matches) if len(matches) < len(item.matches) else item)
             queued = store.enqueue_many(kept, now)
-            store.settle_unmatched(done)
+            store.settle_unmatched(list(rule))
         if self.between_batches is not None:
             self.between_batches()
         return queued
@@ -420,3 +491,94 @@ class Poller:
         if not own:  # the bot's own failures were logged where they happened
             log.warning("%s: %s", name, reason)
         return SourceReport(name, False, error=reason, failures=failures)
+
+
+class _Writes:
+    """The delivery transactions handed to the writer thread: at most `ahead` under way, their
+    results collected in order (the first failure is raised to the worker)."""
+
+    def __init__(self, write: Callable[[Callable[[StoreContract], int]], Future[int]], ahead: int):
+        self._write = write
+        self._ahead = ahead
+        self._jobs: deque[tuple[Future[int], set[str]]] = deque()
+        self._failed = threading.Event()
+        self.queued = 0
+
+    def submit(self, job: Callable[[StoreContract], int], papers: set[str]) -> None:
+        while len(self._jobs) >= self._ahead:
+            self._finish_oldest()
+
+        def once_none_failed(store: StoreContract) -> int:
+            # After a failed transaction (a full disk, a bug) the ones behind it are not run,
+            # as if the poll had stopped there: their papers stay written down for the next poll.
+            if self._failed.is_set():
+                raise PollStopped("an earlier transaction of this poll failed")
+            try:
+                return job(store)
+            except BaseException:
+                self._failed.set()
+                raise
+
+        self._jobs.append((self._write(once_none_failed), papers))
+
+    def _finish_oldest(self) -> None:
+        done, _ = self._jobs[0]
+        try:
+            self.queued += done.result()
+        finally:
+            self._jobs.popleft()
+
+    def collect(self) -> None:
+        """Take in the transactions already done (raises the first that failed)."""
+        while self._jobs and self._jobs[0][0].done():
+            self._finish_oldest()
+
+    def papers(self) -> set[str]:
+        """The papers of the transactions not done yet."""
+        under_way: set[str] = set()
+        for done, papers in self._jobs:
+            if not done.done():
+                under_way |= papers
+        return under_way
+
+    def finish(self) -> int:
+        """Wait for every transaction; how many deliveries they queued (raises the first failure)."""
+        while self._jobs:
+            self._finish_oldest()
+        return self.queued
+
+    def abandon(self) -> None:
+        """The poll failed: wait for what is under way, whatever its outcome (its papers stay
+        written down if it failed: the next poll matches them)."""
+        for done, _ in self._jobs:
+            try:
+                done.result()
+            except BaseException as exc:
+                log.debug("a delivery transaction failed after the poll did: %s", exc)
+        self._jobs.clear()
+
+
+_collection_off = threading.Lock()
+_collection_off_count = 0
+
+
+@contextmanager
+def no_collection(active: bool = True) -> Iterator[None]:
+    """No garbage collection inside (for the whole process: `gc` is global); nested or from
+    several threads at once, it is turned back on when the last one leaves, if it was on."""
+    global _collection_off_count
+    if not active:
+        yield
+        return
+    with _collection_off:
+        if _collection_off_count == 0:
+            no_collection.was_enabled = gc.isenabled()  # type: ignore[attr-defined]
+            gc.disable()
+        _collection_off_count += 1
+    try:
+        yield
+    finally:
+        with _collection_off:
+            _collection_off_count -= 1
+            if _collection_off_count == 0 and no_collection.was_enabled:  # type: ignore[attr-defined]
+                gc.enable()

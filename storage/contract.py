@@ -116,7 +116,8 @@ class StoreContract(Protocol):
 
     def mark_unmatched(self, papers: list[UnmatchedPaper]) -> None:
         """Write down stored papers that are still to be matched, each with the moment after
-        which subscriptions no longer receive it (`since`). A paper already written down keeps
+        which subscriptions no longer receive it (`since`), or the newest subscription id that
+        receives it (`upto`), kept as given. A paper already written down keeps
         its first entry. Made in the transaction that stores the papers, so that a poll
         interrupted before it queues their deliveries leaves them here for the next one."""
         ...
@@ -227,8 +228,21 @@ class StoreContract(Protocol):
         Ids no longer stored are ignored."""
         ...
 
-    def subscriptions_created_by(self, ids: list[int], moment: datetime) -> set[int]:
-        """Those of `ids` whose subscriptions existed (were created) at `moment`."""
+    def subscriptions_created_by(self, ids: list[int], moment: datetime, upto: int | None = None) -> set[int]:
+        """Those of `ids` whose subscriptions exist and existed (were created) at `moment`; with
+        `upto`, those whose id is at most `upto` instead (committed before a paper was stored:
+        `newest_subscription_id`), whatever their creation time."""
+        ...
+
+    def newest_subscription_id(self) -> int:
+        """The highest subscription id given so far (0: none). Ids are never reused and grow in
+        the order subscriptions are committed: inside a transaction, every subscription with an
+        id up to it is committed, and every one committed later gets a higher id."""
+        ...
+
+    def subscriptions_version(self) -> int:
+        """The newest version among subscriptions (`subscriptions_changed_since`): it grows with
+        every subscription added or changed, so a cheap way to see that something changed."""
         ...
 
     def subscription_ids(self) -> set[int]:

@@ -21,6 +21,7 @@ from bot.models import (
 )
 
 from .db import immediate, iso, parse_iso, write
+from .migrations import MATCHED_OR_EMPTY
 
 _STATUSES = {f.name for f in fields(OutboxCounts)}
 # The columns `_delivery` reads, in its order.
@@ -59,31 +60,34 @@ class DeliveriesMixin:
         return self.enqueue_many([PaperMatches(paper_id, tuple(matches))], now)
 
     def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
-        """`enqueue` for many papers in one transaction, two statements in all (executemany)."""
+        """`enqueue` for many papers in one transaction.
+
+        Everything goes to SQLite as one JSON text, and each statement is one step over all
+        rows: the poller calls this from its writer thread while its worker matches, and a
+        statement run row by row (executemany) gave the GIL up and waited for it back at every
+        row (each wait up to the interpreter's 5 ms switch interval while the matcher runs).
+        """
         rows: dict[tuple[str, str], list[Match]] = {}
+        keys: dict[ChannelRef, str] = {}
         for item in items:
             for match in item.matches:
-                rows.setdefault((item.paper_id, match.channel.key), []).append(match)
+                key = keys.get(match.channel)
+                if key is None:
+                    key = keys[match.channel] = match.channel.key
+                rows.setdefault((item.paper_id, key), []).append(match)
         if not rows:
             return 0
         stamp = iso(now)
-        values = [(paper_id, key, _matched_json(ms), match_strength(ms), stamp, stamp)
-                  for (paper_id, key), ms in rows.items()]
+        payload = json.dumps([[paper_id, key, [[m.subscription_id, m.query, list(m.terms)] for m in ms],
+                               match_strength(ms)] for (paper_id, key), ms in rows.items()])
         with immediate(self.db):  # as little as can be under the write lock
-            # Under the write lock, ids grow (AUTOINCREMENT): the rows above `last` are the new ones.
-            last = self.db.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0]
-            self.db.conn.executemany(
-                """INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?)""",
-                values,
-            )
-            created = self.db.execute("SELECT id, paper_id, channel FROM deliveries WHERE id > ?", [last]).fetchall()
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO delivery_matches (delivery_id, subscription_id) VALUES (?, ?)",
-                [(delivery_id, m.subscription_id) for delivery_id, paper_id, key in created
-                 for m in rows.get((paper_id, key), ())],
-            )
-        return len(created)
+            return self.db.conn.execute(
+                f"""INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
+                    SELECT json_extract(d.value, '$[0]'), json_extract(d.value, '$[1]'), ({_MATCHED_JSON}),
+                           json_extract(d.value, '$[3]'), ?, ?
+                      FROM json_each(?) d""",
+                [stamp, stamp, payload],
+            ).rowcount
 
     def due_channels(self, now: datetime) -> list[DueChannel]:
         """Channels in instant mode, not paused, with deliveries due (and how many), the
@@ -270,8 +274,9 @@ class DeliveriesMixin:
     def delivery_subscriptions(self, delivery_id: int) -> list[SubscriptionRef]:
         """The subscriptions a delivery answers that still exist, with their current queries, by id."""
         rows = self.db.execute(
-            """SELECT s.id, s.query FROM delivery_matches m JOIN subscriptions s ON s.id = m.subscription_id
-                WHERE m.delivery_id = ? ORDER BY s.id""",
+            f"""SELECT DISTINCT s.id, s.query FROM deliveries d, json_each({MATCHED_OR_EMPTY.format(row="d")}) m
+                  JOIN subscriptions s ON s.id = json_extract(m.value, '$.id')
+                 WHERE d.id = ? ORDER BY s.id""",
             [delivery_id],
         ).fetchall()
         return [SubscriptionRef(row[0], row[1]) for row in rows]
@@ -281,9 +286,13 @@ class DeliveriesMixin:
         return OutboxCounts(**{status: count for status, count in rows if status in _STATUSES})
 
 
-def _matched_json(matches: list[Match]) -> str:
-    """How `deliveries.matched` keeps why a paper matched: facts, never chat text."""
-    return json.dumps([{"id": m.subscription_id, "query": m.query, "terms": list(m.terms)} for m in matches])
+# How `deliveries.matched` keeps why a paper matched: facts, never chat text. JSON:
+# [{"id": subscription id, "query": its query, "terms": [the terms that matched]}], made in
+# SQL from enqueue_many's [id, query, terms] lists (`d`: one row of its payload).
+_MATCHED_JSON = """SELECT json_group_array(json_object('id', json_extract(m.value, '$[0]'),
+                                                      'query', json_extract(m.value, '$[1]'),
+                                                      'terms', json(json_extract(m.value, '$[2]'))))
+                     FROM json_each(d.value, '$[2]') m"""
 
 
 def match_strength(matches: list[Match]) -> int:

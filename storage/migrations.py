@@ -226,6 +226,9 @@ def m013_subscriptions_say_huggingface(db: Database) -> None:
                        [renamed, sub_id])
 
 
+# A delivery's `matched` facts as JSON for json_each, or an empty array if they are not JSON.
+MATCHED_OR_EMPTY = "CASE WHEN json_valid({row}.matched) THEN {row}.matched ELSE '[]' END"
+
 _SOURCE_HF = re.compile(r"(?<![\w:])source:hf(?![\w:*])")
 
 
@@ -369,6 +372,53 @@ def m019_followups(db: Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m020_poll_write_path(db: Database) -> None:
+    # The newest subscription id when a poll stored a paper for the first time: the
+    # subscriptions up to it receive the paper (UnmatchedPaper.upto). NULL: those created
+    # by `since`, as before.
+    if "upto" not in db["unmatched_papers"].columns_dict:
+        db.execute("ALTER TABLE unmatched_papers ADD COLUMN upto INTEGER")
+    # Which subscriptions a delivery answers is in its `matched` facts (their ids): the
+    # delivery_matches table, a row and two index entries a subscription a delivery, was most
+    # of a poll's writes after the outbox's index by channel (docs/benchmarks.md, "The write
+    # path"). A subscription's count of sent deliveries, which read it, is now a column kept
+    # by a trigger when a delivery is sent.
+    if "delivered" not in db["subscriptions"].columns_dict:
+        db.execute("ALTER TABLE subscriptions ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0")
+        if db["delivery_matches"].exists():
+            db.execute("""UPDATE subscriptions SET delivered = (
+                            SELECT count(*) FROM delivery_matches m JOIN deliveries d ON d.id = m.delivery_id
+                             WHERE m.subscription_id = subscriptions.id AND d.status = 'sent')""")
+    db.execute(f"""CREATE TRIGGER IF NOT EXISTS deliveries_sent_count AFTER UPDATE OF status ON deliveries
+                   WHEN NEW.status = 'sent' AND OLD.status <> 'sent'
+                   BEGIN
+                     UPDATE subscriptions SET delivered = delivered + 1
+                      WHERE id IN (SELECT json_extract(value, '$.id')
+                                     FROM json_each({MATCHED_OR_EMPTY.format(row="NEW")}));
+                   END""")
+    db.execute("DROP TABLE IF EXISTS delivery_matches")  # its index goes with it
+    # m019's index of the messages by channel: every new delivery entered it (a random page of
+    # it a delivery, in the poll's writes) with a NULL message_id no query looks for. Partial,
+    # a delivery enters it when it is sent; the follow-ups' `o.message_id = d.message_id` still
+    # uses it (a comparison implies IS NOT NULL).
+    partial = db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'deliveries_channel_message'"
+                         ).fetchone()
+    if partial is None or "WHERE" not in partial[0]:
+        db.execute("DROP INDEX IF EXISTS deliveries_channel_message")
+        db.execute("""CREATE INDEX deliveries_channel_message ON deliveries(channel, message_id)
+                       WHERE message_id IS NOT NULL""")
+    # The highest subscription version ever given (storage/subscriptions.py): removing the
+    # newest subscription no longer hands its version to the next one.
+    db.execute("CREATE TABLE IF NOT EXISTS subscription_version (version INTEGER NOT NULL)")
+    # Started past every version and id seen so far (a removed newest one's included, if its
+    # id was the highest: versions began as ids, m005).
+    db.execute("""INSERT INTO subscription_version (version)
+                  SELECT max(coalesce((SELECT max(version) FROM subscriptions), 0),
+                             coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'subscriptions'), 0))
+                   WHERE NOT EXISTS (SELECT 1 FROM subscription_version)""")
 
 
 @migrations()

@@ -122,14 +122,15 @@ class PapersMixin(FollowUpsMixin):
         """Write down stored papers still to be matched (a paper already down keeps its `since`)."""
         with immediate(self.db):
             self.db.conn.executemany(
-                "INSERT OR IGNORE INTO unmatched_papers (paper_id, since, source) VALUES (?, ?, ?)",
-                [(u.paper.id, iso(u.since), u.paper.source or None) for u in papers],
+                "INSERT OR IGNORE INTO unmatched_papers (paper_id, since, source, upto) VALUES (?, ?, ?, ?)",
+                [(u.paper.id, iso(u.since), u.paper.source or None, u.upto) for u in papers],
             )
 
     def unmatched_papers(self, limit: int) -> list[UnmatchedPaper]:
         """Papers written down by `mark_unmatched` and not settled yet, in the order written."""
         cursor = self.db.execute(
-            """SELECT papers.*, u.since AS unmatched_since, u.source AS unmatched_source FROM unmatched_papers u
+            """SELECT papers.*, u.since AS unmatched_since, u.source AS unmatched_source, u.upto AS unmatched_upto
+                 FROM unmatched_papers u
                  JOIN papers ON papers.id = u.paper_id ORDER BY u.rowid LIMIT ?""",
             [limit],
         )
@@ -139,16 +140,18 @@ class PapersMixin(FollowUpsMixin):
             values = dict(zip(columns, row, strict=True))
             since = datetime.fromisoformat(values.pop("unmatched_since"))
             source = values.pop("unmatched_source")
+            upto = values.pop("unmatched_upto")
             paper = _paper(values)
             # Matched as the listing that brought it showed it: a paper stored from arXiv and
             # then listed (or re-checked) on Hugging Face matches `source:huggingface`.
-            found.append(UnmatchedPaper(replace(paper, source=source) if source else paper, since))
+            found.append(UnmatchedPaper(replace(paper, source=source) if source else paper, since, upto))
         return found
 
     def settle_unmatched(self, paper_ids: list[str]) -> None:
         """These papers are matched and their deliveries queued: take them off the list."""
-        with immediate(self.db):
-            self.db.conn.executemany("DELETE FROM unmatched_papers WHERE paper_id = ?", [(i,) for i in paper_ids])
+        with immediate(self.db):  # one statement, one step (see enqueue_many)
+            self.db.execute("DELETE FROM unmatched_papers WHERE paper_id IN (SELECT value FROM json_each(?))",
+                            [json.dumps(paper_ids)])
 
     def get_paper(self, paper_id: str) -> Paper | None:
         found = self._papers("SELECT * FROM papers WHERE id = ?", [paper_id])

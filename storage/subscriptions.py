@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from sqlite_utils import Database
@@ -12,12 +13,16 @@ from bot.models import ChannelRef, Subscribed, Subscription, SubscriptionChanges
 
 from .db import immediate, iso
 
-_NEXT_VERSION = "(SELECT coalesce(max(version), 0) + 1 FROM subscriptions)"
+# The version a subscription gets when added or changed: one more than any given before,
+# kept in subscription_version (m020). The newest subscription's own version is not enough:
+# removed, it took the highest version with it, and the next one got the same number again,
+# which the poller's engine (caught up to that version) never loaded.
+_NEXT_VERSION = "(SELECT version FROM subscription_version)"
+_BUMP_VERSION = """UPDATE subscription_version
+                      SET version = max(version, (SELECT coalesce(max(version), 0) FROM subscriptions)) + 1"""
 
 _SELECT = """
-    SELECT s.id, s.channel, s.query, s.created_by, s.created_at,
-           (SELECT count(*) FROM delivery_matches m JOIN deliveries d ON d.id = m.delivery_id
-             WHERE m.subscription_id = s.id AND d.status = 'sent') AS delivered
+    SELECT s.id, s.channel, s.query, s.created_by, s.created_at, s.delivered  -- sent deliveries (m020's trigger)
       FROM subscriptions s
 """
 
@@ -43,6 +48,7 @@ class SubscriptionsMixin:
                 return Subscribed(self.get_subscription(existing[0]), False)
             if limit is not None and self.count_subscriptions(channel) >= limit:
                 return Subscribed(None, False)
+            self.db.execute(_BUMP_VERSION)
             cursor = self.db.execute(
                 f"""INSERT INTO subscriptions (channel, query, created_by, created_at, version, compiled)
                     VALUES (?, ?, ?, ?, {_NEXT_VERSION}, ?)""",
@@ -75,11 +81,13 @@ class SubscriptionsMixin:
     def subscriptions_changed_since(self, version: int) -> SubscriptionChanges:
         """Subscriptions added or changed after `version` (without delivery counts, cheap
         enough for a million rows), and the newest version among all."""
+        # First: every version up to this one is committed, so the rows read next hold them all.
+        top = self.subscriptions_version()
         rows = self.db.execute(
             "SELECT id, channel, query, created_by, created_at, version, compiled FROM subscriptions WHERE version > ?",
             [version],
         ).fetchall()
-        newest = max((row[5] for row in rows), default=version)
+        newest = max(max((row[5] for row in rows), default=version), top)
         # A million rows: channels and creation times are shared by many, made once each.
         channels: dict[str, ChannelRef] = {}
         times: dict[str, datetime] = {}
@@ -104,15 +112,30 @@ class SubscriptionsMixin:
             self.db.conn.executemany("UPDATE subscriptions SET compiled = ? WHERE id = ?",
                                      [(blob, sub_id) for sub_id, blob in compiled.items()])
 
-    def subscriptions_created_by(self, ids: list[int], moment: datetime) -> set[int]:
-        """Those of `ids` that existed at `moment`."""
+    def subscriptions_created_by(self, ids: list[int], moment: datetime, upto: int | None = None) -> set[int]:
+        """Those of `ids` that exist and existed at `moment` (with `upto`: whose id is at most `upto`)."""
         if not ids:
             return set()
-        rows = self.db.execute(
-            f"SELECT id FROM subscriptions WHERE created_at <= ? AND id IN ({', '.join('?' * len(ids))})",
-            [iso(moment), *ids],
-        )
-        return {row[0] for row in rows}
+        # One row (a JSON array), so one step: the poller's writer thread calls this while its
+        # worker matches, and every row fetched would wait for the GIL (see enqueue_many).
+        condition, bound = ("id <= ?", upto) if upto is not None else ("created_at <= ?", iso(moment))
+        row = self.db.execute(
+            f"""SELECT json_group_array(id) FROM subscriptions
+                 WHERE {condition} AND id IN (SELECT value FROM json_each(?))""",
+            [bound, json.dumps(ids)],
+        ).fetchone()
+        return set(json.loads(row[0]))
+
+    def newest_subscription_id(self) -> int:
+        """The highest subscription id ever given (ids grow in the order subscriptions are committed)."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'subscriptions'").fetchone()
+        return int(row[0]) if row else 0
+
+    def subscriptions_version(self) -> int:
+        """The newest subscription version (grows with every subscription added or changed)."""
+        return self.db.execute(
+            "SELECT max(v.version, (SELECT coalesce(max(version), 0) FROM subscriptions)) FROM subscription_version v"
+        ).fetchone()[0]
 
     def subscription_ids(self) -> set[int]:
         return {row[0] for row in self.db.execute("SELECT id FROM subscriptions")}
@@ -135,6 +158,7 @@ class SubscriptionsMixin:
             if self.db.execute("SELECT 1 FROM subscriptions WHERE channel = ? AND query = ? AND id != ?",
                                [channel.key, query, subscription_id]).fetchone():
                 return found
+            self.db.execute(_BUMP_VERSION)
             self.db.execute(
                 f"UPDATE subscriptions SET query = ?, compiled = ?, version = {_NEXT_VERSION} WHERE id = ?",
                 [query, _compiled(query), subscription_id])

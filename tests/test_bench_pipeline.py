@@ -18,7 +18,8 @@ FIELDS = ("workload", "subscriptions", "distinct_queries", "papers", "history_pa
           "matches_per_paper", "match_rate", "candidates_per_paper", "index_load_s", "poll_s", "papers_per_s",
           "loop_stall_max_ms", "loop_stall_p99_ms", "stalls_over_250ms", "commands", "ack_p50_ms", "ack_max_ms",
           "acks_over_3s", "acks_failed", "replies", "reply_p50_ms", "reply_max_ms", "poll_split_s",
-          "stall_split_s", "stall_top_s", "peak_rss_mb", "seed")
+          "stall_split_s", "stall_top_s", "peak_rss_mb", "seed", "write_split_s", "poll_cpu_s",
+          "full_collections_during_poll", "full_collection_max_ms")
 
 
 @pytest.mark.parametrize("workload", ["real", "zipf"])
@@ -40,8 +41,11 @@ def test_a_tiny_pipeline_run_reports_consistent_figures(capsys, workload):
     assert figures["acks_failed"] == 0 and figures["replies"] == figures["commands"]
     assert figures["ack_p50_ms"] <= figures["ack_max_ms"] and figures["reply_p50_ms"] <= figures["reply_max_ms"]
     assert figures["loop_stall_p99_ms"] <= figures["loop_stall_max_ms"]
-    assert set(figures["poll_split_s"]) == {"add_papers", "match", "enqueue", "sync_subscriptions", "bookkeeping",
-                                            "other"}
+    assert set(figures["poll_split_s"]) == {"add_papers", "match", "sync_subscriptions", "index_words",
+                                            "bookkeeping", "wait_for_writer", "other"}
+    # The writer thread's transactions, of which the outbox INSERTs: there were deliveries to write.
+    assert 0 <= figures["write_split_s"]["enqueue"] <= figures["write_split_s"]["transactions"]
+    assert figures["full_collections_during_poll"] == 0  # the poll turns collection off
     assert figures["papers_per_s"] == pytest.approx(40 / figures["poll_s"], rel=0.2)  # poll_s is rounded
 
 

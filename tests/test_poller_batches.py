@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -287,3 +288,83 @@ async def test_a_paper_is_matched_as_the_listing_that_brought_it_shows_it(store,
     hf.papers = [paper("2411.00001", "Diffusion", source="huggingface", upvotes=25, listed_on=clock().date())]
     assert (await poller.poll(hf)).queued == 1
     assert queued(store) == [("2411.00001", ML.key)]
+
+
+async def test_a_subscribe_with_backfill_during_a_poll_gets_each_paper_of_it_once(store, make_config, clock):
+    # The channel subscribes (with --backfill 20) while a poll is between two of its
+    # transactions. The papers the poll stored before the subscription was committed are the
+    # backfill's (it reads them after); those stored after it are the poll's to queue. Before,
+    # the poll matched against the subscriptions it had loaded when it began, so the papers
+    # stored after the subscribe reached neither.
+    import handlers
+
+    store.add_subscription(CV, "segmentation", "u2", clock())
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+    # The worker runs at most a transaction ahead of the writer: fewer than 20 matching papers
+    # are stored before the subscribe (a backfill posts the 20 most recent at most).
+    poller.WRITES_AHEAD = 1
+    ctx = handlers.Context(store, make_config(limits={"commands_per_minute": 1000}), clock)
+    loop = asyncio.get_running_loop()
+    replies = []
+    calls = 0
+
+    def subscribe_after_the_second_transaction() -> None:  # in the poll's writer thread
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            request = handlers.request_from_text(ML, "u1", "subscribe diffusion --backfill 20", True)
+            replies.append(asyncio.run_coroutine_threadsafe(handlers.handle(ctx, request), loop).result(timeout=60))
+
+    poller.between_batches = subscribe_after_the_second_transaction
+    report = await poller.poll(FakeSource(papers=papers))
+    assert report.ok and report.new == 60
+    (reply,) = replies
+    assert reply.queued > 0 and "Backfill: posting" in reply.text  # some were stored before it
+    ml = [paper_id for paper_id, channel in queued(store) if channel == ML.key]
+    assert report.queued > len([1 for _, channel in queued(store) if channel == CV.key])  # and some after it
+    assert len(ml) == len(set(ml)) and set(ml) == {p.id for p in papers if "diffusion" in p.title}
+
+
+async def test_a_subscription_made_after_the_newest_one_was_removed_is_matched(store, clock):
+    # A subscription's version was one more than the highest left: removing the newest one
+    # and subscribing again gave the new one the removed one's version, which the poller's
+    # engine had already caught up to, so it never loaded it (until a restart).
+    store.add_subscription(CV, "segmentation", "u2", clock())
+    removed = store.add_subscription(ML, "agents", "u1", clock()).subscription
+    poller = Poller(store, clock)
+    assert (await poller.poll(FakeSource(papers=[]))).ok  # the engine loads both
+    assert removed is not None and store.remove_subscription(ML, removed.id)
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    clock.advance(minutes=1)
+    report = await poller.poll(FakeSource(papers=[paper("2411.00001", "Diffusion models")]))
+    assert report.ok and queued(store) == [("2411.00001", ML.key)]
+
+
+async def test_no_garbage_collection_runs_during_a_poll_and_it_is_back_on_after(store, clock, monkeypatch):
+    # The poll makes hundreds of thousands of objects at scale (matches): a full collection
+    # during it scanned them all holding the GIL, and the event loop stood still (~80 ms).
+    import gc
+
+    from storage import Store as StoreClass
+
+    subscribe(store, clock)
+    poller = small_batches(Poller(store, clock))
+    poller.sync_subscriptions()
+    seen: list[tuple[str, bool]] = []
+    match, enqueue_many = poller.matcher.match, StoreClass.enqueue_many
+    monkeypatch.setattr(poller.matcher, "match", lambda p: (seen.append(("match", gc.isenabled())), match(p))[1])
+    thread = threading.current_thread
+
+    def recorded(self, items, now):
+        seen.append((thread().name.split("_")[0], gc.isenabled()))
+        return enqueue_many(self, items, now)
+
+    monkeypatch.setattr(StoreClass, "enqueue_many", recorded)
+    report = await poller.poll(FakeSource(papers=listing()))
+    assert report.ok and report.queued == len(expected(listing()))
+    assert ("match", False) in seen and ("poller-writer", False) in seen  # in the worker and the writer thread
+    assert {enabled for _, enabled in seen} == {False} and gc.isenabled()
+    poller.between_batches = lambda: (_ for _ in ()).throw(RuntimeError("a failed poll"))
+    assert not (await poller.poll(FakeSource(papers=[paper("2411.90001", "Diffusion again")]))).ok
+    assert gc.isenabled()  # back on after a failed poll too

@@ -291,8 +291,10 @@ def test_enqueue_many_queues_each_paper_once_per_channel_and_keeps_its_subscript
     assert created == 2
     rows = store.db.execute("SELECT id, paper_id, channel FROM deliveries ORDER BY id").fetchall()
     assert [(r[1], r[2]) for r in rows] == [("2410.00001", a.key), ("2410.00001", b.key), ("2410.00002", a.key)]
-    links = store.db.execute("SELECT delivery_id, subscription_id FROM delivery_matches ORDER BY 1, 2").fetchall()
-    assert [tuple(link) for link in links] == [(rows[0][0], 1), (rows[1][0], 2), (rows[1][0], 3), (rows[2][0], 1)]
+    matched = {row[0]: [m.subscription_id for m in d.matched] for row in rows
+               for d in store.pending_for_channel(ChannelRef.from_key(row[2])) if d.id == row[0]}
+    assert matched == {rows[0][0]: [1], rows[1][0]: [2, 3], rows[2][0]: [1]}
+    assert [m.terms for d in store.pending_for_channel(b) for m in d.matched] == [("y in title",), ()]
     assert store.enqueue_many([], t) == 0
 
 
@@ -308,3 +310,86 @@ def test_unmatched_papers_are_kept_in_order_until_settled(store):
     assert [u.paper.id for u in store.unmatched_papers(1)] == ["2410.00002"]
     store.settle_unmatched(["2410.00002", "2410.99999"])
     assert [u.paper.id for u in store.unmatched_papers(10)] == ["2410.00001"]
+
+
+def test_m020_upgrades_a_database_with_deliveries_and_unmatched_papers(tmp_path):
+    # Before m020: which subscriptions a delivery answered was a delivery_matches row each, a
+    # subscription's "posted" count was counted from them, and the newest subscription's
+    # version was the one to beat. After: the counts are kept, the links are read from the
+    # deliveries' facts, a leftover of an interrupted poll keeps its rule, and so on.
+    path = tmp_path / "old.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m020_poll_write_path")
+    old.execute("""INSERT INTO papers (id, title, summary, authors, categories, sources, first_seen, updated_at)
+                   VALUES ('2410.00001', 't', 's', '[]', '[]', 'arxiv', '2026-11-27', '2026-11-27')""")
+    for sub_id, query in ((1, "diffusion"), (2, "video"), (3, "agents")):
+        old.execute("""INSERT INTO subscriptions (id, channel, query, created_by, created_at, version)
+                       VALUES (?, 'console:ml', ?, 'u1', '2026-11-26T00:00:00+00:00', ?)""", [sub_id, query, sub_id])
+    facts = json.dumps([{"id": 1, "query": "diffusion", "terms": []}, {"id": 2, "query": "video", "terms": []}])
+    for channel, status in (("console:ml", "sent"), ("console:cv", "pending")):
+        old.execute("""INSERT INTO deliveries (paper_id, channel, matched, status, next_attempt_at, created_at)
+                       VALUES ('2410.00001', ?, ?, ?, '2026-11-27', '2026-11-27')""", [channel, facts, status])
+        delivery_id = old.execute("SELECT max(id) FROM deliveries").fetchone()[0]
+        old.execute("INSERT INTO delivery_matches VALUES (?, 1), (?, 2)", [delivery_id, delivery_id])
+    old.execute("INSERT INTO unmatched_papers (paper_id, since) VALUES ('2410.00001', '2026-11-27T12:00:00+00:00')")
+    old.execute("DELETE FROM subscriptions WHERE id = 3")  # the newest: its version 3 must not be given again
+    old.close()
+
+    store = Store(path)
+    assert [(s.id, s.delivered) for s in store.subscriptions(ML)] == [(1, 1), (2, 1)]
+    assert "delivery_matches" not in store.db.table_names()
+    (pending,) = store.pending_for_channel(ChannelRef("console", "cv"))
+    assert [ref.id for ref in store.delivery_subscriptions(pending.id)] == [1, 2]
+    assert store.claim_delivery(pending.id)
+    store.mark_sent(pending.id, "m1", T0)
+    assert [(s.id, s.delivered) for s in store.subscriptions(ML)] == [(1, 2), (2, 2)]  # counted when sent
+    (left,) = store.unmatched_papers(10)
+    assert left.upto is None and left.since == datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    new = store.add_subscription(ML, "robots", "u1", T0).subscription
+    assert new is not None and store.subscriptions_changed_since(3).subscriptions == [new]
+    index = store.db.execute("SELECT sql FROM sqlite_master WHERE name = 'deliveries_channel_message'").fetchone()[0]
+    assert index.endswith("WHERE message_id IS NOT NULL")  # a new delivery (no message yet) stays out of it
+    store.close()
+    again = Store(path)  # opening again applies nothing twice
+    assert [(s.id, s.delivered) for s in again.subscriptions(ML)] == [(1, 2), (2, 2), (new.id, 0)]
+    again.close()
+
+
+def test_the_write_turnstile_serves_the_loop_first_then_the_others_in_order():
+    # The poller's writer commits one transaction after another: with a plain lock it took the
+    # lock again before a waiting command on the loop woke up, again and again.
+    import threading
+    import time
+
+    from storage.db import Turnstile
+
+    turnstile = Turnstile()
+    assert turnstile.acquire() and turnstile.acquire()  # reentrant
+    turnstile.release()
+    order: list[str] = []
+
+    def waiter(name: str, background: bool) -> threading.Thread:
+        def run() -> None:
+            assert turnstile.acquire(60, background=background)
+            order.append(name)
+            turnstile.release()
+
+        queued = sum(map(len, turnstile._queues))
+        thread = threading.Thread(target=run)
+        thread.start()
+        while sum(map(len, turnstile._queues)) == queued:  # it is waiting: the next one comes after it
+            time.sleep(0.001)
+        return thread
+
+    threads = [waiter("writer 1", True), waiter("writer 2", True), waiter("loop 1", False), waiter("loop 2", False)]
+    gave_up: list[bool] = []
+    quitter = threading.Thread(target=lambda: gave_up.append(turnstile.acquire(0.01)))
+    quitter.start()
+    quitter.join()
+    turnstile.release()
+    for thread in threads:
+        thread.join()
+    assert gave_up == [False]  # timed out, and held up no one
+    assert order == ["loop 1", "loop 2", "writer 1", "writer 2"]
+    assert turnstile.acquire(0) and order  # free again
+    turnstile.release()
