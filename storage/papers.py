@@ -202,9 +202,22 @@ class PapersMixin:
                 conditions[2] = "+first_seen >= ?"  # the word index narrows more than the date
             where = " AND ".join(conditions)
             if exact and limit is not None:
-                count = conn.execute(f"SELECT count(*) FROM papers WHERE {where}", params).fetchone()[0]
-                papers = self._papers(f"SELECT * FROM papers WHERE {where} ORDER BY first_seen DESC, id LIMIT ?",
-                                      [*params, limit], db)
+                # Decided in SQL: the matches are looked up in paper_window (narrow rows: listed
+                # papers, no replacements), counted, and only the newest `limit` read in full.
+                window = ["first_seen >= ?", *narrowing.where]
+                window_params: list[object] = [iso(since), *narrowing.params]
+                if narrowing.match is not None:
+                    window.append("rowid IN (SELECT rowid FROM paper_words WHERE paper_words MATCH ?)")
+                    window_params.append(narrowing.match)
+                found = conn.execute(f"SELECT first_seen, id, rowid FROM paper_window WHERE {' AND '.join(window)}",
+                                     window_params).fetchall()
+                found.sort(key=lambda row: row[1])
+                found.sort(key=lambda row: row[0], reverse=True)  # newest first, ties by id (stable)
+                newest = [row[2] for row in found[:limit]]
+                count = len(found)
+                papers = self._papers(
+                    f"SELECT * FROM papers WHERE rowid IN ({', '.join('?' * len(newest))})"
+                    " ORDER BY first_seen DESC, id", newest, db) if newest else []
             else:
                 papers = self._papers(f"SELECT * FROM papers WHERE {where} ORDER BY first_seen DESC, id", params, db)
                 count = len(papers)

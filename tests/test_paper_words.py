@@ -3,6 +3,7 @@ through it must equal the evaluator run over every stored paper of the window.""
 
 import asyncio
 import random
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -73,10 +74,25 @@ def random_query(rng: random.Random, depth: int = 0) -> str:
 def stocked(tmp_path, count: int = 400, seed: int = 3) -> Store:
     rng = random.Random(seed)
     store = Store(tmp_path / "bot.db")
+    made_all = []
     for i in range(count):
         made, first_seen, listed = random_paper(rng, i)
         store.add_papers([made], first_seen, listed=listed)
+        made_all.append(made)
+    # A later listing enriches some (upvotes, organization, another source) and lists some
+    # a lookup had stored: what preview reads of them must follow.
+    for made in rng.sample(made_all, count // 5):
+        again = replace(made, upvotes=rng.choice([3, 50, 120]), source="huggingface",
+                        organization=rng.choice([None, "Google", "Meta AI"]))
+        store.add_papers([again], NOW - timedelta(days=rng.choice([2, 40])))
+    assert _window_follows_papers(store)
     return store
+
+
+def _window_follows_papers(store: Store) -> bool:
+    columns = "rowid, id, first_seen, upvotes, sources, organization"
+    return store.db.execute(f"SELECT {columns} FROM paper_window ORDER BY rowid").fetchall() == store.db.execute(
+        f"SELECT {columns} FROM papers WHERE listed = 1 AND is_update = 0 ORDER BY rowid").fetchall()
 
 
 def brute_force(store: Store, node: tuple) -> list[str]:
@@ -214,6 +230,7 @@ def test_stored_follows_papers_listed_later_and_counts_part_of_the_first_day(tmp
     store.add_papers([paper("2411.00004", "D", "x.")], day + timedelta(hours=4))  # listed now
     assert store.preview_candidates("x", since).stored == 2
     assert store.preview_candidates("x", day - timedelta(days=5)).stored == 4
+    assert _window_follows_papers(store)
     days = dict(store.db.execute("SELECT day, listed FROM papers_listed_days").fetchall())
     assert sum(days.values()) == store.db.execute("SELECT count(*) FROM papers WHERE listed = 1").fetchone()[0]
     store.close()
@@ -251,6 +268,7 @@ def test_an_upgrade_leaves_every_stored_paper_to_the_backlog_and_counts_the_days
     listed = store.db.execute("SELECT count(*) FROM papers WHERE listed = 1").fetchone()[0]
     assert store.db.execute("SELECT sum(listed) FROM papers_listed_days").fetchone()[0] == listed
     assert store.preview_candidates("model", SINCE).stored == len(store.papers_listed_since(SINCE, 10**9))
+    assert _window_follows_papers(store)
     store.close()
     again = Store(tmp_path / "old.db")  # m022 is idempotent: run again, it keeps the index and the counts
     from storage.migrations import m022_paper_words_exact
