@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime
 from typing import Callable, Iterator
+from urllib.request import pathname2url
 
 from sqlite_utils import Database
 
@@ -43,7 +45,10 @@ class PapersMixin:
             yield self.db
             return
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout)
+            # mode=rw: never creates the file. A database deleted under the bot must stay
+            # missing (Store.check_file stops the bot), not come back empty from a reader.
+            conn = sqlite3.connect(f"file:{pathname2url(os.path.abspath(self.path))}?mode=rw", uri=True,
+                                   timeout=self.busy_timeout)
         except sqlite3.Error as exc:
             raise storage_error(exc, self.path) from None
         try:

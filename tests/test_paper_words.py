@@ -355,3 +355,16 @@ async def test_the_bot_indexes_the_backlog_in_the_background_and_preview_answers
     stop.set()
     await asyncio.wait_for(running, 5)
     await app.aclose()
+
+
+def test_a_reader_off_the_stores_thread_never_creates_a_deleted_database(tmp_path):
+    from bot.errors import StorageError
+
+    store = stocked(tmp_path, count=10)
+    path = tmp_path / "bot.db"
+    path.unlink()
+    for read in (lambda: store.due_channels(NOW), lambda: store.preview_candidates("model", SINCE)):
+        with pytest.raises(StorageError):
+            asyncio.run(asyncio.to_thread(read))
+        assert not path.exists()  # left missing, for Store.check_file to say so
+    store.close()
