@@ -1,22 +1,32 @@
 """Fan-out: a burst to many channels through the real dispatcher and adapters.
 
     python -m bench.fanout --channels 1000 --papers 3 --platform slack
+    python -m bench.fanout --channels 1000 --papers 3 --platform discord
 
 Queues --papers new papers for each of --channels channels in a fresh SQLite store, then
 runs `Dispatcher.dispatch` with the real Slack (slack_sdk) or Discord (discord.py) adapter
-against the fake server on 127.0.0.1, which enforces a per-channel limit of one message
-per --interval seconds (429 + Retry-After on Slack; X-RateLimit-* headers and 429s with
-retry_after on Discord). Real platforms allow about one message a second per channel; the
-limit can be scaled down (--interval) so a run takes seconds; the adapter paces itself to
-the same scale. Channels are served --concurrency at a time ([delivery] max_concurrent_channels).
+against the fake server on 127.0.0.1, which enforces the platform's limits, in units of
+--interval seconds (1.0: the real ones; smaller runs faster, the adapters pace themselves
+to the same scale):
 
-ideal_s is what the per-channel limits allow with that many channels in flight: a channel's
---papers messages need (papers - 1) * interval from its first to its last, and then its
-place goes to the next channel, so ceil(channels / concurrency) * (papers - 1) * interval
-(request round trips and the bot's own work count as overhead). ideal_unbounded_s is
-(papers - 1) * interval, every channel at once: what the per-channel limits alone allow.
+- Slack: one message per interval per channel (429 + Retry-After past it).
+- Discord: each channel's message bucket, 5 messages per 5 intervals (what Discord is
+  observed to allow), with X-RateLimit-* headers on every post, which discord.py's limiter
+  reads, and 429 with `retry_after` past it; and the global limit, 50 requests per
+  interval for the whole bot (429 with `global: true` past it), which the adapter keeps
+  ahead of time.
+
+Channels are served --concurrency at a time ([delivery] max_concurrent_channels).
+
+ideal_s is what those limits allow with that many channels in flight. Per channel: its
+--papers messages need `span` from its first to its last (Slack: (papers - 1) intervals;
+Discord: 5 intervals for each full bucket before the last message, ((papers - 1) // 5) * 5),
+and then its place goes to the next channel: ceil(channels / concurrency) * span. On
+Discord also every message through the global limit: messages / 50 intervals. ideal_s is
+the larger (request round trips and the bot's own work count as overhead).
+ideal_unbounded_s is every channel at once, the global limit still counted.
 Every channel is then checked to have received exactly its papers (lost, duplicated).
-429s are counted (count_429).
+429s are counted (count_429; count_429_global: those of Discord's global limit).
 Last line: one JSON object. Figures, not assertions: see docs/benchmarks.md.
 """
 
@@ -43,6 +53,8 @@ from fakes.slack import FakeSlack
 from storage import Store
 
 NOW = datetime(2026, 1, 5, 12, tzinfo=timezone.utc)
+DISCORD_BUCKET = 5  # messages a channel, per DISCORD_BUCKET intervals
+DISCORD_GLOBAL = 50  # requests of the whole bot per interval
 
 
 def fill(store: Store, platform: str, channels: int, papers: int) -> list[ChannelRef]:
@@ -66,7 +78,8 @@ async def run(args: argparse.Namespace, fake, store: Store, refs: list[ChannelRe
     if args.platform == "slack":
         adapter = SlackAdapter(make_web_client("xoxb-fanout-bench", fake.api_url), min_interval=args.interval)
     else:
-        adapter = DiscordAdapter("fanout-bench-token", api_base=fake.api_base)
+        adapter = DiscordAdapter("fanout-bench-token", api_base=fake.api_base,
+                                 global_limit=(DISCORD_GLOBAL, args.interval))
     dispatcher = Dispatcher(store, {args.platform: adapter}, lambda: NOW, cards_per_cycle=args.papers,
                             max_concurrent_channels=args.concurrency)
     started = time.perf_counter()
@@ -105,7 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     fake: FakeSlack | FakeDiscord = FakeSlack() if args.platform == "slack" else FakeDiscord()
     with fake, tempfile.TemporaryDirectory() as tmp:
-        fake.min_interval = args.interval
+        if isinstance(fake, FakeDiscord):
+            fake.channel_limit = (DISCORD_BUCKET, DISCORD_BUCKET * args.interval)
+            fake.global_limit = (DISCORD_GLOBAL, args.interval)
+        else:
+            fake.min_interval = args.interval
         store = Store(Path(tmp) / "bench.db")
         try:
             refs = fill(store, args.platform, args.channels, args.papers)
@@ -122,8 +139,14 @@ def main(argv: list[str] | None = None) -> dict:
         unexpected = sum(1 for channel in got if channel not in {r.channel_id for r in refs})
         messages = sum(len(v) for v in got.values())
         count_429 = fake.rate_limited
+        count_429_global = fake.global_limited if isinstance(fake, FakeDiscord) else 0
     waves = math.ceil(args.channels / max(args.concurrency, 1))
-    ideal = waves * (args.papers - 1) * args.interval
+    if args.platform == "discord":
+        span = (args.papers - 1) // DISCORD_BUCKET * DISCORD_BUCKET * args.interval
+        through_global = args.channels * args.papers / DISCORD_GLOBAL * args.interval
+    else:
+        span, through_global = (args.papers - 1) * args.interval, 0.0
+    ideal = max(waves * span, through_global)
     figures = {
         "platform": args.platform,
         "channels": args.channels,
@@ -134,9 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
         "elapsed_s": round(elapsed, 3),
         "ideal_s": round(ideal, 3),
         "ratio_to_ideal": round(elapsed / ideal, 3) if ideal else None,
-        "ideal_unbounded_s": round((args.papers - 1) * args.interval, 3),
+        "ideal_unbounded_s": round(max(span, through_global), 3),
         "messages_per_s": round(messages / elapsed, 1) if elapsed else None,
         "count_429": count_429,
+        "count_429_global": count_429_global,
         "lost": lost,
         "duplicated": duplicated,
         "unexpected": unexpected,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 from datetime import datetime, timedelta
 from typing import Awaitable, Callable, TextIO, TypeVar
 
@@ -161,6 +162,27 @@ class App:
         await dispatch_most_saved(self.store, self.adapters, self.clock(), self.config.feedback.most_saved_papers)
         return report
 
+    async def index_preview_backlog(self) -> int:
+        """Index, in the background, the papers stored before preview's word index existed
+        (after an upgrade that rebuilt it: every stored paper), newest first, in short
+        transactions in a worker thread with its own connection; how many it indexed.
+        Meanwhile preview reads the papers not reached yet as they are (slower, still
+        right); no user's command waits for this. Cancelled (the bot is stopping), it stops
+        after the transaction under way, and the next start goes on from there."""
+        if not self.store.reads_off_loop():  # an in-memory store: one connection, on the loop
+            return self.store.index_paper_words(backlog=True)
+        stop = threading.Event()
+        try:
+            done = await asyncio.to_thread(self.store.index_paper_words, stop.is_set, backlog=True)
+        except StorageError as exc:  # previews read the rest as it is; the next start goes on
+            log.warning("indexing stored papers for preview failed: %s", exc)
+            return 0
+        finally:
+            stop.set()
+        if done:
+            log.info("indexed %s for preview", plural(done, "stored paper"))
+        return done
+
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:
         """One full cycle: every enabled source, then the outbox."""
         reports = []
@@ -270,6 +292,7 @@ class _Runner:
         self.scheduler.every(FILE_CHECK_SECONDS).seconds.do(self._check_file, stop)
         if not self.app.sources:
             log.warning("every source is disabled in the config: nothing will be polled")
+        self._spawn(self.app.index_preview_backlog())  # after an upgrade: the stored papers, in slices
         for source in self.app.sources:
             self._start_poll(source)
         while not stop.is_set():

@@ -16,7 +16,7 @@ from .cards import RANK_ORDER, card_for
 from .clock import utcnow
 from .digest import DIGEST_MAX, digest_due
 from .followups import reply_for
-from .models import ChannelRef, ChannelSettings, Delivery, Digest, FollowUp, PostResult
+from .models import ChannelRef, ChannelSettings, Delivery, Digest, DueChannel, FollowUp, PostResult
 from .text import plural
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,15 @@ class Dispatcher:
         report = DispatchReport()
         now = self.clock()
         await self._side_by_side([partial(self._serve_channel, due.channel, due.due, now, report)
-                                  for due in self.store.due_channels(now)])
+                                  for due in await self._due_channels(now)])
         return report
+
+    async def _due_channels(self, now: datetime) -> list[DueChannel]:
+        """The store's due channels, counted in a worker thread (a read connection of its own)
+        when the store allows: at 200,000 due deliveries counting takes hundreds of ms."""
+        if self.store.reads_off_loop():
+            return await asyncio.to_thread(self.store.due_channels, now)
+        return self.store.due_channels(now)
 
     async def _side_by_side(self, jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
         """Run `jobs` (one per channel) at most `max_concurrent_channels` at a time, in order.

@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler
 
 from .http import LocalServer
@@ -16,10 +17,18 @@ class FakeDiscord(LocalServer):
 
     `script(channel_id, (status, body, headers), ...)` queues answers for posts to a
     channel; otherwise a post creates a message. 429s carry `Via`, as Discord's do, so
-    discord.py treats them as rate limits rather than a Cloudflare ban. With `min_interval`
-    set, every accepted post also carries the X-RateLimit-* headers Discord sends (one
-    message per `min_interval` per channel), which discord.py's limiter waits on before
-    the next post rather than running into the 429.
+    discord.py treats them as rate limits rather than a Cloudflare ban.
+
+    Rate limits, as Discord's (shared/reference/platforms-and-delivery.md, 2.1), when set:
+    `channel_limit = (n, seconds)`: each channel's message bucket, n posts a window that
+    starts with the first post after the last window ran out (Discord's is about 5 per 5 s);
+    every accepted post carries X-RateLimit-Limit, -Remaining, -Reset, -Reset-After and
+    -Bucket, which discord.py's limiter reads, and a post past it gets a 429 with
+    `retry_after` (`global: false`, X-RateLimit-Scope: user). `min_interval = s` is
+    `channel_limit = (1, s)`. `global_limit = (n, seconds)`: every request of the bot, n in
+    any such span (Discord: 50 a second); past it a 429 with `global: true`,
+    X-RateLimit-Global and X-RateLimit-Scope: global. `rate_limited` counts the 429s,
+    `global_limited` those of the global limit.
     """
 
     def __init__(self):
@@ -27,10 +36,13 @@ class FakeDiscord(LocalServer):
         self.scripts: dict[str, list[tuple[int, dict, dict]]] = {}
         self.messages: dict[str, list[dict]] = {}  # channel -> created messages
         self.nonces: dict[str, dict] = {}
-        self.min_interval = 0.0  # > 0: per-channel rate limit, 429 with retry_after and Via
-        self.last_post: dict[str, float] = {}
+        self.channel_limit: tuple[int, float] | None = None
+        self.global_limit: tuple[int, float] | None = None
+        self.windows: dict[str, tuple[float, int]] = {}  # channel -> (its window's start, posts in it)
+        self.requests: deque[float] = deque()  # when each request of the global span came
         self.post_times: dict[str, list[float]] = {}  # channel -> when each post was accepted (monotonic)
         self.rate_limited = 0
+        self.global_limited = 0
         self.lock = threading.Lock()
         self.next_id = 9000
         fake = self
@@ -46,7 +58,19 @@ class FakeDiscord(LocalServer):
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _global_429(self) -> bool:
+                wait = fake.global_wait()
+                if wait is None:
+                    return False
+                self._send(429, {"message": "You are being rate limited.", "retry_after": round(wait, 3),
+                                 "global": True},
+                           {"Via": "1.1 google", "Retry-After": str(int(wait) + 1), "X-RateLimit-Global": "true",
+                            "X-RateLimit-Scope": "global"})
+                return True
+
             def do_GET(self):  # noqa: N802
+                if self._global_429():
+                    return None
                 if self.path.endswith("/users/@me"):
                     return self._send(200, {"id": "42", "username": "papers", "discriminator": "0", "avatar": None,
                                             "bot": True, "global_name": None})
@@ -67,6 +91,8 @@ class FakeDiscord(LocalServer):
                     return self._send(404, {"message": "404: Not Found", "code": 0})
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self._global_429():
+                    return None
                 channel = found.group(1)
                 fake.posts.append((channel, body))
                 queue = fake.scripts.get(channel)
@@ -78,14 +104,14 @@ class FakeDiscord(LocalServer):
                     if nonce and body.get("enforce_nonce") and nonce in fake.nonces:
                         return self._send(200, fake.nonces[nonce])  # Discord returns the first message
                     now = time.monotonic()
-                    wait = fake.last_post.get(channel, -1e9) + fake.min_interval - now
-                    if wait > 0:
+                    limits = fake.take(channel, now)
+                    if limits is None:
+                        wait = fake.channel_wait(channel, now)
                         fake.rate_limited += 1
                         return self._send(429, {"message": "You are being rate limited.",
                                                 "retry_after": round(wait, 3), "global": False},
                                           {"Via": "1.1 google", "Retry-After": str(int(wait) + 1),
                                            "X-RateLimit-Scope": "user"})
-                    fake.last_post[channel] = now
                     fake.post_times.setdefault(channel, []).append(now)
                     fake.next_id += 1
                     message = {"id": str((int(time.time() * 1000) - 1420070400000) << 22 | fake.next_id % 4096),
@@ -97,12 +123,6 @@ class FakeDiscord(LocalServer):
                     fake.messages.setdefault(channel, []).append(message)
                     if nonce:
                         fake.nonces[nonce] = message
-                limits = {}
-                if fake.min_interval:
-                    limits = {"X-RateLimit-Limit": "1", "X-RateLimit-Remaining": "0",
-                              "X-RateLimit-Reset-After": f"{fake.min_interval:.3f}",
-                              "X-RateLimit-Reset": f"{time.time() + fake.min_interval:.3f}",
-                              "X-RateLimit-Bucket": "channel-messages"}
                 return self._send(200, message, limits)
 
             def log_message(self, *args):
@@ -114,6 +134,51 @@ class FakeDiscord(LocalServer):
         """The messages created in `channel` as replies to message `message_id`, in order."""
         return [m for m in self.messages.get(channel, [])
                 if str((m.get("message_reference") or {}).get("message_id")) == message_id]
+
+    @property
+    def min_interval(self) -> float:
+        return self.channel_limit[1] if self.channel_limit else 0.0
+
+    @min_interval.setter
+    def min_interval(self, seconds: float) -> None:
+        self.channel_limit = (1, seconds) if seconds else None
+
+    def take(self, channel: str, now: float) -> dict[str, str] | None:
+        """A post to `channel` now: its rate-limit headers if its bucket has room (taken), else None."""
+        if self.channel_limit is None:
+            return {}
+        size, span = self.channel_limit
+        start, used = self.windows.get(channel, (now, 0))
+        if now >= start + span:
+            start, used = now, 0
+        if used >= size:
+            return None
+        self.windows[channel] = (start, used + 1)
+        reset_after = start + span - now
+        return {"X-RateLimit-Limit": str(size), "X-RateLimit-Remaining": str(size - used - 1),
+                "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+                "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+                "X-RateLimit-Bucket": "channel-messages"}
+
+    def channel_wait(self, channel: str, now: float) -> float:
+        start, _ = self.windows[channel]
+        return max(start + self.channel_limit[1] - now, 0.001) if self.channel_limit else 0.0
+
+    def global_wait(self) -> float | None:
+        """A request now: None if the global limit lets it through (counted), else how long to wait."""
+        if self.global_limit is None:
+            return None
+        size, span = self.global_limit
+        with self.lock:
+            now = time.monotonic()
+            while self.requests and self.requests[0] <= now - span:
+                self.requests.popleft()
+            if len(self.requests) >= size:
+                self.rate_limited += 1
+                self.global_limited += 1
+                return max(self.requests[0] + span - now, 0.001)
+            self.requests.append(now)
+            return None
 
     def script(self, channel: str, *answers: tuple[int, dict, dict]) -> None:
         self.scripts[channel] = list(answers)

@@ -148,22 +148,27 @@ class StoreContract(Protocol):
         """Any thread. For a query (bot/query.py's syntax, valid): the listed papers first
         stored at or after `since`, replacements (`is_update`) left out, that may match it,
         newest first (ties by id): every one that does, and as few others as the store can
-        rule out (those lacking a word, phrase, author name part or category the query
+        rule out (those lacking a word, phrase, prefix, author name or category the query
         requires, or holding one it excludes; upvote, source and organization terms it
-        requires). No cap, however many are stored. When the store decides the query
-        exactly (`exact`; what bot.matching.evaluate would decide: words, phrases,
-        categories, their OR and NOT, upvotes, source) and `limit` is given, only the
-        newest `limit` matches come back and `count` says how many there are; otherwise
-        every candidate, for the caller to decide with bot.matching.evaluate.
+        requires or excludes). No cap, however many are stored. When the store decides the
+        query exactly (`exact`; what bot.matching.evaluate would decide: words, phrases,
+        prefixes, categories, author names of one or two parts, their OR and NOT, upvotes,
+        source, organization) and `limit` is given, only the newest `limit` matches come
+        back and `count` says how many there are; otherwise every candidate, for the caller
+        to decide with bot.matching.evaluate. Papers the word index has not reached yet
+        (after an upgrade, until `index_paper_words(backlog=True)` is done) are candidates
+        as they are, and the answer is then not `exact`.
         `stored`: every listed paper first stored at or after `since`, replacements too.
-        May first index papers stored since the last call (writes, in short transactions)."""
+        May first index a few papers stored since the last call (writes, short transactions)."""
         ...
 
-    def index_paper_words(self, stop: Callable[[], bool] | None = None) -> int:
-        """Any thread. Bring preview's word index up to date with the stored papers (short
-        transactions); how many papers it indexed. preview_candidates does it on its own;
-        this is for doing it ahead, say after a bulk load. `stop` is asked before each
-        transaction: when it says so, the rest is left to the next call."""
+    def index_paper_words(self, stop: Callable[[], bool] | None = None, *, backlog: bool = False) -> int:
+        """Any thread. Bring preview's word index up to date with the papers stored since it
+        was last (short transactions); with `backlog`, also index the papers stored before
+        the index existed (after an upgrade: every stored paper; newest first); how many
+        papers it indexed. For doing it ahead, say after a bulk load, or in the background
+        at start-up. `stop` is asked before each transaction: when it says so, the rest is
+        left to the next call."""
         ...
 
     def search_papers(self, words: list[str], limit: int, window: int = 5000) -> list[Paper]:
@@ -289,8 +294,10 @@ class StoreContract(Protocol):
         ...
 
     def due_channels(self, now: datetime) -> list[DueChannel]:
-        """Channels in instant mode and not paused with pending deliveries due at `now`, and
-        how many; the channel whose oldest due delivery is oldest first."""
+        """Any thread. Channels in instant mode and not paused with pending deliveries due at
+        `now`, and how many; the channel whose oldest due delivery is oldest first. It counts
+        every due delivery (a big poll leaves hundreds of thousands): the bot calls it from a
+        worker thread when `reads_off_loop()`."""
         ...
 
     def plan_burst(self, channel: ChannelRef, now: datetime, cards: int, digest_max: int) -> BurstPlan:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from dataclasses import fields
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlite_utils import Database
 
@@ -49,6 +51,8 @@ class DeliveriesMixin:
     says how many; message_id names it once it has)."""
 
     db: Database
+    if TYPE_CHECKING:
+        def _reader(self) -> AbstractContextManager[Database]: ...  # PapersMixin's: this thread's connection
 
     def enqueue(self, paper_id: str, matches: list[Match], now: datetime) -> int:
         """Queue `paper_id` for every channel among `matches`; returns how many rows were new.
@@ -92,15 +96,20 @@ class DeliveriesMixin:
     def due_channels(self, now: datetime) -> list[DueChannel]:
         """Channels in instant mode, not paused, with deliveries due (and how many), the
         channel waiting longest first. Each is then planned on its own (`plan_burst`), so no
-        channel's backlog decides what another channel gets."""
-        rows = self.db.execute(
-            """SELECT d.channel, count(*) FROM deliveries d
-                 LEFT JOIN channels c ON c.channel = d.channel
-                WHERE d.status = 'pending' AND d.next_attempt_at <= ?
-                  AND coalesce(c.paused, 0) = 0 AND coalesce(c.mode, 'instant') = 'instant'
-                GROUP BY d.channel ORDER BY min(d.id)""",
-            [iso(now)],
-        ).fetchall()
+        channel's backlog decides what another channel gets. Any thread (a connection of its
+        own off the store's thread): each due row is counted, hundreds of ms at 200,000+.
+        Counted per channel first, then joined to the channels' settings (once a channel,
+        not once a row)."""
+        with self._reader() as db:
+            rows = db.execute(
+                """SELECT due.channel, due.n FROM (
+                       SELECT channel, count(*) AS n, min(id) AS first FROM deliveries
+                        WHERE status = 'pending' AND next_attempt_at <= ? GROUP BY channel) AS due
+                     LEFT JOIN channels c ON c.channel = due.channel
+                    WHERE coalesce(c.paused, 0) = 0 AND coalesce(c.mode, 'instant') = 'instant'
+                    ORDER BY due.first""",
+                [iso(now)],
+            ).fetchall()
         return [DueChannel(ChannelRef.from_key(row[0]), row[1]) for row in rows]
 
     def plan_burst(self, channel: ChannelRef, now: datetime, cards: int, digest_max: int) -> BurstPlan:

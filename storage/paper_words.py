@@ -2,35 +2,43 @@
 
 `paper_words` is a contentless FTS5 table holding each paper's words exactly as
 bot/matching.py's PaperView sees them: title and abstract as the stems of their folded
-words, authors as their name tokens, categories and their archives (`cs.cl cs`). Its
-tokenizer is `ascii` with `.` and `-` as token characters: the text it is given is those
-tokens joined by spaces, and no token holds an ASCII separator, so FTS5's tokens are the
-evaluator's tokens, one for one (no stemmer of its own, no Unicode rules of its own: the
-full-text index `papers_fts` behind `search` uses Porter stemming and would disagree with
-the evaluator on words such as "buses").
+words (for words and phrases), and again as their distinct folded words unstemmed (for
+prefixes: the evaluator compares a prefix with the words, not their stems), each author
+as the matcher's keys (the last name part, and the last name joined to each other part:
+`lecun lecun.yann`), categories and their archives (`cs.cl cs`). Its tokenizer is `ascii`
+with `.` and `-` as token characters: the text it is given is those tokens joined by
+spaces, and no token holds an ASCII separator, so FTS5's tokens are the evaluator's
+tokens, one for one (no stemmer of its own, no Unicode rules of its own: the full-text
+index `papers_fts` behind `search` uses Porter stemming and would disagree with the
+evaluator on words such as "buses").
 
 `narrowing(node)` turns a query tree into an FTS5 expression that every paper the query
-matches satisfies (a superset: the evaluator still decides), plus SQL conditions on the
-papers table for upvote and source terms. Only terms that are certainly required narrow:
-the children of an AND, every branch of an OR (an OR with a branch that cannot narrow
-does not narrow at all), and a NOT only when the term it excludes is matched exactly by
-FTS5 (words, phrases, categories). A query with nothing to narrow on scans the window.
-Organization terms narrow by SQL (LIKE). `exact` says when the narrowing decides the
-query by itself (see `narrowing`): then preview counts matches in SQL.
+matches satisfies, plus SQL conditions on the papers table for upvote, source and
+organization terms (an organization by LIKE, then decided by `papers_bot_org`, a function
+this module registers on the connection). Only terms that are certainly required narrow:
+the children of an AND (or their NOT), every branch of an OR (an OR with a branch that
+cannot narrow does not narrow at all), and a NOT only when FTS5 decides the term it
+excludes exactly. `exact` says when the narrowing decides the query by itself: every term
+but author names of three parts or more (then preview counts matches in SQL).
 
 Title, summary, authors and categories never change once a paper is stored (a later
 listing only enriches upvotes, organization and links), so rows are indexed once, by
-rowid, in order: `paper_words_state.indexed` is the last rowid indexed. `index_new`
-catches up in short transactions (it tokenizes before taking the write lock); readers
-also read the rows past that mark, unnarrowed, so a paper stored a moment ago is never
-missed. Papers are never deleted, and nothing VACUUMs the database (which could renumber
-rowids; `papers_fts` relies on them as well).
+rowid. `paper_words_state.indexed`: every rowid above it is new, not indexed yet;
+`index_new` catches up on them in order, in short transactions (it tokenizes before taking
+the write lock). `paper_words_state.backlog`: every rowid up to it is not indexed yet
+either; that is what was stored before this index existed (m022 sets both marks to the
+last rowid), and `index_backlog` works through it newest first, so that the papers
+preview looks at (the last 30 days) are indexed first. Readers read the rows past either
+mark unnarrowed, so no paper is ever missed while the index catches up. Papers are never
+deleted, and nothing VACUUMs the database (which could renumber rowids; `papers_fts`
+relies on them as well).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,14 +51,17 @@ from .db import immediate
 CATCH_UP_BATCH = 200  # papers a transaction: tokenized before it, it holds the write lock a few ms
 _CATEGORY = re.compile(r"^[a-z-]+(\.[a-z-]+)?$")  # what a cat: term can name (bot/query.py)
 
+COLUMNS = ("title", "abstract", "title_raw", "abstract_raw", "author_keys", "cats")
 SCHEMA = (
-    """CREATE VIRTUAL TABLE IF NOT EXISTS paper_words USING fts5(
-           title, abstract, authors, cats, content='', columnsize=0, tokenize="ascii tokenchars '.-'")""",
-    "CREATE TABLE IF NOT EXISTS paper_words_state (indexed INTEGER NOT NULL)",
+    f"""CREATE VIRTUAL TABLE IF NOT EXISTS paper_words USING fts5(
+           {", ".join(COLUMNS)}, content='', columnsize=0, tokenize="ascii tokenchars '.-'")""",
+    "CREATE TABLE IF NOT EXISTS paper_words_state (indexed INTEGER NOT NULL, backlog INTEGER NOT NULL DEFAULT 0)",
     "INSERT INTO paper_words_state (indexed) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM paper_words_state)",
 )
+ORG_FUNCTION = "papers_bot_org"
 
 _COLUMNS = {"any": "{title abstract}", "title": "title", "abstract": "abstract"}
+_RAW_COLUMNS = {"any": "{title_raw abstract_raw}", "title": "title_raw", "abstract": "abstract_raw"}
 
 
 def stems(text: str) -> str:
@@ -58,8 +69,22 @@ def stems(text: str) -> str:
     return " ".join(stem(w) for w in raw_words(text))
 
 
-def author_tokens(authors: list[str]) -> str:
-    return " ".join(t for name in authors for t in name_tokens(name))
+def distinct_words(text: str) -> str:
+    """A title's or abstract's distinct folded words (unstemmed), joined by spaces: for prefixes."""
+    return " ".join(dict.fromkeys(raw_words(text)))
+
+
+def author_keys(authors: list[str]) -> str:
+    """Each author's last name part, and it joined to each other part (`lecun lecun.yann`):
+    an author term of one or two parts matches a paper exactly when its key is there."""
+    keys: dict[str, None] = {}
+    for name in authors:
+        tokens = name_tokens(name)
+        if tokens:
+            last = tokens[-1]
+            keys[last] = None
+            keys.update((f"{last}.{t}", None) for t in tokens[:-1])
+    return " ".join(keys)
 
 
 def category_tokens(categories: list[str]) -> str:
@@ -72,17 +97,44 @@ def category_tokens(categories: list[str]) -> str:
     return " ".join(tokens)
 
 
-def index_new(db: Database, batch: int | None = None, stop: Callable[[], bool] | None = None) -> int:
+def org_matches(organization: str | None, tokens: str) -> int:
+    """`org:` as the evaluator decides it: the term's name parts, in order, among the organization's."""
+    if not organization:
+        return 0
+    have, want = raw_words(organization), tokens.split(" ")
+    size = len(want)
+    return int(any(have[i:i + size] == want for i in range(len(have) - size + 1)))
+
+
+def register(conn: sqlite3.Connection) -> None:
+    """The SQL function the narrowing's organization conditions call, on this connection."""
+    conn.create_function(ORG_FUNCTION, 2, org_matches, deterministic=True)
+
+
+def _row(rowid: int, title: str, summary: str, authors: str, categories: str) -> tuple:
+    title_words, abstract_words = raw_words(title), raw_words(summary)  # once each: most of the time
+    return (rowid, " ".join(map(stem, title_words)), " ".join(map(stem, abstract_words)),
+            " ".join(dict.fromkeys(title_words)), " ".join(dict.fromkeys(abstract_words)),
+            author_keys(json.loads(authors)), category_tokens(json.loads(categories)))
+
+
+_INSERT = (f"INSERT INTO paper_words (rowid, {', '.join(COLUMNS)}) "
+           f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})")
+
+
+def index_new(db: Database, batch: int | None = None, stop: Callable[[], bool] | None = None,
+              limit: int | None = None) -> int:
     """Index the papers stored since the last call, `batch` at a time; how many were indexed.
 
     Papers are read and tokenized without a lock; the write lock is taken only to add
     them, and the mark is checked inside it, so two callers never index a row twice.
-    `stop`, when it says so before a batch, ends the catch-up there (the rest is indexed
-    by the next call; readers read it unnarrowed meanwhile).
+    `stop`, when it says so before a batch, ends the catch-up there, and so does having
+    indexed `limit` papers (the rest is indexed by the next call; readers read it
+    unnarrowed meanwhile).
     """
     batch = batch or CATCH_UP_BATCH
     done = 0
-    while True:
+    while limit is None or done < limit:
         if stop is not None and stop():
             return done
         mark = db.execute("SELECT indexed FROM paper_words_state").fetchone()[0]
@@ -92,17 +144,43 @@ def index_new(db: Database, batch: int | None = None, stop: Callable[[], bool] |
         ).fetchall()
         if not rows:
             return done
-        values = [(rowid, stems(title), stems(summary), author_tokens(json.loads(authors)),
-                   category_tokens(json.loads(categories))) for rowid, title, summary, authors, categories in rows]
+        values = [_row(*row) for row in rows]
         with immediate(db):
             if db.execute("SELECT indexed FROM paper_words_state").fetchone()[0] != mark:
                 continue  # another caller indexed these meanwhile
-            db.conn.executemany(
-                "INSERT INTO paper_words (rowid, title, abstract, authors, cats) VALUES (?, ?, ?, ?, ?)", values)
+            db.conn.executemany(_INSERT, values)
             db.execute("UPDATE paper_words_state SET indexed = ?", [rows[-1][0]])
         done += len(rows)
         if len(rows) < batch:
             return done
+    return done
+
+
+def index_backlog(db: Database, batch: int | None = None, stop: Callable[[], bool] | None = None) -> int:
+    """Index what was stored before the index existed (rowids up to the `backlog` mark),
+    newest first, `batch` a transaction; how many were indexed. `stop` as for index_new."""
+    batch = batch or CATCH_UP_BATCH
+    done = 0
+    while True:
+        if stop is not None and stop():
+            return done
+        mark = db.execute("SELECT backlog FROM paper_words_state").fetchone()[0]
+        if mark <= 0:
+            return done
+        rows = db.execute(
+            """SELECT rowid, title, summary, authors, categories FROM papers WHERE rowid <= ?
+                ORDER BY rowid DESC LIMIT ?""",
+            [mark, batch],
+        ).fetchall()
+        # Added in rowid order all the same: FTS5 writes out what it holds whenever a rowid
+        # comes lower than the one before (in descending order, every row a segment: 20x slower).
+        values = [_row(*row) for row in reversed(rows)]
+        with immediate(db):
+            if db.execute("SELECT backlog FROM paper_words_state").fetchone()[0] != mark:
+                continue  # another caller indexed these meanwhile
+            db.conn.executemany(_INSERT, values)
+            db.execute("UPDATE paper_words_state SET backlog = ?", [rows[-1][0] - 1 if len(rows) == batch else 0])
+        done += len(rows)
 
 
 @dataclass
@@ -121,33 +199,46 @@ class _Expr:
     exact: bool  # FTS5 matches exactly the papers the node matches (usable under NOT)
 
 
+def _condition(node: tuple) -> tuple[str, list[object]] | None:
+    """An SQL condition over papers deciding `node` exactly (upvotes, source, organization), or None."""
+    kind = node[0]
+    if kind == "upvotes":
+        return f"(upvotes IS NOT NULL AND upvotes {node[1]} ?)", [node[2]]
+    if kind == "source":  # a paper's source is the first of its sorted sources
+        return "(sources = ? OR substr(sources, 1, ?) = ?)", [node[1], len(node[1]) + 1, node[1] + ","]
+    if kind == "org":
+        # LIKE first (in C): each name part, in any case, somewhere in the name (LIKE folds
+        # ASCII only, so a name with other characters is kept); the function then decides.
+        likes = " AND ".join("(organization LIKE ? OR organization GLOB '*[^ -~]*')" for _ in node[1])
+        # tokens are letters and digits: no LIKE wildcard among them
+        return (f"({likes} AND {ORG_FUNCTION}(organization, ?))",
+                [*(f"%{token}%" for token in node[1]), " ".join(node[1])])
+    return None
+
+
 def narrowing(node: tuple) -> Narrowing:
     """The narrowing for a query tree (see the module's docstring); always safe to apply.
 
-    `exact` when every term the query requires (the children of its AND, or itself) is
-    one FTS5 or SQL decides exactly: words, phrases, categories, OR and NOT of those,
-    upvotes and source. Author name parts, prefixes and organizations only narrow.
+    `exact` when every term the query requires or excludes at its top (the children of
+    its AND, or itself) is one FTS5 or SQL decides exactly: words, phrases, prefixes,
+    categories, author names of one or two parts, OR and NOT of those; upvotes, source
+    and organization (and their NOT). An OR holding an upvote, source or organization
+    term, or a longer author name, only narrows (or does not).
     """
     found = Narrowing(exact=True)
     excludes = False
     for child in node[1] if node[0] == "and" else (node,):
-        if child[0] == "upvotes":
-            found.where.append(f"upvotes IS NOT NULL AND upvotes {child[1]} ?")
-            found.params.append(child[2])
-        elif child[0] == "source":  # a paper's source is the first of its sorted sources
-            found.where.append("(sources = ? OR substr(sources, 1, ?) = ?)")
-            found.params += [child[1], len(child[1]) + 1, child[1] + ","]
-        elif child[0] == "org":
-            # Each name part, in any case, somewhere in the name: LIKE folds ASCII only, so a
-            # name with other characters is kept for the evaluator to decide.
-            for token in child[1]:
-                found.where.append("(organization LIKE ? OR organization GLOB '*[^ -~]*')")
-                found.params.append(f"%{token}%")  # tokens are letters and digits: no wildcard
-            found.exact = False
-        else:
-            excludes = excludes or child[0] == "not"
-            expr = _fts(child[1] if child[0] == "not" else child)
-            found.exact = found.exact and expr is not None and expr.exact
+        negated = child[0] == "not"
+        term = child[1] if negated else child
+        condition = _condition(term)
+        if condition is not None:
+            sql, params = condition
+            found.where.append(f"NOT {sql}" if negated else sql)
+            found.params += params
+            continue
+        excludes = excludes or negated
+        expr = _fts(term)
+        found.exact = found.exact and expr is not None and expr.exact
     expr = _fts(node)
     found.match = expr.text if expr else None
     if excludes and found.match is None:  # FTS5 applies a NOT only beside a term it requires
@@ -165,16 +256,16 @@ def _fts(node: tuple) -> _Expr | None:
         return _Expr(f"{_COLUMNS[node[1]]} : {_phrase([node[2]])}", True)
     if kind == "phrase":
         return _Expr(f"{_COLUMNS[node[1]]} : {_phrase(node[2])}", True)
-    if kind == "prefix":
-        # The evaluator compares a prefix with the folded words, the index holds their
-        # stems: a word starting with p has a stem starting with p, unless stemming cut
-        # into p itself (it drops at most 3 letters, maybe adding a y): those stems are few.
-        p, columns = node[2], _COLUMNS[node[1]]
-        cut = {p[:-1], p[:-2], p[:-3] + "y", p[:-2] + "y", p[:-1] + "y"} - {""}
-        terms = [f"{columns} : {_phrase([p])} *"] + [f"{columns} : {_phrase([c])}" for c in sorted(cut)]
-        return _Expr("(" + " OR ".join(terms) + ")", False)
-    if kind == "author":  # every name part is among the paper's authors' tokens
-        return _Expr("(" + " AND ".join(f"authors : {_phrase([t])}" for t in node[1]) + ")", False)
+    if kind == "prefix":  # over the unstemmed words, as the evaluator compares
+        return _Expr(f"{_RAW_COLUMNS[node[1]]} : {_phrase([node[2]])} *", True)
+    if kind == "author":
+        # An author matches when the term's last part is theirs and the others come before it,
+        # in order: for one or two parts, exactly when the paper has the key (see author_keys).
+        *firsts, last = node[1]
+        if len(firsts) <= 1:
+            return _Expr(f"author_keys : {_phrase([f'{last}.{t}' for t in firsts] or [last])}", True)
+        keys = dict.fromkeys(f"{last}.{t}" for t in firsts)
+        return _Expr("(" + " AND ".join(f"author_keys : {_phrase([k])}" for k in keys) + ")", False)
     if kind == "cat":
         return _Expr(f"cats : {_phrase([node[1]])}", True)
     if kind == "or":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime
 from typing import Callable, Iterator
+from urllib.request import pathname2url
 
 from sqlite_utils import Database
 
@@ -21,6 +23,7 @@ from .db import immediate, iso, parse_day, parse_iso, storage_error
 from .followups import FollowUpsMixin, StoredState
 
 SEARCH_WINDOW = 5000
+PREVIEW_CATCH_UP = 1000  # papers a preview indexes itself, at most; the rest is read unnarrowed
 
 # Fields a later listing may fill in (Hugging Face adds these to a paper arXiv announced).
 _ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary", "organization", "comments")
@@ -43,7 +46,10 @@ class PapersMixin(FollowUpsMixin):
             yield self.db
             return
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout)
+            # mode=rw: never creates the file. A database deleted under the bot must stay
+            # missing (Store.check_file stops the bot), not come back empty from a reader.
+            conn = sqlite3.connect(f"file:{pathname2url(os.path.abspath(self.path))}?mode=rw", uri=True,
+                                   timeout=self.busy_timeout)
         except sqlite3.Error as exc:
             raise storage_error(exc, self.path) from None
         try:
@@ -164,9 +170,12 @@ class PapersMixin(FollowUpsMixin):
             [iso(since), limit],
         )
 
-    def index_paper_words(self, stop: Callable[[], bool] | None = None) -> int:
+    def index_paper_words(self, stop: Callable[[], bool] | None = None, *, backlog: bool = False) -> int:
         with self._reader() as db:
-            return paper_words.index_new(db, stop=stop)
+            done = paper_words.index_new(db, stop=stop)
+            if backlog:
+                done += paper_words.index_backlog(db, stop=stop)
+            return done
 
     def preview_candidates(self, query: str, since: datetime, limit: int | None = None) -> PreviewCandidates:
         narrowing = paper_words.narrowing(parse_query(query))
@@ -176,38 +185,59 @@ class PapersMixin(FollowUpsMixin):
     def _preview_candidates(self, db: Database, narrowing: paper_words.Narrowing, since: datetime,
                             limit: int | None) -> PreviewCandidates:
         if narrowing.match is not None:
-            try:
-                paper_words.index_new(db)
+            try:  # the few papers stored since the last poll's catch-up; never a long backlog
+                paper_words.index_new(db, limit=PREVIEW_CATCH_UP)
             except StorageBusy:  # locked past the timeout: the rows not indexed yet are read as they are
                 pass
         conn = db.conn
+        paper_words.register(conn)
         began = not conn.in_transaction
         if began:
-            conn.execute("BEGIN")  # one snapshot: the index's mark and the rows agree
+            conn.execute("BEGIN")  # one snapshot: the index's marks and the rows agree
         try:
-            stored = conn.execute("SELECT count(*) FROM papers WHERE listed = 1 AND first_seen >= ?",
-                                  [iso(since)]).fetchone()[0]
+            stored = _listed_since(conn, iso(since))
             conditions = ["listed = 1", "is_update = 0", "first_seen >= ?", *narrowing.where]
-            params = [iso(since), *narrowing.params]
+            params: list[object] = [iso(since), *narrowing.params]
             exact = narrowing.exact
             if narrowing.match is not None:
-                mark = conn.execute("SELECT indexed FROM paper_words_state").fetchone()[0]
-                if conn.execute("SELECT 1 FROM papers WHERE rowid > ? LIMIT 1", [mark]).fetchone():
-                    # Stored since the index's last catch-up (the write lock was busy): these
-                    # are read unnarrowed, and left to the evaluator.
+                indexed, backlog = conn.execute("SELECT indexed, backlog FROM paper_words_state").fetchone()
+                unindexed, unindexed_params = [], []
+                if conn.execute("SELECT 1 FROM papers WHERE rowid > ? LIMIT 1", [indexed]).fetchone():
+                    unindexed.append("rowid > ?")  # stored since the last catch-up (the write lock was busy)
+                    unindexed_params.append(indexed)
+                if backlog > 0 and conn.execute(
+                        "SELECT 1 FROM papers WHERE listed = 1 AND first_seen >= ? AND rowid <= ? LIMIT 1",
+                        [iso(since), backlog]).fetchone():
+                    unindexed.append("rowid <= ?")  # stored before the index, not reached yet by its catch-up
+                    unindexed_params.append(backlog)
+                words = "rowid IN (SELECT rowid FROM paper_words WHERE paper_words MATCH ?)"
+                if unindexed:
+                    # Read unnarrowed, and left to the evaluator.
                     exact = False
-                    conditions.append(
-                        "(rowid > ? OR rowid IN (SELECT rowid FROM paper_words WHERE paper_words MATCH ?))")
-                    params += [mark, narrowing.match]
+                    conditions.append(f"({' OR '.join(unindexed)} OR {words})")
+                    params += [*unindexed_params, narrowing.match]
                 else:
-                    conditions.append("rowid IN (SELECT rowid FROM paper_words WHERE paper_words MATCH ?)")
+                    conditions.append(words)
                     params.append(narrowing.match)
                 conditions[2] = "+first_seen >= ?"  # the word index narrows more than the date
             where = " AND ".join(conditions)
             if exact and limit is not None:
-                count = conn.execute(f"SELECT count(*) FROM papers WHERE {where}", params).fetchone()[0]
-                papers = self._papers(f"SELECT * FROM papers WHERE {where} ORDER BY first_seen DESC, id LIMIT ?",
-                                      [*params, limit], db)
+                # Decided in SQL: the matches are looked up in paper_window (narrow rows: listed
+                # papers, no replacements), counted, and only the newest `limit` read in full.
+                window = ["first_seen >= ?", *narrowing.where]
+                window_params: list[object] = [iso(since), *narrowing.params]
+                if narrowing.match is not None:
+                    window.append("rowid IN (SELECT rowid FROM paper_words WHERE paper_words MATCH ?)")
+                    window_params.append(narrowing.match)
+                found = conn.execute(f"SELECT first_seen, id, rowid FROM paper_window WHERE {' AND '.join(window)}",
+                                     window_params).fetchall()
+                found.sort(key=lambda row: row[1])
+                found.sort(key=lambda row: row[0], reverse=True)  # newest first, ties by id (stable)
+                newest = [row[2] for row in found[:limit]]
+                count = len(found)
+                papers = self._papers(
+                    f"SELECT * FROM papers WHERE rowid IN ({', '.join('?' * len(newest))})"
+                    " ORDER BY first_seen DESC, id", newest, db) if newest else []
             else:
                 papers = self._papers(f"SELECT * FROM papers WHERE {where} ORDER BY first_seen DESC, id", params, db)
                 count = len(papers)
@@ -286,3 +316,14 @@ def _paper(row: dict) -> Paper:
         comments=row.get("comments"),
         version=row.get("version"),
     )
+
+
+def _listed_since(conn: sqlite3.Connection, since: str) -> int:
+    """The listed papers first stored at or after `since` (an iso() stamp): whole days from
+    papers_listed_days (kept by triggers, m022), the first day's part counted."""
+    day = since[:10]
+    whole = conn.execute("SELECT coalesce(sum(listed), 0) FROM papers_listed_days WHERE day > ?", [day]).fetchone()[0]
+    # '~' sorts after every character of a stamp: the rest of that day
+    part = conn.execute("SELECT count(*) FROM papers WHERE listed = 1 AND first_seen >= ? AND first_seen < ?",
+                        [since, day + "~"]).fetchone()[0]
+    return int(whole) + int(part)

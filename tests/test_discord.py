@@ -289,3 +289,70 @@ async def test_a_resend_with_the_same_nonce_returns_the_first_message(fake):
     again = await adapter.post(CH, card)
     await adapter.close()
     assert first.message_id == again.message_id and len(fake.messages["123"]) == 1
+
+
+# ---- rate limits: the channel's bucket and the global limit --------------------------------
+
+def _card(i: int):
+    return card_for(paper(f"2411.{i:05d}", f"Paper {i}"))
+
+
+async def test_a_post_that_empties_its_bucket_returns_without_sleeping_out_the_reset(fake):
+    # discord.py alone sleeps a bucket's reset out before the request that emptied it returns;
+    # the dispatcher's slot for that channel would be held for it after the channel's last post.
+    import time
+
+    fake.channel_limit = (1, 30.0)
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
+    try:
+        result = await adapter.post(CH, _card(1))
+        assert result.ok
+        start, used = fake.windows[CH.channel_id]
+        assert used == 1 and time.monotonic() < start + 30.0  # back while the bucket is still empty
+        other = ChannelRef("discord", "124")  # another channel's bucket is its own
+        assert (await adapter.post(other, _card(2))).ok
+    finally:
+        await adapter.close()  # the refill left waiting is cancelled
+    assert fake.rate_limited == 0
+
+
+async def test_a_channel_past_its_bucket_waits_for_the_refill_without_a_429(fake):
+    fake.channel_limit = (2, 0.3)
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
+    try:
+        results = [await adapter.post(CH, _card(i)) for i in range(5)]
+    finally:
+        await adapter.close()
+    assert all(r.ok for r in results) and len(fake.messages[CH.channel_id]) == 5
+    assert fake.rate_limited == 0  # each post after the second of a window waited for the refill
+    times = fake.post_times[CH.channel_id]  # windows of two: posts 0-1, 2-3, 4, each a refill after the last
+    assert times[2] - times[0] >= 0.3 and times[4] - times[2] >= 0.3
+
+
+async def test_the_adapter_keeps_within_the_global_limit_ahead_of_time(fake):
+    import asyncio
+
+    fake.global_limit = (5, 0.5)
+    channels = [ChannelRef("discord", str(700 + n)) for n in range(12)]
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base, global_limit=(5, 0.5))
+    try:
+        results = await asyncio.gather(*(adapter.post(c, _card(i)) for i, c in enumerate(channels)))
+    finally:
+        await adapter.close()
+    assert all(r.ok for r in results) and fake.global_limited == fake.rate_limited == 0
+    assert sorted(fake.messages) == sorted(c.channel_id for c in channels)
+
+
+async def test_a_global_429_stops_every_request_and_nothing_is_lost(fake):
+    import asyncio
+
+    fake.global_limit = (5, 0.5)
+    channels = [ChannelRef("discord", str(700 + n)) for n in range(12)]
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base, global_limit=None)  # not kept
+    try:
+        results = await asyncio.gather(*(adapter.post(c, _card(i)) for i, c in enumerate(channels)))
+    finally:
+        await adapter.close()
+    assert fake.global_limited > 0  # `global: true` 429s, which discord.py waited out
+    assert all(r.ok for r in results) and sorted(fake.messages) == sorted(c.channel_id for c in channels)
+    assert all(len(m) == 1 for m in fake.messages.values())

@@ -4,6 +4,7 @@ stalls only itself, an interrupted sweep is settled by recover()."""
 
 import asyncio
 import json
+import threading
 from collections import Counter
 
 import pytest
@@ -207,3 +208,26 @@ def test_bench_fanout_small(platform, capsys):
             "duplicated"} <= figures.keys()
     assert figures["messages"] == 18 and figures["channels"] == 6 and figures["papers"] == 3
     assert figures["lost"] == figures["duplicated"] == figures["unexpected"] == 0
+
+
+async def test_due_channels_are_counted_off_the_event_loop_with_the_same_answer(store, slack, monkeypatch):
+    channels = slack_channels(5)
+    fill(store, channels)
+    store.update_channel_settings(channels[1], utcnow(), paused=True)
+    expected = store.due_channels(utcnow())  # on the store's own thread
+    assert [d.channel for d in expected] == [c for c in channels if c != channels[1]]
+    assert {d.due for d in expected} == {PAPERS}
+    called_from = []
+    due_channels = store.due_channels
+
+    def recorded(now):
+        called_from.append(threading.get_ident())
+        found = due_channels(now)
+        assert found == expected  # a connection of its own sees what the loop's committed
+        return found
+
+    monkeypatch.setattr(store, "due_channels", recorded)
+    adapter = SlackAdapter(make_web_client("xoxb-test-token", slack.api_url), min_interval=INTERVAL)
+    report = await Dispatcher(store, {"slack": adapter}, cards_per_cycle=PAPERS).dispatch()
+    assert report.sent == 4 * PAPERS
+    assert called_from and threading.get_ident() not in called_from  # the loop's thread never counted

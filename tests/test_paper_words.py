@@ -3,13 +3,14 @@ through it must equal the evaluator run over every stored paper of the window.""
 
 import asyncio
 import random
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from bot.errors import QueryError
 from bot.matching import PaperView, evaluate
-from bot.query import parse_query, raw_words, render, stem
+from bot.query import parse_query, raw_words, render
 from storage import Store, paper_words
 
 from .fakes import paper
@@ -23,7 +24,8 @@ WORDS = ["bus", "buses", "query", "queries", "box", "boxes", "match", "matches",
          "series", "study", "studies", "data", "robot", "robots", "Émile", "naïve", "ﬁne-tuning", "ＧＰＴ",
          "GPT-4", "language", "large", "video", "world", "agent", "agents", "policy", "policies", "x", "3D",
          "learn", "learning", "learned", "denoise", "denoising", "graph", "graphs", "c++", "A/B", "e.g."]
-NAMES = ["Yann LeCun", "Yann A. LeCun", "Wei Wang", "Wang Wei", "Émile Zola", "Li Na", "Ada Lovelace"]
+NAMES = ["Yann LeCun", "Yann A. LeCun", "Wei Wang", "Wang Wei", "Émile Zola", "Li Na", "Ada Lovelace",
+         "Ada King Lovelace", "Wang Wei Wang", "Lovelace Ada", "J. R. R. Tolkien", "Ｌｉ Ｎａ"]
 CATEGORIES = ["cs.CL", "cs.LG", "cs.RO", "stat.ML", "hep-th", "math.OC", "eess.IV"]
 TERMS = ["bus", "buses", "query", "queries", "box", "match", "analysis", "analyses", "model", "diffusion",
          '"diffusion based"', "diffusion-based", "class", "status", "lens", "series", "study", "studies",
@@ -31,7 +33,13 @@ TERMS = ["bus", "buses", "query", "queries", "box", "match", "analysis", "analys
          "stud*", "que*", "bus*", "analy*", "lens*", "denois*", "polic*", "agents", "3d", "x", "title:model",
          "abstract:robots", 'title:"world model"', "title:diff*", "author:LeCun", 'author:"Yann LeCun"',
          'author:"Wei Wang"', "author:Zola", "cat:cs", "cat:cs.CL", "cat:hep-th", "cat:stat", "upvotes>=50",
-         "upvotes<10", "upvotes=7", "source:arxiv", "source:huggingface", "org:google", 'org:"meta ai"', "org:meta"]
+         "upvotes<10", "upvotes=7", "source:arxiv", "source:huggingface", "org:google", 'org:"meta ai"', "org:meta",
+         # prefixes over unstemmed words; author keys; organizations decided in SQL
+         "queries*", "query*", "analyse*", "boxe*", "emil*", "naï*", "ｇｐｔ*", "abstract:que*", "title:stud*",
+         'author:"Ada Lovelace"', 'author:"Ada King Lovelace"', 'author:"King Lovelace"', 'author:"Wang Wang"',
+         'author:"Wei Wang Wang"', "author:Wang", "author:Wei", "author:Tolkien", 'author:"emile zola"',
+         "author:li", 'org:"google deepmind"', "org:deepmind", "org:goog", "org:méta", "-org:google",
+         "-author:lecun", "-upvotes>=50", "-source:arxiv", "-stud*"]
 
 
 def random_paper(rng: random.Random, i: int) -> tuple:
@@ -43,7 +51,8 @@ def random_paper(rng: random.Random, i: int) -> tuple:
         authors=tuple(rng.sample(NAMES, rng.randint(0, 3))),
         categories=tuple(rng.sample(CATEGORIES, rng.randint(0, 2))),
         upvotes=rng.choice([None, 0, 7, 9, 10, 49, 50, 200]),
-        organization=rng.choice([None, "Google", "Meta AI", "Google DeepMind", "ＧＯＯＧＬＥ", "Méta AI"]),
+        organization=rng.choice([None, "Google", "Meta AI", "Google DeepMind", "ＧＯＯＧＬＥ", "Méta AI", "Googleplex",
+                                 "AI at Meta"]),
         source=rng.choice(["arxiv", "huggingface"]),
         is_update=rng.random() < 0.1,
     )
@@ -65,10 +74,25 @@ def random_query(rng: random.Random, depth: int = 0) -> str:
 def stocked(tmp_path, count: int = 400, seed: int = 3) -> Store:
     rng = random.Random(seed)
     store = Store(tmp_path / "bot.db")
+    made_all = []
     for i in range(count):
         made, first_seen, listed = random_paper(rng, i)
         store.add_papers([made], first_seen, listed=listed)
+        made_all.append(made)
+    # A later listing enriches some (upvotes, organization, another source) and lists some
+    # a lookup had stored: what preview reads of them must follow.
+    for made in rng.sample(made_all, count // 5):
+        again = replace(made, upvotes=rng.choice([3, 50, 120]), source="huggingface",
+                        organization=rng.choice([None, "Google", "Meta AI"]))
+        store.add_papers([again], NOW - timedelta(days=rng.choice([2, 40])))
+    assert _window_follows_papers(store)
     return store
+
+
+def _window_follows_papers(store: Store) -> bool:
+    columns = "rowid, id, first_seen, upvotes, sources, organization"
+    return store.db.execute(f"SELECT {columns} FROM paper_window ORDER BY rowid").fetchall() == store.db.execute(
+        f"SELECT {columns} FROM papers WHERE listed = 1 AND is_update = 0 ORDER BY rowid").fetchall()
 
 
 def brute_force(store: Store, node: tuple) -> list[str]:
@@ -104,37 +128,40 @@ def test_preview_through_the_index_equals_the_evaluator_over_everything(tmp_path
         narrowed += candidates < window
         matched += bool(found)
     store.close()
-    assert checked > 500 and matched > 200 and checked * 0.2 < exact < checked * 0.9
+    assert checked > 500 and matched > 200 and checked * 0.5 < exact < checked
     assert narrowed > checked * 0.6  # the index does narrow, for most queries
 
 
-def test_the_index_is_exact_for_words_phrases_and_categories(tmp_path):
+def test_the_index_is_exact_for_words_phrases_prefixes_categories_authors_and_organizations(tmp_path):
     store = stocked(tmp_path)
     for text in ["buses", "queries", '"large language model"', "cat:cs", "cat:hep-th", "naive -fine",
-                 "(model OR video) -title:robots", "fine gpt", "model upvotes>=50 source:huggingface"]:
+                 "(model OR video) -title:robots", "fine gpt", "model upvotes>=50 source:huggingface",
+                 "robot*", "queries*", "title:stud* -bus*", "author:LeCun", 'author:"Yann LeCun"',
+                 "model -author:zola", "org:google diffusion", 'org:"meta ai"', "model -org:google",
+                 "(author:wang OR author:zola) -que*", "upvotes>=50 -source:arxiv"]:
         node = parse_query(text)
         candidates = store.preview_candidates(render(node), SINCE)
         assert candidates.exact, text
         assert [p.id for p in candidates.papers] == brute_force(store, node), text  # nothing else read
-    for text in ["robot*", "author:LeCun", "org:google diffusion", "upvotes>=50 -video", "model -author:zola"]:
+    for text in ["upvotes>=50 -video", 'author:"Ada King Lovelace"', "(org:google OR model)"]:
         assert not store.preview_candidates(text, SINCE, limit=3).exact, text
     store.close()
 
 
-def test_a_prefix_reaches_every_stem_its_words_have():
-    # The index holds stems; a prefix is compared with unstemmed words.
-    letters = "abcdehilosuxyz"
-    rng = random.Random(5)
-    for _ in range(20_000):
-        word = "".join(rng.choice(letters) for _ in range(rng.randint(3, 9)))
-        word += rng.choice(["", "s", "es", "ies", "ches", "shes", "ses", "xes", "ss", "us", "is"])
-        for size in range(3, len(word) + 1):
-            p = word[:size]
-            node = ("prefix", "any", p)
-            expr = paper_words._fts(node)
-            assert expr is not None
-            s = stem(word)
-            assert s.startswith(p) or f'"{s}"' in expr.text, (word, p)
+def test_author_keys_decide_names_of_one_or_two_parts():
+    assert paper_words.author_keys(["Yann A. LeCun", "Wang Wei Wang", "X. Y."]) == \
+        "lecun lecun.yann wang wang.wang wang.wei"
+    for tokens, exact in [(("lecun",), True), (("yann", "lecun"), True), (("wang", "wei", "wang"), False)]:
+        expr = paper_words._fts(("author", tokens, " ".join(tokens)))
+        assert expr is not None and expr.exact is exact
+
+
+def test_org_terms_are_decided_by_name_parts_in_order():
+    assert paper_words.org_matches("Google DeepMind", "google deepmind") == 1
+    assert paper_words.org_matches("ＧＯＯＧＬＥ", "google") == 1  # folded as the evaluator folds
+    assert paper_words.org_matches("Googleplex", "google") == 0  # a part, not a substring
+    assert paper_words.org_matches("DeepMind Google", "google deepmind") == 0
+    assert paper_words.org_matches(None, "google") == 0
 
 
 def test_stored_counts_the_whole_window_without_a_cap(tmp_path):
@@ -149,7 +176,7 @@ def test_papers_not_indexed_yet_are_still_found(tmp_path, monkeypatch):
     store.index_paper_words()
     late = paper("2411.99999", "A late buses paper", "Nothing else.")
     store.add_papers([late], NOW)
-    monkeypatch.setattr(paper_words, "index_new", lambda db, batch=0: 0)  # as when the lock was busy
+    monkeypatch.setattr(paper_words, "index_new", lambda db, **kw: 0)  # as when the lock was busy
     found = store.preview_candidates("bus", SINCE).papers
     assert found[0].id == "2411.99999"
     monkeypatch.undo()
@@ -187,4 +214,157 @@ def test_queries_without_words_scan_the_window(tmp_path, text):
     node = parse_query(text)
     assert paper_words.narrowing(node).match is None
     assert through_index(store, node)[0] == brute_force(store, node)
+    store.close()
+
+
+def test_stored_follows_papers_listed_later_and_counts_part_of_the_first_day(tmp_path):
+    store = Store(tmp_path / "bot.db")
+    day = NOW.replace(hour=0, minute=0)
+    store.add_papers([paper("2411.00001", "A", "x.")], day + timedelta(hours=1))
+    store.add_papers([paper("2411.00002", "B", "x.")], day + timedelta(hours=5))
+    store.add_papers([paper("2411.00003", "C", "x.")], day - timedelta(days=1))
+    store.add_papers([paper("2411.00004", "D", "x.")], day - timedelta(days=3), listed=False)  # a lookup
+    since = day + timedelta(hours=3)
+    assert store.preview_candidates("x", since).stored == 1
+    assert store.preview_candidates("x", day - timedelta(days=2)).stored == 3
+    store.add_papers([paper("2411.00004", "D", "x.")], day + timedelta(hours=4))  # listed now
+    assert store.preview_candidates("x", since).stored == 2
+    assert store.preview_candidates("x", day - timedelta(days=5)).stored == 4
+    assert _window_follows_papers(store)
+    days = dict(store.db.execute("SELECT day, listed FROM papers_listed_days").fetchall())
+    assert sum(days.values()) == store.db.execute("SELECT count(*) FROM papers WHERE listed = 1").fetchone()[0]
+    store.close()
+
+
+def _upgraded(tmp_path, count: int = 300) -> Store:
+    """A store filled under m015's index (every paper indexed there), then upgraded to m022."""
+    from sqlite_utils import Database
+
+    from storage.migrations import migrations
+
+    path = tmp_path / "old.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m022_paper_words_exact")
+    old.close()
+    rng = random.Random(3)
+    rows = [random_paper(rng, i) for i in range(count)]
+    with pytest.MonkeyPatch.context() as patch:  # the old schema, as an old bot would have filled it
+        patch.setattr("storage.migrations.migrations.pending", lambda db: False)
+        store = Store(path)
+        for made, first_seen, listed in rows:
+            store.add_papers([made], first_seen, listed=listed)
+        store.db.execute("UPDATE paper_words_state SET indexed = (SELECT max(rowid) FROM papers)")
+        store.db.conn.commit()
+        store.close()
+    return Store(path)  # migrates
+
+
+def test_an_upgrade_leaves_every_stored_paper_to_the_backlog_and_counts_the_days(tmp_path):
+    store = _upgraded(tmp_path)
+    total = store.count_papers()
+    indexed, backlog = store.db.execute("SELECT indexed, backlog FROM paper_words_state").fetchone()
+    assert indexed == backlog == total
+    assert not store.db.execute("SELECT rowid FROM paper_words WHERE paper_words MATCH 'model' LIMIT 1").fetchall()
+    listed = store.db.execute("SELECT count(*) FROM papers WHERE listed = 1").fetchone()[0]
+    assert store.db.execute("SELECT sum(listed) FROM papers_listed_days").fetchone()[0] == listed
+    assert store.preview_candidates("model", SINCE).stored == len(store.papers_listed_since(SINCE, 10**9))
+    assert _window_follows_papers(store)
+    store.close()
+    again = Store(tmp_path / "old.db")  # m022 is idempotent: run again, it keeps the index and the counts
+    from storage.migrations import m022_paper_words_exact
+
+    again.index_paper_words(backlog=True)
+    m022_paper_words_exact(again.db)
+    assert again.db.execute("SELECT indexed, backlog FROM paper_words_state").fetchone() == (total, 0)
+    assert again.db.execute("SELECT sum(listed) FROM papers_listed_days").fetchone()[0] == listed
+    again.close()
+
+
+def test_preview_is_right_while_the_backlog_is_indexed_and_does_not_index_it_itself(tmp_path):
+    store = _upgraded(tmp_path)
+    rng = random.Random(11)
+    queries = [parse_query(t) for t in ["model", "robot*", 'author:"Yann LeCun"', "org:google diffusion", "cat:cs"]]
+    queries += [node for node in (_parsed(random_query(rng)) for _ in range(40)) if node is not None]
+
+    def check() -> None:
+        for node in queries:
+            found, _ = through_index(store, node)
+            assert found == brute_force(store, node), render(node)
+
+    check()  # nothing indexed: every paper of the window read unnarrowed
+    assert store.db.execute("SELECT backlog FROM paper_words_state").fetchone()[0] == store.count_papers()
+    assert not store.preview_candidates("model", SINCE, limit=3).exact
+    # Half way (newest first): the window's newest papers are narrowed, the rest read as they are.
+    done = store.index_paper_words(backlog=True, stop=_after(2))  # asked by the new rows' catch-up, then one batch
+    backlog = store.db.execute("SELECT backlog FROM paper_words_state").fetchone()[0]
+    assert done == paper_words.CATCH_UP_BATCH and backlog == store.count_papers() - done
+    check()
+    assert store.index_paper_words(backlog=True) == store.count_papers() - done
+    assert store.db.execute("SELECT backlog FROM paper_words_state").fetchone()[0] == 0
+    check()
+    assert store.preview_candidates("model", SINCE, limit=3).exact
+    store.close()
+
+
+def _parsed(text: str) -> tuple | None:
+    try:
+        return parse_query(text)
+    except QueryError:
+        return None
+
+
+def _after(asks: int):
+    """A `stop` that says go on the first `asks` times it is asked, then stop."""
+    asked = iter(range(asks + 1))
+    return lambda: next(asked, asks) >= asks
+
+
+async def test_the_bot_indexes_the_backlog_in_the_background_and_preview_answers_meanwhile(tmp_path):
+    import io
+
+    import handlers
+    from bot.app import App
+    from bot.config import Secrets, parse_config
+    from bot.models import ChannelRef
+
+    _upgraded(tmp_path).close()
+    config = parse_config({"storage": {"path": str(tmp_path / "old.db")},
+                           "sources": {"huggingface": {"enabled": False}, "arxiv": {"enabled": False}}}, Secrets({}))
+    app = App(config, stdout=io.StringIO(), clock=lambda: NOW)
+    store = app.store
+    node = parse_query("model -robot*")
+    expected = len(brute_force(store, node))  # type: ignore[arg-type]  # the App's Store
+
+    def backlog() -> int:
+        return store.db.execute("SELECT backlog FROM paper_words_state").fetchone()[0]  # type: ignore[attr-defined]
+
+    def preview() -> str:
+        return f"preview {render(node)}"
+
+    before = backlog()
+    reply = await app.handle_command(handlers.request_from_text(ChannelRef("console", "c"), "u", preview()))
+    assert f"matched {expected:,} of" in reply.text and backlog() == before > 0  # right, and no indexing
+    stop = asyncio.Event()
+    running = asyncio.create_task(app.run(stop, tick=0.01))
+    deadline = asyncio.get_running_loop().time() + 30
+    while backlog():
+        assert asyncio.get_running_loop().time() < deadline, "the backlog was not indexed"
+        await asyncio.sleep(0.01)
+    reply = await app.handle_command(handlers.request_from_text(ChannelRef("console", "c"), "u", preview()))
+    assert f"matched {expected:,} of" in reply.text
+    stop.set()
+    await asyncio.wait_for(running, 5)
+    await app.aclose()
+
+
+def test_a_reader_off_the_stores_thread_never_creates_a_deleted_database(tmp_path):
+    from bot.errors import StorageError
+
+    store = stocked(tmp_path, count=10)
+    path = tmp_path / "bot.db"
+    path.unlink()
+    for read in (lambda: store.due_channels(NOW), lambda: store.preview_candidates("model", SINCE)):
+        with pytest.raises(StorageError):
+            asyncio.run(asyncio.to_thread(read))
+        assert not path.exists()  # left missing, for Store.check_file to say so
     store.close()

@@ -230,13 +230,13 @@ async def test_a_poller_closed_while_indexing_a_backlog_for_preview_stops_and_le
     store.add_papers([paper(f"2410.{i:05d}", f"Old paper {i} on diffusion") for i in range(40)], clock())
     monkeypatch.setattr(paper_words, "CATCH_UP_BATCH", 5)
     poller = Poller(store, clock)
-    tokenized = paper_words.stems
+    tokenized = paper_words._row
 
-    def stems_then_close(text: str) -> str:  # the bot starts closing while the first batch is tokenized
+    def row_then_close(*row: object) -> tuple:  # the bot starts closing while the first batch is tokenized
         poller._stopping.set()
-        return tokenized(text)
+        return tokenized(*row)
 
-    monkeypatch.setattr(paper_words, "stems", stems_then_close)
+    monkeypatch.setattr(paper_words, "_row", row_then_close)
     report = await poller.poll(FakeSource(papers=[paper("2411.00001", "New diffusion paper")]))
     assert report.ok and report.new == 1
     indexed = store.db.execute("SELECT indexed FROM paper_words_state").fetchone()[0]

@@ -22,6 +22,7 @@ import json
 import logging
 import random
 import re
+from collections import deque
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
@@ -30,8 +31,9 @@ import aiohttp
 import discord
 import yarl
 from discord import app_commands
+from discord.errors import RateLimited
 from discord.gateway import DiscordWebSocket, ReconnectWebSocket
-from discord.http import HTTPClient, Route, handle_message_parameters
+from discord.http import HTTPClient, Ratelimit, Route, handle_message_parameters
 from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
 import handlers
@@ -85,15 +87,121 @@ def rebased(route: Route, api_base: str) -> Route:
     return moved
 
 
-class RoutedHTTPClient(HTTPClient):
-    """discord.py's REST client, sending every request to `api_base`."""
+GLOBAL_LIMIT = (50, 1.0)  # Discord: "all bots can make up to 50 requests per second"
 
-    def __init__(self, api_base: str, *args: Any, **kwargs: Any):
+
+class GlobalPace:
+    """At most `limit` requests in any `span` seconds, the bot's whole REST traffic: Discord's
+    global limit, kept ahead of time. discord.py only reacts to it (a 429 with `global: true`
+    stops every request for its retry_after); with many channels served side by side the bot
+    would run into it again and again, and every 429 counts towards Discord's invalid-request
+    ban (10,000 per 10 minutes).
+
+    A request holds its place from when it is sent until `span` after its answer came back,
+    so however long it took to reach Discord, no `limit + 1` requests reach it within `span`
+    (counting from the send instead, a request delayed on its way could meet the next
+    window's first ones)."""
+
+    def __init__(self, limit: int, span: float):
+        self.limit = max(limit, 1)
+        self.span = span
+        self.in_flight = 0
+        self.answered: deque[float] = deque()  # when each answer of the last span came, in order
+        self._turn = asyncio.Lock()
+        self._released = asyncio.Event()
+
+    async def wait(self) -> None:
+        async with self._turn:  # in order of arrival
+            loop = asyncio.get_running_loop()
+            while True:
+                now = loop.time()
+                while self.answered and self.answered[0] <= now - self.span:
+                    self.answered.popleft()
+                if self.in_flight + len(self.answered) < self.limit:
+                    break
+                if self.answered:
+                    await asyncio.sleep(self.answered[0] + self.span - now)
+                else:  # every place is a request on its way: wait for an answer
+                    self._released.clear()
+                    await self._released.wait()
+            self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.answered.append(asyncio.get_running_loop().time())
+        self._released.set()
+
+
+class PacedRatelimit(Ratelimit):
+    """discord.py's per-bucket limiter (one per channel for messages), with two changes.
+
+    A request that empties its bucket returns at once: discord.py sleeps the bucket's reset
+    out in `__aexit__` before the request returns, so the dispatcher's slot for that channel
+    was held for one more reset after the channel's last message. Here that refill runs in
+    the background; the channel's next request waits for it in `acquire`, as it would have.
+    And once a request has its bucket's token, it waits its turn at the global pace.
+    (Written against discord.py 2.7's Ratelimit; tests/test_discord.py checks both.)"""
+
+    def __init__(self, max_ratelimit_timeout: float | None, pace: GlobalPace | None, tasks: set[asyncio.Task]):
+        super().__init__(max_ratelimit_timeout)
+        self._pace = pace
+        self._tasks = tasks  # the client's: cancelled when it closes
+        self._refilling: asyncio.Task | None = None
+
+    async def acquire(self) -> None:
+        await super().acquire()
+        if self._pace is None:
+            return
+        try:
+            await self._pace.wait()
+        except BaseException:  # cancelled waiting: the token goes back
+            self.outgoing -= 1
+            self.remaining += 1
+            raise
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._pace is not None:
+            self._pace.release()
+        self.outgoing -= 1
+        tokens = self.remaining - self.outgoing
+        if self._sleeping.locked():
+            return
+        if tokens <= 0:
+            if self._refilling is None or self._refilling.done():
+                self._refilling = asyncio.get_running_loop().create_task(self._refresh())
+                self._tasks.add(self._refilling)
+                self._refilling.add_done_callback(self._tasks.discard)
+        elif self._pending_requests:
+            late = self._max_ratelimit_timeout and self.reset_after > self._max_ratelimit_timeout
+            self._wake(tokens, exception=RateLimited(self.reset_after) if late else None)
+
+
+class RoutedHTTPClient(HTTPClient):
+    """discord.py's REST client, sending every request to `api_base`, its buckets
+    PacedRatelimit, its requests kept within `global_limit` (None: not kept)."""
+
+    def __init__(self, api_base: str, *args: Any, global_limit: tuple[int, float] | None = GLOBAL_LIMIT,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.api_base = api_base.rstrip("/")
+        self._pace = GlobalPace(*global_limit) if global_limit else None
+        self._refills: set[asyncio.Task] = set()
+
+    def get_ratelimit(self, key: str) -> Ratelimit:
+        try:
+            return self._buckets[key]
+        except KeyError:
+            made = self._buckets[key] = PacedRatelimit(self.max_ratelimit_timeout, self._pace, self._refills)
+            self._try_clear_expired_ratelimits()
+            return made
 
     async def request(self, route: Route, **kwargs: Any) -> Any:
         return await super().request(rebased(route, self.api_base), **kwargs)
+
+    async def close(self) -> None:
+        for task in list(self._refills):
+            task.cancel()
+        await super().close()
 
 
 class RoutedWebhookAdapter(AsyncWebhookAdapter):
@@ -195,8 +303,10 @@ class DiscordAdapter:
     platform = "discord"
 
     def __init__(self, token: str, *, api_base: str, max_ratelimit_timeout: float = 60.0,
-                 config: Config | None = None, complete: Completer | None = None):
+                 config: Config | None = None, complete: Completer | None = None,
+                 global_limit: tuple[int, float] | None = GLOBAL_LIMIT):
         self.token = token
+        self.global_limit = global_limit  # requests per seconds, all channels together (see GlobalPace)
         self.api_base = api_base.rstrip("/")
         self.max_ratelimit_timeout = max_ratelimit_timeout
         # What the gateway front-end needs ([discord], autocomplete); config None: posting only.
@@ -213,7 +323,8 @@ class DiscordAdapter:
                 raise discord.LoginFailure("the token was refused before")
             if self._http is None:
                 http = RoutedHTTPClient(self.api_base, asyncio.get_running_loop(),
-                                        max_ratelimit_timeout=self.max_ratelimit_timeout)
+                                        max_ratelimit_timeout=self.max_ratelimit_timeout,
+                                        global_limit=self.global_limit)
                 try:
                     me = await http.static_login(self.token)
                 except BaseException as exc:
