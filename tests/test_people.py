@@ -406,3 +406,32 @@ async def test_the_app_sweep_posts_the_most_saved_digest_through_the_fake_slack(
         await app.aclose()
     (body,) = slack.called("chat.postMessage")
     assert "Worth keeping" in json.dumps(body["blocks"]) and body["channel"] == "C123"
+
+
+async def test_discord_replies_of_several_cards_have_numbered_save_and_not_relevant(store, clock, make_config,
+                                                                                     monkeypatch):
+    # A search answers with several cards: each shown card gets its own Save and Not relevant,
+    # numbered in the order of the cards, and a press saves that paper.
+    store.add_papers([paper(f"2411.0000{n}", title=f"Synthetic diffusion paper {n}", listed_on=clock().date())
+                      for n in (1, 2, 3)], clock())
+    with FakeDiscordGateway() as fake:
+        monkeypatch.setattr(Route, "BASE", "http://127.0.0.1:9/api/v10")
+        config = make_config(discord={"api_base": fake.api_base, "gateway_url": fake.gateway_url})
+        adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
+        running = await start(store, config, adapter, clock)
+        try:
+            assert await until(lambda: running.frontend.state == "connected")
+            fake.interact("search", {"words": "diffusion"})
+            assert await until(lambda: len(fake.followups) == 1)
+            body = fake.followups[0]["body"]
+            shown = [embed["url"].rsplit("/", 1)[-1] for embed in body["embeds"]]
+            rows = [[(c["label"], c["custom_id"]) for c in row["components"]] for row in body["components"]]
+            fake.press(rows[0][1][1])  # "Save 2"
+            assert await until(lambda: len(fake.followups) == 2)
+        finally:
+            await close_within(running)
+            await adapter.close()
+    assert sorted(shown) == ["2411.00001", "2411.00002", "2411.00003"]
+    assert rows == [[(f"Save {n}", f"papers:save:{pid}") for n, pid in enumerate(shown, 1)],
+                    [(f"Not relevant {n}", f"papers:not-relevant:{pid}") for n, pid in enumerate(shown, 1)]]
+    assert store.channel_feedback(ChannelRef("discord", CHANNEL_ID)).saved == (shown[1],)

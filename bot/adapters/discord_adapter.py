@@ -224,11 +224,14 @@ def nonce_for(channel: ChannelRef, paper_id: str) -> str:
 
 
 def _link_view(buttons: list[tuple[str, str]], paper_id: str | None = None,
-               actions: tuple[Action, ...] = (), timeout: float | None = None) -> discord.ui.View:
+               actions: tuple[Action, ...] = (), timeout: float | None = None,
+               papers: tuple[str, ...] = ()) -> discord.ui.View:
     """Link buttons; with `paper_id`, a second row with Save and Not relevant; `actions`, a
-    reply's buttons (each runs a command). Presses come back as component interactions
-    (`_Gateway.on_interaction`), by custom_id, whatever became of the view: `timeout` only
-    lets discord.py forget a view it keeps (an interaction follow-up's) after that long."""
+    reply's buttons (each runs a command); `papers`, the cards of a reply of several (at most
+    5): a row "Save 1" ... and a row "Not relevant 1" ..., numbered in the order of the cards.
+    Presses come back as component interactions (`_Gateway.on_interaction`), by custom_id,
+    whatever became of the view: `timeout` only lets discord.py forget a view it keeps (an
+    interaction follow-up's) after that long."""
     view = discord.ui.View(timeout=timeout)
     for label, url in buttons:
         view.add_item(discord.ui.Button(style=discord.ButtonStyle.link, label=label, url=url))
@@ -236,6 +239,10 @@ def _link_view(buttons: list[tuple[str, str]], paper_id: str | None = None,
         for label, verb in (("Save", "save"), ("Not relevant", "not-relevant")):
             view.add_item(discord.ui.Button(style=discord.ButtonStyle.secondary, label=label, row=1,
                                             custom_id=f"{CUSTOM_ID}{verb}:{paper_id}"[:100]))
+    for row, (label, verb) in ((3, ("Save", "save")), (4, ("Not relevant", "not-relevant"))):
+        for number, paper in enumerate(papers[:5], 1):
+            view.add_item(discord.ui.Button(style=discord.ButtonStyle.secondary, label=f"{label} {number}", row=row,
+                                            custom_id=f"{CUSTOM_ID}{verb}:{paper}"[:100]))
     for action in actions[:5]:
         custom_id = CUSTOM_ID + "run:" + json.dumps([action.verb, dict(action.args)], separators=(",", ":"))
         if len(custom_id) <= 100:  # Discord's limit: a longer one is left out rather than cut
@@ -479,9 +486,12 @@ async def send_reply(interaction: discord.Interaction, reply: Reply) -> None:
     """The ephemeral follow-up of a deferred interaction: text, cards, and the reply's buttons."""
     content, embeds, none = reply.text[:CONTENT_MAX], reply_embeds(reply.cards), discord.AllowedMentions.none()
     one = reply.cards[0].paper_id if len(reply.cards) == 1 else None  # one card: its Save / Not relevant
-    if reply.actions or one:
+    # Several cards (search, trending): numbered Save / Not relevant for those shown, in order.
+    several = tuple(card.paper_id for card in reply.cards[:len(embeds)]) if len(reply.cards) > 1 else ()
+    if reply.actions or one or several:
+        view = _link_view([], one, actions=reply.actions, timeout=REPLY_VIEW_SECONDS, papers=several)
         await interaction.followup.send(content=content, embeds=embeds, ephemeral=True, allowed_mentions=none,
-                                        view=_link_view([], one, actions=reply.actions, timeout=REPLY_VIEW_SECONDS))
+                                        view=view)
     else:
         await interaction.followup.send(content=content, embeds=embeds, ephemeral=True, allowed_mentions=none)
 
