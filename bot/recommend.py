@@ -2,7 +2,9 @@
 
 A `like:` subscription names example papers (`like:2406.12345,2405.00001`); new papers
 similar to them are posted. The keyword part of its query (`like:2406.12345 -survey
-cat:cs.CL`) filters, the like part scores.
+cat:cs.CL`) filters, the like part scores. `like:saved` takes the channel's saved papers
+as examples too and its "Not relevant" ones as negatives (Store.channel_feedback), read
+again at each sync: a subscription whose channel's feedback changed is rebuilt.
 
 The model, fitted from the bot's own stored papers (nothing is downloaded):
 

@@ -242,6 +242,8 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     Papers like examples: `like:2406.12345 2405.00001` (arXiv ids or links, up to 20;
     the rest of the query filters), about the best 3 a day, or those scoring at least
     `--min-score 0.3`; cards say which example a paper is like, with its score.
+    `like:saved`: papers like the ones this channel saved, unlike those marked Not
+    relevant; it follows new feedback at each poll, no need to subscribe again.
     Only papers that arrive after you subscribe are posted; `--backfill N` also posts
     the N most recent stored matches now (at most 20). With `--me` its cards mention you
     (only the people who subscribed with --me are ever mentioned); in a direct message
@@ -320,7 +322,8 @@ async def _subscribe_like(ctx: Context, req: CommandRequest, sub_id: int, query:
 async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Show what a query would have matched recently, without subscribing.
 
-    A `like:` query lists the papers it would have posted in the last 30 days, with scores.
+    A `like:` query lists the papers it would have posted in the last 30 days, with scores
+    (`like:saved`: from this channel's saved and Not relevant papers).
     Example: `/papers preview "world model" robot*` or `/papers preview like:2406.12345`.
     """
     typed = args.text("query")
