@@ -133,7 +133,10 @@ async def _like_examples(ctx: Context, like: LikeQuery, name: str, channel: Chan
             known = f"neither {' nor '.join(ctx.lookup.labels())} knows it" if ctx.lookup else "it is not stored"
             return error(f"Cannot {name}: the example {paper_id} is unknown ({known}).", name)
         found.append(paper)
-    return _Liked(*feedback_papers(ctx.store, like, feedback, found))
+    liked = _Liked(*feedback_papers(ctx.store, like, feedback, found))
+    if not liked.examples:  # like:saved whose saved papers are no longer stored
+        return error(f"Cannot {name}: {NOTHING_SAVED}.", name)
+    return liked
 
 
 async def _like_history(ctx: Context, like: LikeQuery, examples: list[Paper], shown: int,
