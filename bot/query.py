@@ -15,6 +15,8 @@
     like:2406.12345,2405.00001    papers like these examples (ids or arXiv/Hugging Face links; bare
                                   ids after a like: term join it); scored by bot/recommend.py, the
                                   rest of the query filters. Top level only, as is
+    like:saved                    papers like the channel's saved ones, not like its "Not
+                                  relevant" ones (with ids too: like:saved,2406.12345)
     score>=0.3                    a like: query's own threshold (else the top few a day)
 
 No regular expressions: user patterns could backtrack catastrophically. A query is a
@@ -26,7 +28,8 @@ tree of tuples (cheap to keep a million of them in memory):
     ("author", name_tokens, text)
     ("cat", category)  ("org", tokens, text)  ("source", name)
     ("upvotes", op, number)
-    ("like", ids)  ("score", ">=", number)     only as the root or its AND's children
+    ("like", ids)  ("score", ">=", number)     only as the root or its AND's children;
+                                               ids may hold SAVED (first), for like:saved
     ("and", children)  ("or", children)  ("not", child)
 """
 
@@ -48,6 +51,7 @@ MAX_TERMS = 50
 MIN_PREFIX = 3
 FIELDS = ("title", "abstract", "author", "cat", "org", "source", "upvotes", "like", "score")
 MAX_EXAMPLES = 20  # of a like: query
+SAVED = "saved"  # like:saved: the channel's saved papers are examples (bot/like.py)
 _SCORE = re.compile(r"^score>=(0(?:\.\d{1,3})?|1(?:\.0{1,3})?|\.\d{1,3})$", re.IGNORECASE)
 _WORD = re.compile(r"[^\W_]+")
 _UPVOTES = re.compile(r"^upvotes(>=|<=|>|<|=)(\d{1,9})$", re.IGNORECASE)
@@ -350,10 +354,11 @@ def _bare_example(text: str) -> str | None:
 
 
 def _examples(text: str, column: int) -> tuple[str, ...]:
-    if text.lower() == "saved":
-        raise QueryError(f"like:saved is not available yet: give arXiv ids, like:2406.12345 (column {column})")
     found = []
     for part in text.split(","):
+        if part.lower() == SAVED:
+            found.append(SAVED)
+            continue
         example = canonical_arxiv_id(part) if part else None
         if example is None:
             shown = part if len(part) <= 40 else part[:39] + "…"
@@ -364,7 +369,8 @@ def _examples(text: str, column: int) -> tuple[str, ...]:
 
 def _gather_like(node: tuple) -> tuple:
     """A query with like: terms keeps them, and score>=, at its top level, merged into one
-    like term (its examples in order, once each) first, then score>=, then the keywords."""
+    like term (SAVED first if given, then its examples in order, once each) first, then
+    score>=, then the keywords."""
     children = node[1] if node[0] == "and" else (node,)
     if not _holds(node, ("like",)):
         if _holds(node, ("score",)):
@@ -383,8 +389,10 @@ def _gather_like(node: tuple) -> tuple:
                 raise QueryError("like: and score>= go at the top level of a query, "
                                  "not inside OR, NOT or parentheses")
             rest.append(child)
-    if len(examples) > MAX_EXAMPLES:
-        raise QueryError(f"like: takes at most {MAX_EXAMPLES} examples, not {len(examples)}")
+    if SAVED in examples:
+        examples = [SAVED, *(e for e in examples if e != SAVED)]
+    if len(examples) - (SAVED in examples) > MAX_EXAMPLES:
+        raise QueryError(f"like: takes at most {MAX_EXAMPLES} examples, not {len(examples) - (SAVED in examples)}")
     if len(scores) > 1:
         raise QueryError("give score>= once")
     merged = [("like", tuple(examples)), *scores, *rest]

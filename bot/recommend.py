@@ -2,7 +2,9 @@
 
 A `like:` subscription names example papers (`like:2406.12345,2405.00001`); new papers
 similar to them are posted. The keyword part of its query (`like:2406.12345 -survey
-cat:cs.CL`) filters, the like part scores.
+cat:cs.CL`) filters, the like part scores. `like:saved` takes the channel's saved papers
+as examples too and its "Not relevant" ones as negatives (Store.channel_feedback), read
+again at each sync: a subscription whose channel's feedback changed is rebuilt.
 
 The model, fitted from the bot's own stored papers (nothing is downloaded):
 
@@ -41,8 +43,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from .like import LikeQuery, like_query, similar_fact, split_like
-from .models import Match, Paper, Subscription
+from .like import SAVED_MAX, LikeQuery, feedback_papers, like_query, similar_fact, split_like
+from .models import ChannelFeedback, ChannelRef, Match, Paper, Subscription
 
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -157,10 +159,11 @@ def day_threshold(scores: np.ndarray, days: int, per_day: int = PER_DAY, floor: 
 class _Sub:
     subscription: Subscription
     like: LikeQuery
-    examples: list[Paper] = field(default_factory=list)  # those stored, in the order given
-    # Papers it is not to be like: the channel's "Not relevant" ones, for like:saved (not wired yet:
-    # Store.channel_feedback gives its saved papers as examples and these).
+    examples: list[Paper] = field(default_factory=list)  # those stored, in the order given (then saved ones)
+    # Papers it is not to be like: the channel's "Not relevant" ones, for like:saved.
     negatives: list[Paper] = field(default_factory=list)
+    feedback: ChannelFeedback | None = None  # like:saved: the channel's feedback its profile was built from
+    excluded: frozenset[str] = frozenset()  # never recommended: its examples, saved and not relevant papers
     rows: sp.csr_matrix | None = None  # the examples' vectors
     vector: sp.csr_matrix | None = None  # the profile; None: nothing to score with
     threshold: float = FLOOR
@@ -252,11 +255,15 @@ class Recommender:
     def sync(self, store: StoreContract, current: set[int], changed: Sequence[Subscription]) -> list[Subscription]:
         """Take the like: subscriptions among `changed` (added, or with a new query), drop
         those no longer `current` (or no longer like:), and return the other ones, for the
-        keyword matcher. `store` (a StoreContract) gives the examples' papers."""
+        keyword matcher. `store` (a StoreContract) gives the examples' papers and, for
+        like:saved, the channels' feedback: those whose channel's feedback changed since
+        are rebuilt too, so that they follow Save and Not relevant from poll to poll."""
         with self._lock:
             others = []
             for gone in set(self._subs) - current:
                 self._drop(gone)
+            feedback: dict[ChannelRef, ChannelFeedback] = {}
+            built = set()
             for sub in changed:
                 like = like_query(sub.query)
                 if like is None:
@@ -268,11 +275,42 @@ class Recommender:
                 if len(entry.examples) < len(like.examples):
                     log.warning("like: subscription #%s: %d of its examples are not stored", sub.id,
                                 len(like.examples) - len(entry.examples))
+                if like.saved:
+                    self._with_feedback(store, entry, self._feedback(store, sub.channel, feedback))
+                else:
+                    entry.excluded = frozenset(like.examples)
                 self._subs[sub.id] = entry
+                built.add(sub.id)
                 if self.model is not None:
                     self._build(entry)
                 self._matrix = None
+            for sid, entry in list(self._subs.items()):  # like:saved: the feedback given since
+                if entry.like.saved and sid not in built:
+                    now = self._feedback(store, entry.subscription.channel, feedback)
+                    if now != entry.feedback:
+                        explicit = [p for p in entry.examples if p.id in entry.like.examples]
+                        entry.examples = explicit
+                        self._with_feedback(store, entry, now)
+                        if self.model is not None:
+                            self._build(entry)
+                        self._matrix = None
             return others
+
+    @staticmethod
+    def _feedback(store: StoreContract, channel: ChannelRef,
+                  known: dict[ChannelRef, ChannelFeedback]) -> ChannelFeedback:
+        """A channel's feedback, read once a sync (`known`)."""
+        if channel not in known:
+            known[channel] = store.channel_feedback(channel, SAVED_MAX)
+        return known[channel]
+
+    @staticmethod
+    def _with_feedback(store: StoreContract, entry: _Sub, feedback: ChannelFeedback) -> None:
+        """A like:saved entry's positives (its ids' papers, then the saved ones) and
+        negatives (the "Not relevant" ones) from its channel's feedback."""
+        entry.feedback = feedback
+        entry.examples, entry.negatives = feedback_papers(store, entry.like, feedback, entry.examples)
+        entry.excluded = frozenset([*entry.like.examples, *feedback.saved, *feedback.not_relevant])
 
     def _drop(self, subscription_id: int) -> None:
         if self._subs.pop(subscription_id, None) is not None:
@@ -290,12 +328,12 @@ class Recommender:
         else:
             entry.rows = self.model.vectors(entry.examples)
         entry.vector = profile(entry.rows, self.model.vectors(entry.negatives) if entry.negatives else None)
-        entry.threshold = self._threshold(entry.like, entry.vector, reference, days)
+        entry.threshold = self._threshold(entry.like, entry.vector, reference, days, entry.excluded)
 
     def _threshold(self, like: LikeQuery, vector: sp.csr_matrix, reference: sp.csr_matrix | None = None,
-                   days: int | None = None) -> float:
+                   days: int | None = None, excluded: frozenset[str] | None = None) -> float:
         """The query's score>=, else the score of its `per_day`-th best recent paper a day
-        (its examples left out), never below the floor."""
+        (its examples, or `excluded`, left out), never below the floor."""
         if like.min_score is not None:
             return like.min_score
         if reference is None:
@@ -304,7 +342,7 @@ class Recommender:
         if reference is None or self.model is None:
             return self.floor
         scores = self.model.scores(reference, vector)
-        examples = set(like.examples)
+        examples = excluded if excluded is not None else frozenset(like.examples)
         if examples & self._recent.known:
             scores = scores[[i for i, paper_id in enumerate(self._recent.ids) if paper_id not in examples]]
         return day_threshold(scores, days or 1, self.per_day, self.floor)
@@ -403,7 +441,7 @@ class Recommender:
                 view: PaperView | None = None
                 for sid, score in hits:
                     like = self._subs[sid].like
-                    if paper.id in like.examples:  # an example is not a recommendation
+                    if paper.id in self._subs[sid].excluded:  # an example (or not relevant) is no recommendation
                         continue
                     if like.keywords is not None:
                         view = view or PaperView(paper)
@@ -451,16 +489,16 @@ class Recommender:
             rows = self.model.vectors(examples)
             negative_rows = self.model.vectors(negatives) if negatives else None
             vector = profile(rows, negative_rows)
+            examples_ids = frozenset([*like.examples, *(p.id for p in examples), *(p.id for p in negatives)])
             reference = self._recent.matrix()
             if reference is None:
-                return Preview([], 0, 0, self._threshold(like, vector))
-            threshold = self._threshold(like, vector)
+                return Preview([], 0, 0, self._threshold(like, vector, excluded=examples_ids))
+            threshold = self._threshold(like, vector, excluded=examples_ids)
             scores = self.model.scores(reference, vector)
             order = np.argsort(-scores, kind="stable")
             ids = self._recent.ids
             found: list[Scored] = []
             count = 0
-            examples_ids = set(like.examples)
             for index in order:
                 score = float(scores[index])
                 if score < threshold or math.isnan(score):

@@ -6,11 +6,11 @@ import asyncio
 import logging
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from bot.cards import card_for
 from bot.errors import QueryError, SourceError
-from bot.like import LikeQuery, similar_fact, split_like
+from bot.like import NOTHING_SAVED, SAVED_MAX, LikeQuery, feedback_papers, similar_fact, split_like
 from bot.matching import PaperView, evaluate
 from bot.models import ChannelRef, CommandRequest, Match, Paper, QueryPreview, Reply, SubscribeForm
 from bot.query import MAX_QUERY_CHARS, parse_query, render
@@ -108,8 +108,17 @@ def subscribe_form(channel: ChannelRef, query: str = "", preview: QueryPreview |
 
 # ---- like: queries (bot/recommend.py) ------------------------------------------------------
 
-async def _like_examples(ctx: Context, like: LikeQuery, name: str) -> list[Paper] | Reply:
-    """The example papers of a like: query, stored or looked up (and stored) as `show` does."""
+class _Liked(NamedTuple):
+    examples: list[Paper]  # positives: the ids' papers, then (like:saved) the channel's saved ones
+    negatives: list[Paper]  # like:saved: the channel's "Not relevant" papers
+
+
+async def _like_examples(ctx: Context, like: LikeQuery, name: str, channel: ChannelRef) -> _Liked | Reply:
+    """The example papers of a like: query, stored or looked up (and stored) as `show` does;
+    for like:saved, also the channel's saved papers, and its "Not relevant" ones as negatives."""
+    feedback = ctx.store.channel_feedback(channel, SAVED_MAX) if like.saved else None
+    if feedback is not None and not feedback.saved:
+        return error(f"Cannot {name}: {NOTHING_SAVED}.", name)
     found = []
     for paper_id in like.examples:
         paper = ctx.store.get_paper(paper_id)
@@ -124,10 +133,14 @@ async def _like_examples(ctx: Context, like: LikeQuery, name: str) -> list[Paper
             known = f"neither {' nor '.join(ctx.lookup.labels())} knows it" if ctx.lookup else "it is not stored"
             return error(f"Cannot {name}: the example {paper_id} is unknown ({known}).", name)
         found.append(paper)
-    return found
+    liked = _Liked(*feedback_papers(ctx.store, like, feedback, found))
+    if not liked.examples:  # like:saved whose saved papers are no longer stored
+        return error(f"Cannot {name}: {NOTHING_SAVED}.", name)
+    return liked
 
 
-async def _like_history(ctx: Context, like: LikeQuery, examples: list[Paper], shown: int) -> Preview:
+async def _like_history(ctx: Context, like: LikeQuery, examples: list[Paper], shown: int,
+                        negatives: list[Paper] | None = None) -> Preview:
     """What a like: query would have posted in the last 30 days, off the event loop (for a
     database file: in a worker thread with its own Store). The first use in a process with
     no poller fits the model (seconds)."""
@@ -141,7 +154,7 @@ async def _like_history(ctx: Context, like: LikeQuery, examples: list[Paper], sh
 
     def work(store: StoreContract) -> Preview:
         recommender.ensure_fitted(store, now)
-        return recommender.preview(store, like, examples, shown)
+        return recommender.preview(store, like, examples, shown, negatives or ())
 
     if not ctx.store.reads_off_loop():
         return work(ctx.store)
@@ -232,6 +245,8 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     Papers like examples: `like:2406.12345 2405.00001` (arXiv ids or links, up to 20;
     the rest of the query filters), about the best 3 a day, or those scoring at least
     `--min-score 0.3`; cards say which example a paper is like, with its score.
+    `like:saved`: papers like the ones this channel saved, unlike those marked Not
+    relevant; it follows new feedback at each poll, no need to subscribe again.
     Only papers that arrive after you subscribe are posted; `--backfill N` also posts
     the N most recent stored matches now (at most 20). With `--me` its cards mention you
     (only the people who subscribed with --me are ever mentioned); in a direct message
@@ -247,12 +262,12 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
             return replace(node, form=subscribe_form(req.channel))
         return node
     like = split_like(node)
-    examples: list[Paper] = []
+    liked = _Liked([], [])
     if like is not None:
-        looked_up = await _like_examples(ctx, like, "subscribe")
+        looked_up = await _like_examples(ctx, like, "subscribe", req.channel)
         if isinstance(looked_up, Reply):
             return looked_up
-        examples = looked_up
+        liked = looked_up
     query = render(node)
     if not req.can_manage:  # only `--me` gets here without the right: joining what the channel has
         existing = next((s for s in ctx.store.subscriptions(req.channel) if s.query == query), None)
@@ -275,7 +290,7 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     if args.flag("me"):
         head += " Its cards mention you." if mentioned else " Its cards already mention you."
     if like is not None:
-        return await _subscribe_like(ctx, req, sub.id, sub.query, head, like, examples, backfill)
+        return await _subscribe_like(ctx, req, sub.id, sub.query, head, like, liked, backfill)
     matched, count, scanned = await _history(ctx, node, max(EXAMPLES, backfill))
     text = f"{head}\n{_estimate(matched, count, scanned)}"
     queued = 0
@@ -290,9 +305,9 @@ async def subscribe(ctx: Context, req: CommandRequest, args: Args) -> Reply:
 
 
 async def _subscribe_like(ctx: Context, req: CommandRequest, sub_id: int, query: str, head: str, like: LikeQuery,
-                          examples: list[Paper], backfill: int) -> Reply:
-    found = await _like_history(ctx, like, examples, max(EXAMPLES, backfill))
-    text = f"{head}\n{_like_estimate(like, examples, found, EXAMPLES)}"
+                          liked: _Liked, backfill: int) -> Reply:
+    found = await _like_history(ctx, like, liked.examples, max(EXAMPLES, backfill), liked.negatives)
+    text = f"{head}\n{_like_estimate(like, liked.examples, found, EXAMPLES)}"
     queued = 0
     if backfill:
         now = ctx.clock()
@@ -310,7 +325,8 @@ async def _subscribe_like(ctx: Context, req: CommandRequest, sub_id: int, query:
 async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     """Show what a query would have matched recently, without subscribing.
 
-    A `like:` query lists the papers it would have posted in the last 30 days, with scores.
+    A `like:` query lists the papers it would have posted in the last 30 days, with scores
+    (`like:saved`: from this channel's saved and Not relevant papers).
     Example: `/papers preview "world model" robot*` or `/papers preview like:2406.12345`.
     """
     typed = args.text("query")
@@ -321,11 +337,11 @@ async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
                                                                                   error=reason)))
     like = split_like(node)
     if like is not None:
-        examples = await _like_examples(ctx, like, "preview")
-        if isinstance(examples, Reply):
-            return examples
-        found = await _like_history(ctx, like, examples, LIKE_SHOWN)
-        return Reply(f"`{render(node)}`: {_like_estimate(like, examples, found, LIKE_SHOWN)}")
+        liked = await _like_examples(ctx, like, "preview", req.channel)
+        if isinstance(liked, Reply):
+            return liked
+        found = await _like_history(ctx, like, liked.examples, LIKE_SHOWN, liked.negatives)
+        return Reply(f"`{render(node)}`: {_like_estimate(like, liked.examples, found, LIKE_SHOWN)}")
     matched, count, scanned = await _history(ctx, node, EXAMPLES)
     preview = QueryPreview(typed[:MAX_QUERY_CHARS], normalized=render(node),
                            estimate=_estimate_sentence(count, scanned),

@@ -77,7 +77,6 @@ def test_like_terms_normalize_and_combine_with_keywords():
     ("-like:2406.12345 diffusion", "top level"),
     ("score>=0.3 diffusion", "score>= goes with like:"),
     ("like:2406.12345 score>=2", "from 0 to 1"),
-    ("like:saved", "like:saved is not available yet"),
     ("like:" + ",".join(f"2406.{i:05d}" for i in range(21)), "at most 20 examples"),
 ])
 def test_like_terms_refused_say_why(text, message):
