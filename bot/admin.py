@@ -128,6 +128,7 @@ def export_toml(store: StoreContract, now: datetime) -> str:
                   f"timezone = {_toml_string(s.timezone)}", f"paused = {'true' if s.paused else 'false'}"]
         weekly = most_saved.get(channel)  # the weekly most-saved digest: "DAY HH:MM", or "off"
         lines += [f"most_saved = {_toml_string(f'{weekly.day} {weekly.time}' if weekly else 'off')}",
+                  f"followups = {'true' if store.followups_enabled(channel) else 'false'}",
                   "subscriptions = ["]
         lines += [f"    {_toml_string(q)}," for q in subs.get(channel, [])]
         lines.append("]")
@@ -145,7 +146,8 @@ class ImportReport:
                 f"{plural(self.added, 'subscription')} added, {self.present} already present")
 
 
-_FIELDS = {"channel", "mode", "digest_time", "digest_day", "timezone", "paused", "subscriptions", "most_saved"}
+_FIELDS = {"channel", "mode", "digest_time", "digest_day", "timezone", "paused", "subscriptions", "most_saved",
+           "followups"}
 
 
 def import_toml(store: StoreContract, text: str, now: datetime, *, limit: int | None = None) -> ImportReport:
@@ -163,7 +165,9 @@ def import_toml(store: StoreContract, text: str, now: datetime, *, limit: int | 
     planned = [_check_entry(i, entry) for i, entry in enumerate(data.get("channel", []), start=1)]
     report = ImportReport(channels=len(planned))
     with store.transaction():
-        for settings, queries, weekly in planned:
+        for settings, queries, weekly, followups in planned:
+            if followups is not None and followups != store.followups_enabled(settings.channel):
+                store.set_followups(settings.channel, followups, now)
             if isinstance(weekly, MostSavedSchedule) or weekly == "off":
                 store.set_most_saved_schedule(settings.channel, weekly if isinstance(weekly, MostSavedSchedule)
                                               else None, now)
@@ -183,7 +187,8 @@ def import_toml(store: StoreContract, text: str, now: datetime, *, limit: int | 
     return report
 
 
-def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str], MostSavedSchedule | str | None]:
+def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str], MostSavedSchedule | str | None,
+                                                     bool | None]:
     where = f"channel entry {index}"
     if not isinstance(entry, dict):
         raise ImportFileError(f"{where} is not a table")
@@ -208,6 +213,9 @@ def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str],
         raise ImportFileError(f"{where}: unknown time zone {tz!r}")
     if not isinstance(paused, bool):
         raise ImportFileError(f"{where}: paused must be true or false")
+    followups = entry.get("followups")  # absent: left as it is
+    if followups is not None and not isinstance(followups, bool):
+        raise ImportFileError(f"{where}: followups must be true or false")
     queries = entry.get("subscriptions", [])
     if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
         raise ImportFileError(f"{where}: subscriptions must be a list of strings")
@@ -218,7 +226,7 @@ def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str],
         except QueryError as exc:
             raise ImportFileError(f"{where}: subscription {query[:60]!r}: {exc}") from None
     settings = ChannelSettings(channel, mode=mode, digest_time=time, digest_day=day, timezone=tz, paused=paused)
-    return settings, normalized, _most_saved(where, channel, entry.get("most_saved"))
+    return settings, normalized, _most_saved(where, channel, entry.get("most_saved")), followups
 
 
 def _most_saved(where: str, channel: ChannelRef, value: object) -> MostSavedSchedule | str | None:

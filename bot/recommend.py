@@ -118,6 +118,16 @@ class Model:
         """The rows' scores for one profile (dense, one per row)."""
         return np.asarray((rows @ vector.T).todense(), dtype=np.float32).ravel() - self.generic(rows)
 
+    def match_scores(self, rows: sp.csr_matrix, vector: sp.csr_matrix) -> np.ndarray:
+        """`scores` as the poll sees them (Recommender.score): a row with no word in common
+        with the profile is never a match (-inf), whatever its -generic, which is above 0 for
+        a paper less like the average one than the average paper is (so that preview and
+        thresholds never count a paper the poll cannot post)."""
+        product = (rows @ vector.T).tocsr()
+        scores = self.scores(rows, vector)
+        scores[np.diff(product.indptr) == 0] = -np.inf
+        return scores
+
 
 def fit_model(papers: Sequence[Paper], now: datetime) -> Model:
     vectorizer = make_vectorizer(len(papers))
@@ -341,7 +351,7 @@ class Recommender:
             days = self._recent.day_count()
         if reference is None or self.model is None:
             return self.floor
-        scores = self.model.scores(reference, vector)
+        scores = self.model.match_scores(reference, vector)
         examples = excluded if excluded is not None else frozenset(like.examples)
         if examples & self._recent.known:
             scores = scores[[i for i, paper_id in enumerate(self._recent.ids) if paper_id not in examples]]
@@ -494,7 +504,7 @@ class Recommender:
             if reference is None:
                 return Preview([], 0, 0, self._threshold(like, vector, excluded=examples_ids))
             threshold = self._threshold(like, vector, excluded=examples_ids)
-            scores = self.model.scores(reference, vector)
+            scores = self.model.match_scores(reference, vector)
             order = np.argsort(-scores, kind="stable")
             ids = self._recent.ids
             found: list[Scored] = []

@@ -190,3 +190,22 @@ def test_the_weekly_most_saved_digest_is_exported_and_imported(setup, tmp_path):
     with pytest.raises(ImportFileError, match="most_saved must be"):
         import_toml(fresh, text.replace('most_saved = "off"', 'most_saved = "someday"'), NOW)
     fresh.close()
+
+
+def test_followups_off_survives_export_and_import(setup, tmp_path):
+    """`followups off` is a channel setting: an export keeps it, an import restores it."""
+    bots = ChannelRef("slack", "C123")
+    setup.set_followups(bots, False, NOW)
+    text = export_toml(setup, NOW)
+    assert text.count("followups = false") == 1 and text.count("followups = true") == 1
+    fresh = Store(tmp_path / "fresh.db")
+    import_toml(fresh, text, NOW)
+    assert fresh.followups_enabled(bots) is False and fresh.followups_enabled(ChannelRef("console", "ml")) is True
+    assert export_toml(fresh, NOW) == text
+    import_toml(fresh, text.replace("followups = false", "followups = true"), NOW)
+    assert fresh.followups_enabled(bots) is True
+    import_toml(fresh, text.replace("followups = false\n", ""), NOW)  # absent: left as it is
+    assert fresh.followups_enabled(bots) is True
+    with pytest.raises(ImportFileError, match="followups must be true or false"):
+        import_toml(fresh, text.replace("followups = false", 'followups = "off"'), NOW)
+    fresh.close()

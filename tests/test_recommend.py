@@ -295,3 +295,30 @@ def test_a_hostile_example_title_is_escaped_and_bounded_on_both_platforms():
     assert "similar to" in text and "<!channel>" not in text
     embed = card_embed(card)
     assert "@everyone" not in json.dumps(embed.to_dict()).replace("@\u200beveryone", "")
+
+
+def test_preview_and_thresholds_count_only_papers_the_poll_can_post(store, clock):
+    """A paper with no word in common with the profile (here: all its words are in most of a
+    small corpus's papers, so its vector is empty) scores -generic, above 0 for a paper less
+    like the average one than the average paper: the poll never posts it (its sparse product
+    leaves it out), so preview must not list it, nor count it towards a threshold."""
+    from .fakes import paper
+
+    today = clock().date()
+    words = "diffusion models paper study"
+    corpus = [paper(f"2611.{i:05d}", f"Paper {i} about diffusion models", f"We study {words} {extra}.",
+                    listed_on=today) for i, extra in enumerate(["latent video", "latent audio", "graph"] * 8)]
+    empty = paper("2611.00100", "Paper about diffusion models", "A diffusion models paper study.", listed_on=today)
+    store.add_papers([*corpus, empty], clock())
+    recommender = Recommender()
+    recommender.fit(store, clock())
+    rows = recommender.vectors([empty])
+    assert rows.nnz == 0  # every one of its words is in more than half the papers: no feature
+    like = split_like(parse_query(f"like:{corpus[0].id} score>=0.01"))
+    preview = recommender.preview(store, like, [corpus[0]], shown=50)
+    sub = Subscription(1, ML, f"like:{corpus[0].id} score>=0.01", "u1", clock())
+    recommender.sync(store, {1}, [sub])
+    posted = {p.id for p, found in zip(corpus[1:] + [empty], recommender.match_many(corpus[1:] + [empty]),
+                                        strict=True) if found}
+    assert empty.id not in {s.paper.id for s in preview.papers} and empty.id not in posted
+    assert {s.paper.id for s in preview.papers} == posted and preview.count == len(posted)
