@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from bot.cards import card_for
 from bot.errors import SourceError
-from bot.models import CommandRequest, Reply
+from bot.models import CommandRequest, Paper, Reply
 from bot.query import raw_words
 from bot.sources.ids import canonical_arxiv_id
 
@@ -53,18 +53,28 @@ async def show(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     paper_id = canonical_arxiv_id(given.split()[0].strip("<>"))
     if paper_id is None:
         return error(f"`{shown(given)}` is not an arXiv id or an arXiv/Hugging Face link.", "show")
-    paper = ctx.store.get_paper(paper_id)
-    if paper is None:
-        if ctx.lookup is None:
-            return error(f"Paper {paper_id} is not stored, and lookups are not available here.")
-        try:
-            paper = await ctx.lookup.fetch(paper_id)
-        except SourceError as exc:
-            return error(f"Could not look up {paper_id} right now ({exc.reason}). Try again later.")
-        if paper is None:
-            return error(f"Neither {' nor '.join(ctx.lookup.labels())} knows a paper {paper_id}.")
-        ctx.store.add_papers([paper], ctx.clock(), listed=False)
+    paper = await stored_or_fetched(ctx, paper_id)
+    if isinstance(paper, Reply):
+        return paper
     return Reply(f"arXiv:{paper.id}", cards=(card_for(paper),))
+
+
+async def stored_or_fetched(ctx: Context, paper_id: str) -> Paper | Reply:
+    """The paper with this (canonical) id: stored, or fetched from the sources and stored
+    (not as listed: a later listing of it still counts as new); an error Reply if neither."""
+    paper = ctx.store.get_paper(paper_id)
+    if paper is not None:
+        return paper
+    if ctx.lookup is None:
+        return error(f"Paper {paper_id} is not stored, and lookups are not available here.")
+    try:
+        paper = await ctx.lookup.fetch(paper_id)
+    except SourceError as exc:
+        return error(f"Could not look up {paper_id} right now ({exc.reason}). Try again later.")
+    if paper is None:
+        return error(f"Neither {' nor '.join(ctx.lookup.labels())} knows a paper {paper_id}.")
+    ctx.store.add_papers([paper], ctx.clock(), listed=False)
+    return paper
 
 
 @command("trending", "trending [today/week/month]", Param("period", "how far back", choices=tuple(WINDOWS)))

@@ -8,13 +8,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from bot.digest import parse_time, parse_weekday
-from bot.errors import SourceError
 from bot.models import WEEKDAYS, Action, CommandRequest, MostSavedSchedule, Paper, Reply, SavedPaper
 from bot.query import parse_query
 from bot.sources.ids import canonical_arxiv_id
 from bot.text import plural
 
 from .base import Args, Context, Param, command, error, shown
+from .lookup import stored_or_fetched
 
 MUTES_OFFERED = 5
 _PAPER = Param("paper", "an arXiv id or link", required=True, missing="Which paper? Give an arXiv id or link.")
@@ -44,14 +44,7 @@ async def _found(ctx: Context, args: Args, verb: str) -> Paper | Reply:
     paper_id = _paper_id(args, verb)
     if isinstance(paper_id, Reply) or ctx.lookup is None or ctx.store.get_paper(paper_id) is not None:
         return _stored(ctx, args, verb)
-    try:
-        fetched = await ctx.lookup.fetch(paper_id)
-    except SourceError as exc:
-        return error(f"Could not look up {paper_id} right now ({exc.reason}). Try again later.")
-    if fetched is None:
-        return error(f"Neither {' nor '.join(ctx.lookup.labels())} knows a paper {paper_id}.")
-    ctx.store.add_papers([fetched], ctx.clock(), listed=False)
-    return fetched
+    return await stored_or_fetched(ctx, paper_id)
 
 
 def _title(paper: Paper, limit: int = 80) -> str:
