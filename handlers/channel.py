@@ -202,4 +202,9 @@ def status(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         upcoming = due or next_digest(settings, settings.last_digest_at or now)
         local = upcoming.astimezone(zone(settings.timezone))
         lines.append(f"Next digest: {local:%a %Y-%m-%d %H:%M} {settings.timezone}.")
+    most_saved = ctx.store.most_saved_schedule(req.channel)
+    weekly = (f"every {most_saved.day.title()} at {most_saved.time} ({settings.timezone})" if most_saved
+              else "off")
+    lines.append(f"Follow-ups in card threads: {'on' if ctx.store.followups_enabled(req.channel) else 'off'}; "
+                 f"weekly most-saved digest: {weekly}.")
     return Reply("\n".join(lines))

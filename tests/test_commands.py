@@ -282,6 +282,11 @@ def test_status_reports_sources_queue_and_channel(ctx, clock):
     assert "Queue: 0 deliveries pending, 0 for this channel; last post here never." in text
     assert "This channel: 1 subscription, a daily digest at 09:00 (UTC)." in text
     assert "Next digest: Sat 2026-11-28 09:00 UTC." in text
+    assert text.endswith("Follow-ups in card threads: on; weekly most-saved digest: off.")
+    run(ctx, "followups off")
+    run(ctx, "most-saved weekly fri 16:00")
+    assert run(ctx, "status").text.endswith(
+        "Follow-ups in card threads: off; weekly most-saved digest: every Fri at 16:00 (UTC).")
 
 
 def test_per_user_rate_limit(store, make_config, clock):
