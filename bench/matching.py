@@ -252,13 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # The naive loop shares the engine's parsed trees, so it costs time, not memory.
     nodes = {query: entry.node for query, entry in engine._entries.items()}
-    naive_subs = [(s, nodes[s.query]) for s in subs]
-    started = time.perf_counter()
-    naive_results = [naive_match(naive_subs, p) for p in papers[:sample]]
-    naive_sample_s = time.perf_counter() - started
-    for paper, got, expected in zip(papers, kept, naive_results, strict=False):
-        assert got == expected, f"engine and naive loop disagree on {paper.id}"
-    naive_s = naive_sample_s * len(papers) / sample if sample else 0.0
+    naive_s = _naive_check(nodes, subs, papers, kept, "engine")
 
     figures = {
         "subscriptions": len(subs),
@@ -287,6 +281,21 @@ def main(argv: list[str] | None = None) -> dict:
     return figures
 
 
+def _naive_check(nodes: dict[str, tuple], subs: list[Subscription], papers: list[Paper],
+                 kept: list[list[Match]], engine: str) -> float:
+    """Match the papers whose matches were `kept` (the sample) with the naive loop, over the
+    parsed `nodes` of the queries; assert both agree; return the naive loop's time scaled to
+    every paper."""
+    sample = len(kept)
+    naive_subs = [(s, nodes[s.query]) for s in subs]
+    started = time.perf_counter()
+    naive_results = [naive_match(naive_subs, p) for p in papers[:sample]]
+    naive_sample_s = time.perf_counter() - started
+    for paper, got, expected in zip(papers[:sample], kept, naive_results, strict=True):
+        assert got == expected, f"{engine} and naive loop disagree on {paper.id}"
+    return naive_sample_s * len(papers) / sample if sample else 0.0
+
+
 def _sharded_figures(args: argparse.Namespace, engine: ShardedMatcher, subs: list[Subscription],
                      papers: list[Paper], history: list[Paper], build_s: float) -> dict:
     """The sharded engine's run: matched in batches of 200 papers (as a poll would hand them),
@@ -307,13 +316,9 @@ def _sharded_figures(args: argparse.Namespace, engine: ShardedMatcher, subs: lis
     workers_rss = [rss for rss, _ in usage]
     engine.close()
     match_cpu_s = parent_cpu_s + sum(cpu for _, cpu in usage) - workers_started
-    nodes = {s.query: parse_query(s.query) for s in subs[:0]}  # (none kept: parsed for the sample below)
-    naive_subs = [(s, nodes.get(s.query) or nodes.setdefault(s.query, parse_query(s.query))) for s in subs]
-    naive_started = time.perf_counter()
-    naive_results = [naive_match(naive_subs, p) for p in papers[:sample]]
-    naive_s = (time.perf_counter() - naive_started) * len(papers) / sample if sample else 0.0
-    for paper, got, expected in zip(papers, kept, naive_results, strict=False):
-        assert got == expected, f"sharded engine and naive loop disagree on {paper.id}"
+    # The parent keeps no parsed trees (its workers hold the index): parsed here, once a query.
+    nodes = {query: parse_query(query) for query in dict.fromkeys(s.query for s in subs)}
+    naive_s = _naive_check(nodes, subs, papers, kept, "sharded engine")
     figures = {
         "subscriptions": len(subs),
         "distinct_queries": len(nodes),
