@@ -15,11 +15,11 @@ from bot.errors import QueryError
 from bot.matching import COMPILED_VERSION, IndexedMatcher, NaiveMatcher, compile_query, load_compiled
 from bot.models import ChannelRef, Subscription
 from bot.poller import Poller
-from bot.query import normalize_query, parse_query
+from bot.query import parse_query
 from storage import Store
 from storage.migrations import m021_compiled_queries
 
-from .test_matching import papers, query_texts
+from .test_matching import papers, query_texts, subscriptions_of
 
 ML = ChannelRef("console", "ml")
 CV = ChannelRef("slack", "C1")
@@ -48,12 +48,7 @@ def test_the_compiled_form_is_the_parsed_one_behind_a_version():
 @settings(max_examples=300, deadline=None)
 @given(st.lists(query_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4))
 def test_an_engine_loaded_from_compiled_forms_matches_as_one_that_parses(texts, paper_list):
-    subs = []
-    for i, text in enumerate(texts, start=1):
-        try:
-            subs.append(Subscription(i, ML if i % 2 else CV, normalize_query(text), "u", T0))
-        except QueryError:
-            pass
+    subs = subscriptions_of(texts, (ML, CV))
     loaded, parsed, naive = IndexedMatcher(stored(subs)), IndexedMatcher(subs), NaiveMatcher(subs)
     assert loaded.take_recompiled() == {}  # every form was current: nothing parsed
     assert set(parsed.take_recompiled()) == {s.id for s in subs}

@@ -173,15 +173,22 @@ def query_texts(draw, depth=2):
     return f"({text})"
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(query_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4))
-def test_engine_and_naive_loop_agree(texts, paper_list):
+def subscriptions_of(texts: list[str], channels: tuple[ChannelRef, ...] = (ML, CV)) -> list[Subscription]:
+    """The texts that parse, as subscriptions numbered by their position (1, 2, ...), their
+    channels taken in turn from `channels`."""
     subs = []
     for i, text in enumerate(texts, start=1):
         try:
-            subs.append(Subscription(i, ML if i % 2 else CV, normalize_query(text), "u", T0))
+            subs.append(Subscription(i, channels[(i - 1) % len(channels)], normalize_query(text), "u", T0))
         except QueryError:
             pass
+    return subs
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(query_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4))
+def test_engine_and_naive_loop_agree(texts, paper_list):
+    subs = subscriptions_of(texts)
     engine, naive = IndexedMatcher(subs), NaiveMatcher(subs)
     for p in paper_list:
         assert engine.match(p) == naive.match(p)
