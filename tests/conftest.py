@@ -7,6 +7,7 @@ import pytest
 
 from bot.config import Secrets, parse_config
 from fakes.http import FakeHTTPServer
+from fakes.slack import FakeSlack
 from storage import Store
 
 
@@ -61,3 +62,11 @@ def make_config(tmp_path):
         return parse_config(data, Secrets({}))
 
     return make
+
+
+@pytest.fixture
+def slack():
+    """The fake Slack Web API on 127.0.0.1 (fakes/slack.py), for the Slack tests."""
+    with FakeSlack() as fake:
+        yield fake
+

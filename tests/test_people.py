@@ -25,7 +25,6 @@ from bot.most_saved import dispatch_most_saved
 from fakes.discord import FakeDiscord
 from fakes.discord_gateway import CHANNEL_ID, TOKEN, USER_ID, FakeDiscordGateway
 from fakes.http import Canned
-from fakes.slack import FakeSlack
 from storage import Store
 from storage.migrations import migrations
 
@@ -35,12 +34,6 @@ from .test_slack import SECRET, bolt, command_body, post, sign, wait_for  # noqa
 
 C123 = ChannelRef("slack", "C123")
 PAPER = "2411.00001"
-
-
-@pytest.fixture
-def slack():
-    with FakeSlack() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from bot.adapters.slack_render import card_blocks, digest_blocks, escape, reply_
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, Digest, Match, OutboxCounts, Reply, SubscriptionRef
-from fakes.slack import FakeSlack
 
 from .fakes import due_now, paper
 
@@ -26,12 +25,6 @@ C123 = ChannelRef("slack", "C123")
 HOSTILE = paper("2411.00001", "<!channel> & <@U123> *bold* " + "long title " * 30,
                 "An abstract with <https://evil.example|a link> & more. " * 100,
                 authors=("<!here> Mallory",), upvotes=7, github="https://github.com/x/y")
-
-
-@pytest.fixture
-def slack():
-    with FakeSlack() as fake:
-        yield fake
 
 
 def validated(blocks: list[Block]) -> list[dict]:

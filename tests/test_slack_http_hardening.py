@@ -24,18 +24,11 @@ from bot.config import Secrets, parse_config
 from bot.errors import ConfigError
 from bot.health import start_metrics
 from bot.models import ChannelRef
-from fakes.slack import FakeSlack
 
 from .test_slack import SECRET, command_body, post, sign, wait_for
 
 C123 = ChannelRef("slack", "C123")
 URL = "/slack/events"
-
-
-@pytest.fixture
-def slack():
-    with FakeSlack() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -24,18 +24,11 @@ from bot.adapters.slack_render import (
     subscribe_modal,
 )
 from bot.models import ChannelRef, QueryPreview
-from fakes.slack import FakeSlack
 
 from .fakes import paper
 from .test_slack import SECRET, command_body, post, sign, wait_for
 
 C123 = ChannelRef("slack", "C123")
-
-
-@pytest.fixture
-def slack():
-    with FakeSlack() as fake:
-        yield fake
 
 
 class Bot:
