@@ -191,9 +191,19 @@ class RoutedHTTPClient(HTTPClient):
         try:
             return self._buckets[key]
         except KeyError:
-            made = self._buckets[key] = PacedRatelimit(self.max_ratelimit_timeout, self._pace, self._refills)
-            self._try_clear_expired_ratelimits()
-            return made
+            pass
+        # discord.py keys a limiter by route until a response names the route's bucket hash,
+        # then by hash. A request in flight while another one (another channel's) found that
+        # hash is left under its route key, so the channel's next request got a fresh, full
+        # limiter and a 429. The limiter it already has is taken along instead.
+        bucket_hash, _, major = key.partition(":")
+        for route_key, known in self._bucket_hashes.items():
+            if known == bucket_hash and (earlier := self._buckets.pop(f"{route_key}:{major}", None)) is not None:
+                self._buckets[key] = earlier
+                return earlier
+        made = self._buckets[key] = PacedRatelimit(self.max_ratelimit_timeout, self._pace, self._refills)
+        self._try_clear_expired_ratelimits()
+        return made
 
     async def request(self, route: Route, **kwargs: Any) -> Any:
         return await super().request(rebased(route, self.api_base), **kwargs)
