@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
 import resource
 import statistics
@@ -183,7 +184,7 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
 
     app.poller._queue = timed_into(writer, "transactions", app.poller._queue)  # type: ignore[method-assign]
     # Class attributes (the writer's Store opens in the poll): put back by `undo`.
-    patched = [(Store, "enqueue_many", writer, "enqueue"), (poller_module._Writes, "_finish_oldest", spent,
+    patched = [(Store, "queue_matched", writer, "enqueue"), (poller_module._Writes, "_finish_oldest", spent,
                                                           "wait_for_writer")]
     originals = [(cls, name, cls.__dict__[name]) for cls, name, _, _ in patched]
     for cls, name, into, key in patched:
@@ -238,6 +239,21 @@ def stall_profile(seconds: dict[str, float]) -> dict:
     ordered = sorted(split.items(), key=lambda kv: -kv[1])
     return {"stall_split_s": {k: round(v, 2) for k, v in ordered},
             "stall_top_s": [[k, round(v, 2)] for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:6]]}
+
+
+def threads_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of this process so far, by thread name
+    (Linux: /proc/self/task; threads of one name added up). Empty elsewhere."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    spent: dict[str, float] = {}
+    for task in Path("/proc/self/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile
+            continue
+        spent[name] = spent.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return spent
 
 
 def full_collections(into: list[float]):
@@ -302,7 +318,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             split, write_split, undo = time_parts(app)
             collections: list[float] = []  # garbage collections of the oldest generation during the poll
             gc.callbacks.append(full_collections(collections))
-            started, cpu_started = time.perf_counter(), time.process_time()
+            started, cpu_started, threads_before = time.perf_counter(), time.process_time(), threads_cpu()
             try:
                 report = await app.poller.poll(BenchSource(workload.papers))
             finally:
@@ -310,6 +326,9 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
                 undo()
             poll_s = time.perf_counter() - started
             poll_cpu_s = time.process_time() - cpu_started  # all threads: on a busy machine, the steadier figure
+            # By thread: the poller's worker (matching) and its writer (the outbox's SQL), the loop.
+            thread_cpu_s = {name: round(spent - threads_before.get(name, 0.0), 2)
+                            for name, spent in threads_cpu().items() if spent - threads_before.get(name, 0.0) >= 0.05}
             split["other"] = poll_s - sum(split.values())
             await asyncio.sleep(1.0)
             watch.stop()
@@ -354,6 +373,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "poll_s": round(poll_s, 3),
         "papers_per_s": round(papers / poll_s, 1) if poll_s else 0.0,
         "poll_cpu_s": round(poll_cpu_s, 3),
+        "thread_cpu_s": thread_cpu_s,
         "loop_stall_max_ms": round(watch.max_ms(), 1),
         "loop_stall_p99_ms": round(watch.percentile_ms(0.99), 1),
         "stalls_over_250ms": len(watch.stalls),
