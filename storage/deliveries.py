@@ -105,8 +105,9 @@ class DeliveriesMixin:
         channel, the `matched` facts and the strength are made in SQL, not in Python.
         """
         with immediate(self.db):
+            before = self.db.conn.total_changes  # rowcount is -1 for a statement that begins WITH
             self.db.conn.execute(_QUEUE_MATCHED, {"papers": batch.papers, "matches": batch.matches, "now": iso(now)})
-            queued = self.db.conn.execute("SELECT changes()").fetchone()[0]  # rowcount: -1 after WITH
+            queued = self.db.conn.total_changes - before  # (no trigger fires on an insert into deliveries)
             self.db.conn.execute(
                 "DELETE FROM unmatched_papers WHERE paper_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
                 [batch.papers])
