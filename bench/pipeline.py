@@ -52,6 +52,7 @@ from bot.config import Secrets, parse_config
 from bot.loopwatch import LoopWatch
 from bot.matching import PaperView, compile_query
 from bot.models import Listing, Paper, Validators
+from bot.poller import Poller
 from bot.sharded import ShardedMatcher
 from fakes.slack import FakeSlack
 from storage import Store
@@ -274,7 +275,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def measure(workload: Workload, directory: Path, port: int, match_processes: int = 1,
-                  switch_interval: float | None = None) -> dict:
+                  switch_interval: float | None = None, enqueue_rows: int | None = None) -> dict:
     now = datetime.now(timezone.utc)
     path = directory / "bench.db"
     started = time.perf_counter()
@@ -299,6 +300,8 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             "matching": {"processes": match_processes},
         }, Secrets({"SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SECRET}))
         app = App(config)
+        if enqueue_rows:  # deliveries a transaction of the writer thread (Poller.ENQUEUE_ROWS)
+            app.poller.ENQUEUE_ROWS = enqueue_rows
         try:
             await app.start_frontends()
             pinger = Pinger(f"http://127.0.0.1:{port}/slack/events", slack.url).start()
@@ -416,6 +419,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="seconds; the GIL's switch interval during the run (the bot's: 0.005, Python's "
                              "default); unset: the stall profile's 0.0001")
+    parser.add_argument("--enqueue-rows", type=int, default=None,
+                        help="deliveries a transaction of the poller's writer thread (default: Poller.ENQUEUE_ROWS)")
     parser.add_argument("--match-processes", type=int, default=1,
                         help="[matching] processes: >1 splits the index over that many worker processes")
     args = parser.parse_args(argv)
@@ -430,8 +435,9 @@ def main(argv: list[str] | None = None) -> dict:
     random.seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="papers-bot-bench-pipeline-") as directory:
         figures = asyncio.run(measure(workload, Path(directory), free_port(), args.match_processes,
-                                     args.switch_interval))
+                                     args.switch_interval, args.enqueue_rows))
     figures["switch_interval"] = args.switch_interval
+    figures["enqueue_rows"] = args.enqueue_rows or Poller.ENQUEUE_ROWS
     figures["seed"] = args.seed
     print(json.dumps(figures))
     return figures
