@@ -111,7 +111,7 @@ def measure(directory: Path, workload_name: str, subscriptions: int, papers: int
     return figures
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscriptions", type=int, default=10_000)
     parser.add_argument("--papers", type=int, default=1000)
@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         figures = measure(Path(directory), args.workload, args.subscriptions, args.papers, args.seed, args.rows,
                           args.mode)
     print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    sys.exit(0)
