@@ -11,40 +11,13 @@ import pytest
 
 from bot.models import BurstPlan, ChannelRef, FollowUp, Match, OutboxCounts, PaperMatches, SubscriptionRef, ThreadRef
 
-from .fakes import paper
+from .fakes import paper, sql, stored, subscribed
 
 pytestmark = pytest.mark.backends
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 ML = ChannelRef("console", "ml")
 CV = ChannelRef("slack", "C123")
-
-
-def sql(store, text: str, params=()) -> list[tuple]:
-    """A statement on either backend: `?` placeholders (PostgreSQL's %s)."""
-    if type(store).__name__ == "PgStore":
-        cursor = store.db.execute(text.replace("?", "%s"), list(params))
-        return list(cursor.fetchall()) if cursor.description else []
-    return list(store.db.execute(text, list(params)).fetchall())
-
-
-def stored(store, *papers, now=T0) -> None:
-    """Store papers for deliveries to refer to: add_papers; on a PgStore whose papers area is
-    not ported yet (storage/postgres/papers.py, another branch), the columns the outbox reads."""
-    if hasattr(store, "add_papers"):
-        store.add_papers(list(papers), now)
-        return
-    with store.transaction():
-        for p in papers:
-            sql(store, """INSERT INTO papers (id, title, summary, authors, categories, sources, published, listed_on,
-                                              upvotes, first_seen, updated_at)
-                          VALUES (?, ?, ?, '[]', '[]', ?, ?, ?, ?, ?, ?)""",
-                [p.id, p.title, p.summary, p.source, p.published, p.listed_on, p.upvotes, now, now])
-
-
-def subscription(store, sub_id: int, channel: ChannelRef, query: str) -> None:
-    sql(store, "INSERT INTO subscriptions (id, channel, query, created_by, created_at) VALUES (?, ?, ?, 'u1', ?)",
-        [sub_id, channel.key, query, T0.isoformat()])
 
 
 def queue(store, channel, count, *, start=0, upvotes=None, now=T0) -> list[str]:
@@ -83,6 +56,18 @@ def test_enqueue_many_makes_one_row_per_paper_and_channel_in_the_order_given(sto
     assert kept.matched == (Match(1, b, "x", ()),)  # the first queueing's matches stay
     assert store.count_pending() == 5 and store.count_pending(a) == 3
     assert store.enqueue_many([], T0) == 0 and store.enqueue_many([PaperMatches("2410.00001", ())], T0) == 0
+
+
+def test_enqueue_many_twice_in_one_transaction_and_a_rolled_back_one(store):
+    stored(store, paper("2410.00001"), paper("2410.00002"))
+    with store.transaction():
+        assert store.enqueue_many([PaperMatches("2410.00001", (Match(1, ML, "x", ()),))], T0) == 1
+        assert store.enqueue_many([PaperMatches("2410.00002", (Match(1, ML, "x", ()),))], T0) == 1
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            assert store.enqueue_many([PaperMatches("2410.00001", (Match(1, CV, "x", ()),))], T0) == 1
+            raise RuntimeError("rolled back")
+    assert ids(store.pending_for_channel(ML)) == ["2410.00001", "2410.00002"] and store.count_pending() == 2
 
 
 def test_a_query_text_with_quotes_and_markup_comes_back_as_it_went_in(store):
@@ -202,8 +187,7 @@ def test_a_digest_records_the_overflow_it_counted_and_later_overflow_stays_untol
 
 
 def test_a_delivery_is_claimed_once_retried_sent_and_counted_for_its_subscriptions(store):
-    subscription(store, 1, ML, "diffusion")
-    subscription(store, 2, ML, "video")
+    assert subscribed(store, ML, "diffusion") == 1 and subscribed(store, ML, "video") == 2
     stored(store, paper("2410.00001"), paper("2410.00002"))
     store.enqueue("2410.00001", [Match(2, ML, "video", ()), Match(1, ML, "diffusion", ()),
                                  Match(99, ML, "removed since", ())], T0)

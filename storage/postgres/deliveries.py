@@ -12,7 +12,7 @@ Several processes may deliver at once here. Who decides what, and how they take 
   of one row, the second waits for the first and then finds it no longer pending, so a row
   is handed to exactly one claimer. Claims, and the recovery of claims a crash left
   (`unfinished_deliveries`, `release_delivery`), are together at the end of the class.
-- `enqueue_many` is one INSERT fed by arrays (one round trip for a whole poll's rows);
+- `enqueue_many` is set-based (COPY into a temporary table, then one INSERT ... SELECT);
   `ON CONFLICT DO NOTHING` keeps one row per paper and channel, whoever inserts it first.
 """
 
@@ -82,9 +82,11 @@ class DeliveriesMixin:
         return self.enqueue_many([PaperMatches(paper_id, tuple(matches))], now)
 
     def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
-        """`enqueue` for many papers: one INSERT ... SELECT FROM unnest(arrays) for all of them
-        (a poll queues some 300,000 rows from the poller's writer thread: one round trip, and
-        the GIL is free while the server works). The rows keep the order of `items` (ids)."""
+        """`enqueue` for many papers, set-based: the rows go by COPY into a temporary table of
+        this session, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING queues them all.
+        A poll queues some 300,000 rows from the poller's writer thread: COPY is the cheapest
+        way there for the client (the GIL it holds; bench/enqueue.py, docs/benchmarks.md) and
+        for the server. The rows keep the order of `items` (their ids grow in that order)."""
         rows: dict[tuple[str, str], list[Match]] = {}
         keys: dict[ChannelRef, str] = {}
         for item in items:
@@ -95,24 +97,24 @@ class DeliveriesMixin:
                 rows.setdefault((item.paper_id, key), []).append(match)
         if not rows:
             return 0
-        papers, channels, matched, strengths = [], [], [], []
-        for (paper_id, key), ms in rows.items():
-            papers.append(paper_id)
-            channels.append(key)
-            matched.append(json.dumps([{"id": m.subscription_id, "query": m.query, "terms": list(m.terms)}
-                                       for m in ms]))
-            strengths.append(match_strength(ms))
         stamp = utc(now)
         with self.db.transaction():
-            return self.db.execute(
+            self.db.execute(
+                """CREATE TEMPORARY TABLE IF NOT EXISTS enqueue_rows (
+                       n bigserial, paper_id text, channel text, matched jsonb, strength integer)
+                   ON COMMIT DELETE ROWS""")
+            with self.db.conn.cursor() as cursor:
+                with cursor.copy("COPY enqueue_rows (paper_id, channel, matched, strength) FROM STDIN") as copy:
+                    for (paper_id, key), ms in rows.items():
+                        copy.write_row((paper_id, key, _matched_json(ms), match_strength(ms)))
+            made = self.db.execute(
                 """INSERT INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
-                   SELECT u.paper_id, u.channel, u.matched::jsonb, u.strength, %s, %s
-                     FROM unnest(%s::text[], %s::text[], %s::text[], %s::integer[])
-                          WITH ORDINALITY AS u(paper_id, channel, matched, strength, n)
-                    ORDER BY u.n
+                   SELECT paper_id, channel, matched, strength, %s, %s FROM enqueue_rows ORDER BY n
                    ON CONFLICT (paper_id, channel) DO NOTHING""",
-                [stamp, stamp, papers, channels, matched, strengths],
+                [stamp, stamp],
             ).rowcount
+            self.db.execute("TRUNCATE enqueue_rows")  # for a second call in the same transaction
+        return made
 
     # ---- planning -----------------------------------------------------------------------------
 
@@ -296,6 +298,12 @@ class DeliveriesMixin:
         """Back to pending, the interrupted attempt not counted (storage/deliveries.py)."""
         self.db.execute("UPDATE deliveries SET status = 'pending', attempts = greatest(attempts - 1, 0) "
                         "WHERE id = %s AND status = 'sending'", [delivery_id])
+
+
+def _matched_json(matches: list[Match]) -> str:
+    """How `deliveries.matched` keeps why a paper matched: facts, never chat text (as SQLite's):
+    [{"id": subscription id, "query": its query, "terms": [the terms that matched]}]."""
+    return json.dumps([{"id": m.subscription_id, "query": m.query, "terms": m.terms} for m in matches])
 
 
 def _delivery(row: tuple) -> Delivery:
