@@ -96,13 +96,13 @@ def store_papers(store, papers: list[str]) -> None:
                               FROM unnest(%s::text[]) p""", [NOW, NOW, papers])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--channels", type=int, default=150)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--target", required=True, help="a SQLite file, or a postgresql:// URL")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     papers, items = workload(args.rows, args.channels, args.seed)
     with opened(args.target) as store:
         store_papers(store, papers)
@@ -115,10 +115,11 @@ def main() -> None:
         backend = type(store).__name__
     # client_cpu_s: this process's CPU time in the first call (what the poller's writer thread
     # spends holding the GIL, at most); the rest of enqueue_s is the database's.
-    print(json.dumps({"backend": backend, "rows": made, "papers": len(papers), "enqueue_s": round(first, 2),
-                      "rows_per_s": round(made / first), "client_cpu_s": round(first_cpu, 2),
-                      "again_new": again, "again_s": round(second, 2),
-                      "load_average": round(os.getloadavg()[0], 1)}))
+    figures = {"backend": backend, "rows": made, "papers": len(papers), "enqueue_s": round(first, 2),
+               "rows_per_s": round(made / first), "client_cpu_s": round(first_cpu, 2),
+               "again_new": again, "again_s": round(second, 2), "load_average": round(os.getloadavg()[0], 1)}
+    print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":
