@@ -79,6 +79,17 @@ def test_a_query_text_with_quotes_and_markup_comes_back_as_it_went_in(store):
     assert delivery.matched == matches and delivery.attempts == 0 and not delivery.in_digest
 
 
+def test_a_nul_character_in_a_query_or_an_error_fails_nothing(store):
+    # PostgreSQL's text and jsonb refuse NUL (U+FFFD in its place there); SQLite's JSON cuts the text at it.
+    stored(store, paper("2410.00001"))
+    assert store.enqueue("2410.00001", [Match(1, ML, "a\x00b", ("a\x00 in title",))], T0) == 1
+    (delivery,) = store.pending_for_channel(ML)
+    assert [(m.query[:1], m.terms[0][:1]) for m in delivery.matched] == [("a", "a")]
+    store.reschedule_delivery(delivery.id, "bad\x00body", T0)
+    store.give_up_delivery(delivery.id, "bad\x00body")
+    assert sql(store, "SELECT status FROM deliveries") == [("failed",)]
+
+
 # ---- planning ------------------------------------------------------------------------------------
 
 

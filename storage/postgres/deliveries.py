@@ -271,12 +271,12 @@ class DeliveriesMixin:
     def reschedule_delivery(self, delivery_id: int, error: str, retry_at: datetime) -> None:
         self.db.execute(
             "UPDATE deliveries SET status = 'pending', error = %s, next_attempt_at = %s WHERE id = %s",
-            [error[:500], utc(retry_at), delivery_id],
+            [no_nul(error[:500]), utc(retry_at), delivery_id],
         )
 
     def give_up_delivery(self, delivery_id: int, error: str) -> None:
         self.db.execute("UPDATE deliveries SET status = 'failed', error = %s WHERE id = %s",
-                        [error[:500], delivery_id])
+                        [no_nul(error[:500]), delivery_id])
 
     # ---- claims, and the recovery of claims a crash left ------------------------------------
 
@@ -303,7 +303,17 @@ class DeliveriesMixin:
 def _matched_json(matches: list[Match]) -> str:
     """How `deliveries.matched` keeps why a paper matched: facts, never chat text (as SQLite's):
     [{"id": subscription id, "query": its query, "terms": [the terms that matched]}]."""
-    return json.dumps([{"id": m.subscription_id, "query": m.query, "terms": m.terms} for m in matches])
+    text = json.dumps([{"id": m.subscription_id, "query": m.query, "terms": m.terms} for m in matches])
+    if "\\u0000" not in text:  # (a NUL is written \u0000; the check is cheap, the rebuild rare)
+        return text
+    return json.dumps([{"id": m.subscription_id, "query": no_nul(m.query), "terms": [no_nul(t) for t in m.terms]}
+                       for m in matches])
+
+
+def no_nul(text: str) -> str:
+    """PostgreSQL's text and jsonb refuse the NUL character (SQLite keeps it): U+FFFD in its place,
+    rather than a whole poll's enqueue_many, or a retry's error, failing over one character."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _delivery(row: tuple) -> Delivery:

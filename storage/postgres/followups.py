@@ -13,6 +13,7 @@ from datetime import datetime
 from bot.models import ChannelRef, FollowUp, ThreadRef
 
 from .db import Database, from_db, utc
+from .deliveries import no_nul
 
 _COLUMNS = "f.id, d.paper_id, d.channel, d.message_id, f.kind, f.value, f.url, f.attempts, f.claimed_at"
 # The card's message showed this paper alone (as storage/followups.py _ALONE): a digest's
@@ -80,11 +81,11 @@ class FollowUpsMixin:
 
     def reschedule_followup(self, followup_id: int, error: str, retry_at: datetime) -> None:
         self.db.execute("UPDATE followups SET status = 'pending', error = %s, next_attempt_at = %s WHERE id = %s",
-                        [error[:500], utc(retry_at), followup_id])
+                        [no_nul(error[:500]), utc(retry_at), followup_id])
 
     def give_up_followup(self, followup_id: int, error: str) -> None:
         self.db.execute("UPDATE followups SET status = 'failed', error = %s WHERE id = %s",
-                        [error[:500], followup_id])
+                        [no_nul(error[:500]), followup_id])
 
     # ---- claims, and the recovery of claims a crash left ------------------------------------
 
