@@ -3,9 +3,10 @@
 A poll of 2,000 papers against 100k subscriptions queues some 300,000 deliveries from the
 poller's writer thread in one enqueue_many. This queues --rows of them (--channels channels,
 1 to 3 matches each with 1 to 3 terms, fixed seed) into a fresh database, then the same items
-again (all already owed: nothing new), and prints one JSON line: rows per second, and the
-client's CPU seconds in the first call (the GIL the writer thread holds); load_average, since
-wall times on a shared machine follow its load.
+again (all already owed: nothing new), then times due_channels (median of 3) and the first
+plan_burst of the longest-waiting channel (10 cards, a digest of 20), and prints one JSON line:
+rows per second, the client's CPU seconds in the first call (the GIL the writer thread holds),
+and load_average, since wall times on a shared machine follow its load.
 
     python -m bench.enqueue --rows 100000 --target /tmp/enqueue.db
     python -m bench.enqueue --rows 100000 --target postgresql://postgres@127.0.0.1:5432/test
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import time
 import uuid
 from contextlib import contextmanager
@@ -113,11 +115,23 @@ def main(argv: list[str] | None = None) -> dict:
         again = store.enqueue_many(items, NOW)
         second = time.perf_counter() - start
         backend = type(store).__name__
+        # Then what the deliverer does with them: count the due channels (median of 3), plan one.
+        timings = []
+        for _ in range(3):
+            start = time.perf_counter()
+            due = store.due_channels(NOW)
+            timings.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        store.plan_burst(due[0].channel, NOW, 10, 20)
+        plan = time.perf_counter() - start
     # client_cpu_s: this process's CPU time in the first call (what the poller's writer thread
     # spends holding the GIL, at most); the rest of enqueue_s is the database's.
     figures = {"backend": backend, "rows": made, "papers": len(papers), "enqueue_s": round(first, 2),
                "rows_per_s": round(made / first), "client_cpu_s": round(first_cpu, 2),
-               "again_new": again, "again_s": round(second, 2), "load_average": round(os.getloadavg()[0], 1)}
+               "again_new": again, "again_s": round(second, 2),
+               "due_channels_ms": round(statistics.median(timings) * 1000, 1), "due_channels": len(due),
+               "plan_burst_ms": round(plan * 1000, 1), "plan_burst_rows": due[0].due,
+               "load_average": round(os.getloadavg()[0], 1)}
     print(json.dumps(figures))
     return figures
 
