@@ -17,7 +17,10 @@ from bot.errors import ConfigError
 from bot.models import ChannelRef
 from fakes.discord_gateway import TOKEN, FakeDiscordGateway, guild_on_shard
 
+from . import test_discord_gateway
 from .test_discord_gateway import NOWHERE, assert_no_leaks_or_tracebacks, close_within, start, until
+
+urls = test_discord_gateway.urls  # the fixture: every URL an aiohttp session asked for
 
 
 @pytest.fixture
@@ -65,7 +68,7 @@ def answered(fake: FakeDiscordGateway, token: str) -> str:
 
 @pytest.mark.parametrize("shards", ["auto", 3])
 async def test_each_shard_connects_and_answers_papers_from_its_servers(shards, monkeypatch, store, clock, make_config,
-                                                                      caplog, paced):
+                                                                      caplog, paced, urls):
     caplog.set_level(logging.INFO)
     with gateway(paced, shards=3) as fake:
         monkeypatch.setattr(Route, "BASE", NOWHERE)  # only the adapter's api_base may be used
@@ -88,6 +91,10 @@ async def test_each_shard_connects_and_answers_papers_from_its_servers(shards, m
         assert [s.query for s in store.subscriptions(ChannelRef("discord", channel_on(shard)))] == [f"topic{shard}"]
     assert fake.too_soon == []  # max_concurrency 1: one IDENTIFY at a time, paced
     assert any("shard 2 of 3 connected" in r.getMessage() for r in caplog.records)
+    # REST, the interaction callbacks and follow-ups, every shard's gateway: all at the configured addresses.
+    assert sum(u.startswith("ws://") for u in urls) == 3
+    assert any("/callback" in u for u in urls) and any("/webhooks/" in u for u in urls)
+    assert all(u.startswith((fake.url, f"ws://127.0.0.1:{fake.port}/")) for u in urls), urls
     assert running.frontend.state == "stopped"
     assert_no_leaks_or_tracebacks(caplog)
 

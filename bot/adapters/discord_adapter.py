@@ -957,8 +957,8 @@ class DiscordFrontend:
                     if exc.code == 4011 and client.auto_shards:  # Discord wants more since it said: ask again
                         reason, permanent = (f"the gateway requires more shards (4011 Sharding required, {which}); "
                                              "asking GET /gateway/bot for the number again"), False
-                    else:
-                        reason = f"{reason} ({which})"
+                    elif client.shard_count > 1 or exc.code == 4011:
+                        reason = f"{which}: {reason}"
             finally:
                 self.synced = self.synced or client.synced
                 await _dispose(client)
