@@ -150,6 +150,25 @@ async def test_identify_pacing_keeps_to_max_concurrency(monkeypatch, store, cloc
     assert_no_leaks_or_tracebacks(caplog)
 
 
+async def test_waiting_for_an_identify_turn_is_not_a_connect_timeout(monkeypatch, store, clock, make_config, caplog,
+                                                                     paced):
+    # max_concurrency 1: the fourth shard waits three turns (1.5 s), five times CONNECT_TIMEOUT here.
+    monkeypatch.setattr(discord_adapter, "CONNECT_TIMEOUT", 0.3)
+    with gateway(paced, shards=4) as fake:
+        monkeypatch.setattr(Route, "BASE", NOWHERE)
+        config = make_config(discord={"api_base": fake.api_base})
+        adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
+        running = await start(store, config, adapter, clock)
+        try:
+            assert await until(lambda: ready(running) == {0, 1, 2, 3})
+        finally:
+            await close_within(running)
+            await adapter.close()
+    assert len(fake.identifies) == 4 and fake.too_soon == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("bot")]
+    assert_no_leaks_or_tracebacks(caplog)
+
+
 @pytest.mark.parametrize("max_concurrency", [1, 2, 4])
 async def test_the_pacer_lets_one_identify_per_bucket_through_at_once(monkeypatch, max_concurrency):
     monkeypatch.setattr(discord_adapter, "IDENTIFY_SPACING", 0.2)
@@ -164,8 +183,9 @@ async def test_the_pacer_lets_one_identify_per_bucket_through_at_once(monkeypatc
         await sleep(delay)
 
     async def identify(shard: int) -> None:
-        await pacer.wait(shard)
-        went.append((shard, loop.time()))
+        async with pacer.turn(shard):
+            pacer.identified(shard)
+            went.append((shard, loop.time()))
 
     monkeypatch.setattr(asyncio, "sleep", recorded)
     await asyncio.gather(*(identify(shard) for shard in range(4)))

@@ -17,6 +17,7 @@ this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import inspect
@@ -27,7 +28,7 @@ import re
 from collections import deque
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Literal, Optional
 
 import aiohttp
 import discord
@@ -668,6 +669,7 @@ QUICK_DROPS = 3  # connections in a row that ended within STABLE seconds: back o
 STABLE = 10.0
 
 
+CONNECTING_AT_ONCE = 4  # shards of one process opening their gateway connection at the same time
 IDENTIFY_SPACING = 5.5  # seconds between IDENTIFYs of one shard bucket: Discord's window is 5, plus the network's
 
 
@@ -676,21 +678,30 @@ class IdentifyPacer:
     (GET /gateway/bot's session_start_limit), and each bucket IDENTIFYs at most once per
     IDENTIFY_SPACING. Buckets go side by side; shards of one bucket, in turn. One pacer serves
     every client of a front-end, so a client started after a failure waits its turn too.
-    (Within this process: processes splitting the shards pace each their own.)"""
+    (Within this process: processes splitting the shards pace each their own.)
+
+    `async with pacer.turn(shard):` connect, and call `identified(shard)` as the IDENTIFY
+    goes: a connection that failed before it leaves the bucket's turn unused."""
 
     def __init__(self, max_concurrency: int = 1):
         self.max_concurrency = max(1, max_concurrency)
         self._last: dict[int, float] = {}  # bucket -> when its last IDENTIFY went (loop time)
         self._turns: dict[int, asyncio.Lock] = {}
 
-    async def wait(self, shard_id: int | None) -> None:
-        bucket = (shard_id or 0) % self.max_concurrency
+    def _bucket(self, shard_id: int | None) -> int:
+        return (shard_id or 0) % self.max_concurrency
+
+    @contextlib.asynccontextmanager
+    async def turn(self, shard_id: int | None) -> AsyncIterator[None]:
+        bucket = self._bucket(shard_id)
         async with self._turns.setdefault(bucket, asyncio.Lock()):
-            loop = asyncio.get_running_loop()
             last = self._last.get(bucket)
-            if last is not None and (wait := last + IDENTIFY_SPACING - loop.time()) > 0:
+            if last is not None and (wait := last + IDENTIFY_SPACING - asyncio.get_running_loop().time()) > 0:
                 await asyncio.sleep(wait)
-            self._last[bucket] = loop.time()
+            yield
+
+    def identified(self, shard_id: int | None) -> None:
+        self._last[self._bucket(shard_id)] = asyncio.get_running_loop().time()
 
 
 class _Gateway(discord.AutoShardedClient):
@@ -718,6 +729,9 @@ class _Gateway(discord.AutoShardedClient):
         self.pacer = pacer or IdentifyPacer()
         self.sockets: dict[int, DiscordWebSocket] = {}  # shard id -> its current gateway connection
         self.ready_shards: set[int] = set()  # the shards that got READY at least once
+        # Shards opening their connection at once: each opening (WebSocket handshake, HELLO, IDENTIFY,
+        # READY) is a burst of work on the loop; max_concurrency of them together held it for 100s of ms.
+        self._connecting = asyncio.Semaphore(CONNECTING_AT_ONCE)
         self.connected = False  # a shard got READY at least once
         self.sync = sync  # False: an earlier client of this front-end synced the commands already
         self.synced = False
@@ -735,7 +749,9 @@ class _Gateway(discord.AutoShardedClient):
         self.synced = True
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
-        await self.pacer.wait(shard_id)  # discord.py's own sleeps 5 s before any IDENTIFY but the first
+        # Its turn was awaited before connecting (_keep_shard); discord.py's own hook sleeps 5 s
+        # before every IDENTIFY but the first.
+        self.pacer.identified(shard_id)
 
     async def on_connect(self) -> None:
         if not self.connected:
@@ -821,10 +837,14 @@ class _Gateway(discord.AutoShardedClient):
         loop = asyncio.get_running_loop()
         quick, delay = 0, RETRY_FIRST
         while not self.is_closed():
-            began = loop.time()
             failure: Exception
+            began = loop.time()
             try:
-                ws = await asyncio.wait_for(DiscordWebSocket.from_client(self, **params), timeout=CONNECT_TIMEOUT)
+                # An IDENTIFY waits its turn first: outside CONNECT_TIMEOUT, as it can be long.
+                turn = contextlib.nullcontext() if params.get("resume") else self.pacer.turn(shard_id)
+                async with turn, self._connecting:
+                    began = loop.time()
+                    ws = await asyncio.wait_for(DiscordWebSocket.from_client(self, **params), timeout=CONNECT_TIMEOUT)
                 self.sockets[shard_id] = ws
                 params["initial"] = False
                 while True:
