@@ -329,3 +329,12 @@ def test_shards_settings_are_checked(make_config):
         with pytest.raises(ConfigError, match="shard") as raised:
             make_config(discord=bad)
         assert says in str(raised.value)
+
+
+async def test_the_shards_benchmark_runs_at_a_tiny_size(monkeypatch):
+    from bench import discord_shards
+
+    monkeypatch.setattr(discord_adapter, "IDENTIFY_SPACING", discord_adapter.IDENTIFY_SPACING)  # it sets it
+    result = await discord_shards.run(2, 2, 4, 100.0, 0.5, False, idle_seconds=0.05)
+    assert (result["shards"], result["commands"], result["too_soon"]) == (2, 4, 0)
+    assert result["loop_max_ms"] >= result["loop_p99_ms"] >= 0
