@@ -249,7 +249,9 @@ class DeliveriesMixin:
         rows = self.db.all(
             f"""SELECT DISTINCT s.id, s.query
                   FROM deliveries d, jsonb_array_elements({MATCHED_OR_EMPTY.format(row="d")}) m
-                  JOIN subscriptions s ON jsonb_typeof(m -> 'id') = 'number' AND s.id = (m ->> 'id')::numeric
+                  JOIN subscriptions s ON s.id = (CASE WHEN jsonb_typeof(m -> 'id') = 'number'
+                                                        AND (m ->> 'id') ~ '^[0-9]{{1,18}}$'
+                                                       THEN (m ->> 'id')::bigint END)
                  WHERE d.id = %s ORDER BY s.id""",
             [delivery_id],
         )
