@@ -339,6 +339,18 @@ def test_a_subscription_added_while_papers_are_stored_gets_a_higher_id_than_thei
     assert result["value"].id > upto
 
 
+def test_a_subscription_is_not_removed_while_deliveries_for_it_are_being_queued(pg):
+    open_one, watcher = pg
+    writer, command = open_one(), open_one()
+    sub = command.add_subscription(ML, "diffusion", "u1", T0).subscription
+    with writer.transaction():  # as the poller's writer: read who receives, then queue for them
+        assert writer.subscriptions_created_by([sub.id], T0) == {sub.id}
+        thread, result, waited = _blocked_behind(watcher, command, lambda: command.remove_subscription(ML, sub.id))
+        assert writer.subscription_ids() == {sub.id}
+    thread.join(30)
+    assert waited and result["value"] == sub and writer.subscription_ids() == set()
+
+
 def test_two_processes_at_a_channels_limit_do_not_both_get_in(pg):
     open_one, watcher = pg
     first, second = open_one(), open_one()

@@ -12,6 +12,11 @@ handed out, and committed, one after the other, and a version read anywhere mean
 lower one is committed. Subscription ids are drawn under the same lock, so they too grow in
 commit order (`newest_subscription_id`).
 
+Removals take the row too (without a new version), and the poller's transactions that read
+subscriptions to act on them (newest_subscription_id, subscriptions_created_by) hold it FOR
+SHARE until they commit: what they read is not removed or added under them, as under
+SQLite's single write lock, and only this one row is locked, however many subscriptions.
+
 Lock order: every method here that writes subscriptions takes that row first (UPDATE or
 SELECT ... FOR UPDATE) and nothing of this area before it, so a transaction doing several
 (import: many channels in one) never deadlocks with another. A channel's limit is decided
@@ -74,6 +79,7 @@ class SubscriptionsMixin:
     def remove_subscription(self, channel: ChannelRef, subscription_id: int) -> Subscription | None:
         """Remove a subscription of this channel; None when the channel has no such id."""
         with self.db.transaction():
+            self.db.execute(_LOCK_LOG)  # waits for the outbox writes that read it (subscriptions_created_by)
             row = self.db.one(f"DELETE FROM subscriptions WHERE id = %s AND channel = %s RETURNING {_COLUMNS}",
                               [subscription_id, channel.key])
             return _subscription(row) if row else None
@@ -122,6 +128,11 @@ class SubscriptionsMixin:
         """Those of `ids` that exist and existed at `moment` (with `upto`: whose id is at most `upto`)."""
         if not ids:
             return set()
+        if self.db.in_transaction:
+            # The poller's writer queues deliveries for these in the same transaction: none of
+            # them may be removed before it commits (SQLite: its write lock). A removal takes the
+            # change log's row FOR UPDATE first, so it waits for this share lock.
+            self.db.execute("SELECT 1 FROM subscription_version FOR SHARE")
         # One row, one array: the poller's writer thread calls this while its worker matches.
         if upto is not None:
             found = self.db.scalar("SELECT array_agg(id) FROM subscriptions WHERE id = ANY(%s) AND id <= %s",
@@ -173,6 +184,7 @@ class SubscriptionsMixin:
 
     def remove_all_subscriptions(self, channel: ChannelRef) -> list[Subscription]:
         with self.db.transaction():
+            self.db.execute(_LOCK_LOG)  # as remove_subscription
             rows = self.db.all(f"DELETE FROM subscriptions WHERE channel = %s RETURNING {_COLUMNS}", [channel.key])
         return sorted((_subscription(row) for row in rows), key=lambda s: s.id)
 
