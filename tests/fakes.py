@@ -61,13 +61,8 @@ def stored(store, *papers: Paper, now: datetime = datetime(2026, 11, 27, 12, 0, 
 
 def subscribed(store, channel: ChannelRef, query: str,
                now: datetime = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)) -> int:
-    """A new subscription's id: add_subscription; on a PgStore whose subscriptions area is not
-    ported yet (another branch), its row."""
-    if hasattr(store, "add_subscription"):
-        return int(store.add_subscription(channel, query, "u1", now).subscription.id)
-    sql(store, "INSERT INTO subscriptions (channel, query, created_by, created_at) VALUES (?, ?, 'u1', ?)",
-        [channel.key, query, now])
-    return int(sql(store, "SELECT max(id) FROM subscriptions")[0][0])
+    """A new subscription of `channel` to `query`; its id."""
+    return int(store.add_subscription(channel, query, "u1", now).subscription.id)
 
 
 def fixture(name: str) -> bytes:
