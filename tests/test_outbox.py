@@ -9,7 +9,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bot.models import BurstPlan, ChannelRef, FollowUp, Match, OutboxCounts, PaperMatches, SubscriptionRef, ThreadRef
+from bot.models import (
+    BurstPlan,
+    ChannelRef,
+    ChannelSettings,
+    FollowUp,
+    Match,
+    OutboxCounts,
+    PaperMatches,
+    SubscriptionRef,
+    ThreadRef,
+)
 
 from .fakes import paper, sql, stored, subscribed
 
@@ -100,9 +110,8 @@ def test_due_channels_counts_due_rows_of_instant_unpaused_channels_longest_waiti
     queue(store, paused, 1, start=20)
     queue(store, daily, 1, start=30)
     queue(store, later, 1, start=40, now=T0 + timedelta(hours=1))
-    sql(store, "INSERT INTO channels (channel, paused, updated_at) VALUES (?, ?, ?)",
-        [paused.key, True, T0.isoformat()])
-    sql(store, "INSERT INTO channels (channel, mode, updated_at) VALUES (?, 'daily', ?)", [daily.key, T0.isoformat()])
+    store.save_channel_settings(ChannelSettings(paused, paused=True), T0)
+    store.save_channel_settings(ChannelSettings(daily, mode="daily"), T0)
     assert [(c.channel, c.due) for c in store.due_channels(T0)] == [(CV, 2), (ML, 3)]
     (first,) = store.pending_for_channel(CV, limit=1)
     store.reschedule_delivery(first.id, "HTTP 500", T0 + timedelta(hours=2))
@@ -277,8 +286,7 @@ def test_due_followups_skips_those_it_may_not_send_and_waits_for_a_card_being_se
     skipped = [followup(store, off), followup(store, digest)]
     waiting = [followup(store, paused), followup(store, busy, "upvotes", 50)]
     store.set_followups(ChannelRef("console", "off"), False, T0)
-    sql(store, "INSERT INTO channels (channel, paused, updated_at) VALUES ('console:paused', ?, ?)",
-        [True, T0.isoformat()])
+    store.save_channel_settings(ChannelSettings(ChannelRef("console", "paused"), paused=True), T0)
     assert store.due_followups(T0 - timedelta(seconds=1), 10) == []  # not due yet
     assert store.due_followups(T0, 10) == [FollowUp(wanted, "2410.00001", ThreadRef(ML, "m1"), "code", 0,
                                                     "https://github.com/a/b")]
