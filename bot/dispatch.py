@@ -16,7 +16,7 @@ from .cards import RANK_ORDER, card_for
 from .clock import utcnow
 from .digest import DIGEST_MAX, digest_due
 from .followups import reply_for
-from .models import ChannelRef, ChannelSettings, Delivery, Digest, DueChannel, FollowUp, PostResult
+from .models import BurstPlan, ChannelRef, ChannelSettings, Delivery, Digest, DueChannel, FollowUp, PostResult
 from .text import plural
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,10 @@ class Dispatcher:
         its rate-limit headers say), so a channel's messages go out one after another at that
         pace, while up to `max_concurrent_channels` channels are served at once, the channel
         waiting longest first. A channel told to wait (a 429's Retry-After) stops, and is left
-        alone until then; the others go on. Storage calls are short and synchronous, so no
-        two of them interleave; a delivery is claimed before it is sent, so no two tasks (or
-        processes) send it.
+        alone until then; the others go on. Storage calls are short and synchronous, but for
+        counting the due channels and planning a burst, which run in worker threads (each
+        one transaction, beside the loop's); a delivery is claimed before it is sent, so no
+        two tasks (or processes) send it.
         """
         report = DispatchReport()
         now = self.clock()
@@ -96,6 +97,14 @@ class Dispatcher:
         if self.store.reads_off_loop():
             return await asyncio.to_thread(self.store.due_channels, now)
         return self.store.due_channels(now)
+
+    async def _plan_burst(self, channel: ChannelRef, now: datetime) -> BurstPlan:
+        """The channel's burst plan (`Store.plan_burst`), made in a worker thread (on a
+        connection of its own) when the store allows: a big burst settles thousands of rows
+        as overflow, hundreds of ms at 2,000, which must not hold the loop."""
+        if self.store.reads_off_loop():
+            return await asyncio.to_thread(self.store.plan_burst, channel, now, self.cards_per_cycle, DIGEST_MAX)
+        return self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
 
     async def _side_by_side(self, jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
         """Run `jobs` (one per channel) at most `max_concurrent_channels` at a time, in order.
@@ -129,7 +138,7 @@ class Dispatcher:
         if self._waiting(channel, now):
             return
         before = self.store.unannounced_overflow(channel).count
-        plan = self.store.plan_burst(channel, now, self.cards_per_cycle, DIGEST_MAX)
+        plan = await self._plan_burst(channel, now)
         cards, batch = plan.cards, plan.digest
         report.overflow += self.store.unannounced_overflow(channel).count - before
         for delivery in cards:

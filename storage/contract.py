@@ -29,6 +29,7 @@ Rules every method keeps, unless its own text says otherwise:
   thread": when `reads_off_loop()` is true the bot calls them from worker threads
   (asyncio.to_thread), beside the loop's calls, and each must then use a connection of
   its own (SQLite's are bound to their thread; WAL lets readers run beside the writer).
+  Most are reads; `plan_burst` writes, in one transaction as every write method.
 """
 
 from __future__ import annotations
@@ -301,8 +302,13 @@ class StoreContract(Protocol):
         ...
 
     def plan_burst(self, channel: ChannelRef, now: datetime, cards: int, digest_max: int) -> BurstPlan:
-        """Decide, once, how the channel's outstanding deliveries go out; return what is due
-        now. One transaction (two processes never plan the same burst twice).
+        """Any thread (it writes: from a worker thread it uses a connection of its own, and
+        its one transaction is serialized with the loop's and other processes' as any write
+        is). Decide, once, how the channel's outstanding deliveries go out; return what is due
+        now. One transaction, holding the write lock from its first read (two threads or
+        processes never plan the same burst twice, and a delivery written meanwhile is either
+        seen by the whole decision or by none of it). The bot calls it from a worker thread
+        when `reads_off_loop()`: a big burst settles thousands of deliveries as overflow.
 
         Deliveries are ranked, best first: the paper's Hugging Face upvotes (unknown
         last), then how strongly the channel's queries matched (distinct matched terms found
