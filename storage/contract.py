@@ -29,7 +29,8 @@ Rules every method keeps, unless its own text says otherwise:
   thread": when `reads_off_loop()` is true the bot calls them from worker threads
   (asyncio.to_thread), beside the loop's calls, and each must then use a connection of
   its own (SQLite's are bound to their thread; WAL lets readers run beside the writer).
-  Most are reads; `plan_burst` writes, in one transaction as every write method.
+  Most are reads; `plan_burst` and `record_command` write, each in one transaction as
+  every write method.
 """
 
 from __future__ import annotations
@@ -466,7 +467,10 @@ class StoreContract(Protocol):
     # ---- the per-user command rate limit ----------------------------------------------------
 
     def record_command(self, user: str, now: datetime, limit: int) -> float:
-        """Count a command by `user` unless they ran `limit` in the 60 seconds before `now`.
+        """Any thread (it writes, as `plan_burst`). Count a command by `user` unless they ran
+        `limit` in the 60 seconds before `now`. The bot calls it from a worker thread when
+        `reads_off_loop()`: its write waits its turn behind a poll's writes, which the loop
+        must not.
 
         Returns 0.0 when counted, else the seconds (> 0) until the oldest of those leaves
         the window; nothing is recorded then. Atomic across processes: every process counts

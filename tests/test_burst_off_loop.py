@@ -1,9 +1,12 @@
-"""Bursts are planned in worker threads on connections of their own (a big burst rewrites
-thousands of rows): the loop does not, and the decisions hold as when they were made on it."""
+"""Bursts are planned, and commands counted, in worker threads on connections of their own
+(a big burst rewrites thousands of rows; a command's count waits behind a poll's writes):
+the loop does neither, and the decisions hold as when they were made on the loop."""
 
+import asyncio
 import threading
 from contextlib import contextmanager
 
+import handlers
 from bot.clock import utcnow
 from bot.digest import DIGEST_MAX
 from bot.dispatch import Dispatcher
@@ -152,6 +155,30 @@ def test_a_burst_planned_in_a_worker_thread_holds_against_a_second_planner_and_a
         assert len(cards) == CARDS and len(digest) == DIGEST_MAX
     finally:
         store.close()
+
+
+def test_commands_are_counted_off_the_event_loop_and_the_limit_holds(store, make_config, clock, monkeypatch):
+    ctx = handlers.Context(store, make_config(limits={"commands_per_minute": 2}), clock)
+    called_from = []
+    record_command = store.record_command
+
+    def recorded(*args):
+        called_from.append(threading.get_ident())
+        return record_command(*args)
+
+    monkeypatch.setattr(store, "record_command", recorded)
+
+    async def run():
+        return await handlers.handle(ctx, handlers.request_from_text(ChannelRef("console", "ml"), "ada", "help"))
+
+    async def three():
+        return [await run() for _ in range(3)], threading.get_ident()
+
+    replies, loop_thread = asyncio.run(three())
+    assert [r.ok for r in replies] == [True, True, False]
+    assert "too fast" in replies[2].text
+    assert len(called_from) == 3 and loop_thread not in called_from
+    assert store.db.execute("SELECT count(*) FROM command_log").fetchone()[0] == 2  # seen by the store's own
 
 
 def test_m025_one_outbox_index_that_counts_due_channels_without_reading_rows(store):
