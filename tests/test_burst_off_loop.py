@@ -6,6 +6,8 @@ import asyncio
 import threading
 from contextlib import contextmanager
 
+import pytest
+
 import handlers
 from bot.clock import utcnow
 from bot.digest import DIGEST_MAX
@@ -157,6 +159,7 @@ def test_a_burst_planned_in_a_worker_thread_holds_against_a_second_planner_and_a
         store.close()
 
 
+@pytest.mark.backends
 def test_commands_are_counted_off_the_event_loop_and_the_limit_holds(store, make_config, clock, monkeypatch):
     ctx = handlers.Context(store, make_config(limits={"commands_per_minute": 2}), clock)
     called_from = []
