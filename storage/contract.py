@@ -29,8 +29,8 @@ Rules every method keeps, unless its own text says otherwise:
   thread": when `reads_off_loop()` is true the bot calls them from worker threads
   (asyncio.to_thread), beside the loop's calls, and each must then use a connection of
   its own (SQLite's are bound to their thread; WAL lets readers run beside the writer).
-  Most are reads; `plan_burst` and `record_command` write, each in one transaction as
-  every write method.
+  Most are reads; `plan_burst`, `hold_back` and `record_command` write, each in one
+  transaction as every write method.
 """
 
 from __future__ import annotations
@@ -328,13 +328,14 @@ class StoreContract(Protocol):
         ...
 
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
-        """Settle all but the channel's `keep` best pending deliveries (ranked as in
-        `plan_burst`) as overflow (a scheduled digest holds `keep` papers and counts the rest)."""
+        """Any thread (it writes, as `plan_burst`). Settle all but the channel's `keep` best
+        pending deliveries (ranked as in `plan_burst`) as overflow (a scheduled digest holds
+        `keep` papers and counts the rest). One transaction."""
         ...
 
     def unannounced_overflow(self, channel: ChannelRef) -> Overflow:
-        """How many of the channel's overflow deliveries no digest has counted yet, and the
-        highest id among them (0 when none)."""
+        """Any thread. How many of the channel's overflow deliveries no digest has counted yet,
+        and the highest id among them (0 when none)."""
         ...
 
     def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:

@@ -190,23 +190,27 @@ class DeliveriesMixin:
 
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
         """A scheduled digest holds `keep` papers: settle the rest of what the channel is owed
-        as 'overflow' (counted in that digest, not posted); the best `keep` stay (`RANKING`)."""
-        write(
-            self.db,
-            f"""UPDATE deliveries SET status = 'overflow', error = NULL
-                 WHERE channel = ? AND status = 'pending' AND id IN (
-                   SELECT d.id FROM deliveries d JOIN papers p ON p.id = d.paper_id
-                    WHERE d.channel = ? AND d.status = 'pending' ORDER BY {RANKING} LIMIT -1 OFFSET ?)""",
-            [channel.key, channel.key, keep],
-        )
+        as 'overflow' (counted in that digest, not posted); the best `keep` stay (`RANKING`).
+        Any thread, as plan_burst (a channel owed thousands rewrites as many rows)."""
+        with self._thread_db() as db:
+            write(
+                db,
+                f"""UPDATE deliveries SET status = 'overflow', error = NULL
+                     WHERE channel = ? AND status = 'pending' AND id IN (
+                       SELECT d.id FROM deliveries d JOIN papers p ON p.id = d.paper_id
+                        WHERE d.channel = ? AND d.status = 'pending' ORDER BY {RANKING} LIMIT -1 OFFSET ?)""",
+                [channel.key, channel.key, keep],
+            )
 
     def unannounced_overflow(self, channel: ChannelRef) -> Overflow:
-        """How many of the channel's overflow rows no digest has mentioned yet, and the highest id."""
-        row = self.db.execute(
-            """SELECT count(*), coalesce(max(id), 0) FROM deliveries
-                WHERE channel = ? AND status = 'overflow' AND message_id IS NULL""",
-            [channel.key],
-        ).fetchone()
+        """How many of the channel's overflow rows no digest has mentioned yet, and the highest
+        id. Any thread (it reads each of those rows: thousands after a big burst)."""
+        with self._thread_db() as db:
+            row = db.execute(
+                """SELECT count(*), coalesce(max(id), 0) FROM deliveries
+                    WHERE channel = ? AND status = 'overflow' AND message_id IS NULL""",
+                [channel.key],
+            ).fetchone()
         return Overflow(row[0], row[1])
 
     def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:

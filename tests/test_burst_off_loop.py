@@ -5,6 +5,7 @@ the loop does neither, and the decisions hold as when they were made on the loop
 import asyncio
 import threading
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 
@@ -54,23 +55,46 @@ def decided(store):
     return ({r[0] for r in rows if r[1]}, {r[0] for r in rows if r[2]}, {r[0] for r in rows if r[3] == "overflow"})
 
 
+def record_threads(store, monkeypatch, *names):
+    """Which threads call these store methods: {name: [thread idents]}."""
+    called_from: dict[str, list[int]] = {name: [] for name in names}
+    for name in names:
+        method = getattr(store, name)
+
+        def recorded(*args, _method=method, _name=name):
+            called_from[_name].append(threading.get_ident())
+            return _method(*args)
+
+        monkeypatch.setattr(store, name, recorded)
+    return called_from
+
+
 async def test_a_burst_is_planned_off_the_event_loop_and_goes_out_as_on_it(store, monkeypatch):
     best_first = fill(store, ROWS)[::-1]
-    called_from = []
-    plan_burst = store.plan_burst
-
-    def recorded(*args):
-        called_from.append(threading.get_ident())
-        return plan_burst(*args)
-
-    monkeypatch.setattr(store, "plan_burst", recorded)
+    called_from = record_threads(store, monkeypatch, "plan_burst", "unannounced_overflow")
     adapter = Recording()
     report = await Dispatcher(store, {"slack": adapter}, cards_per_cycle=CARDS).dispatch()
-    assert called_from and threading.get_ident() not in called_from  # the loop's thread never planned
+    loop_thread = threading.get_ident()
+    assert called_from["plan_burst"] and loop_thread not in called_from["plan_burst"]  # never planned on the loop
+    assert len(called_from["unannounced_overflow"]) == 3 and loop_thread not in called_from["unannounced_overflow"]
     assert adapter.cards == best_first[:CARDS]
     assert adapter.digests == [best_first[CARDS:CARDS + DIGEST_MAX]]
     assert report.sent == CARDS + DIGEST_MAX and report.overflow == 7
     assert decided(store)[2] == set(best_first[CARDS + DIGEST_MAX:])
+
+
+async def test_a_scheduled_digest_holds_back_off_the_event_loop(store, monkeypatch):
+    best_first = fill(store, ROWS)[::-1]
+    store.update_channel_settings(CHANNEL, utcnow() - timedelta(days=2), mode="daily", digest_time="09:00")
+    called_from = record_threads(store, monkeypatch, "hold_back", "unannounced_overflow")
+    adapter = Recording()
+    report = await Dispatcher(store, {"slack": adapter}).dispatch_digests()
+    loop_thread = threading.get_ident()
+    assert called_from["hold_back"] and loop_thread not in called_from["hold_back"]
+    assert called_from["unannounced_overflow"] and loop_thread not in called_from["unannounced_overflow"]
+    assert adapter.digests == [best_first[:DIGEST_MAX]] and adapter.cards == []
+    assert report.sent == DIGEST_MAX and report.overflow == ROWS - DIGEST_MAX
+    assert decided(store)[2] == set(best_first[DIGEST_MAX:])
 
 
 @contextmanager
