@@ -409,14 +409,21 @@ def test_a_plan_waits_for_a_digest_being_claimed_then_decides_nothing(pg_store, 
     queue(store, ML, 1, start=100)
     claimer, planner = PgStore(pg_url), PgStore(pg_url)
     plans: list[BurstPlan] = []
-    thread = threading.Thread(target=lambda: plans.append(planner.plan_burst(ML, T0, 3, 4)))
+    pids: list[int] = []
+
+    def plan():  # in a thread of its own: on that thread's connection (plan_burst is "any thread")
+        with planner._reader() as db:
+            pids.append(db.conn.info.backend_pid)
+        plans.append(planner.plan_burst(ML, T0, 3, 4))
+
+    thread = threading.Thread(target=plan)
     try:
         with claimer.transaction():
             assert claimer.claim_delivery(digest[0].id, T0)
             thread.start()
             waiting = "SELECT count(*) FROM pg_stat_activity WHERE pid = ? AND wait_event_type = 'Lock'"
             for _ in range(3000):  # until the plan waits for the claim (or, wrongly, has finished)
-                if not thread.is_alive() or sql(store, waiting, [planner.db.conn.info.backend_pid]) == [(1,)]:
+                if not thread.is_alive() or pids and sql(store, waiting, pids) == [(1,)]:
                     break
                 threading.Event().wait(0.01)
         thread.join()
@@ -424,4 +431,27 @@ def test_a_plan_waits_for_a_digest_being_claimed_then_decides_nothing(pg_store, 
         claimer.close()
         planner.close()
     assert plans == [BurstPlan([], [])]
+    assert decided(store, ML)["2411.00100"] == (0, False, "pending")
+
+
+def test_a_plan_from_a_worker_thread_is_made_on_a_connection_of_its_own(pg_store):
+    # plan_burst, hold_back and unannounced_overflow are "any thread": off the store's thread
+    # they must not join (or interleave with) the transaction the store's thread has open.
+    store = pg_store
+    queue(store, ML, 2)
+    results: list = []
+
+    def in_a_worker():
+        results.append(store.plan_burst(ML, T0, 3, 4))
+        store.hold_back(CV, 0)
+        results.append(store.unannounced_overflow(CV))
+
+    with store.transaction():
+        queue(store, ML, 1, start=100)  # not committed while the worker plans
+        queue(store, CV, 1, start=200)
+        thread = threading.Thread(target=in_a_worker)
+        thread.start()
+        thread.join()
+    plan, overflow = results
+    assert ids(plan.cards) == ["2411.00000", "2411.00001"] and overflow.count == 0
     assert decided(store, ML)["2411.00100"] == (0, False, "pending")

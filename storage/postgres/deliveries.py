@@ -72,10 +72,6 @@ class DeliveriesMixin:
     if TYPE_CHECKING:
         def _reader(self) -> AbstractContextManager[Database]: ...  # PgStore's: this thread's connection
 
-    def _lock_channel(self, channel: ChannelRef) -> None:
-        """Inside a transaction: the channel's planners (plan_burst, hold_back) take turns."""
-        self.db.lock(f"deliveries channel {channel.key}")
-
     # ---- queueing -----------------------------------------------------------------------------
 
     def enqueue(self, paper_id: str, matches: list[Match], now: datetime) -> int:
@@ -133,15 +129,16 @@ class DeliveriesMixin:
         return [DueChannel(ChannelRef.from_key(row[0]), row[1]) for row in rows]
 
     def plan_burst(self, channel: ChannelRef, now: datetime, cards: int, digest_max: int) -> BurstPlan:
-        """As storage/deliveries.py plan_burst. Serialized per channel: the channel's advisory
+        """As storage/deliveries.py plan_burst. Any thread: on this thread's own connection
+        (PgStore._reader), one transaction. Serialized per channel: the channel's advisory
         lock against other planners, and FOR UPDATE on its outstanding digest rows against a
         claimer of that digest. The decision itself is one UPDATE (one snapshot): a row queued
         while the channel is planned is either decided with the others or left for the next
         plan, never settled unseen."""
         key = channel.key
-        with self.db.transaction():
-            self._lock_channel(channel)
-            digest = self.db.all(
+        with self._reader() as db, db.transaction():
+            _lock_channel(db, channel)
+            digest = db.all(
                 """SELECT status FROM deliveries WHERE channel = %s AND status IN ('pending', 'sending')
                       AND in_digest FOR UPDATE""",
                 [key],
@@ -153,7 +150,7 @@ class DeliveriesMixin:
                 room = 0
             else:
                 # Rows made cards before (not sent yet), and rows mid-send, are cards already.
-                taken = self.db.scalar(
+                taken = db.scalar(
                     """SELECT count(*) FROM deliveries WHERE channel = %s AND status IN ('pending', 'sending')
                           AND NOT in_digest AND (card = 1 OR status = 'sending')""",
                     [key],
@@ -163,7 +160,7 @@ class DeliveriesMixin:
             # The undecided rows, ranked once: the best `room` become cards; when there are more
             # than that (or a burst is going on), the next `digest_room` join the digest and the
             # rest are settled as overflow.
-            self.db.execute(
+            db.execute(
                 f"""WITH ranked AS (
                         SELECT d.id, row_number() OVER (ORDER BY {RANKING}) AS n, count(*) OVER () AS total
                           FROM deliveries d JOIN papers p ON p.id = d.paper_id
@@ -178,7 +175,7 @@ class DeliveriesMixin:
                 {"key": key, "room": room, "digest_room": digest_room, "burst": in_digest > 0},
             )
             # A digest holds digest_max: anything past that (an outbox from before this rule) is overflow too.
-            self.db.execute(
+            db.execute(
                 f"""UPDATE deliveries SET status = 'overflow', error = NULL
                      WHERE channel = %s AND status = 'pending' AND id IN (
                        SELECT d.id FROM deliveries d JOIN papers p ON p.id = d.paper_id
@@ -186,7 +183,7 @@ class DeliveriesMixin:
                         ORDER BY d.status = 'pending', {RANKING} OFFSET %s)""",
                 [key, key, digest_max],
             )
-            rows = self.db.all(
+            rows = db.all(
                 f"""SELECT {_COLUMNS} FROM deliveries d JOIN papers p ON p.id = d.paper_id
                     WHERE d.channel = %s AND d.status = 'pending' AND (d.in_digest OR d.card = 1)
                       AND d.next_attempt_at <= %s
@@ -197,9 +194,10 @@ class DeliveriesMixin:
         return BurstPlan([d for d in due if not d.in_digest], [d for d in due if d.in_digest])
 
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
-        with self.db.transaction():
-            self._lock_channel(channel)
-            self.db.execute(
+        """Any thread, as plan_burst."""
+        with self._reader() as db, db.transaction():
+            _lock_channel(db, channel)
+            db.execute(
                 f"""UPDATE deliveries SET status = 'overflow', error = NULL
                      WHERE channel = %s AND status = 'pending' AND id IN (
                        SELECT d.id FROM deliveries d JOIN papers p ON p.id = d.paper_id
@@ -208,11 +206,13 @@ class DeliveriesMixin:
             )
 
     def unannounced_overflow(self, channel: ChannelRef) -> Overflow:
-        row = self.db.one(
-            """SELECT count(*), coalesce(max(id), 0) FROM deliveries
-                WHERE channel = %s AND status = 'overflow' AND message_id IS NULL""",
-            [channel.key],
-        )
+        """Any thread: on this thread's own connection."""
+        with self._reader() as db:
+            row = db.one(
+                """SELECT count(*), coalesce(max(id), 0) FROM deliveries
+                    WHERE channel = %s AND status = 'overflow' AND message_id IS NULL""",
+                [channel.key],
+            )
         assert row is not None
         return Overflow(row[0], row[1])
 
@@ -300,6 +300,12 @@ class DeliveriesMixin:
         """Back to pending, the interrupted attempt not counted (storage/deliveries.py)."""
         self.db.execute("UPDATE deliveries SET status = 'pending', attempts = greatest(attempts - 1, 0) "
                         "WHERE id = %s AND status = 'sending'", [delivery_id])
+
+
+def _lock_channel(db: Database, channel: ChannelRef) -> None:
+    """Inside a transaction: the channel's planners (plan_burst, hold_back) take turns, in any
+    thread or process."""
+    db.lock(f"deliveries channel {channel.key}")
 
 
 def _matched_json(matches: list[Match]) -> str:

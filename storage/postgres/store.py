@@ -68,6 +68,11 @@ class PgStore(CommandLogMixin, SourceStateMixin, DeliveriesMixin, FollowUpsMixin
 
     def close(self) -> None:
         self._readers.close()
+        if self._lease and not self.db.conn.closed:
+            try:  # at once: the server frees a closed session's locks only once it has noticed
+                self.db.execute("SELECT pg_advisory_unlock_all()")
+            except psycopg.Error:
+                pass
         self.db.close()  # ends the session: its advisory locks (the sender lease) go with it
         self._lease = False
 
