@@ -536,3 +536,37 @@ def m022_paper_words_exact(db: Database) -> None:
     db.execute("DELETE FROM papers_listed_days")
     db.execute("""INSERT INTO papers_listed_days (day, listed)
                   SELECT substr(first_seen, 1, 10), count(*) FROM papers WHERE listed = 1 GROUP BY 1""")
+
+
+@migrations()
+def m023_slack_installations(db: Database) -> None:
+    # Slack distribution (the OAuth install flow): one row per workspace that installed the
+    # app, its tokens sealed (Fernet, key from the environment) before they get here; the
+    # OAuth `state` values handed out by /slack/install, each usable once before it expires;
+    # and which workspace each Slack channel belongs to (learnt from the commands, events and
+    # buttons that come from it), so that a post uses that workspace's token.
+    for statement in (
+        """CREATE TABLE IF NOT EXISTS slack_installations (
+               team_id TEXT PRIMARY KEY,          -- T..., or E... for an org-wide install
+               enterprise_id TEXT NOT NULL DEFAULT '',
+               team_name TEXT NOT NULL DEFAULT '',
+               app_id TEXT NOT NULL DEFAULT '',
+               bot_id TEXT NOT NULL DEFAULT '',
+               bot_user_id TEXT NOT NULL DEFAULT '',
+               bot_scopes TEXT NOT NULL DEFAULT '',
+               installer_user_id TEXT NOT NULL DEFAULT '',
+               is_enterprise_install INTEGER NOT NULL DEFAULT 0,
+               sealed BLOB NOT NULL,              -- the tokens, encrypted: never in clear
+               installed_at TEXT NOT NULL
+           )""",
+        """CREATE TABLE IF NOT EXISTS slack_oauth_states (
+               state TEXT PRIMARY KEY,
+               expires_at TEXT NOT NULL
+           )""",
+        """CREATE TABLE IF NOT EXISTS slack_channel_teams (
+               channel TEXT PRIMARY KEY,          -- ChannelRef.key (slack:C...)
+               team_id TEXT NOT NULL
+           )""",
+        "CREATE INDEX IF NOT EXISTS slack_channel_teams_team ON slack_channel_teams(team_id)",
+    ):
+        db.execute(statement)

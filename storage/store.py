@@ -18,6 +18,7 @@ from .command_log import CommandLogMixin
 from .db import BUSY_TIMEOUT, immediate, open_database, storage_error
 from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
+from .installations import InstallationsMixin
 from .papers import PapersMixin
 from .people import PeopleMixin
 from .source_state import SourceStateMixin
@@ -25,7 +26,7 @@ from .subscriptions import SubscriptionsMixin
 
 
 class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin, CommandLogMixin,
-            PeopleMixin, FeedbackMixin):
+            PeopleMixin, FeedbackMixin, InstallationsMixin):
     """The SQLite implementation of `StoreContract` (storage/contract.py, where each method's
     contract is written down). One connection, used from the bot's one event-loop thread.
 
