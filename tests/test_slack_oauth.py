@@ -22,7 +22,7 @@ from bot.adapters import build_adapters
 from bot.config import Secrets, parse_config
 from bot.dispatch import Dispatcher
 from bot.errors import ConfigError
-from bot.models import SLACK_UNINSTALLED, ChannelRef, Match, OutboxCounts
+from bot.models import SLACK_UNINSTALLED, ChannelRef, Match, OutboxCounts, SlackInstallation
 
 from .fakes import paper
 from .test_slack import SECRET, command_body, post, sign, wait_for
@@ -303,6 +303,7 @@ def test_distribution_needs_http_mode(make_config):
         make_config(slack={"client_id": CLIENT_ID})
 
 
+@pytest.mark.backends
 def test_state_store_and_channel_teams(store, clock):
     now = clock()
     store.issue_slack_oauth_state("s1", now.replace(hour=13), now)
@@ -316,3 +317,37 @@ def test_state_store_and_channel_teams(store, clock):
     assert store.slack_channel_team(C_A) == "TA"
 
 
+
+
+def installation(team_id: str, clock, sealed: bytes = b"sealed-bytes") -> SlackInstallation:
+    return SlackInstallation(team_id=team_id, sealed=sealed, installed_at=clock(), team_name=f"Lab {team_id}",
+                             bot_user_id="UBOT", bot_scopes="commands,chat:write", installer_user_id="U1")
+
+
+@pytest.mark.backends
+def test_installations_are_kept_removed_and_pause_and_resume_their_channels(store, clock):
+    c_a2, c_b = ChannelRef("slack", "CAAA2"), C_B
+    for channel, team in ((C_A, "TA"), (c_a2, "TA"), (c_b, "TB")):
+        store.set_slack_channel_team(channel, team)
+    assert store.save_slack_installation(installation("TA", clock), clock()) == []
+    store.save_slack_installation(installation("TB", clock), clock())
+    assert store.slack_installation("TA") == installation("TA", clock)  # the sealed bytes as given
+    assert [i.team_id for i in store.slack_installations()] == ["TA", "TB"]
+    assert store.slack_installation("TX") is None
+
+    assert store.remove_slack_installation("TA", clock()) == [C_A, c_a2]
+    assert store.slack_installation("TA") is None and store.slack_installation("TB") is not None
+    assert store.remove_slack_installation("TA", clock()) == []  # a repeated event: paused already
+    clock.advance(minutes=1)
+    store.save_slack_installation(installation("TA", clock, b"new-sealed"), clock())
+    assert store.slack_installation("TA").sealed == b"new-sealed"
+    assert store.remove_slack_installation("TA", clock()) == [C_A, c_a2]
+    assert store.save_slack_installation(installation("TA", clock), clock()) == [C_A, c_a2]
+    assert store.save_slack_installation(installation("TA", clock), clock()) == []  # nothing left to resume
+    if hasattr(store, "channel_settings"):  # PostgreSQL's channel settings are being ported
+        assert not store.channel_settings(C_A).paused and not store.channel_settings(c_b).paused
+        store.update_channel_settings(c_a2, clock(), paused=True, paused_reason=None)  # paused by hand
+        assert store.remove_slack_installation("TA", clock()) == [C_A]
+        assert store.channel_settings(C_A).paused_reason == SLACK_UNINSTALLED
+        assert store.save_slack_installation(installation("TA", clock), clock()) == [C_A]
+        assert store.channel_settings(c_a2).paused  # stays paused: not the uninstall's
