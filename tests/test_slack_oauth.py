@@ -266,6 +266,8 @@ async def test_tokens_are_encrypted_at_rest_and_never_shown(tmp_path, slack, sto
         assert cli.main(["--config", str(config_file), action]) == 0
         out = capsys.readouterr()
         assert TOKEN_A not in out.out + out.err and KEY not in out.out + out.err
+        if action == "status":
+            assert "Slack workspaces installed (1): TA (Lab A)." in out.out
     assert "slack:CAAA1" in out.out  # export did show the channel
 
 
