@@ -353,3 +353,51 @@ def test_installations_are_kept_removed_and_pause_and_resume_their_channels(stor
         assert store.channel_settings(C_A).paused_reason == SLACK_UNINSTALLED
         assert store.save_slack_installation(installation("TA", clock), clock()) == [C_A]
         assert store.channel_settings(c_a2).paused  # stays paused: not the uninstall's
+
+
+async def signed_payload(bot: Bot, payload: dict) -> int:
+    from urllib.parse import urlencode
+
+    body = urlencode({"payload": json.dumps(payload)})
+    status, _ = await post(f"{bot.url}/slack/events", body, sign(body, int(time.time())))
+    return status
+
+
+async def test_app_home_modals_and_mentions_use_the_workspaces_own_token(bot, slack, store):
+    from tests.test_slack_modal import edit, submission
+
+    slack.add_workspace("code-a", "TA", "Lab A", TOKEN_A)
+    slack.add_workspace("code-b", "TB", "Lab B", TOKEN_B)
+    await install(bot, "code-a")
+    await install(bot, "code-b")
+
+    # App Home, opened in workspace TB: views.publish with TB's token
+    assert await event(bot, "TB", {"type": "app_home_opened", "user": "UB1", "channel": "DUB1", "tab": "home"}) == 200
+    await wait_for(lambda: "UB1" in slack.home_views)
+    (publish,) = [call for call in slack.calls if call[0] == "views.publish"]
+    assert slack.token_of(publish) == TOKEN_B
+
+    # The subscribe form in workspace TA: opened, previewed and submitted with TA's token
+    await command(bot, slack, "TA", C_A, "help")
+    body = command_body(slack, "subscribe", channel=C_A.channel_id).replace("team_id=T1", "team_id=TA")
+    assert (await post(f"{bot.url}/slack/events", body, sign(body, int(time.time()))))[0] == 200
+    await wait_for(lambda: slack.called("views.open"))
+    view = next(iter(slack.views.values()))
+    typed = edit(view, "diffusion")
+    typed["team"]["id"] = typed["user"]["team_id"] = typed["view"]["team_id"] = "TA"
+    assert await signed_payload(bot, typed) == 200
+    await wait_for(lambda: slack.called("views.update"))
+    submitted = submission(slack.views[view["id"]], "diffusion")
+    submitted["team"]["id"] = submitted["user"]["team_id"] = submitted["view"]["team_id"] = "TA"
+    assert await signed_payload(bot, submitted) == 200
+    await wait_for(lambda: [s.query for s in store.subscriptions(C_A)] == ["diffusion"])
+    modal_calls = [call for call in slack.calls if call[0] in ("views.open", "views.update")]
+    assert modal_calls and {slack.token_of(call) for call in modal_calls} == {TOKEN_A}
+
+    # A mention in workspace TB is answered in its thread with TB's token
+    assert await event(bot, "TB", {"type": "app_mention", "user": "UB1", "channel": C_B.channel_id,
+                                   "ts": "1700000000.000200", "text": "<@UTBBOT> help"}) == 200
+    await wait_for(lambda: slack.called("chat.postMessage"))
+    (answer,) = [call for call in slack.calls if call[0] == "chat.postMessage"]
+    assert answer[1]["channel"] == C_B.channel_id and slack.token_of(answer) == TOKEN_B
+    assert store.slack_channel_team(C_B) == "TB"  # learnt from the mention
