@@ -401,3 +401,17 @@ async def test_app_home_modals_and_mentions_use_the_workspaces_own_token(bot, sl
     (answer,) = [call for call in slack.calls if call[0] == "chat.postMessage"]
     assert answer[1]["channel"] == C_B.channel_id and slack.token_of(answer) == TOKEN_B
     assert store.slack_channel_team(C_B) == "TB"  # learnt from the mention
+
+
+async def test_a_flood_of_install_links_is_refused_before_it_fills_the_database(bot, store):
+    bot.adapters["slack"].workspaces.state_store.max_states = 3
+    statuses = []
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        for _ in range(5):
+            async with session.get(f"{bot.url}/slack/install", allow_redirects=False) as response:
+                statuses.append((response.status, await response.text()))
+    assert [status for status, _ in statuses] == [302, 302, 302, 503, 503]
+    assert "Try again" in statuses[-1][1]
+    raw = sqlite3.connect(store.path)
+    assert raw.execute("SELECT count(*) FROM slack_oauth_states").fetchone() == (3,)
+    raw.close()

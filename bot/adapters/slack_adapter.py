@@ -37,6 +37,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
 
+from ..errors import StorageError
 from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
 from ..models import (
     Card,
@@ -50,7 +51,15 @@ from ..models import (
     ThreadReply,
 )
 from . import TOKEN_REFUSED_WAIT, CommandHandler, Running
-from .slack_oauth import CLIENT_SECRET_ENV, Workspaces, bot_tokens_revoked, callback_pages, uninstalled_team
+from .slack_oauth import (
+    CLIENT_SECRET_ENV,
+    TooManyInstalls,
+    Workspaces,
+    bot_tokens_revoked,
+    busy_page,
+    callback_pages,
+    uninstalled_team,
+)
 from .slack_render import (
     ACTION_NOT_RELEVANT,
     ACTION_OPEN_FORM,
@@ -1166,10 +1175,20 @@ async def start_http(
         flow = oauth_flow
 
         async def install(request: web.Request) -> web.Response:
-            return await to_aiohttp_response(await flow.handle_installation(_oauth_request(request)))
+            try:
+                return await to_aiohttp_response(await flow.handle_installation(_oauth_request(request)))
+            except TooManyInstalls:
+                rejects.note("too many install links at once")
+            except StorageError as exc:  # the database busy or gone: say so, no traceback
+                log.warning("Slack: an install link could not be made (%s)", exc)
+            return await to_aiohttp_response(busy_page(INSTALL_PATH))
 
         async def oauth_redirect(request: web.Request) -> web.Response:
-            return await to_aiohttp_response(await flow.handle_callback(_oauth_request(request)))
+            try:
+                return await to_aiohttp_response(await flow.handle_callback(_oauth_request(request)))
+            except StorageError as exc:
+                log.warning("Slack: an installation could not be stored (%s)", exc)
+            return await to_aiohttp_response(busy_page(INSTALL_PATH))
 
         web_app.router.add_get(INSTALL_PATH, install)
         web_app.router.add_get(REDIRECT_PATH, oauth_redirect)

@@ -19,6 +19,8 @@ import html
 import json
 import logging
 import secrets
+import time
+from collections import deque
 from datetime import datetime, timedelta
 from typing import Any, Callable, Protocol, Sequence
 
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 KEY_ENV = "PAPERS_BOT_TOKEN_KEY"  # the Fernet key that seals the workspaces' tokens at rest
 CLIENT_SECRET_ENV = "SLACK_CLIENT_SECRET"  # the app's client secret (Basic Information -> App Credentials)
 STATE_SECONDS = 600  # an install link (its OAuth state) is good for this long, once
+# Install links one process hands out within STATE_SECONDS, at most: each is a row until it expires,
+# and /slack/install is open to anyone, so a flood must not fill the database.
+MAX_STATES = 2000
 _SEALED_FIELDS = ("bot_token", "bot_refresh_token", "bot_token_expires_at", "user_token", "user_refresh_token",
                   "user_token_expires_at", "user_scopes", "incoming_webhook_url")
 _KEY_HINT = ("make one with: python -c 'from cryptography.fernet import Fernet; "
@@ -270,17 +275,29 @@ class SlackInstallationStore(AsyncInstallationStore):
         self.workspaces.removed(_key(enterprise_id, team_id, None), "uninstalled the app")
 
 
+class TooManyInstalls(Exception):
+    """More install links asked for than MAX_STATES within their lifetime: try again later."""
+
+
 class SlackStateStore(AsyncOAuthStateStore):
     """The OAuth `state` of each install link, in the bot's database: good once, for a while."""
 
-    def __init__(self, workspaces: Workspaces):
+    def __init__(self, workspaces: Workspaces, max_states: int = MAX_STATES):
         self.workspaces = workspaces
+        self.max_states = max_states
+        self._issued: deque[float] = deque()  # monotonic times of the links handed out, within their lifetime
 
     @property
     def logger(self) -> logging.Logger:
         return log
 
     async def async_issue(self, *args, **kwargs) -> str:
+        now_mono = time.monotonic()
+        while self._issued and self._issued[0] < now_mono - self.workspaces.state_seconds:
+            self._issued.popleft()
+        if len(self._issued) >= self.max_states:
+            raise TooManyInstalls()
+        self._issued.append(now_mono)
         state = secrets.token_urlsafe(24)
         now = self.workspaces.clock()
         self.workspaces.records.issue_slack_oauth_state(state, now + timedelta(seconds=self.workspaces.state_seconds),
@@ -303,6 +320,12 @@ _FAILURES = {
     "invalid_code": "Slack did not accept the authorization code (it may have been used already).",
     "storage_error": "The installation could not be saved.",
 }
+
+
+def busy_page(install_path: str) -> BoltResponse:
+    """What the browser sees when the install pages cannot be served now (a flood, the database busy)."""
+    return _page(503, "Try again in a minute",
+                 f"The installation cannot start right now. <a href=\"{html.escape(install_path)}\">Try again</a>.")
 
 
 def _page(status: int, title: str, text: str) -> BoltResponse:
