@@ -41,6 +41,7 @@ class FakeSlack(LocalServer):
         self.oauth_codes: dict[str, dict] = {}  # authorization code -> the workspace oauth.v2.access installs
         self.workspaces: dict[str, dict] = {}  # bot token -> its workspace (team_id, name, bot_user_id)
         self.revoked: set[str] = set()
+        self._request = threading.local()  # the headers of the request each server thread answers
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,7 +60,8 @@ class FakeSlack(LocalServer):
                 body.update(dict(parse_qsl(self.path.partition("?")[2])))
                 method = self.path.split("?")[0].rsplit("/", 1)[-1]
                 fake.calls.append((method, body, dict(self.headers)))
-                status, answer, headers = fake._answer(method, body, dict(self.headers))
+                fake._request.headers = dict(self.headers)  # this thread's request, for _answer
+                status, answer, headers = fake._answer(method, body)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -74,15 +76,16 @@ class FakeSlack(LocalServer):
 
         self.serve(Handler)
 
-    def _answer(self, method: str, body: dict, headers: dict | None = None) -> tuple[int, dict, dict]:
+    def _answer(self, method: str, body: dict) -> tuple[int, dict, dict]:
         queue = self.scripts.get(method)
         if queue:
             return queue.pop(0)
-        token = self._bearer(headers or {})
+        headers = getattr(self._request, "headers", {})  # the request's, set by the handler's thread
+        token = self._bearer(headers)
         if token in self.revoked:
             return 200, {"ok": False, "error": "token_revoked"}, {}
         if method == "oauth.v2.access":
-            return self._oauth_access(body, headers or {})
+            return self._oauth_access(body, headers)
         if method == "auth.test" and token in self.workspaces:
             team = self.workspaces[token]
             return 200, {"ok": True, "user_id": team["bot_user_id"], "bot_id": f"B{team['team_id']}",

@@ -219,13 +219,13 @@ class FakeSlackSocketMode(FakeSlack):
         self.hang: set[str] = set()
         self._release = threading.Event()
 
-    def _answer(self, method: str, body: dict, headers: dict | None = None) -> tuple[int, dict, dict]:
+    def _answer(self, method: str, body: dict) -> tuple[int, dict, dict]:
         if method in self.hang:
             self._release.wait(60)
             return 200, {"ok": False, "error": "fake_closed"}, {}
         if method == "apps.connections.open" and not self.scripts.get(method):
             return 200, {"ok": True, "url": self.socket_url}, {}
-        return super()._answer(method, body, headers)
+        return super()._answer(method, body)
 
     def __exit__(self, *exc) -> None:
         self._release.set()

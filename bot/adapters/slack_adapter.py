@@ -757,13 +757,17 @@ def oauth_settings(config, workspaces: Workspaces) -> AsyncOAuthSettings:
     """bolt's install flow: our stores, our pages, every address from the config (oauth.v2.access
     and auth.test go to [slack] api_url through the app's client)."""
     slack = config.slack
-    return AsyncOAuthSettings(
+    settings = AsyncOAuthSettings(
         client_id=slack.client_id, client_secret=config.secrets.get(CLIENT_SECRET_ENV), scopes=list(slack.scopes),
         redirect_uri=slack.redirect_uri or None, install_path=INSTALL_PATH, redirect_uri_path=REDIRECT_PATH,
         install_page_rendering_enabled=False, authorization_url=slack.authorize_url,
         installation_store=workspaces.installation_store, state_store=workspaces.state_store,
         state_expiration_seconds=workspaces.state_seconds,
         callback_options=callback_pages(INSTALL_PATH, slack.command), logger=log)
+    # bolt checks a workspace's token with auth.test before each request it authorizes unless it
+    # remembers the answer (by token: a new install brings a new token, an uninstall removes it).
+    settings.authorize.cache_enabled = True  # type: ignore[attr-defined]  # AsyncInstallationStoreAuthorize's
+    return settings
 
 
 def make_web_client(token: str | None, api_url: str) -> AsyncWebClient:
