@@ -415,3 +415,12 @@ async def test_a_flood_of_install_links_is_refused_before_it_fills_the_database(
     raw = sqlite3.connect(store.path)
     assert raw.execute("SELECT count(*) FROM slack_oauth_states").fetchone() == (3,)
     raw.close()
+
+
+def test_the_token_lookup_benchmark_reports_its_figures(capsys):
+    from bench.slack_tokens import main
+
+    figures = main(["--workspaces", "3", "--posts", "50"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
+    assert figures["workspaces"] == 3 and figures["posts"] == 50
+    assert 0 < figures["p50_us"] <= figures["p95_us"] <= figures["max_us"]
