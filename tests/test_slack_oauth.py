@@ -346,13 +346,13 @@ def test_installations_are_kept_removed_and_pause_and_resume_their_channels(stor
     assert store.remove_slack_installation("TA", clock()) == [C_A, c_a2]
     assert store.save_slack_installation(installation("TA", clock), clock()) == [C_A, c_a2]
     assert store.save_slack_installation(installation("TA", clock), clock()) == []  # nothing left to resume
-    if hasattr(store, "channel_settings"):  # PostgreSQL's channel settings are being ported
-        assert not store.channel_settings(C_A).paused and not store.channel_settings(c_b).paused
-        store.update_channel_settings(c_a2, clock(), paused=True, paused_reason=None)  # paused by hand
-        assert store.remove_slack_installation("TA", clock()) == [C_A]
-        assert store.channel_settings(C_A).paused_reason == SLACK_UNINSTALLED
-        assert store.save_slack_installation(installation("TA", clock), clock()) == [C_A]
-        assert store.channel_settings(c_a2).paused  # stays paused: not the uninstall's
+    assert not store.channel_settings(C_A).paused and not store.channel_settings(c_b).paused
+    store.update_channel_settings(c_a2, clock(), paused=True, paused_reason=None)  # paused by hand
+    assert store.remove_slack_installation("TA", clock()) == [C_A]
+    assert store.channel_settings(C_A).paused_reason == SLACK_UNINSTALLED
+    assert store.channel_settings(C_A).paused and not store.channel_settings(c_b).paused
+    assert store.save_slack_installation(installation("TA", clock), clock()) == [C_A]
+    assert store.channel_settings(c_a2).paused  # stays paused: not the uninstall's
 
 
 async def signed_payload(bot: Bot, payload: dict) -> int:
