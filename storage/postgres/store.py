@@ -28,6 +28,7 @@ from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
 from .db import LOCK_KEY, Database, ThreadConnections, redacted, storage_error
 from .feedback import FeedbackMixin
+from .installations import InstallationsMixin
 from .people import PeopleMixin
 from .source_state import SourceStateMixin
 from .subscriptions import SubscriptionsMixin
@@ -36,7 +37,7 @@ SENDER_LEASE = "papers-bot sender lease"
 
 
 class PgStore(CommandLogMixin, SourceStateMixin,
-              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin):
+              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, InstallationsMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
