@@ -30,6 +30,7 @@ from .db import LOCK_KEY, Database, ThreadConnections, redacted, storage_error
 from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
 from .followups import FollowUpsMixin
+from .installations import InstallationsMixin
 from .people import PeopleMixin
 from .source_state import SourceStateMixin
 from .subscriptions import SubscriptionsMixin
@@ -38,7 +39,7 @@ SENDER_LEASE = "papers-bot sender lease"
 
 
 class PgStore(CommandLogMixin, SourceStateMixin, DeliveriesMixin, FollowUpsMixin,
-              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin):
+              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, InstallationsMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
