@@ -111,18 +111,25 @@ CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
 CREATE INDEX deliveries_channel ON deliveries (channel, status);
 CREATE INDEX deliveries_channel_message ON deliveries (channel, message_id) WHERE message_id IS NOT NULL;
 
--- A subscription's sent count (SQLite: the trigger deliveries_sent_count of m020).
+-- A subscription's sent count (SQLite: the trigger deliveries_sent_count of m020). Called only
+-- for a delivery that becomes sent (WHEN), not for every claim and retry; an id that is not a
+-- integer (never written by enqueue_many) is passed over rather than failing mark_sent. The
+-- subscriptions are locked in id order first: two deliverers marking sent deliveries of the
+-- same subscriptions at once then take turns instead of deadlocking.
 CREATE FUNCTION deliveries_sent_count() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
 BEGIN
-    IF NEW.status = 'sent' AND OLD.status <> 'sent' AND jsonb_typeof(NEW.matched) = 'array' THEN
-        UPDATE subscriptions SET delivered = delivered + 1
-         WHERE id IN (SELECT (m ->> 'id')::bigint FROM jsonb_array_elements(NEW.matched) m
-                       WHERE jsonb_typeof(m) = 'object' AND m ? 'id');
+    IF jsonb_typeof(NEW.matched) = 'array' THEN
+        ids := ARRAY(SELECT (m ->> 'id')::bigint FROM jsonb_array_elements(NEW.matched) m
+                      WHERE jsonb_typeof(m -> 'id') = 'number' AND (m ->> 'id') ~ '^[0-9]{1,18}$');
+        PERFORM 1 FROM subscriptions WHERE id = ANY (ids) ORDER BY id FOR UPDATE;
+        UPDATE subscriptions SET delivered = delivered + 1 WHERE id = ANY (ids);
     END IF;
     RETURN NEW;
 END $$;
 CREATE TRIGGER deliveries_sent_count AFTER UPDATE OF status ON deliveries
-    FOR EACH ROW EXECUTE FUNCTION deliveries_sent_count();
+    FOR EACH ROW WHEN (NEW.status = 'sent' AND OLD.status <> 'sent') EXECUTE FUNCTION deliveries_sent_count();
 
 CREATE TABLE followups (
     id bigserial PRIMARY KEY,

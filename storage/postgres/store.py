@@ -27,7 +27,9 @@ from . import migrations
 from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
 from .db import LOCK_KEY, Database, ThreadConnections, redacted, storage_error
+from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
+from .followups import FollowUpsMixin
 from .installations import InstallationsMixin
 from .people import PeopleMixin
 from .source_state import SourceStateMixin
@@ -36,7 +38,7 @@ from .subscriptions import SubscriptionsMixin
 SENDER_LEASE = "papers-bot sender lease"
 
 
-class PgStore(CommandLogMixin, SourceStateMixin,
+class PgStore(CommandLogMixin, SourceStateMixin, DeliveriesMixin, FollowUpsMixin,
               SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, InstallationsMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
