@@ -40,14 +40,22 @@ CREATE TABLE papers (
     fts tsvector GENERATED ALWAYS AS (
         setweight(to_tsvector('english', title), 'A')
         || setweight(to_tsvector('english', summary), 'B')
-        || setweight(to_tsvector('simple', authors::text), 'C')) STORED
+        || setweight(to_tsvector('english', authors), 'C')) STORED,  -- names (jsonb strings), stemmed as queries
+    -- preview's exact word index (SQLite: paper_words), written with the row by add_papers
+    -- (storage/postgres/papers.py, paper_words): the evaluator's tokens, each under a prefix
+    -- naming its field, with positions for phrases
+    words tsvector NOT NULL DEFAULT '',
+    words_partial boolean NOT NULL DEFAULT false  -- past tsvector's limits: always a candidate
 );
 CREATE INDEX papers_first_seen ON papers (first_seen);
 CREATE INDEX papers_listed_first_seen ON papers (first_seen) WHERE listed;
 CREATE INDEX papers_listed_on ON papers (listed_on);
 CREATE INDEX papers_fts ON papers USING gin (fts);
+CREATE INDEX papers_words ON papers USING gin (words);
+CREATE INDEX papers_words_partial ON papers (first_seen) WHERE words_partial;
 
 CREATE TABLE unmatched_papers (
+    seq bigserial UNIQUE,                -- the order written down
     paper_id text PRIMARY KEY REFERENCES papers (id),
     since timestamptz NOT NULL,          -- only subscriptions created by then receive it
     source text,

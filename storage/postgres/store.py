@@ -26,12 +26,13 @@ import psycopg
 from . import migrations
 from .command_log import CommandLogMixin
 from .db import Database, ThreadConnections, redacted, storage_error
+from .papers import PapersMixin
 from .source_state import SourceStateMixin
 
 SENDER_LEASE = "papers-bot sender lease"
 
 
-class PgStore(CommandLogMixin, SourceStateMixin):
+class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
