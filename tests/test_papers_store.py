@@ -161,3 +161,23 @@ def test_search_finds_stemmed_words_in_title_abstract_and_authors_and_never_read
     for hostile in ['"', "a & | !", "'); DROP TABLE papers; --", "NEAR(", "*", ":*"]:
         store.search_papers([hostile, "agents"], 5)  # plain text, never query syntax: no error
     assert store.count_papers() == 2
+
+
+def test_postgresql_papers_past_the_limits_of_tsvector_are_always_candidates(pg_url):
+    from storage.postgres import PgStore
+    from storage.postgres.paper_words import MAX_POSITIONS
+
+    store = PgStore(pg_url)
+    huge = paper("2611.00001", "Model " * (MAX_POSITIONS + 1), "Robots.")  # a word more often than tsvector keeps
+    store.add_papers([huge, paper("2611.00002", "Robots", "Robots and models.")], T0)
+    assert store.db.scalar("SELECT words_partial FROM papers WHERE id = '2611.00001'") is True
+    found = store.preview_candidates('"model model"', SINCE, limit=5)
+    assert [p.id for p in found.papers] == ["2611.00001"] and not found.exact
+    found = store.preview_candidates("video", SINCE, limit=5)  # a candidate even so: read as it is
+    assert [p.id for p in found.papers] == ["2611.00001"] and not found.exact
+    assert store.preview_candidates("upvotes>=5", SINCE, limit=5).papers == []  # no words read: exact
+    store.add_papers([paper("2611.00003", "Robots", "x" * 3000)], T0)  # a word longer than a lexeme may be
+    assert store.db.scalar("SELECT words_partial FROM papers WHERE id = '2611.00003'") is True
+    assert [p.id for p in store.preview_candidates("robots", SINCE).papers] == ["2611.00001", "2611.00002",
+                                                                                "2611.00003"]
+    store.close()

@@ -48,34 +48,40 @@ def _quote(lexeme: str) -> str:
 def document(title: str, summary: str, authors: list[str] | tuple[str, ...],
              categories: list[str] | tuple[str, ...], organization: str | None) -> tuple[str, bool]:
     """A paper's words as a tsvector literal, and whether it is partial (then: '')."""
-    positioned: dict[str, list[int]] = {}
-    plain: dict[str, None] = {}
     title_words, abstract_words = raw_words(title), raw_words(summary)
     org_words = raw_words(organization or "")
-    for prefix, words in (("t:", title_words), ("a:", abstract_words)):
-        if len(words) > MAX_POSITION:
-            return "", True
-        for position, word in enumerate(words, 1):
-            positioned.setdefault(prefix + stem(word), []).append(position)
-    if len(org_words) > MAX_POSITION:
+    if max(len(title_words), len(abstract_words), len(org_words)) > MAX_POSITION:
         return "", True
-    for position, word in enumerate(org_words, 1):
-        positioned.setdefault("o:" + word, []).append(position)
-    for prefix, words in (("tr:", title_words), ("ar:", abstract_words)):
-        plain.update((prefix + word, None) for word in words)
-    keys, cats = author_keys(list(authors)), category_tokens(list(categories))
-    plain.update(("u:" + key, None) for key in keys.split(" ") if key)
-    plain.update(("c:" + cat, None) for cat in cats.split(" ") if cat)
-    parts = []
-    for lexeme, positions in positioned.items():
-        if len(positions) > MAX_POSITIONS or len(lexeme.encode()) > MAX_LEXEME_BYTES:
-            return "", True
-        parts.append(f"{_quote(lexeme)}:{','.join(map(str, positions))}")
-    for lexeme in plain:
-        if len(lexeme.encode()) > MAX_LEXEME_BYTES:
-            return "", True
-        parts.append(_quote(lexeme))
-    return " ".join(parts), False
+    fields = (("t:", _positions(map(stem, title_words))), ("a:", _positions(map(stem, abstract_words))),
+              ("o:", _positions(org_words)))
+    plain = [("tr:", dict.fromkeys(title_words)), ("ar:", dict.fromkeys(abstract_words)),
+             ("u:", author_keys(list(authors)).split()), ("c:", category_tokens(list(categories)).split())]
+    tokens = [*org_words, *(w for _, words in plain for w in words)]  # every lexeme, less its prefix
+    if any(len(p) > MAX_POSITIONS for _, found in fields for p in found.values()) or (
+            max(map(len, tokens), default=0) * 4 + 3 > MAX_LEXEME_BYTES
+            and any(len(w.encode()) + 3 > MAX_LEXEME_BYTES for w in tokens)):
+        return "", True
+    parts = [f"'{prefix}{word}':{','.join(map(str, at))}" for prefix, found in fields for word, at in found.items()]
+    parts += [f"'{prefix}{word}'" for prefix, words in plain for word in words]
+    text = " ".join(parts)
+    # Tokens are letters and digits (keys add `.` and `-`): nothing to escape, as one look at
+    # the whole text confirms (else each lexeme is quoted as the tsvector syntax wants).
+    if "\\" in text or text.count("'") != 2 * len(parts):
+        text = " ".join([*(f"{_quote(prefix + word)}:{','.join(map(str, at))}" for prefix, found in fields
+                           for word, at in found.items()),
+                         *(_quote(prefix + word) for prefix, words in plain for word in words)])
+    return text, False
+
+
+def _positions(words) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for position, word in enumerate(words, 1):
+        at = found.get(word)
+        if at is None:
+            found[word] = [position]
+        else:
+            at.append(position)
+    return found
 
 
 @dataclass(frozen=True)
