@@ -235,13 +235,17 @@ class PapersMixin:
                 params += narrowing.params
             where = " AND ".join(conditions)
             if exact and limit is not None:
-                # Decided in SQL: the matches counted, and only the newest `limit` read.
-                rows = db.all(f"SELECT {COLUMNS}, count(*) OVER () FROM papers WHERE {where}"
-                              f" ORDER BY {NEWEST} LIMIT %s", [*params, max(limit, 0)])
-                count = rows[0][-1] if rows else 0
-                if limit <= 0:
-                    count = db.scalar(f"SELECT count(*) FROM papers WHERE {where}", params)
-                papers = [_paper(row) for row in rows]
+                # Decided in SQL: the matches found (narrow rows) and counted, and only the
+                # newest `limit` read in full. One statement: the count and the rows agree.
+                rows = db.all(
+                    f"""WITH found AS MATERIALIZED (SELECT id, first_seen FROM papers WHERE {where}),
+                             newest AS (SELECT id FROM found ORDER BY {NEWEST} LIMIT %s)
+                        SELECT (SELECT count(*) FROM found), {P_COLUMNS}
+                          FROM (SELECT 1) AS one LEFT JOIN papers p ON p.id IN (SELECT id FROM newest)
+                         ORDER BY p.first_seen DESC, p.id COLLATE "C" """,
+                    [*params, max(limit, 0)])
+                count = rows[0][0]
+                papers = [_paper(row[1:]) for row in rows if row[1] is not None]
             else:
                 papers = [_paper(row) for row in db.all(
                     f"SELECT {COLUMNS} FROM papers WHERE {where} ORDER BY {NEWEST}", params)]
