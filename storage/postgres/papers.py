@@ -237,8 +237,8 @@ class PapersMixin:
             if exact and limit is not None:
                 # Decided in SQL: the matches found (narrow rows) and counted, and only the
                 # newest `limit` read in full. One statement: the count and the rows agree.
-                rows = db.all(
-                    f"""WITH found AS MATERIALIZED (SELECT id, first_seen FROM papers WHERE {where}),
+                rows = _unprepared(
+                    db, f"""WITH found AS MATERIALIZED (SELECT id, first_seen FROM papers WHERE {where}),
                              newest AS (SELECT id FROM found ORDER BY {NEWEST} LIMIT %s)
                         SELECT (SELECT count(*) FROM found), {P_COLUMNS}
                           FROM (SELECT 1) AS one LEFT JOIN papers p ON p.id IN (SELECT id FROM newest)
@@ -247,8 +247,8 @@ class PapersMixin:
                 count = rows[0][0]
                 papers = [_paper(row[1:]) for row in rows if row[1] is not None]
             else:
-                papers = [_paper(row) for row in db.all(
-                    f"SELECT {COLUMNS} FROM papers WHERE {where} ORDER BY {NEWEST}", params)]
+                papers = [_paper(row) for row in _unprepared(
+                    db, f"SELECT {COLUMNS} FROM papers WHERE {where} ORDER BY {NEWEST}", params)]
                 count = len(papers)
         return PreviewCandidates(papers, int(stored), int(count), exact)
 
@@ -262,8 +262,8 @@ class PapersMixin:
             for joiner in (" && ", " || "):
                 # One plainto_tsquery per word: the text is a parameter, never tsquery syntax.
                 query = joiner.join("plainto_tsquery('english', %s)" for _ in words)
-                rows = db.all(
-                    f"""WITH q AS (SELECT {query} AS q),
+                rows = _unprepared(
+                    db, f"""WITH q AS (SELECT {query} AS q),
                              hits AS (SELECT p.id, p.first_seen, ts_rank(p.fts, q.q) AS rank FROM papers p, q
                                        WHERE p.fts @@ q.q ORDER BY {NEWEST} LIMIT %s)
                         SELECT {P_COLUMNS} FROM hits JOIN papers p ON p.id = hits.id
@@ -285,6 +285,14 @@ class PapersMixin:
 
     def _papers(self, sql: str, params: list[object]) -> list[Paper]:
         return [_paper(row) for row in self.db.all(sql, params)]
+
+
+def _unprepared(db: Database, sql: str, params: list[object]) -> list[tuple]:
+    """Rows of a statement planned for its parameters each time: psycopg prepares a statement
+    run five times, and PostgreSQL's generic plan for `words @@ $1` does not know how rare the
+    words are (it walked first_seen backwards through every paper: seconds at 100,000)."""
+    rows: list[tuple] = db.conn.execute(sql, params, prepare=False).fetchall()
+    return rows
 
 
 def _aware(moment: datetime | None) -> datetime:
