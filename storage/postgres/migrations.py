@@ -87,8 +87,14 @@ CREATE TABLE subscriptions (
 CREATE INDEX subscriptions_version ON subscriptions (version);
 CREATE INDEX subscriptions_created_by ON subscriptions (created_by);
 
-CREATE TABLE subscription_version (version bigint NOT NULL);
-INSERT INTO subscription_version (version) VALUES (0);
+-- The change log's one row (storage/postgres/subscriptions.py): every subscription write takes
+-- its row lock first, so versions and ids are handed out, and committed, in order.
+CREATE TABLE subscription_version (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    version bigint NOT NULL,             -- the newest version handed out
+    newest_id bigint NOT NULL            -- the highest subscription id handed out
+);
+INSERT INTO subscription_version (version, newest_id) VALUES (0, 0);
 
 CREATE TABLE subscription_people (
     subscription_id bigint NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
@@ -214,8 +220,38 @@ CREATE TABLE source_state (
 );
 """
 
+# ---- p002: Slack distribution (SQLite m023) ------------------------------------------------------
+
+P002_SLACK_INSTALLATIONS = """
+CREATE TABLE slack_installations (      -- one row per workspace that installed the app (OAuth)
+    team_id text PRIMARY KEY,            -- T..., or E... for an org-wide install
+    enterprise_id text NOT NULL DEFAULT '',
+    team_name text NOT NULL DEFAULT '',
+    app_id text NOT NULL DEFAULT '',
+    bot_id text NOT NULL DEFAULT '',
+    bot_user_id text NOT NULL DEFAULT '',
+    bot_scopes text NOT NULL DEFAULT '',
+    installer_user_id text NOT NULL DEFAULT '',
+    is_enterprise_install boolean NOT NULL DEFAULT false,
+    sealed bytea NOT NULL,               -- the tokens, encrypted (Fernet): never in clear
+    installed_at timestamptz NOT NULL
+);
+
+CREATE TABLE slack_oauth_states (       -- the state of each install link, usable once
+    state text PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
+
+CREATE TABLE slack_channel_teams (      -- the workspace of each Slack channel, learnt from its requests
+    channel text PRIMARY KEY,            -- ChannelRef.key (slack:C...)
+    team_id text NOT NULL
+);
+CREATE INDEX slack_channel_teams_team ON slack_channel_teams (team_id);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_schema", P001_PAPERS + P001_SUBSCRIPTIONS + P001_DELIVERIES + P001_CHANNELS),
+    ("p002_slack_installations", P002_SLACK_INSTALLATIONS),
 ]
 
 _LOCK = "papers-bot migrations"

@@ -4,7 +4,7 @@ preview's candidates. Same behaviour as storage/papers.py (storage/contract.py s
 add_papers reads the stored rows of a whole batch in one statement, decides in Python what
 each paper adds (as the SQLite Store does row by row), and writes the new rows, the updated
 ones and the follow-ups with one pipelined statement each. Two add_papers take turns
-(an advisory lock on "papers" and the schema): what is new depends on what was read.
+(the advisory lock "papers", per schema): what is new depends on what was read.
 """
 
 from __future__ import annotations
@@ -84,9 +84,7 @@ class PapersMixin:
         changed: list[tuple[StoredState, Paper]] = []
         stamp = utc(now)
         with self.db.transaction():
-            # What is new is decided from what was read: one add_papers at a time, per schema
-            # (advisory locks are the database's: two schemas' bots must not wait on each other).
-            self.db.execute("SELECT pg_advisory_xact_lock(hashtextextended('papers ' || current_schema(), 0))")
+            self.db.lock("papers")  # what is new is decided from what was read: one add_papers at a time
             rows = self.db.all(
                 """SELECT id, sources, listed, first_seen, categories, upvotes, thumbnail, github, project_page,
                           ai_summary, organization, comments, version, title, summary, authors
