@@ -21,6 +21,9 @@ from .sources import SourceConfig
 from .sources.base import url_problem
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# What the app asks a workspace for when it installs (slack-manifest.yml lists the same, with why).
+_BOT_SCOPES = ("commands", "chat:write", "links:read", "links:write", "app_mentions:read", "channels:history",
+               "groups:history", "im:history")
 
 
 _url = url_problem
@@ -52,6 +55,10 @@ def _host(value: str) -> str | None:
     if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", value):
         return None
     return 'must be an address to listen on, such as "127.0.0.1", "0.0.0.0" or "::"'
+
+
+def _shard_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10_000
 
 
 def _level(value: str) -> str | None:
@@ -105,6 +112,14 @@ _SCHEMA: Schema = {
         "admins": (list, [],
                    lambda v: None if all(isinstance(u, str) and u for u in v) else "must list Slack user ids"),
         "host": (str, "0.0.0.0", _host),
+        # Slack distribution (the OAuth install flow, many workspaces): on when client_id is set.
+        "client_id": (str, "", lambda v: None if not v or re.fullmatch(r"[0-9]+\.[0-9]+", v)
+                      else "must be the app's Client ID (digits.digits), or empty for one workspace"),
+        "scopes": (list, list(_BOT_SCOPES),
+                   lambda v: None if v and all(isinstance(s, str) and re.fullmatch(r"[a-z.:_-]+", s) for s in v)
+                   else "must list bot scopes such as \"chat:write\""),
+        "redirect_uri": (str, "", lambda v: None if not v or not _url(v) else _url(v)),
+        "authorize_url": (str, "https://slack.com/oauth/v2/authorize", _url),
     },
     "discord": {
         "api_base": (str, "https://discord.com/api/v10", _url),
@@ -112,6 +127,12 @@ _SCHEMA: Schema = {
         "message_content": (bool, False, None),
         "gateway_url": (str, "", lambda v: None if not v or re.match(r"^wss?://[^\s/]+", v)
                         else "must be a ws:// or wss:// URL, or empty"),
+        # "auto" or a number: `object`, the check below says which values pass.
+        "shards": (object, "auto", lambda v: None if v == "auto" or _shard_count(v) else
+                   'must be "auto" or a number of shards from 1 to 10000'),
+        "shard_ids": (list, [], lambda v: None if all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                      for i in v) and len(set(v)) == len(v)
+                      else "must list different shard ids (0, 1, ...)"),
     },
     "metrics": {
         "port": (int, 0, lambda v: None if 0 <= v <= 65535 else "must be a port number, or 0 for off"),
@@ -146,7 +167,9 @@ def schema() -> Schema:
 
 SCHEMA = schema()
 
-SECRET_NAMES = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "DISCORD_TOKEN")
+SECRET_NAMES = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "DISCORD_TOKEN",
+                # Slack distribution: the app's client secret, and the Fernet key sealing the tokens at rest
+                "SLACK_CLIENT_SECRET", "PAPERS_BOT_TOKEN_KEY")
 
 
 @dataclass(frozen=True)
@@ -198,6 +221,15 @@ class SlackConfig:
     command: str = "/papers"
     admins: tuple[str, ...] = ()  # who may change channels; empty: everyone
     host: str = "0.0.0.0"  # where HTTP mode listens; Slack (or your reverse proxy) must reach it
+    client_id: str = ""  # set: Slack distribution (OAuth installs, a token per workspace); HTTP mode only
+    scopes: tuple[str, ...] = _BOT_SCOPES  # the bot scopes an install asks for
+    redirect_uri: str = ""  # https://YOUR-HOST/slack/oauth_redirect; empty: the one set in the app
+    authorize_url: str = "https://slack.com/oauth/v2/authorize"  # where /slack/install sends the browser
+
+    @property
+    def distribution(self) -> bool:
+        """Many workspaces, each installing the app through OAuth (not one SLACK_BOT_TOKEN)."""
+        return bool(self.client_id)
 
 
 @dataclass(frozen=True)
@@ -206,6 +238,8 @@ class DiscordConfig:
     dev_guild_id: int = 0  # sync commands to this guild only (instant), 0: globally
     message_content: bool = False  # privileged intent: card replies to pasted paper links
     gateway_url: str = ""  # the gateway WebSocket; empty: the one GET /gateway/bot on api_base names
+    shards: int | None = None  # the bot's number of gateway shards; None ("auto"): what GET /gateway/bot says
+    shard_ids: tuple[int, ...] = ()  # the shards this process connects; empty: all of them
 
 
 @dataclass(frozen=True)
@@ -283,6 +317,9 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
                 names = ", ".join(known[section])
                 raise ConfigError(f"unknown key {key!r} in [{section}] (known: {names})")
             values[section][key] = _check(known, section, key, value)
+    if values["slack"]["client_id"] and values["slack"]["mode"] != "http":
+        raise ConfigError('[slack] client_id (installing to many workspaces) needs [slack] mode = "http": '
+                          "the install pages are served by the Slack HTTP endpoint")
     return Config(
         storage_path=values["storage"]["path"],
         storage_url=values["storage"]["url"],
@@ -302,6 +339,10 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             command=values["slack"]["command"],
             admins=tuple(values["slack"]["admins"]),
             host=values["slack"]["host"],
+            client_id=values["slack"]["client_id"],
+            scopes=tuple(values["slack"]["scopes"]),
+            redirect_uri=values["slack"]["redirect_uri"],
+            authorize_url=values["slack"]["authorize_url"],
         ),
         delivery=DeliveryConfig(**values["delivery"]),
         feedback=FeedbackConfig(**values["feedback"]),
@@ -316,8 +357,20 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             dev_guild_id=values["discord"]["dev_guild_id"],
             message_content=values["discord"]["message_content"],
             gateway_url=values["discord"]["gateway_url"],
+            **_shards(values["discord"]["shards"], values["discord"]["shard_ids"]),
         ),
     )
+
+
+def _shards(shards: Any, shard_ids: list[int]) -> dict[str, Any]:
+    """[discord] shards and shard_ids, checked together: ids need a fixed count, and each is below it."""
+    if shard_ids and shards == "auto":
+        raise ConfigError('[discord] shard_ids needs a number of shards: set [discord] shards = N (the same '
+                          "N in every process), not \"auto\"")
+    if shard_ids and max(shard_ids) >= shards:
+        raise ConfigError(f"[discord] shard_ids: shard {max(shard_ids)} does not exist with shards = {shards} "
+                          f"(ids go from 0 to {shards - 1})")
+    return {"shards": None if shards == "auto" else shards, "shard_ids": tuple(sorted(shard_ids))}
 
 
 def _source_config(values: dict[str, Any]) -> SourceConfig:

@@ -19,19 +19,28 @@ from __future__ import annotations
 import functools
 import threading
 from contextlib import AbstractContextManager, contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import psycopg
 
 from . import migrations
+from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
-from .db import Database, ThreadConnections, redacted, storage_error
+from .db import LOCK_KEY, Database, ThreadConnections, redacted, storage_error
+from .deliveries import DeliveriesMixin
+from .feedback import FeedbackMixin
+from .followups import FollowUpsMixin
+from .installations import InstallationsMixin
+from .papers import PapersMixin
+from .people import PeopleMixin
 from .source_state import SourceStateMixin
+from .subscriptions import SubscriptionsMixin
 
 SENDER_LEASE = "papers-bot sender lease"
 
 
-class PgStore(CommandLogMixin, SourceStateMixin):
+class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, FollowUpsMixin,
+              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, InstallationsMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
@@ -61,6 +70,11 @@ class PgStore(CommandLogMixin, SourceStateMixin):
 
     def close(self) -> None:
         self._readers.close()
+        if self._lease and not self.db.conn.closed:
+            try:  # at once: the server frees a closed session's locks only once it has noticed
+                self.db.execute("SELECT pg_advisory_unlock_all()")
+            except psycopg.Error:
+                pass
         self.db.close()  # ends the session: its advisory locks (the sender lease) go with it
         self._lease = False
 
@@ -70,7 +84,7 @@ class PgStore(CommandLogMixin, SourceStateMixin):
     def hold_sender_lease(self) -> bool:
         if self._lease:
             return True
-        self._lease = bool(self.db.scalar("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [SENDER_LEASE]))
+        self._lease = bool(self.db.scalar(f"SELECT pg_try_advisory_lock({LOCK_KEY})", [SENDER_LEASE]))
         return self._lease
 
     def reads_off_loop(self) -> bool:
@@ -102,3 +116,10 @@ for _name in dir(PgStore):
         _attr = getattr(PgStore, _name)
         if callable(_attr):
             setattr(PgStore, _name, _guarded(_attr))
+
+
+if TYPE_CHECKING:
+    from ..contract import StoreContract
+
+    def _implements_the_contract(store: PgStore) -> StoreContract:
+        return store  # mypy checks here that PgStore has every member of StoreContract, with compatible types
