@@ -490,3 +490,40 @@ async def test_the_install_pages_and_events_never_hold_the_event_loop_while_the_
     assert await pending == expected
     if what == "first command from a channel":
         await wait_for(lambda: store.slack_channel_team(C_A) == "TA")
+
+
+async def test_a_workspace_whose_token_this_key_cannot_open_waits_and_the_others_go_on(tmp_path, slack, store, clock,
+                                                                                      caplog, unused_tcp_port):
+    """Two processes started with different keys (one front-end misconfigured, say) leave tokens
+    sealed with each. The key's check at start opens every stored installation, so a process
+    with the wrong key stops there with one line; and a token that still cannot be opened when
+    posting (sealed since) makes that workspace's papers wait, never given up, without a
+    traceback, while the other workspaces are posted to."""
+    from slack_sdk.oauth.installation_store import Installation
+
+    from bot.adapters.slack_oauth import Sealer, Workspaces
+
+    caplog.set_level("INFO")
+    other_key = Fernet.generate_key().decode()
+    mine = Workspaces(store, Sealer(KEY), slack.api_url)
+    theirs = Workspaces(store, Sealer(other_key), slack.api_url)
+    mine.installed(Installation(team_id="TA", bot_token=TOKEN_A, bot_id="BA", bot_user_id="UA", user_id="U1"))
+    theirs.installed(Installation(team_id="TB", bot_token=TOKEN_B, bot_id="BB", bot_user_id="UB", user_id="U2"))
+    with pytest.raises(ConfigError, match="PAPERS_BOT_TOKEN_KEY does not open"):
+        mine.check_key()
+
+    # This process starts while only TA is installed (its check passes); TB installs through the other.
+    store.remove_slack_installation("TB", clock())
+    config = parse_config(config_data(tmp_path, slack, unused_tcp_port), Secrets(secrets()))
+    adapters = build_adapters(config, installations=store)
+    theirs.installed(Installation(team_id="TB", bot_token=TOKEN_B, bot_id="BB", bot_user_id="UB", user_id="U2"))
+    store.set_slack_channel_team(C_A, "TA")
+    store.set_slack_channel_team(C_B, "TB")
+    queue(store, clock, C_A, "2411.00001")
+    queue(store, clock, C_B, "2411.00002")
+    report = await Dispatcher(store, adapters, clock).dispatch()
+    assert report.sent == 1 and report.retrying == 1 and report.failed == 0
+    assert posts(slack) == {C_A.channel_id: [TOKEN_A]}
+    assert store.count_pending(C_B) == 1
+    assert not [r for r in caplog.records if r.exc_info], "a traceback for a token the key cannot open"
+    assert any("PAPERS_BOT_TOKEN_KEY does not open" in r.getMessage() for r in caplog.records)

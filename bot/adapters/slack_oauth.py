@@ -121,11 +121,12 @@ class Workspaces:
         self.state_store = SlackStateStore(self)
 
     def check_key(self) -> int:
-        """Open one stored installation: a wrong key stops the bot at start-up with one line
+        """Open every stored installation: a wrong key, or tokens sealed with two keys (two
+        processes started with different ones), stops the bot at start-up with one line
         (ConfigError), not at the first post. Returns how many workspaces are installed."""
         installations = self.records.slack_installations()
-        if installations:
-            self.sealer.open(installations[0].sealed)
+        for installation in installations:
+            self.sealer.open(installation.sealed)
         return len(installations)
 
     # ---- which token posts to a channel --------------------------------------------------------
@@ -176,7 +177,10 @@ class Workspaces:
         if team is None:
             return None, (f"no Slack workspace known for channel {channel_id}: run a /papers command in it "
                           "(the bot learns a channel's workspace from its commands)")
-        token = self.token(team)
+        try:
+            token = self.token(team)
+        except ConfigError as exc:  # sealed since start with another key: this workspace waits, the others go on
+            return None, f"workspace {team}: {exc}"
         if token is None:
             return None, f"the Slack app is not installed in workspace {team}: install it there again"
         client = self._clients.get(token)
