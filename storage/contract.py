@@ -49,6 +49,7 @@ from bot.models import (
     Feedback,
     FollowUp,
     Match,
+    MatchedBatch,
     MostSavedSchedule,
     OutboxCounts,
     Overflow,
@@ -294,6 +295,14 @@ class StoreContract(Protocol):
     def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
         """`enqueue` for each paper of `items`, all in one transaction; returns how
         many deliveries are new in all."""
+        ...
+
+    def queue_matched(self, batch: MatchedBatch, now: datetime) -> int:
+        """The poll's outbox transaction (one, all or nothing): `enqueue` each paper of `batch`
+        for the matches whose subscription still exists and may receive it (id at most the
+        paper's `upto`; with none, created at or before its `since`), the channel being the
+        subscription's, and `settle_unmatched` every paper of the batch, matched or not.
+        Returns how many deliveries are new. The poller calls it from its writer thread."""
         ...
 
     def due_channels(self, now: datetime) -> list[DueChannel]:

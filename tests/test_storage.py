@@ -5,12 +5,22 @@ import pytest
 from sqlite_utils import Database
 
 from bot.cards import why_matched
-from bot.models import ChannelRef, Match, OutboxCounts, PaperMatches, Subscribed, UnmatchedPaper, Validators
+from bot.models import (
+    ChannelRef,
+    Match,
+    MatchedBatch,
+    OutboxCounts,
+    PaperMatches,
+    Subscribed,
+    UnmatchedPaper,
+    Validators,
+)
 from bot.query import normalize_query
 from storage import Store
+from storage.deliveries import match_strength
 from storage.migrations import migrations
 
-from .fakes import due_now, paper
+from .fakes import due_now, paper, sql, stored, subscribed
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 ML = ChannelRef("console", "ml")
@@ -31,6 +41,7 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
     again.close()
 
 
+@pytest.mark.backends
 def test_add_papers_returns_only_new_ones_and_round_trips(store):
     p = paper("2410.00001", "Title", "Abstract", authors=("A", "B"), categories=("cs.LG",), upvotes=None)
     assert store.add_papers([p], T0) == [p]
@@ -41,6 +52,7 @@ def test_add_papers_returns_only_new_ones_and_round_trips(store):
     assert store.get_paper("2410.99999") is None
 
 
+@pytest.mark.backends
 def test_a_later_hf_listing_enriches_an_arxiv_paper(store):
     store.add_papers([paper("2410.00001", "From arXiv", source="arxiv")], T0)
     hf = paper("2410.00001", "From HF", source="huggingface", upvotes=12, github="https://github.com/a/b",
@@ -87,8 +99,9 @@ def _match(sub_id, channel, query):
     return Match(sub_id, channel, query, tuple(f"{w} in title" for w in query.split()))
 
 
+@pytest.mark.backends
 def test_one_delivery_per_paper_and_channel(store):
-    store.add_papers([paper("2410.00001")], T0)
+    stored(store, paper("2410.00001"))
     matches = [_match(1, ML, "diffusion"), _match(2, ML, "video"), _match(3, CV, "diffusion")]
     assert store.enqueue("2410.00001", matches, T0) == 2
     assert store.enqueue("2410.00001", matches, T0) == 0  # never twice
@@ -96,15 +109,17 @@ def test_one_delivery_per_paper_and_channel(store):
     assert [(d.channel, d.matched) for d in due] == [(ML, tuple(matches[:2])), (CV, (matches[2],))]
 
 
+@pytest.mark.backends
 def test_why_a_delivery_matched_is_kept_as_facts_not_text(store):
-    store.add_papers([paper("2410.00001")], T0)
+    stored(store, paper("2410.00001"))
     matches = [Match(1, ML, "a `quoted` query; #2 `x`", ("a in title", "cat:cs.LG")), Match(2, ML, "b", ())]
     store.enqueue("2410.00001", matches, T0)
     (delivery,) = due_now(store, T0)
     assert delivery.matched == tuple(matches)
-    stored = json.loads(store.db.execute("SELECT matched FROM deliveries").fetchone()[0])
-    assert stored == [{"id": 1, "query": "a `quoted` query; #2 `x`", "terms": ["a in title", "cat:cs.LG"]},
-                      {"id": 2, "query": "b", "terms": []}]  # facts: no wording, no markup
+    ((facts,),) = sql(store, "SELECT matched FROM deliveries")  # JSON text on SQLite, jsonb on PostgreSQL
+    facts = json.loads(facts) if isinstance(facts, str) else facts
+    assert facts == [{"id": 1, "query": "a `quoted` query; #2 `x`", "terms": ["a in title", "cat:cs.LG"]},
+                     {"id": 2, "query": "b", "terms": []}]  # facts: no wording, no markup
 
 
 def test_reasons_stored_as_text_before_m012_are_read_back_as_facts(tmp_path):
@@ -137,10 +152,11 @@ def test_reasons_stored_as_text_before_m012_are_read_back_as_facts(tmp_path):
     store.close()
 
 
+@pytest.mark.backends
 def test_delivery_lifecycle(store):
-    store.add_papers([paper("2410.00001")], T0)
-    sub = store.add_subscription(ML, "diffusion", "u1", T0).subscription
-    store.enqueue("2410.00001", [_match(sub.id, ML, "diffusion")], T0)
+    stored(store, paper("2410.00001"))
+    sub_id = subscribed(store, ML, "diffusion")
+    store.enqueue("2410.00001", [_match(sub_id, ML, "diffusion")], T0)
     (delivery,) = due_now(store, T0)
     assert store.claim_delivery(delivery.id)
     assert not store.claim_delivery(delivery.id)  # claimed once only
@@ -155,8 +171,9 @@ def test_delivery_lifecycle(store):
     assert store.subscriptions(ML)[0].delivered == 1
 
 
+@pytest.mark.backends
 def test_unfinished_sends_are_released_after_a_crash(store):
-    store.add_papers([paper("2410.00001")], T0)
+    stored(store, paper("2410.00001"))
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
     (delivery,) = due_now(store, T0)
     store.claim_delivery(delivery.id, T0)
@@ -166,10 +183,11 @@ def test_unfinished_sends_are_released_after_a_crash(store):
     assert len(due_now(store, T0)) == 1 and store.unfinished_deliveries() == []
 
 
+@pytest.mark.backends
 def test_crashes_mid_send_do_not_use_up_a_papers_attempts(store):
     # bench.faults found deliveries past MAX_ATTEMPTS after many kills mid-send: a kill is not
     # the paper's fault, so an interrupted attempt is given back when the delivery is released.
-    store.add_papers([paper("2410.00001")], T0)
+    stored(store, paper("2410.00001"))
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
     for _ in range(20):
         (delivery,) = due_now(store, T0)
@@ -179,8 +197,9 @@ def test_crashes_mid_send_do_not_use_up_a_papers_attempts(store):
     assert delivery.attempts == 0
 
 
+@pytest.mark.backends
 def test_failed_for_good_is_not_due_again(store):
-    store.add_papers([paper("2410.00001")], T0)
+    stored(store, paper("2410.00001"))
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
     (delivery,) = due_now(store, T0)
     store.give_up_delivery(delivery.id, "channel_not_found")
@@ -272,6 +291,7 @@ def test_subscriptions_to_source_hf_by_older_versions_say_huggingface(tmp_path):
     store.close()
 
 
+@pytest.mark.backends
 def test_search_ranks_within_the_most_recent_matches(store):
     for i in range(1, 8):
         store.add_papers([paper(f"2410.0000{i}", f"Diffusion study {i}", "diffusion " * (8 - i))],
@@ -284,10 +304,11 @@ def test_search_ranks_within_the_most_recent_matches(store):
     assert store.search_papers([], 3) == []
 
 
+@pytest.mark.backends
 def test_enqueue_many_queues_each_paper_once_per_channel_and_keeps_its_subscriptions(store):
     t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
-    store.add_papers([paper("2410.00001"), paper("2410.00002")], t)
+    stored(store, paper("2410.00001"), paper("2410.00002"))
     assert store.enqueue("2410.00001", [Match(1, a, "x", ())], t) == 1  # already owed to a: nothing new below
     created = store.enqueue_many([
         PaperMatches("2410.00001", (Match(1, a, "x", ()), Match(2, b, "y", ("y in title",)), Match(3, b, "z", ()))),
@@ -303,6 +324,48 @@ def test_enqueue_many_queues_each_paper_once_per_channel_and_keeps_its_subscript
     assert store.enqueue_many([], t) == 0
 
 
+@pytest.mark.backends
+def test_queue_matched_queues_for_subscriptions_that_may_receive_each_paper_and_settles_the_batch(store):
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
+    subs = [store.add_subscription(channel, query, "u1", t - timedelta(days=2)).subscription
+            for channel, query in ((b, "zeta"), (a, "alpha"), (b, "beta"), (a, "gamma"))]
+    later = store.add_subscription(a, "delta", "u1", t + timedelta(hours=1)).subscription  # after both papers
+    gone = store.add_subscription(b, "omega", "u1", t - timedelta(days=2)).subscription
+    store.remove_subscription(b, gone.id)
+    one, two, three = paper("2410.00001"), paper("2410.00002"), paper("2410.00003")
+    store.add_papers([one, two, three], t)
+    done = [UnmatchedPaper(one, t, subs[-1].id), UnmatchedPaper(two, t), UnmatchedPaper(three, t, subs[-1].id)]
+    store.mark_unmatched(done)
+    assert store.enqueue("2410.00002", [Match(subs[1].id, a, "alpha", ())], t) == 1  # owed already: nothing new
+    m = {s.query: Match(s.id, s.channel, s.query, (f"{s.query} in title", "shared")) for s in [*subs, later, gone]}
+    found = [
+        # b's matches come in the order given (zeta's id is the lowest), between a's
+        (m["gamma"], m["zeta"], m["alpha"], m["beta"], m["delta"], m["omega"]),
+        (m["alpha"], m["beta"], m["delta"]),  # re-checked (no upto): delta was created after `since`
+        (),  # nothing matched: settled all the same
+    ]
+    batch = MatchedBatch.encode(done, found)
+    assert batch.rows == 9 and batch.paper_ids == {"2410.00001", "2410.00002", "2410.00003"}
+    assert store.queue_matched(batch, t) == 3  # one: a and b; two: b (a had it)
+    assert store.unmatched_papers(10) == []
+    rows = store.db.execute("SELECT paper_id, channel, strength FROM deliveries ORDER BY paper_id, channel").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("2410.00001", a.key), ("2410.00001", b.key),
+                                            ("2410.00002", a.key), ("2410.00002", b.key)]
+    owed = {(d.paper_id, d.channel): d.matched for channel in (a, b) for d in store.pending_for_channel(channel)}
+    assert owed[("2410.00001", a)] == (m["gamma"], m["alpha"])  # delta: committed after the paper's upto
+    assert owed[("2410.00001", b)] == (m["zeta"], m["beta"])  # omega: removed
+    assert owed[("2410.00002", b)] == (m["beta"],)
+    strengths = [match_strength([m["zeta"], m["beta"]]), match_strength([m["beta"]])]
+    assert [r[2] for r in rows if r[1] == b.key] == strengths
+    assert rows[0][2] == 2003
+    assert {(d.channel, d.due) for d in store.due_channels(t)} == {(a, 2), (b, 2)}  # due at `now`
+    assert store.due_channels(t - timedelta(seconds=1)) == []
+    again = MatchedBatch.encode([UnmatchedPaper(one, t, later.id)], [(m["delta"], m["alpha"])])
+    assert store.queue_matched(again, t) == 0  # each paper once a channel, ever
+
+
+@pytest.mark.backends
 def test_unmatched_papers_are_kept_in_order_until_settled(store):
     t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     papers = [paper("2410.00002", "Two"), paper("2410.00001", "One")]
