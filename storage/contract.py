@@ -620,20 +620,20 @@ class StoreContract(Protocol):
         ...
 
     def issue_slack_oauth_state(self, state: str, expires_at: datetime, now: datetime) -> None:
-        """Remember an OAuth `state` handed to a browser by /slack/install, good until
+        """Any thread. Remember an OAuth `state` handed to a browser by /slack/install, good until
         `expires_at`; states expired before `now` are dropped."""
         ...
 
     def consume_slack_oauth_state(self, state: str, now: datetime) -> bool:
-        """True exactly once for a state issued and not expired at `now` (any process); it is
+        """Any thread. True exactly once for a state issued and not expired at `now` (any process); it is
         gone afterwards, whatever the answer. False for an unknown, used or expired one."""
         ...
 
     def set_slack_channel_team(self, channel: ChannelRef, team_id: str) -> bool:
-        """Record that the Slack channel is in workspace `team_id` (a later team replaces it);
+        """Any thread. Record that the Slack channel is in workspace `team_id` (a later team replaces it);
         True when that changed what was recorded. Cheap when nothing changes (no write)."""
         ...
 
     def slack_channel_team(self, channel: ChannelRef) -> str | None:
-        """The workspace recorded for the Slack channel, None when none is."""
+        """Any thread. The workspace recorded for the Slack channel, None when none is."""
         ...

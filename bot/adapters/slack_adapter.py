@@ -397,7 +397,7 @@ def build_bolt_app(
             """The channel a request comes from is in the request's workspace: posts there use its token."""
             team = context.enterprise_id if context.is_enterprise_install else context.team_id
             if context.channel_id and team:
-                workspaces.note_channel(context.channel_id, team)
+                await workspaces.noted(context.channel_id, team)
             return await next()
 
         @app.event("app_uninstalled")
