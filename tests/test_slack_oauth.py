@@ -527,3 +527,24 @@ async def test_a_workspace_whose_token_this_key_cannot_open_waits_and_the_others
     assert store.count_pending(C_B) == 1
     assert not [r for r in caplog.records if r.exc_info], "a traceback for a token the key cannot open"
     assert any("PAPERS_BOT_TOKEN_KEY does not open" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_card_refused_with_a_revoked_token_goes_out_within_a_minute_of_the_reinstall(bot, slack, store, clock):
+    # The token is revoked before Slack tells the bot (no event yet): the post is refused, and
+    # the card waits a minute (WORKSPACE_WAIT), not TOKEN_REFUSED_WAIT's 15, before its next try.
+    slack.add_workspace("code-a", "TA", "Lab A", TOKEN_A)
+    await install(bot, "code-a")
+    await command(bot, slack, "TA", C_A, "status")
+    queue(store, clock, C_A, "2411.00001")
+    dispatcher = Dispatcher(store, bot.adapters, clock)
+    slack.revoke(TOKEN_A)
+    assert (await dispatcher.dispatch()).sent == 0
+    assert store.count_pending(C_A) == 1 and store.delivery_counts().failed == 0
+
+    assert await event(bot, "TA", {"type": "app_uninstalled"}) == 200
+    await wait_for(lambda: store.slack_installation("TA") is None)
+    slack.add_workspace("code-a2", "TA", "Lab A", TOKEN_A2)
+    assert (await install(bot, "code-a2"))[0] == 200
+    clock.advance(seconds=61)
+    assert (await dispatcher.dispatch()).sent == 1
+    assert posts(slack)[C_A.channel_id][-1] == TOKEN_A2
