@@ -20,12 +20,13 @@ from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
 from .papers import PapersMixin
 from .people import PeopleMixin
+from .roles import RolesMixin
 from .source_state import SourceStateMixin
 from .subscriptions import SubscriptionsMixin
 
 
 class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin, CommandLogMixin,
-            PeopleMixin, FeedbackMixin):
+            PeopleMixin, FeedbackMixin, RolesMixin):
     """The SQLite implementation of `StoreContract` (storage/contract.py, where each method's
     contract is written down). One connection, used from the bot's one event-loop thread.
 
@@ -42,6 +43,7 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         self.owner_thread = threading.get_ident()  # self.db is used from this thread only
         self._identity = _identity(self.path)
         self._lease: int | None = None  # the open lock file while this process holds the sender lease
+        self._roles_init()  # sender_id; the poller's lease and this sender's liveness lock, once taken
 
     def hold_sender_lease(self) -> bool:
         """True when this process is (now) the one that settles sends a crash left unfinished.
@@ -70,10 +72,12 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         return immediate(self.db)
 
     def close(self) -> None:
+        self._drop_leases()
         self.db.close()
         if self._lease is not None:
             os.close(self._lease)  # releases the lock
             self._lease = None
+        self._roles_close()
 
     def check_file(self) -> None:
         """Raise StorageError if the database file was deleted or replaced since it was opened.
@@ -120,7 +124,8 @@ def _guarded(func):
 
 # Every public method of the mixins: a raw sqlite3 error becomes a StorageError naming the file.
 for _name in dir(Store):
-    if not _name.startswith("_") and _name not in ("transaction", "close", "check_file", "hold_sender_lease"):
+    if not _name.startswith("_") and _name not in ("transaction", "close", "check_file", "hold_sender_lease",
+                                                "hold_poller_lease", "live_sender_id"):
         _attr = getattr(Store, _name)
         if callable(_attr):
             setattr(Store, _name, _guarded(_attr))

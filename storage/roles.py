@@ -1,0 +1,161 @@
+"""Cooperating processes on one SQLite database: the poller's lease, senders' liveness, channel leases.
+
+`papers-bot run --role poller|deliverer|frontend` splits the bot over processes. Who is alive
+is told by the kernel, never by a timestamp: each lease is an advisory lock (flock) on a file
+beside the database, held by an open file descriptor, released when the process ends, even
+by kill -9. (The PostgreSQL Store does the same with session-level advisory locks.)
+
+- The poller's lease: `<db>.poller.lock`; one process polls, the others stand by.
+- A sender's liveness: `<db>.senders/<sender_id>.lock`, held from the first claim until
+  close(). A row left 'sending' by a sender whose lock can be taken was interrupted: its
+  process is gone (`adopt_orphans`).
+- Channel leases are rows (`channel_leases`, m026): a channel is served by one deliverer at
+  a time, so the platform's per-channel pace holds; a lease runs out by time, so a dead
+  holder's channels are taken over once it has.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from bot.models import ChannelRef
+
+from .db import immediate, storage_error
+
+
+def new_sender_id() -> str:
+    """A sender's id, unique among processes and Stores: the pid (for people reading logs) and randomness."""
+    return f"{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def lease_time(moment: datetime) -> str:
+    """UTC ISO-8601 to the microsecond (a lease's hand-over gap is about a second), sortable as text."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _try_lock(path: str) -> int | None:
+    """An open descriptor holding an exclusive flock on `path` (created if missing), or None if
+    another open file (this process's or another's) holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise storage_error(exc, path) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class RolesMixin:
+    db: Database
+    path: str
+    sender_id: str
+    _poller_lease: int | None
+    _alive: int | None  # the open lock file that says this sender is alive
+    _leased: bool
+
+    def _roles_init(self) -> None:
+        self.sender_id = new_sender_id()
+        self._poller_lease = None
+        self._alive = None
+        self._leased = False  # whether it ever held a channel lease (dropped at close)
+
+    def _drop_leases(self) -> None:
+        """At close: the channels this store served are free at once (a clean stop; a dead
+        process's leases run out instead)."""
+        if self._leased:
+            self._leased = False
+            try:
+                with immediate(self.db):
+                    self.db.execute("DELETE FROM channel_leases WHERE holder = ?", [self.sender_id])
+            except Exception:  # closing regardless: they run out by themselves
+                pass
+
+    def _roles_close(self) -> None:
+        for name in ("_poller_lease", "_alive"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)  # releases the lock
+                setattr(self, name, None)
+
+    def _senders_dir(self) -> Path:
+        return Path(self.path + ".senders")
+
+    def hold_poller_lease(self) -> bool:
+        """True when this process is (now) the one that polls; kept until close()."""
+        if self._poller_lease is not None or self.path == ":memory:":
+            return True
+        self._poller_lease = _try_lock(self.path + ".poller.lock")
+        return self._poller_lease is not None
+
+    def live_sender_id(self) -> str:
+        """`sender_id`, its liveness lock taken first (so a row never names a sender that
+        cannot be told alive); what claims write as `claimed_by`."""
+        if self._alive is None and self.path != ":memory:":
+            folder = self._senders_dir()
+            try:
+                folder.mkdir(mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise storage_error(exc, str(folder)) from None
+            fd = _try_lock(str(folder / f"{self.sender_id}.lock"))
+            if fd is None:  # nobody else has this random name
+                raise storage_error(OSError(f"the lock of sender {self.sender_id} is held elsewhere"), str(folder))
+            self._alive = fd
+        return self.sender_id
+
+    def adopt_orphans(self) -> int:
+        """Rows in 'sending' (deliveries and follow-ups) whose claimer's process is gone are
+        claimed by this store instead (its liveness lock held first); how many. Each dead
+        sender's rows are taken under its own lock, so two processes never adopt the same rows."""
+        if self.path == ":memory:":
+            return 0
+        others = [row[0] for row in self.db.execute(
+            """SELECT claimed_by FROM deliveries WHERE status = 'sending' AND claimed_by IS NOT NULL
+               UNION SELECT claimed_by FROM followups WHERE status = 'sending' AND claimed_by IS NOT NULL""")
+            if row[0] != self.sender_id]
+        adopted = 0
+        for other in others:
+            lock = str(self._senders_dir() / f"{os.path.basename(other)}.lock")
+            fd = _try_lock(lock)
+            if fd is None:
+                continue  # alive: its sends are its own
+            try:
+                me = self.live_sender_id()
+                with immediate(self.db):
+                    for table in ("deliveries", "followups"):
+                        adopted += self.db.execute(
+                            f"UPDATE {table} SET claimed_by = ? WHERE status = 'sending' AND claimed_by = ?",
+                            [me, other]).rowcount
+                try:
+                    os.unlink(lock)
+                except OSError:
+                    pass  # another adopter's: nothing left to adopt under it
+            finally:
+                os.close(fd)
+        return adopted
+
+    def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime) -> bool:
+        """Take, or renew, the lease on serving `channel` until `until`: True when this store
+        holds it (it was free, ran out at or before `now`, or was already its own)."""
+        self._leased = True
+        with immediate(self.db):
+            return self.db.execute(
+                """INSERT INTO channel_leases (channel, holder, until) VALUES (?, ?, ?)
+                   ON CONFLICT (channel) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                    WHERE channel_leases.holder = excluded.holder OR channel_leases.until <= ?""",
+                [channel.key, self.sender_id, lease_time(until), lease_time(now)]).rowcount == 1
+
+    def release_channel(self, channel: ChannelRef, until: datetime) -> None:
+        """Done serving `channel` for now: nobody else takes it before `until` (its
+        platform's gap between two messages); this store may take it again at once."""
+        with immediate(self.db):
+            self.db.execute("UPDATE channel_leases SET until = ? WHERE channel = ? AND holder = ?",
+                            [lease_time(until), channel.key, self.sender_id])
