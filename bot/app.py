@@ -13,7 +13,7 @@ from typing import Awaitable, Callable, TextIO, TypeVar
 import schedule
 
 import handlers
-from storage import Store, StoreContract
+from storage import StoreContract, open_store
 
 from .adapters import Adapter, Running, build_adapters
 from .clock import utcnow
@@ -67,7 +67,7 @@ class App:
         self.role = role
         # Whether this process polls: always for `all`; a poller once it holds the poller's lease.
         self.polling = role == "all"
-        self.store: StoreContract = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
+        self.store: StoreContract = open_store(config.storage_target, busy_timeout=config.storage_busy_timeout)
         self.http = make_client(config.http_timeout)
         # One fetcher per registered source, shared by polls and lookups (so arXiv's one
         # request every 3 s holds for both); the enabled ones are polled.
@@ -88,8 +88,8 @@ class App:
             else None
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days,
                              match_processes=config.match_processes,
-                             open_store=lambda: Store(config.storage_path, busy_timeout=config.storage_busy_timeout,
-                                                      durable=False),
+                             open_store=lambda: open_store(config.storage_target,
+                                                           busy_timeout=config.storage_busy_timeout, durable=False),
                              complete=filler.complete if filler else None, recommender=recommender)
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle,
                                      max_concurrent_channels=config.delivery.max_concurrent_channels)

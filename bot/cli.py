@@ -13,7 +13,7 @@ import threading
 from typing import Any, Callable, Coroutine, Sequence, TextIO
 
 import handlers
-from storage import Store
+from storage import open_store
 
 from .adapters.console import render_reply
 from .app import ROLES, App
@@ -157,7 +157,7 @@ def console_main(argv: Sequence[str] | None = None) -> int:
 async def _backfill(config: Config, days: int) -> int:
     from .admin import backfill
 
-    store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
+    store = open_store(config.storage_target, busy_timeout=config.storage_busy_timeout)
     try:
         async with make_client(config.http_timeout) as client:
             now = utcnow()
@@ -174,7 +174,7 @@ def _status(config: Config) -> int:
     import handlers
     from handlers.channel import bot_status
 
-    store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
+    store = open_store(config.storage_target, busy_timeout=config.storage_busy_timeout)
     try:
         print(bot_status(handlers.Context(store, config)))
     finally:
@@ -185,7 +185,7 @@ def _status(config: Config) -> int:
 def _export(config: Config, output: str | None) -> int:
     from .admin import export_toml
 
-    store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
+    store = open_store(config.storage_target, busy_timeout=config.storage_busy_timeout)
     try:
         text = export_toml(store, utcnow())
     finally:
@@ -207,7 +207,7 @@ def _import(config: Config, path: str) -> int:
     except OSError as exc:
         print(f"papers-bot: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 2
-    store = Store(config.storage_path, busy_timeout=config.storage_busy_timeout)
+    store = open_store(config.storage_target, busy_timeout=config.storage_busy_timeout)
     try:
         report = import_toml(store, text, utcnow(), limit=config.max_subscriptions_per_channel)
     except ImportFileError as exc:

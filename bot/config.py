@@ -66,6 +66,8 @@ Schema = dict[str, dict[str, tuple[type, Any, Callable[[Any], str | None] | None
 _SCHEMA: Schema = {
     "storage": {
         "path": (str, "papers-bot.db", None),
+        "url": (str, "", lambda v: None if not v or re.match(r"^postgres(ql)?://", v)
+                else "must be a postgresql:// URL, or empty for the SQLite file of path"),
         "busy_timeout_seconds": (float, 10.0, _positive),
     },
     "http": {
@@ -226,7 +228,13 @@ class Config:
     metrics_host: str = "127.0.0.1"  # unauthenticated: loopback unless you choose otherwise
     storage_busy_timeout: float = 10.0  # seconds to wait for another process's write lock
     match_processes: int = 1  # >1: the matching index is split over this many worker processes
+    storage_url: str = ""  # postgresql://...: PostgreSQL instead of the SQLite file storage_path
     loop_watchdog_ms: int = 0  # `run` logs event-loop stalls longer than this, with their stack; 0: off
+
+    @property
+    def storage_target(self) -> str:
+        """What storage.open_store opens: the PostgreSQL URL when set, else the SQLite file."""
+        return self.storage_url or self.storage_path
 
 
 def _flatten(data: dict, known: Schema, prefix: str = "") -> dict[str, dict]:
@@ -277,6 +285,7 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             values[section][key] = _check(known, section, key, value)
     return Config(
         storage_path=values["storage"]["path"],
+        storage_url=values["storage"]["url"],
         sources={spec.name: _source_config(values[f"sources.{spec.name}"]) for spec in sources.SOURCES},
         http_timeout=values["http"]["timeout_seconds"],
         max_response_bytes=int(values["http"]["max_response_mb"] * 1024 * 1024),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterator, Sequence, TypeVar
 
-from storage import Store, StoreContract
+from storage import StoreContract, reopen
 
 from .clock import utcnow
 from .errors import QueryError, SourceError, StorageError
@@ -122,7 +122,7 @@ class Poller:
         # a bug), even when that could not be written down: /healthz answers 503 while any is here.
         self.faults: dict[str, str] = {}
         # The worker's Store, opened in the worker thread (by default on the loop's database file).
-        self.open_store = open_store or (lambda: Store(store.path, durable=False))
+        self.open_store = open_store or (lambda: reopen(store, durable=False))
         self._worker_store: StoreContract | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller")
         # Deliveries are queued by a second thread, with a Store of its own, while the worker

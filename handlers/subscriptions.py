@@ -15,7 +15,7 @@ from bot.matching import PaperView, evaluate
 from bot.models import ChannelRef, CommandRequest, Match, Paper, QueryPreview, Reply, SubscribeForm
 from bot.query import MAX_QUERY_CHARS, parse_query, render
 from bot.text import plural
-from storage import Store, StoreContract
+from storage import StoreContract, reopen
 
 from .base import Args, Context, Param, command, error, shown
 
@@ -160,7 +160,7 @@ async def _like_history(ctx: Context, like: LikeQuery, examples: list[Paper], sh
         return work(ctx.store)
 
     def in_thread() -> Preview:
-        store = Store(ctx.store.path, busy_timeout=ctx.config.storage_busy_timeout, durable=False)
+        store = reopen(ctx.store, durable=False)
         try:
             return work(store)
         finally:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -40,9 +42,50 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+# The storage tests run against both backends: a test (or module, with pytestmark) marked
+# `backends` gets the `store` fixture once on SQLite and once on PostgreSQL.
+BACKENDS = ("sqlite", "postgresql")
+PG_ENV = "PAPERS_BOT_TEST_DATABASE_URL"
+
+
+def pytest_generate_tests(metafunc):
+    if "store" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends"):
+        metafunc.parametrize("store", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "bot.db")
+def pg_url():
+    """A postgresql:// URL whose search_path is a new, empty schema of its own (dropped after).
+
+    Skips when PAPERS_BOT_TEST_DATABASE_URL is not set (.ci/run sets it); fails, not skips,
+    when it is set and the server cannot be reached."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL tests need a server: set {PG_ENV}=postgresql://postgres@127.0.0.1:5432/test "
+                    "(README, 'Running for many workspaces', says how to start one)")
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    try:
+        with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"{PG_ENV} is set but the PostgreSQL server cannot be reached: {exc}")
+    separator = "&" if "?" in base else "?"
+    yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def store(request, tmp_path):
+    backend = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        from storage.postgres import PgStore
+
+        s = PgStore(request.getfixturevalue("pg_url"))
+    else:
+        s = Store(tmp_path / "bot.db")
     yield s
     s.close()
 

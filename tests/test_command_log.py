@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import handlers
 from bot.models import ChannelRef
 
@@ -36,6 +38,7 @@ def test_separate_command_processes_share_the_per_user_limit(tmp_path):
             ("ada", 2), ("grace", 1)]  # the refused one is not counted
 
 
+@pytest.mark.backends
 def test_the_window_slides_and_old_rows_are_pruned(store, make_config, clock):
     ctx = handlers.Context(store, make_config(limits={"commands_per_minute": 2}), clock)
 
@@ -52,5 +55,5 @@ def test_the_window_slides_and_old_rows_are_pruned(store, make_config, clock):
     assert not run().ok
     clock.advance(minutes=5)
     assert run("grace").ok
-    rows = store.db.execute("SELECT user FROM command_log").fetchall()
+    rows = store.db.execute('SELECT "user" FROM command_log').fetchall()
     assert rows == [("grace",)]  # everything older than a minute was pruned

@@ -1,6 +1,7 @@
 import json
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from sqlite_utils import Database
 
 from bot.cards import why_matched
@@ -185,6 +186,7 @@ def test_failed_for_good_is_not_due_again(store):
     assert store.delivery_counts() == OutboxCounts(failed=1)
 
 
+@pytest.mark.backends
 def test_source_state_counts_consecutive_failures(store):
     assert store.source_state("arxiv") is None
     assert store.record_source_failure("arxiv", T0, "HTTP 503") == 1
@@ -196,6 +198,7 @@ def test_source_state_counts_consecutive_failures(store):
     assert state.next_poll is None and state.validators == Validators()
 
 
+@pytest.mark.backends
 def test_source_validators_are_a_value_stored_and_read_back(store):
     assert store.source_validators("huggingface") == Validators()
     store.save_source_validators("huggingface", Validators('"v1"', "Fri, 27 Nov 2026 10:00:00 GMT"))

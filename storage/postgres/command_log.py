@@ -1,0 +1,26 @@
+"""Who ran a command when (the per-user rate limit), on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ..command_log import WINDOW_SECONDS
+from .db import Database
+
+
+class CommandLogMixin:
+    db: Database
+
+    def record_command(self, user: str, now: datetime, limit: int) -> float:
+        """Count a command by `user` unless they ran `limit` in the last minute (storage/contract.py)."""
+        moment = now.timestamp()
+        start = moment - WINDOW_SECONDS
+        with self.db.transaction():
+            self.db.lock(f"command_log {user}")  # two commands of one user decide in turn
+            self.db.execute("DELETE FROM command_log WHERE at <= %s", [start])
+            rows = self.db.all('SELECT at FROM command_log WHERE "user" = %s AND at > %s ORDER BY at LIMIT %s',
+                               [user, start, limit])
+            if len(rows) >= limit:
+                return float(max(rows[0][0] + WINDOW_SECONDS - moment, 0.001))
+            self.db.execute('INSERT INTO command_log ("user", at) VALUES (%s, %s)', [user, moment])
+            return 0.0

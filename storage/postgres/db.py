@@ -1,0 +1,164 @@
+"""PostgreSQL connections for PgStore: psycopg 3, errors as StorageError, transactions.
+
+Every connection is in autocommit mode: a read outside `transaction()` is a statement of its
+own; `transaction()` (psycopg's `Connection.transaction`, a savepoint when nested) makes the
+writes of one Store method one transaction. Where a method decides from what it read (a
+channel's subscription limit, a burst's plan), it takes `lock(key)`: a transaction-level
+advisory lock on that key, so two processes deciding about the same thing take turns, as
+SQLite's single write lock makes them do, while writers about different things run side by
+side. A write waits at most the busy timeout for a lock (lock_timeout), then StorageBusy.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from datetime import date, datetime, timezone
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import tuple_row
+
+from bot.errors import StorageBusy, StorageError
+
+Params = Sequence[Any] | dict[str, Any] | None
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://?"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, parts.fragment))
+
+
+def is_url(target: str) -> bool:
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def storage_error(exc: BaseException, where: str) -> StorageError:
+    """The one-line StorageError for a failure of PostgreSQL (or the connection) at `where`."""
+    if isinstance(exc, StorageError):
+        return exc
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled, pg_errors.DeadlockDetected,
+                        pg_errors.SerializationFailure)):
+        return StorageBusy(f"the database {where} is busy (another papers-bot process is writing); try again", where)
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        return StorageError(f"the database {where} refused papers-bot ({text}): grant the user of [storage] url "
+                            "the rights to create and write tables in its schema", where)
+    if isinstance(exc, pg_errors.DiskFull):
+        return StorageError(f"the disk of the PostgreSQL server {where} is full: free some space", where)
+    if isinstance(exc, psycopg.OperationalError):
+        return StorageError(f"cannot use the PostgreSQL server {where} ({text}): check that it runs and that "
+                            "[storage] url names it, its user and database", where)
+    return StorageError(f"the database {where} failed: {text}", where)
+
+
+def connect(url: str, *, busy_timeout: float) -> psycopg.Connection:
+    """A new autocommit connection; StorageError if the server cannot be reached."""
+    where = redacted(url)
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(busy_timeout)),
+                               row_factory=tuple_row)
+        # A write waits this long for another's lock, then fails (StorageBusy), as SQLite's busy timeout does.
+        conn.execute(f"SET lock_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("SET TIME ZONE 'UTC'")
+    except psycopg.Error as exc:
+        raise storage_error(exc, where) from None
+    return conn
+
+
+class Database:
+    """One connection and the few things the mixins do with it: execute, transaction, lock."""
+
+    def __init__(self, url: str, *, busy_timeout: float):
+        self.url = url
+        self.where = redacted(url)
+        self.busy_timeout = busy_timeout
+        self.conn = connect(url, busy_timeout=busy_timeout)
+
+    def execute(self, sql: str, params: Params = None) -> psycopg.Cursor:
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any] | dict[str, Any]]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(sql, rows)
+
+    def one(self, sql: str, params: Params = None) -> tuple | None:
+        row: tuple | None = self.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Params = None) -> list[tuple]:
+        rows: list[tuple] = self.execute(sql, params).fetchall()
+        return rows
+
+    def scalar(self, sql: str, params: Params = None) -> Any:
+        row = self.one(sql, params)
+        return None if row is None else row[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """All of it or nothing; a savepoint when nested."""
+        with self.conn.transaction():
+            yield self
+
+    def lock(self, key: str) -> None:
+        """Inside a transaction: wait (at most the busy timeout) for the advisory lock on `key`,
+        held until the transaction ends. Two transactions locking the same key take turns."""
+        self.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class ThreadConnections:
+    """A connection per thread, for the reads the bot makes from worker threads ("any thread"
+    in storage/contract.py): psycopg connections may be shared, but not a transaction."""
+
+    def __init__(self, url: str, *, busy_timeout: float):
+        self.url = url
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._all: list[Database] = []
+        self._guard = threading.Lock()
+
+    def get(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None or db.conn.closed:
+            db = Database(self.url, busy_timeout=self.busy_timeout)
+            self._local.db = db
+            with self._guard:
+                self._all.append(db)
+        return db
+
+    def close(self) -> None:
+        with self._guard:
+            for db in self._all:
+                db.close()
+            self._all.clear()
+
+
+def utc(moment: datetime) -> datetime:
+    """Aware UTC to the second, as the contract stores times."""
+    return moment.astimezone(timezone.utc).replace(microsecond=0)
+
+
+def from_db(moment: datetime | None) -> datetime | None:
+    """A timestamptz read back: aware UTC."""
+    return None if moment is None else moment.astimezone(timezone.utc)
+
+
+def day(value: date | None) -> date | None:
+    return value

@@ -1,0 +1,104 @@
+"""PgStore: the PostgreSQL implementation of StoreContract (storage/contract.py), on psycopg 3.
+
+Chosen with `[storage] url = "postgresql://..."` (storage.open_store); SQLite stays the
+default and needs nothing. Each area of the contract is a mixin of its own here, as for
+SQLite. Differences an operator may notice:
+
+- Writers about different things run side by side (MVCC); a method that decides from what it
+  read takes an advisory lock on what it decides about (Database.lock), so two processes
+  deciding about the same channel take turns.
+- The sender lease is a session-level advisory lock: the server releases it when the
+  process's connection ends, also when the process is killed.
+- `durable=False` (the poller's worker and writer) sets synchronous_commit off for that
+  connection: a crash of the server (not of papers-bot) may lose its last commits, which the
+  next poll makes again.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from contextlib import AbstractContextManager, contextmanager
+from typing import Iterator
+
+import psycopg
+
+from . import migrations
+from .command_log import CommandLogMixin
+from .db import Database, ThreadConnections, redacted, storage_error
+from .source_state import SourceStateMixin
+
+SENDER_LEASE = "papers-bot sender lease"
+
+
+class PgStore(CommandLogMixin, SourceStateMixin):
+    """One connection for the thread that opened it; "any thread" reads use one per thread."""
+
+    def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
+        self.url = url
+        self.path = redacted(url)  # what messages name: never the password
+        self.busy_timeout = busy_timeout
+        self.durable = durable
+        self.db = Database(url, busy_timeout=busy_timeout)
+        self.owner_thread = threading.get_ident()
+        self._readers = ThreadConnections(url, busy_timeout=busy_timeout)
+        self._lease = False
+        try:
+            if not durable:
+                self.db.execute("SET synchronous_commit = off")
+            migrations.apply(self.db)  # checks, too, that no newer version migrated it
+        except psycopg.Error as exc:
+            self.db.close()
+            raise storage_error(exc, self.path) from None
+        except BaseException:
+            self.db.close()
+            raise
+
+    # ---- the store itself -------------------------------------------------------------------
+
+    def transaction(self) -> AbstractContextManager[object]:
+        return self.db.transaction()
+
+    def close(self) -> None:
+        self._readers.close()
+        self.db.close()  # ends the session: its advisory locks (the sender lease) go with it
+        self._lease = False
+
+    def check_file(self) -> None:
+        """No file to check: a server that went away fails the next call with StorageError."""
+
+    def hold_sender_lease(self) -> bool:
+        if self._lease:
+            return True
+        self._lease = bool(self.db.scalar("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [SENDER_LEASE]))
+        return self._lease
+
+    def reads_off_loop(self) -> bool:
+        return True
+
+    @contextmanager
+    def _reader(self) -> Iterator[Database]:
+        """The connection for this thread: self.db on its own thread, else the thread's own."""
+        if threading.get_ident() == self.owner_thread:
+            yield self.db
+        else:
+            yield self._readers.get()
+
+
+def _guarded(func):
+    @functools.wraps(func)
+    def guarded(self, *args, **kwargs):
+        try:
+            return func(self, *args, **kwargs)
+        except psycopg.Error as exc:
+            raise storage_error(exc, self.path) from exc
+
+    return guarded
+
+
+# Every public method of the mixins: a psycopg error becomes a StorageError naming the server.
+for _name in dir(PgStore):
+    if not _name.startswith("_") and _name not in ("transaction", "close", "check_file", "reads_off_loop"):
+        _attr = getattr(PgStore, _name)
+        if callable(_attr):
+            setattr(PgStore, _name, _guarded(_attr))
