@@ -24,7 +24,7 @@ from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, Match, OutboxCounts
 from fakes.http import FakeHTTPServer
 from fakes.slack import FakeSlack
-from storage import Store
+from storage import open_store
 
 from .fakes import RecordingAdapter, due_now, paper
 
@@ -46,23 +46,53 @@ def queued(store, channels, papers: int, now=T0, prefix: str = "2411") -> list[s
 
 
 # ---- storage: the poller's lease, senders' liveness, channel leases ------------------------
+# Two Stores on one database are two processes to it: each has its own session (PostgreSQL)
+# or its own open lock files (SQLite), and closing one is what the death of a process does.
 
-def test_one_poller_lease_at_a_time_and_it_goes_with_its_holder(tmp_path):
-    first, second = Store(tmp_path / "bot.db"), Store(tmp_path / "bot.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path) -> str:
+    """Where the database is, on each backend (PostgreSQL: a schema of its own, when
+    PAPERS_BOT_TEST_DATABASE_URL names a server; skipped otherwise)."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_url")
+    return str(tmp_path / "bot.db")
+
+
+def outbox_ported(target: str) -> None:
+    """Skip on a backend whose outbox methods are not there yet (PostgreSQL, being ported)."""
+    if "://" in target:
+        from storage.postgres import PgStore
+
+        if not all(hasattr(PgStore, name) for name in ("claim_delivery", "claim_followup", "add_subscription")):
+            pytest.skip("the PostgreSQL outbox (storage/postgres/deliveries.py) is not ported yet")
+
+
+def eventually(condition) -> bool:
+    """condition(), tried again for a few seconds: PostgreSQL frees a closed session's locks
+    when its server process has ended, a moment after the client closed the connection."""
+    deadline = time.monotonic() + 10
+    while not (met := condition()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(met)
+
+
+def test_one_poller_lease_at_a_time_and_it_goes_with_its_holder(target):
+    first, second = open_store(target), open_store(target)
     try:
         assert first.hold_poller_lease() and first.hold_poller_lease()  # kept
         assert not second.hold_poller_lease()
         first.close()  # as when its process dies: the lock goes with it
-        assert second.hold_poller_lease()
-        third = Store(tmp_path / "bot.db")
+        assert eventually(second.hold_poller_lease)
+        third = open_store(target)
         assert not third.hold_poller_lease()
         third.close()
     finally:
         second.close()
 
 
-def test_a_live_senders_claims_are_its_own_and_a_dead_ones_are_adopted_once(tmp_path):
-    sender, other, third = (Store(tmp_path / "bot.db") for _ in range(3))
+def test_a_live_senders_claims_are_its_own_and_a_dead_ones_are_adopted_once(target):
+    outbox_ported(target)
+    sender, other, third = (open_store(target) for _ in range(3))
     try:
         queued(sender, [A], 2)
         first, second = due_now(sender, T0)
@@ -71,20 +101,20 @@ def test_a_live_senders_claims_are_its_own_and_a_dead_ones_are_adopted_once(tmp_
         assert [(d.id, d.claimed_by) for d in other.unfinished_deliveries()] == [(first.id, sender.sender_id)]
         assert other.adopt_orphans() == 0 and third.adopt_orphans() == 0  # its sender lives
         sender.close()  # dies mid-send
-        assert other.adopt_orphans() == 1
+        assert eventually(lambda: other.adopt_orphans() == 1)
         assert third.adopt_orphans() == 0  # adopted by one only, and the adopter lives
         assert [d.claimed_by for d in third.unfinished_deliveries()] == [other.sender_id]
         assert third.claim_delivery(second.id, T0)
         other.close()
-        assert third.adopt_orphans() == 1
+        assert eventually(lambda: third.adopt_orphans() == 1)
         assert {d.claimed_by for d in third.unfinished_deliveries()} == {third.sender_id}
     finally:
         other.close()
         third.close()
 
 
-def test_a_channel_is_served_by_one_holder_at_a_time(tmp_path):
-    one, two = Store(tmp_path / "bot.db"), Store(tmp_path / "bot.db")
+def test_a_channel_is_served_by_one_holder_at_a_time(target):
+    one, two = open_store(target), open_store(target)
     try:
         assert one.lease_channel(A, T0, T0 + timedelta(seconds=30))
         assert not two.lease_channel(A, T0 + timedelta(seconds=10), T0 + timedelta(seconds=40))
@@ -107,8 +137,9 @@ def test_a_channel_is_served_by_one_holder_at_a_time(tmp_path):
         two.close()
 
 
-async def test_recovery_leaves_a_live_deliverers_sends_and_settles_a_dead_ones(tmp_path):
-    live, me = Store(tmp_path / "bot.db"), Store(tmp_path / "bot.db")
+async def test_recovery_leaves_a_live_deliverers_sends_and_settles_a_dead_ones(target):
+    outbox_ported(target)
+    live, me = open_store(target), open_store(target)
     try:
         queued(live, [A, ChannelRef("console", "b")], 1)
         row_a, row_b = due_now(live, T0)
@@ -120,7 +151,8 @@ async def test_recovery_leaves_a_live_deliverers_sends_and_settles_a_dead_ones(t
         assert live.delivery_counts() == OutboxCounts(pending=1, sending=1)
         assert await dispatcher.recover_orphans() == (0, 0)
         live.close()  # that deliverer dies
-        assert await dispatcher.recover_orphans() == (0, 1)
+        assert eventually(lambda: me.adopt_orphans() == 1)
+        assert await dispatcher.recover(unclaimed=False) == (0, 1)
         assert me.delivery_counts() == OutboxCounts(pending=2)
         assert (await dispatcher.dispatch()).sent == 2
     finally:
@@ -128,8 +160,9 @@ async def test_recovery_leaves_a_live_deliverers_sends_and_settles_a_dead_ones(t
         me.close()
 
 
-async def test_a_channel_another_deliverer_serves_is_left_to_it(tmp_path):
-    other, me = Store(tmp_path / "bot.db"), Store(tmp_path / "bot.db")
+async def test_a_channel_another_deliverer_serves_is_left_to_it(target):
+    outbox_ported(target)
+    other, me = open_store(target), open_store(target)
     try:
         now = datetime.now(timezone.utc)
         queued(me, [A, ChannelRef("console", "b")], 2, now)
@@ -164,6 +197,21 @@ async def test_a_front_end_leaves_what_a_command_queued_to_the_deliverers(tmp_pa
 
 
 # ---- processes: real `papers-bot run --role ...` against the fakes ---------------------------
+
+def fully_ported(target: str) -> None:
+    """Skip a whole bot on a backend that does not implement all of StoreContract yet."""
+    if "://" in target:
+        from storage.contract import StoreContract
+        from storage.postgres import PgStore
+
+        missing = [name for name in dir(StoreContract) if not name.startswith("_") and not hasattr(PgStore, name)]
+        if missing:
+            pytest.skip(f"PgStore lacks {len(missing)} StoreContract methods yet ({', '.join(missing[:3])}, ...)")
+
+
+def storage_section(target: str) -> str:
+    return f'[storage]\nurl = "{target}"\n' if "://" in target else f'[storage]\npath = "{target}"\n'
+
 
 def bot_env(workdir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "PAPERS_BOT_"))}
@@ -204,13 +252,14 @@ def stop(*processes: subprocess.Popen) -> None:
 ELECTED = "is the poller now"
 
 
-def test_one_poller_polls_and_a_standby_takes_over_when_it_is_killed(tmp_path):
+def test_one_poller_polls_and_a_standby_takes_over_when_it_is_killed(tmp_path, target):
+    fully_ported(target)
     listing = Listing()
     listing.add(3)
     with FakeHTTPServer() as hf:
         hf.route_fn("/api/daily_papers", listing.answer)
         (tmp_path / "config.toml").write_text(
-            f'[storage]\npath = "{tmp_path / "bot.db"}"\n'
+            storage_section(target) +
             f'[sources.huggingface]\nbase_url = "{hf.url}"\ninterval_minutes = 0.02\n'  # 1.2 s
             "[sources.arxiv]\nenabled = false\n[logging]\nlevel = \"INFO\"\n")
         first = start(tmp_path, "poller", "first")
@@ -227,7 +276,7 @@ def test_one_poller_polls_and_a_standby_takes_over_when_it_is_killed(tmp_path):
             new = listing.add(2)  # listed after the kill: only the standby can store them
             wait_for(lambda: ELECTED in log(tmp_path, "second"), "the standby to take over")
             wait_for(lambda: "2 new" in log(tmp_path, "second"), "the standby to store what was listed since")
-            store = Store(tmp_path / "bot.db")
+            store = open_store(target)
             try:
                 assert all(store.get_paper(i) is not None for i in new) and store.count_papers() == 5
                 assert store.delivery_counts() == OutboxCounts()  # no subscriptions: nothing queued, nothing sent
@@ -238,13 +287,14 @@ def test_one_poller_polls_and_a_standby_takes_over_when_it_is_killed(tmp_path):
         assert log(tmp_path, "first").count(ELECTED) == 1 and log(tmp_path, "second").count(ELECTED) == 1
 
 
-def test_two_deliverers_send_each_delivery_once_at_each_channels_pace(tmp_path):
+def test_two_deliverers_send_each_delivery_once_at_each_channels_pace(tmp_path, target):
+    fully_ported(target)
     channels = [ChannelRef("slack", f"C0ROLES{n}") for n in range(6)]
-    store = Store(tmp_path / "bot.db")
+    store = open_store(target)
     with FakeSlack() as slack:
         slack.real_ts, slack.min_interval = True, 1.0  # the Slack adapter's own pace: no 429 if it holds
         (tmp_path / "config.toml").write_text(
-            f'[storage]\npath = "{tmp_path / "bot.db"}"\n'
+            storage_section(target) +
             "[sources.huggingface]\nenabled = false\n[sources.arxiv]\nenabled = false\n"
             f'[slack]\napi_url = "{slack.api_url}"\n'
             # Two channels at a time each: the six are shared between the two deliverers.

@@ -26,12 +26,13 @@ import psycopg
 from . import migrations
 from .command_log import CommandLogMixin
 from .db import Database, ThreadConnections, redacted, storage_error
+from .roles import RolesMixin
 from .source_state import SourceStateMixin
 
 SENDER_LEASE = "papers-bot sender lease"
 
 
-class PgStore(CommandLogMixin, SourceStateMixin):
+class PgStore(CommandLogMixin, SourceStateMixin, RolesMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
@@ -43,6 +44,7 @@ class PgStore(CommandLogMixin, SourceStateMixin):
         self.owner_thread = threading.get_ident()
         self._readers = ThreadConnections(url, busy_timeout=busy_timeout)
         self._lease = False
+        self._roles_init()  # sender_id; the poller's lease and this sender's liveness, once taken
         try:
             if not durable:
                 self.db.execute("SET synchronous_commit = off")
@@ -60,9 +62,11 @@ class PgStore(CommandLogMixin, SourceStateMixin):
         return self.db.transaction()
 
     def close(self) -> None:
+        self._drop_leases()
         self._readers.close()
         self.db.close()  # ends the session: its advisory locks (the sender lease) go with it
         self._lease = False
+        self._roles_close()
 
     def check_file(self) -> None:
         """No file to check: a server that went away fails the next call with StorageError."""
