@@ -30,8 +30,10 @@ BACKOFF_MAX = timedelta(hours=1)
 # Several deliverers (`papers-bot run --role deliverer`) serve a channel one at a time, so the
 # platform's per-channel pace holds: a deliverer holds the channel's lease (Store.lease_channel)
 # while it sends there, renewed when half has run out; one that dies loses its channels when
-# their leases run out. Done with a channel, it lets the others have it after the platform's
-# gap between two messages of a channel (Slack: about one a second; Discord: 5 in 5 seconds).
+# their leases run out, or sooner: found dead by another (Store.lease_channel), the channel is
+# free after the hand-over gap. Done with a channel, a deliverer lets the others have it after
+# the platform's gap between two messages of a channel (Slack: about one a second; Discord: 5 in
+# 5 seconds).
 CHANNEL_LEASE = timedelta(seconds=30)
 HANDOVER = {"discord": timedelta(seconds=5)}
 HANDOVER_DEFAULT = timedelta(seconds=1)
@@ -298,18 +300,22 @@ class Dispatcher:
         until = self._leases.get(channel)
         if until is not None and now < until - CHANNEL_LEASE / 2:
             return True
-        if not self.store.lease_channel(channel, now, now + CHANNEL_LEASE):
+        if not self.store.lease_channel(channel, now, now + CHANNEL_LEASE, self._handover(channel)):
             self._leases.pop(channel, None)
             return False
         self._leases[channel] = now + CHANNEL_LEASE
         return True
+
+    @staticmethod
+    def _handover(channel: ChannelRef) -> timedelta:
+        return HANDOVER.get(channel.platform, HANDOVER_DEFAULT)
 
     def _release(self, channel: ChannelRef) -> None:
         """Let other deliverers have the channel after its platform's gap between two messages."""
         if self._leases.pop(channel, None) is None:
             return
         try:
-            self.store.release_channel(channel, self.clock() + HANDOVER.get(channel.platform, HANDOVER_DEFAULT))
+            self.store.release_channel(channel, self.clock() + self._handover(channel))
         except StorageError as exc:  # it runs out by itself
             log.warning("could not hand %s over: %s", channel, exc)
 

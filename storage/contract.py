@@ -34,7 +34,7 @@ Rules every method keeps, unless its own text says otherwise:
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Callable, Protocol
 
 from bot.models import (
@@ -124,11 +124,15 @@ class StoreContract(Protocol):
         were recorded (`claimed_by` None) are left to the sender lease's holder."""
         ...
 
-    def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime) -> bool:
+    def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime,
+                      handover: timedelta = ...) -> bool:
         """Take or renew the lease on serving `channel` (sending its cards, digests and
         follow-ups) until `until`. Atomic: True when this store now holds it (nobody did, the
-        lease ran out at or before `now`, or it was this store's); False, nothing changed,
-        while another holder's lease runs. A holder that dies loses it when it runs out."""
+        lease ran out at or before `now`, or it was this store's); False while another
+        holder's lease runs. A holder found dead (its liveness lock free: see
+        `live_sender_id`, which this calls first) keeps it only until `now + handover` (the
+        platform's gap between two messages of a channel: its last one may be that recent;
+        default 5 seconds), so its channels are taken over soon, and at the platform's pace."""
         ...
 
     def release_channel(self, channel: ChannelRef, until: datetime) -> None:

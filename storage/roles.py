@@ -19,7 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -27,6 +27,10 @@ from sqlite_utils import Database
 from bot.models import ChannelRef
 
 from .db import immediate, storage_error
+
+# How long a channel's dead holder keeps it once found dead: the longest gap a platform asks
+# between two messages of a channel (Discord: 5 in 5 seconds); its last post may be that recent.
+DEAD_HANDOVER = timedelta(seconds=5)
 
 
 def new_sender_id() -> str:
@@ -142,16 +146,42 @@ class RolesMixin:
                 os.close(fd)
         return adopted
 
-    def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime) -> bool:
+    def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime,
+                      handover: timedelta = DEAD_HANDOVER) -> bool:
         """Take, or renew, the lease on serving `channel` until `until`: True when this store
-        holds it (it was free, ran out at or before `now`, or was already its own)."""
+        holds it (it was free, ran out at or before `now`, or was already its own). A holder
+        found dead keeps it only until `now + handover` (its last message may be that recent)."""
+        me = self.live_sender_id()  # a holder can always be told alive or dead
         self._leased = True
         with immediate(self.db):
-            return self.db.execute(
-                """INSERT INTO channel_leases (channel, holder, until) VALUES (?, ?, ?)
-                   ON CONFLICT (channel) DO UPDATE SET holder = excluded.holder, until = excluded.until
-                    WHERE channel_leases.holder = excluded.holder OR channel_leases.until <= ?""",
-                [channel.key, self.sender_id, lease_time(until), lease_time(now)]).rowcount == 1
+            if self.db.execute(
+                    """INSERT INTO channel_leases (channel, holder, until) VALUES (?, ?, ?)
+                       ON CONFLICT (channel) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                        WHERE channel_leases.holder = excluded.holder OR channel_leases.until <= ?""",
+                    [channel.key, me, lease_time(until), lease_time(now)]).rowcount == 1:
+                return True
+            holder = self.db.execute("SELECT holder FROM channel_leases WHERE channel = ?", [channel.key]).fetchone()
+        if holder and self._dead(holder[0]):
+            with immediate(self.db):
+                self.db.execute("UPDATE channel_leases SET until = min(until, ?) WHERE channel = ? AND holder = ?",
+                                [lease_time(now + handover), channel.key, holder[0]])
+        return False
+
+    def _dead(self, sender: str) -> bool:
+        """Whether `sender`'s process is gone (its liveness lock is free); never waits."""
+        if self.path == ":memory:":
+            return False  # one store only
+        lock = str(self._senders_dir() / f"{os.path.basename(sender)}.lock")
+        fd = _try_lock(lock)
+        if fd is None:
+            return False
+        try:
+            os.unlink(lock)  # made just now, or left by the dead: nobody's
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return True
 
     def release_channel(self, channel: ChannelRef, until: datetime) -> None:
         """Done serving `channel` for now: nobody else takes it before `until` (its

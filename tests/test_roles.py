@@ -137,6 +137,41 @@ def test_a_channel_is_served_by_one_holder_at_a_time(target):
         two.close()
 
 
+# A process that takes a channel's lease for 60 seconds and waits to be killed.
+HOLDER = """
+import sys, time
+from datetime import datetime, timedelta, timezone
+from bot.models import ChannelRef
+from storage import open_store
+store = open_store(sys.argv[1])
+now = datetime.now(timezone.utc)
+assert store.lease_channel(ChannelRef("console", "a"), now, now + timedelta(seconds=60))
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_holders_channel_is_taken_over_after_the_hand_over_gap(target):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, target], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    me = open_store(target)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        now = datetime.now(timezone.utc)
+        gap = timedelta(seconds=2)
+        assert not me.lease_channel(A, now, now + timedelta(seconds=30), gap)  # alive: its lease runs
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        # Found dead: it keeps the channel for the hand-over gap only, not its 60 seconds.
+        assert eventually(lambda: not me.lease_channel(A, now, now + timedelta(seconds=30), gap)
+                          and me.lease_channel(A, now + gap, now + gap + timedelta(seconds=30), gap))
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        me.close()
+
+
 async def test_recovery_leaves_a_live_deliverers_sends_and_settles_a_dead_ones(target):
     outbox_ported(target)
     live, me = open_store(target), open_store(target)

@@ -14,12 +14,12 @@ two schemas of one database never share a lease.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from bot.errors import StorageError
 from bot.models import ChannelRef
 
-from ..roles import new_sender_id
+from ..roles import DEAD_HANDOVER, new_sender_id
 from .db import Database
 
 POLLER_LEASE = "papers-bot poller lease"
@@ -104,13 +104,25 @@ class RolesMixin:
                 self._session().execute(f"SELECT pg_advisory_unlock({_KEY})", [SENDER + other])
         return adopted
 
-    def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime) -> bool:
+    def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime,
+                      handover: timedelta = DEAD_HANDOVER) -> bool:
+        me = self.live_sender_id()  # a holder can always be told alive or dead
         self._leased = True
-        return self.db.execute(
-            """INSERT INTO channel_leases (channel, holder, until) VALUES (%s, %s, %s)
-               ON CONFLICT (channel) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
-                WHERE channel_leases.holder = EXCLUDED.holder OR channel_leases.until <= %s""",
-            [channel.key, self.sender_id, _exact(until), _exact(now)]).rowcount == 1
+        if self.db.execute(
+                """INSERT INTO channel_leases (channel, holder, until) VALUES (%s, %s, %s)
+                   ON CONFLICT (channel) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+                    WHERE channel_leases.holder = EXCLUDED.holder OR channel_leases.until <= %s""",
+                [channel.key, me, _exact(until), _exact(now)]).rowcount == 1:
+            return True
+        holder = self.db.scalar("SELECT holder FROM channel_leases WHERE channel = %s", [channel.key])
+        if holder is not None and self._try_lock(SENDER + holder):  # its session is gone
+            try:
+                self.db.execute("""UPDATE channel_leases SET until = least(until, %s)
+                                    WHERE channel = %s AND holder = %s""",
+                                [_exact(now + handover), channel.key, holder])
+            finally:
+                self._session().execute(f"SELECT pg_advisory_unlock({_KEY})", [SENDER + holder])
+        return False
 
     def release_channel(self, channel: ChannelRef, until: datetime) -> None:
         self.db.execute("UPDATE channel_leases SET until = %s WHERE channel = %s AND holder = %s",
