@@ -24,7 +24,7 @@ from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, Match, OutboxCounts
 from fakes.http import FakeHTTPServer
 from fakes.slack import FakeSlack
-from storage import open_store
+from storage import Store, open_store
 
 from .fakes import RecordingAdapter, due_now, paper
 
@@ -142,7 +142,7 @@ HOLDER = """
 import sys, time
 from datetime import datetime, timedelta, timezone
 from bot.models import ChannelRef
-from storage import open_store
+from storage import Store, open_store
 store = open_store(sys.argv[1])
 now = datetime.now(timezone.utc)
 assert store.lease_channel(ChannelRef("console", "a"), now, now + timedelta(seconds=60))
@@ -357,3 +357,33 @@ def test_two_deliverers_send_each_delivery_once_at_each_channels_pace(tmp_path, 
             assert "Traceback" not in log(tmp_path, "one") + log(tmp_path, "two")
         finally:
             store.close()
+
+
+def test_health_says_the_role_and_whether_a_poller_polls(tmp_path, make_config):
+    from bot.health import health
+
+    config = make_config(sources={"arxiv": {"enabled": False}})
+    store = Store(tmp_path / "bot.db")
+    try:
+        for _ in range(config.delivery.source_failure_notice_after):
+            store.record_source_failure("huggingface", T0, "down")
+        assert health(store, config)[0] == 503  # `all`: a failing source is its concern
+        status, body = health(store, config, role="poller", polling=False)
+        assert status == 503 and body["role"] == "poller" and body["polling"] is False
+        status, body = health(store, config, role="deliverer")
+        assert (status, body) == (200, {"status": "ok", "role": "deliverer", "pending_deliveries": 0})
+        assert health(store, config, role="frontend")[1]["role"] == "frontend"
+    finally:
+        store.close()
+    status, body = health(store, config, role="deliverer")  # closed: the database cannot be read
+    assert status == 503 and body["status"] == "storage"
+
+
+def test_run_refuses_an_unknown_role_and_a_bad_metrics_port(capsys):
+    from bot.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--role", "everything"])
+    assert exited.value.code == 2 and "invalid choice: 'everything'" in capsys.readouterr().err
+    assert main(["run", "--role", "deliverer", "--metrics-port", "70000"]) == 2
+    assert "--metrics-port must be from 0 to 65535" in capsys.readouterr().err
