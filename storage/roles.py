@@ -84,6 +84,11 @@ class RolesMixin:
                 pass
 
     def _roles_close(self) -> None:
+        if self._alive is not None:  # nothing more is sent: its rows are anyone's to adopt from now
+            try:
+                os.unlink(self._senders_dir() / f"{self.sender_id}.lock")
+            except OSError:
+                pass
         for name in ("_poller_lease", "_alive"):
             fd = getattr(self, name)
             if fd is not None:
@@ -144,7 +149,19 @@ class RolesMixin:
                     pass  # another adopter's: nothing left to adopt under it
             finally:
                 os.close(fd)
+        self._tidy_senders()
         return adopted
+
+    def _tidy_senders(self, at_most: int = 100) -> None:
+        """Remove the lock files of senders killed with nothing left to adopt (a clean close
+        removes its own)."""
+        try:
+            names = [entry.name for entry in os.scandir(self._senders_dir())][:at_most]
+        except OSError:
+            return
+        for name in names:
+            if name != f"{self.sender_id}.lock":
+                self._dead(name.removesuffix(".lock"))
 
     def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime,
                       handover: timedelta = DEAD_HANDOVER) -> bool:
