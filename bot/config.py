@@ -54,6 +54,10 @@ def _host(value: str) -> str | None:
     return 'must be an address to listen on, such as "127.0.0.1", "0.0.0.0" or "::"'
 
 
+def _shard_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10_000
+
+
 def _level(value: str) -> str | None:
     return None if value.upper() in _LOG_LEVELS else f"must be one of {', '.join(_LOG_LEVELS)}"
 
@@ -112,6 +116,12 @@ _SCHEMA: Schema = {
         "message_content": (bool, False, None),
         "gateway_url": (str, "", lambda v: None if not v or re.match(r"^wss?://[^\s/]+", v)
                         else "must be a ws:// or wss:// URL, or empty"),
+        # "auto" or a number: `object`, the check below says which values pass.
+        "shards": (object, "auto", lambda v: None if v == "auto" or _shard_count(v) else
+                   'must be "auto" or a number of shards from 1 to 10000'),
+        "shard_ids": (list, [], lambda v: None if all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                      for i in v) and len(set(v)) == len(v)
+                      else "must list different shard ids (0, 1, ...)"),
     },
     "metrics": {
         "port": (int, 0, lambda v: None if 0 <= v <= 65535 else "must be a port number, or 0 for off"),
@@ -206,6 +216,8 @@ class DiscordConfig:
     dev_guild_id: int = 0  # sync commands to this guild only (instant), 0: globally
     message_content: bool = False  # privileged intent: card replies to pasted paper links
     gateway_url: str = ""  # the gateway WebSocket; empty: the one GET /gateway/bot on api_base names
+    shards: int | None = None  # the bot's number of gateway shards; None ("auto"): what GET /gateway/bot says
+    shard_ids: tuple[int, ...] = ()  # the shards this process connects; empty: all of them
 
 
 @dataclass(frozen=True)
@@ -316,8 +328,20 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             dev_guild_id=values["discord"]["dev_guild_id"],
             message_content=values["discord"]["message_content"],
             gateway_url=values["discord"]["gateway_url"],
+            **_shards(values["discord"]["shards"], values["discord"]["shard_ids"]),
         ),
     )
+
+
+def _shards(shards: Any, shard_ids: list[int]) -> dict[str, Any]:
+    """[discord] shards and shard_ids, checked together: ids need a fixed count, and each is below it."""
+    if shard_ids and shards == "auto":
+        raise ConfigError('[discord] shard_ids needs a number of shards: set [discord] shards = N (the same '
+                          "N in every process), not \"auto\"")
+    if shard_ids and max(shard_ids) >= shards:
+        raise ConfigError(f"[discord] shard_ids: shard {max(shard_ids)} does not exist with shards = {shards} "
+                          f"(ids go from 0 to {shards - 1})")
+    return {"shards": None if shards == "auto" else shards, "shard_ids": tuple(sorted(shard_ids))}
 
 
 def _source_config(values: dict[str, Any]) -> SourceConfig:

@@ -2,10 +2,20 @@
 
 The gateway speaks just enough of Discord's protocol (v10, JSON, uncompressed frames) for
 discord.py's Client: op 10 HELLO, op 2 IDENTIFY (a wrong token is closed with 4004
-"Authentication failed", as Discord does), op 1 / op 11 heartbeats, op 6 RESUME, and the
-dispatches READY and INTERACTION_CREATE. `interact("list")` sends a `/papers list`
-application command to every identified session; `submit_modal` submits the last modal the
-bot opened (MODAL_SUBMIT), `click` presses a button on a message the bot sent.
+"Authentication failed", as Discord does), op 1 / op 11 heartbeats, op 6 RESUME, op 9
+INVALID_SESSION, and the dispatches READY and INTERACTION_CREATE. `interact("list")` sends a
+`/papers list` application command; `submit_modal` submits the last modal the bot opened
+(MODAL_SUBMIT), `click` presses a button on a message the bot sent.
+
+Sharding, as Discord's: `shards` is the count GET /gateway/bot names and the fewest the
+gateway takes: an IDENTIFY without `shard`, or with `[i, n]` and n below it, is closed with
+4011 (Sharding required); a shard id outside 0..n-1 with 4010 (Invalid shard). Each bucket
+(shard id % `max_concurrency`) may IDENTIFY once per `identify_window` seconds; one sooner
+gets op 9, as Discord answers it, and is counted in `too_soon`. `required_shards`, when set,
+is the fewest shards taken instead (Discord's requirement can grow past what it last said);
+`refuse_connections = k` answers the next k gateway connections with HTTP 503. An interaction goes to the
+session of its server's shard, (guild_id >> 22) % n (`guild_on_shard` makes such ids);
+direct messages to shard 0. `drop(shard)` cuts a shard's TCP connection.
 
 REST: login (GET /users/@me, 401 for a wrong token), application info, GET /gateway/bot
 (naming this fake's own gateway), command sync, interaction callbacks, webhook follow-ups
@@ -36,6 +46,11 @@ EPOCH_MS = 1420070400000
 _ids = itertools.count(1)
 
 
+def guild_on_shard(shard: int, count: int, n: int = 0) -> str:
+    """A server id (a snowflake) that Discord places on `shard` of `count`: (id >> 22) % count."""
+    return str(((1000 + n) * count + shard) << 22)
+
+
 def snowflake() -> str:
     return str(((int(time.time() * 1000) - EPOCH_MS) << 22) | (next(_ids) % 4096))
 
@@ -61,11 +76,25 @@ class FakeDiscordGateway:
     """Start with `with FakeDiscordGateway() as fake:`; point api_base / gateway_url at it."""
 
     def __init__(self, token: str = TOKEN, *, gateway_token: str | None = None, heartbeat_ms: int = 41250,
-                 identify_close: int | None = None):
+                 identify_close: int | None = None, shards: int = 1, max_concurrency: int = 1,
+                 identify_window: float = 5.0, session_starts: tuple[int, int] = (1000, 0),
+                 gateway_bot_url: str | None = None, required_shards: int | None = None):
         self.token = token  # what REST accepts
         self.gateway_token = token if gateway_token is None else gateway_token  # what IDENTIFY accepts
         self.heartbeat_ms = heartbeat_ms
         self.identify_close = identify_close  # e.g. 4014: close every IDENTIFY with this code
+        self.shards = shards  # what GET /gateway/bot names
+        self.required_shards = required_shards  # the fewest shards IDENTIFY takes; None: `shards`
+        self.refuse_connections = 0  # the next this many gateway connections get HTTP 503 (an outage)
+        self.max_concurrency = max_concurrency
+        self.identify_window = identify_window  # seconds between IDENTIFYs of one bucket
+        # GET /gateway/bot's session_start_limit: how many starts are left (less the IDENTIFYs taken
+        # since), and in how many milliseconds they reset.
+        self.session_starts = session_starts
+        self.gateway_bot_url = gateway_bot_url  # the address GET /gateway/bot names; None: this gateway
+        self.identified_at: list[tuple[int, float]] = []  # (shard id, time.monotonic()) of each IDENTIFY taken
+        self.too_soon: list[int] = []  # shards that IDENTIFYed before their bucket's window had passed
+        self.interactions: list[tuple[int, str]] = []  # (shard, guild id or "dm") each interaction went to
         self.requests: list[tuple[str, str]] = []  # (method, path with query), every REST request
         self.callbacks: list[dict] = []  # interaction callbacks: {"id", "token", "body"}
         self.followups: list[dict] = []  # {"method", "token", "body", "message"}: follow-ups and edits of @original
@@ -77,9 +106,13 @@ class FakeDiscordGateway:
         self.sessions: list[str] = []  # the session ids READY gave out
         self.identifies: list[dict] = []  # IDENTIFY payloads (the "d")
         self.closed_with: list[int] = []  # close codes this fake sent
+        self.refused: list[str] = []  # the paths of the gateway connections refused (refuse_connections)
         self.heartbeats = 0
         self.ready = threading.Event()  # set when a session got READY
         self._sockets: dict[web.WebSocketResponse, int] = {}  # identified session -> last sequence number
+        self._shard_of: dict[web.WebSocketResponse, tuple[int, int]] = {}  # session -> (shard id, count)
+        self._session_shard: dict[str, tuple[int, int]] = {}  # session id -> (shard id, count), for RESUME
+        self._transports: dict[web.WebSocketResponse, object] = {}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -107,20 +140,23 @@ class FakeDiscordGateway:
     # ---- driving it from a test ------------------------------------------------------------
 
     def interact(self, subcommand: str, options: dict | None = None, *, permissions: int = 1 << 4,
-                 dm: str | None = None, user_id: str = USER_ID) -> str:
-        """Send `/papers <subcommand>` to every identified session; returns the interaction token.
+                 dm: str | None = None, user_id: str = USER_ID, guild_id: str = GUILD_ID,
+                 channel_id: str = CHANNEL_ID) -> str:
+        """Send `/papers <subcommand>` to the session of the server's shard; returns the interaction token.
 
         `permissions` is the member's permission bits (16 = Manage Channels); `dm`, a direct
         message channel id: sent there, by `user_id`, outside any server.
         """
-        return self._interact(2, {"id": "9001", "name": "papers", "type": 1, "guild_id": GUILD_ID,
+        return self._interact(2, {"id": "9001", "name": "papers", "type": 1, "guild_id": guild_id,
                                   "options": [{"name": subcommand, "type": 1,
                                                "options": [{"name": k, "type": 5 if isinstance(v, bool) else 3,
                                                             "value": v}
                                                            for k, v in (options or {}).items()]}]},
-                              permissions=permissions, user_id=user_id, dm=dm)
+                              permissions=permissions, user_id=user_id, dm=dm, guild_id=guild_id,
+                              channel_id=channel_id)
 
-    def submit_modal(self, values: dict[str, str], *, permissions: int = 1 << 4, user_id: str = USER_ID) -> str:
+    def submit_modal(self, values: dict[str, str], *, permissions: int = 1 << 4, user_id: str = USER_ID,
+                     guild_id: str = GUILD_ID) -> str:
         """Submit the last modal the bot opened (an interaction callback of type 9, MODAL), as
         Discord sends it: INTERACTION_CREATE type 5 (MODAL_SUBMIT) with the modal's custom_id and
         its components, each text input's value taken from `values` by its label (else empty)."""
@@ -136,37 +172,39 @@ class FakeDiscordGateway:
 
         return self._interact(5, {"custom_id": modal["custom_id"],
                                   "components": [filled(c) for c in modal.get("components", [])]},
-                              permissions=permissions, user_id=user_id)
+                              permissions=permissions, user_id=user_id, guild_id=guild_id)
 
-    def click(self, message: dict, label: str, *, permissions: int = 1 << 4, user_id: str = USER_ID) -> str:
+    def click(self, message: dict, label: str, *, permissions: int = 1 << 4, user_id: str = USER_ID,
+              guild_id: str = GUILD_ID) -> str:
         """Click the button labelled `label` on a message the bot sent (INTERACTION_CREATE type 3,
         MESSAGE_COMPONENT, with the message, as Discord sends it)."""
         buttons = [b for row in message.get("components") or [] for b in row.get("components", [])]
         (button,) = [b for b in buttons if b.get("label") == label]
         return self._interact(3, {"custom_id": button["custom_id"], "component_type": 2},
-                              permissions=permissions, user_id=user_id, message=message)
+                              permissions=permissions, user_id=user_id, message=message, guild_id=guild_id)
 
     def press(self, custom_id: str, *, channel_id: str = CHANNEL_ID, permissions: int = 1 << 4,
-              dm: str | None = None, user_id: str = USER_ID) -> str:
+              dm: str | None = None, user_id: str = USER_ID, guild_id: str = GUILD_ID) -> str:
         """Press a button by its custom_id on one of the bot's messages in `channel_id` (or the
         direct message `dm`): a component interaction. Returns the interaction token."""
         channel = dm or channel_id
         return self._interact(3, {"custom_id": custom_id, "component_type": 2}, permissions=permissions,
-                              user_id=user_id, dm=dm, channel_id=channel,
+                              user_id=user_id, dm=dm, channel_id=channel, guild_id=guild_id,
                               message=_message(channel, {"content": ""}, _user(BOT_ID, "papers", bot=True)))
 
     def _interact(self, kind: int, data: dict, *, permissions: int, user_id: str = USER_ID,
-                  message: dict | None = None, dm: str | None = None, channel_id: str = CHANNEL_ID) -> str:
+                  message: dict | None = None, dm: str | None = None, channel_id: str = CHANNEL_ID,
+                  guild_id: str = GUILD_ID) -> str:
         interaction_token = f"itoken-{next(_ids)}"
         payload: dict = {
             "id": snowflake(), "application_id": APP_ID, "type": kind, "token": interaction_token, "version": 1,
-            "guild_id": GUILD_ID, "channel_id": channel_id,
-            "channel": {"id": channel_id, "type": 0, "guild_id": GUILD_ID, "name": "papers", "position": 0,
+            "guild_id": guild_id, "channel_id": channel_id,
+            "channel": {"id": channel_id, "type": 0, "guild_id": guild_id, "name": "papers", "position": 0,
                         "permission_overwrites": [], "nsfw": False, "parent_id": None},
             "member": {"user": _user(user_id, "ada"), "roles": [], "joined_at": "2026-01-01T00:00:00+00:00",
                        "deaf": False, "mute": False, "flags": 0, "permissions": str(permissions)},
             "app_permissions": str(1 << 11), "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
-            "authorizing_integration_owners": {"0": GUILD_ID}, "context": 0, "attachment_size_limit": 8388608,
+            "authorizing_integration_owners": {"0": guild_id}, "context": 0, "attachment_size_limit": 8388608,
             "data": data,
         }
         if message is not None:
@@ -188,7 +226,29 @@ class FakeDiscordGateway:
         return data
 
     def _send_interaction(self, data: dict) -> None:
-        asyncio.run_coroutine_threadsafe(self._dispatch_all("INTERACTION_CREATE", data), self._loop).result(5)
+        asyncio.run_coroutine_threadsafe(self._dispatch_interaction(data), self._loop).result(5)
+
+    async def _dispatch_interaction(self, data: dict) -> None:
+        """To the session of the server's shard, as Discord routes it (direct messages: shard 0)."""
+        guild = data.get("guild_id")
+        for ws, (shard, count) in list(self._shard_of.items()):
+            if ws in self._sockets and shard == (0 if guild is None else (int(guild) >> 22) % count):
+                self.interactions.append((shard, guild or "dm"))
+                await self._dispatch(ws, "INTERACTION_CREATE", data)
+                return
+        raise RuntimeError(f"no session of the shard of server {guild}: the interaction would be lost")
+
+    def drop(self, shard: int) -> None:
+        """Cut the TCP connection of `shard`'s session, without a close frame (a network failure)."""
+
+        def cut() -> None:
+            for ws, (shard_id, _count) in list(self._shard_of.items()):
+                transport = self._transports.get(ws)
+                if shard_id == shard and ws in self._sockets and transport is not None:
+                    self._sockets.pop(ws, None)
+                    transport.abort()  # type: ignore[attr-defined]
+
+        self._loop.call_soon_threadsafe(cut)
 
     def reconnect(self) -> None:
         """Ask every session to reconnect and resume (op 7 RECONNECT), as Discord does now and then."""
@@ -209,19 +269,20 @@ class FakeDiscordGateway:
 
     # ---- the gateway -----------------------------------------------------------------------
 
-    async def _dispatch_all(self, event: str, data: dict) -> None:
-        for ws in list(self._sockets):
-            await self._dispatch(ws, event, data)
-
     async def _dispatch(self, ws: web.WebSocketResponse, event: str, data: dict) -> None:
         self._sockets[ws] = seq = self._sockets.get(ws, 0) + 1
         await ws.send_str(json.dumps({"op": 0, "s": seq, "t": event, "d": data}))
 
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse_connections > 0:
+            self.refuse_connections -= 1
+            self.refused.append(request.path)
+            return web.Response(status=503, text="Service Unavailable")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.connections.append(request.query_string)
         self.paths.append(request.path)
+        self._transports[ws] = request.transport
         await ws.send_str(json.dumps({"op": 10, "s": None, "t": None, "d": {"heartbeat_interval": self.heartbeat_ms}}))
         try:
             async for msg in ws:
@@ -242,12 +303,23 @@ class FakeDiscordGateway:
                         self.closed_with.append(self.identify_close)
                         await ws.close(code=self.identify_close, message=b"Closed by the fake.")
                         break
+                    shard, count = data.get("shard") or (0, 1)
+                    refusal = self._refuse_shard(data.get("shard"))
+                    if refusal:
+                        self.closed_with.append(refusal[0])
+                        await ws.close(code=refusal[0], message=refusal[1])
+                        break
+                    if self._too_soon(shard):
+                        self.too_soon.append(shard)
+                        await ws.send_str(json.dumps({"op": 9, "s": None, "t": None, "d": False}))
+                        continue
                     self.sessions.append(f"session-{next(_ids)}")
+                    self._shard_of[ws] = self._session_shard[self.sessions[-1]] = (shard, count)
                     await self._dispatch(ws, "READY", {
                         "v": 10, "user": _user(BOT_ID, "papers", bot=True), "guilds": [], "private_channels": [],
                         "relationships": [], "session_type": "normal", "session_id": self.sessions[-1],
                         "resume_gateway_url": self.resume_url, "application": {"id": APP_ID, "flags": 0},
-                        "shard": [0, 1],
+                        "shard": [shard, count],
                     })
                     self.ready.set()
                 elif op == 6:
@@ -257,10 +329,34 @@ class FakeDiscordGateway:
                         await ws.close(code=4004, message=b"Authentication failed.")
                         break
                     self._sockets[ws] = data.get("seq") or 0
+                    self._shard_of[ws] = self._session_shard.get(data.get("session_id"), (0, 1))
                     await self._dispatch(ws, "RESUMED", {})
         finally:
             self._sockets.pop(ws, None)
+            self._shard_of.pop(ws, None)
+            self._transports.pop(ws, None)
         return ws
+
+    def _refuse_shard(self, shard: list[int] | None) -> tuple[int, bytes] | None:
+        """Discord's answer to an IDENTIFY's `shard` it does not take: a close code and reason."""
+        if shard is None:
+            shard = [0, 1]
+        shard_id, count = shard
+        if not 0 <= shard_id < count:
+            return 4010, b"Invalid shard."
+        if count < (self.shards if self.required_shards is None else self.required_shards):
+            return 4011, b"Sharding required."
+        return None
+
+    def _too_soon(self, shard: int) -> bool:
+        """Whether an IDENTIFY of `shard` now comes within its bucket's window (else it is counted)."""
+        now, bucket = time.monotonic(), shard % self.max_concurrency
+        with self._lock:
+            if any(s % self.max_concurrency == bucket and now - at < self.identify_window
+                   for s, at in self.identified_at):
+                return True
+            self.identified_at.append((shard, now))
+        return False
 
     # ---- REST ------------------------------------------------------------------------------
 
@@ -285,8 +381,10 @@ class FakeDiscordGateway:
                                   "flags": 0})
 
     async def _gateway_bot(self, request: web.Request) -> web.Response:
-        return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": {
-            "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
+        left, reset_after = self.session_starts
+        return _json({"url": self.gateway_bot_url or self.gateway_url, "shards": self.shards, "session_start_limit": {
+            "total": 1000, "remaining": max(left - len(self.identified_at), 0), "reset_after": reset_after,
+            "max_concurrency": self.max_concurrency}})
 
     async def _sync(self, request: web.Request) -> web.Response:
         commands = await request.json()
@@ -363,20 +461,32 @@ def main() -> None:  # a fake to point a real `papers-bot run` at, by hand
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default=TOKEN)
+    parser.add_argument("--shards", type=int, default=1, help="the shard count GET /gateway/bot names")
+    parser.add_argument("--max-concurrency", type=int, default=1, help="IDENTIFYs allowed at once (per 5 s)")
     args = parser.parse_args()
-    fake = FakeDiscordGateway(args.token)
+    fake = FakeDiscordGateway(args.token, shards=args.shards, max_concurrency=args.max_concurrency)
     fake.port = args.port
     with fake:
         print(f"api_base = {fake.api_base!r}\ngateway_url = {fake.gateway_url!r}\ntoken = {fake.token!r}", flush=True)
-        print("type a /papers subcommand (e.g. `list`, `search diffusion`) to send it; Ctrl-D ends", flush=True)
+        print("type a /papers subcommand (e.g. `list`, `search diffusion`) to send it, `K: list` to send it from a "
+              "server on shard K; Ctrl-D ends", flush=True)
         seen = 0
         try:
             while True:
                 line = input("> ").strip()
+                shard, colon, rest_of_line = line.partition(":")
+                on_shard = int(shard) if colon and shard.strip().isdigit() else 0
+                line = rest_of_line.strip() if colon and shard.strip().isdigit() else line
                 if line:
                     name, _, rest = line.partition(" ")
                     option = {"search": "words", "subscribe": "query", "preview": "query", "show": "paper"}.get(name)
-                    fake.interact(name, {option: rest} if option and rest else None, permissions=1 << 4)
+                    count = max([n for _, n in fake._shard_of.values()] or [1])
+                    try:
+                        fake.interact(name, {option: rest} if option and rest else None, permissions=1 << 4,
+                                      guild_id=guild_on_shard(on_shard, count))
+                    except RuntimeError as exc:
+                        print(exc, flush=True)
+                        continue
                     fake.wait_for(lambda seen=seen: len(fake.followups) > seen, 10)
                 for item in fake.followups[seen:]:
                     print(json.dumps(item["body"], indent=1)[:2000], flush=True)

@@ -96,6 +96,8 @@ async def test_a_slash_command_over_the_gateway_is_deferred_and_answered(fake, u
                                                                          caplog, configured_gateway):
     config = make_config(discord={"api_base": fake.api_base,
                                   "gateway_url": fake.gateway_url if configured_gateway else ""})
+    if configured_gateway:  # GET /gateway/bot names another address: the setting wins
+        fake.gateway_bot_url = NOWHERE.replace("http://", "ws://")
     adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
     running = await start(store, config, adapter, clock)
     try:
@@ -115,7 +117,9 @@ async def test_a_slash_command_over_the_gateway_is_deferred_and_answered(fake, u
     assert [s.query for s in store.subscriptions(CH)] == ["diffusion"]
     assert [c["name"] for c in fake.synced[0]] == ["papers"]
     assert "v=10" in fake.connections[0] and "encoding=json" in fake.connections[0]
-    assert (("GET", "/api/v10/gateway/bot") in fake.requests) is not configured_gateway
+    # Asked either way: the shard count ([discord] shards = "auto") and the identify limits come from it.
+    assert ("GET", "/api/v10/gateway/bot") in fake.requests
+    assert fake.paths == ["/gateway"] and fake.identifies[0]["shard"] == [0, 1]
     # The fake's addresses are the only ones used: REST, interaction callbacks, follow-ups, the gateway.
     assert any(u.startswith("ws://") for u in urls)  # the gateway connection is among the URLs checked
     assert urls and all(u.startswith((fake.url, f"ws://127.0.0.1:{fake.port}/")) for u in urls), urls

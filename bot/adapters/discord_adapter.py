@@ -8,13 +8,16 @@ discord.Client for the slash commands and, with the message-content intent, link
 in the background, with its own retries (DiscordFrontend), never holding up polling.
 Every address is from the config: REST and interaction replies from [discord] api_base,
 per adapter (see RoutedHTTPClient: discord.py's own Route.BASE, process-wide, is never
-changed), the gateway from [discord] gateway_url or GET /gateway/bot. Nothing
-discord-shaped leaves this module.
+changed), the gateway from [discord] gateway_url or GET /gateway/bot. The gateway client is
+discord.py's AutoShardedClient: [discord] shards ("auto": GET /gateway/bot's count) and
+shard_ids, IDENTIFYs paced by that answer's max_concurrency. Nothing discord-shaped leaves
+this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import inspect
@@ -25,7 +28,7 @@ import re
 from collections import deque
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Literal, Optional
 
 import aiohttp
 import discord
@@ -650,8 +653,9 @@ def _completer(verb: str, param: str, on_complete: Completer):
 # Gateway close codes after which connecting again cannot help until someone acts.
 PERMANENT_CLOSE_CODES = {
     4004: "Discord refused the token (gateway: Authentication failed)",
-    4010: "the gateway refused the shard (4010 Invalid shard)",
-    4011: "the gateway requires sharding (4011)",
+    4010: "the gateway refused the shard (4010 Invalid shard): [discord] shard_ids must be below [discord] shards",
+    4011: "the gateway requires more shards (4011 Sharding required): the bot is in too many servers for "
+          '[discord] shards; set shards = "auto", or a larger number (the same in every process)',
     4012: "the gateway refused the API version (4012)",
     4013: "the gateway refused the intents (4013 Invalid intents)",
     4014: "the Message Content intent is not enabled for this bot: enable it in the Discord developer "
@@ -665,10 +669,52 @@ QUICK_DROPS = 3  # connections in a row that ended within STABLE seconds: back o
 STABLE = 10.0
 
 
-class _Gateway(discord.Client):
+CONNECTING_AT_ONCE = 4  # shards of one process opening their gateway connection at the same time
+IDENTIFY_SPACING = 5.5  # seconds between IDENTIFYs of one shard bucket: Discord's window is 5, plus the network's
+
+
+class IdentifyPacer:
+    """Discord's identify limit, kept ahead of time: shard i is in bucket i % max_concurrency
+    (GET /gateway/bot's session_start_limit), and each bucket IDENTIFYs at most once per
+    IDENTIFY_SPACING. Buckets go side by side; shards of one bucket, in turn. One pacer serves
+    every client of a front-end, so a client started after a failure waits its turn too.
+    (Within this process: processes splitting the shards pace each their own.)
+
+    `async with pacer.turn(shard):` connect, and call `identified(shard)` as the IDENTIFY
+    goes: a connection that failed before it leaves the bucket's turn unused."""
+
+    def __init__(self, max_concurrency: int = 1):
+        self.max_concurrency = max(1, max_concurrency)
+        self._last: dict[int, float] = {}  # bucket -> when its last IDENTIFY went (loop time)
+        self._turns: dict[int, asyncio.Lock] = {}
+
+    def _bucket(self, shard_id: int | None) -> int:
+        return (shard_id or 0) % self.max_concurrency
+
+    @contextlib.asynccontextmanager
+    async def turn(self, shard_id: int | None) -> AsyncIterator[None]:
+        bucket = self._bucket(shard_id)
+        async with self._turns.setdefault(bucket, asyncio.Lock()):
+            last = self._last.get(bucket)
+            if last is not None and (wait := last + IDENTIFY_SPACING - asyncio.get_running_loop().time()) > 0:
+                await asyncio.sleep(wait)
+            yield
+
+    def identified(self, shard_id: int | None) -> None:
+        self._last[self._bucket(shard_id)] = asyncio.get_running_loop().time()
+
+
+class _Gateway(discord.AutoShardedClient):
+    """discord.py's sharded client, with the gateway address, the shard count and the identify
+    pace from the config and GET /gateway/bot, each shard kept up on its own (see connect)."""
+
     def __init__(self, *, intents: discord.Intents, group: app_commands.Group, guild_id: int | None,
-                 on_command: CommandHandler, adapter: DiscordAdapter, gateway_url: str = "", sync: bool = True):
-        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+                 on_command: CommandHandler, adapter: DiscordAdapter, gateway_url: str = "", sync: bool = True,
+                 shards: int | None = None, shard_ids: tuple[int, ...] = (), pacer: IdentifyPacer | None = None):
+        sharding: dict[str, Any] = {"shard_count": shards} if shards else {}
+        if shard_ids:
+            sharding["shard_ids"] = list(shard_ids)
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none(), **sharding)
         # discord.Client makes a plain HTTPClient (Route.BASE); ours goes to the adapter's api_base.
         # Nothing has used the first one yet: it opens its session at login.
         self.http = RoutedHTTPClient(adapter.api_base, self.loop, max_ratelimit_timeout=self.http.max_ratelimit_timeout)
@@ -678,8 +724,15 @@ class _Gateway(discord.Client):
         self.guild_id = guild_id
         self.on_command = on_command
         self.adapter = adapter
-        self.gateway_url = gateway_url  # empty: ask GET /gateway/bot
-        self.connected = False  # got READY at least once
+        self.gateway_url = gateway_url  # empty: where GET /gateway/bot says
+        self.auto_shards = not shards  # the count is GET /gateway/bot's, asked again by every client
+        self.pacer = pacer or IdentifyPacer()
+        self.sockets: dict[int, DiscordWebSocket] = {}  # shard id -> its current gateway connection
+        self.ready_shards: set[int] = set()  # the shards that got READY at least once
+        # Shards opening their connection at once: each opening (WebSocket handshake, HELLO, IDENTIFY,
+        # READY) is a burst of work on the loop; max_concurrency of them together held it for 100s of ms.
+        self._connecting = asyncio.Semaphore(CONNECTING_AT_ONCE)
+        self.connected = False  # a shard got READY at least once
         self.sync = sync  # False: an earlier client of this front-end synced the commands already
         self.synced = False
 
@@ -695,10 +748,20 @@ class _Gateway(discord.Client):
             await self.tree.sync()
         self.synced = True
 
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        # Its turn was awaited before connecting (_keep_shard); discord.py's own hook sleeps 5 s
+        # before every IDENTIFY but the first.
+        self.pacer.identified(shard_id)
+
     async def on_connect(self) -> None:
         if not self.connected:
             log.info("connected to the Discord gateway as %s: /papers commands are on", self.user)
         self.connected = True
+
+    async def on_shard_connect(self, shard_id: int) -> None:
+        if shard_id not in self.ready_shards and (self.shard_count or 1) > 1:
+            log.info("Discord gateway: shard %d of %d connected", shard_id, self.shard_count)
+        self.ready_shards.add(shard_id)
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         # Application commands are the tree's; our buttons' presses come here.
@@ -711,43 +774,121 @@ class _Gateway(discord.Client):
         await answer_links(self.on_command, self.adapter, str(message.channel.id), str(message.id),
                            str(message.author.id), message.content)
 
-    async def connect(self, *, reconnect: bool = True) -> None:
-        """discord.py's connect loop, with the gateway address from the config and without its retries.
+    def _get_websocket(self, guild_id: int | None = None, *, shard_id: int | None = None) -> DiscordWebSocket:
+        if shard_id is None:  # a server's shard, as Discord places it; direct messages: shard 0
+            shard_id = 0 if guild_id is None else (guild_id >> 22) % (self.shard_count or 1)
+        return self.sockets[shard_id]
 
-        discord.py 2.7 always opens wss://gateway.discord.gg (a class attribute) and retries
-        failures itself, logging a traceback each time. Here the first connection goes to
-        [discord] gateway_url, or where GET /gateway/bot on the REST base says; the
-        reconnects the gateway asks for (op 7, op 9, a dropped socket) are made as
-        discord.py makes them; any other failure is raised to start_discord, which logs it
-        once and backs off.
+    async def connect(self, *, reconnect: bool = True) -> None:
+        """discord.py's sharded connect, with the gateway address from the config and without its retries.
+
+        discord.py 2.7 opens wss://gateway.discord.gg (a class attribute) whenever it was given a
+        shard count, paces IDENTIFYs by sleeping 5 s before each, and retries failures itself,
+        logging a traceback each time. Here GET /gateway/bot on the REST base gives the shard
+        count ([discord] shards = "auto"), the identify limits and the address ([discord]
+        gateway_url, when set, wins); every shard of this process connects in its own task,
+        paced by IdentifyPacer; the reconnects the gateway asks for (op 7, op 9, a dropped
+        socket) are made as discord.py makes them, one shard at a time. A shard's first failure
+        to connect, or a permanent one (a close code in PERMANENT_CLOSE_CODES), is raised to
+        DiscordFrontend, which logs it once and starts over or stops; a shard that was up
+        before tries again alone, with its own backoff, and the others stay.
         """
         # Interaction replies are webhook requests, made in tasks this one starts (they inherit it).
         async_context.set(RoutedWebhookAdapter(self.adapter.api_base))
-        if self.gateway_url:
-            home = yarl.URL(self.gateway_url)
-        else:
-            home = yarl.URL((await self.http.get_bot_gateway())[1])
-        params: dict = {"initial": True, "shard_id": self.shard_id, "gateway": home}
+        count, url, limits = await self.http.get_bot_gateway()
+        home = yarl.URL(self.gateway_url or url)
+        if self.shard_count is None:
+            self.shard_count = max(1, int(count))
+        elif count > self.shard_count:
+            log.warning("Discord recommends %d gateway shards for this bot, [discord] shards = %d: it requires "
+                        "more (closing with 4011) past 2,500 servers a shard", count, self.shard_count)
+        shard_ids = list(self.shard_ids or range(self.shard_count))
+        self._connection.shard_count = self.shard_count
+        self._connection.shard_ids = shard_ids
+        self.pacer.max_concurrency = max(1, int(limits.get("max_concurrency") or 1))
+        await self._session_starts(limits, len(shard_ids))
+        if self.shard_count > 1:
+            log.info("Discord gateway: connecting shards %s of %d, %d IDENTIFY at a time",
+                     ", ".join(map(str, shard_ids)), self.shard_count, self.pacer.max_concurrency)
+        tasks = [asyncio.get_running_loop().create_task(self._keep_shard(shard, home, initial=not n),
+                                                        name=f"discord-shard-{shard}")
+                 for n, shard in enumerate(shard_ids)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # the first failure (a shard returns only when the client closed)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _session_starts(self, limits: Any, needed: int) -> None:
+        """Wait for Discord's daily session starts to reset when there are fewer left than shards
+        to start (going past them gets the token reset)."""
+        remaining, reset_after = int(limits.get("remaining", needed)), float(limits.get("reset_after") or 0) / 1000
+        if remaining < needed:
+            log.warning("Discord allows %d more gateway session starts until its limit resets, %d shard(s) "
+                        "to start: waiting %.1fs", remaining, needed, reset_after)
+            await asyncio.sleep(reset_after)
+
+    async def _keep_shard(self, shard_id: int, home: yarl.URL, *, initial: bool) -> None:
+        """One shard's connection, for as long as the client is open (see connect)."""
+        params: dict = {"initial": initial, "shard_id": shard_id, "gateway": home}
         loop = asyncio.get_running_loop()
-        quick = 0
+        quick, delay = 0, RETRY_FIRST
         while not self.is_closed():
+            failure: Exception
             began = loop.time()
             try:
-                self.ws = await asyncio.wait_for(DiscordWebSocket.from_client(self, **params), timeout=CONNECT_TIMEOUT)
+                # An IDENTIFY waits its turn first: outside CONNECT_TIMEOUT, as it can be long.
+                turn = contextlib.nullcontext() if params.get("resume") else self.pacer.turn(shard_id)
+                async with turn, self._connecting:
+                    began = loop.time()
+                    ws = await asyncio.wait_for(DiscordWebSocket.from_client(self, **params), timeout=CONNECT_TIMEOUT)
+                self.sockets[shard_id] = ws
                 params["initial"] = False
                 while True:
-                    await self.ws.poll_event()
+                    await ws.poll_event()
             except ReconnectWebSocket as exc:
                 self.dispatch("disconnect")
+                self.dispatch("shard_disconnect", shard_id)
                 quick = quick + 1 if loop.time() - began < STABLE else 0
-                if quick >= QUICK_DROPS:
-                    raise ConnectionError("the gateway keeps closing the connection") from None
-                ws = self.ws
-                if ws is None or not exc.resume or ws.session_id is None:
-                    params.update(resume=False, session=None, sequence=None, gateway=home)
-                else:  # resume where READY said, unless the config names the one gateway to use
-                    params.update(resume=True, session=ws.session_id, sequence=ws.sequence,
-                                  gateway=home if self.gateway_url else ws.gateway)
+                if quick < QUICK_DROPS:
+                    last = self.sockets.get(shard_id)
+                    if last is None or not exc.resume or last.session_id is None:
+                        params.update(resume=False, session=None, sequence=None, gateway=home)
+                    else:  # resume where READY said, unless the config names the one gateway to use
+                        params.update(resume=True, session=last.session_id, sequence=last.sequence,
+                                      gateway=home if self.gateway_url else last.gateway)
+                    continue
+                failure = ConnectionError("the gateway keeps closing the connection")
+            except Exception as exc:
+                failure = exc
+            reason, permanent = _failure(failure)
+            if permanent or shard_id not in self.ready_shards:
+                raise failure
+            # It was up before: this shard alone tries again; the others are not touched.
+            if loop.time() - began >= STABLE:
+                delay = RETRY_FIRST
+            wait = delay * random.uniform(0.8, 1.2)
+            log.warning("Discord gateway shard %d: %s; connecting it again in %.0fs", shard_id, reason, wait,
+                        exc_info=None if isinstance(failure, _EXPECTED) else failure)
+            await asyncio.sleep(wait)
+            quick, delay = 0, min(delay * 2, RETRY_MAX)
+
+    async def close(self) -> None:
+        """Close every shard's connection and the REST session (discord.py's close, for our shards)."""
+        if self._closing_task:
+            return await self._closing_task
+
+        async def _close() -> None:
+            await self._connection.close()
+            await asyncio.gather(*(ws.close(code=1000) for ws in self.sockets.values() if ws.open),
+                                 return_exceptions=True)
+            await self.http.close()
+
+        self._closing_task = asyncio.create_task(_close())
+        await self._closing_task
 
 
 async def answer_links(on_command: CommandHandler, adapter: DiscordAdapter, channel_id: str, message_id: str,
@@ -831,6 +972,13 @@ class DiscordFrontend:
             except Exception as exc:
                 failure = exc
                 reason, permanent = _failure(exc)
+                if isinstance(exc, discord.ConnectionClosed) and exc.shard_id is not None and client.shard_count:
+                    which = f"shard {exc.shard_id} of {client.shard_count}"
+                    if exc.code == 4011 and client.auto_shards:  # Discord wants more since it said: ask again
+                        reason, permanent = (f"the gateway requires more shards (4011 Sharding required, {which}); "
+                                             "asking GET /gateway/bot for the number again"), False
+                    elif client.shard_count > 1 or exc.code == 4011:
+                        reason = f"{which}: {reason}"
             finally:
                 self.synced = self.synced or client.synced
                 await _dispose(client)
@@ -880,11 +1028,13 @@ async def start_discord(adapter: DiscordAdapter, config, on_command: CommandHand
     """
     intents = discord.Intents.default()
     intents.message_content = config.discord.message_content
+    pacer = IdentifyPacer()  # one for the front-end's clients: a client started after a failure waits its turn
 
     def make_client(sync: bool) -> _Gateway:
         group = build_command_group(on_command, on_complete)
         return _Gateway(intents=intents, group=group, guild_id=config.discord.dev_guild_id or None,
-                        on_command=on_command, adapter=adapter, gateway_url=config.discord.gateway_url, sync=sync)
+                        on_command=on_command, adapter=adapter, gateway_url=config.discord.gateway_url, sync=sync,
+                        shards=config.discord.shards, shard_ids=config.discord.shard_ids, pacer=pacer)
 
     frontend = DiscordFrontend(make_client, adapter.token)
     frontend.start()
