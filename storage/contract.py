@@ -29,6 +29,8 @@ Rules every method keeps, unless its own text says otherwise:
   thread": when `reads_off_loop()` is true the bot calls them from worker threads
   (asyncio.to_thread), beside the loop's calls, and each must then use a connection of
   its own (SQLite's are bound to their thread; WAL lets readers run beside the writer).
+  Most are reads; `plan_burst`, `hold_back` and `record_command` write, each in one
+  transaction as every write method.
 """
 
 from __future__ import annotations
@@ -347,8 +349,13 @@ class StoreContract(Protocol):
         ...
 
     def plan_burst(self, channel: ChannelRef, now: datetime, cards: int, digest_max: int) -> BurstPlan:
-        """Decide, once, how the channel's outstanding deliveries go out; return what is due
-        now. One transaction (two processes never plan the same burst twice).
+        """Any thread (it writes: from a worker thread it uses a connection of its own, and
+        its one transaction is serialized with the loop's and other processes' as any write
+        is). Decide, once, how the channel's outstanding deliveries go out; return what is due
+        now. One transaction, holding the write lock from its first read (two threads or
+        processes never plan the same burst twice, and a delivery written meanwhile is either
+        seen by the whole decision or by none of it). The bot calls it from a worker thread
+        when `reads_off_loop()`: a big burst settles thousands of deliveries as overflow.
 
         Deliveries are ranked, best first: the paper's Hugging Face upvotes (unknown
         last), then how strongly the channel's queries matched (distinct matched terms found
@@ -367,13 +374,14 @@ class StoreContract(Protocol):
         ...
 
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
-        """Settle all but the channel's `keep` best pending deliveries (ranked as in
-        `plan_burst`) as overflow (a scheduled digest holds `keep` papers and counts the rest)."""
+        """Any thread (it writes, as `plan_burst`). Settle all but the channel's `keep` best
+        pending deliveries (ranked as in `plan_burst`) as overflow (a scheduled digest holds
+        `keep` papers and counts the rest). One transaction."""
         ...
 
     def unannounced_overflow(self, channel: ChannelRef) -> Overflow:
-        """How many of the channel's overflow deliveries no digest has counted yet, and the
-        highest id among them (0 when none)."""
+        """Any thread. How many of the channel's overflow deliveries no digest has counted yet,
+        and the highest id among them (0 when none)."""
         ...
 
     def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:
@@ -510,7 +518,10 @@ class StoreContract(Protocol):
     # ---- the per-user command rate limit ----------------------------------------------------
 
     def record_command(self, user: str, now: datetime, limit: int) -> float:
-        """Count a command by `user` unless they ran `limit` in the 60 seconds before `now`.
+        """Any thread (it writes, as `plan_burst`). Count a command by `user` unless they ran
+        `limit` in the 60 seconds before `now`. The bot calls it from a worker thread when
+        `reads_off_loop()`: its write waits its turn behind a poll's writes, which the loop
+        must not.
 
         Returns 0.0 when counted, else the seconds (> 0) until the oldest of those leaves
         the window; nothing is recorded then. Atomic across processes: every process counts

@@ -24,15 +24,20 @@ from typing import Iterator
 import psycopg
 
 from . import migrations
+from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
-from .db import Database, ThreadConnections, redacted, storage_error
+from .db import LOCK_KEY, Database, ThreadConnections, redacted, storage_error
+from .feedback import FeedbackMixin
+from .people import PeopleMixin
 from .roles import RolesMixin
 from .source_state import SourceStateMixin
+from .subscriptions import SubscriptionsMixin
 
 SENDER_LEASE = "papers-bot sender lease"
 
 
-class PgStore(CommandLogMixin, SourceStateMixin, RolesMixin):
+class PgStore(CommandLogMixin, SourceStateMixin,
+              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, RolesMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
@@ -64,6 +69,11 @@ class PgStore(CommandLogMixin, SourceStateMixin, RolesMixin):
     def close(self) -> None:
         self._drop_leases()
         self._readers.close()
+        if self._lease and not self.db.conn.closed:
+            try:  # at once: the server frees a closed session's locks only once it has noticed
+                self.db.execute("SELECT pg_advisory_unlock_all()")
+            except psycopg.Error:
+                pass
         self.db.close()  # ends the session: its advisory locks (the sender lease) go with it
         self._lease = False
         self._roles_close()
@@ -74,7 +84,7 @@ class PgStore(CommandLogMixin, SourceStateMixin, RolesMixin):
     def hold_sender_lease(self) -> bool:
         if self._lease:
             return True
-        self._lease = bool(self.db.scalar("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [SENDER_LEASE]))
+        self._lease = bool(self.db.scalar(f"SELECT pg_try_advisory_lock({LOCK_KEY})", [SENDER_LEASE]))
         return self._lease
 
     def reads_off_loop(self) -> bool:
