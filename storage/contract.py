@@ -58,6 +58,7 @@ from bot.models import (
     PreviewCandidates,
     SavedPaper,
     SettingsChange,
+    SlackInstallation,
     SourceStatus,
     Subscribed,
     Subscription,
@@ -630,4 +631,50 @@ class StoreContract(Protocol):
         """Take the digest of `slot` for sending: True for exactly one caller (any process),
         when the schedule is on and its last slot is before `slot`; that is recorded at once,
         so the slot is never posted twice (nor again, if the post then fails)."""
+        ...
+
+    # ---- Slack distribution (the OAuth install flow) --------------------------------------------
+    # Tokens arrive sealed (encrypted) in SlackInstallation.sealed: storage keeps the bytes as
+    # given and never sees a token in clear. A Slack channel belongs to one workspace, recorded
+    # when a command, event or button comes from it (`set_slack_channel_team`); an uninstall
+    # pauses the workspace's channels (paused_reason SLACK_UNINSTALLED), a reinstall resumes them.
+
+    def save_slack_installation(self, installation: SlackInstallation, now: datetime) -> list[ChannelRef]:
+        """Store a workspace's installation (replacing the one it had, by team_id), and resume
+        its channels that its uninstall paused (paused_reason SLACK_UNINSTALLED; a channel paused
+        by hand or by the platform stays paused): returns those, by key. One transaction."""
+        ...
+
+    def slack_installation(self, team_id: str) -> SlackInstallation | None:
+        """The workspace's installation, None when it has none (never installed, or removed)."""
+        ...
+
+    def slack_installations(self) -> list[SlackInstallation]:
+        """Every installation, by team_id."""
+        ...
+
+    def remove_slack_installation(self, team_id: str, now: datetime) -> list[ChannelRef]:
+        """Forget the workspace's installation (its tokens with it) and pause each of its channels
+        not paused already, with paused_reason SLACK_UNINSTALLED: their deliveries wait in the
+        outbox (pending), neither sent nor failed. Returns the channels paused, by key. Done for a
+        workspace without an installation too (a repeated uninstall event). One transaction."""
+        ...
+
+    def issue_slack_oauth_state(self, state: str, expires_at: datetime, now: datetime) -> None:
+        """Remember an OAuth `state` handed to a browser by /slack/install, good until
+        `expires_at`; states expired before `now` are dropped."""
+        ...
+
+    def consume_slack_oauth_state(self, state: str, now: datetime) -> bool:
+        """True exactly once for a state issued and not expired at `now` (any process); it is
+        gone afterwards, whatever the answer. False for an unknown, used or expired one."""
+        ...
+
+    def set_slack_channel_team(self, channel: ChannelRef, team_id: str) -> bool:
+        """Record that the Slack channel is in workspace `team_id` (a later team replaces it);
+        True when that changed what was recorded. Cheap when nothing changes (no write)."""
+        ...
+
+    def slack_channel_team(self, channel: ChannelRef) -> str | None:
+        """The workspace recorded for the Slack channel, None when none is."""
         ...

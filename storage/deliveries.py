@@ -327,9 +327,18 @@ def match_strength(matches: list[Match]) -> int:
 
 def _matched(channel: ChannelRef, text: str) -> tuple[Match, ...]:
     try:
+        facts = json.loads(text)
+    except (ValueError, TypeError):
+        return ()
+    return matches_of(channel, facts)
+
+
+def matches_of(channel: ChannelRef, facts: object) -> tuple[Match, ...]:
+    """`deliveries.matched` as decoded JSON (PostgreSQL's jsonb comes back decoded) -> Matches."""
+    try:
         return tuple(Match(int(m["id"]), channel, str(m["query"]), tuple(map(str, m["terms"])))
-                     for m in json.loads(text))
-    except (ValueError, TypeError, KeyError):  # not written by _matched_json: the card just says no reason
+                     for m in facts)  # type: ignore[attr-defined]
+    except (ValueError, TypeError, KeyError):  # not written by enqueue_many: the card just says no reason
         return ()
 
 

@@ -539,6 +539,40 @@ def m022_paper_words_exact(db: Database) -> None:
 
 
 @migrations()
+def m023_slack_installations(db: Database) -> None:
+    # Slack distribution (the OAuth install flow): one row per workspace that installed the
+    # app, its tokens sealed (Fernet, key from the environment) before they get here; the
+    # OAuth `state` values handed out by /slack/install, each usable once before it expires;
+    # and which workspace each Slack channel belongs to (learnt from the commands, events and
+    # buttons that come from it), so that a post uses that workspace's token.
+    for statement in (
+        """CREATE TABLE IF NOT EXISTS slack_installations (
+               team_id TEXT PRIMARY KEY,          -- T..., or E... for an org-wide install
+               enterprise_id TEXT NOT NULL DEFAULT '',
+               team_name TEXT NOT NULL DEFAULT '',
+               app_id TEXT NOT NULL DEFAULT '',
+               bot_id TEXT NOT NULL DEFAULT '',
+               bot_user_id TEXT NOT NULL DEFAULT '',
+               bot_scopes TEXT NOT NULL DEFAULT '',
+               installer_user_id TEXT NOT NULL DEFAULT '',
+               is_enterprise_install INTEGER NOT NULL DEFAULT 0,
+               sealed BLOB NOT NULL,              -- the tokens, encrypted: never in clear
+               installed_at TEXT NOT NULL
+           )""",
+        """CREATE TABLE IF NOT EXISTS slack_oauth_states (
+               state TEXT PRIMARY KEY,
+               expires_at TEXT NOT NULL
+           )""",
+        """CREATE TABLE IF NOT EXISTS slack_channel_teams (
+               channel TEXT PRIMARY KEY,          -- ChannelRef.key (slack:C...)
+               team_id TEXT NOT NULL
+           )""",
+        "CREATE INDEX IF NOT EXISTS slack_channel_teams_team ON slack_channel_teams(team_id)",
+    ):
+        db.execute(statement)
+
+
+@migrations()
 def m025_outbox_index(db: Database) -> None:
     # One index for the outbox's outstanding rows, by status, then channel, then when due,
     # in place of `deliveries_due (status, next_attempt_at)` and `deliveries_channel (channel,

@@ -21,6 +21,7 @@ from .command_log import CommandLogMixin
 from .db import BUSY_TIMEOUT, immediate, open_database, storage_error
 from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
+from .installations import InstallationsMixin
 from .papers import PapersMixin
 from .people import PeopleMixin
 from .roles import RolesMixin
@@ -31,7 +32,7 @@ THREAD_CACHE_KB = 8 * 1024  # page cache of the connections of other threads (_t
 
 
 class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin, CommandLogMixin,
-            PeopleMixin, FeedbackMixin, RolesMixin):
+            PeopleMixin, FeedbackMixin, InstallationsMixin, RolesMixin):
     """The SQLite implementation of `StoreContract` (storage/contract.py, where each method's
     contract is written down). One connection, used from the bot's one event-loop thread.
 

@@ -27,7 +27,10 @@ from . import migrations
 from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
 from .db import LOCK_KEY, Database, ThreadConnections, redacted, storage_error
+from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
+from .followups import FollowUpsMixin
+from .installations import InstallationsMixin
 from .people import PeopleMixin
 from .roles import RolesMixin
 from .source_state import SourceStateMixin
@@ -36,8 +39,8 @@ from .subscriptions import SubscriptionsMixin
 SENDER_LEASE = "papers-bot sender lease"
 
 
-class PgStore(CommandLogMixin, SourceStateMixin,
-              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, RolesMixin):
+class PgStore(CommandLogMixin, SourceStateMixin, DeliveriesMixin, FollowUpsMixin,
+              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, InstallationsMixin, RolesMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
