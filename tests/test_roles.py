@@ -400,14 +400,17 @@ def test_senders_lock_files_do_not_pile_up(tmp_path):
     stores = [Store(tmp_path / "bot.db") for _ in range(3)]
     for store in stores:
         store.live_sender_id()
-    senders = tmp_path / "bot.db.senders"
-    assert len(list(senders.iterdir())) == 3
+
+    def locks() -> list[str]:
+        return sorted(p.name for p in tmp_path.glob("bot.db.sender-*.lock"))
+
+    assert len(locks()) == 3
     stores[0].close()  # a clean close removes its own
-    assert sorted(p.name for p in senders.iterdir()) == sorted(f"{s.sender_id}.lock" for s in stores[1:])
+    assert locks() == sorted(f"bot.db.sender-{s.sender_id}.lock" for s in stores[1:])
     os.close(stores[1]._alive)  # as if killed: its lock is free, its file left behind
     stores[1]._alive = None
     assert stores[2].adopt_orphans() == 0  # nothing to adopt, and the dead one's file goes
-    assert [p.name for p in senders.iterdir()] == [f"{stores[2].sender_id}.lock"]
+    assert locks() == [f"bot.db.sender-{stores[2].sender_id}.lock"]
     stores[1].close()
     stores[2].close()
-    assert list(senders.iterdir()) == []
+    assert locks() == []
