@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from contextlib import AbstractContextManager
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -71,6 +71,7 @@ class DeliveriesMixin:
 
     db: Database
     if TYPE_CHECKING:
+        def live_sender_id(self) -> str: ...  # RolesMixin's: this store's id, its liveness lock held
         def _reader(self) -> AbstractContextManager[Database]: ...  # PgStore's: this thread's connection
 
     # ---- queueing -----------------------------------------------------------------------------
@@ -305,18 +306,22 @@ class DeliveriesMixin:
     # ---- claims, and the recovery of claims a crash left ------------------------------------
 
     def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> bool:
-        """pending -> sending, for exactly one claimer: one UPDATE, whose row lock makes a
-        second claimer wait for the first and then find the row no longer pending."""
+        """pending -> sending, for exactly one claimer, named in `claimed_by` (its liveness
+        lock held: storage/postgres/roles.py). The row is taken FOR UPDATE SKIP LOCKED: a row
+        another deliverer is claiming (or a transaction is changing) is passed over at once,
+        not waited for; once that one commits the row is no longer pending anyway."""
         row = self.db.one(
-            """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = %s
-                WHERE id = %s AND status = 'pending' RETURNING id""",
-            [utc(now) if now else None, delivery_id],
+            """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = %s, claimed_by = %s
+                WHERE id = (SELECT id FROM deliveries WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED)
+               RETURNING id""",
+            [utc(now) if now else None, self.live_sender_id(), delivery_id],
         )
         return row is not None
 
     def unfinished_deliveries(self) -> list[Delivery]:
-        rows = self.db.all(f"SELECT {_COLUMNS} FROM deliveries d WHERE d.status = 'sending' ORDER BY d.id")
-        return [_delivery(row) for row in rows]
+        rows = self.db.all(
+            f"SELECT {_COLUMNS}, d.claimed_by FROM deliveries d WHERE d.status = 'sending' ORDER BY d.id")
+        return [replace(_delivery(row), claimed_by=row[7]) for row in rows]
 
     def release_delivery(self, delivery_id: int) -> None:
         """Back to pending, the interrupted attempt not counted (storage/deliveries.py)."""
