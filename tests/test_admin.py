@@ -129,6 +129,7 @@ def test_export_then_import_into_an_empty_store_is_the_same(setup, tmp_path):
          "subscription '(broken': unclosed ("),
     ],
 )
+@pytest.mark.backends
 def test_bad_imports_name_the_entry_and_write_nothing(store, text, message):
     good = '[[channel]]\nchannel = "console:first"\nsubscriptions = ["diffusion"]\n\n'
     with pytest.raises(ImportFileError) as err:

@@ -193,6 +193,7 @@ def test_papers_bot_command_on_a_busy_database_prints_try_again_and_exits_1(setu
         assert conn.execute("SELECT count(*) FROM subscriptions").fetchone()[0] == 0
 
 
+@pytest.mark.backends
 def test_nested_write_transactions_are_savepoints(store):
     from datetime import datetime, timezone
 
@@ -250,6 +251,7 @@ def test_processes_starting_together_on_a_new_database_apply_the_schema_once(tmp
         assert conn.execute("SELECT count(*) FROM _sqlite_migrations WHERE name = 'm001_initial'").fetchone()[0] == 1
 
 
+@pytest.mark.backends
 def test_import_respects_the_channel_cap_all_or_nothing(store):
     from datetime import datetime, timezone
 

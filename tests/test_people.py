@@ -36,6 +36,13 @@ C123 = ChannelRef("slack", "C123")
 PAPER = "2411.00001"
 
 
+def _ported(store, *methods):
+    """Skip on a PgStore that lacks these yet (areas of the PostgreSQL port not merged)."""
+    missing = [m for m in methods if not hasattr(store, m)]
+    if missing:
+        pytest.skip(f"{type(store).__name__} has no {', '.join(missing)} yet")
+
+
 @pytest.fixture
 def ctx(store, make_config, clock):
     return handlers.Context(store, make_config(), clock)
@@ -97,7 +104,9 @@ def test_m018_upgrades_a_database_with_data_and_is_idempotent(tmp_path, clock):
     store.close()
 
 
+@pytest.mark.backends
 def test_feedback_is_stored_once_with_who_where_what_and_when(store, clock):
+    _ported(store, "add_papers")
     store.add_papers([paper(PAPER, "A"), paper("2411.00002", "B")], clock())
     first = store.record_feedback("U1", C123, PAPER, "save", clock())
     clock.advance(minutes=5)
@@ -107,7 +116,8 @@ def test_feedback_is_stored_once_with_who_where_what_and_when(store, clock):
     clock.advance(minutes=5)
     store.record_feedback("U2", C123, "2411.00002", "save", clock())
     row = store.db.execute("SELECT user_id, channel, paper_id, kind, created_at FROM feedback ORDER BY id").fetchone()
-    assert row == ("U1", "slack:C123", PAPER, "save", "2026-11-27T12:00:00+00:00")
+    assert row[:4] == ("U1", "slack:C123", PAPER, "save")
+    assert str(row[4]).replace(" ", "T") == "2026-11-27T12:00:00+00:00"  # SQLite's text, PostgreSQL's timestamptz
     assert store.channel_feedback(C123) == ChannelFeedback(saved=("2411.00002", PAPER), not_relevant=("2411.00002",))
     assert store.channel_feedback(ChannelRef("slack", "C999")) == ChannelFeedback()
 
@@ -186,14 +196,18 @@ async def test_a_bursts_digest_mentions_the_me_subscribers_of_its_papers_too(ctx
     assert [int(u) for u in digest["allowed_mentions"]["users"]] == [555] and digest["allowed_mentions"]["parse"] == []
 
 
+@pytest.mark.backends
 async def test_removing_a_subscription_removes_its_mentions(ctx, store, clock):
+    _ported(store, "preview_candidates")  # subscribe previews
     await run(ctx, C123, "U1", "subscribe --me diffusion")
     (sub,) = store.subscriptions(C123)
     await run(ctx, C123, "U1", f"unsubscribe {sub.id}")
     assert store.subscribers([sub.id]) == []
 
 
+@pytest.mark.backends
 async def test_without_the_manage_right_me_joins_an_existing_subscription_and_leaves_it(ctx, store):
+    _ported(store, "preview_candidates")  # subscribe previews
     await run(ctx, C123, "UADMIN", "subscribe diffusion")
     refused = await run(ctx, C123, "U1", "subscribe --me video", can_manage=False)
     assert not refused.ok and "with `--me` you can join one it has" in refused.text
@@ -209,7 +223,9 @@ async def test_without_the_manage_right_me_joins_an_existing_subscription_and_le
     assert again.text == "#1 `diffusion` did not mention you."
 
 
+@pytest.mark.backends
 async def test_list_me_lists_my_subscriptions_across_channels_of_the_platform(ctx, store):
+    _ported(store, "preview_candidates")  # subscribe previews
     await run(ctx, C123, "U1", "subscribe --me diffusion")
     await run(ctx, ChannelRef("slack", "C999"), "U2", "subscribe agents")
     await run(ctx, ChannelRef("slack", "DU1"), "U1", "subscribe world model")  # U1's own feed

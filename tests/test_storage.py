@@ -60,6 +60,7 @@ def test_full_text_index_follows_the_papers_table(store):
     assert len(rows) == 1
 
 
+@pytest.mark.backends
 def test_subscriptions_are_idempotent_per_channel(store):
     first = store.add_subscription(ML, "diffusion", "u1", T0)
     s1 = first.subscription
@@ -72,6 +73,7 @@ def test_subscriptions_are_idempotent_per_channel(store):
     assert store.count_subscriptions(ML) == 1 and len(store.subscriptions()) == 2
 
 
+@pytest.mark.backends
 def test_a_channel_cannot_remove_another_channels_subscription(store):
     sub = store.add_subscription(ML, "diffusion", "u1", T0).subscription
     assert store.remove_subscription(CV, sub.id) is None

@@ -66,3 +66,22 @@ def test_storage_url_must_be_a_postgresql_url():
     assert parse_config({"storage": {"path": "x.db"}}).storage_target == "x.db"
     with pytest.raises(ConfigError, match="must be a postgresql:// URL"):
         parse_config({"storage": {"url": "mysql://db/papers"}})
+
+
+def test_two_bots_in_two_schemas_of_one_database_never_share_a_lock(pg_url):
+    other_schema = "t_other_" + pg_url.rsplit("t_", 1)[1]
+    base = pg_url.split("?", 1)[0]
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {other_schema}")
+    try:
+        first, second = PgStore(pg_url), PgStore(f"{base}?options=-csearch_path%3D{other_schema}")
+        assert first.hold_sender_lease() and second.hold_sender_lease()  # a lease each
+        with first.transaction():
+            first.db.lock("channel slack:C1")
+            with second.transaction():
+                second.db.lock("channel slack:C1")  # would wait for the first (StorageBusy) if shared
+        first.close()
+        second.close()
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {other_schema} CASCADE")

@@ -25,6 +25,11 @@ from bot.errors import StorageBusy, StorageError
 
 Params = Sequence[Any] | dict[str, Any] | None
 
+# An advisory lock's number for a name (one %s parameter): advisory locks are the whole
+# server's, so the name is taken with the schema the bot's tables are in (the first of
+# search_path): two bots (or two test runs) in two schemas of one database never share one.
+LOCK_KEY = "hashtextextended(current_schema() || ' ' || %s, 0)"
+
 
 def redacted(url: str) -> str:
     """The URL without its password, for messages and logs."""
@@ -113,7 +118,7 @@ class Database:
     def lock(self, key: str) -> None:
         """Inside a transaction: wait (at most the busy timeout) for the advisory lock on `key`,
         held until the transaction ends. Two transactions locking the same key take turns."""
-        self.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+        self.execute(f"SELECT pg_advisory_xact_lock({LOCK_KEY})", [key])
 
     @property
     def in_transaction(self) -> bool:

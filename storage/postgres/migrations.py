@@ -70,8 +70,14 @@ CREATE TABLE subscriptions (
 CREATE INDEX subscriptions_version ON subscriptions (version);
 CREATE INDEX subscriptions_created_by ON subscriptions (created_by);
 
-CREATE TABLE subscription_version (version bigint NOT NULL);
-INSERT INTO subscription_version (version) VALUES (0);
+-- The change log's one row (storage/postgres/subscriptions.py): every subscription write takes
+-- its row lock first, so versions and ids are handed out, and committed, in order.
+CREATE TABLE subscription_version (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    version bigint NOT NULL,             -- the newest version handed out
+    newest_id bigint NOT NULL            -- the highest subscription id handed out
+);
+INSERT INTO subscription_version (version, newest_id) VALUES (0, 0);
 
 CREATE TABLE subscription_people (
     subscription_id bigint NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,

@@ -24,15 +24,20 @@ from typing import Iterator
 import psycopg
 
 from . import migrations
+from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
-from .db import Database, ThreadConnections, redacted, storage_error
+from .db import LOCK_KEY, Database, ThreadConnections, redacted, storage_error
+from .feedback import FeedbackMixin
+from .people import PeopleMixin
 from .roles import RolesMixin
 from .source_state import SourceStateMixin
+from .subscriptions import SubscriptionsMixin
 
 SENDER_LEASE = "papers-bot sender lease"
 
 
-class PgStore(CommandLogMixin, SourceStateMixin, RolesMixin):
+class PgStore(CommandLogMixin, SourceStateMixin, RolesMixin,
+              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
@@ -74,7 +79,7 @@ class PgStore(CommandLogMixin, SourceStateMixin, RolesMixin):
     def hold_sender_lease(self) -> bool:
         if self._lease:
             return True
-        self._lease = bool(self.db.scalar("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [SENDER_LEASE]))
+        self._lease = bool(self.db.scalar(f"SELECT pg_try_advisory_lock({LOCK_KEY})", [SENDER_LEASE]))
         return self._lease
 
     def reads_off_loop(self) -> bool:
