@@ -445,10 +445,12 @@ def main(argv: list[str] | None = None) -> dict:
             env.update({"SLACK_BOT_TOKEN": "xoxb-fault-suite", "DISCORD_TOKEN": "fault-suite-token",
                         "PAPERS_BOT_CONFIG": str(workdir / "config.toml"), "PYTHONPATH": str(root)})
             channels = [f"slack:{c}" for c in SLACK_CHANNELS] + [f"discord:{c}" for c in DISCORD_CHANNELS]
-            for channel in channels:
-                subprocess.run([sys.executable, "-m", "bot", "command", "--channel", channel, "--user",
-                                "fault-suite", "subscribe diffusion"], cwd=workdir, env=env, check=True,
-                               stdout=subprocess.DEVNULL)
+            # Every channel subscribes, in one command process (four would each pay Python's start).
+            subscribed = subprocess.run(
+                [sys.executable, "-c", COMMAND_WORKER, *[x for c in channels for x in (c, "subscribe diffusion")]],
+                cwd=workdir, env=env, check=True, capture_output=True, text=True)
+            if [code for code, _, _ in json.loads(subscribed.stdout.strip().splitlines()[-1])] != [0] * len(channels):
+                raise SystemExit(f"bench.faults: could not subscribe the channels: {subscribed.stdout[-500:]}")
             if processes:
                 fleet = Fleet(workdir, env, args.pollers, args.deliverers)
 
