@@ -74,7 +74,7 @@ class App:
         fetchers = connect(self.http, config.sources, config.max_response_bytes)
         self.sources: list[Source] = [fetchers[name] for name, cfg in config.sources.items() if cfg.enabled]
         if adapters is None:
-            adapters = build_adapters(config, stdout=stdout, complete=self.complete)
+            adapters = build_adapters(config, stdout=stdout, complete=self.complete, installations=self.store)
         self.adapters: dict[str, Adapter] = adapters
         self._frontends: list[Running] = []  # what run started: servers, sockets, the gateway
         # arXiv's categories for papers listed without (Hugging Face's), while the arXiv source is

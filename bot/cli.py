@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -28,20 +29,30 @@ log = logging.getLogger("bot")
 
 
 class RedactSecrets(logging.Filter):
-    """Defence in depth: a token that reaches a log line anyway is replaced by [redacted]."""
+    """Defence in depth: a token that reaches a log line anyway is replaced by [redacted].
+
+    The environment's secrets by value, and any Slack token by its shape (with Slack
+    distribution the workspaces' tokens come from the database, and slack_sdk's debug lines
+    show oauth.v2.access's answer)."""
 
     def __init__(self, secrets: Sequence[str]):
         super().__init__()
         self.secrets = [s for s in secrets if len(s) >= 6]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            if any(s in message for s in self.secrets):
-                for secret in self.secrets:
-                    message = message.replace(secret, "[redacted]")
-                record.msg, record.args = message, None
+        message = record.getMessage()
+        redacted = message
+        if self.secrets and any(s in redacted for s in self.secrets):
+            for secret in self.secrets:
+                redacted = redacted.replace(secret, "[redacted]")
+        if "xox" in redacted:
+            redacted = _SLACK_TOKEN.sub("[redacted]", redacted)
+        if redacted != message:
+            record.msg, record.args = redacted, None
         return True
+
+
+_SLACK_TOKEN = re.compile(r"xox[a-z]-[A-Za-z0-9-]+|xoxe\.xox[a-z]-[A-Za-z0-9-]+")
 
 
 def setup_logging(config: Config, verbose: bool, stream: TextIO | None = None) -> None:
@@ -93,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:  # a database that cannot be used: one line naming the file, what to do
         print(f"papers-bot: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # found once the database is open (Slack distribution's token key): one line
+        print(f"papers-bot: config error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,9 @@ from .sources import SourceConfig
 from .sources.base import url_problem
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# What the app asks a workspace for when it installs (slack-manifest.yml lists the same, with why).
+_BOT_SCOPES = ("commands", "chat:write", "links:read", "links:write", "app_mentions:read", "channels:history",
+               "groups:history", "im:history")
 
 
 _url = url_problem
@@ -109,6 +112,14 @@ _SCHEMA: Schema = {
         "admins": (list, [],
                    lambda v: None if all(isinstance(u, str) and u for u in v) else "must list Slack user ids"),
         "host": (str, "0.0.0.0", _host),
+        # Slack distribution (the OAuth install flow, many workspaces): on when client_id is set.
+        "client_id": (str, "", lambda v: None if not v or re.fullmatch(r"[0-9]+\.[0-9]+", v)
+                      else "must be the app's Client ID (digits.digits), or empty for one workspace"),
+        "scopes": (list, list(_BOT_SCOPES),
+                   lambda v: None if v and all(isinstance(s, str) and re.fullmatch(r"[a-z.:_-]+", s) for s in v)
+                   else "must list bot scopes such as \"chat:write\""),
+        "redirect_uri": (str, "", lambda v: None if not v or not _url(v) else _url(v)),
+        "authorize_url": (str, "https://slack.com/oauth/v2/authorize", _url),
     },
     "discord": {
         "api_base": (str, "https://discord.com/api/v10", _url),
@@ -156,7 +167,9 @@ def schema() -> Schema:
 
 SCHEMA = schema()
 
-SECRET_NAMES = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "DISCORD_TOKEN")
+SECRET_NAMES = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "DISCORD_TOKEN",
+                # Slack distribution: the app's client secret, and the Fernet key sealing the tokens at rest
+                "SLACK_CLIENT_SECRET", "PAPERS_BOT_TOKEN_KEY")
 
 
 @dataclass(frozen=True)
@@ -208,6 +221,15 @@ class SlackConfig:
     command: str = "/papers"
     admins: tuple[str, ...] = ()  # who may change channels; empty: everyone
     host: str = "0.0.0.0"  # where HTTP mode listens; Slack (or your reverse proxy) must reach it
+    client_id: str = ""  # set: Slack distribution (OAuth installs, a token per workspace); HTTP mode only
+    scopes: tuple[str, ...] = _BOT_SCOPES  # the bot scopes an install asks for
+    redirect_uri: str = ""  # https://YOUR-HOST/slack/oauth_redirect; empty: the one set in the app
+    authorize_url: str = "https://slack.com/oauth/v2/authorize"  # where /slack/install sends the browser
+
+    @property
+    def distribution(self) -> bool:
+        """Many workspaces, each installing the app through OAuth (not one SLACK_BOT_TOKEN)."""
+        return bool(self.client_id)
 
 
 @dataclass(frozen=True)
@@ -295,6 +317,9 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
                 names = ", ".join(known[section])
                 raise ConfigError(f"unknown key {key!r} in [{section}] (known: {names})")
             values[section][key] = _check(known, section, key, value)
+    if values["slack"]["client_id"] and values["slack"]["mode"] != "http":
+        raise ConfigError('[slack] client_id (installing to many workspaces) needs [slack] mode = "http": '
+                          "the install pages are served by the Slack HTTP endpoint")
     return Config(
         storage_path=values["storage"]["path"],
         storage_url=values["storage"]["url"],
@@ -314,6 +339,10 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             command=values["slack"]["command"],
             admins=tuple(values["slack"]["admins"]),
             host=values["slack"]["host"],
+            client_id=values["slack"]["client_id"],
+            scopes=tuple(values["slack"]["scopes"]),
+            redirect_uri=values["slack"]["redirect_uri"],
+            authorize_url=values["slack"]["authorize_url"],
         ),
         delivery=DeliveryConfig(**values["delivery"]),
         feedback=FeedbackConfig(**values["feedback"]),

@@ -520,3 +520,27 @@ class MostSavedSchedule:
     day: str = "mon"
     time: str = "09:00"
     last_sent_at: datetime | None = None  # the slot last posted (or since when it is on)
+
+
+@dataclass(frozen=True)
+class SlackInstallation:
+    """One Slack workspace (or Enterprise Grid organization) that installed the app through
+    the OAuth flow. `sealed` holds its tokens, encrypted (Fernet) before they reach storage:
+    storage never sees a token in clear. The rest is what Slack says of the installation."""
+
+    team_id: str  # the workspace's id (T...), or the organization's (E...) for an org-wide install
+    sealed: bytes  # the encrypted tokens (bot.adapters.slack_oauth seals and opens them)
+    installed_at: datetime
+    enterprise_id: str = ""
+    team_name: str = ""
+    app_id: str = ""
+    bot_id: str = ""
+    bot_user_id: str = ""
+    bot_scopes: str = ""  # comma-separated, as Slack gives them
+    installer_user_id: str = ""
+    is_enterprise_install: bool = False
+
+
+# Why a Slack channel is paused when its workspace uninstalled the app (or revoked its token);
+# installing the app there again resumes exactly the channels paused for this reason.
+SLACK_UNINSTALLED = "the Slack app was uninstalled from this workspace; installing it again resumes the channel"

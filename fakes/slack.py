@@ -16,6 +16,11 @@ class FakeSlack(LocalServer):
     `POST /api/<method>` answers `{"ok": true, ...}`; `script(method, (status, body, headers), ...)`
     queues other answers. Every call is recorded as (method, parsed body, headers).
     views.open / views.update keep the modals (`views`) with their ids and hashes.
+
+    Distribution (many workspaces): `add_workspace(code, team_id, name, token)` makes oauth.v2.access
+    answer that authorization code (once) with that workspace's bot token; auth.test then names the
+    workspace of the token it is called with, and `revoke(token)` makes Slack refuse it. `token_of(call)`
+    is the bot token a recorded call carried.
     """
 
     def __init__(self):
@@ -33,6 +38,10 @@ class FakeSlack(LocalServer):
         self.views: dict[str, dict] = {}  # view id -> the view as last opened or updated, with its id and hash
         self.view_counter = 0
         self.home_views: dict[str, dict] = {}  # user id -> the App Home view views.publish last set
+        self.oauth_codes: dict[str, dict] = {}  # authorization code -> the workspace oauth.v2.access installs
+        self.workspaces: dict[str, dict] = {}  # bot token -> its workspace (team_id, name, bot_user_id)
+        self.revoked: set[str] = set()
+        self._request = threading.local()  # the headers of the request each server thread answers
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,6 +60,7 @@ class FakeSlack(LocalServer):
                 body.update(dict(parse_qsl(self.path.partition("?")[2])))
                 method = self.path.split("?")[0].rsplit("/", 1)[-1]
                 fake.calls.append((method, body, dict(self.headers)))
+                fake._request.headers = dict(self.headers)  # this thread's request, for _answer
                 status, answer, headers = fake._answer(method, body)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
@@ -70,6 +80,16 @@ class FakeSlack(LocalServer):
         queue = self.scripts.get(method)
         if queue:
             return queue.pop(0)
+        headers = getattr(self._request, "headers", {})  # the request's, set by the handler's thread
+        token = self._bearer(headers)
+        if token in self.revoked:
+            return 200, {"ok": False, "error": "token_revoked"}, {}
+        if method == "oauth.v2.access":
+            return self._oauth_access(body, headers)
+        if method == "auth.test" and token in self.workspaces:
+            team = self.workspaces[token]
+            return 200, {"ok": True, "user_id": team["bot_user_id"], "bot_id": f"B{team['team_id']}",
+                         "team_id": team["team_id"], "team": team["name"], "user": "papers"}, {}
         if method == "chat.postMessage" and self.min_interval:
             with self.lock:
                 now = time.monotonic()
@@ -131,6 +151,44 @@ class FakeSlack(LocalServer):
             stored = {**view, "id": view_id, "hash": f"{self.view_counter}.hash", "state": {"values": {}}}
             self.views[view_id] = stored
         return 200, {"ok": True, "view": stored}, {}
+
+    def add_workspace(self, code: str, team_id: str, name: str, token: str) -> None:
+        """oauth.v2.access with `code` installs the app in workspace `team_id` with bot token `token`."""
+        self.oauth_codes[code] = {"team_id": team_id, "name": name, "token": token, "bot_user_id": f"U{team_id}BOT"}
+
+    def revoke(self, token: str) -> None:
+        self.revoked.add(token)
+
+    def _oauth_access(self, body: dict, headers: dict) -> tuple[int, dict, dict]:
+        """Slack's answer to an app exchanging an authorization code: the client id and secret
+        (HTTP basic auth, as slack_sdk sends them, or in the body) and a code given once."""
+        import base64
+
+        auth = headers.get("Authorization") or headers.get("authorization") or ""
+        client_id, secret = body.get("client_id"), body.get("client_secret")
+        if auth.startswith("Basic "):
+            client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+        if not client_id or not secret:
+            return 200, {"ok": False, "error": "invalid_client_id"}, {}
+        with self.lock:
+            team = self.oauth_codes.pop(body.get("code") or "", None)
+        if team is None:
+            return 200, {"ok": False, "error": "invalid_code"}, {}
+        self.workspaces[team["token"]] = team
+        self.revoked.discard(team["token"])
+        return 200, {"ok": True, "app_id": "A0PAPERS", "access_token": team["token"], "token_type": "bot",
+                     "scope": "commands,chat:write", "bot_user_id": team["bot_user_id"],
+                     "team": {"id": team["team_id"], "name": team["name"]}, "enterprise": None,
+                     "is_enterprise_install": False, "authed_user": {"id": f"U{team['team_id']}ADMIN"}}, {}
+
+    @staticmethod
+    def _bearer(headers: dict) -> str | None:
+        auth = headers.get("Authorization") or headers.get("authorization") or ""
+        return auth[7:] if auth.startswith("Bearer ") else None
+
+    def token_of(self, call: tuple[str, dict, dict]) -> str | None:
+        """The bot token a recorded call (method, body, headers) was made with."""
+        return self._bearer(call[2])
 
     def thread_replies(self, channel: str, ts: str) -> list[dict]:
         """The replies posted in the thread of message `ts` (chat.postMessage with its thread_ts), in order."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -38,9 +39,17 @@ class RateLimiter:
         self.clock = clock
         self.store = store
 
-    def wait_seconds(self, user: str) -> int:
-        """0 if the user may run a command now (and count it), else how long to wait."""
-        wait = self.store.record_command(user, self.clock(), self.limit)
+    async def wait_seconds(self, user: str) -> int:
+        """0 if the user may run a command now (and count it), else how long to wait.
+
+        Counted in a worker thread when the store allows: the count is a write, which waits
+        its turn behind the transaction under way (a poll's writer thread writes one after
+        another), and the loop must not wait with it (docs/benchmarks.md, "Bursts and due
+        channels off the loop")."""
+        if self.store.reads_off_loop():
+            wait = await asyncio.to_thread(self.store.record_command, user, self.clock(), self.limit)
+        else:
+            wait = self.store.record_command(user, self.clock(), self.limit)
         return 0 if wait <= 0 else max(1, math.ceil(wait - 0.001))
 
 
@@ -209,7 +218,7 @@ async def _handle(ctx: Context, request: CommandRequest) -> Reply:
     assert limiter is not None  # set by Context.__post_init__
     # A form's live preview is not a command typed: the adapter sends at most one at a time per user.
     live = request.live_preview and request.verb == "preview"
-    wait = 0 if live else limiter.wait_seconds(request.user_id)
+    wait = 0 if live else await limiter.wait_seconds(request.user_id)
     if wait:
         return error(
             f"You are sending commands too fast: the limit is {limiter.limit} a minute. "

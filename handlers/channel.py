@@ -171,6 +171,10 @@ def bot_status(ctx: Context) -> str:
     overflow = f", {counts.overflow} not posted (past a burst's cards and digest)" if counts.overflow else ""
     lines.append(f"Queue: {counts.pending} pending, {counts.sent} sent, "
                  f"{counts.failed} failed{overflow}; last post {_ago(ctx.store.last_sent_at(), now)}.")
+    if ctx.config.slack.distribution:  # installed through OAuth: which workspaces (never their tokens)
+        installed = ctx.store.slack_installations()
+        names = ", ".join(f"{i.team_id} ({i.team_name})" if i.team_name else i.team_id for i in installed)
+        lines.append(f"Slack workspaces installed ({len(installed)}){': ' + names if names else ''}.")
     settings = {s.channel: s for s in ctx.store.all_channel_settings()}
     subs: dict = {}
     for sub in ctx.store.subscriptions():

@@ -29,6 +29,8 @@ Rules every method keeps, unless its own text says otherwise:
   thread": when `reads_off_loop()` is true the bot calls them from worker threads
   (asyncio.to_thread), beside the loop's calls, and each must then use a connection of
   its own (SQLite's are bound to their thread; WAL lets readers run beside the writer).
+  Most are reads; `plan_burst`, `hold_back` and `record_command` write, each in one
+  transaction as every write method.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from bot.models import (
     PreviewCandidates,
     SavedPaper,
     SettingsChange,
+    SlackInstallation,
     SourceStatus,
     Subscribed,
     Subscription,
@@ -347,8 +350,13 @@ class StoreContract(Protocol):
         ...
 
     def plan_burst(self, channel: ChannelRef, now: datetime, cards: int, digest_max: int) -> BurstPlan:
-        """Decide, once, how the channel's outstanding deliveries go out; return what is due
-        now. One transaction (two processes never plan the same burst twice).
+        """Any thread (it writes: from a worker thread it uses a connection of its own, and
+        its one transaction is serialized with the loop's and other processes' as any write
+        is). Decide, once, how the channel's outstanding deliveries go out; return what is due
+        now. One transaction, holding the write lock from its first read (two threads or
+        processes never plan the same burst twice, and a delivery written meanwhile is either
+        seen by the whole decision or by none of it). The bot calls it from a worker thread
+        when `reads_off_loop()`: a big burst settles thousands of deliveries as overflow.
 
         Deliveries are ranked, best first: the paper's Hugging Face upvotes (unknown
         last), then how strongly the channel's queries matched (distinct matched terms found
@@ -367,13 +375,14 @@ class StoreContract(Protocol):
         ...
 
     def hold_back(self, channel: ChannelRef, keep: int) -> None:
-        """Settle all but the channel's `keep` best pending deliveries (ranked as in
-        `plan_burst`) as overflow (a scheduled digest holds `keep` papers and counts the rest)."""
+        """Any thread (it writes, as `plan_burst`). Settle all but the channel's `keep` best
+        pending deliveries (ranked as in `plan_burst`) as overflow (a scheduled digest holds
+        `keep` papers and counts the rest). One transaction."""
         ...
 
     def unannounced_overflow(self, channel: ChannelRef) -> Overflow:
-        """How many of the channel's overflow deliveries no digest has counted yet, and the
-        highest id among them (0 when none)."""
+        """Any thread. How many of the channel's overflow deliveries no digest has counted yet,
+        and the highest id among them (0 when none)."""
         ...
 
     def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:
@@ -510,7 +519,10 @@ class StoreContract(Protocol):
     # ---- the per-user command rate limit ----------------------------------------------------
 
     def record_command(self, user: str, now: datetime, limit: int) -> float:
-        """Count a command by `user` unless they ran `limit` in the 60 seconds before `now`.
+        """Any thread (it writes, as `plan_burst`). Count a command by `user` unless they ran
+        `limit` in the 60 seconds before `now`. The bot calls it from a worker thread when
+        `reads_off_loop()`: its write waits its turn behind a poll's writes, which the loop
+        must not.
 
         Returns 0.0 when counted, else the seconds (> 0) until the oldest of those leaves
         the window; nothing is recorded then. Atomic across processes: every process counts
@@ -619,4 +631,50 @@ class StoreContract(Protocol):
         """Take the digest of `slot` for sending: True for exactly one caller (any process),
         when the schedule is on and its last slot is before `slot`; that is recorded at once,
         so the slot is never posted twice (nor again, if the post then fails)."""
+        ...
+
+    # ---- Slack distribution (the OAuth install flow) --------------------------------------------
+    # Tokens arrive sealed (encrypted) in SlackInstallation.sealed: storage keeps the bytes as
+    # given and never sees a token in clear. A Slack channel belongs to one workspace, recorded
+    # when a command, event or button comes from it (`set_slack_channel_team`); an uninstall
+    # pauses the workspace's channels (paused_reason SLACK_UNINSTALLED), a reinstall resumes them.
+
+    def save_slack_installation(self, installation: SlackInstallation, now: datetime) -> list[ChannelRef]:
+        """Store a workspace's installation (replacing the one it had, by team_id), and resume
+        its channels that its uninstall paused (paused_reason SLACK_UNINSTALLED; a channel paused
+        by hand or by the platform stays paused): returns those, by key. One transaction."""
+        ...
+
+    def slack_installation(self, team_id: str) -> SlackInstallation | None:
+        """The workspace's installation, None when it has none (never installed, or removed)."""
+        ...
+
+    def slack_installations(self) -> list[SlackInstallation]:
+        """Every installation, by team_id."""
+        ...
+
+    def remove_slack_installation(self, team_id: str, now: datetime) -> list[ChannelRef]:
+        """Forget the workspace's installation (its tokens with it) and pause each of its channels
+        not paused already, with paused_reason SLACK_UNINSTALLED: their deliveries wait in the
+        outbox (pending), neither sent nor failed. Returns the channels paused, by key. Done for a
+        workspace without an installation too (a repeated uninstall event). One transaction."""
+        ...
+
+    def issue_slack_oauth_state(self, state: str, expires_at: datetime, now: datetime) -> None:
+        """Remember an OAuth `state` handed to a browser by /slack/install, good until
+        `expires_at`; states expired before `now` are dropped."""
+        ...
+
+    def consume_slack_oauth_state(self, state: str, now: datetime) -> bool:
+        """True exactly once for a state issued and not expired at `now` (any process); it is
+        gone afterwards, whatever the answer. False for an unknown, used or expired one."""
+        ...
+
+    def set_slack_channel_team(self, channel: ChannelRef, team_id: str) -> bool:
+        """Record that the Slack channel is in workspace `team_id` (a later team replaces it);
+        True when that changed what was recorded. Cheap when nothing changes (no write)."""
+        ...
+
+    def slack_channel_team(self, channel: ChannelRef) -> str | None:
+        """The workspace recorded for the Slack channel, None when none is."""
         ...

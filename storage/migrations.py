@@ -539,6 +539,59 @@ def m022_paper_words_exact(db: Database) -> None:
 
 
 @migrations()
+def m023_slack_installations(db: Database) -> None:
+    # Slack distribution (the OAuth install flow): one row per workspace that installed the
+    # app, its tokens sealed (Fernet, key from the environment) before they get here; the
+    # OAuth `state` values handed out by /slack/install, each usable once before it expires;
+    # and which workspace each Slack channel belongs to (learnt from the commands, events and
+    # buttons that come from it), so that a post uses that workspace's token.
+    for statement in (
+        """CREATE TABLE IF NOT EXISTS slack_installations (
+               team_id TEXT PRIMARY KEY,          -- T..., or E... for an org-wide install
+               enterprise_id TEXT NOT NULL DEFAULT '',
+               team_name TEXT NOT NULL DEFAULT '',
+               app_id TEXT NOT NULL DEFAULT '',
+               bot_id TEXT NOT NULL DEFAULT '',
+               bot_user_id TEXT NOT NULL DEFAULT '',
+               bot_scopes TEXT NOT NULL DEFAULT '',
+               installer_user_id TEXT NOT NULL DEFAULT '',
+               is_enterprise_install INTEGER NOT NULL DEFAULT 0,
+               sealed BLOB NOT NULL,              -- the tokens, encrypted: never in clear
+               installed_at TEXT NOT NULL
+           )""",
+        """CREATE TABLE IF NOT EXISTS slack_oauth_states (
+               state TEXT PRIMARY KEY,
+               expires_at TEXT NOT NULL
+           )""",
+        """CREATE TABLE IF NOT EXISTS slack_channel_teams (
+               channel TEXT PRIMARY KEY,          -- ChannelRef.key (slack:C...)
+               team_id TEXT NOT NULL
+           )""",
+        "CREATE INDEX IF NOT EXISTS slack_channel_teams_team ON slack_channel_teams(team_id)",
+    ):
+        db.execute(statement)
+
+
+@migrations()
+def m025_outbox_index(db: Database) -> None:
+    # One index for the outbox's outstanding rows, by status, then channel, then when due,
+    # in place of `deliveries_due (status, next_attempt_at)` and `deliveries_channel (channel,
+    # status)`. Every query of the outbox names the status (storage/deliveries.py), so:
+    # - due_channels reads the pending rows' index entries in channel order (channel,
+    #   next_attempt_at and the id are all in the entry: no row is read, no sort);
+    # - a burst's statements read the channel's own entries of a status, side by side, and
+    #   the 2,000 rows a big burst settles as overflow move between two runs of neighbouring
+    #   entries (pending -> overflow of that channel), not to and from pages spread over
+    #   every due row of every channel (deliveries_due);
+    # - a new delivery enters one index where it entered two (a random page of the pending
+    #   entries by channel, as deliveries_channel's was; deliveries_due's was appended).
+    # docs/benchmarks.md, "Bursts and due channels off the loop".
+    db.execute("DROP INDEX IF EXISTS deliveries_due")
+    db.execute("DROP INDEX IF EXISTS deliveries_channel")
+    db.execute("CREATE INDEX IF NOT EXISTS deliveries_outbox ON deliveries(status, channel, next_attempt_at)")
+
+
+@migrations()
 def m026_cooperating_processes(db: Database) -> None:
     # Several processes deliver (`papers-bot run --role deliverer`): a row in 'sending' names
     # its claimer (Store.sender_id), so a live deliverer's sends are told from a dead one's;

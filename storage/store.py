@@ -7,9 +7,12 @@ import functools
 import os
 import sqlite3
 import threading
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
+from urllib.request import pathname2url
+
+from sqlite_utils import Database
 
 from bot.errors import StorageError
 
@@ -18,15 +21,18 @@ from .command_log import CommandLogMixin
 from .db import BUSY_TIMEOUT, immediate, open_database, storage_error
 from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
+from .installations import InstallationsMixin
 from .papers import PapersMixin
 from .people import PeopleMixin
 from .roles import RolesMixin
 from .source_state import SourceStateMixin
 from .subscriptions import SubscriptionsMixin
 
+THREAD_CACHE_KB = 8 * 1024  # page cache of the connections of other threads (_thread_db)
+
 
 class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin, CommandLogMixin,
-            PeopleMixin, FeedbackMixin, RolesMixin):
+            PeopleMixin, FeedbackMixin, InstallationsMixin, RolesMixin):
     """The SQLite implementation of `StoreContract` (storage/contract.py, where each method's
     contract is written down). One connection, used from the bot's one event-loop thread.
 
@@ -44,6 +50,10 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         self._identity = _identity(self.path)
         self._lease: int | None = None  # the open lock file while this process holds the sender lease
         self._roles_init()  # sender_id; the poller's lease and this sender's liveness lock, once taken
+        # The connections of other threads that write for this store ("any thread" methods that
+        # write, such as plan_burst): one a thread, kept open for its next call, closed with the store.
+        self._thread_dbs: dict[int, Database] = {}
+        self._thread_dbs_guard = threading.Lock()
 
     def hold_sender_lease(self) -> bool:
         """True when this process is (now) the one that settles sends a crash left unfinished.
@@ -71,8 +81,42 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         """All writes inside happen together or not at all; the write lock is taken first."""
         return immediate(self.db)
 
+    @contextmanager
+    def _thread_db(self) -> Iterator[Database]:
+        """The connection for this thread, for an "any thread" method that writes: self.db on its
+        own thread (and always for an in-memory database: it has one connection); else this
+        thread's own, opened at its first call and kept (schema read once, not once a call).
+        It takes the write turnstile like self.db (storage/db.py: same file, same turnstile),
+        so its transactions and the loop's are serialized as any two of this process's are."""
+        me = threading.get_ident()
+        if me == self.owner_thread or not self.reads_off_loop():
+            yield self.db
+            return
+        with self._thread_dbs_guard:
+            db = self._thread_dbs.get(me)
+        if db is None:
+            try:
+                # mode=rw: never creates the file (see PapersMixin._reader). Not bound to this
+                # thread, so that close() can close it from the store's thread.
+                conn = sqlite3.connect(f"file:{pathname2url(os.path.abspath(self.path))}?mode=rw", uri=True,
+                                       timeout=self.busy_timeout, check_same_thread=False)
+                conn.execute("PRAGMA foreign_keys = ON")
+                # A big burst rewrites ~2,000 rows on as many pages: room for them (8 MB).
+                conn.execute(f"PRAGMA cache_size = -{THREAD_CACHE_KB}")
+            except sqlite3.Error as exc:
+                raise storage_error(exc, self.path) from None
+            db = Database(conn)
+            db.papers_bot_timeout = self.busy_timeout  # type: ignore[attr-defined]
+            with self._thread_dbs_guard:
+                self._thread_dbs[me] = db
+        yield db
+
     def close(self) -> None:
         self._drop_leases()
+        with self._thread_dbs_guard:
+            others, self._thread_dbs = list(self._thread_dbs.values()), {}
+        for db in others:
+            db.close()
         self.db.close()
         if self._lease is not None:
             os.close(self._lease)  # releases the lock

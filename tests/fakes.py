@@ -4,7 +4,7 @@ The fake servers themselves live in the top-level `fakes` package (benchmarks us
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bot.adapters import CommandHandler, Running
@@ -35,6 +35,34 @@ def due_now(store, now, cards: int = 1000, digest_max: int = 1000) -> list[Deliv
         plan = store.plan_burst(channel.channel, now, cards, digest_max)
         due += plan.cards + plan.digest
     return sorted(due, key=lambda d: d.id)
+
+
+def sql(store, text: str, params=()) -> list[tuple]:
+    """A statement on the store's database, either backend: `?` placeholders (PostgreSQL's %s)."""
+    if type(store).__name__ == "PgStore":
+        cursor = store.db.execute(text.replace("?", "%s"), list(params))
+        return list(cursor.fetchall()) if cursor.description else []
+    return list(store.db.execute(text, list(params)).fetchall())
+
+
+def stored(store, *papers: Paper, now: datetime = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)) -> None:
+    """Store papers for deliveries to refer to: add_papers; on a PgStore whose papers area is
+    not ported yet (storage/postgres/papers.py, another branch), the columns the outbox reads."""
+    if hasattr(store, "add_papers"):
+        store.add_papers(list(papers), now)
+        return
+    with store.transaction():
+        for p in papers:
+            sql(store, """INSERT INTO papers (id, title, summary, authors, categories, sources, published, listed_on,
+                                              upvotes, first_seen, updated_at)
+                          VALUES (?, ?, ?, '[]', '[]', ?, ?, ?, ?, ?, ?)""",
+                [p.id, p.title, p.summary, p.source, p.published, p.listed_on, p.upvotes, now, now])
+
+
+def subscribed(store, channel: ChannelRef, query: str,
+               now: datetime = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)) -> int:
+    """A new subscription of `channel` to `query`; its id."""
+    return int(store.add_subscription(channel, query, "u1", now).subscription.id)
 
 
 def fixture(name: str) -> bytes:

@@ -10,7 +10,7 @@ from bot.query import normalize_query
 from storage import Store
 from storage.migrations import migrations
 
-from .fakes import due_now, paper
+from .fakes import due_now, paper, sql, stored, subscribed
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 ML = ChannelRef("console", "ml")
@@ -87,8 +87,9 @@ def _match(sub_id, channel, query):
     return Match(sub_id, channel, query, tuple(f"{w} in title" for w in query.split()))
 
 
+@pytest.mark.backends
 def test_one_delivery_per_paper_and_channel(store):
-    store.add_papers([paper("2410.00001")], T0)
+    stored(store, paper("2410.00001"))
     matches = [_match(1, ML, "diffusion"), _match(2, ML, "video"), _match(3, CV, "diffusion")]
     assert store.enqueue("2410.00001", matches, T0) == 2
     assert store.enqueue("2410.00001", matches, T0) == 0  # never twice
@@ -96,15 +97,17 @@ def test_one_delivery_per_paper_and_channel(store):
     assert [(d.channel, d.matched) for d in due] == [(ML, tuple(matches[:2])), (CV, (matches[2],))]
 
 
+@pytest.mark.backends
 def test_why_a_delivery_matched_is_kept_as_facts_not_text(store):
-    store.add_papers([paper("2410.00001")], T0)
+    stored(store, paper("2410.00001"))
     matches = [Match(1, ML, "a `quoted` query; #2 `x`", ("a in title", "cat:cs.LG")), Match(2, ML, "b", ())]
     store.enqueue("2410.00001", matches, T0)
     (delivery,) = due_now(store, T0)
     assert delivery.matched == tuple(matches)
-    stored = json.loads(store.db.execute("SELECT matched FROM deliveries").fetchone()[0])
-    assert stored == [{"id": 1, "query": "a `quoted` query; #2 `x`", "terms": ["a in title", "cat:cs.LG"]},
-                      {"id": 2, "query": "b", "terms": []}]  # facts: no wording, no markup
+    ((facts,),) = sql(store, "SELECT matched FROM deliveries")  # JSON text on SQLite, jsonb on PostgreSQL
+    facts = json.loads(facts) if isinstance(facts, str) else facts
+    assert facts == [{"id": 1, "query": "a `quoted` query; #2 `x`", "terms": ["a in title", "cat:cs.LG"]},
+                     {"id": 2, "query": "b", "terms": []}]  # facts: no wording, no markup
 
 
 def test_reasons_stored_as_text_before_m012_are_read_back_as_facts(tmp_path):
@@ -137,10 +140,11 @@ def test_reasons_stored_as_text_before_m012_are_read_back_as_facts(tmp_path):
     store.close()
 
 
+@pytest.mark.backends
 def test_delivery_lifecycle(store):
-    store.add_papers([paper("2410.00001")], T0)
-    sub = store.add_subscription(ML, "diffusion", "u1", T0).subscription
-    store.enqueue("2410.00001", [_match(sub.id, ML, "diffusion")], T0)
+    stored(store, paper("2410.00001"))
+    sub_id = subscribed(store, ML, "diffusion")
+    store.enqueue("2410.00001", [_match(sub_id, ML, "diffusion")], T0)
     (delivery,) = due_now(store, T0)
     assert store.claim_delivery(delivery.id)
     assert not store.claim_delivery(delivery.id)  # claimed once only
@@ -155,8 +159,9 @@ def test_delivery_lifecycle(store):
     assert store.subscriptions(ML)[0].delivered == 1
 
 
+@pytest.mark.backends
 def test_unfinished_sends_are_released_after_a_crash(store):
-    store.add_papers([paper("2410.00001")], T0)
+    stored(store, paper("2410.00001"))
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
     (delivery,) = due_now(store, T0)
     store.claim_delivery(delivery.id, T0)
@@ -166,10 +171,11 @@ def test_unfinished_sends_are_released_after_a_crash(store):
     assert len(due_now(store, T0)) == 1 and store.unfinished_deliveries() == []
 
 
+@pytest.mark.backends
 def test_crashes_mid_send_do_not_use_up_a_papers_attempts(store):
     # bench.faults found deliveries past MAX_ATTEMPTS after many kills mid-send: a kill is not
     # the paper's fault, so an interrupted attempt is given back when the delivery is released.
-    store.add_papers([paper("2410.00001")], T0)
+    stored(store, paper("2410.00001"))
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
     for _ in range(20):
         (delivery,) = due_now(store, T0)
@@ -179,8 +185,9 @@ def test_crashes_mid_send_do_not_use_up_a_papers_attempts(store):
     assert delivery.attempts == 0
 
 
+@pytest.mark.backends
 def test_failed_for_good_is_not_due_again(store):
-    store.add_papers([paper("2410.00001")], T0)
+    stored(store, paper("2410.00001"))
     store.enqueue("2410.00001", [_match(1, ML, "x")], T0)
     (delivery,) = due_now(store, T0)
     store.give_up_delivery(delivery.id, "channel_not_found")
@@ -284,10 +291,11 @@ def test_search_ranks_within_the_most_recent_matches(store):
     assert store.search_papers([], 3) == []
 
 
+@pytest.mark.backends
 def test_enqueue_many_queues_each_paper_once_per_channel_and_keeps_its_subscriptions(store):
     t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
-    store.add_papers([paper("2410.00001"), paper("2410.00002")], t)
+    stored(store, paper("2410.00001"), paper("2410.00002"))
     assert store.enqueue("2410.00001", [Match(1, a, "x", ())], t) == 1  # already owed to a: nothing new below
     created = store.enqueue_many([
         PaperMatches("2410.00001", (Match(1, a, "x", ()), Match(2, b, "y", ("y in title",)), Match(3, b, "z", ()))),

@@ -18,6 +18,7 @@ from .console import ConsoleAdapter
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .slack_oauth import InstallationRecords
 
 CommandHandler = Callable[[CommandRequest], Awaitable[Reply]]
 # (channel, verb, parameter, typed so far) -> suggestions as (label, value): handlers.complete
@@ -86,15 +87,30 @@ def build_adapters(
     *,
     stdout: TextIO | None = None,
     complete: Completer | None = None,
+    installations: InstallationRecords | None = None,
 ) -> dict[str, Adapter]:
     """The adapters the config asks for, by platform: console always, Slack with
-    SLACK_BOT_TOKEN, Discord with DISCORD_TOKEN (each SDK imported only then).
+    SLACK_BOT_TOKEN (or, with [slack] client_id, the workspaces that installed the app, kept in
+    `installations`: the Store), Discord with DISCORD_TOKEN (each SDK imported only then).
 
     `complete` answers the Discord command group's autocomplete (handlers.complete through
-    the app); `stdout` is the console's."""
+    the app); `stdout` is the console's. Raises ConfigError (one line) when distribution's
+    client secret or token key is missing, or the key does not open the stored tokens."""
     adapters: dict[str, Adapter] = {"console": ConsoleAdapter(stdout)}
     token = config.secrets.get("SLACK_BOT_TOKEN")
-    if token:
+    if config.slack.distribution and installations is not None:
+        from ..errors import ConfigError
+        from .slack_adapter import SlackAdapter, make_web_client
+        from .slack_oauth import CLIENT_SECRET_ENV, KEY_ENV, Sealer, Workspaces
+
+        if not config.secrets.get(CLIENT_SECRET_ENV):
+            raise ConfigError(f"Slack distribution ([slack] client_id is set) needs {CLIENT_SECRET_ENV} in the "
+                              "environment (the app's Client Secret, Basic Information -> App Credentials)")
+        workspaces = Workspaces(installations, Sealer(config.secrets.get(KEY_ENV)), config.slack.api_url)
+        workspaces.check_key()
+        adapters["slack"] = SlackAdapter(make_web_client(None, config.slack.api_url), config=config,
+                                         workspaces=workspaces)
+    elif token:
         from .slack_adapter import SlackAdapter, make_web_client
 
         adapters["slack"] = SlackAdapter(make_web_client(token, config.slack.api_url), config=config)

@@ -26,6 +26,8 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
+from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
@@ -35,6 +37,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
 
+from ..errors import StorageError
 from ..http_guard import IDLE_TIMEOUT, READ_TIMEOUT, RejectLog, Served, serve
 from ..models import (
     Card,
@@ -48,6 +51,15 @@ from ..models import (
     ThreadReply,
 )
 from . import TOKEN_REFUSED_WAIT, CommandHandler, Running
+from .slack_oauth import (
+    CLIENT_SECRET_ENV,
+    TooManyInstalls,
+    Workspaces,
+    bot_tokens_revoked,
+    busy_page,
+    callback_pages,
+    uninstalled_team,
+)
 from .slack_render import (
     ACTION_NOT_RELEVANT,
     ACTION_OPEN_FORM,
@@ -103,9 +115,11 @@ class SlackAdapter:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         config: Config | None = None,
+        workspaces: Workspaces | None = None,
     ):
-        self.client = client
+        self.client = client  # single-token mode: it has the token; distribution: tokenless (OAuth, auth.test)
         self.config = config  # [slack] and the secrets, for the front-end; None: posting only
+        self.workspaces = workspaces  # distribution ([slack] client_id): each channel's workspace and token
         self.min_interval = min_interval
         self.monotonic = monotonic
         self.sleep = sleep
@@ -132,9 +146,12 @@ class SlackAdapter:
         Slack has no idempotency key, so after a crash mid-send this is how the bot learns
         whether the message went out (chat.postMessage carries the paper id as metadata).
         """
+        client, _team = self._client_for(channel.channel_id)
+        if client is None:
+            return None
         cursor = None
         for _ in range(5):  # at most 1,000 messages back
-            response = await self.client.conversations_history(
+            response = await client.conversations_history(
                 channel=channel.channel_id, oldest=f"{since.timestamp() - 60:.6f}", limit=200,
                 include_all_metadata=True, **({"cursor": cursor} if cursor else {}))
             messages: list[dict] = response.get("messages", [])
@@ -161,9 +178,12 @@ class SlackAdapter:
     async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
         """The ts of our `reply` in the card's thread since `since`, known by the key in its
         metadata (read with conversations.replies: replies are not in the channel's history)."""
+        client, _team = self._client_for(thread.channel.channel_id)
+        if client is None:
+            return None
         cursor = None
         for _ in range(5):  # at most 1,000 replies
-            response = await self.client.conversations_replies(
+            response = await client.conversations_replies(
                 channel=thread.channel.channel_id, ts=thread.message_id, oldest=f"{since.timestamp() - 60:.6f}",
                 limit=200, include_all_metadata=True, **({"cursor": cursor} if cursor else {}))
             replies: list[dict] = response.get("messages", [])
@@ -190,23 +210,39 @@ class SlackAdapter:
         """/papers, link unfurls and mentions, in the configured mode (see start_slack)."""
         if self.config is None:
             return None
-        return await start_slack(self.client, self.config, on_command)
+        return await start_slack(self.client, self.config, on_command, workspaces=self.workspaces)
 
     async def close(self) -> None:
         return None  # AsyncWebClient opens a session per call: nothing stays open between posts
 
+    def _client_for(self, channel_id: str) -> tuple[AsyncWebClient | None, str]:
+        """The client that posts to the channel: the one token's, or (distribution) its workspace's,
+        with the team; (None, why) when no installed workspace is known for it."""
+        if self.workspaces is None:
+            return self.client, ""
+        return self.workspaces.client_for(channel_id)
+
     async def _post(self, channel_id: str, **message) -> PostResult:
+        client, team = self._client_for(channel_id)
+        if client is None:  # the workspace is unknown or uninstalled: the papers wait, none is lost
+            return PostResult(ok=False, error=team, retryable=True, retry_after=TOKEN_REFUSED_WAIT)
         lock = self._locks.setdefault(channel_id, asyncio.Lock())
         async with lock:  # Slack allows about one message a second per channel
             wait = self._last_post.get(channel_id, -1e9) + self.min_interval - self.monotonic()
             if wait > 0:
                 await self.sleep(wait)
             try:
-                response = await self.client.chat_postMessage(
+                response = await client.chat_postMessage(
                     channel=channel_id, unfurl_links=False, unfurl_media=False, **message
                 )
             except SlackApiError as exc:
-                return failure(exc)
+                result = failure(exc)
+                if self.workspaces is not None and result.platform_wide:
+                    # One workspace's token, not the platform's: the other workspaces go on.
+                    result = replace(result, platform_wide=False, error=result.error.replace(
+                        "the bot token", f"workspace {team}'s token").replace(
+                        "check SLACK_BOT_TOKEN", "install the app there again") if result.error else None)
+                return result
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 return PostResult(ok=False, error=f"cannot reach Slack ({type(exc).__name__})", retryable=True)
             finally:
@@ -330,14 +366,19 @@ def build_bolt_app(
     on_command: CommandHandler,
     command: str = "/papers",
     admins: tuple[str, ...] = (),
+    oauth: AsyncOAuthSettings | None = None,
+    workspaces: Workspaces | None = None,
 ) -> AsyncApp:
     """The AsyncApp with every listener.
 
     HTTP requests are verified before they reach it (see `start_http`); Socket Mode
-    requests come over Slack's own authenticated socket.
+    requests come over Slack's own authenticated socket. With `oauth` and `workspaces`
+    (distribution), bolt finds each request's workspace token in the installations (its
+    listeners' `client` has it), and the workspace of each channel a request comes from is
+    recorded, for the posts to it.
     """
     app = AsyncApp(client=client, signing_secret=signing_secret, request_verification_enabled=False,
-                   process_before_response=False)
+                   process_before_response=False, oauth_settings=oauth)
 
     def may_manage(user_id: str, channel_id: str = "") -> bool:
         return not admins or user_id in admins or _direct(channel_id)
@@ -349,6 +390,24 @@ def build_bolt_app(
             log.warning("Slack: ignored a malformed payload (%s)", problem)
             return BoltResponse(status=400, body={"error": "bad request"})
         return await next()
+
+    if workspaces is not None:
+        @app.middleware
+        async def note_workspace(context, next):
+            """The channel a request comes from is in the request's workspace: posts there use its token."""
+            team = context.enterprise_id if context.is_enterprise_install else context.team_id
+            if context.channel_id and team:
+                workspaces.note_channel(context.channel_id, team)
+            return await next()
+
+        @app.event("app_uninstalled")
+        async def uninstalled(body, context):
+            workspaces.removed(uninstalled_team(body, context), "uninstalled the app")
+
+        @app.event("tokens_revoked")
+        async def revoked(body, event, context):
+            if bot_tokens_revoked(event):
+                workspaces.removed(uninstalled_team(body, context), "revoked the bot's token")
 
     @app.command(command)
     async def slash_command(ack, body, respond, client):
@@ -522,11 +581,13 @@ async def open_subscribe_modal(client: AsyncWebClient, trigger_id, form: Subscri
 class _Edit:
     """One edit of a subscribe modal's query, as the block_actions payload gave it."""
 
-    __slots__ = ("view_id", "hash", "query", "channel", "user", "can_manage")
+    __slots__ = ("view_id", "hash", "query", "channel", "user", "can_manage", "client")
 
-    def __init__(self, view_id: str, view_hash: str, query: str, channel: ChannelRef, user: str, can_manage: bool):
+    def __init__(self, view_id: str, view_hash: str, query: str, channel: ChannelRef, user: str, can_manage: bool,
+                 client: AsyncWebClient | None = None):
         self.view_id, self.hash, self.query = view_id, view_hash, query
         self.channel, self.user, self.can_manage = channel, user, can_manage
+        self.client = client  # the request's (its workspace's token); None: the previews' own
 
 
 class LivePreviews:
@@ -587,8 +648,8 @@ class LivePreviews:
             return  # a newer edit of this view is waiting: show that one instead
         view = subscribe_modal(form, modal_metadata(edit.channel), opening=False)
         try:
-            response = await self.client.views_update(view_id=edit.view_id, hash=self.hashes.get(edit.view_id) or
-                                                      edit.hash or None, view=view)
+            response = await (edit.client or self.client).views_update(
+                view_id=edit.view_id, hash=self.hashes.get(edit.view_id) or edit.hash or None, view=view)
         except SlackApiError as exc:
             error = (exc.response.data or {}).get("error") if isinstance(exc.response.data, dict) else None
             # hash_conflict: the view changed since (a newer edit brings the new hash); not_found: it was closed
@@ -631,10 +692,10 @@ def add_subscribe_modal(app: AsyncApp, on_command: CommandHandler,
             await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
         elif opened.query.strip() and opened.view_id:  # show its preview at once, as if it had just been typed
             previews.edited(_Edit(opened.view_id, opened.hash, opened.query, opened.channel, user,
-                                    may_manage(user, opened.channel.channel_id)))
+                                  may_manage(user, opened.channel.channel_id), client))
 
     @app.action(ACTION_QUERY)
-    async def query_edited(ack, body):
+    async def query_edited(ack, body, client):
         await ack()
         view = body["view"]  # shape checked by payload_problem
         channel = modal_channel(view.get("private_metadata"))
@@ -644,7 +705,7 @@ def add_subscribe_modal(app: AsyncApp, on_command: CommandHandler,
         user = body["user"]["id"]
         value = next((a.get("value") or "" for a in body["actions"] if a.get("action_id") == ACTION_QUERY), "")
         previews.edited(_Edit(view["id"], view.get("hash") or "", value[:1000], channel, user,
-                                  may_manage(user, channel.channel_id)))
+                              may_manage(user, channel.channel_id), client))
 
     @app.view(MODAL_SUBSCRIBE)
     async def submitted(ack, body, client):
@@ -692,7 +753,24 @@ class _Clock(Clock):
         return self._now()
 
 
-def make_web_client(token: str, api_url: str) -> AsyncWebClient:
+def oauth_settings(config, workspaces: Workspaces) -> AsyncOAuthSettings:
+    """bolt's install flow: our stores, our pages, every address from the config (oauth.v2.access
+    and auth.test go to [slack] api_url through the app's client)."""
+    slack = config.slack
+    settings = AsyncOAuthSettings(
+        client_id=slack.client_id, client_secret=config.secrets.get(CLIENT_SECRET_ENV), scopes=list(slack.scopes),
+        redirect_uri=slack.redirect_uri or None, install_path=INSTALL_PATH, redirect_uri_path=REDIRECT_PATH,
+        install_page_rendering_enabled=False, authorization_url=slack.authorize_url,
+        installation_store=workspaces.installation_store, state_store=workspaces.state_store,
+        state_expiration_seconds=workspaces.state_seconds,
+        callback_options=callback_pages(INSTALL_PATH, slack.command), logger=log)
+    # bolt checks a workspace's token with auth.test before each request it authorizes unless it
+    # remembers the answer (by token: a new install brings a new token, an uninstall removes it).
+    settings.authorize.cache_enabled = True  # type: ignore[attr-defined]  # AsyncInstallationStoreAuthorize's
+    return settings
+
+
+def make_web_client(token: str | None, api_url: str) -> AsyncWebClient:
     # 429s are handled by the dispatcher (retry after Retry-After, nothing blocks the loop);
     # connection resets get slack_sdk's one quick retry.
     return AsyncWebClient(token=token, base_url=api_url, timeout=20)
@@ -700,7 +778,7 @@ def make_web_client(token: str, api_url: str) -> AsyncWebClient:
 
 async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler, *,
                       retry_first: float = 2.0, retry_max: float = 60.0, connect_timeout: float = 10.0,
-                      check_every: float = 1.0) -> Running | None:
+                      check_every: float = 1.0, workspaces: Workspaces | None = None) -> Running | None:
     """Start the /papers front-end in the configured mode; None (and a clear log line) if it cannot.
 
     Returns at once: Socket Mode connects in a background task that retries with backoff
@@ -713,10 +791,13 @@ async def start_slack(client: AsyncWebClient, config, on_command: CommandHandler
         if not secret:
             log.error("Slack HTTP mode needs SLACK_SIGNING_SECRET: /papers commands are off, posting still works")
             return None
+        oauth = oauth_settings(config, workspaces) if workspaces is not None else None
         app = build_bolt_app(client, signing_secret=secret, on_command=on_command, command=slack.command,
-                             admins=slack.admins)
-        runner = await start_http(app, slack.port, signing_secret=secret, host=slack.host)
-        log.info("Slack: listening for /papers on %s port %d at /slack/events", slack.host, slack.port)
+                             admins=slack.admins, oauth=oauth, workspaces=workspaces)
+        runner = await start_http(app, slack.port, signing_secret=secret, host=slack.host,
+                                  oauth_flow=app.oauth_flow if oauth is not None else None)
+        log.info("Slack: listening for /papers on %s port %d at /slack/events%s", slack.host, slack.port,
+                 ", installs at /slack/install" if oauth is not None else "")
         return Running(runner.cleanup)
     app_token = config.secrets.get("SLACK_APP_TOKEN")
     if not app_token:
@@ -985,6 +1066,15 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
+INSTALL_PATH = "/slack/install"
+REDIRECT_PATH = "/slack/oauth_redirect"
+
+
+def _oauth_request(request: web.Request) -> AsyncBoltRequest:
+    """A browser's GET of an install page, as bolt's OAuth flow reads it (query and cookie)."""
+    return AsyncBoltRequest(body="", query=request.query_string, headers=dict(request.headers))
+
+
 # Slack refuses a timestamp more than 5 minutes from now; a signature seen within that
 # window again is a replay.
 REPLAY_WINDOW = 60 * 5
@@ -1033,6 +1123,7 @@ async def start_http(
     idle_timeout: float = IDLE_TIMEOUT,
     max_connections: int | None = None,
     reject_log_interval: float = 60.0,
+    oauth_flow: AsyncOAuthFlow | None = None,
 ) -> Served:
     """Serve POST /slack/events on our event loop; returns the server (await served.cleanup()).
 
@@ -1041,6 +1132,9 @@ async def start_http(
     anything else) sees it. A signed body bolt cannot parse, or one without the fields our
     listeners need, gets 400. Read timeout and connection cap: see bot/http_guard.py.
     Refusals are counted and summed up in one log line per `reject_log_interval`.
+    With `oauth_flow` (distribution), GET /slack/install sends a browser to Slack's
+    authorization page with a fresh OAuth state, and GET /slack/oauth_redirect completes the
+    installation (bolt checks the state and its cookie, calls oauth.v2.access, stores it).
     """
     now = clock or time.time
     verifier = SignatureVerifier(signing_secret, clock=_Clock(now))
@@ -1081,6 +1175,27 @@ async def start_http(
     max_body = 1024 * 1024  # Slack's payloads are a few kilobytes; a card message's actions, tens
     web_app = web.Application(client_max_size=max_body)
     web_app.router.add_post("/slack/events", events)
+    if oauth_flow is not None:
+        flow = oauth_flow
+
+        async def install(request: web.Request) -> web.Response:
+            try:
+                return await to_aiohttp_response(await flow.handle_installation(_oauth_request(request)))
+            except TooManyInstalls:
+                rejects.note("too many install links at once")
+            except StorageError as exc:  # the database busy or gone: say so, no traceback
+                log.warning("Slack: an install link could not be made (%s)", exc)
+            return await to_aiohttp_response(busy_page(INSTALL_PATH))
+
+        async def oauth_redirect(request: web.Request) -> web.Response:
+            try:
+                return await to_aiohttp_response(await flow.handle_callback(_oauth_request(request)))
+            except StorageError as exc:
+                log.warning("Slack: an installation could not be stored (%s)", exc)
+            return await to_aiohttp_response(busy_page(INSTALL_PATH))
+
+        web_app.router.add_get(INSTALL_PATH, install)
+        web_app.router.add_get(REDIRECT_PATH, oauth_redirect)
     return await serve(web_app, host, port, name="Slack HTTP endpoint", read_timeout=read_timeout,
                        idle_timeout=idle_timeout,
                        max_connections=max_connections, rejects=rejects, max_body=max_body)

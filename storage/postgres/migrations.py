@@ -111,18 +111,25 @@ CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
 CREATE INDEX deliveries_channel ON deliveries (channel, status);
 CREATE INDEX deliveries_channel_message ON deliveries (channel, message_id) WHERE message_id IS NOT NULL;
 
--- A subscription's sent count (SQLite: the trigger deliveries_sent_count of m020).
+-- A subscription's sent count (SQLite: the trigger deliveries_sent_count of m020). Called only
+-- for a delivery that becomes sent (WHEN), not for every claim and retry; an id that is not a
+-- integer (never written by enqueue_many) is passed over rather than failing mark_sent. The
+-- subscriptions are locked in id order first: two deliverers marking sent deliveries of the
+-- same subscriptions at once then take turns instead of deadlocking.
 CREATE FUNCTION deliveries_sent_count() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
 BEGIN
-    IF NEW.status = 'sent' AND OLD.status <> 'sent' AND jsonb_typeof(NEW.matched) = 'array' THEN
-        UPDATE subscriptions SET delivered = delivered + 1
-         WHERE id IN (SELECT (m ->> 'id')::bigint FROM jsonb_array_elements(NEW.matched) m
-                       WHERE jsonb_typeof(m) = 'object' AND m ? 'id');
+    IF jsonb_typeof(NEW.matched) = 'array' THEN
+        ids := ARRAY(SELECT (m ->> 'id')::bigint FROM jsonb_array_elements(NEW.matched) m
+                      WHERE jsonb_typeof(m -> 'id') = 'number' AND (m ->> 'id') ~ '^[0-9]{1,18}$');
+        PERFORM 1 FROM subscriptions WHERE id = ANY (ids) ORDER BY id FOR UPDATE;
+        UPDATE subscriptions SET delivered = delivered + 1 WHERE id = ANY (ids);
     END IF;
     RETURN NEW;
 END $$;
 CREATE TRIGGER deliveries_sent_count AFTER UPDATE OF status ON deliveries
-    FOR EACH ROW EXECUTE FUNCTION deliveries_sent_count();
+    FOR EACH ROW WHEN (NEW.status = 'sent' AND OLD.status <> 'sent') EXECUTE FUNCTION deliveries_sent_count();
 
 CREATE TABLE followups (
     id bigserial PRIMARY KEY,
@@ -203,6 +210,35 @@ CREATE TABLE source_state (
 );
 """
 
+# ---- p002: Slack distribution (SQLite m023) ------------------------------------------------------
+
+P002_SLACK_INSTALLATIONS = """
+CREATE TABLE slack_installations (      -- one row per workspace that installed the app (OAuth)
+    team_id text PRIMARY KEY,            -- T..., or E... for an org-wide install
+    enterprise_id text NOT NULL DEFAULT '',
+    team_name text NOT NULL DEFAULT '',
+    app_id text NOT NULL DEFAULT '',
+    bot_id text NOT NULL DEFAULT '',
+    bot_user_id text NOT NULL DEFAULT '',
+    bot_scopes text NOT NULL DEFAULT '',
+    installer_user_id text NOT NULL DEFAULT '',
+    is_enterprise_install boolean NOT NULL DEFAULT false,
+    sealed bytea NOT NULL,               -- the tokens, encrypted (Fernet): never in clear
+    installed_at timestamptz NOT NULL
+);
+
+CREATE TABLE slack_oauth_states (       -- the state of each install link, usable once
+    state text PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
+
+CREATE TABLE slack_channel_teams (      -- the workspace of each Slack channel, learnt from its requests
+    channel text PRIMARY KEY,            -- ChannelRef.key (slack:C...)
+    team_id text NOT NULL
+);
+CREATE INDEX slack_channel_teams_team ON slack_channel_teams (team_id);
+"""
+
 # ---- p003: cooperating processes (SQLite m026) ---------------------------------------------------
 
 P003_COOPERATING_PROCESSES = """
@@ -220,6 +256,7 @@ CREATE TABLE channel_leases (
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_schema", P001_PAPERS + P001_SUBSCRIPTIONS + P001_DELIVERIES + P001_CHANNELS),
+    ("p002_slack_installations", P002_SLACK_INSTALLATIONS),
     ("p003_cooperating_processes", P003_COOPERATING_PROCESSES),
 ]
 

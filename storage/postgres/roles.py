@@ -20,11 +20,11 @@ from bot.errors import StorageError
 from bot.models import ChannelRef
 
 from ..roles import DEAD_HANDOVER, new_sender_id
-from .db import Database
+from .db import LOCK_KEY, Database
 
 POLLER_LEASE = "papers-bot poller lease"
 SENDER = "papers-bot sender "
-_KEY = "hashtextextended(current_schema() || ' ' || %s, 0)"
+_KEY = LOCK_KEY  # per schema
 
 
 def _exact(moment: datetime) -> datetime:
@@ -68,7 +68,11 @@ class RolesMixin:
 
     def _roles_close(self) -> None:
         if self._leases_db is not None:
-            self._leases_db.close()  # the session ends: its advisory locks go with it
+            try:  # at once: the server frees a closed session's locks only once it has noticed
+                self._leases_db.execute("SELECT pg_advisory_unlock_all()")
+            except Exception:  # closing regardless: they go with the session
+                pass
+            self._leases_db.close()
             self._leases_db = None
         self._polls = self._alive = False
 

@@ -27,7 +27,10 @@ from . import migrations
 from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
 from .db import LOCK_KEY, Database, ThreadConnections, redacted, storage_error
+from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
+from .followups import FollowUpsMixin
+from .installations import InstallationsMixin
 from .people import PeopleMixin
 from .roles import RolesMixin
 from .source_state import SourceStateMixin
@@ -36,8 +39,8 @@ from .subscriptions import SubscriptionsMixin
 SENDER_LEASE = "papers-bot sender lease"
 
 
-class PgStore(CommandLogMixin, SourceStateMixin, RolesMixin,
-              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin):
+class PgStore(CommandLogMixin, SourceStateMixin, DeliveriesMixin, FollowUpsMixin,
+              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, InstallationsMixin, RolesMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
@@ -69,6 +72,11 @@ class PgStore(CommandLogMixin, SourceStateMixin, RolesMixin,
     def close(self) -> None:
         self._drop_leases()
         self._readers.close()
+        if self._lease and not self.db.conn.closed:
+            try:  # at once: the server frees a closed session's locks only once it has noticed
+                self.db.execute("SELECT pg_advisory_unlock_all()")
+            except psycopg.Error:
+                pass
         self.db.close()  # ends the session: its advisory locks (the sender lease) go with it
         self._lease = False
         self._roles_close()
