@@ -88,14 +88,8 @@ def opened(target: str) -> Iterator[object]:
 
 
 def store_papers(store, papers: list[str]) -> None:
-    if hasattr(store, "add_papers"):
-        store.add_papers([Paper(id=p, title=f"Paper {p}", summary="Synthetic abstract.", source="arxiv")
-                          for p in papers], NOW)
-    else:  # a PgStore before its papers area is ported: the columns the outbox needs
-        store.db.execute("""INSERT INTO papers (id, title, summary, authors, categories, sources, first_seen,
-                                                updated_at)
-                            SELECT p, 'Paper ' || p, 'Synthetic abstract.', '[]', '[]', 'arxiv', %s, %s
-                              FROM unnest(%s::text[]) p""", [NOW, NOW, papers])
+    store.add_papers([Paper(id=p, title=f"Paper {p}", summary="Synthetic abstract.", source="arxiv")
+                      for p in papers], NOW)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,6 +2,8 @@
 
     python -m bench.search --papers 1000000 --seed 1
     python -m bench.search --papers 1000000 --seed 1 --workload real
+    python -m bench.search --papers 100000 --seed 1 --url 'postgresql://postgres@127.0.0.1:5432/bench'
+
 
 Fills a SQLite store (a file in --dir, kept between runs with the same arguments) with
 papers of a bench/workloads.py workload: `zipf`, synthetic papers from the matching
@@ -13,7 +15,9 @@ and `/papers preview` of the workload's subscription queries (each matching ~0.1
 papers), and reports p50/p95/max latency; for preview also the longest the event loop
 was held meanwhile (a 5 ms heartbeat's lateness: the work runs in a worker thread), and
 `index_s`, the one-off indexing of the stored papers for preview. Last line: one JSON
-object. Figures, not assertions: see docs/benchmarks.md.
+object. Figures, not assertions: see docs/benchmarks.md. With --url, the same on PostgreSQL
+(PgStore) instead of a SQLite file: give it a database (or, with `?options=-csearch_path%3DNAME`,
+a schema) of its own, which keeps the papers for the next run with the same arguments.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from bot.config import Secrets, parse_config
 from bot.loopwatch import LoopWatch
 from bot.models import ChannelRef, Paper
 from bot.query import raw_words
-from storage import Store
+from storage import Store, StoreContract, open_store
 
 from .matching import SKIP_TOP, Zipf, make_authors, make_vocabulary
 from .workloads import STOPWORDS, WORKLOADS, RealText, load_seed, make_workload, real_authors
@@ -67,7 +71,7 @@ def zipf_maker(words: Zipf, authors: list[str], length: int) -> Callable[[int, r
     return make
 
 
-def fill(store: Store, count: int, make: Callable[[int, random.Random], Paper], rng: random.Random) -> float:
+def fill(store: StoreContract, count: int, make: Callable[[int, random.Random], Paper], rng: random.Random) -> float:
     started = time.perf_counter()
     have = store.count_papers()
     for first in range(have, count, BATCH):
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--words", type=int, default=150, help="words per synthetic abstract")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the store file is kept")
+    parser.add_argument("--url", help="a postgresql:// URL: measure PostgreSQL there instead of a SQLite file")
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -166,12 +171,17 @@ def main(argv: list[str] | None = None) -> dict:
         searches = [" ".join(query_rng.sample(ranked[100:], query_rng.randint(1, 3))) for _ in range(args.queries)]
         common = [" ".join(query_rng.sample(ranked[:30], query_rng.randint(1, 2))) for _ in range(args.queries // 3)]
     path = Path(args.dir) / f"papers-bot-bench-search-{name}.db"
-    store = Store(path)
+    store: StoreContract = open_store(args.url) if args.url else Store(path)
+    if args.url and store.count_papers() > args.papers:
+        raise SystemExit("the database holds more papers than --papers: give each size a database of its own")
     fill_s = fill(store, args.papers, make, random.Random(args.seed + 1))
+    if args.url:  # the planner's statistics and the visibility map, as autovacuum leaves them after a while
+        store.db.execute("VACUUM ANALYZE papers")  # type: ignore[attr-defined]
     started = time.perf_counter()
     store.index_paper_words(backlog=True)  # what the bot does in the background at start, once
     index_s = time.perf_counter() - started
-    config = parse_config({"storage": {"path": str(path)}, "limits": {"commands_per_minute": 10**9}}, Secrets({}))
+    storage = {"url": args.url} if args.url else {"path": str(path)}
+    config = parse_config({"storage": storage, "limits": {"commands_per_minute": 10**9}}, Secrets({}))
     ctx = handlers.Context(store, config, clock=lambda: NOW)
 
     total = store.count_papers()
@@ -186,16 +196,21 @@ def main(argv: list[str] | None = None) -> dict:
         timings, answered, held_ms, matches = asyncio.run(measure_previews(ctx, queries))
         preview = {**stats("preview", timings, answered), "preview_loop_held_max_ms": round(held_ms, 1),
                    "preview_matches_p50": int(statistics.median(matches)), "preview_matches_max": max(matches)}
+    if args.url:
+        size = store.db.scalar("SELECT pg_total_relation_size('papers')")  # type: ignore[attr-defined]
+    else:
+        size = path.stat().st_size
     store.close()
 
     figures = {
+        "backend": "postgresql" if args.url else "sqlite",
         "workload": args.workload,
         "papers": total,
         "abstract_words": args.words if args.workload == "zipf" else None,
         "queries": args.queries,
         "fill_s": round(fill_s, 1),
         "index_s": round(index_s, 1),
-        "db_mb": round(path.stat().st_size / 2**20, 1),
+        "db_mb": round(size / 2**20, 1),
         **search,
         **common_search,
         **show,

@@ -6,8 +6,6 @@ opens whichever a target names."""
 
 from __future__ import annotations
 
-from typing import cast
-
 from .contract import StoreContract
 from .store import Store
 
@@ -19,9 +17,7 @@ def open_store(target: str, *, busy_timeout: float = 10.0, durable: bool = True)
     SQLite file path (or ":memory:")."""
     if target.startswith(("postgresql://", "postgres://")):
         from .postgres import PgStore
-        # cast: until every mixin is ported, mypy checks PgStore against the contract in
-        # storage/postgres/store.py (_implements_the_contract), not here.
-        return cast("StoreContract", PgStore(target, busy_timeout=busy_timeout, durable=durable))
+        return PgStore(target, busy_timeout=busy_timeout, durable=durable)
     return Store(target, busy_timeout=busy_timeout, durable=durable)
 
 

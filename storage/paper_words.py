@@ -156,6 +156,21 @@ def index_new(db: Database, batch: int | None = None, stop: Callable[[], bool] |
     return done
 
 
+def reindex(db: Database, paper_id: str) -> None:
+    """Inside add_papers' transaction, for a paper whose categories a later listing just
+    filled in (they were `[]`): if it is indexed already, its words are replaced (a
+    contentless table forgets a row by the 'delete' command given the values it indexed);
+    if not, the catch-up indexes it as it is now."""
+    row = db.execute("SELECT rowid, title, summary, authors, categories FROM papers WHERE id = ?",
+                     [paper_id]).fetchone()
+    indexed, backlog = db.execute("SELECT indexed, backlog FROM paper_words_state").fetchone()
+    if row is None or row[0] > indexed or row[0] <= backlog:
+        return
+    db.execute(f"INSERT INTO paper_words (paper_words, rowid, {', '.join(COLUMNS)}) "
+               f"VALUES ('delete', {', '.join('?' * (len(COLUMNS) + 1))})", _row(row[0], row[1], row[2], row[3], "[]"))
+    db.execute(_INSERT, _row(*row))
+
+
 def index_backlog(db: Database, batch: int | None = None, stop: Callable[[], bool] | None = None) -> int:
     """Index what was stored before the index existed (rowids up to the `backlog` mark),
     newest first, `batch` a transaction; how many were indexed. `stop` as for index_new."""

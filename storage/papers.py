@@ -95,9 +95,10 @@ class PapersMixin(FollowUpsMixin):
                     new.append(paper)
                 sources = sorted(set(filter(None, row[0].split(","))) | {paper.source})
                 updates = {k: getattr(paper, k) for k in _ENRICH if getattr(paper, k) is not None}
-                if paper.categories:  # a paper stored without (Hugging Face's) gets arXiv's when known
-                    self.db.execute("UPDATE papers SET categories = ? WHERE id = ? AND categories = '[]'",
-                                    [json.dumps(paper.categories), paper.id])
+                if paper.categories and self.db.execute(  # a paper stored without (Hugging Face's) gets arXiv's
+                        "UPDATE papers SET categories = ? WHERE id = ? AND categories = '[]'",
+                        [json.dumps(paper.categories), paper.id]).rowcount:
+                    paper_words.reindex(self.db, paper.id)  # preview's `cat:` terms find them
                 if paper.version is not None and paper.version > (row[3] or 0):
                     updates["version"] = paper.version  # versions only go up
                 assignments = ", ".join(f"{k} = ?" for k in updates)
@@ -255,7 +256,7 @@ class PapersMixin(FollowUpsMixin):
         """
         if not words:
             return []
-        quoted = [f'"{w}"' for w in words]  # quoted: user text is never FTS5 syntax
+        quoted = ['"' + w.replace('"', '""') + '"' for w in words]  # quoted: user text is never FTS5 syntax
         with self._reader() as db:
             return self._search(db, quoted, limit, window)
 

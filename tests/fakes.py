@@ -46,17 +46,8 @@ def sql(store, text: str, params=()) -> list[tuple]:
 
 
 def stored(store, *papers: Paper, now: datetime = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)) -> None:
-    """Store papers for deliveries to refer to: add_papers; on a PgStore whose papers area is
-    not ported yet (storage/postgres/papers.py, another branch), the columns the outbox reads."""
-    if hasattr(store, "add_papers"):
-        store.add_papers(list(papers), now)
-        return
-    with store.transaction():
-        for p in papers:
-            sql(store, """INSERT INTO papers (id, title, summary, authors, categories, sources, published, listed_on,
-                                              upvotes, first_seen, updated_at)
-                          VALUES (?, ?, ?, '[]', '[]', ?, ?, ?, ?, ?, ?)""",
-                [p.id, p.title, p.summary, p.source, p.published, p.listed_on, p.upvotes, now, now])
+    """Store papers for deliveries to refer to (either backend)."""
+    store.add_papers(list(papers), now)
 
 
 def subscribed(store, channel: ChannelRef, query: str,

@@ -23,3 +23,12 @@ def test_small_search_benchmark_on_real_text(tmp_path):
                     "--dir", str(tmp_path)])
     assert figures["workload"] == "real" and figures["papers"] == 1500
     assert figures["search_with_results"] > 0 and figures["preview_with_results"] > 0
+
+
+def test_small_search_benchmark_on_postgresql(pg_url, tmp_path):
+    figures = main(["--papers", "400", "--queries", "10", "--words", "40", "--previews", "10", "--url", pg_url,
+                    "--dir", str(tmp_path)])
+    assert figures["backend"] == "postgresql" and figures["papers"] == 400
+    assert figures["search_with_results"] > 0 and figures["show_with_results"] == 10
+    assert figures["preview_with_results"] > 0 and figures["db_mb"] > 0
+    assert not list(tmp_path.iterdir())  # no SQLite file made

@@ -55,6 +55,7 @@ def test_preview_estimates_from_stored_history_without_subscribing(ctx, clock):
     assert ctx.store.subscriptions(ML) == []
 
 
+@pytest.mark.backends
 def test_preview_with_nothing_stored_and_bad_queries(ctx):
     assert "No papers were stored in the last 30 days" in run(ctx, "preview diffusion").text
     bad = run(ctx, 'preview "open')
@@ -119,6 +120,7 @@ def test_unsubscribe_all_names_what_was_removed(ctx):
 
 # ---- search, trending -------------------------------------------------------------------
 
+@pytest.mark.backends
 def test_search_ranks_stored_papers(ctx, clock):
     stock(ctx.store, clock)
     reply = run(ctx, "search diffusion robots")
@@ -129,6 +131,7 @@ def test_search_ranks_stored_papers(ctx, clock):
     assert {c.paper_id for c in either.cards} == {"2411.00002", "2411.00003"}
 
 
+@pytest.mark.backends
 def test_search_treats_input_as_words_never_as_fts_syntax(ctx, clock):
     stock(ctx.store, clock)
     for text in ['search "unbalanced', "search NEAR(a b)", "search title:*", "search AND OR NOT"]:
@@ -138,6 +141,7 @@ def test_search_treats_input_as_words_never_as_fts_syntax(ctx, clock):
     assert not empty.ok and "Usage: `/papers search <words>`" in empty.text
 
 
+@pytest.mark.backends
 def test_trending_windows(ctx, clock):
     stock(ctx.store, clock)
     week = run(ctx, "trending")
@@ -161,6 +165,7 @@ async def show(store, config, clock, server, text):
         return await handlers.handle(ctx, handlers.request_from_text(ML, "u1", text))
 
 
+@pytest.mark.backends
 async def test_show_a_stored_paper_by_any_link_form(store, make_config, clock, server):
     stock(store, clock)
     for text in ("show 2411.00001", "show https://arxiv.org/abs/2411.00001v3", "show <https://arxiv.org/pdf/2411.00001>",
@@ -172,6 +177,7 @@ async def test_show_a_stored_paper_by_any_link_form(store, make_config, clock, s
     assert server.requests == []
 
 
+@pytest.mark.backends
 async def test_show_fetches_from_hugging_face_and_stores_it(store, make_config, clock, server):
     server.route("/api/papers/2602.23229", Canned(body=json.dumps(HF_PAPER).encode()))
     reply = await show(store, make_config(), clock, server, "show 2602.23229")
@@ -182,6 +188,7 @@ async def test_show_fetches_from_hugging_face_and_stores_it(store, make_config, 
     assert store.add_papers([store.get_paper("2602.23229")], clock()) != []
 
 
+@pytest.mark.backends
 async def test_show_falls_back_to_the_arxiv_api(store, make_config, clock, server):
     server.route("/api/papers/1111.2011", Canned(status=404, body=b'{"error":"Not Found"}'))
     server.route("/api/query", Canned(body=fixture("arxiv_api_id_list_1111.2011v2.xml"),

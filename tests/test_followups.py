@@ -234,6 +234,7 @@ def test_version_is_read_from_the_arxiv_rss_and_api():
     assert api.id == "1111.2011" and api.version == 2
 
 
+@pytest.mark.backends
 def test_arxiv_versions_are_stored_and_only_go_up(store, clock):
     store.add_papers([paper(PAPER_ID, version=2)], clock())
     store.add_papers([paper(PAPER_ID, version=1), paper(PAPER_ID, source="huggingface")], clock())

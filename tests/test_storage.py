@@ -31,6 +31,7 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
     again.close()
 
 
+@pytest.mark.backends
 def test_add_papers_returns_only_new_ones_and_round_trips(store):
     p = paper("2410.00001", "Title", "Abstract", authors=("A", "B"), categories=("cs.LG",), upvotes=None)
     assert store.add_papers([p], T0) == [p]
@@ -41,6 +42,7 @@ def test_add_papers_returns_only_new_ones_and_round_trips(store):
     assert store.get_paper("2410.99999") is None
 
 
+@pytest.mark.backends
 def test_a_later_hf_listing_enriches_an_arxiv_paper(store):
     store.add_papers([paper("2410.00001", "From arXiv", source="arxiv")], T0)
     hf = paper("2410.00001", "From HF", source="huggingface", upvotes=12, github="https://github.com/a/b",
@@ -279,6 +281,7 @@ def test_subscriptions_to_source_hf_by_older_versions_say_huggingface(tmp_path):
     store.close()
 
 
+@pytest.mark.backends
 def test_search_ranks_within_the_most_recent_matches(store):
     for i in range(1, 8):
         store.add_papers([paper(f"2410.0000{i}", f"Diffusion study {i}", "diffusion " * (8 - i))],
@@ -311,6 +314,7 @@ def test_enqueue_many_queues_each_paper_once_per_channel_and_keeps_its_subscript
     assert store.enqueue_many([], t) == 0
 
 
+@pytest.mark.backends
 def test_unmatched_papers_are_kept_in_order_until_settled(store):
     t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     papers = [paper("2410.00002", "Two"), paper("2410.00001", "One")]

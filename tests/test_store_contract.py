@@ -13,6 +13,7 @@ import pytest
 
 from bot.models import Paper
 from storage import Store, StoreContract
+from storage.postgres import PgStore
 
 LEAVES = (type(None), bool, int, float, str, bytes, datetime, date)
 SEQUENCES = (list, set, frozenset)
@@ -59,16 +60,17 @@ def return_problems(cls) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("cls", [StoreContract, Store])
+@pytest.mark.parametrize("cls", [StoreContract, Store, PgStore])
 def test_no_store_method_returns_a_dict_or_a_bare_tuple(cls):
     assert return_problems(cls) == []
 
 
-def test_the_contract_names_the_whole_public_surface_of_the_store():
-    assert set(public_methods(Store)) == set(public_methods(StoreContract))
+@pytest.mark.parametrize("cls", [Store, PgStore])
+def test_the_contract_names_the_whole_public_surface_of_the_store(cls):
+    assert set(public_methods(cls)) == set(public_methods(StoreContract))
     for name, method in public_methods(StoreContract).items():
         assert inspect.getdoc(method), f"StoreContract.{name} has no contract"
-        ours = inspect.signature(getattr(Store, name))
+        ours = inspect.signature(getattr(cls, name))
         assert list(ours.parameters) == list(inspect.signature(method).parameters), name
 
 

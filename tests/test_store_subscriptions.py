@@ -34,19 +34,7 @@ DISCORD = ChannelRef("discord", "42")
 
 def _keep_papers(store, *ids: str) -> None:
     """Store papers for feedback to refer to."""
-    if hasattr(store, "add_papers"):
-        store.add_papers([paper(i) for i in ids], T0)
-        return
-    # PgStore before its papers area is ported (storage/postgres/papers.py): the rows alone.
-    store.db.executemany(
-        """INSERT INTO papers (id, title, summary, authors, categories, sources, first_seen, updated_at)
-           VALUES (%s, 'A synthetic paper', 'Synthetic abstract.', '[]', '[]', 'arxiv', %s, %s)""",
-        [(i, T0, T0) for i in ids])
-
-
-def _needs(store, method: str) -> None:
-    if not hasattr(store, method):
-        pytest.skip(f"{type(store).__name__} has no {method} yet (another area of the PostgreSQL port)")
+    store.add_papers([paper(i) for i in ids], T0)
 
 
 # ---- subscriptions ------------------------------------------------------------------------------
@@ -212,7 +200,6 @@ def test_feedback_is_kept_once_and_taken_back_in_one_or_every_channel(store):
 
 @pytest.mark.backends
 def test_saved_papers_filter_count_people_and_order_newest_or_most_saved(store):
-    _needs(store, "get_paper")
     _keep_papers(store, "2411.00001", "2411.00002", "2411.00003")
     store.record_feedback("U1", CV, "2411.00001", "save", T0)
     store.record_feedback("U2", CV, "2411.00001", "save", T0 + timedelta(minutes=1))

@@ -3,7 +3,7 @@ in one transaction with the record that it was applied.
 
 p001 is the whole schema as SQLite's migrations m001..m022 left it, in PostgreSQL's types:
 times are timestamptz (UTC), days are date, lists and "why matched" facts are jsonb, flags
-are boolean. Full-text search is a generated tsvector column with a GIN index (SQLite: FTS5).
+are boolean. Full-text search is a tsvector column filled by a trigger, with a GIN index (SQLite: FTS5).
 Sections are marked by area; a step may only be added at the end once a release has shipped.
 """
 
@@ -37,17 +37,34 @@ CREATE TABLE papers (
     listed boolean NOT NULL DEFAULT true,       -- false: stored for a lookup only
     first_seen timestamptz NOT NULL,     -- when this bot stored it; subscriptions only get later papers
     updated_at timestamptz NOT NULL,
-    fts tsvector GENERATED ALWAYS AS (
-        setweight(to_tsvector('english', title), 'A')
-        || setweight(to_tsvector('english', summary), 'B')
-        || setweight(to_tsvector('simple', authors::text), 'C')) STORED
-);
+    fts tsvector NOT NULL DEFAULT '',    -- search: title (A), abstract (B), authors (C); papers_fts_row
+    -- preview's exact word index (SQLite: paper_words), written with the row by add_papers
+    -- (storage/postgres/papers.py, paper_words): the evaluator's tokens, each under a prefix
+    -- naming its field, with positions for phrases
+    words tsvector NOT NULL DEFAULT '',
+    words_partial boolean NOT NULL DEFAULT false  -- past tsvector's limits: always a candidate
+) WITH (fillfactor = 80);  -- room for a later listing's update on the row's page (HOT: no index touched)
 CREATE INDEX papers_first_seen ON papers (first_seen);
 CREATE INDEX papers_listed_first_seen ON papers (first_seen) WHERE listed;
 CREATE INDEX papers_listed_on ON papers (listed_on);
 CREATE INDEX papers_fts ON papers USING gin (fts);
+CREATE INDEX papers_words ON papers USING gin (words);
+CREATE INDEX papers_words_partial ON papers (first_seen) WHERE words_partial;
+
+-- fts is made when the row is (SQLite: FTS5's triggers), and again only if its text is
+-- written: a generated column is computed again by every UPDATE (upvotes, every poll).
+CREATE FUNCTION papers_fts_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.fts := setweight(to_tsvector('english', NEW.title), 'A')
+        || setweight(to_tsvector('english', NEW.summary), 'B')
+        || setweight(to_tsvector('english', NEW.authors), 'C');  -- the names (jsonb strings)
+    RETURN NEW;
+END $$;
+CREATE TRIGGER papers_fts_row BEFORE INSERT OR UPDATE OF title, summary, authors ON papers
+    FOR EACH ROW EXECUTE FUNCTION papers_fts_row();
 
 CREATE TABLE unmatched_papers (
+    seq bigserial UNIQUE,                -- the order written down
     paper_id text PRIMARY KEY REFERENCES papers (id),
     since timestamptz NOT NULL,          -- only subscriptions created by then receive it
     source text,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import threading
 from contextlib import AbstractContextManager, contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import psycopg
 
@@ -31,6 +31,7 @@ from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
 from .followups import FollowUpsMixin
 from .installations import InstallationsMixin
+from .papers import PapersMixin
 from .people import PeopleMixin
 from .roles import RolesMixin
 from .source_state import SourceStateMixin
@@ -39,7 +40,7 @@ from .subscriptions import SubscriptionsMixin
 SENDER_LEASE = "papers-bot sender lease"
 
 
-class PgStore(CommandLogMixin, SourceStateMixin, DeliveriesMixin, FollowUpsMixin,
+class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, FollowUpsMixin,
               SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, InstallationsMixin, RolesMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
@@ -119,3 +120,10 @@ for _name in dir(PgStore):
         _attr = getattr(PgStore, _name)
         if callable(_attr):
             setattr(PgStore, _name, _guarded(_attr))
+
+
+if TYPE_CHECKING:
+    from ..contract import StoreContract
+
+    def _implements_the_contract(store: PgStore) -> StoreContract:
+        return store  # mypy checks here that PgStore has every member of StoreContract, with compatible types
