@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.deliverers:
             from bench.faults import drop_schema, pg_schema
 
-            url, schema = pg_schema(args.storage)
+            url, schema = pg_schema(args.storage, "bench_fanout")
             try:
                 pg = open_store(url)
                 try:

@@ -377,13 +377,13 @@ class Fleet:
                    for role, n in self.slots if role == "poller" and (self.workdir / f"poller-{n}.log").exists())
 
 
-def pg_schema(url: str) -> tuple[str, str | None]:
+def pg_schema(url: str, prefix: str = "bench_faults") -> tuple[str, str | None]:
     """The URL to give the bot, and the schema made for it (None when the URL names its own)."""
     if "search_path" in url:
         return url, None
     import psycopg
 
-    schema = f"bench_faults_{uuid.uuid4().hex[:12]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}", schema
