@@ -41,6 +41,10 @@ every message has arrived (elapsed_s; sending_s: from the first message to the l
 processes' start-up left out). The limits are the real ones here (--interval 1.0: the
 bot's pacing is not scaled in a real process); Discord's global limit is kept by each
 process on its own. ideal_s counts the channels in flight as deliverers x concurrency.
+--sweep-seconds sets the deliverers' sweep (default 1): a sweep starts on time even while
+the last one still runs, so with a sweep shorter than a round of channels a deliverer
+serves more than --concurrency channels at once; 30 keeps each deliverer to its one first
+sweep (they start with one), and so to --concurrency channels.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ def run_deliverers(args: argparse.Namespace, fake, url: str, workdir: Path) -> t
         "[sources.huggingface]\nenabled = false\n[sources.arxiv]\nenabled = false\n"
         f'[slack]\napi_url = "{fake.api_url if args.platform == "slack" else "http://127.0.0.1:9/api/"}"\n'
         f'[discord]\napi_base = "{fake.api_base if args.platform == "discord" else "http://127.0.0.1:9/api/v10"}"\n'
-        f"[delivery]\nsweep_seconds = 1\ncards_per_cycle = {args.papers}\n"
+        f"[delivery]\nsweep_seconds = {args.sweep_seconds}\ncards_per_cycle = {args.papers}\n"
         f"max_concurrent_channels = {args.concurrency}\n"
         '[logging]\nlevel = "WARNING"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "PAPERS_BOT_"))}
@@ -189,6 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "dispatcher in this process on SQLite)")
     parser.add_argument("--storage", metavar="URL", help="a postgresql:// URL, for --deliverers")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds the deliverers may take")
+    parser.add_argument("--sweep-seconds", type=float, default=1.0,
+                        help="the deliverers' [delivery] sweep_seconds (a sweep starts even while the last "
+                             "one runs, so a short one serves more than --concurrency channels at a time)")
     args = parser.parse_args(argv)
     if args.deliverers and not (args.storage or "").startswith(("postgresql://", "postgres://")):
         parser.error("--deliverers needs --storage postgresql://...")
@@ -252,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
         "interval_s": args.interval,
         "concurrency": args.concurrency,
         "deliverers": args.deliverers,
+        "sweep_s": args.sweep_seconds if args.deliverers else None,
         "elapsed_s": round(elapsed, 3),
         "sending_s": round(sending, 3) if sending is not None else None,
         "ideal_s": round(ideal, 3),
