@@ -34,7 +34,8 @@ at the start of the next round. The end is checked as above, and also that no de
 follow-up is left 'sending'. A postgresql:// --storage gets a schema of its own in that
 database (created, and dropped at the end), unless its URL already sets a search_path,
 which must then be empty. The JSON line adds the role counts, the kills per role and how
-often a standby poller took over.
+often a poller took the lease (poller_elections), and how often one that had stood by did
+(standby_takeovers: its holder was killed while it ran).
 """
 
 from __future__ import annotations
@@ -370,6 +371,24 @@ class Fleet:
                 proc.kill()
                 proc.wait()
 
+    def standby_takeovers(self) -> int:
+        """How often a poller that had stood by (another held the lease) took over: its
+        holder was killed while it ran. Read from each slot's log, one process after another."""
+        taken = 0
+        for role, n in self.slots:
+            log = self.workdir / f"{role}-{n}.log"
+            if role != "poller" or not log.exists():
+                continue
+            standby = False
+            for line in log.read_text(errors="replace").splitlines():
+                if "running as poller" in line:
+                    standby = False  # the slot's next process
+                elif "this one stands by" in line:
+                    standby = True
+                elif "is the poller now" in line and standby:
+                    taken += 1
+        return taken
+
     def poller_elections(self) -> int:
         """How often a poller took the poller's lease (the first one's included): the
         standbys' take-overs and the restarted ones'."""
@@ -604,6 +623,7 @@ def main(argv: list[str] | None = None) -> dict:
                     if fleet is not None else {},
                     "restarts": fleet.starts - len(fleet.slots) if fleet is not None else 0,
                     "poller_elections": fleet.poller_elections() if fleet is not None else 0,
+                    "standby_takeovers": fleet.standby_takeovers() if fleet is not None else 0,
                     "left_sending": sending,
                 })
     finally:
