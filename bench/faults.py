@@ -165,7 +165,8 @@ class Db:
             return conn.execute(sql).fetchall()
 
     def integrity(self) -> str:
-        """SQLite's integrity_check; PostgreSQL keeps its own (WAL, checksums): "ok" by definition here."""
+        """SQLite's integrity_check. Not checked on PostgreSQL (the server's own business): "ok"
+        here adds no problem, and the JSON line says "not checked (PostgreSQL)"."""
         if self.postgres:
             return "ok"
         return self.rows("PRAGMA integrity_check")[0][0]
