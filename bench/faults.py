@@ -344,7 +344,11 @@ class Fleet:
     def kill(self, rng: random.Random) -> list[str]:
         """SIGKILL some of the processes, chosen at random; the roles killed."""
         count = rng.choice(KILL_COUNTS) or len(self.slots)
-        victims = rng.sample(self.slots, min(count, len(self.slots)))
+        # The polling poller first: which slot polls is a race, so a seed's choices are made
+        # over (the one polling, the standbys, the deliverers), the same from run to run.
+        active = self.polling()
+        order = sorted(self.slots, key=lambda slot: (slot[0] != "poller", slot != active, slot))
+        victims = rng.sample(order, min(count, len(order)))
         for slot in victims:
             self.procs[slot].send_signal(signal.SIGKILL)
         for slot in victims:
@@ -371,6 +375,16 @@ class Fleet:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+    def polling(self) -> tuple[str, int] | None:
+        """The poller slot whose current process holds the poller's lease (from its log), if any."""
+        for role, n in self.slots:
+            log = self.workdir / f"{role}-{n}.log"
+            if role == "poller" and log.exists():
+                current = log.read_text(errors="replace").rsplit("running as poller", 1)[-1]
+                if "is the poller now" in current and (role, n) not in self.killed:
+                    return (role, n)
+        return None
 
     def standby_takeovers(self) -> int:
         """How often a poller that had stood by (another held the lease) took over: its
