@@ -52,6 +52,7 @@ from bot.config import Secrets, parse_config
 from bot.loopwatch import LoopWatch
 from bot.matching import PaperView, compile_query
 from bot.models import Listing, Paper, Validators
+from bot.poller import Poller
 from bot.sharded import ShardedMatcher
 from fakes.slack import FakeSlack
 from storage import Store
@@ -157,9 +158,9 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
     preview word index, its other store calls ("bookkeeping"), waiting for the writer thread
     and the rest ("other": commits, checkpoints). The writer thread, at the same time
     (`write_split_s`): its transactions of deliveries, of which the outbox INSERTs."""
-    spent = {"add_papers": 0.0, "match": 0.0, "sync_subscriptions": 0.0, "index_words": 0.0,
+    spent = {"match_cpu": 0.0, "add_papers": 0.0, "match": 0.0, "sync_subscriptions": 0.0, "index_words": 0.0,
              "bookkeeping": 0.0, "wait_for_writer": 0.0}
-    writer = {"transactions": 0.0, "enqueue": 0.0}
+    writer = {"transactions": 0.0, "enqueue": 0.0, "transactions_cpu": 0.0}
     worker = app.poller.worker_store or app.store
     owners: dict[str, object] = {"add_papers": worker, "match": app.poller.matcher,
                                  "sync_subscriptions": app.poller, "index_words": worker}
@@ -181,9 +182,20 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
 
     from bot import poller as poller_module
 
-    app.poller._queue = timed_into(writer, "transactions", app.poller._queue)  # type: ignore[method-assign]
+    def cpu_into(into: dict[str, float], key: str, func):
+        def wrapper(*args, **kwargs):
+            started = time.thread_time()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                into[key] += time.thread_time() - started
+        return wrapper
+
+    # The writer thread's own CPU in its transactions (time.thread_time), and the matcher's.
+    app.poller._queue = timed_into(  # type: ignore[method-assign]
+        writer, "transactions", cpu_into(writer, "transactions_cpu", app.poller._queue))
     # Class attributes (the writer's Store opens in the poll): put back by `undo`.
-    patched = [(Store, "enqueue_many", writer, "enqueue"), (poller_module._Writes, "_finish_oldest", spent,
+    patched = [(Store, "queue_matched", writer, "enqueue"), (poller_module._Writes, "_finish_oldest", spent,
                                                           "wait_for_writer")]
     originals = [(cls, name, cls.__dict__[name]) for cls, name, _, _ in patched]
     for cls, name, into, key in patched:
@@ -207,6 +219,7 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
     for name, owner in owners.items():
         method = methods.get(name, name)
         setattr(owner, method, timed(name, getattr(owner, method)))
+    app.poller.matcher.match = cpu_into(spent, "match_cpu", app.poller.matcher.match)  # type: ignore[method-assign]
     return spent, writer, undo
 
 
@@ -261,7 +274,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def measure(workload: Workload, directory: Path, port: int, match_processes: int = 1) -> dict:
+async def measure(workload: Workload, directory: Path, port: int, match_processes: int = 1,
+                  switch_interval: float | None = None, enqueue_rows: int | None = None) -> dict:
     now = datetime.now(timezone.utc)
     path = directory / "bench.db"
     started = time.perf_counter()
@@ -286,12 +300,20 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             "matching": {"processes": match_processes},
         }, Secrets({"SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SECRET}))
         app = App(config)
+        if enqueue_rows:  # deliveries a transaction of the writer thread (Poller.ENQUEUE_ROWS)
+            app.poller.ENQUEUE_ROWS = enqueue_rows
         try:
             await app.start_frontends()
             pinger = Pinger(f"http://127.0.0.1:{port}/slack/events", slack.url).start()
             while not pinger.acks:  # the endpoint answers: measuring starts
                 await asyncio.sleep(0.05)
             watch = LoopWatch(STALL_LOG_MS, record=True, profile=True, logger=log).start()
+            # The stall profile hands the GIL over every 0.1 ms (its samples land where they
+            # should), which the bot's `run` does not: threads that share the GIL (the matcher,
+            # the writer, the loop) then trade it 50 times as often. Given, the bot's setting
+            # (Python's 5 ms) is put back: the poll as it runs, the stalls' stacks sampled coarser.
+            if switch_interval is not None:
+                sys.setswitchinterval(switch_interval)
             await asyncio.sleep(1.0)  # the idle loop, for comparison
 
             started = time.perf_counter()
@@ -310,6 +332,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
                 undo()
             poll_s = time.perf_counter() - started
             poll_cpu_s = time.process_time() - cpu_started  # all threads: on a busy machine, the steadier figure
+            match_cpu_s = split.pop("match_cpu")  # the worker thread's CPU in the matcher
             split["other"] = poll_s - sum(split.values())
             await asyncio.sleep(1.0)
             watch.stop()
@@ -354,6 +377,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "poll_s": round(poll_s, 3),
         "papers_per_s": round(papers / poll_s, 1) if poll_s else 0.0,
         "poll_cpu_s": round(poll_cpu_s, 3),
+        "match_cpu_s": round(match_cpu_s, 2),
         "loop_stall_max_ms": round(watch.max_ms(), 1),
         "loop_stall_p99_ms": round(watch.percentile_ms(0.99), 1),
         "stalls_over_250ms": len(watch.stalls),
@@ -392,6 +416,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workload", choices=WORKLOADS, default="real")
     parser.add_argument("--history", type=int, default=1000, help="papers stored before the poll")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="seconds; the GIL's switch interval during the run (the bot's: 0.005, Python's "
+                             "default); unset: the stall profile's 0.0001")
+    parser.add_argument("--enqueue-rows", type=int, default=None,
+                        help="deliveries a transaction of the poller's writer thread (default: Poller.ENQUEUE_ROWS)")
     parser.add_argument("--match-processes", type=int, default=1,
                         help="[matching] processes: >1 splits the index over that many worker processes")
     args = parser.parse_args(argv)
@@ -405,7 +434,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"made in {time.perf_counter() - started:.1f}s; {workload.info}", file=sys.stderr)
     random.seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="papers-bot-bench-pipeline-") as directory:
-        figures = asyncio.run(measure(workload, Path(directory), free_port(), args.match_processes))
+        figures = asyncio.run(measure(workload, Path(directory), free_port(), args.match_processes,
+                                     args.switch_interval, args.enqueue_rows))
+    figures["switch_interval"] = args.switch_interval
+    figures["enqueue_rows"] = args.enqueue_rows or Poller.ENQUEUE_ROWS
     figures["seed"] = args.seed
     print(json.dumps(figures))
     return figures

@@ -33,7 +33,10 @@ class RedactSecrets(logging.Filter):
 
     The environment's secrets by value, and any Slack token by its shape (with Slack
     distribution the workspaces' tokens come from the database, and slack_sdk's debug lines
-    show oauth.v2.access's answer)."""
+    show oauth.v2.access's answer); so are the credentials in the addresses a request
+    brings, which slack_sdk and discord.py name in their debug lines: a Slack response_url's
+    last part, a Discord interaction's (or webhook's) token, and any "token" field of a
+    payload they log."""
 
     def __init__(self, secrets: Sequence[str]):
         super().__init__()
@@ -47,12 +50,22 @@ class RedactSecrets(logging.Filter):
                 redacted = redacted.replace(secret, "[redacted]")
         if "xox" in redacted:
             redacted = _SLACK_TOKEN.sub("[redacted]", redacted)
+        if "/commands/" in redacted or "/actions/" in redacted or "/interactions/" in redacted \
+                or "/webhooks/" in redacted:
+            redacted = _URL_TOKEN.sub(r"\1[redacted]", redacted)
+        if "token" in redacted:  # a payload's "token" field (discord.py logs each gateway event at debug)
+            redacted = _TOKEN_FIELD.sub(r"\1[redacted]", redacted)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
 
 
 _SLACK_TOKEN = re.compile(r"xox[a-z]-[A-Za-z0-9-]+|xoxe\.xox[a-z]-[A-Za-z0-9-]+")
+# .../commands/T123/456/SECRET and .../actions/T123/456/SECRET (Slack's response_url);
+# .../interactions/ID/TOKEN/callback and .../webhooks/APP_ID/TOKEN (Discord's interaction replies).
+_URL_TOKEN = re.compile(r"(/(?:commands|actions)/[A-Z0-9]+/[0-9]+/|/(?:interactions|webhooks)/[0-9]+/)"
+                        r"[^/\s?#\"',]+")
+_TOKEN_FIELD = re.compile(r"""(['"][a-z_]*token['"]\s*:\s*['"])[^'"]+""")
 
 
 def setup_logging(config: Config, verbose: bool, stream: TextIO | None = None) -> None:

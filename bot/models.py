@@ -6,8 +6,9 @@ into platform payloads and platform events into these.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Mapping, NamedTuple, Union
 
 PLATFORMS = ("console", "slack", "discord")
@@ -335,6 +336,32 @@ class PaperMatches:
 
     paper_id: str
     matches: tuple[Match, ...]
+
+
+@dataclass(frozen=True)
+class MatchedBatch:
+    """Papers matched by a poll and their matches, for one transaction of the outbox
+    (`StoreContract.queue_matched`), encoded once as two compact JSON texts by the thread
+    that matched them: the thread that writes only runs SQL, which gives the GIL up.
+
+    `papers`: `[[paper id, since (UTC, ISO seconds), upto or null], ...]`, as
+    `UnmatchedPaper` has them (who may receive the paper).
+    `matches`: `[[index into papers, subscription id, query, [terms]], ...]`, each paper's in
+    the order given. No channel: it is the subscription's own, read where it is stored.
+    """
+
+    papers: str
+    matches: str
+    paper_ids: frozenset[str]
+    rows: int  # matches in `matches`
+
+    @classmethod
+    def encode(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]]) -> MatchedBatch:
+        """`matches[i]`: what `papers[i]` matched (empty: the paper is settled, nothing queued)."""
+        facts = [[u.paper.id, u.since.astimezone(timezone.utc).isoformat(timespec="seconds"), u.upto]
+                 for u in papers]
+        rows = [[i, m[0], m[2], m[3]] for i, found in enumerate(matches) for m in found]
+        return cls(json.dumps(facts), json.dumps(rows), frozenset(u.paper.id for u in papers), len(rows))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from storage import StoreContract, reopen
 from .clock import utcnow
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
-from .models import Match, Paper, PaperMatches, UnmatchedPaper
+from .models import Match, MatchedBatch, Paper, UnmatchedPaper
 from .sharded import ShardedMatcher, ShardFailed
 from .sources import Source
 from .sources.base import bounded_repr, check_paper
@@ -377,7 +377,7 @@ class Poller:
             # A subscription committed since the last sync receives the papers stored after it.
             self._sync_if_changed(store)
             done: list[UnmatchedPaper] = []
-            items: list[PaperMatches] = []
+            found: list[tuple[Match, ...]] = []
             rows = 0
             liked = self._recommended(todo, now)
             for unmatched in todo:
@@ -402,14 +402,19 @@ class Poller:
                 if paper.id in liked:
                     matches = sorted([*matches, *liked[paper.id]])
                 done.append(unmatched)
-                if matches:
-                    items.append(PaperMatches(paper.id, tuple(matches)))
-                    rows += len(matches)
+                found.append(tuple(matches))
+                rows += len(matches)
                 if rows >= self.ENQUEUE_ROWS:
-                    writes.submit(self._queue_job(items, done, now), {u.paper.id for u in done})
-                    done, items, rows = [], [], 0
+                    self._submit(writes, done, found, now)
+                    done, found, rows = [], [], 0
             if done:
-                writes.submit(self._queue_job(items, done, now), {u.paper.id for u in done})
+                self._submit(writes, done, found, now)
+
+    def _submit(self, writes: _Writes, done: list[UnmatchedPaper], found: list[tuple[Match, ...]],
+                now: datetime) -> None:
+        """Hand one transaction to the writer thread, encoded here (the writer only runs SQL)."""
+        batch = MatchedBatch.encode(done, found)
+        writes.submit(lambda store: self._queue(store, batch, now), set(batch.paper_ids))
 
     def _recommended(self, todo: list[UnmatchedPaper], now: datetime) -> dict[str, list[Match]]:
         """The like: matches of a batch (bot/recommend.py), for the papers that may be posted:
@@ -425,31 +430,12 @@ class Poller:
             return {}
         return {paper.id: matches for paper, matches in zip(papers, found, strict=True) if matches}
 
-    def _queue_job(self, items: list[PaperMatches], done: list[UnmatchedPaper],
-                   now: datetime) -> Callable[[StoreContract], int]:
-        return lambda store: self._queue(store, items, done, now)
-
-    def _queue(self, store: StoreContract, items: list[PaperMatches], done: list[UnmatchedPaper],
-               now: datetime) -> int:
-        """One transaction (in the writer thread): queue the deliveries, settle their papers."""
-        rule = {u.paper.id: (u.since, u.upto) for u in done}
-        wanted: dict[tuple[datetime, int | None], set[int]] = {}
-        for item in items:
-            wanted.setdefault(rule[item.paper_id], set()).update(m.subscription_id for m in item.matches)
-        with store.transaction():
-            # Only subscriptions that existed when the paper was stored receive it (`upto`, or
-            # created by `since` for a re-checked paper), and one removed since is gone. Read
-            # under the write lock: none is removed between this and the insert.
-            receive = {key: store.subscriptions_created_by(sorted(ids), key[0], key[1])
-                       for key, ids in wanted.items()}
-            kept = []
-            for item in items:
-                existed = receive[rule[item.paper_id]]
-                matches = tuple(m for m in item.matches if m.subscription_id in existed)
-                if matches:
-                    kept.append(PaperMatches(item.paper_id, matches) if len(matches) < len(item.matches) else item)
-            queued = store.enqueue_many(kept, now)
-            store.settle_unmatched(list(rule))
+    def _queue(self, store: StoreContract, batch: MatchedBatch, now: datetime) -> int:
+        """One transaction (in the writer thread): queue the deliveries, settle their papers.
+        Only subscriptions that existed when a paper was stored receive it (`upto`, or created
+        by `since` for a re-checked paper), and one removed since is gone: the store reads
+        them under the write lock (`queue_matched`)."""
+        queued = store.queue_matched(batch, now)
         if self.between_batches is not None:
             self.between_batches()
         return queued

@@ -49,6 +49,7 @@ from bot.models import (
     Feedback,
     FollowUp,
     Match,
+    MatchedBatch,
     MostSavedSchedule,
     OutboxCounts,
     Overflow,
@@ -340,6 +341,14 @@ class StoreContract(Protocol):
     def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
         """`enqueue` for each paper of `items`, all in one transaction; returns how
         many deliveries are new in all."""
+        ...
+
+    def queue_matched(self, batch: MatchedBatch, now: datetime) -> int:
+        """The poll's outbox transaction (one, all or nothing): `enqueue` each paper of `batch`
+        for the matches whose subscription still exists and may receive it (id at most the
+        paper's `upto`; with none, created at or before its `since`), the channel being the
+        subscription's, and `settle_unmatched` every paper of the batch, matched or not.
+        Returns how many deliveries are new. The poller calls it from its writer thread."""
         ...
 
     def due_channels(self, now: datetime) -> list[DueChannel]:
@@ -661,20 +670,20 @@ class StoreContract(Protocol):
         ...
 
     def issue_slack_oauth_state(self, state: str, expires_at: datetime, now: datetime) -> None:
-        """Remember an OAuth `state` handed to a browser by /slack/install, good until
+        """Any thread. Remember an OAuth `state` handed to a browser by /slack/install, good until
         `expires_at`; states expired before `now` are dropped."""
         ...
 
     def consume_slack_oauth_state(self, state: str, now: datetime) -> bool:
-        """True exactly once for a state issued and not expired at `now` (any process); it is
+        """Any thread. True exactly once for a state issued and not expired at `now` (any process); it is
         gone afterwards, whatever the answer. False for an unknown, used or expired one."""
         ...
 
     def set_slack_channel_team(self, channel: ChannelRef, team_id: str) -> bool:
-        """Record that the Slack channel is in workspace `team_id` (a later team replaces it);
+        """Any thread. Record that the Slack channel is in workspace `team_id` (a later team replaces it);
         True when that changed what was recorded. Cheap when nothing changes (no write)."""
         ...
 
     def slack_channel_team(self, channel: ChannelRef) -> str | None:
-        """The workspace recorded for the Slack channel, None when none is."""
+        """Any thread. The workspace recorded for the Slack channel, None when none is."""
         ...

@@ -6,7 +6,7 @@ beside the database, held by an open file descriptor, released when the process 
 by kill -9. (The PostgreSQL Store does the same with session-level advisory locks.)
 
 - The poller's lease: `<db>.poller.lock`; one process polls, the others stand by.
-- A sender's liveness: `<db>.senders/<sender_id>.lock`, held from the first claim until
+- A sender's liveness: `<db>.sender-<sender_id>.lock`, held from the first claim until
   close(). A row left 'sending' by a sender whose lock can be taken was interrupted: its
   process is gone (`adopt_orphans`).
 - Channel leases are rows (`channel_leases`, m026): a channel is served by one deliverer at
@@ -20,7 +20,6 @@ import fcntl
 import os
 import secrets
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from sqlite_utils import Database
 
@@ -86,7 +85,7 @@ class RolesMixin:
     def _roles_close(self) -> None:
         if self._alive is not None:  # nothing more is sent: its rows are anyone's to adopt from now
             try:
-                os.unlink(self._senders_dir() / f"{self.sender_id}.lock")
+                os.unlink(self._sender_lock(self.sender_id))
             except OSError:
                 pass
         for name in ("_poller_lease", "_alive"):
@@ -95,8 +94,9 @@ class RolesMixin:
                 os.close(fd)  # releases the lock
                 setattr(self, name, None)
 
-    def _senders_dir(self) -> Path:
-        return Path(self.path + ".senders")
+    def _sender_lock(self, sender: str) -> str:
+        """The file whose flock says `sender` is alive: `<db>.sender-<id>.lock`, beside the database."""
+        return f"{self.path}.sender-{os.path.basename(sender)}.lock"
 
     def hold_poller_lease(self) -> bool:
         """True when this process is (now) the one that polls; kept until close()."""
@@ -109,14 +109,9 @@ class RolesMixin:
         """`sender_id`, its liveness lock taken first (so a row never names a sender that
         cannot be told alive); what claims write as `claimed_by`."""
         if self._alive is None and self.path != ":memory:":
-            folder = self._senders_dir()
-            try:
-                folder.mkdir(mode=0o700, exist_ok=True)
-            except OSError as exc:
-                raise storage_error(exc, str(folder)) from None
-            fd = _try_lock(str(folder / f"{self.sender_id}.lock"))
+            fd = _try_lock(self._sender_lock(self.sender_id))
             if fd is None:  # nobody else has this random name
-                raise storage_error(OSError(f"the lock of sender {self.sender_id} is held elsewhere"), str(folder))
+                raise storage_error(OSError(f"the lock of sender {self.sender_id} is held elsewhere"), self.path)
             self._alive = fd
         return self.sender_id
 
@@ -132,7 +127,7 @@ class RolesMixin:
             if row[0] != self.sender_id]
         adopted = 0
         for other in others:
-            lock = str(self._senders_dir() / f"{os.path.basename(other)}.lock")
+            lock = self._sender_lock(other)
             fd = _try_lock(lock)
             if fd is None:
                 continue  # alive: its sends are its own
@@ -155,13 +150,16 @@ class RolesMixin:
     def _tidy_senders(self, at_most: int = 100) -> None:
         """Remove the lock files of senders killed with nothing left to adopt (a clean close
         removes its own)."""
+        folder, base = os.path.split(os.path.abspath(self.path))
+        prefix = f"{base}.sender-"
         try:
-            names = [entry.name for entry in os.scandir(self._senders_dir())][:at_most]
+            senders = [entry.name[len(prefix):-len(".lock")] for entry in os.scandir(folder)
+                       if entry.name.startswith(prefix) and entry.name.endswith(".lock")][:at_most]
         except OSError:
             return
-        for name in names:
-            if name != f"{self.sender_id}.lock":
-                self._dead(name.removesuffix(".lock"))
+        for sender in senders:
+            if sender != self.sender_id:
+                self._dead(sender)
 
     def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime,
                       handover: timedelta = DEAD_HANDOVER) -> bool:
@@ -188,7 +186,7 @@ class RolesMixin:
         """Whether `sender`'s process is gone (its liveness lock is free); never waits."""
         if self.path == ":memory:":
             return False  # one store only
-        lock = str(self._senders_dir() / f"{os.path.basename(sender)}.lock")
+        lock = self._sender_lock(sender)
         fd = _try_lock(lock)
         if fd is None:
             return False

@@ -19,7 +19,7 @@ FIELDS = ("workload", "subscriptions", "distinct_queries", "papers", "history_pa
           "loop_stall_max_ms", "loop_stall_p99_ms", "stalls_over_250ms", "commands", "ack_p50_ms", "ack_max_ms",
           "acks_over_3s", "acks_failed", "replies", "reply_p50_ms", "reply_max_ms", "poll_split_s",
           "stall_split_s", "stall_top_s", "peak_rss_mb", "seed", "write_split_s", "poll_cpu_s",
-          "full_collections_during_poll", "full_collection_max_ms")
+          "full_collections_during_poll", "full_collection_max_ms", "match_cpu_s", "switch_interval", "enqueue_rows")
 
 
 @pytest.mark.parametrize("workload", ["real", "zipf"])

@@ -352,15 +352,15 @@ async def test_no_garbage_collection_runs_during_a_poll_and_it_is_back_on_after(
     poller = small_batches(Poller(store, clock))
     poller.sync_subscriptions()
     seen: list[tuple[str, bool]] = []
-    match, enqueue_many = poller.matcher.match, StoreClass.enqueue_many
+    match, queue_matched = poller.matcher.match, StoreClass.queue_matched
     monkeypatch.setattr(poller.matcher, "match", lambda p: (seen.append(("match", gc.isenabled())), match(p))[1])
     thread = threading.current_thread
 
-    def recorded(self, items, now):
+    def recorded(self, batch, now):
         seen.append((thread().name.split("_")[0], gc.isenabled()))
-        return enqueue_many(self, items, now)
+        return queue_matched(self, batch, now)
 
-    monkeypatch.setattr(StoreClass, "enqueue_many", recorded)
+    monkeypatch.setattr(StoreClass, "queue_matched", recorded)
     report = await poller.poll(FakeSource(papers=listing()))
     assert report.ok and report.queued == len(expected(listing()))
     assert ("match", False) in seen and ("poller-writer", False) in seen  # in the worker and the writer thread

@@ -36,13 +36,7 @@ A = ChannelRef("console", "a")
 def queued(store, channels, papers: int, now=T0, prefix: str = "2411") -> list[str]:
     """`papers` papers owed to each of `channels` (one subscription each), due at `now`."""
     ids = [f"{prefix}.{n:05d}" for n in range(1, papers + 1)]
-    if hasattr(store, "add_papers"):
-        store.add_papers([paper(i, f"Synthetic roles paper {i} on diffusion") for i in ids], now)
-    else:  # PostgreSQL while its papers area is being ported: the rows the outbox refers to
-        for i in ids:
-            store.db.execute("""INSERT INTO papers (id, title, summary, authors, categories, sources, first_seen,
-                                                    updated_at) VALUES (%s, %s, '', '[]', '[]', 'arxiv', %s, %s)""",
-                             [i, f"Synthetic roles paper {i} on diffusion", now, now])
+    store.add_papers([paper(i, f"Synthetic roles paper {i} on diffusion") for i in ids], now)
     for channel in channels:
         sub = store.add_subscription(channel, "diffusion", "roles-test", now).subscription
         assert sub is not None
@@ -62,16 +56,6 @@ def target(request, tmp_path) -> str:
     if request.param == "postgresql":
         return request.getfixturevalue("pg_url")
     return str(tmp_path / "bot.db")
-
-
-def outbox_ported(target: str, *also: str) -> None:
-    """Skip on a backend whose outbox methods (and `also`) are not there yet (PostgreSQL, being ported)."""
-    if "://" in target:
-        from storage.postgres import PgStore
-
-        needed = ("claim_delivery", "claim_followup", "add_subscription", *also)
-        if not all(hasattr(PgStore, name) for name in needed):
-            pytest.skip(f"PgStore lacks some of {', '.join(needed)} (being ported)")
 
 
 def eventually(condition) -> bool:
@@ -98,7 +82,6 @@ def test_one_poller_lease_at_a_time_and_it_goes_with_its_holder(target):
 
 
 def test_a_live_senders_claims_are_its_own_and_a_dead_ones_are_adopted_once(target):
-    outbox_ported(target)
     sender, other, third = (open_store(target) for _ in range(3))
     try:
         queued(sender, [A], 2)
@@ -180,7 +163,6 @@ def test_a_killed_holders_channel_is_taken_over_after_the_hand_over_gap(target):
 
 
 async def test_recovery_leaves_a_live_deliverers_sends_and_settles_a_dead_ones(target):
-    outbox_ported(target, "get_paper")
     live, me = open_store(target), open_store(target)
     try:
         queued(live, [A, ChannelRef("console", "b")], 1)
@@ -203,7 +185,6 @@ async def test_recovery_leaves_a_live_deliverers_sends_and_settles_a_dead_ones(t
 
 
 async def test_a_channel_another_deliverer_serves_is_left_to_it(target):
-    outbox_ported(target, "get_paper")
     other, me = open_store(target), open_store(target)
     try:
         now = datetime.now(timezone.utc)
@@ -239,17 +220,6 @@ async def test_a_front_end_leaves_what_a_command_queued_to_the_deliverers(tmp_pa
 
 
 # ---- processes: real `papers-bot run --role ...` against the fakes ---------------------------
-
-def fully_ported(target: str) -> None:
-    """Skip a whole bot on a backend that does not implement all of StoreContract yet."""
-    if "://" in target:
-        from storage.contract import StoreContract
-        from storage.postgres import PgStore
-
-        missing = [name for name in dir(StoreContract) if not name.startswith("_") and not hasattr(PgStore, name)]
-        if missing:
-            pytest.skip(f"PgStore lacks {len(missing)} StoreContract methods yet ({', '.join(missing[:3])}, ...)")
-
 
 def storage_section(target: str) -> str:
     return f'[storage]\nurl = "{target}"\n' if "://" in target else f'[storage]\npath = "{target}"\n'
@@ -295,7 +265,6 @@ ELECTED = "is the poller now"
 
 
 def test_one_poller_polls_and_a_standby_takes_over_when_it_is_killed(tmp_path, target):
-    fully_ported(target)
     listing = Listing()
     listing.add(3)
     with FakeHTTPServer() as hf:
@@ -330,7 +299,6 @@ def test_one_poller_polls_and_a_standby_takes_over_when_it_is_killed(tmp_path, t
 
 
 def test_two_deliverers_send_each_delivery_once_at_each_channels_pace(tmp_path, target):
-    fully_ported(target)
     channels = [ChannelRef("slack", f"C0ROLES{n}") for n in range(6)]
     store = open_store(target)
     with FakeSlack() as slack:
@@ -400,14 +368,17 @@ def test_senders_lock_files_do_not_pile_up(tmp_path):
     stores = [Store(tmp_path / "bot.db") for _ in range(3)]
     for store in stores:
         store.live_sender_id()
-    senders = tmp_path / "bot.db.senders"
-    assert len(list(senders.iterdir())) == 3
+
+    def locks() -> list[str]:
+        return sorted(p.name for p in tmp_path.glob("bot.db.sender-*.lock"))
+
+    assert len(locks()) == 3
     stores[0].close()  # a clean close removes its own
-    assert sorted(p.name for p in senders.iterdir()) == sorted(f"{s.sender_id}.lock" for s in stores[1:])
+    assert locks() == sorted(f"bot.db.sender-{s.sender_id}.lock" for s in stores[1:])
     os.close(stores[1]._alive)  # as if killed: its lock is free, its file left behind
     stores[1]._alive = None
     assert stores[2].adopt_orphans() == 0  # nothing to adopt, and the dead one's file goes
-    assert [p.name for p in senders.iterdir()] == [f"{stores[2].sender_id}.lock"]
+    assert locks() == [f"bot.db.sender-{stores[2].sender_id}.lock"]
     stores[1].close()
     stores[2].close()
-    assert list(senders.iterdir()) == []
+    assert locks() == []

@@ -5,9 +5,19 @@ import pytest
 from sqlite_utils import Database
 
 from bot.cards import why_matched
-from bot.models import ChannelRef, Match, OutboxCounts, PaperMatches, Subscribed, UnmatchedPaper, Validators
+from bot.models import (
+    ChannelRef,
+    Match,
+    MatchedBatch,
+    OutboxCounts,
+    PaperMatches,
+    Subscribed,
+    UnmatchedPaper,
+    Validators,
+)
 from bot.query import normalize_query
 from storage import Store
+from storage.deliveries import match_strength
 from storage.migrations import migrations
 
 from .fakes import due_now, paper, sql, stored, subscribed
@@ -312,6 +322,47 @@ def test_enqueue_many_queues_each_paper_once_per_channel_and_keeps_its_subscript
     assert matched == {rows[0][0]: [1], rows[1][0]: [2, 3], rows[2][0]: [1]}
     assert [m.terms for d in store.pending_for_channel(b) for m in d.matched] == [("y in title",), ()]
     assert store.enqueue_many([], t) == 0
+
+
+@pytest.mark.backends
+def test_queue_matched_queues_for_subscriptions_that_may_receive_each_paper_and_settles_the_batch(store):
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
+    subs = [store.add_subscription(channel, query, "u1", t - timedelta(days=2)).subscription
+            for channel, query in ((b, "zeta"), (a, "alpha"), (b, "beta"), (a, "gamma"))]
+    later = store.add_subscription(a, "delta", "u1", t + timedelta(hours=1)).subscription  # after both papers
+    gone = store.add_subscription(b, "omega", "u1", t - timedelta(days=2)).subscription
+    store.remove_subscription(b, gone.id)
+    one, two, three = paper("2410.00001"), paper("2410.00002"), paper("2410.00003")
+    store.add_papers([one, two, three], t)
+    done = [UnmatchedPaper(one, t, subs[-1].id), UnmatchedPaper(two, t), UnmatchedPaper(three, t, subs[-1].id)]
+    store.mark_unmatched(done)
+    assert store.enqueue("2410.00002", [Match(subs[1].id, a, "alpha", ())], t) == 1  # owed already: nothing new
+    m = {s.query: Match(s.id, s.channel, s.query, (f"{s.query} in title", "shared")) for s in [*subs, later, gone]}
+    found = [
+        # b's matches come in the order given (zeta's id is the lowest), between a's
+        (m["gamma"], m["zeta"], m["alpha"], m["beta"], m["delta"], m["omega"]),
+        (m["alpha"], m["beta"], m["delta"]),  # re-checked (no upto): delta was created after `since`
+        (),  # nothing matched: settled all the same
+    ]
+    batch = MatchedBatch.encode(done, found)
+    assert batch.rows == 9 and batch.paper_ids == {"2410.00001", "2410.00002", "2410.00003"}
+    assert store.queue_matched(batch, t) == 3  # one: a and b; two: b (a had it)
+    assert store.unmatched_papers(10) == []
+    rows = store.db.execute("SELECT paper_id, channel, strength FROM deliveries ORDER BY paper_id, channel").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("2410.00001", a.key), ("2410.00001", b.key),
+                                            ("2410.00002", a.key), ("2410.00002", b.key)]
+    owed = {(d.paper_id, d.channel): d.matched for channel in (a, b) for d in store.pending_for_channel(channel)}
+    assert owed[("2410.00001", a)] == (m["gamma"], m["alpha"])  # delta: committed after the paper's upto
+    assert owed[("2410.00001", b)] == (m["zeta"], m["beta"])  # omega: removed
+    assert owed[("2410.00002", b)] == (m["beta"],)
+    strengths = [match_strength([m["zeta"], m["beta"]]), match_strength([m["beta"]])]
+    assert [r[2] for r in rows if r[1] == b.key] == strengths
+    assert rows[0][2] == 2003
+    assert {(d.channel, d.due) for d in store.due_channels(t)} == {(a, 2), (b, 2)}  # due at `now`
+    assert store.due_channels(t - timedelta(seconds=1)) == []
+    again = MatchedBatch.encode([UnmatchedPaper(one, t, later.id)], [(m["delta"], m["alpha"])])
+    assert store.queue_matched(again, t) == 0  # each paper once a channel, ever
 
 
 @pytest.mark.backends

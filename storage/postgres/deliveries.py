@@ -30,6 +30,7 @@ from bot.models import (
     Delivery,
     DueChannel,
     Match,
+    MatchedBatch,
     OutboxCounts,
     Overflow,
     PaperMatches,
@@ -72,11 +73,43 @@ class DeliveriesMixin:
     if TYPE_CHECKING:
         def live_sender_id(self) -> str: ...  # RolesMixin's: this store's id, its liveness lock held
         def _reader(self) -> AbstractContextManager[Database]: ...  # PgStore's: this thread's connection
+        # SubscriptionsMixin's and PapersMixin's, for queue_matched
+        def subscriptions_created_by(self, ids: list[int], moment: datetime, upto: int | None = None) -> set[int]: ...
+        def settle_unmatched(self, paper_ids: list[str]) -> None: ...
 
     # ---- queueing -----------------------------------------------------------------------------
 
     def enqueue(self, paper_id: str, matches: list[Match], now: datetime) -> int:
         return self.enqueue_many([PaperMatches(paper_id, tuple(matches))], now)
+
+    def queue_matched(self, batch: MatchedBatch, now: datetime) -> int:
+        """StoreContract.queue_matched: the batch decoded here, those who may receive each paper
+        read in the transaction (`subscriptions_created_by`, which keeps them from being removed
+        until it commits), then `enqueue_many` and `settle_unmatched`. Not set-based like
+        SQLite's: a first port, to keep the poller working on PostgreSQL."""
+        papers = json.loads(batch.papers)
+        found: dict[int, list[list]] = {}
+        for match in json.loads(batch.matches):
+            found.setdefault(match[0], []).append(match)
+        with self.db.transaction():
+            wanted: dict[tuple[str, int | None], set[int]] = {}
+            for i, (_, since, upto) in enumerate(papers):
+                wanted.setdefault((since, upto), set()).update(m[1] for m in found.get(i, ()))
+            receive = {rule: self.subscriptions_created_by(sorted(ids), datetime.fromisoformat(rule[0]), rule[1])
+                       for rule, ids in wanted.items()}
+            every = sorted(set().union(*receive.values())) if receive else []
+            channels = {row[0]: ChannelRef.from_key(row[1]) for row in self.db.all(
+                "SELECT id, channel FROM subscriptions WHERE id = ANY(%s)", [every])} if every else {}
+            items = []
+            for i, (paper_id, since, upto) in enumerate(papers):
+                existed = receive.get((since, upto), set())
+                matches = tuple(Match(m[1], channels[m[1]], m[2], tuple(m[3])) for m in found.get(i, ())
+                                if m[1] in existed and m[1] in channels)
+                if matches:
+                    items.append(PaperMatches(paper_id, matches))
+            queued = self.enqueue_many(items, now)
+            self.settle_unmatched([paper[0] for paper in papers])
+        return queued
 
     def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
         """`enqueue` for many papers, set-based: the rows go by COPY into a temporary table of

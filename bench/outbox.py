@@ -1,0 +1,133 @@
+"""The poll's outbox transactions alone, in one thread: where the writer's CPU goes.
+
+    python -m bench.outbox --subscriptions 100000 --papers 2000 --workload real --seed 1 --rows 250
+
+Fills a store as bench.pipeline does (in --dir, default a temporary directory), matches the
+workload's papers with the one-process engine (not timed), writes them down as unmatched,
+then queues their deliveries in transactions of --rows deliveries through the writer's path
+and times only that, with nothing else running in the process:
+
+- `queue_matched` (the poller's path): `MatchedBatch.encode` then `Store.queue_matched`;
+- `enqueue_many` (the path before it): `subscriptions_created_by`, `enqueue_many` and
+  `settle_unmatched` in one transaction, as the writer thread did;
+- `floor`: rows grouped and encoded beforehand, then a plain `executemany` INSERT per
+  transaction and the same settling: what SQLite itself costs for these rows and indexes
+  (not usable beside the matcher: every row's step gives the GIL up and waits for it back).
+
+Last line JSON: `cpu_s` (process time), `encode_cpu_s` (the part the poller's worker thread
+does), `transactions_cpu_s`, `wall_s`, `worst_transaction_ms`, `queued`. Figures, not
+assertions: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from bot.matching import IndexedMatcher
+from bot.models import MatchedBatch, PaperMatches, UnmatchedPaper
+from storage import Store
+from storage.db import iso
+from storage.deliveries import match_strength
+
+from .pipeline import fill
+from .workloads import WORKLOADS, make_workload
+
+NOW = datetime(2026, 11, 29, 12, tzinfo=timezone.utc)
+MODES = ("queue_matched", "enqueue_many", "floor")
+
+
+def measure(directory: Path, workload_name: str, subscriptions: int, papers: int, seed: int, rows: int,
+            mode: str) -> dict:
+    workload = make_workload(workload_name, subscriptions=subscriptions, papers=papers, seed=seed)
+    path = directory / "outbox.db"
+    fill(path, workload, NOW - timedelta(hours=1))
+    store = Store(path)
+    matcher = IndexedMatcher(papers=store.recent_papers(1000))
+    for sub in store.subscriptions_changed_since(0).subscriptions:
+        matcher.add(sub)
+    with store.transaction():
+        new = store.add_papers(workload.papers, NOW)
+        upto = store.newest_subscription_id()
+        store.mark_unmatched([UnmatchedPaper(p, NOW, upto) for p in new])
+    todo = [(u, tuple(matcher.match(u.paper))) for u in store.unmatched_papers(len(new))]
+    store.close()
+    writer = Store(path, durable=False)  # as the poller's writer thread opens it
+    batches: list[list[tuple[UnmatchedPaper, tuple]]] = [[]]
+    count = 0
+    for unmatched, found in todo:
+        batches[-1].append((unmatched, found))
+        count += len(found)
+        if count >= rows:
+            batches.append([])
+            count = 0
+    encode = spent = worst = 0.0
+    queued = 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    for batch in filter(None, batches):
+        started = time.process_time()
+        if mode == "queue_matched":
+            encoded = MatchedBatch.encode([u for u, _ in batch], [f for _, f in batch])
+        elif mode == "floor":
+            grouped: dict[tuple[str, str], list] = {}
+            for u, found in batch:
+                for m in found:
+                    grouped.setdefault((u.paper.id, m.channel.key), []).append(m)
+            values = [(paper_id, key, json.dumps([{"id": m.subscription_id, "query": m.query, "terms": list(m.terms)}
+                                                  for m in ms]), match_strength(ms), iso(NOW), iso(NOW))
+                      for (paper_id, key), ms in grouped.items()]
+        encode += time.process_time() - started
+        started, began = time.process_time(), time.perf_counter()
+        if mode == "queue_matched":
+            queued += writer.queue_matched(encoded, NOW)
+        elif mode == "enqueue_many":
+            with writer.transaction():
+                wanted = sorted({m.subscription_id for _, f in batch for m in f})
+                ids = writer.subscriptions_created_by(wanted, NOW, upto)
+                queued += writer.enqueue_many([PaperMatches(u.paper.id, tuple(m for m in f if m.subscription_id in ids))
+                                               for u, f in batch if f], NOW)
+                writer.settle_unmatched([u.paper.id for u, _ in batch])
+        else:
+            with writer.transaction():
+                before = writer.db.conn.total_changes
+                writer.db.conn.executemany(
+                    "INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?)", values)
+                queued += writer.db.conn.total_changes - before
+                writer.settle_unmatched([u.paper.id for u, _ in batch])
+        spent += time.process_time() - started
+        worst = max(worst, time.perf_counter() - began)
+    figures = {"mode": mode, "workload": workload_name, "subscriptions": subscriptions, "papers": papers,
+               "rows_per_transaction": rows, "transactions": sum(1 for b in batches if b), "queued": queued,
+               "matches": sum(len(f) for _, f in todo), "cpu_s": round(time.process_time() - cpu, 2),
+               "encode_cpu_s": round(encode, 2), "transactions_cpu_s": round(spent, 2),
+               "wall_s": round(time.perf_counter() - wall, 2), "worst_transaction_ms": round(worst * 1000, 1)}
+    writer.close()
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument("--papers", type=int, default=1000)
+    parser.add_argument("--workload", choices=WORKLOADS, default="real")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=250, help="deliveries a transaction (Poller.ENQUEUE_ROWS)")
+    parser.add_argument("--mode", choices=MODES, default="queue_matched")
+    parser.add_argument("--dir", type=Path, default=None, help="where the store goes (default: a temporary one)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="papers-bot-bench-outbox-", dir=args.dir) as directory:
+        figures = measure(Path(directory), args.workload, args.subscriptions, args.papers, args.seed, args.rows,
+                          args.mode)
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
