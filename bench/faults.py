@@ -20,6 +20,22 @@ processes (subscribe, unsubscribe, mute; several `papers-bot command`s each) run
 the same database while the bot delivers and is killed; `commands_failed` counts those
 that did not answer as they should, `subscriptions_lost` the replies the database does
 not keep. The last line is one JSON object.
+
+Cooperating processes (`papers-bot run --role ...`), on PostgreSQL or SQLite:
+
+    python -m bench.faults --rounds 30 --storage postgresql://postgres@127.0.0.1:5432/test \
+        --pollers 1 --deliverers 3
+
+runs --pollers `run --role poller` processes (one polls, the others stand by) and
+--deliverers `run --role deliverer` processes instead of one `run`. They keep running across
+the rounds; each round, once delivery is under way, one or more of them (any role, chosen
+at random: one most rounds, sometimes two, now and then all) are SIGKILLed, and restarted
+at the start of the next round. The end is checked as above, and also that no delivery or
+follow-up is left 'sending'. A postgresql:// --storage gets a schema of its own in that
+database (created, and dropped at the end), unless its URL already sets a search_path,
+which must then be empty. The JSON line adds the role counts, the kills per role and how
+often a poller took the lease (poller_elections), and how often one that had stood by did
+(standby_takeovers: its holder was killed while it ran).
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -125,41 +142,69 @@ def replies(slack: FakeSlack, discord: FakeDiscord) -> Counter:
     return counts
 
 
-def owed_replies(db: Path) -> tuple[set[tuple[str, str, str]], int]:
+class Db:
+    """Read-only looks at the bot's database, SQLite (a file) or PostgreSQL (a URL): the
+    queries are written to run on both (no placeholders; NOT in_digest for either's flag)."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.postgres = target.startswith(("postgresql://", "postgres://"))
+
+    def rows(self, sql: str) -> list[tuple]:
+        if self.postgres:
+            import psycopg
+
+            with psycopg.connect(self.target, autocommit=True, connect_timeout=10) as conn:
+                try:
+                    return [tuple(row) for row in conn.execute(sql).fetchall()]
+                except psycopg.errors.UndefinedTable:
+                    return []  # not migrated yet: nothing in it
+        if not Path(self.target).exists():
+            return []
+        with sqlite3.connect(self.target) as conn:
+            return conn.execute(sql).fetchall()
+
+    def integrity(self) -> str:
+        """SQLite's integrity_check. Not checked on PostgreSQL (the server's own business): "ok"
+        here adds no problem, and the JSON line says "not checked (PostgreSQL)"."""
+        if self.postgres:
+            return "ok"
+        return self.rows("PRAGMA integrity_check")[0][0]
+
+
+def owed_replies(db: Db) -> tuple[set[tuple[str, str, str]], int]:
     """The follow-ups the outbox says went out (as (channel, card message id, kind:value)),
     and how many are still pending or being sent."""
-    with sqlite3.connect(db) as conn:
-        sent = {(row[0], row[1], f"{row[2]}:{row[3]}") for row in conn.execute(
-            """SELECT d.channel, d.message_id, f.kind, f.value FROM followups f
-                 JOIN deliveries d ON d.id = f.delivery_id WHERE f.status = 'sent'""")}
-        open_rows = conn.execute("SELECT count(*) FROM followups WHERE status IN ('pending', 'sending')").fetchone()[0]
-    return sent, open_rows
+    sent = {(row[0], row[1], f"{row[2]}:{row[3]}") for row in db.rows(
+        """SELECT d.channel, d.message_id, f.kind, f.value FROM followups f
+             JOIN deliveries d ON d.id = f.delivery_id WHERE f.status = 'sent'""")}
+    open_rows = db.rows("SELECT count(*) FROM followups WHERE status IN ('pending', 'sending')")
+    return sent, open_rows[0][0] if open_rows else 0
 
 
-def start_bot(workdir: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=workdir, env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(workdir / "bot.log", "a"))
+def start_bot(workdir: Path, env: dict, role: str | None = None, log: str = "bot.log") -> subprocess.Popen:
+    """`python -m bot run` (all in one process), or `... run --role ROLE` with no metrics port."""
+    argv = [sys.executable, "-m", "bot", "run"] + (["--role", role, "--metrics-port", "0"] if role else [])
+    return subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / log, "a"))
 
 
-def overflowed(db: Path) -> set[tuple[str, str]]:
+def overflowed(db: Db) -> set[tuple[str, str]]:
     """(channel, paper id) the bot settled as past a burst's cards and digest: counted in a
     digest ("and N more matched"), deliberately not posted. Neither lost nor delivered."""
-    with sqlite3.connect(db) as conn:
-        return set(conn.execute("SELECT channel, paper_id FROM deliveries WHERE status = 'overflow'").fetchall())
+    return {(row[0], row[1]) for row in db.rows("SELECT channel, paper_id FROM deliveries WHERE status = 'overflow'")}
 
 
-def carded(db: Path) -> set[str]:
+def carded(db: Db) -> set[str]:
     """The papers posted as a card (not in a digest) to some channel so far."""
-    if not db.exists():
-        return set()
-    with sqlite3.connect(db) as conn:
-        return {row[0] for row in conn.execute(
-            "SELECT DISTINCT paper_id FROM deliveries WHERE status = 'sent' AND in_digest = 0")}
+    return {row[0] for row in db.rows(
+        "SELECT DISTINCT paper_id FROM deliveries WHERE status = 'sent' AND NOT in_digest")}
 
 
-def integrity(db: Path) -> str:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+def left_sending(db: Db) -> int:
+    """Deliveries and follow-ups still 'sending' (after every process stopped: interrupted and never settled)."""
+    return sum(row[0] for row in db.rows(
+        "SELECT count(*) FROM deliveries WHERE status = 'sending' "
+        "UNION ALL SELECT count(*) FROM followups WHERE status = 'sending'"))
 
 
 UPGRADED_PER_ROUND = 3  # papers posted as cards that get code and 120 upvotes each round (follow-ups)
@@ -257,14 +302,132 @@ class Commands:
             self.live[job[2]] = (job[1], found.group(1))
         return True
 
-    def lost(self, db: Path) -> list[str]:
+    def lost(self, db: Db) -> list[str]:
         """Promises the database does not keep: a subscription (or a mute) missing, an
         unsubscribed one still there."""
-        with sqlite3.connect(db) as conn:
-            stored = {row[0]: (row[1], row[2]) for row in conn.execute("SELECT id, channel, query FROM subscriptions")}
+        stored = {row[0]: (row[1], row[2]) for row in db.rows("SELECT id, channel, query FROM subscriptions")}
         problems = [f"#{i} {want} is {stored.get(i)}" for i, want in sorted(self.live.items()) if stored.get(i) != want]
         problems += [f"#{i} unsubscribed but still there" for i in sorted(self.gone) if i in stored]
         return problems
+
+
+# How many processes a round kills, drawn each round: one most rounds, sometimes two, now
+# and then all of them (0).
+KILL_COUNTS = (1, 1, 1, 1, 1, 2, 2, 2, 0)
+
+
+class Fleet:
+    """The cooperating processes: pollers and deliverers (`run --role ...`), each in a slot
+    of its own (its log: ROLE-N.log), restarted in the round after it was killed."""
+
+    def __init__(self, workdir: Path, env: dict, pollers: int, deliverers: int):
+        self.workdir, self.env = workdir, env
+        self.slots = [("poller", n) for n in range(pollers)] + [("deliverer", n) for n in range(deliverers)]
+        self.procs: dict[tuple[str, int], subprocess.Popen] = {}
+        self.killed: set[tuple[str, int]] = set()  # killed by the suite, not yet restarted
+        self.kills: Counter = Counter()
+        self.starts = 0
+        self.problems: list[str] = []
+
+    def start_missing(self) -> None:
+        for slot in self.slots:
+            proc = self.procs.get(slot)
+            if proc is not None and proc.poll() is None:
+                continue
+            if proc is not None and slot not in self.killed:
+                self.problems.append(f"{slot[0]} {slot[1]} exited by itself (exit {proc.returncode}; "
+                                     f"see {slot[0]}-{slot[1]}.log)")
+            self.killed.discard(slot)
+            self.procs[slot] = start_bot(self.workdir, self.env, slot[0], f"{slot[0]}-{slot[1]}.log")
+            self.starts += 1
+
+    def kill(self, rng: random.Random) -> list[str]:
+        """SIGKILL some of the processes, chosen at random; the roles killed."""
+        count = rng.choice(KILL_COUNTS) or len(self.slots)
+        # The polling poller first: which slot polls is a race, so a seed's choices are made
+        # over (the one polling, the standbys, the deliverers), the same from run to run.
+        active = self.polling()
+        order = sorted(self.slots, key=lambda slot: (slot[0] != "poller", slot != active, slot))
+        victims = rng.sample(order, min(count, len(order)))
+        for slot in victims:
+            self.procs[slot].send_signal(signal.SIGKILL)
+        for slot in victims:
+            self.procs[slot].wait()
+            self.killed.add(slot)
+            self.kills[slot[0]] += 1
+        return [slot[0] for slot in victims]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for slot, proc in self.procs.items():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                self.problems.append(f"{slot[0]} {slot[1]} did not stop on SIGTERM")
+
+    def kill_all(self) -> None:
+        """On the way out after an error: nothing left running."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def polling(self) -> tuple[str, int] | None:
+        """The poller slot whose current process holds the poller's lease (from its log), if any."""
+        for role, n in self.slots:
+            log = self.workdir / f"{role}-{n}.log"
+            if role == "poller" and log.exists():
+                current = log.read_text(errors="replace").rsplit("running as poller", 1)[-1]
+                if "is the poller now" in current and (role, n) not in self.killed:
+                    return (role, n)
+        return None
+
+    def standby_takeovers(self) -> int:
+        """How often a poller that had stood by (another held the lease) took over: its
+        holder was killed while it ran. Read from each slot's log, one process after another."""
+        taken = 0
+        for role, n in self.slots:
+            log = self.workdir / f"{role}-{n}.log"
+            if role != "poller" or not log.exists():
+                continue
+            standby = False
+            for line in log.read_text(errors="replace").splitlines():
+                if "running as poller" in line:
+                    standby = False  # the slot's next process
+                elif "this one stands by" in line:
+                    standby = True
+                elif "is the poller now" in line and standby:
+                    taken += 1
+        return taken
+
+    def poller_elections(self) -> int:
+        """How often a poller took the poller's lease (the first one's included): the
+        standbys' take-overs and the restarted ones'."""
+        return sum((self.workdir / f"poller-{n}.log").read_text(errors="replace").count("is the poller now")
+                   for role, n in self.slots if role == "poller" and (self.workdir / f"poller-{n}.log").exists())
+
+
+def pg_schema(url: str, prefix: str = "bench_faults") -> tuple[str, str | None]:
+    """The URL to give the bot, and the schema made for it (None when the URL names its own)."""
+    if "search_path" in url:
+        return url, None
+    import psycopg
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}", schema
+
+
+def drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -273,157 +436,219 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--papers", type=int, default=12, help="new papers per round")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds the last run may take")
-    parser.add_argument("--keep", metavar="DIR", help="keep the bot's database and log in DIR")
+    parser.add_argument("--keep", metavar="DIR", help="keep the bot's database and log in DIR "
+                        "(and a PostgreSQL schema made for the run: its name is printed)")
+    parser.add_argument("--storage", metavar="URL", help="a postgresql:// URL (default: a new SQLite file)")
+    parser.add_argument("--pollers", type=int, default=0,
+                        help="`run --role poller` processes (with --deliverers; default: one `run`)")
+    parser.add_argument("--deliverers", type=int, default=0, help="`run --role deliverer` processes")
     args = parser.parse_args(argv)
+    processes = args.pollers > 0 or args.deliverers > 0
+    if processes and (args.pollers < 1 or args.deliverers < 1):
+        parser.error("--pollers and --deliverers: at least one of each")
+    if args.storage and not args.storage.startswith(("postgresql://", "postgres://")):
+        parser.error("--storage takes a postgresql:// URL (SQLite is the default)")
     rng = random.Random(args.seed)
     root = Path(__file__).resolve().parent.parent
 
     listing = Listing()
-    with FakeHTTPServer() as hf, FakeSlack() as slack, FakeDiscord() as discord, \
-            tempfile.TemporaryDirectory() as tmp:
-        hf.route_fn("/api/daily_papers", listing.answer)
-        slack.real_ts, slack.min_interval = True, SLACK_INTERVAL
-        discord.min_interval = DISCORD_INTERVAL
-        workdir = Path(tmp)
-        db = workdir / "bot.db"
-        (workdir / "config.toml").write_text(
-            f'[storage]\npath = "{db}"\n'
-            f'[sources.huggingface]\nbase_url = "{hf.url}"\ninterval_minutes = 0.02\n'
-            "[sources.arxiv]\nenabled = false\n"
-            f'[slack]\napi_url = "{slack.api_url}"\n'
-            f'[discord]\napi_base = "{discord.api_base}"\n'
-            "[delivery]\nsweep_seconds = 1\nsource_failure_notice_after = 1000\n"
-            "[limits]\ncommands_per_minute = 100000\nmax_subscriptions_per_channel = 100000\n"
-            "[logging]\nlevel = \"INFO\"\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "PAPERS_BOT_"))}
-        env.update({"SLACK_BOT_TOKEN": "xoxb-fault-suite", "DISCORD_TOKEN": "fault-suite-token",
-                    "PAPERS_BOT_CONFIG": str(workdir / "config.toml"), "PYTHONPATH": str(root)})
-        channels = [f"slack:{c}" for c in SLACK_CHANNELS] + [f"discord:{c}" for c in DISCORD_CHANNELS]
-        for channel in channels:
-            subprocess.run([sys.executable, "-m", "bot", "command", "--channel", channel, "--user", "fault-suite",
-                            "subscribe diffusion"], cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL)
+    schema = None
+    url = None
+    if args.storage:
+        url, schema = pg_schema(args.storage)
+    fleet: Fleet | None = None
+    try:
+        with FakeHTTPServer() as hf, FakeSlack() as slack, FakeDiscord() as discord, \
+                tempfile.TemporaryDirectory() as tmp:
+            hf.route_fn("/api/daily_papers", listing.answer)
+            slack.real_ts, slack.min_interval = True, SLACK_INTERVAL
+            discord.min_interval = DISCORD_INTERVAL
+            workdir = Path(tmp)
+            db = Db(url or str(workdir / "bot.db"))
+            storage = f'url = "{url}"\n' if url else f'path = "{workdir / "bot.db"}"\n'
+            (workdir / "config.toml").write_text(
+                f'[storage]\n{storage}'
+                f'[sources.huggingface]\nbase_url = "{hf.url}"\ninterval_minutes = 0.02\n'
+                "[sources.arxiv]\nenabled = false\n"
+                f'[slack]\napi_url = "{slack.api_url}"\n'
+                f'[discord]\napi_base = "{discord.api_base}"\n'
+                "[delivery]\nsweep_seconds = 1\nsource_failure_notice_after = 1000\n"
+                "[limits]\ncommands_per_minute = 100000\nmax_subscriptions_per_channel = 100000\n"
+                "[logging]\nlevel = \"INFO\"\n")
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "PAPERS_BOT_"))}
+            env.update({"SLACK_BOT_TOKEN": "xoxb-fault-suite", "DISCORD_TOKEN": "fault-suite-token",
+                        "PAPERS_BOT_CONFIG": str(workdir / "config.toml"), "PYTHONPATH": str(root)})
+            channels = [f"slack:{c}" for c in SLACK_CHANNELS] + [f"discord:{c}" for c in DISCORD_CHANNELS]
+            # Every channel subscribes, in one command process (four would each pay Python's start).
+            subscribed = subprocess.run(
+                [sys.executable, "-c", COMMAND_WORKER, *[x for c in channels for x in (c, "subscribe diffusion")]],
+                cwd=workdir, env=env, check=True, capture_output=True, text=True)
+            if [code for code, _, _ in json.loads(subscribed.stdout.strip().splitlines()[-1])] != [0] * len(channels):
+                raise SystemExit(f"bench.faults: could not subscribe the channels: {subscribed.stdout[-500:]}")
+            if processes:
+                fleet = Fleet(workdir, env, args.pollers, args.deliverers)
 
-        commands = Commands(random.Random(args.seed + 1))  # its own stream: the kill timings stay as they were
-        expected: set[tuple[str, str]] = set()
-        upgraded: set[str] = set()  # papers given code and upvotes (once each)
-        kills = outages = 0
-        problems: list[str] = []
-        busy_started = time.monotonic()
-        for round_number in range(args.rounds):
-            outage = round_number % 5 == 1
-            if outage:  # the listing is down for a few polls; papers pile up meanwhile
-                listing.down, outages = True, outages + 1
-            # News about papers already posted as cards: follow-ups owed, sent across the kills.
-            upgrade = sorted(carded(db) - upgraded)[:UPGRADED_PER_ROUND]
-            listing.upgrade(upgrade)
-            upgraded.update(upgrade)
-            ids = listing.add(args.papers)
-            expected.update((channel, paper_id) for channel in channels for paper_id in ids)
-            before = sum(received(slack, discord).values())
-            bot = start_bot(workdir, env)
-            if outage:
-                deadline = time.monotonic() + 15
-                seen = listing.requests
-                while listing.requests < seen + 3 and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                listing.down = False
-            deadline = time.monotonic() + 60
-            while sum(received(slack, discord).values()) == before and time.monotonic() < deadline:
-                time.sleep(0.05)  # wait until delivery is under way
-            running_commands = commands.start(workdir, env, round_number)  # while it delivers, and killed
-            time.sleep(rng.uniform(0.0, 2.5))
-            bot.send_signal(signal.SIGKILL)
-            bot.wait()
-            kills += 1
-            commands.finish(running_commands)
-            check = integrity(db)
+            commands = Commands(random.Random(args.seed + 1))  # its own stream: the kill timings stay as they were
+            expected: set[tuple[str, str]] = set()
+            upgraded: set[str] = set()  # papers given code and upvotes (once each)
+            kills = outages = 0
+            problems: list[str] = []
+            busy_started = time.monotonic()
+            for round_number in range(args.rounds):
+                outage = round_number % 5 == 1
+                if outage:  # the listing is down for a few polls; papers pile up meanwhile
+                    listing.down, outages = True, outages + 1
+                # News about papers already posted as cards: follow-ups owed, sent across the kills.
+                upgrade = sorted(carded(db) - upgraded)[:UPGRADED_PER_ROUND]
+                listing.upgrade(upgrade)
+                upgraded.update(upgrade)
+                ids = listing.add(args.papers)
+                fresh = {(channel, paper_id) for channel in channels for paper_id in ids}
+                expected.update(fresh)
+                before = sum(received(slack, discord).values())
+                if fleet is not None:
+                    fleet.start_missing()  # those killed last round; the others deliver on
+                else:
+                    bot = start_bot(workdir, env)
+                if outage:
+                    deadline = time.monotonic() + 15
+                    seen = listing.requests
+                    while listing.requests < seen + 3 and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    listing.down = False
+                deadline = time.monotonic() + 60
+                if fleet is not None:  # the survivors are still sending earlier rounds' papers: wait for this one's
+                    while not fresh & set(received(slack, discord)) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                else:
+                    while sum(received(slack, discord).values()) == before and time.monotonic() < deadline:
+                        time.sleep(0.05)  # wait until delivery is under way
+                running_commands = commands.start(workdir, env, round_number)  # while it delivers, and killed
+                time.sleep(rng.uniform(0.0, 2.5))
+                if fleet is not None:
+                    kills += len(fleet.kill(rng))
+                else:
+                    bot.send_signal(signal.SIGKILL)
+                    bot.wait()
+                    kills += 1
+                commands.finish(running_commands)
+                check = db.integrity()
+                if check != "ok":
+                    problems.append(f"round {round_number}: integrity_check says {check}")
+
+            final_started = time.monotonic()
+            if fleet is not None:
+                fleet.start_missing()
+            else:
+                bot = start_bot(workdir, env)
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline:
+                got = received(slack, discord)
+                if expected <= set(got) | overflowed(db) and owed_replies(db)[1] == 0:
+                    break
+                time.sleep(0.2)
+            finished = time.monotonic()
+            time.sleep(2.0)  # anything still going out would show up as a duplicate now
+            if fleet is not None:
+                fleet.stop()
+                problems += fleet.problems
+            else:
+                bot.send_signal(signal.SIGTERM)
+                try:
+                    bot.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    bot.kill()
+                    problems.append("the bot did not stop on SIGTERM")
+            check = db.integrity()
             if check != "ok":
-                problems.append(f"round {round_number}: integrity_check says {check}")
+                problems.append(f"final: integrity_check says {check}")
+            if args.keep:
+                import shutil
 
-        final_started = time.monotonic()
-        bot = start_bot(workdir, env)
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
+                shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
+
+            subscriptions_lost = commands.lost(db)
+            problems += commands.failures[:5] + subscriptions_lost[:5]
             got = received(slack, discord)
-            if expected <= set(got) | overflowed(db) and owed_replies(db)[1] == 0:
-                break
-            time.sleep(0.2)
-        finished = time.monotonic()
-        time.sleep(2.0)  # anything still going out would show up as a duplicate now
-        bot.send_signal(signal.SIGTERM)
-        try:
-            bot.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            bot.kill()
-            problems.append("the bot did not stop on SIGTERM")
-        check = integrity(db)
-        if check != "ok":
-            problems.append(f"final: integrity_check says {check}")
-        if args.keep:
-            import shutil
-
-            shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
-
-        subscriptions_lost = commands.lost(db)
-        problems += commands.failures[:5] + subscriptions_lost[:5]
-        got = received(slack, discord)
-        held = overflowed(db)
-        conn = sqlite3.connect(db)
-        unannounced = conn.execute(
-            "SELECT count(*) FROM deliveries WHERE status = 'overflow' AND message_id IS NULL").fetchone()[0]
-        conn.close()
-        lost = sorted(expected - set(got) - held)
-        # Follow-ups: each one the outbox records as sent reached its card's thread exactly
-        # once, and nothing else did (none left pending, none sent twice across the kills).
-        followups_sent, followups_open = owed_replies(db)
-        threads = replies(slack, discord)
-        followups_lost = sorted(followups_sent - set(threads))
-        if followups_open:
-            problems.append(f"{followups_open} follow-ups still pending or being sent")
-        problems += [f"follow-up lost: {x}" for x in followups_lost[:3]]
-        if held & set(got):
-            problems.append(f"{len(held & set(got))} papers counted as overflow were posted too")
-        duplicated = sum(count - 1 for key, count in got.items() if count > 1)
-        unexpected = sorted(set(got) - expected)
-        messages = Counter(channel for channel, _ in
-                           [(f"slack:{c}", m) for c, ms in slack.messages.items() for m in ms]
-                           + [(f"discord:{c}", m) for c, ms in discord.messages.items() for m in ms])
-        ideal = max((count * (SLACK_INTERVAL if channel.startswith("slack") else DISCORD_INTERVAL)
-                     for channel, count in messages.items()), default=0.0)
-        figures = {
-            "rounds": args.rounds,
-            "kills": kills,
-            "outages": outages,
-            "papers": len(listing.items),
-            "channels": len(channels),
-            "expected": len(expected),
-            "delivered": len(expected & set(got)),
-            # Past a burst's cards and digest: settled in the outbox, counted in the digest.
-            "overflowed": len(held),
-            "overflow_unannounced": unannounced,
-            "lost": len(lost),
-            "duplicated": duplicated,
-            "unexpected": len(unexpected),
-            "messages": sum(messages.values()),
-            "rate_limited_429s": slack.rate_limited + discord.rate_limited,
-            "final_run_s": round(finished - final_started, 1),
-            "total_s": round(finished - busy_started, 1),
-            # Wall time from the first round to the last delivery (restarts, the injected
-            # outage and the kills included) over the time the busiest channel's messages
-            # need at its rate limit.
-            "ratio_to_ideal": round((finished - busy_started) / ideal, 2) if ideal else None,
-            "integrity": "ok" if not any("integrity" in p for p in problems) else "FAILED",
-            "followups": len(followups_sent),
-            "followups_open": followups_open,
-            "followups_lost": len(followups_lost),
-            "followups_duplicated": sum(count - 1 for count in threads.values() if count > 1),
-            "followups_unexpected": len(set(threads) - followups_sent),
-            "commands": commands.count,
-            "commands_failed": commands.failed,
-            "subscriptions_lost": len(subscriptions_lost),
-            "problems": problems[:5] + [f"lost {x}" for x in lost[:5]],
-            "seed": args.seed,
-        }
+            held = overflowed(db)
+            unannounced = db.rows(
+                "SELECT count(*) FROM deliveries WHERE status = 'overflow' AND message_id IS NULL")[0][0]
+            lost = sorted(expected - set(got) - held)
+            # Follow-ups: each one the outbox records as sent reached its card's thread exactly
+            # once, and nothing else did (none left pending, none sent twice across the kills).
+            followups_sent, followups_open = owed_replies(db)
+            threads = replies(slack, discord)
+            followups_lost = sorted(followups_sent - set(threads))
+            if followups_open:
+                problems.append(f"{followups_open} follow-ups still pending or being sent")
+            problems += [f"follow-up lost: {x}" for x in followups_lost[:3]]
+            if held & set(got):
+                problems.append(f"{len(held & set(got))} papers counted as overflow were posted too")
+            sending = left_sending(db)
+            if sending:
+                problems.append(f"{sending} deliveries or follow-ups left 'sending' after every process stopped")
+            duplicated = sum(count - 1 for key, count in got.items() if count > 1)
+            unexpected = sorted(set(got) - expected)
+            messages = Counter(channel for channel, _ in
+                               [(f"slack:{c}", m) for c, ms in slack.messages.items() for m in ms]
+                               + [(f"discord:{c}", m) for c, ms in discord.messages.items() for m in ms])
+            ideal = max((count * (SLACK_INTERVAL if channel.startswith("slack") else DISCORD_INTERVAL)
+                         for channel, count in messages.items()), default=0.0)
+            figures = {
+                "rounds": args.rounds,
+                "kills": kills,
+                "outages": outages,
+                "papers": len(listing.items),
+                "channels": len(channels),
+                "expected": len(expected),
+                "delivered": len(expected & set(got)),
+                # Past a burst's cards and digest: settled in the outbox, counted in the digest.
+                "overflowed": len(held),
+                "overflow_unannounced": unannounced,
+                "lost": len(lost),
+                "duplicated": duplicated,
+                "unexpected": len(unexpected),
+                "messages": sum(messages.values()),
+                "rate_limited_429s": slack.rate_limited + discord.rate_limited,
+                "final_run_s": round(finished - final_started, 1),
+                "total_s": round(finished - busy_started, 1),
+                # Wall time from the first round to the last delivery (restarts, the injected
+                # outage and the kills included) over the time the busiest channel's messages
+                # need at its rate limit.
+                "ratio_to_ideal": round((finished - busy_started) / ideal, 2) if ideal else None,
+                "integrity": ("not checked (PostgreSQL)" if db.postgres else
+                              "ok" if not any("integrity" in p for p in problems) else "FAILED"),
+                "followups": len(followups_sent),
+                "followups_open": followups_open,
+                "followups_lost": len(followups_lost),
+                "followups_duplicated": sum(count - 1 for count in threads.values() if count > 1),
+                "followups_unexpected": len(set(threads) - followups_sent),
+                "commands": commands.count,
+                "commands_failed": commands.failed,
+                "subscriptions_lost": len(subscriptions_lost),
+                "problems": problems[:5] + [f"lost {x}" for x in lost[:5]],
+                "seed": args.seed,
+            }
+            if fleet is not None or db.postgres:
+                figures.update({
+                    "storage": "postgresql" if db.postgres else "sqlite",
+                    "pollers": args.pollers,
+                    "deliverers": args.deliverers,
+                    "kills_by_role": {"poller": fleet.kills["poller"], "deliverer": fleet.kills["deliverer"]}
+                    if fleet is not None else {},
+                    "restarts": fleet.starts - len(fleet.slots) if fleet is not None else 0,
+                    "poller_elections": fleet.poller_elections() if fleet is not None else 0,
+                    "standby_takeovers": fleet.standby_takeovers() if fleet is not None else 0,
+                    "left_sending": sending,
+                })
+    finally:
+        if fleet is not None:
+            fleet.kill_all()
+        if schema is not None and args.storage:
+            if args.keep:
+                print(f"kept the PostgreSQL schema {schema}", file=sys.stderr)
+            else:
+                drop_schema(args.storage, schema)
     print(json.dumps(figures))
     return figures
 

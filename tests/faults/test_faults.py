@@ -1,4 +1,5 @@
-"""The fault-injection suite at a small size: kill -9 mid-delivery, rate limits, an outage."""
+"""The fault-injection suite at a small size: kill -9 mid-delivery, rate limits, an outage;
+one `run` on SQLite, and a poller and three deliverers on PostgreSQL."""
 
 import json
 
@@ -24,3 +25,23 @@ def test_nothing_lost_nothing_duplicated_across_kills(capsys):
     # subscribe, unsubscribe and mute processes ran alongside the bot and its kills
     assert figures["commands"] == 12 and figures["commands_failed"] == 0, figures["problems"]
     assert figures["subscriptions_lost"] == 0, figures["problems"]
+
+
+def test_cooperating_processes_on_postgresql_killed_at_random(capsys, pg_url):
+    # One poller and three deliverers (`papers-bot run --role ...`) on PostgreSQL; each round
+    # SIGKILLs some of them (seed 3: the poller once, deliverers five times) and restarts them.
+    figures = main(["--rounds", "2", "--papers", "6", "--seed", "3", "--timeout", "180",
+                    "--storage", pg_url, "--pollers", "1", "--deliverers", "3"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
+    assert figures["storage"] == "postgresql" and (figures["pollers"], figures["deliverers"]) == (1, 3)
+    assert figures["kills_by_role"]["poller"] >= 1 and figures["kills_by_role"]["deliverer"] >= 1
+    assert sum(figures["kills_by_role"].values()) == figures["kills"] == figures["restarts"]
+    assert figures["poller_elections"] == 1 + figures["kills_by_role"]["poller"]  # the restarted one took over
+    assert figures["expected"] == 2 * 6 * 4 and figures["outages"] == 1
+    assert figures["lost"] == 0 and figures["duplicated"] == 0 and figures["unexpected"] == 0, figures["problems"]
+    assert figures["delivered"] + figures["overflowed"] == figures["expected"]
+    assert figures["left_sending"] == 0 and figures["problems"] == []
+    assert figures["followups"] > 0 and figures["followups_open"] == 0 and figures["followups_lost"] == 0
+    assert figures["followups_duplicated"] == 0 and figures["followups_unexpected"] == 0
+    assert figures["rate_limited_429s"] > 0
+    assert figures["commands"] == 12 and figures["commands_failed"] == 0 and figures["subscriptions_lost"] == 0
