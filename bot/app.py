@@ -96,6 +96,14 @@ class App:
         self.lookup = PaperLookup(list(fetchers.values()))
         self.context = handlers.Context(self.store, config, clock, lookup=self.lookup, recommender=recommender)
         self._recovered = False
+        # One sweep at a time in a process: the schedule's ticks, the sweep after each poll and
+        # a command's sending all call deliver(); overlapping sweeps served more channels at once
+        # than [delivery] max_concurrent_channels, and two sweeps could serve one channel (one
+        # releasing its lease while the other still sent). A call while a sweep runs waits for
+        # it and then sweeps; a third while one already waits returns at once (the waiting
+        # sweep will see what it would have).
+        self._sweeping = asyncio.Lock()
+        self._sweep_waiting = False
 
     async def start_frontends(self) -> None:
         """Start the metrics server and each adapter's front-end (Adapter.start), only in `run`.
@@ -171,7 +179,25 @@ class App:
 
         Leftovers are settled by the process holding the sender lease, once, and then by
         whoever delivers, as deliverers die (each one's claims name it; `Store.adopt_orphans`):
-        rows another live process (`run`, a deliverer, a `papers-bot command`) is sending are its own."""
+        rows another live process (`run`, a deliverer, a `papers-bot command`) is sending are its own.
+        One sweep at a time (see __init__): a call while one runs waits for it and sweeps after;
+        a call while another already waits returns an empty report at once."""
+        if self._sweeping.locked():
+            if self._sweep_waiting:
+                return DispatchReport()
+            self._sweep_waiting = True
+            try:
+                await self._sweeping.acquire()
+            finally:
+                self._sweep_waiting = False
+        else:
+            await self._sweeping.acquire()
+        try:
+            return await self._sweep()
+        finally:
+            self._sweeping.release()
+
+    async def _sweep(self) -> DispatchReport:
         if not self._recovered and self.store.hold_sender_lease():
             self._recovered = True
             await self.dispatcher.recover()

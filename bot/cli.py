@@ -286,11 +286,11 @@ def _run(config: Config, role: str = "all") -> int:
         names = ", ".join(s.name for s in app.sources) or "none"
         if role == "all":
             log.info("papers-bot running: sources %s; adapters %s; database %s; Ctrl-C stops",
-                     names, ", ".join(app.adapters), config.storage_path)
+                     names, ", ".join(app.adapters), app.store.path)
         else:
             log.info("papers-bot running as %s (pid %d, sender %s): sources %s; adapters %s; database %s; "
                      "Ctrl-C stops", role, os.getpid(), app.store.sender_id, names, ", ".join(app.adapters),
-                     config.storage_path)
+                     app.store.path)
         watchdog = start_watchdog(config.loop_watchdog_ms)
         try:
             await app.run(stop)

@@ -263,3 +263,34 @@ async def test_a_busy_database_during_a_sweep_is_one_line_not_a_traceback(make_c
     (record,) = [r for r in caplog.records if r.name == "bot.app"]
     assert record.levelname == "WARNING" and record.exc_info is None and "busy" in record.getMessage()
     await app.aclose()
+
+
+async def test_sweeps_of_one_process_never_overlap_and_calls_during_one_coalesce(make_config):
+    # The schedule's ticks, the sweep after a poll and a command's sending all call deliver();
+    # overlapping sweeps served more channels at once than max_concurrent_channels allows.
+    from bot.dispatch import DispatchReport
+
+    app = App(make_config(), adapters={"console": RecordingAdapter()})
+    running, most, sweeps = 0, 0, 0
+    release = asyncio.Event()
+
+    async def slow_sweep():
+        nonlocal running, most, sweeps
+        running += 1
+        most = max(most, running)
+        sweeps += 1
+        await release.wait()
+        running -= 1
+        return DispatchReport(sent=1)
+
+    app._sweep = slow_sweep
+    first = asyncio.create_task(app.deliver())
+    await wait_for(lambda: sweeps == 1)
+    second = asyncio.create_task(app.deliver())  # waits for the first, then sweeps
+    await asyncio.sleep(0.05)
+    third = await app.deliver()  # one already waits: returns at once, with nothing done
+    assert third == DispatchReport() and sweeps == 1
+    release.set()
+    assert (await first).sent == 1 and (await second).sent == 1
+    assert sweeps == 2 and most == 1
+    await app.aclose()
