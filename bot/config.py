@@ -133,6 +133,7 @@ _SCHEMA: Schema = {
         "shard_ids": (list, [], lambda v: None if all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                                       for i in v) and len(set(v)) == len(v)
                       else "must list different shard ids (0, 1, ...)"),
+        "requests_per_second": (int, 50, lambda v: None if 1 <= v <= 50 else "must be from 1 to 50"),
     },
     "metrics": {
         "port": (int, 0, lambda v: None if 0 <= v <= 65535 else "must be a port number, or 0 for off"),
@@ -240,6 +241,7 @@ class DiscordConfig:
     gateway_url: str = ""  # the gateway WebSocket; empty: the one GET /gateway/bot on api_base names
     shards: int | None = None  # the bot's number of gateway shards; None ("auto"): what GET /gateway/bot says
     shard_ids: tuple[int, ...] = ()  # the shards this process connects; empty: all of them
+    requests_per_second: int = 50  # this process's share of Discord's global limit (50/s a bot token)
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,7 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
             message_content=values["discord"]["message_content"],
             gateway_url=values["discord"]["gateway_url"],
             **_shards(values["discord"]["shards"], values["discord"]["shard_ids"]),
+            requests_per_second=values["discord"]["requests_per_second"],
         ),
     )
 

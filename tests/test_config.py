@@ -92,3 +92,12 @@ def test_schema_defaults_are_valid():
             node = node.setdefault(part, {})
         node.update({key: spec[1] for key, spec in keys.items()})
     assert parse_config(data, Secrets({})).log_level == "INFO"
+
+
+def test_discords_global_share_reaches_the_adapter_and_is_bounded():
+    from bot.adapters import build_adapters
+
+    config = parse_config({"discord": {"requests_per_second": 25}}, Secrets({"DISCORD_TOKEN": "discord-test-token"}))
+    assert build_adapters(config)["discord"].global_limit == (25, 1.0)
+    with pytest.raises(ConfigError, match="requests_per_second.*must be from 1 to 50"):
+        parse_config({"discord": {"requests_per_second": 60}})

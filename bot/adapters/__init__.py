@@ -119,7 +119,8 @@ def build_adapters(
         from .discord_adapter import DiscordAdapter
 
         adapters["discord"] = DiscordAdapter(token, api_base=config.discord.api_base, config=config,
-                                             complete=complete)
+                                             complete=complete,
+                                             global_limit=(config.discord.requests_per_second, 1.0))
     return adapters
 
 
