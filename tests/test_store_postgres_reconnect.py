@@ -4,8 +4,8 @@ for as long as the process lives, and nothing of a transaction is ever silently 
 
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import psycopg
@@ -104,21 +104,10 @@ def test_a_transaction_whose_connection_was_lost_fails_whole_and_is_never_finish
 def test_readers_on_other_threads_get_a_new_connection_too(pg_url):
     store = open_store(pg_url)
     assert isinstance(store, PgStore)
-    found: list[object] = []
-
-    def read() -> None:
-        try:
-            found.append(store.search_papers(["diffusion"], 5))
-        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
-            found.append(exc)
-
-    worker = threading.Thread(target=read)
-    worker.start()
-    worker.join()
-    readers = [db.conn.info.backend_pid for db in store._readers._all]
-    terminate(pg_url, *readers)
-    worker = threading.Thread(target=read)
-    worker.start()
-    worker.join()
-    assert found == [[], []]
+    with ThreadPoolExecutor(max_workers=1) as thread:  # one thread, as asyncio.to_thread's reuse theirs
+        assert thread.submit(store.search_papers, ["diffusion"], 5).result() == []
+        [reader] = store._readers._all
+        terminate(pg_url, reader.conn.info.backend_pid)
+        assert thread.submit(store.search_papers, ["diffusion"], 5).result() == []
+        assert thread.submit(store.preview_candidates, "diffusion", NOW).result().papers == []
     store.close()
