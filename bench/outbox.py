@@ -1,6 +1,10 @@
 """The poll's outbox transactions alone, in one thread: where the writer's CPU goes.
 
     python -m bench.outbox --subscriptions 100000 --papers 2000 --workload real --seed 1 --rows 250
+    python -m bench.outbox ... --url postgresql://postgres@127.0.0.1:5432/bench
+
+With --url, the same on PostgreSQL (PgStore): the bench fills a schema of its own there
+(bench_outbox_<pid>) and drops it after; `floor` is SQLite's alone.
 
 Fills a store as bench.pipeline does (in --dir, default a temporary directory), matches the
 workload's papers with the one-process engine (not timed), writes them down as unmatched,
@@ -23,31 +27,79 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bot.matching import IndexedMatcher
+from bot.matching import IndexedMatcher, compile_query
 from bot.models import MatchedBatch, PaperMatches, UnmatchedPaper
-from storage import Store
+from storage import Store, open_store
 from storage.db import iso
 from storage.deliveries import match_strength
 
 from .pipeline import fill
-from .workloads import WORKLOADS, make_workload
+from .workloads import WORKLOADS, Workload, make_workload
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=timezone.utc)
 MODES = ("queue_matched", "enqueue_many", "floor")
 
 
+@contextmanager
+def pg_schema(url: str) -> Iterator[str]:
+    """A schema of this run's own in the database at `url` (dropped after): its URL."""
+    import psycopg
+
+    name = f"bench_outbox_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+def fill_pg(url: str, workload: Workload, now: datetime) -> None:
+    """bench.pipeline.fill on PostgreSQL: the history papers, then the subscriptions in one
+    INSERT ... SELECT (duplicates skipped, as there)."""
+    store = open_store(url)
+    try:
+        store.add_papers(workload.history, now - timedelta(days=1))
+        created = now - timedelta(days=2)
+        forms: dict[str, bytes] = {}
+        db = store.db  # type: ignore[attr-defined]
+        with db.transaction():
+            db.execute("CREATE TEMPORARY TABLE bench_subs (n bigserial, channel text, query text, version bigint, "
+                       "compiled bytea) ON COMMIT DROP")
+            with db.conn.cursor() as cursor:
+                with cursor.copy("COPY bench_subs (channel, query, version, compiled) FROM STDIN") as copy:
+                    for sub in workload.subscriptions():
+                        copy.write_row((sub.channel.key, sub.query, sub.id, forms.get(sub.query)
+                                        or forms.setdefault(sub.query, compile_query(sub.query))))
+            db.execute("""INSERT INTO subscriptions (channel, query, created_by, created_at, version, compiled)
+                          SELECT channel, query, 'bench', %s, version, compiled FROM bench_subs ORDER BY n
+                          ON CONFLICT DO NOTHING""", [created])
+            db.execute("UPDATE subscription_version SET newest_id = (SELECT max(id) FROM subscriptions), "
+                       "version = (SELECT max(version) FROM subscriptions)")
+            db.execute("ANALYZE subscriptions")
+    finally:
+        store.close()
+
+
 def measure(directory: Path, workload_name: str, subscriptions: int, papers: int, seed: int, rows: int,
-            mode: str) -> dict:
+            mode: str, url: str | None = None) -> dict:
     workload = make_workload(workload_name, subscriptions=subscriptions, papers=papers, seed=seed)
-    path = directory / "outbox.db"
-    fill(path, workload, NOW - timedelta(hours=1))
-    store = Store(path)
+    target = url or str(directory / "outbox.db")
+    if url:
+        fill_pg(url, workload, NOW - timedelta(hours=1))
+    else:
+        fill(Path(target), workload, NOW - timedelta(hours=1))
+    store = open_store(target)
     matcher = IndexedMatcher(papers=store.recent_papers(1000))
     for sub in store.subscriptions_changed_since(0).subscriptions:
         matcher.add(sub)
@@ -57,7 +109,7 @@ def measure(directory: Path, workload_name: str, subscriptions: int, papers: int
         store.mark_unmatched([UnmatchedPaper(p, NOW, upto) for p in new])
     todo = [(u, tuple(matcher.match(u.paper))) for u in store.unmatched_papers(len(new))]
     store.close()
-    writer = Store(path, durable=False)  # as the poller's writer thread opens it
+    writer = open_store(target, durable=False)  # as the poller's writer thread opens it
     batches: list[list[tuple[UnmatchedPaper, tuple]]] = [[]]
     count = 0
     for unmatched, found in todo:
@@ -93,6 +145,7 @@ def measure(directory: Path, workload_name: str, subscriptions: int, papers: int
                                                for u, f in batch if f], NOW)
                 writer.settle_unmatched([u.paper.id for u, _ in batch])
         else:
+            assert isinstance(writer, Store)
             with writer.transaction():
                 before = writer.db.conn.total_changes
                 writer.db.conn.executemany(
@@ -102,7 +155,8 @@ def measure(directory: Path, workload_name: str, subscriptions: int, papers: int
                 writer.settle_unmatched([u.paper.id for u, _ in batch])
         spent += time.process_time() - started
         worst = max(worst, time.perf_counter() - began)
-    figures = {"mode": mode, "workload": workload_name, "subscriptions": subscriptions, "papers": papers,
+    figures = {"backend": "postgresql" if url else "sqlite", "mode": mode, "workload": workload_name,
+               "subscriptions": subscriptions, "papers": papers,
                "rows_per_transaction": rows, "transactions": sum(1 for b in batches if b), "queued": queued,
                "matches": sum(len(f) for _, f in todo), "cpu_s": round(time.process_time() - cpu, 2),
                "encode_cpu_s": round(encode, 2), "transactions_cpu_s": round(spent, 2),
@@ -120,10 +174,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, default=250, help="deliveries a transaction (Poller.ENQUEUE_ROWS)")
     parser.add_argument("--mode", choices=MODES, default="queue_matched")
     parser.add_argument("--dir", type=Path, default=None, help="where the store goes (default: a temporary one)")
+    parser.add_argument("--url", help="a postgresql:// URL: measure PostgreSQL, in a schema of the run's own there")
     args = parser.parse_args(argv)
+    if args.url and args.mode == "floor":
+        parser.error("--mode floor is SQLite's alone")
     with tempfile.TemporaryDirectory(prefix="papers-bot-bench-outbox-", dir=args.dir) as directory:
-        figures = measure(Path(directory), args.workload, args.subscriptions, args.papers, args.seed, args.rows,
-                          args.mode)
+        if args.url:
+            with pg_schema(args.url) as url:
+                figures = measure(Path(directory), args.workload, args.subscriptions, args.papers, args.seed,
+                                  args.rows, args.mode, url)
+        else:
+            figures = measure(Path(directory), args.workload, args.subscriptions, args.papers, args.seed,
+                              args.rows, args.mode)
     print(json.dumps(figures))
     return figures
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 from datetime import datetime, timedelta
@@ -40,6 +41,14 @@ FRONTEND_START_SECONDS = 10.0  # start functions return at once; this only catch
 T = TypeVar("T")
 FILE_CHECK_SECONDS = 2  # how often `run` checks that its database file is still the one it opened
 
+# `papers-bot run --role`: what one process does. `all` is everything (one process serves it all);
+# the others split it over processes sharing one database (docs/architecture.md, "Roles").
+ROLES = ("all", "poller", "deliverer", "frontend")
+POLLS = {"all", "poller"}  # poll the sources, match, queue (a poller once elected)
+SENDS = {"all", "deliverer"}  # sweep the outbox: cards, digests, follow-ups, most-saved
+SERVES = {"all", "frontend"}  # the platforms' front-ends: commands, buttons, modals, unfurls
+ELECT_SECONDS = 5.0  # a standby poller asks for the poller's lease this often (at most its shortest interval)
+
 
 class App:
     def __init__(
@@ -49,9 +58,15 @@ class App:
         stdout: TextIO | None = None,
         clock: Callable[[], datetime] = utcnow,
         adapters: dict[str, Adapter] | None = None,
+        role: str = "all",
     ):
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
         self.config = config
         self.clock = clock
+        self.role = role
+        # Whether this process polls: always for `all`; a poller once it holds the poller's lease.
+        self.polling = role == "all"
         self.store: StoreContract = open_store(config.storage_target, busy_timeout=config.storage_busy_timeout)
         self.http = make_client(config.http_timeout)
         # One fetcher per registered source, shared by polls and lookups (so arXiv's one
@@ -92,12 +107,15 @@ class App:
         if self.config.metrics_port:
             from .health import start_metrics
 
+            polling = (lambda: self.polling) if self.role == "poller" else None
             runner = await self._start("the metrics server",
                                        start_metrics(self.store, self.config, self.config.metrics_port,
-                                                     faults=self.poller.faults))
+                                                     faults=self.poller.faults, role=self.role, polling=polling))
             if runner is not None:
                 self._frontends.append(Running(runner.cleanup))
                 log.info("health and metrics on port %d: /healthz, /metrics", self.config.metrics_port)
+        if self.role not in SERVES:
+            return  # a poller or a deliverer: posting over the platforms' REST APIs only
         for adapter in self.adapters.values():
             frontend = await self._start(adapter.platform.capitalize(), adapter.start(self.handle_command))
             if frontend is not None:
@@ -135,7 +153,7 @@ class App:
         The command is done once its reply is made: sending what it queued is a bonus, and
         when that fails (a busy database, a platform down) the next sweep sends it."""
         reply = await handlers.handle(self.context, request)
-        if reply.queued:
+        if reply.queued and self.role in SENDS:  # a front-end leaves it to the deliverers' next sweep
             try:
                 await self.deliver()
             except StorageError as exc:
@@ -151,11 +169,14 @@ class App:
     async def deliver(self) -> DispatchReport:
         """Send what is due: instant cards, then digests (after settling a crash's leftovers).
 
-        Leftovers are settled only by the process holding the sender lease: rows another
-        live process (`run`, say, while `papers-bot command` runs) is sending are its own."""
+        Leftovers are settled by the process holding the sender lease, once, and then by
+        whoever delivers, as deliverers die (each one's claims name it; `Store.adopt_orphans`):
+        rows another live process (`run`, a deliverer, a `papers-bot command`) is sending are its own."""
         if not self._recovered and self.store.hold_sender_lease():
             self._recovered = True
             await self.dispatcher.recover()
+        else:
+            await self.dispatcher.recover_orphans()
         report = await self.dispatcher.dispatch()
         report.add(await self.dispatcher.dispatch_digests())
         report.add(await self.dispatcher.dispatch_followups())
@@ -182,6 +203,17 @@ class App:
         if done:
             log.info("indexed %s for preview", plural(done, "stored paper"))
         return done
+
+    def may_poll(self) -> bool:
+        """Whether this process polls now: `all` always; a poller once it holds the poller's
+        lease (asked here until it does: the holder dies, this one takes over)."""
+        if self.polling or self.role != "poller":
+            return self.polling
+        if self.store.hold_poller_lease():
+            self.polling = True
+            log.warning("this process (pid %d) is the poller now: it polls %s", os.getpid(),
+                        ", ".join(s.name for s in self.sources) or "nothing (every source is disabled)")
+        return self.polling
 
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:
         """One full cycle: every enabled source, then the outbox."""
@@ -282,19 +314,32 @@ class _Runner:
         self.fatal: StorageError | None = None  # why run stopped by itself
 
     async def run(self, stop: asyncio.Event, tick: float) -> None:
-        # schedule's hints say every(int); it takes float seconds, as these intervals are.
-        for source in self.app.sources:
-            every = self.app.interval(source)
-            self.scheduler.every(every).seconds.do(self._safe, self._start_poll, source)  # type: ignore[arg-type]  # float ok
-        self.scheduler.every(5).seconds.do(self._safe, self._retry_due)
-        sweep = self.app.config.delivery.sweep_seconds
-        self.scheduler.every(sweep).seconds.do(self._safe, self._start_dispatch)  # type: ignore[arg-type]  # float ok
+        role = self.app.role
+        polls = role in POLLS
+        if polls:
+            # schedule's hints say every(int); it takes float seconds, as these intervals are.
+            for source in self.app.sources:
+                every = self.app.interval(source)
+                self.scheduler.every(every).seconds.do(self._safe, self._start_poll, source)  # type: ignore[arg-type]  # float ok
+            self.scheduler.every(5).seconds.do(self._safe, self._retry_due)
+        if role == "poller":  # a standby asks for the lease at least once a poll interval
+            elect = min([ELECT_SECONDS] + [self.app.interval(source) for source in self.app.sources])
+            self.scheduler.every(max(elect, 1.0)).seconds.do(self._safe, self._elect)  # type: ignore[arg-type]  # float ok
+        if role in SENDS:
+            sweep = self.app.config.delivery.sweep_seconds
+            self.scheduler.every(sweep).seconds.do(self._safe, self._start_dispatch)  # type: ignore[arg-type]  # float ok
         self.scheduler.every(FILE_CHECK_SECONDS).seconds.do(self._check_file, stop)
-        if not self.app.sources:
+        if polls and not self.app.sources:
             log.warning("every source is disabled in the config: nothing will be polled")
-        self._spawn(self.app.index_preview_backlog())  # after an upgrade: the stored papers, in slices
-        for source in self.app.sources:
+        if polls:
+            self._spawn(self.app.index_preview_backlog())  # after an upgrade: the stored papers, in slices
+        if role == "poller" and not self.app.may_poll():
+            log.warning("another process polls (it holds the poller's lease); this one stands by and takes over "
+                        "when that one stops")
+        for source in self.app.sources if polls else ():
             self._start_poll(source)
+        if role in SENDS and not polls:
+            self._start_dispatch()  # a deliverer starts with what is due
         while not stop.is_set():
             self.scheduler.run_pending()
             try:
@@ -342,7 +387,17 @@ class _Runner:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    def _elect(self) -> None:
+        """A standby poller: once it holds the poller's lease, it polls every source at once."""
+        if self.app.polling:
+            return
+        if self.app.may_poll():
+            for source in self.app.sources:
+                self._start_poll(source)
+
     def _start_poll(self, source: Source) -> None:
+        if not self.app.may_poll():
+            return  # a standby poller
         if source.name in self.running and not self.running[source.name].done():
             return  # still polling: skip this tick rather than pile up requests
         if source.name in self.retry_at and self.retry_at[source.name] > self.app.clock():
@@ -379,7 +434,8 @@ class _Runner:
             self.app.store.set_source_next_poll(source.name, next_poll)
         except Exception as exc:  # the database may be what failed the poll
             log.warning("%s: could not record the next poll time (%s)", source.name, str(exc)[:200])
-        await self._dispatch()
+        if self.app.role in SENDS:  # a poller leaves the sending to the deliverers
+            await self._dispatch()
 
     async def _dispatch(self) -> None:
         try:

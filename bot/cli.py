@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ import handlers
 from storage import open_store
 
 from .adapters.console import render_reply
-from .app import App
+from .app import ROLES, App
 from .clock import utcnow
 from .config import Config, ConfigError, load_config
 from .errors import ImportFileError, StorageError
@@ -32,7 +33,10 @@ class RedactSecrets(logging.Filter):
 
     The environment's secrets by value, and any Slack token by its shape (with Slack
     distribution the workspaces' tokens come from the database, and slack_sdk's debug lines
-    show oauth.v2.access's answer)."""
+    show oauth.v2.access's answer); so are the credentials in the addresses a request
+    brings, which slack_sdk and discord.py name in their debug lines: a Slack response_url's
+    last part, a Discord interaction's (or webhook's) token, and any "token" field of a
+    payload they log."""
 
     def __init__(self, secrets: Sequence[str]):
         super().__init__()
@@ -46,12 +50,22 @@ class RedactSecrets(logging.Filter):
                 redacted = redacted.replace(secret, "[redacted]")
         if "xox" in redacted:
             redacted = _SLACK_TOKEN.sub("[redacted]", redacted)
+        if "/commands/" in redacted or "/actions/" in redacted or "/interactions/" in redacted \
+                or "/webhooks/" in redacted:
+            redacted = _URL_TOKEN.sub(r"\1[redacted]", redacted)
+        if "token" in redacted:  # a payload's "token" field (discord.py logs each gateway event at debug)
+            redacted = _TOKEN_FIELD.sub(r"\1[redacted]", redacted)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
 
 
 _SLACK_TOKEN = re.compile(r"xox[a-z]-[A-Za-z0-9-]+|xoxe\.xox[a-z]-[A-Za-z0-9-]+")
+# .../commands/T123/456/SECRET and .../actions/T123/456/SECRET (Slack's response_url);
+# .../interactions/ID/TOKEN/callback and .../webhooks/APP_ID/TOKEN (Discord's interaction replies).
+_URL_TOKEN = re.compile(r"(/(?:commands|actions)/[A-Z0-9]+/[0-9]+/|/(?:interactions|webhooks)/[0-9]+/)"
+                        r"[^/\s?#\"',]+")
+_TOKEN_FIELD = re.compile(r"""(['"][a-z_]*token['"]\s*:\s*['"])[^'"]+""")
 
 
 def setup_logging(config: Config, verbose: bool, stream: TextIO | None = None) -> None:
@@ -72,7 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TOML config file (default: $PAPERS_BOT_CONFIG or ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="action", metavar="{run,poll,command,status,backfill,export,import}")
-    sub.add_parser("run", help="poll every source on its interval and deliver, until Ctrl-C")
+    run = sub.add_parser("run", help="poll every source on its interval and deliver, until Ctrl-C")
+    run.add_argument("--role", choices=ROLES, default="all",
+                     help="what this process does (default: all). poller: polls, matches and queues (one at a "
+                          "time: the others stand by); deliverer: sends the outbox, digests and follow-ups "
+                          "(any number); frontend: the Slack and Discord front-ends (commands, buttons, modals, "
+                          "unfurls; any number)")
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve /healthz and /metrics on PORT instead of [metrics] port (0: none); "
+                          "one port a process, when several run on one host")
     sub.add_parser("poll", help="one full cycle (every source, then deliveries), then exit")
     cmd = sub.add_parser("command", help="run one /papers command and print the reply")
     cmd.add_argument("--channel", required=True, help="console:NAME, slack:CHANNEL_ID or discord:CHANNEL_ID")
@@ -133,7 +155,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return _export(config, args.output)
     if args.action == "import":
         return _import(config, args.file)
-    return _run(config)
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            print("papers-bot: --metrics-port must be from 0 to 65535", file=sys.stderr)
+            return 2
+        config = dataclasses.replace(config, metrics_port=args.metrics_port)
+    return _run(config, args.role)
 
 
 def console_main(argv: Sequence[str] | None = None) -> int:
@@ -242,9 +269,9 @@ async def _poll(config: Config) -> int:
     return 1 if reports and not any(r.ok for r in reports) else 0
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, role: str = "all") -> int:
     async def run(signals: _Signals) -> None:
-        app = App(config)
+        app = App(config, role=role)
         stop = asyncio.Event()
         main_task = asyncio.current_task()
         assert main_task is not None  # inside asyncio.run
@@ -257,8 +284,13 @@ def _run(config: Config) -> int:
 
         signals.attach(asyncio.get_running_loop(), on_signal)
         names = ", ".join(s.name for s in app.sources) or "none"
-        log.info("papers-bot running: sources %s; adapters %s; database %s; Ctrl-C stops",
-                 names, ", ".join(app.adapters), config.storage_path)
+        if role == "all":
+            log.info("papers-bot running: sources %s; adapters %s; database %s; Ctrl-C stops",
+                     names, ", ".join(app.adapters), config.storage_path)
+        else:
+            log.info("papers-bot running as %s (pid %d, sender %s): sources %s; adapters %s; database %s; "
+                     "Ctrl-C stops", role, os.getpid(), app.store.sender_id, names, ", ".join(app.adapters),
+                     config.storage_path)
         watchdog = start_watchdog(config.loop_watchdog_ms)
         try:
             await app.run(stop)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 from storage import StoreContract
 
@@ -15,6 +16,7 @@ from .adapters import Adapter
 from .cards import RANK_ORDER, card_for
 from .clock import utcnow
 from .digest import DIGEST_MAX, digest_due
+from .errors import StorageError
 from .followups import reply_for
 from .models import BurstPlan, ChannelRef, ChannelSettings, Delivery, Digest, DueChannel, FollowUp, PostResult
 from .text import plural
@@ -27,6 +29,16 @@ MAX_ATTEMPTS = 8
 FOLLOWUPS_PER_SWEEP = 200  # replies in cards' threads a sweep takes on, of all channels
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
+# Several deliverers (`papers-bot run --role deliverer`) serve a channel one at a time, so the
+# platform's per-channel pace holds: a deliverer holds the channel's lease (Store.lease_channel)
+# while it sends there, renewed when half has run out; one that dies loses its channels when
+# their leases run out, or sooner: found dead by another (Store.lease_channel), the channel is
+# free after the hand-over gap. Done with a channel, a deliverer lets the others have it after
+# the platform's gap between two messages of a channel (Slack: about one a second; Discord: 5 in
+# 5 seconds).
+CHANNEL_LEASE = timedelta(seconds=30)
+HANDOVER = {"discord": timedelta(seconds=5)}
+HANDOVER_DEFAULT = timedelta(seconds=1)
 
 
 @dataclass
@@ -67,6 +79,11 @@ class Dispatcher:
         # burst included, so the next sweeps do not knock again before the time it gave; a
         # platform (keyed by its name) when the wait is for all its channels (a refused token).
         self._paused_until: dict[ChannelRef | str, datetime] = {}
+        # What this dispatcher has claimed and not yet recorded: its own sends in flight, which
+        # `recover` leaves alone (they carry this store's sender id, as a crash's leftovers would).
+        self._sending: set[int] = set()
+        self._sending_followups: set[int] = set()
+        self._leases: dict[ChannelRef, datetime] = {}  # channel -> until when this dispatcher holds it
 
     async def dispatch(self) -> DispatchReport:
         """Send what is due, channels side by side: each gets up to `cards_per_cycle` cards, then one digest.
@@ -148,16 +165,28 @@ class Dispatcher:
             return
         if self._waiting(channel, now):
             return
+        async with self._serving(channel) as mine:
+            if mine:  # else another deliverer serves it now: at its pace
+                await self._serve_leased(adapter, channel, now, report)
+
+    async def _serve_leased(self, adapter: Adapter, channel: ChannelRef, now: datetime,
+                            report: DispatchReport) -> None:
         plan, overflow = await self._plan_burst(channel, now)
         cards, batch = plan.cards, plan.digest
         report.overflow += overflow
         for delivery in cards:
             if self._waiting(channel.platform, self.clock()):
                 return  # another channel learned that the whole platform must wait
+            if not self._lease(channel):
+                return  # the lease ran out (a long wait) and another deliverer took the channel
             if not self.store.claim_delivery(delivery.id, self.clock()):
                 continue
-            result = await self._send(adapter, delivery)
-            self._record(delivery, result, report)
+            self._sending.add(delivery.id)
+            try:
+                result = await self._send(adapter, delivery)
+                self._record(delivery, result, report)
+            finally:
+                self._sending.discard(delivery.id)
             self._pause(channel, result)
             if result.channel_gone or result.retry_after is not None:
                 return  # the channel is gone, or told us to wait: the rest waits too
@@ -197,9 +226,19 @@ class Dispatcher:
         A message must show every paper it marks as sent, and platforms bound a message's
         size, hence the limit; the channel's overflow is named by count in the same message.
         """
+        if not self._lease(channel):
+            return False  # another deliverer took the channel: it sends this digest
         claimed = [d for d in deliveries[:DIGEST_MAX] if self.store.claim_delivery(d.id, self.clock())]
         if not claimed:
             return True
+        self._sending.update(d.id for d in claimed)
+        try:
+            return await self._post_claimed_digest(adapter, channel, claimed, noun, report)
+        finally:
+            self._sending.difference_update(d.id for d in claimed)
+
+    async def _post_claimed_digest(self, adapter: Adapter, channel: ChannelRef, claimed: list[Delivery], noun: str,
+                                   report: DispatchReport) -> bool:
         overflow = await self._off_loop(self.store.unannounced_overflow, channel)
         more, up_to = overflow.count, overflow.up_to
         note = (f"and {plural(more, 'more paper')} matched, not posted: narrow the subscriptions "
@@ -207,16 +246,23 @@ class Dispatcher:
         title = f"{plural(len(claimed), noun)} for this channel"
         return await self._post_batch(adapter, channel, claimed, title, report, note, up_to if more else None)
 
-    async def recover(self) -> tuple[int, int]:
+    async def recover(self, *, unclaimed: bool = True) -> tuple[int, int]:
         """After a crash: settle every delivery left mid-send. Returns (found sent, released).
 
         Where the adapter can tell (`find_sent`: on Slack the bot's own message carrying
         the paper's metadata, on Discord its own message with the paper's link, in the
         channel's recent history), a message that went out is recorded as sent;
         everything else (the console cannot tell: None) goes back to pending.
+
+        Mid-send rows are settled when they are this store's (not in flight here), or a dead
+        claimer's (adopted first: `Store.adopt_orphans`), or, with `unclaimed` (the sender
+        lease's holder), claimed before claimers were recorded; a live deliverer's are its own.
         """
         found = released = 0
+        self.store.adopt_orphans()
         for delivery in self.store.unfinished_deliveries():
+            if not self._settles(delivery.id in self._sending, delivery.claimed_by, unclaimed):
+                continue
             claimed_at = delivery.claimed_at
             adapter = self.adapters.get(delivery.channel.platform)
             message_id = None
@@ -240,8 +286,57 @@ class Dispatcher:
         if found or released:
             log.warning("recovered from an interrupted run: %d deliveries had gone out, %d will be sent",
                         found, released)
-        await self.recover_followups()
+        await self.recover_followups(unclaimed=unclaimed)
         return found, released
+
+    async def recover_orphans(self) -> tuple[int, int]:
+        """Settle what dead deliverers left mid-send, if anything (one cheap read when nothing)."""
+        if not self.store.adopt_orphans():
+            return 0, 0
+        return await self.recover(unclaimed=False)
+
+    def _settles(self, in_flight: bool, claimed_by: str | None, unclaimed: bool) -> bool:
+        """Whether `recover` settles a row in 'sending' claimed by `claimed_by`."""
+        if in_flight:
+            return False
+        return unclaimed if claimed_by is None else claimed_by == self.store.sender_id
+
+    @asynccontextmanager
+    async def _serving(self, channel: ChannelRef) -> AsyncIterator[bool]:
+        """Yields whether this dispatcher holds the channel's lease (so serves it); released after."""
+        if not self._lease(channel):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._release(channel)
+
+    def _lease(self, channel: ChannelRef) -> bool:
+        """Hold the channel's lease: taken, or renewed once half of it has run out; False when
+        another deliverer holds it."""
+        now = self.clock()
+        until = self._leases.get(channel)
+        if until is not None and now < until - CHANNEL_LEASE / 2:
+            return True
+        if not self.store.lease_channel(channel, now, now + CHANNEL_LEASE, self._handover(channel)):
+            self._leases.pop(channel, None)
+            return False
+        self._leases[channel] = now + CHANNEL_LEASE
+        return True
+
+    @staticmethod
+    def _handover(channel: ChannelRef) -> timedelta:
+        return HANDOVER.get(channel.platform, HANDOVER_DEFAULT)
+
+    def _release(self, channel: ChannelRef) -> None:
+        """Let other deliverers have the channel after its platform's gap between two messages."""
+        if self._leases.pop(channel, None) is None:
+            return
+        try:
+            self.store.release_channel(channel, self.clock() + self._handover(channel))
+        except StorageError as exc:  # it runs out by itself
+            log.warning("could not hand %s over: %s", channel, exc)
 
     async def dispatch_digests(self) -> DispatchReport:
         """Send every digest that is due: one message per channel with all it is owed."""
@@ -258,9 +353,15 @@ class Dispatcher:
                 continue
             if self._waiting(settings.channel, now):
                 continue  # a 429 or a refused token: tried again after the wait, still in this slot
-            jobs.append(partial(self._send_digest, adapter, settings, due, report))
+            jobs.append(partial(self._send_digest_leased, adapter, settings, due, report))
         await self._side_by_side(jobs)  # one message per channel: the channels side by side
         return report
+
+    async def _send_digest_leased(self, adapter: Adapter, settings: ChannelSettings, due: datetime,
+                                  report: DispatchReport) -> None:
+        async with self._serving(settings.channel) as mine:
+            if mine:  # else another deliverer serves the channel now, and sends its digest
+                await self._send_digest(adapter, settings, due, report)
 
     async def _send_digest(self, adapter: Adapter, settings: ChannelSettings, due: datetime,
                            report: DispatchReport) -> None:
@@ -401,17 +502,27 @@ class Dispatcher:
         if adapter is None:
             report.waiting += len(followups)
             return
+        async with self._serving(channel) as mine:
+            if mine:  # else another deliverer serves the channel now, and sends these
+                await self._serve_followups_leased(adapter, channel, followups, report)
+
+    async def _serve_followups_leased(self, adapter: Adapter, channel: ChannelRef, followups: list[FollowUp],
+                                      report: DispatchReport) -> None:
         for followup in followups:
-            if self._waiting(channel, self.clock()):
+            if self._waiting(channel, self.clock()) or not self._lease(channel):
                 return
             if not self.store.claim_followup(followup.id, self.clock()):
                 continue
+            self._sending_followups.add(followup.id)
             try:
-                result = await adapter.post_in_thread(followup.thread, reply_for(followup))
-            except Exception as exc:  # an adapter bug must not stop the other replies
-                log.exception("replying about %s in %s raised", followup.paper_id, channel)
-                result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
-            self._record_followup(followup, result, report)
+                try:
+                    result = await adapter.post_in_thread(followup.thread, reply_for(followup))
+                except Exception as exc:  # an adapter bug must not stop the other replies
+                    log.exception("replying about %s in %s raised", followup.paper_id, channel)
+                    result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
+                self._record_followup(followup, result, report)
+            finally:
+                self._sending_followups.discard(followup.id)
             self._pause(channel, result)
             if result.channel_gone or result.retry_after is not None:
                 return
@@ -441,11 +552,13 @@ class Dispatcher:
             report.failed += 1
             log.error("gave up posting %s: %s", what, result.error)
 
-    async def recover_followups(self) -> tuple[int, int]:
+    async def recover_followups(self, *, unclaimed: bool = True) -> tuple[int, int]:
         """After a crash: settle every follow-up left mid-send, as `recover` does deliveries
         (the adapter's `find_in_thread` tells a reply that went out). Returns (found sent, released)."""
         found = released = 0
         for followup in self.store.unfinished_followups():
+            if not self._settles(followup.id in self._sending_followups, followup.claimed_by, unclaimed):
+                continue
             adapter = self.adapters.get(followup.thread.channel.platform)
             message_id = None
             if adapter is not None and followup.claimed_at is not None:

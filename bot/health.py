@@ -7,7 +7,7 @@ has recorded; nothing here keeps counters of its own.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 class StoreCollector:
     """Gauges read from the store when Prometheus scrapes."""
 
-    def __init__(self, store: StoreContract, config: Config):
+    def __init__(self, store: StoreContract, config: Config, polling: Callable[[], bool] | None = None):
         self.store = store
         self.config = config
+        self.polling = polling  # a poller (`run --role poller`): whether it holds the poller's lease
 
     def collect(self):
         failures = GaugeMetricFamily("papers_bot_source_consecutive_failures", "Failed polls in a row",
@@ -50,9 +51,13 @@ class StoreCollector:
         yield GaugeMetricFamily("papers_bot_subscriptions", "Subscriptions in all channels",
                                 value=len(self.store.subscription_ids()))
         yield GaugeMetricFamily("papers_bot_papers", "Papers stored", value=self.store.count_papers())
+        if self.polling is not None:
+            yield GaugeMetricFamily("papers_bot_polling", "1 while this process is the elected poller, 0 standing by",
+                                    value=int(self.polling()))
 
 
-def health(store: StoreContract, config: Config, faults: Mapping[str, str] | None = None) -> tuple[int, dict]:
+def health(store: StoreContract, config: Config, faults: Mapping[str, str] | None = None, *,
+           role: str = "all", polling: bool | None = None) -> tuple[int, dict]:
     """200 "ok", or 503 with the reason in "status":
 
     - "storage": the last poll of some source failed on the bot's own storage (its
@@ -64,7 +69,18 @@ def health(store: StoreContract, config: Config, faults: Mapping[str, str] | Non
 
     `faults` is the poller's (Poller.faults): polls that failed on the bot's own side, in
     memory, so they count even when the database could not record them.
+
+    A process of one role (`run --role`) says so ("role"); a poller says whether it is the
+    elected one ("polling"; a standby is healthy). The sources' health is the pollers' (and
+    `all`'s) concern: a deliverer or a front-end is unhealthy only when it cannot read the database.
     """
+    if role in ("deliverer", "frontend"):
+        try:
+            pending = store.count_pending()
+        except Exception as exc:
+            return 503, {"status": "storage", "role": role,
+                         "error": f"cannot read the database: {type(exc).__name__}: {exc}"[:300]}
+        return 200, {"status": "ok", "role": role, "pending_deliveries": pending}
     faults = dict(faults or {})
     sources: dict[str, dict[str, Any]] = {}
     try:
@@ -90,17 +106,22 @@ def health(store: StoreContract, config: Config, faults: Mapping[str, str] | Non
         status = "storage" if any(r.startswith(STORAGE_ERROR) for r in faults.values()) else "internal"
     else:
         status = "failing" if failing else "ok"
-    return (200 if status == "ok" else 503), {"status": status, "sources": sources, "pending_deliveries": pending}
+    body: dict[str, Any] = {"status": status, "sources": sources, "pending_deliveries": pending}
+    if role != "all":
+        body.update(role=role, polling=bool(polling))
+    return (200 if status == "ok" else 503), body
 
 
 async def start_metrics(store: StoreContract, config: Config, port: int, host: str | None = None,
-                        faults: Mapping[str, str] | None = None) -> Served:
-    """Serve /healthz and /metrics on `host` (default: `[metrics] host`, 127.0.0.1); await .cleanup()."""
+                        faults: Mapping[str, str] | None = None, *, role: str = "all",
+                        polling: Callable[[], bool] | None = None) -> Served:
+    """Serve /healthz and /metrics on `host` (default: `[metrics] host`, 127.0.0.1); await .cleanup().
+    `role` and `polling` (a poller's: whether it is the elected one): see `health`."""
     registry = CollectorRegistry()
-    registry.register(StoreCollector(store, config))
+    registry.register(StoreCollector(store, config, polling))
 
     async def healthz(request: web.Request) -> web.Response:
-        status, body = health(store, config, faults)
+        status, body = health(store, config, faults, role=role, polling=polling() if polling else None)
         return web.json_response(body, status=status)
 
     async def metrics(request: web.Request) -> web.Response:

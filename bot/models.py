@@ -266,6 +266,7 @@ class Delivery:
     attempts: int = 0
     in_digest: bool = False  # past its burst's cards: goes out in the burst's one digest, never as a card
     claimed_at: datetime | None = None  # when its last send began (None if never claimed)
+    claimed_by: str | None = None  # in 'sending' (unfinished_deliveries): the claimer's Store.sender_id
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,7 @@ class FollowUp:
     url: str | None = None  # the code's address (code)
     attempts: int = 0
     claimed_at: datetime | None = None  # when its last send began (None if never claimed)
+    claimed_by: str | None = None  # in 'sending' (unfinished_followups): the claimer's Store.sender_id
 
 
 @dataclass(frozen=True)

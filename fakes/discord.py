@@ -26,7 +26,8 @@ class FakeDiscord(LocalServer):
     -Bucket, which discord.py's limiter reads, and a post past it gets a 429 with
     `retry_after` (`global: false`, X-RateLimit-Scope: user). `min_interval = s` is
     `channel_limit = (1, s)`. `global_limit = (n, seconds)`: every request of the bot, n in
-    any such span (Discord: 50 a second); past it a 429 with `global: true`,
+    any such span (Discord: 50 a second); past it a 429 with `global: true` and a
+    `retry_after` until the span holds none (the bucket resets whole),
     X-RateLimit-Global and X-RateLimit-Scope: global. `rate_limited` counts the 429s,
     `global_limited` those of the global limit.
     """
@@ -176,7 +177,10 @@ class FakeDiscord(LocalServer):
             if len(self.requests) >= size:
                 self.rate_limited += 1
                 self.global_limited += 1
-                return max(self.requests[0] + span - now, 0.001)
+                # Until the span is clear, as Discord's global bucket resets whole: with the time
+                # until only the oldest left, every waiting request came back for one free slot,
+                # and under a loaded machine some ran out of discord.py's five tries.
+                return max(self.requests[-1] + span - now, 0.001)
             self.requests.append(now)
             return None
 

@@ -36,7 +36,7 @@ Rules every method keeps, unless its own text says otherwise:
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Callable, Protocol
 
 from bot.models import (
@@ -73,6 +73,9 @@ from bot.models import (
 class StoreContract(Protocol):
     path: str
     """Where the data lives (a file path, ":memory:", or a database URL), for messages."""
+    sender_id: str
+    """This store's name as a sender, unique among processes and Stores: what its claims
+    write as `claimed_by` (`Delivery.claimed_by`), and what holds its channel leases."""
 
     # ---- the store itself -----------------------------------------------------------------
 
@@ -84,7 +87,8 @@ class StoreContract(Protocol):
         ...
 
     def close(self) -> None:
-        """Release the connection and the sender lease. Nothing may be called after."""
+        """Release the connection, the sender lease, the poller's lease, this sender's
+        liveness and the channel leases it holds. Nothing may be called after."""
         ...
 
     def check_file(self) -> None:
@@ -97,6 +101,48 @@ class StoreContract(Protocol):
         """True when this process is (now) the one allowed to settle deliveries a crash left
         in 'sending' (`unfinished_deliveries`): no other live process holds the lease. Once
         held it is kept until close(), and released by the system if the process dies."""
+        ...
+
+    # ---- cooperating processes (`papers-bot run --role ...`) ----------------------------------
+    # Liveness is the system's word, never a timestamp: a lease is a lock held by a session
+    # (PostgreSQL: a session-level advisory lock; SQLite: a flock on a file beside the
+    # database) and goes with the process, even when it is killed.
+
+    def hold_poller_lease(self) -> bool:
+        """True when this process is (now) the one that polls: no other live process holds
+        the poller's lease. Never waits. Once held it is kept until close(); a standby calls
+        it again (at least once a poll interval) and takes over when the holder dies."""
+        ...
+
+    def live_sender_id(self) -> str:
+        """`sender_id`, with its liveness lock held from now until close(): rows it claims
+        while it lives are its own, and `adopt_orphans` in other processes leaves them alone.
+        The claims (`claim_delivery`, `claim_followup`) call it; so may anyone."""
+        ...
+
+    def adopt_orphans(self) -> int:
+        """Deliveries and follow-ups in 'sending' whose claimer is gone (its liveness lock is
+        free: its process died, or closed its store mid-send) become this store's own
+        (`claimed_by` = `sender_id`, the liveness lock taken first); returns how many. Each
+        dead claimer's rows are adopted by exactly one caller. Rows claimed before claimers
+        were recorded (`claimed_by` None) are left to the sender lease's holder."""
+        ...
+
+    def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime,
+                      handover: timedelta = ...) -> bool:
+        """Take or renew the lease on serving `channel` (sending its cards, digests and
+        follow-ups) until `until`. Atomic: True when this store now holds it (nobody did, the
+        lease ran out at or before `now`, or it was this store's); False while another
+        holder's lease runs. A holder found dead (its liveness lock free: see
+        `live_sender_id`, which this calls first) keeps it only until `now + handover` (the
+        platform's gap between two messages of a channel: its last one may be that recent;
+        default 5 seconds), so its channels are taken over soon, and at the platform's pace."""
+        ...
+
+    def release_channel(self, channel: ChannelRef, until: datetime) -> None:
+        """Done serving `channel` for now: its lease (if this store's) runs only until
+        `until` (the platform's gap between two messages of a channel), after which anyone
+        may take it; this store may take it again at once. A lease held by another is left."""
         ...
 
     # ---- papers -----------------------------------------------------------------------------
@@ -367,14 +413,16 @@ class StoreContract(Protocol):
         ...
 
     def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> bool:
-        """pending -> sending, counting an attempt and remembering `now` as `claimed_at`.
-        Atomic: False, nothing changed, if it was not pending (another sender claimed it)."""
+        """pending -> sending, counting an attempt and remembering `now` as `claimed_at` and
+        `live_sender_id()` as `claimed_by`. Atomic: False, nothing changed, if it was not
+        pending (another sender claimed it); concurrent claimers never both get True."""
         ...
 
     def unfinished_deliveries(self) -> list[Delivery]:
-        """Deliveries in 'sending' (oldest first), with `claimed_at`: after a crash, those
-        whose send may or may not have gone out. Only the sender lease's holder may settle
-        them (`mark_sent` or `release_delivery`)."""
+        """Deliveries in 'sending' (oldest first), with `claimed_at` and `claimed_by` (None if
+        claimed before claimers were recorded): those whose send may or may not have gone
+        out. A row is settled (`mark_sent` or `release_delivery`) only by its claimer (after
+        `adopt_orphans`, the adopter), or, when `claimed_by` is None, the sender lease's holder."""
         ...
 
     def release_delivery(self, delivery_id: int) -> None:
@@ -426,11 +474,13 @@ class StoreContract(Protocol):
         ...
 
     def claim_followup(self, followup_id: int, now: datetime) -> bool:
-        """pending -> sending (its `claimed_at` = `now`); False if it was not pending (someone else claimed it)."""
+        """pending -> sending (its `claimed_at` = `now`, `claimed_by` = `live_sender_id()`);
+        False if it was not pending (someone else claimed it)."""
         ...
 
     def unfinished_followups(self) -> list[FollowUp]:
-        """Follow-ups a crash left in 'sending', oldest first (for the sender lease's holder)."""
+        """Follow-ups in 'sending', oldest first, with `claimed_at` and `claimed_by`; settled as
+        `unfinished_deliveries` says."""
         ...
 
     def release_followup(self, followup_id: int) -> None:
@@ -620,20 +670,20 @@ class StoreContract(Protocol):
         ...
 
     def issue_slack_oauth_state(self, state: str, expires_at: datetime, now: datetime) -> None:
-        """Remember an OAuth `state` handed to a browser by /slack/install, good until
+        """Any thread. Remember an OAuth `state` handed to a browser by /slack/install, good until
         `expires_at`; states expired before `now` are dropped."""
         ...
 
     def consume_slack_oauth_state(self, state: str, now: datetime) -> bool:
-        """True exactly once for a state issued and not expired at `now` (any process); it is
+        """Any thread. True exactly once for a state issued and not expired at `now` (any process); it is
         gone afterwards, whatever the answer. False for an unknown, used or expired one."""
         ...
 
     def set_slack_channel_team(self, channel: ChannelRef, team_id: str) -> bool:
-        """Record that the Slack channel is in workspace `team_id` (a later team replaces it);
+        """Any thread. Record that the Slack channel is in workspace `team_id` (a later team replaces it);
         True when that changed what was recorded. Cheap when nothing changes (no write)."""
         ...
 
     def slack_channel_team(self, channel: ChannelRef) -> str | None:
-        """The workspace recorded for the Slack channel, None when none is."""
+        """Any thread. The workspace recorded for the Slack channel, None when none is."""
         ...

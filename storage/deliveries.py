@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import AbstractContextManager
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -53,6 +53,7 @@ class DeliveriesMixin:
 
     db: Database
     if TYPE_CHECKING:
+        def live_sender_id(self) -> str: ...  # RolesMixin's: this store's id, its liveness lock held
         def _reader(self) -> AbstractContextManager[Database]: ...  # PapersMixin's: this thread's connection
         def _thread_db(self) -> AbstractContextManager[Database]: ...  # Store's: this thread's, to write
 
@@ -268,16 +269,18 @@ class DeliveriesMixin:
         """Mark a pending delivery as being sent; False if someone else claimed it first."""
         cursor = write(
             self.db,
-            """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = ?
+            """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = ?, claimed_by = ?
                 WHERE id = ? AND status = 'pending'""",
-            [iso(now) if now else None, delivery_id],
+            [iso(now) if now else None, self.live_sender_id(), delivery_id],
         )
         return cursor.rowcount == 1
 
     def unfinished_deliveries(self) -> list[Delivery]:
-        """Deliveries a crash left in the middle of sending (`claimed_at`: when that send began), oldest first."""
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM deliveries WHERE status = 'sending' ORDER BY id").fetchall()
-        return [_delivery(row) for row in rows]
+        """Deliveries a crash left in the middle of sending (`claimed_at`: when that send began;
+        `claimed_by`: the claimer's sender_id), oldest first."""
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS}, claimed_by FROM deliveries WHERE status = 'sending' ORDER BY id").fetchall()
+        return [replace(_delivery(row), claimed_by=row[7]) for row in rows]
 
     def release_delivery(self, delivery_id: int) -> None:
         """Back to pending: its outcome is unknown and nothing says it was sent.

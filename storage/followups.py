@@ -10,8 +10,9 @@ sent, marked; a crash mid-send is settled by the sender lease's holder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlite_utils import Database
 
@@ -71,6 +72,8 @@ def paper_events(before: StoredState, paper: Paper) -> list[Event]:
 
 class FollowUpsMixin:
     db: Database
+    if TYPE_CHECKING:
+        def live_sender_id(self) -> str: ...  # RolesMixin's: this store's id, its liveness lock held
 
     def _queue_followups(self, changes: list[tuple[StoredState, Paper]], now: datetime) -> int:
         """Inside add_papers' transaction: queue a reply per event and card. Returns the rows made."""
@@ -136,18 +139,18 @@ class FollowUpsMixin:
     def claim_followup(self, followup_id: int, now: datetime) -> bool:
         cursor = write(
             self.db,
-            """UPDATE followups SET status = 'sending', attempts = attempts + 1, claimed_at = ?
+            """UPDATE followups SET status = 'sending', attempts = attempts + 1, claimed_at = ?, claimed_by = ?
                 WHERE id = ? AND status = 'pending'""",
-            [iso(now), followup_id],
+            [iso(now), self.live_sender_id(), followup_id],
         )
         return cursor.rowcount == 1
 
     def unfinished_followups(self) -> list[FollowUp]:
         rows = self.db.execute(
-            f"""SELECT {_COLUMNS} FROM followups f JOIN deliveries d ON d.id = f.delivery_id
+            f"""SELECT {_COLUMNS}, f.claimed_by FROM followups f JOIN deliveries d ON d.id = f.delivery_id
                 WHERE f.status = 'sending' ORDER BY f.id"""
         ).fetchall()
-        return [_followup(row) for row in rows]
+        return [replace(_followup(row), claimed_by=row[9]) for row in rows]
 
     def release_followup(self, followup_id: int) -> None:
         write(self.db, "UPDATE followups SET status = 'pending', attempts = max(attempts - 1, 0) "

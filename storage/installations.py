@@ -3,6 +3,7 @@ here), the OAuth states handed out by /slack/install, and which workspace a chan
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -20,7 +21,9 @@ _COLUMNS = ("team_id, sealed, installed_at, enterprise_id, team_name, app_id, bo
 class InstallationsMixin:
     db: Database
 
-    if TYPE_CHECKING:  # from ChannelsMixin, in the same Store
+    if TYPE_CHECKING:  # from ChannelsMixin and Store, in the same Store
+        def _thread_db(self) -> AbstractContextManager[Database]: ...
+
         def channel_settings(self, channel: ChannelRef) -> ChannelSettings: ...
 
         def save_channel_settings(self, settings: ChannelSettings, now: datetime) -> ChannelSettings: ...
@@ -66,30 +69,34 @@ class InstallationsMixin:
                     paused.append(channel)
             return paused
 
+    # The OAuth states and the channels' workspaces: any thread (the Slack front-end writes them
+    # from worker threads, so that waiting for another process's write lock never holds the loop).
+
     def issue_slack_oauth_state(self, state: str, expires_at: datetime, now: datetime) -> None:
-        with immediate(self.db):
-            self.db.execute("DELETE FROM slack_oauth_states WHERE expires_at < ?", [iso(now)])
-            self.db.execute("INSERT INTO slack_oauth_states (state, expires_at) VALUES (?, ?)",
-                            [state, iso(expires_at)])
+        with self._thread_db() as db, immediate(db):
+            db.execute("DELETE FROM slack_oauth_states WHERE expires_at < ?", [iso(now)])
+            db.execute("INSERT INTO slack_oauth_states (state, expires_at) VALUES (?, ?)", [state, iso(expires_at)])
 
     def consume_slack_oauth_state(self, state: str, now: datetime) -> bool:
-        with immediate(self.db):
-            row = self.db.execute("SELECT expires_at FROM slack_oauth_states WHERE state = ?", [state]).fetchone()
+        with self._thread_db() as db, immediate(db):
+            row = db.execute("SELECT expires_at FROM slack_oauth_states WHERE state = ?", [state]).fetchone()
             if row is None:
                 return False
-            self.db.execute("DELETE FROM slack_oauth_states WHERE state = ?", [state])
+            db.execute("DELETE FROM slack_oauth_states WHERE state = ?", [state])
             expires_at = parse_iso(row[0])
             return expires_at is not None and expires_at >= now
 
     def set_slack_channel_team(self, channel: ChannelRef, team_id: str) -> bool:
         if self.slack_channel_team(channel) == team_id:
             return False  # the usual case, without the write lock
-        write(self.db, """INSERT INTO slack_channel_teams (channel, team_id) VALUES (?, ?)
-                          ON CONFLICT(channel) DO UPDATE SET team_id = excluded.team_id""", [channel.key, team_id])
+        with self._thread_db() as db:
+            write(db, """INSERT INTO slack_channel_teams (channel, team_id) VALUES (?, ?)
+                         ON CONFLICT(channel) DO UPDATE SET team_id = excluded.team_id""", [channel.key, team_id])
         return True
 
     def slack_channel_team(self, channel: ChannelRef) -> str | None:
-        row = self.db.execute("SELECT team_id FROM slack_channel_teams WHERE channel = ?", [channel.key]).fetchone()
+        with self._thread_db() as db:
+            row = db.execute("SELECT team_id FROM slack_channel_teams WHERE channel = ?", [channel.key]).fetchone()
         return row[0] if row else None
 
     def _team_channels(self, team_id: str) -> list[ChannelRef]:

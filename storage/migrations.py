@@ -589,3 +589,19 @@ def m025_outbox_index(db: Database) -> None:
     db.execute("DROP INDEX IF EXISTS deliveries_due")
     db.execute("DROP INDEX IF EXISTS deliveries_channel")
     db.execute("CREATE INDEX IF NOT EXISTS deliveries_outbox ON deliveries(status, channel, next_attempt_at)")
+
+
+@migrations()
+def m026_cooperating_processes(db: Database) -> None:
+    # Several processes deliver (`papers-bot run --role deliverer`): a row in 'sending' names
+    # its claimer (Store.sender_id), so a live deliverer's sends are told from a dead one's;
+    # NULL: claimed before this migration (settled by the sender lease's holder, as before).
+    db.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT")
+    db.execute("ALTER TABLE followups ADD COLUMN claimed_by TEXT")
+    # One deliverer at a time per channel (so the platforms' per-channel pace holds): who
+    # serves it and until when (UTC ISO-8601 to the microsecond, sortable as text).
+    db.execute("""CREATE TABLE channel_leases (
+                      channel TEXT PRIMARY KEY,   -- ChannelRef.key
+                      holder TEXT NOT NULL,       -- the serving Store's sender_id
+                      until TEXT NOT NULL         -- nobody else serves it before this
+                  )""")

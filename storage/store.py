@@ -24,6 +24,7 @@ from .feedback import FeedbackMixin
 from .installations import InstallationsMixin
 from .papers import PapersMixin
 from .people import PeopleMixin
+from .roles import RolesMixin
 from .source_state import SourceStateMixin
 from .subscriptions import SubscriptionsMixin
 
@@ -31,7 +32,7 @@ THREAD_CACHE_KB = 8 * 1024  # page cache of the connections of other threads (_t
 
 
 class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, ChannelsMixin, CommandLogMixin,
-            PeopleMixin, FeedbackMixin, InstallationsMixin):
+            PeopleMixin, FeedbackMixin, InstallationsMixin, RolesMixin):
     """The SQLite implementation of `StoreContract` (storage/contract.py, where each method's
     contract is written down). One connection, used from the bot's one event-loop thread.
 
@@ -48,6 +49,7 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         self.owner_thread = threading.get_ident()  # self.db is used from this thread only
         self._identity = _identity(self.path)
         self._lease: int | None = None  # the open lock file while this process holds the sender lease
+        self._roles_init()  # sender_id; the poller's lease and this sender's liveness lock, once taken
         # The connections of other threads that write for this store ("any thread" methods that
         # write, such as plan_burst): one a thread, kept open for its next call, closed with the store.
         self._thread_dbs: dict[int, Database] = {}
@@ -110,6 +112,7 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         yield db
 
     def close(self) -> None:
+        self._drop_leases()
         with self._thread_dbs_guard:
             others, self._thread_dbs = list(self._thread_dbs.values()), {}
         for db in others:
@@ -118,6 +121,7 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         if self._lease is not None:
             os.close(self._lease)  # releases the lock
             self._lease = None
+        self._roles_close()
 
     def check_file(self) -> None:
         """Raise StorageError if the database file was deleted or replaced since it was opened.
@@ -164,7 +168,8 @@ def _guarded(func):
 
 # Every public method of the mixins: a raw sqlite3 error becomes a StorageError naming the file.
 for _name in dir(Store):
-    if not _name.startswith("_") and _name not in ("transaction", "close", "check_file", "hold_sender_lease"):
+    if not _name.startswith("_") and _name not in ("transaction", "close", "check_file", "hold_sender_lease",
+                                                "hold_poller_lease", "live_sender_id"):
         _attr = getattr(Store, _name)
         if callable(_attr):
             setattr(Store, _name, _guarded(_attr))

@@ -4,6 +4,9 @@ Figures, not timings: the counts must agree, never how fast anything was.
 """
 
 import json
+import os
+
+import pytest
 
 from bench.outbox import main
 
@@ -18,3 +21,13 @@ def test_the_three_ways_of_writing_the_outbox_queue_the_same_deliveries(capsys):
     assert {run["transactions"] for run in runs} == {runs[0]["transactions"]} and runs[0]["transactions"] > 1
     for run in runs:
         assert run["cpu_s"] >= run["transactions_cpu_s"] >= 0 and run["worst_transaction_ms"] >= 0
+
+
+def test_on_postgresql_queue_matched_and_enqueue_many_queue_the_same_deliveries():
+    base = os.environ.get("PAPERS_BOT_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("needs PAPERS_BOT_TEST_DATABASE_URL (a schema of the run's own is made there, dropped after)")
+    runs = [main(["--subscriptions", "600", "--papers", "60", "--workload", "zipf", "--seed", "3", "--rows", "20",
+                  "--mode", mode, "--url", base]) for mode in ("queue_matched", "enqueue_many")]
+    assert {run["backend"] for run in runs} == {"postgresql"}
+    assert runs[0]["queued"] == runs[1]["queued"] > 0 and runs[0]["transactions"] > 1

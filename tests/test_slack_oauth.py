@@ -424,3 +424,127 @@ def test_the_token_lookup_benchmark_reports_its_figures(capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
     assert figures["workspaces"] == 3 and figures["posts"] == 50
     assert 0 < figures["p50_us"] <= figures["p95_us"] <= figures["max_us"]
+
+
+class WriteLockHolder:
+    """Another process's writer (a second `papers-bot` process, say the poller): holds the
+    database's write lock until told to let go."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.path, self.held, self.go = path, threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        raw = sqlite3.connect(self.path, isolation_level=None)
+        raw.execute("BEGIN IMMEDIATE")
+        self.held.set()
+        self.go.wait(30)
+        raw.execute("COMMIT")
+        raw.close()
+
+    async def __aenter__(self) -> "WriteLockHolder":
+        import asyncio
+
+        self.thread.start()
+        await asyncio.to_thread(self.held.wait, 30)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        import asyncio
+
+        self.go.set()
+        await asyncio.to_thread(self.thread.join, 30)
+
+
+@pytest.mark.parametrize("what", ["install link", "first command from a channel"])
+async def test_the_install_pages_and_events_never_hold_the_event_loop_while_the_database_is_busy(
+        bot, slack, store, tmp_path, what):
+    """While another process writes, the bot's writes for Slack distribution (an install link's
+    state, a channel's workspace) wait their turn off the event loop: everything
+    else the process does goes on meanwhile (before, the loop stood still for the whole busy
+    timeout, 10 s, and the install page then failed)."""
+    import asyncio
+
+    slack.add_workspace("code-a", "TA", "Lab A", TOKEN_A)
+    assert (await install(bot, "code-a"))[0] == 200
+    if what == "install link":
+        async def request() -> int:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+                async with session.get(f"{bot.url}/slack/install", allow_redirects=False) as response:
+                    return response.status
+        expected = 302
+    elif what == "first command from a channel":
+        body = command_body(slack, "help", channel=C_A.channel_id).replace("team_id=T1", "team_id=TA")
+
+        async def request() -> int:
+            return (await post(f"{bot.url}/slack/events", body, sign(body, int(time.time()))))[0]
+        expected = 200
+
+    async with WriteLockHolder(tmp_path / "bot.db"):
+        pending = asyncio.ensure_future(request())
+        await asyncio.sleep(0.5)  # the loop turns while the write waits (a held loop ends this sleep late)
+        loop_went_on = not pending.done()
+    assert loop_went_on, "the event loop stood still until the database's busy timeout"
+    assert await pending == expected
+    if what == "first command from a channel":
+        await wait_for(lambda: store.slack_channel_team(C_A) == "TA")
+
+
+async def test_a_workspace_whose_token_this_key_cannot_open_waits_and_the_others_go_on(tmp_path, slack, store, clock,
+                                                                                      caplog, unused_tcp_port):
+    """Two processes started with different keys (one front-end misconfigured, say) leave tokens
+    sealed with each. The key's check at start opens every stored installation, so a process
+    with the wrong key stops there with one line; and a token that still cannot be opened when
+    posting (sealed since) makes that workspace's papers wait, never given up, without a
+    traceback, while the other workspaces are posted to."""
+    from slack_sdk.oauth.installation_store import Installation
+
+    from bot.adapters.slack_oauth import Sealer, Workspaces
+
+    caplog.set_level("INFO")
+    other_key = Fernet.generate_key().decode()
+    mine = Workspaces(store, Sealer(KEY), slack.api_url)
+    theirs = Workspaces(store, Sealer(other_key), slack.api_url)
+    mine.installed(Installation(team_id="TA", bot_token=TOKEN_A, bot_id="BA", bot_user_id="UA", user_id="U1"))
+    theirs.installed(Installation(team_id="TB", bot_token=TOKEN_B, bot_id="BB", bot_user_id="UB", user_id="U2"))
+    with pytest.raises(ConfigError, match="PAPERS_BOT_TOKEN_KEY does not open"):
+        mine.check_key()
+
+    # This process starts while only TA is installed (its check passes); TB installs through the other.
+    store.remove_slack_installation("TB", clock())
+    config = parse_config(config_data(tmp_path, slack, unused_tcp_port), Secrets(secrets()))
+    adapters = build_adapters(config, installations=store)
+    theirs.installed(Installation(team_id="TB", bot_token=TOKEN_B, bot_id="BB", bot_user_id="UB", user_id="U2"))
+    store.set_slack_channel_team(C_A, "TA")
+    store.set_slack_channel_team(C_B, "TB")
+    queue(store, clock, C_A, "2411.00001")
+    queue(store, clock, C_B, "2411.00002")
+    report = await Dispatcher(store, adapters, clock).dispatch()
+    assert report.sent == 1 and report.retrying == 1 and report.failed == 0
+    assert posts(slack) == {C_A.channel_id: [TOKEN_A]}
+    assert store.count_pending(C_B) == 1
+    assert not [r for r in caplog.records if r.exc_info], "a traceback for a token the key cannot open"
+    assert any("PAPERS_BOT_TOKEN_KEY does not open" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_card_refused_with_a_revoked_token_goes_out_within_a_minute_of_the_reinstall(bot, slack, store, clock):
+    # The token is revoked before Slack tells the bot (no event yet): the post is refused, and
+    # the card waits a minute (WORKSPACE_WAIT), not TOKEN_REFUSED_WAIT's 15, before its next try.
+    slack.add_workspace("code-a", "TA", "Lab A", TOKEN_A)
+    await install(bot, "code-a")
+    await command(bot, slack, "TA", C_A, "status")
+    queue(store, clock, C_A, "2411.00001")
+    dispatcher = Dispatcher(store, bot.adapters, clock)
+    slack.revoke(TOKEN_A)
+    assert (await dispatcher.dispatch()).sent == 0
+    assert store.count_pending(C_A) == 1 and store.delivery_counts().failed == 0
+
+    assert await event(bot, "TA", {"type": "app_uninstalled"}) == 200
+    await wait_for(lambda: store.slack_installation("TA") is None)
+    slack.add_workspace("code-a2", "TA", "Lab A", TOKEN_A2)
+    assert (await install(bot, "code-a2"))[0] == 200
+    clock.advance(seconds=61)
+    assert (await dispatcher.dispatch()).sent == 1
+    assert posts(slack)[C_A.channel_id][-1] == TOKEN_A2

@@ -366,6 +366,31 @@ def test_queue_matched_queues_for_subscriptions_that_may_receive_each_paper_and_
 
 
 @pytest.mark.backends
+def test_queue_matched_keeps_the_facts_as_given_and_queues_in_the_batch_order(store):
+    # Quotes, placeholders, a backslash, a NUL (U+FFFD in its place on PostgreSQL, which refuses
+    # it; SQLite's JSON cuts the text at it).
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
+    sa = store.add_subscription(a, "alpha", "u1", t - timedelta(days=1)).subscription
+    sb = store.add_subscription(b, "beta", "u1", t - timedelta(days=1)).subscription
+    one, two = paper("2410.00001"), paper("2410.00002")
+    store.add_papers([one, two], t)
+    odd = "a 'quoted' \"query\"; %s %(y)s \\ é"
+    found = [(Match(sb.id, b, "beta", ()), Match(sa.id, a, odd, ("x\x00y in title", "x\x00y"))),
+             (Match(sa.id, a, "alpha", ("alpha",)),)]
+    batch = MatchedBatch.encode([UnmatchedPaper(one, t, sb.id), UnmatchedPaper(two, t, sb.id)], found)
+    assert store.queue_matched(batch, t) == 3
+    rows = store.db.execute("SELECT paper_id, channel, strength FROM deliveries ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == ["2410.00001", "2410.00001", "2410.00002"]  # the papers' order
+    strengths = {(r[0], r[1]): r[2] for r in rows}
+    assert strengths[("2410.00001", b.key)] == 0 and strengths[("2410.00002", a.key)] == 1
+    assert strengths[("2410.00001", a.key)] in (1002, 1)  # 1: SQLite's JSON cut both terms to "x"
+    (fact,) = [m for d in store.pending_for_channel(a) if d.paper_id == "2410.00001" for m in d.matched]
+    assert fact.subscription_id == sa.id and fact.query == odd
+    assert [term[:1] for term in fact.terms] == ["x", "x"] and fact.terms[0].endswith(" in title")
+
+
+@pytest.mark.backends
 def test_unmatched_papers_are_kept_in_order_until_settled(store):
     t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     papers = [paper("2410.00002", "Two"), paper("2410.00001", "One")]

@@ -225,7 +225,7 @@ class SlackAdapter:
     async def _post(self, channel_id: str, **message) -> PostResult:
         client, team = self._client_for(channel_id)
         if client is None:  # the workspace is unknown or uninstalled: the papers wait, none is lost
-            return PostResult(ok=False, error=team, retryable=True, retry_after=TOKEN_REFUSED_WAIT)
+            return PostResult(ok=False, error=team, retryable=True, retry_after=WORKSPACE_WAIT)
         lock = self._locks.setdefault(channel_id, asyncio.Lock())
         async with lock:  # Slack allows about one message a second per channel
             wait = self._last_post.get(channel_id, -1e9) + self.min_interval - self.monotonic()
@@ -239,15 +239,22 @@ class SlackAdapter:
                 result = failure(exc)
                 if self.workspaces is not None and result.platform_wide:
                     # One workspace's token, not the platform's: the other workspaces go on.
-                    result = replace(result, platform_wide=False, error=result.error.replace(
-                        "the bot token", f"workspace {team}'s token").replace(
-                        "check SLACK_BOT_TOKEN", "install the app there again") if result.error else None)
+                    error = result.error.replace("the bot token", f"workspace {team}'s token").replace(
+                        "check SLACK_BOT_TOKEN", "install the app there again") if result.error else None
+                    result = replace(result, platform_wide=False, retry_after=WORKSPACE_WAIT, error=error)
                 return result
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 return PostResult(ok=False, error=f"cannot reach Slack ({type(exc).__name__})", retryable=True)
             finally:
                 self._last_post[channel_id] = self.monotonic()
         return PostResult(ok=True, message_id=str(response.get("ts")))
+
+
+# With many workspaces (distribution), a channel whose workspace is unknown, uninstalled or whose
+# token was refused waits this long before its next try, not TOKEN_REFUSED_WAIT: a reinstall
+# (which resumes the channels the uninstall paused) then delivers within a minute. Each try
+# is one database read; the papers wait in the outbox, none is lost.
+WORKSPACE_WAIT = 60.0
 
 
 def failure(exc: SlackApiError) -> PostResult:
@@ -397,7 +404,7 @@ def build_bolt_app(
             """The channel a request comes from is in the request's workspace: posts there use its token."""
             team = context.enterprise_id if context.is_enterprise_install else context.team_id
             if context.channel_id and team:
-                workspaces.note_channel(context.channel_id, team)
+                await workspaces.noted(context.channel_id, team)
             return await next()
 
         @app.event("app_uninstalled")

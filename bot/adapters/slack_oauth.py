@@ -15,6 +15,7 @@ and otherwise waits in the outbox until someone does.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -120,11 +121,12 @@ class Workspaces:
         self.state_store = SlackStateStore(self)
 
     def check_key(self) -> int:
-        """Open one stored installation: a wrong key stops the bot at start-up with one line
+        """Open every stored installation: a wrong key, or tokens sealed with two keys (two
+        processes started with different ones), stops the bot at start-up with one line
         (ConfigError), not at the first post. Returns how many workspaces are installed."""
         installations = self.records.slack_installations()
-        if installations:
-            self.sealer.open(installations[0].sealed)
+        for installation in installations:
+            self.sealer.open(installation.sealed)
         return len(installations)
 
     # ---- which token posts to a channel --------------------------------------------------------
@@ -136,6 +138,20 @@ class Workspaces:
         if self.records.set_slack_channel_team(ChannelRef("slack", channel_id), team_id):
             log.debug("Slack: channel %s is in workspace %s", channel_id, team_id)
         self._teams[channel_id] = team_id
+
+    async def noted(self, channel_id: str, team_id: str) -> None:
+        """`note_channel` from the event loop: a new channel's write waits its turn for the
+        database (another process may hold its write lock) in a worker thread, not on the loop."""
+        if channel_id and team_id and self._teams.get(channel_id) != team_id:
+            await self.off_loop(self.note_channel, channel_id, team_id)
+
+    async def off_loop(self, func: Callable[..., Any], *args: Any) -> Any:
+        """`func(*args)`, one of the store's "any thread" methods, in a worker thread when the
+        store allows (a database file), else here."""
+        reads_off_loop = getattr(self.records, "reads_off_loop", None)
+        if reads_off_loop is not None and reads_off_loop():
+            return await asyncio.to_thread(func, *args)
+        return func(*args)
 
     def team_of(self, channel_id: str) -> str | None:
         team = self._teams.get(channel_id) or self.records.slack_channel_team(ChannelRef("slack", channel_id))
@@ -161,7 +177,10 @@ class Workspaces:
         if team is None:
             return None, (f"no Slack workspace known for channel {channel_id}: run a /papers command in it "
                           "(the bot learns a channel's workspace from its commands)")
-        token = self.token(team)
+        try:
+            token = self.token(team)
+        except ConfigError as exc:  # sealed since start with another key: this workspace waits, the others go on
+            return None, f"workspace {team}: {exc}"
         if token is None:
             return None, f"the Slack app is not installed in workspace {team}: install it there again"
         client = self._clients.get(token)
@@ -300,14 +319,15 @@ class SlackStateStore(AsyncOAuthStateStore):
         self._issued.append(now_mono)
         state = secrets.token_urlsafe(24)
         now = self.workspaces.clock()
-        self.workspaces.records.issue_slack_oauth_state(state, now + timedelta(seconds=self.workspaces.state_seconds),
-                                                        now)
+        await self.workspaces.off_loop(self.workspaces.records.issue_slack_oauth_state, state,
+                                       now + timedelta(seconds=self.workspaces.state_seconds), now)
         return state
 
     async def async_consume(self, state: str) -> bool:
         if not (isinstance(state, str) and 0 < len(state) <= 200):
             return False
-        return self.workspaces.records.consume_slack_oauth_state(state, self.workspaces.clock())
+        return bool(await self.workspaces.off_loop(self.workspaces.records.consume_slack_oauth_state, state,
+                                                   self.workspaces.clock()))
 
 
 # ---- the pages the installer's browser sees -----------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from contextlib import AbstractContextManager
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -71,10 +71,8 @@ class DeliveriesMixin:
 
     db: Database
     if TYPE_CHECKING:
+        def live_sender_id(self) -> str: ...  # RolesMixin's: this store's id, its liveness lock held
         def _reader(self) -> AbstractContextManager[Database]: ...  # PgStore's: this thread's connection
-        # SubscriptionsMixin's and PapersMixin's, for queue_matched
-        def subscriptions_created_by(self, ids: list[int], moment: datetime, upto: int | None = None) -> set[int]: ...
-        def settle_unmatched(self, paper_ids: list[str]) -> None: ...
 
     # ---- queueing -----------------------------------------------------------------------------
 
@@ -82,32 +80,24 @@ class DeliveriesMixin:
         return self.enqueue_many([PaperMatches(paper_id, tuple(matches))], now)
 
     def queue_matched(self, batch: MatchedBatch, now: datetime) -> int:
-        """StoreContract.queue_matched: the batch decoded here, those who may receive each paper
-        read in the transaction (`subscriptions_created_by`, which keeps them from being removed
-        until it commits), then `enqueue_many` and `settle_unmatched`. Not set-based like
-        SQLite's: a first port, to keep the poller working on PostgreSQL."""
-        papers = json.loads(batch.papers)
-        found: dict[int, list[list]] = {}
-        for match in json.loads(batch.matches):
-            found.setdefault(match[0], []).append(match)
+        """StoreContract.queue_matched, set-based as SQLite's (storage/deliveries.py): one
+        statement reads the batch's JSON (`_QUEUE_MATCHED`), keeps the matches of subscriptions
+        that exist and may receive their paper, groups them per paper and channel and queues
+        them; a second takes the batch's papers off the unmatched list. One transaction. The
+        change log's row is read FOR SHARE first, as `subscriptions_created_by` does: no
+        subscription is removed before this commits. The writer thread holds the GIL only to
+        send the two texts."""
+        matches = batch.matches
+        if "\\u0000" in matches:  # a NUL (jsonb refuses it): U+FFFD in its place, as enqueue_many
+            matches = json.dumps([[i, sub, no_nul(query), [no_nul(t) for t in terms]]
+                                  for i, sub, query, terms in json.loads(matches)])
         with self.db.transaction():
-            wanted: dict[tuple[str, int | None], set[int]] = {}
-            for i, (_, since, upto) in enumerate(papers):
-                wanted.setdefault((since, upto), set()).update(m[1] for m in found.get(i, ()))
-            receive = {rule: self.subscriptions_created_by(sorted(ids), datetime.fromisoformat(rule[0]), rule[1])
-                       for rule, ids in wanted.items()}
-            every = sorted(set().union(*receive.values())) if receive else []
-            channels = {row[0]: ChannelRef.from_key(row[1]) for row in self.db.all(
-                "SELECT id, channel FROM subscriptions WHERE id = ANY(%s)", [every])} if every else {}
-            items = []
-            for i, (paper_id, since, upto) in enumerate(papers):
-                existed = receive.get((since, upto), set())
-                matches = tuple(Match(m[1], channels[m[1]], m[2], tuple(m[3])) for m in found.get(i, ())
-                                if m[1] in existed and m[1] in channels)
-                if matches:
-                    items.append(PaperMatches(paper_id, matches))
-            queued = self.enqueue_many(items, now)
-            self.settle_unmatched([paper[0] for paper in papers])
+            self.db.execute("SELECT 1 FROM subscription_version FOR SHARE")
+            queued = self.db.execute(_QUEUE_MATCHED, {"papers": batch.papers, "matches": matches,
+                                                      "now": utc(now)}).rowcount
+            self.db.execute(
+                "DELETE FROM unmatched_papers WHERE paper_id IN "
+                "(SELECT e ->> 0 FROM jsonb_array_elements(%s::jsonb) e)", [batch.papers])
         return queued
 
     def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
@@ -316,23 +306,55 @@ class DeliveriesMixin:
     # ---- claims, and the recovery of claims a crash left ------------------------------------
 
     def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> bool:
-        """pending -> sending, for exactly one claimer: one UPDATE, whose row lock makes a
-        second claimer wait for the first and then find the row no longer pending."""
+        """pending -> sending, for exactly one claimer, named in `claimed_by` (its liveness
+        lock held: storage/postgres/roles.py). The row is taken FOR UPDATE SKIP LOCKED: a row
+        another deliverer is claiming (or a transaction is changing) is passed over at once,
+        not waited for; once that one commits the row is no longer pending anyway."""
         row = self.db.one(
-            """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = %s
-                WHERE id = %s AND status = 'pending' RETURNING id""",
-            [utc(now) if now else None, delivery_id],
+            """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = %s, claimed_by = %s
+                WHERE id = (SELECT id FROM deliveries WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED)
+               RETURNING id""",
+            [utc(now) if now else None, self.live_sender_id(), delivery_id],
         )
         return row is not None
 
     def unfinished_deliveries(self) -> list[Delivery]:
-        rows = self.db.all(f"SELECT {_COLUMNS} FROM deliveries d WHERE d.status = 'sending' ORDER BY d.id")
-        return [_delivery(row) for row in rows]
+        rows = self.db.all(
+            f"SELECT {_COLUMNS}, d.claimed_by FROM deliveries d WHERE d.status = 'sending' ORDER BY d.id")
+        return [replace(_delivery(row), claimed_by=row[7]) for row in rows]
 
     def release_delivery(self, delivery_id: int) -> None:
         """Back to pending, the interrupted attempt not counted (storage/deliveries.py)."""
         self.db.execute("UPDATE deliveries SET status = 'pending', attempts = greatest(attempts - 1, 0) "
                         "WHERE id = %s AND status = 'sending'", [delivery_id])
+
+
+# queue_matched's statement, as SQLite's (storage/deliveries.py _QUEUE_MATCHED). `p`: the batch's
+# papers (`i`: index from 0); `m`: every match of a subscription that exists and may receive its
+# paper (id up to the paper's `upto`, else created by its `since`), `k` its place in the batch;
+# `g`: one row a paper and channel, its `matched` the facts in the order given; the strength is
+# `match_strength`'s, out of the group's terms. Rows are inserted in the batch's order (paper,
+# then a channel's first match), as enqueue_many does. ("%%": a statement with parameters.)
+_QUEUE_MATCHED = """
+WITH p AS MATERIALIZED (
+    SELECT x.i - 1 AS i, x.e ->> 0 AS paper_id, (x.e ->> 1)::timestamptz AS since, (x.e ->> 2)::bigint AS upto
+      FROM jsonb_array_elements(%(papers)s::jsonb) WITH ORDINALITY AS x(e, i)),
+m AS (
+    SELECT p.i, p.paper_id, s.channel, x.k,
+           jsonb_build_object('id', s.id, 'query', x.e -> 2, 'terms', x.e -> 3) AS fact, x.e -> 3 AS terms
+      FROM jsonb_array_elements(%(matches)s::jsonb) WITH ORDINALITY AS x(e, k)
+      JOIN p ON p.i = (x.e ->> 0)::bigint
+      JOIN subscriptions s ON s.id = (x.e ->> 1)::bigint
+     WHERE CASE WHEN p.upto IS NOT NULL THEN s.id <= p.upto ELSE s.created_at <= p.since END),
+g AS (
+    SELECT m.i, m.paper_id, m.channel, min(m.k) AS first, jsonb_agg(m.fact ORDER BY m.k) AS matched,
+           (SELECT 1000 * least(count(DISTINCT t) FILTER (WHERE t LIKE '%% in title'), 999)
+                   + least(count(DISTINCT t), 999)
+              FROM unnest(array_agg(m.terms)) f, jsonb_array_elements_text(f) t) AS strength
+      FROM m GROUP BY m.i, m.paper_id, m.channel)
+INSERT INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
+SELECT paper_id, channel, matched, strength, %(now)s, %(now)s FROM g ORDER BY i, first
+ON CONFLICT (paper_id, channel) DO NOTHING"""
 
 
 def _lock_channel(db: Database, channel: ChannelRef) -> None:

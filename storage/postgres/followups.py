@@ -8,7 +8,9 @@ and the recovery of claims a crash left are together at the end of the class.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from bot.models import ChannelRef, FollowUp, ThreadRef
 
@@ -24,6 +26,8 @@ ALONE = ("NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.channel = d.channel AND
 
 class FollowUpsMixin:
     db: Database
+    if TYPE_CHECKING:
+        def live_sender_id(self) -> str: ...  # RolesMixin's: this store's id, its liveness lock held
 
     def followups_enabled(self, channel: ChannelRef) -> bool:
         enabled = self.db.scalar("SELECT enabled FROM channel_followups WHERE channel = %s", [channel.key])
@@ -90,19 +94,21 @@ class FollowUpsMixin:
     # ---- claims, and the recovery of claims a crash left ------------------------------------
 
     def claim_followup(self, followup_id: int, now: datetime) -> bool:
-        """pending -> sending, for exactly one claimer (as claim_delivery)."""
+        """pending -> sending, for exactly one claimer, named in `claimed_by` (as claim_delivery:
+        FOR UPDATE SKIP LOCKED)."""
         row = self.db.one(
-            """UPDATE followups SET status = 'sending', attempts = attempts + 1, claimed_at = %s
-                WHERE id = %s AND status = 'pending' RETURNING id""",
-            [utc(now), followup_id],
+            """UPDATE followups SET status = 'sending', attempts = attempts + 1, claimed_at = %s, claimed_by = %s
+                WHERE id = (SELECT id FROM followups WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED)
+               RETURNING id""",
+            [utc(now), self.live_sender_id(), followup_id],
         )
         return row is not None
 
     def unfinished_followups(self) -> list[FollowUp]:
         rows = self.db.all(
-            f"""SELECT {_COLUMNS} FROM followups f JOIN deliveries d ON d.id = f.delivery_id
+            f"""SELECT {_COLUMNS}, f.claimed_by FROM followups f JOIN deliveries d ON d.id = f.delivery_id
                 WHERE f.status = 'sending' ORDER BY f.id""")
-        return [_followup(row) for row in rows]
+        return [replace(_followup(row), claimed_by=row[9]) for row in rows]
 
     def release_followup(self, followup_id: int) -> None:
         self.db.execute("UPDATE followups SET status = 'pending', attempts = greatest(attempts - 1, 0) "

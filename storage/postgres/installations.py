@@ -3,7 +3,9 @@ OAuth states of /slack/install, and which workspace each Slack channel is in (st
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from bot.models import SLACK_UNINSTALLED, ChannelRef, SlackInstallation
 
@@ -15,6 +17,9 @@ _COLUMNS = ("team_id, sealed, installed_at, enterprise_id, team_name, app_id, bo
 
 class InstallationsMixin:
     db: Database
+
+    if TYPE_CHECKING:  # from PgStore
+        def _reader(self) -> AbstractContextManager[Database]: ...
 
     def save_slack_installation(self, installation: SlackInstallation, now: datetime) -> list[ChannelRef]:
         with self.db.transaction():
@@ -62,21 +67,26 @@ class InstallationsMixin:
                 [SLACK_UNINSTALLED, utc(now), team_id])
             return sorted((ChannelRef.from_key(row[0]) for row in rows), key=lambda c: c.key)
 
+    # The OAuth states and the channels' workspaces: any thread (the Slack front-end calls them
+    # from worker threads, each on its own connection).
+
     def issue_slack_oauth_state(self, state: str, expires_at: datetime, now: datetime) -> None:
-        with self.db.transaction():
-            self.db.execute("DELETE FROM slack_oauth_states WHERE expires_at < %s", [utc(now)])
-            self.db.execute("INSERT INTO slack_oauth_states (state, expires_at) VALUES (%s, %s)",
-                            [state, utc(expires_at)])
+        with self._reader() as db, db.transaction():
+            db.execute("DELETE FROM slack_oauth_states WHERE expires_at < %s", [utc(now)])
+            db.execute("INSERT INTO slack_oauth_states (state, expires_at) VALUES (%s, %s)",
+                       [state, utc(expires_at)])
 
     def consume_slack_oauth_state(self, state: str, now: datetime) -> bool:
         # One statement: of two processes consuming the same state, only one deletes the row.
-        row = self.db.one("DELETE FROM slack_oauth_states WHERE state = %s RETURNING expires_at", [state])
+        with self._reader() as db:
+            row = db.one("DELETE FROM slack_oauth_states WHERE state = %s RETURNING expires_at", [state])
         return row is not None and row[0] >= utc(now)
 
     def set_slack_channel_team(self, channel: ChannelRef, team_id: str) -> bool:
         if self.slack_channel_team(channel) == team_id:
             return False  # the usual case, without a write
-        row = self.db.one(
+        with self._reader() as db:
+            row = db.one(
             """INSERT INTO slack_channel_teams (channel, team_id) VALUES (%s, %s)
                ON CONFLICT (channel) DO UPDATE SET team_id = excluded.team_id
                 WHERE slack_channel_teams.team_id <> excluded.team_id
@@ -84,7 +94,8 @@ class InstallationsMixin:
         return row is not None
 
     def slack_channel_team(self, channel: ChannelRef) -> str | None:
-        row = self.db.one("SELECT team_id FROM slack_channel_teams WHERE channel = %s", [channel.key])
+        with self._reader() as db:
+            row = db.one("SELECT team_id FROM slack_channel_teams WHERE channel = %s", [channel.key])
         return row[0] if row else None
 
 

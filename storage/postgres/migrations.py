@@ -256,9 +256,25 @@ CREATE TABLE slack_channel_teams (      -- the workspace of each Slack channel, 
 CREATE INDEX slack_channel_teams_team ON slack_channel_teams (team_id);
 """
 
+# ---- p003: cooperating processes (SQLite m026) ---------------------------------------------------
+
+P003_COOPERATING_PROCESSES = """
+-- A row in 'sending' names its claimer (Store.sender_id): a live deliverer's sends are told from a
+-- dead one's (its advisory lock is free). NULL: claimed before this step (the sender lease's holder settles it).
+ALTER TABLE deliveries ADD COLUMN claimed_by text;
+ALTER TABLE followups ADD COLUMN claimed_by text;
+-- One deliverer at a time per channel, so the platforms' per-channel pace holds.
+CREATE TABLE channel_leases (
+    channel text PRIMARY KEY,            -- ChannelRef.key
+    holder text NOT NULL,                -- the serving Store's sender_id
+    until timestamptz NOT NULL           -- nobody else serves it before this
+);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_schema", P001_PAPERS + P001_SUBSCRIPTIONS + P001_DELIVERIES + P001_CHANNELS),
     ("p002_slack_installations", P002_SLACK_INSTALLATIONS),
+    ("p003_cooperating_processes", P003_COOPERATING_PROCESSES),
 ]
 
 _LOCK = "papers-bot migrations"

@@ -253,7 +253,14 @@ class PapersMixin:
     def search_papers(self, words: list[str], limit: int, window: int = SEARCH_WINDOW) -> list[Paper]:
         """Full-text search over `fts` (English stemming; title, then abstract, then authors
         weigh most): papers with every word, else any word, best first (ts_rank). Only the
-        `window` most recently stored matches are ranked, as SQLite does."""
+        `window` most recently stored matches are ranked, as SQLite does.
+
+        The matches are found by the GIN index alone (`found`, MATERIALIZED: a bitmap scan
+        reads each match's id and first_seen, never its `fts`), the newest `window` kept,
+        and only those are ranked, each `fts` read once; whole rows are read for the best
+        `limit` alone. Left to itself the planner walked first_seen backwards for a frequent
+        word, reading the `fts` of every paper on the way to test it and again to rank it
+        (docs/benchmarks.md)."""
         if not words:
             return []
         with self._reader() as db:
@@ -261,11 +268,14 @@ class PapersMixin:
                 # One plainto_tsquery per word: the text is a parameter, never tsquery syntax.
                 query = joiner.join("plainto_tsquery('english', %s)" for _ in words)
                 rows = _unprepared(
-                    db, f"""WITH q AS (SELECT {query} AS q),
+                    db, f"""WITH q AS MATERIALIZED (SELECT {query} AS q),
+                             found AS MATERIALIZED (SELECT p.id, p.first_seen FROM papers p, q WHERE p.fts @@ q.q),
+                             newest AS (SELECT id FROM found ORDER BY {NEWEST} LIMIT %s),
                              hits AS (SELECT p.id, p.first_seen, ts_rank(p.fts, q.q) AS rank FROM papers p, q
-                                       WHERE p.fts @@ q.q ORDER BY {NEWEST} LIMIT %s)
+                                       WHERE p.id IN (SELECT id FROM newest)
+                                       ORDER BY rank DESC, p.first_seen DESC, p.id COLLATE "C" LIMIT %s)
                         SELECT {P_COLUMNS} FROM hits JOIN papers p ON p.id = hits.id
-                         ORDER BY hits.rank DESC, p.first_seen DESC, p.id COLLATE "C" LIMIT %s""",
+                         ORDER BY hits.rank DESC, hits.first_seen DESC, hits.id COLLATE "C" """,
                     [*words, max(window, 1), limit])
                 if rows or len(words) == 1:
                     return [_paper(row) for row in rows]

@@ -34,6 +34,7 @@ from .followups import FollowUpsMixin
 from .installations import InstallationsMixin
 from .papers import PapersMixin
 from .people import PeopleMixin
+from .roles import RolesMixin
 from .source_state import SourceStateMixin
 from .subscriptions import SubscriptionsMixin
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, FollowUpsMixin,
-              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, InstallationsMixin):
+              SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, InstallationsMixin, RolesMixin):
     """One connection for the thread that opened it; "any thread" reads use one per thread."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0, durable: bool = True):
@@ -57,6 +58,7 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
         self.owner_thread = threading.get_ident()
         self._readers = ThreadConnections(url, busy_timeout=busy_timeout)
         self._lease = False
+        self._roles_init()  # sender_id; the poller's lease and this sender's liveness, once taken
         try:
             migrations.apply(self.db)  # checks, too, that no newer version migrated it
         except psycopg.Error as exc:
@@ -72,6 +74,7 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
         return self.db.transaction()
 
     def close(self) -> None:
+        self._drop_leases()
         self._readers.close()
         if self._lease and not self.db.conn.closed:
             try:  # at once: the server frees a closed session's locks only once it has noticed
@@ -80,6 +83,7 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
                 pass
         self.db.close()  # ends the session: its advisory locks (the sender lease) go with it
         self._lease = False
+        self._roles_close()
 
     def check_file(self) -> None:
         """No file to check: a server that went away fails the next call with StorageError."""
