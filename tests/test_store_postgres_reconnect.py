@@ -111,3 +111,16 @@ def test_readers_on_other_threads_get_a_new_connection_too(pg_url):
         assert thread.submit(store.search_papers, ["diffusion"], 5).result() == []
         assert thread.submit(store.preview_candidates, "diffusion", NOW).result().papers == []
     store.close()
+
+
+def test_a_connection_holding_session_locks_is_not_replaced_behind_its_holders_back(pg_url):
+    from storage.postgres.db import Database
+
+    leases = Database(pg_url, busy_timeout=1)  # as roles.py's: its advisory locks would not follow
+    leases.execute("SELECT pg_try_advisory_lock(1)")
+    terminate(pg_url, leases.conn.info.backend_pid)
+    with pytest.raises(psycopg.OperationalError):
+        leases.execute("SELECT 1")
+    with pytest.raises(psycopg.OperationalError):
+        leases.execute("SELECT 1")  # still the closed one: its owner must notice it lost its locks
+    leases.close()

@@ -92,11 +92,14 @@ def connect(url: str, *, busy_timeout: float) -> psycopg.Connection:
 class Database:
     """One connection and the few things the mixins do with it: execute, transaction, lock."""
 
-    def __init__(self, url: str, *, busy_timeout: float, session: Sequence[str] = ()):
+    def __init__(self, url: str, *, busy_timeout: float, session: Sequence[str] = (), reconnect: bool = False):
         self.url = url
         self.where = redacted(url)
         self.busy_timeout = busy_timeout
         self.session = list(session)  # what every new connection runs first (SET ...)
+        # Off for a connection whose session holds what a new one would not (roles.py's leases):
+        # that one fails, rather than carry on without its locks.
+        self.reconnect = reconnect
         self.on_reconnect: list[Callable[[], None]] = []  # called after the connection was replaced
         self._depth = 0  # transaction() blocks open
         self.conn = self._connect()
@@ -115,7 +118,7 @@ class Database:
         """Outside a transaction: replace a connection the server closed (StorageError if no
         new one can be made). Cheap: a look at the socket, a round trip only if the server
         sent something while the connection was idle (the notice of its end, say)."""
-        if self._depth or not (self.conn.closed or self._went_away()):
+        if not self.reconnect or self._depth or not (self.conn.closed or self._went_away()):
             return
         old, self.conn = self.conn, self._connect()
         old.close()
@@ -193,7 +196,7 @@ class ThreadConnections:
         if db is not None:
             db.ready()
         else:
-            db = Database(self.url, busy_timeout=self.busy_timeout)
+            db = Database(self.url, busy_timeout=self.busy_timeout, reconnect=True)
             self._local.db = db
             with self._guard:
                 self._all.append(db)

@@ -53,7 +53,8 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
         self.busy_timeout = busy_timeout
         self.durable = durable
         # durable=False: the poller's connections commit without waiting for the disk (see above)
-        self.db = Database(url, busy_timeout=busy_timeout, session=[] if durable else ["SET synchronous_commit = off"])
+        self.db = Database(url, busy_timeout=busy_timeout, session=[] if durable else ["SET synchronous_commit = off"],
+                           reconnect=True)
         self.db.on_reconnect.append(self._lease_again)
         self.owner_thread = threading.get_ident()
         self._readers = ThreadConnections(url, busy_timeout=busy_timeout)
