@@ -42,6 +42,14 @@ def test_an_unreachable_server_is_a_storage_error_that_never_shows_the_password(
     assert redacted("postgresql://u@h/d") == "postgresql://u@h/d"
 
 
+def test_a_url_libpq_cannot_parse_is_a_storage_error_that_never_shows_the_password():
+    url = "postgresql://papers:s3cret@[::1:5432/papers"  # an IPv6 host without its "]"
+    with pytest.raises(StorageError) as caught:
+        PgStore(url, busy_timeout=1)
+    assert "s3cret" not in str(caught.value)
+    assert "[storage] url" in str(caught.value)
+
+
 def test_the_sender_lease_is_held_by_one_session_and_freed_when_it_ends(pg_url):
     first, second = PgStore(pg_url), PgStore(pg_url)
     assert first.hold_sender_lease() is True

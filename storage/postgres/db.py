@@ -11,10 +11,12 @@ side. A write waits at most the busy timeout for a lock (lock_timeout), then Sto
 
 from __future__ import annotations
 
+import logging
+import select
 import threading
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -22,6 +24,8 @@ from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 
 from bot.errors import StorageBusy, StorageError
+
+log = logging.getLogger(__name__)
 
 Params = Sequence[Any] | dict[str, Any] | None
 
@@ -76,6 +80,10 @@ def connect(url: str, *, busy_timeout: float) -> psycopg.Connection:
         # A write waits this long for another's lock, then fails (StorageBusy), as SQLite's busy timeout does.
         conn.execute(f"SET lock_timeout = {int(busy_timeout * 1000)}")
         conn.execute("SET TIME ZONE 'UTC'")
+    except psycopg.ProgrammingError as exc:  # libpq cannot read the URL; its message quotes it, password and all
+        text = str(exc).strip().splitlines()[0].replace(url, where) if str(exc).strip() else type(exc).__name__
+        raise StorageError(f"[storage] url is not a connection URL PostgreSQL can read ({text}): write it as "
+                           "postgresql://USER@HOST:PORT/DATABASE", where) from None
     except psycopg.Error as exc:
         raise storage_error(exc, where) from None
     return conn
@@ -84,16 +92,55 @@ def connect(url: str, *, busy_timeout: float) -> psycopg.Connection:
 class Database:
     """One connection and the few things the mixins do with it: execute, transaction, lock."""
 
-    def __init__(self, url: str, *, busy_timeout: float):
+    def __init__(self, url: str, *, busy_timeout: float, session: Sequence[str] = (), reconnect: bool = False):
         self.url = url
         self.where = redacted(url)
         self.busy_timeout = busy_timeout
-        self.conn = connect(url, busy_timeout=busy_timeout)
+        self.session = list(session)  # what every new connection runs first (SET ...)
+        # Off for a connection whose session holds what a new one would not (roles.py's leases):
+        # that one fails, rather than carry on without its locks.
+        self.reconnect = reconnect
+        self.on_reconnect: list[Callable[[], None]] = []  # called after the connection was replaced
+        self._depth = 0  # transaction() blocks open
+        self.conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection:
+        conn = connect(self.url, busy_timeout=self.busy_timeout)
+        try:
+            for statement in self.session:
+                conn.execute(statement)
+        except psycopg.Error as exc:
+            conn.close()
+            raise storage_error(exc, self.where) from None
+        return conn
+
+    def ready(self) -> None:
+        """Outside a transaction: replace a connection the server closed (StorageError if no
+        new one can be made). Cheap: a look at the socket, a round trip only if the server
+        sent something while the connection was idle (the notice of its end, say)."""
+        if not self.reconnect or self._depth or not (self.conn.closed or self._went_away()):
+            return
+        old, self.conn = self.conn, self._connect()
+        old.close()
+        log.warning("the connection to the PostgreSQL server %s was closed; using a new one", self.where)
+        for callback in self.on_reconnect:
+            callback()
+
+    def _went_away(self) -> bool:
+        try:
+            if not select.select([self.conn.fileno()], [], [], 0)[0]:
+                return False  # nothing came while idle: as it was
+            self.conn.execute("SELECT 1")  # what came (the server's last words, or a notification)
+        except (OSError, ValueError, psycopg.OperationalError):
+            return True
+        return False
 
     def execute(self, sql: str, params: Params = None) -> psycopg.Cursor:
+        self.ready()
         return self.conn.execute(sql, params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any] | dict[str, Any]]) -> None:
+        self.ready()
         with self.conn.cursor() as cur:
             cur.executemany(sql, rows)
 
@@ -112,8 +159,13 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Database]:
         """All of it or nothing; a savepoint when nested."""
-        with self.conn.transaction():
-            yield self
+        self.ready()
+        self._depth += 1
+        try:
+            with self.conn.transaction():
+                yield self
+        finally:
+            self._depth -= 1
 
     def lock(self, key: str) -> None:
         """Inside a transaction: wait (at most the busy timeout) for the advisory lock on `key`,
@@ -141,8 +193,10 @@ class ThreadConnections:
 
     def get(self) -> Database:
         db = getattr(self._local, "db", None)
-        if db is None or db.conn.closed:
-            db = Database(self.url, busy_timeout=self.busy_timeout)
+        if db is not None:
+            db.ready()
+        else:
+            db = Database(self.url, busy_timeout=self.busy_timeout, reconnect=True)
             self._local.db = db
             with self._guard:
                 self._all.append(db)

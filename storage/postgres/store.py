@@ -17,6 +17,7 @@ SQLite. Differences an operator may notice:
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Iterator
@@ -39,6 +40,8 @@ from .subscriptions import SubscriptionsMixin
 
 SENDER_LEASE = "papers-bot sender lease"
 
+log = logging.getLogger(__name__)
+
 
 class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, FollowUpsMixin,
               SubscriptionsMixin, ChannelsMixin, PeopleMixin, FeedbackMixin, InstallationsMixin, RolesMixin):
@@ -49,14 +52,15 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
         self.path = redacted(url)  # what messages name: never the password
         self.busy_timeout = busy_timeout
         self.durable = durable
-        self.db = Database(url, busy_timeout=busy_timeout)
+        # durable=False: the poller's connections commit without waiting for the disk (see above)
+        self.db = Database(url, busy_timeout=busy_timeout, session=[] if durable else ["SET synchronous_commit = off"],
+                           reconnect=True)
+        self.db.on_reconnect.append(self._lease_again)
         self.owner_thread = threading.get_ident()
         self._readers = ThreadConnections(url, busy_timeout=busy_timeout)
         self._lease = False
         self._roles_init()  # sender_id; the poller's lease and this sender's liveness, once taken
         try:
-            if not durable:
-                self.db.execute("SET synchronous_commit = off")
             migrations.apply(self.db)  # checks, too, that no newer version migrated it
         except psycopg.Error as exc:
             self.db.close()
@@ -91,6 +95,17 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
         self._lease = bool(self.db.scalar(f"SELECT pg_try_advisory_lock({LOCK_KEY})", [SENDER_LEASE]))
         return self._lease
 
+    def _lease_again(self) -> None:
+        """The connection was replaced, and the server freed the old session's locks: a sender
+        lease held on it is taken again, unless another process took it meanwhile."""
+        if self._lease:
+            self._lease = False  # until taken again
+            row = self.db.conn.execute(f"SELECT pg_try_advisory_lock({LOCK_KEY})", [SENDER_LEASE]).fetchone()
+            self._lease = bool(row and row[0])
+            if not self._lease:
+                log.warning("the sender lease went with the lost connection to %s; another process holds it now",
+                            self.path)
+
     def reads_off_loop(self) -> bool:
         return True
 
@@ -98,6 +113,7 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
     def _reader(self) -> Iterator[Database]:
         """The connection for this thread: self.db on its own thread, else the thread's own."""
         if threading.get_ident() == self.owner_thread:
+            self.db.ready()
             yield self.db
         else:
             yield self._readers.get()
