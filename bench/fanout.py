@@ -124,6 +124,8 @@ def run_deliverers(args: argparse.Namespace, fake, url: str, workdir: Path) -> t
         "[sources.huggingface]\nenabled = false\n[sources.arxiv]\nenabled = false\n"
         f'[slack]\napi_url = "{fake.api_url if args.platform == "slack" else "http://127.0.0.1:9/api/"}"\n'
         f'[discord]\napi_base = "{fake.api_base if args.platform == "discord" else "http://127.0.0.1:9/api/v10"}"\n'
+        # each deliverer's share of Discord's global limit, as README says to set it
+        f"requests_per_second = {max(1, 50 // args.deliverers)}\n"
         f"[delivery]\nsweep_seconds = {args.sweep_seconds}\ncards_per_cycle = {args.papers}\n"
         f"max_concurrent_channels = {args.concurrency}\n"
         '[logging]\nlevel = "WARNING"\n')
