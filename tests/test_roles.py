@@ -58,6 +58,16 @@ def target(request, tmp_path) -> str:
     return str(tmp_path / "bot.db")
 
 
+@pytest.fixture
+def process_target(request, tmp_path) -> str:
+    """For the tests of whole processes (tens of seconds each): PostgreSQL, the backend the
+    roles are for, when PAPERS_BOT_TEST_DATABASE_URL names a server; else SQLite. The storage
+    tests above cover both backends' leases and claims."""
+    if os.environ.get("PAPERS_BOT_TEST_DATABASE_URL"):
+        return request.getfixturevalue("pg_url")
+    return str(tmp_path / "bot.db")
+
+
 def eventually(condition) -> bool:
     """condition(), tried again for a few seconds: PostgreSQL frees a closed session's locks
     when its server process has ended, a moment after the client closed the connection."""
@@ -264,7 +274,8 @@ def stop(*processes: subprocess.Popen) -> None:
 ELECTED = "is the poller now"
 
 
-def test_one_poller_polls_and_a_standby_takes_over_when_it_is_killed(tmp_path, target):
+def test_one_poller_polls_and_a_standby_takes_over_when_it_is_killed(tmp_path, process_target):
+    target = process_target
     listing = Listing()
     listing.add(3)
     with FakeHTTPServer() as hf:
@@ -298,7 +309,8 @@ def test_one_poller_polls_and_a_standby_takes_over_when_it_is_killed(tmp_path, t
         assert log(tmp_path, "first").count(ELECTED) == 1 and log(tmp_path, "second").count(ELECTED) == 1
 
 
-def test_two_deliverers_send_each_delivery_once_at_each_channels_pace(tmp_path, target):
+def test_two_deliverers_send_each_delivery_once_at_each_channels_pace(tmp_path, process_target):
+    target = process_target
     channels = [ChannelRef("slack", f"C0ROLES{n}") for n in range(6)]
     store = open_store(target)
     with FakeSlack() as slack:
