@@ -1,7 +1,7 @@
 """Operator tasks: backfill, export, import."""
 
 import io
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -167,7 +167,15 @@ def test_cli_backfill_checks_days(tmp_path, capsys):
 
 
 def test_cli_backfill_runs_against_the_configured_sources(tmp_path, capsys, server):
-    server.route_fn("/api/daily_papers", hf_for_day)
+    # The command backfills the days before today's (UTC) date, whatever it is: the real list
+    # is served for the first of the two, an empty one for the second.
+    first = (datetime.now(timezone.utc) - timedelta(days=2)).date().isoformat()
+
+    def hf_two_days_back(path):
+        day = parse_qs(urlsplit(path).query)["date"][0]
+        return Canned(body=fixture("hf_daily_papers_2024-10-25.json")) if day == first else Canned(body=b"[]")
+
+    server.route_fn("/api/daily_papers", hf_two_days_back)
     config = tmp_path / "config.toml"
     config.write_text(f'[storage]\npath = "{tmp_path / "a.db"}"\n[sources.huggingface]\nbase_url = "{server.url}"\n'
                       "[sources.arxiv]\nenabled = false\n")
