@@ -15,7 +15,7 @@ import logging
 import select
 import threading
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -217,7 +217,3 @@ def utc(moment: datetime) -> datetime:
 def from_db(moment: datetime | None) -> datetime | None:
     """A timestamptz read back: aware UTC."""
     return None if moment is None else moment.astimezone(timezone.utc)
-
-
-def day(value: date | None) -> date | None:
-    return value

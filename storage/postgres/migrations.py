@@ -280,11 +280,6 @@ MIGRATIONS: list[tuple[str, str]] = [
 _LOCK = "papers-bot migrations"
 
 
-def pending(db: Database) -> list[str]:
-    applied = _applied(db)
-    return [name for name, _ in MIGRATIONS if name not in applied]
-
-
 def apply(db: Database) -> list[str]:
     """Apply the steps not applied yet; two processes starting at once apply them once."""
     done: list[str] = []
