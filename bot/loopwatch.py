@@ -110,14 +110,15 @@ class LoopWatch:
         with self._lock:
             before, self._last = self._last, now
             seen = self._reported_beat == before
+            sched_before = self._sched_before  # the watcher may take a new one as soon as _last moves
         if self.record:
             self.samples.append(max(now - due, 0.0))
         if self.threshold > 0 and not seen and now - before >= self.threshold:
-            self._report_unseen(before, now)
+            self._report_unseen(before, now, sched_before)
         if not self._stop.is_set() and self._loop is not None:
             self._handle = self._loop.call_later(self.heartbeat, self._beat, now + self.heartbeat)
 
-    def _report_unseen(self, before: float, now: float) -> None:
+    def _report_unseen(self, before: float, now: float, sched_before: tuple[float, int, int] | None) -> None:
         """A stall the watching thread did not see while it lasted (it got no turn either:
         another thread held the GIL, or the process no CPU), logged from the loop thread."""
         stack = self._other_stacks()
@@ -125,7 +126,7 @@ class LoopWatch:
         self.log.warning("event loop stalled for %.0f ms (over %.0f ms), unseen while it lasted: the watchdog's "
                          "thread got no turn either, so another thread held the GIL or no CPU was free%s; "
                          "the other threads are now at:\n%s", (now - before) * 1000, self.threshold * 1000,
-                         self._causes(before, now), stack)
+                         self._causes(before, now, sched_before), stack)
 
     def _watch(self) -> None:
         check = self.profile_interval = max(min(self.threshold / 5, 0.05), 0.005)
@@ -140,7 +141,7 @@ class LoopWatch:
                     report = True
             if reported is not None and last != reported:
                 self.log.warning("event loop stall ended: the loop was held for %.0f ms%s",
-                                 (last - reported) * 1000, self._causes(reported, last))
+                                 (last - reported) * 1000, self._causes(reported, last, self._sched_before))
                 reported = None
             if report:
                 stack = self._stack()
@@ -149,7 +150,9 @@ class LoopWatch:
                                  "\nthe other threads are at:\n%s", stalled * 1000, self.threshold * 1000, stack,
                                  self._other_stacks())
             elif reported is None and stalled < self.threshold / 2:  # the loop runs: a reading from before a stall
-                self._sched_before = self._sched()
+                reading = self._sched()
+                with self._lock:
+                    self._sched_before = reading
             if reported is not None and self.profile is not None:
                 self.profile[self._where()] += 1
 
@@ -174,7 +177,7 @@ class LoopWatch:
         except (OSError, ValueError):  # the thread is gone, or another kernel's format
             return None
 
-    def _causes(self, start: float, end: float) -> str:
+    def _causes(self, start: float, end: float, sched_before: tuple[float, int, int] | None) -> str:
         """What is known of a stall from `start` to `end` (monotonic): the garbage collections
         that overlapped it and, on Linux, the loop thread's time on and waiting for a CPU."""
         parts = []
@@ -188,7 +191,7 @@ class LoopWatch:
             longest = max(overlapping, key=lambda c: c[1] - c[0])
             parts.append(f"garbage collection held the GIL {held * 1000:.0f} ms of it (the longest: generation "
                          f"{longest[2]}, {(longest[1] - longest[0]) * 1000:.0f} ms, in thread {longest[3]})")
-        before, after = self._sched_before, self._sched()
+        before, after = sched_before, self._sched()
         if before is not None and after is not None:
             parts.append(f"in the {(after[0] - before[0]) * 1000:.0f} ms around it the loop thread ran "
                          f"{(after[1] - before[1]) / 1e6:.0f} ms and waited {(after[2] - before[2]) / 1e6:.0f} ms "
