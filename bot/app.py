@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import random
+import sys
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,12 @@ SERVES = {"all", "frontend"}  # the platforms' front-ends: commands, buttons, mo
 # in bench.pipeline, on a busy machine, while the matcher held the GIL).
 WORKER_THREADS = min(32, (os.cpu_count() or 1) + 4)  # as many as asyncio's default executor would start
 WORKER_THREADS_START_SECONDS = 10.0
+# The GIL's switch interval while `run` runs (Python's default: 5 ms). The loop gives the GIL
+# up at every socket call and SQLite step, and while the poller's worker matches (pure
+# Python) each one waits up to the interval to get it back: a command's step that makes 20
+# such calls stood still up to 100 ms. At 1 ms the zipf pipeline's longest stall went from
+# 55 to 31 ms (median of runs) for the same CPU (docs/benchmarks.md, branch `stall`).
+SWITCH_INTERVAL = 0.001
 ELECT_SECONDS = 5.0  # a standby poller asks for the poller's lease this often (at most its shortest interval)
 
 
@@ -303,13 +310,17 @@ class App:
         """Poll each source on its interval and deliver, until `stop` is set.
 
         The front-ends start beside the polling, never before it: nothing waits for them.
-        The loop's worker threads start before either (`start_threads`).
+        The loop's worker threads start before either (`start_threads`), and the GIL's switch
+        interval is SWITCH_INTERVAL until it returns.
         """
         await self.start_threads()
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
         starting = asyncio.get_running_loop().create_task(self.start_frontends())
         try:
             await _Runner(self).run(stop, tick)
         finally:
+            sys.setswitchinterval(switch_interval)
             starting.cancel()
             await asyncio.wait([starting], timeout=CLOSE_SECONDS)
             if starting.done() and not starting.cancelled() and starting.exception() is not None:

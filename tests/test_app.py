@@ -324,13 +324,21 @@ def test_the_loops_worker_threads_are_all_started_before_any_call_needs_one():
     assert not workers() & started  # shut down with the loop
 
 
-async def test_run_starts_the_worker_threads_first(tmp_path, server):
+async def test_run_starts_the_worker_threads_first_and_shortens_the_switch_interval_while_it_runs(tmp_path, server):
+    import sys
+
+    from bot.app import SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    assert before != SWITCH_INTERVAL
     app = make_app(tmp_path, server)
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop, tick=0.05))
     try:
         await wait_for(lambda: any(t.name.startswith("papers-bot-worker") for t in threading.enumerate()))
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
     finally:
         stop.set()
         await task
         await app.aclose()
+    assert sys.getswitchinterval() == before
