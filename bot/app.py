@@ -313,14 +313,19 @@ class App:
         The loop's worker threads start before either (`start_threads`), and the GIL's switch
         interval is SWITCH_INTERVAL until it returns.
         """
-        await self.start_threads()
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
+        try:
+            await self.start_threads()
+            await self._run(stop, tick)
+        finally:
+            sys.setswitchinterval(switch_interval)
+
+    async def _run(self, stop: asyncio.Event, tick: float) -> None:
         starting = asyncio.get_running_loop().create_task(self.start_frontends())
         try:
             await _Runner(self).run(stop, tick)
         finally:
-            sys.setswitchinterval(switch_interval)
             starting.cancel()
             await asyncio.wait([starting], timeout=CLOSE_SECONDS)
             if starting.done() and not starting.cancelled() and starting.exception() is not None:
