@@ -52,7 +52,7 @@ class LoopWatch:
         self.log = logger
         # With `profile`, the loop thread's stack is sampled all through every stall: where
         # (the project's functions, outer to inner, and the innermost frame) -> samples.
-        # Python hands the GIL to a waiting thread only after sys.getswitchinterval() (5 ms)
+        # Python hands the GIL to a waiting thread only after sys.getswitchinterval() (Python: 5 ms; `run`: 1 ms)
         # unless the running one lets go first, as every SQLite call does: the samples would
         # land in SQLite far more often than the time spent there. Profiling shortens it.
         self.profile: Counter[str] | None = Counter() if profile else None
