@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from . import query as _query_module
 from . import sources
@@ -314,9 +314,14 @@ class _Entry:
     # every key of one of its clauses (`(a OR b) c`: under c, then a and b); a candidate only
     # for papers with one of its anchors and one of these.
     second: tuple[str, ...] | None = None
-    # For the commonest shape, words anywhere (`diffusion`, `language agents`): the words'
-    # (stem, text) pairs, decided by set lookups without walking the tree.
-    words: tuple[tuple[str, str], ...] | None = None
+    # For the commonest shapes, words and OR groups of words (`diffusion`, `language agents`,
+    # `title:x y`, `(a OR b) c`): `_word_clauses`, decided by set lookups without walking the
+    # tree (and without the required-keys filter, which would look up as much).
+    words: tuple | None = None
+    # Its one subscription, when it has one (most have): a match is made from these two slots
+    # without going through `subs` (on a large index every object visited is a cache miss).
+    sole: int | None = None
+    sole_channel: ChannelRef | None = None
 
 
 def _entry(query: str, node: tuple, counts: Mapping[str, int] | None) -> _Entry:
@@ -325,27 +330,29 @@ def _entry(query: str, node: tuple, counts: Mapping[str, int] | None) -> _Entry:
 
 def _compile(node: tuple) -> tuple:
     """What an entry keeps of a query, but its anchors (they depend on the counts of recent
-    papers): (tree, required keys, wider clauses, plain words). Plain values only, so that
-    `marshal` stores it (see `compile_query`)."""
-    words = _plain_words(node)
-    if words is not None:  # the commonest shape, quicker than the general case below (same result)
-        return (node, tuple(dict.fromkeys(w for w, _ in words)), (), words)
+    papers): (tree, required keys, wider clauses, word clauses, plain). Plain values only, so
+    that `marshal` stores it (see `compile_query`). Plain: words anywhere, all required."""
+    words = _word_clauses(node)
+    if words is not None and not any(words[3::4]) and all(field == "any" for field in words[2::4]):
+        # The commonest shape, quicker than the general case below (same result).
+        return (node, tuple(dict.fromkeys(words[0::4])), (), words, True)
     clauses = requirements(node)
     required = tuple(dict.fromkeys(key for clause in clauses if len(clause) == 1 for key in clause))
     wider = tuple(dict.fromkeys(tuple(sorted(clause)) for clause in clauses if len(clause) > 1))
-    return (node, required, wider, None)
+    return (node, required, wider, words, False)
 
 
 def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -> _Entry:
-    node, required, wider, words = compiled
-    if words is not None:
-        if len(words) == 1:
-            anchor = words[0][0]
+    node, required, wider, words, plain = compiled
+    if plain:  # anchored on its rarest word, as `anchors` would choose it
+        if len(required) == 1:
+            anchor = required[0]
         else:
             seen = counts or {}
-            anchor = min([w for w, _ in words], key=lambda w: (seen.get(w, 0), -len(w)))
+            anchor = min(required, key=lambda w: (seen.get(w, 0), -len(w)))
         return _Entry(query, node, frozenset([anchor]), frozenset(required), (), words=words)
-    return _Entry(query, node, anchors(node, counts), frozenset(required), tuple(map(frozenset, wider)))
+    return _Entry(query, node, anchors(node, counts), frozenset(required), tuple(map(frozenset, wider)),
+                  words=words)
 
 
 # ---- the compiled form of a query, stored with its subscription --------------------------
@@ -356,7 +363,7 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
 # migration m021 filled the existing ones), and `IndexedMatcher.add` uses it when its
 # version is this build's. The version is COMPILED_FORMAT and a digest of the code that
 # decides the compiled form (the whole query language module, and `requirements` and
-# `_plain_words` here): any change to them makes every stored form stale, which is then
+# `_word_clauses` here): any change to them makes every stored form stale, which is then
 # parsed afresh (the same tree as before the change could not be trusted) and stored again
 # (Poller.sync_subscriptions writes back what `take_recompiled` gives). Bump
 # COMPILED_FORMAT for a change the digest cannot see (a Python without source files).
@@ -368,7 +375,7 @@ def _compiled_version() -> bytes:
     digest = hashlib.sha256(f"{COMPILED_FORMAT}:{marshal.version}".encode())
     try:
         digest.update(inspect.getsource(_query_module).encode())
-        for function in (requirements, _plain_words, _pairs, _author_key, _compile):
+        for function in (requirements, _word_clauses, _pairs, _author_key, _compile):
             digest.update(inspect.getsource(function).encode())
     except (OSError, TypeError):  # no source files: COMPILED_FORMAT alone
         pass
@@ -390,34 +397,62 @@ def load_compiled(blob: bytes | None) -> tuple | None:
         return None
 
 
-def _offers_one_of_each(clauses: tuple[frozenset[str], ...], features: set[str]) -> bool:
-    for clause in clauses:
+def _offers(entry: _Entry, features: set[str]) -> bool:
+    """Whether a paper with these features has every key the entry requires, and one of
+    each of its clauses."""
+    if not entry.required <= features:
+        return False
+    for clause in entry.clauses:
         if clause.isdisjoint(features):
             return False
     return True
 
 
-def _plain_words(node: tuple) -> tuple[tuple[str, str], ...] | None:
-    if node[0] == "word" and node[1] == "any":
-        return ((node[2], node[3]),)
-    if node[0] == "and" and all(c[0] == "word" and c[1] == "any" for c in node[1]):
-        return tuple((c[2], c[3]) for c in node[1])
-    return None
+def _set_sole(entry: _Entry) -> None:
+    if len(entry.subs) == 1:
+        (entry.sole, entry.sole_channel), = entry.subs.items()
+    else:
+        entry.sole = entry.sole_channel = None
+
+
+def _word_clauses(node: tuple) -> tuple | None:
+    """An AND of words and of OR groups of words (or one of these alone) as one flat tuple of
+    (stem, text, field, joined) quadruples in the tree's order, `joined` true for a word in
+    the same OR group as the one before it; None for any other shape. `_word_hits` decides
+    it as `evaluate` decides the tree."""
+    found: list = []
+    for clause in node[1] if node[0] == "and" else (node,):
+        leaves = clause[1] if clause[0] == "or" else (clause,)
+        for i, leaf in enumerate(leaves):
+            if leaf[0] != "word":
+                return None
+            found += (leaf[2], leaf[3], leaf[1], i > 0)
+    return tuple(found)
+
+
+def _word_hits(words: tuple, title: frozenset[str], abstract: frozenset[str]) -> list[str] | None:
+    """What `evaluate` gives for the tree `words` (`_word_clauses`) was made from."""
+    hits = []
+    found = True  # whether the OR group (or word) before this one matched
+    it = iter(words)
+    for word, text, scope, joined in zip(it, it, it, it, strict=True):
+        if not joined:
+            if not found:
+                return None
+            found = False
+        if scope != "abstract" and word in title:
+            hits.append(text + " in title")
+            found = True
+        elif scope != "title" and word in abstract:
+            hits.append(text + " in abstract")
+            found = True
+    return hits if found else None
 
 
 def _evaluate_entry(entry: _Entry, view: PaperView) -> list[str] | None:
     if entry.words is None:
         return evaluate(entry.node, view)
-    title, abstract = view.title_set, view.abstract_set
-    hits = []
-    for word, text in entry.words:
-        if word in title:
-            hits.append(f"{text} in title")
-        elif word in abstract:
-            hits.append(f"{text} in abstract")
-        else:
-            return None
-    return hits
+    return _word_hits(entry.words, view.title_set, view.abstract_set)
 
 
 class NaiveMatcher:
@@ -493,6 +528,7 @@ class IndexedMatcher:
         elif subscription.compiled is None or subscription.compiled[:8] != COMPILED_VERSION:
             self._recompiled[subscription.id] = compile_query(query)
         entry.subs[subscription.id] = subscription.channel
+        _set_sole(entry)
         self._by_sub[subscription.id] = query
         self._generation += 1
 
@@ -511,6 +547,7 @@ class IndexedMatcher:
         entry = self._entries[query]
         del entry.subs[subscription_id]
         if entry.subs:
+            _set_sole(entry)
             return
         del self._entries[query]
         if entry.keys is None:
@@ -589,7 +626,12 @@ class IndexedMatcher:
 
     def candidates(self, view: PaperView) -> list[_Entry]:
         """The entries to evaluate for this paper: anchored on its keys and offered all
-        that they require."""
+        that they require (but entries of words, whose evaluation looks up as much)."""
+        features = view.features
+        return [entry for entry in self._found(view) if entry.words is not None or _offers(entry, features)]
+
+    def _found(self, view: PaperView) -> set[_Entry]:
+        """The entries anchored on the paper's keys."""
         found = set(self._always)
         keys = self._keys
         features = view.features
@@ -616,23 +658,40 @@ class IndexedMatcher:
                         seconds = prefix_pairs[prefix]
                         for second in seconds.keys() & features:
                             found |= seconds[second]
-        passed = []
-        for entry in found:
-            if entry.required <= features and (not entry.clauses or _offers_one_of_each(entry.clauses, features)):
-                passed.append(entry)
-        return passed
-
-    def _hits(self, paper: Paper) -> list[tuple[_Entry, tuple[str, ...]]]:
-        view = PaperView(paper)
-        found = []
-        for entry in self.candidates(view):
-            hits = _evaluate_entry(entry, view)
-            if hits is not None:
-                found.append((entry, tuple(hits)))
         return found
 
+    def _evaluated(self, view: PaperView) -> Iterator[tuple[_Entry, tuple[str, ...]]]:
+        """Each matching entry, with the terms that made it match (in no particular order)."""
+        features = view.features
+        title, abstract = view.title_set, view.abstract_set
+        for entry in self._found(view):
+            words = entry.words
+            if words is not None:
+                hits = _word_hits(words, title, abstract)
+            elif _offers(entry, features):
+                hits = evaluate(entry.node, view)
+            else:
+                continue
+            if hits is not None:
+                yield entry, tuple(hits)
+
+    def _hits(self, paper: Paper) -> list[tuple[_Entry, tuple[str, ...]]]:
+        return list(self._evaluated(PaperView(paper)))
+
     def match(self, paper: Paper) -> list[Match]:
-        return self._matches(self._hits(paper))
+        new = tuple.__new__  # Match's own __new__ is Python code: this is the same tuple, made in C
+        found = []
+        add = found.append
+        for entry, terms in self._evaluated(PaperView(paper)):
+            sole = entry.sole
+            if sole is not None:
+                add(new(Match, (sole, entry.sole_channel, entry.query, terms)))
+            else:
+                query = entry.query
+                for sub_id, channel in entry.subs.items():
+                    add(new(Match, (sub_id, channel, query, terms)))
+        found.sort()  # by subscription id: ids are unique, so the tuple order is decided there
+        return found
 
     def match_many(self, papers: Sequence[Paper], processes: int = 1) -> list[list[Match]]:
         """Each paper's matches, exactly as `match` gives them, in the order of `papers`.
