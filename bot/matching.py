@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Collection, Iterable, Iterator, Mapping, Sequence
 
 from . import query as _query_module
 from . import sources
@@ -199,7 +199,7 @@ def anchors(node: tuple, counts: Mapping[str, int] | None = None) -> frozenset[s
     if kind == "word":
         return frozenset(["t:" + node[2] if node[1] == "title" else node[2]])
     if kind == "phrase":
-        options = _pairs(node[2]) + (["t:" + w for w in node[2]] if node[1] == "title" else [])
+        options = _phrase_options(node)
         seen = counts or {}
         return frozenset([min(options, key=lambda k: (seen.get(k, 0), -len(k)))])
     if kind == "prefix":
@@ -227,6 +227,49 @@ def anchors(node: tuple, counts: Mapping[str, int] | None = None) -> frozenset[s
     if not options:
         return None
     return min(options, key=lambda keys: _cost(keys, counts))
+
+
+_FIXED_KEY = frozenset(["word", "prefix", "author", "org", "cat", "source"])
+
+
+def _anchor_options(node: tuple) -> tuple[tuple[str, ...], ...] | None | bool:
+    """What `anchors` chooses among, made once (it is stored in the compiled form): each
+    option's keys, in the order `anchors` meets them, so that the first of the cheapest by
+    `_cost` is its answer whatever the counts. None where `anchors` gives None; False where
+    it decides more than once (an OR of phrases, say), or for kinds it does not know: it is
+    called then."""
+    kind = node[0]
+    if kind in _FIXED_KEY:
+        keys = anchors(node)
+        return None if keys is None else (tuple(keys),)
+    if kind == "phrase":  # its pairs: the cheapest by _cost is the rarest, as `anchors` picks it
+        return tuple((key,) for key in _phrase_options(node))
+    if kind in ("upvotes", "not"):
+        return None
+    if kind == "or":
+        union: dict[str, None] = {}
+        for child in node[1]:
+            options = _anchor_options(child)
+            if options is None:
+                return None
+            if options is False or len(options) != 1:
+                return False
+            union.update(dict.fromkeys(options[0]))
+        return (tuple(union),)
+    if kind != "and":
+        return False
+    found: list[tuple[str, ...]] = []
+    for child in node[1]:
+        options = _anchor_options(child)
+        if options is False:
+            return False
+        if options is not None:
+            found += options
+    return tuple(found) or None
+
+
+def _phrase_options(node: tuple) -> list[str]:
+    return _pairs(node[2]) + (["t:" + w for w in node[2]] if node[1] == "title" else [])
 
 
 def _pairs(stems: tuple[str, ...]) -> list[str]:
@@ -279,7 +322,8 @@ def requirements(node: tuple) -> list[frozenset[str]]:
 _COARSE = ("c:", "o:", "s:")
 
 
-def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, int, int, int]:
+def _cost(keys: Collection[str], counts: Mapping[str, int] | None) -> tuple[int, int, int, int]:
+    """An anchor option's cost (lower is better); `keys` distinct."""
     if len(keys) == 1:  # most options: the same figures, without the generators
         (key,) = keys
         return key.startswith(_COARSE), counts.get(key, 0) if counts else 0, 1, -len(key)
@@ -288,16 +332,24 @@ def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, 
     return coarse, seen, len(keys), -min(map(len, keys))
 
 
-def _history_keys(view: PaperView) -> set[str]:
-    """The keys a stored paper counts for: its features and the prefix anchors it offers."""
-    keys = set(view.features)
-    words = view.all_raw
-    for size in range(MIN_PREFIX, PREFIX_ANCHOR_MAX + 1):
-        # Each word cut to `size` letters, in C. A word shorter than that gives itself, which
-        # is its own prefix of its own length (counted once per paper all the same), or,
-        # under MIN_PREFIX letters, a key no prefix anchor ever has.
-        keys.update(map("p:".__add__, map(operator.itemgetter(slice(size)), words)))
-    return keys
+def _history_counts(papers: Iterable[Paper]) -> Counter[str]:
+    """Of each key: in how many of these papers it appears (its features), or for the
+    prefix anchors (`p:` and 3 to 6 letters) how many words of these papers it begins,
+    counted once a paper each (a paper with two such words counts twice: the anchors
+    chosen by them are as exact, for a tenth of the work of cutting every paper's words)."""
+    counts: Counter[str] = Counter()
+    words: Counter[str] = Counter()
+    for paper in papers:
+        view = PaperView(paper)
+        counts.update(view.features)
+        words.update(view.all_raw)
+    prefixes: Counter[str] = Counter()
+    for word, seen in words.items():
+        # A word shorter than a size is no prefix anchor of that size (nor one under MIN_PREFIX).
+        for size in range(MIN_PREFIX, min(len(word), PREFIX_ANCHOR_MAX) + 1):
+            prefixes["p:" + word[:size]] += seen
+    counts.update(prefixes)
+    return counts
 
 
 @dataclass(eq=False, slots=True)  # compared and hashed by identity: entries are kept in sets
@@ -330,20 +382,21 @@ def _entry(query: str, node: tuple, counts: Mapping[str, int] | None) -> _Entry:
 
 def _compile(node: tuple) -> tuple:
     """What an entry keeps of a query, but its anchors (they depend on the counts of recent
-    papers): (tree, required keys, wider clauses, word clauses, plain). Plain values only, so
-    that `marshal` stores it (see `compile_query`). Plain: words anywhere, all required."""
+    papers): (tree, required keys, wider clauses, word clauses, plain, anchor options). Plain
+    values only, so that `marshal` stores it (see `compile_query`). Plain: words anywhere,
+    all required, anchored on the rarest (the options are not kept)."""
     words = _word_clauses(node)
     if words is not None and not any(words[3::4]) and all(field == "any" for field in words[2::4]):
         # The commonest shape, quicker than the general case below (same result).
-        return (node, tuple(dict.fromkeys(words[0::4])), (), words, True)
+        return (node, tuple(dict.fromkeys(words[0::4])), (), words, True, None)
     clauses = requirements(node)
     required = tuple(dict.fromkeys(key for clause in clauses if len(clause) == 1 for key in clause))
     wider = tuple(dict.fromkeys(tuple(sorted(clause)) for clause in clauses if len(clause) > 1))
-    return (node, required, wider, words, False)
+    return (node, required, wider, words, False, _anchor_options(node))
 
 
 def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -> _Entry:
-    node, required, wider, words, plain = compiled
+    node, required, wider, words, plain, options = compiled
     if plain:  # anchored on its rarest word, as `anchors` would choose it
         if len(required) == 1:
             anchor = required[0]
@@ -351,8 +404,15 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
             seen = counts or {}
             anchor = min(required, key=lambda w: (seen.get(w, 0), -len(w)))
         return _Entry(query, node, frozenset([anchor]), frozenset(required), (), words=words)
-    return _Entry(query, node, anchors(node, counts), frozenset(required), tuple(map(frozenset, wider)),
-                  words=words)
+    if options is False:
+        keys = anchors(node, counts)
+    elif options is None:
+        keys = None
+    elif len(options) == 1:
+        keys = frozenset(options[0])
+    else:  # the first of the cheapest, as `anchors` picks it
+        keys = frozenset(min(options, key=lambda option: _cost(option, counts)))
+    return _Entry(query, node, keys, frozenset(required), tuple(map(frozenset, wider)), words=words)
 
 
 # ---- the compiled form of a query, stored with its subscription --------------------------
@@ -362,20 +422,22 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
 # `compile_query(query)` beside each subscription's query (when it is stored or changed;
 # migration m021 filled the existing ones), and `IndexedMatcher.add` uses it when its
 # version is this build's. The version is COMPILED_FORMAT and a digest of the code that
-# decides the compiled form (the whole query language module, and `requirements` and
-# `_word_clauses` here): any change to them makes every stored form stale, which is then
+# decides the compiled form (the whole query language module, the functions here that
+# `_compile` calls, and PREFIX_ANCHOR_MAX): any change to them makes every stored form stale,
+# which is then
 # parsed afresh (the same tree as before the change could not be trusted) and stored again
 # (Poller.sync_subscriptions writes back what `take_recompiled` gives). Bump
 # COMPILED_FORMAT for a change the digest cannot see (a Python without source files).
 
-COMPILED_FORMAT = 1
+COMPILED_FORMAT = 2  # 2: word clauses and anchor options
 
 
 def _compiled_version() -> bytes:
-    digest = hashlib.sha256(f"{COMPILED_FORMAT}:{marshal.version}".encode())
+    digest = hashlib.sha256(f"{COMPILED_FORMAT}:{marshal.version}:{PREFIX_ANCHOR_MAX}".encode())
     try:
         digest.update(inspect.getsource(_query_module).encode())
-        for function in (requirements, _word_clauses, _pairs, _author_key, _compile):
+        for function in (requirements, anchors, _word_clauses, _anchor_options, _phrase_options, _pairs,
+                         _author_key, _compile):
             digest.update(inspect.getsource(function).encode())
     except (OSError, TypeError):  # no source files: COMPILED_FORMAT alone
         pass
@@ -389,10 +451,10 @@ def compile_query(query: str) -> bytes:
 
 def load_compiled(blob: bytes | None) -> tuple | None:
     """The compiled form stored by `compile_query`; None if absent or of another version."""
-    if blob is None or blob[:8] != COMPILED_VERSION:
+    if blob is None or not blob.startswith(COMPILED_VERSION):
         return None
     try:
-        return marshal.loads(memoryview(blob)[8:])
+        return marshal.loads(blob[8:])
     except (ValueError, EOFError, TypeError):  # a damaged value: parsed afresh instead
         return None
 
@@ -485,9 +547,7 @@ class IndexedMatcher:
 
     def __init__(self, subscriptions: Iterable[Subscription] = (), *, papers: Iterable[Paper] = ()):
         """`papers`: recent papers whose key counts help pick each query's rarest anchor."""
-        self.counts: Counter[str] = Counter()
-        for paper in papers:
-            self.counts.update(_history_keys(PaperView(paper)))
+        self.counts = _history_counts(papers)
         self._entries: dict[str, _Entry] = {}  # query text -> entry
         self._by_sub: dict[int, str] = {}  # subscription id -> query text
         # anchor -> entries: feature keys in one table, looked up with the paper's
@@ -585,13 +645,23 @@ class IndexedMatcher:
             entry.second = seconds
             for anchor in entry.keys:
                 top, name = self._second_level(anchor)
-                level = top.setdefault(name, {})
+                level = top.get(name)
+                if level is None:
+                    level = top[name] = {}
                 for key in seconds:
-                    level.setdefault(key, set()).add(entry)
+                    bucket = level.get(key)
+                    if bucket is None:
+                        level[key] = {entry}
+                    else:
+                        bucket.add(entry)
             return
         for key in entry.keys:
             table, name = self._table(key)
-            table.setdefault(name, set()).add(entry)
+            bucket = table.get(name)
+            if bucket is None:
+                table[name] = {entry}
+            else:
+                bucket.add(entry)
 
     def _seconds(self, entry: _Entry) -> tuple[str, ...] | None:
         """The keys of the second level an entry goes under, below each of its anchors, if
@@ -600,6 +670,8 @@ class IndexedMatcher:
         anchors_ = entry.keys or frozenset()
         others = entry.required - anchors_
         counts = self.counts
+        if len(others) == 1:  # most entries: a query of two words, or a word and something else
+            return tuple(others)
         if others:  # the rarest other required key
             return (min(others, key=lambda k: (counts.get(k, 0), -len(k), k)),)
         # A matching paper has one key of each clause: all those of the rarest clause (but a
