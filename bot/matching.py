@@ -41,6 +41,20 @@ PREFIX_ANCHOR_MAX = 6
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "=": operator.eq}
 
 
+class _Stems(dict):
+    """`stem` of each word met, in a plain dictionary: looked up from C by `map`, without the
+    bookkeeping of `stem`'s own cache (a paper has some 200 words)."""
+
+    def __missing__(self, word: str) -> str:
+        if len(self) >= 200_000:  # a bound, as stem's own cache has
+            self.clear()
+        found = self[word] = stem(word)
+        return found
+
+
+_STEMS = _Stems()
+
+
 class PaperView:
     """A paper tokenized once, in every form the queries need."""
 
@@ -51,8 +65,8 @@ class PaperView:
         self.paper = paper
         self.title_raw = raw_words(paper.title)
         self.abstract_raw = raw_words(paper.summary)
-        self.title = list(map(stem, self.title_raw))  # map: no bytecode per word
-        self.abstract = list(map(stem, self.abstract_raw))
+        self.title = list(map(_STEMS.__getitem__, self.title_raw))  # map: no bytecode per word
+        self.abstract = list(map(_STEMS.__getitem__, self.abstract_raw))
         self.title_set = frozenset(self.title)
         self.abstract_set = frozenset(self.abstract)
         self.any_set = self.title_set | self.abstract_set
@@ -69,6 +83,18 @@ class PaperView:
     @cached_property
     def all_raw(self) -> frozenset[str]:
         return self.raw_set["title"] | self.raw_set["abstract"]
+
+    @cached_property
+    def _cuts(self) -> dict[int, set[str]]:
+        return {}
+
+    def cut(self, size: int) -> set[str]:
+        """Its words (of either field) cut to `size` letters, made once a size. A shorter word
+        stays as it is, shorter than every prefix of that size, so it is not mistaken for one."""
+        found = self._cuts.get(size)
+        if found is None:
+            found = self._cuts[size] = set(map(operator.itemgetter(slice(size)), self.all_raw))  # in C
+        return found
 
     @cached_property
     def meta_keys(self) -> set[str]:
@@ -140,6 +166,9 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
         return None
     if kind == "prefix":
         prefix = node[2]
+        size = min(len(prefix), PREFIX_ANCHOR_MAX)  # the index cuts words to these sizes: mostly made
+        if prefix[:size] not in view.cut(size):  # no word begins so: not worth sorting the words
+            return None
         for name, words in view.sorted_words.items():
             if node[1] in ("any", name):
                 i = bisect.bisect_left(words, prefix)
@@ -333,10 +362,10 @@ def _cost(keys: Collection[str], counts: Mapping[str, int] | None) -> tuple[int,
 
 
 def _history_counts(papers: Iterable[Paper]) -> Counter[str]:
-    """Of each key: in how many of these papers it appears (its features), or for the
-    prefix anchors (`p:` and 3 to 6 letters) how many words of these papers it begins,
-    counted once a paper each (a paper with two such words counts twice: the anchors
-    chosen by them are as exact, for a tenth of the work of cutting every paper's words)."""
+    """Of each key, in how many of these papers it appears (their features); of each prefix
+    anchor (`p:` and 3 to 6 letters), how many of their distinct words it begins, paper by
+    paper: a paper with two such words counts twice, a tenth of the work of cutting every
+    paper's words. Counts only guide the choice of anchors: any choice matches exactly."""
     counts: Counter[str] = Counter()
     words: Counter[str] = Counter()
     for paper in papers:
@@ -715,11 +744,8 @@ class IndexedMatcher:
             for second in seconds.keys() & features:
                 found |= seconds[second]
         if self._prefixes or self._prefix_pairs:
-            words = view.all_raw
             for size in self._prefixes.keys() | self._prefix_pairs.keys():
-                # Each word cut to `size` letters, in C; a shorter word stays shorter than
-                # every key of these tables, so it cannot be mistaken for one.
-                cut = set(map(operator.itemgetter(slice(size)), words))
+                cut = view.cut(size)
                 table = self._prefixes.get(size)
                 if table:
                     for prefix in table.keys() & cut:
