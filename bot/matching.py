@@ -426,12 +426,15 @@ def _compile(node: tuple) -> tuple:
 
 def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -> _Entry:
     node, required, wider, words, plain, options = compiled
-    if plain:  # anchored on its rarest word, as `anchors` would choose it
-        if len(required) == 1:
-            anchor = required[0]
-        else:
+    if plain:  # anchored on its rarest word, as `anchors` would choose it: the first of the rarest, longest
+        anchor = required[0]
+        if len(required) > 1:
             seen = counts or {}
-            anchor = min(required, key=lambda w: (seen.get(w, 0), -len(w)))
+            best = (seen.get(anchor, 0), -len(anchor))
+            for word in required[1:]:
+                cost = (seen.get(word, 0), -len(word))
+                if cost < best:
+                    anchor, best = word, cost
         return _Entry(query, node, frozenset([anchor]), frozenset(required), (), words=words)
     if options is False:
         keys = anchors(node, counts)
@@ -440,7 +443,13 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
     elif len(options) == 1:
         keys = frozenset(options[0])
     else:  # the first of the cheapest, as `anchors` picks it
-        keys = frozenset(min(options, key=lambda option: _cost(option, counts)))
+        chosen = options[0]
+        best = _cost(chosen, counts)
+        for option in options[1:]:
+            cost = _cost(option, counts)
+            if cost < best:
+                chosen, best = option, cost
+        keys = frozenset(chosen)
     return _Entry(query, node, keys, frozenset(required), tuple(map(frozenset, wider)), words=words)
 
 
