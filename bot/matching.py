@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Collection, Iterable, Iterator, Literal, Mapping, Sequence
 
 from . import query as _query_module
 from . import sources
@@ -228,9 +228,9 @@ def anchors(node: tuple, counts: Mapping[str, int] | None = None) -> frozenset[s
     if kind == "word":
         return frozenset(["t:" + node[2] if node[1] == "title" else node[2]])
     if kind == "phrase":
-        options = _phrase_options(node)
+        pairs = _phrase_options(node)
         seen = counts or {}
-        return frozenset([min(options, key=lambda k: (seen.get(k, 0), -len(k)))])
+        return frozenset([min(pairs, key=lambda k: (seen.get(k, 0), -len(k)))])
     if kind == "prefix":
         return frozenset(["p:" + node[2][:PREFIX_ANCHOR_MAX]])
     if kind == "author":
@@ -261,7 +261,7 @@ def anchors(node: tuple, counts: Mapping[str, int] | None = None) -> frozenset[s
 _FIXED_KEY = frozenset(["word", "prefix", "author", "org", "cat", "source"])
 
 
-def _anchor_options(node: tuple) -> tuple[tuple[str, ...], ...] | None | bool:
+def _anchor_options(node: tuple) -> tuple[tuple[str, ...], ...] | None | Literal[False]:
     """What `anchors` chooses among, made once (it is stored in the compiled form): each
     option's keys, in the order `anchors` meets them, so that the first of the cheapest by
     `_cost` is its answer whatever the counts. None where `anchors` gives None; False where
@@ -430,11 +430,11 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
         anchor = required[0]
         if len(required) > 1:
             seen = counts or {}
-            best = (seen.get(anchor, 0), -len(anchor))
+            rarest = (seen.get(anchor, 0), -len(anchor))
             for word in required[1:]:
-                cost = (seen.get(word, 0), -len(word))
-                if cost < best:
-                    anchor, best = word, cost
+                seen_len = (seen.get(word, 0), -len(word))
+                if seen_len < rarest:
+                    anchor, rarest = word, seen_len
         return _Entry(query, node, frozenset([anchor]), frozenset(required), (), words=words)
     if options is False:
         keys = anchors(node, counts)
@@ -787,7 +787,7 @@ class IndexedMatcher:
 
     def match(self, paper: Paper) -> list[Match]:
         new = tuple.__new__  # Match's own __new__ is Python code: this is the same tuple, made in C
-        found = []
+        found: list[Match] = []
         add = found.append
         for entry, terms in self._evaluated(PaperView(paper)):
             sole = entry.sole
