@@ -443,12 +443,17 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
     elif len(options) == 1:
         keys = frozenset(options[0])
     else:  # the first of the cheapest, as `anchors` picks it
-        chosen = options[0]
-        best = _cost(chosen, counts)
-        for option in options[1:]:
-            cost = _cost(option, counts)
-            if cost < best:
+        seen = counts or {}
+        chosen, best = None, None
+        for option in options:
+            if len(option) == 1:  # most: _cost's figures, without calling it
+                key = option[0]
+                cost = (key.startswith(_COARSE), seen.get(key, 0), 1, -len(key))
+            else:
+                cost = _cost(option, counts)
+            if best is None or cost < best:
                 chosen, best = option, cost
+        assert chosen is not None
         keys = frozenset(chosen)
     return _Entry(query, node, keys, frozenset(required), tuple(map(frozenset, wider)), words=words)
 
@@ -625,8 +630,12 @@ class IndexedMatcher:
             self._index(entry)
         elif subscription.compiled is None or subscription.compiled[:8] != COMPILED_VERSION:
             self._recompiled[subscription.id] = compile_query(query)
-        entry.subs[subscription.id] = subscription.channel
-        _set_sole(entry)
+        subs = entry.subs
+        subs[subscription.id] = subscription.channel
+        if len(subs) == 1:
+            entry.sole, entry.sole_channel = subscription.id, subscription.channel
+        else:
+            entry.sole = entry.sole_channel = None
         self._by_sub[subscription.id] = query
         self._generation += 1
 
