@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         subs = [dataclasses.replace(s, compiled=forms.get(s.query) or forms.setdefault(s.query, compile_query(s.query)))
                 for s in subs]
         del forms
-    started = time.perf_counter()
+    started, build_cpu_started = time.perf_counter(), time.process_time()
     sharded: ShardedMatcher | None = None
     if args.shards:
         sharded = ShardedMatcher(subs, papers=history, processes=args.shards)
@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         engine = IndexedMatcher(subs, papers=history)
     build_s = time.perf_counter() - started
+    build_cpu_s = time.process_time() - build_cpu_started  # this process's: the workers' (--shards) are apart
     gc.freeze()  # as the bot does after loading subscriptions: see Poller.sync_subscriptions
     if sharded is not None:
         return _sharded_figures(args, sharded, subs, papers, history, build_s)
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
         "topic_skip": args.topic_skip,
         "history_papers": len(history),
         "build_s": round(build_s, 3),
+        "build_cpu_s": round(build_cpu_s, 3),
+        "compiled": args.compiled,
         "match_s": round(match_s, 3),
         "papers_per_s": round(len(papers) / match_s, 1),
         "match_cpu_s": round(match_cpu_s, 3),
