@@ -182,8 +182,17 @@ class ShardedMatcher:
             for start in range(0, len(papers), PAPERS_PER_MESSAGE):
                 answers = [self._receive(conn) for conn in self._conns]
                 found += self._matches(answers, papers[start:start + PAPERS_PER_MESSAGE], failed)
-        except (OSError, EOFError) as exc:
-            self._fail(f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:
+            # The rest of the answers will not be read: the workers' streams are out of step,
+            # so the engine cannot go on, and a worker blocked writing an answer would keep the
+            # sender thread blocked writing to it. The workers are ended.
+            if self._failed is None:
+                self._failed = _lost(f"{type(exc).__name__}: {exc}")
+            for proc in self._procs:
+                proc.kill()
+            if isinstance(exc, (OSError, EOFError)):
+                raise ShardFailed(self._failed) from exc
+            raise
         finally:
             if sender.ident is not None:
                 sender.join()
@@ -273,7 +282,7 @@ class ShardedMatcher:
         return answer
 
     def _fail(self, reason: str) -> None:
-        self._failed = f"a matching worker process failed ({reason}); its part of the index is lost"
+        self._failed = _lost(reason)
         raise ShardFailed(self._failed)
 
     def __del__(self) -> None:
@@ -282,6 +291,10 @@ class ShardedMatcher:
                 self.close()
             except Exception:  # at interpreter shutdown, anything may already be gone
                 pass
+
+
+def _lost(reason: str) -> str:
+    return f"a matching worker process failed ({reason}); its part of the index is lost"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

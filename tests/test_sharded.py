@@ -2,6 +2,7 @@
 adds, changes and removals; fails loudly, not wrongly, when a worker dies."""
 
 import dataclasses
+import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -101,6 +102,32 @@ def test_a_paper_that_fails_in_a_worker_fails_that_call_not_the_engine(made):
         assert sharded.failed is None
     finally:
         sharded.close()
+
+
+def test_a_worker_failing_while_answers_wait_ends_the_engine_and_the_call(monkeypatch):
+    # Many big answers unread when a worker fails: the worker holding them blocks writing,
+    # and the sender thread writing to it; the call must end (ShardFailed), not hang.
+    sharded = ShardedMatcher([Subscription(i, ML, "model", "u", T0) for i in range(1, 3001)], processes=2)
+    monkeypatch.setattr("bot.sharded.PAPERS_PER_MESSAGE", 1)
+    papers = [paper(f"2411.{i:05d}", "A model", "model " * 400) for i in range(300)]
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            sharded.match_many([papers[0], None, *papers[1:]])  # type: ignore[list-item]  # fails in the workers
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(120)  # a guard against a hang, not a speed test
+        assert not caller.is_alive() and isinstance(outcome[0], ShardFailed)
+        with pytest.raises(ShardFailed):
+            sharded.match(papers[0])
+    finally:
+        sharded.close()
+    assert sharded._procs == []
 
 
 def test_matches_carry_their_subscriptions_channels_through_changes():
