@@ -24,7 +24,9 @@ Same interface as `IndexedMatcher` for its callers (add, remove, ids, len, match
 match_many, take_recompiled, close): `add` raises QueryError here, in the caller's process,
 as `IndexedMatcher.add` does (a query without a current compiled form is parsed here, and
 its compiled form sent). Changes are sent in batches before the next match. A worker that
-dies makes every later match raise `ShardFailed`: the caller loads a new engine.
+dies makes every later match raise `ShardFailed`: the caller loads a new engine. A paper
+that raises in a worker makes that call raise `PaperFailed` (the engine goes on): the
+caller matches the papers one by one to find it.
 """
 
 from __future__ import annotations
@@ -199,7 +201,8 @@ class ShardedMatcher:
         if sent:
             self._fail(f"{type(sent[0]).__name__}: {sent[0]}")
         if failed:
-            raise PaperFailed(f"matching failed in a worker process for {len(failed)} paper(s): {failed[0]}")
+            papers_failed = len({reason.partition(": ")[0] for reason in failed})
+            raise PaperFailed(f"matching failed in a worker process for {papers_failed} paper(s): {failed[0]}")
         return found
 
     def _matches(self, answers: list[list], papers: Sequence[Paper], failed: list[str]) -> list[list[Match]]:
