@@ -7,7 +7,7 @@ import functools
 import os
 import sqlite3
 import threading
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 from urllib.request import pathname2url
@@ -77,9 +77,13 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         self._lease = fd
         return True
 
-    def transaction(self) -> AbstractContextManager[object]:
-        """All writes inside happen together or not at all; the write lock is taken first."""
-        return immediate(self.db)
+    @contextmanager
+    def transaction(self) -> Iterator[object]:
+        """All writes inside happen together or not at all; the write lock is taken first.
+        On the calling thread's connection (`_thread_db`): a worker thread's transaction
+        holds the "any thread" writes it makes inside, as the loop's holds its own."""
+        with self._thread_db() as db, immediate(db):
+            yield db
 
     @contextmanager
     def _thread_db(self) -> Iterator[Database]:
