@@ -18,7 +18,7 @@ from bot.errors import StorageError
 
 from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
-from .db import BUSY_TIMEOUT, immediate, open_database, storage_error
+from .db import BUSY_TIMEOUT, LOOP_AUTOCHECKPOINT_PAGES, immediate, open_database, storage_error
 from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
 from .installations import InstallationsMixin
@@ -107,6 +107,9 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
                 conn.execute("PRAGMA foreign_keys = ON")
                 # A big burst rewrites ~2,000 rows on as many pages: room for them (8 MB).
                 conn.execute(f"PRAGMA cache_size = -{THREAD_CACHE_KB}")
+                # Each card's claim and outcome commits here: as on the loop's connection, no
+                # checkpoint at a commit while the poller's worker keeps the WAL small.
+                conn.execute(f"PRAGMA wal_autocheckpoint = {LOOP_AUTOCHECKPOINT_PAGES}")
             except sqlite3.Error as exc:
                 raise storage_error(exc, self.path) from None
             db = Database(conn)
