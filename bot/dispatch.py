@@ -532,44 +532,45 @@ class Dispatcher:
         for followup in followups:
             if self._waiting(channel, self.clock()) or not await self._lease(channel):
                 return
-            if not self.store.claim_followup(followup.id, self.clock()):
-                continue
-            self._sending_followups.add(followup.id)
+            self._sending_followups.add(followup.id)  # in flight from before its claim, as a card
             try:
+                if not await self._off_loop(self.store.claim_followup, followup.id, self.clock()):
+                    continue
                 try:
                     result = await adapter.post_in_thread(followup.thread, reply_for(followup))
                 except Exception as exc:  # an adapter bug must not stop the other replies
                     log.exception("replying about %s in %s raised", followup.paper_id, channel)
                     result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
-                self._record_followup(followup, result, report)
+                await self._record_followup(followup, result, report)
             finally:
                 self._sending_followups.discard(followup.id)
             self._pause(channel, result)
             if result.channel_gone or result.retry_after is not None:
                 return
 
-    def _record_followup(self, followup: FollowUp, result: PostResult, report: DispatchReport) -> None:
+    async def _record_followup(self, followup: FollowUp, result: PostResult, report: DispatchReport) -> None:
+        """Record a reply's outcome: in a worker thread when the store allows, as a card's."""
         now = self.clock()
         what = f"the {followup.kind} follow-up of {followup.paper_id} in {followup.thread.channel}"
         if result.ok:
-            self.store.mark_followup_sent(followup.id, result.message_id, now)
+            await self._off_loop(self.store.mark_followup_sent, followup.id, result.message_id, now)
             report.sent += 1
             log.info("posted %s", what)
         elif result.retry_after is not None:  # a rate limit: waited out, never given up for
-            self.store.reschedule_followup(followup.id, result.error or "rate limited",
-                                           now + timedelta(seconds=result.retry_after))
+            await self._off_loop(self.store.reschedule_followup, followup.id, result.error or "rate limited",
+                                 now + timedelta(seconds=result.retry_after))
             report.retrying += 1
         elif result.channel_gone:
-            self.store.reschedule_followup(followup.id, result.error or "channel gone", now)
+            await self._off_loop(self.store.reschedule_followup, followup.id, result.error or "channel gone", now)
             self._pause_gone(followup.thread.channel, result.error, now)
             report.failed += 1
         elif result.retryable and followup.attempts + 1 < MAX_ATTEMPTS:
-            self.store.reschedule_followup(followup.id, result.error or "unknown error",
-                                           now + retry_delay(followup.attempts + 1))
+            await self._off_loop(self.store.reschedule_followup, followup.id, result.error or "unknown error",
+                                 now + retry_delay(followup.attempts + 1))
             report.retrying += 1
             log.warning("posting %s failed (%s); will retry", what, result.error)
         else:
-            self.store.give_up_followup(followup.id, result.error or "unknown error")
+            await self._off_loop(self.store.give_up_followup, followup.id, result.error or "unknown error")
             report.failed += 1
             log.error("gave up posting %s: %s", what, result.error)
 
@@ -590,10 +591,10 @@ class Dispatcher:
                     log.exception("looking for the %s follow-up of %s in %s failed; it will be sent again",
                                   followup.kind, followup.paper_id, followup.thread.channel)
             if message_id:
-                self.store.mark_followup_sent(followup.id, message_id, self.clock())
+                await self._off_loop(self.store.mark_followup_sent, followup.id, message_id, self.clock())
                 found += 1
             else:
-                self.store.release_followup(followup.id)
+                await self._off_loop(self.store.release_followup, followup.id)
                 released += 1
         if found or released:
             log.warning("recovered from an interrupted run: %d follow-ups had gone out, %d will be sent",

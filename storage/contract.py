@@ -486,7 +486,7 @@ class StoreContract(Protocol):
 
     def claim_followup(self, followup_id: int, now: datetime) -> bool:
         """pending -> sending (its `claimed_at` = `now`, `claimed_by` = `live_sender_id()`);
-        False if it was not pending (someone else claimed it)."""
+        False if it was not pending (someone else claimed it). Any thread, as `claim_delivery`."""
         ...
 
     def unfinished_followups(self) -> list[FollowUp]:
@@ -495,19 +495,19 @@ class StoreContract(Protocol):
         ...
 
     def release_followup(self, followup_id: int) -> None:
-        """sending -> pending, the interrupted attempt not counted: nothing says it went out."""
+        """sending -> pending, the interrupted attempt not counted: nothing says it went out. Any thread."""
         ...
 
     def mark_followup_sent(self, followup_id: int, message_id: str | None, now: datetime) -> None:
-        """It went out: sent, with the reply's message id."""
+        """It went out: sent, with the reply's message id. Any thread, as `mark_sent`."""
         ...
 
     def reschedule_followup(self, followup_id: int, error: str, retry_at: datetime) -> None:
-        """A failed attempt to try again: back to pending until `retry_at`."""
+        """A failed attempt to try again: back to pending until `retry_at`. Any thread."""
         ...
 
     def give_up_followup(self, followup_id: int, error: str) -> None:
-        """A failed attempt that ends it: failed for good."""
+        """A failed attempt that ends it: failed for good. Any thread."""
         ...
 
     # ---- channels ---------------------------------------------------------------------------

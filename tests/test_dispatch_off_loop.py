@@ -109,3 +109,30 @@ async def test_an_in_memory_store_keeps_its_writes_on_the_loop(monkeypatch):
         assert threads == {threading.get_ident()}  # one connection, bound to the loop's thread
     finally:
         store.close()
+
+
+async def test_the_follow_ups_writes_run_off_the_loop_too(store, monkeypatch):
+    paper_id = "2611.00042"
+    store.add_papers([paper(paper_id, upvotes=0)], utcnow())
+    sub = store.add_subscription(CHANNEL, "diffusion", "U1", utcnow()).subscription
+    store.enqueue(paper_id, [Match(sub.id, CHANNEL, sub.query, ())], utcnow())
+    (delivery_id,) = store.db.execute("SELECT id FROM deliveries").fetchone()
+    store.mark_sent(delivery_id, "m1", utcnow())  # its card is in the channel
+    store.add_papers([paper(paper_id, upvotes=60, github="https://github.com/acme/x")], utcnow())  # two events
+    names = ("claim_followup", "mark_followup_sent", "reschedule_followup")
+    called_from: dict[str, set[int]] = {name: set() for name in names}
+    for name in names:
+        real = getattr(store, name)
+
+        def recorded(*args, _name=name, _real=real):
+            called_from[_name].add(threading.get_ident())
+            return _real(*args)
+
+        monkeypatch.setattr(store, name, recorded)
+    adapter = RecordingAdapter()
+    adapter.reply_results = [PostResult(ok=True, message_id="r1"),
+                             PostResult(ok=False, error="timeout", retryable=True)]
+    report = await Dispatcher(store, {"console": adapter}).dispatch_followups()
+    assert (report.sent, report.retrying) == (1, 1)
+    assert all(called_from.values())
+    assert threading.get_ident() not in set().union(*called_from.values())
