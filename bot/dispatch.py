@@ -232,10 +232,10 @@ class Dispatcher:
         """
         if not await self._lease(channel):
             return False  # another deliverer took the channel: it sends this digest
+        candidates = deliveries[:DIGEST_MAX]
 
         def claim() -> list[Delivery]:  # in one worker thread, one after another
             return [d for d in candidates if self.store.claim_delivery(d.id, self.clock())]
-        candidates = deliveries[:DIGEST_MAX]
         self._sending.update(d.id for d in candidates)  # in flight from before the claims (see _serve_leased)
         try:
             claimed = await self._off_loop(claim)
