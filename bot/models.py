@@ -338,30 +338,123 @@ class PaperMatches:
     matches: tuple[Match, ...]
 
 
+def strength_of(terms: set[str]) -> int:
+    """How strongly a channel's queries matched a paper, for ranking (higher is stronger), out
+    of the distinct terms they matched: 1000 x those found in the title, plus all of them."""
+    in_title = sum(term.endswith(" in title") for term in terms)
+    return 1000 * min(in_title, 999) + min(len(terms), 999)
+
+
 @dataclass(frozen=True)
 class MatchedBatch:
-    """Papers matched by a poll and their matches, for one transaction of the outbox
-    (`StoreContract.queue_matched`), encoded once as two compact JSON texts by the thread
+    """Deliveries of papers matched by a poll, for one transaction of the outbox
+    (`StoreContract.queue_matched`), made and encoded as compact JSON texts by the thread
     that matched them: the thread that writes only runs SQL, which gives the GIL up.
 
-    `papers`: `[[paper id, since (UTC, ISO seconds), upto or null], ...]`, as
-    `UnmatchedPaper` has them (who may receive the paper).
-    `matches`: `[[index into papers, subscription id, query, [terms]], ...]`, each paper's in
-    the order given. No channel: it is the subscription's own, read where it is stored.
+    `deliveries`: `[[channel key, paper id, matched, strength, since or null], ...]`, one a
+    paper and channel, each paper's in the order of its matches; `matched` the facts as
+    `deliveries.matched` keeps them (`[{"id", "query", "terms"}]`, in the order given),
+    `strength` `strength_of` their terms, `since` (UTC, ISO seconds) the paper's when it has
+    no `upto` (a re-checked paper), else null: matches of subscriptions over a paper's
+    `upto` are left out here already.
+    `subscriptions`: `[[subscription id, since or null], ...]`, each once: the store keeps a
+    fact only if its subscription still exists (and, with a `since`, was created by then),
+    read under the write lock, and drops a delivery left with none.
+    `papers`: `[paper id, ...]`, the papers this transaction takes off the unmatched list
+    (`settles`): a poll splits a group of papers' deliveries into several transactions, by
+    ranges of channels (`split`), and only the last one settles the group's papers.
+    `paper_ids`: the group's papers, settled by this transaction or a later one of the group.
     """
 
+    deliveries: str
+    subscriptions: str
     papers: str
-    matches: str
     paper_ids: frozenset[str]
-    rows: int  # matches in `matches`
+    rows: int  # deliveries in `deliveries`
 
     @classmethod
     def encode(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]]) -> MatchedBatch:
-        """`matches[i]`: what `papers[i]` matched (empty: the paper is settled, nothing queued)."""
-        facts = [[u.paper.id, u.since.astimezone(timezone.utc).isoformat(timespec="seconds"), u.upto]
-                 for u in papers]
-        rows = [[i, m[0], m[2], m[3]] for i, found in enumerate(matches) for m in found]
-        return cls(json.dumps(facts), json.dumps(rows), frozenset(u.paper.id for u in papers), len(rows))
+        """`matches[i]`: what `papers[i]` matched (empty: the paper is settled, nothing
+        queued). One transaction for all of them."""
+        return cls.split(papers, matches, 0)[0]
+
+    @classmethod
+    def split(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], rows: int) -> list[MatchedBatch]:
+        """The deliveries of `papers` (`matches[i]`: what `papers[i]` matched) cut into
+        transactions of about `rows` deliveries (0: one), each for a range of channel keys,
+        in key order, the last one settling every paper.
+
+        The outbox's index by channel (`deliveries_outbox`) takes a page a delivery when rows
+        come in paper order; a range of channels touches a slice of it, and a transaction
+        rewrites each page it touches once, however many rows land there
+        (docs/benchmarks.md, "outbox")."""
+        keys: dict[ChannelRef, str] = {}
+        made: list[tuple[str, list]] = []  # (channel key, delivery), papers in order
+        strengths: dict[tuple[str, ...], int] = {}
+        for unmatched, found in zip(papers, matches, strict=True):
+            if not found:
+                continue
+            upto, paper_id = unmatched.upto, unmatched.paper.id
+            since = None if upto is not None else unmatched.since.astimezone(timezone.utc).isoformat(
+                timespec="seconds")
+            by_channel: dict[str, list[Match]] = {}
+            for match in found:
+                if upto is not None and match.subscription_id > upto:
+                    continue  # committed after the paper was stored: its --backfill's, not the poll's
+                key = keys.get(match.channel)
+                if key is None:
+                    key = keys[match.channel] = match.channel.key
+                by_channel.setdefault(key, []).append(match)
+            for key, ms in by_channel.items():
+                if len(ms) == 1:
+                    terms = ms[0].terms
+                    strength = strengths.get(terms)
+                    if strength is None:
+                        strength = strengths[terms] = strength_of(set(terms))
+                else:
+                    strength = strength_of({term for m in ms for term in m.terms})
+                made.append((key, [key, paper_id, [{"id": m.subscription_id, "query": m.query, "terms": m.terms}
+                                                   for m in ms], strength, since]))
+        ranges = _channel_ranges([key for key, _ in made], rows)
+        parts: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
+        for key, delivery in made:
+            parts[ranges[key]].append(delivery)
+        ids = frozenset(u.paper.id for u in papers)
+        settled = json.dumps(sorted(ids))
+        batches = []
+        for n, part in enumerate(parts):
+            wanted = sorted({(f["id"], d[4]) for d in part for f in d[2]}, key=lambda x: (x[0], x[1] or ""))
+            batches.append(cls(json.dumps(part), json.dumps(wanted), settled if n == len(parts) - 1 else "[]",
+                               ids, len(part)))
+        return batches
+
+    def without(self, refused: set[tuple[int, str | None]]) -> MatchedBatch:
+        """This batch without the facts of `refused` (subscription id, since) pairs: a
+        subscription removed since the papers were matched. A delivery left with no fact goes."""
+        kept = []
+        for key, paper_id, facts, _, since in json.loads(self.deliveries):
+            facts = [f for f in facts if (f["id"], since) not in refused]
+            if facts:
+                kept.append([key, paper_id, facts, strength_of({t for f in facts for t in f["terms"]}), since])
+        wanted = [pair for pair in json.loads(self.subscriptions) if (pair[0], pair[1]) not in refused]
+        return MatchedBatch(json.dumps(kept), json.dumps(wanted), self.papers, self.paper_ids, len(kept))
+
+
+def _channel_ranges(keys: list[str], rows: int) -> dict[str, int]:
+    """Channel key -> the number of its range: consecutive keys, about `rows` rows a range
+    (`keys`: one a row); 0 for all when `rows` is 0."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    if rows <= 0:
+        return dict.fromkeys(counts, 0)
+    ranges, n, filled = {}, 0, 0
+    for key in sorted(counts):
+        if filled >= rows:
+            n, filled = n + 1, 0
+        ranges[key] = n
+        filled += counts[key]
+    return ranges
 
 
 @dataclass(frozen=True)

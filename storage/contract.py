@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from datetime import date, datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Collection, Protocol
 
 from bot.models import (
     BurstPlan,
@@ -172,8 +172,9 @@ class StoreContract(Protocol):
         interrupted before it queues their deliveries leaves them here for the next one."""
         ...
 
-    def unmatched_papers(self, limit: int) -> list[UnmatchedPaper]:
-        """At most `limit` of the papers written down and not settled, oldest entry first."""
+    def unmatched_papers(self, limit: int, skip: Collection[str] = ()) -> list[UnmatchedPaper]:
+        """At most `limit` of the papers written down and not settled, oldest entry first,
+        leaving out those of `skip`."""
         ...
 
     def settle_unmatched(self, paper_ids: list[str]) -> None:
