@@ -7,6 +7,7 @@ into platform payloads and platform events into these.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Mapping, NamedTuple, Union
@@ -341,7 +342,7 @@ class PaperMatches:
 def strength_of(terms: set[str]) -> int:
     """How strongly a channel's queries matched a paper, for ranking (higher is stronger), out
     of the distinct terms they matched: 1000 x those found in the title, plus all of them."""
-    in_title = sum(term.endswith(" in title") for term in terms)
+    in_title = len([term for term in terms if term.endswith(" in title")])
     return 1000 * min(in_title, 999) + min(len(terms), 999)
 
 
@@ -357,7 +358,8 @@ class MatchedBatch:
     `strength` `strength_of` their terms, `since` (UTC, ISO seconds) the paper's when it has
     no `upto` (a re-checked paper), else null: matches of subscriptions over a paper's
     `upto` are left out here already.
-    `subscriptions`: `[[subscription id, since or null], ...]`, each once: the store keeps a
+    `subscriptions`: `[subscription id, ...]`, each once, of the facts of papers with an
+    `upto`; `rechecked`: `[[subscription id, since], ...]` of the others'. The store keeps a
     fact only if its subscription still exists (and, with a `since`, was created by then),
     read under the write lock, and drops a delivery left with none.
     `papers`: `[paper id, ...]`, the papers this transaction takes off the unmatched list
@@ -368,6 +370,7 @@ class MatchedBatch:
 
     deliveries: str
     subscriptions: str
+    rechecked: str
     papers: str
     paper_ids: frozenset[str]
     rows: int  # deliveries in `deliveries`
@@ -388,9 +391,10 @@ class MatchedBatch:
         come in paper order; a range of channels touches a slice of it, and a transaction
         rewrites each page it touches once, however many rows land there
         (docs/benchmarks.md, "outbox")."""
-        keys: dict[ChannelRef, str] = {}
+        keys: dict[int, str] = {}  # id(a ChannelRef of the matches) -> its key (they are all alive here)
         made: list[tuple[str, list]] = []  # (channel key, delivery), papers in order
-        strengths: dict[tuple[str, ...], int] = {}
+        wanted: dict[str, set[int]] = {}  # channel key -> the subscriptions of its facts (papers with `upto`)
+        rechecked: dict[str, set[tuple[int, str]]] = {}  # the same (subscription, since), papers without
         for unmatched, found in zip(papers, matches, strict=True):
             if not found:
                 continue
@@ -401,55 +405,72 @@ class MatchedBatch:
             for match in found:
                 if upto is not None and match.subscription_id > upto:
                     continue  # committed after the paper was stored: its --backfill's, not the poll's
-                key = keys.get(match.channel)
+                key = keys.get(id(match.channel))
                 if key is None:
-                    key = keys[match.channel] = match.channel.key
-                by_channel.setdefault(key, []).append(match)
+                    key = keys[id(match.channel)] = match.channel.key
+                same = by_channel.get(key)
+                if same is None:
+                    by_channel[key] = [match]
+                else:
+                    same.append(match)
             for key, ms in by_channel.items():
                 if len(ms) == 1:
-                    terms = ms[0].terms
-                    strength = strengths.get(terms)
-                    if strength is None:
-                        strength = strengths[terms] = strength_of(set(terms))
+                    match = ms[0]
+                    strength = strength_of(set(match.terms))
+                    facts = [{"id": match.subscription_id, "query": match.query, "terms": match.terms}]
                 else:
                     strength = strength_of({term for m in ms for term in m.terms})
-                made.append((key, [key, paper_id, [{"id": m.subscription_id, "query": m.query, "terms": m.terms}
-                                                   for m in ms], strength, since]))
-        ranges = _channel_ranges([key for key, _ in made], rows)
+                    facts = [{"id": m.subscription_id, "query": m.query, "terms": m.terms} for m in ms]
+                made.append((key, [key, paper_id, facts, strength, since]))
+                if since is None:
+                    subs = wanted.get(key)
+                    if subs is None:
+                        subs = wanted[key] = set()
+                    if len(ms) == 1:
+                        subs.add(ms[0].subscription_id)
+                    else:
+                        subs.update([m.subscription_id for m in ms])
+                else:
+                    rechecked.setdefault(key, set()).update([(m.subscription_id, since) for m in ms])
+        ranges = _channel_ranges({key for key, _ in made}, rows, [key for key, _ in made])
         parts: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
+        needs: list[set[int]] = [set() for _ in parts]
+        pairs: list[set[tuple[int, str]]] = [set() for _ in parts]
         for key, delivery in made:
             parts[ranges[key]].append(delivery)
+        for key, subs in wanted.items():
+            needs[ranges[key]].update(subs)
+        for key, checked in rechecked.items():
+            pairs[ranges[key]].update(checked)
         ids = frozenset(u.paper.id for u in papers)
         settled = json.dumps(sorted(ids))
-        batches = []
-        for n, part in enumerate(parts):
-            wanted = sorted({(f["id"], d[4]) for d in part for f in d[2]}, key=lambda x: (x[0], x[1] or ""))
-            batches.append(cls(json.dumps(part), json.dumps(wanted), settled if n == len(parts) - 1 else "[]",
-                               ids, len(part)))
-        return batches
+        return [cls(json.dumps(part), json.dumps(sorted(need)), json.dumps(sorted(pair)),
+                    settled if n == len(parts) - 1 else "[]", ids, len(part))
+                for n, (part, need, pair) in enumerate(zip(parts, needs, pairs, strict=True))]
 
     def without(self, refused: set[tuple[int, str | None]]) -> MatchedBatch:
-        """This batch without the facts of `refused` (subscription id, since) pairs: a
-        subscription removed since the papers were matched. A delivery left with no fact goes."""
+        """This batch without the facts of `refused` (subscription id, since) pairs (since None:
+        of papers with an `upto`): a subscription removed since the papers were matched, or
+        created after a re-checked paper's `since`. A delivery left with no fact goes."""
         kept = []
         for key, paper_id, facts, _, since in json.loads(self.deliveries):
             facts = [f for f in facts if (f["id"], since) not in refused]
             if facts:
                 kept.append([key, paper_id, facts, strength_of({t for f in facts for t in f["terms"]}), since])
-        wanted = [pair for pair in json.loads(self.subscriptions) if (pair[0], pair[1]) not in refused]
-        return MatchedBatch(json.dumps(kept), json.dumps(wanted), self.papers, self.paper_ids, len(kept))
+        wanted = [sub for sub in json.loads(self.subscriptions) if (sub, None) not in refused]
+        rechecked = [pair for pair in json.loads(self.rechecked) if (pair[0], pair[1]) not in refused]
+        return MatchedBatch(json.dumps(kept), json.dumps(wanted), json.dumps(rechecked), self.papers,
+                            self.paper_ids, len(kept))
 
 
-def _channel_ranges(keys: list[str], rows: int) -> dict[str, int]:
+def _channel_ranges(channels: set[str], rows: int, keys: list[str]) -> dict[str, int]:
     """Channel key -> the number of its range: consecutive keys, about `rows` rows a range
     (`keys`: one a row); 0 for all when `rows` is 0."""
-    counts: dict[str, int] = {}
-    for key in keys:
-        counts[key] = counts.get(key, 0) + 1
     if rows <= 0:
-        return dict.fromkeys(counts, 0)
+        return dict.fromkeys(channels, 0)
+    counts = Counter(keys)
     ranges, n, filled = {}, 0, 0
-    for key in sorted(counts):
+    for key in sorted(channels):
         if filled >= rows:
             n, filled = n + 1, 0
         ranges[key] = n

@@ -102,7 +102,8 @@ class DeliveriesMixin:
         (`batch.papers`) off the unmatched list; returns how many deliveries are new.
 
         Only subscriptions that still exist and may receive the paper count, read under the
-        write lock: one look-up a subscription of the batch (`batch.subscriptions`); in the
+        write lock: one look-up a subscription of the batch (`batch.subscriptions`, and
+        `batch.rechecked` for re-checked papers, with their `since`); in the
         rare batch where one was removed since it was matched, its facts are taken out
         (`MatchedBatch.without`) first. Then one statement over the batch's JSON: the poller's
         writer thread runs it while its worker matches, holding the GIL only to start. The
@@ -111,9 +112,12 @@ class DeliveriesMixin:
         keeps a poll's writes to the outbox's index by channel few (docs/benchmarks.md).
         """
         with immediate(self.db):
-            refused = self.db.conn.execute(_REFUSED, [batch.subscriptions]).fetchall()
+            refused: set[tuple[int, str | None]] = {
+                (sub, None) for (sub,) in self.db.conn.execute(_GONE, [batch.subscriptions]).fetchall()}
+            if batch.rechecked != "[]":
+                refused |= {(sub, since) for sub, since in self.db.conn.execute(_REFUSED, [batch.rechecked]).fetchall()}
             if refused:
-                batch = batch.without({(sub, since) for sub, since in refused})
+                batch = batch.without(refused)
             before = self.db.conn.total_changes
             self.db.conn.execute(_QUEUE_MATCHED, {"deliveries": batch.deliveries, "now": iso(now)})
             queued = self.db.conn.total_changes - before  # (no trigger fires on an insert into deliveries)
@@ -343,11 +347,13 @@ _MATCHED_JSON = """SELECT json_group_array(json_object('id', json_extract(m.valu
                      FROM json_each(d.value, '$[2]') m"""
 
 
-# queue_matched's statements. `_REFUSED`: the batch's (subscription, since) pairs that may
-# not receive their papers (any more): the subscription is gone, or was created after `since`.
+# queue_matched's statements. `_GONE`: the batch's subscriptions that are gone; `_REFUSED`:
+# its (subscription, since) pairs that may not receive their papers: the subscription is gone,
+# or was created after `since`.
+_GONE = """SELECT value FROM json_each(?) WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = value)"""
 _REFUSED = """SELECT x.value ->> 0, x.value ->> 1 FROM json_each(?) x
                 WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = x.value ->> 0
-                                     AND (x.value ->> 1 IS NULL OR s.created_at <= x.value ->> 1))"""
+                                     AND s.created_at <= x.value ->> 1)"""
 # The deliveries as the worker made them (MatchedBatch): `matched` is the facts' JSON text.
 _QUEUE_MATCHED = """
 INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)

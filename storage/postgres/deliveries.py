@@ -89,9 +89,12 @@ class DeliveriesMixin:
         only to send the texts."""
         with self.db.transaction():
             self.db.execute("SELECT 1 FROM subscription_version FOR SHARE")
-            refused = self.db.all(_REFUSED, [batch.subscriptions])
+            refused: set[tuple[int, str | None]] = {(int(sub), None) for (sub,) in self.db.all(
+                _GONE, [batch.subscriptions])}
+            if batch.rechecked != "[]":
+                refused |= {(int(sub), since) for sub, since in self.db.all(_REFUSED, [batch.rechecked])}
             if refused:
-                batch = batch.without({(int(sub), since) for sub, since in refused})
+                batch = batch.without(refused)
             deliveries = batch.deliveries
             if "\\u0000" in deliveries:  # a NUL (jsonb refuses it): U+FFFD in its place, as enqueue_many
                 deliveries = json.dumps([[key, paper_id, [{"id": f["id"], "query": no_nul(f["query"]),
@@ -341,9 +344,11 @@ class DeliveriesMixin:
 # `match_strength`'s, out of the group's terms. Rows are inserted in the batch's order (paper,
 # then a channel's first match), as enqueue_many does. ("%%": a statement with parameters.)
 # queue_matched's statements (as SQLite's, storage/deliveries.py).
+_GONE = """SELECT x.e::bigint FROM jsonb_array_elements_text(%s::jsonb) AS x(e)
+            WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = x.e::bigint)"""
 _REFUSED = """SELECT (x.e ->> 0)::bigint, x.e ->> 1 FROM jsonb_array_elements(%s::jsonb) AS x(e)
                WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = (x.e ->> 0)::bigint
-                                    AND (x.e ->> 1 IS NULL OR s.created_at <= (x.e ->> 1)::timestamptz))"""
+                                    AND s.created_at <= (x.e ->> 1)::timestamptz)"""
 _QUEUE_MATCHED = """
 INSERT INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
 SELECT x.e ->> 1, x.e ->> 0, x.e -> 2, (x.e ->> 3)::integer, %(now)s, %(now)s
