@@ -7,10 +7,9 @@ into platform payloads and platform events into these.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Mapping, NamedTuple, Union
+from typing import Iterable, Mapping, NamedTuple, Union
 
 PLATFORMS = ("console", "slack", "discord")
 
@@ -392,28 +391,39 @@ class MatchedBatch:
         rewrites each page it touches once, however many rows land there
         (docs/benchmarks.md, "outbox")."""
         keys: dict[int, str] = {}  # id(a ChannelRef of the matches) -> its key (they are all alive here)
-        made: list[tuple[str, list]] = []  # (channel key, delivery), papers in order
-        wanted: dict[str, set[int]] = {}  # channel key -> the subscriptions of its facts (papers with `upto`)
-        rechecked: dict[str, set[tuple[int, str]]] = {}  # the same (subscription, since), papers without
+        counts: dict[str, int] = {}  # channel key -> its deliveries (about: a channel's matches of a paper)
+        keyed: list[list[tuple[str, Match]]] = []  # each paper's matches that may receive it, with their keys
         for unmatched, found in zip(papers, matches, strict=True):
-            if not found:
-                continue
-            upto, paper_id = unmatched.upto, unmatched.paper.id
-            since = None if upto is not None else unmatched.since.astimezone(timezone.utc).isoformat(
-                timespec="seconds")
-            by_channel: dict[str, list[Match]] = {}
+            upto = unmatched.upto
+            mine = []
             for match in found:
                 if upto is not None and match.subscription_id > upto:
                     continue  # committed after the paper was stored: its --backfill's, not the poll's
                 key = keys.get(id(match.channel))
                 if key is None:
                     key = keys[id(match.channel)] = match.channel.key
-                same = by_channel.get(key)
-                if same is None:
-                    by_channel[key] = [match]
-                else:
-                    same.append(match)
-            for key, ms in by_channel.items():
+                counts[key] = counts.get(key, 0) + 1
+                mine.append((key, match))
+            keyed.append(mine)
+        ranges = _channel_ranges(counts, rows)
+        parts: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
+        subs: list[list[int]] = [[] for _ in parts]  # the subscriptions of each part's facts (papers with upto)
+        rechecked: list[set[tuple[int, str]]] = [set() for _ in parts]  # (subscription, since), papers without
+        for unmatched, mine in zip(papers, keyed, strict=True):
+            if not mine:
+                continue
+            paper_id = unmatched.paper.id
+            since = None if unmatched.upto is not None else unmatched.since.astimezone(timezone.utc).isoformat(
+                timespec="seconds")
+            if len({key for key, _ in mine}) == len(mine):  # a match a channel, as a rule: a delivery each
+                grouped: Iterable[tuple[str, list[Match]]] = [(key, [match]) for key, match in mine]
+            else:
+                by_channel: dict[str, list[Match]] = {}
+                for key, match in mine:
+                    by_channel.setdefault(key, []).append(match)
+                grouped = by_channel.items()
+            for key, ms in grouped:
+                n = ranges[key]
                 if len(ms) == 1:
                     match = ms[0]
                     strength = strength_of(set(match.terms))
@@ -421,32 +431,16 @@ class MatchedBatch:
                 else:
                     strength = strength_of({term for m in ms for term in m.terms})
                     facts = [{"id": m.subscription_id, "query": m.query, "terms": m.terms} for m in ms]
-                made.append((key, [key, paper_id, facts, strength, since]))
+                parts[n].append([key, paper_id, facts, strength, since])
                 if since is None:
-                    subs = wanted.get(key)
-                    if subs is None:
-                        subs = wanted[key] = set()
-                    if len(ms) == 1:
-                        subs.add(ms[0].subscription_id)
-                    else:
-                        subs.update([m.subscription_id for m in ms])
+                    subs[n].extend([m.subscription_id for m in ms])
                 else:
-                    rechecked.setdefault(key, set()).update([(m.subscription_id, since) for m in ms])
-        ranges = _channel_ranges({key for key, _ in made}, rows, [key for key, _ in made])
-        parts: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
-        needs: list[set[int]] = [set() for _ in parts]
-        pairs: list[set[tuple[int, str]]] = [set() for _ in parts]
-        for key, delivery in made:
-            parts[ranges[key]].append(delivery)
-        for key, subs in wanted.items():
-            needs[ranges[key]].update(subs)
-        for key, checked in rechecked.items():
-            pairs[ranges[key]].update(checked)
+                    rechecked[n].update([(m.subscription_id, since) for m in ms])
         ids = frozenset(u.paper.id for u in papers)
         settled = json.dumps(sorted(ids))
-        return [cls(json.dumps(part), json.dumps(sorted(need)), json.dumps(sorted(pair)),
+        return [cls(json.dumps(part), json.dumps(sorted(set(sub))), json.dumps(sorted(pair)),
                     settled if n == len(parts) - 1 else "[]", ids, len(part))
-                for n, (part, need, pair) in enumerate(zip(parts, needs, pairs, strict=True))]
+                for n, (part, sub, pair) in enumerate(zip(parts, subs, rechecked, strict=True))]
 
     def without(self, refused: set[tuple[int, str | None]]) -> MatchedBatch:
         """This batch without the facts of `refused` (subscription id, since) pairs (since None:
@@ -463,14 +457,13 @@ class MatchedBatch:
                             self.paper_ids, len(kept))
 
 
-def _channel_ranges(channels: set[str], rows: int, keys: list[str]) -> dict[str, int]:
-    """Channel key -> the number of its range: consecutive keys, about `rows` rows a range
-    (`keys`: one a row); 0 for all when `rows` is 0."""
+def _channel_ranges(counts: dict[str, int], rows: int) -> dict[str, int]:
+    """Channel key -> the number of its range: consecutive keys, about `rows` of their
+    `counts` a range; 0 for all when `rows` is 0."""
     if rows <= 0:
-        return dict.fromkeys(channels, 0)
-    counts = Counter(keys)
+        return dict.fromkeys(counts, 0)
     ranges, n, filled = {}, 0, 0
-    for key in sorted(channels):
+    for key in sorted(counts):
         if filled >= rows:
             n, filled = n + 1, 0
         ranges[key] = n
