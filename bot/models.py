@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Iterable, Mapping, NamedTuple, Union
+from typing import Mapping, NamedTuple, Union
 
 PLATFORMS = ("console", "slack", "discord")
 
@@ -338,41 +338,29 @@ class PaperMatches:
     matches: tuple[Match, ...]
 
 
-def strength_of(terms: set[str]) -> int:
-    """How strongly a channel's queries matched a paper, for ranking (higher is stronger), out
-    of the distinct terms they matched: 1000 x those found in the title, plus all of them."""
-    in_title = len([term for term in terms if term.endswith(" in title")])
-    return 1000 * min(in_title, 999) + min(len(terms), 999)
-
-
 @dataclass(frozen=True)
 class MatchedBatch:
-    """Deliveries of papers matched by a poll, for one transaction of the outbox
-    (`StoreContract.queue_matched`), made and encoded as compact JSON texts by the thread
-    that matched them: the thread that writes only runs SQL, which gives the GIL up.
+    """Papers matched by a poll and their matches, for one transaction of the outbox
+    (`StoreContract.queue_matched`), encoded once as compact JSON texts by the thread that
+    matched them: the thread that writes only runs SQL, which gives the GIL up.
 
-    `deliveries`: `[[channel key, paper id, matched, strength, since or null], ...]`, one a
-    paper and channel, each paper's in the order of its matches; `matched` the facts as
-    `deliveries.matched` keeps them (`[{"id", "query", "terms"}]`, in the order given),
-    `strength` `strength_of` their terms, `since` (UTC, ISO seconds) the paper's when it has
-    no `upto` (a re-checked paper), else null: matches of subscriptions over a paper's
-    `upto` are left out here already.
-    `subscriptions`: `[subscription id, ...]`, each once, of the facts of papers with an
-    `upto`; `rechecked`: `[[subscription id, since], ...]` of the others'. The store keeps a
-    fact only if its subscription still exists (and, with a `since`, was created by then),
-    read under the write lock, and drops a delivery left with none.
-    `papers`: `[paper id, ...]`, the papers this transaction takes off the unmatched list
-    (`settles`): a poll splits a group of papers' deliveries into several transactions, by
-    ranges of channels (`split`), and only the last one settles the group's papers.
-    `paper_ids`: the group's papers, settled by this transaction or a later one of the group.
+    `papers`: `[[paper id, since (UTC, ISO seconds), upto or null], ...]`, as
+    `UnmatchedPaper` has them (who may receive the paper).
+    `matches`: `[[index into papers, subscription id, query, [terms]], ...]`, each paper's in
+    the order given. No channel: it is the subscription's own, read where it is stored. The
+    first `singles` are of papers with one match a channel (a delivery a match, as a rule:
+    the store makes those without grouping them); the others may share a delivery.
+    `settles`: whether this transaction takes `papers` off the unmatched list. A poll splits
+    a group of papers' matches into transactions by ranges of channels (`split`); only the
+    last one settles the group's papers, so a crash in between leaves them all written down.
     """
 
-    deliveries: str
-    subscriptions: str
-    rechecked: str
     papers: str
+    matches: str
     paper_ids: frozenset[str]
-    rows: int  # deliveries in `deliveries`
+    rows: int  # matches in `matches`
+    singles: int = 0
+    settles: bool = True
 
     @classmethod
     def encode(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]]) -> MatchedBatch:
@@ -382,79 +370,38 @@ class MatchedBatch:
 
     @classmethod
     def split(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], rows: int) -> list[MatchedBatch]:
-        """The deliveries of `papers` (`matches[i]`: what `papers[i]` matched) cut into
-        transactions of about `rows` deliveries (0: one), each for a range of channel keys,
-        in key order, the last one settling every paper.
+        """`encode`, cut into transactions of about `rows` matches (0: one), each for a range
+        of channel keys, in key order; the last one settles every paper.
 
         The outbox's index by channel (`deliveries_outbox`) takes a page a delivery when rows
         come in paper order; a range of channels touches a slice of it, and a transaction
-        rewrites each page it touches once, however many rows land there
+        writes each page it touches once, however many of its rows land there
         (docs/benchmarks.md, "outbox")."""
         keys: dict[int, str] = {}  # id(a ChannelRef of the matches) -> its key (they are all alive here)
-        counts: dict[str, int] = {}  # channel key -> its deliveries (about: a channel's matches of a paper)
-        keyed: list[list[tuple[str, Match]]] = []  # each paper's matches that may receive it, with their keys
-        for unmatched, found in zip(papers, matches, strict=True):
-            upto = unmatched.upto
+        counts: dict[str, int] = {}
+        keyed: list[list[str]] = []
+        for found in matches:
             mine = []
             for match in found:
-                if upto is not None and match.subscription_id > upto:
-                    continue  # committed after the paper was stored: its --backfill's, not the poll's
                 key = keys.get(id(match.channel))
                 if key is None:
                     key = keys[id(match.channel)] = match.channel.key
                 counts[key] = counts.get(key, 0) + 1
-                mine.append((key, match))
+                mine.append(key)
             keyed.append(mine)
         ranges = _channel_ranges(counts, rows)
-        parts: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
-        subs: list[list[int]] = [[] for _ in parts]  # the subscriptions of each part's facts (papers with upto)
-        rechecked: list[set[tuple[int, str]]] = [set() for _ in parts]  # (subscription, since), papers without
-        for unmatched, mine in zip(papers, keyed, strict=True):
-            if not mine:
-                continue
-            paper_id = unmatched.paper.id
-            since = None if unmatched.upto is not None else unmatched.since.astimezone(timezone.utc).isoformat(
-                timespec="seconds")
-            if len({key for key, _ in mine}) == len(mine):  # a match a channel, as a rule: a delivery each
-                grouped: Iterable[tuple[str, list[Match]]] = [(key, [match]) for key, match in mine]
-            else:
-                by_channel: dict[str, list[Match]] = {}
-                for key, match in mine:
-                    by_channel.setdefault(key, []).append(match)
-                grouped = by_channel.items()
-            for key, ms in grouped:
-                n = ranges[key]
-                if len(ms) == 1:
-                    match = ms[0]
-                    strength = strength_of(set(match.terms))
-                    facts = [{"id": match.subscription_id, "query": match.query, "terms": match.terms}]
-                else:
-                    strength = strength_of({term for m in ms for term in m.terms})
-                    facts = [{"id": m.subscription_id, "query": m.query, "terms": m.terms} for m in ms]
-                parts[n].append([key, paper_id, facts, strength, since])
-                if since is None:
-                    subs[n].extend([m.subscription_id for m in ms])
-                else:
-                    rechecked[n].update([(m.subscription_id, since) for m in ms])
+        singles: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
+        shared: list[list[list]] = [[] for _ in singles]
+        for i, (found, mine) in enumerate(zip(matches, keyed, strict=True)):
+            into = singles if len(set(mine)) == len(mine) else shared
+            for match, key in zip(found, mine, strict=True):
+                into[ranges[key]].append([i, match[0], match[2], match[3]])
+        facts = json.dumps([[u.paper.id, u.since.astimezone(timezone.utc).isoformat(timespec="seconds"), u.upto]
+                            for u in papers])
         ids = frozenset(u.paper.id for u in papers)
-        settled = json.dumps(sorted(ids))
-        return [cls(json.dumps(part), json.dumps(sorted(set(sub))), json.dumps(sorted(pair)),
-                    settled if n == len(parts) - 1 else "[]", ids, len(part))
-                for n, (part, sub, pair) in enumerate(zip(parts, subs, rechecked, strict=True))]
-
-    def without(self, refused: set[tuple[int, str | None]]) -> MatchedBatch:
-        """This batch without the facts of `refused` (subscription id, since) pairs (since None:
-        of papers with an `upto`): a subscription removed since the papers were matched, or
-        created after a re-checked paper's `since`. A delivery left with no fact goes."""
-        kept = []
-        for key, paper_id, facts, _, since in json.loads(self.deliveries):
-            facts = [f for f in facts if (f["id"], since) not in refused]
-            if facts:
-                kept.append([key, paper_id, facts, strength_of({t for f in facts for t in f["terms"]}), since])
-        wanted = [sub for sub in json.loads(self.subscriptions) if (sub, None) not in refused]
-        rechecked = [pair for pair in json.loads(self.rechecked) if (pair[0], pair[1]) not in refused]
-        return MatchedBatch(json.dumps(kept), json.dumps(wanted), json.dumps(rechecked), self.papers,
-                            self.paper_ids, len(kept))
+        last = len(singles) - 1
+        return [cls(facts, json.dumps(one + many), ids, len(one) + len(many), len(one), n == last)
+                for n, (one, many) in enumerate(zip(singles, shared, strict=True))]
 
 
 def _channel_ranges(counts: dict[str, int], rows: int) -> dict[str, int]:

@@ -21,7 +21,6 @@ from bot.models import (
     Overflow,
     PaperMatches,
     SubscriptionRef,
-    strength_of,
 )
 
 from .db import immediate, iso, parse_iso, write
@@ -99,31 +98,26 @@ class DeliveriesMixin:
 
     def queue_matched(self, batch: MatchedBatch, now: datetime) -> int:
         """A poll's transaction: queue `batch`'s deliveries, due at `now`, and take its papers
-        (`batch.papers`) off the unmatched list; returns how many deliveries are new.
+        off the unmatched list (if it `settles`); returns how many deliveries are new.
 
-        Only subscriptions that still exist and may receive the paper count, read under the
-        write lock: one look-up a subscription of the batch (`batch.subscriptions`, and
-        `batch.rechecked` for re-checked papers, with their `since`); in the
-        rare batch where one was removed since it was matched, its facts are taken out
-        (`MatchedBatch.without`) first. Then one statement over the batch's JSON: the poller's
-        writer thread runs it while its worker matches, holding the GIL only to start. The
-        grouping by paper and channel, the `matched` facts and the strength were made by the
-        worker; the rows come in ranges of channels (`MatchedBatch.split`), which is what
-        keeps a poll's writes to the outbox's index by channel few (docs/benchmarks.md).
+        Only subscriptions that still exist and may receive the paper count (id up to its
+        `upto`, or else created by its `since`), read under the write lock. Two statements
+        over the batch's JSON, whatever its size: the poller's writer thread runs them while
+        its worker matches, and they hold the GIL only to start. The grouping by paper and
+        channel, the `matched` facts and the strength are made in SQL, not in Python; the
+        `singles` (papers with a match a channel) skip the grouping. A poll's transactions
+        each hold a range of channels (`MatchedBatch.split`): that is what keeps its writes
+        to the outbox's index by channel few (docs/benchmarks.md, "outbox").
         """
         with immediate(self.db):
-            refused: set[tuple[int, str | None]] = {
-                (sub, None) for (sub,) in self.db.conn.execute(_GONE, [batch.subscriptions]).fetchall()}
-            if batch.rechecked != "[]":
-                refused |= {(sub, since) for sub, since in self.db.conn.execute(_REFUSED, [batch.rechecked]).fetchall()}
-            if refused:
-                batch = batch.without(refused)
-            before = self.db.conn.total_changes
-            self.db.conn.execute(_QUEUE_MATCHED, {"deliveries": batch.deliveries, "now": iso(now)})
+            before = self.db.conn.total_changes  # rowcount is -1 for a statement that begins WITH
+            self.db.conn.execute(_QUEUE_MATCHED, {"papers": batch.papers, "matches": batch.matches,
+                                                  "singles": batch.singles, "now": iso(now)})
             queued = self.db.conn.total_changes - before  # (no trigger fires on an insert into deliveries)
-            if batch.papers != "[]":
+            if batch.settles:
                 self.db.conn.execute(
-                    "DELETE FROM unmatched_papers WHERE paper_id IN (SELECT value FROM json_each(?))", [batch.papers])
+                    "DELETE FROM unmatched_papers WHERE paper_id IN "
+                    "(SELECT json_extract(value, '$[0]') FROM json_each(?))", [batch.papers])
         return queued
 
     def due_channels(self, now: datetime) -> list[DueChannel]:
@@ -347,25 +341,58 @@ _MATCHED_JSON = """SELECT json_group_array(json_object('id', json_extract(m.valu
                      FROM json_each(d.value, '$[2]') m"""
 
 
-# queue_matched's statements. `_GONE`: the batch's subscriptions that are gone; `_REFUSED`:
-# its (subscription, since) pairs that may not receive their papers: the subscription is gone,
-# or was created after `since`.
-_GONE = """SELECT value FROM json_each(?) WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = value)"""
-_REFUSED = """SELECT x.value ->> 0, x.value ->> 1 FROM json_each(?) x
-                WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = x.value ->> 0
-                                     AND s.created_at <= x.value ->> 1)"""
-# The deliveries as the worker made them (MatchedBatch): `matched` is the facts' JSON text.
-_QUEUE_MATCHED = """
+# queue_matched's statement. `p`: the batch's papers; `m`: every match of a subscription that
+# exists and may receive its paper, from the matches past the `singles`; `g`: one row a paper
+# and channel (the first of its window), its `matched` the window's matches in the order given
+# (a window's ORDER BY orders its aggregate: a GROUP BY would not, before SQLite 3.44);
+# `one`: the singles, a delivery each, as `g` would make them. The strength is
+# `match_strength`'s, out of the terms. Rows go in in the order of the papers, as given.
+_STRENGTH = """1000 * min(count(DISTINCT CASE WHEN substr(t.value, -9) = ' in title' THEN t.value END), 999)
+               + min(count(DISTINCT t.value), 999)"""
+_QUEUE_MATCHED = f"""
+WITH p AS MATERIALIZED (
+    SELECT key AS i, json_extract(value, '$[0]') AS paper_id, json_extract(value, '$[1]') AS since,
+           json_extract(value, '$[2]') AS upto
+      FROM json_each(:papers)),
+m AS (
+    SELECT p.i, p.paper_id, s.channel, x.key AS k,
+           json_object('id', s.id, 'query', json_extract(x.value, '$[2]'),
+                       'terms', json(json_extract(x.value, '$[3]'))) AS fact
+      FROM json_each(:matches) x
+      JOIN p ON p.i = json_extract(x.value, '$[0]')
+      JOIN subscriptions s ON s.id = json_extract(x.value, '$[1]')
+     WHERE x.key >= :singles AND CASE WHEN p.upto IS NOT NULL THEN s.id <= p.upto ELSE s.created_at <= p.since END),
+g AS (
+    SELECT i, k, paper_id, channel, json_group_array(json(fact)) OVER whole AS matched, row_number() OVER w AS n
+      FROM m
+    WINDOW w AS (PARTITION BY i, channel ORDER BY k),
+           whole AS (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)),
+one AS (
+    SELECT p.i, x.key AS k, p.paper_id, s.channel,
+           json_array(json_object('id', s.id, 'query', json_extract(x.value, '$[2]'),
+                                  'terms', json(json_extract(x.value, '$[3]')))) AS matched,
+           (SELECT {_STRENGTH} FROM json_each(x.value, '$[3]') t) AS strength
+      FROM json_each(:matches) x
+      JOIN p ON p.i = json_extract(x.value, '$[0]')
+      JOIN subscriptions s ON s.id = json_extract(x.value, '$[1]')
+     WHERE x.key < :singles AND CASE WHEN p.upto IS NOT NULL THEN s.id <= p.upto ELSE s.created_at <= p.since END)
 INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
-SELECT value ->> 1, value ->> 0, value ->> 2, value ->> 3, :now, :now FROM json_each(:deliveries)"""
+SELECT paper_id, channel, matched, strength, :now, :now FROM (
+    SELECT i, k, paper_id, channel, matched, strength FROM one
+    UNION ALL
+    SELECT i, k, paper_id, channel, matched,
+           (SELECT {_STRENGTH} FROM json_each(g.matched) f, json_each(f.value, '$.terms') t)
+      FROM g WHERE n = 1)
+ ORDER BY i, k"""
 
 
 def match_strength(matches: list[Match]) -> int:
     """How strongly a channel's queries matched a paper, for ranking (higher is stronger):
-    1000 x the distinct terms found in the title, plus the distinct terms matched in all
-    (`strength_of`). The same number `MATCH_STRENGTH` works out of `matched` for rows stored
-    without it."""
-    return strength_of({term for match in matches for term in match.terms})
+    1000 x the distinct terms found in the title, plus the distinct terms matched in all.
+    The same number `MATCH_STRENGTH` works out of `matched` for rows stored without it."""
+    terms = {term for match in matches for term in match.terms}
+    in_title = sum(term.endswith(" in title") for term in terms)
+    return 1000 * min(in_title, 999) + min(len(terms), 999)
 
 
 def _matched(channel: ChannelRef, text: str) -> tuple[Match, ...]:

@@ -346,9 +346,8 @@ def test_queue_matched_queues_for_subscriptions_that_may_receive_each_paper_and_
         (),  # nothing matched: settled all the same
     ]
     batch = MatchedBatch.encode(done, found)
-    # delta: committed after paper one was stored (its upto), left out already; omega (removed) and
-    # delta for paper two (created after its since) are refused in the store, under the write lock
-    assert batch.rows == 4 and batch.paper_ids == {"2410.00001", "2410.00002", "2410.00003"}
+    assert batch.rows == 9 and batch.paper_ids == {"2410.00001", "2410.00002", "2410.00003"}
+    assert batch.singles == 0 and batch.settles  # both have two matches of a channel: grouped in SQL
     assert store.queue_matched(batch, t) == 3  # one: a and b; two: b (a had it)
     assert store.unmatched_papers(10) == []
     rows = store.db.execute("SELECT paper_id, channel, strength FROM deliveries ORDER BY paper_id, channel").fetchall()
@@ -408,9 +407,9 @@ def test_queue_matched_split_by_ranges_of_channels_queues_the_same_and_settles_w
     found = [tuple(m), (m[2], m[0]), ()]
     batches = MatchedBatch.split(done, found, 2)
     assert [b.rows for b in batches] == [2, 2, 2]  # a: 1, b: 1 | c: 2 | d: 2
-    keys = [[d[0] for d in json.loads(b.deliveries)] for b in batches]
-    assert keys == [["console:b", "console:a"], ["console:c", "console:c"], ["console:d", "console:d"]]
-    assert [json.loads(b.papers) for b in batches] == [[], [], [p.id for p in papers]]
+    subscriptions = [[row[1] for row in json.loads(b.matches)] for b in batches]
+    assert subscriptions == [[subs[1].id, subs[3].id], [subs[2].id, subs[2].id], [subs[0].id, subs[0].id]]
+    assert [b.settles for b in batches] == [False, False, True] and [b.singles for b in batches] == [2, 2, 2]
     assert all(b.paper_ids == {p.id for p in papers} for b in batches)
     assert sum(store.queue_matched(b, t) for b in batches[:2]) == 4
     assert [u.paper.id for u in store.unmatched_papers(10)] == [p.id for p in papers]  # not yet
@@ -423,7 +422,33 @@ def test_queue_matched_split_by_ranges_of_channels_queues_the_same_and_settles_w
     assert {r[2] for r in rows} == {1002}
     owed = {(d.paper_id, d.channel.channel_id): d.matched for c in channels for d in store.pending_for_channel(c)}
     assert owed[("2410.00002", "c")] == (m[2],) and owed[("2410.00001", "a")] == (m[3],)
-    assert MatchedBatch.split(done, [(), (), ()], 2)[0].rows == 0  # nothing matched: one, settling all
+    (alone,) = MatchedBatch.split(done, [(), (), ()], 2)  # nothing matched: one transaction, settling all
+    assert alone.rows == 0 and alone.settles
+
+
+@pytest.mark.backends
+def test_queue_matched_groups_a_channel_s_matches_whatever_their_place_in_the_split(store):
+    # A paper with two matches of one channel goes with the matches that may share a delivery
+    # (grouped in SQL); one with a match a channel is queued without grouping: same rows.
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
+    sa, sa2, sb = (store.add_subscription(c, q, "u1", t - timedelta(days=1)).subscription
+                   for c, q in ((a, "alpha"), (a, "beta"), (b, "gamma")))
+    one, two = paper("2410.00001"), paper("2410.00002")
+    store.add_papers([one, two], t)
+    done = [UnmatchedPaper(one, t, sb.id), UnmatchedPaper(two, t, sb.id)]
+    ma, ma2, mb = (Match(s.id, s.channel, s.query, (f"{s.query} in title", "x")) for s in (sa, sa2, sb))
+    batch = MatchedBatch.encode(done, [(mb, ma2, ma), (ma, mb)])
+    assert batch.singles == 2 and json.loads(batch.matches)[2:] == [[0, mb.subscription_id, "gamma", list(mb.terms)],
+                                                                  [0, sa2.id, "beta", ["beta in title", "x"]],
+                                                                  [0, sa.id, "alpha", ["alpha in title", "x"]]]
+    assert store.queue_matched(batch, t) == 4
+    owed = {(d.paper_id, d.channel.channel_id): d.matched for c in (a, b) for d in store.pending_for_channel(c)}
+    assert owed == {("2410.00001", "a"): (ma2, ma), ("2410.00001", "b"): (mb,), ("2410.00002", "a"): (ma,),
+                    ("2410.00002", "b"): (mb,)}
+    strengths = dict(store.db.execute("SELECT paper_id || channel, strength FROM deliveries").fetchall())
+    assert strengths == {"2410.00001console:a": match_strength([ma2, ma]), "2410.00001console:b": 1002,
+                         "2410.00002console:a": 1002, "2410.00002console:b": 1002}
 
 
 @pytest.mark.backends

@@ -80,32 +80,26 @@ class DeliveriesMixin:
         return self.enqueue_many([PaperMatches(paper_id, tuple(matches))], now)
 
     def queue_matched(self, batch: MatchedBatch, now: datetime) -> int:
-        """StoreContract.queue_matched, as SQLite's (storage/deliveries.py): the batch's
-        subscriptions that may not receive their papers (any more) are read first, and their
-        facts taken out (`MatchedBatch.without`, rare); one statement queues the deliveries
-        the worker made, a second takes the batch's papers off the unmatched list. One
-        transaction. The change log's row is read FOR SHARE first, as `subscriptions_created_by`
-        does: no subscription is removed before this commits. The writer thread holds the GIL
-        only to send the texts."""
+        """StoreContract.queue_matched, set-based as SQLite's (storage/deliveries.py): one
+        statement reads the batch's JSON (`_QUEUE_MATCHED`), keeps the matches of subscriptions
+        that exist and may receive their paper, groups them per paper and channel and queues
+        them (the batch's `singles` too: PostgreSQL groups them as the rest); a second takes
+        the batch's papers off the unmatched list, if it `settles`. One transaction. The
+        change log's row is read FOR SHARE first, as `subscriptions_created_by` does: no
+        subscription is removed before this commits. The writer thread holds the GIL only to
+        send the two texts."""
+        matches = batch.matches
+        if "\\u0000" in matches:  # a NUL (jsonb refuses it): U+FFFD in its place, as enqueue_many
+            matches = json.dumps([[i, sub, no_nul(query), [no_nul(t) for t in terms]]
+                                  for i, sub, query, terms in json.loads(matches)])
         with self.db.transaction():
             self.db.execute("SELECT 1 FROM subscription_version FOR SHARE")
-            refused: set[tuple[int, str | None]] = {(int(sub), None) for (sub,) in self.db.all(
-                _GONE, [batch.subscriptions])}
-            if batch.rechecked != "[]":
-                refused |= {(int(sub), since) for sub, since in self.db.all(_REFUSED, [batch.rechecked])}
-            if refused:
-                batch = batch.without(refused)
-            deliveries = batch.deliveries
-            if "\\u0000" in deliveries:  # a NUL (jsonb refuses it): U+FFFD in its place, as enqueue_many
-                deliveries = json.dumps([[key, paper_id, [{"id": f["id"], "query": no_nul(f["query"]),
-                                                            "terms": [no_nul(t) for t in f["terms"]]} for f in facts],
-                                          strength, since]
-                                         for key, paper_id, facts, strength, since in json.loads(deliveries)])
-            queued = self.db.execute(_QUEUE_MATCHED, {"deliveries": deliveries, "now": utc(now)}).rowcount
-            if batch.papers != "[]":
+            queued = self.db.execute(_QUEUE_MATCHED, {"papers": batch.papers, "matches": matches,
+                                                      "now": utc(now)}).rowcount
+            if batch.settles:
                 self.db.execute(
                     "DELETE FROM unmatched_papers WHERE paper_id IN "
-                    "(SELECT e FROM jsonb_array_elements_text(%s::jsonb) e)", [batch.papers])
+                    "(SELECT e ->> 0 FROM jsonb_array_elements(%s::jsonb) e)", [batch.papers])
         return queued
 
     def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
@@ -343,16 +337,25 @@ class DeliveriesMixin:
 # `g`: one row a paper and channel, its `matched` the facts in the order given; the strength is
 # `match_strength`'s, out of the group's terms. Rows are inserted in the batch's order (paper,
 # then a channel's first match), as enqueue_many does. ("%%": a statement with parameters.)
-# queue_matched's statements (as SQLite's, storage/deliveries.py).
-_GONE = """SELECT x.e::bigint FROM jsonb_array_elements_text(%s::jsonb) AS x(e)
-            WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = x.e::bigint)"""
-_REFUSED = """SELECT (x.e ->> 0)::bigint, x.e ->> 1 FROM jsonb_array_elements(%s::jsonb) AS x(e)
-               WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = (x.e ->> 0)::bigint
-                                    AND s.created_at <= (x.e ->> 1)::timestamptz)"""
 _QUEUE_MATCHED = """
+WITH p AS MATERIALIZED (
+    SELECT x.i - 1 AS i, x.e ->> 0 AS paper_id, (x.e ->> 1)::timestamptz AS since, (x.e ->> 2)::bigint AS upto
+      FROM jsonb_array_elements(%(papers)s::jsonb) WITH ORDINALITY AS x(e, i)),
+m AS (
+    SELECT p.i, p.paper_id, s.channel, x.k,
+           jsonb_build_object('id', s.id, 'query', x.e -> 2, 'terms', x.e -> 3) AS fact, x.e -> 3 AS terms
+      FROM jsonb_array_elements(%(matches)s::jsonb) WITH ORDINALITY AS x(e, k)
+      JOIN p ON p.i = (x.e ->> 0)::bigint
+      JOIN subscriptions s ON s.id = (x.e ->> 1)::bigint
+     WHERE CASE WHEN p.upto IS NOT NULL THEN s.id <= p.upto ELSE s.created_at <= p.since END),
+g AS (
+    SELECT m.i, m.paper_id, m.channel, min(m.k) AS first, jsonb_agg(m.fact ORDER BY m.k) AS matched,
+           (SELECT 1000 * least(count(DISTINCT t) FILTER (WHERE t LIKE '%% in title'), 999)
+                   + least(count(DISTINCT t), 999)
+              FROM unnest(array_agg(m.terms)) f, jsonb_array_elements_text(f) t) AS strength
+      FROM m GROUP BY m.i, m.paper_id, m.channel)
 INSERT INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
-SELECT x.e ->> 1, x.e ->> 0, x.e -> 2, (x.e ->> 3)::integer, %(now)s, %(now)s
-  FROM jsonb_array_elements(%(deliveries)s::jsonb) WITH ORDINALITY AS x(e, n) ORDER BY x.n
+SELECT paper_id, channel, matched, strength, %(now)s, %(now)s FROM g ORDER BY i, first
 ON CONFLICT (paper_id, channel) DO NOTHING"""
 
 
