@@ -348,8 +348,9 @@ class MatchedBatch:
     `UnmatchedPaper` has them (who may receive the paper).
     `matches`: `[[index into papers, subscription id, query, [terms]], ...]`, each paper's in
     the order given. No channel: it is the subscription's own, read where it is stored. The
-    first `singles` are of papers with one match a channel (a delivery a match, as a rule:
-    the store makes those without grouping them); the others may share a delivery.
+    first `singles` are of papers with one match a channel, each with distinct terms (a
+    delivery a match, as a rule: the store makes those without grouping them or counting
+    distinct terms); the others may share a delivery.
     `settles`: whether this transaction takes `papers` off the unmatched list. A poll splits
     a group of papers' matches into transactions by ranges of channels (`split`); only the
     last one settles the group's papers, so a crash in between leaves them all written down.
@@ -393,7 +394,8 @@ class MatchedBatch:
         singles: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
         shared: list[list[list]] = [[] for _ in singles]
         for i, (found, mine) in enumerate(zip(matches, keyed, strict=True)):
-            into = singles if len(set(mine)) == len(mine) else shared
+            alone = len(set(mine)) == len(mine) and all(len(set(m[3])) == len(m[3]) for m in found)
+            into = singles if alone else shared
             for match, key in zip(found, mine, strict=True):
                 into[ranges[key]].append([i, match[0], match[2], match[3]])
         facts = json.dumps([[u.paper.id, u.since.astimezone(timezone.utc).isoformat(timespec="seconds"), u.upto]

@@ -346,7 +346,9 @@ _MATCHED_JSON = """SELECT json_group_array(json_object('id', json_extract(m.valu
 # and channel (the first of its window), its `matched` the window's matches in the order given
 # (a window's ORDER BY orders its aggregate: a GROUP BY would not, before SQLite 3.44);
 # `one`: the singles, a delivery each, as `g` would make them. The strength is
-# `match_strength`'s, out of the terms. Rows go in in the order of the papers, as given.
+# `match_strength`'s, out of the terms (of a single: distinct, so counted without DISTINCT: a
+# term ends with " in title" where its JSON text has ` in title"`). Rows go in in the order of
+# the papers, as given.
 _STRENGTH = """1000 * min(count(DISTINCT CASE WHEN substr(t.value, -9) = ' in title' THEN t.value END), 999)
                + min(count(DISTINCT t.value), 999)"""
 _QUEUE_MATCHED = f"""
@@ -371,7 +373,9 @@ one AS (
     SELECT p.i, x.key AS k, p.paper_id, s.channel,
            json_array(json_object('id', s.id, 'query', json_extract(x.value, '$[2]'),
                                   'terms', json(json_extract(x.value, '$[3]')))) AS matched,
-           (SELECT {_STRENGTH} FROM json_each(x.value, '$[3]') t) AS strength
+           -- distinct terms (MatchedBatch): those ending " in title" counted in the JSON text
+           1000 * min((length(x.value ->> 3) - length(replace(x.value ->> 3, ' in title"', ''))) / 10, 999)
+             + min(json_array_length(x.value, '$[3]'), 999) AS strength
       FROM json_each(:matches) x
       JOIN p ON p.i = json_extract(x.value, '$[0]')
       JOIN subscriptions s ON s.id = json_extract(x.value, '$[1]')

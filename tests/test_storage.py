@@ -449,6 +449,19 @@ def test_queue_matched_groups_a_channel_s_matches_whatever_their_place_in_the_sp
     strengths = dict(store.db.execute("SELECT paper_id || channel, strength FROM deliveries").fetchall())
     assert strengths == {"2410.00001console:a": match_strength([ma2, ma]), "2410.00001console:b": 1002,
                          "2410.00002console:a": 1002, "2410.00002console:b": 1002}
+    # A single's strength is counted in SQL without DISTINCT: a match whose terms repeat goes
+    # with the grouped ones; a quote in a term is no " in title" of its own.
+    three, four = paper("2410.00003"), paper("2410.00004")
+    store.add_papers([three, four], t)
+    odd = Match(sa.id, a, "alpha", ('say "x" in title', 'say "x" in title', "y in title\\"))
+    quoted = Match(sb.id, b, "gamma", ('a " in title', 'b in title" x', "c in title"))
+    batch = MatchedBatch.encode([UnmatchedPaper(three, t, sb.id), UnmatchedPaper(four, t, sb.id)], [(odd,), (quoted,)])
+    assert batch.singles == 1 and json.loads(batch.matches)[0][0] == 1  # four's; three's terms repeat
+    assert store.queue_matched(batch, t) == 2
+    strengths = dict(store.db.execute("SELECT paper_id, strength FROM deliveries WHERE paper_id IN "
+                                      "('2410.00003', '2410.00004')").fetchall())
+    assert strengths == {"2410.00003": 1002, "2410.00004": 2003}
+    assert (match_strength([odd]), match_strength([quoted])) == (1002, 2003)
 
 
 @pytest.mark.backends
