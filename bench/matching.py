@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         subs = [dataclasses.replace(s, compiled=forms.get(s.query) or forms.setdefault(s.query, compile_query(s.query)))
                 for s in subs]
         del forms
-    started = time.perf_counter()
+    started, build_cpu_started = time.perf_counter(), time.process_time()
     sharded: ShardedMatcher | None = None
     if args.shards:
         sharded = ShardedMatcher(subs, papers=history, processes=args.shards)
@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         engine = IndexedMatcher(subs, papers=history)
     build_s = time.perf_counter() - started
+    build_cpu_s = time.process_time() - build_cpu_started  # this process's: the workers' (--shards) are apart
     gc.freeze()  # as the bot does after loading subscriptions: see Poller.sync_subscriptions
     if sharded is not None:
         return _sharded_figures(args, sharded, subs, papers, history, build_s)
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
         "topic_skip": args.topic_skip,
         "history_papers": len(history),
         "build_s": round(build_s, 3),
+        "build_cpu_s": round(build_cpu_s, 3),
+        "compiled": args.compiled,
         "match_s": round(match_s, 3),
         "papers_per_s": round(len(papers) / match_s, 1),
         "match_cpu_s": round(match_cpu_s, 3),
@@ -299,23 +302,30 @@ def _naive_check(nodes: dict[str, tuple], subs: list[Subscription], papers: list
 def _sharded_figures(args: argparse.Namespace, engine: ShardedMatcher, subs: list[Subscription],
                      papers: list[Paper], history: list[Paper], build_s: float) -> dict:
     """The sharded engine's run: matched in batches of 200 papers (as a poll would hand them),
-    checked against the naive loop on the sample, with every process's peak memory."""
+    with no garbage collection meanwhile (as in the poller's poll: `bot.poller.no_collection`), checked
+    against the naive loop on the sample, with every process's peak memory and CPU time."""
     sample = min(args.naive_sample, len(papers))
     kept: list[list[Match]] = []
     matches = 0
-    cpu_started, workers_started = time.process_time(), sum(cpu for _, cpu in engine.worker_usage())
+    workers_before = [cpu for _, cpu in engine.worker_usage()]
+    cpu_started = time.process_time()
     started = time.perf_counter()
-    for start in range(0, len(papers), 200):
-        for found in engine.match_many(papers[start:start + 200]):
-            matches += len(found)
-            if len(kept) < sample:
-                kept.append(found)
+    gc.disable()
+    try:
+        for start in range(0, len(papers), 200):
+            for found in engine.match_many(papers[start:start + 200]):
+                matches += len(found)
+                if len(kept) < sample:
+                    kept.append(found)
+    finally:
+        gc.enable()
     match_s = time.perf_counter() - started
     parent_cpu_s = time.process_time() - cpu_started
     usage = engine.worker_usage()
     workers_rss = [rss for rss, _ in usage]
+    workers_cpu = [cpu - before for (_, cpu), before in zip(usage, workers_before, strict=True)]
     engine.close()
-    match_cpu_s = parent_cpu_s + sum(cpu for _, cpu in usage) - workers_started
+    match_cpu_s = parent_cpu_s + sum(workers_cpu)
     # The parent keeps no parsed trees (its workers hold the index): parsed here, once a query.
     nodes = {query: parse_query(query) for query in dict.fromkeys(s.query for s in subs)}
     naive_s = _naive_check(nodes, subs, papers, kept, "sharded engine")
@@ -334,6 +344,10 @@ def _sharded_figures(args: argparse.Namespace, engine: ShardedMatcher, subs: lis
         "papers_per_s": round(len(papers) / match_s, 1),
         "match_cpu_s": round(match_cpu_s, 3),
         "parent_match_cpu_s": round(parent_cpu_s, 3),
+        "worker_match_cpu_s": [round(cpu, 3) for cpu in workers_cpu],
+        # CPU a paper in each process (the load changes it less than the wall time).
+        "parent_cpu_ms_per_paper": round(parent_cpu_s * 1000 / len(papers), 3),
+        "worker_cpu_ms_per_paper": [round(cpu * 1000 / len(papers), 3) for cpu in workers_cpu],
         "naive_s": round(naive_s, 3),
         "naive_sampled_papers": sample,
         "speedup": round(naive_s / match_s, 1) if match_s else None,

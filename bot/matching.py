@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Iterator, Literal, Mapping, Sequence
 
 from . import query as _query_module
 from . import sources
@@ -41,6 +41,20 @@ PREFIX_ANCHOR_MAX = 6
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "=": operator.eq}
 
 
+class _Stems(dict):
+    """`stem` of each word met, in a plain dictionary: looked up from C by `map`, without the
+    bookkeeping of `stem`'s own cache (a paper has some 200 words)."""
+
+    def __missing__(self, word: str) -> str:
+        if len(self) >= 200_000:  # a bound, as stem's own cache has
+            self.clear()
+        found = self[word] = stem(word)
+        return found
+
+
+_STEMS = _Stems()
+
+
 class PaperView:
     """A paper tokenized once, in every form the queries need."""
 
@@ -51,8 +65,8 @@ class PaperView:
         self.paper = paper
         self.title_raw = raw_words(paper.title)
         self.abstract_raw = raw_words(paper.summary)
-        self.title = list(map(stem, self.title_raw))  # map: no bytecode per word
-        self.abstract = list(map(stem, self.abstract_raw))
+        self.title = list(map(_STEMS.__getitem__, self.title_raw))  # map: no bytecode per word
+        self.abstract = list(map(_STEMS.__getitem__, self.abstract_raw))
         self.title_set = frozenset(self.title)
         self.abstract_set = frozenset(self.abstract)
         self.any_set = self.title_set | self.abstract_set
@@ -69,6 +83,18 @@ class PaperView:
     @cached_property
     def all_raw(self) -> frozenset[str]:
         return self.raw_set["title"] | self.raw_set["abstract"]
+
+    @cached_property
+    def _cuts(self) -> dict[int, set[str]]:
+        return {}
+
+    def cut(self, size: int) -> set[str]:
+        """Its words (of either field) cut to `size` letters, made once a size. A shorter word
+        stays as it is, shorter than every prefix of that size, so it is not mistaken for one."""
+        found = self._cuts.get(size)
+        if found is None:
+            found = self._cuts[size] = set(map(operator.itemgetter(slice(size)), self.all_raw))  # in C
+        return found
 
     @cached_property
     def meta_keys(self) -> set[str]:
@@ -140,6 +166,9 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
         return None
     if kind == "prefix":
         prefix = node[2]
+        size = min(len(prefix), PREFIX_ANCHOR_MAX)  # the index cuts words to these sizes: mostly made
+        if prefix[:size] not in view.cut(size):  # no word begins so: not worth sorting the words
+            return None
         for name, words in view.sorted_words.items():
             if node[1] in ("any", name):
                 i = bisect.bisect_left(words, prefix)
@@ -199,9 +228,9 @@ def anchors(node: tuple, counts: Mapping[str, int] | None = None) -> frozenset[s
     if kind == "word":
         return frozenset(["t:" + node[2] if node[1] == "title" else node[2]])
     if kind == "phrase":
-        options = _pairs(node[2]) + (["t:" + w for w in node[2]] if node[1] == "title" else [])
+        pairs = _phrase_options(node)
         seen = counts or {}
-        return frozenset([min(options, key=lambda k: (seen.get(k, 0), -len(k)))])
+        return frozenset([min(pairs, key=lambda k: (seen.get(k, 0), -len(k)))])
     if kind == "prefix":
         return frozenset(["p:" + node[2][:PREFIX_ANCHOR_MAX]])
     if kind == "author":
@@ -227,6 +256,49 @@ def anchors(node: tuple, counts: Mapping[str, int] | None = None) -> frozenset[s
     if not options:
         return None
     return min(options, key=lambda keys: _cost(keys, counts))
+
+
+_FIXED_KEY = frozenset(["word", "prefix", "author", "org", "cat", "source"])
+
+
+def _anchor_options(node: tuple) -> tuple[tuple[str, ...], ...] | None | Literal[False]:
+    """What `anchors` chooses among, made once (it is stored in the compiled form): each
+    option's keys, in the order `anchors` meets them, so that the first of the cheapest by
+    `_cost` is its answer whatever the counts. None where `anchors` gives None; False where
+    it decides more than once (an OR of phrases, say), or for kinds it does not know: it is
+    called then."""
+    kind = node[0]
+    if kind in _FIXED_KEY:
+        keys = anchors(node)
+        return None if keys is None else (tuple(keys),)
+    if kind == "phrase":  # its pairs: the cheapest by _cost is the rarest, as `anchors` picks it
+        return tuple((key,) for key in _phrase_options(node))
+    if kind in ("upvotes", "not"):
+        return None
+    if kind == "or":
+        union: dict[str, None] = {}
+        for child in node[1]:
+            options = _anchor_options(child)
+            if options is None:
+                return None
+            if options is False or len(options) != 1:
+                return False
+            union.update(dict.fromkeys(options[0]))
+        return (tuple(union),)
+    if kind != "and":
+        return False
+    found: list[tuple[str, ...]] = []
+    for child in node[1]:
+        options = _anchor_options(child)
+        if options is False:
+            return False
+        if options is not None:
+            found += options
+    return tuple(found) or None
+
+
+def _phrase_options(node: tuple) -> list[str]:
+    return _pairs(node[2]) + (["t:" + w for w in node[2]] if node[1] == "title" else [])
 
 
 def _pairs(stems: tuple[str, ...]) -> list[str]:
@@ -279,7 +351,8 @@ def requirements(node: tuple) -> list[frozenset[str]]:
 _COARSE = ("c:", "o:", "s:")
 
 
-def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, int, int, int]:
+def _cost(keys: Collection[str], counts: Mapping[str, int] | None) -> tuple[int, int, int, int]:
+    """An anchor option's cost (lower is better); `keys` distinct."""
     if len(keys) == 1:  # most options: the same figures, without the generators
         (key,) = keys
         return key.startswith(_COARSE), counts.get(key, 0) if counts else 0, 1, -len(key)
@@ -288,16 +361,24 @@ def _cost(keys: frozenset[str], counts: Mapping[str, int] | None) -> tuple[int, 
     return coarse, seen, len(keys), -min(map(len, keys))
 
 
-def _history_keys(view: PaperView) -> set[str]:
-    """The keys a stored paper counts for: its features and the prefix anchors it offers."""
-    keys = set(view.features)
-    words = view.all_raw
-    for size in range(MIN_PREFIX, PREFIX_ANCHOR_MAX + 1):
-        # Each word cut to `size` letters, in C. A word shorter than that gives itself, which
-        # is its own prefix of its own length (counted once per paper all the same), or,
-        # under MIN_PREFIX letters, a key no prefix anchor ever has.
-        keys.update(map("p:".__add__, map(operator.itemgetter(slice(size)), words)))
-    return keys
+def _history_counts(papers: Iterable[Paper]) -> Counter[str]:
+    """Of each key, in how many of these papers it appears (their features); of each prefix
+    anchor (`p:` and 3 to 6 letters), how many of their distinct words it begins, paper by
+    paper: a paper with two such words counts twice, a tenth of the work of cutting every
+    paper's words. Counts only guide the choice of anchors: any choice matches exactly."""
+    counts: Counter[str] = Counter()
+    words: Counter[str] = Counter()
+    for paper in papers:
+        view = PaperView(paper)
+        counts.update(view.features)
+        words.update(view.all_raw)
+    prefixes: Counter[str] = Counter()
+    for word, seen in words.items():
+        # A word shorter than a size is no prefix anchor of that size (nor one under MIN_PREFIX).
+        for size in range(MIN_PREFIX, min(len(word), PREFIX_ANCHOR_MAX) + 1):
+            prefixes["p:" + word[:size]] += seen
+    counts.update(prefixes)
+    return counts
 
 
 @dataclass(eq=False, slots=True)  # compared and hashed by identity: entries are kept in sets
@@ -314,9 +395,14 @@ class _Entry:
     # every key of one of its clauses (`(a OR b) c`: under c, then a and b); a candidate only
     # for papers with one of its anchors and one of these.
     second: tuple[str, ...] | None = None
-    # For the commonest shape, words anywhere (`diffusion`, `language agents`): the words'
-    # (stem, text) pairs, decided by set lookups without walking the tree.
-    words: tuple[tuple[str, str], ...] | None = None
+    # For the commonest shapes, words and OR groups of words (`diffusion`, `language agents`,
+    # `title:x y`, `(a OR b) c`): `_word_clauses`, decided by set lookups without walking the
+    # tree (and without the required-keys filter, which would look up as much).
+    words: tuple | None = None
+    # Its one subscription, when it has one (most have): a match is made from these two slots
+    # without going through `subs` (on a large index every object visited is a cache miss).
+    sole: int | None = None
+    sole_channel: ChannelRef | None = None
 
 
 def _entry(query: str, node: tuple, counts: Mapping[str, int] | None) -> _Entry:
@@ -325,27 +411,51 @@ def _entry(query: str, node: tuple, counts: Mapping[str, int] | None) -> _Entry:
 
 def _compile(node: tuple) -> tuple:
     """What an entry keeps of a query, but its anchors (they depend on the counts of recent
-    papers): (tree, required keys, wider clauses, plain words). Plain values only, so that
-    `marshal` stores it (see `compile_query`)."""
-    words = _plain_words(node)
-    if words is not None:  # the commonest shape, quicker than the general case below (same result)
-        return (node, tuple(dict.fromkeys(w for w, _ in words)), (), words)
+    papers): (tree, required keys, wider clauses, word clauses, plain, anchor options). Plain
+    values only, so that `marshal` stores it (see `compile_query`). Plain: words anywhere,
+    all required, anchored on the rarest (the options are not kept)."""
+    words = _word_clauses(node)
+    if words is not None and not any(words[3::4]) and all(field == "any" for field in words[2::4]):
+        # The commonest shape, quicker than the general case below (same result).
+        return (node, tuple(dict.fromkeys(words[0::4])), (), words, True, None)
     clauses = requirements(node)
     required = tuple(dict.fromkeys(key for clause in clauses if len(clause) == 1 for key in clause))
     wider = tuple(dict.fromkeys(tuple(sorted(clause)) for clause in clauses if len(clause) > 1))
-    return (node, required, wider, None)
+    return (node, required, wider, words, False, _anchor_options(node))
 
 
 def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -> _Entry:
-    node, required, wider, words = compiled
-    if words is not None:
-        if len(words) == 1:
-            anchor = words[0][0]
-        else:
+    node, required, wider, words, plain, options = compiled
+    if plain:  # anchored on its rarest word, as `anchors` would choose it: the first of the rarest, longest
+        anchor = required[0]
+        if len(required) > 1:
             seen = counts or {}
-            anchor = min([w for w, _ in words], key=lambda w: (seen.get(w, 0), -len(w)))
+            rarest = (seen.get(anchor, 0), -len(anchor))
+            for word in required[1:]:
+                seen_len = (seen.get(word, 0), -len(word))
+                if seen_len < rarest:
+                    anchor, rarest = word, seen_len
         return _Entry(query, node, frozenset([anchor]), frozenset(required), (), words=words)
-    return _Entry(query, node, anchors(node, counts), frozenset(required), tuple(map(frozenset, wider)))
+    if options is False:
+        keys = anchors(node, counts)
+    elif options is None:
+        keys = None
+    elif len(options) == 1:
+        keys = frozenset(options[0])
+    else:  # the first of the cheapest, as `anchors` picks it
+        seen = counts or {}
+        chosen, best = None, None
+        for option in options:
+            if len(option) == 1:  # most: _cost's figures, without calling it
+                key = option[0]
+                cost = (key.startswith(_COARSE), seen.get(key, 0), 1, -len(key))
+            else:
+                cost = _cost(option, counts)
+            if best is None or cost < best:
+                chosen, best = option, cost
+        assert chosen is not None
+        keys = frozenset(chosen)
+    return _Entry(query, node, keys, frozenset(required), tuple(map(frozenset, wider)), words=words)
 
 
 # ---- the compiled form of a query, stored with its subscription --------------------------
@@ -355,20 +465,22 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
 # `compile_query(query)` beside each subscription's query (when it is stored or changed;
 # migration m021 filled the existing ones), and `IndexedMatcher.add` uses it when its
 # version is this build's. The version is COMPILED_FORMAT and a digest of the code that
-# decides the compiled form (the whole query language module, and `requirements` and
-# `_plain_words` here): any change to them makes every stored form stale, which is then
+# decides the compiled form (the whole query language module, the functions here that
+# `_compile` calls, and PREFIX_ANCHOR_MAX): any change to them makes every stored form stale,
+# which is then
 # parsed afresh (the same tree as before the change could not be trusted) and stored again
 # (Poller.sync_subscriptions writes back what `take_recompiled` gives). Bump
 # COMPILED_FORMAT for a change the digest cannot see (a Python without source files).
 
-COMPILED_FORMAT = 1
+COMPILED_FORMAT = 2  # 2: word clauses and anchor options
 
 
 def _compiled_version() -> bytes:
-    digest = hashlib.sha256(f"{COMPILED_FORMAT}:{marshal.version}".encode())
+    digest = hashlib.sha256(f"{COMPILED_FORMAT}:{marshal.version}:{PREFIX_ANCHOR_MAX}".encode())
     try:
         digest.update(inspect.getsource(_query_module).encode())
-        for function in (requirements, _plain_words, _pairs, _author_key, _compile):
+        for function in (requirements, anchors, _word_clauses, _anchor_options, _phrase_options, _pairs,
+                         _author_key, _compile):
             digest.update(inspect.getsource(function).encode())
     except (OSError, TypeError):  # no source files: COMPILED_FORMAT alone
         pass
@@ -382,42 +494,70 @@ def compile_query(query: str) -> bytes:
 
 def load_compiled(blob: bytes | None) -> tuple | None:
     """The compiled form stored by `compile_query`; None if absent or of another version."""
-    if blob is None or blob[:8] != COMPILED_VERSION:
+    if blob is None or not blob.startswith(COMPILED_VERSION):
         return None
     try:
-        return marshal.loads(memoryview(blob)[8:])
+        return marshal.loads(blob[8:])
     except (ValueError, EOFError, TypeError):  # a damaged value: parsed afresh instead
         return None
 
 
-def _offers_one_of_each(clauses: tuple[frozenset[str], ...], features: set[str]) -> bool:
-    for clause in clauses:
+def _offers(entry: _Entry, features: set[str]) -> bool:
+    """Whether a paper with these features has every key the entry requires, and one of
+    each of its clauses."""
+    if not entry.required <= features:
+        return False
+    for clause in entry.clauses:
         if clause.isdisjoint(features):
             return False
     return True
 
 
-def _plain_words(node: tuple) -> tuple[tuple[str, str], ...] | None:
-    if node[0] == "word" and node[1] == "any":
-        return ((node[2], node[3]),)
-    if node[0] == "and" and all(c[0] == "word" and c[1] == "any" for c in node[1]):
-        return tuple((c[2], c[3]) for c in node[1])
-    return None
+def _set_sole(entry: _Entry) -> None:
+    if len(entry.subs) == 1:
+        (entry.sole, entry.sole_channel), = entry.subs.items()
+    else:
+        entry.sole = entry.sole_channel = None
+
+
+def _word_clauses(node: tuple) -> tuple | None:
+    """An AND of words and of OR groups of words (or one of these alone) as one flat tuple of
+    (stem, text, field, joined) quadruples in the tree's order, `joined` true for a word in
+    the same OR group as the one before it; None for any other shape. `_word_hits` decides
+    it as `evaluate` decides the tree."""
+    found: list = []
+    for clause in node[1] if node[0] == "and" else (node,):
+        leaves = clause[1] if clause[0] == "or" else (clause,)
+        for i, leaf in enumerate(leaves):
+            if leaf[0] != "word":
+                return None
+            found += (leaf[2], leaf[3], leaf[1], i > 0)
+    return tuple(found)
+
+
+def _word_hits(words: tuple, title: frozenset[str], abstract: frozenset[str]) -> list[str] | None:
+    """What `evaluate` gives for the tree `words` (`_word_clauses`) was made from."""
+    hits = []
+    found = True  # whether the OR group (or word) before this one matched
+    it = iter(words)
+    for word, text, scope, joined in zip(it, it, it, it, strict=True):
+        if not joined:
+            if not found:
+                return None
+            found = False
+        if scope != "abstract" and word in title:
+            hits.append(text + " in title")
+            found = True
+        elif scope != "title" and word in abstract:
+            hits.append(text + " in abstract")
+            found = True
+    return hits if found else None
 
 
 def _evaluate_entry(entry: _Entry, view: PaperView) -> list[str] | None:
     if entry.words is None:
         return evaluate(entry.node, view)
-    title, abstract = view.title_set, view.abstract_set
-    hits = []
-    for word, text in entry.words:
-        if word in title:
-            hits.append(f"{text} in title")
-        elif word in abstract:
-            hits.append(f"{text} in abstract")
-        else:
-            return None
-    return hits
+    return _word_hits(entry.words, view.title_set, view.abstract_set)
 
 
 class NaiveMatcher:
@@ -450,9 +590,7 @@ class IndexedMatcher:
 
     def __init__(self, subscriptions: Iterable[Subscription] = (), *, papers: Iterable[Paper] = ()):
         """`papers`: recent papers whose key counts help pick each query's rarest anchor."""
-        self.counts: Counter[str] = Counter()
-        for paper in papers:
-            self.counts.update(_history_keys(PaperView(paper)))
+        self.counts = _history_counts(papers)
         self._entries: dict[str, _Entry] = {}  # query text -> entry
         self._by_sub: dict[int, str] = {}  # subscription id -> query text
         # anchor -> entries: feature keys in one table, looked up with the paper's
@@ -492,7 +630,12 @@ class IndexedMatcher:
             self._index(entry)
         elif subscription.compiled is None or subscription.compiled[:8] != COMPILED_VERSION:
             self._recompiled[subscription.id] = compile_query(query)
-        entry.subs[subscription.id] = subscription.channel
+        subs = entry.subs
+        subs[subscription.id] = subscription.channel
+        if len(subs) == 1:
+            entry.sole, entry.sole_channel = subscription.id, subscription.channel
+        else:
+            entry.sole = entry.sole_channel = None
         self._by_sub[subscription.id] = query
         self._generation += 1
 
@@ -511,6 +654,7 @@ class IndexedMatcher:
         entry = self._entries[query]
         del entry.subs[subscription_id]
         if entry.subs:
+            _set_sole(entry)
             return
         del self._entries[query]
         if entry.keys is None:
@@ -548,13 +692,23 @@ class IndexedMatcher:
             entry.second = seconds
             for anchor in entry.keys:
                 top, name = self._second_level(anchor)
-                level = top.setdefault(name, {})
+                level = top.get(name)
+                if level is None:
+                    level = top[name] = {}
                 for key in seconds:
-                    level.setdefault(key, set()).add(entry)
+                    bucket = level.get(key)
+                    if bucket is None:
+                        level[key] = {entry}
+                    else:
+                        bucket.add(entry)
             return
         for key in entry.keys:
             table, name = self._table(key)
-            table.setdefault(name, set()).add(entry)
+            bucket = table.get(name)
+            if bucket is None:
+                table[name] = {entry}
+            else:
+                bucket.add(entry)
 
     def _seconds(self, entry: _Entry) -> tuple[str, ...] | None:
         """The keys of the second level an entry goes under, below each of its anchors, if
@@ -563,6 +717,8 @@ class IndexedMatcher:
         anchors_ = entry.keys or frozenset()
         others = entry.required - anchors_
         counts = self.counts
+        if len(others) == 1:  # most entries: a query of two words, or a word and something else
+            return tuple(others)
         if others:  # the rarest other required key
             return (min(others, key=lambda k: (counts.get(k, 0), -len(k), k)),)
         # A matching paper has one key of each clause: all those of the rarest clause (but a
@@ -589,7 +745,12 @@ class IndexedMatcher:
 
     def candidates(self, view: PaperView) -> list[_Entry]:
         """The entries to evaluate for this paper: anchored on its keys and offered all
-        that they require."""
+        that they require (but entries of words, whose evaluation looks up as much)."""
+        features = view.features
+        return [entry for entry in self._found(view) if entry.words is not None or _offers(entry, features)]
+
+    def _found(self, view: PaperView) -> set[_Entry]:
+        """The entries anchored on the paper's keys."""
         found = set(self._always)
         keys = self._keys
         features = view.features
@@ -601,11 +762,8 @@ class IndexedMatcher:
             for second in seconds.keys() & features:
                 found |= seconds[second]
         if self._prefixes or self._prefix_pairs:
-            words = view.all_raw
             for size in self._prefixes.keys() | self._prefix_pairs.keys():
-                # Each word cut to `size` letters, in C; a shorter word stays shorter than
-                # every key of these tables, so it cannot be mistaken for one.
-                cut = set(map(operator.itemgetter(slice(size)), words))
+                cut = view.cut(size)
                 table = self._prefixes.get(size)
                 if table:
                     for prefix in table.keys() & cut:
@@ -616,23 +774,40 @@ class IndexedMatcher:
                         seconds = prefix_pairs[prefix]
                         for second in seconds.keys() & features:
                             found |= seconds[second]
-        passed = []
-        for entry in found:
-            if entry.required <= features and (not entry.clauses or _offers_one_of_each(entry.clauses, features)):
-                passed.append(entry)
-        return passed
-
-    def _hits(self, paper: Paper) -> list[tuple[_Entry, tuple[str, ...]]]:
-        view = PaperView(paper)
-        found = []
-        for entry in self.candidates(view):
-            hits = _evaluate_entry(entry, view)
-            if hits is not None:
-                found.append((entry, tuple(hits)))
         return found
 
+    def _evaluated(self, view: PaperView) -> Iterator[tuple[_Entry, tuple[str, ...]]]:
+        """Each matching entry, with the terms that made it match (in no particular order)."""
+        features = view.features
+        title, abstract = view.title_set, view.abstract_set
+        for entry in self._found(view):
+            words = entry.words
+            if words is not None:
+                hits = _word_hits(words, title, abstract)
+            elif _offers(entry, features):
+                hits = evaluate(entry.node, view)
+            else:
+                continue
+            if hits is not None:
+                yield entry, tuple(hits)
+
+    def _hits(self, paper: Paper) -> list[tuple[_Entry, tuple[str, ...]]]:
+        return list(self._evaluated(PaperView(paper)))
+
     def match(self, paper: Paper) -> list[Match]:
-        return self._matches(self._hits(paper))
+        new = tuple.__new__  # Match's own __new__ is Python code: this is the same tuple, made in C
+        found: list[Match] = []
+        add = found.append
+        for entry, terms in self._evaluated(PaperView(paper)):
+            sole = entry.sole
+            if sole is not None:
+                add(new(Match, (sole, entry.sole_channel, entry.query, terms)))
+            else:
+                query = entry.query
+                for sub_id, channel in entry.subs.items():
+                    add(new(Match, (sub_id, channel, query, terms)))
+        found.sort()  # by subscription id: ids are unique, so the tuple order is decided there
+        return found
 
     def match_many(self, papers: Sequence[Paper], processes: int = 1) -> list[list[Match]]:
         """Each paper's matches, exactly as `match` gives them, in the order of `papers`.

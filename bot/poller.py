@@ -383,13 +383,28 @@ class Poller:
             # A subscription committed since the last sync receives the papers stored after it.
             self._sync_if_changed(store)
             liked = self._recommended(todo, now)
+            # With worker processes, the papers that may be posted (as `stale` below) are
+            # matched in one call, pipelined, not a round trip a paper; if it raises, one by one
+            # below, to find the paper it fails on.
+            matched: dict[str, list[Match]] | None = None
+            if isinstance(self.matcher, ShardedMatcher):
+                wanted = [u.paper for u in todo if not u.paper.is_update and now - u.since <= self.max_age]
+                try:
+                    matched = dict(zip([p.id for p in wanted], self.matcher.match_many(wanted), strict=True))
+                except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
+                    raise
+                except Exception:
+                    log.warning("matching %d papers at once failed; matching them one by one", len(wanted))
             for unmatched in todo:
                 paper = unmatched.paper
                 # Left by a poll interrupted longer ago than max_age_days (the bot was off):
                 # stored, not posted, as a paper listed that long ago would be.
                 stale = now - unmatched.since > self.max_age
                 try:
-                    matches = self.matcher.match(paper) if not paper.is_update and not stale else []
+                    if paper.is_update or stale:
+                        matches = []
+                    else:
+                        matches = matched[paper.id] if matched is not None else self.matcher.match(paper)
                 except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
                     raise
                 except Exception:

@@ -7,9 +7,10 @@ every worker (measured: 3.2 GB at a million subscriptions; docs/benchmarks.md). 
 distinct query lives in exactly one of N worker processes (chosen by a checksum of its
 text), which builds and keeps its own `IndexedMatcher` of those queries only: nothing is
 shared, so nothing is copied, the index is in memory once in all, and its load runs on
-every core. A paper is sent to every worker; each answers with the queries of its part
-that match (plain values: query text, terms, subscription ids), and this process makes
-the Matches, in `IndexedMatcher.match`'s order.
+every core. A paper is sent to every worker; each answers with the matches of its part,
+sorted by subscription id, as four parallel columns (ids, channel numbers, query texts,
+terms; marshalled), and this process makes the Matches from them without running a line
+of Python per match (`map` and `zip`, in C), in `IndexedMatcher.match`'s order.
 
 Workers are new interpreters (`python -m bot.sharded`, fork and exec by subprocess), not
 forks of this process: the bot's process has threads (the event loop's, the poller's
@@ -23,7 +24,9 @@ Same interface as `IndexedMatcher` for its callers (add, remove, ids, len, match
 match_many, take_recompiled, close): `add` raises QueryError here, in the caller's process,
 as `IndexedMatcher.add` does (a query without a current compiled form is parsed here, and
 its compiled form sent). Changes are sent in batches before the next match. A worker that
-dies makes every later match raise `ShardFailed`: the caller loads a new engine.
+dies makes every later match raise `ShardFailed`: the caller loads a new engine. A paper
+that raises in a worker makes that call raise `PaperFailed` (the engine goes on): the
+caller matches the papers one by one to find it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import gc
 import logging
 import marshal
+import pickle
 import resource
 import signal
 import socket
@@ -38,9 +42,11 @@ import subprocess
 import sys
 import threading
 import zlib
+from array import array
 from datetime import datetime, timezone
+from itertools import repeat
 from multiprocessing.connection import Connection
-from typing import Iterable, Sequence
+from typing import Final, Iterable, Sequence, cast
 
 from .errors import QueryError
 from .matching import COMPILED_VERSION, IndexedMatcher, compile_query
@@ -51,13 +57,21 @@ log = logging.getLogger(__name__)
 # Changes are sent to a worker once this many are waiting (or before the next match): a
 # big first load is then built by the workers while this process still reads it.
 SEND_EVERY = 20_000
-# Papers per message: small enough that both workers get work early, big enough that
-# messages cost little per paper.
-PAPERS_PER_MESSAGE = 25
+# Papers per message: small enough that both workers get work early and that this process
+# makes the Matches of one message while the workers match the next (the poller hands 50
+# papers at a time), big enough that messages cost little per paper.
+PAPERS_PER_MESSAGE = 10
+# The machine integer types of the answers' columns: subscription ids, channel numbers.
+_ID: Final = "q"
+_CHANNEL: Final = "i"
 
 
 class ShardFailed(RuntimeError):
     """A worker process of the sharded engine died or failed: its part of the index is gone."""
+
+
+class PaperFailed(RuntimeError):
+    """Matching one paper raised in a worker (the engine is fine: the other papers matched)."""
 
 
 class ShardedMatcher:
@@ -76,7 +90,11 @@ class ShardedMatcher:
             theirs.close()
             self._conns.append(Connection(ours.detach()))
             self._procs.append(proc)
-        self._channels: dict[int, ChannelRef] = {}  # subscription id -> its channel (Matches are made here)
+        # Every channel a subscription was added with, by number: a worker keeps each of its
+        # subscriptions' channel numbers and answers with them (a list read is cheaper than a
+        # lookup by subscription id among a million). Never shrinks: one entry a channel.
+        self._channel_list: list[ChannelRef] = []
+        self._channel_no: dict[ChannelRef, int] = {}
         self._shard_of: dict[int, int] = {}  # subscription id -> the worker holding its query
         self._pending: list[list[tuple]] = [[] for _ in range(processes)]
         self._waiting = 0
@@ -111,15 +129,17 @@ class ShardedMatcher:
             self._recompiled[subscription.id] = blob
         shard = zlib.crc32(subscription.query.encode()) % len(self._conns)
         self._shard_of[subscription.id] = shard
-        self._channels[subscription.id] = subscription.channel
-        self._queue(shard, ("add", subscription.id, subscription.query, blob))
+        channel_no = self._channel_no.get(subscription.channel)
+        if channel_no is None:
+            channel_no = self._channel_no[subscription.channel] = len(self._channel_list)
+            self._channel_list.append(subscription.channel)
+        self._queue(shard, ("add", subscription.id, subscription.query, blob, channel_no))
 
     def remove(self, subscription_id: int) -> None:
         self._recompiled.pop(subscription_id, None)
         shard = self._shard_of.pop(subscription_id, None)
         if shard is None:
             return
-        del self._channels[subscription_id]
         self._queue(shard, ("remove", subscription_id))
 
     def take_recompiled(self) -> dict[int, bytes]:
@@ -131,9 +151,13 @@ class ShardedMatcher:
 
     def match_many(self, papers: Sequence[Paper], processes: int = 1) -> list[list[Match]]:
         """Each paper's matches, as `IndexedMatcher.match` gives them, in order (`processes`
-        is ignored: this engine always uses its workers)."""
+        is ignored: this engine always uses its workers). A paper whose matching raised in a
+        worker makes this raise PaperFailed once every answer is read (the engine stays
+        usable: `match` the papers one by one to find it); a dead worker, ShardFailed."""
         self._flush()
-        chunks = [papers[i:i + PAPERS_PER_MESSAGE] for i in range(0, len(papers), PAPERS_PER_MESSAGE)]
+        # Pickled once, the same bytes to every worker.
+        messages = [pickle.dumps(("match", papers[i:i + PAPERS_PER_MESSAGE]), pickle.HIGHEST_PROTOCOL)
+                    for i in range(0, len(papers), PAPERS_PER_MESSAGE)]
         found: list[list[Match]] = []
         # The papers are sent from a thread of their own while this one takes the answers:
         # a worker blocks writing an answer this process does not read yet, and this process
@@ -142,40 +166,65 @@ class ShardedMatcher:
 
         def send() -> None:
             try:
-                for chunk in chunks:
+                for message in messages:
                     for conn in self._conns:
-                        conn.send(("match", chunk))
+                        conn.send_bytes(message)
             except BaseException as exc:  # told to the caller below
                 sent.append(exc)
 
         # One message each (a poll's single papers): no worker is answering anything yet, so
         # sending here cannot block on one; no thread needed.
         sender = threading.Thread(target=send, name="papers-bot-match-sender", daemon=True)
-        if len(chunks) > 1:
+        if len(messages) > 1:
             sender.start()
         else:
             send()
+        failed: list[str] = []
         try:
-            for chunk in chunks:
+            for start in range(0, len(papers), PAPERS_PER_MESSAGE):
                 answers = [self._receive(conn) for conn in self._conns]
-                found += self._matches(answers, len(chunk))
-        except (OSError, EOFError) as exc:
-            self._fail(f"{type(exc).__name__}: {exc}")
+                found += self._matches(answers, papers[start:start + PAPERS_PER_MESSAGE], failed)
+        except BaseException as exc:
+            # The rest of the answers will not be read: the workers' streams are out of step,
+            # so the engine cannot go on, and a worker blocked writing an answer would keep the
+            # sender thread blocked writing to it. The workers are ended.
+            if self._failed is None:
+                self._failed = _lost(f"{type(exc).__name__}: {exc}")
+            for proc in self._procs:
+                proc.kill()
+            if isinstance(exc, (OSError, EOFError)):
+                raise ShardFailed(self._failed) from exc
+            raise
         finally:
             if sender.ident is not None:
                 sender.join()
         if sent:
             self._fail(f"{type(sent[0]).__name__}: {sent[0]}")
+        if failed:
+            papers_failed = len({reason.partition(": ")[0] for reason in failed})
+            raise PaperFailed(f"matching failed in a worker process for {papers_failed} paper(s): {failed[0]}")
         return found
 
-    def _matches(self, answers: list[list[list[tuple[int, str, tuple[str, ...]]]]], count: int) -> list[list[Match]]:
+    def _matches(self, answers: list[list], papers: Sequence[Paper], failed: list[str]) -> list[list[Match]]:
+        """Each paper's Matches from the workers' columns (see `_answer`): made and merged in C."""
         new = tuple.__new__  # as IndexedMatcher._matches: the same tuples, made in C
-        channels = self._channels
+        channel = self._channel_list.__getitem__
+        several = len(answers) > 1
         found = []
-        for i in range(count):
-            merged = [hit for answer in answers for hit in answer[i]]
-            merged.sort()  # runs sorted by subscription id in each worker: merged in one pass
-            found.append([new(Match, (sub_id, channels[sub_id], query, terms)) for sub_id, query, terms in merged])
+        for i, paper in enumerate(papers):
+            matches: list[Match] = []
+            for answer in answers:
+                part = answer[i]
+                if part.__class__ is str:  # that paper raised in that worker
+                    failed.append(f"{paper.id}: {part}")
+                elif part:
+                    ids, channels, queries, terms = part
+                    matches += map(new, repeat(Match), zip(memoryview(ids).cast(_ID),
+                                                           map(channel, memoryview(channels).cast(_CHANNEL)),
+                                                           queries, terms, strict=True))
+            if several:
+                matches.sort()  # runs sorted by subscription id in each worker: merged in one pass
+            found.append(matches)
         return found
 
     def worker_usage(self) -> list[tuple[float, float]]:
@@ -236,7 +285,7 @@ class ShardedMatcher:
         return answer
 
     def _fail(self, reason: str) -> None:
-        self._failed = f"a matching worker process failed ({reason}); its part of the index is lost"
+        self._failed = _lost(reason)
         raise ShardFailed(self._failed)
 
     def __del__(self) -> None:
@@ -247,7 +296,10 @@ class ShardedMatcher:
                 pass
 
 
-_NO_CHANNEL = ChannelRef("console", "shard")  # workers answer with ids; the channels stay with the parent
+def _lost(reason: str) -> str:
+    return f"a matching worker process failed ({reason}); its part of the index is lost"
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -267,13 +319,13 @@ def _worker_main(conn: Connection) -> None:
             elif kind == "changes":
                 _apply(engine, message[1])
             elif kind == "match":
-                # Per paper, (subscription id, query, terms) by id: the parent merges sorted runs.
-                answer = []
-                for paper in message[1]:
-                    hits = [(sub_id, entry.query, terms)
-                            for entry, terms in engine._hits(paper) for sub_id in entry.subs]
-                    hits.sort()
-                    answer.append(hits)
+                # No collection while matching (as in the poller's poll): what a paper makes
+                # is freed by reference counting when its answer is sent.
+                gc.disable()
+                try:
+                    answer = [_answer(engine, paper) for paper in message[1]]
+                finally:
+                    gc.enable()
                 conn.send_bytes(marshal.dumps(answer))
             elif kind == "usage":
                 usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -288,6 +340,28 @@ def _worker_main(conn: Connection) -> None:
                 return
 
 
+def _answer(engine: IndexedMatcher, paper: Paper) -> tuple | str:
+    """A paper's matches in this worker's part, sorted by subscription id, as four columns:
+    subscription ids and channel numbers (machine integers, as bytes: marshalled without a
+    lookup each), query texts, terms; () for no match; or why matching it raised."""
+    try:
+        # In this worker's engine a subscription's "channel" is its channel's number (`_apply`).
+        rows = [(sub_id, channel_no, entry.query, terms)
+                for entry, terms in engine._hits(paper) for sub_id, channel_no in entry.subs.items()]
+    except Exception as exc:  # that paper's: told to the parent, the engine goes on
+        log.exception("matching worker: paper %s failed", paper.id)
+        return f"{type(exc).__name__}: {exc}"
+    if not rows:
+        return ()
+    rows.sort()
+    ids, channels, queries, terms = zip(*rows, strict=True)
+    return array(_ID, ids).tobytes(), array(_CHANNEL, channels).tobytes(), queries, terms
+
+
+# A worker's channel numbers, one int object each (each change unpickled makes its own).
+_CHANNEL_NUMBERS: dict[int, int] = {}
+
+
 def _apply(engine: IndexedMatcher, changes: list[tuple]) -> None:
     bulk = len(changes) > 1000
     if bulk:  # as Poller.sync_subscriptions: no collection scans the index while it is built
@@ -295,9 +369,12 @@ def _apply(engine: IndexedMatcher, changes: list[tuple]) -> None:
     try:
         for change in changes:
             if change[0] == "add":
-                _, sub_id, query, blob = change
+                _, sub_id, query, blob, channel_no = change
+                channel_no = _CHANNEL_NUMBERS.setdefault(channel_no, channel_no)
                 try:
-                    engine.add(Subscription(sub_id, _NO_CHANNEL, query, "", _EPOCH, 0, blob))
+                    # The channel's number stands in for the channel (the parent keeps the
+                    # channels): the worker's engine only hands it back, never reads it.
+                    engine.add(Subscription(sub_id, cast(ChannelRef, channel_no), query, "", _EPOCH, 0, blob))
                 except QueryError as exc:  # a damaged stored form of a query that no longer parses
                     log.error("subscription #%s (%r) cannot be parsed, skipped: %s", sub_id, query, exc)
             else:

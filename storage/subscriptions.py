@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
+from contextlib import contextmanager
 from datetime import datetime
+from typing import Iterator
 
 from sqlite_utils import Database
 
@@ -25,6 +28,21 @@ _SELECT = """
     SELECT s.id, s.channel, s.query, s.created_by, s.created_at, s.delivered  -- sent deliveries (m020's trigger)
       FROM subscriptions s
 """
+
+
+@contextmanager
+def paused_collection() -> Iterator[None]:
+    """No garbage collection while many rows become objects: at a million subscriptions the
+    collections their objects set off cost as much again as reading them (measured: 5.8 s
+    instead of 3.3). `gc` is global: turned back on after, unless it was off before (another
+    thread's pause, Poller's `no_collection`, goes on then)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class SubscriptionsMixin:
@@ -83,23 +101,23 @@ class SubscriptionsMixin:
         enough for a million rows), and the newest version among all."""
         # First: every version up to this one is committed, so the rows read next hold them all.
         top = self.subscriptions_version()
-        rows = self.db.execute(
-            "SELECT id, channel, query, created_by, created_at, version, compiled FROM subscriptions WHERE version > ?",
-            [version],
-        ).fetchall()
-        newest = max(max((row[5] for row in rows), default=version), top)
-        # A million rows: channels and creation times are shared by many, made once each.
-        channels: dict[str, ChannelRef] = {}
-        times: dict[str, datetime] = {}
-        found = []
-        for sub_id, key, query, created_by, created_at, _, compiled in rows:
-            channel = channels.get(key)
-            if channel is None:
-                channel = channels[key] = ChannelRef.from_key(key)
-            moment = times.get(created_at)
-            if moment is None:
-                moment = times[created_at] = datetime.fromisoformat(created_at)
-            found.append(Subscription(sub_id, channel, query, created_by, moment, 0, compiled))
+        with paused_collection():
+            rows = self.db.execute(
+                "SELECT id, channel, query, created_by, created_at, version, compiled FROM subscriptions "
+                "WHERE version > ?", [version]).fetchall()
+            newest = max(max((row[5] for row in rows), default=version), top)
+            # A million rows: channels and creation times are shared by many, made once each.
+            channels: dict[str, ChannelRef] = {}
+            times: dict[str, datetime] = {}
+            found = []
+            for sub_id, key, query, created_by, created_at, _, compiled in rows:
+                channel = channels.get(key)
+                if channel is None:
+                    channel = channels[key] = ChannelRef.from_key(key)
+                moment = times.get(created_at)
+                if moment is None:
+                    moment = times[created_at] = datetime.fromisoformat(created_at)
+                found.append(Subscription(sub_id, channel, query, created_by, moment, 0, compiled))
         return SubscriptionChanges(found, newest)
 
     def save_compiled_queries(self, compiled: dict[int, bytes]) -> None:

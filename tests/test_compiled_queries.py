@@ -19,7 +19,7 @@ from bot.query import parse_query
 from storage import Store
 from storage.migrations import m021_compiled_queries
 
-from .test_matching import papers, query_texts, subscriptions_of
+from .test_matching import VOCAB, papers, query_texts, subscriptions_of
 
 ML = ChannelRef("console", "ml")
 CV = ChannelRef("slack", "C1")
@@ -54,6 +54,25 @@ def test_an_engine_loaded_from_compiled_forms_matches_as_one_that_parses(texts, 
     assert set(parsed.take_recompiled()) == {s.id for s in subs}
     for p in paper_list:
         assert loaded.match(p) == parsed.match(p) == naive.match(p)
+
+
+# Keys the random queries' anchors are drawn from, given random counts: low ones, so that
+# options often tie and the order they are met in decides.
+_KEYS = sorted({*VOCAB, *(f"t:{w}" for w in VOCAB), *(f"{a} {b}" for a in VOCAB for b in VOCAB),
+                *(f"p:{w[:3]}" for w in VOCAB), "a:lecun yann", "a:lecun", "a:borel", "c:cs.cv", "c:cs",
+                "c:stat", "o:google", "s:huggingface", "s:arxiv"})
+
+
+@settings(max_examples=400, deadline=None)
+@given(query_texts(), st.dictionaries(st.sampled_from(_KEYS), st.integers(0, 3)))
+def test_anchors_chosen_from_the_stored_options_are_the_ones_anchors_chooses(text, counts):
+    try:
+        node = parse_query(text)
+    except QueryError:
+        return
+    entry = matching._entry_from(text, load_compiled(compile_query(text)), counts)
+    assert entry.keys == matching.anchors(node, counts)
+    assert matching._entry_from(text, matching._compile(node), None).keys == matching.anchors(node)
 
 
 @pytest.mark.parametrize("workload", ["zipf", "real"])

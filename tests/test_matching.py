@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.errors import QueryError
-from bot.matching import IndexedMatcher, NaiveMatcher, PaperView, anchors, evaluate
+from bot.matching import IndexedMatcher, NaiveMatcher, PaperView, _word_clauses, _word_hits, anchors, evaluate
 from bot.models import ChannelRef, Paper, Subscription
 from bot.query import normalize_query, parse_query
 
@@ -190,6 +190,43 @@ def subscriptions_of(texts: list[str], channels: tuple[ChannelRef, ...] = (ML, C
 def test_engine_and_naive_loop_agree(texts, paper_list):
     subs = subscriptions_of(texts)
     engine, naive = IndexedMatcher(subs), NaiveMatcher(subs)
+    for p in paper_list:
+        assert engine.match(p) == naive.match(p)
+
+
+_word_atom = st.one_of(st.sampled_from(VOCAB), st.sampled_from(VOCAB).map(lambda w: f"title:{w}"),
+                      st.sampled_from(VOCAB).map(lambda w: f"abstract:{w}"))
+
+
+@st.composite
+def word_clause_texts(draw):
+    """Words and OR groups of words, the shapes decided without walking the tree."""
+    groups = draw(st.lists(st.lists(_word_atom, min_size=1, max_size=3), min_size=1, max_size=4))
+    return " ".join(g[0] if len(g) == 1 else "(" + " OR ".join(g) + ")" for g in groups)
+
+
+@settings(max_examples=400, deadline=None)
+@given(word_clause_texts(), papers())
+def test_words_and_or_groups_of_words_are_decided_as_the_tree_is(text, paper):
+    node = parse_query(text)
+    words = _word_clauses(node)
+    assert words is not None
+    view = PaperView(paper)
+    assert _word_hits(words, view.title_set, view.abstract_set) == evaluate(node, view)
+
+
+def test_other_shapes_are_left_to_the_tree():
+    for text in ['"language model"', "diffusion -video", "diffus*", "(a1 b2) OR c3", "video cat:cs.CV",
+                 "upvotes>=3 model"]:
+        assert _word_clauses(parse_query(text)) is None, text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(word_clause_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4),
+       st.lists(papers(), max_size=4))
+def test_engine_and_naive_loop_agree_on_words_and_or_groups(texts, paper_list, history):
+    subs = subscriptions_of(texts)
+    engine, naive = IndexedMatcher(subs, papers=history), NaiveMatcher(subs)
     for p in paper_list:
         assert engine.match(p) == naive.match(p)
 

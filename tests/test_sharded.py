@@ -2,6 +2,8 @@
 adds, changes and removals; fails loudly, not wrongly, when a worker dies."""
 
 import dataclasses
+import re
+import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from bot.errors import QueryError
 from bot.matching import IndexedMatcher, compile_query
 from bot.models import ChannelRef, Subscription
-from bot.sharded import ShardedMatcher, ShardFailed
+from bot.sharded import PaperFailed, ShardedMatcher, ShardFailed
 
 from .fakes import paper
 
@@ -86,6 +88,67 @@ def test_a_dead_worker_makes_matching_fail_not_miss(made):
     assert sharded._procs == []  # closed: the live worker was told to stop, the dead one reaped
 
 
+def test_a_paper_that_fails_in_a_worker_fails_that_call_not_the_engine(made):
+    subs = made.subscriptions()[:300]
+    one = IndexedMatcher(subs, papers=made.history)
+    sharded = ShardedMatcher(subs, papers=made.history, processes=2)
+    try:
+        broken = dataclasses.replace(made.papers[5], summary=None)  # raises in both workers' PaperView
+        papers = made.papers[:30]
+        with pytest.raises(PaperFailed, match=rf"for 1 paper\(s\): {re.escape(broken.id)}: AttributeError"):
+            sharded.match_many([*papers[:12], broken, *papers[12:]])
+        # Every answer was read: the next calls get their own papers' matches.
+        assert sharded.match_many(papers) == [one.match(p) for p in papers]
+        assert sharded.match(papers[7]) == one.match(papers[7])
+        assert sharded.failed is None
+    finally:
+        sharded.close()
+
+
+def test_a_worker_failing_while_answers_wait_ends_the_engine_and_the_call(monkeypatch):
+    # Many big answers unread when a worker fails: the worker holding them blocks writing,
+    # and the sender thread writing to it; the call must end (ShardFailed), not hang.
+    sharded = ShardedMatcher([Subscription(i, ML, "model", "u", T0) for i in range(1, 3001)], processes=2)
+    monkeypatch.setattr("bot.sharded.PAPERS_PER_MESSAGE", 1)
+    papers = [paper(f"2411.{i:05d}", "A model", "model " * 400) for i in range(300)]
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            sharded.match_many([papers[0], None, *papers[1:]])  # type: ignore[list-item]  # fails in the workers
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(120)  # a guard against a hang, not a speed test
+        assert not caller.is_alive() and isinstance(outcome[0], ShardFailed)
+        with pytest.raises(ShardFailed):
+            sharded.match(papers[0])
+    finally:
+        sharded.close()
+    assert sharded._procs == []
+
+
+def test_matches_carry_their_subscriptions_channels_through_changes():
+    cv, ml2 = ChannelRef("console", "cv"), ChannelRef("slack", "C2")
+    subs = [Subscription(1, ML, "diffusion", "u", T0), Subscription(2, cv, "diffusion", "u", T0),
+            Subscription(3, ml2, "video", "u", T0), Subscription(4, ML, "video", "u", T0)]
+    one, sharded = IndexedMatcher(subs), ShardedMatcher(subs, processes=2)
+    try:
+        found = paper("2411.00001", "Video diffusion")
+        assert sharded.match(found) == one.match(found)
+        assert [m.channel for m in sharded.match(found)] == [ML, cv, ml2, ML]
+        for engine in (one, sharded):  # moved to another channel, and one gone
+            engine.add(Subscription(1, ml2, "diffusion", "u", T0))
+            engine.remove(4)
+        assert sharded.match(found) == one.match(found)
+        assert [(m.subscription_id, m.channel) for m in sharded.match(found)] == [(1, ml2), (2, cv), (3, ml2)]
+    finally:
+        sharded.close()
+
+
 # ---- in the poller (`[matching] processes`) ---------------------------------------------------
 
 async def test_a_poller_with_worker_processes_queues_what_one_without_does(tmp_path, clock):
@@ -117,6 +180,63 @@ async def test_a_poller_with_worker_processes_queues_what_one_without_does(tmp_p
         again = await poller.poll(source)
         assert again.ok and again.queued == 2
         assert {d.paper_id for d in due_now(store, clock())} >= {"2410.00004", "2410.00005"}
+    finally:
+        poller.close()
+        store.close()
+
+
+async def test_a_poller_with_worker_processes_matches_a_batch_at_once_and_finds_a_failing_paper(tmp_path, clock,
+                                                                                              caplog):
+    from bot.poller import Poller
+    from storage import Store
+
+    from .fakes import FakeSource, due_now
+
+    store = Store(tmp_path / "db.sqlite")
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    poller = Poller(store, clock, match_processes=2)
+    try:
+        poller.sync_subscriptions()
+        matcher = poller.matcher
+        assert isinstance(matcher, ShardedMatcher)
+        batches: list[list[str]] = []
+        one_by_one: list[str] = []
+        real_many = matcher.match_many
+
+        def many(papers, processes=1):
+            batches.append([p.id for p in papers])
+            if any(p.id == "2410.00002" for p in papers):
+                raise PaperFailed("matching failed in a worker process for 1 paper(s)")
+            return real_many(papers)
+
+        def match(p):
+            one_by_one.append(p.id)
+            if p.id == "2410.00002":
+                raise PaperFailed("matcher bug")
+            return real_many([p])[0]
+
+        matcher.match_many, matcher.match = many, match  # type: ignore[method-assign]
+        clock.advance(minutes=1)
+        papers = [paper(f"2410.0000{i}", f"Diffusion {i}") for i in range(1, 5)]
+        source = FakeSource(papers=papers)
+        # The batch fails: its papers are matched one by one, the failing one fails the poll
+        # the first time (as with one process); they all stay written down.
+        assert not (await poller.poll(source)).ok
+        assert batches == [[p.id for p in papers]] and one_by_one[:2] == ["2410.00001", "2410.00002"]
+        # The next poll: the one it fails on again is stored and not posted; the others are queued.
+        batches.clear()
+        report = await poller.poll(source)
+        assert report.ok and report.queued == 3
+        assert "2410.00002: matching failed again" in caplog.text
+        assert sorted(d.paper_id for d in due_now(store, clock())) == ["2410.00001", "2410.00003", "2410.00004"]
+        assert not store.unmatched_papers(10)
+        # Without a failure, one call a batch and none paper by paper.
+        batches.clear()
+        one_by_one.clear()
+        source.papers = [paper("2410.00005", "Diffusion 5"), paper("2410.00006", "Agents")]
+        report = await poller.poll(source)
+        assert report.ok and report.queued == 1
+        assert batches == [["2410.00005", "2410.00006"]] and one_by_one == []
     finally:
         poller.close()
         store.close()

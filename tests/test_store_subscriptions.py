@@ -4,6 +4,7 @@ PostgreSQL, what concurrent writers in other processes must not break, with two 
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -21,6 +22,7 @@ from bot.models import (
     MostSavedSchedule,
     PaperMatches,
     Subscribed,
+    Subscription,
 )
 
 from .fakes import paper
@@ -106,6 +108,28 @@ def test_compiled_forms_are_kept_without_a_new_version(store):
     store.save_compiled_queries({})
     assert store.subscriptions_changed_since(changes.version).subscriptions == []
     assert {s.id: s.compiled for s in store.subscriptions_changed_since(0).subscriptions}[broken.id] == b"form"
+
+
+@pytest.mark.backends
+def test_reading_the_changes_pauses_garbage_collection_and_leaves_it_as_it_was(store, monkeypatch):
+    store.add_subscription(ML, "diffusion", "u1", T0)
+    seen = []
+    real = Subscription
+
+    def made(*args):  # what storage makes for each row: is the collector on meanwhile?
+        seen.append(gc.isenabled())
+        return real(*args)
+
+    monkeypatch.setattr(f"{type(store).__module__.rsplit('.', 1)[0]}.subscriptions.Subscription", made)
+    assert gc.isenabled()
+    assert [s.query for s in store.subscriptions_changed_since(0).subscriptions] == ["diffusion"]
+    assert seen == [False] and gc.isenabled()
+    gc.disable()  # turned off by someone else (Poller's no_collection): left off
+    try:
+        store.subscriptions_changed_since(0)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 @pytest.mark.backends

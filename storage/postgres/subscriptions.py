@@ -33,6 +33,7 @@ from bot.errors import QueryError
 from bot.matching import compile_query
 from bot.models import ChannelRef, Subscribed, Subscription, SubscriptionChanges
 
+from ..subscriptions import paused_collection
 from .db import Database, from_db, utc
 
 _COLUMNS = "id, channel, query, created_by, created_at, delivered"  # delivered: the sent count (trigger)
@@ -100,23 +101,24 @@ class SubscriptionsMixin:
         top = self.subscriptions_version()
         # created_at as whole seconds since the epoch (stored to the second): an int hashes and
         # compares far faster than an aware datetime, and is made into one once per distinct value.
-        rows = self.db.all("""SELECT id, channel, query, created_by, extract(epoch FROM created_at)::bigint,
-                                     version, compiled
-                                FROM subscriptions WHERE version > %s""", [version])
-        newest = max(max((row[5] for row in rows), default=version), top)
-        # A million rows: channels and creation times are shared by many, made once each.
-        channels: dict[str, ChannelRef] = {}
-        times: dict[int, datetime] = {}
-        found = []
-        for sub_id, key, query, created_by, created_at, _, compiled in rows:
-            ref = channels.get(key)
-            if ref is None:
-                ref = channels[key] = ChannelRef.from_key(key)
-            moment = times.get(created_at)
-            if moment is None:
-                moment = times[created_at] = datetime.fromtimestamp(created_at, timezone.utc)  # NOT NULL
-            found.append(Subscription(sub_id, ref, query, created_by, moment, 0,
-                                      None if compiled is None else bytes(compiled)))
+        with paused_collection():  # see there: a million rows
+            rows = self.db.all("""SELECT id, channel, query, created_by, extract(epoch FROM created_at)::bigint,
+                                         version, compiled
+                                    FROM subscriptions WHERE version > %s""", [version])
+            newest = max(max((row[5] for row in rows), default=version), top)
+            # A million rows: channels and creation times are shared by many, made once each.
+            channels: dict[str, ChannelRef] = {}
+            times: dict[int, datetime] = {}
+            found = []
+            for sub_id, key, query, created_by, created_at, _, compiled in rows:
+                ref = channels.get(key)
+                if ref is None:
+                    ref = channels[key] = ChannelRef.from_key(key)
+                moment = times.get(created_at)
+                if moment is None:
+                    moment = times[created_at] = datetime.fromtimestamp(created_at, timezone.utc)  # NOT NULL
+                found.append(Subscription(sub_id, ref, query, created_by, moment, 0,
+                                          None if compiled is None else bytes(compiled)))
         return SubscriptionChanges(found, newest)
 
     def save_compiled_queries(self, compiled: dict[int, bytes]) -> None:
