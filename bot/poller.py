@@ -77,13 +77,14 @@ class Poller:
     Storing, matching and queueing a listing is seconds of work at scale: on the event loop it
     would keep every command waiting. The worker thread has its own Store on the same
     database (a SQLite connection belongs to the thread that opened it), and writes in short
-    transactions (BATCH papers, at most ENQUEUE_ROWS deliveries each) so that a command's
-    own write, which waits for the write lock on the loop's thread, never waits long.
-    Instead of one transaction's all-or-nothing, the papers each batch stores are written
-    down as unmatched in the same transaction, and taken off in the one that queues their
-    deliveries: a poll interrupted in between (a crash, a kill, a full disk, a bug) leaves
-    them written down, and the next poll matches them before anything else. Deliveries are
-    unique per paper and channel, so matching a paper again never posts it twice.
+    transactions (BATCH papers, or about ENQUEUE_ROWS matches of a range of channels) so that
+    a command's own write, which waits for the write lock on the loop's thread, never waits
+    long. Instead of one transaction's all-or-nothing, the papers each batch stores are
+    written down as unmatched in the same transaction, and taken off in the last of those
+    that queue their group's deliveries: a poll interrupted in between (a crash, a kill, a
+    full disk, a bug) leaves them written down, and the next poll matches them before
+    anything else. Deliveries are unique per paper and channel, so matching a paper again
+    never posts it twice.
 
     The deliveries' transactions run in a second thread, the writer, with a Store of its own,
     while the worker stores and matches the next papers (SQLite does its work without the GIL).
@@ -98,8 +99,8 @@ class Poller:
     # channels: each rewrites a slice of the outbox's index by channel, not a page a row
     # (docs/benchmarks.md, "outbox": the writer's CPU a third of what it was in 250-row
     # transactions in paper order).
-    GROUP_ROWS = 15_000  # deliveries gathered (~150 papers) before they are split and handed over
-    ENQUEUE_ROWS = 1000  # deliveries a transaction, about (~10-15 ms)
+    GROUP_ROWS = 15_000  # matches gathered (~150 papers) before they are split and handed over
+    ENQUEUE_ROWS = 1000  # matches a transaction, about (~10-15 ms of CPU)
     WRITES_AHEAD = 2  # groups handed to the writer thread and not yet committed
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
@@ -371,8 +372,8 @@ class Poller:
 
     def _match_unmatched(self, store: StoreContract, now: datetime, writes: _Writes) -> None:
         """Match the papers written down as unmatched and hand their deliveries to the writer
-        thread, a group of about GROUP_ROWS deliveries at a time, in transactions of about
-        ENQUEUE_ROWS deliveries each, by ranges of channels (the group's last takes its papers
+        thread, a group of about GROUP_ROWS matches at a time, in transactions of about
+        ENQUEUE_ROWS matches each, by ranges of channels (the group's last takes its papers
         off the list). Papers whose group is under way or still gathering are not read again."""
         while True:
             self._check_stopping()
