@@ -311,8 +311,8 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             watch = LoopWatch(STALL_LOG_MS, record=True, profile=True, logger=log).start()
             # The stall profile hands the GIL over every 0.1 ms (its samples land where they
             # should), which the bot's `run` does not: threads that share the GIL (the matcher,
-            # the writer, the loop) then trade it 50 times as often. Given, the bot's setting
-            # (Python's 5 ms) is put back: the poll as it runs, the stalls' stacks sampled coarser.
+            # the writer, the loop) then trade it 10 times as often. Given, the bot's setting
+            # (bot.app.SWITCH_INTERVAL, 1 ms) is put back: the poll as it runs, the stalls' stacks sampled coarser.
             if switch_interval is not None:
                 sys.setswitchinterval(switch_interval)
             await asyncio.sleep(1.0)  # the idle loop, for comparison
@@ -418,8 +418,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--history", type=int, default=1000, help="papers stored before the poll")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--switch-interval", type=float, default=None,
-                        help="seconds; the GIL's switch interval during the run (the bot's: 0.005, Python's "
-                             "default); unset: the stall profile's 0.0001")
+                        help="seconds; the GIL's switch interval during the run (the bot's `run`: 0.001, "
+                             "bot.app.SWITCH_INTERVAL; Python's default: 0.005); unset: the stall profile's 0.0001")
     parser.add_argument("--enqueue-rows", type=int, default=None,
                         help="deliveries a transaction of the poller's writer thread (default: Poller.ENQUEUE_ROWS)")
     parser.add_argument("--match-processes", type=int, default=1,

@@ -6,7 +6,10 @@ import asyncio
 import logging
 import os
 import random
+import sys
 import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Awaitable, Callable, TextIO, TypeVar
 
@@ -47,6 +50,18 @@ ROLES = ("all", "poller", "deliverer", "frontend")
 POLLS = {"all", "poller"}  # poll the sources, match, queue (a poller once elected)
 SENDS = {"all", "deliverer"}  # sweep the outbox: cards, digests, follow-ups, most-saved
 SERVES = {"all", "frontend"}  # the platforms' front-ends: commands, buttons, modals, unfurls
+# The loop's worker threads (asyncio.to_thread: the rate limit's count, plans, searches...),
+# all started before the first command: asyncio's default executor starts one on demand,
+# on the loop, which then waits for the new thread to get a CPU and the GIL (a 1.2 s stall
+# in bench.pipeline, on a busy machine, while the matcher held the GIL).
+WORKER_THREADS = min(32, (os.cpu_count() or 1) + 4)  # as many as asyncio's default executor would start
+WORKER_THREADS_START_SECONDS = 10.0
+# The GIL's switch interval while `run` runs (Python's default: 5 ms). The loop gives the GIL
+# up at every socket call and SQLite step, and while the poller's worker matches (pure
+# Python) each one waits up to the interval to get it back: a command's step that makes 20
+# such calls stood still up to 100 ms. At 1 ms the zipf pipeline's longest stall went from
+# 55 to 31 ms (median of runs) for the same CPU (docs/benchmarks.md, branch `stall`).
+SWITCH_INTERVAL = 0.001
 ELECT_SECONDS = 5.0  # a standby poller asks for the poller's lease this often (at most its shortest interval)
 
 
@@ -105,13 +120,19 @@ class App:
         self._sweeping = asyncio.Lock()
         self._sweep_waiting = False
 
+    async def start_threads(self) -> None:
+        """The running loop's worker threads, all started now (`start_worker_threads`)."""
+        await start_worker_threads()
+
     async def start_frontends(self) -> None:
         """Start the metrics server and each adapter's front-end (Adapter.start), only in `run`.
 
         Each start returns a Running at once (or None: nothing to start): connecting, reconnecting with backoff and
         giving up on a refused token happen in a background task it owns. One that fails or
-        hangs anyway is logged and left off; the others still start.
+        hangs anyway is logged and left off; the others still start. The loop's worker threads
+        are started first (`start_threads`), before any command can come.
         """
+        await self.start_threads()
         if self.config.metrics_port:
             from .health import start_metrics
 
@@ -289,7 +310,18 @@ class App:
         """Poll each source on its interval and deliver, until `stop` is set.
 
         The front-ends start beside the polling, never before it: nothing waits for them.
+        The loop's worker threads start before either (`start_threads`), and the GIL's switch
+        interval is SWITCH_INTERVAL until it returns.
         """
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        try:
+            await self.start_threads()
+            await self._run(stop, tick)
+        finally:
+            sys.setswitchinterval(switch_interval)
+
+    async def _run(self, stop: asyncio.Event, tick: float) -> None:
         starting = asyncio.get_running_loop().create_task(self.start_frontends())
         try:
             await _Runner(self).run(stop, tick)
@@ -299,6 +331,29 @@ class App:
             if starting.done() and not starting.cancelled() and starting.exception() is not None:
                 log.error("starting the front-ends failed: %s", starting.exception())
             await self.stop_frontends()
+
+
+_loops_with_threads: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+async def start_worker_threads() -> None:
+    """Make the running loop's default executor (asyncio.to_thread's) WORKER_THREADS threads,
+    all started now, so that no call on the loop ever starts one. Once per loop; asyncio.run
+    shuts the executor down with the loop."""
+    loop = asyncio.get_running_loop()
+    if loop in _loops_with_threads:
+        return
+    _loops_with_threads.add(loop)
+    threads = ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="papers-bot-worker")
+    loop.set_default_executor(threads)
+    # Each waits for all the others: every one is on a thread of its own, so all start.
+    together = threading.Barrier(WORKER_THREADS)
+    try:
+        await asyncio.gather(*(loop.run_in_executor(threads, together.wait, WORKER_THREADS_START_SECONDS)
+                               for _ in range(WORKER_THREADS)))
+    except threading.BrokenBarrierError:  # a very busy machine: the others start when first needed
+        log.warning("not every worker thread started within %gs; the others start when needed",
+                    WORKER_THREADS_START_SECONDS)
 
 
 async def within(awaitable: Awaitable[T], seconds: float) -> T:

@@ -21,7 +21,7 @@ from .app import ROLES, App
 from .clock import utcnow
 from .config import Config, ConfigError, load_config
 from .errors import ImportFileError, StorageError
-from .loopwatch import start_watchdog
+from .loopwatch import start_watchdog, watchdog_threshold_ms
 from .models import ChannelRef, CommandRequest
 from .sources import connect, make_client
 
@@ -160,7 +160,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print("papers-bot: --metrics-port must be from 0 to 65535", file=sys.stderr)
             return 2
         config = dataclasses.replace(config, metrics_port=args.metrics_port)
-    return _run(config, args.role)
+    return _run(config, args.role, debug=args.verbose)
 
 
 def console_main(argv: Sequence[str] | None = None) -> int:
@@ -269,7 +269,7 @@ async def _poll(config: Config) -> int:
     return 1 if reports and not any(r.ok for r in reports) else 0
 
 
-def _run(config: Config, role: str = "all") -> int:
+def _run(config: Config, role: str = "all", *, debug: bool = False) -> int:
     async def run(signals: _Signals) -> None:
         app = App(config, role=role)
         stop = asyncio.Event()
@@ -291,7 +291,7 @@ def _run(config: Config, role: str = "all") -> int:
             log.info("papers-bot running as %s (pid %d, sender %s): sources %s; adapters %s; database %s; "
                      "Ctrl-C stops", role, os.getpid(), app.store.sender_id, names, ", ".join(app.adapters),
                      app.store.path)
-        watchdog = start_watchdog(config.loop_watchdog_ms)
+        watchdog = start_watchdog(watchdog_threshold_ms(config.loop_watchdog_ms, debug or config.log_level == "DEBUG"))
         try:
             await app.run(stop)
         finally:

@@ -265,7 +265,7 @@ class Config:
     storage_busy_timeout: float = 10.0  # seconds to wait for another process's write lock
     match_processes: int = 1  # >1: the matching index is split over this many worker processes
     storage_url: str = ""  # postgresql://...: PostgreSQL instead of the SQLite file storage_path
-    loop_watchdog_ms: int = 0  # `run` logs event-loop stalls longer than this, with their stack; 0: off
+    loop_watchdog_ms: int = 0  # `run` logs event-loop stalls longer than this, with their stack; 0: off (250 with -v)
 
     @property
     def storage_target(self) -> str:

@@ -10,24 +10,29 @@ again, one more line gives the stall's full length.
 The same lateness samples give the benchmarks' figures: `max_ms()` (the longest stall) and
 `percentile_ms(0.99)`, over every heartbeat, as Node's monitorEventLoopDelay does.
 
-Enabled in `papers-bot run` by `[debug] loop_watchdog_ms` (0: off).
+Enabled in `papers-bot run` by `[debug] loop_watchdog_ms`, and at DEBUG_THRESHOLD_MS by
+`papers-bot -v run` (or `[logging] level = "DEBUG"`) when that is 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
 import threading
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 0.01
 STACK_LINES = 30  # innermost frames kept in the log line
+OTHER_STACK_LINES = 12  # innermost frames kept for each other thread
+DEBUG_THRESHOLD_MS = 250  # `papers-bot -v run`'s threshold when the config sets none
+COLLECTION_NOTED = 0.005  # garbage collections at least this long (seconds) are kept for the stall reports
 PROJECT_PACKAGES = ("bot", "storage", "handlers")
 PROFILE_SWITCH_INTERVAL = 0.0001
 
@@ -47,7 +52,7 @@ class LoopWatch:
         self.log = logger
         # With `profile`, the loop thread's stack is sampled all through every stall: where
         # (the project's functions, outer to inner, and the innermost frame) -> samples.
-        # Python hands the GIL to a waiting thread only after sys.getswitchinterval() (5 ms)
+        # Python hands the GIL to a waiting thread only after sys.getswitchinterval() (Python: 5 ms; `run`: 1 ms)
         # unless the running one lets go first, as every SQLite call does: the samples would
         # land in SQLite far more often than the time spent there. Profiling shortens it.
         self.profile: Counter[str] | None = Counter() if profile else None
@@ -62,6 +67,15 @@ class LoopWatch:
         self._handle: asyncio.TimerHandle | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The heartbeat (its time) of the stall the watching thread reported: the heartbeat
+        # that ends it says nothing more. Written and read under _lock.
+        self._reported_beat: float | None = None
+        # Garbage collections of COLLECTION_NOTED or more: (start, end, generation, thread name).
+        self._collections: deque[tuple[float, float, int, str]] = deque(maxlen=64)
+        self._collecting: dict[int, tuple[float, int, str]] = {}  # thread -> its collection: start, generation, name
+        self._schedstat: str | None = None  # /proc's per-thread scheduler counters of the loop thread
+        # The last reading of them before the current stall: (time, ns on a CPU, ns waiting for one).
+        self._sched_before: tuple[float, int, int] | None = None
 
     def start(self) -> LoopWatch:
         self._loop = asyncio.get_running_loop()
@@ -72,6 +86,9 @@ class LoopWatch:
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(PROFILE_SWITCH_INTERVAL)
         if self.threshold > 0:
+            path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+            self._schedstat = path if os.path.exists(path) else None
+            gc.callbacks.append(self._on_collection)
             self._thread = threading.Thread(target=self._watch, name="papers-bot-loopwatch", daemon=True)
             self._thread.start()
         return self
@@ -85,35 +102,101 @@ class LoopWatch:
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
             self._switch_interval = None
+        if self._on_collection in gc.callbacks:
+            gc.callbacks.remove(self._on_collection)
 
     def _beat(self, due: float) -> None:
         now = time.monotonic()
         with self._lock:
-            self._last = now
+            before, self._last = self._last, now
+            seen = self._reported_beat == before
+            sched_before = self._sched_before  # the watcher may take a new one as soon as _last moves
         if self.record:
             self.samples.append(max(now - due, 0.0))
+        if self.threshold > 0 and not seen and now - before >= self.threshold:
+            self._report_unseen(before, now, sched_before)
         if not self._stop.is_set() and self._loop is not None:
             self._handle = self._loop.call_later(self.heartbeat, self._beat, now + self.heartbeat)
+
+    def _report_unseen(self, before: float, now: float, sched_before: tuple[float, int, int] | None) -> None:
+        """A stall the watching thread did not see while it lasted (it got no turn either:
+        another thread held the GIL, or the process no CPU), logged from the loop thread."""
+        stack = self._other_stacks()
+        self.stalls.append((now - before, stack))
+        self.log.warning("event loop stalled for %.0f ms (over %.0f ms), unseen while it lasted: the watchdog's "
+                         "thread got no turn either, so another thread held the GIL or no CPU was free%s; "
+                         "the other threads are now at:\n%s", (now - before) * 1000, self.threshold * 1000,
+                         self._causes(before, now, sched_before), stack)
 
     def _watch(self) -> None:
         check = self.profile_interval = max(min(self.threshold / 5, 0.05), 0.005)
         reported: float | None = None  # the heartbeat of the stall already reported
         while not self._stop.wait(check):
+            report = False
             with self._lock:
                 last = self._last
-            stalled = time.monotonic() - last
+                stalled = time.monotonic() - last
+                if reported is None and stalled >= self.threshold:
+                    reported = self._reported_beat = last
+                    report = True
             if reported is not None and last != reported:
-                self.log.warning("event loop stall ended: the loop was held for %.0f ms",
-                                 (last - reported) * 1000)
+                self.log.warning("event loop stall ended: the loop was held for %.0f ms%s",
+                                 (last - reported) * 1000, self._causes(reported, last, self._sched_before))
                 reported = None
-            if reported is None and stalled >= self.threshold:
-                reported = last
+            if report:
                 stack = self._stack()
                 self.stalls.append((stalled, stack))
-                self.log.warning("event loop stalled for %.0f ms so far (over %.0f ms); the loop thread is at:\n%s",
-                                 stalled * 1000, self.threshold * 1000, stack)
+                self.log.warning("event loop stalled for %.0f ms so far (over %.0f ms); the loop thread is at:\n%s"
+                                 "\nthe other threads are at:\n%s", stalled * 1000, self.threshold * 1000, stack,
+                                 self._other_stacks())
+            elif reported is None and stalled < self.threshold / 2:  # the loop runs: a reading from before a stall
+                reading = self._sched()
+                with self._lock:
+                    self._sched_before = reading
             if reported is not None and self.profile is not None:
                 self.profile[self._where()] += 1
+
+    def _on_collection(self, phase: str, info: dict) -> None:
+        """gc.callbacks: note the collections long enough to matter, in any thread."""
+        me = threading.get_ident()
+        if phase == "start":
+            self._collecting[me] = (time.monotonic(), info.get("generation", -1), threading.current_thread().name)
+            return
+        started = self._collecting.pop(me, None)
+        if started is not None and time.monotonic() - started[0] >= COLLECTION_NOTED:
+            self._collections.append((started[0], time.monotonic(), started[1], started[2]))
+
+    def _sched(self) -> tuple[float, int, int] | None:
+        """(now, ns the loop thread ran, ns it waited for a CPU), where Linux tells."""
+        if self._schedstat is None:
+            return None
+        try:
+            with open(self._schedstat, "rb") as f:
+                ran, waited = f.read().split()[:2]
+            return time.monotonic(), int(ran), int(waited)
+        except (OSError, ValueError):  # the thread is gone, or another kernel's format
+            return None
+
+    def _causes(self, start: float, end: float, sched_before: tuple[float, int, int] | None) -> str:
+        """What is known of a stall from `start` to `end` (monotonic): the garbage collections
+        that overlapped it and, on Linux, the loop thread's time on and waiting for a CPU."""
+        parts = []
+        # Those still under way count up to now: a collection runs Python (gc.callbacks, weakref
+        # callbacks, __del__), where the loop may get the GIL back before it ends.
+        now = time.monotonic()
+        ongoing = [(began, now, generation, name) for began, generation, name in list(self._collecting.values())]
+        overlapping = [c for c in list(self._collections) + ongoing if c[1] > start and c[0] < end]
+        if overlapping:
+            held = sum(min(c_end, end) - max(c_start, start) for c_start, c_end, _, _ in overlapping)
+            longest = max(overlapping, key=lambda c: c[1] - c[0])
+            parts.append(f"garbage collection held the GIL {held * 1000:.0f} ms of it (the longest: generation "
+                         f"{longest[2]}, {(longest[1] - longest[0]) * 1000:.0f} ms, in thread {longest[3]})")
+        before, after = sched_before, self._sched()
+        if before is not None and after is not None:
+            parts.append(f"in the {(after[0] - before[0]) * 1000:.0f} ms around it the loop thread ran "
+                         f"{(after[1] - before[1]) / 1e6:.0f} ms and waited {(after[2] - before[2]) / 1e6:.0f} ms "
+                         "for a CPU")
+        return "".join(f"; {part}" for part in parts)
 
     def _stack(self) -> str:
         frame = sys._current_frames().get(self._loop_thread)
@@ -121,6 +204,20 @@ class LoopWatch:
             return "  (the loop thread is gone)"
         lines = traceback.format_stack(frame)
         return "".join(lines[-STACK_LINES:]).rstrip()
+
+    def _other_stacks(self) -> str:
+        """The innermost frames of every thread but the loop's and the watcher's, by name."""
+        names = {t.ident: t.name for t in threading.enumerate()}
+        skip = {self._loop_thread, threading.get_ident()}
+        if self._thread is not None and self._thread.is_alive():  # a dead thread's id may be another's now
+            skip.add(self._thread.ident or 0)
+        out = []
+        for ident, frame in sys._current_frames().items():
+            if ident in skip:
+                continue
+            lines = "".join(traceback.format_stack(frame)[-OTHER_STACK_LINES:]).rstrip()
+            out.append(f"thread {names.get(ident, ident)}:\n{lines}")
+        return "\n".join(out) or "  (no other thread)"
 
     def _where(self) -> str:
         """`poller._poll > deliveries.enqueue | sqlite_utils/db.py:execute`: the project's
@@ -152,6 +249,14 @@ class LoopWatch:
             return 0.0
         ordered = sorted(self.samples)
         return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] * 1000
+
+
+def watchdog_threshold_ms(configured: int, debug: bool) -> int:
+    """The watchdog's threshold: `[debug] loop_watchdog_ms`, or with debug logging (`-v`)
+    DEBUG_THRESHOLD_MS when that is 0; 0 (off) otherwise."""
+    if configured > 0:
+        return configured
+    return DEBUG_THRESHOLD_MS if debug else 0
 
 
 def start_watchdog(threshold_ms: int) -> LoopWatch | None:

@@ -204,8 +204,16 @@ class Poller:
         return self._worker_store
 
     async def load_index(self) -> None:
-        """Bring the engine in step with storage, in the worker thread (the loop goes on)."""
-        await self._in_worker(lambda store: self.sync_subscriptions(store))
+        """Bring the engine in step with storage, in the worker thread (the loop goes on).
+
+        No garbage collection while it runs, as in a poll: the first load reads every
+        subscription (100,000 rows and objects before the index is built), and full
+        collections on the way held the GIL, and so the event loop, for 80 to 250 ms each."""
+        def load(store: StoreContract) -> None:
+            with no_collection():
+                self.sync_subscriptions(store)
+
+        await self._in_worker(load)
 
     async def _in_worker(self, work: Callable[[StoreContract], T]) -> T:
         if not self.store.reads_off_loop():

@@ -4,6 +4,7 @@ import asyncio
 import io
 import logging
 import random
+import threading
 
 import handlers
 from bot.app import App, _Runner, backoff_seconds
@@ -294,3 +295,50 @@ async def test_sweeps_of_one_process_never_overlap_and_calls_during_one_coalesce
     assert (await first).sent == 1 and (await second).sent == 1
     assert sweeps == 2 and most == 1
     await app.aclose()
+
+
+def test_the_loops_worker_threads_are_all_started_before_any_call_needs_one():
+    # asyncio's default executor starts a thread on demand, on the loop, which then waits for
+    # it to get a CPU and the GIL: 1.2 s once in bench.pipeline, while the matcher held the GIL.
+    from bot.app import WORKER_THREADS, start_worker_threads
+
+    def workers() -> set[int]:
+        return {t.ident or 0 for t in threading.enumerate() if t.name.startswith("papers-bot-worker")}
+
+    async def main() -> set[int]:
+        await start_worker_threads()
+        started = workers()
+        assert len(started) == WORKER_THREADS
+        # As many blocking calls at once as there are threads, and more: none starts a thread.
+        gate = threading.Event()
+        calls = [asyncio.ensure_future(asyncio.to_thread(gate.wait, 10)) for _ in range(WORKER_THREADS + 2)]
+        await asyncio.sleep(0.1)
+        assert workers() == started
+        gate.set()
+        assert all(await asyncio.gather(*calls))
+        await start_worker_threads()  # once per loop
+        assert workers() == started
+        return started
+
+    started = asyncio.run(main())
+    assert not workers() & started  # shut down with the loop
+
+
+async def test_run_starts_the_worker_threads_first_and_shortens_the_switch_interval_while_it_runs(tmp_path, server):
+    import sys
+
+    from bot.app import SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    assert before != SWITCH_INTERVAL
+    app = make_app(tmp_path, server)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop, tick=0.05))
+    try:
+        await wait_for(lambda: any(t.name.startswith("papers-bot-worker") for t in threading.enumerate()))
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+    finally:
+        stop.set()
+        await task
+        await app.aclose()
+    assert sys.getswitchinterval() == before

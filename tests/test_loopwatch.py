@@ -1,20 +1,33 @@
 """The loop watchdog: stalls are logged with the stack that caused them; an idle loop is quiet."""
 
 import asyncio
+import ctypes
+import gc
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+import pytest
+
 from bot.config import Secrets, parse_config
-from bot.loopwatch import LoopWatch, start_watchdog
+from bot.loopwatch import DEBUG_THRESHOLD_MS, LoopWatch, start_watchdog, watchdog_threshold_ms
+
+LINUX = sys.platform.startswith("linux")
 
 
 def hold_the_loop_with_a_blocking_call():
     time.sleep(0.4)  # what a long synchronous SQLite transaction or matching run looks like
+
+
+def hold_the_gil(seconds: float) -> None:
+    """Hold the GIL, as a long garbage collection or C call does: no other thread runs Python,
+    the loop's and the watchdog's included (a PyDLL call keeps the GIL while it runs)."""
+    ctypes.PyDLL(None).usleep(int(seconds * 1_000_000))
 
 
 async def test_a_stall_is_logged_with_the_stack_of_the_blocking_function(caplog):
@@ -32,7 +45,10 @@ async def test_a_stall_is_logged_with_the_stack_of_the_blocking_function(caplog)
     message = stalled[0].getMessage()
     assert "hold_the_loop_with_a_blocking_call" in message and "time.sleep(0.4)" in message
     assert stalled[0].levelno == logging.WARNING
-    assert any("stall ended" in r.getMessage() for r in caplog.records)
+    ended = [r.getMessage() for r in caplog.records if "stall ended" in r.getMessage()]
+    assert len(ended) == 1
+    if LINUX:  # /proc tells the loop thread's time on and waiting for a CPU
+        assert "the loop thread ran" in ended[0] and "for a CPU" in ended[0]
     assert len(watch.stalls) == 1 and "hold_the_loop_with_a_blocking_call" in watch.stalls[0][1]
     # The recorder saw the heartbeat that came after the 0.4 s sleep at least 0.4 s late.
     assert watch.max_ms() >= 350
@@ -41,6 +57,88 @@ async def test_a_stall_is_logged_with_the_stack_of_the_blocking_function(caplog)
     (where, seconds), *_ = watch.profile_seconds().items()
     assert where.endswith("| tests/test_loopwatch.py:hold_the_loop_with_a_blocking_call") and seconds > 0
     assert sys.getswitchinterval() == switch_interval  # profiling shortened it only while it ran
+
+
+@pytest.mark.skipif(not LINUX, reason="holds the GIL through libc's usleep")
+async def test_a_garbage_collection_in_another_thread_that_holds_the_gil_is_logged_with_that_thread(caplog):
+    """Neither the loop nor the watchdog's thread runs while another thread holds the GIL. The
+    stall is logged once: by the watchdog's thread if it gets the GIL first when the hold ends
+    (the loop thread's stack then shows only where it waited), else by the heartbeat when the
+    loop runs again; either way with the collection named as its cause, and the stack of the
+    thread that ran it."""
+    caplog.set_level(logging.WARNING, logger="bot.loopwatch")
+    watch = LoopWatch(150, record=True).start()
+
+    def slow_collection(phase: str, info: dict) -> None:  # after the watch's callback: inside its timing
+        if phase == "start" and threading.current_thread().name == "collector":
+            hold_the_gil(0.4)
+
+    def collect() -> None:
+        gc.collect()
+        time.sleep(0.3)  # still here when the stall is logged
+
+    gc.callbacks.append(slow_collection)
+    collector = threading.Thread(target=collect, name="collector")
+    try:
+        await asyncio.sleep(0.05)
+        collector.start()
+        await asyncio.sleep(0.6)
+    finally:
+        collector.join()
+        gc.callbacks.remove(slow_collection)
+        watch.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    stalled = [m for m in messages if "stalled for" in m]
+    assert len(stalled) == 1, messages
+    assert "thread collector:" in stalled[0] and ", in collect\n" in stalled[0]  # its stack
+    cause = [m for m in messages if "garbage collection held the GIL" in m]
+    assert len(cause) == 1 and "generation 2" in cause[0] and "in thread collector" in cause[0], messages
+    # Told by the heartbeat (unseen) or at the end of the stall the watchdog's thread saw.
+    assert "unseen while it lasted" in cause[0] or "stall ended" in cause[0]
+    assert len(watch.stalls) == 1 and watch.stalls[0][0] >= 0.35
+    assert watch.max_ms() >= 350
+    assert watch._on_collection not in gc.callbacks  # stop() took its callback off
+
+
+@pytest.mark.skipif(not LINUX, reason="holds the GIL through libc's usleep")
+async def test_a_stall_the_watchdogs_thread_did_not_see_is_logged_by_the_heartbeat(caplog):
+    caplog.set_level(logging.WARNING, logger="bot.loopwatch")
+    watch = LoopWatch(150, record=True)
+    watch._watch = lambda: None  # type: ignore[method-assign]  # its thread never looks: as when it gets no turn
+
+    def holder() -> None:
+        hold_the_gil(0.4)
+        time.sleep(0.3)  # still here when the loop runs again
+
+    thread = threading.Thread(target=holder, name="holder")
+    watch.start()
+    try:
+        await asyncio.sleep(0.05)
+        thread.start()
+        await asyncio.sleep(0.6)
+    finally:
+        thread.join()
+        watch.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1, messages
+    assert "event loop stalled for" in messages[0] and "unseen while it lasted" in messages[0]
+    assert "thread holder:" in messages[0] and ", in holder\n" in messages[0]
+    assert len(watch.stalls) == 1 and watch.stalls[0][0] >= 0.35
+
+
+async def test_a_stall_seen_by_the_watchdog_is_not_logged_twice(caplog):
+    caplog.set_level(logging.WARNING, logger="bot.loopwatch")
+    watch = LoopWatch(100).start()
+    try:
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # the watchdog's thread runs meanwhile (sleep lets go of the GIL)
+        await asyncio.sleep(0.1)
+    finally:
+        watch.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "stalled for" in m]) == 1, messages
+    assert not [m for m in messages if "unseen" in m]
+    assert len(watch.stalls) == 1
 
 
 async def test_an_idle_loop_reports_no_stall(caplog):
@@ -67,6 +165,13 @@ async def test_the_watchdog_is_off_at_zero_and_on_with_a_threshold():
     assert not watch._thread.is_alive()
 
 
+def test_debug_logging_turns_the_watchdog_on_unless_the_config_sets_a_threshold():
+    assert watchdog_threshold_ms(0, debug=False) == 0
+    assert watchdog_threshold_ms(0, debug=True) == DEBUG_THRESHOLD_MS == 250
+    assert watchdog_threshold_ms(100, debug=True) == 100
+    assert watchdog_threshold_ms(400, debug=False) == 400
+
+
 def test_the_config_key_defaults_to_off_and_refuses_negatives():
     assert parse_config({}, Secrets({})).loop_watchdog_ms == 0
     assert parse_config({"debug": {"loop_watchdog_ms": 250}}, Secrets({})).loop_watchdog_ms == 250
@@ -78,7 +183,8 @@ def test_the_config_key_defaults_to_off_and_refuses_negatives():
         raise AssertionError("a negative threshold was accepted")
 
 
-def test_papers_bot_run_starts_the_watchdog_from_the_config(tmp_path):
+@pytest.mark.parametrize("how", ["config", "-v"])
+def test_papers_bot_run_starts_the_watchdog_from_the_config_or_with_v(tmp_path, how):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once this block ends: every poll fails fast
@@ -87,11 +193,12 @@ def test_papers_bot_run_starts_the_watchdog_from_the_config(tmp_path):
         f'[storage]\npath = "{tmp_path / "bot.db"}"\n'
         f'[sources.huggingface]\nbase_url = "http://127.0.0.1:{port}"\n'
         f'[sources.arxiv]\nenabled = false\n'
-        f'[debug]\nloop_watchdog_ms = 250\n'
+        + ('[debug]\nloop_watchdog_ms = 250\n' if how == "config" else "")
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_"))}
     env["PAPERS_BOT_CONFIG"] = str(config)
-    proc = subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, env=env,
+    verbose = ["-v"] if how == "-v" else []
+    proc = subprocess.Popen([sys.executable, "-m", "bot", *verbose, "run"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20

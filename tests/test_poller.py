@@ -172,3 +172,29 @@ def test_no_garbage_collection_runs_while_a_big_index_is_built_and_it_is_frozen_
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+async def test_the_first_index_load_reads_the_subscriptions_with_no_garbage_collection(store, clock):
+    # Reading 100k subscriptions makes as many objects before the index is built: full
+    # collections on the way held the GIL, and so the event loop, 80 to 250 ms each (bench.pipeline).
+    import gc
+
+    from storage import Store
+
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    collecting: list[bool] = []
+
+    def open_store() -> Store:  # the worker thread's Store, as Poller opens it, watched
+        worker = Store(store.path)
+        read = worker.subscriptions_changed_since
+        worker.subscriptions_changed_since = (  # type: ignore[method-assign]
+            lambda version: (collecting.append(gc.isenabled()), read(version))[1])
+        return worker
+
+    poller = Poller(store, clock, open_store=open_store)
+    try:
+        await poller.load_index()
+    finally:
+        poller.close()
+    assert collecting == [False] and gc.isenabled()
+    assert len(poller.matcher.ids()) == 1
