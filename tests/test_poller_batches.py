@@ -55,7 +55,7 @@ def subscribe(store: Store, clock) -> None:
 
 def small_batches(poller: Poller) -> Poller:
     poller.BATCH = 7
-    poller.ENQUEUE_ROWS = 4
+    poller.GROUP_ROWS = poller.ENQUEUE_ROWS = 4
     return poller
 
 
@@ -162,7 +162,7 @@ KILLED = textwrap.dedent("""
     async def main():
         store = Store(sys.argv[1])
         poller = Poller(store, lambda: datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc))
-        poller.BATCH, poller.ENQUEUE_ROWS = 7, 4
+        poller.BATCH, poller.GROUP_ROWS, poller.ENQUEUE_ROWS = 7, 4, 4
         calls = []
         def kill():
             calls.append(1)
