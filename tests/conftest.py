@@ -53,9 +53,8 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("store", BACKENDS, indirect=True)
 
 
-@pytest.fixture
-def pg_url():
-    """A postgresql:// URL whose search_path is a new, empty schema of its own (dropped after).
+def new_pg_schema() -> tuple[str, str, str]:
+    """(server URL, schema, URL whose search_path is that new, empty schema): drop it with drop_pg_schema.
 
     Skips when PAPERS_BOT_TEST_DATABASE_URL is not set (.ci/run sets it); fails, not skips,
     when it is set and the server cannot be reached."""
@@ -72,9 +71,23 @@ def pg_url():
     except psycopg.OperationalError as exc:
         pytest.fail(f"{PG_ENV} is set but the PostgreSQL server cannot be reached: {exc}")
     separator = "&" if "?" in base else "?"
-    yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    return base, schema, f"{base}{separator}options=-csearch_path%3D{schema}"
+
+
+def drop_pg_schema(base: str, schema: str) -> None:
+    import psycopg
+
     with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def pg_url():
+    """A postgresql:// URL whose search_path is a new, empty schema of its own (dropped after);
+    skipped or failed as new_pg_schema says."""
+    base, schema, url = new_pg_schema()
+    yield url
+    drop_pg_schema(base, schema)
 
 
 @pytest.fixture
