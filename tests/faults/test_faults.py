@@ -1,15 +1,12 @@
 """The fault-injection suite at a small size: kill -9 mid-delivery, rate limits, an outage;
-one `run` on SQLite, and a poller and three deliverers on PostgreSQL."""
+one `run` on SQLite, and a poller and three deliverers on PostgreSQL.
 
-import json
+The runs (conftest.py: their arguments) start when the tests are collected and go on beside
+the rest of the suite; these tests run last and check their figures."""
 
-from bench.faults import main
 
-
-def test_nothing_lost_nothing_duplicated_across_kills(capsys):
-    # 35 papers a round: 10 cards, a digest of 20, and 5 past both, settled as overflow.
-    figures = main(["--rounds", "2", "--papers", "35", "--seed", "7", "--timeout", "180"])
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
+def test_nothing_lost_nothing_duplicated_across_kills(fault_runs):
+    figures = fault_runs.figures("sqlite")
     assert figures["kills"] == 2 and figures["outages"] == 1
     assert figures["expected"] == 2 * 35 * 4
     assert figures["lost"] == 0, figures["problems"]
@@ -27,12 +24,8 @@ def test_nothing_lost_nothing_duplicated_across_kills(capsys):
     assert figures["subscriptions_lost"] == 0, figures["problems"]
 
 
-def test_cooperating_processes_on_postgresql_killed_at_random(capsys, pg_url):
-    # One poller and three deliverers (`papers-bot run --role ...`) on PostgreSQL; each round
-    # SIGKILLs some of them (seed 3: the poller once, deliverers five times) and restarts them.
-    figures = main(["--rounds", "2", "--papers", "6", "--seed", "3", "--timeout", "180",
-                    "--storage", pg_url, "--pollers", "1", "--deliverers", "3"])
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
+def test_cooperating_processes_on_postgresql_killed_at_random(fault_runs):
+    figures = fault_runs.figures("postgresql")
     assert figures["storage"] == "postgresql" and (figures["pollers"], figures["deliverers"]) == (1, 3)
     assert figures["kills_by_role"]["poller"] >= 1 and figures["kills_by_role"]["deliverer"] >= 1
     assert sum(figures["kills_by_role"].values()) == figures["kills"] == figures["restarts"]
