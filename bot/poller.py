@@ -186,8 +186,12 @@ class Poller:
                     # The index is rescanned by no later collection either (measured: matching
                     # about 2x faster), nor kept from being shared by forked workers.
                     gc.freeze()
-        recompiled = self.matcher.take_recompiled()
-        if recompiled:  # stored without a compiled form, or with an older version's: kept for next time
+        # Stored without a compiled form, or with an older version's: kept for next time, with
+        # the query each was compiled from (one changed since it was read keeps its own form).
+        queries = {sub.id: sub.query for sub in changed}
+        recompiled = {sub_id: (queries[sub_id], blob) for sub_id, blob in self.matcher.take_recompiled().items()
+                      if sub_id in queries}
+        if recompiled:
             try:
                 store.save_compiled_queries(recompiled)
             except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
