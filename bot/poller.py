@@ -330,7 +330,7 @@ class Poller:
                     self._match_unmatched(store, now, writes)  # what an interrupted poll left
                     new = 0
                     for start in range(0, len(papers), self.BATCH):
-                        new += self._store_batch(store, papers[start:start + self.BATCH], now)
+                        new += self._store_batch(store, papers[start:start + self.BATCH], now, writes)
                         self._match_unmatched(store, now, writes)
                     self._submit(writes, now)  # the last group, however small
                     queued = writes.finish()
@@ -356,12 +356,21 @@ class Poller:
         return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=new, queued=queued,
                                             recovered_after=recovered, skipped=skipped))
 
-    def _store_batch(self, store: StoreContract, papers: list[Paper], now: datetime) -> int:
+    def _store_batch(self, store: StoreContract, papers: list[Paper], now: datetime, writes: _Writes) -> int:
         """Store papers and write down, in the same transaction, those to match: the new ones
         (but revisions and late listings) and known ones whose upvotes or organization changed,
         which may now match more queries (`upvotes>=50`): these once, within max_age_days, and
-        only for subscriptions that existed when the paper was first stored."""
+        only for subscriptions that existed when the paper was first stored.
+
+        A paper of the batch may already be matched, from what was stored before, and not
+        settled yet (left by an interrupted poll, in the group gathered or under way): written
+        down again now, it would be taken off by that group, its new upvotes never matched. Its
+        group is written first; the paper is then written down anew if it changed."""
         self._check_stopping()
+        in_flight = writes.papers()
+        if in_flight and any(p.id in in_flight for p in papers):
+            self._submit(writes, now)
+            writes.finish()
         with store.transaction():
             before = {s.id: s for s in store.paper_snapshot([p.id for p in papers])}
             new = store.add_papers(papers, now)
