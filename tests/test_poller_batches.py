@@ -394,3 +394,34 @@ async def test_a_paper_left_by_an_interrupted_poll_and_listed_with_more_upvotes_
     assert report.ok and not store.unmatched_papers(100)
     assert sorted(queued(store)) == sorted([(p, early.key) for p in ("2411.00001", "2411.00002")] + [
         ("2411.00001", CV.key), ("2411.00001", ML.key), ("2411.00002", CV.key)])
+
+
+KILLED_IN_A_GROUP = KILLED.replace("poller.BATCH, poller.GROUP_ROWS, poller.ENQUEUE_ROWS = 7, 4, 4",
+                                   "poller.BATCH, poller.GROUP_ROWS, poller.ENQUEUE_ROWS = 7, 10**6, 1"
+                                   ).replace("len(calls) == 4", "len(calls) == int(sys.argv[2])")
+
+
+def deliveries(store: Store) -> list[tuple[str, str, str, int]]:
+    return sorted(tuple(row) for row in store.db.execute("SELECT paper_id, channel, matched, strength FROM deliveries"))
+
+
+async def test_a_process_killed_between_the_transactions_of_a_group_loses_and_doubles_nothing(tmp_path, clock):
+    # One group for the whole listing, a transaction a channel (CV's, then ML's): killed after
+    # the first, the papers are all still written down; the next poll queues ML's deliveries,
+    # CV's once, each with the facts and strength a poll that was not killed gives them.
+    whole = Store(tmp_path / "whole.db")
+    subscribe(whole, clock)
+    assert (await Poller(whole, clock).poll(FakeSource(papers=listing()))).ok
+    path = tmp_path / "killed.db"
+    store = Store(path)
+    subscribe(store, clock)
+    done = subprocess.run([sys.executable, "-c", KILLED_IN_A_GROUP, str(path), "1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 9, done.stderr
+    assert {channel for _, channel in queued(store)} == {CV.key} and len(store.unmatched_papers(100)) == 60
+    report = await Poller(store, clock).poll(FakeSource(papers=listing()))
+    assert report.ok and report.queued == len(expected(listing())) - len([p for p in listing() if "segm" in p.title])
+    assert deliveries(store) == deliveries(whole) and len(queued(store)) == len(expected(listing()))
+    assert not store.unmatched_papers(100)
+    store.close()
+    whole.close()
