@@ -186,8 +186,12 @@ class Poller:
                     # The index is rescanned by no later collection either (measured: matching
                     # about 2x faster), nor kept from being shared by forked workers.
                     gc.freeze()
-        recompiled = self.matcher.take_recompiled()
-        if recompiled:  # stored without a compiled form, or with an older version's: kept for next time
+        # Stored without a compiled form, or with an older version's: kept for next time, with
+        # the query each was compiled from (one changed since it was read keeps its own form).
+        queries = {sub.id: sub.query for sub in changed}
+        recompiled = {sub_id: (queries[sub_id], blob) for sub_id, blob in self.matcher.take_recompiled().items()
+                      if sub_id in queries}
+        if recompiled:
             try:
                 store.save_compiled_queries(recompiled)
             except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
@@ -326,7 +330,7 @@ class Poller:
                     self._match_unmatched(store, now, writes)  # what an interrupted poll left
                     new = 0
                     for start in range(0, len(papers), self.BATCH):
-                        new += self._store_batch(store, papers[start:start + self.BATCH], now)
+                        new += self._store_batch(store, papers[start:start + self.BATCH], now, writes)
                         self._match_unmatched(store, now, writes)
                     self._submit(writes, now)  # the last group, however small
                     queued = writes.finish()
@@ -352,12 +356,21 @@ class Poller:
         return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=new, queued=queued,
                                             recovered_after=recovered, skipped=skipped))
 
-    def _store_batch(self, store: StoreContract, papers: list[Paper], now: datetime) -> int:
+    def _store_batch(self, store: StoreContract, papers: list[Paper], now: datetime, writes: _Writes) -> int:
         """Store papers and write down, in the same transaction, those to match: the new ones
         (but revisions and late listings) and known ones whose upvotes or organization changed,
         which may now match more queries (`upvotes>=50`): these once, within max_age_days, and
-        only for subscriptions that existed when the paper was first stored."""
+        only for subscriptions that existed when the paper was first stored.
+
+        A paper of the batch may already be matched, from what was stored before, and not
+        settled yet (left by an interrupted poll, in the group gathered or under way): written
+        down again now, it would be taken off by that group, its new upvotes never matched. Its
+        group is written first; the paper is then written down anew if it changed."""
         self._check_stopping()
+        in_flight = writes.papers()
+        if in_flight and any(p.id in in_flight for p in papers):
+            self._submit(writes, now)
+            writes.finish()
         with store.transaction():
             before = {s.id: s for s in store.paper_snapshot([p.id for p in papers])}
             new = store.add_papers(papers, now)

@@ -278,10 +278,12 @@ class StoreContract(Protocol):
         reported: compare `subscription_ids()`."""
         ...
 
-    def save_compiled_queries(self, compiled: dict[int, bytes]) -> None:
-        """Keep the compiled form of these subscriptions' queries (by id; `compiled` on the
-        Subscriptions `subscriptions_changed_since` returns), without changing their version.
-        Ids no longer stored are ignored."""
+    def save_compiled_queries(self, compiled: dict[int, tuple[str, bytes]]) -> None:
+        """Keep the compiled form of these subscriptions' queries (by id: the query it was
+        compiled from, and the form; `compiled` on the Subscriptions
+        `subscriptions_changed_since` returns), without changing their version. Ids no longer
+        stored are ignored, and so are those whose query is no longer that one (changed
+        since it was read: the change stored its own form)."""
         ...
 
     def subscriptions_created_by(self, ids: list[int], moment: datetime, upto: int | None = None) -> set[int]:

@@ -374,7 +374,9 @@ one AS (
            json_array(json_object('id', s.id, 'query', json_extract(x.value, '$[2]'),
                                   'terms', json(json_extract(x.value, '$[3]')))) AS matched,
            -- distinct terms (MatchedBatch): those ending " in title" counted in the JSON text
-           1000 * min((length(x.value ->> 3) - length(replace(x.value ->> 3, ' in title"', ''))) / 10, 999)
+           -- (json_extract, not ->>: that operator needs SQLite 3.38, the rest of the schema 3.35)
+           1000 * min((length(json_extract(x.value, '$[3]'))
+                       - length(replace(json_extract(x.value, '$[3]'), ' in title"', ''))) / 10, 999)
              + min(json_array_length(x.value, '$[3]'), 999) AS strength
       FROM json_each(:matches) x
       JOIN p ON p.i = json_extract(x.value, '$[0]')
