@@ -11,7 +11,10 @@ workload's papers with the one-process engine (not timed), writes them down as u
 then queues their deliveries in transactions of --rows deliveries through the writer's path
 and times only that, with nothing else running in the process:
 
-- `queue_matched` (the poller's path): `MatchedBatch.encode` then `Store.queue_matched`;
+- `queue_matched` (the poller's path): papers gathered until they have --group matches
+  (Poller.GROUP_ROWS; 0: --rows, and one transaction a group, in paper order, as before
+  the split), `MatchedBatch.split` into transactions of about --rows deliveries by ranges
+  of channels, then `Store.queue_matched` for each;
 - `enqueue_many` (the path before it): `subscriptions_created_by`, `enqueue_many` and
   `settle_unmatched` in one transaction, as the writer thread did;
 - `floor`: rows grouped and encoded beforehand, then a plain `executemany` INSERT per
@@ -38,6 +41,7 @@ from pathlib import Path
 
 from bot.matching import IndexedMatcher, compile_query
 from bot.models import MatchedBatch, PaperMatches, UnmatchedPaper
+from bot.poller import Poller, no_collection
 from storage import Store, open_store
 from storage.db import iso
 from storage.deliveries import match_strength
@@ -92,7 +96,7 @@ def fill_pg(url: str, workload: Workload, now: datetime) -> None:
 
 
 def measure(directory: Path, workload_name: str, subscriptions: int, papers: int, seed: int, rows: int,
-            mode: str, url: str | None = None) -> dict:
+            mode: str, url: str | None = None, group: int = 0) -> dict:
     workload = make_workload(workload_name, subscriptions=subscriptions, papers=papers, seed=seed)
     target = url or str(directory / "outbox.db")
     if url:
@@ -112,52 +116,64 @@ def measure(directory: Path, workload_name: str, subscriptions: int, papers: int
     writer = open_store(target, durable=False)  # as the poller's writer thread opens it
     batches: list[list[tuple[UnmatchedPaper, tuple]]] = [[]]
     count = 0
+    gathered = group if mode == "queue_matched" and group else rows
     for unmatched, found in todo:
         batches[-1].append((unmatched, found))
         count += len(found)
-        if count >= rows:
+        if count >= gathered:
             batches.append([])
             count = 0
     encode = spent = worst = 0.0
-    queued = 0
+    queued = transactions = 0
     cpu, wall = time.process_time(), time.perf_counter()
-    for batch in filter(None, batches):
-        started = time.process_time()
-        if mode == "queue_matched":
-            encoded = MatchedBatch.encode([u for u, _ in batch], [f for _, f in batch])
-        elif mode == "floor":
-            grouped: dict[tuple[str, str], list] = {}
-            for u, found in batch:
-                for m in found:
-                    grouped.setdefault((u.paper.id, m.channel.key), []).append(m)
-            values = [(paper_id, key, json.dumps([{"id": m.subscription_id, "query": m.query, "terms": list(m.terms)}
-                                                  for m in ms]), match_strength(ms), iso(NOW), iso(NOW))
-                      for (paper_id, key), ms in grouped.items()]
-        encode += time.process_time() - started
-        started, began = time.process_time(), time.perf_counter()
-        if mode == "queue_matched":
-            queued += writer.queue_matched(encoded, NOW)
-        elif mode == "enqueue_many":
-            with writer.transaction():
-                wanted = sorted({m.subscription_id for _, f in batch for m in f})
-                ids = writer.subscriptions_created_by(wanted, NOW, upto)
-                queued += writer.enqueue_many([PaperMatches(u.paper.id, tuple(m for m in f if m.subscription_id in ids))
-                                               for u, f in batch if f], NOW)
-                writer.settle_unmatched([u.paper.id for u, _ in batch])
-        else:
-            assert isinstance(writer, Store)
-            with writer.transaction():
-                before = writer.db.conn.total_changes
-                writer.db.conn.executemany(
-                    "INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?)", values)
-                queued += writer.db.conn.total_changes - before
-                writer.settle_unmatched([u.paper.id for u, _ in batch])
-        spent += time.process_time() - started
-        worst = max(worst, time.perf_counter() - began)
+    with no_collection():  # as in the poll (Poller._poll): no collection scans the matches
+        for batch in filter(None, batches):
+            started = time.process_time()
+            if mode == "queue_matched":
+                encoded = MatchedBatch.split([u for u, _ in batch], [f for _, f in batch], rows if group else 0)
+            elif mode == "floor":
+                grouped: dict[tuple[str, str], list] = {}
+                for u, found in batch:
+                    for m in found:
+                        grouped.setdefault((u.paper.id, m.channel.key), []).append(m)
+                values = [(paper_id, key,
+                           json.dumps([{"id": m.subscription_id, "query": m.query, "terms": list(m.terms)}
+                                       for m in ms]),
+                           match_strength(ms), iso(NOW), iso(NOW)) for (paper_id, key), ms in grouped.items()]
+            encode += time.process_time() - started
+            if mode == "queue_matched":
+                for each in encoded:
+                    started, began = time.process_time(), time.perf_counter()
+                    queued += writer.queue_matched(each, NOW)
+                    spent += time.process_time() - started
+                    worst = max(worst, time.perf_counter() - began)
+                transactions += len(encoded)
+                continue
+            started, began = time.process_time(), time.perf_counter()
+            transactions += 1
+            if mode == "enqueue_many":
+                with writer.transaction():
+                    wanted = sorted({m.subscription_id for _, f in batch for m in f})
+                    ids = writer.subscriptions_created_by(wanted, NOW, upto)
+                    queued += writer.enqueue_many(
+                        [PaperMatches(u.paper.id, tuple(m for m in f if m.subscription_id in ids))
+                         for u, f in batch if f], NOW)
+                    writer.settle_unmatched([u.paper.id for u, _ in batch])
+            else:
+                assert isinstance(writer, Store)
+                with writer.transaction():
+                    before = writer.db.conn.total_changes
+                    writer.db.conn.executemany(
+                        "INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?)", values)
+                    queued += writer.db.conn.total_changes - before
+                    writer.settle_unmatched([u.paper.id for u, _ in batch])
+            spent += time.process_time() - started
+            worst = max(worst, time.perf_counter() - began)
     figures = {"backend": "postgresql" if url else "sqlite", "mode": mode, "workload": workload_name,
                "subscriptions": subscriptions, "papers": papers,
-               "rows_per_transaction": rows, "transactions": sum(1 for b in batches if b), "queued": queued,
+               "rows_per_transaction": rows, "group_rows": group if mode == "queue_matched" else None,
+               "transactions": transactions, "queued": queued,
                "matches": sum(len(f) for _, f in todo), "cpu_s": round(time.process_time() - cpu, 2),
                "encode_cpu_s": round(encode, 2), "transactions_cpu_s": round(spent, 2),
                "wall_s": round(time.perf_counter() - wall, 2), "worst_transaction_ms": round(worst * 1000, 1)}
@@ -171,7 +187,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--papers", type=int, default=1000)
     parser.add_argument("--workload", choices=WORKLOADS, default="real")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--rows", type=int, default=250, help="deliveries a transaction (Poller.ENQUEUE_ROWS)")
+    parser.add_argument("--rows", type=int, default=Poller.ENQUEUE_ROWS,
+                        help="deliveries a transaction (Poller.ENQUEUE_ROWS)")
+    parser.add_argument("--group", type=int, default=Poller.GROUP_ROWS,
+                        help="queue_matched: matches gathered before they are split by channels (0: no split)")
     parser.add_argument("--mode", choices=MODES, default="queue_matched")
     parser.add_argument("--dir", type=Path, default=None, help="where the store goes (default: a temporary one)")
     parser.add_argument("--url", help="a postgresql:// URL: measure PostgreSQL, in a schema of the run's own there")
@@ -182,10 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.url:
             with pg_schema(args.url) as url:
                 figures = measure(Path(directory), args.workload, args.subscriptions, args.papers, args.seed,
-                                  args.rows, args.mode, url)
+                                  args.rows, args.mode, url, args.group)
         else:
             figures = measure(Path(directory), args.workload, args.subscriptions, args.papers, args.seed,
-                              args.rows, args.mode)
+                              args.rows, args.mode, group=args.group)
     print(json.dumps(figures))
     return figures
 

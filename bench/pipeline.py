@@ -54,7 +54,7 @@ from bot.app import App
 from bot.config import Secrets, parse_config
 from bot.loopwatch import LoopWatch
 from bot.matching import PaperView, compile_query
-from bot.models import Listing, Paper, Validators
+from bot.models import Listing, MatchedBatch, Paper, Validators
 from bot.poller import Poller
 from bot.sharded import ShardedMatcher
 from fakes.slack import FakeSlack
@@ -158,11 +158,12 @@ class Pinger:
 def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[], None]]:
     """Seconds the poll spends in each of its parts, added up call by call (exact, unlike the
     stall profile's samples). The poller's worker thread: storing papers, the matcher, the
-    preview word index, its other store calls ("bookkeeping"), waiting for the writer thread
-    and the rest ("other": commits, checkpoints). The writer thread, at the same time
+    preview word index, its other store calls ("bookkeeping"), making the writer's transactions
+    (`MatchedBatch.split`: "split"), waiting for the writer thread and the rest ("other":
+    commits, checkpoints). The writer thread, at the same time
     (`write_split_s`): its transactions of deliveries, of which the outbox INSERTs."""
     spent = {"match_cpu": 0.0, "add_papers": 0.0, "match": 0.0, "sync_subscriptions": 0.0, "index_words": 0.0,
-             "bookkeeping": 0.0, "wait_for_writer": 0.0}
+             "bookkeeping": 0.0, "split": 0.0, "wait_for_writer": 0.0}
     writer = {"transactions": 0.0, "enqueue": 0.0, "transactions_cpu": 0.0}
     worker = app.poller.worker_store or app.store
     owners: dict[str, object] = {"add_papers": worker, "match": app.poller.matcher,
@@ -199,7 +200,7 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
         writer, "transactions", cpu_into(writer, "transactions_cpu", app.poller._queue))
     # Class attributes (the writer's Store opens in the poll): put back by `undo`.
     patched = [(Store, "queue_matched", writer, "enqueue"), (poller_module._Writes, "_finish_oldest", spent,
-                                                          "wait_for_writer")]
+                                                          "wait_for_writer"), (MatchedBatch, "split", spent, "split")]
     originals = [(cls, name, cls.__dict__[name]) for cls, name, _, _ in patched]
     for cls, name, into, key in patched:
         setattr(cls, name, timed_into(into, key, getattr(cls, name)))
@@ -459,6 +460,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      args.switch_interval, args.enqueue_rows, args.sweep))
     figures["switch_interval"] = args.switch_interval
     figures["enqueue_rows"] = args.enqueue_rows or Poller.ENQUEUE_ROWS
+    figures["group_rows"] = Poller.GROUP_ROWS  # matches gathered, then split by channels (Poller._submit)
     figures["seed"] = args.seed
     print(json.dumps(figures))
     return figures

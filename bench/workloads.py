@@ -243,7 +243,6 @@ class _QueryMaker:
                 titles[w].append(i)
             for w in view.all_raw:
                 raw[w].append(i)
-                surface[stem(w)][w] += 1
             for seq in (view.title, view.abstract):
                 for pair in set(zip(seq, seq[1:], strict=False)):
                     phrases[pair].append(i)  # a pair in both fields counts the paper twice: harmless for bits
@@ -255,11 +254,15 @@ class _QueryMaker:
                 meta["o:" + paper.organization.split("(")[1].rstrip(")")].append(i)
             if paper.upvotes is not None:
                 meta[f"u:{min(paper.upvotes, 200)}"].append(i)
+        for w, holding in raw.items():  # in the order first met, as counted paper by paper
+            surface[stem(w)][w] += len(holding)
         self.surface = {s: counts.most_common(1)[0][0] for s, counts in surface.items()}
-        self.words = {w: b for w, b in _bits(words, self.n).items() if self._usable(w)}
-        self.titles = {w: b for w, b in _bits(titles, self.n).items() if w in self.words}
-        self.phrases = {p: b for p, b in _bits(phrases, self.n).items()  # type: ignore[arg-type]
-                        if all(w in self.words for w in p) and b.bit_count() >= 2}
+        # Filtered before the bitmaps are made (most keys are dropped: most phrases are one paper's).
+        self.words = _bits({w: papers for w, papers in words.items() if self._usable(w)}, self.n)
+        self.titles = _bits({w: papers for w, papers in titles.items() if w in self.words}, self.n)
+        self.phrases = _bits({p: papers for p, papers in phrases.items()
+                              if len(papers) >= 2 and all(w in self.words for w in p) and len(set(papers)) >= 2},
+                             self.n)
         self.raw = _bits(raw, self.n)
         self.raw_sorted = sorted(self.raw)
         self.title_list = sorted(self.titles)

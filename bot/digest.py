@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .models import WEEKDAYS, ChannelSettings
@@ -37,10 +38,16 @@ def zone(name: str) -> ZoneInfo | None:
         return None
 
 
+@lru_cache(maxsize=1)
+def zone_names() -> tuple[str, ...]:
+    """Every IANA zone name this machine knows, sorted (read from the zoneinfo tree once)."""
+    return tuple(sorted(available_timezones()))
+
+
 def suggest_zones(name: str, limit: int = 3) -> list[str]:
     import difflib
 
-    return difflib.get_close_matches(name, sorted(available_timezones()), n=limit, cutoff=0.6)
+    return difflib.get_close_matches(name, zone_names(), n=limit, cutoff=0.6)
 
 
 def next_digest(settings: ChannelSettings, after: datetime) -> datetime:

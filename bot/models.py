@@ -341,27 +341,83 @@ class PaperMatches:
 @dataclass(frozen=True)
 class MatchedBatch:
     """Papers matched by a poll and their matches, for one transaction of the outbox
-    (`StoreContract.queue_matched`), encoded once as two compact JSON texts by the thread
-    that matched them: the thread that writes only runs SQL, which gives the GIL up.
+    (`StoreContract.queue_matched`), encoded once as compact JSON texts by the thread that
+    matched them: the thread that writes only runs SQL, which gives the GIL up.
 
     `papers`: `[[paper id, since (UTC, ISO seconds), upto or null], ...]`, as
     `UnmatchedPaper` has them (who may receive the paper).
     `matches`: `[[index into papers, subscription id, query, [terms]], ...]`, each paper's in
-    the order given. No channel: it is the subscription's own, read where it is stored.
+    the order given. No channel: it is the subscription's own, read where it is stored. The
+    first `singles` are of papers with one match a channel, each with distinct terms (a
+    delivery a match, as a rule: the store makes those without grouping them or counting
+    distinct terms); the others may share a delivery.
+    `settles`: whether this transaction takes `papers` off the unmatched list. A poll splits
+    a group of papers' matches into transactions by ranges of channels (`split`); only the
+    last one settles the group's papers, so a crash in between leaves them all written down.
     """
 
     papers: str
     matches: str
     paper_ids: frozenset[str]
     rows: int  # matches in `matches`
+    singles: int = 0
+    settles: bool = True
 
     @classmethod
     def encode(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]]) -> MatchedBatch:
-        """`matches[i]`: what `papers[i]` matched (empty: the paper is settled, nothing queued)."""
-        facts = [[u.paper.id, u.since.astimezone(timezone.utc).isoformat(timespec="seconds"), u.upto]
-                 for u in papers]
-        rows = [[i, m[0], m[2], m[3]] for i, found in enumerate(matches) for m in found]
-        return cls(json.dumps(facts), json.dumps(rows), frozenset(u.paper.id for u in papers), len(rows))
+        """`matches[i]`: what `papers[i]` matched (empty: the paper is settled, nothing
+        queued). One transaction for all of them."""
+        return cls.split(papers, matches, 0)[0]
+
+    @classmethod
+    def split(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], rows: int) -> list[MatchedBatch]:
+        """`encode`, cut into transactions of about `rows` matches (0: one), each for a range
+        of channel keys, in key order; the last one settles every paper.
+
+        The outbox's index by channel (`deliveries_outbox`) takes a page a delivery when rows
+        come in paper order; a range of channels touches a slice of it, and a transaction
+        writes each page it touches once, however many of its rows land there
+        (docs/benchmarks.md, "outbox")."""
+        keys: dict[int, str] = {}  # id(a ChannelRef of the matches) -> its key (they are all alive here)
+        counts: dict[str, int] = {}
+        keyed: list[list[str]] = []
+        for found in matches:
+            mine = []
+            for match in found:
+                key = keys.get(id(match.channel))
+                if key is None:
+                    key = keys[id(match.channel)] = match.channel.key
+                counts[key] = counts.get(key, 0) + 1
+                mine.append(key)
+            keyed.append(mine)
+        ranges = _channel_ranges(counts, rows)
+        singles: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
+        shared: list[list[list]] = [[] for _ in singles]
+        for i, (found, mine) in enumerate(zip(matches, keyed, strict=True)):
+            alone = len(set(mine)) == len(mine) and all(len(set(m[3])) == len(m[3]) for m in found)
+            into = singles if alone else shared
+            for match, key in zip(found, mine, strict=True):
+                into[ranges[key]].append([i, match[0], match[2], match[3]])
+        facts = json.dumps([[u.paper.id, u.since.astimezone(timezone.utc).isoformat(timespec="seconds"), u.upto]
+                            for u in papers])
+        ids = frozenset(u.paper.id for u in papers)
+        last = len(singles) - 1
+        return [cls(facts, json.dumps(one + many), ids, len(one) + len(many), len(one), n == last)
+                for n, (one, many) in enumerate(zip(singles, shared, strict=True))]
+
+
+def _channel_ranges(counts: dict[str, int], rows: int) -> dict[str, int]:
+    """Channel key -> the number of its range: consecutive keys, about `rows` of their
+    `counts` a range; 0 for all when `rows` is 0."""
+    if rows <= 0:
+        return dict.fromkeys(counts, 0)
+    ranges, n, filled = {}, 0, 0
+    for key in sorted(counts):
+        if filled >= rows:
+            n, filled = n + 1, 0
+        ranges[key] = n
+        filled += counts[key]
+    return ranges
 
 
 @dataclass(frozen=True)

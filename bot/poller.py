@@ -77,13 +77,14 @@ class Poller:
     Storing, matching and queueing a listing is seconds of work at scale: on the event loop it
     would keep every command waiting. The worker thread has its own Store on the same
     database (a SQLite connection belongs to the thread that opened it), and writes in short
-    transactions (BATCH papers, at most ENQUEUE_ROWS deliveries each) so that a command's
-    own write, which waits for the write lock on the loop's thread, never waits long.
-    Instead of one transaction's all-or-nothing, the papers each batch stores are written
-    down as unmatched in the same transaction, and taken off in the one that queues their
-    deliveries: a poll interrupted in between (a crash, a kill, a full disk, a bug) leaves
-    them written down, and the next poll matches them before anything else. Deliveries are
-    unique per paper and channel, so matching a paper again never posts it twice.
+    transactions (BATCH papers, or about ENQUEUE_ROWS matches of a range of channels) so that
+    a command's own write, which waits for the write lock on the loop's thread, never waits
+    long. Instead of one transaction's all-or-nothing, the papers each batch stores are
+    written down as unmatched in the same transaction, and taken off in the last of those
+    that queue their group's deliveries: a poll interrupted in between (a crash, a kill, a
+    full disk, a bug) leaves them written down, and the next poll matches them before
+    anything else. Deliveries are unique per paper and channel, so matching a paper again
+    never posts it twice.
 
     The deliveries' transactions run in a second thread, the writer, with a Store of its own,
     while the worker stores and matches the next papers (SQLite does its work without the GIL).
@@ -94,8 +95,13 @@ class Poller:
     """
 
     BATCH = 50  # papers stored a transaction (~20 ms with the full-text index, on a busy machine)
-    ENQUEUE_ROWS = 250  # deliveries queued a transaction (see docs/benchmarks.md, "The write path")
-    WRITES_AHEAD = 4  # transactions of deliveries handed to the writer thread and not yet committed
+    # Deliveries are handed to the writer a group at a time, cut into transactions by ranges of
+    # channels: each rewrites a slice of the outbox's index by channel, not a page a row
+    # (docs/benchmarks.md, "outbox": the writer's CPU a third of what it was in 250-row
+    # transactions in paper order).
+    GROUP_ROWS = 15_000  # matches gathered (~150 papers) before they are split and handed over
+    ENQUEUE_ROWS = 1000  # matches a transaction, about (~10-15 ms of CPU)
+    WRITES_AHEAD = 2  # groups handed to the writer thread and not yet committed
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
                  open_store: Callable[[], StoreContract] | None = None,
@@ -180,8 +186,12 @@ class Poller:
                     # The index is rescanned by no later collection either (measured: matching
                     # about 2x faster), nor kept from being shared by forked workers.
                     gc.freeze()
-        recompiled = self.matcher.take_recompiled()
-        if recompiled:  # stored without a compiled form, or with an older version's: kept for next time
+        # Stored without a compiled form, or with an older version's: kept for next time, with
+        # the query each was compiled from (one changed since it was read keeps its own form).
+        queries = {sub.id: sub.query for sub in changed}
+        recompiled = {sub_id: (queries[sub_id], blob) for sub_id, blob in self.matcher.take_recompiled().items()
+                      if sub_id in queries}
+        if recompiled:
             try:
                 store.save_compiled_queries(recompiled)
             except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
@@ -320,8 +330,9 @@ class Poller:
                     self._match_unmatched(store, now, writes)  # what an interrupted poll left
                     new = 0
                     for start in range(0, len(papers), self.BATCH):
-                        new += self._store_batch(store, papers[start:start + self.BATCH], now)
+                        new += self._store_batch(store, papers[start:start + self.BATCH], now, writes)
                         self._match_unmatched(store, now, writes)
+                    self._submit(writes, now)  # the last group, however small
                     queued = writes.finish()
                 except BaseException:
                     writes.abandon()  # wait for the transactions under way: none runs into the next poll
@@ -345,12 +356,21 @@ class Poller:
         return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=new, queued=queued,
                                             recovered_after=recovered, skipped=skipped))
 
-    def _store_batch(self, store: StoreContract, papers: list[Paper], now: datetime) -> int:
+    def _store_batch(self, store: StoreContract, papers: list[Paper], now: datetime, writes: _Writes) -> int:
         """Store papers and write down, in the same transaction, those to match: the new ones
         (but revisions and late listings) and known ones whose upvotes or organization changed,
         which may now match more queries (`upvotes>=50`): these once, within max_age_days, and
-        only for subscriptions that existed when the paper was first stored."""
+        only for subscriptions that existed when the paper was first stored.
+
+        A paper of the batch may already be matched, from what was stored before, and not
+        settled yet (left by an interrupted poll, in the group gathered or under way): written
+        down again now, it would be taken off by that group, its new upvotes never matched. Its
+        group is written first; the paper is then written down anew if it changed."""
         self._check_stopping()
+        in_flight = writes.papers()
+        if in_flight and any(p.id in in_flight for p in papers):
+            self._submit(writes, now)
+            writes.finish()
         with store.transaction():
             before = {s.id: s for s in store.paper_snapshot([p.id for p in papers])}
             new = store.add_papers(papers, now)
@@ -373,20 +393,17 @@ class Poller:
 
     def _match_unmatched(self, store: StoreContract, now: datetime, writes: _Writes) -> None:
         """Match the papers written down as unmatched and hand their deliveries to the writer
-        thread, in transactions of at most ENQUEUE_ROWS deliveries (each takes its papers off
-        the list). Papers whose transaction is under way are not read again."""
+        thread, a group of about GROUP_ROWS matches at a time, in transactions of about
+        ENQUEUE_ROWS matches each, by ranges of channels (the group's last takes its papers
+        off the list). Papers whose group is under way or still gathering are not read again."""
         while True:
             self._check_stopping()
             writes.collect()  # a failed transaction fails the poll here
-            under_way = writes.papers()
-            todo = [u for u in store.unmatched_papers(self.BATCH + len(under_way)) if u.paper.id not in under_way]
+            todo = store.unmatched_papers(self.BATCH, skip=writes.papers())
             if not todo:
                 return
             # A subscription committed since the last sync receives the papers stored after it.
             self._sync_if_changed(store)
-            done: list[UnmatchedPaper] = []
-            found: list[tuple[Match, ...]] = []
-            rows = 0
             liked = self._recommended(todo, now)
             # With worker processes, the papers that may be posted (as `stale` below) are
             # matched in one call, pipelined, not a round trip a paper; if it raises, one by one
@@ -424,20 +441,21 @@ class Poller:
                     matches = []
                 if paper.id in liked:
                     matches = sorted([*matches, *liked[paper.id]])
-                done.append(unmatched)
-                found.append(tuple(matches))
-                rows += len(matches)
-                if rows >= self.ENQUEUE_ROWS:
-                    self._submit(writes, done, found, now)
-                    done, found, rows = [], [], 0
-            if done:
-                self._submit(writes, done, found, now)
+                if writes.gather(unmatched, tuple(matches)) >= self.GROUP_ROWS:
+                    self._submit(writes, now)
 
-    def _submit(self, writes: _Writes, done: list[UnmatchedPaper], found: list[tuple[Match, ...]],
-                now: datetime) -> None:
-        """Hand one transaction to the writer thread, encoded here (the writer only runs SQL)."""
-        batch = MatchedBatch.encode(done, found)
-        writes.submit(lambda store: self._queue(store, batch, now), set(batch.paper_ids))
+    def _submit(self, writes: _Writes, now: datetime) -> None:
+        """Hand the gathered group to the writer thread as one job: its transactions, made
+        and encoded here (the writer only runs SQL), one a range of channels."""
+        done, found = writes.take()
+        if not done:
+            return
+        batches = MatchedBatch.split(done, found, self.ENQUEUE_ROWS)
+
+        def job(store: StoreContract) -> int:
+            return sum(self._queue(store, batch, now) for batch in batches)
+
+        writes.submit(job, set(batches[0].paper_ids))
 
     def _recommended(self, todo: list[UnmatchedPaper], now: datetime) -> dict[str, list[Match]]:
         """The like: matches of a batch (bot/recommend.py), for the papers that may be posted:
@@ -512,6 +530,23 @@ class _Writes:
         self._jobs: deque[tuple[Future[int], set[str]]] = deque()
         self._failed = threading.Event()
         self.queued = 0
+        # The group being gathered (matched, not handed over yet): its papers and their matches.
+        self._done: list[UnmatchedPaper] = []
+        self._found: list[tuple[Match, ...]] = []
+        self._rows = 0
+
+    def gather(self, unmatched: UnmatchedPaper, matches: tuple[Match, ...]) -> int:
+        """Add a matched paper to the group; how many matches the group has."""
+        self._done.append(unmatched)
+        self._found.append(matches)
+        self._rows += len(matches)
+        return self._rows
+
+    def take(self) -> tuple[list[UnmatchedPaper], list[tuple[Match, ...]]]:
+        """The group gathered so far (and a new one begins)."""
+        taken = self._done, self._found
+        self._done, self._found, self._rows = [], [], 0
+        return taken
 
     def submit(self, job: Callable[[StoreContract], int], papers: set[str]) -> None:
         while len(self._jobs) >= self._ahead:
@@ -543,8 +578,8 @@ class _Writes:
             self._finish_oldest()
 
     def papers(self) -> set[str]:
-        """The papers of the transactions not done yet."""
-        under_way: set[str] = set()
+        """The papers of the transactions not done yet, and of the group being gathered."""
+        under_way: set[str] = {u.paper.id for u in self._done}
         for done, papers in self._jobs:
             if not done.done():
                 under_way |= papers
@@ -558,7 +593,9 @@ class _Writes:
 
     def abandon(self) -> None:
         """The poll failed: wait for what is under way, whatever its outcome (its papers stay
-        written down if it failed: the next poll matches them)."""
+        written down if it failed: the next poll matches them). The group gathered is dropped
+        (its papers are still written down)."""
+        self.take()
         for done, _ in self._jobs:
             try:
                 done.result()

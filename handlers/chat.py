@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-from functools import lru_cache
-from zoneinfo import available_timezones
 
+from bot.digest import zone_names
 from bot.errors import BotError
 from bot.models import ChannelRef, CommandRequest
 from bot.sources.ids import canonical_arxiv_id
@@ -54,9 +53,6 @@ def mention_request(channel: ChannelRef, user_id: str, text: str, can_manage: bo
     return request_from_text(channel, user_id, text or "help", can_manage)
 
 
-@lru_cache(maxsize=1)
-def _zones() -> tuple[str, ...]:
-    return tuple(sorted(available_timezones()))
 
 
 def complete(ctx: Context, channel: ChannelRef, verb: str, param: str, typed: str) -> list[tuple[str, str]]:
@@ -82,5 +78,5 @@ def complete(ctx: Context, channel: ChannelRef, verb: str, param: str, typed: st
             choices.append(("all of them", "all"))
         return [c for c in choices if wanted in c[0].lower()][:MAX_CHOICES]
     if source == "time zones":
-        return [(z, z) for z in _zones() if wanted in z.lower()][:MAX_CHOICES]
+        return [(z, z) for z in zone_names() if wanted in z.lower()][:MAX_CHOICES]
     return []

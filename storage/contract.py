@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from datetime import date, datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Collection, Protocol
 
 from bot.models import (
     BurstPlan,
@@ -179,8 +179,9 @@ class StoreContract(Protocol):
         interrupted before it queues their deliveries leaves them here for the next one."""
         ...
 
-    def unmatched_papers(self, limit: int) -> list[UnmatchedPaper]:
-        """At most `limit` of the papers written down and not settled, oldest entry first."""
+    def unmatched_papers(self, limit: int, skip: Collection[str] = ()) -> list[UnmatchedPaper]:
+        """At most `limit` of the papers written down and not settled, oldest entry first,
+        leaving out those of `skip`."""
         ...
 
     def settle_unmatched(self, paper_ids: list[str]) -> None:
@@ -284,10 +285,12 @@ class StoreContract(Protocol):
         reported: compare `subscription_ids()`."""
         ...
 
-    def save_compiled_queries(self, compiled: dict[int, bytes]) -> None:
-        """Keep the compiled form of these subscriptions' queries (by id; `compiled` on the
-        Subscriptions `subscriptions_changed_since` returns), without changing their version.
-        Ids no longer stored are ignored."""
+    def save_compiled_queries(self, compiled: dict[int, tuple[str, bytes]]) -> None:
+        """Keep the compiled form of these subscriptions' queries (by id: the query it was
+        compiled from, and the form; `compiled` on the Subscriptions
+        `subscriptions_changed_since` returns), without changing their version. Ids no longer
+        stored are ignored, and so are those whose query is no longer that one (changed
+        since it was read: the change stored its own form)."""
         ...
 
     def subscriptions_created_by(self, ids: list[int], moment: datetime, upto: int | None = None) -> set[int]:
@@ -354,8 +357,10 @@ class StoreContract(Protocol):
         """The poll's outbox transaction (one, all or nothing): `enqueue` each paper of `batch`
         for the matches whose subscription still exists and may receive it (id at most the
         paper's `upto`; with none, created at or before its `since`), the channel being the
-        subscription's, and `settle_unmatched` every paper of the batch, matched or not.
-        Returns how many deliveries are new. The poller calls it from its writer thread."""
+        subscription's, and, if the batch `settles`, `settle_unmatched` every paper of the
+        batch, matched or not (a poll splits a group of papers into transactions by ranges of
+        channels: only the last one settles them). Returns how many deliveries are new. The
+        poller calls it from its writer thread."""
         ...
 
     def due_channels(self, now: datetime) -> list[DueChannel]:

@@ -98,21 +98,26 @@ class DeliveriesMixin:
 
     def queue_matched(self, batch: MatchedBatch, now: datetime) -> int:
         """A poll's transaction: queue `batch`'s deliveries, due at `now`, and take its papers
-        off the unmatched list; returns how many deliveries are new.
+        off the unmatched list (if it `settles`); returns how many deliveries are new.
 
         Only subscriptions that still exist and may receive the paper count (id up to its
         `upto`, or else created by its `since`), read under the write lock. Two statements
         over the batch's JSON, whatever its size: the poller's writer thread runs them while
         its worker matches, and they hold the GIL only to start. The grouping by paper and
-        channel, the `matched` facts and the strength are made in SQL, not in Python.
+        channel, the `matched` facts and the strength are made in SQL, not in Python; the
+        `singles` (papers with a match a channel) skip the grouping. A poll's transactions
+        each hold a range of channels (`MatchedBatch.split`): that is what keeps its writes
+        to the outbox's index by channel few (docs/benchmarks.md, "outbox").
         """
         with immediate(self.db):
             before = self.db.conn.total_changes  # rowcount is -1 for a statement that begins WITH
-            self.db.conn.execute(_QUEUE_MATCHED, {"papers": batch.papers, "matches": batch.matches, "now": iso(now)})
+            self.db.conn.execute(_QUEUE_MATCHED, {"papers": batch.papers, "matches": batch.matches,
+                                                  "singles": batch.singles, "now": iso(now)})
             queued = self.db.conn.total_changes - before  # (no trigger fires on an insert into deliveries)
-            self.db.conn.execute(
-                "DELETE FROM unmatched_papers WHERE paper_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
-                [batch.papers])
+            if batch.settles:
+                self.db.conn.execute(
+                    "DELETE FROM unmatched_papers WHERE paper_id IN "
+                    "(SELECT json_extract(value, '$[0]') FROM json_each(?))", [batch.papers])
         return queued
 
     def due_channels(self, now: datetime) -> list[DueChannel]:
@@ -343,11 +348,17 @@ _MATCHED_JSON = """SELECT json_group_array(json_object('id', json_extract(m.valu
                      FROM json_each(d.value, '$[2]') m"""
 
 
-# queue_matched's statement. `m`: every match of a subscription that exists and may receive
-# its paper; `g`: one row a paper and channel (the first of its window), its `matched` the
-# window's matches in the order given (a window's ORDER BY orders its aggregate: a GROUP BY
-# would not, before SQLite 3.44). The strength is `match_strength`'s, out of `matched`.
-_QUEUE_MATCHED = """
+# queue_matched's statement. `p`: the batch's papers; `m`: every match of a subscription that
+# exists and may receive its paper, from the matches past the `singles`; `g`: one row a paper
+# and channel (the first of its window), its `matched` the window's matches in the order given
+# (a window's ORDER BY orders its aggregate: a GROUP BY would not, before SQLite 3.44);
+# `one`: the singles, a delivery each, as `g` would make them. The strength is
+# `match_strength`'s, out of the terms (of a single: distinct, so counted without DISTINCT: a
+# term ends with " in title" where its JSON text has ` in title"`). Rows go in in the order of
+# the papers, as given.
+_STRENGTH = """1000 * min(count(DISTINCT CASE WHEN substr(t.value, -9) = ' in title' THEN t.value END), 999)
+               + min(count(DISTINCT t.value), 999)"""
+_QUEUE_MATCHED = f"""
 WITH p AS MATERIALIZED (
     SELECT key AS i, json_extract(value, '$[0]') AS paper_id, json_extract(value, '$[1]') AS since,
            json_extract(value, '$[2]') AS upto
@@ -359,19 +370,33 @@ m AS (
       FROM json_each(:matches) x
       JOIN p ON p.i = json_extract(x.value, '$[0]')
       JOIN subscriptions s ON s.id = json_extract(x.value, '$[1]')
-     WHERE CASE WHEN p.upto IS NOT NULL THEN s.id <= p.upto ELSE s.created_at <= p.since END),
+     WHERE x.key >= :singles AND CASE WHEN p.upto IS NOT NULL THEN s.id <= p.upto ELSE s.created_at <= p.since END),
 g AS (
-    SELECT paper_id, channel, json_group_array(json(fact)) OVER whole AS matched, row_number() OVER w AS n
+    SELECT i, k, paper_id, channel, json_group_array(json(fact)) OVER whole AS matched, row_number() OVER w AS n
       FROM m
     WINDOW w AS (PARTITION BY i, channel ORDER BY k),
-           whole AS (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))
+           whole AS (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)),
+one AS (
+    SELECT p.i, x.key AS k, p.paper_id, s.channel,
+           json_array(json_object('id', s.id, 'query', json_extract(x.value, '$[2]'),
+                                  'terms', json(json_extract(x.value, '$[3]')))) AS matched,
+           -- distinct terms (MatchedBatch): those ending " in title" counted in the JSON text
+           -- (json_extract, not ->>: that operator needs SQLite 3.38, the rest of the schema 3.35)
+           1000 * min((length(json_extract(x.value, '$[3]'))
+                       - length(replace(json_extract(x.value, '$[3]'), ' in title"', ''))) / 10, 999)
+             + min(json_array_length(x.value, '$[3]'), 999) AS strength
+      FROM json_each(:matches) x
+      JOIN p ON p.i = json_extract(x.value, '$[0]')
+      JOIN subscriptions s ON s.id = json_extract(x.value, '$[1]')
+     WHERE x.key < :singles AND CASE WHEN p.upto IS NOT NULL THEN s.id <= p.upto ELSE s.created_at <= p.since END)
 INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
-SELECT paper_id, channel, matched,
-       (SELECT 1000 * min(count(DISTINCT CASE WHEN substr(t.value, -9) = ' in title' THEN t.value END), 999)
-               + min(count(DISTINCT t.value), 999)
-          FROM json_each(g.matched) f, json_each(f.value, '$.terms') t),
-       :now, :now
-  FROM g WHERE n = 1"""
+SELECT paper_id, channel, matched, strength, :now, :now FROM (
+    SELECT i, k, paper_id, channel, matched, strength FROM one
+    UNION ALL
+    SELECT i, k, paper_id, channel, matched,
+           (SELECT {_STRENGTH} FROM json_each(g.matched) f, json_each(f.value, '$.terms') t)
+      FROM g WHERE n = 1)
+ ORDER BY i, k"""
 
 
 def match_strength(matches: list[Match]) -> int:

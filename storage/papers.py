@@ -9,7 +9,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 from urllib.request import pathname2url
 
 from sqlite_utils import Database
@@ -133,13 +133,15 @@ class PapersMixin(FollowUpsMixin):
                 [(u.paper.id, iso(u.since), u.paper.source or None, u.upto) for u in papers],
             )
 
-    def unmatched_papers(self, limit: int) -> list[UnmatchedPaper]:
-        """Papers written down by `mark_unmatched` and not settled yet, in the order written."""
+    def unmatched_papers(self, limit: int, skip: Collection[str] = ()) -> list[UnmatchedPaper]:
+        """Papers written down by `mark_unmatched` and not settled yet, in the order written,
+        but those in `skip` (the poller's under way: not read again, each time)."""
         cursor = self.db.execute(
             """SELECT papers.*, u.since AS unmatched_since, u.source AS unmatched_source, u.upto AS unmatched_upto
                  FROM unmatched_papers u
-                 JOIN papers ON papers.id = u.paper_id ORDER BY u.rowid LIMIT ?""",
-            [limit],
+                 JOIN papers ON papers.id = u.paper_id
+                WHERE u.paper_id NOT IN (SELECT value FROM json_each(?)) ORDER BY u.rowid LIMIT ?""",
+            [json.dumps(list(skip)), limit],
         )
         columns = [d[0] for d in cursor.description]
         found = []

@@ -120,15 +120,16 @@ class SubscriptionsMixin:
                 found.append(Subscription(sub_id, channel, query, created_by, moment, 0, compiled))
         return SubscriptionChanges(found, newest)
 
-    def save_compiled_queries(self, compiled: dict[int, bytes]) -> None:
+    def save_compiled_queries(self, compiled: dict[int, tuple[str, bytes]]) -> None:
         """Keep the compiled form of these subscriptions' queries (the matching engine's, for
         those whose stored one was missing or of an older version). Versions are left as
-        they are: nothing the engine has to pick up changed."""
+        they are: nothing the engine has to pick up changed. Only where the query is still
+        the one compiled (a command may have changed it since the engine read it)."""
         if not compiled:
             return
         with immediate(self.db):
-            self.db.conn.executemany("UPDATE subscriptions SET compiled = ? WHERE id = ?",
-                                     [(blob, sub_id) for sub_id, blob in compiled.items()])
+            self.db.conn.executemany("UPDATE subscriptions SET compiled = ? WHERE id = ? AND query = ?",
+                                     [(blob, sub_id, query) for sub_id, (query, blob) in compiled.items()])
 
     def subscriptions_created_by(self, ids: list[int], moment: datetime, upto: int | None = None) -> set[int]:
         """Those of `ids` that exist and existed at `moment` (with `upto`: whose id is at most `upto`)."""

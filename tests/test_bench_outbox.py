@@ -13,12 +13,15 @@ from bench.outbox import main
 
 def test_the_three_ways_of_writing_the_outbox_queue_the_same_deliveries(capsys):
     workload = "zipf"  # the real workload is made from a calibration set: slower to build, the same here
-    runs = [main(["--subscriptions", "600", "--papers", "60", "--workload", workload, "--seed", "3", "--rows", "20",
-                  "--mode", mode]) for mode in ("queue_matched", "enqueue_many", "floor")]
+    args = ["--subscriptions", "600", "--papers", "60", "--workload", workload, "--seed", "3", "--rows", "20"]
+    runs = [main([*args, "--mode", mode, "--group", "0"]) for mode in ("queue_matched", "enqueue_many", "floor")]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == runs[-1]
+    assert {run["transactions"] for run in runs} == {runs[0]["transactions"]} and runs[0]["transactions"] > 1
+    split = main([*args, "--mode", "queue_matched", "--group", "100"])  # as the poller: groups cut by channels
+    assert split["group_rows"] == 100 and split["transactions"] > runs[0]["transactions"] // 5
+    runs.append(split)
     queued = {run["queued"] for run in runs}
     assert len(queued) == 1 and 0 < queued.pop() <= runs[0]["matches"]  # a delivery answers one or more matches
-    assert {run["transactions"] for run in runs} == {runs[0]["transactions"]} and runs[0]["transactions"] > 1
     for run in runs:
         assert run["cpu_s"] >= run["transactions_cpu_s"] >= 0 and run["worst_transaction_ms"] >= 0
 

@@ -42,7 +42,7 @@ def test_a_tiny_pipeline_run_reports_consistent_figures(capsys, workload):
     assert figures["ack_p50_ms"] <= figures["ack_max_ms"] and figures["reply_p50_ms"] <= figures["reply_max_ms"]
     assert figures["loop_stall_p99_ms"] <= figures["loop_stall_max_ms"]
     assert set(figures["poll_split_s"]) == {"add_papers", "match", "sync_subscriptions", "index_words",
-                                            "bookkeeping", "wait_for_writer", "other"}
+                                            "bookkeeping", "split", "wait_for_writer", "other"}
     # The writer thread's transactions, of which the outbox INSERTs: there were deliveries to write.
     assert 0 <= figures["write_split_s"]["enqueue"] <= figures["write_split_s"]["transactions"]
     assert figures["full_collections_during_poll"] == 0  # the poll turns collection off

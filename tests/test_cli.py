@@ -60,7 +60,10 @@ def expected_titles(word: str) -> set[str]:
     return titles
 
 
-def test_subscribe_then_poll_prints_exactly_the_matching_papers_once(capsys, config_file):
+def test_subscribe_then_poll_prints_exactly_the_matching_papers_once(capsys, config_file, monkeypatch):
+    # Each poll asks arXiv twice (the listing, then the other source's papers' categories): paced
+    # here at 0.05 s, not arXiv's 3 s (test_enrich.py checks the pacing, with a clock of its own).
+    monkeypatch.setattr("bot.sources.arxiv.ARXIV_INTERVAL", 0.05)
     code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", "console:ml", "--user", "u1",
                        "subscribe diffusion")
     assert code == 0 and 'Subscribed this channel to `diffusion` (#1)' in out

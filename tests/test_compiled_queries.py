@@ -104,9 +104,11 @@ def test_storage_keeps_the_compiled_form_of_new_and_changed_queries(store):
     assert [(s.id, load_compiled(s.compiled)) for s in after.subscriptions] == [
         (first.id, load_compiled(compile_query("video")))]
     # Kept again without a new version: nothing the engine has to pick up changed.
-    store.save_compiled_queries({second.id: b"other", 9999: b"gone"})
+    store.save_compiled_queries({second.id: ('"language model" -video', b"other"), 9999: ("x", b"gone"),
+                                 first.id: ("diffusion", b"the old query's")})  # changed since: not kept
     assert store.subscriptions_changed_since(after.version).subscriptions == []
-    assert {s.id: s.compiled for s in store.subscriptions_changed_since(0).subscriptions}[second.id] == b"other"
+    kept = {s.id: s.compiled for s in store.subscriptions_changed_since(0).subscriptions}
+    assert kept[second.id] == b"other" and load_compiled(kept[first.id]) == load_compiled(compile_query("video"))
     assert store.get_subscription(second.id) == second  # the form is not part of the value
 
 
@@ -165,3 +167,28 @@ def test_migration_m021_fills_the_compiled_forms_of_an_existing_database(tmp_pat
     m021_compiled_queries(store.db)  # again: nothing changes
     assert store.db.execute("SELECT query, compiled FROM subscriptions ORDER BY id").fetchall() == rows
     store.close()
+
+
+@pytest.mark.backends
+def test_a_query_changed_while_the_poller_recompiles_keeps_the_new_query_s_form(store):
+    # The poller reads a subscription with a stale form (an upgrade: every stored form is),
+    # parses it and writes the fresh form back; a command that changes its query in between
+    # must not have the old query's form written over the new one's: the next load would
+    # match the old query under the new one's name.
+    sub = store.add_subscription(ML, "diffusion", "u", T0).subscription
+    store.save_compiled_queries({sub.id: ("diffusion", b"q0000000" + marshal.dumps(("stale",)))})
+    poller = Poller(store)
+    real_save = store.save_compiled_queries
+
+    def changed_first(compiled):  # the command commits between the poller's read and its write
+        store.change_subscription_query(ML, sub.id, "video")
+        real_save(compiled)
+
+    store.save_compiled_queries = changed_first  # type: ignore[method-assign]
+    poller.sync_subscriptions()
+    store.save_compiled_queries = real_save  # type: ignore[method-assign]
+    (row,) = store.subscriptions_changed_since(0).subscriptions
+    assert row.query == "video" and load_compiled(row.compiled) == load_compiled(compile_query("video"))
+    restarted = IndexedMatcher([row])
+    assert [m.subscription_id for m in restarted.match(paper_with("Video of robots"))] == [sub.id]
+    assert restarted.match(paper_with("Diffusion of robots")) == []

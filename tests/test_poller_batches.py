@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def subscribe(store: Store, clock) -> None:
 
 def small_batches(poller: Poller) -> Poller:
     poller.BATCH = 7
-    poller.ENQUEUE_ROWS = 4
+    poller.GROUP_ROWS = poller.ENQUEUE_ROWS = 4
     return poller
 
 
@@ -162,7 +163,7 @@ KILLED = textwrap.dedent("""
     async def main():
         store = Store(sys.argv[1])
         poller = Poller(store, lambda: datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc))
-        poller.BATCH, poller.ENQUEUE_ROWS = 7, 4
+        poller.BATCH, poller.GROUP_ROWS, poller.ENQUEUE_ROWS = 7, 4, 4
         calls = []
         def kill():
             calls.append(1)
@@ -368,3 +369,59 @@ async def test_no_garbage_collection_runs_during_a_poll_and_it_is_back_on_after(
     poller.between_batches = lambda: (_ for _ in ()).throw(RuntimeError("a failed poll"))
     assert not (await poller.poll(FakeSource(papers=[paper("2411.90001", "Diffusion again")]))).ok
     assert gc.isenabled()  # back on after a failed poll too
+
+
+async def test_a_paper_left_by_an_interrupted_poll_and_listed_with_more_upvotes_is_matched_as_listed(store, clock):
+    # A poll killed between the transactions of a group leaves its papers written down. The
+    # next poll matches them first, from what was stored; when its listing then has one of
+    # them with more upvotes, that paper must be matched again as listed (`upvotes>=50`), not
+    # settled with the matches of its old upvotes by the group it was gathered in.
+    early = ChannelRef("console", "aa")  # its transaction comes first (channel keys in order)
+    store.add_subscription(early, "diffusion", "u3", clock())
+    store.add_subscription(CV, "segmentation", "u2", clock())
+    store.add_subscription(ML, "diffusion upvotes>=50", "u1", clock())
+    papers = [paper("2411.00001", "Diffusion and segmentation", upvotes=3),
+              paper("2411.00002", "Segmentation of diffusion", upvotes=4)]
+    poller = Poller(store, clock)
+    poller.BATCH, poller.GROUP_ROWS, poller.ENQUEUE_ROWS = 7, 10**6, 1  # one group, a transaction a channel
+    poller.between_batches = lambda: (_ for _ in ()).throw(RuntimeError("killed between transactions"))
+    assert not (await poller.poll(FakeSource(papers=papers))).ok
+    assert len(store.unmatched_papers(100)) == 2  # the group's last transaction did not run
+    poller.between_batches = None
+    clock.advance(hours=1)
+    relisted = [replace(papers[0], upvotes=80), papers[1]]
+    report = await poller.poll(FakeSource(papers=relisted))
+    assert report.ok and not store.unmatched_papers(100)
+    assert sorted(queued(store)) == sorted([(p, early.key) for p in ("2411.00001", "2411.00002")] + [
+        ("2411.00001", CV.key), ("2411.00001", ML.key), ("2411.00002", CV.key)])
+
+
+KILLED_IN_A_GROUP = KILLED.replace("poller.BATCH, poller.GROUP_ROWS, poller.ENQUEUE_ROWS = 7, 4, 4",
+                                   "poller.BATCH, poller.GROUP_ROWS, poller.ENQUEUE_ROWS = 7, 10**6, 1"
+                                   ).replace("len(calls) == 4", "len(calls) == int(sys.argv[2])")
+
+
+def deliveries(store: Store) -> list[tuple[str, str, str, int]]:
+    return sorted(tuple(row) for row in store.db.execute("SELECT paper_id, channel, matched, strength FROM deliveries"))
+
+
+async def test_a_process_killed_between_the_transactions_of_a_group_loses_and_doubles_nothing(tmp_path, clock):
+    # One group for the whole listing, a transaction a channel (CV's, then ML's): killed after
+    # the first, the papers are all still written down; the next poll queues ML's deliveries,
+    # CV's once, each with the facts and strength a poll that was not killed gives them.
+    whole = Store(tmp_path / "whole.db")
+    subscribe(whole, clock)
+    assert (await Poller(whole, clock).poll(FakeSource(papers=listing()))).ok
+    path = tmp_path / "killed.db"
+    store = Store(path)
+    subscribe(store, clock)
+    done = subprocess.run([sys.executable, "-c", KILLED_IN_A_GROUP, str(path), "1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 9, done.stderr
+    assert {channel for _, channel in queued(store)} == {CV.key} and len(store.unmatched_papers(100)) == 60
+    report = await Poller(store, clock).poll(FakeSource(papers=listing()))
+    assert report.ok and report.queued == len(expected(listing())) - len([p for p in listing() if "segm" in p.title])
+    assert deliveries(store) == deliveries(whole) and len(queued(store)) == len(expected(listing()))
+    assert not store.unmatched_papers(100)
+    store.close()
+    whole.close()

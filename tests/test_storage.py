@@ -347,6 +347,7 @@ def test_queue_matched_queues_for_subscriptions_that_may_receive_each_paper_and_
     ]
     batch = MatchedBatch.encode(done, found)
     assert batch.rows == 9 and batch.paper_ids == {"2410.00001", "2410.00002", "2410.00003"}
+    assert batch.singles == 0 and batch.settles  # both have two matches of a channel: grouped in SQL
     assert store.queue_matched(batch, t) == 3  # one: a and b; two: b (a had it)
     assert store.unmatched_papers(10) == []
     rows = store.db.execute("SELECT paper_id, channel, strength FROM deliveries ORDER BY paper_id, channel").fetchall()
@@ -391,6 +392,101 @@ def test_queue_matched_keeps_the_facts_as_given_and_queues_in_the_batch_order(st
 
 
 @pytest.mark.backends
+def test_queue_matched_split_by_ranges_of_channels_queues_the_same_and_settles_with_the_last(store):
+    # A poll's group of papers goes in several short transactions, each for a range of channel
+    # keys (so that each rewrites a slice of the outbox's index by channel); its papers stay
+    # written down as unmatched until the last one commits, so a crash in between loses nothing.
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    channels = [ChannelRef("console", name) for name in ("d", "b", "c", "a")]
+    subs = [store.add_subscription(c, f"q{c.channel_id}", "u1", t - timedelta(days=1)).subscription for c in channels]
+    papers = [paper(f"2410.0000{i}") for i in range(1, 4)]
+    store.add_papers(papers, t)
+    done = [UnmatchedPaper(p, t, subs[-1].id) for p in papers]
+    store.mark_unmatched(done)
+    m = [Match(s.id, s.channel, s.query, ("x in title", f"t{s.id}")) for s in subs]
+    found = [tuple(m), (m[2], m[0]), ()]
+    batches = MatchedBatch.split(done, found, 2)
+    assert [b.rows for b in batches] == [2, 2, 2]  # a: 1, b: 1 | c: 2 | d: 2
+    subscriptions = [[row[1] for row in json.loads(b.matches)] for b in batches]
+    assert subscriptions == [[subs[1].id, subs[3].id], [subs[2].id, subs[2].id], [subs[0].id, subs[0].id]]
+    assert [b.settles for b in batches] == [False, False, True] and [b.singles for b in batches] == [2, 2, 2]
+    assert all(b.paper_ids == {p.id for p in papers} for b in batches)
+    assert sum(store.queue_matched(b, t) for b in batches[:2]) == 4
+    assert [u.paper.id for u in store.unmatched_papers(10)] == [p.id for p in papers]  # not yet
+    assert store.queue_matched(batches[0], t) == 0  # again (a crash, the next poll): nothing twice
+    assert store.queue_matched(batches[2], t) == 2 and store.unmatched_papers(10) == []
+    rows = store.db.execute("SELECT paper_id, channel, strength FROM deliveries ORDER BY channel, id").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [
+        ("2410.00001", "console:a"), ("2410.00001", "console:b"), ("2410.00001", "console:c"),
+        ("2410.00002", "console:c"), ("2410.00001", "console:d"), ("2410.00002", "console:d")]
+    assert {r[2] for r in rows} == {1002}
+    owed = {(d.paper_id, d.channel.channel_id): d.matched for c in channels for d in store.pending_for_channel(c)}
+    assert owed[("2410.00002", "c")] == (m[2],) and owed[("2410.00001", "a")] == (m[3],)
+    (alone,) = MatchedBatch.split(done, [(), (), ()], 2)  # nothing matched: one transaction, settling all
+    assert alone.rows == 0 and alone.settles
+
+
+@pytest.mark.backends
+def test_queue_matched_groups_a_channel_s_matches_whatever_their_place_in_the_split(store):
+    # A paper with two matches of one channel goes with the matches that may share a delivery
+    # (grouped in SQL); one with a match a channel is queued without grouping: same rows.
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
+    sa, sa2, sb = (store.add_subscription(c, q, "u1", t - timedelta(days=1)).subscription
+                   for c, q in ((a, "alpha"), (a, "beta"), (b, "gamma")))
+    one, two = paper("2410.00001"), paper("2410.00002")
+    store.add_papers([one, two], t)
+    done = [UnmatchedPaper(one, t, sb.id), UnmatchedPaper(two, t, sb.id)]
+    ma, ma2, mb = (Match(s.id, s.channel, s.query, (f"{s.query} in title", "x")) for s in (sa, sa2, sb))
+    batch = MatchedBatch.encode(done, [(mb, ma2, ma), (ma, mb)])
+    assert batch.singles == 2 and json.loads(batch.matches)[2:] == [[0, mb.subscription_id, "gamma", list(mb.terms)],
+                                                                  [0, sa2.id, "beta", ["beta in title", "x"]],
+                                                                  [0, sa.id, "alpha", ["alpha in title", "x"]]]
+    assert store.queue_matched(batch, t) == 4
+    owed = {(d.paper_id, d.channel.channel_id): d.matched for c in (a, b) for d in store.pending_for_channel(c)}
+    assert owed == {("2410.00001", "a"): (ma2, ma), ("2410.00001", "b"): (mb,), ("2410.00002", "a"): (ma,),
+                    ("2410.00002", "b"): (mb,)}
+    strengths = dict(store.db.execute("SELECT paper_id || channel, strength FROM deliveries").fetchall())
+    assert strengths == {"2410.00001console:a": match_strength([ma2, ma]), "2410.00001console:b": 1002,
+                         "2410.00002console:a": 1002, "2410.00002console:b": 1002}
+    # A single's strength is counted in SQL without DISTINCT: a match whose terms repeat goes
+    # with the grouped ones; a quote in a term is no " in title" of its own.
+    three, four = paper("2410.00003"), paper("2410.00004")
+    store.add_papers([three, four], t)
+    odd = Match(sa.id, a, "alpha", ('say "x" in title', 'say "x" in title', "y in title\\"))
+    quoted = Match(sb.id, b, "gamma", ('a " in title', 'b in title" x', "c in title"))
+    batch = MatchedBatch.encode([UnmatchedPaper(three, t, sb.id), UnmatchedPaper(four, t, sb.id)], [(odd,), (quoted,)])
+    assert batch.singles == 1 and json.loads(batch.matches)[0][0] == 1  # four's; three's terms repeat
+    assert store.queue_matched(batch, t) == 2
+    strengths = dict(store.db.execute("SELECT paper_id, strength FROM deliveries WHERE paper_id IN "
+                                      "('2410.00003', '2410.00004')").fetchall())
+    assert strengths == {"2410.00003": 1002, "2410.00004": 2003}
+    assert (match_strength([odd]), match_strength([quoted])) == (1002, 2003)
+
+
+@pytest.mark.backends
+def test_queue_matched_leaves_out_the_facts_of_a_subscription_removed_after_the_match(store):
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
+    sa, sa2, sb = (store.add_subscription(c, q, "u1", t - timedelta(days=1)).subscription
+                   for c, q in ((a, "alpha"), (a, "beta"), (b, "gamma")))
+    one = paper("2410.00001")
+    store.add_papers([one], t)
+    done = [UnmatchedPaper(one, t, sb.id)]
+    store.mark_unmatched(done)
+    found = [(Match(sa.id, a, "alpha", ("alpha in title", "alpha")), Match(sa2.id, a, "beta", ("beta",)),
+              Match(sb.id, b, "gamma", ("gamma",)))]
+    batch = MatchedBatch.encode(done, found)  # matched, then two subscriptions go before the write
+    store.remove_subscription(a, sa.id)
+    store.remove_subscription(b, sb.id)
+    assert store.queue_matched(batch, t) == 1 and store.unmatched_papers(10) == []
+    (delivery,) = store.pending_for_channel(a)
+    assert delivery.matched == (Match(sa2.id, a, "beta", ("beta",)),)
+    assert store.db.execute("SELECT strength FROM deliveries").fetchall() == [(1,)]  # out of what is left
+    assert store.pending_for_channel(b) == []
+
+
+@pytest.mark.backends
 def test_unmatched_papers_are_kept_in_order_until_settled(store):
     t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     papers = [paper("2410.00002", "Two"), paper("2410.00001", "One")]
@@ -401,6 +497,7 @@ def test_unmatched_papers_are_kept_in_order_until_settled(store):
     assert [(u.paper.id, u.paper.title, u.since) for u in found] == [
         ("2410.00002", "Two", t), ("2410.00001", "One", t - timedelta(days=1))]
     assert [u.paper.id for u in store.unmatched_papers(1)] == ["2410.00002"]
+    assert [u.paper.id for u in store.unmatched_papers(1, skip={"2410.00002"})] == ["2410.00001"]
     store.settle_unmatched(["2410.00002", "2410.99999"])
     assert [u.paper.id for u in store.unmatched_papers(10)] == ["2410.00001"]
 

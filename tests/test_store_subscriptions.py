@@ -104,7 +104,7 @@ def test_compiled_forms_are_kept_without_a_new_version(store):
     broken = store.add_subscription(ML, "(unclosed", "u1", T0).subscription  # the engine parses (and skips) it
     changes = store.subscriptions_changed_since(0)
     assert {s.id: s.compiled for s in changes.subscriptions} == {sub.id: compile_query("diffusion"), broken.id: None}
-    store.save_compiled_queries({broken.id: b"form", 9999: b"gone"})
+    store.save_compiled_queries({broken.id: ("(unclosed", b"form"), 9999: ("x", b"gone")})
     store.save_compiled_queries({})
     assert store.subscriptions_changed_since(changes.version).subscriptions == []
     assert {s.id: s.compiled for s in store.subscriptions_changed_since(0).subscriptions}[broken.id] == b"form"

@@ -83,7 +83,8 @@ class DeliveriesMixin:
         """StoreContract.queue_matched, set-based as SQLite's (storage/deliveries.py): one
         statement reads the batch's JSON (`_QUEUE_MATCHED`), keeps the matches of subscriptions
         that exist and may receive their paper, groups them per paper and channel and queues
-        them; a second takes the batch's papers off the unmatched list. One transaction. The
+        them (the batch's `singles` too: PostgreSQL groups them as the rest); a second takes
+        the batch's papers off the unmatched list, if it `settles`. One transaction. The
         change log's row is read FOR SHARE first, as `subscriptions_created_by` does: no
         subscription is removed before this commits. The writer thread holds the GIL only to
         send the two texts."""
@@ -95,9 +96,10 @@ class DeliveriesMixin:
             self.db.execute("SELECT 1 FROM subscription_version FOR SHARE")
             queued = self.db.execute(_QUEUE_MATCHED, {"papers": batch.papers, "matches": matches,
                                                       "now": utc(now)}).rowcount
-            self.db.execute(
-                "DELETE FROM unmatched_papers WHERE paper_id IN "
-                "(SELECT e ->> 0 FROM jsonb_array_elements(%s::jsonb) e)", [batch.papers])
+            if batch.settles:
+                self.db.execute(
+                    "DELETE FROM unmatched_papers WHERE paper_id IN "
+                    "(SELECT e ->> 0 FROM jsonb_array_elements(%s::jsonb) e)", [batch.papers])
         return queued
 
     def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:

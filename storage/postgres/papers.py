@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from psycopg.types.json import Jsonb
 
@@ -183,10 +183,11 @@ class PapersMixin:
                    ON CONFLICT (paper_id) DO NOTHING""",
                 [(u.paper.id, utc(u.since), u.paper.source or None, u.upto) for u in papers])
 
-    def unmatched_papers(self, limit: int) -> list[UnmatchedPaper]:
+    def unmatched_papers(self, limit: int, skip: Collection[str] = ()) -> list[UnmatchedPaper]:
         rows = self.db.all(
             f"""SELECT {P_COLUMNS}, u.since, u.source, u.upto FROM unmatched_papers u
-                  JOIN papers p ON p.id = u.paper_id ORDER BY u.seq LIMIT %s""", [limit])
+                  JOIN papers p ON p.id = u.paper_id WHERE NOT (u.paper_id = ANY(%s)) ORDER BY u.seq LIMIT %s""",
+            [list(skip), limit])
         found = []
         for row in rows:
             paper = _paper(row)

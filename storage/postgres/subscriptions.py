@@ -121,13 +121,14 @@ class SubscriptionsMixin:
                                           None if compiled is None else bytes(compiled)))
         return SubscriptionChanges(found, newest)
 
-    def save_compiled_queries(self, compiled: dict[int, bytes]) -> None:
-        """Keep the compiled form of these subscriptions' queries; versions stay as they are."""
+    def save_compiled_queries(self, compiled: dict[int, tuple[str, bytes]]) -> None:
+        """Keep the compiled form of these subscriptions' queries, where the query is still
+        the one compiled; versions stay as they are."""
         if not compiled:
             return
         with self.db.transaction():
-            self.db.executemany("UPDATE subscriptions SET compiled = %s WHERE id = %s",
-                                [(blob, sub_id) for sub_id, blob in compiled.items()])
+            self.db.executemany("UPDATE subscriptions SET compiled = %s WHERE id = %s AND query = %s",
+                                [(blob, sub_id, query) for sub_id, (query, blob) in compiled.items()])
 
     def subscriptions_created_by(self, ids: list[int], moment: datetime, upto: int | None = None) -> set[int]:
         """Those of `ids` that exist and existed at `moment` (with `upto`: whose id is at most `upto`)."""
