@@ -21,6 +21,9 @@ after step 2, and times the HTTP answer (the ack Slack waits at most 3 s for:
 response_url (`reply_p50_ms`, `reply_max_ms`). A 10 ms heartbeat on the loop
 (bot.loopwatch) gives `loop_stall_max_ms` and `loop_stall_p99_ms` (percentiles over
 heartbeats); stalls over 250 ms are logged with the stack that held the loop.
+With --sweep, delivery sweeps (App.deliver, as `run` starts one after a poll) run one
+after another from the poll's start until it ends, sending what the poll has queued so far
+to the fake Slack (`sweeps`, `sweep_sent`): their writes meet the poller's at the write lock.
 Last line: one JSON object. Figures, not assertions: see docs/benchmarks.md.
 """
 
@@ -276,7 +279,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def measure(workload: Workload, directory: Path, port: int, match_processes: int = 1,
-                  switch_interval: float | None = None, enqueue_rows: int | None = None) -> dict:
+                  switch_interval: float | None = None, enqueue_rows: int | None = None,
+                  sweep: bool = False) -> dict:
     now = datetime.now(timezone.utc)
     path = directory / "bench.db"
     started = time.perf_counter()
@@ -326,9 +330,15 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             collections: list[float] = []  # garbage collections of the oldest generation during the poll
             gc.callbacks.append(full_collections(collections))
             started, cpu_started = time.perf_counter(), time.process_time()
+            swept = {"sweeps": 0, "sweep_sent": 0}
+            sweeper = asyncio.ensure_future(sweep_during(app, swept)) if sweep else None
             try:
                 report = await app.poller.poll(BenchSource(workload.papers))
             finally:
+                if sweeper is not None:  # the sweep under way is cut short: its rows stay 'sending'
+                    sweeper.cancel()
+                    await asyncio.gather(sweeper, return_exceptions=True)
+                    swept["sweep_sent"] = sum(map(len, slack.messages.values()))  # cards and digests posted
                 gc.callbacks.pop()
                 undo()
             poll_s = time.perf_counter() - started
@@ -399,7 +409,16 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "worker_peak_rss_mb": [round(rss, 1) for rss in workers_rss],
         **{f"workload_{key}": value for key, value in workload.info.items() if not isinstance(value, dict)},
+        **(swept if sweep else {}),
     }
+
+
+async def sweep_during(app: App, swept: dict[str, int]) -> None:
+    """Delivery sweeps one after another (a short pause between), until cancelled."""
+    while True:
+        swept["sweeps"] += 1
+        await app.deliver()
+        await asyncio.sleep(0.1)
 
 
 def free_port() -> int:
@@ -424,6 +443,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="deliveries a transaction of the poller's writer thread (default: Poller.ENQUEUE_ROWS)")
     parser.add_argument("--match-processes", type=int, default=1,
                         help="[matching] processes: >1 splits the index over that many worker processes")
+    parser.add_argument("--sweep", action="store_true",
+                        help="delivery sweeps to the fake Slack all through the poll (sweeps, sweep_sent)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -436,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
     random.seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="papers-bot-bench-pipeline-") as directory:
         figures = asyncio.run(measure(workload, Path(directory), free_port(), args.match_processes,
-                                     args.switch_interval, args.enqueue_rows))
+                                     args.switch_interval, args.enqueue_rows, args.sweep))
     figures["switch_interval"] = args.switch_interval
     figures["enqueue_rows"] = args.enqueue_rows or Poller.ENQUEUE_ROWS
     figures["group_rows"] = Poller.GROUP_ROWS  # matches gathered, then split by channels (Poller._submit)

@@ -99,10 +99,12 @@ class Dispatcher:
         its rate-limit headers say), so a channel's messages go out one after another at that
         pace, while up to `max_concurrent_channels` channels are served at once, the channel
         waiting longest first. A channel told to wait (a 429's Retry-After) stops, and is left
-        alone until then; the others go on. Storage calls are short and synchronous, but for
-        counting the due channels and planning a burst, which run in worker threads (each
-        one transaction, beside the loop's); a delivery is claimed before it is sent, so no
-        two tasks (or processes) send it.
+        alone until then; the others go on. What writes (planning a burst, a channel's lease,
+        each card's claim and outcome) and counting the due channels run in worker threads
+        when the store allows (`reads_off_loop`), each on a connection of its own: a write
+        waits for the lock while the poller's transactions hold it, and the loop must not
+        wait with it. A delivery is claimed before it is sent and recorded after, so no two
+        tasks (or processes) send it.
         """
         report = DispatchReport()
         now = self.clock()
@@ -177,14 +179,16 @@ class Dispatcher:
         for delivery in cards:
             if self._waiting(channel.platform, self.clock()):
                 return  # another channel learned that the whole platform must wait
-            if not self._lease(channel):
+            if not await self._lease(channel):
                 return  # the lease ran out (a long wait) and another deliverer took the channel
-            if not self.store.claim_delivery(delivery.id, self.clock()):
-                continue
+            # In flight from before its claim (the claim commits in a worker thread): `recover`
+            # never sees it claimed and not yet in flight.
             self._sending.add(delivery.id)
             try:
+                if not await self._off_loop(self.store.claim_delivery, delivery.id, self.clock()):
+                    continue
                 result = await self._send(adapter, delivery)
-                self._record(delivery, result, report)
+                await self._record(delivery, result, report)
             finally:
                 self._sending.discard(delivery.id)
             self._pause(channel, result)
@@ -226,16 +230,20 @@ class Dispatcher:
         A message must show every paper it marks as sent, and platforms bound a message's
         size, hence the limit; the channel's overflow is named by count in the same message.
         """
-        if not self._lease(channel):
+        if not await self._lease(channel):
             return False  # another deliverer took the channel: it sends this digest
-        claimed = [d for d in deliveries[:DIGEST_MAX] if self.store.claim_delivery(d.id, self.clock())]
-        if not claimed:
-            return True
-        self._sending.update(d.id for d in claimed)
+        candidates = deliveries[:DIGEST_MAX]
+
+        def claim() -> list[Delivery]:  # in one worker thread, one after another
+            return [d for d in candidates if self.store.claim_delivery(d.id, self.clock())]
+        self._sending.update(d.id for d in candidates)  # in flight from before the claims (see _serve_leased)
         try:
+            claimed = await self._off_loop(claim)
+            if not claimed:
+                return True
             return await self._post_claimed_digest(adapter, channel, claimed, noun, report)
         finally:
-            self._sending.difference_update(d.id for d in claimed)
+            self._sending.difference_update(d.id for d in candidates)
 
     async def _post_claimed_digest(self, adapter: Adapter, channel: ChannelRef, claimed: list[Delivery], noun: str,
                                    report: DispatchReport) -> bool:
@@ -273,15 +281,16 @@ class Dispatcher:
                     log.exception("looking for %s in %s failed; it will be sent again", delivery.paper_id,
                                   delivery.channel)
             if message_id:
-                self.store.mark_sent(delivery.id, message_id, self.clock())
+                await self._off_loop(self.store.mark_sent, delivery.id, message_id, self.clock())
                 if delivery.in_digest or self.store.channel_settings(delivery.channel).mode != "instant":
                     # it went out in a digest, which also said how many more had matched
-                    overflow = self.store.unannounced_overflow(delivery.channel)
+                    overflow = await self._off_loop(self.store.unannounced_overflow, delivery.channel)
                     if overflow.count:
-                        self.store.announce_overflow(delivery.channel, overflow.up_to, message_id, self.clock())
+                        await self._off_loop(self.store.announce_overflow, delivery.channel, overflow.up_to,
+                                             message_id, self.clock())
                 found += 1
             else:
-                self.store.release_delivery(delivery.id)
+                await self._off_loop(self.store.release_delivery, delivery.id)
                 released += 1
         if found or released:
             log.warning("recovered from an interrupted run: %d deliveries had gone out, %d will be sent",
@@ -304,22 +313,23 @@ class Dispatcher:
     @asynccontextmanager
     async def _serving(self, channel: ChannelRef) -> AsyncIterator[bool]:
         """Yields whether this dispatcher holds the channel's lease (so serves it); released after."""
-        if not self._lease(channel):
+        if not await self._lease(channel):
             yield False
             return
         try:
             yield True
         finally:
-            self._release(channel)
+            await self._release(channel)
 
-    def _lease(self, channel: ChannelRef) -> bool:
+    async def _lease(self, channel: ChannelRef) -> bool:
         """Hold the channel's lease: taken, or renewed once half of it has run out; False when
-        another deliverer holds it."""
+        another deliverer holds it. Taken off the loop (a write: the lock may be another's)."""
         now = self.clock()
         until = self._leases.get(channel)
         if until is not None and now < until - CHANNEL_LEASE / 2:
             return True
-        if not self.store.lease_channel(channel, now, now + CHANNEL_LEASE, self._handover(channel)):
+        if not await self._off_loop(self.store.lease_channel, channel, now, now + CHANNEL_LEASE,
+                                    self._handover(channel)):
             self._leases.pop(channel, None)
             return False
         self._leases[channel] = now + CHANNEL_LEASE
@@ -329,12 +339,12 @@ class Dispatcher:
     def _handover(channel: ChannelRef) -> timedelta:
         return HANDOVER.get(channel.platform, HANDOVER_DEFAULT)
 
-    def _release(self, channel: ChannelRef) -> None:
+    async def _release(self, channel: ChannelRef) -> None:
         """Let other deliverers have the channel after its platform's gap between two messages."""
         if self._leases.pop(channel, None) is None:
             return
         try:
-            self.store.release_channel(channel, self.clock() + self._handover(channel))
+            await self._off_loop(self.store.release_channel, channel, self.clock() + self._handover(channel))
         except StorageError as exc:  # it runs out by itself
             log.warning("could not hand %s over: %s", channel, exc)
 
@@ -398,8 +408,8 @@ class Dispatcher:
         now = self.clock()
         self._pause(channel, result)
         if result.channel_gone:
-            for delivery in claimed:
-                self.store.reschedule_delivery(delivery.id, result.error or "channel gone", now)
+            await self._each_off_loop(self.store.reschedule_delivery,
+                                      [(d.id, result.error or "channel gone", now) for d in claimed])
             self._pause_gone(channel, result.error, now)
             report.failed += len(claimed)
             return False
@@ -407,8 +417,8 @@ class Dispatcher:
         if not result.ok and result.retry_after is None and (not result.retryable or attempts >= MAX_ATTEMPTS):
             # Given up, as for a card: a digest that can never go out must not hold its burst
             # (and so every later paper of the channel) open.
-            for delivery in claimed:
-                self.store.give_up_delivery(delivery.id, result.error or "digest failed")
+            await self._each_off_loop(self.store.give_up_delivery,
+                                      [(d.id, result.error or "digest failed") for d in claimed])
             report.failed += len(claimed)
             log.error("gave up posting a digest to %s: %s", channel, result.error)
             return False
@@ -416,16 +426,18 @@ class Dispatcher:
             # The rows go back to pending and the digest is tried again; a rate limit is
             # waited out as asked and never given up for.
             delay = timedelta(seconds=result.retry_after) if result.retry_after is not None else retry_delay(attempts)
-            for delivery in claimed:
-                self.store.reschedule_delivery(delivery.id, result.error or "digest failed", now + delay)
+            await self._each_off_loop(self.store.reschedule_delivery,
+                                      [(d.id, result.error or "digest failed", now + delay) for d in claimed])
             report.retrying += len(claimed)
             log.warning("digest for %s failed (%s); will retry", channel, result.error)
             return False
-        with self.store.transaction():
-            for delivery in claimed:
-                self.store.mark_sent(delivery.id, result.message_id, now)
-            if overflow_up_to is not None:
-                self.store.announce_overflow(channel, overflow_up_to, result.message_id, now)
+        def settle() -> None:  # in a worker thread: its transaction is on that thread's connection
+            with self.store.transaction():
+                for delivery in claimed:
+                    self.store.mark_sent(delivery.id, result.message_id, now)
+                if overflow_up_to is not None:
+                    self.store.announce_overflow(channel, overflow_up_to, result.message_id, now)
+        await self._off_loop(settle)
         report.sent += len(claimed)
         log.info("posted a digest of %d papers to %s", len(claimed), channel)
         return True
@@ -451,10 +463,18 @@ class Dispatcher:
             log.exception("posting %s to %s raised", delivery.paper_id, delivery.channel)
             return PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
 
-    def _record(self, delivery: Delivery, result: PostResult, report: DispatchReport) -> None:
+    async def _each_off_loop(self, func: Callable[..., object], calls: list[tuple]) -> None:
+        """`func(*args)` for each of `calls`, in order, in one worker thread (see `_off_loop`)."""
+        def each() -> None:
+            for args in calls:
+                func(*args)
+        await self._off_loop(each)
+
+    async def _record(self, delivery: Delivery, result: PostResult, report: DispatchReport) -> None:
+        """Record a card's outcome: in a worker thread when the store allows (see `dispatch`)."""
         now = self.clock()
         if result.ok:
-            self.store.mark_sent(delivery.id, result.message_id, now)
+            await self._off_loop(self.store.mark_sent, delivery.id, result.message_id, now)
             report.sent += 1
             log.info("posted %s to %s", delivery.paper_id, delivery.channel)
             return
@@ -462,23 +482,24 @@ class Dispatcher:
         if result.retry_after is not None:
             # A rate limit (or a refused token) is not a failure of this paper: wait as long as
             # asked, and never give up for it.
-            self.store.reschedule_delivery(delivery.id, result.error or "rate limited",
-                                           now + timedelta(seconds=result.retry_after))
+            await self._off_loop(self.store.reschedule_delivery, delivery.id, result.error or "rate limited",
+                                 now + timedelta(seconds=result.retry_after))
             report.retrying += 1
             log.info("posting to %s must wait %.0fs: %s", delivery.channel, result.retry_after,
                      result.error or "rate limited")
             return
         if result.channel_gone:
-            self.store.reschedule_delivery(delivery.id, result.error or "channel gone", now)
+            await self._off_loop(self.store.reschedule_delivery, delivery.id, result.error or "channel gone", now)
             self._pause_gone(delivery.channel, result.error, now)
             report.failed += 1
             return
         if result.retryable and attempts < MAX_ATTEMPTS:
-            self.store.reschedule_delivery(delivery.id, result.error or "unknown error", now + retry_delay(attempts))
+            await self._off_loop(self.store.reschedule_delivery, delivery.id, result.error or "unknown error",
+                                 now + retry_delay(attempts))
             report.retrying += 1
             log.warning("posting %s to %s failed (%s); will retry", delivery.paper_id, delivery.channel, result.error)
         else:
-            self.store.give_up_delivery(delivery.id, result.error or "unknown error")
+            await self._off_loop(self.store.give_up_delivery, delivery.id, result.error or "unknown error")
             report.failed += 1
             log.error("gave up posting %s to %s: %s", delivery.paper_id, delivery.channel, result.error)
 
@@ -509,46 +530,47 @@ class Dispatcher:
     async def _serve_followups_leased(self, adapter: Adapter, channel: ChannelRef, followups: list[FollowUp],
                                       report: DispatchReport) -> None:
         for followup in followups:
-            if self._waiting(channel, self.clock()) or not self._lease(channel):
+            if self._waiting(channel, self.clock()) or not await self._lease(channel):
                 return
-            if not self.store.claim_followup(followup.id, self.clock()):
-                continue
-            self._sending_followups.add(followup.id)
+            self._sending_followups.add(followup.id)  # in flight from before its claim, as a card
             try:
+                if not await self._off_loop(self.store.claim_followup, followup.id, self.clock()):
+                    continue
                 try:
                     result = await adapter.post_in_thread(followup.thread, reply_for(followup))
                 except Exception as exc:  # an adapter bug must not stop the other replies
                     log.exception("replying about %s in %s raised", followup.paper_id, channel)
                     result = PostResult(ok=False, error=f"{type(exc).__name__}: {exc}", retryable=True)
-                self._record_followup(followup, result, report)
+                await self._record_followup(followup, result, report)
             finally:
                 self._sending_followups.discard(followup.id)
             self._pause(channel, result)
             if result.channel_gone or result.retry_after is not None:
                 return
 
-    def _record_followup(self, followup: FollowUp, result: PostResult, report: DispatchReport) -> None:
+    async def _record_followup(self, followup: FollowUp, result: PostResult, report: DispatchReport) -> None:
+        """Record a reply's outcome: in a worker thread when the store allows, as a card's."""
         now = self.clock()
         what = f"the {followup.kind} follow-up of {followup.paper_id} in {followup.thread.channel}"
         if result.ok:
-            self.store.mark_followup_sent(followup.id, result.message_id, now)
+            await self._off_loop(self.store.mark_followup_sent, followup.id, result.message_id, now)
             report.sent += 1
             log.info("posted %s", what)
         elif result.retry_after is not None:  # a rate limit: waited out, never given up for
-            self.store.reschedule_followup(followup.id, result.error or "rate limited",
-                                           now + timedelta(seconds=result.retry_after))
+            await self._off_loop(self.store.reschedule_followup, followup.id, result.error or "rate limited",
+                                 now + timedelta(seconds=result.retry_after))
             report.retrying += 1
         elif result.channel_gone:
-            self.store.reschedule_followup(followup.id, result.error or "channel gone", now)
+            await self._off_loop(self.store.reschedule_followup, followup.id, result.error or "channel gone", now)
             self._pause_gone(followup.thread.channel, result.error, now)
             report.failed += 1
         elif result.retryable and followup.attempts + 1 < MAX_ATTEMPTS:
-            self.store.reschedule_followup(followup.id, result.error or "unknown error",
-                                           now + retry_delay(followup.attempts + 1))
+            await self._off_loop(self.store.reschedule_followup, followup.id, result.error or "unknown error",
+                                 now + retry_delay(followup.attempts + 1))
             report.retrying += 1
             log.warning("posting %s failed (%s); will retry", what, result.error)
         else:
-            self.store.give_up_followup(followup.id, result.error or "unknown error")
+            await self._off_loop(self.store.give_up_followup, followup.id, result.error or "unknown error")
             report.failed += 1
             log.error("gave up posting %s: %s", what, result.error)
 
@@ -569,10 +591,10 @@ class Dispatcher:
                     log.exception("looking for the %s follow-up of %s in %s failed; it will be sent again",
                                   followup.kind, followup.paper_id, followup.thread.channel)
             if message_id:
-                self.store.mark_followup_sent(followup.id, message_id, self.clock())
+                await self._off_loop(self.store.mark_followup_sent, followup.id, message_id, self.clock())
                 found += 1
             else:
-                self.store.release_followup(followup.id)
+                await self._off_loop(self.store.release_followup, followup.id)
                 released += 1
         if found or released:
             log.warning("recovered from an interrupted run: %d follow-ups had gone out, %d will be sent",

@@ -83,7 +83,9 @@ class StoreContract(Protocol):
         """Everything written inside happens together or not at all (an exception inside
         rolls it all back, and propagates). The write lock is taken when it begins
         (StorageBusy, nothing written, if another process keeps it past the busy timeout).
-        Nested, it is a savepoint of the outer one. Reads inside see the writes made so far."""
+        Nested, it is a savepoint of the outer one. Reads inside see the writes made so far.
+        Any thread: on the calling thread's connection, so a worker thread's transaction holds
+        the "any thread" writes it makes inside (the bot settles a digest's rows so)."""
         ...
 
     def close(self) -> None:
@@ -117,7 +119,8 @@ class StoreContract(Protocol):
     def live_sender_id(self) -> str:
         """`sender_id`, with its liveness lock held from now until close(): rows it claims
         while it lives are its own, and `adopt_orphans` in other processes leaves them alone.
-        The claims (`claim_delivery`, `claim_followup`) call it; so may anyone."""
+        The claims (`claim_delivery`, `claim_followup`) call it; so may anyone. Any thread:
+        the lock is taken once, whichever thread comes first."""
         ...
 
     def adopt_orphans(self) -> int:
@@ -136,13 +139,17 @@ class StoreContract(Protocol):
         holder's lease runs. A holder found dead (its liveness lock free: see
         `live_sender_id`, which this calls first) keeps it only until `now + handover` (the
         platform's gap between two messages of a channel: its last one may be that recent;
-        default 5 seconds), so its channels are taken over soon, and at the platform's pace."""
+        default 5 seconds), so its channels are taken over soon, and at the platform's pace.
+        Any thread (it writes: from a worker thread on a connection of its own, as
+        `plan_burst`); the bot leases from a worker thread when `reads_off_loop()`, so the
+        loop never waits for the write lock another holds (a poll's transactions)."""
         ...
 
     def release_channel(self, channel: ChannelRef, until: datetime) -> None:
         """Done serving `channel` for now: its lease (if this store's) runs only until
         `until` (the platform's gap between two messages of a channel), after which anyone
-        may take it; this store may take it again at once. A lease held by another is left."""
+        may take it; this store may take it again at once. A lease held by another is left.
+        Any thread, as `lease_channel`."""
         ...
 
     # ---- papers -----------------------------------------------------------------------------
@@ -401,7 +408,7 @@ class StoreContract(Protocol):
 
     def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:
         """Record that the digest `message_id` counted the channel's unannounced overflow up
-        to id `up_to`; later overflow stays unannounced."""
+        to id `up_to`; later overflow stays unannounced. Any thread, as `lease_channel`."""
         ...
 
     def pending_for_channel(self, channel: ChannelRef, limit: int = 1000) -> list[Delivery]:
@@ -420,7 +427,8 @@ class StoreContract(Protocol):
     def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> bool:
         """pending -> sending, counting an attempt and remembering `now` as `claimed_at` and
         `live_sender_id()` as `claimed_by`. Atomic: False, nothing changed, if it was not
-        pending (another sender claimed it); concurrent claimers never both get True."""
+        pending (another sender claimed it); concurrent claimers never both get True. Any
+        thread, as `lease_channel` (the bot claims each card from a worker thread)."""
         ...
 
     def unfinished_deliveries(self) -> list[Delivery]:
@@ -432,19 +440,22 @@ class StoreContract(Protocol):
 
     def release_delivery(self, delivery_id: int) -> None:
         """sending -> pending, due as it was, and the interrupted attempt not counted (a
-        crash is not the paper's fault). Nothing happens if it is not 'sending'."""
+        crash is not the paper's fault). Nothing happens if it is not 'sending'. Any thread."""
         ...
 
     def mark_sent(self, delivery_id: int, message_id: str | None, now: datetime) -> None:
-        """-> sent (from any status), with the platform's message id and `now`; its error is cleared."""
+        """-> sent (from any status), with the platform's message id and `now`; its error is
+        cleared. Any thread, as `lease_channel` (the bot records each outcome from a worker thread)."""
         ...
 
     def reschedule_delivery(self, delivery_id: int, error: str, retry_at: datetime) -> None:
-        """A failed attempt to try again: -> pending, due at `retry_at`, `error` kept (cut to 500 characters)."""
+        """A failed attempt to try again: -> pending, due at `retry_at`, `error` kept (cut to 500
+        characters). Any thread, as `mark_sent`."""
         ...
 
     def give_up_delivery(self, delivery_id: int, error: str) -> None:
-        """A failed attempt that ends it: -> failed, never due again, `error` kept (cut to 500 characters)."""
+        """A failed attempt that ends it: -> failed, never due again, `error` kept (cut to 500
+        characters). Any thread, as `mark_sent`."""
         ...
 
     def delivery_subscriptions(self, delivery_id: int) -> list[SubscriptionRef]:
@@ -480,7 +491,7 @@ class StoreContract(Protocol):
 
     def claim_followup(self, followup_id: int, now: datetime) -> bool:
         """pending -> sending (its `claimed_at` = `now`, `claimed_by` = `live_sender_id()`);
-        False if it was not pending (someone else claimed it)."""
+        False if it was not pending (someone else claimed it). Any thread, as `claim_delivery`."""
         ...
 
     def unfinished_followups(self) -> list[FollowUp]:
@@ -489,19 +500,19 @@ class StoreContract(Protocol):
         ...
 
     def release_followup(self, followup_id: int) -> None:
-        """sending -> pending, the interrupted attempt not counted: nothing says it went out."""
+        """sending -> pending, the interrupted attempt not counted: nothing says it went out. Any thread."""
         ...
 
     def mark_followup_sent(self, followup_id: int, message_id: str | None, now: datetime) -> None:
-        """It went out: sent, with the reply's message id."""
+        """It went out: sent, with the reply's message id. Any thread, as `mark_sent`."""
         ...
 
     def reschedule_followup(self, followup_id: int, error: str, retry_at: datetime) -> None:
-        """A failed attempt to try again: back to pending until `retry_at`."""
+        """A failed attempt to try again: back to pending until `retry_at`. Any thread."""
         ...
 
     def give_up_followup(self, followup_id: int, error: str) -> None:
-        """A failed attempt that ends it: failed for good."""
+        """A failed attempt that ends it: failed for good. Any thread."""
         ...
 
     # ---- channels ---------------------------------------------------------------------------

@@ -240,13 +240,15 @@ class DeliveriesMixin:
         return Overflow(row[0], row[1])
 
     def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:
-        """Record the digest that said "and N more" about these overflow rows."""
-        write(
-            self.db,
-            """UPDATE deliveries SET message_id = ?, sent_at = ?
-                WHERE channel = ? AND status = 'overflow' AND message_id IS NULL AND id <= ?""",
-            [message_id or "", iso(now), channel.key, up_to],
-        )
+        """Record the digest that said "and N more" about these overflow rows. Any thread
+        (it writes, as the other outcomes below: on the calling thread's connection)."""
+        with self._thread_db() as db:
+            write(
+                db,
+                """UPDATE deliveries SET message_id = ?, sent_at = ?
+                    WHERE channel = ? AND status = 'overflow' AND message_id IS NULL AND id <= ?""",
+                [message_id or "", iso(now), channel.key, up_to],
+            )
 
     def pending_for_channel(self, channel: ChannelRef, limit: int = 1000) -> list[Delivery]:
         """Everything this channel is still owed, best first (`RANKING`: a digest's contents)."""
@@ -271,14 +273,17 @@ class DeliveriesMixin:
         return datetime.fromisoformat(row[0]) if row[0] else None
 
     def claim_delivery(self, delivery_id: int, now: datetime | None = None) -> bool:
-        """Mark a pending delivery as being sent; False if someone else claimed it first."""
-        cursor = write(
-            self.db,
-            """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = ?, claimed_by = ?
-                WHERE id = ? AND status = 'pending'""",
-            [iso(now) if now else None, self.live_sender_id(), delivery_id],
-        )
-        return cursor.rowcount == 1
+        """Mark a pending delivery as being sent; False if someone else claimed it first.
+        Any thread (the bot claims from a worker thread: the write lock may be another's)."""
+        sender = self.live_sender_id()
+        with self._thread_db() as db:
+            cursor = write(
+                db,
+                """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = ?, claimed_by = ?
+                    WHERE id = ? AND status = 'pending'""",
+                [iso(now) if now else None, sender, delivery_id],
+            )
+            return cursor.rowcount == 1
 
     def unfinished_deliveries(self) -> list[Delivery]:
         """Deliveries a crash left in the middle of sending (`claimed_at`: when that send began;
@@ -291,31 +296,33 @@ class DeliveriesMixin:
         """Back to pending: its outcome is unknown and nothing says it was sent.
 
         The interrupted attempt is not counted: a crash or a kill is not the paper's fault,
-        and a bot restarted many times must not give up papers (MAX_ATTEMPTS) for it."""
-        write(self.db, "UPDATE deliveries SET status = 'pending', attempts = max(attempts - 1, 0) "
-                       "WHERE id = ? AND status = 'sending'", [delivery_id])
+        and a bot restarted many times must not give up papers (MAX_ATTEMPTS) for it. Any thread."""
+        with self._thread_db() as db:
+            write(db, "UPDATE deliveries SET status = 'pending', attempts = max(attempts - 1, 0) "
+                      "WHERE id = ? AND status = 'sending'", [delivery_id])
 
     def mark_sent(self, delivery_id: int, message_id: str | None, now: datetime) -> None:
-        write(
-            self.db,
-            "UPDATE deliveries SET status = 'sent', message_id = ?, sent_at = ?, error = NULL WHERE id = ?",
-            [message_id, iso(now), delivery_id],
-        )
+        """Any thread."""
+        with self._thread_db() as db:
+            write(
+                db,
+                "UPDATE deliveries SET status = 'sent', message_id = ?, sent_at = ?, error = NULL WHERE id = ?",
+                [message_id, iso(now), delivery_id],
+            )
 
     def reschedule_delivery(self, delivery_id: int, error: str, retry_at: datetime) -> None:
-        """Record a failed attempt that will be tried again: back to pending until `retry_at`."""
-        write(
-            self.db,
-            "UPDATE deliveries SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
-            [error[:500], iso(retry_at), delivery_id],
-        )
+        """Record a failed attempt that will be tried again: back to pending until `retry_at`. Any thread."""
+        with self._thread_db() as db:
+            write(
+                db,
+                "UPDATE deliveries SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
+                [error[:500], iso(retry_at), delivery_id],
+            )
 
     def give_up_delivery(self, delivery_id: int, error: str) -> None:
-        """Record a failed attempt that ends the delivery: failed for good, never tried again."""
-        write(
-            self.db,
-            "UPDATE deliveries SET status = 'failed', error = ? WHERE id = ?", [error[:500], delivery_id]
-        )
+        """Record a failed attempt that ends the delivery: failed for good, never tried again. Any thread."""
+        with self._thread_db() as db:
+            write(db, "UPDATE deliveries SET status = 'failed', error = ? WHERE id = ?", [error[:500], delivery_id])
 
     def delivery_subscriptions(self, delivery_id: int) -> list[SubscriptionRef]:
         """The subscriptions a delivery answers that still exist, with their current queries, by id."""

@@ -10,6 +10,7 @@ sent, marked; a crash mid-send is settled by the sender lease's holder.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -74,6 +75,7 @@ class FollowUpsMixin:
     db: Database
     if TYPE_CHECKING:
         def live_sender_id(self) -> str: ...  # RolesMixin's: this store's id, its liveness lock held
+        def _thread_db(self) -> AbstractContextManager[Database]: ...  # Store's: this thread's, to write
 
     def _queue_followups(self, changes: list[tuple[StoredState, Paper]], now: datetime) -> int:
         """Inside add_papers' transaction: queue a reply per event and card. Returns the rows made."""
@@ -137,13 +139,16 @@ class FollowUpsMixin:
         return due
 
     def claim_followup(self, followup_id: int, now: datetime) -> bool:
-        cursor = write(
-            self.db,
-            """UPDATE followups SET status = 'sending', attempts = attempts + 1, claimed_at = ?, claimed_by = ?
-                WHERE id = ? AND status = 'pending'""",
-            [iso(now), self.live_sender_id(), followup_id],
-        )
-        return cursor.rowcount == 1
+        """Any thread, as the outcomes below: on the calling thread's connection (`_thread_db`)."""
+        sender = self.live_sender_id()
+        with self._thread_db() as db:
+            cursor = write(
+                db,
+                """UPDATE followups SET status = 'sending', attempts = attempts + 1, claimed_at = ?, claimed_by = ?
+                    WHERE id = ? AND status = 'pending'""",
+                [iso(now), sender, followup_id],
+            )
+            return cursor.rowcount == 1
 
     def unfinished_followups(self) -> list[FollowUp]:
         rows = self.db.execute(
@@ -153,19 +158,23 @@ class FollowUpsMixin:
         return [replace(_followup(row), claimed_by=row[9]) for row in rows]
 
     def release_followup(self, followup_id: int) -> None:
-        write(self.db, "UPDATE followups SET status = 'pending', attempts = max(attempts - 1, 0) "
-                       "WHERE id = ? AND status = 'sending'", [followup_id])
+        with self._thread_db() as db:  # any thread
+            write(db, "UPDATE followups SET status = 'pending', attempts = max(attempts - 1, 0) "
+                      "WHERE id = ? AND status = 'sending'", [followup_id])
 
     def mark_followup_sent(self, followup_id: int, message_id: str | None, now: datetime) -> None:
-        write(self.db, "UPDATE followups SET status = 'sent', message_id = ?, sent_at = ?, error = NULL WHERE id = ?",
-              [message_id, iso(now), followup_id])
+        with self._thread_db() as db:  # any thread
+            write(db, "UPDATE followups SET status = 'sent', message_id = ?, sent_at = ?, error = NULL WHERE id = ?",
+                  [message_id, iso(now), followup_id])
 
     def reschedule_followup(self, followup_id: int, error: str, retry_at: datetime) -> None:
-        write(self.db, "UPDATE followups SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
-              [error[:500], iso(retry_at), followup_id])
+        with self._thread_db() as db:  # any thread
+            write(db, "UPDATE followups SET status = 'pending', error = ?, next_attempt_at = ? WHERE id = ?",
+                  [error[:500], iso(retry_at), followup_id])
 
     def give_up_followup(self, followup_id: int, error: str) -> None:
-        write(self.db, "UPDATE followups SET status = 'failed', error = ? WHERE id = ?", [error[:500], followup_id])
+        with self._thread_db() as db:  # any thread
+            write(db, "UPDATE followups SET status = 'failed', error = ? WHERE id = ?", [error[:500], followup_id])
 
 
 def _followup(row) -> FollowUp:

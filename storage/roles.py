@@ -19,7 +19,10 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import threading
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from sqlite_utils import Database
 
@@ -64,11 +67,15 @@ class RolesMixin:
     _poller_lease: int | None
     _alive: int | None  # the open lock file that says this sender is alive
     _leased: bool
+    _alive_guard: threading.Lock
+    if TYPE_CHECKING:
+        def _thread_db(self) -> AbstractContextManager[Database]: ...  # Store's: this thread's, to write
 
     def _roles_init(self) -> None:
         self.sender_id = new_sender_id()
         self._poller_lease = None
         self._alive = None
+        self._alive_guard = threading.Lock()  # claims and leases may come from worker threads at once
         self._leased = False  # whether it ever held a channel lease (dropped at close)
 
     def _drop_leases(self) -> None:
@@ -107,12 +114,15 @@ class RolesMixin:
 
     def live_sender_id(self) -> str:
         """`sender_id`, its liveness lock taken first (so a row never names a sender that
-        cannot be told alive); what claims write as `claimed_by`."""
+        cannot be told alive); what claims write as `claimed_by`. Any thread: taken once."""
         if self._alive is None and self.path != ":memory:":
-            fd = _try_lock(self._sender_lock(self.sender_id))
-            if fd is None:  # nobody else has this random name
-                raise storage_error(OSError(f"the lock of sender {self.sender_id} is held elsewhere"), self.path)
-            self._alive = fd
+            with self._alive_guard:  # two threads must not both open (and flock) the file
+                if self._alive is None:
+                    fd = _try_lock(self._sender_lock(self.sender_id))
+                    if fd is None:  # nobody else has this random name
+                        raise storage_error(OSError(f"the lock of sender {self.sender_id} is held elsewhere"),
+                                            self.path)
+                    self._alive = fd
         return self.sender_id
 
     def adopt_orphans(self) -> int:
@@ -165,21 +175,23 @@ class RolesMixin:
                       handover: timedelta = DEAD_HANDOVER) -> bool:
         """Take, or renew, the lease on serving `channel` until `until`: True when this store
         holds it (it was free, ran out at or before `now`, or was already its own). A holder
-        found dead keeps it only until `now + handover` (its last message may be that recent)."""
+        found dead keeps it only until `now + handover` (its last message may be that recent).
+        Any thread (on the calling thread's connection: the bot leases from worker threads)."""
         me = self.live_sender_id()  # a holder can always be told alive or dead
         self._leased = True
-        with immediate(self.db):
-            if self.db.execute(
-                    """INSERT INTO channel_leases (channel, holder, until) VALUES (?, ?, ?)
-                       ON CONFLICT (channel) DO UPDATE SET holder = excluded.holder, until = excluded.until
-                        WHERE channel_leases.holder = excluded.holder OR channel_leases.until <= ?""",
-                    [channel.key, me, lease_time(until), lease_time(now)]).rowcount == 1:
-                return True
-            holder = self.db.execute("SELECT holder FROM channel_leases WHERE channel = ?", [channel.key]).fetchone()
-        if holder and self._dead(holder[0]):
-            with immediate(self.db):
-                self.db.execute("UPDATE channel_leases SET until = min(until, ?) WHERE channel = ? AND holder = ?",
-                                [lease_time(now + handover), channel.key, holder[0]])
+        with self._thread_db() as db:
+            with immediate(db):
+                if db.execute(
+                        """INSERT INTO channel_leases (channel, holder, until) VALUES (?, ?, ?)
+                           ON CONFLICT (channel) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                            WHERE channel_leases.holder = excluded.holder OR channel_leases.until <= ?""",
+                        [channel.key, me, lease_time(until), lease_time(now)]).rowcount == 1:
+                    return True
+                holder = db.execute("SELECT holder FROM channel_leases WHERE channel = ?", [channel.key]).fetchone()
+            if holder and self._dead(holder[0]):
+                with immediate(db):
+                    db.execute("UPDATE channel_leases SET until = min(until, ?) WHERE channel = ? AND holder = ?",
+                               [lease_time(now + handover), channel.key, holder[0]])
         return False
 
     def _dead(self, sender: str) -> bool:
@@ -200,7 +212,7 @@ class RolesMixin:
 
     def release_channel(self, channel: ChannelRef, until: datetime) -> None:
         """Done serving `channel` for now: nobody else takes it before `until` (its
-        platform's gap between two messages); this store may take it again at once."""
-        with immediate(self.db):
-            self.db.execute("UPDATE channel_leases SET until = ? WHERE channel = ? AND holder = ?",
-                            [lease_time(until), channel.key, self.sender_id])
+        platform's gap between two messages); this store may take it again at once. Any thread."""
+        with self._thread_db() as db, immediate(db):
+            db.execute("UPDATE channel_leases SET until = ? WHERE channel = ? AND holder = ?",
+                       [lease_time(until), channel.key, self.sender_id])

@@ -7,7 +7,7 @@ import functools
 import os
 import sqlite3
 import threading
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 from urllib.request import pathname2url
@@ -18,7 +18,7 @@ from bot.errors import StorageError
 
 from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
-from .db import BUSY_TIMEOUT, immediate, open_database, storage_error
+from .db import BUSY_TIMEOUT, LOOP_AUTOCHECKPOINT_PAGES, immediate, open_database, storage_error
 from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
 from .installations import InstallationsMixin
@@ -77,9 +77,13 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         self._lease = fd
         return True
 
-    def transaction(self) -> AbstractContextManager[object]:
-        """All writes inside happen together or not at all; the write lock is taken first."""
-        return immediate(self.db)
+    @contextmanager
+    def transaction(self) -> Iterator[object]:
+        """All writes inside happen together or not at all; the write lock is taken first.
+        On the calling thread's connection (`_thread_db`): a worker thread's transaction
+        holds the "any thread" writes it makes inside, as the loop's holds its own."""
+        with self._thread_db() as db, immediate(db):
+            yield db
 
     @contextmanager
     def _thread_db(self) -> Iterator[Database]:
@@ -103,6 +107,9 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
                 conn.execute("PRAGMA foreign_keys = ON")
                 # A big burst rewrites ~2,000 rows on as many pages: room for them (8 MB).
                 conn.execute(f"PRAGMA cache_size = -{THREAD_CACHE_KB}")
+                # Each card's claim and outcome commits here: as on the loop's connection, no
+                # checkpoint at a commit while the poller's worker keeps the WAL small.
+                conn.execute(f"PRAGMA wal_autocheckpoint = {LOOP_AUTOCHECKPOINT_PAGES}")
             except sqlite3.Error as exc:
                 raise storage_error(exc, self.path) from None
             db = Database(conn)

@@ -49,6 +49,13 @@ def test_a_tiny_pipeline_run_reports_consistent_figures(capsys, workload):
     assert figures["papers_per_s"] == pytest.approx(40 / figures["poll_s"], rel=0.2)  # poll_s is rounded
 
 
+def test_sweep_runs_delivery_sweeps_through_the_poll(capsys):
+    figures = main(["--subscriptions", "200", "--papers", "20", "--history", "20", "--seed", "2", "--sweep"])
+    assert figures["sweeps"] >= 1  # one began with the poll, at least
+    assert 0 <= figures["sweep_sent"] <= figures["queued"] + 200  # cards, and a digest per channel at most
+    assert "sweeps" not in main(["--subscriptions", "200", "--papers", "20", "--history", "20", "--seed", "2"])
+
+
 def test_the_real_workload_recombines_the_seed_pages_sentences_and_is_fixed_by_the_seed():
     pairs = load_seed()
     assert len(pairs) >= 100  # the saved page lists about 120 papers, each a title and an abstract

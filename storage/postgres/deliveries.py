@@ -242,11 +242,13 @@ class DeliveriesMixin:
         return Overflow(row[0], row[1])
 
     def announce_overflow(self, channel: ChannelRef, up_to: int, message_id: str | None, now: datetime) -> None:
-        self.db.execute(
-            """UPDATE deliveries SET message_id = %s, sent_at = %s
-                WHERE channel = %s AND status = 'overflow' AND message_id IS NULL AND id <= %s""",
-            [message_id or "", utc(now), channel.key, up_to],
-        )
+        """Any thread, as the outcomes below: on the calling thread's connection (`_reader`)."""
+        with self._reader() as db:
+            db.execute(
+                """UPDATE deliveries SET message_id = %s, sent_at = %s
+                    WHERE channel = %s AND status = 'overflow' AND message_id IS NULL AND id <= %s""",
+                [message_id or "", utc(now), channel.key, up_to],
+            )
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -289,21 +291,24 @@ class DeliveriesMixin:
     # ---- outcomes -----------------------------------------------------------------------------
 
     def mark_sent(self, delivery_id: int, message_id: str | None, now: datetime) -> None:
-        # One statement (its own transaction); the trigger deliveries_sent_count counts it.
-        self.db.execute(
-            "UPDATE deliveries SET status = 'sent', message_id = %s, sent_at = %s, error = NULL WHERE id = %s",
-            [message_id, utc(now), delivery_id],
-        )
+        # One statement (its own transaction); the trigger deliveries_sent_count counts it. Any thread.
+        with self._reader() as db:
+            db.execute(
+                "UPDATE deliveries SET status = 'sent', message_id = %s, sent_at = %s, error = NULL WHERE id = %s",
+                [message_id, utc(now), delivery_id],
+            )
 
     def reschedule_delivery(self, delivery_id: int, error: str, retry_at: datetime) -> None:
-        self.db.execute(
-            "UPDATE deliveries SET status = 'pending', error = %s, next_attempt_at = %s WHERE id = %s",
-            [no_nul(error[:500]), utc(retry_at), delivery_id],
-        )
+        with self._reader() as db:  # any thread
+            db.execute(
+                "UPDATE deliveries SET status = 'pending', error = %s, next_attempt_at = %s WHERE id = %s",
+                [no_nul(error[:500]), utc(retry_at), delivery_id],
+            )
 
     def give_up_delivery(self, delivery_id: int, error: str) -> None:
-        self.db.execute("UPDATE deliveries SET status = 'failed', error = %s WHERE id = %s",
-                        [no_nul(error[:500]), delivery_id])
+        with self._reader() as db:  # any thread
+            db.execute("UPDATE deliveries SET status = 'failed', error = %s WHERE id = %s",
+                       [no_nul(error[:500]), delivery_id])
 
     # ---- claims, and the recovery of claims a crash left ------------------------------------
 
@@ -311,13 +316,15 @@ class DeliveriesMixin:
         """pending -> sending, for exactly one claimer, named in `claimed_by` (its liveness
         lock held: storage/postgres/roles.py). The row is taken FOR UPDATE SKIP LOCKED: a row
         another deliverer is claiming (or a transaction is changing) is passed over at once,
-        not waited for; once that one commits the row is no longer pending anyway."""
-        row = self.db.one(
-            """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = %s, claimed_by = %s
-                WHERE id = (SELECT id FROM deliveries WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED)
-               RETURNING id""",
-            [utc(now) if now else None, self.live_sender_id(), delivery_id],
-        )
+        not waited for; once that one commits the row is no longer pending anyway. Any thread."""
+        sender = self.live_sender_id()
+        with self._reader() as db:
+            row = db.one(
+                """UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = %s, claimed_by = %s
+                    WHERE id = (SELECT id FROM deliveries WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED)
+                   RETURNING id""",
+                [utc(now) if now else None, sender, delivery_id],
+            )
         return row is not None
 
     def unfinished_deliveries(self) -> list[Delivery]:
@@ -326,9 +333,10 @@ class DeliveriesMixin:
         return [replace(_delivery(row), claimed_by=row[7]) for row in rows]
 
     def release_delivery(self, delivery_id: int) -> None:
-        """Back to pending, the interrupted attempt not counted (storage/deliveries.py)."""
-        self.db.execute("UPDATE deliveries SET status = 'pending', attempts = greatest(attempts - 1, 0) "
-                        "WHERE id = %s AND status = 'sending'", [delivery_id])
+        """Back to pending, the interrupted attempt not counted (storage/deliveries.py). Any thread."""
+        with self._reader() as db:
+            db.execute("UPDATE deliveries SET status = 'pending', attempts = greatest(attempts - 1, 0) "
+                       "WHERE id = %s AND status = 'sending'", [delivery_id])
 
 
 # queue_matched's statement, as SQLite's (storage/deliveries.py _QUEUE_MATCHED). `p`: the batch's

@@ -8,6 +8,7 @@ and the recovery of claims a crash left are together at the end of the class.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ class FollowUpsMixin:
     db: Database
     if TYPE_CHECKING:
         def live_sender_id(self) -> str: ...  # RolesMixin's: this store's id, its liveness lock held
+        def _reader(self) -> AbstractContextManager[Database]: ...  # PgStore's: this thread's connection
 
     def followups_enabled(self, channel: ChannelRef) -> bool:
         enabled = self.db.scalar("SELECT enabled FROM channel_followups WHERE channel = %s", [channel.key])
@@ -79,29 +81,34 @@ class FollowUpsMixin:
         return due
 
     def mark_followup_sent(self, followup_id: int, message_id: str | None, now: datetime) -> None:
-        self.db.execute(
-            "UPDATE followups SET status = 'sent', message_id = %s, sent_at = %s, error = NULL WHERE id = %s",
-            [message_id, utc(now), followup_id])
+        with self._reader() as db:  # any thread: on its own connection
+            db.execute(
+                "UPDATE followups SET status = 'sent', message_id = %s, sent_at = %s, error = NULL WHERE id = %s",
+                [message_id, utc(now), followup_id])
 
     def reschedule_followup(self, followup_id: int, error: str, retry_at: datetime) -> None:
-        self.db.execute("UPDATE followups SET status = 'pending', error = %s, next_attempt_at = %s WHERE id = %s",
-                        [no_nul(error[:500]), utc(retry_at), followup_id])
+        with self._reader() as db:  # any thread
+            db.execute("UPDATE followups SET status = 'pending', error = %s, next_attempt_at = %s WHERE id = %s",
+                       [no_nul(error[:500]), utc(retry_at), followup_id])
 
     def give_up_followup(self, followup_id: int, error: str) -> None:
-        self.db.execute("UPDATE followups SET status = 'failed', error = %s WHERE id = %s",
-                        [no_nul(error[:500]), followup_id])
+        with self._reader() as db:  # any thread
+            db.execute("UPDATE followups SET status = 'failed', error = %s WHERE id = %s",
+                       [no_nul(error[:500]), followup_id])
 
     # ---- claims, and the recovery of claims a crash left ------------------------------------
 
     def claim_followup(self, followup_id: int, now: datetime) -> bool:
         """pending -> sending, for exactly one claimer, named in `claimed_by` (as claim_delivery:
-        FOR UPDATE SKIP LOCKED)."""
-        row = self.db.one(
-            """UPDATE followups SET status = 'sending', attempts = attempts + 1, claimed_at = %s, claimed_by = %s
-                WHERE id = (SELECT id FROM followups WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED)
-               RETURNING id""",
-            [utc(now), self.live_sender_id(), followup_id],
-        )
+        FOR UPDATE SKIP LOCKED). Any thread, on its own connection."""
+        sender = self.live_sender_id()
+        with self._reader() as db:
+            row = db.one(
+                """UPDATE followups SET status = 'sending', attempts = attempts + 1, claimed_at = %s, claimed_by = %s
+                    WHERE id = (SELECT id FROM followups WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED)
+                   RETURNING id""",
+                [utc(now), sender, followup_id],
+            )
         return row is not None
 
     def unfinished_followups(self) -> list[FollowUp]:
@@ -111,8 +118,9 @@ class FollowUpsMixin:
         return [replace(_followup(row), claimed_by=row[9]) for row in rows]
 
     def release_followup(self, followup_id: int) -> None:
-        self.db.execute("UPDATE followups SET status = 'pending', attempts = greatest(attempts - 1, 0) "
-                        "WHERE id = %s AND status = 'sending'", [followup_id])
+        with self._reader() as db:  # any thread
+            db.execute("UPDATE followups SET status = 'pending', attempts = greatest(attempts - 1, 0) "
+                       "WHERE id = %s AND status = 'sending'", [followup_id])
 
 
 def _followup(row: tuple) -> FollowUp:

@@ -14,7 +14,10 @@ two schemas of one database never share a lease.
 
 from __future__ import annotations
 
+import threading
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from bot.errors import StorageError
 from bot.models import ChannelRef
@@ -42,6 +45,9 @@ class RolesMixin:
     _polls: bool
     _alive: bool
     _leased: bool  # whether it ever held a channel lease (dropped at close)
+    _session_guard: threading.Lock
+    if TYPE_CHECKING:
+        def _reader(self) -> AbstractContextManager[Database]: ...  # PgStore's: this thread's connection
 
     def _roles_init(self) -> None:
         self.sender_id = new_sender_id()
@@ -49,10 +55,14 @@ class RolesMixin:
         self._polls = False
         self._alive = False
         self._leased = False
+        # Claims and leases may come from worker threads at once: one session, one liveness lock.
+        self._session_guard = threading.Lock()
 
     def _session(self) -> Database:
         if self._leases_db is None:
-            self._leases_db = Database(self.url, busy_timeout=self.busy_timeout)
+            with self._session_guard:
+                if self._leases_db is None:
+                    self._leases_db = Database(self.url, busy_timeout=self.busy_timeout)
         return self._leases_db
 
     def _try_lock(self, name: str) -> bool:
@@ -83,9 +93,13 @@ class RolesMixin:
 
     def live_sender_id(self) -> str:
         if not self._alive:
-            if not self._try_lock(SENDER + self.sender_id):  # nobody else has this random name
-                raise StorageError(f"the liveness lock of sender {self.sender_id} is held elsewhere", self.path)
-            self._alive = True
+            session = self._session()
+            with self._session_guard:  # taken once, whichever thread comes first
+                if not self._alive:
+                    if not bool(session.scalar(f"SELECT pg_try_advisory_lock({_KEY})", [SENDER + self.sender_id])):
+                        raise StorageError(f"the liveness lock of sender {self.sender_id} is held elsewhere",
+                                           self.path)  # nobody else has this random name
+                    self._alive = True
         return self.sender_id
 
     def adopt_orphans(self) -> int:
@@ -110,24 +124,27 @@ class RolesMixin:
 
     def lease_channel(self, channel: ChannelRef, now: datetime, until: datetime,
                       handover: timedelta = DEAD_HANDOVER) -> bool:
+        """Any thread: on the calling thread's connection (`_reader`), as `release_channel`."""
         me = self.live_sender_id()  # a holder can always be told alive or dead
         self._leased = True
-        if self.db.execute(
-                """INSERT INTO channel_leases (channel, holder, until) VALUES (%s, %s, %s)
-                   ON CONFLICT (channel) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
-                    WHERE channel_leases.holder = EXCLUDED.holder OR channel_leases.until <= %s""",
-                [channel.key, me, _exact(until), _exact(now)]).rowcount == 1:
-            return True
-        holder = self.db.scalar("SELECT holder FROM channel_leases WHERE channel = %s", [channel.key])
-        if holder is not None and self._try_lock(SENDER + holder):  # its session is gone
-            try:
-                self.db.execute("""UPDATE channel_leases SET until = least(until, %s)
-                                    WHERE channel = %s AND holder = %s""",
-                                [_exact(now + handover), channel.key, holder])
-            finally:
-                self._session().execute(f"SELECT pg_advisory_unlock({_KEY})", [SENDER + holder])
+        with self._reader() as db:
+            if db.execute(
+                    """INSERT INTO channel_leases (channel, holder, until) VALUES (%s, %s, %s)
+                       ON CONFLICT (channel) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+                        WHERE channel_leases.holder = EXCLUDED.holder OR channel_leases.until <= %s""",
+                    [channel.key, me, _exact(until), _exact(now)]).rowcount == 1:
+                return True
+            holder = db.scalar("SELECT holder FROM channel_leases WHERE channel = %s", [channel.key])
+            if holder is not None and self._try_lock(SENDER + holder):  # its session is gone
+                try:
+                    db.execute("""UPDATE channel_leases SET until = least(until, %s)
+                                   WHERE channel = %s AND holder = %s""",
+                               [_exact(now + handover), channel.key, holder])
+                finally:
+                    self._session().execute(f"SELECT pg_advisory_unlock({_KEY})", [SENDER + holder])
         return False
 
     def release_channel(self, channel: ChannelRef, until: datetime) -> None:
-        self.db.execute("UPDATE channel_leases SET until = %s WHERE channel = %s AND holder = %s",
-                        [_exact(until), channel.key, self.sender_id])
+        with self._reader() as db:  # any thread
+            db.execute("UPDATE channel_leases SET until = %s WHERE channel = %s AND holder = %s",
+                       [_exact(until), channel.key, self.sender_id])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 import psycopg
@@ -71,8 +71,12 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
 
     # ---- the store itself -------------------------------------------------------------------
 
-    def transaction(self) -> AbstractContextManager[object]:
-        return self.db.transaction()
+    @contextmanager
+    def transaction(self) -> Iterator[object]:
+        """On the calling thread's connection (`_reader`): a worker thread's transaction holds
+        the "any thread" writes it makes inside, as the loop's holds its own."""
+        with self._reader() as db, db.transaction():
+            yield db
 
     def close(self) -> None:
         self._drop_leases()
