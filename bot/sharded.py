@@ -45,8 +45,8 @@ import zlib
 from array import array
 from datetime import datetime, timezone
 from itertools import repeat
-from operator import itemgetter
 from multiprocessing.connection import Connection
+from operator import itemgetter
 from typing import Final, Iterable, Sequence, cast
 
 from .errors import QueryError

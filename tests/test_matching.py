@@ -7,8 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.errors import QueryError
-from bot.matching import (IndexedMatcher, NaiveMatcher, PaperView, _shortcut, _shortcut_hits, _word_clauses, _word_hits,
-                          anchors, evaluate)
+from bot.matching import (
+    IndexedMatcher,
+    NaiveMatcher,
+    PaperView,
+    _shortcut,
+    _shortcut_hits,
+    _word_clauses,
+    _word_hits,
+    anchors,
+    evaluate,
+)
 from bot.models import ChannelRef, Paper, Subscription
 from bot.query import normalize_query, parse_query
 
