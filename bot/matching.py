@@ -403,6 +403,9 @@ class _Entry:
     # without going through `subs` (on a large index every object visited is a cache miss).
     sole: int | None = None
     sole_channel: ChannelRef | None = None
+    # Two more shapes decided without walking the tree as `evaluate` does (`_shortcut`): a
+    # prefix alone (`transform*`), and words with some left out (`diffusion -survey`).
+    shortcut: tuple | None = None
 
 
 def _entry(query: str, node: tuple, counts: Mapping[str, int] | None) -> _Entry:
@@ -455,7 +458,8 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
                 chosen, best = option, cost
         assert chosen is not None
         keys = frozenset(chosen)
-    return _Entry(query, node, keys, frozenset(required), tuple(map(frozenset, wider)), words=words)
+    return _Entry(query, node, keys, frozenset(required), tuple(map(frozenset, wider)), words=words,
+                  shortcut=None if words is not None else _shortcut(node))
 
 
 # ---- the compiled form of a query, stored with its subscription --------------------------
@@ -552,6 +556,50 @@ def _word_hits(words: tuple, title: frozenset[str], abstract: frozenset[str]) ->
             hits.append(text + " in abstract")
             found = True
     return hits if found else None
+
+
+def _shortcut(node: tuple) -> tuple | None:
+    """The tree itself for two shapes that `_shortcut_hits` decides without walking it as
+    `evaluate` does: a prefix alone (`transform*`), and an AND of words and left-out words
+    (`diffusion -survey`); None for any other (words alone have `_word_clauses`). No new
+    object is kept: at a million subscriptions every byte an entry adds is ~600 kB."""
+    if node[0] == "prefix":
+        return node
+    if node[0] != "and":
+        return None
+    kinds = {child[0] if child[0] == "word" else child[1][0] if child[0] == "not" else "" for child in node[1]}
+    nots = sum(child[0] == "not" for child in node[1])
+    return node if kinds == {"word"} and 0 < nots < len(node[1]) else None
+
+
+def _shortcut_hits(node: tuple, view: PaperView) -> list[str] | None:
+    """What `evaluate` gives for `node`, one of `_shortcut`'s shapes."""
+    if node[0] == "prefix":
+        scope, prefix = node[1], node[2]
+        # As evaluate's "prefix", without its first rejection: a prefix alone is found by
+        # its own cut (its anchor) or is always evaluated; the bisection decides either way.
+        for name, words in view.sorted_words.items():
+            if scope == "any" or scope == name:
+                i = bisect.bisect_left(words, prefix)
+                if i < len(words) and words[i].startswith(prefix):
+                    return [f"{words[i]} in {name}"]
+        return None
+    title, abstract = view.title_set, view.abstract_set
+    hits = []
+    for child in node[1]:  # words, and words left out: as evaluate's "and" of "word" and "not"
+        if child[0] == "word":
+            scope, word = child[1], child[2]
+            if scope != "abstract" and word in title:
+                hits.append(f"{child[3]} in title")
+            elif scope != "title" and word in abstract:
+                hits.append(f"{child[3]} in abstract")
+            else:
+                return None
+        else:
+            scope, word = child[1][1], child[1][2]
+            if (scope != "abstract" and word in title) or (scope != "title" and word in abstract):
+                return None
+    return hits
 
 
 def _evaluate_entry(entry: _Entry, view: PaperView) -> list[str] | None:
@@ -784,6 +832,8 @@ class IndexedMatcher:
             words = entry.words
             if words is not None:
                 hits = _word_hits(words, title, abstract)
+            elif entry.shortcut is not None:  # exact on its own: no required-keys filter needed
+                hits = _shortcut_hits(entry.shortcut, view)
             elif _offers(entry, features):
                 hits = evaluate(entry.node, view)
             else:

@@ -46,6 +46,7 @@ from array import array
 from datetime import datetime, timezone
 from itertools import repeat
 from multiprocessing.connection import Connection
+from operator import itemgetter
 from typing import Final, Iterable, Sequence, cast
 
 from .errors import QueryError
@@ -345,17 +346,35 @@ def _answer(engine: IndexedMatcher, paper: Paper) -> tuple | str:
     subscription ids and channel numbers (machine integers, as bytes: marshalled without a
     lookup each), query texts, terms; () for no match; or why matching it raised."""
     try:
-        # In this worker's engine a subscription's "channel" is its channel's number (`_apply`).
-        rows = [(sub_id, channel_no, entry.query, terms)
-                for entry, terms in engine._hits(paper) for sub_id, channel_no in entry.subs.items()]
+        hits = engine._hits(paper)
     except Exception as exc:  # that paper's: told to the parent, the engine goes on
         log.exception("matching worker: paper %s failed", paper.id)
         return f"{type(exc).__name__}: {exc}"
-    if not rows:
+    if not hits:
         return ()
-    rows.sort()
-    ids, channels, queries, terms = zip(*rows, strict=True)
-    return array(_ID, ids).tobytes(), array(_CHANNEL, channels).tobytes(), queries, terms
+    # The columns are filled an entry at a time (a query's subscriptions copied out of its
+    # dict in C), not a row per match, then put in subscription id order by one permutation.
+    ids: list[int] = []
+    channels: list[int] = []
+    queries: list[str] = []
+    terms: list[tuple[str, ...]] = []
+    for entry, found in hits:
+        sole = entry.sole
+        if sole is not None:  # most entries: one subscription
+            ids.append(sole)
+            channels.append(cast(int, entry.sole_channel))  # its channel's number, see `_apply`
+            queries.append(entry.query)
+            terms.append(found)
+        else:
+            subs = entry.subs
+            ids += subs
+            channels += cast("dict[int, int]", subs).values()
+            queries += repeat(entry.query, len(subs))
+            terms += repeat(found, len(subs))
+    if len(ids) > 1:
+        take = itemgetter(*sorted(range(len(ids)), key=ids.__getitem__))  # ids are unique
+        ids, channels, queries, terms = take(ids), take(channels), take(queries), take(terms)
+    return array(_ID, ids).tobytes(), array(_CHANNEL, channels).tobytes(), tuple(queries), tuple(terms)
 
 
 # A worker's channel numbers, one int object each (each change unpickled makes its own).

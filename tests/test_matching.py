@@ -7,7 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.errors import QueryError
-from bot.matching import IndexedMatcher, NaiveMatcher, PaperView, _word_clauses, _word_hits, anchors, evaluate
+from bot.matching import (
+    IndexedMatcher,
+    NaiveMatcher,
+    PaperView,
+    _shortcut,
+    _shortcut_hits,
+    _word_clauses,
+    _word_hits,
+    anchors,
+    evaluate,
+)
 from bot.models import ChannelRef, Paper, Subscription
 from bot.query import normalize_query, parse_query
 
@@ -225,6 +235,51 @@ def test_other_shapes_are_left_to_the_tree():
 @given(st.lists(word_clause_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4),
        st.lists(papers(), max_size=4))
 def test_engine_and_naive_loop_agree_on_words_and_or_groups(texts, paper_list, history):
+    subs = subscriptions_of(texts)
+    engine, naive = IndexedMatcher(subs, papers=history), NaiveMatcher(subs)
+    for p in paper_list:
+        assert engine.match(p) == naive.match(p)
+
+
+_prefix_atom = st.sampled_from(VOCAB).filter(lambda w: len(w) >= 3).flatmap(
+    lambda w: st.sampled_from([f"{w[:3]}*", f"{w[:4]}*", f"title:{w[:3]}*", f"abstract:{w[:3]}*", f"{w}*"]))
+
+
+@st.composite
+def shortcut_texts(draw):
+    """A prefix alone, or words (at least one) and words left out (at least one)."""
+    if draw(st.booleans()):
+        return draw(_prefix_atom)
+    kept = draw(st.lists(_word_atom, min_size=1, max_size=3))
+    left_out = draw(st.lists(_word_atom.map(lambda w: f"-{w}"), min_size=1, max_size=2))
+    return " ".join(draw(st.permutations(kept + left_out)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(shortcut_texts(), papers())
+def test_prefixes_and_words_left_out_are_decided_as_the_tree_is(text, paper):
+    node = parse_query(text)
+    shortcut = _shortcut(node)
+    if shortcut is None:  # normalized into another shape (a word left out twice, a prefix of a word...)
+        return
+    assert shortcut is node  # nothing new kept per entry
+    view = PaperView(paper)
+    assert _shortcut_hits(shortcut, view) == evaluate(node, view)
+
+
+def test_shortcuts_are_only_for_their_shapes():
+    for text in ["diffus*", "title:diffus*", "diffusion -video", "-video diffusion title:model",
+                 "a1 -b2 -c3"]:
+        assert _shortcut(parse_query(text)) is not None, text
+    for text in ['"language model"', "diffusion", "diffusion model", "(a1 OR b2) -c3", 'diffusion -"a b"',
+                 "diffus* -video", "video cat:cs.CV", "upvotes>=3 model", "(a1 b2) OR c3"]:
+        assert _shortcut(parse_query(text)) is None, text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(shortcut_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4),
+       st.lists(papers(), max_size=4))
+def test_engine_and_naive_loop_agree_on_prefixes_and_words_left_out(texts, paper_list, history):
     subs = subscriptions_of(texts)
     engine, naive = IndexedMatcher(subs, papers=history), NaiveMatcher(subs)
     for p in paper_list:
