@@ -7,7 +7,7 @@ import functools
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 from urllib.request import pathname2url
@@ -77,11 +77,14 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         self._lease = fd
         return True
 
-    @contextmanager
-    def transaction(self) -> Iterator[object]:
+    def transaction(self) -> AbstractContextManager[object]:
         """All writes inside happen together or not at all; the write lock is taken first.
         On the calling thread's connection (`_thread_db`): a worker thread's transaction
         holds the "any thread" writes it makes inside, as the loop's holds its own."""
+        return self._transaction()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[object]:
         with self._thread_db() as db, immediate(db):
             yield db
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 import psycopg
@@ -71,10 +71,13 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
 
     # ---- the store itself -------------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator[object]:
+    def transaction(self) -> AbstractContextManager[object]:
         """On the calling thread's connection (`_reader`): a worker thread's transaction holds
         the "any thread" writes it makes inside, as the loop's holds its own."""
+        return self._transaction()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[object]:
         with self._reader() as db, db.transaction():
             yield db
 
