@@ -67,6 +67,7 @@ class LoopWatch:
         self._handle: asyncio.TimerHandle | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reporters: list[threading.Thread] = []  # the heartbeat's reports, being written out (stop() waits)
         # The heartbeat (its time) of the stall the watching thread reported: the heartbeat
         # that ends it says nothing more. Written and read under _lock.
         self._reported_beat: float | None = None
@@ -99,6 +100,9 @@ class LoopWatch:
             self._handle.cancel()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(1.0)
+        for reporter in self._reporters:
+            reporter.join(1.0)
+        self._reporters.clear()
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
             self._switch_interval = None
@@ -120,13 +124,24 @@ class LoopWatch:
 
     def _report_unseen(self, before: float, now: float, sched_before: tuple[float, int, int] | None) -> None:
         """A stall the watching thread did not see while it lasted (it got no turn either:
-        another thread held the GIL, or the process no CPU), logged from the loop thread."""
-        stack = self._other_stacks()
-        self.stalls.append((now - before, stack))
-        self.log.warning("event loop stalled for %.0f ms (over %.0f ms), unseen while it lasted: the watchdog's "
-                         "thread got no turn either, so another thread held the GIL or no CPU was free%s; "
-                         "the other threads are now at:\n%s", (now - before) * 1000, self.threshold * 1000,
-                         self._causes(before, now, sched_before), stack)
+        another thread held the GIL, or the process no CPU), noticed on the loop thread. Where
+        the other threads are is taken here (frames only); it is written out and logged in a
+        thread of its own: formatting a stack reads the source files (linecache), 170 ms once
+        in CI, which would be a stall of the loop made by its own watchdog."""
+        frames = self._other_frames()
+        causes = self._causes(before, now, sched_before)
+
+        def report() -> None:
+            stack = self._format_frames(frames)
+            self.stalls.append((now - before, stack))
+            self.log.warning("event loop stalled for %.0f ms (over %.0f ms), unseen while it lasted: the watchdog's "
+                             "thread got no turn either, so another thread held the GIL or no CPU was free%s; "
+                             "the other threads are now at:\n%s", (now - before) * 1000, self.threshold * 1000,
+                             causes, stack)
+
+        reporter = threading.Thread(target=report, name="papers-bot-loopwatch-report", daemon=True)
+        self._reporters = [r for r in self._reporters if r.is_alive()] + [reporter]
+        reporter.start()
 
     def _watch(self) -> None:
         check = self.profile_interval = max(min(self.threshold / 5, 0.05), 0.005)
@@ -207,16 +222,29 @@ class LoopWatch:
 
     def _other_stacks(self) -> str:
         """The innermost frames of every thread but the loop's and the watcher's, by name."""
+        return self._format_frames(self._other_frames())
+
+    def _other_frames(self) -> list[tuple[str, traceback.StackSummary]]:
+        """Every thread's but the loop's and the watcher's frames (their names, files and
+        lines: no source read), by thread name."""
         names = {t.ident: t.name for t in threading.enumerate()}
         skip = {self._loop_thread, threading.get_ident()}
         if self._thread is not None and self._thread.is_alive():  # a dead thread's id may be another's now
             skip.add(self._thread.ident or 0)
         out = []
         for ident, frame in sys._current_frames().items():
-            if ident in skip:
+            if ident in skip or names.get(ident, "").startswith("papers-bot-loopwatch"):
                 continue
-            lines = "".join(traceback.format_stack(frame)[-OTHER_STACK_LINES:]).rstrip()
-            out.append(f"thread {names.get(ident, ident)}:\n{lines}")
+            summary = traceback.StackSummary.extract(traceback.walk_stack(frame), lookup_lines=False)
+            summary.reverse()  # outermost first, as traceback.format_stack
+            out.append((str(names.get(ident, ident)), summary))
+        return out
+
+    @staticmethod
+    def _format_frames(frames: list[tuple[str, traceback.StackSummary]]) -> str:
+        """`_other_frames` as text, the innermost OTHER_STACK_LINES lines of each (reads the sources)."""
+        out = [f"thread {name}:\n" + "".join(summary.format()[-OTHER_STACK_LINES:]).rstrip()
+               for name, summary in frames]
         return "\n".join(out) or "  (no other thread)"
 
     def _where(self) -> str:
