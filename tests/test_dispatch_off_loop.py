@@ -13,7 +13,7 @@ from bot.clock import utcnow
 from bot.dispatch import Dispatcher
 from bot.errors import StorageError
 from bot.models import ChannelRef, Match, PostResult
-from storage import Store
+from storage import Store, reopen
 
 from .fakes import RecordingAdapter, paper
 
@@ -163,6 +163,33 @@ def test_a_worker_threads_write_after_close_fails_and_writes_nothing(tmp_path):
     assert not store._thread_dbs and store._alive is None  # no connection, no lock file held
     assert not list(tmp_path.glob("bot.db.sender-*.lock"))
     again = Store(path)
+    try:
+        assert again.unfinished_deliveries() == []
+        assert [d.id for d in again.pending_for_channel(CHANNEL)] == [delivery.id]
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_a_worker_threads_claim_after_close_fails_on_postgresql_too(store):
+    """As above: the thread's closed connection was reconnected (never closed again) and the
+    liveness lock taken on a new session, and the row claimed after close."""
+    fill(store, 1)
+    delivery = store.pending_for_channel(CHANNEL)[0]
+    store.close()
+    errors: list[BaseException] = []
+
+    def claim() -> None:
+        try:
+            store.claim_delivery(delivery.id, utcnow())
+        except StorageError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=claim)
+    worker.start()
+    worker.join()
+    assert len(errors) == 1
+    again = reopen(store)
     try:
         assert again.unfinished_deliveries() == []
         assert [d.id for d in again.pending_for_channel(CHANNEL)] == [delivery.id]
