@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from sqlite_utils import Database
 
+from bot.errors import StorageError
 from bot.models import ChannelRef
 
 from .db import immediate, storage_error
@@ -95,11 +96,12 @@ class RolesMixin:
                 os.unlink(self._sender_lock(self.sender_id))
             except OSError:
                 pass
-        for name in ("_poller_lease", "_alive"):
-            fd = getattr(self, name)
-            if fd is not None:
-                os.close(fd)  # releases the lock
-                setattr(self, name, None)
+        with self._alive_guard:  # not while a worker thread's claim takes it
+            for name in ("_poller_lease", "_alive"):
+                fd = getattr(self, name)
+                if fd is not None:
+                    os.close(fd)  # releases the lock
+                    setattr(self, name, None)
 
     def _sender_lock(self, sender: str) -> str:
         """The file whose flock says `sender` is alive: `<db>.sender-<id>.lock`, beside the database."""
@@ -117,6 +119,8 @@ class RolesMixin:
         cannot be told alive); what claims write as `claimed_by`. Any thread: taken once."""
         if self._alive is None and self.path != ":memory:":
             with self._alive_guard:  # two threads must not both open (and flock) the file
+                if getattr(self, "_closed", False):  # closed: no liveness lock taken again (never released)
+                    raise StorageError(f"the database {self.path} is closed", self.path)
                 if self._alive is None:
                     fd = _try_lock(self._sender_lock(self.sender_id))
                     if fd is None:  # nobody else has this random name

@@ -54,6 +54,7 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
         # write, such as plan_burst): one a thread, kept open for its next call, closed with the store.
         self._thread_dbs: dict[int, Database] = {}
         self._thread_dbs_guard = threading.Lock()
+        self._closed = False  # then a worker thread's write fails, as self.db's would (no connection reopened)
 
     def hold_sender_lease(self) -> bool:
         """True when this process is (now) the one that settles sends a crash left unfinished.
@@ -100,6 +101,8 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
             yield self.db
             return
         with self._thread_dbs_guard:
+            if self._closed:  # a sweep left running past shutdown: no write after close
+                raise StorageError(f"the database {self.path} is closed", self.path)
             db = self._thread_dbs.get(me)
         if db is None:
             try:
@@ -118,12 +121,16 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
             db = Database(conn)
             db.papers_bot_timeout = self.busy_timeout  # type: ignore[attr-defined]
             with self._thread_dbs_guard:
+                if self._closed:  # closed while this one opened
+                    db.close()
+                    raise StorageError(f"the database {self.path} is closed", self.path)
                 self._thread_dbs[me] = db
         yield db
 
     def close(self) -> None:
         self._drop_leases()
         with self._thread_dbs_guard:
+            self._closed = True
             others, self._thread_dbs = list(self._thread_dbs.values()), {}
         for db in others:
             db.close()

@@ -190,8 +190,11 @@ class ThreadConnections:
         self._local = threading.local()
         self._all: list[Database] = []
         self._guard = threading.Lock()
+        self._closed = False  # then get() fails: a closed connection is not reopened, nor a new one kept
 
     def get(self) -> Database:
+        if self._closed:  # a worker thread's write after the store closed (a sweep left running)
+            raise StorageError(f"the database {redacted(self.url)} is closed", redacted(self.url))
         db = getattr(self._local, "db", None)
         if db is not None:
             db.ready()
@@ -199,11 +202,15 @@ class ThreadConnections:
             db = Database(self.url, busy_timeout=self.busy_timeout, reconnect=True)
             self._local.db = db
             with self._guard:
+                if self._closed:
+                    db.close()
+                    raise StorageError(f"the database {redacted(self.url)} is closed", redacted(self.url))
                 self._all.append(db)
         return db
 
     def close(self) -> None:
         with self._guard:
+            self._closed = True
             for db in self._all:
                 db.close()
             self._all.clear()

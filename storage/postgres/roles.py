@@ -93,6 +93,8 @@ class RolesMixin:
 
     def live_sender_id(self) -> str:
         if not self._alive:
+            if getattr(self, "_closed", False):  # a worker thread's claim after close: no new session, no lock
+                raise StorageError(f"the database {self.path} is closed", self.path)
             session = self._session()
             with self._session_guard:  # taken once, whichever thread comes first
                 if not self._alive:

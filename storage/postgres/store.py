@@ -58,6 +58,7 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
         self.db.on_reconnect.append(self._lease_again)
         self.owner_thread = threading.get_ident()
         self._readers = ThreadConnections(url, busy_timeout=busy_timeout)
+        self._closed = False  # then no liveness lock is taken again (live_sender_id), nor a connection opened
         self._lease = False
         self._roles_init()  # sender_id; the poller's lease and this sender's liveness, once taken
         try:
@@ -82,6 +83,7 @@ class PgStore(CommandLogMixin, SourceStateMixin, PapersMixin, DeliveriesMixin, F
             yield db
 
     def close(self) -> None:
+        self._closed = True
         self._drop_leases()
         self._readers.close()
         if self._lease and not self.db.conn.closed:
