@@ -12,7 +12,7 @@ import pytest
 from bot.clock import utcnow
 from bot.dispatch import Dispatcher
 from bot.errors import StorageError
-from bot.models import ChannelRef, Match, PostResult
+from bot.models import ChannelRef, Delivery, Match, PostResult
 from storage import Store, reopen
 
 from .fakes import RecordingAdapter, paper
@@ -139,59 +139,51 @@ async def test_the_follow_ups_writes_run_off_the_loop_too(store, monkeypatch):
     assert threading.get_ident() not in set().union(*called_from.values())
 
 
+def claim_in_a_thread_after_close(store) -> Delivery:
+    """Queue one delivery, close the store, then claim it from a worker thread: the claim must
+    fail with StorageError (once). Returns the delivery."""
+    fill(store, 1)
+    delivery = store.pending_for_channel(CHANNEL)[0]
+    store.close()
+    errors: list[BaseException] = []
+
+    def claim() -> None:
+        try:
+            store.claim_delivery(delivery.id, utcnow())
+        except StorageError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=claim)
+    worker.start()
+    worker.join()
+    assert len(errors) == 1
+    return delivery
+
+
+def assert_still_pending(again, delivery: Delivery) -> None:
+    """`again` (the same database, opened anew) has the delivery pending, nothing mid-send; closes it."""
+    try:
+        assert again.unfinished_deliveries() == []
+        assert [d.id for d in again.pending_for_channel(CHANNEL)] == [delivery.id]
+    finally:
+        again.close()
+
+
 def test_a_worker_threads_write_after_close_fails_and_writes_nothing(tmp_path):
     """A sweep left running past shutdown (its claim's thread still going when the store
     closes) must not write: before the store opened the thread a new connection (kept
     forever) and took the liveness lock again, and the row was claimed after close."""
     path = str(tmp_path / "bot.db")
     store = Store(path)
-    fill(store, 1)
-    delivery = store.pending_for_channel(CHANNEL)[0]
-    store.close()
-    errors: list[BaseException] = []
-
-    def claim() -> None:
-        try:
-            store.claim_delivery(delivery.id, utcnow())
-        except StorageError as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=claim)
-    worker.start()
-    worker.join()
-    assert len(errors) == 1
+    delivery = claim_in_a_thread_after_close(store)
     assert not store._thread_dbs and store._alive is None  # no connection, no lock file held
     assert not list(tmp_path.glob("bot.db.sender-*.lock"))
-    again = Store(path)
-    try:
-        assert again.unfinished_deliveries() == []
-        assert [d.id for d in again.pending_for_channel(CHANNEL)] == [delivery.id]
-    finally:
-        again.close()
+    assert_still_pending(Store(path), delivery)
 
 
 @pytest.mark.parametrize("store", ["postgresql"], indirect=True)
 def test_a_worker_threads_claim_after_close_fails_on_postgresql_too(store):
     """As above: the thread's closed connection was reconnected (never closed again) and the
     liveness lock taken on a new session, and the row claimed after close."""
-    fill(store, 1)
-    delivery = store.pending_for_channel(CHANNEL)[0]
-    store.close()
-    errors: list[BaseException] = []
-
-    def claim() -> None:
-        try:
-            store.claim_delivery(delivery.id, utcnow())
-        except StorageError as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=claim)
-    worker.start()
-    worker.join()
-    assert len(errors) == 1
-    again = reopen(store)
-    try:
-        assert again.unfinished_deliveries() == []
-        assert [d.id for d in again.pending_for_channel(CHANNEL)] == [delivery.id]
-    finally:
-        again.close()
+    delivery = claim_in_a_thread_after_close(store)
+    assert_still_pending(reopen(store), delivery)
