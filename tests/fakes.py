@@ -4,6 +4,7 @@ The fake servers themselves live in the top-level `fakes` package (benchmarks us
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -178,3 +179,17 @@ def arxiv_id_list(categories: dict[str, tuple[str, ...]]):
         return Canned(body=body.encode(), content_type="application/atom+xml")
 
     return answer
+
+
+def record_threads(store, monkeypatch, *names):
+    """Which threads call these store methods: {name: [thread idents]}."""
+    called_from: dict[str, list[int]] = {name: [] for name in names}
+    for name in names:
+        method = getattr(store, name)
+
+        def recorded(*args, _method=method, _name=name):
+            called_from[_name].append(threading.get_ident())
+            return _method(*args)
+
+        monkeypatch.setattr(store, name, recorded)
+    return called_from

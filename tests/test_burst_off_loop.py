@@ -16,7 +16,7 @@ from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, Match, PostResult
 from storage import Store
 
-from .fakes import paper
+from .fakes import paper, record_threads
 
 CHANNEL = ChannelRef("slack", "C1")
 CARDS = 3
@@ -53,20 +53,6 @@ def decided(store):
     rows = store.db.execute("SELECT paper_id, card, in_digest, status FROM deliveries WHERE channel = ?",
                             [CHANNEL.key]).fetchall()
     return ({r[0] for r in rows if r[1]}, {r[0] for r in rows if r[2]}, {r[0] for r in rows if r[3] == "overflow"})
-
-
-def record_threads(store, monkeypatch, *names):
-    """Which threads call these store methods: {name: [thread idents]}."""
-    called_from: dict[str, list[int]] = {name: [] for name in names}
-    for name in names:
-        method = getattr(store, name)
-
-        def recorded(*args, _method=method, _name=name):
-            called_from[_name].append(threading.get_ident())
-            return _method(*args)
-
-        monkeypatch.setattr(store, name, recorded)
-    return called_from
 
 
 async def test_a_burst_is_planned_off_the_event_loop_and_goes_out_as_on_it(store, monkeypatch):

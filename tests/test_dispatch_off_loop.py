@@ -15,7 +15,7 @@ from bot.errors import StorageError
 from bot.models import ChannelRef, Delivery, Match, PostResult
 from storage import Store, reopen
 
-from .fakes import RecordingAdapter, paper
+from .fakes import RecordingAdapter, paper, record_threads
 
 CHANNEL = ChannelRef("console", "general")
 HOLD_AT_MOST = 3.0  # seconds the other connection keeps the lock if the loop never answers (the store waits 10)
@@ -73,15 +73,7 @@ async def test_the_loop_answers_while_a_sweeps_write_waits_for_the_lock(store, m
 
 async def test_every_write_of_a_sweep_runs_off_the_loop(store, monkeypatch):
     fill(store, 5)  # 3 cards (sent, retried, given up) and a digest of 2
-    called_from: dict[str, set[int]] = {name: set() for name in WRITES}
-    for name in WRITES:
-        real = getattr(store, name)
-
-        def recorded(*args, _name=name, _real=real):
-            called_from[_name].add(threading.get_ident())
-            return _real(*args)
-
-        monkeypatch.setattr(store, name, recorded)
+    called_from = record_threads(store, monkeypatch, *WRITES)
     adapter = RecordingAdapter(results=[PostResult(ok=True, message_id="m1"),
                                         PostResult(ok=False, error="timeout", retryable=True),
                                         PostResult(ok=False, error="invalid_blocks", retryable=False)])
@@ -121,15 +113,7 @@ async def test_the_follow_ups_writes_run_off_the_loop_too(store, monkeypatch):
     store.mark_sent(delivery_id, "m1", utcnow())  # its card is in the channel
     store.add_papers([paper(paper_id, upvotes=60, github="https://github.com/acme/x")], utcnow())  # two events
     names = ("claim_followup", "mark_followup_sent", "reschedule_followup")
-    called_from: dict[str, set[int]] = {name: set() for name in names}
-    for name in names:
-        real = getattr(store, name)
-
-        def recorded(*args, _name=name, _real=real):
-            called_from[_name].add(threading.get_ident())
-            return _real(*args)
-
-        monkeypatch.setattr(store, name, recorded)
+    called_from = record_threads(store, monkeypatch, *names)
     adapter = RecordingAdapter()
     adapter.reply_results = [PostResult(ok=True, message_id="r1"),
                              PostResult(ok=False, error="timeout", retryable=True)]
