@@ -405,12 +405,12 @@ class Poller:
             # A subscription committed since the last sync receives the papers stored after it.
             self._sync_if_changed(store)
             liked = self._recommended(todo, now)
-            # With worker processes, the papers that may be posted (as `stale` below) are
+            # With worker processes, the papers that may be posted (`_may_post`) are
             # matched in one call, pipelined, not a round trip a paper; if it raises, one by one
             # below, to find the paper it fails on.
             matched: dict[str, list[Match]] | None = None
             if isinstance(self.matcher, ShardedMatcher):
-                wanted = [u.paper for u in todo if not u.paper.is_update and now - u.since <= self.max_age]
+                wanted = [u.paper for u in todo if self._may_post(u, now)]
                 try:
                     matched = dict(zip([p.id for p in wanted], self.matcher.match_many(wanted), strict=True))
                 except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
@@ -419,11 +419,8 @@ class Poller:
                     log.warning("matching %d papers at once failed; matching them one by one", len(wanted))
             for unmatched in todo:
                 paper = unmatched.paper
-                # Left by a poll interrupted longer ago than max_age_days (the bot was off):
-                # stored, not posted, as a paper listed that long ago would be.
-                stale = now - unmatched.since > self.max_age
                 try:
-                    if paper.is_update or stale:
+                    if not self._may_post(unmatched, now):
                         matches = []
                     else:
                         matches = matched[paper.id] if matched is not None else self.matcher.match(paper)
@@ -444,6 +441,12 @@ class Poller:
                 if writes.gather(unmatched, tuple(matches)) >= self.GROUP_ROWS:
                     self._submit(writes, now)
 
+    def _may_post(self, unmatched: UnmatchedPaper, now: datetime) -> bool:
+        """Whether a paper written down as unmatched is matched at all: not a revision, and not
+        left by a poll interrupted longer ago than max_age_days (the bot was off): that one is
+        stored, not posted, as a paper listed that long ago would be."""
+        return not unmatched.paper.is_update and now - unmatched.since <= self.max_age
+
     def _submit(self, writes: _Writes, now: datetime) -> None:
         """Hand the gathered group to the writer thread as one job: its transactions, made
         and encoded here (the writer only runs SQL), one a range of channels."""
@@ -461,7 +464,7 @@ class Poller:
         """The like: matches of a batch (bot/recommend.py), for the papers that may be posted:
         one sparse matrix product for the batch. A failure leaves the batch to keyword
         matches alone (logged): it never holds up the poll."""
-        papers = [u.paper for u in todo if not u.paper.is_update and now - u.since <= self.max_age]
+        papers = [u.paper for u in todo if self._may_post(u, now)]
         if not papers or not len(self.recommender):
             return {}
         try:
