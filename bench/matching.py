@@ -302,7 +302,7 @@ def _naive_check(nodes: dict[str, tuple], subs: list[Subscription], papers: list
 def _sharded_figures(args: argparse.Namespace, engine: ShardedMatcher, subs: list[Subscription],
                      papers: list[Paper], history: list[Paper], build_s: float) -> dict:
     """The sharded engine's run: matched in batches of 200 papers (as a poll would hand them),
-    with no garbage collection meanwhile (as in the poller's poll: `bot.poller.no_collection`), checked
+    with no garbage collection meanwhile (as in the poller's poll: `bot.collection.no_collection`), checked
     against the naive loop on the sample, with every process's peak memory and CPU time."""
     sample = min(args.naive_sample, len(papers))
     kept: list[list[Match]] = []

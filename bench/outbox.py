@@ -39,9 +39,10 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from bot.collection import no_collection
 from bot.matching import IndexedMatcher, compile_query
 from bot.models import MatchedBatch, PaperMatches, UnmatchedPaper
-from bot.poller import Poller, no_collection
+from bot.poller import Poller
 from storage import Store, open_store
 from storage.db import iso
 from storage.deliveries import match_strength

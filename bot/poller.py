@@ -16,14 +16,14 @@ import sqlite3
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence, TypeVar
 
 from storage import StoreContract, reopen
 
 from .clock import utcnow
+from .collection import no_collection
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
 from .models import Match, MatchedBatch, Paper, UnmatchedPaper
@@ -605,29 +605,3 @@ class _Writes:
             except BaseException as exc:
                 log.debug("a delivery transaction failed after the poll did: %s", exc)
         self._jobs.clear()
-
-
-_collection_off = threading.Lock()
-_collection_off_count = 0
-
-
-@contextmanager
-def no_collection(active: bool = True) -> Iterator[None]:
-    """No garbage collection inside (for the whole process: `gc` is global); nested or from
-    several threads at once, it is turned back on when the last one leaves, if it was on."""
-    global _collection_off_count
-    if not active:
-        yield
-        return
-    with _collection_off:
-        if _collection_off_count == 0:
-            no_collection.was_enabled = gc.isenabled()  # type: ignore[attr-defined]
-            gc.disable()
-        _collection_off_count += 1
-    try:
-        yield
-    finally:
-        with _collection_off:
-            _collection_off_count -= 1
-            if _collection_off_count == 0 and no_collection.was_enabled:  # type: ignore[attr-defined]
-                gc.enable()

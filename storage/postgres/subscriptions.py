@@ -29,11 +29,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from bot.collection import no_collection
 from bot.errors import QueryError
 from bot.matching import compile_query
 from bot.models import ChannelRef, Subscribed, Subscription, SubscriptionChanges
 
-from ..subscriptions import paused_collection
 from .db import Database, from_db, utc
 
 _COLUMNS = "id, channel, query, created_by, created_at, delivered"  # delivered: the sent count (trigger)
@@ -101,7 +101,7 @@ class SubscriptionsMixin:
         top = self.subscriptions_version()
         # created_at as whole seconds since the epoch (stored to the second): an int hashes and
         # compares far faster than an aware datetime, and is made into one once per distinct value.
-        with paused_collection():  # see there: a million rows
+        with no_collection():  # a million rows (see storage/subscriptions.py)
             rows = self.db.all("""SELECT id, channel, query, created_by, extract(epoch FROM created_at)::bigint,
                                          version, compiled
                                     FROM subscriptions WHERE version > %s""", [version])
