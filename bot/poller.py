@@ -333,6 +333,12 @@ class Poller:
                         new += self._store_batch(store, papers[start:start + self.BATCH], now, writes)
                         self._match_unmatched(store, now, writes)
                     self._submit(writes, now)  # the last group, however small
+                    if new:
+                        # Meanwhile the writer thread queues the last groups' deliveries (the
+                        # SQL, without the GIL): this thread indexes the new papers' words for
+                        # preview then, where it waited for the writer before (in short
+                        # transactions that take their turn between the writer's).
+                        self._index_words(store, source.name)
                     queued = writes.finish()
                 except BaseException:
                     writes.abandon()  # wait for the transactions under way: none runs into the next poll
@@ -341,13 +347,6 @@ class Poller:
                     recovered = store.record_source_success(source.name, now, len(papers))
                     if listing.validators != validators:  # only once what they describe is stored
                         store.save_source_validators(source.name, listing.validators)
-                if new:  # preview's word index, kept up with here so no preview has a backlog to index
-                    try:
-                        # Stopped (the bot is closing), the rest is left for later: after an
-                        # upgrade, the first catch-up indexes every stored paper (minutes).
-                        store.index_paper_words(stop=self._stopping.is_set)
-                    except StorageError as exc:  # the next preview indexes them itself
-                        log.warning("%s: indexing new papers for preview failed: %s", source.name, exc)
                 return new, queued, recovered
 
         new, queued, recovered = await self._in_worker(work)
@@ -355,6 +354,16 @@ class Poller:
             log.info("%s: empty listing (normal on weekends and holidays)", source.name)
         return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=new, queued=queued,
                                             recovered_after=recovered, skipped=skipped))
+
+    def _index_words(self, store: StoreContract, source: str) -> None:
+        """Preview's word index, kept up with by the poll so that no preview has a backlog to
+        index (until then a preview reads the papers not indexed yet unnarrowed: none is
+        missed). Stopped (the bot is closing), the rest is left for later: after an upgrade,
+        the first catch-up indexes every stored paper (minutes)."""
+        try:
+            store.index_paper_words(stop=self._stopping.is_set)
+        except StorageError as exc:  # the next preview indexes them itself
+            log.warning("%s: indexing new papers for preview failed: %s", source, exc)
 
     def _store_batch(self, store: StoreContract, papers: list[Paper], now: datetime, writes: _Writes) -> int:
         """Store papers and write down, in the same transaction, those to match: the new ones

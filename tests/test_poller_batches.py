@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+from bot.errors import StorageError
 from bot.models import ChannelRef
 from bot.poller import Poller
 from storage import Store
@@ -247,6 +248,58 @@ async def test_a_poller_closed_while_indexing_a_backlog_for_preview_stops_and_le
     since = clock() - timedelta(days=1)
     assert store.preview_candidates("diffusion", since).count == 41
     assert store.db.execute("SELECT indexed FROM paper_words_state").fetchone()[0] == 41
+
+
+async def test_a_poll_indexes_its_papers_for_preview_while_the_writer_queues_its_last_deliveries(
+        store, clock, monkeypatch):
+    # The worker thread indexes the new papers' words once the last group is handed to the
+    # writer thread, not after the writer is done: the last transaction waits here until the
+    # index has started (before, it timed out: the index began only after it).
+    subscribe(store, clock)
+    papers = listing(30)
+    poller = small_batches(Poller(store, clock))
+    total = len(expected(papers))
+    index_started = threading.Event()
+    index = type(store).index_paper_words
+
+    def index_then_note(self, *args, **kwargs):
+        index_started.set()
+        return index(self, *args, **kwargs)
+
+    queue, done, overlapped = poller._queue, [0], []
+
+    def queue_then_wait(s, batch, now):
+        n = queue(s, batch, now)
+        done[0] += n
+        if done[0] == total:  # the poll's last delivery transaction
+            overlapped.append(index_started.wait(10))
+        return n
+
+    monkeypatch.setattr(type(store), "index_paper_words", index_then_note)
+    poller._queue = queue_then_wait  # type: ignore[method-assign]
+    report = await poller.poll(FakeSource(papers=papers))
+    assert report.ok and report.new == 30 and report.queued == total
+    assert overlapped == [True]
+    assert store.db.execute("SELECT indexed FROM paper_words_state").fetchone()[0] == store.count_papers()
+    poller.close()
+
+
+async def test_a_poll_whose_preview_index_fails_still_queues_everything(store, clock, monkeypatch, caplog):
+    subscribe(store, clock)
+    papers = listing(30)
+    poller = small_batches(Poller(store, clock))
+
+    def full_disk(self, *args, **kwargs):
+        raise StorageError("database or disk is full")
+
+    monkeypatch.setattr(type(store), "index_paper_words", full_disk)
+    report = await poller.poll(FakeSource(papers=papers))
+    assert report.ok and report.new == 30 and report.queued == len(expected(papers))
+    assert set(queued(store)) == expected(papers) and not store.unmatched_papers(100)
+    assert any("indexing new papers for preview failed" in r.getMessage() for r in caplog.records)
+    poller.close()
+    # Found by preview all the same (papers not indexed yet are read unnarrowed).
+    assert store.preview_candidates("diffusion", clock() - timedelta(days=1)).count == 15
 
 
 async def test_a_paper_the_matcher_always_fails_on_holds_up_one_poll_not_every_source(store, clock, caplog):
