@@ -40,7 +40,7 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from sqlite_utils import Database
 
@@ -79,12 +79,36 @@ def author_keys(authors: list[str]) -> str:
     an author term of one or two parts matches a paper exactly when its key is there."""
     keys: dict[str, None] = {}
     for name in authors:
-        tokens = name_tokens(name)
-        if tokens:
-            last = tokens[-1]
-            keys[last] = None
-            keys.update((f"{last}.{t}", None) for t in tokens[:-1])
+        keys.update(_NAME_KEYS[name])
     return " ".join(keys)
+
+
+class _Cache(dict):
+    """A function's results by argument, in a plain dictionary (looked up from C by `map`,
+    without lru_cache's bookkeeping), emptied when it reaches `size` entries."""
+
+    def __init__(self, function: Callable[[str], Any], size: int):
+        super().__init__()
+        self.function, self.size = function, size
+
+    def __missing__(self, key: str) -> Any:
+        if len(self) >= self.size:
+            self.clear()
+        found = self[key] = self.function(key)
+        return found
+
+
+def _name_keys(name: str) -> dict[str, None]:
+    tokens = name_tokens(name)
+    if not tokens:
+        return {}
+    last = tokens[-1]
+    return dict.fromkeys([last, *(f"{last}.{t}" for t in tokens[:-1])])
+
+
+# An author's keys and a word's stem, once each: names and words come back paper after paper.
+_NAME_KEYS = _Cache(_name_keys, 100_000)
+_STEMS = _Cache(stem, 200_000)
 
 
 def category_tokens(categories: list[str]) -> str:
@@ -113,7 +137,8 @@ def register(conn: sqlite3.Connection) -> None:
 
 def _row(rowid: int, title: str, summary: str, authors: str, categories: str) -> tuple:
     title_words, abstract_words = raw_words(title), raw_words(summary)  # once each: most of the time
-    return (rowid, " ".join(map(stem, title_words)), " ".join(map(stem, abstract_words)),
+    stems = _STEMS.__getitem__
+    return (rowid, " ".join(map(stems, title_words)), " ".join(map(stems, abstract_words)),
             " ".join(dict.fromkeys(title_words)), " ".join(dict.fromkeys(abstract_words)),
             author_keys(json.loads(authors)), category_tokens(json.loads(categories)))
 
