@@ -40,6 +40,7 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Callable
 
 from sqlite_utils import Database
@@ -77,10 +78,7 @@ def distinct_words(text: str) -> str:
 def author_keys(authors: list[str]) -> str:
     """Each author's last name part, and it joined to each other part (`lecun lecun.yann`):
     an author term of one or two parts matches a paper exactly when its key is there."""
-    keys: dict[str, None] = {}
-    for name in authors:
-        keys.update(_NAME_KEYS[name])
-    return " ".join(keys)
+    return " ".join(dict.fromkeys(chain.from_iterable(map(_NAME_KEYS.__getitem__, authors))))
 
 
 class _Cache(dict):
@@ -98,17 +96,16 @@ class _Cache(dict):
         return found
 
 
-def _name_keys(name: str) -> dict[str, None]:
+def _name_keys(name: str) -> tuple[str, ...]:
     tokens = name_tokens(name)
     if not tokens:
-        return {}
+        return ()
     last = tokens[-1]
-    return dict.fromkeys([last, *(f"{last}.{t}" for t in tokens[:-1])])
+    return (last, *(f"{last}.{t}" for t in tokens[:-1]))
 
 
-# An author's keys and a word's stem, once each: names and words come back paper after paper.
-_NAME_KEYS = _Cache(_name_keys, 100_000)
-_STEMS = _Cache(stem, 200_000)
+# An author's keys, once a name: names come back paper after paper (~5 MB when full).
+_NAME_KEYS = _Cache(_name_keys, 20_000)
 
 
 def category_tokens(categories: list[str]) -> str:
@@ -137,8 +134,7 @@ def register(conn: sqlite3.Connection) -> None:
 
 def _row(rowid: int, title: str, summary: str, authors: str, categories: str) -> tuple:
     title_words, abstract_words = raw_words(title), raw_words(summary)  # once each: most of the time
-    stems = _STEMS.__getitem__
-    return (rowid, " ".join(map(stems, title_words)), " ".join(map(stems, abstract_words)),
+    return (rowid, " ".join(map(stem, title_words)), " ".join(map(stem, abstract_words)),
             " ".join(dict.fromkeys(title_words)), " ".join(dict.fromkeys(abstract_words)),
             author_keys(json.loads(authors)), category_tokens(json.loads(categories)))
 
