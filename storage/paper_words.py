@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 from sqlite_utils import Database
 
+from bot.matching import _STEMS
 from bot.query import fold, name_tokens, raw_words, stem
 
 from .db import immediate
@@ -134,7 +135,8 @@ def register(conn: sqlite3.Connection) -> None:
 
 def _row(rowid: int, title: str, summary: str, authors: str, categories: str) -> tuple:
     title_words, abstract_words = raw_words(title), raw_words(summary)  # once each: most of the time
-    return (rowid, " ".join(map(stem, title_words)), " ".join(map(stem, abstract_words)),
+    stems = _STEMS.__getitem__  # the matcher's stems of the words it met: the same, from a plain dict
+    return (rowid, " ".join(map(stems, title_words)), " ".join(map(stems, abstract_words)),
             " ".join(dict.fromkeys(title_words)), " ".join(dict.fromkeys(abstract_words)),
             author_keys(json.loads(authors)), category_tokens(json.loads(categories)))
 
