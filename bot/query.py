@@ -54,6 +54,8 @@ MAX_EXAMPLES = 20  # of a like: query
 SAVED = "saved"  # like:saved: the channel's saved papers are examples (bot/like.py)
 _SCORE = re.compile(r"^score>=(0(?:\.\d{1,3})?|1(?:\.0{1,3})?|\.\d{1,3})$", re.IGNORECASE)
 _WORD = re.compile(r"[^\W_]+")
+# ASCII letters and digits stay, every other byte becomes a space (raw_words: the same words as _WORD).
+_ASCII_WORD_BYTES = bytes(c if c < 128 and chr(c).isalnum() else 32 for c in range(256))
 _UPVOTES = re.compile(r"^upvotes(>=|<=|>|<|=)(\d{1,9})$", re.IGNORECASE)
 _OPS = {"and": "AND", "or": "OR", "not": "NOT"}
 # What gives a term away as a regular expression (or a wildcard inside a word). Hyphens,
@@ -87,6 +89,10 @@ def fold(text: str) -> str:
 
 def raw_words(text: str) -> list[str]:
     """Folded words; hyphens and punctuation separate words ('Diffusion-based' -> 2 words)."""
+    if text.isascii():
+        # The same words as the pattern's (`[^\W_]+` of ASCII text: runs of letters and
+        # digits), in half its time: every other character made a space, then split.
+        return text.lower().encode("ascii").translate(_ASCII_WORD_BYTES).decode("ascii").split()
     return _WORD.findall(fold(text))
 
 

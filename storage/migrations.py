@@ -605,3 +605,20 @@ def m026_cooperating_processes(db: Database) -> None:
                       holder TEXT NOT NULL,       -- the serving Store's sender_id
                       until TEXT NOT NULL         -- nobody else serves it before this
                   )""")
+
+
+@migrations()
+def m028_papers_fts_on_text_updates(db: Database) -> None:
+    # The full-text index behind `search` (papers_fts: title, summary, authors) was re-made at
+    # every UPDATE of a paper (sqlite-utils' trigger: AFTER UPDATE, any column): each listing
+    # that refreshed a stored paper's upvotes, sources or links tokenized its abstract twice
+    # (the 'delete' needs the old text) and wrote an FTS5 segment of its own. A later listing
+    # never changes these three columns (add_papers); the index follows them when they change.
+    db.execute("DROP TRIGGER IF EXISTS papers_au")
+    db.execute("""CREATE TRIGGER papers_au AFTER UPDATE OF title, summary, authors ON papers
+                  BEGIN
+                      INSERT INTO papers_fts (papers_fts, rowid, title, summary, authors)
+                          VALUES ('delete', old.rowid, old.title, old.summary, old.authors);
+                      INSERT INTO papers_fts (rowid, title, summary, authors)
+                          VALUES (new.rowid, new.title, new.summary, new.authors);
+                  END""")

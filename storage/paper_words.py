@@ -40,10 +40,12 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Callable
+from itertools import chain
+from typing import Any, Callable
 
 from sqlite_utils import Database
 
+from bot.matching import _STEMS
 from bot.query import fold, name_tokens, raw_words, stem
 
 from .db import immediate
@@ -77,14 +79,34 @@ def distinct_words(text: str) -> str:
 def author_keys(authors: list[str]) -> str:
     """Each author's last name part, and it joined to each other part (`lecun lecun.yann`):
     an author term of one or two parts matches a paper exactly when its key is there."""
-    keys: dict[str, None] = {}
-    for name in authors:
-        tokens = name_tokens(name)
-        if tokens:
-            last = tokens[-1]
-            keys[last] = None
-            keys.update((f"{last}.{t}", None) for t in tokens[:-1])
-    return " ".join(keys)
+    return " ".join(dict.fromkeys(chain.from_iterable(map(_NAME_KEYS.__getitem__, authors))))
+
+
+class _Cache(dict):
+    """A function's results by argument, in a plain dictionary (looked up from C by `map`,
+    without lru_cache's bookkeeping), emptied when it reaches `size` entries."""
+
+    def __init__(self, function: Callable[[str], Any], size: int):
+        super().__init__()
+        self.function, self.size = function, size
+
+    def __missing__(self, key: str) -> Any:
+        if len(self) >= self.size:
+            self.clear()
+        found = self[key] = self.function(key)
+        return found
+
+
+def _name_keys(name: str) -> tuple[str, ...]:
+    tokens = name_tokens(name)
+    if not tokens:
+        return ()
+    last = tokens[-1]
+    return (last, *(f"{last}.{t}" for t in tokens[:-1]))
+
+
+# An author's keys, once a name: names come back paper after paper (~5 MB when full).
+_NAME_KEYS = _Cache(_name_keys, 20_000)
 
 
 def category_tokens(categories: list[str]) -> str:
@@ -113,7 +135,8 @@ def register(conn: sqlite3.Connection) -> None:
 
 def _row(rowid: int, title: str, summary: str, authors: str, categories: str) -> tuple:
     title_words, abstract_words = raw_words(title), raw_words(summary)  # once each: most of the time
-    return (rowid, " ".join(map(stem, title_words)), " ".join(map(stem, abstract_words)),
+    stems = _STEMS.__getitem__  # the matcher's stems of the words it met: the same, from a plain dict
+    return (rowid, " ".join(map(stems, title_words)), " ".join(map(stems, abstract_words)),
             " ".join(dict.fromkeys(title_words)), " ".join(dict.fromkeys(abstract_words)),
             author_keys(json.loads(authors)), category_tokens(json.loads(categories)))
 

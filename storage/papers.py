@@ -7,7 +7,6 @@ import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import date, datetime
 from typing import Callable, Collection, Iterator
 from urllib.request import pathname2url
@@ -27,6 +26,11 @@ PREVIEW_CATCH_UP = 1000  # papers a preview indexes itself, at most; the rest is
 
 # Fields a later listing may fill in (Hugging Face adds these to a paper arXiv announced).
 _ENRICH = ("upvotes", "thumbnail", "github", "project_page", "ai_summary", "organization", "comments")
+_INSERT_PAPERS = """INSERT INTO papers (id, title, summary, authors, categories, sources, published, listed_on, upvotes,
+                        thumbnail, github, project_page, ai_summary, organization, is_update, first_seen,
+                        updated_at, listed, comments, version) VALUES """
+_PAPER_VALUES = "(" + ", ".join("?" * 20) + ")"
+INSERT_ROWS = 200  # new papers an INSERT statement, at most (20 values each)
 
 
 class PapersMixin(FollowUpsMixin):
@@ -68,25 +72,29 @@ class PapersMixin(FollowUpsMixin):
         changed: list[tuple[StoredState, Paper]] = []  # papers stored before, and how they were
         stamp = iso(now)
         with immediate(self.db):
+            # The stored rows of the batch, read at once; a paper listed twice in it reads its
+            # row again (inserted or enriched by its first listing).
+            stored = self._stored_rows([p.id for p in papers])
+            inserting: list[list[object]] = []  # new rows, inserted together (below)
+            touched: set[str] = set()
             for paper in papers:
-                row = self.db.execute("SELECT sources, listed, github, version, upvotes FROM papers WHERE id = ?",
-                                      [paper.id]).fetchone()
+                if paper.id in touched:
+                    self._insert_papers(inserting)
+                    row = self.db.execute("SELECT sources, listed, github, version, upvotes FROM papers WHERE id = ?",
+                                          [paper.id]).fetchone()
+                else:
+                    row = stored.get(paper.id)
+                touched.add(paper.id)
                 if row is None:
-                    self.db.execute(
-                        """INSERT INTO papers (id, title, summary, authors, categories, sources, published,
-                               listed_on, upvotes, thumbnail, github, project_page, ai_summary, organization,
-                               is_update, first_seen, updated_at, listed, comments, version)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                        [
-                            paper.id, paper.title, paper.summary, json.dumps(paper.authors),
-                            json.dumps(paper.categories), paper.source,
-                            iso(paper.published) if paper.published else None,
-                            paper.listed_on.isoformat() if paper.listed_on else None,
-                            paper.upvotes, paper.thumbnail, paper.github, paper.project_page,
-                            paper.ai_summary, paper.organization, int(paper.is_update), stamp, stamp,
-                            int(listed), paper.comments, paper.version,
-                        ],
-                    )
+                    inserting.append([
+                        paper.id, paper.title, paper.summary, json.dumps(paper.authors),
+                        json.dumps(paper.categories), paper.source,
+                        iso(paper.published) if paper.published else None,
+                        paper.listed_on.isoformat() if paper.listed_on else None,
+                        paper.upvotes, paper.thumbnail, paper.github, paper.project_page,
+                        paper.ai_summary, paper.organization, int(paper.is_update), stamp, stamp,
+                        int(listed), paper.comments, paper.version,
+                    ])
                     if listed:
                         new.append(paper)
                     continue
@@ -107,8 +115,36 @@ class PapersMixin(FollowUpsMixin):
                     [*updates.values(), ",".join(sources), stamp, paper.id],
                 )
                 changed.append((StoredState(github=row[2], version=row[3], upvotes=row[4]), paper))
+            self._insert_papers(inserting)
             self._queue_followups(changed, now)  # follow-ups in the thread (storage/followups.py)
         return new
+
+    def _stored_rows(self, paper_ids: list[str]) -> dict[str, tuple]:
+        """add_papers' view of the stored papers among `paper_ids`: sources, listed, github,
+        version, upvotes, by id."""
+        found: dict[str, tuple] = {}
+        for start in range(0, len(paper_ids), 500):
+            chunk = paper_ids[start:start + 500]
+            found.update((row[0], row[1:]) for row in self.db.execute(
+                "SELECT id, sources, listed, github, version, upvotes FROM papers"
+                f" WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
+        return found
+
+    def _insert_papers(self, rows: list[list[object]]) -> None:
+        """Insert new papers' rows (and empty the list), in order, INSERT_ROWS a statement.
+
+        One statement for many rows, not one a row: the full-text index `papers_fts`, kept
+        by a trigger, writes what it holds at the end of each statement (FTS5 flushes at
+        every statement's savepoint), so a statement a row made a segment a paper and
+        merged them again and again (measured: twice the CPU of add_papers, 2,000 papers in
+        batches of 50)."""
+        # A build of SQLite may allow fewer values a statement than today's default (32,766).
+        size = max(1, min(INSERT_ROWS, self.db.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 20))
+        for start in range(0, len(rows), size):
+            chunk = rows[start:start + size]
+            self.db.execute(_INSERT_PAPERS + ", ".join([_PAPER_VALUES] * len(chunk)),
+                            [value for row in chunk for value in row])
+        rows.clear()
 
     def paper_snapshot(self, paper_ids: list[str]) -> list[PaperSnapshot]:
         """The listed papers stored among `paper_ids` (upvotes, organization, first seen,
@@ -147,13 +183,10 @@ class PapersMixin(FollowUpsMixin):
         found = []
         for row in cursor:
             values = dict(zip(columns, row, strict=True))
-            since = datetime.fromisoformat(values.pop("unmatched_since"))
-            source = values.pop("unmatched_source")
-            upto = values.pop("unmatched_upto")
-            paper = _paper(values)
             # Matched as the listing that brought it showed it: a paper stored from arXiv and
             # then listed (or re-checked) on Hugging Face matches `source:huggingface`.
-            found.append(UnmatchedPaper(replace(paper, source=source) if source else paper, since, upto))
+            found.append(UnmatchedPaper(_paper(values, values["unmatched_source"]),
+                                        datetime.fromisoformat(values["unmatched_since"]), values["unmatched_upto"]))
         return found
 
     def settle_unmatched(self, paper_ids: list[str]) -> None:
@@ -299,14 +332,15 @@ class PapersMixin(FollowUpsMixin):
         return self.db.execute("SELECT count(*) FROM papers").fetchone()[0]
 
 
-def _paper(row: dict) -> Paper:
+def _paper(row: dict, source: str | None = None) -> Paper:
+    """The Paper of a row of papers; `source` (when given) instead of its first source."""
     return Paper(
         id=row["id"],
         title=row["title"],
         summary=row["summary"],
         authors=tuple(json.loads(row["authors"])),
         categories=tuple(json.loads(row["categories"])),
-        source=row["sources"].split(",")[0],
+        source=source or row["sources"].split(",")[0],
         published=parse_iso(row["published"]),
         listed_on=parse_day(row["listed_on"]),
         upvotes=row["upvotes"],

@@ -93,6 +93,33 @@ def test_a_batch_that_lists_a_paper_twice_stores_it_once_and_merges_both(store):
     assert [p.id for p in store.preview_candidates('org:"acme labs"', SINCE).papers] == ["2611.00001"]
 
 
+def test_a_long_batch_of_new_and_known_papers_is_stored_in_its_order_and_searchable(store):
+    # SQLite inserts a batch's new rows a few hundred a statement (storage/papers.py,
+    # INSERT_ROWS): known papers, a paper listed twice and more rows than one statement
+    # holds, mixed, come out as one by one.
+    known = [paper(f"2611.{n:05d}", f"Known {n}", "Old.") for n in range(3)]
+    store.add_papers(known, T0 - timedelta(days=1))
+    listing = [paper(f"2612.{n:05d}", f"Paper {n}", f"Abstract word{n} here.") for n in range(450)]
+    listing.insert(7, paper("2611.00001", "Known 1", "Old.", source="huggingface", upvotes=12))
+    listing.insert(300, paper("2612.00010", "Paper 10", "Abstract word10 here.", source="huggingface", upvotes=3))
+    listing.insert(420, paper("2611.00002", "Known 2", "Old.", upvotes=4))
+    new = store.add_papers(listing, T0)
+    assert new == [p for p in listing if p.id.startswith("2612.") and p.upvotes is None] and len(new) == 450
+    assert store.count_papers() == 453
+    enriched = store.get_paper("2611.00001")
+    assert (enriched.upvotes, enriched.title, enriched.source) == (12, "Known 1", "arxiv")
+    again = store.get_paper("2612.00010")
+    assert (again.upvotes, again.title, again.source) == (3, "Paper 10", "arxiv")
+    snapshot = {s.id: s for s in store.paper_snapshot(["2611.00002", "2612.00449"])}
+    assert (snapshot["2611.00002"].upvotes, snapshot["2611.00002"].first_seen) == (4, T0 - timedelta(days=1))
+    assert snapshot["2612.00449"].first_seen == T0
+    for n in (0, 199, 200, 449):
+        assert [p.id for p in store.search_papers([f"word{n}"], 5)] == [f"2612.{n:05d}"]
+    if isinstance(store, Store):  # rowids in the listing's order (the word index catches up by rowid)
+        order = [row[0] for row in store.db.execute("SELECT id FROM papers ORDER BY rowid").fetchall()]
+        assert order == [p.id for p in known] + [p.id for p in new]
+
+
 def test_a_paper_stored_by_a_lookup_is_new_when_a_listing_brings_it(store):
     lookup = paper("2611.00001", "Looked up", "Robots.")
     assert store.add_papers([lookup], T0 - timedelta(days=3), listed=False) == []

@@ -583,3 +583,32 @@ def test_the_write_turnstile_serves_the_loop_first_then_the_others_in_order():
     assert order == ["loop 1", "loop 2", "writer 1", "writer 2"]
     assert turnstile.acquire(0) and order  # free again
     turnstile.release()
+
+
+def test_m028_the_full_text_index_is_rewritten_only_when_a_papers_text_changes(tmp_path):
+    # Before m028, every UPDATE of a paper (a later listing's upvotes, sources, links) deleted
+    # and re-added its words in papers_fts. A database made before it, with papers in it:
+    path = tmp_path / "old.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m028_papers_fts_on_text_updates")
+    old.execute("""INSERT INTO papers (id, title, summary, authors, categories, sources, first_seen, updated_at)
+                   VALUES ('2410.00001', 'Diffusion models', 'We denoise.', '["Ada Lovelace"]', '[]', 'arxiv',
+                           '2026-11-27', '2026-11-27')""")
+    old.close()
+
+    store = Store(path)
+
+    def index() -> list:
+        return store.db.execute("SELECT id, block FROM papers_fts_data ORDER BY id").fetchall()
+
+    before = index()
+    store.add_papers([paper("2410.00001", "Diffusion models", "We denoise.", source="huggingface", upvotes=7,
+                            github="https://github.com/acme/x")], T0)
+    assert store.get_paper("2410.00001").upvotes == 7
+    assert index() == before  # refreshed, not re-indexed
+    assert [p.id for p in store.search_papers(["lovelace"], 5)] == ["2410.00001"]
+    with store.transaction():  # were the text ever to change, the index follows it
+        store.db.execute("UPDATE papers SET title = 'Robot arms' WHERE id = '2410.00001'")
+    assert [p.id for p in store.search_papers(["robot"], 5)] == ["2410.00001"]
+    assert store.search_papers(["diffusion"], 5) == []
+    store.close()

@@ -10,7 +10,7 @@ ones and the follow-ups with one pipelined statement each. Two add_papers take t
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Callable, Collection
 
@@ -190,10 +190,9 @@ class PapersMixin:
             [list(skip), limit])
         found = []
         for row in rows:
-            paper = _paper(row)
             since, source, upto = row[len(_COLUMNS):]
             # Matched as the listing that brought it showed it (see storage/papers.py).
-            found.append(UnmatchedPaper(replace(paper, source=source) if source else paper, _aware(since), upto))
+            found.append(UnmatchedPaper(_paper(row, source), _aware(since), upto))
         return found
 
     def settle_unmatched(self, paper_ids: list[str]) -> None:
@@ -310,9 +309,10 @@ def _aware(moment: datetime | None) -> datetime:
     return found
 
 
-def _paper(row: tuple) -> Paper:
+def _paper(row: tuple, source: str | None = None) -> Paper:
+    """The Paper of a row of papers; `source` (when given) instead of its first source."""
     return Paper(
         id=row[0], title=row[1], summary=row[2], authors=tuple(row[3]), categories=tuple(row[4]),
-        source=row[5].split(",")[0], published=from_db(row[6]), listed_on=row[7], upvotes=row[8],
+        source=source or row[5].split(",")[0], published=from_db(row[6]), listed_on=row[7], upvotes=row[8],
         thumbnail=row[9], github=row[10], project_page=row[11], ai_summary=row[12], organization=row[13],
         is_update=bool(row[14]), comments=row[15], version=row[16])
