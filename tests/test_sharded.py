@@ -11,7 +11,7 @@ import pytest
 from bot.errors import QueryError
 from bot.matching import IndexedMatcher, compile_query
 from bot.models import ChannelRef, Subscription
-from bot.sharded import PaperFailed, ShardedMatcher, ShardFailed
+from bot.sharded import PaperFailed, ShardedMatcher, ShardFailed, _ShardTable
 
 from .fakes import paper
 
@@ -240,3 +240,28 @@ async def test_a_poller_with_worker_processes_matches_a_batch_at_once_and_finds_
     finally:
         poller.close()
         store.close()
+
+
+def test_the_table_of_each_subscriptions_worker_holds_what_a_dict_would():
+    # Dense ids in a byte array, far-out and negative ones in a dict: the same answers as a
+    # dict through adds, removals, growth, and ids that were far out before the array grew.
+    import random
+
+    rng = random.Random(7)
+    table, model = _ShardTable(), {}
+    for step in range(20_000):
+        sub_id = rng.choice([rng.randrange(5000), rng.randrange(200_000), -rng.randrange(1, 50),
+                             rng.randrange(10**12), step])
+        if rng.random() < 0.3:
+            assert table.pop(sub_id) == model.pop(sub_id, None)
+        else:
+            shard = rng.randrange(3)
+            if table.get(sub_id) is not None:
+                table.pop(sub_id)
+            table.put(sub_id, shard)
+            model[sub_id] = shard
+        assert table.get(sub_id) == model.get(sub_id)
+        assert len(table) == len(model)
+    assert table.ids() == set(model)
+    assert all(table.get(sub_id) == shard for sub_id, shard in model.items())
+    assert len(table._dense) < 16 * len(model) * 2 + 2 * 65536  # growth bounded by what it holds
