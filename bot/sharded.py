@@ -338,6 +338,7 @@ class _ShardTable:
 
     def pop(self, sub_id: int) -> int | None:
         dense = self._dense
+        shard: int | None
         if 0 <= sub_id < len(dense) and dense[sub_id]:
             shard = dense[sub_id] - 1
             dense[sub_id] = 0
