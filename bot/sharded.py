@@ -44,7 +44,7 @@ import threading
 import zlib
 from array import array
 from datetime import datetime, timezone
-from itertools import compress, count, repeat
+from itertools import compress, repeat
 from multiprocessing.connection import Connection
 from operator import itemgetter
 from typing import Final, Iterable, Sequence, cast
@@ -125,12 +125,13 @@ class ShardedMatcher:
         blob = stored if stored is not None and stored[:8] == COMPILED_VERSION else None
         if blob is None:
             blob = compile_query(subscription.query)  # raises QueryError here, for the caller
-        if self._shard_of.get(subscription.id) is not None:
-            self.remove(subscription.id)
+        shard = zlib.crc32(subscription.query.encode()) % len(self._conns)
+        held = self._shard_of.put(subscription.id, shard)
+        if held is not None:  # its earlier query: taken out of that worker first
+            self._recompiled.pop(subscription.id, None)
+            self._queue(held, ("remove", subscription.id))
         if blob is not stored:  # parsed here: for storage to keep
             self._recompiled[subscription.id] = blob
-        shard = zlib.crc32(subscription.query.encode()) % len(self._conns)
-        self._shard_of.put(subscription.id, shard)
         channel_no = self._channel_no.get(subscription.channel)
         if channel_no is None:
             channel_no = self._channel_no[subscription.channel] = len(self._channel_list)
@@ -301,6 +302,9 @@ class ShardedMatcher:
                 pass
 
 
+_IDS_SLICE: Final = 1 << 16
+
+
 class _ShardTable:
     """Each subscription's worker, by subscription id: a byte a subscription (the worker's
     number + 1, 0 for none) at the id's offset, for the dense ids storage hands out; a dict
@@ -318,23 +322,27 @@ class _ShardTable:
     def __len__(self) -> int:
         return self._count
 
-    def get(self, sub_id: int) -> int | None:
-        if 0 <= sub_id < len(self._dense):
-            shard = self._dense[sub_id]
-            if shard:
-                return shard - 1
-        return self._sparse.get(sub_id)
-
-    def put(self, sub_id: int, shard: int) -> None:
-        """Holds `sub_id` (not held: `pop` it first) on `shard` (below 255)."""
+    def put(self, sub_id: int, shard: int) -> int | None:
+        """Holds `sub_id` on `shard` (below 255); returns the shard it was held on, or None."""
         dense = self._dense
-        if sub_id >= len(dense) and 0 <= sub_id < 16 * self._count + 65536:  # grown, never past 16 bytes a subscription
-            dense += bytes(max(sub_id + 1 - len(dense), len(dense)))
         if 0 <= sub_id < len(dense):
+            held = dense[sub_id]
+            dense[sub_id] = shard + 1
+            if held:
+                return held - 1
+        elif 0 <= sub_id < 16 * self._count + 65536:  # grown, never past 16 bytes a subscription
+            dense += bytes(max(sub_id + 1 - len(dense), len(dense)))
             dense[sub_id] = shard + 1
         else:
+            held = self._sparse.get(sub_id)
             self._sparse[sub_id] = shard
+            if held is None:
+                self._count += 1
+            return held
+        if self._sparse and sub_id in self._sparse:  # held out there before the bytes reached it
+            return self._sparse.pop(sub_id)
         self._count += 1
+        return None
 
     def pop(self, sub_id: int) -> int | None:
         dense = self._dense
@@ -350,8 +358,12 @@ class _ShardTable:
         return shard
 
     def ids(self) -> set[int]:
-        found = set(compress(count(), self._dense))  # the held offsets, in C
-        found.update(self._sparse)
+        found = set(self._sparse)
+        dense = self._dense
+        # The held offsets, in C, a slice at a time: each slice is one call holding the GIL
+        # (~10 ms), where the whole of a million would hold it (and the event loop) ~170 ms.
+        for start in range(0, len(dense), _IDS_SLICE):
+            found.update(compress(range(start, start + _IDS_SLICE), dense[start:start + _IDS_SLICE]))
         return found
 
 

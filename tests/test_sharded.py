@@ -248,7 +248,8 @@ def test_the_table_of_each_subscriptions_worker_holds_what_a_dict_would():
     import random
 
     rng = random.Random(7)
-    table, model = _ShardTable(), {}
+    table: _ShardTable = _ShardTable()
+    model: dict[int, int] = {}
     for step in range(20_000):
         sub_id = rng.choice([rng.randrange(5000), rng.randrange(200_000), -rng.randrange(1, 50),
                              rng.randrange(10**12), step])
@@ -256,12 +257,10 @@ def test_the_table_of_each_subscriptions_worker_holds_what_a_dict_would():
             assert table.pop(sub_id) == model.pop(sub_id, None)
         else:
             shard = rng.randrange(3)
-            if table.get(sub_id) is not None:
-                table.pop(sub_id)
-            table.put(sub_id, shard)
+            assert table.put(sub_id, shard) == model.get(sub_id)  # the shard it was held on
             model[sub_id] = shard
-        assert table.get(sub_id) == model.get(sub_id)
         assert len(table) == len(model)
     assert table.ids() == set(model)
-    assert all(table.get(sub_id) == shard for sub_id, shard in model.items())
-    assert len(table._dense) < 16 * len(model) * 2 + 2 * 65536  # growth bounded by what it holds
+    assert all(table.pop(sub_id) == shard for sub_id, shard in model.items())
+    assert len(table) == 0 and table.ids() == set()
+    assert len(table._dense) <= 2 * (16 * 20_000 + 65536)  # grown by at most 16 bytes a subscription held, doubled
