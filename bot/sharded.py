@@ -326,10 +326,10 @@ class _ShardTable:
         """Holds `sub_id` on `shard` (below 255); returns the shard it was held on, or None."""
         dense = self._dense
         if 0 <= sub_id < len(dense):
-            held = dense[sub_id]
+            byte = dense[sub_id]
             dense[sub_id] = shard + 1
-            if held:
-                return held - 1
+            if byte:
+                return byte - 1
         elif 0 <= sub_id < 16 * self._count + 65536:  # grown, never past 16 bytes a subscription
             dense += bytes(max(sub_id + 1 - len(dense), len(dense)))
             dense[sub_id] = shard + 1
