@@ -44,7 +44,7 @@ import threading
 import zlib
 from array import array
 from datetime import datetime, timezone
-from itertools import repeat
+from itertools import compress, repeat
 from multiprocessing.connection import Connection
 from operator import itemgetter
 from typing import Final, Iterable, Sequence, cast
@@ -65,6 +65,7 @@ PAPERS_PER_MESSAGE = 10
 # The machine integer types of the answers' columns: subscription ids, channel numbers.
 _ID: Final = "q"
 _CHANNEL: Final = "i"
+_SUBSCRIPTION_ID: Final = itemgetter(0)  # a Match's
 
 
 class ShardFailed(RuntimeError):
@@ -78,8 +79,8 @@ class PaperFailed(RuntimeError):
 class ShardedMatcher:
     def __init__(self, subscriptions: Iterable[Subscription] = (), *, papers: Iterable[Paper] = (),
                  processes: int = 2):
-        if processes < 1:
-            raise ValueError("processes must be at least 1")
+        if not 1 <= processes <= 255:  # a worker's number + 1 is kept in a byte (`_ShardTable`)
+            raise ValueError("processes must be from 1 to 255")
         history = list(papers)
         self._conns: list[Connection] = []
         self._procs: list[subprocess.Popen] = []
@@ -96,7 +97,7 @@ class ShardedMatcher:
         # lookup by subscription id among a million). Never shrinks: one entry a channel.
         self._channel_list: list[ChannelRef] = []
         self._channel_no: dict[ChannelRef, int] = {}
-        self._shard_of: dict[int, int] = {}  # subscription id -> the worker holding its query
+        self._shard_of = _ShardTable()  # subscription id -> the worker holding its query
         self._pending: list[list[tuple]] = [[] for _ in range(processes)]
         self._waiting = 0
         self._recompiled: dict[int, bytes] = {}
@@ -114,22 +115,23 @@ class ShardedMatcher:
         return len(self._shard_of)
 
     def ids(self) -> set[int]:
-        return set(self._shard_of)
+        return self._shard_of.ids()
 
     def is_empty(self) -> bool:
-        return not self._shard_of
+        return not len(self._shard_of)
 
     def add(self, subscription: Subscription) -> None:
         stored = subscription.compiled
         blob = stored if stored is not None and stored[:8] == COMPILED_VERSION else None
         if blob is None:
             blob = compile_query(subscription.query)  # raises QueryError here, for the caller
-        if subscription.id in self._shard_of:
-            self.remove(subscription.id)
+        shard = zlib.crc32(subscription.query.encode()) % len(self._conns)
+        held = self._shard_of.put(subscription.id, shard)
+        if held is not None:  # its earlier query: taken out of that worker first
+            self._recompiled.pop(subscription.id, None)
+            self._queue(held, ("remove", subscription.id))
         if blob is not stored:  # parsed here: for storage to keep
             self._recompiled[subscription.id] = blob
-        shard = zlib.crc32(subscription.query.encode()) % len(self._conns)
-        self._shard_of[subscription.id] = shard
         channel_no = self._channel_no.get(subscription.channel)
         if channel_no is None:
             channel_no = self._channel_no[subscription.channel] = len(self._channel_list)
@@ -138,7 +140,7 @@ class ShardedMatcher:
 
     def remove(self, subscription_id: int) -> None:
         self._recompiled.pop(subscription_id, None)
-        shard = self._shard_of.pop(subscription_id, None)
+        shard = self._shard_of.pop(subscription_id)
         if shard is None:
             return
         self._queue(shard, ("remove", subscription_id))
@@ -210,10 +212,10 @@ class ShardedMatcher:
         """Each paper's Matches from the workers' columns (see `_answer`): made and merged in C."""
         new = tuple.__new__  # as IndexedMatcher._matches: the same tuples, made in C
         channel = self._channel_list.__getitem__
-        several = len(answers) > 1
         found = []
         for i, paper in enumerate(papers):
             matches: list[Match] = []
+            runs = 0
             for answer in answers:
                 part = answer[i]
                 if part.__class__ is str:  # that paper raised in that worker
@@ -223,8 +225,11 @@ class ShardedMatcher:
                     matches += map(new, repeat(Match), zip(memoryview(ids).cast(_ID),
                                                            map(channel, memoryview(channels).cast(_CHANNEL)),
                                                            queries, terms, strict=True))
-            if several:
-                matches.sort()  # runs sorted by subscription id in each worker: merged in one pass
+                    runs += 1
+            if runs > 1:
+                # Runs sorted by subscription id in each worker: merged in one pass, comparing
+                # the ids as ints (a Match, a tuple subclass, would be compared a tuple at a time).
+                matches.sort(key=_SUBSCRIPTION_ID)
             found.append(matches)
         return found
 
@@ -295,6 +300,71 @@ class ShardedMatcher:
                 self.close()
             except Exception:  # at interpreter shutdown, anything may already be gone
                 pass
+
+
+_IDS_SLICE: Final = 1 << 16
+
+
+class _ShardTable:
+    """Each subscription's worker, by subscription id: a byte a subscription (the worker's
+    number + 1, 0 for none) at the id's offset, for the dense ids storage hands out; a dict
+    for the few ids too far out for that (negative, or far beyond the ones held). At a
+    million subscriptions a dict of them was ~55 MB of this process's memory (its table and
+    an int object a key); the bytes are 1 MB."""
+
+    __slots__ = ("_dense", "_sparse", "_count")
+
+    def __init__(self) -> None:
+        self._dense = bytearray()
+        self._sparse: dict[int, int] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, sub_id: int, shard: int) -> int | None:
+        """Holds `sub_id` on `shard` (below 255); returns the shard it was held on, or None."""
+        dense = self._dense
+        if 0 <= sub_id < len(dense):
+            byte = dense[sub_id]
+            dense[sub_id] = shard + 1
+            if byte:
+                return byte - 1
+        elif 0 <= sub_id < 16 * self._count + 65536:  # grown, never past 16 bytes a subscription
+            dense += bytes(max(sub_id + 1 - len(dense), len(dense)))
+            dense[sub_id] = shard + 1
+        else:
+            held = self._sparse.get(sub_id)
+            self._sparse[sub_id] = shard
+            if held is None:
+                self._count += 1
+            return held
+        if self._sparse and sub_id in self._sparse:  # held out there before the bytes reached it
+            return self._sparse.pop(sub_id)
+        self._count += 1
+        return None
+
+    def pop(self, sub_id: int) -> int | None:
+        dense = self._dense
+        shard: int | None
+        if 0 <= sub_id < len(dense) and dense[sub_id]:
+            shard = dense[sub_id] - 1
+            dense[sub_id] = 0
+        else:
+            shard = self._sparse.pop(sub_id, None)
+            if shard is None:
+                return None
+        self._count -= 1
+        return shard
+
+    def ids(self) -> set[int]:
+        found = set(self._sparse)
+        dense = self._dense
+        # The held offsets, in C, a slice at a time: each slice is one call holding the GIL
+        # (~10 ms), where the whole of a million would hold it (and the event loop) ~170 ms.
+        for start in range(0, len(dense), _IDS_SLICE):
+            found.update(compress(range(start, start + _IDS_SLICE), dense[start:start + _IDS_SLICE]))
+        return found
 
 
 def _lost(reason: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 from bot.errors import QueryError
 from bot.matching import IndexedMatcher, compile_query
 from bot.models import ChannelRef, Subscription
-from bot.sharded import PaperFailed, ShardedMatcher, ShardFailed
+from bot.sharded import PaperFailed, ShardedMatcher, ShardFailed, _ShardTable
 
 from .fakes import paper
 
@@ -240,3 +240,27 @@ async def test_a_poller_with_worker_processes_matches_a_batch_at_once_and_finds_
     finally:
         poller.close()
         store.close()
+
+
+def test_the_table_of_each_subscriptions_worker_holds_what_a_dict_would():
+    # Dense ids in a byte array, far-out and negative ones in a dict: the same answers as a
+    # dict through adds, removals, growth, and ids that were far out before the array grew.
+    import random
+
+    rng = random.Random(7)
+    table: _ShardTable = _ShardTable()
+    model: dict[int, int] = {}
+    for step in range(20_000):
+        sub_id = rng.choice([rng.randrange(5000), rng.randrange(200_000), -rng.randrange(1, 50),
+                             rng.randrange(10**12), step])
+        if rng.random() < 0.3:
+            assert table.pop(sub_id) == model.pop(sub_id, None)
+        else:
+            shard = rng.randrange(3)
+            assert table.put(sub_id, shard) == model.get(sub_id)  # the shard it was held on
+            model[sub_id] = shard
+        assert len(table) == len(model)
+    assert table.ids() == set(model)
+    assert all(table.pop(sub_id) == shard for sub_id, shard in model.items())
+    assert len(table) == 0 and table.ids() == set()
+    assert len(table._dense) <= 2 * (16 * 20_000 + 65536)  # grown by at most 16 bytes a subscription held, doubled
