@@ -386,9 +386,10 @@ class MatchedBatch:
         for found in matches:
             mine = []
             for match in found:
-                key = keys.get(id(match.channel))
+                channel = match[1]  # (a NamedTuple's field by index: cheaper than by name)
+                key = keys.get(id(channel))
                 if key is None:
-                    key = keys[id(match.channel)] = match.channel.key
+                    key = keys[id(channel)] = channel.key
                 counts[key] = counts.get(key, 0) + 1
                 mine.append(key)
             keyed.append(mine)
@@ -397,13 +398,13 @@ class MatchedBatch:
         for i, (found, mine) in enumerate(zip(matches, keyed, strict=True)):
             here: dict[int, list] = {}  # range -> this paper's entry in it
             if len(set(mine)) == len(mine):  # a match a channel: a delivery a match
-                for match, key in zip(found, mine, strict=True):
-                    entry = here.get(ranges[key])
+                for (sub, _, query, terms), key in zip(found, mine, strict=True):
+                    n = ranges[key]
+                    entry = here.get(n)
                     if entry is None:
-                        entry = here[ranges[key]] = [i]
-                    terms = match[3]
-                    one = [match[0], match[2], terms]
-                    entry.append(one if len(terms) < 2 or len(set(terms)) == len(terms) else [one])
+                        entry = here[n] = [i]
+                    entry.append([sub, query, terms] if len(terms) < 2 or len(set(terms)) == len(terms)
+                                 else [[sub, query, terms]])
             else:
                 channels: dict[str, list] = {}  # key -> the channel's matches (a delivery)
                 for match, key in zip(found, mine, strict=True):
