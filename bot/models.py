@@ -346,11 +346,14 @@ class MatchedBatch:
 
     `papers`: `[[paper id, since (UTC, ISO seconds), upto or null], ...]`, as
     `UnmatchedPaper` has them (who may receive the paper).
-    `matches`: `[[index into papers, subscription id, query, [terms]], ...]`, each paper's in
-    the order given. No channel: it is the subscription's own, read where it is stored. The
-    first `singles` are of papers with one match a channel, each with distinct terms (a
-    delivery a match, as a rule: the store makes those without grouping them or counting
-    distinct terms); the others may share a delivery.
+    `matches`: a paper's entries, in the order of `papers`: `[[index into papers, delivery,
+    delivery, ...], ...]`, a delivery per channel the paper matched, in the order given. A
+    delivery is one match, `[subscription id, query, [terms]]`, when it is the channel's only
+    match and its terms are distinct (as a rule: the store queues it as it is, and counts its
+    strength in its JSON text); else a list of them, the channel's matches in the order given
+    (the store groups them and counts distinct terms). No channel: it is the subscription's
+    own, read where it is stored.
+    `rows`: the matches in `matches`.
     `settles`: whether this transaction takes `papers` off the unmatched list. A poll splits
     a group of papers' matches into transactions by ranges of channels (`split`); only the
     last one settles the group's papers, so a crash in between leaves them all written down.
@@ -360,7 +363,6 @@ class MatchedBatch:
     matches: str
     paper_ids: frozenset[str]
     rows: int  # matches in `matches`
-    singles: int = 0
     settles: bool = True
 
     @classmethod
@@ -384,26 +386,52 @@ class MatchedBatch:
         for found in matches:
             mine = []
             for match in found:
-                key = keys.get(id(match.channel))
+                channel = match[1]  # (a NamedTuple's field by index: cheaper than by name)
+                key = keys.get(id(channel))
                 if key is None:
-                    key = keys[id(match.channel)] = match.channel.key
+                    key = keys[id(channel)] = channel.key
                 counts[key] = counts.get(key, 0) + 1
                 mine.append(key)
             keyed.append(mine)
         ranges = _channel_ranges(counts, rows)
-        singles: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
-        shared: list[list[list]] = [[] for _ in singles]
+        entries: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
         for i, (found, mine) in enumerate(zip(matches, keyed, strict=True)):
-            alone = len(set(mine)) == len(mine) and all(len(set(m[3])) == len(m[3]) for m in found)
-            into = singles if alone else shared
-            for match, key in zip(found, mine, strict=True):
-                into[ranges[key]].append([i, match[0], match[2], match[3]])
+            here: dict[int, list] = {}  # range -> this paper's entry in it
+            if len(set(mine)) == len(mine):  # a match a channel: a delivery a match
+                for (sub, _, query, terms), key in zip(found, mine, strict=True):
+                    n = ranges[key]
+                    entry = here.get(n)
+                    if entry is None:
+                        entry = here[n] = [i]
+                    entry.append([sub, query, terms] if len(terms) < 2 or len(set(terms)) == len(terms)
+                                 else [[sub, query, terms]])
+            else:
+                channels: dict[str, list] = {}  # key -> the channel's matches (a delivery)
+                for match, key in zip(found, mine, strict=True):
+                    one = [match[0], match[2], match[3]]
+                    many = channels.get(key)
+                    if many is not None:
+                        many.append(one)
+                        continue
+                    many = channels[key] = [one]
+                    entry = here.get(ranges[key])
+                    if entry is None:
+                        entry = here[ranges[key]] = [i]
+                    entry.append(many)
+                for entry in here.values():
+                    for n, many in enumerate(entry[1:], 1):
+                        if len(many) == 1 and len(set(many[0][2])) == len(many[0][2]):
+                            entry[n] = many[0]
+            for n, entry in here.items():
+                entries[n].append(entry)
+        sizes = [0] * len(entries)
+        for key, count in counts.items():
+            sizes[ranges[key]] += count
         facts = json.dumps([[u.paper.id, u.since.astimezone(timezone.utc).isoformat(timespec="seconds"), u.upto]
                             for u in papers])
         ids = frozenset(u.paper.id for u in papers)
-        last = len(singles) - 1
-        return [cls(facts, json.dumps(one + many), ids, len(one) + len(many), len(one), n == last)
-                for n, (one, many) in enumerate(zip(singles, shared, strict=True))]
+        last = len(entries) - 1
+        return [cls(facts, json.dumps(entry), ids, sizes[n], n == last) for n, entry in enumerate(entries)]
 
 
 def _channel_ranges(counts: dict[str, int], rows: int) -> dict[str, int]:

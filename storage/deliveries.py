@@ -103,16 +103,15 @@ class DeliveriesMixin:
         Only subscriptions that still exist and may receive the paper count (id up to its
         `upto`, or else created by its `since`), read under the write lock. Two statements
         over the batch's JSON, whatever its size: the poller's writer thread runs them while
-        its worker matches, and they hold the GIL only to start. The grouping by paper and
-        channel, the `matched` facts and the strength are made in SQL, not in Python; the
-        `singles` (papers with a match a channel) skip the grouping. A poll's transactions
+        its worker matches, and they hold the GIL only to start. The `matched` facts and the
+        strength are made in SQL, not in Python (the worker has grouped a channel's matches
+        of a paper: most are a delivery of one match, read once). A poll's transactions
         each hold a range of channels (`MatchedBatch.split`): that is what keeps its writes
         to the outbox's index by channel few (docs/benchmarks.md, "outbox").
         """
         with immediate(self.db):
             before = self.db.conn.total_changes  # rowcount is -1 for a statement that begins WITH
-            self.db.conn.execute(_QUEUE_MATCHED, {"papers": batch.papers, "matches": batch.matches,
-                                                  "singles": batch.singles, "now": iso(now)})
+            self.db.conn.execute(_QUEUE_MATCHED, {"papers": batch.papers, "matches": batch.matches, "now": iso(now)})
             queued = self.db.conn.total_changes - before  # (no trigger fires on an insert into deliveries)
             if batch.settles:
                 self.db.conn.execute(
@@ -348,55 +347,54 @@ _MATCHED_JSON = """SELECT json_group_array(json_object('id', json_extract(m.valu
                      FROM json_each(d.value, '$[2]') m"""
 
 
-# queue_matched's statement. `p`: the batch's papers; `m`: every match of a subscription that
-# exists and may receive its paper, from the matches past the `singles`; `g`: one row a paper
-# and channel (the first of its window), its `matched` the window's matches in the order given
-# (a window's ORDER BY orders its aggregate: a GROUP BY would not, before SQLite 3.44);
-# `one`: the singles, a delivery each, as `g` would make them. The strength is
-# `match_strength`'s, out of the terms (of a single: distinct, so counted without DISTINCT: a
-# term ends with " in title" where its JSON text has ` in title"`). Rows go in in the order of
-# the papers, as given.
+# queue_matched's statement (`MatchedBatch` says what it reads). `p`: the batch's papers; `q`:
+# a row a paper and channel, its subscription (`s`) read for a delivery of one match, its
+# `many` (the matches of subscriptions that may receive it, as `matched`) and `many_channel`
+# for a delivery of several. Only a subscription that exists and may receive its paper counts.
+# The rows go in as the nested loop reads them, in the order given (the papers', then each
+# paper's deliveries'): `CROSS JOIN` keeps that loop's order, and nothing sorts them.
+# SQLite 3.40 has no binary JSON: every json_extract of an element parses its text (a cache
+# keeps the last few), so a one-match delivery is read as text where that is exact (a JSON
+# string's quote inside it is escaped): its subscription id leads the element (`[id,"query",
+# [terms]]`, as json_each writes it, compactly); its strength is `match_strength`'s, the terms
+# being distinct: those ending with " in title" are the texts ` in title"` in the element,
+# less the query's own (followed by `,[`, where no term can be); `json_array_length` counts the
+# terms. A delivery of several matches counts distinct terms out of its `matched`.
 _STRENGTH = """1000 * min(count(DISTINCT CASE WHEN substr(t.value, -9) = ' in title' THEN t.value END), 999)
                + min(count(DISTINCT t.value), 999)"""
+_MAY_RECEIVE = "CASE WHEN p.upto IS NOT NULL THEN s.id <= p.upto ELSE s.created_at <= p.since END"
+_MANY = f"""FROM json_each(x.value) f JOIN subscriptions s ON s.id = json_extract(f.value, '$[0]')
+                WHERE {_MAY_RECEIVE}"""
 _QUEUE_MATCHED = f"""
 WITH p AS MATERIALIZED (
     SELECT key AS i, json_extract(value, '$[0]') AS paper_id, json_extract(value, '$[1]') AS since,
            json_extract(value, '$[2]') AS upto
       FROM json_each(:papers)),
-m AS (
-    SELECT p.i, p.paper_id, s.channel, x.key AS k,
-           json_object('id', s.id, 'query', json_extract(x.value, '$[2]'),
-                       'terms', json(json_extract(x.value, '$[3]'))) AS fact
-      FROM json_each(:matches) x
-      JOIN p ON p.i = json_extract(x.value, '$[0]')
-      JOIN subscriptions s ON s.id = json_extract(x.value, '$[1]')
-     WHERE x.key >= :singles AND CASE WHEN p.upto IS NOT NULL THEN s.id <= p.upto ELSE s.created_at <= p.since END),
-g AS (
-    SELECT i, k, paper_id, channel, json_group_array(json(fact)) OVER whole AS matched, row_number() OVER w AS n
-      FROM m
-    WINDOW w AS (PARTITION BY i, channel ORDER BY k),
-           whole AS (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)),
-one AS (
-    SELECT p.i, x.key AS k, p.paper_id, s.channel,
-           json_array(json_object('id', s.id, 'query', json_extract(x.value, '$[2]'),
-                                  'terms', json(json_extract(x.value, '$[3]')))) AS matched,
-           -- distinct terms (MatchedBatch): those ending " in title" counted in the JSON text
-           -- (json_extract, not ->>: that operator needs SQLite 3.38, the rest of the schema 3.35)
-           1000 * min((length(json_extract(x.value, '$[3]'))
-                       - length(replace(json_extract(x.value, '$[3]'), ' in title"', ''))) / 10, 999)
-             + min(json_array_length(x.value, '$[3]'), 999) AS strength
-      FROM json_each(:matches) x
-      JOIN p ON p.i = json_extract(x.value, '$[0]')
-      JOIN subscriptions s ON s.id = json_extract(x.value, '$[1]')
-     WHERE x.key < :singles AND CASE WHEN p.upto IS NOT NULL THEN s.id <= p.upto ELSE s.created_at <= p.since END)
+q AS (
+    SELECT p.paper_id, x.value, substr(x.value, 2, 1) = '[' AS grouped, s.id, s.channel,
+           CASE WHEN s.id IS NOT NULL THEN {_MAY_RECEIVE} END AS may,
+           CASE WHEN substr(x.value, 2, 1) = '[' THEN (
+               SELECT json_group_array(json_object('id', s.id, 'query', json_extract(f.value, '$[1]'),
+                                                   'terms', json_extract(f.value, '$[2]')))
+                 {_MANY}) END AS many,
+           CASE WHEN substr(x.value, 2, 1) = '[' THEN (SELECT s.channel {_MANY} LIMIT 1) END AS many_channel
+      FROM json_each(:matches) e
+      CROSS JOIN p ON p.i = json_extract(e.value, '$[0]')
+      CROSS JOIN json_each(e.value) x
+      LEFT JOIN subscriptions s
+        ON s.id = CASE WHEN substr(x.value, 2, 1) <> '[' THEN CAST(substr(x.value, 2) AS INTEGER) END
+     WHERE x.key > 0)
 INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
-SELECT paper_id, channel, matched, strength, :now, :now FROM (
-    SELECT i, k, paper_id, channel, matched, strength FROM one
-    UNION ALL
-    SELECT i, k, paper_id, channel, matched,
-           (SELECT {_STRENGTH} FROM json_each(g.matched) f, json_each(f.value, '$.terms') t)
-      FROM g WHERE n = 1)
- ORDER BY i, k"""
+SELECT paper_id, coalesce(channel, many_channel),
+       CASE WHEN grouped THEN many
+            ELSE json_array(json_object('id', id, 'query', json_extract(value, '$[1]'),
+                                        'terms', json_extract(value, '$[2]'))) END,
+       CASE WHEN grouped THEN (SELECT {_STRENGTH} FROM json_each(many) f, json_each(f.value, '$.terms') t)
+            ELSE 1000 * min((length(value) - length(replace(value, ' in title"', ''))) / 10
+                            - (instr(value, ' in title",[') > 0), 999)
+                 + min(json_array_length(value, '$[2]'), 999) END,
+       :now, :now
+  FROM q WHERE may OR many_channel IS NOT NULL"""
 
 
 def match_strength(matches: list[Match]) -> int:

@@ -347,7 +347,10 @@ def test_queue_matched_queues_for_subscriptions_that_may_receive_each_paper_and_
     ]
     batch = MatchedBatch.encode(done, found)
     assert batch.rows == 9 and batch.paper_ids == {"2410.00001", "2410.00002", "2410.00003"}
-    assert batch.singles == 0 and batch.settles  # both have two matches of a channel: grouped in SQL
+    assert batch.settles
+    # A channel's several matches of a paper are one delivery (a list of them), where it first matched
+    deliveries = [[isinstance(d[0], list) for d in entry[1:]] for entry in json.loads(batch.matches)]
+    assert deliveries == [[True, True], [True, False]]  # one: a's three, b's three; two: a's two, b's beta
     assert store.queue_matched(batch, t) == 3  # one: a and b; two: b (a had it)
     assert store.unmatched_papers(10) == []
     rows = store.db.execute("SELECT paper_id, channel, strength FROM deliveries ORDER BY paper_id, channel").fetchall()
@@ -407,9 +410,10 @@ def test_queue_matched_split_by_ranges_of_channels_queues_the_same_and_settles_w
     found = [tuple(m), (m[2], m[0]), ()]
     batches = MatchedBatch.split(done, found, 2)
     assert [b.rows for b in batches] == [2, 2, 2]  # a: 1, b: 1 | c: 2 | d: 2
-    subscriptions = [[row[1] for row in json.loads(b.matches)] for b in batches]
+    subscriptions = [[d[0] for entry in json.loads(b.matches) for d in entry[1:]] for b in batches]
     assert subscriptions == [[subs[1].id, subs[3].id], [subs[2].id, subs[2].id], [subs[0].id, subs[0].id]]
-    assert [b.settles for b in batches] == [False, False, True] and [b.singles for b in batches] == [2, 2, 2]
+    assert [b.settles for b in batches] == [False, False, True]
+    assert [[entry[0] for entry in json.loads(b.matches)] for b in batches] == [[0], [0, 1], [0, 1]]  # by paper
     assert all(b.paper_ids == {p.id for p in papers} for b in batches)
     assert sum(store.queue_matched(b, t) for b in batches[:2]) == 4
     assert [u.paper.id for u in store.unmatched_papers(10)] == [p.id for p in papers]  # not yet
@@ -428,8 +432,9 @@ def test_queue_matched_split_by_ranges_of_channels_queues_the_same_and_settles_w
 
 @pytest.mark.backends
 def test_queue_matched_groups_a_channel_s_matches_whatever_their_place_in_the_split(store):
-    # A paper with two matches of one channel goes with the matches that may share a delivery
-    # (grouped in SQL); one with a match a channel is queued without grouping: same rows.
+    # A channel's matches of a paper are one delivery: several go as a list (grouped in SQL, the
+    # strength counted over their distinct terms), a match alone as it is (its strength counted in
+    # its JSON text): same rows.
     t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
     sa, sa2, sb = (store.add_subscription(c, q, "u1", t - timedelta(days=1)).subscription
@@ -439,9 +444,10 @@ def test_queue_matched_groups_a_channel_s_matches_whatever_their_place_in_the_sp
     done = [UnmatchedPaper(one, t, sb.id), UnmatchedPaper(two, t, sb.id)]
     ma, ma2, mb = (Match(s.id, s.channel, s.query, (f"{s.query} in title", "x")) for s in (sa, sa2, sb))
     batch = MatchedBatch.encode(done, [(mb, ma2, ma), (ma, mb)])
-    assert batch.singles == 2 and json.loads(batch.matches)[2:] == [[0, mb.subscription_id, "gamma", list(mb.terms)],
-                                                                  [0, sa2.id, "beta", ["beta in title", "x"]],
-                                                                  [0, sa.id, "alpha", ["alpha in title", "x"]]]
+    assert json.loads(batch.matches) == [
+        [0, [sb.id, "gamma", list(mb.terms)],
+         [[sa2.id, "beta", ["beta in title", "x"]], [sa.id, "alpha", list(ma.terms)]]],
+        [1, [sa.id, "alpha", list(ma.terms)], [sb.id, "gamma", list(mb.terms)]]]
     assert store.queue_matched(batch, t) == 4
     owed = {(d.paper_id, d.channel.channel_id): d.matched for c in (a, b) for d in store.pending_for_channel(c)}
     assert owed == {("2410.00001", "a"): (ma2, ma), ("2410.00001", "b"): (mb,), ("2410.00002", "a"): (ma,),
@@ -456,12 +462,30 @@ def test_queue_matched_groups_a_channel_s_matches_whatever_their_place_in_the_sp
     odd = Match(sa.id, a, "alpha", ('say "x" in title', 'say "x" in title', "y in title\\"))
     quoted = Match(sb.id, b, "gamma", ('a " in title', 'b in title" x', "c in title"))
     batch = MatchedBatch.encode([UnmatchedPaper(three, t, sb.id), UnmatchedPaper(four, t, sb.id)], [(odd,), (quoted,)])
-    assert batch.singles == 1 and json.loads(batch.matches)[0][0] == 1  # four's; three's terms repeat
+    # three's terms repeat: a delivery of one match in a list, counted as the grouped ones are
+    assert json.loads(batch.matches) == [[0, [[sa.id, "alpha", list(odd.terms)]]],
+                                         [1, [sb.id, "gamma", list(quoted.terms)]]]
     assert store.queue_matched(batch, t) == 2
     strengths = dict(store.db.execute("SELECT paper_id, strength FROM deliveries WHERE paper_id IN "
                                       "('2410.00003', '2410.00004')").fetchall())
     assert strengths == {"2410.00003": 1002, "2410.00004": 2003}
     assert (match_strength([odd]), match_strength([quoted])) == (1002, 2003)
+    # A query ending with " in title" is no term; "],[" or '",[' in a term is text; a NUL in a
+    # delivery of several (U+FFFD on PostgreSQL).
+    five, six = paper("2410.00005"), paper("2410.00006")
+    store.add_papers([five, six], t)
+    titled = Match(sb.id, b, "gamma in title", ('q",[ in title', "],[x in title", "y"))
+    nul = (Match(sa.id, a, "alpha in title", ("a\x00 in title",)), Match(sa2.id, a, "beta", ("a\x00 in title", "b")))
+    batch = MatchedBatch.encode([UnmatchedPaper(five, t, sb.id), UnmatchedPaper(six, t, sb.id)], [(titled,), nul])
+    assert store.queue_matched(batch, t) == 2
+    strengths = dict(store.db.execute("SELECT paper_id, strength FROM deliveries WHERE paper_id IN "
+                                      "('2410.00005', '2410.00006')").fetchall())
+    assert strengths["2410.00005"] == match_strength([titled]) == 2003
+    assert strengths["2410.00006"] in (match_strength(list(nul)), 2)  # 2: SQLite's substr stops at the NUL
+    owed = {d.paper_id: d.matched for c in (a, b) for d in store.pending_for_channel(c)}
+    assert owed["2410.00005"] == (titled,)
+    assert [(m.subscription_id, m.query, len(m.terms)) for m in owed["2410.00006"]] == [(sa.id, "alpha in title", 1),
+                                                                                        (sa2.id, "beta", 2)]
 
 
 @pytest.mark.backends
