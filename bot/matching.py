@@ -481,28 +481,45 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
         assert chosen is not None
         keys = chosen
     second = None if keys is None else _seconds(keys, required, wider, seen)
-    if second is None and keys is not None and len(keys) == 1 and node[0] == "and" and not keys[0].startswith("p:"):
-        # Its one anchor leaves no second key (`agent* planning`: under planning, a candidate
-        # for every paper with that word). With a prefix among its terms, it goes under the
-        # prefix (its first letters, as the anchor of a prefix alone is) and then its anchor:
-        # a feature every match has, as every match has a word that begins so.
-        prefix = _rarest_prefix(node[1], seen)
-        if prefix is not None:
-            keys, second = (prefix,), keys
+    if keys is not None and len(keys) == 1:
+        if node[0] == "prefix":
+            keys = ("p:" + node[2],)  # its whole prefix: see below
+        elif node[0] == "and":
+            if second is None and not keys[0].startswith("p:"):
+                # Its one anchor leaves no second key (`agent* planning`: under planning, a
+                # candidate for every paper with that word). With a prefix among its terms, it
+                # goes under the prefix and then its anchor: a feature every match has, as
+                # every match has a word that begins so.
+                prefix = _rarest_prefix(node[1], seen)
+                if prefix is not None:
+                    keys, second = ("p:" + prefix,), keys
+            elif keys[0].startswith("p:"):  # one of its prefixes, unless an OR of some gave it
+                prefix = _rarest_prefix(node[1], seen, keys[0])
+                if prefix is not None:
+                    keys = ("p:" + prefix,)
     return _Entry(query, node, keys, required, wider, {}, second, words, None, None,
                   None if words is not None else _shortcut(node))
 
 
-def _rarest_prefix(children: tuple, counts: Mapping[str, int]) -> str | None:
-    """Of the prefixes among an AND's children, the anchor (`p:` and its first letters) of the
-    rarest by `counts`, the longest among equals; None if there is none."""
+# A prefix anchor names a prefix's first PREFIX_ANCHOR_MAX letters, as `anchors` chooses them
+# (recent papers are counted by those); the index keeps the whole prefix (`transformer*`
+# under `p:transformer`, not `p:transf`: a candidate only for papers with a word that begins
+# so). Finding it costs no more: what each word begins is looked up once (`_PrefixHits`).
+
+
+def _rarest_prefix(children: tuple, counts: Mapping[str, int], anchor: str | None = None) -> str | None:
+    """Of the prefixes among an AND's children (of those whose anchor is `anchor`, if given),
+    the rarest by the counts of their anchors (`p:` and the first letters), the longest among
+    equals; None if there is none."""
     found, best = None, None
     for child in children:
         if child[0] == "prefix":
             key = "p:" + child[2][:PREFIX_ANCHOR_MAX]
-            cost = (counts.get(key, 0), -len(key))
+            if anchor is not None and key != anchor:
+                continue
+            cost = (counts.get(key, 0), -len(child[2]))
             if best is None or cost < best:
-                found, best = key, cost
+                found, best = child[2], cost
     return found
 
 
