@@ -24,7 +24,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Collection, Iterable, Iterator, Literal, Mapping, Sequence
+from types import MappingProxyType
+from typing import Collection, Iterable, Iterator, Literal, Mapping, Sequence, cast
 
 from . import query as _query_module
 from . import sources
@@ -391,6 +392,9 @@ def _history_counts(papers: Iterable[Paper]) -> Counter[str]:
     return counts
 
 
+_ONE: Mapping[int, ChannelRef] = MappingProxyType({})  # the `subs` of an entry with one subscription
+
+
 @dataclass(eq=False, slots=True)  # compared and hashed by identity: entries are kept in sets
 class _Entry:
     """One distinct query text, shared by every subscription (in any channel) that uses it."""
@@ -402,7 +406,9 @@ class _Entry:
     keys: tuple[str, ...] | None  # its anchors
     required: tuple[str, ...]  # features a matching paper has, all of them
     clauses: tuple[tuple[str, ...], ...]  # sets of features of which it has at least one each
-    subs: dict[int, ChannelRef] = field(default_factory=dict)
+    # Its subscriptions, when it has more than one (`sole` is None then); else `_ONE` (empty):
+    # most have one, and a dict of one is 224 bytes (~100 MB a worker at a million).
+    subs: Mapping[int, ChannelRef] = field(default_factory=lambda: _ONE)
     # Indexed under each anchor and, below it, each of these: another required key, or else
     # every key of one of its clauses (`(a OR b) c`: under c, then a and b); a candidate only
     # for papers with one of its anchors and one of these.
@@ -412,7 +418,7 @@ class _Entry:
     # tree (and without the required-keys filter, which would look up as much).
     words: tuple | None = None
     # Its one subscription, when it has one (most have): a match is made from these two slots
-    # without going through `subs` (on a large index every object visited is a cache miss).
+    # without going through a dict (on a large index every object visited is a cache miss).
     sole: int | None = None
     sole_channel: ChannelRef | None = None
     # Two more shapes decided without walking the tree as `evaluate` does (`_shortcut`): a
@@ -448,7 +454,7 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
         anchor = required[0]
         size = len(required)
         if size == 1:
-            return _Entry(query, node, (anchor,), required, (), {}, None, words)
+            return _Entry(query, node, (anchor,), required, (), _ONE, None, words)
         rarest = (seen.get(anchor, 0), -len(anchor))
         for word in required[1:]:
             seen_len = (seen.get(word, 0), -len(word))
@@ -459,7 +465,7 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
             second = required[1] if anchor == required[0] else required[0]
         else:
             second = min([word for word in required if word != anchor], key=lambda k: (seen.get(k, 0), -len(k), k))
-        return _Entry(query, node, (anchor,), required, (), {}, (second,), words)
+        return _Entry(query, node, (anchor,), required, (), _ONE, (second,), words)
     keys: tuple[str, ...] | None
     if options is False:
         found = anchors(node, counts)
@@ -497,7 +503,7 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
                 prefix = _rarest_prefix(node[1], seen, keys[0])
                 if prefix is not None:
                     keys = ("p:" + prefix,)
-    return _Entry(query, node, keys, required, wider, {}, second, words, None, None,
+    return _Entry(query, node, keys, required, wider, _ONE, second, words, None, None,
                   None if words is not None else _shortcut(node))
 
 
@@ -594,13 +600,6 @@ def _offers(entry: _Entry, features: set[str]) -> bool:
         if features.isdisjoint(clause):
             return False
     return True
-
-
-def _set_sole(entry: _Entry) -> None:
-    if len(entry.subs) == 1:
-        (entry.sole, entry.sole_channel), = entry.subs.items()
-    else:
-        entry.sole = entry.sole_channel = None
 
 
 def _word_clauses(node: tuple) -> tuple | None:
@@ -790,12 +789,14 @@ class IndexedMatcher:
             self._index(entry)
         elif subscription.compiled is None or subscription.compiled[:8] != COMPILED_VERSION:
             self._recompiled[sub_id] = compile_query(query)
-        subs = entry.subs
-        if subs:  # no longer its only one
+        sole = entry.sole
+        if sole is not None:  # its second subscription
+            entry.subs = {sole: cast(ChannelRef, entry.sole_channel), sub_id: channel}
             entry.sole = entry.sole_channel = None
-        else:
+        elif entry.subs:  # a third, or later
+            cast("dict[int, ChannelRef]", entry.subs)[sub_id] = channel
+        else:  # its first
             entry.sole, entry.sole_channel = sub_id, channel
-        subs[sub_id] = channel
         self._by_sub[sub_id] = query
         self._generation += 1
 
@@ -812,9 +813,12 @@ class IndexedMatcher:
             return
         self._generation += 1
         entry = self._entries[query]
-        del entry.subs[subscription_id]
-        if entry.subs:
-            _set_sole(entry)
+        if entry.sole is None:  # one of several
+            subs = cast("dict[int, ChannelRef]", entry.subs)
+            del subs[subscription_id]
+            if len(subs) == 1:
+                (entry.sole, entry.sole_channel), = subs.items()
+                entry.subs = _ONE
             return
         del self._entries[query]
         if entry.keys is None:
@@ -1004,8 +1008,9 @@ class IndexedMatcher:
     @staticmethod
     def _matches(hits: Iterable[tuple[_Entry, tuple[str, ...]]]) -> list[Match]:
         new = tuple.__new__  # Match's own __new__ is Python code: this is the same tuple, made in C
-        found = [new(Match, (sub_id, channel, entry.query, terms))
-                 for entry, terms in hits for sub_id, channel in entry.subs.items()]
+        found = [new(Match, (sub_id, channel, entry.query, terms)) for entry, terms in hits
+                 for sub_id, channel in (entry.subs.items() if entry.sole is None else
+                                         ((entry.sole, entry.sole_channel),))]
         found.sort()  # by subscription id: ids are unique, so the tuple order is decided there
         return found
 

@@ -48,3 +48,22 @@ def test_a_word_and_a_prefix_go_under_the_prefix_then_the_word():
     assert [m.subscription_id for m in engine.match(papers[0])] == [1, 2, 3]
     assert [m.subscription_id for m in engine.match(papers[1])] == [1, 2]
     assert [m.subscription_id for m in engine.match(papers[2])] == [2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["diffusion", "agent* planning", '"language model" -video']), min_size=1,
+                max_size=8), st.lists(papers(), min_size=1, max_size=2), st.randoms(use_true_random=False))
+def test_a_query_shared_by_several_subscriptions_through_adds_and_removals(texts, paper_list, rng):
+    # An entry keeps its one subscription in two slots and only more than one in a dict.
+    subs = subscriptions_of(texts, (ML, ChannelRef("console", "cv")))
+    engine = IndexedMatcher(subs)
+    kept = list(subs)
+    while kept:
+        gone = kept.pop(rng.randrange(len(kept)))
+        engine.remove(gone.id)
+        naive = NaiveMatcher(kept)
+        for p in paper_list:
+            assert engine.match(p) == naive.match(p)
+        for entry in engine._entries.values():
+            assert (entry.sole is None) == (len(entry.subs) > 1)
+    assert engine.is_empty()
