@@ -97,6 +97,12 @@ class PaperView:
         return self.raw_set["title"] | self.raw_set["abstract"]
 
     @cached_property
+    def title_pairs(self) -> frozenset[str]:
+        """Its title's pairs of consecutive stems, as `features` names them (which has the
+        abstract's too)."""
+        return frozenset(map(" ".join, zip(self.title, self.title[1:], strict=False)))
+
+    @cached_property
     def all_sorted(self) -> list[str]:
         """Its distinct words, of either field, in order: whether any begins with a prefix is
         one bisection."""
@@ -681,6 +687,15 @@ def _shortcut_hits(node: tuple, view: PaperView) -> list[str] | None:
             if upvotes is None or not _COMPARE[child[1]](upvotes, child[2]):
                 return None
             hits.append(plural(upvotes, "upvote"))
+        elif kind == "phrase" and len(child[2]) == 2 and child[1] != "abstract":
+            # A pair of words is a feature: of the title's, or else the abstract's.
+            pair = " ".join(child[2])
+            if pair in view.title_pairs:
+                hits.append(f'"{child[3]}" in title')
+            elif child[1] == "any" and pair in view.features:
+                hits.append(f'"{child[3]}" in abstract')
+            else:
+                return None
         else:
             found = evaluate(child, view)
             if found is None:

@@ -252,6 +252,11 @@ _prefix_atom = st.sampled_from(VOCAB).filter(lambda w: len(w) >= 3).flatmap(
     lambda w: st.sampled_from([f"{w[:3]}*", f"{w[:4]}*", f"title:{w[:3]}*", f"abstract:{w[:3]}*", f"{w}*"]))
 
 
+_scoped_phrase = st.tuples(st.sampled_from(["", "title:", "abstract:"]), st.lists(st.sampled_from(VOCAB), min_size=2,
+                                                                                 max_size=3)).map(
+    lambda t: f'{t[0]}"{" ".join(t[1])}"')
+
+
 @st.composite
 def shortcut_texts(draw):
     """A prefix alone; words (at least one) and words left out (at least one); or an AND of
@@ -263,8 +268,8 @@ def shortcut_texts(draw):
         kept = draw(st.lists(_word_atom, min_size=1, max_size=3))
         left_out = draw(st.lists(_word_atom.map(lambda w: f"-{w}"), min_size=1, max_size=2))
         return " ".join(draw(st.permutations(kept + left_out)))
-    terms = draw(st.lists(st.one_of(_atom, _atom.map(lambda a: f"-{a}"), query_texts(depth=1)), min_size=2,
-                          max_size=4))
+    terms = draw(st.lists(st.one_of(_atom, _atom.map(lambda a: f"-{a}"), query_texts(depth=1), _scoped_phrase),
+                          min_size=2, max_size=4))
     return " ".join(terms)
 
 
