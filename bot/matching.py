@@ -24,7 +24,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Collection, Iterable, Iterator, Literal, Mapping, Sequence
+from types import MappingProxyType
+from typing import Collection, Iterable, Iterator, Literal, Mapping, Sequence, cast
 
 from . import query as _query_module
 from . import sources
@@ -54,6 +55,17 @@ class _Stems(dict):
 
 _STEMS = _Stems()
 
+# Every ASCII character but a lowercase letter or a digit, to a space.
+_NOT_WORD = str.maketrans({chr(i): " " for i in range(128) if not ("a" <= chr(i) <= "z" or "0" <= chr(i) <= "9")})
+
+
+def _raw_words(text: str) -> list[str]:
+    """`raw_words`, the same words: ASCII text (most titles and abstracts) is lowercased and
+    split at every other character, in C, three times as fast as the regular expression."""
+    if text.isascii():
+        return text.lower().translate(_NOT_WORD).split()
+    return raw_words(text)
+
 
 class PaperView:
     """A paper tokenized once, in every form the queries need."""
@@ -63,8 +75,8 @@ class PaperView:
 
     def __init__(self, paper: Paper):
         self.paper = paper
-        self.title_raw = raw_words(paper.title)
-        self.abstract_raw = raw_words(paper.summary)
+        self.title_raw = _raw_words(paper.title)
+        self.abstract_raw = _raw_words(paper.summary)
         self.title = list(map(_STEMS.__getitem__, self.title_raw))  # map: no bytecode per word
         self.abstract = list(map(_STEMS.__getitem__, self.abstract_raw))
         self.title_set = frozenset(self.title)
@@ -72,7 +84,7 @@ class PaperView:
         self.any_set = self.title_set | self.abstract_set
         self.raw_set = {"title": frozenset(self.title_raw), "abstract": frozenset(self.abstract_raw)}
         self.authors = [name_tokens(a) for a in paper.authors]
-        self.org = tuple(raw_words(paper.organization or ""))
+        self.org = tuple(_raw_words(paper.organization or ""))
         self.cats = frozenset(fold(c) for c in paper.categories)
 
     @cached_property
@@ -85,16 +97,22 @@ class PaperView:
         return self.raw_set["title"] | self.raw_set["abstract"]
 
     @cached_property
-    def _cuts(self) -> dict[int, set[str]]:
-        return {}
+    def title_pairs(self) -> frozenset[str]:
+        """Its title's pairs of consecutive stems, as `features` names them (which has the
+        abstract's too)."""
+        return frozenset(map(" ".join, zip(self.title, self.title[1:], strict=False)))
 
-    def cut(self, size: int) -> set[str]:
-        """Its words (of either field) cut to `size` letters, made once a size. A shorter word
-        stays as it is, shorter than every prefix of that size, so it is not mistaken for one."""
-        found = self._cuts.get(size)
-        if found is None:
-            found = self._cuts[size] = set(map(operator.itemgetter(slice(size)), self.all_raw))  # in C
-        return found
+    @cached_property
+    def all_sorted(self) -> list[str]:
+        """Its distinct words, of either field, in order: whether any begins with a prefix is
+        one bisection."""
+        return sorted(self.all_raw)
+
+    def begins(self, prefix: str) -> bool:
+        """Whether one of its words (of either field) begins with `prefix`."""
+        words = self.all_sorted
+        i = bisect.bisect_left(words, prefix)
+        return i < len(words) and words[i].startswith(prefix)
 
     @cached_property
     def meta_keys(self) -> set[str]:
@@ -166,8 +184,7 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
         return None
     if kind == "prefix":
         prefix = node[2]
-        size = min(len(prefix), PREFIX_ANCHOR_MAX)  # the index cuts words to these sizes: mostly made
-        if prefix[:size] not in view.cut(size):  # no word begins so: not worth sorting the words
+        if not view.begins(prefix):  # one bisection: most prefixes evaluated begin no word
             return None
         for name, words in view.sorted_words.items():
             if node[1] in ("any", name):
@@ -381,16 +398,23 @@ def _history_counts(papers: Iterable[Paper]) -> Counter[str]:
     return counts
 
 
+_ONE: Mapping[int, ChannelRef] = MappingProxyType({})  # the `subs` of an entry with one subscription
+
+
 @dataclass(eq=False, slots=True)  # compared and hashed by identity: entries are kept in sets
 class _Entry:
     """One distinct query text, shared by every subscription (in any channel) that uses it."""
 
     query: str
     node: tuple
-    keys: frozenset[str] | None
-    required: frozenset[str]  # features a matching paper has, all of them
-    clauses: tuple[frozenset[str], ...]  # sets of features of which it has at least one each
-    subs: dict[int, ChannelRef] = field(default_factory=dict)
+    # Tuples, not sets (each key distinct): a frozenset is 216 bytes, a 1-tuple 48, and every
+    # byte an entry keeps is ~500 kB at a million subscriptions. `_offers` looks them up.
+    keys: tuple[str, ...] | None  # its anchors
+    required: tuple[str, ...]  # features a matching paper has, all of them
+    clauses: tuple[tuple[str, ...], ...]  # sets of features of which it has at least one each
+    # Its subscriptions, when it has more than one (`sole` is None then); else `_ONE` (empty):
+    # most have one, and a dict of one is 224 bytes (~100 MB a worker at a million).
+    subs: Mapping[int, ChannelRef] = field(default_factory=lambda: _ONE)
     # Indexed under each anchor and, below it, each of these: another required key, or else
     # every key of one of its clauses (`(a OR b) c`: under c, then a and b); a candidate only
     # for papers with one of its anchors and one of these.
@@ -400,7 +424,7 @@ class _Entry:
     # tree (and without the required-keys filter, which would look up as much).
     words: tuple | None = None
     # Its one subscription, when it has one (most have): a match is made from these two slots
-    # without going through `subs` (on a large index every object visited is a cache miss).
+    # without going through a dict (on a large index every object visited is a cache miss).
     sole: int | None = None
     sole_channel: ChannelRef | None = None
     # Two more shapes decided without walking the tree as `evaluate` does (`_shortcut`): a
@@ -428,25 +452,35 @@ def _compile(node: tuple) -> tuple:
 
 
 def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -> _Entry:
+    """The entry of a compiled query (`_compile`), with its anchors and second keys chosen by
+    `counts` (see `anchors` and `_seconds`)."""
     node, required, wider, words, plain, options = compiled
+    seen = counts or {}
     if plain:  # anchored on its rarest word, as `anchors` would choose it: the first of the rarest, longest
         anchor = required[0]
-        if len(required) > 1:
-            seen = counts or {}
-            rarest = (seen.get(anchor, 0), -len(anchor))
-            for word in required[1:]:
-                seen_len = (seen.get(word, 0), -len(word))
-                if seen_len < rarest:
-                    anchor, rarest = word, seen_len
-        return _Entry(query, node, frozenset([anchor]), frozenset(required), (), words=words)
+        size = len(required)
+        if size == 1:
+            return _Entry(query, node, (anchor,), required, (), _ONE, None, words)
+        rarest = (seen.get(anchor, 0), -len(anchor))
+        for word in required[1:]:
+            seen_len = (seen.get(word, 0), -len(word))
+            if seen_len < rarest:
+                anchor, rarest = word, seen_len
+        # Its second key, as `_seconds` chooses it: the other word, or the rarest other one.
+        if size == 2:
+            second = required[1] if anchor == required[0] else required[0]
+        else:
+            second = min([word for word in required if word != anchor], key=lambda k: (seen.get(k, 0), -len(k), k))
+        return _Entry(query, node, (anchor,), required, (), _ONE, (second,), words)
+    keys: tuple[str, ...] | None
     if options is False:
-        keys = anchors(node, counts)
+        found = anchors(node, counts)
+        keys = None if found is None else tuple(found)
     elif options is None:
         keys = None
     elif len(options) == 1:
-        keys = frozenset(options[0])
+        keys = options[0]
     else:  # the first of the cheapest, as `anchors` picks it
-        seen = counts or {}
         chosen, best = None, None
         for option in options:
             if len(option) == 1:  # most: _cost's figures, without calling it
@@ -457,9 +491,66 @@ def _entry_from(query: str, compiled: tuple, counts: Mapping[str, int] | None) -
             if best is None or cost < best:
                 chosen, best = option, cost
         assert chosen is not None
-        keys = frozenset(chosen)
-    return _Entry(query, node, keys, frozenset(required), tuple(map(frozenset, wider)), words=words,
-                  shortcut=None if words is not None else _shortcut(node))
+        keys = chosen
+    second = None if keys is None else _seconds(keys, required, wider, seen)
+    if keys is not None and len(keys) == 1:
+        if node[0] == "prefix":
+            keys = ("p:" + node[2],)  # its whole prefix: see below
+        elif node[0] == "and":
+            if second is None and not keys[0].startswith("p:"):
+                # Its one anchor leaves no second key (`agent* planning`: under planning, a
+                # candidate for every paper with that word). With a prefix among its terms, it
+                # goes under the prefix and then its anchor: a feature every match has, as
+                # every match has a word that begins so.
+                prefix = _rarest_prefix(node[1], seen)
+                if prefix is not None:
+                    keys, second = ("p:" + prefix,), keys
+            elif keys[0].startswith("p:"):  # one of its prefixes, unless an OR of some gave it
+                prefix = _rarest_prefix(node[1], seen, keys[0])
+                if prefix is not None:
+                    keys = ("p:" + prefix,)
+    return _Entry(query, node, keys, required, wider, _ONE, second, words, None, None,
+                  None if words is not None else _shortcut(node))
+
+
+# A prefix anchor names a prefix's first PREFIX_ANCHOR_MAX letters, as `anchors` chooses them
+# (recent papers are counted by those); the index keeps the whole prefix (`transformer*`
+# under `p:transformer`, not `p:transf`: a candidate only for papers with a word that begins
+# so). Finding it costs no more: what each word begins is looked up once (`_PrefixHits`).
+
+
+def _rarest_prefix(children: tuple, counts: Mapping[str, int], anchor: str | None = None) -> str | None:
+    """Of the prefixes among an AND's children (of those whose anchor is `anchor`, if given),
+    the rarest by the counts of their anchors (`p:` and the first letters), the longest among
+    equals; None if there is none."""
+    found, best = None, None
+    for child in children:
+        if child[0] == "prefix":
+            key = "p:" + child[2][:PREFIX_ANCHOR_MAX]
+            if anchor is not None and key != anchor:
+                continue
+            cost = (counts.get(key, 0), -len(child[2]))
+            if best is None or cost < best:
+                found, best = child[2], cost
+    return found
+
+
+def _seconds(anchors_: tuple[str, ...], required: tuple[str, ...], clauses: tuple[tuple[str, ...], ...],
+             counts: Mapping[str, int]) -> tuple[str, ...] | None:
+    """The keys of the second level an entry goes under, below each of its anchors, if any:
+    on real text a query's rarest word is still in a few percent of papers, two of them far
+    fewer."""
+    others = [key for key in required if key not in anchors_]
+    if len(others) == 1:  # most entries: a query of two words, or a word and something else
+        return (others[0],)
+    if others:  # the rarest other required key
+        return (min(others, key=lambda k: (counts.get(k, 0), -len(k), k)),)
+    # A matching paper has one key of each clause: all those of the rarest clause (but a
+    # clause an anchor is in, which every paper found by that anchor offers).
+    found = [clause for clause in clauses if not any(key in anchors_ for key in clause)]
+    if found:
+        return min(found, key=lambda c: (sum(counts.get(k, 0) for k in c), len(c), c))  # each sorted already
+    return None
 
 
 # ---- the compiled form of a query, stored with its subscription --------------------------
@@ -509,19 +600,12 @@ def load_compiled(blob: bytes | None) -> tuple | None:
 def _offers(entry: _Entry, features: set[str]) -> bool:
     """Whether a paper with these features has every key the entry requires, and one of
     each of its clauses."""
-    if not entry.required <= features:
+    if not features.issuperset(entry.required):
         return False
     for clause in entry.clauses:
-        if clause.isdisjoint(features):
+        if features.isdisjoint(clause):
             return False
     return True
-
-
-def _set_sole(entry: _Entry) -> None:
-    if len(entry.subs) == 1:
-        (entry.sole, entry.sole_channel), = entry.subs.items()
-    else:
-        entry.sole = entry.sole_channel = None
 
 
 def _word_clauses(node: tuple) -> tuple | None:
@@ -559,17 +643,14 @@ def _word_hits(words: tuple, title: frozenset[str], abstract: frozenset[str]) ->
 
 
 def _shortcut(node: tuple) -> tuple | None:
-    """The tree itself for two shapes that `_shortcut_hits` decides without walking it as
-    `evaluate` does: a prefix alone (`transform*`), and an AND of words and left-out words
-    (`diffusion -survey`); None for any other (words alone have `_word_clauses`). No new
-    object is kept: at a million subscriptions every byte an entry adds is ~600 kB."""
-    if node[0] == "prefix":
+    """The tree itself for the shapes that `_shortcut_hits` decides without walking it as
+    `evaluate` does: a prefix alone (`transform*`), and an AND (`diffusion -survey`,
+    `agent* planning`, `"language model" upvotes>=10`); None for any other (words alone have
+    `_word_clauses`). No new object is kept: at a million subscriptions every byte an entry
+    adds is ~600 kB."""
+    if node[0] == "prefix" or (node[0] == "and" and _word_clauses(node) is None):
         return node
-    if node[0] != "and":
-        return None
-    kinds = {child[0] if child[0] == "word" else child[1][0] if child[0] == "not" else "" for child in node[1]}
-    nots = sum(child[0] == "not" for child in node[1])
-    return node if kinds == {"word"} and 0 < nots < len(node[1]) else None
+    return None
 
 
 def _shortcut_hits(node: tuple, view: PaperView) -> list[str] | None:
@@ -577,17 +658,19 @@ def _shortcut_hits(node: tuple, view: PaperView) -> list[str] | None:
     if node[0] == "prefix":
         scope, prefix = node[1], node[2]
         # As evaluate's "prefix", without its first rejection: a prefix alone is found by
-        # its own cut (its anchor) or is always evaluated; the bisection decides either way.
+        # its own first letters (its anchor) or is always evaluated; the bisection decides either way.
         for name, words in view.sorted_words.items():
             if scope == "any" or scope == name:
                 i = bisect.bisect_left(words, prefix)
                 if i < len(words) and words[i].startswith(prefix):
                     return [f"{words[i]} in {name}"]
         return None
+    # As evaluate's "and", its commonest children decided here: words, words left out, upvotes.
     title, abstract = view.title_set, view.abstract_set
-    hits = []
-    for child in node[1]:  # words, and words left out: as evaluate's "and" of "word" and "not"
-        if child[0] == "word":
+    hits: list[str] = []
+    for child in node[1]:
+        kind = child[0]
+        if kind == "word":
             scope, word = child[1], child[2]
             if scope != "abstract" and word in title:
                 hits.append(f"{child[3]} in title")
@@ -595,10 +678,29 @@ def _shortcut_hits(node: tuple, view: PaperView) -> list[str] | None:
                 hits.append(f"{child[3]} in abstract")
             else:
                 return None
-        else:
+        elif kind == "not" and child[1][0] == "word":
             scope, word = child[1][1], child[1][2]
             if (scope != "abstract" and word in title) or (scope != "title" and word in abstract):
                 return None
+        elif kind == "upvotes":
+            upvotes = view.paper.upvotes
+            if upvotes is None or not _COMPARE[child[1]](upvotes, child[2]):
+                return None
+            hits.append(plural(upvotes, "upvote"))
+        elif kind == "phrase" and len(child[2]) == 2 and child[1] != "abstract":
+            # A pair of words is a feature: of the title's, or else the abstract's.
+            pair = " ".join(child[2])
+            if pair in view.title_pairs:
+                hits.append(f'"{child[3]}" in title')
+            elif child[1] == "any" and pair in view.features:
+                hits.append(f'"{child[3]}" in abstract')
+            else:
+                return None
+        else:
+            found = evaluate(child, view)
+            if found is None:
+                return None
+            hits += found
     return hits
 
 
@@ -632,6 +734,30 @@ class NaiveMatcher:
         return found
 
 
+class _PrefixHits(dict):
+    """Of each word met (a paper's raw word), what the engine's prefix tables keep under its
+    first letters, for every size: buckets of entries (sets) and second levels (dicts); ()
+    for most words. Kept across papers, and emptied whenever those tables change."""
+
+    __slots__ = ("prefixes", "prefix_pairs")
+
+    def __init__(self, prefixes: dict[int, dict[str, set[_Entry]]],
+                 prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]]):
+        super().__init__()
+        self.prefixes, self.prefix_pairs = prefixes, prefix_pairs
+
+    def __missing__(self, word: str) -> tuple:
+        # A table of a size holds prefixes of that length only: a shorter word begins none.
+        found: list = [bucket for size, table in self.prefixes.items() if len(word) >= size
+                       for bucket in (table.get(word[:size]),) if bucket]
+        found += [level for size, table in self.prefix_pairs.items() if len(word) >= size
+                  for level in (table.get(word[:size]),) if level]
+        if len(self) >= 200_000:  # a bound, as _STEMS has
+            self.clear()
+        hits = self[word] = tuple(found)
+        return hits
+
+
 class IndexedMatcher:
     """The engine: candidates from an inverted index of query anchors, a required-keys
     filter, then exact evaluation."""
@@ -650,6 +776,7 @@ class IndexedMatcher:
         self._prefixes: dict[int, dict[str, set[_Entry]]] = {}
         self._prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]] = {}  # by length, prefix, second key
         self._always: set[_Entry] = set()  # entries with no anchor
+        self._prefix_hits = _PrefixHits(self._prefixes, self._prefix_pairs)
         self._recompiled: dict[int, bytes] = {}  # see take_recompiled
         self._generation = 0  # changes with every add and remove: a forked pool is stale then
         self._pool: ProcessPoolExecutor | None = None
@@ -664,27 +791,28 @@ class IndexedMatcher:
         return set(self._by_sub)
 
     def add(self, subscription: Subscription) -> None:
-        if subscription.id in self._by_sub:
-            self.remove(subscription.id)
-        query = subscription.query
+        sub_id, query, channel = subscription.id, subscription.query, subscription.channel
+        if sub_id in self._by_sub:
+            self.remove(sub_id)
         entry = self._entries.get(query)
         if entry is None:
             compiled = load_compiled(subscription.compiled)
             if compiled is None:  # never stored, or by another version: parsed afresh
                 compiled = _compile(parse_query(query))
-                self._recompiled[subscription.id] = COMPILED_VERSION + marshal.dumps(compiled)
-            entry = _entry_from(query, compiled, self.counts)
-            self._entries[query] = entry
+                self._recompiled[sub_id] = COMPILED_VERSION + marshal.dumps(compiled)
+            entry = self._entries[query] = _entry_from(query, compiled, self.counts)
             self._index(entry)
         elif subscription.compiled is None or subscription.compiled[:8] != COMPILED_VERSION:
-            self._recompiled[subscription.id] = compile_query(query)
-        subs = entry.subs
-        subs[subscription.id] = subscription.channel
-        if len(subs) == 1:
-            entry.sole, entry.sole_channel = subscription.id, subscription.channel
-        else:
+            self._recompiled[sub_id] = compile_query(query)
+        sole = entry.sole
+        if sole is not None:  # its second subscription
+            entry.subs = {sole: cast(ChannelRef, entry.sole_channel), sub_id: channel}
             entry.sole = entry.sole_channel = None
-        self._by_sub[subscription.id] = query
+        elif entry.subs:  # a third, or later
+            cast("dict[int, ChannelRef]", entry.subs)[sub_id] = channel
+        else:  # its first
+            entry.sole, entry.sole_channel = sub_id, channel
+        self._by_sub[sub_id] = query
         self._generation += 1
 
     def take_recompiled(self) -> dict[int, bytes]:
@@ -700,9 +828,12 @@ class IndexedMatcher:
             return
         self._generation += 1
         entry = self._entries[query]
-        del entry.subs[subscription_id]
-        if entry.subs:
-            _set_sole(entry)
+        if entry.sole is None:  # one of several
+            subs = cast("dict[int, ChannelRef]", entry.subs)
+            del subs[subscription_id]
+            if len(subs) == 1:
+                (entry.sole, entry.sole_channel), = subs.items()
+                entry.subs = _ONE
             return
         del self._entries[query]
         if entry.keys is None:
@@ -735,14 +866,16 @@ class IndexedMatcher:
         if entry.keys is None:
             self._always.add(entry)
             return
-        seconds = self._seconds(entry)
+        seconds = entry.second
         if seconds is not None:
-            entry.second = seconds
             for anchor in entry.keys:
-                top, name = self._second_level(anchor)
+                if anchor.startswith("p:"):
+                    top, name = self._second_level(anchor)
+                else:  # most
+                    top, name = self._pairs, anchor
                 level = top.get(name)
                 if level is None:
-                    level = top[name] = {}
+                    top[name] = level = {}
                 for key in seconds:
                     bucket = level.get(key)
                     if bucket is None:
@@ -758,32 +891,17 @@ class IndexedMatcher:
             else:
                 bucket.add(entry)
 
-    def _seconds(self, entry: _Entry) -> tuple[str, ...] | None:
-        """The keys of the second level an entry goes under, below each of its anchors, if
-        any: on real text a query's rarest word is still in a few percent of papers, two of
-        them far fewer."""
-        anchors_ = entry.keys or frozenset()
-        others = entry.required - anchors_
-        counts = self.counts
-        if len(others) == 1:  # most entries: a query of two words, or a word and something else
-            return tuple(others)
-        if others:  # the rarest other required key
-            return (min(others, key=lambda k: (counts.get(k, 0), -len(k), k)),)
-        # A matching paper has one key of each clause: all those of the rarest clause (but a
-        # clause an anchor is in, which every paper found by that anchor offers).
-        clauses = [clause for clause in entry.clauses if clause.isdisjoint(anchors_)]
-        if clauses:
-            rarest = min(clauses, key=lambda c: (sum(counts.get(k, 0) for k in c), len(c), sorted(c)))
-            return tuple(sorted(rarest))
-        return None
-
     def _second_level(self, anchor: str) -> tuple[dict[str, dict[str, set[_Entry]]], str]:
         if anchor.startswith("p:"):
+            if self._prefix_hits:  # the prefix tables change: what words found there is stale
+                self._prefix_hits.clear()
             return self._prefix_pairs.setdefault(len(anchor) - 2, {}), anchor[2:]
         return self._pairs, anchor
 
     def _table(self, key: str) -> tuple[dict[str, set[_Entry]], str]:
         if key.startswith("p:"):
+            if self._prefix_hits:
+                self._prefix_hits.clear()
             return self._prefixes.setdefault(len(key) - 2, {}), key[2:]
         return self._keys, key
 
@@ -810,18 +928,15 @@ class IndexedMatcher:
             for second in seconds.keys() & features:
                 found |= seconds[second]
         if self._prefixes or self._prefix_pairs:
-            for size in self._prefixes.keys() | self._prefix_pairs.keys():
-                cut = view.cut(size)
-                table = self._prefixes.get(size)
-                if table:
-                    for prefix in table.keys() & cut:
-                        found |= table[prefix]
-                prefix_pairs = self._prefix_pairs.get(size)
-                if prefix_pairs:
-                    for prefix in prefix_pairs.keys() & cut:
-                        seconds = prefix_pairs[prefix]
-                        for second in seconds.keys() & features:
-                            found |= seconds[second]
+            # What each word begins, from what the words of earlier papers found (in C, but
+            # for words not met yet): not the paper's words cut to each size and looked up.
+            for hits in filter(None, map(self._prefix_hits.__getitem__, view.all_raw)):
+                for hit in hits:
+                    if type(hit) is set:  # entries
+                        found |= hit
+                    else:  # a second level
+                        for second in hit.keys() & features:
+                            found |= hit[second]
         return found
 
     def _evaluated(self, view: PaperView) -> Iterator[tuple[_Entry, tuple[str, ...]]]:
@@ -908,8 +1023,9 @@ class IndexedMatcher:
     @staticmethod
     def _matches(hits: Iterable[tuple[_Entry, tuple[str, ...]]]) -> list[Match]:
         new = tuple.__new__  # Match's own __new__ is Python code: this is the same tuple, made in C
-        found = [new(Match, (sub_id, channel, entry.query, terms))
-                 for entry, terms in hits for sub_id, channel in entry.subs.items()]
+        found = [new(Match, (sub_id, channel, entry.query, terms)) for entry, terms in hits
+                 for sub_id, channel in (entry.subs.items() if entry.sole is None else
+                                         ((entry.sole, entry.sole_channel),))]
         found.sort()  # by subscription id: ids are unique, so the tuple order is decided there
         return found
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.matching import IndexedMatcher, NaiveMatcher
-from bot.models import ChannelRef
+from bot.models import ChannelRef, Paper
 
 from .test_matching import papers, query_texts, subscriptions_of
 
@@ -31,3 +31,39 @@ def test_adds_and_removals_keep_the_engine_equal_to_the_naive_loop(texts, paper_
         engine.remove(s.id)
     assert engine.is_empty() and len(engine) == 0
     assert not (engine._pairs or engine._prefix_pairs or engine._keys or engine._prefixes or engine._always)
+
+
+def test_a_word_and_a_prefix_go_under_the_prefix_then_the_word():
+    # Anchored on its word alone, `agent* planning` would be a candidate for every paper with
+    # "planning"; under the prefix, then the word, only for papers with both.
+    texts = ["agent* planning", "planning", "title:agent* planning upvotes>=3"]
+    engine, naive = IndexedMatcher(subscriptions_of(texts, (ML,))), NaiveMatcher(subscriptions_of(texts, (ML,)))
+    entry = engine._entries["agent* planning"]
+    assert entry.keys == ("p:agent",) and entry.second == ("planning",)
+    assert engine._entries["title:agent* planning upvotes>=3"].keys == ("p:agent",)
+    papers = [Paper("2410.00001", "Agentic planning", "", upvotes=5),
+              Paper("2410.00002", "Planning", "for agents", upvotes=5), Paper("2410.00003", "Planning", "")]
+    for paper in papers:
+        assert engine.match(paper) == naive.match(paper)
+    assert [m.subscription_id for m in engine.match(papers[0])] == [1, 2, 3]
+    assert [m.subscription_id for m in engine.match(papers[1])] == [1, 2]
+    assert [m.subscription_id for m in engine.match(papers[2])] == [2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["diffusion", "agent* planning", '"language model" -video']), min_size=1,
+                max_size=8), st.lists(papers(), min_size=1, max_size=2), st.randoms(use_true_random=False))
+def test_a_query_shared_by_several_subscriptions_through_adds_and_removals(texts, paper_list, rng):
+    # An entry keeps its one subscription in two slots and only more than one in a dict.
+    subs = subscriptions_of(texts, (ML, ChannelRef("console", "cv")))
+    engine = IndexedMatcher(subs)
+    kept = list(subs)
+    while kept:
+        gone = kept.pop(rng.randrange(len(kept)))
+        engine.remove(gone.id)
+        naive = NaiveMatcher(kept)
+        for p in paper_list:
+            assert engine.match(p) == naive.match(p)
+        for entry in engine._entries.values():
+            assert (entry.sole is None) == (len(entry.subs) > 1)
+    assert engine.is_empty()

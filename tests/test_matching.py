@@ -11,6 +11,7 @@ from bot.matching import (
     IndexedMatcher,
     NaiveMatcher,
     PaperView,
+    _raw_words,
     _shortcut,
     _shortcut_hits,
     _word_clauses,
@@ -19,7 +20,7 @@ from bot.matching import (
     evaluate,
 )
 from bot.models import ChannelRef, Paper, Subscription
-from bot.query import normalize_query, parse_query
+from bot.query import normalize_query, parse_query, raw_words
 
 from .fakes import paper
 
@@ -93,6 +94,12 @@ def check(query):
 )
 def test_every_form_matches_as_documented(query, hits):
     assert check(query) == hits
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(st.characters(max_codepoint=127)), st.text(), st.sampled_from([PAPER.title, PAPER.summary])))
+def test_papers_are_split_into_the_words_the_query_language_splits(text):
+    assert _raw_words(text) == raw_words(text)
 
 
 def test_engine_explains_each_match_per_subscription():
@@ -245,20 +252,34 @@ _prefix_atom = st.sampled_from(VOCAB).filter(lambda w: len(w) >= 3).flatmap(
     lambda w: st.sampled_from([f"{w[:3]}*", f"{w[:4]}*", f"title:{w[:3]}*", f"abstract:{w[:3]}*", f"{w}*"]))
 
 
+_scoped_phrase = st.tuples(st.sampled_from(["", "title:", "abstract:"]), st.lists(st.sampled_from(VOCAB), min_size=2,
+                                                                                 max_size=3)).map(
+    lambda t: f'{t[0]}"{" ".join(t[1])}"')
+
+
 @st.composite
 def shortcut_texts(draw):
-    """A prefix alone, or words (at least one) and words left out (at least one)."""
-    if draw(st.booleans()):
+    """A prefix alone; words (at least one) and words left out (at least one); or an AND of
+    any terms, words left out and OR groups (the upvotes, prefixes, phrases... among them)."""
+    shape = draw(st.integers(0, 2))
+    if shape == 0:
         return draw(_prefix_atom)
-    kept = draw(st.lists(_word_atom, min_size=1, max_size=3))
-    left_out = draw(st.lists(_word_atom.map(lambda w: f"-{w}"), min_size=1, max_size=2))
-    return " ".join(draw(st.permutations(kept + left_out)))
+    if shape == 1:
+        kept = draw(st.lists(_word_atom, min_size=1, max_size=3))
+        left_out = draw(st.lists(_word_atom.map(lambda w: f"-{w}"), min_size=1, max_size=2))
+        return " ".join(draw(st.permutations(kept + left_out)))
+    terms = draw(st.lists(st.one_of(_atom, _atom.map(lambda a: f"-{a}"), query_texts(depth=1), _scoped_phrase),
+                          min_size=2, max_size=4))
+    return " ".join(terms)
 
 
 @settings(max_examples=400, deadline=None)
 @given(shortcut_texts(), papers())
-def test_prefixes_and_words_left_out_are_decided_as_the_tree_is(text, paper):
-    node = parse_query(text)
+def test_shortcut_shapes_are_decided_as_the_tree_is(text, paper):
+    try:
+        node = parse_query(text)
+    except QueryError:  # only left-out terms
+        return
     shortcut = _shortcut(node)
     if shortcut is None:  # normalized into another shape (a word left out twice, a prefix of a word...)
         return
@@ -269,17 +290,18 @@ def test_prefixes_and_words_left_out_are_decided_as_the_tree_is(text, paper):
 
 def test_shortcuts_are_only_for_their_shapes():
     for text in ["diffus*", "title:diffus*", "diffusion -video", "-video diffusion title:model",
-                 "a1 -b2 -c3"]:
+                 "a1 -b2 -c3", "(a1 OR b2) -c3", 'diffusion -"a b"', "diffus* -video", "video cat:cs.CV",
+                 "upvotes>=3 model", '"language model" author:lecun']:
         assert _shortcut(parse_query(text)) is not None, text
-    for text in ['"language model"', "diffusion", "diffusion model", "(a1 OR b2) -c3", 'diffusion -"a b"',
-                 "diffus* -video", "video cat:cs.CV", "upvotes>=3 model", "(a1 b2) OR c3"]:
+    for text in ['"language model"', "diffusion", "diffusion model", "(a1 OR b2) c3", "(a1 b2) OR c3",
+                 "cat:cs.CV", "author:lecun"]:
         assert _shortcut(parse_query(text)) is None, text
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(shortcut_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4),
        st.lists(papers(), max_size=4))
-def test_engine_and_naive_loop_agree_on_prefixes_and_words_left_out(texts, paper_list, history):
+def test_engine_and_naive_loop_agree_on_the_shortcut_shapes(texts, paper_list, history):
     subs = subscriptions_of(texts)
     engine, naive = IndexedMatcher(subs, papers=history), NaiveMatcher(subs)
     for p in paper_list:
