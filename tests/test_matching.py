@@ -11,7 +11,6 @@ from bot.matching import (
     IndexedMatcher,
     NaiveMatcher,
     PaperView,
-    _raw_words,
     _shortcut,
     _shortcut_hits,
     _word_clauses,
@@ -20,7 +19,7 @@ from bot.matching import (
     evaluate,
 )
 from bot.models import ChannelRef, Paper, Subscription
-from bot.query import normalize_query, parse_query, raw_words
+from bot.query import normalize_query, parse_query
 
 from .fakes import paper
 
@@ -94,12 +93,6 @@ def check(query):
 )
 def test_every_form_matches_as_documented(query, hits):
     assert check(query) == hits
-
-
-@settings(max_examples=500, deadline=None)
-@given(st.one_of(st.text(st.characters(max_codepoint=127)), st.text(), st.sampled_from([PAPER.title, PAPER.summary])))
-def test_papers_are_split_into_the_words_the_query_language_splits(text):
-    assert _raw_words(text) == raw_words(text)
 
 
 def test_engine_explains_each_match_per_subscription():
