@@ -5,12 +5,14 @@ adds and removals, and removing every subscription leaves the index empty."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.errors import QueryError
 from bot.matching import IndexedMatcher, NaiveMatcher
-from bot.models import ChannelRef, Paper
+from bot.models import ChannelRef, Paper, Subscription
+from bot.query import normalize_query
 
-from .test_matching import papers, query_texts, subscriptions_of
+from .test_matching import T0, VOCAB, papers, query_texts, shortcut_texts, subscriptions_of, word_clause_texts
 
-ML = ChannelRef("console", "ml")
+ML, CV = ChannelRef("console", "ml"), ChannelRef("console", "cv")
 
 
 @settings(max_examples=300, deadline=None)
@@ -67,3 +69,38 @@ def test_a_query_shared_by_several_subscriptions_through_adds_and_removals(texts
         for entry in engine._entries.values():
             assert (entry.sole is None) == (len(entry.subs) > 1)
     assert engine.is_empty()
+
+
+# Prefixes of the papers' words often: a prefix added once words were looked up must be found.
+_text = st.one_of(st.sampled_from(["diff*", "mod*", "models*", "vid*", "agent* planning", "title:diff* -model",
+                                   "lang* model", "ima* upvotes>=5", "diffusion model", '"large language"']),
+                  st.sampled_from(VOCAB).filter(lambda w: len(w) >= 3).map(lambda w: f"{w[:3]}*"),
+                  query_texts(), shortcut_texts(), word_clause_texts())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.just("add"), st.integers(1, 8), _text, st.booleans()),
+                          st.tuples(st.just("remove"), st.integers(1, 8))), min_size=1, max_size=20),
+       st.lists(papers(), min_size=1, max_size=3), st.lists(papers(), max_size=3))
+def test_adds_edits_and_removals_between_papers_keep_the_engine_equal_to_the_naive_loop(ops, paper_list, history):
+    # One engine through a sequence: subscriptions added, edited (the same id, another query
+    # or channel), removed, the papers matched after each change, so that what the engine
+    # keeps across papers (what each word begins: `_PrefixHits`; an entry's one subscription
+    # or its dict of several) must follow every change.
+    engine = IndexedMatcher(papers=history)
+    held: dict[int, Subscription] = {}
+    for op in ops:
+        if op[0] == "add":
+            try:
+                sub = Subscription(op[1], ML if op[3] else CV, normalize_query(op[2]), "u", T0)
+            except QueryError:
+                continue
+            engine.add(sub)
+            held[sub.id] = sub
+        else:
+            engine.remove(op[1])
+            held.pop(op[1], None)
+        naive = NaiveMatcher(list(held.values()))
+        for p in paper_list:
+            assert engine.match(p) == naive.match(p)
+    assert engine.ids() == set(held)
