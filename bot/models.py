@@ -138,13 +138,20 @@ class Subscription:
 
 def stored_subscription(id: int, channel: ChannelRef, query: str, created_by: str,
                         created_at: datetime, delivered: int, compiled: bytes | None) -> Subscription:
-    """`Subscription(id, channel, ...)`, the same value, made at about half the cost: the
-    frozen dataclass's `__init__` sets each of its 7 fields through `object.__setattr__`;
-    this sets its `__dict__` whole. For storage reading every subscription at the first
-    index load (100,000 of them: 0.23 -> 0.12 s). Keep the fields as they are above."""
+    """`Subscription(id, channel, ...)`, the same value in the same layout, made faster: for
+    storage reading every subscription at the first index load (100,000 rows). The frozen
+    dataclass's `__init__` sets each field through `object.__setattr__` looked up anew
+    (`__dataclass_builtins_object__.__setattr__`); this calls it directly. Not setting
+    `__dict__` whole, which was as fast but gave each object a dict of its own (272 bytes)
+    where the dataclass keeps its fields inline. Keep the fields as they are above."""
     sub = _new(Subscription)
-    _setattr(sub, "__dict__", {"id": id, "channel": channel, "query": query, "created_by": created_by,
-                               "created_at": created_at, "delivered": delivered, "compiled": compiled})
+    _setattr(sub, "id", id)
+    _setattr(sub, "channel", channel)
+    _setattr(sub, "query", query)
+    _setattr(sub, "created_by", created_by)
+    _setattr(sub, "created_at", created_at)
+    _setattr(sub, "delivered", delivered)
+    _setattr(sub, "compiled", compiled)
     return sub
 
 
