@@ -136,6 +136,29 @@ class Subscription:
     compiled: bytes | None = field(default=None, repr=False, compare=False)
 
 
+def stored_subscription(id: int, channel: ChannelRef, query: str, created_by: str,
+                        created_at: datetime, delivered: int, compiled: bytes | None) -> Subscription:
+    """`Subscription(id, channel, ...)`, the same value in the same layout, made faster: for
+    storage reading every subscription at the first index load (100,000 rows). The frozen
+    dataclass's `__init__` sets each field through `object.__setattr__` looked up anew
+    (`__dataclass_builtins_object__.__setattr__`); this calls it directly. Not setting
+    `__dict__` whole, which was as fast but gave each object a dict of its own (272 bytes)
+    where the dataclass keeps its fields inline. Keep the fields as they are above."""
+    sub = _new(Subscription)
+    _setattr(sub, "id", id)
+    _setattr(sub, "channel", channel)
+    _setattr(sub, "query", query)
+    _setattr(sub, "created_by", created_by)
+    _setattr(sub, "created_at", created_at)
+    _setattr(sub, "delivered", delivered)
+    _setattr(sub, "compiled", compiled)
+    return sub
+
+
+_new = object.__new__
+_setattr = object.__setattr__
+
+
 @dataclass(frozen=True)
 class SubscriptionRef:
     """A subscription named by id and (current) query: what a card offers to unsubscribe or mute."""

@@ -188,9 +188,10 @@ class Poller:
                     gc.freeze()
         # Stored without a compiled form, or with an older version's: kept for next time, with
         # the query each was compiled from (one changed since it was read keeps its own form).
-        queries = {sub.id: sub.query for sub in changed}
-        recompiled = {sub_id: (queries[sub_id], blob) for sub_id, blob in self.matcher.take_recompiled().items()
-                      if sub_id in queries}
+        # (The queries by id only when there are some: 100,000 of them at a first load, 10 ms.)
+        fresh = self.matcher.take_recompiled()
+        queries = {sub.id: sub.query for sub in changed} if fresh else {}
+        recompiled = {sub_id: (queries[sub_id], blob) for sub_id, blob in fresh.items() if sub_id in queries}
         if recompiled:
             try:
                 store.save_compiled_queries(recompiled)

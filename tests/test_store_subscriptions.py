@@ -4,6 +4,7 @@ PostgreSQL, what concurrent writers in other processes must not break, with two 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -23,6 +24,7 @@ from bot.models import (
     PaperMatches,
     Subscribed,
     Subscription,
+    stored_subscription,
 )
 
 from .fakes import paper
@@ -111,16 +113,43 @@ def test_compiled_forms_are_kept_without_a_new_version(store):
 
 
 @pytest.mark.backends
+def test_the_changes_read_are_the_same_values_as_the_subscriptions_listed(store):
+    """`subscriptions_changed_since` makes its Subscriptions without the dataclass's
+    `__init__` (`stored_subscription`): the same values, fields, hashes and reprs."""
+    assert store.subscription_ids() == set()
+    store.add_subscription(ML, "diffusion", "u1", T0)
+    store.add_subscription(CV, "agents planning", "u2", T0 + timedelta(seconds=3))
+    listed = {s.id: s for s in store.subscriptions()}
+    read = store.subscriptions_changed_since(0).subscriptions
+    assert len(read) == 2 and store.subscription_ids() == set(listed)
+    for sub in read:
+        same = listed[sub.id]
+        assert sub == same and hash(sub) == hash(same) and repr(sub) == repr(same)
+        assert vars(sub) == {**vars(same), "compiled": compile_query(same.query)}
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            sub.query = "changed"  # type: ignore[misc]
+
+
+def test_a_stored_subscription_is_the_dataclass_made_otherwise():
+    values = (7, CV, "agents", "u1", T0, 3, b"form")
+    made, stored = Subscription(*values), stored_subscription(*values)
+    assert type(stored) is Subscription and stored == made and hash(stored) == hash(made)
+    assert repr(stored) == repr(made) and vars(stored) == vars(made)
+    assert list(vars(stored)) == [f.name for f in dataclasses.fields(Subscription)]  # a new field: add it there
+    assert dataclasses.replace(stored, query="x") == dataclasses.replace(made, query="x")
+
+
+@pytest.mark.backends
 def test_reading_the_changes_pauses_garbage_collection_and_leaves_it_as_it_was(store, monkeypatch):
     store.add_subscription(ML, "diffusion", "u1", T0)
     seen = []
-    real = Subscription
+    real = stored_subscription
 
     def made(*args):  # what storage makes for each row: is the collector on meanwhile?
         seen.append(gc.isenabled())
         return real(*args)
 
-    monkeypatch.setattr(f"{type(store).__module__.rsplit('.', 1)[0]}.subscriptions.Subscription", made)
+    monkeypatch.setattr(f"{type(store).__module__.rsplit('.', 1)[0]}.subscriptions.stored_subscription", made)
     assert gc.isenabled()
     assert [s.query for s in store.subscriptions_changed_since(0).subscriptions] == ["diffusion"]
     assert seen == [False] and gc.isenabled()

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from bot.collection import no_collection
 from bot.errors import QueryError
 from bot.matching import compile_query
-from bot.models import ChannelRef, Subscribed, Subscription, SubscriptionChanges
+from bot.models import ChannelRef, Subscribed, Subscription, SubscriptionChanges, stored_subscription
 
 from .db import Database, from_db, utc
 
@@ -117,8 +117,8 @@ class SubscriptionsMixin:
                 moment = times.get(created_at)
                 if moment is None:
                     moment = times[created_at] = datetime.fromtimestamp(created_at, timezone.utc)  # NOT NULL
-                found.append(Subscription(sub_id, ref, query, created_by, moment, 0,
-                                          None if compiled is None else bytes(compiled)))
+                found.append(stored_subscription(sub_id, ref, query, created_by, moment, 0,
+                                                 None if compiled is None else bytes(compiled)))
         return SubscriptionChanges(found, newest)
 
     def save_compiled_queries(self, compiled: dict[int, tuple[str, bytes]]) -> None:
