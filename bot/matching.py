@@ -55,6 +55,7 @@ class _Stems(dict):
 
 _STEMS = _Stems()
 
+
 class PaperView:
     """A paper tokenized once, in every form the queries need."""
 
@@ -154,6 +155,18 @@ def _author_matches(query: tuple[str, ...], author: tuple[str, ...]) -> bool:
     return all(part in it for part in query)
 
 
+def _prefix_hits(node: tuple, view: PaperView) -> list[str] | None:
+    """A prefix node's hit: the first word of its field(s) that begins with the prefix, by
+    bisection of the sorted words, the title's first."""
+    scope, prefix = node[1], node[2]
+    for name, words in view.sorted_words.items():
+        if scope == "any" or scope == name:
+            i = bisect.bisect_left(words, prefix)
+            if i < len(words) and words[i].startswith(prefix):
+                return [f"{words[i]} in {name}"]
+    return None
+
+
 def evaluate(node: tuple, view: PaperView) -> list[str] | None:
     """None if `view` does not satisfy `node`; else what matched where (may be empty for NOT)."""
     kind = node[0]
@@ -171,15 +184,9 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
                 return [f'"{node[3]}" in {name}']
         return None
     if kind == "prefix":
-        prefix = node[2]
-        if not view.begins(prefix):  # one bisection: most prefixes evaluated begin no word
+        if not view.begins(node[2]):  # one bisection: most prefixes evaluated begin no word
             return None
-        for name, words in view.sorted_words.items():
-            if node[1] in ("any", name):
-                i = bisect.bisect_left(words, prefix)
-                if i < len(words) and words[i].startswith(prefix):
-                    return [f"{words[i]} in {name}"]
-        return None
+        return _prefix_hits(node, view)
     if kind == "and":
         hits: list[str] = []
         for child in node[1]:
@@ -644,15 +651,9 @@ def _shortcut(node: tuple) -> tuple | None:
 def _shortcut_hits(node: tuple, view: PaperView) -> list[str] | None:
     """What `evaluate` gives for `node`, one of `_shortcut`'s shapes."""
     if node[0] == "prefix":
-        scope, prefix = node[1], node[2]
         # As evaluate's "prefix", without its first rejection: a prefix alone is found by
         # its own first letters (its anchor) or is always evaluated; the bisection decides either way.
-        for name, words in view.sorted_words.items():
-            if scope == "any" or scope == name:
-                i = bisect.bisect_left(words, prefix)
-                if i < len(words) and words[i].startswith(prefix):
-                    return [f"{words[i]} in {name}"]
-        return None
+        return _prefix_hits(node, view)
     # As evaluate's "and", its commonest children decided here: words, words left out, upvotes.
     title, abstract = view.title_set, view.abstract_set
     hits: list[str] = []

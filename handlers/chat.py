@@ -53,8 +53,6 @@ def mention_request(channel: ChannelRef, user_id: str, text: str, can_manage: bo
     return request_from_text(channel, user_id, text or "help", can_manage)
 
 
-
-
 def complete(ctx: Context, channel: ChannelRef, verb: str, param: str, typed: str) -> list[tuple[str, str]]:
     """Suggestions (label, value) for a parameter being typed, for front-ends that offer them.
 
