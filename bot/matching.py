@@ -30,7 +30,7 @@ from typing import Collection, Iterable, Iterator, Literal, Mapping, Sequence, c
 from . import query as _query_module
 from . import sources
 from .models import ChannelRef, Match, Paper, Subscription
-from .query import MIN_PREFIX, fold, name_tokens, parse_query, raw_words, stem
+from .query import MIN_PREFIX, STEMS, fold, name_tokens, parse_query, raw_words
 from .text import plural
 
 log = logging.getLogger(__name__)
@@ -40,20 +40,6 @@ log = logging.getLogger(__name__)
 PREFIX_ANCHOR_MAX = 6
 
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "=": operator.eq}
-
-
-class _Stems(dict):
-    """`stem` of each word met, in a plain dictionary: looked up from C by `map`, without the
-    bookkeeping of `stem`'s own cache (a paper has some 200 words)."""
-
-    def __missing__(self, word: str) -> str:
-        if len(self) >= 200_000:  # a bound, as stem's own cache has
-            self.clear()
-        found = self[word] = stem(word)
-        return found
-
-
-_STEMS = _Stems()
 
 
 class PaperView:
@@ -66,8 +52,8 @@ class PaperView:
         self.paper = paper
         self.title_raw = raw_words(paper.title)
         self.abstract_raw = raw_words(paper.summary)
-        self.title = list(map(_STEMS.__getitem__, self.title_raw))  # map: no bytecode per word
-        self.abstract = list(map(_STEMS.__getitem__, self.abstract_raw))
+        self.title = list(map(STEMS.__getitem__, self.title_raw))  # map: no bytecode per word
+        self.abstract = list(map(STEMS.__getitem__, self.abstract_raw))
         self.title_set = frozenset(self.title)
         self.abstract_set = frozenset(self.abstract)
         self.any_set = self.title_set | self.abstract_set
@@ -741,7 +727,7 @@ class _PrefixHits(dict):
                        for bucket in (table.get(word[:size]),) if bucket]
         found += [level for size, table in self.prefix_pairs.items() if len(word) >= size
                   for level in (table.get(word[:size]),) if level]
-        if len(self) >= 200_000:  # a bound, as _STEMS has
+        if len(self) >= 200_000:  # a bound, as STEMS has
             self.clear()
         hits = self[word] = tuple(found)
         return hits

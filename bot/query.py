@@ -40,7 +40,7 @@ import functools
 import re
 import sys
 import unicodedata
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from . import sources
 from .errors import QueryError
@@ -108,6 +108,25 @@ def stem(word: str) -> str:
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
+
+
+class WordCache(dict):
+    """A function's results by argument (a word, a name), in a plain dictionary: looked up
+    from C by `map`, without lru_cache's bookkeeping; emptied when it reaches `size` entries."""
+
+    def __init__(self, function: Callable[[str], Any], size: int):
+        super().__init__()
+        self.function, self.size = function, size
+
+    def __missing__(self, key: str) -> Any:
+        if len(self) >= self.size:
+            self.clear()
+        found = self[key] = self.function(key)
+        return found
+
+
+# `stem` of each word met (a paper has some 200): the matcher's views and preview's word index.
+STEMS = WordCache(stem, 200_000)
 
 
 def name_tokens(name: str) -> tuple[str, ...]:

@@ -41,12 +41,11 @@ import re
 import sqlite3
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Callable
+from typing import Callable
 
 from sqlite_utils import Database
 
-from bot.matching import _STEMS
-from bot.query import fold, name_tokens, raw_words, stem
+from bot.query import STEMS, WordCache, fold, name_tokens, raw_words, stem
 
 from .db import immediate
 
@@ -82,21 +81,6 @@ def author_keys(authors: list[str]) -> str:
     return " ".join(dict.fromkeys(chain.from_iterable(map(_NAME_KEYS.__getitem__, authors))))
 
 
-class _Cache(dict):
-    """A function's results by argument, in a plain dictionary (looked up from C by `map`,
-    without lru_cache's bookkeeping), emptied when it reaches `size` entries."""
-
-    def __init__(self, function: Callable[[str], Any], size: int):
-        super().__init__()
-        self.function, self.size = function, size
-
-    def __missing__(self, key: str) -> Any:
-        if len(self) >= self.size:
-            self.clear()
-        found = self[key] = self.function(key)
-        return found
-
-
 def _name_keys(name: str) -> tuple[str, ...]:
     tokens = name_tokens(name)
     if not tokens:
@@ -106,7 +90,7 @@ def _name_keys(name: str) -> tuple[str, ...]:
 
 
 # An author's keys, once a name: names come back paper after paper (~5 MB when full).
-_NAME_KEYS = _Cache(_name_keys, 20_000)
+_NAME_KEYS = WordCache(_name_keys, 20_000)
 
 
 def category_tokens(categories: list[str]) -> str:
@@ -135,7 +119,7 @@ def register(conn: sqlite3.Connection) -> None:
 
 def _row(rowid: int, title: str, summary: str, authors: str, categories: str) -> tuple:
     title_words, abstract_words = raw_words(title), raw_words(summary)  # once each: most of the time
-    stems = _STEMS.__getitem__  # the matcher's stems of the words it met: the same, from a plain dict
+    stems = STEMS.__getitem__  # bot.query.stem of each word, from a plain dict (shared with the matcher)
     return (rowid, " ".join(map(stems, title_words)), " ".join(map(stems, abstract_words)),
             " ".join(dict.fromkeys(title_words)), " ".join(dict.fromkeys(abstract_words)),
             author_keys(json.loads(authors)), category_tokens(json.loads(categories)))

@@ -32,8 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bot.matching import _STEMS
-from bot.query import raw_words
+from bot.query import STEMS, raw_words
 
 from ..paper_words import author_keys, category_tokens
 
@@ -53,7 +52,7 @@ def document(title: str, summary: str, authors: list[str] | tuple[str, ...],
     org_words = raw_words(organization or "")
     if max(len(title_words), len(abstract_words), len(org_words)) > MAX_POSITION:
         return "", True
-    stems = _STEMS.__getitem__  # bot.query.stem of each word, cached by the matcher (as storage/paper_words.py)
+    stems = STEMS.__getitem__  # bot.query.stem of each word, from a plain dict (as storage/paper_words.py)
     fields = (("t:", _positions(map(stems, title_words))), ("a:", _positions(map(stems, abstract_words))),
               ("o:", _positions(org_words)))
     plain = [("tr:", dict.fromkeys(title_words)), ("ar:", dict.fromkeys(abstract_words)),
