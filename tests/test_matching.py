@@ -195,13 +195,19 @@ def subscriptions_of(texts: list[str], channels: tuple[ChannelRef, ...] = (ML, C
     return subs
 
 
+def assert_engine_agrees_with_naive_loop(texts: list[str], paper_list: list[Paper], history: list[Paper]) -> None:
+    """The engine (its index anchored by `history`'s word counts) matches each paper as the
+    naive loop over the same subscriptions does."""
+    subs = subscriptions_of(texts)
+    engine, naive = IndexedMatcher(subs, papers=history), NaiveMatcher(subs)
+    for p in paper_list:
+        assert engine.match(p) == naive.match(p)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(query_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4))
 def test_engine_and_naive_loop_agree(texts, paper_list):
-    subs = subscriptions_of(texts)
-    engine, naive = IndexedMatcher(subs), NaiveMatcher(subs)
-    for p in paper_list:
-        assert engine.match(p) == naive.match(p)
+    assert_engine_agrees_with_naive_loop(texts, paper_list, [])
 
 
 _word_atom = st.one_of(st.sampled_from(VOCAB), st.sampled_from(VOCAB).map(lambda w: f"title:{w}"),
@@ -235,10 +241,7 @@ def test_other_shapes_are_left_to_the_tree():
 @given(st.lists(word_clause_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4),
        st.lists(papers(), max_size=4))
 def test_engine_and_naive_loop_agree_on_words_and_or_groups(texts, paper_list, history):
-    subs = subscriptions_of(texts)
-    engine, naive = IndexedMatcher(subs, papers=history), NaiveMatcher(subs)
-    for p in paper_list:
-        assert engine.match(p) == naive.match(p)
+    assert_engine_agrees_with_naive_loop(texts, paper_list, history)
 
 
 _prefix_atom = st.sampled_from(VOCAB).filter(lambda w: len(w) >= 3).flatmap(
@@ -295,10 +298,7 @@ def test_shortcuts_are_only_for_their_shapes():
 @given(st.lists(shortcut_texts(), min_size=1, max_size=12), st.lists(papers(), min_size=1, max_size=4),
        st.lists(papers(), max_size=4))
 def test_engine_and_naive_loop_agree_on_the_shortcut_shapes(texts, paper_list, history):
-    subs = subscriptions_of(texts)
-    engine, naive = IndexedMatcher(subs, papers=history), NaiveMatcher(subs)
-    for p in paper_list:
-        assert engine.match(p) == naive.match(p)
+    assert_engine_agrees_with_naive_loop(texts, paper_list, history)
 
 
 # ---- the engine on the benchmarks' workloads, and in worker processes ----------------------
