@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     stored = store.count_papers()
     store.close()
     figures = {"backend": "postgresql" if args.url else "sqlite", "papers": stored, "batch": BATCH,
-               "first_listing_s": round(first, 2), "listed_again_s": round(again, 2),
+               "first_listing_s": round(first, 4), "listed_again_s": round(again, 4),
                "papers_per_s": round(args.papers / first, 1), "seed": args.seed}
     print(json.dumps(figures))
     return figures
