@@ -71,6 +71,9 @@ class LoopWatch:
         # The heartbeat (its time) of the stall the watching thread reported: the heartbeat
         # that ends it says nothing more. Written and read under _lock.
         self._reported_beat: float | None = None
+        # How long that stall lasted, set by the heartbeat that ended it (under _lock): the
+        # watching thread may read `_last` only later, after the loop ran and perhaps stalled again.
+        self._ended_after: float | None = None
         # Garbage collections of COLLECTION_NOTED or more: (start, end, generation, thread name).
         self._collections: deque[tuple[float, float, int, str]] = deque(maxlen=64)
         self._collecting: dict[int, tuple[float, int, str]] = {}  # thread -> its collection: start, generation, name
@@ -114,6 +117,8 @@ class LoopWatch:
         with self._lock:
             before, self._last = self._last, now
             seen = self._reported_beat == before
+            if seen:
+                self._ended_after = now - before
             sched_before = self._sched_before  # the watcher may take a new one as soon as _last moves
         if self.record:
             self.samples.append(max(now - due, 0.0))
@@ -153,10 +158,15 @@ class LoopWatch:
                 stalled = time.monotonic() - last
                 if reported is None and stalled >= self.threshold:
                     reported = self._reported_beat = last
+                    self._ended_after = None
                     report = True
+                held = self._ended_after
             if reported is not None and last != reported:
+                # The stall's own length, as the heartbeat that ended it measured: `last` may
+                # be a later heartbeat, when this thread was slow to look (writing its report).
+                held = held if held is not None else last - reported
                 self.log.warning("event loop stall ended: the loop was held for %.0f ms%s",
-                                 (last - reported) * 1000, self._causes(reported, last, self._sched_before))
+                                 held * 1000, self._causes(reported, reported + held, self._sched_before))
                 reported = None
             if report:
                 stack = self._stack()

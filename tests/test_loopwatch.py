@@ -161,6 +161,38 @@ async def test_a_stall_seen_by_the_watchdog_is_not_logged_twice(caplog):
     assert len(watch.stalls) == 1
 
 
+async def test_a_stall_ended_gives_that_stalls_length_when_the_report_was_slow_and_another_began():
+    """The watchdog's thread takes a while to write a report (formatting stacks reads the
+    sources); meanwhile the loop ran again and stalled once more. The line ending the first
+    stall gives the first stall's length, not that stall, the turn between and the second."""
+    messages: list[str] = []
+
+    class SlowHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+            if "so far" in record.getMessage() and len(messages) == 1:
+                time.sleep(1.0)  # writing the first report: both stalls come and go meanwhile
+
+    logger = logging.getLogger("test_loopwatch.slow_report")
+    logger.propagate = False
+    handler = SlowHandler()
+    logger.addHandler(handler)
+    watch = LoopWatch(150, logger=logger).start()
+    try:
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # the first stall
+        await asyncio.sleep(0.3)  # the loop runs
+        time.sleep(0.3)  # the second stall, which the watchdog's thread is still too busy to see
+        await asyncio.sleep(0.5)
+    finally:
+        watch.stop()
+        logger.removeHandler(handler)
+    ended = [m for m in messages if "stall ended" in m]
+    assert ended, messages
+    held_ms = float(ended[0].split("held for ")[1].split(" ms")[0])
+    assert 280 <= held_ms < 550, ended[0]  # the first stall (~300 ms); with the turn and the second ~900
+
+
 async def test_an_idle_loop_reports_no_stall(caplog):
     caplog.set_level(logging.WARNING, logger="bot.loopwatch")
     watch = LoopWatch(250, record=True).start()
