@@ -122,6 +122,10 @@ class Poller:
             recommender = Recommender()
         self.recommender = recommender  # like: subscriptions (issue 13)
         self._version = 0  # the newest subscription version the engine has seen
+        # The version the engine holds exactly (every subscription as it was then, and no
+        # other), or None when that is not known: the writer thread inserts deliveries
+        # made at it as they are while it is still the newest (`MatchedBatch.split`).
+        self._exact: int | None = None
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
         self._match_failed: set[str] = set()  # papers the matcher raised on once (retried once, then settled)
         # Sources whose last poll failed on the bot's own side (its database full or read-only,
@@ -199,9 +203,14 @@ class Poller:
                 log.warning("could not store %s compiled queries: %s", len(recompiled), exc)
 
     def _sync_if_changed(self, store: StoreContract) -> None:
-        """Sync when a subscription was added or changed since the last sync (one indexed read)."""
-        if store.subscriptions_version() != self._version:
+        """Sync when a subscription was added, changed or removed since the last sync (one
+        indexed read), or when the version the engine holds is not known exactly: a sync
+        that finds the version read before it is its newest holds that one exactly (each
+        change gives a new version, and the sync read every subscription after it)."""
+        version = store.subscriptions_version()
+        if version != self._version or version != self._exact:
             self.sync_subscriptions(store)
+            self._exact = version if self._version == version else None
 
     @property
     def worker_store(self) -> StoreContract | None:
@@ -448,7 +457,7 @@ class Poller:
                     matches = []
                 if paper.id in liked:
                     matches = sorted([*matches, *liked[paper.id]])
-                if writes.gather(unmatched, tuple(matches)) >= self.GROUP_ROWS:
+                if writes.gather(unmatched, tuple(matches), self._exact) >= self.GROUP_ROWS:
                     self._submit(writes, now)
 
     def _may_post(self, unmatched: UnmatchedPaper, now: datetime) -> bool:
@@ -459,11 +468,15 @@ class Poller:
 
     def _submit(self, writes: _Writes, now: datetime) -> None:
         """Hand the gathered group to the writer thread as one job: its transactions, made
-        and encoded here (the writer only runs SQL), one a range of channels."""
-        done, found = writes.take()
+        and encoded here (the writer only runs SQL), one a range of channels; with their
+        deliveries made here too when the store takes them and the group was matched at one
+        known subscription version (`MatchedBatch.split`)."""
+        done, found, version = writes.take()
         if not done:
             return
-        batches = MatchedBatch.split(done, found, self.ENQUEUE_ROWS)
+        if not self.store.takes_made_deliveries():  # (no database read: from any thread)
+            version = None
+        batches = MatchedBatch.split(done, found, self.ENQUEUE_ROWS, version)
 
         def job(store: StoreContract) -> int:
             return sum(self._queue(store, batch, now) for batch in batches)
@@ -547,18 +560,24 @@ class _Writes:
         self._done: list[UnmatchedPaper] = []
         self._found: list[tuple[Match, ...]] = []
         self._rows = 0
+        self._version: int | None = None  # the subscription version the group was matched at, if one
 
-    def gather(self, unmatched: UnmatchedPaper, matches: tuple[Match, ...]) -> int:
-        """Add a matched paper to the group; how many matches the group has."""
+    def gather(self, unmatched: UnmatchedPaper, matches: tuple[Match, ...], version: int | None = None) -> int:
+        """Add a paper matched at subscription `version` (None: not known exactly) to the
+        group; how many matches the group has."""
+        if not self._done:
+            self._version = version
+        elif version != self._version:
+            self._version = None
         self._done.append(unmatched)
         self._found.append(matches)
         self._rows += len(matches)
         return self._rows
 
-    def take(self) -> tuple[list[UnmatchedPaper], list[tuple[Match, ...]]]:
-        """The group gathered so far (and a new one begins)."""
-        taken = self._done, self._found
-        self._done, self._found, self._rows = [], [], 0
+    def take(self) -> tuple[list[UnmatchedPaper], list[tuple[Match, ...]], int | None]:
+        """The group gathered so far and its version (and a new one begins)."""
+        taken = self._done, self._found, self._version
+        self._done, self._found, self._rows, self._version = [], [], 0, None
         return taken
 
     def submit(self, job: Callable[[StoreContract], int], papers: set[str]) -> None:

@@ -380,6 +380,40 @@ async def test_a_subscribe_with_backfill_during_a_poll_gets_each_paper_of_it_onc
     assert len(ml) == len(set(ml)) and set(ml) == {p.id for p in papers if "diffusion" in p.title}
 
 
+async def test_an_unsubscribe_during_a_poll_gets_nothing_from_the_transactions_after_it(store, clock):
+    # The worker makes each transaction's deliveries at the subscription version its engine
+    # holds; the writer inserts them as they are only while that version is the newest. A
+    # removal gives a new version (m029), so the transactions after it read the subscriptions
+    # again, and the removed one's channel gets nothing more (the engine drops it at its
+    # next sync).
+    subscribe(store, clock)
+    (sub,) = store.subscriptions(ML)
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+    poller.WRITES_AHEAD = 1
+    loop = asyncio.get_running_loop()
+    at_removal: list[int] = []
+    calls = 0
+
+    async def unsubscribe() -> None:
+        assert store.remove_subscription(ML, sub.id) is not None
+        at_removal.append(len([1 for _, channel in queued(store) if channel == ML.key]))
+
+    def unsubscribe_after_the_second_transaction() -> None:  # in the poll's writer thread
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            asyncio.run_coroutine_threadsafe(unsubscribe(), loop).result(timeout=60)
+
+    poller.between_batches = unsubscribe_after_the_second_transaction
+    report = await poller.poll(FakeSource(papers=papers))
+    assert report.ok and report.new == 60 and calls > 4
+    ml = [paper_id for paper_id, channel in queued(store) if channel == ML.key]
+    assert at_removal == [len(ml)] and 0 < len(ml) < len([p for p in papers if "diffusion" in p.title])
+    cv = [paper_id for paper_id, channel in queued(store) if channel == CV.key]
+    assert sorted(cv) == sorted(p.id for p in papers if "segmentation" in p.title)
+
+
 async def test_a_subscription_made_after_the_newest_one_was_removed_is_matched(store, clock):
     # A subscription's version was one more than the highest left: removing the newest one
     # and subscribing again gave the new one the removed one's version, which the poller's
