@@ -415,7 +415,7 @@ _VERSION = "(SELECT max(v.version, (SELECT coalesce(max(version), 0) FROM subscr
 # `_insert_made`'s statements, by rows a statement (a few sizes, so each is prepared once a
 # connection: Python's sqlite3 keeps them): ?1 the time, ?2 the version the deliveries were
 # made at, then four values a delivery; rows past the batch's own are NULLs, skipped.
-_MADE_ROWS = (64, 256, 1024)
+_MADE_ROWS = (64, 128, 256, 512, 1024, 2048, 4096)
 _MADE_SQL = {size: f"""
     INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
     SELECT column1, column2, column3, column4, ?1, ?1
