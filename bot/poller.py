@@ -202,15 +202,20 @@ class Poller:
             except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
                 log.warning("could not store %s compiled queries: %s", len(recompiled), exc)
 
+    def _sync(self, store: StoreContract) -> None:
+        """`sync_subscriptions`, learning whether the engine then holds a version exactly: it
+        does when the version read before the sync is the newest the sync saw (each change
+        gives a new version, and the sync read every subscription after that one)."""
+        version = store.subscriptions_version()
+        self.sync_subscriptions(store)
+        self._exact = version if self._version == version else None
+
     def _sync_if_changed(self, store: StoreContract) -> None:
         """Sync when a subscription was added, changed or removed since the last sync (one
-        indexed read), or when the version the engine holds is not known exactly: a sync
-        that finds the version read before it is its newest holds that one exactly (each
-        change gives a new version, and the sync read every subscription after it)."""
+        indexed read), or when the version the engine holds is not known exactly."""
         version = store.subscriptions_version()
         if version != self._version or version != self._exact:
-            self.sync_subscriptions(store)
-            self._exact = version if self._version == version else None
+            self._sync(store)
 
     @property
     def worker_store(self) -> StoreContract | None:
@@ -225,7 +230,7 @@ class Poller:
         collections on the way held the GIL, and so the event loop, for 80 to 250 ms each."""
         def load(store: StoreContract) -> None:
             with no_collection():
-                self.sync_subscriptions(store)
+                self._sync(store)
 
         await self._in_worker(load)
 
@@ -332,7 +337,7 @@ class Poller:
             # (matches), and a full collection scanned them all with the GIL held (the loop
             # stood still up to ~80 ms). They are freed by reference counting as they are written.
             with no_collection():
-                self.sync_subscriptions(store)
+                self._sync(store)
                 if len(self.recommender):  # on its schedule (refit_hours), not per poll
                     self.recommender.ensure_fitted(store, now)
                 writes = _Writes(self._write, self.WRITES_AHEAD)

@@ -17,7 +17,7 @@ from pathlib import Path
 from bot.errors import StorageError
 from bot.models import ChannelRef
 from bot.poller import Poller
-from storage import Store
+from storage import Store, reopen
 
 from .fakes import FakeSource, paper
 
@@ -412,6 +412,39 @@ async def test_an_unsubscribe_during_a_poll_gets_nothing_from_the_transactions_a
     assert at_removal == [len(ml)] and 0 < len(ml) < len([p for p in papers if "diffusion" in p.title])
     cv = [paper_id for paper_id, channel in queued(store) if channel == CV.key]
     assert sorted(cv) == sorted(p.id for p in papers if "segmentation" in p.title)
+
+
+async def test_a_removal_committed_while_the_engine_syncs_is_not_taken_for_the_engine_s_state(store, clock):
+    # The engine's sync reads the subscriptions' ids, then what changed since its version: a
+    # removal committed in between (here at the poll's first sync) leaves it holding the
+    # removed subscription at the newest version. The poller then knows no version its engine
+    # holds exactly, and syncs again before it matches (or the writer would read the
+    # subscriptions): the removed one's channel gets nothing.
+    subscribe(store, clock)
+    (sub,) = store.subscriptions(ML)
+    removed: list = []
+    armed = threading.Event()
+
+    def open_worker_store():
+        opened = reopen(store)
+        ids = opened.subscription_ids
+
+        def ids_then_a_removal() -> set[int]:
+            found = ids()
+            if armed.is_set() and not removed:  # another process, between the engine's two reads
+                removed.append(opened.remove_subscription(ML, sub.id))
+            return found
+        opened.subscription_ids = ids_then_a_removal  # type: ignore[method-assign]
+        return opened
+
+    poller = Poller(store, clock, open_store=open_worker_store)
+    assert (await poller.poll(FakeSource(papers=[]))).ok  # the engine loads both
+    store.add_subscription(CV, "agents", "u2", clock())  # the next poll syncs
+    armed.set()
+    clock.advance(minutes=1)
+    report = await poller.poll(FakeSource(papers=listing()))
+    assert report.ok and removed == [sub] and report.queued > 0
+    assert {channel for _, channel in queued(store)} == {CV.key}
 
 
 async def test_a_subscription_made_after_the_newest_one_was_removed_is_matched(store, clock):
