@@ -24,7 +24,7 @@ from bot.models import (
     SubscriptionRef,
 )
 
-from .db import immediate, iso, parse_iso, write
+from .db import alone, immediate, iso, parse_iso, write
 from .migrations import MATCHED_OR_EMPTY
 
 _STATUSES = {f.name for f in fields(OutboxCounts)}
@@ -111,17 +111,30 @@ class DeliveriesMixin:
         unchanged since, the worker kept those up to each paper's `upto`): they go in by
         one INSERT of bound values (`_insert_made`), the version's check in it; the papers
         without an `upto` (`recheck`) and any other batch take `_QUEUE_MATCHED`, which
-        reads the batch's JSON and each subscription. Either way a few statements over the
-        whole batch: the poller's writer thread runs them while its worker matches, and
-        they hold the GIL only to start. A poll's transactions each hold a range of
+        reads the batch's JSON and each subscription. A transaction that is that INSERT
+        alone (not the group's last, nothing to recheck) is that one statement, without
+        BEGIN and COMMIT (`alone`). Either way a few statements over the whole batch: the
+        poller's writer thread runs them while its worker matches, and they hold the GIL
+        only to start. A poll's transactions each hold a range of
         channels (`MatchedBatch.split`): that is what keeps its writes to the outbox's
         index by channel few (docs/benchmarks.md, "outbox").
         """
         conn = self.db.conn
+        made: bool | None = None  # whether the made deliveries are in (None: not tried yet)
+        if (batch.version is not None and batch.deliveries is not None and not batch.settles
+                and batch.recheck == "[]" and len(batch.deliveries) <= 4 * _MADE_ROWS[-1]
+                and not conn.in_transaction):
+            # The INSERT is the whole transaction: alone, in one statement, not three.
+            with alone(self.db):
+                before = conn.total_changes
+                made = _insert_made(conn, batch.deliveries, batch.version, iso(now))
+            if made:
+                return conn.total_changes - before
         with immediate(self.db):
             before = conn.total_changes  # rowcount is -1 for a statement that begins WITH
-            made = batch.version is not None and batch.deliveries is not None and _insert_made(
-                conn, batch.deliveries, batch.version, iso(now))
+            if made is None:
+                made = batch.version is not None and batch.deliveries is not None and _insert_made(
+                    conn, batch.deliveries, batch.version, iso(now))
             if not made or batch.recheck != "[]":
                 conn.execute(_QUEUE_MATCHED, {"papers": batch.papers, "now": iso(now),
                                               "matches": batch.recheck if made else batch.matches})

@@ -563,18 +563,30 @@ def test_queue_matched_inserts_the_deliveries_made_at_an_unchanged_version_as_it
         (),
     ]
     version = store.subscriptions_version()
-    asked: list[int] = []
-    fast = _spied(MatchedBatch.split(done, found, 3, version), asked)
-    slow = MatchedBatch.split(done, found, 3)
-    assert len(fast) == len(slow) > 1 and [f.rows for f in fast] == [s.rows for s in slow]
-    queued = sum(store.queue_matched(batch, t) for batch in fast)
-    rows = _queued_rows(store)
-    assert queued == len(rows) == 10 and store.unmatched_papers(10) == []
-    assert bool(asked) == (not store.takes_made_deliveries())  # SQLite: the deliveries as made, not `matches`
-    sql(store, "DELETE FROM deliveries")
-    store.mark_unmatched(done)
-    assert sum(store.queue_matched(batch, t) for batch in slow) == queued
-    assert _queued_rows(store) == rows
+
+    def made_and_sql(done: list[UnmatchedPaper], found: list[tuple[Match, ...]], rows: int) -> list[tuple]:
+        """The rows queued from batches made at the version, and the same from the SQL's way."""
+        asked: list[int] = []
+        fast = _spied(MatchedBatch.split(done, found, rows, version), asked)
+        slow = MatchedBatch.split(done, found, rows)
+        assert len(fast) == len(slow) > 1 and [f.rows for f in fast] == [s.rows for s in slow]
+        queued = sum(store.queue_matched(batch, t) for batch in fast)
+        made = _queued_rows(store)
+        assert queued == len(made) and not {u.paper.id for u in store.unmatched_papers(10)} & {u.paper.id for u in done}
+        assert bool(asked) == (not store.takes_made_deliveries())  # SQLite: the deliveries as made, not `matches`
+        sql(store, "DELETE FROM deliveries")
+        store.mark_unmatched(done)
+        assert sum(store.queue_matched(batch, t) for batch in slow) == queued
+        assert _queued_rows(store) == made
+        sql(store, "DELETE FROM deliveries")
+        store.mark_unmatched(done)
+        return made
+
+    # Papers with an upto and no NUL alone: the transactions before the last are one INSERT each.
+    assert len(made_and_sql([done[i] for i in (0, 1, 2, 3)], [found[i] for i in (0, 1, 2, 3)], 1)) == 7
+    rows = made_and_sql(done, found, 3)
+    assert len(rows) == 10
+    assert sum(store.queue_matched(batch, t) for batch in MatchedBatch.split(done, found, 3, version)) == 10
     owed = {(d.paper_id, d.channel): d.matched for ch in (a, b, c) for d in store.pending_for_channel(ch)}
     assert owed[(papers[1].id, a)] == (m(sa, "alpha"), m(sa2, "beta é in title", "alpha"), m(sa, "again"))
     assert (papers[4].id, a) in owed and late.id not in {x.subscription_id for ms in owed.values() for x in ms}
