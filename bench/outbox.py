@@ -14,7 +14,10 @@ and times only that, with nothing else running in the process:
 - `queue_matched` (the poller's path): papers gathered until they have --group matches
   (Poller.GROUP_ROWS; 0: --rows, and one transaction a group, in paper order, as before
   the split), `MatchedBatch.split` into transactions of about --rows deliveries by ranges
-  of channels, then `Store.queue_matched` for each;
+  of channels, then `Store.queue_matched` for each; on SQLite the batches hold their
+  deliveries made beforehand, at the subscription version (as the poller's worker makes
+  them), unless --no-made-deliveries (the store then reads the subscriptions, as when they
+  changed during a poll);
 - `enqueue_many` (the path before it): `subscriptions_created_by`, `enqueue_many` and
   `settle_unmatched` in one transaction, as the writer thread did;
 - `floor`: rows grouped and encoded beforehand, then a plain `executemany` INSERT per
@@ -97,7 +100,7 @@ def fill_pg(url: str, workload: Workload, now: datetime) -> None:
 
 
 def measure(directory: Path, workload_name: str, subscriptions: int, papers: int, seed: int, rows: int,
-            mode: str, url: str | None = None, group: int = 0) -> dict:
+            mode: str, url: str | None = None, group: int = 0, made_off: bool = False) -> dict:
     workload = make_workload(workload_name, subscriptions=subscriptions, papers=papers, seed=seed)
     target = url or str(directory / "outbox.db")
     if url:
@@ -115,6 +118,9 @@ def measure(directory: Path, workload_name: str, subscriptions: int, papers: int
     todo = [(u, tuple(matcher.match(u.paper))) for u in store.unmatched_papers(len(new))]
     store.close()
     writer = open_store(target, durable=False)  # as the poller's writer thread opens it
+    # As the poller's worker: the deliveries made at the subscription version the engine holds
+    # (nothing changes them here), where the store takes them (SQLite).
+    version = writer.subscriptions_version() if writer.takes_made_deliveries() and not made_off else None
     batches: list[list[tuple[UnmatchedPaper, tuple]]] = [[]]
     count = 0
     gathered = group if mode == "queue_matched" and group else rows
@@ -131,7 +137,8 @@ def measure(directory: Path, workload_name: str, subscriptions: int, papers: int
         for batch in filter(None, batches):
             started = time.process_time()
             if mode == "queue_matched":
-                encoded = MatchedBatch.split([u for u, _ in batch], [f for _, f in batch], rows if group else 0)
+                encoded = MatchedBatch.split([u for u, _ in batch], [f for _, f in batch], rows if group else 0,
+                                             version)
             elif mode == "floor":
                 grouped: dict[tuple[str, str], list] = {}
                 for u, found in batch:
@@ -174,6 +181,7 @@ def measure(directory: Path, workload_name: str, subscriptions: int, papers: int
     figures = {"backend": "postgresql" if url else "sqlite", "mode": mode, "workload": workload_name,
                "subscriptions": subscriptions, "papers": papers,
                "rows_per_transaction": rows, "group_rows": group if mode == "queue_matched" else None,
+               "made_deliveries": version is not None,
                "transactions": transactions, "queued": queued,
                "matches": sum(len(f) for _, f in todo), "cpu_s": round(time.process_time() - cpu, 2),
                "encode_cpu_s": round(encode, 2), "transactions_cpu_s": round(spent, 2),
@@ -193,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--group", type=int, default=Poller.GROUP_ROWS,
                         help="queue_matched: matches gathered before they are split by channels (0: no split)")
     parser.add_argument("--mode", choices=MODES, default="queue_matched")
+    parser.add_argument("--no-made-deliveries", action="store_true",
+                        help="queue_matched: batches without the deliveries made beforehand (the store reads "
+                             "`matches` and the subscriptions, as when they changed during the poll)")
     parser.add_argument("--dir", type=Path, default=None, help="where the store goes (default: a temporary one)")
     parser.add_argument("--url", help="a postgresql:// URL: measure PostgreSQL, in a schema of the run's own there")
     args = parser.parse_args(argv)
@@ -202,10 +213,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.url:
             with pg_schema(args.url) as url:
                 figures = measure(Path(directory), args.workload, args.subscriptions, args.papers, args.seed,
-                                  args.rows, args.mode, url, args.group)
+                                  args.rows, args.mode, url, args.group, args.no_made_deliveries)
         else:
             figures = measure(Path(directory), args.workload, args.subscriptions, args.papers, args.seed,
-                              args.rows, args.mode, group=args.group)
+                              args.rows, args.mode, group=args.group, made_off=args.no_made_deliveries)
     print(json.dumps(figures))
     return figures
 

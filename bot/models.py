@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Mapping, NamedTuple, Union
+from functools import partial
+from json.encoder import encode_basestring, encode_basestring_ascii
+from typing import Callable, Iterable, Mapping, NamedTuple, Union
 
 PLATFORMS = ("console", "slack", "discord")
 
@@ -364,8 +366,8 @@ class PaperMatches:
 @dataclass(frozen=True)
 class MatchedBatch:
     """Papers matched by a poll and their matches, for one transaction of the outbox
-    (`StoreContract.queue_matched`), encoded once as compact JSON texts by the thread that
-    matched them: the thread that writes only runs SQL, which gives the GIL up.
+    (`StoreContract.queue_matched`), encoded once by the thread that matched them: the
+    thread that writes only runs SQL, which gives the GIL up.
 
     `papers`: `[[paper id, since (UTC, ISO seconds), upto or null], ...]`, as
     `UnmatchedPaper` has them (who may receive the paper).
@@ -380,24 +382,45 @@ class MatchedBatch:
     `settles`: whether this transaction takes `papers` off the unmatched list. A poll splits
     a group of papers' matches into transactions by ranges of channels (`split`); only the
     last one settles the group's papers, so a crash in between leaves them all written down.
+
+    Made with a subscription `version` (`split`), the batch also holds its deliveries as
+    the store writes them (`deliveries`), for the papers with an `upto`: flat, four values
+    a delivery, `[paper id, channel key, matched (JSON text), strength, ...]`, in the order
+    the store would queue them from `matches`, with only the matches of subscriptions up to
+    the paper's `upto`. They hold while the subscriptions are as they were at `version`
+    (every subscription the engine matched exists, with its channel): a store that finds
+    the version unchanged under its write lock inserts them as they are, plus `recheck`
+    (`matches`' entries of the papers without an `upto`, read as `matches` is); otherwise it
+    reads `matches`, made then (most polls never need it).
     """
 
     papers: str
-    matches: str
     paper_ids: frozenset[str]
     rows: int  # matches in `matches`
     settles: bool = True
+    version: int | None = None
+    deliveries: list | None = None
+    recheck: str = "[]"
+    encoded: str | Callable[[], str] = field(default="[]", repr=False, compare=False)
+
+    @property
+    def matches(self) -> str:
+        return self.encoded if isinstance(self.encoded, str) else self.encoded()
 
     @classmethod
-    def encode(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]]) -> MatchedBatch:
+    def encode(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]],
+               version: int | None = None) -> MatchedBatch:
         """`matches[i]`: what `papers[i]` matched (empty: the paper is settled, nothing
         queued). One transaction for all of them."""
-        return cls.split(papers, matches, 0)[0]
+        return cls.split(papers, matches, 0, version)[0]
 
     @classmethod
-    def split(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], rows: int) -> list[MatchedBatch]:
+    def split(cls, papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], rows: int,
+              version: int | None = None) -> list[MatchedBatch]:
         """`encode`, cut into transactions of about `rows` matches (0: one), each for a range
-        of channel keys, in key order; the last one settles every paper.
+        of channel keys, in key order; the last one settles every paper. With `version`
+        (the subscription version the matches were made at, exactly), each also holds its
+        `deliveries`, and `matches` is made only when a store asks for it.
 
         The outbox's index by channel (`deliveries_outbox`) takes a page a delivery when rows
         come in paper order; a range of channels touches a slice of it, and a transaction
@@ -417,44 +440,152 @@ class MatchedBatch:
                 mine.append(key)
             keyed.append(mine)
         ranges = _channel_ranges(counts, rows)
-        entries: list[list[list]] = [[] for _ in range(max(ranges.values(), default=0) + 1)]
-        for i, (found, mine) in enumerate(zip(matches, keyed, strict=True)):
-            here: dict[int, list] = {}  # range -> this paper's entry in it
-            if len(set(mine)) == len(mine):  # a match a channel: a delivery a match
-                for (sub, _, query, terms), key in zip(found, mine, strict=True):
-                    n = ranges[key]
-                    entry = here.get(n)
-                    if entry is None:
-                        entry = here[n] = [i]
-                    entry.append([sub, query, terms] if len(terms) < 2 or len(set(terms)) == len(terms)
-                                 else [[sub, query, terms]])
-            else:
-                channels: dict[str, list] = {}  # key -> the channel's matches (a delivery)
-                for match, key in zip(found, mine, strict=True):
-                    one = [match[0], match[2], match[3]]
-                    many = channels.get(key)
-                    if many is not None:
-                        many.append(one)
-                        continue
-                    many = channels[key] = [one]
-                    entry = here.get(ranges[key])
-                    if entry is None:
-                        entry = here[ranges[key]] = [i]
-                    entry.append(many)
-                for entry in here.values():
-                    for n, many in enumerate(entry[1:], 1):
-                        if len(many) == 1 and len(set(many[0][2])) == len(many[0][2]):
-                            entry[n] = many[0]
-            for n, entry in here.items():
-                entries[n].append(entry)
-        sizes = [0] * len(entries)
-        for key, count in counts.items():
-            sizes[ranges[key]] += count
+        count = max(ranges.values(), default=0) + 1
+        sizes = [0] * count
+        for key, n in counts.items():
+            sizes[ranges[key]] += n
         facts = json.dumps([[u.paper.id, u.since.astimezone(timezone.utc).isoformat(timespec="seconds"), u.upto]
                             for u in papers])
         ids = frozenset(u.paper.id for u in papers)
-        last = len(entries) - 1
-        return [cls(facts, json.dumps(entry), ids, sizes[n], n == last) for n, entry in enumerate(entries)]
+        last = count - 1
+        if version is None:
+            nested = _nested(matches, keyed, ranges, count, range(len(matches)))
+            return [cls(facts, ids, sizes[n], n == last, encoded=nested[n]) for n in range(count)]
+        rows_of, since = _deliveries(papers, matches, keyed, ranges, count)
+        recheck = _nested(matches, keyed, ranges, count, since)
+        later = _Later(matches, keyed, ranges, count)
+        return [cls(facts, ids, sizes[n], n == last, version, rows_of[n], recheck[n], partial(later, n))
+                for n in range(count)]
+
+
+class _Later:
+    """A group's `MatchedBatch.matches`, made for all of its transactions the first time one
+    is asked for (a store that cannot use the deliveries made beforehand)."""
+
+    def __init__(self, matches: list[tuple[Match, ...]], keyed: list[list[str]], ranges: dict[str, int],
+                 count: int):
+        self._args: tuple | None = (matches, keyed, ranges, count)
+        self._made: list[str] = []
+
+    def __call__(self, n: int) -> str:
+        if self._args is not None:
+            matches, keyed, ranges, count = self._args
+            self._made = _nested(matches, keyed, ranges, count, range(len(matches)))
+            self._args = None
+        return self._made[n]
+
+
+def _nested(matches: list[tuple[Match, ...]], keyed: list[list[str]], ranges: dict[str, int], count: int,
+            which: Iterable[int]) -> list[str]:
+    """`MatchedBatch.matches` of each range, for the papers `which` (indices, in order)."""
+    entries: list[list[list]] = [[] for _ in range(count)]
+    for i in which:
+        found, mine = matches[i], keyed[i]
+        if not found:
+            continue
+        here: dict[int, list] = {}  # range -> this paper's entry in it
+        if len(set(mine)) == len(mine):  # a match a channel: a delivery a match
+            for (sub, _, query, terms), key in zip(found, mine, strict=True):
+                n = ranges[key]
+                entry = here.get(n)
+                if entry is None:
+                    entry = here[n] = [i]
+                entry.append([sub, query, terms] if len(terms) < 2 or len(set(terms)) == len(terms)
+                             else [[sub, query, terms]])
+        else:
+            channels: dict[str, list] = {}  # key -> the channel's matches (a delivery)
+            for match, key in zip(found, mine, strict=True):
+                one = [match[0], match[2], match[3]]
+                many = channels.get(key)
+                if many is not None:
+                    many.append(one)
+                    continue
+                many = channels[key] = [one]
+                entry = here.get(ranges[key])
+                if entry is None:
+                    entry = here[ranges[key]] = [i]
+                entry.append(many)
+            for entry in here.values():
+                for n, many in enumerate(entry[1:], 1):
+                    if len(many) == 1 and len(set(many[0][2])) == len(many[0][2]):
+                        entry[n] = many[0]
+        for n, entry in here.items():
+            entries[n].append(entry)
+    return [json.dumps(entry) for entry in entries]
+
+
+def _deliveries(papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], keyed: list[list[str]],
+                ranges: dict[str, int], count: int) -> tuple[list[list], list[int]]:
+    """`MatchedBatch.deliveries` of each range, and the papers without an `upto` (indices).
+
+    A delivery's `matched` is the text SQLite writes for it (storage/deliveries.py):
+    `[{"id":1,"query":"...","terms":["..."]},...]`, compact, the query as `json_object`
+    renders a text (non-ASCII as it is), the terms as `json.dumps` gave them (ASCII); its
+    strength is `match_strength`'s (a delivery of one match with distinct terms: its terms
+    ending with " in title" are the texts ` in title"` in its JSON, less the query's own:
+    a quote inside a string is escaped). A paper with a NUL in a query or a term goes with
+    those without an `upto` (SQLite's JSON functions cut the text at it: the store's SQL
+    makes those rows)."""
+    out: list[list] = [[] for _ in range(count)]
+    since: list[int] = []
+    text, terms_text = encode_basestring, encode_basestring_ascii
+    for i, (unmatched, found, mine) in enumerate(zip(papers, matches, keyed, strict=True)):
+        if not found:
+            continue
+        upto = unmatched.upto
+        if upto is None:
+            since.append(i)
+            continue
+        paper_id = unmatched.paper.id
+        marks = [len(place) for place in out]
+        nul = False
+        many: dict[str, list | None] | None = None  # the channels matched more than once (a delivery of several)
+        if len(set(mine)) != len(mine):
+            seen: set[str] = set()
+            many = {}
+            for key in mine:
+                if key in seen:
+                    many[key] = None
+                else:
+                    seen.add(key)
+        for (sub, _, query, terms), key in zip(found, mine, strict=True):
+            if sub > upto:  # committed after the paper was stored: not for it
+                continue
+            fact = '{"id":%d,"query":%s,"terms":[%s]}' % (sub, text(query), ",".join(map(terms_text, terms)))
+            if "\\u0000" in fact:
+                nul = True
+            if many is None or key not in many:
+                if len(terms) < 2 or len(set(terms)) == len(terms):
+                    strength = 1000 * min(fact.count(' in title"') - query.endswith(" in title"), 999) + min(
+                        len(terms), 999)
+                else:
+                    strength = _strength(set(terms))
+                out[ranges[key]].extend((paper_id, key, f"[{fact}]", strength))
+                continue
+            slot = many[key]
+            if slot is None:  # its place: where the channel's first match is
+                place = out[ranges[key]]
+                many[key] = [place, len(place), [fact], set(terms)]
+                place.extend((paper_id, key, None, None))
+            else:
+                slot[2].append(fact)
+                slot[3].update(terms)
+        if nul:  # its rows are left to the store's SQL
+            for place, mark in zip(out, marks, strict=True):
+                del place[mark:]
+            since.append(i)
+            continue
+        for slot in (many or {}).values():
+            if slot is not None:
+                place, at, facts, all_terms = slot
+                place[at + 2] = "[" + ",".join(facts) + "]"
+                place[at + 3] = _strength(all_terms)
+    return out, since
+
+
+def _strength(terms: set[str]) -> int:
+    """storage.deliveries.match_strength of these (distinct) terms."""
+    return 1000 * min(sum(term.endswith(" in title") for term in terms), 999) + min(len(terms), 999)
 
 
 def _channel_ranges(counts: dict[str, int], rows: int) -> dict[str, int]:

@@ -122,6 +122,10 @@ class Poller:
             recommender = Recommender()
         self.recommender = recommender  # like: subscriptions (issue 13)
         self._version = 0  # the newest subscription version the engine has seen
+        # The version the engine holds exactly (every subscription as it was then, and no
+        # other), or None when that is not known: the writer thread inserts deliveries
+        # made at it as they are while it is still the newest (`MatchedBatch.split`).
+        self._exact: int | None = None
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
         self._match_failed: set[str] = set()  # papers the matcher raised on once (retried once, then settled)
         # Sources whose last poll failed on the bot's own side (its database full or read-only,
@@ -198,10 +202,20 @@ class Poller:
             except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
                 log.warning("could not store %s compiled queries: %s", len(recompiled), exc)
 
+    def _sync(self, store: StoreContract) -> None:
+        """`sync_subscriptions`, learning whether the engine then holds a version exactly: it
+        does when the version read before the sync is the newest the sync saw (each change
+        gives a new version, and the sync read every subscription after that one)."""
+        version = store.subscriptions_version()
+        self.sync_subscriptions(store)
+        self._exact = version if self._version == version else None
+
     def _sync_if_changed(self, store: StoreContract) -> None:
-        """Sync when a subscription was added or changed since the last sync (one indexed read)."""
-        if store.subscriptions_version() != self._version:
-            self.sync_subscriptions(store)
+        """Sync when a subscription was added, changed or removed since the last sync (one
+        indexed read), or when the version the engine holds is not known exactly."""
+        version = store.subscriptions_version()
+        if version != self._version or version != self._exact:
+            self._sync(store)
 
     @property
     def worker_store(self) -> StoreContract | None:
@@ -216,7 +230,7 @@ class Poller:
         collections on the way held the GIL, and so the event loop, for 80 to 250 ms each."""
         def load(store: StoreContract) -> None:
             with no_collection():
-                self.sync_subscriptions(store)
+                self._sync(store)
 
         await self._in_worker(load)
 
@@ -323,7 +337,7 @@ class Poller:
             # (matches), and a full collection scanned them all with the GIL held (the loop
             # stood still up to ~80 ms). They are freed by reference counting as they are written.
             with no_collection():
-                self.sync_subscriptions(store)
+                self._sync(store)
                 if len(self.recommender):  # on its schedule (refit_hours), not per poll
                     self.recommender.ensure_fitted(store, now)
                 writes = _Writes(self._write, self.WRITES_AHEAD)
@@ -448,7 +462,7 @@ class Poller:
                     matches = []
                 if paper.id in liked:
                     matches = sorted([*matches, *liked[paper.id]])
-                if writes.gather(unmatched, tuple(matches)) >= self.GROUP_ROWS:
+                if writes.gather(unmatched, tuple(matches), self._exact) >= self.GROUP_ROWS:
                     self._submit(writes, now)
 
     def _may_post(self, unmatched: UnmatchedPaper, now: datetime) -> bool:
@@ -459,11 +473,15 @@ class Poller:
 
     def _submit(self, writes: _Writes, now: datetime) -> None:
         """Hand the gathered group to the writer thread as one job: its transactions, made
-        and encoded here (the writer only runs SQL), one a range of channels."""
-        done, found = writes.take()
+        and encoded here (the writer only runs SQL), one a range of channels; with their
+        deliveries made here too when the store takes them and the group was matched at one
+        known subscription version (`MatchedBatch.split`)."""
+        done, found, version = writes.take()
         if not done:
             return
-        batches = MatchedBatch.split(done, found, self.ENQUEUE_ROWS)
+        if not self.store.takes_made_deliveries():  # (no database read: from any thread)
+            version = None
+        batches = MatchedBatch.split(done, found, self.ENQUEUE_ROWS, version)
 
         def job(store: StoreContract) -> int:
             return sum(self._queue(store, batch, now) for batch in batches)
@@ -547,18 +565,24 @@ class _Writes:
         self._done: list[UnmatchedPaper] = []
         self._found: list[tuple[Match, ...]] = []
         self._rows = 0
+        self._version: int | None = None  # the subscription version the group was matched at, if one
 
-    def gather(self, unmatched: UnmatchedPaper, matches: tuple[Match, ...]) -> int:
-        """Add a matched paper to the group; how many matches the group has."""
+    def gather(self, unmatched: UnmatchedPaper, matches: tuple[Match, ...], version: int | None = None) -> int:
+        """Add a paper matched at subscription `version` (None: not known exactly) to the
+        group; how many matches the group has."""
+        if not self._done:
+            self._version = version
+        elif version != self._version:
+            self._version = None
         self._done.append(unmatched)
         self._found.append(matches)
         self._rows += len(matches)
         return self._rows
 
-    def take(self) -> tuple[list[UnmatchedPaper], list[tuple[Match, ...]]]:
-        """The group gathered so far (and a new one begins)."""
-        taken = self._done, self._found
-        self._done, self._found, self._rows = [], [], 0
+    def take(self) -> tuple[list[UnmatchedPaper], list[tuple[Match, ...]], int | None]:
+        """The group gathered so far and its version (and a new one begins)."""
+        taken = self._done, self._found, self._version
+        self._done, self._found, self._rows, self._version = [], [], 0, None
         return taken
 
     def submit(self, job: Callable[[StoreContract], int], papers: set[str]) -> None:

@@ -307,7 +307,8 @@ class StoreContract(Protocol):
 
     def subscriptions_version(self) -> int:
         """The newest version among subscriptions (`subscriptions_changed_since`): it grows with
-        every subscription added or changed, so a cheap way to see that something changed."""
+        every subscription added, changed or removed, so a cheap way to see that something
+        changed (while it is the same, nothing did)."""
         ...
 
     def subscription_ids(self) -> set[int]:
@@ -351,6 +352,12 @@ class StoreContract(Protocol):
     def enqueue_many(self, items: list[PaperMatches], now: datetime) -> int:
         """`enqueue` for each paper of `items`, all in one transaction; returns how
         many deliveries are new in all."""
+        ...
+
+    def takes_made_deliveries(self) -> bool:
+        """Whether `queue_matched` can use the deliveries a batch made beforehand
+        (`MatchedBatch.deliveries`, `MatchedBatch.split` given a subscription version): if
+        not, the poller makes its batches without them (only `matches`)."""
         ...
 
     def queue_matched(self, batch: MatchedBatch, now: datetime) -> int:

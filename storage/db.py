@@ -214,6 +214,30 @@ def _tidy_wal(db: Database) -> None:
         return
 
 
+@contextmanager
+def alone(db: Database) -> Iterator[sqlite3.Connection]:
+    """Statements each a write transaction of its own (SQLite's autocommit: a statement that
+    writes takes the write lock from its start, waiting as BEGIN IMMEDIATE does), with the
+    turnstile held as `immediate` holds it. One statement where `immediate` runs three
+    (BEGIN, it, COMMIT): each gives the GIL up and waits for it back, up to a switch
+    interval while another thread runs Python (the poller's writer beside its worker). Not
+    inside a transaction (the caller checks `in_transaction`)."""
+    conn = db.conn
+    turnstile = _turnstile(db)
+    if turnstile is not None and not turnstile.acquire(timeout=getattr(db, "papers_bot_timeout", BUSY_TIMEOUT),
+                                                       background=hasattr(db, "papers_bot_commits")):
+        raise storage_error(sqlite3.OperationalError("database is locked"), _path(db))
+    level = conn.isolation_level
+    try:
+        conn.isolation_level = None  # no implicit BEGIN before a statement that writes
+        yield conn
+    finally:
+        conn.isolation_level = level
+        if turnstile is not None:
+            turnstile.release()
+    _tidy_wal(db)
+
+
 def write(db: Database, sql: str, params: list | dict) -> sqlite3.Cursor:
     """One statement that writes, as a transaction of its own (so it waits its turn at the turnstile)."""
     with immediate(db):

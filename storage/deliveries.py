@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import fields, replace
 from datetime import datetime
@@ -23,7 +24,7 @@ from bot.models import (
     SubscriptionRef,
 )
 
-from .db import immediate, iso, parse_iso, write
+from .db import alone, immediate, iso, parse_iso, write
 from .migrations import MATCHED_OR_EMPTY
 
 _STATUSES = {f.name for f in fields(OutboxCounts)}
@@ -96,25 +97,50 @@ class DeliveriesMixin:
                 [stamp, stamp, payload],
             ).rowcount
 
+    def takes_made_deliveries(self) -> bool:
+        return True
+
     def queue_matched(self, batch: MatchedBatch, now: datetime) -> int:
         """A poll's transaction: queue `batch`'s deliveries, due at `now`, and take its papers
         off the unmatched list (if it `settles`); returns how many deliveries are new.
 
         Only subscriptions that still exist and may receive the paper count (id up to its
-        `upto`, or else created by its `since`), read under the write lock. Two statements
-        over the batch's JSON, whatever its size: the poller's writer thread runs them while
-        its worker matches, and they hold the GIL only to start. The `matched` facts and the
-        strength are made in SQL, not in Python (the worker has grouped a channel's matches
-        of a paper: most are a delivery of one match, read once). A poll's transactions
-        each hold a range of channels (`MatchedBatch.split`): that is what keeps its writes
-        to the outbox's index by channel few (docs/benchmarks.md, "outbox").
+        `upto`, or else created by its `since`), read under the write lock. A batch made
+        at a subscription version (`MatchedBatch.split`) that is still the newest, under
+        the lock, holds its deliveries as they are written (`deliveries`: subscriptions
+        unchanged since, the worker kept those up to each paper's `upto`): they go in by
+        one INSERT of bound values (`_insert_made`), the version's check in it; the papers
+        without an `upto` (`recheck`) and any other batch take `_QUEUE_MATCHED`, which
+        reads the batch's JSON and each subscription. A transaction that is that INSERT
+        alone (not the group's last, nothing to recheck) is that one statement, without
+        BEGIN and COMMIT (`alone`). Either way a few statements over the whole batch: the
+        poller's writer thread runs them while its worker matches, and they hold the GIL
+        only to start. A poll's transactions each hold a range of
+        channels (`MatchedBatch.split`): that is what keeps its writes to the outbox's
+        index by channel few (docs/benchmarks.md, "outbox").
         """
+        conn = self.db.conn
+        made: bool | None = None  # whether the made deliveries are in (None: not tried yet)
+        if (batch.version is not None and batch.deliveries is not None and not batch.settles
+                and batch.recheck == "[]" and len(batch.deliveries) <= 4 * _MADE_ROWS[-1]
+                and not conn.in_transaction):
+            # The INSERT is the whole transaction: alone, in one statement, not three.
+            with alone(self.db):
+                before = conn.total_changes
+                made = _insert_made(conn, batch.deliveries, batch.version, iso(now))
+            if made:
+                return conn.total_changes - before
         with immediate(self.db):
-            before = self.db.conn.total_changes  # rowcount is -1 for a statement that begins WITH
-            self.db.conn.execute(_QUEUE_MATCHED, {"papers": batch.papers, "matches": batch.matches, "now": iso(now)})
-            queued = self.db.conn.total_changes - before  # (no trigger fires on an insert into deliveries)
+            before = conn.total_changes  # rowcount is -1 for a statement that begins WITH
+            if made is None:
+                made = batch.version is not None and batch.deliveries is not None and _insert_made(
+                    conn, batch.deliveries, batch.version, iso(now))
+            if not made or batch.recheck != "[]":
+                conn.execute(_QUEUE_MATCHED, {"papers": batch.papers, "now": iso(now),
+                                              "matches": batch.recheck if made else batch.matches})
+            queued = conn.total_changes - before  # (no trigger fires on an insert into deliveries)
             if batch.settles:
-                self.db.conn.execute(
+                conn.execute(
                     "DELETE FROM unmatched_papers WHERE paper_id IN "
                     "(SELECT json_extract(value, '$[0]') FROM json_each(?))", [batch.papers])
         return queued
@@ -395,6 +421,36 @@ SELECT paper_id, coalesce(channel, many_channel),
                  + min(json_array_length(value, '$[2]'), 999) END,
        :now, :now
   FROM q WHERE may OR many_channel IS NOT NULL"""
+
+
+# The newest subscription version (SubscriptionsMixin.subscriptions_version), in SQL.
+_VERSION = "(SELECT max(v.version, (SELECT coalesce(max(version), 0) FROM subscriptions)) FROM subscription_version v)"
+# `_insert_made`'s statements, by rows a statement (a few sizes, so each is prepared once a
+# connection: Python's sqlite3 keeps them): ?1 the time, ?2 the version the deliveries were
+# made at, then four values a delivery; rows past the batch's own are NULLs, skipped.
+_MADE_ROWS = (64, 128, 256, 512, 1024, 2048, 4096)
+_MADE_SQL = {size: f"""
+    INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
+    SELECT column1, column2, column3, column4, ?1, ?1
+      FROM (VALUES {",".join(f"(?{4 * i + 3},?{4 * i + 4},?{4 * i + 5},?{4 * i + 6})" for i in range(size))})
+     WHERE column1 IS NOT NULL AND ?2 = {_VERSION}""" for size in _MADE_ROWS}
+
+
+def _insert_made(conn: sqlite3.Connection, deliveries: list, version: int, stamp: str) -> bool:
+    """Insert deliveries made beforehand (`MatchedBatch.deliveries`), in their order, if the
+    subscription version is still `version`; whether it was (then they are all in).
+
+    Bound values, not JSON: nothing to parse, and each statement is one step (the GIL is
+    given up once, not once a row as executemany's). In the transaction of `queue_matched`."""
+    before, largest = conn.total_changes, _MADE_ROWS[-1]
+    for start in range(0, len(deliveries), 4 * largest):
+        part = deliveries[start:start + 4 * largest]
+        size = next(size for size in _MADE_ROWS if 4 * size >= len(part))
+        conn.execute(_MADE_SQL[size], [stamp, version, *part, *[None] * (4 * size - len(part))])
+        if conn.total_changes == before:  # nothing new: the version changed, or all were queued before
+            if conn.execute(f"SELECT {_VERSION}").fetchone()[0] != version:
+                return False
+    return True
 
 
 def match_strength(matches: list[Match]) -> int:

@@ -622,3 +622,18 @@ def m028_papers_fts_on_text_updates(db: Database) -> None:
                       INSERT INTO papers_fts (rowid, title, summary, authors)
                           VALUES (new.rowid, new.title, new.summary, new.authors);
                   END""")
+
+
+@migrations()
+def m029_subscription_version_on_delete(db: Database) -> None:
+    # Removing a subscription gives a new version too (it gave none: adding and changing one
+    # did, storage/subscriptions.py), whatever removes it (a command, another process, a
+    # cascade). So a version, while it is the newest, says that no subscription was added,
+    # changed or removed since: the poller's writer inserts the deliveries its worker made
+    # at that version as they are (storage/deliveries.py `queue_matched`), and its engine
+    # drops a removed subscription at its next sync, not at the next change.
+    db.execute("""CREATE TRIGGER IF NOT EXISTS subscriptions_deleted_version AFTER DELETE ON subscriptions
+                  BEGIN
+                      UPDATE subscription_version
+                         SET version = max(version, (SELECT coalesce(max(version), 0) FROM subscriptions)) + 1;
+                  END""")

@@ -134,7 +134,8 @@ class SubscriptionsMixin:
         return int(row[0]) if row else 0
 
     def subscriptions_version(self) -> int:
-        """The newest subscription version (grows with every subscription added or changed)."""
+        """The newest subscription version (grows with every subscription added, changed or
+        removed: m029's trigger for a removal)."""
         return self.db.execute(
             "SELECT max(v.version, (SELECT coalesce(max(version), 0) FROM subscriptions)) FROM subscription_version v"
         ).fetchone()[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 from bot.errors import StorageError
 from bot.models import ChannelRef
 from bot.poller import Poller
-from storage import Store
+from storage import Store, reopen
 
 from .fakes import FakeSource, paper
 
@@ -378,6 +378,73 @@ async def test_a_subscribe_with_backfill_during_a_poll_gets_each_paper_of_it_onc
     ml = [paper_id for paper_id, channel in queued(store) if channel == ML.key]
     assert report.queued > len([1 for _, channel in queued(store) if channel == CV.key])  # and some after it
     assert len(ml) == len(set(ml)) and set(ml) == {p.id for p in papers if "diffusion" in p.title}
+
+
+async def test_an_unsubscribe_during_a_poll_gets_nothing_from_the_transactions_after_it(store, clock):
+    # The worker makes each transaction's deliveries at the subscription version its engine
+    # holds; the writer inserts them as they are only while that version is the newest. A
+    # removal gives a new version (m029), so the transactions after it read the subscriptions
+    # again, and the removed one's channel gets nothing more (the engine drops it at its
+    # next sync).
+    subscribe(store, clock)
+    (sub,) = store.subscriptions(ML)
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+    poller.WRITES_AHEAD = 1
+    loop = asyncio.get_running_loop()
+    at_removal: list[int] = []
+    calls = 0
+
+    async def unsubscribe() -> None:
+        assert store.remove_subscription(ML, sub.id) is not None
+        at_removal.append(len([1 for _, channel in queued(store) if channel == ML.key]))
+
+    def unsubscribe_after_the_second_transaction() -> None:  # in the poll's writer thread
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            asyncio.run_coroutine_threadsafe(unsubscribe(), loop).result(timeout=60)
+
+    poller.between_batches = unsubscribe_after_the_second_transaction
+    report = await poller.poll(FakeSource(papers=papers))
+    assert report.ok and report.new == 60 and calls > 4
+    ml = [paper_id for paper_id, channel in queued(store) if channel == ML.key]
+    assert at_removal == [len(ml)] and 0 < len(ml) < len([p for p in papers if "diffusion" in p.title])
+    cv = [paper_id for paper_id, channel in queued(store) if channel == CV.key]
+    assert sorted(cv) == sorted(p.id for p in papers if "segmentation" in p.title)
+
+
+async def test_a_removal_committed_while_the_engine_syncs_is_not_taken_for_the_engine_s_state(store, clock):
+    # The engine's sync reads the subscriptions' ids, then what changed since its version: a
+    # removal committed in between (here at the poll's first sync) leaves it holding the
+    # removed subscription at the newest version. The poller then knows no version its engine
+    # holds exactly, and syncs again before it matches (or the writer would read the
+    # subscriptions): the removed one's channel gets nothing.
+    subscribe(store, clock)
+    (sub,) = store.subscriptions(ML)
+    removed: list = []
+    armed = threading.Event()
+
+    def open_worker_store():
+        opened = reopen(store)
+        ids = opened.subscription_ids
+
+        def ids_then_a_removal() -> set[int]:
+            found = ids()
+            if armed.is_set() and not removed:  # another process, between the engine's two reads
+                removed.append(opened.remove_subscription(ML, sub.id))
+            return found
+        opened.subscription_ids = ids_then_a_removal  # type: ignore[method-assign]
+        return opened
+
+    poller = Poller(store, clock, open_store=open_worker_store)
+    assert (await poller.poll(FakeSource(papers=[]))).ok  # the engine loads both
+    store.add_subscription(CV, "agents", "u2", clock())  # the next poll syncs
+    armed.set()
+    clock.advance(minutes=1)
+    report = await poller.poll(FakeSource(papers=listing()))
+    assert report.ok and removed == [sub] and report.queued > 0
+    assert {channel for _, channel in queued(store)} == {CV.key}
 
 
 async def test_a_subscription_made_after_the_newest_one_was_removed_is_matched(store, clock):

@@ -1,4 +1,6 @@
+import dataclasses
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -508,6 +510,115 @@ def test_queue_matched_leaves_out_the_facts_of_a_subscription_removed_after_the_
     assert delivery.matched == (Match(sa2.id, a, "beta", ("beta",)),)
     assert store.db.execute("SELECT strength FROM deliveries").fetchall() == [(1,)]  # out of what is left
     assert store.pending_for_channel(b) == []
+
+
+def _queued_rows(store) -> list[tuple]:
+    return sql(store, "SELECT paper_id, channel, matched, strength, next_attempt_at, created_at, status "
+                      "FROM deliveries ORDER BY id")
+
+
+def _spied(batches: list[MatchedBatch], asked: list[int]) -> list[MatchedBatch]:
+    """The batches, noting in `asked` each time a store reads one's `matches`."""
+    def spy(batch: MatchedBatch) -> Callable[[], str]:
+        def encoded() -> str:
+            asked.append(1)
+            return batch.matches
+        return encoded
+    return [dataclasses.replace(b, encoded=spy(b)) for b in batches]
+
+
+@pytest.mark.backends
+def test_queue_matched_inserts_the_deliveries_made_at_an_unchanged_version_as_its_sql_makes_them(store):
+    # A batch made at the newest subscription version holds its deliveries as the store writes
+    # them (SQLite inserts them as they are, without reading `matches`); the same rows, in the
+    # same order, as the store's SQL makes out of `matches`: non-ASCII, escapes, control
+    # characters, a query ending with " in title", repeated terms, a channel's several matches
+    # of which some are past the paper's upto, a re-checked paper (no upto: its subscriptions'
+    # creation times decide, in SQL), a NUL (SQL's rows too), nothing matched.
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    a, b, c = ChannelRef("console", "a"), ChannelRef("slack", "C1"), ChannelRef("console", "c")
+    made = [(ch, q, t - timedelta(days=1)) for ch, q in ((a, "alpha"), (a, "beta é"), (b, "gamma in title"),
+                                                        (c, 'q "x" \\ y'), (b, "delta"))]
+    subs = [store.add_subscription(ch, q, "u1", when).subscription for ch, q, when in made]
+    late = store.add_subscription(a, "late", "u1", t + timedelta(hours=1)).subscription  # after the papers
+    papers = [paper(f"2410.0000{i}") for i in range(1, 8)]
+    store.add_papers(papers, t)
+    upto = subs[-1].id
+    done = [UnmatchedPaper(p, t, upto) for p in papers]
+    done[4] = UnmatchedPaper(papers[4], t)  # re-checked: subscriptions created by t
+    store.mark_unmatched(done)
+    sa, sa2, sb, sc, sd = subs
+
+    def m(sub, *terms):
+        return Match(sub.id, sub.channel, sub.query, tuple(terms))
+    found = [
+        (m(sa, "alpha in title", "élan \u00e9 ☃ 😀"), m(sb, "gamma in title", 'a " in title'),
+         m(sc, "tab\tnew\nline\x01 in title", "x")),
+        (m(sa, "alpha"), m(late, "late in title"), m(sa2, "beta é in title", "alpha"), m(sb, "gamma"),
+         m(sd, "delta"), m(sa, "again")),  # a: alpha, beta and alpha again; late: past upto
+        (m(sc, "q in title", "q in title", "y"),),  # repeated terms
+        (m(late, "late"), m(sa, "alpha", "],[", '",[ in title')),
+        (m(sa, "alpha"), m(late, "late"), m(sb, "gamma")),  # re-checked: late was created after t
+        (m(sb, "nul\x00 in title"), m(sd, "delta")),
+        (),
+    ]
+    version = store.subscriptions_version()
+
+    def made_and_sql(done: list[UnmatchedPaper], found: list[tuple[Match, ...]], rows: int) -> list[tuple]:
+        """The rows queued from batches made at the version, and the same from the SQL's way."""
+        asked: list[int] = []
+        fast = _spied(MatchedBatch.split(done, found, rows, version), asked)
+        slow = MatchedBatch.split(done, found, rows)
+        assert len(fast) == len(slow) > 1 and [f.rows for f in fast] == [s.rows for s in slow]
+        queued = sum(store.queue_matched(batch, t) for batch in fast)
+        made = _queued_rows(store)
+        assert queued == len(made) and not {u.paper.id for u in store.unmatched_papers(10)} & {u.paper.id for u in done}
+        assert bool(asked) == (not store.takes_made_deliveries())  # SQLite: the deliveries as made, not `matches`
+        sql(store, "DELETE FROM deliveries")
+        store.mark_unmatched(done)
+        assert sum(store.queue_matched(batch, t) for batch in slow) == queued
+        assert _queued_rows(store) == made
+        sql(store, "DELETE FROM deliveries")
+        store.mark_unmatched(done)
+        return made
+
+    # Papers with an upto and no NUL alone: the transactions before the last are one INSERT each.
+    assert len(made_and_sql([done[i] for i in (0, 1, 2, 3)], [found[i] for i in (0, 1, 2, 3)], 1)) == 7
+    rows = made_and_sql(done, found, 3)
+    assert len(rows) == 10
+    assert sum(store.queue_matched(batch, t) for batch in MatchedBatch.split(done, found, 3, version)) == 10
+    owed = {(d.paper_id, d.channel): d.matched for ch in (a, b, c) for d in store.pending_for_channel(ch)}
+    assert owed[(papers[1].id, a)] == (m(sa, "alpha"), m(sa2, "beta é in title", "alpha"), m(sa, "again"))
+    assert (papers[4].id, a) in owed and late.id not in {x.subscription_id for ms in owed.values() for x in ms}
+
+
+@pytest.mark.backends
+def test_queue_matched_reads_the_subscriptions_again_when_the_version_changed(store):
+    # Made at a version, then a subscription is removed (or added, or changed) before the
+    # write: the store reads the batch's `matches` and the subscriptions, as for any batch.
+    t = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
+    sa, sa2, sb = (store.add_subscription(ch, q, "u1", t - timedelta(days=1)).subscription
+                   for ch, q in ((a, "alpha"), (a, "beta"), (b, "gamma")))
+    one, two = paper("2410.00001"), paper("2410.00002")
+    store.add_papers([one, two], t)
+    done = [UnmatchedPaper(one, t, sb.id)]
+    store.mark_unmatched(done)
+    found = [(Match(sa.id, a, "alpha", ("alpha",)), Match(sa2.id, a, "beta", ("beta",)),
+              Match(sb.id, b, "gamma", ("gamma",)))]
+    batch = MatchedBatch.encode(done, found, store.subscriptions_version())
+    store.remove_subscription(a, sa.id)
+    store.remove_subscription(b, sb.id)
+    assert store.queue_matched(batch, t) == 1 and store.unmatched_papers(10) == []
+    (delivery,) = store.pending_for_channel(a)
+    assert delivery.matched == (Match(sa2.id, a, "beta", ("beta",)),)
+    assert store.pending_for_channel(b) == []
+    # A subscription added since: nothing of the batch is lost for it.
+    done = [UnmatchedPaper(two, t, sb.id)]
+    store.mark_unmatched(done)
+    batch = MatchedBatch.encode(done, [(Match(sa2.id, a, "beta", ("beta",)),)], store.subscriptions_version())
+    store.add_subscription(b, "new", "u1", t)
+    assert store.queue_matched(batch, t) == 1 and store.unmatched_papers(10) == []
 
 
 @pytest.mark.backends

@@ -24,6 +24,7 @@ from bot.models import (
     PaperMatches,
     Subscribed,
     Subscription,
+    SubscriptionChanges,
     stored_subscription,
 )
 
@@ -59,12 +60,16 @@ def test_subscriptions_are_idempotent_limited_and_never_reuse_ids_or_versions(st
 
     v2 = store.subscriptions_version()
     assert store.remove_subscription(CV, s2.id) is None  # another channel's id
+    assert store.subscriptions_version() == v2  # nothing removed, no new version
     assert store.remove_subscription(ML, s2.id) == s2
     assert store.remove_subscription(ML, s2.id) is None
-    # Removed, the newest took neither its id nor its version with it.
-    assert store.newest_subscription_id() == 2 and store.subscriptions_version() == v2
+    # Removed, the newest took neither its id nor its version with it; the removal gave a
+    # new version (nothing else did: the refused removals above).
+    v3 = store.subscriptions_version()
+    assert store.newest_subscription_id() == 2 and v3 > v2
+    assert store.subscriptions_changed_since(v2) == SubscriptionChanges([], v3)
     s3 = store.add_subscription(ML, "video", "u1", T0).subscription
-    assert s3.id == 3 and store.subscriptions_version() > v2
+    assert s3.id == 3 and store.subscriptions_version() > v3
     changes = store.subscriptions_changed_since(v2)
     assert [s.id for s in changes.subscriptions] == [3] and changes.version == store.subscriptions_version()
     assert store.subscriptions_changed_since(changes.version).subscriptions == []
@@ -78,9 +83,13 @@ def test_lists_are_by_id_and_remove_all_returns_what_was_removed(store):
     assert [s.query for s in store.subscriptions(ML)] == ["a", "c"]
     assert [s.query for s in store.subscriptions()] == ["a", "b", "c"]
     assert store.get_subscription(2).channel == CV and store.get_subscription(99) is None
+    version = store.subscriptions_version()
     removed = store.remove_all_subscriptions(ML)
     assert [(s.id, s.query, s.delivered) for s in removed] == [(1, "a", 0), (3, "c", 0)]
+    assert store.subscriptions_version() > version  # removing gives a new version (MatchedBatch.version)
+    version = store.subscriptions_version()
     assert store.subscription_ids() == {2} and store.remove_all_subscriptions(ML) == []
+    assert store.subscriptions_version() == version
 
 
 @pytest.mark.backends

@@ -79,6 +79,9 @@ class DeliveriesMixin:
     def enqueue(self, paper_id: str, matches: list[Match], now: datetime) -> int:
         return self.enqueue_many([PaperMatches(paper_id, tuple(matches))], now)
 
+    def takes_made_deliveries(self) -> bool:
+        return False  # it reads `matches` (jsonb), whatever the batch holds
+
     def queue_matched(self, batch: MatchedBatch, now: datetime) -> int:
         """StoreContract.queue_matched, set-based as SQLite's (storage/deliveries.py): one
         statement reads the batch's JSON (`_QUEUE_MATCHED`), keeps the matches of subscriptions

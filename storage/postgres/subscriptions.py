@@ -12,7 +12,9 @@ handed out, and committed, one after the other, and a version read anywhere mean
 lower one is committed. Subscription ids are drawn under the same lock, so they too grow in
 commit order (`newest_subscription_id`).
 
-Removals take the row too (without a new version), and the poller's transactions that read
+Removals take the row too, and a new version when they remove something (as SQLite's
+trigger m029 gives one: the poller's writer inserts deliveries made at a version as they are
+only while it is the newest, storage/deliveries.py), and the poller's transactions that read
 subscriptions to act on them (newest_subscription_id, subscriptions_created_by) hold it FOR
 SHARE until they commit: what they read is not removed or added under them, as under
 SQLite's single write lock, and only this one row is locked, however many subscriptions.
@@ -83,6 +85,8 @@ class SubscriptionsMixin:
             self.db.execute(_LOCK_LOG)  # waits for the outbox writes that read it (subscriptions_created_by)
             row = self.db.one(f"DELETE FROM subscriptions WHERE id = %s AND channel = %s RETURNING {_COLUMNS}",
                               [subscription_id, channel.key])
+            if row:
+                self.db.execute(_BUMP)
             return _subscription(row) if row else None
 
     def subscriptions(self, channel: ChannelRef | None = None) -> list[Subscription]:
@@ -161,7 +165,7 @@ class SubscriptionsMixin:
         return int(self.db.scalar("SELECT newest_id FROM subscription_version"))
 
     def subscriptions_version(self) -> int:
-        """The newest subscription version (grows with every subscription added or changed)."""
+        """The newest subscription version (grows with every subscription added, changed or removed)."""
         return int(self.db.scalar("SELECT version FROM subscription_version"))
 
     def subscription_ids(self) -> set[int]:
@@ -192,6 +196,8 @@ class SubscriptionsMixin:
         with self.db.transaction():
             self.db.execute(_LOCK_LOG)  # as remove_subscription
             rows = self.db.all(f"DELETE FROM subscriptions WHERE channel = %s RETURNING {_COLUMNS}", [channel.key])
+            if rows:
+                self.db.execute(_BUMP)
         return sorted((_subscription(row) for row in rows), key=lambda s: s.id)
 
     def count_subscriptions(self, channel: ChannelRef) -> int:
