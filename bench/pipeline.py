@@ -24,6 +24,10 @@ heartbeats); stalls over 250 ms are logged with the stack that held the loop.
 With --sweep, delivery sweeps (App.deliver, as `run` starts one after a poll) run one
 after another from the poll's start until it ends, sending what the poll has queued so far
 to the fake Slack (`sweeps`, `sweep_sent`): their writes meet the poller's at the write lock.
+With --kept-index, the index is built and kept (bot/index_cache.py) before the bot starts,
+as an earlier run of the bot would have left it (untimed: `kept_index_s`), and the first
+load reads it: `index_load_s`. Either way, the poller keeps its index after the poll (in its
+worker thread, the loop and commands going on): `index_save_s`, waited for before the end.
 Last line: one JSON object. Figures, not assertions: see docs/benchmarks.md.
 """
 
@@ -50,10 +54,11 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from bot.app import App
+from bot import index_cache
+from bot.app import App, index_cache_path
 from bot.config import Secrets, parse_config
 from bot.loopwatch import LoopWatch
-from bot.matching import PaperView, compile_query
+from bot.matching import IndexedMatcher, PaperView, compile_query
 from bot.models import Listing, MatchedBatch, Paper, Validators
 from bot.poller import Poller
 from bot.sharded import ShardedMatcher
@@ -278,14 +283,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def keep_index(path: Path, kept: Path) -> None:
+    """The index an earlier run of the bot would have kept beside the database."""
+    store = Store(path)
+    poller = Poller(store)
+    try:
+        poller.sync_subscriptions(store)
+        assert isinstance(poller.matcher, IndexedMatcher)
+        index_cache.save(kept, poller.matcher, poller._version, dict(store.subscription_queries(poller._version)))
+    finally:
+        poller.close()
+        store.close()
+
+
 async def measure(workload: Workload, directory: Path, port: int, match_processes: int = 1,
                   switch_interval: float | None = None, enqueue_rows: int | None = None,
-                  sweep: bool = False) -> dict:
+                  sweep: bool = False, kept_index: bool = False) -> dict:
     now = datetime.now(timezone.utc)
     path = directory / "bench.db"
     started = time.perf_counter()
     subscriptions = fill(path, workload, now)
     fill_s = time.perf_counter() - started
+    kept_index_s = None
+    if kept_index:
+        started = time.perf_counter()
+        keep_index(path, directory / "bench.db.index")
+        kept_index_s = round(time.perf_counter() - started, 2)
+        gc.collect()
 
     replies: dict[int, float] = {}
     with FakeSlack() as slack:
@@ -305,6 +329,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             "matching": {"processes": match_processes},
         }, Secrets({"SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SECRET}))
         app = App(config)
+        assert index_cache_path(config) == directory / "bench.db.index"
         if enqueue_rows:  # deliveries a transaction of the writer thread (Poller.ENQUEUE_ROWS)
             app.poller.ENQUEUE_ROWS = enqueue_rows
         try:
@@ -321,9 +346,11 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
                 sys.setswitchinterval(switch_interval)
             await asyncio.sleep(1.0)  # the idle loop, for comparison
 
-            started = time.perf_counter()
+            started, beats = time.perf_counter(), len(watch.samples)
             await app.poller.load_index()  # in the poller's worker thread, as the bot's first poll does it
             index_load_s = time.perf_counter() - started
+            await asyncio.sleep(0.05)  # the heartbeat that ends a stall at the load's end
+            index_load_stall_ms = max(watch.samples[beats:], default=0.0) * 1000
             await asyncio.sleep(1.0)  # the commands that waited are answered: two stalls, not one
 
             split, write_split, undo = time_parts(app)
@@ -346,6 +373,13 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
                 undo()
             poll_s = time.perf_counter() - started
             poll_cpu_s = time.process_time() - cpu_started  # all threads: on a busy machine, the steadier figure
+            index_save_s = index_save_stall_ms = None
+            if app.poller.index_saving is not None:  # kept after the poll: the loop goes on meanwhile
+                started, beats = time.perf_counter(), len(watch.samples)
+                await asyncio.wrap_future(app.poller.index_saving)
+                index_save_s = round(time.perf_counter() - started, 2)
+                await asyncio.sleep(0.05)
+                index_save_stall_ms = round(max(watch.samples[beats:], default=0.0) * 1000, 1)
             match_cpu_s = split.pop("match_cpu")  # the worker thread's CPU in the matcher
             split["other"] = poll_s - sum(split.values())
             await asyncio.sleep(1.0)
@@ -388,6 +422,11 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "candidates_per_paper": round(candidates, 1) if candidates is not None else None,
         "match_processes": match_processes,
         "index_load_s": round(index_load_s, 3),
+        "kept_index": kept_index,
+        "kept_index_s": kept_index_s,
+        "index_load_stall_max_ms": round(index_load_stall_ms, 1),
+        "index_save_s": index_save_s,
+        "index_save_stall_max_ms": index_save_stall_ms,
         "poll_s": round(poll_s, 3),
         "papers_per_s": round(papers / poll_s, 1) if poll_s else 0.0,
         "poll_cpu_s": round(poll_cpu_s, 3),
@@ -446,6 +485,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="deliveries a transaction of the poller's writer thread (default: Poller.ENQUEUE_ROWS)")
     parser.add_argument("--match-processes", type=int, default=1,
                         help="[matching] processes: >1 splits the index over that many worker processes")
+    parser.add_argument("--kept-index", action="store_true",
+                        help="the first load reads the index kept by an earlier run (made before the bot starts)")
     parser.add_argument("--sweep", action="store_true",
                         help="delivery sweeps to the fake Slack all through the poll (sweeps, sweep_sent)")
     args = parser.parse_args(argv)
@@ -460,7 +501,7 @@ def main(argv: list[str] | None = None) -> dict:
     random.seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="papers-bot-bench-pipeline-") as directory:
         figures = asyncio.run(measure(workload, Path(directory), free_port(), args.match_processes,
-                                     args.switch_interval, args.enqueue_rows, args.sweep))
+                                     args.switch_interval, args.enqueue_rows, args.sweep, args.kept_index))
     figures["switch_interval"] = args.switch_interval
     figures["enqueue_rows"] = args.enqueue_rows or Poller.ENQUEUE_ROWS
     figures["group_rows"] = Poller.GROUP_ROWS  # matches gathered, then split by channels (Poller._submit)

@@ -184,6 +184,13 @@ class SubscriptionChanges:
     version: int
 
 
+class StoredQuery(NamedTuple):
+    """A subscription's id and stored query (`StoreContract.subscription_queries`)."""
+
+    id: int
+    query: str
+
+
 class Match(NamedTuple):
     """One subscription matching one paper, with the terms that made it match.
 

@@ -14,19 +14,22 @@ import gc
 import logging
 import sqlite3
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, Sequence, TypeVar
 
 from storage import StoreContract, reopen
 
+from . import index_cache
 from .clock import utcnow
 from .collection import no_collection
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
-from .models import Match, MatchedBatch, Paper, UnmatchedPaper
+from .models import Match, MatchedBatch, Paper, Subscription, UnmatchedPaper
 from .sharded import ShardedMatcher, ShardFailed
 from .sources import Source
 from .sources.base import bounded_repr, check_paper
@@ -102,11 +105,18 @@ class Poller:
     GROUP_ROWS = 15_000  # matches gathered (~150 papers) before they are split and handed over
     ENQUEUE_ROWS = 1000  # matches a transaction, about (~10-15 ms of CPU)
     WRITES_AHEAD = 2  # groups handed to the writer thread and not yet committed
+    # The built index is kept in `index_cache` (bot/index_cache.py) once it has this many
+    # subscriptions (fewer build in a tenth of a second), after a poll; again after a poll at
+    # most every INDEX_SAVE_EVERY seconds, if subscriptions changed (the next start adds those
+    # changed since anyway: a stale file only costs their adds).
+    INDEX_SAVE_MIN = 10_000
+    INDEX_SAVE_EVERY = 3600.0
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
                  open_store: Callable[[], StoreContract] | None = None,
                  complete: Callable[[list[Paper]], Awaitable[list[Paper]]] | None = None,
-                 recommender: Recommender | None = None, match_processes: int = 1):
+                 recommender: Recommender | None = None, match_processes: int = 1,
+                 index_cache: Path | None = None):
         self.store = store
         # Before the worker stores and matches a listing: missing metadata filled in, on the
         # loop (bot.enrich.CategoryFiller: arXiv categories for Hugging Face papers).
@@ -122,6 +132,10 @@ class Poller:
             recommender = Recommender()
         self.recommender = recommender  # like: subscriptions (issue 13)
         self._version = 0  # the newest subscription version the engine has seen
+        # Where the built index is kept between runs (bot/index_cache.py); None: it is not.
+        self.index_cache = index_cache
+        self._index_saved: tuple[int, float] | None = None  # (version, time.monotonic()) of the last kept
+        self.index_saving: Future[None] | None = None  # the latest save handed to the worker thread
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
         self._match_failed: set[str] = set()  # papers the matcher raised on once (retried once, then settled)
         # Sources whose last poll failed on the bot's own side (its database full or read-only,
@@ -154,17 +168,25 @@ class Poller:
             self.matcher, self._version = IndexedMatcher(), 0
         current = store.subscription_ids()
         known = self.matcher.ids()
+        kept: list[Subscription] = []  # like: subscriptions of a kept index's, for the recommender
         if not known and current and not self._version:
-            # First load: recent papers' word counts let the index anchor on rare words.
-            history = store.recent_papers(HISTORY_FOR_ANCHORS)
-            if self.match_processes > 1:
-                self.matcher = ShardedMatcher(papers=history, processes=self.match_processes)
+            cached = self._kept_index(store)
+            if cached is not None:  # brought up to date below, as any later sync
+                (self.matcher, self._version), kept = cached
+                known = self.matcher.ids()
             else:
-                self.matcher = IndexedMatcher(papers=history)
+                # First load: recent papers' word counts let the index anchor on rare words.
+                history = store.recent_papers(HISTORY_FOR_ANCHORS)
+                if self.match_processes > 1:
+                    self.matcher = ShardedMatcher(papers=history, processes=self.match_processes)
+                else:
+                    self.matcher = IndexedMatcher(papers=history)
         for gone in known - current:
             self.matcher.remove(gone)
         changes = store.subscriptions_changed_since(self._version)
         changed, self._version = changes.subscriptions, changes.version
+        if kept:
+            changed = [*kept, *changed]
         keyword = self.recommender.sync(store, current, changed)  # it takes the like: ones
         for sub in changed if len(keyword) < len(changed) else ():
             self.matcher.remove(sub.id)  # from an earlier query; re-added below if it is keywords
@@ -197,6 +219,73 @@ class Poller:
                 store.save_compiled_queries(recompiled)
             except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
                 log.warning("could not store %s compiled queries: %s", len(recompiled), exc)
+
+    def _kept_index(self, store: StoreContract) -> tuple[tuple[IndexedMatcher, int], list[Subscription]] | None:
+        """The index kept by an earlier run (`index_cache`), if it describes this database, and
+        the like: subscriptions it was in step with (the recommender's, not in the index); None
+        to build it. Any failure is logged and the index is built."""
+        if self.index_cache is None or self.match_processes > 1:
+            return None
+        try:
+            with no_collection():
+                cached = index_cache.load(self.index_cache)
+                if cached is None:
+                    return None
+                stored = store.subscription_queries(cached.version)
+                if not index_cache.usable(cached, stored):
+                    log.warning("the kept index %s describes another database: it is built anew", self.index_cache)
+                    return None
+                gc.freeze()  # as after a bulk load: never rescanned by a collection
+            kept = [sub for sub_id, query in stored if "like:" in query
+                    and (sub := store.get_subscription(sub_id)) is not None]
+        except (StorageError, sqlite3.Error):
+            raise
+        except Exception:
+            log.exception("the kept index %s could not be used: it is built anew", self.index_cache)
+            return None
+        self._index_saved = (cached.version, time.monotonic())
+        log.info("index of %d subscriptions loaded from %s (version %d)", len(cached.matcher), self.index_cache,
+                 cached.version)
+        return (cached.matcher, cached.version), kept
+
+    def _save_index_soon(self) -> None:
+        """Keep the index (`index_cache`) in the worker thread, after what it is doing, when it is
+        big enough and the kept one is missing or old (see INDEX_SAVE_MIN). Never fails: a
+        failure is logged (only the next start's speed depends on it)."""
+        matcher = self.matcher
+        if (self.index_cache is None or not isinstance(matcher, IndexedMatcher) or len(matcher) < self.INDEX_SAVE_MIN
+                or not self.store.reads_off_loop() or self._stopping.is_set()):
+            return
+        saved = self._index_saved
+        if saved is not None and (saved[0] == self._version or time.monotonic() - saved[1] < self.INDEX_SAVE_EVERY):
+            return
+        if self.index_saving is not None and not self.index_saving.done():
+            return
+        path = self.index_cache
+
+        def save() -> None:
+            try:
+                if self._worker_store is None:
+                    self._worker_store = self.open_store()
+                matcher, version = self.matcher, self._version
+                if not isinstance(matcher, IndexedMatcher):
+                    return
+                started = time.monotonic()
+                queries = dict(self._worker_store.subscription_queries(version))
+                with no_collection():  # full collections would rescan what pickling makes, holding the GIL
+                    saved = index_cache.save(path, matcher, version, queries, stop=self._stopping.is_set)
+                if saved:
+                    self._index_saved = (version, time.monotonic())
+                    log.info("index of %d subscriptions kept in %s (%.1f s)", len(matcher), path,
+                             time.monotonic() - started)
+            except Exception as exc:
+                self._index_saved = (self._version, time.monotonic())  # not tried again before INDEX_SAVE_EVERY
+                log.warning("could not keep the index in %s: %s: %s", path, type(exc).__name__, exc)
+
+        try:
+            self.index_saving = self._executor.submit(save)
+        except RuntimeError:  # closed
+            pass
 
     def _sync_if_changed(self, store: StoreContract) -> None:
         """Sync when a subscription was added or changed since the last sync (one indexed read)."""
@@ -351,6 +440,7 @@ class Poller:
                 return new, queued, recovered
 
         new, queued, recovered = await self._in_worker(work)
+        self._save_index_soon()  # after the poll, in the worker thread
         if not papers:
             log.info("%s: empty listing (normal on weekends and holidays)", source.name)
         return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=new, queued=queued,

@@ -1,0 +1,253 @@
+"""The built matching index, kept in a file beside the database: the next start loads it
+instead of building it anew (issue 11: the first load of 100,000 subscriptions took ~1.7 s of
+CPU, most of it in reading their rows and `IndexedMatcher.add`; loading the built index is a
+third of that).
+
+The file holds the engine (`IndexedMatcher`, pickled whole), the subscription version it was
+in step with, and the query of every subscription stored up to that version (read from
+storage when the file is written). It is used only when all of these hold:
+
+- it was written by the same code: a digest of the sources that decide what an index holds
+  (bot/matching.py, bot/query.py, bot/models.py, this file) and of the Python version is part
+  of its header; any other digest and the file is ignored (and rewritten later);
+- the database is the one it describes: every subscription stored now with a version up to
+  the file's has the query the file names for it (`StoreContract.subscription_queries`); a
+  database replaced or restored from elsewhere fails this and the index is built anew.
+
+The poller then brings it up to date as every later sync does (bot/poller.py): subscriptions
+removed since are dropped, those added or changed since the file's version are added.
+
+Loading never holds the event loop (which shares the GIL with the poller's worker thread):
+each index entry is made by a call of its class, Python code, at which the interpreter hands
+the GIL over when another thread asks for it; the file is read and unpickled in one pass
+otherwise. Writing is done the same way, after a poll, in the poller's worker thread, into a
+temporary file renamed over the old one, so a reader never sees half a file.
+
+It is a pickle: the file is as trusted as the database beside it (whoever can write one can
+change every subscription anyway). Only plain data and the engine's own classes are loaded
+(`_Unpickler.find_class`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import pickle
+import sys
+from functools import partial
+from pathlib import Path
+from types import FunctionType, MethodType
+from typing import IO, Any, Callable
+
+from . import matching
+from .models import ChannelRef, StoredQuery
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"papers-bot index\n"
+FORMAT = 1
+CHUNK = 2000  # items of a big table a `load` (a few ms each)
+# Attributes of the engine not kept: its forked worker pool (processes of this run) and what
+# says which generation that pool was made for.
+TRANSIENT = ("_pool", "_pool_key")
+# Modules whose classes a file may name (everything else is refused).
+ALLOWED_MODULES = {"bot.matching", "bot.models", "bot.query", "collections", "builtins", "types", "datetime",
+                   "copyreg"}
+ALLOWED_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "str", "bytes", "getattr"}
+
+
+def code_digest() -> str:
+    """What the file's header must carry: the digest of the code that decides an index's
+    layout and contents, and of the Python and pickle versions."""
+    digest = hashlib.sha256(f"{FORMAT}:{sys.version}:{pickle.HIGHEST_PROTOCOL}".encode())
+    here = Path(__file__).resolve().parent
+    for name in ("matching.py", "query.py", "models.py", "index_cache.py"):
+        try:
+            digest.update((here / name).read_bytes())
+        except OSError:  # no source files: the version of the bot's package instead
+            digest.update(f"{name}:{getattr(matching, 'COMPILED_VERSION', b'')!r}".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class CachedIndex:
+    matcher: matching.IndexedMatcher
+    version: int  # the subscription version it is in step with
+    queries: dict[int, str]  # the query of each subscription stored up to `version`, when it was written
+
+
+def _shared_types() -> tuple[type, ...]:
+    """The classes whose objects an index shares between its tables (an entry is in the entries
+    by query and in each table it is indexed under; a channel in every entry of its
+    subscriptions): each is written once, then by number. Each must be a dataclass made by
+    its fields, so that loading one is a call of its class (Python code: see the module)."""
+    found = []
+    for cls in (getattr(matching, "_Entry", None), ChannelRef):
+        if cls is None or not dataclasses.is_dataclass(cls) or hasattr(cls, "__post_init__") \
+                or not all(f.init for f in dataclasses.fields(cls)):
+            raise TypeError(f"{cls} is not a dataclass made by its fields: the index is not kept")
+        found.append(cls)
+    return tuple(found)
+
+
+def _make(number: int, cls: type, fields: tuple) -> Any:
+    """Stands in the file for the loader's own (`_Unpickler.find_class`), which numbers what it makes."""
+    raise pickle.UnpicklingError("index objects are made by the index's loader")
+
+
+class _Pickler(pickle.Pickler):
+    """One chunk: objects of `_shared_types` already written (`numbers`, shared by every
+    chunk's pickler) are written as their number; the others by value, with the number they
+    get (an entry's channel is made before the entry when loaded, but numbered after it)."""
+
+    def __init__(self, file: IO[bytes], shared: tuple[type, ...], numbers: dict[int, int], stop: Callable[[], bool]):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.shared = shared
+        self.numbers = numbers
+        table = {}
+        for cls in shared:
+            names = tuple(f.name for f in dataclasses.fields(cls))
+
+            def reduce(obj: Any, cls: type = cls, names: tuple[str, ...] = names) -> tuple:
+                number = numbers[id(obj)] = len(numbers)
+                if not number % 1000 and stop():
+                    raise _Stopped
+                return _make, (number, cls, tuple(getattr(obj, name) for name in names))
+            table[cls] = reduce
+        self.dispatch_table = table
+
+    def persistent_id(self, obj: Any) -> Any:
+        if obj is getattr(matching, "_ONE", None):  # a constant the engine compares by identity
+            return "_ONE"
+        if isinstance(obj, self.shared):
+            return self.numbers.get(id(obj))
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: IO[bytes], shared: tuple[type, ...], made: dict[int | str, Any]):
+        super().__init__(file)
+        self.shared = shared
+        self.made = made
+        # By number (or "_ONE"); a C function, not a method: ~300,000 calls at 100,000 subscriptions.
+        made.setdefault("_ONE", getattr(matching, "_ONE", None))
+        self.persistent_load = made.__getitem__  # type: ignore[method-assign]
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == __name__ and name == "_make":
+            made = self.made
+            shared = self.shared
+
+            def make(number: int, cls: type, fields: tuple) -> Any:
+                if cls not in shared:
+                    raise pickle.UnpicklingError(f"{cls} is not made by the index's loader")
+                obj = made[number] = cls(*fields)
+                return obj
+            return make
+        if module not in ALLOWED_MODULES or (module == "builtins" and name not in ALLOWED_BUILTINS):
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of an index")
+        return super().find_class(module, name)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _referenced(state: dict[str, Any]) -> set[int]:
+    """The ids of the objects that the engine's attributes hold as attributes of their own (the
+    prefix tables a cache of the engine keeps, say): those are pickled whole, so that they
+    stay one object (a dict rebuilt from chunks would be another)."""
+    found: set[int] = set()
+    for value in state.values():
+        attributes = list(getattr(value, "__dict__", {}).values())
+        attributes += [getattr(value, name) for name in getattr(type(value), "__slots__", ()) if hasattr(value, name)]
+        found.update(map(id, attributes))
+    return found
+
+
+def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: dict[int, str], *,
+         stop: Callable[[], bool] = lambda: False) -> bool:
+    """Write the engine, in step with subscription `version`, and `queries` (storage's
+    queries up to that version) to `path` (atomically). False when `stop()` turned true on the
+    way (nothing written). Raises OSError, and pickle's errors, on failure.
+
+    Written in chunks, each a pickle of its own: a big table's items CHUNK at a time (one
+    dict of a hundred thousand keys and sets is built in C, without a turn for other
+    threads: ~70 ms at 100,000 subscriptions), and no pickler's memo holds the whole index
+    (freeing it took 150 ms, in C too)."""
+    shared_types = _shared_types()
+    # (Functions set on the instance, say a benchmark's timing wrapper of `match`, are not its data.)
+    state = {name: value for name, value in vars(matcher).items()
+             if name not in TRANSIENT and not isinstance(value, (FunctionType, MethodType, partial))}
+    shared = _referenced(state)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    numbers: dict[int, int] = {}
+    try:
+        with open(temporary, "wb") as f:
+            f.write(MAGIC)
+            pickle.dump({"format": FORMAT, "code": code_digest(), "version": version}, f,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+            # The big tables no other attribute holds, in chunks; then the rest in one pickle,
+            # where what they share stays shared.
+            chunked = {name: value for name, value in state.items()
+                       if type(value) is dict and len(value) > CHUNK and id(value) not in shared}
+            chunked = {"": queries, **chunked}
+            pickle.dump([(name, len(value)) for name, value in chunked.items()], f, protocol=pickle.HIGHEST_PROTOCOL)
+            for value in chunked.values():
+                items = list(value.items())
+                for start in range(0, len(items), CHUNK):
+                    _Pickler(f, shared_types, numbers, stop).dump(items[start:start + CHUNK])
+            _Pickler(f, shared_types, numbers, stop).dump({name: value for name, value in state.items()
+                                                           if name not in chunked})
+        os.replace(temporary, path)
+        return True
+    except _Stopped:
+        return False
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load(path: Path) -> CachedIndex | None:
+    """The index kept at `path` if there is one written by this code (None otherwise; a file
+    that cannot be read is logged). Storage is not checked here: see `usable`."""
+    try:
+        shared = _shared_types()
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                log.warning("%s is not a kept index: ignored", path)
+                return None
+            header = pickle.load(f)
+            if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("code") != code_digest():
+                log.info("%s was written by another version of the bot: the index is built anew", path)
+                return None
+            made: dict[int | str, Any] = {}
+            state: dict[str, Any] = {}
+            for name, count in _Unpickler(f, shared, made).load():
+                value: dict = {}
+                while len(value) < count:
+                    chunk = _Unpickler(f, shared, made).load()
+                    if not chunk:
+                        raise pickle.UnpicklingError("an empty chunk")
+                    value.update(chunk)
+                state[name] = value
+            state.update(_Unpickler(f, shared, made).load())
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # damaged, truncated, or refused by find_class: built anew
+        log.warning("the kept index %s cannot be read (%s: %s): it is built anew", path, type(exc).__name__, exc)
+        return None
+    queries = state.pop("")
+    matcher = matching.IndexedMatcher()
+    for name, value in state.items():
+        setattr(matcher, name, value)
+    return CachedIndex(matcher, int(header["version"]), queries)
+
+
+def usable(cached: CachedIndex, stored: list[StoredQuery]) -> bool:
+    """Whether the kept index describes this database: `stored` is storage's query of every
+    subscription with a version up to the index's (`subscription_queries(cached.version)`);
+    each must be the one the index was built from (those removed since are simply absent)."""
+    known = cached.queries
+    return all(known.get(sub_id) == query for sub_id, query in stored)

@@ -1,0 +1,221 @@
+"""The built index kept beside the database (bot/index_cache.py) and loaded at the next start."""
+
+import logging
+import random
+import shutil
+from datetime import datetime, timezone
+
+import pytest
+
+from bot import index_cache
+from bot.app import index_cache_path
+from bot.config import Secrets, parse_config
+from bot.matching import IndexedMatcher, NaiveMatcher
+from bot.models import ChannelRef
+from bot.poller import Poller
+from storage import Store
+
+from .fakes import FakeSource, paper
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+WORDS = ["diffusion", "model", "language", "agent", "graph", "neural", "vision", "robot", "planning", "reward",
+         "transformer", "video", "speech", "protein", "sparse", "retrieval", "memory", "kernel", "quantum", "policy"]
+CHANNELS = [ChannelRef("slack", f"C{i:03d}") for i in range(40)]
+
+
+def queries(rng: random.Random, count: int) -> list[str]:
+    """Queries of every shape the engine indexes differently (words, pairs, prefixes, OR groups,
+    exclusions, phrases, title words), many of them repeated (an entry with several subscriptions)."""
+    shapes = [
+        lambda: rng.choice(WORDS),
+        lambda: f"{rng.choice(WORDS)} {rng.choice(WORDS)}",
+        lambda: f"{rng.choice(WORDS)[:4]}*",
+        lambda: f"{rng.choice(WORDS)[:5]}* {rng.choice(WORDS)}",
+        lambda: f"({rng.choice(WORDS)} OR {rng.choice(WORDS)}) {rng.choice(WORDS)}",
+        lambda: f"{rng.choice(WORDS)} -{rng.choice(WORDS)}",
+        lambda: f'"{rng.choice(WORDS)} {rng.choice(WORDS)}"',
+        lambda: f"title:{rng.choice(WORDS)} {rng.choice(WORDS)} {rng.choice(WORDS)}",
+    ]
+    return [rng.choice(shapes)() for _ in range(count)]
+
+
+def fill(store: Store, texts: list[str]) -> None:
+    for n, text in enumerate(texts):
+        store.add_subscription(CHANNELS[n % len(CHANNELS)], text, "u1", T0)
+
+
+def papers(rng: random.Random, count: int) -> list:
+    return [paper(f"2411.{n:05d}", " ".join(rng.sample(WORDS, 3)), " ".join(rng.choices(WORDS, k=12)) + ".")
+            for n in range(count)]
+
+
+def assert_matches_storage(matcher, store: Store, sample: list) -> None:
+    """The engine matches as a naive loop over every stored subscription does."""
+    naive = NaiveMatcher(store.subscriptions())
+    for p in sample:
+        assert sorted(matcher.match(p)) == sorted(naive.match(p)), p.title
+
+
+async def kept_by_a_poll(store: Store, path, clock) -> Poller:
+    """A poller that keeps its index (at any size) after a poll, as the bot's does at 10,000."""
+    poller = Poller(store, clock, index_cache=path)
+    poller.INDEX_SAVE_MIN = 1
+    await poller.poll(FakeSource(papers=[paper("2411.99999", "Nothing new")]))
+    assert poller.index_saving is not None
+    poller.index_saving.result(timeout=60)
+    poller.close()
+    assert path.exists()
+    return poller
+
+
+def loads_from(store: Store, monkeypatch) -> list[int]:
+    """The versions the next sync asks storage for (0: it reads every subscription and builds)."""
+    asked: list[int] = []
+    read = store.subscriptions_changed_since
+    monkeypatch.setattr(store, "subscriptions_changed_since", lambda version: (asked.append(version), read(version))[1])
+    return asked
+
+
+async def test_a_kept_index_is_loaded_and_follows_the_changes_made_since(tmp_path, clock, monkeypatch):
+    rng = random.Random(5)
+    store = Store(tmp_path / "bot.db")
+    path = tmp_path / "bot.db.index"
+    fill(store, queries(rng, 2500))  # more than a chunk (index_cache.CHUNK) of entries and ids
+    monkeypatch.setattr(index_cache, "CHUNK", 300)
+    first = await kept_by_a_poll(store, path, clock)
+    kept = first._version
+    # Between the runs: added, removed, changed.
+    fill(store, ["quantum kernel", "spars*", "graph -neural"])
+    for sub_id in (3, 10, 11, 700):
+        store.remove_subscription(store.get_subscription(sub_id).channel, sub_id)
+    sub = store.get_subscription(20)
+    store.change_subscription_query(sub.channel, 20, "protein retrieval")
+
+    poller = Poller(store, clock, index_cache=path)
+    asked = loads_from(store, monkeypatch)
+    poller.sync_subscriptions(store)
+    assert asked == [kept]  # from the file, then what changed since
+    assert poller.matcher.ids() == store.subscription_ids()
+    sample = papers(rng, 150)
+    assert_matches_storage(poller.matcher, store, sample)
+
+    # The loaded engine changes as a built one does: its prefix tables (and what they found
+    # for each word, kept across papers) included.
+    fill(store, ["robo*", "speec* memory"])
+    store.remove_subscription(store.get_subscription(1).channel, 1)
+    poller.sync_subscriptions(store)
+    assert_matches_storage(poller.matcher, store, sample + [paper("2411.88888", "Robots", "speeches memory")])
+    poller.close()
+    store.close()
+
+
+async def test_a_kept_index_of_another_database_is_not_used(tmp_path, clock, monkeypatch, caplog):
+    rng = random.Random(6)
+    store = Store(tmp_path / "a.db")
+    fill(store, queries(rng, 300))
+    await kept_by_a_poll(store, tmp_path / "a.db.index", clock)
+    store.close()
+    # The same ids and versions, other queries: the file beside it describes another database.
+    other = Store(tmp_path / "b.db")
+    fill(other, queries(random.Random(7), 300))
+    shutil.copy(tmp_path / "a.db.index", tmp_path / "b.db.index")
+    poller = Poller(other, clock, index_cache=tmp_path / "b.db.index")
+    asked = loads_from(other, monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        poller.sync_subscriptions(other)
+    assert asked == [0] and "describes another database" in caplog.text
+    assert_matches_storage(poller.matcher, other, papers(rng, 100))
+    poller.close()
+    other.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an index", "other code"])
+async def test_a_damaged_file_or_one_of_other_code_is_ignored(tmp_path, clock, monkeypatch, damage):
+    rng = random.Random(8)
+    store = Store(tmp_path / "bot.db")
+    path = tmp_path / "bot.db.index"
+    fill(store, queries(rng, 200))
+    await kept_by_a_poll(store, path, clock)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "not an index":
+        path.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    else:
+        monkeypatch.setattr(index_cache, "code_digest", lambda: "another version")
+    poller = Poller(store, clock, index_cache=path)
+    asked = loads_from(store, monkeypatch)
+    poller.sync_subscriptions(store)
+    assert asked == [0]
+    assert_matches_storage(poller.matcher, store, papers(rng, 50))
+    poller.close()
+    store.close()
+
+
+async def test_like_subscriptions_of_a_kept_index_reach_the_recommender(tmp_path, clock):
+    store = Store(tmp_path / "bot.db")
+    store.add_papers([paper("2410.00001", "Latent diffusion")], T0)
+    fill(store, ["diffusion", "agent*"])
+    like = store.add_subscription(CHANNELS[0], "like:2410.00001", "u1", T0).subscription
+    await kept_by_a_poll(store, tmp_path / "bot.db.index", clock)
+
+    class Recommender:
+        def __init__(self):
+            self.subs: dict[int, str] = {}
+
+        def __len__(self):
+            return len(self.subs)
+
+        def sync(self, store, current, changed):
+            self.subs.update({s.id: s.query for s in changed if s.query.startswith("like:")})
+            return [s for s in changed if not s.query.startswith("like:")]
+
+    recommender = Recommender()
+    poller = Poller(store, clock, index_cache=tmp_path / "bot.db.index", recommender=recommender)  # type: ignore[arg-type]
+    poller.sync_subscriptions(store)
+    assert recommender.subs == {like.id: "like:2410.00001"}
+    assert poller.matcher.ids() == store.subscription_ids() - {like.id}
+    poller.close()
+    store.close()
+
+
+def test_a_save_stops_when_asked_and_leaves_no_file(tmp_path):
+    store = Store(tmp_path / "bot.db")
+    fill(store, queries(random.Random(9), 1500))
+    matcher = IndexedMatcher(store.subscriptions())
+    path = tmp_path / "bot.db.index"
+    assert not index_cache.save(path, matcher, 1, {}, stop=lambda: True)
+    assert not [f for f in tmp_path.iterdir() if ".index" in f.name]
+    store.close()
+
+
+async def test_a_small_index_is_not_kept(tmp_path, clock):
+    store = Store(tmp_path / "bot.db")
+    fill(store, ["diffusion"])
+    poller = Poller(store, clock, index_cache=tmp_path / "bot.db.index")
+    await poller.poll(FakeSource(papers=[paper("2411.00001", "Diffusion")]))
+    poller.close()
+    assert poller.index_saving is None and not (tmp_path / "bot.db.index").exists()
+    store.close()
+
+
+def test_the_index_is_kept_beside_a_sqlite_file_only(tmp_path):
+    secrets = Secrets({})
+    sqlite = parse_config({"storage": {"path": str(tmp_path / "x.db")}}, secrets)
+    assert index_cache_path(sqlite) == tmp_path / "x.db.index"
+    assert index_cache_path(parse_config({"storage": {"path": ":memory:"}}, secrets)) is None
+    postgres = parse_config({"storage": {"url": "postgresql://u@h/db"}}, secrets)
+    assert index_cache_path(postgres) is None
+
+
+@pytest.mark.backends
+def test_subscription_queries_up_to_a_version(store):
+    first = store.add_subscription(CHANNELS[0], "diffusion", "u1", T0).subscription
+    second = store.add_subscription(CHANNELS[1], "agent*", "u1", T0).subscription
+    upto = store.subscriptions_version()
+    third = store.add_subscription(CHANNELS[1], "graph", "u1", T0).subscription
+    assert sorted(store.subscription_queries(upto)) == [(first.id, "diffusion"), (second.id, "agent*")]
+    store.change_subscription_query(CHANNELS[0], first.id, "latent diffusion")  # a new version: beyond `upto`
+    assert store.subscription_queries(upto) == [(second.id, "agent*")]
+    assert sorted(store.subscription_queries(store.subscriptions_version())) == [
+        (first.id, "latent diffusion"), (second.id, "agent*"), (third.id, "graph")]
+    assert store.subscription_queries(0) == []
