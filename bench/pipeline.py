@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
@@ -164,11 +165,13 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
     """Seconds the poll spends in each of its parts, added up call by call (exact, unlike the
     stall profile's samples). The poller's worker thread: storing papers, the matcher, the
     preview word index, its other store calls ("bookkeeping"), making the writer's transactions
-    (`MatchedBatch.split`: "split"), waiting for the writer thread and the rest ("other":
-    commits, checkpoints). The writer thread, at the same time
+    (`MatchedBatch.split`: "split"), waiting for the writer thread, its own transactions' start
+    ("write_turn": its turn at the write lock, behind the writer's) and end ("commit": with
+    the WAL checkpoints), and the rest ("other": the executor's hop, the recommender's turn,
+    gathering matches, the loop's own steps). The writer thread, at the same time
     (`write_split_s`): its transactions of deliveries, of which the outbox INSERTs."""
     spent = {"match_cpu": 0.0, "add_papers": 0.0, "match": 0.0, "sync_subscriptions": 0.0, "index_words": 0.0,
-             "bookkeeping": 0.0, "split": 0.0, "wait_for_writer": 0.0}
+             "bookkeeping": 0.0, "split": 0.0, "wait_for_writer": 0.0, "write_turn": 0.0, "commit": 0.0}
     writer = {"transactions": 0.0, "enqueue": 0.0, "transactions_cpu": 0.0}
     worker = app.poller.worker_store or app.store
     owners: dict[str, object] = {"add_papers": worker, "match": app.poller.matcher,
@@ -200,6 +203,28 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
                 into[key] += time.thread_time() - started
         return wrapper
 
+    # The worker's own transactions (storing a batch, the source's success): their start (its
+    # turn to write, behind the writer thread's transactions: storage/db.py's turnstile, then
+    # BEGIN IMMEDIATE) and their end (COMMIT, and a WAL checkpoint every CHECKPOINT_EVERY).
+    transaction = worker.transaction
+
+    @contextmanager
+    def timed_transaction():
+        started = time.perf_counter()
+        manager = transaction()
+        entered = manager.__enter__()
+        spent["write_turn"] += time.perf_counter() - started
+        try:
+            yield entered
+        except BaseException:
+            if not manager.__exit__(*sys.exc_info()):
+                raise
+        else:
+            started = time.perf_counter()
+            manager.__exit__(None, None, None)
+            spent["commit"] += time.perf_counter() - started
+
+    worker.transaction = timed_transaction  # type: ignore[method-assign]
     # The writer thread's own CPU in its transactions (time.thread_time), and the matcher's.
     app.poller._queue = timed_into(  # type: ignore[method-assign]
         writer, "transactions", cpu_into(writer, "transactions_cpu", app.poller._queue))
@@ -213,6 +238,7 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
     def undo() -> None:
         for cls, name, original in originals:
             setattr(cls, name, original)
+        worker.transaction = transaction  # type: ignore[method-assign]
 
     def timed(name: str, func):
         key = name if name in spent else "bookkeeping"
@@ -225,10 +251,12 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
                 spent[key] += time.perf_counter() - started
         return wrapper
 
+    # The matcher's CPU inside its wall time: wrapped outside, its clock reads (a system call,
+    # where a loaded machine preempts the thread) went to "other" (~1 s of 1.5 on a busy machine).
+    app.poller.matcher.match = cpu_into(spent, "match_cpu", app.poller.matcher.match)  # type: ignore[method-assign]
     for name, owner in owners.items():
         method = methods.get(name, name)
         setattr(owner, method, timed(name, getattr(owner, method)))
-    app.poller.matcher.match = cpu_into(spent, "match_cpu", app.poller.matcher.match)  # type: ignore[method-assign]
     return spent, writer, undo
 
 
