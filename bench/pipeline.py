@@ -377,6 +377,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             started, beats = time.perf_counter(), len(watch.samples)
             await app.poller.load_index()  # in the poller's worker thread, as the bot's first poll does it
             index_load_s = time.perf_counter() - started
+            index_from_file = app.poller.index_from_file
             await asyncio.sleep(0.05)  # the heartbeat that ends a stall at the load's end
             index_load_stall_ms = max(watch.samples[beats:], default=0.0) * 1000
             await asyncio.sleep(1.0)  # the commands that waited are answered: two stalls, not one
@@ -451,6 +452,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "match_processes": match_processes,
         "index_load_s": round(index_load_s, 3),
         "kept_index": kept_index,
+        "index_from_file": index_from_file,
         "kept_index_s": kept_index_s,
         "index_load_stall_max_ms": round(index_load_stall_ms, 1),
         "index_save_s": index_save_s,

@@ -136,6 +136,7 @@ class Poller:
         self.index_cache = index_cache
         self._index_saved: tuple[int, float] | None = None  # (version, time.monotonic()) of the last kept
         self.index_saving: Future[None] | None = None  # the latest save handed to the worker thread
+        self.index_from_file = False  # whether the first load read the kept index
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
         self._match_failed: set[str] = set()  # papers the matcher raised on once (retried once, then settled)
         # Sources whose last poll failed on the bot's own side (its database full or read-only,
@@ -244,6 +245,7 @@ class Poller:
             log.exception("the kept index %s could not be used: it is built anew", self.index_cache)
             return None
         self._index_saved = (cached.version, time.monotonic())
+        self.index_from_file = True
         log.info("index of %d subscriptions loaded from %s (version %d)", len(cached.matcher), self.index_cache,
                  cached.version)
         return (cached.matcher, cached.version), kept

@@ -94,7 +94,7 @@ async def test_a_kept_index_is_loaded_and_follows_the_changes_made_since(tmp_pat
     poller = Poller(store, clock, index_cache=path)
     asked = loads_from(store, monkeypatch)
     poller.sync_subscriptions(store)
-    assert asked == [kept]  # from the file, then what changed since
+    assert asked == [kept] and poller.index_from_file  # from the file, then what changed since
     assert poller.matcher.ids() == store.subscription_ids()
     sample = papers(rng, 150)
     assert_matches_storage(poller.matcher, store, sample)
