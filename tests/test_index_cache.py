@@ -59,7 +59,7 @@ def assert_matches_storage(matcher, store: Store, sample: list) -> None:
 async def kept_by_a_poll(store: Store, path, clock) -> Poller:
     """A poller that keeps its index (at any size) after a poll, as the bot's does at 10,000."""
     poller = Poller(store, clock, index_cache=path)
-    poller.INDEX_SAVE_MIN = 1
+    poller.INDEX_SAVE_MIN, poller.INDEX_SAVE_DELAY = 1, 0
     await poller.poll(FakeSource(papers=[paper("2411.99999", "Nothing new")]))
     assert poller.index_saving is not None
     poller.index_saving.result(timeout=60)
@@ -185,6 +185,37 @@ def test_a_save_stops_when_asked_and_leaves_no_file(tmp_path):
     path = tmp_path / "bot.db.index"
     assert not index_cache.save(path, matcher, 1, {}, stop=lambda: True)
     assert not [f for f in tmp_path.iterdir() if ".index" in f.name]
+    store.close()
+
+
+async def test_the_index_is_kept_a_while_after_a_poll_when_no_poll_is_under_way(tmp_path, clock):
+    # The sources are polled one after another: the next one's poll must not wait for the writing.
+    import asyncio
+
+    store = Store(tmp_path / "bot.db")
+    fill(store, queries(random.Random(10), 50))
+    path = tmp_path / "bot.db.index"
+    poller = Poller(store, clock, index_cache=path)
+    poller.INDEX_SAVE_MIN, poller.INDEX_SAVE_DELAY = 1, 0.3
+    await poller.poll(FakeSource(papers=[paper("2411.00001", "Diffusion")]))
+    assert poller.index_saving is None  # not yet
+    poller._polls += 1  # a poll under way when the delay is over: not then
+    await asyncio.sleep(0.5)
+    assert poller.index_saving is None
+    poller._polls -= 1
+    await poller.poll(FakeSource(papers=[paper("2411.00002", "Agents")]))  # its end asks again
+    await asyncio.sleep(0.5)
+    assert poller.index_saving is not None
+    await asyncio.wrap_future(poller.index_saving)
+    assert path.exists()
+    # Closing cancels a save still waiting for its delay.
+    store.add_subscription(CHANNELS[0], "graph", "u1", T0)
+    poller.INDEX_SAVE_EVERY = 0
+    before = path.stat().st_mtime_ns
+    await poller.poll(FakeSource(papers=[paper("2411.00003", "Graphs")]))
+    poller.close()
+    await asyncio.sleep(0.5)
+    assert path.stat().st_mtime_ns == before
     store.close()
 
 
