@@ -238,6 +238,11 @@ class Poller:
                 cached = index_cache.load(self.index_cache)
                 if cached is None:
                     return None
+                if cached.version > store.subscriptions_version():
+                    # A database restored from before it: versions given since may be given
+                    # again, and an engine past them would never load those subscriptions.
+                    log.warning("the kept index %s is newer than the database: it is built anew", self.index_cache)
+                    return None
                 stored = store.subscription_queries(cached.version)
                 if not index_cache.usable(cached, stored):
                     log.warning("the kept index %s describes another database: it is built anew", self.index_cache)

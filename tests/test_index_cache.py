@@ -115,9 +115,10 @@ async def test_a_kept_index_of_another_database_is_not_used(tmp_path, clock, mon
     fill(store, queries(rng, 300))
     await kept_by_a_poll(store, tmp_path / "a.db.index", clock)
     store.close()
-    # The same ids and versions, other queries: the file beside it describes another database.
+    # The same ids and versions (and more), other queries: the file beside it describes another database.
     other = Store(tmp_path / "b.db")
-    fill(other, queries(random.Random(7), 300))
+    fill(other, queries(random.Random(7), 400))
+    assert other.subscriptions_version() >= index_cache.load(tmp_path / "a.db.index").version
     shutil.copy(tmp_path / "a.db.index", tmp_path / "b.db.index")
     poller = Poller(other, clock, index_cache=tmp_path / "b.db.index")
     asked = loads_from(other, monkeypatch)
@@ -127,6 +128,33 @@ async def test_a_kept_index_of_another_database_is_not_used(tmp_path, clock, mon
     assert_matches_storage(poller.matcher, other, papers(rng, 100))
     poller.close()
     other.close()
+
+
+async def test_a_kept_index_newer_than_a_restored_database_is_not_used(tmp_path, clock, monkeypatch, caplog):
+    # Restored from a backup taken before the index was kept: the subscriptions added since
+    # are gone, and the versions they had are given again to new ones.
+    store = Store(tmp_path / "bot.db")
+    fill(store, ["diffusion", "agent*", "graph neural"])
+    store.close()
+    shutil.copy(tmp_path / "bot.db", tmp_path / "backup.db")
+    store = Store(tmp_path / "bot.db")
+    fill(store, ["robot planning", "speech"])
+    await kept_by_a_poll(store, tmp_path / "bot.db.index", clock)
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"bot.db{suffix}").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "backup.db", tmp_path / "bot.db")
+    store = Store(tmp_path / "bot.db")
+    poller = Poller(store, clock, index_cache=tmp_path / "bot.db.index")
+    with caplog.at_level(logging.WARNING):
+        poller.sync_subscriptions(store)
+    assert not poller.index_from_file and "newer than the database" in caplog.text
+    fill(store, ["quantum kernel"])  # the version "robot planning" had
+    poller._sync_if_changed(store)
+    assert poller.matcher.ids() == store.subscription_ids()
+    assert_matches_storage(poller.matcher, store, [paper("2411.00001", "Quantum kernels", "A kernel.")])
+    poller.close()
+    store.close()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not an index", "other code"])
