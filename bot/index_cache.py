@@ -3,25 +3,36 @@ instead of building it anew (issue 11: the first load of 100,000 subscriptions t
 CPU, most of it in reading their rows and `IndexedMatcher.add`; loading the built index is a
 third of that).
 
-The file holds the engine (`IndexedMatcher`, pickled whole), the subscription version it was
-in step with, and the query of every subscription stored up to that version (read from
-storage when the file is written). It is used only when all of these hold:
+The file holds the engine (`IndexedMatcher`: its attributes, pickled), the subscription
+version it was in step with, and the query of every subscription stored up to that version
+(read from storage when the file is written). It is used only when all of these hold:
 
 - it was written by the same code: a digest of the sources that decide what an index holds
   (bot/matching.py, bot/query.py, bot/models.py, this file) and of the Python version is part
-  of its header; any other digest and the file is ignored (and rewritten later);
+  of its header; any other digest and the file is ignored (and rewritten later); without
+  source files nothing is kept;
 - the database is the one it describes: every subscription stored now with a version up to
   the file's has the query the file names for it (`StoreContract.subscription_queries`); a
-  database replaced or restored from elsewhere fails this and the index is built anew.
+  database replaced or restored from elsewhere fails this and the index is built anew (and
+  so does one older than the file: bot/poller.py checks its version first).
 
 The poller then brings it up to date as every later sync does (bot/poller.py): subscriptions
 removed since are dropped, those added or changed since the file's version are added.
 
-Loading never holds the event loop (which shares the GIL with the poller's worker thread):
-each index entry is made by a call of its class, Python code, at which the interpreter hands
-the GIL over when another thread asks for it; the file is read and unpickled in one pass
-otherwise. Writing is done the same way, after a poll, in the poller's worker thread, into a
-temporary file renamed over the old one, so a reader never sees half a file.
+Neither loading nor writing holds the event loop (which shares the GIL with the poller's
+worker thread) more than a few ms: the file is a series of pickles, each a chunk (the big
+tables CHUNK items at a time, then the rest of the engine in one), so that no one C call
+builds or frees a whole table; objects the tables share (entries, channels) are written once
+and then by number, and each entry is made by a call of its class, Python code, where the
+interpreter hands the GIL over when another thread asks for it. The file is written after a
+poll, in the poller's worker thread, into a temporary file renamed over the old one, so a
+reader never sees half a file.
+
+What the engine shares by identity must stay shared: objects of `_shared_types` by number,
+what the rest of the engine holds in one pickle by its memo, and `matching._ONE` (a constant
+compared with `is`) by name. A new such constant in bot/matching.py must be named in
+`_Pickler.persistent_id` (tests/test_index_cache.py compares a loaded engine's matches, after
+adds and removals, with storage's).
 
 It is a pickle: the file is as trusted as the database beside it (whoever can write one can
 change every subscription anyway). Only plain data and the engine's own classes are loaded
@@ -53,21 +64,21 @@ CHUNK = 2000  # items of a big table a `load` (a few ms each)
 # says which generation that pool was made for.
 TRANSIENT = ("_pool", "_pool_key")
 # Modules whose classes a file may name (everything else is refused).
-ALLOWED_MODULES = {"bot.matching", "bot.models", "bot.query", "collections", "builtins", "types", "datetime",
-                   "copyreg"}
-ALLOWED_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "str", "bytes", "getattr"}
+ALLOWED_MODULES = {"bot.matching", "bot.models", "bot.query", "collections", "builtins", "copyreg"}
+ALLOWED_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "str", "bytes"}
 
 
-def code_digest() -> str:
+def code_digest() -> str | None:
     """What the file's header must carry: the digest of the code that decides an index's
-    layout and contents, and of the Python and pickle versions."""
+    layout and contents, and of the Python and pickle versions; None without source files
+    (nothing is kept then: no digest would see a change of layout)."""
     digest = hashlib.sha256(f"{FORMAT}:{sys.version}:{pickle.HIGHEST_PROTOCOL}".encode())
     here = Path(__file__).resolve().parent
     for name in ("matching.py", "query.py", "models.py", "index_cache.py"):
         try:
             digest.update((here / name).read_bytes())
-        except OSError:  # no source files: the version of the bot's package instead
-            digest.update(f"{name}:{getattr(matching, 'COMPILED_VERSION', b'')!r}".encode())
+        except OSError:
+            return None
     return digest.hexdigest()[:16]
 
 
@@ -177,6 +188,9 @@ def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: di
     dict of a hundred thousand keys and sets is built in C, without a turn for other
     threads: ~70 ms at 100,000 subscriptions), and no pickler's memo holds the whole index
     (freeing it took 150 ms, in C too)."""
+    code = code_digest()
+    if code is None:
+        raise OSError("no source files to tell this version's index from another's: not kept")
     shared_types = _shared_types()
     # (Functions set on the instance, say a benchmark's timing wrapper of `match`, are not its data.)
     state = {name: value for name, value in vars(matcher).items()
@@ -187,7 +201,7 @@ def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: di
     try:
         with open(temporary, "wb") as f:
             f.write(MAGIC)
-            pickle.dump({"format": FORMAT, "code": code_digest(), "version": version}, f,
+            pickle.dump({"format": FORMAT, "code": code, "version": version}, f,
                         protocol=pickle.HIGHEST_PROTOCOL)
             # The big tables no other attribute holds, in chunks; then the rest in one pickle,
             # where what they share stays shared.
@@ -218,8 +232,10 @@ def load(path: Path) -> CachedIndex | None:
             if f.read(len(MAGIC)) != MAGIC:
                 log.warning("%s is not a kept index: ignored", path)
                 return None
-            header = pickle.load(f)
-            if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("code") != code_digest():
+            header = _Unpickler(f, shared, {}).load()  # plain values only, as every part
+            code = code_digest()
+            if not isinstance(header, dict) or header.get("format") != FORMAT or code is None \
+                    or header.get("code") != code:
                 log.info("%s was written by another version of the bot: the index is built anew", path)
                 return None
             made: dict[int | str, Any] = {}
@@ -238,7 +254,10 @@ def load(path: Path) -> CachedIndex | None:
     except Exception as exc:  # damaged, truncated, or refused by find_class: built anew
         log.warning("the kept index %s cannot be read (%s: %s): it is built anew", path, type(exc).__name__, exc)
         return None
-    queries = state.pop("")
+    queries = state.pop("", None)
+    if not isinstance(queries, dict) or not isinstance(header.get("version"), int):
+        log.warning("the kept index %s is not whole: it is built anew", path)
+        return None
     matcher = matching.IndexedMatcher()
     for name, value in state.items():
         setattr(matcher, name, value)

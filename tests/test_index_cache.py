@@ -157,7 +157,7 @@ async def test_a_kept_index_newer_than_a_restored_database_is_not_used(tmp_path,
     store.close()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not an index", "other code"])
+@pytest.mark.parametrize("damage", ["truncated", "not an index", "other code", "code in the pickle"])
 async def test_a_damaged_file_or_one_of_other_code_is_ignored(tmp_path, clock, monkeypatch, damage):
     rng = random.Random(8)
     store = Store(tmp_path / "bot.db")
@@ -168,12 +168,21 @@ async def test_a_damaged_file_or_one_of_other_code_is_ignored(tmp_path, clock, m
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "not an index":
         path.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    elif damage == "code in the pickle":  # a file that would run code when unpickled is refused
+        import os
+        import pickle
+
+        class Run:
+            def __reduce__(self):
+                return os.system, ("touch " + str(tmp_path / "ran"),)
+
+        path.write_bytes(index_cache.MAGIC + pickle.dumps(Run()))
     else:
         monkeypatch.setattr(index_cache, "code_digest", lambda: "another version")
     poller = Poller(store, clock, index_cache=path)
     asked = loads_from(store, monkeypatch)
     poller.sync_subscriptions(store)
-    assert asked == [0]
+    assert asked == [0] and not (tmp_path / "ran").exists()
     assert_matches_storage(poller.matcher, store, papers(rng, 50))
     poller.close()
     store.close()
