@@ -36,7 +36,7 @@ adds and removals, with storage's).
 
 It is a pickle: the file is as trusted as the database beside it (whoever can write one can
 change every subscription anyway). Only plain data and the engine's own classes are loaded
-(`_Unpickler.find_class`).
+(`allowed`: no function, no module, no dotted name).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import logging
 import os
 import pickle
 import sys
+from collections import Counter, OrderedDict, defaultdict, deque
 from functools import partial
 from pathlib import Path
 from types import FunctionType, MethodType
@@ -63,9 +64,28 @@ CHUNK = 2000  # items of a big table a `load` (a few ms each)
 # Attributes of the engine not kept: its forked worker pool (processes of this run) and what
 # says which generation that pool was made for.
 TRANSIENT = ("_pool", "_pool_key")
-# Modules whose classes a file may name (everything else is refused).
-ALLOWED_MODULES = {"bot.matching", "bot.models", "bot.query", "collections", "builtins", "copyreg"}
-ALLOWED_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "str", "bytes"}
+# What a file may name (`_Unpickler.find_class`): a class defined by one of the engine's
+# modules (not their functions, nor what they import: `bot.matching` holds `logging`), or a
+# plain container; everything else is refused. Looked up here, never by pickle's own
+# `find_class`: from protocol 4 it reads a dotted name attribute by attribute, and
+# ("bot.matching", "logging.os.system") was `os.system` (tests/test_index_cache.py).
+ENGINE_MODULES = ("bot.matching", "bot.models", "bot.query")
+CONTAINERS: dict[tuple[str, str], type] = {
+    **{("builtins", cls.__name__): cls for cls in (set, frozenset, dict, list, tuple)},
+    **{("collections", cls.__name__): cls for cls in (Counter, OrderedDict, defaultdict, deque)},
+}
+
+
+def allowed(module: str, name: str) -> type | None:
+    """The class a file names as `module`.`name`, if a file may name it (see CONTAINERS)."""
+    found = CONTAINERS.get((module, name))
+    if found is not None:
+        return found
+    engine = sys.modules.get(module) if module in ENGINE_MODULES else None
+    obj = vars(engine).get(name) if engine is not None else None
+    if isinstance(obj, type) and obj.__module__ == module and obj.__qualname__ == name:
+        return obj
+    return None
 
 
 def code_digest() -> str | None:
@@ -157,9 +177,10 @@ class _Unpickler(pickle.Unpickler):
                 obj = made[number] = cls(*fields)
                 return obj
             return make
-        if module not in ALLOWED_MODULES or (module == "builtins" and name not in ALLOWED_BUILTINS):
+        found = allowed(module, name)
+        if found is None:
             raise pickle.UnpicklingError(f"{module}.{name} is not part of an index")
-        return super().find_class(module, name)
+        return found
 
 
 class _Stopped(Exception):

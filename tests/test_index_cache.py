@@ -1,6 +1,8 @@
 """The built index kept beside the database (bot/index_cache.py) and loaded at the next start."""
 
+import io
 import logging
+import pickle
 import random
 import shutil
 from datetime import datetime, timezone
@@ -287,3 +289,49 @@ def test_subscription_queries_up_to_a_version(store):
     assert sorted(store.subscription_queries(store.subscriptions_version())) == [
         (first.id, "latent diffusion"), (second.id, "agent*"), (third.id, "graph")]
     assert store.subscription_queries(0) == []
+
+
+def _global_call(module: str, name: str, arg: str) -> bytes:
+    """A pickle (protocol 4) that calls `module`.`name`(arg): what a planted file would hold."""
+    def text(value: str) -> bytes:
+        return b"\x8c" + bytes([len(value.encode())]) + value.encode()  # SHORT_BINUNICODE
+    return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(arg) + b"\x85R."  # STACK_GLOBAL, TUPLE1, REDUCE
+
+
+@pytest.mark.parametrize("where", ["header", "after the header"])
+def test_a_planted_file_runs_no_code(tmp_path, where):
+    # Pickle's own find_class reads a dotted name attribute by attribute (protocol 4):
+    # bot.matching imports logging, which imports os.
+    ran = tmp_path / "ran"
+    exploit = _global_call("bot.matching", "logging.os.system", f"touch {ran}")
+    path = tmp_path / "bot.db.index"
+    if where == "header":
+        path.write_bytes(index_cache.MAGIC + exploit)
+    else:
+        header = pickle.dumps({"format": index_cache.FORMAT, "code": index_cache.code_digest(), "version": 1})
+        path.write_bytes(index_cache.MAGIC + header + exploit)
+    assert index_cache.load(path) is None
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("module, name", [
+    ("bot.matching", "logging.os.system"),  # dotted: an attribute of an attribute
+    ("bot.models", "ChannelRef.from_key"),
+    ("bot.query", "sys"),  # a module a module imports
+    ("bot.matching", "compile_query"),  # a function, not a class
+    ("bot.matching", "ProcessPoolExecutor"),  # a class it imports, not its own
+    ("bot.matching", "Counter"),  # the same, even if harmless
+    ("copyreg", "add_extension"),  # changes pickle's registry for the whole process
+    ("builtins", "bytes"),  # bytes(10**12): memory
+    ("builtins", "getattr"),
+    ("collections", "namedtuple"),
+    ("os", "system"),
+])
+def test_a_file_names_only_the_engines_classes_and_containers(module, name):
+    unpickler = index_cache._Unpickler(io.BytesIO(), index_cache._shared_types(), {})
+    with pytest.raises(pickle.UnpicklingError):
+        unpickler.find_class(module, name)
+    # What an index is made of is found.
+    for module, name in [("bot.matching", "_Entry"), ("bot.matching", "_PrefixHits"), ("bot.models", "ChannelRef"),
+                         ("collections", "Counter"), ("builtins", "frozenset")]:
+        assert isinstance(unpickler.find_class(module, name), type)
