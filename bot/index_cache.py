@@ -54,7 +54,10 @@ from types import FunctionType, MethodType
 from typing import IO, Any, Callable
 
 from . import matching
+from .errors import QueryError
+from .like import like_query
 from .models import ChannelRef, StoredQuery
+from .query import parse_query
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,32 @@ def code_digest() -> str | None:
         except OSError:
             return None
     return digest.hexdigest()[:16]
+
+
+def not_held(matcher: matching.IndexedMatcher, queries: dict[int, str]) -> list[int]:
+    """Those of `queries` (storage's, up to the version the engine is said to be in step
+    with) the engine does not hold as stored: the file names storage's queries, and the next
+    start checks storage against those, not against the engine. A sync that failed half way
+    (the newest version taken, what changed not added) leaves such an engine; kept, every
+    later start would load it without them. A `like:` subscription is the recommender's, and
+    one that does not parse is skipped by every engine: neither is held."""
+    held = matcher._by_sub
+    found = []
+    for sub_id, query in queries.items():
+        if held.get(sub_id) == query:
+            continue
+        if sub_id not in held and (like_query(query) is not None or not _parses(query)):
+            continue
+        found.append(sub_id)
+    return found
+
+
+def _parses(query: str) -> bool:
+    try:
+        parse_query(query)
+    except QueryError:
+        return False
+    return True
 
 
 @dataclasses.dataclass
@@ -212,6 +241,10 @@ def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: di
     code = code_digest()
     if code is None:
         raise OSError("no source files to tell this version's index from another's: not kept")
+    behind = not_held(matcher, queries)
+    if behind:
+        raise ValueError(f"the index does not hold {len(behind)} of the subscriptions stored up to version "
+                         f"{version} as stored (#{', #'.join(map(str, sorted(behind)[:5]))}): not kept")
     shared_types = _shared_types()
     # (Functions set on the instance, say a benchmark's timing wrapper of `match`, are not its data.)
     state = {name: value for name, value in vars(matcher).items()

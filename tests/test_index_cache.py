@@ -12,6 +12,7 @@ import pytest
 from bot import index_cache
 from bot.app import index_cache_path
 from bot.config import Secrets, parse_config
+from bot.errors import StorageError
 from bot.matching import IndexedMatcher, NaiveMatcher
 from bot.models import ChannelRef
 from bot.poller import Poller
@@ -335,3 +336,36 @@ def test_a_file_names_only_the_engines_classes_and_containers(module, name):
     for module, name in [("bot.matching", "_Entry"), ("bot.matching", "_PrefixHits"), ("bot.models", "ChannelRef"),
                          ("collections", "Counter"), ("builtins", "frozenset")]:
         assert isinstance(unpickler.find_class(module, name), type)
+
+
+async def test_an_engine_behind_storage_is_not_kept_as_in_step(tmp_path, clock, monkeypatch):
+    # A sync that failed half way (here the recommender's storage read) has taken the newest
+    # version without adding what changed: the file must not say that engine holds them
+    # (its queries are storage's), or every later start would load it without them.
+    rng = random.Random(11)
+    store = Store(tmp_path / "bot.db")
+    path = tmp_path / "bot.db.index"
+    fill(store, queries(rng, 200))
+    poller = Poller(store, clock, index_cache=path)
+    poller.INDEX_SAVE_MIN, poller.INDEX_SAVE_DELAY = 1, 0
+    poller.sync_subscriptions(store)
+    fill(store, ["quantum kernel", "protein -graph"])
+    sync = poller.recommender.sync
+
+    def fails_once(*args):
+        monkeypatch.setattr(poller.recommender, "sync", sync)
+        raise StorageError("database is locked")
+    monkeypatch.setattr(poller.recommender, "sync", fails_once)
+    with pytest.raises(StorageError):
+        poller.sync_subscriptions(store)
+    await poller.poll(FakeSource(papers=[paper("2411.99999", "Nothing new")]))
+    if poller.index_saving is not None:
+        poller.index_saving.result(timeout=60)
+    poller.close()
+
+    again = Poller(store, clock, index_cache=path)
+    again.sync_subscriptions(store)
+    assert again.matcher.ids() == store.subscription_ids()
+    assert_matches_storage(again.matcher, store, [paper("2411.00001", "Quantum kernels", "A kernel for proteins.")])
+    again.close()
+    store.close()
