@@ -266,7 +266,11 @@ def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: di
             for value in chunked.values():
                 items = list(value.items())
                 for start in range(0, len(items), CHUNK):
+                    if stop():  # each chunk (the entries are numbered in the first tables only)
+                        raise _Stopped
                     _Pickler(f, shared_types, numbers, stop).dump(items[start:start + CHUNK])
+            if stop():
+                raise _Stopped
             _Pickler(f, shared_types, numbers, stop).dump({name: value for name, value in state.items()
                                                            if name not in chunked})
         os.replace(temporary, path)

@@ -369,3 +369,22 @@ async def test_an_engine_behind_storage_is_not_kept_as_in_step(tmp_path, clock, 
     assert_matches_storage(again.matcher, store, [paper("2411.00001", "Quantum kernels", "A kernel for proteins.")])
     again.close()
     store.close()
+
+
+def test_a_save_is_asked_whether_to_stop_at_every_chunk(tmp_path, monkeypatch):
+    # Closing the bot stops a save under way: it used to be asked only every 1,000 entries
+    # and channels numbered, which all come in the first tables (then 0.5 s and more without).
+    store = Store(tmp_path / "bot.db")
+    fill(store, queries(random.Random(12), 1500))
+    matcher = IndexedMatcher(store.subscriptions())
+    monkeypatch.setattr(index_cache, "CHUNK", 100)
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 5
+    path = tmp_path / "bot.db.index"
+    assert not index_cache.save(path, matcher, store.subscriptions_version(), dict(
+        store.subscription_queries(store.subscriptions_version())), stop=stop)
+    assert not [f for f in tmp_path.iterdir() if ".index" in f.name]
+    store.close()
