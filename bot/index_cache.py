@@ -42,11 +42,13 @@ change every subscription anyway). Only plain data and the engine's own classes 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import logging
 import os
 import pickle
 import sys
+import time
 from collections import Counter, OrderedDict, defaultdict, deque
 from functools import partial
 from pathlib import Path
@@ -228,6 +230,23 @@ def _referenced(state: dict[str, Any]) -> set[int]:
     return found
 
 
+STALE_SECONDS = 3600.0  # a temporary file this old is a crashed save's (a save takes seconds)
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove the temporary files of saves that never finished (the process killed, the
+    machine stopped: 20 MB and more each at 100,000 subscriptions, and the next save is
+    another process's, with another name)."""
+    now = time.time()
+    for stale in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - stale.stat().st_mtime > STALE_SECONDS:
+                stale.unlink()
+                log.info("removed %s, left by a save that did not finish", stale)
+        except OSError:
+            continue
+
+
 def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: dict[int, str], *,
          stop: Callable[[], bool] = lambda: False) -> bool:
     """Write the engine, in step with subscription `version`, and `queries` (storage's
@@ -251,6 +270,7 @@ def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: di
              if name not in TRANSIENT and not isinstance(value, (FunctionType, MethodType, partial))}
     shared = _referenced(state)
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    _remove_stale(path)
     numbers: dict[int, int] = {}
     try:
         with open(temporary, "wb") as f:

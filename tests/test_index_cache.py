@@ -2,9 +2,11 @@
 
 import io
 import logging
+import os
 import pickle
 import random
 import shutil
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -172,9 +174,6 @@ async def test_a_damaged_file_or_one_of_other_code_is_ignored(tmp_path, clock, m
     elif damage == "not an index":
         path.write_bytes(b"SQLite format 3\x00" + bytes(100))
     elif damage == "code in the pickle":  # a file that would run code when unpickled is refused
-        import os
-        import pickle
-
         class Run:
             def __reduce__(self):
                 return os.system, ("touch " + str(tmp_path / "ran"),)
@@ -387,4 +386,23 @@ def test_a_save_is_asked_whether_to_stop_at_every_chunk(tmp_path, monkeypatch):
     assert not index_cache.save(path, matcher, store.subscriptions_version(), dict(
         store.subscription_queries(store.subscriptions_version())), stop=stop)
     assert not [f for f in tmp_path.iterdir() if ".index" in f.name]
+    store.close()
+
+
+def test_a_save_removes_what_a_crashed_save_left(tmp_path):
+    store = Store(tmp_path / "bot.db")
+    fill(store, queries(random.Random(13), 100))
+    matcher = IndexedMatcher(store.subscriptions())
+    path = tmp_path / "bot.db.index"
+    crashed, under_way, other = (tmp_path / "bot.db.index.4242.tmp", tmp_path / "bot.db.index.4343.tmp",
+                                 tmp_path / "other.db.index.4242.tmp")
+    for f in (crashed, under_way, other):
+        f.write_bytes(b"half an index")
+    old = time.time() - 2 * index_cache.STALE_SECONDS
+    os.utime(crashed, (old, old))
+    os.utime(other, (old, old))
+    version = store.subscriptions_version()
+    assert index_cache.save(path, matcher, version, dict(store.subscription_queries(version)))
+    assert not crashed.exists() and under_way.exists() and other.exists()  # another process's may be under way
+    assert index_cache.load(path) is not None
     store.close()
