@@ -47,6 +47,7 @@ import hashlib
 import logging
 import os
 import pickle
+import stat
 import sys
 import time
 from collections import Counter, OrderedDict, defaultdict, deque
@@ -247,6 +248,18 @@ def _remove_stale(path: Path) -> None:
             continue
 
 
+def _mode(path: Path) -> int:
+    """The permission bits of the database beside `path` (its name without ".index"): the
+    file holds every subscription's query and channel, as the database does; 0o600 if there
+    is none (the umask applies to either)."""
+    if path.suffix == ".index":
+        try:
+            return stat.S_IMODE(path.with_suffix("").stat().st_mode) & 0o666
+        except OSError:
+            pass
+    return 0o600
+
+
 def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: dict[int, str], *,
          stop: Callable[[], bool] = lambda: False) -> bool:
     """Write the engine, in step with subscription `version`, and `queries` (storage's
@@ -273,7 +286,8 @@ def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: di
     _remove_stale(path)
     numbers: dict[int, int] = {}
     try:
-        with open(temporary, "wb") as f:
+        temporary.unlink(missing_ok=True)  # a crashed save's of a process with this id, or planted (a link)
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _mode(path)), "wb") as f:
             f.write(MAGIC)
             pickle.dump({"format": FORMAT, "code": code, "version": version}, f,
                         protocol=pickle.HIGHEST_PROTOCOL)

@@ -406,3 +406,20 @@ def test_a_save_removes_what_a_crashed_save_left(tmp_path):
     assert not crashed.exists() and under_way.exists() and other.exists()  # another process's may be under way
     assert index_cache.load(path) is not None
     store.close()
+
+
+def test_the_file_is_as_private_as_the_database(tmp_path):
+    # It holds every subscription's query and channel: a database only its owner reads
+    # is not copied beside it for everyone to read.
+    store = Store(tmp_path / "bot.db")
+    fill(store, queries(random.Random(14), 50))
+    matcher = IndexedMatcher(store.subscriptions())
+    version = store.subscriptions_version()
+    os.chmod(tmp_path / "bot.db", 0o600)
+    path = tmp_path / "bot.db.index"
+    assert index_cache.save(path, matcher, version, dict(store.subscription_queries(version)))
+    assert path.stat().st_mode & 0o077 == 0
+    os.chmod(tmp_path / "bot.db", 0o640)
+    assert index_cache.save(path, matcher, version, dict(store.subscription_queries(version)))
+    assert path.stat().st_mode & 0o027 == 0
+    store.close()
