@@ -318,7 +318,7 @@ def keep_index(path: Path, kept: Path) -> None:
     try:
         poller.sync_subscriptions(store)
         assert isinstance(poller.matcher, IndexedMatcher)
-        index_cache.save(kept, poller.matcher, poller._version, dict(store.subscription_queries(poller._version)))
+        index_cache.save(kept, poller.matcher, poller._version, store.subscription_queries(poller._version))
     finally:
         poller.close()
         store.close()

@@ -12,7 +12,7 @@ version it was in step with, and the query of every subscription stored up to th
   of its header; any other digest and the file is ignored (and rewritten later); without
   source files nothing is kept;
 - the database is the one it describes: every subscription stored now with a version up to
-  the file's has the query the file names for it (`StoreContract.subscription_queries`); a
+  the file's has the query and channel the file names for it (`StoreContract.subscription_queries`); a
   database replaced or restored from elsewhere fails this and the index is built anew (and
   so does one older than the file: bot/poller.py checks its version first).
 
@@ -108,18 +108,22 @@ def code_digest() -> str | None:
     return digest.hexdigest()[:16]
 
 
-def not_held(matcher: matching.IndexedMatcher, queries: dict[int, str]) -> list[int]:
-    """Those of `queries` (storage's, up to the version the engine is said to be in step
-    with) the engine does not hold as stored: the file names storage's queries, and the next
+def not_held(matcher: matching.IndexedMatcher, queries: dict[int, tuple[str, str]]) -> list[int]:
+    """Those of `queries` (storage's query and channel key by id, up to the version the
+    engine is said to be in step with) the engine does not hold as stored, in the same
+    channel: the file names storage's queries, and the next
     start checks storage against those, not against the engine. A sync that failed half way
     (the newest version taken, what changed not added) leaves such an engine; kept, every
     later start would load it without them. A `like:` subscription is the recommender's, and
     one that does not parse is skipped by every engine: neither is held."""
-    held = matcher._by_sub
+    held, entries = matcher._by_sub, matcher._entries
     found = []
-    for sub_id, query in queries.items():
+    for sub_id, (query, channel) in queries.items():
         if held.get(sub_id) == query:
-            continue
+            entry = entries[query]
+            where = entry.sole_channel if entry.sole == sub_id else entry.subs.get(sub_id)
+            if where is not None and where.key == channel:
+                continue
         if sub_id not in held and (like_query(query) is not None or not _parses(query)):
             continue
         found.append(sub_id)
@@ -138,7 +142,8 @@ def _parses(query: str) -> bool:
 class CachedIndex:
     matcher: matching.IndexedMatcher
     version: int  # the subscription version it is in step with
-    queries: dict[int, str]  # the query of each subscription stored up to `version`, when it was written
+    # The query and channel key of each subscription stored up to `version`, when it was written.
+    queries: dict[int, tuple[str, str]]
 
 
 def _shared_types() -> tuple[type, ...]:
@@ -260,11 +265,12 @@ def _mode(path: Path) -> int:
     return 0o600
 
 
-def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: dict[int, str], *,
+def save(path: Path, matcher: matching.IndexedMatcher, version: int, stored: list[StoredQuery], *,
          stop: Callable[[], bool] = lambda: False) -> bool:
-    """Write the engine, in step with subscription `version`, and `queries` (storage's
-    queries up to that version) to `path` (atomically). False when `stop()` turned true on the
-    way (nothing written). Raises OSError, and pickle's errors, on failure.
+    """Write the engine, in step with subscription `version`, and `stored` (storage's
+    queries up to that version, `subscription_queries(version)`) to `path` (atomically).
+    False when `stop()` turned true on the way (nothing written). Raises OSError, and
+    pickle's errors, on failure; ValueError when the engine does not hold `stored`.
 
     Written in chunks, each a pickle of its own: a big table's items CHUNK at a time (one
     dict of a hundred thousand keys and sets is built in C, without a turn for other
@@ -273,6 +279,7 @@ def save(path: Path, matcher: matching.IndexedMatcher, version: int, queries: di
     code = code_digest()
     if code is None:
         raise OSError("no source files to tell this version's index from another's: not kept")
+    queries = {sub_id: (query, channel) for sub_id, query, channel in stored}
     behind = not_held(matcher, queries)
     if behind:
         raise ValueError(f"the index does not hold {len(behind)} of the subscriptions stored up to version "
@@ -359,6 +366,7 @@ def load(path: Path) -> CachedIndex | None:
 def usable(cached: CachedIndex, stored: list[StoredQuery]) -> bool:
     """Whether the kept index describes this database: `stored` is storage's query of every
     subscription with a version up to the index's (`subscription_queries(cached.version)`);
-    each must be the one the index was built from (those removed since are simply absent)."""
+    each must be the one the index was built from, in the same channel (those removed since
+    are simply absent)."""
     known = cached.queries
-    return all(known.get(sub_id) == query for sub_id, query in stored)
+    return all(known.get(sub_id) == (query, channel) for sub_id, query, channel in stored)

@@ -185,10 +185,11 @@ class SubscriptionChanges:
 
 
 class StoredQuery(NamedTuple):
-    """A subscription's id and stored query (`StoreContract.subscription_queries`)."""
+    """A subscription's id, stored query and channel key (`StoreContract.subscription_queries`)."""
 
     id: int
     query: str
+    channel: str  # ChannelRef.key
 
 
 class Match(NamedTuple):

@@ -248,7 +248,7 @@ class Poller:
                     log.warning("the kept index %s describes another database: it is built anew", self.index_cache)
                     return None
                 gc.freeze()  # as after a bulk load: never rescanned by a collection
-            kept = [sub for sub_id, query in stored if "like:" in query
+            kept = [sub for sub_id, query, _ in stored if "like:" in query
                     and (sub := store.get_subscription(sub_id)) is not None]
         except (StorageError, sqlite3.Error):
             raise
@@ -300,7 +300,7 @@ class Poller:
                 if not isinstance(matcher, IndexedMatcher):
                     return
                 started = time.monotonic()
-                queries = dict(self._worker_store.subscription_queries(version))
+                queries = self._worker_store.subscription_queries(version)
                 with no_collection():  # full collections would rescan what pickling makes, holding the GIL
                     saved = index_cache.save(path, matcher, version, queries, stop=self._stopping.is_set)
                 if saved:

@@ -316,7 +316,7 @@ class StoreContract(Protocol):
         ...
 
     def subscription_queries(self, upto: int) -> list[StoredQuery]:
-        """The id and query of every subscription whose version is at most `upto`, in any order
+        """The id, query and channel key of every subscription whose version is at most `upto`, in any order
         (for the index kept between runs, bot/index_cache.py: checked against what it was built from)."""
         ...
 

@@ -144,7 +144,7 @@ class SubscriptionsMixin:
         return set(json.loads(self.db.execute("SELECT json_group_array(id) FROM subscriptions").fetchone()[0]))
 
     def subscription_queries(self, upto: int) -> list[StoredQuery]:
-        rows = self.db.execute("SELECT id, query FROM subscriptions WHERE version <= ?", [upto]).fetchall()
+        rows = self.db.execute("SELECT id, query, channel FROM subscriptions WHERE version <= ?", [upto]).fetchall()
         return list(map(StoredQuery._make, rows))
 
     def change_subscription_query(

@@ -222,7 +222,7 @@ def test_a_save_stops_when_asked_and_leaves_no_file(tmp_path):
     fill(store, queries(random.Random(9), 1500))
     matcher = IndexedMatcher(store.subscriptions())
     path = tmp_path / "bot.db.index"
-    assert not index_cache.save(path, matcher, 1, {}, stop=lambda: True)
+    assert not index_cache.save(path, matcher, 1, [], stop=lambda: True)
     assert not [f for f in tmp_path.iterdir() if ".index" in f.name]
     store.close()
 
@@ -283,11 +283,13 @@ def test_subscription_queries_up_to_a_version(store):
     second = store.add_subscription(CHANNELS[1], "agent*", "u1", T0).subscription
     upto = store.subscriptions_version()
     third = store.add_subscription(CHANNELS[1], "graph", "u1", T0).subscription
-    assert sorted(store.subscription_queries(upto)) == [(first.id, "diffusion"), (second.id, "agent*")]
+    assert sorted(store.subscription_queries(upto)) == [(first.id, "diffusion", "slack:C000"),
+                                                        (second.id, "agent*", "slack:C001")]
     store.change_subscription_query(CHANNELS[0], first.id, "latent diffusion")  # a new version: beyond `upto`
-    assert store.subscription_queries(upto) == [(second.id, "agent*")]
+    assert store.subscription_queries(upto) == [(second.id, "agent*", "slack:C001")]
     assert sorted(store.subscription_queries(store.subscriptions_version())) == [
-        (first.id, "latent diffusion"), (second.id, "agent*"), (third.id, "graph")]
+        (first.id, "latent diffusion", "slack:C000"), (second.id, "agent*", "slack:C001"),
+        (third.id, "graph", "slack:C001")]
     assert store.subscription_queries(0) == []
 
 
@@ -383,8 +385,8 @@ def test_a_save_is_asked_whether_to_stop_at_every_chunk(tmp_path, monkeypatch):
         asked.append(1)
         return len(asked) > 5
     path = tmp_path / "bot.db.index"
-    assert not index_cache.save(path, matcher, store.subscriptions_version(), dict(
-        store.subscription_queries(store.subscriptions_version())), stop=stop)
+    assert not index_cache.save(path, matcher, store.subscriptions_version(), store.subscription_queries(
+        store.subscriptions_version()), stop=stop)
     assert not [f for f in tmp_path.iterdir() if ".index" in f.name]
     store.close()
 
@@ -402,7 +404,7 @@ def test_a_save_removes_what_a_crashed_save_left(tmp_path):
     os.utime(crashed, (old, old))
     os.utime(other, (old, old))
     version = store.subscriptions_version()
-    assert index_cache.save(path, matcher, version, dict(store.subscription_queries(version)))
+    assert index_cache.save(path, matcher, version, store.subscription_queries(version))
     assert not crashed.exists() and under_way.exists() and other.exists()  # another process's may be under way
     assert index_cache.load(path) is not None
     store.close()
@@ -417,9 +419,46 @@ def test_the_file_is_as_private_as_the_database(tmp_path):
     version = store.subscriptions_version()
     os.chmod(tmp_path / "bot.db", 0o600)
     path = tmp_path / "bot.db.index"
-    assert index_cache.save(path, matcher, version, dict(store.subscription_queries(version)))
+    assert index_cache.save(path, matcher, version, store.subscription_queries(version))
     assert path.stat().st_mode & 0o077 == 0
     os.chmod(tmp_path / "bot.db", 0o640)
-    assert index_cache.save(path, matcher, version, dict(store.subscription_queries(version)))
+    assert index_cache.save(path, matcher, version, store.subscription_queries(version))
     assert path.stat().st_mode & 0o027 == 0
+    store.close()
+
+
+async def test_a_kept_index_of_the_same_queries_in_other_channels_is_not_used(tmp_path, clock, monkeypatch, caplog):
+    # The database made anew from an export whose channels were changed (a workspace moved,
+    # say) and the old file left beside it: the same ids, versions and queries; the kept
+    # index would post every match to the old channels.
+    texts = queries(random.Random(15), 300)
+    store = Store(tmp_path / "bot.db")
+    fill(store, texts)
+    await kept_by_a_poll(store, tmp_path / "bot.db.index", clock)
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"bot.db{suffix}").unlink(missing_ok=True)
+    store = Store(tmp_path / "bot.db")
+    for n, text in enumerate(texts):
+        store.add_subscription(ChannelRef("discord", f"D{n % len(CHANNELS):03d}"), text, "import", T0)
+    poller = Poller(store, clock, index_cache=tmp_path / "bot.db.index")
+    asked = loads_from(store, monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        poller.sync_subscriptions(store)
+    assert asked == [0] and "describes another database" in caplog.text
+    assert_matches_storage(poller.matcher, store, papers(random.Random(16), 100))
+    poller.close()
+    store.close()
+
+
+def test_an_engine_holding_a_subscription_in_another_channel_is_not_kept(tmp_path):
+    store = Store(tmp_path / "bot.db")
+    fill(store, ["diffusion", "agent*", "graph neural"])
+    matcher = IndexedMatcher(store.subscriptions())
+    version = store.subscriptions_version()
+    stored = store.subscription_queries(version)
+    moved = [(sub_id, query, "discord:D1" if sub_id == 2 else channel) for sub_id, query, channel in stored]
+    with pytest.raises(ValueError, match="#2"):
+        index_cache.save(tmp_path / "bot.db.index", matcher, version, moved)
+    assert index_cache.save(tmp_path / "bot.db.index", matcher, version, stored)
     store.close()

@@ -168,7 +168,7 @@ class SubscriptionsMixin:
         return set(self.db.scalar("SELECT array_agg(id) FROM subscriptions") or ())
 
     def subscription_queries(self, upto: int) -> list[StoredQuery]:
-        rows = self.db.all("SELECT id, query FROM subscriptions WHERE version <= %s", [upto])
+        rows = self.db.all("SELECT id, query, channel FROM subscriptions WHERE version <= %s", [upto])
         return list(map(StoredQuery._make, rows))
 
     def change_subscription_query(
