@@ -279,7 +279,8 @@ def save(path: Path, matcher: matching.IndexedMatcher, version: int, stored: lis
     code = code_digest()
     if code is None:
         raise OSError("no source files to tell this version's index from another's: not kept")
-    queries = {sub_id: (query, channel) for sub_id, query, channel in stored}
+    keys: dict[str, str] = {}  # each channel key one string (a few hundred channels, 100,000 rows)
+    queries = {sub_id: (query, keys.setdefault(channel, channel)) for sub_id, query, channel in stored}
     behind = not_held(matcher, queries)
     if behind:
         raise ValueError(f"the index does not hold {len(behind)} of the subscriptions stored up to version "
