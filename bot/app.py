@@ -273,13 +273,16 @@ class App:
         return self.polling
 
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:
-        """One full cycle: every enabled source, then the outbox."""
+        """One full cycle: every enabled source, then the outbox; then the index is kept if
+        it is due (bot/index_cache.py: the next run loads it)."""
         reports = []
         for source in self.sources:
             report = await self.poller.poll(source)
             await self.notify(report)
             reports.append(report)
-        return reports, await self.deliver()
+        delivered = await self.deliver()
+        await self.poller.keep_index()
+        return reports, delivered
 
     async def notify(self, report: SourceReport) -> None:
         """Tell the admin channel once when a source keeps failing, and once when it recovers."""

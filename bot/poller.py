@@ -276,6 +276,18 @@ class Poller:
 
             self._save_timer = asyncio.get_running_loop().call_later(self.INDEX_SAVE_DELAY, due)
 
+    async def keep_index(self) -> None:
+        """Keep the index now if it is due (see `_save_index_soon`), and wait for the writing:
+        for a one-shot `papers-bot poll`, which would exit before INDEX_SAVE_DELAY is over
+        (its next run would build the index again, every run)."""
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+            self._save_timer = None
+        self._save_index_now()
+        saving = self.index_saving
+        if saving is not None and not saving.done():
+            await asyncio.wrap_future(saving)
+
     def _index_save_due(self) -> bool:
         matcher = self.matcher
         if (self.index_cache is None or not isinstance(matcher, IndexedMatcher) or len(matcher) < self.INDEX_SAVE_MIN

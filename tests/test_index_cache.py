@@ -20,7 +20,8 @@ from bot.models import ChannelRef
 from bot.poller import Poller
 from storage import Store
 
-from .fakes import FakeSource, paper
+from .fakes import FakeSource, hf_json, paper
+from .test_app import make_app
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 WORDS = ["diffusion", "model", "language", "agent", "graph", "neural", "vision", "robot", "planning", "reward",
@@ -462,3 +463,19 @@ def test_an_engine_holding_a_subscription_in_another_channel_is_not_kept(tmp_pat
         index_cache.save(tmp_path / "bot.db.index", matcher, version, moved)
     assert index_cache.save(tmp_path / "bot.db.index", matcher, version, stored)
     store.close()
+
+
+async def test_a_one_shot_poll_keeps_the_index_before_it_exits(tmp_path, server, monkeypatch):
+    # `papers-bot poll` (App.poll_once, then aclose) exits long before INDEX_SAVE_DELAY: the
+    # waiting save was cancelled, and every run built the index again.
+    server.route("/api/daily_papers", hf_json())
+    monkeypatch.setattr(Poller, "INDEX_SAVE_MIN", 1)
+    app = make_app(tmp_path, server)
+    fill(app.store, queries(random.Random(17), 100))
+    await app.poll_once()
+    await app.aclose()
+    assert index_cache.load(tmp_path / "bot.db.index") is not None
+    again = make_app(tmp_path, server)
+    await again.poll_once()
+    await again.aclose()
+    assert again.poller.index_from_file
