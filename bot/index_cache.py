@@ -355,10 +355,13 @@ def load(path: Path) -> CachedIndex | None:
         log.warning("the kept index %s cannot be read (%s: %s): it is built anew", path, type(exc).__name__, exc)
         return None
     queries = state.pop("", None)
-    if not isinstance(queries, dict) or not isinstance(header.get("version"), int):
+    matcher = matching.IndexedMatcher()
+    # The engine's own attributes, no other: a name from the file is set on it (`__class__`,
+    # or `match` shadowing the method, were taken as they came).
+    if not isinstance(queries, dict) or not isinstance(header.get("version"), int) \
+            or set(state) != set(vars(matcher)) - set(TRANSIENT):
         log.warning("the kept index %s is not whole: it is built anew", path)
         return None
-    matcher = matching.IndexedMatcher()
     for name, value in state.items():
         setattr(matcher, name, value)
     return CachedIndex(matcher, int(header["version"]), queries)

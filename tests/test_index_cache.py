@@ -479,3 +479,19 @@ async def test_a_one_shot_poll_keeps_the_index_before_it_exits(tmp_path, server,
     await again.poll_once()
     await again.aclose()
     assert again.poller.index_from_file
+
+
+@pytest.mark.parametrize("name", ["match", "__class__", "_keys"])
+def test_a_file_sets_only_the_engines_own_attributes(tmp_path, name):
+    store = Store(tmp_path / "bot.db")
+    fill(store, ["diffusion", "agent*"])
+    matcher = IndexedMatcher(store.subscriptions())
+    version = store.subscriptions_version()
+    path = tmp_path / "bot.db.index"
+    if name == "_keys":  # one missing
+        del matcher._keys
+    else:
+        matcher.__dict__[name] = {"planted": 1}  # what a tampered file could name
+    assert index_cache.save(path, matcher, version, store.subscription_queries(version))
+    assert index_cache.load(path) is None
+    store.close()
