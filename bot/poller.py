@@ -321,7 +321,9 @@ class Poller:
                              time.monotonic() - started)
             except Exception as exc:
                 self._index_saved = (self._version, time.monotonic())  # not tried again before INDEX_SAVE_EVERY
-                log.warning("could not keep the index in %s: %s: %s", path, type(exc).__name__, exc)
+                log.warning("could not keep the index in %s (%s: %s): the next start builds it from the database "
+                            "(slower, nothing lost); tried again in %d minutes", path, type(exc).__name__, exc,
+                            self.INDEX_SAVE_EVERY // 60)
 
         try:
             self.index_saving = self._executor.submit(save)

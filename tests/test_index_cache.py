@@ -1,5 +1,6 @@
 """The built index kept beside the database (bot/index_cache.py) and loaded at the next start."""
 
+import asyncio
 import io
 import logging
 import os
@@ -494,4 +495,42 @@ def test_a_file_sets_only_the_engines_own_attributes(tmp_path, name):
         matcher.__dict__[name] = {"planted": 1}  # what a tampered file could name
     assert index_cache.save(path, matcher, version, store.subscription_queries(version))
     assert index_cache.load(path) is None
+    store.close()
+
+
+@pytest.mark.parametrize("failure", ["read-only", "disk full"])
+async def test_a_save_that_fails_leaves_the_kept_file_and_says_so(tmp_path, clock, monkeypatch, caplog, failure):
+    import errno
+
+    rng = random.Random(18)
+    store = Store(tmp_path / "bot.db")
+    fill(store, queries(rng, 300))
+    path = tmp_path / "bot.db.index"
+    await kept_by_a_poll(store, path, clock)
+    before = path.read_bytes()
+    fill(store, ["quantum kernel"])
+    if failure == "read-only":
+        def refuse(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+        monkeypatch.setattr(index_cache.os, "open", refuse)
+    else:
+        dump = index_cache._Pickler.dump
+        calls = []
+
+        def fills(self, obj):
+            calls.append(1)
+            if len(calls) > 1:  # the second pickle (of two at this size)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return dump(self, obj)
+        monkeypatch.setattr(index_cache._Pickler, "dump", fills)
+    poller = Poller(store, clock, index_cache=path)
+    poller.INDEX_SAVE_MIN, poller.INDEX_SAVE_DELAY, poller.INDEX_SAVE_EVERY = 1, 0, 0  # (it loads the file)
+    with caplog.at_level(logging.WARNING):
+        report = await poller.poll(FakeSource(papers=[paper("2411.77777", "Quantum kernels")]))
+        assert poller.index_saving is not None
+        await asyncio.wrap_future(poller.index_saving)
+    poller.close()
+    assert report.ok
+    assert f"could not keep the index in {path}" in caplog.text and "the next start builds it" in caplog.text
+    assert path.read_bytes() == before and [f.name for f in tmp_path.iterdir() if ".index" in f.name] == [path.name]
     store.close()
