@@ -4,8 +4,10 @@ CPU, most of it in reading their rows and `IndexedMatcher.add`; loading the buil
 third of that).
 
 The file holds the engine (`IndexedMatcher`: its attributes, pickled), the subscription
-version it was in step with, and the query of every subscription stored up to that version
-(read from storage when the file is written). It is used only when all of these hold:
+version it was in step with, and the query and channel of every subscription stored up to
+that version (read from storage when the file is written, and checked then against what the
+engine holds: `not_held`; an engine behind storage is not kept). It is used only when all of
+these hold:
 
 - it was written by the same code: a digest of the sources that decide what an index holds
   (bot/matching.py, bot/query.py, bot/models.py, this file) and of the Python version is part
@@ -35,8 +37,9 @@ compared with `is`) by name. A new such constant in bot/matching.py must be name
 adds and removals, with storage's).
 
 It is a pickle: the file is as trusted as the database beside it (whoever can write one can
-change every subscription anyway). Only plain data and the engine's own classes are loaded
-(`allowed`: no function, no module, no dotted name).
+change every subscription anyway), and as private (it gets the database's permission bits).
+Only plain data and the engine's own classes are loaded (`allowed`: no function, no module,
+no dotted name), and only the engine's own attributes are set.
 """
 
 from __future__ import annotations
