@@ -9,6 +9,7 @@ import random
 import shutil
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -534,3 +535,19 @@ async def test_a_save_that_fails_leaves_the_kept_file_and_says_so(tmp_path, cloc
     assert f"could not keep the index in {path}" in caplog.text and "the next start builds it" in caplog.text
     assert path.read_bytes() == before and [f.name for f in tmp_path.iterdir() if ".index" in f.name] == [path.name]
     store.close()
+
+
+def test_the_code_digest_covers_what_the_engine_imports(tmp_path):
+    # A `source:` alias is bot/sources' (bot/query.py asks it): added, a query that did not
+    # parse does, and a kept index that skipped it must not be used.
+    package = tmp_path / "bot"
+    shutil.copytree(Path(index_cache.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = index_cache.code_digest(package)
+    assert before is not None and before == index_cache.code_digest(package)
+    for name in ("sources/__init__.py", "sources/ids.py", "text.py"):
+        changed = package / name
+        changed.write_text(changed.read_text() + "\n# changed\n")
+        assert index_cache.code_digest(package) != before, name
+        before = index_cache.code_digest(package)
+    (package / "index_cache.py").unlink()
+    assert index_cache.code_digest(package) is None  # not where its sources are: nothing kept
