@@ -255,7 +255,14 @@ class Poller:
         except Exception:
             log.exception("the kept index %s could not be used: it is built anew", self.index_cache)
             return None
-        self._index_saved = (cached.version, time.monotonic())
+        # Kept when the file was written, not now: an old file behind storage is written
+        # again after the next poll (a one-shot `papers-bot poll` lives less than
+        # INDEX_SAVE_EVERY, and its file would fall further behind at every run).
+        try:
+            age = max(0.0, time.time() - self.index_cache.stat().st_mtime)
+        except OSError:
+            age = 0.0
+        self._index_saved = (cached.version, time.monotonic() - age)
         self.index_from_file = True
         log.info("index of %d subscriptions loaded from %s (version %d)", len(cached.matcher), self.index_cache,
                  cached.version)

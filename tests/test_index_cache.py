@@ -551,3 +551,28 @@ def test_the_code_digest_covers_what_the_engine_imports(tmp_path):
         before = index_cache.code_digest(package)
     (package / "index_cache.py").unlink()
     assert index_cache.code_digest(package) is None  # not where its sources are: nothing kept
+
+
+async def test_an_old_kept_index_behind_storage_is_written_again(tmp_path, server, monkeypatch):
+    # Each one-shot run loaded the file and counted it as kept just now: a file behind
+    # storage was never written again, and every run added more of what changed since.
+    server.route("/api/daily_papers", hf_json())
+    monkeypatch.setattr(Poller, "INDEX_SAVE_MIN", 1)
+    app = make_app(tmp_path, server)
+    fill(app.store, queries(random.Random(19), 100))
+    await app.poll_once()
+    await app.aclose()
+    path = tmp_path / "bot.db.index"
+    kept = index_cache.load(path).version
+    app = make_app(tmp_path, server)
+    fill(app.store, ["quantum kernel"])
+    await app.poll_once()  # the file is new: not written again
+    await app.aclose()
+    assert index_cache.load(path).version == kept
+    old = time.time() - 2 * Poller.INDEX_SAVE_EVERY
+    os.utime(path, (old, old))
+    app = make_app(tmp_path, server)
+    await app.poll_once()
+    assert app.poller.index_from_file
+    await app.aclose()
+    assert index_cache.load(path).version > kept
