@@ -340,7 +340,14 @@ def load(path: Path) -> CachedIndex | None:
     that cannot be read is logged). Storage is not checked here: see `usable`."""
     try:
         shared = _shared_types()
-        with open(path, "rb") as f:
+        # Without waiting on what is not a file: a FIFO planted there held the poller's
+        # worker thread in `open`, and so every poll, for good.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            log.warning("%s is not a file: ignored", path)
+            return None
+        with os.fdopen(fd, "rb") as f:
             if f.read(len(MAGIC)) != MAGIC:
                 log.warning("%s is not a kept index: ignored", path)
                 return None

@@ -576,3 +576,19 @@ async def test_an_old_kept_index_behind_storage_is_written_again(tmp_path, serve
     assert app.poller.index_from_file
     await app.aclose()
     assert index_cache.load(path).version > kept
+
+
+def test_a_fifo_in_place_of_the_file_is_not_waited_on(tmp_path):
+    import threading
+
+    path = tmp_path / "bot.db.index"
+    os.mkfifo(path)
+    found: list = []
+    loading = threading.Thread(target=lambda: found.append(index_cache.load(path)), daemon=True)
+    loading.start()
+    loading.join(30)
+    waited = loading.is_alive()
+    if waited:  # let it go (a writer opens the FIFO)
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        loading.join(30)
+    assert not waited and found == [None]
