@@ -123,11 +123,11 @@ def code_digest(package: Path | None = None) -> str | None:
 def not_held(matcher: matching.IndexedMatcher, queries: dict[int, tuple[str, str]]) -> list[int]:
     """Those of `queries` (storage's query and channel key by id, up to the version the
     engine is said to be in step with) the engine does not hold as stored, in the same
-    channel: the file names storage's queries, and the next
-    start checks storage against those, not against the engine. A sync that failed half way
-    (the newest version taken, what changed not added) leaves such an engine; kept, every
-    later start would load it without them. A `like:` subscription is the recommender's, and
-    one that does not parse is skipped by every engine: neither is held."""
+    channel: the file names storage's queries, and the next start checks storage against
+    those, not against the engine. A sync that failed half way (the newest version taken,
+    what changed not added) leaves such an engine; kept, every later start would load it
+    without them. A `like:` subscription is the recommender's, and one that does not parse is
+    skipped by every engine: neither is held."""
     held, entries = matcher._by_sub, matcher._entries
     found = []
     for sub_id, (query, channel) in queries.items():
@@ -355,7 +355,8 @@ def load(path: Path) -> CachedIndex | None:
             code = code_digest()
             if not isinstance(header, dict) or header.get("format") != FORMAT or code is None \
                     or header.get("code") != code:
-                log.info("%s was written by another version of the bot: the index is built anew", path)
+                log.info("%s was written by another version of the bot (or of Python): the index is built anew",
+                         path)
                 return None
             made: dict[int | str, Any] = {}
             state: dict[str, Any] = {}
