@@ -24,6 +24,10 @@ heartbeats); stalls over 250 ms are logged with the stack that held the loop.
 With --sweep, delivery sweeps (App.deliver, as `run` starts one after a poll) run one
 after another from the poll's start until it ends, sending what the poll has queued so far
 to the fake Slack (`sweeps`, `sweep_sent`): their writes meet the poller's at the write lock.
+With --kept-index, the index is built and kept (bot/index_cache.py) before the bot starts,
+as an earlier run of the bot would have left it (untimed: `kept_index_s`), and the first
+load reads it: `index_load_s`. Either way, the poller keeps its index after the poll (in its
+worker thread, the loop and commands going on): `index_save_s`, waited for before the end.
 Last line: one JSON object. Figures, not assertions: see docs/benchmarks.md.
 """
 
@@ -43,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
@@ -50,10 +55,11 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from bot.app import App
+from bot import index_cache
+from bot.app import App, index_cache_path
 from bot.config import Secrets, parse_config
 from bot.loopwatch import LoopWatch
-from bot.matching import PaperView, compile_query
+from bot.matching import IndexedMatcher, PaperView, compile_query
 from bot.models import Listing, MatchedBatch, Paper, Validators
 from bot.poller import Poller
 from bot.sharded import ShardedMatcher
@@ -159,11 +165,13 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
     """Seconds the poll spends in each of its parts, added up call by call (exact, unlike the
     stall profile's samples). The poller's worker thread: storing papers, the matcher, the
     preview word index, its other store calls ("bookkeeping"), making the writer's transactions
-    (`MatchedBatch.split`: "split"), waiting for the writer thread and the rest ("other":
-    commits, checkpoints). The writer thread, at the same time
+    (`MatchedBatch.split`: "split"), waiting for the writer thread, its own transactions' start
+    ("write_turn": its turn at the write lock, behind the writer's) and end ("commit": with
+    the WAL checkpoints), and the rest ("other": the executor's hop, the recommender's turn,
+    gathering matches, the loop's own steps). The writer thread, at the same time
     (`write_split_s`): its transactions of deliveries, of which the outbox INSERTs."""
     spent = {"match_cpu": 0.0, "add_papers": 0.0, "match": 0.0, "sync_subscriptions": 0.0, "index_words": 0.0,
-             "bookkeeping": 0.0, "split": 0.0, "wait_for_writer": 0.0}
+             "bookkeeping": 0.0, "split": 0.0, "wait_for_writer": 0.0, "write_turn": 0.0, "commit": 0.0}
     writer = {"transactions": 0.0, "enqueue": 0.0, "transactions_cpu": 0.0}
     worker = app.poller.worker_store or app.store
     owners: dict[str, object] = {"add_papers": worker, "match": app.poller.matcher,
@@ -195,6 +203,28 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
                 into[key] += time.thread_time() - started
         return wrapper
 
+    # The worker's own transactions (storing a batch, the source's success): their start (its
+    # turn to write, behind the writer thread's transactions: storage/db.py's turnstile, then
+    # BEGIN IMMEDIATE) and their end (COMMIT, and a WAL checkpoint every CHECKPOINT_EVERY).
+    transaction = worker.transaction
+
+    @contextmanager
+    def timed_transaction():
+        started = time.perf_counter()
+        manager = transaction()
+        entered = manager.__enter__()
+        spent["write_turn"] += time.perf_counter() - started
+        try:
+            yield entered
+        except BaseException:
+            if not manager.__exit__(*sys.exc_info()):
+                raise
+        else:
+            started = time.perf_counter()
+            manager.__exit__(None, None, None)
+            spent["commit"] += time.perf_counter() - started
+
+    worker.transaction = timed_transaction  # type: ignore[method-assign]
     # The writer thread's own CPU in its transactions (time.thread_time), and the matcher's.
     app.poller._queue = timed_into(  # type: ignore[method-assign]
         writer, "transactions", cpu_into(writer, "transactions_cpu", app.poller._queue))
@@ -208,6 +238,7 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
     def undo() -> None:
         for cls, name, original in originals:
             setattr(cls, name, original)
+        worker.transaction = transaction  # type: ignore[method-assign]
 
     def timed(name: str, func):
         key = name if name in spent else "bookkeeping"
@@ -220,10 +251,12 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
                 spent[key] += time.perf_counter() - started
         return wrapper
 
+    # The matcher's CPU inside its wall time: wrapped outside, its clock reads (a system call,
+    # where a loaded machine preempts the thread) went to "other" (~1 s of 1.5 on a busy machine).
+    app.poller.matcher.match = cpu_into(spent, "match_cpu", app.poller.matcher.match)  # type: ignore[method-assign]
     for name, owner in owners.items():
         method = methods.get(name, name)
         setattr(owner, method, timed(name, getattr(owner, method)))
-    app.poller.matcher.match = cpu_into(spent, "match_cpu", app.poller.matcher.match)  # type: ignore[method-assign]
     return spent, writer, undo
 
 
@@ -278,14 +311,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def keep_index(path: Path, kept: Path) -> None:
+    """The index an earlier run of the bot would have kept beside the database."""
+    store = Store(path)
+    poller = Poller(store)
+    try:
+        poller.sync_subscriptions(store)
+        assert isinstance(poller.matcher, IndexedMatcher)
+        index_cache.save(kept, poller.matcher, poller._version, store.subscription_queries(poller._version))
+    finally:
+        poller.close()
+        store.close()
+
+
 async def measure(workload: Workload, directory: Path, port: int, match_processes: int = 1,
                   switch_interval: float | None = None, enqueue_rows: int | None = None,
-                  sweep: bool = False) -> dict:
+                  sweep: bool = False, kept_index: bool = False) -> dict:
     now = datetime.now(timezone.utc)
     path = directory / "bench.db"
     started = time.perf_counter()
     subscriptions = fill(path, workload, now)
     fill_s = time.perf_counter() - started
+    kept_index_s = None
+    if kept_index:
+        started = time.perf_counter()
+        keep_index(path, directory / "bench.db.index")
+        kept_index_s = round(time.perf_counter() - started, 2)
+        gc.collect()
 
     replies: dict[int, float] = {}
     with FakeSlack() as slack:
@@ -305,6 +357,8 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             "matching": {"processes": match_processes},
         }, Secrets({"SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SECRET}))
         app = App(config)
+        assert index_cache_path(config) == directory / "bench.db.index"
+        app.poller.INDEX_SAVE_DELAY = 0  # kept at once after the poll, to be measured (the bot waits 30 s)
         if enqueue_rows:  # deliveries a transaction of the writer thread (Poller.ENQUEUE_ROWS)
             app.poller.ENQUEUE_ROWS = enqueue_rows
         try:
@@ -321,9 +375,12 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
                 sys.setswitchinterval(switch_interval)
             await asyncio.sleep(1.0)  # the idle loop, for comparison
 
-            started = time.perf_counter()
+            started, beats = time.perf_counter(), len(watch.samples)
             await app.poller.load_index()  # in the poller's worker thread, as the bot's first poll does it
             index_load_s = time.perf_counter() - started
+            index_from_file = app.poller.index_from_file
+            await asyncio.sleep(0.05)  # the heartbeat that ends a stall at the load's end
+            index_load_stall_ms = max(watch.samples[beats:], default=0.0) * 1000
             await asyncio.sleep(1.0)  # the commands that waited are answered: two stalls, not one
 
             split, write_split, undo = time_parts(app)
@@ -346,6 +403,13 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
                 undo()
             poll_s = time.perf_counter() - started
             poll_cpu_s = time.process_time() - cpu_started  # all threads: on a busy machine, the steadier figure
+            index_save_s = index_save_stall_ms = None
+            if app.poller.index_saving is not None:  # kept after the poll: the loop goes on meanwhile
+                started, beats = time.perf_counter(), len(watch.samples)
+                await asyncio.wrap_future(app.poller.index_saving)
+                index_save_s = round(time.perf_counter() - started, 2)
+                await asyncio.sleep(0.05)
+                index_save_stall_ms = round(max(watch.samples[beats:], default=0.0) * 1000, 1)
             match_cpu_s = split.pop("match_cpu")  # the worker thread's CPU in the matcher
             split["other"] = poll_s - sum(split.values())
             await asyncio.sleep(1.0)
@@ -388,6 +452,12 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "candidates_per_paper": round(candidates, 1) if candidates is not None else None,
         "match_processes": match_processes,
         "index_load_s": round(index_load_s, 3),
+        "kept_index": kept_index,
+        "index_from_file": index_from_file,
+        "kept_index_s": kept_index_s,
+        "index_load_stall_max_ms": round(index_load_stall_ms, 1),
+        "index_save_s": index_save_s,
+        "index_save_stall_max_ms": index_save_stall_ms,
         "poll_s": round(poll_s, 3),
         "papers_per_s": round(papers / poll_s, 1) if poll_s else 0.0,
         "poll_cpu_s": round(poll_cpu_s, 3),
@@ -446,6 +516,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="deliveries a transaction of the poller's writer thread (default: Poller.ENQUEUE_ROWS)")
     parser.add_argument("--match-processes", type=int, default=1,
                         help="[matching] processes: >1 splits the index over that many worker processes")
+    parser.add_argument("--kept-index", action="store_true",
+                        help="the first load reads the index kept by an earlier run (made before the bot starts)")
     parser.add_argument("--sweep", action="store_true",
                         help="delivery sweeps to the fake Slack all through the poll (sweeps, sweep_sent)")
     args = parser.parse_args(argv)
@@ -460,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict:
     random.seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="papers-bot-bench-pipeline-") as directory:
         figures = asyncio.run(measure(workload, Path(directory), free_port(), args.match_processes,
-                                     args.switch_interval, args.enqueue_rows, args.sweep))
+                                     args.switch_interval, args.enqueue_rows, args.sweep, args.kept_index))
     figures["switch_interval"] = args.switch_interval
     figures["enqueue_rows"] = args.enqueue_rows or Poller.ENQUEUE_ROWS
     figures["group_rows"] = Poller.GROUP_ROWS  # matches gathered, then split by channels (Poller._submit)

@@ -11,6 +11,7 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Awaitable, Callable, TextIO, TypeVar
 
 import schedule
@@ -65,6 +66,14 @@ SWITCH_INTERVAL = 0.001
 ELECT_SECONDS = 5.0  # a standby poller asks for the poller's lease this often (at most its shortest interval)
 
 
+def index_cache_path(config: Config) -> Path | None:
+    """Where the poller keeps its built index between runs (bot/index_cache.py): beside the
+    SQLite file; None for PostgreSQL (no file of the bot's own) and an in-memory database."""
+    if config.storage_url or config.storage_path in ("", ":memory:") or config.storage_path.startswith("file:"):
+        return None
+    return Path(config.storage_path + ".index")
+
+
 class App:
     def __init__(
         self,
@@ -105,7 +114,8 @@ class App:
                              match_processes=config.match_processes,
                              open_store=lambda: open_store(config.storage_target,
                                                            busy_timeout=config.storage_busy_timeout, durable=False),
-                             complete=filler.complete if filler else None, recommender=recommender)
+                             complete=filler.complete if filler else None, recommender=recommender,
+                             index_cache=index_cache_path(config))
         self.dispatcher = Dispatcher(self.store, self.adapters, clock, cards_per_cycle=config.delivery.cards_per_cycle,
                                      max_concurrent_channels=config.delivery.max_concurrent_channels)
         self.lookup = PaperLookup(list(fetchers.values()))
@@ -263,13 +273,16 @@ class App:
         return self.polling
 
     async def poll_once(self) -> tuple[list[SourceReport], DispatchReport]:
-        """One full cycle: every enabled source, then the outbox."""
+        """One full cycle: every enabled source, then the outbox; then the index is kept if
+        it is due (bot/index_cache.py: the next run loads it)."""
         reports = []
         for source in self.sources:
             report = await self.poller.poll(source)
             await self.notify(report)
             reports.append(report)
-        return reports, await self.deliver()
+        delivered = await self.deliver()
+        await self.poller.keep_index()
+        return reports, delivered
 
     async def notify(self, report: SourceReport) -> None:
         """Tell the admin channel once when a source keeps failing, and once when it recovers."""

@@ -186,6 +186,14 @@ class SubscriptionChanges:
     version: int
 
 
+class StoredQuery(NamedTuple):
+    """A subscription's id, stored query and channel key (`StoreContract.subscription_queries`)."""
+
+    id: int
+    query: str
+    channel: str  # ChannelRef.key
+
+
 class Match(NamedTuple):
     """One subscription matching one paper, with the terms that made it match.
 

@@ -14,19 +14,22 @@ import gc
 import logging
 import sqlite3
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, Sequence, TypeVar
 
 from storage import StoreContract, reopen
 
+from . import index_cache
 from .clock import utcnow
 from .collection import no_collection
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
-from .models import Match, MatchedBatch, Paper, UnmatchedPaper
+from .models import Match, MatchedBatch, Paper, Subscription, UnmatchedPaper
 from .sharded import ShardedMatcher, ShardFailed
 from .sources import Source
 from .sources.base import bounded_repr, check_paper
@@ -102,11 +105,22 @@ class Poller:
     GROUP_ROWS = 15_000  # matches gathered (~150 papers) before they are split and handed over
     ENQUEUE_ROWS = 1000  # matches a transaction, about (~10-15 ms of CPU)
     WRITES_AHEAD = 2  # groups handed to the writer thread and not yet committed
+    # The built index is kept in `index_cache` (bot/index_cache.py) once it has this many
+    # subscriptions (fewer build in a tenth of a second), after a poll; again after a poll at
+    # most every INDEX_SAVE_EVERY seconds, if subscriptions changed (the next start adds those
+    # changed since anyway: a stale file only costs their adds).
+    INDEX_SAVE_MIN = 10_000
+    INDEX_SAVE_EVERY = 3600.0
+    # Seconds after a poll before the index is written, when no poll is under way then (the
+    # sources are polled one after another: the next one's would wait for the writing, 1.5 to
+    # 3.5 s at 100,000 subscriptions). 0: handed to the worker thread at once.
+    INDEX_SAVE_DELAY = 30.0
 
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
                  open_store: Callable[[], StoreContract] | None = None,
                  complete: Callable[[list[Paper]], Awaitable[list[Paper]]] | None = None,
-                 recommender: Recommender | None = None, match_processes: int = 1):
+                 recommender: Recommender | None = None, match_processes: int = 1,
+                 index_cache: Path | None = None):
         self.store = store
         # Before the worker stores and matches a listing: missing metadata filled in, on the
         # loop (bot.enrich.CategoryFiller: arXiv categories for Hugging Face papers).
@@ -126,6 +140,13 @@ class Poller:
         # other), or None when that is not known: the writer thread inserts deliveries
         # made at it as they are while it is still the newest (`MatchedBatch.split`).
         self._exact: int | None = None
+        # Where the built index is kept between runs (bot/index_cache.py); None: it is not.
+        self.index_cache = index_cache
+        self._index_saved: tuple[int, float] | None = None  # (version, time.monotonic()) of the last kept
+        self.index_saving: Future[None] | None = None  # the latest save handed to the worker thread
+        self.index_from_file = False  # whether the first load read the kept index
+        self._save_timer: asyncio.TimerHandle | None = None  # the save waiting for INDEX_SAVE_DELAY
+        self._polls = 0  # polls under way
         self._failures: dict[str, int] = {}  # failures in a row, for when storage cannot count them
         self._match_failed: set[str] = set()  # papers the matcher raised on once (retried once, then settled)
         # Sources whose last poll failed on the bot's own side (its database full or read-only,
@@ -158,17 +179,25 @@ class Poller:
             self.matcher, self._version = IndexedMatcher(), 0
         current = store.subscription_ids()
         known = self.matcher.ids()
+        kept: list[Subscription] = []  # like: subscriptions of a kept index's, for the recommender
         if not known and current and not self._version:
-            # First load: recent papers' word counts let the index anchor on rare words.
-            history = store.recent_papers(HISTORY_FOR_ANCHORS)
-            if self.match_processes > 1:
-                self.matcher = ShardedMatcher(papers=history, processes=self.match_processes)
+            cached = self._kept_index(store)
+            if cached is not None:  # brought up to date below, as any later sync
+                (self.matcher, self._version), kept = cached
+                known = self.matcher.ids()
             else:
-                self.matcher = IndexedMatcher(papers=history)
+                # First load: recent papers' word counts let the index anchor on rare words.
+                history = store.recent_papers(HISTORY_FOR_ANCHORS)
+                if self.match_processes > 1:
+                    self.matcher = ShardedMatcher(papers=history, processes=self.match_processes)
+                else:
+                    self.matcher = IndexedMatcher(papers=history)
         for gone in known - current:
             self.matcher.remove(gone)
         changes = store.subscriptions_changed_since(self._version)
         changed, self._version = changes.subscriptions, changes.version
+        if kept:
+            changed = [*kept, *changed]
         keyword = self.recommender.sync(store, current, changed)  # it takes the like: ones
         for sub in changed if len(keyword) < len(changed) else ():
             self.matcher.remove(sub.id)  # from an earlier query; re-added below if it is keywords
@@ -209,6 +238,115 @@ class Poller:
         version = store.subscriptions_version()
         self.sync_subscriptions(store)
         self._exact = version if self._version == version else None
+    def _kept_index(self, store: StoreContract) -> tuple[tuple[IndexedMatcher, int], list[Subscription]] | None:
+        """The index kept by an earlier run (`index_cache`), if it describes this database, and
+        the like: subscriptions it was in step with (the recommender's, not in the index); None
+        to build it. Any failure is logged and the index is built."""
+        if self.index_cache is None or self.match_processes > 1:
+            return None
+        try:
+            with no_collection():
+                cached = index_cache.load(self.index_cache)
+                if cached is None:
+                    return None
+                if cached.version > store.subscriptions_version():
+                    # A database restored from before it: versions given since may be given
+                    # again, and an engine past them would never load those subscriptions.
+                    log.warning("the kept index %s is newer than the database: it is built anew", self.index_cache)
+                    return None
+                stored = store.subscription_queries(cached.version)
+                if not index_cache.usable(cached, stored):
+                    log.warning("the kept index %s describes another database: it is built anew", self.index_cache)
+                    return None
+                gc.freeze()  # as after a bulk load: never rescanned by a collection
+            kept = [sub for sub_id, query, _ in stored if "like:" in query
+                    and (sub := store.get_subscription(sub_id)) is not None]
+        except (StorageError, sqlite3.Error):
+            raise
+        except Exception:
+            log.exception("the kept index %s could not be used: it is built anew", self.index_cache)
+            return None
+        # Kept when the file was written, not now: an old file behind storage is written
+        # again after the next poll (a one-shot `papers-bot poll` lives less than
+        # INDEX_SAVE_EVERY, and its file would fall further behind at every run).
+        try:
+            age = max(0.0, time.time() - self.index_cache.stat().st_mtime)
+        except OSError:
+            age = 0.0
+        self._index_saved = (cached.version, time.monotonic() - age)
+        self.index_from_file = True
+        log.info("index of %d subscriptions loaded from %s (version %d)", len(cached.matcher), self.index_cache,
+                 cached.version)
+        return (cached.matcher, cached.version), kept
+
+    def _save_index_soon(self) -> None:
+        """Keep the index (`index_cache`) in the worker thread, INDEX_SAVE_DELAY seconds after
+        this poll if no poll is under way then (else after the next), when it is big enough
+        and the kept one is missing or old (see INDEX_SAVE_MIN). Never fails: a failure is
+        logged (only the next start's speed depends on it)."""
+        if self.INDEX_SAVE_DELAY <= 0:
+            self._save_index_now()
+        elif self._save_timer is None and self._index_save_due():
+            def due() -> None:
+                self._save_timer = None
+                if not self._polls:  # else the poll under way asks again when it ends
+                    self._save_index_now()
+
+            self._save_timer = asyncio.get_running_loop().call_later(self.INDEX_SAVE_DELAY, due)
+
+    async def keep_index(self) -> None:
+        """Keep the index now if it is due (see `_save_index_soon`), and wait for the writing:
+        for a one-shot `papers-bot poll`, which would exit before INDEX_SAVE_DELAY is over
+        (its next run would build the index again, every run)."""
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+            self._save_timer = None
+        self._save_index_now()
+        saving = self.index_saving
+        if saving is not None and not saving.done():
+            await asyncio.wrap_future(saving)
+
+    def _index_save_due(self) -> bool:
+        matcher = self.matcher
+        if (self.index_cache is None or not isinstance(matcher, IndexedMatcher) or len(matcher) < self.INDEX_SAVE_MIN
+                or not self.store.reads_off_loop() or self._stopping.is_set()):
+            return False
+        saved = self._index_saved
+        if saved is not None and (saved[0] == self._version or time.monotonic() - saved[1] < self.INDEX_SAVE_EVERY):
+            return False
+        return self.index_saving is None or self.index_saving.done()
+
+    def _save_index_now(self) -> None:
+        if not self._index_save_due():
+            return
+        path = self.index_cache
+        assert path is not None
+
+        def save() -> None:
+            try:
+                if self._worker_store is None:
+                    self._worker_store = self.open_store()
+                matcher, version = self.matcher, self._version
+                if not isinstance(matcher, IndexedMatcher):
+                    return
+                started = time.monotonic()
+                queries = self._worker_store.subscription_queries(version)
+                with no_collection():  # full collections would rescan what pickling makes, holding the GIL
+                    saved = index_cache.save(path, matcher, version, queries, stop=self._stopping.is_set)
+                if saved:
+                    self._index_saved = (version, time.monotonic())
+                    log.info("index of %d subscriptions kept in %s (%.1f s)", len(matcher), path,
+                             time.monotonic() - started)
+            except Exception as exc:
+                self._index_saved = (self._version, time.monotonic())  # not tried again before INDEX_SAVE_EVERY
+                log.warning("could not keep the index in %s (%s: %s): the next start builds it from the database "
+                            "(slower, nothing lost); tried again in %d minutes", path, type(exc).__name__, exc,
+                            self.INDEX_SAVE_EVERY // 60)
+
+        try:
+            self.index_saving = self._executor.submit(save)
+        except RuntimeError:  # closed
+            pass
 
     def _sync_if_changed(self, store: StoreContract) -> None:
         """Sync when a subscription was added, changed or removed since the last sync (one
@@ -272,6 +410,9 @@ class Poller:
         close the worker's and the writer's Stores in their threads. The threads end once
         that batch is done."""
         self._stopping.set()
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+            self._save_timer = None
         matcher = self.matcher
 
         def close_store() -> None:
@@ -295,7 +436,11 @@ class Poller:
     async def poll(self, source: Source) -> SourceReport:
         """Poll one source. Never raises: every failure is a failed, recorded SourceReport."""
         try:
-            return await self._poll(source)
+            self._polls += 1
+            try:
+                return await self._poll(source)
+            finally:
+                self._polls -= 1
         except PollStopped as exc:  # not the source's fault, nor the bot's: nothing to record
             log.info("%s: %s", source.name, exc)
             return SourceReport(source.name, False, error=str(exc))
@@ -365,6 +510,7 @@ class Poller:
                 return new, queued, recovered
 
         new, queued, recovered = await self._in_worker(work)
+        self._save_index_soon()  # after the poll, in the worker thread
         if not papers:
             log.info("%s: empty listing (normal on weekends and holidays)", source.name)
         return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=new, queued=queued,

@@ -61,6 +61,7 @@ from bot.models import (
     SettingsChange,
     SlackInstallation,
     SourceStatus,
+    StoredQuery,
     Subscribed,
     Subscription,
     SubscriptionChanges,
@@ -313,6 +314,11 @@ class StoreContract(Protocol):
 
     def subscription_ids(self) -> set[int]:
         """The ids of every subscription of every channel."""
+        ...
+
+    def subscription_queries(self, upto: int) -> list[StoredQuery]:
+        """The id, query and channel key of every subscription whose version is at most `upto`, in any order
+        (for the index kept between runs, bot/index_cache.py: checked against what it was built from)."""
         ...
 
     def change_subscription_query(

@@ -42,11 +42,23 @@ def test_a_tiny_pipeline_run_reports_consistent_figures(capsys, workload):
     assert figures["ack_p50_ms"] <= figures["ack_max_ms"] and figures["reply_p50_ms"] <= figures["reply_max_ms"]
     assert figures["loop_stall_p99_ms"] <= figures["loop_stall_max_ms"]
     assert set(figures["poll_split_s"]) == {"add_papers", "match", "sync_subscriptions", "index_words",
-                                            "bookkeeping", "split", "wait_for_writer", "other"}
+                                            "bookkeeping", "split", "wait_for_writer", "write_turn", "commit",
+                                            "other"}
     # The writer thread's transactions, of which the outbox INSERTs: there were deliveries to write.
     assert 0 <= figures["write_split_s"]["enqueue"] <= figures["write_split_s"]["transactions"]
     assert figures["full_collections_during_poll"] == 0  # the poll turns collection off
     assert figures["papers_per_s"] == pytest.approx(40 / figures["poll_s"], rel=0.2)  # poll_s is rounded
+
+
+def test_kept_index_loads_the_index_an_earlier_run_kept_and_matches_the_same(capsys):
+    args = ["--subscriptions", "300", "--papers", "30", "--history", "20", "--seed", "3"]
+    built, kept = main(args), main([*args, "--kept-index"])
+    assert (built["kept_index"], kept["kept_index"]) == (False, True)
+    assert (built["index_from_file"], kept["index_from_file"]) == (False, True)
+    assert kept["kept_index_s"] > 0 and built["kept_index_s"] is None
+    assert kept["index_load_stall_max_ms"] >= 0
+    assert (kept["matches"], kept["queued"]) == (built["matches"], built["queued"]) and kept["matches"] > 0
+    assert built["index_save_s"] is None  # 300 subscriptions: under Poller.INDEX_SAVE_MIN, not kept
 
 
 def test_sweep_runs_delivery_sweeps_through_the_poll(capsys):

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from bot.collection import no_collection
 from bot.errors import QueryError
 from bot.matching import compile_query
-from bot.models import ChannelRef, Subscribed, Subscription, SubscriptionChanges, stored_subscription
+from bot.models import ChannelRef, StoredQuery, Subscribed, Subscription, SubscriptionChanges, stored_subscription
 
 from .db import Database, from_db, utc
 
@@ -170,6 +170,10 @@ class SubscriptionsMixin:
 
     def subscription_ids(self) -> set[int]:
         return set(self.db.scalar("SELECT array_agg(id) FROM subscriptions") or ())
+
+    def subscription_queries(self, upto: int) -> list[StoredQuery]:
+        rows = self.db.all("SELECT id, query, channel FROM subscriptions WHERE version <= %s", [upto])
+        return list(map(StoredQuery._make, rows))
 
     def change_subscription_query(
         self, channel: ChannelRef, subscription_id: int, query: str, *, expected: str | None = None
