@@ -195,7 +195,7 @@ class Poller:
         for gone in known - current:
             self.matcher.remove(gone)
         changes = store.subscriptions_changed_since(self._version)
-        changed, self._version = changes.subscriptions, changes.version
+        changed = changes.subscriptions
         if kept:
             changed = [*kept, *changed]
         keyword = self.recommender.sync(store, current, changed)  # it takes the like: ones
@@ -219,6 +219,9 @@ class Poller:
                     # The index is rescanned by no later collection either (measured: matching
                     # about 2x faster), nor kept from being shared by forked workers.
                     gc.freeze()
+        # Only now: a sync that failed on the way (a read, the recommender's, an add) leaves
+        # the version where it was, and the next one reads those changes again.
+        self._version = changes.version
         # Stored without a compiled form, or with an older version's: kept for next time, with
         # the query each was compiled from (one changed since it was read keeps its own form).
         # (The queries by id only when there are some: 100,000 of them at a first load, 10 ms.)

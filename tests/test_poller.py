@@ -1,3 +1,4 @@
+import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -137,6 +138,29 @@ async def test_no_upvote_recheck_after_max_age(store, clock):
     clock.advance(days=8)
     hf.papers = [paper("2410.00001", "Diffusion", source="huggingface", upvotes=90, listed_on=clock().date())]
     assert (await poller.poll(hf)).queued == 0
+
+
+def test_a_sync_that_fails_on_the_way_reads_the_same_changes_again_next_time(store, clock, monkeypatch):
+    # The engine's version moved before the adds: a sync that failed after reading the changes
+    # (the recommender's read, an add) left those subscriptions out of the index for good, until
+    # some other subscription changed.
+    first = store.add_subscription(ML, "diffusion", "u1", clock()).subscription
+    poller = Poller(store, clock)
+    poller.sync_subscriptions()
+    second = store.add_subscription(ML, "transformer", "u1", clock()).subscription
+    assert first is not None and second is not None
+    sync = poller.recommender.sync
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(poller.recommender, "sync", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        poller.sync_subscriptions()
+    monkeypatch.setattr(poller.recommender, "sync", sync)
+    poller.sync_subscriptions()
+    assert poller.matcher.ids() == {first.id, second.id}
+    assert [m.subscription_id for m in poller.matcher.match(paper("2410.00002", "A transformer"))] == [second.id]
 
 
 def test_no_garbage_collection_runs_while_a_big_index_is_built_and_it_is_frozen_after(store, clock, monkeypatch):
