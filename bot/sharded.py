@@ -425,26 +425,29 @@ def _answer(engine: IndexedMatcher, paper: Paper) -> tuple | str:
     # The columns are filled an entry at a time (a query's subscriptions copied out of its
     # dict in C), not a row per match, then put in subscription id order by one permutation.
     ids: list[int] = []
-    channels: list[int] = []
+    channels: list = []  # channel numbers (see `_apply`): the entries' annotations say ChannelRef
     queries: list[str] = []
     terms: list[tuple[str, ...]] = []
+    # Bound once: `typing.cast` here was a Python call a match, and a method looked up an append.
+    add_id, add_channel, add_query, add_terms = ids.append, channels.append, queries.append, terms.append
     for entry, found in hits:
         sole = entry.sole
         if sole is not None:  # most entries: one subscription
-            ids.append(sole)
-            channels.append(cast(int, entry.sole_channel))  # its channel's number, see `_apply`
-            queries.append(entry.query)
-            terms.append(found)
+            add_id(sole)
+            add_channel(entry.sole_channel)
+            add_query(entry.query)
+            add_terms(found)
         else:
             subs = entry.subs
             ids += subs
-            channels += cast("dict[int, int]", subs).values()
+            channels += subs.values()
             queries += repeat(entry.query, len(subs))
             terms += repeat(found, len(subs))
     if len(ids) > 1:
         take = itemgetter(*sorted(range(len(ids)), key=ids.__getitem__))  # ids are unique
-        ids, channels, queries, terms = take(ids), take(channels), take(queries), take(terms)
-    return array(_ID, ids).tobytes(), array(_CHANNEL, channels).tobytes(), tuple(queries), tuple(terms)
+        return (array(_ID, take(ids)).tobytes(), array(_CHANNEL, take(channels)).tobytes(), take(queries),
+                take(terms))
+    return array(_ID, ids).tobytes(), array(_CHANNEL, channels).tobytes(), queries, terms
 
 
 # A worker's channel numbers, one int object each (each change unpickled makes its own).
