@@ -711,32 +711,49 @@ class NaiveMatcher:
 
 
 class _PrefixHits(dict):
-    """Of each word met (a paper's raw word), what the engine's prefix tables keep under its
-    first letters, for every size: the buckets of entries (sets), the second levels (dicts)
-    and all these levels' keys together (a frozenset: `_found` tests it against a paper's
-    features before walking the levels); () for most words. Kept across papers, and emptied
-    whenever those tables change (the keys are a copy: they must not go stale)."""
+    """Of each word met (a paper's raw word), the buckets of entries (sets) the engine's prefix
+    tables keep under its first letters, for every size; () for most words. Kept across papers,
+    and emptied whenever those tables change."""
 
-    __slots__ = ("prefixes", "prefix_pairs")
+    __slots__ = ("prefixes",)
 
-    def __init__(self, prefixes: dict[int, dict[str, set[_Entry]]],
-                 prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]]):
+    def __init__(self, prefixes: dict[int, dict[str, set[_Entry]]]):
         super().__init__()
-        self.prefixes, self.prefix_pairs = prefixes, prefix_pairs
+        self.prefixes = prefixes
 
     def __missing__(self, word: str) -> tuple:
         # A table of a size holds prefixes of that length only: a shorter word begins none.
-        buckets = tuple([bucket for size, table in self.prefixes.items() if len(word) >= size
-                         for bucket in (table.get(word[:size]),) if bucket])
-        levels = tuple([level for size, table in self.prefix_pairs.items() if len(word) >= size
-                        for level in (table.get(word[:size]),) if level])
+        found = tuple([bucket for size, table in self.prefixes.items() if len(word) >= size
+                       for bucket in (table.get(word[:size]),) if bucket])
         if len(self) >= 200_000:  # a bound, as STEMS has
             self.clear()
-        hits = self[word] = (buckets, levels, frozenset().union(*levels)) if buckets or levels else ()
-        return hits
+        self[word] = found
+        return found
 
 
-_FIRST, _THIRD = operator.itemgetter(0), operator.itemgetter(2)
+class _PrefixLevels(dict):
+    """Of each word met, the second levels (dicts) the prefix second levels keep under its first
+    letters, for every size, and all these levels' keys together (a frozenset: `_found` tests
+    it against a paper's features before walking the levels); () for most words. Kept across
+    papers, and emptied whenever those tables change (the keys are a copy: they must not go
+    stale)."""
+
+    __slots__ = ("prefix_pairs",)
+
+    def __init__(self, prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]]):
+        super().__init__()
+        self.prefix_pairs = prefix_pairs
+
+    def __missing__(self, word: str) -> tuple:
+        levels = tuple([level for size, table in self.prefix_pairs.items() if len(word) >= size
+                        for level in (table.get(word[:size]),) if level])
+        if len(self) >= 200_000:
+            self.clear()
+        found = self[word] = (levels, frozenset().union(*levels)) if levels else ()
+        return found
+
+
+_SECOND = operator.itemgetter(1)
 
 
 class IndexedMatcher:
@@ -757,7 +774,8 @@ class IndexedMatcher:
         self._prefixes: dict[int, dict[str, set[_Entry]]] = {}
         self._prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]] = {}  # by length, prefix, second key
         self._always: set[_Entry] = set()  # entries with no anchor
-        self._prefix_hits = _PrefixHits(self._prefixes, self._prefix_pairs)
+        self._prefix_hits = _PrefixHits(self._prefixes)
+        self._prefix_levels = _PrefixLevels(self._prefix_pairs)
         self._recompiled: dict[int, bytes] = {}  # see take_recompiled
         self._generation = 0  # changes with every add and remove: a forked pool is stale then
         self._pool: ProcessPoolExecutor | None = None
@@ -874,8 +892,8 @@ class IndexedMatcher:
 
     def _second_level(self, anchor: str) -> tuple[dict[str, dict[str, set[_Entry]]], str]:
         if anchor.startswith("p:"):
-            if self._prefix_hits:  # the prefix tables change: what words found there is stale
-                self._prefix_hits.clear()
+            if self._prefix_levels:  # the prefix tables change: what words found there is stale
+                self._prefix_levels.clear()
             return self._prefix_pairs.setdefault(len(anchor) - 2, {}), anchor[2:]
         return self._pairs, anchor
 
@@ -907,21 +925,19 @@ class IndexedMatcher:
             seconds = pairs[key]
             for second in seconds.keys() & features:
                 found |= seconds[second]
-        if self._prefixes or self._prefix_pairs:
-            # What each word begins, from what the words of earlier papers found (in C, but
-            # for words not met yet): not the paper's words cut to each size and looked up.
-            hits = list(filter(None, map(self._prefix_hits.__getitem__, view.all_raw)))
-            if hits:
-                found.update(*chain.from_iterable(map(_FIRST, hits)))  # buckets of entries
-                if self._prefix_pairs:
-                    # Second levels: only those of words whose second keys (all their levels'
-                    # together, a frozenset: tested on its stored hashes) the paper offers one
-                    # of, picked in C: on real text ~3 % of them.
-                    offered = compress(hits, map(operator.not_, map(features.isdisjoint, map(_THIRD, hits))))
-                    for _, levels, _ in offered:
-                        for level in levels:
-                            for second in level.keys() & features:
-                                found |= level[second]
+        # What each word begins, from what the words of earlier papers found (in C, but for
+        # words not met yet): not the paper's words cut to each size and looked up.
+        if self._prefixes:
+            found.update(*chain.from_iterable(filter(None, map(self._prefix_hits.__getitem__, view.all_raw))))
+        if self._prefix_pairs:
+            levels = list(filter(None, map(self._prefix_levels.__getitem__, view.all_raw)))
+            # Only the levels of words whose second keys (all their levels' together, a
+            # frozenset: tested on its stored hashes) the paper offers one of, picked in C: on
+            # real text ~3 % of them.
+            for word_levels, _ in compress(levels, map(operator.not_, map(features.isdisjoint, map(_SECOND, levels)))):
+                for level in word_levels:
+                    for second in level.keys() & features:
+                        found |= level[second]
         return found
 
     def _hits(self, paper: Paper) -> list[tuple[_Entry, tuple[str, ...]]]:
