@@ -24,8 +24,9 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain, compress
 from types import MappingProxyType
-from typing import Collection, Iterable, Iterator, Literal, Mapping, Sequence, cast
+from typing import Collection, Iterable, Literal, Mapping, Sequence, cast
 
 from . import query as _query_module
 from . import sources
@@ -710,27 +711,49 @@ class NaiveMatcher:
 
 
 class _PrefixHits(dict):
-    """Of each word met (a paper's raw word), what the engine's prefix tables keep under its
-    first letters, for every size: buckets of entries (sets) and second levels (dicts); ()
-    for most words. Kept across papers, and emptied whenever those tables change."""
+    """Of each word met (a paper's raw word), the buckets of entries (sets) the engine's prefix
+    tables keep under its first letters, for every size; () for most words. Kept across papers,
+    and emptied whenever those tables change."""
 
-    __slots__ = ("prefixes", "prefix_pairs")
+    __slots__ = ("prefixes",)
 
-    def __init__(self, prefixes: dict[int, dict[str, set[_Entry]]],
-                 prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]]):
+    def __init__(self, prefixes: dict[int, dict[str, set[_Entry]]]):
         super().__init__()
-        self.prefixes, self.prefix_pairs = prefixes, prefix_pairs
+        self.prefixes = prefixes
 
     def __missing__(self, word: str) -> tuple:
         # A table of a size holds prefixes of that length only: a shorter word begins none.
-        found: list = [bucket for size, table in self.prefixes.items() if len(word) >= size
-                       for bucket in (table.get(word[:size]),) if bucket]
-        found += [level for size, table in self.prefix_pairs.items() if len(word) >= size
-                  for level in (table.get(word[:size]),) if level]
+        found = tuple([bucket for size, table in self.prefixes.items() if len(word) >= size
+                       for bucket in (table.get(word[:size]),) if bucket])
         if len(self) >= 200_000:  # a bound, as STEMS has
             self.clear()
-        hits = self[word] = tuple(found)
-        return hits
+        self[word] = found
+        return found
+
+
+class _PrefixLevels(dict):
+    """Of each word met, the second levels (dicts) the prefix second levels keep under its first
+    letters, for every size, and all these levels' keys together (a frozenset: `_found` tests
+    it against a paper's features before walking the levels); () for most words. Kept across
+    papers, and emptied whenever those tables change (the keys are a copy: they must not go
+    stale)."""
+
+    __slots__ = ("prefix_pairs",)
+
+    def __init__(self, prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]]):
+        super().__init__()
+        self.prefix_pairs = prefix_pairs
+
+    def __missing__(self, word: str) -> tuple:
+        levels = tuple([level for size, table in self.prefix_pairs.items() if len(word) >= size
+                        for level in (table.get(word[:size]),) if level])
+        if len(self) >= 200_000:
+            self.clear()
+        found = self[word] = (levels, frozenset().union(*levels)) if levels else ()
+        return found
+
+
+_SECOND = operator.itemgetter(1)
 
 
 class IndexedMatcher:
@@ -751,7 +774,8 @@ class IndexedMatcher:
         self._prefixes: dict[int, dict[str, set[_Entry]]] = {}
         self._prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]] = {}  # by length, prefix, second key
         self._always: set[_Entry] = set()  # entries with no anchor
-        self._prefix_hits = _PrefixHits(self._prefixes, self._prefix_pairs)
+        self._prefix_hits = _PrefixHits(self._prefixes)
+        self._prefix_levels = _PrefixLevels(self._prefix_pairs)
         self._recompiled: dict[int, bytes] = {}  # see take_recompiled
         self._generation = 0  # changes with every add and remove: a forked pool is stale then
         self._pool: ProcessPoolExecutor | None = None
@@ -868,8 +892,8 @@ class IndexedMatcher:
 
     def _second_level(self, anchor: str) -> tuple[dict[str, dict[str, set[_Entry]]], str]:
         if anchor.startswith("p:"):
-            if self._prefix_hits:  # the prefix tables change: what words found there is stale
-                self._prefix_hits.clear()
+            if self._prefix_levels:  # the prefix tables change: what words found there is stale
+                self._prefix_levels.clear()
             return self._prefix_pairs.setdefault(len(anchor) - 2, {}), anchor[2:]
         return self._pairs, anchor
 
@@ -892,53 +916,59 @@ class IndexedMatcher:
 
     def _found(self, view: PaperView) -> set[_Entry]:
         """The entries anchored on the paper's keys."""
-        found = set(self._always)
-        keys = self._keys
         features = view.features
-        for key in keys.keys() & features:  # the smaller side is walked, in C
-            found |= keys[key]
+        keys = self._keys
+        found = set(self._always)
+        found.update(*map(keys.__getitem__, keys.keys() & features))  # the smaller side is walked, in C
         pairs = self._pairs
         for key in pairs.keys() & features:
             seconds = pairs[key]
             for second in seconds.keys() & features:
                 found |= seconds[second]
-        if self._prefixes or self._prefix_pairs:
-            # What each word begins, from what the words of earlier papers found (in C, but
-            # for words not met yet): not the paper's words cut to each size and looked up.
-            for hits in filter(None, map(self._prefix_hits.__getitem__, view.all_raw)):
-                for hit in hits:
-                    if type(hit) is set:  # entries
-                        found |= hit
-                    else:  # a second level
-                        for second in hit.keys() & features:
-                            found |= hit[second]
+        # What each word begins, from what the words of earlier papers found (in C, but for
+        # words not met yet): not the paper's words cut to each size and looked up.
+        if self._prefixes:
+            found.update(*chain.from_iterable(filter(None, map(self._prefix_hits.__getitem__, view.all_raw))))
+        if self._prefix_pairs:
+            levels = list(filter(None, map(self._prefix_levels.__getitem__, view.all_raw)))
+            # Only the levels of words whose second keys (all their levels' together, a
+            # frozenset: tested on its stored hashes) the paper offers one of, picked in C: on
+            # real text ~3 % of them.
+            for word_levels, _ in compress(levels, map(operator.not_, map(features.isdisjoint, map(_SECOND, levels)))):
+                for level in word_levels:
+                    for second in level.keys() & features:
+                        found |= level[second]
         return found
 
-    def _evaluated(self, view: PaperView) -> Iterator[tuple[_Entry, tuple[str, ...]]]:
+    def _hits(self, paper: Paper) -> list[tuple[_Entry, tuple[str, ...]]]:
         """Each matching entry, with the terms that made it match (in no particular order)."""
+        view = PaperView(paper)
         features = view.features
         title, abstract = view.title_set, view.abstract_set
+        found: list[tuple[_Entry, tuple[str, ...]]] = []
+        add = found.append
         for entry in self._found(view):
             words = entry.words
             if words is not None:
                 hits = _word_hits(words, title, abstract)
-            elif entry.shortcut is not None:  # exact on its own: no required-keys filter needed
-                hits = _shortcut_hits(entry.shortcut, view)
-            elif _offers(entry, features):
-                hits = evaluate(entry.node, view)
             else:
-                continue
+                shortcut = entry.shortcut
+                if shortcut is not None:  # exact on its own: no required-keys filter needed
+                    # A prefix alone (`transform*`, many of them) straight to its bisection.
+                    hits = _prefix_hits(shortcut, view) if shortcut[0] == "prefix" else _shortcut_hits(shortcut, view)
+                elif _offers(entry, features):
+                    hits = evaluate(entry.node, view)
+                else:
+                    continue
             if hits is not None:
-                yield entry, tuple(hits)
-
-    def _hits(self, paper: Paper) -> list[tuple[_Entry, tuple[str, ...]]]:
-        return list(self._evaluated(PaperView(paper)))
+                add((entry, tuple(hits)))
+        return found
 
     def match(self, paper: Paper) -> list[Match]:
         new = tuple.__new__  # Match's own __new__ is Python code: this is the same tuple, made in C
         found: list[Match] = []
         add = found.append
-        for entry, terms in self._evaluated(PaperView(paper)):
+        for entry, terms in self._hits(paper):
             sole = entry.sole
             if sole is not None:
                 add(new(Match, (sole, entry.sole_channel, entry.query, terms)))

@@ -104,3 +104,17 @@ def test_adds_edits_and_removals_between_papers_keep_the_engine_equal_to_the_nai
         for p in paper_list:
             assert engine.match(p) == naive.match(p)
     assert engine.ids() == set(held)
+
+
+def test_a_second_key_added_under_a_prefix_a_word_already_met_is_found():
+    # What each word begins is kept across papers, with all the second keys of its levels
+    # (a paper offering none of them skips them); a key added under a prefix after a word
+    # was met must still be found.
+    engine = IndexedMatcher(subscriptions_of(["agent* planning"], (ML,)))
+    agents_learning = Paper("2410.00001", "Agents learning", "")
+    assert engine.match(agents_learning) == []  # "agents" met: its level holds planning only
+    engine.add(Subscription(2, ML, normalize_query("agent* learning"), "u", T0))
+    assert engine._entries["agent* learning"].keys == ("p:agent",)
+    assert [m.subscription_id for m in engine.match(agents_learning)] == [2]
+    engine.remove(2)
+    assert engine.match(agents_learning) == []
