@@ -180,10 +180,14 @@ class Poller:
         current = store.subscription_ids()
         known = self.matcher.ids()
         kept: list[Subscription] = []  # like: subscriptions of a kept index's, for the recommender
+        since = self._version  # the changes after it are read below
         if not known and current and not self._version:
             cached = self._kept_index(store)
             if cached is not None:  # brought up to date below, as any later sync
-                (self.matcher, self._version), kept = cached
+                # Its version is the engine's only once the sync is done (below): one that
+                # fails on the way reads every subscription again next time, and so gives
+                # the recommender the file's like: subscriptions (`kept`, read only here).
+                (self.matcher, since), kept = cached
                 known = self.matcher.ids()
             else:
                 # First load: recent papers' word counts let the index anchor on rare words.
@@ -194,7 +198,7 @@ class Poller:
                     self.matcher = IndexedMatcher(papers=history)
         for gone in known - current:
             self.matcher.remove(gone)
-        changes = store.subscriptions_changed_since(self._version)
+        changes = store.subscriptions_changed_since(since)
         changed = changes.subscriptions
         if kept:
             changed = [*kept, *changed]

@@ -220,6 +220,43 @@ async def test_like_subscriptions_of_a_kept_index_reach_the_recommender(tmp_path
     store.close()
 
 
+async def test_like_subscriptions_of_a_kept_index_reach_the_recommender_after_a_sync_that_failed(tmp_path, clock):
+    # The kept index's version was the engine's as soon as the file was loaded: a sync that
+    # failed after that (here the recommender's read) left the next one reading only what
+    # changed since the file, so the file's like: subscriptions never reached the recommender
+    # (nothing recommended to them until they changed), and the engine was taken as exact.
+    store = Store(tmp_path / "bot.db")
+    store.add_papers([paper("2410.00001", "Latent diffusion")], T0)
+    fill(store, ["diffusion", "agent*"])
+    like = store.add_subscription(CHANNELS[0], "like:2410.00001", "u1", T0).subscription
+    await kept_by_a_poll(store, tmp_path / "bot.db.index", clock)
+
+    class Recommender:
+        def __init__(self):
+            self.subs: dict[int, str] = {}
+            self.broken = True
+
+        def __len__(self):
+            return len(self.subs)
+
+        def sync(self, store, current, changed):
+            if self.broken:
+                self.broken = False
+                raise StorageError("the database is busy", "bot.db")
+            self.subs.update({s.id: s.query for s in changed if s.query.startswith("like:")})
+            return [s for s in changed if not s.query.startswith("like:")]
+
+    recommender = Recommender()
+    poller = Poller(store, clock, index_cache=tmp_path / "bot.db.index", recommender=recommender)  # type: ignore[arg-type]
+    with pytest.raises(StorageError):
+        poller.sync_subscriptions(store)
+    poller.sync_subscriptions(store)
+    assert recommender.subs == {like.id: "like:2410.00001"}
+    assert poller.matcher.ids() == store.subscription_ids() - {like.id}
+    poller.close()
+    store.close()
+
+
 def test_a_save_stops_when_asked_and_leaves_no_file(tmp_path):
     store = Store(tmp_path / "bot.db")
     fill(store, queries(random.Random(9), 1500))
