@@ -18,7 +18,7 @@ from bot.app import index_cache_path
 from bot.config import Secrets, parse_config
 from bot.errors import StorageError
 from bot.matching import IndexedMatcher, NaiveMatcher
-from bot.models import ChannelRef
+from bot.models import ChannelRef, Subscription
 from bot.poller import Poller
 from storage import Store
 
@@ -193,25 +193,39 @@ async def test_a_damaged_file_or_one_of_other_code_is_ignored(tmp_path, clock, m
     store.close()
 
 
-async def test_like_subscriptions_of_a_kept_index_reach_the_recommender(tmp_path, clock):
+class LikeRecommender:
+    """Stands in for bot.recommend.Recommender: keeps the like: subscriptions it is given;
+    `failures`: how many syncs raise first (as its read of the examples' papers may)."""
+
+    def __init__(self, failures: int = 0):
+        self.subs: dict[int, str] = {}
+        self.failures = failures
+
+    def __len__(self):
+        return len(self.subs)
+
+    def sync(self, store, current, changed):
+        if self.failures:
+            self.failures -= 1
+            raise StorageError("the database is busy", "bot.db")
+        self.subs.update({s.id: s.query for s in changed if s.query.startswith("like:")})
+        return [s for s in changed if not s.query.startswith("like:")]
+
+
+async def kept_with_a_like_subscription(tmp_path, clock) -> tuple[Store, Subscription]:
+    """A store of a few keyword subscriptions and one like:, its index kept by a poll."""
     store = Store(tmp_path / "bot.db")
     store.add_papers([paper("2410.00001", "Latent diffusion")], T0)
     fill(store, ["diffusion", "agent*"])
     like = store.add_subscription(CHANNELS[0], "like:2410.00001", "u1", T0).subscription
+    assert like is not None
     await kept_by_a_poll(store, tmp_path / "bot.db.index", clock)
+    return store, like
 
-    class Recommender:
-        def __init__(self):
-            self.subs: dict[int, str] = {}
 
-        def __len__(self):
-            return len(self.subs)
-
-        def sync(self, store, current, changed):
-            self.subs.update({s.id: s.query for s in changed if s.query.startswith("like:")})
-            return [s for s in changed if not s.query.startswith("like:")]
-
-    recommender = Recommender()
+async def test_like_subscriptions_of_a_kept_index_reach_the_recommender(tmp_path, clock):
+    store, like = await kept_with_a_like_subscription(tmp_path, clock)
+    recommender = LikeRecommender()
     poller = Poller(store, clock, index_cache=tmp_path / "bot.db.index", recommender=recommender)  # type: ignore[arg-type]
     poller.sync_subscriptions(store)
     assert recommender.subs == {like.id: "like:2410.00001"}
@@ -225,28 +239,8 @@ async def test_like_subscriptions_of_a_kept_index_reach_the_recommender_after_a_
     # failed after that (here the recommender's read) left the next one reading only what
     # changed since the file, so the file's like: subscriptions never reached the recommender
     # (nothing recommended to them until they changed), and the engine was taken as exact.
-    store = Store(tmp_path / "bot.db")
-    store.add_papers([paper("2410.00001", "Latent diffusion")], T0)
-    fill(store, ["diffusion", "agent*"])
-    like = store.add_subscription(CHANNELS[0], "like:2410.00001", "u1", T0).subscription
-    await kept_by_a_poll(store, tmp_path / "bot.db.index", clock)
-
-    class Recommender:
-        def __init__(self):
-            self.subs: dict[int, str] = {}
-            self.broken = True
-
-        def __len__(self):
-            return len(self.subs)
-
-        def sync(self, store, current, changed):
-            if self.broken:
-                self.broken = False
-                raise StorageError("the database is busy", "bot.db")
-            self.subs.update({s.id: s.query for s in changed if s.query.startswith("like:")})
-            return [s for s in changed if not s.query.startswith("like:")]
-
-    recommender = Recommender()
+    store, like = await kept_with_a_like_subscription(tmp_path, clock)
+    recommender = LikeRecommender(failures=1)
     poller = Poller(store, clock, index_cache=tmp_path / "bot.db.index", recommender=recommender)  # type: ignore[arg-type]
     with pytest.raises(StorageError):
         poller.sync_subscriptions(store)
