@@ -150,6 +150,16 @@ def open_database(path: str | Path, *, timeout: float = BUSY_TIMEOUT, durable: b
     return db
 
 
+def _take_turnstile(db: Database) -> Turnstile | None:
+    """Wait for this database's turnstile (None if it has none), as a write transaction
+    must before it takes the write lock; StorageBusy after the busy timeout."""
+    turnstile = _turnstile(db)
+    if turnstile is not None and not turnstile.acquire(timeout=getattr(db, "papers_bot_timeout", BUSY_TIMEOUT),
+                                                       background=hasattr(db, "papers_bot_commits")):
+        raise storage_error(sqlite3.OperationalError("database is locked"), _path(db))
+    return turnstile
+
+
 @contextmanager
 def immediate(db: Database) -> Iterator[Database]:
     """A write transaction holding the write lock from its start; all of it or nothing.
@@ -171,10 +181,7 @@ def immediate(db: Database) -> Iterator[Database]:
         else:
             conn.execute(f"RELEASE SAVEPOINT {name}")
         return
-    turnstile = _turnstile(db)
-    if turnstile is not None and not turnstile.acquire(timeout=getattr(db, "papers_bot_timeout", BUSY_TIMEOUT),
-                                                       background=hasattr(db, "papers_bot_commits")):
-        raise storage_error(sqlite3.OperationalError("database is locked"), _path(db))
+    turnstile = _take_turnstile(db)
     try:
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -223,10 +230,7 @@ def alone(db: Database) -> Iterator[sqlite3.Connection]:
     interval while another thread runs Python (the poller's writer beside its worker). Not
     inside a transaction (the caller checks `in_transaction`)."""
     conn = db.conn
-    turnstile = _turnstile(db)
-    if turnstile is not None and not turnstile.acquire(timeout=getattr(db, "papers_bot_timeout", BUSY_TIMEOUT),
-                                                       background=hasattr(db, "papers_bot_commits")):
-        raise storage_error(sqlite3.OperationalError("database is locked"), _path(db))
+    turnstile = _take_turnstile(db)
     level = conn.isolation_level
     try:
         conn.isolation_level = None  # no implicit BEGIN before a statement that writes
