@@ -26,6 +26,7 @@ from bot.models import (
 
 from .db import alone, immediate, iso, parse_iso, write
 from .migrations import MATCHED_OR_EMPTY
+from .subscriptions import NEWEST_VERSION
 
 _STATUSES = {f.name for f in fields(OutboxCounts)}
 # The columns `_delivery` reads, in its order.
@@ -423,8 +424,6 @@ SELECT paper_id, coalesce(channel, many_channel),
   FROM q WHERE may OR many_channel IS NOT NULL"""
 
 
-# The newest subscription version (SubscriptionsMixin.subscriptions_version), in SQL.
-_VERSION = "(SELECT max(v.version, (SELECT coalesce(max(version), 0) FROM subscriptions)) FROM subscription_version v)"
 # `_insert_made`'s statements, by rows a statement (a few sizes, so each is prepared once a
 # connection: Python's sqlite3 keeps them): ?1 the time, ?2 the version the deliveries were
 # made at, then four values a delivery; rows past the batch's own are NULLs, skipped.
@@ -433,7 +432,7 @@ _MADE_SQL = {size: f"""
     INSERT OR IGNORE INTO deliveries (paper_id, channel, matched, strength, next_attempt_at, created_at)
     SELECT column1, column2, column3, column4, ?1, ?1
       FROM (VALUES {",".join(f"(?{4 * i + 3},?{4 * i + 4},?{4 * i + 5},?{4 * i + 6})" for i in range(size))})
-     WHERE column1 IS NOT NULL AND ?2 = {_VERSION}""" for size in _MADE_ROWS}
+     WHERE column1 IS NOT NULL AND ?2 = {NEWEST_VERSION}""" for size in _MADE_ROWS}
 
 
 def _insert_made(conn: sqlite3.Connection, deliveries: list, version: int, stamp: str) -> bool:
@@ -448,7 +447,7 @@ def _insert_made(conn: sqlite3.Connection, deliveries: list, version: int, stamp
         size = next(size for size in _MADE_ROWS if 4 * size >= len(part))
         conn.execute(_MADE_SQL[size], [stamp, version, *part, *[None] * (4 * size - len(part))])
         if conn.total_changes == before:  # nothing new: the version changed, or all were queued before
-            if conn.execute(f"SELECT {_VERSION}").fetchone()[0] != version:
+            if conn.execute(f"SELECT {NEWEST_VERSION}").fetchone()[0] != version:
                 return False
     return True
 

@@ -19,6 +19,10 @@ from .db import immediate, iso
 # removed, it took the highest version with it, and the next one got the same number again,
 # which the poller's engine (caught up to that version) never loaded.
 _NEXT_VERSION = "(SELECT version FROM subscription_version)"
+# The newest version (`subscriptions_version`), as an expression: also in the poll's outbox
+# INSERT, which checks under the write lock that nothing changed (storage/deliveries.py).
+NEWEST_VERSION = ("(SELECT max(v.version, (SELECT coalesce(max(version), 0) FROM subscriptions))"
+                  " FROM subscription_version v)")
 _BUMP_VERSION = """UPDATE subscription_version
                       SET version = max(version, (SELECT coalesce(max(version), 0) FROM subscriptions)) + 1"""
 
@@ -136,9 +140,7 @@ class SubscriptionsMixin:
     def subscriptions_version(self) -> int:
         """The newest subscription version (grows with every subscription added, changed or
         removed: m029's trigger for a removal)."""
-        return self.db.execute(
-            "SELECT max(v.version, (SELECT coalesce(max(version), 0) FROM subscriptions)) FROM subscription_version v"
-        ).fetchone()[0]
+        return self.db.execute(f"SELECT {NEWEST_VERSION}").fetchone()[0]
 
     def subscription_ids(self) -> set[int]:
         # One row (a JSON array), not a row an id: 100,000 ids in 20 ms rather than 40.
