@@ -567,7 +567,7 @@ def _deliveries(papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], 
                     strength = 1000 * min(fact.count(' in title"') - query.endswith(" in title"), 999) + min(
                         len(terms), 999)
                 else:
-                    strength = _strength(set(terms))
+                    strength = terms_strength(set(terms))
                 out[ranges[key]].extend((paper_id, key, f"[{fact}]", strength))
                 continue
             slot = many[key]
@@ -587,12 +587,14 @@ def _deliveries(papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], 
             if slot is not None:
                 place, at, facts, all_terms = slot
                 place[at + 2] = "[" + ",".join(facts) + "]"
-                place[at + 3] = _strength(all_terms)
+                place[at + 3] = terms_strength(all_terms)
     return out, since
 
 
-def _strength(terms: set[str]) -> int:
-    """storage.deliveries.match_strength of these (distinct) terms."""
+def terms_strength(terms: set[str]) -> int:
+    """How strongly a channel's queries matched a paper, for ranking (higher is stronger), out
+    of the distinct terms they matched: 1000 x those found in the title, plus all of them
+    (storage.deliveries.match_strength, of Matches)."""
     return 1000 * min(sum(term.endswith(" in title") for term in terms), 999) + min(len(terms), 999)
 
 

@@ -22,6 +22,7 @@ from bot.models import (
     Overflow,
     PaperMatches,
     SubscriptionRef,
+    terms_strength,
 )
 
 from .db import alone, immediate, iso, parse_iso, write
@@ -456,9 +457,7 @@ def match_strength(matches: list[Match]) -> int:
     """How strongly a channel's queries matched a paper, for ranking (higher is stronger):
     1000 x the distinct terms found in the title, plus the distinct terms matched in all.
     The same number `MATCH_STRENGTH` works out of `matched` for rows stored without it."""
-    terms = {term for match in matches for term in match.terms}
-    in_title = sum(term.endswith(" in title") for term in terms)
-    return 1000 * min(in_title, 999) + min(len(terms), 999)
+    return terms_strength({term for match in matches for term in match.terms})
 
 
 def _matched(channel: ChannelRef, text: str) -> tuple[Match, ...]:
