@@ -243,7 +243,8 @@ def _referenced(state: dict[str, Any]) -> set[int]:
     found: set[int] = set()
     for value in state.values():
         attributes = list(getattr(value, "__dict__", {}).values())
-        attributes += [getattr(value, name) for name in getattr(type(value), "__slots__", ()) if hasattr(value, name)]
+        slots = [name for cls in type(value).__mro__ for name in getattr(cls, "__slots__", ())]  # a base's too
+        attributes += [getattr(value, name) for name in slots if hasattr(value, name)]
         found.update(map(id, attributes))
     return found
 

@@ -680,12 +680,6 @@ def _shortcut_hits(node: tuple, view: PaperView) -> list[str] | None:
     return hits
 
 
-def _evaluate_entry(entry: _Entry, view: PaperView) -> list[str] | None:
-    if entry.words is None:
-        return evaluate(entry.node, view)
-    return _word_hits(entry.words, view.title_set, view.abstract_set)
-
-
 class NaiveMatcher:
     """Evaluates every subscription against every paper: the reference implementation."""
 
@@ -710,47 +704,50 @@ class NaiveMatcher:
         return found
 
 
-class _PrefixHits(dict):
-    """Of each word met (a paper's raw word), the buckets of entries (sets) the engine's prefix
-    tables keep under its first letters, for every size; () for most words. Kept across papers,
-    and emptied whenever those tables change."""
+class _ByPrefix(dict):
+    """Of each word met (a paper's raw word), what `tables` (a prefix table a size: the
+    engine's prefixes, or their second levels) keep under its first letters, for every size
+    (`_under`): kept across papers, and emptied whenever those tables change."""
 
-    __slots__ = ("prefixes",)
+    __slots__ = ("tables",)
 
-    def __init__(self, prefixes: dict[int, dict[str, set[_Entry]]]):
+    def __init__(self, tables: dict[int, dict]):
         super().__init__()
-        self.prefixes = prefixes
+        self.tables = tables
 
-    def __missing__(self, word: str) -> tuple:
+    def _under(self, word: str) -> tuple:
         # A table of a size holds prefixes of that length only: a shorter word begins none.
-        found = tuple([bucket for size, table in self.prefixes.items() if len(word) >= size
-                       for bucket in (table.get(word[:size]),) if bucket])
+        return tuple([value for size, table in self.tables.items() if len(word) >= size
+                      for value in (table.get(word[:size]),) if value])
+
+    def _keep(self, word: str, found: tuple) -> tuple:
         if len(self) >= 200_000:  # a bound, as STEMS has
             self.clear()
         self[word] = found
         return found
 
 
-class _PrefixLevels(dict):
-    """Of each word met, the second levels (dicts) the prefix second levels keep under its first
-    letters, for every size, and all these levels' keys together (a frozenset: `_found` tests
-    it against a paper's features before walking the levels); () for most words. Kept across
-    papers, and emptied whenever those tables change (the keys are a copy: they must not go
-    stale)."""
+class _PrefixHits(_ByPrefix):
+    """The buckets of entries (sets) the prefix tables keep under a word's first letters;
+    () for most words."""
 
-    __slots__ = ("prefix_pairs",)
-
-    def __init__(self, prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]]):
-        super().__init__()
-        self.prefix_pairs = prefix_pairs
+    __slots__ = ()
 
     def __missing__(self, word: str) -> tuple:
-        levels = tuple([level for size, table in self.prefix_pairs.items() if len(word) >= size
-                        for level in (table.get(word[:size]),) if level])
-        if len(self) >= 200_000:
-            self.clear()
-        found = self[word] = (levels, frozenset().union(*levels)) if levels else ()
-        return found
+        return self._keep(word, self._under(word))
+
+
+class _PrefixLevels(_ByPrefix):
+    """The second levels (dicts) the prefix second levels keep under a word's first letters,
+    and all these levels' keys together (a frozenset: `_found` tests it against a paper's
+    features before walking the levels); () for most words. The keys are a copy: emptied
+    with the rest when those tables change, they do not go stale."""
+
+    __slots__ = ()
+
+    def __missing__(self, word: str) -> tuple:
+        levels = self._under(word)
+        return self._keep(word, (levels, frozenset().union(*levels)) if levels else ())
 
 
 _SECOND = operator.itemgetter(1)
