@@ -245,6 +245,7 @@ class Poller:
         version = store.subscriptions_version()
         self.sync_subscriptions(store)
         self._exact = version if self._version == version else None
+
     def _kept_index(self, store: StoreContract) -> tuple[tuple[IndexedMatcher, int], list[Subscription]] | None:
         """The index kept by an earlier run (`index_cache`), if it describes this database, and
         the like: subscriptions it was in step with (the recommender's, not in the index); None
