@@ -300,6 +300,34 @@ async def test_mentions_answer_in_a_thread(bolt, slack, store, clock):
     assert message["blocks"][2]["text"]["text"] == "Latent diffusion"
 
 
+async def test_a_reply_in_a_thread_quoting_a_title_pings_nobody(bolt, slack, store, clock):
+    # The reply is posted in the channel's thread; its text (the blocks' fallback, used for
+    # notifications) quotes the title as the blocks do: escaped, like a card's.
+    store.add_papers([paper("2411.00001", "<!channel> Latent diffusion & <@U123>")], clock())
+    body = event_body({"type": "app_mention", "channel": "C123", "user": "U1", "ts": "5.6",
+                       "text": "<@UBOT> save 2411.00001"})
+    headers = {**sign(body, int(time.time())), "Content-Type": "application/json"}
+    await post(bolt, body, headers)
+    await wait_for(lambda: slack.called("chat.postMessage"))
+    (message,) = slack.called("chat.postMessage")
+    assert "&lt;!channel&gt; Latent diffusion &amp; &lt;@U123&gt;" in message["text"]
+    assert "<!channel>" not in message["text"] and "<@U123>" not in message["text"]
+
+
+async def test_a_text_only_reply_is_escaped(bolt, slack, store, clock):
+    # The overflow menu's reply is text alone: Slack renders it as mrkdwn.
+    sub = store.add_subscription(C123, "diffusion", "U1", clock()).subscription
+    payload = {"type": "block_actions", "user": {"id": "UADMIN"}, "channel": {"id": "C123"},
+               "team": {"id": "T1"}, "response_url": f"{slack.url}/respond/2", "trigger_id": "1",
+               "actions": [{"type": "overflow", "action_id": "papers_overflow", "block_id": "paper:2411.00001",
+                            "selected_option": {"value": f"mute:{sub.id}:<!here> ("}}]}
+    body = urlencode({"payload": json.dumps(payload)})
+    assert (await post(bolt, body, sign(body, int(time.time()))))[0] == 200
+    await wait_for(lambda: slack.called("2"))
+    (reply,) = slack.called("2")
+    assert reply["text"].startswith("Cannot mute `&lt;!here&gt; (`") and "<!here>" not in reply["text"]
+
+
 async def test_overflow_unsubscribes(bolt, slack, store, clock):
     sub = store.add_subscription(C123, "diffusion", "U1", clock()).subscription
     payload = {"type": "block_actions", "user": {"id": "UADMIN"}, "channel": {"id": "C123"},

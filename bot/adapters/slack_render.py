@@ -216,6 +216,13 @@ def digest_text(digest: Digest) -> str:
     return escape(f"{digest.title}: " + "; ".join(c.title for c in digest.cards))[:FALLBACK_MAX]
 
 
+def reply_text(reply: Reply) -> str:
+    """A command reply's text as a message's `text`: the fallback of its blocks (notifications,
+    screen readers), or all there is. It quotes titles and typed text, so it is escaped like
+    the blocks: a reply in a channel's thread (`@papers save ...`) pings nobody."""
+    return _mrkdwn_cut(reply.text, FALLBACK_MAX)
+
+
 def reply_blocks(reply: Reply) -> list[Block]:
     """A command reply: its text (already ours, but quoting user input), then its cards."""
     blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(reply.text, SECTION_MAX)))]
