@@ -8,7 +8,7 @@ from discord.http import Route
 
 import handlers
 from bot.adapters.discord_adapter import DiscordAdapter, answer_links, build_command_group, nonce_for
-from bot.adapters.discord_render import card_embed, digest_embed, reply_embeds
+from bot.adapters.discord_render import card_buttons, card_embed, digest_embed, reply_embeds
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, Digest, Match, OutboxCounts
@@ -46,6 +46,15 @@ def test_card_embed_escapes_and_respects_every_limit():
     assert data["color"] == 0xFFD21E  # Hugging Face
     assert data["thumbnail"]["url"].endswith("2411.00001.png")
     assert data["url"] == "https://arxiv.org/abs/2411.00001"
+
+
+def test_a_link_too_long_for_a_discord_button_is_left_out_not_the_card():
+    # Discord refuses a message with a link button's URL over 512 characters (HTTP 400, not
+    # retried): the card goes out without that button.
+    long_page = "https://example.org/" + "p" * 600
+    buttons = card_buttons(card_for(paper("2411.00001", project_page=long_page, github="https://github.com/x/y")))
+    assert [label for label, _ in buttons] == ["arXiv", "PDF", "Code"]
+    assert all(len(url) <= 512 for _, url in buttons)
 
 
 def test_digest_is_one_embed_within_limits():

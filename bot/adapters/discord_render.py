@@ -22,6 +22,9 @@ AUTHOR_MAX = 256
 TOTAL_MAX = 6000
 EMBEDS_MAX = 10
 CONTENT_MAX = 2000
+# A link button's URL: Discord refuses the whole message (HTTP 400, not retried) when one is
+# longer, so such a link (a project page's, say) is left out rather than the card lost.
+BUTTON_URL_MAX = 512
 
 COLOURS = {"huggingface": 0xFFD21E, "arxiv": 0xB31B1B}  # Hugging Face yellow, arXiv red
 
@@ -84,8 +87,8 @@ def card_embed(card: Card) -> discord.Embed:
 
 
 def card_buttons(card: Card) -> list[tuple[str, str]]:
-    """(label, url) of the link buttons: arXiv, PDF, Hugging Face, code."""
-    return [(link.label[:80], link.url) for link in card.links[:5]]
+    """(label, url) of the link buttons: arXiv, PDF, Hugging Face, code, project page."""
+    return [(link.label[:80], link.url) for link in card.links if len(link.url) <= BUTTON_URL_MAX][:5]
 
 
 def digest_embed(digest: Digest) -> discord.Embed:
