@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date, timedelta
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -211,6 +212,18 @@ def _organization(value: object) -> str | None:
 
 
 def _http_url(value: object) -> str | None:
-    if isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) < 2000:
-        return value.strip()
-    return None
+    """An http(s) link as a card's button can carry it, else None: Discord refuses a whole
+    message whose link button's URL is not well formed (a space in it, no host) with HTTP 400,
+    which is not retried, so the card would never be posted."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value.startswith(("https://", "http://")) or len(value) >= 2000:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return None
+    try:
+        host = urlsplit(value).hostname
+    except ValueError:  # "http://[oops"
+        return None
+    return value if host else None
