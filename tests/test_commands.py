@@ -63,6 +63,13 @@ def test_preview_with_nothing_stored_and_bad_queries(ctx):
     assert "Usage: `/papers preview <query> [--min-score X]`" in bad.text
 
 
+def test_a_long_title_in_an_estimate_is_cut_at_a_word_and_says_so(ctx, clock):
+    title = "Diffusion " + " ".join(["transformers"] * 20)  # 250 characters
+    ctx.store.add_papers([paper("2411.00001", title, listed_on=clock().date())], clock())
+    (line,) = [x for x in run(ctx, "preview diffusion").text.splitlines() if x.startswith("• ")]
+    assert line.endswith("transformers… (arXiv:2411.00001)") and len(line) < 170
+
+
 def test_subscribe_reports_the_estimate(ctx, clock):
     stock(ctx.store, clock)
     reply = run(ctx, "subscribe diffusion")
