@@ -104,7 +104,9 @@ def resume(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     cards = ctx.config.delivery.cards_per_cycle if instant else 0
     room = cards + DIGEST_MAX
     how = "now" if instant else "in the next digest"
-    if waiting <= room:
+    if waiting == 0:
+        text = "Resumed. Nothing matched while paused."
+    elif waiting <= room:
         text = f"Resumed. {plural(waiting, 'paper')} matched while paused will be posted {how}."
     else:
         parts = f"{cards} as cards and {DIGEST_MAX} in a digest" if instant else f"{DIGEST_MAX} of them"

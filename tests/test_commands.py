@@ -274,6 +274,9 @@ def test_pause_keeps_matches_and_resume_releases_them(ctx, clock):
     assert reply.text == "Resumed. 1 paper matched while paused will be posted now." and reply.queued == 1
     assert len(due_now(ctx.store, clock())) == 1
     assert run(ctx, "resume").text == "This channel is not paused."
+    quiet = ChannelRef("console", "quiet")
+    run(ctx, "pause", channel=quiet)
+    assert run(ctx, "resume", channel=quiet).text == "Resumed. Nothing matched while paused."  # not "0 papers"
 
 
 def test_changing_settings_needs_the_manage_right(ctx):
