@@ -8,7 +8,7 @@ from discord.http import Route
 
 import handlers
 from bot.adapters.discord_adapter import DiscordAdapter, answer_links, build_command_group, nonce_for
-from bot.adapters.discord_render import card_buttons, card_embed, digest_embed, reply_embeds
+from bot.adapters.discord_render import card_buttons, card_embed, digest_embed, reply_content, reply_embeds
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, Digest, Match, OutboxCounts
@@ -69,6 +69,16 @@ def test_digest_is_one_embed_within_limits():
 def test_reply_embeds_stay_within_ten_and_6000():
     embeds = reply_embeds(tuple(card_for(HOSTILE) for _ in range(15)))
     assert 1 <= len(embeds) <= 10 and sum(len(e) for e in embeds) <= 6000
+
+
+def test_a_long_reply_is_cut_at_a_line_and_says_how_many_lines_are_left_out():
+    # Discord's 2,000 characters: cut mid-line, `list` ended inside a code span.
+    lines = [f"#{i} `diffusion model {i}` · since 2026-11-30 · 0 posted" for i in range(1, 81)]
+    content = reply_content("\n".join(lines))
+    assert len(content) <= 2000
+    *shown, note = content.split("\n")
+    assert shown == lines[:len(shown)] and note == f"… and {80 - len(shown)} more lines"
+    assert reply_content("short\nreply") == "short\nreply"
 
 
 def test_nonces_are_stable_and_short():

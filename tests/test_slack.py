@@ -88,6 +88,25 @@ def queue(store, clock, paper_id="2411.00001", channel=C123):
     store.enqueue(paper_id, [Match(sub.id, channel, sub.query, ("diffusion in title",))], clock())
 
 
+def test_a_long_reply_keeps_its_lines_over_several_sections():
+    # `list` of 50 subscriptions: one section cut at 3,000 characters ran every line into one
+    # paragraph and ended mid-list.
+    lines = [f"#{i} `diffusion model {i} & <more>` · since 2026-11-30 · 0 posted" for i in range(1, 81)]
+    blocks = validated(reply_blocks(Reply("\n".join(["Subscriptions of this channel (80):"] + lines))))
+    texts = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    assert len(texts) > 1 and all(len(t) <= 3000 for t in texts)
+    shown = "\n".join(texts).split("\n")
+    assert shown[0] == "Subscriptions of this channel (80):"
+    assert shown[1:] == [escape(line) for line in lines]
+
+
+def test_a_reply_too_long_for_ten_sections_says_how_many_lines_are_left_out():
+    lines = [f"{i} " + "x" * 1400 for i in range(30)]  # two lines a section
+    texts = [b["text"]["text"] for b in validated(reply_blocks(Reply("\n".join(lines)))) if b["type"] == "section"]
+    assert len(texts) == 10 and texts[-1] == "… and 12 more lines"
+    assert texts[0] == lines[0] + "\n" + lines[1]
+
+
 async def test_poll_delivery_posts_block_kit_with_metadata(store, clock, slack):
     queue(store, clock)
     report = await Dispatcher(store, {"slack": adapter_for(slack)}, clock).dispatch()

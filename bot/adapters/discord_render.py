@@ -13,6 +13,7 @@ from discord.utils import escape_markdown, escape_mentions
 
 from ..cards import shorten
 from ..models import Card, Digest, SubscribeForm, ThreadReply
+from ..text import plural
 
 TITLE_MAX = 256
 DESCRIPTION_MAX = 4096
@@ -39,6 +40,28 @@ def safe(text: str, limit: int) -> str:
         cut = shorten(cut, max(1, len(cut) - max(8, len(escaped) - limit)))
         escaped = escape_mentions(escape_markdown(cut))
     return escaped
+
+
+def reply_content(text: str) -> str:
+    """A command reply's text as a message's content (markdown: it is ours, its quotes are in
+    code spans), within Discord's 2,000 characters: whole lines, and how many more there were,
+    rather than a cut mid-line (mid-code-span) at the limit."""
+    if len(text) <= CONTENT_MAX:
+        return text
+    lines = text.split("\n")
+    kept: list[str] = []
+    used = 0
+    while len(kept) < len(lines):
+        more = f"\n… and {plural(len(lines) - len(kept) - 1, 'more line')}"
+        if used + len(lines[len(kept)]) + len(more) > CONTENT_MAX:
+            break
+        used += len(lines[len(kept)]) + 1
+        kept.append(lines[len(kept)])
+    rest = len(lines) - len(kept)
+    more = f"\n… and {plural(rest, 'more line')}"
+    if not kept:  # its first line alone is too long: that line, cut
+        return shorten(lines[0], CONTENT_MAX - len(more)) + (more if rest > 1 else "")
+    return "\n".join(kept) + more
 
 
 def thread_reply_content(reply: ThreadReply) -> str:

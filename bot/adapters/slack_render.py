@@ -223,9 +223,30 @@ def reply_text(reply: Reply) -> str:
     return _mrkdwn_cut(reply.text, FALLBACK_MAX)
 
 
+TEXT_SECTIONS_MAX = 10  # a reply's text over at most this many sections (30,000 characters)
+
+
+def text_sections(text: str) -> list[SectionBlock]:
+    """A reply's text as sections of whole lines, each within a section's 3,000 characters:
+    a long reply (`list` of 50 subscriptions) keeps its lines, where one cut section would run
+    them together into one paragraph and end mid-list. A single line too long is cut."""
+    chunks: list[str] = []
+    for line in text.split("\n"):
+        line = _mrkdwn_cut(line, SECTION_MAX) if line.strip() else ""
+        if chunks and len(chunks[-1]) + 1 + len(line) <= SECTION_MAX:
+            chunks[-1] += "\n" + line
+        else:
+            chunks.append(line)
+    chunks = [chunk for chunk in chunks if chunk.strip()] or ["…"]
+    if len(chunks) > TEXT_SECTIONS_MAX:
+        rest = sum(chunk.count("\n") + 1 for chunk in chunks[TEXT_SECTIONS_MAX - 1:])
+        chunks = chunks[:TEXT_SECTIONS_MAX - 1] + [f"… and {plural(rest, 'more line')}"]
+    return [SectionBlock(text=MarkdownTextObject(text=chunk)) for chunk in chunks]
+
+
 def reply_blocks(reply: Reply) -> list[Block]:
     """A command reply: its text (already ours, but quoting user input), then its cards."""
-    blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(reply.text, SECTION_MAX)))]
+    blocks: list[Block] = list(text_sections(reply.text))
     if reply.form is not None and reply.ok:  # a preview: "Subscribe…" opens the form with its query
         blocks.append(open_form_button(reply.form))
     if reply.actions:
@@ -246,7 +267,7 @@ def home_view(sections: list[tuple[str, Reply]]) -> dict:
         if blocks:
             blocks.append(DividerBlock())
         blocks.append(HeaderBlock(text=PlainTextObject(text=_mrkdwn_cut(title, HEADER_MAX), emoji=False)))
-        blocks.append(SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(reply.text, SECTION_MAX))))
+        blocks.extend(text_sections(reply.text))
     return {"type": "home", "blocks": [block.to_dict() for block in blocks]}
 
 
