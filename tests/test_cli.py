@@ -116,6 +116,12 @@ def test_command_errors_exit_1_and_bad_channels_exit_2(capsys, config_file):
     assert code == 2 and "bad channel 'irc:#x'" in err
 
 
+def test_a_bad_channel_is_named_in_one_short_line(capsys, config_file):
+    code, _, err = cli(capsys, "--config", config_file, "command", "--channel", "console:" + "x" * 5000,
+                       "--user", "u1", "list")
+    assert code == 2 and "at most 80 characters" in err and "(5,000 characters)" in err and len(err) < 200
+
+
 def test_channel_refs_of_every_platform_are_accepted(capsys, config_file):
     for ref in ("console:ml", "slack:C123", "discord:123"):
         code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", ref, "--user", "u1",
