@@ -239,6 +239,11 @@ def test_digest_settings(ctx, clock):
                           "First one: Sat 2026-11-28 09:00 UTC.")
     assert run(ctx, "timezone Europe/Berlin").text == (
         "Time zone set to Europe/Berlin: this channel gets a daily digest at 09:00 (Europe/Berlin).")
+    # Typed in another case, the name is taken as IANA spells it (it was refused, `utc` too).
+    assert run(ctx, "timezone europe/berlin").text.startswith("Time zone set to Europe/Berlin:")
+    assert ctx.store.channel_settings(ML).timezone == "Europe/Berlin"
+    assert run(ctx, "timezone utc").text.startswith("Time zone set to UTC:")
+    assert run(ctx, "timezone Europe/Berlin").ok
     weekly = run(ctx, "digest weekly Monday 18:30")
     assert "a weekly digest on Mon at 18:30 (Europe/Berlin)" in weekly.text
     assert "First one: Mon 2026-11-30 18:30 Europe/Berlin." in weekly.text
