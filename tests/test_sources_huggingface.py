@@ -150,6 +150,8 @@ def test_links_a_button_cannot_carry_are_dropped():
     assert links("https://github.com/a b", "https://") == (None, None)
     assert links("http://[oops", "https://x.org/\u0007") == (None, None)
     assert links(" https://github.com/x/y ", "https://x.org/p?q=1") == ("https://github.com/x/y", "https://x.org/p?q=1")
+    assert links("https://x.org/<!channel>", "https://x.org/café?a=b%20c&d=é") == (
+        "https://x.org/%3C!channel%3E", "https://x.org/caf%C3%A9?a=b%20c&d=%C3%A9")
 
 
 def test_comment_counts_are_range_checked(caplog):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -211,10 +211,14 @@ def _organization(value: object) -> str | None:
     return full or name or None
 
 
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # RFC 3986's reserved characters, and % (already encoded)
+
+
 def _http_url(value: object) -> str | None:
     """An http(s) link as a card's button can carry it, else None: Discord refuses a whole
     message whose link button's URL is not well formed (a space in it, no host) with HTTP 400,
-    which is not retried, so the card would never be posted."""
+    which is not retried, so the card would never be posted. Characters a URL may not hold as
+    they are (`<`, `>`, `"`, non-ASCII letters) are percent-encoded, as a browser sends them."""
     if not isinstance(value, str):
         return None
     value = value.strip()
@@ -226,4 +230,4 @@ def _http_url(value: object) -> str | None:
         host = urlsplit(value).hostname
     except ValueError:  # "http://[oops"
         return None
-    return value if host else None
+    return quote(value, safe=_URL_SAFE) if host else None
