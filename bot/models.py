@@ -128,6 +128,10 @@ class ChannelRef:
             raise ValueError(f"bad channel id {_quoted(channel_id)}: at most {CHANNEL_ID_MAX} characters")
         if not all(c.isalnum() or c in "-_." for c in channel_id):
             raise ValueError(f"bad channel id {_quoted(channel_id)}: letters, digits, '-', '_', '.' only")
+        if platform == "discord" and not (channel_id.isascii() and channel_id.isdecimal()):
+            # Every send would fail (the id goes into the API's URL as a number), each with a traceback.
+            raise ValueError(f"bad channel id {_quoted(channel_id)}: a Discord channel id is a number "
+                             "(Developer Mode, then Copy Channel ID)")
         return cls(platform, channel_id)
 
     def __str__(self) -> str:

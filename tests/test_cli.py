@@ -120,6 +120,10 @@ def test_a_bad_channel_is_named_in_one_short_line(capsys, config_file):
     code, _, err = cli(capsys, "--config", config_file, "command", "--channel", "console:" + "x" * 5000,
                        "--user", "u1", "list")
     assert code == 2 and "at most 80 characters" in err and "(5,000 characters)" in err and len(err) < 200
+    # A Discord channel by its name: every card to it would fail; refused at once instead.
+    code, _, err = cli(capsys, "--config", config_file, "command", "--channel", "discord:general", "--user", "u1",
+                       "subscribe diffusion")
+    assert code == 2 and "a Discord channel id is a number" in err
 
 
 def test_channel_refs_of_every_platform_are_accepted(capsys, config_file):
