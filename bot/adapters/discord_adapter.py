@@ -64,6 +64,7 @@ from .discord_render import (
     preview_embed,
     reply_content,
     reply_embeds,
+    reply_message,
     safe,
     thread_reply_content,
 )
@@ -498,7 +499,7 @@ def build_command_group(on_command: CommandHandler, on_complete: Completer) -> a
 
 async def send_reply(interaction: discord.Interaction, reply: Reply) -> None:
     """The ephemeral follow-up of a deferred interaction: text, cards, and the reply's buttons."""
-    content, embeds, none = reply_content(reply.text), reply_embeds(reply.cards), discord.AllowedMentions.none()
+    (content, embeds), none = reply_message(reply.text, reply.cards), discord.AllowedMentions.none()
     one = reply.cards[0].paper_id if len(reply.cards) == 1 else None  # one card: its Save / Not relevant
     # Several cards (search, trending): numbered Save / Not relevant for those shown, in order.
     several = tuple(card.paper_id for card in reply.cards[:len(embeds)]) if len(reply.cards) > 1 else ()

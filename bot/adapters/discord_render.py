@@ -42,26 +42,35 @@ def safe(text: str, limit: int) -> str:
     return escaped
 
 
-def reply_content(text: str) -> str:
+def reply_content(text: str, limit: int = CONTENT_MAX) -> str:
     """A command reply's text as a message's content (markdown: it is ours, its quotes are in
-    code spans), within Discord's 2,000 characters: whole lines, and how many more there were,
-    rather than a cut mid-line (mid-code-span) at the limit."""
-    if len(text) <= CONTENT_MAX:
+    code spans), within Discord's 2,000 characters (or `limit`): whole lines, and how many more
+    there were, rather than a cut mid-line (mid-code-span) at the limit."""
+    if len(text) <= limit:
         return text
     lines = text.split("\n")
     kept: list[str] = []
     used = 0
     while len(kept) < len(lines):
         more = f"\n… and {plural(len(lines) - len(kept) - 1, 'more line')}"
-        if used + len(lines[len(kept)]) + len(more) > CONTENT_MAX:
+        if used + len(lines[len(kept)]) + len(more) > limit:
             break
         used += len(lines[len(kept)]) + 1
         kept.append(lines[len(kept)])
     rest = len(lines) - len(kept)
     more = f"\n… and {plural(rest, 'more line')}"
     if not kept:  # its first line alone is too long: that line, cut
-        return shorten(lines[0], CONTENT_MAX - len(more)) + (more if rest > 1 else "")
+        return shorten(lines[0], limit - len(more)) + (more if rest > 1 else "")
     return "\n".join(kept) + more
+
+
+def reply_message(text: str, cards: tuple[Card, ...]) -> tuple[str, list[discord.Embed]]:
+    """A command reply as a message: its text as content and its cards as embeds; a text too
+    long for the content (`help`, 2,300 characters; `list` of many subscriptions) and with no
+    cards goes in an embed's description instead, which holds 4,096."""
+    if len(text) <= CONTENT_MAX or cards:
+        return reply_content(text), reply_embeds(cards)
+    return "", [discord.Embed(description=reply_content(text, DESCRIPTION_MAX), colour=0x5865F2)]
 
 
 def thread_reply_content(reply: ThreadReply) -> str:
