@@ -237,7 +237,7 @@ def text_sections(text: str) -> list[SectionBlock]:
             chunks[-1] += "\n" + line
         else:
             chunks.append(line)
-    chunks = [chunk for chunk in chunks if chunk.strip()] or ["…"]
+    chunks = [chunk for chunk in chunks if chunk.strip()]  # no text, no section (Slack refuses an empty one)
     if len(chunks) > TEXT_SECTIONS_MAX:
         rest = sum(chunk.count("\n") + 1 for chunk in chunks[TEXT_SECTIONS_MAX - 1:])
         chunks = chunks[:TEXT_SECTIONS_MAX - 1] + [f"… and {plural(rest, 'more line')}"]
