@@ -207,6 +207,17 @@ async def test_show_falls_back_to_the_arxiv_api(store, make_config, clock, serve
     assert server.requests[-1][1] == "/api/query?id_list=1111.2011"
 
 
+async def test_show_never_shows_another_paper_than_the_one_asked_for(store, make_config, clock, server):
+    # Hugging Face answering /api/papers/2411.55555 with another paper: that is not the paper
+    # asked for (it was shown, stored and saved as if it were); the arXiv API is asked instead.
+    server.route("/api/papers/2411.55555", Canned(body=json.dumps(HF_PAPER).encode()))  # 2602.23229
+    server.route("/api/query", Canned(body=b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>x</title></feed>'))
+    reply = await show(store, make_config(), clock, server, "show 2411.55555")
+    assert not reply.ok and reply.cards == () and "knows a paper 2411.55555" in reply.text
+    assert store.get_paper("2602.23229") is None
+    assert server.paths()[-1] == "/api/query"
+
+
 async def test_show_unknown_unreachable_and_bad_ids(store, make_config, clock, server):
     server.route("/api/papers/2411.99999", Canned(status=404, body=b"{}"))
     server.route("/api/query", Canned(body=b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>x</title></feed>'))

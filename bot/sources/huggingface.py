@@ -71,9 +71,13 @@ class HuggingFaceSource:
                 return None
             raise
         try:
-            return parse_item(load_json(body))
+            paper = parse_item(load_json(body))
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise SourceError(self.name, f"unreadable paper {paper_id}: {str(exc)[:300]}") from None
+        if paper.id != paper_id:  # another paper than the one asked for is not an answer about this one
+            log.warning("huggingface: asked for paper %s, got %s; left to the next source", paper_id, paper.id)
+            return None
+        return paper
 
     def backfill_plan(self, days: int, today: date) -> BackfillPlan:
         return BackfillPlan(tuple(today - timedelta(days=n) for n in range(days, 0, -1)),
