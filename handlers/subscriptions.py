@@ -14,6 +14,7 @@ from bot.like import NOTHING_SAVED, SAVED_MAX, LikeQuery, feedback_papers, simil
 from bot.matching import PaperView, evaluate
 from bot.models import ChannelRef, CommandRequest, Match, Paper, QueryPreview, Reply, SubscribeForm
 from bot.query import MAX_QUERY_CHARS, parse_query, render
+from bot.sources.ids import impossible_arxiv_id
 from bot.text import plural
 from storage import StoreContract, reopen
 
@@ -122,6 +123,8 @@ async def _like_examples(ctx: Context, like: LikeQuery, name: str, channel: Chan
     found = []
     for paper_id in like.examples:
         paper = ctx.store.get_paper(paper_id)
+        if paper is None and (impossible := impossible_arxiv_id(paper_id)) is not None:
+            return error(f"Cannot {name}: {impossible}.", name)
         if paper is None and ctx.lookup is not None:
             try:
                 paper = await ctx.lookup.fetch(paper_id)

@@ -218,6 +218,18 @@ async def test_show_never_shows_another_paper_than_the_one_asked_for(store, make
     assert server.paths()[-1] == "/api/query"
 
 
+async def test_an_id_that_cannot_exist_is_explained_without_asking_the_sources(store, make_config, clock, server):
+    # `2406.1234` (a digit short: ids have 5 digits after the dot since 2015) and a month 13
+    # asked Hugging Face and then the arXiv API (3 seconds apart) for nothing.
+    reply = await show(store, make_config(), clock, server, "show 2406.1234v99")
+    assert not reply.ok and "since 2015 ids have 5 digits after the dot" in reply.text
+    reply = await show(store, make_config(), clock, server, "save 2413.12345")
+    assert not reply.ok and "2413 is no year and month" in reply.text
+    reply = await show(store, make_config(), clock, server, "preview like:1412.69800")
+    assert not reply.ok and "before 2015 ids have 4 digits" in reply.text
+    assert server.requests == []
+
+
 async def test_show_unknown_unreachable_and_bad_ids(store, make_config, clock, server):
     server.route("/api/papers/2411.99999", Canned(status=404, body=b"{}"))
     server.route("/api/query", Canned(body=b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>x</title></feed>'))
