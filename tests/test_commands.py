@@ -63,6 +63,12 @@ def test_preview_with_nothing_stored_and_bad_queries(ctx):
     assert "Usage: `/papers preview <query> [--min-score X]`" in bad.text
 
 
+def test_typed_text_quoted_back_cannot_end_its_code_span(ctx):
+    reply = run(ctx, "search `x` **y**")
+    assert reply.text == "No stored paper matches `\u2019x\u2019 **y**`."
+    assert run(ctx, "unsubscribe `1`").text.startswith("`\u20191\u2019` is not a subscription number.")
+
+
 def test_a_long_title_in_an_estimate_is_cut_at_a_word_and_says_so(ctx, clock):
     title = "Diffusion " + " ".join(["transformers"] * 20)  # 250 characters
     ctx.store.add_papers([paper("2411.00001", title, listed_on=clock().date())], clock())
