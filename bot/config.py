@@ -84,8 +84,8 @@ _SCHEMA: Schema = {
     "delivery": {
         "cards_per_cycle": (int, 10, _positive),
         "max_age_days": (int, 7, _positive),
-        "admin_channel": (str, "",
-                          lambda v: None if not v or _channel_ok(v) else "must be like slack:C123 or discord:123"),
+        "admin_channel": (str, "", lambda v: None if not v or _channel_ok(v)
+                          else "must be like slack:C123, discord:123 or console:ops"),
         "source_failure_notice_after": (int, 3, _positive),
         "sweep_seconds": (float, 30.0, _positive),
         "max_concurrent_channels": (int, 50, _positive),

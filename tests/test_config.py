@@ -50,6 +50,7 @@ def test_config_file_is_found_by_env_then_cwd(tmp_path, monkeypatch):
         ({"sources": {"huggingface": {"base_url": "ftp://x"}}}, "http:// or https:// URL"),
         ({"limits": {"max_subscriptions_per_channel": True}}, "must be an int, got bool"),
         ({"sourcs": {}}, "unknown section [sourcs]"),  # an empty table of a mistyped name, too
+        ({"delivery": {"admin_channel": "discord:ops"}}, "must be like slack:C123, discord:123 or console:ops"),
         ({"sources": {"huggingfac": {}}}, "unknown section [sources.huggingfac]"),
         ({"logging": {"level": "LOUD"}}, "must be one of"),
         ({"version": 2}, "unknown key 'version'"),
