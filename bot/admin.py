@@ -162,7 +162,15 @@ def import_toml(store: StoreContract, text: str, now: datetime, *, limit: int | 
     unknown = set(data) - {"channel"}
     if unknown:
         raise ImportFileError(f"unknown top-level key {sorted(unknown)[0]!r} (expected [[channel]] tables)")
-    planned = [_check_entry(i, entry) for i, entry in enumerate(data.get("channel", []), start=1)]
+    entries = data.get("channel", [])
+    if not isinstance(entries, list):
+        raise ImportFileError("channel must be [[channel]] tables (an array of them)")
+    planned = [_check_entry(i, entry) for i, entry in enumerate(entries, start=1)]
+    first: dict[ChannelRef, int] = {}
+    for i, (settings, *_rest) in enumerate(planned, start=1):
+        # Twice, the second entry's settings would silently replace the first's.
+        if (seen := first.setdefault(settings.channel, i)) != i:
+            raise ImportFileError(f"channel {settings.channel.key}: listed twice (entries {seen} and {i})")
     report = ImportReport(channels=len(planned))
     with store.transaction():
         for settings, queries, weekly, followups in planned:

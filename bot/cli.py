@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("command", help="run one /papers command and print the reply")
     cmd.add_argument("--channel", required=True, help="console:NAME, slack:CHANNEL_ID or discord:CHANNEL_ID")
     cmd.add_argument("--user", required=True, help="the user id the command is run as")
-    cmd.add_argument("text", nargs="+", help='the command, e.g. "subscribe diffusion"')
+    # The rest of the line, its own options included: `... --user me list --me` is the command
+    # `list --me` (with nargs="+", argparse took --me for an option of its own and refused it).
+    cmd.add_argument("text", nargs=argparse.REMAINDER, help='the command, e.g. "subscribe diffusion"')
     sub.add_parser("status", help="sources' health, the delivery queue, and every channel")
     fill = sub.add_parser("backfill",
                           help="store the past N days of listings (for search and estimates; nothing is posted)")
@@ -140,7 +142,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"papers-bot: {exc}", file=sys.stderr)
             return 2
-        request = handlers.request_from_text(channel, args.user, " ".join(args.text))
+        text = args.text[1:] if args.text[:1] == ["--"] else args.text
+        if not text:
+            print('papers-bot: command: give the command after --channel and --user, e.g. "subscribe diffusion"',
+                  file=sys.stderr)
+            return 2
+        request = handlers.request_from_text(channel, args.user, " ".join(text))
         return _interruptible(_command(config, request))
     if args.action == "poll":
         return _interruptible(_poll(config))

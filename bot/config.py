@@ -84,8 +84,8 @@ _SCHEMA: Schema = {
     "delivery": {
         "cards_per_cycle": (int, 10, _positive),
         "max_age_days": (int, 7, _positive),
-        "admin_channel": (str, "",
-                          lambda v: None if not v or _channel_ok(v) else "must be like slack:C123 or discord:123"),
+        "admin_channel": (str, "", lambda v: None if not v or _channel_ok(v)
+                          else "must be like slack:C123, discord:123 or console:ops"),
         "source_failure_notice_after": (int, 3, _positive),
         "sweep_seconds": (float, 30.0, _positive),
         "max_concurrent_channels": (int, 50, _positive),
@@ -282,7 +282,7 @@ def _flatten(data: dict, known: Schema, prefix: str = "") -> dict[str, dict]:
             raise ConfigError(f"unknown key {name!r}")
         leaves = {k: v for k, v in value.items() if not isinstance(v, dict)}
         children = {k: v for k, v in value.items() if isinstance(v, dict)}
-        if leaves or name in known:
+        if leaves or name in known or not children:  # an empty table too: `[sources.huggingfac]` is a typo
             sections[name] = leaves
         if children:
             sections.update(_flatten(children, known, f"{name}."))
@@ -295,7 +295,8 @@ def _check(known: Schema, section: str, key: str, value: Any) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-        raise ConfigError(f"{where} must be a {expected.__name__}, got {type(value).__name__}")
+        article = "an" if expected.__name__[0] in "aeiou" else "a"
+        raise ConfigError(f"{where} must be {article} {expected.__name__}, got {type(value).__name__}")
     if extra is not None and (problem := extra(value)):
         raise ConfigError(f"{where} {problem}")
     return value

@@ -44,6 +44,19 @@ def zone_names() -> tuple[str, ...]:
     return tuple(sorted(available_timezones()))
 
 
+def canonical_zone(name: str) -> str | None:
+    """The IANA name `name` means, spelt as IANA does (`europe/berlin` is Europe/Berlin, `utc`
+    is UTC: people type them so, and a case-insensitive file system would load them as typed
+    and store a name another machine cannot read); None if it names no zone."""
+    if name in zone_names():
+        return name
+    folded = name.casefold()
+    spelt = next((known for known in zone_names() if known.casefold() == folded), None)
+    if spelt is not None:
+        return spelt
+    return name if zone(name) is not None else None
+
+
 def suggest_zones(name: str, limit: int = 3) -> list[str]:
     import difflib
 

@@ -90,6 +90,14 @@ class SourceStatus:
     validators: Validators = Validators()
 
 
+CHANNEL_ID_MAX = 80
+
+
+def _quoted(text: str, limit: int = 60) -> str:
+    """Typed text quoted back in an error: repr'd (control characters shown), and bounded."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text):,} characters)"
+
+
 @dataclass(frozen=True)
 class ChannelRef:
     """A chat channel: `console:NAME`, `slack:CHANNEL_ID` or `discord:CHANNEL_ID`."""
@@ -114,10 +122,16 @@ class ChannelRef:
         platform = platform.lower()
         if not sep or platform not in PLATFORMS or not channel_id:
             raise ValueError(
-                f"bad channel {text!r}: use console:NAME, slack:CHANNEL_ID or discord:CHANNEL_ID"
+                f"bad channel {_quoted(text)}: use console:NAME, slack:CHANNEL_ID or discord:CHANNEL_ID"
             )
-        if len(channel_id) > 80 or not all(c.isalnum() or c in "-_." for c in channel_id):
-            raise ValueError(f"bad channel id {channel_id!r}: letters, digits, '-', '_', '.' only")
+        if len(channel_id) > CHANNEL_ID_MAX:
+            raise ValueError(f"bad channel id {_quoted(channel_id)}: at most {CHANNEL_ID_MAX} characters")
+        if not all(c.isalnum() or c in "-_." for c in channel_id):
+            raise ValueError(f"bad channel id {_quoted(channel_id)}: letters, digits, '-', '_', '.' only")
+        if platform == "discord" and not (channel_id.isascii() and channel_id.isdecimal()):
+            # Every send would fail (the id goes into the API's URL as a number), each with a traceback.
+            raise ValueError(f"bad channel id {_quoted(channel_id)}: a Discord channel id is a number "
+                             "(Developer Mode, then Copy Channel ID)")
         return cls(platform, channel_id)
 
     def __str__(self) -> str:

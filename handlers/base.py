@@ -180,8 +180,9 @@ def error(message: str, cmd: Command | str | None = None) -> Reply:
 
 
 def shown(text: str, limit: int = 40) -> str:
-    """User text quoted back in a reply: bounded, one line."""
-    text = " ".join(text.split())
+    """User text quoted back in a reply: bounded, one line, and without backticks, which would
+    end the code span it is quoted in (`search `x` **y**` made the rest of the line markdown)."""
+    text = " ".join(text.replace("`", "\u2019").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from bot.digest import DIGEST_MAX, digest_due, next_digest, parse_time, parse_weekday, suggest_zones, zone
+from bot.digest import (
+    DIGEST_MAX,
+    canonical_zone,
+    digest_due,
+    next_digest,
+    parse_time,
+    parse_weekday,
+    suggest_zones,
+    zone,
+)
 from bot.models import ChannelSettings, CommandRequest, Reply, SettingsChange, SourceStatus
 from bot.text import plural
 
@@ -69,10 +78,12 @@ def timezone_command(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     if not name:
         settings = ctx.store.channel_settings(req.channel)
         return error(f"Which time zone? This channel uses {settings.timezone}.", "timezone")
-    if zone(name) is None:
+    spelt = canonical_zone(name)
+    if spelt is None:
         close = suggest_zones(name)
         hint = f" Did you mean {', '.join(close)}?" if close else " Use a name like Europe/Berlin or America/New_York."
         return error(f"`{shown(name, 40)}` is not a time zone.{hint}", "timezone")
+    name = spelt
     saved = _update(ctx, req, timezone=name).after
     return Reply(f"Time zone set to {name}: this channel gets {saved.describe()}.")
 
@@ -104,7 +115,9 @@ def resume(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     cards = ctx.config.delivery.cards_per_cycle if instant else 0
     room = cards + DIGEST_MAX
     how = "now" if instant else "in the next digest"
-    if waiting <= room:
+    if waiting == 0:
+        text = "Resumed. Nothing matched while paused."
+    elif waiting <= room:
         text = f"Resumed. {plural(waiting, 'paper')} matched while paused will be posted {how}."
     else:
         parts = f"{cards} as cards and {DIGEST_MAX} in a digest" if instant else f"{DIGEST_MAX} of them"

@@ -9,7 +9,7 @@ from bot.cards import card_for
 from bot.errors import SourceError
 from bot.models import CommandRequest, Paper, Reply
 from bot.query import raw_words
-from bot.sources.ids import canonical_arxiv_id
+from bot.sources.ids import canonical_arxiv_id, impossible_arxiv_id
 
 from .base import Args, Context, Param, command, error, shown
 
@@ -65,6 +65,8 @@ async def stored_or_fetched(ctx: Context, paper_id: str) -> Paper | Reply:
     paper = ctx.store.get_paper(paper_id)
     if paper is not None:
         return paper
+    if (impossible := impossible_arxiv_id(paper_id)) is not None:  # a typo: not worth two requests
+        return error(f"{impossible}.")
     if ctx.lookup is None:
         return error(f"Paper {paper_id} is not stored, and lookups are not available here.")
     try:

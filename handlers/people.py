@@ -120,18 +120,29 @@ def not_relevant(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     ctx.store.record_feedback(req.user_id, req.channel, paper.id, "not_relevant", ctx.clock())
     actions: list[Action] = []
     lines: list[str] = []
+    posted_by: dict[int, str] = {}  # the channel's subscriptions that posted it: id -> query
     for match in ctx.store.delivered_matches(req.channel, paper.id):
         subscription = ctx.store.get_subscription(match.subscription_id)
         if subscription is None or subscription.channel != req.channel:
             continue
+        posted_by[subscription.id] = subscription.query
         for muted in mutable_terms(subscription.query, match.terms, paper.categories):
             offer = (("subscription", str(subscription.id)), ("term", muted))
             if len(actions) < MUTES_OFFERED and all(a.args != offer for a in actions):
                 actions.append(Action(shown(f"Mute {muted} in #{subscription.id}", 70), "mute", offer))
                 lines.append(f"• `/papers mute {subscription.id} {muted}` (#{subscription.id} `{subscription.query}`)")
     head = f"Noted: {_title(paper)} is not relevant here."
+    if not actions and not posted_by:
+        return Reply(head + " No subscription of this channel posted it, so there is no term to mute.")
     if not actions:
-        return Reply(head + " It was not posted here by a subscription that a muted term could narrow.")
+        # Every term that matched (and every category) is one the query needs: muting it would
+        # leave a subscription that never matches again. Say which, and what stops it instead.
+        named = ", ".join(f"#{sub_id} `{query}`" for sub_id, query in list(posted_by.items())[:3])
+        one = len(posted_by) == 1
+        stop = f"`/papers unsubscribe {next(iter(posted_by))}`" if one else "`/papers unsubscribe <id>`"
+        return Reply(head + f" {named} posted it for what {'its query needs' if one else 'their queries need'}: "
+                     f"no muted term could narrow {'it' if one else 'them'} without stopping "
+                     f"{'it' if one else 'them'} ({stop} does that).")
     return Reply(head + " To get fewer like it, mute a term that matched (or one of its categories):\n"
                  + "\n".join(lines), actions=tuple(actions))
 

@@ -8,12 +8,13 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
-from bot.cards import card_for
+from bot.cards import card_for, shorten
 from bot.errors import QueryError, SourceError
 from bot.like import NOTHING_SAVED, SAVED_MAX, LikeQuery, feedback_papers, similar_fact, split_like
 from bot.matching import PaperView, evaluate
 from bot.models import ChannelRef, CommandRequest, Match, Paper, QueryPreview, Reply, SubscribeForm
 from bot.query import MAX_QUERY_CHARS, parse_query, render
+from bot.sources.ids import impossible_arxiv_id
 from bot.text import plural
 from storage import StoreContract, reopen
 
@@ -84,7 +85,7 @@ def _estimate(matched: list[tuple[Paper, list[str]]], count: int, scanned: int) 
     text = _estimate_sentence(count, scanned)
     if not matched or scanned == 0:
         return text
-    examples = "\n".join(f"• {p.title[:150]} (arXiv:{p.id})" for p, _ in matched[:EXAMPLES])
+    examples = "\n".join(f"• {shorten(p.title, 150)} (arXiv:{p.id})" for p, _ in matched[:EXAMPLES])
     return f"{text[:-1]}, for example:\n{examples}"
 
 
@@ -122,6 +123,8 @@ async def _like_examples(ctx: Context, like: LikeQuery, name: str, channel: Chan
     found = []
     for paper_id in like.examples:
         paper = ctx.store.get_paper(paper_id)
+        if paper is None and (impossible := impossible_arxiv_id(paper_id)) is not None:
+            return error(f"Cannot {name}: {impossible}.", name)
         if paper is None and ctx.lookup is not None:
             try:
                 paper = await ctx.lookup.fetch(paper_id)
@@ -172,7 +175,7 @@ async def _like_history(ctx: Context, like: LikeQuery, examples: list[Paper], sh
 def _like_estimate(like: LikeQuery, examples: list[Paper], found: Preview, shown: int) -> str:
     if found.scanned == 0:
         return f"No papers were stored in the last {ESTIMATE_DAYS} days to score yet."
-    named = "; ".join(p.title[:80] for p in examples[:3])
+    named = "; ".join(shorten(p.title, 80) for p in examples[:3])
     if len(examples) > 3:
         named += f" and {len(examples) - 3} more"
     how = "its score>=" if like.min_score is not None else "about the best few a day"
@@ -181,8 +184,8 @@ def _like_estimate(like: LikeQuery, examples: list[Paper], found: Preview, shown
             f"(score {found.threshold:.2f} or more: {how})")
     if not found.papers:
         return text + "."
-    lines = [f"• {s.score:.2f} {s.paper.title[:150]} (arXiv:{s.paper.id}), similar to {s.example.title[:60]}"
-             for s in found.papers[:shown]]
+    lines = [f"• {s.score:.2f} {shorten(s.paper.title, 150)} (arXiv:{s.paper.id}), "
+             f"similar to {shorten(s.example.title, 60)}" for s in found.papers[:shown]]
     return f"{text}, best first:\n" + "\n".join(lines)
 
 

@@ -127,6 +127,9 @@ def test_export_then_import_into_an_empty_store_is_the_same(setup, tmp_path):
         ('[[channel]]\nchannel = "console:a"\nsubscriptions = "diffusion"\n', "must be a list of strings"),
         ('[[channel]]\nchannel = "console:a"\nsubscriptions = ["ok", "(broken"]\n',
          "subscription '(broken': unclosed ("),
+        ("channel = 3\n", "channel must be [[channel]] tables"),  # was a TypeError's traceback
+        ('[channel]\nchannel = "console:a"\n', "channel must be [[channel]] tables"),
+        ('[[channel]]\nchannel = "console:first"\nmode = "daily"\n', "channel console:first: listed twice"),
     ],
 )
 @pytest.mark.backends

@@ -116,6 +116,26 @@ def test_command_errors_exit_1_and_bad_channels_exit_2(capsys, config_file):
     assert code == 2 and "bad channel 'irc:#x'" in err
 
 
+def test_a_bad_channel_is_named_in_one_short_line(capsys, config_file):
+    code, _, err = cli(capsys, "--config", config_file, "command", "--channel", "console:" + "x" * 5000,
+                       "--user", "u1", "list")
+    assert code == 2 and "at most 80 characters" in err and "(5,000 characters)" in err and len(err) < 200
+    # A Discord channel by its name: every card to it would fail; refused at once instead.
+    code, _, err = cli(capsys, "--config", config_file, "command", "--channel", "discord:general", "--user", "u1",
+                       "subscribe diffusion")
+    assert code == 2 and "a Discord channel id is a number" in err
+
+
+def test_the_command_may_be_typed_unquoted_with_its_options(capsys, config_file):
+    base = ("--config", config_file, "command", "--channel", "console:ml", "--user", "u1")
+    code, out, _ = cli(capsys, *base, "subscribe", "diffusion", "--me")  # --me was refused by argparse
+    assert code == 0 and "Subscribed this channel to `diffusion` (#1)" in out and "Its cards mention you" in out
+    code, out, _ = cli(capsys, *base, "--", "list", "--me")
+    assert code == 0 and "#1 `diffusion` · here · mentions you" in out
+    code, _, err = cli(capsys, *base)
+    assert code == 2 and "give the command" in err
+
+
 def test_channel_refs_of_every_platform_are_accepted(capsys, config_file):
     for ref in ("console:ml", "slack:C123", "discord:123"):
         code, out, _ = cli(capsys, "--config", config_file, "command", "--channel", ref, "--user", "u1",

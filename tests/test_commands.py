@@ -63,6 +63,19 @@ def test_preview_with_nothing_stored_and_bad_queries(ctx):
     assert "Usage: `/papers preview <query> [--min-score X]`" in bad.text
 
 
+def test_typed_text_quoted_back_cannot_end_its_code_span(ctx):
+    reply = run(ctx, "search `x` **y**")
+    assert reply.text == "No stored paper matches `\u2019x\u2019 **y**`."
+    assert run(ctx, "unsubscribe `1`").text.startswith("`\u20191\u2019` is not a subscription number.")
+
+
+def test_a_long_title_in_an_estimate_is_cut_at_a_word_and_says_so(ctx, clock):
+    title = "Diffusion " + " ".join(["transformers"] * 20)  # 250 characters
+    ctx.store.add_papers([paper("2411.00001", title, listed_on=clock().date())], clock())
+    (line,) = [x for x in run(ctx, "preview diffusion").text.splitlines() if x.startswith("• ")]
+    assert line.endswith("transformers… (arXiv:2411.00001)") and len(line) < 170
+
+
 def test_subscribe_reports_the_estimate(ctx, clock):
     stock(ctx.store, clock)
     reply = run(ctx, "subscribe diffusion")
@@ -200,6 +213,29 @@ async def test_show_falls_back_to_the_arxiv_api(store, make_config, clock, serve
     assert server.requests[-1][1] == "/api/query?id_list=1111.2011"
 
 
+async def test_show_never_shows_another_paper_than_the_one_asked_for(store, make_config, clock, server):
+    # Hugging Face answering /api/papers/2411.55555 with another paper: that is not the paper
+    # asked for (it was shown, stored and saved as if it were); the arXiv API is asked instead.
+    server.route("/api/papers/2411.55555", Canned(body=json.dumps(HF_PAPER).encode()))  # 2602.23229
+    server.route("/api/query", Canned(body=b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>x</title></feed>'))
+    reply = await show(store, make_config(), clock, server, "show 2411.55555")
+    assert not reply.ok and reply.cards == () and "knows a paper 2411.55555" in reply.text
+    assert store.get_paper("2602.23229") is None
+    assert server.paths()[-1] == "/api/query"
+
+
+async def test_an_id_that_cannot_exist_is_explained_without_asking_the_sources(store, make_config, clock, server):
+    # `2406.1234` (a digit short: ids have 5 digits after the dot since 2015) and a month 13
+    # asked Hugging Face and then the arXiv API (3 seconds apart) for nothing.
+    reply = await show(store, make_config(), clock, server, "show 2406.1234v99")
+    assert not reply.ok and "since 2015 ids have 5 digits after the dot" in reply.text
+    reply = await show(store, make_config(), clock, server, "save 2413.12345")
+    assert not reply.ok and "2413 is no year and month" in reply.text
+    reply = await show(store, make_config(), clock, server, "preview like:1412.69800")
+    assert not reply.ok and "before 2015 ids have 4 digits" in reply.text
+    assert server.requests == []
+
+
 async def test_show_unknown_unreachable_and_bad_ids(store, make_config, clock, server):
     server.route("/api/papers/2411.99999", Canned(status=404, body=b"{}"))
     server.route("/api/query", Canned(body=b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>x</title></feed>'))
@@ -232,6 +268,11 @@ def test_digest_settings(ctx, clock):
                           "First one: Sat 2026-11-28 09:00 UTC.")
     assert run(ctx, "timezone Europe/Berlin").text == (
         "Time zone set to Europe/Berlin: this channel gets a daily digest at 09:00 (Europe/Berlin).")
+    # Typed in another case, the name is taken as IANA spells it (it was refused, `utc` too).
+    assert run(ctx, "timezone europe/berlin").text.startswith("Time zone set to Europe/Berlin:")
+    assert ctx.store.channel_settings(ML).timezone == "Europe/Berlin"
+    assert run(ctx, "timezone utc").text.startswith("Time zone set to UTC:")
+    assert run(ctx, "timezone Europe/Berlin").ok
     weekly = run(ctx, "digest weekly Monday 18:30")
     assert "a weekly digest on Mon at 18:30 (Europe/Berlin)" in weekly.text
     assert "First one: Mon 2026-11-30 18:30 Europe/Berlin." in weekly.text
@@ -267,6 +308,9 @@ def test_pause_keeps_matches_and_resume_releases_them(ctx, clock):
     assert reply.text == "Resumed. 1 paper matched while paused will be posted now." and reply.queued == 1
     assert len(due_now(ctx.store, clock())) == 1
     assert run(ctx, "resume").text == "This channel is not paused."
+    quiet = ChannelRef("console", "quiet")
+    run(ctx, "pause", channel=quiet)
+    assert run(ctx, "resume", channel=quiet).text == "Resumed. Nothing matched while paused."  # not "0 papers"
 
 
 def test_changing_settings_needs_the_manage_right(ctx):

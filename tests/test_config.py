@@ -48,7 +48,10 @@ def test_config_file_is_found_by_env_then_cwd(tmp_path, monkeypatch):
         ({"sources": {"arxiv": {"categories": ["cs.LG", "not a cat"]}}}, "not arXiv categories"),
         ({"sources": {"arxiv": {"categories": []}}}, "at least one"),
         ({"sources": {"huggingface": {"base_url": "ftp://x"}}}, "http:// or https:// URL"),
-        ({"limits": {"max_subscriptions_per_channel": True}}, "must be a int"),
+        ({"limits": {"max_subscriptions_per_channel": True}}, "must be an int, got bool"),
+        ({"sourcs": {}}, "unknown section [sourcs]"),  # an empty table of a mistyped name, too
+        ({"delivery": {"admin_channel": "discord:ops"}}, "must be like slack:C123, discord:123 or console:ops"),
+        ({"sources": {"huggingfac": {}}}, "unknown section [sources.huggingfac]"),
         ({"logging": {"level": "LOUD"}}, "must be one of"),
         ({"version": 2}, "unknown key 'version'"),
         ({"discord": {"gateway_url": "https://gateway.discord.gg"}},

@@ -24,3 +24,10 @@ def test_card_rendering_is_terminal_safe_and_complete():
 def test_reply_rendering_includes_cards():
     reply = Reply("Found 1:", cards=(card_for(paper("2410.00001", "T")),))
     assert render_reply(reply).startswith("Found 1:\n\nT\n")
+
+
+def test_counts_agree_with_their_nouns():
+    one = render_card(card_for(paper("2411.00001", upvotes=3, comments=1)))
+    two = render_card(card_for(paper("2411.00002", upvotes=3, comments=2)))
+    assert "▲ 3 · 1 comment\n" in one
+    assert "▲ 3 · 2 comments\n" in two

@@ -8,7 +8,7 @@ from discord.http import Route
 
 import handlers
 from bot.adapters.discord_adapter import DiscordAdapter, answer_links, build_command_group, nonce_for
-from bot.adapters.discord_render import card_embed, digest_embed, reply_embeds
+from bot.adapters.discord_render import card_buttons, card_embed, digest_embed, reply_content, reply_embeds
 from bot.cards import card_for
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, Digest, Match, OutboxCounts
@@ -48,6 +48,15 @@ def test_card_embed_escapes_and_respects_every_limit():
     assert data["url"] == "https://arxiv.org/abs/2411.00001"
 
 
+def test_a_link_too_long_for_a_discord_button_is_left_out_not_the_card():
+    # Discord refuses a message with a link button's URL over 512 characters (HTTP 400, not
+    # retried): the card goes out without that button.
+    long_page = "https://example.org/" + "p" * 600
+    buttons = card_buttons(card_for(paper("2411.00001", project_page=long_page, github="https://github.com/x/y")))
+    assert [label for label, _ in buttons] == ["arXiv", "PDF", "Code"]
+    assert all(len(url) <= 512 for _, url in buttons)
+
+
 def test_digest_is_one_embed_within_limits():
     cards = tuple(card_for(paper(f"2411.{i:05d}", f"Paper {i} *x*", upvotes=i)) for i in range(1, 500))
     embed = digest_embed(Digest(CH, "499 new papers for this channel", cards))
@@ -60,6 +69,16 @@ def test_digest_is_one_embed_within_limits():
 def test_reply_embeds_stay_within_ten_and_6000():
     embeds = reply_embeds(tuple(card_for(HOSTILE) for _ in range(15)))
     assert 1 <= len(embeds) <= 10 and sum(len(e) for e in embeds) <= 6000
+
+
+def test_a_long_reply_is_cut_at_a_line_and_says_how_many_lines_are_left_out():
+    # Discord's 2,000 characters: cut mid-line, `list` ended inside a code span.
+    lines = [f"#{i} `diffusion model {i}` · since 2026-11-30 · 0 posted" for i in range(1, 81)]
+    content = reply_content("\n".join(lines))
+    assert len(content) <= 2000
+    *shown, note = content.split("\n")
+    assert shown == lines[:len(shown)] and note == f"… and {80 - len(shown)} more lines"
+    assert reply_content("short\nreply") == "short\nreply"
 
 
 def test_nonces_are_stable_and_short():

@@ -132,6 +132,24 @@ async def test_a_slash_command_over_the_gateway_is_deferred_and_answered(fake, u
     assert_no_leaks_or_tracebacks(caplog)
 
 
+async def test_help_longer_than_a_message_arrives_whole(fake, store, clock, make_config):
+    # `/papers help` is about 2,300 characters, past a message's 2,000: the last commands were cut.
+    config = make_config(discord={"api_base": fake.api_base, "gateway_url": fake.gateway_url})
+    adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
+    running = await start(store, config, adapter, clock)
+    try:
+        assert await until(lambda: running.frontend.state == "connected")
+        fake.interact("help")
+        assert await until(lambda: fake.followups)
+    finally:
+        await close_within(running)
+        await adapter.close()
+    ((followup,),) = [fake.followups]
+    body = followup["body"]
+    shown = (body.get("content") or "") + "".join(e.get("description", "") for e in body.get("embeds") or [])
+    assert "`/papers most-saved weekly" in shown and "`/papers help [command]`" in shown
+
+
 @pytest.mark.parametrize("configured_gateway", [False, True], ids=["resume-where-ready-says", "gateway-url-setting"])
 async def test_after_a_reconnect_request_the_session_resumes_and_commands_still_arrive(fake, urls, store, clock,
                                                                                         make_config, caplog,

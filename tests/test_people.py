@@ -281,6 +281,15 @@ async def test_not_relevant_never_offers_to_mute_what_the_query_requires(ctx, st
     deliver(store, clock, C123, sub)
     reply = await run(ctx, C123, "U1", f"not-relevant {PAPER}")
     assert reply.actions == () and "nothing" not in reply.text and "could narrow" in reply.text
+    # It says which subscription posted it, and what stops that one instead.
+    assert "#1 `diffusion` posted it for what its query needs" in reply.text
+    assert "`/papers unsubscribe 1`" in reply.text
+
+
+async def test_not_relevant_of_a_paper_no_subscription_posted_says_so(ctx, store, clock):
+    store.add_papers([paper(PAPER, "Found by search")], clock())
+    reply = await run(ctx, C123, "U1", f"not-relevant {PAPER}")
+    assert reply.actions == () and "No subscription of this channel posted it" in reply.text
 
 
 async def test_a_direct_message_is_my_own_feed_even_when_only_admins_may_change_channels(bolt, slack, store):  # noqa: F811

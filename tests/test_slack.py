@@ -88,6 +88,25 @@ def queue(store, clock, paper_id="2411.00001", channel=C123):
     store.enqueue(paper_id, [Match(sub.id, channel, sub.query, ("diffusion in title",))], clock())
 
 
+def test_a_long_reply_keeps_its_lines_over_several_sections():
+    # `list` of 50 subscriptions: one section cut at 3,000 characters ran every line into one
+    # paragraph and ended mid-list.
+    lines = [f"#{i} `diffusion model {i} & <more>` · since 2026-11-30 · 0 posted" for i in range(1, 81)]
+    blocks = validated(reply_blocks(Reply("\n".join(["Subscriptions of this channel (80):"] + lines))))
+    texts = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    assert len(texts) > 1 and all(len(t) <= 3000 for t in texts)
+    shown = "\n".join(texts).split("\n")
+    assert shown[0] == "Subscriptions of this channel (80):"
+    assert shown[1:] == [escape(line) for line in lines]
+
+
+def test_a_reply_too_long_for_ten_sections_says_how_many_lines_are_left_out():
+    lines = [f"{i} " + "x" * 1400 for i in range(30)]  # two lines a section
+    texts = [b["text"]["text"] for b in validated(reply_blocks(Reply("\n".join(lines)))) if b["type"] == "section"]
+    assert len(texts) == 10 and texts[-1] == "… and 12 more lines"
+    assert texts[0] == lines[0] + "\n" + lines[1]
+
+
 async def test_poll_delivery_posts_block_kit_with_metadata(store, clock, slack):
     queue(store, clock)
     report = await Dispatcher(store, {"slack": adapter_for(slack)}, clock).dispatch()
@@ -298,6 +317,34 @@ async def test_mentions_answer_in_a_thread(bolt, slack, store, clock):
     (message,) = slack.called("chat.postMessage")
     assert message["thread_ts"] == "5.6" and message["text"] == "arXiv:2411.00001"
     assert message["blocks"][2]["text"]["text"] == "Latent diffusion"
+
+
+async def test_a_reply_in_a_thread_quoting_a_title_pings_nobody(bolt, slack, store, clock):
+    # The reply is posted in the channel's thread; its text (the blocks' fallback, used for
+    # notifications) quotes the title as the blocks do: escaped, like a card's.
+    store.add_papers([paper("2411.00001", "<!channel> Latent diffusion & <@U123>")], clock())
+    body = event_body({"type": "app_mention", "channel": "C123", "user": "U1", "ts": "5.6",
+                       "text": "<@UBOT> save 2411.00001"})
+    headers = {**sign(body, int(time.time())), "Content-Type": "application/json"}
+    await post(bolt, body, headers)
+    await wait_for(lambda: slack.called("chat.postMessage"))
+    (message,) = slack.called("chat.postMessage")
+    assert "&lt;!channel&gt; Latent diffusion &amp; &lt;@U123&gt;" in message["text"]
+    assert "<!channel>" not in message["text"] and "<@U123>" not in message["text"]
+
+
+async def test_a_text_only_reply_is_escaped(bolt, slack, store, clock):
+    # The overflow menu's reply is text alone: Slack renders it as mrkdwn.
+    sub = store.add_subscription(C123, "diffusion", "U1", clock()).subscription
+    payload = {"type": "block_actions", "user": {"id": "UADMIN"}, "channel": {"id": "C123"},
+               "team": {"id": "T1"}, "response_url": f"{slack.url}/respond/2", "trigger_id": "1",
+               "actions": [{"type": "overflow", "action_id": "papers_overflow", "block_id": "paper:2411.00001",
+                            "selected_option": {"value": f"mute:{sub.id}:<!here> ("}}]}
+    body = urlencode({"payload": json.dumps(payload)})
+    assert (await post(bolt, body, sign(body, int(time.time()))))[0] == 200
+    await wait_for(lambda: slack.called("2"))
+    (reply,) = slack.called("2")
+    assert reply["text"].startswith("Cannot mute `&lt;!here&gt; (`") and "<!here>" not in reply["text"]
 
 
 async def test_overflow_unsubscribes(bolt, slack, store, clock):

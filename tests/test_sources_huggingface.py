@@ -140,6 +140,20 @@ def test_hidden_authors_odd_types_and_zero_upvotes(caplog):
     assert second.upvotes is None and second.authors == ()
 
 
+def test_links_a_button_cannot_carry_are_dropped():
+    # Discord refuses a whole message whose link button's URL is not well formed.
+    def links(github, page):
+        (item,) = parse_daily_papers(json.dumps([{"paper": {"id": "2410.00001", "title": "T",
+                                                              "githubRepo": github, "projectPage": page}}]).encode())
+        return item.github, item.project_page
+
+    assert links("https://github.com/a b", "https://") == (None, None)
+    assert links("http://[oops", "https://x.org/\u0007") == (None, None)
+    assert links(" https://github.com/x/y ", "https://x.org/p?q=1") == ("https://github.com/x/y", "https://x.org/p?q=1")
+    assert links("https://x.org/<!channel>", "https://x.org/café?a=b%20c&d=é") == (
+        "https://x.org/%3C!channel%3E", "https://x.org/caf%C3%A9?a=b%20c&d=%C3%A9")
+
+
 def test_comment_counts_are_range_checked(caplog):
     body = json.dumps([
         {"paper": {"id": "2410.00001", "title": "T"}, "numComments": 4},

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
 from ..models import Card, ChannelRef, Digest, PostResult, Reply, ThreadRef, ThreadReply
+from ..text import plural
 
 if TYPE_CHECKING:
     from . import CommandHandler, Running
@@ -29,7 +30,7 @@ def render_card(card: Card, channel: ChannelRef | None = None) -> str:
     if card.upvotes is not None:
         meta.append(f"▲ {card.upvotes}")
     if card.comments is not None:
-        meta.append(f"{card.comments} comments")
+        meta.append(plural(card.comments, "comment"))
     meta += [x for x in (card.organization, ", ".join(card.categories)) if x]
     if card.listed_on:
         meta.append(f"listed {card.listed_on.isoformat()}")

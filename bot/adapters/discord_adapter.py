@@ -62,7 +62,9 @@ from .discord_render import (
     card_embed,
     digest_embed,
     preview_embed,
+    reply_content,
     reply_embeds,
+    reply_message,
     safe,
     thread_reply_content,
 )
@@ -497,7 +499,7 @@ def build_command_group(on_command: CommandHandler, on_complete: Completer) -> a
 
 async def send_reply(interaction: discord.Interaction, reply: Reply) -> None:
     """The ephemeral follow-up of a deferred interaction: text, cards, and the reply's buttons."""
-    content, embeds, none = reply.text[:CONTENT_MAX], reply_embeds(reply.cards), discord.AllowedMentions.none()
+    (content, embeds), none = reply_message(reply.text, reply.cards), discord.AllowedMentions.none()
     one = reply.cards[0].paper_id if len(reply.cards) == 1 else None  # one card: its Save / Not relevant
     # Several cards (search, trending): numbered Save / Not relevant for those shown, in order.
     several = tuple(card.paper_id for card in reply.cards[:len(embeds)]) if len(reply.cards) > 1 else ()
@@ -532,7 +534,8 @@ async def open_subscribe_form(interaction: discord.Interaction, request: Command
     only answer, within Discord's 3 seconds: no preview work happens before it)."""
     reply = await on_command(request)
     if reply.form is None:
-        await interaction.response.send_message(reply.text[:CONTENT_MAX], ephemeral=True, allowed_mentions=_NO_MENTIONS)
+        await interaction.response.send_message(reply_content(reply.text), ephemeral=True,
+                                                allowed_mentions=_NO_MENTIONS)
         return
     await interaction.response.send_modal(SubscribeModal(reply.form, on_command))
 
@@ -557,7 +560,7 @@ class SubscribeModal(discord.ui.Modal):
         reply = await self.on_command(CommandRequest(self.form.channel, str(interaction.user.id), "preview",
                                                      {"query": query}, can_manage=_can_manage(interaction)))
         if reply.form is None or reply.form.preview is None:  # refused (the rate limit, a busy database)
-            await interaction.followup.send(content=reply.text[:CONTENT_MAX], ephemeral=True,
+            await interaction.followup.send(content=reply_content(reply.text), ephemeral=True,
                                             allowed_mentions=_NO_MENTIONS)
             return
         form = reply.form
@@ -590,7 +593,7 @@ class ConfirmSubscribe(discord.ui.View):
         self.stop()
         reply = await self.on_command(CommandRequest(self.form.channel, str(interaction.user.id), "subscribe",
                                                      {"query": self.form.query}, can_manage=_can_manage(interaction)))
-        await interaction.edit_original_response(content=reply.text[:CONTENT_MAX], embed=None, view=None,
+        await interaction.edit_original_response(content=reply_content(reply.text), embed=None, view=None,
                                                  allowed_mentions=_NO_MENTIONS)
 
     @discord.ui.button(label="Edit", style=discord.ButtonStyle.secondary)

@@ -13,6 +13,7 @@ from discord.utils import escape_markdown, escape_mentions
 
 from ..cards import shorten
 from ..models import Card, Digest, SubscribeForm, ThreadReply
+from ..text import plural
 
 TITLE_MAX = 256
 DESCRIPTION_MAX = 4096
@@ -22,6 +23,9 @@ AUTHOR_MAX = 256
 TOTAL_MAX = 6000
 EMBEDS_MAX = 10
 CONTENT_MAX = 2000
+# A link button's URL: Discord refuses the whole message (HTTP 400, not retried) when one is
+# longer, so such a link (a project page's, say) is left out rather than the card lost.
+BUTTON_URL_MAX = 512
 
 COLOURS = {"huggingface": 0xFFD21E, "arxiv": 0xB31B1B}  # Hugging Face yellow, arXiv red
 
@@ -36,6 +40,37 @@ def safe(text: str, limit: int) -> str:
         cut = shorten(cut, max(1, len(cut) - max(8, len(escaped) - limit)))
         escaped = escape_mentions(escape_markdown(cut))
     return escaped
+
+
+def reply_content(text: str, limit: int = CONTENT_MAX) -> str:
+    """A command reply's text as a message's content (markdown: it is ours, its quotes are in
+    code spans), within Discord's 2,000 characters (or `limit`): whole lines, and how many more
+    there were, rather than a cut mid-line (mid-code-span) at the limit."""
+    if len(text) <= limit:
+        return text
+    lines = text.split("\n")
+    kept: list[str] = []
+    used = 0
+    while len(kept) < len(lines):
+        more = f"\n… and {plural(len(lines) - len(kept) - 1, 'more line')}"
+        if used + len(lines[len(kept)]) + len(more) > limit:
+            break
+        used += len(lines[len(kept)]) + 1
+        kept.append(lines[len(kept)])
+    rest = len(lines) - len(kept)
+    more = f"\n… and {plural(rest, 'more line')}"
+    if not kept:  # its first line alone is too long: that line, cut
+        return shorten(lines[0], limit - len(more)) + (more if rest > 1 else "")
+    return "\n".join(kept) + more
+
+
+def reply_message(text: str, cards: tuple[Card, ...]) -> tuple[str, list[discord.Embed]]:
+    """A command reply as a message: its text as content and its cards as embeds; a text too
+    long for the content (`help`, 2,300 characters; `list` of many subscriptions) and with no
+    cards goes in an embed's description instead, which holds 4,096."""
+    if len(text) <= CONTENT_MAX or cards:
+        return reply_content(text), reply_embeds(cards)
+    return "", [discord.Embed(description=reply_content(text, DESCRIPTION_MAX), colour=0x5865F2)]
 
 
 def thread_reply_content(reply: ThreadReply) -> str:
@@ -84,8 +119,8 @@ def card_embed(card: Card) -> discord.Embed:
 
 
 def card_buttons(card: Card) -> list[tuple[str, str]]:
-    """(label, url) of the link buttons: arXiv, PDF, Hugging Face, code."""
-    return [(link.label[:80], link.url) for link in card.links[:5]]
+    """(label, url) of the link buttons: arXiv, PDF, Hugging Face, code, project page."""
+    return [(link.label[:80], link.url) for link in card.links if len(link.url) <= BUTTON_URL_MAX][:5]
 
 
 def digest_embed(digest: Digest) -> discord.Embed:

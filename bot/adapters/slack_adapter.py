@@ -82,6 +82,7 @@ from .slack_render import (
     home_view,
     mentions,
     reply_blocks,
+    reply_text,
     result_modal,
     subscribe_modal,
     thread_reply_text,
@@ -426,7 +427,7 @@ def build_bolt_app(
         if reply.form is not None and not reply.ok and await open_subscribe_modal(client, body.get("trigger_id"),
                                                                                  reply.form) is not None:
             return  # `subscribe` without a query: the form asks for it
-        await respond(text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
+        await respond(text=reply_text(reply), blocks=[b.to_dict() for b in reply_blocks(reply)],
                       response_type="ephemeral", replace_original=False)
 
     @app.action(ACTION_UNSUBSCRIBE)
@@ -445,7 +446,7 @@ def build_bolt_app(
         channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
         request = CommandRequest(ChannelRef("slack", channel), user, verb, args, may_manage(user, channel))
         reply = await on_command(request)
-        await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
+        await respond(text=reply_text(reply), response_type="ephemeral", replace_original=False)
 
     @app.action(re.compile(rf"^({ACTION_SAVE}|{ACTION_NOT_RELEVANT}|{ACTION_RUN}_\d+)$"))
     async def command_button(ack, body, respond):
@@ -469,7 +470,7 @@ def build_bolt_app(
         channel = _id(body.get("channel")) or _id(body.get("container"), "channel_id")
         reply = await on_command(CommandRequest(ChannelRef("slack", channel), user, verb, args,
                                                 may_manage(user, channel)))
-        await respond(text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
+        await respond(text=reply_text(reply), blocks=[b.to_dict() for b in reply_blocks(reply)],
                       response_type="ephemeral", replace_original=False)
 
     @app.event("app_home_opened")
@@ -513,7 +514,7 @@ def build_bolt_app(
                                            can_manage=may_manage(event.get("user", ""), event["channel"]))
         reply = await on_command(request)
         await client.chat_postMessage(channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
-                                      text=reply.text[:3000], blocks=[b.to_dict() for b in reply_blocks(reply)],
+                                      text=reply_text(reply), blocks=[b.to_dict() for b in reply_blocks(reply)],
                                       unfurl_links=False)
 
     return app
@@ -696,7 +697,7 @@ def add_subscribe_modal(app: AsyncApp, on_command: CommandHandler,
         form = replace(reply.form, query=query[:reply.form.max_length]) if reply.form is not None else None
         opened = await open_subscribe_modal(client, body.get("trigger_id"), form) if form is not None else None
         if opened is None:
-            await respond(text=reply.text[:3000], response_type="ephemeral", replace_original=False)
+            await respond(text=reply_text(reply), response_type="ephemeral", replace_original=False)
         elif opened.query.strip() and opened.view_id:  # show its preview at once, as if it had just been typed
             previews.edited(_Edit(opened.view_id, opened.hash, opened.query, opened.channel, user,
                                   may_manage(user, opened.channel.channel_id), client))

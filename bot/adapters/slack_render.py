@@ -216,9 +216,37 @@ def digest_text(digest: Digest) -> str:
     return escape(f"{digest.title}: " + "; ".join(c.title for c in digest.cards))[:FALLBACK_MAX]
 
 
+def reply_text(reply: Reply) -> str:
+    """A command reply's text as a message's `text`: the fallback of its blocks (notifications,
+    screen readers), or all there is. It quotes titles and typed text, so it is escaped like
+    the blocks: a reply in a channel's thread (`@papers save ...`) pings nobody."""
+    return _mrkdwn_cut(reply.text, FALLBACK_MAX)
+
+
+TEXT_SECTIONS_MAX = 10  # a reply's text over at most this many sections (30,000 characters)
+
+
+def text_sections(text: str) -> list[SectionBlock]:
+    """A reply's text as sections of whole lines, each within a section's 3,000 characters:
+    a long reply (`list` of 50 subscriptions) keeps its lines, where one cut section would run
+    them together into one paragraph and end mid-list. A single line too long is cut."""
+    chunks: list[str] = []
+    for line in text.split("\n"):
+        line = _mrkdwn_cut(line, SECTION_MAX) if line.strip() else ""
+        if chunks and len(chunks[-1]) + 1 + len(line) <= SECTION_MAX:
+            chunks[-1] += "\n" + line
+        else:
+            chunks.append(line)
+    chunks = [chunk for chunk in chunks if chunk.strip()]  # no text, no section (Slack refuses an empty one)
+    if len(chunks) > TEXT_SECTIONS_MAX:
+        rest = sum(chunk.count("\n") + 1 for chunk in chunks[TEXT_SECTIONS_MAX - 1:])
+        chunks = chunks[:TEXT_SECTIONS_MAX - 1] + [f"… and {plural(rest, 'more line')}"]
+    return [SectionBlock(text=MarkdownTextObject(text=chunk)) for chunk in chunks]
+
+
 def reply_blocks(reply: Reply) -> list[Block]:
     """A command reply: its text (already ours, but quoting user input), then its cards."""
-    blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(reply.text, SECTION_MAX)))]
+    blocks: list[Block] = list(text_sections(reply.text))
     if reply.form is not None and reply.ok:  # a preview: "Subscribe…" opens the form with its query
         blocks.append(open_form_button(reply.form))
     if reply.actions:
@@ -239,7 +267,7 @@ def home_view(sections: list[tuple[str, Reply]]) -> dict:
         if blocks:
             blocks.append(DividerBlock())
         blocks.append(HeaderBlock(text=PlainTextObject(text=_mrkdwn_cut(title, HEADER_MAX), emoji=False)))
-        blocks.append(SectionBlock(text=MarkdownTextObject(text=_mrkdwn_cut(reply.text, SECTION_MAX))))
+        blocks.extend(text_sections(reply.text))
     return {"type": "home", "blocks": [block.to_dict() for block in blocks]}
 
 

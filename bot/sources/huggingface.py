@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date, timedelta
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -70,9 +71,13 @@ class HuggingFaceSource:
                 return None
             raise
         try:
-            return parse_item(load_json(body))
+            paper = parse_item(load_json(body))
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise SourceError(self.name, f"unreadable paper {paper_id}: {str(exc)[:300]}") from None
+        if paper.id != paper_id:  # another paper than the one asked for is not an answer about this one
+            log.warning("huggingface: asked for paper %s, got %s; left to the next source", paper_id, paper.id)
+            return None
+        return paper
 
     def backfill_plan(self, days: int, today: date) -> BackfillPlan:
         return BackfillPlan(tuple(today - timedelta(days=n) for n in range(days, 0, -1)),
@@ -210,7 +215,23 @@ def _organization(value: object) -> str | None:
     return full or name or None
 
 
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # RFC 3986's reserved characters, and % (already encoded)
+
+
 def _http_url(value: object) -> str | None:
-    if isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) < 2000:
-        return value.strip()
-    return None
+    """An http(s) link as a card's button can carry it, else None: Discord refuses a whole
+    message whose link button's URL is not well formed (a space in it, no host) with HTTP 400,
+    which is not retried, so the card would never be posted. Characters a URL may not hold as
+    they are (`<`, `>`, `"`, non-ASCII letters) are percent-encoded, as a browser sends them."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value.startswith(("https://", "http://")) or len(value) >= 2000:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return None
+    try:
+        host = urlsplit(value).hostname
+    except ValueError:  # "http://[oops"
+        return None
+    return quote(value, safe=_URL_SAFE) if host else None

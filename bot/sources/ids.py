@@ -41,3 +41,24 @@ def arxiv_version(text: str) -> int | None:
     found = _VERSION.search(text.strip())
     version = int(found.group(1)) if found else 0
     return version if version > 0 else None
+
+
+_NEW_PARTS = re.compile(r"^(\d{2})(\d{2})\.(\d{4,5})$")
+
+
+def impossible_arxiv_id(paper_id: str) -> str | None:
+    """Why a canonical new-style id cannot name an arXiv paper (a month 13, five digits before
+    2015, four since), None when it can: a lookup of it would only ask the sources in vain."""
+    parts = _NEW_PARTS.match(paper_id)
+    if parts is None:
+        return None  # old style (hep-th/9901001): not checked
+    year, month, number = int(parts.group(1)), int(parts.group(2)), parts.group(3)
+    if not 1 <= month <= 12:
+        return f"{paper_id} is not an arXiv id: {parts.group(1)}{parts.group(2)} is no year and month (YYMM)"
+    if (year, month) < (7, 4):
+        return f"{paper_id} is not an arXiv id: ids of this form start in April 2007 (0704)"
+    if len(number) == 5 and year < 15:
+        return f"{paper_id} is not an arXiv id: before 2015 ids have 4 digits after the dot (1412.6980)"
+    if len(number) == 4 and year >= 15:
+        return f"{paper_id} is not an arXiv id: since 2015 ids have 5 digits after the dot (2406.12345)"
+    return None
