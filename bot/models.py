@@ -575,6 +575,8 @@ def _deliveries(papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], 
                 listed = f"{terms_text(terms[0])},{terms_text(terms[1])}"
             else:
                 listed = ",".join(map(terms_text, terms))
+            # `matched` of the match alone, brackets and all (a channel's several matches take
+            # it without them); an f-string, not %-formatting, which parsed its format a row.
             fact = f'[{{"id":{sub},"query":{text(query)},"terms":[{listed}]}}]'
             if "\\u0000" in fact:
                 nul = True
