@@ -7,10 +7,13 @@ into platform payloads and platform events into these.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import partial
+from itertools import accumulate, chain
 from json.encoder import encode_basestring, encode_basestring_ascii
+from operator import itemgetter
 from typing import Callable, Iterable, Mapping, NamedTuple, Union
 
 PLATFORMS = ("console", "slack", "discord")
@@ -448,19 +451,15 @@ class MatchedBatch:
         come in paper order; a range of channels touches a slice of it, and a transaction
         writes each page it touches once, however many of its rows land there
         (docs/benchmarks.md, "outbox")."""
-        keys: dict[int, str] = {}  # id(a ChannelRef of the matches) -> its key (they are all alive here)
-        counts: dict[str, int] = {}
-        keyed: list[list[str]] = []
-        for found in matches:
-            mine = []
-            for match in found:
-                channel = match[1]  # (a NamedTuple's field by index: cheaper than by name)
-                key = keys.get(id(channel))
-                if key is None:
-                    key = keys[id(channel)] = channel.key
-                counts[key] = counts.get(key, 0) + 1
-                mine.append(key)
-            keyed.append(mine)
+        # Each match's channel key, a paper's in `keyed`: a ChannelRef's key made once, by its
+        # id (the matches hold them alive; a subscription's matches share one), the rest in C.
+        channels = list(map(_CHANNEL, chain.from_iterable(matches)))
+        at = list(map(id, channels))
+        key_of = {i: channel.key for i, channel in dict(zip(at, channels, strict=True)).items()}
+        keys = list(map(key_of.__getitem__, at))
+        counts = Counter(keys)
+        ends = list(accumulate(map(len, matches)))
+        keyed = list(map(keys.__getitem__, map(slice, [0, *ends[:-1]], ends)))
         ranges = _channel_ranges(counts, rows)
         count = max(ranges.values(), default=0) + 1
         sizes = [0] * count
@@ -478,6 +477,9 @@ class MatchedBatch:
         later = _Later(matches, keyed, ranges, count)
         return [cls(facts, ids, sizes[n], n == last, version, rows_of[n], recheck[n], partial(later, n))
                 for n in range(count)]
+
+
+_CHANNEL = itemgetter(1)  # a Match's channel
 
 
 class _Later:
@@ -549,6 +551,7 @@ def _deliveries(papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], 
     those without an `upto` (SQLite's JSON functions cut the text at it: the store's SQL
     makes those rows)."""
     out: list[list] = [[] for _ in range(count)]
+    place_of = {key: out[n] for key, n in ranges.items()}  # a channel's range's rows
     since: list[int] = []
     text, terms_text = encode_basestring, encode_basestring_ascii
     for i, (unmatched, found, mine) in enumerate(zip(papers, matches, keyed, strict=True)):
@@ -559,7 +562,7 @@ def _deliveries(papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], 
             since.append(i)
             continue
         paper_id = unmatched.paper.id
-        marks = [len(place) for place in out]
+        marks = list(map(len, out))
         nul = False
         many: dict[str, list | None] | None = None  # the channels matched more than once (a delivery of several)
         if len(set(mine)) != len(mine):
@@ -572,36 +575,60 @@ def _deliveries(papers: list[UnmatchedPaper], matches: list[tuple[Match, ...]], 
                     seen.add(key)
         for (sub, _, query, terms), key in zip(found, mine, strict=True):
             if sub > upto:  # committed after the paper was stored: not for it
+                if many is not None and many.get(key, ()) is None:
+                    # A channel's several matches are one delivery where its first match is,
+                    # as the SQL queues it, even when that one is not for the paper.
+                    place = place_of[key]
+                    many[key] = [place, len(place), [], set()]
+                    place.extend((paper_id, key, None, None))
                 continue
-            fact = '{"id":%d,"query":%s,"terms":[%s]}' % (sub, text(query), ",".join(map(terms_text, terms)))
+            n = len(terms)
+            if n == 1:
+                listed = terms_text(terms[0])
+            elif n == 2:
+                listed = f"{terms_text(terms[0])},{terms_text(terms[1])}"
+            else:
+                listed = ",".join(map(terms_text, terms))
+            # `matched` of the match alone, brackets and all (a channel's several matches take
+            # it without them); an f-string, not %-formatting, which parsed its format a row.
+            fact = f'[{{"id":{sub},"query":{text(query)},"terms":[{listed}]}}]'
             if "\\u0000" in fact:
                 nul = True
             if many is None or key not in many:
-                if len(terms) < 2 or len(set(terms)) == len(terms):
-                    strength = 1000 * min(fact.count(' in title"') - query.endswith(" in title"), 999) + min(
-                        len(terms), 999)
+                # The strength as the SQL counts it in the JSON text (` in title"` less the
+                # query's own), that is the terms' ` in title"` (a quote in a string is
+                # escaped: each one ends a term); fewer than 999 terms, no cap applies.
+                if n < 999 and (n < 2 or (terms[0] != terms[1] if n == 2 else len(set(terms)) == n)):
+                    strength = 1000 * listed.count(' in title"') + n
                 else:
                     strength = terms_strength(set(terms))
-                out[ranges[key]].extend((paper_id, key, f"[{fact}]", strength))
+                place_of[key].extend((paper_id, key, fact, strength))
                 continue
             slot = many[key]
             if slot is None:  # its place: where the channel's first match is
-                place = out[ranges[key]]
-                many[key] = [place, len(place), [fact], set(terms)]
+                place = place_of[key]
+                many[key] = [place, len(place), [fact[1:-1]], set(terms)]
                 place.extend((paper_id, key, None, None))
             else:
-                slot[2].append(fact)
+                slot[2].append(fact[1:-1])
                 slot[3].update(terms)
         if nul:  # its rows are left to the store's SQL
             for place, mark in zip(out, marks, strict=True):
                 del place[mark:]
             since.append(i)
             continue
-        for slot in (many or {}).values():
-            if slot is not None:
-                place, at, facts, all_terms = slot
-                place[at + 2] = "[" + ",".join(facts) + "]"
-                place[at + 3] = terms_strength(all_terms)
+        if many:
+            empty = []  # (none of the channel's matches is for the paper)
+            for slot in many.values():
+                if slot is not None:
+                    place, at, facts, all_terms = slot
+                    if not facts:
+                        empty.append(slot)
+                        continue
+                    place[at + 2] = "[" + ",".join(facts) + "]"
+                    place[at + 3] = terms_strength(all_terms)
+            for place, at, _, _ in sorted(empty, key=itemgetter(1), reverse=True):
+                del place[at:at + 4]
     return out, since
 
 

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import random
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
@@ -590,6 +591,74 @@ def test_queue_matched_inserts_the_deliveries_made_at_an_unchanged_version_as_it
     owed = {(d.paper_id, d.channel): d.matched for ch in (a, b, c) for d in store.pending_for_channel(ch)}
     assert owed[(papers[1].id, a)] == (m(sa, "alpha"), m(sa2, "beta é in title", "alpha"), m(sa, "again"))
     assert (papers[4].id, a) in owed and late.id not in {x.subscription_id for ms in owed.values() for x in ms}
+
+
+@pytest.mark.backends
+def test_made_deliveries_are_the_sqls_for_many_kinds_of_terms(store):
+    # Seeded random matches over terms that each take a path of their own in the worker's
+    # rows (MatchedBatch.split, bot/models.py `_deliveries`): none, one, two and more terms,
+    # a term twice, terms and queries ending with " in title", quotes, backslashes, control
+    # characters and non-ASCII in either, a channel matched several times by a paper, matches
+    # past the paper's upto; the rows queued the made way and the SQL's way are the same.
+    rng = random.Random(11)
+    t = T0
+    words = ["alpha in title", "beta in abstract", "gamma", 'q"x in title', "back\\slash in title", "tab\tx",
+             "\u001e in title", "é in title", "☃", "😀 in abstract", "in title", " in title", "x in title\\",
+             "listed on arXiv"]
+    queries = ["alpha", "beta in title", 'say "hi"', "é in title", "a\\b", "ctl\x1f", "plain in title\\"]
+    channels = [ChannelRef("console", f"c{i}") for i in range(5)]
+    subs = [store.add_subscription(channels[i % 5], f"{queries[i % len(queries)]} {i}" if i % 3 else
+                                   queries[i % len(queries)], "u1", t - timedelta(days=1)).subscription
+            for i in range(20)]
+    late = [store.add_subscription(channels[i], f"late {i}", "u1", t).subscription for i in range(2)]
+    papers = [paper(f"2410.{i:05d}") for i in range(1, 13)]
+    store.add_papers(papers, t)
+    done = [UnmatchedPaper(p, t, subs[-1].id) for p in papers]
+    store.mark_unmatched(done)
+    found = []
+    for _ in papers:
+        picked = rng.sample([*subs, *late], rng.randint(0, 12))
+        found.append(tuple(Match(sub.id, sub.channel, sub.query,
+                                 tuple(rng.choice(words) for _ in range(rng.choice([0, 1, 1, 2, 2, 2, 3, 4]))))
+                           for sub in picked))
+    assert any(len({m.channel for m in f}) < len(f) for f in found)  # a channel matched twice
+    assert any(len(set(m.terms)) < len(m.terms) for f in found for m in f)  # a term twice
+    version = store.subscriptions_version()
+    for rows in (0, 7):
+        queued = sum(store.queue_matched(batch, t) for batch in MatchedBatch.split(done, found, rows, version))
+        made = _queued_rows(store)
+        assert queued == len(made) > 20
+        sql(store, "DELETE FROM deliveries")
+        store.mark_unmatched(done)
+        assert sum(store.queue_matched(batch, t) for batch in MatchedBatch.split(done, found, rows)) == queued
+        assert _queued_rows(store) == made
+        sql(store, "DELETE FROM deliveries")
+        store.mark_unmatched(done)
+
+
+@pytest.mark.backends
+def test_a_channels_several_matches_go_where_its_first_is_even_past_upto(store):
+    # A paper matched a channel twice, first by a subscription created after the paper was
+    # stored (past its upto), and another channel in between: the channel's delivery is
+    # queued where its first match is, as the SQL queues it (the made rows had it after the
+    # other channel's).
+    t = T0
+    a, b = ChannelRef("console", "a"), ChannelRef("console", "b")
+    sa, sb = (store.add_subscription(c, q, "u1", t - timedelta(days=1)).subscription for c, q in ((a, "qa"), (b, "qb")))
+    late = store.add_subscription(a, "late", "u1", t).subscription
+    one = paper("2410.00001")
+    store.add_papers([one], t)
+    done = [UnmatchedPaper(one, t, sb.id)]
+    found = [(Match(late.id, a, "late", ("l",)), Match(sb.id, b, "qb", ("x",)), Match(sa.id, a, "qa", ("y",)))]
+    version = store.subscriptions_version()
+    for made in (version, None):
+        store.mark_unmatched(done)
+        assert sum(store.queue_matched(batch, t) for batch in MatchedBatch.split(done, found, 0, made)) == 2
+        queued = sql(store, "SELECT channel, matched FROM deliveries ORDER BY id")
+        assert [(c, m if isinstance(m, list) else json.loads(m)) for c, m in queued] == [
+            ("console:a", [{"id": sa.id, "query": "qa", "terms": ["y"]}]),
+            ("console:b", [{"id": sb.id, "query": "qb", "terms": ["x"]}])]
+        sql(store, "DELETE FROM deliveries")
 
 
 @pytest.mark.backends
