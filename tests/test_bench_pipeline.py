@@ -6,13 +6,15 @@ agree with each other, never how fast anything was.
 
 import json
 import random
+from datetime import datetime, timezone
 
 import pytest
 
-from bench.pipeline import main
+from bench.pipeline import fill, main
 from bench.workloads import RealText, _QueryMaker, load_seed, make_workload, real_authors
 from bot.matching import PaperView, evaluate
 from bot.query import parse_query
+from storage import Store
 
 FIELDS = ("workload", "subscriptions", "distinct_queries", "papers", "history_papers", "new", "queued", "matches",
           "matches_per_paper", "match_rate", "candidates_per_paper", "index_load_s", "poll_s", "papers_per_s",
@@ -123,3 +125,16 @@ def test_the_zipf_workload_is_bench_matchings():
     assert [p.title for p in workload.papers] == [p.title for p in matching.make_papers(20, words, authors, rng)]
     assert len(workload.queries) == 300 and len(workload.history) == 10
     assert {p.id for p in workload.papers}.isdisjoint(p.id for p in workload.history)
+
+
+def test_fill_leaves_preview_s_word_index_up_to_date(tmp_path):
+    # The measured poll indexes its own new papers for preview, not the history's too.
+    workload = make_workload("real", subscriptions=50, papers=5, seed=3, history=20)
+    fill(tmp_path / "b.db", workload, datetime(2026, 11, 30, tzinfo=timezone.utc))
+    store = Store(tmp_path / "b.db")
+    try:
+        assert store.index_paper_words() == 0
+        store.add_papers(workload.papers, datetime(2026, 11, 30, tzinfo=timezone.utc))
+        assert store.index_paper_words() == 5
+    finally:
+        store.close()
