@@ -43,11 +43,12 @@ import sys
 import threading
 import zlib
 from array import array
+from collections import deque
 from datetime import datetime, timezone
 from itertools import compress, repeat
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from operator import itemgetter
-from typing import Final, Iterable, Sequence, cast
+from typing import Final, Iterable, NoReturn, Sequence, cast
 
 from .errors import QueryError
 from .matching import COMPILED_VERSION, IndexedMatcher, compile_query
@@ -102,6 +103,11 @@ class ShardedMatcher:
         self._waiting = 0
         self._recompiled: dict[int, bytes] = {}
         self._failed: str | None = None
+        # The calls sent and not yet read back, oldest first (`submit`): answers come in order.
+        self._sent: deque[Submitted] = deque()
+        # A thread of its own reads every answer as it comes (see `_Inbox`): a worker never
+        # blocks writing one, so this process can send the next papers while it matches.
+        self._inbox = _Inbox(self._conns)
         self._send_all(("history", history))
         for subscription in subscriptions:
             self.add(subscription)
@@ -157,56 +163,80 @@ class ShardedMatcher:
         is ignored: this engine always uses its workers). A paper whose matching raised in a
         worker makes this raise PaperFailed once every answer is read (the engine stays
         usable: `match` the papers one by one to find it); a dead worker, ShardFailed."""
+        return self.result(self.submit(papers))
+
+    def submit(self, papers: Sequence[Paper]) -> Submitted:
+        """Send papers to be matched and return at once: `result` gives their matches. The
+        workers match them after every change made before this call (and before the papers
+        of any later call): what `result` gives is the index as it was now. Calls need not be
+        read back: a later call's `result` reads the answers of those before it first.
+        Raises ShardFailed (a dead worker), or what pickling a paper raised (nothing sent)."""
         self._flush()
         # Pickled once, the same bytes to every worker.
         messages = [pickle.dumps(("match", papers[i:i + PAPERS_PER_MESSAGE]), pickle.HIGHEST_PROTOCOL)
                     for i in range(0, len(papers), PAPERS_PER_MESSAGE)]
-        found: list[list[Match]] = []
-        # The papers are sent from a thread of their own while this one takes the answers:
-        # a worker blocks writing an answer this process does not read yet, and this process
-        # writing a big message to that worker would then block too, each waiting for the other.
-        sent: list[BaseException] = []
-
-        def send() -> None:
-            try:
-                for message in messages:
-                    for conn in self._conns:
-                        conn.send_bytes(message)
-            except BaseException as exc:  # told to the caller below
-                sent.append(exc)
-
-        # One message each (a poll's single papers): no worker is answering anything yet, so
-        # sending here cannot block on one; no thread needed.
-        sender = threading.Thread(target=send, name="papers-bot-match-sender", daemon=True)
-        if len(messages) > 1:
-            sender.start()
-        else:
-            send()
-        failed: list[str] = []
+        call = Submitted(papers, len(messages))
+        self._sent.append(call)
         try:
-            for start in range(0, len(papers), PAPERS_PER_MESSAGE):
-                answers = [self._receive(conn) for conn in self._conns]
-                found += self._matches(answers, papers[start:start + PAPERS_PER_MESSAGE], failed)
+            # This thread writes while the workers answer: their answers are read by the
+            # inbox's thread, so a worker reads on, and a write waits at most for its matching.
+            for message in messages:
+                for conn in self._conns:
+                    conn.send_bytes(message)
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+        return call
+
+    def result(self, call: Submitted) -> list[list[Match]]:
+        """The matches of a `submit`'s papers, each as `IndexedMatcher.match` gives them, in
+        order (waits for them). PaperFailed when matching a paper raised in a worker (the
+        engine goes on); ShardFailed when a worker died or failed."""
+        if call.taken:
+            raise ValueError("the result of this call was already taken")
+        call.taken = True
+        try:
+            raws: Iterable[list[bytes | str]]
+            if call.answers is None:
+                # The calls sent before it are read first (kept in theirs: answers come in order);
+                # its own are decoded as they come.
+                while self._sent[0] is not call:
+                    self._read(self._sent[0])
+                self._sent.popleft()
+                take, workers = self._inbox.take, range(len(self._conns))
+                raws = ([take(i) for i in workers] for _ in range(call.messages))
+            else:
+                raws = call.answers
+            found: list[list[Match]] = []
+            failed: list[str] = []
+            for start, raw in zip(range(0, len(call.papers), PAPERS_PER_MESSAGE), raws, strict=True):
+                answers = [self._decode(data) for data in raw]
+                found += self._matches(answers, call.papers[start:start + PAPERS_PER_MESSAGE], failed)
         except BaseException as exc:
-            # The rest of the answers will not be read: the workers' streams are out of step,
-            # so the engine cannot go on, and a worker blocked writing an answer would keep the
-            # sender thread blocked writing to it. The workers are ended.
+            # The workers' streams are out of step, or a worker is gone: the engine cannot go
+            # on. The workers are ended (a live one would go on answering calls nobody reads).
             if self._failed is None:
                 self._failed = _lost(f"{type(exc).__name__}: {exc}")
-            for proc in self._procs:
-                proc.kill()
+            self._end_workers()
             if isinstance(exc, (OSError, EOFError)):
                 raise ShardFailed(self._failed) from exc
             raise
         finally:
-            if sender.ident is not None:
-                sender.join()
-        if sent:
-            self._fail(f"{type(sent[0]).__name__}: {sent[0]}")
+            call.answers = None  # read once: the bytes are not kept
         if failed:
             papers_failed = len({reason.partition(": ")[0] for reason in failed})
             raise PaperFailed(f"matching failed in a worker process for {papers_failed} paper(s): {failed[0]}")
         return found
+
+    def _read(self, call: Submitted) -> None:
+        """Take the oldest call's answers off the inbox (undecoded), into the call."""
+        assert self._sent and self._sent[0] is call
+        call.answers = [[self._inbox.take(i) for i in range(len(self._conns))] for _ in range(call.messages)]
+        self._sent.popleft()
+
+    def _drain(self) -> None:
+        """Read every call's answers still on their way (before a request whose answer is not a call's)."""
+        while self._sent:
+            self._read(self._sent[0])
 
     def _matches(self, answers: list[list], papers: Sequence[Paper], failed: list[str]) -> list[list[Match]]:
         """Each paper's Matches from the workers' columns (see `_answer`): made and merged in C."""
@@ -237,9 +267,10 @@ class ShardedMatcher:
         """Each worker's peak resident set size in MB and CPU time so far in seconds, once it
         has applied every change sent (for the benchmarks)."""
         self._flush()
+        self._drain()
         for conn in self._conns:
             conn.send(("usage",))
-        return [self._receive(conn) for conn in self._conns]
+        return [self._decode(self._inbox.take(i)) for i in range(len(self._conns))]
 
     def close(self) -> None:
         """End the worker processes."""
@@ -248,14 +279,23 @@ class ShardedMatcher:
                 conn.send(("stop",))
             except OSError:
                 pass
-            conn.close()
         for proc in self._procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # Their sockets' ends are closed with them: the inbox's thread reads to their end and
+        # stops, and only then are ours closed (never under a thread waiting on them).
+        self._inbox.join()
+        for conn in self._conns:
+            conn.close()
         self._conns, self._procs = [], []
+        self._sent.clear()
+
+    def _end_workers(self) -> None:
+        for proc in self._procs:
+            proc.kill()
 
     def _queue(self, shard: int, change: tuple) -> None:
         self._pending[shard].append(change)
@@ -284,13 +324,15 @@ class ShardedMatcher:
         except OSError as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
 
-    def _receive(self, conn: Connection):
-        answer = marshal.loads(conn.recv_bytes())  # plain values: marshal reads them faster than pickle
+    def _decode(self, data: bytes | str):
+        if isinstance(data, str):  # the worker's socket ended (the inbox's reason)
+            self._fail(data)
+        answer = marshal.loads(data)  # plain values: marshal reads them faster than pickle
         if isinstance(answer, tuple) and answer and answer[0] == "failed":
             self._fail(answer[1])
         return answer
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str) -> NoReturn:
         self._failed = _lost(reason)
         raise ShardFailed(self._failed)
 
@@ -300,6 +342,66 @@ class ShardedMatcher:
                 self.close()
             except Exception:  # at interpreter shutdown, anything may already be gone
                 pass
+
+
+class Submitted:
+    """Papers sent to the workers by `ShardedMatcher.submit`: `result` gives their matches."""
+
+    __slots__ = ("papers", "messages", "answers", "taken")
+
+    def __init__(self, papers: Sequence[Paper], messages: int):
+        self.papers = papers
+        self.messages = messages
+        self.answers: list[list[bytes | str]] | None = None  # a message's answers, a worker's each
+        self.taken = False
+
+
+class _Inbox:
+    """Every worker's answers, read by a thread of its own as they come and kept in order.
+
+    A worker writing an answer nobody reads would block, and stop reading what this process
+    sends it: with the answers read at once, this process can send a call's papers while the
+    workers still answer earlier ones, from the caller's thread, without a deadlock. The
+    thread holds the connections, not the engine (whose `__del__` ends the workers). It ends
+    when every worker's socket has ended."""
+
+    def __init__(self, conns: list[Connection]):
+        self._boxes: list[deque[bytes | str]] = [deque() for _ in conns]
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, args=(list(conns),), name="papers-bot-match-inbox",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, conns: list[Connection]) -> None:
+        live = {id(conn): i for i, conn in enumerate(conns)}
+        while live:
+            for ready in wait([conn for conn in conns if id(conn) in live]):
+                conn = cast(Connection, ready)
+                data: bytes | str
+                try:
+                    data = conn.recv_bytes()
+                except (EOFError, OSError) as exc:  # the worker is gone: the reason, in place of an answer
+                    data = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: the worker ended"
+                    number = live.pop(id(conn))
+                else:
+                    number = live[id(conn)]
+                with self._ready:
+                    self._boxes[number].append(data)
+                    self._ready.notify_all()
+
+    def take(self, worker: int) -> bytes | str:
+        """That worker's next answer (waits for it); once its socket has ended, why, as a str."""
+        box = self._boxes[worker]
+        with self._ready:
+            while not box:
+                self._ready.wait()
+            data = box[0]
+            if data.__class__ is bytes:
+                box.popleft()  # the reason of an end stays: every later take gets it too
+            return data
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 _IDS_SLICE: Final = 1 << 16

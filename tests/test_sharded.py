@@ -201,21 +201,25 @@ async def test_a_poller_with_worker_processes_matches_a_batch_at_once_and_finds_
         assert isinstance(matcher, ShardedMatcher)
         batches: list[list[str]] = []
         one_by_one: list[str] = []
-        real_many = matcher.match_many
+        real_submit, real_result = matcher.submit, matcher.result
 
-        def many(papers, processes=1):
+        def submit(papers):
             batches.append([p.id for p in papers])
-            if any(p.id == "2410.00002" for p in papers):
+            return real_submit(papers)
+
+        def result(call):
+            found = real_result(call)
+            if any(p.id == "2410.00002" for p in call.papers):
                 raise PaperFailed("matching failed in a worker process for 1 paper(s)")
-            return real_many(papers)
+            return found
 
         def match(p):
             one_by_one.append(p.id)
             if p.id == "2410.00002":
                 raise PaperFailed("matcher bug")
-            return real_many([p])[0]
+            return real_result(real_submit([p]))[0]
 
-        matcher.match_many, matcher.match = many, match  # type: ignore[method-assign]
+        matcher.submit, matcher.result, matcher.match = submit, result, match  # type: ignore[method-assign]
         clock.advance(minutes=1)
         papers = [paper(f"2410.0000{i}", f"Diffusion {i}") for i in range(1, 5)]
         source = FakeSource(papers=papers)
