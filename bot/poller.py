@@ -107,7 +107,7 @@ class Poller:
     WRITES_AHEAD = 2  # groups handed to the writer thread and not yet committed
     # Batches sent to the matching worker processes (`ShardedMatcher`) and not gathered yet:
     # they match while this thread stores the next papers and gathers the earlier matches.
-    MATCH_AHEAD = 1
+    MATCH_AHEAD = 2
     # The built index is kept in `index_cache` (bot/index_cache.py) once it has this many
     # subscriptions (fewer build in a tenth of a second), after a poll; again after a poll at
     # most every INDEX_SAVE_EVERY seconds, if subscriptions changed (the next start adds those
@@ -507,7 +507,7 @@ class Poller:
                     for start in range(0, len(papers), self.BATCH):
                         new += self._store_batch(store, papers[start:start + self.BATCH], now, writes, flights)
                         self._match_unmatched(store, now, writes, flights)
-                    self._land_all(flights, now, writes)
+                    self._land_all(flights, store, now, writes)
                     self._submit(writes, now)  # the last group, however small
                     if new:
                         # Meanwhile the writer thread queues the last groups' deliveries (the
@@ -532,13 +532,14 @@ class Poller:
         return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=new, queued=queued,
                                             recovered_after=recovered, skipped=skipped))
 
-    def _index_words(self, store: StoreContract, source: str) -> None:
+    def _index_words(self, store: StoreContract, source: str, stop: Callable[[], bool] | None = None) -> None:
         """Preview's word index, kept up with by the poll so that no preview has a backlog to
         index (until then a preview reads the papers not indexed yet unnarrowed: none is
         missed). Stopped (the bot is closing), the rest is left for later: after an upgrade,
-        the first catch-up indexes every stored paper (minutes)."""
+        the first catch-up indexes every stored paper (minutes). `stop`: also ends it early."""
+        stopping = self._stopping.is_set
         try:
-            store.index_paper_words(stop=self._stopping.is_set)
+            store.index_paper_words(stop=stopping if stop is None else lambda: stopping() or stop())
         except StorageError as exc:  # the next preview indexes them itself
             log.warning("%s: indexing new papers for preview failed: %s", source, exc)
 
@@ -557,7 +558,7 @@ class Poller:
         self._check_stopping()
         in_flight = writes.papers() | _flying(flights)
         if in_flight and any(p.id in in_flight for p in papers):
-            self._land_all(flights, now, writes)
+            self._land_all(flights, store, now, writes)
             self._submit(writes, now)
             writes.finish()
         with store.transaction():
@@ -615,21 +616,28 @@ class Poller:
                 log.warning("sending %d papers to be matched failed; matching them one by one", len(wanted))
             flights.append(_Flight(todo, liked, wanted, sent, self._exact))
             while len(flights) > self.MATCH_AHEAD:
-                self._land(flights.popleft(), now, writes)
+                self._land(flights.popleft(), store, now, writes)
 
-    def _land_all(self, flights: deque[_Flight], now: datetime, writes: _Writes) -> None:
+    def _land_all(self, flights: deque[_Flight], store: StoreContract, now: datetime, writes: _Writes) -> None:
         while flights:
-            self._land(flights.popleft(), now, writes)
+            self._land(flights.popleft(), store, now, writes)
 
-    def _land(self, flight: _Flight, now: datetime, writes: _Writes) -> None:
+    def _land(self, flight: _Flight, store: StoreContract, now: datetime, writes: _Writes) -> None:
         """Gather a batch sent to the worker processes, once its matches are in. If the call
         raised anything but ShardFailed, its papers are matched one by one (`_gather`), to
         find the paper it fails on."""
         matched: dict[str, list[Match]] | None = None
         if flight.sent is not None:
-            assert isinstance(self.matcher, ShardedMatcher)
+            matcher = self.matcher
+            assert isinstance(matcher, ShardedMatcher)
+            sent = flight.sent
+            if not matcher.ready(sent):
+                # Until its matches are in, this thread would wait: it brings preview's word
+                # index up to date meanwhile (a transaction of up to 200 papers at a time; the
+                # poll's end indexes the rest), work it would do after the last batch otherwise.
+                self._index_words(store, "poll", stop=lambda: matcher.ready(sent))
             try:
-                found = self.matcher.result(flight.sent)
+                found = matcher.result(sent)
                 matched = dict(zip([p.id for p in flight.wanted], found, strict=True))
             except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
                 raise

@@ -63,6 +63,10 @@ SEND_EVERY = 20_000
 # makes the Matches of one message while the workers match the next (the poller hands 50
 # papers at a time), big enough that messages cost little per paper.
 PAPERS_PER_MESSAGE = 10
+# `match_many` sends its papers MANY_PART at a time, up to MANY_AHEAD parts ahead of the one
+# whose Matches are made (as the poller sends its batches: Poller.MATCH_AHEAD).
+MANY_PART = 5 * PAPERS_PER_MESSAGE
+MANY_AHEAD = 2
 # The machine integer types of the answers' columns: subscription ids, channel numbers.
 _ID: Final = "q"
 _CHANNEL: Final = "i"
@@ -75,6 +79,11 @@ class ShardFailed(RuntimeError):
 
 class PaperFailed(RuntimeError):
     """Matching one paper raised in a worker (the engine is fine: the other papers matched)."""
+
+    def __init__(self, failed: list[str]):  # "paper id: why", one a paper and worker that raised
+        self.failed = failed
+        papers = len({reason.partition(": ")[0] for reason in failed})
+        super().__init__(f"matching failed in a worker process for {papers} paper(s): {failed[0]}")
 
 
 class ShardedMatcher:
@@ -163,7 +172,30 @@ class ShardedMatcher:
         is ignored: this engine always uses its workers). A paper whose matching raised in a
         worker makes this raise PaperFailed once every answer is read (the engine stays
         usable: `match` the papers one by one to find it); a dead worker, ShardFailed."""
-        return self.result(self.submit(papers))
+        # Sent a part at a time, a few parts ahead of the one whose Matches this thread makes:
+        # the workers match the next parts meanwhile (sending all first would leave every
+        # Match to be made after the workers are done).
+        found: list[list[Match]] = []
+        failed: list[str] = []
+        calls: deque[Submitted] = deque()
+
+        def take() -> None:
+            call = calls.popleft()
+            try:
+                found.extend(self.result(call))
+            except PaperFailed as exc:  # the other papers' answers are read on
+                failed.extend(exc.failed)
+                found.extend([] for _ in call.papers)
+
+        for start in range(0, len(papers), MANY_PART):
+            calls.append(self.submit(papers[start:start + MANY_PART]))
+            if len(calls) > MANY_AHEAD:
+                take()
+        while calls:
+            take()
+        if failed:
+            raise PaperFailed(failed)
+        return found
 
     def submit(self, papers: Sequence[Paper]) -> Submitted:
         """Send papers to be matched and return at once: `result` gives their matches. The
@@ -223,9 +255,18 @@ class ShardedMatcher:
         finally:
             call.answers = None  # read once: the bytes are not kept
         if failed:
-            papers_failed = len({reason.partition(": ")[0] for reason in failed})
-            raise PaperFailed(f"matching failed in a worker process for {papers_failed} paper(s): {failed[0]}")
+            raise PaperFailed(failed)
         return found
+
+    def ready(self, call: Submitted) -> bool:
+        """Whether `result(call)` would not wait for the workers: their answers to it, and to
+        every call sent before it, are in (or a worker has ended: it would fail at once)."""
+        needed = 0
+        for sent in self._sent:
+            needed += sent.messages
+            if sent is call:
+                return self._inbox.holds(needed)
+        return True  # read already
 
     def _read(self, call: Submitted) -> None:
         """Take the oldest call's answers off the inbox (undecoded), into the call."""
@@ -399,6 +440,10 @@ class _Inbox:
             if data.__class__ is bytes:
                 box.popleft()  # the reason of an end stays: every later take gets it too
             return data
+
+    def holds(self, answers: int) -> bool:
+        """Whether every worker's next `answers` answers are in (or it has ended)."""
+        return all(len(box) >= answers or (box and box[-1].__class__ is str) for box in self._boxes)
 
     def join(self) -> None:
         self._thread.join()

@@ -200,13 +200,13 @@ async def test_a_paper_that_fails_with_batches_in_flight_is_found_and_the_others
         def result(call):
             found = real_result(call)  # read in full: the later calls' answers stay in step
             if any(p.id == broken for p in call.papers):
-                raise PaperFailed("matching failed in a worker process for 1 paper(s)")
+                raise PaperFailed([f"{broken}: AttributeError: a bug"])
             return found
 
         def match(p):  # sent behind the batches in flight, answered after theirs
             one_by_one.append(p.id)
             if p.id == broken:
-                raise PaperFailed("matcher bug")
+                raise PaperFailed([f"{broken}: AttributeError: a bug"])
             return real_result(real_submit([p]))[0]
 
         matcher.result, matcher.match = result, match  # type: ignore[method-assign]

@@ -210,13 +210,13 @@ async def test_a_poller_with_worker_processes_matches_a_batch_at_once_and_finds_
         def result(call):
             found = real_result(call)
             if any(p.id == "2410.00002" for p in call.papers):
-                raise PaperFailed("matching failed in a worker process for 1 paper(s)")
+                raise PaperFailed(["2410.00002: AttributeError: a bug"])
             return found
 
         def match(p):
             one_by_one.append(p.id)
             if p.id == "2410.00002":
-                raise PaperFailed("matcher bug")
+                raise PaperFailed(["2410.00002: AttributeError: a bug"])
             return real_result(real_submit([p]))[0]
 
         matcher.submit, matcher.result, matcher.match = submit, result, match  # type: ignore[method-assign]
@@ -268,3 +268,27 @@ def test_the_table_of_each_subscriptions_worker_holds_what_a_dict_would():
     assert all(table.pop(sub_id) == shard for sub_id, shard in model.items())
     assert len(table) == 0 and table.ids() == set()
     assert len(table._dense) <= 2 * (16 * 20_000 + 65536)  # grown by at most 16 bytes a subscription held, doubled
+
+
+def test_match_many_sends_its_papers_in_parts_ahead_and_names_every_failing_paper(made, monkeypatch):
+    # Parts of 4 papers, 2 ahead: the Matches of one part are made while the workers match the
+    # next ones. A paper failing in two parts: both named, every other paper's answer read.
+    monkeypatch.setattr("bot.sharded.MANY_PART", 4)
+    subs = made.subscriptions()[:400]
+    one = IndexedMatcher(subs, papers=made.history)
+    sharded = ShardedMatcher(subs, papers=made.history, processes=2)
+    events: list[str] = []
+    real_submit, real_result = sharded.submit, sharded.result
+    sharded.submit = lambda papers: (events.append("sent"), real_submit(papers))[1]  # type: ignore[method-assign]
+    sharded.result = lambda call: (events.append("taken"), real_result(call))[1]  # type: ignore[method-assign]
+    try:
+        papers = made.papers[:30]
+        assert sharded.match_many(papers) == [one.match(p) for p in papers]
+        assert events[:5] == ["sent", "sent", "sent", "taken", "sent"] and events.count("sent") == 8
+        broken = [dataclasses.replace(papers[i], summary=None) for i in (1, 21)]  # raise in both workers
+        with pytest.raises(PaperFailed, match=r"for 2 paper\(s\)") as failed:
+            sharded.match_many([papers[0], broken[0], *papers[2:21], broken[1], *papers[22:]])
+        assert {reason.partition(": ")[0] for reason in failed.value.failed} == {p.id for p in broken}
+        assert sharded.match_many(papers[:9]) == [one.match(p) for p in papers[:9]]  # in step
+    finally:
+        sharded.close()
