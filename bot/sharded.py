@@ -27,6 +27,12 @@ its compiled form sent). Changes are sent in batches before the next match. A wo
 dies makes every later match raise `ShardFailed`: the caller loads a new engine. A paper
 that raises in a worker makes that call raise `PaperFailed` (the engine goes on): the
 caller matches the papers one by one to find it.
+
+Besides, `submit` sends papers and returns at once, and `result` takes their matches
+later, in the order sent: the poller sends its next batch before it gathers the one before
+(Poller.MATCH_AHEAD), so the workers match while it stores and queues. With one process
+(`[matching] worker_process`) that worker holds the whole index: the bot's process then
+only stores, queues and makes the Matches, and matching runs on another core.
 """
 
 from __future__ import annotations
@@ -415,6 +421,16 @@ class _Inbox:
 
     def _run(self, conns: list[Connection]) -> None:
         live = {id(conn): i for i, conn in enumerate(conns)}
+        try:
+            self._read(conns, live)
+        except BaseException as exc:  # (a bug, memory): every caller waiting is told, none hangs
+            with self._ready:
+                for number in live.values():
+                    self._boxes[number].append(f"the answers' reader failed: {type(exc).__name__}: {exc}")
+                self._ready.notify_all()
+            raise
+
+    def _read(self, conns: list[Connection], live: dict[int, int]) -> None:
         while live:
             for ready in wait([conn for conn in conns if id(conn) in live]):
                 conn = cast(Connection, ready)
