@@ -28,6 +28,10 @@ With --kept-index, the index is built and kept (bot/index_cache.py) before the b
 as an earlier run of the bot would have left it (untimed: `kept_index_s`), and the first
 load reads it: `index_load_s`. Either way, the poller keeps its index after the poll (in its
 worker thread, the loop and commands going on): `index_save_s`, waited for before the end.
+With --match-worker (`[matching] worker_process`) or --match-processes N > 1, matching runs
+in worker processes (bot/sharded.py), pipelined with the poll (--match-ahead batches ahead):
+`worker_peak_rss_mb` and `worker_poll_cpu_s` are theirs, and `index_load_s` ends once they
+have built their parts.
 Last line: one JSON object. Figures, not assertions: see docs/benchmarks.md.
 """
 
