@@ -28,6 +28,10 @@ With --kept-index, the index is built and kept (bot/index_cache.py) before the b
 as an earlier run of the bot would have left it (untimed: `kept_index_s`), and the first
 load reads it: `index_load_s`. Either way, the poller keeps its index after the poll (in its
 worker thread, the loop and commands going on): `index_save_s`, waited for before the end.
+With --match-worker (`[matching] worker_process`) or --match-processes N > 1, matching runs
+in worker processes (bot/sharded.py), pipelined with the poll (--match-ahead batches ahead):
+`worker_peak_rss_mb` and `worker_poll_cpu_s` are theirs, and `index_load_s` ends once they
+have built their parts.
 Last line: one JSON object. Figures, not assertions: see docs/benchmarks.md.
 """
 
@@ -257,6 +261,12 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
     # The matcher's CPU inside its wall time: wrapped outside, its clock reads (a system call,
     # where a loaded machine preempts the thread) went to "other" (~1 s of 1.5 on a busy machine).
     app.poller.matcher.match = cpu_into(spent, "match_cpu", app.poller.matcher.match)  # type: ignore[method-assign]
+    if isinstance(app.poller.matcher, ShardedMatcher):
+        # Matched in the worker processes: this thread sends the papers (`submit`), then waits
+        # for their answers and makes the Matches (`result`), both counted as "match".
+        for method in ("submit", "result"):
+            setattr(app.poller.matcher, method, timed("match", cpu_into(spent, "match_cpu",
+                                                                         getattr(app.poller.matcher, method))))
     for name, owner in owners.items():
         method = methods.get(name, name)
         setattr(owner, method, timed(name, getattr(owner, method)))
@@ -329,7 +339,8 @@ def keep_index(path: Path, kept: Path) -> None:
 
 async def measure(workload: Workload, directory: Path, port: int, match_processes: int = 1,
                   switch_interval: float | None = None, enqueue_rows: int | None = None,
-                  sweep: bool = False, kept_index: bool = False) -> dict:
+                  sweep: bool = False, kept_index: bool = False, match_worker: bool = False,
+                  match_ahead: int | None = None) -> dict:
     now = datetime.now(timezone.utc)
     path = directory / "bench.db"
     started = time.perf_counter()
@@ -357,11 +368,13 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             "sources": {"huggingface": {"enabled": False}, "arxiv": {"enabled": False}},
             "slack": {"mode": "http", "port": port, "host": "127.0.0.1", "api_url": slack.api_url},
             "limits": {"commands_per_minute": 10**9},
-            "matching": {"processes": match_processes},
+            "matching": {"processes": match_processes, "worker_process": match_worker},
         }, Secrets({"SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SECRET}))
         app = App(config)
         assert index_cache_path(config) == directory / "bench.db.index"
         app.poller.INDEX_SAVE_DELAY = 0  # kept at once after the poll, to be measured (the bot waits 30 s)
+        if match_ahead:  # batches sent to the matching worker process(es) ahead (Poller.MATCH_AHEAD)
+            app.poller.MATCH_AHEAD = match_ahead
         if enqueue_rows:  # deliveries a transaction of the writer thread (Poller.ENQUEUE_ROWS)
             app.poller.ENQUEUE_ROWS = enqueue_rows
         try:
@@ -380,6 +393,13 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
 
             started, beats = time.perf_counter(), len(watch.samples)
             await app.poller.load_index()  # in the poller's worker thread, as the bot's first poll does it
+            cpu_before: list[float] = []
+            if isinstance(app.poller.matcher, ShardedMatcher):
+                # Loaded once its workers have built their parts (the last changes are sent by
+                # the first poll, which would wait for them): asked from the poller's thread.
+                usage = await asyncio.get_running_loop().run_in_executor(app.poller._executor,
+                                                                         app.poller.matcher.worker_usage)
+                cpu_before = [cpu for _, cpu in usage]
             index_load_s = time.perf_counter() - started
             index_from_file = app.poller.index_from_file
             await asyncio.sleep(0.05)  # the heartbeat that ends a stall at the load's end
@@ -426,8 +446,11 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             sample = workload.papers[:CANDIDATE_SAMPLE]
             candidates: float | None = None
             workers_rss: list[float] = []
+            workers_cpu: list[float] = []
             if isinstance(matcher, ShardedMatcher):  # its index is in its workers
-                workers_rss = [rss for rss, _ in matcher.worker_usage()]
+                usage = matcher.worker_usage()
+                workers_rss = [rss for rss, _ in usage]
+                workers_cpu = [cpu for _, cpu in usage]
             else:
                 candidates = sum(len(matcher.candidates(PaperView(p))) for p in sample) / max(len(sample), 1)
             matches = app.store.db.execute("SELECT coalesce(sum(json_array_length(matched)), 0) FROM deliveries"
@@ -454,6 +477,8 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "match_rate": round(matches / papers / subscriptions, 6) if papers and subscriptions else 0.0,
         "candidates_per_paper": round(candidates, 1) if candidates is not None else None,
         "match_processes": match_processes,
+        "match_worker": match_worker,
+        "match_ahead": app.poller.MATCH_AHEAD if isinstance(matcher, ShardedMatcher) else None,
         "index_load_s": round(index_load_s, 3),
         "kept_index": kept_index,
         "index_from_file": index_from_file,
@@ -484,6 +509,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "fill_s": round(fill_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "worker_peak_rss_mb": [round(rss, 1) for rss in workers_rss],
+        "worker_poll_cpu_s": [round(cpu - before, 2) for cpu, before in zip(workers_cpu, cpu_before, strict=True)],
         **{f"workload_{key}": value for key, value in workload.info.items() if not isinstance(value, dict)},
         **(swept if sweep else {}),
     }
@@ -519,6 +545,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="deliveries a transaction of the poller's writer thread (default: Poller.ENQUEUE_ROWS)")
     parser.add_argument("--match-processes", type=int, default=1,
                         help="[matching] processes: >1 splits the index over that many worker processes")
+    parser.add_argument("--match-worker", action="store_true",
+                        help="[matching] worker_process = true: the whole index in one worker process, "
+                             "pipelined with the poll (with --match-processes 1)")
+    parser.add_argument("--match-ahead", type=int, default=None,
+                        help="batches sent to the matching worker process(es) before the oldest is gathered "
+                             "(default: Poller.MATCH_AHEAD)")
     parser.add_argument("--kept-index", action="store_true",
                         help="the first load reads the index kept by an earlier run (made before the bot starts)")
     parser.add_argument("--sweep", action="store_true",
@@ -535,7 +567,8 @@ def main(argv: list[str] | None = None) -> dict:
     random.seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="papers-bot-bench-pipeline-") as directory:
         figures = asyncio.run(measure(workload, Path(directory), free_port(), args.match_processes,
-                                     args.switch_interval, args.enqueue_rows, args.sweep, args.kept_index))
+                                     args.switch_interval, args.enqueue_rows, args.sweep, args.kept_index,
+                                     args.match_worker, args.match_ahead))
     figures["switch_interval"] = args.switch_interval
     figures["enqueue_rows"] = args.enqueue_rows or Poller.ENQUEUE_ROWS
     figures["group_rows"] = Poller.GROUP_ROWS  # matches gathered, then split by channels (Poller._submit)

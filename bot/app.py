@@ -111,7 +111,7 @@ class App:
         filler = CategoryFiller(arxiv, self.store) if isinstance(arxiv, ArxivSource) and config.sources[ARXIV].enabled \
             else None
         self.poller = Poller(self.store, clock, max_age_days=config.delivery.max_age_days,
-                             match_processes=config.match_processes,
+                             match_processes=config.match_processes, match_worker=config.match_worker,
                              open_store=lambda: open_store(config.storage_target,
                                                            busy_timeout=config.storage_busy_timeout, durable=False),
                              complete=filler.complete if filler else None, recommender=recommender,

@@ -144,6 +144,7 @@ _SCHEMA: Schema = {
     },
     "matching": {
         "processes": (int, 1, lambda v: None if 1 <= v <= 64 else "must be from 1 to 64"),
+        "worker_process": (bool, False, None),
     },
     "debug": {
         "loop_watchdog_ms": (int, 0, lambda v: None if v >= 0 else "must be 0 (off) or a number of milliseconds"),
@@ -264,6 +265,7 @@ class Config:
     metrics_host: str = "127.0.0.1"  # unauthenticated: loopback unless you choose otherwise
     storage_busy_timeout: float = 10.0  # seconds to wait for another process's write lock
     match_processes: int = 1  # >1: the matching index is split over this many worker processes
+    match_worker: bool = False  # True: the index is held by a worker process even when match_processes is 1
     storage_url: str = ""  # postgresql://...: PostgreSQL instead of the SQLite file storage_path
     loop_watchdog_ms: int = 0  # `run` logs event-loop stalls longer than this, with their stack; 0: off (250 with -v)
 
@@ -354,6 +356,7 @@ def parse_config(data: dict, secrets: Secrets | None = None, source_file: str | 
         metrics_host=values["metrics"]["host"],
         storage_busy_timeout=values["storage"]["busy_timeout_seconds"],
         match_processes=values["matching"]["processes"],
+        match_worker=values["matching"]["worker_process"],
         loop_watchdog_ms=values["debug"]["loop_watchdog_ms"],
         discord=DiscordConfig(
             api_base=values["discord"]["api_base"].rstrip("/"),

@@ -30,7 +30,7 @@ from .collection import no_collection
 from .errors import QueryError, SourceError, StorageError
 from .matching import IndexedMatcher
 from .models import Match, MatchedBatch, Paper, Subscription, UnmatchedPaper
-from .sharded import ShardedMatcher, ShardFailed
+from .sharded import ShardedMatcher, ShardFailed, Submitted
 from .sources import Source
 from .sources.base import bounded_repr, check_paper
 
@@ -105,6 +105,9 @@ class Poller:
     GROUP_ROWS = 15_000  # matches gathered (~150 papers) before they are split and handed over
     ENQUEUE_ROWS = 1000  # matches a transaction, about (~10-15 ms of CPU)
     WRITES_AHEAD = 2  # groups handed to the writer thread and not yet committed
+    # Batches sent to the matching worker processes (`ShardedMatcher`) and not gathered yet:
+    # they match while this thread stores the next papers and gathers the earlier matches.
+    MATCH_AHEAD = 2
     # The built index is kept in `index_cache` (bot/index_cache.py) once it has this many
     # subscriptions (fewer build in a tenth of a second), after a poll; again after a poll at
     # most every INDEX_SAVE_EVERY seconds, if subscriptions changed (the next start adds those
@@ -119,7 +122,7 @@ class Poller:
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
                  open_store: Callable[[], StoreContract] | None = None,
                  complete: Callable[[list[Paper]], Awaitable[list[Paper]]] | None = None,
-                 recommender: Recommender | None = None, match_processes: int = 1,
+                 recommender: Recommender | None = None, match_processes: int = 1, match_worker: bool = False,
                  index_cache: Path | None = None):
         self.store = store
         # Before the worker stores and matches a listing: missing metadata filled in, on the
@@ -129,6 +132,9 @@ class Poller:
         self.max_age = timedelta(days=max_age_days)
         # >1: the index is split over worker processes (bot/sharded.py), from the first load on.
         self.match_processes = match_processes
+        # Or, with 1, held whole by one worker process (`[matching] worker_process`): either way
+        # the poll sends a batch to be matched there and goes on storing and queueing meanwhile.
+        self.match_in_workers = match_processes > 1 or match_worker
         self.matcher: IndexedMatcher | ShardedMatcher = IndexedMatcher()
         if recommender is None:
             from .recommend import Recommender  # numpy and scipy: not for every import of the bot
@@ -192,7 +198,7 @@ class Poller:
             else:
                 # First load: recent papers' word counts let the index anchor on rare words.
                 history = store.recent_papers(HISTORY_FOR_ANCHORS)
-                if self.match_processes > 1:
+                if self.match_in_workers:
                     self.matcher = ShardedMatcher(papers=history, processes=self.match_processes)
                 else:
                     self.matcher = IndexedMatcher(papers=history)
@@ -250,7 +256,7 @@ class Poller:
         """The index kept by an earlier run (`index_cache`), if it describes this database, and
         the like: subscriptions it was in step with (the recommender's, not in the index); None
         to build it. Any failure is logged and the index is built."""
-        if self.index_cache is None or self.match_processes > 1:
+        if self.index_cache is None or self.match_in_workers:  # the index is in the workers, not here
             return None
         try:
             with no_collection():
@@ -494,12 +500,14 @@ class Poller:
                 if len(self.recommender):  # on its schedule (refit_hours), not per poll
                     self.recommender.ensure_fitted(store, now)
                 writes = _Writes(self._write, self.WRITES_AHEAD)
+                flights: deque[_Flight] = deque()  # batches sent to the matching worker processes
                 try:
-                    self._match_unmatched(store, now, writes)  # what an interrupted poll left
+                    self._match_unmatched(store, now, writes, flights)  # what an interrupted poll left
                     new = 0
                     for start in range(0, len(papers), self.BATCH):
-                        new += self._store_batch(store, papers[start:start + self.BATCH], now, writes)
-                        self._match_unmatched(store, now, writes)
+                        new += self._store_batch(store, papers[start:start + self.BATCH], now, writes, flights)
+                        self._match_unmatched(store, now, writes, flights)
+                    self._land_all(flights, store, now, writes)
                     self._submit(writes, now)  # the last group, however small
                     if new:
                         # Meanwhile the writer thread queues the last groups' deliveries (the
@@ -524,17 +532,19 @@ class Poller:
         return self._succeeded(SourceReport(source.name, True, listed=len(papers), new=new, queued=queued,
                                             recovered_after=recovered, skipped=skipped))
 
-    def _index_words(self, store: StoreContract, source: str) -> None:
+    def _index_words(self, store: StoreContract, source: str, stop: Callable[[], bool] | None = None) -> None:
         """Preview's word index, kept up with by the poll so that no preview has a backlog to
         index (until then a preview reads the papers not indexed yet unnarrowed: none is
         missed). Stopped (the bot is closing), the rest is left for later: after an upgrade,
-        the first catch-up indexes every stored paper (minutes)."""
+        the first catch-up indexes every stored paper (minutes). `stop`: also ends it early."""
+        stopping = self._stopping.is_set
         try:
-            store.index_paper_words(stop=self._stopping.is_set)
+            store.index_paper_words(stop=stopping if stop is None else lambda: stopping() or stop())
         except StorageError as exc:  # the next preview indexes them itself
             log.warning("%s: indexing new papers for preview failed: %s", source, exc)
 
-    def _store_batch(self, store: StoreContract, papers: list[Paper], now: datetime, writes: _Writes) -> int:
+    def _store_batch(self, store: StoreContract, papers: list[Paper], now: datetime, writes: _Writes,
+                     flights: deque[_Flight]) -> int:
         """Store papers and write down, in the same transaction, those to match: the new ones
         (but revisions and late listings) and known ones whose upvotes or organization changed,
         which may now match more queries (`upvotes>=50`): these once, within max_age_days, and
@@ -543,10 +553,12 @@ class Poller:
         A paper of the batch may already be matched, from what was stored before, and not
         settled yet (left by an interrupted poll, in the group gathered or under way): written
         down again now, it would be taken off by that group, its new upvotes never matched. Its
-        group is written first; the paper is then written down anew if it changed."""
+        group is written first (after its batch's matches are in, if it is still being
+        matched); the paper is then written down anew if it changed."""
         self._check_stopping()
-        in_flight = writes.papers()
+        in_flight = writes.papers() | _flying(flights)
         if in_flight and any(p.id in in_flight for p in papers):
+            self._land_all(flights, store, now, writes)
             self._submit(writes, now)
             writes.finish()
         with store.transaction():
@@ -569,55 +581,99 @@ class Poller:
                 store.mark_unmatched(todo)
         return len(new)
 
-    def _match_unmatched(self, store: StoreContract, now: datetime, writes: _Writes) -> None:
+    def _match_unmatched(self, store: StoreContract, now: datetime, writes: _Writes,
+                         flights: deque[_Flight]) -> None:
         """Match the papers written down as unmatched and hand their deliveries to the writer
         thread, a group of about GROUP_ROWS matches at a time, in transactions of about
         ENQUEUE_ROWS matches each, by ranges of channels (the group's last takes its papers
-        off the list). Papers whose group is under way or still gathering are not read again."""
+        off the list). Papers whose group is under way or still gathering are not read again.
+
+        With worker processes (`ShardedMatcher`), a batch is sent to them and this returns
+        with up to MATCH_AHEAD batches still being matched (`flights`): they match while this
+        thread stores the next papers and gathers and splits the earlier batches' matches. The
+        batches are gathered in the order they were read, as in one process."""
         while True:
             self._check_stopping()
             writes.collect()  # a failed transaction fails the poll here
-            todo = store.unmatched_papers(self.BATCH, skip=writes.papers())
+            todo = store.unmatched_papers(self.BATCH, skip=writes.papers() | _flying(flights))
             if not todo:
                 return
             # A subscription committed since the last sync receives the papers stored after it.
             self._sync_if_changed(store)
             liked = self._recommended(todo, now)
-            # With worker processes, the papers that may be posted (`_may_post`) are
-            # matched in one call, pipelined, not a round trip a paper; if it raises, one by one
-            # below, to find the paper it fails on.
-            matched: dict[str, list[Match]] | None = None
-            if isinstance(self.matcher, ShardedMatcher):
-                wanted = [u.paper for u in todo if self._may_post(u, now)]
-                try:
-                    matched = dict(zip([p.id for p in wanted], self.matcher.match_many(wanted), strict=True))
-                except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
-                    raise
-                except Exception:
-                    log.warning("matching %d papers at once failed; matching them one by one", len(wanted))
-            for unmatched in todo:
-                paper = unmatched.paper
-                try:
-                    if not self._may_post(unmatched, now):
-                        matches = []
-                    else:
-                        matches = matched[paper.id] if matched is not None else self.matcher.match(paper)
-                except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
-                    raise
-                except Exception:
-                    # The first time, the poll fails and the next one tries again (from any
-                    # source: leftovers go first). A paper the matcher raises on again is a
-                    # bug, not bad luck: it is stored, not posted, so that it never holds up
-                    # every later poll of every source.
-                    if paper.id not in self._match_failed:
-                        self._match_failed.add(paper.id)
-                        raise
-                    log.exception("%s: matching failed again; the paper is stored and will not be posted", paper.id)
+            if not isinstance(self.matcher, ShardedMatcher):
+                self._gather(todo, liked, None, self._exact, now, writes)
+                continue
+            # The papers that may be posted (`_may_post`) go in one call, not a round trip a
+            # paper; matched after every change synced so far, so at the version known now.
+            wanted = [u.paper for u in todo if self._may_post(u, now)]
+            sent: Submitted | None = None
+            try:
+                sent = self.matcher.submit(wanted)
+            except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
+                raise
+            except Exception:  # (pickling a paper: nothing was sent) one by one when it lands
+                log.warning("sending %d papers to be matched failed; matching them one by one", len(wanted))
+            flights.append(_Flight(todo, liked, wanted, sent, self._exact))
+            while len(flights) > self.MATCH_AHEAD:
+                self._land(flights.popleft(), store, now, writes)
+
+    def _land_all(self, flights: deque[_Flight], store: StoreContract, now: datetime, writes: _Writes) -> None:
+        while flights:
+            self._land(flights.popleft(), store, now, writes)
+
+    def _land(self, flight: _Flight, store: StoreContract, now: datetime, writes: _Writes) -> None:
+        """Gather a batch sent to the worker processes, once its matches are in. If the call
+        raised anything but ShardFailed, its papers are matched one by one (`_gather`), to
+        find the paper it fails on."""
+        matched: dict[str, list[Match]] | None = None
+        if flight.sent is not None:
+            matcher = self.matcher
+            assert isinstance(matcher, ShardedMatcher)
+            sent = flight.sent
+            if not matcher.ready(sent):
+                # Until its matches are in, this thread would wait: it brings preview's word
+                # index up to date meanwhile (a transaction of up to 200 papers at a time; the
+                # poll's end indexes the rest), work it would do after the last batch otherwise.
+                self._index_words(store, "poll", stop=lambda: matcher.ready(sent))
+            try:
+                found = matcher.result(sent)
+                matched = dict(zip([p.id for p in flight.wanted], found, strict=True))
+            except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
+                raise
+            except Exception:
+                log.warning("matching %d papers at once failed; matching them one by one", len(flight.wanted))
+        # One by one, the papers are matched now: at the version the engine holds now.
+        self._gather(flight.todo, flight.liked, matched, flight.version if matched is not None else self._exact,
+                     now, writes)
+
+    def _gather(self, todo: list[UnmatchedPaper], liked: dict[str, list[Match]],
+                matched: dict[str, list[Match]] | None, version: int | None, now: datetime, writes: _Writes) -> None:
+        """Hand a batch's matches to the group being gathered (`matched`: those found for it at
+        subscription `version`; None: each paper matched here, one at a time)."""
+        for unmatched in todo:
+            paper = unmatched.paper
+            try:
+                if not self._may_post(unmatched, now):
                     matches = []
-                if paper.id in liked:
-                    matches = sorted([*matches, *liked[paper.id]])
-                if writes.gather(unmatched, tuple(matches), self._exact) >= self.GROUP_ROWS:
-                    self._submit(writes, now)
+                else:
+                    matches = matched[paper.id] if matched is not None else self.matcher.match(paper)
+            except ShardFailed:  # the engine's fault, not the paper's: the next poll loads it again
+                raise
+            except Exception:
+                # The first time, the poll fails and the next one tries again (from any
+                # source: leftovers go first). A paper the matcher raises on again is a
+                # bug, not bad luck: it is stored, not posted, so that it never holds up
+                # every later poll of every source.
+                if paper.id not in self._match_failed:
+                    self._match_failed.add(paper.id)
+                    raise
+                log.exception("%s: matching failed again; the paper is stored and will not be posted", paper.id)
+                matches = []
+            if paper.id in liked:
+                matches = sorted([*matches, *liked[paper.id]])
+            if writes.gather(unmatched, tuple(matches), version) >= self.GROUP_ROWS:
+                self._submit(writes, now)
 
     def _may_post(self, unmatched: UnmatchedPaper, now: datetime) -> bool:
         """Whether a paper written down as unmatched is matched at all: not a revision, and not
@@ -793,3 +849,19 @@ class _Writes:
             except BaseException as exc:
                 log.debug("a delivery transaction failed after the poll did: %s", exc)
         self._jobs.clear()
+
+
+@dataclass(frozen=True, eq=False)
+class _Flight:
+    """A batch of unmatched papers sent to the matching worker processes, not gathered yet."""
+
+    todo: list[UnmatchedPaper]
+    liked: dict[str, list[Match]]  # its like: matches (`Poller._recommended`)
+    wanted: list[Paper]  # the papers sent (those that may be posted)
+    sent: Submitted | None  # None: sending failed (each paper is matched alone when it lands)
+    version: int | None  # the subscription version the engine held exactly when it was sent, if known
+
+
+def _flying(flights: deque[_Flight]) -> set[str]:
+    """The papers of the batches being matched."""
+    return {u.paper.id for flight in flights for u in flight.todo}

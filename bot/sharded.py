@@ -27,6 +27,12 @@ its compiled form sent). Changes are sent in batches before the next match. A wo
 dies makes every later match raise `ShardFailed`: the caller loads a new engine. A paper
 that raises in a worker makes that call raise `PaperFailed` (the engine goes on): the
 caller matches the papers one by one to find it.
+
+Besides, `submit` sends papers and returns at once, and `result` takes their matches
+later, in the order sent: the poller sends its next batch before it gathers the one before
+(Poller.MATCH_AHEAD), so the workers match while it stores and queues. With one process
+(`[matching] worker_process`) that worker holds the whole index: the bot's process then
+only stores, queues and makes the Matches, and matching runs on another core.
 """
 
 from __future__ import annotations
@@ -43,11 +49,12 @@ import sys
 import threading
 import zlib
 from array import array
+from collections import deque
 from datetime import datetime, timezone
 from itertools import compress, repeat
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from operator import itemgetter
-from typing import Final, Iterable, Sequence, cast
+from typing import Final, Iterable, NoReturn, Sequence, cast
 
 from .errors import QueryError
 from .matching import COMPILED_VERSION, IndexedMatcher, compile_query
@@ -56,12 +63,19 @@ from .models import ChannelRef, Match, Paper, Subscription
 log = logging.getLogger(__name__)
 
 # Changes are sent to a worker once this many are waiting (or before the next match): a
-# big first load is then built by the workers while this process still reads it.
-SEND_EVERY = 20_000
+# big first load is then built by the workers while this process still reads it. Each
+# message is pickled in one call that holds the GIL, and so the event loop: 20,000 changes
+# took 14 to 26 ms (3.4 MB), and the loop stalled 58 to 130 ms in a first load at 100,000
+# on a busy machine; 2,000 take a tenth of that.
+SEND_EVERY = 2_000
 # Papers per message: small enough that both workers get work early and that this process
 # makes the Matches of one message while the workers match the next (the poller hands 50
 # papers at a time), big enough that messages cost little per paper.
 PAPERS_PER_MESSAGE = 10
+# `match_many` sends its papers MANY_PART at a time, up to MANY_AHEAD parts ahead of the one
+# whose Matches are made (as the poller sends its batches: Poller.MATCH_AHEAD).
+MANY_PART = 5 * PAPERS_PER_MESSAGE
+MANY_AHEAD = 2
 # The machine integer types of the answers' columns: subscription ids, channel numbers.
 _ID: Final = "q"
 _CHANNEL: Final = "i"
@@ -74,6 +88,11 @@ class ShardFailed(RuntimeError):
 
 class PaperFailed(RuntimeError):
     """Matching one paper raised in a worker (the engine is fine: the other papers matched)."""
+
+    def __init__(self, failed: list[str]):  # "paper id: why", one a paper and worker that raised
+        self.failed = failed
+        papers = len({reason.partition(": ")[0] for reason in failed})
+        super().__init__(f"matching failed in a worker process for {papers} paper(s): {failed[0]}")
 
 
 class ShardedMatcher:
@@ -102,6 +121,11 @@ class ShardedMatcher:
         self._waiting = 0
         self._recompiled: dict[int, bytes] = {}
         self._failed: str | None = None
+        # The calls sent and not yet read back, oldest first (`submit`): answers come in order.
+        self._sent: deque[Submitted] = deque()
+        # A thread of its own reads every answer as it comes (see `_Inbox`): a worker never
+        # blocks writing one, so this process can send the next papers while it matches.
+        self._inbox = _Inbox(self._conns)
         self._send_all(("history", history))
         for subscription in subscriptions:
             self.add(subscription)
@@ -157,56 +181,112 @@ class ShardedMatcher:
         is ignored: this engine always uses its workers). A paper whose matching raised in a
         worker makes this raise PaperFailed once every answer is read (the engine stays
         usable: `match` the papers one by one to find it); a dead worker, ShardFailed."""
+        # Sent a part at a time, a few parts ahead of the one whose Matches this thread makes:
+        # the workers match the next parts meanwhile (sending all first would leave every
+        # Match to be made after the workers are done).
+        found: list[list[Match]] = []
+        failed: list[str] = []
+        calls: deque[Submitted] = deque()
+
+        def take() -> None:
+            call = calls.popleft()
+            try:
+                found.extend(self.result(call))
+            except PaperFailed as exc:  # the other papers' answers are read on
+                failed.extend(exc.failed)
+                found.extend([] for _ in call.papers)
+
+        for start in range(0, len(papers), MANY_PART):
+            calls.append(self.submit(papers[start:start + MANY_PART]))
+            if len(calls) > MANY_AHEAD:
+                take()
+        while calls:
+            take()
+        if failed:
+            raise PaperFailed(failed)
+        return found
+
+    def submit(self, papers: Sequence[Paper]) -> Submitted:
+        """Send papers to be matched and return at once: `result` gives their matches. The
+        workers match them after every change made before this call (and before the papers
+        of any later call): what `result` gives is the index as it was now. Calls need not be
+        read back: a later call's `result` reads the answers of those before it first.
+        Raises ShardFailed (a dead worker), or what pickling a paper raised (nothing sent)."""
         self._flush()
         # Pickled once, the same bytes to every worker.
         messages = [pickle.dumps(("match", papers[i:i + PAPERS_PER_MESSAGE]), pickle.HIGHEST_PROTOCOL)
                     for i in range(0, len(papers), PAPERS_PER_MESSAGE)]
-        found: list[list[Match]] = []
-        # The papers are sent from a thread of their own while this one takes the answers:
-        # a worker blocks writing an answer this process does not read yet, and this process
-        # writing a big message to that worker would then block too, each waiting for the other.
-        sent: list[BaseException] = []
-
-        def send() -> None:
-            try:
-                for message in messages:
-                    for conn in self._conns:
-                        conn.send_bytes(message)
-            except BaseException as exc:  # told to the caller below
-                sent.append(exc)
-
-        # One message each (a poll's single papers): no worker is answering anything yet, so
-        # sending here cannot block on one; no thread needed.
-        sender = threading.Thread(target=send, name="papers-bot-match-sender", daemon=True)
-        if len(messages) > 1:
-            sender.start()
-        else:
-            send()
-        failed: list[str] = []
+        call = Submitted(papers, len(messages))
+        self._sent.append(call)
         try:
-            for start in range(0, len(papers), PAPERS_PER_MESSAGE):
-                answers = [self._receive(conn) for conn in self._conns]
-                found += self._matches(answers, papers[start:start + PAPERS_PER_MESSAGE], failed)
+            # This thread writes while the workers answer: their answers are read by the
+            # inbox's thread, so a worker reads on, and a write waits at most for its matching.
+            for message in messages:
+                for conn in self._conns:
+                    conn.send_bytes(message)
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+        return call
+
+    def result(self, call: Submitted) -> list[list[Match]]:
+        """The matches of a `submit`'s papers, each as `IndexedMatcher.match` gives them, in
+        order (waits for them). PaperFailed when matching a paper raised in a worker (the
+        engine goes on); ShardFailed when a worker died or failed."""
+        if call.taken:
+            raise ValueError("the result of this call was already taken")
+        call.taken = True
+        try:
+            raws: Iterable[list[bytes | str]]
+            if call.answers is None:
+                # The calls sent before it are read first (kept in theirs: answers come in order);
+                # its own are decoded as they come.
+                while self._sent[0] is not call:
+                    self._read(self._sent[0])
+                self._sent.popleft()
+                take, workers = self._inbox.take, range(len(self._conns))
+                raws = ([take(i) for i in workers] for _ in range(call.messages))
+            else:
+                raws = call.answers
+            found: list[list[Match]] = []
+            failed: list[str] = []
+            for start, raw in zip(range(0, len(call.papers), PAPERS_PER_MESSAGE), raws, strict=True):
+                answers = [self._decode(data) for data in raw]
+                found += self._matches(answers, call.papers[start:start + PAPERS_PER_MESSAGE], failed)
         except BaseException as exc:
-            # The rest of the answers will not be read: the workers' streams are out of step,
-            # so the engine cannot go on, and a worker blocked writing an answer would keep the
-            # sender thread blocked writing to it. The workers are ended.
+            # The workers' streams are out of step, or a worker is gone: the engine cannot go
+            # on. The workers are ended (a live one would go on answering calls nobody reads).
             if self._failed is None:
                 self._failed = _lost(f"{type(exc).__name__}: {exc}")
-            for proc in self._procs:
-                proc.kill()
+            self._end_workers()
             if isinstance(exc, (OSError, EOFError)):
                 raise ShardFailed(self._failed) from exc
             raise
         finally:
-            if sender.ident is not None:
-                sender.join()
-        if sent:
-            self._fail(f"{type(sent[0]).__name__}: {sent[0]}")
+            call.answers = None  # read once: the bytes are not kept
         if failed:
-            papers_failed = len({reason.partition(": ")[0] for reason in failed})
-            raise PaperFailed(f"matching failed in a worker process for {papers_failed} paper(s): {failed[0]}")
+            raise PaperFailed(failed)
         return found
+
+    def ready(self, call: Submitted) -> bool:
+        """Whether `result(call)` would not wait for the workers: their answers to it, and to
+        every call sent before it, are in (or a worker has ended: it would fail at once)."""
+        needed = 0
+        for sent in self._sent:
+            needed += sent.messages
+            if sent is call:
+                return self._inbox.holds(needed)
+        return True  # read already
+
+    def _read(self, call: Submitted) -> None:
+        """Take the oldest call's answers off the inbox (undecoded), into the call."""
+        assert self._sent and self._sent[0] is call
+        call.answers = [[self._inbox.take(i) for i in range(len(self._conns))] for _ in range(call.messages)]
+        self._sent.popleft()
+
+    def _drain(self) -> None:
+        """Read every call's answers still on their way (before a request whose answer is not a call's)."""
+        while self._sent:
+            self._read(self._sent[0])
 
     def _matches(self, answers: list[list], papers: Sequence[Paper], failed: list[str]) -> list[list[Match]]:
         """Each paper's Matches from the workers' columns (see `_answer`): made and merged in C."""
@@ -237,9 +317,10 @@ class ShardedMatcher:
         """Each worker's peak resident set size in MB and CPU time so far in seconds, once it
         has applied every change sent (for the benchmarks)."""
         self._flush()
+        self._drain()
         for conn in self._conns:
             conn.send(("usage",))
-        return [self._receive(conn) for conn in self._conns]
+        return [self._decode(self._inbox.take(i)) for i in range(len(self._conns))]
 
     def close(self) -> None:
         """End the worker processes."""
@@ -248,14 +329,23 @@ class ShardedMatcher:
                 conn.send(("stop",))
             except OSError:
                 pass
-            conn.close()
         for proc in self._procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # Their sockets' ends are closed with them: the inbox's thread reads to their end and
+        # stops, and only then are ours closed (never under a thread waiting on them).
+        self._inbox.join()
+        for conn in self._conns:
+            conn.close()
         self._conns, self._procs = [], []
+        self._sent.clear()
+
+    def _end_workers(self) -> None:
+        for proc in self._procs:
+            proc.kill()
 
     def _queue(self, shard: int, change: tuple) -> None:
         self._pending[shard].append(change)
@@ -284,13 +374,15 @@ class ShardedMatcher:
         except OSError as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
 
-    def _receive(self, conn: Connection):
-        answer = marshal.loads(conn.recv_bytes())  # plain values: marshal reads them faster than pickle
+    def _decode(self, data: bytes | str):
+        if isinstance(data, str):  # the worker's socket ended (the inbox's reason)
+            self._fail(data)
+        answer = marshal.loads(data)  # plain values: marshal reads them faster than pickle
         if isinstance(answer, tuple) and answer and answer[0] == "failed":
             self._fail(answer[1])
         return answer
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str) -> NoReturn:
         self._failed = _lost(reason)
         raise ShardFailed(self._failed)
 
@@ -300,6 +392,80 @@ class ShardedMatcher:
                 self.close()
             except Exception:  # at interpreter shutdown, anything may already be gone
                 pass
+
+
+class Submitted:
+    """Papers sent to the workers by `ShardedMatcher.submit`: `result` gives their matches."""
+
+    __slots__ = ("papers", "messages", "answers", "taken")
+
+    def __init__(self, papers: Sequence[Paper], messages: int):
+        self.papers = papers
+        self.messages = messages
+        self.answers: list[list[bytes | str]] | None = None  # a message's answers, a worker's each
+        self.taken = False
+
+
+class _Inbox:
+    """Every worker's answers, read by a thread of its own as they come and kept in order.
+
+    A worker writing an answer nobody reads would block, and stop reading what this process
+    sends it: with the answers read at once, this process can send a call's papers while the
+    workers still answer earlier ones, from the caller's thread, without a deadlock. The
+    thread holds the connections, not the engine (whose `__del__` ends the workers). It ends
+    when every worker's socket has ended."""
+
+    def __init__(self, conns: list[Connection]):
+        self._boxes: list[deque[bytes | str]] = [deque() for _ in conns]
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, args=(list(conns),), name="papers-bot-match-inbox",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, conns: list[Connection]) -> None:
+        live = {id(conn): i for i, conn in enumerate(conns)}
+        try:
+            self._read(conns, live)
+        except BaseException as exc:  # (a bug, memory): every caller waiting is told, none hangs
+            with self._ready:
+                for number in live.values():
+                    self._boxes[number].append(f"the answers' reader failed: {type(exc).__name__}: {exc}")
+                self._ready.notify_all()
+            raise
+
+    def _read(self, conns: list[Connection], live: dict[int, int]) -> None:
+        while live:
+            for ready in wait([conn for conn in conns if id(conn) in live]):
+                conn = cast(Connection, ready)
+                data: bytes | str
+                try:
+                    data = conn.recv_bytes()
+                except (EOFError, OSError) as exc:  # the worker is gone: the reason, in place of an answer
+                    data = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: the worker ended"
+                    number = live.pop(id(conn))
+                else:
+                    number = live[id(conn)]
+                with self._ready:
+                    self._boxes[number].append(data)
+                    self._ready.notify_all()
+
+    def take(self, worker: int) -> bytes | str:
+        """That worker's next answer (waits for it); once its socket has ended, why, as a str."""
+        box = self._boxes[worker]
+        with self._ready:
+            while not box:
+                self._ready.wait()
+            data = box[0]
+            if data.__class__ is bytes:
+                box.popleft()  # the reason of an end stays: every later take gets it too
+            return data
+
+    def holds(self, answers: int) -> bool:
+        """Whether every worker's next `answers` answers are in (or it has ended)."""
+        return all(len(box) >= answers or (box and box[-1].__class__ is str) for box in self._boxes)
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 _IDS_SLICE: Final = 1 << 16

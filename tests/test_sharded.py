@@ -201,21 +201,25 @@ async def test_a_poller_with_worker_processes_matches_a_batch_at_once_and_finds_
         assert isinstance(matcher, ShardedMatcher)
         batches: list[list[str]] = []
         one_by_one: list[str] = []
-        real_many = matcher.match_many
+        real_submit, real_result = matcher.submit, matcher.result
 
-        def many(papers, processes=1):
+        def submit(papers):
             batches.append([p.id for p in papers])
-            if any(p.id == "2410.00002" for p in papers):
-                raise PaperFailed("matching failed in a worker process for 1 paper(s)")
-            return real_many(papers)
+            return real_submit(papers)
+
+        def result(call):
+            found = real_result(call)
+            if any(p.id == "2410.00002" for p in call.papers):
+                raise PaperFailed(["2410.00002: AttributeError: a bug"])
+            return found
 
         def match(p):
             one_by_one.append(p.id)
             if p.id == "2410.00002":
-                raise PaperFailed("matcher bug")
-            return real_many([p])[0]
+                raise PaperFailed(["2410.00002: AttributeError: a bug"])
+            return real_result(real_submit([p]))[0]
 
-        matcher.match_many, matcher.match = many, match  # type: ignore[method-assign]
+        matcher.submit, matcher.result, matcher.match = submit, result, match  # type: ignore[method-assign]
         clock.advance(minutes=1)
         papers = [paper(f"2410.0000{i}", f"Diffusion {i}") for i in range(1, 5)]
         source = FakeSource(papers=papers)
@@ -264,3 +268,27 @@ def test_the_table_of_each_subscriptions_worker_holds_what_a_dict_would():
     assert all(table.pop(sub_id) == shard for sub_id, shard in model.items())
     assert len(table) == 0 and table.ids() == set()
     assert len(table._dense) <= 2 * (16 * 20_000 + 65536)  # grown by at most 16 bytes a subscription held, doubled
+
+
+def test_match_many_sends_its_papers_in_parts_ahead_and_names_every_failing_paper(made, monkeypatch):
+    # Parts of 4 papers, 2 ahead: the Matches of one part are made while the workers match the
+    # next ones. A paper failing in two parts: both named, every other paper's answer read.
+    monkeypatch.setattr("bot.sharded.MANY_PART", 4)
+    subs = made.subscriptions()[:400]
+    one = IndexedMatcher(subs, papers=made.history)
+    sharded = ShardedMatcher(subs, papers=made.history, processes=2)
+    events: list[str] = []
+    real_submit, real_result = sharded.submit, sharded.result
+    sharded.submit = lambda papers: (events.append("sent"), real_submit(papers))[1]  # type: ignore[method-assign]
+    sharded.result = lambda call: (events.append("taken"), real_result(call))[1]  # type: ignore[method-assign]
+    try:
+        papers = made.papers[:30]
+        assert sharded.match_many(papers) == [one.match(p) for p in papers]
+        assert events[:5] == ["sent", "sent", "sent", "taken", "sent"] and events.count("sent") == 8
+        broken = [dataclasses.replace(papers[i], summary=None) for i in (1, 21)]  # raise in both workers
+        with pytest.raises(PaperFailed, match=r"for 2 paper\(s\)") as failed:
+            sharded.match_many([papers[0], broken[0], *papers[2:21], broken[1], *papers[22:]])
+        assert {reason.partition(": ")[0] for reason in failed.value.failed} == {p.id for p in broken}
+        assert sharded.match_many(papers[:9]) == [one.match(p) for p in papers[:9]]  # in step
+    finally:
+        sharded.close()

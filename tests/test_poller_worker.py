@@ -1,0 +1,318 @@
+"""`[matching] worker_process`: the whole index held by one worker process, the poll
+pipelined with it (a batch is matched there while the poller stores the next papers and
+gathers the batch before). The same deliveries as matching in the poller's thread, in the
+same order; a worker killed mid-poll, a paper that raises, subscriptions changed while a
+batch is being matched, and closing all keep the poller's guarantees."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bot.models import ChannelRef, Paper
+from bot.poller import Poller
+from bot.sharded import PaperFailed, ShardedMatcher
+from storage import Store, reopen
+
+from .fakes import FakeSource, due_now, paper
+
+ML = ChannelRef("console", "ml")
+CV = ChannelRef("console", "cv")
+NEW = ChannelRef("console", "new")
+
+
+@pytest.fixture(scope="module")
+def made():
+    from bench.workloads import make_workload
+
+    return make_workload("real", subscriptions=1200, papers=150, seed=3, history=100)
+
+
+def fill(store, made, clock) -> None:
+    for sub in made.subscriptions():
+        store.add_subscription(sub.channel, sub.query, "u", clock())
+
+
+def listing(made) -> list[Paper]:
+    """The workload's papers, and one of them listed again in the next batch with more upvotes:
+    its first listing's deliveries are written first (still gathered, or still being matched),
+    then it is matched again."""
+    again = dataclasses.replace(made.papers[3], upvotes=(made.papers[3].upvotes or 0) + 40)
+    return [*made.papers[:12], again, *made.papers[12:]]
+
+
+def outbox(store: Store) -> list[tuple]:
+    """Every row of the outbox, in the order the poll queued them."""
+    return [tuple(row) for row in store.db.execute("SELECT * FROM deliveries ORDER BY id")]
+
+
+def pipelined(poller: Poller) -> Poller:
+    poller.BATCH = 9
+    poller.GROUP_ROWS = 40
+    poller.ENQUEUE_ROWS = 15
+    poller.MATCH_AHEAD = 2
+    return poller
+
+
+def trace(matcher: ShardedMatcher, events: list[tuple[str, int]]) -> None:
+    """Record each call sent and each result taken, numbered by call."""
+    real_submit, real_result = matcher.submit, matcher.result
+    numbers: dict[int, int] = {}
+
+    def submit(papers):
+        call = real_submit(papers)
+        numbers[id(call)] = len(numbers)
+        events.append(("sent", numbers[id(call)]))
+        return call
+
+    def result(call):
+        events.append(("taken", numbers[id(call)]))
+        return real_result(call)
+
+    matcher.submit, matcher.result = submit, result  # type: ignore[method-assign]
+
+
+async def test_a_poll_matched_in_a_worker_process_queues_exactly_what_one_in_the_poller_thread_does(
+        tmp_path, clock, made):
+    one = Store(tmp_path / "one.db")
+    fill(one, made, clock)
+    clock.advance(minutes=1)
+    in_thread = pipelined(Poller(one, clock))
+    assert (await in_thread.poll(FakeSource(papers=listing(made)))).ok
+    assert not isinstance(in_thread.matcher, ShardedMatcher)
+    expected = outbox(one)
+    assert len(expected) > 150
+
+    store = Store(tmp_path / "worker.db")
+    clock.advance(minutes=-1)
+    fill(store, made, clock)
+    clock.advance(minutes=1)
+    poller = pipelined(Poller(store, clock, match_worker=True))
+    try:
+        poller.sync_subscriptions()
+        matcher = poller.matcher
+        assert isinstance(matcher, ShardedMatcher) and len(matcher._procs) == 1
+        events: list[tuple[str, int]] = []
+        trace(matcher, events)
+        report = await poller.poll(FakeSource(papers=listing(made)))
+        assert report.ok and report.queued == len(expected)
+        # Same rows (paper, channel, the reason with its subscriptions and terms, times), same order.
+        assert outbox(store) == expected
+        assert not store.unmatched_papers(1000)
+        # Pipelined: batches were sent before the one before them was taken.
+        sent_ahead = [n for n in range(1, 10) if events.index(("sent", n)) < events.index(("taken", n - 1))]
+        assert len(sent_ahead) >= 5
+        assert poller.matcher is matcher and matcher.failed is None
+    finally:
+        poller.close()
+        store.close()
+        one.close()
+
+
+@pytest.mark.backends
+async def test_a_poller_with_its_index_in_a_worker_process_queues_what_the_engine_finds(store, clock, made):
+    from bot.matching import IndexedMatcher
+
+    subs = made.subscriptions()[:600]
+    for sub in subs:
+        store.add_subscription(sub.channel, sub.query, "u", clock())
+    clock.advance(minutes=1)
+    papers = made.papers[:100]
+    poller = pipelined(Poller(store, clock, match_worker=True))
+    try:
+        report = await poller.poll(FakeSource(papers=papers))
+        assert report.ok and isinstance(poller.matcher, ShardedMatcher)
+        engine = IndexedMatcher(store.subscriptions_changed_since(0).subscriptions)
+        wanted = {(p.id, m.channel.key) for p in papers for m in engine.match(p)}
+        assert len(wanted) > 20
+        got = [(d.paper_id, d.channel.key) for d in due_now(store, clock())]
+        assert len(got) == len(set(got)) and set(got) == wanted
+    finally:
+        poller.close()
+
+
+async def test_a_worker_process_killed_mid_poll_loses_nothing_and_doubles_nothing(tmp_path, clock, made):
+    one = Store(tmp_path / "one.db")
+    fill(one, made, clock)
+    clock.advance(minutes=1)
+    assert (await pipelined(Poller(one, clock)).poll(FakeSource(papers=made.papers))).ok
+    expected = sorted(row[1:4] for row in outbox(one))
+
+    store = Store(tmp_path / "worker.db")
+    clock.advance(minutes=-1)
+    fill(store, made, clock)
+    clock.advance(minutes=1)
+    poller = pipelined(Poller(store, clock, match_worker=True))
+    try:
+        poller.sync_subscriptions()
+        first = poller.matcher
+        assert isinstance(first, ShardedMatcher)
+        real_submit = first.submit
+        sent = 0
+
+        def submit_then_die(papers):
+            nonlocal sent
+            call = real_submit(papers)
+            sent += 1
+            if sent == 10:  # batches in flight, some gathered and queued
+                first._procs[0].kill()
+                first._procs[0].wait()
+            return call
+
+        first.submit = submit_then_die  # type: ignore[method-assign]
+        failed = await poller.poll(FakeSource(papers=made.papers))
+        assert not failed.ok and "matching worker process failed" in failed.error
+        partly = outbox(store)
+        assert 0 < len(partly) < len(expected) and store.unmatched_papers(1000)
+        # The next poll loads the index in a new worker and queues the rest, nothing twice.
+        again = await poller.poll(FakeSource(papers=made.papers))
+        assert again.ok and again.queued == len(expected) - len(partly)
+        assert poller.matcher is not first and first._procs == []  # the dead one's engine closed
+        assert sorted(row[1:4] for row in outbox(store)) == expected and outbox(store)[:len(partly)] == partly
+        assert not store.unmatched_papers(1000)
+    finally:
+        poller.close()
+        store.close()
+        one.close()
+
+
+async def test_a_paper_that_fails_with_batches_in_flight_is_found_and_the_others_are_queued(tmp_path, clock, made):
+    one = Store(tmp_path / "one.db")
+    fill(one, made, clock)
+    clock.advance(minutes=1)
+    assert (await pipelined(Poller(one, clock)).poll(FakeSource(papers=made.papers))).ok
+    broken = made.papers[40].id
+    expected = [row[1:4] for row in outbox(one) if row[1] != broken]
+
+    store = Store(tmp_path / "worker.db")
+    clock.advance(minutes=-1)
+    fill(store, made, clock)
+    clock.advance(minutes=1)
+    poller = pipelined(Poller(store, clock, match_worker=True))
+    try:
+        poller.sync_subscriptions()
+        matcher = poller.matcher
+        assert isinstance(matcher, ShardedMatcher)
+        real_submit, real_result = matcher.submit, matcher.result
+        one_by_one: list[str] = []
+
+        def result(call):
+            found = real_result(call)  # read in full: the later calls' answers stay in step
+            if any(p.id == broken for p in call.papers):
+                raise PaperFailed([f"{broken}: AttributeError: a bug"])
+            return found
+
+        def match(p):  # sent behind the batches in flight, answered after theirs
+            one_by_one.append(p.id)
+            if p.id == broken:
+                raise PaperFailed([f"{broken}: AttributeError: a bug"])
+            return real_result(real_submit([p]))[0]
+
+        matcher.result, matcher.match = result, match  # type: ignore[method-assign]
+        assert not (await poller.poll(FakeSource(papers=made.papers))).ok
+        assert broken in one_by_one
+        report = await poller.poll(FakeSource(papers=made.papers))
+        assert report.ok
+        assert sorted(row[1:4] for row in outbox(store)) == sorted(expected)  # every other paper, once
+        assert not store.unmatched_papers(1000)
+        assert poller.matcher is matcher and matcher.failed is None and matcher._procs[0].poll() is None
+    finally:
+        poller.close()
+        store.close()
+        one.close()
+
+
+def diffusion_listing(n: int = 63) -> list[Paper]:
+    """n papers: every even one about diffusion, every third about segmentation."""
+    papers = []
+    for i in range(n):
+        words = ["diffusion"] if i % 2 == 0 else []
+        words += ["segmentation"] if i % 3 == 0 else []
+        papers.append(paper(f"2411.{i:05d}", f"Paper {i} on {' and '.join(words) or 'agents'}"))
+    return papers
+
+
+async def test_subscriptions_changed_while_a_batch_is_in_flight_are_applied_from_the_version_they_make(
+        tmp_path, clock):
+    # While batch 1 is matched in the worker with CV's subscription in the index, CV's is
+    # removed and NEW's added. Batch 1's matches are handed over at the version it was sent
+    # at, no longer the newest: checked against the subscriptions, CV gets none of it. NEW
+    # gets the papers stored after it was made (batches 2 on), not those stored before.
+    store = Store(tmp_path / "db.sqlite")
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    cv = store.add_subscription(CV, "segmentation", "u2", clock()).subscription
+    assert cv is not None
+    poller = Poller(store, clock, match_worker=True)
+    poller.BATCH = 7
+    poller.GROUP_ROWS = poller.ENQUEUE_ROWS = 4
+    poller.sync_subscriptions()
+    matcher = poller.matcher
+    assert isinstance(matcher, ShardedMatcher)
+    real_submit = matcher.submit
+    sent: list[list[str]] = []
+
+    def submit_then_change(papers):
+        call = real_submit(papers)
+        sent.append([p.id for p in papers])
+        if len(sent) == 1:  # another process, while this batch is being matched
+            other = reopen(store)
+            try:
+                assert other.remove_subscription(CV, cv.id) is not None
+                other.add_subscription(NEW, "diffusion", "u3", clock())
+            finally:
+                other.close()
+        return call
+
+    matcher.submit = submit_then_change  # type: ignore[method-assign]
+    papers = diffusion_listing()
+    try:
+        clock.advance(minutes=1)
+        report = await poller.poll(FakeSource(papers=papers))
+        assert report.ok and len(sent) == 9
+        got = [(d.paper_id, d.channel) for d in due_now(store, clock())]
+        assert len(got) == len(set(got))
+        first = set(sent[0])
+        assert {p for p, channel in got if channel == ML} == {p.id for p in papers if "diffusion" in p.title}
+        assert {p for p, channel in got if channel == CV} == set()
+        assert {p for p, channel in got if channel == NEW} == {
+            p.id for p in papers if "diffusion" in p.title and p.id not in first}
+    finally:
+        poller.close()
+        store.close()
+
+
+async def test_closing_the_poller_mid_poll_ends_its_worker_process_and_the_next_poll_finishes(tmp_path, clock):
+    store = Store(tmp_path / "db.sqlite")
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    store.add_subscription(CV, "segmentation", "u2", clock())
+    papers = diffusion_listing()
+    poller = Poller(store, clock, match_worker=True)
+    poller.BATCH = 7
+    poller.GROUP_ROWS = poller.ENQUEUE_ROWS = 4
+    poller.between_batches = poller.close  # the bot stops while batches are being matched
+    poller.sync_subscriptions()
+    matcher = poller.matcher
+    assert isinstance(matcher, ShardedMatcher)
+    procs = list(matcher._procs)
+    assert len(procs) == 1 and procs[0].poll() is None
+    clock.advance(minutes=1)
+    report = await poller.poll(FakeSource(papers=papers))
+    assert not report.ok and "stopping" in report.error
+    poller._executor.shutdown(wait=True)  # the poller's thread closes the engine after the poll
+    assert matcher._procs == [] and all(proc.poll() is not None for proc in procs)
+    assert not matcher._inbox._thread.is_alive()
+    partly = [(d.paper_id, d.channel) for d in due_now(store, clock())]
+    wanted = {(p.id, ML) for p in papers if "diffusion" in p.title} | {
+        (p.id, CV) for p in papers if "segmentation" in p.title}
+    assert len(partly) < len(wanted)
+    again = Poller(store, clock, match_worker=True)
+    try:
+        assert (await again.poll(FakeSource(papers=papers))).ok
+        got = [(d.paper_id, d.channel) for d in due_now(store, clock())]
+        assert len(got) == len(set(got)) and set(got) == wanted
+    finally:
+        again.close()
+        again._executor.shutdown(wait=True)
+        assert isinstance(again.matcher, ShardedMatcher) and again.matcher._procs == []
+        store.close()
