@@ -344,3 +344,47 @@ def test_match_many_in_worker_processes_equals_match():
         engine.close()
     assert engine._pool is None
     assert engine.match_many(made.papers[:3], processes=2) == one[:3]  # too few papers: in-process
+
+
+def test_the_sets_of_the_index_keys_follow_adds_and_removals_after_the_first_match():
+    # The engine intersects a paper's features with sets of its tables' keys, made at the first
+    # match and kept in step after: a key added or removed later is found, or no longer found.
+    from bench.workloads import make_workload
+
+    made = make_workload("zipf", subscriptions=1200, papers=30, seed=3, history=100)
+    subs = made.subscriptions()
+    engine = IndexedMatcher(subs[:600], papers=made.history)
+    naive = NaiveMatcher(subs[:600])
+    assert engine._key_sets is None
+    assert [engine.match(p) for p in made.papers] == [naive.match(p) for p in made.papers]
+    assert engine._key_sets == (set(engine._keys), set(engine._pairs))
+    for s in subs[600:]:  # new anchors, and new first keys of pairs, among them
+        engine.add(s)
+        naive.add(s)
+    for s in subs[:900:2]:  # some keys now held by no entry
+        engine.remove(s.id)
+        naive.remove(s.id)
+    assert engine._key_sets == (set(engine._keys), set(engine._pairs))
+    got = [engine.match(p) for p in made.papers]
+    assert got == [naive.match(p) for p in made.papers] and sum(map(len, got)) > 0
+    for s in subs:
+        engine.remove(s.id)
+    assert engine._key_sets == (set(), set()) and engine.is_empty()
+
+
+def test_a_papers_stems_are_the_objects_its_queries_hold():
+    # Interned as the parser interns a query's: equal words are found by identity.
+    view = PaperView(paper("2410.00001", "Diffusion models", "Tokenizers everywhere"))
+    for query, field in (("models", view.title), ("tokenizers", view.abstract)):
+        stem = parse_query(query)[2]
+        assert stem in field and any(word is stem for word in field)
+
+
+def test_matches_by_the_same_hit_share_its_text_and_terms():
+    engine = IndexedMatcher([sub(1, "diffusion"), sub(2, "diffusion -video"), sub(3, "title:diffusion", CV),
+                             sub(4, "diffusion upvotes>=20"), sub(5, "segment upvotes>=20"), sub(6, "segm*")])
+    one, two, three, four, five, six = engine.match(PAPER)
+    assert one.terms == two.terms == three.terms == ("diffusion in title",)
+    assert one.terms is two.terms is three.terms
+    assert four.terms[0] is one.terms[0] and four.terms[1] is five.terms[1] == "25 upvotes"
+    assert six.terms == ("segment in title",)
