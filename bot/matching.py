@@ -121,12 +121,11 @@ class PaperView:
 
 class _Made(dict):
     """Values made once each, on first use, by what each is made of: the hit texts
-    ("diffusion in title", by a query word's text, a category, a number of upvotes) and the
-    terms of one hit (by that hit). Not a new string and tuple at every match: matches then
-    share them, and a worker's answer (marshal writes an object met twice as a reference to
-    the first) carries each once a message, which the parent reads once. Not for a prefix's
-    hit (`_prefix_hits`): it names a paper's word, most of them met once, and each would be a
-    miss here. Emptied at 100,000 (query words, categories, counts)."""
+    ("diffusion in title", by a query word's text, a paper's word, a category, a number of
+    upvotes) and the terms of one hit (by that hit). Not a new string and tuple at every
+    match: matches then share them, and a worker's answer (marshal writes an object met twice
+    as a reference to the first) carries each once a message, which the parent reads once.
+    Emptied at 100,000 (query words, a paper's words beginning a prefix, categories, counts)."""
 
     __slots__ = ("make",)
 
@@ -143,6 +142,7 @@ class _Made(dict):
 
 _IN_TITLE: Mapping[str, str] = _Made("{} in title".format)
 _IN_ABSTRACT: Mapping[str, str] = _Made("{} in abstract".format)
+_IN = {"title": _IN_TITLE, "abstract": _IN_ABSTRACT}
 _QUOTED_IN: dict[str, Mapping[str, str]] = {"title": _Made('"{}" in title'.format),
                                              "abstract": _Made('"{}" in abstract'.format)}
 _CATEGORY: Mapping[str, str] = _Made("category {}".format)
@@ -181,8 +181,7 @@ def _prefix_hits(node: tuple, view: PaperView) -> list[str] | None:
         if scope == "any" or scope == name:
             i = bisect.bisect_left(words, prefix)
             if i < len(words) and words[i].startswith(prefix):
-                # A paper's word, most met once: made here, not kept (see `_Made`).
-                return [f"{words[i]} in {name}"]
+                return [_IN[name][words[i]]]
     return None
 
 
@@ -1008,14 +1007,8 @@ class IndexedMatcher:
             else:
                 shortcut = entry.shortcut
                 if shortcut is not None:  # exact on its own: no required-keys filter needed
-                    if shortcut[0] == "prefix":
-                        # A prefix alone (`transform*`, many of them) straight to its bisection;
-                        # its hit names a paper's word, most met once: its terms are not kept.
-                        hits = _prefix_hits(shortcut, view)
-                        if hits is not None:
-                            add((entry, tuple(hits)))
-                        continue
-                    hits = _shortcut_hits(shortcut, view)
+                    # A prefix alone (`transform*`, many of them) straight to its bisection.
+                    hits = _prefix_hits(shortcut, view) if shortcut[0] == "prefix" else _shortcut_hits(shortcut, view)
                 elif _offers(entry, features):
                     hits = evaluate(entry.node, view)
                 else:
