@@ -71,9 +71,8 @@ MAGIC = b"papers-bot index\n"
 FORMAT = 1
 CHUNK = 2000  # items of a big table a `load` (a few ms each)
 # Attributes of the engine not kept: its forked worker pool (processes of this run) and what
-# says which generation that pool was made for; the sets of its tables' keys (made again from
-# the tables at the first match: as kept, each key would be written twice).
-TRANSIENT = ("_pool", "_pool_key", "_key_sets")
+# says which generation that pool was made for.
+TRANSIENT = ("_pool", "_pool_key")
 # What a file may name (`_Unpickler.find_class`): a class defined by one of the engine's
 # modules (not their functions, nor what they import: `bot.matching` holds `logging`), or a
 # plain container; everything else is refused. Looked up here, never by pickle's own

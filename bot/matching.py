@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain, compress
 from types import MappingProxyType
-from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Sequence, cast
+from typing import Collection, Iterable, Literal, Mapping, Sequence, cast
 
 from . import query as _query_module
 from . import sources
@@ -119,37 +119,6 @@ class PaperView:
         return keys
 
 
-class _Made(dict):
-    """Values made once each, on first use, by what each is made of: the hit texts
-    ("diffusion in title", by a query word's text, a paper's word, a category, a number of
-    upvotes) and the terms of one hit (by that hit). Not a new string and tuple at every
-    match: matches then share them, and a worker's answer (marshal writes an object met twice
-    as a reference to the first) carries each once a message, which the parent reads once.
-    Emptied at 100,000 (query words, a paper's words beginning a prefix, categories, counts)."""
-
-    __slots__ = ("make",)
-
-    def __init__(self, make: Callable[[Any], Any]):
-        super().__init__()
-        self.make = make
-
-    def __missing__(self, key: Any) -> Any:
-        if len(self) >= 100_000:
-            self.clear()
-        found = self[key] = self.make(key)
-        return found
-
-
-_IN_TITLE: Mapping[str, str] = _Made("{} in title".format)
-_IN_ABSTRACT: Mapping[str, str] = _Made("{} in abstract".format)
-_IN = {"title": _IN_TITLE, "abstract": _IN_ABSTRACT}
-_QUOTED_IN: dict[str, Mapping[str, str]] = {"title": _Made('"{}" in title'.format),
-                                             "abstract": _Made('"{}" in abstract'.format)}
-_CATEGORY: Mapping[str, str] = _Made("category {}".format)
-_UPVOTES: Mapping[int, str] = _Made(lambda upvotes: plural(upvotes, "upvote"))
-_ALONE: Mapping[str, tuple[str]] = _Made(lambda hit: (hit,))  # the terms of a match by one hit: ("diffusion in title",)
-
-
 def _has_phrase(words: list[str], words_set: frozenset[str], phrase: tuple[str, ...]) -> bool:
     if not words_set.issuperset(phrase):  # cheap rejection before looking at positions
         return False
@@ -181,7 +150,7 @@ def _prefix_hits(node: tuple, view: PaperView) -> list[str] | None:
         if scope == "any" or scope == name:
             i = bisect.bisect_left(words, prefix)
             if i < len(words) and words[i].startswith(prefix):
-                return [_IN[name][words[i]]]
+                return [f"{words[i]} in {name}"]
     return None
 
 
@@ -191,15 +160,15 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
     if kind == "word":  # the hot path: most queries are words; test sets before building text
         scope, word = node[1], node[2]
         if scope != "abstract" and word in view.title_set:
-            return [_IN_TITLE[node[3]]]
+            return [f"{node[3]} in title"]
         if scope != "title" and word in view.abstract_set:
-            return [_IN_ABSTRACT[node[3]]]
+            return [f"{node[3]} in abstract"]
         return None
     if kind == "phrase":
         for name, words, words_set in (("title", view.title, view.title_set),
                                        ("abstract", view.abstract, view.abstract_set)):
             if node[1] in ("any", name) and _has_phrase(words, words_set, node[2]):
-                return [_QUOTED_IN[name][node[3]]]
+                return [f'"{node[3]}" in {name}']
         return None
     if kind == "prefix":
         if not view.begins(node[2]):  # one bisection: most prefixes evaluated begin no word
@@ -235,14 +204,14 @@ def evaluate(node: tuple, view: PaperView) -> list[str] | None:
     if kind == "cat":
         value = node[1]
         if value in view.cats or ("." not in value and any(c.split(".")[0] == value for c in view.cats)):
-            return [_CATEGORY[value]]
+            return [f"category {value}"]
         return None
     if kind == "source":
         return [f"listed on {_label(node[1])}"] if view.paper.source == node[1] else None
     if kind == "upvotes":
         upvotes = view.paper.upvotes
         if upvotes is not None and _COMPARE[node[1]](upvotes, node[2]):
-            return [_UPVOTES[upvotes]]
+            return [plural(upvotes, "upvote")]
         return None
     raise ValueError(f"unknown query node {kind!r}")
 
@@ -647,10 +616,10 @@ def _word_hits(words: tuple, title: frozenset[str], abstract: frozenset[str]) ->
                 return None
             found = False
         if scope != "abstract" and word in title:
-            hits.append(_IN_TITLE[text])
+            hits.append(text + " in title")
             found = True
         elif scope != "title" and word in abstract:
-            hits.append(_IN_ABSTRACT[text])
+            hits.append(text + " in abstract")
             found = True
     return hits if found else None
 
@@ -680,9 +649,9 @@ def _shortcut_hits(node: tuple, view: PaperView) -> list[str] | None:
         if kind == "word":
             scope, word = child[1], child[2]
             if scope != "abstract" and word in title:
-                hits.append(_IN_TITLE[child[3]])
+                hits.append(f"{child[3]} in title")
             elif scope != "title" and word in abstract:
-                hits.append(_IN_ABSTRACT[child[3]])
+                hits.append(f"{child[3]} in abstract")
             else:
                 return None
         elif kind == "not" and child[1][0] == "word":
@@ -693,14 +662,14 @@ def _shortcut_hits(node: tuple, view: PaperView) -> list[str] | None:
             upvotes = view.paper.upvotes
             if upvotes is None or not _COMPARE[child[1]](upvotes, child[2]):
                 return None
-            hits.append(_UPVOTES[upvotes])
+            hits.append(plural(upvotes, "upvote"))
         elif kind == "phrase" and len(child[2]) == 2 and child[1] != "abstract":
             # A pair of words is a feature: of the title's, or else the abstract's.
             pair = " ".join(child[2])
             if pair in view.title_pairs:
-                hits.append(_QUOTED_IN["title"][child[3]])
+                hits.append(f'"{child[3]}" in title')
             elif child[1] == "any" and pair in view.features:
-                hits.append(_QUOTED_IN["abstract"][child[3]])
+                hits.append(f'"{child[3]}" in abstract')
             else:
                 return None
         else:
@@ -802,14 +771,6 @@ class IndexedMatcher:
         self._prefixes: dict[int, dict[str, set[_Entry]]] = {}
         self._prefix_pairs: dict[int, dict[str, dict[str, set[_Entry]]]] = {}  # by length, prefix, second key
         self._always: set[_Entry] = set()  # entries with no anchor
-        # The keys of `_keys` and of `_pairs`, as sets, which a paper's features are intersected
-        # with: a set keeps each key's hash beside it, where a dict of strings reads it from
-        # the string, so a key the paper offers and the index lacks (most of its ~450) is
-        # told in one memory access, not three or four (at a million subscriptions, a third of
-        # a worker's cache misses; docs/benchmarks.md, million5). Made on the first match
-        # (None until then, and after a load from a kept index, which does not hold them),
-        # then kept in step by `_index` and `remove`.
-        self._key_sets: tuple[set[str], set[str]] | None = None
         self._prefix_hits = _PrefixHits(self._prefixes)
         self._prefix_levels = _PrefixLevels(self._prefix_pairs)
         self._recompiled: dict[int, bytes] = {}  # see take_recompiled
@@ -885,7 +846,6 @@ class IndexedMatcher:
                         del level[key]
                 if not level:
                     del top[name]
-                    self._key_gone(top, name)
                     if anchor.startswith("p:") and not top:
                         del self._prefix_pairs[len(name)]
             return
@@ -895,7 +855,6 @@ class IndexedMatcher:
             bucket.discard(entry)
             if not bucket:
                 del table[name]
-                self._key_gone(table, name)
                 if key.startswith("p:") and not table:
                     del self._prefixes[len(name)]
 
@@ -913,8 +872,6 @@ class IndexedMatcher:
                 level = top.get(name)
                 if level is None:
                     top[name] = level = {}
-                    if top is self._pairs and self._key_sets is not None:
-                        self._key_sets[1].add(name)
                 for key in seconds:
                     bucket = level.get(key)
                     if bucket is None:
@@ -927,18 +884,8 @@ class IndexedMatcher:
             bucket = table.get(name)
             if bucket is None:
                 table[name] = {entry}
-                if table is self._keys and self._key_sets is not None:
-                    self._key_sets[0].add(name)
             else:
                 bucket.add(entry)
-
-    def _key_gone(self, table: dict, name: str) -> None:
-        """`name` was deleted from `table`: out of `_key_sets` too if that is `_keys` or `_pairs`."""
-        if self._key_sets is not None:
-            if table is self._keys:
-                self._key_sets[0].discard(name)
-            elif table is self._pairs:
-                self._key_sets[1].discard(name)
 
     def _second_level(self, anchor: str) -> tuple[dict[str, dict[str, set[_Entry]]], str]:
         if anchor.startswith("p:"):
@@ -968,13 +915,10 @@ class IndexedMatcher:
         """The entries anchored on the paper's keys."""
         features = view.features
         keys = self._keys
-        key_sets = self._key_sets
-        if key_sets is None:
-            key_sets = self._key_sets = (set(keys), set(self._pairs))
         found = set(self._always)
-        found.update(*map(keys.__getitem__, key_sets[0] & features))  # the smaller side is walked, in C
+        found.update(*map(keys.__getitem__, keys.keys() & features))  # the smaller side is walked, in C
         pairs = self._pairs
-        for key in key_sets[1] & features:
+        for key in pairs.keys() & features:
             seconds = pairs[key]
             for second in seconds.keys() & features:
                 found |= seconds[second]
@@ -1014,8 +958,7 @@ class IndexedMatcher:
                 else:
                     continue
             if hits is not None:
-                # Most entries' terms are one hit: the tuple of it is shared, as the hit is.
-                add((entry, _ALONE[hits[0]] if len(hits) == 1 else tuple(hits)))
+                add((entry, tuple(hits)))
         return found
 
     def match(self, paper: Paper) -> list[Match]:

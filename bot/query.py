@@ -125,16 +125,8 @@ class WordCache(dict):
         return found
 
 
-def _interned_stem(word: str) -> str:
-    return sys.intern(stem(word))
-
-
 # `stem` of each word met (a paper has some 200): the matcher's views and preview's word index.
-# Interned, as the parser interns a query's stems: a paper's stem is then the very object its
-# queries hold (and the index keys on), so that the matcher's set and dict lookups find it
-# equal by identity, without reading the query's string (at a million subscriptions, a cache
-# miss each; measured in docs/benchmarks.md, million5).
-STEMS = WordCache(_interned_stem, 200_000)
+STEMS = WordCache(stem, 200_000)
 
 
 def name_tokens(name: str) -> tuple[str, ...]:
