@@ -643,9 +643,14 @@ class Poller:
                 raise
             except Exception:
                 log.warning("matching %d papers at once failed; matching them one by one", len(flight.wanted))
-        # One by one, the papers are matched now: at the version the engine holds now.
-        self._gather(flight.todo, flight.liked, matched, flight.version if matched is not None else self._exact,
-                     now, writes)
+        if matched is not None:
+            self._gather(flight.todo, flight.liked, matched, flight.version, now, writes)
+            return
+        # One by one, the papers are matched now: at the version the engine holds now, which
+        # a later batch may have synced since this one was sent. Their like: matches are taken
+        # at it too: the group claims that version, and rows made at the newest version are
+        # inserted as they are (one of a like: subscription removed since would be).
+        self._gather(flight.todo, self._recommended(flight.todo, now), None, self._exact, now, writes)
 
     def _gather(self, todo: list[UnmatchedPaper], liked: dict[str, list[Match]],
                 matched: dict[str, list[Match]] | None, version: int | None, now: datetime, writes: _Writes) -> None:

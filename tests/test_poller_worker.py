@@ -316,3 +316,61 @@ async def test_closing_the_poller_mid_poll_ends_its_worker_process_and_the_next_
         again._executor.shutdown(wait=True)
         assert isinstance(again.matcher, ShardedMatcher) and again.matcher._procs == []
         store.close()
+
+
+async def test_a_batch_matched_one_by_one_after_a_change_merges_the_like_matches_of_its_version(tmp_path, clock):
+    # Batch 1 cannot be sent (one by one when it lands); meanwhile the like: subscription is
+    # removed and batch 2 syncs that. Batch 1 is then matched one by one at the version the
+    # engine holds now, and handed over as made at it: its like: matches must be of that
+    # version too, not those found when it was sent (the removed subscription's would be
+    # inserted as they are, the version being the newest).
+    from dataclasses import replace
+
+    from bot.recommend import Recommender
+
+    from .test_recommend import EXAMPLES, NEW_DIFFUSION, NEW_MATH, like, stock
+
+    store = Store(tmp_path / "db.sqlite")
+    stock(store, clock)
+    liked = store.add_subscription(ML, like(EXAMPLES), "u1", clock()).subscription
+    assert liked is not None
+    store.add_subscription(CV, "diffusion", "u2", clock())
+    poller = Poller(store, clock, recommender=Recommender(per_day=1), match_worker=True)
+    poller.BATCH = 1
+    poller.MATCH_AHEAD = 2
+    poller.sync_subscriptions()
+    matcher = poller.matcher
+    assert isinstance(matcher, ShardedMatcher)
+    real_submit, real_recommended = matcher.submit, poller._recommended
+    recommended: list[dict] = []
+
+    def submit(papers):
+        if len(recommended) == 1:  # batch 1: the subscription goes, and the papers are not sent
+            other = reopen(store)
+            try:
+                assert other.remove_subscription(ML, liked.id) is not None
+            finally:
+                other.close()
+            raise ValueError("cannot pickle")
+        return real_submit(papers)
+
+    def recorded(todo, now):
+        found = real_recommended(todo, now)
+        recommended.append(found)
+        return found
+
+    matcher.submit = submit  # type: ignore[method-assign]
+    poller._recommended = recorded  # type: ignore[method-assign]
+    papers = [replace(p, listed_on=clock().date()) for p in [NEW_DIFFUSION[0], NEW_DIFFUSION[1], *NEW_MATH]]
+    try:
+        clock.advance(hours=1)
+        report = await poller.poll(FakeSource(papers=papers))
+        assert report.ok
+        # Batch 1 was like: matched when it was sent: it would have gone to ML then.
+        assert [m.subscription_id for m in recommended[0][NEW_DIFFUSION[0].id]] == [liked.id]
+        due = due_now(store, clock())
+        assert NEW_DIFFUSION[0].id in {d.paper_id for d in due if d.channel == CV}
+        assert [d.paper_id for d in due if d.channel == ML] == []
+    finally:
+        poller.close()
+        store.close()
