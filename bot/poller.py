@@ -427,13 +427,14 @@ class Poller:
         if self._save_timer is not None:
             self._save_timer.cancel()
             self._save_timer = None
-        matcher = self.matcher
-
         def close_store() -> None:
             if self._worker_store is not None:
                 self._worker_store.close()
                 self._worker_store = None
-            matcher.close()  # the matching worker processes, if any (after the batch: it may use them)
+            # The matching worker processes, if any (after the batch: it may use them). The
+            # engine of now, not of when close() was called: a load under way then (the first,
+            # or after a worker died) starts new ones.
+            self.matcher.close()
 
         def close_writer_store() -> None:
             if self._writer_store is not None:

@@ -374,3 +374,24 @@ async def test_a_batch_matched_one_by_one_after_a_change_merges_the_like_matches
     finally:
         poller.close()
         store.close()
+
+
+async def test_closing_the_poller_while_it_loads_the_index_ends_the_worker_process_it_starts(tmp_path, clock):
+    store = Store(tmp_path / "db.sqlite")
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    poller: Poller
+
+    def open_store():  # the bot stops as the worker thread begins the first load
+        poller.close()
+        return reopen(store)
+
+    poller = Poller(store, clock, match_worker=True, open_store=open_store)
+    try:
+        await poller.load_index()
+        poller._executor.shutdown(wait=True)  # the poller's thread closes the engine after the load
+        matcher = poller.matcher
+        assert isinstance(matcher, ShardedMatcher)
+        assert matcher._procs == [] and not matcher._inbox._thread.is_alive()
+    finally:
+        poller.matcher.close()
+        store.close()
