@@ -395,3 +395,74 @@ async def test_closing_the_poller_while_it_loads_the_index_ends_the_worker_proce
     finally:
         poller.matcher.close()
         store.close()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_rows_made_at_each_batchs_version_are_the_rows_storages_sql_makes_under_churn(
+        tmp_path, clock, made, processes):
+    # Subscriptions are added and removed by another process while batches are in flight
+    # (at most every send). Each group's rows, made at the version its batches were sent at
+    # (inserted as they are while it is the newest), must be what storage's SQL makes of the
+    # same matches (`takes_made_deliveries` off). The writes wait for each transaction, so
+    # both polls see the changes at the same points.
+    import random
+
+    from bot.matching import IndexedMatcher
+
+    async def run(name: str, made_rows: bool) -> list[tuple]:
+        store = Store(tmp_path / f"{name}.db")
+        clock.advance(minutes=-1)
+        fill(store, made, clock)
+        clock.advance(minutes=1)
+        subs = store.subscriptions_changed_since(0).subscriptions
+        engine = IndexedMatcher(subs)
+        held_subs = {sub.id: sub for sub in subs}
+        held = set(held_subs)
+        poller = pipelined(Poller(store, clock, match_processes=processes, match_worker=True))
+        poller.GROUP_ROWS = 5  # groups of a batch or less: most at one version
+        if not made_rows:
+            store.takes_made_deliveries = lambda: False  # type: ignore[method-assign]
+        real_write = poller._write
+
+        def write_now(job):
+            done = real_write(job)
+            done.exception()
+            return done
+
+        poller._write = write_now  # type: ignore[method-assign]
+        poller.sync_subscriptions()
+        matcher = poller.matcher
+        assert isinstance(matcher, ShardedMatcher)
+        real_submit = matcher.submit
+        rng = random.Random(7)
+
+        def submit(papers):
+            call = real_submit(papers)
+            other = reopen(store)
+            try:
+                for _ in range(rng.choice([0, 0, 0, 0, 1, 3])):  # often none: the version then stays the newest
+                    # One that matches a paper just sent (its rows are in flight), or a new one.
+                    hit = sorted({m.subscription_id for p in papers for m in engine.match(p)} & held)
+                    if hit and rng.random() < 0.7:
+                        sub = held_subs[hit[rng.randrange(len(hit))]]
+                        held.discard(sub.id)
+                        assert other.remove_subscription(sub.channel, sub.id) is not None
+                    else:
+                        like = subs[rng.randrange(len(subs))]
+                        other.add_subscription(like.channel, like.query, "u", clock())
+            finally:
+                other.close()
+            return call
+
+        matcher.submit = submit  # type: ignore[method-assign]
+        try:
+            assert (await poller.poll(FakeSource(papers=listing(made)))).ok
+            return sorted(row[1:4] for row in outbox(store))
+        finally:
+            poller.close()
+            poller._executor.shutdown(wait=True)
+            store.close()
+
+    with_made = await run("made", True)
+    assert len(with_made) > 150
+    assert with_made == await run("sql", False)
