@@ -187,7 +187,10 @@ class Poller:
         known = self.matcher.ids()
         kept: list[Subscription] = []  # like: subscriptions of a kept index's, for the recommender
         since = self._version  # the changes after it are read below
-        if not known and current and not self._version:
+        # The first load; or the first subscription after none, the engine still the empty one
+        # made in this process (a database whose subscriptions were all removed has a version).
+        if not known and current and (not self._version or (
+                self.match_in_workers and not isinstance(self.matcher, ShardedMatcher))):
             cached = self._kept_index(store)
             if cached is not None:  # brought up to date below, as any later sync
                 # Its version is the engine's only once the sync is done (below): one that

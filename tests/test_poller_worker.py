@@ -466,3 +466,22 @@ async def test_rows_made_at_each_batchs_version_are_the_rows_storages_sql_makes_
     with_made = await run("made", True)
     assert len(with_made) > 150
     assert with_made == await run("sql", False)
+
+
+def test_the_worker_process_is_used_when_the_first_subscription_comes_after_all_were_removed(tmp_path, clock):
+    # A database whose subscriptions were all removed: the first load finds none (its version
+    # is not 0). The first subscription made later is held by a worker process all the same.
+    store = Store(tmp_path / "db.sqlite")
+    gone = store.add_subscription(ML, "diffusion", "u1", clock()).subscription
+    assert gone is not None and store.remove_subscription(ML, gone.id) is not None
+    poller = Poller(store, clock, match_worker=True)
+    try:
+        poller.sync_subscriptions()
+        assert len(poller.matcher) == 0
+        store.add_subscription(CV, "segmentation", "u2", clock())
+        poller.sync_subscriptions()
+        assert isinstance(poller.matcher, ShardedMatcher) and len(poller.matcher) == 1
+        assert [m.channel for m in poller.matcher.match(paper("2411.00001", "Segmentation"))] == [CV]
+    finally:
+        poller.matcher.close()
+        store.close()
