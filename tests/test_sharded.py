@@ -328,3 +328,25 @@ def test_calls_sent_far_ahead_with_changes_between_are_answered_each_at_its_vers
         assert sharded.match_many(made.papers[:20]) == [one.match(p) for p in made.papers[:20]]
     finally:
         sharded.close()
+
+
+def test_a_worker_failing_on_a_change_fails_every_later_call_even_after_a_call_never_taken(made):
+    # A change a worker cannot apply (a damaged stored form that still reads) is answered by
+    # no call: the worker's failure must not take the place of a call's answer in the stream.
+    # The call sent behind it is never taken (a poll failed with it in flight); the next call
+    # must fail, not be given that call's matches as its own.
+    import marshal
+
+    from bot.matching import COMPILED_VERSION
+
+    subs = made.subscriptions()[:300]
+    sharded = ShardedMatcher(subs, papers=made.history, processes=1)
+    try:
+        sharded.add(Subscription(100_000, ML, "diffusion model", "u", T0, 0, COMPILED_VERSION + marshal.dumps(42)))
+        sharded.submit(made.papers[:10])  # sent after the change; its result never taken
+        with pytest.raises(ShardFailed):
+            sharded.match_many(made.papers[10:20])
+        with pytest.raises(ShardFailed):
+            sharded.match(made.papers[0])
+    finally:
+        sharded.close()
