@@ -187,7 +187,10 @@ class Poller:
         known = self.matcher.ids()
         kept: list[Subscription] = []  # like: subscriptions of a kept index's, for the recommender
         since = self._version  # the changes after it are read below
-        if not known and current and not self._version:
+        # The first load; or the first subscription after none, the engine still the empty one
+        # made in this process (a database whose subscriptions were all removed has a version).
+        if not known and current and (not self._version or (
+                self.match_in_workers and not isinstance(self.matcher, ShardedMatcher))):
             cached = self._kept_index(store)
             if cached is not None:  # brought up to date below, as any later sync
                 # Its version is the engine's only once the sync is done (below): one that
@@ -427,13 +430,14 @@ class Poller:
         if self._save_timer is not None:
             self._save_timer.cancel()
             self._save_timer = None
-        matcher = self.matcher
-
         def close_store() -> None:
             if self._worker_store is not None:
                 self._worker_store.close()
                 self._worker_store = None
-            matcher.close()  # the matching worker processes, if any (after the batch: it may use them)
+            # The matching worker processes, if any (after the batch: it may use them). The
+            # engine of now, not of when close() was called: a load under way then (the first,
+            # or after a worker died) starts new ones.
+            self.matcher.close()
 
         def close_writer_store() -> None:
             if self._writer_store is not None:
@@ -643,9 +647,14 @@ class Poller:
                 raise
             except Exception:
                 log.warning("matching %d papers at once failed; matching them one by one", len(flight.wanted))
-        # One by one, the papers are matched now: at the version the engine holds now.
-        self._gather(flight.todo, flight.liked, matched, flight.version if matched is not None else self._exact,
-                     now, writes)
+        if matched is not None:
+            self._gather(flight.todo, flight.liked, matched, flight.version, now, writes)
+            return
+        # One by one, the papers are matched now: at the version the engine holds now, which
+        # a later batch may have synced since this one was sent. Their like: matches are taken
+        # at it too: the group claims that version, and rows made at the newest version are
+        # inserted as they are (one of a like: subscription removed since would be).
+        self._gather(flight.todo, self._recommended(flight.todo, now), None, self._exact, now, writes)
 
     def _gather(self, todo: list[UnmatchedPaper], liked: dict[str, list[Match]],
                 matched: dict[str, list[Match]] | None, version: int | None, now: datetime, writes: _Writes) -> None:

@@ -544,6 +544,10 @@ def _worker_main(conn: Connection) -> None:
     """A worker: keeps an IndexedMatcher of its part of the queries, answers match requests."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     engine = IndexedMatcher()
+    # Why a message that has no answer (history, changes) failed: every later request is
+    # answered with it, in place of its answer (a message of its own would take the place of
+    # the next call's answer, read by the parent as that call's).
+    broken: str | None = None
     while True:
         try:
             message = conn.recv()
@@ -551,7 +555,9 @@ def _worker_main(conn: Connection) -> None:
             return
         kind = message[0]
         try:
-            if kind == "history":
+            if broken is not None and kind in ("match", "usage"):
+                conn.send_bytes(marshal.dumps(("failed", broken)))
+            elif kind == "history":
                 engine = IndexedMatcher(papers=message[1])
             elif kind == "changes":
                 _apply(engine, message[1])
@@ -571,6 +577,9 @@ def _worker_main(conn: Connection) -> None:
                 return
         except Exception as exc:  # told to the parent, which stops using this engine
             log.exception("matching worker failed")
+            if kind in ("history", "changes"):
+                broken = f"{type(exc).__name__}: {exc}"
+                continue
             try:
                 conn.send_bytes(marshal.dumps(("failed", f"{type(exc).__name__}: {exc}")))
             except OSError:

@@ -316,3 +316,172 @@ async def test_closing_the_poller_mid_poll_ends_its_worker_process_and_the_next_
         again._executor.shutdown(wait=True)
         assert isinstance(again.matcher, ShardedMatcher) and again.matcher._procs == []
         store.close()
+
+
+async def test_a_batch_matched_one_by_one_after_a_change_merges_the_like_matches_of_its_version(tmp_path, clock):
+    # Batch 1 cannot be sent (one by one when it lands); meanwhile the like: subscription is
+    # removed and batch 2 syncs that. Batch 1 is then matched one by one at the version the
+    # engine holds now, and handed over as made at it: its like: matches must be of that
+    # version too, not those found when it was sent (the removed subscription's would be
+    # inserted as they are, the version being the newest).
+    from dataclasses import replace
+
+    from bot.recommend import Recommender
+
+    from .test_recommend import EXAMPLES, NEW_DIFFUSION, NEW_MATH, like, stock
+
+    store = Store(tmp_path / "db.sqlite")
+    stock(store, clock)
+    liked = store.add_subscription(ML, like(EXAMPLES), "u1", clock()).subscription
+    assert liked is not None
+    store.add_subscription(CV, "diffusion", "u2", clock())
+    poller = Poller(store, clock, recommender=Recommender(per_day=1), match_worker=True)
+    poller.BATCH = 1
+    poller.MATCH_AHEAD = 2
+    poller.sync_subscriptions()
+    matcher = poller.matcher
+    assert isinstance(matcher, ShardedMatcher)
+    real_submit, real_recommended = matcher.submit, poller._recommended
+    recommended: list[dict] = []
+
+    def submit(papers):
+        if len(recommended) == 1:  # batch 1: the subscription goes, and the papers are not sent
+            other = reopen(store)
+            try:
+                assert other.remove_subscription(ML, liked.id) is not None
+            finally:
+                other.close()
+            raise ValueError("cannot pickle")
+        return real_submit(papers)
+
+    def recorded(todo, now):
+        found = real_recommended(todo, now)
+        recommended.append(found)
+        return found
+
+    matcher.submit = submit  # type: ignore[method-assign]
+    poller._recommended = recorded  # type: ignore[method-assign]
+    papers = [replace(p, listed_on=clock().date()) for p in [NEW_DIFFUSION[0], NEW_DIFFUSION[1], *NEW_MATH]]
+    try:
+        clock.advance(hours=1)
+        report = await poller.poll(FakeSource(papers=papers))
+        assert report.ok
+        # Batch 1 was like: matched when it was sent: it would have gone to ML then.
+        assert [m.subscription_id for m in recommended[0][NEW_DIFFUSION[0].id]] == [liked.id]
+        due = due_now(store, clock())
+        assert NEW_DIFFUSION[0].id in {d.paper_id for d in due if d.channel == CV}
+        assert [d.paper_id for d in due if d.channel == ML] == []
+    finally:
+        poller.close()
+        store.close()
+
+
+async def test_closing_the_poller_while_it_loads_the_index_ends_the_worker_process_it_starts(tmp_path, clock):
+    store = Store(tmp_path / "db.sqlite")
+    store.add_subscription(ML, "diffusion", "u1", clock())
+    poller: Poller
+
+    def open_store():  # the bot stops as the worker thread begins the first load
+        poller.close()
+        return reopen(store)
+
+    poller = Poller(store, clock, match_worker=True, open_store=open_store)
+    try:
+        await poller.load_index()
+        poller._executor.shutdown(wait=True)  # the poller's thread closes the engine after the load
+        matcher = poller.matcher
+        assert isinstance(matcher, ShardedMatcher)
+        assert matcher._procs == [] and not matcher._inbox._thread.is_alive()
+    finally:
+        poller.matcher.close()
+        store.close()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_rows_made_at_each_batchs_version_are_the_rows_storages_sql_makes_under_churn(
+        tmp_path, clock, made, processes):
+    # Subscriptions are added and removed by another process while batches are in flight
+    # (at most every send). Each group's rows, made at the version its batches were sent at
+    # (inserted as they are while it is the newest), must be what storage's SQL makes of the
+    # same matches (`takes_made_deliveries` off). The writes wait for each transaction, so
+    # both polls see the changes at the same points.
+    import random
+
+    from bot.matching import IndexedMatcher
+
+    async def run(name: str, made_rows: bool) -> list[tuple]:
+        store = Store(tmp_path / f"{name}.db")
+        clock.advance(minutes=-1)
+        fill(store, made, clock)
+        clock.advance(minutes=1)
+        subs = store.subscriptions_changed_since(0).subscriptions
+        engine = IndexedMatcher(subs)
+        held_subs = {sub.id: sub for sub in subs}
+        held = set(held_subs)
+        poller = pipelined(Poller(store, clock, match_processes=processes, match_worker=True))
+        poller.GROUP_ROWS = 5  # groups of a batch or less: most at one version
+        if not made_rows:
+            store.takes_made_deliveries = lambda: False  # type: ignore[method-assign]
+        real_write = poller._write
+
+        def write_now(job):
+            done = real_write(job)
+            done.exception()
+            return done
+
+        poller._write = write_now  # type: ignore[method-assign]
+        poller.sync_subscriptions()
+        matcher = poller.matcher
+        assert isinstance(matcher, ShardedMatcher)
+        real_submit = matcher.submit
+        rng = random.Random(7)
+
+        def submit(papers):
+            call = real_submit(papers)
+            other = reopen(store)
+            try:
+                for _ in range(rng.choice([0, 0, 0, 0, 1, 3])):  # often none: the version then stays the newest
+                    # One that matches a paper just sent (its rows are in flight), or a new one.
+                    hit = sorted({m.subscription_id for p in papers for m in engine.match(p)} & held)
+                    if hit and rng.random() < 0.7:
+                        sub = held_subs[hit[rng.randrange(len(hit))]]
+                        held.discard(sub.id)
+                        assert other.remove_subscription(sub.channel, sub.id) is not None
+                    else:
+                        like = subs[rng.randrange(len(subs))]
+                        other.add_subscription(like.channel, like.query, "u", clock())
+            finally:
+                other.close()
+            return call
+
+        matcher.submit = submit  # type: ignore[method-assign]
+        try:
+            assert (await poller.poll(FakeSource(papers=listing(made)))).ok
+            return sorted(row[1:4] for row in outbox(store))
+        finally:
+            poller.close()
+            poller._executor.shutdown(wait=True)
+            store.close()
+
+    with_made = await run("made", True)
+    assert len(with_made) > 150
+    assert with_made == await run("sql", False)
+
+
+def test_the_worker_process_is_used_when_the_first_subscription_comes_after_all_were_removed(tmp_path, clock):
+    # A database whose subscriptions were all removed: the first load finds none (its version
+    # is not 0). The first subscription made later is held by a worker process all the same.
+    store = Store(tmp_path / "db.sqlite")
+    gone = store.add_subscription(ML, "diffusion", "u1", clock()).subscription
+    assert gone is not None and store.remove_subscription(ML, gone.id) is not None
+    poller = Poller(store, clock, match_worker=True)
+    try:
+        poller.sync_subscriptions()
+        assert len(poller.matcher) == 0
+        store.add_subscription(CV, "segmentation", "u2", clock())
+        poller.sync_subscriptions()
+        assert isinstance(poller.matcher, ShardedMatcher) and len(poller.matcher) == 1
+        assert [m.channel for m in poller.matcher.match(paper("2411.00001", "Segmentation"))] == [CV]
+    finally:
+        poller.matcher.close()
+        store.close()

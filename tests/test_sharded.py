@@ -292,3 +292,61 @@ def test_match_many_sends_its_papers_in_parts_ahead_and_names_every_failing_pape
         assert sharded.match_many(papers[:9]) == [one.match(p) for p in papers[:9]]  # in step
     finally:
         sharded.close()
+
+
+def test_calls_sent_far_ahead_with_changes_between_are_answered_each_at_its_version(made):
+    # Many calls sent and none taken, changes sent between them (megabytes: more than a
+    # socket's buffer holds): nothing blocks, and each call's matches are those of the index
+    # as it was when it was sent, whichever call is taken first.
+    subs = made.subscriptions()
+    first, rest = subs[:1200], subs[1200:]
+    sharded = ShardedMatcher(first, papers=made.history, processes=2)
+    one = IndexedMatcher(first, papers=made.history)
+    calls, expected = [], []
+    done = threading.Event()
+
+    def run() -> None:
+        for round_ in range(40):
+            papers = made.papers[(round_ * 7) % 60:(round_ * 7) % 60 + 30]
+            calls.append(sharded.submit(papers))
+            expected.append([one.match(p) for p in papers])
+            for sub in rest[round_ * 30:(round_ + 1) * 30]:
+                sharded.add(sub)
+                one.add(sub)
+            for sub in first[round_ * 10:(round_ + 1) * 10]:
+                sharded.remove(sub.id)
+                one.remove(sub.id)
+        for i in (5, 0, 39, 17):  # out of order: the earlier ones read and kept
+            assert sharded.result(calls[i]) == expected[i]
+        done.set()
+
+    worker = threading.Thread(target=run, daemon=True)
+    try:
+        worker.start()
+        worker.join(120)
+        assert done.is_set()
+        assert sharded.match_many(made.papers[:20]) == [one.match(p) for p in made.papers[:20]]
+    finally:
+        sharded.close()
+
+
+def test_a_worker_failing_on_a_change_fails_every_later_call_even_after_a_call_never_taken(made):
+    # A change a worker cannot apply (a damaged stored form that still reads) is answered by
+    # no call: the worker's failure must not take the place of a call's answer in the stream.
+    # The call sent behind it is never taken (a poll failed with it in flight); the next call
+    # must fail, not be given that call's matches as its own.
+    import marshal
+
+    from bot.matching import COMPILED_VERSION
+
+    subs = made.subscriptions()[:300]
+    sharded = ShardedMatcher(subs, papers=made.history, processes=1)
+    try:
+        sharded.add(Subscription(100_000, ML, "diffusion model", "u", T0, 0, COMPILED_VERSION + marshal.dumps(42)))
+        sharded.submit(made.papers[:10])  # sent after the change; its result never taken
+        with pytest.raises(ShardFailed):
+            sharded.match_many(made.papers[10:20])
+        with pytest.raises(ShardFailed):
+            sharded.match(made.papers[0])
+    finally:
+        sharded.close()
