@@ -16,6 +16,7 @@ from bot.sharded import PaperFailed, ShardedMatcher
 from storage import Store, reopen
 
 from .fakes import FakeSource, due_now, paper
+from .test_poller_batches import listing as diffusion_listing  # every 2nd on diffusion, every 3rd segmentation
 
 ML = ChannelRef("console", "ml")
 CV = ChannelRef("console", "cv")
@@ -73,22 +74,35 @@ def trace(matcher: ShardedMatcher, events: list[tuple[str, int]]) -> None:
     matcher.submit, matcher.result = submit, result  # type: ignore[method-assign]
 
 
-async def test_a_poll_matched_in_a_worker_process_queues_exactly_what_one_in_the_poller_thread_does(
-        tmp_path, clock, made):
+async def polled_in_thread(tmp_path, clock, made, papers: list[Paper]) -> Store:
+    """The reference: a store given the workload's subscriptions, then polled with `papers`
+    by a poller matching in its own thread."""
     one = Store(tmp_path / "one.db")
     fill(one, made, clock)
     clock.advance(minutes=1)
     in_thread = pipelined(Poller(one, clock))
-    assert (await in_thread.poll(FakeSource(papers=listing(made)))).ok
+    assert (await in_thread.poll(FakeSource(papers=papers))).ok
     assert not isinstance(in_thread.matcher, ShardedMatcher)
-    expected = outbox(one)
-    assert len(expected) > 150
+    return one
 
+
+def worker_poller(tmp_path, clock, made) -> tuple[Store, Poller]:
+    """Another store given the same subscriptions at the same time as `polled_in_thread`'s,
+    and a poller of it with its index in a worker process."""
     store = Store(tmp_path / "worker.db")
     clock.advance(minutes=-1)
     fill(store, made, clock)
     clock.advance(minutes=1)
-    poller = pipelined(Poller(store, clock, match_worker=True))
+    return store, pipelined(Poller(store, clock, match_worker=True))
+
+
+async def test_a_poll_matched_in_a_worker_process_queues_exactly_what_one_in_the_poller_thread_does(
+        tmp_path, clock, made):
+    one = await polled_in_thread(tmp_path, clock, made, listing(made))
+    expected = outbox(one)
+    assert len(expected) > 150
+
+    store, poller = worker_poller(tmp_path, clock, made)
     try:
         poller.sync_subscriptions()
         matcher = poller.matcher
@@ -133,17 +147,10 @@ async def test_a_poller_with_its_index_in_a_worker_process_queues_what_the_engin
 
 
 async def test_a_worker_process_killed_mid_poll_loses_nothing_and_doubles_nothing(tmp_path, clock, made):
-    one = Store(tmp_path / "one.db")
-    fill(one, made, clock)
-    clock.advance(minutes=1)
-    assert (await pipelined(Poller(one, clock)).poll(FakeSource(papers=made.papers))).ok
+    one = await polled_in_thread(tmp_path, clock, made, made.papers)
     expected = sorted(row[1:4] for row in outbox(one))
 
-    store = Store(tmp_path / "worker.db")
-    clock.advance(minutes=-1)
-    fill(store, made, clock)
-    clock.advance(minutes=1)
-    poller = pipelined(Poller(store, clock, match_worker=True))
+    store, poller = worker_poller(tmp_path, clock, made)
     try:
         poller.sync_subscriptions()
         first = poller.matcher
@@ -178,18 +185,11 @@ async def test_a_worker_process_killed_mid_poll_loses_nothing_and_doubles_nothin
 
 
 async def test_a_paper_that_fails_with_batches_in_flight_is_found_and_the_others_are_queued(tmp_path, clock, made):
-    one = Store(tmp_path / "one.db")
-    fill(one, made, clock)
-    clock.advance(minutes=1)
-    assert (await pipelined(Poller(one, clock)).poll(FakeSource(papers=made.papers))).ok
+    one = await polled_in_thread(tmp_path, clock, made, made.papers)
     broken = made.papers[40].id
     expected = [row[1:4] for row in outbox(one) if row[1] != broken]
 
-    store = Store(tmp_path / "worker.db")
-    clock.advance(minutes=-1)
-    fill(store, made, clock)
-    clock.advance(minutes=1)
-    poller = pipelined(Poller(store, clock, match_worker=True))
+    store, poller = worker_poller(tmp_path, clock, made)
     try:
         poller.sync_subscriptions()
         matcher = poller.matcher
@@ -221,16 +221,6 @@ async def test_a_paper_that_fails_with_batches_in_flight_is_found_and_the_others
         poller.close()
         store.close()
         one.close()
-
-
-def diffusion_listing(n: int = 63) -> list[Paper]:
-    """n papers: every even one about diffusion, every third about segmentation."""
-    papers = []
-    for i in range(n):
-        words = ["diffusion"] if i % 2 == 0 else []
-        words += ["segmentation"] if i % 3 == 0 else []
-        papers.append(paper(f"2411.{i:05d}", f"Paper {i} on {' and '.join(words) or 'agents'}"))
-    return papers
 
 
 async def test_subscriptions_changed_while_a_batch_is_in_flight_are_applied_from_the_version_they_make(
@@ -265,7 +255,7 @@ async def test_subscriptions_changed_while_a_batch_is_in_flight_are_applied_from
         return call
 
     matcher.submit = submit_then_change  # type: ignore[method-assign]
-    papers = diffusion_listing()
+    papers = diffusion_listing(63)
     try:
         clock.advance(minutes=1)
         report = await poller.poll(FakeSource(papers=papers))
@@ -286,7 +276,7 @@ async def test_closing_the_poller_mid_poll_ends_its_worker_process_and_the_next_
     store = Store(tmp_path / "db.sqlite")
     store.add_subscription(ML, "diffusion", "u1", clock())
     store.add_subscription(CV, "segmentation", "u2", clock())
-    papers = diffusion_listing()
+    papers = diffusion_listing(63)
     poller = Poller(store, clock, match_worker=True)
     poller.BATCH = 7
     poller.GROUP_ROWS = poller.ENQUEUE_ROWS = 4
