@@ -47,6 +47,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from array import array
 from collections import deque
@@ -76,6 +77,12 @@ PAPERS_PER_MESSAGE = 10
 # whose Matches are made (as the poller sends its batches: Poller.MATCH_AHEAD).
 MANY_PART = 5 * PAPERS_PER_MESSAGE
 MANY_AHEAD = 2
+# Seconds a caller waits for a worker's next answer before the worker is taken for hung (a
+# SIGSTOP, a deadlock): the call fails with ShardFailed, the workers are ended, and the poller
+# loads a new engine at its next poll, where it would have waited for ever. An answer takes
+# well under a second, but the first after a load waits for the worker's build (~20 s at a
+# million subscriptions on a busy machine).
+ANSWER_TIMEOUT = 600.0
 # The machine integer types of the answers' columns: subscription ids, channel numbers.
 _ID: Final = "q"
 _CHANNEL: Final = "i"
@@ -450,11 +457,17 @@ class _Inbox:
                     self._ready.notify_all()
 
     def take(self, worker: int) -> bytes | str:
-        """That worker's next answer (waits for it); once its socket has ended, why, as a str."""
+        """That worker's next answer (waits for it); once its socket has ended, or when it
+        has answered nothing for ANSWER_TIMEOUT seconds, why, as a str."""
         box = self._boxes[worker]
+        timeout = ANSWER_TIMEOUT
+        deadline = time.monotonic() + timeout
         with self._ready:
             while not box:
-                self._ready.wait()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return f"worker {worker} answered nothing in {timeout:g} s (hung?)"
+                self._ready.wait(left)
             data = box[0]
             if data.__class__ is bytes:
                 box.popleft()  # the reason of an end stays: every later take gets it too

@@ -88,6 +88,41 @@ def test_a_dead_worker_makes_matching_fail_not_miss(made):
     assert sharded._procs == []  # closed: the live worker was told to stop, the dead one reaped
 
 
+def test_a_worker_that_answers_nothing_fails_the_call_and_is_ended(made, monkeypatch):
+    # A stopped (hung) worker: the caller would wait for its answer for ever; after
+    # ANSWER_TIMEOUT the call fails as for a dead worker, and the workers are ended.
+    import signal
+
+    import bot.sharded
+
+    subs = made.subscriptions()[:300]
+    sharded = ShardedMatcher(subs, papers=made.history, processes=2)
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            sharded.match_many(made.papers[:30])
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        assert sharded.match(made.papers[0]) == IndexedMatcher(subs, papers=made.history).match(made.papers[0])
+        monkeypatch.setattr(bot.sharded, "ANSWER_TIMEOUT", 0.5)
+        sharded._procs[0].send_signal(signal.SIGSTOP)
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(60)  # a guard against the hang this test is about, not a timing
+        assert not caller.is_alive(), "the call still waits for the stopped worker"
+        assert isinstance(outcome[0], ShardFailed) and "answered nothing in 0.5 s" in str(outcome[0])
+        assert sharded.failed and sharded._procs[0].wait(30) is not None  # ended (killed while stopped)
+        with pytest.raises(ShardFailed):  # and from then on
+            sharded.match(made.papers[0])
+    finally:
+        sharded.close()
+    assert sharded._procs == []
+
+
 def test_a_paper_that_fails_in_a_worker_fails_that_call_not_the_engine(made):
     subs = made.subscriptions()[:300]
     one = IndexedMatcher(subs, papers=made.history)
