@@ -259,7 +259,20 @@ class Poller:
         """The index kept by an earlier run (`index_cache`), if it describes this database, and
         the like: subscriptions it was in step with (the recommender's, not in the index); None
         to build it. Any failure is logged and the index is built."""
-        if self.index_cache is None or self.match_in_workers:  # the index is in the workers, not here
+        if self.index_cache is None:
+            return None
+        if self.match_in_workers:  # the index is in the workers, not here
+            # A file kept before the switch to worker processes is never read, and would be
+            # stale by the next switch back: deleted, not left behind (hundreds of MB at a million).
+            try:
+                self.index_cache.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not delete the kept index %s, unused with worker processes: %s",
+                            self.index_cache, exc)
+            else:
+                log.info("the kept index %s deleted: the index is in worker processes now", self.index_cache)
             return None
         try:
             with no_collection():

@@ -117,6 +117,24 @@ async def test_a_kept_index_is_loaded_and_follows_the_changes_made_since(tmp_pat
     store.close()
 
 
+async def test_a_kept_index_is_deleted_once_the_index_is_in_worker_processes(tmp_path, clock, caplog):
+    # Never read with worker processes, and stale by a switch back: not left behind.
+    rng = random.Random(8)
+    store = Store(tmp_path / "bot.db")
+    path = tmp_path / "bot.db.index"
+    fill(store, queries(rng, 300))
+    await kept_by_a_poll(store, path, clock)
+    poller = Poller(store, clock, index_cache=path, match_worker=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="bot.poller"):
+            poller.sync_subscriptions(store)
+        assert not path.exists() and "deleted: the index is in worker processes now" in caplog.text
+        assert not poller.index_from_file and poller.matcher.ids() == store.subscription_ids()
+    finally:
+        poller.close()
+        store.close()
+
+
 async def test_a_kept_index_of_another_database_is_not_used(tmp_path, clock, monkeypatch, caplog):
     rng = random.Random(6)
     store = Store(tmp_path / "a.db")
