@@ -349,6 +349,10 @@ class ShardedMatcher:
             conn.close()
         self._conns, self._procs = [], []
         self._sent.clear()
+        # Matching with no worker would answer every paper with no matches: a poll racing the
+        # close would settle its papers unposted. Every later call fails instead.
+        if self._failed is None:
+            self._failed = "the matching engine was closed"
 
     def _end_workers(self) -> None:
         for proc in self._procs:

@@ -88,6 +88,18 @@ def test_a_dead_worker_makes_matching_fail_not_miss(made):
     assert sharded._procs == []  # closed: the live worker was told to stop, the dead one reaped
 
 
+def test_a_closed_engine_fails_every_call_rather_than_answering_no_matches():
+    sharded = ShardedMatcher([Subscription(1, ML, "diffusion", "u", T0)], processes=1)
+    found = paper("2411.00001", "Diffusion models")
+    assert [m.subscription_id for m in sharded.match(found)] == [1]
+    sharded.close()
+    assert sharded.failed == "the matching engine was closed"
+    for call in (lambda: sharded.match(found), lambda: sharded.match_many([found] * 3),
+                 lambda: sharded.result(sharded.submit([found]))):
+        with pytest.raises(ShardFailed, match="closed"):
+            call()
+
+
 def test_a_worker_that_answers_nothing_fails_the_call_and_is_ended(made, monkeypatch):
     # A stopped (hung) worker: the caller would wait for its answer for ever; after
     # ANSWER_TIMEOUT the call fails as for a dead worker, and the workers are ended.
