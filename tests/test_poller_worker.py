@@ -475,3 +475,40 @@ def test_the_worker_process_is_used_when_the_first_subscription_comes_after_all_
     finally:
         poller.matcher.close()
         store.close()
+
+
+async def test_auto_holds_the_index_in_a_worker_from_its_threshold_on_more_than_one_core(tmp_path, clock, made,
+                                                                                         monkeypatch):
+    # `[matching] worker_process = "auto"`: decided at each first load (the first subscriptions
+    # after none are one too), by the subscriptions found then and the cores this process has.
+    import bot.poller
+
+    one = await polled_in_thread(tmp_path, clock, made, made.papers[:40])
+    store, _ = worker_poller(tmp_path, clock, made)
+    count = len(store.subscription_ids())
+    monkeypatch.setattr(bot.poller, "AUTO_WORKER_FROM", count)
+    monkeypatch.setattr(bot.poller, "_cores", lambda: 1)
+    alone = Poller(store, clock, match_worker="auto")
+    try:
+        alone.sync_subscriptions()
+        assert not isinstance(alone.matcher, ShardedMatcher)  # one core: the worker would take turns
+    finally:
+        alone.close()
+    monkeypatch.setattr(bot.poller, "_cores", lambda: 2)
+    poller = pipelined(Poller(store, clock, match_worker="auto"))
+    try:
+        report = await poller.poll(FakeSource(papers=made.papers[:40]))
+        assert report.ok and isinstance(poller.matcher, ShardedMatcher)
+        assert outbox(store) == outbox(one)
+        # Every subscription removed, then fewer than the threshold: back in this process.
+        for sub in store.subscriptions():
+            store.remove_subscription(sub.channel, sub.id)
+        poller.sync_subscriptions()
+        assert not poller.matcher.ids()
+        store.add_subscription(ML, "diffusion", "u", clock())
+        poller.sync_subscriptions()
+        assert isinstance(poller.matcher, ShardedMatcher)  # an engine with ids is kept as it is
+    finally:
+        poller.close()
+        store.close()
+        one.close()
