@@ -264,7 +264,7 @@ class Poller:
         than in this one (docs/benchmarks.md, "auto"). Below AUTO_WORKER_FROM the poll is short
         either way, and the worker would cost a process and the kept index file; on one core
         the worker would only take turns with the poll."""
-        return subscriptions >= AUTO_WORKER_FROM and _cores() > 1
+        return subscriptions >= AUTO_WORKER_FROM and _cores() >= 2
 
     def _sync(self, store: StoreContract) -> None:
         """`sync_subscriptions`, learning whether the engine then holds a version exactly: it
@@ -908,9 +908,18 @@ def _flying(flights: deque[_Flight]) -> set[str]:
     return {u.paper.id for flight in flights for u in flight.todo}
 
 
-def _cores() -> int:
-    """The cores this process may run on (its affinity, where the system tells it)."""
+def _cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
+    """The cores this process may use: those it may run on (its affinity, where the system
+    tells it), fewer under a container's CPU quota (cgroup v2's cpu.max: "QUOTA PERIOD", or
+    "max PERIOD" for none; `docker run --cpus 1` sees every core of the machine otherwise)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores: float = len(os.sched_getaffinity(0))
     except AttributeError:  # not on every system
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) / int(period))
+    except (OSError, ValueError):  # no cgroup v2 (or not Linux): no quota known
+        pass
+    return cores

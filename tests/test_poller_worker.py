@@ -512,3 +512,18 @@ async def test_auto_holds_the_index_in_a_worker_from_its_threshold_on_more_than_
         poller.close()
         store.close()
         one.close()
+
+
+@pytest.mark.parametrize("cpu_max, cores", [(None, 2), ("max 100000\n", 2), ("100000 100000\n", 1),
+                                            ("150000 100000\n", 1.5), ("800000 100000\n", 2), ("garbled\n", 2)])
+def test_the_cores_auto_counts_are_those_of_the_affinity_under_a_containers_quota(tmp_path, monkeypatch,
+                                                                                   cpu_max, cores):
+    import os
+
+    from bot.poller import _cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert _cores(path) == cores
