@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import time
 from urllib.parse import urlencode
 
@@ -305,6 +306,27 @@ async def test_arxiv_links_are_unfurled_into_cards(bolt, slack, store, clock):
     assert list(unfurls) == ["https://arxiv.org/abs/2411.00001v2"]
     unfurl_blocks = unfurls["https://arxiv.org/abs/2411.00001v2"]["blocks"]
     assert unfurl_blocks[0]["text"]["text"] == "Latent diffusion &lt;!channel&gt;"
+
+
+@pytest.mark.parametrize("where", ["channel", "channel_id"])
+async def test_a_link_in_a_message_being_written_is_unfurled_by_its_unfurl_id(bolt, slack, store, clock, caplog,
+                                                                              where):
+    # Slack sends link_shared for a link pasted in the message composer too, before the message
+    # exists: channel COMPOSER (some payloads name it channel_id), message_ts a made-up id, and
+    # unfurl_id and source, by which chat.unfurl must answer (channel and ts name no message).
+    store.add_papers([paper("2411.00001", "Latent diffusion")], clock())
+    body = event_body({"type": "link_shared", where: "COMPOSER", "user": "U1", "message_ts": "U1-9f2c",
+                       "unfurl_id": "U1-9f2c", "source": "composer",
+                       "links": [{"domain": "arxiv.org", "url": "https://arxiv.org/abs/2411.00001"}]})
+    headers = {**sign(body, int(time.time())), "Content-Type": "application/json"}
+    assert (await post(bolt, body, headers))[0] == 200
+    await wait_for(lambda: slack.called("chat.unfurl"))
+    (unfurl,) = slack.called("chat.unfurl")
+    assert unfurl["unfurl_id"] == "U1-9f2c" and unfurl["source"] == "composer"
+    assert "channel" not in unfurl and "ts" not in unfurl
+    unfurls = unfurl["unfurls"] if isinstance(unfurl["unfurls"], dict) else json.loads(unfurl["unfurls"])
+    assert list(unfurls) == ["https://arxiv.org/abs/2411.00001"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
 
 
 async def test_mentions_answer_in_a_thread(bolt, slack, store, clock):
