@@ -369,6 +369,35 @@ async def test_discord_buttons_and_a_direct_message_feed_through_the_gateway(sto
     assert all(f["body"]["allowed_mentions"] == {"parse": []} for f in fake.followups)
 
 
+async def test_a_titles_masked_link_is_plain_text_in_discord_replies(store, clock, make_config, monkeypatch):
+    # Cards escape a title's markdown; replies quote titles too (save, saved, not-relevant), and a
+    # title holding [text](url) was a link in them, showing any text over any address.
+    title = "Scaling laws [free GPU credits](https://phish.example/login) for everyone"
+    with FakeDiscordGateway() as fake:
+        monkeypatch.setattr(Route, "BASE", "http://127.0.0.1:9/api/v10")
+        config = make_config(discord={"api_base": fake.api_base, "gateway_url": fake.gateway_url})
+        store.add_papers([paper(PAPER, title)], clock())
+        adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
+        running = await start(store, config, adapter, clock)
+        try:
+            assert await until(lambda: running.frontend.state == "connected")
+            fake.press(f"papers:save:{PAPER}")
+            assert await until(lambda: len(fake.followups) == 1)
+            fake.interact("saved", {})
+            assert await until(lambda: len(fake.followups) == 2)
+            fake.interact("search", {"words": "[a](https://x.example) scaling"})
+            assert await until(lambda: len(fake.followups) == 3)
+        finally:
+            await close_within(running)
+            await adapter.close()
+    saved, listed, searched = (f["body"]["content"] for f in fake.followups)
+    escaped = r"\[free GPU credits](https://phish.example/login)"
+    assert saved.startswith("Saved “Scaling laws ") and escaped in saved
+    assert escaped in listed and "• Scaling laws" in listed
+    assert "`[a](https://x.example) scaling`" in searched  # typed text in a code span: shown as typed
+    assert not re.search(r"(?<!\\)\[[^\]]*\]\(", saved + listed)
+
+
 # ---- the weekly most-saved digest --------------------------------------------------------------------
 
 async def test_the_weekly_most_saved_digest_lists_the_weeks_most_saved_once(ctx, store, clock, slack):
