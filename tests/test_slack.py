@@ -341,6 +341,23 @@ async def test_mentions_answer_in_a_thread(bolt, slack, store, clock):
     assert message["blocks"][2]["text"]["text"] == "Latent diffusion"
 
 
+@pytest.mark.parametrize("text", ["list --me", "saved --me"])
+async def test_a_mention_asking_for_my_own_lists_is_answered_to_me_alone(bolt, slack, store, clock, text):
+    # `@papers list --me` lists my subscriptions in every channel, private ones and my direct
+    # messages with the bot included; it was posted in the public channel's thread for all to read.
+    secret = ChannelRef("slack", "GPRIVATE")
+    store.add_subscription(secret, "acquisition target", "U1", clock())
+    store.add_papers([paper("2411.00001", "Quiet reading")], clock())
+    store.record_feedback("U1", secret, "2411.00001", "save", clock())
+    body = event_body({"type": "app_mention", "channel": "C123", "user": "U1", "ts": "5.6", "text": f"<@UBOT> {text}"})
+    assert (await post(bolt, body, {**sign(body, int(time.time())), "Content-Type": "application/json"}))[0] == 200
+    await wait_for(lambda: slack.called("chat.postEphemeral"))
+    (answer,) = slack.called("chat.postEphemeral")
+    assert answer["channel"] == "C123" and answer["user"] == "U1" and answer["thread_ts"] == "5.6"
+    assert ("acquisition target" if text == "list --me" else "Quiet reading") in answer["text"]
+    assert slack.called("chat.postMessage") == []
+
+
 async def test_a_reply_in_a_thread_quoting_a_title_pings_nobody(bolt, slack, store, clock):
     # The reply is posted in the channel's thread; its text (the blocks' fallback, used for
     # notifications) quotes the title as the blocks do: escaped, like a card's.

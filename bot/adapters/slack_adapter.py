@@ -526,9 +526,16 @@ def build_bolt_app(
         request = handlers.mention_request(ChannelRef("slack", event["channel"]), event.get("user", ""), text,
                                            can_manage=may_manage(event.get("user", ""), event["channel"]))
         reply = await on_command(request)
-        await client.chat_postMessage(channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
-                                      text=reply_text(reply), blocks=[b.to_dict() for b in reply_blocks(reply)],
-                                      unfurl_links=False)
+        thread = event.get("thread_ts") or event["ts"]
+        blocks = [b.to_dict() for b in reply_blocks(reply)]
+        if "me" in request.args and event.get("user"):
+            # `list --me`, `saved --me`: a person's own subscriptions and reading list, from every
+            # channel (private ones and their direct messages too): for their eyes, as /papers is.
+            await client.chat_postEphemeral(channel=event["channel"], user=event["user"], thread_ts=thread,
+                                            text=reply_text(reply), blocks=blocks)
+            return
+        await client.chat_postMessage(channel=event["channel"], thread_ts=thread, text=reply_text(reply),
+                                      blocks=blocks, unfurl_links=False)
 
     return app
 
