@@ -260,6 +260,20 @@ async def test_signed_slash_command_subscribes_and_the_reply_arrives(bolt, slack
     assert [s.query for s in store.subscriptions(C123)] == ["diffusion"]
 
 
+async def test_and_lt_gt_typed_in_slack_reach_the_command_as_typed(bolt, slack, store):
+    # Slack sends &, < and > of what was typed as &amp;, &lt; and &gt; (its own markup is in < >):
+    # `upvotes>=10`, the README's own example, was refused, and R&D became the phrase "r amp d".
+    body = command_body(slack, "subscribe diffusion upvotes&gt;=10 R&amp;D")
+    assert (await post(bolt, body, sign(body, int(time.time()))))[0] == 200
+    await wait_for(lambda: slack.called("1"))
+    assert [s.query for s in store.subscriptions(C123)] == ['diffusion upvotes>=10 "r d"']
+    mention = event_body({"type": "app_mention", "channel": "C123", "user": "UADMIN", "ts": "5.6",
+                          "text": "<@UBOT> preview diffusion upvotes&lt;5"})
+    await post(bolt, mention, {**sign(mention, int(time.time())), "Content-Type": "application/json"})
+    await wait_for(lambda: slack.called("chat.postMessage"))
+    assert slack.called("chat.postMessage")[0]["text"].startswith("`diffusion upvotes&lt;5`")
+
+
 @pytest.mark.parametrize(
     "tamper",
     [

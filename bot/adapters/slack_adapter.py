@@ -289,6 +289,13 @@ _MENTION = re.compile(r"<@[A-Z0-9]+>")
 _LINK = re.compile(r"<(https?://[^>|]+)(?:\|[^>]*)?>")
 
 
+def typed(text: str) -> str:
+    """Text as the person typed it: Slack sends a message's (and a slash command's) &, < and >
+    as &amp;, &lt; and &gt;, its own markup being in < >; `upvotes>=10` came as `upvotes&gt;=10`
+    (refused as a query) and `R&D` as the phrase "r amp d"."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 def _text(value) -> bool:
     return isinstance(value, str) and value != ""
 
@@ -426,7 +433,7 @@ def build_bolt_app(
     async def slash_command(ack, body, respond, client):
         await ack()  # within Slack's 3 seconds; the work happens after
         request = handlers.request_from_text(ChannelRef("slack", body["channel_id"]), body["user_id"],
-                                             body.get("text") or "",
+                                             typed(body.get("text") or ""),
                                              can_manage=may_manage(body["user_id"], body["channel_id"]))
         reply = await on_command(request)
         if reply.form is not None and not reply.ok and await open_subscribe_modal(client, body.get("trigger_id"),
@@ -522,7 +529,7 @@ def build_bolt_app(
     @app.event("app_mention")
     async def mention(event, client):
         text = _MENTION.sub("", event.get("text", "")).strip()
-        text = _LINK.sub(r"\1", text)
+        text = typed(_LINK.sub(r"\1", text))
         request = handlers.mention_request(ChannelRef("slack", event["channel"]), event.get("user", ""), text,
                                            can_manage=may_manage(event.get("user", ""), event["channel"]))
         reply = await on_command(request)
