@@ -15,7 +15,7 @@ import httpx
 
 from . import arxiv, huggingface
 from .arxiv import ArxivSource
-from .base import BackfillPlan, PaperSource, Source, SourceConfig, SourceSpec, make_client
+from .base import BackfillPlan, Pacer, PaperSource, Source, SourceConfig, SourceSpec, make_client
 from .huggingface import HuggingFaceSource
 from .ids import canonical_arxiv_id
 
@@ -32,9 +32,14 @@ def connect(client: httpx.AsyncClient, configs: Mapping[str, SourceConfig], max_
             shared: str | None = None) -> dict[str, PaperSource]:
     """One fetcher per registered source (enabled or not: lookups ask them all), by name.
     `shared`: where the files that pace a source's requests across processes begin
-    (`<shared>.<source>.pace`: bot.app.pacing_files), or None (each process paces its own)."""
-    return {s.name: s.connect(client, configs[s.name], max_bytes,
-                              None if shared is None else Path(f"{shared}.{s.name}.pace")) for s in SOURCES}
+    (`<shared>.<source>.pace`: bot.app.pacing_files), for each fetcher that paces its requests
+    (a `pacer` attribute holding a `Pacer`, as arXiv's); None: each process paces its own."""
+    fetchers = {s.name: s.connect(client, configs[s.name], max_bytes) for s in SOURCES}
+    for name, fetcher in fetchers.items():
+        pacer = getattr(fetcher, "pacer", None)
+        if shared is not None and isinstance(pacer, Pacer):
+            pacer.shared = Path(f"{shared}.{name}.pace")
+    return fetchers
 
 
 __all__ = ["SOURCES", "ArxivSource", "BackfillPlan", "HuggingFaceSource", "PaperSource", "Source", "SourceConfig",

@@ -80,9 +80,9 @@ class SourceSpec:
     label: str  # for people: "Hugging Face"
     interval_minutes: float  # the default of [sources.NAME] interval_minutes
     settings: Mapping[str, Setting]  # the other keys of [sources.NAME]: key -> (type, default, check)
-    # (client, config, max_bytes, shared): `shared` is a file this source's pacing of requests
-    # may share with this machine's other processes on the same database (`Pacer`), or None.
-    connect: Callable[[httpx.AsyncClient, SourceConfig, int, Path | None], PaperSource]
+    # (client, config, max_bytes); a fetcher with a `pacer` (a `Pacer`) has its pacing shared
+    # with this machine's other processes on the same database by `bot.sources.connect`.
+    connect: Callable[[httpx.AsyncClient, SourceConfig, int], PaperSource]
     aliases: tuple[str, ...] = ()  # other spellings `source:` accepts in queries (older subscriptions)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date, timedelta
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -90,8 +89,8 @@ class HuggingFaceSource:
         return parse_daily_papers(body)
 
 
-def _connect(client: httpx.AsyncClient, config: SourceConfig, max_bytes: int, shared: Path | None) -> HuggingFaceSource:
-    return HuggingFaceSource(client, config["base_url"], max_bytes)  # no pacing of its own (`shared` unused)
+def _connect(client: httpx.AsyncClient, config: SourceConfig, max_bytes: int) -> HuggingFaceSource:
+    return HuggingFaceSource(client, config["base_url"], max_bytes)
 
 
 SPEC = SourceSpec(
