@@ -68,6 +68,7 @@ from .slack_render import (
     ACTION_SAVE,
     ACTION_UNSUBSCRIBE,
     BLOCK_QUERY,
+    FALLBACK_MAX,
     FOLLOWUP_EVENT,
     MAX_BLOCKS,
     MODAL_SUBSCRIBE,
@@ -203,7 +204,7 @@ class SlackAdapter:
         blocks = [block.to_dict() for block in digest_blocks(digest)[:MAX_BLOCKS - len(people)] + people]
         ids = ",".join(card.paper_id for card in digest.cards)[:2000]
         who = mentions(digest)
-        text = f"{who} {digest_text(digest)}"[:3000] if who else digest_text(digest)
+        text = f"{who} {digest_text(digest, FALLBACK_MAX - len(who) - 1)}" if who else digest_text(digest)
         return await self._post(digest.channel.channel_id, text=text, blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_ids": ids}})
 
