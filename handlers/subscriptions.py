@@ -109,6 +109,10 @@ def subscribe_form(channel: ChannelRef, query: str = "", preview: QueryPreview |
 
 # ---- like: queries (bot/recommend.py) ------------------------------------------------------
 
+# Mid-sentence after "Cannot subscribe: ", as every other reason there.
+_NOTHING_SAVED = NOTHING_SAVED[:1].lower() + NOTHING_SAVED[1:]
+
+
 class _Liked(NamedTuple):
     examples: list[Paper]  # positives: the ids' papers, then (like:saved) the channel's saved ones
     negatives: list[Paper]  # like:saved: the channel's "Not relevant" papers
@@ -119,7 +123,7 @@ async def _like_examples(ctx: Context, like: LikeQuery, name: str, channel: Chan
     for like:saved, also the channel's saved papers, and its "Not relevant" ones as negatives."""
     feedback = ctx.store.channel_feedback(channel, SAVED_MAX) if like.saved else None
     if feedback is not None and not feedback.saved:
-        return error(f"Cannot {name}: {NOTHING_SAVED}.", name)
+        return error(f"Cannot {name}: {_NOTHING_SAVED}.", name)
     found = []
     for paper_id in like.examples:
         paper = ctx.store.get_paper(paper_id)
@@ -138,7 +142,7 @@ async def _like_examples(ctx: Context, like: LikeQuery, name: str, channel: Chan
         found.append(paper)
     liked = _Liked(*feedback_papers(ctx.store, like, feedback, found))
     if not liked.examples:  # like:saved whose saved papers are no longer stored
-        return error(f"Cannot {name}: {NOTHING_SAVED}.", name)
+        return error(f"Cannot {name}: {_NOTHING_SAVED}.", name)
     return liked
 
 
