@@ -12,7 +12,7 @@ from typing import Sequence, TextIO
 
 from storage import StoreContract
 
-from .digest import parse_time, parse_weekday, zone
+from .digest import canonical_zone, parse_time, parse_weekday
 from .errors import ImportFileError, QueryError, SourceError
 from .models import DIGEST_MODES, ChannelRef, ChannelSettings, MostSavedSchedule, Paper
 from .query import normalize_query
@@ -217,7 +217,8 @@ def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str],
         raise ImportFileError(f"{where}: mode must be one of {', '.join(DIGEST_MODES)}")
     if time is None or day is None:
         raise ImportFileError(f"{where}: digest_time must be HH:MM and digest_day a weekday")
-    if zone(tz) is None:
+    spelt = canonical_zone(tz)  # what `timezone` accepts: not `localtime` (each machine's own)
+    if spelt is None:
         raise ImportFileError(f"{where}: unknown time zone {tz!r}")
     if not isinstance(paused, bool):
         raise ImportFileError(f"{where}: paused must be true or false")
@@ -233,7 +234,7 @@ def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str],
             normalized.append(normalize_query(query))
         except QueryError as exc:
             raise ImportFileError(f"{where}: subscription {query[:60]!r}: {exc}") from None
-    settings = ChannelSettings(channel, mode=mode, digest_time=time, digest_day=day, timezone=tz, paused=paused)
+    settings = ChannelSettings(channel, mode=mode, digest_time=time, digest_day=day, timezone=spelt, paused=paused)
     return settings, normalized, _most_saved(where, channel, entry.get("most_saved")), followups
 
 

@@ -122,6 +122,7 @@ def test_export_then_import_into_an_empty_store_is_the_same(setup, tmp_path):
         ('[[channel]]\nchannel = "console:a"\ncolour = "red"\n', "channel entry 1: unknown key 'colour'"),
         ('[[channel]]\nchannel = "console:a"\nmode = "hourly"\n', "channel console:a: mode must be one of"),
         ('[[channel]]\nchannel = "console:a"\ntimezone = "Mars/Base"\n', "unknown time zone 'Mars/Base'"),
+        ('[[channel]]\nchannel = "console:a"\ntimezone = "localtime"\n', "unknown time zone 'localtime'"),
         ('[[channel]]\nchannel = "console:a"\ndigest_time = "25:00"\n', "digest_time must be HH:MM"),
         ('[[channel]]\nchannel = "console:a"\npaused = "no"\n', "paused must be true or false"),
         ('[[channel]]\nchannel = "console:a"\nsubscriptions = "diffusion"\n', "must be a list of strings"),

@@ -289,11 +289,29 @@ def test_digest_settings(ctx, clock):
         ("timezone", "Which time zone? This channel uses UTC."),
         ("timezone Europe/Berln", "`Europe/Berln` is not a time zone. Did you mean Europe/Berlin"),
         ("timezone ../../etc/passwd", "is not a time zone"),
+        # Names of the zoneinfo tree that mean another zone on another machine, or none: they
+        # were accepted (`localtime` is the machine's own zone, /etc/localtime).
+        ("timezone localtime", "`localtime` is not a time zone: what it means depends on the machine. Use a name"),
+        ("timezone posixrules", "`posixrules` is not a time zone: what it means depends on the machine."),
+        ("timezone Localtime", "`Localtime` is not a time zone: what it means depends on the machine."),
+        ("timezone posix/Europe/Berlin", "is not a time zone: what it means depends on the machine. Did you mean "
+                                         "Europe/Berlin"),
+        ("timezone right/UTC", "`right/UTC` is not a time zone: what it means depends on the machine."),
+        ("timezone Factory", "`Factory` is not a time zone. Use a name like Europe/Berlin"),
     ],
 )
 def test_channel_setting_errors(ctx, text, message):
     reply = run(ctx, text)
     assert not reply.ok and message in reply.text and "Usage: `/papers " in reply.text
+    assert ctx.store.channel_settings(ML).timezone == "UTC"
+
+
+def test_machine_dependent_zones_are_not_offered_while_typing(ctx):
+    offered = [value for value, _ in handlers.complete(ctx, ML, "timezone", "zone", "")]
+    offered += [value for typed in ("local", "posix", "right/", "fact")
+                for value, _ in handlers.complete(ctx, ML, "timezone", "zone", typed)]
+    assert offered and not {"localtime", "posixrules", "Factory"} & set(offered)
+    assert not [z for z in offered if z.startswith(("posix/", "right/"))]
 
 
 def test_pause_keeps_matches_and_resume_releases_them(ctx, clock):
