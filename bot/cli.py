@@ -161,7 +161,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.action == "export":
         return _export(config, args.output)
     if args.action == "import":
-        return _import(config, args.file)
+        return _interruptible(_import(config, args.file))
     if args.metrics_port is not None:
         if not 0 <= args.metrics_port <= 65535:
             print("papers-bot: --metrics-port must be from 0 to 65535", file=sys.stderr)
@@ -232,8 +232,9 @@ def _export(config: Config, output: str | None) -> int:
     return 0
 
 
-def _import(config: Config, path: str) -> int:
-    from .admin import import_toml
+async def _import(config: Config, path: str) -> int:
+    from .admin import import_toml, look_up_examples
+    from .lookup import PaperLookup
 
     try:
         with open(path, encoding="utf-8") as fh:
@@ -243,6 +244,11 @@ def _import(config: Config, path: str) -> int:
         return 2
     store = open_store(config.storage_target, busy_timeout=config.storage_busy_timeout)
     try:
+        # like: examples the store lacks are looked up (and stored) as `subscribe` does; one no
+        # source knows stops the import, as it stops `subscribe`.
+        async with make_client(config.http_timeout) as client:
+            lookup = PaperLookup(list(connect(client, config.sources, config.max_response_bytes).values()))
+            await look_up_examples(store, text, lookup, utcnow())
         report = import_toml(store, text, utcnow(), limit=config.max_subscriptions_per_channel)
     except ImportFileError as exc:
         print(f"papers-bot: {path}: {exc}; nothing was imported", file=sys.stderr)
