@@ -296,6 +296,12 @@ def _run(config: Config, role: str = "all", *, debug: bool = False) -> int:
             stop.set()
 
         signals.attach(asyncio.get_running_loop(), on_signal)
+        # `all` polls whatever happens; it takes the poller's lease when it is free, so that a
+        # second `run`, or a `--role poller` (which then stands by), can tell.
+        if role == "all" and app.sources and not app.store.hold_poller_lease():
+            log.warning("another process polls this database already (a `papers-bot run`, or a `run --role "
+                        "poller`: it holds the poller's lease); this one polls too, doing the same work twice "
+                        "(nothing is posted twice). Stop one of them (README: \"Cooperating processes\")")
         names = ", ".join(s.name for s in app.sources) or "none"
         if role == "all":
             log.info("papers-bot running: sources %s; adapters %s; database %s; Ctrl-C stops",
