@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
 import sys
+import tempfile
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -66,12 +68,31 @@ SWITCH_INTERVAL = 0.001
 ELECT_SECONDS = 5.0  # a standby poller asks for the poller's lease this often (at most its shortest interval)
 
 
-def index_cache_path(config: Config) -> Path | None:
-    """Where the poller keeps its built index between runs (bot/index_cache.py): beside the
-    SQLite file; None for PostgreSQL (no file of the bot's own) and an in-memory database."""
+def beside_database(config: Config) -> str | None:
+    """The SQLite file's path, which the bot's own files beside it begin with; None for
+    PostgreSQL (no file of the bot's own) and an in-memory database."""
     if config.storage_url or config.storage_path in ("", ":memory:") or config.storage_path.startswith("file:"):
         return None
-    return Path(config.storage_path + ".index")
+    return config.storage_path
+
+
+def pacing_files(config: Config) -> str:
+    """Where the files that pace a source's requests across this machine's processes on this
+    database begin (bot.sources.connect): beside the SQLite file; for PostgreSQL, in the
+    temporary directory, named by this user and a digest of the database's URL (the
+    processes of several roles on one machine: README, "Roles")."""
+    path = beside_database(config)
+    if path is not None:
+        return path
+    digest = hashlib.sha256(config.storage_target.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"papers-bot-{os.getuid() if hasattr(os, 'getuid') else 0}-{digest}")
+
+
+def index_cache_path(config: Config) -> Path | None:
+    """Where the poller keeps its built index between runs (bot/index_cache.py): beside the
+    SQLite file (`beside_database`)."""
+    path = beside_database(config)
+    return None if path is None else Path(path + ".index")
 
 
 class App:
@@ -94,8 +115,9 @@ class App:
         self.store: StoreContract = open_store(config.storage_target, busy_timeout=config.storage_busy_timeout)
         self.http = make_client(config.http_timeout)
         # One fetcher per registered source, shared by polls and lookups (so arXiv's one
-        # request every 3 s holds for both); the enabled ones are polled.
-        fetchers = connect(self.http, config.sources, config.max_response_bytes)
+        # request every 3 s holds for both, and with a pacing file beside the SQLite database,
+        # for every process on it); the enabled ones are polled.
+        fetchers = connect(self.http, config.sources, config.max_response_bytes, pacing_files(config))
         self.sources: list[Source] = [fetchers[name] for name, cfg in config.sources.items() if cfg.enabled]
         if adapters is None:
             adapters = build_adapters(config, stdout=stdout, complete=self.complete, installations=self.store)

@@ -17,7 +17,7 @@ import handlers
 from storage import open_store
 
 from .adapters.console import render_reply
-from .app import ROLES, App
+from .app import ROLES, App, pacing_files
 from .clock import utcnow
 from .config import Config, ConfigError, load_config
 from .errors import ImportFileError, StorageError
@@ -195,7 +195,7 @@ async def _backfill(config: Config, days: int) -> int:
     try:
         async with make_client(config.http_timeout) as client:
             now = utcnow()
-            fetchers = connect(client, config.sources, config.max_response_bytes)
+            fetchers = connect(client, config.sources, config.max_response_bytes, pacing_files(config))
             enabled = [fetchers[name] for name, cfg in config.sources.items() if cfg.enabled]
             report = await backfill(store, enabled, days=days, today=now.date(), now=now)
     finally:

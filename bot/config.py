@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from . import sources
 from .errors import ConfigError
@@ -144,7 +144,9 @@ _SCHEMA: Schema = {
     },
     "matching": {
         "processes": (int, 1, lambda v: None if 1 <= v <= 64 else "must be from 1 to 64"),
-        "worker_process": (bool, False, None),
+        # true, false or "auto": `object`, the check below says which values pass.
+        "worker_process": (object, "auto", lambda v: None if v == "auto" or isinstance(v, bool) else
+                           'must be true, false or "auto"'),
     },
     "debug": {
         "loop_watchdog_ms": (int, 0, lambda v: None if v >= 0 else "must be 0 (off) or a number of milliseconds"),
@@ -265,7 +267,9 @@ class Config:
     metrics_host: str = "127.0.0.1"  # unauthenticated: loopback unless you choose otherwise
     storage_busy_timeout: float = 10.0  # seconds to wait for another process's write lock
     match_processes: int = 1  # >1: the matching index is split over this many worker processes
-    match_worker: bool = False  # True: the index is held by a worker process even when match_processes is 1
+    # True: the index is held by a worker process even when match_processes is 1; "auto": when
+    # the first load finds AUTO_WORKER_FROM subscriptions or more (bot/poller.py) and a second core
+    match_worker: bool | Literal["auto"] = "auto"
     storage_url: str = ""  # postgresql://...: PostgreSQL instead of the SQLite file storage_path
     loop_watchdog_ms: int = 0  # `run` logs event-loop stalls longer than this, with their stack; 0: off (250 with -v)
 

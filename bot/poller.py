@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -20,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Literal, Sequence, TypeVar
 
 from storage import StoreContract, reopen
 
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HISTORY_FOR_ANCHORS = 1000
+# `[matching] worker_process = "auto"` holds the index in a worker process from this many
+# subscriptions at a first load (docs/benchmarks.md, "auto": from about here the worker's
+# poll is the shorter on two cores, and fewer build in well under a second in-process).
+AUTO_WORKER_FROM = 20_000
 
 # How the reason of a failure that is the bot's own, not the source's, begins.
 STORAGE_ERROR = "storage error: "
@@ -122,7 +127,8 @@ class Poller:
     def __init__(self, store: StoreContract, clock: Callable[[], datetime] = utcnow, *, max_age_days: int = 7,
                  open_store: Callable[[], StoreContract] | None = None,
                  complete: Callable[[list[Paper]], Awaitable[list[Paper]]] | None = None,
-                 recommender: Recommender | None = None, match_processes: int = 1, match_worker: bool = False,
+                 recommender: Recommender | None = None, match_processes: int = 1,
+                 match_worker: bool | Literal["auto"] = False,
                  index_cache: Path | None = None):
         self.store = store
         # Before the worker stores and matches a listing: missing metadata filled in, on the
@@ -134,7 +140,9 @@ class Poller:
         self.match_processes = match_processes
         # Or, with 1, held whole by one worker process (`[matching] worker_process`): either way
         # the poll sends a batch to be matched there and goes on storing and queueing meanwhile.
-        self.match_in_workers = match_processes > 1 or match_worker
+        # "auto": chosen at each first load (`_wants_workers`), by the subscriptions found then.
+        self.match_worker = match_worker
+        self.match_in_workers = match_processes > 1 or match_worker is True
         self.matcher: IndexedMatcher | ShardedMatcher = IndexedMatcher()
         if recommender is None:
             from .recommend import Recommender  # numpy and scipy: not for every import of the bot
@@ -185,6 +193,8 @@ class Poller:
             self.matcher, self._version = IndexedMatcher(), 0
         current = store.subscription_ids()
         known = self.matcher.ids()
+        if not known and current and self.match_processes == 1 and self.match_worker == "auto":
+            self.match_in_workers = self._wants_workers(len(current))
         kept: list[Subscription] = []  # like: subscriptions of a kept index's, for the recommender
         since = self._version  # the changes after it are read below
         # The first load; or the first subscription after none, the engine still the empty one
@@ -246,6 +256,15 @@ class Poller:
                 store.save_compiled_queries(recompiled)
             except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
                 log.warning("could not store %s compiled queries: %s", len(recompiled), exc)
+
+    @staticmethod
+    def _wants_workers(subscriptions: int) -> bool:
+        """`[matching] worker_process = "auto"`: whether an index of this many subscriptions is
+        held by a worker process (matching on another core, pipelined with the poll) rather
+        than in this one (docs/benchmarks.md, "auto"). Below AUTO_WORKER_FROM the poll is short
+        either way, and the worker would cost a process and the kept index file; on one core
+        the worker would only take turns with the poll."""
+        return subscriptions >= AUTO_WORKER_FROM and _cores() >= 2
 
     def _sync(self, store: StoreContract) -> None:
         """`sync_subscriptions`, learning whether the engine then holds a version exactly: it
@@ -887,3 +906,20 @@ class _Flight:
 def _flying(flights: deque[_Flight]) -> set[str]:
     """The papers of the batches being matched."""
     return {u.paper.id for flight in flights for u in flight.todo}
+
+
+def _cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
+    """The cores this process may use: those it may run on (its affinity, where the system
+    tells it), fewer under a container's CPU quota (cgroup v2's cpu.max: "QUOTA PERIOD", or
+    "max PERIOD" for none; `docker run --cpus 1` sees every core of the machine otherwise)."""
+    try:
+        cores: float = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every system
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) / int(period))
+    except (OSError, ValueError):  # no cgroup v2 (or not Linux): no quota known
+        pass
+    return cores

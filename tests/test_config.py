@@ -54,6 +54,7 @@ def test_config_file_is_found_by_env_then_cwd(tmp_path, monkeypatch):
         ({"sources": {"huggingfac": {}}}, "unknown section [sources.huggingfac]"),
         ({"logging": {"level": "LOUD"}}, "must be one of"),
         ({"version": 2}, "unknown key 'version'"),
+        ({"matching": {"worker_process": "yes"}}, '[matching] worker_process must be true, false or "auto"'),
         ({"discord": {"gateway_url": "https://gateway.discord.gg"}},
          "[discord] gateway_url must be a ws:// or wss:// URL"),
     ],
@@ -104,3 +105,9 @@ def test_discords_global_share_reaches_the_adapter_and_is_bounded():
     assert build_adapters(config)["discord"].global_limit == (25, 1.0)
     with pytest.raises(ConfigError, match="requests_per_second.*must be from 1 to 50"):
         parse_config({"discord": {"requests_per_second": 60}})
+
+
+@pytest.mark.parametrize("value", [True, False, "auto"])
+def test_the_worker_process_is_chosen_by_the_subscriptions_found_unless_set(value):
+    assert parse_config({}, Secrets({})).match_worker == "auto"
+    assert parse_config({"matching": {"worker_process": value}}, Secrets({})).match_worker is value

@@ -20,6 +20,7 @@ from bot.errors import StorageError
 from bot.matching import IndexedMatcher, NaiveMatcher
 from bot.models import ChannelRef, Subscription
 from bot.poller import Poller
+from bot.sharded import ShardedMatcher
 from storage import Store
 
 from .fakes import FakeSource, hf_json, paper
@@ -130,6 +131,38 @@ async def test_a_kept_index_is_deleted_once_the_index_is_in_worker_processes(tmp
             poller.sync_subscriptions(store)
         assert not path.exists() and "deleted: the index is in worker processes now" in caplog.text
         assert not poller.index_from_file and poller.matcher.ids() == store.subscription_ids()
+    finally:
+        poller.close()
+        store.close()
+
+
+async def test_auto_reads_a_kept_index_below_its_threshold_and_deletes_it_from_there(tmp_path, clock,
+                                                                                     monkeypatch):
+    # `[matching] worker_process = "auto"`, decided at the first load by the subscriptions found.
+    import bot.poller
+
+    monkeypatch.setattr(bot.poller, "_cores", lambda: 2)
+    rng = random.Random(9)
+    store = Store(tmp_path / "bot.db")
+    path = tmp_path / "bot.db.index"
+    fill(store, queries(rng, 300))
+    await kept_by_a_poll(store, path, clock)
+    sample = papers(rng, 80)
+    count = len(store.subscription_ids())
+    monkeypatch.setattr(bot.poller, "AUTO_WORKER_FROM", count + 1)
+    poller = Poller(store, clock, index_cache=path, match_worker="auto")
+    try:
+        poller.sync_subscriptions(store)
+        assert poller.index_from_file and isinstance(poller.matcher, IndexedMatcher) and path.exists()
+    finally:
+        poller.close()
+    monkeypatch.setattr(bot.poller, "AUTO_WORKER_FROM", count)
+    poller = Poller(store, clock, index_cache=path, match_worker="auto")
+    try:
+        poller.sync_subscriptions(store)
+        assert isinstance(poller.matcher, ShardedMatcher) and len(poller.matcher._procs) == 1
+        assert not poller.index_from_file and not path.exists()
+        assert_matches_storage(poller.matcher, store, sample)
     finally:
         poller.close()
         store.close()

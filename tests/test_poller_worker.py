@@ -475,3 +475,55 @@ def test_the_worker_process_is_used_when_the_first_subscription_comes_after_all_
     finally:
         poller.matcher.close()
         store.close()
+
+
+async def test_auto_holds_the_index_in_a_worker_from_its_threshold_on_more_than_one_core(tmp_path, clock, made,
+                                                                                         monkeypatch):
+    # `[matching] worker_process = "auto"`: decided at each first load (the first subscriptions
+    # after none are one too), by the subscriptions found then and the cores this process has.
+    import bot.poller
+
+    one = await polled_in_thread(tmp_path, clock, made, made.papers[:40])
+    store, _ = worker_poller(tmp_path, clock, made)
+    count = len(store.subscription_ids())
+    monkeypatch.setattr(bot.poller, "AUTO_WORKER_FROM", count)
+    monkeypatch.setattr(bot.poller, "_cores", lambda: 1)
+    alone = Poller(store, clock, match_worker="auto")
+    try:
+        alone.sync_subscriptions()
+        assert not isinstance(alone.matcher, ShardedMatcher)  # one core: the worker would take turns
+    finally:
+        alone.close()
+    monkeypatch.setattr(bot.poller, "_cores", lambda: 2)
+    poller = pipelined(Poller(store, clock, match_worker="auto"))
+    try:
+        report = await poller.poll(FakeSource(papers=made.papers[:40]))
+        assert report.ok and isinstance(poller.matcher, ShardedMatcher)
+        assert outbox(store) == outbox(one)
+        # Every subscription removed, then fewer than the threshold: back in this process.
+        for sub in store.subscriptions():
+            store.remove_subscription(sub.channel, sub.id)
+        poller.sync_subscriptions()
+        assert not poller.matcher.ids()
+        store.add_subscription(ML, "diffusion", "u", clock())
+        poller.sync_subscriptions()
+        assert isinstance(poller.matcher, ShardedMatcher)  # an engine with ids is kept as it is
+    finally:
+        poller.close()
+        store.close()
+        one.close()
+
+
+@pytest.mark.parametrize("cpu_max, cores", [(None, 2), ("max 100000\n", 2), ("100000 100000\n", 1),
+                                            ("150000 100000\n", 1.5), ("800000 100000\n", 2), ("garbled\n", 2)])
+def test_the_cores_auto_counts_are_those_of_the_affinity_under_a_containers_quota(tmp_path, monkeypatch,
+                                                                                   cpu_max, cores):
+    import os
+
+    from bot.poller import _cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert _cores(path) == cores

@@ -129,3 +129,129 @@ async def test_arxiv_requests_keep_three_seconds_apart(server):
         await lookup.fetch("2411.00001")
         await source.fetch()
     assert waits == [2.0, 3.0]  # one arXiv request every 3 seconds, polls and lookups together
+
+
+# A process that makes `count` arXiv API requests through a pacer sharing `path` (as the bot's
+# processes on one database do): `papers-bot command show` runs and the roles of README "Roles".
+_PACED_PROCESS = """
+import asyncio, sys
+from pathlib import Path
+from bot.sources import ArxivSource, make_client
+from bot.sources.base import Pacer
+
+async def main(url, path, count):
+    go = Path(path).with_name("go")
+    while not go.exists():  # all start together
+        await asyncio.sleep(0.01)
+    async with make_client(5.0) as client:
+        source = ArxivSource(client, url, ("cs.LG",), pacer=Pacer(0.4, shared=Path(path)), api_url=url + "/api/query")
+        for _ in range(count):
+            await source.fetch_one("1111.2011")
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_arxiv_requests_of_several_processes_keep_their_interval_together(server, tmp_path, shared):
+    import subprocess
+    import sys
+    import time
+
+    arrived: list[float] = []
+
+    def answer(_path):
+        arrived.append(time.monotonic())  # this machine's clock, as the pacers' shared file holds it
+        return Canned(body=fixture("arxiv_api_id_list_1111.2011v2.xml"), content_type="application/atom+xml")
+
+    server.route_fn("/api/query", answer)
+    script = _PACED_PROCESS if shared else _PACED_PROCESS.replace("shared=Path(path)", "")
+    procs = [subprocess.Popen([sys.executable, "-c", script, server.url, str(tmp_path / "bot.db.arxiv.pace"), "2"])
+             for _ in range(3)]
+    time.sleep(1.0)  # their imports
+    (tmp_path / "go").touch()
+    assert [proc.wait(60) for proc in procs] == [0, 0, 0]
+    gaps = [later - earlier for earlier, later in zip(sorted(arrived), sorted(arrived)[1:], strict=False)]
+    assert len(arrived) == 6
+    if shared:  # one request every 0.4 s from the three together (less a little of the network's jitter)
+        assert min(gaps) > 0.3, gaps
+    else:  # each paced alone: the others' requests come in between
+        assert min(gaps) < 0.3, gaps
+
+
+async def test_a_shared_pacing_file_that_cannot_be_used_leaves_each_process_pacing_alone(server, tmp_path, caplog):
+    import logging
+
+    from bot.sources.base import Pacer
+
+    server.route("/api/query", Canned(body=fixture("arxiv_api_id_list_1111.2011v2.xml")))
+    (tmp_path / "taken").mkdir()  # a directory where the file would be
+    pacer = Pacer(0.01, shared=tmp_path / "taken")
+    async with make_client(5.0) as client:
+        source = ArxivSource(client, server.url, ("cs.LG",), pacer=pacer, api_url=f"{server.url}/api/query")
+        with caplog.at_level(logging.WARNING, logger="bot.sources.base"):
+            assert (await source.fetch_one("1111.2011")) is not None
+            assert (await source.fetch_one("1111.2011")) is not None
+    assert caplog.text.count("paced by this process alone") == 1 and pacer.shared is None
+
+
+async def test_a_shared_pacing_file_of_another_user_is_not_used(tmp_path, monkeypatch, caplog):
+    # In a shared temporary directory another user could make it first (PostgreSQL's files are there).
+    import logging
+    import os
+
+    from bot.sources.base import Pacer
+
+    path = tmp_path / "bot.db.arxiv.pace"
+    path.write_bytes(b"1e9")  # it would make every request wait
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(path).st_uid + 1)
+    pacer = Pacer(3.0, shared=path)
+    with caplog.at_level(logging.WARNING, logger="bot.sources.base"):
+        async with pacer:
+            pass
+    assert "belongs to user" in caplog.text and pacer.shared is None
+
+
+@pytest.mark.parametrize("content, wait", [(b"", 0.0), (b"not a time", 0.0), (b"1e12", 0.0), (b"99.0", 2.0),
+                                           (b"90.0", 0.0)])
+async def test_a_shared_pacing_file_gives_the_next_free_start(tmp_path, content, wait):
+    # Damaged (a crash mid-write) or from before a reboot (far ahead of the clock): no wait.
+    from bot.sources.base import Pacer
+
+    path = tmp_path / "bot.db.arxiv.pace"
+    path.write_bytes(content)
+    now = [100.0]
+    waits: list[float] = []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(3.0, monotonic=lambda: now[0], sleep=sleep, shared=path)
+    async with pacer:
+        pass
+    assert waits == ([wait] if wait else [])
+    assert float(path.read_text()) == 100.0 + wait  # the start it took, for the next process
+
+
+async def test_the_bot_paces_arxiv_with_the_file_beside_its_database(tmp_path, server):
+    import tempfile
+    from pathlib import Path
+
+    from bot.app import beside_database, pacing_files
+    from bot.config import Secrets, parse_config
+
+    from .test_app import make_app
+
+    app = make_app(tmp_path, server)
+    try:
+        (arxiv,) = [source for source in app.lookup.sources if isinstance(source, ArxivSource)]
+        assert arxiv.pacer.shared == tmp_path / "bot.db.arxiv.pace"
+    finally:
+        await app.aclose()
+    # PostgreSQL: no file of the bot's own; this machine's processes on that database share one in /tmp.
+    postgres = parse_config({"storage": {"url": "postgresql://postgres@127.0.0.1:5432/test"}}, Secrets({}))
+    other = parse_config({"storage": {"url": "postgresql://postgres@127.0.0.1:5432/other"}}, Secrets({}))
+    assert beside_database(postgres) is None
+    assert pacing_files(postgres) == pacing_files(postgres) != pacing_files(other)
+    assert Path(pacing_files(postgres)).parent == Path(tempfile.gettempdir())

@@ -8,6 +8,7 @@ lookups and `source:` in queries all iterate SOURCES: none of them names a sourc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import httpx
@@ -27,9 +28,13 @@ def spec(name: str) -> SourceSpec | None:
     return next((s for s in SOURCES if name == s.name or name in s.aliases), None)
 
 
-def connect(client: httpx.AsyncClient, configs: Mapping[str, SourceConfig], max_bytes: int) -> dict[str, PaperSource]:
-    """One fetcher per registered source (enabled or not: lookups ask them all), by name."""
-    return {s.name: s.connect(client, configs[s.name], max_bytes) for s in SOURCES}
+def connect(client: httpx.AsyncClient, configs: Mapping[str, SourceConfig], max_bytes: int,
+            shared: str | None = None) -> dict[str, PaperSource]:
+    """One fetcher per registered source (enabled or not: lookups ask them all), by name.
+    `shared`: where the files that pace a source's requests across processes begin
+    (`<shared>.<source>.pace`: bot.app.pacing_files), or None (each process paces its own)."""
+    return {s.name: s.connect(client, configs[s.name], max_bytes,
+                              None if shared is None else Path(f"{shared}.{s.name}.pace")) for s in SOURCES}
 
 
 __all__ = ["SOURCES", "ArxivSource", "BackfillPlan", "HuggingFaceSource", "PaperSource", "Source", "SourceConfig",

@@ -23,6 +23,7 @@ import calendar
 import logging
 import re
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Sequence
 
 import feedparser
@@ -148,8 +149,10 @@ def _categories(value: list) -> str | None:
     return f"not arXiv categories: {bad!r} (expected forms like 'cs.LG')" if bad else None
 
 
-def _connect(client: httpx.AsyncClient, config: SourceConfig, max_bytes: int) -> ArxivSource:
-    return ArxivSource(client, config["base_url"], tuple(config["categories"]), max_bytes, api_url=config["api_url"])
+def _connect(client: httpx.AsyncClient, config: SourceConfig, max_bytes: int, shared: Path | None) -> ArxivSource:
+    # `shared`: arXiv's one request every 3 s holds for this machine's processes on the same database together.
+    return ArxivSource(client, config["base_url"], tuple(config["categories"]), max_bytes,
+                       Pacer(ARXIV_INTERVAL, shared=shared), api_url=config["api_url"])
 
 
 SPEC = SourceSpec(

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 import httpx
@@ -16,6 +19,13 @@ import httpx
 from .. import __version__
 from ..errors import SourceError
 from ..models import Listing, Paper, Validators
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: there each process paces its own requests
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = f"papers-bot/{__version__} (+https://github.com/papers-bot/papers-bot)"
 
@@ -70,7 +80,9 @@ class SourceSpec:
     label: str  # for people: "Hugging Face"
     interval_minutes: float  # the default of [sources.NAME] interval_minutes
     settings: Mapping[str, Setting]  # the other keys of [sources.NAME]: key -> (type, default, check)
-    connect: Callable[[httpx.AsyncClient, SourceConfig, int], PaperSource]  # (client, config, max_bytes)
+    # (client, config, max_bytes, shared): `shared` is a file this source's pacing of requests
+    # may share with this machine's other processes on the same database (`Pacer`), or None.
+    connect: Callable[[httpx.AsyncClient, SourceConfig, int, Path | None], PaperSource]
     aliases: tuple[str, ...] = ()  # other spellings `source:` accepts in queries (older subscriptions)
 
 
@@ -104,30 +116,79 @@ def make_client(timeout: float) -> httpx.AsyncClient:
 
 
 class Pacer:
-    """At most one request per `interval` seconds, one at a time (arXiv asks for 3 s)."""
+    """At most one request per `interval` seconds, one at a time (arXiv asks for 3 s).
 
-    def __init__(self, interval: float, monotonic=None, sleep=None):
+    With `shared`, a file that other processes' pacers of the same source use too (the
+    bot's other roles and `papers-bot command` runs on this machine and database: README, "Roles"),
+    each request also takes the next free start in it: requests of all of them together
+    start `interval` apart. The file holds the last start taken (this machine's monotonic
+    clock, which every process reads alike) and is locked only to take one (flock). A file
+    that cannot be used is logged once, and the pacing is this process's alone."""
+
+    def __init__(self, interval: float, monotonic=None, sleep=None, shared: Path | None = None):
         import time
 
         self.interval = interval
         self.monotonic = monotonic or time.monotonic
         self.sleep = sleep or asyncio.sleep
+        self.shared = shared
         self._lock = asyncio.Lock()
         self._last = float("-inf")
 
     async def __aenter__(self) -> None:
         await self._lock.acquire()
-        wait = self._last + self.interval - self.monotonic()
-        if wait > 0:
-            try:
+        try:
+            wait = self._last + self.interval - self.monotonic()
+            if wait > 0:
                 await self.sleep(wait)
-            except BaseException:  # cancelled while waiting: __aexit__ will not run, so release here
-                self._lock.release()
-                raise
+            if self.shared is not None:
+                # A thread takes the lock: another process holds it only for a read and a write.
+                wait = await asyncio.to_thread(self._take_start)
+                if wait > 0:
+                    await self.sleep(wait)
+        except BaseException:  # cancelled while waiting: __aexit__ will not run, so release here
+            self._lock.release()
+            raise
 
     async def __aexit__(self, *exc) -> None:
         self._last = self.monotonic()
         self._lock.release()
+
+    def _take_start(self) -> float:
+        """Take the next free start in the shared file; the seconds to wait for it."""
+        assert self.shared is not None
+        if fcntl is None:
+            return self._unshared(OSError("no file locks on this system"))
+        try:
+            fd = os.open(self.shared, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as exc:
+            return self._unshared(exc)
+        try:
+            if hasattr(os, "getuid") and os.fstat(fd).st_uid != os.getuid():  # another user's (a shared /tmp)
+                raise PermissionError(f"the file belongs to user {os.fstat(fd).st_uid}")
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+            try:
+                last = float(os.read(fd, 64).decode("ascii") or "-inf")
+            except ValueError:  # damaged (a crash mid-write): as if no start were taken
+                last = float("-inf")
+            now = self.monotonic()
+            if last > now + self.interval:  # from before a reboot (the clock started again)
+                last = float("-inf")
+            start = max(now, last + self.interval)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, repr(start).encode("ascii"))
+            return start - now
+        except OSError as exc:
+            return self._unshared(exc)
+        finally:
+            os.close(fd)
+
+    def _unshared(self, exc: OSError) -> float:
+        log.warning("requests are paced by this process alone: the shared pacing file %s cannot be used "
+                    "(%s: %s)", self.shared, type(exc).__name__, exc)
+        self.shared = None
+        return 0.0
 
 
 async def get_bytes(

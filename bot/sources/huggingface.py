@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date, timedelta
+from pathlib import Path
 
 import httpx
 
@@ -89,8 +90,8 @@ class HuggingFaceSource:
         return parse_daily_papers(body)
 
 
-def _connect(client: httpx.AsyncClient, config: SourceConfig, max_bytes: int) -> HuggingFaceSource:
-    return HuggingFaceSource(client, config["base_url"], max_bytes)
+def _connect(client: httpx.AsyncClient, config: SourceConfig, max_bytes: int, shared: Path | None) -> HuggingFaceSource:
+    return HuggingFaceSource(client, config["base_url"], max_bytes)  # no pacing of its own (`shared` unused)
 
 
 SPEC = SourceSpec(
