@@ -247,7 +247,8 @@ async def _import(config: Config, path: str) -> int:
         # like: examples the store lacks are looked up (and stored) as `subscribe` does; one no
         # source knows stops the import, as it stops `subscribe`.
         async with make_client(config.http_timeout) as client:
-            lookup = PaperLookup(list(connect(client, config.sources, config.max_response_bytes).values()))
+            lookup = PaperLookup(list(connect(client, config.sources, config.max_response_bytes,
+                                                 pacing_files(config)).values()))
             await look_up_examples(store, text, lookup, utcnow())
         report = import_toml(store, text, utcnow(), limit=config.max_subscriptions_per_channel)
     except ImportFileError as exc:

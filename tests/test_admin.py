@@ -263,6 +263,8 @@ def test_cli_import_looks_up_like_examples_as_subscribe_does_and_refuses_unknown
         server.route("/api/query", Canned(status=503, body=b""))
         code, _, err = imported("like:2411.88888")
         assert code == 1 and "could not look up the example 2411.88888 right now (" in err and "try again later" in err
+        # Its arXiv requests keep the pace of every process on this database (bot.app.pacing_files).
+        assert (tmp_path / "a.db.arxiv.pace").exists()
         store = Store(str(tmp_path / "a.db"))
         assert store.subscriptions() == []  # all or nothing: not even `diffusion`
 
