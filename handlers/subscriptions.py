@@ -109,8 +109,13 @@ def subscribe_form(channel: ChannelRef, query: str = "", preview: QueryPreview |
 
 # ---- like: queries (bot/recommend.py) ------------------------------------------------------
 
-# Mid-sentence after "Cannot subscribe: ", as every other reason there.
-_NOTHING_SAVED = NOTHING_SAVED[:1].lower() + NOTHING_SAVED[1:]
+def _after_colon(sentence: str) -> str:
+    """A sentence that goes on after a colon (`diffusion`: in the last 30 days ...): lower case
+    first, as every reply writes it ("Digests are off: this channel gets ...")."""
+    return sentence[:1].lower() + sentence[1:]
+
+
+_NOTHING_SAVED = _after_colon(NOTHING_SAVED)  # after "Cannot subscribe: "
 
 
 class _Liked(NamedTuple):
@@ -348,12 +353,12 @@ async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         if isinstance(liked, Reply):
             return liked
         found = await _like_history(ctx, like, liked.examples, LIKE_SHOWN, liked.negatives)
-        return Reply(f"`{render(node)}`: {_like_estimate(like, liked.examples, found, LIKE_SHOWN)}")
+        return Reply(f"`{render(node)}`: {_after_colon(_like_estimate(like, liked.examples, found, LIKE_SHOWN))}")
     matched, count, scanned = await _history(ctx, node, EXAMPLES)
     preview = QueryPreview(typed[:MAX_QUERY_CHARS], normalized=render(node),
                            estimate=_estimate_sentence(count, scanned),
                            examples=tuple(card_for(paper) for paper, _ in matched[:EXAMPLES]))
-    text = f"`{render(node)}`: {_estimate(matched, count, scanned)}"
+    text = f"`{render(node)}`: {_after_colon(_estimate(matched, count, scanned))}"
     return Reply(text, form=subscribe_form(req.channel, typed, preview))
 
 

@@ -48,7 +48,7 @@ def test_preview_estimates_from_stored_history_without_subscribing(ctx, clock):
     stock(ctx.store, clock)
     reply = run(ctx, "preview Diffusion")
     assert reply.ok
-    assert reply.text.startswith("`diffusion`: In the last 30 days it would have matched 2 of 5 stored papers")
+    assert reply.text.startswith("`diffusion`: in the last 30 days it would have matched 2 of 5 stored papers")
     assert "• Diffusion policies for robots (arXiv:2411.00002)" in reply.text
     assert "• Latent diffusion for video (arXiv:2411.00001)" in reply.text
     assert "Old diffusion" not in reply.text  # replacements are not news
@@ -57,7 +57,7 @@ def test_preview_estimates_from_stored_history_without_subscribing(ctx, clock):
 
 @pytest.mark.backends
 def test_preview_with_nothing_stored_and_bad_queries(ctx):
-    assert "No papers were stored in the last 30 days" in run(ctx, "preview diffusion").text
+    assert "`diffusion`: no papers were stored in the last 30 days" in run(ctx, "preview diffusion").text
     bad = run(ctx, 'preview "open')
     assert not bad.ok and "Cannot preview: unclosed quote at column 1." in bad.text
     assert "Usage: `/papers preview <query> [--min-score X]`" in bad.text

@@ -85,7 +85,7 @@ async def test_preview_like_saved_uses_the_saved_papers_and_leaves_the_not_relev
     await save(ctx, DIFFUSION[3:8], ML, "not-relevant")
     mine = await run(ctx, "preview like:saved --min-score 0.01", ML)
     theirs = await run(ctx, "preview like:saved --min-score 0.01", OTHER)
-    assert mine.ok and "Papers like 3 examples" in mine.text and EXAMPLES[0].title[:80] in mine.text
+    assert mine.ok and "`: papers like 3 examples (" in mine.text and EXAMPLES[0].title[:80] in mine.text
     listed = [p for p in DIFFUSION[3:8] if f"(arXiv:{p.id})" in theirs.text]
     assert listed  # like the saved papers: listed where nobody marked them
     assert not any(f"(arXiv:{p.id})" in mine.text for p in DIFFUSION[3:8] + EXAMPLES)
