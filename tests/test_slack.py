@@ -503,3 +503,14 @@ async def test_a_digests_fallback_text_is_cut_between_entities(store, clock, sla
         assert "<C>" not in text
     assert quiet.startswith("20 new papers for this channel: A &amp; B &lt;C&gt;")
     assert loud.startswith("<@U1> <@U22> 20 new papers for this channel: A &amp; B")
+
+
+async def test_an_admin_notice_is_cut_between_entities_too(slack):
+    # The same cut as the digest's fallback: `escape(text)[:3000]`.
+    adapter = adapter_for(slack)
+    for shift in range(8):  # every place in an `&amp;` the 3,000th character can fall
+        await adapter.post_text(C123, "papers-bot: arxiv has failed (last error: " + "x" * shift + "a&b " * 800)
+    bodies = slack.called("chat.postMessage")
+    assert len(bodies) == 8
+    for body in bodies:
+        assert 2900 < len(body["text"]) <= 3000 and not re.search(r"&(?!amp;|lt;|gt;)", body["text"])

@@ -78,10 +78,10 @@ from .slack_render import (
     digest_blocks,
     digest_people_blocks,
     digest_text,
-    escape,
     form_error,
     home_view,
     mentions,
+    notice_text,
     reply_blocks,
     reply_text,
     result_modal,
@@ -170,7 +170,7 @@ class SlackAdapter:
         return None
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
-        return await self._post(channel.channel_id, text=escape(text)[:3000])
+        return await self._post(channel.channel_id, text=notice_text(text))
 
     async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
         """A reply in the card's thread (not sent to the channel), carrying its key as metadata."""

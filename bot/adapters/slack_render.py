@@ -218,6 +218,11 @@ def digest_text(digest: Digest, limit: int = FALLBACK_MAX) -> str:
     return _mrkdwn_cut(f"{digest.title}: " + "; ".join(c.title for c in digest.cards), limit)
 
 
+def notice_text(text: str) -> str:
+    """A plain message (the admin channel's notices): escaped, within FALLBACK_MAX, cut between entities."""
+    return _mrkdwn_cut(text, FALLBACK_MAX)
+
+
 def reply_text(reply: Reply) -> str:
     """A command reply's text as a message's `text`: the fallback of its blocks (notifications,
     screen readers), or all there is. It quotes titles and typed text, so it is escaped like
