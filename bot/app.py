@@ -150,6 +150,7 @@ class App:
         # it and then sweeps; a third while one already waits returns at once (the waiting
         # sweep will see what it would have).
         self._sweeping = asyncio.Lock()
+        self._most_saved_waits: dict[ChannelRef, datetime] = {}  # a most-saved post to retry: not before
         self._sweep_waiting = False
 
     async def start_threads(self) -> None:
@@ -259,7 +260,8 @@ class App:
         report = await self.dispatcher.dispatch()
         report.add(await self.dispatcher.dispatch_digests())
         report.add(await self.dispatcher.dispatch_followups())
-        await dispatch_most_saved(self.store, self.adapters, self.clock(), self.config.feedback.most_saved_papers)
+        await dispatch_most_saved(self.store, self.adapters, self.clock(), self.config.feedback.most_saved_papers,
+                                  self._most_saved_waits)
         return report
 
     async def index_preview_backlog(self) -> int:

@@ -102,7 +102,8 @@ def digest_due(settings: ChannelSettings, now: datetime) -> datetime | None:
     """The scheduled time of a digest that is due now, or None.
 
     The schedule counts from the previous digest, or from when the digest was set up,
-    so turning digests on never sends one for the past.
+    so turning digests on never sends one for the past. After slots missed (the bot down
+    for days, a pause) it is the latest of them: one digest, not one a sweep for each.
     """
     if settings.mode == "instant" or settings.paused:
         return None
@@ -110,4 +111,8 @@ def digest_due(settings: ChannelSettings, now: datetime) -> datetime | None:
     if since is None:
         return None
     due = next_digest(settings, since)
-    return due if due <= now else None
+    if due > now:
+        return None
+    while (later := next_digest(settings, due)) <= now:
+        due = later
+    return due

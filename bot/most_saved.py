@@ -12,12 +12,13 @@ from storage import StoreContract
 from .adapters import Adapter
 from .cards import card_for
 from .digest import next_digest
-from .models import ChannelSettings, Digest, MostSavedSchedule, PostResult
+from .models import ChannelRef, ChannelSettings, Digest, MostSavedSchedule, PostResult
 from .text import plural
 
 log = logging.getLogger(__name__)
 
 WEEK = timedelta(days=7)
+RETRY_WAIT = timedelta(minutes=1)  # a failed post that may go through later is tried again after this
 
 
 def slot_due(schedule: MostSavedSchedule, timezone: str, now: datetime) -> datetime | None:
@@ -36,19 +37,25 @@ def slot_due(schedule: MostSavedSchedule, timezone: str, now: datetime) -> datet
 
 
 async def dispatch_most_saved(store: StoreContract, adapters: Mapping[str, Adapter], now: datetime,
-                              papers: int) -> int:
+                              papers: int, waits: dict[ChannelRef, datetime] | None = None) -> int:
     """Post every "most saved" digest that is due; how many went out.
 
     Each slot is claimed in storage before its message is sent, so no two processes (nor
-    two sweeps) post it twice; a failed post is logged and that week's message skipped."""
+    two sweeps) post it twice. A post that may go through later (a rate limit, Slack or
+    Discord unreachable, a workspace not known yet) gives its claim back and is tried again
+    after the platform's Retry-After, or a minute (`waits`, kept by the caller between
+    sweeps: channel -> not before); any other failure is logged and that week's message
+    skipped. A kill between claim and post skips it too: never posted twice."""
     sent = 0
+    waits = {} if waits is None else waits
     for schedule in store.most_saved_schedules():
         adapter = adapters.get(schedule.channel.platform)
         settings = store.channel_settings(schedule.channel)
-        if adapter is None or settings.paused:
+        if adapter is None or settings.paused or now < waits.get(schedule.channel, now):
             continue
         slot = slot_due(schedule, settings.timezone, now)
-        if slot is None or not store.claim_most_saved(schedule.channel, slot):
+        previous = schedule.last_sent_at
+        if slot is None or previous is None or not store.claim_most_saved(schedule.channel, slot):
             continue
         saved = store.saved_papers(channel=schedule.channel, since=slot - WEEK, limit=papers, most_saved=True)
         if not saved:
@@ -64,7 +71,14 @@ async def dispatch_most_saved(store: StoreContract, adapters: Mapping[str, Adapt
             result = PostResult(ok=False, error=type(exc).__name__)
         if result.ok:
             sent += 1
+            waits.pop(schedule.channel, None)
             log.info("posted the most-saved digest (%d papers) to %s", len(cards), schedule.channel)
+        elif (result.retryable or result.retry_after is not None) and not result.channel_gone:
+            wait = max(RETRY_WAIT, timedelta(seconds=result.retry_after or 0))
+            waits[schedule.channel] = now + wait
+            store.unclaim_most_saved(schedule.channel, slot, previous)
+            log.warning("the most-saved digest for %s was not posted (%s); trying again in %d s",
+                        schedule.channel, result.error, wait.total_seconds())
         else:
             log.warning("the most-saved digest for %s was not posted (%s); the next comes next week",
                         schedule.channel, result.error)

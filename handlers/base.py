@@ -7,6 +7,7 @@ import inspect
 import logging
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Awaitable, Callable, Literal, Mapping, Union
@@ -179,6 +180,18 @@ def error(message: str, cmd: Command | str | None = None) -> Reply:
     return Reply(text=text, ok=False)
 
 
+def visible(text: str) -> str:
+    """Typed text without the characters nobody sees: zero-width spaces and joiners, soft
+    hyphens, direction marks, byte-order marks and other control characters (whitespace
+    stays). Text pasted from a web page or a PDF carries them; the sources drop them from
+    titles and abstracts (bot.sources.base.clean_text), so a query keeping one inside a
+    word (`diff<U+200B>usion`, the phrase "diff usion") could never match, and a time zone
+    or an id with one was refused while reading exactly like the right one."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c for c in text if c in "\n\t " or unicodedata.category(c)[0] != "C")
+
+
 def shown(text: str, limit: int = 40) -> str:
     """User text quoted back in a reply: bounded, one line, and without backticks, which would
     end the code span it is quoted in (`search `x` **y**` made the rest of the line markdown)."""
@@ -256,7 +269,7 @@ def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
                 values[param.name] = 1
             continue
         if value is not None and param.kind != "int":
-            value = str(value).strip() or None  # a number where text is expected (`unsubscribe 3`) is fine
+            value = visible(str(value)).strip() or None  # a number where text is expected (`unsubscribe 3`) is fine
         if value is None:
             if param.required and param.missing is not None:
                 return error(param.missing, cmd)
@@ -291,7 +304,7 @@ def _number(value: ArgValue) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    value = value.strip()
+    value = visible(value).strip()
     return int(value) if value.isdecimal() and value.isascii() and len(value) <= 12 else None
 
 
@@ -360,5 +373,6 @@ def parse_text(text: str) -> tuple[str, dict[str, str]]:
 
 def request_from_text(channel: ChannelRef, user_id: str, text: str, can_manage: bool = True) -> CommandRequest:
     """A typed line (Slack's /papers, a mention, `papers-bot command`) as a CommandRequest."""
+    text = visible(text)
     verb, args = parse_text(text)
     return CommandRequest(channel, user_id, verb, args, can_manage, text=text)

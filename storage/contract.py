@@ -671,6 +671,12 @@ class StoreContract(Protocol):
         so the slot is never posted twice (nor again, if the post then fails)."""
         ...
 
+    def unclaim_most_saved(self, channel: ChannelRef, slot: datetime, previous: datetime) -> bool:
+        """Give back the claim of `slot` (its post failed for a while: a rate limit, an outage)
+        so that a later sweep posts it: the last slot goes back to `previous`, when it is still
+        `slot`. True if it was given back."""
+        ...
+
     # ---- Slack distribution (the OAuth install flow) --------------------------------------------
     # Tokens arrive sealed (encrypted) in SlackInstallation.sealed: storage keeps the bytes as
     # given and never sees a token in clear. A Slack channel belongs to one workspace, recorded

@@ -116,6 +116,11 @@ class FeedbackMixin:
                        [iso(slot), channel.key, iso(slot)])
         return cursor.rowcount > 0
 
+    def unclaim_most_saved(self, channel: ChannelRef, slot: datetime, previous: datetime) -> bool:
+        cursor = write(self.db, "UPDATE most_saved_digests SET last_sent_at = ? WHERE channel = ? AND last_sent_at = ?",
+                       [iso(previous), channel.key, iso(slot)])
+        return cursor.rowcount > 0
+
 
 def _schedule(row) -> MostSavedSchedule:
     return MostSavedSchedule(ChannelRef.from_key(row[0]), row[1], row[2], parse_iso(row[3]))

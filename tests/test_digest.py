@@ -53,6 +53,7 @@ def test_due_counts_from_the_last_digest_or_the_setup():
     done = replace(base, last_digest_at=at(2026, 11, 28, 9, 0))
     assert digest_due(done, at(2026, 11, 28, 20, 0)) is None
     assert digest_due(replace(base, paused=True), at(2026, 12, 1)) is None
+    assert digest_due(base, at(2026, 12, 1, 12, 0)) == at(2026, 12, 1, 9, 0)  # the latest slot missed
     assert digest_due(replace(base, mode="instant"), at(2026, 12, 1)) is None
 
 
@@ -96,6 +97,33 @@ async def test_digest_goes_out_at_local_time_with_everything_once(store, clock, 
     await dispatcher.dispatch_digests()
     assert [c.title for c in digests[1].cards] == ["Third"]  # only what came since
     assert adapter.posts == []
+
+
+async def test_after_days_down_one_digest_goes_out_for_the_latest_slot_not_one_per_missed_slot(
+        store, clock, digest_channel):
+    # Down from Friday noon to Monday noon (three 09:00 slots in Berlin missed), and the papers the
+    # restart's polls bring arrive between sweeps: the first sweep sent Saturday's digest, the
+    # next Sunday's, the next Monday's: three digest messages within a minute of the restart.
+    digests = []
+
+    async def post_digest(digest):
+        digests.append(digest)
+        return PostResult(ok=True, message_id=f"d{len(digests)}")
+
+    adapter = RecordingAdapter()
+    adapter.post_digest = post_digest
+    dispatcher = Dispatcher(store, {"console": adapter}, clock)
+    match_paper(store, clock, "2411.00001", "Before the restart")
+    clock.now = at(2026, 11, 30, 11, 0)  # Monday noon in Berlin
+    assert (await dispatcher.dispatch_digests()).sent == 1
+    match_paper(store, clock, "2411.00002", "From the first poll after it")
+    for _ in range(3):  # the next sweeps, seconds apart
+        clock.advance(seconds=30)
+        assert (await dispatcher.dispatch_digests()).sent == 0
+    assert len(digests) == 1 and store.channel_settings(ML).last_digest_at == at(2026, 11, 30, 8, 0)
+    clock.now = at(2026, 12, 1, 8, 0)  # Tuesday 09:00 in Berlin: the next one, with the rest
+    assert (await dispatcher.dispatch_digests()).sent == 1
+    assert [c.title for c in digests[1].cards] == ["From the first poll after it"]
 
 
 async def test_an_empty_slot_sends_nothing_and_moves_on(store, clock, digest_channel):

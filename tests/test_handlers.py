@@ -264,3 +264,18 @@ def test_an_option_can_be_written_with_an_equals_sign(ctx):
     reply = run(ctx, "subscribe diffusion --backfill=3")
     assert reply.ok and "Backfill" in reply.text
     assert [s.query for s in ctx.store.subscriptions(ML)] == ["diffusion"]
+
+
+def test_invisible_characters_typed_or_pasted_are_dropped_as_the_sources_drop_them(ctx):
+    # A zero-width space, a soft hyphen or a direction mark pasted from a web page: the sources
+    # drop them from titles and abstracts, so a query keeping one split a word ("diff usion")
+    # and never matched; a time zone or a number with one was refused though it read right.
+    reply = run(ctx, "subscribe diff\u200busion multi\u00admodal")
+    assert reply.ok and "`diffusion multimodal` (#1)" in reply.text, reply.text
+    assert run(ctx, "timezone Europe/Berlin\u200b").text.startswith("Time zone set to Europe/Berlin")
+    assert run(ctx, "mute 1\u200e video").text == "#1 is now `diffusion multimodal -video`."
+    # Typed options of other front-ends (Discord's) are the same text.
+    typed = CommandRequest(ML, "u1", "subscribe", {"query": "\u2066trans\u200dformer\u2069", "me": True})
+    reply = asyncio.run(handlers.handle(ctx, typed))
+    assert reply.ok and "`transformer` (#2)" in reply.text, reply.text
+    assert [s.query for s in ctx.store.subscriptions(ML)] == ["diffusion multimodal -video", "transformer"]

@@ -369,6 +369,35 @@ async def test_discord_buttons_and_a_direct_message_feed_through_the_gateway(sto
     assert all(f["body"]["allowed_mentions"] == {"parse": []} for f in fake.followups)
 
 
+async def test_a_titles_masked_link_is_plain_text_in_discord_replies(store, clock, make_config, monkeypatch):
+    # Cards escape a title's markdown; replies quote titles too (save, saved, not-relevant), and a
+    # title holding [text](url) was a link in them, showing any text over any address.
+    title = "Scaling laws [free GPU credits](https://phish.example/login) for everyone"
+    with FakeDiscordGateway() as fake:
+        monkeypatch.setattr(Route, "BASE", "http://127.0.0.1:9/api/v10")
+        config = make_config(discord={"api_base": fake.api_base, "gateway_url": fake.gateway_url})
+        store.add_papers([paper(PAPER, title)], clock())
+        adapter = DiscordAdapter(TOKEN, api_base=config.discord.api_base)
+        running = await start(store, config, adapter, clock)
+        try:
+            assert await until(lambda: running.frontend.state == "connected")
+            fake.press(f"papers:save:{PAPER}")
+            assert await until(lambda: len(fake.followups) == 1)
+            fake.interact("saved", {})
+            assert await until(lambda: len(fake.followups) == 2)
+            fake.interact("search", {"words": "[a](https://x.example) scaling"})
+            assert await until(lambda: len(fake.followups) == 3)
+        finally:
+            await close_within(running)
+            await adapter.close()
+    saved, listed, searched = (f["body"]["content"] for f in fake.followups)
+    escaped = r"\[free GPU credits](https://phish.example/login)"
+    assert saved.startswith("Saved “Scaling laws ") and escaped in saved
+    assert escaped in listed and "• Scaling laws" in listed
+    assert "`[a](https://x.example) scaling`" in searched  # typed text in a code span: shown as typed
+    assert not re.search(r"(?<!\\)\[[^\]]*\]\(", saved + listed)
+
+
 # ---- the weekly most-saved digest --------------------------------------------------------------------
 
 async def test_the_weekly_most_saved_digest_lists_the_weeks_most_saved_once(ctx, store, clock, slack):
@@ -394,6 +423,41 @@ async def test_the_weekly_most_saved_digest_lists_the_weeks_most_saved_once(ctx,
     assert await dispatch_most_saved(store, adapters, clock(), 10) == 0
     assert (await run(ctx, C123, "U1", "most-saved off")).text == "The weekly most-saved digest is off."
     assert store.most_saved_schedules() == []
+
+
+async def test_a_rate_limited_most_saved_digest_is_posted_after_the_wait_not_skipped_for_the_week(make_config, clock,
+                                                                                                   slack):
+    # Monday 09:00 is when a busy channel gets its cards too: Slack's 429 (or an outage) on the
+    # weekly message lost that week's message; it is tried again after the wait, and posted once.
+    from bot.app import App
+
+    adapter = SlackAdapter(make_web_client("xoxb-test-token", slack.api_url), min_interval=0)
+    app = App(make_config(), clock=clock, adapters={"slack": adapter})
+
+    async def sweep_at(**later) -> int:
+        clock.advance(**later)
+        await app.deliver()
+        return len(slack.called("chat.postMessage"))
+
+    try:
+        await app.handle_command(handlers.request_from_text(C123, "U1", "most-saved weekly"))
+        app.store.add_papers([paper(PAPER, "Worth keeping")], clock())
+        await app.handle_command(handlers.request_from_text(C123, "U1", f"save {PAPER}"))
+        slack.script("chat.postMessage", (429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "90"}),
+                     (500, {"ok": False, "error": "fatal_error"}, {}))
+        assert await sweep_at(days=2, hours=21) == 1  # Monday 09:00: 429
+        assert await sweep_at(seconds=60) == 1  # within its Retry-After
+        assert await sweep_at(seconds=31) == 2  # 500
+        assert await sweep_at(seconds=61) == 3  # posted
+        assert await sweep_at(minutes=5) == 3  # once
+        assert "Worth keeping" in json.dumps(slack.called("chat.postMessage")[-1]["blocks"])
+        # What cannot go through later (a channel Slack says is gone) is not tried again that week.
+        await app.handle_command(handlers.request_from_text(C123, "U2", f"save {PAPER}"))
+        slack.script("chat.postMessage", (200, {"ok": False, "error": "channel_not_found"}, {}))
+        assert await sweep_at(days=7) == 4
+        assert await sweep_at(hours=1) == 4
+    finally:
+        await app.aclose()
 
 
 async def test_save_of_a_paper_not_stored_yet_fetches_it_as_show_does(store, make_config, clock, server):

@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import re
 import time
 from urllib.parse import urlencode
@@ -260,6 +261,20 @@ async def test_signed_slash_command_subscribes_and_the_reply_arrives(bolt, slack
     assert [s.query for s in store.subscriptions(C123)] == ["diffusion"]
 
 
+async def test_and_lt_gt_typed_in_slack_reach_the_command_as_typed(bolt, slack, store):
+    # Slack sends &, < and > of what was typed as &amp;, &lt; and &gt; (its own markup is in < >):
+    # `upvotes>=10`, the README's own example, was refused, and R&D became the phrase "r amp d".
+    body = command_body(slack, "subscribe diffusion upvotes&gt;=10 R&amp;D")
+    assert (await post(bolt, body, sign(body, int(time.time()))))[0] == 200
+    await wait_for(lambda: slack.called("1"))
+    assert [s.query for s in store.subscriptions(C123)] == ['diffusion upvotes>=10 "r d"']
+    mention = event_body({"type": "app_mention", "channel": "C123", "user": "UADMIN", "ts": "5.6",
+                          "text": "<@UBOT> preview diffusion upvotes&lt;5"})
+    await post(bolt, mention, {**sign(mention, int(time.time())), "Content-Type": "application/json"})
+    await wait_for(lambda: slack.called("chat.postMessage"))
+    assert slack.called("chat.postMessage")[0]["text"].startswith("`diffusion upvotes&lt;5`")
+
+
 @pytest.mark.parametrize(
     "tamper",
     [
@@ -308,6 +323,27 @@ async def test_arxiv_links_are_unfurled_into_cards(bolt, slack, store, clock):
     assert unfurl_blocks[0]["text"]["text"] == "Latent diffusion &lt;!channel&gt;"
 
 
+@pytest.mark.parametrize("where", ["channel", "channel_id"])
+async def test_a_link_in_a_message_being_written_is_unfurled_by_its_unfurl_id(bolt, slack, store, clock, caplog,
+                                                                              where):
+    # Slack sends link_shared for a link pasted in the message composer too, before the message
+    # exists: channel COMPOSER (some payloads name it channel_id), message_ts a made-up id, and
+    # unfurl_id and source, by which chat.unfurl must answer (channel and ts name no message).
+    store.add_papers([paper("2411.00001", "Latent diffusion")], clock())
+    body = event_body({"type": "link_shared", where: "COMPOSER", "user": "U1", "message_ts": "U1-9f2c",
+                       "unfurl_id": "U1-9f2c", "source": "composer",
+                       "links": [{"domain": "arxiv.org", "url": "https://arxiv.org/abs/2411.00001"}]})
+    headers = {**sign(body, int(time.time())), "Content-Type": "application/json"}
+    assert (await post(bolt, body, headers))[0] == 200
+    await wait_for(lambda: slack.called("chat.unfurl"))
+    (unfurl,) = slack.called("chat.unfurl")
+    assert unfurl["unfurl_id"] == "U1-9f2c" and unfurl["source"] == "composer"
+    assert "channel" not in unfurl and "ts" not in unfurl
+    unfurls = unfurl["unfurls"] if isinstance(unfurl["unfurls"], dict) else json.loads(unfurl["unfurls"])
+    assert list(unfurls) == ["https://arxiv.org/abs/2411.00001"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+
+
 async def test_mentions_answer_in_a_thread(bolt, slack, store, clock):
     store.add_papers([paper("2411.00001", "Latent diffusion")], clock())
     body = event_body({"type": "app_mention", "channel": "C123", "user": "U1", "ts": "5.6",
@@ -318,6 +354,23 @@ async def test_mentions_answer_in_a_thread(bolt, slack, store, clock):
     (message,) = slack.called("chat.postMessage")
     assert message["thread_ts"] == "5.6" and message["text"] == "arXiv:2411.00001"
     assert message["blocks"][2]["text"]["text"] == "Latent diffusion"
+
+
+@pytest.mark.parametrize("text", ["list --me", "saved --me"])
+async def test_a_mention_asking_for_my_own_lists_is_answered_to_me_alone(bolt, slack, store, clock, text):
+    # `@papers list --me` lists my subscriptions in every channel, private ones and my direct
+    # messages with the bot included; it was posted in the public channel's thread for all to read.
+    secret = ChannelRef("slack", "GPRIVATE")
+    store.add_subscription(secret, "acquisition target", "U1", clock())
+    store.add_papers([paper("2411.00001", "Quiet reading")], clock())
+    store.record_feedback("U1", secret, "2411.00001", "save", clock())
+    body = event_body({"type": "app_mention", "channel": "C123", "user": "U1", "ts": "5.6", "text": f"<@UBOT> {text}"})
+    assert (await post(bolt, body, {**sign(body, int(time.time())), "Content-Type": "application/json"}))[0] == 200
+    await wait_for(lambda: slack.called("chat.postEphemeral"))
+    (answer,) = slack.called("chat.postEphemeral")
+    assert answer["channel"] == "C123" and answer["user"] == "U1" and answer["thread_ts"] == "5.6"
+    assert ("acquisition target" if text == "list --me" else "Quiet reading") in answer["text"]
+    assert slack.called("chat.postMessage") == []
 
 
 async def test_a_reply_in_a_thread_quoting_a_title_pings_nobody(bolt, slack, store, clock):

@@ -180,6 +180,38 @@ async def test_uninstall_pauses_the_workspace_and_a_reinstall_resumes_it(bot, sl
     assert store.delivery_counts() == OutboxCounts(sent=2)
 
 
+async def test_a_channel_shared_with_another_workspace_stays_with_the_one_it_was_learnt_from(bot, slack, store,
+                                                                                              clock):
+    # A Slack Connect channel: people of both workspaces press its cards' buttons. A press from
+    # workspace TB made TA's channel TB's, and TB's uninstall then paused it (TA still has the app).
+    slack.add_workspace("code-a", "TA", "Lab A", TOKEN_A)
+    slack.add_workspace("code-b", "TB", "Lab B", TOKEN_B)
+    await install(bot, "code-a")
+    await install(bot, "code-b")
+    await command(bot, slack, "TA", C_A, "status")
+    store.add_papers([paper("2411.00001", "Shared reading")], clock())
+    press = {"type": "block_actions", "team": {"id": "TB"}, "user": {"id": "UB1", "team_id": "TB"},
+             "channel": {"id": C_A.channel_id}, "response_url": f"{slack.url}/respond/9", "trigger_id": "1",
+             "actions": [{"type": "button", "action_id": "papers_save", "value": "2411.00001"}]}
+    assert await signed_payload(bot, press) == 200
+    await wait_for(lambda: slack.called("9"))
+    assert slack.called("9")[0]["text"].startswith("Saved “Shared reading”")  # TB's people may use it
+    assert store.slack_channel_team(C_A) == "TA"
+    assert await event(bot, "TB", {"type": "app_uninstalled"}) == 200
+    await wait_for(lambda: store.slack_installation("TB") is None)
+    assert not store.channel_settings(C_A).paused
+    queue(store, clock, C_A, "2411.00002")
+    assert (await Dispatcher(store, bot.adapters, clock).dispatch()).sent == 1
+    assert posts(slack) == {C_A.channel_id: [TOKEN_A]}
+    # Once the workspace it was learnt from has no app, the channel is learnt again from its requests.
+    assert await event(bot, "TA", {"type": "app_uninstalled"}) == 200
+    await wait_for(lambda: store.slack_installation("TA") is None)
+    slack.add_workspace("code-b2", "TB", "Lab B", TOKEN_B)
+    await install(bot, "code-b2")
+    await command(bot, slack, "TB", C_A, "status")
+    assert store.slack_channel_team(C_A) == "TB"
+
+
 async def test_tokens_revoked_pauses_like_an_uninstall(bot, slack, store):
     slack.add_workspace("code-b", "TB", "Lab B", TOKEN_B)
     await install(bot, "code-b")

@@ -308,6 +308,12 @@ def test_the_most_saved_schedule_is_set_listed_claimed_once_a_slot_and_turned_of
     assert not store.claim_most_saved(CV, T0)  # not after its last slot
     assert store.claim_most_saved(CV, slot) and not store.claim_most_saved(CV, slot)
     assert store.most_saved_schedule(CV).last_sent_at == slot
+    # A post that failed for a while gives its claim back (once), and the slot is claimed again.
+    assert store.unclaim_most_saved(CV, slot, T0) and not store.unclaim_most_saved(CV, slot, T0)
+    assert store.most_saved_schedule(CV).last_sent_at == T0
+    assert store.claim_most_saved(CV, slot) and not store.claim_most_saved(CV, slot)
+    assert not store.unclaim_most_saved(CV, slot - timedelta(days=7), T0)  # not the slot claimed
+    assert store.most_saved_schedule(CV).last_sent_at == slot
     assert not store.claim_most_saved(DM, slot)  # no schedule
     assert store.set_most_saved_schedule(CV, None, T0) == MostSavedSchedule(CV, "fri", "17:00", slot)
     assert store.most_saved_schedule(CV) is None and not store.claim_most_saved(CV, slot + timedelta(days=7))

@@ -6,6 +6,7 @@ sent with allowed_mentions none as well (see discord_adapter).
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 import discord
@@ -42,10 +43,26 @@ def safe(text: str, limit: int) -> str:
     return escaped
 
 
+_CODE_SPAN = re.compile(r"(`[^`]*`)")
+_MASKED_LINK = re.compile(r"\[(?=[^\[\]\n]*\]\()")  # the [ of [text](url)
+
+
+def unlinked(text: str) -> str:
+    """A reply's text with no masked link `[text](url)` outside its code spans: a paper's title
+    is quoted in replies as it is (`saved`, `save`, a subscription's examples), and as a link
+    it would show any text over any address. Its [ is escaped, as escape_markdown does."""
+    if "](" not in text:
+        return text
+    return "".join(part if part.startswith("`") else _MASKED_LINK.sub(r"\\[", part)
+                   for part in _CODE_SPAN.split(text))
+
+
 def reply_content(text: str, limit: int = CONTENT_MAX) -> str:
     """A command reply's text as a message's content (markdown: it is ours, its quotes are in
-    code spans), within Discord's 2,000 characters (or `limit`): whole lines, and how many more
-    there were, rather than a cut mid-line (mid-code-span) at the limit."""
+    code spans; a title's masked link is escaped), within Discord's 2,000 characters (or
+    `limit`): whole lines, and how many more there were, rather than a cut mid-line
+    (mid-code-span) at the limit."""
+    text = unlinked(text)
     if len(text) <= limit:
         return text
     lines = text.split("\n")

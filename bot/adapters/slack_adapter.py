@@ -290,6 +290,13 @@ _MENTION = re.compile(r"<@[A-Z0-9]+>")
 _LINK = re.compile(r"<(https?://[^>|]+)(?:\|[^>]*)?>")
 
 
+def typed(text: str) -> str:
+    """Text as the person typed it: Slack sends a message's (and a slash command's) &, < and >
+    as &amp;, &lt; and &gt;, its own markup being in < >; `upvotes>=10` came as `upvotes&gt;=10`
+    (refused as a query) and `R&D` as the phrase "r amp d"."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 def _text(value) -> bool:
     return isinstance(value, str) and value != ""
 
@@ -302,6 +309,9 @@ def _id(obj, key: str = "id") -> str | None:
 def _runs_a_command(action_id: str) -> bool:
     """The card's Save / Not relevant buttons and a reply's buttons: each runs a command."""
     return action_id in (ACTION_SAVE, ACTION_NOT_RELEVANT) or action_id.startswith(ACTION_RUN + "_")
+
+
+COMPOSER = "COMPOSER"  # link_shared's channel for a link in a message not sent yet (no channel of its own)
 
 
 def _direct(channel_id: str) -> bool:
@@ -355,9 +365,11 @@ def payload_problem(body) -> str | None:
             return "event user is not a string"
         if event["type"] == "link_shared":
             links = event.get("links", [])
-            if not (_text(event.get("channel")) and _text(event.get("message_ts")) and isinstance(links, list)
+            composer = _text(event.get("unfurl_id")) and _text(event.get("source"))
+            if not ((composer or _text(event.get("channel")) and _text(event.get("message_ts")))
+                    and isinstance(links, list)
                     and all(isinstance(link, dict) and isinstance(link.get("url", ""), str) for link in links)):
-                return "link_shared without channel, message_ts or links"
+                return "link_shared without channel and message_ts (or unfurl_id and source), or links"
         if event["type"] == "app_home_opened" and not (_text(event.get("user"))
                                                        and isinstance(event.get("channel", ""), str)):
             return "app_home_opened without a user"
@@ -405,7 +417,7 @@ def build_bolt_app(
         async def note_workspace(context, next):
             """The channel a request comes from is in the request's workspace: posts there use its token."""
             team = context.enterprise_id if context.is_enterprise_install else context.team_id
-            if context.channel_id and team:
+            if context.channel_id and context.channel_id != COMPOSER and team:
                 await workspaces.noted(context.channel_id, team)
             return await next()
 
@@ -422,7 +434,7 @@ def build_bolt_app(
     async def slash_command(ack, body, respond, client):
         await ack()  # within Slack's 3 seconds; the work happens after
         request = handlers.request_from_text(ChannelRef("slack", body["channel_id"]), body["user_id"],
-                                             body.get("text") or "",
+                                             typed(body.get("text") or ""),
                                              can_manage=may_manage(body["user_id"], body["channel_id"]))
         reply = await on_command(request)
         if reply.form is not None and not reply.ok and await open_subscribe_modal(client, body.get("trigger_id"),
@@ -495,28 +507,43 @@ def build_bolt_app(
 
     @app.event("link_shared")
     async def unfurl(event, client):
+        """A link in a message, or in a message still being written (Slack sends those with
+        `channel: COMPOSER` and a made-up message_ts): answered by the event's unfurl_id and
+        source when it has them, as Slack asks, else by channel and message ts."""
         unfurls = {}
+        channel = event.get("channel") or event.get("channel_id") or COMPOSER
         for link in event.get("links", [])[:5]:
             paper_id = handlers.paper_in_link(link.get("url", ""))
             if paper_id is None:
                 continue
-            reply = await on_command(handlers.show_request(ChannelRef("slack", event["channel"]),
-                                                           event.get("user", ""), paper_id))
+            reply = await on_command(handlers.show_request(ChannelRef("slack", channel), event.get("user", ""),
+                                                           paper_id))
             if reply.cards:
                 unfurls[link["url"]] = {"blocks": [b.to_dict() for b in card_blocks(reply.cards[0])]}
-        if unfurls:
-            await client.chat_unfurl(channel=event["channel"], ts=event["message_ts"], unfurls=unfurls)
+        if not unfurls:
+            return
+        if _text(event.get("unfurl_id")) and _text(event.get("source")):
+            await client.chat_unfurl(unfurl_id=event["unfurl_id"], source=event["source"], unfurls=unfurls)
+        else:
+            await client.chat_unfurl(channel=channel, ts=event["message_ts"], unfurls=unfurls)
 
     @app.event("app_mention")
     async def mention(event, client):
         text = _MENTION.sub("", event.get("text", "")).strip()
-        text = _LINK.sub(r"\1", text)
+        text = typed(_LINK.sub(r"\1", text))
         request = handlers.mention_request(ChannelRef("slack", event["channel"]), event.get("user", ""), text,
                                            can_manage=may_manage(event.get("user", ""), event["channel"]))
         reply = await on_command(request)
-        await client.chat_postMessage(channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
-                                      text=reply_text(reply), blocks=[b.to_dict() for b in reply_blocks(reply)],
-                                      unfurl_links=False)
+        thread = event.get("thread_ts") or event["ts"]
+        blocks = [b.to_dict() for b in reply_blocks(reply)]
+        if "me" in request.args and event.get("user"):
+            # `list --me`, `saved --me`: a person's own subscriptions and reading list, from every
+            # channel (private ones and their direct messages too): for their eyes, as /papers is.
+            await client.chat_postEphemeral(channel=event["channel"], user=event["user"], thread_ts=thread,
+                                            text=reply_text(reply), blocks=blocks)
+            return
+        await client.chat_postMessage(channel=event["channel"], thread_ts=thread, text=reply_text(reply),
+                                      blocks=blocks, unfurl_links=False)
 
     return app
 

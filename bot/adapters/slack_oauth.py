@@ -142,8 +142,18 @@ class Workspaces:
     async def noted(self, channel_id: str, team_id: str) -> None:
         """`note_channel` from the event loop: a new channel's write waits its turn for the
         database (another process may hold its write lock) in a worker thread, not on the loop."""
-        if channel_id and team_id and self._teams.get(channel_id) != team_id:
-            await self.off_loop(self.note_channel, channel_id, team_id)
+        if not (channel_id and team_id) or self._teams.get(channel_id) == team_id:
+            return
+        # A channel keeps the workspace it was learnt from while that one has the app: a channel
+        # shared between two workspaces (Slack Connect) sends requests from both, and one button
+        # pressed by the other workspace's people made the channel theirs, so that their
+        # uninstall paused a channel of the workspace that still had the app.
+        known = self._teams.get(channel_id) or await self.off_loop(
+            self.records.slack_channel_team, ChannelRef("slack", channel_id))
+        if known not in (None, team_id) and self.records.slack_installation(known) is not None:
+            self._teams[channel_id] = known
+            return
+        await self.off_loop(self.note_channel, channel_id, team_id)
 
     async def off_loop(self, func: Callable[..., Any], *args: Any) -> Any:
         """`func(*args)`, one of the store's "any thread" methods, in a worker thread when the

@@ -122,6 +122,13 @@ class FeedbackMixin:
                 [utc(slot), channel.key, utc(slot)])
             return cursor.rowcount > 0
 
+    def unclaim_most_saved(self, channel: ChannelRef, slot: datetime, previous: datetime) -> bool:
+        with self.db.transaction():
+            cursor = self.db.execute(
+                "UPDATE most_saved_digests SET last_sent_at = %s WHERE channel = %s AND last_sent_at = %s",
+                [utc(previous), channel.key, utc(slot)])
+            return cursor.rowcount > 0
+
 
 def _matches(channel: ChannelRef, matched: object) -> tuple[Match, ...]:
     """A delivery's `matched` (jsonb: a list of {id, query, terms}) as Matches; () if it is not that."""
