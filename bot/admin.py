@@ -12,11 +12,14 @@ from typing import Sequence, TextIO
 
 from storage import StoreContract
 
-from .digest import parse_time, parse_weekday, zone
+from .digest import canonical_zone, parse_time, parse_weekday
 from .errors import ImportFileError, QueryError, SourceError
+from .like import like_query
+from .lookup import PaperLookup
 from .models import DIGEST_MODES, ChannelRef, ChannelSettings, MostSavedSchedule, Paper
 from .query import normalize_query
 from .sources import PaperSource, spec
+from .sources.ids import impossible_arxiv_id
 from .text import plural
 
 log = logging.getLogger(__name__)
@@ -150,27 +153,21 @@ _FIELDS = {"channel", "mode", "digest_time", "digest_day", "timezone", "paused",
            "followups"}
 
 
+_Planned = tuple[ChannelSettings, list[str], MostSavedSchedule | str | None, bool | None]  # an entry, checked
+
+
 def import_toml(store: StoreContract, text: str, now: datetime, *, limit: int | None = None) -> ImportReport:
     """Apply an export: all or nothing, and running it twice changes nothing more.
 
     `limit` is [limits] max_subscriptions_per_channel: a channel that would go over it
-    stops the import (checked in the same transaction as the inserts)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ImportFileError(f"not valid TOML: {exc}") from None
-    unknown = set(data) - {"channel"}
-    if unknown:
-        raise ImportFileError(f"unknown top-level key {sorted(unknown)[0]!r} (expected [[channel]] tables)")
-    entries = data.get("channel", [])
-    if not isinstance(entries, list):
-        raise ImportFileError("channel must be [[channel]] tables (an array of them)")
-    planned = [_check_entry(i, entry) for i, entry in enumerate(entries, start=1)]
-    first: dict[ChannelRef, int] = {}
-    for i, (settings, *_rest) in enumerate(planned, start=1):
-        # Twice, the second entry's settings would silently replace the first's.
-        if (seen := first.setdefault(settings.channel, i)) != i:
-            raise ImportFileError(f"channel {settings.channel.key}: listed twice (entries {seen} and {i})")
+    stops the import (checked in the same transaction as the inserts). A like: example the
+    store lacks stops it too, as `subscribe` refuses it (`look_up_examples` first stores those
+    the sources know, as `subscribe` does)."""
+    planned = _plan(text)
+    for where, query, paper_id in _examples(planned):
+        if store.get_paper(paper_id) is None:
+            unknown = impossible_arxiv_id(paper_id) or f"the example {paper_id} is unknown (not stored)"
+            raise ImportFileError(f"{where}: subscription {query[:60]!r}: {unknown}")
     report = ImportReport(channels=len(planned))
     with store.transaction():
         for settings, queries, weekly, followups in planned:
@@ -195,6 +192,65 @@ def import_toml(store: StoreContract, text: str, now: datetime, *, limit: int | 
     return report
 
 
+async def look_up_examples(store: StoreContract, text: str, lookup: PaperLookup, now: datetime) -> int:
+    """Store the like: examples of the file's subscriptions that the store lacks, looked up as
+    `subscribe` looks them up (Hugging Face, then the arXiv API); how many were stored.
+
+    Raises ImportFileError for the first one that cannot be an arXiv id, that no source
+    knows, or that could not be looked up now: the words `subscribe` answers with."""
+    wanted: dict[str, tuple[str, str]] = {}
+    for where, query, paper_id in _examples(_plan(text)):
+        if paper_id not in wanted and store.get_paper(paper_id) is None:
+            wanted[paper_id] = (where, query)
+    stored = 0
+    for paper_id, (where, query) in wanted.items():
+        what = f"{where}: subscription {query[:60]!r}"
+        if (impossible := impossible_arxiv_id(paper_id)) is not None:
+            raise ImportFileError(f"{what}: {impossible}")
+        try:
+            paper = await lookup.fetch(paper_id)
+        except SourceError as exc:
+            raise ImportFileError(f"{what}: could not look up the example {paper_id} right now ({exc.reason}); "
+                                  "try again later") from None
+        if paper is None:
+            raise ImportFileError(f"{what}: the example {paper_id} is unknown "
+                                  f"(neither {' nor '.join(lookup.labels())} knows it)")
+        store.add_papers([paper], now, listed=False)
+        stored += 1
+    return stored
+
+
+def _examples(planned: list[_Planned]) -> list[tuple[str, str, str]]:
+    """(where, query, example id) of each like: example of the planned subscriptions."""
+    found = []
+    for settings, queries, *_ in planned:
+        for query in queries:
+            like = like_query(query)
+            found += [(f"channel {settings.channel.key}", query, i) for i in (like.examples if like else ())]
+    return found
+
+
+def _plan(text: str) -> list[_Planned]:
+    """The file's entries, checked (ImportFileError names the first problem); nothing written."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ImportFileError(f"not valid TOML: {exc}") from None
+    unknown = set(data) - {"channel"}
+    if unknown:
+        raise ImportFileError(f"unknown top-level key {sorted(unknown)[0]!r} (expected [[channel]] tables)")
+    entries = data.get("channel", [])
+    if not isinstance(entries, list):
+        raise ImportFileError("channel must be [[channel]] tables (an array of them)")
+    planned = [_check_entry(i, entry) for i, entry in enumerate(entries, start=1)]
+    first: dict[ChannelRef, int] = {}
+    for i, (settings, *_rest) in enumerate(planned, start=1):
+        # Twice, the second entry's settings would silently replace the first's.
+        if (seen := first.setdefault(settings.channel, i)) != i:
+            raise ImportFileError(f"channel {settings.channel.key}: listed twice (entries {seen} and {i})")
+    return planned
+
+
 def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str], MostSavedSchedule | str | None,
                                                      bool | None]:
     where = f"channel entry {index}"
@@ -217,7 +273,8 @@ def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str],
         raise ImportFileError(f"{where}: mode must be one of {', '.join(DIGEST_MODES)}")
     if time is None or day is None:
         raise ImportFileError(f"{where}: digest_time must be HH:MM and digest_day a weekday")
-    if zone(tz) is None:
+    spelt = canonical_zone(tz)  # what `timezone` accepts: not `localtime` (each machine's own)
+    if spelt is None:
         raise ImportFileError(f"{where}: unknown time zone {tz!r}")
     if not isinstance(paused, bool):
         raise ImportFileError(f"{where}: paused must be true or false")
@@ -233,7 +290,7 @@ def _check_entry(index: int, entry: object) -> tuple[ChannelSettings, list[str],
             normalized.append(normalize_query(query))
         except QueryError as exc:
             raise ImportFileError(f"{where}: subscription {query[:60]!r}: {exc}") from None
-    settings = ChannelSettings(channel, mode=mode, digest_time=time, digest_day=day, timezone=tz, paused=paused)
+    settings = ChannelSettings(channel, mode=mode, digest_time=time, digest_day=day, timezone=spelt, paused=paused)
     return settings, normalized, _most_saved(where, channel, entry.get("most_saved")), followups
 
 

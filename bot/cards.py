@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from urllib.parse import quote, urlsplit
 
 from .models import Card, Link, Match, Paper, SubscriptionRef
 from .text import plural
@@ -123,16 +124,43 @@ def _term(term: str) -> str:
     return f"similar to {title or example_id} ({score:.2f})"
 
 
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # RFC 3986's reserved characters, and % (already encoded)
+
+
+def link_url(value: object) -> str | None:
+    """An http(s) link as a card's button can carry it, else None: Discord refuses a whole
+    message whose link button's URL is not well formed (a space in it, no host) with HTTP 400,
+    which is not retried, so the card would never be posted. Characters a URL may not hold as
+    they are (`<`, `>`, `"`, non-ASCII letters) are percent-encoded, as a browser sends them."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value.startswith(("https://", "http://")) or len(value) >= 2000:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return None
+    try:
+        host = urlsplit(value).hostname
+    except ValueError:  # "http://[oops"
+        return None
+    return quote(value, safe=_URL_SAFE) if host else None
+
+
 def card_for(paper: Paper, matched: Sequence[Match] = (), subscriptions: Sequence[SubscriptionRef] = ()) -> Card:
     """The card for `paper`; `matched` says why a channel gets it (nothing for lookups), and
     `subscriptions` are those it answers that still exist (to unsubscribe or mute)."""
     links = [Link("arXiv", paper.abs_url), Link("PDF", paper.pdf_url)]
     if paper.upvotes is not None or paper.thumbnail or paper.ai_summary:
         links.append(Link("Hugging Face", paper.hf_url))
-    if paper.github:
-        links.append(Link("Code", paper.github))
-    if paper.project_page and paper.project_page != paper.github:
-        links.append(Link("Project page", paper.project_page))
+    # Papers stored before the source applied link_url keep the links as Hugging Face sent them
+    # (`github.com/x` without its scheme, a space, `<`): the same rule here, on every card.
+    github, project_page, thumbnail = link_url(paper.github), link_url(paper.project_page), link_url(paper.thumbnail)
+    if project_page == github:
+        project_page = None
+    if github:
+        links.append(Link("Code", github))
+    if project_page:
+        links.append(Link("Project page", project_page))
     body = shorten(paper.ai_summary or paper.summary or "(no abstract)", BODY_MAX)
     return Card(
         paper_id=paper.id,
@@ -143,7 +171,7 @@ def card_for(paper: Paper, matched: Sequence[Match] = (), subscriptions: Sequenc
         links=tuple(links),
         upvotes=paper.upvotes,
         reason=why_matched(matched),
-        thumbnail=paper.thumbnail,
+        thumbnail=thumbnail,
         source=paper.source,
         subscriptions=tuple(subscriptions),
         categories=paper.categories[:CATEGORIES_SHOWN],
@@ -152,5 +180,5 @@ def card_for(paper: Paper, matched: Sequence[Match] = (), subscriptions: Sequenc
         comments=paper.comments,
         body_label=AI_SUMMARY if paper.ai_summary else "",
         snippet=abstract_snippet(paper.summary, f"{paper.title} {body}", matched) if matched else None,
-        project_page=paper.project_page if paper.project_page != paper.github else None,
+        project_page=project_page,
     )

@@ -161,7 +161,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.action == "export":
         return _export(config, args.output)
     if args.action == "import":
-        return _import(config, args.file)
+        return _interruptible(_import(config, args.file))
     if args.metrics_port is not None:
         if not 0 <= args.metrics_port <= 65535:
             print("papers-bot: --metrics-port must be from 0 to 65535", file=sys.stderr)
@@ -232,8 +232,9 @@ def _export(config: Config, output: str | None) -> int:
     return 0
 
 
-def _import(config: Config, path: str) -> int:
-    from .admin import import_toml
+async def _import(config: Config, path: str) -> int:
+    from .admin import import_toml, look_up_examples
+    from .lookup import PaperLookup
 
     try:
         with open(path, encoding="utf-8") as fh:
@@ -243,6 +244,12 @@ def _import(config: Config, path: str) -> int:
         return 2
     store = open_store(config.storage_target, busy_timeout=config.storage_busy_timeout)
     try:
+        # like: examples the store lacks are looked up (and stored) as `subscribe` does; one no
+        # source knows stops the import, as it stops `subscribe`.
+        async with make_client(config.http_timeout) as client:
+            lookup = PaperLookup(list(connect(client, config.sources, config.max_response_bytes,
+                                                 pacing_files(config)).values()))
+            await look_up_examples(store, text, lookup, utcnow())
         report = import_toml(store, text, utcnow(), limit=config.max_subscriptions_per_channel)
     except ImportFileError as exc:
         print(f"papers-bot: {path}: {exc}; nothing was imported", file=sys.stderr)
@@ -290,6 +297,12 @@ def _run(config: Config, role: str = "all", *, debug: bool = False) -> int:
             stop.set()
 
         signals.attach(asyncio.get_running_loop(), on_signal)
+        # `all` polls whatever happens; it takes the poller's lease when it is free, so that a
+        # second `run`, or a `--role poller` (which then stands by), can tell.
+        if role == "all" and app.sources and not app.store.hold_poller_lease():
+            log.warning("another process polls this database already (a `papers-bot run`, or a `run --role "
+                        "poller`: it holds the poller's lease); this one polls too, doing the same work twice "
+                        "(nothing is posted twice). Stop one of them (README: \"Cooperating processes\")")
         names = ", ".join(s.name for s in app.sources) or "none"
         if role == "all":
             log.info("papers-bot running: sources %s; adapters %s; database %s; Ctrl-C stops",

@@ -38,16 +38,35 @@ def zone(name: str) -> ZoneInfo | None:
         return None
 
 
+# Names in the zoneinfo tree that are no place's zone: `localtime` links to the machine's own
+# zone (/etc/localtime), `posixrules` to whichever one the distribution chose, and the `posix/`
+# and `right/` trees (copies, and variants counting leap seconds) are on some machines only.
+# A channel set to one would get its digests at other hours on another machine, or none.
+_MACHINE_NAMES = frozenset({"localtime", "posixrules"})
+_MACHINE_TREES = ("posix/", "right/")
+
+
+def machine_zone(name: str) -> bool:
+    """True for a zone name whose meaning depends on the machine (`localtime`, `posixrules`,
+    `posix/...`, `right/...`): no channel is set to one."""
+    folded = name.casefold()
+    return folded in _MACHINE_NAMES or folded.startswith(_MACHINE_TREES)
+
+
 @lru_cache(maxsize=1)
 def zone_names() -> tuple[str, ...]:
-    """Every IANA zone name this machine knows, sorted (read from the zoneinfo tree once)."""
-    return tuple(sorted(available_timezones()))
+    """Every IANA zone name this machine knows, sorted (read from the zoneinfo tree once), less
+    those that depend on the machine and `Factory` (a placeholder, "-00", no place's time)."""
+    return tuple(sorted(n for n in available_timezones() if not machine_zone(n) and n != "Factory"))
 
 
 def canonical_zone(name: str) -> str | None:
     """The IANA name `name` means, spelt as IANA does (`europe/berlin` is Europe/Berlin, `utc`
     is UTC: people type them so, and a case-insensitive file system would load them as typed
-    and store a name another machine cannot read); None if it names no zone."""
+    and store a name another machine cannot read); None if it names no zone, or one that
+    depends on the machine (`localtime`) or is no place's (`Factory`)."""
+    if machine_zone(name) or name.casefold() == "factory":
+        return None
     if name in zone_names():
         return name
     folded = name.casefold()

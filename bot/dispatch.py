@@ -224,7 +224,7 @@ class Dispatcher:
         return adapter
 
     async def _post_digest(self, adapter: Adapter, channel: ChannelRef, deliveries: list[Delivery], noun: str,
-                           report: DispatchReport) -> bool:
+                           report: DispatchReport, heading: str = "") -> bool:
         """Send at most DIGEST_MAX deliveries as one digest message; True if it went out.
 
         A message must show every paper it marks as sent, and platforms bound a message's
@@ -241,17 +241,17 @@ class Dispatcher:
             claimed = await self._off_loop(claim)
             if not claimed:
                 return True
-            return await self._post_claimed_digest(adapter, channel, claimed, noun, report)
+            return await self._post_claimed_digest(adapter, channel, claimed, noun, report, heading)
         finally:
             self._sending.difference_update(d.id for d in candidates)
 
     async def _post_claimed_digest(self, adapter: Adapter, channel: ChannelRef, claimed: list[Delivery], noun: str,
-                                   report: DispatchReport) -> bool:
+                                   report: DispatchReport, heading: str = "") -> bool:
         overflow = await self._off_loop(self.store.unannounced_overflow, channel)
         more, up_to = overflow.count, overflow.up_to
         note = (f"and {plural(more, 'more paper')} matched, not posted: narrow the subscriptions "
                 "(/papers list, /papers mute) or look them up with /papers search") if more else ""
-        title = f"{plural(len(claimed), noun)} for this channel"
+        title = f"{heading}{plural(len(claimed), noun)} for this channel"
         return await self._post_batch(adapter, channel, claimed, title, report, note, up_to if more else None)
 
     async def recover(self, *, unclaimed: bool = True) -> tuple[int, int]:
@@ -382,7 +382,9 @@ class Dispatcher:
             return self.store.unannounced_overflow(settings.channel).count - before
         report.overflow += await self._off_loop(hold_back)
         pending = self.store.pending_for_channel(settings.channel, DIGEST_MAX)
-        if pending and not await self._post_digest(adapter, settings.channel, pending, "new paper", report):
+        # Titled as what it is, the channel's daily or weekly digest ("15 more new papers ..." is a burst's).
+        heading = f"{settings.mode.capitalize()} digest: "
+        if pending and not await self._post_digest(adapter, settings.channel, pending, "new paper", report, heading):
             return  # tried again at the next sweep, still in this slot
         # Due with nothing to send still moves the schedule on, so it fires once per slot.
         # Only last_digest_at: a command may have changed the other settings while this was sent.

@@ -253,7 +253,13 @@ async def _handle(ctx: Context, request: CommandRequest) -> Reply:
 def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
     """The arguments converted to their declared kinds, or the one-line reason they cannot be."""
     values: dict[str, ArgValue] = {}
+    if given.get(REPEATED):  # `--min-score 0.3 --min-score 0.5`: which one was meant?
+        twice = cmd.param(str(given[REPEATED]).split(",")[0])
+        flag = twice.flag if twice else "an option"
+        return error(f"{flag} is given more than once; give it once.", cmd)
     for name in given:
+        if name == REPEATED:
+            continue
         if cmd.param(name) is None:
             return error(f"`{cmd.name}` has no option `--{shown(name, 20)}`.", cmd)
     for param in cmd.params:
@@ -279,6 +285,10 @@ def checked(cmd: Command, given: Mapping[str, ArgValue]) -> Args | Reply:
         values[param.name] = value
     return Args(values)
 
+
+# parse_text's key for the options typed more than once (their names, comma-separated): never a
+# parameter's name (those are identifiers), and handle() refuses the command, naming the first.
+REPEATED = "--"
 
 _YES = ("", "1", "yes", "true", "on")  # a flag's value: typed `--me` is "", Discord's a boolean
 
@@ -320,19 +330,26 @@ def parse_text(text: str) -> tuple[str, dict[str, str]]:
     if cmd is None:
         return verb, {}
     values: dict[str, str] = {}
+    repeated: list[str] = []
     for param in cmd.params:
         if param.kind == "flag":  # `--me`: no value
             flag = re.compile(rf"(?:^|\s)--{re.escape(param.name)}(?=\s|$)")
             if flag.search(rest):
                 values[param.name] = ""
-                rest = flag.sub(" ", rest).strip()
+                rest, times = flag.subn(" ", rest)
+                rest = rest.strip()
+                if times > 1:
+                    repeated.append(param.name)
             continue
-        if param.option:  # `--name value` or `--name=value`; given twice, both values (and refused)
+        if param.option:  # `--name value` or `--name=value`; given twice, refused (REPEATED)
             option = re.compile(rf"(?:^|\s){re.escape(param.flag)}(?:(?:=|\s+)(\S+)|\s*$)")
             while found := option.search(rest):
-                given = found.group(1) or ""
-                values[param.name] = f"{values[param.name]} {given}" if param.name in values else given
+                if param.name in values and param.name not in repeated:
+                    repeated.append(param.name)
+                values[param.name] = found.group(1) or ""
                 rest = (rest[: found.start()] + " " + rest[found.end():]).strip()
+    if repeated:
+        values[REPEATED] = ",".join(repeated)
     # `--word` left over is an option this command does not have (a query never needs one:
     # `-word` excludes a word): handle() names it, rather than subscribing to `--bogus foo`.
     unknown = re.search(r"(?:^|\s)--([A-Za-z][\w-]*)", rest)

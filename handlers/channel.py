@@ -8,6 +8,7 @@ from bot.digest import (
     DIGEST_MAX,
     canonical_zone,
     digest_due,
+    machine_zone,
     next_digest,
     parse_time,
     parse_weekday,
@@ -82,7 +83,8 @@ def timezone_command(ctx: Context, req: CommandRequest, args: Args) -> Reply:
     if spelt is None:
         close = suggest_zones(name)
         hint = f" Did you mean {', '.join(close)}?" if close else " Use a name like Europe/Berlin or America/New_York."
-        return error(f"`{shown(name, 40)}` is not a time zone.{hint}", "timezone")
+        why = ": what it means depends on the machine" if machine_zone(name) else ""
+        return error(f"`{shown(name, 40)}` is not a time zone{why}.{hint}", "timezone")
     name = spelt
     saved = _update(ctx, req, timezone=name).after
     return Reply(f"Time zone set to {name}: this channel gets {saved.describe()}.")

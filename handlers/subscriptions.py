@@ -109,6 +109,15 @@ def subscribe_form(channel: ChannelRef, query: str = "", preview: QueryPreview |
 
 # ---- like: queries (bot/recommend.py) ------------------------------------------------------
 
+def _after_colon(sentence: str) -> str:
+    """A sentence that goes on after a colon (`diffusion`: in the last 30 days ...): lower case
+    first, as every reply writes it ("Digests are off: this channel gets ...")."""
+    return sentence[:1].lower() + sentence[1:]
+
+
+_NOTHING_SAVED = _after_colon(NOTHING_SAVED)  # after "Cannot subscribe: "
+
+
 class _Liked(NamedTuple):
     examples: list[Paper]  # positives: the ids' papers, then (like:saved) the channel's saved ones
     negatives: list[Paper]  # like:saved: the channel's "Not relevant" papers
@@ -119,7 +128,7 @@ async def _like_examples(ctx: Context, like: LikeQuery, name: str, channel: Chan
     for like:saved, also the channel's saved papers, and its "Not relevant" ones as negatives."""
     feedback = ctx.store.channel_feedback(channel, SAVED_MAX) if like.saved else None
     if feedback is not None and not feedback.saved:
-        return error(f"Cannot {name}: {NOTHING_SAVED}.", name)
+        return error(f"Cannot {name}: {_NOTHING_SAVED}.", name)
     found = []
     for paper_id in like.examples:
         paper = ctx.store.get_paper(paper_id)
@@ -138,7 +147,7 @@ async def _like_examples(ctx: Context, like: LikeQuery, name: str, channel: Chan
         found.append(paper)
     liked = _Liked(*feedback_papers(ctx.store, like, feedback, found))
     if not liked.examples:  # like:saved whose saved papers are no longer stored
-        return error(f"Cannot {name}: {NOTHING_SAVED}.", name)
+        return error(f"Cannot {name}: {_NOTHING_SAVED}.", name)
     return liked
 
 
@@ -344,12 +353,12 @@ async def preview(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         if isinstance(liked, Reply):
             return liked
         found = await _like_history(ctx, like, liked.examples, LIKE_SHOWN, liked.negatives)
-        return Reply(f"`{render(node)}`: {_like_estimate(like, liked.examples, found, LIKE_SHOWN)}")
+        return Reply(f"`{render(node)}`: {_after_colon(_like_estimate(like, liked.examples, found, LIKE_SHOWN))}")
     matched, count, scanned = await _history(ctx, node, EXAMPLES)
     preview = QueryPreview(typed[:MAX_QUERY_CHARS], normalized=render(node),
                            estimate=_estimate_sentence(count, scanned),
                            examples=tuple(card_for(paper) for paper, _ in matched[:EXAMPLES]))
-    text = f"`{render(node)}`: {_estimate(matched, count, scanned)}"
+    text = f"`{render(node)}`: {_after_colon(_estimate(matched, count, scanned))}"
     return Reply(text, form=subscribe_form(req.channel, typed, preview))
 
 

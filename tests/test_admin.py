@@ -122,6 +122,7 @@ def test_export_then_import_into_an_empty_store_is_the_same(setup, tmp_path):
         ('[[channel]]\nchannel = "console:a"\ncolour = "red"\n', "channel entry 1: unknown key 'colour'"),
         ('[[channel]]\nchannel = "console:a"\nmode = "hourly"\n', "channel console:a: mode must be one of"),
         ('[[channel]]\nchannel = "console:a"\ntimezone = "Mars/Base"\n', "unknown time zone 'Mars/Base'"),
+        ('[[channel]]\nchannel = "console:a"\ntimezone = "localtime"\n', "unknown time zone 'localtime'"),
         ('[[channel]]\nchannel = "console:a"\ndigest_time = "25:00"\n', "digest_time must be HH:MM"),
         ('[[channel]]\nchannel = "console:a"\npaused = "no"\n', "paused must be true or false"),
         ('[[channel]]\nchannel = "console:a"\nsubscriptions = "diffusion"\n', "must be a list of strings"),
@@ -221,3 +222,65 @@ def test_followups_off_survives_export_and_import(setup, tmp_path):
     with pytest.raises(ImportFileError, match="followups must be true or false"):
         import_toml(fresh, text.replace("followups = false", 'followups = "off"'), NOW)
     fresh.close()
+
+
+EMPTY_FEED = b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>x</title></feed>'
+
+
+def test_cli_import_looks_up_like_examples_as_subscribe_does_and_refuses_unknown_ones(tmp_path, capsys):
+    # `subscribe like:ID` looks up an example it has not stored and refuses one nobody knows;
+    # import took any id and stored a subscription that could never match anything.
+    import json
+
+    from fakes.http import FakeHTTPServer
+
+    hf_paper = json.loads(fixture("hf_daily_papers_2026-03-06_item.json"))[0]["paper"]  # 2602.23229
+    with FakeHTTPServer() as server:
+        config = tmp_path / "config.toml"
+        config.write_text(f'[storage]\npath = "{tmp_path / "a.db"}"\n'
+                          f'[sources.huggingface]\nbase_url = "{server.url}"\n'
+                          f'[sources.arxiv]\nbase_url = "{server.url}"\napi_url = "{server.url}/api/query"\n')
+        server.route("/api/papers/2602.23229", Canned(body=json.dumps(hf_paper).encode()))
+        server.route("/api/papers/2411.99999", Canned(status=404, body=b"{}"))
+        server.route("/api/query", Canned(body=EMPTY_FEED))
+
+        def imported(*queries: str) -> tuple[int, str, str]:
+            path = tmp_path / "subs.toml"
+            path.write_text('[[channel]]\nchannel = "console:ml"\nsubscriptions = [%s]\n'
+                            % ", ".join(json.dumps(q) for q in queries))
+            code = main(["--config", str(config), "import", str(path)])
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        code, _, err = imported("diffusion", "like:2411.99999")
+        assert code == 1 and err.strip().endswith(
+            "channel console:ml: subscription 'like:2411.99999': the example 2411.99999 is unknown "
+            "(neither Hugging Face nor arXiv knows it); nothing was imported")
+        code, _, err = imported("like:9913.99999")  # a typo: not worth a request
+        assert code == 1 and "'like:9913.99999': 9913.99999 is not an arXiv id: 9913 is no year and month" in err
+        assert server.paths().count("/api/papers/9913.99999") == 0
+        server.route("/api/papers/2411.88888", Canned(status=500, body=b""))
+        server.route("/api/query", Canned(status=503, body=b""))
+        code, _, err = imported("like:2411.88888")
+        assert code == 1 and "could not look up the example 2411.88888 right now (" in err and "try again later" in err
+        # Its arXiv requests keep the pace of every process on this database (bot.app.pacing_files).
+        assert (tmp_path / "a.db.arxiv.pace").exists()
+        store = Store(str(tmp_path / "a.db"))
+        assert store.subscriptions() == []  # all or nothing: not even `diffusion`
+
+        code, out, _ = imported("diffusion", "like:2602.23229")  # known to Hugging Face: stored, as subscribe does
+        assert code == 0 and out.strip() == "imported 1 channel: 2 subscriptions added, 0 already present"
+        assert store.get_paper("2602.23229") is not None
+        assert [s.query for s in store.subscriptions()] == ["diffusion", "like:2602.23229"]
+        requests = len(server.requests)
+        assert imported("diffusion", "like:2602.23229")[0] == 0 and len(server.requests) == requests  # stored now
+        store.close()
+
+
+@pytest.mark.backends
+def test_import_refuses_a_like_example_the_store_lacks(store):
+    text = '[[channel]]\nchannel = "console:ml"\nsubscriptions = ["diffusion", "like:2411.99999 -survey"]\n'
+    with pytest.raises(ImportFileError, match="'like:2411.99999 -survey': the example 2411.99999 is unknown "
+                                              r"\(not stored\)"):
+        import_toml(store, text, NOW)
+    assert store.subscriptions() == []

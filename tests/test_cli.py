@@ -208,7 +208,7 @@ def test_run_without_network_says_so_keeps_running_and_stops_on_ctrl_c(tmp_path)
 @pytest.mark.parametrize(
     "text, expected, code",
     [
-        ("preview diffusion", "`diffusion`: No papers were stored in the last 30 days", 0),
+        ("preview diffusion", "`diffusion`: no papers were stored in the last 30 days", 0),
         ("search diffusion", "No stored paper matches `diffusion`.", 0),
         ("trending", "No Hugging Face papers with upvotes were listed since", 0),
         ("digest daily 08:30", "This channel now gets a daily digest at 08:30 (UTC).", 0),

@@ -48,7 +48,7 @@ def test_preview_estimates_from_stored_history_without_subscribing(ctx, clock):
     stock(ctx.store, clock)
     reply = run(ctx, "preview Diffusion")
     assert reply.ok
-    assert reply.text.startswith("`diffusion`: In the last 30 days it would have matched 2 of 5 stored papers")
+    assert reply.text.startswith("`diffusion`: in the last 30 days it would have matched 2 of 5 stored papers")
     assert "• Diffusion policies for robots (arXiv:2411.00002)" in reply.text
     assert "• Latent diffusion for video (arXiv:2411.00001)" in reply.text
     assert "Old diffusion" not in reply.text  # replacements are not news
@@ -57,7 +57,7 @@ def test_preview_estimates_from_stored_history_without_subscribing(ctx, clock):
 
 @pytest.mark.backends
 def test_preview_with_nothing_stored_and_bad_queries(ctx):
-    assert "No papers were stored in the last 30 days" in run(ctx, "preview diffusion").text
+    assert "`diffusion`: no papers were stored in the last 30 days" in run(ctx, "preview diffusion").text
     bad = run(ctx, 'preview "open')
     assert not bad.ok and "Cannot preview: unclosed quote at column 1." in bad.text
     assert "Usage: `/papers preview <query> [--min-score X]`" in bad.text
@@ -289,11 +289,29 @@ def test_digest_settings(ctx, clock):
         ("timezone", "Which time zone? This channel uses UTC."),
         ("timezone Europe/Berln", "`Europe/Berln` is not a time zone. Did you mean Europe/Berlin"),
         ("timezone ../../etc/passwd", "is not a time zone"),
+        # Names of the zoneinfo tree that mean another zone on another machine, or none: they
+        # were accepted (`localtime` is the machine's own zone, /etc/localtime).
+        ("timezone localtime", "`localtime` is not a time zone: what it means depends on the machine. Use a name"),
+        ("timezone posixrules", "`posixrules` is not a time zone: what it means depends on the machine."),
+        ("timezone Localtime", "`Localtime` is not a time zone: what it means depends on the machine."),
+        ("timezone posix/Europe/Berlin", "is not a time zone: what it means depends on the machine. Did you mean "
+                                         "Europe/Berlin"),
+        ("timezone right/UTC", "`right/UTC` is not a time zone: what it means depends on the machine."),
+        ("timezone Factory", "`Factory` is not a time zone. Use a name like Europe/Berlin"),
     ],
 )
 def test_channel_setting_errors(ctx, text, message):
     reply = run(ctx, text)
     assert not reply.ok and message in reply.text and "Usage: `/papers " in reply.text
+    assert ctx.store.channel_settings(ML).timezone == "UTC"
+
+
+def test_machine_dependent_zones_are_not_offered_while_typing(ctx):
+    offered = [value for value, _ in handlers.complete(ctx, ML, "timezone", "zone", "")]
+    offered += [value for typed in ("local", "posix", "right/", "fact")
+                for value, _ in handlers.complete(ctx, ML, "timezone", "zone", typed)]
+    assert offered and not {"localtime", "posixrules", "Factory"} & set(offered)
+    assert not [z for z in offered if z.startswith(("posix/", "right/"))]
 
 
 def test_pause_keeps_matches_and_resume_releases_them(ctx, clock):

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from bot.adapters.console import render_card, render_reply, terminal_safe
 from bot.cards import card_for
 from bot.models import ChannelRef, Match, Reply
@@ -31,3 +33,44 @@ def test_counts_agree_with_their_nouns():
     two = render_card(card_for(paper("2411.00002", upvotes=3, comments=2)))
     assert "▲ 3 · 1 comment\n" in one
     assert "▲ 3 · 2 comments\n" in two
+
+
+async def test_message_ids_stay_unique_across_restarts_so_follow_ups_find_their_card(tmp_path, clock):
+    # Each run counted its ids from console-1: the second run's first card had the first run's id,
+    # and a card sharing its message with another counts as a digest's, which gets no follow-ups.
+    import io
+
+    import handlers
+    from bot.adapters.console import ConsoleAdapter
+    from bot.app import App
+    from bot.config import Secrets, parse_config
+
+    from .fakes import FakeSource
+
+    config = parse_config({"storage": {"path": str(tmp_path / "bot.db")},
+                           "sources": {"huggingface": {"enabled": False}, "arxiv": {"enabled": False}}},
+                          Secrets({}))
+    first, second = (paper(i, f"Diffusion {i}", source="huggingface", upvotes=1, listed_on=None)
+                     for i in ("2611.00001", "2611.00002"))
+    outs = []
+
+    async def run(*listed):  # one `papers-bot run` (or `poll`): a new process, a new console adapter
+        outs.append(io.StringIO())
+        app = App(config, clock=clock, adapters={"console": ConsoleAdapter(outs[-1])})
+        app.sources = [FakeSource("huggingface", list(listed))]
+        if len(outs) == 1:
+            reply = await app.handle_command(handlers.request_from_text(ChannelRef("console", "ml"), "me",
+                                                                        "subscribe diffusion"))
+            assert reply.ok
+        await app.poll_once()
+        ids = [row[0] for row in app.store.db.execute("SELECT message_id FROM deliveries ORDER BY id")]
+        await app.aclose()
+        clock.advance(hours=1)
+        return ids
+
+    await run(first)
+    ids = await run(first, second)
+    assert len(ids) == 2 and all(i.startswith("console-") for i in ids)
+    assert ids[0] != ids[1]
+    await run(replace(first, github="https://github.com/acme/x"), second)
+    assert f"[console:ml] ↳ {ids[0]}: Code released: https://github.com/acme/x" in outs[-1].getvalue()

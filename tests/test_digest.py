@@ -90,7 +90,7 @@ async def test_digest_goes_out_at_local_time_with_everything_once(store, clock, 
     report = await dispatcher.dispatch_digests()
     assert report.sent == 2 and len(digests) == 1
     assert [c.title for c in digests[0].cards] == ["First", "Second"]
-    assert digests[0].title == "2 new papers for this channel"
+    assert digests[0].title == "Daily digest: 2 new papers for this channel"  # not as a burst's
     assert (await dispatcher.dispatch_digests()).sent == 0 and len(digests) == 1  # once
     match_paper(store, clock, "2411.00003", "Third")
     clock.now = at(2026, 11, 29, 8, 0)
@@ -168,9 +168,19 @@ async def test_console_renders_a_digest_as_a_list(store, clock, digest_channel):
     clock.now = at(2026, 11, 28, 8, 0)
     await Dispatcher(store, {"console": ConsoleAdapter(out)}, clock).dispatch_digests()
     text = out.getvalue()
-    assert "[console:ml] 1 new paper for this channel" in text
+    assert "[console:ml] Daily digest: 1 new paper for this channel" in text
     assert "• First [31mred (https://arxiv.org/abs/2411.00001)" in text and "\x1b" not in text
     assert 'Matched #1 `x`: x in title' in text
+
+
+async def test_a_weekly_digest_says_it_is_the_weekly_digest(store, clock, digest_channel):
+    # It was titled "1 new paper for this channel", as a burst's digest ("15 more new papers ...").
+    store.save_channel_settings(replace(digest_channel, mode="weekly", digest_day="mon"), clock())
+    out = io.StringIO()
+    match_paper(store, clock, "2411.00001", "First")
+    clock.now = at(2026, 11, 30, 8, 0)  # Monday, 09:00 in Berlin
+    assert (await Dispatcher(store, {"console": ConsoleAdapter(out)}, clock).dispatch_digests()).sent == 1
+    assert "[console:ml] Weekly digest: 1 new paper for this channel\n" in out.getvalue()
 
 
 async def test_a_digest_to_a_gone_channel_pauses_it_instead_of_retrying_forever(store, clock, digest_channel):

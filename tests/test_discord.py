@@ -1,5 +1,6 @@
 """Discord: embeds within limits, REST delivery through discord.py to a fake API, the /papers group."""
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import discord
@@ -375,3 +376,27 @@ async def test_a_global_429_stops_every_request_and_nothing_is_lost(fake):
     assert fake.global_limited > 0  # `global: true` 429s, which discord.py waited out
     assert all(r.ok for r in results) and sorted(fake.messages) == sorted(c.channel_id for c in channels)
     assert all(len(m) == 1 for m in fake.messages.values())
+
+
+async def test_links_stored_before_the_link_rule_are_dropped_or_encoded_on_the_card(store, clock, fake):
+    # Papers stored before Hugging Face's links were checked on the way in keep them as sent:
+    # Discord refuses a whole message whose button URL has a space or no host (HTTP 400, never
+    # retried), and `<`, `>`, quotes or accents are not a URL's. Cards apply the source's rule.
+    old = paper("2411.00001", "Latent diffusion", source="huggingface", upvotes=3,
+                github="https://github.com/a b", project_page='https://x.org/<p>"q"/café',
+                thumbnail="https://")
+    store.add_papers([old], clock())
+    assert store.get_paper("2411.00001").github == "https://github.com/a b"  # as an old version stored it
+    sub = store.add_subscription(CH, "diffusion", "42", clock()).subscription
+    store.enqueue(old.id, [Match(sub.id, CH, sub.query, ("diffusion in title",))], clock())
+    adapter = DiscordAdapter("discord-test-token", api_base=fake.api_base)
+    assert (await Dispatcher(store, {"discord": adapter}, clock).dispatch()).sent == 1
+    await adapter.close()
+    ((_, body),) = fake.posts
+    buttons = {b["label"]: b["url"] for b in body["components"][0]["components"]}
+    assert "Code" not in buttons and "thumbnail" not in body["embeds"][0]
+    assert buttons["Project page"] == "https://x.org/%3Cp%3E%22q%22/caf%C3%A9"
+    card = card_for(replace(old, github="github.com/x", project_page="https://github.com/x/y",
+                            thumbnail="https://cdn.example/a b.png"))
+    assert [link.label for link in card.links] == ["arXiv", "PDF", "Hugging Face", "Project page"]
+    assert card.thumbnail is None and card.project_page == "https://github.com/x/y"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import socket
 import time
 
@@ -318,3 +319,16 @@ async def test_posting_while_discord_is_unreachable_fails_cleanly_without_leakin
     await adapter.close()
     assert all(not r.ok and r.retryable and "cannot reach Discord" in r.error for r in results)
     assert_no_leaks_or_tracebacks(caplog)
+
+
+def test_the_fake_runs_by_hand_from_any_folder(tmp_path):
+    # README: `python -m fakes.discord_gateway` to try `papers-bot run` against it. From outside
+    # the repository it was "No module named 'fakes'": the package was not installed.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-m", "fakes.discord_gateway"], cwd=tmp_path, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("api_base = 'http://127.0.0.1:") and "gateway_url = 'ws://127.0.0.1:" in done.stdout

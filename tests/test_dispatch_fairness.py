@@ -186,7 +186,8 @@ async def test_a_scheduled_digest_is_one_message_too(store, clock):
     report = await dispatcher.dispatch_digests()
     assert report.sent == DIGEST_MAX and report.overflow == 75 - DIGEST_MAX and adapter.posts == []
     (digest,) = adapter.digests
-    assert digest.title == "20 new papers for this channel" and digest.note.startswith("and 55 more papers matched")
+    assert digest.title == "Daily digest: 20 new papers for this channel"
+    assert digest.note.startswith("and 55 more papers matched")
     assert store.delivery_counts() == OutboxCounts(sent=DIGEST_MAX, overflow=55)
 
 

@@ -143,6 +143,8 @@ def test_help_lists_subscriptions_first_and_help_last():
         ("subscribe --backfill 5 \"large  language\" -video", "subscribe",
          {"query": "\"large  language\" -video", "backfill": "5"}),  # the query as typed, option anywhere
         ("subscribe diffusion --backfill", "subscribe", {"query": "diffusion", "backfill": ""}),
+        ("subscribe x --backfill 3 --me --backfill=5 --me", "subscribe",  # refused by handle(), which names it
+         {"query": "x", "backfill": "5", "me": "", "--": "backfill,me"}),
         ("mute #3 cat:cs.RO video", "mute", {"subscription": "#3", "term": "cat:cs.RO video"}),
         ("digest daily 09:00", "digest", {"mode": "daily", "time": "09:00"}),  # too few words: no day
         ("digest weekly fri 18:30", "digest", {"mode": "weekly", "day": "fri", "time": "18:30"}),
@@ -241,7 +243,14 @@ def test_a_typed_option_the_command_does_not_have_is_refused_not_taken_as_query(
 
 
 @pytest.mark.parametrize("line, message", [
-    ("subscribe robots --backfill 3 --backfill 5", "--backfill needs a number from 1 to 20, not `3 5`."),
+    # Given twice, an option was both values at once: refused as a number, or as a score
+    # ("--min-score takes a number from 0 to 1"), not as given twice; `--me --me` was taken.
+    ("subscribe robots --backfill 3 --backfill 5", "--backfill is given more than once; give it once.\nUsage:"),
+    ("subscribe like:2406.12345 --min-score 0.3 --min-score=0.5", "--min-score is given more than once; give it"),
+    ("subscribe robots --min-score 0.3 --backfill 2 --min-score 0.3", "--min-score is given more than once"),
+    ("subscribe --me robots --me", "--me is given more than once; give it once."),
+    ("list --me --me", "--me is given more than once; give it once.\nUsage: `/papers list [--me]`"),
+    ("preview robots --min-score 0.3 --min-score", "--min-score is given more than once"),
     ("subscribe robots --backfill", "--backfill needs a number from 1 to 20.\n"),
     ("subscribe robots --backfill=x", "--backfill needs a number from 1 to 20, not `x`."),
 ])

@@ -71,9 +71,9 @@ def test_like_saved_parses_alone_with_ids_and_with_keywords_and_normalizes_stabl
 async def test_like_saved_with_nothing_saved_says_how_to_save(ctx):
     for command in ("subscribe like:saved", "preview like:saved -survey"):
         reply = await run(ctx, command)
-        assert not reply.ok
-        assert ("This channel has not saved any papers yet: press Save under a card, "
-                "or give arXiv ids: like:2406.12345") in reply.text
+        assert not reply.ok  # the reason, in lower case after the colon as every other one
+        assert reply.text.startswith(f"Cannot {command.split()[0]}: this channel has not saved any papers yet: "
+                                     "press Save under a card, or give arXiv ids: like:2406.12345.\n")
     await save(ctx, EXAMPLES, OTHER)  # another channel's saves are not this one's
     assert not (await run(ctx, "subscribe like:saved")).ok
     assert ctx.store.subscriptions(ML) == []
@@ -85,7 +85,7 @@ async def test_preview_like_saved_uses_the_saved_papers_and_leaves_the_not_relev
     await save(ctx, DIFFUSION[3:8], ML, "not-relevant")
     mine = await run(ctx, "preview like:saved --min-score 0.01", ML)
     theirs = await run(ctx, "preview like:saved --min-score 0.01", OTHER)
-    assert mine.ok and "Papers like 3 examples" in mine.text and EXAMPLES[0].title[:80] in mine.text
+    assert mine.ok and "`: papers like 3 examples (" in mine.text and EXAMPLES[0].title[:80] in mine.text
     listed = [p for p in DIFFUSION[3:8] if f"(arXiv:{p.id})" in theirs.text]
     assert listed  # like the saved papers: listed where nobody marked them
     assert not any(f"(arXiv:{p.id})" in mine.text for p in DIFFUSION[3:8] + EXAMPLES)

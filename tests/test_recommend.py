@@ -222,7 +222,7 @@ def test_preview_lists_what_it_would_have_posted_with_scores(ctx, clock):
     stock(ctx.store, clock)
     ids = " ".join(p.id for p in EXAMPLES[1:])
     reply = run(ctx, f"preview like:{EXAMPLES[0].id} {ids} --min-score 0.05")
-    assert reply.ok and reply.text.startswith(f"`{like(EXAMPLES)} score>=0.05`: Papers like 3 examples (")
+    assert reply.ok and reply.text.startswith(f"`{like(EXAMPLES)} score>=0.05`: papers like 3 examples (")
     lines = [line for line in reply.text.splitlines() if line.startswith("• ")]
     scores = [float(line.split()[1]) for line in lines]
     assert 0 < len(lines) <= 10 and scores == sorted(scores, reverse=True) and min(scores) >= 0.05

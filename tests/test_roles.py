@@ -22,7 +22,7 @@ from bench.faults import Listing
 from bot.app import App
 from bot.dispatch import Dispatcher
 from bot.models import ChannelRef, Match, OutboxCounts
-from fakes.http import FakeHTTPServer
+from fakes.http import Canned, FakeHTTPServer
 from fakes.slack import FakeSlack
 from storage import Store, open_store
 
@@ -394,3 +394,29 @@ def test_senders_lock_files_do_not_pile_up(tmp_path):
     stores[1].close()
     stores[2].close()
     assert locks() == []
+
+
+TWICE = "another process polls this database already"
+
+
+def test_a_second_run_on_one_database_says_it_doubles_the_polling(tmp_path, process_target):
+    # Two `papers-bot run` on one database both polled, without a word: nothing doubled, but the
+    # work was. The first takes the poller's lease (so a `--role poller` beside it stands by).
+    with FakeHTTPServer() as hf:
+        hf.route("/api/daily_papers", Canned(body=b"[]"))
+        (tmp_path / "config.toml").write_text(
+            storage_section(process_target) +
+            f'[sources.huggingface]\nbase_url = "{hf.url}"\ninterval_minutes = 0.02\n'
+            "[sources.arxiv]\nenabled = false\n[logging]\nlevel = \"INFO\"\n")
+        first = start(tmp_path, "all", "first")
+        others: list[subprocess.Popen] = []
+        try:
+            wait_for(lambda: "huggingface: " in log(tmp_path, "first"), "the first run to poll")
+            others.append(start(tmp_path, "all", "second"))
+            wait_for(lambda: "huggingface: " in log(tmp_path, "second"), "the second run to poll")
+            assert TWICE in log(tmp_path, "second") and TWICE not in log(tmp_path, "first")
+            others.append(start(tmp_path, "poller", "poller"))
+            wait_for(lambda: "stands by" in log(tmp_path, "poller"), "a poller beside them to stand by")
+        finally:
+            stop(first, *others)
+        assert "huggingface: " not in log(tmp_path, "poller")

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from urllib.parse import urlencode
 
@@ -539,3 +540,30 @@ async def test_after_a_crash_a_post_that_went_out_is_not_sent_again(store, clock
     assert store.delivery_counts() == OutboxCounts(sent=2)
     history = slack.called("conversations.history")[0]
     assert history["channel"] == "C123" and history["include_all_metadata"] in (True, "true", "1")
+
+
+async def test_a_digests_fallback_text_is_cut_between_entities(store, clock, slack):
+    # The fallback was escaped, then cut at 3,000 characters: `&amp;` cut to `&am`, which
+    # notifications show as it is. Titles of `&`s put an entity across every possible cut.
+    cards = tuple(card_for(paper(f"2411.{i:05d}", "A & B <C> " * 30)) for i in range(1, 21))
+    adapter = adapter_for(slack)
+    for mentioned in ((), ("U1", "U22")):
+        await adapter.post_digest(Digest(C123, "20 new papers for this channel", cards, mentions=mentioned))
+    quiet, loud = [body["text"] for body in slack.called("chat.postMessage")]
+    for text in (quiet, loud):
+        assert 2900 < len(text) <= 3000
+        assert not re.search(r"&(?!amp;|lt;|gt;)", text), text[-20:]  # every & starts a whole entity
+        assert "<C>" not in text
+    assert quiet.startswith("20 new papers for this channel: A &amp; B &lt;C&gt;")
+    assert loud.startswith("<@U1> <@U22> 20 new papers for this channel: A &amp; B")
+
+
+async def test_an_admin_notice_is_cut_between_entities_too(slack):
+    # The same cut as the digest's fallback: `escape(text)[:3000]`.
+    adapter = adapter_for(slack)
+    for shift in range(8):  # every place in an `&amp;` the 3,000th character can fall
+        await adapter.post_text(C123, "papers-bot: arxiv has failed (last error: " + "x" * shift + "a&b " * 800)
+    bodies = slack.called("chat.postMessage")
+    assert len(bodies) == 8
+    for body in bodies:
+        assert 2900 < len(body["text"]) <= 3000 and not re.search(r"&(?!amp;|lt;|gt;)", body["text"])

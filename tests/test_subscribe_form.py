@@ -46,7 +46,7 @@ def test_preview_fills_the_form_with_the_estimate_and_the_newest_matches(ctx, cl
     ctx.store.add_papers([paper(f"2411.0000{n}", f"Diffusion paper {n}", upvotes=n) for n in range(1, 6)]
                          + [paper("2411.00009", "Robots")], clock())
     reply = handle(ctx, "preview", {"query": "Diffusion"})
-    assert reply.ok and reply.text.startswith("`diffusion`: In the last 30 days it would have matched 5 of 6")
+    assert reply.ok and reply.text.startswith("`diffusion`: in the last 30 days it would have matched 5 of 6")
     preview = reply.form.preview
     assert preview == QueryPreview("Diffusion", normalized="diffusion",
                                    estimate="In the last 30 days it would have matched 5 of 6 stored papers.",

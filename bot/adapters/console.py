@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 import textwrap
 import unicodedata
@@ -70,35 +71,39 @@ class ConsoleAdapter:
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream
         self.posted = 0
+        # Message ids are stored (deliveries, follow-ups' threads) and outlive the process: a count
+        # from 1 alone gave the next run's first card the id of this run's, and a card sharing its
+        # id with another counts as a digest's (no follow-ups). A prefix of this run's makes them unique.
+        self.run = secrets.token_hex(4)
+
+    def _message_id(self) -> str:
+        self.posted += 1
+        return f"console-{self.run}-{self.posted}"
 
     async def post(self, channel: ChannelRef, card: Card) -> PostResult:
         stream = self.stream or sys.stdout
         stream.write("─" * 40 + "\n" + render_card(card, channel) + "\n")
         stream.flush()
-        self.posted += 1
-        return PostResult(ok=True, message_id=f"console-{self.posted}")
+        return PostResult(ok=True, message_id=self._message_id())
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
         stream = self.stream or sys.stdout
         stream.write(terminal_safe(f"[{channel.key}] {text}") + "\n")
         stream.flush()
-        self.posted += 1
-        return PostResult(ok=True, message_id=f"console-{self.posted}")
+        return PostResult(ok=True, message_id=self._message_id())
 
     async def post_digest(self, digest: Digest) -> PostResult:
         stream = self.stream or sys.stdout
         stream.write("─" * 40 + "\n" + render_digest(digest) + "\n")
         stream.flush()
-        self.posted += 1
-        return PostResult(ok=True, message_id=f"console-{self.posted}")
+        return PostResult(ok=True, message_id=self._message_id())
 
     async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
         stream = self.stream or sys.stdout
         link = f": {reply.link.url}" if reply.link else ""
         stream.write(terminal_safe(f"[{thread.channel.key}] ↳ {thread.message_id}: {reply.text}{link}") + "\n")
         stream.flush()
-        self.posted += 1
-        return PostResult(ok=True, message_id=f"console-{self.posted}")
+        return PostResult(ok=True, message_id=self._message_id())
 
     async def find_in_thread(self, thread: ThreadRef, reply: ThreadReply, since: datetime) -> str | None:
         return None  # no history here either: an interrupted reply is printed again

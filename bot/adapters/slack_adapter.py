@@ -68,6 +68,7 @@ from .slack_render import (
     ACTION_SAVE,
     ACTION_UNSUBSCRIBE,
     BLOCK_QUERY,
+    FALLBACK_MAX,
     FOLLOWUP_EVENT,
     MAX_BLOCKS,
     MODAL_SUBSCRIBE,
@@ -77,10 +78,10 @@ from .slack_render import (
     digest_blocks,
     digest_people_blocks,
     digest_text,
-    escape,
     form_error,
     home_view,
     mentions,
+    notice_text,
     reply_blocks,
     reply_text,
     result_modal,
@@ -169,7 +170,7 @@ class SlackAdapter:
         return None
 
     async def post_text(self, channel: ChannelRef, text: str) -> PostResult:
-        return await self._post(channel.channel_id, text=escape(text)[:3000])
+        return await self._post(channel.channel_id, text=notice_text(text))
 
     async def post_in_thread(self, thread: ThreadRef, reply: ThreadReply) -> PostResult:
         """A reply in the card's thread (not sent to the channel), carrying its key as metadata."""
@@ -203,7 +204,7 @@ class SlackAdapter:
         blocks = [block.to_dict() for block in digest_blocks(digest)[:MAX_BLOCKS - len(people)] + people]
         ids = ",".join(card.paper_id for card in digest.cards)[:2000]
         who = mentions(digest)
-        text = f"{who} {digest_text(digest)}"[:3000] if who else digest_text(digest)
+        text = f"{who} {digest_text(digest, FALLBACK_MAX - len(who) - 1)}" if who else digest_text(digest)
         return await self._post(digest.channel.channel_id, text=text, blocks=blocks,
                                 metadata={"event_type": PAPER_EVENT, "event_payload": {"paper_ids": ids}})
 

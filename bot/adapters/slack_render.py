@@ -212,8 +212,15 @@ def digest_blocks(digest: Digest) -> list[Block]:
     return blocks
 
 
-def digest_text(digest: Digest) -> str:
-    return escape(f"{digest.title}: " + "; ".join(c.title for c in digest.cards))[:FALLBACK_MAX]
+def digest_text(digest: Digest, limit: int = FALLBACK_MAX) -> str:
+    """The plain-text fallback: the title and the papers' titles, escaped, within `limit`
+    characters, cut between entities (never `&am`: Slack would show a stray `&am`)."""
+    return _mrkdwn_cut(f"{digest.title}: " + "; ".join(c.title for c in digest.cards), limit)
+
+
+def notice_text(text: str) -> str:
+    """A plain message (the admin channel's notices): escaped, within FALLBACK_MAX, cut between entities."""
+    return _mrkdwn_cut(text, FALLBACK_MAX)
 
 
 def reply_text(reply: Reply) -> str:

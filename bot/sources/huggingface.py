@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date, timedelta
-from urllib.parse import quote, urlsplit
 
 import httpx
 
+from ..cards import link_url as _http_url  # the rule cards apply again to papers stored before it
 from ..errors import SourceError
 from ..models import Listing, Paper, Validators
 from .base import (
@@ -213,25 +213,3 @@ def _organization(value: object) -> str | None:
     if full and name and full.casefold() != name.casefold():
         return f"{full} ({name})"
     return full or name or None
-
-
-_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"  # RFC 3986's reserved characters, and % (already encoded)
-
-
-def _http_url(value: object) -> str | None:
-    """An http(s) link as a card's button can carry it, else None: Discord refuses a whole
-    message whose link button's URL is not well formed (a space in it, no host) with HTTP 400,
-    which is not retried, so the card would never be posted. Characters a URL may not hold as
-    they are (`<`, `>`, `"`, non-ASCII letters) are percent-encoded, as a browser sends them."""
-    if not isinstance(value, str):
-        return None
-    value = value.strip()
-    if not value.startswith(("https://", "http://")) or len(value) >= 2000:
-        return None
-    if any(c.isspace() or not c.isprintable() for c in value):
-        return None
-    try:
-        host = urlsplit(value).hostname
-    except ValueError:  # "http://[oops"
-        return None
-    return quote(value, safe=_URL_SAFE) if host else None
