@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from .cards import link_url
 from .models import FollowUp, Link, ThreadReply
 
 URL_MAX = 300  # a longer code address is not shown: the Hugging Face page links to it
@@ -20,8 +21,9 @@ def reply_for(followup: FollowUp) -> ThreadReply:
     key = f"{followup.paper_id}:{followup.kind}:{followup.value}"
     hf_page = f"https://huggingface.co/papers/{followup.paper_id}"
     if followup.kind == "code":
-        url = followup.url or ""
-        if url.startswith(("https://", "http://")) and len(url) <= URL_MAX:
+        # The rule cards apply: one queued before the source's link rule may be malformed.
+        url = link_url(followup.url) or ""
+        if url and len(url) <= URL_MAX:
             parts = urlsplit(url)
             label = (parts.netloc.removeprefix("www.") + parts.path.rstrip("/"))[:80] or "code"
             return ThreadReply(key, "Code released", Link(label, url))

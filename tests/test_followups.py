@@ -211,6 +211,12 @@ def test_replies_are_worded_short_with_their_link():
     assert reply_for(FollowUp(1, PAPER_ID, thread, "upvotes", 200)).text == "Crossed 200 upvotes on Hugging Face"
     long = reply_for(FollowUp(1, PAPER_ID, thread, "code", 0, "https://github.com/" + "a" * 400))
     assert long.link == Link("Hugging Face", f"https://huggingface.co/papers/{PAPER_ID}")
+    # Queued before the source's link rule: a malformed address is not linked (Discord refuses
+    # the whole reply for it); one it can encode is encoded, as on a card.
+    spaced = reply_for(FollowUp(1, PAPER_ID, thread, "code", 0, "https://github.com/acme/diffusion x"))
+    assert spaced.link == Link("Hugging Face", f"https://huggingface.co/papers/{PAPER_ID}")
+    accented = reply_for(FollowUp(1, PAPER_ID, thread, "code", 0, "https://github.com/acme/difusión"))
+    assert accented.link is not None and accented.link.url == "https://github.com/acme/difusi%C3%B3n"
 
 
 def test_reply_texts_are_escaped_and_never_mention():
