@@ -43,7 +43,7 @@ class StoreCollector:
                 success.add_metric([name], state.last_success.timestamp())
         deliveries = GaugeMetricFamily("papers_bot_deliveries", "Outbox rows by status", labels=["status"])
         counts = self.store.delivery_counts()
-        for status in ("pending", "sending", "sent", "failed", "overflow"):
+        for status in ("pending", "sending", "sent", "failed", "overflow", "unsubscribed"):
             deliveries.add_metric([status], getattr(counts, status))
         yield failures
         yield success

@@ -353,6 +353,7 @@ class OutboxCounts:
     sent: int = 0
     failed: int = 0
     overflow: int = 0  # settled without being posted: counted in a burst's digest
+    unsubscribed: int = 0  # settled without being posted: every subscription it answered was removed first
 
 
 @dataclass(frozen=True)

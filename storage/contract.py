@@ -271,7 +271,9 @@ class StoreContract(Protocol):
 
     def remove_subscription(self, channel: ChannelRef, subscription_id: int) -> Subscription | None:
         """Remove a subscription of this channel and return it (as it was); None, nothing
-        removed, if the channel has no such id (another channel's id included)."""
+        removed, if the channel has no such id (another channel's id included). In the same
+        transaction, the channel's pending deliveries stop naming it, and those it alone
+        matched are settled 'unsubscribed', never posted (`unsubscribed_rows`)."""
         ...
 
     def subscriptions(self, channel: ChannelRef | None = None) -> list[Subscription]:
@@ -332,7 +334,8 @@ class StoreContract(Protocol):
         ...
 
     def remove_all_subscriptions(self, channel: ChannelRef) -> list[Subscription]:
-        """Remove every subscription of the channel; return them (by id), as they were."""
+        """Remove every subscription of the channel; return them (by id), as they were. Their
+        pending deliveries are settled as `remove_subscription` says."""
         ...
 
     def count_subscriptions(self, channel: ChannelRef) -> int:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Iterable
 
 from sqlite_utils import Database
 
 from bot.collection import no_collection
 from bot.errors import QueryError
 from bot.matching import compile_query
-from bot.models import ChannelRef, StoredQuery, Subscribed, Subscription, SubscriptionChanges, stored_subscription
+from bot.models import (
+    ChannelRef,
+    StoredQuery,
+    Subscribed,
+    Subscription,
+    SubscriptionChanges,
+    stored_subscription,
+    terms_strength,
+)
 
 from .db import immediate, iso
 
@@ -74,7 +83,19 @@ class SubscriptionsMixin:
             if found is None or found.channel != channel:
                 return None
             self.db.execute("DELETE FROM subscriptions WHERE id = ?", [subscription_id])
+            self._settle_unsubscribed(channel, {subscription_id})
             return found
+
+    def _settle_unsubscribed(self, channel: ChannelRef, removed: set[int]) -> None:
+        """In the removal's transaction: the channel's deliveries not sent yet stop naming the
+        removed subscriptions, and those only they matched are never posted (`unsubscribed_rows`)."""
+        rows = self.db.execute("SELECT id, matched FROM deliveries WHERE channel = ? AND status = 'pending'",
+                               [channel.key]).fetchall()
+        rewritten, settled = unsubscribed_rows(rows, removed)
+        self.db.conn.executemany("UPDATE deliveries SET matched = ?, strength = ? WHERE id = ? AND status = 'pending'",
+                                 rewritten)
+        self.db.conn.executemany("UPDATE deliveries SET status = 'unsubscribed' WHERE id = ? AND status = 'pending'",
+                                 [(delivery_id,) for delivery_id in settled])
 
     def subscriptions(self, channel: ChannelRef | None = None) -> list[Subscription]:
         if channel is None:
@@ -178,6 +199,7 @@ class SubscriptionsMixin:
         with immediate(self.db):
             removed = self.subscriptions(channel)
             self.db.execute("DELETE FROM subscriptions WHERE channel = ?", [channel.key])
+            self._settle_unsubscribed(channel, {sub.id for sub in removed})
             return removed
 
     def count_subscriptions(self, channel: ChannelRef) -> int:
@@ -202,3 +224,31 @@ def _subscription(row) -> Subscription:
         created_at=datetime.fromisoformat(row[4]),  # NOT NULL
         delivered=row[5],
     )
+
+
+def unsubscribed_rows(rows: Iterable[tuple[int, object]],
+                      removed: set[int]) -> tuple[list[tuple[str, int, int]], list[int]]:
+    """Of a channel's pending deliveries (id, `matched` facts as JSON text or as read from
+    jsonb), what removing the subscriptions `removed` leaves: the ones some other of its
+    subscriptions still matched, with their facts and strength rewritten without the removed
+    ones ((matched JSON, strength, id) each), and the ones nothing matches any more (their
+    ids: settled 'unsubscribed', never posted). Deliveries none of them matched are left as
+    they are (a recommendation's, say)."""
+    rewritten: list[tuple[str, int, int]] = []
+    settled: list[int] = []
+    for delivery_id, matched in rows:
+        try:
+            facts = json.loads(matched) if isinstance(matched, (str, bytes)) else matched
+        except ValueError:
+            continue
+        if not isinstance(facts, list):
+            continue
+        kept = [f for f in facts if not (isinstance(f, dict) and f.get("id") in removed)]
+        if len(kept) == len(facts):
+            continue
+        if not kept:
+            settled.append(delivery_id)
+            continue
+        terms = {t for f in kept if isinstance(f, dict) for t in f.get("terms") or () if isinstance(t, str)}
+        rewritten.append((json.dumps(kept), terms_strength(terms), delivery_id))
+    return rewritten, settled

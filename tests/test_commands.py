@@ -131,6 +131,37 @@ def test_unsubscribe_all_names_what_was_removed(ctx):
     assert ctx.store.subscriptions(ML) == [] and len(ctx.store.subscriptions()) == 1
 
 
+@pytest.mark.backends
+def test_unsubscribing_settles_the_deliveries_only_it_matched(ctx, clock):
+    # Queued and not sent yet: a paper the removed subscription alone matched is never posted
+    # (nor counted in the next digest); one another subscription matched too goes out for that one.
+    store = ctx.store
+    store.add_papers([paper("2411.00001", "Diffusion"), paper("2411.00002", "Diffusion video"),
+                      paper("2411.00003", "Video")], clock())
+    run(ctx, "subscribe diffusion")
+    run(ctx, "subscribe video")
+    cv = ChannelRef("console", "cv")
+    run(ctx, "subscribe diffusion", channel=cv)
+    diffusion, video = (sub.id for sub in store.subscriptions(ML))
+    (elsewhere,) = (sub.id for sub in store.subscriptions(cv))
+    store.enqueue("2411.00001", [Match(diffusion, ML, "diffusion", ("diffusion in title",))], clock())
+    store.enqueue("2411.00002", [Match(diffusion, ML, "diffusion", ("diffusion in title",)),
+                                 Match(video, ML, "video", ("video in title",))], clock())
+    store.enqueue("2411.00003", [Match(video, ML, "video", ("video in title",))], clock())
+    store.enqueue("2411.00001", [Match(elsewhere, cv, "diffusion", ("diffusion in title",))], clock())
+
+    assert run(ctx, f"unsubscribe {diffusion}").ok
+    pending = {d.paper_id: d.matched for d in store.pending_for_channel(ML)}
+    assert pending == {"2411.00002": (Match(video, ML, "video", ("video in title",)),),
+                       "2411.00003": (Match(video, ML, "video", ("video in title",)),)}
+    assert store.count_pending(cv) == 1  # another channel's subscription of the same query
+    assert store.delivery_counts().unsubscribed == 1
+
+    assert run(ctx, "unsubscribe all").ok
+    assert store.count_pending(ML) == 0 and store.count_pending(cv) == 1
+    assert store.delivery_counts().unsubscribed == 3
+
+
 # ---- search, trending -------------------------------------------------------------------
 
 @pytest.mark.backends

@@ -36,6 +36,7 @@ from bot.errors import QueryError
 from bot.matching import compile_query
 from bot.models import ChannelRef, StoredQuery, Subscribed, Subscription, SubscriptionChanges, stored_subscription
 
+from ..subscriptions import unsubscribed_rows
 from .db import Database, from_db, utc
 
 _COLUMNS = "id, channel, query, created_by, created_at, delivered"  # delivered: the sent count (trigger)
@@ -87,7 +88,18 @@ class SubscriptionsMixin:
                               [subscription_id, channel.key])
             if row:
                 self.db.execute(_BUMP)
+                self._settle_unsubscribed(channel, {subscription_id})
             return _subscription(row) if row else None
+
+    def _settle_unsubscribed(self, channel: ChannelRef, removed: set[int]) -> None:
+        """As SQLite's (storage/subscriptions.py): in the removal's transaction."""
+        rows = self.db.all("SELECT id, matched FROM deliveries WHERE channel = %s AND status = 'pending' FOR UPDATE",
+                           [channel.key])
+        rewritten, settled = unsubscribed_rows(rows, removed)
+        if rewritten:
+            self.db.executemany("UPDATE deliveries SET matched = %s::jsonb, strength = %s WHERE id = %s", rewritten)
+        if settled:
+            self.db.execute("UPDATE deliveries SET status = 'unsubscribed' WHERE id = ANY(%s)", [settled])
 
     def subscriptions(self, channel: ChannelRef | None = None) -> list[Subscription]:
         if channel is None:
@@ -202,6 +214,7 @@ class SubscriptionsMixin:
             rows = self.db.all(f"DELETE FROM subscriptions WHERE channel = %s RETURNING {_COLUMNS}", [channel.key])
             if rows:
                 self.db.execute(_BUMP)
+                self._settle_unsubscribed(channel, {row[0] for row in rows})
         return sorted((_subscription(row) for row in rows), key=lambda s: s.id)
 
     def count_subscriptions(self, channel: ChannelRef) -> int:
