@@ -330,7 +330,11 @@ class StoreContract(Protocol):
 
         None if the channel has no such id. The subscription is returned unchanged when,
         with `expected`, its query is no longer `expected`, or when another subscription
-        of the channel already has `query`. A change gives it a new, higher version."""
+        of the channel already has `query`. A change gives it a new, higher version, and, in
+        its transaction, the channel's pending deliveries that name the subscription are
+        matched again with the new query: its fact in each is the new query's, or dropped where
+        it no longer matches; one left with no fact is settled 'unsubscribed' (a `mute`).
+        `like:` queries are left to the recommender."""
         ...
 
     def remove_all_subscriptions(self, channel: ChannelRef) -> list[Subscription]:

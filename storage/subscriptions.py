@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from sqlite_utils import Database
 
 from bot.collection import no_collection
 from bot.errors import QueryError
-from bot.matching import compile_query
+from bot.matching import PaperView, compile_query, evaluate
 from bot.models import (
     ChannelRef,
+    Paper,
     StoredQuery,
     Subscribed,
     Subscription,
@@ -20,6 +21,7 @@ from bot.models import (
     stored_subscription,
     terms_strength,
 )
+from bot.query import parse_query
 
 from .db import immediate, iso
 
@@ -43,6 +45,9 @@ _SELECT = """
 
 class SubscriptionsMixin:
     db: Database
+
+    if TYPE_CHECKING:
+        def get_paper(self, paper_id: str) -> Paper | None: ...  # PapersMixin's
 
     def add_subscription(
         self, channel: ChannelRef, query: str, user_id: str, now: datetime, *, limit: int | None = None
@@ -91,7 +96,20 @@ class SubscriptionsMixin:
         removed subscriptions, and those only they matched are never posted (`unsubscribed_rows`)."""
         rows = self.db.execute("SELECT id, matched FROM deliveries WHERE channel = ? AND status = 'pending'",
                                [channel.key]).fetchall()
-        rewritten, settled = unsubscribed_rows(rows, removed)
+        self._refact_pending(*unsubscribed_rows(rows, removed))
+
+    def _requery_pending(self, channel: ChannelRef, subscription_id: int, query: str) -> None:
+        """In the change's transaction: the channel's deliveries not sent yet that name the
+        subscription are matched again with its new query (`requeried`): a `mute` keeps
+        what it would have muted from being posted."""
+        rows = self.db.execute("SELECT id, matched, paper_id FROM deliveries WHERE channel = ? AND status = 'pending'",
+                               [channel.key]).fetchall()
+        papers = {row[0]: row[2] for row in rows}
+        refact = requeried(subscription_id, query, lambda delivery_id: self.get_paper(papers[delivery_id]))
+        if refact is not None:
+            self._refact_pending(*refacted_rows([row[:2] for row in rows], refact))
+
+    def _refact_pending(self, rewritten: list[tuple[str, int, int]], settled: list[int]) -> None:
         self.db.conn.executemany("UPDATE deliveries SET matched = ?, strength = ? WHERE id = ? AND status = 'pending'",
                                  rewritten)
         self.db.conn.executemany("UPDATE deliveries SET status = 'unsubscribed' WHERE id = ? AND status = 'pending'",
@@ -193,6 +211,7 @@ class SubscriptionsMixin:
             self.db.execute(
                 f"UPDATE subscriptions SET query = ?, compiled = ?, version = {_NEXT_VERSION} WHERE id = ?",
                 [query, _compiled(query), subscription_id])
+            self._requery_pending(channel, subscription_id, query)
             return self.get_subscription(subscription_id)
 
     def remove_all_subscriptions(self, channel: ChannelRef) -> list[Subscription]:
@@ -226,14 +245,15 @@ def _subscription(row) -> Subscription:
     )
 
 
-def unsubscribed_rows(rows: Iterable[tuple[int, object]],
-                      removed: set[int]) -> tuple[list[tuple[str, int, int]], list[int]]:
-    """Of a channel's pending deliveries (id, `matched` facts as JSON text or as read from
-    jsonb), what removing the subscriptions `removed` leaves: the ones some other of its
-    subscriptions still matched, with their facts and strength rewritten without the removed
-    ones ((matched JSON, strength, id) each), and the ones nothing matches any more (their
-    ids: settled 'unsubscribed', never posted). Deliveries none of them matched are left as
-    they are (a recommendation's, say)."""
+
+def refacted_rows(rows: Iterable[tuple[int, object]],
+                  refact: Callable[[int, dict], dict | None]) -> tuple[list[tuple[str, int, int]], list[int]]:
+    """A channel's pending deliveries (id, `matched` facts as JSON text or as read from jsonb)
+    after `refact` (delivery id, one fact -> the fact, another in its place, or None to drop
+    it): those whose facts changed and some remain, with their facts and strength rewritten
+    ((matched JSON, strength, id) each), and those left with none (their ids: nothing of the
+    channel's matches them any more; settled 'unsubscribed', never posted). Deliveries whose
+    facts `refact` keeps as they are (a recommendation's, say) are in neither."""
     rewritten: list[tuple[str, int, int]] = []
     settled: list[int] = []
     for delivery_id, matched in rows:
@@ -243,8 +263,12 @@ def unsubscribed_rows(rows: Iterable[tuple[int, object]],
             continue
         if not isinstance(facts, list):
             continue
-        kept = [f for f in facts if not (isinstance(f, dict) and f.get("id") in removed)]
-        if len(kept) == len(facts):
+        kept: list = []
+        for fact in facts:
+            new = refact(delivery_id, fact) if isinstance(fact, dict) else fact
+            if new is not None:
+                kept.append(new)
+        if kept == facts:
             continue
         if not kept:
             settled.append(delivery_id)
@@ -252,3 +276,32 @@ def unsubscribed_rows(rows: Iterable[tuple[int, object]],
         terms = {t for f in kept if isinstance(f, dict) for t in f.get("terms") or () if isinstance(t, str)}
         rewritten.append((json.dumps(kept), terms_strength(terms), delivery_id))
     return rewritten, settled
+
+
+def unsubscribed_rows(rows: Iterable[tuple[int, object]],
+                      removed: set[int]) -> tuple[list[tuple[str, int, int]], list[int]]:
+    """`refacted_rows` once the subscriptions `removed` are gone: their facts dropped."""
+    return refacted_rows(rows, lambda _delivery, fact: None if fact.get("id") in removed else fact)
+
+
+def requeried(subscription_id: int, query: str, paper_of: Callable[[int], Paper | None]
+              ) -> Callable[[int, dict], dict | None] | None:
+    """For `refacted_rows`, once subscription `subscription_id` has the query `query`: its
+    fact in a delivery is the new query's, with the terms it matches in the delivery's paper
+    (`paper_of(delivery id)`), or dropped if the new query does not match it (a `mute`);
+    None for a `like:` query (matched by the recommender, not here) or one that does not parse."""
+    if "like:" in query:
+        return None
+    try:
+        node = parse_query(query)
+    except QueryError:
+        return None
+
+    def refact(delivery_id: int, fact: dict) -> dict | None:
+        if fact.get("id") != subscription_id:
+            return fact
+        paper = paper_of(delivery_id)
+        hits = None if paper is None else evaluate(node, PaperView(paper))
+        return None if hits is None else {"id": subscription_id, "query": query, "terms": list(hits)}
+
+    return refact

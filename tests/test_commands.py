@@ -162,6 +162,29 @@ def test_unsubscribing_settles_the_deliveries_only_it_matched(ctx, clock):
     assert store.delivery_counts().unsubscribed == 3
 
 
+@pytest.mark.backends
+def test_a_mute_keeps_what_it_mutes_from_going_out_from_the_queue_too(ctx, clock):
+    # Muted from the first card of a burst: the queued papers with the term are not posted;
+    # the others are, with the terms the new query matches; another subscription's, unchanged.
+    store = ctx.store
+    store.add_papers([paper("2411.00001", "Diffusion for video", "Frames."),
+                      paper("2411.00002", "Diffusion policies", "Robots learn."),
+                      paper("2411.00003", "Video diffusion models", "Video.")], clock())
+    run(ctx, "subscribe diffusion")
+    run(ctx, "subscribe robots")
+    diffusion, robots = (sub.id for sub in store.subscriptions(ML))
+    found = ("diffusion in title",)
+    for paper_id in ("2411.00001", "2411.00002", "2411.00003"):
+        also = [Match(robots, ML, "robots", ("robots in abstract",))] if paper_id == "2411.00002" else []
+        store.enqueue(paper_id, [Match(diffusion, ML, "diffusion", found), *also], clock())
+
+    assert run(ctx, f"mute {diffusion} video").text == f"#{diffusion} is now `diffusion -video`."
+    pending = {d.paper_id: d.matched for d in store.pending_for_channel(ML)}
+    assert pending == {"2411.00002": (Match(diffusion, ML, "diffusion -video", found),
+                                      Match(robots, ML, "robots", ("robots in abstract",)))}
+    assert store.delivery_counts().unsubscribed == 2
+
+
 # ---- search, trending -------------------------------------------------------------------
 
 @pytest.mark.backends

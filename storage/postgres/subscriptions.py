@@ -30,13 +30,22 @@ subscriptions are written a few at a time by people, so nothing waits for long.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from bot.collection import no_collection
 from bot.errors import QueryError
 from bot.matching import compile_query
-from bot.models import ChannelRef, StoredQuery, Subscribed, Subscription, SubscriptionChanges, stored_subscription
+from bot.models import (
+    ChannelRef,
+    Paper,
+    StoredQuery,
+    Subscribed,
+    Subscription,
+    SubscriptionChanges,
+    stored_subscription,
+)
 
-from ..subscriptions import unsubscribed_rows
+from ..subscriptions import refacted_rows, requeried, unsubscribed_rows
 from .db import Database, from_db, utc
 
 _COLUMNS = "id, channel, query, created_by, created_at, delivered"  # delivered: the sent count (trigger)
@@ -50,6 +59,9 @@ _LOCK_LOG = "SELECT version FROM subscription_version FOR UPDATE"
 
 class SubscriptionsMixin:
     db: Database
+
+    if TYPE_CHECKING:
+        def get_paper(self, paper_id: str) -> Paper | None: ...  # PapersMixin's
 
     def add_subscription(
         self, channel: ChannelRef, query: str, user_id: str, now: datetime, *, limit: int | None = None
@@ -95,7 +107,18 @@ class SubscriptionsMixin:
         """As SQLite's (storage/subscriptions.py): in the removal's transaction."""
         rows = self.db.all("SELECT id, matched FROM deliveries WHERE channel = %s AND status = 'pending' FOR UPDATE",
                            [channel.key])
-        rewritten, settled = unsubscribed_rows(rows, removed)
+        self._refact_pending(*unsubscribed_rows(rows, removed))
+
+    def _requery_pending(self, channel: ChannelRef, subscription_id: int, query: str) -> None:
+        """As SQLite's (storage/subscriptions.py): in the change's transaction."""
+        rows = self.db.all("SELECT id, matched, paper_id FROM deliveries WHERE channel = %s AND status = 'pending' "
+                           "FOR UPDATE", [channel.key])
+        papers = {row[0]: row[2] for row in rows}
+        refact = requeried(subscription_id, query, lambda delivery_id: self.get_paper(papers[delivery_id]))
+        if refact is not None:
+            self._refact_pending(*refacted_rows([row[:2] for row in rows], refact))
+
+    def _refact_pending(self, rewritten: list[tuple[str, int, int]], settled: list[int]) -> None:
         if rewritten:
             self.db.executemany("UPDATE deliveries SET matched = %s::jsonb, strength = %s WHERE id = %s", rewritten)
         if settled:
@@ -206,6 +229,8 @@ class SubscriptionsMixin:
             row = self.db.one(
                 f"UPDATE subscriptions SET query = %s, compiled = %s, version = %s WHERE id = %s RETURNING {_COLUMNS}",
                 [query, _compiled(query), version, subscription_id])
+            if row:
+                self._requery_pending(channel, subscription_id, query)
             return _subscription(row) if row else None
 
     def remove_all_subscriptions(self, channel: ChannelRef) -> list[Subscription]:
