@@ -255,3 +255,23 @@ async def test_the_bot_paces_arxiv_with_the_file_beside_its_database(tmp_path, s
     assert beside_database(postgres) is None
     assert pacing_files(postgres) == pacing_files(postgres) != pacing_files(other)
     assert Path(pacing_files(postgres)).parent == Path(tempfile.gettempdir())
+
+
+async def test_a_shared_pacing_file_queues_however_many_processes_wait_together(tmp_path):
+    # Four processes (four `papers-bot command show` at once) ask at the same moment: each
+    # takes the next start, 3 s after the one before. The fourth's start is more than one
+    # interval ahead of the clock, which is no sign of a reboot (it was read as one, and the
+    # fourth went at once, beside the first).
+    from bot.sources.base import Pacer
+
+    path = tmp_path / "bot.db.arxiv.pace"
+    now = [100.0]
+    waits: list[float] = []
+
+    async def sleep(seconds):  # the clock stands still: all ask before any starts
+        waits.append(seconds)
+
+    for _ in range(4):  # a pacer each, as in four processes
+        async with Pacer(3.0, monotonic=lambda: now[0], sleep=sleep, shared=path):
+            pass
+    assert waits == [3.0, 6.0, 9.0]
