@@ -212,14 +212,18 @@ async def test_a_shared_pacing_file_of_another_user_is_not_used(tmp_path, monkey
     assert "belongs to user" in caplog.text and pacer.shared is None
 
 
-@pytest.mark.parametrize("content, wait", [(b"", 0.0), (b"not a time", 0.0), (b"1e12", 0.0), (b"99.0", 2.0),
-                                           (b"90.0", 0.0)])
+@pytest.mark.parametrize("content, wait", [("", 0.0), ("not a time", 0.0), ("99.0", 0.0), ("99.0 {boot} 1", 0.0),
+                                           ("1e12 {before}", 0.0), ("99.0 {before}", 0.0), ("99.0 {boot}", 2.0),
+                                           ("90.0 {boot}", 0.0), ("1e3 {boot}", 903.0)])
 async def test_a_shared_pacing_file_gives_the_next_free_start(tmp_path, content, wait):
-    # Damaged (a crash mid-write) or from before a reboot (far ahead of the clock): no wait.
-    from bot.sources.base import Pacer
+    # Damaged (a crash mid-write), without its boot (the first version's) or taken in an
+    # earlier boot (the monotonic clock started again): no wait. Of this boot, however far
+    # ahead: the processes that took the starts before are waiting for them.
+    from bot.sources.base import Pacer, _boot
 
     path = tmp_path / "bot.db.arxiv.pace"
-    path.write_bytes(content)
+    boot = _boot()
+    path.write_text(content.format(boot=repr(boot), before=repr(boot - 3600.0)))
     now = [100.0]
     waits: list[float] = []
 
@@ -231,7 +235,8 @@ async def test_a_shared_pacing_file_gives_the_next_free_start(tmp_path, content,
     async with pacer:
         pass
     assert waits == ([wait] if wait else [])
-    assert float(path.read_text()) == 100.0 + wait  # the start it took, for the next process
+    start, taken_in = map(float, path.read_text().split())
+    assert start == 100.0 + wait and abs(taken_in - boot) < 1.0  # the start it took, for the next process
 
 
 async def test_the_bot_paces_arxiv_with_the_file_beside_its_database(tmp_path, server):

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -115,6 +116,19 @@ def make_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
+# Seconds by which two processes' `_boot` may differ and still be one boot (they read two
+# clocks a few microseconds apart; the wall clock set by hand moves it further, and is then
+# taken for a reboot once: one request not paced with the others').
+BOOT_SLACK = 1.0
+
+
+def _boot() -> float:
+    """When this machine's monotonic clock started, by the wall clock: the same in every
+    process during one boot (NTP adjusts both clocks' rate alike), another after a reboot.
+    Always the real clocks, whatever a Pacer's `monotonic`."""
+    return time.time() - time.monotonic()
+
+
 class Pacer:
     """At most one request per `interval` seconds, one at a time (arXiv asks for 3 s).
 
@@ -122,12 +136,12 @@ class Pacer:
     bot's other roles and `papers-bot command` runs on this machine and database: README, "Roles"),
     each request also takes the next free start in it: requests of all of them together
     start `interval` apart. The file holds the last start taken (this machine's monotonic
-    clock, which every process reads alike) and is locked only to take one (flock). A file
-    that cannot be used is logged once, and the pacing is this process's alone."""
+    clock, which every process reads alike) and the boot it was taken in (`_boot`: after a
+    reboot the clock starts again, and an earlier boot's start means nothing), and is locked
+    only to take one (flock). A file that cannot be used is logged once, and the pacing is
+    this process's alone."""
 
     def __init__(self, interval: float, monotonic=None, sleep=None, shared: Path | None = None):
-        import time
-
         self.interval = interval
         self.monotonic = monotonic or time.monotonic
         self.sleep = sleep or asyncio.sleep
@@ -167,17 +181,21 @@ class Pacer:
             if hasattr(os, "getuid") and os.fstat(fd).st_uid != os.getuid():  # another user's (a shared /tmp)
                 raise PermissionError(f"the file belongs to user {os.fstat(fd).st_uid}")
             fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+            boot = _boot()
             try:
-                last = float(os.read(fd, 64).decode("ascii") or "-inf")
-            except ValueError:  # damaged (a crash mid-write): as if no start were taken
+                last, taken_in = map(float, os.read(fd, 128).decode("ascii").split())
+            except ValueError:  # none yet, or damaged (a crash mid-write): as if no start were taken
                 last = float("-inf")
+            else:
+                if abs(taken_in - boot) > BOOT_SLACK:  # taken before a reboot (the clock started again)
+                    last = float("-inf")
+            # However far ahead `last` is: as many processes may be waiting for theirs (the
+            # starts they took), each one interval after the one before.
             now = self.monotonic()
-            if last > now + self.interval:  # from before a reboot (the clock started again)
-                last = float("-inf")
             start = max(now, last + self.interval)
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
-            os.write(fd, repr(start).encode("ascii"))
+            os.write(fd, f"{start!r} {boot!r}".encode("ascii"))
             return start - now
         except OSError as exc:
             return self._unshared(exc)
