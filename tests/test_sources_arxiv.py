@@ -280,3 +280,13 @@ async def test_a_shared_pacing_file_queues_however_many_processes_wait_together(
         async with Pacer(3.0, monotonic=lambda: now[0], sleep=sleep, shared=path):
             pass
     assert waits == [3.0, 6.0, 9.0]
+
+
+@pytest.mark.parametrize("path", [":memory:", "", "file:bot?mode=memory&cache=shared"])
+def test_an_in_memory_database_shares_no_pacing_file(path):
+    # No other process opens it: nothing to share with (a file in the temporary directory,
+    # named after ":memory:", would pace every in-memory bot and test run of the user together).
+    from bot.app import pacing_files
+    from bot.config import Secrets, parse_config
+
+    assert pacing_files(parse_config({"storage": {"path": path}}, Secrets({}))) is None
