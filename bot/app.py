@@ -76,14 +76,17 @@ def beside_database(config: Config) -> str | None:
     return config.storage_path
 
 
-def pacing_files(config: Config) -> str:
+def pacing_files(config: Config) -> str | None:
     """Where the files that pace a source's requests across this machine's processes on this
     database begin (bot.sources.connect): beside the SQLite file; for PostgreSQL, in the
     temporary directory, named by this user and a digest of the database's URL (the
-    processes of several roles on one machine: README, "Roles")."""
+    processes of several roles on one machine: README, "Roles"); None for a database in
+    memory (or SQLite's private temporary one, ""), which no other process opens."""
     path = beside_database(config)
     if path is not None:
         return path
+    if not config.storage_url and (config.storage_path in ("", ":memory:") or "mode=memory" in config.storage_path):
+        return None
     digest = hashlib.sha256(config.storage_target.encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"papers-bot-{os.getuid() if hasattr(os, 'getuid') else 0}-{digest}")
 
