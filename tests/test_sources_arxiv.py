@@ -290,3 +290,19 @@ def test_an_in_memory_database_shares_no_pacing_file(path):
     from bot.config import Secrets, parse_config
 
     assert pacing_files(parse_config({"storage": {"path": path}}, Secrets({}))) is None
+
+
+def test_the_pacing_file_of_a_postgres_database_is_named_without_its_password():
+    # The temporary directory is listed by every user: a digest of the URL with its password
+    # would let one try passwords against it offline. The same database is the same file.
+    from bot.app import pacing_files
+    from bot.config import Secrets, parse_config
+
+    def name(url: str) -> str | None:
+        return pacing_files(parse_config({"storage": {"url": url}}, Secrets({})))
+
+    plain = name("postgresql://papers@db.example:5432/papers")
+    assert name("postgresql://papers:hunter2@db.example:5432/papers") == plain
+    assert name("postgresql://papers@db.example:5432/papers?password=hunter2&sslmode=require") == \
+        name("postgresql://papers@db.example:5432/papers?sslmode=require") != plain
+    assert name("postgresql://papers@db.example:5432/other") != plain
