@@ -527,3 +527,29 @@ def test_the_cores_auto_counts_are_those_of_the_affinity_under_a_containers_quot
     if cpu_max is not None:
         path.write_text(cpu_max)
     assert _cores(path) == cores
+
+
+def test_auto_says_in_the_log_where_it_puts_an_index_past_its_threshold(tmp_path, clock, monkeypatch, caplog):
+    # A process more and no kept index file: the log says why (and, on one core, why not).
+    import logging
+
+    import bot.poller
+
+    store = Store(tmp_path / "bot.db")
+    for query in ("diffusion", "graph neural"):
+        store.add_subscription(ML, query, "u", clock())
+    monkeypatch.setattr(bot.poller, "AUTO_WORKER_FROM", 2)
+    try:
+        for cores, where in ((1, "in this process"), (2, "in a worker process")):
+            monkeypatch.setattr(bot.poller, "_cores", lambda cores=cores: cores)
+            poller = Poller(store, clock, match_worker="auto")
+            caplog.clear()
+            try:
+                with caplog.at_level(logging.INFO, logger="bot.poller"):
+                    poller.sync_subscriptions()
+                assert isinstance(poller.matcher, ShardedMatcher) == (cores == 2)
+                assert f'worker_process = "auto": 2 subscriptions, {cores} cores: the index is {where}' in caplog.text
+            finally:
+                poller.close()
+    finally:
+        store.close()
