@@ -263,8 +263,14 @@ class Poller:
         held by a worker process (matching on another core, pipelined with the poll) rather
         than in this one (docs/benchmarks.md, "auto"). Below AUTO_WORKER_FROM the poll is short
         either way, and the worker would cost a process and the kept index file; on one core
-        the worker would only take turns with the poll."""
-        return subscriptions >= AUTO_WORKER_FROM and _cores() >= 2
+        the worker would only take turns with the poll. Said in the log from AUTO_WORKER_FROM
+        on (a process more, and no kept index file: the user sees why)."""
+        if subscriptions < AUTO_WORKER_FROM:
+            return False
+        cores = _cores()
+        log.info('[matching] worker_process = "auto": %d subscriptions, %g cores: the index is %s', subscriptions,
+                 cores, "in a worker process" if cores >= 2 else "in this process (a worker needs two cores)")
+        return cores >= 2
 
     def _sync(self, store: StoreContract) -> None:
         """`sync_subscriptions`, learning whether the engine then holds a version exactly: it
