@@ -324,3 +324,22 @@ def test_the_pacing_file_of_a_postgres_database_is_named_without_its_password():
     assert name("postgresql://papers@db.example:5432/papers?password=hunter2&sslmode=require") == \
         name("postgresql://papers@db.example:5432/papers?sslmode=require") != plain
     assert name("postgresql://papers@db.example:5432/other") != plain
+
+
+async def test_a_shared_pacing_file_that_is_a_hard_link_is_not_written(tmp_path, caplog):
+    # In a shared temporary directory, another user could link one of this user's files under
+    # its name (where fs.protected_hardlinks is off): it would be truncated and overwritten.
+    import logging
+    import os
+
+    from bot.sources.base import Pacer
+
+    precious = tmp_path / "precious"
+    precious.write_text("this user's own data")
+    os.link(precious, tmp_path / "bot.db.arxiv.pace")
+    pacer = Pacer(3.0, shared=tmp_path / "bot.db.arxiv.pace")
+    with caplog.at_level(logging.WARNING, logger="bot.sources.base"):
+        async with pacer:
+            pass
+    assert precious.read_text() == "this user's own data"
+    assert "paced by this process alone" in caplog.text and pacer.shared is None
