@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import re
+import stat
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -178,8 +179,11 @@ class Pacer:
         except OSError as exc:
             return self._unshared(exc)
         try:
-            if hasattr(os, "getuid") and os.fstat(fd).st_uid != os.getuid():  # another user's (a shared /tmp)
-                raise PermissionError(f"the file belongs to user {os.fstat(fd).st_uid}")
+            st = os.fstat(fd)
+            if hasattr(os, "getuid") and st.st_uid != os.getuid():  # another user's (a shared /tmp)
+                raise PermissionError(f"the file belongs to user {st.st_uid}")
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a link to another file (O_NOFOLLOW: not a symlink)
+                raise PermissionError("not a file of its own (another name links to it)")
             fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
             boot = _boot()
             try:
