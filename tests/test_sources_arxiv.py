@@ -343,3 +343,57 @@ async def test_a_shared_pacing_file_that_is_a_hard_link_is_not_written(tmp_path,
             pass
     assert precious.read_text() == "this user's own data"
     assert "paced by this process alone" in caplog.text and pacer.shared is None
+
+
+# Processes that make `count` arXiv API requests each through pacers of `interval` seconds
+# sharing `path`, all released together.
+_OVERLAP_PROCESS = """
+import asyncio, sys
+from pathlib import Path
+from bot.sources import ArxivSource, make_client
+from bot.sources.base import Pacer
+
+async def main(url, path, count, interval):
+    go = Path(path).with_name("go")
+    while not go.exists():
+        await asyncio.sleep(0.01)
+    async with make_client(10.0) as client:
+        source = ArxivSource(client, url, ("cs.LG",), pacer=Pacer(interval, shared=Path(path)), api_url=url + "/api/query")
+        for _ in range(count):
+            await source.fetch_one("1111.2011")
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+"""
+
+
+def test_arxiv_requests_of_several_processes_are_one_at_a_time_and_an_interval_after_the_last_ended(
+        server, tmp_path):
+    # arXiv's terms: one request every 3 seconds, and a single connection at a time. A request
+    # that takes longer than the interval is over before another process's begins, as in one
+    # process (measured from the end of the last: its answer is read in full first).
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    served: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def answer(_path):
+        came = time.monotonic()
+        time.sleep(0.5)  # a slow answer: longer than the interval
+        with lock:
+            served.append((came, time.monotonic()))
+        return Canned(body=fixture("arxiv_api_id_list_1111.2011v2.xml"), content_type="application/atom+xml")
+
+    server.route_fn("/api/query", answer)
+    procs = [subprocess.Popen([sys.executable, "-c", _OVERLAP_PROCESS, server.url, str(tmp_path / "bot.db.arxiv.pace"),
+                               "2", "0.2"]) for _ in range(2)]
+    time.sleep(1.0)  # their imports
+    (tmp_path / "go").touch()
+    assert [proc.wait(60) for proc in procs] == [0, 0]
+    served.sort()
+    assert len(served) == 4
+    # Each came after the one before was answered, and at least the interval after (the
+    # client reads the answer after the server sent it: lateness only widens the gap).
+    assert all(later[0] - earlier[1] >= 0.2 - 0.01 for earlier, later in zip(served, served[1:], strict=False)), served
