@@ -134,7 +134,7 @@ async def test_arxiv_requests_keep_three_seconds_apart(server):
 # A process that makes `count` arXiv API requests through a pacer sharing `path` (as the bot's
 # processes on one database do): `papers-bot command show` runs and the roles of README "Roles".
 _PACED_PROCESS = """
-import asyncio, sys, time
+import asyncio, sys
 from pathlib import Path
 from bot.sources import ArxivSource, make_client
 from bot.sources.base import Pacer
@@ -144,18 +144,7 @@ async def main(url, path, count):
     while not go.exists():  # all start together
         await asyncio.sleep(0.01)
     async with make_client(5.0) as client:
-        pacer = Pacer(0.4, shared=Path(path))
-        source = ArxivSource(client, url, ("cs.LG",), pacer=pacer, api_url=url + "/api/query")
-        if pacer.shared is not None:  # print each start taken (the clock read in the take, plus the wait)
-            read, take = [0.0], pacer._take_start
-            def monotonic():
-                read[0] = time.monotonic()
-                return read[0]
-            def taken():
-                wait = take()
-                print(repr(read[0] + wait), flush=True)
-                return wait
-            pacer.monotonic, pacer._take_start = monotonic, taken
+        source = ArxivSource(client, url, ("cs.LG",), pacer=Pacer(0.4, shared=Path(path)), api_url=url + "/api/query")
         for _ in range(count):
             await source.fetch_one("1111.2011")
 
@@ -177,23 +166,19 @@ def test_arxiv_requests_of_several_processes_keep_their_interval_together(server
 
     server.route_fn("/api/query", answer)
     script = _PACED_PROCESS if shared else _PACED_PROCESS.replace("shared=Path(path)", "")
-    procs = [subprocess.Popen([sys.executable, "-c", script, server.url, str(tmp_path / "bot.db.arxiv.pace"), "2"],
-                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, server.url, str(tmp_path / "bot.db.arxiv.pace"), "2"])
+             for _ in range(3)]
     time.sleep(1.0)  # their imports
     (tmp_path / "go").touch()
-    printed = [proc.communicate(timeout=60)[0] for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0, 0]
+    assert [proc.wait(60) for proc in procs] == [0, 0, 0]
+    gaps = [later - earlier for earlier, later in zip(sorted(arrived), sorted(arrived)[1:], strict=False)]
     assert len(arrived) == 6
     if shared:
-        # The starts the three took, together, 0.4 s apart; and no request came before its start.
-        # (Not the arrivals' gaps: a busy machine sends one request later after its start than
-        # the next, its first in a process the more, and the gap between them shrinks.)
-        starts = sorted(float(line) for out in printed for line in out.split())
-        assert len(starts) == 6
-        assert all(later - earlier >= 0.4 - 1e-9 for earlier, later in zip(starts, starts[1:], strict=False)), starts
-        assert all(came >= start - 0.001 for came, start in zip(sorted(arrived), starts, strict=True))
+        # One request every 0.4 s from the three together, each counted from the end of the one
+        # before: a request's arrival is recorded before it is answered, the next one's turn
+        # comes 0.4 s after its client read that answer, so a busy machine only widens a gap.
+        assert min(gaps) >= 0.4 - 0.01, gaps
     else:  # each paced alone: the others' requests come in between
-        gaps = [later - earlier for earlier, later in zip(sorted(arrived), sorted(arrived)[1:], strict=False)]
         assert min(gaps) < 0.3, gaps
 
 
@@ -232,11 +217,11 @@ async def test_a_shared_pacing_file_of_another_user_is_not_used(tmp_path, monkey
 
 @pytest.mark.parametrize("content, wait", [("", 0.0), ("not a time", 0.0), ("99.0", 0.0), ("99.0 {boot} 1", 0.0),
                                            ("1e12 {before}", 0.0), ("99.0 {before}", 0.0), ("99.0 {boot}", 2.0),
-                                           ("90.0 {boot}", 0.0), ("1e3 {boot}", 903.0)])
+                                           ("90.0 {boot}", 0.0), ("1e3 {boot}", 3.0)])
 async def test_a_shared_pacing_file_gives_the_next_free_start(tmp_path, content, wait):
-    # Damaged (a crash mid-write), without its boot (the first version's) or taken in an
-    # earlier boot (the monotonic clock started again): no wait. Of this boot, however far
-    # ahead: the processes that took the starts before are waiting for them.
+    # Damaged (a crash mid-write), without its boot (the first version's) or written in an
+    # earlier boot (the monotonic clock started again): no wait. An end ahead of the clock
+    # (none is: a request writes when it ended) waits the interval, no longer.
     from bot.sources.base import Pacer, _boot
 
     path = tmp_path / "bot.db.arxiv.pace"
@@ -254,7 +239,7 @@ async def test_a_shared_pacing_file_gives_the_next_free_start(tmp_path, content,
         pass
     assert waits == ([wait] if wait else [])
     start, taken_in = map(float, path.read_text().split())
-    assert start == 100.0 + wait and abs(taken_in - boot) < 1.0  # the start it took, for the next process
+    assert start == 100.0 + wait and abs(taken_in - boot) < 1.0  # when its request ended, for the next one
 
 
 async def test_the_bot_paces_arxiv_with_the_file_beside_its_database(tmp_path, server):
@@ -280,24 +265,31 @@ async def test_the_bot_paces_arxiv_with_the_file_beside_its_database(tmp_path, s
     assert Path(pacing_files(postgres)).parent == Path(tempfile.gettempdir())
 
 
-async def test_a_shared_pacing_file_queues_however_many_processes_wait_together(tmp_path):
-    # Four processes (four `papers-bot command show` at once) ask at the same moment: each
-    # takes the next start, 3 s after the one before. The fourth's start is more than one
-    # interval ahead of the clock, which is no sign of a reboot (it was read as one, and the
-    # fourth went at once, beside the first).
+async def test_pacers_sharing_a_file_asking_together_go_one_at_a_time_an_interval_apart(tmp_path):
+    # Four pacers on one file (four processes: four `papers-bot command show` at once; each
+    # pacer locks the file through a descriptor of its own, as another process would). The
+    # first version took starts ahead in the file, and took the fourth's, two intervals
+    # ahead, for one of before a reboot: it went at once, beside the first.
+    import asyncio
+    import time
+
     from bot.sources.base import Pacer
 
     path = tmp_path / "bot.db.arxiv.pace"
-    now = [100.0]
-    waits: list[float] = []
+    requests: list[tuple[float, float]] = []
 
-    async def sleep(seconds):  # the clock stands still: all ask before any starts
-        waits.append(seconds)
+    async def request() -> None:
+        async with Pacer(0.1, shared=path):
+            began = time.monotonic()
+            await asyncio.sleep(0.05)
+            requests.append((began, time.monotonic()))
 
-    for _ in range(4):  # a pacer each, as in four processes
-        async with Pacer(3.0, monotonic=lambda: now[0], sleep=sleep, shared=path):
-            pass
-    assert waits == [3.0, 6.0, 9.0]
+    await asyncio.gather(*(request() for _ in range(4)))
+    requests.sort()
+    assert len(requests) == 4
+    # (less a microsecond: asyncio wakes a sleeper up to its clock's resolution early)
+    assert all(later[0] - earlier[1] >= 0.1 - 1e-6 for earlier, later in zip(requests, requests[1:], strict=False)), \
+        requests
 
 
 @pytest.mark.parametrize("path", [":memory:", "", "file:bot?mode=memory&cache=shared"])
@@ -358,7 +350,8 @@ async def main(url, path, count, interval):
     while not go.exists():
         await asyncio.sleep(0.01)
     async with make_client(10.0) as client:
-        source = ArxivSource(client, url, ("cs.LG",), pacer=Pacer(interval, shared=Path(path)), api_url=url + "/api/query")
+        pacer = Pacer(interval, shared=Path(path))
+        source = ArxivSource(client, url, ("cs.LG",), pacer=pacer, api_url=url + "/api/query")
         for _ in range(count):
             await source.fetch_one("1111.2011")
 
@@ -397,3 +390,38 @@ def test_arxiv_requests_of_several_processes_are_one_at_a_time_and_an_interval_a
     # Each came after the one before was answered, and at least the interval after (the
     # client reads the answer after the server sent it: lateness only widens the gap).
     assert all(later[0] - earlier[1] >= 0.2 - 0.01 for earlier, later in zip(served, served[1:], strict=False)), served
+
+
+@pytest.mark.parametrize("holder", [True, False])
+async def test_a_request_cancelled_while_waiting_its_turn_leaves_both_locks_free(tmp_path, holder):
+    # Cancelled while another process's request holds the file (`holder`), or while waiting
+    # the interval after the last one with the file locked: the file's lock and the pacer's
+    # own are both let go (a leaked one would stop every process's requests for good).
+    import asyncio
+    import fcntl
+    import os
+
+    from bot.sources.base import Pacer
+
+    path = tmp_path / "bot.db.arxiv.pace"
+    first, second = Pacer(0.3, shared=path), Pacer(0.3, shared=path)
+    async with first:
+        pass
+    other = os.open(path, os.O_RDWR)
+    try:
+        if holder:
+            fcntl.flock(other, fcntl.LOCK_EX)  # another process's request under way
+        waiting = asyncio.create_task(second.__aenter__())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        if holder:
+            fcntl.flock(other, fcntl.LOCK_UN)
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: raises BlockingIOError if it were held
+        fcntl.flock(other, fcntl.LOCK_UN)
+    finally:
+        os.close(other)
+    async with second:  # its own lock free too
+        assert second.shared == path
