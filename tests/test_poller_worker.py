@@ -500,14 +500,15 @@ async def test_auto_holds_the_index_in_a_worker_from_its_threshold_on_more_than_
         report = await poller.poll(FakeSource(papers=made.papers[:40]))
         assert report.ok and isinstance(poller.matcher, ShardedMatcher)
         assert outbox(store) == outbox(one)
-        # Every subscription removed, then fewer than the threshold: back in this process.
+        # Every subscription removed, then fewer than the threshold: the worker's engine is kept
+        # (decided again, but an engine is moved into a worker at a first subscription, never out).
         for sub in store.subscriptions():
             store.remove_subscription(sub.channel, sub.id)
         poller.sync_subscriptions()
         assert not poller.matcher.ids()
         store.add_subscription(ML, "diffusion", "u", clock())
         poller.sync_subscriptions()
-        assert isinstance(poller.matcher, ShardedMatcher)  # an engine with ids is kept as it is
+        assert isinstance(poller.matcher, ShardedMatcher)
     finally:
         poller.close()
         store.close()
