@@ -70,7 +70,7 @@ SPEC = SourceSpec(
     label="Synthetic Papers",
     interval_minutes=5.0,
     settings={"base_url": (str, "http://127.0.0.1:9", url_problem)},
-    connect=lambda client, config, max_bytes, shared: SyntheticSource(client, config["base_url"]),  # no pacing
+    connect=lambda client, config, max_bytes: SyntheticSource(client, config["base_url"]),
     aliases=("syn",),
 )
 
