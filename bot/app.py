@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Awaitable, Callable, TextIO, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import schedule
 
@@ -76,16 +77,34 @@ def beside_database(config: Config) -> str | None:
     return config.storage_path
 
 
-def pacing_files(config: Config) -> str:
+def pacing_files(config: Config) -> str | None:
     """Where the files that pace a source's requests across this machine's processes on this
     database begin (bot.sources.connect): beside the SQLite file; for PostgreSQL, in the
     temporary directory, named by this user and a digest of the database's URL (the
-    processes of several roles on one machine: README, "Roles")."""
+    processes of several roles on one machine: README, "Roles"); None for a database in
+    memory (or SQLite's private temporary one, ""), which no other process opens."""
     path = beside_database(config)
     if path is not None:
         return path
-    digest = hashlib.sha256(config.storage_target.encode()).hexdigest()[:16]
+    if not config.storage_url and (config.storage_path in ("", ":memory:") or "mode=memory" in config.storage_path):
+        return None
+    digest = hashlib.sha256(_without_password(config.storage_target).encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"papers-bot-{os.getuid() if hasattr(os, 'getuid') else 0}-{digest}")
+
+
+def _without_password(url: str) -> str:
+    """A database URL without its password (in the user part or a `password=` parameter):
+    what names its pacing file, in a directory every user lists."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, host = netloc.rsplit("@", 1)
+            netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"])
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not a URL urllib reads: no name of its own (one file for all such)
+        return ""
 
 
 def index_cache_path(config: Config) -> Path | None:

@@ -271,6 +271,11 @@ async def _command(config: Config, request: CommandRequest) -> int:
 
 
 async def _poll(config: Config) -> int:
+    if config.match_worker == "auto":
+        # One poll, then exit: the index is in this process, read from the kept file and kept
+        # for the next run. In a worker process every run would build it anew (at 25,000
+        # subscriptions and nothing new: about twice the CPU; docs/benchmarks.md, "review7").
+        config = dataclasses.replace(config, match_worker=False)
     app = App(config)
     try:
         reports, delivered = await app.poll_once()

@@ -263,8 +263,14 @@ class Poller:
         held by a worker process (matching on another core, pipelined with the poll) rather
         than in this one (docs/benchmarks.md, "auto"). Below AUTO_WORKER_FROM the poll is short
         either way, and the worker would cost a process and the kept index file; on one core
-        the worker would only take turns with the poll."""
-        return subscriptions >= AUTO_WORKER_FROM and _cores() >= 2
+        the worker would only take turns with the poll. Said in the log from AUTO_WORKER_FROM
+        on (a process more, and no kept index file: the user sees why)."""
+        if subscriptions < AUTO_WORKER_FROM:
+            return False
+        cores = _cores()
+        log.info('[matching] worker_process = "auto": %d subscriptions, %g cores: the index is %s', subscriptions,
+                 cores, "in a worker process" if cores >= 2 else "in this process (a worker needs two cores)")
+        return cores >= 2
 
     def _sync(self, store: StoreContract) -> None:
         """`sync_subscriptions`, learning whether the engine then holds a version exactly: it
@@ -908,18 +914,46 @@ def _flying(flights: deque[_Flight]) -> set[str]:
     return {u.paper.id for flight in flights for u in flight.todo}
 
 
-def _cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
+def _cores(root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> float:
     """The cores this process may use: those it may run on (its affinity, where the system
-    tells it), fewer under a container's CPU quota (cgroup v2's cpu.max: "QUOTA PERIOD", or
-    "max PERIOD" for none; `docker run --cpus 1` sees every core of the machine otherwise)."""
+    tells it), fewer under a CPU quota (`docker run --cpus 1` sees every core of the machine
+    in its affinity; so does a systemd service with CPUQuota=). The quota is that of this
+    process's cgroup (`own`) or of any above it, cgroup v2's cpu.max ("QUOTA PERIOD", or
+    "max PERIOD" for none) or v1's cpu.cfs_quota_us (-1 for none) / cpu.cfs_period_us; a
+    container sees its own cgroup as the root (and v1 names the host's path, missing there)."""
     try:
         cores: float = len(os.sched_getaffinity(0))
     except AttributeError:  # not on every system
         cores = os.cpu_count() or 1
     try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, int(quota) / int(period))
-    except (OSError, ValueError):  # no cgroup v2 (or not Linux): no quota known
-        pass
+        lines = own.read_text().splitlines()
+    except OSError:  # not Linux
+        return cores
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        names = controllers.split(",")
+        if controllers == "":  # v2: one hierarchy
+            mounts = [root]
+        elif "cpu" in names:  # v1: the cpu controller's, mounted under its names (or "cpu", a link)
+            mounts = [root / controllers, root / "cpu"]
+        else:
+            continue
+        parts = [part for part in path.strip().split("/") if part]
+        for mount in mounts:
+            for depth in range(len(parts), -1, -1):  # this cgroup, then each one above it
+                quota = _quota(mount.joinpath(*parts[:depth]), v2=controllers == "")
+                if quota is not None:
+                    cores = min(cores, quota)
     return cores
+
+
+def _quota(cgroup: Path, *, v2: bool) -> float | None:
+    """The cores a cgroup's CPU quota allows, or None: none set, or none readable there."""
+    try:
+        if v2:
+            quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota = (cgroup / "cpu.cfs_quota_us").read_text().strip()
+        return None if int(quota) < 0 else int(quota) / int((cgroup / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError, ZeroDivisionError):
+        return None

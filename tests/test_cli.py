@@ -245,3 +245,20 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, action):
         os.close(write_end)
     assert proc.stderr == ""  # no BrokenPipeError, no "Exception ignored"
     assert proc.returncode == 128 + signal.SIGPIPE  # as `cat` or `grep` report it to `set -o pipefail`
+
+
+def test_a_one_shot_poll_keeps_the_index_in_its_process_and_its_file_with_auto(capsys, config_file, monkeypatch,
+                                                                                 tmp_path):
+    # `worker_process = "auto"` (the default) past its threshold: a process that lives for one
+    # poll would build the index in a worker process at every run, and keep no file for the
+    # next (README: "a one-shot `papers-bot poll` writes it before it exits").
+    import bot.poller
+
+    monkeypatch.setattr("bot.sources.arxiv.ARXIV_INTERVAL", 0.05)
+    monkeypatch.setattr(bot.poller, "AUTO_WORKER_FROM", 1)
+    monkeypatch.setattr(bot.poller, "_cores", lambda: 2)
+    monkeypatch.setattr(bot.poller.Poller, "INDEX_SAVE_MIN", 1)
+    cli(capsys, "--config", config_file, "command", "--channel", "console:ml", "--user", "u1", "subscribe diffusion")
+    code, out, _ = cli(capsys, "--config", config_file, "poll")
+    assert code == 0 and len(printed_cards(out)) == 3
+    assert (tmp_path / "bot.db.index").exists()

@@ -500,14 +500,15 @@ async def test_auto_holds_the_index_in_a_worker_from_its_threshold_on_more_than_
         report = await poller.poll(FakeSource(papers=made.papers[:40]))
         assert report.ok and isinstance(poller.matcher, ShardedMatcher)
         assert outbox(store) == outbox(one)
-        # Every subscription removed, then fewer than the threshold: back in this process.
+        # Every subscription removed, then fewer than the threshold: the worker's engine is kept
+        # (decided again, but an engine is moved into a worker at a first subscription, never out).
         for sub in store.subscriptions():
             store.remove_subscription(sub.channel, sub.id)
         poller.sync_subscriptions()
         assert not poller.matcher.ids()
         store.add_subscription(ML, "diffusion", "u", clock())
         poller.sync_subscriptions()
-        assert isinstance(poller.matcher, ShardedMatcher)  # an engine with ids is kept as it is
+        assert isinstance(poller.matcher, ShardedMatcher)
     finally:
         poller.close()
         store.close()
@@ -523,7 +524,59 @@ def test_the_cores_auto_counts_are_those_of_the_affinity_under_a_containers_quot
     from bot.poller import _cores
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    path = tmp_path / "cpu.max"
+    (tmp_path / "self").write_text("0::/\n")  # in a container: its own cgroup is the root it sees
     if cpu_max is not None:
-        path.write_text(cpu_max)
-    assert _cores(path) == cores
+        (tmp_path / "cpu.max").write_text(cpu_max)
+    assert _cores(tmp_path, tmp_path / "self") == cores
+
+
+@pytest.mark.parametrize("own, files, cores", [
+    # A systemd service's CPUQuota= (cgroup v2): in its own cgroup, not at the root.
+    ("0::/system.slice/papers-bot.service\n", {"system.slice/papers-bot.service/cpu.max": "100000 100000"}, 1),
+    # A parent's quota bounds its children's.
+    ("0::/a/b\n", {"a/cpu.max": "50000 100000", "a/b/cpu.max": "max 100000"}, 0.5),
+    ("0::/a/b\n", {"a/b/cpu.max": "max 100000"}, 2),
+    # cgroup v1 (Docker's `--cpus` on hosts without v2): the cpu controller's quota, -1 for none.
+    ("4:memory:/x\n2:cpu,cpuacct:/docker/1\n", {"cpu,cpuacct/docker/1/cpu.cfs_quota_us": "100000",
+                                                 "cpu,cpuacct/docker/1/cpu.cfs_period_us": "100000"}, 1),
+    ("1:cpu:/docker/1\n", {"cpu/cpu.cfs_quota_us": "150000", "cpu/cpu.cfs_period_us": "100000"}, 1.5),
+    ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, 2),
+])
+def test_the_cores_auto_counts_are_bounded_by_the_quota_of_this_process_cgroup_and_its_parents(
+        tmp_path, monkeypatch, own, files, cores):
+    import os
+
+    from bot.poller import _cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    (tmp_path / "self").write_text(own)
+    for name, text in files.items():
+        (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fs" / name).write_text(text + "\n")
+    assert _cores(tmp_path / "fs", tmp_path / "self") == cores
+
+
+def test_auto_says_in_the_log_where_it_puts_an_index_past_its_threshold(tmp_path, clock, monkeypatch, caplog):
+    # A process more and no kept index file: the log says why (and, on one core, why not).
+    import logging
+
+    import bot.poller
+
+    store = Store(tmp_path / "bot.db")
+    for query in ("diffusion", "graph neural"):
+        store.add_subscription(ML, query, "u", clock())
+    monkeypatch.setattr(bot.poller, "AUTO_WORKER_FROM", 2)
+    try:
+        for cores, where in ((1, "in this process"), (2, "in a worker process")):
+            monkeypatch.setattr(bot.poller, "_cores", lambda cores=cores: cores)
+            poller = Poller(store, clock, match_worker="auto")
+            caplog.clear()
+            try:
+                with caplog.at_level(logging.INFO, logger="bot.poller"):
+                    poller.sync_subscriptions()
+                assert isinstance(poller.matcher, ShardedMatcher) == (cores == 2)
+                assert f'worker_process = "auto": 2 subscriptions, {cores} cores: the index is {where}' in caplog.text
+            finally:
+                poller.close()
+    finally:
+        store.close()

@@ -8,6 +8,8 @@ import dataclasses
 import logging
 import os
 import re
+import stat
+import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -115,25 +117,44 @@ def make_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
+# Seconds by which two processes' `_boot` may differ and still be one boot (they read two
+# clocks a few microseconds apart; the wall clock set by hand moves it further, and is then
+# taken for a reboot once: one request not paced with the others').
+BOOT_SLACK = 1.0
+
+
+def _boot() -> float:
+    """When this machine's monotonic clock started, by the wall clock: the same in every
+    process during one boot (NTP adjusts both clocks' rate alike), another after a reboot.
+    Always the real clocks, whatever a Pacer's `monotonic`."""
+    return time.time() - time.monotonic()
+
+
 class Pacer:
-    """At most one request per `interval` seconds, one at a time (arXiv asks for 3 s).
+    """At most one request per `interval` seconds, one at a time (arXiv asks for 3 s, and a
+    single connection at a time), `interval` counted from the end of the one before.
 
     With `shared`, a file that other processes' pacers of the same source use too (the
-    bot's other roles and `papers-bot command` runs on this machine and database: README, "Roles"),
-    each request also takes the next free start in it: requests of all of them together
-    start `interval` apart. The file holds the last start taken (this machine's monotonic
-    clock, which every process reads alike) and is locked only to take one (flock). A file
-    that cannot be used is logged once, and the pacing is this process's alone."""
+    bot's other roles and `papers-bot command` runs on this machine and database: README,
+    "Roles"), the same holds for all of them together: a request holds the file's lock
+    (flock) from its turn to its end, and then writes down when it ended (this machine's
+    monotonic clock, which every process reads alike, and the boot it was read in, `_boot`:
+    after a reboot the clock starts again, and an earlier boot's time means nothing). The
+    next one, in any process, takes the lock and waits `interval` after that. The lock is
+    asked for without blocking, every SHARED_POLL seconds while another holds it: no
+    thread waits on it, and a cancelled request leaves nothing behind. A file that cannot
+    be used is logged once, and the pacing is this process's alone."""
+
+    SHARED_POLL = 0.05  # seconds between two asks for the shared file's lock while another process holds it
 
     def __init__(self, interval: float, monotonic=None, sleep=None, shared: Path | None = None):
-        import time
-
         self.interval = interval
         self.monotonic = monotonic or time.monotonic
         self.sleep = sleep or asyncio.sleep
         self.shared = shared
         self._lock = asyncio.Lock()
         self._last = float("-inf")
+        self._held: int | None = None  # the shared file, locked, from a request's turn to its end
 
     async def __aenter__(self) -> None:
         await self._lock.acquire()
@@ -142,20 +163,27 @@ class Pacer:
             if wait > 0:
                 await self.sleep(wait)
             if self.shared is not None:
-                # A thread takes the lock: another process holds it only for a read and a write.
-                wait = await asyncio.to_thread(self._take_start)
+                ended = await self._hold_shared()
+                wait = ended + self.interval - self.monotonic()
                 if wait > 0:
                     await self.sleep(wait)
         except BaseException:  # cancelled while waiting: __aexit__ will not run, so release here
+            self._let_go()
             self._lock.release()
             raise
 
     async def __aexit__(self, *exc) -> None:
         self._last = self.monotonic()
-        self._lock.release()
+        try:
+            if self._held is not None:
+                self._write_end(self._held, self._last)
+        finally:
+            self._let_go()
+            self._lock.release()
 
-    def _take_start(self) -> float:
-        """Take the next free start in the shared file; the seconds to wait for it."""
+    async def _hold_shared(self) -> float:
+        """Lock the shared file (held until `_let_go`); when the last request made with it
+        ended (-inf: none known). Any failure: this process paces alone from now on."""
         assert self.shared is not None
         if fcntl is None:
             return self._unshared(OSError("no file locks on this system"))
@@ -163,32 +191,47 @@ class Pacer:
             fd = os.open(self.shared, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         except OSError as exc:
             return self._unshared(exc)
+        self._held = fd  # closed by `_let_go`, whatever happens from here
         try:
-            if hasattr(os, "getuid") and os.fstat(fd).st_uid != os.getuid():  # another user's (a shared /tmp)
-                raise PermissionError(f"the file belongs to user {os.fstat(fd).st_uid}")
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+            st = os.fstat(fd)
+            if hasattr(os, "getuid") and st.st_uid != os.getuid():  # another user's (a shared /tmp)
+                raise PermissionError(f"the file belongs to user {st.st_uid}")
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a link to another file (O_NOFOLLOW: not a symlink)
+                raise PermissionError("not a file of its own (another name links to it)")
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file is closed
+                    break
+                except BlockingIOError:  # another process's request is under way, or waiting its turn
+                    await asyncio.sleep(self.SHARED_POLL)
             try:
-                last = float(os.read(fd, 64).decode("ascii") or "-inf")
-            except ValueError:  # damaged (a crash mid-write): as if no start were taken
-                last = float("-inf")
-            now = self.monotonic()
-            if last > now + self.interval:  # from before a reboot (the clock started again)
-                last = float("-inf")
-            start = max(now, last + self.interval)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, repr(start).encode("ascii"))
-            return start - now
+                ended, read_in = map(float, os.pread(fd, 128, 0).decode("ascii").split())
+            except ValueError:  # none yet, or damaged (a crash mid-write): as if none had been made
+                return float("-inf")
+            if abs(read_in - _boot()) > BOOT_SLACK:  # read before a reboot (the clock started again)
+                return float("-inf")
+            return min(ended, self.monotonic())  # never a wait longer than the interval
         except OSError as exc:
+            self._let_go()
             return self._unshared(exc)
-        finally:
+
+    def _write_end(self, fd: int, ended: float) -> None:
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{ended!r} {_boot()!r}".encode("ascii"), 0)
+        except OSError as exc:
+            self._unshared(exc)
+
+    def _let_go(self) -> None:
+        fd, self._held = self._held, None
+        if fd is not None:
             os.close(fd)
 
     def _unshared(self, exc: OSError) -> float:
         log.warning("requests are paced by this process alone: the shared pacing file %s cannot be used "
                     "(%s: %s)", self.shared, type(exc).__name__, exc)
         self.shared = None
-        return 0.0
+        return float("-inf")
 
 
 async def get_bytes(
