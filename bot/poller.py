@@ -187,8 +187,14 @@ class Poller:
         """
         store = store or self.store
         if isinstance(self.matcher, ShardedMatcher) and self.matcher.failed:
-            # A worker process died with its part of the index: load it all again.
-            log.error("%s; loading the index again", self.matcher.failed)
+            # A worker process died with its part of the index: load it all again. Chosen by
+            # "auto", in this process from now on: a worker that cannot start, or is killed
+            # (out of memory, say), would otherwise fail every poll after it.
+            auto = self.match_worker == "auto" and self.match_processes == 1
+            log.error("%s; loading the index again%s", self.matcher.failed,
+                      ' in this process ([matching] worker_process = "auto")' if auto else "")
+            if auto:
+                self.match_worker, self.match_in_workers = False, False
             self.matcher.close()
             self.matcher, self._version = IndexedMatcher(), 0
         current = store.subscription_ids()

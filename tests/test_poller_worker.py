@@ -146,11 +146,18 @@ async def test_a_poller_with_its_index_in_a_worker_process_queues_what_the_engin
         poller.close()
 
 
-async def test_a_worker_process_killed_mid_poll_loses_nothing_and_doubles_nothing(tmp_path, clock, made):
+@pytest.mark.parametrize("setting", [True, "auto"])
+async def test_a_worker_process_killed_mid_poll_loses_nothing_and_doubles_nothing(tmp_path, clock, made, monkeypatch,
+                                                                                  setting):
+    import bot.poller
+
     one = await polled_in_thread(tmp_path, clock, made, made.papers)
     expected = sorted(row[1:4] for row in outbox(one))
 
     store, poller = worker_poller(tmp_path, clock, made)
+    monkeypatch.setattr(bot.poller, "AUTO_WORKER_FROM", 1)
+    monkeypatch.setattr(bot.poller, "_cores", lambda: 2)
+    poller.match_worker = setting
     try:
         poller.sync_subscriptions()
         first = poller.matcher
@@ -172,10 +179,12 @@ async def test_a_worker_process_killed_mid_poll_loses_nothing_and_doubles_nothin
         assert not failed.ok and "matching worker process failed" in failed.error
         partly = outbox(store)
         assert 0 < len(partly) < len(expected) and store.unmatched_papers(1000)
-        # The next poll loads the index in a new worker and queues the rest, nothing twice.
+        # The next poll loads the index in a new worker ("auto": in this process, from then
+        # on, where a worker that cannot live would fail every poll) and queues the rest, nothing twice.
         again = await poller.poll(FakeSource(papers=made.papers))
         assert again.ok and again.queued == len(expected) - len(partly)
         assert poller.matcher is not first and first._procs == []  # the dead one's engine closed
+        assert isinstance(poller.matcher, ShardedMatcher) is (setting is True)
         assert sorted(row[1:4] for row in outbox(store)) == expected and outbox(store)[:len(partly)] == partly
         assert not store.unmatched_papers(1000)
     finally:
