@@ -589,3 +589,28 @@ def test_auto_says_in_the_log_where_it_puts_an_index_past_its_threshold(tmp_path
                 poller.close()
     finally:
         store.close()
+
+
+def test_auto_says_its_choice_once_though_like_subscriptions_alone_leave_the_index_empty(tmp_path, clock,
+                                                                                          monkeypatch, caplog):
+    # like: subscriptions are the recommender's, not the index's: with only those, every sync
+    # finds an empty index and asks again.
+    import logging
+
+    import bot.poller
+
+    monkeypatch.setattr(bot.poller, "AUTO_WORKER_FROM", 1)
+    monkeypatch.setattr(bot.poller, "_cores", lambda: 1)
+    store = Store(tmp_path / "bot.db")
+    store.add_papers([paper("2411.00001", "Diffusion")], clock())
+    store.add_subscription(ML, "like:2411.00001", "u", clock())
+    poller = Poller(store, clock, match_worker="auto")
+    try:
+        with caplog.at_level(logging.INFO, logger="bot.poller"):
+            for _ in range(3):
+                poller.sync_subscriptions()
+        assert not poller.matcher.ids()
+        assert caplog.text.count('worker_process = "auto"') == 1
+    finally:
+        poller.close()
+        store.close()
