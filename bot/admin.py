@@ -202,22 +202,23 @@ async def look_up_examples(store: StoreContract, text: str, lookup: PaperLookup,
     for where, query, paper_id in _examples(_plan(text)):
         if paper_id not in wanted and store.get_paper(paper_id) is None:
             wanted[paper_id] = (where, query)
-    stored = 0
     for paper_id, (where, query) in wanted.items():
-        what = f"{where}: subscription {query[:60]!r}"
         if (impossible := impossible_arxiv_id(paper_id)) is not None:
-            raise ImportFileError(f"{what}: {impossible}")
-        try:
-            paper = await lookup.fetch(paper_id)
-        except SourceError as exc:
-            raise ImportFileError(f"{what}: could not look up the example {paper_id} right now ({exc.reason}); "
-                                  "try again later") from None
-        if paper is None:
-            raise ImportFileError(f"{what}: the example {paper_id} is unknown "
+            raise ImportFileError(f"{where}: subscription {query[:60]!r}: {impossible}")
+    try:  # all at once: arXiv's one request for up to 100, not one every 3 s each
+        found = await lookup.fetch_many(list(wanted)) if wanted else {}
+    except SourceError as exc:
+        where, query = next(iter(wanted.values()))
+        raise ImportFileError(f"{where}: subscription {query[:60]!r}: could not look up the example"
+                              f"{'s' if len(wanted) > 1 else ''} {', '.join(wanted)} right now ({exc.reason}); "
+                              "try again later") from None
+    for paper_id, (where, query) in wanted.items():
+        if paper_id not in found:
+            raise ImportFileError(f"{where}: subscription {query[:60]!r}: the example {paper_id} is unknown "
                                   f"(neither {' nor '.join(lookup.labels())} knows it)")
-        store.add_papers([paper], now, listed=False)
-        stored += 1
-    return stored
+    if found:
+        store.add_papers(list(found.values()), now, listed=False)
+    return len(found)
 
 
 def _examples(planned: list[_Planned]) -> list[tuple[str, str, str]]:

@@ -43,3 +43,35 @@ class PaperLookup:
         if errors:  # "unknown" only when every service that answered said so
             raise SourceError("lookup", "; ".join(errors))
         return None
+
+    async def fetch_many(self, paper_ids: Sequence[str]) -> dict[str, Paper]:
+        """The papers of these arXiv ids that some source knows, by id: each source in turn
+        is asked for those still missing, one request a paper, or one for many where the
+        source can (arXiv's `fetch_many`: one paced request for up to 100, where one a paper
+        would wait 3 s each). Raises SourceError, as `fetch`, when an id is still missing and
+        a source could not be asked about it."""
+        missing = list(dict.fromkeys(paper_ids))
+        found: dict[str, Paper] = {}
+        errors: list[str] = []
+        for source in self.sources:
+            if not missing:
+                break
+            many = getattr(source, "fetch_many", None)
+            try:
+                if many is not None:
+                    found.update(await many(missing))
+                else:
+                    for paper_id in missing:
+                        try:
+                            paper = await source.fetch_one(paper_id)
+                        except SourceError as exc:
+                            errors.append(str(exc))
+                            continue
+                        if paper is not None:
+                            found[paper_id] = paper
+            except SourceError as exc:
+                errors.append(str(exc))
+            missing = [paper_id for paper_id in missing if paper_id not in found]
+        if missing and errors:  # "unknown" only when every service that answered said so
+            raise SourceError("lookup", "; ".join(dict.fromkeys(errors)))
+        return found

@@ -129,18 +129,23 @@ async def _like_examples(ctx: Context, like: LikeQuery, name: str, channel: Chan
     feedback = ctx.store.channel_feedback(channel, SAVED_MAX) if like.saved else None
     if feedback is not None and not feedback.saved:
         return error(f"Cannot {name}: {_NOTHING_SAVED}.", name)
-    found = []
-    for paper_id in like.examples:
-        paper = ctx.store.get_paper(paper_id)
-        if paper is None and (impossible := impossible_arxiv_id(paper_id)) is not None:
+    stored = {paper_id: ctx.store.get_paper(paper_id) for paper_id in like.examples}
+    unknown = [paper_id for paper_id, paper in stored.items() if paper is None]
+    for paper_id in unknown:
+        if (impossible := impossible_arxiv_id(paper_id)) is not None:
             return error(f"Cannot {name}: {impossible}.", name)
-        if paper is None and ctx.lookup is not None:
-            try:
-                paper = await ctx.lookup.fetch(paper_id)
-            except SourceError as exc:
-                return error(f"Could not look up the example {paper_id} right now ({exc.reason}). Try again later.")
-            if paper is not None:
-                ctx.store.add_papers([paper], ctx.clock(), listed=False)
+    if unknown and ctx.lookup is not None:
+        try:  # all at once: arXiv's one request for them, not one every 3 s each
+            looked_up = await ctx.lookup.fetch_many(unknown)
+        except SourceError as exc:
+            ids = ", ".join(unknown)
+            return error(f"Could not look up the example{'s' if len(unknown) > 1 else ''} {ids} right now "
+                         f"({exc.reason}). Try again later.")
+        if looked_up:
+            ctx.store.add_papers(list(looked_up.values()), ctx.clock(), listed=False)
+        stored.update(looked_up)
+    found = []
+    for paper_id, paper in stored.items():
         if paper is None:
             known = f"neither {' nor '.join(ctx.lookup.labels())} knows it" if ctx.lookup else "it is not stored"
             return error(f"Cannot {name}: the example {paper_id} is unknown ({known}).", name)

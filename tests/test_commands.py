@@ -267,6 +267,20 @@ async def test_show_falls_back_to_the_arxiv_api(store, make_config, clock, serve
     assert server.requests[-1][1] == "/api/query?id_list=1111.2011"
 
 
+async def test_like_examples_unknown_here_are_looked_up_on_arxiv_in_one_request(store, make_config, clock, server):
+    # One request for all (a like: query's or an import's examples), where one a paper waited
+    # 3 s each at arXiv's pacer: 20 examples took a minute, holding the poller's arXiv turns.
+    for paper_id in ("1111.2011", "1111.2012", "1111.2013"):
+        server.route(f"/api/papers/{paper_id}", Canned(status=404, body=b'{"error":"Not Found"}'))
+    server.route("/api/query", Canned(body=fixture("arxiv_api_id_list_1111.2011v2.xml"),
+                                      content_type="application/atom+xml"))
+    reply = await show(store, make_config(), clock, server, "preview like:1111.2011 1111.2012 1111.2013")
+    assert not reply.ok and "the example 1111.2012 is unknown" in reply.text
+    arxiv = [full for path, full, _ in server.requests if path == "/api/query"]
+    assert arxiv == ["/api/query?id_list=1111.2011%2C1111.2012%2C1111.2013&max_results=3"]
+    assert store.get_paper("1111.2011") is not None  # the one it knows, stored as a lookup stores it
+
+
 async def test_show_never_shows_another_paper_than_the_one_asked_for(store, make_config, clock, server):
     # Hugging Face answering /api/papers/2411.55555 with another paper: that is not the paper
     # asked for (it was shown, stored and saved as if it were); the arXiv API is asked instead.
