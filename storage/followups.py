@@ -33,6 +33,13 @@ _ALONE = ("NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.channel = d.channel AN
           " AND o.id != d.id)")
 
 
+# Whether someone in the card's channel said its paper was not relevant (the card's button):
+# that channel gets no more news of it.
+DISMISSED = """EXISTS (SELECT 1 FROM feedback fb WHERE fb.channel = d.channel AND fb.kind = 'not_relevant'
+                                              AND fb.paper_id = d.paper_id)"""
+NOT_RELEVANT_THERE = "marked not relevant in its channel"
+
+
 @dataclass(frozen=True)
 class StoredState:
     """What of a stored paper its follow-ups compare a new listing with."""
@@ -114,7 +121,7 @@ class FollowUpsMixin:
     def due_followups(self, now: datetime, limit: int) -> list[FollowUp]:
         # A read, every sweep; the write lock only when something is to be settled as skipped.
         rows = self.db.execute(
-            f"""SELECT {_COLUMNS}, d.status, coalesce(cf.enabled, 1), {_ALONE}
+            f"""SELECT {_COLUMNS}, d.status, coalesce(cf.enabled, 1), {_ALONE}, {DISMISSED}
                   FROM followups f JOIN deliveries d ON d.id = f.delivery_id
                   LEFT JOIN channels c ON c.channel = d.channel
                   LEFT JOIN channel_followups cf ON cf.channel = d.channel
@@ -125,11 +132,13 @@ class FollowUpsMixin:
         ).fetchall()
         due, skipped = [], []
         for row in rows:
-            status, enabled, alone = row[9], row[10], row[11]
+            status, enabled, alone, dismissed = row[9], row[10], row[11], row[12]
             if not enabled:
                 skipped.append((f"follow-ups turned off in {row[2]}", row[0]))
             elif status != "sent" or not row[3] or not alone:
                 skipped.append((f"its card was not posted alone (delivery {status})", row[0]))
+            elif dismissed:
+                skipped.append((NOT_RELEVANT_THERE, row[0]))
             else:
                 due.append(_followup(row))
         if skipped:

@@ -275,6 +275,22 @@ def test_only_cards_posted_alone_and_recently_get_followups(store, clock):
     assert [(f.thread, f.kind) for f in due] == [(ThreadRef(ChannelRef("console", "card"), "m1"), "code")]
 
 
+@pytest.mark.backends
+def test_a_paper_marked_not_relevant_in_a_channel_gets_no_more_news_there(store, clock):
+    store.add_papers([paper(PAPER_ID)], clock())
+    for channel, message_id in ((ChannelRef("console", "ml"), "m1"), (ChannelRef("console", "cv"), "m2")):
+        sub = store.add_subscription(channel, "q", "U1", clock()).subscription
+        store.enqueue(PAPER_ID, [Match(sub.id, channel, sub.query, ())], clock())
+        (delivery,) = [d for d in store.pending_for_channel(channel)]
+        assert store.claim_delivery(delivery.id, clock())
+        store.mark_sent(delivery.id, message_id, clock())
+    store.record_feedback("U2", ChannelRef("console", "ml"), PAPER_ID, "not_relevant", clock())
+    store.add_papers([paper(PAPER_ID, github=GITHUB)], clock())
+    (due,) = store.due_followups(clock(), 10)  # the code release: only where nobody dismissed the paper
+    assert due.thread == ThreadRef(ChannelRef("console", "cv"), "m2") and due.kind == "code"
+    assert store.due_followups(clock(), 10) == [due]  # the other settled, not asked again
+
+
 def test_turned_off_after_queueing_drops_them_and_a_card_being_sent_is_waited_for(store, clock):
     store.add_papers([paper(PAPER_ID)], clock())
     card_sent(store, clock, ChannelRef("console", "off"), "m1")

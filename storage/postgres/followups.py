@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from bot.models import ChannelRef, FollowUp, ThreadRef
 
+from ..followups import DISMISSED, NOT_RELEVANT_THERE  # the same SQL on both
 from .db import Database, from_db, utc
 from .deliveries import no_nul
 
@@ -49,7 +50,7 @@ class FollowUpsMixin:
     def due_followups(self, now: datetime, limit: int) -> list[FollowUp]:
         # A read, every sweep; a write only when something is to be settled as skipped.
         rows = self.db.all(
-            f"""SELECT {_COLUMNS}, d.status, coalesce(cf.enabled, true), {ALONE}
+            f"""SELECT {_COLUMNS}, d.status, coalesce(cf.enabled, true), {ALONE}, {DISMISSED}
                   FROM followups f JOIN deliveries d ON d.id = f.delivery_id
                   LEFT JOIN channels c ON c.channel = d.channel
                   LEFT JOIN channel_followups cf ON cf.channel = d.channel
@@ -62,13 +63,16 @@ class FollowUpsMixin:
         skipped_ids: list[int] = []
         skipped_errors: list[str] = []
         for row in rows:
-            status, enabled, alone = row[9], row[10], row[11]
+            status, enabled, alone, dismissed = row[9], row[10], row[11], row[12]
             if not enabled:
                 skipped_ids.append(row[0])
                 skipped_errors.append(f"follow-ups turned off in {row[2]}")
             elif status != "sent" or not row[3] or not alone:
                 skipped_ids.append(row[0])
                 skipped_errors.append(f"its card was not posted alone (delivery {status})")
+            elif dismissed:
+                skipped_ids.append(row[0])
+                skipped_errors.append(NOT_RELEVANT_THERE)
             else:
                 due.append(_followup(row))
         if skipped_ids:
