@@ -44,6 +44,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
 import resource
 import statistics
@@ -317,6 +318,23 @@ def full_collections(into: list[float]):
     return callback
 
 
+def thread_cpu() -> dict[str, float]:
+    """Each live thread's CPU seconds so far (user + system, /proc/self/task/<id>/stat), by
+    its Python name (threads of one pool share a name's prefix: counted together); {} where
+    /proc is not there."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except (OSError, TypeError):
+            continue
+        name = thread.name.rstrip("0123456789_").rstrip("-_") or thread.name
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -412,7 +430,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             # collected now, it cannot fall due on the loop before the poll's worker turns collection off.
             gc.collect()
             gc.callbacks.append(full_collections(collections))
-            started, cpu_started = time.perf_counter(), time.process_time()
+            started, cpu_started, threads_before = time.perf_counter(), time.process_time(), thread_cpu()
             swept = {"sweeps": 0, "sweep_sent": 0}
             sweeper = asyncio.ensure_future(sweep_during(app, swept)) if sweep else None
             try:
@@ -426,6 +444,8 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
                 undo()
             poll_s = time.perf_counter() - started
             poll_cpu_s = time.process_time() - cpu_started  # all threads: on a busy machine, the steadier figure
+            threads_after = thread_cpu()
+            thread_cpu_s = {name: round(cpu - threads_before.get(name, 0.0), 2) for name, cpu in threads_after.items()}
             index_save_s = index_save_stall_ms = None
             if app.poller.index_saving is not None:  # kept after the poll: the loop goes on meanwhile
                 started, beats = time.perf_counter(), len(watch.samples)
@@ -490,6 +510,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "papers_per_s": round(papers / poll_s, 1) if poll_s else 0.0,
         "poll_cpu_s": round(poll_cpu_s, 3),
         "match_cpu_s": round(match_cpu_s, 2),
+        "thread_cpu_s": dict(sorted(thread_cpu_s.items(), key=lambda kv: -kv[1])),
         "loop_stall_max_ms": round(watch.max_ms(), 1),
         "loop_stall_p99_ms": round(watch.percentile_ms(0.99), 1),
         "stalls_over_250ms": len(watch.stalls),
