@@ -427,7 +427,13 @@ class Poller:
 
         def run() -> int:
             if self._writer_store is None:
-                self._writer_store = self.open_store()
+                writer = self.open_store()
+                try:
+                    writer.for_poll_writes()  # its only statements are `queue_matched`'s
+                except BaseException:
+                    writer.close()
+                    raise
+                self._writer_store = writer
             return job(self._writer_store)
 
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,8 @@ import threading
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from bot.errors import StorageError
 from bot.models import ChannelRef
@@ -78,6 +81,34 @@ async def test_commands_run_and_write_on_the_loop_between_the_batches_of_a_poll(
     assert report.ok and report.new == 60 and report.queued == len(expected(papers))
     assert len(commands) >= 60 // 7 and commands == [0.0] * len(commands)  # every one counted, none refused
     assert set(queued(store)) == expected(papers) and not store.unmatched_papers(100)
+
+
+async def test_only_the_writer_s_connection_leaves_foreign_keys_unchecked(store, clock):
+    # The writer thread's Store only queues the poll's deliveries, for papers stored (and
+    # written down unmatched) before: its connection checks no foreign key (a lookup in
+    # papers a delivery). Every other connection still does, and the poll queues all.
+    subscribe(store, clock)
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+
+    def checked(s: Store) -> int:
+        return s.db.execute("PRAGMA foreign_keys").fetchone()[0]
+
+    seen: list[int] = []
+    poller.between_batches = lambda: seen.append(checked(poller._writer_store))  # in the writer thread
+    try:
+        report = await poller.poll(FakeSource(papers=papers))
+        assert report.ok and set(queued(store)) == expected(papers) and not store.unmatched_papers(100)
+        assert seen and set(seen) == {0}
+        worker = poller.worker_store
+        assert worker is not None and await asyncio.get_running_loop().run_in_executor(
+            poller._executor, checked, worker) == 1
+        assert checked(store) == 1
+        with pytest.raises(sqlite3.IntegrityError):  # the loop's Store: a delivery of no paper
+            store.db.execute("INSERT INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at) "
+                             "VALUES ('no-such-paper', 'console:ml', '[]', 'x', 'x')")
+    finally:
+        poller.close()
 
 
 async def test_a_poll_that_fails_between_batches_is_finished_by_the_next_one(store, clock):
