@@ -177,10 +177,11 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
     ("write_turn": its turn at the write lock, behind the writer's) and end ("commit": with
     the WAL checkpoints), and the rest ("other": the executor's hop, the recommender's turn,
     gathering matches, the loop's own steps). The writer thread, at the same time
-    (`write_split_s`): its transactions of deliveries, of which the outbox INSERTs."""
+    (`write_split_s`): its transactions of deliveries, of which the outbox INSERTs, and when
+    the first began (`first_at`, seconds into the poll: the writer idles before)."""
     spent = {"match_cpu": 0.0, "add_papers": 0.0, "match": 0.0, "sync_subscriptions": 0.0, "index_words": 0.0,
              "bookkeeping": 0.0, "split": 0.0, "wait_for_writer": 0.0, "write_turn": 0.0, "commit": 0.0}
-    writer = {"transactions": 0.0, "enqueue": 0.0, "transactions_cpu": 0.0}
+    writer = {"transactions": 0.0, "enqueue": 0.0, "transactions_cpu": 0.0, "first_at": 0.0}
     worker = app.poller.worker_store or app.store
     owners: dict[str, object] = {"add_papers": worker, "match": app.poller.matcher,
                                  "sync_subscriptions": app.poller, "index_words": worker}
@@ -234,8 +235,13 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
 
     worker.transaction = timed_transaction  # type: ignore[method-assign]
     # The writer thread's own CPU in its transactions (time.thread_time), and the matcher's.
-    app.poller._queue = timed_into(  # type: ignore[method-assign]
-        writer, "transactions", cpu_into(writer, "transactions_cpu", app.poller._queue))
+    queue = timed_into(writer, "transactions", cpu_into(writer, "transactions_cpu", app.poller._queue))
+
+    def first_noted(*args, **kwargs):  # when the writer's first transaction began (perf_counter)
+        writer["first_at"] = writer["first_at"] or time.perf_counter()
+        return queue(*args, **kwargs)
+
+    app.poller._queue = first_noted  # type: ignore[method-assign]
     # Class attributes (the writer's Store opens in the poll): put back by `undo`.
     patched = [(Store, "queue_matched", writer, "enqueue"), (poller_module._Writes, "_finish_oldest", spent,
                                                           "wait_for_writer"), (MatchedBatch, "split", spent, "split")]
@@ -443,6 +449,8 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
                 gc.callbacks.pop()
                 undo()
             poll_s = time.perf_counter() - started
+            # The poll's start to the writer's first transaction (the writer idles until then).
+            write_split["first_at"] = write_split["first_at"] and write_split["first_at"] - started
             poll_cpu_s = time.process_time() - cpu_started  # all threads: on a busy machine, the steadier figure
             threads_after = thread_cpu()
             thread_cpu_s = {name: round(cpu - threads_before.get(name, 0.0), 2) for name, cpu in threads_after.items()}

@@ -111,6 +111,24 @@ async def test_only_the_writer_s_connection_leaves_foreign_keys_unchecked(store,
         poller.close()
 
 
+async def test_the_poll_s_first_group_is_handed_to_the_writer_sooner(store, clock):
+    # The writer thread idles until it gets the poll's first group: that one is handed over
+    # at FIRST_GROUP_ROWS matches, the others at GROUP_ROWS. Here: the first at 4 matches,
+    # then all the rest as one group (a transaction each: ENQUEUE_ROWS covers them).
+    subscribe(store, clock)
+    papers = listing()
+    poller = Poller(store, clock)
+    poller.BATCH, poller.GROUP_ROWS, poller.FIRST_GROUP_ROWS, poller.ENQUEUE_ROWS = 7, 10**6, 4, 10**6
+    counts: list[int] = []
+    poller.between_batches = lambda: counts.append(len(queued(poller._writer_store)))  # in the writer thread
+    try:
+        report = await poller.poll(FakeSource(papers=papers))
+    finally:
+        poller.close()
+    assert report.ok and set(queued(store)) == expected(papers) and not store.unmatched_papers(100)
+    assert len(counts) == 2 and 4 <= counts[0] < 8 and counts[1] == len(expected(papers))
+
+
 async def test_a_poll_that_fails_between_batches_is_finished_by_the_next_one(store, clock):
     subscribe(store, clock)
     papers = listing()
