@@ -111,6 +111,36 @@ async def test_only_the_writer_s_connection_leaves_foreign_keys_unchecked(store,
         poller.close()
 
 
+async def test_the_writer_s_checkpoints_run_in_a_thread_of_their_own(store, clock, monkeypatch):
+    # A WAL checkpoint (every CHECKPOINT_EVERY commits of a poller's connection) copies pages
+    # and syncs the file: the writer thread, the poll's bound, leaves its own to a Checkpointer
+    # and goes on. They still run (the WAL stays small), and closing the poller ends that thread.
+    import storage.db
+
+    monkeypatch.setattr(storage.db, "CHECKPOINT_EVERY", 2)
+    subscribe(store, clock)
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+    statements: list[str] = []
+
+    def watch() -> None:  # in the writer thread, after each transaction
+        writer = poller._writer_store
+        if not statements:
+            writer.db.conn.set_trace_callback(statements.append)
+        statements.append("-- committed")
+
+    poller.between_batches = watch
+    report = await poller.poll(FakeSource(papers=papers))
+    assert report.ok and set(queued(store)) == expected(papers)
+    checkpointer = poller._writer_store.db.papers_bot_checkpointer
+    commits = statements.count("-- committed")
+    assert commits >= 10 and not [s for s in statements if "wal_checkpoint" in s]
+    assert 1 <= checkpointer.done <= commits and checkpointer._thread.is_alive()
+    poller.close()
+    await asyncio.get_running_loop().run_in_executor(None, poller._writer.shutdown)
+    assert not checkpointer._thread.is_alive()
+
+
 async def test_the_poll_s_first_group_is_handed_to_the_writer_sooner(store, clock):
     # The writer thread idles until it gets the poll's first group: that one is handed over
     # at FIRST_GROUP_ROWS matches, the others at GROUP_ROWS. Here: the first at 4 matches,
