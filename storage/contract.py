@@ -364,10 +364,8 @@ class StoreContract(Protocol):
         """This Store is the poller's writer's (its thread's, for `queue_matched` alone): SQLite
         stops checking its connection's foreign keys, which only ever find the papers of
         a batch (stored and written down unmatched before they are matched; papers are never
-        deleted): a lookup in `papers` a delivery, ~8 % of the writer's instructions; and
-        its WAL checkpoints run in a thread of their own (storage/db.py `Checkpointer`), not
-        in the writer's. Called once, before its first statement of a poll. PostgreSQL:
-        nothing changes."""
+        deleted): a lookup in `papers` a delivery, ~8 % of the writer's instructions. Called
+        once, before its first statement of a poll. PostgreSQL: nothing changes."""
         ...
 
     def takes_made_deliveries(self) -> bool:

@@ -206,9 +206,10 @@ def immediate(db: Database) -> Iterator[Database]:
 
 
 def _tidy_wal(db: Database) -> None:
-    """For a connection that does not checkpoint at commit: every CHECKPOINT_EVERY commits, a
-    passive checkpoint (it waits for no one and no one waits for it), outside the turnstile;
-    by the connection's `Checkpointer` when it has one (`checkpoint_aside`)."""
+    """For a connection that does not checkpoint at commit (durable=False: the poller's worker
+    and writer): every CHECKPOINT_EVERY commits, a passive checkpoint (it waits for no one
+    and no one waits for it), outside the turnstile, by the connection's `Checkpointer`:
+    the connection's thread goes on meanwhile."""
     commits = getattr(db, "papers_bot_commits", None)
     if commits is None:
         return
@@ -217,20 +218,18 @@ def _tidy_wal(db: Database) -> None:
         return
     db.papers_bot_commits = 0  # type: ignore[attr-defined]
     aside: Checkpointer | None = getattr(db, "papers_bot_checkpointer", None)
-    if aside is not None:
-        aside.request()
-        return
-    try:
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    except sqlite3.Error:  # nothing lost: the next one does it
-        return
+    if aside is None:  # started at the first (Store.close ends it: `close_checkpointer`)
+        aside = db.papers_bot_checkpointer = Checkpointer(  # type: ignore[attr-defined]
+            _path(db), getattr(db, "papers_bot_timeout", BUSY_TIMEOUT))
+    aside.request()
 
 
 class Checkpointer:
     """Passive checkpoints of a database file in a thread of their own, with a connection of
-    its own, for a connection whose thread should not wait for them (the poller's writer:
-    a checkpoint copies the WAL's pages into the database file and syncs it, 36 ms of wall
-    time for 7 of CPU a checkpoint on this machine's disk: 0.96 s of a 100k poll's 3.6 s of
+    its own, for a connection whose thread should not wait for them (the poller's worker and
+    writer: a checkpoint copies the WAL's pages into the database file and syncs it, 36 ms
+    of wall time for 7 of CPU a checkpoint on this machine's disk; in the writer's thread,
+    the poll's bound with the index in a worker process, 0.96 s of a 100k poll's 3.6 s of
     transactions). Requests made while one runs make one more after it, not one each: the
     WAL is kept as small as by checkpointing inline, a few transactions later at most.
     Nothing depends on a checkpoint but the WAL's size: a failure is ignored (the next one
@@ -276,16 +275,6 @@ class Checkpointer:
         finally:
             if conn is not None:
                 conn.close()
-
-
-def checkpoint_aside(db: Database) -> None:
-    """Its CHECKPOINT_EVERY checkpoints (`_tidy_wal`) run in a `Checkpointer` of its own from
-    now on, for a connection that checkpoints them itself (durable=False); `close_checkpointer`
-    ends it. Nothing changes for others (in memory, the loop's: SQLite's autocheckpoint)."""
-    if getattr(db, "papers_bot_commits", None) is None or getattr(db, "papers_bot_checkpointer", None):
-        return
-    db.papers_bot_checkpointer = Checkpointer(  # type: ignore[attr-defined]
-        _path(db), getattr(db, "papers_bot_timeout", BUSY_TIMEOUT))
 
 
 def close_checkpointer(db: Database) -> None:

@@ -25,7 +25,7 @@ from bot.models import (
     terms_strength,
 )
 
-from .db import alone, checkpoint_aside, immediate, iso, parse_iso, write
+from .db import alone, immediate, iso, parse_iso, write
 from .migrations import MATCHED_OR_EMPTY
 from .subscriptions import NEWEST_VERSION
 
@@ -103,9 +103,6 @@ class DeliveriesMixin:
         # Before any transaction (the pragma does nothing inside one), and so before the
         # statements the connection keeps are prepared (changing it expires them all).
         self.db.execute("PRAGMA foreign_keys = OFF")
-        # Its WAL checkpoints (every CHECKPOINT_EVERY transactions) in a thread of their own:
-        # the writer goes on with the next transaction meanwhile.
-        checkpoint_aside(self.db)
 
     def takes_made_deliveries(self) -> bool:
         return True

@@ -114,7 +114,8 @@ async def test_only_the_writer_s_connection_leaves_foreign_keys_unchecked(store,
 async def test_the_writer_s_checkpoints_run_in_a_thread_of_their_own(store, clock, monkeypatch):
     # A WAL checkpoint (every CHECKPOINT_EVERY commits of a poller's connection) copies pages
     # and syncs the file: the writer thread, the poll's bound, leaves its own to a Checkpointer
-    # and goes on. They still run (the WAL stays small), and closing the poller ends that thread.
+    # and goes on (the worker thread as well). They still run (the WAL stays small), and
+    # closing the poller ends their threads.
     import storage.db
 
     monkeypatch.setattr(storage.db, "CHECKPOINT_EVERY", 2)
@@ -136,9 +137,13 @@ async def test_the_writer_s_checkpoints_run_in_a_thread_of_their_own(store, cloc
     commits = statements.count("-- committed")
     assert commits >= 10 and not [s for s in statements if "wal_checkpoint" in s]
     assert 1 <= checkpointer.done <= commits and checkpointer._thread.is_alive()
+    theirs = poller.worker_store.db.papers_bot_checkpointer  # the worker thread's, likewise
+    assert theirs is not checkpointer and theirs.done >= 1
     poller.close()
-    await asyncio.get_running_loop().run_in_executor(None, poller._writer.shutdown)
-    assert not checkpointer._thread.is_alive()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, poller._writer.shutdown)
+    await loop.run_in_executor(None, poller._executor.shutdown)
+    assert not checkpointer._thread.is_alive() and not theirs._thread.is_alive()
 
 
 async def test_the_poll_s_first_group_is_handed_to_the_writer_sooner(store, clock):
