@@ -44,6 +44,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
 import resource
 import statistics
@@ -176,10 +177,11 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
     ("write_turn": its turn at the write lock, behind the writer's) and end ("commit": with
     the WAL checkpoints), and the rest ("other": the executor's hop, the recommender's turn,
     gathering matches, the loop's own steps). The writer thread, at the same time
-    (`write_split_s`): its transactions of deliveries, of which the outbox INSERTs."""
+    (`write_split_s`): its transactions of deliveries, of which the outbox INSERTs, and when
+    the first began (`first_at`, seconds into the poll: the writer idles before)."""
     spent = {"match_cpu": 0.0, "add_papers": 0.0, "match": 0.0, "sync_subscriptions": 0.0, "index_words": 0.0,
              "bookkeeping": 0.0, "split": 0.0, "wait_for_writer": 0.0, "write_turn": 0.0, "commit": 0.0}
-    writer = {"transactions": 0.0, "enqueue": 0.0, "transactions_cpu": 0.0}
+    writer = {"transactions": 0.0, "enqueue": 0.0, "transactions_cpu": 0.0, "first_at": 0.0}
     worker = app.poller.worker_store or app.store
     owners: dict[str, object] = {"add_papers": worker, "match": app.poller.matcher,
                                  "sync_subscriptions": app.poller, "index_words": worker}
@@ -233,8 +235,13 @@ def time_parts(app: App) -> tuple[dict[str, float], dict[str, float], Callable[[
 
     worker.transaction = timed_transaction  # type: ignore[method-assign]
     # The writer thread's own CPU in its transactions (time.thread_time), and the matcher's.
-    app.poller._queue = timed_into(  # type: ignore[method-assign]
-        writer, "transactions", cpu_into(writer, "transactions_cpu", app.poller._queue))
+    queue = timed_into(writer, "transactions", cpu_into(writer, "transactions_cpu", app.poller._queue))
+
+    def first_noted(*args, **kwargs):  # when the writer's first transaction began (perf_counter)
+        writer["first_at"] = writer["first_at"] or time.perf_counter()
+        return queue(*args, **kwargs)
+
+    app.poller._queue = first_noted  # type: ignore[method-assign]
     # Class attributes (the writer's Store opens in the poll): put back by `undo`.
     patched = [(Store, "queue_matched", writer, "enqueue"), (poller_module._Writes, "_finish_oldest", spent,
                                                           "wait_for_writer"), (MatchedBatch, "split", spent, "split")]
@@ -315,6 +322,23 @@ def full_collections(into: list[float]):
         elif began:
             into.append(time.perf_counter() - began.pop())
     return callback
+
+
+def thread_cpu() -> dict[str, float]:
+    """Each live thread's CPU seconds so far (user + system, /proc/self/task/<id>/stat), by
+    its Python name (threads of one pool share a name's prefix: counted together); {} where
+    /proc is not there."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except (OSError, TypeError):
+            continue
+        name = thread.name.rstrip("0123456789_").rstrip("-_") or thread.name
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -412,7 +436,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
             # collected now, it cannot fall due on the loop before the poll's worker turns collection off.
             gc.collect()
             gc.callbacks.append(full_collections(collections))
-            started, cpu_started = time.perf_counter(), time.process_time()
+            started, cpu_started, threads_before = time.perf_counter(), time.process_time(), thread_cpu()
             swept = {"sweeps": 0, "sweep_sent": 0}
             sweeper = asyncio.ensure_future(sweep_during(app, swept)) if sweep else None
             try:
@@ -425,7 +449,11 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
                 gc.callbacks.pop()
                 undo()
             poll_s = time.perf_counter() - started
+            # The poll's start to the writer's first transaction (the writer idles until then).
+            write_split["first_at"] = write_split["first_at"] and write_split["first_at"] - started
             poll_cpu_s = time.process_time() - cpu_started  # all threads: on a busy machine, the steadier figure
+            threads_after = thread_cpu()
+            thread_cpu_s = {name: round(cpu - threads_before.get(name, 0.0), 2) for name, cpu in threads_after.items()}
             index_save_s = index_save_stall_ms = None
             if app.poller.index_saving is not None:  # kept after the poll: the loop goes on meanwhile
                 started, beats = time.perf_counter(), len(watch.samples)
@@ -490,6 +518,7 @@ async def measure(workload: Workload, directory: Path, port: int, match_processe
         "papers_per_s": round(papers / poll_s, 1) if poll_s else 0.0,
         "poll_cpu_s": round(poll_cpu_s, 3),
         "match_cpu_s": round(match_cpu_s, 2),
+        "thread_cpu_s": dict(sorted(thread_cpu_s.items(), key=lambda kv: -kv[1])),
         "loop_stall_max_ms": round(watch.max_ms(), 1),
         "loop_stall_p99_ms": round(watch.percentile_ms(0.99), 1),
         "stalls_over_250ms": len(watch.stalls),

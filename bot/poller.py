@@ -108,6 +108,9 @@ class Poller:
     # (docs/benchmarks.md, "outbox": the writer's CPU a third of what it was in 250-row
     # transactions in paper order).
     GROUP_ROWS = 15_000  # matches gathered (~150 papers) before they are split and handed over
+    # The poll's first group is handed over sooner: the writer thread, the poll's bound, starts
+    # after ~30 papers matched, not ~150 (it idled meanwhile).
+    FIRST_GROUP_ROWS = 3000
     ENQUEUE_ROWS = 1000  # matches a transaction, about (~10-15 ms of CPU)
     WRITES_AHEAD = 2  # groups handed to the writer thread and not yet committed
     # Batches sent to the matching worker processes (`ShardedMatcher`) and not gathered yet:
@@ -465,7 +468,13 @@ class Poller:
 
         def run() -> int:
             if self._writer_store is None:
-                self._writer_store = self.open_store()
+                writer = self.open_store()
+                try:
+                    writer.for_poll_writes()  # its only statements are `queue_matched`'s
+                except BaseException:
+                    writer.close()
+                    raise
+                self._writer_store = writer
             return job(self._writer_store)
 
         try:
@@ -732,7 +741,8 @@ class Poller:
                 matches = []
             if paper.id in liked:
                 matches = sorted([*matches, *liked[paper.id]])
-            if writes.gather(unmatched, tuple(matches), version) >= self.GROUP_ROWS:
+            if writes.gather(unmatched, tuple(matches), version) >= (
+                    self.GROUP_ROWS if writes.handed else min(self.GROUP_ROWS, self.FIRST_GROUP_ROWS)):
                 self._submit(writes, now)
 
     def _may_post(self, unmatched: UnmatchedPaper, now: datetime) -> bool:
@@ -831,6 +841,7 @@ class _Writes:
         self._jobs: deque[tuple[Future[int], set[str]]] = deque()
         self._failed = threading.Event()
         self.queued = 0
+        self.handed = 0  # groups handed to the writer
         # The group being gathered (matched, not handed over yet): its papers and their matches.
         self._done: list[UnmatchedPaper] = []
         self._found: list[tuple[Match, ...]] = []
@@ -871,6 +882,7 @@ class _Writes:
                 raise
 
         self._jobs.append((self._write(once_none_failed), papers))
+        self.handed += 1
 
     def _finish_oldest(self) -> None:
         done, _ = self._jobs[0]

@@ -18,7 +18,7 @@ from bot.errors import StorageError
 
 from .channels import ChannelsMixin
 from .command_log import CommandLogMixin
-from .db import BUSY_TIMEOUT, LOOP_AUTOCHECKPOINT_PAGES, immediate, open_database, storage_error
+from .db import BUSY_TIMEOUT, LOOP_AUTOCHECKPOINT_PAGES, close_checkpointer, immediate, open_database, storage_error
 from .deliveries import DeliveriesMixin
 from .feedback import FeedbackMixin
 from .installations import InstallationsMixin
@@ -134,6 +134,7 @@ class Store(PapersMixin, SubscriptionsMixin, DeliveriesMixin, SourceStateMixin, 
             others, self._thread_dbs = list(self._thread_dbs.values()), {}
         for db in others:
             db.close()
+        close_checkpointer(self.db)
         self.db.close()
         if self._lease is not None:
             os.close(self._lease)  # releases the lock

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,8 @@ import threading
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from bot.errors import StorageError
 from bot.models import ChannelRef
@@ -78,6 +81,87 @@ async def test_commands_run_and_write_on_the_loop_between_the_batches_of_a_poll(
     assert report.ok and report.new == 60 and report.queued == len(expected(papers))
     assert len(commands) >= 60 // 7 and commands == [0.0] * len(commands)  # every one counted, none refused
     assert set(queued(store)) == expected(papers) and not store.unmatched_papers(100)
+
+
+async def test_only_the_writer_s_connection_leaves_foreign_keys_unchecked(store, clock):
+    # The writer thread's Store only queues the poll's deliveries, for papers stored (and
+    # written down unmatched) before: its connection checks no foreign key (a lookup in
+    # papers a delivery). Every other connection still does, and the poll queues all.
+    subscribe(store, clock)
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+
+    def checked(s: Store) -> int:
+        return s.db.execute("PRAGMA foreign_keys").fetchone()[0]
+
+    seen: list[int] = []
+    poller.between_batches = lambda: seen.append(checked(poller._writer_store))  # in the writer thread
+    try:
+        report = await poller.poll(FakeSource(papers=papers))
+        assert report.ok and set(queued(store)) == expected(papers) and not store.unmatched_papers(100)
+        assert seen and set(seen) == {0}
+        worker = poller.worker_store
+        assert worker is not None and await asyncio.get_running_loop().run_in_executor(
+            poller._executor, checked, worker) == 1
+        assert checked(store) == 1
+        with pytest.raises(sqlite3.IntegrityError):  # the loop's Store: a delivery of no paper
+            store.db.execute("INSERT INTO deliveries (paper_id, channel, matched, next_attempt_at, created_at) "
+                             "VALUES ('no-such-paper', 'console:ml', '[]', 'x', 'x')")
+    finally:
+        poller.close()
+
+
+async def test_the_writer_s_checkpoints_run_in_a_thread_of_their_own(store, clock, monkeypatch):
+    # A WAL checkpoint (every CHECKPOINT_EVERY commits of a poller's connection) copies pages
+    # and syncs the file: the writer thread, the poll's bound, leaves its own to a Checkpointer
+    # and goes on (the worker thread as well). They still run (the WAL stays small), and
+    # closing the poller ends their threads.
+    import storage.db
+
+    monkeypatch.setattr(storage.db, "CHECKPOINT_EVERY", 2)
+    subscribe(store, clock)
+    papers = listing()
+    poller = small_batches(Poller(store, clock))
+    statements: list[str] = []
+
+    def watch() -> None:  # in the writer thread, after each transaction
+        writer = poller._writer_store
+        if not statements:
+            writer.db.conn.set_trace_callback(statements.append)
+        statements.append("-- committed")
+
+    poller.between_batches = watch
+    report = await poller.poll(FakeSource(papers=papers))
+    assert report.ok and set(queued(store)) == expected(papers)
+    checkpointer = poller._writer_store.db.papers_bot_checkpointer
+    commits = statements.count("-- committed")
+    assert commits >= 10 and not [s for s in statements if "wal_checkpoint" in s]
+    assert 1 <= checkpointer.done <= commits and checkpointer._thread.is_alive()
+    theirs = poller.worker_store.db.papers_bot_checkpointer  # the worker thread's, likewise
+    assert theirs is not checkpointer and theirs.done >= 1
+    poller.close()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, poller._writer.shutdown)
+    await loop.run_in_executor(None, poller._executor.shutdown)
+    assert not checkpointer._thread.is_alive() and not theirs._thread.is_alive()
+
+
+async def test_the_poll_s_first_group_is_handed_to_the_writer_sooner(store, clock):
+    # The writer thread idles until it gets the poll's first group: that one is handed over
+    # at FIRST_GROUP_ROWS matches, the others at GROUP_ROWS. Here: the first at 4 matches,
+    # then all the rest as one group (a transaction each: ENQUEUE_ROWS covers them).
+    subscribe(store, clock)
+    papers = listing()
+    poller = Poller(store, clock)
+    poller.BATCH, poller.GROUP_ROWS, poller.FIRST_GROUP_ROWS, poller.ENQUEUE_ROWS = 7, 10**6, 4, 10**6
+    counts: list[int] = []
+    poller.between_batches = lambda: counts.append(len(queued(poller._writer_store)))  # in the writer thread
+    try:
+        report = await poller.poll(FakeSource(papers=papers))
+    finally:
+        poller.close()
+    assert report.ok and set(queued(store)) == expected(papers) and not store.unmatched_papers(100)
+    assert len(counts) == 2 and 4 <= counts[0] < 8 and counts[1] == len(expected(papers))
 
 
 async def test_a_poll_that_fails_between_batches_is_finished_by_the_next_one(store, clock):

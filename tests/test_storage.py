@@ -637,6 +637,41 @@ def test_made_deliveries_are_the_sqls_for_many_kinds_of_terms(store):
 
 
 @pytest.mark.backends
+def test_made_deliveries_in_statements_of_every_size_keep_their_order(store):
+    # Thousands of deliveries in one transaction: SQLite inserts the made ones by statements
+    # of up to 4,096 rows (`_insert_made`: bound values, the rows past a batch's own NULLs),
+    # the time and the version bound first. The same rows in the same order as the SQL's way
+    # (a row bound out of place, or a statement that read its VALUES out of order, differs),
+    # for batches of each statement size.
+    t = T0
+    channels = [ChannelRef("console", f"c{i:02d}") for i in range(40)]
+    subs = [store.add_subscription(ch, f"q{i}", "u1", t - timedelta(days=1)).subscription
+            for i, ch in enumerate(channels)]
+    papers = [paper(f"2410.{i:05d}") for i in range(1, 241)]
+    store.add_papers(papers, t)
+    rng = random.Random(5)
+    done = [UnmatchedPaper(p, t, subs[-1].id) for p in papers]
+    found = [tuple(Match(sub.id, sub.channel, sub.query, (f"w{rng.randint(0, 9)} in title",))
+                   for sub in rng.sample(subs, rng.randint(0 if i % 9 else 5, 40))) for i, _ in enumerate(papers)]
+    version = store.subscriptions_version()
+    total = sum(map(len, found))
+    assert total > 4096  # more than one statement of the largest size
+    for rows in (0, 100, 700, 3000):
+        store.mark_unmatched(done)
+        asked: list[int] = []
+        made_batches = _spied(MatchedBatch.split(done, found, rows, version), asked)
+        assert sum(store.queue_matched(batch, t) for batch in made_batches) == total
+        assert bool(asked) == (not store.takes_made_deliveries())  # SQLite: inserted as made, `matches` unread
+        made = _queued_rows(store)
+        sql(store, "DELETE FROM deliveries")
+        store.mark_unmatched(done)
+        assert sum(store.queue_matched(batch, t) for batch in MatchedBatch.split(done, found, rows)) == total
+        assert _queued_rows(store) == made
+        assert [r[4] for r in made] == [r[5] for r in made] == [made[0][4]] * total  # the time, bound once
+        sql(store, "DELETE FROM deliveries")
+
+
+@pytest.mark.backends
 def test_a_channels_several_matches_go_where_its_first_is_even_past_upto(store):
     # A paper matched a channel twice, first by a subscription created after the paper was
     # stored (past its upto), and another channel in between: the channel's delivery is

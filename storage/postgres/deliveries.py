@@ -79,6 +79,9 @@ class DeliveriesMixin:
     def enqueue(self, paper_id: str, matches: list[Match], now: datetime) -> int:
         return self.enqueue_many([PaperMatches(paper_id, tuple(matches))], now)
 
+    def for_poll_writes(self) -> None:
+        pass  # its foreign keys are checked as always (StoreContract.for_poll_writes)
+
     def takes_made_deliveries(self) -> bool:
         return False  # it reads `matches` (jsonb), whatever the batch holds
 
