@@ -89,7 +89,8 @@ async def test_engine_follows_added_changed_and_removed_subscriptions(store, clo
     store.change_subscription_query(ML, sub.id, "diffusion -video")  # e.g. /papers mute 1 video
     source.papers = [paper("2410.00002", "Video diffusion again"), paper("2410.00003", "Image diffusion")]
     await poller.poll(source)
-    assert [d.paper_id for d in due_now(store, clock())] == ["2410.00001", "2410.00003"]
+    # 2410.00001, queued before the mute and not posted yet, is not posted now either.
+    assert [d.paper_id for d in due_now(store, clock())] == ["2410.00003"]
     store.remove_subscription(ML, sub.id)
     source.papers = [paper("2410.00004", "Image diffusion, more")]
     assert (await poller.poll(source)).queued == 0
