@@ -83,6 +83,8 @@ MANY_AHEAD = 2
 # well under a second, but the first after a load waits for the worker's build (~20 s at a
 # million subscriptions on a busy machine).
 ANSWER_TIMEOUT = 600.0
+# Seconds `close` gives the workers, all together, to stop before the rest are killed.
+CLOSE_TIMEOUT = 10.0
 # The machine integer types of the answers' columns: subscription ids, channel numbers.
 _ID: Final = "q"
 _CHANNEL: Final = "i"
@@ -336,9 +338,12 @@ class ShardedMatcher:
                 conn.send(("stop",))
             except OSError:
                 pass
+        # One deadline for all (told to stop together, they stop side by side): a hung
+        # worker is killed after CLOSE_TIMEOUT in all, not that much for each in turn.
+        deadline = time.monotonic() + CLOSE_TIMEOUT
         for proc in self._procs:
             try:
-                proc.wait(10)
+                proc.wait(max(deadline - time.monotonic(), 0))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -397,3 +397,30 @@ def test_a_worker_failing_on_a_change_fails_every_later_call_even_after_a_call_n
             sharded.match(made.papers[0])
     finally:
         sharded.close()
+
+
+def test_close_gives_all_workers_one_deadline_then_kills_what_remains(monkeypatch):
+    # Stopped workers (SIGSTOP) never read the stop: close kills them, after CLOSE_TIMEOUT in
+    # all, not that much again for each worker in turn.
+    import signal
+
+    monkeypatch.setattr("bot.sharded.CLOSE_TIMEOUT", 0.5)
+    sharded = ShardedMatcher([Subscription(1, ML, "diffusion", "u", T0)], processes=3)
+    assert [m.subscription_id for m in sharded.match(paper("2411.00001", "Diffusion"))] == [1]
+    procs = list(sharded._procs)
+    waited: list[float | None] = []
+    for proc in procs:
+        real_wait = proc.wait
+
+        def wait(timeout=None, real_wait=real_wait):
+            waited.append(timeout)
+            return real_wait(timeout)
+
+        proc.wait = wait  # type: ignore[method-assign]
+        proc.send_signal(signal.SIGSTOP)
+    sharded.close()
+    assert [proc.returncode for proc in procs] == [-signal.SIGKILL] * 3
+    given = [timeout for timeout in waited if timeout is not None]
+    assert len(given) == 3 and given[0] <= 0.5 and sum(given) <= 0.5  # one deadline shared
+    assert sharded._procs == [] and sharded.failed == "the matching engine was closed"
+
