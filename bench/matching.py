@@ -168,6 +168,15 @@ def total_pss_mb(engine: IndexedMatcher) -> float:
     return total / 1024
 
 
+def _huge_pages_mb(pid: int) -> float | None:
+    """A process's memory in transparent huge pages (AnonHugePages), in MB; None if unknown."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("AnonHugePages:")), None)
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscriptions", type=int, default=10_000)
@@ -324,6 +333,7 @@ def _sharded_figures(args: argparse.Namespace, engine: ShardedMatcher, subs: lis
     usage = engine.worker_usage()
     workers_rss = [rss for rss, _ in usage]
     workers_cpu = [cpu - before for (_, cpu), before in zip(usage, workers_before, strict=True)]
+    workers_huge = [_huge_pages_mb(proc.pid) for proc in engine._procs]
     engine.close()
     match_cpu_s = parent_cpu_s + sum(workers_cpu)
     # The parent keeps no parsed trees (its workers hold the index): parsed here, once a query.
@@ -354,6 +364,7 @@ def _sharded_figures(args: argparse.Namespace, engine: ShardedMatcher, subs: lis
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "worker_peak_rss_mb": [round(r, 1) for r in workers_rss],
         "total_peak_rss_mb": round(peak_rss_mb() + sum(workers_rss), 1),
+        "worker_huge_pages_mb": workers_huge,
         "seed": args.seed,
     }
     print(json.dumps(figures))
