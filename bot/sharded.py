@@ -712,7 +712,15 @@ def _rss_mb() -> float:
 
 
 def _madvise():
+    """libc's madvise, where transparent huge pages can be had (Linux, not turned off); else None."""
     if not sys.platform.startswith("linux"):
+        return None
+    try:
+        # MADV_COLLAPSE would collapse even with THP set to "never": what the machine's owner said holds.
+        with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="ascii") as setting:
+            if "[never]" in setting.read():
+                return None
+    except OSError:  # a kernel without THP
         return None
     try:
         import ctypes
