@@ -672,9 +672,10 @@ class _HugePages:
     next match or usage request) and it has grown the process (see HUGE_PAGES_FROM_MB), its
     big anonymous mappings (pymalloc's arenas, malloc's heap) are marked MADV_HUGEPAGE and
     collapsed into huge pages with MADV_COLLAPSE (Linux 6.1), what is already in huge pages
-    skipped. Measured at a million: a worker's matching CPU -12 to -15 %
-    (docs/benchmarks.md, million6). Where the kernel cannot (THP off, an older kernel,
-    not Linux), nothing happens."""
+    skipped. Measured at a million: a worker's CPU a paper -13 % in process, -15 to -20 %
+    in the benchmark, for ~2.5 ms of CPU a MB collapsed once and a few MB more resident
+    (docs/benchmarks.md, million6). Where the kernel cannot (THP off or set to never, an
+    older kernel, not Linux), nothing happens."""
 
     def __init__(self) -> None:
         self.done_mb = 0.0
