@@ -672,7 +672,7 @@ class _HugePages:
     next match or usage request) and it has grown the process (see HUGE_PAGES_FROM_MB), its
     big anonymous mappings (pymalloc's arenas, malloc's heap) are marked MADV_HUGEPAGE and
     collapsed into huge pages with MADV_COLLAPSE (Linux 6.1), what is already in huge pages
-    skipped. Measured at a million: a worker's CPU a paper -13 % in process, -15 to -20 %
+    skipped. Measured at a million: a worker's CPU a paper -13 % in process, -9 to -20 %
     in the benchmark, for ~2.5 ms of CPU a MB collapsed once and a few MB more resident
     (docs/benchmarks.md, million6). Where the kernel cannot (THP off or set to never, an
     older kernel, not Linux), nothing happens."""
@@ -738,7 +738,7 @@ def _anonymous_regions(maps: Iterable[str] | None = None) -> list[tuple[int, int
     """The private writable anonymous mappings (and the heap) of 2 MB or more among the
     lines of /proc/self/maps (or `maps`), as (start, size)."""
     if maps is None:
-        with open("/proc/self/maps", encoding="ascii") as lines:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as lines:  # (paths may be any bytes)
             return _anonymous_regions(lines)
     found = []
     for line in maps:
