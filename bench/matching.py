@@ -168,6 +168,23 @@ def total_pss_mb(engine: IndexedMatcher) -> float:
     return total / 1024
 
 
+def _huge_pages_mb(pid: int) -> float | None:
+    """A process's memory in transparent huge pages (AnonHugePages), in MB; None if unknown."""
+    return _proc_figure_mb(f"/proc/{pid}/smaps_rollup", "AnonHugePages:")
+
+
+def _proc_status_mb(pid: int, name: str) -> float | None:
+    return _proc_figure_mb(f"/proc/{pid}/status", name)
+
+
+def _proc_figure_mb(path: str, name: str) -> float | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return next((round(int(line.split()[1]) / 1024, 1) for line in f if line.startswith(name)), None)
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscriptions", type=int, default=10_000)
@@ -324,6 +341,8 @@ def _sharded_figures(args: argparse.Namespace, engine: ShardedMatcher, subs: lis
     usage = engine.worker_usage()
     workers_rss = [rss for rss, _ in usage]
     workers_cpu = [cpu - before for (_, cpu), before in zip(usage, workers_before, strict=True)]
+    workers_huge = [_huge_pages_mb(proc.pid) for proc in engine._procs]
+    workers_hwm = [_proc_status_mb(proc.pid, "VmHWM:") for proc in engine._procs]
     engine.close()
     match_cpu_s = parent_cpu_s + sum(workers_cpu)
     # The parent keeps no parsed trees (its workers hold the index): parsed here, once a query.
@@ -354,6 +373,10 @@ def _sharded_figures(args: argparse.Namespace, engine: ShardedMatcher, subs: lis
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "worker_peak_rss_mb": [round(r, 1) for r in workers_rss],
         "total_peak_rss_mb": round(peak_rss_mb() + sum(workers_rss), 1),
+        # Each worker's own peak (VmHWM): its ru_maxrss above starts, after fork and exec, at
+        # what this process's RSS was when it was started.
+        "worker_own_peak_rss_mb": workers_hwm,
+        "worker_huge_pages_mb": workers_huge,
         "seed": args.seed,
     }
     print(json.dumps(figures))

@@ -397,3 +397,97 @@ def test_a_worker_failing_on_a_change_fails_every_later_call_even_after_a_call_n
             sharded.match(made.papers[0])
     finally:
         sharded.close()
+
+
+def test_close_gives_all_workers_one_deadline_then_kills_what_remains(monkeypatch):
+    # Stopped workers (SIGSTOP) never read the stop: close kills them, after CLOSE_TIMEOUT in
+    # all, not that much again for each worker in turn.
+    import signal
+
+    monkeypatch.setattr("bot.sharded.CLOSE_TIMEOUT", 0.5)
+    sharded = ShardedMatcher([Subscription(1, ML, "diffusion", "u", T0)], processes=3)
+    assert [m.subscription_id for m in sharded.match(paper("2411.00001", "Diffusion"))] == [1]
+    procs = list(sharded._procs)
+    waited: list[float | None] = []
+    for proc in procs:
+        real_wait = proc.wait
+
+        def wait(timeout=None, real_wait=real_wait):
+            waited.append(timeout)
+            return real_wait(timeout)
+
+        proc.wait = wait  # type: ignore[method-assign]
+        proc.send_signal(signal.SIGSTOP)
+    sharded.close()
+    assert [proc.returncode for proc in procs] == [-signal.SIGKILL] * 3
+    given = [timeout for timeout in waited if timeout is not None]
+    assert len(given) == 3 and given[0] <= 0.5 and sum(given) <= 0.5  # one deadline shared
+    assert sharded._procs == [] and sharded.failed == "the matching engine was closed"
+
+
+def test_a_workers_big_anonymous_mappings_are_found_in_its_maps():
+    from bot.sharded import _anonymous_regions
+
+    maps = """\
+55aa6e8d0000-55aa6e8e0000 rw-p 00000000 00:00 0
+55aa74541000-55aa74d84000 rw-p 00000000 00:00 0                          [heap]
+7f50e0000000-7f50e4000000 rw-p 00000000 00:00 0
+7f50e89e0000-7f50e89e3000 rw-p 00000000 00:00 0
+7f50e8a00000-7f50ea000000 rw-p 00000000 00:00 0                          [stack]
+7f50ea000000-7f50ec000000 rw-p 00200000 08:01 1234                       /usr/lib/libx.so
+7f50ec000000-7f50ee000000 r--p 00000000 00:00 0
+7f50ee000000-7f50ee200000 rw-p 00000000 00:00 0
+""".splitlines()
+    assert _anonymous_regions(maps) == [(0x55aa74541000, 0x843000), (0x7f50e0000000, 64 << 20),
+                                        (0x7f50ee000000, 2 << 20)]
+    assert _anonymous_regions()  # this process's own: a Python process has a heap of 2 MB or more
+
+
+def test_a_workers_memory_is_put_in_huge_pages_after_a_load_once_and_never_fails_it(monkeypatch, caplog):
+    import bot.sharded
+    from bot.sharded import _MADV_COLLAPSE, _MADV_HUGEPAGE, _HugePages
+
+    rss = [10.0]
+    regions = [(0x1000000, 8 << 20), (0x4000000, 2 << 20)]
+    monkeypatch.setattr(bot.sharded, "_rss_mb", lambda: rss[0])
+    monkeypatch.setattr(bot.sharded, "_anonymous_regions", lambda: regions)
+    calls: list[tuple[int, int, int]] = []
+    answer = [0]
+
+    def madvise(start: int, size: int, advice: int) -> int:
+        calls.append((start, size, advice))
+        return answer[0]
+
+    huge = _HugePages()
+    huge.madvise = madvise
+    huge.settle()  # no change applied: nothing looked at
+    huge.pending = True
+    huge.settle()  # too small
+    assert calls == []
+    rss[0] = 100.0
+    huge.settle()  # no change since the last look
+    assert calls == []
+    huge.pending = True
+    huge.settle()
+    assert calls == [(start, size, advice) for start, size in regions for advice in (_MADV_HUGEPAGE, _MADV_COLLAPSE)]
+    calls.clear()
+    rss[0] = 110.0  # grown by less than the step: left as it is
+    huge.pending = True
+    huge.settle()
+    assert calls == []
+    rss[0] = 130.0
+    answer[0] = -1  # the kernel will not (THP off): never asked again
+    huge.pending = True
+    huge.settle()
+    assert calls == [(regions[0][0], regions[0][1], _MADV_HUGEPAGE)] and huge.madvise is None
+    rss[0] = 500.0
+    huge.pending = True
+    huge.settle()
+    assert len(calls) == 1
+    # Anything raising is logged and turns it off: the worker goes on matching.
+    broken = _HugePages()
+    broken.madvise = madvise
+    monkeypatch.setattr(bot.sharded, "_rss_mb", lambda: 1 / 0)
+    broken.pending = True
+    broken.settle()
+    assert broken.madvise is None and "huge pages left off" in caplog.text
