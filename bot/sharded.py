@@ -658,8 +658,12 @@ _MADV_HUGEPAGE: Final = 14
 _MADV_COLLAPSE: Final = 25
 _PAGE_SIZE: Final = resource.getpagesize()
 # A worker's memory is put in huge pages once its RSS is this, then each time it has
-# grown by HUGE_PAGES_STEP_MB since (each MB costs ~2.5 ms of CPU to collapse, once).
-HUGE_PAGES_FROM_MB = 64
+# grown by HUGE_PAGES_STEP_MB since (each MB costs ~2.5 ms of CPU to collapse, once, at the
+# end of an index load). Not below: at 100,000 subscriptions (a ~160 MB worker) the collapse
+# made the index load 0.3 to 0.4 s longer (1.6 -> 1.9 to 2.0 s, past the 2 s it is meant to
+# take) for 0.08 s less a 2,000-paper poll; at a million (two ~460 MB workers), 1.25 s of a
+# build of ~8 s for 4 to 8 % less CPU a paper (docs/benchmarks.md, "eighth session").
+HUGE_PAGES_FROM_MB = 320
 HUGE_PAGES_STEP_MB = 16
 
 

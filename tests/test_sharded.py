@@ -449,6 +449,7 @@ def test_a_workers_memory_is_put_in_huge_pages_after_a_load_once_and_never_fails
 
     rss = [10.0]
     regions = [(0x1000000, 8 << 20), (0x4000000, 2 << 20)]
+    monkeypatch.setattr(bot.sharded, "HUGE_PAGES_FROM_MB", 64)  # the figures below are around it
     monkeypatch.setattr(bot.sharded, "_rss_mb", lambda: rss[0])
     monkeypatch.setattr(bot.sharded, "_anonymous_regions", lambda: regions)
     calls: list[tuple[int, int, int]] = []
