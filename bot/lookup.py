@@ -31,18 +31,7 @@ class PaperLookup:
         """The paper with this arXiv id, or None if every source says it does not know it.
 
         Raises SourceError when a source could not be asked (network, server errors)."""
-        errors = []
-        for source in self.sources:
-            try:
-                paper = await source.fetch_one(paper_id)
-            except SourceError as exc:
-                errors.append(str(exc))
-                continue
-            if paper is not None:
-                return paper
-        if errors:  # "unknown" only when every service that answered said so
-            raise SourceError("lookup", "; ".join(errors))
-        return None
+        return (await self.fetch_many([paper_id])).get(paper_id)
 
     async def fetch_many(self, paper_ids: Sequence[str]) -> dict[str, Paper]:
         """The papers of these arXiv ids that some source knows, by id: each source in turn

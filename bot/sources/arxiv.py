@@ -100,6 +100,9 @@ class ArxivSource:
         ID_LIST_MAX of them (each a turn at the pacer), where `fetch_one` a paper would take
         3 s each. SourceError when a request fails."""
         ids = list(dict.fromkeys(paper_ids))
+        if len(ids) == 1:  # `show`'s one: asked as ever
+            paper = await self.fetch_one(ids[0])
+            return {ids[0]: paper} if paper is not None else {}
         found: dict[str, Paper] = {}
         for start in range(0, len(ids), ID_LIST_MAX):
             chunk = ids[start:start + ID_LIST_MAX]
