@@ -224,6 +224,12 @@ def most_saved(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         return Reply("The weekly most-saved digest is off." if before else "This channel had no most-saved digest.")
     if when != "weekly":
         return error(_MOST_SAVED_FORMS, "most-saved")
+    if not day_text and time_text and parse_time(time_text) is None:
+        # One word after `weekly` is taken for the time (`weekly 16:00`); `weekly sun` names the day.
+        if parse_weekday(time_text) is None:
+            return error(f"`{shown(time_text, 20)}` is neither a weekday (mon, tue, ... sun) nor a 24-hour time "
+                         "like 09:00.", "most-saved")
+        day_text, time_text = time_text, ""
     day = parse_weekday(day_text) if day_text else "mon"
     if day is None:
         return error(f"`{shown(day_text, 20)}` is not a weekday (mon, tue, ... sun).", "most-saved")

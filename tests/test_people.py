@@ -403,6 +403,13 @@ async def test_a_titles_masked_link_is_plain_text_in_discord_replies(store, cloc
 async def test_the_weekly_most_saved_digest_lists_the_weeks_most_saved_once(ctx, store, clock, slack):
     # Friday 2026-11-27 12:00 UTC
     assert (await run(ctx, C123, "U1", "most-saved weekly", can_manage=False)).ok is False
+    # One word after weekly: the day, or the time (`weekly sun` said "`sun` is not a 24-hour time").
+    reply = await run(ctx, C123, "U1", "most-saved weekly sun")
+    assert reply.text == "This channel gets the week's most saved papers every Sun at 09:00 (UTC)."
+    reply = await run(ctx, C123, "U1", "most-saved weekly 16:00")
+    assert reply.text == "This channel gets the week's most saved papers every Mon at 16:00 (UTC)."
+    reply = await run(ctx, C123, "U1", "most-saved weekly funday")
+    assert not reply.ok and "`funday` is neither a weekday (mon, tue, ... sun) nor a 24-hour time" in reply.text
     reply = await run(ctx, C123, "U1", "most-saved weekly")
     assert reply.text == "This channel gets the week's most saved papers every Mon at 09:00 (UTC)."
     store.add_papers([paper(PAPER, "Once"), paper("2411.00002", "Twice"), paper("2411.00003", "Elsewhere")], clock())
