@@ -74,3 +74,17 @@ async def test_message_ids_stay_unique_across_restarts_so_follow_ups_find_their_
     assert ids[0] != ids[1]
     await run(replace(first, github="https://github.com/acme/x"), second)
     assert f"[console:ml] ↳ {ids[0]}: Code released: https://github.com/acme/x" in outs[-1].getvalue()
+
+
+def test_cards_and_digests_name_the_people_who_subscribed_with_me():
+    from bot.adapters.console import render_digest
+    from bot.models import Digest
+
+    channel = ChannelRef("console", "ml")
+    card = replace(card_for(paper("2410.00001", "T")), mentions=("U1", "U2"))
+    assert render_card(card, channel).splitlines()[-1] == "  For @U1, @U2"
+    many = replace(card, mentions=tuple(f"U{i}" for i in range(25)))
+    assert render_card(many, channel).endswith("@U19 and 5 more")
+    digest = Digest(channel, "2 new papers", (card, card), mentions=("U1",))
+    assert render_digest(digest).splitlines()[-1] == "For @U1"
+    assert "For " not in render_card(card_for(paper("2410.00002", "T")), channel)

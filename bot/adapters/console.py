@@ -43,7 +43,13 @@ def render_card(card: Card, channel: ChannelRef | None = None) -> str:
         lines.append(f"  Matched {card.reason}")
         if card.snippet:
             lines.append(f"  From the abstract: “{card.snippet}”")
+    if card.mentions:  # the --me subscribers, as Slack's and Discord's cards say "For <@...>"
+        lines.append(f"  For {_people(card.mentions)}")
     return terminal_safe("\n".join(lines))
+
+
+def _people(users: tuple[str, ...]) -> str:
+    return ", ".join(f"@{user}" for user in users[:20]) + (f" and {len(users) - 20} more" if len(users) > 20 else "")
 
 
 def render_digest(digest: Digest) -> str:
@@ -56,6 +62,8 @@ def render_digest(digest: Digest) -> str:
             lines.append(f"    Matched {card.reason}")
     if digest.note:
         lines.append(digest.note)
+    if digest.mentions:
+        lines.append(f"For {_people(digest.mentions)}")
     return terminal_safe("\n".join(lines))
 
 
