@@ -8,7 +8,7 @@ from datetime import timedelta
 from bot.cards import card_for
 from bot.errors import SourceError
 from bot.models import CommandRequest, Paper, Reply
-from bot.query import raw_words
+from bot.query import STEMS, raw_words
 from bot.sources.ids import canonical_arxiv_id, impossible_arxiv_id
 
 from .base import Args, Context, Param, command, error, shown
@@ -21,23 +21,56 @@ WINDOWS = {"today": 1, "week": 7, "month": 30}
          Param("words", "words to look for", "text", required=True,
                missing="What should I search for? Give some words."))
 async def search(ctx: Context, req: CommandRequest, args: Args) -> Reply:
-    """Find the best 5 stored papers for some words (full-text, ranked).
+    """Find the best 5 stored papers for some words (full-text, ranked); `-word` (or `NOT word`)
+    leaves out papers with that word in their title or abstract.
 
-    Example: `/papers search speculative decoding`.
+    Example: `/papers search speculative decoding` or `/papers search diffusion -video`.
     """
     text = args.text("words")
-    words = raw_words(text)[:20]
+    words, excluded = search_terms(text)
+    words = words[:20]
     if not words:
-        return error("What should I search for? Give some words.", "search")
+        message = ("Give a word to look for, not only words to leave out." if excluded
+                   else "What should I search for? Give some words.")
+        return error(message, "search")
+    # With words left out, more are ranked and those holding one dropped here.
+    wanted = RESULTS * 4 if excluded else RESULTS
     if ctx.store.reads_off_loop():  # ranking can take tens of ms at a million papers: not on the loop
-        papers = await asyncio.to_thread(ctx.store.search_papers, words, RESULTS)
+        papers = await asyncio.to_thread(ctx.store.search_papers, words, wanted)
     else:
-        papers = ctx.store.search_papers(words, RESULTS)
+        papers = ctx.store.search_papers(words, wanted)
+    if excluded:
+        left_out = {STEMS[word] for word in excluded}
+        papers = [p for p in papers
+                  if left_out.isdisjoint(map(STEMS.__getitem__, raw_words(f"{p.title} {p.summary}")))][:RESULTS]
     if not papers:
         return Reply(f"No stored paper matches `{shown(text)}`.")
     cards = tuple(card_for(p) for p in papers)
     best = "The one stored paper that matches" if len(cards) == 1 else f"Best {len(cards)} stored papers for"
     return Reply(f"{best} `{shown(text)}`:", cards=cards)
+
+
+def search_terms(text: str) -> tuple[list[str], list[str]]:
+    """The words of a search, and those to leave out (`-word`, `NOT word`). `AND`, `OR` and
+    `NOT` in capitals are read as a person means them, never as words to look for (the
+    databases' full-text engines read them apart: SQLite looked for "and", PostgreSQL
+    dropped it)."""
+    words: list[str] = []
+    excluded: list[str] = []
+    negate = False
+    for token in text.split():
+        if token in ("AND", "OR"):
+            continue
+        if token == "NOT":
+            negate = True
+            continue
+        if token.startswith("-") and len(token) > 1:
+            negate, token = True, token[1:]
+        (excluded if negate else words).extend(raw_words(token))
+        negate = False
+    if not words and not excluded:  # nothing but AND, OR, NOT: words after all
+        words = raw_words(text)
+    return words, excluded
 
 
 @command("show", "show <arXiv id or link>",

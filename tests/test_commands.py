@@ -199,6 +199,20 @@ def test_search_ranks_stored_papers(ctx, clock):
 
 
 @pytest.mark.backends
+def test_search_leaves_out_words_and_reads_and_or_not_as_meant(ctx, clock):
+    # `-video` and `NOT video` were looked for as "video"; `AND` was a word on SQLite, dropped
+    # on PostgreSQL (a stop word): the same search found other papers on each.
+    stock(ctx.store, clock)
+    for text in ("search diffusion -video", "search diffusion NOT video", "search diffusion NOT videos"):
+        assert {c.paper_id for c in run(ctx, text).cards} == {"2411.00002", "2001.00005"}, text  # not 2411.00001
+    assert [c.paper_id for c in run(ctx, "search diffusion AND robots").cards] == ["2411.00002"]
+    assert {c.paper_id for c in run(ctx, "search robots OR decoding").cards} == {"2411.00002", "2411.00003"}
+    only_out = run(ctx, "search -diffusion")
+    assert not only_out.ok and "not only words to leave out" in only_out.text
+    assert "No stored paper matches" in run(ctx, "search video -video").text
+
+
+@pytest.mark.backends
 def test_search_treats_input_as_words_never_as_fts_syntax(ctx, clock):
     stock(ctx.store, clock)
     for text in ['search "unbalanced', "search NEAR(a b)", "search title:*", "search AND OR NOT"]:
