@@ -51,7 +51,8 @@ async def search(ctx: Context, req: CommandRequest, args: Args) -> Reply:
 
 
 def search_terms(text: str) -> tuple[list[str], list[str]]:
-    """The words of a search, and those to leave out (`-word`, `NOT word`). `AND`, `OR` and
+    """The words of a search (`word*` a prefix: "word*"), and those to leave out (`-word`,
+    `NOT word`). `AND`, `OR` and
     `NOT` in capitals are read as a person means them, never as words to look for (the
     databases' full-text engines read them apart: SQLite looked for "and", PostgreSQL
     dropped it)."""
@@ -66,7 +67,10 @@ def search_terms(text: str) -> tuple[list[str], list[str]]:
             continue
         if token.startswith("-") and len(token) > 1:
             negate, token = True, token[1:]
-        (excluded if negate else words).extend(raw_words(token))
+        found = raw_words(token)
+        if token.endswith("*") and found and not negate:  # `diffus*`: a prefix, on either database
+            found[-1] += "*"
+        (excluded if negate else words).extend(found)
         negate = False
     if not words and not excluded:  # nothing but AND, OR, NOT: words after all
         words = raw_words(text)

@@ -234,9 +234,11 @@ class StoreContract(Protocol):
         """Any thread. Full-text search over title, abstract and authors: the papers with every word,
         or, when none has them all, those with any; best match first, at most `limit`.
 
-        Words are plain text, never query syntax of the database (quote them). Stemmed
-        (English: "models" finds "model"). For speed only the `window` most recently
-        stored papers containing a word need to be ranked. No words: []."""
+        Words are plain text, never query syntax of the database (quote them), but one
+        ending in "*" is a prefix ("diffus*" finds "diffusion"; the rest is letters and
+        digits, as `raw_words` gives them). Stemmed (English: "models" finds "model"). For
+        speed only the `window` most recently stored papers containing a word need to be
+        ranked. No words: []."""
         ...
 
     def trending_papers(self, since: date, limit: int) -> list[Paper]:

@@ -291,7 +291,8 @@ class PapersMixin(FollowUpsMixin):
         """
         if not words:
             return []
-        quoted = ['"' + w.replace('"', '""') + '"' for w in words]  # quoted: user text is never FTS5 syntax
+        # Quoted: user text is never FTS5 syntax; a trailing * (StoreContract) is FTS5's prefix.
+        quoted = ['"' + w.rstrip("*").replace('"', '""') + '"' + ("*" if w.endswith("*") else "") for w in words]
         with self._reader() as db:
             return self._search(db, quoted, limit, window)
 

@@ -210,6 +210,10 @@ def test_search_leaves_out_words_and_reads_and_or_not_as_meant(ctx, clock):
     only_out = run(ctx, "search -diffusion")
     assert not only_out.ok and "not only words to leave out" in only_out.text
     assert "No stored paper matches" in run(ctx, "search video -video").text
+    # A prefix: `diffus*` found nothing on SQLite (its stemmer made "diffus" "diffu").
+    assert {c.paper_id for c in run(ctx, "search diffus*").cards} == {"2411.00001", "2411.00002", "2001.00005"}
+    assert {c.paper_id for c in run(ctx, "search specul* decod*").cards} == {"2411.00003"}
+    assert "No stored paper matches" in run(ctx, "search zzq*").text
 
 
 @pytest.mark.backends

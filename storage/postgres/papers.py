@@ -265,8 +265,10 @@ class PapersMixin:
             return []
         with self._reader() as db:
             for joiner in (" && ", " || "):
-                # One plainto_tsquery per word: the text is a parameter, never tsquery syntax.
-                query = joiner.join("plainto_tsquery('english', %s)" for _ in words)
+                # One plainto_tsquery per word: the text is a parameter, never tsquery syntax;
+                # a prefix (StoreContract) one to_tsquery of `word:*`, its word letters and digits.
+                query = joiner.join("to_tsquery('english', %s)" if w.endswith("*") else "plainto_tsquery('english', %s)"
+                                    for w in words)
                 rows = _unprepared(
                     db, f"""WITH q AS MATERIALIZED (SELECT {query} AS q),
                              found AS MATERIALIZED (SELECT p.id, p.first_seen FROM papers p, q WHERE p.fts @@ q.q),
@@ -276,7 +278,7 @@ class PapersMixin:
                                        ORDER BY rank DESC, p.first_seen DESC, p.id COLLATE "C" LIMIT %s)
                         SELECT {P_COLUMNS} FROM hits JOIN papers p ON p.id = hits.id
                          ORDER BY hits.rank DESC, hits.first_seen DESC, hits.id COLLATE "C" """,
-                    [*words, max(window, 1), limit])
+                    [*map(_ts_word, words), max(window, 1), limit])
                 if rows or len(words) == 1:
                     return [_paper(row) for row in rows]
         return []
@@ -316,3 +318,12 @@ def _paper(row: tuple, source: str | None = None) -> Paper:
         source=source or row[5].split(",")[0], published=from_db(row[6]), listed_on=row[7], upvotes=row[8],
         thumbnail=row[9], github=row[10], project_page=row[11], ai_summary=row[12], organization=row[13],
         is_update=bool(row[14]), comments=row[15], version=row[16])
+
+
+def _ts_word(word: str) -> str:
+    """A search word as its tsquery function takes it: `word:*` for a prefix (`word*`), the
+    word's letters and digits alone (nothing of tsquery's syntax can pass); else as it is."""
+    if not word.endswith("*"):
+        return word
+    letters = "".join(c for c in word[:-1] if c.isalnum())
+    return f"{letters}:*" if letters else ""
