@@ -52,10 +52,9 @@ async def search(ctx: Context, req: CommandRequest, args: Args) -> Reply:
 
 def search_terms(text: str) -> tuple[list[str], list[str]]:
     """The words of a search (`word*` a prefix: "word*"), and those to leave out (`-word`,
-    `NOT word`). `AND`, `OR` and
-    `NOT` in capitals are read as a person means them, never as words to look for (the
-    databases' full-text engines read them apart: SQLite looked for "and", PostgreSQL
-    dropped it)."""
+    `NOT word`). `AND`, `OR` and `NOT` in capitals are read as a person means them, never
+    as words to look for (the databases' full-text engines read them apart: SQLite looked
+    for "and", PostgreSQL dropped it)."""
     words: list[str] = []
     excluded: list[str] = []
     negate = False
