@@ -168,11 +168,14 @@ async def test_a_refused_token_stops_the_whole_platform_not_each_channel_in_turn
     adapter = SlackAdapter(make_web_client("xoxb-test-token", slack.api_url), min_interval=INTERVAL)
     dispatcher = Dispatcher(store, {"slack": adapter}, cards_per_cycle=PAPERS, max_concurrent_channels=3)
     report = await dispatcher.dispatch()
-    # The three channels in flight learned it together; the seven others were not tried.
-    assert len(slack.called("chat.postMessage")) == 3 and report.retrying == 3 and report.sent == 0
+    # The channels in flight (3 at most) learned it together; the others were not tried. A
+    # channel whose turn came after the first refusal was answered does not try either (2
+    # posts then, not 3: which comes first is the scheduler's; CI saw both).
+    tried = len(slack.called("chat.postMessage"))
+    assert 1 <= tried <= 3 and report.retrying == tried and report.sent == 0
     assert sum(store.count_pending(c) for c in channels) == 10 * PAPERS  # nothing lost
     again = await dispatcher.dispatch()  # and the next sweeps wait too (TOKEN_REFUSED_WAIT)
-    assert again.sent == again.retrying == 0 and len(slack.called("chat.postMessage")) == 3
+    assert again.sent == again.retrying == 0 and len(slack.called("chat.postMessage")) == tried
 
 
 async def test_an_interrupted_discord_fan_out_loses_nothing_and_doubles_nothing(store, discord_api):
