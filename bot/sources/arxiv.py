@@ -103,26 +103,24 @@ class ArxivSource:
         if len(ids) == 1:  # `show`'s one: asked as ever
             paper = await self.fetch_one(ids[0])
             return {ids[0]: paper} if paper is not None else {}
+        return await self._by_ids(ids)
+
+    async def categories_of(self, paper_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """arXiv's categories of these papers, by id (`_by_ids`). Ids arXiv does not know (or
+        lists without categories) are left out. SourceError when a request fails: the caller
+        keeps what it has."""
+        return {paper_id: p.categories for paper_id, p in (await self._by_ids(paper_ids)).items() if p.categories}
+
+    async def _by_ids(self, paper_ids: Sequence[str]) -> dict[str, Paper]:
+        """The papers of these ids arXiv knows, by id: API `id_list` requests of at most
+        ID_LIST_MAX ids, each waiting its turn at this source's one pacer."""
+        ids = list(dict.fromkeys(paper_ids))
         found: dict[str, Paper] = {}
         for start in range(0, len(ids), ID_LIST_MAX):
             chunk = ids[start:start + ID_LIST_MAX]
             papers, _total = parse_api_feed(await self._api({"id_list": ",".join(chunk), "max_results": len(chunk)}))
             wanted = set(chunk)
             found.update((p.id, p) for p in papers if p.id in wanted)
-        return found
-
-    async def categories_of(self, paper_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
-        """arXiv's categories of these papers, by id: API `id_list` requests of at most
-        ID_LIST_MAX ids, each waiting its turn at this source's one pacer. Ids arXiv does not
-        know (or lists without categories) are left out. SourceError when a request fails:
-        the caller keeps what it has."""
-        ids = list(dict.fromkeys(paper_ids))
-        found: dict[str, tuple[str, ...]] = {}
-        for start in range(0, len(ids), ID_LIST_MAX):
-            chunk = ids[start:start + ID_LIST_MAX]
-            papers, _total = parse_api_feed(await self._api({"id_list": ",".join(chunk), "max_results": len(chunk)}))
-            wanted = set(chunk)
-            found.update((p.id, p.categories) for p in papers if p.id in wanted and p.categories)
         return found
 
     def backfill_plan(self, days: int, today: date) -> BackfillPlan:
