@@ -143,10 +143,10 @@ class Poller:
         self.match_processes = match_processes
         # Or, with 1, held whole by one worker process (`[matching] worker_process`): either way
         # the poll sends a batch to be matched there and goes on storing and queueing meanwhile.
-        # "auto": chosen at each first load (`_wants_workers`), by the subscriptions found then.
+        # "auto": chosen at each first load (`_choose_auto`), by the subscriptions found then.
         self.match_worker = match_worker
         self.match_in_workers = match_processes > 1 or match_worker is True
-        self._auto_told = False  # "auto"'s choice said in the log (`_tell_auto`)
+        self._auto_told = False  # "auto"'s choice said in the log (`_choose_auto`)
         self.matcher: IndexedMatcher | ShardedMatcher = IndexedMatcher()
         if recommender is None:
             from .recommend import Recommender  # numpy and scipy: not for every import of the bot
@@ -204,12 +204,7 @@ class Poller:
         current = store.subscription_ids()
         known = self.matcher.ids()
         if not known and current and self.match_processes == 1 and self.match_worker == "auto":
-            wanted = self._wants_workers(len(current))
-            if wanted != self.match_in_workers or not self._auto_told:  # said once (every sync asks
-                # while the index holds nothing: a database of like: subscriptions only, say)
-                self._auto_told = True
-                self._tell_auto(len(current), wanted)
-            self.match_in_workers = wanted
+            self._choose_auto(len(current))
         kept: list[Subscription] = []  # like: subscriptions of a kept index's, for the recommender
         since = self._version  # the changes after it are read below
         # The first load; or the first subscription after none, the engine still the empty one
@@ -272,21 +267,23 @@ class Poller:
             except (StorageError, sqlite3.Error) as exc:  # only the next load's speed depends on it
                 log.warning("could not store %s compiled queries: %s", len(recompiled), exc)
 
-    @staticmethod
-    def _tell_auto(subscriptions: int, wanted: bool) -> None:
-        if subscriptions >= AUTO_WORKER_FROM:
-            log.info('[matching] worker_process = "auto": %d subscriptions, %g cores: the index is %s', subscriptions,
-                     _cores(), "in a worker process" if wanted else "in this process (a worker needs two cores)")
-
-    @staticmethod
-    def _wants_workers(subscriptions: int) -> bool:
+    def _choose_auto(self, subscriptions: int) -> None:
         """`[matching] worker_process = "auto"`: whether an index of this many subscriptions is
         held by a worker process (matching on another core, pipelined with the poll) rather
         than in this one (docs/benchmarks.md, "auto"). Below AUTO_WORKER_FROM the poll is short
         either way, and the worker would cost a process and the kept index file; on one core
         the worker would only take turns with the poll. Said in the log from AUTO_WORKER_FROM
-        on (a process more, and no kept index file: the user sees why)."""
-        return subscriptions >= AUTO_WORKER_FROM and _cores() >= 2
+        on (a process more, and no kept index file: the user sees why), once: every sync asks
+        while the index holds nothing (a database of like: subscriptions only, say)."""
+        cores = _cores() if subscriptions >= AUTO_WORKER_FROM else 0.0
+        wanted = cores >= 2
+        if wanted != self.match_in_workers or not self._auto_told:
+            self._auto_told = True
+            if subscriptions >= AUTO_WORKER_FROM:
+                log.info('[matching] worker_process = "auto": %d subscriptions, %g cores: the index is %s',
+                         subscriptions, cores,
+                         "in a worker process" if wanted else "in this process (a worker needs two cores)")
+        self.match_in_workers = wanted
 
     def _sync(self, store: StoreContract) -> None:
         """`sync_subscriptions`, learning whether the engine then holds a version exactly: it
