@@ -245,7 +245,6 @@ def _subscription(row) -> Subscription:
     )
 
 
-
 def refacted_rows(rows: Iterable[tuple[int, object]],
                   refact: Callable[[int, dict], dict | None]) -> tuple[list[tuple[str, int, int]], list[int]]:
     """A channel's pending deliveries (id, `matched` facts as JSON text or as read from jsonb)
