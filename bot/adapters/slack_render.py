@@ -227,7 +227,7 @@ def reply_text(reply: Reply) -> str:
     """A command reply's text as a message's `text`: the fallback of its blocks (notifications,
     screen readers), or all there is. It quotes titles and typed text, so it is escaped like
     the blocks: a reply in a channel's thread (`@papers save ...`) pings nobody."""
-    return _mrkdwn_cut(reply.text, FALLBACK_MAX)
+    return notice_text(reply.text)
 
 
 TEXT_SECTIONS_MAX = 10  # a reply's text over at most this many sections (30,000 characters)
