@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from bot.cards import card_for
 from bot.errors import SourceError
+from bot.matching import PaperView
 from bot.models import CommandRequest, Paper, Reply
 from bot.query import STEMS, raw_words
 from bot.sources.ids import canonical_arxiv_id, impossible_arxiv_id
@@ -41,8 +42,7 @@ async def search(ctx: Context, req: CommandRequest, args: Args) -> Reply:
         papers = ctx.store.search_papers(words, wanted)
     if excluded:
         left_out = {STEMS[word] for word in excluded}
-        papers = [p for p in papers
-                  if left_out.isdisjoint(map(STEMS.__getitem__, raw_words(f"{p.title} {p.summary}")))][:RESULTS]
+        papers = [p for p in papers if left_out.isdisjoint(PaperView(p).any_set)][:RESULTS]  # title, abstract
     if not papers:
         return Reply(f"No stored paper matches `{shown(text)}`.")
     cards = tuple(card_for(p) for p in papers)
